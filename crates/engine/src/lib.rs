@@ -1,0 +1,1 @@
+//! hangar-engine (in progress)

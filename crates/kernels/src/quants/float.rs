@@ -1,0 +1,1 @@
+//! float quant types (in progress)

@@ -1,0 +1,1 @@
+//! kquants quant types (in progress)

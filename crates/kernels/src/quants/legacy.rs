@@ -1,0 +1,1 @@
+//! legacy quant types (in progress)

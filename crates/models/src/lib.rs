@@ -1,0 +1,1 @@
+//! hangar-models (in progress)

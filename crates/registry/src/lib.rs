@@ -1,0 +1,1 @@
+//! hangar-registry (in progress)

@@ -1,0 +1,1 @@
+//! hangar-serve (in progress)

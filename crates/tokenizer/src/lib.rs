@@ -1,0 +1,1 @@
+//! hangar-tokenizer (in progress)
