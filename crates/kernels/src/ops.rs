@@ -1,0 +1,265 @@
+//! Element-wise and small vector operations of a transformer forward pass: norms,
+//! rotary embeddings, activations, softmax and the f32 dot/axpy used by attention.
+//! Allocation-free; SIMD where it pays (dot and axpy dominate attention).
+
+/// `out = x / rms(x) * w` (RMSNorm; `w` already holds any `1 +` offset, as GGUF stores it).
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    debug_assert_eq!(x.len(), w.len());
+    let ss: f32 = dot_f32(x, x);
+    let scale = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    for ((o, &xv), &wv) in out.iter_mut().zip(x).zip(w) {
+        *o = xv * scale * wv;
+    }
+}
+
+/// In-place RMSNorm.
+pub fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    let ss: f32 = dot_f32(x, x);
+    let scale = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    for (xv, &wv) in x.iter_mut().zip(w) {
+        *xv = *xv * scale * wv;
+    }
+}
+
+/// Rotary position embedding pairing: NEOX rotates (i, i + d/2); NORM rotates (2i, 2i+1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    Neox,
+    Norm,
+}
+
+/// cos/sin of `pos * freq_i` for a set of positions, computed once per forward and
+/// shared by all layers and heads that use the same base.
+#[derive(Debug, Default, Clone)]
+pub struct RopeTable {
+    half: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeTable {
+    /// Fills the table for `positions`, rotating `n_rot` dims with the given base.
+    /// `freq_factors` (Llama 3 style) divide each frequency when present.
+    pub fn fill(&mut self, positions: &[usize], base: f32, n_rot: usize, freq_factors: Option<&[f32]>) {
+        let half = n_rot / 2;
+        self.half = half;
+        self.cos.resize(positions.len() * half, 0.0);
+        self.sin.resize(positions.len() * half, 0.0);
+        let inv: Vec<f64> = (0..half)
+            .map(|i| {
+                let f = (base as f64).powf(-2.0 * i as f64 / n_rot as f64);
+                match freq_factors {
+                    Some(ff) => f / ff[i] as f64,
+                    None => f,
+                }
+            })
+            .collect();
+        for (t, &p) in positions.iter().enumerate() {
+            for (i, &f) in inv.iter().enumerate() {
+                let th = p as f64 * f;
+                self.cos[t * half + i] = th.cos() as f32;
+                self.sin[t * half + i] = th.sin() as f32;
+            }
+        }
+    }
+
+    /// Rotates one head vector `x` (length >= n_rot) at table row `t`.
+    #[inline]
+    pub fn apply(&self, x: &mut [f32], t: usize, style: RopeStyle) {
+        let h = self.half;
+        let c = &self.cos[t * h..(t + 1) * h];
+        let s = &self.sin[t * h..(t + 1) * h];
+        match style {
+            RopeStyle::Neox => {
+                let (a, b) = x[..2 * h].split_at_mut(h);
+                for i in 0..h {
+                    let (x0, x1) = (a[i], b[i]);
+                    a[i] = x0 * c[i] - x1 * s[i];
+                    b[i] = x0 * s[i] + x1 * c[i];
+                }
+            }
+            RopeStyle::Norm => {
+                for i in 0..h {
+                    let (x0, x1) = (x[2 * i], x[2 * i + 1]);
+                    x[2 * i] = x0 * c[i] - x1 * s[i];
+                    x[2 * i + 1] = x0 * s[i] + x1 * c[i];
+                }
+            }
+        }
+    }
+}
+
+/// GELU, tanh approximation (Gemma's `gelu_pytorch_tanh`).
+#[inline]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // sqrt(2/pi)
+    0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// SiLU (x * sigmoid(x)).
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// In-place softmax; returns nothing, leaves a probability vector.
+pub fn softmax_inplace(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Dot product of two f32 slices of equal length.
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::cpu::simd_level() >= crate::SimdLevel::Avx2 {
+            // SAFETY: AVX2+FMA presence checked by simd_level.
+            return unsafe { dot_f32_avx2(a, b) };
+        }
+    }
+    dot_f32_scalar(a, b)
+}
+
+/// Scalar reference for [`dot_f32`].
+pub fn dot_f32_scalar(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let n8 = a.len() / 8 * 8;
+    for i in (0..n8).step_by(8) {
+        for j in 0..8 {
+            acc[j] += a[i + j] * b[i + j];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in n8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= n {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), acc1);
+        i += 16;
+    }
+    while i + 8 <= n {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+        i += 8;
+    }
+    let acc = _mm256_add_ps(acc0, acc1);
+    let hi = _mm256_extractf128_ps(acc, 1);
+    let lo = _mm256_castps256_ps128(acc);
+    let s4 = _mm_add_ps(hi, lo);
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+    let mut s = _mm_cvtss_f32(s1);
+    while i < n {
+        s += *pa.add(i) * *pb.add(i);
+        i += 1;
+    }
+    s
+}
+
+/// `y += a * x`.
+#[inline]
+pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
+    debug_assert_eq!(x.len(), y.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::cpu::simd_level() >= crate::SimdLevel::Avx2 {
+            // SAFETY: AVX2+FMA presence checked by simd_level.
+            return unsafe { axpy_f32_avx2(a, x, y) };
+        }
+    }
+    for (yv, &xv) in y.iter_mut().zip(x) {
+        *yv += a * xv;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_f32_avx2(a: f32, x: &[f32], y: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = x.len().min(y.len());
+    let av = _mm256_set1_ps(a);
+    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+    let mut i = 0;
+    while i + 8 <= n {
+        let r = _mm256_fmadd_ps(av, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)));
+        _mm256_storeu_ps(py.add(i), r);
+        i += 8;
+    }
+    while i < n {
+        *py.add(i) += a * *px.add(i);
+        i += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simd_dot_and_axpy_match_scalar() {
+        for n in [0usize, 1, 7, 8, 15, 16, 17, 255, 256, 1000] {
+            let a: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0).collect();
+            let b: Vec<f32> = (0..n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 7.0).collect();
+            let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let tol = 1e-4 * a.iter().zip(&b).map(|(x, y)| (x * y).abs() as f64).sum::<f64>() + 1e-6;
+            assert!((dot_f32(&a, &b) as f64 - exact).abs() <= tol, "n={n}");
+            assert!((dot_f32_scalar(&a, &b) as f64 - exact).abs() <= tol, "n={n}");
+            let mut y1 = b.clone();
+            axpy_f32(0.5, &a, &mut y1);
+            for i in 0..n {
+                assert!((y1[i] - (b[i] + 0.5 * a[i])).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn rope_preserves_norm_and_rotates_position_zero_not_at_all() {
+        let mut t = RopeTable::default();
+        t.fill(&[0, 5], 10000.0, 8, None);
+        let x: Vec<f32> = (0..8).map(|i| i as f32 + 1.0).collect();
+        for style in [RopeStyle::Neox, RopeStyle::Norm] {
+            let mut y = x.clone();
+            t.apply(&mut y, 0, style);
+            assert_eq!(y, x);
+            t.apply(&mut y, 1, style);
+            let n0: f32 = x.iter().map(|v| v * v).sum();
+            let n1: f32 = y.iter().map(|v| v * v).sum();
+            assert!((n0 - n1).abs() < 1e-3);
+            assert_ne!(y, x);
+        }
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_norm_scales() {
+        let mut x = vec![1.0, 2.0, 3.0, -1e30];
+        softmax_inplace(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[3] == 0.0 && x[2] > x[1]);
+        let mut out = vec![0.0; 2];
+        rms_norm(&[3.0, 4.0], &[1.0, 2.0], 0.0, &mut out);
+        let r = (12.5f32).sqrt();
+        assert!((out[0] - 3.0 / r).abs() < 1e-6 && (out[1] - 8.0 / r).abs() < 1e-6);
+    }
+}
