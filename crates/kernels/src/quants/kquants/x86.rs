@@ -1,0 +1,373 @@
+//! AVX2 and AVX-512 VNNI kernels for K-quant weights against Q8_K activations.
+//!
+//! Each weight super-block is unpacked once into [`Unpacked`] (32 unsigned quants
+//! per vector in element order, one i16 scale vector per 32 elements, bsum
+//! coefficients) and then dotted against every activation column of the tile:
+//! `maddubs` (u8 x i8 -> pairwise i16) then `madd`/`dpwssd` with the scales.
+//! No i16 saturation is possible: quants <= 63 and |q8| <= 127 give pairs <= 16002.
+
+use super::{GgmlType, SimdLevel, Q8K_BYTES};
+use std::arch::x86_64::*;
+
+/// One weight super-block in the common unpacked form.
+#[derive(Clone, Copy)]
+struct Unpacked {
+    /// Quants of elements `32k..32k+32`, unsigned.
+    q: [__m256i; 8],
+    /// i16 scales for `q[k]`: lanes 0..8 for its first 16 elements, 8..16 for the rest.
+    sc: [__m256i; 8],
+    /// i16 coefficients of the 16 bsums (subtracted).
+    mn: __m256i,
+    /// Multiplier of the scaled quant sum.
+    d: __m256,
+    /// Multiplier of the bsum term.
+    dm: __m256,
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load_f16(p: *const u8) -> f32 {
+    let bits = (p as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn loadu(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+/// Scale vectors for Q4_K/Q5_K: `sc[k]` broadcasts sub-block scale `k`; `mn` holds
+/// each min twice (one per bsum of its sub-block).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn k4_scales(scales: *const u8) -> ([__m256i; 8], __m256i) {
+    let s: &[u8; 12] = &*(scales as *const [u8; 12]);
+    let (sc8, m8) = super::unpack_scales_mins(s);
+    let m = _mm_cvtsi64_si128(m8 as i64);
+    let mn = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
+    let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc8 as i64)));
+    let mut sc = [_mm256_setzero_si256(); 8];
+    for (k, v) in sc.iter_mut().enumerate() {
+        let idx = (0x0100 + 0x0202 * k as i32) as i16;
+        *v = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16(idx));
+    }
+    (sc, mn)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn unpack_q4k(b: *const u8) -> Unpacked {
+    let d = load_f16(b);
+    let dmin = load_f16(b.add(2));
+    let (sc, mn) = k4_scales(b.add(4));
+    let m4 = _mm256_set1_epi8(0x0f);
+    let qs = b.add(16);
+    let mut q = [_mm256_setzero_si256(); 8];
+    for c in 0..4 {
+        let raw = loadu(qs.add(32 * c));
+        q[2 * c] = _mm256_and_si256(raw, m4);
+        q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), m4);
+    }
+    Unpacked {
+        q,
+        sc,
+        mn,
+        d: _mm256_set1_ps(d),
+        dm: _mm256_set1_ps(dmin),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn unpack_q5k(b: *const u8) -> Unpacked {
+    let d = load_f16(b);
+    let dmin = load_f16(b.add(2));
+    let (sc, mn) = k4_scales(b.add(4));
+    let m4 = _mm256_set1_epi8(0x0f);
+    let bit4 = _mm256_set1_epi8(0x10);
+    // Shifted right by 2 per 64 elements so bits 0/1 of each byte are the current
+    // pair (16-bit shifts never move bits 0..2 across a byte boundary here).
+    let mut h = loadu(b.add(16));
+    let qs = b.add(48);
+    let mut q = [_mm256_setzero_si256(); 8];
+    for c in 0..4 {
+        let raw = loadu(qs.add(32 * c));
+        let lo_h = _mm256_and_si256(_mm256_slli_epi16::<4>(h), bit4);
+        let hi_h = _mm256_and_si256(_mm256_slli_epi16::<3>(h), bit4);
+        q[2 * c] = _mm256_or_si256(_mm256_and_si256(raw, m4), lo_h);
+        q[2 * c + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(raw), m4), hi_h);
+        h = _mm256_srli_epi16::<2>(h);
+    }
+    Unpacked {
+        q,
+        sc,
+        mn,
+        d: _mm256_set1_ps(d),
+        dm: _mm256_set1_ps(dmin),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn unpack_q6k(b: *const u8) -> Unpacked {
+    let ql = b;
+    let qh = b.add(128);
+    let s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(192) as *const __m128i));
+    let d = load_f16(b.add(208));
+    let m4 = _mm256_set1_epi8(0x0f);
+    let m30 = _mm256_set1_epi8(0x30);
+    let mut q = [_mm256_setzero_si256(); 8];
+    for h in 0..2 {
+        let l0 = loadu(ql.add(64 * h));
+        let l1 = loadu(ql.add(64 * h + 32));
+        let hb = loadu(qh.add(32 * h));
+        let h0 = _mm256_and_si256(_mm256_slli_epi16::<4>(hb), m30);
+        let h1 = _mm256_and_si256(_mm256_slli_epi16::<2>(hb), m30);
+        let h2 = _mm256_and_si256(hb, m30);
+        let h3 = _mm256_and_si256(_mm256_srli_epi16::<2>(hb), m30);
+        q[4 * h] = _mm256_or_si256(_mm256_and_si256(l0, m4), h0);
+        q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4), h1);
+        q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l0), m4), h2);
+        q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l1), m4), h3);
+    }
+    // sc[k]: scale 2k in the low 128-bit lane, 2k+1 in the high lane.
+    let lo = _mm256_permute4x64_epi64::<0x44>(s16);
+    let hi = _mm256_permute4x64_epi64::<0xee>(s16);
+    let mut sc = [_mm256_setzero_si256(); 8];
+    for k in 0..4 {
+        let a = (0x0100 + 0x0404 * k as i32) as i16;
+        let b = (0x0302 + 0x0404 * k as i32) as i16;
+        let idx = _mm256_set_m128i(_mm_set1_epi16(b), _mm_set1_epi16(a));
+        sc[k] = _mm256_shuffle_epi8(lo, idx);
+        sc[k + 4] = _mm256_shuffle_epi8(hi, idx);
+    }
+    Unpacked {
+        q,
+        sc,
+        mn: s16,
+        d: _mm256_set1_ps(d),
+        dm: _mm256_set1_ps(32.0 * d),
+    }
+}
+
+/// `acc += y.d * (d * Σ sc*q*y - dm * Σ mn*bsums)` for one Q8_K block at `y` (AVX2).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn kernel_avx2(u: &Unpacked, y: *const u8, acc: __m256) -> __m256 {
+    let qs = y.add(4);
+    let mut s0 = _mm256_setzero_si256();
+    let mut s1 = _mm256_setzero_si256();
+    for k in (0..8).step_by(2) {
+        let p0 = _mm256_maddubs_epi16(u.q[k], loadu(qs.add(32 * k)));
+        let p1 = _mm256_maddubs_epi16(u.q[k + 1], loadu(qs.add(32 * k + 32)));
+        s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, u.sc[k]));
+        s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, u.sc[k + 1]));
+    }
+    let sumi = _mm256_add_epi32(s0, s1);
+    let summ = _mm256_madd_epi16(loadu(y.add(260)), u.mn);
+    let yd = _mm256_broadcast_ss(&*(y as *const f32));
+    let acc = _mm256_fmadd_ps(_mm256_mul_ps(yd, u.d), _mm256_cvtepi32_ps(sumi), acc);
+    _mm256_fnmadd_ps(_mm256_mul_ps(yd, u.dm), _mm256_cvtepi32_ps(summ), acc)
+}
+
+/// Same as [`kernel_avx2`] with VNNI `dpwssd` fusing the scale multiply and add.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+#[inline]
+unsafe fn kernel_vnni(u: &Unpacked, y: *const u8, acc: __m256) -> __m256 {
+    let qs = y.add(4);
+    let mut s0 = _mm256_setzero_si256();
+    let mut s1 = _mm256_setzero_si256();
+    for k in (0..8).step_by(2) {
+        let p0 = _mm256_maddubs_epi16(u.q[k], loadu(qs.add(32 * k)));
+        let p1 = _mm256_maddubs_epi16(u.q[k + 1], loadu(qs.add(32 * k + 32)));
+        s0 = _mm256_dpwssd_epi32(s0, p0, u.sc[k]);
+        s1 = _mm256_dpwssd_epi32(s1, p1, u.sc[k + 1]);
+    }
+    let sumi = _mm256_add_epi32(s0, s1);
+    let summ = _mm256_madd_epi16(loadu(y.add(260)), u.mn);
+    let yd = _mm256_broadcast_ss(&*(y as *const f32));
+    let acc = _mm256_fmadd_ps(_mm256_mul_ps(yd, u.d), _mm256_cvtepi32_ps(sumi), acc);
+    _mm256_fnmadd_ps(_mm256_mul_ps(yd, u.dm), _mm256_cvtepi32_ps(summ), acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Stamps out a tile driver for one (weight type, SIMD level): for each weight row,
+/// for each super-block, unpack once and dot against `NC` activation columns.
+macro_rules! tile_fn {
+    ($name:ident, $cols:ident, $feat:literal, $unpack:ident, $kernel:ident, $wbytes:expr) => {
+        #[target_feature(enable = $feat)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $cols<const NC: usize>(
+            nb: usize,
+            w: *const u8,
+            w_stride: usize,
+            nr: usize,
+            a: *const u8,
+            a_stride: usize,
+            out: *mut f32,
+            out_stride: usize,
+        ) {
+            for r in 0..nr {
+                let wr = w.add(r * w_stride);
+                let mut acc = [_mm256_setzero_ps(); NC];
+                for b in 0..nb {
+                    let u = $unpack(wr.add(b * $wbytes));
+                    let ab = a.add(b * Q8K_BYTES);
+                    for (c, acc) in acc.iter_mut().enumerate() {
+                        *acc = $kernel(&u, ab.add(c * a_stride), *acc);
+                    }
+                }
+                for (c, acc) in acc.iter().enumerate() {
+                    *out.add(r * out_stride + c) = hsum(*acc);
+                }
+            }
+        }
+
+        #[target_feature(enable = $feat)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(
+            nb: usize,
+            w: *const u8,
+            w_stride: usize,
+            nr: usize,
+            a: *const u8,
+            a_stride: usize,
+            nc: usize,
+            out: *mut f32,
+            out_stride: usize,
+        ) {
+            let mut c0 = 0;
+            while c0 < nc {
+                let left = nc - c0;
+                // Balanced chunks of at most 8 columns (9 -> 5 + 4, not 8 + 1).
+                let chunks = left.div_ceil(8);
+                let cn = left.div_ceil(chunks);
+                let (a, out) = (a.add(c0 * a_stride), out.add(c0));
+                let args = (nb, w, w_stride, nr, a, a_stride, out, out_stride);
+                match cn {
+                    1 => $cols::<1>(
+                        args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7,
+                    ),
+                    2 => $cols::<2>(
+                        args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7,
+                    ),
+                    3 => $cols::<3>(
+                        args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7,
+                    ),
+                    4 => $cols::<4>(
+                        args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7,
+                    ),
+                    5 => $cols::<5>(
+                        args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7,
+                    ),
+                    6 => $cols::<6>(
+                        args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7,
+                    ),
+                    7 => $cols::<7>(
+                        args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7,
+                    ),
+                    _ => $cols::<8>(
+                        args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7,
+                    ),
+                }
+                c0 += cn;
+            }
+        }
+    };
+}
+
+tile_fn!(
+    tile_q4k_avx2,
+    cols_q4k_avx2,
+    "avx2,fma,f16c",
+    unpack_q4k,
+    kernel_avx2,
+    144
+);
+tile_fn!(
+    tile_q5k_avx2,
+    cols_q5k_avx2,
+    "avx2,fma,f16c",
+    unpack_q5k,
+    kernel_avx2,
+    176
+);
+tile_fn!(
+    tile_q6k_avx2,
+    cols_q6k_avx2,
+    "avx2,fma,f16c",
+    unpack_q6k,
+    kernel_avx2,
+    210
+);
+tile_fn!(
+    tile_q4k_vnni,
+    cols_q4k_vnni,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni",
+    unpack_q4k,
+    kernel_vnni,
+    144
+);
+tile_fn!(
+    tile_q5k_vnni,
+    cols_q5k_vnni,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni",
+    unpack_q5k,
+    kernel_vnni,
+    176
+);
+tile_fn!(
+    tile_q6k_vnni,
+    cols_q6k_vnni,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni",
+    unpack_q6k,
+    kernel_vnni,
+    210
+);
+
+/// Dispatches a tile to the kernel for `(level, t)`.
+///
+/// # Safety
+/// The CPU must support `level` (Avx2 or Avx512Vnni); `nr` weight rows of `nb`
+/// blocks at `w + r * w_stride`, `nc` Q8_K rows at `a + c * a_stride` and the
+/// outputs `out[r * out_stride + c]` must all be in bounds.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn tile(
+    level: SimdLevel,
+    t: GgmlType,
+    nb: usize,
+    w: *const u8,
+    w_stride: usize,
+    nr: usize,
+    a: *const u8,
+    a_stride: usize,
+    nc: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let args = (nb, w, w_stride, nr, a, a_stride, nc, out, out_stride);
+    macro_rules! call {
+        ($f:ident) => {
+            $f(
+                args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7, args.8,
+            )
+        };
+    }
+    match (level, t) {
+        (SimdLevel::Avx512Vnni, GgmlType::Q4K) => call!(tile_q4k_vnni),
+        (SimdLevel::Avx512Vnni, GgmlType::Q5K) => call!(tile_q5k_vnni),
+        (SimdLevel::Avx512Vnni, _) => call!(tile_q6k_vnni),
+        (_, GgmlType::Q4K) => call!(tile_q4k_avx2),
+        (_, GgmlType::Q5K) => call!(tile_q5k_avx2),
+        (_, _) => call!(tile_q6k_avx2),
+    }
+}
