@@ -1,0 +1,378 @@
+//! Continuous-batching policy: which sequences run in the next model step and how many
+//! tokens each, under a per-step token budget and the KV block pool.
+//!
+//! Plain data in, plain data out: it never runs the model nor samples. Each step mixes
+//! the decode tokens of running sequences with chunked prefill of new ones; admission
+//! is first come, first served; when blocks run out the newest sequence is preempted
+//! (its blocks freed, recomputed later) instead of failing.
+
+use crate::kv_manager::{KvBlockManager, SeqBlocks};
+use std::collections::VecDeque;
+
+/// Identifies a sequence inside the engine.
+pub type SeqId = u64;
+
+/// Scheduler limits.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerConfig {
+    /// Tokens (prefill + decode) one model step may process.
+    pub max_batch_tokens: usize,
+    /// Sequences running at once.
+    pub max_running: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            max_batch_tokens: 512,
+            max_running: 64,
+        }
+    }
+}
+
+/// A sequence as the scheduler sees it: its tokens (prompt, then generated) and how
+/// many of them already have KV in the cache.
+#[derive(Debug)]
+pub struct SchedSeq {
+    pub id: SeqId,
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    /// Tokens whose KV is computed.
+    pub computed: usize,
+    pub blocks: SeqBlocks,
+    /// Prompt tokens served from the prefix cache at the first admission.
+    pub cached_tokens: usize,
+    pub preempted: u32,
+    admitted_once: bool,
+}
+
+impl SchedSeq {
+    pub fn new(id: SeqId, prompt: Vec<u32>) -> Self {
+        SchedSeq {
+            id,
+            prompt_len: prompt.len(),
+            tokens: prompt,
+            computed: 0,
+            blocks: SeqBlocks::default(),
+            cached_tokens: 0,
+            preempted: 0,
+            admitted_once: false,
+        }
+    }
+    /// Generated tokens so far.
+    pub fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+}
+
+/// One sequence's share of a step: `len` tokens from position `start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduledChunk {
+    /// Index into [`Scheduler::running`] (valid until the next `step` or `finish`).
+    pub slot: usize,
+    pub id: SeqId,
+    pub start: usize,
+    pub len: usize,
+    /// The chunk ends at the sequence's last token: sample from its logits.
+    pub sample: bool,
+}
+
+/// The scheduler's output for one model step.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    pub chunks: Vec<ScheduledChunk>,
+    /// Sequences moved back to the waiting queue in this step.
+    pub preempted: Vec<SeqId>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+    pub fn tokens(&self) -> usize {
+        self.chunks.iter().map(|c| c.len).sum()
+    }
+}
+
+/// FCFS continuous-batching scheduler.
+#[derive(Debug, Default)]
+pub struct Scheduler {
+    cfg: SchedulerConfig,
+    waiting: VecDeque<SchedSeq>,
+    running: Vec<SchedSeq>,
+    /// Preemptions since start.
+    pub preemptions: u64,
+}
+
+impl Scheduler {
+    pub fn new(cfg: SchedulerConfig) -> Self {
+        Scheduler {
+            cfg: SchedulerConfig {
+                max_batch_tokens: cfg.max_batch_tokens.max(1),
+                max_running: cfg.max_running.max(1),
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Queues a new sequence behind every earlier one.
+    pub fn add(&mut self, seq: SchedSeq) {
+        self.waiting.push_back(seq);
+    }
+
+    pub fn running(&self) -> &[SchedSeq] {
+        &self.running
+    }
+    pub fn running_mut(&mut self) -> &mut [SchedSeq] {
+        &mut self.running
+    }
+    pub fn n_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+    pub fn n_running(&self) -> usize {
+        self.running.len()
+    }
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+    /// Ids of every sequence, running or waiting.
+    pub fn ids(&self) -> impl Iterator<Item = SeqId> + '_ {
+        self.running.iter().chain(self.waiting.iter()).map(|s| s.id)
+    }
+
+    /// Removes a sequence (finished or cancelled) wherever it is and frees its blocks
+    /// at once. Returns it, if it was there.
+    pub fn finish(&mut self, id: SeqId, kv: &mut KvBlockManager) -> Option<SchedSeq> {
+        let mut seq = if let Some(i) = self.running.iter().position(|s| s.id == id) {
+            self.running.remove(i)
+        } else {
+            let i = self.waiting.iter().position(|s| s.id == id)?;
+            self.waiting.remove(i)?
+        };
+        kv.free(&mut seq.blocks);
+        Some(seq)
+    }
+
+    fn preempt_newest(&mut self, kv: &mut KvBlockManager, batch: &mut Batch) {
+        if let Some(mut seq) = self.running.pop() {
+            kv.free(&mut seq.blocks);
+            seq.computed = 0;
+            seq.preempted += 1;
+            self.preemptions += 1;
+            batch.preempted.push(seq.id);
+            self.waiting.push_front(seq);
+        }
+    }
+
+    /// Plans the next model step.
+    pub fn step(&mut self, kv: &mut KvBlockManager) -> Batch {
+        let mut batch = Batch::default();
+        let mut budget = self.cfg.max_batch_tokens;
+
+        // 1. Running sequences, oldest first: one decode token, or the next prefill chunk.
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let seq = &mut self.running[i];
+            let n = (seq.tokens.len() - seq.computed).min(budget);
+            if n == 0 {
+                i += 1;
+                continue;
+            }
+            let start = seq.computed;
+            kv.release_outside_window(&mut seq.blocks, start);
+            loop {
+                let seq = &mut self.running[i];
+                if kv.allocate(&mut seq.blocks, start, start + n) {
+                    batch.chunks.push(ScheduledChunk {
+                        slot: i,
+                        id: seq.id,
+                        start,
+                        len: n,
+                        sample: start + n == seq.tokens.len(),
+                    });
+                    budget -= n;
+                    i += 1;
+                    break;
+                }
+                // Out of blocks: the newest sequence gives its blocks back.
+                let victim_is_self = i + 1 == self.running.len();
+                self.preempt_newest(kv, &mut batch);
+                if victim_is_self {
+                    break;
+                }
+            }
+        }
+
+        // 2. Admit waiting sequences in arrival order while blocks and budget allow,
+        //    unless this step already had to preempt.
+        while batch.preempted.is_empty() && budget > 0 && self.running.len() < self.cfg.max_running {
+            let Some(mut seq) = self.waiting.pop_front() else { break };
+            let (blocks, cached) = kv.start_sequence(&seq.tokens);
+            seq.blocks = blocks;
+            seq.computed = cached;
+            let n = (seq.tokens.len() - cached).min(budget);
+            // Keep one block per running sequence in reserve for their next decode.
+            let reserve = self.running.len();
+            let fits = kv.can_allocate_reserving(&seq.blocks, cached, cached + n, reserve)
+                && kv.allocate(&mut seq.blocks, cached, cached + n);
+            if !fits {
+                kv.free(&mut seq.blocks);
+                seq.computed = 0;
+                self.waiting.push_front(seq);
+                break;
+            }
+            if !seq.admitted_once {
+                seq.cached_tokens = cached;
+                seq.admitted_once = true;
+            }
+            let slot = self.running.len();
+            batch.chunks.push(ScheduledChunk {
+                slot,
+                id: seq.id,
+                start: cached,
+                len: n,
+                sample: cached + n == seq.tokens.len(),
+            });
+            budget -= n;
+            self.running.push(seq);
+        }
+        batch
+    }
+
+    /// Records that the batch ran: its tokens now have KV, and their full blocks are
+    /// published to the prefix cache.
+    pub fn commit(&mut self, batch: &Batch, kv: &mut KvBlockManager) {
+        for c in &batch.chunks {
+            let seq = &mut self.running[c.slot];
+            debug_assert_eq!(seq.id, c.id);
+            seq.computed = c.start + c.len;
+            kv.publish(&mut seq.blocks, &seq.tokens, seq.computed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake model: the next token is the last one plus one.
+    fn run_to_completion(sched: &mut Scheduler, kv: &mut KvBlockManager, max_new: usize) -> (Vec<(SeqId, Vec<u32>)>, usize) {
+        let mut done = Vec::new();
+        let mut steps = 0;
+        while !sched.is_idle() {
+            steps += 1;
+            assert!(steps < 10_000, "scheduler made no progress");
+            let batch = sched.step(kv);
+            assert!(!batch.is_empty() || !batch.preempted.is_empty(), "empty step while busy");
+            sched.commit(&batch, kv);
+            let mut finished = Vec::new();
+            for c in &batch.chunks {
+                if c.sample {
+                    let seq = &mut sched.running_mut()[c.slot];
+                    let next = seq.tokens.last().unwrap() + 1;
+                    seq.tokens.push(next);
+                    if seq.generated() >= max_new {
+                        finished.push(seq.id);
+                    }
+                }
+            }
+            for id in finished {
+                let s = sched.finish(id, kv).unwrap();
+                done.push((id, s.tokens[s.prompt_len..].to_vec()));
+            }
+        }
+        (done, steps)
+    }
+
+    #[test]
+    fn mixes_decode_and_chunked_prefill_under_budget() {
+        let mut kv = KvBlockManager::new(4, &[None], &[64], false);
+        let mut s = Scheduler::new(SchedulerConfig { max_batch_tokens: 8, max_running: 8 });
+        s.add(SchedSeq::new(1, vec![10; 3]));
+        s.add(SchedSeq::new(2, vec![20; 12]));
+        let b = s.step(&mut kv);
+        assert_eq!(b.chunks.len(), 2);
+        assert_eq!((b.chunks[0].len, b.chunks[0].sample), (3, true));
+        assert_eq!((b.chunks[1].len, b.chunks[1].sample), (5, false));
+        s.commit(&b, &mut kv);
+        s.running_mut()[0].tokens.push(11);
+        let b = s.step(&mut kv);
+        assert_eq!(b.tokens(), 8);
+        assert_eq!((b.chunks[0].len, b.chunks[1].start, b.chunks[1].len), (1, 5, 7));
+        assert!(b.chunks[1].sample);
+    }
+
+    #[test]
+    fn admits_first_come_first_served() {
+        let mut kv = KvBlockManager::new(4, &[None], &[64], false);
+        let mut s = Scheduler::new(SchedulerConfig { max_batch_tokens: 4, max_running: 8 });
+        for id in 0..3 {
+            s.add(SchedSeq::new(id, vec![1; 4]));
+        }
+        let mut order = Vec::new();
+        for _ in 0..3 {
+            let b = s.step(&mut kv);
+            s.commit(&b, &mut kv);
+            order.extend(b.chunks.iter().map(|c| c.id));
+        }
+        assert_eq!(order[..3], [0, 1, 2]);
+    }
+
+    #[test]
+    fn preempts_newest_when_blocks_run_out_and_finishes_all() {
+        // 10 blocks of 4 tokens; 4 sequences of 6 + 10 tokens need 16 blocks together.
+        let mut kv = KvBlockManager::new(4, &[None], &[10], true);
+        let mut s = Scheduler::new(SchedulerConfig { max_batch_tokens: 64, max_running: 8 });
+        for id in 0..4u64 {
+            s.add(SchedSeq::new(id, (0..6).map(|i| i + 100 * id as u32).collect()));
+        }
+        let (done, _) = run_to_completion(&mut s, &mut kv, 10);
+        assert_eq!(done.len(), 4);
+        assert!(s.preemptions > 0);
+        for (id, out) in done {
+            let first = 100 * id as u32 + 6;
+            assert_eq!(out, (first..first + 10).collect::<Vec<_>>(), "seq {id}");
+        }
+        assert_eq!(kv.usage(0).used, 0, "no blocks leak");
+    }
+
+    #[test]
+    fn cancellation_frees_blocks_at_once() {
+        let mut kv = KvBlockManager::new(4, &[None], &[16], false);
+        let mut s = Scheduler::new(SchedulerConfig::default());
+        s.add(SchedSeq::new(7, vec![3; 9]));
+        s.add(SchedSeq::new(8, vec![3; 9]));
+        let b = s.step(&mut kv);
+        s.commit(&b, &mut kv);
+        assert_eq!(kv.usage(0).used, 6);
+        assert!(s.finish(7, &mut kv).is_some());
+        assert_eq!(kv.usage(0).used, 3);
+        assert!(s.finish(8, &mut kv).is_some());
+        assert!(s.finish(8, &mut kv).is_none());
+        assert_eq!(kv.usage(0).used, 0);
+    }
+
+    #[test]
+    fn repeated_prompt_hits_prefix_cache() {
+        let mut kv = KvBlockManager::new(4, &[None], &[32], true);
+        let mut s = Scheduler::new(SchedulerConfig::default());
+        s.add(SchedSeq::new(1, (0..17).collect()));
+        run_to_completion(&mut s, &mut kv, 2);
+        s.add(SchedSeq::new(2, (0..17).collect()));
+        let b = s.step(&mut kv);
+        assert_eq!((b.chunks[0].start, b.chunks[0].len), (16, 1));
+        assert_eq!(s.running()[0].cached_tokens, 16);
+    }
+
+    #[test]
+    fn respects_max_running() {
+        let mut kv = KvBlockManager::new(4, &[None], &[64], false);
+        let mut s = Scheduler::new(SchedulerConfig { max_batch_tokens: 100, max_running: 2 });
+        for id in 0..5 {
+            s.add(SchedSeq::new(id, vec![1; 2]));
+        }
+        let b = s.step(&mut kv);
+        assert_eq!(b.chunks.len(), 2);
+        assert_eq!(s.n_waiting(), 3);
+    }
+}
