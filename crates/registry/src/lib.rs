@@ -1,1 +1,52 @@
-//! hangar-registry (in progress)
+//! hangar-registry: the model registry. Versions (immutable, numbered), stages and
+//! aliases, tags, metadata, lineage, a content-addressed chunk store (local or S3) with
+//! FastCDC dedup, role-based tokens with an audit log, and downloads from Hugging
+//! Face-style hubs.
+//!
+//! Knows nothing about engines or serving; `hangar serve` mounts [`http::router`]
+//! (feature `http`) and asks [`Registry::resolve`] for a model's files.
+//!
+//! ```no_run
+//! use hangar_registry::{ImportRequest, Registry};
+//! let mut reg = Registry::open(None)?;
+//! let who = reg.principal(None)?;
+//! let out = reg.import(&who, &ImportRequest {
+//!     path: "model.gguf".into(),
+//!     name: "my-model".into(),
+//!     ..Default::default()
+//! })?;
+//! reg.promote(&who, &format!("my-model@{}", out.version), "production")?;
+//! # Ok::<(), hangar_registry::RegistryError>(())
+//! ```
+
+pub mod auth;
+pub mod bench;
+mod db;
+pub mod default_model;
+pub mod error;
+#[cfg(feature = "http")]
+pub mod http;
+pub mod hub;
+mod maintain;
+pub mod names;
+mod registry;
+pub mod safety;
+pub mod store;
+mod transfer;
+
+pub use auth::{Principal, Role};
+pub use error::{RegistryError, Result};
+pub use maintain::{GcReport, VerifyReport};
+pub use names::ModelRef;
+pub use registry::{
+    default_home, AuditEntry, FileRecord, LineageInfo, ModelInfo, ModelSummary, Registry,
+    StoreSpec, StoreStats, TokenInfo, VersionInfo,
+};
+pub use store::S3Config;
+pub use transfer::{
+    ExportOutcome, ImportOutcome, ImportRequest, LineageSpec, ResolvedModel, CHUNK_AVG,
+    CHUNK_MAX, CHUNK_MIN,
+};
+
+/// The model `hangar pull default` installs and `hangar serve` serves by default.
+pub const DEFAULT_MODEL: &str = "gemma3-270m";
