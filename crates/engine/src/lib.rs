@@ -1,1 +1,27 @@
-//! hangar-engine (in progress)
+//! hangar-engine: everything between a request and the model — tokenizer wiring,
+//! sampling, the generation loop, perplexity and benchmarks; later the KV block
+//! manager and the continuous-batching scheduler.
+//!
+//! Knows nothing about HTTP or the registry.
+
+pub mod bench;
+pub mod generate;
+pub mod perplexity;
+pub mod runtime;
+pub mod sampler;
+
+pub use generate::{generate, FinishReason, GenerateOptions, Generation};
+pub use runtime::LoadedModel;
+
+/// Errors from the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Model(#[from] hangar_models::ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] hangar_tokenizer::TokenizerError),
+    #[error(transparent)]
+    Sampler(#[from] sampler::SamplerError),
+    #[error("{0}")]
+    Invalid(String),
+}

@@ -1,4 +1,41 @@
 //! `hangar`: the command-line edge. Parses arguments and wires the library crates;
 //! no algorithms live here.
 
-fn main() {}
+mod cmd_model;
+mod model_path;
+
+use clap::{Parser, Subcommand};
+
+/// Hangar: take a language model from a file to a monitored production service.
+#[derive(Parser)]
+#[command(name = "hangar", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate text from a prompt, streamed to stdout.
+    Generate(cmd_model::GenerateArgs),
+    /// Measure prefill and decode throughput (tokens/s).
+    Bench(cmd_model::BenchArgs),
+    /// Perplexity of a model on a text file (llama.cpp's method).
+    Perplexity(cmd_model::PerplexityArgs),
+    /// Show the token ids of a text.
+    Tokenize(cmd_model::TokenizeArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Generate(a) => cmd_model::generate(a),
+        Cmd::Bench(a) => cmd_model::bench(a),
+        Cmd::Perplexity(a) => cmd_model::perplexity(a),
+        Cmd::Tokenize(a) => cmd_model::tokenize(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,98 @@
+//! `hangar bench`: prefill and decode throughput of one model, measured the way
+//! llama-bench does (pp: one batch of N prompt tokens, logits for the last only;
+//! tg: N single-token decode steps after a short prompt), median of several runs.
+
+use crate::EngineError;
+use hangar_kernels::ThreadPool;
+use hangar_models::{KvCache, LogitsWanted, Model, SeqInput, Workspace};
+use std::time::Instant;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchFigure {
+    /// `pp512`, `tg128`, ...
+    pub test: String,
+    pub tokens: usize,
+    pub median_tok_s: f64,
+    pub min_tok_s: f64,
+    pub max_tok_s: f64,
+    pub runs: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub threads: usize,
+    pub simd: String,
+    pub figures: Vec<BenchFigure>,
+}
+
+fn figure(test: String, tokens: usize, mut secs: Vec<f64>) -> BenchFigure {
+    secs.sort_by(|a, b| a.total_cmp(b));
+    let rate = |s: f64| tokens as f64 / s;
+    BenchFigure {
+        test,
+        tokens,
+        median_tok_s: rate(secs[secs.len() / 2]),
+        min_tok_s: rate(*secs.last().expect("at least one run")),
+        max_tok_s: rate(secs[0]),
+        runs: secs.len(),
+    }
+}
+
+/// Deterministic pseudo-random token ids (a benchmark must not depend on a tokenizer).
+fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) as usize % vocab.min(32_000).max(1)) as u32 + 2
+        })
+        .collect()
+}
+
+/// Times prefill of `pp` tokens and decode of `tg` tokens, `runs` times each
+/// (after one warm-up run).
+pub fn run(model: &Model, pool: &ThreadPool, pp: usize, tg: usize, runs: usize) -> Result<Vec<BenchFigure>, EngineError> {
+    let runs = runs.max(1);
+    let block = 16;
+    let cap = (pp + 8).max(tg + 8);
+    let mut kv = KvCache::for_single_sequence(&model.cfg, block, cap);
+    let table: Vec<u32> = (0..cap.div_ceil(block) as u32).collect();
+    let tables: Vec<&[u32]> = vec![&table; kv.n_groups()];
+    let mut ws = Workspace::default();
+    let mut logits = Vec::new();
+    let vocab = model.cfg.vocab_size;
+    let mut out = Vec::new();
+    if pp > 0 {
+        let toks = tokens(pp, vocab, 1);
+        let mut secs = Vec::new();
+        for r in 0..=runs {
+            let t0 = Instant::now();
+            let seq = SeqInput { tokens: &toks, start_pos: 0, block_tables: &tables, logits: LogitsWanted::Last };
+            model.forward(pool, &[seq], &mut kv, &mut ws, &mut logits)?;
+            if r > 0 {
+                secs.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        out.push(figure(format!("pp{pp}"), pp, secs));
+    }
+    if tg > 0 {
+        let toks = tokens(tg + 1, vocab, 2);
+        let mut secs = Vec::new();
+        for r in 0..=runs {
+            // A one-token prompt, then `tg` decode steps.
+            let seq = SeqInput { tokens: &toks[..1], start_pos: 0, block_tables: &tables, logits: LogitsWanted::Last };
+            model.forward(pool, &[seq], &mut kv, &mut ws, &mut logits)?;
+            let t0 = Instant::now();
+            for i in 0..tg {
+                let seq = SeqInput { tokens: &toks[i + 1..i + 2], start_pos: i + 1, block_tables: &tables, logits: LogitsWanted::Last };
+                model.forward(pool, &[seq], &mut kv, &mut ws, &mut logits)?;
+            }
+            if r > 0 {
+                secs.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        out.push(figure(format!("tg{tg}"), tg, secs));
+    }
+    Ok(out)
+}

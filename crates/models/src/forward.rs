@@ -1,0 +1,382 @@
+//! The forward pass: token ids at positions → hidden states → logits, for a batch of
+//! sequences at different positions in one call.
+//!
+//! All tokens of all sequences go through each matrix together (one quantization of
+//! the activations, weight blocks reused across tokens); attention runs per sequence
+//! over its own block table. Scratch lives in a reusable [`Workspace`], so steady-state
+//! decode allocates nothing.
+
+use crate::config::Activation;
+use crate::kv::{KvCache, NO_BLOCK};
+use crate::weights::{Model, Weight};
+use crate::ModelError;
+use hangar_kernels::ops::{self, RopeTable};
+use hangar_kernels::quants;
+use hangar_kernels::{matmul, matmul_quantized, quantize_activations, ThreadPool};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Which logits a sequence wants back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsWanted {
+    /// None (a prefill chunk that is not the last).
+    None,
+    /// The last token's (generation).
+    Last,
+    /// Every token's (perplexity, prompt logprobs).
+    All,
+}
+
+/// One sequence's share of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqInput<'a> {
+    /// New tokens to process.
+    pub tokens: &'a [u32],
+    /// Position of `tokens[0]`; positions before it are already in the cache.
+    pub start_pos: usize,
+    /// One block table per KV group (see [`crate::kv::KvLayout`]).
+    pub block_tables: &'a [&'a [u32]],
+    pub logits: LogitsWanted,
+}
+
+/// Reusable scratch buffers for [`Model::forward`].
+#[derive(Default)]
+pub struct Workspace {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    o: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    act: Vec<u8>,
+    act2: Vec<u8>,
+    positions: Vec<usize>,
+    /// Per token: (sequence index, position).
+    tok_seq: Vec<(usize, usize)>,
+    rope_global: RopeTable,
+    rope_local: RopeTable,
+    scores: Vec<Vec<f32>>,
+    sel: Vec<f32>,
+}
+
+#[derive(Clone, Copy)]
+struct Ptr(*mut f32);
+unsafe impl Send for Ptr {}
+unsafe impl Sync for Ptr {}
+
+fn resize(v: &mut Vec<f32>, n: usize) {
+    if v.len() != n {
+        v.resize(n, 0.0);
+    }
+}
+
+impl Model {
+    /// Runs the batch, writes K/V of the new tokens into `kv`, and fills `logits` with
+    /// one row of `vocab_size` per requested logit, in batch order. Returns the number
+    /// of rows.
+    pub fn forward(
+        &self,
+        pool: &ThreadPool,
+        seqs: &[SeqInput],
+        kv: &mut KvCache,
+        ws: &mut Workspace,
+        logits: &mut Vec<f32>,
+    ) -> Result<usize, ModelError> {
+        let cfg = &self.cfg;
+        self.validate(seqs, kv)?;
+        let t_total: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+        if t_total == 0 {
+            logits.clear();
+            return Ok(0);
+        }
+        let (d, qd, kvd, ff, hd) = (cfg.d_model, cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim, cfg.head_dim);
+        resize(&mut ws.x, t_total * d);
+        resize(&mut ws.h, t_total * d);
+        resize(&mut ws.q, t_total * qd);
+        resize(&mut ws.k, t_total * kvd);
+        resize(&mut ws.v, t_total * kvd);
+        resize(&mut ws.attn, t_total * qd);
+        resize(&mut ws.o, t_total * d);
+        resize(&mut ws.gate, t_total * ff);
+        resize(&mut ws.up, t_total * ff);
+        ws.positions.clear();
+        ws.tok_seq.clear();
+        for (si, s) in seqs.iter().enumerate() {
+            for i in 0..s.tokens.len() {
+                ws.positions.push(s.start_pos + i);
+                ws.tok_seq.push((si, s.start_pos + i));
+            }
+        }
+        let ff_factors = self.rope_freqs.as_deref();
+        ws.rope_global.fill(&ws.positions, cfg.rope_base, cfg.rope_dims, ff_factors);
+        if cfg.local_layers.iter().any(|&l| l) {
+            ws.rope_local.fill(&ws.positions, cfg.rope_base_local, cfg.rope_dims, ff_factors);
+        }
+
+        // Embeddings.
+        let emb = self.mat(&self.tok_embd);
+        let mut t = 0;
+        for s in seqs {
+            for &tok in s.tokens {
+                let row = &mut ws.x[t * d..(t + 1) * d];
+                quants::dequantize_row(emb.ty, emb.row(tok as usize), row).expect("shape checked at load");
+                if let Some(sc) = cfg.embed_scale {
+                    row.iter_mut().for_each(|v| *v *= sc);
+                }
+                t += 1;
+            }
+        }
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            // Attention block.
+            for t in 0..t_total {
+                ops::rms_norm(&ws.x[t * d..(t + 1) * d], &layer.attn_norm, cfg.rms_eps, &mut ws.h[t * d..(t + 1) * d]);
+            }
+            self.project_shared(pool, &mut [(&layer.wq, &mut ws.q), (&layer.wk, &mut ws.k), (&layer.wv, &mut ws.v)], &ws.h, t_total, &mut ws.act, &mut ws.act2);
+            for t in 0..t_total {
+                if let Some(b) = &layer.bq {
+                    add(&mut ws.q[t * qd..(t + 1) * qd], b);
+                }
+                if let Some(b) = &layer.bk {
+                    add(&mut ws.k[t * kvd..(t + 1) * kvd], b);
+                }
+                if let Some(b) = &layer.bv {
+                    add(&mut ws.v[t * kvd..(t + 1) * kvd], b);
+                }
+                let rope = if cfg.local_layers[li] { &ws.rope_local } else { &ws.rope_global };
+                for head in ws.q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
+                    if let Some(w) = &layer.q_norm {
+                        ops::rms_norm_inplace(head, w, cfg.rms_eps);
+                    }
+                    rope.apply(head, t, cfg.rope_style);
+                }
+                for head in ws.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd) {
+                    if let Some(w) = &layer.k_norm {
+                        ops::rms_norm_inplace(head, w, cfg.rms_eps);
+                    }
+                    rope.apply(head, t, cfg.rope_style);
+                }
+            }
+            // Store the new keys and values.
+            let g = kv.group_of_layer(li);
+            {
+                let mut t = 0;
+                for s in seqs {
+                    let table = s.block_tables[g];
+                    for i in 0..s.tokens.len() {
+                        let off = kv.offset(table, s.start_pos + i);
+                        let (kc, vc) = kv.layer_kv_mut(li);
+                        kc[off..off + kvd].copy_from_slice(&ws.k[t * kvd..(t + 1) * kvd]);
+                        vc[off..off + kvd].copy_from_slice(&ws.v[t * kvd..(t + 1) * kvd]);
+                        t += 1;
+                    }
+                }
+            }
+            self.attention(pool, li, seqs, kv, ws, t_total);
+            matmul(pool, &self.mat(&layer.wo), &ws.attn, t_total, &mut ws.o, &mut ws.act);
+            for t in 0..t_total {
+                let o = &mut ws.o[t * d..(t + 1) * d];
+                if let Some(w) = &layer.post_attn_norm {
+                    ops::rms_norm_inplace(o, w, cfg.rms_eps);
+                }
+                add(&mut ws.x[t * d..(t + 1) * d], o);
+            }
+
+            // Feed-forward block.
+            for t in 0..t_total {
+                ops::rms_norm(&ws.x[t * d..(t + 1) * d], &layer.ffn_norm, cfg.rms_eps, &mut ws.h[t * d..(t + 1) * d]);
+            }
+            self.project_shared(pool, &mut [(&layer.gate, &mut ws.gate), (&layer.up, &mut ws.up)], &ws.h, t_total, &mut ws.act, &mut ws.act2);
+            gated_activation(pool, cfg.activation, &mut ws.gate, &ws.up);
+            matmul(pool, &self.mat(&layer.down), &ws.gate, t_total, &mut ws.o, &mut ws.act);
+            for t in 0..t_total {
+                let o = &mut ws.o[t * d..(t + 1) * d];
+                if let Some(w) = &layer.post_ffn_norm {
+                    ops::rms_norm_inplace(o, w, cfg.rms_eps);
+                }
+                add(&mut ws.x[t * d..(t + 1) * d], o);
+            }
+        }
+
+        // Logits for the requested rows.
+        let mut rows = Vec::new();
+        let mut t = 0;
+        for s in seqs {
+            match s.logits {
+                LogitsWanted::None => {}
+                LogitsWanted::Last => rows.push(t + s.tokens.len() - 1),
+                LogitsWanted::All => rows.extend(t..t + s.tokens.len()),
+            }
+            t += s.tokens.len();
+        }
+        let m = rows.len();
+        resize(&mut ws.sel, m * d);
+        for (i, &r) in rows.iter().enumerate() {
+            ops::rms_norm(&ws.x[r * d..(r + 1) * d], &self.output_norm, cfg.rms_eps, &mut ws.sel[i * d..(i + 1) * d]);
+        }
+        let vocab = cfg.vocab_size;
+        logits.resize(m * vocab, 0.0);
+        if m > 0 {
+            matmul(pool, &self.mat(&self.output), &ws.sel, m, logits, &mut ws.act);
+            if let Some(cap) = cfg.final_logit_softcap {
+                logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+            }
+        }
+        Ok(m)
+    }
+
+    /// Several matrices applied to the same input: the activations are quantized once
+    /// per distinct activation format.
+    #[allow(clippy::too_many_arguments)]
+    fn project_shared(
+        &self,
+        pool: &ThreadPool,
+        outs: &mut [(&Weight, &mut Vec<f32>)],
+        x: &[f32],
+        t: usize,
+        act: &mut Vec<u8>,
+        act2: &mut Vec<u8>,
+    ) {
+        let first = quants::act_type(outs[0].0.ty).expect("checked at load");
+        quantize_activations(pool, outs[0].0.ty, x, t, outs[0].0.cols, act);
+        for (w, out) in outs.iter_mut() {
+            let m = self.mat(w);
+            let out = &mut out[..t * m.rows];
+            if quants::act_type(w.ty).expect("checked at load") == first {
+                matmul_quantized(pool, &m, act, t, out);
+            } else {
+                matmul(pool, &m, x, t, out, act2);
+            }
+        }
+    }
+
+    fn attention(&self, pool: &ThreadPool, li: usize, seqs: &[SeqInput], kv: &KvCache, ws: &mut Workspace, t_total: usize) {
+        let cfg = &self.cfg;
+        let (hd, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let group = nh / nkv;
+        let window = if cfg.local_layers[li] { cfg.sliding_window } else { None };
+        let g = kv.group_of_layer(li);
+        let (kc, vc) = kv.layer_kv(li);
+        let scale = cfg.attn_scale;
+        let max_ctx = ws.tok_seq.iter().map(|&(_, p)| p + 1).max().unwrap_or(0);
+        let n_threads = pool.n_threads();
+        if ws.scores.len() < n_threads {
+            ws.scores.resize(n_threads, Vec::new());
+        }
+        for s in ws.scores.iter_mut() {
+            if s.len() < group * max_ctx {
+                s.resize(group * max_ctx, 0.0);
+            }
+        }
+        let scores_ptrs: Vec<Ptr> = ws.scores.iter_mut().map(|s| Ptr(s.as_mut_ptr())).collect();
+        let attn = Ptr(ws.attn.as_mut_ptr());
+        let q = &ws.q;
+        let tok_seq = &ws.tok_seq;
+        let next = AtomicUsize::new(0);
+        // Tasks: (token, kv head) pairs.
+        let n_tasks = t_total * nkv;
+        pool.run(|tid, _| {
+            let attn = attn;
+            let scores_base = scores_ptrs[tid];
+            loop {
+                let task = next.fetch_add(1, Ordering::Relaxed);
+                if task >= n_tasks {
+                    break;
+                }
+                let (t, kh) = (task / nkv, task % nkv);
+                let (si, pos) = tok_seq[t];
+                let table = seqs[si].block_tables[g];
+                let lo = match window {
+                    Some(w) => (pos + 1).saturating_sub(w),
+                    None => 0,
+                };
+                let n = pos + 1 - lo;
+                // SAFETY: each thread owns its scores buffer (sized group * max_ctx), and
+                // each (token, kv head) task writes its own slice of `attn`.
+                let scores = unsafe { std::slice::from_raw_parts_mut(scores_base.0, group * n) };
+                let out = unsafe { std::slice::from_raw_parts_mut(attn.0.add(t * qd + kh * group * hd), group * hd) };
+                let qh = &q[t * qd + kh * group * hd..t * qd + (kh + 1) * group * hd];
+                for j in 0..n {
+                    let off = kv.offset(table, lo + j) + kh * hd;
+                    let key = &kc[off..off + hd];
+                    for h in 0..group {
+                        scores[h * n + j] = ops::dot_f32(&qh[h * hd..(h + 1) * hd], key) * scale;
+                    }
+                }
+                out.fill(0.0);
+                for h in 0..group {
+                    ops::softmax_inplace(&mut scores[h * n..(h + 1) * n]);
+                }
+                for j in 0..n {
+                    let off = kv.offset(table, lo + j) + kh * hd;
+                    let val = &vc[off..off + hd];
+                    for h in 0..group {
+                        ops::axpy_f32(scores[h * n + j], val, &mut out[h * hd..(h + 1) * hd]);
+                    }
+                }
+            }
+        });
+        let _ = kvd;
+    }
+
+    fn validate(&self, seqs: &[SeqInput], kv: &KvCache) -> Result<(), ModelError> {
+        let vocab = self.cfg.vocab_size;
+        let bs = kv.block_size();
+        let layout = kv.layout();
+        for (i, s) in seqs.iter().enumerate() {
+            if let Some(&id) = s.tokens.iter().find(|&&id| id as usize >= vocab) {
+                return Err(ModelError::BadToken { id, vocab });
+            }
+            if s.block_tables.len() != kv.n_groups() {
+                return Err(ModelError::BadBatch(format!(
+                    "sequence {i} has {} block tables, the cache has {} groups",
+                    s.block_tables.len(),
+                    kv.n_groups()
+                )));
+            }
+            let end = s.start_pos + s.tokens.len();
+            for (g, table) in s.block_tables.iter().enumerate() {
+                let cap = table.len() * bs;
+                if end > cap {
+                    return Err(ModelError::KvFull { pos: end - 1, cap });
+                }
+                // Blocks that will be read: the window (or everything) up to `end`.
+                let first = match layout.group_window[g] {
+                    Some(w) => (s.start_pos + 1).saturating_sub(w),
+                    None => 0,
+                };
+                for &b in &table[first / bs..end.div_ceil(bs)] {
+                    if b == NO_BLOCK || b as usize >= kv.blocks_in_group(g) {
+                        return Err(ModelError::BadBatch(format!(
+                            "sequence {i}: block {b} in group {g} is not a valid block"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+fn gated_activation(pool: &ThreadPool, act: Activation, gate: &mut [f32], up: &[f32]) {
+    let n = gate.len();
+    let p = Ptr(gate.as_mut_ptr());
+    pool.for_each_chunk(n, 4096, |s, e| {
+        let p = p;
+        // SAFETY: chunks are disjoint.
+        let g = unsafe { std::slice::from_raw_parts_mut(p.0.add(s), e - s) };
+        match act {
+            Activation::GeluTanh => ops::gelu_tanh_mul(g, &up[s..e]),
+            Activation::Silu => ops::silu_mul(g, &up[s..e]),
+        }
+    });
+}

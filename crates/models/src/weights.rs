@@ -1,0 +1,203 @@
+//! Model weights: tensors located in the memory-mapped GGUF file (never copied),
+//! plus the small norm vectors held as f32.
+
+use crate::config::{Arch, ModelConfig};
+use crate::ModelError;
+use hangar_formats::{GgmlType, GgufFile, TensorInfo};
+use hangar_kernels::quants;
+use hangar_kernels::QMatrix;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A weight matrix inside the mapped file.
+#[derive(Debug, Clone)]
+pub struct Weight {
+    pub name: String,
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    offset: usize,
+    len: usize,
+}
+
+pub(crate) struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub wq: Weight,
+    pub wk: Weight,
+    pub wv: Weight,
+    pub wo: Weight,
+    pub bq: Option<Vec<f32>>,
+    pub bk: Option<Vec<f32>>,
+    pub bv: Option<Vec<f32>>,
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    pub post_attn_norm: Option<Vec<f32>>,
+    pub ffn_norm: Vec<f32>,
+    pub gate: Weight,
+    pub up: Weight,
+    pub down: Weight,
+    pub post_ffn_norm: Option<Vec<f32>>,
+}
+
+/// A loaded model: configuration plus weights borrowed from the file.
+pub struct Model {
+    pub cfg: ModelConfig,
+    file: Arc<GgufFile>,
+    pub(crate) tok_embd: Weight,
+    pub(crate) output: Weight,
+    pub(crate) output_norm: Vec<f32>,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) rope_freqs: Option<Vec<f32>>,
+}
+
+impl Model {
+    /// Maps and loads a GGUF model file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        Self::from_gguf(Arc::new(GgufFile::open(path)?))
+    }
+
+    /// Builds the model over an already-parsed file (shared with the tokenizer).
+    pub fn from_gguf(file: Arc<GgufFile>) -> Result<Self, ModelError> {
+        let mut cfg = ModelConfig::from_gguf(&file)?;
+        let (d, q, kv, ff) = (cfg.d_model, cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim);
+        let tok_embd = weight(&file, "token_embd.weight", d, None)?;
+        cfg.vocab_size = tok_embd.rows;
+        let output = match file.tensor("output.weight") {
+            Some(_) => weight(&file, "output.weight", d, Some(cfg.vocab_size))?,
+            None => tok_embd.clone(),
+        };
+        let output_norm = vector(&file, "output_norm.weight", d)?;
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        let hd = cfg.head_dim;
+        for i in 0..cfg.n_layers {
+            let n = |s: &str| format!("blk.{i}.{s}");
+            let opt_vec = |s: &str, len: usize| -> Result<Option<Vec<f32>>, ModelError> {
+                match file.tensor(&n(s)) {
+                    Some(_) => vector(&file, &n(s), len).map(Some),
+                    None => Ok(None),
+                }
+            };
+            let layer = Layer {
+                attn_norm: vector(&file, &n("attn_norm.weight"), d)?,
+                wq: weight(&file, &n("attn_q.weight"), d, Some(q))?,
+                wk: weight(&file, &n("attn_k.weight"), d, Some(kv))?,
+                wv: weight(&file, &n("attn_v.weight"), d, Some(kv))?,
+                wo: weight(&file, &n("attn_output.weight"), q, Some(d))?,
+                bq: opt_vec("attn_q.bias", q)?,
+                bk: opt_vec("attn_k.bias", kv)?,
+                bv: opt_vec("attn_v.bias", kv)?,
+                q_norm: opt_vec("attn_q_norm.weight", hd)?,
+                k_norm: opt_vec("attn_k_norm.weight", hd)?,
+                post_attn_norm: opt_vec("post_attention_norm.weight", d)?,
+                ffn_norm: vector(&file, &n("ffn_norm.weight"), d)?,
+                gate: weight(&file, &n("ffn_gate.weight"), d, Some(ff))?,
+                up: weight(&file, &n("ffn_up.weight"), d, Some(ff))?,
+                down: weight(&file, &n("ffn_down.weight"), ff, Some(d))?,
+                post_ffn_norm: opt_vec("post_ffw_norm.weight", d)?,
+            };
+            if cfg.arch == Arch::Gemma3
+                && (layer.q_norm.is_none() || layer.post_attn_norm.is_none() || layer.post_ffn_norm.is_none())
+            {
+                return Err(ModelError::MissingTensor(n("attn_q_norm.weight / post norms")));
+            }
+            layers.push(layer);
+        }
+        let rope_freqs = match file.tensor("rope_freqs.weight") {
+            Some(_) => Some(vector(&file, "rope_freqs.weight", cfg.rope_dims / 2)?),
+            None => None,
+        };
+        Ok(Model {
+            cfg,
+            file,
+            tok_embd,
+            output,
+            output_norm,
+            layers,
+            rope_freqs,
+        })
+    }
+
+    /// The parsed file (metadata for the tokenizer and chat template).
+    pub fn gguf(&self) -> &Arc<GgufFile> {
+        &self.file
+    }
+
+    pub(crate) fn mat(&self, w: &Weight) -> QMatrix<'_> {
+        QMatrix {
+            ty: w.ty,
+            rows: w.rows,
+            cols: w.cols,
+            data: &self.file.bytes()[w.offset..w.offset + w.len],
+        }
+    }
+
+    /// Bytes of weights read to produce one token in decode (every matrix once).
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let mut n = self.output.len;
+        for l in &self.layers {
+            for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down] {
+                n += w.len;
+            }
+        }
+        n
+    }
+
+    /// Parameters in matrix-vector products per token (for FLOP estimates), excluding
+    /// the embedding lookup.
+    pub fn matmul_params(&self) -> usize {
+        let mut n = self.output.rows * self.output.cols;
+        for l in &self.layers {
+            for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down] {
+                n += w.rows * w.cols;
+            }
+        }
+        n
+    }
+}
+
+fn find<'a>(f: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {
+    f.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+}
+
+/// A 2-D weight with `cols` inputs and (if given) `rows` outputs.
+fn weight(f: &GgufFile, name: &str, cols: usize, rows: Option<usize>) -> Result<Weight, ModelError> {
+    let t = find(f, name)?;
+    let got_rows = t.n_rows();
+    if t.dims.len() != 2 || t.row_len() != cols || rows.is_some_and(|r| r != got_rows) {
+        return Err(ModelError::BadShape {
+            name: name.into(),
+            got: t.dims.clone(),
+            want: vec![cols as u64, rows.unwrap_or(got_rows) as u64],
+        });
+    }
+    quants::act_type(t.ty).map_err(|source| ModelError::Kernel {
+        name: name.into(),
+        source,
+    })?;
+    Ok(Weight {
+        name: name.into(),
+        ty: t.ty,
+        rows: got_rows,
+        cols,
+        offset: t.offset as usize,
+        len: t.size as usize,
+    })
+}
+
+/// A 1-D tensor of `len` elements, converted to f32.
+fn vector(f: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+    let t = find(f, name)?;
+    if t.n_elements() != len as u64 {
+        return Err(ModelError::BadShape {
+            name: name.into(),
+            got: t.dims.clone(),
+            want: vec![len as u64],
+        });
+    }
+    let mut out = vec![0f32; len];
+    quants::dequantize_row(t.ty, f.tensor_data(t), &mut out).map_err(|source| ModelError::Kernel {
+        name: name.into(),
+        source,
+    })?;
+    Ok(out)
+}
