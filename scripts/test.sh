@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a fresh machine: fetches the default model,
+# builds in release mode, runs the Rust tests (unit and end-to-end on the real model)
+# and the Python client tests against a real `hangar serve` over a socket.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== default model"
+HANGAR_MODEL=$(bash scripts/fetch-default-model.sh)
+export HANGAR_MODEL
+echo "$HANGAR_MODEL"
+
+echo "== build"
+cargo build --release --workspace --bins
+
+echo "== rust tests"
+cargo test --release --workspace -- --test-threads=2
+
+if [ -d tests/python ] && ls tests/python/test_*.py >/dev/null 2>&1; then
+  echo "== python client tests"
+  VENV=${HANGAR_TEST_VENV:-target/pyenv}
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+  fi
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+  HANGAR_BIN="$PWD/target/release/hangar" "$VENV/bin/python" -m pytest -q tests/python
+fi
+echo "== all tests passed"
