@@ -1,5 +1,6 @@
 //! Reading measured throughput written by `hangar bench --json`, so the roofline can
-//! be printed beside it. The reader is lenient about layout: it looks for numeric
+//! be printed beside it. It reads `hangar bench`'s layout (`figures: [{test: "pp512",
+//! tokens, median_tok_s}, {test: "tg128", ...}]`) and is lenient otherwise: numeric
 //! fields named like decode or prefill tokens per second anywhere in the document.
 
 use crate::error::{PlanError, Result};
@@ -12,6 +13,10 @@ use std::path::Path;
 pub struct Measured {
     pub decode_tokens_per_s: Option<f64>,
     pub prefill_tokens_per_s: Option<f64>,
+    /// Tokens of the decode test (`tg128`: 128), when the file says.
+    pub decode_tokens: Option<u64>,
+    /// Prompt length of the prefill test (`pp512`: 512), when the file says.
+    pub prefill_tokens: Option<u64>,
 }
 
 fn classify(key: &str) -> Option<bool> {
@@ -34,9 +39,34 @@ fn classify(key: &str) -> Option<bool> {
     }
 }
 
+/// A `hangar bench` figure: `{"test": "tg128", "tokens": 128, "median_tok_s": 41.2}`.
+fn figure(map: &serde_json::Map<String, Value>, out: &mut Measured) -> bool {
+    let (Some(test), Some(rate)) = (
+        map.get("test").and_then(Value::as_str),
+        map.get("median_tok_s").and_then(Value::as_f64),
+    ) else {
+        return false;
+    };
+    let tokens = map.get("tokens").and_then(Value::as_u64);
+    let t = test.to_ascii_lowercase();
+    let (slot, n) = if t.starts_with("tg") || t.contains("decode") {
+        (&mut out.decode_tokens_per_s, &mut out.decode_tokens)
+    } else if t.starts_with("pp") || t.contains("prefill") {
+        (&mut out.prefill_tokens_per_s, &mut out.prefill_tokens)
+    } else {
+        return false;
+    };
+    *slot = Some(slot.map_or(rate, |o: f64| o.max(rate)));
+    *n = tokens.or(*n);
+    true
+}
+
 fn walk(v: &Value, out: &mut Measured) {
     match v {
         Value::Object(map) => {
+            if figure(map, out) {
+                return;
+            }
             for (k, x) in map {
                 if let (Some(is_decode), Some(n)) = (classify(k), x.as_f64()) {
                     let slot = if is_decode {
@@ -97,6 +127,18 @@ mod tests {
                 .unwrap();
         assert_eq!(m.prefill_tokens_per_s, Some(800.0));
         assert_eq!(m.decode_tokens_per_s, Some(35.0));
+    }
+
+    #[test]
+    fn reads_hangar_bench_figures() {
+        let j = r#"{"model":"m","threads":2,"simd":"avx2","figures":[
+            {"test":"pp512","tokens":512,"median_tok_s":700.5,"min_tok_s":600,"max_tok_s":800,"runs":3},
+            {"test":"tg128","tokens":128,"median_tok_s":60.25,"min_tok_s":50,"max_tok_s":70,"runs":3}]}"#;
+        let m = measured_from_json(j).unwrap();
+        assert_eq!(m.prefill_tokens_per_s, Some(700.5));
+        assert_eq!(m.prefill_tokens, Some(512));
+        assert_eq!(m.decode_tokens_per_s, Some(60.25));
+        assert_eq!(m.decode_tokens, Some(128));
     }
 
     #[test]

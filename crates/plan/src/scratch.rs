@@ -8,7 +8,8 @@ use serde::Serialize;
 /// Scratch estimate for one forward pass.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScratchReport {
-    /// Tokens in flight in a prefill step (`batch * chunk`, capped by the context).
+    /// Tokens in flight in a prefill step: the step's token budget `chunk`, shared
+    /// by the sequences being prefilled (capped by `batch * context`).
     pub prefill_tokens: u64,
     /// f32 intermediates per token of one layer (residual, norm, q/k/v, attention
     /// output, gate/up/down of the feed-forward).
@@ -25,7 +26,8 @@ pub struct ScratchReport {
 }
 
 /// Activation/scratch estimate for `batch` sequences of up to `context` tokens,
-/// prefilled `chunk` tokens at a time.
+/// prefilled `chunk` tokens per step (a token budget, as vLLM's
+/// `max_num_batched_tokens`).
 pub fn scratch(s: &ModelShape, batch: u64, context: u64, chunk: u64) -> ScratchReport {
     let f = 4.0; // f32 activations
     let q = (s.n_heads * s.key_len) as f64;
@@ -34,14 +36,14 @@ pub fn scratch(s: &ModelShape, batch: u64, context: u64, chunk: u64) -> ScratchR
     let d = s.d_model as f64;
     let ff = s.d_ff as f64;
     let per_token = f * (3.0 * d + q + kv + attn_out + 3.0 * ff);
-    let chunk = chunk.min(context).max(1);
+    let chunk = chunk.min(context.saturating_mul(batch)).max(1);
     let keys = match (s.sliding_window, s.n_local_layers == s.n_layers) {
         (Some(w), true) => context.min(w as u64),
         _ => context,
     } as f64;
     let scores_for = |queries: f64| f * s.n_heads as f64 * queries * keys;
     let logits = f * s.vocab as f64 * batch as f64;
-    let prefill_tokens = chunk * batch;
+    let prefill_tokens = chunk;
     ScratchReport {
         prefill_tokens,
         bytes_per_token: per_token,
@@ -73,5 +75,9 @@ mod tests {
             per_token * 512.0 + r.attention_scores_bytes + r.logits_bytes
         );
         assert!(r.decode_bytes < r.prefill_bytes);
+        // The chunk is a per-step budget: a larger batch does not multiply it.
+        let b8 = scratch(&s, 8, 4096, 512);
+        assert_eq!(b8.prefill_tokens, 512);
+        assert_eq!(b8.attention_scores_bytes, r.attention_scores_bytes);
     }
 }
