@@ -559,8 +559,8 @@ pub fn quantize_q6k(x: &[f32; QK_K]) -> BlockQ6K {
     }
     let iscale = -128.0 / max_scale;
     b.d = f32_to_f16(1.0 / iscale);
-    for g in 0..16 {
-        b.scales[g] = nearest_int(iscale * scales[g]).min(127) as i8;
+    for (bs, &s) in b.scales.iter_mut().zip(scales.iter()) {
+        *bs = nearest_int(iscale * s).min(127) as i8;
     }
     let df = f16_to_f32(b.d);
     for g in 0..16 {

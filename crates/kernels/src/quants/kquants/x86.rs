@@ -171,26 +171,6 @@ unsafe fn kernel_avx2(u: &Unpacked, y: *const u8, acc: __m256) -> __m256 {
     _mm256_fnmadd_ps(_mm256_mul_ps(yd, u.dm), _mm256_cvtepi32_ps(summ), acc)
 }
 
-/// Same as [`kernel_avx2`] with VNNI `dpwssd` fusing the scale multiply and add.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-#[inline]
-unsafe fn kernel_vnni(u: &Unpacked, y: *const u8, acc: __m256) -> __m256 {
-    let qs = y.add(4);
-    let mut s0 = _mm256_setzero_si256();
-    let mut s1 = _mm256_setzero_si256();
-    for k in (0..8).step_by(2) {
-        let p0 = _mm256_maddubs_epi16(u.q[k], loadu(qs.add(32 * k)));
-        let p1 = _mm256_maddubs_epi16(u.q[k + 1], loadu(qs.add(32 * k + 32)));
-        s0 = _mm256_dpwssd_epi32(s0, p0, u.sc[k]);
-        s1 = _mm256_dpwssd_epi32(s1, p1, u.sc[k + 1]);
-    }
-    let sumi = _mm256_add_epi32(s0, s1);
-    let summ = _mm256_madd_epi16(loadu(y.add(260)), u.mn);
-    let yd = _mm256_broadcast_ss(&*(y as *const f32));
-    let acc = _mm256_fmadd_ps(_mm256_mul_ps(yd, u.d), _mm256_cvtepi32_ps(sumi), acc);
-    _mm256_fnmadd_ps(_mm256_mul_ps(yd, u.dm), _mm256_cvtepi32_ps(summ), acc)
-}
-
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -198,6 +178,179 @@ unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
     _mm_cvtss_f32(s)
+}
+
+/// The 512-bit form of [`Unpacked`] for the VNNI level: `q[k]` holds elements
+/// `64k..64k+64`, `sc[k]` their i16 scales (one per 16 elements, per 128-bit lane).
+#[derive(Clone, Copy)]
+struct Unpacked512 {
+    q: [__m512i; 4],
+    sc: [__m512i; 4],
+    mn: __m256i,
+    d: __m256,
+    dm: __m256,
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+#[inline]
+unsafe fn bcast256(p: *const u8) -> __m512i {
+    _mm512_broadcast_i64x4(loadu(p))
+}
+
+/// Q4_K/Q5_K 512-bit scale vectors: `sc[k]` = scale 2k in lanes 0..16, 2k+1 in 16..32.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+#[inline]
+unsafe fn k4_scales512(scales: *const u8) -> ([__m512i; 4], __m256i) {
+    let s: &[u8; 12] = &*(scales as *const [u8; 12]);
+    let (sc8, m8) = super::unpack_scales_mins(s);
+    let m = _mm_cvtsi64_si128(m8 as i64);
+    let mn = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
+    let sc16 = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc8 as i64)));
+    let mut sc = [_mm512_setzero_si512(); 4];
+    for (k, v) in sc.iter_mut().enumerate() {
+        let a = _mm_set1_epi16((0x0100 + 0x0404 * k as i32) as i16);
+        let b = _mm_set1_epi16((0x0302 + 0x0404 * k as i32) as i16);
+        let idx = _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm256_set_m128i(a, a)),
+            _mm256_set_m128i(b, b),
+        );
+        *v = _mm512_shuffle_epi8(sc16, idx);
+    }
+    (sc, mn)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+#[inline]
+unsafe fn unpack512_q4k(b: *const u8) -> Unpacked512 {
+    let d = load_f16(b);
+    let dmin = load_f16(b.add(2));
+    let (sc, mn) = k4_scales512(b.add(4));
+    let m4 = _mm512_set1_epi8(0x0f);
+    let qs = b.add(16);
+    let mut q = [_mm512_setzero_si512(); 4];
+    for (c, v) in q.iter_mut().enumerate() {
+        // [raw, raw >> 4] & 0xf: low nibbles are elements 64c.., high 64c+32..
+        let raw = bcast256(qs.add(32 * c));
+        *v = _mm512_and_si512(_mm512_mask_srli_epi16::<4>(raw, 0xffff_0000, raw), m4);
+    }
+    Unpacked512 {
+        q,
+        sc,
+        mn,
+        d: _mm256_set1_ps(d),
+        dm: _mm256_set1_ps(dmin),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+#[inline]
+unsafe fn unpack512_q5k(b: *const u8) -> Unpacked512 {
+    let d = load_f16(b);
+    let dmin = load_f16(b.add(2));
+    let (sc, mn) = k4_scales512(b.add(4));
+    let m4 = _mm512_set1_epi8(0x0f);
+    let bit4 = _mm512_set1_epi8(0x10);
+    let h = bcast256(b.add(16));
+    let qs = b.add(48);
+    let mut q = [_mm512_setzero_si512(); 4];
+    for (c, v) in q.iter_mut().enumerate() {
+        let raw = bcast256(qs.add(32 * c));
+        let nib = _mm512_and_si512(_mm512_mask_srli_epi16::<4>(raw, 0xffff_0000, raw), m4);
+        // High bit 2c for the low half, 2c+1 for the high half.
+        let bits = _mm512_inserti64x4::<1>(
+            _mm512_set1_epi8(1 << (2 * c)),
+            _mm256_set1_epi8(1 << (2 * c + 1)),
+        );
+        let k = _mm512_test_epi8_mask(h, bits);
+        *v = _mm512_mask_add_epi8(nib, k, nib, bit4);
+    }
+    Unpacked512 {
+        q,
+        sc,
+        mn,
+        d: _mm256_set1_ps(d),
+        dm: _mm256_set1_ps(dmin),
+    }
+}
+
+/// Q6_K quants in natural 512-bit order (vector j = elements 64j..64j+64).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+#[inline]
+unsafe fn q6k_quants512(b: *const u8) -> [__m512i; 4] {
+    let ql = b;
+    let qh = b.add(128);
+    let m4 = _mm512_set1_epi8(0x0f);
+    let m30 = _mm512_set1_epi8(0x30);
+    // Per-half shift counts: elements 128h+0.. take qh bits 0-1 (<< 4), +32.. bits
+    // 2-3 (<< 2); +64.. bits 4-5 (as is), +96.. bits 6-7 (>> 2).
+    let sh_a = _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(2));
+    let sh_b = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(2));
+    let mut q = [_mm512_setzero_si512(); 4];
+    for h in 0..2 {
+        let l = _mm512_loadu_si512(ql.add(64 * h) as *const _);
+        let hb = bcast256(qh.add(32 * h));
+        let ha = _mm512_and_si512(_mm512_sllv_epi16(hb, sh_a), m30);
+        let hc = _mm512_and_si512(_mm512_srlv_epi16(hb, sh_b), m30);
+        q[2 * h] = _mm512_or_si512(_mm512_and_si512(l, m4), ha);
+        q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(l), m4), hc);
+    }
+    q
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+#[inline]
+unsafe fn unpack512_q6k(b: *const u8) -> Unpacked512 {
+    let q = q6k_quants512(b);
+    let s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(192) as *const __m128i));
+    let d = load_f16(b.add(208));
+    let sz = _mm512_castsi256_si512(s16);
+    let mut sc = [_mm512_setzero_si512(); 4];
+    for (k, v) in sc.iter_mut().enumerate() {
+        let k = k as i16;
+        let idx = _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm256_set_m128i(
+                _mm_set1_epi16(4 * k + 1),
+                _mm_set1_epi16(4 * k),
+            )),
+            _mm256_set_m128i(_mm_set1_epi16(4 * k + 3), _mm_set1_epi16(4 * k + 2)),
+        );
+        *v = _mm512_permutexvar_epi16(idx, sz);
+    }
+    Unpacked512 {
+        q,
+        sc,
+        mn: s16,
+        d: _mm256_set1_ps(d),
+        dm: _mm256_set1_ps(32.0 * d),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+#[inline]
+unsafe fn kernel512(u: &Unpacked512, y: *const u8, acc: __m256) -> __m256 {
+    let qs = y.add(4);
+    let y0 = _mm512_loadu_si512(qs as *const _);
+    let y1 = _mm512_loadu_si512(qs.add(64) as *const _);
+    let y2 = _mm512_loadu_si512(qs.add(128) as *const _);
+    let y3 = _mm512_loadu_si512(qs.add(192) as *const _);
+    let s0 = _mm512_dpwssd_epi32(
+        _mm512_setzero_si512(),
+        _mm512_maddubs_epi16(u.q[0], y0),
+        u.sc[0],
+    );
+    let s1 = _mm512_dpwssd_epi32(
+        _mm512_setzero_si512(),
+        _mm512_maddubs_epi16(u.q[1], y1),
+        u.sc[1],
+    );
+    let s0 = _mm512_dpwssd_epi32(s0, _mm512_maddubs_epi16(u.q[2], y2), u.sc[2]);
+    let s1 = _mm512_dpwssd_epi32(s1, _mm512_maddubs_epi16(u.q[3], y3), u.sc[3]);
+    let s = _mm512_add_epi32(s0, s1);
+    let sumi = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s));
+    let summ = _mm256_madd_epi16(loadu(y.add(260)), u.mn);
+    let yd = _mm256_broadcast_ss(&*(y as *const f32));
+    let acc = _mm256_fmadd_ps(_mm256_mul_ps(yd, u.d), _mm256_cvtepi32_ps(sumi), acc);
+    _mm256_fnmadd_ps(_mm256_mul_ps(yd, u.dm), _mm256_cvtepi32_ps(summ), acc)
 }
 
 /// Stamps out a tile driver for one (weight type, SIMD level): for each weight row,
@@ -313,24 +466,24 @@ tile_fn!(
     tile_q4k_vnni,
     cols_q4k_vnni,
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni",
-    unpack_q4k,
-    kernel_vnni,
+    unpack512_q4k,
+    kernel512,
     144
 );
 tile_fn!(
     tile_q5k_vnni,
     cols_q5k_vnni,
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni",
-    unpack_q5k,
-    kernel_vnni,
+    unpack512_q5k,
+    kernel512,
     176
 );
 tile_fn!(
     tile_q6k_vnni,
     cols_q6k_vnni,
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni",
-    unpack_q6k,
-    kernel_vnni,
+    unpack512_q6k,
+    kernel512,
     210
 );
 
