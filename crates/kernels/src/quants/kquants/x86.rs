@@ -171,6 +171,18 @@ unsafe fn kernel_avx2(u: &Unpacked, y: *const u8, acc: __m256) -> __m256 {
     _mm256_fnmadd_ps(_mm256_mul_ps(yd, u.dm), _mm256_cvtepi32_ps(summ), acc)
 }
 
+/// Weight blocks ahead to prefetch (runs into the next row, which is where the
+/// matmul driver goes next; prefetches never fault).
+const PF_BLOCKS: usize = 6;
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn prefetch(p: *const u8) {
+    _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64) as *const i8);
+    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(128) as *const i8);
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -353,6 +365,250 @@ unsafe fn kernel512(u: &Unpacked512, y: *const u8, acc: __m256) -> __m256 {
     _mm256_fnmadd_ps(_mm256_mul_ps(yd, u.dm), _mm256_cvtepi32_ps(summ), acc)
 }
 
+// ---------------------------------------------------------------------------------
+// Transposed VNNI path for tiles with several activation columns.
+//
+// Weights and activations of a super-block are rearranged so that dword lane `i`
+// (0..16) of vector `k` (0..4) holds elements `16i + 4k .. 16i + 4k + 4`: every lane
+// then belongs to one 16-element scale group, four `vpdpbusd` give the 16 group sums
+// directly, and the scales apply as one float vector. Activations are rearranged
+// once per call (reused by all weight rows), weights once per block (reused by all
+// columns).
+// ---------------------------------------------------------------------------------
+
+/// Natural order (vector j = elements 64j..64j+64) to the transposed order.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+#[inline]
+unsafe fn transpose_groups(v: [__m512i; 4]) -> [__m512i; 4] {
+    // Within each vector, transpose the 4x4 dwords of its 4 groups (one per 128-bit lane).
+    let p = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    let t0 = _mm512_permutexvar_epi32(p, v[0]);
+    let t1 = _mm512_permutexvar_epi32(p, v[1]);
+    let t2 = _mm512_permutexvar_epi32(p, v[2]);
+    let t3 = _mm512_permutexvar_epi32(p, v[3]);
+    // Then transpose the 4x4 128-bit blocks across the vectors.
+    let u0 = _mm512_shuffle_i32x4::<0x44>(t0, t1);
+    let u1 = _mm512_shuffle_i32x4::<0xee>(t0, t1);
+    let u2 = _mm512_shuffle_i32x4::<0x44>(t2, t3);
+    let u3 = _mm512_shuffle_i32x4::<0xee>(t2, t3);
+    [
+        _mm512_shuffle_i32x4::<0x88>(u0, u2),
+        _mm512_shuffle_i32x4::<0xdd>(u0, u2),
+        _mm512_shuffle_i32x4::<0x88>(u1, u3),
+        _mm512_shuffle_i32x4::<0xdd>(u1, u3),
+    ]
+}
+
+/// A weight block in transposed order with per-group float multipliers.
+#[derive(Clone, Copy)]
+struct UnpackedT {
+    q: [__m512i; 4],
+    /// `d * scale_g` per group.
+    dsc: __m512,
+    /// Coefficient of `y.d * bsum_g` (subtracted).
+    dmn: __m512,
+}
+
+/// Group multipliers of Q4_K/Q5_K: each sub-block's scale and min, twice.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+#[inline]
+unsafe fn k4_group_scales(b: *const u8) -> (__m512, __m512) {
+    let d = load_f16(b);
+    let dmin = load_f16(b.add(2));
+    let s: &[u8; 12] = &*(b.add(4) as *const [u8; 12]);
+    let (sc8, m8) = super::unpack_scales_mins(s);
+    let both = _mm_set_epi64x(m8 as i64, sc8 as i64);
+    let sc = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(both, both));
+    let mn = _mm512_cvtepu8_epi32(_mm_unpackhi_epi8(both, both));
+    (
+        _mm512_mul_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sc)),
+        _mm512_mul_ps(_mm512_set1_ps(dmin), _mm512_cvtepi32_ps(mn)),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+#[inline]
+unsafe fn unpack_t_q4k(b: *const u8) -> UnpackedT {
+    let (dsc, dmn) = k4_group_scales(b);
+    let m4 = _mm512_set1_epi8(0x0f);
+    let qs = b.add(16);
+    let mut q = [_mm512_setzero_si512(); 4];
+    for (c, v) in q.iter_mut().enumerate() {
+        let raw = bcast256(qs.add(32 * c));
+        *v = _mm512_and_si512(_mm512_mask_srli_epi16::<4>(raw, 0xffff_0000, raw), m4);
+    }
+    UnpackedT {
+        q: transpose_groups(q),
+        dsc,
+        dmn,
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+#[inline]
+unsafe fn unpack_t_q5k(b: *const u8) -> UnpackedT {
+    let u = unpack512_q5k(b);
+    let (dsc, dmn) = k4_group_scales(b);
+    UnpackedT {
+        q: transpose_groups(u.q),
+        dsc,
+        dmn,
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+#[inline]
+unsafe fn unpack_t_q6k(b: *const u8) -> UnpackedT {
+    let q = q6k_quants512(b);
+    let d = load_f16(b.add(208));
+    let s = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+        b.add(192) as *const __m128i
+    )));
+    let dsc = _mm512_mul_ps(_mm512_set1_ps(d), s);
+    UnpackedT {
+        q: transpose_groups(q),
+        dsc,
+        dmn: _mm512_mul_ps(_mm512_set1_ps(32.0), dsc),
+    }
+}
+
+/// Zmm vectors per prepared activation block: 4 of quants, `y.d * bsums`, `y.d`.
+const PREP: usize = 6;
+
+/// Rearranges `nc` Q8_K rows of `nb` blocks into `buf[(c * nb + b) * PREP ..]`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+unsafe fn prepare_acts(nb: usize, a: *const u8, a_stride: usize, nc: usize, buf: *mut __m512i) {
+    for c in 0..nc {
+        for b in 0..nb {
+            let y = a.add(c * a_stride + b * Q8K_BYTES);
+            let qs = y.add(4);
+            let v = [
+                _mm512_loadu_si512(qs as *const _),
+                _mm512_loadu_si512(qs.add(64) as *const _),
+                _mm512_loadu_si512(qs.add(128) as *const _),
+                _mm512_loadu_si512(qs.add(192) as *const _),
+            ];
+            let t = transpose_groups(v);
+            let yd = _mm512_set1_ps((y as *const f32).read_unaligned());
+            let bs = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(loadu(y.add(260))));
+            let dst = buf.add((c * nb + b) * PREP);
+            for (k, t) in t.iter().enumerate() {
+                dst.add(k).write(*t);
+            }
+            dst.add(4).write(_mm512_castps_si512(_mm512_mul_ps(yd, bs)));
+            dst.add(5).write(_mm512_castps_si512(yd));
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+#[inline]
+unsafe fn kernel_t(u: &UnpackedT, p: *const __m512i, acc: __m512) -> __m512 {
+    let s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u.q[0], p.read());
+    let s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u.q[1], p.add(1).read());
+    let s0 = _mm512_dpbusd_epi32(s0, u.q[2], p.add(2).read());
+    let s1 = _mm512_dpbusd_epi32(s1, u.q[3], p.add(3).read());
+    let s = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+    let yd = _mm512_castsi512_ps(p.add(5).read());
+    let acc = _mm512_fmadd_ps(_mm512_mul_ps(s, yd), u.dsc, acc);
+    _mm512_fnmadd_ps(_mm512_castsi512_ps(p.add(4).read()), u.dmn, acc)
+}
+
+macro_rules! tile_t_fn {
+    ($cols:ident, $unpack:ident, $wbytes:expr) => {
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $cols<const NC: usize>(
+            nb: usize,
+            w: *const u8,
+            w_stride: usize,
+            nr: usize,
+            prep: *const __m512i,
+            out: *mut f32,
+            out_stride: usize,
+        ) {
+            for r in 0..nr {
+                let wr = w.add(r * w_stride);
+                let mut acc = [_mm512_setzero_ps(); NC];
+                for b in 0..nb {
+                    prefetch(wr.wrapping_add((b + PF_BLOCKS) * $wbytes));
+                    let u = $unpack(wr.add(b * $wbytes));
+                    for (c, acc) in acc.iter_mut().enumerate() {
+                        *acc = kernel_t(&u, prep.add((c * nb + b) * PREP), *acc);
+                    }
+                }
+                for (c, acc) in acc.iter().enumerate() {
+                    *out.add(r * out_stride + c) = _mm512_reduce_add_ps(*acc);
+                }
+            }
+        }
+    };
+}
+
+tile_t_fn!(cols_t_q4k, unpack_t_q4k, 144);
+tile_t_fn!(cols_t_q5k, unpack_t_q5k, 176);
+tile_t_fn!(cols_t_q6k, unpack_t_q6k, 210);
+
+/// Columns per transposed pass (bounded so the prepared activations stay small).
+const T_COLS: usize = 8;
+
+thread_local! {
+    static PREP_BUF: std::cell::RefCell<Vec<__m512i>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// VNNI tile with `nc >= 2` through the transposed kernels.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_t(
+    t: GgmlType,
+    nb: usize,
+    w: *const u8,
+    w_stride: usize,
+    nr: usize,
+    a: *const u8,
+    a_stride: usize,
+    nc: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    PREP_BUF.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        let need = nc.min(T_COLS) * nb * PREP;
+        if buf.len() < need {
+            buf.resize(need, _mm512_setzero_si512());
+        }
+        let prep = buf.as_mut_ptr();
+        let mut c0 = 0;
+        while c0 < nc {
+            let left = nc - c0;
+            let chunks = left.div_ceil(T_COLS);
+            let cn = left.div_ceil(chunks);
+            prepare_acts(nb, a.add(c0 * a_stride), a_stride, cn, prep);
+            let out = out.add(c0);
+            macro_rules! go {
+                ($cols:ident) => {
+                    match cn {
+                        1 => $cols::<1>(nb, w, w_stride, nr, prep, out, out_stride),
+                        2 => $cols::<2>(nb, w, w_stride, nr, prep, out, out_stride),
+                        3 => $cols::<3>(nb, w, w_stride, nr, prep, out, out_stride),
+                        4 => $cols::<4>(nb, w, w_stride, nr, prep, out, out_stride),
+                        5 => $cols::<5>(nb, w, w_stride, nr, prep, out, out_stride),
+                        6 => $cols::<6>(nb, w, w_stride, nr, prep, out, out_stride),
+                        7 => $cols::<7>(nb, w, w_stride, nr, prep, out, out_stride),
+                        _ => $cols::<8>(nb, w, w_stride, nr, prep, out, out_stride),
+                    }
+                };
+            }
+            match t {
+                GgmlType::Q4K => go!(cols_t_q4k),
+                GgmlType::Q5K => go!(cols_t_q5k),
+                _ => go!(cols_t_q6k),
+            }
+            c0 += cn;
+        }
+    });
+}
+
 /// Stamps out a tile driver for one (weight type, SIMD level): for each weight row,
 /// for each super-block, unpack once and dot against `NC` activation columns.
 macro_rules! tile_fn {
@@ -373,6 +629,7 @@ macro_rules! tile_fn {
                 let wr = w.add(r * w_stride);
                 let mut acc = [_mm256_setzero_ps(); NC];
                 for b in 0..nb {
+                    prefetch(wr.wrapping_add((b + PF_BLOCKS) * $wbytes));
                     let u = $unpack(wr.add(b * $wbytes));
                     let ab = a.add(b * Q8K_BYTES);
                     for (c, acc) in acc.iter_mut().enumerate() {
@@ -516,6 +773,9 @@ pub(super) unsafe fn tile(
         };
     }
     match (level, t) {
+        (SimdLevel::Avx512Vnni, _) if nc >= 2 => {
+            tile_t(t, nb, w, w_stride, nr, a, a_stride, nc, out, out_stride)
+        }
         (SimdLevel::Avx512Vnni, GgmlType::Q4K) => call!(tile_q4k_vnni),
         (SimdLevel::Avx512Vnni, GgmlType::Q5K) => call!(tile_q5k_vnni),
         (SimdLevel::Avx512Vnni, _) => call!(tile_q6k_vnni),
