@@ -94,6 +94,8 @@ pub struct Demand<'a> {
     pub weight_bytes: f64,
     pub kv: KvDtype,
     pub chunk: u64,
+    /// Materialized attention scores instead of a fused attention.
+    pub naive_attention: bool,
     /// Fixed overhead per device (runtime, CUDA context, fragmentation).
     pub overhead_bytes: f64,
     /// Share of a device's memory the deployment may use (vLLM's default is 0.9).
@@ -114,7 +116,7 @@ impl Demand<'_> {
         };
         let kv_share = (s.n_kv_heads as u64).div_ceil(tp) as f64 / s.n_kv_heads as f64;
         let kv = sequence_bytes(s, self.kv, context) * batch as f64 * kv_share;
-        let sc = scratch(s, batch, context, self.chunk);
+        let sc = scratch(s, batch, context, self.chunk, self.naive_attention);
         self.weight_bytes / tp as f64
             + kv
             + sc.prefill_bytes.max(sc.decode_bytes) / tp as f64
@@ -234,6 +236,7 @@ mod tests {
             weight_bytes: model_bytes(&m, WeightFormat::BF16) as f64,
             kv: KvDtype::F16,
             chunk: 512,
+            naive_attention: false,
             overhead_bytes: 1e9,
             usable_fraction: 0.9,
             max_tp: 8,

@@ -23,6 +23,8 @@ pub struct PlanOptions {
     pub batch: u64,
     /// Prefill chunk (tokens per sequence per step).
     pub chunk: u64,
+    /// Size scratch for materialized attention scores (no fused attention).
+    pub naive_attention: bool,
     pub kv: KvDtype,
     /// Weight format to deploy; `None` is the file as stored, or BF16 without a file.
     pub weights: Option<WeightFormat>,
@@ -42,6 +44,7 @@ impl Default for PlanOptions {
             context: None,
             batch: 1,
             chunk: 512,
+            naive_attention: false,
             kv: KvDtype::F16,
             weights: None,
             usable_fraction: 0.9,
@@ -151,18 +154,19 @@ pub fn plan(m: Model, o: PlanOptions, host: HostMemory) -> Result<PlanReport> {
     let sc = m
         .shape
         .as_ref()
-        .map(|s| scratch(s, o.batch, context, o.chunk));
+        .map(|s| scratch(s, o.batch, context, o.chunk, o.naive_attention));
     let inference_bytes = deploy_bytes
         + kv.as_ref().map_or(0.0, |k| k.total_bytes)
         + sc.as_ref()
             .map_or(0.0, |s| s.prefill_bytes.max(s.decode_bytes))
         + o.overhead_bytes;
-    let cost = token_cost(&m, storage, o.kv, context);
+    let cost = token_cost(&m, storage, o.kv, context, o.chunk);
     let demand = Demand {
         model: &m,
         weight_bytes: deploy_bytes,
         kv: o.kv,
         chunk: o.chunk,
+        naive_attention: o.naive_attention,
         overhead_bytes: o.overhead_bytes,
         usable_fraction: o.usable_fraction,
         max_tp: o.max_tp,
@@ -320,9 +324,10 @@ impl PlanReport {
         if let Some(s) = &self.scratch {
             let _ = writeln!(
                 out,
-                "\nActivations/scratch: prefill {} ({} tokens in flight, scores {}), decode {}",
+                "\nActivations/scratch: prefill {} ({} tokens in flight, {} attention scores {}), decode {}",
                 fmt_bytes(s.prefill_bytes),
                 s.prefill_tokens,
+                if self.options.naive_attention { "materialized" } else { "fused" },
                 fmt_bytes(s.attention_scores_bytes),
                 fmt_bytes(s.decode_bytes)
             );

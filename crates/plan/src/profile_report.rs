@@ -16,7 +16,10 @@ use std::fmt::Write;
 /// Settings of the roofline part.
 #[derive(Debug, Clone, Serialize)]
 pub struct RooflineOptions {
+    /// Context of the decode bound.
     pub context: u64,
+    /// Prompt length of the prefill bound.
+    pub prompt: u64,
     pub batch: u64,
     pub chunk: u64,
     pub kv: KvDtype,
@@ -65,7 +68,7 @@ fn integer_weights(m: &Model, w: Option<WeightFormat>) -> bool {
 /// The roofline of `m` on a measured host.
 pub fn model_roofline(host: &HostProfile, m: &Model, o: &RooflineOptions) -> ModelRoofline {
     let st = o.weights.map_or(Storage::AsStored, Storage::Format);
-    let cost = token_cost(m, st, o.kv, o.context);
+    let cost = token_cost(m, st, o.kv, o.context, o.prompt);
     let kind = if integer_weights(m, o.weights) {
         "int8"
     } else {
@@ -90,11 +93,12 @@ pub fn model_roofline(host: &HostProfile, m: &Model, o: &RooflineOptions) -> Mod
     }
 }
 
-fn rate(x: f64) -> String {
+/// `84.4 Gop/s`.
+fn ops(x: f64) -> String {
     if x >= 1e9 {
-        format!("{:.1} G/s", x / 1e9)
+        format!("{:.1} Gop/s", x / 1e9)
     } else {
-        format!("{:.1} M/s", x / 1e6)
+        format!("{:.1} Mop/s", x / 1e6)
     }
 }
 
@@ -134,7 +138,7 @@ impl ProfileReport {
         for d in &h.dots {
             t.row([
                 format!("{} dot throughput", d.kind),
-                format!("{}ops", rate(d.ops_per_s)),
+                ops(d.ops_per_s),
                 format!("{} threads, {}", d.threads, d.kernel),
             ]);
         }
@@ -143,7 +147,7 @@ impl ProfileReport {
             let c = &r.cost;
             let _ = writeln!(
                 out,
-                "\nRoofline for {}: decode reads {} per token ({} weights + {} KV at context {}), {} FLOP/token decode, {} prefill",
+                "\nRoofline for {}: decode reads {} per token ({} weights + {} KV at context {}); {} FLOP per decode token, {} per prefill token",
                 r.model,
                 fmt_bytes(c.decode_bytes_per_token()),
                 fmt_bytes(c.weight_bytes_per_token),
@@ -154,9 +158,9 @@ impl ProfileReport {
             );
             let _ = writeln!(
                 out,
-                "  roofs: {}/s bandwidth, {}ops {} compute",
+                "  roofs: {}/s bandwidth, {} {} compute",
                 fmt_bytes(r.bandwidth_bytes_per_s),
-                rate(r.compute_ops_per_s),
+                ops(r.compute_ops_per_s),
                 r.compute_kind
             );
             let mut t = Table::new([

@@ -18,9 +18,14 @@ pub struct TokenCost {
     /// FLOPs of one decode token at the given context (2 per weight of each matrix
     /// plus attention's `QK^T` and `PV`).
     pub decode_flops_per_token: f64,
-    /// FLOPs of one prefill token, averaged over a prompt of the given length.
+    /// FLOPs of one prefill token, averaged over a prompt of `prompt` tokens: the
+    /// output projection runs for the last position only, attention sees on average
+    /// half the prompt.
     pub prefill_flops_per_token: f64,
+    /// Context of the decode figures.
     pub context: u64,
+    /// Prompt length of the prefill figure.
+    pub prompt: u64,
 }
 
 impl TokenCost {
@@ -44,9 +49,10 @@ fn bytes(t: &TensorShape, st: Storage) -> f64 {
     }
 }
 
-/// Cost of a token at `context` with weights stored as `st` and a `kv` cache.
-/// Without a shape (a bare parameter count) attention and KV are left out.
-pub fn token_cost(m: &Model, st: Storage, kv: KvDtype, context: u64) -> TokenCost {
+/// Cost of a decode token at `context` and of a prefill token in a prompt of
+/// `prompt` tokens, with weights stored as `st` and a `kv` cache. Without a shape
+/// (a bare parameter count) attention and KV are left out.
+pub fn token_cost(m: &Model, st: Storage, kv: KvDtype, context: u64, prompt: u64) -> TokenCost {
     let Some(s) = &m.shape else {
         let w = match st {
             Storage::Format(f) => crate::weights::model_bytes(m, f) as f64,
@@ -59,11 +65,13 @@ pub fn token_cost(m: &Model, st: Storage, kv: KvDtype, context: u64) -> TokenCos
             decode_flops_per_token: fl,
             prefill_flops_per_token: fl,
             context,
+            prompt,
         };
     };
     let untied_embd = !s.tied_embeddings;
     let mut w = 0.0;
     let mut matmul_params = 0.0;
+    let mut output_params = 0.0;
     for t in &m.tensors {
         let is_embd = t.name == "token_embd.weight";
         if is_embd && untied_embd {
@@ -71,10 +79,13 @@ pub fn token_cost(m: &Model, st: Storage, kv: KvDtype, context: u64) -> TokenCos
             continue;
         }
         w += bytes(t, st);
-        if t.is_matrix() {
+        if t.name == "output.weight" || is_embd {
+            output_params += t.n_elements() as f64;
+        } else if t.is_matrix() {
             matmul_params += t.n_elements() as f64;
         }
     }
+    let prompt_len = prompt.max(1);
     let attn = |ctx: u64| -> f64 {
         (0..s.n_layers)
             .map(|l| {
@@ -86,9 +97,11 @@ pub fn token_cost(m: &Model, st: Storage, kv: KvDtype, context: u64) -> TokenCos
     TokenCost {
         weight_bytes_per_token: w,
         kv_bytes_per_token: sequence_bytes(s, kv, context),
-        decode_flops_per_token: 2.0 * matmul_params + attn(context),
-        prefill_flops_per_token: 2.0 * matmul_params + attn(context.div_ceil(2)),
+        decode_flops_per_token: 2.0 * (matmul_params + output_params) + attn(context),
+        prefill_flops_per_token: 2.0 * (matmul_params + output_params / prompt_len as f64)
+            + attn(prompt_len.div_ceil(2)),
         context,
+        prompt: prompt_len,
     }
 }
 
@@ -138,7 +151,7 @@ pub fn prefill_bound(
     let mem = bandwidth * chunk.max(1) as f64 / c.weight_bytes_per_token.max(1.0);
     let comp = flops / c.prefill_flops_per_token.max(1.0);
     bound(
-        format!("prefill ({} tokens)", c.context),
+        format!("prefill ({} tokens)", c.prompt),
         mem,
         comp,
         measured,
@@ -170,7 +183,7 @@ mod tests {
     fn decode_of_a_7b_bf16_model_reads_its_weights_per_token() {
         let p = by_name("llama-7b").unwrap();
         let m = Model::from_shape(p.name, p.shape, ModelSource::ParamCount).unwrap();
-        let c = token_cost(&m, Storage::Format(WeightFormat::BF16), KvDtype::F16, 1);
+        let c = token_cost(&m, Storage::Format(WeightFormat::BF16), KvDtype::F16, 1, 1);
         // All weights except the gathered embedding (one row of 4096 read); norms
         // stay f32, hence the small tolerance.
         let want = 2.0 * (m.n_params as f64 - 32000.0 * 4096.0 + 4096.0);
@@ -189,9 +202,37 @@ mod tests {
     #[test]
     fn prefill_is_compute_bound_at_two_flops_per_weight() {
         let m = Model::from_param_count(1_000_000_000, None);
-        let c = token_cost(&m, Storage::Format(WeightFormat::BF16), KvDtype::F16, 512);
+        let c = token_cost(
+            &m,
+            Storage::Format(WeightFormat::BF16),
+            KvDtype::F16,
+            512,
+            512,
+        );
         let b = prefill_bound(&c, 512, 100e9, 1e12, None);
         assert_eq!(b.limited_by, "compute");
         assert_eq!(b.bound_tokens_per_s, 500.0);
+    }
+
+    #[test]
+    fn prefill_runs_the_output_projection_once_per_prompt() {
+        let p = by_name("gemma3-270m").unwrap();
+        let m = Model::from_shape(p.name, p.shape.clone(), ModelSource::ParamCount).unwrap();
+        let c = token_cost(
+            &m,
+            Storage::Format(WeightFormat::Q8_0),
+            KvDtype::F16,
+            1,
+            512,
+        );
+        let layers = p.shape.layer_matrix_params() as f64;
+        let embd = 640.0 * 262144.0;
+        // Decode: every matrix, the tied embedding as the output projection included.
+        assert!(c.decode_flops_per_token > 2.0 * (layers + embd));
+        let attn = c.prefill_flops_per_token - 2.0 * (layers + embd / 512.0);
+        // Attention over on average 256 keys: 2 * 4 heads * 512 dims * keys per layer.
+        // Every layer, local (window 512) or global, sees 256 keys here.
+        let want = 18.0 * 4096.0 * 256.0;
+        assert!((attn - want).abs() < 1.0, "{attn} vs {want}");
     }
 }

@@ -14,8 +14,9 @@ pub struct ScratchReport {
     /// f32 intermediates per token of one layer (residual, norm, q/k/v, attention
     /// output, gate/up/down of the feed-forward).
     pub bytes_per_token: f64,
-    /// Attention scores of one layer for the prefill chunk (`heads * chunk * keys`, f32;
-    /// a fused/flash attention does not need them).
+    /// Attention scores of one layer for the prefill chunk: `heads * chunk * keys` f32
+    /// when materialized; one row of `keys` per head when the attention is fused
+    /// (flash-style, streaming over the keys), which is the default.
     pub attention_scores_bytes: f64,
     /// f32 logits of the last position of each sequence.
     pub logits_bytes: f64,
@@ -28,7 +29,13 @@ pub struct ScratchReport {
 /// Activation/scratch estimate for `batch` sequences of up to `context` tokens,
 /// prefilled `chunk` tokens per step (a token budget, as vLLM's
 /// `max_num_batched_tokens`).
-pub fn scratch(s: &ModelShape, batch: u64, context: u64, chunk: u64) -> ScratchReport {
+pub fn scratch(
+    s: &ModelShape,
+    batch: u64,
+    context: u64,
+    chunk: u64,
+    naive_attention: bool,
+) -> ScratchReport {
     let f = 4.0; // f32 activations
     let q = (s.n_heads * s.key_len) as f64;
     let kv = (s.n_kv_heads * (s.key_len + s.value_len)) as f64;
@@ -41,7 +48,10 @@ pub fn scratch(s: &ModelShape, batch: u64, context: u64, chunk: u64) -> ScratchR
         (Some(w), true) => context.min(w as u64),
         _ => context,
     } as f64;
-    let scores_for = |queries: f64| f * s.n_heads as f64 * queries * keys;
+    let scores_for = |queries: f64| {
+        let rows = if naive_attention { queries } else { 1.0 };
+        f * s.n_heads as f64 * rows * keys
+    };
     let logits = f * s.vocab as f64 * batch as f64;
     let prefill_tokens = chunk;
     ScratchReport {
@@ -64,7 +74,7 @@ mod tests {
     #[test]
     fn scratch_is_per_layer_and_per_token_in_flight() {
         let s = by_name("llama-7b").unwrap().shape;
-        let r = scratch(&s, 1, 4096, 512);
+        let r = scratch(&s, 1, 4096, 512, true);
         // 4 * (3*4096 + 4096 + 2*4096 + 4096 + 3*11008) per token.
         let per_token = 4.0 * (3.0 * 4096.0 + 4096.0 + 8192.0 + 4096.0 + 3.0 * 11008.0);
         assert_eq!(r.bytes_per_token, per_token);
@@ -76,8 +86,11 @@ mod tests {
         );
         assert!(r.decode_bytes < r.prefill_bytes);
         // The chunk is a per-step budget: a larger batch does not multiply it.
-        let b8 = scratch(&s, 8, 4096, 512);
+        let b8 = scratch(&s, 8, 4096, 512, true);
         assert_eq!(b8.prefill_tokens, 512);
         assert_eq!(b8.attention_scores_bytes, r.attention_scores_bytes);
+        // Fused attention keeps one row of scores per head.
+        let fused = scratch(&s, 1, 4096, 512, false);
+        assert_eq!(fused.attention_scores_bytes, 4.0 * 32.0 * 4096.0);
     }
 }
