@@ -266,14 +266,27 @@ fn check_dot(t: GgmlType, n: usize, w: &[u8], a: &[u8]) -> usize {
 /// Dot product of `n` elements of weight row `w` (type `t`) with the Q8_0 row `a`.
 #[inline]
 pub fn vec_dot(t: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
-    vec_dot_with(cpu::simd_level(), t, n, w, a)
+    vec_dot_at(cpu::simd_level(), t, n, w, a)
 }
 
 /// [`vec_dot`] at a given SIMD level (lowered to what this CPU supports).
 pub fn vec_dot_with(level: SimdLevel, t: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let mut out = [0.0f32];
-    dot_tile_with(level, t, n, w, 0, 1, a, 0, 1, &mut out, 0);
-    out[0]
+    vec_dot_at(level.min(cpu::detect()), t, n, w, a)
+}
+
+/// `level` must be supported by this CPU (`simd_level()` or lowered by `detect()`).
+#[inline]
+fn vec_dot_at(level: SimdLevel, t: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let nb = check_dot(t, n, w, a);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if level > SimdLevel::Scalar {
+            // SAFETY: the CPU supports `level`; `check_dot` bounds every access.
+            return unsafe { x86::vec_dot(level, t, nb, w.as_ptr(), a.as_ptr()) };
+        }
+    }
+    let _ = (level, nb);
+    vec_dot_scalar(t, n, w, a)
 }
 
 /// Plain-Rust reference of [`vec_dot`].
@@ -338,7 +351,7 @@ pub fn dot_tile(
     out: &mut [f32],
     out_stride: usize,
 ) {
-    dot_tile_with(
+    dot_tile_at(
         cpu::simd_level(),
         t,
         n,
@@ -356,6 +369,27 @@ pub fn dot_tile(
 /// [`dot_tile`] at a given SIMD level (lowered to what this CPU supports).
 #[allow(clippy::too_many_arguments)]
 pub fn dot_tile_with(
+    level: SimdLevel,
+    t: GgmlType,
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    a: &[u8],
+    a_stride: usize,
+    nc: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let level = level.min(cpu::detect());
+    dot_tile_at(
+        level, t, n, w, w_stride, nr, a, a_stride, nc, out, out_stride,
+    )
+}
+
+/// `level` must be supported by this CPU (`simd_level()` or lowered by `detect()`).
+#[allow(clippy::too_many_arguments)]
+fn dot_tile_at(
     level: SimdLevel,
     t: GgmlType,
     n: usize,
@@ -392,7 +426,6 @@ pub fn dot_tile_with(
     );
     #[cfg(target_arch = "x86_64")]
     {
-        let level = level.min(cpu::detect());
         if level > SimdLevel::Scalar && nb > 0 {
             let args = x86::TileArgs {
                 nb,
@@ -429,6 +462,7 @@ mod x86 {
     use crate::cpu::SimdLevel;
     use hangar_formats::GgmlType;
     use std::arch::x86_64::*;
+    use std::cell::RefCell;
 
     const TQ4: u8 = 0;
     const TQ5: u8 = 1;
@@ -442,18 +476,9 @@ mod x86 {
         }
     }
 
-    /// Offset that makes weights unsigned in the VNNI path.
-    const fn offset(t: u8) -> i32 {
-        match t {
-            TQ4 => 8,
-            TQ5 => 16,
-            _ => 128,
-        }
-    }
-
     /// Maximum activation columns handled per kernel pass (accumulators in registers).
     const MAX_NC: usize = 8;
-    /// Use precomputed activation sums/scales when at least this many weight rows share them.
+    /// AVX2: precompute activation scales when at least this many weight rows share them.
     const PREP_MIN_ROWS: usize = 3;
 
     /// Raw arguments of a tile; the caller has bounds-checked every access.
@@ -469,10 +494,9 @@ mod x86 {
         pub out_stride: usize,
     }
 
-    /// Per (column, block) activation data, index `c * nb + b`.
-    struct Prep {
-        da: Vec<f32>,
-        corr: Vec<i32>,
+    thread_local! {
+        /// Prepared activations of the current tile (AVX-512 path), reused across calls.
+        static SCRATCH: RefCell<(Vec<u8>, Vec<u16>)> = const { RefCell::new((Vec::new(), Vec::new())) };
     }
 
     #[inline(always)]
@@ -485,28 +509,57 @@ mod x86 {
         u32::from_le((p as *const u32).read_unaligned())
     }
 
-    pub(super) unsafe fn dot_tile(level: SimdLevel, t: GgmlType, g: &TileArgs) {
-        let tt = match t {
+    fn type_tag(t: GgmlType) -> u8 {
+        match t {
             GgmlType::Q4_0 => TQ4,
             GgmlType::Q5_0 => TQ5,
             GgmlType::Q8_0 => TQ8,
-            t => panic!("legacy::dot_tile: unsupported type {t}"),
-        };
+            t => panic!("legacy: unsupported type {t}"),
+        }
+    }
+
+    /// One dot product of `nb` blocks; `w` and `a` hold at least `nb` blocks.
+    pub(super) unsafe fn vec_dot(
+        level: SimdLevel,
+        t: GgmlType,
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+    ) -> f32 {
+        match level {
+            SimdLevel::Avx512Vnni => match type_tag(t) {
+                TQ4 => vec_dot_512::<TQ4>(nb, w, a),
+                TQ5 => vec_dot_512::<TQ5>(nb, w, a),
+                _ => vec_dot_512::<TQ8>(nb, w, a),
+            },
+            SimdLevel::Avx2 => match type_tag(t) {
+                TQ4 => vec_dot_avx2::<TQ4>(nb, w, a),
+                TQ5 => vec_dot_avx2::<TQ5>(nb, w, a),
+                _ => vec_dot_avx2::<TQ8>(nb, w, a),
+            },
+            SimdLevel::Scalar => unreachable!(),
+        }
+    }
+
+    pub(super) unsafe fn dot_tile(level: SimdLevel, t: GgmlType, g: &TileArgs) {
+        let tt = type_tag(t);
         match level {
             SimdLevel::Avx512Vnni => {
-                let prep = if g.nr >= PREP_MIN_ROWS {
-                    Some(prep_512(tt, g))
-                } else {
-                    None
-                };
-                match (tt, prep.is_some()) {
-                    (TQ4, true) => cols_512::<TQ4, true>(g, prep.as_ref()),
-                    (TQ4, false) => cols_512::<TQ4, false>(g, None),
-                    (TQ5, true) => cols_512::<TQ5, true>(g, prep.as_ref()),
-                    (TQ5, false) => cols_512::<TQ5, false>(g, None),
-                    (_, true) => cols_512::<TQ8, true>(g, prep.as_ref()),
-                    (_, false) => cols_512::<TQ8, false>(g, None),
+                if g.nr == 1 && g.nc == 1 {
+                    *g.out = vec_dot(level, t, g.nb, g.w, g.a);
+                    return;
                 }
+                SCRATCH.with(|s| {
+                    let mut s = s.borrow_mut();
+                    let (ap, da) = &mut *s;
+                    prep_512(g, ap, da);
+                    let (ap, da) = (ap.as_ptr(), da.as_ptr());
+                    match tt {
+                        TQ4 => cols_512::<TQ4>(g, ap, da),
+                        TQ5 => cols_512::<TQ5>(g, ap, da),
+                        _ => cols_512::<TQ8>(g, ap, da),
+                    }
+                })
             }
             SimdLevel::Avx2 => {
                 let da = if g.nr >= PREP_MIN_ROWS {
@@ -550,15 +603,6 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum_epi32(v: __m256i) -> i32 {
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-        _mm_cvtsi128_si32(s)
-    }
-
     /// 16 packed bytes of nibbles -> 32 bytes: low nibbles first, then high nibbles.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -573,116 +617,134 @@ mod x86 {
 
     // --------------------------------- AVX-512 VNNI ---------------------------------
 
-    /// A weight block as 32 unsigned bytes `w + offset(T)`.
+    /// A weight block as 32 signed bytes.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn unpack_u8_512<const T: u8>(p: *const u8) -> __m256i {
+    unsafe fn unpack_i8_512<const T: u8>(p: *const u8) -> __m256i {
         match T {
-            TQ4 => nibbles(p.add(2)),
+            TQ4 => _mm256_sub_epi8(nibbles(p.add(2)), _mm256_set1_epi8(8)),
             TQ5 => {
-                let hb = _mm256_maskz_set1_epi8(read_u32(p.add(2)), 0x10);
-                _mm256_or_si256(nibbles(p.add(6)), hb)
+                // (q | h << 4) - 16: subtract 16 where the fifth bit is clear.
+                let q = nibbles(p.add(6));
+                _mm256_mask_sub_epi8(q, !read_u32(p.add(2)), q, _mm256_set1_epi8(16))
             }
-            _ => _mm256_xor_si256(
-                _mm256_loadu_si256(p.add(2) as *const __m256i),
-                _mm256_set1_epi8(-128),
-            ),
+            _ => _mm256_loadu_si256(p.add(2) as *const __m256i),
         }
     }
 
-    unsafe fn prep_512(t: u8, g: &TileArgs) -> Prep {
-        let len = g.nc * g.nb;
-        let mut p = Prep {
-            da: vec![0.0; len],
-            corr: vec![0; len],
-        };
-        prep_512_fill(t, g, &mut p);
-        p
+    /// `-128 * sum(w)`, spread over the int32 lanes: the seed that turns
+    /// `dpbusd(a + 128, w)` into `dot(a, w)`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn offset_seed(w: __m256i) -> __m256i {
+        let z = _mm256_setzero_si256();
+        _mm256_sub_epi32(z, _mm256_dpbusd_epi32(z, _mm256_set1_epi8(-128), w))
+    }
+
+    /// `acc + dot(block wb, block ab)` in 8 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn block_dot_512<const T: u8>(wb: *const u8, ab: *const u8, acc: __m256) -> __m256 {
+        let wv = unpack_i8_512::<T>(wb);
+        let av = _mm256_loadu_si256(ab.add(2) as *const __m256i);
+        let av = _mm256_xor_si256(av, _mm256_set1_epi8(-128));
+        let dot = _mm256_dpbusd_epi32(offset_seed(wv), av, wv);
+        let s = _mm256_mul_ps(f16_bcast(wb), f16_bcast(ab));
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn prep_512_fill(t: u8, g: &TileArgs, p: &mut Prep) {
-        let o = _mm256_set1_epi8(offset(t) as u8 as i8);
-        let mut i = 0;
-        for c in 0..g.nc {
-            let ac = g.a.add(c * g.a_stride);
-            for b in 0..g.nb {
-                let ab = ac.add(b * 34);
-                let av = _mm256_loadu_si256(ab.add(2) as *const __m256i);
-                let s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), o, av);
-                p.corr[i] = -hsum_epi32(s);
-                p.da[i] = f16_scalar(ab);
-                i += 1;
+    unsafe fn vec_dot_512<const T: u8>(nb: usize, w: *const u8, a: *const u8) -> f32 {
+        let bs = bsize(T);
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut b = 0;
+        while b + 2 <= nb {
+            acc0 = block_dot_512::<T>(w.add(b * bs), a.add(b * 34), acc0);
+            acc1 = block_dot_512::<T>(w.add((b + 1) * bs), a.add((b + 1) * 34), acc1);
+            b += 2;
+        }
+        if b < nb {
+            acc0 = block_dot_512::<T>(w.add(b * bs), a.add(b * 34), acc0);
+        }
+        hsum_ps(_mm256_add_ps(acc0, acc1))
+    }
+
+    /// Prepares the activation tile: `ap[(b * nc + c) * 32..]` = block `b` of column `c`
+    /// as unsigned bytes `a + 128`, `da[b * nc + c]` its f16 scale (plus `MAX_NC` padding).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn prep_512(g: &TileArgs, ap: &mut Vec<u8>, da: &mut Vec<u16>) {
+        let len = g.nb * g.nc;
+        if ap.len() < len * 32 {
+            ap.resize(len * 32, 0);
+        }
+        if da.len() < len + MAX_NC {
+            da.resize(len + MAX_NC, 0);
+        }
+        let flip = _mm256_set1_epi8(-128);
+        let (app, dap) = (ap.as_mut_ptr(), da.as_mut_ptr());
+        for b in 0..g.nb {
+            for c in 0..g.nc {
+                let src = g.a.add(c * g.a_stride + b * 34);
+                let i = b * g.nc + c;
+                let v = _mm256_loadu_si256(src.add(2) as *const __m256i);
+                _mm256_storeu_si256(app.add(i * 32) as *mut __m256i, _mm256_xor_si256(v, flip));
+                *dap.add(i) = read_u16(src);
             }
         }
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn cols_512<const T: u8, const PREP: bool>(g: &TileArgs, prep: Option<&Prep>) {
-        let (da, corr) = match prep {
-            Some(p) => (p.da.as_ptr(), p.corr.as_ptr()),
-            None => (std::ptr::null(), std::ptr::null()),
-        };
+    unsafe fn cols_512<const T: u8>(g: &TileArgs, ap: *const u8, da: *const u16) {
         let mut c0 = 0;
         while c0 < g.nc {
             let k = (g.nc - c0).min(MAX_NC);
-            let (pda, pcorr) = if PREP {
-                (da.add(c0 * g.nb), corr.add(c0 * g.nb))
-            } else {
-                (da, corr)
-            };
             let f = match k {
-                1 => tile_512::<T, 1, PREP>,
-                2 => tile_512::<T, 2, PREP>,
-                3 => tile_512::<T, 3, PREP>,
-                4 => tile_512::<T, 4, PREP>,
-                5 => tile_512::<T, 5, PREP>,
-                6 => tile_512::<T, 6, PREP>,
-                7 => tile_512::<T, 7, PREP>,
-                _ => tile_512::<T, 8, PREP>,
+                1 => tile_512::<T, 1>,
+                2 => tile_512::<T, 2>,
+                3 => tile_512::<T, 3>,
+                4 => tile_512::<T, 4>,
+                5 => tile_512::<T, 5>,
+                6 => tile_512::<T, 6>,
+                7 => tile_512::<T, 7>,
+                _ => tile_512::<T, 8>,
             };
-            f(g, c0, pda, pcorr);
+            f(g, c0, ap, da);
             c0 += k;
         }
     }
 
-    /// Columns `c0 .. c0 + NC` of the tile. `da`/`corr` point at column `c0`'s prep data.
+    /// Columns `c0 .. c0 + NC` of the tile, from the prepared activations.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn tile_512<const T: u8, const NC: usize, const PREP: bool>(
+    unsafe fn tile_512<const T: u8, const NC: usize>(
         g: &TileArgs,
         c0: usize,
-        da: *const f32,
-        corr: *const i32,
+        ap: *const u8,
+        da: *const u16,
     ) {
         let bs = bsize(T);
-        let nb = g.nb;
-        let o = _mm256_set1_epi8(offset(T) as u8 as i8);
-        let a = g.a.add(c0 * g.a_stride);
         for r in 0..g.nr {
             let wr = g.w.add(r * g.w_stride);
             let mut acc = [_mm256_setzero_ps(); NC];
-            for b in 0..nb {
+            for b in 0..g.nb {
                 let wb = wr.add(b * bs);
-                let wu = unpack_u8_512::<T>(wb);
-                let dw = f16_bcast(wb);
+                let w = unpack_i8_512::<T>(wb);
+                let seed = offset_seed(w);
+                let base = b * g.nc + c0;
+                // d_w * d_a for the NC columns, stored to the stack and broadcast from
+                // there by the FMAs' memory operands (load ports, not shuffles). The
+                // empty asm makes LLVM treat the stack copy as opaque, so it does not turn
+                // the broadcasts back into register shuffles.
+                let mut sc = std::mem::MaybeUninit::<__m256>::uninit();
+                let das = _mm256_cvtph_ps(_mm_loadu_si128(da.add(base) as *const __m128i));
+                let s = _mm256_mul_ps(f16_bcast(wb), das);
+                sc.as_mut_ptr().write(s);
+                std::arch::asm!("/* {0} */", in(reg) sc.as_mut_ptr(), options(nostack, preserves_flags));
+                let sp = sc.as_ptr() as *const f32;
                 for (c, acc) in acc.iter_mut().enumerate() {
-                    let ab = a.add(c * g.a_stride + b * 34);
-                    let av = _mm256_loadu_si256(ab.add(2) as *const __m256i);
-                    let (init, s) = if PREP {
-                        let i = c * nb + b;
-                        (
-                            _mm256_setr_epi32(*corr.add(i), 0, 0, 0, 0, 0, 0, 0),
-                            _mm256_mul_ps(dw, _mm256_set1_ps(*da.add(i))),
-                        )
-                    } else {
-                        let z = _mm256_setzero_si256();
-                        (
-                            _mm256_sub_epi32(z, _mm256_dpbusd_epi32(z, o, av)),
-                            _mm256_mul_ps(dw, f16_bcast(ab)),
-                        )
-                    };
-                    let dot = _mm256_dpbusd_epi32(init, wu, av);
-                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, *acc);
+                    let av = _mm256_loadu_si256(ap.add((base + c) * 32) as *const __m256i);
+                    let dot = _mm256_dpbusd_epi32(seed, av, w);
+                    let sv = _mm256_broadcast_ss(&*sp.add(c));
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sv, *acc);
                 }
             }
             let orow = g.out.add(r * g.out_stride + c0);
@@ -715,6 +777,34 @@ mod x86 {
             }
             _ => _mm256_loadu_si256(p.add(2) as *const __m256i),
         }
+    }
+
+    /// `acc + dot(block wb, block ab)` in 8 lanes (sign trick: activations in [-127, 127]).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn block_dot_avx2<const T: u8>(wb: *const u8, ab: *const u8, acc: __m256) -> __m256 {
+        let w = unpack_i8_avx2::<T>(wb);
+        let av = _mm256_loadu_si256(ab.add(2) as *const __m256i);
+        let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(av, w));
+        let dot = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+        let s = _mm256_mul_ps(f16_bcast(wb), f16_bcast(ab));
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn vec_dot_avx2<const T: u8>(nb: usize, w: *const u8, a: *const u8) -> f32 {
+        let bs = bsize(T);
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut b = 0;
+        while b + 2 <= nb {
+            acc0 = block_dot_avx2::<T>(w.add(b * bs), a.add(b * 34), acc0);
+            acc1 = block_dot_avx2::<T>(w.add((b + 1) * bs), a.add((b + 1) * 34), acc1);
+            b += 2;
+        }
+        if b < nb {
+            acc0 = block_dot_avx2::<T>(w.add(b * bs), a.add(b * 34), acc0);
+        }
+        hsum_ps(_mm256_add_ps(acc0, acc1))
     }
 
     unsafe fn prep_avx2(g: &TileArgs) -> Vec<f32> {
