@@ -197,9 +197,9 @@ pub struct TokensArgs {
     /// Compare one sentence in English, French, Spanish, Japanese and Chinese.
     #[arg(long)]
     pub compare: bool,
-    /// Do not add BOS/EOS the way a prompt would get them.
+    /// Count BOS/EOS too, the way a prompt gets them (default: the text's tokens only).
     #[arg(long)]
-    pub no_special: bool,
+    pub add_special: bool,
     /// Print the counts as JSON.
     #[arg(long)]
     pub json: bool,
@@ -430,7 +430,7 @@ pub fn run_tokens(a: TokensArgs) -> Result<()> {
     let gguf = open_gguf(&path)?;
     let tok = hangar_tokenizer::Tokenizer::from_gguf(&gguf)
         .with_context(|| format!("building the tokenizer of {}", path.display()))?;
-    let add_special = !a.no_special;
+    let add_special = a.add_special;
     let count = |t: &str| Ok::<_, anyhow::Error>(tok.encode(t, add_special, false).len());
     let mut inputs: Vec<(String, String)> = a
         .text

@@ -257,7 +257,7 @@ mod tests {
         assert_eq!(f.devices_needed, Some(2));
         // 141 GB of weights: two H100s hold them with room for a few sequences.
         let mb = f.max_batch.unwrap();
-        assert!(mb >= 1 && mb < 64, "{mb}");
+        assert!((1..64).contains(&mb), "{mb}");
         let t4 = gpus().into_iter().next().unwrap();
         assert_eq!(
             fit(&d, t4.name, t4.memory_bytes, None, 1, 8192).devices_needed,

@@ -16,6 +16,8 @@ pub struct Preset {
     pub shape: ModelShape,
 }
 
+/// A Gemma 3 text tower: the arguments are the config's columns, in its order.
+#[allow(clippy::too_many_arguments)]
 fn gemma3(
     layers: usize,
     d: usize,

@@ -32,7 +32,7 @@ pub fn parse_count(input: &str) -> Result<u64> {
     };
     let v: f64 = num.trim().parse().map_err(|_| bad())?;
     let n = v * mult;
-    if !n.is_finite() || n < 1.0 || n > 1e15 {
+    if !n.is_finite() || !(1.0..=1e15).contains(&n) {
         return Err(bad());
     }
     Ok(n.round() as u64)
@@ -52,7 +52,7 @@ pub fn parse_tokens(what: &'static str, input: &str) -> Result<u64> {
     };
     let v: f64 = num.parse().map_err(|_| bad())?;
     let n = v * mult;
-    if !n.is_finite() || n < 1.0 || n > 1e12 || n.fract() != 0.0 {
+    if !n.is_finite() || !(1.0..=1e12).contains(&n) || n.fract() != 0.0 {
         return Err(bad());
     }
     Ok(n as u64)

@@ -208,7 +208,7 @@ pub fn stored_mix(m: &Model) -> String {
             }
         }
     }
-    by.sort_by(|a, b| b.1.cmp(&a.1));
+    by.sort_by_key(|x| std::cmp::Reverse(x.1));
     let total: u64 = by.iter().map(|x| x.1).sum::<u64>().max(1);
     by.iter()
         .take(3)
