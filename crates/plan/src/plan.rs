@@ -422,3 +422,88 @@ impl PlanReport {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model_spec::ModelSpec;
+
+    fn no_host() -> HostMemory {
+        HostMemory {
+            total_bytes: 0,
+            available_bytes: 0,
+        }
+    }
+
+    fn preset(name: &str) -> Model {
+        ModelSpec {
+            model: Some(name.into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap()
+    }
+
+    #[test]
+    fn default_context_is_the_models_and_kv_follows_it() {
+        let r = plan(preset("llama-70b"), PlanOptions::default(), no_host()).unwrap();
+        assert_eq!(r.context, 131072);
+        let kv = r.kv.as_ref().unwrap();
+        assert!((kv.total_bytes / 1e9 - 42.95).abs() < 0.01);
+        assert_eq!(r.kv_by_dtype.len(), KvDtype::ALL.len());
+        assert_eq!(r.deploy_format, "BF16");
+        // 141 GB of BF16 weights + 43 GB KV: no single GPU, four H100s.
+        let h100 = r
+            .fits
+            .iter()
+            .find(|f| f.device.starts_with("H100 80"))
+            .unwrap();
+        assert_eq!(h100.devices_needed, Some(4));
+        assert!(r.render().contains("42.95 GB"));
+    }
+
+    #[test]
+    fn training_rows_name_the_smallest_gpu_that_holds_them() {
+        let o = PlanOptions {
+            train: TrainOptions {
+                gpus: 8,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let r = plan(preset("llama-7b"), o, no_host()).unwrap();
+        let full = &r.training[0];
+        assert_eq!(full.row.state_bytes_per_param, 16.0);
+        // 6.74B * 16 B = 108 GB + activations: only the largest GPUs.
+        assert_eq!(full.smallest_gpu.as_deref(), Some("H200 141GB"));
+        let z3 = &r.training[3];
+        assert!(z3.row.total_bytes < full.row.total_bytes / 4.0);
+    }
+
+    #[test]
+    fn host_ram_is_a_device_when_known() {
+        let host = HostMemory {
+            total_bytes: 64 << 30,
+            available_bytes: 32 << 30,
+        };
+        let r = plan(preset("gemma3-1b"), PlanOptions::default(), host).unwrap();
+        let last = r.fits.last().unwrap();
+        assert!(last.device.contains("host"));
+        assert_eq!(last.devices_needed, Some(1));
+    }
+
+    #[test]
+    fn rejects_zero_batch_and_odd_utilization() {
+        let m = preset("llama-7b");
+        let o = PlanOptions {
+            batch: 0,
+            ..Default::default()
+        };
+        assert!(plan(m.clone(), o, no_host()).is_err());
+        let o = PlanOptions {
+            usable_fraction: 2.0,
+            ..Default::default()
+        };
+        assert!(plan(m, o, no_host()).is_err());
+    }
+}
