@@ -284,7 +284,9 @@ impl GgufFile {
             let ty = r.u32("metadata type")?;
             let value = r.value(ty, 0)?;
             if meta_index.insert(key.clone(), metadata.len()).is_some() {
-                return Err(GgufError::Invalid(format!("metadata key {key:?} appears twice")));
+                return Err(GgufError::Invalid(format!(
+                    "metadata key {key:?} appears twice"
+                )));
             }
             metadata.push((key, value));
         }
@@ -335,7 +337,7 @@ impl GgufFile {
                 .iter()
                 .try_fold(1u64, |acc, &d| acc.checked_mul(d))
                 .ok_or_else(|| GgufError::Invalid(format!("tensor {name:?} size overflows")))?;
-            if dims[0] % ty.block_size() as u64 != 0 {
+            if !dims[0].is_multiple_of(ty.block_size() as u64) {
                 return Err(GgufError::Invalid(format!(
                     "tensor {name:?} row length {} is not a multiple of the {} block size {}",
                     dims[0],
@@ -346,7 +348,7 @@ impl GgufFile {
             let size = ty
                 .bytes_for(n)
                 .ok_or_else(|| GgufError::Invalid(format!("tensor {name:?} size overflows")))?;
-            if rel % alignment != 0 {
+            if !rel.is_multiple_of(alignment) {
                 return Err(GgufError::Invalid(format!(
                     "tensor {name:?} offset {rel} is not aligned to {alignment}"
                 )));
@@ -595,17 +597,25 @@ impl<'a> Reader<'a> {
             10 => MetaValue::U64(self.u64("u64")?),
             11 => MetaValue::I64(i64::from_le_bytes(self.arr("i64")?)),
             12 => MetaValue::F64(f64::from_le_bytes(self.arr("f64")?)),
-            t => return Err(GgufError::Invalid(format!("unknown metadata value type {t}"))),
+            t => {
+                return Err(GgufError::Invalid(format!(
+                    "unknown metadata value type {t}"
+                )))
+            }
         })
     }
     fn array(&mut self, et: u32, n: u64, depth: u32) -> Result<MetaArray> {
         let min = match et {
             0 | 1 | 7 => 1,
             2 | 3 => 2,
-            4 | 5 | 6 => 4,
+            4..=6 => 4,
             8 | 10 | 11 | 12 => 8,
             9 => 12,
-            t => return Err(GgufError::Invalid(format!("unknown array element type {t}"))),
+            t => {
+                return Err(GgufError::Invalid(format!(
+                    "unknown array element type {t}"
+                )))
+            }
         };
         self.check_count(n, min, "array")?;
         let n = n as usize;
@@ -637,6 +647,9 @@ impl<'a> Reader<'a> {
                 MetaArray::String(v)
             }
             9 => {
+                if depth >= 2 {
+                    return Err(GgufError::Invalid("arrays nested too deeply".into()));
+                }
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
                     let et = self.u32("array type")?;
@@ -697,7 +710,10 @@ mod tests {
         let f = GgufFile::from_bytes(tiny()).unwrap();
         assert_eq!(f.version(), 3);
         assert_eq!(f.architecture().unwrap(), "llama");
-        assert_eq!(f.get_f32_array("tokenizer.ggml.scores").unwrap(), vec![1.5, -2.0]);
+        assert_eq!(
+            f.get_f32_array("tokenizer.ggml.scores").unwrap(),
+            vec![1.5, -2.0]
+        );
         let t = f.tensor("w").unwrap();
         assert_eq!((t.row_len(), t.n_rows(), t.ty), (4, 2, GgmlType::F32));
         let data = f.tensor_data(t);
@@ -716,7 +732,10 @@ mod tests {
     fn every_truncation_is_an_error_not_a_panic() {
         let full = tiny();
         for n in 0..full.len() {
-            assert!(GgufFile::from_bytes(full[..n].to_vec()).is_err(), "prefix {n}");
+            assert!(
+                GgufFile::from_bytes(full[..n].to_vec()).is_err(),
+                "prefix {n}"
+            );
         }
     }
 
@@ -740,7 +759,10 @@ mod tests {
     fn rejects_wrong_magic_and_version() {
         let mut b = tiny();
         b[0] = b'X';
-        assert!(matches!(GgufFile::from_bytes(b), Err(GgufError::BadMagic(_))));
+        assert!(matches!(
+            GgufFile::from_bytes(b),
+            Err(GgufError::BadMagic(_))
+        ));
         let mut b = tiny();
         b[4..8].copy_from_slice(&1u32.to_le_bytes());
         assert!(matches!(

@@ -9,4 +9,4 @@ pub mod dtype;
 pub mod gguf;
 
 pub use dtype::GgmlType;
-pub use gguf::{GgufFile, GgufError, MetaValue, TensorInfo};
+pub use gguf::{GgufError, GgufFile, MetaValue, TensorInfo};

@@ -21,7 +21,12 @@ pub struct QMatrix<'a> {
 
 impl<'a> QMatrix<'a> {
     /// Checks type support and that `data` holds exactly `rows x cols` elements.
-    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, KernelError> {
+    pub fn new(
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: &'a [u8],
+    ) -> Result<Self, KernelError> {
         quants::act_type(ty)?;
         quants::check_len(ty, cols)?;
         let need = quants::row_bytes(ty, cols) * rows;
@@ -32,7 +37,12 @@ impl<'a> QMatrix<'a> {
                 block: need,
             });
         }
-        Ok(QMatrix { ty, rows, cols, data })
+        Ok(QMatrix {
+            ty,
+            rows,
+            cols,
+            data,
+        })
     }
     pub fn row_bytes(&self) -> usize {
         quants::row_bytes(self.ty, self.cols)
@@ -44,16 +54,30 @@ impl<'a> QMatrix<'a> {
 }
 
 /// Rows of a weight tile and tokens of an activation tile handled per `dot_tile` call.
-const ROW_TILE: usize = 4;
+const ROW_TILE: usize = 16;
 const TOK_TILE: usize = 8;
 
+/// A raw pointer that may cross into pool closures; each closure writes a disjoint
+/// part. Accessed through `get` so closures capture the wrapper, not the raw field.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// Quantizes `t` activation rows of `cols` into `buf` in the format `w` needs.
-pub fn quantize_activations(pool: &ThreadPool, wt: GgmlType, x: &[f32], t: usize, cols: usize, buf: &mut Vec<u8>) {
+pub fn quantize_activations(
+    pool: &ThreadPool,
+    wt: GgmlType,
+    x: &[f32],
+    t: usize,
+    cols: usize,
+    buf: &mut Vec<u8>,
+) {
     let at = quants::act_type(wt).expect("weight type checked by QMatrix::new");
     let arb = quants::row_bytes(at, cols);
     buf.resize(t * arb, 0);
@@ -63,10 +87,9 @@ pub fn quantize_activations(pool: &ThreadPool, wt: GgmlType, x: &[f32], t: usize
     if t >= 16 && pool.n_threads() > 1 {
         let base = SendBytes(buf.as_mut_ptr());
         pool.for_each_chunk(t, 8, |s, e| {
-            let base = base;
             for i in s..e {
                 // SAFETY: each row i is written by exactly one chunk.
-                let dst = unsafe { std::slice::from_raw_parts_mut(base.0.add(i * arb), arb) };
+                let dst = unsafe { std::slice::from_raw_parts_mut(base.get().add(i * arb), arb) };
                 quant_row(i, dst);
             }
         });
@@ -81,10 +104,22 @@ pub fn quantize_activations(pool: &ThreadPool, wt: GgmlType, x: &[f32], t: usize
 struct SendBytes(*mut u8);
 unsafe impl Send for SendBytes {}
 unsafe impl Sync for SendBytes {}
+impl SendBytes {
+    fn get(self) -> *mut u8 {
+        self.0
+    }
+}
 
 /// `out[i * w.rows + r] = dot(w.row(r), x[i * w.cols ..])` for `i < t`.
 /// `act_buf` is reused scratch for the quantized activations.
-pub fn matmul(pool: &ThreadPool, w: &QMatrix, x: &[f32], t: usize, out: &mut [f32], act_buf: &mut Vec<u8>) {
+pub fn matmul(
+    pool: &ThreadPool,
+    w: &QMatrix,
+    x: &[f32],
+    t: usize,
+    out: &mut [f32],
+    act_buf: &mut Vec<u8>,
+) {
     assert_eq!(x.len(), t * w.cols, "matmul: activation shape");
     assert_eq!(out.len(), t * w.rows, "matmul: output shape");
     quantize_activations(pool, w.ty, x, t, w.cols, act_buf);
@@ -107,7 +142,6 @@ pub fn matmul_quantized(pool: &ThreadPool, w: &QMatrix, act: &[u8], t: usize, ou
     let out_ptr = SendPtr(out.as_mut_ptr());
     let (ty, cols, data) = (w.ty, w.cols, w.data);
     pool.for_each_chunk(rows, chunk, |r0, r1| {
-        let out_ptr = out_ptr;
         let mut tile = [0f32; ROW_TILE * TOK_TILE];
         let mut c0 = 0;
         while c0 < t {
@@ -130,7 +164,9 @@ pub fn matmul_quantized(pool: &ThreadPool, w: &QMatrix, act: &[u8], t: usize, ou
                 for i in 0..nr {
                     for c in 0..nc {
                         // SAFETY: rows r0..r1 of every token belong to this chunk alone.
-                        unsafe { *out_ptr.0.add((c0 + c) * rows + r + i) = tile[i * TOK_TILE + c] };
+                        unsafe {
+                            *out_ptr.get().add((c0 + c) * rows + r + i) = tile[i * TOK_TILE + c]
+                        };
                     }
                 }
                 r += nr;

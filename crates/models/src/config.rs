@@ -93,11 +93,21 @@ impl ModelConfig {
             Err(_) => f.get_str_array("tokenizer.ggml.tokens")?.len(),
         };
         let ctx_len = f.get_usize(&k("context_length")).unwrap_or(4096);
-        let rms_eps = f.get_f32(&k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5);
+        let rms_eps = f
+            .get_f32(&k("attention.layer_norm_rms_epsilon"))
+            .unwrap_or(1e-5);
         let rope_base = f.get_f32(&k("rope.freq_base")).unwrap_or(10_000.0);
         let rope_dims = f.get_usize(&k("rope.dimension_count")).unwrap_or(head_dim);
-        let sliding_window = f.get_usize(&k("attention.sliding_window")).ok().filter(|&w| w > 0);
-        if n_layers == 0 || d_model == 0 || head_dim == 0 || rope_dims > head_dim || rope_dims % 2 != 0 {
+        let sliding_window = f
+            .get_usize(&k("attention.sliding_window"))
+            .ok()
+            .filter(|&w| w > 0);
+        if n_layers == 0
+            || d_model == 0
+            || head_dim == 0
+            || rope_dims > head_dim
+            || !rope_dims.is_multiple_of(2)
+        {
             return Err(ModelError::Config(format!(
                 "layers {n_layers}, width {d_model}, head size {head_dim}, rope dims {rope_dims}"
             )));

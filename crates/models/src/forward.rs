@@ -61,10 +61,16 @@ pub struct Workspace {
     sel: Vec<f32>,
 }
 
+/// A raw pointer handed to pool closures that write disjoint parts of a buffer.
 #[derive(Clone, Copy)]
 struct Ptr(*mut f32);
 unsafe impl Send for Ptr {}
 unsafe impl Sync for Ptr {}
+impl Ptr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 fn resize(v: &mut Vec<f32>, n: usize) {
     if v.len() != n {
@@ -91,7 +97,13 @@ impl Model {
             logits.clear();
             return Ok(0);
         }
-        let (d, qd, kvd, ff, hd) = (cfg.d_model, cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim, cfg.head_dim);
+        let (d, qd, kvd, ff, hd) = (
+            cfg.d_model,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.ffn_dim,
+            cfg.head_dim,
+        );
         resize(&mut ws.x, t_total * d);
         resize(&mut ws.h, t_total * d);
         resize(&mut ws.q, t_total * qd);
@@ -110,9 +122,15 @@ impl Model {
             }
         }
         let ff_factors = self.rope_freqs.as_deref();
-        ws.rope_global.fill(&ws.positions, cfg.rope_base, cfg.rope_dims, ff_factors);
+        ws.rope_global
+            .fill(&ws.positions, cfg.rope_base, cfg.rope_dims, ff_factors);
         if cfg.local_layers.iter().any(|&l| l) {
-            ws.rope_local.fill(&ws.positions, cfg.rope_base_local, cfg.rope_dims, ff_factors);
+            ws.rope_local.fill(
+                &ws.positions,
+                cfg.rope_base_local,
+                cfg.rope_dims,
+                ff_factors,
+            );
         }
 
         // Embeddings.
@@ -121,7 +139,8 @@ impl Model {
         for s in seqs {
             for &tok in s.tokens {
                 let row = &mut ws.x[t * d..(t + 1) * d];
-                quants::dequantize_row(emb.ty, emb.row(tok as usize), row).expect("shape checked at load");
+                quants::dequantize_row(emb.ty, emb.row(tok as usize), row)
+                    .expect("shape checked at load");
                 if let Some(sc) = cfg.embed_scale {
                     row.iter_mut().for_each(|v| *v *= sc);
                 }
@@ -132,9 +151,25 @@ impl Model {
         for (li, layer) in self.layers.iter().enumerate() {
             // Attention block.
             for t in 0..t_total {
-                ops::rms_norm(&ws.x[t * d..(t + 1) * d], &layer.attn_norm, cfg.rms_eps, &mut ws.h[t * d..(t + 1) * d]);
+                ops::rms_norm(
+                    &ws.x[t * d..(t + 1) * d],
+                    &layer.attn_norm,
+                    cfg.rms_eps,
+                    &mut ws.h[t * d..(t + 1) * d],
+                );
             }
-            self.project_shared(pool, &mut [(&layer.wq, &mut ws.q), (&layer.wk, &mut ws.k), (&layer.wv, &mut ws.v)], &ws.h, t_total, &mut ws.act, &mut ws.act2);
+            self.project_shared(
+                pool,
+                &mut [
+                    (&layer.wq, &mut ws.q),
+                    (&layer.wk, &mut ws.k),
+                    (&layer.wv, &mut ws.v),
+                ],
+                &ws.h,
+                t_total,
+                &mut ws.act,
+                &mut ws.act2,
+            );
             for t in 0..t_total {
                 if let Some(b) = &layer.bq {
                     add(&mut ws.q[t * qd..(t + 1) * qd], b);
@@ -145,7 +180,11 @@ impl Model {
                 if let Some(b) = &layer.bv {
                     add(&mut ws.v[t * kvd..(t + 1) * kvd], b);
                 }
-                let rope = if cfg.local_layers[li] { &ws.rope_local } else { &ws.rope_global };
+                let rope = if cfg.local_layers[li] {
+                    &ws.rope_local
+                } else {
+                    &ws.rope_global
+                };
                 for head in ws.q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
                     if let Some(w) = &layer.q_norm {
                         ops::rms_norm_inplace(head, w, cfg.rms_eps);
@@ -175,7 +214,14 @@ impl Model {
                 }
             }
             self.attention(pool, li, seqs, kv, ws, t_total);
-            matmul(pool, &self.mat(&layer.wo), &ws.attn, t_total, &mut ws.o, &mut ws.act);
+            matmul(
+                pool,
+                &self.mat(&layer.wo),
+                &ws.attn,
+                t_total,
+                &mut ws.o,
+                &mut ws.act,
+            );
             for t in 0..t_total {
                 let o = &mut ws.o[t * d..(t + 1) * d];
                 if let Some(w) = &layer.post_attn_norm {
@@ -186,11 +232,30 @@ impl Model {
 
             // Feed-forward block.
             for t in 0..t_total {
-                ops::rms_norm(&ws.x[t * d..(t + 1) * d], &layer.ffn_norm, cfg.rms_eps, &mut ws.h[t * d..(t + 1) * d]);
+                ops::rms_norm(
+                    &ws.x[t * d..(t + 1) * d],
+                    &layer.ffn_norm,
+                    cfg.rms_eps,
+                    &mut ws.h[t * d..(t + 1) * d],
+                );
             }
-            self.project_shared(pool, &mut [(&layer.gate, &mut ws.gate), (&layer.up, &mut ws.up)], &ws.h, t_total, &mut ws.act, &mut ws.act2);
+            self.project_shared(
+                pool,
+                &mut [(&layer.gate, &mut ws.gate), (&layer.up, &mut ws.up)],
+                &ws.h,
+                t_total,
+                &mut ws.act,
+                &mut ws.act2,
+            );
             gated_activation(pool, cfg.activation, &mut ws.gate, &ws.up);
-            matmul(pool, &self.mat(&layer.down), &ws.gate, t_total, &mut ws.o, &mut ws.act);
+            matmul(
+                pool,
+                &self.mat(&layer.down),
+                &ws.gate,
+                t_total,
+                &mut ws.o,
+                &mut ws.act,
+            );
             for t in 0..t_total {
                 let o = &mut ws.o[t * d..(t + 1) * d];
                 if let Some(w) = &layer.post_ffn_norm {
@@ -214,12 +279,24 @@ impl Model {
         let m = rows.len();
         resize(&mut ws.sel, m * d);
         for (i, &r) in rows.iter().enumerate() {
-            ops::rms_norm(&ws.x[r * d..(r + 1) * d], &self.output_norm, cfg.rms_eps, &mut ws.sel[i * d..(i + 1) * d]);
+            ops::rms_norm(
+                &ws.x[r * d..(r + 1) * d],
+                &self.output_norm,
+                cfg.rms_eps,
+                &mut ws.sel[i * d..(i + 1) * d],
+            );
         }
         let vocab = cfg.vocab_size;
         logits.resize(m * vocab, 0.0);
         if m > 0 {
-            matmul(pool, &self.mat(&self.output), &ws.sel, m, logits, &mut ws.act);
+            matmul(
+                pool,
+                &self.mat(&self.output),
+                &ws.sel,
+                m,
+                logits,
+                &mut ws.act,
+            );
             if let Some(cap) = cfg.final_logit_softcap {
                 logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
             }
@@ -252,12 +329,24 @@ impl Model {
         }
     }
 
-    fn attention(&self, pool: &ThreadPool, li: usize, seqs: &[SeqInput], kv: &KvCache, ws: &mut Workspace, t_total: usize) {
+    fn attention(
+        &self,
+        pool: &ThreadPool,
+        li: usize,
+        seqs: &[SeqInput],
+        kv: &KvCache,
+        ws: &mut Workspace,
+        t_total: usize,
+    ) {
         let cfg = &self.cfg;
         let (hd, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let group = nh / nkv;
-        let window = if cfg.local_layers[li] { cfg.sliding_window } else { None };
+        let window = if cfg.local_layers[li] {
+            cfg.sliding_window
+        } else {
+            None
+        };
         let g = kv.group_of_layer(li);
         let (kc, vc) = kv.layer_kv(li);
         let scale = cfg.attn_scale;
@@ -279,7 +368,6 @@ impl Model {
         // Tasks: (token, kv head) pairs.
         let n_tasks = t_total * nkv;
         pool.run(|tid, _| {
-            let attn = attn;
             let scores_base = scores_ptrs[tid];
             loop {
                 let task = next.fetch_add(1, Ordering::Relaxed);
@@ -296,8 +384,14 @@ impl Model {
                 let n = pos + 1 - lo;
                 // SAFETY: each thread owns its scores buffer (sized group * max_ctx), and
                 // each (token, kv head) task writes its own slice of `attn`.
-                let scores = unsafe { std::slice::from_raw_parts_mut(scores_base.0, group * n) };
-                let out = unsafe { std::slice::from_raw_parts_mut(attn.0.add(t * qd + kh * group * hd), group * hd) };
+                let scores =
+                    unsafe { std::slice::from_raw_parts_mut(scores_base.get(), group * n) };
+                let out = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        attn.get().add(t * qd + kh * group * hd),
+                        group * hd,
+                    )
+                };
                 let qh = &q[t * qd + kh * group * hd..t * qd + (kh + 1) * group * hd];
                 for j in 0..n {
                     let off = kv.offset(table, lo + j) + kh * hd;
@@ -371,9 +465,8 @@ fn gated_activation(pool: &ThreadPool, act: Activation, gate: &mut [f32], up: &[
     let n = gate.len();
     let p = Ptr(gate.as_mut_ptr());
     pool.for_each_chunk(n, 4096, |s, e| {
-        let p = p;
         // SAFETY: chunks are disjoint.
-        let g = unsafe { std::slice::from_raw_parts_mut(p.0.add(s), e - s) };
+        let g = unsafe { std::slice::from_raw_parts_mut(p.get().add(s), e - s) };
         match act {
             Activation::GeluTanh => ops::gelu_tanh_mul(g, &up[s..e]),
             Activation::Silu => ops::silu_mul(g, &up[s..e]),

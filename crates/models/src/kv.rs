@@ -25,7 +25,9 @@ pub struct KvLayout {
 
 impl KvLayout {
     pub fn for_model(cfg: &ModelConfig) -> Self {
-        let global: Vec<usize> = (0..cfg.n_layers).filter(|&l| !cfg.local_layers[l]).collect();
+        let global: Vec<usize> = (0..cfg.n_layers)
+            .filter(|&l| !cfg.local_layers[l])
+            .collect();
         let local: Vec<usize> = (0..cfg.n_layers).filter(|&l| cfg.local_layers[l]).collect();
         let mut group_layers = Vec::new();
         let mut group_window = Vec::new();
@@ -73,7 +75,11 @@ impl KvCache {
     /// Memory is zero-filled lazily by the OS, so pages are committed only when used.
     pub fn new(cfg: &ModelConfig, block_size: usize, blocks_per_group: &[usize]) -> Self {
         let layout = KvLayout::for_model(cfg);
-        assert_eq!(blocks_per_group.len(), layout.n_groups(), "one block count per group");
+        assert_eq!(
+            blocks_per_group.len(),
+            layout.n_groups(),
+            "one block count per group"
+        );
         let mut slot = vec![(0, 0); cfg.n_layers];
         let mut k = Vec::new();
         let mut v = Vec::new();

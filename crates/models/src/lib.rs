@@ -22,7 +22,9 @@ use hangar_kernels::quants::KernelError;
 pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("architecture {0:?} is not supported (supported: gemma3, llama, mistral, qwen2, qwen3)")]
+    #[error(
+        "architecture {0:?} is not supported (supported: gemma3, llama, mistral, qwen2, qwen3)"
+    )]
     UnsupportedArch(String),
     #[error("tensor {0:?} is missing from the model file")]
     MissingTensor(String),

@@ -96,9 +96,13 @@ impl Model {
                 post_ffn_norm: opt_vec("post_ffw_norm.weight", d)?,
             };
             if cfg.arch == Arch::Gemma3
-                && (layer.q_norm.is_none() || layer.post_attn_norm.is_none() || layer.post_ffn_norm.is_none())
+                && (layer.q_norm.is_none()
+                    || layer.post_attn_norm.is_none()
+                    || layer.post_ffn_norm.is_none())
             {
-                return Err(ModelError::MissingTensor(n("attn_q_norm.weight / post norms")));
+                return Err(ModelError::MissingTensor(n(
+                    "attn_q_norm.weight / post norms",
+                )));
             }
             layers.push(layer);
         }
@@ -156,11 +160,17 @@ impl Model {
 }
 
 fn find<'a>(f: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {
-    f.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+    f.tensor(name)
+        .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
 }
 
 /// A 2-D weight with `cols` inputs and (if given) `rows` outputs.
-fn weight(f: &GgufFile, name: &str, cols: usize, rows: Option<usize>) -> Result<Weight, ModelError> {
+fn weight(
+    f: &GgufFile,
+    name: &str,
+    cols: usize,
+    rows: Option<usize>,
+) -> Result<Weight, ModelError> {
     let t = find(f, name)?;
     let got_rows = t.n_rows();
     if t.dims.len() != 2 || t.row_len() != cols || rows.is_some_and(|r| r != got_rows) {
@@ -195,9 +205,11 @@ fn vector(f: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> 
         });
     }
     let mut out = vec![0f32; len];
-    quants::dequantize_row(t.ty, f.tensor_data(t), &mut out).map_err(|source| ModelError::Kernel {
-        name: name.into(),
-        source,
+    quants::dequantize_row(t.ty, f.tensor_data(t), &mut out).map_err(|source| {
+        ModelError::Kernel {
+            name: name.into(),
+            source,
+        }
     })?;
     Ok(out)
 }

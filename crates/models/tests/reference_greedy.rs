@@ -13,7 +13,11 @@ fn default_model() -> PathBuf {
         .arg(repo().join("scripts/fetch-default-model.sh"))
         .output()
         .expect("running the fetch script");
-    assert!(out.status.success(), "fetch failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "fetch failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
@@ -34,14 +38,28 @@ fn greedy(model: &Model, pool: &ThreadPool, prompt: &[u32], n: usize) -> Vec<u32
     let tables: Vec<&[u32]> = vec![&table; kv.n_groups()];
     let mut ws = Workspace::default();
     let mut logits = Vec::new();
-    let seq = SeqInput { tokens: prompt, start_pos: 0, block_tables: &tables, logits: LogitsWanted::Last };
-    model.forward(pool, &[seq], &mut kv, &mut ws, &mut logits).unwrap();
+    let seq = SeqInput {
+        tokens: prompt,
+        start_pos: 0,
+        block_tables: &tables,
+        logits: LogitsWanted::Last,
+    };
+    model
+        .forward(pool, &[seq], &mut kv, &mut ws, &mut logits)
+        .unwrap();
     let mut out = vec![argmax(&logits)];
     while out.len() < n {
         let pos = prompt.len() + out.len() - 1;
         let last = [*out.last().unwrap()];
-        let seq = SeqInput { tokens: &last, start_pos: pos, block_tables: &tables, logits: LogitsWanted::Last };
-        model.forward(pool, &[seq], &mut kv, &mut ws, &mut logits).unwrap();
+        let seq = SeqInput {
+            tokens: &last,
+            start_pos: pos,
+            block_tables: &tables,
+            logits: LogitsWanted::Last,
+        };
+        model
+            .forward(pool, &[seq], &mut kv, &mut ws, &mut logits)
+            .unwrap();
         out.push(argmax(&logits));
     }
     out
@@ -51,21 +69,43 @@ fn greedy(model: &Model, pool: &ThreadPool, prompt: &[u32], n: usize) -> Vec<u32
 fn greedy_matches_llama_cpp_on_reference_prompts() {
     let model = Model::load(default_model()).unwrap();
     let pool = ThreadPool::new(2);
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo().join("tests/data/reference/reference.json")).unwrap()).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/data/reference/reference.json")).unwrap(),
+    )
+    .unwrap();
     let mut matched = 0;
     let cases = reference["greedy"].as_array().unwrap();
     for case in cases {
-        let ids = |k: &str| -> Vec<u32> { case[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect() };
+        let ids = |k: &str| -> Vec<u32> {
+            case[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        };
         let (prompt, want) = (ids("prompt_ids"), ids("greedy_ids"));
         let got = greedy(&model, &pool, &prompt, want.len());
         let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
-        eprintln!("{:?}: {same}/{} tokens equal{}", case["prompt"], want.len(), if same < want.len() { format!(" got {got:?}") } else { String::new() });
+        eprintln!(
+            "{:?}: {same}/{} tokens equal{}",
+            case["prompt"],
+            want.len(),
+            if same < want.len() {
+                format!(" got {got:?}")
+            } else {
+                String::new()
+            }
+        );
         if same == want.len() {
             matched += 1;
         }
     }
-    assert!(matched >= 9, "only {matched} of {} prompts match llama.cpp for 16 greedy tokens", cases.len());
+    assert!(
+        matched >= 9,
+        "only {matched} of {} prompts match llama.cpp for 16 greedy tokens",
+        cases.len()
+    );
 }
 
 #[test]
@@ -82,8 +122,15 @@ fn batched_sequences_equal_separate_runs() {
         let tables: Vec<&[u32]> = vec![&table; kv.n_groups()];
         let mut ws = Workspace::default();
         let mut logits = Vec::new();
-        let seq = SeqInput { tokens: p, start_pos: 0, block_tables: &tables, logits: LogitsWanted::Last };
-        model.forward(&pool, &[seq], &mut kv, &mut ws, &mut logits).unwrap();
+        let seq = SeqInput {
+            tokens: p,
+            start_pos: 0,
+            block_tables: &tables,
+            logits: LogitsWanted::Last,
+        };
+        model
+            .forward(&pool, &[seq], &mut kv, &mut ws, &mut logits)
+            .unwrap();
         logits
     };
     let (la, lb) = (run_alone(&a), run_alone(&b));
@@ -95,11 +142,30 @@ fn batched_sequences_equal_separate_runs() {
     let mut ws = Workspace::default();
     let mut logits = Vec::new();
     let seqs = [
-        SeqInput { tokens: &a, start_pos: 0, block_tables: &tables_a, logits: LogitsWanted::Last },
-        SeqInput { tokens: &b, start_pos: 0, block_tables: &tables_b, logits: LogitsWanted::Last },
+        SeqInput {
+            tokens: &a,
+            start_pos: 0,
+            block_tables: &tables_a,
+            logits: LogitsWanted::Last,
+        },
+        SeqInput {
+            tokens: &b,
+            start_pos: 0,
+            block_tables: &tables_b,
+            logits: LogitsWanted::Last,
+        },
     ];
-    assert_eq!(model.forward(&pool, &seqs, &mut kv, &mut ws, &mut logits).unwrap(), 2);
-    let close = |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(p, q)| (p - q).abs() < 1e-3 * (1.0 + q.abs()));
+    assert_eq!(
+        model
+            .forward(&pool, &seqs, &mut kv, &mut ws, &mut logits)
+            .unwrap(),
+        2
+    );
+    let close = |x: &[f32], y: &[f32]| {
+        x.iter()
+            .zip(y)
+            .all(|(p, q)| (p - q).abs() < 1e-3 * (1.0 + q.abs()))
+    };
     assert!(close(&logits[..vocab], &la));
     assert!(close(&logits[vocab..], &lb));
     assert_eq!(argmax(&logits[..vocab]), argmax(&la));
@@ -115,9 +181,23 @@ fn bad_token_and_short_block_table_are_errors() {
     let mut ws = Workspace::default();
     let mut logits = Vec::new();
     let bad = [u32::MAX];
-    let seq = SeqInput { tokens: &bad, start_pos: 0, block_tables: &tables, logits: LogitsWanted::Last };
-    assert!(model.forward(&pool, &[seq], &mut kv, &mut ws, &mut logits).is_err());
+    let seq = SeqInput {
+        tokens: &bad,
+        start_pos: 0,
+        block_tables: &tables,
+        logits: LogitsWanted::Last,
+    };
+    assert!(model
+        .forward(&pool, &[seq], &mut kv, &mut ws, &mut logits)
+        .is_err());
     let long = vec![2u32; 17];
-    let seq = SeqInput { tokens: &long, start_pos: 0, block_tables: &tables, logits: LogitsWanted::Last };
-    assert!(model.forward(&pool, &[seq], &mut kv, &mut ws, &mut logits).is_err());
+    let seq = SeqInput {
+        tokens: &long,
+        start_pos: 0,
+        block_tables: &tables,
+        logits: LogitsWanted::Last,
+    };
+    assert!(model
+        .forward(&pool, &[seq], &mut kv, &mut ws, &mut logits)
+        .is_err());
 }

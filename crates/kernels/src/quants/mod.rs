@@ -18,7 +18,11 @@ pub enum KernelError {
     #[error("tensor type {0} is not supported by the CPU kernels")]
     Unsupported(GgmlType),
     #[error("row length {len} is not a multiple of the {ty} block size {block}")]
-    BadLength { ty: GgmlType, len: usize, block: usize },
+    BadLength {
+        ty: GgmlType,
+        len: usize,
+        block: usize,
+    },
 }
 
 /// The format activations are quantized to before being dotted with weights of `w`.
@@ -44,7 +48,7 @@ pub fn row_bytes(t: GgmlType, n: usize) -> usize {
 
 /// Checks that `n` is a whole number of blocks of `t`.
 pub fn check_len(t: GgmlType, n: usize) -> Result<(), KernelError> {
-    if n % t.block_size() != 0 {
+    if !n.is_multiple_of(t.block_size()) {
         return Err(KernelError::BadLength {
             ty: t,
             len: n,
@@ -126,8 +130,12 @@ pub fn dot_tile(
 ) {
     use GgmlType::*;
     match wt {
-        Q4_0 | Q5_0 | Q8_0 => legacy::dot_tile(wt, n, w, w_stride, nr, a, a_stride, nc, out, out_stride),
-        Q4K | Q5K | Q6K => kquants::dot_tile(wt, n, w, w_stride, nr, a, a_stride, nc, out, out_stride),
+        Q4_0 | Q5_0 | Q8_0 => {
+            legacy::dot_tile(wt, n, w, w_stride, nr, a, a_stride, nc, out, out_stride)
+        }
+        Q4K | Q5K | Q6K => {
+            kquants::dot_tile(wt, n, w, w_stride, nr, a, a_stride, nc, out, out_stride)
+        }
         _ => {
             for r in 0..nr {
                 for c in 0..nc {
