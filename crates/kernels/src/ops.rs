@@ -40,7 +40,13 @@ pub struct RopeTable {
 impl RopeTable {
     /// Fills the table for `positions`, rotating `n_rot` dims with the given base.
     /// `freq_factors` (Llama 3 style) divide each frequency when present.
-    pub fn fill(&mut self, positions: &[usize], base: f32, n_rot: usize, freq_factors: Option<&[f32]>) {
+    pub fn fill(
+        &mut self,
+        positions: &[usize],
+        base: f32,
+        n_rot: usize,
+        freq_factors: Option<&[f32]>,
+    ) {
         let half = n_rot / 2;
         self.half = half;
         self.cos.resize(positions.len() * half, 0.0);
@@ -157,7 +163,11 @@ unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
     let mut i = 0;
     while i + 16 <= n {
         acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), acc1);
+        acc1 = _mm256_fmadd_ps(
+            _mm256_loadu_ps(pa.add(i + 8)),
+            _mm256_loadu_ps(pb.add(i + 8)),
+            acc1,
+        );
         i += 16;
     }
     while i + 8 <= n {
@@ -220,12 +230,24 @@ mod tests {
     #[test]
     fn simd_dot_and_axpy_match_scalar() {
         for n in [0usize, 1, 7, 8, 15, 16, 17, 255, 256, 1000] {
-            let a: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0).collect();
-            let b: Vec<f32> = (0..n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 7.0).collect();
+            let a: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0)
+                .collect();
+            let b: Vec<f32> = (0..n)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 7.0)
+                .collect();
             let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-            let tol = 1e-4 * a.iter().zip(&b).map(|(x, y)| (x * y).abs() as f64).sum::<f64>() + 1e-6;
+            let tol = 1e-4
+                * a.iter()
+                    .zip(&b)
+                    .map(|(x, y)| (x * y).abs() as f64)
+                    .sum::<f64>()
+                + 1e-6;
             assert!((dot_f32(&a, &b) as f64 - exact).abs() <= tol, "n={n}");
-            assert!((dot_f32_scalar(&a, &b) as f64 - exact).abs() <= tol, "n={n}");
+            assert!(
+                (dot_f32_scalar(&a, &b) as f64 - exact).abs() <= tol,
+                "n={n}"
+            );
             let mut y1 = b.clone();
             axpy_f32(0.5, &a, &mut y1);
             for i in 0..n {
@@ -273,7 +295,10 @@ pub fn exp_fast(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     let n = (x * LOG2E + 0.5).floor();
     let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     f32::from_bits(((n as i32 + 127) << 23) as u32) * p
 }
 
@@ -347,10 +372,16 @@ mod fast_tests {
             assert!((e - x.exp()).abs() <= 2e-6 * x.exp(), "exp({x})");
             let mut g = [x];
             gelu_tanh_mul(&mut g, &[1.0]);
-            assert!((g[0] - gelu_tanh(x)).abs() < 1e-5 * (1.0 + x.abs()), "gelu({x})");
+            assert!(
+                (g[0] - gelu_tanh(x)).abs() < 1e-5 * (1.0 + x.abs()),
+                "gelu({x})"
+            );
             let mut s = [x];
             silu_mul(&mut s, &[2.0]);
-            assert!((s[0] - 2.0 * silu(x)).abs() < 1e-5 * (1.0 + x.abs()), "silu({x})");
+            assert!(
+                (s[0] - 2.0 * silu(x)).abs() < 1e-5 * (1.0 + x.abs()),
+                "silu({x})"
+            );
         }
     }
 }
