@@ -28,6 +28,8 @@ pub struct HubState {
     /// Advertise a wrong sha256 for LFS files.
     pub lie_about_hash: AtomicBool,
     pub gets: AtomicU32,
+    /// Once this many body bytes were served (0 = never), GETs answer 503.
+    pub outage_after: AtomicU64,
 }
 
 pub struct HubServer {
@@ -96,6 +98,10 @@ async fn resolve(
             .unwrap();
     }
     s.gets.fetch_add(1, Ordering::SeqCst);
+    let outage = s.outage_after.load(Ordering::SeqCst);
+    if outage > 0 && s.served.load(Ordering::SeqCst) >= outage {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     let (start, end, status) = match headers.get("range").and_then(|v| v.to_str().ok()) {
         Some(r) => {
             let r = r.trim_start_matches("bytes=");
@@ -127,6 +133,8 @@ async fn resolve(
         }
         if let Some(d) = drop_at {
             if pos as u64 >= d {
+                // Let what was sent reach the client, then cut the connection.
+                tokio::time::sleep(Duration::from_millis(30)).await;
                 return Some((Err(std::io::Error::other("connection dropped by test hub")), (body.len(), body, state, None)));
             }
         }
