@@ -721,8 +721,9 @@ impl Tokenizer {
         eog.dedup();
         let eog_has = |eog: &[u32], t: &str| eog.iter().any(|&i| vocab.text(i) == t);
         // o200k_harmony / solar-open: "<|end|>" is not an end of generation.
-        if (eog_has(&eog, "<|return|>") && eog_has(&eog, "<|call|>")
-            || eog_has(&eog, "<|calls|>") && eog_has(&eog, "<|flush|>"))
+        let has_call = eog_has(&eog, "<|call|>") || eog_has(&eog, "<|calls|>");
+        if has_call
+            && (eog_has(&eog, "<|return|>") || eog_has(&eog, "<|flush|>"))
             && eog_has(&eog, "<|end|>")
         {
             if let Some(id) = vocab.lookup("<|end|>") {

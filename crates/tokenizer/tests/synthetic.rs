@@ -257,3 +257,26 @@ fn eog_detection_by_text() {
     assert_eq!(t.token_type(eot), Some(TokenType::Control));
     assert!(t.is_special(eot));
 }
+
+#[test]
+fn harmony_end_is_not_end_of_generation() {
+    let mut spec = spm_spec();
+    for t in ["<|return|>", "<|call|>", "<|end|>"] {
+        spec.tokens.push(t.into());
+        spec.scores.as_mut().unwrap().push(0.0);
+        spec.token_types.as_mut().unwrap().push(TokenType::Control);
+    }
+    let t = Tokenizer::from_spec(&spec).unwrap();
+    let end = t.token_to_id("<|end|>").unwrap();
+    assert!(t.is_eog(t.token_to_id("<|return|>").unwrap()));
+    assert!(!t.is_eog(end));
+    assert_eq!(t.token_type(end), Some(TokenType::UserDefined));
+    // A user-defined token is matched whole even without parse_special.
+    assert_eq!(t.encode("<|end|>", false, false), vec![end]);
+}
+
+#[test]
+fn tokenizer_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Tokenizer>();
+}
