@@ -261,7 +261,10 @@ fn show_text(v: &hangar_registry::VersionInfo) -> String {
             l.derivation,
             l.base_model,
             l.base_version,
-            l.run.as_deref().map(|r| format!(" by run {r}")).unwrap_or_default(),
+            l.run
+                .as_deref()
+                .map(|r| format!(" by run {r}"))
+                .unwrap_or_default(),
             v.ancestry.join(" <- ")
         );
     }
@@ -269,7 +272,13 @@ fn show_text(v: &hangar_registry::VersionInfo) -> String {
         s += &format!("meta {k} = {val}\n");
     }
     for f in &v.files {
-        s += &format!("  {:<40} {:<13} {:>10}  sha256:{}\n", f.path, f.format, mb(f.size), f.sha256);
+        s += &format!(
+            "  {:<40} {:<13} {:>10}  sha256:{}\n",
+            f.path,
+            f.format,
+            mb(f.size),
+            f.sha256
+        );
     }
     s.trim_end().to_string()
 }
@@ -277,7 +286,16 @@ fn show_text(v: &hangar_registry::VersionInfo) -> String {
 /// Runs one `hangar registry` subcommand against the registry in `home`.
 pub fn run_registry(cmd: RegistryCmd, home: Option<PathBuf>) -> Result<()> {
     match cmd {
-        RegistryCmd::Import { path, name, meta, tags, base, derivation, run, opts } => {
+        RegistryCmd::Import {
+            path,
+            name,
+            meta,
+            tags,
+            base,
+            derivation,
+            run,
+            opts,
+        } => {
             let (mut reg, who) = open(home, &opts)?;
             let req = ImportRequest {
                 path,
@@ -296,7 +314,11 @@ pub fn run_registry(cmd: RegistryCmd, home: Option<PathBuf>) -> Result<()> {
             print(opts.json, &out, || {
                 format!(
                     "{} {}@{}: {} in {} files, {} new ({} of {} chunks), {:.0} MB/s",
-                    if out.already_present { "already present:" } else { "imported" },
+                    if out.already_present {
+                        "already present:"
+                    } else {
+                        "imported"
+                    },
                     out.name,
                     out.version,
                     mb(out.logical_bytes),
@@ -314,14 +336,19 @@ pub fn run_registry(cmd: RegistryCmd, home: Option<PathBuf>) -> Result<()> {
                 None => {
                     let models = reg.list(&who)?;
                     print(opts.json, &models, || {
-                        let mut s = format!("{:<32} {:>8} {:>7} {:>10} {:>10}", "MODEL", "VERSIONS", "LATEST", "PRODUCTION", "SIZE");
+                        let mut s = format!(
+                            "{:<32} {:>8} {:>7} {:>10} {:>10}",
+                            "MODEL", "VERSIONS", "LATEST", "PRODUCTION", "SIZE"
+                        );
                         for m in &models {
                             s += &format!(
                                 "\n{:<32} {:>8} {:>7} {:>10} {:>10}",
                                 m.name,
                                 m.versions,
                                 m.latest.map(|v| v.to_string()).unwrap_or_default(),
-                                m.production.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                                m.production
+                                    .map(|v| v.to_string())
+                                    .unwrap_or_else(|| "-".into()),
                                 mb(m.total_size)
                             );
                         }
@@ -331,7 +358,10 @@ pub fn run_registry(cmd: RegistryCmd, home: Option<PathBuf>) -> Result<()> {
                 Some(n) => {
                     let m = reg.show_model(&who, &n)?;
                     print(opts.json, &m, || {
-                        let mut s = format!("{:<8} {:<12} {:>10} {:<20} {}", "VERSION", "STAGE", "SIZE", "ALIASES", "LINEAGE");
+                        let mut s = format!(
+                            "{:<8} {:<12} {:>10} {:<20} {}",
+                            "VERSION", "STAGE", "SIZE", "ALIASES", "LINEAGE"
+                        );
                         for v in &m.versions {
                             s += &format!(
                                 "\n{:<8} {:<12} {:>10} {:<20} {}",
@@ -341,7 +371,10 @@ pub fn run_registry(cmd: RegistryCmd, home: Option<PathBuf>) -> Result<()> {
                                 v.aliases.join(","),
                                 v.lineage
                                     .as_ref()
-                                    .map(|l| format!("{} from {}@{}", l.derivation, l.base_model, l.base_version))
+                                    .map(|l| format!(
+                                        "{} from {}@{}",
+                                        l.derivation, l.base_model, l.base_version
+                                    ))
                                     .unwrap_or_default()
                             );
                         }
@@ -355,19 +388,39 @@ pub fn run_registry(cmd: RegistryCmd, home: Option<PathBuf>) -> Result<()> {
             let v = reg.show(&who, &reference)?;
             print(opts.json, &v, || show_text(&v))
         }
-        RegistryCmd::Promote { reference, stage, opts } => {
+        RegistryCmd::Promote {
+            reference,
+            stage,
+            opts,
+        } => {
             let (reg, who) = open(home, &opts)?;
             let v = reg.promote(&who, &reference, &stage)?;
-            print(opts.json, &v, || format!("{}@{} is now in {stage}", v.name, v.version))
+            print(opts.json, &v, || {
+                format!("{}@{} is now in {stage}", v.name, v.version)
+            })
         }
-        RegistryCmd::Demote { reference, to, opts } => {
+        RegistryCmd::Demote {
+            reference,
+            to,
+            opts,
+        } => {
             let (reg, who) = open(home, &opts)?;
             let v = reg.demote(&who, &reference, to.as_deref())?;
             print(opts.json, &v, || {
-                format!("{}@{} is now in {}", v.name, v.version, v.stage.as_deref().unwrap_or("-"))
+                format!(
+                    "{}@{} is now in {}",
+                    v.name,
+                    v.version,
+                    v.stage.as_deref().unwrap_or("-")
+                )
             })
         }
-        RegistryCmd::Alias { reference, alias, remove, opts } => {
+        RegistryCmd::Alias {
+            reference,
+            alias,
+            remove,
+            opts,
+        } => {
             let (reg, who) = open(home, &opts)?;
             if remove {
                 let r: hangar_registry::ModelRef = reference.parse()?;
@@ -375,24 +428,46 @@ pub fn run_registry(cmd: RegistryCmd, home: Option<PathBuf>) -> Result<()> {
             } else {
                 reg.set_alias(&who, &reference, &alias)?;
             }
-            let out = serde_json::json!({"reference": reference, "alias": alias, "removed": remove});
+            let out =
+                serde_json::json!({"reference": reference, "alias": alias, "removed": remove});
             print(opts.json, &out, || {
-                if remove { format!("removed alias {alias}") } else { format!("{alias} -> {reference}") }
+                if remove {
+                    format!("removed alias {alias}")
+                } else {
+                    format!("{alias} -> {reference}")
+                }
             })
         }
-        RegistryCmd::Tag { reference, tags, remove, opts } => {
+        RegistryCmd::Tag {
+            reference,
+            tags,
+            remove,
+            opts,
+        } => {
             let (reg, who) = open(home, &opts)?;
             reg.tag(&who, &reference, &tags, remove)?;
             let v = reg.show(&who, &reference)?;
-            print(opts.json, &v, || format!("{}@{} tags: {}", v.name, v.version, v.tags.join(", ")))
+            print(opts.json, &v, || {
+                format!("{}@{} tags: {}", v.name, v.version, v.tags.join(", "))
+            })
         }
-        RegistryCmd::Delete { reference, force, opts } => {
+        RegistryCmd::Delete {
+            reference,
+            force,
+            opts,
+        } => {
             let (reg, who) = open(home, &opts)?;
             reg.delete(&who, &reference, force)?;
             let out = serde_json::json!({"deleted": reference});
-            print(opts.json, &out, || format!("deleted {reference} (run `hangar registry gc` to free its chunks)"))
+            print(opts.json, &out, || {
+                format!("deleted {reference} (run `hangar registry gc` to free its chunks)")
+            })
         }
-        RegistryCmd::Export { reference, to, opts } => {
+        RegistryCmd::Export {
+            reference,
+            to,
+            opts,
+        } => {
             let (reg, who) = open(home, &opts)?;
             let out = reg.export(&who, &reference, &to, !opts.json)?;
             print(opts.json, &out, || {
@@ -411,7 +486,11 @@ pub fn run_registry(cmd: RegistryCmd, home: Option<PathBuf>) -> Result<()> {
             let (reg, who) = open(home, &opts)?;
             let out = reg.resolve(&who, &reference)?;
             print(opts.json, &out, || {
-                out.primary.as_ref().unwrap_or(&out.dir).display().to_string()
+                out.primary
+                    .as_ref()
+                    .unwrap_or(&out.dir)
+                    .display()
+                    .to_string()
             })
         }
         RegistryCmd::Gc { dry_run, opts } => {
@@ -420,7 +499,11 @@ pub fn run_registry(cmd: RegistryCmd, home: Option<PathBuf>) -> Result<()> {
             print(opts.json, &r, || {
                 format!(
                     "{}{} unreferenced and {} orphan chunks, {} freed, {} cache folders",
-                    if r.dry_run { "would remove " } else { "removed " },
+                    if r.dry_run {
+                        "would remove "
+                    } else {
+                        "removed "
+                    },
                     r.unreferenced_chunks,
                     r.orphan_chunks,
                     mb(r.bytes_freed),
@@ -432,7 +515,10 @@ pub fn run_registry(cmd: RegistryCmd, home: Option<PathBuf>) -> Result<()> {
             let (reg, who) = open(home, &opts)?;
             let r = reg.verify(&who, deep)?;
             print(opts.json, &r, || {
-                let mut s = format!("{} versions, {} files, {} chunks checked", r.versions, r.files, r.chunks_checked);
+                let mut s = format!(
+                    "{} versions, {} files, {} chunks checked",
+                    r.versions, r.files, r.chunks_checked
+                );
                 for p in &r.problems {
                     s += &format!("\nproblem: {p}");
                 }
@@ -465,7 +551,12 @@ pub fn run_registry(cmd: RegistryCmd, home: Option<PathBuf>) -> Result<()> {
             print(opts.json, &entries, || {
                 entries
                     .iter()
-                    .map(|e| format!("{} {:<10} {:<14} {:<28} {}", e.ts, e.actor, e.action, e.target, e.detail))
+                    .map(|e| {
+                        format!(
+                            "{} {:<10} {:<14} {:<28} {}",
+                            e.ts, e.actor, e.action, e.target, e.detail
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             })
@@ -476,19 +567,26 @@ pub fn run_registry(cmd: RegistryCmd, home: Option<PathBuf>) -> Result<()> {
                 let role: Role = role.parse()?;
                 let token = reg.create_token(&who, &name, role)?;
                 let out = serde_json::json!({"name": name, "role": role, "token": token});
-                print(opts.json, &out, || format!("{token}\n(shown once; store it now)"))
+                print(opts.json, &out, || {
+                    format!("{token}\n(shown once; store it now)")
+                })
             }
             TokenCmd::List { opts } => {
                 let (reg, who) = open(home, &opts)?;
                 let list = reg.list_tokens(&who)?;
                 print(opts.json, &list, || {
-                    list.iter().map(|t| format!("{:<24} {}", t.name, t.role)).collect::<Vec<_>>().join("\n")
+                    list.iter()
+                        .map(|t| format!("{:<24} {}", t.name, t.role))
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 })
             }
             TokenCmd::Revoke { name, opts } => {
                 let (reg, who) = open(home, &opts)?;
                 reg.revoke_token(&who, &name)?;
-                print(opts.json, &serde_json::json!({"revoked": name}), || format!("revoked {name}"))
+                print(opts.json, &serde_json::json!({"revoked": name}), || {
+                    format!("revoked {name}")
+                })
             }
         },
         RegistryCmd::Bench { file, work, opts } => {
@@ -496,7 +594,11 @@ pub fn run_registry(cmd: RegistryCmd, home: Option<PathBuf>) -> Result<()> {
                 Some(f) => f,
                 None => hangar_registry::default_model::fetch_default_model()?,
             };
-            let work = work.unwrap_or_else(|| home.clone().unwrap_or_else(hangar_registry::default_home).join("registry-bench"));
+            let work = work.unwrap_or_else(|| {
+                home.clone()
+                    .unwrap_or_else(hangar_registry::default_home)
+                    .join("registry-bench")
+            });
             let r = hangar_registry::bench::run(&file, &work, false)?;
             print(opts.json, &r, || r.to_markdown())
         }
@@ -533,7 +635,11 @@ pub fn run_pull(args: PullArgs, home: Option<PathBuf>) -> Result<()> {
     };
     let out = hangar_registry::hub::pull(&mut reg, &who, &req, &opts)?;
     if let Some(stage) = &args.stage {
-        reg.promote(&who, &format!("{}@{}", out.import.name, out.import.version), stage)?;
+        reg.promote(
+            &who,
+            &format!("{}@{}", out.import.name, out.import.version),
+            stage,
+        )?;
     }
     print(args.opts.json, &out, || {
         let mut s = format!(

@@ -52,9 +52,18 @@ impl BenchReport {
             self.chunks
         );
         s += &format!("| cp (copy + fsync) | {:.0} |\n", self.cp_mb_s);
-        s += &format!("| import (validate, chunk, hash, store, fsync) | {:.0} |\n", self.import_mb_s);
-        s += &format!("| re-import of the same file (all chunks known) | {:.0} |\n", self.reimport_mb_s);
-        s += &format!("| export (reassemble, verify sha256, fsync) | {:.0} |\n", self.export_mb_s);
+        s += &format!(
+            "| import (validate, chunk, hash, store, fsync) | {:.0} |\n",
+            self.import_mb_s
+        );
+        s += &format!(
+            "| re-import of the same file (all chunks known) | {:.0} |\n",
+            self.reimport_mb_s
+        );
+        s += &format!(
+            "| export (reassemble, verify sha256, fsync) | {:.0} |\n",
+            self.export_mb_s
+        );
         s += "\n| derived copy | changed bytes | new stored bytes | cost / changed | store dedup ratio |\n| --- | ---: | ---: | ---: | ---: |\n";
         for d in &self.dedup {
             s += &format!(
@@ -62,7 +71,9 @@ impl BenchReport {
                 d.what,
                 d.changed_bytes as f64 / 1e6,
                 d.new_bytes as f64 / 1e6,
-                d.cost_vs_changed.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
+                d.cost_vs_changed
+                    .map(|c| format!("{c:.2}"))
+                    .unwrap_or_else(|| "-".into()),
                 d.store_dedup_ratio
             );
         }
@@ -77,12 +88,18 @@ fn mbs(bytes: u64, t: Instant) -> f64 {
 /// Writes a copy of `src` with `n` tensors changed (their rows reversed: still valid
 /// data of the same type). Returns the changed byte count.
 pub fn write_few_tensor_copy(src: &Path, dst: &Path, n: usize) -> Result<u64> {
-    let g = hangar_formats::GgufFile::open(src).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+    let g =
+        hangar_formats::GgufFile::open(src).map_err(|e| RegistryError::Invalid(e.to_string()))?;
     let mut bytes = g.bytes().to_vec();
     let mut tensors: Vec<_> = g.tensors().iter().filter(|t| t.n_rows() > 1).collect();
     tensors.sort_by_key(|t| std::cmp::Reverse(t.size));
     // Mid-sized tensors from different blocks: skip the largest (embeddings).
-    let picks: Vec<_> = tensors.iter().skip(tensors.len() / 4).step_by(7).take(n).collect();
+    let picks: Vec<_> = tensors
+        .iter()
+        .skip(tensors.len() / 4)
+        .step_by(7)
+        .take(n)
+        .collect();
     let mut changed = 0;
     for t in picks {
         let rows = t.n_rows();
@@ -91,7 +108,8 @@ pub fn write_few_tensor_copy(src: &Path, dst: &Path, n: usize) -> Result<u64> {
         let data = &mut bytes[start..start + t.size as usize];
         let copy = data.to_vec();
         for r in 0..rows {
-            data[r * row..(r + 1) * row].copy_from_slice(&copy[(rows - 1 - r) * row..(rows - r) * row]);
+            data[r * row..(r + 1) * row]
+                .copy_from_slice(&copy[(rows - 1 - r) * row..(rows - r) * row]);
         }
         changed += t.size;
     }
@@ -104,7 +122,10 @@ pub fn write_few_tensor_copy(src: &Path, dst: &Path, n: usize) -> Result<u64> {
 pub fn write_shifted_copy(src: &Path, dst: &Path) -> Result<()> {
     let bytes = std::fs::read(src).map_err(io_ctx(format!("read {}", src.display())))?;
     if bytes.len() < 24 || &bytes[..4] != b"GGUF" {
-        return Err(RegistryError::Invalid(format!("{} is not GGUF", src.display())));
+        return Err(RegistryError::Invalid(format!(
+            "{} is not GGUF",
+            src.display()
+        )));
     }
     let key = b"hangar.bench.note";
     let value = vec![b'x'; 64 - (8 + key.len() + 4 + 8)];
@@ -130,14 +151,18 @@ pub fn write_shifted_copy(src: &Path, dst: &Path) -> Result<()> {
 pub fn run(file: &Path, work: &Path, progress: bool) -> Result<BenchReport> {
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work).map_err(io_ctx(format!("create {}", work.display())))?;
-    let size = std::fs::metadata(file).map_err(io_ctx(format!("stat {}", file.display())))?.len();
+    let size = std::fs::metadata(file)
+        .map_err(io_ctx(format!("stat {}", file.display())))?
+        .len();
     // Warm the page cache so every contender reads from memory.
     let _ = std::fs::read(file);
 
     let t = Instant::now();
     let cp = work.join("cp.gguf");
     std::fs::copy(file, &cp).map_err(io_ctx("cp"))?;
-    std::fs::File::open(&cp).and_then(|f| f.sync_all()).map_err(io_ctx("fsync cp"))?;
+    std::fs::File::open(&cp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_ctx("fsync cp"))?;
     let cp_mb_s = mbs(size, t);
     std::fs::remove_file(&cp).ok();
 

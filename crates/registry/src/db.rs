@@ -102,7 +102,9 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
 
 pub(crate) fn setting(db: &Connection, key: &str) -> Result<Option<String>> {
     Ok(db
-        .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
+        .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
         .optional()?)
 }
 

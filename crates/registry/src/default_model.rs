@@ -24,7 +24,10 @@ pub struct DefaultModelOutcome {
 }
 
 fn search_up(start: &Path) -> Option<PathBuf> {
-    start.ancestors().map(|d| d.join(SCRIPT)).find(|p| p.is_file())
+    start
+        .ancestors()
+        .map(|d| d.join(SCRIPT))
+        .find(|p| p.is_file())
 }
 
 /// `$HANGAR_FETCH_SCRIPT`, else `scripts/fetch-default-model.sh` in the current folder
@@ -36,7 +39,11 @@ pub fn find_fetch_script() -> Option<PathBuf> {
     std::env::current_dir()
         .ok()
         .and_then(|d| search_up(&d))
-        .or_else(|| std::env::current_exe().ok().and_then(|e| search_up(e.parent()?)))
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| search_up(e.parent()?))
+        })
 }
 
 /// Runs the fetch script (which caches and verifies the file) and returns the GGUF path.
@@ -66,15 +73,26 @@ pub fn fetch_default_model() -> Result<PathBuf> {
         .map(|l| PathBuf::from(l.trim()))
         .ok_or_else(|| RegistryError::Transfer(format!("{} printed no path", script.display())))?;
     if !path.is_file() {
-        return Err(RegistryError::NotFound(format!("{} (printed by the fetch script)", path.display())));
+        return Err(RegistryError::NotFound(format!(
+            "{} (printed by the fetch script)",
+            path.display()
+        )));
     }
     Ok(path)
 }
 
 /// Imports `gguf` as the default model and puts it in production. Idempotent: a second
 /// call finds the same content and only makes sure of the stage.
-pub fn install_default_from(reg: &mut Registry, who: &Principal, gguf: &Path, progress: bool) -> Result<DefaultModelOutcome> {
-    who.require(Role::Promoter, "installing the default model (it goes to production)")?;
+pub fn install_default_from(
+    reg: &mut Registry,
+    who: &Principal,
+    gguf: &Path,
+    progress: bool,
+) -> Result<DefaultModelOutcome> {
+    who.require(
+        Role::Promoter,
+        "installing the default model (it goes to production)",
+    )?;
     let mut metadata = std::collections::BTreeMap::new();
     metadata.insert("source".to_string(), SCRIPT.to_string());
     metadata.insert("architecture".to_string(), "gemma3".to_string());
@@ -91,7 +109,11 @@ pub fn install_default_from(reg: &mut Registry, who: &Principal, gguf: &Path, pr
     )?;
     let current = reg.show(who, &format!("{DEFAULT_MODEL}@{}", import.version))?;
     if current.stage.as_deref() != Some(PRODUCTION) {
-        reg.promote(who, &format!("{DEFAULT_MODEL}@{}", import.version), PRODUCTION)?;
+        reg.promote(
+            who,
+            &format!("{DEFAULT_MODEL}@{}", import.version),
+            PRODUCTION,
+        )?;
     }
     Ok(DefaultModelOutcome {
         name: DEFAULT_MODEL.into(),
@@ -102,8 +124,15 @@ pub fn install_default_from(reg: &mut Registry, who: &Principal, gguf: &Path, pr
 }
 
 /// `hangar pull default`: fetch script, import, production.
-pub fn install_default(reg: &mut Registry, who: &Principal, progress: bool) -> Result<DefaultModelOutcome> {
-    who.require(Role::Promoter, "installing the default model (it goes to production)")?;
+pub fn install_default(
+    reg: &mut Registry,
+    who: &Principal,
+    progress: bool,
+) -> Result<DefaultModelOutcome> {
+    who.require(
+        Role::Promoter,
+        "installing the default model (it goes to production)",
+    )?;
     let path = fetch_default_model()?;
     install_default_from(reg, who, &path, progress)
 }

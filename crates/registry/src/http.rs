@@ -38,9 +38,18 @@ pub fn router(state: SharedRegistry) -> Router {
     Router::new()
         .route("/v1/registry/models", get(list))
         .route("/v1/registry/models/{name}", get(show_model))
-        .route("/v1/registry/models/{name}/versions/{selector}", get(show_version))
-        .route("/v1/registry/models/{name}/versions/{selector}/promote", post(promote))
-        .route("/v1/registry/models/{name}/versions/{selector}/demote", post(demote))
+        .route(
+            "/v1/registry/models/{name}/versions/{selector}",
+            get(show_version),
+        )
+        .route(
+            "/v1/registry/models/{name}/versions/{selector}/promote",
+            post(promote),
+        )
+        .route(
+            "/v1/registry/models/{name}/versions/{selector}/demote",
+            post(demote),
+        )
         .route("/v1/registry/stats", get(stats))
         .route("/v1/registry/audit", get(audit))
         .with_state(state)
@@ -70,12 +79,19 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(|t| t.trim().to_string())
 }
 
 /// Runs `f` with the registry and the caller's principal on a blocking thread.
-async fn with_registry<T, F>(state: SharedRegistry, headers: HeaderMap, f: F) -> Result<Json<T>, ApiError>
+async fn with_registry<T, F>(
+    state: SharedRegistry,
+    headers: HeaderMap,
+    f: F,
+) -> Result<Json<T>, ApiError>
 where
     T: serde::Serialize + Send + 'static,
     F: FnOnce(&Registry, &Principal) -> crate::Result<T> + Send + 'static,
@@ -92,7 +108,10 @@ where
     .map_err(ApiError)
 }
 
-async fn list(State(s): State<SharedRegistry>, h: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+async fn list(
+    State(s): State<SharedRegistry>,
+    h: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
     with_registry(s, h, |r, w| Ok(json!({"models": r.list(w)?}))).await
 }
 
@@ -123,7 +142,10 @@ async fn promote(
     Path((name, sel)): Path<(String, String)>,
     Json(body): Json<PromoteBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    with_registry(s, h, move |r, w| r.promote(w, &format!("{name}@{sel}"), &body.stage)).await
+    with_registry(s, h, move |r, w| {
+        r.promote(w, &format!("{name}@{sel}"), &body.stage)
+    })
+    .await
 }
 
 #[derive(Deserialize, Default)]
@@ -138,10 +160,16 @@ async fn demote(
     body: Option<Json<DemoteBody>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let to = body.map(|b| b.0).unwrap_or_default().to;
-    with_registry(s, h, move |r, w| r.demote(w, &format!("{name}@{sel}"), to.as_deref())).await
+    with_registry(s, h, move |r, w| {
+        r.demote(w, &format!("{name}@{sel}"), to.as_deref())
+    })
+    .await
 }
 
-async fn stats(State(s): State<SharedRegistry>, h: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+async fn stats(
+    State(s): State<SharedRegistry>,
+    h: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
     with_registry(s, h, |r, w| r.stats(w)).await
 }
 
@@ -155,5 +183,8 @@ async fn audit(
     h: HeaderMap,
     Query(q): Query<AuditQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    with_registry(s, h, move |r, w| Ok(json!({"entries": r.audit_log(w, q.limit.unwrap_or(100))?}))).await
+    with_registry(s, h, move |r, w| {
+        Ok(json!({"entries": r.audit_log(w, q.limit.unwrap_or(100))?}))
+    })
+    .await
 }

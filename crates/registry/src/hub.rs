@@ -36,12 +36,14 @@ pub struct HubSource {
 
 impl HubSource {
     pub fn parse(s: &str) -> Result<Self> {
-        let rest = s
-            .strip_prefix("hf://")
-            .ok_or_else(|| RegistryError::Invalid(format!("{s:?}: expected hf://org/repo[/file]")))?;
+        let rest = s.strip_prefix("hf://").ok_or_else(|| {
+            RegistryError::Invalid(format!("{s:?}: expected hf://org/repo[/file]"))
+        })?;
         let parts: Vec<&str> = rest.split('/').collect();
         if parts.len() < 2 {
-            return Err(RegistryError::Invalid(format!("{s:?}: expected hf://org/repo[/file]")));
+            return Err(RegistryError::Invalid(format!(
+                "{s:?}: expected hf://org/repo[/file]"
+            )));
         }
         for p in &parts[..2] {
             names::validate_model_name(p)?;
@@ -162,19 +164,26 @@ fn skip_reason(rel: &str) -> Option<String> {
     if names::validate_file_path(rel).is_err() {
         return Some("file name not accepted".into());
     }
-    let ext = rel.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    let ext = rel
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
     match ext.as_str() {
         "bin" | "pt" | "pth" | "pkl" | "pickle" | "ckpt" | "joblib" | "npy" | "npz" => {
             Some("pickle-based checkpoint refused; use the repo's safetensors or GGUF files".into())
         }
-        "gguf" | "safetensors" | "json" | "txt" | "md" | "jinja" | "j2" | "yaml" | "yml" | "tmpl" => None,
+        "gguf" | "safetensors" | "json" | "txt" | "md" | "jinja" | "j2" | "yaml" | "yml"
+        | "tmpl" => None,
         "model" if rel.ends_with("tokenizer.model") => None,
         _ => Some("not a safetensors, GGUF or text companion file".into()),
     }
 }
 
 fn clean_etag(v: &str) -> String {
-    v.trim().trim_start_matches("W/").trim_matches('"').to_ascii_lowercase()
+    v.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .to_ascii_lowercase()
 }
 
 /// An HTTP client for one hub.
@@ -194,7 +203,8 @@ impl HubClient {
             if !redirects {
                 b = b.redirect(reqwest::redirect::Policy::none());
             }
-            b.build().map_err(|e| RegistryError::Transfer(e.to_string()))
+            b.build()
+                .map_err(|e| RegistryError::Transfer(e.to_string()))
         };
         Ok(HubClient {
             http: build(true)?,
@@ -224,7 +234,11 @@ impl HubClient {
         let url = if self.opts.revision == "main" {
             format!("{}/api/models/{repo}", self.base())
         } else {
-            format!("{}/api/models/{repo}/revision/{}", self.base(), self.opts.revision)
+            format!(
+                "{}/api/models/{repo}/revision/{}",
+                self.base(),
+                self.opts.revision
+            )
         };
         let mut attempt = 0;
         loop {
@@ -237,7 +251,10 @@ impl HubClient {
                         .map_err(|e| RegistryError::Transfer(format!("{url}: {e}")))?;
                     let info: RepoInfo = serde_json::from_slice(&body)
                         .map_err(|e| RegistryError::Transfer(format!("{url}: bad listing: {e}")))?;
-                    return Ok((info.siblings.into_iter().map(|s| s.rfilename).collect(), info.sha));
+                    return Ok((
+                        info.siblings.into_iter().map(|s| s.rfilename).collect(),
+                        info.sha,
+                    ));
                 }
                 Ok(resp) if resp.status().is_client_error() => {
                     return Err(RegistryError::Transfer(format!(
@@ -246,7 +263,10 @@ impl HubClient {
                     )))
                 }
                 other if attempt >= self.opts.retries => {
-                    return Err(RegistryError::Transfer(format!("{url}: {}", describe(other))))
+                    return Err(RegistryError::Transfer(format!(
+                        "{url}: {}",
+                        describe(other)
+                    )))
                 }
                 _ => {}
             }
@@ -256,7 +276,11 @@ impl HubClient {
     }
 
     async fn remote(&self, repo: &str, rel: &str) -> Result<Remote> {
-        let url = format!("{}/{repo}/resolve/{}/{rel}", self.base(), self.opts.revision);
+        let url = format!(
+            "{}/{repo}/resolve/{}/{rel}",
+            self.base(),
+            self.opts.revision
+        );
         let mut attempt = 0;
         loop {
             match self.auth(self.head.head(&url)).send().await {
@@ -266,17 +290,30 @@ impl HubClient {
                     let size = get("x-linked-size")
                         .or_else(|| get("content-length"))
                         .and_then(|v| v.parse().ok())
-                        .ok_or_else(|| RegistryError::Transfer(format!("{url}: no size in HEAD reply")))?;
-                    let etag = get("x-linked-etag").or_else(|| get("etag")).map(|e| clean_etag(&e)).unwrap_or_default();
+                        .ok_or_else(|| {
+                            RegistryError::Transfer(format!("{url}: no size in HEAD reply"))
+                        })?;
+                    let etag = get("x-linked-etag")
+                        .or_else(|| get("etag"))
+                        .map(|e| clean_etag(&e))
+                        .unwrap_or_default();
                     let ranges = get("accept-ranges").is_some_and(|v| v.contains("bytes"))
                         || resp.status().is_redirection();
-                    return Ok(Remote { url, size, etag, ranges });
+                    return Ok(Remote {
+                        url,
+                        size,
+                        etag,
+                        ranges,
+                    });
                 }
                 Ok(resp) if resp.status().is_client_error() => {
                     return Err(RegistryError::Transfer(format!("{url}: {}", resp.status())))
                 }
                 other if attempt >= self.opts.retries => {
-                    return Err(RegistryError::Transfer(format!("{url}: {}", describe(other))))
+                    return Err(RegistryError::Transfer(format!(
+                        "{url}: {}",
+                        describe(other)
+                    )))
                 }
                 _ => {}
             }
@@ -300,7 +337,12 @@ impl HubClient {
             if m.len() == remote.size {
                 let sha = sha256_file(dest).await?;
                 if check_hash(&remote.etag, &sha, dest, remote.size).await? {
-                    return Ok(Downloaded { rel: rel.into(), path: dest.into(), size: remote.size, sha256: sha });
+                    return Ok(Downloaded {
+                        rel: rel.into(),
+                        path: dest.into(),
+                        size: remote.size,
+                        sha256: sha,
+                    });
                 }
             }
             let _ = std::fs::remove_file(dest);
@@ -308,28 +350,48 @@ impl HubClient {
         let key = rel.replace('/', "__");
         let part_path = partial_dir.join(format!("{key}.part"));
         let state_path = partial_dir.join(format!("{key}.state.json"));
-        std::fs::create_dir_all(partial_dir).map_err(io_ctx(format!("create {}", partial_dir.display())))?;
+        std::fs::create_dir_all(partial_dir)
+            .map_err(io_ctx(format!("create {}", partial_dir.display())))?;
         let mut state: Option<PartState> = std::fs::read(&state_path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .filter(|s: &PartState| s.url == remote.url && s.size == remote.size && s.etag == remote.etag);
-        if state.is_some() && std::fs::metadata(&part_path).map(|m| m.len()) .ok() != Some(remote.size) {
+            .filter(|s: &PartState| {
+                s.url == remote.url && s.size == remote.size && s.etag == remote.etag
+            });
+        if state.is_some()
+            && std::fs::metadata(&part_path).map(|m| m.len()).ok() != Some(remote.size)
+        {
             state = None;
         }
         let state = match state {
             Some(s) => s,
             None => {
-                let f = File::create(&part_path).map_err(io_ctx(format!("create {}", part_path.display())))?;
-                f.set_len(remote.size).map_err(io_ctx(format!("size {}", part_path.display())))?;
-                let step = if remote.ranges { self.opts.part_size.max(1 << 20) } else { remote.size.max(1) };
+                let f = File::create(&part_path)
+                    .map_err(io_ctx(format!("create {}", part_path.display())))?;
+                f.set_len(remote.size)
+                    .map_err(io_ctx(format!("size {}", part_path.display())))?;
+                let step = if remote.ranges {
+                    self.opts.part_size.max(1 << 20)
+                } else {
+                    remote.size.max(1)
+                };
                 let mut parts = Vec::new();
                 let mut s = 0;
                 while s < remote.size {
                     let e = (s + step).min(remote.size);
-                    parts.push(Part { start: s, end: e, done: 0 });
+                    parts.push(Part {
+                        start: s,
+                        end: e,
+                        done: 0,
+                    });
                     s = e;
                 }
-                PartState { url: remote.url.clone(), size: remote.size, etag: remote.etag.clone(), parts }
+                PartState {
+                    url: remote.url.clone(),
+                    size: remote.size,
+                    etag: remote.etag.clone(),
+                    parts,
+                }
             }
         };
         let resumed: u64 = state.parts.iter().map(|p| p.done).sum();
@@ -388,7 +450,8 @@ impl HubClient {
         save_state(&state_path, &final_state)?;
         pb.finish_and_clear();
         results.into_iter().collect::<Result<Vec<()>>>()?;
-        file.sync_all().map_err(io_ctx(format!("fsync {}", part_path.display())))?;
+        file.sync_all()
+            .map_err(io_ctx(format!("fsync {}", part_path.display())))?;
         let sha = sha256_file(&part_path).await?;
         if !check_hash(&remote.etag, &sha, &part_path, remote.size).await? {
             let _ = std::fs::remove_file(&part_path);
@@ -401,9 +464,15 @@ impl HubClient {
         if let Some(p) = dest.parent() {
             std::fs::create_dir_all(p).map_err(io_ctx(format!("create {}", p.display())))?;
         }
-        std::fs::rename(&part_path, dest).map_err(io_ctx(format!("rename to {}", dest.display())))?;
+        std::fs::rename(&part_path, dest)
+            .map_err(io_ctx(format!("rename to {}", dest.display())))?;
         let _ = std::fs::remove_file(&state_path);
-        Ok(Downloaded { rel: rel.into(), path: dest.into(), size: remote.size, sha256: sha })
+        Ok(Downloaded {
+            rel: rel.into(),
+            path: dest.into(),
+            size: remote.size,
+            sha256: sha,
+        })
     }
 
     async fn fetch_part(
@@ -432,8 +501,11 @@ impl HubClient {
                 .send()
                 .await
             {
-                Ok(resp) if resp.status() == reqwest::StatusCode::PARTIAL_CONTENT
-                    || (resp.status().is_success() && from == 0 && end == shared.lock().unwrap().size) =>
+                Ok(resp)
+                    if resp.status() == reqwest::StatusCode::PARTIAL_CONTENT
+                        || (resp.status().is_success()
+                            && from == 0
+                            && end == shared.lock().unwrap().size) =>
                 {
                     let mut resp = resp;
                     let mut off = from;
@@ -452,7 +524,9 @@ impl HubClient {
                                 }
                             }
                             Ok(None) if off >= end => break None,
-                            Ok(None) => break Some(format!("connection closed at byte {off} of {end}")),
+                            Ok(None) => {
+                                break Some(format!("connection closed at byte {off} of {end}"))
+                            }
                             Err(e) => break Some(e.to_string()),
                         }
                     }
@@ -460,7 +534,10 @@ impl HubClient {
                 Ok(resp) if resp.status().is_success() => {
                     // The server ignored Range: start this part over from its beginning.
                     shared.lock().unwrap().parts[i].done = 0;
-                    Some(format!("server answered {} to a ranged request", resp.status()))
+                    Some(format!(
+                        "server answered {} to a ranged request",
+                        resp.status()
+                    ))
                 }
                 Ok(resp) if resp.status().is_client_error() && resp.status() != 429 => {
                     return Err(RegistryError::Transfer(format!("{url}: {}", resp.status())))
@@ -502,7 +579,9 @@ async fn sha256_file(path: &Path) -> Result<String> {
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = f.read(&mut buf).map_err(io_ctx(format!("read {}", path.display())))?;
+            let n = f
+                .read(&mut buf)
+                .map_err(io_ctx(format!("read {}", path.display())))?;
             if n == 0 {
                 break;
             }
@@ -534,19 +613,36 @@ fn default_name(repo: &str) -> String {
     let last = repo.rsplit('/').next().unwrap_or(repo);
     let s: String = last
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
-    s.trim_start_matches(|c: char| !c.is_ascii_alphanumeric()).replace("..", ".")
+    s.trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+        .replace("..", ".")
 }
 
 /// Fetches `req.source` from the hub and imports it as the next version of its model.
 /// Killed at any point, a rerun resumes the download and the import.
-pub fn pull(reg: &mut Registry, who: &Principal, req: &PullRequest, opts: &PullOptions) -> Result<PullOutcome> {
+pub fn pull(
+    reg: &mut Registry,
+    who: &Principal,
+    req: &PullRequest,
+    opts: &PullOptions,
+) -> Result<PullOutcome> {
     who.require(Role::Writer, "pulling a model")?;
     let src = HubSource::parse(&req.source)?;
     let name = req.name.clone().unwrap_or_else(|| default_name(&src.repo));
     names::validate_model_name(&name)?;
-    let key = hex::encode(&Sha256::digest(format!("{}|{}|{}|{:?}", opts.endpoint, src.repo, opts.revision, src.file))[..8]);
+    let key = hex::encode(
+        &Sha256::digest(format!(
+            "{}|{}|{}|{:?}",
+            opts.endpoint, src.repo, opts.revision, src.file
+        ))[..8],
+    );
     let work = reg.root().join("downloads").join(key);
     let files_dir = work.join("files");
     let partial_dir = work.join("partial");
@@ -565,7 +661,10 @@ pub fn pull(reg: &mut Registry, who: &Principal, req: &PullRequest, opts: &PullO
         let (wanted, skipped, commit) = match &src.file {
             Some(f) => {
                 if let Some(why) = skip_reason(f) {
-                    return Err(RegistryError::Refused { path: f.into(), reason: why });
+                    return Err(RegistryError::Refused {
+                        path: f.into(),
+                        reason: why,
+                    });
                 }
                 (vec![f.clone()], vec![], None)
             }
@@ -582,12 +681,19 @@ pub fn pull(reg: &mut Registry, who: &Principal, req: &PullRequest, opts: &PullO
                         Some(why) => skipped.push((f, why)),
                     }
                 }
-                if !wanted.iter().any(|f| f.ends_with(".gguf") || f.ends_with(".safetensors")) {
+                if !wanted
+                    .iter()
+                    .any(|f| f.ends_with(".gguf") || f.ends_with(".safetensors"))
+                {
                     return Err(RegistryError::Refused {
                         path: req.source.clone().into(),
                         reason: format!(
                             "the repo has no safetensors or GGUF weights (skipped: {})",
-                            skipped.iter().map(|s| s.0.as_str()).collect::<Vec<_>>().join(", ")
+                            skipped
+                                .iter()
+                                .map(|s| s.0.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     });
                 }
@@ -596,17 +702,27 @@ pub fn pull(reg: &mut Registry, who: &Principal, req: &PullRequest, opts: &PullO
         };
         let mut out = Vec::new();
         for f in &wanted {
-            out.push(client.download(&src.repo, f, &files_dir.join(f), &partial_dir, &mp).await?);
+            out.push(
+                client
+                    .download(&src.repo, f, &files_dir.join(f), &partial_dir, &mp)
+                    .await?,
+            );
         }
         Ok((out, skipped, commit))
     })?;
     drop(rt);
     // Anything left in files/ from another selection is not part of this import.
-    let wanted: HashMap<String, String> = downloaded.iter().map(|d| (d.rel.clone(), d.sha256.clone())).collect();
+    let wanted: HashMap<String, String> = downloaded
+        .iter()
+        .map(|d| (d.rel.clone(), d.sha256.clone()))
+        .collect();
     remove_unwanted(&files_dir, &files_dir, &wanted);
     let mut metadata = req.metadata.clone();
     metadata.insert("source".into(), req.source.clone());
-    metadata.insert("revision".into(), commit.unwrap_or_else(|| opts.revision.clone()));
+    metadata.insert(
+        "revision".into(),
+        commit.unwrap_or_else(|| opts.revision.clone()),
+    );
     let import = reg.import(
         who,
         &ImportRequest {
@@ -627,7 +743,9 @@ pub fn pull(reg: &mut Registry, who: &Principal, req: &PullRequest, opts: &PullO
 }
 
 fn remove_unwanted(root: &Path, dir: &Path, wanted: &HashMap<String, String>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {

@@ -44,8 +44,8 @@ pub use registry::{
 };
 pub use store::S3Config;
 pub use transfer::{
-    ExportOutcome, ImportOutcome, ImportRequest, LineageSpec, ResolvedModel, CHUNK_AVG,
-    CHUNK_MAX, CHUNK_MIN,
+    ExportOutcome, ImportOutcome, ImportRequest, LineageSpec, ResolvedModel, CHUNK_AVG, CHUNK_MAX,
+    CHUNK_MIN,
 };
 
 /// The model `hangar pull default` installs and `hangar serve` serves by default.

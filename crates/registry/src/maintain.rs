@@ -66,7 +66,9 @@ impl Registry {
         };
         let recorded: HashSet<String> = {
             let mut st = self.db.prepare("SELECT hash FROM chunks")?;
-            let v = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            let v = st
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
             v
         };
         let orphans: Vec<String> = self
@@ -120,7 +122,13 @@ impl Registry {
             }
         }
         let r = report(freed);
-        db::audit(&tx, &who.name, "gc", "registry", &serde_json::to_value(&r).unwrap_or(json!({})))?;
+        db::audit(
+            &tx,
+            &who.name,
+            "gc",
+            "registry",
+            &serde_json::to_value(&r).unwrap_or(json!({})),
+        )?;
         tx.commit()?;
         for (h, _) in &unreferenced {
             self.store.delete(h)?;
@@ -151,7 +159,16 @@ impl Registry {
         )?;
         #[allow(clippy::type_complexity)]
         let rows: Vec<(String, u32, i64, String, i64, String)> = st
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
             .collect::<rusqlite::Result<_>>()?;
         let versions: HashSet<(String, u32)> = rows.iter().map(|r| (r.0.clone(), r.1)).collect();
         let mut report = VerifyReport {
@@ -165,7 +182,9 @@ impl Registry {
             let chunks = self.chunks_of(file_id)?;
             let sum: u64 = chunks.iter().map(|c| c.1).sum();
             if sum != size as u64 {
-                report.problems.push(format!("{name}@{v}: {path}: chunks add up to {sum} bytes, file has {size}"));
+                report.problems.push(format!(
+                    "{name}@{v}: {path}: chunks add up to {sum} bytes, file has {size}"
+                ));
             }
             let mut fh = Sha256::new();
             for (h, len) in &chunks {
@@ -173,7 +192,9 @@ impl Registry {
                     if checked.insert(h.clone()) {
                         report.chunks_checked += 1;
                         if !self.store.has(h)? {
-                            report.problems.push(format!("{name}@{v}: {path}: chunk {h} is missing"));
+                            report
+                                .problems
+                                .push(format!("{name}@{v}: {path}: chunk {h} is missing"));
                         }
                     }
                     continue;
@@ -182,18 +203,22 @@ impl Registry {
                 match self.store.get(h) {
                     Ok(b) => {
                         if b.len() as u64 != *len || hex::encode(Sha256::digest(&b)) != *h {
-                            report.problems.push(format!("{name}@{v}: {path}: chunk {h} is corrupt"));
+                            report
+                                .problems
+                                .push(format!("{name}@{v}: {path}: chunk {h} is corrupt"));
                         }
                         fh.update(&b);
                     }
-                    Err(RegistryError::Integrity(_)) => {
-                        report.problems.push(format!("{name}@{v}: {path}: chunk {h} is missing"))
-                    }
+                    Err(RegistryError::Integrity(_)) => report
+                        .problems
+                        .push(format!("{name}@{v}: {path}: chunk {h} is missing")),
                     Err(e) => return Err(e),
                 }
             }
             if deep && hex::encode(fh.finalize()) != sha {
-                report.problems.push(format!("{name}@{v}: {path}: sha256 does not match"));
+                report
+                    .problems
+                    .push(format!("{name}@{v}: {path}: sha256 does not match"));
             }
         }
         Ok(report)

@@ -54,7 +54,10 @@ pub fn validate_label(label: &str) -> Result<()> {
         return Err(invalid(label, "use lowercase letters, digits, '_' and '-'"));
     }
     if label == "latest" {
-        return Err(invalid(label, "'latest' is reserved for the newest version"));
+        return Err(invalid(
+            label,
+            "'latest' is reserved for the newest version",
+        ));
     }
     Ok(())
 }

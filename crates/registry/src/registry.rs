@@ -198,7 +198,8 @@ impl Registry {
             }
             (None, Some(r)) => {
                 let mut s = StoreSpec::parse(&r)?;
-                if let (StoreSpec::S3(c), Some(ep)) = (&mut s, db::setting(&db, "store_endpoint")?) {
+                if let (StoreSpec::S3(c), Some(ep)) = (&mut s, db::setting(&db, "store_endpoint")?)
+                {
                     if c.endpoint.is_none() {
                         c.endpoint = Some(ep);
                     }
@@ -209,7 +210,10 @@ impl Registry {
         };
         db::set_setting(&db, "store", &url)?;
         let store: Arc<dyn ChunkStore> = match &spec {
-            StoreSpec::Local => Arc::new(LocalChunkStore::open(root.join("chunks"), root.join("tmp"))?),
+            StoreSpec::Local => Arc::new(LocalChunkStore::open(
+                root.join("chunks"),
+                root.join("tmp"),
+            )?),
             StoreSpec::S3(c) => {
                 if let Some(ep) = &c.endpoint {
                     db::set_setting(&db, "store_endpoint", ep)?;
@@ -279,7 +283,9 @@ impl Registry {
                 name,
                 role: role.parse()?,
             }),
-            None => Err(RegistryError::Unauthorized("unknown or revoked token".into())),
+            None => Err(RegistryError::Unauthorized(
+                "unknown or revoked token".into(),
+            )),
         }
     }
 
@@ -302,7 +308,13 @@ impl Registry {
                 }
                 e => e.into(),
             })?;
-        db::audit(&self.db, &who.name, "token.create", name, &json!({"role": role}))?;
+        db::audit(
+            &self.db,
+            &who.name,
+            "token.create",
+            name,
+            &json!({"role": role}),
+        )?;
         Ok(token)
     }
 
@@ -328,7 +340,9 @@ impl Registry {
 
     pub fn revoke_token(&self, who: &Principal, name: &str) -> Result<()> {
         who.require(Role::Admin, "revoking a token")?;
-        let n = self.db.execute("DELETE FROM tokens WHERE name = ?1", [name])?;
+        let n = self
+            .db
+            .execute("DELETE FROM tokens WHERE name = ?1", [name])?;
         if n == 0 {
             return Err(RegistryError::NotFound(format!("token {name:?}")));
         }
@@ -341,7 +355,9 @@ impl Registry {
     pub(crate) fn model_id(&self, name: &str) -> Result<Option<i64>> {
         Ok(self
             .db
-            .query_row("SELECT id FROM models WHERE name = ?1", [name], |r| r.get(0))
+            .query_row("SELECT id FROM models WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
             .optional()?)
     }
 
@@ -351,16 +367,18 @@ impl Registry {
             .model_id(&r.name)?
             .ok_or_else(|| RegistryError::NotFound(format!("model {:?}", r.name)))?;
         let q = "SELECT id, number, stage FROM versions WHERE model_id = ?1";
-        let row = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<Option<(i64, u32, Option<String>)>> {
-            Ok(self
-                .db
-                .query_row(sql, p, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()?)
-        };
+        let row =
+            |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<Option<(i64, u32, Option<String>)>> {
+                Ok(self
+                    .db
+                    .query_row(sql, p, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?)
+            };
         let found = match &r.selector {
             Selector::Version(v) => row(&format!("{q} AND number = ?2"), &[&model_id, v])?,
             Selector::Latest => row(&format!("{q} ORDER BY number DESC LIMIT 1"), &[&model_id])?,
-            Selector::Default => match row(&format!("{q} AND stage = 'production'"), &[&model_id])? {
+            Selector::Default => match row(&format!("{q} AND stage = 'production'"), &[&model_id])?
+            {
                 Some(x) => Some(x),
                 None => row(&format!("{q} ORDER BY number DESC LIMIT 1"), &[&model_id])?,
             },
@@ -418,7 +436,18 @@ impl Registry {
 
     fn version_info(&self, row: &VersionRow) -> Result<VersionInfo> {
         #[allow(clippy::type_complexity)]
-        let (created_at, created_by, metadata, base_model, base_version, derivation, run, digest, total, new): (
+        let (
+            created_at,
+            created_by,
+            metadata,
+            base_model,
+            base_version,
+            derivation,
+            run,
+            digest,
+            total,
+            new,
+        ): (
             i64,
             String,
             String,
@@ -468,7 +497,9 @@ impl Registry {
             _ => None,
         };
         let mut ancestry = Vec::new();
-        let mut cur = lineage.as_ref().map(|l| (l.base_model.clone(), l.base_version));
+        let mut cur = lineage
+            .as_ref()
+            .map(|l| (l.base_model.clone(), l.base_version));
         while let Some((m, v)) = cur.take() {
             if ancestry.len() >= 32 {
                 break;
@@ -548,9 +579,9 @@ impl Registry {
             )
             .optional()?
             .ok_or_else(|| RegistryError::NotFound(format!("model {name:?}")))?;
-        let mut st = self
-            .db
-            .prepare("SELECT id, number, stage FROM versions WHERE model_id = ?1 ORDER BY number")?;
+        let mut st = self.db.prepare(
+            "SELECT id, number, stage FROM versions WHERE model_id = ?1 ORDER BY number",
+        )?;
         let rows: Vec<VersionRow> = st
             .query_map([model_id], |r| {
                 Ok(VersionRow {
@@ -581,12 +612,17 @@ impl Registry {
         let stored = q("SELECT COALESCE(SUM(len), 0) FROM chunks WHERE hash IN (SELECT chunk FROM file_chunks)")? as u64;
         Ok(StoreStats {
             store: self.store.describe(),
-            models: q("SELECT COUNT(*) FROM models WHERE id IN (SELECT model_id FROM versions)")? as u64,
+            models: q("SELECT COUNT(*) FROM models WHERE id IN (SELECT model_id FROM versions)")?
+                as u64,
             versions: q("SELECT COUNT(*) FROM versions")? as u64,
             logical_bytes: logical,
             stored_bytes: stored,
             chunks: q("SELECT COUNT(*) FROM chunks")? as u64,
-            dedup_ratio: if stored == 0 { 1.0 } else { logical as f64 / stored as f64 },
+            dedup_ratio: if stored == 0 {
+                1.0
+            } else {
+                logical as f64 / stored as f64
+            },
         })
     }
 
@@ -638,7 +674,10 @@ impl Registry {
                 params![ARCHIVED, row.model_id, row.id],
             )?;
         }
-        tx.execute("UPDATE versions SET stage = ?1 WHERE id = ?2", params![stage, row.id])?;
+        tx.execute(
+            "UPDATE versions SET stage = ?1 WHERE id = ?2",
+            params![stage, row.id],
+        )?;
         db::audit(
             &tx,
             &who.name,
@@ -651,10 +690,17 @@ impl Registry {
     }
 
     /// Moves a version out of its stage, to `to` (default `archived`).
-    pub fn demote(&self, who: &Principal, reference: &str, to: Option<&str>) -> Result<VersionInfo> {
+    pub fn demote(
+        &self,
+        who: &Principal,
+        reference: &str,
+        to: Option<&str>,
+    ) -> Result<VersionInfo> {
         let to = to.unwrap_or(ARCHIVED);
         if to == PRODUCTION {
-            return Err(RegistryError::Invalid("use promote to move a version to production".into()));
+            return Err(RegistryError::Invalid(
+                "use promote to move a version to production".into(),
+            ));
         }
         self.promote(who, reference, to)
     }
@@ -675,7 +721,13 @@ impl Registry {
              ON CONFLICT(model_id, alias) DO UPDATE SET version_id = excluded.version_id",
             params![row.model_id, alias, row.id],
         )?;
-        db::audit(&tx, &who.name, "alias.set", &format!("{}@{}", row.name, row.number), &json!({"alias": alias}))?;
+        db::audit(
+            &tx,
+            &who.name,
+            "alias.set",
+            &format!("{}@{}", row.name, row.number),
+            &json!({"alias": alias}),
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -687,25 +739,47 @@ impl Registry {
             .model_id(name)?
             .ok_or_else(|| RegistryError::NotFound(format!("model {name:?}")))?;
         let tx = self.db.unchecked_transaction()?;
-        if tx.execute("DELETE FROM aliases WHERE model_id = ?1 AND alias = ?2", params![model_id, alias])? == 0 {
+        if tx.execute(
+            "DELETE FROM aliases WHERE model_id = ?1 AND alias = ?2",
+            params![model_id, alias],
+        )? == 0
+        {
             return Err(RegistryError::NotFound(format!("alias {name}@{alias}")));
         }
-        db::audit(&tx, &who.name, "alias.remove", name, &json!({"alias": alias}))?;
+        db::audit(
+            &tx,
+            &who.name,
+            "alias.remove",
+            name,
+            &json!({"alias": alias}),
+        )?;
         tx.commit()?;
         Ok(())
     }
 
     /// Adds (or with `remove`, removes) tags on a version.
-    pub fn tag(&self, who: &Principal, reference: &str, tags: &[String], remove: bool) -> Result<()> {
+    pub fn tag(
+        &self,
+        who: &Principal,
+        reference: &str,
+        tags: &[String],
+        remove: bool,
+    ) -> Result<()> {
         who.require(Role::Writer, "tagging")?;
         let row = self.find(&reference.parse()?)?;
         let tx = self.db.unchecked_transaction()?;
         for t in tags {
             names::validate_label(t)?;
             if remove {
-                tx.execute("DELETE FROM tags WHERE version_id = ?1 AND tag = ?2", params![row.id, t])?;
+                tx.execute(
+                    "DELETE FROM tags WHERE version_id = ?1 AND tag = ?2",
+                    params![row.id, t],
+                )?;
             } else {
-                tx.execute("INSERT OR IGNORE INTO tags(version_id, tag) VALUES(?1, ?2)", params![row.id, t])?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO tags(version_id, tag) VALUES(?1, ?2)",
+                    params![row.id, t],
+                )?;
             }
         }
         db::audit(
@@ -756,6 +830,9 @@ impl Registry {
     }
 
     pub(crate) fn cache_dir(&self, name: &str, version: u32) -> PathBuf {
-        self.root.join("cache").join(name).join(format!("v{version}"))
+        self.root
+            .join("cache")
+            .join(name)
+            .join(format!("v{version}"))
     }
 }

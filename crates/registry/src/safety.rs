@@ -88,7 +88,10 @@ pub fn classify(path: &Path, name: &str) -> Result<FileFormat> {
     let n = read_up_to(&mut f, &mut head).map_err(io_ctx(format!("read {}", path.display())))?;
     let head = &head[..n];
     if looks_like_pickle(head) {
-        return Err(refuse(path, format!("the file has a pickle/zip header; {PICKLE_WHY}")));
+        return Err(refuse(
+            path,
+            format!("the file has a pickle/zip header; {PICKLE_WHY}"),
+        ));
     }
     match ext.as_str() {
         "gguf" => {
@@ -101,7 +104,10 @@ pub fn classify(path: &Path, name: &str) -> Result<FileFormat> {
                 .max()
                 .unwrap_or(0);
             if data_end > len {
-                return Err(refuse(path, "GGUF tensor data runs past the end of the file"));
+                return Err(refuse(
+                    path,
+                    "GGUF tensor data runs past the end of the file",
+                ));
             }
             Ok(FileFormat::Gguf)
         }
@@ -145,7 +151,10 @@ struct SafetensorsEntry {
 fn check_safetensors(path: &Path, f: &mut File, len: u64) -> Result<()> {
     use std::io::{Seek, SeekFrom};
     if len < 8 {
-        return Err(refuse(path, "safetensors file shorter than its 8-byte header length"));
+        return Err(refuse(
+            path,
+            "safetensors file shorter than its 8-byte header length",
+        ));
     }
     f.seek(SeekFrom::Start(0))
         .map_err(io_ctx(format!("seek {}", path.display())))?;
@@ -154,13 +163,21 @@ fn check_safetensors(path: &Path, f: &mut File, len: u64) -> Result<()> {
         .map_err(io_ctx(format!("read {}", path.display())))?;
     let n = u64::from_le_bytes(n8);
     if n > MAX_SAFETENSORS_HEADER || n > len - 8 {
-        return Err(refuse(path, format!("safetensors header length {n} is out of bounds")));
+        return Err(refuse(
+            path,
+            format!("safetensors header length {n} is out of bounds"),
+        ));
     }
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header)
         .map_err(io_ctx(format!("read {}", path.display())))?;
-    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
-        .map_err(|e| refuse(path, format!("safetensors header is not a JSON object: {e}")))?;
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| {
+            refuse(
+                path,
+                format!("safetensors header is not a JSON object: {e}"),
+            )
+        })?;
     let data_len = len - 8 - n;
     for (name, v) in map {
         if name == "__metadata__" {
@@ -191,7 +208,11 @@ fn check_safetensors(path: &Path, f: &mut File, len: u64) -> Result<()> {
             if count != Some(end - b) {
                 return Err(refuse(
                     path,
-                    format!("tensor {name:?}: shape {:?} does not match its {} bytes", e.shape, end - b),
+                    format!(
+                        "tensor {name:?}: shape {:?} does not match its {} bytes",
+                        e.shape,
+                        end - b
+                    ),
                 ));
             }
         }
@@ -207,7 +228,10 @@ fn check_text(path: &Path, len: u64, json: bool) -> Result<()> {
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| refuse(path, "companion files must be UTF-8 text"))?;
     if text.contains('\0') {
-        return Err(refuse(path, "companion text contains NUL bytes (binary data?)"));
+        return Err(refuse(
+            path,
+            "companion text contains NUL bytes (binary data?)",
+        ));
     }
     if json {
         serde_json::from_str::<serde_json::Value>(text)
@@ -249,7 +273,10 @@ mod tests {
         bytes.extend_from_slice(header);
         bytes.extend_from_slice(&[0u8; 8]);
         let p = write(d.path(), "m.safetensors", &bytes);
-        assert_eq!(classify(&p, "m.safetensors").unwrap(), FileFormat::Safetensors);
+        assert_eq!(
+            classify(&p, "m.safetensors").unwrap(),
+            FileFormat::Safetensors
+        );
         bytes.truncate(bytes.len() - 4);
         let p = write(d.path(), "t.safetensors", &bytes);
         assert!(classify(&p, "t.safetensors").is_err());

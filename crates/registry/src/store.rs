@@ -69,10 +69,16 @@ impl LocalChunkStore {
 }
 
 fn check_hash(hash: &str) -> Result<()> {
-    if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if hash.len() == 64
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         Ok(())
     } else {
-        Err(RegistryError::Integrity(format!("malformed chunk hash {hash:?}")))
+        Err(RegistryError::Integrity(format!(
+            "malformed chunk hash {hash:?}"
+        )))
     }
 }
 
@@ -99,9 +105,7 @@ impl ChunkStore for LocalChunkStore {
         let dir = dest.parent().unwrap().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(io_ctx(format!("create {}", dir.display())))?;
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .tmp
-            .join(format!("{hash}.{}.{n}", std::process::id()));
+        let tmp = self.tmp.join(format!("{hash}.{}.{n}", std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
             f.write_all(data)?;
@@ -138,7 +142,8 @@ impl ChunkStore for LocalChunkStore {
     }
     fn list(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        let rd = std::fs::read_dir(&self.root).map_err(io_ctx(format!("list {}", self.root.display())))?;
+        let rd = std::fs::read_dir(&self.root)
+            .map_err(io_ctx(format!("list {}", self.root.display())))?;
         for shard in rd.flatten() {
             if let Ok(files) = std::fs::read_dir(shard.path()) {
                 for f in files.flatten() {
@@ -180,12 +185,14 @@ pub struct S3Config {
 impl S3Config {
     /// Parses `s3://bucket[/prefix]`; the endpoint comes from `AWS_ENDPOINT_URL` if set.
     pub fn from_url(url: &str) -> Result<Self> {
-        let rest = url
-            .strip_prefix("s3://")
-            .ok_or_else(|| RegistryError::Invalid(format!("store {url:?}: expected s3://bucket/prefix")))?;
+        let rest = url.strip_prefix("s3://").ok_or_else(|| {
+            RegistryError::Invalid(format!("store {url:?}: expected s3://bucket/prefix"))
+        })?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
-            return Err(RegistryError::Invalid(format!("store {url:?}: bucket name missing")));
+            return Err(RegistryError::Invalid(format!(
+                "store {url:?}: bucket name missing"
+            )));
         }
         Ok(S3Config {
             bucket: bucket.to_string(),
@@ -224,9 +231,10 @@ impl S3ChunkStore {
                 .with_allow_http(ep.starts_with("http://"))
                 .with_virtual_hosted_style_request(false);
         }
-        b = b.with_region(cfg.region.clone().unwrap_or_else(|| {
-            std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into())
-        }));
+        b =
+            b.with_region(cfg.region.clone().unwrap_or_else(|| {
+                std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into())
+            }));
         if let Some(k) = &cfg.access_key_id {
             b = b.with_access_key_id(k);
         }

@@ -111,7 +111,9 @@ fn collect_files(root: &Path) -> Result<Vec<(String, PathBuf)>> {
         let name = root
             .file_name()
             .and_then(|n| n.to_str())
-            .ok_or_else(|| RegistryError::Invalid(format!("{} has no usable file name", root.display())))?
+            .ok_or_else(|| {
+                RegistryError::Invalid(format!("{} has no usable file name", root.display()))
+            })?
             .to_string();
         names::validate_file_path(&name)?;
         return Ok(vec![(name, root.to_path_buf())]);
@@ -126,8 +128,14 @@ fn collect_files(root: &Path) -> Result<Vec<(String, PathBuf)>> {
             if name.starts_with('.') {
                 continue; // .git, .gitattributes, editor files
             }
-            let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
-            let ft = e.file_type().map_err(io_ctx(format!("stat {}", e.path().display())))?;
+            let rel = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let ft = e
+                .file_type()
+                .map_err(io_ctx(format!("stat {}", e.path().display())))?;
             if ft.is_dir() {
                 stack.push((rel, e.path()));
             } else if ft.is_file() {
@@ -142,7 +150,10 @@ fn collect_files(root: &Path) -> Result<Vec<(String, PathBuf)>> {
         }
     }
     if out.is_empty() {
-        return Err(RegistryError::Invalid(format!("{} holds no files", root.display())));
+        return Err(RegistryError::Invalid(format!(
+            "{} holds no files",
+            root.display()
+        )));
     }
     out.sort();
     Ok(out)
@@ -156,7 +167,11 @@ fn content_digest(files: &[FileRecord], metadata: &BTreeMap<String, String>) -> 
         h.update(f.sha256.as_bytes());
         h.update([0]);
     }
-    h.update(serde_json::to_string(metadata).unwrap_or_default().as_bytes());
+    h.update(
+        serde_json::to_string(metadata)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
     hex::encode(h.finalize())
 }
 
@@ -191,7 +206,9 @@ impl Registry {
         }
         for k in req.metadata.keys() {
             if k.is_empty() || k.len() > 128 {
-                return Err(RegistryError::Invalid(format!("metadata key {k:?} must be 1 to 128 bytes")));
+                return Err(RegistryError::Invalid(format!(
+                    "metadata key {k:?} must be 1 to 128 bytes"
+                )));
             }
         }
         let base = match &req.lineage {
@@ -264,7 +281,9 @@ impl Registry {
             .db
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let model_id: i64 = match tx
-            .query_row("SELECT id FROM models WHERE name = ?1", [&req.name], |r| r.get(0))
+            .query_row("SELECT id FROM models WHERE name = ?1", [&req.name], |r| {
+                r.get(0)
+            })
             .optional()?
         {
             Some(id) => id,
@@ -293,7 +312,11 @@ impl Registry {
             new_bytes,
             chunks: n_chunks,
             new_chunks,
-            dedup_ratio: if new_bytes == 0 { f64::INFINITY } else { total as f64 / new_bytes as f64 },
+            dedup_ratio: if new_bytes == 0 {
+                f64::INFINITY
+            } else {
+                total as f64 / new_bytes as f64
+            },
             seconds: secs,
             mb_per_s: total as f64 / 1e6 / secs.max(1e-9),
         };
@@ -333,18 +356,27 @@ impl Registry {
             let mut ins_file = tx.prepare(
                 "INSERT INTO files(version_id, path, format, size, sha256) VALUES(?1, ?2, ?3, ?4, ?5)",
             )?;
-            let mut ins_fc =
-                tx.prepare("INSERT INTO file_chunks(file_id, seq, chunk, len) VALUES(?1, ?2, ?3, ?4)")?;
-            let mut ins_chunk = tx.prepare("INSERT OR IGNORE INTO chunks(hash, len) VALUES(?1, ?2)")?;
+            let mut ins_fc = tx.prepare(
+                "INSERT INTO file_chunks(file_id, seq, chunk, len) VALUES(?1, ?2, ?3, ?4)",
+            )?;
+            let mut ins_chunk =
+                tx.prepare("INSERT OR IGNORE INTO chunks(hash, len) VALUES(?1, ?2)")?;
             for s in &staged {
-                ins_file.execute(params![version_id, s.rel, s.format.as_str(), s.size as i64, s.sha256])?;
+                ins_file.execute(params![
+                    version_id,
+                    s.rel,
+                    s.format.as_str(),
+                    s.size as i64,
+                    s.sha256
+                ])?;
                 let file_id = tx.last_insert_rowid();
                 for (seq, (h, len)) in s.chunks.iter().enumerate() {
                     ins_fc.execute(params![file_id, seq as i64, h, len])?;
                     ins_chunk.execute(params![h, len])?;
                 }
             }
-            let mut ins_tag = tx.prepare("INSERT OR IGNORE INTO tags(version_id, tag) VALUES(?1, ?2)")?;
+            let mut ins_tag =
+                tx.prepare("INSERT OR IGNORE INTO tags(version_id, tag) VALUES(?1, ?2)")?;
             for t in &req.tags {
                 ins_tag.execute(params![version_id, t])?;
             }
@@ -371,7 +403,9 @@ impl Registry {
         pb: &indicatif::ProgressBar,
     ) -> Result<(Staged, u64, u64)> {
         let f = File::open(path).map_err(io_ctx(format!("open {}", path.display())))?;
-        let before = f.metadata().map_err(io_ctx(format!("stat {}", path.display())))?;
+        let before = f
+            .metadata()
+            .map_err(io_ctx(format!("stat {}", path.display())))?;
         let reader = BufReader::with_capacity(4 << 20, f);
         let cdc = fastcdc::v2020::StreamCDC::new(reader, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX);
         let mut file_hash = Sha256::new();
@@ -380,7 +414,9 @@ impl Registry {
         let (mut new_bytes, mut new_chunks) = (0u64, 0u64);
         let failure: Mutex<Option<RegistryError>> = Mutex::new(None);
         let store = &*self.store;
-        let mut known = self.db.prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1")?;
+        let mut known = self
+            .db
+            .prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1")?;
         let (tx, rx) = mpsc::sync_channel::<(String, Vec<u8>)>(WRITERS * 2);
         let rx = Mutex::new(rx);
         std::thread::scope(|s| -> Result<()> {
@@ -426,7 +462,10 @@ impl Registry {
             return Err(e);
         }
         let after = std::fs::metadata(path).map_err(io_ctx(format!("stat {}", path.display())))?;
-        if size != before.len() || after.len() != before.len() || after.modified().ok() != before.modified().ok() {
+        if size != before.len()
+            || after.len() != before.len()
+            || after.modified().ok() != before.modified().ok()
+        {
             return Err(RegistryError::Integrity(format!(
                 "{} changed while it was being imported; try again",
                 path.display()
@@ -447,10 +486,17 @@ impl Registry {
 
     /// Writes one stored file to `dest` (via a temp file, fsync, rename) and checks its
     /// size and sha256 before the rename.
-    pub(crate) fn write_file(&self, file_id: i64, rec: &FileRecord, dest: &Path, pb: &indicatif::ProgressBar) -> Result<()> {
+    pub(crate) fn write_file(
+        &self,
+        file_id: i64,
+        rec: &FileRecord,
+        dest: &Path,
+        pb: &indicatif::ProgressBar,
+    ) -> Result<()> {
         let chunks = self.chunks_of(file_id)?;
         if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(io_ctx(format!("create {}", parent.display())))?;
+            std::fs::create_dir_all(parent)
+                .map_err(io_ctx(format!("create {}", parent.display())))?;
         }
         let tmp = dest.with_file_name(format!(
             ".{}.hangar-tmp-{}",
@@ -468,16 +514,21 @@ impl Registry {
                     }
                 }
             });
-            let mut out = File::create(&tmp).map_err(io_ctx(format!("create {}", tmp.display())))?;
+            let mut out =
+                File::create(&tmp).map_err(io_ctx(format!("create {}", tmp.display())))?;
             let mut hasher = Sha256::new();
             let mut size = 0u64;
             for (data, (h, len)) in rx.iter().zip(chunks) {
                 let data = data?;
                 if data.len() as u64 != *len {
-                    return Err(RegistryError::Integrity(format!("chunk {h} has {} bytes, expected {len}", data.len())));
+                    return Err(RegistryError::Integrity(format!(
+                        "chunk {h} has {} bytes, expected {len}",
+                        data.len()
+                    )));
                 }
                 hasher.update(&data);
-                out.write_all(&data).map_err(io_ctx(format!("write {}", tmp.display())))?;
+                out.write_all(&data)
+                    .map_err(io_ctx(format!("write {}", tmp.display())))?;
                 size += data.len() as u64;
                 pb.inc(data.len() as u64);
             }
@@ -488,7 +539,8 @@ impl Registry {
                     rec.path, rec.size, rec.sha256
                 )));
             }
-            out.sync_all().map_err(io_ctx(format!("fsync {}", tmp.display())))?;
+            out.sync_all()
+                .map_err(io_ctx(format!("fsync {}", tmp.display())))?;
             Ok(())
         });
         if let Err(e) = result {
@@ -503,13 +555,23 @@ impl Registry {
     }
 
     /// Exports a version's files into `dir` (created if needed), verifying each sha256.
-    pub fn export(&self, who: &Principal, reference: &str, dir: &Path, progress: bool) -> Result<ExportOutcome> {
+    pub fn export(
+        &self,
+        who: &Principal,
+        reference: &str,
+        dir: &Path,
+        progress: bool,
+    ) -> Result<ExportOutcome> {
         who.require(Role::Reader, "exporting a model")?;
         let row = self.find(&reference.parse()?)?;
         let started = Instant::now();
         let files = self.files_of(row.id)?;
         let total: u64 = files.iter().map(|(_, f)| f.size).sum();
-        let pb = bar(total, progress, format!("export {}@{}", row.name, row.number));
+        let pb = bar(
+            total,
+            progress,
+            format!("export {}@{}", row.name, row.number),
+        );
         let mut out = Vec::new();
         for (id, rec) in &files {
             names::validate_file_path(&rec.path)?;
@@ -519,8 +581,13 @@ impl Registry {
         }
         pb.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
-        db::audit(&self.db, &who.name, "export", &format!("{}@{}", row.name, row.number),
-            &json!({"to": dir.display().to_string(), "bytes": total}))?;
+        db::audit(
+            &self.db,
+            &who.name,
+            "export",
+            &format!("{}@{}", row.name, row.number),
+            &json!({"to": dir.display().to_string(), "bytes": total}),
+        )?;
         Ok(ExportOutcome {
             name: row.name,
             version: row.number,
@@ -545,7 +612,9 @@ impl Registry {
         for (id, rec) in &files {
             names::validate_file_path(&rec.path)?;
             let dest = dir.join(&rec.path);
-            let ok = std::fs::metadata(&dest).map(|m| m.len() == rec.size).unwrap_or(false);
+            let ok = std::fs::metadata(&dest)
+                .map(|m| m.len() == rec.size)
+                .unwrap_or(false);
             if !ok {
                 self.write_file(*id, rec, &dest, &pb)?;
             }

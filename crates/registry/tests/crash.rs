@@ -26,7 +26,9 @@ fn pull_opts(endpoint: &str) -> PullOptions {
 /// Not a test of its own: the body the parent runs in a child process and kills.
 #[test]
 fn crash_child() {
-    let Ok(mode) = std::env::var(CHILD) else { return };
+    let Ok(mode) = std::env::var(CHILD) else {
+        return;
+    };
     let home = PathBuf::from(std::env::var("CRASH_HOME").unwrap());
     let mut reg = Registry::open(Some(home)).unwrap();
     let who = reg.principal(None).unwrap();
@@ -40,8 +42,17 @@ fn crash_child() {
             reg.import(&who, &req).unwrap();
         }
         "pull" => {
-            let req = PullRequest { source: "hf://org/big".into(), ..Default::default() };
-            pull(&mut reg, &who, &req, &pull_opts(&std::env::var("CRASH_ENDPOINT").unwrap())).unwrap();
+            let req = PullRequest {
+                source: "hf://org/big".into(),
+                ..Default::default()
+            };
+            pull(
+                &mut reg,
+                &who,
+                &req,
+                &pull_opts(&std::env::var("CRASH_ENDPOINT").unwrap()),
+            )
+            .unwrap();
         }
         m => panic!("unknown mode {m}"),
     }
@@ -84,24 +95,44 @@ fn import_killed_at_any_moment_leaves_the_registry_consistent() {
         killed_mid += usize::from(!finished);
         assert_consistent(&home);
     }
-    assert!(killed_mid > 3, "the kills should land mid-import ({killed_mid})");
+    assert!(
+        killed_mid > 3,
+        "the kills should land mid-import ({killed_mid})"
+    );
     let mut reg = Registry::open(Some(home.clone())).unwrap();
     let who = reg.principal(None).unwrap();
     let out = reg
-        .import(&who, &ImportRequest { path: file.clone(), name: "crash".into(), ..Default::default() })
+        .import(
+            &who,
+            &ImportRequest {
+                path: file.clone(),
+                name: "crash".into(),
+                ..Default::default()
+            },
+        )
         .unwrap();
-    assert_eq!(out.version, 1, "retries never make a second version of the same bytes");
+    assert_eq!(
+        out.version, 1,
+        "retries never make a second version of the same bytes"
+    );
     let gc = reg.gc(&who, false).unwrap();
     println!("gc after kills: {gc:?}");
     let r = reg.resolve(&who, "crash@1").unwrap();
-    assert_eq!(std::fs::read(r.primary.unwrap()).unwrap(), std::fs::read(&file).unwrap());
+    assert_eq!(
+        std::fs::read(r.primary.unwrap()).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
     assert!(reg.verify(&who, true).unwrap().ok());
 }
 
 #[test]
 fn pull_killed_at_any_moment_resumes_and_completes() {
     let hub = common::hub::HubServer::start();
-    let bytes = common::gguf_bytes(&[("a", 1024, 1024, 1), ("b", 1024, 1024, 2), ("c", 1024, 1024, 3)]); // 12 MiB
+    let bytes = common::gguf_bytes(&[
+        ("a", 1024, 1024, 1),
+        ("b", 1024, 1024, 2),
+        ("c", 1024, 1024, 3),
+    ]); // 12 MiB
     hub.add("org/big", "model.gguf", bytes.clone());
     hub.add("org/big", "config.json", b"{}".to_vec());
     // ~4 MB/s so kills land mid-transfer.
@@ -118,12 +149,26 @@ fn pull_killed_at_any_moment_resumes_and_completes() {
     hub.state.throttle_us.store(0, Ordering::SeqCst);
     let mut reg = Registry::open(Some(home)).unwrap();
     let who = reg.principal(None).unwrap();
-    let req = PullRequest { source: "hf://org/big".into(), ..Default::default() };
+    let req = PullRequest {
+        source: "hf://org/big".into(),
+        ..Default::default()
+    };
     let out = pull(&mut reg, &who, &req, &pull_opts(&hub.endpoint)).unwrap();
     let resumed = hub.state.served.load(Ordering::SeqCst) - before;
     println!("served before the last pull: {before}, during it: {resumed}");
-    assert!(resumed < bytes.len() as u64, "the final pull resumed instead of starting over");
-    assert_eq!(out.import.files.iter().find(|f| f.path == "model.gguf").unwrap().sha256, common::sha256_hex(&bytes));
+    assert!(
+        resumed < bytes.len() as u64,
+        "the final pull resumed instead of starting over"
+    );
+    assert_eq!(
+        out.import
+            .files
+            .iter()
+            .find(|f| f.path == "model.gguf")
+            .unwrap()
+            .sha256,
+        common::sha256_hex(&bytes)
+    );
     assert!(reg.verify(&who, true).unwrap().ok());
 }
 

@@ -23,7 +23,11 @@ fn opts(endpoint: &str) -> PullOptions {
 }
 
 fn repo(hub: &HubServer) -> (Vec<u8>, Vec<u8>) {
-    let gguf = common::gguf_bytes(&[("a", 512, 1024, 1), ("b", 512, 1024, 2), ("c", 256, 1024, 3)]);
+    let gguf = common::gguf_bytes(&[
+        ("a", 512, 1024, 1),
+        ("b", 512, 1024, 2),
+        ("c", 256, 1024, 3),
+    ]);
     let cfg = br#"{"architectures": ["Test"]}"#.to_vec();
     hub.add("org/tiny", "model.gguf", gguf.clone());
     hub.add("org/tiny", "config.json", cfg.clone());
@@ -40,14 +44,24 @@ fn pulls_a_repo_with_parallel_ranges_and_survives_dropped_connections() {
     let d = tempfile::tempdir().unwrap();
     let mut reg = Registry::open(Some(d.path().join("home"))).unwrap();
     let who = reg.principal(None).unwrap();
-    let req = PullRequest { source: "hf://org/tiny".into(), ..Default::default() };
+    let req = PullRequest {
+        source: "hf://org/tiny".into(),
+        ..Default::default()
+    };
     let out = pull(&mut reg, &who, &req, &opts(&hub.endpoint)).unwrap();
     assert_eq!(out.import.name, "tiny");
     assert_eq!(out.import.version, 1);
     assert_eq!(out.skipped.len(), 1, "{:?}", out.skipped);
     assert!(out.skipped[0].1.contains("pickle"));
-    assert_eq!(hub.state.drops_left.load(Ordering::SeqCst), 0, "drops were exercised");
-    assert!(hub.state.gets.load(Ordering::SeqCst) > 6, "ranged parts were fetched");
+    assert_eq!(
+        hub.state.drops_left.load(Ordering::SeqCst),
+        0,
+        "drops were exercised"
+    );
+    assert!(
+        hub.state.gets.load(Ordering::SeqCst) > 6,
+        "ranged parts were fetched"
+    );
     let v = reg.show(&who, "tiny@1").unwrap();
     assert_eq!(v.metadata["source"], "hf://org/tiny");
     assert_eq!(v.metadata["revision"], "0123456789abcdef");
@@ -55,7 +69,10 @@ fn pulls_a_repo_with_parallel_ranges_and_survives_dropped_connections() {
     assert_eq!(std::fs::read(r.primary.unwrap()).unwrap(), gguf);
     assert_eq!(std::fs::read(r.dir.join("config.json")).unwrap(), cfg);
     // The download area is cleaned after a successful import.
-    assert!(std::fs::read_dir(reg.root().join("downloads")).unwrap().next().is_none());
+    assert!(std::fs::read_dir(reg.root().join("downloads"))
+        .unwrap()
+        .next()
+        .is_none());
 }
 
 #[test]
@@ -73,7 +90,11 @@ fn an_interrupted_pull_resumes_where_it_stopped() {
     o.retries = 1;
     o.connections = 2;
     o.part_size = 2 << 20;
-    let req = PullRequest { source: "hf://org/tiny/model.gguf".into(), name: Some("t".into()), ..Default::default() };
+    let req = PullRequest {
+        source: "hf://org/tiny/model.gguf".into(),
+        name: Some("t".into()),
+        ..Default::default()
+    };
     let e = pull(&mut reg, &who, &req, &o).unwrap_err();
     assert!(e.to_string().contains("resume"), "{e}");
     let first = hub.state.served.load(Ordering::SeqCst);
@@ -83,7 +104,11 @@ fn an_interrupted_pull_resumes_where_it_stopped() {
     hub.state.outage_after.store(0, Ordering::SeqCst);
     let out = pull(&mut reg, &who, &req, &opts(&hub.endpoint)).unwrap();
     let second = hub.state.served.load(Ordering::SeqCst) - first;
-    assert!(second < gguf.len() as u64, "resumed: {second} of {} fetched again", gguf.len());
+    assert!(
+        second < gguf.len() as u64,
+        "resumed: {second} of {} fetched again",
+        gguf.len()
+    );
     assert_eq!(out.import.files[0].sha256, common::sha256_hex(&gguf));
 }
 
@@ -95,9 +120,15 @@ fn a_hash_mismatch_is_caught_and_the_partial_file_discarded() {
     let d = tempfile::tempdir().unwrap();
     let mut reg = Registry::open(Some(d.path().join("home"))).unwrap();
     let who = reg.principal(None).unwrap();
-    let req = PullRequest { source: "hf://org/tiny/model.gguf".into(), ..Default::default() };
+    let req = PullRequest {
+        source: "hf://org/tiny/model.gguf".into(),
+        ..Default::default()
+    };
     let e = pull(&mut reg, &who, &req, &opts(&hub.endpoint)).unwrap_err();
-    assert!(e.to_string().contains("sha256") || e.to_string().contains("hash"), "{e}");
+    assert!(
+        e.to_string().contains("sha256") || e.to_string().contains("hash"),
+        "{e}"
+    );
     assert!(reg.list(&who).unwrap().is_empty());
 }
 
@@ -108,11 +139,16 @@ fn refuses_a_requested_pickle_file_and_a_missing_repo() {
     let d = tempfile::tempdir().unwrap();
     let mut reg = Registry::open(Some(d.path().join("home"))).unwrap();
     let who = reg.principal(None).unwrap();
-    let req = PullRequest { source: "hf://org/tiny/pytorch_model.bin".into(), ..Default::default() };
+    let req = PullRequest {
+        source: "hf://org/tiny/pytorch_model.bin".into(),
+        ..Default::default()
+    };
     let e = pull(&mut reg, &who, &req, &opts(&hub.endpoint)).unwrap_err();
     assert!(e.to_string().contains("pickle"), "{e}");
-    let req = PullRequest { source: "hf://org/nope".into(), ..Default::default() };
+    let req = PullRequest {
+        source: "hf://org/nope".into(),
+        ..Default::default()
+    };
     let e = pull(&mut reg, &who, &req, &opts(&hub.endpoint)).unwrap_err();
     assert!(e.to_string().contains("404"), "{e}");
 }
-

@@ -54,7 +54,9 @@ fn import_list_show_promote_export_roundtrip() {
     assert_eq!(formats, vec!["text", "text", "gguf"]);
 
     let out_dir = d.path().join("out");
-    let e = reg.export(&who, "tiny@production", &out_dir, false).unwrap();
+    let e = reg
+        .export(&who, "tiny@production", &out_dir, false)
+        .unwrap();
     assert_eq!(e.files.len(), 3);
     for f in ["model.gguf", "config.json", "chat_template.jinja"] {
         assert_eq!(
@@ -75,7 +77,13 @@ fn stages_aliases_and_production_delete_guard() {
     let mut reg = Registry::open(Some(d.path().join("home"))).unwrap();
     let who = reg.principal(None).unwrap();
     for seed in 0..3u64 {
-        let p = common::write_gguf(&d.path().join(format!("m{seed}.gguf")), 2, 16, 64, seed * 10);
+        let p = common::write_gguf(
+            &d.path().join(format!("m{seed}.gguf")),
+            2,
+            16,
+            64,
+            seed * 10,
+        );
         reg.import(&who, &import_req(&p, "m")).unwrap();
     }
     reg.promote(&who, "m@1", "production").unwrap();
@@ -88,7 +96,10 @@ fn stages_aliases_and_production_delete_guard() {
 
     // Promoting 2 archives 1: one production version per model.
     reg.promote(&who, "m@2", "production").unwrap();
-    assert_eq!(reg.show(&who, "m@1").unwrap().stage.as_deref(), Some("archived"));
+    assert_eq!(
+        reg.show(&who, "m@1").unwrap().stage.as_deref(),
+        Some("archived")
+    );
     assert_eq!(reg.show(&who, "m@production").unwrap().version, 2);
 
     reg.set_alias(&who, "m@3", "champion").unwrap();
@@ -106,7 +117,10 @@ fn stages_aliases_and_production_delete_guard() {
     assert_eq!(reg.import(&who, &import_req(&p, "m")).unwrap().version, 4);
 
     reg.demote(&who, "m@3", None).unwrap();
-    assert_eq!(reg.show(&who, "m@3").unwrap().stage.as_deref(), Some("archived"));
+    assert_eq!(
+        reg.show(&who, "m@3").unwrap().stage.as_deref(),
+        Some("archived")
+    );
 }
 
 #[test]
@@ -116,8 +130,11 @@ fn few_tensor_change_costs_little_more_than_the_tensors() {
     let who = reg.principal(None).unwrap();
     // 16 tensors of 1 MiB each.
     let names: Vec<String> = (0..16).map(|i| format!("blk.{i}.w")).collect();
-    let mut spec: Vec<(&str, usize, usize, u64)> =
-        names.iter().enumerate().map(|(i, n)| (n.as_str(), 256, 1024, i as u64)).collect();
+    let mut spec: Vec<(&str, usize, usize, u64)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), 256, 1024, i as u64))
+        .collect();
     let base = d.path().join("base.gguf");
     std::fs::write(&base, common::gguf_bytes(&spec)).unwrap();
     let first = reg.import(&who, &import_req(&base, "base")).unwrap();
@@ -137,14 +154,23 @@ fn few_tensor_change_costs_little_more_than_the_tensors() {
     let out = reg.import(&who, &req).unwrap();
     let changed = 2 * 256 * 1024 * 4;
     let overhead = out.new_bytes as i64 - changed as i64;
-    println!("changed {changed} B, stored {} B, ratio {:.2}", out.new_bytes, out.dedup_ratio);
+    println!(
+        "changed {changed} B, stored {} B, ratio {:.2}",
+        out.new_bytes, out.dedup_ratio
+    );
     assert!(out.new_bytes >= changed as u64 / 2);
     // At most two max-size chunks of boundary overhead per changed region.
-    assert!(overhead < 4 * hangar_registry::CHUNK_MAX as i64, "overhead {overhead}");
+    assert!(
+        overhead < 4 * hangar_registry::CHUNK_MAX as i64,
+        "overhead {overhead}"
+    );
 
     let v = reg.show(&who, "derived@1").unwrap();
     let l = v.lineage.unwrap();
-    assert_eq!((l.base_model.as_str(), l.base_version, l.run.as_deref()), ("base", 1, Some("run-42")));
+    assert_eq!(
+        (l.base_model.as_str(), l.base_version, l.run.as_deref()),
+        ("base", 1, Some("run-42"))
+    );
     assert_eq!(v.ancestry, vec!["base@1"]);
     let stats = reg.stats(&who).unwrap();
     assert!(stats.dedup_ratio > 1.6, "{stats:?}");
@@ -156,7 +182,10 @@ fn few_tensor_change_costs_little_more_than_the_tensors() {
     assert!(gc.bytes_freed >= changed as u64 / 2);
     let out_dir = d.path().join("out");
     reg.export(&who, "derived@1", &out_dir, false).unwrap();
-    assert_eq!(std::fs::read(out_dir.join("derived.gguf")).unwrap(), std::fs::read(&derived).unwrap());
+    assert_eq!(
+        std::fs::read(out_dir.join("derived.gguf")).unwrap(),
+        std::fs::read(&derived).unwrap()
+    );
     assert!(reg.verify(&who, true).unwrap().ok());
 }
 
@@ -169,7 +198,10 @@ fn refuses_pickle_and_bad_names_with_an_explanation() {
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("config.json"), "{}").unwrap();
     std::fs::write(dir.join("pytorch_model.bin"), b"\x80\x02}q\x00.").unwrap();
-    let e = reg.import(&who, &import_req(&dir, "m")).unwrap_err().to_string();
+    let e = reg
+        .import(&who, &import_req(&dir, "m"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("pickle") && e.contains("safetensors"), "{e}");
     assert!(reg.list(&who).unwrap().is_empty());
 
@@ -188,24 +220,42 @@ fn roles_gate_actions_and_every_change_is_audited() {
     let boot = reg.principal(None).unwrap();
     let admin_t = reg.create_token(&boot, "root", Role::Admin).unwrap();
     // Once a token exists, anonymous local use is refused.
-    assert!(matches!(reg.principal(None), Err(RegistryError::Unauthorized(_))));
+    assert!(matches!(
+        reg.principal(None),
+        Err(RegistryError::Unauthorized(_))
+    ));
     assert!(reg.principal(Some("hgr_wrong")).is_err());
     let admin = reg.principal(Some(&admin_t)).unwrap();
     let tokens: Vec<String> = ["reader", "writer", "promoter"]
         .iter()
-        .map(|r| reg.create_token(&admin, &format!("t-{r}"), r.parse().unwrap()).unwrap())
+        .map(|r| {
+            reg.create_token(&admin, &format!("t-{r}"), r.parse().unwrap())
+                .unwrap()
+        })
         .collect();
     let reader = reg.principal(Some(&tokens[0])).unwrap();
     let writer = reg.principal(Some(&tokens[1])).unwrap();
     let promoter = reg.principal(Some(&tokens[2])).unwrap();
 
     let p = common::write_gguf(&d.path().join("m.gguf"), 2, 8, 32, 5);
-    assert!(matches!(reg.import(&reader, &import_req(&p, "m")), Err(RegistryError::Forbidden { .. })));
+    assert!(matches!(
+        reg.import(&reader, &import_req(&p, "m")),
+        Err(RegistryError::Forbidden { .. })
+    ));
     reg.import(&writer, &import_req(&p, "m")).unwrap();
     reg.list(&reader).unwrap();
     reg.promote(&writer, "m@1", "staging").unwrap();
     let e = reg.promote(&writer, "m@1", "production").unwrap_err();
-    assert!(matches!(e, RegistryError::Forbidden { needed: Role::Promoter, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            RegistryError::Forbidden {
+                needed: Role::Promoter,
+                ..
+            }
+        ),
+        "{e}"
+    );
     reg.promote(&promoter, "m@1", "production").unwrap();
     assert!(reg.demote(&writer, "m@1", None).is_err());
     assert!(reg.delete(&promoter, "m@1", true).is_err());
@@ -213,7 +263,11 @@ fn roles_gate_actions_and_every_change_is_audited() {
     assert!(reg.audit_log(&reader, 10).is_err());
 
     let log = reg.audit_log(&admin, 100).unwrap();
-    let actions: Vec<(&str, &str)> = log.iter().rev().map(|e| (e.actor.as_str(), e.action.as_str())).collect();
+    let actions: Vec<(&str, &str)> = log
+        .iter()
+        .rev()
+        .map(|e| (e.actor.as_str(), e.action.as_str()))
+        .collect();
     assert!(actions.contains(&("t-writer", "import")), "{actions:?}");
     assert!(actions.contains(&("t-writer", "promote")));
     assert!(actions.contains(&("t-promoter", "promote")));
@@ -228,14 +282,19 @@ fn default_model_installs_as_version_one_in_production() {
     let mut reg = Registry::open(Some(d.path().join("home"))).unwrap();
     let who = reg.principal(None).unwrap();
     let p = common::write_gguf(&d.path().join("gemma.gguf"), 2, 8, 32, 7);
-    let out = hangar_registry::default_model::install_default_from(&mut reg, &who, &p, false).unwrap();
+    let out =
+        hangar_registry::default_model::install_default_from(&mut reg, &who, &p, false).unwrap();
     assert_eq!(out.version, 1);
-    let again = hangar_registry::default_model::install_default_from(&mut reg, &who, &p, false).unwrap();
+    let again =
+        hangar_registry::default_model::install_default_from(&mut reg, &who, &p, false).unwrap();
     assert_eq!(again.version, 1);
     assert!(again.import.already_present);
     let r = reg.resolve(&who, hangar_registry::DEFAULT_MODEL).unwrap();
     assert_eq!((r.version, r.stage.as_deref()), (1, Some("production")));
-    assert_eq!(std::fs::read(r.primary.unwrap()).unwrap(), std::fs::read(&p).unwrap());
+    assert_eq!(
+        std::fs::read(r.primary.unwrap()).unwrap(),
+        std::fs::read(&p).unwrap()
+    );
 }
 
 /// The real default model, when the fetch script has cached it.
@@ -244,14 +303,21 @@ fn real_default_model_roundtrips_when_cached() {
     let home = std::env::var("HOME").unwrap_or_default();
     let p = std::path::Path::new(&home).join(".cache/hangar/models/gemma-3-270m-q4_k_m.gguf");
     if !p.is_file() {
-        eprintln!("skipped: {} not cached (run scripts/fetch-default-model.sh)", p.display());
+        eprintln!(
+            "skipped: {} not cached (run scripts/fetch-default-model.sh)",
+            p.display()
+        );
         return;
     }
     let d = tempfile::tempdir().unwrap();
     let mut reg = Registry::open(Some(d.path().join("home"))).unwrap();
     let who = reg.principal(None).unwrap();
-    let out = hangar_registry::default_model::install_default_from(&mut reg, &who, &p, false).unwrap();
-    assert_eq!(out.import.files[0].sha256, "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818");
+    let out =
+        hangar_registry::default_model::install_default_from(&mut reg, &who, &p, false).unwrap();
+    assert_eq!(
+        out.import.files[0].sha256,
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    );
     let r = reg.resolve(&who, "gemma3-270m").unwrap();
     let g = hangar_formats::GgufFile::open(r.primary.unwrap()).unwrap();
     assert_eq!(g.architecture().unwrap(), "gemma3");

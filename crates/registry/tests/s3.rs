@@ -20,19 +20,30 @@ impl Drop for Moto {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn moto_command() -> Option<Command> {
-    let ok = |c: &mut Command| c.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let ok = |c: &mut Command| {
+        c.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
     if ok(Command::new("moto_server").arg("--help")) {
         return Some(Command::new("moto_server"));
     }
     let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_module = |py: &str| ok(Command::new(py).args(["-c", "import moto.server, flask, werkzeug"]));
+    let has_module =
+        |py: &str| ok(Command::new(py).args(["-c", "import moto.server, flask, werkzeug"]));
     if !has_module(&py) {
         eprintln!("installing moto[server] with pip ...");
-        let installed = ok(Command::new(&py).args(["-m", "pip", "install", "--quiet", "moto[server]"]));
+        let installed =
+            ok(Command::new(&py).args(["-m", "pip", "install", "--quiet", "moto[server]"]));
         if !installed || !has_module(&py) {
             return None;
         }
@@ -67,7 +78,10 @@ fn create_bucket(port: u16, bucket: &str) {
     write!(s, "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
     let mut reply = String::new();
     s.read_to_string(&mut reply).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"), "{reply}");
+    assert!(
+        reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"),
+        "{reply}"
+    );
 }
 
 #[test]
@@ -87,21 +101,48 @@ fn s3_store_imports_dedups_exports_and_collects_garbage() {
     };
     let d = tempfile::tempdir().unwrap();
     let home = d.path().join("home");
-    let mut reg = Registry::open_with(Some(home.clone()), Some(StoreSpec::S3(cfg.clone()))).unwrap();
+    let mut reg =
+        Registry::open_with(Some(home.clone()), Some(StoreSpec::S3(cfg.clone()))).unwrap();
     assert!(reg.store().describe().starts_with("s3://models/hangar"));
     let who = reg.principal(None).unwrap();
     let names: Vec<String> = (0..6).map(|i| format!("t{i}")).collect();
-    let mut spec: Vec<(&str, usize, usize, u64)> =
-        names.iter().enumerate().map(|(i, n)| (n.as_str(), 256, 1024, i as u64)).collect();
+    let mut spec: Vec<(&str, usize, usize, u64)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), 256, 1024, i as u64))
+        .collect();
     let base = d.path().join("base.gguf");
     std::fs::write(&base, common::gguf_bytes(&spec)).unwrap();
-    let a = reg.import(&who, &ImportRequest { path: base.clone(), name: "m".into(), ..Default::default() }).unwrap();
+    let a = reg
+        .import(
+            &who,
+            &ImportRequest {
+                path: base.clone(),
+                name: "m".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     spec[2].3 = 77;
     let derived = d.path().join("derived.gguf");
     std::fs::write(&derived, common::gguf_bytes(&spec)).unwrap();
-    let b = reg.import(&who, &ImportRequest { path: derived.clone(), name: "m".into(), ..Default::default() }).unwrap();
+    let b = reg
+        .import(
+            &who,
+            &ImportRequest {
+                path: derived.clone(),
+                name: "m".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(b.version, 2);
-    assert!(b.new_bytes < a.new_bytes / 2, "dedup in S3: {} vs {}", b.new_bytes, a.new_bytes);
+    assert!(
+        b.new_bytes < a.new_bytes / 2,
+        "dedup in S3: {} vs {}",
+        b.new_bytes,
+        a.new_bytes
+    );
     let n_objects = reg.store().list().unwrap().len();
     drop(reg);
 
@@ -109,7 +150,10 @@ fn s3_store_imports_dedups_exports_and_collects_garbage() {
     let reg = Registry::open_with(Some(home.clone()), Some(StoreSpec::S3(cfg.clone()))).unwrap();
     let out = d.path().join("out");
     reg.export(&who, "m@2", &out, false).unwrap();
-    assert_eq!(std::fs::read(out.join("derived.gguf")).unwrap(), std::fs::read(&derived).unwrap());
+    assert_eq!(
+        std::fs::read(out.join("derived.gguf")).unwrap(),
+        std::fs::read(&derived).unwrap()
+    );
     assert!(reg.verify(&who, true).unwrap().ok());
     // A different store for the same home is refused.
     assert!(Registry::open_with(Some(home.clone()), Some(StoreSpec::Local)).is_err());
@@ -120,5 +164,8 @@ fn s3_store_imports_dedups_exports_and_collects_garbage() {
     assert!(gc.unreferenced_chunks > 0);
     assert!(reg.store().list().unwrap().len() < n_objects);
     let r = reg.resolve(&who, "m").unwrap();
-    assert_eq!(std::fs::read(r.primary.unwrap()).unwrap(), std::fs::read(&derived).unwrap());
+    assert_eq!(
+        std::fs::read(r.primary.unwrap()).unwrap(),
+        std::fs::read(&derived).unwrap()
+    );
 }

@@ -14,10 +14,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+/// "org/repo" -> [(file path, bytes)]
+pub type Repos = HashMap<String, Vec<(String, Vec<u8>)>>;
+
 #[derive(Default)]
 pub struct HubState {
     /// "org/repo" -> file path -> bytes
-    pub repos: std::sync::Mutex<HashMap<String, Vec<(String, Vec<u8>)>>>,
+    pub repos: std::sync::Mutex<Repos>,
     /// Bytes of file bodies sent.
     pub served: AtomicU64,
     /// GETs to answer by dropping the connection after `drop_after` bytes.
@@ -49,11 +52,17 @@ fn is_lfs(f: &str) -> bool {
     f.ends_with(".gguf") || f.ends_with(".safetensors")
 }
 
-async fn listing(State(s): State<Arc<HubState>>, Path((org, repo)): Path<(String, String)>) -> Response {
+async fn listing(
+    State(s): State<Arc<HubState>>,
+    Path((org, repo)): Path<(String, String)>,
+) -> Response {
     let repos = s.repos.lock().unwrap();
     match repos.get(&format!("{org}/{repo}")) {
         Some(files) => {
-            let siblings: Vec<_> = files.iter().map(|(f, _)| serde_json::json!({"rfilename": f})).collect();
+            let siblings: Vec<_> = files
+                .iter()
+                .map(|(f, _)| serde_json::json!({"rfilename": f}))
+                .collect();
             axum::Json(serde_json::json!({"id": format!("{org}/{repo}"), "sha": "0123456789abcdef", "siblings": siblings}))
                 .into_response()
         }
@@ -73,7 +82,9 @@ async fn resolve(
             .get(&format!("{org}/{repo}"))
             .and_then(|fs| fs.iter().find(|(f, _)| *f == file).map(|(_, d)| d.clone()))
     };
-    let Some(data) = data else { return StatusCode::NOT_FOUND.into_response() };
+    let Some(data) = data else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
     let len = data.len() as u64;
     let mut resp = Response::builder()
         .header("accept-ranges", "bytes")
@@ -107,7 +118,11 @@ async fn resolve(
             let r = r.trim_start_matches("bytes=");
             let (a, b) = r.split_once('-').unwrap();
             let a: u64 = a.parse().unwrap();
-            let b: u64 = if b.is_empty() { len - 1 } else { b.parse::<u64>().unwrap().min(len - 1) };
+            let b: u64 = if b.is_empty() {
+                len - 1
+            } else {
+                b.parse::<u64>().unwrap().min(len - 1)
+            };
             if a >= len || a > b {
                 return StatusCode::RANGE_NOT_SATISFIABLE.into_response();
             }
@@ -127,29 +142,37 @@ async fn resolve(
     };
     let body = data[start as usize..end as usize].to_vec();
     let state = s.clone();
-    let stream = futures_util::stream::unfold((0usize, body, state, drop_at), |(pos, body, state, drop_at)| async move {
-        if pos >= body.len() {
-            return None;
-        }
-        if let Some(d) = drop_at {
-            if pos as u64 >= d {
-                // Let what was sent reach the client, then cut the connection.
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                return Some((Err(std::io::Error::other("connection dropped by test hub")), (body.len(), body, state, None)));
+    let stream = futures_util::stream::unfold(
+        (0usize, body, state, drop_at),
+        |(pos, body, state, drop_at)| async move {
+            if pos >= body.len() {
+                return None;
             }
-        }
-        let t = state.throttle_us.load(Ordering::Relaxed);
-        if t > 0 {
-            tokio::time::sleep(Duration::from_micros(t)).await;
-        }
-        let mut end = (pos + 65536).min(body.len());
-        if let Some(d) = drop_at {
-            end = end.min((d as usize).max(pos + 1));
-        }
-        state.served.fetch_add((end - pos) as u64, Ordering::Relaxed);
-        let chunk = bytes::Bytes::copy_from_slice(&body[pos..end]);
-        Some((Ok::<_, std::io::Error>(chunk), (end, body, state, drop_at)))
-    });
+            if let Some(d) = drop_at {
+                if pos as u64 >= d {
+                    // Let what was sent reach the client, then cut the connection.
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    return Some((
+                        Err(std::io::Error::other("connection dropped by test hub")),
+                        (body.len(), body, state, None),
+                    ));
+                }
+            }
+            let t = state.throttle_us.load(Ordering::Relaxed);
+            if t > 0 {
+                tokio::time::sleep(Duration::from_micros(t)).await;
+            }
+            let mut end = (pos + 65536).min(body.len());
+            if let Some(d) = drop_at {
+                end = end.min((d as usize).max(pos + 1));
+            }
+            state
+                .served
+                .fetch_add((end - pos) as u64, Ordering::Relaxed);
+            let chunk = bytes::Bytes::copy_from_slice(&body[pos..end]);
+            Some((Ok::<_, std::io::Error>(chunk), (end, body, state, drop_at)))
+        },
+    );
     resp.header("content-length", (end - start).to_string())
         .status(status)
         .body(Body::from_stream(stream))
