@@ -41,10 +41,14 @@ fn figure(test: String, tokens: usize, mut secs: Vec<f64>) -> BenchFigure {
 
 /// Deterministic pseudo-random token ids (a benchmark must not depend on a tokenizer).
 fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 33) as usize % vocab.min(32_000).max(1)) as u32 + 2
         })
         .collect()
@@ -52,7 +56,13 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 
 /// Times prefill of `pp` tokens and decode of `tg` tokens, `runs` times each
 /// (after one warm-up run).
-pub fn run(model: &Model, pool: &ThreadPool, pp: usize, tg: usize, runs: usize) -> Result<Vec<BenchFigure>, EngineError> {
+pub fn run(
+    model: &Model,
+    pool: &ThreadPool,
+    pp: usize,
+    tg: usize,
+    runs: usize,
+) -> Result<Vec<BenchFigure>, EngineError> {
     let runs = runs.max(1);
     let block = 16;
     let cap = (pp + 8).max(tg + 8);
@@ -68,7 +78,12 @@ pub fn run(model: &Model, pool: &ThreadPool, pp: usize, tg: usize, runs: usize) 
         let mut secs = Vec::new();
         for r in 0..=runs {
             let t0 = Instant::now();
-            let seq = SeqInput { tokens: &toks, start_pos: 0, block_tables: &tables, logits: LogitsWanted::Last };
+            let seq = SeqInput {
+                tokens: &toks,
+                start_pos: 0,
+                block_tables: &tables,
+                logits: LogitsWanted::Last,
+            };
             model.forward(pool, &[seq], &mut kv, &mut ws, &mut logits)?;
             if r > 0 {
                 secs.push(t0.elapsed().as_secs_f64());
@@ -81,11 +96,21 @@ pub fn run(model: &Model, pool: &ThreadPool, pp: usize, tg: usize, runs: usize) 
         let mut secs = Vec::new();
         for r in 0..=runs {
             // A one-token prompt, then `tg` decode steps.
-            let seq = SeqInput { tokens: &toks[..1], start_pos: 0, block_tables: &tables, logits: LogitsWanted::Last };
+            let seq = SeqInput {
+                tokens: &toks[..1],
+                start_pos: 0,
+                block_tables: &tables,
+                logits: LogitsWanted::Last,
+            };
             model.forward(pool, &[seq], &mut kv, &mut ws, &mut logits)?;
             let t0 = Instant::now();
             for i in 0..tg {
-                let seq = SeqInput { tokens: &toks[i + 1..i + 2], start_pos: i + 1, block_tables: &tables, logits: LogitsWanted::Last };
+                let seq = SeqInput {
+                    tokens: &toks[i + 1..i + 2],
+                    start_pos: i + 1,
+                    block_tables: &tables,
+                    logits: LogitsWanted::Last,
+                };
                 model.forward(pool, &[seq], &mut kv, &mut ws, &mut logits)?;
             }
             if r > 0 {

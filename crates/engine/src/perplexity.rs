@@ -35,7 +35,9 @@ pub fn perplexity(
     mut on_window: impl FnMut(usize, usize),
 ) -> Result<Perplexity, EngineError> {
     if ctx < 4 {
-        return Err(EngineError::Invalid(format!("context {ctx} is too small (at least 4)")));
+        return Err(EngineError::Invalid(format!(
+            "context {ctx} is too small (at least 4)"
+        )));
     }
     let per = ctx - 1;
     let windows = text_tokens.len() / per;

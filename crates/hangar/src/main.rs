@@ -2,6 +2,7 @@
 //! no algorithms live here.
 
 mod cmd_model;
+mod cmd_plan;
 mod model_path;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,12 @@ enum Cmd {
     Perplexity(cmd_model::PerplexityArgs),
     /// Show the token ids of a text.
     Tokenize(cmd_model::TokenizeArgs),
+    /// Memory, hardware fit and training needs of a model.
+    Plan(cmd_plan::PlanArgs),
+    /// Measure this host and print a model's roofline.
+    Profile(cmd_plan::ProfileArgs),
+    /// Token counts per input (--compare: five languages).
+    Tokens(cmd_plan::TokensArgs),
 }
 
 fn main() {
@@ -33,6 +40,9 @@ fn main() {
         Cmd::Bench(a) => cmd_model::bench(a),
         Cmd::Perplexity(a) => cmd_model::perplexity(a),
         Cmd::Tokenize(a) => cmd_model::tokenize(a),
+        Cmd::Plan(a) => cmd_plan::run_plan(a),
+        Cmd::Profile(a) => cmd_plan::run_profile(a),
+        Cmd::Tokens(a) => cmd_plan::run_tokens(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

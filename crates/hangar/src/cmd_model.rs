@@ -1,0 +1,354 @@
+//! Commands that run a model directly: generate, bench, perplexity, tokenize.
+
+use crate::model_path;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hangar_engine::sampler::SamplingParams;
+use hangar_engine::{bench, perplexity, GenerateOptions, LoadedModel};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    /// GGUF model file (default: $HANGAR_MODEL, else the cached default model).
+    #[arg(long, short = 'm')]
+    pub model: Option<PathBuf>,
+    /// Kernel threads (0 = one per core).
+    #[arg(long, short = 't', default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<(LoadedModel, PathBuf, f64)> {
+        let path = model_path::resolve(self.model.clone())?;
+        let t0 = Instant::now();
+        let lm = LoadedModel::load(&path, self.threads)
+            .with_context(|| format!("loading {}", path.display()))?;
+        Ok((lm, path, t0.elapsed().as_secs_f64()))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt.
+    #[arg(long, short = 'p', conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    /// Wrap the prompt as a user turn in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// Parse special-token text such as <start_of_turn> in the prompt.
+    #[arg(long)]
+    pub special: bool,
+    /// Most tokens to generate.
+    #[arg(long, short = 'n', default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Nucleus sampling: keep the smallest set with this much probability (1 = off).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than min_p x the most likely (0 = off).
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalty for repeating recent tokens (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// How many recent tokens the penalties look at.
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Add to a token's logit: ID=BIAS (repeatable).
+    #[arg(long, value_parser = parse_bias)]
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Random seed (same seed, same tokens).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Keep generating past end-of-generation tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Report the N most likely alternatives of each token (with --json).
+    #[arg(long, default_value_t = 0)]
+    pub logprobs: usize,
+    /// Context size in tokens (0 = the model's).
+    #[arg(long, default_value_t = 4096)]
+    pub ctx: usize,
+    /// Print one JSON object at the end instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+    /// Print timings to stderr.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+fn parse_bias(s: &str) -> Result<(u32, f32), String> {
+    let (id, b) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected ID=BIAS, got {s:?}"))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("token id {id:?} is not a number"))?;
+    let b: f32 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("bias {b:?} is not a number"))?;
+    Ok((id, b))
+}
+
+pub fn generate(a: GenerateArgs) -> Result<()> {
+    let prompt = match (&a.prompt, &a.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
+        (None, None) => bail!("give a prompt with -p TEXT or --prompt-file FILE"),
+    };
+    let (lm, _path, load_s) = a.model.load()?;
+    let ids = if a.chat {
+        let tk = &lm.tokenizer;
+        let piece = |id: Option<u32>| id.and_then(|i| tk.id_to_token(i)).unwrap_or("").to_string();
+        let tpl = hangar_engine::chat::ChatTemplate::for_model(
+            lm.model.gguf().get_str("tokenizer.chat_template").ok(),
+            &lm.model.cfg.arch_name,
+            &piece(tk.bos_id()),
+            &piece(tk.eos_id()),
+        )?;
+        let text = tpl.render(
+            &[hangar_engine::chat::ChatMessage::new("user", &prompt)],
+            true,
+        )?;
+        lm.tokenizer.encode(&text, false, true)
+    } else {
+        lm.tokenizer.encode(&prompt, true, a.special)
+    };
+    let sampling = SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repetition_penalty: a.repeat_penalty,
+        presence_penalty: a.presence_penalty,
+        frequency_penalty: a.frequency_penalty,
+        penalty_last_n: a.repeat_last_n,
+        logit_bias: a.logit_bias.clone(),
+        seed: a.seed,
+        n_logprobs: a.logprobs,
+    };
+    if let Some(&(id, _)) = a
+        .logit_bias
+        .iter()
+        .find(|(id, _)| *id as usize >= lm.model.cfg.vocab_size)
+    {
+        bail!(
+            "--logit-bias token id {id} is outside the vocabulary (size {})",
+            lm.model.cfg.vocab_size
+        );
+    }
+    let opts = GenerateOptions {
+        max_tokens: a.max_tokens,
+        sampling,
+        stop: a.stop.clone(),
+        stop_tokens: Vec::new(),
+        ignore_eos: a.ignore_eos,
+        context: a.ctx,
+        prefill_chunk: 512,
+    };
+    let stream = !a.json;
+    let mut stdout = std::io::stdout().lock();
+    let t0 = Instant::now();
+    let mut first_token_s = None;
+    let g = hangar_engine::generate(&lm, &ids, &opts, |piece| {
+        first_token_s.get_or_insert(t0.elapsed().as_secs_f64());
+        if stream {
+            // A closed stdout (e.g. `| head`) ends generation quietly.
+            return stdout
+                .write_all(piece.as_bytes())
+                .and_then(|_| stdout.flush())
+                .is_ok();
+        }
+        true
+    })?;
+    if stream {
+        let _ = writeln!(stdout);
+    }
+    let prefill_tps = g.prompt_tokens as f64 / g.prefill_time.as_secs_f64().max(1e-9);
+    let decode_tps =
+        g.tokens.len().saturating_sub(1) as f64 / g.decode_time.as_secs_f64().max(1e-9);
+    if a.json {
+        let logprobs: Vec<_> = g
+            .sampled
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "token": s.id,
+                    "text": lm.tokenizer.decode(&[s.id], false),
+                    "logprob": s.logprob,
+                    "top_logprobs": s.top_logprobs.iter().map(|(id, lp)| serde_json::json!({"token": id, "logprob": lp})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "text": g.text,
+            "tokens": g.tokens,
+            "prompt_tokens": g.prompt_tokens,
+            "completion_tokens": g.tokens.len(),
+            "finish_reason": g.finish,
+            "logprobs": if a.logprobs > 0 { serde_json::Value::Array(logprobs) } else { serde_json::Value::Null },
+            "timings": {"load_s": load_s, "prefill_tok_s": prefill_tps, "decode_tok_s": decode_tps},
+        });
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&out)?)?;
+    }
+    if a.stats {
+        eprintln!(
+            "load {:.3}s | prompt {} tok, {:.1} tok/s | generated {} tok, {:.1} tok/s | load to first token {:.3}s | finish {:?}",
+            load_s,
+            g.prompt_tokens,
+            prefill_tps,
+            g.tokens.len(),
+            decode_tps,
+            load_s + first_token_s.unwrap_or(0.0),
+            g.finish
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt tokens processed in one batch (0 = skip).
+    #[arg(long, default_value_t = 512)]
+    pub pp: usize,
+    /// Tokens decoded one at a time (0 = skip).
+    #[arg(long, default_value_t = 128)]
+    pub tg: usize,
+    /// Timed runs per test (after one warm-up); the median is reported.
+    #[arg(long, short = 'r', default_value_t = 5)]
+    pub runs: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn bench(a: BenchArgs) -> Result<()> {
+    let (lm, path, load_s) = a.model.load()?;
+    let figures = bench::run(&lm.model, &lm.pool, a.pp, a.tg, a.runs)?;
+    let report = bench::BenchReport {
+        model: path.display().to_string(),
+        threads: lm.pool.n_threads(),
+        simd: format!("{:?}", hangar_kernels::simd_level()),
+        figures,
+    };
+    if a.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["load_s"] = serde_json::json!(load_s);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "model: {}  threads: {}  simd: {}  load: {:.3}s",
+        report.model, report.threads, report.simd, load_s
+    );
+    println!("| test   | tok/s (median) |   min   |   max   | runs |");
+    println!("|--------|----------------|---------|---------|------|");
+    for f in &report.figures {
+        println!(
+            "| {:<6} | {:>14.1} | {:>7.1} | {:>7.1} | {:>4} |",
+            f.test, f.median_tok_s, f.min_tok_s, f.max_tok_s, f.runs
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Text file to score.
+    #[arg(long, short = 'f')]
+    pub file: PathBuf,
+    /// Window size in tokens (BOS + ctx-1 text tokens).
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn perplexity(a: PerplexityArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
+    let (lm, _, _) = a.model.load()?;
+    let bos = lm
+        .tokenizer
+        .bos_id()
+        .context("the model has no BOS token")?;
+    let toks = lm.tokenizer.encode(&text, false, false);
+    let quiet = a.json;
+    let r = perplexity::perplexity(&lm.model, &lm.pool, bos, &toks, a.ctx, |done, total| {
+        if !quiet {
+            eprint!("\rwindow {done}/{total}");
+        }
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        eprintln!();
+        println!(
+            "perplexity {:.4} (mean NLL {:.4}) over {} tokens in {} windows of {}",
+            r.ppl, r.nll, r.scored_tokens, r.windows, r.ctx
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct TokenizeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    pub text: String,
+    /// Parse special-token text (<start_of_turn> ...).
+    #[arg(long)]
+    pub special: bool,
+    /// Do not add BOS.
+    #[arg(long)]
+    pub no_bos: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let (lm, _, _) = a.model.load()?;
+    let ids = lm.tokenizer.encode(&a.text, !a.no_bos, a.special);
+    if a.json {
+        let pieces: Vec<String> = ids
+            .iter()
+            .map(|&i| lm.tokenizer.id_to_token(i).unwrap_or("").to_string())
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"ids": ids, "pieces": pieces, "count": ids.len()})
+        );
+    } else {
+        for &i in &ids {
+            println!("{i:>8}  {:?}", lm.tokenizer.id_to_token(i).unwrap_or(""));
+        }
+        println!("{} tokens", ids.len());
+    }
+    Ok(())
+}
