@@ -80,7 +80,9 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").field("origin", &self.origin).finish()
+        f.debug_struct("ChatTemplate")
+            .field("origin", &self.origin)
+            .finish()
     }
 }
 
@@ -91,9 +93,16 @@ fn raise_exception(msg: String) -> Result<String, JinjaError> {
 impl ChatTemplate {
     /// The model's template when it has one, else the built-in one for `arch`
     /// (`general.architecture`), falling back to ChatML.
-    pub fn for_model(model_template: Option<&str>, arch: &str, bos: &str, eos: &str) -> Result<Self, ChatError> {
+    pub fn for_model(
+        model_template: Option<&str>,
+        arch: &str,
+        bos: &str,
+        eos: &str,
+    ) -> Result<Self, ChatError> {
         match model_template {
-            Some(src) if !src.trim().is_empty() => Self::from_source(src.to_string(), bos, eos, "model".into()),
+            Some(src) if !src.trim().is_empty() => {
+                Self::from_source(src.to_string(), bos, eos, "model".into())
+            }
             _ => {
                 let (name, src) = match arch {
                     "gemma" | "gemma2" | "gemma3" => ("gemma", GEMMA_TEMPLATE),
@@ -107,12 +116,18 @@ impl ChatTemplate {
 
     /// Compiles a Jinja chat template (Hugging Face conventions: `messages`,
     /// `add_generation_prompt`, `bos_token`, `eos_token`, `raise_exception`).
-    pub fn from_source(src: String, bos: &str, eos: &str, origin: String) -> Result<Self, ChatError> {
+    pub fn from_source(
+        src: String,
+        bos: &str,
+        eos: &str,
+        origin: String,
+    ) -> Result<Self, ChatError> {
         let mut env = Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
-        env.add_template_owned("chat", src).map_err(|e| ChatError::Compile(e.to_string()))?;
+        env.add_template_owned("chat", src)
+            .map_err(|e| ChatError::Compile(e.to_string()))?;
         Ok(ChatTemplate {
             env,
             bos: bos.to_string(),
@@ -123,11 +138,20 @@ impl ChatTemplate {
 
     /// Renders `messages`; with `add_generation_prompt` the text ends where the
     /// assistant's reply begins.
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ChatError> {
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
         if messages.is_empty() {
-            return Err(ChatError::Messages("at least one message is required".into()));
+            return Err(ChatError::Messages(
+                "at least one message is required".into(),
+            ));
         }
-        let tmpl = self.env.get_template("chat").map_err(|e| ChatError::Compile(e.to_string()))?;
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| ChatError::Compile(e.to_string()))?;
         tmpl.render(context! {
             messages => minijinja::Value::from(minijinja::value::Serde(messages)),
             add_generation_prompt => add_generation_prompt,
@@ -170,15 +194,26 @@ mod tests {
         let src = "{% for m in messages %}[{{ m.role }}]{{ m.content.strip() }}{% endfor %}{% if add_generation_prompt %}>{% endif %}";
         let t = ChatTemplate::for_model(Some(src), "gemma3", "", "").unwrap();
         assert_eq!(t.origin, "model");
-        assert_eq!(t.render(&[ChatMessage::new("user", " x ")], true).unwrap(), "[user]x>");
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", " x ")], true).unwrap(),
+            "[user]x>"
+        );
     }
 
     #[test]
     fn template_errors_are_reported_not_panicked() {
-        let t = ChatTemplate::for_model(Some("{{ raise_exception('no system role') }}"), "x", "", "").unwrap();
-        assert!(matches!(t.render(&[ChatMessage::new("user", "a")], true), Err(ChatError::Render(_))));
+        let t =
+            ChatTemplate::for_model(Some("{{ raise_exception('no system role') }}"), "x", "", "")
+                .unwrap();
+        assert!(matches!(
+            t.render(&[ChatMessage::new("user", "a")], true),
+            Err(ChatError::Render(_))
+        ));
         assert!(ChatTemplate::for_model(Some("{% for %}"), "x", "", "").is_err());
-        assert!(matches!(gemma().render(&[], true), Err(ChatError::Messages(_))));
+        assert!(matches!(
+            gemma().render(&[], true),
+            Err(ChatError::Messages(_))
+        ));
     }
 
     #[test]

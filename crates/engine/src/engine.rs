@@ -133,7 +133,11 @@ pub struct Usage {
 pub enum TokenEvent {
     Token(TokenOut),
     /// The last event: `text` is any held-back text released at the end.
-    Done { finish: Finish, usage: Usage, text: String },
+    Done {
+        finish: Finish,
+        usage: Usage,
+        text: String,
+    },
     /// The request failed; no more events follow.
     Error(String),
 }
@@ -230,10 +234,12 @@ pub struct Engine {
 
 /// Splits a KV budget between full-attention and sliding-window groups: windowed
 /// groups never need more than a window per running sequence plus one prefill chunk.
+#[allow(clippy::needless_range_loop)]
 fn pool_sizes(layout: &KvLayout, cfg: &EngineConfig) -> Result<Vec<usize>, EngineError> {
     let bs = cfg.block_size;
     let n = layout.n_groups();
-    let window_cap = |w: usize| cfg.max_running * (w.div_ceil(bs) + 1) + cfg.max_batch_tokens.div_ceil(bs) + 1;
+    let window_cap =
+        |w: usize| cfg.max_running * (w.div_ceil(bs) + 1) + cfg.max_batch_tokens.div_ceil(bs) + 1;
     let bytes: Vec<usize> = (0..n).map(|g| layout.block_bytes(g, bs)).collect();
     let mut blocks = vec![0usize; n];
     if let Some(t) = cfg.max_tokens_in_flight {
@@ -246,9 +252,18 @@ fn pool_sizes(layout: &KvLayout, cfg: &EngineConfig) -> Result<Vec<usize>, Engin
         }
     } else {
         let m = cfg.kv_memory_bytes;
-        let full_bytes: usize = (0..n).filter(|&g| layout.group_window[g].is_none()).map(|g| bytes[g]).sum();
-        let win_bytes: usize = (0..n).filter(|&g| layout.group_window[g].is_some()).map(|g| bytes[g]).sum();
-        let cap = (0..n).filter_map(|g| layout.group_window[g].map(window_cap)).max().unwrap_or(0);
+        let full_bytes: usize = (0..n)
+            .filter(|&g| layout.group_window[g].is_none())
+            .map(|g| bytes[g])
+            .sum();
+        let win_bytes: usize = (0..n)
+            .filter(|&g| layout.group_window[g].is_some())
+            .map(|g| bytes[g])
+            .sum();
+        let cap = (0..n)
+            .filter_map(|g| layout.group_window[g].map(window_cap))
+            .max()
+            .unwrap_or(0);
         let even = m / (full_bytes + win_bytes).max(1);
         let (full, win) = if full_bytes == 0 {
             (0, m / win_bytes.max(1))
@@ -282,13 +297,24 @@ fn pool_sizes(layout: &KvLayout, cfg: &EngineConfig) -> Result<Vec<usize>, Engin
 impl Engine {
     /// Sizes the KV pool, then starts the loop thread that owns the model.
     pub fn start(loaded: LoadedModel, cfg: EngineConfig) -> Result<Engine, EngineError> {
-        let LoadedModel { model, tokenizer, pool } = loaded;
+        let LoadedModel {
+            model,
+            tokenizer,
+            pool,
+        } = loaded;
         if cfg.block_size == 0 || cfg.max_batch_tokens == 0 || cfg.max_running == 0 {
-            return Err(EngineError::Invalid("block size, batch tokens and running sequences must be positive".into()));
+            return Err(EngineError::Invalid(
+                "block size, batch tokens and running sequences must be positive".into(),
+            ));
         }
         let layout = KvLayout::for_model(&model.cfg);
         let blocks = pool_sizes(&layout, &cfg)?;
-        let kvm = KvBlockManager::new(cfg.block_size, &layout.group_window, &blocks, cfg.prefix_caching);
+        let kvm = KvBlockManager::new(
+            cfg.block_size,
+            &layout.group_window,
+            &blocks,
+            cfg.prefix_caching,
+        );
         let mut max_model_len = model.cfg.ctx_len.min(kvm.max_sequence_tokens());
         if let Some(m) = cfg.max_model_len {
             max_model_len = max_model_len.min(m);
@@ -303,10 +329,23 @@ impl Engine {
             kv_blocks: blocks.clone(),
             kv_bytes: kv.capacity_bytes(),
         };
-        let piece = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or("").to_string();
-        let template_src = model.gguf().get_str("tokenizer.chat_template").ok().map(str::to_string);
-        let chat = ChatTemplate::for_model(template_src.as_deref(), &info.arch, &piece(tokenizer.bos_id()), &piece(tokenizer.eos_id()))
-            .map_err(|e| e.to_string());
+        let piece = |id: Option<u32>| {
+            id.and_then(|i| tokenizer.id_to_token(i))
+                .unwrap_or("")
+                .to_string()
+        };
+        let template_src = model
+            .gguf()
+            .get_str("tokenizer.chat_template")
+            .ok()
+            .map(str::to_string);
+        let chat = ChatTemplate::for_model(
+            template_src.as_deref(),
+            &info.arch,
+            &piece(tokenizer.bos_id()),
+            &piece(tokenizer.eos_id()),
+        )
+        .map_err(|e| e.to_string());
         let tokenizer = Arc::new(tokenizer);
         let stats = Arc::new(SharedStats {
             kv_used: blocks.iter().map(|_| AtomicUsize::new(0)).collect(),
@@ -352,18 +391,30 @@ impl Engine {
 
     /// Renders chat messages with the model's template and tokenizes the result.
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, ChatError> {
-        let tmpl = self.chat.as_ref().map_err(|e| ChatError::Compile(e.clone()))?;
+        let tmpl = self
+            .chat
+            .as_ref()
+            .map_err(|e| ChatError::Compile(e.clone()))?;
         let text = tmpl.render(messages, true)?;
         Ok(self.tokenizer.encode(&text, false, true))
     }
 
     /// Queues a request. Events arrive on the receiver; dropping it cancels the request.
-    pub fn submit(&self, req: GenerateRequest) -> Result<(SeqId, UnboundedReceiver<TokenEvent>), EngineError> {
+    pub fn submit(
+        &self,
+        req: GenerateRequest,
+    ) -> Result<(SeqId, UnboundedReceiver<TokenEvent>), EngineError> {
         if req.prompt.is_empty() {
             return Err(EngineError::Invalid("the prompt is empty".into()));
         }
-        if let Some(&id) = req.prompt.iter().find(|&&id| id as usize >= self.info.vocab_size) {
-            return Err(EngineError::Invalid(format!("token id {id} is outside the vocabulary")));
+        if let Some(&id) = req
+            .prompt
+            .iter()
+            .find(|&&id| id as usize >= self.info.vocab_size)
+        {
+            return Err(EngineError::Invalid(format!(
+                "token id {id} is outside the vocabulary"
+            )));
         }
         let total = req.prompt.len().saturating_add(req.max_tokens);
         if total > self.info.max_model_len {
@@ -495,7 +546,14 @@ impl EngineLoop {
                 let tables: Vec<Vec<&[u32]>> = batch
                     .chunks
                     .iter()
-                    .map(|c| running[c.slot].blocks.tables.iter().map(Vec::as_slice).collect())
+                    .map(|c| {
+                        running[c.slot]
+                            .blocks
+                            .tables
+                            .iter()
+                            .map(Vec::as_slice)
+                            .collect()
+                    })
                     .collect();
                 let inputs: Vec<SeqInput> = batch
                     .chunks
@@ -505,10 +563,15 @@ impl EngineLoop {
                         tokens: &running[c.slot].tokens[c.start..c.start + c.len],
                         start_pos: c.start,
                         block_tables: t,
-                        logits: if c.sample { LogitsWanted::Last } else { LogitsWanted::None },
+                        logits: if c.sample {
+                            LogitsWanted::Last
+                        } else {
+                            LogitsWanted::None
+                        },
                     })
                     .collect();
-                self.model.forward(&self.pool, &inputs, &mut self.kv, &mut ws, &mut logits)
+                self.model
+                    .forward(&self.pool, &inputs, &mut self.kv, &mut ws, &mut logits)
             };
             if let Err(e) = result {
                 for c in &batch.chunks {
@@ -529,12 +592,14 @@ impl EngineLoop {
                 let seq = &mut self.sched.running_mut()[c.slot];
                 if c.start < seq.prompt_len {
                     let n = (c.start + c.len).min(seq.prompt_len) - c.start;
-                    self.stats.prompt_computed.fetch_add(n as u64, Ordering::Relaxed);
+                    self.stats
+                        .prompt_computed
+                        .fetch_add(n as u64, Ordering::Relaxed);
                 }
                 if !c.sample {
                     continue;
                 }
-                let r = &logits[row * vocab..(row + 1) * vocab];
+                let r = &mut logits[row * vocab..(row + 1) * vocab];
                 row += 1;
                 let Some(l) = live.get_mut(&c.id) else {
                     finished.push(c.id);
@@ -553,15 +618,30 @@ impl EngineLoop {
         }
         // Shutting down: tell whoever still listens.
         for (_, l) in live.drain() {
-            let _ = l.tx.send(TokenEvent::Error("the engine is shutting down".into()));
+            let _ =
+                l.tx.send(TokenEvent::Error("the engine is shutting down".into()));
         }
     }
 
     /// Applies one command; `false` means shut down.
-    fn handle<'t>(&mut self, cmd: Command, tok: &'t Tokenizer, live: &mut HashMap<SeqId, Live<'t>>) -> bool {
+    fn handle<'t>(
+        &mut self,
+        cmd: Command,
+        tok: &'t Tokenizer,
+        live: &mut HashMap<SeqId, Live<'t>>,
+    ) -> bool {
         match cmd {
             Command::Submit(id, req, tx) => {
                 let req = *req;
+                let sampler = match Sampler::new(req.sampling.clone()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send(TokenEvent::Error(format!(
+                            "invalid sampling parameters: {e}"
+                        )));
+                        return true;
+                    }
+                };
                 let mut stop_ids = req.stop_token_ids.clone();
                 if !req.ignore_eos {
                     stop_ids.extend_from_slice(tok.eog_ids());
@@ -570,7 +650,7 @@ impl EngineLoop {
                     id,
                     Live {
                         tx,
-                        sampler: Sampler::new(req.sampling.clone()),
+                        sampler,
                         decoder: tok.incremental_decoder(req.skip_special_tokens),
                         stop: StopMatcher::new(req.stop.clone()),
                         max_tokens: req.max_tokens,
@@ -599,17 +679,26 @@ impl EngineLoop {
             s.kv_used[g].store(u.used, Ordering::Relaxed);
             s.kv_cached[g].store(u.cached, Ordering::Relaxed);
         }
-        s.prefix_queried.store(self.kvm.prefix_queried_tokens, Ordering::Relaxed);
-        s.prefix_hit.store(self.kvm.prefix_hit_tokens, Ordering::Relaxed);
-        s.preemptions.store(self.sched.preemptions, Ordering::Relaxed);
+        s.prefix_queried
+            .store(self.kvm.prefix_queried_tokens, Ordering::Relaxed);
+        s.prefix_hit
+            .store(self.kvm.prefix_hit_tokens, Ordering::Relaxed);
+        s.preemptions
+            .store(self.sched.preemptions, Ordering::Relaxed);
     }
 }
 
 /// Samples the next token of `seq`, appends it and sends its events. Returns whether
 /// the request is finished (or its receiver is gone).
-fn sample_one(l: &mut Live, seq: &mut SchedSeq, logits: &[f32], tok: &Tokenizer, max_model_len: usize) -> bool {
+fn sample_one(
+    l: &mut Live,
+    seq: &mut SchedSeq,
+    logits: &mut [f32],
+    tok: &Tokenizer,
+    max_model_len: usize,
+) -> bool {
     let want = l.logprobs;
-    let s = l.sampler.sample(logits, &seq.tokens[seq.prompt_len..], want.unwrap_or(0));
+    let s = l.sampler.sample(logits, &seq.tokens);
     seq.tokens.push(s.id);
     let generated = seq.generated();
     let is_stop_id = l.stop_ids.contains(&s.id);
@@ -624,12 +713,22 @@ fn sample_one(l: &mut Live, seq: &mut SchedSeq, logits: &[f32], tok: &Tokenizer,
             tok.decode(&[s.id], false),
             s.top_logprobs
                 .iter()
-                .map(|&(id, logprob)| TopLogprob { id, token: tok.decode(&[id], false), logprob })
+                .map(|&(id, logprob)| TopLogprob {
+                    id,
+                    token: tok.decode(&[id], false),
+                    logprob,
+                })
                 .collect(),
         ),
         None => (String::new(), Vec::new()),
     };
-    let out = TokenOut { id: s.id, text, token, logprob: want.map(|_| s.logprob), top_logprobs };
+    let out = TokenOut {
+        id: s.id,
+        text,
+        token,
+        logprob: want.map(|_| s.logprob),
+        top_logprobs,
+    };
     if l.tx.send(TokenEvent::Token(out)).is_err() {
         return true;
     }
@@ -640,14 +739,20 @@ fn sample_one(l: &mut Live, seq: &mut SchedSeq, logits: &[f32], tok: &Tokenizer,
     } else {
         return false;
     };
-    let mut text = String::new();
-    if !stopped {
-        let rest = l.decoder.flush();
-        let (t, _) = l.stop.push(&rest);
-        text.push_str(&t);
-        text.push_str(&l.stop.flush());
-    }
-    let usage = Usage { prompt_tokens: seq.prompt_len, completion_tokens: generated, cached_tokens: seq.cached_tokens };
-    let _ = l.tx.send(TokenEvent::Done { finish, usage, text });
+    let text = if stopped {
+        String::new()
+    } else {
+        l.stop.finish(&l.decoder.flush())
+    };
+    let usage = Usage {
+        prompt_tokens: seq.prompt_len,
+        completion_tokens: generated,
+        cached_tokens: seq.cached_tokens,
+    };
+    let _ = l.tx.send(TokenEvent::Done {
+        finish,
+        usage,
+        text,
+    });
     true
 }

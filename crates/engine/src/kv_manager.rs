@@ -118,7 +118,9 @@ pub struct SeqBlocks {
 impl SeqBlocks {
     /// Blocks held in group `g`.
     pub fn held(&self, g: usize) -> usize {
-        self.tables.get(g).map_or(0, |t| t.iter().filter(|&&b| b != NO_BLOCK).count())
+        self.tables
+            .get(g)
+            .map_or(0, |t| t.iter().filter(|&&b| b != NO_BLOCK).count())
     }
 }
 
@@ -163,7 +165,12 @@ pub struct KvBlockManager {
 impl KvBlockManager {
     /// `windows[g]` is group g's sliding window (`None` = full attention) and
     /// `blocks[g]` its pool size.
-    pub fn new(block_size: usize, windows: &[Option<usize>], blocks: &[usize], prefix_caching: bool) -> Self {
+    pub fn new(
+        block_size: usize,
+        windows: &[Option<usize>],
+        blocks: &[usize],
+        prefix_caching: bool,
+    ) -> Self {
         assert!(block_size > 0 && windows.len() == blocks.len());
         KvBlockManager {
             block_size,
@@ -250,7 +257,10 @@ impl KvBlockManager {
         'outer: while k > 0 {
             for g in 0..self.groups.len() {
                 let first = self.first_visible_block(g, k * bs);
-                if hashes[first..k].iter().any(|h| self.groups[g].cached(h).is_none()) {
+                if hashes[first..k]
+                    .iter()
+                    .any(|h| self.groups[g].cached(h).is_none())
+                {
                     k -= 1;
                     continue 'outer;
                 }
@@ -314,7 +324,13 @@ impl KvBlockManager {
 
     /// Like [`Self::can_allocate`], but also leaves `reserve` blocks available in every
     /// group afterwards (head-room for running sequences' next decode tokens).
-    pub fn can_allocate_reserving(&self, seq: &SeqBlocks, start: usize, end: usize, reserve: usize) -> bool {
+    pub fn can_allocate_reserving(
+        &self,
+        seq: &SeqBlocks,
+        start: usize,
+        end: usize,
+        reserve: usize,
+    ) -> bool {
         self.needed(seq, start, end)
             .iter()
             .zip(&self.groups)
@@ -402,7 +418,14 @@ mod tests {
         assert!(m.allocate(&mut s, 12, 13));
         assert_eq!(m.usage(0).used, 4);
         m.free(&mut s);
-        assert_eq!(m.usage(0), BlockUsage { total: 5, used: 0, cached: 0 });
+        assert_eq!(
+            m.usage(0),
+            BlockUsage {
+                total: 5,
+                used: 0,
+                cached: 0
+            }
+        );
     }
 
     #[test]

@@ -5,13 +5,18 @@
 //! Knows nothing about HTTP or the registry.
 
 pub mod bench;
+pub mod chat;
+pub mod engine;
 pub mod generate;
+pub mod kv_manager;
 pub mod perplexity;
 pub mod runtime;
 pub mod sampler;
+pub mod scheduler;
 
 pub use generate::{generate, FinishReason, GenerateOptions, Generation};
 pub use runtime::LoadedModel;
+pub use engine::{Engine, EngineConfig, EngineStats, Finish, GenerateRequest, ModelInfo, TokenEvent, TokenOut, TopLogprob, Usage};
 
 /// Errors from the engine.
 #[derive(Debug, thiserror::Error)]

@@ -205,8 +205,11 @@ impl Scheduler {
 
         // 2. Admit waiting sequences in arrival order while blocks and budget allow,
         //    unless this step already had to preempt.
-        while batch.preempted.is_empty() && budget > 0 && self.running.len() < self.cfg.max_running {
-            let Some(mut seq) = self.waiting.pop_front() else { break };
+        while batch.preempted.is_empty() && budget > 0 && self.running.len() < self.cfg.max_running
+        {
+            let Some(mut seq) = self.waiting.pop_front() else {
+                break;
+            };
             let (blocks, cached) = kv.start_sequence(&seq.tokens);
             seq.blocks = blocks;
             seq.computed = cached;
@@ -256,14 +259,21 @@ mod tests {
     use super::*;
 
     /// A fake model: the next token is the last one plus one.
-    fn run_to_completion(sched: &mut Scheduler, kv: &mut KvBlockManager, max_new: usize) -> (Vec<(SeqId, Vec<u32>)>, usize) {
+    fn run_to_completion(
+        sched: &mut Scheduler,
+        kv: &mut KvBlockManager,
+        max_new: usize,
+    ) -> (Vec<(SeqId, Vec<u32>)>, usize) {
         let mut done = Vec::new();
         let mut steps = 0;
         while !sched.is_idle() {
             steps += 1;
             assert!(steps < 10_000, "scheduler made no progress");
             let batch = sched.step(kv);
-            assert!(!batch.is_empty() || !batch.preempted.is_empty(), "empty step while busy");
+            assert!(
+                !batch.is_empty() || !batch.preempted.is_empty(),
+                "empty step while busy"
+            );
             sched.commit(&batch, kv);
             let mut finished = Vec::new();
             for c in &batch.chunks {
@@ -287,7 +297,10 @@ mod tests {
     #[test]
     fn mixes_decode_and_chunked_prefill_under_budget() {
         let mut kv = KvBlockManager::new(4, &[None], &[64], false);
-        let mut s = Scheduler::new(SchedulerConfig { max_batch_tokens: 8, max_running: 8 });
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_batch_tokens: 8,
+            max_running: 8,
+        });
         s.add(SchedSeq::new(1, vec![10; 3]));
         s.add(SchedSeq::new(2, vec![20; 12]));
         let b = s.step(&mut kv);
@@ -298,14 +311,20 @@ mod tests {
         s.running_mut()[0].tokens.push(11);
         let b = s.step(&mut kv);
         assert_eq!(b.tokens(), 8);
-        assert_eq!((b.chunks[0].len, b.chunks[1].start, b.chunks[1].len), (1, 5, 7));
+        assert_eq!(
+            (b.chunks[0].len, b.chunks[1].start, b.chunks[1].len),
+            (1, 5, 7)
+        );
         assert!(b.chunks[1].sample);
     }
 
     #[test]
     fn admits_first_come_first_served() {
         let mut kv = KvBlockManager::new(4, &[None], &[64], false);
-        let mut s = Scheduler::new(SchedulerConfig { max_batch_tokens: 4, max_running: 8 });
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_batch_tokens: 4,
+            max_running: 8,
+        });
         for id in 0..3 {
             s.add(SchedSeq::new(id, vec![1; 4]));
         }
@@ -322,9 +341,15 @@ mod tests {
     fn preempts_newest_when_blocks_run_out_and_finishes_all() {
         // 10 blocks of 4 tokens; 4 sequences of 6 + 10 tokens need 16 blocks together.
         let mut kv = KvBlockManager::new(4, &[None], &[10], true);
-        let mut s = Scheduler::new(SchedulerConfig { max_batch_tokens: 64, max_running: 8 });
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_batch_tokens: 64,
+            max_running: 8,
+        });
         for id in 0..4u64 {
-            s.add(SchedSeq::new(id, (0..6).map(|i| i + 100 * id as u32).collect()));
+            s.add(SchedSeq::new(
+                id,
+                (0..6).map(|i| i + 100 * id as u32).collect(),
+            ));
         }
         let (done, _) = run_to_completion(&mut s, &mut kv, 10);
         assert_eq!(done.len(), 4);
@@ -367,7 +392,10 @@ mod tests {
     #[test]
     fn respects_max_running() {
         let mut kv = KvBlockManager::new(4, &[None], &[64], false);
-        let mut s = Scheduler::new(SchedulerConfig { max_batch_tokens: 100, max_running: 2 });
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_batch_tokens: 100,
+            max_running: 2,
+        });
         for id in 0..5 {
             s.add(SchedSeq::new(id, vec![1; 2]));
         }

@@ -1,0 +1,159 @@
+//! `hangar serve`: load a model, start the engine loop, serve the HTTP APIs until
+//! SIGTERM, then drain in-flight requests.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hangar_engine::{Engine, EngineConfig, LoadedModel};
+use hangar_serve::{AppState, ServeConfig};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 = any free port).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Kernel threads (0 = one per core).
+    #[arg(long, short = 't', default_value_t = 0)]
+    pub threads: usize,
+    /// KV cache memory, e.g. 1GiB, 512MiB or bytes (default 1GiB).
+    #[arg(long)]
+    pub kv_memory: Option<String>,
+    /// Size the KV cache to hold this many tokens across all requests instead.
+    #[arg(long, conflicts_with = "kv_memory")]
+    pub max_tokens_in_flight: Option<usize>,
+    /// Tokens per model step (decode tokens plus prefill chunks).
+    #[arg(long, default_value_t = 512)]
+    pub max_batch_tokens: usize,
+    /// Requests running at once (more wait in the queue).
+    #[arg(long, default_value_t = 64)]
+    pub max_running: usize,
+    /// Cap on prompt + generated tokens per request (default: the model's context).
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// Do not share identical prompt prefixes between requests.
+    #[arg(long)]
+    pub no_prefix_cache: bool,
+    /// Accepted API key (repeatable); requests then need `Authorization: Bearer KEY`.
+    #[arg(
+        long = "api-key",
+        env = "HANGAR_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Name clients use for the model (default: the file name without extension).
+    #[arg(long)]
+    pub model_name: Option<String>,
+}
+
+/// Parses `1GiB`, `512MiB`, `2G`, `300000000`.
+fn parse_bytes(s: &str) -> Result<usize> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num
+        .parse()
+        .with_context(|| format!("--kv-memory {s:?}: expected a size such as 1GiB or 512MiB"))?;
+    let mul: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => bail!("--kv-memory {s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB)"),
+    };
+    Ok((v * mul) as usize)
+}
+
+fn default_name(path: &Path) -> String {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("model")
+        .to_string()
+}
+
+pub fn run_serve(args: ServeArgs, model_path: PathBuf) -> Result<()> {
+    let mut cfg = EngineConfig {
+        block_size: args.block_size,
+        max_tokens_in_flight: args.max_tokens_in_flight,
+        max_batch_tokens: args.max_batch_tokens,
+        max_running: args.max_running,
+        max_model_len: args.max_model_len,
+        prefix_caching: !args.no_prefix_cache,
+        ..EngineConfig::default()
+    };
+    if let Some(m) = &args.kv_memory {
+        cfg.kv_memory_bytes = parse_bytes(m)?;
+    }
+    let keys: Vec<String> = args
+        .api_keys
+        .iter()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    let t0 = Instant::now();
+    let lm = LoadedModel::load(&model_path, args.threads)
+        .with_context(|| format!("loading {}", model_path.display()))?;
+    let threads = lm.pool.n_threads();
+    let engine = Engine::start(lm, cfg).context("starting the engine")?;
+    let info = engine.info().clone();
+    let name = args
+        .model_name
+        .clone()
+        .unwrap_or_else(|| default_name(&model_path));
+    eprintln!(
+        "hangar serve: {} loaded in {:.2}s as {name:?} ({} threads); KV cache {} MiB in blocks of {} tokens {:?}, max context {} tokens{}",
+        model_path.display(),
+        t0.elapsed().as_secs_f64(),
+        threads,
+        info.kv_bytes >> 20,
+        info.kv_block_size,
+        info.kv_blocks,
+        info.max_model_len,
+        if keys.is_empty() { "" } else { "; API keys required" },
+    );
+    let state = AppState::new(
+        engine,
+        ServeConfig {
+            model_name: name,
+            api_keys: keys,
+            max_body_bytes: args.max_body_bytes,
+        },
+    );
+    let addr = format!("{}:{}", args.host, args.port);
+    hangar_serve::serve_blocking(state, &addr, |a| {
+        eprintln!("hangar serve: listening on http://{a}")
+    })
+    .with_context(|| format!("serving on {addr}"))?;
+    eprintln!("hangar serve: stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_memory_sizes() {
+        assert_eq!(parse_bytes("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("1000").unwrap(), 1000);
+        assert_eq!(parse_bytes("2G").unwrap(), 2_000_000_000);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("1XB").is_err());
+    }
+}

@@ -1,0 +1,269 @@
+//! Prometheus metrics: request counters by route and status, latency histograms
+//! (time to first token, inter-token, end to end), token counters, and the engine's
+//! gauges (queue, running, KV blocks, prefix cache, preemptions) in text format.
+//!
+//! Lock-free on the token path (atomics); the per-route counter map takes a lock once
+//! per request.
+
+use hangar_engine::EngineStats;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// A histogram with fixed upper bounds (seconds).
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    /// Sum in microseconds.
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+const LATENCY_BOUNDS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+const ITL_BOUNDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
+];
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, secs: f64) {
+        if let Some(i) = self.bounds.iter().position(|&b| secs <= b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_us
+            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cum = 0;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cum += c.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// All server-side metrics.
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    pub ttft: Histogram,
+    pub itl: Histogram,
+    pub e2e: Histogram,
+    pub prompt_tokens: AtomicU64,
+    pub generation_tokens: AtomicU64,
+    /// Streams the client left before they finished.
+    pub cancelled: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Mutex::new(BTreeMap::new()),
+            ttft: Histogram::new(LATENCY_BOUNDS),
+            itl: Histogram::new(ITL_BOUNDS),
+            e2e: Histogram::new(LATENCY_BOUNDS),
+            prompt_tokens: AtomicU64::new(0),
+            generation_tokens: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+        }
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// Counts one answered request.
+    pub fn request(&self, route: &str, status: u16) {
+        if let Ok(mut m) = self.requests.lock() {
+            *m.entry((route.to_string(), status)).or_insert(0) += 1;
+        }
+    }
+
+    /// Prometheus text exposition of everything, with the engine's current stats.
+    pub fn render(&self, model: &str, e: &EngineStats) -> String {
+        let mut out = String::with_capacity(8192);
+        out.push_str("# HELP hangar_requests_total HTTP requests answered, by route and status.\n# TYPE hangar_requests_total counter\n");
+        if let Ok(m) = self.requests.lock() {
+            for ((route, status), n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "hangar_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                    escape(route)
+                );
+            }
+        }
+        let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{model=\"{}\"}} {v}",
+                escape(model)
+            );
+        };
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{model=\"{}\"}} {v}",
+                escape(model)
+            );
+        };
+        gauge(
+            &mut out,
+            "hangar_queue_depth",
+            "Requests waiting for admission.",
+            e.waiting as f64,
+        );
+        gauge(
+            &mut out,
+            "hangar_running_sequences",
+            "Sequences in the running batch.",
+            e.running as f64,
+        );
+        let total = e.kv_blocks_total();
+        let used = e.kv_blocks_used();
+        gauge(
+            &mut out,
+            "hangar_kv_blocks_total",
+            "KV cache blocks, all layer groups.",
+            total as f64,
+        );
+        gauge(
+            &mut out,
+            "hangar_kv_blocks_used",
+            "KV cache blocks held by sequences.",
+            used as f64,
+        );
+        gauge(
+            &mut out,
+            "hangar_kv_blocks_free",
+            "KV cache blocks not held by any sequence (free or cached).",
+            (total - used) as f64,
+        );
+        gauge(
+            &mut out,
+            "hangar_kv_blocks_cached",
+            "Unreferenced KV blocks kept for prefix reuse.",
+            e.kv.iter().map(|u| u.cached).sum::<usize>() as f64,
+        );
+        gauge(
+            &mut out,
+            "hangar_kv_usage_ratio",
+            "Fraction of KV blocks held by sequences.",
+            if total == 0 {
+                0.0
+            } else {
+                used as f64 / total as f64
+            },
+        );
+        counter(
+            &mut out,
+            "hangar_prefix_cache_queries_total",
+            "Prompt tokens looked up in the prefix cache.",
+            e.prefix_queried_tokens,
+        );
+        counter(
+            &mut out,
+            "hangar_prefix_cache_hits_total",
+            "Prompt tokens served from the prefix cache.",
+            e.prefix_hit_tokens,
+        );
+        gauge(
+            &mut out,
+            "hangar_prefix_cache_hit_rate",
+            "Prefix cache hits / queries, in tokens.",
+            e.prefix_hit_rate(),
+        );
+        counter(
+            &mut out,
+            "hangar_preemptions_total",
+            "Sequences preempted (blocks freed, recomputed later).",
+            e.preemptions,
+        );
+        counter(
+            &mut out,
+            "hangar_engine_steps_total",
+            "Model steps run by the engine loop.",
+            e.steps,
+        );
+        counter(
+            &mut out,
+            "hangar_prompt_tokens_total",
+            "Prompt tokens of finished requests.",
+            self.prompt_tokens.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "hangar_generation_tokens_total",
+            "Tokens generated.",
+            self.generation_tokens.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "hangar_cancelled_requests_total",
+            "Requests whose client went away before the end.",
+            self.cancelled.load(Ordering::Relaxed),
+        );
+        self.ttft.render(
+            &mut out,
+            "hangar_time_to_first_token_seconds",
+            "Time from request to its first generated token.",
+        );
+        self.itl.render(
+            &mut out,
+            "hangar_inter_token_latency_seconds",
+            "Time between consecutive tokens of a request.",
+        );
+        self.e2e.render(
+            &mut out,
+            "hangar_e2e_request_latency_seconds",
+            "Time from request to its last token.",
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        m.ttft.observe(0.004);
+        m.ttft.observe(0.2);
+        m.ttft.observe(100.0);
+        m.request("/v1/completions", 200);
+        m.request("/v1/completions", 200);
+        let text = m.render("x", &EngineStats::default());
+        assert!(text.contains("hangar_time_to_first_token_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("hangar_time_to_first_token_seconds_bucket{le=\"0.2\"} 2"));
+        assert!(text.contains("hangar_time_to_first_token_seconds_bucket{le=\"+Inf\"} 3"));
+        assert!(text.contains("hangar_requests_total{route=\"/v1/completions\",status=\"200\"} 2"));
+        assert!(text.contains("hangar_kv_blocks_free{model=\"x\"} 0"));
+    }
+}
