@@ -443,7 +443,15 @@ impl Registry {
                 chunks.push((hash.clone(), c.data.len() as u32));
                 if seen.insert(hash.clone()) {
                     let in_db = known.exists([&hash])?;
-                    if !in_db && !store.has(&hash)? {
+                    // A chunk the database does not know was left by a killed import:
+                    // reuse it only if its bytes still hash to its name.
+                    let reusable = !in_db
+                        && store.has(&hash)?
+                        && store
+                            .get(&hash)
+                            .map(|b| hex::encode(Sha256::digest(&b)) == hash)
+                            .unwrap_or(false);
+                    if !in_db && !reusable {
                         new_bytes += c.data.len() as u64;
                         new_chunks += 1;
                         if tx.send((hash, c.data)).is_err() {
