@@ -496,7 +496,9 @@ impl EngineLoop {
         let mut live: HashMap<SeqId, Live> = HashMap::new();
         let mut ws = Workspace::default();
         let mut logits = Vec::new();
-        let mut finished: Vec<SeqId> = Vec::new();
+        // Finished sequences and their last event, sent once their blocks are freed.
+        let mut finished: Vec<(SeqId, Option<TokenEvent>)> = Vec::new();
+        let mut outbox: Vec<(UnboundedSender<TokenEvent>, TokenEvent)> = Vec::new();
         'outer: loop {
             // Commands: block while idle, else take what is queued.
             if self.sched.is_idle() {
@@ -602,19 +604,27 @@ impl EngineLoop {
                 let r = &mut logits[row * vocab..(row + 1) * vocab];
                 row += 1;
                 let Some(l) = live.get_mut(&c.id) else {
-                    finished.push(c.id);
+                    finished.push((c.id, None));
                     continue;
                 };
-                if sample_one(l, seq, r, tok, self.max_model_len) {
-                    finished.push(c.id);
-                }
                 self.stats.generated.fetch_add(1, Ordering::Relaxed);
+                match sample_one(l, seq, r, tok, self.max_model_len) {
+                    Step::Continue => {}
+                    Step::Finished(ev) => finished.push((c.id, ev)),
+                }
             }
-            for id in finished.drain(..) {
-                live.remove(&id);
+            for (id, ev) in finished.drain(..) {
+                let l = live.remove(&id);
                 self.sched.finish(id, &mut self.kvm);
+                if let (Some(l), Some(ev)) = (l, ev) {
+                    outbox.push((l.tx, ev));
+                }
             }
+            // Publish first, so a client that sees the end also sees its blocks freed.
             self.publish_stats();
+            for (tx, ev) in outbox.drain(..) {
+                let _ = tx.send(ev);
+            }
         }
         // Shutting down: tell whoever still listens.
         for (_, l) in live.drain() {
@@ -688,15 +698,21 @@ impl EngineLoop {
     }
 }
 
-/// Samples the next token of `seq`, appends it and sends its events. Returns whether
-/// the request is finished (or its receiver is gone).
+/// What happened to a sequence after sampling.
+enum Step {
+    Continue,
+    /// Finished (or its receiver is gone), with the final event to send.
+    Finished(Option<TokenEvent>),
+}
+
+/// Samples the next token of `seq`, appends it and sends its token event.
 fn sample_one(
     l: &mut Live,
     seq: &mut SchedSeq,
     logits: &mut [f32],
     tok: &Tokenizer,
     max_model_len: usize,
-) -> bool {
+) -> Step {
     let want = l.logprobs;
     let s = l.sampler.sample(logits, &seq.tokens);
     seq.tokens.push(s.id);
@@ -730,14 +746,14 @@ fn sample_one(
         top_logprobs,
     };
     if l.tx.send(TokenEvent::Token(out)).is_err() {
-        return true;
+        return Step::Finished(None);
     }
     let finish = if stopped {
         Finish::Stop
     } else if generated >= l.max_tokens || seq.tokens.len() >= max_model_len {
         Finish::Length
     } else {
-        return false;
+        return Step::Continue;
     };
     let text = if stopped {
         String::new()
@@ -749,10 +765,9 @@ fn sample_one(
         completion_tokens: generated,
         cached_tokens: seq.cached_tokens,
     };
-    let _ = l.tx.send(TokenEvent::Done {
+    Step::Finished(Some(TokenEvent::Done {
         finish,
         usage,
         text,
-    });
-    true
+    }))
 }
