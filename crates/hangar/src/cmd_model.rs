@@ -11,9 +11,13 @@ use std::time::Instant;
 
 #[derive(Args, Debug)]
 pub struct ModelArgs {
-    /// GGUF model file (default: $HANGAR_MODEL, else the cached default model).
+    /// GGUF file or registry model (name, name@3, name@production); default:
+    /// $HANGAR_MODEL, else the registry's default model, else the cached default file.
     #[arg(long, short = 'm')]
-    pub model: Option<PathBuf>,
+    pub model: Option<String>,
+    /// Set from the global --home.
+    #[arg(skip)]
+    pub home: Option<PathBuf>,
     /// Kernel threads (0 = one per core).
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
@@ -21,7 +25,7 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     fn load(&self) -> Result<(LoadedModel, PathBuf, f64)> {
-        let path = model_path::resolve(self.model.clone())?;
+        let path = model_path::resolve(self.model.as_deref(), self.home.clone())?;
         let t0 = Instant::now();
         let lm = LoadedModel::load(&path, self.threads)
             .with_context(|| format!("loading {}", path.display()))?;

@@ -3,6 +3,7 @@
 
 mod cmd_model;
 mod cmd_plan;
+mod cmd_registry;
 mod model_path;
 
 use clap::{Parser, Subcommand};
@@ -11,6 +12,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "hangar", version, about, long_about = None)]
 struct Cli {
+    /// Hangar home: registry database and chunks (default ~/.local/share/hangar).
+    #[arg(long, global = true, env = "HANGAR_HOME")]
+    home: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -31,18 +35,38 @@ enum Cmd {
     Profile(cmd_plan::ProfileArgs),
     /// Token counts per input (--compare: five languages).
     Tokens(cmd_plan::TokensArgs),
+    /// The model registry: import, list, promote, export, gc, tokens...
+    #[command(subcommand)]
+    Registry(cmd_registry::RegistryCmd),
+    /// Download a model into the registry (`default`, or hf://org/repo[/file]).
+    Pull(cmd_registry::PullArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
+    let home = cli.home.clone();
     let result = match cli.cmd {
-        Cmd::Generate(a) => cmd_model::generate(a),
-        Cmd::Bench(a) => cmd_model::bench(a),
-        Cmd::Perplexity(a) => cmd_model::perplexity(a),
-        Cmd::Tokenize(a) => cmd_model::tokenize(a),
+        Cmd::Generate(mut a) => {
+            a.model.home = home;
+            cmd_model::generate(a)
+        }
+        Cmd::Bench(mut a) => {
+            a.model.home = home;
+            cmd_model::bench(a)
+        }
+        Cmd::Perplexity(mut a) => {
+            a.model.home = home;
+            cmd_model::perplexity(a)
+        }
+        Cmd::Tokenize(mut a) => {
+            a.model.home = home;
+            cmd_model::tokenize(a)
+        }
         Cmd::Plan(a) => cmd_plan::run_plan(a),
         Cmd::Profile(a) => cmd_plan::run_profile(a),
         Cmd::Tokens(a) => cmd_plan::run_tokens(a),
+        Cmd::Registry(c) => cmd_registry::run_registry(c, cli.home),
+        Cmd::Pull(a) => cmd_registry::run_pull(a, cli.home),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

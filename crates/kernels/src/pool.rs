@@ -8,6 +8,7 @@ use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 type Job<'a> = &'a (dyn Fn(usize, usize) + Sync);
 
@@ -37,7 +38,45 @@ pub struct ThreadPool {
     lock: Mutex<()>,
 }
 
-const SPIN_ITERS: usize = 200_000;
+/// Busy-wait this long for the next job or for workers to finish (a decode step's
+/// regions are microseconds apart)...
+const SPIN: Duration = Duration::from_micros(50);
+/// ...then yield the core to other runnable threads for this long before a worker
+/// parks. Yielding keeps a contended machine (a server's HTTP threads, other
+/// processes) from being starved by our waiting.
+const YIELD: Duration = Duration::from_millis(3);
+
+/// A waiting strategy: spin, then yield, then report that it is time to sleep.
+struct Backoff {
+    start: Option<Instant>,
+    iters: u32,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { start: None, iters: 0 }
+    }
+    /// Waits a little; returns `false` once the caller should park instead.
+    #[inline]
+    fn snooze(&mut self) -> bool {
+        self.iters = self.iters.wrapping_add(1);
+        if self.iters % 64 != 0 {
+            std::hint::spin_loop();
+            return true;
+        }
+        let start = *self.start.get_or_insert_with(Instant::now);
+        let waited = start.elapsed();
+        if waited < SPIN {
+            std::hint::spin_loop();
+            true
+        } else if waited < SPIN + YIELD {
+            std::thread::yield_now();
+            true
+        } else {
+            false
+        }
+    }
+}
 
 impl ThreadPool {
     /// A pool of `n_threads` in total (the caller counts as one).
@@ -95,12 +134,9 @@ impl ThreadPool {
             }
         }
         f(0, n);
-        let mut spins = 0usize;
+        let mut backoff = Backoff::new();
         while self.shared.pending.load(Ordering::Acquire) != 0 {
-            spins += 1;
-            if spins < SPIN_ITERS {
-                std::hint::spin_loop();
-            } else {
+            if !backoff.snooze() {
                 std::thread::yield_now();
             }
         }
@@ -137,7 +173,7 @@ impl ThreadPool {
 fn worker(s: Arc<Shared>, tid: usize) {
     let mut seen = 0usize;
     loop {
-        let mut spins = 0usize;
+        let mut backoff = Backoff::new();
         loop {
             let g = s.generation.load(Ordering::Acquire);
             if g != seen {
@@ -147,10 +183,7 @@ fn worker(s: Arc<Shared>, tid: usize) {
             if s.shutdown.load(Ordering::Acquire) {
                 return;
             }
-            spins += 1;
-            if spins < SPIN_ITERS {
-                std::hint::spin_loop();
-            } else {
+            if !backoff.snooze() {
                 let mut sleepers = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
                 *sleepers += 1;
                 while s.generation.load(Ordering::Acquire) == seen
@@ -159,7 +192,7 @@ fn worker(s: Arc<Shared>, tid: usize) {
                     sleepers = s.wake.wait(sleepers).unwrap_or_else(|e| e.into_inner());
                 }
                 *sleepers -= 1;
-                spins = 0;
+                backoff = Backoff::new();
             }
         }
         // SAFETY: the owner published the job before bumping the generation and keeps it
