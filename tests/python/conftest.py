@@ -1,0 +1,134 @@
+"""Shared fixtures: start a real `hangar serve` on a free port and talk to it over
+the socket. The binary comes from $HANGAR_BIN (default target/release/hangar), the
+model from $HANGAR_MODEL (default: scripts/fetch-default-model.sh)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_NAME = "gemma-3-270m"
+START_TIMEOUT_S = 180
+
+
+def hangar_bin() -> str:
+    return os.environ.get("HANGAR_BIN") or str(ROOT / "target" / "release" / "hangar")
+
+
+def model_path() -> str:
+    p = os.environ.get("HANGAR_MODEL")
+    if p:
+        return p
+    out = subprocess.check_output(["bash", str(ROOT / "scripts" / "fetch-default-model.sh")])
+    return out.decode().strip()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method, url, body=None, headers=None, timeout=120):
+    """(status, headers, body bytes) without raising on 4xx/5xx."""
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+class Server:
+    def __init__(self, *extra_args, env=None):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.NamedTemporaryFile(prefix="hangar-serve-", suffix=".log", delete=False)
+        cmd = [
+            hangar_bin(), "serve", "--model", model_path(),
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--threads", "2", "--model-name", MODEL_NAME, *extra_args,
+        ]
+        full_env = dict(os.environ)
+        full_env.pop("HANGAR_API_KEYS", None)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
+        deadline = time.time() + START_TIMEOUT_S
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hangar serve exited with {self.proc.returncode}:\n{self.read_log()}")
+            try:
+                status, _, _ = http("GET", self.base + "/v2/health/ready", timeout=2)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"hangar serve did not become ready:\n{self.read_log()}")
+
+    def read_log(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def metrics(self) -> dict:
+        """Un-bucketed samples by metric name (labels dropped; first sample wins)."""
+        _, _, body = http("GET", self.base + "/metrics")
+        out = {}
+        for line in body.decode().splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name_labels, value = line.rsplit(" ", 1)
+            name = name_labels.split("{", 1)[0]
+            out.setdefault(name, float(value))
+        return out
+
+    def wait_metric(self, name, want, timeout=30.0):
+        deadline = time.time() + timeout
+        while True:
+            v = self.metrics().get(name)
+            if v == want:
+                return
+            if time.time() > deadline:
+                raise AssertionError(f"{name} is {v}, expected {want}")
+            time.sleep(0.05)
+
+    def post_json(self, path, obj, headers=None):
+        h = {"content-type": "application/json", **(headers or {})}
+        status, hdrs, body = http("POST", self.base + path, json.dumps(obj).encode(), h)
+        return status, json.loads(body) if body else None
+
+    def stop(self, timeout=60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def server():
+    s = Server()
+    yield s
+    s.stop()
+
+
+def hangar_generate(prompt, max_tokens, chat=False):
+    """Greedy text from `hangar generate` (the single-sequence CLI path)."""
+    cmd = [hangar_bin(), "generate", "--model", model_path(), "--threads", "2",
+           "-p", prompt, "-n", str(max_tokens), "--temperature", "0", "--json"]
+    if chat:
+        cmd.append("--chat")
+    out = subprocess.run(cmd, check=True, capture_output=True, timeout=300).stdout
+    return json.loads(out)["text"]
