@@ -5,6 +5,7 @@
 //! Knows tensor element types and shapes only; nothing about models or requests.
 //! Every SIMD path has a scalar twin that the tests compare against.
 
+pub mod attention;
 pub mod cpu;
 pub mod matmul;
 pub mod ops;

@@ -10,6 +10,7 @@ use crate::config::Activation;
 use crate::kv::{KvCache, NO_BLOCK};
 use crate::weights::{Model, Weight};
 use crate::ModelError;
+use hangar_kernels::attention::{attend, PagedKv};
 use hangar_kernels::ops::{self, RopeTable};
 use hangar_kernels::quants;
 use hangar_kernels::{matmul, matmul_quantized, quantize_activations, ThreadPool};
@@ -350,6 +351,7 @@ impl Model {
         let g = kv.group_of_layer(li);
         let (kc, vc) = kv.layer_kv(li);
         let scale = cfg.attn_scale;
+        let bs = kv.block_size();
         let max_ctx = ws.tok_seq.iter().map(|&(_, p)| p + 1).max().unwrap_or(0);
         let n_threads = pool.n_threads();
         if ws.scores.len() < n_threads {
@@ -393,27 +395,17 @@ impl Model {
                     )
                 };
                 let qh = &q[t * qd + kh * group * hd..t * qd + (kh + 1) * group * hd];
-                for j in 0..n {
-                    let off = kv.offset(table, lo + j) + kh * hd;
-                    let key = &kc[off..off + hd];
-                    for h in 0..group {
-                        scores[h * n + j] = ops::dot_f32(&qh[h * hd..(h + 1) * hd], key) * scale;
-                    }
-                }
-                out.fill(0.0);
-                for h in 0..group {
-                    ops::softmax_inplace(&mut scores[h * n..(h + 1) * n]);
-                }
-                for j in 0..n {
-                    let off = kv.offset(table, lo + j) + kh * hd;
-                    let val = &vc[off..off + hd];
-                    for h in 0..group {
-                        ops::axpy_f32(scores[h * n + j], val, &mut out[h * hd..(h + 1) * hd]);
-                    }
-                }
+                let paged = PagedKv {
+                    k: kc,
+                    v: vc,
+                    table,
+                    block_size: bs,
+                    row_stride: kvd,
+                    head_offset: kh * hd,
+                };
+                attend(&paged, qh, group, hd, lo, pos + 1, scale, scores, out);
             }
         });
-        let _ = kvd;
     }
 
     fn validate(&self, seqs: &[SeqInput], kv: &KvCache) -> Result<(), ModelError> {
