@@ -53,7 +53,7 @@ pub fn attend(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::cpu::simd_level() >= crate::SimdLevel::Avx512Vnni && head_dim % 64 == 0 {
+        if crate::cpu::simd_level() >= crate::SimdLevel::Avx512Vnni && head_dim.is_multiple_of(64) {
             // SAFETY: AVX-512F presence checked; all offsets are within the slices
             // (table entries were validated by the caller, asserted sizes above).
             unsafe {
@@ -109,6 +109,7 @@ pub fn attend_scalar(
 }
 
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)]
 mod avx512 {
     use super::PagedKv;
     use crate::ops::exp_fast;

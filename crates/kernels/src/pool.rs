@@ -54,13 +54,16 @@ struct Backoff {
 
 impl Backoff {
     fn new() -> Self {
-        Backoff { start: None, iters: 0 }
+        Backoff {
+            start: None,
+            iters: 0,
+        }
     }
     /// Waits a little; returns `false` once the caller should park instead.
     #[inline]
     fn snooze(&mut self) -> bool {
         self.iters = self.iters.wrapping_add(1);
-        if self.iters % 64 != 0 {
+        if !self.iters.is_multiple_of(64) {
             std::hint::spin_loop();
             return true;
         }
