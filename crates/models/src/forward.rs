@@ -39,6 +39,23 @@ pub struct SeqInput<'a> {
     pub logits: LogitsWanted,
 }
 
+/// Where an observer sees activations: the input rows of a layer's matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tap {
+    /// Input of attn_q / attn_k / attn_v (after the attention norm).
+    AttnIn,
+    /// Input of attn_output (attention result).
+    AttnOutIn,
+    /// Input of ffn_gate / ffn_up (after the FFN norm).
+    FfnIn,
+    /// Input of ffn_down (gated activation).
+    FfnDownIn,
+}
+
+/// Receives `(layer, tap, rows, width)`: `rows` holds `rows.len() / width` activation
+/// rows (one per token of the batch). Used for importance statistics (imatrix, Wanda).
+pub type Observer<'a> = &'a mut dyn FnMut(usize, Tap, &[f32], usize);
+
 /// Reusable scratch buffers for [`Model::forward`].
 #[derive(Default)]
 pub struct Workspace {
@@ -90,6 +107,20 @@ impl Model {
         kv: &mut KvCache,
         ws: &mut Workspace,
         logits: &mut Vec<f32>,
+    ) -> Result<usize, ModelError> {
+        self.forward_observed(pool, seqs, kv, ws, logits, None)
+    }
+
+    /// As [`Model::forward`], showing the input activations of every layer's matrices
+    /// to `observer`.
+    pub fn forward_observed(
+        &self,
+        pool: &ThreadPool,
+        seqs: &[SeqInput],
+        kv: &mut KvCache,
+        ws: &mut Workspace,
+        logits: &mut Vec<f32>,
+        mut observer: Option<Observer>,
     ) -> Result<usize, ModelError> {
         let cfg = &self.cfg;
         self.validate(seqs, kv)?;
@@ -159,6 +190,9 @@ impl Model {
                     &mut ws.h[t * d..(t + 1) * d],
                 );
             }
+            if let Some(obs) = observer.as_mut() {
+                obs(li, Tap::AttnIn, &ws.h, d);
+            }
             self.project_shared(
                 pool,
                 &mut [
@@ -215,6 +249,9 @@ impl Model {
                 }
             }
             self.attention(pool, li, seqs, kv, ws, t_total);
+            if let Some(obs) = observer.as_mut() {
+                obs(li, Tap::AttnOutIn, &ws.attn, qd);
+            }
             matmul(
                 pool,
                 &self.mat(&layer.wo),
@@ -240,6 +277,9 @@ impl Model {
                     &mut ws.h[t * d..(t + 1) * d],
                 );
             }
+            if let Some(obs) = observer.as_mut() {
+                obs(li, Tap::FfnIn, &ws.h, d);
+            }
             self.project_shared(
                 pool,
                 &mut [(&layer.gate, &mut ws.gate), (&layer.up, &mut ws.up)],
@@ -249,6 +289,9 @@ impl Model {
                 &mut ws.act2,
             );
             gated_activation(pool, cfg.activation, &mut ws.gate, &ws.up);
+            if let Some(obs) = observer.as_mut() {
+                obs(li, Tap::FfnDownIn, &ws.gate, ff);
+            }
             matmul(
                 pool,
                 &self.mat(&layer.down),

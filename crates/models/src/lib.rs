@@ -10,7 +10,7 @@ pub mod kv;
 pub mod weights;
 
 pub use config::{Activation, Arch, ModelConfig};
-pub use forward::{LogitsWanted, SeqInput, Workspace};
+pub use forward::{LogitsWanted, Observer, SeqInput, Tap, Workspace};
 pub use kv::KvCache;
 pub use weights::Model;
 

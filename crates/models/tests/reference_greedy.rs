@@ -201,3 +201,34 @@ fn bad_token_and_short_block_table_are_errors() {
         .forward(&pool, &[seq], &mut kv, &mut ws, &mut logits)
         .is_err());
 }
+
+#[test]
+fn observer_sees_every_matrix_input_of_every_layer() {
+    let model = Model::load(default_model()).unwrap();
+    let pool = ThreadPool::new(2);
+    let mut kv = KvCache::for_single_sequence(&model.cfg, 16, 16);
+    let table: Vec<u32> = vec![0];
+    let tables: Vec<&[u32]> = vec![&table; kv.n_groups()];
+    let mut ws = Workspace::default();
+    let mut logits = Vec::new();
+    let toks = [2u32, 818, 3823];
+    let seq = SeqInput {
+        tokens: &toks,
+        start_pos: 0,
+        block_tables: &tables,
+        logits: LogitsWanted::Last,
+    };
+    let mut seen = Vec::new();
+    let mut obs = |layer: usize, tap: hangar_models::Tap, rows: &[f32], width: usize| {
+        assert_eq!(rows.len(), 3 * width);
+        assert!(rows.iter().all(|v| v.is_finite()));
+        seen.push((layer, tap, width));
+    };
+    model
+        .forward_observed(&pool, &[seq], &mut kv, &mut ws, &mut logits, Some(&mut obs))
+        .unwrap();
+    let cfg = &model.cfg;
+    assert_eq!(seen.len(), 4 * cfg.n_layers);
+    assert_eq!(seen[0], (0, hangar_models::Tap::AttnIn, cfg.d_model));
+    assert_eq!(seen[3], (0, hangar_models::Tap::FfnDownIn, cfg.ffn_dim));
+}
