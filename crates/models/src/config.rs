@@ -88,10 +88,11 @@ impl ModelConfig {
             }
         }
         let ffn_dim = f.get_usize(&k("feed_forward_length"))?;
-        let vocab_size = match f.get_usize(&k("vocab_size")) {
-            Ok(v) => v,
-            Err(_) => f.get_str_array("tokenizer.ggml.tokens")?.len(),
-        };
+        // The embedding's row count is authoritative (set when weights load).
+        let vocab_size = f
+            .get_usize(&k("vocab_size"))
+            .or_else(|_| f.get_str_array("tokenizer.ggml.tokens").map(|t| t.len()))
+            .unwrap_or(0);
         let ctx_len = f.get_usize(&k("context_length")).unwrap_or(4096);
         let rms_eps = f
             .get_f32(&k("attention.layer_norm_rms_epsilon"))
