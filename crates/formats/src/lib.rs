@@ -7,6 +7,8 @@
 
 pub mod dtype;
 pub mod gguf;
+pub mod gguf_write;
 
 pub use dtype::GgmlType;
 pub use gguf::{GgufError, GgufFile, MetaValue, TensorInfo};
+pub use gguf_write::{GgufFileWriter, GgufHeader, GgufWriteError, GgufWriter, TensorSpec};
