@@ -8,8 +8,8 @@
 use crate::chat::{ChatError, ChatMessage, ChatTemplate};
 use crate::kv_manager::{BlockUsage, KvBlockManager};
 use crate::runtime::LoadedModel;
-use crate::sampler::{Sampler, SamplingParams, StopMatcher};
-use crate::scheduler::{SchedSeq, Scheduler, SchedulerConfig, SeqId};
+use crate::sampler::{SampledToken, Sampler, SamplingParams, StopMatcher};
+use crate::scheduler::{Batch, SchedSeq, Scheduler, SchedulerConfig, SeqId};
 use crate::EngineError;
 use hangar_kernels::ThreadPool;
 use hangar_models::kv::KvLayout;
@@ -18,7 +18,7 @@ use hangar_tokenizer::{IncrementalDecoder, Tokenizer};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -588,9 +588,8 @@ impl EngineLoop {
             }
             self.sched.commit(&batch, &mut self.kvm);
             self.stats.steps.fetch_add(1, Ordering::Relaxed);
-            let vocab = self.model.cfg.vocab_size;
-            let mut row = 0;
-            for c in &batch.chunks {
+            let sampled = self.sample_rows(&batch, &mut live, &mut logits);
+            for (c, s) in batch.chunks.iter().zip(sampled) {
                 let seq = &mut self.sched.running_mut()[c.slot];
                 if c.start < seq.prompt_len {
                     let n = (c.start + c.len).min(seq.prompt_len) - c.start;
@@ -601,14 +600,12 @@ impl EngineLoop {
                 if !c.sample {
                     continue;
                 }
-                let r = &mut logits[row * vocab..(row + 1) * vocab];
-                row += 1;
-                let Some(l) = live.get_mut(&c.id) else {
+                let (Some(l), Some(s)) = (live.get_mut(&c.id), s) else {
                     finished.push((c.id, None));
                     continue;
                 };
                 self.stats.generated.fetch_add(1, Ordering::Relaxed);
-                match sample_one(l, seq, r, tok, self.max_model_len) {
+                match accept_token(l, seq, s, tok, self.max_model_len) {
                     Step::Continue => {}
                     Step::Finished(ev) => finished.push((c.id, ev)),
                 }
@@ -680,6 +677,68 @@ impl EngineLoop {
         }
     }
 
+    /// Samples the next token of every chunk that ends its sequence, rows spread over
+    /// the kernel pool (each row is a full-vocabulary softmax). Indexed like the chunks.
+    fn sample_rows(
+        &self,
+        batch: &Batch,
+        live: &mut HashMap<SeqId, Live>,
+        logits: &mut [f32],
+    ) -> Vec<Option<SampledToken>> {
+        struct Task<'a> {
+            sampler: &'a mut Sampler,
+            logits: &'a mut [f32],
+            history: &'a [u32],
+            out: Option<SampledToken>,
+        }
+        let vocab = self.model.cfg.vocab_size;
+        let running = self.sched.running();
+        let mut rows = logits.chunks_exact_mut(vocab);
+        let mut samplers: HashMap<SeqId, &mut Sampler> = live
+            .iter_mut()
+            .map(|(id, l)| (*id, &mut l.sampler))
+            .collect();
+        let mut tasks: Vec<(usize, Mutex<Task>)> = Vec::new();
+        for (ci, c) in batch.chunks.iter().enumerate() {
+            if !c.sample {
+                continue;
+            }
+            let Some(row) = rows.next() else { break };
+            if let Some(sampler) = samplers.remove(&c.id) {
+                let task = Task {
+                    sampler,
+                    logits: row,
+                    history: &running[c.slot].tokens,
+                    out: None,
+                };
+                tasks.push((ci, Mutex::new(task)));
+            }
+        }
+        let run = |t: &Mutex<Task>| {
+            if let Ok(mut t) = t.lock() {
+                let t = &mut *t;
+                t.out = Some(t.sampler.sample(t.logits, t.history));
+            }
+        };
+        if tasks.len() == 1 {
+            run(&tasks[0].1);
+        } else if tasks.len() > 1 {
+            let next = AtomicUsize::new(0);
+            self.pool.run(|_, _| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                match tasks.get(i) {
+                    Some((_, t)) => run(t),
+                    None => break,
+                }
+            });
+        }
+        let mut out: Vec<Option<SampledToken>> = vec![None; batch.chunks.len()];
+        for (ci, t) in tasks {
+            out[ci] = t.into_inner().ok().and_then(|t| t.out);
+        }
+        out
+    }
+
     fn publish_stats(&self) {
         let s = &self.stats;
         s.waiting.store(self.sched.n_waiting(), Ordering::Relaxed);
@@ -705,16 +764,16 @@ enum Step {
     Finished(Option<TokenEvent>),
 }
 
-/// Samples the next token of `seq`, appends it and sends its token event.
-fn sample_one(
+/// Appends the sampled token to `seq`, sends its token event, and checks the stop
+/// conditions.
+fn accept_token(
     l: &mut Live,
     seq: &mut SchedSeq,
-    logits: &mut [f32],
+    s: SampledToken,
     tok: &Tokenizer,
     max_model_len: usize,
 ) -> Step {
     let want = l.logprobs;
-    let s = l.sampler.sample(logits, &seq.tokens);
     seq.tokens.push(s.id);
     let generated = seq.generated();
     let is_stop_id = l.stop_ids.contains(&s.id);
