@@ -34,6 +34,7 @@ def run(model, vocab, n_vocab, streams, max_tokens, threads, words, ban):
     cp.n_batch = max(512, streams * 64)
     cp.n_ubatch = 512
     cp.n_seq_max = streams
+    cp.kv_unified = True  # as llama-server -np N does
     cp.n_threads = threads
     cp.n_threads_batch = threads
     ctx = L.llama_init_from_model(model, cp)

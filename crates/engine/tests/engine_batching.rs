@@ -302,3 +302,35 @@ fn lone_request_matches_single_sequence_generate() {
         assert_eq!(got.tokens, want, "prompt {p:?}");
     }
 }
+
+#[test]
+fn long_prompts_past_the_sliding_window_match_generate_and_share_prefixes() {
+    let Some(path) = model_path() else { return };
+    let lm = LoadedModel::load(&path, 2).unwrap();
+    // ~1300 tokens: several prefill chunks, and well past Gemma 3's 512-token window.
+    let base = "The history of the lighthouse keepers on the northern islands is long and full of storms. ".repeat(70);
+    let a = lm.tokenizer.encode(&format!("{base}Summary:"), true, false);
+    let b = lm
+        .tokenizer
+        .encode(&format!("{base}In short,"), true, false);
+    assert!(a.len() > 1100, "prompt has {} tokens", a.len());
+    let want_a = reference(&lm, &a, 12);
+    let want_b = reference(&lm, &b, 12);
+    let engine = Engine::start(
+        LoadedModel::load(&path, 2).unwrap(),
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let got_a = collect(engine.submit(ignore_eos(a.clone(), 12)).unwrap().1);
+    assert_eq!(got_a.tokens, want_a);
+    // The second prompt shares all but its last few tokens: served from the cache,
+    // with only the window's blocks needed for the sliding-window layers.
+    let got_b = collect(engine.submit(ignore_eos(b.clone(), 12)).unwrap().1);
+    assert!(got_b.cached_tokens > 1000, "cached {}", got_b.cached_tokens);
+    assert_eq!(got_b.tokens, want_b);
+    let stats = engine.stats();
+    assert_eq!(stats.kv_blocks_used(), 0);
+    // Sliding-window blocks were released along the way: the windowed group never
+    // held more than a window plus a chunk per sequence.
+    assert!(stats.kv.len() == 2);
+}
