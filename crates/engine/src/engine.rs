@@ -16,6 +16,7 @@ use hangar_models::kv::KvLayout;
 use hangar_models::{KvCache, LogitsWanted, Model, SeqInput, Workspace};
 use hangar_tokenizer::{IncrementalDecoder, Tokenizer};
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -354,15 +355,17 @@ impl Engine {
             ..Default::default()
         });
         let (tx, rx) = mpsc::channel();
+        let sched_cfg = SchedulerConfig {
+            max_batch_tokens: cfg.max_batch_tokens,
+            max_running: cfg.max_running,
+        };
         let runner = EngineLoop {
             model,
             pool,
             kv,
             kvm,
-            sched: Scheduler::new(SchedulerConfig {
-                max_batch_tokens: cfg.max_batch_tokens,
-                max_running: cfg.max_running,
-            }),
+            sched: Scheduler::new(sched_cfg),
+            sched_cfg,
             stats: stats.clone(),
             max_model_len,
         };
@@ -433,6 +436,11 @@ impl Engine {
         Ok((id, erx))
     }
 
+    /// Whether the loop thread is still running.
+    pub fn is_alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Cancels a request; its KV blocks are freed before the next step.
     pub fn cancel(&self, id: SeqId) {
         let _ = self.tx.send(Command::Cancel(id));
@@ -487,6 +495,7 @@ struct EngineLoop {
     kv: KvCache,
     kvm: KvBlockManager,
     sched: Scheduler,
+    sched_cfg: SchedulerConfig,
     stats: Arc<SharedStats>,
     max_model_len: usize,
 }
@@ -523,104 +532,22 @@ impl EngineLoop {
                     Err(mpsc::TryRecvError::Disconnected) => break 'outer,
                 }
             }
-            // Clients that went away: free their blocks now.
-            live.retain(|&id, l| {
-                if l.tx.is_closed() {
-                    self.sched.finish(id, &mut self.kvm);
-                    false
-                } else {
-                    true
-                }
-            });
-
-            let batch = self.sched.step(&mut self.kvm);
-            if batch.is_empty() {
-                self.publish_stats();
-                if !self.sched.is_idle() {
-                    // Nothing fits right now (cannot happen with a sane pool); wait a bit.
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                continue;
-            }
-            // Run the model once over every chunk.
-            let result = {
-                let running = self.sched.running();
-                let tables: Vec<Vec<&[u32]>> = batch
-                    .chunks
-                    .iter()
-                    .map(|c| {
-                        running[c.slot]
-                            .blocks
-                            .tables
-                            .iter()
-                            .map(Vec::as_slice)
-                            .collect()
-                    })
-                    .collect();
-                let inputs: Vec<SeqInput> = batch
-                    .chunks
-                    .iter()
-                    .zip(&tables)
-                    .map(|(c, t)| SeqInput {
-                        tokens: &running[c.slot].tokens[c.start..c.start + c.len],
-                        start_pos: c.start,
-                        block_tables: t,
-                        logits: if c.sample {
-                            LogitsWanted::Last
-                        } else {
-                            LogitsWanted::None
-                        },
-                    })
-                    .collect();
-                self.model
-                    .forward(&self.pool, &inputs, &mut self.kv, &mut ws, &mut logits)
-            };
-            if let Err(e) = result {
-                for c in &batch.chunks {
-                    if let Some(l) = live.remove(&c.id) {
-                        let _ = l.tx.send(TokenEvent::Error(format!("model error: {e}")));
-                    }
-                }
-                for c in &batch.chunks {
-                    self.sched.finish(c.id, &mut self.kvm);
-                }
-                continue;
-            }
-            self.sched.commit(&batch, &mut self.kvm);
-            self.stats.steps.fetch_add(1, Ordering::Relaxed);
-            let sampled = self.sample_rows(&batch, &mut live, &mut logits);
-            for (c, s) in batch.chunks.iter().zip(sampled) {
-                let seq = &mut self.sched.running_mut()[c.slot];
-                if c.start < seq.prompt_len {
-                    let n = (c.start + c.len).min(seq.prompt_len) - c.start;
-                    self.stats
-                        .prompt_computed
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                }
-                if !c.sample {
-                    continue;
-                }
-                let (Some(l), Some(s)) = (live.get_mut(&c.id), s) else {
-                    finished.push((c.id, None));
-                    continue;
-                };
-                self.stats.generated.fetch_add(1, Ordering::Relaxed);
-                match accept_token(l, seq, s, tok, self.max_model_len) {
-                    Step::Continue => {}
-                    Step::Finished(ev) => finished.push((c.id, ev)),
-                }
-            }
-            for (id, ev) in finished.drain(..) {
-                let l = live.remove(&id);
-                self.sched.finish(id, &mut self.kvm);
-                if let (Some(l), Some(ev)) = (l, ev) {
-                    outbox.push((l.tx, ev));
-                }
-            }
-            // Publish first, so a client that sees the end also sees its blocks freed.
-            self.publish_stats();
-            for (tx, ev) in outbox.drain(..) {
-                let _ = tx.send(ev);
+            let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.step(
+                    tok,
+                    &mut live,
+                    &mut ws,
+                    &mut logits,
+                    &mut finished,
+                    &mut outbox,
+                )
+            }));
+            if step.is_err() {
+                // A bug must not take the server down: fail what was in flight, start
+                // over with empty block tables, keep serving.
+                finished.clear();
+                outbox.clear();
+                self.recover(&mut live);
             }
         }
         // Shutting down: tell whoever still listens.
@@ -628,6 +555,136 @@ impl EngineLoop {
             let _ =
                 l.tx.send(TokenEvent::Error("the engine is shutting down".into()));
         }
+    }
+
+    /// One scheduling step: drop disconnected clients, plan, run the model, sample,
+    /// emit events, free finished sequences.
+    fn step<'t>(
+        &mut self,
+        tok: &'t Tokenizer,
+        live: &mut HashMap<SeqId, Live<'t>>,
+        ws: &mut Workspace,
+        logits: &mut Vec<f32>,
+        finished: &mut Vec<(SeqId, Option<TokenEvent>)>,
+        outbox: &mut Vec<(UnboundedSender<TokenEvent>, TokenEvent)>,
+    ) {
+        // Clients that went away: free their blocks now.
+        live.retain(|&id, l| {
+            if l.tx.is_closed() {
+                self.sched.finish(id, &mut self.kvm);
+                false
+            } else {
+                true
+            }
+        });
+
+        let batch = self.sched.step(&mut self.kvm);
+        if batch.is_empty() {
+            self.publish_stats();
+            if !self.sched.is_idle() {
+                // Nothing fits right now (cannot happen with a sane pool); wait a bit.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            return;
+        }
+        // Run the model once over every chunk.
+        let result = {
+            let running = self.sched.running();
+            let tables: Vec<Vec<&[u32]>> = batch
+                .chunks
+                .iter()
+                .map(|c| {
+                    running[c.slot]
+                        .blocks
+                        .tables
+                        .iter()
+                        .map(Vec::as_slice)
+                        .collect()
+                })
+                .collect();
+            let inputs: Vec<SeqInput> = batch
+                .chunks
+                .iter()
+                .zip(&tables)
+                .map(|(c, t)| SeqInput {
+                    tokens: &running[c.slot].tokens[c.start..c.start + c.len],
+                    start_pos: c.start,
+                    block_tables: t,
+                    logits: if c.sample {
+                        LogitsWanted::Last
+                    } else {
+                        LogitsWanted::None
+                    },
+                })
+                .collect();
+            self.model
+                .forward(&self.pool, &inputs, &mut self.kv, ws, logits)
+        };
+        if let Err(e) = result {
+            for c in &batch.chunks {
+                if let Some(l) = live.remove(&c.id) {
+                    let _ = l.tx.send(TokenEvent::Error(format!("model error: {e}")));
+                }
+            }
+            for c in &batch.chunks {
+                self.sched.finish(c.id, &mut self.kvm);
+            }
+            return;
+        }
+        self.sched.commit(&batch, &mut self.kvm);
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        let sampled = self.sample_rows(&batch, live, logits);
+        for (c, s) in batch.chunks.iter().zip(sampled) {
+            let seq = &mut self.sched.running_mut()[c.slot];
+            if c.start < seq.prompt_len {
+                let n = (c.start + c.len).min(seq.prompt_len) - c.start;
+                self.stats
+                    .prompt_computed
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            if !c.sample {
+                return;
+            }
+            let (Some(l), Some(s)) = (live.get_mut(&c.id), s) else {
+                finished.push((c.id, None));
+                return;
+            };
+            self.stats.generated.fetch_add(1, Ordering::Relaxed);
+            match accept_token(l, seq, s, tok, self.max_model_len) {
+                Step::Continue => {}
+                Step::Finished(ev) => finished.push((c.id, ev)),
+            }
+        }
+        for (id, ev) in finished.drain(..) {
+            let l = live.remove(&id);
+            self.sched.finish(id, &mut self.kvm);
+            if let (Some(l), Some(ev)) = (l, ev) {
+                outbox.push((l.tx, ev));
+            }
+        }
+        // Publish first, so a client that sees the end also sees its blocks freed.
+        self.publish_stats();
+        for (tx, ev) in outbox.drain(..) {
+            let _ = tx.send(ev);
+        }
+    }
+
+    /// After a panic inside a step: every request in flight gets an error, and the
+    /// scheduler and block manager start empty (the KV memory is reused).
+    fn recover(&mut self, live: &mut HashMap<SeqId, Live>) {
+        for (_, l) in live.drain() {
+            let _ = l.tx.send(TokenEvent::Error(
+                "internal engine error; the request was dropped (the server keeps running)".into(),
+            ));
+        }
+        let preemptions = self.sched.preemptions;
+        self.sched = Scheduler::new(self.sched_cfg);
+        self.sched.preemptions = preemptions;
+        let (queried, hit) = (self.kvm.prefix_queried_tokens, self.kvm.prefix_hit_tokens);
+        self.kvm = self.kvm.emptied();
+        self.kvm.prefix_queried_tokens = queried;
+        self.kvm.prefix_hit_tokens = hit;
+        self.publish_stats();
     }
 
     /// Applies one command; `false` means shut down.

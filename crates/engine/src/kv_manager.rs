@@ -185,6 +185,12 @@ impl KvBlockManager {
     pub fn block_size(&self) -> usize {
         self.block_size
     }
+
+    /// A manager with the same pools, all blocks free and the prefix cache empty.
+    pub fn emptied(&self) -> Self {
+        let blocks: Vec<usize> = self.groups.iter().map(GroupPool::total).collect();
+        KvBlockManager::new(self.block_size, &self.windows, &blocks, self.prefix_caching)
+    }
     pub fn n_groups(&self) -> usize {
         self.groups.len()
     }

@@ -51,6 +51,9 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 2 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Requests waiting for admission beyond which new ones are refused with 503.
+    #[arg(long, default_value_t = 1024)]
+    pub max_queue: usize,
     /// Name clients use for the model (default: the file name without extension).
     #[arg(long)]
     pub model_name: Option<String>,
@@ -132,6 +135,7 @@ pub fn run_serve(args: ServeArgs, model_path: PathBuf) -> Result<()> {
             model_name: name,
             api_keys: keys,
             max_body_bytes: args.max_body_bytes,
+            max_queue: args.max_queue,
         },
     );
     let addr = format!("{}:{}", args.host, args.port);

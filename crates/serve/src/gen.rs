@@ -373,6 +373,15 @@ pub fn submit_all(
     state: &Arc<AppState>,
     reqs: Vec<GenerateRequest>,
 ) -> Result<Vec<ChoiceStream>, ApiError> {
+    if !state.engine.is_alive() {
+        return Err(ApiError::unavailable("the engine has stopped"));
+    }
+    let waiting = state.engine.stats().waiting;
+    if waiting + reqs.len() > state.cfg.max_queue {
+        return Err(ApiError::unavailable(format!(
+            "the server is overloaded ({waiting} requests waiting); retry later"
+        )));
+    }
     let start = Instant::now();
     let mut out = Vec::with_capacity(reqs.len());
     for (i, r) in reqs.into_iter().enumerate() {

@@ -39,7 +39,7 @@ pub async fn live() -> Json<Value> {
 
 /// `GET /v2/health/ready`: 503 once shutdown has begun.
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
+    if state.ready.load(Ordering::Relaxed) && state.engine.is_alive() {
         Json(json!({ "ready": true })).into_response()
     } else {
         (

@@ -44,6 +44,8 @@ pub struct ServeConfig {
     pub api_keys: Vec<String>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Requests waiting for admission beyond which new ones get 503.
+    pub max_queue: usize,
 }
 
 impl ServeConfig {
@@ -52,6 +54,7 @@ impl ServeConfig {
             model_name: model_name.into(),
             api_keys: Vec::new(),
             max_body_bytes: 2 << 20,
+            max_queue: 1024,
         }
     }
 }
