@@ -1,5 +1,9 @@
 //! Attention of one token's query heads over a paged KV cache.
 //!
+//! Numerics follow an f16 KV cache: the caller stores K/V rounded to f16 and rounds
+//! Q; the softmax probabilities are rounded to f16 before they weight V (as in an
+//! f16 matmul), accumulations stay f32.
+//!
 //! The `group` query heads that share a KV head are processed together, so each key
 //! and value row is loaded once for all of them; on AVX-512 the value accumulation
 //! stays in registers across all keys. Scores use f32 throughout (no quantization of
@@ -94,6 +98,8 @@ pub fn attend_scalar(
     for h in 0..group {
         ops::softmax_inplace(&mut scores[h * n..(h + 1) * n]);
     }
+    // The probabilities meet f16 values: round them as an f16 matmul operand is.
+    ops::round_to_f16(&mut scores[..group * n]);
     out[..group * head_dim].fill(0.0);
     for j in 0..n {
         let off = kv.offset(lo + j);
@@ -178,6 +184,7 @@ mod avx512 {
             for v in row.iter_mut() {
                 *v *= inv;
             }
+            crate::ops::round_to_f16(row);
         }
         // Values: register-resident accumulators over all keys, C columns at a time.
         const MAXC: usize = 8;

@@ -5,17 +5,24 @@
 /// `out = x / rms(x) * w` (RMSNorm; `w` already holds any `1 +` offset, as GGUF stores it).
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     debug_assert_eq!(x.len(), w.len());
-    let ss: f32 = dot_f32(x, x);
-    let scale = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    let scale = rms_scale(x, eps);
     for ((o, &xv), &wv) in out.iter_mut().zip(x).zip(w) {
         *o = xv * scale * wv;
     }
 }
 
+/// `1 / sqrt(mean(x²) + eps)`, with the squares summed in f64 as ggml does (Gemma's
+/// residual stream has large outliers; the wider sum keeps the norm exact).
+#[inline]
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
+}
+
 /// In-place RMSNorm.
 pub fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
-    let ss: f32 = dot_f32(x, x);
-    let scale = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    let scale = rms_scale(x, eps);
     for (xv, &wv) in x.iter_mut().zip(w) {
         *xv = *xv * scale * wv;
     }
@@ -302,37 +309,68 @@ pub fn exp_fast(x: f32) -> f32 {
     f32::from_bits(((n as i32 + 127) << 23) as u32) * p
 }
 
-#[inline(always)]
-fn gelu_tanh_fast(x: f32) -> f32 {
-    // 0.5 * (1 + tanh(u)) == sigmoid(2u)
-    const C2: f32 = 2.0 * 0.797_884_6;
-    let u = C2 * (x + 0.044715 * x * x * x);
-    x / (1.0 + exp_fast(-u))
+/// GELU(tanh) of every f16 value, rounded to f16: the table llama.cpp's GELU uses.
+/// Gemma's activations pass through it in llama.cpp, so using the same table keeps our
+/// numbers (and greedy choices at near-ties) aligned with the reference.
+fn gelu_f16_table() -> &'static [u16] {
+    static TABLE: std::sync::OnceLock<Vec<u16>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| {
+                let x = half::f16::from_bits(bits).to_f32();
+                half::f16::from_f32(gelu_tanh(x)).to_bits()
+            })
+            .collect()
+    })
 }
 
-/// `gate[i] = gelu_tanh(gate[i]) * up[i]`.
+/// `gate[i] = gelu_tanh(gate[i]) * up[i]`, through the f16 table (as ggml's GEGLU):
+/// 0 below -10, identity above 10.
 pub fn gelu_tanh_mul(gate: &mut [f32], up: &[f32]) {
+    let table = gelu_f16_table();
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x * u
+        } else {
+            half::f16::from_bits(table[half::f16::from_f32(x).to_bits() as usize]).to_f32() * u
+        };
+    }
+}
+
+/// Rounds every value to the nearest f16 (what an f16 KV cache or an f16 matmul
+/// operand stores), keeping f32 storage.
+pub fn round_to_f16(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if crate::cpu::simd_level() >= crate::SimdLevel::Avx2 {
-            // SAFETY: AVX2+FMA presence checked by simd_level.
-            return unsafe { gelu_tanh_mul_avx2(gate, up) };
+            // SAFETY: F16C is part of the Avx2 level (checked by simd_level).
+            return unsafe { round_to_f16_f16c(x) };
         }
     }
-    gelu_tanh_mul_generic(gate, up)
-}
-
-#[inline(always)]
-fn gelu_tanh_mul_generic(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = gelu_tanh_fast(*g) * u;
+    for v in x.iter_mut() {
+        *v = half::f16::from_f32(*v).to_f32();
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_tanh_mul_avx2(gate: &mut [f32], up: &[f32]) {
-    gelu_tanh_mul_generic(gate, up)
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn round_to_f16_f16c(x: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(p.add(i)));
+        _mm256_storeu_ps(p.add(i), _mm256_cvtph_ps(h));
+        i += 8;
+    }
+    while i < n {
+        *p.add(i) = half::f16::from_f32(*p.add(i)).to_f32();
+        i += 1;
+    }
 }
 
 /// `gate[i] = silu(gate[i]) * up[i]`.
@@ -372,10 +410,14 @@ mod fast_tests {
             assert!((e - x.exp()).abs() <= 2e-6 * x.exp(), "exp({x})");
             let mut g = [x];
             gelu_tanh_mul(&mut g, &[1.0]);
+            // Through the f16 table: half-precision accuracy.
             assert!(
-                (g[0] - gelu_tanh(x)).abs() < 1e-5 * (1.0 + x.abs()),
+                (g[0] - gelu_tanh(x)).abs() < 2e-3 * (1.0 + x.abs()),
                 "gelu({x})"
             );
+            let mut r = [x * 1.37, x];
+            round_to_f16(&mut r);
+            assert_eq!(r[0], half::f16::from_f32(x * 1.37).to_f32());
             let mut s = [x];
             silu_mul(&mut s, &[2.0]);
             assert!(

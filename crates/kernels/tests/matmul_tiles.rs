@@ -63,3 +63,60 @@ fn matmul_equals_scalar_dots_for_all_types_and_batches() {
         }
     }
 }
+
+#[test]
+fn a_tokens_result_does_not_depend_on_its_batch() {
+    // Batch invariance: chunked prefill and continuous batching must not change results.
+    let pool = ThreadPool::new(2);
+    let mut seed = 5u64;
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::F32,
+    ] {
+        let cols = if ty.block_size() == 256 { 512 } else { 640 };
+        let rows = 37;
+        let wf: Vec<f32> = (0..rows * cols).map(|_| rnd(&mut seed)).collect();
+        let rb = row_bytes(ty, cols);
+        let mut w = vec![0u8; rows * rb];
+        for r in 0..rows {
+            quants::quantize_row(
+                ty,
+                &wf[r * cols..(r + 1) * cols],
+                &mut w[r * rb..(r + 1) * rb],
+            )
+            .unwrap();
+        }
+        let m = QMatrix::new(ty, rows, cols, &w).unwrap();
+        let t = 13;
+        let x: Vec<f32> = (0..t * cols).map(|_| rnd(&mut seed) * 3.0).collect();
+        let mut all = vec![0f32; t * rows];
+        let mut buf = Vec::new();
+        matmul(&pool, &m, &x, t, &mut all, &mut buf);
+        for i in [0usize, 5, 12] {
+            for len in [1usize, 2, 3] {
+                let end = (i + len).min(t);
+                let mut part = vec![0f32; (end - i) * rows];
+                matmul(
+                    &pool,
+                    &m,
+                    &x[i * cols..end * cols],
+                    end - i,
+                    &mut part,
+                    &mut buf,
+                );
+                assert_eq!(
+                    &part[..rows],
+                    &all[i * rows..(i + 1) * rows],
+                    "{ty}: token {i} alone/with {len} differs from the batch of {t}"
+                );
+            }
+        }
+    }
+}

@@ -233,6 +233,11 @@ impl Model {
                     rope.apply(head, t, cfg.rope_style);
                 }
             }
+            // K and V are kept at f16 precision, Q rounded to match (an f16 KV cache's
+            // numerics, as llama.cpp's default).
+            ops::round_to_f16(&mut ws.q[..t_total * qd]);
+            ops::round_to_f16(&mut ws.k[..t_total * kvd]);
+            ops::round_to_f16(&mut ws.v[..t_total * kvd]);
             // Store the new keys and values.
             let g = kv.group_of_layer(li);
             {

@@ -239,10 +239,12 @@ fn quantize_q8_0_scalar(src: &[f32], dst: &mut [BlockQ8_0]) {
     for (x, y) in src.chunks_exact(QK).zip(dst.iter_mut()) {
         let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        // As ggml's x86 quantizer: one division for the inverse scale, round half to
+        // even. Matching its rounding exactly keeps activations bit-equal to llama.cpp's.
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         y.d = f32_to_f16(d);
         for (q, x) in y.qs.iter_mut().zip(x) {
-            *q = (x * id).round() as i8;
+            *q = (x * id).round_ties_even() as i8;
         }
     }
 }
@@ -887,29 +889,22 @@ mod x86 {
 
     // --------------------------------- quantize Q8_0 --------------------------------
 
-    /// Q8_0 quantization, bit-identical to `quantize_q8_0_scalar` (round half away).
+    /// Q8_0 quantization, bit-identical to `quantize_q8_0_scalar` (round half to even).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) unsafe fn quantize_q8_0_512(src: &[f32], dst: &mut [u8]) {
         debug_assert!(dst.len() >= src.len() / QK * 34);
-        let half = _mm512_set1_ps(0.5);
-        let mhalf = _mm512_set1_ps(-0.5);
-        let one = _mm512_set1_ps(1.0);
         for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(34)) {
             let v0 = _mm512_loadu_ps(x.as_ptr());
             let v1 = _mm512_loadu_ps(x.as_ptr().add(16));
             let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
             let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             y[..2].copy_from_slice(&f32_to_f16(d));
             let idv = _mm512_set1_ps(id);
             for (h, v) in [v0, v1].into_iter().enumerate() {
                 let v = _mm512_mul_ps(v, idv);
-                let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
-                let f = _mm512_sub_ps(v, t);
-                let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(f, half);
-                let down = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(f, mhalf);
-                let r = _mm512_mask_add_ps(t, up, t, one);
-                let r = _mm512_mask_sub_ps(r, down, r, one);
+                let r =
+                    _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
                 let q = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(r));
                 _mm_storeu_si128(y.as_mut_ptr().add(2 + 16 * h) as *mut __m128i, q);
             }
@@ -920,9 +915,6 @@ mod x86 {
     pub(super) unsafe fn quantize_q8_0_avx2(src: &[f32], dst: &mut [u8]) {
         debug_assert!(dst.len() >= src.len() / QK * 34);
         let absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
-        let half = _mm256_set1_ps(0.5);
-        let mhalf = _mm256_set1_ps(-0.5);
-        let one = _mm256_set1_ps(1.0);
         let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(34)) {
             let p = x.as_ptr();
@@ -941,17 +933,14 @@ mod x86 {
             let m = _mm_max_ss(m, _mm_movehdup_ps(m));
             let amax = _mm_cvtss_f32(m);
             let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             y[..2].copy_from_slice(&f32_to_f16(d));
             let idv = _mm256_set1_ps(id);
             let mut q = [_mm256_setzero_si256(); 4];
             for (q, v) in q.iter_mut().zip(v) {
                 let v = _mm256_mul_ps(v, idv);
-                let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
-                let f = _mm256_sub_ps(v, t);
-                let up = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(f, half), one);
-                let down = _mm256_and_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(f, mhalf), one);
-                *q = _mm256_cvtps_epi32(_mm256_sub_ps(_mm256_add_ps(t, up), down));
+                let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+                *q = _mm256_cvtps_epi32(r);
             }
             let p01 = _mm256_packs_epi32(q[0], q[1]);
             let p23 = _mm256_packs_epi32(q[2], q[3]);

@@ -379,6 +379,7 @@ unsafe fn kernel512(u: &Unpacked512, y: *const u8, acc: __m256) -> __m256 {
 /// Natural order (vector j = elements 64j..64j+64) to the transposed order.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 #[inline]
+#[allow(dead_code)] // transposed kernel, kept for tuning (see `tile`)
 unsafe fn transpose_groups(v: [__m512i; 4]) -> [__m512i; 4] {
     // Within each vector, transpose the 4x4 dwords of its 4 groups (one per 128-bit lane).
     let p = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
@@ -401,6 +402,7 @@ unsafe fn transpose_groups(v: [__m512i; 4]) -> [__m512i; 4] {
 
 /// A weight block in transposed order with per-group float multipliers.
 #[derive(Clone, Copy)]
+#[allow(dead_code)] // transposed kernel, kept for tuning (see `tile`)
 struct UnpackedT {
     q: [__m512i; 4],
     /// `d * scale_g` per group.
@@ -412,6 +414,7 @@ struct UnpackedT {
 /// Group multipliers of Q4_K/Q5_K: each sub-block's scale and min, twice.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 #[inline]
+#[allow(dead_code)] // transposed kernel, kept for tuning (see `tile`)
 unsafe fn k4_group_scales(b: *const u8) -> (__m512, __m512) {
     let d = load_f16(b);
     let dmin = load_f16(b.add(2));
@@ -428,6 +431,7 @@ unsafe fn k4_group_scales(b: *const u8) -> (__m512, __m512) {
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 #[inline]
+#[allow(dead_code)] // transposed kernel, kept for tuning (see `tile`)
 unsafe fn unpack_t_q4k(b: *const u8) -> UnpackedT {
     let (dsc, dmn) = k4_group_scales(b);
     let m4 = _mm512_set1_epi8(0x0f);
@@ -446,6 +450,7 @@ unsafe fn unpack_t_q4k(b: *const u8) -> UnpackedT {
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 #[inline]
+#[allow(dead_code)] // transposed kernel, kept for tuning (see `tile`)
 unsafe fn unpack_t_q5k(b: *const u8) -> UnpackedT {
     let u = unpack512_q5k(b);
     let (dsc, dmn) = k4_group_scales(b);
@@ -458,6 +463,7 @@ unsafe fn unpack_t_q5k(b: *const u8) -> UnpackedT {
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 #[inline]
+#[allow(dead_code)] // transposed kernel, kept for tuning (see `tile`)
 unsafe fn unpack_t_q6k(b: *const u8) -> UnpackedT {
     let q = q6k_quants512(b);
     let d = load_f16(b.add(208));
@@ -473,10 +479,12 @@ unsafe fn unpack_t_q6k(b: *const u8) -> UnpackedT {
 }
 
 /// Zmm vectors per prepared activation block: 4 of quants, `y.d * bsums`, `y.d`.
+#[allow(dead_code)] // transposed kernel, kept for tuning (see `tile`)
 const PREP: usize = 6;
 
 /// Rearranges `nc` Q8_K rows of `nb` blocks into `buf[(c * nb + b) * PREP ..]`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+#[allow(dead_code)] // transposed kernel, kept for tuning (see `tile`)
 unsafe fn prepare_acts(nb: usize, a: *const u8, a_stride: usize, nc: usize, buf: *mut __m512i) {
     for c in 0..nc {
         for b in 0..nb {
@@ -503,6 +511,7 @@ unsafe fn prepare_acts(nb: usize, a: *const u8, a_stride: usize, nc: usize, buf:
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 #[inline]
+#[allow(dead_code)] // transposed kernel, kept for tuning (see `tile`)
 unsafe fn kernel_t(u: &UnpackedT, p: *const __m512i, acc: __m512) -> __m512 {
     let s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u.q[0], p.read());
     let s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u.q[1], p.add(1).read());
@@ -518,6 +527,7 @@ macro_rules! tile_t_fn {
     ($cols:ident, $unpack:ident, $wbytes:expr) => {
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
         #[allow(clippy::too_many_arguments)]
+        #[allow(dead_code)]
         unsafe fn $cols<const NC: usize>(
             nb: usize,
             w: *const u8,
@@ -550,6 +560,7 @@ tile_t_fn!(cols_t_q5k, unpack_t_q5k, 176);
 tile_t_fn!(cols_t_q6k, unpack_t_q6k, 210);
 
 /// Columns per transposed pass (bounded so the prepared activations stay small).
+#[allow(dead_code)] // transposed kernel, kept for tuning (see `tile`)
 const T_COLS: usize = 8;
 
 thread_local! {
@@ -559,6 +570,7 @@ thread_local! {
 /// VNNI tile with `nc >= 2` through the transposed kernels.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
+#[allow(dead_code)] // transposed kernel, kept for tuning (see `tile`)
 unsafe fn tile_t(
     t: GgmlType,
     nb: usize,
@@ -773,9 +785,12 @@ pub(super) unsafe fn tile(
         };
     }
     match (level, t) {
-        (SimdLevel::Avx512Vnni, _) if nc >= 2 => {
-            tile_t(t, nb, w, w_stride, nr, a, a_stride, nc, out, out_stride)
-        }
+        // Every column count uses the same per-column kernel, so a token's result is
+        // bitwise the same whatever batch it is in (chunked prefill, continuous
+        // batching). That kernel accumulates each super-block in integers and scales
+        // once, in ggml's order; this model family amplifies rounding differences, and
+        // matching that order keeps greedy output closest to llama.cpp's. (The
+        // transposed kernel, `tile_t`, rounds per scale group and is kept for study.)
         (SimdLevel::Avx512Vnni, GgmlType::Q4K) => call!(tile_q4k_vnni),
         (SimdLevel::Avx512Vnni, GgmlType::Q5K) => call!(tile_q5k_vnni),
         (SimdLevel::Avx512Vnni, _) => call!(tile_q6k_vnni),
