@@ -24,7 +24,9 @@ pub enum CompressError {
     },
     #[error("{path}: {msg}")]
     BadInput { path: PathBuf, msg: String },
-    #[error("tensor {tensor:?} has type {ty}, which this build cannot convert (pin it with --keep)")]
+    #[error(
+        "tensor {tensor:?} has type {ty}, which this build cannot convert (pin it with --keep)"
+    )]
     UnsupportedType { tensor: String, ty: GgmlType },
     #[error("{0}")]
     Invalid(String),

@@ -18,6 +18,9 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The built-in evaluation text (prose written for Hangar; about 1,400 tokens).
+pub const DEFAULT_TEXT: &str = include_str!("../data/eval.txt");
+
 /// A model ready to evaluate.
 pub struct EvalModel {
     pub path: PathBuf,
@@ -154,7 +157,9 @@ pub fn evaluate(
     if let Some(tasks) = tasks {
         report.model.tasks = Some(tasks::score(pool, a, tasks, |i, n| on_step("tasks", i, n))?);
         if let (Some(b), Some(bf)) = (b, report.baseline.as_mut()) {
-            bf.tasks = Some(tasks::score(pool, b, tasks, |i, n| on_step("tasks (base)", i, n))?);
+            bf.tasks = Some(tasks::score(pool, b, tasks, |i, n| {
+                on_step("tasks (base)", i, n)
+            })?);
         }
     }
     if let Some((pp, tg, runs)) = opts.speed {
@@ -193,7 +198,9 @@ fn score_text(
 ) -> Result<()> {
     let ctx = opts.ctx;
     if ctx < 8 {
-        return Err(CompressError::Invalid(format!("--ctx {ctx} is too small (at least 8)")));
+        return Err(CompressError::Invalid(format!(
+            "--ctx {ctx} is too small (at least 8)"
+        )));
     }
     let per = ctx - 1;
     let mut windows = tokens.len() / per;
@@ -278,7 +285,8 @@ fn mb(b: u64) -> String {
     format!("{:.1} MB", b as f64 / 1e6)
 }
 fn opt(v: Option<f64>, prec: usize) -> String {
-    v.map(|v| format!("{v:.prec$}")).unwrap_or_else(|| "-".into())
+    v.map(|v| format!("{v:.prec$}"))
+        .unwrap_or_else(|| "-".into())
 }
 
 impl EvalReport {
@@ -296,8 +304,16 @@ impl EvalReport {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| p.to_string())
         };
-        rows.push(("".into(), cols.iter().map(|(k, m)| format!("{k}: {}", name(&m.path))).collect()));
-        rows.push(("file size".into(), cols.iter().map(|(_, m)| mb(m.file_bytes)).collect()));
+        rows.push((
+            "".into(),
+            cols.iter()
+                .map(|(k, m)| format!("{k}: {}", name(&m.path)))
+                .collect(),
+        ));
+        rows.push((
+            "file size".into(),
+            cols.iter().map(|(_, m)| mb(m.file_bytes)).collect(),
+        ));
         if self.model.ppl.is_some() {
             rows.push((
                 format!("perplexity ({} tok)", self.scored_tokens),
@@ -306,9 +322,15 @@ impl EvalReport {
         }
         if let Some(d) = &self.divergence {
             let both = |v: String| vec!["-".to_string(), v];
-            rows.push(("mean KL vs baseline".into(), both(format!("{:.5}", d.kl_mean))));
+            rows.push((
+                "mean KL vs baseline".into(),
+                both(format!("{:.5}", d.kl_mean)),
+            ));
             rows.push(("KL p99".into(), both(format!("{:.4}", d.kl_p99))));
-            rows.push(("top-1 agreement".into(), both(format!("{:.2}%", 100.0 * d.top1_agreement))));
+            rows.push((
+                "top-1 agreement".into(),
+                both(format!("{:.2}%", 100.0 * d.top1_agreement)),
+            ));
         }
         if self.model.tasks.is_some() {
             rows.push((
@@ -328,8 +350,14 @@ impl EvalReport {
             ));
         }
         if self.model.prefill_tok_s.is_some() {
-            rows.push(("prefill tok/s".into(), cols.iter().map(|(_, m)| opt(m.prefill_tok_s, 1)).collect()));
-            rows.push(("decode tok/s".into(), cols.iter().map(|(_, m)| opt(m.decode_tok_s, 1)).collect()));
+            rows.push((
+                "prefill tok/s".into(),
+                cols.iter().map(|(_, m)| opt(m.prefill_tok_s, 1)).collect(),
+            ));
+            rows.push((
+                "decode tok/s".into(),
+                cols.iter().map(|(_, m)| opt(m.decode_tok_s, 1)).collect(),
+            ));
         }
         let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
         let wc: Vec<usize> = (0..cols.len())

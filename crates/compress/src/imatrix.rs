@@ -59,7 +59,9 @@ impl Imatrix {
         mut on_chunk: impl FnMut(usize, usize),
     ) -> Result<Imatrix> {
         if ctx < 8 {
-            return Err(CompressError::Invalid(format!("--ctx {ctx} is too small (at least 8)")));
+            return Err(CompressError::Invalid(format!(
+                "--ctx {ctx} is too small (at least 8)"
+            )));
         }
         let per = ctx - 1;
         let mut n = tokens.len() / per;
@@ -128,7 +130,11 @@ impl Imatrix {
             MetaValue::Array(MetaArray::String(vec![self.dataset.clone()])),
         );
         for (name, (s, _)) in &self.entries {
-            h.add_tensor(&format!("{name}.in_sum2"), vec![s.len() as u64, 1], GgmlType::F32)?;
+            h.add_tensor(
+                &format!("{name}.in_sum2"),
+                vec![s.len() as u64, 1],
+                GgmlType::F32,
+            )?;
             h.add_tensor(&format!("{name}.counts"), vec![1, 1], GgmlType::F32)?;
         }
         let mut w = GgufFileWriter::create(path, &h)?;
@@ -147,7 +153,10 @@ impl Imatrix {
         let mut entries = BTreeMap::new();
         let f32s = |t: &hangar_formats::TensorInfo| -> Result<Vec<f32>> {
             if t.ty != GgmlType::F32 {
-                return Err(CompressError::bad(path, format!("tensor {} is not F32", t.name)));
+                return Err(CompressError::bad(
+                    path,
+                    format!("tensor {} is not F32", t.name),
+                ));
             }
             Ok(f.tensor_data(t)
                 .chunks_exact(4)
@@ -175,7 +184,10 @@ impl Imatrix {
             entries.insert(name.to_string(), (s, n.max(0.0) as u64));
         }
         if entries.is_empty() {
-            return Err(CompressError::bad(path, "no .in_sum2 tensors: not an importance matrix"));
+            return Err(CompressError::bad(
+                path,
+                "no .in_sum2 tensors: not an importance matrix",
+            ));
         }
         let get = |k: &str| f.get(k).and_then(|v| v.as_i64()).unwrap_or(0) as usize;
         Ok(Imatrix {

@@ -12,7 +12,7 @@
 //! use hangar_formats::GgmlType;
 //! let src = SourceModel::open("model.gguf").unwrap();
 //! let opts = QuantizeOptions { target: GgmlType::Q4K, keep: vec![], imatrix: None,
-//!     imatrix_file: None, threads: 0 };
+//!     imatrix_file: None, threads: 0, pure: false };
 //! let report = quantize::quantize(&src, "model-q4k.gguf".as_ref(), &opts,
 //!     &indicatif::ProgressBar::hidden()).unwrap();
 //! println!("{}", report.type_mix());

@@ -2,6 +2,8 @@
 //! symmetric eigendecomposition (Householder tridiagonalisation, then implicit QL —
 //! the classic EISPACK tred2/tql2 pair), in f64.
 
+#![allow(clippy::needless_range_loop)] // index-heavy numeric code reads best as in the literature
+
 /// `Wᵀ W` of a row-major `rows × cols` matrix (`cols × cols`, row-major), computed
 /// with `threads` workers.
 pub fn gram_cols(w: &[f32], rows: usize, cols: usize, threads: usize) -> Vec<f64> {
@@ -32,7 +34,9 @@ pub fn gram_cols(w: &[f32], rows: usize, cols: usize, threads: usize) -> Vec<f64
                 })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().expect("gram worker")).collect()
+        hs.into_iter()
+            .map(|h| h.join().expect("gram worker"))
+            .collect()
     });
     let mut g = vec![0f64; cols * cols];
     for p in parts {
@@ -256,7 +260,9 @@ mod tests {
         let n = 37;
         let mut s = 7u64;
         let mut rnd = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 33) as f64) / (1u64 << 31) as f64 - 0.5
         };
         let b: Vec<f64> = (0..n * n).map(|_| rnd()).collect();

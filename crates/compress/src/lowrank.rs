@@ -9,7 +9,7 @@
 use crate::error::{CompressError, Result};
 use crate::linalg::{gram_cols, gram_rows, sym_eigen};
 use crate::policy::glob_match;
-use crate::quantize::{encode, rel_rmse, rewrite, threads, Planned};
+use crate::quantize::{encode, rewrite, threads, Planned};
 use crate::source::SourceModel;
 use hangar_formats::GgmlType;
 use indicatif::ProgressBar;
@@ -127,7 +127,9 @@ pub fn factorize(w: &[f32], rows: usize, cols: usize, rule: RankRule, n_threads:
                 a[i * r + j] = s as f32;
             }
         }
-        let b: Vec<f32> = (0..r * cols).map(|i| q[(i % cols) * r + i / cols] as f32).collect();
+        let b: Vec<f32> = (0..r * cols)
+            .map(|i| q[(i % cols) * r + i / cols] as f32)
+            .collect();
         (a, b)
     } else {
         // W ≈ Q (Qᵀ W)
@@ -174,18 +176,27 @@ fn out_type(src: GgmlType, want: Option<GgmlType>, row_len: usize) -> GgmlType {
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => src,
         _ => GgmlType::Q8_0,
     });
-    if row_len % t.block_size() == 0 {
+    if row_len.is_multiple_of(t.block_size()) {
         t
     } else {
         GgmlType::F32
     }
 }
 
-pub fn lowrank(src: &SourceModel, out: &Path, opts: &LowrankOptions, bar: &ProgressBar) -> Result<LowrankReport> {
+pub fn lowrank(
+    src: &SourceModel,
+    out: &Path,
+    opts: &LowrankOptions,
+    bar: &ProgressBar,
+) -> Result<LowrankReport> {
     match opts.rank {
-        RankRule::Fixed(0) => return Err(CompressError::Invalid("--rank must be at least 1".into())),
+        RankRule::Fixed(0) => {
+            return Err(CompressError::Invalid("--rank must be at least 1".into()))
+        }
         RankRule::Energy(e) if !(e > 0.0 && e <= 1.0) => {
-            return Err(CompressError::Invalid(format!("--energy {e} must be in (0, 1]")))
+            return Err(CompressError::Invalid(format!(
+                "--energy {e} must be in (0, 1]"
+            )))
         }
         _ => {}
     }
@@ -193,15 +204,21 @@ pub fn lowrank(src: &SourceModel, out: &Path, opts: &LowrankOptions, bar: &Progr
     let selected: Vec<usize> = (0..src.tensors().len())
         .filter(|&i| {
             let t = &src.tensors()[i];
-            t.is_matrix() && t.dims.len() == 2 && opts.include.iter().any(|p| glob_match(p, &t.name))
+            t.is_matrix()
+                && t.dims.len() == 2
+                && opts.include.iter().any(|p| glob_match(p, &t.name))
         })
         .collect();
     if selected.is_empty() {
-        return Err(CompressError::Invalid(format!("no matrix matches {:?}", opts.include.join(","))));
+        return Err(CompressError::Invalid(format!(
+            "no matrix matches {:?}",
+            opts.include.join(",")
+        )));
     }
     // Factorise first: the directory needs the ranks.
     bar.set_length(selected.len() as u64);
-    let mut done: Vec<Option<(Factors, LowrankTensor)>> = (0..src.tensors().len()).map(|_| None).collect();
+    let mut done: Vec<Option<(Factors, LowrankTensor)>> =
+        (0..src.tensors().len()).map(|_| None).collect();
     for &i in &selected {
         let t = &src.tensors()[i];
         bar.set_message(t.name.clone());
@@ -224,7 +241,11 @@ pub fn lowrank(src: &SourceModel, out: &Path, opts: &LowrankOptions, bar: &Progr
             energy_kept: f.energy_kept,
             params_before: rows * cols,
             params_after: if skipped { rows * cols } else { after },
-            rel_err: if skipped { 0.0 } else { (num / den.max(1e-30)).sqrt() },
+            rel_err: if skipped {
+                0.0
+            } else {
+                (num / den.max(1e-30)).sqrt()
+            },
             skipped,
         };
         done[i] = Some((f, rep));
@@ -240,7 +261,11 @@ pub fn lowrank(src: &SourceModel, out: &Path, opts: &LowrankOptions, bar: &Progr
                 let ty = out_type(t.ty, opts.ty, t.row_len());
                 match opts.store {
                     Store::Multiplied => {
-                        plan.push(Planned { name: t.name.clone(), dims: t.dims.clone(), ty });
+                        plan.push(Planned {
+                            name: t.name.clone(),
+                            dims: t.dims.clone(),
+                            ty,
+                        });
                         parts.push((i, 0));
                     }
                     Store::Factors => {
@@ -262,7 +287,11 @@ pub fn lowrank(src: &SourceModel, out: &Path, opts: &LowrankOptions, bar: &Progr
                 }
             }
             _ => {
-                plan.push(Planned { name: t.name.clone(), dims: t.dims.clone(), ty: t.ty });
+                plan.push(Planned {
+                    name: t.name.clone(),
+                    dims: t.dims.clone(),
+                    ty: t.ty,
+                });
                 parts.push((i, 0));
             }
         }
@@ -273,7 +302,10 @@ pub fn lowrank(src: &SourceModel, out: &Path, opts: &LowrankOptions, bar: &Progr
         out,
         |h| {
             if store == Store::Factors {
-                h.set("hangar.lowrank.factors", hangar_formats::MetaValue::Bool(true));
+                h.set(
+                    "hangar.lowrank.factors",
+                    hangar_formats::MetaValue::Bool(true),
+                );
             }
         },
         &plan,
@@ -286,17 +318,13 @@ pub fn lowrank(src: &SourceModel, out: &Path, opts: &LowrankOptions, bar: &Progr
                     let m = multiply(f, rep.rows, rep.cols);
                     Ok(Cow::Owned(encode(ty, &m, rep.cols, None, nt)?))
                 }
-                (Some((f, rep)), 1) => Ok(Cow::Owned(encode(ty, &f.a, f.rank.max(1), None, nt).map(|v| {
-                    let _ = rep;
-                    v
-                })?)),
+                (Some((f, _)), 1) => Ok(Cow::Owned(encode(ty, &f.a, f.rank, None, nt)?)),
                 (Some((f, rep)), 2) => Ok(Cow::Owned(encode(ty, &f.b, rep.cols, None, nt)?)),
                 _ => Ok(Cow::Borrowed(src.bytes(t))),
             }
         },
     )?;
     let tensors: Vec<LowrankTensor> = done.into_iter().flatten().map(|(_, r)| r).collect();
-    let _ = rel_rmse;
     Ok(LowrankReport {
         store: opts.store,
         params_before: tensors.iter().map(|t| t.params_before).sum(),
@@ -321,7 +349,10 @@ mod tests {
                 (r + 1.0) * (c - 3.0) + (r * 0.5 - 2.0) * (c * c * 0.1)
             })
             .collect();
-        for (rr, cc, m) in [(rows, cols, w.clone()), (cols, rows, transpose(&w, rows, cols))] {
+        for (rr, cc, m) in [
+            (rows, cols, w.clone()),
+            (cols, rows, transpose(&w, rows, cols)),
+        ] {
             let f = factorize(&m, rr, cc, RankRule::Energy(0.999999), 1);
             assert_eq!(f.rank, 2);
             let back = multiply(&f, rr, cc);

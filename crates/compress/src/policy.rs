@@ -104,7 +104,7 @@ fn layer_of(name: &str) -> Option<usize> {
 /// in between.
 fn more_bits(layer: usize, n_layers: usize) -> bool {
     let e = n_layers / 8;
-    layer < e || layer >= n_layers.saturating_sub(e) || (layer >= e && (layer - e) % 3 == 2)
+    layer < e || layer >= n_layers.saturating_sub(e) || (layer - e) % 3 == 2
 }
 
 /// The nearest type we can store rows of `row_len` in, for a K-quant that needs 256.
@@ -139,13 +139,15 @@ pub struct TensorShape<'a> {
 }
 
 /// Chooses the type of one tensor. `tied_output`: the model has no `output.weight`,
-/// so `token_embd` doubles as the output matrix.
+/// so `token_embd` doubles as the output matrix. `pure`: every matrix gets the target
+/// (no mix), as llama.cpp's `--pure`.
 pub fn choose(
     t: TensorShape,
     target: GgmlType,
     keep: &[KeepRule],
     n_layers: usize,
     tied_output: bool,
+    pure: bool,
 ) -> Choice {
     if let Some(rule) = keep.iter().find(|r| glob_match(&r.pattern, t.name)) {
         return match rule.ty {
@@ -162,17 +164,39 @@ pub fn choose(
         };
     }
     let is_vector = t.dims.len() < 2 || t.dims[1..].iter().product::<u64>() <= 1;
-    if is_vector || !matches!(t.src, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K) {
+    if is_vector
+        || !matches!(
+            t.src,
+            GgmlType::F32
+                | GgmlType::F16
+                | GgmlType::BF16
+                | GgmlType::Q4_0
+                | GgmlType::Q5_0
+                | GgmlType::Q8_0
+                | GgmlType::Q4K
+                | GgmlType::Q5K
+                | GgmlType::Q6K
+        )
+    {
         // Norms, biases, rope factors: tiny and sensitive; kept as they are (F32).
         return Choice {
             ty: t.src,
             copy: true,
-            reason: if is_vector { "vector (norm/bias)" } else { "type kept" },
+            reason: if is_vector {
+                "vector (norm/bias)"
+            } else {
+                "type kept"
+            },
         };
     }
-    let low_bit = bits(target) < bits(GgmlType::Q6K) && !matches!(target, GgmlType::F16 | GgmlType::BF16);
+    let low_bit =
+        bits(target) < bits(GgmlType::Q6K) && !matches!(target, GgmlType::F16 | GgmlType::BF16);
     let (want, reason) = match role(t.name) {
-        "output" => (if low_bit { GgmlType::Q6K } else { target }, "output at higher precision"),
+        _ if pure => (target, "target (--pure)"),
+        "output" => (
+            if low_bit { GgmlType::Q6K } else { target },
+            "output at higher precision",
+        ),
         "embedding" if tied_output => (
             if low_bit { GgmlType::Q6K } else { target },
             "tied embedding/output at higher precision",
@@ -190,7 +214,11 @@ pub fn choose(
         _ => (target, "target"),
     };
     let ty = fallback(want, t.dims[0] as usize);
-    let reason = if ty != want { "row length not a multiple of 256: fallback" } else { reason };
+    let reason = if ty != want {
+        "row length not a multiple of 256: fallback"
+    } else {
+        reason
+    };
     Choice {
         ty,
         copy: ty == t.src,
@@ -220,10 +248,15 @@ mod tests {
 
     fn pick(name: &str, dims: &[u64], target: GgmlType) -> GgmlType {
         choose(
-            TensorShape { name, dims, src: GgmlType::F32 },
+            TensorShape {
+                name,
+                dims,
+                src: GgmlType::F32,
+            },
             target,
             &[],
             16,
+            false,
             false,
         )
         .ty
@@ -231,36 +264,73 @@ mod tests {
 
     #[test]
     fn norms_stay_f32_and_output_gets_more_bits() {
-        assert_eq!(pick("blk.0.attn_norm.weight", &[4096], GgmlType::Q4K), GgmlType::F32);
-        assert_eq!(pick("output.weight", &[4096, 32000], GgmlType::Q4K), GgmlType::Q6K);
-        assert_eq!(pick("output.weight", &[4096, 32000], GgmlType::Q8_0), GgmlType::Q8_0);
-        assert_eq!(pick("blk.0.attn_q.weight", &[4096, 4096], GgmlType::Q4K), GgmlType::Q4K);
-        assert_eq!(pick("blk.0.attn_v.weight", &[4096, 1024], GgmlType::Q4K), GgmlType::Q6K);
-        assert_eq!(pick("blk.5.attn_v.weight", &[4096, 1024], GgmlType::Q4K), GgmlType::Q4K);
+        assert_eq!(
+            pick("blk.0.attn_norm.weight", &[4096], GgmlType::Q4K),
+            GgmlType::F32
+        );
+        assert_eq!(
+            pick("output.weight", &[4096, 32000], GgmlType::Q4K),
+            GgmlType::Q6K
+        );
+        assert_eq!(
+            pick("output.weight", &[4096, 32000], GgmlType::Q8_0),
+            GgmlType::Q8_0
+        );
+        assert_eq!(
+            pick("blk.0.attn_q.weight", &[4096, 4096], GgmlType::Q4K),
+            GgmlType::Q4K
+        );
+        assert_eq!(
+            pick("blk.0.attn_v.weight", &[4096, 1024], GgmlType::Q4K),
+            GgmlType::Q6K
+        );
+        assert_eq!(
+            pick("blk.5.attn_v.weight", &[4096, 1024], GgmlType::Q4K),
+            GgmlType::Q4K
+        );
     }
 
     #[test]
     fn k_quants_fall_back_when_rows_do_not_fit_256() {
-        assert_eq!(pick("blk.3.ffn_up.weight", &[640, 2048], GgmlType::Q4K), GgmlType::Q5_0);
-        assert_eq!(pick("output.weight", &[640, 1000], GgmlType::Q4K), GgmlType::Q8_0);
+        assert_eq!(
+            pick("blk.3.ffn_up.weight", &[640, 2048], GgmlType::Q4K),
+            GgmlType::Q5_0
+        );
+        assert_eq!(
+            pick("output.weight", &[640, 1000], GgmlType::Q4K),
+            GgmlType::Q8_0
+        );
     }
 
     #[test]
     fn keep_pins_tensors() {
-        let keep: Vec<KeepRule> = vec!["blk.*.ffn_*".parse().unwrap(), "output*=Q8_0".parse().unwrap()];
+        let keep: Vec<KeepRule> = vec![
+            "blk.*.ffn_*".parse().unwrap(),
+            "output*=Q8_0".parse().unwrap(),
+        ];
         let c = choose(
-            TensorShape { name: "blk.2.ffn_up.weight", dims: &[256, 8], src: GgmlType::F16 },
+            TensorShape {
+                name: "blk.2.ffn_up.weight",
+                dims: &[256, 8],
+                src: GgmlType::F16,
+            },
             GgmlType::Q4_0,
             &keep,
             4,
             false,
+            false,
         );
         assert!(c.copy && c.ty == GgmlType::F16);
         let c = choose(
-            TensorShape { name: "output.weight", dims: &[256, 8], src: GgmlType::F16 },
+            TensorShape {
+                name: "output.weight",
+                dims: &[256, 8],
+                src: GgmlType::F16,
+            },
             GgmlType::Q4_0,
             &keep,
             4,
+            false,
             false,
         );
         assert_eq!(c.ty, GgmlType::Q8_0);

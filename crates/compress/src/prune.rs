@@ -70,14 +70,25 @@ pub struct PruneReport {
 /// A type that stores exact zeros and is close to `src` in precision.
 fn zero_safe_type(src: GgmlType, row_len: usize) -> GgmlType {
     match src {
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q6K => src,
-        _ if row_len % 256 == 0 => GgmlType::Q6K,
+        GgmlType::F32
+        | GgmlType::F16
+        | GgmlType::BF16
+        | GgmlType::Q8_0
+        | GgmlType::Q4_0
+        | GgmlType::Q5_0
+        | GgmlType::Q6K => src,
+        _ if row_len.is_multiple_of(256) => GgmlType::Q6K,
         _ => GgmlType::Q8_0,
     }
 }
 
 /// Zeroes weights of one row in place by score; returns how many were zeroed.
-pub fn prune_row(w: &mut [f32], scale: Option<&[f32]>, sparsity: f64, nm: Option<(usize, usize)>) -> usize {
+pub fn prune_row(
+    w: &mut [f32],
+    scale: Option<&[f32]>,
+    sparsity: f64,
+    nm: Option<(usize, usize)>,
+) -> usize {
     let score = |j: usize, v: f32| v.abs() * scale.map_or(1.0, |s| s[j]);
     match nm {
         Some((n, m)) => {
@@ -108,13 +119,23 @@ pub fn prune_row(w: &mut [f32], scale: Option<&[f32]>, sparsity: f64, nm: Option
     }
 }
 
-pub fn prune(src: &SourceModel, out: &Path, opts: &PruneOptions, bar: &ProgressBar) -> Result<PruneReport> {
+pub fn prune(
+    src: &SourceModel,
+    out: &Path,
+    opts: &PruneOptions,
+    bar: &ProgressBar,
+) -> Result<PruneReport> {
     if let Some((n, m)) = opts.structured {
         if n == 0 || m == 0 || n >= m {
-            return Err(CompressError::Invalid(format!("--structured {n}:{m}: need 0 < N < M")));
+            return Err(CompressError::Invalid(format!(
+                "--structured {n}:{m}: need 0 < N < M"
+            )));
         }
     } else if !(0.0..1.0).contains(&opts.sparsity) {
-        return Err(CompressError::Invalid(format!("--sparsity {} must be in [0, 1)", opts.sparsity)));
+        return Err(CompressError::Invalid(format!(
+            "--sparsity {} must be in [0, 1)",
+            opts.sparsity
+        )));
     }
     if opts.method == PruneMethod::Wanda && opts.imatrix.is_none() {
         return Err(CompressError::Invalid(
@@ -139,7 +160,11 @@ pub fn prune(src: &SourceModel, out: &Path, opts: &PruneOptions, bar: &ProgressB
         .map(|(t, &s)| Planned {
             name: t.name.clone(),
             dims: t.dims.clone(),
-            ty: if s { opts.ty.unwrap_or_else(|| zero_safe_type(t.ty, t.row_len())) } else { t.ty },
+            ty: if s {
+                opts.ty.unwrap_or_else(|| zero_safe_type(t.ty, t.row_len()))
+            } else {
+                t.ty
+            },
         })
         .collect();
     bar.set_length(selected.iter().filter(|&&s| s).count() as u64);
@@ -160,9 +185,15 @@ pub fn prune(src: &SourceModel, out: &Path, opts: &PruneOptions, bar: &ProgressB
                 PruneMethod::Magnitude => None,
                 PruneMethod::Wanda => {
                     let im = opts.imatrix.as_ref().expect("checked above");
-                    let imp = im.importance(&t.name).filter(|v| v.len() == t.row_len()).ok_or_else(|| {
-                        CompressError::Invalid(format!("the activation statistics have no entry for {}", t.name))
-                    })?;
+                    let imp = im
+                        .importance(&t.name)
+                        .filter(|v| v.len() == t.row_len())
+                        .ok_or_else(|| {
+                            CompressError::Invalid(format!(
+                                "the activation statistics have no entry for {}",
+                                t.name
+                            ))
+                        })?;
                     Some(imp.iter().map(|v| v.max(0.0).sqrt()).collect())
                 }
             };

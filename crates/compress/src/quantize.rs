@@ -26,6 +26,8 @@ pub struct QuantizeOptions {
     pub imatrix_file: Option<String>,
     /// Worker threads (0 = one per core).
     pub threads: usize,
+    /// No mix: every matrix gets the target type (fallbacks still apply).
+    pub pure: bool,
 }
 
 /// What happened to one tensor.
@@ -60,7 +62,10 @@ impl QuantizeReport {
         for t in &self.tensors {
             *m.entry(t.to.as_str()).or_default() += 1;
         }
-        m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+        m.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -68,7 +73,9 @@ pub(crate) fn threads(n: usize) -> usize {
     if n > 0 {
         return n;
     }
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Encodes f32 rows as type `ty`, in parallel; importance-weighted when `importance`
@@ -108,7 +115,10 @@ pub fn encode(
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or(Some("worker panicked".into()))).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(Some("worker panicked".into())))
+            .collect()
     });
     if let Some(e) = errs.into_iter().flatten().next() {
         return Err(CompressError::Invalid(e));
@@ -164,7 +174,9 @@ pub(crate) fn rewrite<'a>(
         w.write_tensor(&bytes)?;
     }
     let path = w.finish()?;
-    Ok(std::fs::metadata(&path).map_err(CompressError::io(&path))?.len())
+    Ok(std::fs::metadata(&path)
+        .map_err(CompressError::io(&path))?
+        .len())
 }
 
 /// The policy's choice for every tensor of `src`.
@@ -183,6 +195,7 @@ pub fn plan(src: &SourceModel, opts: &QuantizeOptions) -> Vec<Choice> {
                 &opts.keep,
                 src.n_layers(),
                 tied,
+                opts.pure,
             )
         })
         .collect()
@@ -231,12 +244,21 @@ pub fn quantize(
         src,
         out,
         |h| {
-            h.set("general.file_type", MetaValue::U32(policy::file_type(target)));
+            h.set(
+                "general.file_type",
+                MetaValue::U32(policy::file_type(target)),
+            );
             h.set("general.quantization_version", MetaValue::U32(2));
             if let (Some(im), Some(f)) = (im, &opts.imatrix_file) {
                 h.set("quantize.imatrix.file", MetaValue::String(f.clone()));
-                h.set("quantize.imatrix.entries_count", MetaValue::I32(im.entries.len() as i32));
-                h.set("quantize.imatrix.chunks_count", MetaValue::I32(im.chunks as i32));
+                h.set(
+                    "quantize.imatrix.entries_count",
+                    MetaValue::I32(im.entries.len() as i32),
+                );
+                h.set(
+                    "quantize.imatrix.chunks_count",
+                    MetaValue::I32(im.chunks as i32),
+                );
             }
         },
         &plan,

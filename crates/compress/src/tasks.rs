@@ -151,7 +151,10 @@ mod tests {
     fn wilson_interval_brackets_the_estimate() {
         let (lo, hi) = wilson(30, 50);
         assert!(lo < 0.6 && hi > 0.6);
-        assert!((lo - 0.4618).abs() < 1e-3 && (hi - 0.7239).abs() < 1e-3, "{lo} {hi}");
+        assert!(
+            (lo - 0.4618).abs() < 1e-3 && (hi - 0.7239).abs() < 1e-3,
+            "{lo} {hi}"
+        );
         assert_eq!(wilson(0, 0), (0.0, 1.0));
     }
 }

@@ -5,6 +5,8 @@
 //! Owns the scale searches and the block packing; dequantization stays in the kernels
 //! (the tests check every layout by dequantizing with them).
 
+#![allow(clippy::needless_range_loop)] // block arithmetic indexes several arrays at once
+
 use hangar_formats::GgmlType;
 use hangar_kernels::quants::{self, KernelError};
 
@@ -117,7 +119,14 @@ fn sym_search(x: &[f32], w: &[f32], nmax: i32, l: &mut [i32]) -> f32 {
 }
 
 /// Q4_0 / Q5_0: blocks of 32, one f16 scale, quants stored with an offset of `nmax`.
-fn legacy(x: &[f32], w: &[f32], dst: &mut [u8], nmax: i32, bytes: usize, pack: fn(f32, &[i32], &mut [u8])) {
+fn legacy(
+    x: &[f32],
+    w: &[f32],
+    dst: &mut [u8],
+    nmax: i32,
+    bytes: usize,
+    pack: fn(f32, &[i32], &mut [u8]),
+) {
     let mut l = [0i32; 32];
     for (i, (xb, wb)) in x.chunks_exact(32).zip(w.chunks_exact(32)).enumerate() {
         let d = sym_search(xb, wb, nmax, &mut l);
@@ -237,7 +246,12 @@ fn k_asym(x: &[f32], w: &[f32], nmax: i32, out: &mut [u8]) {
     let mut s = [0f32; 8];
     let mut m = [0f32; 8];
     for b in 0..8 {
-        let (sb, mb) = asym_search(&x[32 * b..32 * b + 32], &w[32 * b..32 * b + 32], nmax, &mut l);
+        let (sb, mb) = asym_search(
+            &x[32 * b..32 * b + 32],
+            &w[32 * b..32 * b + 32],
+            nmax,
+            &mut l,
+        );
         s[b] = sb;
         m[b] = mb;
     }
@@ -248,8 +262,16 @@ fn k_asym(x: &[f32], w: &[f32], nmax: i32, out: &mut [u8]) {
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
     for b in 0..8 {
-        ls[b] = if d > 0.0 { (s[b] / d).round().clamp(0.0, 63.0) as u8 } else { 0 };
-        lm[b] = if dmin > 0.0 { (m[b] / dmin).round().clamp(0.0, 63.0) as u8 } else { 0 };
+        ls[b] = if d > 0.0 {
+            (s[b] / d).round().clamp(0.0, 63.0) as u8
+        } else {
+            0
+        };
+        lm[b] = if dmin > 0.0 {
+            (m[b] / dmin).round().clamp(0.0, 63.0) as u8
+        } else {
+            0
+        };
     }
     let mut q = [0u8; QK_K];
     for b in 0..8 {
@@ -359,7 +381,9 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let u = ((s >> 40) as f32) / (1u64 << 24) as f32 - 0.5;
                 // Heavy-ish tails, like real weights.
                 u * u * u * 8.0 + u * 0.5
@@ -383,10 +407,18 @@ mod tests {
         let n = 1024;
         let x = data(n, 3);
         // Importance concentrated on a few columns, as real activations are.
-        let imp: Vec<f32> = (0..n).map(|j| if j % 7 == 0 { 50.0 } else { 0.5 }).collect();
+        let imp: Vec<f32> = (0..n)
+            .map(|j| if j % 7 == 0 { 50.0 } else { 0.5 })
+            .collect();
         let mut w = vec![0f32; n];
         element_weights(&x, &imp, &mut w);
-        for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q5_0,
+            GgmlType::Q4K,
+            GgmlType::Q5K,
+            GgmlType::Q6K,
+        ] {
             let rb = quants::row_bytes(ty, n);
             let (mut a, mut b) = (vec![0u8; rb], vec![0u8; rb]);
             quants::quantize_row(ty, &x, &mut a).unwrap();
@@ -401,7 +433,13 @@ mod tests {
         let n = 512;
         let x = data(n, 11);
         let ones = vec![1f32; n];
-        for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q5_0,
+            GgmlType::Q4K,
+            GgmlType::Q5K,
+            GgmlType::Q6K,
+        ] {
             let rb = quants::row_bytes(ty, n);
             let (mut a, mut b) = (vec![0u8; rb], vec![0u8; rb]);
             quants::quantize_row(ty, &x, &mut a).unwrap();
@@ -413,7 +451,13 @@ mod tests {
 
     #[test]
     fn zero_rows_quantize_to_zero() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q5_0,
+            GgmlType::Q4K,
+            GgmlType::Q5K,
+            GgmlType::Q6K,
+        ] {
             let x = vec![0f32; 256];
             let mut q = vec![0u8; quants::row_bytes(ty, 256)];
             quantize_row_weighted(ty, &x, &[1.0; 256], &mut q).unwrap();
