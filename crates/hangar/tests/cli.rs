@@ -1,0 +1,238 @@
+//! The `hangar` binary end to end on the real default model.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn model() -> String {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/fetch-default-model.sh"))
+        .output()
+        .expect("fetch script");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn hangar(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(args)
+        .env(
+            "HANGAR_HOME",
+            std::env::temp_dir().join("hangar-cli-test-home"),
+        )
+        .output()
+        .expect("running hangar")
+}
+
+#[test]
+fn perplexity_is_within_one_percent_of_llama_cpp() {
+    let m = model();
+    let text = repo().join("tests/data/reference/ppl_text.txt");
+    let out = hangar(&[
+        "perplexity",
+        "--model",
+        &m,
+        "--file",
+        text.to_str().unwrap(),
+        "--ctx",
+        "512",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/data/reference/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let want = reference["perplexity"]["ppl"].as_f64().unwrap();
+    let got = v["ppl"].as_f64().unwrap();
+    assert_eq!(
+        v["scored_tokens"].as_u64(),
+        reference["perplexity"]["scored_tokens"].as_u64()
+    );
+    assert!(
+        (got / want - 1.0).abs() < 0.01,
+        "perplexity {got} vs llama.cpp {want}"
+    );
+}
+
+#[test]
+fn generate_streams_greedy_text_and_reports_json() {
+    let m = model();
+    let out = hangar(&[
+        "generate",
+        "--model",
+        &m,
+        "-p",
+        "The capital of France is",
+        "--temperature",
+        "0",
+        "-n",
+        "16",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // llama.cpp's greedy continuation (tests/data/reference).
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        " the capital of the country of France. It is the largest city in France."
+    );
+
+    let out = hangar(&[
+        "generate",
+        "--model",
+        &m,
+        "-p",
+        "Water boils at",
+        "--temperature",
+        "0.7",
+        "--seed",
+        "7",
+        "-n",
+        "12",
+        "--json",
+        "--logprobs",
+        "3",
+    ]);
+    assert!(out.status.success());
+    let a: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        a["completion_tokens"].as_u64().unwrap() as usize,
+        a["tokens"].as_array().unwrap().len()
+    );
+    assert_eq!(
+        a["logprobs"][0]["top_logprobs"].as_array().unwrap().len(),
+        3
+    );
+    // Same seed, same tokens.
+    let out2 = hangar(&[
+        "generate",
+        "--model",
+        &m,
+        "-p",
+        "Water boils at",
+        "--temperature",
+        "0.7",
+        "--seed",
+        "7",
+        "-n",
+        "12",
+        "--json",
+    ]);
+    let b: serde_json::Value = serde_json::from_slice(&out2.stdout).unwrap();
+    assert_eq!(a["tokens"], b["tokens"]);
+}
+
+#[test]
+fn stop_strings_end_generation_before_the_stop() {
+    let m = model();
+    let out = hangar(&[
+        "generate",
+        "--model",
+        &m,
+        "-p",
+        "The capital of France is",
+        "--temperature",
+        "0",
+        "-n",
+        "32",
+        "--stop",
+        "France.",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["text"].as_str().unwrap(),
+        " the capital of the country of "
+    );
+    assert_eq!(v["finish_reason"], "stop");
+}
+
+#[test]
+fn bench_reports_prefill_and_decode_as_json() {
+    let m = model();
+    let out = hangar(&[
+        "bench", "--model", &m, "--pp", "64", "--tg", "8", "--runs", "1", "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tests: Vec<&str> = v["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["test"].as_str().unwrap())
+        .collect();
+    assert_eq!(tests, ["pp64", "tg8"]);
+    assert!(v["figures"][1]["median_tok_s"].as_f64().unwrap() > 1.0);
+}
+
+#[test]
+fn bad_input_is_a_clear_error_not_a_panic() {
+    let m = model();
+    for (args, needle) in [
+        (
+            vec!["generate", "--model", "/nonexistent.gguf", "-p", "x"],
+            "not found",
+        ),
+        (
+            vec!["generate", "--model", &m, "-p", "x", "--top-p", "7"],
+            "top_p",
+        ),
+        (
+            vec!["generate", "--model", &m, "-p", "x", "--logit-bias", "abc"],
+            "ID=BIAS",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                &m,
+                "-p",
+                "x",
+                "--logit-bias",
+                "999999999=1",
+            ],
+            "outside the vocabulary",
+        ),
+        (
+            vec!["perplexity", "--model", &m, "--file", "/nonexistent.txt"],
+            "reading",
+        ),
+    ] {
+        let out = hangar(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert!(
+            err.to_lowercase().contains(&needle.to_lowercase()),
+            "{args:?}: {err}"
+        );
+    }
+    // A file that is not GGUF.
+    let bogus = std::env::temp_dir().join("hangar-not-a-model.gguf");
+    std::fs::write(&bogus, b"definitely not a model file").unwrap();
+    let out = hangar(&["generate", "--model", bogus.to_str().unwrap(), "-p", "x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && !err.contains("panicked") && err.contains("GGUF"),
+        "{err}"
+    );
+}
