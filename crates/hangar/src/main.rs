@@ -4,6 +4,7 @@
 mod cmd_model;
 mod cmd_plan;
 mod cmd_registry;
+mod cmd_serve;
 mod model_path;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Serve a model over HTTP (OpenAI-compatible, KServe V2, metrics).
+    Serve {
+        /// GGUF file or registry model (name, name@3, name@production); default: the
+        /// registry's default model, else the cached default file.
+        #[arg(long, short = 'm')]
+        model: Option<String>,
+        #[command(flatten)]
+        args: cmd_serve::ServeArgs,
+    },
     /// Generate text from a prompt, streamed to stdout.
     Generate(cmd_model::GenerateArgs),
     /// Measure prefill and decode throughput (tokens/s).
@@ -46,6 +56,13 @@ fn main() {
     let cli = Cli::parse();
     let home = cli.home.clone();
     let result = match cli.cmd {
+        Cmd::Serve { model, mut args } => model_path::resolve(model.as_deref(), home.clone())
+            .and_then(|path| {
+                if args.model_name.is_none() {
+                    args.model_name = Some(model_path::served_name(model.as_deref(), &path));
+                }
+                cmd_serve::run_serve(args, path)
+            }),
         Cmd::Generate(mut a) => {
             a.model.home = home;
             cmd_model::generate(a)

@@ -68,3 +68,17 @@ pub fn resolve(model: Option<&str>, home: Option<PathBuf>) -> Result<PathBuf> {
          the default model with `hangar pull default`"
     )
 }
+
+/// The name a served model answers to: the registry name (`gemma3-270m@production` ->
+/// `gemma3-270m`), the default model's registry name, or the file name.
+pub fn served_name(model: Option<&str>, path: &Path) -> String {
+    match model {
+        Some(m) if !Path::new(m).is_file() => m.split('@').next().unwrap_or(m).to_string(),
+        Some(_) => path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model")
+            .to_string(),
+        None => hangar_registry::DEFAULT_MODEL.to_string(),
+    }
+}
