@@ -1,6 +1,7 @@
 //! `hangar`: the command-line edge. Parses arguments and wires the library crates;
 //! no algorithms live here.
 
+mod cmd_compress;
 mod cmd_model;
 mod cmd_plan;
 mod cmd_registry;
@@ -39,6 +40,16 @@ enum Cmd {
     Perplexity(cmd_model::PerplexityArgs),
     /// Show the token ids of a text.
     Tokenize(cmd_model::TokenizeArgs),
+    /// Quantize a model (GGUF or safetensors) and report the quality cost.
+    Quantize(cmd_compress::QuantizeArgs),
+    /// Importance matrix (activation statistics) from a calibration text.
+    Imatrix(cmd_compress::ImatrixArgs),
+    /// Prune linear weights (magnitude or Wanda, unstructured or N:M).
+    Prune(cmd_compress::PruneArgs),
+    /// Low-rank (truncated SVD) factorisation of linear weights.
+    Lowrank(cmd_compress::LowrankArgs),
+    /// Perplexity, KL and top-1 agreement against a baseline; multiple-choice tasks.
+    Eval(cmd_compress::EvalArgs),
     /// Memory, hardware fit and training needs of a model.
     Plan(cmd_plan::PlanArgs),
     /// Measure this host and print a model's roofline.
@@ -82,6 +93,11 @@ fn main() {
         Cmd::Plan(a) => cmd_plan::run_plan(a),
         Cmd::Profile(a) => cmd_plan::run_profile(a),
         Cmd::Tokens(a) => cmd_plan::run_tokens(a),
+        Cmd::Quantize(a) => cmd_compress::run_quantize(a),
+        Cmd::Imatrix(a) => cmd_compress::run_imatrix(a),
+        Cmd::Prune(a) => cmd_compress::run_prune(a),
+        Cmd::Lowrank(a) => cmd_compress::run_lowrank(a),
+        Cmd::Eval(a) => cmd_compress::run_eval(a),
         Cmd::Registry(c) => cmd_registry::run_registry(c, cli.home),
         Cmd::Pull(a) => cmd_registry::run_pull(a, cli.home),
     };
