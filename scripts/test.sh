@@ -13,6 +13,12 @@ echo "$HANGAR_MODEL"
 echo "== build"
 cargo build --release --workspace --bins
 
+echo "== llama.cpp (llama-cpp-python) for the compatibility tests"
+# Built once per machine (about 5 minutes on 2 cores), then reused.
+export LLAMA_VENV=${LLAMA_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/hangar/llama-venv-0.3.36}
+HANGAR_LLAMA_PYTHON=$(bash scripts/install-llamacpp.sh)
+export HANGAR_LLAMA_PYTHON
+
 echo "== rust tests"
 cargo test --release --workspace -- --test-threads=2
 
