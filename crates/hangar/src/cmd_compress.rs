@@ -125,8 +125,9 @@ pub struct PruneArgs {
     /// Storage type of pruned tensors (default: keeps zeros exact, close to the input's).
     #[arg(long = "type", value_parser = parse_type)]
     pub ty: Option<GgmlType>,
-    #[arg(long, short = 'v')]
-    pub verbose: bool,
+    /// Only the summary line, not the sparsity of every tensor.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
     #[command(flatten)]
     pub eval: EvalFlags,
 }
@@ -442,7 +443,7 @@ pub fn run_prune(a: PruneArgs) -> Result<()> {
     let bar = progress::bar(0, "prune");
     let report = prune::prune(&src, &a.output, &opts, &bar)?;
     if !a.eval.json {
-        for t in report.tensors.iter().filter(|_| a.verbose) {
+        for t in report.tensors.iter().filter(|_| !a.quiet) {
             eprintln!(
                 "{:<36} {:>5} -> {:<5} pruned {:>6.2}%  zeros stored {:>6.2}%",
                 t.name,
@@ -457,7 +458,7 @@ pub fn run_prune(a: PruneArgs) -> Result<()> {
         (lo.min(t.sparsity), hi.max(t.sparsity))
     });
     eprintln!(
-        "wrote {}: {:?} {} over {} tensors; sparsity per tensor {:.2}%..{:.2}%, {} of {} weights zeroed ({}{})",
+        "wrote {}: {:?} {} over {} tensors; sparsity per tensor {:.2}%..{:.2}%, {} of {} weights zeroed; file {} -> {}",
         a.output.display(),
         report.method,
         report.pattern,
@@ -466,8 +467,8 @@ pub fn run_prune(a: PruneArgs) -> Result<()> {
         100.0 * hi,
         report.pruned_params,
         report.total_params_pruned_tensors,
-        mb(report.out_bytes),
-        if a.verbose { "" } else { "; -v lists every tensor" }
+        mb(report.in_bytes),
+        mb(report.out_bytes)
     );
     let eval = compare(&src, &a.output, &a.eval)?;
     print_report(a.eval.json, "prune", &report, &eval);
