@@ -16,11 +16,11 @@ pub enum CompressError {
     Engine(#[from] hangar_engine::EngineError),
     #[error(transparent)]
     Tokenizer(#[from] hangar_tokenizer::TokenizerError),
-    #[error("cannot read {path}: {source}")]
+    /// The cause is part of the message (not a `source`, so it is not printed twice).
+    #[error("cannot read {path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: {msg}")]
     BadInput { path: PathBuf, msg: String },
@@ -35,7 +35,7 @@ pub enum CompressError {
 impl CompressError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| CompressError::Io { path, source }
+        move |cause| CompressError::Io { path, cause }
     }
     pub(crate) fn bad(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         CompressError::BadInput {

@@ -156,11 +156,14 @@ pub fn choose(
                 copy: true,
                 reason: "--keep",
             },
-            Some(ty) => Choice {
-                ty: fallback(ty, t.dims[0] as usize),
-                copy: ty == t.src,
-                reason: "--keep=TYPE",
-            },
+            Some(ty) => {
+                let ty = fallback(ty, t.dims[0] as usize);
+                Choice {
+                    ty,
+                    copy: ty == t.src,
+                    reason: "--keep=TYPE",
+                }
+            }
         };
     }
     let is_vector = t.dims.len() < 2 || t.dims[1..].iter().product::<u64>() <= 1;
