@@ -125,6 +125,11 @@ fn rms(x: &[f32], w: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// The engine keeps K/V (and the Q and probabilities that meet them) at f16 precision.
+fn f16(x: f32) -> f32 {
+    half::f16::from_f32(x).to_f32()
+}
+
 fn rope(x: &mut [f32], pos: usize, neox: bool) {
     let half = HD / 2;
     for i in 0..half {
@@ -179,9 +184,9 @@ fn reference(t: &Tensors, toks: &[u32], neox: bool) -> Vec<Vec<f32>> {
                 }
                 rope(head, p, neox);
             }
-            qs.push(q);
-            ks.push(k);
-            vs.push(v);
+            qs.push(q.iter().map(|&x| f16(x)).collect::<Vec<_>>());
+            ks.push(k.iter().map(|&x| f16(x)).collect::<Vec<_>>());
+            vs.push(v.iter().map(|&x| f16(x)).collect::<Vec<_>>());
         }
         for p in 0..xs.len() {
             let mut att = vec![0f32; D];
@@ -202,7 +207,7 @@ fn reference(t: &Tensors, toks: &[u32], neox: bool) -> Vec<Vec<f32>> {
                 let z: f64 = e.iter().sum();
                 for (j, ej) in e.iter().enumerate() {
                     for i in 0..HD {
-                        att[h * HD + i] += (ej / z) as f32 * vs[j][g * HD + i];
+                        att[h * HD + i] += f16((ej / z) as f32) * vs[j][g * HD + i];
                     }
                 }
             }
