@@ -39,7 +39,7 @@ def run(model, vocab, n_vocab, streams, max_tokens, threads, words, ban):
     cp.n_threads_batch = threads
     ctx = L.llama_init_from_model(model, cp)
     batch = L.llama_batch_init(cp.n_batch, 0, 1)
-    prompts = [tokenize(vocab, prompt_for(i, words)) for i in range(streams)]
+    prompts = [tokenize(vocab, prompt_for(i, words, 1)) for i in range(streams)]
 
     def submit(items):
         # items: (token, pos, seq, want_logits)

@@ -24,10 +24,11 @@ WORDS = ("river mountain lantern copper orchard violet harbor meadow signal pepp
          "glacier thunder velvet compass marble falcon").split()
 
 
-def prompt_for(i: int, words: int) -> str:
-    # Deterministic, distinct from the first word on: no shared prefix blocks.
+def prompt_for(i: int, words: int, salt: int = 0) -> str:
+    # Distinct from the first tokens on (salt, then i): no shared prefix blocks, within
+    # a run or across runs with different salts.
     seq = [WORDS[(i * 7 + k * 3 + (i // len(WORDS))) % len(WORDS)] for k in range(words)]
-    return f"Story {i}: " + " ".join(seq) + ". Once upon a time"
+    return f"[{salt}] Story {i}: " + " ".join(seq) + ". Once upon a time"
 
 
 def one_request(url, model, prompt, max_tokens, ban):
@@ -69,7 +70,7 @@ def one_request(url, model, prompt, max_tokens, ban):
     return (ttft if ttft is not None else total), tokens, total
 
 
-def run_level(url, model, streams, per_stream, max_tokens, words, ban, offset):
+def run_level(url, model, streams, per_stream, max_tokens, words, ban, offset, salt):
     results, errors = [], []
     lock = threading.Lock()
 
@@ -77,7 +78,7 @@ def run_level(url, model, streams, per_stream, max_tokens, words, ban, offset):
         for r in range(per_stream):
             i = offset + s * per_stream + r
             try:
-                out = one_request(url, model, prompt_for(i, words), max_tokens, ban)
+                out = one_request(url, model, prompt_for(i, words, salt), max_tokens, ban)
                 with lock:
                     results.append(out)
             except Exception as e:  # noqa: BLE001 - reported, not hidden
@@ -119,6 +120,7 @@ def main():
     ap.add_argument("--prompt-words", type=int, default=24)
     ap.add_argument("--ban", default="1,106", help="token ids banned via logit_bias (Gemma: <eos>=1, <end_of_turn>=106)")
     ap.add_argument("--label", default="")
+    ap.add_argument("--salt", type=int, default=None, help="prompt salt (default: from the clock, so runs never share prompts)")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args()
     model = a.model
@@ -128,12 +130,13 @@ def main():
         c.request("GET", "/v1/models")
         model = json.loads(c.getresponse().read())["data"][0]["id"]
     ban = [int(x) for x in a.ban.split(",") if x.strip()]
+    salt = a.salt if a.salt is not None else int(time.time() * 1000) % 1_000_000
     # Warm-up (page in weights, JIT nothing, fill caches).
     one_request(a.url, model, "Warm up", 4, ban)
     levels = []
     offset = 0
     for s in [int(x) for x in a.streams.split(",")]:
-        r = run_level(a.url, model, s, a.requests_per_stream, a.max_tokens, a.prompt_words, ban, offset)
+        r = run_level(a.url, model, s, a.requests_per_stream, a.max_tokens, a.prompt_words, ban, offset, salt)
         offset += 1000
         levels.append(r)
         print(f"{a.label or a.url} streams={s:3d} requests={r['requests']:3d} aggregate={r['aggregate_tok_s']:8.1f} tok/s "
