@@ -76,6 +76,23 @@ fn spawn_and_kill(mode: &str, home: &Path, extra: &[(&str, String)], after: Dura
     finished
 }
 
+/// Runs a child to completion and returns how long it took.
+fn time_child(mode: &str, home: &Path, extra: &[(&str, String)]) -> Duration {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, mode)
+        .env("CRASH_HOME", home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let t0 = std::time::Instant::now();
+    let status = cmd.status().unwrap();
+    assert!(status.success(), "the uninterrupted {mode} must succeed");
+    t0.elapsed()
+}
+
 fn assert_consistent(home: &Path) {
     let reg = Registry::open(Some(home.to_path_buf())).unwrap();
     let who = reg.principal(None).unwrap();
@@ -89,9 +106,13 @@ fn import_killed_at_any_moment_leaves_the_registry_consistent() {
     let file = common::write_gguf(&d.path().join("big.gguf"), 24, 512, 1024, 3); // 48 MiB
     let home = d.path().join("home");
     let extra = [("CRASH_FILE", file.display().to_string())];
+    // Kill times spread over one full import on this machine (timed on a scratch home),
+    // so the kills land mid-import however fast or loaded the machine is.
+    let probe = d.path().join("probe");
+    let full = time_child("import", &probe, &extra);
     let mut killed_mid = 0;
-    for i in 0..12u64 {
-        let finished = spawn_and_kill("import", &home, &extra, Duration::from_millis(30 + i * 60));
+    for i in 0..12u32 {
+        let finished = spawn_and_kill("import", &home, &extra, full * (i + 1) / 14);
         killed_mid += usize::from(!finished);
         assert_consistent(&home);
     }
