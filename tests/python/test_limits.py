@@ -51,15 +51,40 @@ def test_bad_chat_and_kserve_bodies(server):
 
 
 def test_huge_body_is_refused_and_the_server_stays_up(server):
-    huge = b'{"prompt": "' + b"a" * (3 * 1024 * 1024) + b'"}'
-    code, _, resp = http("POST", server.base + "/v1/completions", huge, {"content-type": "application/json"})
-    assert code == 413
-    assert "limit" in json.loads(resp)["error"]["message"]
+    # Announce 3 MiB (over the 2 MiB default) and send only the start: the server must
+    # answer 413 from the header alone, without waiting for (or buffering) the rest.
+    import socket
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        head = (f"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                f"content-length: {3 * 1024 * 1024}\r\n\r\n").encode()
+        sock.sendall(head + b'{"prompt": "' + b"a" * 1000)
+        resp = b""
+        while b"\r\n\r\n" not in resp or not resp.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            resp += chunk
+    status = int(resp.split(b" ", 2)[1])
+    assert status == 413, resp
+    body = resp.split(b"\r\n\r\n", 1)[1]
+    assert "limit" in json.loads(body)["error"]["message"]
     code, _, _ = http("GET", server.base + "/v2/health/ready")
     assert code == 200
     code, body = server.post_json("/v1/completions", {"prompt": "Hello", "max_tokens": 2})
     assert code == 200 and body["choices"]
     server.wait_metric("hangar_kv_blocks_used", 0.0)
+
+
+def test_body_over_a_small_limit_is_refused():
+    s = Server("--max-body-bytes", "4096")
+    try:
+        code, _, resp = http("POST", s.base + "/v1/completions", json.dumps({"prompt": "a" * 8000}).encode(),
+                             {"content-type": "application/json"})
+        assert code == 413 and json.loads(resp)["error"]["code"] == "request_too_large"
+        code, body = s.post_json("/v1/completions", {"prompt": "Hi", "max_tokens": 1})
+        assert code == 200
+    finally:
+        s.stop()
 
 
 def test_api_keys_from_flag_and_environment():
