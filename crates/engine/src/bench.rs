@@ -49,7 +49,7 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
             s = s
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            ((s >> 33) as usize % vocab.min(32_000).max(1)) as u32 + 2
+            ((s >> 33) as usize % vocab.clamp(1, 32_000)) as u32 + 2
         })
         .collect()
 }

@@ -31,6 +31,25 @@ impl PagedKv<'_> {
         let b = self.table[pos / self.block_size] as usize;
         (b * self.block_size + pos % self.block_size) * self.row_stride + self.head_offset
     }
+
+    /// Calls `f(j, offset)` for the keys `lo..lo + n` (j counts from 0), walking the
+    /// block table a block at a time: one division per block, not per key.
+    #[inline(always)]
+    fn for_each_row(&self, lo: usize, n: usize, mut f: impl FnMut(usize, usize)) {
+        let mut j = 0;
+        while j < n {
+            let pos = lo + j;
+            let slot = pos % self.block_size;
+            let run = (self.block_size - slot).min(n - j);
+            let base = (self.table[pos / self.block_size] as usize * self.block_size + slot)
+                * self.row_stride
+                + self.head_offset;
+            for r in 0..run {
+                f(j + r, base + r * self.row_stride);
+            }
+            j += run;
+        }
+    }
 }
 
 /// `out[h] = softmax(scale * q[h] · K[lo..hi]) · V[lo..hi]` for the `group` heads in
@@ -62,10 +81,10 @@ pub fn attend(
             // (table entries were validated by the caller, asserted sizes above).
             unsafe {
                 match group {
-                    1 => return avx512::attend::<1>(kv, q, head_dim, lo, n, scale, scores, out),
-                    2 => return avx512::attend::<2>(kv, q, head_dim, lo, n, scale, scores, out),
-                    4 => return avx512::attend::<4>(kv, q, head_dim, lo, n, scale, scores, out),
-                    8 => return avx512::attend::<8>(kv, q, head_dim, lo, n, scale, scores, out),
+                    1 => return avx512::attend::<1, 4>(kv, q, head_dim, lo, n, scale, scores, out),
+                    2 => return avx512::attend::<2, 4>(kv, q, head_dim, lo, n, scale, scores, out),
+                    4 => return avx512::attend::<4, 4>(kv, q, head_dim, lo, n, scale, scores, out),
+                    8 => return avx512::attend::<8, 2>(kv, q, head_dim, lo, n, scale, scores, out),
                     _ => {}
                 }
             }
@@ -121,20 +140,12 @@ mod avx512 {
     use crate::ops::exp_fast;
     use std::arch::x86_64::*;
 
-    /// Value accumulation columns (of 16 floats) held in registers per head.
-    const fn cols(g: usize) -> usize {
-        if g <= 2 {
-            8
-        } else if g <= 4 {
-            4
-        } else {
-            2
-        }
-    }
-
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn attend<const G: usize>(
+    /// `G` query heads per KV head; `C` value columns of 16 floats accumulated in
+    /// registers per head (G * C <= 16 keeps every accumulator in a zmm register;
+    /// head_dim must be a multiple of 16 * C).
+    pub(super) unsafe fn attend<const G: usize, const C: usize>(
         kv: &PagedKv,
         q: &[f32],
         hd: usize,
@@ -152,8 +163,8 @@ mod avx512 {
         );
         // Scores: each key row loaded once for the G heads.
         let mut max = [f32::NEG_INFINITY; G];
-        for j in 0..n {
-            let key = kp.add(kv.offset(lo + j));
+        kv.for_each_row(lo, n, |j, off| {
+            let key = kp.add(off);
             let mut acc = [_mm512_setzero_ps(); G];
             let mut d = 0;
             while d < hd {
@@ -170,7 +181,7 @@ mod avx512 {
                     max[h] = s;
                 }
             }
-        }
+        });
         // Softmax per head (exp_fast vectorizes under this function's features).
         for h in 0..G {
             let row = std::slice::from_raw_parts_mut(sp.add(h * n), n);
@@ -187,31 +198,28 @@ mod avx512 {
             crate::ops::round_to_f16(row);
         }
         // Values: register-resident accumulators over all keys, C columns at a time.
-        const MAXC: usize = 8;
-        let c = cols(G);
         let mut d0 = 0;
         while d0 < hd {
-            let width = (c * 16).min(hd - d0) / 16;
-            let mut acc = [[_mm512_setzero_ps(); MAXC]; G];
-            for j in 0..n {
-                let val = vp.add(kv.offset(lo + j) + d0);
-                let mut vv = [_mm512_setzero_ps(); MAXC];
-                for (ci, v) in vv.iter_mut().enumerate().take(width) {
+            let mut acc = [[_mm512_setzero_ps(); C]; G];
+            kv.for_each_row(lo, n, |j, off| {
+                let val = vp.add(off + d0);
+                let mut vv = [_mm512_setzero_ps(); C];
+                for (ci, v) in vv.iter_mut().enumerate() {
                     *v = _mm512_loadu_ps(val.add(ci * 16));
                 }
                 for h in 0..G {
                     let p = _mm512_set1_ps(*sp.add(h * n + j));
-                    for ci in 0..width {
+                    for ci in 0..C {
                         acc[h][ci] = _mm512_fmadd_ps(p, vv[ci], acc[h][ci]);
                     }
                 }
-            }
+            });
             for h in 0..G {
-                for (ci, a) in acc[h].iter().enumerate().take(width) {
+                for (ci, a) in acc[h].iter().enumerate() {
                     _mm512_storeu_ps(out.as_mut_ptr().add(h * hd + d0 + ci * 16), *a);
                 }
             }
-            d0 += width * 16;
+            d0 += C * 16;
         }
     }
 }
