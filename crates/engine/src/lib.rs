@@ -14,9 +14,12 @@ pub mod runtime;
 pub mod sampler;
 pub mod scheduler;
 
+pub use engine::{
+    Engine, EngineConfig, EngineStats, Finish, GenerateRequest, ModelInfo, TokenEvent, TokenOut,
+    TopLogprob, Usage,
+};
 pub use generate::{generate, FinishReason, GenerateOptions, Generation};
 pub use runtime::LoadedModel;
-pub use engine::{Engine, EngineConfig, EngineStats, Finish, GenerateRequest, ModelInfo, TokenEvent, TokenOut, TopLogprob, Usage};
 
 /// Errors from the engine.
 #[derive(Debug, thiserror::Error)]

@@ -447,7 +447,10 @@ mod tests {
         out.write_tensor(&[9u8; 34]).unwrap();
         let bytes = out.finish().unwrap();
         let f = GgufFile::from_bytes(bytes.clone()).unwrap();
-        let meta: Vec<_> = f.metadata().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let meta: Vec<_> = f
+            .metadata()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         assert_eq!(meta, h.metadata());
         assert_eq!(f.tensor_data(f.tensor("w").unwrap()), &w[..]);
         assert_eq!(f.tensor_data(f.tensor("q").unwrap()), &[9u8; 34][..]);
