@@ -57,6 +57,12 @@ pub struct ServeArgs {
     /// Name clients use for the model (default: the file name without extension).
     #[arg(long)]
     pub model_name: Option<String>,
+    /// Do not mount the model registry's HTTP API (/v1/registry/...).
+    #[arg(long)]
+    pub no_registry_api: bool,
+    /// Hangar home, set from the global --home.
+    #[arg(skip)]
+    pub home: Option<PathBuf>,
 }
 
 /// Parses `1GiB`, `512MiB`, `2G`, `300000000`.
@@ -139,7 +145,21 @@ pub fn run_serve(args: ServeArgs, model_path: PathBuf) -> Result<()> {
         },
     );
     let addr = format!("{}:{}", args.host, args.port);
-    hangar_serve::serve_blocking(state, &addr, |a| {
+    // The registry's HTTP API (list/show/promote...), guarded by registry tokens and roles.
+    let extra = if args.no_registry_api {
+        axum::Router::new()
+    } else {
+        match hangar_registry::Registry::open(args.home.clone()) {
+            Ok(reg) => {
+                hangar_registry::http::router(std::sync::Arc::new(std::sync::Mutex::new(reg)))
+            }
+            Err(e) => {
+                eprintln!("hangar serve: registry API not mounted: {e}");
+                axum::Router::new()
+            }
+        }
+    };
+    hangar_serve::serve_blocking_with(state, &addr, extra, |a| {
         eprintln!("hangar serve: listening on http://{a}")
     })
     .with_context(|| format!("serving on {addr}"))?;

@@ -244,13 +244,24 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, state, Router::new(), shutdown).await
+}
+
+/// As [`serve`], with more routes mounted beside the inference APIs (the registry's
+/// HTTP API); those routes bring their own authentication.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    extra: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let st = state.clone();
     let signal = async move {
         shutdown.await;
         st.ready.store(false, Ordering::Relaxed);
         tracing::info!("shutting down: draining in-flight requests");
     };
-    axum::serve(listener, router(state))
+    axum::serve(listener, extra.merge(router(state)))
         .with_graceful_shutdown(signal)
         .await
 }
@@ -262,6 +273,16 @@ pub fn serve_blocking(
     addr: &str,
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> std::io::Result<()> {
+    serve_blocking_with(state, addr, Router::new(), on_listening)
+}
+
+/// As [`serve_blocking`], with `extra` routes mounted (see [`serve_with`]).
+pub fn serve_blocking_with(
+    state: Arc<AppState>,
+    addr: &str,
+    extra: Router,
+    on_listening: impl FnOnce(std::net::SocketAddr),
+) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("hangar-http")
@@ -270,7 +291,7 @@ pub fn serve_blocking(
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         on_listening(listener.local_addr()?);
-        serve(listener, state, shutdown_signal()).await
+        serve_with(listener, state, extra, shutdown_signal()).await
     })
 }
 
