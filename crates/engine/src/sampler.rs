@@ -529,7 +529,27 @@ fn fast_exp(x: f32) -> f32 {
 }
 
 /// Σ e^((l - max) * scale), in f32 lanes folded into f64 every few thousand terms.
+/// Runs over the whole vocabulary for every sampled token, so it is compiled for AVX2
+/// too and picked at run time.
 fn sum_exp(logits: &[f32], max: f32, scale: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if hangar_kernels::simd_level() >= hangar_kernels::SimdLevel::Avx2 {
+            // SAFETY: AVX2+FMA presence checked by simd_level.
+            return unsafe { sum_exp_avx2(logits, max, scale) };
+        }
+    }
+    sum_exp_generic(logits, max, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sum_exp_avx2(logits: &[f32], max: f32, scale: f32) -> f64 {
+    sum_exp_generic(logits, max, scale)
+}
+
+#[inline(always)]
+fn sum_exp_generic(logits: &[f32], max: f32, scale: f32) -> f64 {
     let mut total = 0f64;
     for chunk in logits.chunks(4096) {
         let mut acc = [0f32; 16];
@@ -548,17 +568,51 @@ fn sum_exp(logits: &[f32], max: f32, scale: f32) -> f64 {
     total
 }
 
-/// Index of the largest logit (ties: lowest id) and its value.
+/// Index of the largest logit (ties: lowest id) and its value. Two passes — a
+/// vectorizable maximum, then the first position holding it — instead of one
+/// index-tracking loop that cannot vectorize. Logits hold no NaN here.
 fn argmax(logits: &[f32]) -> (u32, f32) {
-    let mut best = 0;
-    let mut best_v = logits[0];
-    for (i, &v) in logits.iter().enumerate().skip(1) {
-        if v > best_v {
-            best = i;
-            best_v = v;
+    let max = max_value(logits);
+    let best = logits.iter().position(|&v| v == max).unwrap_or(0);
+    (best as u32, logits[best])
+}
+
+fn max_value(logits: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if hangar_kernels::simd_level() >= hangar_kernels::SimdLevel::Avx2 {
+            // SAFETY: AVX2 presence checked by simd_level.
+            return unsafe { max_value_avx2(logits) };
         }
     }
-    (best as u32, best_v)
+    max_value_generic(logits)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn max_value_avx2(logits: &[f32]) -> f32 {
+    max_value_generic(logits)
+}
+
+#[inline(always)]
+fn max_value_generic(logits: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let mut it = logits.chunks_exact(16);
+    for c in &mut it {
+        for j in 0..16 {
+            acc[j] = if c[j] > acc[j] { c[j] } else { acc[j] };
+        }
+    }
+    let mut m = acc
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
+    for &v in it.remainder() {
+        if v > m {
+            m = v;
+        }
+    }
+    m
 }
 
 /// `ln Σ exp(l)`, computed around the maximum.
