@@ -339,16 +339,7 @@ fn default_model_file() -> PathBuf {
     if let Ok(p) = std::env::var("HANGAR_MODEL") {
         return PathBuf::from(p);
     }
-    let dir = std::env::var("HANGAR_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::env::var("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|_| std::env::var("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                .unwrap_or_else(|_| PathBuf::from(".cache"))
-                .join("hangar/models")
-        });
-    dir.join("gemma-3-270m-q4_k_m.gguf")
+    crate::model_path::default_model_cache().join(crate::model_path::DEFAULT_MODEL_FILE)
 }
 
 /// Runs `hangar profile`.

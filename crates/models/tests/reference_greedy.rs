@@ -31,38 +31,9 @@ fn argmax(x: &[f32]) -> u32 {
     best as u32
 }
 
-/// Greedy decode of `n` tokens after `prompt`, one sequence.
+/// Greedy decode of `n` tokens after `prompt` (prefilled in one call), one sequence.
 fn greedy(model: &Model, pool: &ThreadPool, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut kv = KvCache::for_single_sequence(&model.cfg, 16, prompt.len() + n + 1);
-    let table: Vec<u32> = (0..kv.blocks_in_group(0) as u32).collect();
-    let tables: Vec<&[u32]> = vec![&table; kv.n_groups()];
-    let mut ws = Workspace::default();
-    let mut logits = Vec::new();
-    let seq = SeqInput {
-        tokens: prompt,
-        start_pos: 0,
-        block_tables: &tables,
-        logits: LogitsWanted::Last,
-    };
-    model
-        .forward(pool, &[seq], &mut kv, &mut ws, &mut logits)
-        .unwrap();
-    let mut out = vec![argmax(&logits)];
-    while out.len() < n {
-        let pos = prompt.len() + out.len() - 1;
-        let last = [*out.last().unwrap()];
-        let seq = SeqInput {
-            tokens: &last,
-            start_pos: pos,
-            block_tables: &tables,
-            logits: LogitsWanted::Last,
-        };
-        model
-            .forward(pool, &[seq], &mut kv, &mut ws, &mut logits)
-            .unwrap();
-        out.push(argmax(&logits));
-    }
-    out
+    greedy_chunked(model, pool, prompt, n, prompt.len().max(1)).0
 }
 
 /// Logits at every step of `prompt` followed by `forced` (teacher forcing): row i
