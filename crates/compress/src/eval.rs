@@ -164,7 +164,7 @@ pub fn evaluate(
     }
     if let Some((pp, tg, runs)) = opts.speed {
         let speed = |m: &EvalModel, f: &mut ModelFigures| -> Result<()> {
-            let figs = bench::run(&m.model, pool, pp, tg, runs)?;
+            let figs = bench::run(&m.model, pool, pp, tg, 1, runs)?;
             for fig in figs {
                 if fig.test.starts_with("pp") {
                     f.prefill_tok_s = Some(fig.median_tok_s);

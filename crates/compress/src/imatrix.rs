@@ -30,6 +30,8 @@ pub fn tap_tensors(layer: usize, tap: Tap) -> Vec<String> {
         Tap::AttnOutIn => &["attn_output"],
         Tap::FfnIn => &["ffn_gate", "ffn_up"],
         Tap::FfnDownIn => &["ffn_down"],
+        // The output projection: its own matrix, or the tied embedding.
+        Tap::OutputIn => return vec!["output.weight".into(), "token_embd.weight".into()],
     };
     names
         .iter()
@@ -84,7 +86,9 @@ impl Imatrix {
             toks.push(bos);
             toks.extend_from_slice(&tokens[c * per..(c + 1) * per]);
             let mut obs = |layer: usize, tap: Tap, rows: &[f32], width: usize| {
-                let ti = TAPS.iter().position(|t| *t == tap).unwrap_or(0);
+                let Some(ti) = TAPS.iter().position(|t| *t == tap) else {
+                    return; // the output projection's input is not collected yet
+                };
                 let slot = &mut acc[layer * TAPS.len() + ti];
                 if slot.0.len() != width {
                     slot.0 = vec![0.0; width];

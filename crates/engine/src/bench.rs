@@ -55,12 +55,15 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 }
 
 /// Times prefill of `pp` tokens and decode of `tg` tokens, `runs` times each
-/// (after one warm-up run).
+/// (after one warm-up run). With `batch > 1`, also times batched decode: `batch`
+/// sequences after a 32-token prompt each, `tg` steps of one token per sequence
+/// with logits for every row (what a server does at `batch` concurrent streams).
 pub fn run(
     model: &Model,
     pool: &ThreadPool,
     pp: usize,
     tg: usize,
+    batch: usize,
     runs: usize,
 ) -> Result<Vec<BenchFigure>, EngineError> {
     let runs = runs.max(1);
@@ -119,5 +122,61 @@ pub fn run(
         }
         out.push(figure(format!("tg{tg}"), tg, secs));
     }
+    if tg > 0 && batch > 1 {
+        out.push(batched_decode(model, pool, tg, batch, runs)?);
+    }
     Ok(out)
+}
+
+/// `batch` sequences decoding together: one forward per step, one token per sequence.
+fn batched_decode(
+    model: &Model,
+    pool: &ThreadPool,
+    tg: usize,
+    batch: usize,
+    runs: usize,
+) -> Result<BenchFigure, EngineError> {
+    const PROMPT: usize = 32;
+    let block = 16;
+    let per_seq = (PROMPT + tg + 1).div_ceil(block);
+    let groups = hangar_models::kv::KvLayout::for_model(&model.cfg).n_groups();
+    let mut kv = KvCache::new(&model.cfg, block, &vec![per_seq * batch; groups]);
+    let tables: Vec<Vec<u32>> = (0..batch)
+        .map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect())
+        .collect();
+    let table_refs: Vec<Vec<&[u32]>> = tables.iter().map(|t| vec![t.as_slice(); groups]).collect();
+    let vocab = model.cfg.vocab_size;
+    let toks: Vec<Vec<u32>> = (0..batch)
+        .map(|s| tokens(PROMPT + tg, vocab, 100 + s as u64))
+        .collect();
+    let mut ws = Workspace::default();
+    let mut logits = Vec::new();
+    let mut secs = Vec::new();
+    for r in 0..=runs {
+        let prompts: Vec<SeqInput> = (0..batch)
+            .map(|s| SeqInput {
+                tokens: &toks[s][..PROMPT],
+                start_pos: 0,
+                block_tables: &table_refs[s],
+                logits: LogitsWanted::Last,
+            })
+            .collect();
+        model.forward(pool, &prompts, &mut kv, &mut ws, &mut logits)?;
+        let t0 = Instant::now();
+        for i in 0..tg {
+            let step: Vec<SeqInput> = (0..batch)
+                .map(|s| SeqInput {
+                    tokens: &toks[s][PROMPT + i..PROMPT + i + 1],
+                    start_pos: PROMPT + i,
+                    block_tables: &table_refs[s],
+                    logits: LogitsWanted::Last,
+                })
+                .collect();
+            model.forward(pool, &step, &mut kv, &mut ws, &mut logits)?;
+        }
+        if r > 0 {
+            secs.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(figure(format!("tg{tg}x{batch}"), tg * batch, secs))
 }

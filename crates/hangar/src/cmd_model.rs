@@ -243,6 +243,10 @@ pub struct BenchArgs {
     /// Tokens decoded one at a time (0 = skip).
     #[arg(long, default_value_t = 128)]
     pub tg: usize,
+    /// Also decode `tg` tokens in each of this many sequences at once (batched decode,
+    /// as a server at this many concurrent streams); 1 = skip.
+    #[arg(long, short = 'b', default_value_t = 1)]
+    pub batch: usize,
     /// Timed runs per test (after one warm-up); the median is reported.
     #[arg(long, short = 'r', default_value_t = 5)]
     pub runs: usize,
@@ -252,7 +256,7 @@ pub struct BenchArgs {
 
 pub fn bench(a: BenchArgs) -> Result<()> {
     let (lm, path, load_s) = a.model.load()?;
-    let figures = bench::run(&lm.model, &lm.pool, a.pp, a.tg, a.runs)?;
+    let figures = bench::run(&lm.model, &lm.pool, a.pp, a.tg, a.batch, a.runs)?;
     let report = bench::BenchReport {
         model: path.display().to_string(),
         threads: lm.pool.n_threads(),
@@ -269,11 +273,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "model: {}  threads: {}  simd: {}  load: {:.3}s",
         report.model, report.threads, report.simd, load_s
     );
-    println!("| test   | tok/s (median) |   min   |   max   | runs |");
-    println!("|--------|----------------|---------|---------|------|");
+    println!("| test     | tok/s (median) |   min   |   max   | runs |");
+    println!("|----------|----------------|---------|---------|------|");
     for f in &report.figures {
         println!(
-            "| {:<6} | {:>14.1} | {:>7.1} | {:>7.1} | {:>4} |",
+            "| {:<8} | {:>14.1} | {:>7.1} | {:>7.1} | {:>4} |",
             f.test, f.median_tok_s, f.min_tok_s, f.max_tok_s, f.runs
         );
     }

@@ -50,6 +50,9 @@ pub enum Tap {
     FfnIn,
     /// Input of ffn_down (gated activation).
     FfnDownIn,
+    /// Input of the output projection (after the final norm), for the rows whose
+    /// logits are computed; reported with layer index `n_layers`.
+    OutputIn,
 }
 
 /// Receives `(layer, tap, rows, width)`: `rows` holds `rows.len() / width` activation
@@ -334,6 +337,11 @@ impl Model {
                 cfg.rms_eps,
                 &mut ws.sel[i * d..(i + 1) * d],
             );
+        }
+        if let Some(obs) = observer.as_mut() {
+            if m > 0 {
+                obs(self.layers.len(), Tap::OutputIn, &ws.sel[..m * d], d);
+            }
         }
         let vocab = cfg.vocab_size;
         logits.resize(m * vocab, 0.0);
