@@ -35,10 +35,12 @@ impl LoadedModel {
         } else {
             threads
         };
+        let pool = ThreadPool::new(threads);
+        model.pack_weights(&pool);
         Ok(LoadedModel {
             model,
             tokenizer,
-            pool: ThreadPool::new(threads),
+            pool,
         })
     }
 }

@@ -404,6 +404,25 @@ impl GgufFile {
     pub fn bytes(&self) -> &[u8] {
         self.backing.bytes()
     }
+    /// Tells the OS that the mapped bytes `offset .. offset + len` will not be read
+    /// again soon (their data was copied elsewhere), so those pages leave this
+    /// process's resident set. The file stays in the page cache; a later read simply
+    /// maps the pages back in. Only whole pages inside the range are released.
+    pub fn release_range(&self, offset: usize, len: usize) {
+        const PAGE: usize = 4096;
+        if let Backing::Map(m) = &self.backing {
+            let start = offset.div_ceil(PAGE) * PAGE;
+            let end = (offset.saturating_add(len)).min(m.len()) / PAGE * PAGE;
+            if end > start {
+                // SAFETY: the mapping is private and read-only; after DONTNEED a read
+                // returns the file's bytes again, which is all this mapping ever shows.
+                // A failure (e.g. larger pages) only leaves the pages resident.
+                let _ = unsafe {
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+                };
+            }
+        }
+    }
     /// Metadata in file order.
     pub fn metadata(&self) -> impl Iterator<Item = (&str, &MetaValue)> {
         self.metadata.iter().map(|(k, v)| (k.as_str(), v))

@@ -9,10 +9,12 @@ pub mod attention;
 pub mod cpu;
 pub mod matmul;
 pub mod ops;
+pub mod packed;
 pub mod pool;
 pub mod quants;
 
 pub use cpu::{simd_level, CpuFeatures, SimdLevel};
 pub use hangar_formats::GgmlType;
 pub use matmul::{matmul, matmul_quantized, quantize_activations, QMatrix};
+pub use packed::PackedMatrix;
 pub use pool::ThreadPool;

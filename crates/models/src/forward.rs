@@ -12,6 +12,7 @@ use crate::weights::{Model, Weight};
 use crate::ModelError;
 use hangar_kernels::attention::{attend, PagedKv};
 use hangar_kernels::ops::{self, RopeTable};
+use hangar_kernels::packed::matmul_packed;
 use hangar_kernels::quants;
 use hangar_kernels::{matmul, matmul_quantized, quantize_activations, ThreadPool};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -170,12 +171,16 @@ impl Model {
 
         // Embeddings.
         let emb = self.mat(&self.tok_embd);
+        let emb_packed = self.packed(pool, &self.tok_embd);
         let mut t = 0;
         for s in seqs {
             for &tok in s.tokens {
                 let row = &mut ws.x[t * d..(t + 1) * d];
-                quants::dequantize_row(emb.ty, emb.row(tok as usize), row)
-                    .expect("shape checked at load");
+                match emb_packed {
+                    Some(p) => p.dequantize_row(tok as usize, row),
+                    None => quants::dequantize_row(emb.ty, emb.row(tok as usize), row)
+                        .expect("shape checked at load"),
+                }
                 if let Some(sc) = cfg.embed_scale {
                     row.iter_mut().for_each(|v| *v *= sc);
                 }
@@ -260,14 +265,7 @@ impl Model {
             if let Some(obs) = observer.as_mut() {
                 obs(li, Tap::AttnOutIn, &ws.attn, qd);
             }
-            matmul(
-                pool,
-                &self.mat(&layer.wo),
-                &ws.attn,
-                t_total,
-                &mut ws.o,
-                &mut ws.act,
-            );
+            self.matmul_w(pool, &layer.wo, &ws.attn, t_total, &mut ws.o, &mut ws.act);
             for t in 0..t_total {
                 let o = &mut ws.o[t * d..(t + 1) * d];
                 if let Some(w) = &layer.post_attn_norm {
@@ -300,14 +298,7 @@ impl Model {
             if let Some(obs) = observer.as_mut() {
                 obs(li, Tap::FfnDownIn, &ws.gate, ff);
             }
-            matmul(
-                pool,
-                &self.mat(&layer.down),
-                &ws.gate,
-                t_total,
-                &mut ws.o,
-                &mut ws.act,
-            );
+            self.matmul_w(pool, &layer.down, &ws.gate, t_total, &mut ws.o, &mut ws.act);
             for t in 0..t_total {
                 let o = &mut ws.o[t * d..(t + 1) * d];
                 if let Some(w) = &layer.post_ffn_norm {
@@ -346,14 +337,7 @@ impl Model {
         let vocab = cfg.vocab_size;
         logits.resize(m * vocab, 0.0);
         if m > 0 {
-            matmul(
-                pool,
-                &self.mat(&self.output),
-                &ws.sel,
-                m,
-                logits,
-                &mut ws.act,
-            );
+            self.matmul_w(pool, &self.output, &ws.sel, m, logits, &mut ws.act);
             if let Some(cap) = cfg.final_logit_softcap {
                 logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
             }
@@ -376,13 +360,34 @@ impl Model {
         let first = quants::act_type(outs[0].0.ty).expect("checked at load");
         quantize_activations(pool, outs[0].0.ty, x, t, outs[0].0.cols, act);
         for (w, out) in outs.iter_mut() {
-            let m = self.mat(w);
-            let out = &mut out[..t * m.rows];
+            let out = &mut out[..t * w.rows];
             if quants::act_type(w.ty).expect("checked at load") == first {
-                matmul_quantized(pool, &m, act, t, out);
+                match self.packed(pool, w) {
+                    Some(p) => matmul_packed(pool, p, act, t, out),
+                    None => matmul_quantized(pool, &self.mat(w), act, t, out),
+                }
             } else {
-                matmul(pool, &m, x, t, out, act2);
+                self.matmul_w(pool, w, x, t, out, act2);
             }
+        }
+    }
+
+    /// `out = x · wᵀ` for `t` rows, through the packed copy of `w` when there is one.
+    fn matmul_w(
+        &self,
+        pool: &ThreadPool,
+        w: &Weight,
+        x: &[f32],
+        t: usize,
+        out: &mut [f32],
+        act: &mut Vec<u8>,
+    ) {
+        match self.packed(pool, w) {
+            Some(p) => {
+                quantize_activations(pool, w.ty, x, t, w.cols, act);
+                matmul_packed(pool, p, act, t, out);
+            }
+            None => matmul(pool, &self.mat(w), x, t, out, act),
         }
     }
 

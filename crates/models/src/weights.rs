@@ -4,10 +4,11 @@
 use crate::config::{Arch, ModelConfig};
 use crate::ModelError;
 use hangar_formats::{GgmlType, GgufFile, TensorInfo};
+use hangar_kernels::packed::{self, PackedMatrix};
 use hangar_kernels::quants;
-use hangar_kernels::QMatrix;
+use hangar_kernels::{QMatrix, ThreadPool};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A weight matrix inside the mapped file.
 #[derive(Debug, Clone)]
@@ -18,6 +19,9 @@ pub struct Weight {
     pub cols: usize,
     offset: usize,
     len: usize,
+    /// The row-interleaved copy used by the AVX-512 kernels (Q4_0/Q5_0/Q8_0), made on
+    /// first use; shared by clones (a tied output matrix is the embedding).
+    packed: Arc<OnceLock<Option<PackedMatrix>>>,
 }
 
 pub(crate) struct Layer {
@@ -135,6 +139,38 @@ impl Model {
         }
     }
 
+    /// The packed copy of `w`, made now if needed; `None` when this CPU or type has
+    /// no packed kernel, or `HANGAR_PACK=0` turns packing off. The original pages of
+    /// a packed matrix are released from the resident set (nothing reads them again).
+    pub(crate) fn packed<'w>(&self, pool: &ThreadPool, w: &'w Weight) -> Option<&'w PackedMatrix> {
+        if !packing_enabled() || !packed::packable(w.ty) {
+            return None;
+        }
+        w.packed
+            .get_or_init(|| {
+                let rb = w.len / w.rows.max(1);
+                // Source rows are released as they are copied, so the resident set
+                // never holds both copies of a large matrix.
+                PackedMatrix::pack_with(pool, &self.mat(w), |r0, r1| {
+                    self.file.release_range(w.offset + r0 * rb, (r1 - r0) * rb)
+                })
+                .ok()
+            })
+            .as_ref()
+    }
+
+    /// Packs every matrix that has a packed kernel now (at load), instead of on first
+    /// use, so the first request does not pay for it.
+    pub fn pack_weights(&self, pool: &ThreadPool) {
+        self.packed(pool, &self.output);
+        self.packed(pool, &self.tok_embd);
+        for l in &self.layers {
+            for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down] {
+                self.packed(pool, w);
+            }
+        }
+    }
+
     /// Bytes of weights read to produce one token in decode (every matrix once).
     pub fn weight_bytes_per_token(&self) -> usize {
         let mut n = self.output.len;
@@ -157,6 +193,12 @@ impl Model {
         }
         n
     }
+}
+
+/// Packing is on unless `HANGAR_PACK=0` (for A/B comparisons of the two layouts).
+fn packing_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("HANGAR_PACK").map_or(true, |v| v != "0"))
 }
 
 fn find<'a>(f: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {
@@ -191,6 +233,7 @@ fn weight(
         cols,
         offset: t.offset as usize,
         len: t.size as usize,
+        packed: Arc::default(),
     })
 }
 

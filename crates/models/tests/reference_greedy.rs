@@ -247,7 +247,9 @@ fn observer_sees_every_matrix_input_of_every_layer() {
     };
     let mut seen = Vec::new();
     let mut obs = |layer: usize, tap: hangar_models::Tap, rows: &[f32], width: usize| {
-        assert_eq!(rows.len(), 3 * width);
+        // Every token's rows for the layers; only the logits row for the output.
+        let n = if tap == hangar_models::Tap::OutputIn { 1 } else { 3 };
+        assert_eq!(rows.len(), n * width);
         assert!(rows.iter().all(|v| v.is_finite()));
         seen.push((layer, tap, width));
     };
@@ -255,9 +257,13 @@ fn observer_sees_every_matrix_input_of_every_layer() {
         .forward_observed(&pool, &[seq], &mut kv, &mut ws, &mut logits, Some(&mut obs))
         .unwrap();
     let cfg = &model.cfg;
-    assert_eq!(seen.len(), 4 * cfg.n_layers);
+    assert_eq!(seen.len(), 4 * cfg.n_layers + 1);
     assert_eq!(seen[0], (0, hangar_models::Tap::AttnIn, cfg.d_model));
     assert_eq!(seen[3], (0, hangar_models::Tap::FfnDownIn, cfg.ffn_dim));
+    assert_eq!(
+        seen[4 * cfg.n_layers],
+        (cfg.n_layers, hangar_models::Tap::OutputIn, cfg.d_model)
+    );
 }
 
 /// Greedy decode after a long prompt prefilled in chunks of `chunk` tokens.

@@ -1,0 +1,522 @@
+//! Row-interleaved copies of Q4_0 / Q5_0 / Q8_0 weight matrices for AVX-512 VNNI.
+//!
+//! Why: in the row-major layout every `vpdpbusd` yields partial sums of ONE output, so
+//! each (row, token, block) costs an int->float conversion, a scale and a horizontal
+//! reduction: about 5 vector instructions per 32 multiply-adds. Interleaving 16 rows
+//! four bytes at a time puts a different ROW in each int32 lane: one `vpdpbusd` with a
+//! broadcast 4-byte activation group does 64 multiply-adds for 16 rows, the int32 lanes
+//! end the block holding 16 complete block dots, and one conversion plus one FMA scales
+//! all 16. That is ~12 instructions per 512 multiply-adds, and no horizontal sums.
+//!
+//! Layout, per group of 16 rows `g` and block `b` (32 columns):
+//! - `scales[(g * nb + b) * 16 + r]`: the f16 scale of row `16g + r`;
+//! - quantized values, split in 8 lane groups `k` (columns `4k .. 4k + 4` of the block),
+//!   each 64 values `v = 4r + j` = row `16g + r`, column `4k + j`, stored UNSIGNED
+//!   (`q + o`, o = 8 / 16 / 128 for Q4_0 / Q5_0 / Q8_0), so that `vpdpbusd(w, a)` takes
+//!   the signed activations directly; `-o * sum(a)` seeds the accumulator:
+//!   - Q8_0: 64 bytes per `k`;
+//!   - Q4_0: 32 bytes per `k`: value `v < 32` in the low nibble of byte `v`, `v >= 32`
+//!     in the high nibble of byte `v - 32`;
+//!   - Q5_0: 8 bytes per `k` of fifth bits (bit `v` of a u64) for all `k` first, then
+//!     the nibbles as in Q4_0.
+//!
+//! Rows past the end of the matrix are zero (scale 0) and their outputs are not stored.
+//! Per output, the sum runs over blocks in order: `acc = fma(float(idot_b), d_w * d_a,
+//! acc)`, the same for any number of tokens, so results are batch-invariant. The
+//! scalar twin [`matmul_packed_scalar`] follows the same order and must agree bit for
+//! bit.
+
+use crate::matmul::QMatrix;
+use crate::pool::ThreadPool;
+use crate::quants::legacy::{BlockQ4_0, BlockQ5_0, BlockQ8_0, QK};
+use crate::quants::{self, KernelError};
+use hangar_formats::GgmlType;
+
+/// Rows interleaved per group.
+pub const GROUP: usize = 16;
+/// Tokens per kernel call (accumulators held in registers).
+const TOK_TILE: usize = 16;
+
+/// Heap bytes aligned to 2 MiB and advised as transparent huge pages: packing a
+/// 180 MB output matrix then takes ~90 page faults instead of ~45 000, and streaming
+/// it needs far fewer TLB entries. Every byte is written by [`PackedMatrix::pack`]
+/// before it is read.
+struct HugeBuf {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: plain bytes, written only during packing (through disjoint ranges).
+unsafe impl Send for HugeBuf {}
+unsafe impl Sync for HugeBuf {}
+
+impl HugeBuf {
+    fn new(len: usize) -> Self {
+        let layout = std::alloc::Layout::from_size_align(len.max(64), 2 << 20)
+            .expect("packed matrix size fits the address space");
+        // SAFETY: non-zero size.
+        let p = unsafe { std::alloc::alloc(layout) };
+        let Some(ptr) = std::ptr::NonNull::new(p) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        #[cfg(target_os = "linux")]
+        // SAFETY: the range is our own allocation; the advice is only a hint.
+        unsafe {
+            libc::madvise(p as *mut libc::c_void, layout.size(), libc::MADV_HUGEPAGE);
+        }
+        // The padding up to 64 bytes (tiny matrices only) is zeroed here.
+        // SAFETY: inside the allocation.
+        unsafe { std::ptr::write_bytes(p.add(len), 0, layout.size() - len) };
+        HugeBuf { ptr, layout }
+    }
+    fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+    fn len(&self) -> usize {
+        self.layout.size()
+    }
+}
+
+impl Drop for HugeBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// A Q4_0 / Q5_0 / Q8_0 matrix in the row-interleaved layout (see module docs).
+pub struct PackedMatrix {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    nb: usize,
+    scales: Vec<u16>,
+    quants: HugeBuf,
+}
+
+impl std::fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedMatrix")
+            .field("ty", &self.ty)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish()
+    }
+}
+
+/// Quantized bytes per (group, block).
+const fn group_block_bytes(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::Q8_0 => 8 * 64,
+        GgmlType::Q5_0 => 8 * 8 + 8 * 32,
+        _ => 8 * 32,
+    }
+}
+
+/// The unsigned offset added to stored values.
+const fn offset(ty: GgmlType) -> i32 {
+    match ty {
+        GgmlType::Q8_0 => 128,
+        GgmlType::Q5_0 => 16,
+        _ => 8,
+    }
+}
+
+/// Whether matrices of type `ty` can be packed and run packed on this CPU.
+pub fn packable(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0)
+        && crate::simd_level() >= crate::SimdLevel::Avx512Vnni
+}
+
+/// Element `e` (0..32) of a legacy block as its unsigned stored value `q + o`.
+fn unsigned_value(ty: GgmlType, block: &[u8], e: usize) -> u8 {
+    match ty {
+        GgmlType::Q8_0 => (block[2 + e] as i8 as i16 + 128) as u8,
+        GgmlType::Q4_0 => (block[2 + e % 16] >> (4 * (e / 16))) & 0x0f,
+        _ => {
+            let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+            let lo = (block[6 + e % 16] >> (4 * (e / 16))) & 0x0f;
+            lo | ((((qh >> e) & 1) as u8) << 4)
+        }
+    }
+}
+
+fn block_size(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::Q8_0 => std::mem::size_of::<BlockQ8_0>(),
+        GgmlType::Q5_0 => std::mem::size_of::<BlockQ5_0>(),
+        _ => std::mem::size_of::<BlockQ4_0>(),
+    }
+}
+
+impl PackedMatrix {
+    /// Interleaves `m` (Q4_0, Q5_0 or Q8_0), splitting the work over `pool`.
+    pub fn pack(pool: &ThreadPool, m: &QMatrix) -> Result<Self, KernelError> {
+        Self::pack_with(pool, m, |_, _| {})
+    }
+
+    /// As [`PackedMatrix::pack`], calling `done(first_row, end_row)` as soon as those
+    /// source rows have been copied (the caller may then drop their pages).
+    pub fn pack_with(
+        pool: &ThreadPool,
+        m: &QMatrix,
+        done: impl Fn(usize, usize) + Sync,
+    ) -> Result<Self, KernelError> {
+        if !matches!(m.ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0) {
+            return Err(KernelError::Unsupported(m.ty));
+        }
+        quants::check_len(m.ty, m.cols)?;
+        let nb = m.cols / QK;
+        let groups = m.rows.div_ceil(GROUP);
+        let gbb = group_block_bytes(m.ty);
+        let mut scales = vec![0u16; groups * nb * GROUP];
+        let q = HugeBuf::new(groups * nb * gbb);
+        let sp = SendPtr(scales.as_mut_ptr() as *mut u8);
+        let qp = SendPtr(q.as_ptr() as *mut u8);
+        let (ty, bs) = (m.ty, block_size(m.ty));
+        pool.for_each_chunk(groups, 64, |g0, g1| {
+            for g in g0..g1 {
+                // SAFETY: group g's scales and quants are written by this chunk alone.
+                let sc = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        (sp.get() as *mut u16).add(g * nb * GROUP),
+                        nb * GROUP,
+                    )
+                };
+                let qs = unsafe {
+                    let p = qp.get().add(g * nb * gbb);
+                    // Fresh memory: zero it before forming a slice over it.
+                    std::ptr::write_bytes(p, 0, nb * gbb);
+                    std::slice::from_raw_parts_mut(p, nb * gbb)
+                };
+                for r in 0..GROUP {
+                    let row = g * GROUP + r;
+                    if row >= m.rows {
+                        break;
+                    }
+                    let rd = m.row(row);
+                    for b in 0..nb {
+                        let blk = &rd[b * bs..(b + 1) * bs];
+                        sc[b * GROUP + r] = u16::from_le_bytes([blk[0], blk[1]]);
+                        let dst = &mut qs[b * gbb..(b + 1) * gbb];
+                        if ty == GgmlType::Q8_0 {
+                            // Fast path (the big output matrices): 4 bytes at a time.
+                            for k in 0..8 {
+                                let s = &blk[2 + 4 * k..6 + 4 * k];
+                                let w = u32::from_le_bytes([s[0], s[1], s[2], s[3]]) ^ 0x8080_8080;
+                                dst[k * 64 + 4 * r..k * 64 + 4 * r + 4]
+                                    .copy_from_slice(&w.to_le_bytes());
+                            }
+                            continue;
+                        }
+                        let mut u = [0u8; QK];
+                        for (e, u) in u.iter_mut().enumerate() {
+                            *u = unsigned_value(ty, blk, e);
+                        }
+                        let (nib, shift) = (if ty == GgmlType::Q5_0 { 64 } else { 0 }, 4 * (r / 8));
+                        for k in 0..8 {
+                            for j in 0..4 {
+                                let (x, v) = (u[4 * k + j], 4 * r + j);
+                                dst[nib + k * 32 + v % 32] |= (x & 0x0f) << shift;
+                                if ty == GgmlType::Q5_0 {
+                                    dst[k * 8 + v / 8] |= (x >> 4) << (v % 8);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            done((g0 * GROUP).min(m.rows), (g1 * GROUP).min(m.rows));
+        });
+        Ok(PackedMatrix {
+            ty: m.ty,
+            rows: m.rows,
+            cols: m.cols,
+            nb,
+            scales,
+            quants: q,
+        })
+    }
+
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Heap bytes held.
+    pub fn bytes(&self) -> usize {
+        self.scales.len() * 2 + self.quants.len()
+    }
+
+    fn qbytes(&self) -> &[u8] {
+        // SAFETY: every byte was written by `pack` (or zeroed by `HugeBuf::new`).
+        unsafe { std::slice::from_raw_parts(self.quants.as_ptr(), self.quants.len()) }
+    }
+
+    /// The stored unsigned value of row `r`, column `c`.
+    fn value(&self, r: usize, c: usize) -> u8 {
+        let (g, rr) = (r / GROUP, r % GROUP);
+        let (b, e) = (c / QK, c % QK);
+        let (k, j) = (e / 4, e % 4);
+        let v = 4 * rr + j;
+        let gbb = group_block_bytes(self.ty);
+        let d = &self.qbytes()[(g * self.nb + b) * gbb..][..gbb];
+        match self.ty {
+            GgmlType::Q8_0 => d[k * 64 + v],
+            _ => {
+                let nib = if self.ty == GgmlType::Q5_0 { 64 } else { 0 };
+                let lo = (d[nib + k * 32 + v % 32] >> (4 * (v / 32))) & 0x0f;
+                let hi = if self.ty == GgmlType::Q5_0 {
+                    (d[k * 8 + v / 8] >> (v % 8)) & 1
+                } else {
+                    0
+                };
+                lo | (hi << 4)
+            }
+        }
+    }
+
+    /// Row `r` as f32 (the embedding lookup of a tied output matrix).
+    pub fn dequantize_row(&self, r: usize, dst: &mut [f32]) {
+        assert!(r < self.rows && dst.len() == self.cols, "packed row shape");
+        let (g, rr) = (r / GROUP, r % GROUP);
+        let o = offset(self.ty);
+        for b in 0..self.nb {
+            let d = half::f16::from_bits(self.scales[(g * self.nb + b) * GROUP + rr]).to_f32();
+            for e in 0..QK {
+                let q = self.value(r, b * QK + e) as i32 - o;
+                dst[b * QK + e] = q as f32 * d;
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut u8);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut u8 {
+        self.0
+    }
+}
+
+/// Per (token, block) of Q8_0 activations: the f32 scale and the offset seed.
+struct ActPrep {
+    d: Vec<f32>,
+    seed: Vec<i32>,
+}
+
+fn prep(ty: GgmlType, act: &[u8], t: usize, nb: usize) -> ActPrep {
+    let o = offset(ty);
+    let mut d = Vec::with_capacity(t * nb);
+    let mut seed = Vec::with_capacity(t * nb);
+    for blk in act.chunks_exact(34).take(t * nb) {
+        d.push(half::f16::from_le_bytes([blk[0], blk[1]]).to_f32());
+        let s: i32 = blk[2..].iter().map(|&x| x as i8 as i32).sum();
+        seed.push(-o * s);
+    }
+    ActPrep { d, seed }
+}
+
+/// `out[i * p.rows + r] = dot(row r, activation row i)` for `i < t`, where `act` holds
+/// `t` rows quantized to Q8_0 by [`crate::quantize_activations`].
+pub fn matmul_packed(pool: &ThreadPool, p: &PackedMatrix, act: &[u8], t: usize, out: &mut [f32]) {
+    let arb = quants::row_bytes(GgmlType::Q8_0, p.cols);
+    assert_eq!(act.len(), t * arb, "matmul_packed: activation shape");
+    assert_eq!(out.len(), t * p.rows, "matmul_packed: output shape");
+    if crate::simd_level() < crate::SimdLevel::Avx512Vnni {
+        return matmul_packed_scalar(p, act, t, out);
+    }
+    let ap = prep(p.ty, act, t, p.nb);
+    let groups = p.rows.div_ceil(GROUP);
+    let chunk = groups.div_ceil(pool.n_threads() * 8).max(1);
+    let op = SendPtr(out.as_mut_ptr() as *mut u8);
+    pool.for_each_chunk(groups, chunk, |g0, g1| {
+        for g in g0..g1 {
+            let mut c0 = 0;
+            while c0 < t {
+                let nc = (t - c0).min(TOK_TILE);
+                // SAFETY: AVX-512 VNNI checked above; rows of group g belong to this
+                // chunk alone; every pointer stays inside the checked buffers.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    x86::group_tile(p, g, act, arb, &ap, c0, nc, op.get() as *mut f32)
+                };
+                c0 += nc;
+            }
+        }
+    });
+}
+
+/// The scalar twin of [`matmul_packed`] (same summation order, bit-identical).
+pub fn matmul_packed_scalar(p: &PackedMatrix, act: &[u8], t: usize, out: &mut [f32]) {
+    let arb = quants::row_bytes(GgmlType::Q8_0, p.cols);
+    let ap = prep(p.ty, act, t, p.nb);
+    for c in 0..t {
+        for r in 0..p.rows {
+            let (g, rr) = (r / GROUP, r % GROUP);
+            let mut acc = 0f32;
+            for b in 0..p.nb {
+                let ab = &act[c * arb + b * 34 + 2..][..32];
+                let mut dot = ap.seed[c * p.nb + b];
+                for (e, &a) in ab.iter().enumerate() {
+                    dot += p.value(r, b * QK + e) as i32 * a as i8 as i32;
+                }
+                let dw = half::f16::from_bits(p.scales[(g * p.nb + b) * GROUP + rr]).to_f32();
+                acc = (dot as f32).mul_add(dw * ap.d[c * p.nb + b], acc);
+            }
+            out[c * p.rows + r] = acc;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn group_tile(
+        p: &PackedMatrix,
+        g: usize,
+        act: &[u8],
+        arb: usize,
+        ap: &ActPrep,
+        c0: usize,
+        nc: usize,
+        out: *mut f32,
+    ) {
+        macro_rules! go {
+            ($t:ident) => {
+                match nc {
+                    1 => tile::<$t, 1>(p, g, act, arb, ap, c0, out),
+                    2 => tile::<$t, 2>(p, g, act, arb, ap, c0, out),
+                    3 => tile::<$t, 3>(p, g, act, arb, ap, c0, out),
+                    4 => tile::<$t, 4>(p, g, act, arb, ap, c0, out),
+                    5 => tile::<$t, 5>(p, g, act, arb, ap, c0, out),
+                    6 => tile::<$t, 6>(p, g, act, arb, ap, c0, out),
+                    7 => tile::<$t, 7>(p, g, act, arb, ap, c0, out),
+                    8 => tile::<$t, 8>(p, g, act, arb, ap, c0, out),
+                    9 => tile::<$t, 9>(p, g, act, arb, ap, c0, out),
+                    10 => tile::<$t, 10>(p, g, act, arb, ap, c0, out),
+                    11 => tile::<$t, 11>(p, g, act, arb, ap, c0, out),
+                    12 => tile::<$t, 12>(p, g, act, arb, ap, c0, out),
+                    13 => tile::<$t, 13>(p, g, act, arb, ap, c0, out),
+                    14 => tile::<$t, 14>(p, g, act, arb, ap, c0, out),
+                    15 => tile::<$t, 15>(p, g, act, arb, ap, c0, out),
+                    _ => tile::<$t, 16>(p, g, act, arb, ap, c0, out),
+                }
+            };
+        }
+        match p.ty {
+            GgmlType::Q8_0 => go!(Q8),
+            GgmlType::Q5_0 => go!(Q5),
+            _ => go!(Q4),
+        }
+    }
+
+    const Q8: u8 = 0;
+    const Q5: u8 = 1;
+    const Q4: u8 = 2;
+
+    const fn tbytes(t: u8) -> usize {
+        match t {
+            Q8 => 8 * 64,
+            Q5 => 8 * 8 + 8 * 32,
+            _ => 8 * 32,
+        }
+    }
+
+    /// 32 bytes of nibbles -> 64 bytes: low nibbles, then high nibbles.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn nibbles64(p: *const u8) -> __m512i {
+        let x = _mm256_loadu_si256(p as *const __m256i);
+        let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(x), _mm256_srli_epi16::<4>(x));
+        _mm512_and_si512(both, _mm512_set1_epi8(0x0f))
+    }
+
+    /// Lane group `k` of one (group, block) as 64 unsigned bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn fetch<const T: u8>(q: *const u8, k: usize) -> __m512i {
+        match T {
+            Q8 => _mm512_loadu_si512(q.add(k * 64) as *const _),
+            Q5 => {
+                let lo = nibbles64(q.add(64 + k * 32));
+                let hi: __mmask64 = (q.add(k * 8) as *const u64).read_unaligned();
+                _mm512_mask_add_epi8(lo, hi, lo, _mm512_set1_epi8(16))
+            }
+            _ => nibbles64(q.add(k * 32)),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn tile<const T: u8, const NC: usize>(
+        p: &PackedMatrix,
+        g: usize,
+        act: &[u8],
+        arb: usize,
+        ap: &ActPrep,
+        c0: usize,
+        out: *mut f32,
+    ) {
+        let nb = p.nb;
+        let tb = tbytes(T);
+        debug_assert_eq!(tb, group_block_bytes(p.ty));
+        let qbase = p.quants.as_ptr().add(g * nb * tb);
+        let sbase = p.scales.as_ptr().add(g * nb * GROUP);
+        let abase = act.as_ptr().add(c0 * arb + 2);
+        let dbase = ap.d.as_ptr().add(c0 * nb);
+        let seedbase = ap.seed.as_ptr().add(c0 * nb);
+        let mut acc = [_mm512_setzero_ps(); NC];
+        for b in 0..nb {
+            let qb = qbase.add(b * tb);
+            let w = [
+                fetch::<T>(qb, 0),
+                fetch::<T>(qb, 1),
+                fetch::<T>(qb, 2),
+                fetch::<T>(qb, 3),
+                fetch::<T>(qb, 4),
+                fetch::<T>(qb, 5),
+                fetch::<T>(qb, 6),
+                fetch::<T>(qb, 7),
+            ];
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(sbase.add(b * GROUP) as *const __m256i));
+            for (c, acc) in acc.iter_mut().enumerate() {
+                let a = abase.add(c * arb + b * 34) as *const i32;
+                // Two chains halve the dependent vpdpbusd latency; integer, so exact.
+                let mut d0 = _mm512_set1_epi32(*seedbase.add(c * nb + b));
+                let mut d1 = _mm512_setzero_si512();
+                d0 = _mm512_dpbusd_epi32(d0, w[0], _mm512_set1_epi32(a.read_unaligned()));
+                d1 = _mm512_dpbusd_epi32(d1, w[1], _mm512_set1_epi32(a.add(1).read_unaligned()));
+                d0 = _mm512_dpbusd_epi32(d0, w[2], _mm512_set1_epi32(a.add(2).read_unaligned()));
+                d1 = _mm512_dpbusd_epi32(d1, w[3], _mm512_set1_epi32(a.add(3).read_unaligned()));
+                d0 = _mm512_dpbusd_epi32(d0, w[4], _mm512_set1_epi32(a.add(4).read_unaligned()));
+                d1 = _mm512_dpbusd_epi32(d1, w[5], _mm512_set1_epi32(a.add(5).read_unaligned()));
+                d0 = _mm512_dpbusd_epi32(d0, w[6], _mm512_set1_epi32(a.add(6).read_unaligned()));
+                d1 = _mm512_dpbusd_epi32(d1, w[7], _mm512_set1_epi32(a.add(7).read_unaligned()));
+                let dot = _mm512_add_epi32(d0, d1);
+                let s = _mm512_mul_ps(dw, _mm512_set1_ps(*dbase.add(c * nb + b)));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, *acc);
+            }
+        }
+        let r0 = g * GROUP;
+        let valid = (p.rows - r0).min(GROUP);
+        let mask: __mmask16 = if valid == GROUP {
+            0xffff
+        } else {
+            (1u16 << valid) - 1
+        };
+        for (c, acc) in acc.iter().enumerate() {
+            _mm512_mask_storeu_ps(out.add((c0 + c) * p.rows + r0), mask, *acc);
+        }
+    }
+}
