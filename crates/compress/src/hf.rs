@@ -1,12 +1,14 @@
 //! safetensors checkpoints in the Hugging Face layout (`config.json`, and optionally a
-//! byte-level BPE `tokenizer.json`, beside the weights) converted to GGUF names,
-//! metadata and tensor layout for the llama/mistral, qwen2/qwen3 and gemma3 families.
+//! byte-level BPE `tokenizer.json` or a SentencePiece `tokenizer.model`, with
+//! `tokenizer_config.json`, beside the weights) converted to GGUF names, metadata and
+//! tensor layout for the llama/mistral, qwen2/qwen3 and gemma3 families.
 //!
 //! Owns the name map and the conversions llama.cpp's converter makes (Q/K row
 //! permutation for llama-style rope, Gemma's `1 + w` norms); nothing else.
 
 use crate::error::{CompressError, Result};
 use crate::source::SourceModel;
+use crate::spm::{piece_type, SpmModel};
 use hangar_formats::gguf::MetaArray;
 use hangar_formats::{GgmlType, GgufHeader, MetaValue};
 use safetensors::{Dtype, SafeTensors};
@@ -100,7 +102,8 @@ pub fn open_safetensors(path: &Path) -> Result<SourceModel> {
     let eos = cfg["eos_token_id"]
         .as_u64()
         .or_else(|| cfg["eos_token_id"].get(0).and_then(|v| v.as_u64()));
-    tokenizer_metadata(&dir, arch, bos, eos, &mut h)?;
+    let pad = num("pad_token_id");
+    tokenizer_metadata(&dir, arch, [bos, eos, pad], &mut h)?;
 
     let mut tensors = Vec::new();
     let mut size = 0u64;
@@ -237,28 +240,131 @@ pub fn permute_rows(w: &[f32], n_head: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// GGUF tokenizer keys from a byte-level BPE `tokenizer.json` (GPT-2 style: Llama 3,
-/// Qwen). Other tokenizers are left out: the model quantizes, but evaluation needs a
-/// GGUF tokenizer and says so.
+/// GGUF tokenizer keys from the tokenizer files beside the weights: a byte-level BPE
+/// `tokenizer.json` (GPT-2 style: Llama 3, Qwen), else a SentencePiece
+/// `tokenizer.model` (Llama 2, Gemma), plus `tokenizer_config.json`'s BOS/EOS switches
+/// and chat template. Other tokenizers are left out: the model quantizes, but
+/// evaluation needs a GGUF tokenizer and says so. `ids`: BOS, EOS, padding from
+/// `config.json`.
 fn tokenizer_metadata(
     dir: &Path,
     arch: &str,
-    bos: Option<u64>,
-    eos: Option<u64>,
+    ids: [Option<u64>; 3],
     h: &mut GgufHeader,
 ) -> Result<()> {
+    let tc_path = dir.join("tokenizer_config.json");
+    let tc: Value = match std::fs::read_to_string(&tc_path) {
+        Ok(t) => {
+            serde_json::from_str(&t).map_err(|e| CompressError::bad(&tc_path, e.to_string()))?
+        }
+        Err(_) => Value::Null,
+    };
+    let [mut bos, mut eos, mut pad] = ids;
+    if !bpe_tokenizer(dir, arch, h)? {
+        let p = dir.join("tokenizer.model");
+        let Ok(bytes) = std::fs::read(&p) else {
+            return Ok(());
+        };
+        let m = SpmModel::decode(&bytes).map_err(|e| CompressError::bad(&p, e))?;
+        spm_tokenizer(m, &tc, h, [&mut bos, &mut eos, &mut pad]);
+    }
+    for (key, v) in [
+        ("tokenizer.ggml.bos_token_id", bos),
+        ("tokenizer.ggml.eos_token_id", eos),
+        ("tokenizer.ggml.padding_token_id", pad),
+    ] {
+        if let Some(v) = v.and_then(|v| u32::try_from(v).ok()) {
+            h.set(key, MetaValue::U32(v));
+        }
+    }
+    for (json_key, key) in [
+        ("add_bos_token", "tokenizer.ggml.add_bos_token"),
+        ("add_eos_token", "tokenizer.ggml.add_eos_token"),
+    ] {
+        if let Some(b) = tc[json_key].as_bool() {
+            h.set(key, MetaValue::Bool(b));
+        }
+    }
+    if let Some(t) = tc["chat_template"].as_str() {
+        h.set("tokenizer.chat_template", MetaValue::String(t.to_string()));
+    }
+    Ok(())
+}
+
+/// The `"llama"` (SentencePiece) vocabulary keys, as llama.cpp's converter writes
+/// them: pieces, scores and types from `tokenizer.model`, entries of
+/// `tokenizer_config.json`'s `added_tokens_decoder` marked control (special) or
+/// user-defined. Missing ids are taken from the model's trainer spec.
+fn spm_tokenizer(m: SpmModel, tc: &Value, h: &mut GgufHeader, ids: [&mut Option<u64>; 3]) {
+    let n = m.pieces.len();
+    let mut tokens = Vec::with_capacity(n);
+    let mut scores = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    for (t, s, ty) in m.pieces {
+        tokens.push(t);
+        scores.push(s);
+        types.push(ty);
+    }
+    if let Some(added) = tc["added_tokens_decoder"].as_object() {
+        for (id, d) in added {
+            let (Ok(id), Some(content)) = (id.parse::<usize>(), d["content"].as_str()) else {
+                continue;
+            };
+            if id >= n {
+                continue;
+            }
+            types[id] = if d["special"].as_bool().unwrap_or(false) {
+                piece_type::CONTROL
+            } else {
+                piece_type::USER_DEFINED
+            };
+            scores[id] = -1000.0;
+            tokens[id] = content.to_string();
+        }
+    }
+    let [bos, eos, pad] = ids;
+    let from_spec = |v: i32| u64::try_from(v).ok().filter(|&v| (v as usize) < n);
+    *bos = bos.or(from_spec(m.bos_id));
+    *eos = eos.or(from_spec(m.eos_id));
+    *pad = pad.or(from_spec(m.pad_id));
+    h.set("tokenizer.ggml.model", MetaValue::String("llama".into()));
+    h.set("tokenizer.ggml.pre", MetaValue::String("default".into()));
+    h.set(
+        "tokenizer.ggml.tokens",
+        MetaValue::Array(MetaArray::String(tokens)),
+    );
+    h.set(
+        "tokenizer.ggml.scores",
+        MetaValue::Array(MetaArray::F32(scores)),
+    );
+    h.set(
+        "tokenizer.ggml.token_type",
+        MetaValue::Array(MetaArray::I32(types)),
+    );
+    if let Some(u) = from_spec(m.unk_id) {
+        h.set("tokenizer.ggml.unknown_token_id", MetaValue::U32(u as u32));
+    }
+    h.set(
+        "tokenizer.ggml.add_space_prefix",
+        MetaValue::Bool(m.add_dummy_prefix),
+    );
+}
+
+/// The `"gpt2"` vocabulary keys from a byte-level BPE `tokenizer.json`; `false` when
+/// there is none (absent, or another kind of tokenizer).
+fn bpe_tokenizer(dir: &Path, arch: &str, h: &mut GgufHeader) -> Result<bool> {
     let p = dir.join("tokenizer.json");
     let Ok(text) = std::fs::read_to_string(&p) else {
-        return Ok(());
+        return Ok(false);
     };
     let j: Value =
         serde_json::from_str(&text).map_err(|e| CompressError::bad(&p, e.to_string()))?;
     let model = &j["model"];
     if model["type"].as_str() != Some("BPE") || model["byte_fallback"].as_bool() == Some(true) {
-        return Ok(());
+        return Ok(false);
     }
     let Some(vocab) = model["vocab"].as_object() else {
-        return Ok(());
+        return Ok(false);
     };
     let mut n = vocab.values().filter_map(|v| v.as_u64()).max().unwrap_or(0) as usize + 1;
     let added = j["added_tokens"].as_array().cloned().unwrap_or_default();
@@ -266,6 +372,12 @@ fn tokenizer_metadata(
         if let Some(id) = a["id"].as_u64() {
             n = n.max(id as usize + 1);
         }
+    }
+    if n > 1 << 24 {
+        return Err(CompressError::bad(
+            &p,
+            format!("token id {} is too large", n - 1),
+        ));
     }
     let mut tokens = vec![String::new(); n];
     let mut types = vec![1i32; n];
@@ -322,13 +434,7 @@ fn tokenizer_metadata(
         "tokenizer.ggml.merges",
         MetaValue::Array(MetaArray::String(merges)),
     );
-    if let Some(b) = bos {
-        h.set("tokenizer.ggml.bos_token_id", MetaValue::U32(b as u32));
-    }
-    if let Some(e) = eos {
-        h.set("tokenizer.ggml.eos_token_id", MetaValue::U32(e as u32));
-    }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -2,7 +2,11 @@
 //! activation over a calibration text (`hangar imatrix`). Quantization weighs rounding
 //! errors by it; Wanda pruning scores weights by it.
 //!
-//! Stored as GGUF with llama.cpp's tensor naming (`NAME.in_sum2`, `NAME.counts`).
+//! Stored as GGUF with llama.cpp's tensor naming (`NAME.in_sum2`, `NAME.counts`). The
+//! output projection's input is collected too, under `output.weight`, or under
+//! `token_embd.weight` when the model ties its output to the embedding (llama.cpp
+//! collects `output.weight` only with `--process-output`, and never a tied embedding;
+//! its `llama-quantize` looks entries up by tensor name, so both read these files).
 
 use crate::error::{CompressError, Result};
 use crate::session::Session;
@@ -30,8 +34,8 @@ pub fn tap_tensors(layer: usize, tap: Tap) -> Vec<String> {
         Tap::AttnOutIn => &["attn_output"],
         Tap::FfnIn => &["ffn_gate", "ffn_up"],
         Tap::FfnDownIn => &["ffn_down"],
-        // The output projection: its own matrix, or the tied embedding.
-        Tap::OutputIn => return vec!["output.weight".into(), "token_embd.weight".into()],
+        // The output projection: see [`output_tensor`] for the tied case.
+        Tap::OutputIn => return vec!["output.weight".into()],
     };
     names
         .iter()
@@ -40,6 +44,21 @@ pub fn tap_tensors(layer: usize, tap: Tap) -> Vec<String> {
 }
 
 const TAPS: [Tap; 4] = [Tap::AttnIn, Tap::AttnOutIn, Tap::FfnIn, Tap::FfnDownIn];
+
+/// The matrix the output projection multiplies by: `output.weight`, or the embedding
+/// when the model has no separate output matrix (Gemma ties them).
+pub fn output_tensor(model: &Model) -> &'static str {
+    if model.gguf().tensor("output.weight").is_some() {
+        "output.weight"
+    } else {
+        "token_embd.weight"
+    }
+}
+
+/// Tokens fed per forward call while collecting: the output projection's input is
+/// only observed for rows whose logits are computed, and this bounds those logits to
+/// `FEED × vocab` floats.
+const FEED: usize = 64;
 
 impl Imatrix {
     /// Mean square activation per column of `tensor`'s input, if collected.
@@ -50,7 +69,8 @@ impl Imatrix {
     }
 
     /// Runs `model` over `tokens` (no BOS) in windows of `ctx` tokens (BOS first) and
-    /// accumulates the input statistics of every layer's matrices.
+    /// accumulates the input statistics of every layer's matrices and of the output
+    /// projection (stored under [`output_tensor`]'s name).
     pub fn collect(
         model: &Model,
         pool: &ThreadPool,
@@ -78,7 +98,8 @@ impl Imatrix {
         }
         let layers = model.cfg.n_layers;
         // (layer, tap) → Σ x², rows
-        let mut acc: Vec<(Vec<f64>, u64)> = vec![(Vec::new(), 0); layers * TAPS.len()];
+        // The last slot is the output projection's.
+        let mut acc: Vec<(Vec<f64>, u64)> = vec![(Vec::new(), 0); layers * TAPS.len() + 1];
         let mut sess = Session::new(model, ctx);
         let mut toks = Vec::with_capacity(ctx);
         for c in 0..n {
@@ -86,10 +107,12 @@ impl Imatrix {
             toks.push(bos);
             toks.extend_from_slice(&tokens[c * per..(c + 1) * per]);
             let mut obs = |layer: usize, tap: Tap, rows: &[f32], width: usize| {
-                let Some(ti) = TAPS.iter().position(|t| *t == tap) else {
-                    return; // the output projection's input is not collected yet
+                let slot = match TAPS.iter().position(|t| *t == tap) {
+                    Some(ti) if layer < layers => layer * TAPS.len() + ti,
+                    None if tap == Tap::OutputIn => layers * TAPS.len(),
+                    _ => return,
                 };
-                let slot = &mut acc[layer * TAPS.len() + ti];
+                let slot = &mut acc[slot];
                 if slot.0.len() != width {
                     slot.0 = vec![0.0; width];
                 }
@@ -100,7 +123,20 @@ impl Imatrix {
                 }
                 slot.1 += (rows.len() / width.max(1)) as u64;
             };
-            sess.feed(pool, &toks, 0, LogitsWanted::None, Some(&mut obs))?;
+            // Logits of every position, so that the output projection's input shows;
+            // in pieces, to bound the logits buffer.
+            let mut start = 0;
+            while start < toks.len() {
+                let end = (start + FEED).min(toks.len());
+                sess.feed(
+                    pool,
+                    &toks[start..end],
+                    start,
+                    LogitsWanted::All,
+                    Some(&mut obs),
+                )?;
+                start = end;
+            }
             on_chunk(c + 1, n);
         }
         let mut entries = BTreeMap::new();
@@ -114,6 +150,13 @@ impl Imatrix {
                     entries.insert(name, (s.iter().map(|&v| v as f32).collect(), *rows));
                 }
             }
+        }
+        let (s, rows) = &acc[layers * TAPS.len()];
+        if *rows > 0 {
+            entries.insert(
+                output_tensor(model).to_string(),
+                (s.iter().map(|&v| v as f32).collect(), *rows),
+            );
         }
         Ok(Imatrix {
             entries,

@@ -4,15 +4,15 @@
 //! agreement against the source, multiple-choice accuracy, size, speed).
 //!
 //! Reads models with `hangar-formats`, runs them with `hangar-models`/`hangar-engine`,
-//! writes GGUF with `hangar-formats`' writer. Knows nothing about serving or the
-//! registry.
+//! writes GGUF with `hangar-formats`' writer, or a Hugging Face safetensors folder
+//! ([`hf_write`]). Knows nothing about serving or the registry.
 //!
 //! ```no_run
 //! use hangar_compress::{quantize, QuantizeOptions, SourceModel};
 //! use hangar_formats::GgmlType;
 //! let src = SourceModel::open("model.gguf").unwrap();
 //! let opts = QuantizeOptions { target: GgmlType::Q4K, keep: vec![], imatrix: None,
-//!     imatrix_file: None, threads: 0, pure: false };
+//!     imatrix_file: None, threads: 0, pure: false, format: Default::default() };
 //! let report = quantize::quantize(&src, "model-q4k.gguf".as_ref(), &opts,
 //!     &indicatif::ProgressBar::hidden()).unwrap();
 //! println!("{}", report.type_mix());
@@ -21,6 +21,7 @@
 pub mod error;
 pub mod eval;
 pub mod hf;
+pub mod hf_write;
 pub mod imatrix;
 pub mod linalg;
 pub mod lowrank;
@@ -30,6 +31,7 @@ pub mod prune;
 pub mod quantize;
 mod session;
 pub mod source;
+pub mod spm;
 pub mod tasks;
 pub mod wquant;
 
@@ -37,5 +39,5 @@ pub use error::{CompressError, Result};
 pub use eval::{evaluate, EvalModel, EvalOptions, EvalReport};
 pub use imatrix::Imatrix;
 pub use policy::KeepRule;
-pub use quantize::{QuantizeOptions, QuantizeReport};
+pub use quantize::{OutFormat, QuantizeOptions, QuantizeReport};
 pub use source::SourceModel;

@@ -7,9 +7,10 @@
 //! Owns rank selection and factorisation; the rewrite is shared with quantize.
 
 use crate::error::{CompressError, Result};
+use crate::hf_write::{check_float_type, dense_type};
 use crate::linalg::{gram_cols, gram_rows, sym_eigen};
 use crate::policy::glob_match;
-use crate::quantize::{encode, rewrite, threads, Planned};
+use crate::quantize::{check_output, encode, rewrite, threads, OutFormat, Planned};
 use crate::source::SourceModel;
 use hangar_formats::GgmlType;
 use indicatif::ProgressBar;
@@ -38,9 +39,12 @@ pub struct LowrankOptions {
     pub rank: RankRule,
     pub include: Vec<String>,
     pub store: Store,
-    /// Type of rewritten tensors (default: the source's if it is a float type, else Q8_0).
+    /// Type of rewritten tensors (default: the source's if it is a float type, else
+    /// Q8_0). With safetensors output: the type of every matrix (F16 or BF16;
+    /// default: the input's float type, F16 for quantized inputs).
     pub ty: Option<GgmlType>,
     pub threads: usize,
+    pub format: OutFormat,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,6 +70,9 @@ pub struct LowrankReport {
     pub params_after: usize,
     pub in_bytes: u64,
     pub out_bytes: u64,
+    pub format: OutFormat,
+    /// What a safetensors export converted, copied or left out.
+    pub notes: Vec<String>,
 }
 
 impl LowrankReport {
@@ -200,6 +207,28 @@ pub fn lowrank(
         }
         _ => {}
     }
+    let dense = opts.format == OutFormat::Safetensors;
+    if dense {
+        if opts.store == Store::Factors {
+            return Err(CompressError::Invalid(
+                "--store factors writes tensors (NAME.lr_a, NAME.lr_b) that have no Hugging Face name: use --format gguf, or --store multiplied".into(),
+            ));
+        }
+        if let Some(ty) = opts.ty {
+            check_float_type(ty)?;
+        }
+        // Every tensor keeps its name; check the folder before the factorisations.
+        let plan: Vec<Planned> = src
+            .tensors()
+            .iter()
+            .map(|t| Planned {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ty: dense_type(t.ty, t.is_matrix(), opts.ty),
+            })
+            .collect();
+        check_output(src, out, opts.format, &plan)?;
+    }
     let nt = threads(opts.threads);
     let selected: Vec<usize> = (0..src.tensors().len())
         .filter(|&i| {
@@ -257,6 +286,14 @@ pub fn lowrank(
     let mut parts = Vec::new();
     for (i, t) in src.tensors().iter().enumerate() {
         match &done[i] {
+            _ if dense => {
+                plan.push(Planned {
+                    name: t.name.clone(),
+                    dims: t.dims.clone(),
+                    ty: dense_type(t.ty, t.is_matrix(), opts.ty),
+                });
+                parts.push((i, 0));
+            }
             Some((f, rep)) if !rep.skipped => {
                 let ty = out_type(t.ty, opts.ty, t.row_len());
                 match opts.store {
@@ -297,9 +334,10 @@ pub fn lowrank(
         }
     }
     let store = opts.store;
-    let out_bytes = rewrite(
+    let written = rewrite(
         src,
         out,
+        opts.format,
         |h| {
             if store == Store::Factors {
                 h.set(
@@ -320,7 +358,14 @@ pub fn lowrank(
                 }
                 (Some((f, _)), 1) => Ok(Cow::Owned(encode(ty, &f.a, f.rank, None, nt)?)),
                 (Some((f, rep)), 2) => Ok(Cow::Owned(encode(ty, &f.b, rep.cols, None, nt)?)),
-                _ => Ok(Cow::Borrowed(src.bytes(t))),
+                _ if ty == t.ty => Ok(Cow::Borrowed(src.bytes(t))),
+                _ => Ok(Cow::Owned(encode(
+                    ty,
+                    &src.to_f32(t)?,
+                    t.row_len(),
+                    None,
+                    nt,
+                )?)),
             }
         },
     )?;
@@ -331,7 +376,9 @@ pub fn lowrank(
         params_after: tensors.iter().map(|t| t.params_after).sum(),
         tensors,
         in_bytes: src.file_size(),
-        out_bytes,
+        out_bytes: written.bytes,
+        format: opts.format,
+        notes: written.notes,
     })
 }
 

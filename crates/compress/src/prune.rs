@@ -1,13 +1,15 @@
 //! `hangar prune`: zero the least important weights of the linear layers — by
 //! magnitude, or by Wanda's |W|·‖X‖ (calibration activations), unstructured or N:M
-//! semi-structured — and store them in a type that keeps the zeros exact.
+//! semi-structured — and store them in a type that keeps the zeros exact (GGUF), or
+//! dense at float precision (safetensors output).
 //!
 //! Owns the masks and the per-tensor report; the rewrite is shared with quantize.
 
 use crate::error::{CompressError, Result};
+use crate::hf_write::{check_float_type, dense_type};
 use crate::imatrix::Imatrix;
 use crate::policy::glob_match;
-use crate::quantize::{encode, rewrite, Planned};
+use crate::quantize::{check_output, encode, rewrite, OutFormat, Planned};
 use crate::source::SourceModel;
 use hangar_formats::GgmlType;
 use indicatif::ProgressBar;
@@ -38,9 +40,12 @@ pub struct PruneOptions {
     pub include: Vec<String>,
     /// Column statistics for Wanda.
     pub imatrix: Option<Imatrix>,
-    /// Storage type of pruned tensors (default: one that keeps zeros exact).
+    /// Storage type of pruned tensors (default: one that keeps zeros exact). With
+    /// safetensors output: the type of every matrix (F16 or BF16; default: the
+    /// input's float type, F16 for quantized inputs).
     pub ty: Option<GgmlType>,
     pub threads: usize,
+    pub format: OutFormat,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -65,6 +70,9 @@ pub struct PruneReport {
     pub total_params_pruned_tensors: usize,
     pub in_bytes: u64,
     pub out_bytes: u64,
+    pub format: OutFormat,
+    /// What a safetensors export converted, copied or left out.
+    pub notes: Vec<String>,
 }
 
 /// A type that stores exact zeros and is close to `src` in precision.
@@ -153,6 +161,10 @@ pub fn prune(
             opts.include.join(",")
         )));
     }
+    let dense = opts.format == OutFormat::Safetensors;
+    if let (true, Some(ty)) = (dense, opts.ty) {
+        check_float_type(ty)?;
+    }
     let plan: Vec<Planned> = src
         .tensors()
         .iter()
@@ -160,24 +172,38 @@ pub fn prune(
         .map(|(t, &s)| Planned {
             name: t.name.clone(),
             dims: t.dims.clone(),
-            ty: if s {
+            ty: if dense {
+                dense_type(t.ty, t.is_matrix(), opts.ty)
+            } else if s {
                 opts.ty.unwrap_or_else(|| zero_safe_type(t.ty, t.row_len()))
             } else {
                 t.ty
             },
         })
         .collect();
+    check_output(src, out, opts.format, &plan)?;
     bar.set_length(selected.iter().filter(|&&s| s).count() as u64);
     let mut reports = Vec::new();
-    let out_bytes = rewrite(
+    let written = rewrite(
         src,
         out,
+        opts.format,
         |_| {},
         &plan,
         |i| {
             let t = &src.tensors()[i];
             if !selected[i] {
-                return Ok(Cow::Borrowed(src.bytes(t)));
+                if plan[i].ty == t.ty {
+                    return Ok(Cow::Borrowed(src.bytes(t)));
+                }
+                let x = src.to_f32(t)?;
+                return Ok(Cow::Owned(encode(
+                    plan[i].ty,
+                    &x,
+                    t.row_len(),
+                    None,
+                    opts.threads,
+                )?));
             }
             bar.set_message(t.name.clone());
             let mut x = src.to_f32(t)?;
@@ -232,7 +258,9 @@ pub fn prune(
         pruned_params,
         total_params_pruned_tensors: total,
         in_bytes: src.file_size(),
-        out_bytes,
+        out_bytes: written.bytes,
+        format: opts.format,
+        notes: written.notes,
     })
 }
 

@@ -1,10 +1,11 @@
-//! `hangar quantize`: a new GGUF file where each tensor gets the type the
+//! `hangar quantize`: a new GGUF file (or safetensors folder) where each tensor gets the type the
 //! [`crate::policy`] chooses, quantized from f32 (dequantizing first when the input is
 //! already quantized), importance-weighted when an [`Imatrix`] is given.
 //!
-//! Owns the conversion loop and the GGUF rewrite shared with prune and low-rank.
+//! Owns the conversion loop and the rewrite shared with prune and low-rank.
 
 use crate::error::{CompressError, Result};
+use crate::hf_write;
 use crate::imatrix::Imatrix;
 use crate::policy::{self, Choice, KeepRule, TensorShape};
 use crate::source::SourceModel;
@@ -15,6 +16,18 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 use std::borrow::Cow;
 use std::path::Path;
+
+/// What a compression step writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutFormat {
+    /// One GGUF file.
+    #[default]
+    Gguf,
+    /// A Hugging Face folder: `model.safetensors`, `config.json`, tokenizer files
+    /// (float tensors only; see [`crate::hf_write`]).
+    Safetensors,
+}
 
 /// Options of one quantization.
 #[derive(Debug, Clone)]
@@ -28,6 +41,7 @@ pub struct QuantizeOptions {
     pub threads: usize,
     /// No mix: every matrix gets the target type (fallbacks still apply).
     pub pure: bool,
+    pub format: OutFormat,
 }
 
 /// What happened to one tensor.
@@ -53,6 +67,9 @@ pub struct QuantizeReport {
     /// Input types that had to be dequantized before requantizing.
     pub requantized_from: Vec<String>,
     pub imatrix_tensors: usize,
+    pub format: OutFormat,
+    /// What a safetensors export converted, copied or left out.
+    pub notes: Vec<String>,
 }
 
 impl QuantizeReport {
@@ -154,15 +171,48 @@ pub(crate) struct Planned {
     pub ty: GgmlType,
 }
 
-/// Writes `src`'s metadata (edited by `edit`) and the planned tensors, whose bytes
-/// `data(i)` produces in order. Returns the output size.
+/// What [`rewrite`] wrote.
+pub(crate) struct Written {
+    /// Size of the output (the file, or the folder's files), bytes.
+    pub bytes: u64,
+    pub notes: Vec<String>,
+}
+
+/// Checks that `plan` can be written in `format` before any work is spent on it.
+pub(crate) fn check_output(
+    src: &SourceModel,
+    out: &Path,
+    format: OutFormat,
+    plan: &[Planned],
+) -> Result<()> {
+    match format {
+        OutFormat::Gguf => Ok(()),
+        OutFormat::Safetensors => hf_write::preflight(src, out, plan),
+    }
+}
+
+/// Writes the planned tensors, whose bytes `data(i)` produces in order: as GGUF with
+/// `src`'s metadata (edited by `edit`), or as a safetensors folder (float types only).
 pub(crate) fn rewrite<'a>(
     src: &'a SourceModel,
     out: &Path,
+    format: OutFormat,
     edit: impl FnOnce(&mut GgufHeader),
     plan: &[Planned],
     mut data: impl FnMut(usize) -> Result<Cow<'a, [u8]>>,
-) -> Result<u64> {
+) -> Result<Written> {
+    if format == OutFormat::Safetensors {
+        hf_write::preflight(src, out, plan)?;
+        let mut all = Vec::with_capacity(plan.len());
+        for i in 0..plan.len() {
+            all.push(data(i)?);
+        }
+        let ex = hf_write::write_checkpoint(src, out, plan, all)?;
+        return Ok(Written {
+            bytes: ex.bytes,
+            notes: ex.notes,
+        });
+    }
     let mut h = src.metadata().clone();
     edit(&mut h);
     for p in plan {
@@ -174,9 +224,12 @@ pub(crate) fn rewrite<'a>(
         w.write_tensor(&bytes)?;
     }
     let path = w.finish()?;
-    Ok(std::fs::metadata(&path)
-        .map_err(CompressError::io(&path))?
-        .len())
+    Ok(Written {
+        bytes: std::fs::metadata(&path)
+            .map_err(CompressError::io(&path))?
+            .len(),
+        notes: Vec::new(),
+    })
 }
 
 /// The policy's choice for every tensor of `src`.
@@ -201,7 +254,8 @@ pub fn plan(src: &SourceModel, opts: &QuantizeOptions) -> Vec<Choice> {
         .collect()
 }
 
-/// Quantizes `src` into a new GGUF file at `out`.
+/// Quantizes `src` into a new GGUF file at `out` (or, with [`OutFormat::Safetensors`]
+/// and a float target, a safetensors folder).
 pub fn quantize(
     src: &SourceModel,
     out: &Path,
@@ -214,6 +268,9 @@ pub fn quantize(
             opts.target
         )));
     }
+    if opts.format == OutFormat::Safetensors {
+        hf_write::check_float_type(opts.target)?;
+    }
     let choices = plan(src, opts);
     let plan: Vec<Planned> = src
         .tensors()
@@ -225,6 +282,7 @@ pub fn quantize(
             ty: c.ty,
         })
         .collect();
+    check_output(src, out, opts.format, &plan)?;
     let mut requant: Vec<String> = src
         .tensors()
         .iter()
@@ -240,9 +298,10 @@ pub fn quantize(
     let mut n_imatrix = 0;
     let target = opts.target;
     let im = opts.imatrix.as_ref();
-    let out_bytes = rewrite(
+    let written = rewrite(
         src,
         out,
+        opts.format,
         |h| {
             h.set(
                 "general.file_type",
@@ -305,8 +364,10 @@ pub fn quantize(
         target: target.name().into(),
         tensors: reports,
         in_bytes: src.file_size(),
-        out_bytes,
+        out_bytes: written.bytes,
         requantized_from: requant,
         imatrix_tensors: n_imatrix,
+        format: opts.format,
+        notes: written.notes,
     })
 }

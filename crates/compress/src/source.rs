@@ -52,9 +52,13 @@ pub struct SourceModel {
 }
 
 impl SourceModel {
-    /// Opens a GGUF file, or a `.safetensors` file with `config.json` beside it.
+    /// Opens a GGUF file, or a `.safetensors` file with `config.json` beside it, or a
+    /// folder holding both.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        if path.is_dir() {
+            return crate::hf::open_safetensors(path);
+        }
         let mut magic = [0u8; 4];
         {
             use std::io::Read;
@@ -117,6 +121,10 @@ impl SourceModel {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+    /// A GGUF file (as opposed to a converted safetensors checkpoint).
+    pub fn is_gguf(&self) -> bool {
+        self.gguf.is_some()
     }
     /// Size of the input on disk, bytes.
     pub fn file_size(&self) -> u64 {

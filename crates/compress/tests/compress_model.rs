@@ -64,6 +64,7 @@ fn opts(target: GgmlType) -> QuantizeOptions {
         imatrix_file: None,
         threads: 0,
         pure: false,
+        format: Default::default(),
     }
 }
 
@@ -147,7 +148,16 @@ fn importance_matrix_beats_plain_rounding_at_q4_0() {
         |_, _| {},
     )
     .unwrap();
-    assert_eq!(im.entries.len(), 7 * base.model.cfg.n_layers);
+    // Seven matrices a layer, and the output projection (Gemma's tied embedding).
+    assert_eq!(im.entries.len(), 7 * base.model.cfg.n_layers + 1);
+    let (out_sums, out_rows) = &im.entries["token_embd.weight"];
+    assert_eq!(out_sums.len(), base.model.cfg.d_model);
+    assert_eq!(
+        *out_rows,
+        2 * 512,
+        "every position of both chunks feeds the output"
+    );
+    assert!(out_sums.iter().all(|v| v.is_finite() && *v >= 0.0));
     // Saved and loaded back unchanged.
     let im_path = tmp("imatrix.gguf");
     im.save(&im_path).unwrap();
@@ -190,6 +200,7 @@ fn pruning_to_half_leaves_half_zeros_and_the_model_still_generates() {
         imatrix: None,
         ty: None,
         threads: 0,
+        format: Default::default(),
     };
     let r = prune::prune(&src, &out, &o, &ProgressBar::hidden()).unwrap();
     let n_layers = src.n_layers();

@@ -63,6 +63,7 @@ fn q8_0_written_by_hangar_generates_the_same_greedy_text_in_llama_cpp() {
         imatrix_file: None,
         threads: 0,
         pure: false,
+        format: Default::default(),
     };
     quantize::quantize(&src, &out, &o, &indicatif::ProgressBar::hidden()).unwrap();
 

@@ -7,7 +7,7 @@ use hangar_compress::eval::{self, EvalModel, EvalOptions, EvalReport};
 use hangar_compress::lowrank::{self, LowrankOptions, RankRule, Store};
 use hangar_compress::prune::{self, PruneMethod, PruneOptions};
 use hangar_compress::quantize::{self, QuantizeOptions};
-use hangar_compress::{progress, tasks, Imatrix, KeepRule, SourceModel};
+use hangar_compress::{progress, tasks, Imatrix, KeepRule, OutFormat, SourceModel};
 use hangar_formats::GgmlType;
 use hangar_kernels::ThreadPool;
 use std::path::{Path, PathBuf};
@@ -41,6 +41,27 @@ pub struct EvalFlags {
     pub threads: usize,
 }
 
+/// `--format`: what a compression command writes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FormatArg {
+    /// One GGUF file (any type).
+    #[default]
+    Gguf,
+    /// A Hugging Face folder OUT/ holding model.safetensors, config.json and the
+    /// tokenizer (tokenizer.model or tokenizer.json, tokenizer_config.json); float
+    /// tensors only (F32 norms, F16/BF16 matrices).
+    Safetensors,
+}
+
+impl From<FormatArg> for OutFormat {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Gguf => OutFormat::Gguf,
+            FormatArg::Safetensors => OutFormat::Safetensors,
+        }
+    }
+}
+
 fn parse_type(s: &str) -> Result<GgmlType, String> {
     GgmlType::from_name(s)
         .filter(|t| hangar_compress::policy::TARGETS.contains(t))
@@ -50,14 +71,20 @@ fn parse_type(s: &str) -> Result<GgmlType, String> {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = FORMAT_HELP)]
 pub struct QuantizeArgs {
-    /// Input model (GGUF, or .safetensors with config.json and tokenizer.json beside it).
+    /// Input model: a GGUF file, or a Hugging Face safetensors checkpoint (a folder, or
+    /// a .safetensors file, with config.json and tokenizer.json/tokenizer.model beside).
     pub input: PathBuf,
-    /// Output GGUF file.
+    /// Output: a GGUF file, or with --format safetensors a folder (created if missing).
     pub output: PathBuf,
-    /// Target type; norms stay F32, embeddings/output and some attn_v/ffn_down get more bits.
+    /// Target type; norms stay F32, embeddings/output and some attn_v/ffn_down get more
+    /// bits. With --format safetensors: F16 or BF16.
     #[arg(long = "type", value_parser = parse_type)]
     pub ty: GgmlType,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = FormatArg::Gguf)]
+    pub format: FormatArg,
     /// Pin tensors: PATTERN keeps the source type, PATTERN=TYPE forces one (`*` wildcard; repeatable).
     #[arg(long)]
     pub keep: Vec<KeepRule>,
@@ -102,9 +129,15 @@ pub enum MethodArg {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = FORMAT_HELP)]
 pub struct PruneArgs {
+    /// Input model (GGUF, or a safetensors checkpoint as for quantize).
     pub input: PathBuf,
+    /// Output: a GGUF file, or with --format safetensors a folder.
     pub output: PathBuf,
+    /// Output format (safetensors: every tensor dense, zeros stored as zeros).
+    #[arg(long, value_enum, default_value_t = FormatArg::Gguf)]
+    pub format: FormatArg,
     #[arg(long, value_enum, default_value_t = MethodArg::Magnitude)]
     pub method: MethodArg,
     /// Fraction of each row's weights to zero.
@@ -123,6 +156,8 @@ pub struct PruneArgs {
     #[arg(long, conflicts_with = "file")]
     pub imatrix: Option<PathBuf>,
     /// Storage type of pruned tensors (default: keeps zeros exact, close to the input's).
+    /// With --format safetensors: the type of every matrix, F16 or BF16 (default: the
+    /// input's float type; F16 for a quantized input).
     #[arg(long = "type", value_parser = parse_type)]
     pub ty: Option<GgmlType>,
     /// Only the summary line, not the sparsity of every tensor.
@@ -153,9 +188,15 @@ pub enum StoreArg {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = FORMAT_HELP)]
 pub struct LowrankArgs {
+    /// Input model (GGUF, or a safetensors checkpoint as for quantize).
     pub input: PathBuf,
+    /// Output: a GGUF file, or with --format safetensors a folder.
     pub output: PathBuf,
+    /// Output format (safetensors needs --store multiplied).
+    #[arg(long, value_enum, default_value_t = FormatArg::Gguf)]
+    pub format: FormatArg,
     /// Keep this many singular values per matrix.
     #[arg(long, conflicts_with = "energy", required_unless_present = "energy")]
     pub rank: Option<usize>,
@@ -171,6 +212,8 @@ pub struct LowrankArgs {
     #[arg(long, value_enum, default_value_t = StoreArg::Multiplied)]
     pub store: StoreArg,
     /// Storage type of rewritten tensors (default: the input's if float, else Q8_0).
+    /// With --format safetensors: the type of every matrix, F16 or BF16 (default: the
+    /// input's float type; F16 for a quantized input).
     #[arg(long = "type", value_parser = parse_type)]
     pub ty: Option<GgmlType>,
     #[arg(long, short = 'v')]
@@ -204,6 +247,20 @@ pub struct EvalArgs {
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
 }
+
+const FORMAT_HELP: &str = "\
+Output formats (--format):
+  gguf         OUT is one GGUF file; every type, metadata copied from the input.
+  safetensors  OUT is a Hugging Face folder (created if missing; refused if it holds
+               other weights): model.safetensors (HF tensor names and layout: Gemma
+               norms as w, llama Q/K rows unpermuted), config.json, and the tokenizer.
+               From a safetensors input its config.json (dtype updated) and tokenizer
+               files are copied; from a GGUF input config.json is written from the
+               metadata and the vocabulary as tokenizer.model (SentencePiece) or
+               tokenizer.json (byte-level BPE) with tokenizer_config.json; other GGUF
+               metadata is not kept. Tensors are dense floats: F32 norms, F16/BF16
+               matrices (quantized inputs are dequantized). hangar eval/quantize read
+               the folder back.";
 
 fn pool(threads: usize) -> ThreadPool {
     let n = if threads == 0 {
@@ -306,6 +363,12 @@ fn open_input(p: &Path) -> Result<SourceModel> {
     SourceModel::open(p).with_context(|| format!("opening {}", p.display()))
 }
 
+fn print_notes(notes: &[String]) {
+    for n in notes {
+        eprintln!("note: {n}");
+    }
+}
+
 fn mb(b: u64) -> String {
     format!("{:.1} MB", b as f64 / 1e6)
 }
@@ -323,6 +386,7 @@ pub fn run_quantize(a: QuantizeArgs) -> Result<()> {
         imatrix_file: a.imatrix.as_ref().map(|p| p.display().to_string()),
         threads: a.eval.threads,
         pure: a.pure,
+        format: a.format.into(),
     };
     let choices = quantize::plan(&src, &opts);
     let mut requant: Vec<&str> = src
@@ -372,6 +436,7 @@ pub fn run_quantize(a: QuantizeArgs) -> Result<()> {
             String::new()
         }
     );
+    print_notes(&report.notes);
     let eval = compare(&src, &a.output, &a.eval)?;
     print_report(a.eval.json, "quantize", &report, &eval);
     Ok(())
@@ -439,6 +504,7 @@ pub fn run_prune(a: PruneArgs) -> Result<()> {
         imatrix,
         ty: a.ty,
         threads: a.eval.threads,
+        format: a.format.into(),
     };
     let bar = progress::bar(0, "prune");
     let report = prune::prune(&src, &a.output, &opts, &bar)?;
@@ -470,6 +536,7 @@ pub fn run_prune(a: PruneArgs) -> Result<()> {
         mb(report.in_bytes),
         mb(report.out_bytes)
     );
+    print_notes(&report.notes);
     let eval = compare(&src, &a.output, &a.eval)?;
     print_report(a.eval.json, "prune", &report, &eval);
     Ok(())
@@ -492,6 +559,7 @@ pub fn run_lowrank(a: LowrankArgs) -> Result<()> {
         store,
         ty: a.ty,
         threads: a.eval.threads,
+        format: a.format.into(),
     };
     let bar = progress::bar(0, "lowrank");
     let report = lowrank::lowrank(&src, &a.output, &opts, &bar)?;
@@ -523,6 +591,7 @@ pub fn run_lowrank(a: LowrankArgs) -> Result<()> {
         mb(report.in_bytes),
         mb(report.out_bytes)
     );
+    print_notes(&report.notes);
     let eval = if store == Store::Factors {
         if !a.eval.no_eval {
             eprintln!("note: factor storage is not loadable by the runtime yet; skipping the evaluation (use --store multiplied to measure quality)");
