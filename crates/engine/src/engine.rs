@@ -698,7 +698,10 @@ impl EngineLoop {
             Command::Submit(id, req, tx) => {
                 let req = *req;
                 let sampler = match Sampler::new(req.sampling.clone()) {
-                    Ok(s) => s,
+                    Ok(mut s) => {
+                        s.set_logprob_wanted(req.logprobs.is_some());
+                        s
+                    }
                     Err(e) => {
                         let _ = tx.send(TokenEvent::Error(format!(
                             "invalid sampling parameters: {e}"

@@ -215,6 +215,9 @@ pub struct Sampler {
     copy: Vec<f32>,
     /// Scratch: (token, count) of the penalty window.
     counts: Vec<(u32, u32)>,
+    /// Whether the chosen token's log-probability is reported (it costs a
+    /// vocabulary-wide log-sum-exp per token).
+    want_logprob: bool,
 }
 
 impl Sampler {
@@ -228,7 +231,15 @@ impl Sampler {
             cands: Vec::new(),
             copy: Vec::new(),
             counts: Vec::new(),
+            want_logprob: true,
         })
+    }
+
+    /// With `false`, [`SampledToken::logprob`] is not computed (reads -inf) unless top logprobs are asked
+    /// for, and greedy sampling skips the vocabulary-wide log-sum-exp (a server
+    /// decoding many streams that asked for no logprobs).
+    pub fn set_logprob_wanted(&mut self, want: bool) {
+        self.want_logprob = want;
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -289,7 +300,11 @@ impl Sampler {
         self.apply_penalties(logits, history);
 
         let (max_id, max) = argmax(logits);
-        let lse = log_sum_exp(logits, max);
+        let lse = if self.want_logprob || n_logprobs > 0 {
+            log_sum_exp(logits, max)
+        } else {
+            f32::NAN
+        };
         let id = if self.params.temperature == 0.0 || max == f32::NEG_INFINITY {
             max_id
         } else {
