@@ -421,6 +421,22 @@ pub(crate) fn write_checkpoint(
             let cfg = config_from_gguf(h, arch, tied, main_ty, plan)?;
             write_json(&out.join("config.json"), &cfg)?;
             ex.files.push("config.json".into());
+            let prefix = format!("{arch}.");
+            let unused: Vec<&str> = h
+                .metadata()
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .filter(|k| {
+                    k.strip_prefix(&prefix)
+                        .is_some_and(|rest| !CONFIG_KEYS.contains(&rest))
+                })
+                .collect();
+            if !unused.is_empty() {
+                ex.notes.push(format!(
+                    "GGUF keys not in config.json: {}",
+                    unused.join(", ")
+                ));
+            }
             tokenizer_from_gguf(h, arch, out, &mut ex)?;
         }
     }
@@ -430,6 +446,24 @@ pub(crate) fn write_checkpoint(
     }
     Ok(ex)
 }
+
+/// The `{arch}.*` GGUF keys [`config_from_gguf`] carries over.
+const CONFIG_KEYS: [&str; 14] = [
+    "block_count",
+    "context_length",
+    "embedding_length",
+    "feed_forward_length",
+    "attention.head_count",
+    "attention.head_count_kv",
+    "attention.key_length",
+    "attention.value_length",
+    "attention.layer_norm_rms_epsilon",
+    "rope.freq_base",
+    "rope.dimension_count",
+    "attention.sliding_window",
+    "final_logit_softcapping",
+    "vocab_size",
+];
 
 /// `config.json` from GGUF metadata: what [`crate::hf::open_safetensors`] reads back,
 /// plus what transformers needs to build the same model.

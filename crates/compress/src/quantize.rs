@@ -254,14 +254,14 @@ pub fn plan(src: &SourceModel, opts: &QuantizeOptions) -> Vec<Choice> {
         .collect()
 }
 
-/// Quantizes `src` into a new GGUF file at `out` (or, with [`OutFormat::Safetensors`]
-/// and a float target, a safetensors folder).
-pub fn quantize(
+/// Checks the options and the output before any work: the target type, and for
+/// safetensors output that every chosen type is a float type and `out` a usable folder.
+/// Returns the policy's choices and the output tensors.
+fn check(
     src: &SourceModel,
     out: &Path,
     opts: &QuantizeOptions,
-    bar: &ProgressBar,
-) -> Result<QuantizeReport> {
+) -> Result<(Vec<Choice>, Vec<Planned>)> {
     if !policy::TARGETS.contains(&opts.target) {
         return Err(CompressError::Invalid(format!(
             "--type {} is not supported (use Q8_0, Q6_K, Q5_K, Q5_0, Q4_K, Q4_0, F16 or BF16)",
@@ -272,7 +272,7 @@ pub fn quantize(
         hf_write::check_float_type(opts.target)?;
     }
     let choices = plan(src, opts);
-    let plan: Vec<Planned> = src
+    let planned: Vec<Planned> = src
         .tensors()
         .iter()
         .zip(&choices)
@@ -282,7 +282,24 @@ pub fn quantize(
             ty: c.ty,
         })
         .collect();
-    check_output(src, out, opts.format, &plan)?;
+    check_output(src, out, opts.format, &planned)?;
+    Ok((choices, planned))
+}
+
+/// [`quantize`]'s checks alone (for callers that print things before starting).
+pub fn validate(src: &SourceModel, out: &Path, opts: &QuantizeOptions) -> Result<()> {
+    check(src, out, opts).map(|_| ())
+}
+
+/// Quantizes `src` into a new GGUF file at `out` (or, with [`OutFormat::Safetensors`]
+/// and a float target, a safetensors folder).
+pub fn quantize(
+    src: &SourceModel,
+    out: &Path,
+    opts: &QuantizeOptions,
+    bar: &ProgressBar,
+) -> Result<QuantizeReport> {
+    let (choices, plan) = check(src, out, opts)?;
     let mut requant: Vec<String> = src
         .tensors()
         .iter()

@@ -224,7 +224,7 @@ pub struct LowrankArgs {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// The model to evaluate.
+    /// The model to evaluate (GGUF file, or safetensors checkpoint file or folder).
     #[arg(long, short = 'm')]
     pub model: PathBuf,
     /// Compare against this model (KL divergence, top-1 agreement).
@@ -388,6 +388,7 @@ pub fn run_quantize(a: QuantizeArgs) -> Result<()> {
         pure: a.pure,
         format: a.format.into(),
     };
+    quantize::validate(&src, &a.output, &opts)?;
     let choices = quantize::plan(&src, &opts);
     let mut requant: Vec<&str> = src
         .tensors()
