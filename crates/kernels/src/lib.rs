@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod matmul;
 pub mod ops;
 pub mod packed;
+pub mod packed_k;
 pub mod pool;
 pub mod quants;
 

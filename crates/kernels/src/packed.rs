@@ -15,8 +15,9 @@
 //!   (`q + o`, o = 8 / 16 / 128 for Q4_0 / Q5_0 / Q8_0), so that `vpdpbusd(w, a)` takes
 //!   the signed activations directly; `-o * sum(a)` seeds the accumulator:
 //!   - Q8_0: 64 bytes per `k`;
-//!   - Q4_0: 32 bytes per `k`: value `v < 32` in the low nibble of byte `v`, `v >= 32`
-//!     in the high nibble of byte `v - 32`;
+//!   - Q4_0: 64 bytes per PAIR of lane groups `(2i, 2i + 1)`: byte `v` holds value `v`
+//!     of group `2i` in its low nibble and of group `2i + 1` in its high nibble (one
+//!     load, one mask and one shift unpack 128 values);
 //!   - Q5_0: 8 bytes per `k` of fifth bits (bit `v` of a u64) for all `k` first, then
 //!     the nibbles as in Q4_0.
 //!
@@ -27,6 +28,7 @@
 //! bit.
 
 use crate::matmul::QMatrix;
+use crate::packed_k::{matmul_packed_k, PackedK};
 use crate::pool::ThreadPool;
 use crate::quants::legacy::{BlockQ4_0, BlockQ5_0, BlockQ8_0, QK};
 use crate::quants::{self, KernelError};
@@ -41,7 +43,7 @@ const TOK_TILE: usize = 16;
 /// 180 MB output matrix then takes ~90 page faults instead of ~45 000, and streaming
 /// it needs far fewer TLB entries. Every byte is written by [`PackedMatrix::pack`]
 /// before it is read.
-struct HugeBuf {
+pub(crate) struct HugeBuf {
     ptr: std::ptr::NonNull<u8>,
     layout: std::alloc::Layout,
 }
@@ -51,7 +53,7 @@ unsafe impl Send for HugeBuf {}
 unsafe impl Sync for HugeBuf {}
 
 impl HugeBuf {
-    fn new(len: usize) -> Self {
+    pub(crate) fn new(len: usize) -> Self {
         let layout = std::alloc::Layout::from_size_align(len.max(64), 2 << 20)
             .expect("packed matrix size fits the address space");
         // SAFETY: non-zero size.
@@ -69,10 +71,10 @@ impl HugeBuf {
         unsafe { std::ptr::write_bytes(p.add(len), 0, layout.size() - len) };
         HugeBuf { ptr, layout }
     }
-    fn as_ptr(&self) -> *const u8 {
+    pub(crate) fn as_ptr(&self) -> *const u8 {
         self.ptr.as_ptr()
     }
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.layout.size()
     }
 }
@@ -124,8 +126,47 @@ const fn offset(ty: GgmlType) -> i32 {
 
 /// Whether matrices of type `ty` can be packed and run packed on this CPU.
 pub fn packable(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0)
-        && crate::simd_level() >= crate::SimdLevel::Avx512Vnni
+    matches!(
+        ty,
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q6K
+    ) && crate::simd_level() >= crate::SimdLevel::Avx512Vnni
+}
+
+/// A packed matrix of any supported type.
+#[derive(Debug)]
+pub enum Packed {
+    Legacy(PackedMatrix),
+    K(PackedK),
+}
+
+impl Packed {
+    /// Packs `m`, calling `done(first_row, end_row)` as source rows are copied.
+    pub fn pack_with(
+        pool: &ThreadPool,
+        m: &QMatrix,
+        done: impl Fn(usize, usize) + Sync,
+    ) -> Result<Self, KernelError> {
+        match m.ty {
+            GgmlType::Q4K | GgmlType::Q6K => PackedK::pack_with(pool, m, done).map(Packed::K),
+            _ => PackedMatrix::pack_with(pool, m, done).map(Packed::Legacy),
+        }
+    }
+
+    /// `out[i * rows + r] = dot(row r, activation row i)` for `t` rows quantized by
+    /// [`crate::quantize_activations`] for this matrix's type.
+    pub fn matmul(&self, pool: &ThreadPool, act: &[u8], t: usize, out: &mut [f32]) {
+        match self {
+            Packed::Legacy(p) => matmul_packed(pool, p, act, t, out),
+            Packed::K(p) => matmul_packed_k(pool, p, act, t, out),
+        }
+    }
+
+    pub fn dequantize_row(&self, r: usize, dst: &mut [f32]) {
+        match self {
+            Packed::Legacy(p) => p.dequantize_row(r, dst),
+            Packed::K(p) => p.dequantize_row(r, dst),
+        }
+    }
 }
 
 /// Element `e` (0..32) of a legacy block as its unsigned stored value `q + o`.
@@ -213,11 +254,11 @@ impl PackedMatrix {
                         for (e, u) in u.iter_mut().enumerate() {
                             *u = unsigned_value(ty, blk, e);
                         }
-                        let (nib, shift) = (if ty == GgmlType::Q5_0 { 64 } else { 0 }, 4 * (r / 8));
+                        let nib = if ty == GgmlType::Q5_0 { 64 } else { 0 };
                         for k in 0..8 {
                             for j in 0..4 {
                                 let (x, v) = (u[4 * k + j], 4 * r + j);
-                                dst[nib + k * 32 + v % 32] |= (x & 0x0f) << shift;
+                                dst[nib + (k / 2) * 64 + v] |= (x & 0x0f) << (4 * (k % 2));
                                 if ty == GgmlType::Q5_0 {
                                     dst[k * 8 + v / 8] |= (x >> 4) << (v % 8);
                                 }
@@ -269,7 +310,7 @@ impl PackedMatrix {
             GgmlType::Q8_0 => d[k * 64 + v],
             _ => {
                 let nib = if self.ty == GgmlType::Q5_0 { 64 } else { 0 };
-                let lo = (d[nib + k * 32 + v % 32] >> (4 * (v / 32))) & 0x0f;
+                let lo = (d[nib + (k / 2) * 64 + v] >> (4 * (k % 2))) & 0x0f;
                 let hi = if self.ty == GgmlType::Q5_0 {
                     (d[k * 8 + v / 8] >> (v % 8)) & 1
                 } else {
@@ -296,11 +337,11 @@ impl PackedMatrix {
 }
 
 #[derive(Clone, Copy)]
-struct SendPtr(*mut u8);
+pub(crate) struct SendPtr(pub(crate) *mut u8);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
-    fn get(self) -> *mut u8 {
+    pub(crate) fn get(self) -> *mut u8 {
         self.0
     }
 }
@@ -433,28 +474,32 @@ mod x86 {
         }
     }
 
-    /// 32 bytes of nibbles -> 64 bytes: low nibbles, then high nibbles.
+    /// The 8 lane groups of one (group, block) as 64 unsigned bytes each.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn nibbles64(p: *const u8) -> __m512i {
-        let x = _mm256_loadu_si256(p as *const __m256i);
-        let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(x), _mm256_srli_epi16::<4>(x));
-        _mm512_and_si512(both, _mm512_set1_epi8(0x0f))
-    }
-
-    /// Lane group `k` of one (group, block) as 64 unsigned bytes.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn fetch<const T: u8>(q: *const u8, k: usize) -> __m512i {
-        match T {
-            Q8 => _mm512_loadu_si512(q.add(k * 64) as *const _),
-            Q5 => {
-                let lo = nibbles64(q.add(64 + k * 32));
-                let hi: __mmask64 = (q.add(k * 8) as *const u64).read_unaligned();
-                _mm512_mask_add_epi8(lo, hi, lo, _mm512_set1_epi8(16))
+    unsafe fn fetch8<const T: u8>(q: *const u8) -> [__m512i; 8] {
+        let mut w = [_mm512_setzero_si512(); 8];
+        if T == Q8 {
+            for (k, w) in w.iter_mut().enumerate() {
+                *w = _mm512_loadu_si512(q.add(k * 64) as *const _);
             }
-            _ => nibbles64(q.add(k * 32)),
+            return w;
         }
+        let nib = if T == Q5 { q.add(64) } else { q };
+        let m = _mm512_set1_epi8(0x0f);
+        for i in 0..4 {
+            let x = _mm512_loadu_si512(nib.add(i * 64) as *const _);
+            w[2 * i] = _mm512_and_si512(x, m);
+            w[2 * i + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(x), m);
+        }
+        if T == Q5 {
+            let sixteen = _mm512_set1_epi8(16);
+            for (k, w) in w.iter_mut().enumerate() {
+                let hi: __mmask64 = (q.add(k * 8) as *const u64).read_unaligned();
+                *w = _mm512_mask_add_epi8(*w, hi, *w, sixteen);
+            }
+        }
+        w
     }
 
     #[inline]
@@ -479,16 +524,7 @@ mod x86 {
         let mut acc = [_mm512_setzero_ps(); NC];
         for b in 0..nb {
             let qb = qbase.add(b * tb);
-            let w = [
-                fetch::<T>(qb, 0),
-                fetch::<T>(qb, 1),
-                fetch::<T>(qb, 2),
-                fetch::<T>(qb, 3),
-                fetch::<T>(qb, 4),
-                fetch::<T>(qb, 5),
-                fetch::<T>(qb, 6),
-                fetch::<T>(qb, 7),
-            ];
+            let w = fetch8::<T>(qb);
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(sbase.add(b * GROUP) as *const __m256i));
             for (c, acc) in acc.iter_mut().enumerate() {
                 let a = abase.add(c * arb + b * 34) as *const i32;

@@ -122,3 +122,90 @@ fn packing_refuses_other_types() {
     let m = QMatrix::new(GgmlType::Q4K, 1, 256, &data).unwrap();
     assert!(PackedMatrix::pack(&pool, &m).is_err());
 }
+
+mod kquants {
+    use super::*;
+    use hangar_kernels::packed::Packed;
+    use hangar_kernels::packed_k::{matmul_packed_k, matmul_packed_k_scalar};
+
+    const KTYPES: [GgmlType; 2] = [GgmlType::Q4K, GgmlType::Q6K];
+
+    fn packed_k(pool: &ThreadPool, m: &QMatrix) -> hangar_kernels::packed_k::PackedK {
+        match Packed::pack_with(pool, m, |_, _| {}).unwrap() {
+            Packed::K(p) => p,
+            Packed::Legacy(_) => panic!("K-quant packed as legacy"),
+        }
+    }
+
+    #[test]
+    fn packed_k_rows_dequantize_to_the_original() {
+        let pool = ThreadPool::new(2);
+        let mut rng = StdRng::seed_from_u64(17);
+        for ty in KTYPES {
+            for (rows, cols) in [(1, 256), (17, 512), (40, 256)] {
+                let data = random_matrix(ty, rows, cols, &mut rng);
+                let m = QMatrix::new(ty, rows, cols, &data).unwrap();
+                let p = packed_k(&pool, &m);
+                for r in 0..rows {
+                    let mut want = vec![0f32; cols];
+                    quants::dequantize_row(ty, m.row(r), &mut want).unwrap();
+                    let mut got = vec![0f32; cols];
+                    p.dequantize_row(r, &mut got);
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                            "{ty} row {r} [{i}]: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packed_k_matmul_matches_scalar_twin_and_row_major_dot() {
+        let pool = ThreadPool::new(2);
+        let mut rng = StdRng::seed_from_u64(19);
+        for ty in KTYPES {
+            for (rows, cols) in [(16, 256), (5, 512), (33, 768)] {
+                let data = random_matrix(ty, rows, cols, &mut rng);
+                let m = QMatrix::new(ty, rows, cols, &data).unwrap();
+                let p = packed_k(&pool, &m);
+                for t in [1usize, 3, 8, 9, 17] {
+                    let x: Vec<f32> = (0..t * cols).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+                    let mut act = Vec::new();
+                    quantize_activations(&pool, ty, &x, t, cols, &mut act);
+                    let mut fast = vec![f32::NAN; t * rows];
+                    matmul_packed_k(&pool, &p, &act, t, &mut fast);
+                    let mut slow = vec![f32::NAN; t * rows];
+                    matmul_packed_k_scalar(&p, &act, t, &mut slow);
+                    let arb = act.len() / t;
+                    for c in 0..t {
+                        for r in 0..rows {
+                            let (f, s) = (fast[c * rows + r], slow[c * rows + r]);
+                            assert_eq!(
+                                f.to_bits(),
+                                s.to_bits(),
+                                "{ty} {rows}x{cols} t={t} ({c},{r})"
+                            );
+                            let want = quants::vec_dot_scalar(
+                                ty,
+                                cols,
+                                m.row(r),
+                                &act[c * arb..(c + 1) * arb],
+                            );
+                            let tol = 1e-4 * (1.0 + want.abs());
+                            assert!((s - want).abs() <= tol, "{ty} ({c},{r}): {s} vs {want}");
+                        }
+                    }
+                    // Batch invariance: each token alone gives the same bits.
+                    for c in 0..t {
+                        let mut one = vec![0f32; rows];
+                        matmul_packed_k(&pool, &p, &act[c * arb..(c + 1) * arb], 1, &mut one);
+                        assert_eq!(one, fast[c * rows..(c + 1) * rows], "{ty} token {c}");
+                    }
+                }
+            }
+        }
+    }
+}

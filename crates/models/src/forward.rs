@@ -12,7 +12,6 @@ use crate::weights::{Model, Weight};
 use crate::ModelError;
 use hangar_kernels::attention::{attend, PagedKv};
 use hangar_kernels::ops::{self, RopeTable};
-use hangar_kernels::packed::matmul_packed;
 use hangar_kernels::quants;
 use hangar_kernels::{matmul, matmul_quantized, quantize_activations, ThreadPool};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -363,7 +362,7 @@ impl Model {
             let out = &mut out[..t * w.rows];
             if quants::act_type(w.ty).expect("checked at load") == first {
                 match self.packed(pool, w) {
-                    Some(p) => matmul_packed(pool, p, act, t, out),
+                    Some(p) => p.matmul(pool, act, t, out),
                     None => matmul_quantized(pool, &self.mat(w), act, t, out),
                 }
             } else {
@@ -385,7 +384,7 @@ impl Model {
         match self.packed(pool, w) {
             Some(p) => {
                 quantize_activations(pool, w.ty, x, t, w.cols, act);
-                matmul_packed(pool, p, act, t, out);
+                p.matmul(pool, act, t, out);
             }
             None => matmul(pool, &self.mat(w), x, t, out, act),
         }

@@ -4,7 +4,7 @@
 use crate::config::{Arch, ModelConfig};
 use crate::ModelError;
 use hangar_formats::{GgmlType, GgufFile, TensorInfo};
-use hangar_kernels::packed::{self, PackedMatrix};
+use hangar_kernels::packed::{self, Packed};
 use hangar_kernels::quants;
 use hangar_kernels::{QMatrix, ThreadPool};
 use std::path::Path;
@@ -21,7 +21,7 @@ pub struct Weight {
     len: usize,
     /// The row-interleaved copy used by the AVX-512 kernels (Q4_0/Q5_0/Q8_0), made on
     /// first use; shared by clones (a tied output matrix is the embedding).
-    packed: Arc<OnceLock<Option<PackedMatrix>>>,
+    packed: Arc<OnceLock<Option<Packed>>>,
 }
 
 pub(crate) struct Layer {
@@ -140,10 +140,11 @@ impl Model {
     }
 
     /// The packed copy of `w`, made now if needed; `None` when this CPU or type has
-    /// no packed kernel, or `HANGAR_PACK=0` turns packing off. The original pages of
-    /// a packed matrix are released from the resident set (nothing reads them again).
-    pub(crate) fn packed<'w>(&self, pool: &ThreadPool, w: &'w Weight) -> Option<&'w PackedMatrix> {
-        if !packing_enabled() || !packed::packable(w.ty) {
+    /// no packed kernel or `HANGAR_PACK` leaves it unpacked. A packed matrix is used
+    /// for every product (so results stay batch-invariant), and its source pages are
+    /// released from the resident set as they are copied.
+    pub(crate) fn packed<'w>(&self, pool: &ThreadPool, w: &'w Weight) -> Option<&'w Packed> {
+        if !packed::packable(w.ty) || !packing_enabled(w.ty) {
             return None;
         }
         w.packed
@@ -151,7 +152,7 @@ impl Model {
                 let rb = w.len / w.rows.max(1);
                 // Source rows are released as they are copied, so the resident set
                 // never holds both copies of a large matrix.
-                PackedMatrix::pack_with(pool, &self.mat(w), |r0, r1| {
+                Packed::pack_with(pool, &self.mat(w), |r0, r1| {
                     self.file.release_range(w.offset + r0 * rb, (r1 - r0) * rb)
                 })
                 .ok()
@@ -195,10 +196,19 @@ impl Model {
     }
 }
 
-/// Packing is on unless `HANGAR_PACK=0` (for A/B comparisons of the two layouts).
-fn packing_enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("HANGAR_PACK").map_or(true, |v| v != "0"))
+/// Which types run packed: by default the 32-element types (Q4_0/Q5_0/Q8_0), faster
+/// at every batch size. `HANGAR_PACK=all` adds Q4_K/Q6_K: +25-30% prefill, but 4-5%
+/// slower decode (their packed layout reads more bytes and unpacks per token), so it
+/// suits prompt-heavy work only. `HANGAR_PACK=0` packs nothing (A/B comparisons).
+fn packing_enabled(ty: GgmlType) -> bool {
+    static MODE: OnceLock<String> = OnceLock::new();
+    let mode = MODE.get_or_init(|| std::env::var("HANGAR_PACK").unwrap_or_default());
+    let legacy = matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0);
+    match mode.as_str() {
+        "0" => false,
+        "all" => true,
+        _ => legacy,
+    }
 }
 
 fn find<'a>(f: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {

@@ -248,7 +248,11 @@ fn observer_sees_every_matrix_input_of_every_layer() {
     let mut seen = Vec::new();
     let mut obs = |layer: usize, tap: hangar_models::Tap, rows: &[f32], width: usize| {
         // Every token's rows for the layers; only the logits row for the output.
-        let n = if tap == hangar_models::Tap::OutputIn { 1 } else { 3 };
+        let n = if tap == hangar_models::Tap::OutputIn {
+            1
+        } else {
+            3
+        };
         assert_eq!(rows.len(), n * width);
         assert!(rows.iter().all(|v| v.is_finite()));
         seen.push((layer, tap, width));
