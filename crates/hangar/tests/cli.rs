@@ -1,35 +1,7 @@
 //! The `hangar` binary end to end on the real default model.
 
-use std::path::PathBuf;
-use std::process::Command;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn model() -> String {
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/fetch-default-model.sh"))
-        .output()
-        .expect("fetch script");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn hangar(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_hangar"))
-        .args(args)
-        .env(
-            "HANGAR_HOME",
-            std::env::temp_dir().join("hangar-cli-test-home"),
-        )
-        .output()
-        .expect("running hangar")
-}
+mod common;
+use common::{hangar, model, repo};
 
 /// `hangar perplexity --json` on `file`, as (ppl, scored tokens).
 fn perplexity_of(file: &str) -> (f64, u64) {

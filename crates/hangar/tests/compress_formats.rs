@@ -3,36 +3,9 @@
 //! and block-quantized types are refused with a clear error.
 
 use serde_json::Value;
+mod common;
+use common::{hangar, model};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn model() -> String {
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/fetch-default-model.sh"))
-        .output()
-        .expect("fetch script");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn hangar(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_hangar"))
-        .args(args)
-        .env(
-            "HANGAR_HOME",
-            std::env::temp_dir().join("hangar-cli-test-home"),
-        )
-        .output()
-        .expect("running hangar")
-}
 
 fn ok(args: &[&str]) -> (String, String) {
     let out = hangar(args);

@@ -374,20 +374,37 @@ pub fn matmul_packed(pool: &ThreadPool, p: &PackedMatrix, act: &[u8], t: usize, 
         return matmul_packed_scalar(p, act, t, out);
     }
     let ap = prep(p.ty, act, t, p.nb);
-    let groups = p.rows.div_ceil(GROUP);
-    let chunk = groups.div_ceil(pool.n_threads() * 8).max(1);
     let op = SendPtr(out.as_mut_ptr() as *mut u8);
+    for_each_group_tile(pool, p.rows, t, TOK_TILE, 8, |g, c0, nc| {
+        // SAFETY: AVX-512 VNNI checked above; rows of group g belong to this call
+        // alone; every pointer stays inside the checked buffers.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            x86::group_tile(p, g, act, arb, &ap, c0, nc, op.get() as *mut f32)
+        };
+    });
+}
+
+/// Calls `f(group, first_token, tokens)` for every 16-row group of a `rows`-row matrix
+/// and every tile of at most `tok_tile` of the `t` tokens, spreading the groups over
+/// the pool in about `n_threads * chunks_per_thread` chunks. A group is handled by one
+/// call at a time, so each call may write that group's outputs.
+pub(crate) fn for_each_group_tile(
+    pool: &ThreadPool,
+    rows: usize,
+    t: usize,
+    tok_tile: usize,
+    chunks_per_thread: usize,
+    f: impl Fn(usize, usize, usize) + Sync,
+) {
+    let groups = rows.div_ceil(GROUP);
+    let chunk = groups.div_ceil(pool.n_threads() * chunks_per_thread).max(1);
     pool.for_each_chunk(groups, chunk, |g0, g1| {
         for g in g0..g1 {
             let mut c0 = 0;
             while c0 < t {
-                let nc = (t - c0).min(TOK_TILE);
-                // SAFETY: AVX-512 VNNI checked above; rows of group g belong to this
-                // chunk alone; every pointer stays inside the checked buffers.
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    x86::group_tile(p, g, act, arb, &ap, c0, nc, op.get() as *mut f32)
-                };
+                let nc = (t - c0).min(tok_tile);
+                f(g, c0, nc);
                 c0 += nc;
             }
         }

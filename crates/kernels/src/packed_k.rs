@@ -17,7 +17,7 @@
 //! `osum = Σ_j sc_j * bsum_j`. Integer parts are exact; the float steps are the same in
 //! the SIMD kernel and its scalar twin.
 
-use crate::packed::{HugeBuf, SendPtr, GROUP};
+use crate::packed::{for_each_group_tile, HugeBuf, SendPtr, GROUP};
 use crate::pool::ThreadPool;
 use crate::quants::kquants::{BlockQ4K, BlockQ6K, BlockQ8K, QK_K};
 use crate::quants::{self, KernelError};
@@ -272,23 +272,14 @@ pub fn matmul_packed_k(pool: &ThreadPool, p: &PackedK, act: &[u8], t: usize, out
     } else {
         Vec::new()
     };
-    let groups = p.rows.div_ceil(GROUP);
-    let chunk = groups.div_ceil(pool.n_threads() * 4).max(1);
     let op = SendPtr(out.as_mut_ptr() as *mut u8);
-    pool.for_each_chunk(groups, chunk, |g0, g1| {
-        for g in g0..g1 {
-            let mut c0 = 0;
-            while c0 < t {
-                let nc = (t - c0).min(TOK_TILE);
-                // SAFETY: AVX-512 VNNI checked above; group g's rows belong to this
-                // chunk alone; every pointer stays inside the checked buffers.
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    x86::group_tile(p, g, act, arb, &bs4, c0, nc, op.get() as *mut f32)
-                };
-                c0 += nc;
-            }
-        }
+    for_each_group_tile(pool, p.rows, t, TOK_TILE, 4, |g, c0, nc| {
+        // SAFETY: AVX-512 VNNI checked above; group g's rows belong to this call
+        // alone; every pointer stays inside the checked buffers.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            x86::group_tile(p, g, act, arb, &bs4, c0, nc, op.get() as *mut f32)
+        };
     });
 }
 
