@@ -385,6 +385,73 @@ pub fn matmul_packed(pool: &ThreadPool, p: &PackedMatrix, act: &[u8], t: usize, 
     });
 }
 
+/// [`matmul_packed`] for several matrices with the same input (Q/K/V, gate/up) in one
+/// pool dispatch: one hand-out of all their row groups instead of one per matrix, so
+/// the threads meet at one barrier. `outs[i]` receives matrix `i`'s `t * rows` outputs;
+/// results are bitwise those of separate calls.
+pub fn matmul_packed_many(
+    pool: &ThreadPool,
+    mats: &[&PackedMatrix],
+    act: &[u8],
+    t: usize,
+    outs: &mut [&mut [f32]],
+) {
+    assert_eq!(
+        mats.len(),
+        outs.len(),
+        "matmul_packed_many: one output per matrix"
+    );
+    let Some(first) = mats.first() else { return };
+    if crate::simd_level() < crate::SimdLevel::Avx512Vnni || mats.len() == 1 {
+        for (p, out) in mats.iter().zip(outs.iter_mut()) {
+            matmul_packed(pool, p, act, t, out);
+        }
+        return;
+    }
+    let arb = quants::row_bytes(GgmlType::Q8_0, first.cols);
+    assert_eq!(act.len(), t * arb, "matmul_packed_many: activation shape");
+    let mut starts = Vec::with_capacity(mats.len() + 1);
+    starts.push(0);
+    for (p, out) in mats.iter().zip(outs.iter()) {
+        assert_eq!(p.cols, first.cols, "matmul_packed_many: same input width");
+        assert_eq!(out.len(), t * p.rows, "matmul_packed_many: output shape");
+        starts.push(starts.last().copied().unwrap_or(0) + p.rows.div_ceil(GROUP));
+    }
+    let preps: Vec<ActPrep> = mats.iter().map(|p| prep(p.ty, act, t, p.nb)).collect();
+    let ptrs: Vec<SendPtr> = outs
+        .iter_mut()
+        .map(|o| SendPtr(o.as_mut_ptr() as *mut u8))
+        .collect();
+    let total = starts[mats.len()];
+    let chunk = total.div_ceil(pool.n_threads() * 8).max(1);
+    pool.for_each_chunk(total, chunk, |g0, g1| {
+        for gg in g0..g1 {
+            let i = starts.partition_point(|&s| s <= gg) - 1;
+            let g = gg - starts[i];
+            let mut c0 = 0;
+            while c0 < t {
+                let nc = (t - c0).min(TOK_TILE);
+                // SAFETY: AVX-512 VNNI checked above; group g of matrix i belongs to
+                // this chunk alone; every pointer stays inside the checked buffers.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    x86::group_tile(
+                        mats[i],
+                        g,
+                        act,
+                        arb,
+                        &preps[i],
+                        c0,
+                        nc,
+                        ptrs[i].get() as *mut f32,
+                    )
+                };
+                c0 += nc;
+            }
+        }
+    });
+}
+
 /// Calls `f(group, first_token, tokens)` for every 16-row group of a `rows`-row matrix
 /// and every tile of at most `tok_tile` of the `t` tokens, spreading the groups over
 /// the pool in about `n_threads * chunks_per_thread` chunks. A group is handled by one

@@ -209,3 +209,46 @@ mod kquants {
         }
     }
 }
+
+#[test]
+fn one_dispatch_for_several_matrices_equals_separate_calls() {
+    use hangar_kernels::packed::matmul_packed_many;
+    let pool = ThreadPool::new(2);
+    let mut rng = StdRng::seed_from_u64(23);
+    let cols = 640;
+    let shapes = [
+        (GgmlType::Q5_0, 48),
+        (GgmlType::Q8_0, 17),
+        (GgmlType::Q4_0, 100),
+    ];
+    let data: Vec<Vec<u8>> = shapes
+        .iter()
+        .map(|&(ty, rows)| random_matrix(ty, rows, cols, &mut rng))
+        .collect();
+    let packed: Vec<PackedMatrix> = shapes
+        .iter()
+        .zip(&data)
+        .map(|(&(ty, rows), d)| {
+            PackedMatrix::pack(&pool, &QMatrix::new(ty, rows, cols, d).unwrap()).unwrap()
+        })
+        .collect();
+    for t in [1usize, 5, 16, 40] {
+        let x: Vec<f32> = (0..t * cols).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+        let mut act = Vec::new();
+        quantize_activations(&pool, GgmlType::Q8_0, &x, t, cols, &mut act);
+        let mut together: Vec<Vec<f32>> = shapes
+            .iter()
+            .map(|&(_, rows)| vec![f32::NAN; t * rows])
+            .collect();
+        {
+            let mut outs: Vec<&mut [f32]> = together.iter_mut().map(|v| v.as_mut_slice()).collect();
+            let mats: Vec<&PackedMatrix> = packed.iter().collect();
+            matmul_packed_many(&pool, &mats, &act, t, &mut outs);
+        }
+        for (i, p) in packed.iter().enumerate() {
+            let mut alone = vec![0f32; t * p.rows()];
+            matmul_packed(&pool, p, &act, t, &mut alone);
+            assert_eq!(alone, together[i], "matrix {i}, t = {t}");
+        }
+    }
+}

@@ -12,6 +12,7 @@ use crate::weights::{Model, Weight};
 use crate::ModelError;
 use hangar_kernels::attention::{attend, PagedKv};
 use hangar_kernels::ops::{self, RopeTable};
+use hangar_kernels::packed::{matmul_packed_many, Packed, PackedMatrix};
 use hangar_kernels::quants;
 use hangar_kernels::{matmul, matmul_quantized, quantize_activations, ThreadPool};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -358,6 +359,22 @@ impl Model {
     ) {
         let first = quants::act_type(outs[0].0.ty).expect("checked at load");
         quantize_activations(pool, outs[0].0.ty, x, t, outs[0].0.cols, act);
+        // All packed 32-element matrices: one pool dispatch for all of them.
+        let legacy: Vec<&PackedMatrix> = outs
+            .iter()
+            .filter_map(|(w, _)| match self.packed(pool, w) {
+                Some(Packed::Legacy(p)) => Some(p),
+                _ => None,
+            })
+            .collect();
+        if legacy.len() == outs.len() && legacy.len() > 1 {
+            let mut dst: Vec<&mut [f32]> = outs
+                .iter_mut()
+                .map(|(w, out)| &mut out[..t * w.rows])
+                .collect();
+            matmul_packed_many(pool, &legacy, act, t, &mut dst);
+            return;
+        }
         for (w, out) in outs.iter_mut() {
             let out = &mut out[..t * w.rows];
             if quants::act_type(w.ty).expect("checked at load") == first {
