@@ -190,6 +190,49 @@ fn block_size(ty: GgmlType) -> usize {
     }
 }
 
+/// Allocates `groups x group_bytes` packed bytes and fills them over the pool: each
+/// 16-row group's area is zeroed, then `fill(group, row_in_group, source_row, area)`
+/// runs for each of its rows; `done(first_row, end_row)` follows each chunk of groups
+/// (the caller may then drop those source pages).
+pub(crate) fn pack_groups(
+    pool: &ThreadPool,
+    m: &QMatrix,
+    group_bytes: usize,
+    chunk: usize,
+    done: impl Fn(usize, usize) + Sync,
+    fill: impl Fn(usize, usize, &[u8], &mut [u8]) + Sync,
+) -> HugeBuf {
+    let groups = m.rows.div_ceil(GROUP);
+    let buf = HugeBuf::new(groups * group_bytes);
+    let bp = SendPtr(buf.as_ptr() as *mut u8);
+    pool.for_each_chunk(groups, chunk, |g0, g1| {
+        for g in g0..g1 {
+            // SAFETY: group g's area is written by this chunk alone; the memory is fresh,
+            // so it is zeroed before a slice is formed over it.
+            let area = unsafe {
+                let p = bp.get().add(g * group_bytes);
+                std::ptr::write_bytes(p, 0, group_bytes);
+                std::slice::from_raw_parts_mut(p, group_bytes)
+            };
+            for r in 0..GROUP.min(m.rows - g * GROUP) {
+                fill(g, r, m.row(g * GROUP + r), area);
+            }
+        }
+        done((g0 * GROUP).min(m.rows), (g1 * GROUP).min(m.rows));
+    });
+    buf
+}
+
+#[derive(Clone, Copy)]
+struct SendPtrU16(*mut u16);
+unsafe impl Send for SendPtrU16 {}
+unsafe impl Sync for SendPtrU16 {}
+impl SendPtrU16 {
+    fn get(self) -> *mut u16 {
+        self.0
+    }
+}
+
 impl PackedMatrix {
     /// Interleaves `m` (Q4_0, Q5_0 or Q8_0), splitting the work over `pool`.
     pub fn pack(pool: &ThreadPool, m: &QMatrix) -> Result<Self, KernelError> {
@@ -211,63 +254,40 @@ impl PackedMatrix {
         let groups = m.rows.div_ceil(GROUP);
         let gbb = group_block_bytes(m.ty);
         let mut scales = vec![0u16; groups * nb * GROUP];
-        let q = HugeBuf::new(groups * nb * gbb);
-        let sp = SendPtr(scales.as_mut_ptr() as *mut u8);
-        let qp = SendPtr(q.as_ptr() as *mut u8);
+        let sp = SendPtrU16(scales.as_mut_ptr());
         let (ty, bs) = (m.ty, block_size(m.ty));
-        pool.for_each_chunk(groups, 64, |g0, g1| {
-            for g in g0..g1 {
-                // SAFETY: group g's scales and quants are written by this chunk alone.
-                let sc = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        (sp.get() as *mut u16).add(g * nb * GROUP),
-                        nb * GROUP,
-                    )
+        let q = pack_groups(pool, m, nb * gbb, 64, done, |g, r, rd, area| {
+            for b in 0..nb {
+                let blk = &rd[b * bs..(b + 1) * bs];
+                // SAFETY: group g's scales are written only while packing group g.
+                unsafe {
+                    *sp.get().add((g * nb + b) * GROUP + r) = u16::from_le_bytes([blk[0], blk[1]])
                 };
-                let qs = unsafe {
-                    let p = qp.get().add(g * nb * gbb);
-                    // Fresh memory: zero it before forming a slice over it.
-                    std::ptr::write_bytes(p, 0, nb * gbb);
-                    std::slice::from_raw_parts_mut(p, nb * gbb)
-                };
-                for r in 0..GROUP {
-                    let row = g * GROUP + r;
-                    if row >= m.rows {
-                        break;
+                let dst = &mut area[b * gbb..(b + 1) * gbb];
+                if ty == GgmlType::Q8_0 {
+                    // Fast path (the big output matrices): 4 bytes at a time.
+                    for k in 0..8 {
+                        let s = &blk[2 + 4 * k..6 + 4 * k];
+                        let w = u32::from_le_bytes([s[0], s[1], s[2], s[3]]) ^ 0x8080_8080;
+                        dst[k * 64 + 4 * r..k * 64 + 4 * r + 4].copy_from_slice(&w.to_le_bytes());
                     }
-                    let rd = m.row(row);
-                    for b in 0..nb {
-                        let blk = &rd[b * bs..(b + 1) * bs];
-                        sc[b * GROUP + r] = u16::from_le_bytes([blk[0], blk[1]]);
-                        let dst = &mut qs[b * gbb..(b + 1) * gbb];
-                        if ty == GgmlType::Q8_0 {
-                            // Fast path (the big output matrices): 4 bytes at a time.
-                            for k in 0..8 {
-                                let s = &blk[2 + 4 * k..6 + 4 * k];
-                                let w = u32::from_le_bytes([s[0], s[1], s[2], s[3]]) ^ 0x8080_8080;
-                                dst[k * 64 + 4 * r..k * 64 + 4 * r + 4]
-                                    .copy_from_slice(&w.to_le_bytes());
-                            }
-                            continue;
-                        }
-                        let mut u = [0u8; QK];
-                        for (e, u) in u.iter_mut().enumerate() {
-                            *u = unsigned_value(ty, blk, e);
-                        }
-                        let nib = if ty == GgmlType::Q5_0 { 64 } else { 0 };
-                        for k in 0..8 {
-                            for j in 0..4 {
-                                let (x, v) = (u[4 * k + j], 4 * r + j);
-                                dst[nib + (k / 2) * 64 + v] |= (x & 0x0f) << (4 * (k % 2));
-                                if ty == GgmlType::Q5_0 {
-                                    dst[k * 8 + v / 8] |= (x >> 4) << (v % 8);
-                                }
-                            }
+                    continue;
+                }
+                let mut u = [0u8; QK];
+                for (e, u) in u.iter_mut().enumerate() {
+                    *u = unsigned_value(ty, blk, e);
+                }
+                let nib = if ty == GgmlType::Q5_0 { 64 } else { 0 };
+                for k in 0..8 {
+                    for j in 0..4 {
+                        let (x, v) = (u[4 * k + j], 4 * r + j);
+                        dst[nib + (k / 2) * 64 + v] |= (x & 0x0f) << (4 * (k % 2));
+                        if ty == GgmlType::Q5_0 {
+                            dst[k * 8 + v / 8] |= (x >> 4) << (v % 8);
                         }
                     }
                 }
             }
-            done((g0 * GROUP).min(m.rows), (g1 * GROUP).min(m.rows));
         });
         Ok(PackedMatrix {
             ty: m.ty,

@@ -17,7 +17,7 @@
 //! `osum = Σ_j sc_j * bsum_j`. Integer parts are exact; the float steps are the same in
 //! the SIMD kernel and its scalar twin.
 
-use crate::packed::{for_each_group_tile, HugeBuf, SendPtr, GROUP};
+use crate::packed::{for_each_group_tile, pack_groups, HugeBuf, SendPtr, GROUP};
 use crate::pool::ThreadPool;
 use crate::quants::kquants::{BlockQ4K, BlockQ6K, BlockQ8K, QK_K};
 use crate::quants::{self, KernelError};
@@ -140,37 +140,18 @@ impl PackedK {
         }
         quants::check_len(m.ty, m.cols)?;
         let nsb = m.cols / QK_K;
-        let groups = m.rows.div_ceil(GROUP);
         let g = gb(m.ty);
-        let data = HugeBuf::new(groups * nsb * g);
-        let dp = SendPtr(data.as_ptr() as *mut u8);
         let bs = if m.ty == GgmlType::Q4K { 144 } else { 210 };
         let ty = m.ty;
-        pool.for_each_chunk(groups, 16, |g0, g1| {
-            for gi in g0..g1 {
-                // SAFETY: group gi's bytes are written by this chunk alone.
-                let area = unsafe {
-                    let p = dp.get().add(gi * nsb * g);
-                    std::ptr::write_bytes(p, 0, nsb * g);
-                    std::slice::from_raw_parts_mut(p, nsb * g)
-                };
-                for r in 0..GROUP {
-                    let row = gi * GROUP + r;
-                    if row >= m.rows {
-                        break;
-                    }
-                    let rd = m.row(row);
-                    for sb in 0..nsb {
-                        pack_row(
-                            ty,
-                            &rd[sb * bs..(sb + 1) * bs],
-                            r,
-                            &mut area[sb * g..(sb + 1) * g],
-                        );
-                    }
-                }
+        let data = pack_groups(pool, m, nsb * g, 16, done, |_, r, rd, area| {
+            for sb in 0..nsb {
+                pack_row(
+                    ty,
+                    &rd[sb * bs..(sb + 1) * bs],
+                    r,
+                    &mut area[sb * g..(sb + 1) * g],
+                );
             }
-            done((g0 * GROUP).min(m.rows), (g1 * GROUP).min(m.rows));
         });
         Ok(PackedK {
             ty: m.ty,
