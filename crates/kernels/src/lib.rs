@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod cpu;
+pub mod exact;
 pub mod matmul;
 pub mod ops;
 pub mod packed;

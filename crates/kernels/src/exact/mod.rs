@@ -1,0 +1,21 @@
+//! Bit-exact replicas of llama.cpp's CPU arithmetic (ggml-cpu as built for x86-64
+//! with AVX-512F/BW/DQ/VL, AVX-512 VNNI, FMA and F16C; llamafile sgemm, the CPU
+//! repack buffer for Q4_K and the tiled K-quant matmul all enabled, as in the
+//! llama-cpp-python 0.3.36 build our references come from).
+//!
+//! Why: quantizing activations to 8 bits makes a forward pass discontinuous, so any
+//! difference in summation order, however small, flips some roundings and grows to
+//! a few percent of the logits after 18 layers; greedy continuations then part ways
+//! with llama.cpp's at near-ties. Reproducing ggml's float order exactly is the only
+//! way to give the same tokens. These functions favour fidelity over speed; each
+//! states which ggml routine it mirrors.
+//!
+//! Layout convention of every `mul_mat_*`: `w` holds `rows` rows of `cols` elements
+//! in GGUF block layout, `x` holds `n` rows of `cols` f32, and
+//! `out[j * rows + i] = W[i] · x[j]` (ggml's dst layout), computed exactly as ggml's
+//! MUL_MAT(src0 = W, src1 = x) does for that type and batch size `n`.
+
+pub mod f16;
+pub mod legacy;
+pub mod q4k;
+pub mod q6k;
