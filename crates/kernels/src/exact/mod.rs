@@ -17,5 +17,6 @@
 
 pub mod f16;
 pub mod legacy;
+pub mod ops;
 pub mod q4k;
 pub mod q6k;
