@@ -1,0 +1,53 @@
+//! Checks `hangar_kernels::exact::q4k::mul_mat_q4k` against llama.cpp dumps: every
+//! MUL_MAT whose src0 is a Q4_K weight is recomputed from the dumped src1 and compared
+//! bitwise with the dumped result.
+//!
+//! cargo run --release -p hangar-kernels --example exact_q4k -- /work/dumps/p6 /work/dumps/p12 /work/dumps/d1
+
+#[path = "exact_dump.rs"]
+mod exact_dump;
+
+use hangar_formats::GgufFile;
+use hangar_kernels::exact::q4k::mul_mat_q4k;
+
+const MODEL: &str = "/root/.cache/hangar/models/gemma-3-270m-q4_k_m.gguf";
+
+fn main() {
+    let model = std::env::var("HANGAR_EXACT_MODEL").unwrap_or_else(|_| MODEL.to_string());
+    let gguf = GgufFile::open(&model).expect("open GGUF");
+    let mut total_bad = 0;
+    for dir in std::env::args().skip(1) {
+        let dump = exact_dump::Dump::open(&dir);
+        let (mut mats, mut elems, mut bad, mut worst) = (0, 0, 0, 0f32);
+        for e in dump
+            .by_op("MUL_MAT")
+            .filter(|e| e.srcs.first().is_some_and(|s| s.1 == "q4_K"))
+        {
+            let info = gguf.tensor(&e.srcs[0].0).expect("weight in GGUF");
+            let (cols, rows, n) = (info.row_len(), info.n_rows(), e.ne[1]);
+            assert_eq!(rows, e.ne[0], "{}", e.file);
+            let x = dump.read(&e.srcs[1].0);
+            let want = dump.read(&e.file);
+            let mut got = vec![0f32; rows * n];
+            mul_mat_q4k(gguf.tensor_data(info), rows, cols, &x, n, &mut got);
+            let (d, w) = exact_dump::compare(&got, &want);
+            if d > 0 {
+                println!(
+                    "  {} ({}, n={n}): {d} of {} differ, worst rel {w:.3e}",
+                    e.file,
+                    e.srcs[0].0,
+                    got.len()
+                );
+            }
+            mats += 1;
+            elems += got.len();
+            bad += d;
+            worst = worst.max(w);
+        }
+        println!("{dir}: {mats} Q4_K matmuls, {elems} elements, {bad} bitwise different (worst rel {worst:.3e})");
+        total_bad += bad;
+    }
+    if total_bad > 0 {
+        std::process::exit(1);
+    }
+}
