@@ -36,14 +36,21 @@ impl Dump {
                         Some((n.to_string(), t.to_string()))
                     })
                     .collect();
-                Entry { file: p[0].to_string(), ne, op: p[5].to_string(), srcs }
+                Entry {
+                    file: p[0].to_string(),
+                    ne,
+                    op: p[5].to_string(),
+                    srcs,
+                }
             })
             .collect();
         Dump { dir, entries }
     }
     pub fn read(&self, file: &str) -> Vec<f32> {
         let b = std::fs::read(self.dir.join(format!("{file}.bin"))).expect("bin");
-        b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
     }
     pub fn by_op<'a>(&'a self, op: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
         self.entries.iter().filter(move |e| e.op == op)

@@ -7,7 +7,10 @@ use hangar_kernels::exact::ops;
 
 fn weight(g: &hangar_formats::GgufFile, name: &str) -> Vec<f32> {
     let t = g.tensor(name).expect("tensor");
-    g.tensor_data(t).chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    g.tensor_data(t)
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 fn main() {
@@ -29,7 +32,11 @@ fn main() {
                     let x = d.read(&e.srcs[0].0);
                     let next = &d.entries[i + 1];
                     let w = (next.op == "MUL").then(|| weight(&g, &next.srcs[1].0));
-                    let want = if w.is_some() { d.read(&next.file) } else { d.read(&e.file) };
+                    let want = if w.is_some() {
+                        d.read(&next.file)
+                    } else {
+                        d.read(&e.file)
+                    };
                     let mut got = vec![0.0; x.len()];
                     for (xr, o) in x.chunks(e.ne[0]).zip(got.chunks_mut(e.ne[0])) {
                         ops::rms_norm_mul(xr, w.as_deref(), 1e-6, o);
@@ -40,9 +47,16 @@ fn main() {
                     let mut x = d.read(&e.srcs[0].0);
                     let want = d.read(&e.file);
                     let layer: usize = e.file.rsplit('-').next().unwrap().parse().unwrap();
-                    let base = if (layer + 1) % 6 == 0 { 1_000_000.0 } else { 10_000.0 };
+                    let base = if (layer + 1).is_multiple_of(6) {
+                        1_000_000.0
+                    } else {
+                        10_000.0
+                    };
                     let (hd, heads, toks) = (e.ne[0], e.ne[1], e.ne[2]);
-                    let pos0: i64 = std::env::var("POS0").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let pos0: i64 = std::env::var("POS0")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
                     let mut cache = Vec::new();
                     for t in 0..toks {
                         ops::rope_cache(pos0 + t as i64, hd, base, 1.0, None, &mut cache);

@@ -133,6 +133,9 @@ impl Model {
             logits.clear();
             return Ok(0);
         }
+        if self.numerics == crate::Numerics::Ggml {
+            return self.forward_ggml(pool, seqs, kv, ws, logits, observer);
+        }
         let (d, qd, kvd, ff, hd) = (
             cfg.d_model,
             cfg.q_dim(),

@@ -52,6 +52,8 @@ pub struct Model {
     pub(crate) output_norm: Vec<f32>,
     pub(crate) layers: Vec<Layer>,
     pub(crate) rope_freqs: Option<Vec<f32>>,
+    /// Which arithmetic `forward` uses.
+    pub(crate) numerics: crate::Numerics,
 }
 
 impl Model {
@@ -122,12 +124,24 @@ impl Model {
             output_norm,
             layers,
             rope_freqs,
+            numerics: crate::Numerics::from_env(),
         })
     }
 
     /// The parsed file (metadata for the tokenizer and chat template).
     pub fn gguf(&self) -> &Arc<GgufFile> {
         &self.file
+    }
+
+    /// The arithmetic `forward` uses.
+    pub fn numerics(&self) -> crate::Numerics {
+        self.numerics
+    }
+
+    /// Chooses the arithmetic of `forward` (results change; KV caches written under
+    /// one setting should not be continued under the other).
+    pub fn set_numerics(&mut self, n: crate::Numerics) {
+        self.numerics = n;
     }
 
     pub(crate) fn mat(&self, w: &Weight) -> QMatrix<'_> {

@@ -20,3 +20,33 @@ pub mod legacy;
 pub mod ops;
 pub mod q4k;
 pub mod q6k;
+
+use crate::GgmlType;
+
+/// `out = W · x` for `n` activation rows as ggml computes MUL_MAT for a weight of
+/// type `ty` (see the module doc for the layout). Returns `false`, leaving `out`
+/// untouched, for types without a ggml-exact replica here.
+pub fn mul_mat(
+    ty: GgmlType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) -> bool {
+    match ty {
+        GgmlType::Q5_0 | GgmlType::Q8_0 => legacy::mul_mat_legacy(ty, w, rows, cols, x, n, out),
+        GgmlType::Q4K => q4k::mul_mat_q4k(w, rows, cols, x, n, out),
+        GgmlType::Q6K => q6k::mul_mat_q6k(w, rows, cols, x, n, out),
+        GgmlType::F16 => {
+            let w16: Vec<u16> = w
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            f16::mul_mat_f16(&w16, rows, cols, x, n, out)
+        }
+        _ => return false,
+    }
+    true
+}

@@ -69,7 +69,11 @@ pub fn rope_apply(x: &mut [f32], n_dims: usize, cache: &[f32], normal: bool) {
     let half = n_dims / 2;
     for i in 0..half {
         let (c, s) = (cache[2 * i], cache[2 * i + 1]);
-        let (a, b) = if normal { (2 * i, 2 * i + 1) } else { (i, i + half) };
+        let (a, b) = if normal {
+            (2 * i, 2 * i + 1)
+        } else {
+            (i, i + half)
+        };
         let (x0, x1) = (x[a], x[b]);
         // GCC contracts `x0*c - x1*s` and `x0*s + x1*c` into one FMA each.
         x[a] = x0.mul_add(c, -(x1 * s));
@@ -83,7 +87,7 @@ pub fn v_expf(x: f32) -> f32 {
     let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // 0x1.715476p+0
     let n = z - r;
     let b = (-n).mul_add(
-        f32::from_bits(0x35bf_be8e), // 0x1.7f7d1cp-20
+        f32::from_bits(0x35bf_be8e),                  // 0x1.7f7d1cp-20
         (-n).mul_add(f32::from_bits(0x3f31_7200), x), // 0x1.62e4p-1
     );
     if n.abs() > 192.0 {
@@ -190,7 +194,10 @@ mod tests {
         for i in -2000..200 {
             let x = i as f32 * 0.05;
             let (g, e) = (v_expf(x) as f64, (x as f64).exp());
-            assert!((g - e).abs() <= 3e-7 * e + 1e-44, "exp({x}) = {g}, want {e}");
+            assert!(
+                (g - e).abs() <= 3e-7 * e + 1e-44,
+                "exp({x}) = {g}, want {e}"
+            );
         }
         assert_eq!(v_expf(f32::NEG_INFINITY), 0.0);
     }

@@ -1,0 +1,368 @@
+//! The forward pass in llama.cpp's arithmetic ("ggml numerics"): every operation in
+//! the order and rounding ggml-cpu uses (see `hangar_kernels::exact`), so greedy
+//! continuations equal llama.cpp's token for token. Slower than the default path;
+//! chosen with `Numerics::Ggml`.
+//!
+//! The graph follows llama.cpp's for Gemma 3 and the Llama family: embeddings
+//! (times sqrt(d) for Gemma), per layer RMS norm → Q/K/V → Q/K norms → RoPE → Q
+//! scale (Gemma) → f16 K/V → KQ over the cache padded to 256 cells → mask →
+//! soft-max → KQV → output projection → post-norm (Gemma) → residual, then the FFN
+//! likewise. As in llama.cpp, only the rows whose logits are wanted continue past
+//! the last layer's attention.
+
+use crate::config::{Activation, Arch};
+use crate::forward::{LogitsWanted, SeqInput, Tap, Workspace};
+use crate::kv::{KvCache, NO_BLOCK};
+use crate::weights::{Model, Weight};
+use crate::{ModelError, Observer};
+use hangar_kernels::exact::{self, ops as xops};
+use hangar_kernels::ops::RopeStyle;
+use hangar_kernels::{quants, ThreadPool};
+
+/// Which arithmetic the forward pass uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Numerics {
+    /// Hangar's own kernels (packed, fused, fastest).
+    #[default]
+    Fast,
+    /// Bit-for-bit llama.cpp CPU arithmetic (x86-64 AVX-512 build).
+    Ggml,
+}
+
+impl Numerics {
+    /// From `HANGAR_NUMERICS` (`fast` or `ggml`); the default when unset or unknown.
+    pub fn from_env() -> Self {
+        std::env::var("HANGAR_NUMERICS")
+            .ok()
+            .and_then(|v| Numerics::parse(&v))
+            .unwrap_or_default()
+    }
+
+    /// Parses `fast` or `ggml` (also `llama.cpp`, `reference`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "fast" => Some(Numerics::Fast),
+            "ggml" | "llama.cpp" | "llamacpp" | "reference" | "exact" => Some(Numerics::Ggml),
+            _ => None,
+        }
+    }
+}
+
+/// Cells ggml's attention spans: the used cells padded to 256 (results do not depend
+/// on the padding beyond that, since empty cells add exact zeros).
+fn padded_cells(used: usize) -> usize {
+    used.div_ceil(256).max(1) * 256
+}
+
+impl Model {
+    fn mm(&self, w: &Weight, x: &[f32], n: usize, out: &mut [f32]) {
+        let m = self.mat(w);
+        let out = &mut out[..n * w.rows];
+        if !exact::mul_mat(m.ty, m.data, w.rows, w.cols, &x[..n * w.cols], n, out) {
+            // A type ggml-exact arithmetic is not written for: plain f32 products.
+            let mut row = vec![0f32; w.cols];
+            for i in 0..w.rows {
+                quants::dequantize_row(m.ty, m.row(i), &mut row).expect("shape checked at load");
+                for j in 0..n {
+                    let xr = &x[j * w.cols..(j + 1) * w.cols];
+                    out[j * w.rows + i] = row.iter().zip(xr).map(|(a, b)| a * b).sum();
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_ggml(
+        &self,
+        _pool: &ThreadPool,
+        seqs: &[SeqInput],
+        kv: &mut KvCache,
+        ws: &mut Workspace,
+        logits: &mut Vec<f32>,
+        mut observer: Option<Observer>,
+    ) -> Result<usize, ModelError> {
+        let cfg = &self.cfg;
+        let (d, qd, kvd, ff, hd) = (
+            cfg.d_model,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.ffn_dim,
+            cfg.head_dim,
+        );
+        let (nh, nkv) = (cfg.n_heads, cfg.n_kv_heads);
+        let group = nh / nkv;
+        let eps = cfg.rms_eps;
+        let t_total: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+        let gemma = cfg.arch == Arch::Gemma3;
+
+        // Rows whose logits are wanted (llama.cpp's output ids).
+        let mut rows = Vec::new();
+        let mut positions = Vec::with_capacity(t_total);
+        {
+            let mut t = 0;
+            for s in seqs {
+                match s.logits {
+                    LogitsWanted::None => {}
+                    LogitsWanted::Last => rows.push(t + s.tokens.len() - 1),
+                    LogitsWanted::All => rows.extend(t..t + s.tokens.len()),
+                }
+                positions.extend(s.start_pos..s.start_pos + s.tokens.len());
+                t += s.tokens.len();
+            }
+        }
+
+        let mut x = vec![0f32; t_total * d];
+        let emb = self.mat(&self.tok_embd);
+        for (t, &tok) in seqs.iter().flat_map(|s| s.tokens.iter()).enumerate() {
+            let row = &mut x[t * d..(t + 1) * d];
+            quants::dequantize_row(emb.ty, emb.row(tok as usize), row)
+                .expect("shape checked at load");
+            if let Some(sc) = cfg.embed_scale {
+                row.iter_mut().for_each(|v| *v *= sc);
+            }
+        }
+
+        let mut h = vec![0f32; t_total * d];
+        let mut q = vec![0f32; t_total * qd];
+        let mut k = vec![0f32; t_total * kvd];
+        let mut v = vec![0f32; t_total * kvd];
+        let mut attn = vec![0f32; t_total * qd];
+        let mut o = vec![0f32; t_total * d];
+        let mut gate = vec![0f32; t_total * ff];
+        let mut up = vec![0f32; t_total * ff];
+        let mut act = vec![0f32; t_total * ff];
+        let mut cache = Vec::new();
+        let mut n = t_total;
+        let n_layers = self.layers.len();
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            for t in 0..n {
+                xops::rms_norm_mul(
+                    &x[t * d..(t + 1) * d],
+                    Some(&layer.attn_norm),
+                    eps,
+                    &mut h[t * d..(t + 1) * d],
+                );
+            }
+            if let Some(obs) = observer.as_mut() {
+                obs(li, Tap::AttnIn, &h[..n * d], d);
+            }
+            self.mm(&layer.wq, &h, n, &mut q);
+            self.mm(&layer.wk, &h, n, &mut k);
+            self.mm(&layer.wv, &h, n, &mut v);
+            let (base, local) = if cfg.local_layers[li] {
+                (cfg.rope_base_local, true)
+            } else {
+                (cfg.rope_base, false)
+            };
+            let _ = local;
+            let normal = cfg.rope_style == RopeStyle::Norm;
+            for t in 0..n {
+                if let Some(b) = &layer.bq {
+                    add(&mut q[t * qd..(t + 1) * qd], b);
+                }
+                if let Some(b) = &layer.bk {
+                    add(&mut k[t * kvd..(t + 1) * kvd], b);
+                }
+                if let Some(b) = &layer.bv {
+                    add(&mut v[t * kvd..(t + 1) * kvd], b);
+                }
+                xops::rope_cache(
+                    positions[t] as i64,
+                    cfg.rope_dims,
+                    base,
+                    1.0,
+                    self.rope_freqs.as_deref(),
+                    &mut cache,
+                );
+                for head in q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
+                    if let Some(w) = &layer.q_norm {
+                        xops::rms_norm_mul_inplace(head, Some(w), eps);
+                    }
+                    xops::rope_apply(head, cfg.rope_dims, &cache, normal);
+                    if gemma {
+                        head.iter_mut().for_each(|v| *v *= cfg.attn_scale);
+                    }
+                }
+                for head in k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd) {
+                    if let Some(w) = &layer.k_norm {
+                        xops::rms_norm_mul_inplace(head, Some(w), eps);
+                    }
+                    xops::rope_apply(head, cfg.rope_dims, &cache, normal);
+                }
+            }
+            // The f16 cache.
+            let g = kv.group_of_layer(li);
+            {
+                let mut t = 0;
+                for s in seqs {
+                    let table = s.block_tables[g];
+                    for i in 0..s.tokens.len() {
+                        let off = kv.offset(table, s.start_pos + i);
+                        let (kc, vc) = kv.layer_kv_mut(li);
+                        for j in 0..kvd {
+                            kc[off + j] = f16r(k[t * kvd + j]);
+                            vc[off + j] = f16r(v[t * kvd + j]);
+                        }
+                        t += 1;
+                    }
+                }
+            }
+            // Attention, one sequence at a time (llama.cpp's single-sequence layout:
+            // cache cell = position).
+            let window = if cfg.local_layers[li] {
+                cfg.sliding_window
+            } else {
+                None
+            };
+            let (kc, vc) = kv.layer_kv(li);
+            let mut t0 = 0;
+            for s in seqs {
+                let ts = s.tokens.len();
+                let used = s.start_pos + ts;
+                let cells = padded_cells(used);
+                let table = s.block_tables[g];
+                for kh in 0..nkv {
+                    // K: cells x hd, V transposed: hd x cells, as f16 bits.
+                    let mut kmat = vec![0u16; cells * hd];
+                    let mut vt = vec![0u16; hd * cells];
+                    for c in 0..used {
+                        let b = table.get(c / kv.block_size()).copied().unwrap_or(NO_BLOCK);
+                        if b == NO_BLOCK {
+                            continue;
+                        }
+                        let off = kv.offset(table, c) + kh * hd;
+                        for j in 0..hd {
+                            kmat[c * hd + j] = exact::f16::f32_to_f16(kc[off + j]);
+                            vt[j * cells + c] = exact::f16::f32_to_f16(vc[off + j]);
+                        }
+                    }
+                    for hq in kh * group..(kh + 1) * group {
+                        let mut qh = vec![0f32; ts * hd];
+                        for t in 0..ts {
+                            qh[t * hd..(t + 1) * hd].copy_from_slice(
+                                &q[(t0 + t) * qd + hq * hd..(t0 + t) * qd + (hq + 1) * hd],
+                            );
+                        }
+                        let mut kq = vec![0f32; ts * cells];
+                        exact::f16::mul_mat_f16(&kmat, cells, hd, &qh, ts, &mut kq);
+                        for t in 0..ts {
+                            let p = s.start_pos + t;
+                            let row = &mut kq[t * cells..(t + 1) * cells];
+                            if !gemma {
+                                row.iter_mut().for_each(|v| *v *= cfg.attn_scale);
+                            }
+                            for (c, val) in row.iter_mut().enumerate() {
+                                let masked =
+                                    c > p || window.is_some_and(|w| p - c >= w) || c >= used;
+                                if masked {
+                                    *val = f32::NEG_INFINITY;
+                                }
+                            }
+                            xops::soft_max(row);
+                        }
+                        let mut kqv = vec![0f32; ts * hd];
+                        exact::f16::mul_mat_f16(&vt, hd, cells, &kq, ts, &mut kqv);
+                        for t in 0..ts {
+                            attn[(t0 + t) * qd + hq * hd..(t0 + t) * qd + (hq + 1) * hd]
+                                .copy_from_slice(&kqv[t * hd..(t + 1) * hd]);
+                        }
+                    }
+                }
+                t0 += ts;
+            }
+            if let Some(obs) = observer.as_mut() {
+                obs(li, Tap::AttnOutIn, &attn[..n * qd], qd);
+            }
+            self.mm(&layer.wo, &attn, n, &mut o);
+            if li + 1 == n_layers && rows.len() < n {
+                // llama.cpp keeps only the output rows from here on.
+                for (i, &r) in rows.iter().enumerate() {
+                    o.copy_within(r * d..(r + 1) * d, i * d);
+                    x.copy_within(r * d..(r + 1) * d, i * d);
+                }
+                n = rows.len();
+            }
+            for t in 0..n {
+                let ot = &mut o[t * d..(t + 1) * d];
+                if let Some(w) = &layer.post_attn_norm {
+                    xops::rms_norm_mul_inplace(ot, Some(w), eps);
+                }
+                add(&mut x[t * d..(t + 1) * d], ot);
+            }
+            for t in 0..n {
+                xops::rms_norm_mul(
+                    &x[t * d..(t + 1) * d],
+                    Some(&layer.ffn_norm),
+                    eps,
+                    &mut h[t * d..(t + 1) * d],
+                );
+            }
+            if let Some(obs) = observer.as_mut() {
+                obs(li, Tap::FfnIn, &h[..n * d], d);
+            }
+            self.mm(&layer.gate, &h, n, &mut gate);
+            self.mm(&layer.up, &h, n, &mut up);
+            match cfg.activation {
+                Activation::GeluTanh => xops::geglu(&gate[..n * ff], &up[..n * ff], &mut act),
+                Activation::Silu => {
+                    for i in 0..n * ff {
+                        let g = gate[i];
+                        act[i] = g / (1.0 + (-g).exp()) * up[i];
+                    }
+                }
+            }
+            if let Some(obs) = observer.as_mut() {
+                obs(li, Tap::FfnDownIn, &act[..n * ff], ff);
+            }
+            self.mm(&layer.down, &act, n, &mut o);
+            for t in 0..n {
+                let ot = &mut o[t * d..(t + 1) * d];
+                if let Some(w) = &layer.post_ffn_norm {
+                    xops::rms_norm_mul_inplace(ot, Some(w), eps);
+                }
+                add(&mut x[t * d..(t + 1) * d], ot);
+            }
+        }
+        if rows.len() < n {
+            for (i, &r) in rows.iter().enumerate() {
+                x.copy_within(r * d..(r + 1) * d, i * d);
+            }
+        }
+        let m = rows.len();
+        for t in 0..m {
+            xops::rms_norm_mul(
+                &x[t * d..(t + 1) * d],
+                Some(&self.output_norm),
+                eps,
+                &mut h[t * d..(t + 1) * d],
+            );
+        }
+        if let Some(obs) = observer.as_mut() {
+            if m > 0 {
+                obs(n_layers, Tap::OutputIn, &h[..m * d], d);
+            }
+        }
+        logits.resize(m * cfg.vocab_size, 0.0);
+        if m > 0 {
+            self.mm(&self.output, &h, m, logits);
+            if let Some(cap) = cfg.final_logit_softcap {
+                logits
+                    .iter_mut()
+                    .for_each(|v| *v = (*v * (1.0 / cap)).tanh() * cap);
+            }
+        }
+        let _ = ws;
+        Ok(m)
+    }
+}
+
+fn f16r(v: f32) -> f32 {
+    exact::f16::f16_to_f32(exact::f16::f32_to_f16(v))
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
