@@ -21,13 +21,37 @@ pub struct ModelArgs {
     /// Kernel threads (0 = one per core).
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
+    /// Arithmetic: `ggml` reproduces llama.cpp's CPU results bit for bit (same
+    /// tokens), `fast` uses Hangar's packed kernels (default: $HANGAR_NUMERICS, else ggml).
+    #[arg(long, value_enum)]
+    pub numerics: Option<NumericsArg>,
+}
+
+/// `--numerics` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NumericsArg {
+    /// llama.cpp's exact float order (x86-64 AVX-512 build): identical logits and tokens.
+    Ggml,
+    /// Hangar's own packed kernels: fastest, same quality, not bit-identical.
+    Fast,
+}
+
+impl NumericsArg {
+    /// The choice, else `$HANGAR_NUMERICS`, else the default.
+    pub fn resolve(arg: Option<NumericsArg>) -> hangar_models::Numerics {
+        match arg {
+            Some(NumericsArg::Ggml) => hangar_models::Numerics::Ggml,
+            Some(NumericsArg::Fast) => hangar_models::Numerics::Fast,
+            None => hangar_models::Numerics::from_env(),
+        }
+    }
 }
 
 impl ModelArgs {
     fn load(&self) -> Result<(LoadedModel, PathBuf, f64)> {
         let path = model_path::resolve(self.model.as_deref(), self.home.clone())?;
         let t0 = Instant::now();
-        let lm = LoadedModel::load(&path, self.threads)
+        let lm = LoadedModel::load_with(&path, self.threads, NumericsArg::resolve(self.numerics))
             .with_context(|| format!("loading {}", path.display()))?;
         Ok((lm, path, t0.elapsed().as_secs_f64()))
     }

@@ -19,6 +19,10 @@ pub struct ServeArgs {
     /// Kernel threads (0 = one per core).
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
+    /// Arithmetic: `ggml` (llama.cpp's exact results) or `fast` (Hangar's packed
+    /// kernels; default: $HANGAR_NUMERICS, else fast for serving).
+    #[arg(long, value_enum)]
+    pub numerics: Option<crate::cmd_model::NumericsArg>,
     /// KV cache memory, e.g. 1GiB, 512MiB or bytes (default 1GiB).
     #[arg(long)]
     pub kv_memory: Option<String>,
@@ -115,8 +119,12 @@ pub fn run_serve(args: ServeArgs, model_path: PathBuf) -> Result<()> {
         .filter(|k| !k.is_empty())
         .collect();
     let t0 = Instant::now();
-    let lm = LoadedModel::load(&model_path, args.threads)
-        .with_context(|| format!("loading {}", model_path.display()))?;
+    let lm = LoadedModel::load_with(
+        &model_path,
+        args.threads,
+        crate::cmd_model::NumericsArg::resolve(args.numerics),
+    )
+    .with_context(|| format!("loading {}", model_path.display()))?;
     let threads = lm.pool.n_threads();
     let engine = Engine::start(lm, cfg).context("starting the engine")?;
     let info = engine.info().clone();

@@ -71,6 +71,99 @@ impl Model {
         }
     }
 
+    /// One sequence's attention in ggml's arithmetic: KQ over the cache (f16 values;
+    /// llama.cpp pads the cells to 256, which changes nothing here but the kernel
+    /// choice), mask, soft-max, probabilities rounded to f16, KQV. Only the used cells
+    /// are computed: the others hold zeros in llama.cpp and add exact zeros.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_ggml(
+        &self,
+        s: &SeqInput,
+        kv: &KvCache,
+        kc: &[f32],
+        vc: &[f32],
+        g: usize,
+        window: Option<usize>,
+        q: &[f32],
+        out: &mut [f32],
+    ) {
+        let cfg = &self.cfg;
+        let (hd, qd, nkv) = (cfg.head_dim, cfg.q_dim(), cfg.n_kv_heads);
+        let group = cfg.n_heads / nkv;
+        let gemma = cfg.arch == Arch::Gemma3;
+        let ts = s.tokens.len();
+        let used = s.start_pos + ts;
+        let cells = padded_cells(used);
+        // Soft-max rows may stop at a multiple of 16 (whole masked chunks add 0), and
+        // the KQV dots at a multiple of 64 (zero probabilities add exact zeros).
+        let (srow, vlen) = (used.div_ceil(16) * 16, used.div_ceil(64) * 64);
+        let kq_tiny = exact::f16::uses_tinyblas(cells, hd, ts);
+        let kqv_tiny = exact::f16::uses_tinyblas(hd, cells, ts);
+        let table = s.block_tables[g];
+        let present = |c: usize| {
+            table
+                .get(c / kv.block_size())
+                .is_some_and(|&b| b != NO_BLOCK)
+        };
+        let mut kbuf = vec![0f32; used * hd];
+        let mut vt = vec![0f32; hd * vlen];
+        let mut qh = vec![0f32; hd];
+        let mut probs = vec![0f32; ts * srow];
+        let mut pv = vec![0f32; vlen];
+        for kh in 0..nkv {
+            for c in 0..used {
+                if !present(c) {
+                    continue;
+                }
+                let off = kv.offset(table, c) + kh * hd;
+                kbuf[c * hd..(c + 1) * hd].copy_from_slice(&kc[off..off + hd]);
+                for j in 0..hd {
+                    vt[j * vlen + c] = vc[off + j];
+                }
+            }
+            for hq in kh * group..(kh + 1) * group {
+                for t in 0..ts {
+                    let p = s.start_pos + t;
+                    for (d, &v) in qh
+                        .iter_mut()
+                        .zip(&q[t * qd + hq * hd..t * qd + (hq + 1) * hd])
+                    {
+                        *d = f16r(v);
+                    }
+                    let row = &mut probs[t * srow..(t + 1) * srow];
+                    for (c, val) in row.iter_mut().enumerate() {
+                        let masked = c > p || window.is_some_and(|w| p - c >= w) || c >= used;
+                        *val = if masked {
+                            f32::NEG_INFINITY
+                        } else {
+                            let mut v = exact::f16::dot_f16_values(
+                                &kbuf[c * hd..(c + 1) * hd],
+                                &qh,
+                                kq_tiny,
+                            );
+                            if !gemma {
+                                v *= cfg.attn_scale;
+                            }
+                            v
+                        };
+                    }
+                    xops::soft_max(row);
+                    for (d, &v) in pv.iter_mut().zip(row.iter()) {
+                        *d = f16r(v);
+                    }
+                    let o = &mut out[t * qd + hq * hd..t * qd + (hq + 1) * hd];
+                    for (j, od) in o.iter_mut().enumerate() {
+                        *od = exact::f16::dot_f16_values(
+                            &vt[j * vlen..(j + 1) * vlen],
+                            &pv,
+                            kqv_tiny,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward_ggml(
         &self,
@@ -89,8 +182,6 @@ impl Model {
             cfg.ffn_dim,
             cfg.head_dim,
         );
-        let (nh, nkv) = (cfg.n_heads, cfg.n_kv_heads);
-        let group = nh / nkv;
         let eps = cfg.rms_eps;
         let t_total: usize = seqs.iter().map(|s| s.tokens.len()).sum();
         let gemma = cfg.arch == Arch::Gemma3;
@@ -218,58 +309,17 @@ impl Model {
             let (kc, vc) = kv.layer_kv(li);
             let mut t0 = 0;
             for s in seqs {
-                let ts = s.tokens.len();
-                let used = s.start_pos + ts;
-                let cells = padded_cells(used);
-                let table = s.block_tables[g];
-                for kh in 0..nkv {
-                    // K: cells x hd, V transposed: hd x cells, as f16 bits.
-                    let mut kmat = vec![0u16; cells * hd];
-                    let mut vt = vec![0u16; hd * cells];
-                    for c in 0..used {
-                        let b = table.get(c / kv.block_size()).copied().unwrap_or(NO_BLOCK);
-                        if b == NO_BLOCK {
-                            continue;
-                        }
-                        let off = kv.offset(table, c) + kh * hd;
-                        for j in 0..hd {
-                            kmat[c * hd + j] = exact::f16::f32_to_f16(kc[off + j]);
-                            vt[j * cells + c] = exact::f16::f32_to_f16(vc[off + j]);
-                        }
-                    }
-                    for hq in kh * group..(kh + 1) * group {
-                        let mut qh = vec![0f32; ts * hd];
-                        for t in 0..ts {
-                            qh[t * hd..(t + 1) * hd].copy_from_slice(
-                                &q[(t0 + t) * qd + hq * hd..(t0 + t) * qd + (hq + 1) * hd],
-                            );
-                        }
-                        let mut kq = vec![0f32; ts * cells];
-                        exact::f16::mul_mat_f16(&kmat, cells, hd, &qh, ts, &mut kq);
-                        for t in 0..ts {
-                            let p = s.start_pos + t;
-                            let row = &mut kq[t * cells..(t + 1) * cells];
-                            if !gemma {
-                                row.iter_mut().for_each(|v| *v *= cfg.attn_scale);
-                            }
-                            for (c, val) in row.iter_mut().enumerate() {
-                                let masked =
-                                    c > p || window.is_some_and(|w| p - c >= w) || c >= used;
-                                if masked {
-                                    *val = f32::NEG_INFINITY;
-                                }
-                            }
-                            xops::soft_max(row);
-                        }
-                        let mut kqv = vec![0f32; ts * hd];
-                        exact::f16::mul_mat_f16(&vt, hd, cells, &kq, ts, &mut kqv);
-                        for t in 0..ts {
-                            attn[(t0 + t) * qd + hq * hd..(t0 + t) * qd + (hq + 1) * hd]
-                                .copy_from_slice(&kqv[t * hd..(t + 1) * hd]);
-                        }
-                    }
-                }
-                t0 += ts;
+                self.attend_ggml(
+                    s,
+                    kv,
+                    kc,
+                    vc,
+                    g,
+                    window,
+                    &q[t0 * qd..(t0 + s.tokens.len()) * qd],
+                    &mut attn[t0 * qd..(t0 + s.tokens.len()) * qd],
+                );
+                t0 += s.tokens.len();
             }
             if let Some(obs) = observer.as_mut() {
                 obs(li, Tap::AttnOutIn, &attn[..n * qd], qd);

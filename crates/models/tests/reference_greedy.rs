@@ -135,6 +135,59 @@ fn greedy_matches_llama_cpp_on_reference_prompts() {
     );
 }
 
+/// The reference cases of `file` (prompt ids, llama.cpp's greedy ids).
+fn cases(file: &str) -> Vec<(Vec<u32>, Vec<u32>)> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join(file)).unwrap()).unwrap();
+    let list = v.get("greedy").or_else(|| v.get("cases")).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let ids = |k: &str| -> Vec<u32> {
+                c[k].as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as u32)
+                    .collect()
+            };
+            (ids("prompt_ids"), ids("greedy_ids"))
+        })
+        .collect()
+}
+
+/// With ggml numerics the arithmetic is llama.cpp's, bit for bit, so every greedy
+/// continuation must be identical: the shared reference prompts, 40 more prompts,
+/// and prompts past the 512-token sliding window.
+#[test]
+fn ggml_numerics_reproduce_llama_cpp_greedy_tokens_exactly() {
+    let mut model = Model::load(default_model()).unwrap();
+    model.set_numerics(hangar_models::Numerics::Ggml);
+    let pool = ThreadPool::new(2);
+    for file in [
+        "tests/data/reference/reference.json",
+        "tests/data/greedy40/reference.json",
+    ] {
+        let cases = cases(file);
+        let mut exact = 0;
+        for (prompt, want) in &cases {
+            let got = greedy(&model, &pool, prompt, want.len());
+            if &got == want {
+                exact += 1;
+            } else {
+                eprintln!("{file}: prompt {prompt:?}: got {got:?}, llama.cpp {want:?}");
+            }
+        }
+        eprintln!("{file}: {exact}/{} prompts identical", cases.len());
+        assert_eq!(
+            exact,
+            cases.len(),
+            "{file}: {exact}/{} identical",
+            cases.len()
+        );
+    }
+}
+
 #[test]
 fn batched_sequences_equal_separate_runs() {
     // Two sequences at different positions in one call give the same logits as alone.

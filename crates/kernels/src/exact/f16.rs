@@ -150,6 +150,78 @@ pub fn mul_mat_f16(w: &[u16], rows: usize, cols: usize, x: &[f32], n: usize, out
     }
 }
 
+/// [`vec_dot_f16`] (when `tinyblas` is false) or [`tinyblas_dot_f16`] on f32 inputs
+/// that already hold f16 values (an f16 KV cache kept as f32): the same arithmetic,
+/// vectorised with AVX-512 when available.
+pub fn dot_f16_values(a: &[f32], b: &[f32], tinyblas: bool) -> f32 {
+    assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::cpu::simd_level() >= crate::SimdLevel::Avx512Vnni {
+            // SAFETY: AVX-512F and FMA are present (checked above); lengths asserted.
+            unsafe {
+                return if tinyblas {
+                    tinyblas_dot_avx512(a, b)
+                } else {
+                    vec_dot_avx512(a, b)
+                };
+            }
+        }
+    }
+    let (ah, bh): (Vec<u16>, Vec<u16>) = (
+        a.iter().map(|&v| f32_to_f16(v)).collect(),
+        b.iter().map(|&v| f32_to_f16(v)).collect(),
+    );
+    if tinyblas {
+        tinyblas_dot_f16(&ah, &bh)
+    } else {
+        vec_dot_f16(&ah, &bh)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn vec_dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len();
+    let np = n & !63;
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i < np {
+        for (j, s) in acc.iter_mut().enumerate() {
+            let o = i + 16 * j;
+            *s = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(o)), _mm512_loadu_ps(pb.add(o)), *s);
+        }
+        i += 64;
+    }
+    let v = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
+    let mut lanes = [0f32; 16];
+    _mm512_storeu_ps(lanes.as_mut_ptr(), v);
+    let mut sum = reduce16(&lanes) as f64;
+    for k in np..n {
+        sum += (a[k] * b[k]) as f64;
+    }
+    sum as f32
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn tinyblas_dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    assert!(a.len().is_multiple_of(16));
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = _mm512_setzero_ps();
+    let mut i = 0;
+    while i < a.len() {
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc);
+        i += 16;
+    }
+    let mut lanes = [0f32; 16];
+    _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
+    reduce16(&lanes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +231,27 @@ mod tests {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         ((*s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    #[test]
+    fn f32_value_dots_equal_the_f16_dots() {
+        let mut s = 11u64;
+        for &n in &[16usize, 64, 128, 192, 256, 80] {
+            let a: Vec<u16> = (0..n).map(|_| f32_to_f16(lcg(&mut s) * 3.0)).collect();
+            let b: Vec<u16> = (0..n).map(|_| f32_to_f16(lcg(&mut s))).collect();
+            let (af, bf): (Vec<f32>, Vec<f32>) = (
+                a.iter().map(|&h| f16_to_f32(h)).collect(),
+                b.iter().map(|&h| f16_to_f32(h)).collect(),
+            );
+            assert_eq!(
+                dot_f16_values(&af, &bf, false).to_bits(),
+                vec_dot_f16(&a, &b).to_bits()
+            );
+            assert_eq!(
+                dot_f16_values(&af, &bf, true).to_bits(),
+                tinyblas_dot_f16(&a, &b).to_bits()
+            );
+        }
     }
 
     #[test]
