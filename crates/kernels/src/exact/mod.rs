@@ -16,6 +16,7 @@
 //! MUL_MAT(src0 = W, src1 = x) does for that type and batch size `n`.
 
 pub mod f16;
+pub mod kquant_fast;
 pub mod legacy;
 pub mod ops;
 pub mod q4k;
