@@ -2,29 +2,37 @@
 //! MUL_MAT whose weight is Q5_0 or Q8_0 from the dumped f32 input and counts the
 //! bitwise-different elements.
 //!
-//! Usage: exact_legacy DUMP_DIR... (model: $HANGAR_GGUF or the gemma-3-270m Q4_K_M
-//! file in ~/.cache/hangar/models).
+//! Usage: exact_legacy [--fast] DUMP_DIR... (`--fast`: check
+//! `exact::legacy_fast::mul_mat_legacy_fast` on a 2-thread pool instead; model:
+//! $HANGAR_GGUF or the gemma-3-270m Q4_K_M file in ~/.cache/hangar/models).
 #[path = "exact_dump.rs"]
 mod exact_dump;
 
 use hangar_formats::GgufFile;
 use hangar_kernels::exact::legacy::mul_mat_legacy;
-use hangar_kernels::GgmlType;
+use hangar_kernels::exact::legacy_fast::mul_mat_legacy_fast;
+use hangar_kernels::{GgmlType, ThreadPool};
 use std::time::Instant;
 
 fn main() {
     let model = std::env::var("HANGAR_GGUF")
         .unwrap_or_else(|_| "/root/.cache/hangar/models/gemma-3-270m-q4_k_m.gguf".to_string());
     let gguf = GgufFile::open(&model).expect("open gguf");
-    let dirs: Vec<String> = std::env::args().skip(1).collect();
+    let mut dirs: Vec<String> = std::env::args().skip(1).collect();
+    let fast = dirs.first().is_some_and(|a| a == "--fast");
+    if fast {
+        dirs.remove(0);
+    }
+    let pool = ThreadPool::new(2);
     if dirs.is_empty() {
-        eprintln!("usage: exact_legacy DUMP_DIR...");
+        eprintln!("usage: exact_legacy [--fast] DUMP_DIR...");
         std::process::exit(2);
     }
     let mut grand = 0usize;
     for d in &dirs {
         let dump = exact_dump::Dump::open(d);
         let (mut checked, mut elems, mut diffs) = (0usize, 0usize, 0usize);
+        let mut secs = 0f64;
         for e in dump.by_op("MUL_MAT") {
             // sources with spaces in their names (views of the KV cache) do not parse
             let Some((wname, wty)) = e.srcs.first() else {
@@ -49,8 +57,14 @@ fn main() {
             let want = dump.read(&e.file);
             let mut got = vec![0f32; n * rows];
             let t = Instant::now();
-            mul_mat_legacy(info.ty, gguf.tensor_data(info), rows, cols, &x, n, &mut got);
+            let wdata = gguf.tensor_data(info);
+            if fast {
+                mul_mat_legacy_fast(&pool, info.ty, wdata, rows, cols, &x, n, &mut got);
+            } else {
+                mul_mat_legacy(info.ty, wdata, rows, cols, &x, n, &mut got);
+            }
             let dt = t.elapsed();
+            secs += dt.as_secs_f64();
             let (diff, worst) = exact_dump::compare(&got, &want);
             if diff > 0 || rows * cols > 1 << 24 {
                 println!(
@@ -63,7 +77,16 @@ fn main() {
             elems += got.len();
             diffs += diff;
         }
-        println!("{d}: {checked} Q5_0/Q8_0 matmuls, {elems} elements, {diffs} bitwise differences");
+        println!(
+            "{d}: {checked} Q5_0/Q8_0 matmuls, {elems} elements, {diffs} bitwise differences, \
+             {:.1} ms in {}",
+            secs * 1e3,
+            if fast {
+                "mul_mat_legacy_fast"
+            } else {
+                "mul_mat_legacy"
+            }
+        );
         grand += diffs;
     }
     println!("total differences: {grand}");

@@ -18,6 +18,7 @@
 pub mod f16;
 pub mod kquant_fast;
 pub mod legacy;
+pub mod legacy_fast;
 pub mod ops;
 pub mod q4k;
 pub mod q6k;
