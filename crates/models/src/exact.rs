@@ -18,6 +18,17 @@ use crate::{ModelError, Observer};
 use hangar_kernels::exact::{self, ops as xops};
 use hangar_kernels::ops::RopeStyle;
 use hangar_kernels::{quants, ThreadPool};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct OutPtr(*mut f32);
+// SAFETY: used only to hand disjoint output slices to pool threads.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// Which arithmetic the forward pass uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,10 +66,10 @@ fn padded_cells(used: usize) -> usize {
 }
 
 impl Model {
-    fn mm(&self, w: &Weight, x: &[f32], n: usize, out: &mut [f32]) {
+    fn mm(&self, pool: &ThreadPool, w: &Weight, x: &[f32], n: usize, out: &mut [f32]) {
         let m = self.mat(w);
         let out = &mut out[..n * w.rows];
-        if !exact::mul_mat(m.ty, m.data, w.rows, w.cols, &x[..n * w.cols], n, out) {
+        if !exact::mul_mat(pool, m.ty, m.data, w.rows, w.cols, &x[..n * w.cols], n, out) {
             // A type ggml-exact arithmetic is not written for: plain f32 products.
             let mut row = vec![0f32; w.cols];
             for i in 0..w.rows {
@@ -78,6 +89,7 @@ impl Model {
     #[allow(clippy::too_many_arguments)]
     fn attend_ggml(
         &self,
+        pool: &ThreadPool,
         s: &SeqInput,
         kv: &KvCache,
         kc: &[f32],
@@ -107,9 +119,6 @@ impl Model {
         };
         let mut kbuf = vec![0f32; used * hd];
         let mut vt = vec![0f32; hd * vlen];
-        let mut qh = vec![0f32; hd];
-        let mut probs = vec![0f32; ts * srow];
-        let mut pv = vec![0f32; vlen];
         for kh in 0..nkv {
             for c in 0..used {
                 if !present(c) {
@@ -121,8 +130,25 @@ impl Model {
                     vt[j * vlen + c] = vc[off + j];
                 }
             }
-            for hq in kh * group..(kh + 1) * group {
-                for t in 0..ts {
+            // Tasks (query head, token), spread over the pool; each writes its own
+            // slice of `out`. Per token, soft-max rows stop at a multiple of 16 past
+            // its last visible cell and KQV dots at a multiple of 64: the cells after
+            // hold exact zeros in llama.cpp's longer rows, which change no lane.
+            let heads: Vec<usize> = (kh * group..(kh + 1) * group).collect();
+            let n_tasks = heads.len() * ts;
+            let next = AtomicUsize::new(0);
+            let out_ptr = OutPtr(out.as_mut_ptr());
+            let (kbuf, vt) = (&kbuf, &vt);
+            pool.run(|_, _| {
+                let mut qh = vec![0f32; hd];
+                let mut row = vec![0f32; srow];
+                let mut pv = vec![0f32; vlen];
+                loop {
+                    let task = next.fetch_add(1, Ordering::Relaxed);
+                    if task >= n_tasks {
+                        break;
+                    }
+                    let (hq, t) = (heads[task / ts], task % ts);
                     let p = s.start_pos + t;
                     for (d, &v) in qh
                         .iter_mut()
@@ -130,7 +156,8 @@ impl Model {
                     {
                         *d = f16r(v);
                     }
-                    let row = &mut probs[t * srow..(t + 1) * srow];
+                    let len = (p + 1).div_ceil(16) * 16;
+                    let row = &mut row[..len];
                     for (c, val) in row.iter_mut().enumerate() {
                         let masked = c > p || window.is_some_and(|w| p - c >= w) || c >= used;
                         *val = if masked {
@@ -148,26 +175,31 @@ impl Model {
                         };
                     }
                     xops::soft_max(row);
+                    let vl = (p + 1).div_ceil(64) * 64;
+                    pv[..vl].fill(0.0);
                     for (d, &v) in pv.iter_mut().zip(row.iter()) {
                         *d = f16r(v);
                     }
-                    let o = &mut out[t * qd + hq * hd..t * qd + (hq + 1) * hd];
+                    // SAFETY: every task owns the disjoint slice (token t, head hq).
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(out_ptr.get().add(t * qd + hq * hd), hd)
+                    };
                     for (j, od) in o.iter_mut().enumerate() {
                         *od = exact::f16::dot_f16_values(
-                            &vt[j * vlen..(j + 1) * vlen],
-                            &pv,
+                            &vt[j * vlen..j * vlen + vl],
+                            &pv[..vl],
                             kqv_tiny,
                         );
                     }
                 }
-            }
+            });
         }
     }
 
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward_ggml(
         &self,
-        _pool: &ThreadPool,
+        pool: &ThreadPool,
         seqs: &[SeqInput],
         kv: &mut KvCache,
         ws: &mut Workspace,
@@ -238,9 +270,9 @@ impl Model {
             if let Some(obs) = observer.as_mut() {
                 obs(li, Tap::AttnIn, &h[..n * d], d);
             }
-            self.mm(&layer.wq, &h, n, &mut q);
-            self.mm(&layer.wk, &h, n, &mut k);
-            self.mm(&layer.wv, &h, n, &mut v);
+            self.mm(pool, &layer.wq, &h, n, &mut q);
+            self.mm(pool, &layer.wk, &h, n, &mut k);
+            self.mm(pool, &layer.wv, &h, n, &mut v);
             let (base, local) = if cfg.local_layers[li] {
                 (cfg.rope_base_local, true)
             } else {
@@ -310,6 +342,7 @@ impl Model {
             let mut t0 = 0;
             for s in seqs {
                 self.attend_ggml(
+                    pool,
                     s,
                     kv,
                     kc,
@@ -324,7 +357,7 @@ impl Model {
             if let Some(obs) = observer.as_mut() {
                 obs(li, Tap::AttnOutIn, &attn[..n * qd], qd);
             }
-            self.mm(&layer.wo, &attn, n, &mut o);
+            self.mm(pool, &layer.wo, &attn, n, &mut o);
             if li + 1 == n_layers && rows.len() < n {
                 // llama.cpp keeps only the output rows from here on.
                 for (i, &r) in rows.iter().enumerate() {
@@ -351,8 +384,8 @@ impl Model {
             if let Some(obs) = observer.as_mut() {
                 obs(li, Tap::FfnIn, &h[..n * d], d);
             }
-            self.mm(&layer.gate, &h, n, &mut gate);
-            self.mm(&layer.up, &h, n, &mut up);
+            self.mm(pool, &layer.gate, &h, n, &mut gate);
+            self.mm(pool, &layer.up, &h, n, &mut up);
             match cfg.activation {
                 Activation::GeluTanh => xops::geglu(&gate[..n * ff], &up[..n * ff], &mut act),
                 Activation::Silu => {
@@ -365,7 +398,7 @@ impl Model {
             if let Some(obs) = observer.as_mut() {
                 obs(li, Tap::FfnDownIn, &act[..n * ff], ff);
             }
-            self.mm(&layer.down, &act, n, &mut o);
+            self.mm(pool, &layer.down, &act, n, &mut o);
             for t in 0..n {
                 let ot = &mut o[t * d..(t + 1) * d];
                 if let Some(w) = &layer.post_ffn_norm {
@@ -395,7 +428,7 @@ impl Model {
         }
         logits.resize(m * cfg.vocab_size, 0.0);
         if m > 0 {
-            self.mm(&self.output, &h, m, logits);
+            self.mm(pool, &self.output, &h, m, logits);
             if let Some(cap) = cfg.final_logit_softcap {
                 logits
                     .iter_mut()

@@ -23,12 +23,15 @@ pub mod ops;
 pub mod q4k;
 pub mod q6k;
 
-use crate::GgmlType;
+use crate::{GgmlType, ThreadPool};
 
 /// `out = W · x` for `n` activation rows as ggml computes MUL_MAT for a weight of
-/// type `ty` (see the module doc for the layout). Returns `false`, leaving `out`
-/// untouched, for types without a ggml-exact replica here.
+/// type `ty` (see the module doc for the layout), on the pool's threads with the
+/// AVX-512 versions where the CPU has them (bitwise equal to the scalar replicas).
+/// Returns `false`, leaving `out` untouched, for types without a replica here.
+#[allow(clippy::too_many_arguments)]
 pub fn mul_mat(
+    pool: &ThreadPool,
     ty: GgmlType,
     w: &[u8],
     rows: usize,
@@ -38,9 +41,11 @@ pub fn mul_mat(
     out: &mut [f32],
 ) -> bool {
     match ty {
-        GgmlType::Q5_0 | GgmlType::Q8_0 => legacy::mul_mat_legacy(ty, w, rows, cols, x, n, out),
-        GgmlType::Q4K => q4k::mul_mat_q4k(w, rows, cols, x, n, out),
-        GgmlType::Q6K => q6k::mul_mat_q6k(w, rows, cols, x, n, out),
+        GgmlType::Q5_0 | GgmlType::Q8_0 => {
+            legacy_fast::mul_mat_legacy_fast(pool, ty, w, rows, cols, x, n, out)
+        }
+        GgmlType::Q4K => kquant_fast::mul_mat_q4k_fast(pool, w, rows, cols, x, n, out),
+        GgmlType::Q6K => kquant_fast::mul_mat_q6k_fast(pool, w, rows, cols, x, n, out),
         GgmlType::F16 => {
             let w16: Vec<u16> = w
                 .chunks_exact(2)
