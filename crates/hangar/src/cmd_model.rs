@@ -21,8 +21,9 @@ pub struct ModelArgs {
     /// Kernel threads (0 = one per core).
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
-    /// Arithmetic: `ggml` reproduces llama.cpp's CPU results bit for bit (same
-    /// tokens), `fast` uses Hangar's packed kernels (default: $HANGAR_NUMERICS, else ggml).
+    /// Arithmetic: `ggml` reproduces llama.cpp's CPU results bit for bit (same logits,
+    /// same tokens), `fast` uses Hangar's packed kernels (default: $HANGAR_NUMERICS,
+    /// else ggml for generate and perplexity, fast for bench).
     #[arg(long, value_enum)]
     pub numerics: Option<NumericsArg>,
 }
@@ -37,21 +38,30 @@ pub enum NumericsArg {
 }
 
 impl NumericsArg {
-    /// The choice, else `$HANGAR_NUMERICS`, else the default.
-    pub fn resolve(arg: Option<NumericsArg>) -> hangar_models::Numerics {
+    /// The choice, else `$HANGAR_NUMERICS`, else `default`.
+    pub fn resolve(
+        arg: Option<NumericsArg>,
+        default: hangar_models::Numerics,
+    ) -> hangar_models::Numerics {
         match arg {
             Some(NumericsArg::Ggml) => hangar_models::Numerics::Ggml,
             Some(NumericsArg::Fast) => hangar_models::Numerics::Fast,
-            None => hangar_models::Numerics::from_env(),
+            None => std::env::var("HANGAR_NUMERICS")
+                .ok()
+                .and_then(|v| hangar_models::Numerics::parse(&v))
+                .unwrap_or(default),
         }
     }
 }
 
 impl ModelArgs {
-    fn load(&self) -> Result<(LoadedModel, PathBuf, f64)> {
+    /// Loads the model; `default` numerics apply when neither `--numerics` nor
+    /// `$HANGAR_NUMERICS` chooses.
+    fn load(&self, default: hangar_models::Numerics) -> Result<(LoadedModel, PathBuf, f64)> {
         let path = model_path::resolve(self.model.as_deref(), self.home.clone())?;
         let t0 = Instant::now();
-        let lm = LoadedModel::load_with(&path, self.threads, NumericsArg::resolve(self.numerics))
+        let numerics = NumericsArg::resolve(self.numerics, default);
+        let lm = LoadedModel::load_with(&path, self.threads, numerics)
             .with_context(|| format!("loading {}", path.display()))?;
         Ok((lm, path, t0.elapsed().as_secs_f64()))
     }
@@ -147,7 +157,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         }
         (None, None) => bail!("give a prompt with -p TEXT or --prompt-file FILE"),
     };
-    let (lm, _path, load_s) = a.model.load()?;
+    let (lm, _path, load_s) = a.model.load(hangar_models::Numerics::Ggml)?;
     let ids = if a.chat {
         let tk = &lm.tokenizer;
         let piece = |id: Option<u32>| id.and_then(|i| tk.id_to_token(i)).unwrap_or("").to_string();
@@ -279,7 +289,7 @@ pub struct BenchArgs {
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
-    let (lm, path, load_s) = a.model.load()?;
+    let (lm, path, load_s) = a.model.load(hangar_models::Numerics::Fast)?;
     let figures = bench::run(&lm.model, &lm.pool, a.pp, a.tg, a.batch, a.runs)?;
     let report = bench::BenchReport {
         model: path.display().to_string(),
@@ -290,12 +300,17 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         v["load_s"] = serde_json::json!(load_s);
+        v["numerics"] = serde_json::json!(format!("{:?}", lm.model.numerics()).to_lowercase());
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!(
-        "model: {}  threads: {}  simd: {}  load: {:.3}s",
-        report.model, report.threads, report.simd, load_s
+        "model: {}  threads: {}  simd: {}  numerics: {}  load: {:.3}s",
+        report.model,
+        report.threads,
+        report.simd,
+        format!("{:?}", lm.model.numerics()).to_lowercase(),
+        load_s
     );
     println!("| test     | tok/s (median) |   min   |   max   | runs |");
     println!("|----------|----------------|---------|---------|------|");
@@ -325,7 +340,7 @@ pub struct PerplexityArgs {
 pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
-    let (lm, _, _) = a.model.load()?;
+    let (lm, _, _) = a.model.load(hangar_models::Numerics::Ggml)?;
     let bos = lm
         .tokenizer
         .bos_id()
@@ -365,7 +380,7 @@ pub struct TokenizeArgs {
 }
 
 pub fn tokenize(a: TokenizeArgs) -> Result<()> {
-    let (lm, _, _) = a.model.load()?;
+    let (lm, _, _) = a.model.load(hangar_models::Numerics::Fast)?;
     let ids = lm.tokenizer.encode(&a.text, !a.no_bos, a.special);
     if a.json {
         let pieces: Vec<String> = ids

@@ -158,21 +158,27 @@ impl Model {
                     }
                     let len = (p + 1).div_ceil(16) * 16;
                     let row = &mut row[..len];
-                    for (c, val) in row.iter_mut().enumerate() {
-                        let masked = c > p || window.is_some_and(|w| p - c >= w) || c >= used;
-                        *val = if masked {
-                            f32::NEG_INFINITY
-                        } else {
-                            let mut v = exact::f16::dot_f16_values(
-                                &kbuf[c * hd..(c + 1) * hd],
-                                &qh,
-                                kq_tiny,
-                            );
-                            if !gemma {
-                                v *= cfg.attn_scale;
-                            }
-                            v
-                        };
+                    // Visible cells form one range; the rest are masked.
+                    let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
+                    let hi = (p + 1).min(used);
+                    row.fill(f32::NEG_INFINITY);
+                    let krow = |c: usize| &kbuf[c * hd..(c + 1) * hd];
+                    let mut c = lo;
+                    while c + 4 <= hi {
+                        let v = exact::f16::dot4_f16_values(
+                            [krow(c), krow(c + 1), krow(c + 2), krow(c + 3)],
+                            &qh,
+                            kq_tiny,
+                        );
+                        row[c..c + 4].copy_from_slice(&v);
+                        c += 4;
+                    }
+                    while c < hi {
+                        row[c] = exact::f16::dot_f16_values(krow(c), &qh, kq_tiny);
+                        c += 1;
+                    }
+                    if !gemma {
+                        row[lo..hi].iter_mut().for_each(|v| *v *= cfg.attn_scale);
                     }
                     xops::soft_max(row);
                     let vl = (p + 1).div_ceil(64) * 64;
@@ -184,12 +190,20 @@ impl Model {
                     let o = unsafe {
                         std::slice::from_raw_parts_mut(out_ptr.get().add(t * qd + hq * hd), hd)
                     };
-                    for (j, od) in o.iter_mut().enumerate() {
-                        *od = exact::f16::dot_f16_values(
-                            &vt[j * vlen..j * vlen + vl],
-                            &pv[..vl],
-                            kqv_tiny,
-                        );
+                    let vrow = |j: usize| &vt[j * vlen..j * vlen + vl];
+                    for j in (0..hd).step_by(4) {
+                        if j + 4 <= hd {
+                            let v = exact::f16::dot4_f16_values(
+                                [vrow(j), vrow(j + 1), vrow(j + 2), vrow(j + 3)],
+                                &pv[..vl],
+                                kqv_tiny,
+                            );
+                            o[j..j + 4].copy_from_slice(&v);
+                        } else {
+                            for (jj, od) in o.iter_mut().enumerate().skip(j) {
+                                *od = exact::f16::dot_f16_values(vrow(jj), &pv[..vl], kqv_tiny);
+                            }
+                        }
                     }
                 }
             });

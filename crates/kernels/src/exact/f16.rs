@@ -179,6 +179,75 @@ pub fn dot_f16_values(a: &[f32], b: &[f32], tinyblas: bool) -> f32 {
     }
 }
 
+/// [`dot_f16_values`] of four rows against one vector (independent chains, so the
+/// FMA latency overlaps); each result is bitwise that of the single-row function.
+pub fn dot4_f16_values(rows: [&[f32]; 4], b: &[f32], tinyblas: bool) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::cpu::simd_level() >= crate::SimdLevel::Avx512Vnni
+            && rows.iter().all(|r| r.len() == b.len())
+            && (if tinyblas {
+                b.len().is_multiple_of(16)
+            } else {
+                b.len().is_multiple_of(64)
+            })
+        {
+            // SAFETY: AVX-512F and FMA are present; lengths checked above.
+            unsafe { return dot4_avx512(rows, b, tinyblas) };
+        }
+    }
+    rows.map(|r| dot_f16_values(r, b, tinyblas))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn dot4_avx512(rows: [&[f32]; 4], b: &[f32], tinyblas: bool) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let n = b.len();
+    let pb = b.as_ptr();
+    let pr = rows.map(|r| r.as_ptr());
+    let mut out = [0f32; 4];
+    let mut lanes = [0f32; 16];
+    if tinyblas {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i < n {
+            let vb = _mm512_loadu_ps(pb.add(i));
+            for r in 0..4 {
+                acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(pr[r].add(i)), vb, acc[r]);
+            }
+            i += 16;
+        }
+        for r in 0..4 {
+            _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r]);
+            out[r] = reduce16(&lanes);
+        }
+    } else {
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        let mut i = 0;
+        while i < n {
+            for j in 0..4 {
+                let vb = _mm512_loadu_ps(pb.add(i + 16 * j));
+                for r in 0..4 {
+                    acc[r][j] =
+                        _mm512_fmadd_ps(_mm512_loadu_ps(pr[r].add(i + 16 * j)), vb, acc[r][j]);
+                }
+            }
+            i += 64;
+        }
+        for r in 0..4 {
+            let v = _mm512_add_ps(
+                _mm512_add_ps(acc[r][0], acc[r][2]),
+                _mm512_add_ps(acc[r][1], acc[r][3]),
+            );
+            _mm512_storeu_ps(lanes.as_mut_ptr(), v);
+            out[r] = (reduce16(&lanes) as f64) as f32;
+        }
+    }
+    out
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn vec_dot_avx512(a: &[f32], b: &[f32]) -> f32 {
@@ -251,6 +320,23 @@ mod tests {
                 dot_f16_values(&af, &bf, true).to_bits(),
                 tinyblas_dot_f16(&a, &b).to_bits()
             );
+            let rows: Vec<Vec<f32>> = (0..4)
+                .map(|k| {
+                    af.iter()
+                        .map(|v| v * (k as f32 + 0.5))
+                        .map(|v| f16_to_f32(f32_to_f16(v)))
+                        .collect()
+                })
+                .collect();
+            for tiny in [false, true] {
+                let four = dot4_f16_values([&rows[0], &rows[1], &rows[2], &rows[3]], &bf, tiny);
+                for k in 0..4 {
+                    assert_eq!(
+                        four[k].to_bits(),
+                        dot_f16_values(&rows[k], &bf, tiny).to_bits()
+                    );
+                }
+            }
         }
     }
 

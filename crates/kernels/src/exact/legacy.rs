@@ -111,10 +111,21 @@ pub fn quantize_row_q8_0(x: &[f32], out: &mut [u8]) {
         yb[..2].copy_from_slice(&fp32_to_fp16(d).to_le_bytes());
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         for (q, &v) in yb[2..].iter_mut().zip(xb) {
-            let i = cvtps2dq((v * id).round_ties_even());
+            let i = cvtps2dq(round_even(v * id));
             // packssdw + packsswb saturate to i8
             *q = i.clamp(-128, 127) as i8 as u8;
         }
+    }
+}
+
+/// Round half to even without a libm call: the 1.5·2^23 trick is exact below 2^22.
+#[inline]
+fn round_even(y: f32) -> f32 {
+    const M: f32 = 12_582_912.0;
+    if y.abs() < 4_194_304.0 {
+        (y + M) - M
+    } else {
+        y.round_ties_even()
     }
 }
 

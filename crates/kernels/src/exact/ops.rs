@@ -129,6 +129,19 @@ fn reduce16(v: &[f32; 16]) -> f32 {
 /// an additive mask already applied): vector `exp` over 16-lane chunks, chunk sums
 /// accumulated in f64, a scalar `expf` tail, then a multiply by `(f32)(1/sum)`.
 pub fn soft_max(row: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::cpu::simd_level() >= crate::SimdLevel::Avx512Vnni {
+            // SAFETY: AVX-512F/DQ and FMA are present (checked above).
+            unsafe { soft_max_avx512(row) };
+            return;
+        }
+    }
+    soft_max_scalar(row)
+}
+
+/// Scalar twin of [`soft_max`] (the reference the AVX-512 version is tested against).
+pub fn soft_max_scalar(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f64;
     let n = row.len();
@@ -139,6 +152,74 @@ pub fn soft_max(row: &mut [f32]) {
             *v = v_expf(*v - max);
             *l = *v;
         }
+        sum += reduce16(&lanes) as f64;
+        i += 16;
+    }
+    for v in &mut row[i..] {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// [`soft_max`] with ggml's own AVX-512 `exp` (the same operations on 16 lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+unsafe fn soft_max_avx512(row: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let n = row.len();
+    let mut sum = 0f64;
+    let mut i = 0;
+    let vmax = _mm512_set1_ps(max);
+    let r = _mm512_set1_ps(f32::from_bits(0x4b40_0000));
+    let zero = _mm512_setzero_ps();
+    while i + 16 <= n {
+        let p = row.as_mut_ptr().add(i);
+        let x = _mm512_sub_ps(_mm512_loadu_ps(p), vmax);
+        let z = _mm512_fmadd_ps(x, _mm512_set1_ps(f32::from_bits(0x3fb8_aa3b)), r);
+        let nn = _mm512_sub_ps(z, r);
+        let b = _mm512_fnmadd_ps(
+            nn,
+            _mm512_set1_ps(f32::from_bits(0x35bf_be8e)),
+            _mm512_fnmadd_ps(nn, _mm512_set1_ps(f32::from_bits(0x3f31_7200)), x),
+        );
+        let d = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(nn), _mm512_set1_ps(192.0));
+        let u = _mm512_mul_ps(b, b);
+        let j = _mm512_fmadd_ps(
+            _mm512_fmadd_ps(
+                _mm512_fmadd_ps(
+                    _mm512_set1_ps(f32::from_bits(0x3c07_2010)),
+                    b,
+                    _mm512_set1_ps(f32::from_bits(0x3d2b_9f17)),
+                ),
+                u,
+                _mm512_fmadd_ps(
+                    _mm512_set1_ps(f32::from_bits(0x3e2a_af33)),
+                    b,
+                    _mm512_set1_ps(f32::from_bits(0x3eff_fedb)),
+                ),
+            ),
+            u,
+            _mm512_fmadd_ps(
+                _mm512_set1_ps(f32::from_bits(0x3f7f_fff6)),
+                b,
+                _mm512_set1_ps(1.0),
+            ),
+        );
+        let mut res = _mm512_scalef_ps(j, nn);
+        if d != 0 {
+            let alt = _mm512_mask_blend_ps(
+                _mm512_cmp_ps_mask::<_CMP_LE_OQ>(nn, zero),
+                _mm512_set1_ps(f32::INFINITY),
+                zero,
+            );
+            res = _mm512_mask_blend_ps(d, res, alt);
+        }
+        _mm512_storeu_ps(p, res);
+        let mut lanes = [0f32; 16];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), res);
         sum += reduce16(&lanes) as f64;
         i += 16;
     }
@@ -200,6 +281,28 @@ mod tests {
             );
         }
         assert_eq!(v_expf(f32::NEG_INFINITY), 0.0);
+    }
+
+    #[test]
+    fn soft_max_vector_equals_scalar_bitwise() {
+        let mut seed = 5u32;
+        for n in [16usize, 32, 48, 100, 256, 7] {
+            let mut r: Vec<f32> = (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    ((seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 60.0
+                })
+                .collect();
+            r[n / 2] = f32::NEG_INFINITY;
+            r[0] = -150.0;
+            let mut a = r.clone();
+            soft_max(&mut a);
+            soft_max_scalar(&mut r);
+            assert!(
+                a.iter().zip(&r).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "n={n}"
+            );
+        }
     }
 
     #[test]
