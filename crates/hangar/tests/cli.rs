@@ -61,6 +61,40 @@ fn perplexity_on_the_shared_reference_text_is_close_to_llama_cpp() {
     );
 }
 
+/// `hangar generate` with its defaults (ggml numerics) prints llama.cpp's greedy text
+/// for every shared reference prompt.
+#[test]
+fn generate_defaults_reproduce_llama_cpp_greedy_text() {
+    let m = model();
+    let r = reference("tests/data/reference/reference.json");
+    for case in r["greedy"].as_array().unwrap() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let want = case["text"].as_str().unwrap();
+        let out = hangar(&[
+            "generate",
+            "--model",
+            &m,
+            "-p",
+            prompt,
+            "--temperature",
+            "0",
+            "-n",
+            "16",
+            "--ignore-eos",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim_end(),
+            want.trim_end(),
+            "prompt {prompt:?}"
+        );
+    }
+}
+
 #[test]
 fn generate_streams_greedy_text_and_reports_json() {
     let m = model();
