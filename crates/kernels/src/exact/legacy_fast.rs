@@ -468,43 +468,4 @@ mod tests {
             assert!(want[3 * rows..4 * rows].iter().any(|v| v.is_infinite()));
         }
     }
-
-    /// `cargo test --release -p hangar-kernels legacy_fast::tests::timings -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn timings() {
-        use std::time::Instant;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        let pool = ThreadPool::new(2);
-        let pool1 = ThreadPool::new(1);
-        for (rows, cols, n) in [
-            (262144, 640, 1),
-            (2048, 640, 1),
-            (2048, 640, 6),
-            (262144, 640, 6),
-        ] {
-            let ty = GgmlType::Q8_0;
-            let w = rand_weights(&mut rng, ty, rows, cols);
-            let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
-            let mut out = vec![0f32; n * rows];
-            let best = |f: &mut dyn FnMut()| {
-                let mut b = f64::INFINITY;
-                for _ in 0..20 {
-                    let t = Instant::now();
-                    f();
-                    b = b.min(t.elapsed().as_secs_f64());
-                }
-                b * 1e3
-            };
-            let slow = best(&mut || mul_mat_legacy(ty, &w, rows, cols, &x, n, &mut out));
-            let fast1 =
-                best(&mut || mul_mat_legacy_fast(&pool1, ty, &w, rows, cols, &x, n, &mut out));
-            let fast =
-                best(&mut || mul_mat_legacy_fast(&pool, ty, &w, rows, cols, &x, n, &mut out));
-            println!(
-                "{ty:?} {rows}x{cols} n={n}: mul_mat_legacy {slow:.3} ms, \
-                 mul_mat_legacy_fast 1 thread {fast1:.3} ms, 2 threads {fast:.3} ms"
-            );
-        }
-    }
 }
