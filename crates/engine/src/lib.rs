@@ -14,6 +14,7 @@ pub mod runtime;
 pub mod sampler;
 pub mod scheduler;
 
+pub use engine::runner::{CpuRunner, FakeRunner, ModelRunner};
 pub use engine::{
     Engine, EngineConfig, EngineStats, Finish, GenerateRequest, ModelInfo, TokenEvent, TokenOut,
     TopLogprob, Usage,
