@@ -1,0 +1,80 @@
+//! Text to token ids: special-token partitioning, then SentencePiece or byte-level BPE
+//! over each plain fragment. Never fails; holds no state between calls.
+
+use crate::special::Fragment;
+use crate::{bpe, pretok, spm, unicode, ModelKind, Tokenizer};
+
+impl Tokenizer {
+    /// Token ids of `text`.
+    ///
+    /// * `add_special`: add BOS / EOS where the model asks for them
+    ///   (`tokenizer.ggml.add_bos_token`, `add_eos_token`).
+    /// * `parse_special`: match control tokens written as text (`"<start_of_turn>"`)
+    ///   as those tokens; when false they are tokenized as plain text. User-defined
+    ///   tokens (type 4) are always matched whole, as in llama.cpp.
+    pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+        let frags = self.special.partition(text, parse_special);
+        let mut out = Vec::with_capacity(text.len() / 3 + 4);
+        if add_special && self.add_bos {
+            out.extend(self.ids.bos);
+        }
+        match self.kind {
+            ModelKind::Spm => {
+                let mut prev_special = true;
+                let mut buf = String::new();
+                for f in frags {
+                    match f {
+                        Fragment::Text(a, b) => {
+                            buf.clear();
+                            if self.add_space_prefix && prev_special {
+                                buf.push('\u{2581}');
+                            }
+                            for c in text[a..b].chars() {
+                                buf.push(if c == ' ' { '\u{2581}' } else { c });
+                            }
+                            spm::tokenize(&self.vocab, self.ids.unk, &buf, &mut out);
+                            prev_special = false;
+                        }
+                        Fragment::Token(id) => {
+                            out.push(id);
+                            prev_special = true;
+                        }
+                    }
+                }
+            }
+            ModelKind::Bpe => {
+                let codec = unicode::ByteCodec::get();
+                let mut word = String::new();
+                for f in frags {
+                    match f {
+                        Fragment::Text(a, b) => {
+                            let frag = &text[a..b];
+                            for r in pretok::split(frag, &self.stages) {
+                                word.clear();
+                                codec.encode_into(&frag[r], &mut word);
+                                bpe::tokenize_word(
+                                    &self.vocab,
+                                    &self.merges,
+                                    self.ignore_merges,
+                                    &word,
+                                    &mut out,
+                                );
+                            }
+                        }
+                        Fragment::Token(id) => out.push(id),
+                    }
+                }
+            }
+        }
+        if add_special && self.add_eos {
+            out.extend(self.ids.eos);
+        }
+        out
+    }
+
+    /// The usual prompt encoding: BOS/EOS as the model asks, special tokens parsed.
+    /// (No chat template is applied; callers format turns themselves.)
+    pub fn encode_prompt(&self, text: &str) -> Vec<u32> {
+        self.encode(text, true, true)
+    }
+}
