@@ -3,6 +3,7 @@
 
 use crate::special::Fragment;
 use crate::{bpe, pretok, spm, unicode, ModelKind, Tokenizer};
+use std::ops::Range;
 
 impl Tokenizer {
     /// Token ids of `text`.
@@ -14,6 +15,52 @@ impl Tokenizer {
     ///   tokens (type 4) are always matched whole, as in llama.cpp.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
         let frags = self.special.partition(text, parse_special);
+        self.encode_fragments(text, frags, add_special)
+    }
+
+    /// Token ids of `text` with special tokens parsed everywhere except inside the
+    /// `plain` byte ranges, where control tokens written as text stay plain text (as
+    /// with `parse_special = false`; user-defined tokens still match).
+    ///
+    /// For chat prompts: the template's own markers are special tokens, message
+    /// content is not, so a user cannot forge a turn boundary. The ranges do not
+    /// split the text: plain text on both sides of a range boundary is tokenized as
+    /// one fragment, so text without special-token text inside the ranges gives
+    /// exactly `encode(text, add_special, true)`. Ranges may come in any order,
+    /// overlap, or reach past the end of `text`.
+    pub fn encode_with_plain_ranges(
+        &self,
+        text: &str,
+        add_special: bool,
+        plain: &[Range<usize>],
+    ) -> Vec<u32> {
+        let mut ranges: Vec<Range<usize>> = plain
+            .iter()
+            .map(|r| r.start.min(text.len())..r.end.min(text.len()))
+            .filter(|r| r.start < r.end)
+            .collect();
+        ranges.sort_unstable_by_key(|r| r.start);
+        let mut merged: Vec<Range<usize>> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        let frags = self.special.partition_with_plain(text, true, &merged);
+        self.encode_fragments(text, frags, add_special)
+    }
+
+    /// Whether `text` contains the text of a control or unknown token, i.e. whether
+    /// `encode(text, .., parse_special = true)` could turn part of it into a special
+    /// token (conservative: an occurrence inside a longer token still counts).
+    pub fn contains_special_text(&self, text: &str) -> bool {
+        self.special.contains_parse_special_text(text)
+    }
+
+    /// SentencePiece or byte-level BPE over the text fragments, special tokens as
+    /// they are, BOS / EOS as asked.
+    fn encode_fragments(&self, text: &str, frags: Vec<Fragment>, add_special: bool) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3 + 4);
         if add_special && self.add_bos {
             out.extend(self.ids.bos);
