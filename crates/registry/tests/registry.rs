@@ -297,18 +297,12 @@ fn default_model_installs_as_version_one_in_production() {
     );
 }
 
-/// The real default model, when the fetch script has cached it.
+/// The real default model (located by hangar-testkit).
 #[test]
 fn real_default_model_roundtrips_when_cached() {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let p = std::path::Path::new(&home).join(".cache/hangar/models/gemma-3-270m-q4_k_m.gguf");
-    if !p.is_file() {
-        eprintln!(
-            "skipped: {} not cached (run scripts/fetch-default-model.sh)",
-            p.display()
-        );
+    let Some(p) = hangar_testkit::model_path() else {
         return;
-    }
+    };
     let d = tempfile::tempdir().unwrap();
     let mut reg = Registry::open(Some(d.path().join("home"))).unwrap();
     let who = reg.principal(None).unwrap();

@@ -4,34 +4,14 @@
 use hangar_engine::sampler::SamplingParams;
 use hangar_engine::{generate, Engine, EngineConfig, GenerateOptions, LoadedModel};
 use hangar_serve::{AppState, ServeConfig};
+use hangar_testkit::model_path;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const MODEL: &str = "test-model";
-
-fn model_path() -> Option<PathBuf> {
-    let p = std::env::var_os("HANGAR_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            home.join(".cache/hangar/models/gemma-3-270m-q4_k_m.gguf")
-        });
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipping: no model at {} (run scripts/fetch-default-model.sh)",
-            p.display()
-        );
-        None
-    }
-}
 
 struct Server {
     addr: SocketAddr,
@@ -217,7 +197,7 @@ async fn request(
 }
 
 fn greedy_reference(prompt: &str, n: usize) -> String {
-    let lm = LoadedModel::load(model_path().unwrap(), 2).unwrap();
+    let lm = LoadedModel::load(model_path().expect("found when the server started"), 2).unwrap();
     let ids = lm.tokenizer.encode(prompt, true, true);
     let opts = GenerateOptions {
         max_tokens: n,
