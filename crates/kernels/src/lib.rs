@@ -7,7 +7,7 @@
 
 pub mod attention;
 pub mod cpu;
-pub mod exact;
+pub mod ggml;
 pub mod matmul;
 pub mod ops;
 pub mod packed;
