@@ -30,35 +30,6 @@ impl OutPtr {
     }
 }
 
-/// Which arithmetic the forward pass uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Numerics {
-    /// Hangar's own kernels (packed, fused, fastest).
-    #[default]
-    Fast,
-    /// Bit-for-bit llama.cpp CPU arithmetic (x86-64 AVX-512 build).
-    Ggml,
-}
-
-impl Numerics {
-    /// From `HANGAR_NUMERICS` (`fast` or `ggml`); the default when unset or unknown.
-    pub fn from_env() -> Self {
-        std::env::var("HANGAR_NUMERICS")
-            .ok()
-            .and_then(|v| Numerics::parse(&v))
-            .unwrap_or_default()
-    }
-
-    /// Parses `fast` or `ggml` (also `llama.cpp`, `reference`).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "fast" => Some(Numerics::Fast),
-            "ggml" | "llama.cpp" | "llamacpp" | "reference" | "exact" => Some(Numerics::Ggml),
-            _ => None,
-        }
-    }
-}
-
 /// Cells ggml's attention spans: the used cells padded to 256 (results do not depend
 /// on the padding beyond that, since empty cells add exact zeros).
 fn padded_cells(used: usize) -> usize {

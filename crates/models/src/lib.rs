@@ -8,12 +8,13 @@ pub mod config;
 pub mod forward;
 pub mod ggml_forward;
 pub mod kv;
+pub mod options;
 pub mod weights;
 
 pub use config::{Activation, Arch, ModelConfig};
 pub use forward::{LogitsWanted, Observer, SeqInput, Tap, Workspace};
-pub use ggml_forward::Numerics;
 pub use kv::KvCache;
+pub use options::{LoadOptions, Numerics, Packing};
 pub use weights::Model;
 
 use hangar_formats::GgufError;
