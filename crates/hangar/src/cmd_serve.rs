@@ -122,7 +122,7 @@ pub fn run_serve(args: ServeArgs, model_path: PathBuf) -> Result<()> {
     let lm = LoadedModel::load_with(
         &model_path,
         args.threads,
-        crate::cmd_model::NumericsArg::resolve(args.numerics, hangar_models::Numerics::Fast),
+        crate::cmd_model::load_options(args.numerics, hangar_models::Numerics::Fast),
     )
     .with_context(|| format!("loading {}", model_path.display()))?;
     let threads = lm.pool.n_threads();

@@ -7,7 +7,7 @@
 
 pub mod attention;
 pub mod cpu;
-pub mod exact;
+pub mod ggml;
 pub mod matmul;
 pub mod ops;
 pub mod packed;
@@ -15,7 +15,7 @@ pub mod packed_k;
 pub mod pool;
 pub mod quants;
 
-pub use cpu::{simd_level, CpuFeatures, SimdLevel};
+pub use cpu::{set_simd_cap, simd_level, CpuFeatures, SimdLevel};
 pub use hangar_formats::GgmlType;
 pub use matmul::{matmul, matmul_quantized, quantize_activations, QMatrix};
 pub use packed::PackedMatrix;

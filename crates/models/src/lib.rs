@@ -5,15 +5,16 @@
 //! of HTTP, scheduling or sampling: it turns token ids at positions into logits.
 
 pub mod config;
-pub mod exact;
 pub mod forward;
+pub mod ggml_forward;
 pub mod kv;
+pub mod options;
 pub mod weights;
 
 pub use config::{Activation, Arch, ModelConfig};
-pub use exact::Numerics;
 pub use forward::{LogitsWanted, Observer, SeqInput, Tap, Workspace};
 pub use kv::KvCache;
+pub use options::{LoadOptions, Numerics, Packing};
 pub use weights::Model;
 
 use hangar_formats::GgufError;

@@ -33,7 +33,7 @@
 //! `vec_dot_f16` sums the last `cols % 64` products one by one in f64. Pass exactly
 //! the `ne00` ggml uses.
 //!
-//! Checked against llama.cpp dumps (`examples/exact_f16.rs`): every `kq-L` and
+//! Checked against llama.cpp dumps (`examples/ggml_f16.rs`): every `kq-L` and
 //! `kqv-L` of a 6- and a 12-token prompt (tinyBLAS) and of a decode step (vec_dot)
 //! is bit-identical. Using the wrong kernel changes 7-90 elements per `kq` tensor.
 //! `kqv` with at most 16 non-zero weights cannot tell the kernels apart (every lane

@@ -1,7 +1,10 @@
-//! Bit-exact replicas of llama.cpp's CPU arithmetic (ggml-cpu as built for x86-64
-//! with AVX-512F/BW/DQ/VL, AVX-512 VNNI, FMA and F16C; llamafile sgemm, the CPU
-//! repack buffer for Q4_K and the tiled K-quant matmul all enabled, as in the
-//! llama-cpp-python 0.3.36 build our references come from).
+//! Bit-exact replicas of llama.cpp's CPU arithmetic (`Numerics::Ggml`); nothing
+//! here may round differently from ggml-cpu, whatever it would gain in speed.
+//!
+//! The target is ggml-cpu as built for x86-64 with AVX-512F/BW/DQ/VL, AVX-512 VNNI,
+//! FMA and F16C; llamafile sgemm, the CPU repack buffer for Q4_K and the tiled
+//! K-quant matmul all enabled, as in the llama-cpp-python 0.3.36 build our
+//! references come from.
 //!
 //! Why: quantizing activations to 8 bits makes a forward pass discontinuous, so any
 //! difference in summation order, however small, flips some roundings and grows to
@@ -10,15 +13,20 @@
 //! way to give the same tokens. These functions favour fidelity over speed; each
 //! states which ggml routine it mirrors.
 //!
+//! Two kinds of module: the scalar replicas (`legacy`, `q4k`, `q6k`, `f16`, `ops`),
+//! written to be read against ggml's source, and their `*_pool` twins (`legacy_pool`,
+//! `kquant_pool`): AVX-512 versions on the thread pool that are bitwise equal to the
+//! scalar ones (the tests compare them). [`mul_mat`] picks the pool twin.
+//!
 //! Layout convention of every `mul_mat_*`: `w` holds `rows` rows of `cols` elements
 //! in GGUF block layout, `x` holds `n` rows of `cols` f32, and
 //! `out[j * rows + i] = W[i] · x[j]` (ggml's dst layout), computed exactly as ggml's
 //! MUL_MAT(src0 = W, src1 = x) does for that type and batch size `n`.
 
 pub mod f16;
-pub mod kquant_fast;
+pub mod kquant_pool;
 pub mod legacy;
-pub mod legacy_fast;
+pub mod legacy_pool;
 pub mod ops;
 pub mod q4k;
 pub mod q6k;
@@ -42,10 +50,10 @@ pub fn mul_mat(
 ) -> bool {
     match ty {
         GgmlType::Q5_0 | GgmlType::Q8_0 => {
-            legacy_fast::mul_mat_legacy_fast(pool, ty, w, rows, cols, x, n, out)
+            legacy_pool::mul_mat_legacy_pool(pool, ty, w, rows, cols, x, n, out)
         }
-        GgmlType::Q4K => kquant_fast::mul_mat_q4k_fast(pool, w, rows, cols, x, n, out),
-        GgmlType::Q6K => kquant_fast::mul_mat_q6k_fast(pool, w, rows, cols, x, n, out),
+        GgmlType::Q4K => kquant_pool::mul_mat_q4k_pool(pool, w, rows, cols, x, n, out),
+        GgmlType::Q6K => kquant_pool::mul_mat_q6k_pool(pool, w, rows, cols, x, n, out),
         GgmlType::F16 => {
             let w16: Vec<u16> = w
                 .chunks_exact(2)

@@ -1,5 +1,5 @@
 //! The forward pass in llama.cpp's arithmetic ("ggml numerics"): every operation in
-//! the order and rounding ggml-cpu uses (see `hangar_kernels::exact`), so greedy
+//! the order and rounding ggml-cpu uses (see `hangar_kernels::ggml`), so greedy
 //! continuations equal llama.cpp's token for token. Slower than the default path;
 //! chosen with `Numerics::Ggml`.
 //!
@@ -15,7 +15,7 @@ use crate::forward::{LogitsWanted, SeqInput, Tap, Workspace};
 use crate::kv::{KvCache, NO_BLOCK};
 use crate::weights::{Model, Weight};
 use crate::{ModelError, Observer};
-use hangar_kernels::exact::{self, ops as xops};
+use hangar_kernels::ggml::{self, ops as xops};
 use hangar_kernels::ops::RopeStyle;
 use hangar_kernels::{quants, ThreadPool};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,35 +30,6 @@ impl OutPtr {
     }
 }
 
-/// Which arithmetic the forward pass uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Numerics {
-    /// Hangar's own kernels (packed, fused, fastest).
-    #[default]
-    Fast,
-    /// Bit-for-bit llama.cpp CPU arithmetic (x86-64 AVX-512 build).
-    Ggml,
-}
-
-impl Numerics {
-    /// From `HANGAR_NUMERICS` (`fast` or `ggml`); the default when unset or unknown.
-    pub fn from_env() -> Self {
-        std::env::var("HANGAR_NUMERICS")
-            .ok()
-            .and_then(|v| Numerics::parse(&v))
-            .unwrap_or_default()
-    }
-
-    /// Parses `fast` or `ggml` (also `llama.cpp`, `reference`).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "fast" => Some(Numerics::Fast),
-            "ggml" | "llama.cpp" | "llamacpp" | "reference" | "exact" => Some(Numerics::Ggml),
-            _ => None,
-        }
-    }
-}
-
 /// Cells ggml's attention spans: the used cells padded to 256 (results do not depend
 /// on the padding beyond that, since empty cells add exact zeros).
 fn padded_cells(used: usize) -> usize {
@@ -69,7 +40,7 @@ impl Model {
     fn mm(&self, pool: &ThreadPool, w: &Weight, x: &[f32], n: usize, out: &mut [f32]) {
         let m = self.mat(w);
         let out = &mut out[..n * w.rows];
-        if !exact::mul_mat(pool, m.ty, m.data, w.rows, w.cols, &x[..n * w.cols], n, out) {
+        if !ggml::mul_mat(pool, m.ty, m.data, w.rows, w.cols, &x[..n * w.cols], n, out) {
             // A type ggml-exact arithmetic is not written for: plain f32 products.
             let mut row = vec![0f32; w.cols];
             for i in 0..w.rows {
@@ -109,8 +80,8 @@ impl Model {
         // Soft-max rows may stop at a multiple of 16 (whole masked chunks add 0), and
         // the KQV dots at a multiple of 64 (zero probabilities add exact zeros).
         let (srow, vlen) = (used.div_ceil(16) * 16, used.div_ceil(64) * 64);
-        let kq_tiny = exact::f16::uses_tinyblas(cells, hd, ts);
-        let kqv_tiny = exact::f16::uses_tinyblas(hd, cells, ts);
+        let kq_tiny = ggml::f16::uses_tinyblas(cells, hd, ts);
+        let kqv_tiny = ggml::f16::uses_tinyblas(hd, cells, ts);
         let table = s.block_tables[g];
         let present = |c: usize| {
             table
@@ -165,7 +136,7 @@ impl Model {
                     let krow = |c: usize| &kbuf[c * hd..(c + 1) * hd];
                     let mut c = lo;
                     while c + 4 <= hi {
-                        let v = exact::f16::dot4_f16_values(
+                        let v = ggml::f16::dot4_f16_values(
                             [krow(c), krow(c + 1), krow(c + 2), krow(c + 3)],
                             &qh,
                             kq_tiny,
@@ -174,7 +145,7 @@ impl Model {
                         c += 4;
                     }
                     while c < hi {
-                        row[c] = exact::f16::dot_f16_values(krow(c), &qh, kq_tiny);
+                        row[c] = ggml::f16::dot_f16_values(krow(c), &qh, kq_tiny);
                         c += 1;
                     }
                     if !gemma {
@@ -193,7 +164,7 @@ impl Model {
                     let vrow = |j: usize| &vt[j * vlen..j * vlen + vl];
                     for j in (0..hd).step_by(4) {
                         if j + 4 <= hd {
-                            let v = exact::f16::dot4_f16_values(
+                            let v = ggml::f16::dot4_f16_values(
                                 [vrow(j), vrow(j + 1), vrow(j + 2), vrow(j + 3)],
                                 &pv[..vl],
                                 kqv_tiny,
@@ -201,7 +172,7 @@ impl Model {
                             o[j..j + 4].copy_from_slice(&v);
                         } else {
                             for (jj, od) in o.iter_mut().enumerate().skip(j) {
-                                *od = exact::f16::dot_f16_values(vrow(jj), &pv[..vl], kqv_tiny);
+                                *od = ggml::f16::dot_f16_values(vrow(jj), &pv[..vl], kqv_tiny);
                             }
                         }
                     }
@@ -455,7 +426,7 @@ impl Model {
 }
 
 fn f16r(v: f32) -> f32 {
-    exact::f16::f16_to_f32(exact::f16::f32_to_f16(v))
+    ggml::f16::f16_to_f32(ggml::f16::f32_to_f16(v))
 }
 
 fn add(x: &mut [f32], y: &[f32]) {
