@@ -63,7 +63,7 @@ pub enum ModelKind {
     Bpe,
 }
 
-/// A vocabulary as plain data: everything [`Tokenizer::from_gguf`] reads, so tests and
+/// A vocabulary as plain data: everything [`Tokenizer::from_gguf`](crate::Tokenizer::from_gguf) reads, so tests and
 /// tools can build tokenizers without a GGUF file. `None` means "key absent": the
 /// llama.cpp default applies.
 #[derive(Debug, Clone, Default)]
