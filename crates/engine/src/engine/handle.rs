@@ -208,13 +208,24 @@ impl Engine {
     }
 
     /// Renders chat messages with the model's template and tokenizes the result.
+    /// Message content is plain text: a `<start_of_turn>` typed by a user stays text
+    /// and cannot forge a turn; only the template's own markers are special tokens.
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, ChatError> {
+        self.encode_chat_with(messages, false)
+    }
+
+    /// As [`Engine::encode_chat`]; `special_in_content` restores the old behaviour of
+    /// parsing special-token text inside message content too (trusted callers only).
+    pub fn encode_chat_with(
+        &self,
+        messages: &[ChatMessage],
+        special_in_content: bool,
+    ) -> Result<Vec<u32>, ChatError> {
         let tmpl = self
             .chat
             .as_ref()
             .map_err(|e| ChatError::Compile(e.clone()))?;
-        let text = tmpl.render(messages, true)?;
-        Ok(self.tokenizer.encode(&text, false, true))
+        crate::chat::encode_chat(tmpl, &self.tokenizer, messages, true, special_in_content)
     }
 
     fn validate(&self, req: &GenerateRequest) -> Result<(), EngineError> {
