@@ -1,5 +1,5 @@
-//! The forward pass: token ids at positions → hidden states → logits, for a batch of
-//! sequences at different positions in one call.
+//! The forward pass with Hangar's fast kernels (`Numerics::Fast`): token ids at
+//! positions → logits for a batch of sequences; it must not allocate per step.
 //!
 //! All tokens of all sequences go through each matrix together (one quantization of
 //! the activations, weight blocks reused across tokens); attention runs per sequence
@@ -11,11 +11,10 @@ use crate::ggml_forward::GgmlScratch;
 use crate::kv::{KvCache, NO_BLOCK};
 use crate::weights::{Model, Weight};
 use crate::ModelError;
-use hangar_kernels::attention::{attend, PagedKv};
 use hangar_kernels::ops::{self, RopeTable};
 use hangar_kernels::packed::{matmul_packed_many, Packed, PackedMatrix};
 use hangar_kernels::quants;
-use hangar_kernels::{matmul, matmul_quantized, quantize_activations, ThreadPool};
+use hangar_kernels::{attend, matmul, matmul_quantized, quantize_activations, PagedKv, ThreadPool};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Which logits a sequence wants back.

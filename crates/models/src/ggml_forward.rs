@@ -1,7 +1,8 @@
-//! The forward pass in llama.cpp's arithmetic ("ggml numerics"): every operation in
-//! the order and rounding ggml-cpu uses (see `hangar_kernels::ggml`), so greedy
-//! continuations equal llama.cpp's token for token. Slower than the default path;
-//! chosen with `Numerics::Ggml`.
+//! The forward pass in llama.cpp's arithmetic (`Numerics::Ggml`): every operation in
+//! the order and rounding of ggml-cpu; nothing here may trade that for speed.
+//!
+//! With the replicas of `hangar_kernels::ggml`, greedy continuations equal
+//! llama.cpp's token for token. Slower than the fast path.
 //!
 //! The graph follows llama.cpp's for Gemma 3 and the Llama family: embeddings
 //! (times sqrt(d) for Gemma), per layer RMS norm → Q/K/V → Q/K norms → RoPE → Q
