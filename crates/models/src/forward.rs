@@ -1,5 +1,5 @@
 //! The forward pass with Hangar's fast kernels (`Numerics::Fast`): token ids at
-//! positions → logits for a batch of sequences; it must not allocate per step.
+//! positions → logits for a batch of sequences; buffers live in the Workspace, not per call.
 //!
 //! All tokens of all sequences go through each matrix together (one quantization of
 //! the activations, weight blocks reused across tokens); attention runs per sequence
