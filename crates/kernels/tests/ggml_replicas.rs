@@ -123,6 +123,41 @@ fn pool_twins_equal_the_scalar_replicas_for_each_type() {
 }
 
 #[test]
+fn f16_weights_are_read_in_place_or_copied_with_the_same_result() {
+    let mut rng = Lcg(25);
+    let pool = ThreadPool::new(2);
+    let (rows, cols, n) = (12, 64, 3);
+    let w: Vec<u16> = rng
+        .vec(rows * cols)
+        .into_iter()
+        .map(f16::f32_to_f16)
+        .collect();
+    let x = rng.vec(n * cols);
+    let mut want = vec![0f32; n * rows];
+    f16::mul_mat_f16(&w, rows, cols, &x, n, &mut want);
+    // GGUF bytes at an even address (read in place) and at an odd one (copied).
+    let mut bytes = vec![0u8; 1 + 2 * w.len()];
+    for start in [0, 1] {
+        let dst = &mut bytes[start..start + 2 * w.len()];
+        for (d, v) in dst.chunks_exact_mut(2).zip(&w) {
+            d.copy_from_slice(&v.to_le_bytes());
+        }
+        let mut got = vec![f32::NAN; n * rows];
+        assert!(ggml::mul_mat(
+            &pool,
+            GgmlType::F16,
+            dst,
+            rows,
+            cols,
+            &x,
+            n,
+            &mut got
+        ));
+        assert_bits(&got, &want, &format!("F16 weights at byte offset {start}"));
+    }
+}
+
+#[test]
 fn types_without_a_replica_are_refused() {
     let pool = ThreadPool::new(1);
     let mut out = vec![7.0f32; 4];
