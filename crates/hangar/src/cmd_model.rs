@@ -67,7 +67,8 @@ impl KernelEnv {
             parse: fn(&str) -> Option<T>,
             expected: &str,
         ) -> Option<T> {
-            let v = v?;
+            // Set but empty counts as unset, as before.
+            let v = v.filter(|v| !v.trim().is_empty())?;
             let got = parse(&v);
             if got.is_none() {
                 eprintln!("warning: {name}={v:?} is not one of {expected}; ignoring it");
@@ -506,6 +507,18 @@ mod tests {
             env(&[("HANGAR_SIMD", "scalar")]).simd,
             Some(SimdLevel::Scalar)
         );
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let e = env(&[
+            ("HANGAR_NUMERICS", ""),
+            ("HANGAR_PACK", " "),
+            ("HANGAR_SIMD", ""),
+        ]);
+        assert_eq!(e.numerics, None);
+        assert_eq!(e.packing, Packing::Legacy);
+        assert_eq!(e.simd, None);
     }
 
     #[test]

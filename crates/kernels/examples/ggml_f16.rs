@@ -8,6 +8,9 @@
 //! so each product is checked on its own.
 //!
 //! Usage: `ggml_f16 [DUMPS_DIR]` (default /work/dumps).
+//!
+//! Needs llama.cpp tensor dumps (not in the repository, so not run in CI); what
+//! can be checked without them runs as `tests/ggml_replicas.rs`.
 #[path = "ggml_dump.rs"]
 mod ggml_dump;
 

@@ -5,6 +5,9 @@
 //! Usage: ggml_legacy [--pool] DUMP_DIR... (`--pool`: check
 //! `ggml::legacy_pool::mul_mat_legacy_pool` on a 2-thread pool instead; model:
 //! $HANGAR_GGUF or the gemma-3-270m Q4_K_M file in ~/.cache/hangar/models).
+//!
+//! Needs llama.cpp tensor dumps (not in the repository, so not run in CI); what
+//! can be checked without them runs as `tests/ggml_replicas.rs`.
 #[path = "ggml_dump.rs"]
 mod ggml_dump;
 

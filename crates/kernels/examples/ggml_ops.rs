@@ -1,5 +1,8 @@
 //! Checks `ggml::ops` against llama.cpp tensor dumps: RMS_NORM(+MUL), ROPE,
 //! SOFT_MAX and GEGLU must be bitwise equal. usage: ggml_ops MODEL DUMP_DIR...
+//!
+//! Needs llama.cpp tensor dumps (not in the repository, so not run in CI); what
+//! can be checked without them runs as `tests/ggml_replicas.rs`.
 #[path = "ggml_dump.rs"]
 mod ggml_dump;
 use ggml_dump::{compare, Dump};

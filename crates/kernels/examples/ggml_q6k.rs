@@ -5,6 +5,9 @@
 //! `cargo run --release -p hangar-kernels --example ggml_q6k -- /work/dumps/p6 /work/dumps/p12 /work/dumps/d1`
 //! (model path overridable with HANGAR_EXACT_MODEL). With `--pool`, checks
 //! `ggml::kquant_pool::mul_mat_q6k_pool` (2-thread pool) instead.
+//!
+//! Needs llama.cpp tensor dumps (not in the repository, so not run in CI); what
+//! can be checked without them runs as `tests/ggml_replicas.rs`.
 
 #[path = "ggml_dump.rs"]
 mod ggml_dump;

@@ -37,11 +37,6 @@ impl SimdLevel {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct CpuFeatures {
-    pub level: SimdLevel,
-}
-
 /// The level in use, or `UNSET` before the first [`simd_level`] / [`set_simd_cap`].
 static LEVEL: AtomicU8 = AtomicU8::new(UNSET);
 const UNSET: u8 = u8::MAX;

@@ -1,5 +1,5 @@
-//! Model weights: tensors located in the memory-mapped GGUF file (never copied),
-//! plus the small norm vectors held as f32.
+//! Model weights: tensors located in the memory-mapped GGUF file, plus the small norm
+//! vectors held as f32; a matrix is never copied except into its packed form.
 
 use crate::config::{Arch, ModelConfig};
 use crate::{LoadOptions, ModelError, Numerics, Packing};
@@ -12,8 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 /// A weight matrix inside the mapped file.
 #[derive(Debug, Clone)]
-pub struct Weight {
-    pub name: String,
+pub(crate) struct Weight {
     pub ty: GgmlType,
     pub rows: usize,
     pub cols: usize,
@@ -255,7 +254,6 @@ fn weight(
         source,
     })?;
     Ok(Weight {
-        name: name.into(),
         ty: t.ty,
         rows: got_rows,
         cols,

@@ -55,11 +55,19 @@ pub fn mul_mat(
         GgmlType::Q4K => kquant_pool::mul_mat_q4k_pool(pool, w, rows, cols, x, n, out),
         GgmlType::Q6K => kquant_pool::mul_mat_q6k_pool(pool, w, rows, cols, x, n, out),
         GgmlType::F16 => {
-            let w16: Vec<u16> = w
-                .chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                .collect();
-            f16::mul_mat_f16(&w16, rows, cols, x, n, out)
+            // SAFETY: every bit pattern is a valid u16; `align_to` only hands out the
+            // aligned middle part.
+            let (head, w16, tail) = unsafe { w.align_to::<u16>() };
+            if cfg!(target_endian = "little") && head.is_empty() && tail.is_empty() {
+                // GGUF data is little-endian and aligned: read it in place.
+                f16::mul_mat_f16(w16, rows, cols, x, n, out)
+            } else {
+                let w16: Vec<u16> = w
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect();
+                f16::mul_mat_f16(&w16, rows, cols, x, n, out)
+            }
         }
         _ => return false,
     }
