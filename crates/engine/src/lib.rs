@@ -9,8 +9,8 @@
 //!
 //! - [`LoadedModel`]: weights, tokenizer and kernel thread pool, loaded once from a
 //!   GGUF file.
-//! - [`Engine`]: a handle to the one thread that owns the model, the KV cache and the
-//!   scheduler. [`Engine::submit`] takes a [`GenerateRequest`] (token ids, sampling,
+//! - [`Engine`]: a handle to the one thread that owns the model runner, the KV block
+//!   manager and the scheduler. [`Engine::submit`] takes a [`GenerateRequest`] (token ids, sampling,
 //!   stops, limits) and returns a channel of [`TokenEvent`]s; dropping the receiver
 //!   cancels the request. [`EngineConfig`] sizes the KV pool and the batches.
 //! - [`generate()`]: one sequence with no scheduler (`hangar generate`);
@@ -19,6 +19,9 @@
 //!   them with message content kept as plain text.
 //! - [`sampler`]: [`sampler::Sampler`] picks a token from logits (llama.cpp's chain);
 //!   [`sampler::StopMatcher`] holds back text that may become a stop string.
+//! - [`ModelRunner`]: the seam between the loop and a model backend — one step in as
+//!   data, logits out. [`CpuRunner`] runs the CPU forward pass; [`FakeRunner`] (next
+//!   token = last + 1) tests the loop without weights; a GPU backend is another one.
 //! - [`scheduler`] and [`kv_manager`]: the batching policy and the KV block
 //!   bookkeeping the loop runs on; plain data in, plain data out.
 //!
@@ -43,18 +46,17 @@
 
 pub mod bench;
 pub mod chat;
-pub mod engine;
+mod engine;
 pub mod generate;
 pub mod kv_manager;
 pub mod perplexity;
-pub mod runtime;
+mod runtime;
 pub mod sampler;
 pub mod scheduler;
 
-pub use engine::runner::{CpuRunner, FakeRunner, ModelRunner};
 pub use engine::{
-    Engine, EngineConfig, EngineStats, Finish, GenerateRequest, ModelInfo, TokenEvent, TokenOut,
-    TopLogprob, Usage,
+    CpuRunner, Engine, EngineConfig, EngineStats, FakeRunner, Finish, GenerateRequest, ModelInfo,
+    ModelRunner, StepInput, TokenEvent, TokenOut, TopLogprob, Usage,
 };
 pub use generate::{generate, FinishReason, GenerateOptions, Generation};
 pub use runtime::LoadedModel;
