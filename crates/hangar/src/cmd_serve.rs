@@ -1,10 +1,10 @@
-//! `hangar serve`: load a model, start the engine loop, serve the HTTP APIs until
-//! SIGTERM, then drain in-flight requests.
+//! `hangar serve`: load a model (unless `--no-model`), open the registry, start the
+//! engine loop, serve the HTTP APIs until SIGTERM, then drain in-flight requests.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hangar_engine::{Engine, EngineConfig, LoadedModel};
-use hangar_serve::{AppState, ServeConfig};
+use hangar_serve::{AppState, ServeConfig, Services};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -64,6 +64,9 @@ pub struct ServeArgs {
     /// Do not mount the model registry's HTTP API (/v1/registry/...).
     #[arg(long)]
     pub no_registry_api: bool,
+    /// Serve without a model: health, metrics and the registry API only.
+    #[arg(long, conflicts_with = "model")]
+    pub no_model: bool,
     /// Hangar home, set from the global --home.
     #[arg(skip)]
     pub home: Option<PathBuf>,
@@ -99,7 +102,8 @@ fn default_name(path: &Path) -> String {
         .to_string()
 }
 
-pub fn run_serve(args: ServeArgs, model_path: PathBuf) -> Result<()> {
+/// Loads the model and starts the engine; returns the engine and its served name.
+fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engine, String)> {
     let mut cfg = EngineConfig {
         block_size: args.block_size,
         max_tokens_in_flight: args.max_tokens_in_flight,
@@ -112,15 +116,9 @@ pub fn run_serve(args: ServeArgs, model_path: PathBuf) -> Result<()> {
     if let Some(m) = &args.kv_memory {
         cfg.kv_memory_bytes = parse_bytes(m)?;
     }
-    let keys: Vec<String> = args
-        .api_keys
-        .iter()
-        .map(|k| k.trim().to_string())
-        .filter(|k| !k.is_empty())
-        .collect();
     let t0 = Instant::now();
     let lm = LoadedModel::load_with(
-        &model_path,
+        model_path,
         args.threads,
         crate::cmd_model::NumericsArg::resolve(args.numerics, hangar_models::Numerics::Fast),
     )
@@ -131,9 +129,9 @@ pub fn run_serve(args: ServeArgs, model_path: PathBuf) -> Result<()> {
     let name = args
         .model_name
         .clone()
-        .unwrap_or_else(|| default_name(&model_path));
+        .unwrap_or_else(|| default_name(model_path));
     eprintln!(
-        "hangar serve: {} loaded in {:.2}s as {name:?} ({} threads); KV cache {} MiB in blocks of {} tokens {:?}, max context {} tokens{}",
+        "hangar serve: {} loaded in {:.2}s as {name:?} ({} threads); KV cache {} MiB in blocks of {} tokens {:?}, max context {} tokens",
         model_path.display(),
         t0.elapsed().as_secs_f64(),
         threads,
@@ -141,33 +139,49 @@ pub fn run_serve(args: ServeArgs, model_path: PathBuf) -> Result<()> {
         info.kv_block_size,
         info.kv_blocks,
         info.max_model_len,
-        if keys.is_empty() { "" } else { "; API keys required" },
     );
+    Ok((engine, name))
+}
+
+/// Runs the server; `model_path` is `None` with `--no-model`.
+pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
+    let keys: Vec<String> = args
+        .api_keys
+        .iter()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    let mut services = Services::default();
+    match &model_path {
+        Some(path) => {
+            let (engine, name) = start_engine(&args, path)?;
+            services = services.with_inference(engine, name);
+        }
+        None => eprintln!("hangar serve: no model (--no-model); inference APIs are off"),
+    }
+    // The registry's HTTP API (list/show/promote...), guarded by registry tokens and roles.
+    if !args.no_registry_api {
+        match hangar_registry::Registry::open(args.home.clone()) {
+            Ok(reg) => {
+                eprintln!("hangar serve: registry API on {}", reg.root().display());
+                services = services.with_registry(reg);
+            }
+            Err(e) => eprintln!("hangar serve: registry API not mounted: {e}"),
+        }
+    }
+    if !keys.is_empty() {
+        eprintln!("hangar serve: API keys required on every route but health and metrics");
+    }
     let state = AppState::new(
-        engine,
+        services,
         ServeConfig {
-            model_name: name,
             api_keys: keys,
             max_body_bytes: args.max_body_bytes,
             max_queue: args.max_queue,
         },
     );
     let addr = format!("{}:{}", args.host, args.port);
-    // The registry's HTTP API (list/show/promote...), guarded by registry tokens and roles.
-    let extra = if args.no_registry_api {
-        axum::Router::new()
-    } else {
-        match hangar_registry::Registry::open(args.home.clone()) {
-            Ok(reg) => {
-                hangar_registry::http::router(std::sync::Arc::new(std::sync::Mutex::new(reg)))
-            }
-            Err(e) => {
-                eprintln!("hangar serve: registry API not mounted: {e}");
-                axum::Router::new()
-            }
-        }
-    };
-    hangar_serve::serve_blocking_with(state, &addr, extra, |a| {
+    hangar_serve::serve_blocking(state, &addr, |a| {
         eprintln!("hangar serve: listening on http://{a}")
     })
     .with_context(|| format!("serving on {addr}"))?;

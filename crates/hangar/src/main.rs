@@ -70,12 +70,16 @@ fn main() {
         Cmd::Serve { model, mut args } => {
             // The registry API mounted by serve must use the same home as the model lookup.
             args.home = home.clone();
-            model_path::resolve(model.as_deref(), home.clone()).and_then(|path| {
-                if args.model_name.is_none() {
-                    args.model_name = Some(model_path::served_name(model.as_deref(), &path));
-                }
-                cmd_serve::run_serve(args, path)
-            })
+            if args.no_model {
+                cmd_serve::run_serve(args, None)
+            } else {
+                model_path::resolve(model.as_deref(), home.clone()).and_then(|path| {
+                    if args.model_name.is_none() {
+                        args.model_name = Some(model_path::served_name(model.as_deref(), &path));
+                    }
+                    cmd_serve::run_serve(args, Some(path))
+                })
+            }
         }
         Cmd::Generate(mut a) => {
             a.model.home = home;

@@ -144,3 +144,42 @@ fn serve_mounts_the_registry_of_the_home_flag() {
     drop(srv);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// `hangar serve --no-model` starts without loading anything and answers health,
+/// metrics and the registry API of its home.
+#[test]
+fn serve_without_a_model_answers_health_metrics_and_registry() {
+    let tmp = std::env::temp_dir().join(format!("hangar-serve-nomodel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let home = tmp.join("home");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let file = tmp.join("tiny.gguf");
+    tiny_gguf(&file);
+    let home_s = home.to_str().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(["--home", home_s, "registry", "import"])
+        .arg(&file)
+        .args(["--name", "tiny"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let srv = ServeProc::start(
+        &["--home", home_s, "serve", "--no-model", "--port", "0"],
+        &tmp,
+    );
+    for path in ["/health", "/v2/health/ready", "/metrics"] {
+        assert_eq!(srv.get(path).0, 200, "{path}");
+    }
+    let (status, body) = srv.get("/v1/models");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"data\":[]"), "{body}");
+    let (status, body) = srv.get("/v1/registry/models");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"tiny\""), "{body}");
+    drop(srv);
+    let _ = std::fs::remove_dir_all(&tmp);
+}

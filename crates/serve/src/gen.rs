@@ -6,7 +6,7 @@
 //! own modules.
 
 use crate::error::ApiError;
-use crate::AppState;
+use crate::{AppState, InferenceState};
 use axum::body::{Body, Bytes};
 use axum::http::HeaderMap;
 use futures_util::stream::{self, Stream, StreamExt};
@@ -370,14 +370,15 @@ pub fn merge(choices: Vec<ChoiceStream>) -> Merged {
 /// Submits every request; on any refusal the already-submitted ones are dropped
 /// (which cancels them).
 pub fn submit_all(
-    state: &Arc<AppState>,
+    state: &InferenceState,
     reqs: Vec<GenerateRequest>,
 ) -> Result<Vec<ChoiceStream>, ApiError> {
-    if !state.engine.is_alive() {
+    let engine = state.engine();
+    if !engine.is_alive() {
         return Err(ApiError::unavailable("the engine has stopped"));
     }
-    let waiting = state.engine.stats().waiting;
-    if waiting + reqs.len() > state.cfg.max_queue {
+    let waiting = engine.stats().waiting;
+    if waiting + reqs.len() > state.app.cfg.max_queue {
         return Err(ApiError::unavailable(format!(
             "the server is overloaded ({waiting} requests waiting); retry later"
         )));
@@ -385,8 +386,8 @@ pub fn submit_all(
     let start = Instant::now();
     let mut out = Vec::with_capacity(reqs.len());
     for (i, r) in reqs.into_iter().enumerate() {
-        let (_, rx) = state.engine.submit(r)?;
-        out.push(ChoiceStream::new(i, rx, state.clone(), start));
+        let (_, rx) = engine.submit(r)?;
+        out.push(ChoiceStream::new(i, rx, state.app.clone(), start));
     }
     Ok(out)
 }

@@ -3,7 +3,7 @@
 
 use hangar_engine::sampler::SamplingParams;
 use hangar_engine::{generate, Engine, EngineConfig, GenerateOptions, LoadedModel};
-use hangar_serve::{AppState, ServeConfig};
+use hangar_serve::{AppState, ServeConfig, Services};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,10 +43,12 @@ impl Server {
     async fn start(cfg: EngineConfig, keys: Vec<String>) -> Option<Server> {
         let path = model_path()?;
         let engine = Engine::start(LoadedModel::load(&path, 2).unwrap(), cfg).unwrap();
-        let mut scfg = ServeConfig::new(MODEL);
-        scfg.api_keys = keys;
-        scfg.max_body_bytes = 64 * 1024;
-        let state = AppState::new(engine, scfg);
+        let scfg = ServeConfig {
+            api_keys: keys,
+            max_body_bytes: 64 * 1024,
+            ..ServeConfig::default()
+        };
+        let state = AppState::new(Services::default().with_inference(engine, MODEL), scfg);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -4,66 +4,72 @@
 //!
 //! Shapes tensors into engine requests and back; no sampling logic here.
 
+pub mod types;
+
 use crate::error::{ApiError, KsError};
 use crate::gen::{self, merge, read_body, submit_all, SamplingOptions, MAX_CHOICES};
-use crate::AppState;
+use crate::InferenceState;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use futures_util::stream::{self, StreamExt};
 use hangar_engine::TokenEvent;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 const BINARY_HEADER: &str = "inference-header-content-length";
 
-/// `GET /v2`
-pub async fn server_metadata() -> Json<Value> {
-    Json(json!({
-        "name": "hangar",
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "generate"],
-    }))
-}
-
-/// `GET /v2/health/live`
-pub async fn live() -> Json<Value> {
-    Json(json!({ "live": true }))
-}
-
-/// `GET /v2/health/ready`: 503 once shutdown has begun.
-pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.load(Ordering::Relaxed) && state.engine.is_alive() {
-        Json(json!({ "ready": true })).into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "ready": false })),
+/// The KServe inference routes (`/v2`, health and readiness are mounted with health).
+pub(crate) fn routes(state: InferenceState) -> Router {
+    Router::new()
+        .route("/v2/models/{name}", get(model_metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(model_metadata_versioned),
         )
-            .into_response()
-    }
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/infer", post(infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(infer_versioned),
+        )
+        .route("/v2/models/{name}/generate", post(generate))
+        .route("/v2/models/{name}/generate_stream", post(generate_stream))
+        .with_state(state)
 }
 
-fn check_model(state: &AppState, name: &str) -> Result<(), KsError> {
-    if name == state.cfg.model_name {
+async fn model_metadata_versioned(
+    st: State<InferenceState>,
+    Path((name, _v)): Path<(String, String)>,
+) -> Result<Json<Value>, KsError> {
+    model_metadata(st, Path(name)).await
+}
+
+async fn infer_versioned(
+    st: State<InferenceState>,
+    Path((name, _v)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, KsError> {
+    infer(st, Path(name), headers, body).await
+}
+
+fn check_model(state: &InferenceState, name: &str) -> Result<(), KsError> {
+    if name == state.model_name() {
         Ok(())
     } else {
-        Err(KsError(ApiError::model_not_found(
-            name,
-            &state.cfg.model_name,
-        )))
+        Err(KsError(ApiError::model_not_found(name, state.model_name())))
     }
 }
 
 /// `GET /v2/models/{name}` (and `/versions/{v}`)
 pub async fn model_metadata(
-    State(state): State<Arc<AppState>>,
+    State(state): State<InferenceState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, KsError> {
     check_model(&state, &name)?;
@@ -85,13 +91,11 @@ pub async fn model_metadata(
 
 /// `GET /v2/models/{name}/ready`
 pub async fn model_ready(
-    State(state): State<Arc<AppState>>,
+    State(state): State<InferenceState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, KsError> {
     check_model(&state, &name)?;
-    Ok(Json(
-        json!({ "name": name, "ready": state.ready.load(Ordering::Relaxed) }),
-    ))
+    Ok(Json(json!({ "name": name, "ready": state.app.is_ready() })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -289,13 +293,13 @@ fn options_from(params: &Map<String, Value>) -> Result<SamplingOptions, ApiError
 
 /// `POST /v2/models/{name}/infer`
 pub async fn infer(
-    State(state): State<Arc<AppState>>,
+    State(state): State<InferenceState>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, KsError> {
     check_model(&state, &name)?;
-    let bytes = read_body(&headers, body, state.cfg.max_body_bytes).await?;
+    let bytes = read_body(&headers, body, state.app.cfg.max_body_bytes).await?;
     let (json_part, mut binary): (&[u8], &[u8]) = match headers.get(BINARY_HEADER) {
         Some(h) => {
             let n: usize = h
@@ -353,9 +357,9 @@ pub async fn infer(
         )
         .into());
     }
-    let v = opts.validate(state.engine.info())?;
-    let tok = state.engine.tokenizer();
-    let info = state.engine.info();
+    let v = opts.validate(state.engine().info())?;
+    let tok = state.engine().tokenizer();
+    let info = state.engine().info();
     let reqs = texts
         .iter()
         .enumerate()
@@ -426,7 +430,7 @@ pub async fn infer(
 /// Parses a generate-extension body: `text_input` plus options at the top level or in
 /// `parameters`.
 fn generate_request(
-    state: &AppState,
+    state: &InferenceState,
     bytes: &[u8],
 ) -> Result<hangar_engine::GenerateRequest, ApiError> {
     let body: Map<String, Value> = gen::parse_json(bytes)?;
@@ -455,20 +459,20 @@ fn generate_request(
             ))
         }
     }
-    let v = opts.validate(state.engine.info())?;
-    let prompt = state.engine.tokenizer().encode(&text, true, true);
-    v.request(prompt, 0, Some(64), state.engine.info())
+    let v = opts.validate(state.engine().info())?;
+    let prompt = state.engine().tokenizer().encode(&text, true, true);
+    v.request(prompt, 0, Some(64), state.engine().info())
 }
 
 /// `POST /v2/models/{name}/generate`
 pub async fn generate(
-    State(state): State<Arc<AppState>>,
+    State(state): State<InferenceState>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, KsError> {
     check_model(&state, &name)?;
-    let bytes = read_body(&headers, body, state.cfg.max_body_bytes).await?;
+    let bytes = read_body(&headers, body, state.app.cfg.max_body_bytes).await?;
     let req = generate_request(&state, &bytes)?;
     let mut choices = submit_all(&state, vec![req])?;
     let mut c = choices
@@ -496,13 +500,13 @@ pub async fn generate(
 
 /// `POST /v2/models/{name}/generate_stream`: SSE, one event per piece of text.
 pub async fn generate_stream(
-    State(state): State<Arc<AppState>>,
+    State(state): State<InferenceState>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, KsError> {
     check_model(&state, &name)?;
-    let bytes = read_body(&headers, body, state.cfg.max_body_bytes).await?;
+    let bytes = read_body(&headers, body, state.app.cfg.max_body_bytes).await?;
     let req = generate_request(&state, &bytes)?;
     let choices = submit_all(&state, vec![req])?;
     let merged = merge(choices);

@@ -4,18 +4,21 @@
 //! Parses and validates bodies into engine requests and shapes events into OpenAI
 //! JSON; the engine does the work.
 
+pub mod types;
+
 use crate::error::ApiError;
 use crate::gen::{
     self, merge, read_body, submit_all, ChoiceStream, Merged, SamplingOptions, Validated,
     MAX_CHOICES,
 };
-use crate::AppState;
+use crate::{AppState, InferenceState};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::routing::post;
+use axum::{Json, Router};
 use futures_util::stream::{self, StreamExt};
 use hangar_engine::chat::ChatMessage;
 use hangar_engine::{Finish, TokenEvent, TokenOut, Usage};
@@ -111,11 +114,12 @@ impl Common {
         }
     }
 
-    fn check_model(&self, state: &AppState) -> Result<String, ApiError> {
+    fn check_model(&self, state: &InferenceState) -> Result<String, ApiError> {
+        let served = state.model_name();
         match self.model.as_deref() {
-            None | Some("") => Ok(state.cfg.model_name.clone()),
-            Some(m) if m == state.cfg.model_name => Ok(m.to_string()),
-            Some(m) => Err(ApiError::model_not_found(m, &state.cfg.model_name)),
+            None | Some("") => Ok(served.to_string()),
+            Some(m) if m == served => Ok(m.to_string()),
+            Some(m) => Err(ApiError::model_not_found(m, served)),
         }
     }
 }
@@ -199,19 +203,31 @@ fn finish_str(f: Finish) -> &'static str {
     }
 }
 
-/// `GET /v1/models`
+/// The inference routes of the OpenAI API (`/v1/models` is mounted with health, as it
+/// answers without a model too).
+pub(crate) fn routes(state: InferenceState) -> Router {
+    Router::new()
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat))
+        .with_state(state)
+}
+
+/// `GET /v1/models`: the served model, or nothing on a server without one.
 pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let info = state.engine.info();
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": state.cfg.model_name,
-            "object": "model",
-            "created": state.started,
-            "owned_by": "hangar",
-            "max_model_len": info.max_model_len,
-        }],
-    }))
+    let data: Vec<Value> = state
+        .inference
+        .iter()
+        .map(|i| {
+            json!({
+                "id": i.model_name,
+                "object": "model",
+                "created": state.started,
+                "owned_by": "hangar",
+                "max_model_len": i.engine.info().max_model_len,
+            })
+        })
+        .collect();
+    Json(json!({ "object": "list", "data": data }))
 }
 
 /// Which API's JSON to write.
@@ -235,11 +251,11 @@ struct Job {
 
 /// `POST /v1/completions`
 pub async fn completions(
-    State(state): State<Arc<AppState>>,
+    State(state): State<InferenceState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(&headers, body, state.cfg.max_body_bytes).await?;
+    let bytes = read_body(&headers, body, state.app.cfg.max_body_bytes).await?;
     let req: CompletionRequest = gen::parse_json(&bytes)?;
     let model = req.common.check_model(&state)?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
@@ -257,8 +273,8 @@ pub async fn completions(
     let v = req
         .common
         .options(req.logprobs)
-        .validate(state.engine.info())?;
-    let tok = state.engine.tokenizer();
+        .validate(state.engine().info())?;
+    let tok = state.engine().tokenizer();
     let (prompts, texts): (Vec<Vec<u32>>, Vec<Option<String>>) = match req.prompt {
         Prompt::Text(t) => (vec![tok.encode(&t, true, true)], vec![Some(t)]),
         Prompt::Texts(ts) => ts
@@ -281,7 +297,7 @@ pub async fn completions(
         ));
     }
     let echo = req.echo.unwrap_or(false);
-    let info = state.engine.info();
+    let info = state.engine().info();
     let mut reqs = Vec::new();
     let mut prompt_of = Vec::new();
     let mut echoes = Vec::new();
@@ -298,7 +314,7 @@ pub async fn completions(
     }
     let job = Job {
         api: Api::Completions,
-        id: request_id("cmpl", &state),
+        id: request_id("cmpl", &state.app),
         model,
         created: now_secs(),
         prompt_of,
@@ -336,11 +352,11 @@ fn message_text(m: Message, i: usize) -> Result<ChatMessage, ApiError> {
 
 /// `POST /v1/chat/completions`
 pub async fn chat(
-    State(state): State<Arc<AppState>>,
+    State(state): State<InferenceState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(&headers, body, state.cfg.max_body_bytes).await?;
+    let bytes = read_body(&headers, body, state.app.cfg.max_body_bytes).await?;
     let req: ChatRequest = gen::parse_json(&bytes)?;
     let model = req.common.check_model(&state)?;
     let n = req.common.n()?;
@@ -357,7 +373,10 @@ pub async fn chat(
         }
         (false, None) => None,
     };
-    let v: Validated = req.common.options(logprobs).validate(state.engine.info())?;
+    let v: Validated = req
+        .common
+        .options(logprobs)
+        .validate(state.engine().info())?;
     let messages = req
         .messages
         .into_iter()
@@ -365,16 +384,16 @@ pub async fn chat(
         .map(|(i, m)| message_text(m, i))
         .collect::<Result<Vec<_>, _>>()?;
     let prompt = state
-        .engine
+        .engine()
         .encode_chat(&messages)
         .map_err(|e| ApiError::param("messages", e.to_string()))?;
-    let info = state.engine.info();
+    let info = state.engine().info();
     let reqs = (0..n)
         .map(|j| v.request(prompt.clone(), j, None, info))
         .collect::<Result<Vec<_>, _>>()?;
     let job = Job {
         api: Api::Chat,
-        id: request_id("chatcmpl", &state),
+        id: request_id("chatcmpl", &state.app),
         model,
         created: now_secs(),
         prompt_of: vec![0; n],
@@ -385,7 +404,7 @@ pub async fn chat(
 }
 
 async fn run(
-    state: &Arc<AppState>,
+    state: &InferenceState,
     job: Job,
     reqs: Vec<hangar_engine::GenerateRequest>,
     common: &Common,
@@ -623,9 +642,9 @@ impl Streamer {
             }
             TokenEvent::Error(e) => {
                 self.usage[i] = Some(Usage::default());
-                let body = ApiError::internal(e).openai_body();
-                self.pending
-                    .push_back(Event::default().data(body.to_string()));
+                let body = types::ErrorBody::from(ApiError::internal(e));
+                let data = serde_json::to_string(&body).unwrap_or_default();
+                self.pending.push_back(Event::default().data(data));
             }
         }
     }
