@@ -10,6 +10,7 @@ pub mod engine;
 pub mod generate;
 pub mod kv_manager;
 pub mod perplexity;
+pub mod prompt;
 pub mod runtime;
 pub mod sampler;
 pub mod scheduler;
@@ -19,6 +20,7 @@ pub use engine::{
     TopLogprob, Usage,
 };
 pub use generate::{generate, FinishReason, GenerateOptions, Generation};
+pub use prompt::{Collector, Completion, Prompt, PromptError, TextEncoding};
 pub use runtime::LoadedModel;
 
 /// Errors from the engine.

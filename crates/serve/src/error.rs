@@ -4,7 +4,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use hangar_engine::EngineError;
+use hangar_engine::{EngineError, PromptError};
 use hangar_registry::RegistryError;
 
 /// Which API's error format a response uses.
@@ -154,6 +154,26 @@ impl From<EngineError> for ApiError {
     }
 }
 
+impl From<PromptError> for ApiError {
+    fn from(e: PromptError) -> Self {
+        let msg = e.to_string();
+        match e {
+            PromptError::Empty | PromptError::OutOfVocabulary { .. } => {
+                ApiError::param("prompt", msg)
+            }
+            PromptError::PromptTooLong { .. } | PromptError::BudgetTooLong { .. } => {
+                ApiError::context_length(msg)
+            }
+            PromptError::Chat(_) => ApiError::param("messages", msg),
+            PromptError::Overloaded { .. } | PromptError::Stopped | PromptError::Incomplete => {
+                ApiError::unavailable(msg)
+            }
+            PromptError::Failed(_) => ApiError::internal(msg),
+            PromptError::Engine(e) => e.into(),
+        }
+    }
+}
+
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         let (status, kind) = match &e {
@@ -192,7 +212,7 @@ macro_rules! via_api_error {
     };
 }
 
-via_api_error!(KsError: ApiError, EngineError, RegistryError);
+via_api_error!(KsError: ApiError, EngineError, PromptError, RegistryError);
 
 impl IntoResponse for KsError {
     fn into_response(self) -> Response {

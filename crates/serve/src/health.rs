@@ -2,13 +2,13 @@
 //! KServe server metadata (`/v2`) and the OpenAI model list (empty without a model).
 //! Owns no service; reads the optional ones from `AppState`.
 
+use crate::kserve::types::{Live, Ready, ServerMetadata};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Value};
 use std::sync::Arc;
 
 pub(crate) fn routes(state: Arc<AppState>) -> Router {
@@ -23,30 +23,28 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router {
 }
 
 /// `GET /v2`
-async fn server_metadata() -> Json<Value> {
-    Json(json!({
-        "name": "hangar",
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "generate"],
-    }))
+async fn server_metadata() -> Json<ServerMetadata> {
+    Json(ServerMetadata {
+        name: "hangar",
+        version: env!("CARGO_PKG_VERSION"),
+        extensions: vec!["binary_tensor_data", "generate"],
+    })
 }
 
 /// `GET /v2/health/live`
-async fn live() -> Json<Value> {
-    Json(json!({ "live": true }))
+async fn live() -> Json<Live> {
+    Json(Live { live: true })
 }
 
 /// `GET /v2/health/ready` and `/health`: 503 once shutdown has begun.
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.is_ready() {
-        Json(json!({ "ready": true })).into_response()
+    let ready = state.is_ready();
+    let status = if ready {
+        StatusCode::OK
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "ready": false })),
-        )
-            .into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(Ready { ready })).into_response()
 }
 
 /// `GET /metrics`

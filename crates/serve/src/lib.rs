@@ -148,6 +148,12 @@ impl InferenceState {
     pub fn model_name(&self) -> &str {
         &self.service.model_name
     }
+    /// How client text is tokenized.
+    pub fn text_encoding(&self) -> hangar_engine::TextEncoding {
+        hangar_engine::TextEncoding {
+            parse_special: true,
+        }
+    }
 }
 
 /// A bounded route label for a path (model names are not echoed into labels).
