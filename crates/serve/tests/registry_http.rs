@@ -101,3 +101,75 @@ async fn http_api_lists_shows_and_promotes_with_roles() {
         .contains("JSON"));
     srv.shutdown().await;
 }
+
+/// Regression (issue 18 item 2): with `--api-key` set, the registry routes answered
+/// anonymous callers and refused the valid API key. Every route but health and metrics
+/// now needs a credential, and an API key and a registry token each work where their
+/// role allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_and_registry_tokens_compose_on_every_route() {
+    let f = fixture();
+    let (reader, promoter) = (f.reader.clone(), f.promoter.clone());
+    let cfg = ServeConfig {
+        api_keys: vec!["sk-test".into()],
+        ..ServeConfig::default()
+    };
+    let srv = Server::start(AppState::new(Services::default().with_registry(f.reg), cfg)).await;
+
+    for path in [
+        "/v1/registry/models",
+        "/v1/registry/models/m",
+        "/v1/registry/stats",
+    ] {
+        let r = srv.get(path, None).await;
+        assert_eq!(r.status, 401, "{path} without a key: {}", r.text());
+        assert!(r.json()["error"]["message"].as_str().is_some());
+        let r = srv.get(path, Some("sk-wrong")).await;
+        assert_eq!(r.status, 401, "{path} with a wrong key");
+        let r = srv.get(path, Some("sk-test")).await;
+        assert_eq!(r.status, 200, "{path} with the API key: {}", r.text());
+        let r = srv.get(path, Some(&reader)).await;
+        assert_eq!(r.status, 200, "{path} with a reader token: {}", r.text());
+    }
+    assert_eq!(srv.get("/v1/models", None).await.status, 401);
+    assert_eq!(srv.get("/v1/models", Some("sk-test")).await.status, 200);
+    assert_eq!(srv.get("/v1/models", Some(&reader)).await.status, 200);
+    assert_eq!(srv.get("/v2", None).await.status, 401);
+    for path in ["/health", "/v2/health/live", "/v2/health/ready", "/metrics"] {
+        assert_eq!(srv.get(path, None).await.status, 200, "{path}");
+    }
+
+    // The API key reads the catalog but cannot change it or read the audit log.
+    let body = r#"{"stage": "production"}"#;
+    let path = "/v1/registry/models/m/versions/1/promote";
+    let r = srv.post(path, Some("sk-test"), body).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(
+        srv.get("/v1/registry/audit", Some("sk-test")).await.status,
+        403
+    );
+    let r = srv.post(path, Some(&promoter), body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        srv.get("/v1/registry/audit", Some(&promoter)).await.status,
+        200
+    );
+    srv.shutdown().await;
+}
+
+/// A registry without tokens is readable by anyone only while no API keys are set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_close_a_registry_without_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(Some(dir.path().join("home"))).unwrap();
+    let cfg = ServeConfig {
+        api_keys: vec!["sk-test".into()],
+        ..ServeConfig::default()
+    };
+    let srv = Server::start(AppState::new(Services::default().with_registry(reg), cfg)).await;
+    assert_eq!(srv.get("/v1/registry/models", None).await.status, 401);
+    let r = srv.get("/v1/registry/models", Some("sk-test")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["models"], serde_json::json!([]));
+    srv.shutdown().await;
+}
