@@ -6,7 +6,7 @@ use clap::Args;
 use hangar_engine::{Engine, EngineConfig, LoadedModel};
 use hangar_serve::{AppState, ServeConfig, Services};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -64,12 +64,31 @@ pub struct ServeArgs {
     /// Do not mount the model registry's HTTP API (/v1/registry/...).
     #[arg(long)]
     pub no_registry_api: bool,
+    /// Seconds a client has to send a request head (also the keep-alive idle timeout).
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    pub header_timeout: Duration,
+    /// Seconds a client has to send the whole request body once its head arrived.
+    #[arg(long, default_value = "60", value_parser = parse_secs)]
+    pub body_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// Serve without a model: health, metrics and the registry API only.
     #[arg(long, conflicts_with = "model")]
     pub no_model: bool,
     /// Hangar home, set from the global --home.
     #[arg(skip)]
     pub home: Option<PathBuf>,
+}
+
+/// Parses a positive number of seconds (`10`, `0.5`).
+fn parse_secs(s: &str) -> std::result::Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 86400 (e.g. 10 or 0.5)"
+        )),
+    }
 }
 
 /// Parses `1GiB`, `512MiB`, `2G`, `300000000`.
@@ -178,6 +197,10 @@ pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
             api_keys: keys,
             max_body_bytes: args.max_body_bytes,
             max_queue: args.max_queue,
+            header_timeout: args.header_timeout,
+            body_timeout: args.body_timeout,
+            max_connections: args.max_connections as usize,
+            ..ServeConfig::default()
         },
     );
     let addr = format!("{}:{}", args.host, args.port);
@@ -201,5 +224,14 @@ mod tests {
         assert_eq!(parse_bytes("2G").unwrap(), 2_000_000_000);
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("1XB").is_err());
+    }
+
+    #[test]
+    fn parses_positive_seconds() {
+        assert_eq!(parse_secs("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_secs("0.5").unwrap(), Duration::from_millis(500));
+        for bad in ["0", "-1", "NaN", "inf", "soon", "1e9"] {
+            assert!(parse_secs(bad).is_err(), "{bad}");
+        }
     }
 }

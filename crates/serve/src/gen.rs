@@ -36,6 +36,9 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
         }
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if crate::server::is_body_timeout(&e) {
+            return ApiError::body_timeout();
+        }
         let msg = format!("{e}");
         let too_large = std::error::Error::source(&e)
             .map(|s| s.to_string().contains("length limit"))

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod openai;
 pub mod registry_api;
 mod sampling;
+mod server;
 
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
@@ -39,6 +40,7 @@ use metrics::Metrics;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Server options (the services themselves are in [`Services`]).
 #[derive(Debug, Clone)]
@@ -50,6 +52,16 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Requests waiting for admission beyond which new ones get 503.
     pub max_queue: usize,
+    /// Time a client has to send a request head, from the first byte of a request or
+    /// the end of the previous one (so it is also the keep-alive idle timeout).
+    pub header_timeout: Duration,
+    /// Time a client has to send the whole body once the head has arrived.
+    pub body_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// On shutdown, how long in-flight requests may take before their connections are
+    /// closed anyway.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -58,6 +70,10 @@ impl Default for ServeConfig {
             api_keys: Vec::new(),
             max_body_bytes: 2 << 20,
             max_queue: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -226,25 +242,26 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     app.fallback_service(axum::routing::any(not_found).with_state(state.clone()))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require))
-        .layer(middleware::from_fn_with_state(state, count_requests))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .layer(middleware::from_fn_with_state(state, server::body_deadline))
 }
 
-/// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
-/// (streams included) finish, and returns.
+/// Serves until `shutdown` resolves, then stops accepting, marks the server not ready,
+/// lets in-flight requests (streams included) finish, and returns once they have or
+/// once `cfg.shutdown_timeout` has passed (closing whatever connections remain).
+///
+/// Connections beyond `cfg.max_connections` wait in the listen backlog; a client that
+/// is slower than `cfg.header_timeout` / `cfg.body_timeout` is disconnected.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let st = state.clone();
-    let signal = async move {
-        shutdown.await;
-        st.ready.store(false, Ordering::Relaxed);
-        tracing::info!("shutting down: draining in-flight requests");
-    };
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(signal)
-        .await
+    let app = router(state.clone());
+    server::run(listener, state, app, shutdown).await
 }
 
 /// Binds `addr`, serves on a small tokio runtime of its own until SIGTERM / Ctrl-C,
