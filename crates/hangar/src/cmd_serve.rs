@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// Connections served at once; more wait in the listen backlog.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// Seconds to drain in-flight requests after SIGTERM / Ctrl-C before the remaining
+    /// connections are closed and the process exits.
+    #[arg(long, default_value = "30", value_parser = parse_secs)]
+    pub shutdown_timeout: Duration,
     /// Serve without a model: health, metrics and the registry API only.
     #[arg(long, conflicts_with = "model")]
     pub no_model: bool,
@@ -200,7 +204,7 @@ pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
             header_timeout: args.header_timeout,
             body_timeout: args.body_timeout,
             max_connections: args.max_connections as usize,
-            ..ServeConfig::default()
+            shutdown_timeout: args.shutdown_timeout,
         },
     );
     let addr = format!("{}:{}", args.host, args.port);

@@ -183,3 +183,63 @@ fn serve_without_a_model_answers_health_metrics_and_registry() {
     drop(srv);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// Regression (issue 18 item 4): SIGTERM with a half-sent request open kept the process
+/// alive until the client gave up. It now exits by `--shutdown-timeout`.
+#[test]
+fn sigterm_exits_by_the_shutdown_deadline_with_a_half_sent_request_open() {
+    let tmp = std::env::temp_dir().join(format!("hangar-serve-term-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let home = tmp.join("home");
+    let mut srv = ServeProc::start(
+        &[
+            "--home",
+            home.to_str().unwrap(),
+            "serve",
+            "--no-model",
+            "--port",
+            "0",
+            "--shutdown-timeout",
+            "2",
+            "--header-timeout",
+            "600",
+            "--body-timeout",
+            "600",
+        ],
+        &tmp,
+    );
+    assert_eq!(srv.get("/health").0, 200);
+    // A request whose body never finishes: the handler waits for it.
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.write_all(
+        b"POST /v1/registry/models/m/versions/1/promote HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"stage\"",
+    )
+    .unwrap();
+    // And an idle connection that never sends a byte.
+    let _idle = TcpStream::connect(srv.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = srv.child.id().to_string();
+    let t0 = std::time::Instant::now();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let status = loop {
+        if let Some(st) = srv.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "hangar serve still running {:?} after SIGTERM (deadline 2 s)",
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = t0.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "exited after {took:?}: the in-flight request was not given its drain time"
+    );
+    drop(s);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
