@@ -77,6 +77,10 @@ pub struct ServeArgs {
     /// connections are closed and the process exits.
     #[arg(long, default_value = "30", value_parser = parse_secs)]
     pub shutdown_timeout: Duration,
+    /// Tokenize special-token text in prompts (`<start_of_turn>`, `<eos>`...) as the
+    /// special tokens, as before; by default prompt text is plain text.
+    #[arg(long)]
+    pub allow_special_in_prompt: bool,
     /// Serve without a model: health, metrics and the registry API only.
     #[arg(long, conflicts_with = "model")]
     pub no_model: bool,
@@ -205,6 +209,7 @@ pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
             body_timeout: args.body_timeout,
             max_connections: args.max_connections as usize,
             shutdown_timeout: args.shutdown_timeout,
+            allow_special_in_prompt: args.allow_special_in_prompt,
         },
     );
     let addr = format!("{}:{}", args.host, args.port);

@@ -62,6 +62,10 @@ pub struct ServeConfig {
     /// On shutdown, how long in-flight requests may take before their connections are
     /// closed anyway.
     pub shutdown_timeout: Duration,
+    /// Read special-token text in text prompts (OpenAI `prompt`, KServe `text_input`)
+    /// as special tokens. Off by default, so clients cannot forge control tokens such
+    /// as chat turn markers; the old behaviour for operators who need it.
+    pub allow_special_in_prompt: bool,
 }
 
 impl Default for ServeConfig {
@@ -74,6 +78,7 @@ impl Default for ServeConfig {
             body_timeout: Duration::from_secs(60),
             max_connections: 1024,
             shutdown_timeout: Duration::from_secs(30),
+            allow_special_in_prompt: false,
         }
     }
 }
@@ -164,10 +169,11 @@ impl InferenceState {
     pub fn model_name(&self) -> &str {
         &self.service.model_name
     }
-    /// How client text is tokenized.
+    /// How client text is tokenized: as plain text unless the operator allowed
+    /// special tokens in prompts.
     pub fn text_encoding(&self) -> hangar_engine::TextEncoding {
         hangar_engine::TextEncoding {
-            parse_special: true,
+            parse_special: self.app.cfg.allow_special_in_prompt,
         }
     }
 }
