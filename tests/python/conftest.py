@@ -88,14 +88,14 @@ def http(method, url, body=None, headers=None, timeout=120):
 
 
 class Server:
-    def __init__(self, *extra_args, env=None):
+    def __init__(self, *extra_args, env=None, with_model=True):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="hangar-serve-", suffix=".log", delete=False)
+        model_args = ["--model", model_path(), "--threads", "2", "--model-name", MODEL_NAME] if with_model else []
         cmd = [
-            hangar_bin(), "serve", "--model", model_path(),
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--threads", "2", "--model-name", MODEL_NAME, *extra_args,
+            hangar_bin(), "serve", *model_args,
+            "--host", "127.0.0.1", "--port", str(self.port), *extra_args,
         ]
         full_env = dict(os.environ)
         full_env.pop("HANGAR_API_KEYS", None)

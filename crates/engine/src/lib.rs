@@ -50,6 +50,7 @@ mod engine;
 pub mod generate;
 pub mod kv_manager;
 pub mod perplexity;
+pub mod prompt;
 mod runtime;
 pub mod sampler;
 pub mod scheduler;
@@ -59,6 +60,7 @@ pub use engine::{
     ModelRunner, StepInput, TokenEvent, TokenOut, TopLogprob, Usage,
 };
 pub use generate::{generate, FinishReason, GenerateOptions, Generation};
+pub use prompt::{Collector, Completion, Prompt, PromptError, TextEncoding};
 pub use runtime::LoadedModel;
 
 /// Errors from the engine.

@@ -1,12 +1,12 @@
-//! `hangar serve`: load a model, start the engine loop, serve the HTTP APIs until
-//! SIGTERM, then drain in-flight requests.
+//! `hangar serve`: load a model (unless `--no-model`), open the registry, start the
+//! engine loop, serve the HTTP APIs until SIGTERM, then drain in-flight requests.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hangar_engine::{Engine, EngineConfig, LoadedModel};
-use hangar_serve::{AppState, ServeConfig};
+use hangar_serve::{AppState, ServeConfig, Services};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// Requests running at once (more wait in the queue).
     #[arg(long, default_value_t = 64)]
     pub max_running: usize,
+    /// Largest share of --max-running that one request's sequences (`n`, a KServe
+    /// batch of prompts) may take; larger requests get a 400.
+    #[arg(long, default_value_t = 0.25)]
+    pub max_request_share: f64,
     /// Cap on prompt + generated tokens per request (default: the model's context).
     #[arg(long)]
     pub max_model_len: Option<usize>,
@@ -64,9 +68,39 @@ pub struct ServeArgs {
     /// Do not mount the model registry's HTTP API (/v1/registry/...).
     #[arg(long)]
     pub no_registry_api: bool,
+    /// Seconds a client has to send a request head (also the keep-alive idle timeout).
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    pub header_timeout: Duration,
+    /// Seconds a client has to send the whole request body once its head arrived.
+    #[arg(long, default_value = "60", value_parser = parse_secs)]
+    pub body_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Seconds to drain in-flight requests after SIGTERM / Ctrl-C before the remaining
+    /// connections are closed and the process exits.
+    #[arg(long, default_value = "30", value_parser = parse_secs)]
+    pub shutdown_timeout: Duration,
+    /// Tokenize special-token text in prompts (`<start_of_turn>`, `<eos>`...) as the
+    /// special tokens, as before; by default prompt text is plain text.
+    #[arg(long)]
+    pub allow_special_in_prompt: bool,
+    /// Serve without a model: health, metrics and the registry API only.
+    #[arg(long, conflicts_with = "model")]
+    pub no_model: bool,
     /// Hangar home, set from the global --home.
     #[arg(skip)]
     pub home: Option<PathBuf>,
+}
+
+/// Parses a positive number of seconds (`10`, `0.5`).
+fn parse_secs(s: &str) -> std::result::Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 86400 (e.g. 10 or 0.5)"
+        )),
+    }
 }
 
 /// Parses `1GiB`, `512MiB`, `2G`, `300000000`.
@@ -99,7 +133,8 @@ fn default_name(path: &Path) -> String {
         .to_string()
 }
 
-pub fn run_serve(args: ServeArgs, model_path: PathBuf) -> Result<()> {
+/// Loads the model and starts the engine; returns the engine and its served name.
+fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engine, String)> {
     let mut cfg = EngineConfig {
         block_size: args.block_size,
         max_tokens_in_flight: args.max_tokens_in_flight,
@@ -107,20 +142,15 @@ pub fn run_serve(args: ServeArgs, model_path: PathBuf) -> Result<()> {
         max_running: args.max_running,
         max_model_len: args.max_model_len,
         prefix_caching: !args.no_prefix_cache,
+        max_request_share: args.max_request_share,
         ..EngineConfig::default()
     };
     if let Some(m) = &args.kv_memory {
         cfg.kv_memory_bytes = parse_bytes(m)?;
     }
-    let keys: Vec<String> = args
-        .api_keys
-        .iter()
-        .map(|k| k.trim().to_string())
-        .filter(|k| !k.is_empty())
-        .collect();
     let t0 = Instant::now();
     let lm = LoadedModel::load_with(
-        &model_path,
+        model_path,
         args.threads,
         crate::cmd_model::load_options(args.numerics, hangar_models::Numerics::Fast),
     )
@@ -131,9 +161,9 @@ pub fn run_serve(args: ServeArgs, model_path: PathBuf) -> Result<()> {
     let name = args
         .model_name
         .clone()
-        .unwrap_or_else(|| default_name(&model_path));
+        .unwrap_or_else(|| default_name(model_path));
     eprintln!(
-        "hangar serve: {} loaded in {:.2}s as {name:?} ({} threads); KV cache {} MiB in blocks of {} tokens {:?}, max context {} tokens{}",
+        "hangar serve: {} loaded in {:.2}s as {name:?} ({} threads); KV cache {} MiB in blocks of {} tokens {:?}, max context {} tokens",
         model_path.display(),
         t0.elapsed().as_secs_f64(),
         threads,
@@ -141,33 +171,54 @@ pub fn run_serve(args: ServeArgs, model_path: PathBuf) -> Result<()> {
         info.kv_block_size,
         info.kv_blocks,
         info.max_model_len,
-        if keys.is_empty() { "" } else { "; API keys required" },
     );
+    Ok((engine, name))
+}
+
+/// Runs the server; `model_path` is `None` with `--no-model`.
+pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
+    let keys: Vec<String> = args
+        .api_keys
+        .iter()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    let mut services = Services::default();
+    match &model_path {
+        Some(path) => {
+            let (engine, name) = start_engine(&args, path)?;
+            services = services.with_inference(engine, name);
+        }
+        None => eprintln!("hangar serve: no model (--no-model); inference APIs are off"),
+    }
+    // The registry's HTTP API (list/show/promote...), guarded by registry tokens and roles.
+    if !args.no_registry_api {
+        match hangar_registry::Registry::open(args.home.clone()) {
+            Ok(reg) => {
+                eprintln!("hangar serve: registry API on {}", reg.root().display());
+                services = services.with_registry(reg);
+            }
+            Err(e) => eprintln!("hangar serve: registry API not mounted: {e}"),
+        }
+    }
+    if !keys.is_empty() {
+        eprintln!("hangar serve: API keys required on every route but health and metrics");
+    }
     let state = AppState::new(
-        engine,
+        services,
         ServeConfig {
-            model_name: name,
             api_keys: keys,
             max_body_bytes: args.max_body_bytes,
             max_queue: args.max_queue,
+            header_timeout: args.header_timeout,
+            body_timeout: args.body_timeout,
+            max_connections: args.max_connections as usize,
+            shutdown_timeout: args.shutdown_timeout,
+            allow_special_in_prompt: args.allow_special_in_prompt,
         },
     );
     let addr = format!("{}:{}", args.host, args.port);
-    // The registry's HTTP API (list/show/promote...), guarded by registry tokens and roles.
-    let extra = if args.no_registry_api {
-        axum::Router::new()
-    } else {
-        match hangar_registry::Registry::open(args.home.clone()) {
-            Ok(reg) => {
-                hangar_registry::http::router(std::sync::Arc::new(std::sync::Mutex::new(reg)))
-            }
-            Err(e) => {
-                eprintln!("hangar serve: registry API not mounted: {e}");
-                axum::Router::new()
-            }
-        }
-    };
-    hangar_serve::serve_blocking_with(state, &addr, extra, |a| {
+    hangar_serve::serve_blocking(state, &addr, |a| {
         eprintln!("hangar serve: listening on http://{a}")
     })
     .with_context(|| format!("serving on {addr}"))?;
@@ -187,5 +238,14 @@ mod tests {
         assert_eq!(parse_bytes("2G").unwrap(), 2_000_000_000);
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("1XB").is_err());
+    }
+
+    #[test]
+    fn parses_positive_seconds() {
+        assert_eq!(parse_secs("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_secs("0.5").unwrap(), Duration::from_millis(500));
+        for bad in ["0", "-1", "NaN", "inf", "soon", "1e9"] {
+            assert!(parse_secs(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -68,13 +68,20 @@ fn main() {
     cmd_model::KernelEnv::get().apply_process_wide();
     let home = cli.home.clone();
     let result = match cli.cmd {
-        Cmd::Serve { model, mut args } => model_path::resolve(model.as_deref(), home.clone())
-            .and_then(|path| {
-                if args.model_name.is_none() {
-                    args.model_name = Some(model_path::served_name(model.as_deref(), &path));
-                }
-                cmd_serve::run_serve(args, path)
-            }),
+        Cmd::Serve { model, mut args } => {
+            // The registry API mounted by serve must use the same home as the model lookup.
+            args.home = home.clone();
+            if args.no_model {
+                cmd_serve::run_serve(args, None)
+            } else {
+                model_path::resolve(model.as_deref(), home.clone()).and_then(|path| {
+                    if args.model_name.is_none() {
+                        args.model_name = Some(model_path::served_name(model.as_deref(), &path));
+                    }
+                    cmd_serve::run_serve(args, Some(path))
+                })
+            }
+        }
         Cmd::Generate(mut a) => {
             a.model.home = home;
             cmd_model::generate(a)

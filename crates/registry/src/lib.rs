@@ -3,8 +3,8 @@
 //! FastCDC dedup, role-based tokens with an audit log, and downloads from Hugging
 //! Face-style hubs.
 //!
-//! Knows nothing about engines or serving; `hangar serve` mounts [`http::router`]
-//! (feature `http`) and asks [`Registry::resolve`] for a model's files.
+//! Knows nothing about engines, serving or HTTP; `hangar-serve` exposes it over HTTP
+//! and `hangar serve` asks [`Registry::resolve`] for a model's files.
 //!
 //! ```no_run
 //! use hangar_registry::{ImportRequest, Registry};
@@ -24,8 +24,6 @@ pub mod bench;
 mod db;
 pub mod default_model;
 pub mod error;
-#[cfg(feature = "http")]
-pub mod http;
 pub mod hub;
 mod maintain;
 pub mod names;

@@ -2,7 +2,7 @@
 //! `cargo run --release -p hangar-serve --example serve_model -- MODEL.gguf [PORT] [THREADS] [TOKENS_IN_FLIGHT]`
 
 use hangar_engine::{Engine, EngineConfig, LoadedModel};
-use hangar_serve::{AppState, ServeConfig};
+use hangar_serve::{AppState, ServeConfig, Services};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -17,8 +17,7 @@ fn main() {
     };
     let engine =
         Engine::start(LoadedModel::load(path, threads).expect("load"), cfg).expect("engine");
-    let mut scfg = ServeConfig::new("gemma-3-270m-q4_k_m");
-    scfg.api_keys = std::env::var("HANGAR_API_KEYS")
+    let api_keys = std::env::var("HANGAR_API_KEYS")
         .map(|v| {
             v.split(',')
                 .filter(|s| !s.is_empty())
@@ -26,7 +25,12 @@ fn main() {
                 .collect()
         })
         .unwrap_or_default();
-    let state = AppState::new(engine, scfg);
+    let scfg = ServeConfig {
+        api_keys,
+        ..ServeConfig::default()
+    };
+    let services = Services::default().with_inference(engine, "gemma-3-270m-q4_k_m");
+    let state = AppState::new(services, scfg);
     hangar_serve::serve_blocking(state, &format!("127.0.0.1:{port}"), |a| {
         eprintln!("listening on http://{a}")
     })

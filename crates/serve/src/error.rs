@@ -1,30 +1,60 @@
-//! API errors and their wire formats: OpenAI's `{"error": {...}}` and KServe's
-//! `{"error": "..."}`. Every client mistake becomes one of these, never a panic.
+//! The one error mapping of the server: domain errors (engine, prompt, registry) become
+//! an [`ApiError`] (status + message), written in the calling API's own format.
+//! Knows the three wire formats by name only; their structs live in each API's types.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use hangar_engine::EngineError;
+use hangar_engine::{EngineError, PromptError};
+use hangar_registry::RegistryError;
+
+/// Which API's error format a response uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiFormat {
+    /// `{"error": {"message", "type", "param", "code"}}`
+    OpenAi,
+    /// `{"error": "..."}`
+    KServe,
+    /// `{"error": {"type", "message"}}`
+    Registry,
+}
+
+impl ApiFormat {
+    /// The format of the API a path belongs to (used where no handler ran: auth, 404).
+    pub fn of_path(path: &str) -> Self {
+        if path.starts_with("/v1/registry") {
+            ApiFormat::Registry
+        } else if path == "/v2" || path.starts_with("/v2/") {
+            ApiFormat::KServe
+        } else {
+            ApiFormat::OpenAi
+        }
+    }
+}
 
 /// An error answered to the client.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
-    /// OpenAI error type: `invalid_request_error`, `authentication_error`, ...
+    /// Error type: OpenAI's `invalid_request_error`, `authentication_error`, ...; the
+    /// registry's `not_found`, `forbidden`, ...
     pub kind: &'static str,
     pub param: Option<String>,
     pub code: Option<&'static str>,
 }
 
 impl ApiError {
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
         ApiError {
-            status: StatusCode::BAD_REQUEST,
+            status,
             message: message.into(),
-            kind: "invalid_request_error",
+            kind,
             param: None,
             code: None,
         }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
     }
     /// A parameter outside its allowed range or of the wrong shape.
     pub fn param(param: &str, message: impl Into<String>) -> Self {
@@ -35,29 +65,45 @@ impl ApiError {
     }
     pub fn unauthorized() -> Self {
         ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            message: "missing or invalid API key: send `Authorization: Bearer <key>`".into(),
-            kind: "authentication_error",
-            param: None,
             code: Some("invalid_api_key"),
+            ..Self::new(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "missing or invalid API key: send `Authorization: Bearer <key>`",
+            )
         }
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
     }
     pub fn model_not_found(name: &str, served: &str) -> Self {
         ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: format!("the model `{name}` does not exist; this server serves `{served}`"),
-            kind: "invalid_request_error",
             param: Some("model".into()),
             code: Some("model_not_found"),
+            ..Self::not_found(format!(
+                "the model `{name}` does not exist; this server serves `{served}`"
+            ))
         }
     }
     pub fn too_large(limit: usize) -> Self {
         ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            message: format!("the request body is larger than the limit of {limit} bytes"),
-            kind: "invalid_request_error",
-            param: None,
             code: Some("request_too_large"),
+            ..Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                format!("the request body is larger than the limit of {limit} bytes"),
+            )
+        }
+    }
+    /// The body did not arrive within the body read timeout.
+    pub fn body_timeout() -> Self {
+        ApiError {
+            code: Some("request_timeout"),
+            ..Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "the request body did not arrive in time; send it without pauses",
+            )
         }
     }
     pub fn context_length(message: impl Into<String>) -> Self {
@@ -67,38 +113,35 @@ impl ApiError {
         }
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: message.into(),
-            kind: "server_error",
-            param: None,
-            code: None,
-        }
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: message.into(),
-            kind: "server_error",
-            param: None,
-            code: None,
-        }
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
     }
     /// A JSON body that does not parse or has wrong types.
     pub fn json(e: serde_json::Error) -> Self {
         Self::bad_request(format!("invalid JSON body: {e}"))
     }
 
-    /// The OpenAI JSON object.
-    pub fn openai_body(&self) -> serde_json::Value {
-        serde_json::json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": self.param,
-                "code": self.code,
-            }
-        })
+    /// This error as a response in `format`.
+    pub fn render(self, format: ApiFormat) -> Response {
+        let status = self.status;
+        let body = match format {
+            ApiFormat::OpenAi => serde_json::to_vec(&crate::openai::types::ErrorBody::from(self)),
+            ApiFormat::KServe => serde_json::to_vec(&crate::kserve::types::ErrorBody {
+                error: self.message,
+            }),
+            ApiFormat::Registry => serde_json::to_vec(&crate::registry_api::ErrorBody::from(self)),
+        };
+        match body {
+            Ok(b) => (
+                status,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                b,
+            )
+                .into_response(),
+            Err(_) => status.into_response(),
+        }
     }
 }
 
@@ -111,9 +154,46 @@ impl From<EngineError> for ApiError {
     }
 }
 
+impl From<PromptError> for ApiError {
+    fn from(e: PromptError) -> Self {
+        let msg = e.to_string();
+        match e {
+            PromptError::Empty | PromptError::OutOfVocabulary { .. } => {
+                ApiError::param("prompt", msg)
+            }
+            PromptError::PromptTooLong { .. } | PromptError::BudgetTooLong { .. } => {
+                ApiError::context_length(msg)
+            }
+            PromptError::Chat(_) => ApiError::param("messages", msg),
+            PromptError::Overloaded { .. } | PromptError::Stopped | PromptError::Incomplete => {
+                ApiError::unavailable(msg)
+            }
+            PromptError::Failed(_) => ApiError::internal(msg),
+            PromptError::Engine(e) => e.into(),
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        let (status, kind) = match &e {
+            RegistryError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            RegistryError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            RegistryError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            RegistryError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            RegistryError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            RegistryError::Invalid(_) | RegistryError::InvalidName { .. } => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(status, kind, e.to_string())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.openai_body())).into_response()
+        self.render(ApiFormat::OpenAi)
     }
 }
 
@@ -121,18 +201,58 @@ impl IntoResponse for ApiError {
 #[derive(Debug)]
 pub struct KsError(pub ApiError);
 
-impl From<ApiError> for KsError {
-    fn from(e: ApiError) -> Self {
-        KsError(e)
-    }
+/// Domain errors convert into each API's error wrapper through [`ApiError`].
+macro_rules! via_api_error {
+    ($wrapper:ident: $($from:ty),*) => {
+        $(impl From<$from> for $wrapper {
+            fn from(e: $from) -> Self {
+                $wrapper(e.into())
+            }
+        })*
+    };
 }
+
+via_api_error!(KsError: ApiError, EngineError, PromptError, RegistryError);
 
 impl IntoResponse for KsError {
     fn into_response(self) -> Response {
-        (
-            self.0.status,
-            axum::Json(serde_json::json!({ "error": self.0.message })),
-        )
-            .into_response()
+        self.0.render(ApiFormat::KServe)
+    }
+}
+
+/// The same error in the registry API's form.
+#[derive(Debug)]
+pub struct RegistryApiError(pub ApiError);
+
+via_api_error!(RegistryApiError: ApiError, RegistryError);
+
+impl IntoResponse for RegistryApiError {
+    fn into_response(self) -> Response {
+        self.0.render(ApiFormat::Registry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_choose_their_api_format() {
+        assert_eq!(ApiFormat::of_path("/v1/completions"), ApiFormat::OpenAi);
+        assert_eq!(ApiFormat::of_path("/v2/models/x/infer"), ApiFormat::KServe);
+        assert_eq!(ApiFormat::of_path("/v2"), ApiFormat::KServe);
+        assert_eq!(
+            ApiFormat::of_path("/v1/registry/models"),
+            ApiFormat::Registry
+        );
+        assert_eq!(ApiFormat::of_path("/v2x"), ApiFormat::OpenAi);
+    }
+
+    #[test]
+    fn registry_errors_map_to_statuses() {
+        let e: ApiError = RegistryError::NotFound("m".into()).into();
+        assert_eq!((e.status, e.kind), (StatusCode::NOT_FOUND, "not_found"));
+        let e: ApiError = RegistryError::Unauthorized("x".into()).into();
+        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
     }
 }

@@ -6,12 +6,13 @@
 //! own modules.
 
 use crate::error::ApiError;
-use crate::AppState;
+use crate::{AppState, InferenceState};
 use axum::body::{Body, Bytes};
 use axum::http::HeaderMap;
 use futures_util::stream::{self, Stream, StreamExt};
+use hangar_engine::prompt::{self, Collector, Completion, Prompt};
 use hangar_engine::sampler::SamplingParams;
-use hangar_engine::{GenerateRequest, ModelInfo, TokenEvent};
+use hangar_engine::{Finish, GenerateRequest, ModelInfo, TokenEvent};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -35,6 +36,9 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
         }
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if crate::server::is_body_timeout(&e) {
+            return ApiError::body_timeout();
+        }
         let msg = format!("{e}");
         let too_large = std::error::Error::source(&e)
             .map(|s| s.to_string().contains("length limit"))
@@ -253,27 +257,7 @@ impl Validated {
         default_max: Option<usize>,
         info: &ModelInfo,
     ) -> Result<GenerateRequest, ApiError> {
-        let limit = info.max_model_len;
-        if prompt.is_empty() {
-            return Err(ApiError::param("prompt", "the prompt is empty"));
-        }
-        if prompt.len() >= limit {
-            return Err(ApiError::context_length(format!(
-                "this model's maximum context length is {limit} tokens, but the prompt has {} tokens; shorten it",
-                prompt.len()
-            )));
-        }
-        let room = limit - prompt.len();
-        let max_tokens = match self.max_tokens {
-            Some(m) if m > room => {
-                return Err(ApiError::context_length(format!(
-                    "this model's maximum context length is {limit} tokens, but {} prompt tokens plus max_tokens {m} exceed it; lower max_tokens to at most {room}",
-                    prompt.len()
-                )))
-            }
-            Some(m) => m,
-            None => default_max.unwrap_or(room).min(room),
-        };
+        let max_tokens = prompt::fit_max_tokens(info, prompt.len(), self.max_tokens, default_max)?;
         let mut sampling = self.sampling.clone();
         crate::sampling::set_seed(
             &mut sampling,
@@ -289,6 +273,20 @@ impl Validated {
             logprobs: self.logprobs,
             skip_special_tokens: self.skip_special_tokens,
         })
+    }
+}
+
+/// Tokenizes a client's prompt with the server's text encoding (the engine's request
+/// API does the work).
+pub fn encode(state: &InferenceState, p: Prompt) -> Result<Vec<u32>, ApiError> {
+    Ok(prompt::encode(state.engine(), p, state.text_encoding())?)
+}
+
+/// `finish_reason` of both APIs.
+pub fn finish_reason(f: Finish) -> &'static str {
+    match f {
+        Finish::Stop => "stop",
+        Finish::Length => "length",
     }
 }
 
@@ -367,26 +365,30 @@ pub fn merge(choices: Vec<ChoiceStream>) -> Merged {
     stream::select_all(streams).boxed()
 }
 
-/// Submits every request; on any refusal the already-submitted ones are dropped
-/// (which cancels them).
+/// Submits every request or none (the engine's request API), each choice's stream
+/// wrapped for metrics.
 pub fn submit_all(
-    state: &Arc<AppState>,
+    state: &InferenceState,
     reqs: Vec<GenerateRequest>,
 ) -> Result<Vec<ChoiceStream>, ApiError> {
-    if !state.engine.is_alive() {
-        return Err(ApiError::unavailable("the engine has stopped"));
-    }
-    let waiting = state.engine.stats().waiting;
-    if waiting + reqs.len() > state.cfg.max_queue {
-        return Err(ApiError::unavailable(format!(
-            "the server is overloaded ({waiting} requests waiting); retry later"
-        )));
-    }
     let start = Instant::now();
-    let mut out = Vec::with_capacity(reqs.len());
-    for (i, r) in reqs.into_iter().enumerate() {
-        let (_, rx) = state.engine.submit(r)?;
-        out.push(ChoiceStream::new(i, rx, state.clone(), start));
+    let streams = prompt::submit_all(state.engine(), reqs, state.app.cfg.max_queue)?;
+    Ok(streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, rx)| ChoiceStream::new(i, rx, state.app.clone(), start))
+        .collect())
+}
+
+/// Waits for every choice and returns their final results in order.
+pub async fn collect(
+    choices: Vec<ChoiceStream>,
+    keep_tokens: bool,
+) -> Result<Vec<Completion>, ApiError> {
+    let mut c = Collector::new(choices.len(), keep_tokens);
+    let mut merged = merge(choices);
+    while let Some((i, ev)) = merged.next().await {
+        c.push(i, ev)?;
     }
-    Ok(out)
+    Ok(c.finish()?)
 }

@@ -1,68 +1,128 @@
 //! hangar-serve: the HTTP edge of `hangar serve` — OpenAI-compatible API, KServe V2 /
-//! Open Inference Protocol, health, Prometheus metrics, API keys and request limits.
+//! Open Inference Protocol, the registry API, health, Prometheus metrics, API keys and
+//! request limits.
 //!
-//! Parses and validates requests into `hangar_engine` requests and streams the
-//! engine's token events back; never touches kernels or model internals.
+//! Every protocol module is a thin adapter over a service ([`Services`]): inference
+//! (an [`Engine`] and the model's name) and the model registry. A service that is absent
+//! (`hangar serve --no-model`) has its routes unmounted; health and metrics always
+//! answer. Never touches kernels or model internals.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use hangar_engine::{Engine, EngineConfig, LoadedModel};
-//! use hangar_serve::{AppState, ServeConfig};
+//! use hangar_serve::{AppState, ServeConfig, Services};
 //! let engine = Engine::start(LoadedModel::load("model.gguf", 2).unwrap(), EngineConfig::default()).unwrap();
-//! let state = AppState::new(engine, ServeConfig::new("gemma"));
+//! let state = AppState::new(Services::default().with_inference(engine, "gemma"), ServeConfig::default());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! hangar_serve::serve(listener, state, hangar_serve::shutdown_signal()).await
 //! # }
 //! ```
 
+mod auth;
 pub mod error;
 pub mod gen;
+mod health;
 pub mod kserve;
 pub mod metrics;
 pub mod openai;
+pub mod registry_api;
 mod sampling;
+mod server;
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::response::Response;
 use axum::Router;
-use error::ApiError;
+use error::{ApiError, ApiFormat};
 use hangar_engine::Engine;
+use hangar_registry::Registry;
 use metrics::Metrics;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// Server options.
+/// Server options (the services themselves are in [`Services`]).
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// The name clients use for the model (`model` field, `/v2/models/{name}`).
-    pub model_name: String,
-    /// Accepted bearer tokens; empty = no authentication.
+    /// Accepted bearer tokens; empty = no authentication (registry routes still check
+    /// registry tokens when the registry has any).
     pub api_keys: Vec<String>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Requests waiting for admission beyond which new ones get 503.
     pub max_queue: usize,
+    /// Time a client has to send a request head, from the first byte of a request or
+    /// the end of the previous one (so it is also the keep-alive idle timeout).
+    pub header_timeout: Duration,
+    /// Time a client has to send the whole body once the head has arrived.
+    pub body_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// On shutdown, how long in-flight requests may take before their connections are
+    /// closed anyway.
+    pub shutdown_timeout: Duration,
+    /// Read special-token text in text prompts (OpenAI `prompt`, KServe `text_input`)
+    /// as special tokens. Off by default, so clients cannot forge control tokens such
+    /// as chat turn markers; the old behaviour for operators who need it.
+    pub allow_special_in_prompt: bool,
 }
 
-impl ServeConfig {
-    pub fn new(model_name: impl Into<String>) -> Self {
+impl Default for ServeConfig {
+    fn default() -> Self {
         ServeConfig {
-            model_name: model_name.into(),
             api_keys: Vec::new(),
             max_body_bytes: 2 << 20,
             max_queue: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            shutdown_timeout: Duration::from_secs(30),
+            allow_special_in_prompt: false,
         }
+    }
+}
+
+/// The inference service: a running engine and the name clients call its model by.
+pub struct Inference {
+    pub engine: Engine,
+    /// The name clients use for the model (`model` field, `/v2/models/{name}`).
+    pub model_name: String,
+}
+
+/// The registry behind `/v1/registry/...`, shared between request handlers.
+pub type SharedRegistry = Arc<Mutex<Registry>>;
+
+/// The services a server fronts; each is optional and its routes are mounted only when
+/// it is present. Tracking, vector search and monitoring join here later.
+#[derive(Default)]
+pub struct Services {
+    pub inference: Option<Inference>,
+    pub registry: Option<Registry>,
+}
+
+impl Services {
+    /// Adds the inference service.
+    pub fn with_inference(mut self, engine: Engine, model_name: impl Into<String>) -> Self {
+        self.inference = Some(Inference {
+            engine,
+            model_name: model_name.into(),
+        });
+        self
+    }
+
+    /// Adds the registry service.
+    pub fn with_registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
     }
 }
 
 /// Shared by every handler.
 pub struct AppState {
-    pub engine: Engine,
     pub cfg: ServeConfig,
+    pub inference: Option<Arc<Inference>>,
+    pub registry: Option<SharedRegistry>,
     pub metrics: Metrics,
     /// False once shutdown has begun (readiness probes then fail).
     pub ready: AtomicBool,
@@ -72,10 +132,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(engine: Engine, cfg: ServeConfig) -> Arc<Self> {
+    pub fn new(services: Services, cfg: ServeConfig) -> Arc<Self> {
         Arc::new(AppState {
-            engine,
             cfg,
+            inference: services.inference.map(Arc::new),
+            registry: services.registry.map(|r| Arc::new(Mutex::new(r))),
             metrics: Metrics::default(),
             ready: AtomicBool::new(true),
             started: std::time::SystemTime::now()
@@ -85,45 +146,35 @@ impl AppState {
             next_request: AtomicU64::new(0),
         })
     }
-}
 
-/// Routes that answer without an API key (probes and scrapes).
-fn is_public(path: &str) -> bool {
-    matches!(
-        path,
-        "/v2/health/live" | "/v2/health/ready" | "/health" | "/metrics"
-    )
-}
-
-/// Constant-time comparison, so a key cannot be guessed byte by byte from timings.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if state.cfg.api_keys.is_empty() || is_public(req.uri().path()) {
-        return next.run(req).await;
+    /// Ready for traffic: not shutting down, and the engine (if any) is running.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+            && self.inference.as_ref().is_none_or(|i| i.engine.is_alive())
     }
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    match token {
-        Some(t)
-            if state
-                .cfg
-                .api_keys
-                .iter()
-                .any(|k| same(k.as_bytes(), t.as_bytes())) =>
-        {
-            next.run(req).await
+}
+
+/// What inference handlers see: the server state and the inference service, present by
+/// construction (these routes are mounted only when it exists).
+#[derive(Clone)]
+pub struct InferenceState {
+    pub app: Arc<AppState>,
+    pub service: Arc<Inference>,
+}
+
+impl InferenceState {
+    pub fn engine(&self) -> &Engine {
+        &self.service.engine
+    }
+    pub fn model_name(&self) -> &str {
+        &self.service.model_name
+    }
+    /// How client text is tokenized: as plain text unless the operator allowed
+    /// special tokens in prompts.
+    pub fn text_encoding(&self) -> hangar_engine::TextEncoding {
+        hangar_engine::TextEncoding {
+            parse_special: self.app.cfg.allow_special_in_prompt,
         }
-        _ => ApiError::unauthorized().into_response(),
     }
 }
 
@@ -138,6 +189,7 @@ fn route_label(path: &str) -> &'static str {
         "/v2/health/ready" => "/v2/health/ready",
         "/health" => "/health",
         "/metrics" => "/metrics",
+        p if p.starts_with("/v1/registry/") => "/v1/registry",
         p if p.starts_with("/v2/models/") => {
             if p.ends_with("/infer") {
                 "/v2/models/{name}/infer"
@@ -162,108 +214,60 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
     resp
 }
 
-async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    let body = state
-        .metrics
-        .render(&state.cfg.model_name, &state.engine.stats());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
+/// Paths of the inference APIs (answered with a clear 404 when no model is served).
+fn is_inference_path(path: &str) -> bool {
+    matches!(path, "/v1/completions" | "/v1/chat/completions") || path.starts_with("/v2/models/")
 }
 
-async fn not_found() -> ApiError {
-    ApiError {
-        status: StatusCode::NOT_FOUND,
-        ..ApiError::bad_request(
-            "no such route; see /v1/models, /v1/completions, /v1/chat/completions, /v2, /metrics",
-        )
-    }
+async fn not_found(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let path = req.uri().path();
+    let message = if state.inference.is_none() && is_inference_path(path) {
+        format!("{path}: this server runs without a model (--no-model), so the inference APIs are not mounted; start `hangar serve --model ...` to serve one")
+    } else if state.registry.is_none() && path.starts_with("/v1/registry") {
+        format!("{path}: the registry API is not mounted on this server (--no-registry-api, or the registry could not be opened)")
+    } else {
+        format!("no such route: {path}; see /v1/models, /v1/completions, /v1/chat/completions, /v2, /v1/registry/models, /metrics")
+    };
+    ApiError::not_found(message).render(ApiFormat::of_path(path))
 }
 
-/// Every route, with auth and request counting.
+/// Every route of the services present, behind one auth layer and request counting.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/v1/models", get(openai::models))
-        .route("/v1/completions", post(openai::completions))
-        .route("/v1/chat/completions", post(openai::chat))
-        .route("/v2", get(kserve::server_metadata))
-        .route("/v2/health/live", get(kserve::live))
-        .route("/v2/health/ready", get(kserve::ready))
-        .route("/health", get(kserve::ready))
-        .route("/v2/models/{name}", get(kserve::model_metadata))
-        .route(
-            "/v2/models/{name}/versions/{version}",
-            get(model_metadata_versioned),
-        )
-        .route("/v2/models/{name}/ready", get(kserve::model_ready))
-        .route("/v2/models/{name}/infer", post(kserve::infer))
-        .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            post(infer_versioned),
-        )
-        .route("/v2/models/{name}/generate", post(kserve::generate))
-        .route(
-            "/v2/models/{name}/generate_stream",
-            post(kserve::generate_stream),
-        )
-        .route("/metrics", get(metrics_text))
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), auth))
+    let mut app = health::routes(state.clone());
+    if let Some(service) = &state.inference {
+        let inf = InferenceState {
+            app: state.clone(),
+            service: service.clone(),
+        };
+        app = app
+            .merge(openai::routes(inf.clone()))
+            .merge(kserve::routes(inf));
+    }
+    if let Some(reg) = &state.registry {
+        app = app.merge(registry_api::routes(state.clone(), reg.clone()));
+    }
+    app.fallback_service(axum::routing::any(not_found).with_state(state.clone()))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,
         ))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state, server::body_deadline))
 }
 
-async fn model_metadata_versioned(
-    st: State<Arc<AppState>>,
-    axum::extract::Path((name, _v)): axum::extract::Path<(String, String)>,
-) -> Result<axum::Json<serde_json::Value>, error::KsError> {
-    kserve::model_metadata(st, axum::extract::Path(name)).await
-}
-
-async fn infer_versioned(
-    st: State<Arc<AppState>>,
-    axum::extract::Path((name, _v)): axum::extract::Path<(String, String)>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Body,
-) -> Result<Response, error::KsError> {
-    kserve::infer(st, axum::extract::Path(name), headers, body).await
-}
-
-/// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
-/// (streams included) finish, and returns.
+/// Serves until `shutdown` resolves, then stops accepting, marks the server not ready,
+/// lets in-flight requests (streams included) finish, and returns once they have or
+/// once `cfg.shutdown_timeout` has passed (closing whatever connections remain).
+///
+/// Connections beyond `cfg.max_connections` wait in the listen backlog; a client that
+/// is slower than `cfg.header_timeout` / `cfg.body_timeout` is disconnected.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with(listener, state, Router::new(), shutdown).await
-}
-
-/// As [`serve`], with more routes mounted beside the inference APIs (the registry's
-/// HTTP API); those routes bring their own authentication.
-pub async fn serve_with(
-    listener: tokio::net::TcpListener,
-    state: Arc<AppState>,
-    extra: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let st = state.clone();
-    let signal = async move {
-        shutdown.await;
-        st.ready.store(false, Ordering::Relaxed);
-        tracing::info!("shutting down: draining in-flight requests");
-    };
-    axum::serve(listener, extra.merge(router(state)))
-        .with_graceful_shutdown(signal)
-        .await
+    let app = router(state.clone());
+    server::run(listener, state, app, shutdown).await
 }
 
 /// Binds `addr`, serves on a small tokio runtime of its own until SIGTERM / Ctrl-C,
@@ -271,16 +275,6 @@ pub async fn serve_with(
 pub fn serve_blocking(
     state: Arc<AppState>,
     addr: &str,
-    on_listening: impl FnOnce(std::net::SocketAddr),
-) -> std::io::Result<()> {
-    serve_blocking_with(state, addr, Router::new(), on_listening)
-}
-
-/// As [`serve_blocking`], with `extra` routes mounted (see [`serve_with`]).
-pub fn serve_blocking_with(
-    state: Arc<AppState>,
-    addr: &str,
-    extra: Router,
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -291,7 +285,7 @@ pub fn serve_blocking_with(
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         on_listening(listener.local_addr()?);
-        serve_with(listener, state, extra, shutdown_signal()).await
+        serve(listener, state, shutdown_signal()).await
     })
 }
 

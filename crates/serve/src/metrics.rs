@@ -105,8 +105,9 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text exposition of everything, with the engine's current stats.
-    pub fn render(&self, model: &str, e: &EngineStats) -> String {
+    /// Prometheus text exposition of everything; `engine` (the served model's name and
+    /// the engine's current stats) is absent on a server without a model.
+    pub fn render(&self, engine: Option<(&str, &EngineStats)>) -> String {
         let mut out = String::with_capacity(8192);
         out.push_str("# HELP hangar_requests_total HTTP requests answered, by route and status.\n# TYPE hangar_requests_total counter\n");
         if let Ok(m) = self.requests.lock() {
@@ -118,6 +119,14 @@ impl Metrics {
                 );
             }
         }
+        if let Some((model, e)) = engine {
+            self.render_inference(&mut out, model, e);
+        }
+        out
+    }
+
+    /// The inference gauges, counters and latency histograms.
+    fn render_inference(&self, out: &mut String, model: &str, e: &EngineStats) {
         let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
             let _ = writeln!(
                 out,
@@ -133,13 +142,13 @@ impl Metrics {
             );
         };
         gauge(
-            &mut out,
+            out,
             "hangar_queue_depth",
             "Requests waiting for admission.",
             e.waiting as f64,
         );
         gauge(
-            &mut out,
+            out,
             "hangar_running_sequences",
             "Sequences in the running batch.",
             e.running as f64,
@@ -147,31 +156,31 @@ impl Metrics {
         let total = e.kv_blocks_total();
         let used = e.kv_blocks_used();
         gauge(
-            &mut out,
+            out,
             "hangar_kv_blocks_total",
             "KV cache blocks, all layer groups.",
             total as f64,
         );
         gauge(
-            &mut out,
+            out,
             "hangar_kv_blocks_used",
             "KV cache blocks held by sequences.",
             used as f64,
         );
         gauge(
-            &mut out,
+            out,
             "hangar_kv_blocks_free",
             "KV cache blocks not held by any sequence (free or cached).",
             (total - used) as f64,
         );
         gauge(
-            &mut out,
+            out,
             "hangar_kv_blocks_cached",
             "Unreferenced KV blocks kept for prefix reuse.",
             e.kv.iter().map(|u| u.cached).sum::<usize>() as f64,
         );
         gauge(
-            &mut out,
+            out,
             "hangar_kv_usage_ratio",
             "Fraction of KV blocks held by sequences.",
             if total == 0 {
@@ -181,69 +190,68 @@ impl Metrics {
             },
         );
         counter(
-            &mut out,
+            out,
             "hangar_prefix_cache_queries_total",
             "Prompt tokens looked up in the prefix cache.",
             e.prefix_queried_tokens,
         );
         counter(
-            &mut out,
+            out,
             "hangar_prefix_cache_hits_total",
             "Prompt tokens served from the prefix cache.",
             e.prefix_hit_tokens,
         );
         gauge(
-            &mut out,
+            out,
             "hangar_prefix_cache_hit_rate",
             "Prefix cache hits / queries, in tokens.",
             e.prefix_hit_rate(),
         );
         counter(
-            &mut out,
+            out,
             "hangar_preemptions_total",
             "Sequences preempted (blocks freed, recomputed later).",
             e.preemptions,
         );
         counter(
-            &mut out,
+            out,
             "hangar_engine_steps_total",
             "Model steps run by the engine loop.",
             e.steps,
         );
         counter(
-            &mut out,
+            out,
             "hangar_prompt_tokens_total",
             "Prompt tokens of finished requests.",
             self.prompt_tokens.load(Ordering::Relaxed),
         );
         counter(
-            &mut out,
+            out,
             "hangar_generation_tokens_total",
             "Tokens generated.",
             self.generation_tokens.load(Ordering::Relaxed),
         );
         counter(
-            &mut out,
+            out,
             "hangar_cancelled_requests_total",
             "Requests whose client went away before the end.",
             self.cancelled.load(Ordering::Relaxed),
         );
         self.ttft.render(
-            &mut out,
+            out,
             "hangar_time_to_first_token_seconds",
             "Time from request to its first generated token.",
         );
         self.itl.render(
-            &mut out,
+            out,
             "hangar_inter_token_latency_seconds",
             "Time between consecutive tokens of a request.",
         );
         self.e2e.render(
-            &mut out,
+            out,
             "hangar_e2e_request_latency_seconds",
             "Time from request to its last token.",
         );
-        out
     }
 }
 
@@ -259,11 +267,20 @@ mod tests {
         m.ttft.observe(100.0);
         m.request("/v1/completions", 200);
         m.request("/v1/completions", 200);
-        let text = m.render("x", &EngineStats::default());
+        let text = m.render(Some(("x", &EngineStats::default())));
         assert!(text.contains("hangar_time_to_first_token_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("hangar_time_to_first_token_seconds_bucket{le=\"0.2\"} 2"));
         assert!(text.contains("hangar_time_to_first_token_seconds_bucket{le=\"+Inf\"} 3"));
         assert!(text.contains("hangar_requests_total{route=\"/v1/completions\",status=\"200\"} 2"));
         assert!(text.contains("hangar_kv_blocks_free{model=\"x\"} 0"));
+    }
+
+    #[test]
+    fn without_a_model_only_request_counters_are_rendered() {
+        let m = Metrics::default();
+        m.request("/health", 200);
+        let text = m.render(None);
+        assert!(text.contains("hangar_requests_total{route=\"/health\",status=\"200\"} 1"));
+        assert!(!text.contains("hangar_kv_blocks_total"));
     }
 }

@@ -1,0 +1,144 @@
+//! The one auth layer of every route: API keys (`--api-key`) and registry tokens,
+//! composed. Decides who the caller is and refuses unknown callers; what a caller may
+//! do (registry roles) stays the registry's decision.
+//!
+//! With API keys configured, every route but health and metrics needs a credential: an
+//! API key (inference, and the registry as a reader) or a registry token (its role on
+//! the registry; any role on inference). Without API keys, inference is open and the
+//! registry applies its own rules to the bearer token, as the command line does.
+
+use crate::error::{ApiError, ApiFormat};
+use crate::AppState;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::Response;
+use hangar_registry::{Principal, Role};
+use std::sync::Arc;
+
+/// Who the auth layer let through; registry handlers read it from the request's
+/// extensions to pick the principal.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// No API keys are configured: the bearer (if any) is passed on unchecked, and the
+    /// registry judges it.
+    Open { bearer: Option<String> },
+    /// A configured API key.
+    ApiKey,
+    /// A registry token, already resolved.
+    RegistryToken(Principal),
+}
+
+impl Caller {
+    /// The registry principal of an API key: it may read the catalog, not change it.
+    pub fn api_key_principal() -> Principal {
+        Principal {
+            name: "api-key".into(),
+            role: Role::Reader,
+        }
+    }
+}
+
+/// Routes that answer without a credential (probes and scrapes).
+pub fn is_public(path: &str) -> bool {
+    matches!(
+        path,
+        "/v2/health/live" | "/v2/health/ready" | "/health" | "/metrics"
+    )
+}
+
+/// Constant-time comparison, so a key cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The `Authorization: Bearer` token, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+/// Resolves a registry token on a blocking thread (the registry is SQLite).
+async fn registry_principal(state: &AppState, token: String) -> Option<Principal> {
+    let reg = state.registry.clone()?;
+    tokio::task::spawn_blocking(move || {
+        let reg = reg.lock().unwrap_or_else(|e| e.into_inner());
+        reg.principal_for_network(Some(&token)).ok()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// The middleware: lets public routes through, identifies the caller, refuses with 401
+/// (in the route's API format) when keys are configured and no credential is valid.
+pub async fn require(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if is_public(path) {
+        return next.run(req).await;
+    }
+    let format = ApiFormat::of_path(path);
+    let token = bearer(req.headers());
+    let caller = if state.cfg.api_keys.is_empty() {
+        Caller::Open { bearer: token }
+    } else {
+        let Some(token) = token else {
+            return ApiError::unauthorized().render(format);
+        };
+        if state
+            .cfg
+            .api_keys
+            .iter()
+            .any(|k| same(k.as_bytes(), token.as_bytes()))
+        {
+            Caller::ApiKey
+        } else if let Some(p) = registry_principal(&state, token).await {
+            Caller::RegistryToken(p)
+        } else {
+            return ApiError::unauthorized().render(format);
+        }
+    };
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_from_either_case() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer abc ".parse().unwrap());
+        assert_eq!(bearer(&h).as_deref(), Some("abc"));
+        h.insert(header::AUTHORIZATION, "bearer xyz".parse().unwrap());
+        assert_eq!(bearer(&h).as_deref(), Some("xyz"));
+        h.insert(header::AUTHORIZATION, "Basic xyz".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn only_probes_and_metrics_are_public() {
+        for p in ["/health", "/v2/health/live", "/v2/health/ready", "/metrics"] {
+            assert!(is_public(p), "{p}");
+        }
+        for p in ["/v1/models", "/v1/registry/models", "/v2", "/v2/models/m"] {
+            assert!(!is_public(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn comparison_needs_equal_bytes() {
+        assert!(same(b"key", b"key"));
+        assert!(!same(b"key", b"kex"));
+        assert!(!same(b"key", b"keys"));
+    }
+}

@@ -1,0 +1,376 @@
+//! OpenAI-compatible endpoints: `GET /v1/models`, `POST /v1/completions`,
+//! `POST /v1/chat/completions`, streaming (SSE) or not.
+//!
+//! A thin adapter: unpacks the wire types, hands prompts to the engine's request API
+//! (`hangar_engine::prompt`, through `gen`), and wraps the results; no sampling or
+//! scheduling here.
+
+mod stream;
+pub mod types;
+
+use crate::error::ApiError;
+use crate::gen::{self, read_body, submit_all, SamplingOptions, Validated, MAX_CHOICES};
+use crate::{AppState, InferenceState};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use hangar_engine::chat::ChatMessage;
+use hangar_engine::{Completion, GenerateRequest, Prompt, Usage};
+use std::sync::Arc;
+use types::{
+    AssistantMessage, ChatChoice, ChatLogprobs, ChatRequest, Common, CompletionChoice,
+    CompletionLogprobs, CompletionRequest, Content, Envelope, Message, ModelCard, ModelList,
+    OneOrMany, PromptInput,
+};
+
+/// The inference routes of the OpenAI API (`/v1/models` is mounted with health, as it
+/// answers without a model too).
+pub(crate) fn routes(state: InferenceState) -> Router {
+    Router::new()
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat))
+        .with_state(state)
+}
+
+/// `GET /v1/models`: the served model, or nothing on a server without one.
+pub async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list",
+        data: state
+            .inference
+            .iter()
+            .map(|i| ModelCard {
+                id: i.model_name.clone(),
+                object: "model",
+                created: state.started,
+                owned_by: "hangar",
+                max_model_len: i.engine.info().max_model_len,
+            })
+            .collect(),
+    })
+}
+
+impl Common {
+    fn options(&self, logprobs: Option<i64>) -> SamplingOptions {
+        SamplingOptions {
+            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            stop: self
+                .stop
+                .clone()
+                .map(OneOrMany::into_vec)
+                .unwrap_or_default(),
+            stop_token_ids: self.stop_token_ids.clone().unwrap_or_default(),
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+            logit_bias: self
+                .logit_bias
+                .as_ref()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+                .unwrap_or_default(),
+            logprobs,
+            skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
+        }
+    }
+
+    fn n(&self) -> Result<usize, ApiError> {
+        match self.n {
+            None => Ok(1),
+            Some(n) if (1..=MAX_CHOICES as i64).contains(&n) => Ok(n as usize),
+            Some(n) => Err(ApiError::param(
+                "n",
+                format!("n must be between 1 and {MAX_CHOICES}, got {n}"),
+            )),
+        }
+    }
+
+    fn check_model(&self, state: &InferenceState) -> Result<String, ApiError> {
+        let served = state.model_name();
+        match self.model.as_deref() {
+            None | Some("") => Ok(served.to_string()),
+            Some(m) if m == served => Ok(m.to_string()),
+            Some(m) => Err(ApiError::model_not_found(m, served)),
+        }
+    }
+
+    fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn request_id(prefix: &str, state: &AppState) -> String {
+    let n = state
+        .next_request
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{:x}{n:06x}", state.started)
+}
+
+/// Which OpenAI API a job answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Completions,
+    Chat,
+}
+
+/// Everything needed to write the answer of one request.
+struct Job {
+    api: Api,
+    id: String,
+    model: String,
+    created: u64,
+    /// Per choice: prompt index (usage counts each prompt once).
+    prompt_of: Vec<usize>,
+    logprobs: bool,
+    echo: Vec<Option<String>>,
+}
+
+impl Job {
+    /// Total usage over choices; a prompt shared by `n` choices counts once.
+    fn sum_usage(&self, per_choice: impl Iterator<Item = (usize, Usage)>) -> Usage {
+        let mut total = Usage::default();
+        let mut seen = std::collections::HashSet::new();
+        for (i, u) in per_choice {
+            if seen.insert(self.prompt_of.get(i).copied().unwrap_or(i)) {
+                total.prompt_tokens += u.prompt_tokens;
+                total.cached_tokens += u.cached_tokens;
+            }
+            total.completion_tokens += u.completion_tokens;
+        }
+        total
+    }
+
+    fn envelope<C>(
+        &self,
+        object: &'static str,
+        choices: Vec<C>,
+        usage: Option<Option<Usage>>,
+    ) -> Envelope<C> {
+        Envelope {
+            id: self.id.clone(),
+            object,
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage: usage.map(|u| u.map(Into::into)),
+        }
+    }
+}
+
+/// `POST /v1/completions`
+pub async fn completions(
+    State(state): State<InferenceState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, state.app.cfg.max_body_bytes).await?;
+    let req: CompletionRequest = gen::parse_json(&bytes)?;
+    let model = req.common.check_model(&state)?;
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::param("suffix", "suffix is not supported"));
+    }
+    let n = req.common.n()?;
+    if let Some(b) = req.best_of {
+        if b != n as i64 {
+            return Err(ApiError::param(
+                "best_of",
+                "best_of other than n is not supported",
+            ));
+        }
+    }
+    let v = req
+        .common
+        .options(req.logprobs)
+        .validate(state.engine().info())?;
+    let prompts: Vec<Prompt> = match req.prompt {
+        PromptInput::Text(t) => vec![Prompt::Text(t)],
+        PromptInput::Texts(ts) => ts.into_iter().map(Prompt::Text).collect(),
+        PromptInput::Tokens(ids) => vec![Prompt::Tokens(ids)],
+        PromptInput::TokenLists(l) => l.into_iter().map(Prompt::Tokens).collect(),
+    };
+    if prompts.is_empty() {
+        return Err(ApiError::param("prompt", "the prompt list is empty"));
+    }
+    if prompts.len() * n > MAX_CHOICES {
+        return Err(ApiError::param(
+            "n",
+            format!("prompts × n must be at most {MAX_CHOICES}"),
+        ));
+    }
+    let echo = req.echo.unwrap_or(false);
+    let mut reqs = Vec::new();
+    let mut prompt_of = Vec::new();
+    let mut echoes = Vec::new();
+    for (pi, p) in prompts.into_iter().enumerate() {
+        let text = match &p {
+            Prompt::Text(t) if echo => Some(t.clone()),
+            _ => None,
+        };
+        let ids = gen::encode(&state, p)?;
+        let echoed =
+            echo.then(|| text.unwrap_or_else(|| state.engine().tokenizer().decode(&ids, false)));
+        for j in 0..n {
+            reqs.push(v.request(ids.clone(), j, Some(16), state.engine().info())?);
+            prompt_of.push(pi);
+            echoes.push(echoed.clone());
+        }
+    }
+    let job = Job {
+        api: Api::Completions,
+        id: request_id("cmpl", &state.app),
+        model,
+        created: now_secs(),
+        prompt_of,
+        logprobs: v.logprobs.is_some(),
+        echo: echoes,
+    };
+    run(&state, job, reqs, &req.common).await
+}
+
+/// Flattens OpenAI message content to text; anything but text parts is refused.
+fn message_text(m: Message, i: usize) -> Result<ChatMessage, ApiError> {
+    let role = match m.role.as_str() {
+        "developer" => "system".to_string(),
+        "system" | "user" | "assistant" | "tool" => m.role,
+        other => return Err(ApiError::param("messages", format!("messages[{i}].role {other:?} is not one of system, developer, user, assistant, tool"))),
+    };
+    let content = match m.content {
+        None => String::new(),
+        Some(Content::Text(t)) => t,
+        Some(Content::Parts(parts)) => {
+            let mut s = String::new();
+            for p in parts {
+                match (p.kind.as_str(), p.text) {
+                    ("text", Some(t)) => s.push_str(&t),
+                    (kind, _) => {
+                        return Err(ApiError::param("messages", format!("messages[{i}]: content part of type {kind:?} is not supported (text only)")))
+                    }
+                }
+            }
+            s
+        }
+    };
+    Ok(ChatMessage::new(role, content))
+}
+
+/// `POST /v1/chat/completions`
+pub async fn chat(
+    State(state): State<InferenceState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, state.app.cfg.max_body_bytes).await?;
+    let req: ChatRequest = gen::parse_json(&bytes)?;
+    let model = req.common.check_model(&state)?;
+    let n = req.common.n()?;
+    if req.messages.is_empty() {
+        return Err(ApiError::param("messages", "messages must not be empty"));
+    }
+    let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+        (true, k) => Some(k.unwrap_or(0)),
+        (false, Some(_)) => {
+            return Err(ApiError::param(
+                "top_logprobs",
+                "top_logprobs needs logprobs: true",
+            ))
+        }
+        (false, None) => None,
+    };
+    let v: Validated = req
+        .common
+        .options(logprobs)
+        .validate(state.engine().info())?;
+    let messages = req
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| message_text(m, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let prompt = gen::encode(&state, Prompt::Chat(messages))?;
+    let reqs = (0..n)
+        .map(|j| v.request(prompt.clone(), j, None, state.engine().info()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let job = Job {
+        api: Api::Chat,
+        id: request_id("chatcmpl", &state.app),
+        model,
+        created: now_secs(),
+        prompt_of: vec![0; n],
+        logprobs: v.logprobs.is_some(),
+        echo: vec![None; n],
+    };
+    run(&state, job, reqs, &req.common).await
+}
+
+async fn run(
+    state: &InferenceState,
+    job: Job,
+    reqs: Vec<GenerateRequest>,
+    common: &Common,
+) -> Result<Response, ApiError> {
+    let choices = submit_all(state, reqs)?;
+    if common.stream.unwrap_or(false) {
+        Ok(stream::response(job, choices, common.include_usage()))
+    } else {
+        let results = gen::collect(choices, job.logprobs).await?;
+        Ok(whole_response(&job, results))
+    }
+}
+
+/// The non-streamed answer.
+fn whole_response(job: &Job, results: Vec<Completion>) -> Response {
+    let usage = job.sum_usage(results.iter().map(|c| c.usage).enumerate());
+    match job.api {
+        Api::Completions => {
+            let choices = results
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| CompletionChoice {
+                    index: i,
+                    logprobs: job
+                        .logprobs
+                        .then(|| CompletionLogprobs::from_tokens(&c.tokens, 0)),
+                    text: match job.echo.get(i).cloned().flatten() {
+                        Some(p) => p + &c.text,
+                        None => c.text,
+                    },
+                    finish_reason: Some(gen::finish_reason(c.finish)),
+                })
+                .collect();
+            Json(job.envelope("text_completion", choices, Some(Some(usage)))).into_response()
+        }
+        Api::Chat => {
+            let choices = results
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| ChatChoice {
+                    index: i,
+                    logprobs: job.logprobs.then(|| ChatLogprobs::from_tokens(&c.tokens)),
+                    message: AssistantMessage {
+                        role: "assistant",
+                        content: c.text,
+                    },
+                    finish_reason: Some(gen::finish_reason(c.finish)),
+                })
+                .collect();
+            Json(job.envelope("chat.completion", choices, Some(Some(usage)))).into_response()
+        }
+    }
+}
