@@ -15,8 +15,17 @@ fuzz_target!(|data: &[u8]| {
     };
     for (key, v) in f.metadata() {
         let _ = (v.as_i64(), v.as_f64(), v.as_str(), v.type_name());
-        let _ = (f.get_usize(key), f.get_u32(key), f.get_f32(key), f.get_bool(key));
-        let _ = (f.get_str_array(key), f.get_f32_array(key), f.get_i64_array(key));
+        let _ = (
+            f.get_usize(key),
+            f.get_u32(key),
+            f.get_f32(key),
+            f.get_bool(key),
+        );
+        let _ = (
+            f.get_str_array(key),
+            f.get_f32_array(key),
+            f.get_i64_array(key),
+        );
     }
     for t in f.tensors() {
         assert_eq!(f.tensor_data(t).len() as u64, t.size);

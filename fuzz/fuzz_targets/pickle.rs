@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
         let head = &data[..end as usize];
         let again = hangar_registry::safety::is_pickle_stream(&mut &head[..], end)
             .expect("reading from memory cannot fail");
-        assert_eq!(again, Some(end), "the verdict depends on bytes after the deciding opcode");
+        assert_eq!(
+            again,
+            Some(end),
+            "the verdict depends on bytes after the deciding opcode"
+        );
     }
     let _ = hangar_registry::safety::looks_like_pickle(data);
 });

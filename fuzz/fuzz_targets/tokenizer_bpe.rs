@@ -39,8 +39,17 @@ fn tokenizers() -> &'static Vec<(Tokenizer, bool)> {
     static T: OnceLock<Vec<(Tokenizer, bool)>> = OnceLock::new();
     T.get_or_init(|| {
         let merges: Vec<String> = [
-            ("t", "h"), ("th", "e"), (" ", "the"), ("i", "n"), (" ", "in"), ("e", "r"),
-            ("o", "n"), ("1", "2"), ("12", "3"), ("\n", "\n"), (" ", " "),
+            ("t", "h"),
+            ("th", "e"),
+            (" ", "the"),
+            ("i", "n"),
+            (" ", "in"),
+            ("e", "r"),
+            ("o", "n"),
+            ("1", "2"),
+            ("12", "3"),
+            ("\n", "\n"),
+            (" ", " "),
         ]
         .iter()
         .map(|(a, b)| format!("{} {}", alphabet(a), alphabet(b)))
@@ -88,7 +97,12 @@ fuzz_target!(|data: &[u8]| {
             if !*lossless {
                 continue;
             }
-            assert_eq!(streamed, String::from_utf8_lossy(&full), "pre {:?}", t.pre());
+            assert_eq!(
+                streamed,
+                String::from_utf8_lossy(&full),
+                "pre {:?}",
+                t.pre()
+            );
             if !add_special && !parse_special {
                 assert_eq!(full, text.as_bytes(), "pre {:?}: ids {ids:?}", t.pre());
             }

@@ -31,9 +31,9 @@ fn tokenizer() -> &'static Tokenizer {
             add(&format!("<0x{b:02X}>"), TokenType::Byte);
         }
         for p in [
-            "▁", "▁t", "▁th", "▁the", "t", "h", "e", "he", "l", "ll", "o", "llo", "▁he",
-            "▁hello", "w", "r", "d", "or", "▁w", "▁wor", "▁world", "a", "n", "an", "▁an",
-            "é", "日", "本", "日本", "▁▁", "\n", "1", "2", "12",
+            "▁", "▁t", "▁th", "▁the", "t", "h", "e", "he", "l", "ll", "o", "llo", "▁he", "▁hello",
+            "w", "r", "d", "or", "▁w", "▁wor", "▁world", "a", "n", "an", "▁an", "é", "日", "本",
+            "日本", "▁▁", "\n", "1", "2", "12",
         ] {
             add(p, TokenType::Normal);
         }
