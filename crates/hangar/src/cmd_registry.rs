@@ -125,7 +125,8 @@ pub enum RegistryCmd {
         #[command(flatten)]
         opts: RegistryOpts,
     },
-    /// Check that every version's chunks exist (--deep: and re-hash them).
+    /// Check that every version's chunks exist and that cached copies changed on disk
+    /// still hold their bytes (--deep: re-hash every chunk, file and cached copy).
     Verify {
         #[arg(long)]
         deep: bool,
@@ -485,6 +486,12 @@ pub fn run_registry(cmd: RegistryCmd, home: Option<PathBuf>) -> Result<()> {
         RegistryCmd::Resolve { reference, opts } => {
             let (reg, who) = open(home, &opts)?;
             let out = reg.resolve(&who, &reference)?;
+            for p in &out.repaired {
+                eprintln!(
+                    "warning: the cached copy {} did not hold its recorded bytes; re-exported it from the store",
+                    p.display()
+                );
+            }
             print(opts.json, &out, || {
                 out.primary
                     .as_ref()
@@ -516,8 +523,8 @@ pub fn run_registry(cmd: RegistryCmd, home: Option<PathBuf>) -> Result<()> {
             let r = reg.verify(&who, deep)?;
             print(opts.json, &r, || {
                 let mut s = format!(
-                    "{} versions, {} files, {} chunks checked",
-                    r.versions, r.files, r.chunks_checked
+                    "{} versions, {} files, {} chunks and {} cached copies checked",
+                    r.versions, r.files, r.chunks_checked, r.cached_files_checked
                 );
                 for p in &r.problems {
                     s += &format!("\nproblem: {p}");
