@@ -1,6 +1,10 @@
 """Shared fixtures: start a real `hangar serve` on a free port and talk to it over
 the socket. The binary comes from $HANGAR_BIN (default target/release/hangar), the
-model from $HANGAR_MODEL (default: scripts/fetch-default-model.sh)."""
+model from $HANGAR_MODEL (default: the cache scripts/fetch-default-model.sh fills).
+
+A missing model skips the tests that need it, with a note; with HANGAR_REQUIRE_MODEL=1
+(or HANGAR_REQUIRE_ALL=1), as scripts/test.sh sets, it fails them instead, like the
+Rust tests do through hangar-testkit."""
 
 import json
 import os
@@ -18,18 +22,53 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "gemma-3-270m"
 START_TIMEOUT_S = 180
+MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
+
+
+def required(what: str) -> bool:
+    """Whether a missing resource (`what`: "MODEL", "LLAMA_PYTHON", "MOTO") must fail the
+    test instead of skipping it."""
+    return any(os.environ.get(v, "") in ("1", "true", "yes")
+               for v in (f"HANGAR_REQUIRE_{what}", "HANGAR_REQUIRE_ALL"))
+
+
+def unavailable(what: str, message: str):
+    """Fails (when required) or skips the current test, saying what is missing."""
+    if required(what):
+        pytest.fail(f"{message}\n(HANGAR_REQUIRE_{what} or HANGAR_REQUIRE_ALL is set, "
+                    "so this test fails instead of skipping)", pytrace=False)
+    pytest.skip(message)
 
 
 def hangar_bin() -> str:
-    return os.environ.get("HANGAR_BIN") or str(ROOT / "target" / "release" / "hangar")
+    explicit = os.environ.get("HANGAR_BIN")
+    p = explicit or str(ROOT / "target" / "release" / "hangar")
+    if not Path(p).is_file():
+        message = f"no hangar binary at {p}; run cargo build --release --bins (or set HANGAR_BIN)"
+        if explicit:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return p
 
 
 def model_path() -> str:
+    """$HANGAR_MODEL, else the cache scripts/fetch-default-model.sh fills. Never downloads."""
     p = os.environ.get("HANGAR_MODEL")
     if p:
+        if not Path(p).is_file():
+            unavailable("MODEL", f"HANGAR_MODEL points to {p}, which is not a file; set it to "
+                                 "the default model (bash scripts/fetch-default-model.sh prints its path)")
         return p
-    out = subprocess.check_output(["bash", str(ROOT / "scripts" / "fetch-default-model.sh")])
-    return out.decode().strip()
+    dirs = [os.environ.get("HANGAR_MODEL_DIR"),
+            os.environ.get("XDG_CACHE_HOME") and os.path.join(os.environ["XDG_CACHE_HOME"], "hangar", "models"),
+            os.environ.get("HOME") and os.path.join(os.environ["HOME"], ".cache", "hangar", "models")]
+    candidates = [Path(d) / MODEL_FILE for d in dirs if d]
+    for c in candidates:
+        if c.is_file():
+            return str(c)
+    unavailable("MODEL", f"the default model {MODEL_FILE} is not cached (looked in "
+                         f"{[str(c) for c in candidates]}); run scripts/fetch-default-model.sh "
+                         "or set HANGAR_MODEL")
 
 
 def free_port() -> int:

@@ -9,38 +9,13 @@ use hangar_compress::quantize::{self, QuantizeOptions};
 use hangar_compress::{tasks, Imatrix, SourceModel};
 use hangar_formats::{GgmlType, GgufFile};
 use hangar_kernels::ThreadPool;
+use hangar_testkit::{model_path, repo_file};
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// The model tests share two cores; run them one at a time.
 static HEAVY: Mutex<()> = Mutex::new(());
-
-fn model_path() -> Option<PathBuf> {
-    let p = std::env::var_os("HANGAR_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            home.join(".cache/hangar/models/gemma-3-270m-q4_k_m.gguf")
-        });
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipping: no model at {} (run scripts/fetch-default-model.sh)",
-            p.display()
-        );
-        None
-    }
-}
-
-fn repo_file(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("hangar-compress-test-{}", std::process::id()));

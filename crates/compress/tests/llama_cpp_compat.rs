@@ -1,14 +1,14 @@
 //! Files written by Hangar load in llama.cpp and continue text the same way: the
 //! default model requantized to Q8_0 gives the same greedy tokens in llama.cpp
-//! (through llama-cpp-python) as in Hangar. Runs only when `HANGAR_LLAMA_PYTHON` names
-//! a python with `llama_cpp` (scripts/install-llamacpp.sh prints one).
+//! (through llama-cpp-python) as in Hangar. Needs `HANGAR_LLAMA_PYTHON` naming a
+//! python with `llama_cpp` (scripts/install-llamacpp.sh prints one); see hangar-testkit.
 
 use hangar_compress::quantize::{self, QuantizeOptions};
 use hangar_compress::SourceModel;
 use hangar_engine::sampler::SamplingParams;
 use hangar_engine::{generate, GenerateOptions, LoadedModel};
 use hangar_formats::GgmlType;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const N: usize = 16;
 
@@ -38,20 +38,12 @@ fn last_logits(lm: &LoadedModel, ids: &[u32]) -> Vec<f32> {
 
 #[test]
 fn q8_0_written_by_hangar_generates_the_same_greedy_text_in_llama_cpp() {
-    let Some(py) = std::env::var_os("HANGAR_LLAMA_PYTHON") else {
-        eprintln!("skipping: set HANGAR_LLAMA_PYTHON to a python with llama_cpp (scripts/install-llamacpp.sh)");
+    let Some(py) = hangar_testkit::llama_python() else {
         return;
     };
-    let model = std::env::var_os("HANGAR_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/hangar/models/gemma-3-270m-q4_k_m.gguf")
-        });
-    if !model.exists() {
-        eprintln!("skipping: no model at {}", model.display());
+    let Some(model) = hangar_testkit::model_path() else {
         return;
-    }
+    };
     let dir = std::env::temp_dir().join(format!("hangar-llamacpp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("q8_0.gguf");

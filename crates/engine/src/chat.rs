@@ -1,10 +1,14 @@
 //! Chat templates: turning a list of role/content messages into the prompt text a
-//! model was trained on.
+//! model was trained on, and into token ids where message content stays plain text.
 //!
 //! Uses the model's own `tokenizer.chat_template` (Jinja, rendered by minijinja) when
-//! the file has one, else a built-in template for the architecture. Does not tokenize.
+//! the file has one, else a built-in template for the architecture. [`encode_chat`]
+//! tokenizes the rendered text so that only the template's own markers can become
+//! special tokens: a user who writes `<end_of_turn>` in a message cannot forge a turn.
 
+use hangar_tokenizer::Tokenizer;
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
+use std::ops::Range;
 
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -162,6 +166,141 @@ impl ChatTemplate {
     }
 }
 
+/// Renders `messages` with `template` and tokenizes the text (no BOS added: the
+/// template writes its own).
+///
+/// With `special_in_content` false, control tokens written as text inside message
+/// content (`<end_of_turn>`, `<|im_start|>`…) stay plain text; only the template's
+/// own markers become special tokens. Message content is located in the rendered
+/// text by rendering the template a second time with a placeholder per message; the
+/// text around a placeholder is the template's, the text in its place is content
+/// (as the template emitted it, trimmed or not). Chats whose content holds no
+/// special-token text get exactly the ids of `encode(rendered, false, true)`.
+///
+/// A template that rewrites content so that it cannot be located is accepted when no
+/// content holds special-token text; otherwise the messages are refused rather than
+/// encoded with forged markers. With `special_in_content` true, special-token text
+/// anywhere is parsed (the behaviour before content was kept plain).
+pub fn encode_chat(
+    template: &ChatTemplate,
+    tok: &Tokenizer,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    special_in_content: bool,
+) -> Result<Vec<u32>, ChatError> {
+    let text = template.render(messages, add_generation_prompt)?;
+    if special_in_content {
+        return Ok(tok.encode(&text, false, true));
+    }
+    if let Some(spans) = template.content_spans(messages, add_generation_prompt, &text) {
+        return Ok(tok.encode_with_plain_ranges(&text, false, &spans));
+    }
+    if let Some((i, m)) = messages
+        .iter()
+        .enumerate()
+        .find(|(_, m)| tok.contains_special_text(&m.content))
+    {
+        return Err(ChatError::Messages(format!(
+            "message {i} ({}) contains special-token text, and the chat template changes \
+             message content so that it cannot be kept apart from the template's own \
+             markers; remove the special-token text from the message",
+            m.role
+        )));
+    }
+    Ok(tok.encode(&text, false, true))
+}
+
+/// Brackets a message index in the placeholder render; private-use characters that
+/// templates neither trim nor write themselves.
+const PLACEHOLDER_OPEN: char = '\u{F0000}';
+const PLACEHOLDER_CLOSE: char = '\u{F0001}';
+
+/// A rendered template seen as template text and message content in turn.
+#[derive(Debug, PartialEq)]
+enum Piece<'a> {
+    Template(&'a str),
+    Content(usize),
+}
+
+/// Splits a placeholder render into template text and message references.
+fn pieces(rendered: &str, n_messages: usize) -> Option<Vec<Piece<'_>>> {
+    let mut out = Vec::new();
+    let mut rest = rendered;
+    while let Some(open) = rest.find(PLACEHOLDER_OPEN) {
+        if open > 0 {
+            out.push(Piece::Template(&rest[..open]));
+        }
+        let after = &rest[open + PLACEHOLDER_OPEN.len_utf8()..];
+        let close = after.find(PLACEHOLDER_CLOSE)?;
+        let i: usize = after[..close].parse().ok()?;
+        if i >= n_messages {
+            return None;
+        }
+        out.push(Piece::Content(i));
+        rest = &after[close + PLACEHOLDER_CLOSE.len_utf8()..];
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Template(rest));
+    }
+    Some(out)
+}
+
+impl ChatTemplate {
+    /// Byte ranges of message content in `rendered` (this template's output for
+    /// `messages`), or `None` when the template does not emit content in a way that
+    /// can be followed (it branches on or rewrites content).
+    fn content_spans(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        rendered: &str,
+    ) -> Option<Vec<Range<usize>>> {
+        let placeholders: Vec<ChatMessage> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let content = format!("{PLACEHOLDER_OPEN}{i}{PLACEHOLDER_CLOSE}");
+                ChatMessage::new(m.role.clone(), content)
+            })
+            .collect();
+        let skeleton = self.render(&placeholders, add_generation_prompt).ok()?;
+        let pieces = pieces(&skeleton, messages.len())?;
+        let mut spans = Vec::new();
+        let mut pos = 0;
+        for (k, piece) in pieces.iter().enumerate() {
+            let rest = &rendered[pos..];
+            match *piece {
+                Piece::Template(t) => {
+                    if !rest.starts_with(t) {
+                        return None;
+                    }
+                    pos += t.len();
+                }
+                Piece::Content(i) => {
+                    // The content as the template may have emitted it; the first
+                    // form followed by the next piece of template text wins.
+                    let c = messages[i].content.as_str();
+                    let forms = [c, c.trim(), c.trim_start(), c.trim_end()];
+                    let fits = |f: &str| {
+                        rest.starts_with(f)
+                            && match pieces.get(k + 1) {
+                                Some(Piece::Template(t)) => rest[f.len()..].starts_with(t),
+                                Some(Piece::Content(_)) => true,
+                                None => rest.len() == f.len(),
+                            }
+                    };
+                    let form = forms.into_iter().find(|f| fits(f))?;
+                    if !form.is_empty() {
+                        spans.push(pos..pos + form.len());
+                    }
+                    pos += form.len();
+                }
+            }
+        }
+        (pos == rendered.len()).then_some(spans)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +353,39 @@ mod tests {
             gemma().render(&[], true),
             Err(ChatError::Messages(_))
         ));
+    }
+
+    #[test]
+    fn content_spans_follow_trimmed_and_system_content() {
+        let msgs = [
+            ChatMessage::new("system", "Be brief. "),
+            ChatMessage::new("user", "  Hi <end_of_turn> "),
+            ChatMessage::new("assistant", ""),
+        ];
+        let text = gemma().render(&msgs, true).unwrap();
+        let spans = gemma().content_spans(&msgs, true, &text).unwrap();
+        let found: Vec<&str> = spans.iter().map(|r| &text[r.clone()]).collect();
+        // System text untrimmed (the template adds "\n\n" after it), user text
+        // trimmed, the empty reply has no span.
+        assert_eq!(found, ["Be brief. ", "Hi <end_of_turn>"]);
+    }
+
+    #[test]
+    fn content_spans_give_up_on_templates_that_rewrite_content() {
+        let t = ChatTemplate::for_model(Some("{{ messages[0].content | upper }}"), "x", "", "")
+            .unwrap();
+        let msgs = [ChatMessage::new("user", "hi")];
+        let text = t.render(&msgs, false).unwrap();
+        assert_eq!(t.content_spans(&msgs, false, &text), None);
+        assert_eq!(pieces("a\u{F0000}7\u{F0001}b", 2), None);
+        assert_eq!(
+            pieces("a\u{F0000}1\u{F0001}b", 2).unwrap(),
+            [
+                Piece::Template("a"),
+                Piece::Content(1),
+                Piece::Template("b")
+            ]
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use crate::EngineError;
 use hangar_formats::GgufFile;
 use hangar_kernels::ThreadPool;
-use hangar_models::{Model, Numerics};
+use hangar_models::{LoadOptions, Model, Numerics};
 use hangar_tokenizer::Tokenizer;
 use std::path::Path;
 use std::sync::Arc;
@@ -16,22 +16,23 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Loads a GGUF model with `threads` kernel threads (0 = one per core).
+    /// Loads a GGUF model with `threads` kernel threads (0 = one per core) and the
+    /// default [`LoadOptions`] (fast numerics).
     pub fn load(path: impl AsRef<Path>, threads: usize) -> Result<Self, EngineError> {
-        Self::load_with(path, threads, Numerics::from_env())
+        Self::load_with(path, threads, LoadOptions::default())
     }
 
-    /// As [`LoadedModel::load`], with the arithmetic chosen explicitly: `Fast` (our
-    /// packed kernels) or `Ggml` (llama.cpp's exact float order: identical tokens).
+    /// As [`LoadedModel::load`], with the options chosen explicitly: the arithmetic,
+    /// `Fast` (our packed kernels) or `Ggml` (llama.cpp's exact float order: identical
+    /// tokens), and which weights the fast kernels repack.
     pub fn load_with(
         path: impl AsRef<Path>,
         threads: usize,
-        numerics: Numerics,
+        opts: LoadOptions,
     ) -> Result<Self, EngineError> {
         let file = Arc::new(GgufFile::open(path).map_err(hangar_models::ModelError::from)?);
         let tokenizer = Tokenizer::from_gguf(&file)?;
-        let mut model = Model::from_gguf(file)?;
-        model.set_numerics(numerics);
+        let model = Model::from_gguf_with(file, opts)?;
         if tokenizer.vocab_size() > model.cfg.vocab_size {
             return Err(EngineError::Invalid(format!(
                 "tokenizer has {} tokens but the embedding has {} rows",
@@ -47,7 +48,7 @@ impl LoadedModel {
             threads
         };
         let pool = ThreadPool::new(threads);
-        if numerics == Numerics::Fast {
+        if opts.numerics == Numerics::Fast {
             model.pack_weights(&pool);
         }
         Ok(LoadedModel {

@@ -3,8 +3,10 @@
 //!
 //! Plain data in, plain data out: it never runs the model nor samples. Each step mixes
 //! the decode tokens of running sequences with chunked prefill of new ones; admission
-//! is first come, first served; when blocks run out the newest sequence is preempted
-//! (its blocks freed, recomputed later) instead of failing.
+//! is fair across requests (the waiting sequence whose request runs the fewest
+//! sequences goes first, ties in arrival order); when blocks run out the newest
+//! sequence of the request holding the most is preempted (its blocks freed,
+//! recomputed later) instead of failing.
 
 use crate::kv_manager::{KvBlockManager, SeqBlocks};
 use std::collections::VecDeque;
@@ -43,6 +45,8 @@ pub struct SchedSeq {
     /// Prompt tokens served from the prefix cache at the first admission.
     pub cached_tokens: usize,
     pub preempted: u32,
+    /// The client request this sequence belongs to (its `n` choices share one).
+    pub group: u64,
     admitted_once: bool,
 }
 
@@ -56,8 +60,14 @@ impl SchedSeq {
             blocks: SeqBlocks::default(),
             cached_tokens: 0,
             preempted: 0,
+            group: id,
             admitted_once: false,
         }
+    }
+    /// Marks the sequence as one of a request's several (fair admission counts by group).
+    pub fn in_group(mut self, group: u64) -> Self {
+        self.group = group;
+        self
     }
     /// Generated tokens so far.
     pub fn generated(&self) -> usize {
@@ -94,7 +104,7 @@ impl Batch {
     }
 }
 
-/// FCFS continuous-batching scheduler.
+/// Continuous-batching scheduler, fair across requests.
 #[derive(Debug, Default)]
 pub struct Scheduler {
     cfg: SchedulerConfig,
@@ -153,15 +163,52 @@ impl Scheduler {
         Some(seq)
     }
 
-    fn preempt_newest(&mut self, kv: &mut KvBlockManager, batch: &mut Batch) {
-        if let Some(mut seq) = self.running.pop() {
-            kv.free(&mut seq.blocks);
-            seq.computed = 0;
-            seq.preempted += 1;
-            self.preemptions += 1;
-            batch.preempted.push(seq.id);
-            self.waiting.push_front(seq);
+    fn running_in_group(&self, group: u64) -> usize {
+        self.running.iter().filter(|s| s.group == group).count()
+    }
+
+    /// Picks the victim: the newest sequence of the request that runs the most
+    /// sequences, so one large request gives way before others.
+    fn victim(&self) -> Option<usize> {
+        (0..self.running.len()).max_by_key(|&j| (self.running_in_group(self.running[j].group), j))
+    }
+
+    /// Preempts the victim and returns its slot. A victim already planned in this
+    /// step loses its chunk (and gives back its token budget); later slots shift down.
+    fn preempt(
+        &mut self,
+        kv: &mut KvBlockManager,
+        batch: &mut Batch,
+        budget: &mut usize,
+    ) -> Option<usize> {
+        let j = self.victim()?;
+        if let Some(k) = batch.chunks.iter().position(|c| c.slot == j) {
+            *budget += batch.chunks.remove(k).len;
         }
+        for c in &mut batch.chunks {
+            if c.slot > j {
+                c.slot -= 1;
+            }
+        }
+        let mut seq = self.running.remove(j);
+        kv.free(&mut seq.blocks);
+        seq.computed = 0;
+        seq.preempted += 1;
+        self.preemptions += 1;
+        batch.preempted.push(seq.id);
+        self.waiting.push_front(seq);
+        Some(j)
+    }
+
+    /// The waiting sequence to admit next: fewest running sequences in its group,
+    /// then earliest in the queue.
+    fn next_to_admit(&self) -> Option<usize> {
+        let mut counts: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+        for s in &self.running {
+            *counts.entry(s.group).or_default() += 1;
+        }
+        (0..self.waiting.len())
+            .min_by_key(|&i| (counts.get(&self.waiting[i].group).copied().unwrap_or(0), i))
     }
 
     /// Plans the next model step.
@@ -194,20 +241,25 @@ impl Scheduler {
                     i += 1;
                     break;
                 }
-                // Out of blocks: the newest sequence gives its blocks back.
-                let victim_is_self = i + 1 == self.running.len();
-                self.preempt_newest(kv, &mut batch);
-                if victim_is_self {
-                    break;
+                // Out of blocks: the victim gives its blocks back; retry unless the
+                // victim was this sequence.
+                match self.preempt(kv, &mut batch, &mut budget) {
+                    Some(j) if j == i => break,
+                    Some(j) if j < i => i -= 1,
+                    Some(_) => {}
+                    None => break,
                 }
             }
         }
 
-        // 2. Admit waiting sequences in arrival order while blocks and budget allow,
-        //    unless this step already had to preempt.
+        // 2. Admit waiting sequences, fairly across requests, while blocks and budget
+        //    allow, unless this step already had to preempt.
         while batch.preempted.is_empty() && budget > 0 && self.running.len() < self.cfg.max_running
         {
-            let Some(mut seq) = self.waiting.pop_front() else {
+            let Some(pick) = self.next_to_admit() else {
+                break;
+            };
+            let Some(mut seq) = self.waiting.remove(pick) else {
                 break;
             };
             let (blocks, cached) = kv.start_sequence(&seq.tokens);
@@ -221,7 +273,7 @@ impl Scheduler {
             if !fits {
                 kv.free(&mut seq.blocks);
                 seq.computed = 0;
-                self.waiting.push_front(seq);
+                self.waiting.insert(pick, seq);
                 break;
             }
             if !seq.admitted_once {
@@ -387,6 +439,66 @@ mod tests {
         let b = s.step(&mut kv);
         assert_eq!((b.chunks[0].start, b.chunks[0].len), (16, 1));
         assert_eq!(s.running()[0].cached_tokens, 16);
+    }
+
+    #[test]
+    fn admission_is_fair_across_requests() {
+        // Three slots: a single request (1) runs; request 10 has three sequences, two
+        // of which fit; then a single request (20) arrives. When a slot frees, request
+        // 20 (no sequence running) goes before request 10's third sequence, although
+        // that one arrived first.
+        let mut kv = KvBlockManager::new(4, &[None], &[64], false);
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_batch_tokens: 100,
+            max_running: 3,
+        });
+        s.add(SchedSeq::new(1, vec![1; 2]));
+        for id in 11..14 {
+            s.add(SchedSeq::new(id, vec![1; 2]).in_group(10));
+        }
+        let b = s.step(&mut kv);
+        assert_eq!(
+            b.chunks.iter().map(|c| c.id).collect::<Vec<_>>(),
+            [1, 11, 12]
+        );
+        s.commit(&b, &mut kv);
+        s.add(SchedSeq::new(20, vec![1; 2]));
+        s.finish(11, &mut kv);
+        let b = s.step(&mut kv);
+        let admitted: Vec<_> = b
+            .chunks
+            .iter()
+            .filter(|c| c.start == 0)
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(admitted, [20]);
+        assert_eq!(s.n_waiting(), 1);
+    }
+
+    #[test]
+    fn preemption_takes_from_the_request_running_the_most() {
+        // 7 blocks of 4: four 4-token prompts are admitted (one block each, the rest
+        // kept in reserve), but their next tokens need four more blocks. Request 10
+        // runs three sequences and request 1 one: request 10 gives a block up even
+        // though request 1's sequence is the newest.
+        let mut kv = KvBlockManager::new(4, &[None], &[7], false);
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_batch_tokens: 100,
+            max_running: 8,
+        });
+        for id in 11..14 {
+            s.add(SchedSeq::new(id, vec![1; 4]).in_group(10));
+        }
+        s.add(SchedSeq::new(1, vec![1; 4]));
+        let b = s.step(&mut kv);
+        assert_eq!(b.chunks.len(), 4);
+        s.commit(&b, &mut kv);
+        for seq in s.running_mut() {
+            seq.tokens.push(2);
+        }
+        let b = s.step(&mut kv);
+        assert_eq!(b.preempted, [13], "the newest of the largest request");
+        assert!(s.running().iter().any(|q| q.id == 1));
     }
 
     #[test]

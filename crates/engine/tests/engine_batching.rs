@@ -7,28 +7,8 @@ use hangar_engine::{
     generate, Engine, EngineConfig, Finish, GenerateOptions, GenerateRequest, LoadedModel,
     TokenEvent,
 };
-use std::path::PathBuf;
+use hangar_testkit::model_path;
 use std::time::{Duration, Instant};
-
-fn model_path() -> Option<PathBuf> {
-    let p = std::env::var_os("HANGAR_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            home.join(".cache/hangar/models/gemma-3-270m-q4_k_m.gguf")
-        });
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipping: no model at {} (run scripts/fetch-default-model.sh)",
-            p.display()
-        );
-        None
-    }
-}
 
 const PROMPTS: &[&str] = &[
     "The capital of France is",

@@ -240,6 +240,16 @@ impl std::fmt::Debug for GgufFile {
 
 const MAX_DIMS: u32 = 4;
 
+/// Upper bound on any up-front `Vec`/`HashMap` reservation driven by a count read from
+/// the file. Counts were already checked against the bytes left, but a container of
+/// `String`s costs several times the bytes that describe it; above this the container
+/// grows as elements actually parse, so memory follows the input, not its claims.
+const MAX_PREALLOC: usize = 1 << 12;
+
+fn prealloc(n: u64) -> usize {
+    (n as usize).min(MAX_PREALLOC)
+}
+
 impl GgufFile {
     /// Opens and parses a GGUF file through a read-only memory map.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
@@ -277,8 +287,8 @@ impl GgufFile {
         r.check_count(n_kv, 13, "metadata count")?;
         r.check_count(n_tensors, 32, "tensor count")?;
 
-        let mut metadata = Vec::with_capacity(n_kv as usize);
-        let mut meta_index = HashMap::with_capacity(n_kv as usize);
+        let mut metadata = Vec::with_capacity(prealloc(n_kv));
+        let mut meta_index = HashMap::with_capacity(prealloc(n_kv));
         for _ in 0..n_kv {
             let key = r.string("metadata key")?;
             let ty = r.u32("metadata type")?;
@@ -305,7 +315,7 @@ impl GgufFile {
             None => 32,
         };
 
-        let mut raw = Vec::with_capacity(n_tensors as usize);
+        let mut raw = Vec::with_capacity(prealloc(n_tensors));
         for _ in 0..n_tensors {
             let name = r.string("tensor name")?;
             let n_dims = r.u32("tensor rank")?;
@@ -377,6 +387,8 @@ impl GgufFile {
                 size,
             });
         }
+
+        check_no_overlap(&tensors)?;
 
         Ok(GgufFile {
             backing,
@@ -526,6 +538,33 @@ impl GgufFile {
     }
 }
 
+/// Rejects two tensors whose data share bytes: a writer never lays files out that way,
+/// and a reader that trusts it would see one tensor's bytes as another's.
+fn check_no_overlap(tensors: &[TensorInfo]) -> Result<()> {
+    let mut order: Vec<&TensorInfo> = tensors.iter().filter(|t| t.size > 0).collect();
+    order.sort_by_key(|t| t.offset);
+    let mut reach: Option<&TensorInfo> = None;
+    for t in order {
+        if let Some(prev) = reach {
+            if prev.offset + prev.size > t.offset {
+                return Err(GgufError::Invalid(format!(
+                    "tensors {:?} (bytes {}..{}) and {:?} (bytes {}..{}) overlap",
+                    prev.name,
+                    prev.offset,
+                    prev.offset + prev.size,
+                    t.name,
+                    t.offset,
+                    t.offset + t.size
+                )));
+            }
+        }
+        if reach.is_none_or(|p| t.offset + t.size > p.offset + p.size) {
+            reach = Some(t);
+        }
+    }
+    Ok(())
+}
+
 fn align_up(x: u64, a: u64) -> Option<u64> {
     x.checked_add(a - 1).map(|v| v / a * a)
 }
@@ -659,7 +698,7 @@ impl<'a> Reader<'a> {
             6 => prim!(F32, f32, 4),
             7 => MetaArray::Bool(self.take(n, "array")?.iter().map(|&b| b != 0).collect()),
             8 => {
-                let mut v = Vec::with_capacity(n);
+                let mut v = Vec::with_capacity(n.min(MAX_PREALLOC));
                 for _ in 0..n {
                     v.push(self.string("array string")?);
                 }
@@ -669,7 +708,7 @@ impl<'a> Reader<'a> {
                 if depth >= 2 {
                     return Err(GgufError::Invalid("arrays nested too deeply".into()));
                 }
-                let mut v = Vec::with_capacity(n);
+                let mut v = Vec::with_capacity(n.min(MAX_PREALLOC));
                 for _ in 0..n {
                     let et = self.u32("array type")?;
                     let m = self.u64("array length")?;
@@ -772,6 +811,74 @@ mod tests {
         let mut b = full.clone();
         b[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(GgufFile::from_bytes(b).is_err());
+    }
+
+    /// An image with F32 tensors of `n` elements each at the given relative offsets.
+    fn with_tensors(tensors: &[(&str, u64, u64)]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(b"GGUF");
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        let mut end = 0;
+        for &(name, n, rel) in tensors {
+            b.extend_from_slice(&(name.len() as u64).to_le_bytes());
+            b.extend_from_slice(name.as_bytes());
+            b.extend_from_slice(&1u32.to_le_bytes());
+            b.extend_from_slice(&n.to_le_bytes());
+            b.extend_from_slice(&0u32.to_le_bytes());
+            b.extend_from_slice(&rel.to_le_bytes());
+            end = end.max(rel + 4 * n);
+        }
+        while b.len() % 32 != 0 {
+            b.push(0);
+        }
+        b.resize(b.len() + end as usize, 0);
+        b
+    }
+
+    #[test]
+    fn overlapping_tensors_are_rejected() {
+        GgufFile::from_bytes(with_tensors(&[("a", 8, 0), ("b", 8, 32)])).unwrap();
+        for layout in [
+            [("a", 8, 0), ("b", 8, 0)],
+            [("a", 16, 0), ("b", 8, 32)],
+            [("a", 8, 64), ("b", 32, 0)],
+        ] {
+            let e = GgufFile::from_bytes(with_tensors(&layout)).unwrap_err();
+            assert!(e.to_string().contains("overlap"), "{layout:?}: {e}");
+        }
+        // Empty tensors take no bytes and overlap nothing.
+        GgufFile::from_bytes(with_tensors(&[("a", 8, 0), ("e", 0, 0)])).unwrap();
+    }
+
+    #[test]
+    fn array_counts_the_bytes_cannot_hold_are_errors() {
+        // A string array that claims as many elements as the bytes left could at most
+        // describe, followed by nothing: a clean "truncated" error.
+        let mut b = Vec::new();
+        b.extend_from_slice(b"GGUF");
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.push(b'k');
+        b.extend_from_slice(&9u32.to_le_bytes());
+        b.extend_from_slice(&8u32.to_le_bytes());
+        let claim_at = b.len();
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.resize(b.len() + (1 << 16), 0xff);
+        let left = (b.len() - claim_at - 8) as u64;
+        for claim in [left / 8, left, u64::MAX / 2] {
+            b[claim_at..claim_at + 8].copy_from_slice(&claim.to_le_bytes());
+            assert!(
+                matches!(
+                    GgufFile::from_bytes(b.clone()),
+                    Err(GgufError::Truncated { .. })
+                ),
+                "claim {claim}"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use hangar_engine::sampler::SamplingParams;
 use hangar_engine::{bench, perplexity, GenerateOptions, LoadedModel};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 #[derive(Args, Debug)]
@@ -37,20 +38,89 @@ pub enum NumericsArg {
     Fast,
 }
 
-impl NumericsArg {
-    /// The choice, else `$HANGAR_NUMERICS`, else `default`.
-    pub fn resolve(
-        arg: Option<NumericsArg>,
-        default: hangar_models::Numerics,
-    ) -> hangar_models::Numerics {
-        match arg {
-            Some(NumericsArg::Ggml) => hangar_models::Numerics::Ggml,
-            Some(NumericsArg::Fast) => hangar_models::Numerics::Fast,
-            None => std::env::var("HANGAR_NUMERICS")
-                .ok()
-                .and_then(|v| hangar_models::Numerics::parse(&v))
-                .unwrap_or(default),
+/// The kernel choices the environment makes for this process: `HANGAR_NUMERICS`,
+/// `HANGAR_PACK` and `HANGAR_SIMD` are read here, once, and nowhere else; the
+/// libraries receive them as options.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelEnv {
+    /// `HANGAR_NUMERICS` (`fast`, `ggml`); flags win over it.
+    pub numerics: Option<hangar_models::Numerics>,
+    /// `HANGAR_PACK` (`0`, `all`; default: the legacy types).
+    pub packing: hangar_models::Packing,
+    /// `HANGAR_SIMD` (`scalar`, `avx2`, `avx512`): a cap on the kernels' SIMD level.
+    pub simd: Option<hangar_kernels::SimdLevel>,
+}
+
+impl KernelEnv {
+    /// The environment's choices, read on first use.
+    pub fn get() -> &'static KernelEnv {
+        static ENV: OnceLock<KernelEnv> = OnceLock::new();
+        ENV.get_or_init(|| KernelEnv::from_vars(|name| std::env::var(name).ok()))
+    }
+
+    /// Parses the three variables from `var`; an unknown value keeps the default,
+    /// with a warning.
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> KernelEnv {
+        fn parsed<T>(
+            name: &str,
+            v: Option<String>,
+            parse: fn(&str) -> Option<T>,
+            expected: &str,
+        ) -> Option<T> {
+            // Set but empty counts as unset, as before.
+            let v = v.filter(|v| !v.trim().is_empty())?;
+            let got = parse(&v);
+            if got.is_none() {
+                eprintln!("warning: {name}={v:?} is not one of {expected}; ignoring it");
+            }
+            got
         }
+        KernelEnv {
+            numerics: parsed(
+                "HANGAR_NUMERICS",
+                var("HANGAR_NUMERICS"),
+                hangar_models::Numerics::parse,
+                "fast, ggml",
+            ),
+            packing: parsed(
+                "HANGAR_PACK",
+                var("HANGAR_PACK"),
+                hangar_models::Packing::parse,
+                "0, legacy, all",
+            )
+            .unwrap_or_default(),
+            simd: parsed(
+                "HANGAR_SIMD",
+                var("HANGAR_SIMD"),
+                hangar_kernels::SimdLevel::parse,
+                "scalar, avx2, avx512",
+            ),
+        }
+    }
+
+    /// Applies the process-wide part (the SIMD cap); call once at startup.
+    pub fn apply_process_wide(&self) {
+        if let Some(cap) = self.simd {
+            hangar_kernels::set_simd_cap(cap);
+        }
+    }
+}
+
+/// How to load a model: numerics from `--numerics`, else `$HANGAR_NUMERICS`, else
+/// `default`; packing from `$HANGAR_PACK`.
+pub fn load_options(
+    arg: Option<NumericsArg>,
+    default: hangar_models::Numerics,
+) -> hangar_models::LoadOptions {
+    let env = KernelEnv::get();
+    let numerics = match arg {
+        Some(NumericsArg::Ggml) => hangar_models::Numerics::Ggml,
+        Some(NumericsArg::Fast) => hangar_models::Numerics::Fast,
+        None => env.numerics.unwrap_or(default),
+    };
+    hangar_models::LoadOptions {
+        numerics,
+        packing: env.packing,
     }
 }
 
@@ -60,8 +130,8 @@ impl ModelArgs {
     fn load(&self, default: hangar_models::Numerics) -> Result<(LoadedModel, PathBuf, f64)> {
         let path = model_path::resolve(self.model.as_deref(), self.home.clone())?;
         let t0 = Instant::now();
-        let numerics = NumericsArg::resolve(self.numerics, default);
-        let lm = LoadedModel::load_with(&path, self.threads, numerics)
+        let opts = load_options(self.numerics, default);
+        let lm = LoadedModel::load_with(&path, self.threads, opts)
             .with_context(|| format!("loading {}", path.display()))?;
         Ok((lm, path, t0.elapsed().as_secs_f64()))
     }
@@ -398,4 +468,68 @@ pub fn tokenize(a: TokenizeArgs) -> Result<()> {
         println!("{} tokens", ids.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangar_kernels::SimdLevel;
+    use hangar_models::{Numerics, Packing};
+
+    fn env(vars: &[(&str, &str)]) -> KernelEnv {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        KernelEnv::from_vars(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn unset_variables_give_the_defaults() {
+        let e = env(&[]);
+        assert_eq!(e.numerics, None);
+        assert_eq!(e.packing, Packing::Legacy);
+        assert_eq!(e.simd, None);
+    }
+
+    #[test]
+    fn each_variable_becomes_its_option() {
+        let e = env(&[
+            ("HANGAR_NUMERICS", "ggml"),
+            ("HANGAR_PACK", "all"),
+            ("HANGAR_SIMD", "avx2"),
+        ]);
+        assert_eq!(e.numerics, Some(Numerics::Ggml));
+        assert_eq!(e.packing, Packing::All);
+        assert_eq!(e.simd, Some(SimdLevel::Avx2));
+        assert_eq!(env(&[("HANGAR_PACK", "0")]).packing, Packing::None);
+        assert_eq!(
+            env(&[("HANGAR_SIMD", "scalar")]).simd,
+            Some(SimdLevel::Scalar)
+        );
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let e = env(&[
+            ("HANGAR_NUMERICS", ""),
+            ("HANGAR_PACK", " "),
+            ("HANGAR_SIMD", ""),
+        ]);
+        assert_eq!(e.numerics, None);
+        assert_eq!(e.packing, Packing::Legacy);
+        assert_eq!(e.simd, None);
+    }
+
+    #[test]
+    fn unknown_values_keep_the_defaults() {
+        let e = env(&[
+            ("HANGAR_NUMERICS", "turbo"),
+            ("HANGAR_PACK", "yes"),
+            ("HANGAR_SIMD", "neon"),
+        ]);
+        assert_eq!(e.numerics, None);
+        assert_eq!(e.packing, Packing::Legacy);
+        assert_eq!(e.simd, None);
+    }
 }

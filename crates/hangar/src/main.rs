@@ -65,6 +65,7 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
+    cmd_model::KernelEnv::get().apply_process_wide();
     let home = cli.home.clone();
     let result = match cli.cmd {
         Cmd::Serve { model, mut args } => {

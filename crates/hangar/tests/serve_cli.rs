@@ -116,7 +116,9 @@ fn serve_mounts_the_registry_of_the_home_flag() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let model = common::model();
+    let Some(model) = common::model() else {
+        return;
+    };
     let srv = ServeProc::start(
         &[
             "--home",

@@ -1,6 +1,7 @@
-//! Runtime CPU feature detection: which SIMD level the kernels dispatch to.
+//! Runtime CPU feature detection and the process-wide SIMD level the kernels dispatch to.
+//! Never reads the environment: a binary lowers the level once, with [`set_simd_cap`].
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// The SIMD instruction sets a kernel may use, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -12,24 +13,60 @@ pub enum SimdLevel {
     Avx512Vnni,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct CpuFeatures {
-    pub level: SimdLevel,
+impl SimdLevel {
+    /// Parses a cap as a user writes it: `scalar`, `avx2` or `avx512`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Some(SimdLevel::Scalar),
+            "avx2" => Some(SimdLevel::Avx2),
+            "avx512" | "avx512vnni" | "avx512-vnni" => Some(SimdLevel::Avx512Vnni),
+            _ => None,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        self as u8
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => SimdLevel::Scalar,
+            1 => SimdLevel::Avx2,
+            _ => SimdLevel::Avx512Vnni,
+        }
+    }
 }
 
-static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
+/// The level in use, or `UNSET` before the first [`simd_level`] / [`set_simd_cap`].
+static LEVEL: AtomicU8 = AtomicU8::new(UNSET);
+const UNSET: u8 = u8::MAX;
 
-/// The level the dispatchers use: the best this CPU supports, unless the environment
-/// variable `HANGAR_SIMD` (`scalar`, `avx2`, `avx512`) lowers it.
+/// The level the dispatchers use: the best this CPU supports, unless
+/// [`set_simd_cap`] lowered it.
+#[inline]
 pub fn simd_level() -> SimdLevel {
-    *LEVEL.get_or_init(|| {
-        let best = detect();
-        match std::env::var("HANGAR_SIMD").ok().as_deref() {
-            Some("scalar") => SimdLevel::Scalar,
-            Some("avx2") => best.min(SimdLevel::Avx2),
-            _ => best,
+    match LEVEL.load(Ordering::Relaxed) {
+        UNSET => {
+            // First use: the best level, unless a cap was set in between.
+            let best = detect().to_u8();
+            match LEVEL.compare_exchange(UNSET, best, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => SimdLevel::from_u8(best),
+                Err(now) => SimdLevel::from_u8(now),
+            }
         }
-    })
+        v => SimdLevel::from_u8(v),
+    }
+}
+
+/// Caps the level every dispatcher uses for the rest of the process at `cap` (never
+/// above what this CPU supports) and returns the level now in use. For A/B
+/// comparisons and for reproducing another machine's arithmetic; call it once, at
+/// startup, before any kernel runs: results computed at different levels may differ
+/// in the last bits.
+pub fn set_simd_cap(cap: SimdLevel) -> SimdLevel {
+    let level = detect().min(cap);
+    LEVEL.store(level.to_u8(), Ordering::Relaxed);
+    level
 }
 
 /// The best level this CPU supports.
@@ -53,4 +90,24 @@ pub fn detect() -> SimdLevel {
         }
     }
     SimdLevel::Scalar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_cap_names() {
+        assert_eq!(SimdLevel::parse("scalar"), Some(SimdLevel::Scalar));
+        assert_eq!(SimdLevel::parse("AVX2"), Some(SimdLevel::Avx2));
+        assert_eq!(SimdLevel::parse("avx512"), Some(SimdLevel::Avx512Vnni));
+        assert_eq!(SimdLevel::parse("sse"), None);
+    }
+
+    #[test]
+    fn levels_round_trip_through_the_atomic() {
+        for l in [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512Vnni] {
+            assert_eq!(SimdLevel::from_u8(l.to_u8()), l);
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! Row-interleaved copies of Q4_0 / Q5_0 / Q8_0 weight matrices for AVX-512 VNNI.
+//! Row-interleaved copies of Q4_0 / Q5_0 / Q8_0 weight matrices for AVX-512 VNNI
+//! ([`PackedMatrix`]; Q4_K / Q6_K copies are [`PackedK`], both behind [`Packed`]).
 //!
 //! Why: in the row-major layout every `vpdpbusd` yields partial sums of ONE output, so
 //! each (row, token, block) costs an int->float conversion, a scale and a horizontal
@@ -28,7 +29,7 @@
 //! bit.
 
 use crate::matmul::QMatrix;
-use crate::packed_k::{matmul_packed_k, PackedK};
+pub use crate::packed_k::{matmul_packed_k, matmul_packed_k_scalar, PackedK};
 use crate::pool::ThreadPool;
 use crate::quants::legacy::{BlockQ4_0, BlockQ5_0, BlockQ8_0, QK};
 use crate::quants::{self, KernelError};

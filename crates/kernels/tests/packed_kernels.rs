@@ -126,11 +126,11 @@ fn packing_refuses_other_types() {
 mod kquants {
     use super::*;
     use hangar_kernels::packed::Packed;
-    use hangar_kernels::packed_k::{matmul_packed_k, matmul_packed_k_scalar};
+    use hangar_kernels::packed::{matmul_packed_k, matmul_packed_k_scalar};
 
     const KTYPES: [GgmlType; 2] = [GgmlType::Q4K, GgmlType::Q6K];
 
-    fn packed_k(pool: &ThreadPool, m: &QMatrix) -> hangar_kernels::packed_k::PackedK {
+    fn packed_k(pool: &ThreadPool, m: &QMatrix) -> hangar_kernels::packed::PackedK {
         match Packed::pack_with(pool, m, |_, _| {}).unwrap() {
             Packed::K(p) => p,
             Packed::Legacy(_) => panic!("K-quant packed as legacy"),

@@ -1,13 +1,15 @@
 //! Writes the last-position logits of each reference prompt as raw f32 (diagnostics:
 //! compare against another implementation's logits).
 //! usage: dump_logits MODEL reference.json OUT.f32
+#[path = "env_options.rs"]
+mod env_options;
 use hangar_kernels::ThreadPool;
-use hangar_models::{KvCache, LogitsWanted, Model, SeqInput, Workspace};
+use hangar_models::{KvCache, LogitsWanted, SeqInput, Workspace};
 use std::io::Write;
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    let model = Model::load(&a[1]).expect("model");
+    let model = env_options::load(&a[1]);
     let text = std::fs::read_to_string(&a[2]).expect("reference");
     let pool = ThreadPool::new(2);
     let mut out = std::fs::File::create(&a[3]).expect("out");

@@ -2,8 +2,10 @@
 //! comparing numerics layer by layer against another implementation's tensor dump.
 //! usage: dump_taps MODEL PROMPT_IDS GEN_IDS EVAL DIR
 //! (eval 0 = the prompt batch; eval k = the k-th single-token step over GEN_IDS)
+#[path = "env_options.rs"]
+mod env_options;
 use hangar_kernels::ThreadPool;
-use hangar_models::{KvCache, LogitsWanted, Model, SeqInput, Tap, Workspace};
+use hangar_models::{KvCache, LogitsWanted, SeqInput, Tap, Workspace};
 use std::io::Write;
 
 fn ids(s: &str) -> Vec<u32> {
@@ -15,7 +17,7 @@ fn ids(s: &str) -> Vec<u32> {
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    let model = Model::load(&a[1]).expect("model");
+    let model = env_options::load(&a[1]);
     let (prompt, gen) = (ids(&a[2]), ids(&a[3]));
     let want: usize = a[4].parse().expect("eval");
     let dir = std::path::PathBuf::from(&a[5]);

@@ -1,8 +1,10 @@
 //! Counts reference prompts whose greedy continuation we reproduce exactly
 //! (diagnostics for numerical fidelity against another implementation).
 //! usage: greedy_agree MODEL REFERENCE.json   (entries with prompt_ids and greedy_ids)
+#[path = "env_options.rs"]
+mod env_options;
 use hangar_kernels::ThreadPool;
-use hangar_models::{KvCache, LogitsWanted, Model, SeqInput, Workspace};
+use hangar_models::{KvCache, LogitsWanted, SeqInput, Workspace};
 
 fn argmax(x: &[f32]) -> u32 {
     let mut best = 0;
@@ -28,7 +30,7 @@ fn list(s: &str, key: &str) -> Vec<Vec<u32>> {
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    let model = Model::load(&a[1]).expect("model");
+    let model = env_options::load(&a[1]);
     let text = std::fs::read_to_string(&a[2])
         .expect("reference")
         .replace("\":[", "\": [");

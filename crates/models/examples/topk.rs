@@ -1,11 +1,13 @@
 //! Prints the top candidates at each greedy step (diagnosing near-ties against a reference).
 //! usage: topk MODEL ID,ID,... STEPS
+#[path = "env_options.rs"]
+mod env_options;
 use hangar_kernels::ThreadPool;
-use hangar_models::{KvCache, LogitsWanted, Model, SeqInput, Workspace};
+use hangar_models::{KvCache, LogitsWanted, SeqInput, Workspace};
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    let model = Model::load(&a[1]).expect("model");
+    let model = env_options::load(&a[1]);
     let mut toks: Vec<u32> = a[2].split(',').map(|s| s.parse().expect("id")).collect();
     let steps: usize = a[3].parse().expect("steps");
     let pool = ThreadPool::new(2);

@@ -1,5 +1,5 @@
-//! The forward pass: token ids at positions → hidden states → logits, for a batch of
-//! sequences at different positions in one call.
+//! The forward pass with Hangar's fast kernels (`Numerics::Fast`): token ids at
+//! positions → logits for a batch of sequences; buffers live in the Workspace, not per call.
 //!
 //! All tokens of all sequences go through each matrix together (one quantization of
 //! the activations, weight blocks reused across tokens); attention runs per sequence
@@ -7,14 +7,14 @@
 //! decode allocates nothing.
 
 use crate::config::Activation;
+use crate::ggml_forward::GgmlScratch;
 use crate::kv::{KvCache, NO_BLOCK};
 use crate::weights::{Model, Weight};
 use crate::ModelError;
-use hangar_kernels::attention::{attend, PagedKv};
 use hangar_kernels::ops::{self, RopeTable};
 use hangar_kernels::packed::{matmul_packed_many, Packed, PackedMatrix};
 use hangar_kernels::quants;
-use hangar_kernels::{matmul, matmul_quantized, quantize_activations, ThreadPool};
+use hangar_kernels::{attend, matmul, matmul_quantized, quantize_activations, PagedKv, ThreadPool};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Which logits a sequence wants back.
@@ -60,27 +60,30 @@ pub enum Tap {
 /// rows (one per token of the batch). Used for importance statistics (imatrix, Wanda).
 pub type Observer<'a> = &'a mut dyn FnMut(usize, Tap, &[f32], usize);
 
-/// Reusable scratch buffers for [`Model::forward`].
+/// Reusable scratch buffers for [`Model::forward`], in either numerics: after the
+/// first call of a given batch shape, a forward pass allocates nothing.
 #[derive(Default)]
 pub struct Workspace {
-    x: Vec<f32>,
-    h: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    attn: Vec<f32>,
-    o: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
+    pub(crate) x: Vec<f32>,
+    pub(crate) h: Vec<f32>,
+    pub(crate) q: Vec<f32>,
+    pub(crate) k: Vec<f32>,
+    pub(crate) v: Vec<f32>,
+    pub(crate) attn: Vec<f32>,
+    pub(crate) o: Vec<f32>,
+    pub(crate) gate: Vec<f32>,
+    pub(crate) up: Vec<f32>,
     act: Vec<u8>,
     act2: Vec<u8>,
-    positions: Vec<usize>,
+    pub(crate) positions: Vec<usize>,
     /// Per token: (sequence index, position).
     tok_seq: Vec<(usize, usize)>,
     rope_global: RopeTable,
     rope_local: RopeTable,
     scores: Vec<Vec<f32>>,
     sel: Vec<f32>,
+    /// What only the ggml numerics use.
+    pub(crate) ggml: GgmlScratch,
 }
 
 /// A raw pointer handed to pool closures that write disjoint parts of a buffer.
@@ -94,7 +97,7 @@ impl Ptr {
     }
 }
 
-fn resize(v: &mut Vec<f32>, n: usize) {
+pub(crate) fn resize(v: &mut Vec<f32>, n: usize) {
     if v.len() != n {
         v.resize(n, 0.0);
     }

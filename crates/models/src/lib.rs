@@ -1,19 +1,56 @@
-//! hangar-models: transformer architectures as code — weight layout read from a GGUF
-//! file and the forward pass for a batch of sequences over a paged KV cache.
+//! hangar-models: transformer architectures as code — the weight layout read from a
+//! GGUF file and the forward pass for a batch of sequences over a paged KV cache.
 //!
 //! Supports Gemma 3 and the Llama family (llama, mistral, qwen2, qwen3). Knows nothing
-//! of HTTP, scheduling or sampling: it turns token ids at positions into logits.
+//! of HTTP, scheduling, sampling or the environment: it turns token ids at positions
+//! into logits, with the options its caller passes.
+//!
+//! # Main types
+//!
+//! * [`Model`]: configuration ([`ModelConfig`]) plus weights borrowed from the
+//!   memory-mapped file, loaded with [`LoadOptions`]: the arithmetic ([`Numerics`]:
+//!   Hangar's fast kernels, or llama.cpp's bit for bit) and which weights the fast
+//!   kernels repack ([`Packing`]).
+//! * [`Model::forward`]: one batch of [`SeqInput`]s (new tokens, start position,
+//!   block tables, which [`LogitsWanted`]) → logits, writing K/V into a [`KvCache`].
+//!   Scratch lives in a reusable [`Workspace`], so steady-state decode allocates
+//!   nothing in either numerics. [`Model::forward_observed`] also shows every layer's
+//!   matrix inputs to an [`Observer`] (importance statistics for compression).
+//! * [`kv`]: the paged KV cache ([`KvCache`], its per-group [`KvLayout`]); the caller
+//!   (the engine's block manager) owns the block tables.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use hangar_kernels::ThreadPool;
+//! use hangar_models::{KvCache, LoadOptions, LogitsWanted, Model, Numerics, SeqInput, Workspace};
+//!
+//! let opts = LoadOptions { numerics: Numerics::Ggml, ..LoadOptions::default() };
+//! let model = Model::load_with("gemma-3-270m-q4_k_m.gguf", opts)?;
+//! let pool = ThreadPool::new(2);
+//! let prompt = [2u32, 818, 5279, 529];
+//! let mut kv = KvCache::for_single_sequence(&model.cfg, 16, 64);
+//! let table: Vec<u32> = (0..kv.blocks_in_group(0) as u32).collect();
+//! let tables: Vec<&[u32]> = vec![&table; kv.n_groups()];
+//! let (mut ws, mut logits) = (Workspace::default(), Vec::new());
+//! let seq = SeqInput { tokens: &prompt, start_pos: 0, block_tables: &tables, logits: LogitsWanted::Last };
+//! model.forward(&pool, &[seq], &mut kv, &mut ws, &mut logits)?;
+//! let next = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
+//! println!("next token: {next:?}");
+//! # Ok::<(), hangar_models::ModelError>(())
+//! ```
 
-pub mod config;
-pub mod exact;
-pub mod forward;
+mod config;
+mod forward;
+mod ggml_forward;
 pub mod kv;
-pub mod weights;
+mod options;
+mod weights;
 
 pub use config::{Activation, Arch, ModelConfig};
-pub use exact::Numerics;
 pub use forward::{LogitsWanted, Observer, SeqInput, Tap, Workspace};
-pub use kv::KvCache;
+pub use kv::{KvCache, KvLayout};
+pub use options::{LoadOptions, Numerics, Packing};
 pub use weights::Model;
 
 use hangar_formats::GgufError;

@@ -1,8 +1,8 @@
-//! Model weights: tensors located in the memory-mapped GGUF file (never copied),
-//! plus the small norm vectors held as f32.
+//! Model weights: tensors located in the memory-mapped GGUF file, plus the small norm
+//! vectors held as f32; a matrix is never copied except into its packed form.
 
 use crate::config::{Arch, ModelConfig};
-use crate::ModelError;
+use crate::{LoadOptions, ModelError, Numerics, Packing};
 use hangar_formats::{GgmlType, GgufFile, TensorInfo};
 use hangar_kernels::packed::{self, Packed};
 use hangar_kernels::quants;
@@ -12,8 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 /// A weight matrix inside the mapped file.
 #[derive(Debug, Clone)]
-pub struct Weight {
-    pub name: String,
+pub(crate) struct Weight {
     pub ty: GgmlType,
     pub rows: usize,
     pub cols: usize,
@@ -53,17 +52,30 @@ pub struct Model {
     pub(crate) layers: Vec<Layer>,
     pub(crate) rope_freqs: Option<Vec<f32>>,
     /// Which arithmetic `forward` uses.
-    pub(crate) numerics: crate::Numerics,
+    pub(crate) numerics: Numerics,
+    /// Which matrices the fast numerics repack.
+    packing: Packing,
 }
 
 impl Model {
-    /// Maps and loads a GGUF model file.
+    /// Maps and loads a GGUF model file with the default [`LoadOptions`].
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ModelError> {
-        Self::from_gguf(Arc::new(GgufFile::open(path)?))
+        Self::load_with(path, LoadOptions::default())
     }
 
-    /// Builds the model over an already-parsed file (shared with the tokenizer).
+    /// Maps and loads a GGUF model file with the given numerics and packing.
+    pub fn load_with(path: impl AsRef<Path>, opts: LoadOptions) -> Result<Self, ModelError> {
+        Self::from_gguf_with(Arc::new(GgufFile::open(path)?), opts)
+    }
+
+    /// Builds the model over an already-parsed file (shared with the tokenizer), with
+    /// the default [`LoadOptions`].
     pub fn from_gguf(file: Arc<GgufFile>) -> Result<Self, ModelError> {
+        Self::from_gguf_with(file, LoadOptions::default())
+    }
+
+    /// As [`Model::from_gguf`], with the given numerics and packing.
+    pub fn from_gguf_with(file: Arc<GgufFile>, opts: LoadOptions) -> Result<Self, ModelError> {
         let mut cfg = ModelConfig::from_gguf(&file)?;
         let (d, q, kv, ff) = (cfg.d_model, cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim);
         let tok_embd = weight(&file, "token_embd.weight", d, None)?;
@@ -124,7 +136,8 @@ impl Model {
             output_norm,
             layers,
             rope_freqs,
-            numerics: crate::Numerics::from_env(),
+            numerics: opts.numerics,
+            packing: opts.packing,
         })
     }
 
@@ -134,13 +147,18 @@ impl Model {
     }
 
     /// The arithmetic `forward` uses.
-    pub fn numerics(&self) -> crate::Numerics {
+    pub fn numerics(&self) -> Numerics {
         self.numerics
+    }
+
+    /// Which matrices the fast numerics repack.
+    pub fn packing(&self) -> Packing {
+        self.packing
     }
 
     /// Chooses the arithmetic of `forward` (results change; KV caches written under
     /// one setting should not be continued under the other).
-    pub fn set_numerics(&mut self, n: crate::Numerics) {
+    pub fn set_numerics(&mut self, n: Numerics) {
         self.numerics = n;
     }
 
@@ -154,11 +172,11 @@ impl Model {
     }
 
     /// The packed copy of `w`, made now if needed; `None` when this CPU or type has
-    /// no packed kernel or `HANGAR_PACK` leaves it unpacked. A packed matrix is used
+    /// no packed kernel or the [`Packing`] option leaves it unpacked. A packed matrix is used
     /// for every product (so results stay batch-invariant), and its source pages are
     /// released from the resident set as they are copied.
     pub(crate) fn packed<'w>(&self, pool: &ThreadPool, w: &'w Weight) -> Option<&'w Packed> {
-        if !packed::packable(w.ty) || !packing_enabled(w.ty) {
+        if !packed::packable(w.ty) || !self.packing.packs(w.ty) {
             return None;
         }
         w.packed
@@ -210,21 +228,6 @@ impl Model {
     }
 }
 
-/// Which types run packed: by default the 32-element types (Q4_0/Q5_0/Q8_0), faster
-/// at every batch size. `HANGAR_PACK=all` adds Q4_K/Q6_K: +25-30% prefill, but 4-5%
-/// slower decode (their packed layout reads more bytes and unpacks per token), so it
-/// suits prompt-heavy work only. `HANGAR_PACK=0` packs nothing (A/B comparisons).
-fn packing_enabled(ty: GgmlType) -> bool {
-    static MODE: OnceLock<String> = OnceLock::new();
-    let mode = MODE.get_or_init(|| std::env::var("HANGAR_PACK").unwrap_or_default());
-    let legacy = matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0);
-    match mode.as_str() {
-        "0" => false,
-        "all" => true,
-        _ => legacy,
-    }
-}
-
 fn find<'a>(f: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {
     f.tensor(name)
         .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
@@ -251,7 +254,6 @@ fn weight(
         source,
     })?;
     Ok(Weight {
-        name: name.into(),
         ty: t.ty,
         rows: got_rows,
         cols,

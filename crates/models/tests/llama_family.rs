@@ -3,7 +3,7 @@
 
 use hangar_formats::GgufFile;
 use hangar_kernels::ThreadPool;
-use hangar_models::{KvCache, LogitsWanted, Model, SeqInput, Workspace};
+use hangar_models::{KvCache, LoadOptions, LogitsWanted, Model, Numerics, SeqInput, Workspace};
 use std::sync::Arc;
 
 const D: usize = 64;
@@ -351,6 +351,82 @@ fn qwen2_layout_with_biases_and_tied_output_matches_reference() {
 #[test]
 fn qwen3_layout_with_qk_norm_matches_reference() {
     check("qwen3", true);
+}
+
+/// Prefills `toks` (every row's logits), then decodes two more tokens, in a fresh KV
+/// cache with the given workspace; returns all logits in order.
+fn prefill_and_decode(
+    model: &Model,
+    pool: &ThreadPool,
+    ws: &mut Workspace,
+    toks: &[u32],
+) -> Vec<f32> {
+    let mut kv = KvCache::for_single_sequence(&model.cfg, 4, 32);
+    let table: Vec<u32> = (0..kv.blocks_in_group(0) as u32).rev().collect();
+    let tables: Vec<&[u32]> = vec![&table; kv.n_groups()];
+    let mut logits = Vec::new();
+    let mut all = Vec::new();
+    let seq = SeqInput {
+        tokens: toks,
+        start_pos: 0,
+        block_tables: &tables,
+        logits: LogitsWanted::All,
+    };
+    model
+        .forward(pool, &[seq], &mut kv, ws, &mut logits)
+        .unwrap();
+    all.extend_from_slice(&logits);
+    for (i, t) in [5u32, 17].into_iter().enumerate() {
+        let seq = SeqInput {
+            tokens: &[t],
+            start_pos: toks.len() + i,
+            block_tables: &tables,
+            logits: LogitsWanted::Last,
+        };
+        model
+            .forward(pool, &[seq], &mut kv, ws, &mut logits)
+            .unwrap();
+        all.extend_from_slice(&logits);
+    }
+    all
+}
+
+/// The ggml numerics keep their scratch in the workspace: one that already ran a
+/// longer batch (larger buffers still holding its values) gives the same logits, bit
+/// for bit, as a fresh one; and they stay close to the f32 reference.
+#[test]
+fn ggml_forward_reuses_the_workspace_bit_for_bit() {
+    let tensors = random_model("qwen3", 5);
+    let opts = LoadOptions {
+        numerics: Numerics::Ggml,
+        ..LoadOptions::default()
+    };
+    let model = Model::from_gguf_with(
+        Arc::new(GgufFile::from_bytes(gguf("qwen3", &tensors)).unwrap()),
+        opts,
+    )
+    .unwrap();
+    assert_eq!(model.numerics(), Numerics::Ggml);
+    let pool = ThreadPool::new(2);
+    let short: Vec<u32> = vec![3, 14, 15, 9];
+    let long: Vec<u32> = (0..20).map(|i| (i * 7 + 2) % VOCAB as u32).collect();
+    let fresh = prefill_and_decode(&model, &pool, &mut Workspace::default(), &short);
+    let mut ws = Workspace::default();
+    prefill_and_decode(&model, &pool, &mut ws, &long);
+    let reused = prefill_and_decode(&model, &pool, &mut ws, &short);
+    assert_eq!(fresh.len(), (short.len() + 2) * VOCAB);
+    for (i, (a, b)) in reused.iter().zip(&fresh).enumerate() {
+        assert_eq!(a.to_bits(), b.to_bits(), "logit {i}: {a} vs {b}");
+    }
+    let want = reference(&tensors, &[short.clone(), vec![5, 17]].concat(), true);
+    for (p, (g, w)) in fresh.chunks(VOCAB).zip(&want).enumerate() {
+        for (a, b) in g.iter().zip(w) {
+            assert!(
+                (a - b).abs() < 1e-2 * (1.0 + b.abs()),
+                "ggml numerics, position {p}: {a} vs {b}"
+            );
+        }
+    }
 }
 
 #[test]

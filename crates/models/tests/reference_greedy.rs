@@ -2,24 +2,7 @@
 
 use hangar_kernels::ThreadPool;
 use hangar_models::{KvCache, LogitsWanted, Model, SeqInput, Workspace};
-use std::path::PathBuf;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn default_model() -> PathBuf {
-    let out = std::process::Command::new("bash")
-        .arg(repo().join("scripts/fetch-default-model.sh"))
-        .output()
-        .expect("running the fetch script");
-    assert!(
-        out.status.success(),
-        "fetch failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
+use hangar_testkit::{model_path, repo_file};
 
 fn argmax(x: &[f32]) -> u32 {
     let mut best = 0;
@@ -83,10 +66,11 @@ fn forced_logits(
 /// decode, so both paths are covered.
 #[test]
 fn greedy_matches_llama_cpp_on_reference_prompts() {
-    let model = Model::load(default_model()).unwrap();
+    let Some(path) = model_path() else { return };
+    let model = Model::load(path).unwrap();
     let pool = ThreadPool::new(2);
     let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("tests/data/reference/reference.json")).unwrap(),
+        &std::fs::read_to_string(repo_file("tests/data/reference/reference.json")).unwrap(),
     )
     .unwrap();
     let cases = reference["greedy"].as_array().unwrap();
@@ -138,7 +122,7 @@ fn greedy_matches_llama_cpp_on_reference_prompts() {
 /// The reference cases of `file` (prompt ids, llama.cpp's greedy ids).
 fn cases(file: &str) -> Vec<(Vec<u32>, Vec<u32>)> {
     let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo().join(file)).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(repo_file(file)).unwrap()).unwrap();
     let list = v.get("greedy").or_else(|| v.get("cases")).unwrap();
     list.as_array()
         .unwrap()
@@ -161,7 +145,8 @@ fn cases(file: &str) -> Vec<(Vec<u32>, Vec<u32>)> {
 /// and prompts past the 512-token sliding window.
 #[test]
 fn ggml_numerics_reproduce_llama_cpp_greedy_tokens_exactly() {
-    let mut model = Model::load(default_model()).unwrap();
+    let Some(path) = model_path() else { return };
+    let mut model = Model::load(path).unwrap();
     model.set_numerics(hangar_models::Numerics::Ggml);
     let pool = ThreadPool::new(2);
     for file in [
@@ -191,7 +176,8 @@ fn ggml_numerics_reproduce_llama_cpp_greedy_tokens_exactly() {
 #[test]
 fn batched_sequences_equal_separate_runs() {
     // Two sequences at different positions in one call give the same logits as alone.
-    let model = Model::load(default_model()).unwrap();
+    let Some(path) = model_path() else { return };
+    let model = Model::load(path).unwrap();
     let pool = ThreadPool::new(2);
     let a: Vec<u32> = vec![2, 818, 5279, 529, 7001, 563];
     let b: Vec<u32> = vec![2, 818, 3823, 8864, 37423];
@@ -253,7 +239,8 @@ fn batched_sequences_equal_separate_runs() {
 
 #[test]
 fn bad_token_and_short_block_table_are_errors() {
-    let model = Model::load(default_model()).unwrap();
+    let Some(path) = model_path() else { return };
+    let model = Model::load(path).unwrap();
     let pool = ThreadPool::new(1);
     let mut kv = KvCache::for_single_sequence(&model.cfg, 16, 16);
     let table: Vec<u32> = vec![0];
@@ -284,7 +271,8 @@ fn bad_token_and_short_block_table_are_errors() {
 
 #[test]
 fn observer_sees_every_matrix_input_of_every_layer() {
-    let model = Model::load(default_model()).unwrap();
+    let Some(path) = model_path() else { return };
+    let model = Model::load(path).unwrap();
     let pool = ThreadPool::new(2);
     let mut kv = KvCache::for_single_sequence(&model.cfg, 16, 16);
     let table: Vec<u32> = vec![0];
@@ -375,10 +363,11 @@ fn greedy_chunked(
 
 #[test]
 fn sliding_window_past_512_tokens_matches_llama_cpp() {
-    let model = Model::load(default_model()).unwrap();
+    let Some(path) = model_path() else { return };
+    let model = Model::load(path).unwrap();
     let pool = ThreadPool::new(2);
     let data: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("tests/data/long/long_context.json")).unwrap(),
+        &std::fs::read_to_string(repo_file("tests/data/long/long_context.json")).unwrap(),
     )
     .unwrap();
     for case in data["cases"].as_array().unwrap() {
@@ -423,7 +412,8 @@ fn sliding_window_past_512_tokens_matches_llama_cpp() {
 
 #[test]
 fn chunked_prefill_equals_one_shot_past_the_window() {
-    let model = Model::load(default_model()).unwrap();
+    let Some(path) = model_path() else { return };
+    let model = Model::load(path).unwrap();
     let pool = ThreadPool::new(2);
     let prompt: Vec<u32> = (0..700u32).map(|i| 2 + (i * 7919) % 20000).collect();
     let (a, la) = greedy_chunked(&model, &pool, &prompt, 4, 700);

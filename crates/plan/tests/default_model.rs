@@ -1,5 +1,5 @@
 //! File-derived numbers against the default model's real tensors (Gemma 3 270M,
-//! Q4_K_M GGUF, fetched by scripts/fetch-default-model.sh).
+//! Q4_K_M GGUF, fetched by scripts/fetch-default-model.sh; located by hangar-testkit).
 
 use hangar_formats::GgufFile;
 use hangar_plan::kv::{kv_cache, KvDtype};
@@ -7,34 +7,12 @@ use hangar_plan::presets::by_name;
 use hangar_plan::shape::ModelSource;
 use hangar_plan::weights::{model_bytes, tensor_bytes, WeightFormat};
 use hangar_plan::{plan, HostMemory, Model, ModelSpec, PlanOptions};
-use std::path::PathBuf;
-
-fn default_model() -> PathBuf {
-    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(fetch_default_model).clone()
-}
-
-fn fetch_default_model() -> PathBuf {
-    if let Ok(p) = std::env::var("HANGAR_MODEL") {
-        return PathBuf::from(p);
-    }
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fetch-default-model.sh");
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .output()
-        .expect("running the fetch script");
-    assert!(
-        out.status.success(),
-        "fetch failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
+use hangar_testkit::model_path;
 
 #[test]
 fn shape_is_read_from_metadata_and_matches_the_preset() {
-    let m = Model::from_gguf_path(&default_model()).unwrap();
+    let Some(model) = model_path() else { return };
+    let m = Model::from_gguf_path(&model).unwrap();
     let s = m.shape.clone().unwrap();
     let p = by_name("gemma3-270m").unwrap().shape;
     assert_eq!(s.arch, "gemma3");
@@ -58,7 +36,7 @@ fn shape_is_read_from_metadata_and_matches_the_preset() {
 
 #[test]
 fn stored_bytes_are_the_sum_of_the_real_tensor_sizes() {
-    let path = default_model();
+    let Some(path) = model_path() else { return };
     let f = GgufFile::open(&path).unwrap();
     let m = Model::from_gguf_path(&path).unwrap();
     let real: u64 = f.tensors().iter().map(|t| t.size).sum();
@@ -78,7 +56,8 @@ fn stored_bytes_are_the_sum_of_the_real_tensor_sizes() {
 
 #[test]
 fn converting_a_tensor_to_its_own_type_gives_its_stored_size() {
-    let m = Model::from_gguf_path(&default_model()).unwrap();
+    let Some(model) = model_path() else { return };
+    let m = Model::from_gguf_path(&model).unwrap();
     let mut checked = 0;
     for t in &m.tensors {
         let ty = t.stored.unwrap();
@@ -105,10 +84,11 @@ fn converting_a_tensor_to_its_own_type_gives_its_stored_size() {
 
 #[test]
 fn k_quant_fallbacks_match_what_the_quantizer_wrote() {
+    let Some(model) = model_path() else { return };
     // Q4_K_M asks for Q4_K (and Q6_K for some tensors); rows of 640 are not a multiple
     // of 256, so the quantizer wrote Q5_0 and Q8_0 instead. The planner predicts that.
     use hangar_formats::GgmlType;
-    let m = Model::from_gguf_path(&default_model()).unwrap();
+    let m = Model::from_gguf_path(&model).unwrap();
     let mut q5 = 0;
     for t in m
         .tensors
@@ -130,7 +110,8 @@ fn k_quant_fallbacks_match_what_the_quantizer_wrote() {
 
 #[test]
 fn kv_cache_of_the_default_model_honours_its_local_layers() {
-    let m = Model::from_gguf_path(&default_model()).unwrap();
+    let Some(model) = model_path() else { return };
+    let m = Model::from_gguf_path(&model).unwrap();
     let s = m.shape.unwrap();
     let r = kv_cache(&s, KvDtype::F16, 32768, 1);
     // 1 KV head x (256 + 256) x 2 bytes per layer-token; 15 layers keep 512 tokens.
@@ -139,8 +120,9 @@ fn kv_cache_of_the_default_model_honours_its_local_layers() {
 
 #[test]
 fn plan_of_the_file_renders_and_serializes() {
+    let Some(model) = model_path() else { return };
     let spec = ModelSpec {
-        model: Some(default_model().display().to_string()),
+        model: Some(model.display().to_string()),
         ..Default::default()
     };
     let host = HostMemory {

@@ -75,6 +75,16 @@ CREATE TABLE IF NOT EXISTS audit(
     target TEXT NOT NULL,
     detail TEXT NOT NULL DEFAULT '{}'
 );
+-- What a cached copy (home/registry/cache) looked like when it was last known to hold
+-- exactly its file's bytes; any difference means it is re-hashed before it is used.
+CREATE TABLE IF NOT EXISTS cache_stamps(
+    file_id INTEGER PRIMARY KEY REFERENCES files(id) ON DELETE CASCADE,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    dev INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS leases(
     id INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,

@@ -1,8 +1,18 @@
-//! Upkeep: garbage collection of unreferenced chunks and verification that every
-//! version's chunks exist and hash to their names. Runs under the gc lease so no
-//! import can commit references to a chunk being deleted.
+//! Upkeep: garbage collection of unreferenced chunks, verification that every
+//! version's chunks exist and hash to their names, and the trust kept in cached copies.
+//! Gc runs under the gc lease so no import can commit references to a chunk being
+//! deleted; verification only reads.
+//!
+//! A cached copy (what `resolve` hands out for mmap) is trusted while its size, mtime,
+//! ctime, inode and device are those recorded when it was last hashed. Any change, a
+//! same-size edit whose mtime was put back included (ctime cannot be put back), makes
+//! the next use re-hash it and re-export it from the store when it differs.
 
 use std::collections::HashSet;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use serde::Serialize;
 use serde_json::json;
@@ -10,8 +20,9 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::{Principal, Role};
 use crate::db::{self, LeaseKind};
+use crate::error::io_ctx;
 use crate::error::{RegistryError, Result};
-use crate::registry::Registry;
+use crate::registry::{FileRecord, Registry};
 use crate::store::LocalChunkStore;
 
 /// What gc removed (or, with `dry_run`, would remove).
@@ -32,6 +43,8 @@ pub struct VerifyReport {
     pub versions: u64,
     pub files: u64,
     pub chunks_checked: u64,
+    /// Cached copies re-hashed (all of them with `deep`, else those whose stamp changed).
+    pub cached_files_checked: u64,
     /// `name@version: path: problem` lines; empty when everything is sound.
     pub problems: Vec<String>,
 }
@@ -175,6 +188,7 @@ impl Registry {
             versions: versions.len() as u64,
             files: rows.len() as u64,
             chunks_checked: 0,
+            cached_files_checked: 0,
             problems: Vec::new(),
         };
         let mut checked: HashSet<String> = HashSet::new();
@@ -220,7 +234,156 @@ impl Registry {
                     .problems
                     .push(format!("{name}@{v}: {path}: sha256 does not match"));
             }
+            let cached = self.cache_dir(&name, v).join(&path);
+            let Ok(meta) = std::fs::symlink_metadata(&cached) else {
+                continue; // never resolved (or removed): nothing cached to check
+            };
+            if !deep && self.stamp_of(file_id)? == Some(CacheStamp::of(&meta)) {
+                continue;
+            }
+            report.cached_files_checked += 1;
+            if !meta.is_file() || sha256_file(&cached)? != sha {
+                report.problems.push(format!(
+                    "{name}@{v}: {path}: the cached copy {} does not hold the stored bytes \
+                     (the next resolve re-exports it; or delete it)",
+                    cached.display()
+                ));
+            }
         }
         Ok(report)
     }
+
+    fn stamp_of(&self, file_id: i64) -> Result<Option<CacheStamp>> {
+        use rusqlite::OptionalExtension;
+        Ok(self
+            .db
+            .query_row(
+                "SELECT size, mtime_ns, ctime_ns, ino, dev FROM cache_stamps WHERE file_id = ?1",
+                [file_id],
+                |r| {
+                    Ok(CacheStamp {
+                        size: r.get(0)?,
+                        mtime_ns: r.get(1)?,
+                        ctime_ns: r.get(2)?,
+                        ino: r.get(3)?,
+                        dev: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Records that the copy at `dest` holds exactly the bytes of `file_id` now.
+    fn record_stamp(&self, file_id: i64, dest: &Path) -> Result<()> {
+        let meta =
+            std::fs::symlink_metadata(dest).map_err(io_ctx(format!("stat {}", dest.display())))?;
+        let s = CacheStamp::of(&meta);
+        self.db.execute(
+            "INSERT INTO cache_stamps(file_id, size, mtime_ns, ctime_ns, ino, dev)
+             VALUES(?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(file_id) DO UPDATE SET size = excluded.size,
+               mtime_ns = excluded.mtime_ns, ctime_ns = excluded.ctime_ns,
+               ino = excluded.ino, dev = excluded.dev",
+            rusqlite::params![file_id, s.size, s.mtime_ns, s.ctime_ns, s.ino, s.dev],
+        )?;
+        Ok(())
+    }
+
+    /// Makes `dest` a trusted copy of stored file `file_id` for `resolve`: exports it
+    /// when missing; re-hashes it when it changed since it was last known good (or was
+    /// never stamped); re-exports it from the store, with an audit entry, when its bytes
+    /// differ.
+    pub(crate) fn ensure_cached(
+        &self,
+        file_id: i64,
+        rec: &FileRecord,
+        dest: &Path,
+        label: &str,
+    ) -> Result<CacheUse> {
+        let pb = indicatif::ProgressBar::hidden();
+        let meta = match std::fs::symlink_metadata(dest) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.write_file(file_id, rec, dest, &pb)?;
+                self.record_stamp(file_id, dest)?;
+                return Ok(CacheUse::Exported);
+            }
+            Err(e) => return Err(io_ctx(format!("stat {}", dest.display()))(e)),
+        };
+        if self.stamp_of(file_id)? == Some(CacheStamp::of(&meta)) {
+            return Ok(CacheUse::Trusted);
+        }
+        let found = if meta.is_file() && meta.len() == rec.size {
+            Some(sha256_file(dest)?)
+        } else {
+            None
+        };
+        if found.as_deref() == Some(rec.sha256.as_str()) {
+            self.record_stamp(file_id, dest)?;
+            return Ok(CacheUse::Verified);
+        }
+        self.write_file(file_id, rec, dest, &pb)?;
+        self.record_stamp(file_id, dest)?;
+        db::audit(
+            &self.db,
+            "registry",
+            "cache.repair",
+            label,
+            &json!({"path": rec.path, "size": meta.len(), "sha256": found,
+                    "expected_sha256": rec.sha256}),
+        )?;
+        Ok(CacheUse::Repaired)
+    }
+}
+
+/// What [`Registry::ensure_cached`] had to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CacheUse {
+    /// Unchanged since it was last known good: used without reading it.
+    Trusted,
+    /// Changed (or never stamped) but still the right bytes: re-hashed and re-stamped.
+    Verified,
+    /// Missing: exported from the store.
+    Exported,
+    /// Held other bytes: replaced by a fresh export from the store.
+    Repaired,
+}
+
+/// The file-system identity of a cached copy. `ctime` changes on every write and on
+/// every attempt to set the times back, so a same-size edit cannot keep the stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CacheStamp {
+    size: i64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    ino: i64,
+    dev: i64,
+}
+
+impl CacheStamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        CacheStamp {
+            size: m.size() as i64,
+            mtime_ns: m.mtime().saturating_mul(1_000_000_000) + m.mtime_nsec(),
+            ctime_ns: m.ctime().saturating_mul(1_000_000_000) + m.ctime_nsec(),
+            ino: m.ino() as i64,
+            dev: m.dev() as i64,
+        }
+    }
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).map_err(io_ctx(format!("open {}", path.display())))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(io_ctx(format!("read {}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
 }

@@ -1,9 +1,12 @@
 //! Decides which files may enter the registry: safetensors, GGUF and plain-text
-//! companions. Pickle-based checkpoints are refused with an explanation. Reads files,
-//! never writes them.
+//! companions. Pickle-based checkpoints are refused with an explanation, recognised by
+//! name and by content (every pickle protocol, whatever the file is called). Reads
+//! files, never writes them.
+
+mod pickle;
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufReader, Read};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -59,11 +62,22 @@ fn refuse(path: &Path, reason: impl Into<String>) -> RegistryError {
 const PICKLE_WHY: &str = "pickle-based checkpoints can run arbitrary code when loaded; \
 convert the weights to safetensors (e.g. `safetensors.torch.save_file`) or GGUF and import that";
 
-/// True when `head` starts like a pickle stream (protocol 2..5) or a zip archive (the
-/// PyTorch checkpoint container, which holds `data.pkl`).
+/// True when `head` starts like a pickle stream with a protocol header (2..5) or a zip
+/// archive (the PyTorch checkpoint container, which holds `data.pkl`). Protocols 0 and
+/// 1 have no header; [`is_pickle_stream`] recognises those too.
 pub fn looks_like_pickle(head: &[u8]) -> bool {
     (head.len() >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]))
         || head.starts_with(b"PK\x03\x04")
+}
+
+/// Walks the opcodes of the stream in `r` (`len` bytes): `Some(end)` when it is a
+/// pickle of any protocol that `pickle.load` would act on, where `end` is the offset
+/// just past the opcode that decided it.
+pub fn is_pickle_stream(r: &mut impl std::io::BufRead, len: u64) -> std::io::Result<Option<u64>> {
+    Ok(match pickle::scan(r, len)? {
+        pickle::Verdict::Pickle { end, .. } => Some(end),
+        pickle::Verdict::NotPickle => None,
+    })
 }
 
 /// Checks one file and returns its format, or a `Refused` error that explains why.
@@ -91,6 +105,19 @@ pub fn classify(path: &Path, name: &str) -> Result<FileFormat> {
         return Err(refuse(
             path,
             format!("the file has a pickle/zip header; {PICKLE_WHY}"),
+        ));
+    }
+    let mut stream =
+        BufReader::new(File::open(path).map_err(io_ctx(format!("open {}", path.display())))?);
+    if let Some(at) =
+        is_pickle_stream(&mut stream, len).map_err(io_ctx(format!("read {}", path.display())))?
+    {
+        return Err(refuse(
+            path,
+            format!(
+                "the content is a Python pickle stream (recognised by its opcodes up to \
+                 byte {at}, whatever the file name); {PICKLE_WHY}"
+            ),
         ));
     }
     match ext.as_str() {
@@ -263,6 +290,34 @@ mod tests {
         // A PyTorch zip checkpoint renamed to .safetensors.
         let p = write(d.path(), "m.safetensors", b"PK\x03\x04rest");
         assert!(classify(&p, "m.safetensors").is_err());
+    }
+
+    /// Real pickles (CPython 3 `pickle.dumps`) under innocent names and extensions.
+    #[test]
+    fn refuses_pickles_of_every_protocol_by_content_whatever_the_name() {
+        let d = tempfile::tempdir().unwrap();
+        let streams: [&[u8]; 4] = [
+            // protocol 0: {'a': 1}, printable text.
+            b"(dp0\nVa\np1\nI1\ns.",
+            // protocol 0: os.system('echo pwned') through __reduce__.
+            b"cposix\nsystem\np0\n(Vecho pwned\np1\ntp2\nRp3\n.",
+            // protocol 1: the same call.
+            b"cposix\nsystem\nq\x00(X\n\x00\x00\x00echo pwnedq\x01tq\x02Rq\x03.",
+            // protocol 1: {'a': 1}.
+            b"}q\x00X\x01\x00\x00\x00aq\x01K\x01s.",
+        ];
+        for (i, bytes) in streams.iter().enumerate() {
+            for name in [
+                "notes.txt",
+                "README.md",
+                "chat_template.jinja",
+                "tokenizer.model",
+            ] {
+                let p = write(d.path(), name, bytes);
+                let e = classify(&p, name).unwrap_err().to_string();
+                assert!(e.contains("pickle"), "stream {i} as {name}: {e}");
+            }
+        }
     }
 
     #[test]

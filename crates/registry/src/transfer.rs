@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::auth::{Principal, Role};
 use crate::db::{self, LeaseKind};
 use crate::error::{io_ctx, RegistryError, Result};
+use crate::maintain::CacheUse;
 use crate::names::{self, ModelRef};
 use crate::registry::{FileRecord, Registry, VersionInfo};
 use crate::safety::{self, FileFormat};
@@ -95,6 +96,9 @@ pub struct ResolvedModel {
     pub files: Vec<PathBuf>,
     /// The weights file: the first GGUF, else the first safetensors.
     pub primary: Option<PathBuf>,
+    /// Cached copies that no longer held their recorded bytes and were re-exported.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repaired: Vec<PathBuf>,
 }
 
 struct Staged {
@@ -609,22 +613,21 @@ impl Registry {
 
     /// Resolves `name`, `name@version`, `name@stage` or `name@alias` to real files on
     /// disk, materialising them once into the registry's cache (a GGUF must be a real
-    /// file to be memory-mapped). Later calls return the cached files.
+    /// file to be memory-mapped). Later calls return the cached files, re-hashed first
+    /// when they changed on disk since they were last known good (see `maintain.rs`).
     pub fn resolve(&self, who: &Principal, reference: &str) -> Result<ResolvedModel> {
         who.require(Role::Reader, "resolving a model")?;
         let row = self.find(&reference.parse()?)?;
         let dir = self.cache_dir(&row.name, row.number);
         let files = self.files_of(row.id)?;
         let mut paths = Vec::new();
-        let pb = indicatif::ProgressBar::hidden();
+        let mut repaired = Vec::new();
+        let label = format!("{}@{}", row.name, row.number);
         for (id, rec) in &files {
             names::validate_file_path(&rec.path)?;
             let dest = dir.join(&rec.path);
-            let ok = std::fs::metadata(&dest)
-                .map(|m| m.len() == rec.size)
-                .unwrap_or(false);
-            if !ok {
-                self.write_file(*id, rec, &dest, &pb)?;
+            if self.ensure_cached(*id, rec, &dest, &label)? == CacheUse::Repaired {
+                repaired.push(dest.clone());
             }
             paths.push(dest);
         }
@@ -642,6 +645,7 @@ impl Registry {
             stage: row.stage,
             dir,
             files: paths,
+            repaired,
         })
     }
 

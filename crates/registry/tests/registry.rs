@@ -297,18 +297,12 @@ fn default_model_installs_as_version_one_in_production() {
     );
 }
 
-/// The real default model, when the fetch script has cached it.
+/// The real default model (located by hangar-testkit).
 #[test]
 fn real_default_model_roundtrips_when_cached() {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let p = std::path::Path::new(&home).join(".cache/hangar/models/gemma-3-270m-q4_k_m.gguf");
-    if !p.is_file() {
-        eprintln!(
-            "skipped: {} not cached (run scripts/fetch-default-model.sh)",
-            p.display()
-        );
+    let Some(p) = hangar_testkit::model_path() else {
         return;
-    }
+    };
     let d = tempfile::tempdir().unwrap();
     let mut reg = Registry::open(Some(d.path().join("home"))).unwrap();
     let who = reg.principal(None).unwrap();
@@ -321,4 +315,158 @@ fn real_default_model_roundtrips_when_cached() {
     let r = reg.resolve(&who, "gemma3-270m").unwrap();
     let g = hangar_formats::GgufFile::open(r.primary.unwrap()).unwrap();
     assert_eq!(g.architecture().unwrap(), "gemma3");
+}
+
+/// Flips one byte of `p` in place (same size), then puts its mtime back.
+fn tamper_in_place(p: &std::path::Path, at: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mtime = std::fs::metadata(p).unwrap().modified().unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap();
+    let mut b = [0u8];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&[b[0] ^ 0x40]).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    assert_eq!(std::fs::metadata(p).unwrap().modified().unwrap(), mtime);
+}
+
+#[test]
+fn a_tampered_cached_copy_is_caught_by_verify_and_re_exported_by_resolve() {
+    let d = tempfile::tempdir().unwrap();
+    let src = common::write_gguf(&d.path().join("model.gguf"), 2, 64, 256, 7);
+    let original = std::fs::read(&src).unwrap();
+    let mut reg = Registry::open(Some(d.path().join("home"))).unwrap();
+    let who = reg.principal(None).unwrap();
+    reg.import(&who, &import_req(&src, "tiny")).unwrap();
+    reg.promote(&who, "tiny@1", "production").unwrap();
+    let first = reg.resolve(&who, "tiny@production").unwrap();
+    assert!(first.repaired.is_empty());
+    let cached = first.primary.unwrap();
+    assert_eq!(std::fs::read(&cached).unwrap(), original);
+    let report = reg.verify(&who, false).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(
+        report.cached_files_checked, 0,
+        "an unchanged copy is not re-read"
+    );
+
+    // Let the file-system clock tick past the export before editing the copy.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    tamper_in_place(&cached, original.len() as u64 / 2);
+    for deep in [false, true] {
+        let report = reg.verify(&who, deep).unwrap();
+        assert_eq!(report.cached_files_checked, 1, "deep {deep}");
+        assert!(
+            report.problems.len() == 1 && report.problems[0].contains("cached copy"),
+            "deep {deep}: {:?}",
+            report.problems
+        );
+    }
+
+    let again = reg.resolve(&who, "tiny@production").unwrap();
+    assert_eq!(again.repaired, vec![cached.clone()]);
+    assert_eq!(std::fs::read(&cached).unwrap(), original);
+    assert!(reg.verify(&who, true).unwrap().ok());
+    let audit = reg.audit_log(&who, 10).unwrap();
+    assert!(audit
+        .iter()
+        .any(|a| a.action == "cache.repair" && a.target == "tiny@1"));
+
+    // A copy that was only touched is re-hashed, found intact and kept as it is.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cached).unwrap());
+    std::fs::File::options()
+        .write(true)
+        .open(&cached)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+    let touched = reg.resolve(&who, "tiny").unwrap();
+    assert!(touched.repaired.is_empty());
+    let meta = std::fs::metadata(&cached).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::ino(&meta), ino);
+
+    // A copy of another size, or replaced by something else, is re-exported too.
+    std::fs::write(&cached, b"GGUF").unwrap();
+    assert_eq!(reg.resolve(&who, "tiny").unwrap().repaired.len(), 1);
+    assert_eq!(std::fs::read(&cached).unwrap(), original);
+}
+
+#[test]
+fn cached_copies_from_before_stamps_are_hashed_once_then_trusted() {
+    let d = tempfile::tempdir().unwrap();
+    let src = common::write_gguf(&d.path().join("model.gguf"), 1, 16, 64, 3);
+    let mut reg = Registry::open(Some(d.path().join("home"))).unwrap();
+    let who = reg.principal(None).unwrap();
+    reg.import(&who, &import_req(&src, "tiny")).unwrap();
+    reg.resolve(&who, "tiny").unwrap();
+    // Forget the stamp, as a registry made by an older build has none.
+    drop(reg);
+    let db = d.path().join("home/registry/registry.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("DELETE FROM cache_stamps", [])
+        .unwrap();
+    let reg = Registry::open(Some(d.path().join("home"))).unwrap();
+    assert_eq!(reg.verify(&who, false).unwrap().cached_files_checked, 1);
+    let again = reg.resolve(&who, "tiny").unwrap();
+    assert!(again.repaired.is_empty());
+    assert_eq!(reg.verify(&who, false).unwrap().cached_files_checked, 0);
+}
+
+/// Real pickles of every protocol, made by CPython at test time, under names the
+/// registry accepts for text companions.
+#[test]
+fn import_refuses_pickles_of_every_protocol_whatever_the_name() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("made");
+    std::fs::create_dir(&dir).unwrap();
+    let script = r#"
+import pickle, os, sys
+class Boom:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+out = sys.argv[1]
+for p in range(6):
+    for kind, obj in (("data", {"a": [1, 2.5, "x", None]}), ("call", Boom())):
+        with open(os.path.join(out, f"p{p}-{kind}.bin"), "wb") as f:
+            pickle.dump(obj, f, protocol=p)
+"#;
+    let status = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&dir)
+        .status()
+        .expect("python3 is needed to make real pickles for this test");
+    assert!(status.success());
+    let mut reg = Registry::open(Some(d.path().join("home"))).unwrap();
+    let who = reg.principal(None).unwrap();
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let made = e.unwrap().path();
+        for name in [
+            "notes.txt",
+            "README.md",
+            "template.jinja",
+            "tokenizer.model",
+        ] {
+            let sub = d.path().join(format!("in-{n}"));
+            n += 1;
+            std::fs::create_dir(&sub).unwrap();
+            std::fs::copy(&made, sub.join(name)).unwrap();
+            let err = match reg.import(&who, &import_req(&sub, "m")) {
+                Ok(_) => panic!("{} as {name} was accepted", made.display()),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains("pickle"), "{}: {err}", made.display());
+        }
+    }
+    assert_eq!(n, 6 * 2 * 4);
+    assert!(reg.list(&who).unwrap().is_empty());
 }

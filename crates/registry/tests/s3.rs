@@ -1,77 +1,12 @@
 //! The S3 chunk store against a local moto server (`pip install "moto[server]"`),
-//! started by the test on 127.0.0.1.
+//! started by the test on 127.0.0.1 (hangar-testkit finds and starts it).
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use hangar_registry::{ImportRequest, Registry, S3Config, StoreSpec};
-
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn moto_command() -> Option<Command> {
-    let ok = |c: &mut Command| {
-        c.stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if ok(Command::new("moto_server").arg("--help")) {
-        return Some(Command::new("moto_server"));
-    }
-    let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_module =
-        |py: &str| ok(Command::new(py).args(["-c", "import moto.server, flask, werkzeug"]));
-    if !has_module(&py) {
-        eprintln!("installing moto[server] with pip ...");
-        let installed =
-            ok(Command::new(&py).args(["-m", "pip", "install", "--quiet", "moto[server]"]));
-        if !installed || !has_module(&py) {
-            return None;
-        }
-    }
-    let mut c = Command::new(py);
-    c.args(["-m", "moto.server"]);
-    Some(c)
-}
-
-fn start_moto() -> Option<(Moto, u16)> {
-    let mut cmd = moto_command()?;
-    let port = free_port();
-    let child = cmd
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let moto = Moto(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some((moto, port));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("moto_server did not start on port {port}");
-}
 
 fn create_bucket(port: u16, bucket: &str) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -86,10 +21,10 @@ fn create_bucket(port: u16, bucket: &str) {
 
 #[test]
 fn s3_store_imports_dedups_exports_and_collects_garbage() {
-    let Some((_moto, port)) = start_moto() else {
-        eprintln!("skipped: moto[server] is not installed and pip could not install it (no PyPI?)");
+    let Some(moto) = hangar_testkit::MotoServer::start() else {
         return;
     };
+    let port = moto.port;
     create_bucket(port, "models");
     let cfg = S3Config {
         bucket: "models".into(),

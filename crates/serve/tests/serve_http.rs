@@ -4,34 +4,14 @@
 use hangar_engine::sampler::SamplingParams;
 use hangar_engine::{generate, Engine, EngineConfig, GenerateOptions, LoadedModel};
 use hangar_serve::{AppState, ServeConfig, Services};
+use hangar_testkit::model_path;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const MODEL: &str = "test-model";
-
-fn model_path() -> Option<PathBuf> {
-    let p = std::env::var_os("HANGAR_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            home.join(".cache/hangar/models/gemma-3-270m-q4_k_m.gguf")
-        });
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipping: no model at {} (run scripts/fetch-default-model.sh)",
-            p.display()
-        );
-        None
-    }
-}
 
 struct Server {
     addr: SocketAddr,
@@ -223,7 +203,7 @@ async fn request(
 }
 
 fn greedy_reference(prompt: &str, n: usize) -> String {
-    let lm = LoadedModel::load(model_path().unwrap(), 2).unwrap();
+    let lm = LoadedModel::load(model_path().expect("found when the server started"), 2).unwrap();
     let ids = lm.tokenizer.encode(prompt, true, true);
     let opts = GenerateOptions {
         max_tokens: n,
@@ -744,6 +724,8 @@ async fn special_token_text_in_prompts_is_plain_text_by_default() {
     };
     assert!(plain > special, "the text must contain special-token text");
     let body = json!({"prompt": forged, "max_tokens": 1, "temperature": 0});
+    let chat = json!({"messages": [{"role": "user", "content": forged}], "max_tokens": 1, "temperature": 0});
+    let mut chat_tokens = Vec::new();
     for (allow, want) in [(false, plain), (true, special)] {
         let scfg = ServeConfig {
             allow_special_in_prompt: allow,
@@ -766,6 +748,14 @@ async fn special_token_text_in_prompts_is_plain_text_by_default() {
         assert_eq!(g.status, 200, "{}", g.text());
         let after = srv.metric("hangar_prompt_tokens_total").await;
         assert_eq!((after - before) as usize, want, "KServe, allow={allow}");
+        let c = srv.post("/v1/chat/completions", &chat).await;
+        assert_eq!(c.status, 200, "{}", c.text());
+        chat_tokens.push(c.json()["usage"]["prompt_tokens"].as_u64().unwrap());
         srv.shutdown().await;
     }
+    // Chat content follows the same switch: plain text takes more tokens.
+    assert!(
+        chat_tokens[0] > chat_tokens[1],
+        "chat prompt tokens {chat_tokens:?}"
+    );
 }

@@ -1,4 +1,5 @@
-//! Streaming detokenization.
+//! Streaming detokenization: ids in one at a time, only whole UTF-8 characters out.
+//! Holds the bytes of an unfinished character; never decides what a token means.
 
 use crate::Tokenizer;
 

@@ -5,8 +5,13 @@
 //! Tokens are taken longest first; for each one, every raw fragment is scanned
 //! left to right. A trie over all special texts finds, in one pass, which of them
 //! occur in the input at all, so only those are scanned for.
+//!
+//! Plain ranges (chat message content) are spans where control and unknown tokens
+//! are not recognised, as with `parse_special = false`; they do not split the text,
+//! so plain text on both sides of a range boundary stays one fragment.
 
 use crate::unicode::FxHashMap;
+use std::ops::Range;
 
 /// A piece of the input after partitioning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,8 +106,45 @@ impl SpecialIndex {
             .collect()
     }
 
+    /// Whether `text` holds the text of a control or unknown token (one that is
+    /// matched only when parsing special tokens). Conservative: an occurrence that a
+    /// longer token would swallow still counts.
+    pub fn contains_parse_special_text(&self, text: &str) -> bool {
+        let text = text.as_bytes();
+        for start in 0..text.len() {
+            if !self.first_byte[text[start] as usize] {
+                continue;
+            }
+            let mut node = 0u32;
+            for &b in &text[start..] {
+                match self.edges.get(&(node, b)) {
+                    Some(&n) => node = n,
+                    None => break,
+                }
+                if let Some(i) = self.terminal[node as usize] {
+                    if self.entries[i as usize].needs_parse_special {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+
     /// Splits `text` into raw fragments and special tokens.
     pub fn partition(&self, text: &str, parse_special: bool) -> Vec<Fragment> {
+        self.partition_with_plain(text, parse_special, &[])
+    }
+
+    /// [`partition`](Self::partition), except that control and unknown tokens
+    /// overlapping a `plain` range are left as text. `plain` must be sorted by start
+    /// and not overlap.
+    pub fn partition_with_plain(
+        &self,
+        text: &str,
+        parse_special: bool,
+        plain: &[Range<usize>],
+    ) -> Vec<Fragment> {
         if text.is_empty() {
             return Vec::new();
         }
@@ -117,13 +159,19 @@ impl SpecialIndex {
                     next.push(f);
                     continue;
                 };
-                // Scan [base, end) for the token, left to right.
+                // Scan [base, end) for the token, left to right; `from` skips
+                // occurrences refused inside plain ranges.
+                let mut from = base;
                 loop {
-                    let Some(rel) = text[base..end].find(needle) else {
+                    let Some(rel) = text[from..end].find(needle) else {
                         next.push(Fragment::Text(base, end));
                         break;
                     };
-                    let m = base + rel;
+                    let m = from + rel;
+                    if e.needs_parse_special && overlaps(plain, m, m + needle.len()) {
+                        from = m + needle.chars().next().map_or(1, char::len_utf8);
+                        continue;
+                    }
                     let mut left_end = m;
                     if e.lstrip {
                         while left_end > base && is_c_space(bytes[left_end - 1]) {
@@ -144,6 +192,7 @@ impl SpecialIndex {
                         }
                     }
                     base = right;
+                    from = base;
                     if base >= end {
                         break;
                     }
@@ -155,6 +204,12 @@ impl SpecialIndex {
         frags.retain(|f| !matches!(f, Fragment::Text(a, b) if a >= b));
         frags
     }
+}
+
+/// Whether `start..end` overlaps one of the sorted, disjoint `ranges`.
+fn overlaps(ranges: &[Range<usize>], start: usize, end: usize) -> bool {
+    let i = ranges.partition_point(|r| r.end <= start);
+    ranges.get(i).is_some_and(|r| r.start < end)
 }
 
 /// C `isspace` in the "C" locale.
@@ -205,6 +260,35 @@ mod tests {
                 Fragment::Text(4, 12)
             ]
         );
+    }
+
+    #[test]
+    fn plain_ranges_refuse_control_tokens_but_keep_user_defined_ones() {
+        let idx = SpecialIndex::new(vec![entry(10, "<t>", true), entry(11, "\n", false)]);
+        let t = "<t>a<t>\nb<t>";
+        // The middle "<t>" (3..6) lies in a plain range: it stays text, and the text
+        // around it is one fragment; "\n" is user-defined and still matched there.
+        let f = idx.partition_with_plain(t, true, std::slice::from_ref(&(3..8)));
+        assert_eq!(
+            f,
+            vec![
+                Fragment::Token(10),
+                Fragment::Text(3, 7),
+                Fragment::Token(11),
+                Fragment::Text(8, 9),
+                Fragment::Token(10)
+            ]
+        );
+        // A token straddling a range boundary is refused too.
+        let f = idx.partition_with_plain("ab<t>", true, std::slice::from_ref(&(0..3)));
+        assert_eq!(f, vec![Fragment::Text(0, 5)]);
+        // Without plain ranges nothing changes.
+        assert_eq!(
+            idx.partition_with_plain(t, true, &[]),
+            idx.partition(t, true)
+        );
+        assert!(idx.contains_parse_special_text("x<t>"));
+        assert!(!idx.contains_parse_special_text("x\n<"));
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! The tokenizer of the default model (Gemma 3 270M) against llama.cpp's own output.
 
-mod common;
-
 use hangar_formats::GgufFile;
 use hangar_tokenizer::{TokenType, Tokenizer};
 use serde_json::Value;
 use std::sync::OnceLock;
 use std::time::Instant;
+
+/// llama.cpp's outputs for the default model, kept in the repository.
+fn reference_path() -> std::path::PathBuf {
+    hangar_testkit::repo_file("tests/data/reference/reference.json")
+}
 
 struct Fixture {
     tok: Tokenizer,
@@ -17,8 +20,8 @@ struct Fixture {
 fn fixture() -> Option<&'static Fixture> {
     static F: OnceLock<Option<Fixture>> = OnceLock::new();
     F.get_or_init(|| {
-        let model = common::model_path()?;
-        let reference = common::reference_path()?;
+        let model = hangar_testkit::model_path()?;
+        let reference = reference_path();
         let gguf = GgufFile::open(&model).expect("open model");
         let t0 = Instant::now();
         let tok = Tokenizer::from_gguf(&gguf).expect("tokenizer from the default model");
@@ -125,9 +128,7 @@ fn greedy_prompts_and_texts_match_llama_cpp() {
 #[test]
 fn perplexity_text_token_count_matches() {
     let Some(f) = fixture() else { return };
-    let Some(path) = common::reference_path() else {
-        return;
-    };
+    let path = reference_path();
     let text = std::fs::read_to_string(path.with_file_name("ppl_text.txt")).expect("ppl_text");
     let want = f.reference["perplexity"]["text_tokens"]
         .as_u64()
@@ -302,9 +303,7 @@ fn special_handling() {
 #[test]
 fn encoding_is_fast() {
     let Some(f) = fixture() else { return };
-    let Some(path) = common::reference_path() else {
-        return;
-    };
+    let path = reference_path();
     let text = std::fs::read_to_string(path.with_file_name("ppl_text.txt")).expect("ppl_text");
     let big = text.repeat(30); // ~90 KB
     let t0 = Instant::now();

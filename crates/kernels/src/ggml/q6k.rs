@@ -1,5 +1,5 @@
 //! Q6_K weights times f32 activations, bit for bit as ggml-cpu's MUL_MAT computes it
-//! (x86-64 build with AVX2/FMA/AVX-512 VNNI, see the module doc of `exact`).
+//! (x86-64 build with AVX2/FMA/AVX-512 VNNI, see the module doc of `ggml`).
 //!
 //! ggml first quantizes every activation row to Q8_K (`quantize_row_q8_K`, which on
 //! x86 is the scalar `quantize_row_q8_K_ref` of ggml-base, built without FMA), then

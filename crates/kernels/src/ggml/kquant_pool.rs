@@ -1,5 +1,6 @@
-//! Fast, bit-identical versions of [`q4k::mul_mat_q4k`] and [`q6k::mul_mat_q6k`]:
-//! AVX-512 (F/BW/VL/DQ + VNNI) kernels run on the persistent [`ThreadPool`].
+//! The production ggml Q4_K/Q6_K replicas: AVX-512 (F/BW/VL/DQ + VNNI) twins of
+//! [`q4k::mul_mat_q4k`] and [`q6k::mul_mat_q6k`] on the [`ThreadPool`], bitwise equal
+//! to them; they must never round differently (this is not `Numerics::Fast`).
 //!
 //! Only the integer parts are computed differently (VNNI dot products over whole
 //! sub-blocks instead of element loops; integer sums are exact, so any grouping gives
@@ -169,7 +170,7 @@ fn q4_act_ref(x: &[f32]) -> Q4Act {
 }
 
 /// [`q4k::mul_mat_q4k`], bit for bit, on `pool` with AVX-512 VNNI.
-pub fn mul_mat_q4k_fast(
+pub fn mul_mat_q4k_pool(
     pool: &ThreadPool,
     w: &[u8],
     rows: usize,
@@ -239,7 +240,7 @@ pub fn mul_mat_q4k_fast(
 }
 
 /// [`q6k::mul_mat_q6k`], bit for bit, on `pool` with AVX-512 VNNI.
-pub fn mul_mat_q6k_fast(
+pub fn mul_mat_q6k_pool(
     pool: &ThreadPool,
     w: &[u8],
     rows: usize,
@@ -693,13 +694,13 @@ mod tests {
     }
 
     type MulMat = fn(&[u8], usize, usize, &[f32], usize, &mut [f32]);
-    type MulMatFast = fn(&ThreadPool, &[u8], usize, usize, &[f32], usize, &mut [f32]);
+    type MulMatPool = fn(&ThreadPool, &[u8], usize, usize, &[f32], usize, &mut [f32]);
 
     fn check(
         name: &str,
         gen: fn(&mut Rng, usize, usize) -> Vec<u8>,
         slow: MulMat,
-        fast: MulMatFast,
+        pooled: MulMatPool,
     ) {
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
         let pools = [ThreadPool::new(2), ThreadPool::new(1), ThreadPool::new(3)];
@@ -713,7 +714,7 @@ mod tests {
                     let mut want = vec![0f32; n * rows];
                     slow(&w, rows, cols, &x, n, &mut want);
                     let mut got = vec![f32::NAN; n * rows];
-                    fast(&pools[case % 3], &w, rows, cols, &x, n, &mut got);
+                    pooled(&pools[case % 3], &w, rows, cols, &x, n, &mut got);
                     case += 1;
                     assert_bits(&got, &want, &format!("{name} {rows}x{cols} n={n}"));
                 }
@@ -722,12 +723,12 @@ mod tests {
     }
 
     #[test]
-    fn q4k_fast_is_bit_exact() {
-        check("q4k", rand_q4k, q4k::mul_mat_q4k, mul_mat_q4k_fast);
+    fn q4k_pool_is_bitwise_equal_to_scalar_replica() {
+        check("q4k", rand_q4k, q4k::mul_mat_q4k, mul_mat_q4k_pool);
     }
 
     #[test]
-    fn q6k_fast_is_bit_exact() {
-        check("q6k", rand_q6k, q6k::mul_mat_q6k, mul_mat_q6k_fast);
+    fn q6k_pool_is_bitwise_equal_to_scalar_replica() {
+        check("q6k", rand_q6k, q6k::mul_mat_q6k, mul_mat_q6k_pool);
     }
 }

@@ -33,7 +33,7 @@
 //! `vec_dot_f16` sums the last `cols % 64` products one by one in f64. Pass exactly
 //! the `ne00` ggml uses.
 //!
-//! Checked against llama.cpp dumps (`examples/exact_f16.rs`): every `kq-L` and
+//! Checked against llama.cpp dumps (`examples/ggml_f16.rs`): every `kq-L` and
 //! `kqv-L` of a 6- and a 12-token prompt (tinyBLAS) and of a decode step (vec_dot)
 //! is bit-identical. Using the wrong kernel changes 7-90 elements per `kq` tensor.
 //! `kqv` with at most 16 non-zero weights cannot tell the kernels apart (every lane
@@ -77,6 +77,12 @@ fn reduce16(v: &[f32; 16]) -> f32 {
 /// one by one in f64 (each product f32, exact for f16 inputs) and the sum is
 /// rounded to f32.
 pub fn vec_dot_f16(a: &[u16], b: &[u16]) -> f32 {
+    vec_dot_f16_by(a, b, f16_to_f32)
+}
+
+/// [`vec_dot_f16`] over elements that `val` turns into the f16 values' f32.
+#[inline(always)]
+fn vec_dot_f16_by<T: Copy>(a: &[T], b: &[T], val: impl Fn(T) -> f32) -> f32 {
     assert_eq!(a.len(), b.len());
     let n = a.len();
     let np = n & !63;
@@ -85,7 +91,7 @@ pub fn vec_dot_f16(a: &[u16], b: &[u16]) -> f32 {
         for (j, accj) in acc.iter_mut().enumerate() {
             let o = i + 16 * j;
             for (l, s) in accj.iter_mut().enumerate() {
-                *s = f16_to_f32(a[o + l]).mul_add(f16_to_f32(b[o + l]), *s);
+                *s = val(a[o + l]).mul_add(val(b[o + l]), *s);
             }
         }
     }
@@ -97,7 +103,7 @@ pub fn vec_dot_f16(a: &[u16], b: &[u16]) -> f32 {
     }
     let mut sum = reduce16(&v) as f64;
     for i in np..n {
-        sum += (f16_to_f32(a[i]) * f16_to_f32(b[i])) as f64;
+        sum += (val(a[i]) * val(b[i])) as f64;
     }
     sum as f32
 }
@@ -107,12 +113,18 @@ pub fn vec_dot_f16(a: &[u16], b: &[u16]) -> f32 {
 /// element `16 s + l`, steps in order, then `hsum` = `_mm512_reduce_add_ps`
 /// ([`reduce16`]). Requires `len % 16 == 0`.
 pub fn tinyblas_dot_f16(a: &[u16], b: &[u16]) -> f32 {
+    tinyblas_dot_f16_by(a, b, f16_to_f32)
+}
+
+/// [`tinyblas_dot_f16`] over elements that `val` turns into the f16 values' f32.
+#[inline(always)]
+fn tinyblas_dot_f16_by<T: Copy>(a: &[T], b: &[T], val: impl Fn(T) -> f32) -> f32 {
     assert_eq!(a.len(), b.len());
     assert!(a.len().is_multiple_of(16));
     let mut acc = [0f32; 16];
     for (ca, cb) in a.chunks_exact(16).zip(b.chunks_exact(16)) {
         for l in 0..16 {
-            acc[l] = f16_to_f32(ca[l]).mul_add(f16_to_f32(cb[l]), acc[l]);
+            acc[l] = val(ca[l]).mul_add(val(cb[l]), acc[l]);
         }
     }
     reduce16(&acc)
@@ -168,14 +180,13 @@ pub fn dot_f16_values(a: &[f32], b: &[f32], tinyblas: bool) -> f32 {
             }
         }
     }
-    let (ah, bh): (Vec<u16>, Vec<u16>) = (
-        a.iter().map(|&v| f32_to_f16(v)).collect(),
-        b.iter().map(|&v| f32_to_f16(v)).collect(),
-    );
+    // The scalar replicas on the values rounded through f16, as ggml converts them
+    // (no copy: this runs once per attention cell).
+    let through_f16 = |v: f32| f16_to_f32(f32_to_f16(v));
     if tinyblas {
-        tinyblas_dot_f16(&ah, &bh)
+        tinyblas_dot_f16_by(a, b, through_f16)
     } else {
-        vec_dot_f16(&ah, &bh)
+        vec_dot_f16_by(a, b, through_f16)
     }
 }
 

@@ -1,17 +1,20 @@
-//! Checks `hangar_kernels::exact::q4k::mul_mat_q4k` against llama.cpp dumps: every
+//! Checks `hangar_kernels::ggml::q4k::mul_mat_q4k` against llama.cpp dumps: every
 //! MUL_MAT whose src0 is a Q4_K weight is recomputed from the dumped src1 and compared
 //! bitwise with the dumped result.
 //!
-//! cargo run --release -p hangar-kernels --example exact_q4k -- /work/dumps/p6 /work/dumps/p12 /work/dumps/d1
+//! cargo run --release -p hangar-kernels --example ggml_q4k -- /work/dumps/p6 /work/dumps/p12 /work/dumps/d1
 //!
-//! With `--fast`, checks `exact::kquant_fast::mul_mat_q4k_fast` (2-thread pool) instead.
+//! With `--pool`, checks `ggml::kquant_pool::mul_mat_q4k_pool` (2-thread pool) instead.
+//!
+//! Needs llama.cpp tensor dumps (not in the repository, so not run in CI); what
+//! can be checked without them runs as `tests/ggml_replicas.rs`.
 
-#[path = "exact_dump.rs"]
-mod exact_dump;
+#[path = "ggml_dump.rs"]
+mod ggml_dump;
 
 use hangar_formats::GgufFile;
-use hangar_kernels::exact::kquant_fast::mul_mat_q4k_fast;
-use hangar_kernels::exact::q4k::mul_mat_q4k;
+use hangar_kernels::ggml::kquant_pool::mul_mat_q4k_pool;
+use hangar_kernels::ggml::q4k::mul_mat_q4k;
 use hangar_kernels::ThreadPool;
 
 const MODEL: &str = "/root/.cache/hangar/models/gemma-3-270m-q4_k_m.gguf";
@@ -19,11 +22,11 @@ const MODEL: &str = "/root/.cache/hangar/models/gemma-3-270m-q4_k_m.gguf";
 fn main() {
     let model = std::env::var("HANGAR_EXACT_MODEL").unwrap_or_else(|_| MODEL.to_string());
     let gguf = GgufFile::open(&model).expect("open GGUF");
-    let fast = std::env::args().any(|a| a == "--fast");
+    let pooled = std::env::args().any(|a| a == "--pool");
     let pool = ThreadPool::new(2);
     let mut total_bad = 0;
     for dir in std::env::args().skip(1).filter(|a| !a.starts_with("--")) {
-        let dump = exact_dump::Dump::open(&dir);
+        let dump = ggml_dump::Dump::open(&dir);
         let (mut mats, mut elems, mut bad, mut worst) = (0, 0, 0, 0f32);
         for e in dump
             .by_op("MUL_MAT")
@@ -35,12 +38,12 @@ fn main() {
             let x = dump.read(&e.srcs[1].0);
             let want = dump.read(&e.file);
             let mut got = vec![0f32; rows * n];
-            if fast {
-                mul_mat_q4k_fast(&pool, gguf.tensor_data(info), rows, cols, &x, n, &mut got);
+            if pooled {
+                mul_mat_q4k_pool(&pool, gguf.tensor_data(info), rows, cols, &x, n, &mut got);
             } else {
                 mul_mat_q4k(gguf.tensor_data(info), rows, cols, &x, n, &mut got);
             }
-            let (d, w) = exact_dump::compare(&got, &want);
+            let (d, w) = ggml_dump::compare(&got, &want);
             if d > 0 {
                 println!(
                     "  {} ({}, n={n}): {d} of {} differ, worst rel {w:.3e}",

@@ -1,4 +1,4 @@
-//! Shared reader for llama.cpp tensor dumps (diagnostics for `hangar_kernels::exact`).
+//! Shared reader for llama.cpp tensor dumps (diagnostics for `hangar_kernels::ggml`).
 //! A dump directory holds `index.txt` (one line per tensor:
 //! `NNN_name ne0 ne1 ne2 ne3 OP src0=NAME:type src1=NAME:type ...`) and `NNN_name.bin`
 //! (raw little-endian f32, ne0 fastest). `src` names that are dumped files appear as

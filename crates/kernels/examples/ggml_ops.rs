@@ -1,9 +1,12 @@
-//! Checks `exact::ops` against llama.cpp tensor dumps: RMS_NORM(+MUL), ROPE,
-//! SOFT_MAX and GEGLU must be bitwise equal. usage: exact_ops MODEL DUMP_DIR...
-#[path = "exact_dump.rs"]
-mod exact_dump;
-use exact_dump::{compare, Dump};
-use hangar_kernels::exact::ops;
+//! Checks `ggml::ops` against llama.cpp tensor dumps: RMS_NORM(+MUL), ROPE,
+//! SOFT_MAX and GEGLU must be bitwise equal. usage: ggml_ops MODEL DUMP_DIR...
+//!
+//! Needs llama.cpp tensor dumps (not in the repository, so not run in CI); what
+//! can be checked without them runs as `tests/ggml_replicas.rs`.
+#[path = "ggml_dump.rs"]
+mod ggml_dump;
+use ggml_dump::{compare, Dump};
+use hangar_kernels::ggml::ops;
 
 fn weight(g: &hangar_formats::GgufFile, name: &str) -> Vec<f32> {
     let t = g.tensor(name).expect("tensor");

@@ -1,24 +1,36 @@
-//! The forward pass in llama.cpp's arithmetic ("ggml numerics"): every operation in
-//! the order and rounding ggml-cpu uses (see `hangar_kernels::exact`), so greedy
-//! continuations equal llama.cpp's token for token. Slower than the default path;
-//! chosen with `Numerics::Ggml`.
+//! The forward pass in llama.cpp's arithmetic (`Numerics::Ggml`): every operation in
+//! the order and rounding of ggml-cpu; nothing here may trade that for speed.
+//!
+//! With the replicas of `hangar_kernels::ggml`, greedy continuations equal
+//! llama.cpp's token for token. Slower than the fast path.
 //!
 //! The graph follows llama.cpp's for Gemma 3 and the Llama family: embeddings
 //! (times sqrt(d) for Gemma), per layer RMS norm → Q/K/V → Q/K norms → RoPE → Q
 //! scale (Gemma) → f16 K/V → KQ over the cache padded to 256 cells → mask →
 //! soft-max → KQV → output projection → post-norm (Gemma) → residual, then the FFN
 //! likewise. As in llama.cpp, only the rows whose logits are wanted continue past
-//! the last layer's attention.
+//! the last layer's attention. Scratch lives in the same [`Workspace`] as the fast
+//! path's, so a step allocates nothing once the workspace has grown.
 
 use crate::config::{Activation, Arch};
-use crate::forward::{LogitsWanted, SeqInput, Tap, Workspace};
+use crate::forward::{resize, LogitsWanted, SeqInput, Tap, Workspace};
 use crate::kv::{KvCache, NO_BLOCK};
 use crate::weights::{Model, Weight};
 use crate::{ModelError, Observer};
-use hangar_kernels::exact::{self, ops as xops};
+use hangar_kernels::ggml::{self, ops as xops};
 use hangar_kernels::ops::RopeStyle;
 use hangar_kernels::{quants, ThreadPool};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct RowsPtr(*mut AttnRows);
+// SAFETY: used only to hand each pool thread its own element.
+unsafe impl Send for RowsPtr {}
+unsafe impl Sync for RowsPtr {}
+impl RowsPtr {
+    fn get(&self) -> *mut AttnRows {
+        self.0
+    }
+}
 
 struct OutPtr(*mut f32);
 // SAFETY: used only to hand disjoint output slices to pool threads.
@@ -30,33 +42,40 @@ impl OutPtr {
     }
 }
 
-/// Which arithmetic the forward pass uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Numerics {
-    /// Hangar's own kernels (packed, fused, fastest).
-    #[default]
-    Fast,
-    /// Bit-for-bit llama.cpp CPU arithmetic (x86-64 AVX-512 build).
-    Ggml,
+/// Scratch only the ggml forward uses, kept in the [`Workspace`] between calls.
+#[derive(Default)]
+pub(crate) struct GgmlScratch {
+    /// Batch rows whose logits are wanted (llama.cpp's output ids).
+    rows: Vec<usize>,
+    /// The gated FFN activation (f32: ggml quantizes it inside the matmul).
+    act: Vec<f32>,
+    /// ggml's RoPE cache for one position.
+    rope: Vec<f32>,
+    /// One dequantized weight row (the plain product of types without a replica).
+    wrow: Vec<f32>,
+    attention: AttnScratch,
 }
 
-impl Numerics {
-    /// From `HANGAR_NUMERICS` (`fast` or `ggml`); the default when unset or unknown.
-    pub fn from_env() -> Self {
-        std::env::var("HANGAR_NUMERICS")
-            .ok()
-            .and_then(|v| Numerics::parse(&v))
-            .unwrap_or_default()
-    }
+/// The attention's scratch.
+#[derive(Default)]
+struct AttnScratch {
+    /// One KV head's keys, cell by cell (`used × head_dim`).
+    kbuf: Vec<f32>,
+    /// One KV head's values transposed (`head_dim × cells`, cells padded to 64).
+    vt: Vec<f32>,
+    /// Per pool thread: attention rows of one (head, token) task.
+    threads: Vec<AttnRows>,
+}
 
-    /// Parses `fast` or `ggml` (also `llama.cpp`, `reference`).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "fast" => Some(Numerics::Fast),
-            "ggml" | "llama.cpp" | "llamacpp" | "reference" | "exact" => Some(Numerics::Ggml),
-            _ => None,
-        }
-    }
+/// One pool thread's attention scratch.
+#[derive(Default, Clone)]
+struct AttnRows {
+    /// The query head rounded to f16.
+    qh: Vec<f32>,
+    /// KQ scores, then soft-max probabilities.
+    row: Vec<f32>,
+    /// The probabilities rounded to f16, zero-padded for the KQV dots.
+    pv: Vec<f32>,
 }
 
 /// Cells ggml's attention spans: the used cells padded to 256 (results do not depend
@@ -66,14 +85,25 @@ fn padded_cells(used: usize) -> usize {
 }
 
 impl Model {
-    fn mm(&self, pool: &ThreadPool, w: &Weight, x: &[f32], n: usize, out: &mut [f32]) {
+    /// `out = W · x` for `n` rows in ggml's arithmetic; `wrow` is scratch for the
+    /// types without a replica.
+    fn mm(
+        &self,
+        pool: &ThreadPool,
+        w: &Weight,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        wrow: &mut Vec<f32>,
+    ) {
         let m = self.mat(w);
         let out = &mut out[..n * w.rows];
-        if !exact::mul_mat(pool, m.ty, m.data, w.rows, w.cols, &x[..n * w.cols], n, out) {
+        if !ggml::mul_mat(pool, m.ty, m.data, w.rows, w.cols, &x[..n * w.cols], n, out) {
             // A type ggml-exact arithmetic is not written for: plain f32 products.
-            let mut row = vec![0f32; w.cols];
+            resize(wrow, w.cols);
+            let row = &mut wrow[..];
             for i in 0..w.rows {
-                quants::dequantize_row(m.ty, m.row(i), &mut row).expect("shape checked at load");
+                quants::dequantize_row(m.ty, m.row(i), row).expect("shape checked at load");
                 for j in 0..n {
                     let xr = &x[j * w.cols..(j + 1) * w.cols];
                     out[j * w.rows + i] = row.iter().zip(xr).map(|(a, b)| a * b).sum();
@@ -98,6 +128,7 @@ impl Model {
         window: Option<usize>,
         q: &[f32],
         out: &mut [f32],
+        scratch: &mut AttnScratch,
     ) {
         let cfg = &self.cfg;
         let (hd, qd, nkv) = (cfg.head_dim, cfg.q_dim(), cfg.n_kv_heads);
@@ -109,16 +140,30 @@ impl Model {
         // Soft-max rows may stop at a multiple of 16 (whole masked chunks add 0), and
         // the KQV dots at a multiple of 64 (zero probabilities add exact zeros).
         let (srow, vlen) = (used.div_ceil(16) * 16, used.div_ceil(64) * 64);
-        let kq_tiny = exact::f16::uses_tinyblas(cells, hd, ts);
-        let kqv_tiny = exact::f16::uses_tinyblas(hd, cells, ts);
+        let kq_tiny = ggml::f16::uses_tinyblas(cells, hd, ts);
+        let kqv_tiny = ggml::f16::uses_tinyblas(hd, cells, ts);
         let table = s.block_tables[g];
         let present = |c: usize| {
             table
                 .get(c / kv.block_size())
                 .is_some_and(|&b| b != NO_BLOCK)
         };
-        let mut kbuf = vec![0f32; used * hd];
-        let mut vt = vec![0f32; hd * vlen];
+        // Zeroed as fresh buffers would be: value cells past the last used one are
+        // read (times zero probabilities) by the padded KQV dots.
+        resize(&mut scratch.kbuf, used * hd);
+        resize(&mut scratch.vt, hd * vlen);
+        scratch.kbuf.fill(0.0);
+        scratch.vt.fill(0.0);
+        let n_threads = pool.n_threads();
+        if scratch.threads.len() < n_threads {
+            scratch.threads.resize(n_threads, AttnRows::default());
+        }
+        for t in &mut scratch.threads[..n_threads] {
+            resize(&mut t.qh, hd);
+            resize(&mut t.row, srow);
+            resize(&mut t.pv, vlen);
+        }
+        let (kbuf, vt) = (&mut scratch.kbuf, &mut scratch.vt);
         for kh in 0..nkv {
             for c in 0..used {
                 if !present(c) {
@@ -134,21 +179,21 @@ impl Model {
             // slice of `out`. Per token, soft-max rows stop at a multiple of 16 past
             // its last visible cell and KQV dots at a multiple of 64: the cells after
             // hold exact zeros in llama.cpp's longer rows, which change no lane.
-            let heads: Vec<usize> = (kh * group..(kh + 1) * group).collect();
-            let n_tasks = heads.len() * ts;
+            let n_tasks = group * ts;
             let next = AtomicUsize::new(0);
             let out_ptr = OutPtr(out.as_mut_ptr());
-            let (kbuf, vt) = (&kbuf, &vt);
-            pool.run(|_, _| {
-                let mut qh = vec![0f32; hd];
-                let mut row = vec![0f32; srow];
-                let mut pv = vec![0f32; vlen];
+            let rows_ptr = RowsPtr(scratch.threads.as_mut_ptr());
+            let (kbuf, vt) = (&*kbuf, &*vt);
+            pool.run(|tid, _| {
+                // SAFETY: one pool thread per `tid` (< n_threads, sized above), so
+                // each thread has its scratch to itself for this run.
+                let AttnRows { qh, row, pv } = unsafe { &mut *rows_ptr.get().add(tid) };
                 loop {
                     let task = next.fetch_add(1, Ordering::Relaxed);
                     if task >= n_tasks {
                         break;
                     }
-                    let (hq, t) = (heads[task / ts], task % ts);
+                    let (hq, t) = (kh * group + task / ts, task % ts);
                     let p = s.start_pos + t;
                     for (d, &v) in qh
                         .iter_mut()
@@ -165,16 +210,16 @@ impl Model {
                     let krow = |c: usize| &kbuf[c * hd..(c + 1) * hd];
                     let mut c = lo;
                     while c + 4 <= hi {
-                        let v = exact::f16::dot4_f16_values(
+                        let v = ggml::f16::dot4_f16_values(
                             [krow(c), krow(c + 1), krow(c + 2), krow(c + 3)],
-                            &qh,
+                            qh,
                             kq_tiny,
                         );
                         row[c..c + 4].copy_from_slice(&v);
                         c += 4;
                     }
                     while c < hi {
-                        row[c] = exact::f16::dot_f16_values(krow(c), &qh, kq_tiny);
+                        row[c] = ggml::f16::dot_f16_values(krow(c), qh, kq_tiny);
                         c += 1;
                     }
                     if !gemma {
@@ -193,7 +238,7 @@ impl Model {
                     let vrow = |j: usize| &vt[j * vlen..j * vlen + vl];
                     for j in (0..hd).step_by(4) {
                         if j + 4 <= hd {
-                            let v = exact::f16::dot4_f16_values(
+                            let v = ggml::f16::dot4_f16_values(
                                 [vrow(j), vrow(j + 1), vrow(j + 2), vrow(j + 3)],
                                 &pv[..vl],
                                 kqv_tiny,
@@ -201,7 +246,7 @@ impl Model {
                             o[j..j + 4].copy_from_slice(&v);
                         } else {
                             for (jj, od) in o.iter_mut().enumerate().skip(j) {
-                                *od = exact::f16::dot_f16_values(vrow(jj), &pv[..vl], kqv_tiny);
+                                *od = ggml::f16::dot_f16_values(vrow(jj), &pv[..vl], kqv_tiny);
                             }
                         }
                     }
@@ -233,8 +278,43 @@ impl Model {
         let gemma = cfg.arch == Arch::Gemma3;
 
         // Rows whose logits are wanted (llama.cpp's output ids).
-        let mut rows = Vec::new();
-        let mut positions = Vec::with_capacity(t_total);
+        let Workspace {
+            x,
+            h,
+            q,
+            k,
+            v,
+            attn,
+            o,
+            gate,
+            up,
+            positions,
+            ggml:
+                GgmlScratch {
+                    rows,
+                    act,
+                    rope,
+                    wrow,
+                    attention,
+                },
+            ..
+        } = ws;
+        for (buf, len) in [
+            (&mut *x, t_total * d),
+            (&mut *h, t_total * d),
+            (&mut *q, t_total * qd),
+            (&mut *k, t_total * kvd),
+            (&mut *v, t_total * kvd),
+            (&mut *attn, t_total * qd),
+            (&mut *o, t_total * d),
+            (&mut *gate, t_total * ff),
+            (&mut *up, t_total * ff),
+            (&mut *act, t_total * ff),
+        ] {
+            resize(buf, len);
+        }
+        rows.clear();
+        positions.clear();
         {
             let mut t = 0;
             for s in seqs {
@@ -248,7 +328,6 @@ impl Model {
             }
         }
 
-        let mut x = vec![0f32; t_total * d];
         let emb = self.mat(&self.tok_embd);
         for (t, &tok) in seqs.iter().flat_map(|s| s.tokens.iter()).enumerate() {
             let row = &mut x[t * d..(t + 1) * d];
@@ -259,16 +338,6 @@ impl Model {
             }
         }
 
-        let mut h = vec![0f32; t_total * d];
-        let mut q = vec![0f32; t_total * qd];
-        let mut k = vec![0f32; t_total * kvd];
-        let mut v = vec![0f32; t_total * kvd];
-        let mut attn = vec![0f32; t_total * qd];
-        let mut o = vec![0f32; t_total * d];
-        let mut gate = vec![0f32; t_total * ff];
-        let mut up = vec![0f32; t_total * ff];
-        let mut act = vec![0f32; t_total * ff];
-        let mut cache = Vec::new();
         let mut n = t_total;
         let n_layers = self.layers.len();
 
@@ -284,9 +353,9 @@ impl Model {
             if let Some(obs) = observer.as_mut() {
                 obs(li, Tap::AttnIn, &h[..n * d], d);
             }
-            self.mm(pool, &layer.wq, &h, n, &mut q);
-            self.mm(pool, &layer.wk, &h, n, &mut k);
-            self.mm(pool, &layer.wv, &h, n, &mut v);
+            self.mm(pool, &layer.wq, h, n, q, wrow);
+            self.mm(pool, &layer.wk, h, n, k, wrow);
+            self.mm(pool, &layer.wv, h, n, v, wrow);
             let (base, local) = if cfg.local_layers[li] {
                 (cfg.rope_base_local, true)
             } else {
@@ -310,13 +379,13 @@ impl Model {
                     base,
                     1.0,
                     self.rope_freqs.as_deref(),
-                    &mut cache,
+                    rope,
                 );
                 for head in q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
                     if let Some(w) = &layer.q_norm {
                         xops::rms_norm_mul_inplace(head, Some(w), eps);
                     }
-                    xops::rope_apply(head, cfg.rope_dims, &cache, normal);
+                    xops::rope_apply(head, cfg.rope_dims, rope, normal);
                     if gemma {
                         head.iter_mut().for_each(|v| *v *= cfg.attn_scale);
                     }
@@ -325,7 +394,7 @@ impl Model {
                     if let Some(w) = &layer.k_norm {
                         xops::rms_norm_mul_inplace(head, Some(w), eps);
                     }
-                    xops::rope_apply(head, cfg.rope_dims, &cache, normal);
+                    xops::rope_apply(head, cfg.rope_dims, rope, normal);
                 }
             }
             // The f16 cache.
@@ -365,13 +434,14 @@ impl Model {
                     window,
                     &q[t0 * qd..(t0 + s.tokens.len()) * qd],
                     &mut attn[t0 * qd..(t0 + s.tokens.len()) * qd],
+                    attention,
                 );
                 t0 += s.tokens.len();
             }
             if let Some(obs) = observer.as_mut() {
                 obs(li, Tap::AttnOutIn, &attn[..n * qd], qd);
             }
-            self.mm(pool, &layer.wo, &attn, n, &mut o);
+            self.mm(pool, &layer.wo, attn, n, o, wrow);
             if li + 1 == n_layers && rows.len() < n {
                 // llama.cpp keeps only the output rows from here on.
                 for (i, &r) in rows.iter().enumerate() {
@@ -398,10 +468,10 @@ impl Model {
             if let Some(obs) = observer.as_mut() {
                 obs(li, Tap::FfnIn, &h[..n * d], d);
             }
-            self.mm(pool, &layer.gate, &h, n, &mut gate);
-            self.mm(pool, &layer.up, &h, n, &mut up);
+            self.mm(pool, &layer.gate, h, n, gate, wrow);
+            self.mm(pool, &layer.up, h, n, up, wrow);
             match cfg.activation {
-                Activation::GeluTanh => xops::geglu(&gate[..n * ff], &up[..n * ff], &mut act),
+                Activation::GeluTanh => xops::geglu(&gate[..n * ff], &up[..n * ff], act),
                 Activation::Silu => {
                     for i in 0..n * ff {
                         let g = gate[i];
@@ -412,7 +482,7 @@ impl Model {
             if let Some(obs) = observer.as_mut() {
                 obs(li, Tap::FfnDownIn, &act[..n * ff], ff);
             }
-            self.mm(pool, &layer.down, &act, n, &mut o);
+            self.mm(pool, &layer.down, act, n, o, wrow);
             for t in 0..n {
                 let ot = &mut o[t * d..(t + 1) * d];
                 if let Some(w) = &layer.post_ffn_norm {
@@ -442,20 +512,19 @@ impl Model {
         }
         logits.resize(m * cfg.vocab_size, 0.0);
         if m > 0 {
-            self.mm(pool, &self.output, &h, m, logits);
+            self.mm(pool, &self.output, h, m, logits, wrow);
             if let Some(cap) = cfg.final_logit_softcap {
                 logits
                     .iter_mut()
                     .for_each(|v| *v = (*v * (1.0 / cap)).tanh() * cap);
             }
         }
-        let _ = ws;
         Ok(m)
     }
 }
 
 fn f16r(v: f32) -> f32 {
-    exact::f16::f16_to_f32(exact::f16::f32_to_f16(v))
+    ggml::f16::f16_to_f32(ggml::f16::f32_to_f16(v))
 }
 
 fn add(x: &mut [f32], y: &[f32]) {

@@ -1,5 +1,5 @@
 //! Recomputes every attention `kq-L` / `kqv-L` MUL_MAT (F16 KV cache × F32) of the
-//! llama.cpp dumps with `hangar_kernels::exact::f16` and counts bitwise differences.
+//! llama.cpp dumps with `hangar_kernels::ggml::f16` and counts bitwise differences.
 //!
 //! The KV cache is rebuilt from the dumps: cell `c` of layer `L` holds
 //! f16(`Kcur-L`) / f16(`Vcur-L`) of the token at position `c`, the remaining cells
@@ -7,12 +7,15 @@
 //! `p6` and position 6 from itself. `kqv` uses the dumped `kq_soft_max-L` as src1,
 //! so each product is checked on its own.
 //!
-//! Usage: `exact_f16 [DUMPS_DIR]` (default /work/dumps).
-#[path = "exact_dump.rs"]
-mod exact_dump;
+//! Usage: `ggml_f16 [DUMPS_DIR]` (default /work/dumps).
+//!
+//! Needs llama.cpp tensor dumps (not in the repository, so not run in CI); what
+//! can be checked without them runs as `tests/ggml_replicas.rs`.
+#[path = "ggml_dump.rs"]
+mod ggml_dump;
 
-use exact_dump::{compare, Dump, Entry};
-use hangar_kernels::exact::f16::{f32_to_f16, mul_mat_f16, uses_tinyblas};
+use ggml_dump::{compare, Dump, Entry};
+use hangar_kernels::ggml::f16::{f32_to_f16, mul_mat_f16, uses_tinyblas};
 
 /// Name part of a dump file (`NNN_name` → `name`).
 fn name(e: &Entry) -> &str {

@@ -1,5 +1,6 @@
-//! Fast AVX-512 VNNI twin of [`mul_mat_legacy`]: bitwise identical results for
-//! every `n`, parallel over the kernel thread pool.
+//! The production ggml Q5_0/Q8_0 replica: the AVX-512 VNNI twin of
+//! [`mul_mat_legacy`] on the kernel thread pool, bitwise identical for every `n`; it
+//! must never round differently (this is not `Numerics::Fast`).
 //!
 //! The arithmetic is exactly the one described in [`super::legacy`]: for each
 //! (weight row, activation row) pair an `__m256` accumulator whose lane `l` owns
@@ -105,7 +106,7 @@ fn quantize_acts(pool: &ThreadPool, x: &[f32], n: usize, cols: usize, off: i32) 
 /// (ggml's Q5_0/Q8_0 MUL_MAT), using AVX-512 VNNI when the CPU has it (else the
 /// scalar replica) and the threads of `pool`.
 #[allow(clippy::too_many_arguments)]
-pub fn mul_mat_legacy_fast(
+pub fn mul_mat_legacy_pool(
     pool: &ThreadPool,
     ty: GgmlType,
     w: &[u8],
@@ -118,7 +119,7 @@ pub fn mul_mat_legacy_fast(
     let bytes = match ty {
         GgmlType::Q8_0 => Q8_0_BYTES,
         GgmlType::Q5_0 => Q5_0_BYTES,
-        other => panic!("mul_mat_legacy_fast: unsupported weight type {other:?}"),
+        other => panic!("mul_mat_legacy_pool: unsupported weight type {other:?}"),
     };
     assert_eq!(cols % QK, 0, "cols must be a multiple of 32");
     let nb = cols / QK;
@@ -399,7 +400,7 @@ mod tests {
         let mut want = vec![0f32; n * rows];
         let mut got = vec![f32::NAN; n * rows];
         mul_mat_legacy(ty, w, rows, cols, x, n, &mut want);
-        mul_mat_legacy_fast(pool, ty, w, rows, cols, x, n, &mut got);
+        mul_mat_legacy_pool(pool, ty, w, rows, cols, x, n, &mut got);
         for (k, (a, b)) in got.iter().zip(&want).enumerate() {
             assert!(
                 same(*a, *b),

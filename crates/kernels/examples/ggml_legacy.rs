@@ -1,16 +1,19 @@
-//! Checks `hangar_kernels::exact::legacy` against llama.cpp dumps: recomputes every
+//! Checks `hangar_kernels::ggml::legacy` against llama.cpp dumps: recomputes every
 //! MUL_MAT whose weight is Q5_0 or Q8_0 from the dumped f32 input and counts the
 //! bitwise-different elements.
 //!
-//! Usage: exact_legacy [--fast] DUMP_DIR... (`--fast`: check
-//! `exact::legacy_fast::mul_mat_legacy_fast` on a 2-thread pool instead; model:
+//! Usage: ggml_legacy [--pool] DUMP_DIR... (`--pool`: check
+//! `ggml::legacy_pool::mul_mat_legacy_pool` on a 2-thread pool instead; model:
 //! $HANGAR_GGUF or the gemma-3-270m Q4_K_M file in ~/.cache/hangar/models).
-#[path = "exact_dump.rs"]
-mod exact_dump;
+//!
+//! Needs llama.cpp tensor dumps (not in the repository, so not run in CI); what
+//! can be checked without them runs as `tests/ggml_replicas.rs`.
+#[path = "ggml_dump.rs"]
+mod ggml_dump;
 
 use hangar_formats::GgufFile;
-use hangar_kernels::exact::legacy::mul_mat_legacy;
-use hangar_kernels::exact::legacy_fast::mul_mat_legacy_fast;
+use hangar_kernels::ggml::legacy::mul_mat_legacy;
+use hangar_kernels::ggml::legacy_pool::mul_mat_legacy_pool;
 use hangar_kernels::{GgmlType, ThreadPool};
 use std::time::Instant;
 
@@ -19,18 +22,18 @@ fn main() {
         .unwrap_or_else(|_| "/root/.cache/hangar/models/gemma-3-270m-q4_k_m.gguf".to_string());
     let gguf = GgufFile::open(&model).expect("open gguf");
     let mut dirs: Vec<String> = std::env::args().skip(1).collect();
-    let fast = dirs.first().is_some_and(|a| a == "--fast");
-    if fast {
+    let pooled = dirs.first().is_some_and(|a| a == "--pool");
+    if pooled {
         dirs.remove(0);
     }
     let pool = ThreadPool::new(2);
     if dirs.is_empty() {
-        eprintln!("usage: exact_legacy [--fast] DUMP_DIR...");
+        eprintln!("usage: ggml_legacy [--pool] DUMP_DIR...");
         std::process::exit(2);
     }
     let mut grand = 0usize;
     for d in &dirs {
-        let dump = exact_dump::Dump::open(d);
+        let dump = ggml_dump::Dump::open(d);
         let (mut checked, mut elems, mut diffs) = (0usize, 0usize, 0usize);
         let mut secs = 0f64;
         for e in dump.by_op("MUL_MAT") {
@@ -58,14 +61,14 @@ fn main() {
             let mut got = vec![0f32; n * rows];
             let t = Instant::now();
             let wdata = gguf.tensor_data(info);
-            if fast {
-                mul_mat_legacy_fast(&pool, info.ty, wdata, rows, cols, &x, n, &mut got);
+            if pooled {
+                mul_mat_legacy_pool(&pool, info.ty, wdata, rows, cols, &x, n, &mut got);
             } else {
                 mul_mat_legacy(info.ty, wdata, rows, cols, &x, n, &mut got);
             }
             let dt = t.elapsed();
             secs += dt.as_secs_f64();
-            let (diff, worst) = exact_dump::compare(&got, &want);
+            let (diff, worst) = ggml_dump::compare(&got, &want);
             if diff > 0 || rows * cols > 1 << 24 {
                 println!(
                     "  {} ({wname} {wty} {rows}x{cols}, n={n}): {diff} differ (worst rel {worst:.3e}), {:.3}s",
@@ -81,8 +84,8 @@ fn main() {
             "{d}: {checked} Q5_0/Q8_0 matmuls, {elems} elements, {diffs} bitwise differences, \
              {:.1} ms in {}",
             secs * 1e3,
-            if fast {
-                "mul_mat_legacy_fast"
+            if pooled {
+                "mul_mat_legacy_pool"
             } else {
                 "mul_mat_legacy"
             }

@@ -1,0 +1,347 @@
+//! The engine loop: one thread owns the runner, the KV block manager, the scheduler
+//! and every request's sampler. Each step is schedule → execute → update.
+//!
+//! Commands arrive over a channel; events leave over one channel per request. Never
+//! shared with callers, so nothing on the hot path takes a lock.
+
+use super::request::{GenerateRequest, TokenEvent};
+use super::runner::ModelRunner;
+use super::update::{update_from_output, Live};
+use crate::kv_manager::KvBlockManager;
+use crate::sampler::{SampledToken, Sampler, StopMatcher};
+use crate::scheduler::{Batch, SchedSeq, Scheduler, SchedulerConfig, SeqId};
+use hangar_models::{LogitsWanted, SeqInput};
+use hangar_tokenizer::Tokenizer;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// What the handle tells the loop.
+pub(crate) enum Command {
+    Submit {
+        id: SeqId,
+        /// Sequences of one client request share a group (fair admission).
+        group: u64,
+        req: Box<GenerateRequest>,
+        events: UnboundedSender<TokenEvent>,
+    },
+    Cancel(SeqId),
+    Shutdown,
+}
+
+/// Counters the loop publishes and the handle reads.
+#[derive(Default)]
+pub(crate) struct SharedStats {
+    pub waiting: AtomicUsize,
+    pub running: AtomicUsize,
+    pub kv_used: Vec<AtomicUsize>,
+    pub kv_cached: Vec<AtomicUsize>,
+    pub kv_total: Vec<usize>,
+    pub prefix_queried: AtomicU64,
+    pub prefix_hit: AtomicU64,
+    pub preemptions: AtomicU64,
+    pub steps: AtomicU64,
+    pub prompt_computed: AtomicU64,
+    pub generated: AtomicU64,
+}
+
+pub(crate) struct EngineCore {
+    pub runner: Box<dyn ModelRunner>,
+    pub kvm: KvBlockManager,
+    pub sched: Scheduler,
+    pub sched_cfg: SchedulerConfig,
+    pub stats: Arc<SharedStats>,
+    pub max_model_len: usize,
+    pub vocab_size: usize,
+}
+
+impl EngineCore {
+    pub fn run(mut self, tok: &Tokenizer, rx: mpsc::Receiver<Command>) {
+        let mut live: HashMap<SeqId, Live> = HashMap::new();
+        let mut logits = Vec::new();
+        'outer: loop {
+            // Commands: block while idle, else take what is queued.
+            if self.sched.is_idle() {
+                self.publish_stats();
+                match rx.recv() {
+                    Ok(cmd) => {
+                        if !self.handle(cmd, tok, &mut live) {
+                            break 'outer;
+                        }
+                    }
+                    Err(_) => break 'outer,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        if !self.handle(cmd, tok, &mut live) {
+                            break 'outer;
+                        }
+                    }
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => break 'outer,
+                }
+            }
+            let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.step(tok, &mut live, &mut logits)
+            }));
+            if step.is_err() {
+                // A bug must not take the server down: fail what was in flight, start
+                // over with empty block tables, keep serving.
+                self.recover(&mut live);
+            }
+        }
+        // Shutting down: tell whoever still listens.
+        for (_, l) in live.drain() {
+            let _ =
+                l.tx.send(TokenEvent::Error("the engine is shutting down".into()));
+        }
+    }
+
+    /// One step: drop disconnected clients, schedule, execute, sample, update.
+    fn step<'t>(
+        &mut self,
+        tok: &'t Tokenizer,
+        live: &mut HashMap<SeqId, Live<'t>>,
+        logits: &mut Vec<f32>,
+    ) {
+        // Clients that went away: free their blocks now.
+        live.retain(|&id, l| {
+            if l.tx.is_closed() {
+                self.sched.finish(id, &mut self.kvm);
+                false
+            } else {
+                true
+            }
+        });
+
+        // Schedule.
+        let batch = self.sched.step(&mut self.kvm);
+        if batch.is_empty() {
+            self.publish_stats();
+            if !self.sched.is_idle() {
+                // Nothing fits right now (cannot happen with a sane pool); wait a bit.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            return;
+        }
+
+        // Execute: the model runs once over every chunk.
+        if let Err(e) = self.execute(&batch, logits) {
+            for c in &batch.chunks {
+                if let Some(l) = live.remove(&c.id) {
+                    let _ = l.tx.send(TokenEvent::Error(format!("model error: {e}")));
+                }
+            }
+            for c in &batch.chunks {
+                self.sched.finish(c.id, &mut self.kvm);
+            }
+            self.publish_stats();
+            return;
+        }
+        self.sched.commit(&batch, &mut self.kvm);
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        let sampled = self.sample_rows(&batch, live, logits);
+
+        // Update: stops, finishes, frees, events.
+        let out = update_from_output(
+            &mut self.sched,
+            &mut self.kvm,
+            live,
+            &batch,
+            sampled,
+            tok,
+            self.max_model_len,
+        );
+        self.stats
+            .prompt_computed
+            .fetch_add(out.prompt_tokens_computed, Ordering::Relaxed);
+        self.stats
+            .generated
+            .fetch_add(out.generated_tokens, Ordering::Relaxed);
+        // Publish first, so a client that sees the end also sees its blocks freed.
+        self.publish_stats();
+        for (tx, ev) in out.events {
+            let _ = tx.send(ev);
+        }
+    }
+
+    /// Hands the planned batch to the runner as plain data.
+    fn execute(&mut self, batch: &Batch, logits: &mut Vec<f32>) -> Result<(), crate::EngineError> {
+        let running = self.sched.running();
+        let tables: Vec<Vec<&[u32]>> = batch
+            .chunks
+            .iter()
+            .map(|c| {
+                running[c.slot]
+                    .blocks
+                    .tables
+                    .iter()
+                    .map(Vec::as_slice)
+                    .collect()
+            })
+            .collect();
+        let inputs: Vec<SeqInput> = batch
+            .chunks
+            .iter()
+            .zip(&tables)
+            .map(|(c, t)| SeqInput {
+                tokens: &running[c.slot].tokens[c.start..c.start + c.len],
+                start_pos: c.start,
+                block_tables: t,
+                logits: if c.sample {
+                    LogitsWanted::Last
+                } else {
+                    LogitsWanted::None
+                },
+            })
+            .collect();
+        self.runner.execute(&inputs, logits)
+    }
+
+    /// After a panic inside a step: every request in flight gets an error, and the
+    /// scheduler and block manager start empty (the KV memory is reused).
+    fn recover(&mut self, live: &mut HashMap<SeqId, Live>) {
+        for (_, l) in live.drain() {
+            let _ = l.tx.send(TokenEvent::Error(
+                "internal engine error; the request was dropped (the server keeps running)".into(),
+            ));
+        }
+        let preemptions = self.sched.preemptions;
+        self.sched = Scheduler::new(self.sched_cfg);
+        self.sched.preemptions = preemptions;
+        let (queried, hit) = (self.kvm.prefix_queried_tokens, self.kvm.prefix_hit_tokens);
+        self.kvm = self.kvm.emptied();
+        self.kvm.prefix_queried_tokens = queried;
+        self.kvm.prefix_hit_tokens = hit;
+        self.publish_stats();
+    }
+
+    /// Applies one command; `false` means shut down.
+    fn handle<'t>(
+        &mut self,
+        cmd: Command,
+        tok: &'t Tokenizer,
+        live: &mut HashMap<SeqId, Live<'t>>,
+    ) -> bool {
+        match cmd {
+            Command::Submit {
+                id,
+                group,
+                req,
+                events: tx,
+            } => {
+                let req = *req;
+                let sampler = match Sampler::new(req.sampling.clone()) {
+                    Ok(mut s) => {
+                        s.set_logprob_wanted(req.logprobs.is_some());
+                        s
+                    }
+                    Err(e) => {
+                        let _ = tx.send(TokenEvent::Error(format!(
+                            "invalid sampling parameters: {e}"
+                        )));
+                        return true;
+                    }
+                };
+                let mut stop_ids = req.stop_token_ids.clone();
+                if !req.ignore_eos {
+                    stop_ids.extend_from_slice(tok.eog_ids());
+                }
+                live.insert(
+                    id,
+                    Live {
+                        tx,
+                        sampler,
+                        decoder: tok.incremental_decoder(req.skip_special_tokens),
+                        stop: StopMatcher::new(req.stop.clone()),
+                        max_tokens: req.max_tokens,
+                        stop_ids,
+                        logprobs: req.logprobs,
+                    },
+                );
+                self.sched
+                    .add(SchedSeq::new(id, req.prompt).in_group(group));
+                true
+            }
+            Command::Cancel(id) => {
+                live.remove(&id);
+                self.sched.finish(id, &mut self.kvm);
+                true
+            }
+            Command::Shutdown => false,
+        }
+    }
+
+    /// Samples the next token of every chunk that ends its sequence, rows spread over
+    /// the runner's threads (each row is a full-vocabulary softmax). Indexed like the
+    /// chunks.
+    fn sample_rows(
+        &self,
+        batch: &Batch,
+        live: &mut HashMap<SeqId, Live>,
+        logits: &mut [f32],
+    ) -> Vec<Option<SampledToken>> {
+        struct Task<'a> {
+            sampler: &'a mut Sampler,
+            logits: &'a mut [f32],
+            history: &'a [u32],
+            out: Option<SampledToken>,
+        }
+        let running = self.sched.running();
+        let mut rows = logits.chunks_exact_mut(self.vocab_size);
+        let mut samplers: HashMap<SeqId, &mut Sampler> = live
+            .iter_mut()
+            .map(|(id, l)| (*id, &mut l.sampler))
+            .collect();
+        let mut tasks: Vec<(usize, Mutex<Task>)> = Vec::new();
+        for (ci, c) in batch.chunks.iter().enumerate() {
+            if !c.sample {
+                continue;
+            }
+            let Some(row) = rows.next() else { break };
+            if let Some(sampler) = samplers.remove(&c.id) {
+                let task = Task {
+                    sampler,
+                    logits: row,
+                    history: &running[c.slot].tokens,
+                    out: None,
+                };
+                tasks.push((ci, Mutex::new(task)));
+            }
+        }
+        self.runner.run_parallel(tasks.len(), &|i| {
+            if let Ok(mut t) = tasks[i].1.lock() {
+                let t = &mut *t;
+                t.out = Some(t.sampler.sample(t.logits, t.history));
+            }
+        });
+        let mut out: Vec<Option<SampledToken>> = vec![None; batch.chunks.len()];
+        for (ci, t) in tasks {
+            out[ci] = t.into_inner().ok().and_then(|t| t.out);
+        }
+        out
+    }
+
+    fn publish_stats(&self) {
+        let s = &self.stats;
+        s.waiting.store(self.sched.n_waiting(), Ordering::Relaxed);
+        s.running.store(self.sched.n_running(), Ordering::Relaxed);
+        for g in 0..self.kvm.n_groups() {
+            let u = self.kvm.usage(g);
+            s.kv_used[g].store(u.used, Ordering::Relaxed);
+            s.kv_cached[g].store(u.cached, Ordering::Relaxed);
+        }
+        s.prefix_queried
+            .store(self.kvm.prefix_queried_tokens, Ordering::Relaxed);
+        s.prefix_hit
+            .store(self.kvm.prefix_hit_tokens, Ordering::Relaxed);
+        s.preemptions
+            .store(self.sched.preemptions, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,343 @@
+//! The engine handle: what callers hold. It validates and queues requests, hands
+//! out one event stream per request, and reads counters; the loop thread it starts
+//! (see `core`) owns all mutable state.
+
+use super::core::{Command, EngineCore, SharedStats};
+use super::kv_sizing::{pool_sizes, EngineConfig};
+use super::request::{GenerateRequest, TokenEvent};
+use super::runner::{CpuRunner, ModelRunner};
+use crate::chat::{ChatError, ChatMessage, ChatTemplate};
+use crate::kv_manager::{BlockUsage, KvBlockManager};
+use crate::runtime::LoadedModel;
+use crate::scheduler::{Scheduler, SchedulerConfig, SeqId};
+use crate::EngineError;
+use hangar_tokenizer::Tokenizer;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+/// Facts about the loaded model the API layer needs.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub arch: String,
+    pub vocab_size: usize,
+    pub ctx_len: usize,
+    /// Longest prompt + generation one request may have.
+    pub max_model_len: usize,
+    pub kv_block_size: usize,
+    /// Blocks per KV group.
+    pub kv_blocks: Vec<usize>,
+    pub kv_bytes: usize,
+    /// Most sequences one request may run at once (`n`, `best_of`): a share of
+    /// the running slots, so no single request can take them all.
+    pub max_sequences_per_request: usize,
+}
+
+/// A snapshot of engine counters, for metrics.
+#[derive(Debug, Clone, Default)]
+pub struct EngineStats {
+    pub waiting: usize,
+    pub running: usize,
+    /// Per KV group.
+    pub kv: Vec<BlockUsage>,
+    pub prefix_queried_tokens: u64,
+    pub prefix_hit_tokens: u64,
+    pub preemptions: u64,
+    pub steps: u64,
+    pub prompt_tokens_computed: u64,
+    pub generated_tokens: u64,
+}
+
+impl EngineStats {
+    /// Blocks referenced by sequences, all groups.
+    pub fn kv_blocks_used(&self) -> usize {
+        self.kv.iter().map(|u| u.used).sum()
+    }
+    pub fn kv_blocks_total(&self) -> usize {
+        self.kv.iter().map(|u| u.total).sum()
+    }
+    pub fn prefix_hit_rate(&self) -> f64 {
+        if self.prefix_queried_tokens == 0 {
+            0.0
+        } else {
+            self.prefix_hit_tokens as f64 / self.prefix_queried_tokens as f64
+        }
+    }
+}
+
+/// Handle to a running engine. Cheap to share behind an `Arc`; dropping it stops the
+/// loop thread (requests still running get an error event).
+///
+/// ```no_run
+/// use hangar_engine::{Engine, EngineConfig, GenerateRequest, LoadedModel, TokenEvent};
+/// let model = LoadedModel::load("model.gguf", 2).unwrap();
+/// let engine = Engine::start(model, EngineConfig::default()).unwrap();
+/// let prompt = engine.tokenizer().encode_prompt("Hello");
+/// let (_id, mut events) = engine.submit(GenerateRequest::greedy(prompt, 8)).unwrap();
+/// while let Some(ev) = events.blocking_recv() {
+///     if let TokenEvent::Token(t) = ev { print!("{}", t.text) }
+/// }
+/// ```
+pub struct Engine {
+    tx: mpsc::Sender<Command>,
+    next_id: AtomicU64,
+    stats: Arc<SharedStats>,
+    tokenizer: Arc<Tokenizer>,
+    chat: Result<ChatTemplate, String>,
+    info: ModelInfo,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Sizes the KV pool, then starts the loop thread that owns the model (CPU).
+    pub fn start(loaded: LoadedModel, cfg: EngineConfig) -> Result<Engine, EngineError> {
+        let LoadedModel {
+            model,
+            tokenizer,
+            pool,
+        } = loaded;
+        let template = model
+            .gguf()
+            .get_str("tokenizer.chat_template")
+            .ok()
+            .map(str::to_string);
+        let runner = CpuRunner::new(model, pool);
+        Self::start_with_runner(Box::new(runner), tokenizer, template, cfg)
+    }
+
+    /// Starts the loop over any [`ModelRunner`] (a GPU backend, or a fake in tests).
+    /// `chat_template` is the model's Jinja template, if it ships one.
+    pub fn start_with_runner(
+        mut runner: Box<dyn ModelRunner>,
+        tokenizer: Tokenizer,
+        chat_template: Option<String>,
+        cfg: EngineConfig,
+    ) -> Result<Engine, EngineError> {
+        if cfg.block_size == 0 || cfg.max_batch_tokens == 0 || cfg.max_running == 0 {
+            return Err(EngineError::Invalid(
+                "block size, batch tokens and running sequences must be positive".into(),
+            ));
+        }
+        if !(cfg.max_request_share > 0.0 && cfg.max_request_share <= 1.0) {
+            return Err(EngineError::Invalid(format!(
+                "the per-request share of running sequences must be in (0, 1], got {}",
+                cfg.max_request_share
+            )));
+        }
+        let layout = runner.kv_layout();
+        let blocks = pool_sizes(&layout, &cfg)?;
+        let kvm = KvBlockManager::new(
+            cfg.block_size,
+            &layout.group_window,
+            &blocks,
+            cfg.prefix_caching,
+        );
+        let mut max_model_len = runner.ctx_len().min(kvm.max_sequence_tokens());
+        if let Some(m) = cfg.max_model_len {
+            max_model_len = max_model_len.min(m);
+        }
+        let kv_bytes = runner.allocate_kv(cfg.block_size, &blocks)?;
+        let info = ModelInfo {
+            arch: runner.arch().to_string(),
+            vocab_size: runner.vocab_size(),
+            ctx_len: runner.ctx_len(),
+            max_model_len,
+            kv_block_size: cfg.block_size,
+            kv_blocks: blocks.clone(),
+            kv_bytes,
+            max_sequences_per_request: ((cfg.max_running as f64 * cfg.max_request_share).floor()
+                as usize)
+                .max(1),
+        };
+        let piece = |id: Option<u32>| {
+            id.and_then(|i| tokenizer.id_to_token(i))
+                .unwrap_or("")
+                .to_string()
+        };
+        let chat = ChatTemplate::for_model(
+            chat_template.as_deref(),
+            &info.arch,
+            &piece(tokenizer.bos_id()),
+            &piece(tokenizer.eos_id()),
+        )
+        .map_err(|e| e.to_string());
+        let tokenizer = Arc::new(tokenizer);
+        let stats = Arc::new(SharedStats {
+            kv_used: blocks.iter().map(|_| AtomicUsize::new(0)).collect(),
+            kv_cached: blocks.iter().map(|_| AtomicUsize::new(0)).collect(),
+            kv_total: blocks.clone(),
+            ..Default::default()
+        });
+        let (tx, rx) = mpsc::channel();
+        let sched_cfg = SchedulerConfig {
+            max_batch_tokens: cfg.max_batch_tokens,
+            max_running: cfg.max_running,
+        };
+        let core = EngineCore {
+            runner,
+            kvm,
+            sched: Scheduler::new(sched_cfg),
+            sched_cfg,
+            stats: stats.clone(),
+            max_model_len,
+            vocab_size: info.vocab_size,
+        };
+        let tok = tokenizer.clone();
+        let thread = std::thread::Builder::new()
+            .name("hangar-engine".into())
+            .spawn(move || core.run(&tok, rx))
+            .map_err(|e| EngineError::Invalid(format!("cannot start the engine thread: {e}")))?;
+        Ok(Engine {
+            tx,
+            next_id: AtomicU64::new(1),
+            stats,
+            tokenizer,
+            chat,
+            info,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Renders chat messages with the model's template and tokenizes the result.
+    /// Message content is plain text: a `<start_of_turn>` typed by a user stays text
+    /// and cannot forge a turn; only the template's own markers are special tokens.
+    pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, ChatError> {
+        self.encode_chat_with(messages, false)
+    }
+
+    /// As [`Engine::encode_chat`]; `special_in_content` restores the old behaviour of
+    /// parsing special-token text inside message content too (trusted callers only).
+    pub fn encode_chat_with(
+        &self,
+        messages: &[ChatMessage],
+        special_in_content: bool,
+    ) -> Result<Vec<u32>, ChatError> {
+        let tmpl = self
+            .chat
+            .as_ref()
+            .map_err(|e| ChatError::Compile(e.clone()))?;
+        crate::chat::encode_chat(tmpl, &self.tokenizer, messages, true, special_in_content)
+    }
+
+    fn validate(&self, req: &GenerateRequest) -> Result<(), EngineError> {
+        if req.prompt.is_empty() {
+            return Err(EngineError::Invalid("the prompt is empty".into()));
+        }
+        if let Some(&id) = req
+            .prompt
+            .iter()
+            .find(|&&id| id as usize >= self.info.vocab_size)
+        {
+            return Err(EngineError::Invalid(format!(
+                "token id {id} is outside the vocabulary"
+            )));
+        }
+        let total = req.prompt.len().saturating_add(req.max_tokens);
+        if total > self.info.max_model_len {
+            return Err(EngineError::Invalid(format!(
+                "prompt ({} tokens) plus max_tokens ({}) exceeds the maximum context of {} tokens",
+                req.prompt.len(),
+                req.max_tokens,
+                self.info.max_model_len
+            )));
+        }
+        Ok(())
+    }
+
+    /// Queues a request. Events arrive on the receiver; dropping it cancels the request.
+    pub fn submit(
+        &self,
+        req: GenerateRequest,
+    ) -> Result<(SeqId, UnboundedReceiver<TokenEvent>), EngineError> {
+        let mut out = self.submit_group(vec![req])?;
+        out.pop()
+            .ok_or_else(|| EngineError::Invalid("nothing was submitted".into()))
+    }
+
+    /// Queues the sequences of one client request (`n` choices) together. They form
+    /// one group for fair admission: the scheduler lets no group crowd out others,
+    /// and a group may hold at most [`ModelInfo::max_sequences_per_request`]
+    /// sequences. All are validated before any is queued.
+    pub fn submit_group(
+        &self,
+        reqs: Vec<GenerateRequest>,
+    ) -> Result<Vec<(SeqId, UnboundedReceiver<TokenEvent>)>, EngineError> {
+        let cap = self.info.max_sequences_per_request;
+        if reqs.len() > cap {
+            return Err(EngineError::Invalid(format!(
+                "a request may run at most {cap} sequences at once (asked for {}); lower n/best_of or raise the server's per-request share",
+                reqs.len()
+            )));
+        }
+        for r in &reqs {
+            self.validate(r)?;
+        }
+        let n = reqs.len() as u64;
+        let first = self.next_id.fetch_add(n.max(1), Ordering::Relaxed);
+        let mut out = Vec::with_capacity(reqs.len());
+        for (i, req) in reqs.into_iter().enumerate() {
+            let id = first + i as u64;
+            let (etx, erx) = unbounded_channel();
+            self.tx
+                .send(Command::Submit {
+                    id,
+                    group: first,
+                    req: Box::new(req),
+                    events: etx,
+                })
+                .map_err(|_| EngineError::Invalid("the engine has stopped".into()))?;
+            out.push((id, erx));
+        }
+        Ok(out)
+    }
+
+    /// Whether the loop thread is still running.
+    pub fn is_alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Cancels a request; its KV blocks are freed before the next step.
+    pub fn cancel(&self, id: SeqId) {
+        let _ = self.tx.send(Command::Cancel(id));
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> EngineStats {
+        let s = &self.stats;
+        EngineStats {
+            waiting: s.waiting.load(Ordering::Relaxed),
+            running: s.running.load(Ordering::Relaxed),
+            kv: (0..s.kv_total.len())
+                .map(|g| BlockUsage {
+                    total: s.kv_total[g],
+                    used: s.kv_used[g].load(Ordering::Relaxed),
+                    cached: s.kv_cached[g].load(Ordering::Relaxed),
+                })
+                .collect(),
+            prefix_queried_tokens: s.prefix_queried.load(Ordering::Relaxed),
+            prefix_hit_tokens: s.prefix_hit.load(Ordering::Relaxed),
+            preemptions: s.preemptions.load(Ordering::Relaxed),
+            steps: s.steps.load(Ordering::Relaxed),
+            prompt_tokens_computed: s.prompt_computed.load(Ordering::Relaxed),
+            generated_tokens: s.generated.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Command::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The engine's request and event types: what a caller submits (already tokenized)
+//! and what comes back on its stream. Plain data; no channels, no model.
+
+use crate::sampler::SamplingParams;
+
+/// One generation request, already tokenized.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: Vec<u32>,
+    pub sampling: SamplingParams,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Stop strings: generation ends before the first occurrence, which is not returned.
+    pub stop: Vec<String>,
+    /// Token ids that end generation (in addition to the model's end-of-generation ids).
+    pub stop_token_ids: Vec<u32>,
+    /// Keep going past end-of-generation tokens.
+    pub ignore_eos: bool,
+    /// Report the chosen token's log-probability and this many alternatives.
+    pub logprobs: Option<usize>,
+    pub skip_special_tokens: bool,
+}
+
+impl GenerateRequest {
+    /// Greedy decoding of `max_tokens` tokens after `prompt`.
+    pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> Self {
+        GenerateRequest {
+            prompt,
+            sampling: SamplingParams::greedy(),
+            max_tokens,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+            logprobs: None,
+            skip_special_tokens: true,
+        }
+    }
+}
+
+/// One alternative token and its log-probability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopLogprob {
+    pub id: u32,
+    pub token: String,
+    pub logprob: f32,
+}
+
+/// A generated token and the text it adds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenOut {
+    pub id: u32,
+    /// Text to append (may be empty while a stop string or a UTF-8 sequence is pending).
+    pub text: String,
+    /// The token's own text, for logprob reports.
+    pub token: String,
+    pub logprob: Option<f32>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// End-of-generation token, stop token or stop string.
+    Stop,
+    /// `max_tokens` or the context length.
+    Length,
+}
+
+/// Token counts of a finished request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt tokens whose KV came from the prefix cache.
+    pub cached_tokens: usize,
+}
+
+/// What a request's stream carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenEvent {
+    Token(TokenOut),
+    /// The last event: `text` is any held-back text released at the end.
+    Done {
+        finish: Finish,
+        usage: Usage,
+        text: String,
+    },
+    /// The request failed; no more events follow.
+    Error(String),
+}

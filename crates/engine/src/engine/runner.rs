@@ -1,0 +1,203 @@
+//! The seam between the engine loop and the model (TEI's `Backend`, vLLM's model
+//! runner): the loop hands a runner one step as plain data and gets logits back.
+//!
+//! The runner owns the weights and the KV storage; it never schedules, samples or
+//! sees requests. [`CpuRunner`] runs Hangar's CPU forward pass; [`FakeRunner`] is a
+//! deterministic stand-in (next token = a function of the last) so the loop can be
+//! tested without weights. A CUDA runner implements the same trait.
+
+use crate::EngineError;
+use hangar_kernels::ThreadPool;
+use hangar_models::kv::KvLayout;
+use hangar_models::{KvCache, LogitsWanted, Model, SeqInput, Workspace};
+
+/// One model step as data: for each scheduled chunk, its tokens, where they start,
+/// its block tables (one per KV group) and whether its last-token logits are wanted.
+pub type StepInput<'a> = [SeqInput<'a>];
+
+/// What the engine loop needs from a model backend.
+pub trait ModelRunner: Send {
+    /// Rows of the output logits.
+    fn vocab_size(&self) -> usize;
+    /// The model's trained context length.
+    fn ctx_len(&self) -> usize;
+    /// Architecture name, for `ModelInfo`.
+    fn arch(&self) -> &str;
+    /// Which layers share a KV block pool and how big a block is; asked before
+    /// [`ModelRunner::allocate_kv`] so the engine can size the pools.
+    fn kv_layout(&self) -> KvLayout;
+    /// Reserves KV storage for `blocks_per_group` blocks of `block_size` tokens.
+    /// Returns the bytes reserved.
+    fn allocate_kv(
+        &mut self,
+        block_size: usize,
+        blocks_per_group: &[usize],
+    ) -> Result<usize, EngineError>;
+    /// Runs the model over every chunk, writing their KV, and leaves one row of
+    /// `vocab_size` logits in `logits` for each chunk that asked for them, in order.
+    fn execute(&mut self, step: &StepInput, logits: &mut Vec<f32>) -> Result<(), EngineError>;
+    /// Runs `task(i)` for every `i < n`, in parallel where the backend has threads
+    /// to spare (the loop samples rows this way).
+    fn run_parallel(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
+        (0..n).for_each(task);
+    }
+}
+
+/// The CPU backend: Hangar's forward pass over a paged KV cache in host memory.
+pub struct CpuRunner {
+    model: Model,
+    pool: ThreadPool,
+    kv: Option<KvCache>,
+    ws: Workspace,
+}
+
+impl CpuRunner {
+    pub fn new(model: Model, pool: ThreadPool) -> Self {
+        CpuRunner {
+            model,
+            pool,
+            kv: None,
+            ws: Workspace::default(),
+        }
+    }
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+}
+
+impl ModelRunner for CpuRunner {
+    fn vocab_size(&self) -> usize {
+        self.model.cfg.vocab_size
+    }
+    fn ctx_len(&self) -> usize {
+        self.model.cfg.ctx_len
+    }
+    fn arch(&self) -> &str {
+        &self.model.cfg.arch_name
+    }
+    fn kv_layout(&self) -> KvLayout {
+        KvLayout::for_model(&self.model.cfg)
+    }
+    fn allocate_kv(
+        &mut self,
+        block_size: usize,
+        blocks_per_group: &[usize],
+    ) -> Result<usize, EngineError> {
+        let kv = KvCache::new(&self.model.cfg, block_size, blocks_per_group);
+        let bytes = kv.capacity_bytes();
+        self.kv = Some(kv);
+        Ok(bytes)
+    }
+    fn execute(&mut self, step: &StepInput, logits: &mut Vec<f32>) -> Result<(), EngineError> {
+        let kv = self
+            .kv
+            .as_mut()
+            .ok_or_else(|| EngineError::Invalid("KV cache not allocated".into()))?;
+        self.model
+            .forward(&self.pool, step, kv, &mut self.ws, logits)
+            .map(|_| ())
+            .map_err(EngineError::from)
+    }
+    fn run_parallel(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
+        if n <= 1 {
+            (0..n).for_each(task);
+            return;
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        self.pool.run(|_, _| loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= n {
+                break;
+            }
+            task(i);
+        });
+    }
+}
+
+/// A deterministic model for testing the engine loop without weights: the logits
+/// put all mass on `next(last token)`, so greedy decoding from token `t` yields
+/// `next(t), next(next(t)), ...` whatever the batch. It records every step it ran.
+pub struct FakeRunner {
+    vocab: usize,
+    ctx_len: usize,
+    next: fn(u32, usize) -> u32,
+    /// Per step: (sequence start position, token count, wanted logits) of each chunk.
+    pub steps: Vec<Vec<(usize, usize, bool)>>,
+    /// Fail the step with this index (0-based), to test error paths.
+    pub fail_at_step: Option<usize>,
+    /// Panic in the step with this index, to test recovery.
+    pub panic_at_step: Option<usize>,
+}
+
+impl FakeRunner {
+    /// `next(last, vocab)` picks the token after `last`; the default is `(last + 1) % vocab`.
+    pub fn new(vocab: usize, ctx_len: usize) -> Self {
+        FakeRunner {
+            vocab,
+            ctx_len,
+            next: |t, v| (t + 1) % v as u32,
+            steps: Vec::new(),
+            fail_at_step: None,
+            panic_at_step: None,
+        }
+    }
+    pub fn with_next(mut self, next: fn(u32, usize) -> u32) -> Self {
+        self.next = next;
+        self
+    }
+}
+
+impl ModelRunner for FakeRunner {
+    fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+    fn ctx_len(&self) -> usize {
+        self.ctx_len
+    }
+    fn arch(&self) -> &str {
+        "fake"
+    }
+    fn kv_layout(&self) -> KvLayout {
+        KvLayout {
+            group_layers: vec![vec![0]],
+            group_window: vec![None],
+            kv_dim: 1,
+        }
+    }
+    fn allocate_kv(&mut self, block_size: usize, blocks: &[usize]) -> Result<usize, EngineError> {
+        Ok(blocks.iter().sum::<usize>() * block_size * 8)
+    }
+    fn execute(&mut self, step: &StepInput, logits: &mut Vec<f32>) -> Result<(), EngineError> {
+        let index = self.steps.len();
+        self.steps.push(
+            step.iter()
+                .map(|s| {
+                    let wanted = !matches!(s.logits, LogitsWanted::None);
+                    (s.start_pos, s.tokens.len(), wanted)
+                })
+                .collect(),
+        );
+        if self.panic_at_step == Some(index) {
+            panic!("FakeRunner: panic requested at step {index}");
+        }
+        if self.fail_at_step == Some(index) {
+            return Err(EngineError::Invalid(format!(
+                "FakeRunner: failure requested at step {index}"
+            )));
+        }
+        logits.clear();
+        for s in step {
+            let rows: &[u32] = match s.logits {
+                LogitsWanted::None => &[],
+                LogitsWanted::Last => &s.tokens[s.tokens.len().saturating_sub(1)..],
+                LogitsWanted::All => s.tokens,
+            };
+            for &t in rows {
+                let start = logits.len();
+                logits.resize(start + self.vocab, 0.0);
+                logits[start + (self.next)(t, self.vocab) as usize % self.vocab] = 30.0;
+            }
+        }
+        Ok(())
+    }
+}

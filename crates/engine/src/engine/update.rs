@@ -1,0 +1,152 @@
+//! The post-step bookkeeping, as one function over plain data (vLLM v1's
+//! `update_from_output`): append sampled tokens, apply the stop rules, finish and
+//! free sequences, and produce every event of the step in order.
+//!
+//! Sends nothing and runs no model: the loop sends the events it returns.
+
+use super::request::{Finish, TokenEvent, TokenOut, TopLogprob, Usage};
+use crate::kv_manager::KvBlockManager;
+use crate::sampler::{SampledToken, Sampler, StopMatcher};
+use crate::scheduler::{Batch, SchedSeq, Scheduler, SeqId};
+use hangar_tokenizer::{IncrementalDecoder, Tokenizer};
+use std::collections::HashMap;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Per-request state the loop keeps beside the scheduler's sequence.
+pub(crate) struct Live<'t> {
+    pub tx: UnboundedSender<TokenEvent>,
+    pub sampler: Sampler,
+    pub decoder: IncrementalDecoder<'t>,
+    pub stop: StopMatcher,
+    pub max_tokens: usize,
+    pub stop_ids: Vec<u32>,
+    pub logprobs: Option<usize>,
+}
+
+/// What one step produced.
+#[derive(Default)]
+pub(crate) struct StepOutput {
+    /// Every event of the step, in the order it must be sent: token events, then the
+    /// final events of sequences that finished (their blocks are already freed).
+    pub events: Vec<(UnboundedSender<TokenEvent>, TokenEvent)>,
+    /// Sequences that ended in this step (finished, or their client left).
+    pub finished: Vec<SeqId>,
+    pub prompt_tokens_computed: u64,
+    pub generated_tokens: u64,
+}
+
+/// Applies one step's sampled tokens. `sampled` is indexed like `batch.chunks`;
+/// a chunk that does not end its sequence, or whose request is gone, contributes
+/// nothing — and never stops the others from being processed.
+pub(crate) fn update_from_output<'t>(
+    sched: &mut Scheduler,
+    kvm: &mut KvBlockManager,
+    live: &mut HashMap<SeqId, Live<'t>>,
+    batch: &Batch,
+    sampled: Vec<Option<SampledToken>>,
+    tok: &Tokenizer,
+    max_model_len: usize,
+) -> StepOutput {
+    let mut out = StepOutput::default();
+    let mut ended: Vec<(SeqId, Option<TokenEvent>)> = Vec::new();
+    for (c, s) in batch.chunks.iter().zip(sampled) {
+        let seq = &mut sched.running_mut()[c.slot];
+        if c.start < seq.prompt_len {
+            let n = (c.start + c.len).min(seq.prompt_len) - c.start;
+            out.prompt_tokens_computed += n as u64;
+        }
+        if !c.sample {
+            continue;
+        }
+        let (Some(l), Some(s)) = (live.get_mut(&c.id), s) else {
+            ended.push((c.id, None));
+            continue;
+        };
+        out.generated_tokens += 1;
+        let (event, finish) = accept_token(l, seq, s, tok, max_model_len);
+        if l.tx.is_closed() {
+            ended.push((c.id, None));
+            continue;
+        }
+        out.events.push((l.tx.clone(), event));
+        if let Some(fin) = finish {
+            ended.push((c.id, Some(fin)));
+        }
+    }
+    for (id, ev) in ended {
+        let l = live.remove(&id);
+        sched.finish(id, kvm);
+        out.finished.push(id);
+        if let (Some(l), Some(ev)) = (l, ev) {
+            out.events.push((l.tx, ev));
+        }
+    }
+    out
+}
+
+/// Appends the sampled token to `seq` and checks the stop rules: returns the token's
+/// event and, when the sequence is done, its final event.
+fn accept_token(
+    l: &mut Live,
+    seq: &mut SchedSeq,
+    s: SampledToken,
+    tok: &Tokenizer,
+    max_model_len: usize,
+) -> (TokenEvent, Option<TokenEvent>) {
+    let want = l.logprobs;
+    seq.tokens.push(s.id);
+    let generated = seq.generated();
+    let is_stop_id = l.stop_ids.contains(&s.id);
+    let (text, stopped) = if is_stop_id {
+        (String::new(), true)
+    } else {
+        let piece = l.decoder.push(s.id);
+        l.stop.push(&piece)
+    };
+    let (token, top_logprobs) = match want {
+        Some(_) => (
+            tok.decode(&[s.id], false),
+            s.top_logprobs
+                .iter()
+                .map(|&(id, logprob)| TopLogprob {
+                    id,
+                    token: tok.decode(&[id], false),
+                    logprob,
+                })
+                .collect(),
+        ),
+        None => (String::new(), Vec::new()),
+    };
+    let event = TokenEvent::Token(TokenOut {
+        id: s.id,
+        text,
+        token,
+        logprob: want.map(|_| s.logprob),
+        top_logprobs,
+    });
+    let finish = if stopped {
+        Finish::Stop
+    } else if generated >= l.max_tokens || seq.tokens.len() >= max_model_len {
+        Finish::Length
+    } else {
+        return (event, None);
+    };
+    let text = if stopped {
+        String::new()
+    } else {
+        l.stop.finish(&l.decoder.flush())
+    };
+    let usage = Usage {
+        prompt_tokens: seq.prompt_len,
+        completion_tokens: generated,
+        cached_tokens: seq.cached_tokens,
+    };
+    (
+        event,
+        Some(TokenEvent::Done {
+            finish,
+            usage,
+            text,
+        }),
+    )
+}

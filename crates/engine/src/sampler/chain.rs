@@ -1,0 +1,416 @@
+//! The sampler chain for one sequence: bias and penalties, log-probabilities, then
+//! greedy pick or truncated draw. Owns the RNG stream; holds no model state.
+
+use super::logit_math::{argmax, log_sum_exp, top_n};
+use super::penalties::{apply_bias, apply_penalties};
+use super::rng::Rng;
+use super::truncation::draw;
+use super::{SamplerError, SamplingParams, MAX_LOGPROBS};
+
+/// The chosen token with its log-probability and the most likely alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampledToken {
+    pub id: u32,
+    /// Log-probability of `id` (log-softmax after bias and penalties, before
+    /// temperature and truncation).
+    pub logprob: f32,
+    /// The `n_logprobs` most likely tokens and their log-probabilities, most likely
+    /// first (ties: lower id first).
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+/// Picks tokens from logits. One per sequence: it owns the RNG stream.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Rng,
+    /// Scratch: (logit, id) candidates.
+    cands: Vec<(f32, u32)>,
+    /// Scratch: a copy of the logits for [`Sampler::sample_from`].
+    copy: Vec<f32>,
+    /// Scratch: (token, count) of the penalty window.
+    counts: Vec<(u32, u32)>,
+    /// Whether the chosen token's log-probability is reported (it costs a
+    /// vocabulary-wide log-sum-exp per token).
+    want_logprob: bool,
+}
+
+impl Sampler {
+    /// A sampler for `params`, after checking their ranges.
+    pub fn new(params: SamplingParams) -> Result<Sampler, SamplerError> {
+        params.validate()?;
+        let seed = params.seed.unwrap_or_else(rand::random);
+        Ok(Sampler {
+            params,
+            rng: Rng::new(seed),
+            cands: Vec::new(),
+            copy: Vec::new(),
+            counts: Vec::new(),
+            want_logprob: true,
+        })
+    }
+
+    /// With `false`, [`SampledToken::logprob`] is not computed (reads -inf) unless top logprobs are asked
+    /// for, and greedy sampling skips the vocabulary-wide log-sum-exp (a server
+    /// decoding many streams that asked for no logprobs).
+    pub fn set_logprob_wanted(&mut self, want: bool) {
+        self.want_logprob = want;
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Restarts the random stream from `seed`.
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = Rng::new(seed);
+    }
+
+    /// Like [`sample`](Self::sample) for logits that must stay untouched (copied into
+    /// a reused buffer), with the number of reported alternatives given per call.
+    pub fn sample_from(
+        &mut self,
+        logits: &[f32],
+        history: &[u32],
+        n_logprobs: usize,
+    ) -> SampledToken {
+        let mut copy = std::mem::take(&mut self.copy);
+        copy.clear();
+        copy.extend_from_slice(logits);
+        let s = self.sample_with(&mut copy, history, n_logprobs.min(MAX_LOGPROBS));
+        self.copy = copy;
+        s
+    }
+
+    /// Picks the next token from `logits` (one per vocabulary entry), given the
+    /// tokens so far (`history`, used by the penalties). `logits` is modified in
+    /// place: bias and penalties are applied to it.
+    ///
+    /// Empty logits give token 0 with log-probability `-inf`.
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> SampledToken {
+        let n_logprobs = self.params.n_logprobs;
+        self.sample_with(logits, history, n_logprobs)
+    }
+
+    fn sample_with(
+        &mut self,
+        logits: &mut [f32],
+        history: &[u32],
+        n_logprobs: usize,
+    ) -> SampledToken {
+        if logits.is_empty() {
+            return SampledToken {
+                id: 0,
+                logprob: f32::NEG_INFINITY,
+                top_logprobs: Vec::new(),
+            };
+        }
+        // NaN would poison every comparison: treat it as "impossible".
+        for l in logits.iter_mut() {
+            if l.is_nan() {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        apply_bias(&self.params, logits);
+        apply_penalties(&self.params, &mut self.counts, logits, history);
+
+        let (max_id, max) = argmax(logits);
+        let lse = if self.want_logprob || n_logprobs > 0 {
+            log_sum_exp(logits, max)
+        } else {
+            f32::NAN
+        };
+        let id = if self.params.temperature == 0.0 || max == f32::NEG_INFINITY {
+            max_id
+        } else {
+            draw(&self.params, &mut self.rng, &mut self.cands, logits, max)
+        };
+        let logprob_of = |l: f32| {
+            if lse.is_finite() {
+                l - lse
+            } else {
+                f32::NEG_INFINITY
+            }
+        };
+        let top_logprobs = if n_logprobs > 0 {
+            top_n(logits, n_logprobs)
+                .into_iter()
+                .map(|(l, i)| (i, logprob_of(l)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        SampledToken {
+            id,
+            logprob: logprob_of(logits[id as usize]),
+            top_logprobs,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::logit_math::{by_logit_desc, sum_exp};
+    use crate::sampler::truncation::top_p_prefix;
+
+    fn params() -> SamplingParams {
+        SamplingParams {
+            seed: Some(42),
+            ..SamplingParams::default()
+        }
+    }
+
+    fn logits_from_probs(p: &[f64]) -> Vec<f32> {
+        p.iter().map(|&x| x.ln() as f32).collect()
+    }
+
+    #[test]
+    fn greedy_argmax_lowest_id_on_ties() {
+        let mut s = Sampler::new(SamplingParams::greedy()).unwrap();
+        let mut l = vec![0.1, 3.0, -1.0, 3.0, 2.0];
+        assert_eq!(s.sample(&mut l, &[]).id, 1);
+        let mut l = vec![f32::NAN, 1.0, f32::NAN];
+        assert_eq!(s.sample(&mut l, &[]).id, 1);
+        let mut l = vec![f32::NEG_INFINITY; 3];
+        assert_eq!(s.sample(&mut l, &[]).id, 0);
+        assert_eq!(s.sample(&mut [], &[]).id, 0);
+    }
+
+    #[test]
+    fn logprobs_are_log_softmax_before_temperature() {
+        let probs = [0.5, 0.25, 0.125, 0.125];
+        let l = logits_from_probs(&probs);
+        let mut p = params();
+        p.temperature = 2.0;
+        p.n_logprobs = 3;
+        let mut s = Sampler::new(p).unwrap();
+        let t = s.sample(&mut l.clone(), &[]);
+        assert!((t.logprob - (probs[t.id as usize] as f32).ln()).abs() < 1e-5);
+        assert_eq!(t.top_logprobs.len(), 3);
+        assert_eq!(t.top_logprobs[0].0, 0);
+        assert!((t.top_logprobs[0].1 - 0.5f32.ln()).abs() < 1e-5);
+        assert_eq!(t.top_logprobs[1].0, 1);
+        // Equal logits: lower id first.
+        assert_eq!(t.top_logprobs[2].0, 2);
+        // sample_from leaves the logits alone and takes n per call.
+        let t = s.sample_from(&l, &[], 1);
+        assert_eq!(t.top_logprobs.len(), 1);
+    }
+
+    #[test]
+    fn logit_bias_and_ban() {
+        let mut p = SamplingParams::greedy();
+        p.logit_bias = vec![(0, f32::NEG_INFINITY), (2, 5.0), (99, 1.0)];
+        let mut s = Sampler::new(p).unwrap();
+        let mut l = vec![10.0, 1.0, 1.0];
+        let t = s.sample(&mut l, &[]);
+        assert_eq!(t.id, 2);
+        assert_eq!(l, vec![f32::NEG_INFINITY, 1.0, 6.0]);
+        // A banned token never comes out, even at high temperature.
+        let mut p = params();
+        p.temperature = 5.0;
+        p.top_k = 0;
+        p.top_p = 1.0;
+        p.min_p = 0.0;
+        p.logit_bias = vec![(1, f32::NEG_INFINITY)];
+        let mut s = Sampler::new(p).unwrap();
+        for _ in 0..500 {
+            assert_ne!(s.sample(&mut [0.0, 9.0, 0.0], &[]).id, 1);
+        }
+    }
+
+    #[test]
+    fn penalties_like_llama_cpp() {
+        let mut p = SamplingParams::greedy();
+        p.repetition_penalty = 2.0;
+        p.frequency_penalty = 0.5;
+        p.presence_penalty = 0.25;
+        p.penalty_last_n = 3;
+        let mut s = Sampler::new(p).unwrap();
+        let mut l = vec![4.0, -2.0, 1.0, 3.0];
+        // Window = last 3 of the history: [1, 0, 0] (token 3 is outside it).
+        s.sample(&mut l, &[3, 1, 0, 0]);
+        assert_eq!(l[0], 4.0 / 2.0 - 2.0 * 0.5 - 0.25);
+        assert_eq!(l[1], -2.0 * 2.0 - 0.5 - 0.25);
+        assert_eq!(l[2], 1.0);
+        assert_eq!(l[3], 3.0);
+        // penalty_last_n = 0 turns them off.
+        let mut p = SamplingParams::greedy();
+        p.repetition_penalty = 2.0;
+        p.penalty_last_n = 0;
+        let mut s = Sampler::new(p).unwrap();
+        let mut l = vec![4.0, 1.0];
+        s.sample(&mut l, &[0]);
+        assert_eq!(l, vec![4.0, 1.0]);
+    }
+
+    #[test]
+    fn same_seed_same_tokens() {
+        let l: Vec<f32> = (0..1000)
+            .map(|i| ((i * 7919) % 1000) as f32 / 100.0)
+            .collect();
+        let mut p = params();
+        p.temperature = 1.5;
+        p.top_k = 0;
+        p.top_p = 1.0;
+        p.min_p = 0.0;
+        let run = |p: &SamplingParams| {
+            let mut s = Sampler::new(p.clone()).unwrap();
+            (0..50)
+                .map(|_| s.sample(&mut l.clone(), &[]).id)
+                .collect::<Vec<_>>()
+        };
+        let a = run(&p);
+        assert_eq!(a, run(&p));
+        p.seed = Some(43);
+        assert_ne!(a, run(&p));
+        // reseed restarts the stream.
+        let mut s = Sampler::new(params()).unwrap();
+        let x: Vec<u32> = (0..20).map(|_| s.sample(&mut l.clone(), &[]).id).collect();
+        s.reseed(42);
+        let y: Vec<u32> = (0..20).map(|_| s.sample(&mut l.clone(), &[]).id).collect();
+        assert_eq!(x, y);
+    }
+
+    /// Draws many tokens and returns the observed frequencies.
+    fn histogram(p: SamplingParams, l: &[f32], n: usize) -> Vec<f64> {
+        let mut s = Sampler::new(p).unwrap();
+        let mut h = vec![0.0; l.len()];
+        for _ in 0..n {
+            h[s.sample(&mut l.to_vec(), &[]).id as usize] += 1.0 / n as f64;
+        }
+        h
+    }
+
+    fn open() -> SamplingParams {
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: Some(7),
+            ..SamplingParams::default()
+        }
+    }
+
+    #[test]
+    fn distribution_follows_softmax_and_temperature() {
+        let probs = [0.5, 0.3, 0.15, 0.05];
+        let l = logits_from_probs(&probs);
+        let h = histogram(open(), &l, 40_000);
+        for (a, b) in h.iter().zip(probs) {
+            assert!((a - b).abs() < 0.015, "{h:?}");
+        }
+        // Temperature 0.5 squares the odds.
+        let mut p = open();
+        p.temperature = 0.5;
+        let sq: Vec<f64> = probs.iter().map(|x| x * x).collect();
+        let z: f64 = sq.iter().sum();
+        let h = histogram(p, &l, 40_000);
+        for (a, b) in h.iter().zip(&sq) {
+            assert!((a - b / z).abs() < 0.015, "{h:?}");
+        }
+    }
+
+    #[test]
+    fn top_k_top_p_min_p() {
+        let probs = [0.4, 0.3, 0.2, 0.06, 0.04];
+        let l = logits_from_probs(&probs);
+        // top-k 2: only ids 0 and 1, renormalised.
+        let mut p = open();
+        p.top_k = 2;
+        let h = histogram(p, &l, 20_000);
+        assert_eq!(h[2] + h[3] + h[4], 0.0);
+        assert!((h[0] - 4.0 / 7.0).abs() < 0.02, "{h:?}");
+        // top-p 0.75: 0.4 + 0.3 = 0.7 < 0.75, so 0.2 is included; 0.06 is not.
+        let mut p = open();
+        p.top_p = 0.75;
+        let h = histogram(p, &l, 20_000);
+        assert!(h[2] > 0.0 && h[3] == 0.0 && h[4] == 0.0, "{h:?}");
+        // top-p 0.7 stops exactly at the second token.
+        let mut p = open();
+        p.top_p = 0.7;
+        let h = histogram(p.clone(), &l, 5_000);
+        assert!(h[1] > 0.0 && h[2] == 0.0, "{h:?}");
+        // The same with top-k in front (probabilities over the top-k set).
+        p.top_k = 3; // set = .4 .3 .2 → .444 .333 .222: top-p .7 keeps two
+        let h = histogram(p, &l, 5_000);
+        assert!(h[1] > 0.0 && h[2] == 0.0, "{h:?}");
+        // min-p 0.4: keep p >= 0.16 → ids 0, 1, 2.
+        let mut p = open();
+        p.min_p = 0.4;
+        let h = histogram(p, &l, 20_000);
+        assert!(h[2] > 0.0 && h[3] == 0.0 && h[4] == 0.0, "{h:?}");
+        // top_p = 0 keeps only the best token.
+        let mut p = open();
+        p.top_p = 0.0;
+        let h = histogram(p, &l, 1_000);
+        assert!(h[0] > 0.999 && h[1..].iter().all(|&x| x == 0.0), "{h:?}");
+    }
+
+    #[test]
+    fn lazy_top_p_over_a_large_vocabulary() {
+        // 262144 tokens, a flat tail: top-p must reach deep into it (several lazy
+        // chunks) and agree with a full sort.
+        let n = 262_144;
+        let mut l = vec![0.0f32; n];
+        for (i, v) in l.iter_mut().enumerate() {
+            *v = ((i as u64 * 2_654_435_761) % 1000) as f32 / 1000.0;
+        }
+        let mut sorted: Vec<(f32, u32)> =
+            l.iter().enumerate().map(|(i, &v)| (v, i as u32)).collect();
+        sorted.sort_by(by_logit_desc);
+        let max = sorted[0].0;
+        let z = sum_exp(&l, max, 1.0);
+        let top_p = 0.01;
+        let keep = top_p_prefix(&sorted, max, z, top_p).unwrap();
+        assert!(keep > 1000);
+        let allowed: std::collections::HashSet<u32> = sorted[..keep].iter().map(|x| x.1).collect();
+        let mut p = open();
+        p.top_p = top_p;
+        let mut s = Sampler::new(p).unwrap();
+        let t0 = std::time::Instant::now();
+        for _ in 0..20 {
+            let id = s.sample(&mut l.clone(), &[]).id;
+            assert!(allowed.contains(&id));
+        }
+        eprintln!(
+            "lazy top-p over {n}: {:.2} ms/token",
+            t0.elapsed().as_secs_f64() * 50.0
+        );
+    }
+
+    #[test]
+    fn default_params_are_fast_on_a_large_vocabulary() {
+        let n = 262_144;
+        let l: Vec<f32> = (0..n)
+            .map(|i| ((i as u64 * 40503) % 9973) as f32 / 500.0)
+            .collect();
+        let mut p = params();
+        p.n_logprobs = 5;
+        p.repetition_penalty = 1.1;
+        let mut s = Sampler::new(p).unwrap();
+        let mut buf = l.clone();
+        let t0 = std::time::Instant::now();
+        for i in 0..20 {
+            buf.copy_from_slice(&l);
+            let t = s.sample(&mut buf, &[i, i + 1]);
+            assert_eq!(t.top_logprobs.len(), 5);
+        }
+        eprintln!(
+            "default chain over {n}: {:.2} ms/token",
+            t0.elapsed().as_secs_f64() * 50.0
+        );
+        let mut g = Sampler::new(SamplingParams::greedy()).unwrap();
+        let t0 = std::time::Instant::now();
+        for _ in 0..20 {
+            buf.copy_from_slice(&l);
+            g.sample(&mut buf, &[]);
+        }
+        eprintln!(
+            "greedy over {n}: {:.2} ms/token",
+            t0.elapsed().as_secs_f64() * 50.0
+        );
+    }
+}

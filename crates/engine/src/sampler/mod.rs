@@ -1,0 +1,33 @@
+//! Token sampling and stop-string matching: turning one row of logits into a token,
+//! and a stream of text into what may be shown. Knows nothing about models or requests.
+//!
+//! [`Sampler`] turns one row of logits into a token, llama.cpp's way. The chain runs
+//! in llama.cpp's order (`common_sampler`): logit bias, repetition / presence /
+//! frequency penalties over the last `penalty_last_n` tokens of the history
+//! (`penalties`), top-k, top-p, min-p, temperature, then a draw from a seeded RNG
+//! (`truncation`, `rng`). Temperature 0 is greedy: the argmax after bias and
+//! penalties (ties go to the lowest id).
+//!
+//! Log-probabilities are reported from the log-softmax of the logits after bias and
+//! penalties, before temperature and truncation: they describe the model's
+//! distribution (as adjusted by the request), not the truncated one the draw used.
+//!
+//! Work per token is linear in the vocabulary: nothing sorts all 262k logits. Top-k
+//! uses partial selection; top-p without top-k sorts lazily, in growing chunks, only
+//! as far as the cumulative probability needs (`logit_math` holds the vectorised
+//! sums and selections).
+//!
+//! [`StopMatcher`] is the streaming half of stop strings: it holds back text that
+//! could still become a stop string, so a stream never shows part of one.
+
+mod chain;
+mod logit_math;
+mod params;
+mod penalties;
+mod rng;
+mod stop;
+mod truncation;
+
+pub use chain::{SampledToken, Sampler};
+pub use params::{SamplerError, SamplingParams, MAX_LOGPROBS};
+pub use stop::StopMatcher;

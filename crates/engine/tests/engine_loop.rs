@@ -1,0 +1,264 @@
+//! The engine loop on the deterministic fake runner (next token = last + 1): no
+//! weights, so every scheduling path — a finish beside a partial prefill, preemption,
+//! cancellation, stop strings, runner failures and panics, the per-request cap — is
+//! checked exactly, in milliseconds.
+
+use hangar_engine::{
+    Engine, EngineConfig, FakeRunner, Finish, GenerateRequest, ModelRunner, TokenEvent,
+};
+use hangar_tokenizer::{TokenType, Tokenizer, TokenizerSpec};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// GPT-2's printable stand-in for each byte, so token `b` decodes to byte `b`.
+fn byte_char(b: u8) -> char {
+    let printable = |b: u32| {
+        (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+    };
+    if printable(b as u32) {
+        return b as char;
+    }
+    let n = (0..b as u32).filter(|&x| !printable(x)).count() as u32;
+    char::from_u32(256 + n).expect("valid char")
+}
+
+const EOS: u32 = 256;
+const VOCAB: usize = 257;
+
+/// 256 byte tokens and an end-of-text token (id 256).
+fn byte_tokenizer() -> Tokenizer {
+    let mut tokens: Vec<String> = (0..=255u8).map(|b| byte_char(b).to_string()).collect();
+    tokens.push("<|endoftext|>".into());
+    let mut types = vec![TokenType::Normal; tokens.len()];
+    types[EOS as usize] = TokenType::Control;
+    let mut spec = TokenizerSpec::gpt2(tokens, Vec::new(), "gpt-2");
+    spec.token_types = Some(types);
+    spec.eos_id = Some(EOS);
+    Tokenizer::from_spec(&spec).expect("tokenizer")
+}
+
+fn engine_with(runner: FakeRunner, cfg: EngineConfig) -> Engine {
+    Engine::start_with_runner(Box::new(runner), byte_tokenizer(), None, cfg).expect("engine")
+}
+
+fn small_cfg() -> EngineConfig {
+    EngineConfig {
+        block_size: 4,
+        max_tokens_in_flight: Some(4096),
+        max_batch_tokens: 16,
+        max_running: 8,
+        ..EngineConfig::default()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    tokens: Vec<u32>,
+    text: String,
+    finish: Option<Finish>,
+    completion_tokens: usize,
+    error: Option<String>,
+}
+
+fn collect(mut rx: UnboundedReceiver<TokenEvent>) -> Outcome {
+    let mut o = Outcome::default();
+    while let Some(ev) = rx.blocking_recv() {
+        match ev {
+            TokenEvent::Token(t) => {
+                o.tokens.push(t.id);
+                o.text.push_str(&t.text);
+            }
+            TokenEvent::Done {
+                finish,
+                usage,
+                text,
+            } => {
+                o.text.push_str(&text);
+                o.finish = Some(finish);
+                o.completion_tokens = usage.completion_tokens;
+                break;
+            }
+            TokenEvent::Error(e) => {
+                o.error = Some(e);
+                break;
+            }
+        }
+    }
+    o
+}
+
+fn wait_until(engine: &Engine, what: &str, ok: impl Fn(&Engine) -> bool) {
+    let t0 = Instant::now();
+    while !ok(engine) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// What the fake model continues `prompt` with: last + 1, and so on.
+fn expected(prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut t = *prompt.last().expect("prompt");
+    (0..n)
+        .map(|_| {
+            t = (t + 1) % VOCAB as u32;
+            t
+        })
+        .collect()
+}
+
+#[test]
+fn sequence_finishing_beside_a_partial_prefill_stops_at_max_tokens() {
+    // The case: a 6-token prompt decodes while a 243-token prompt is still in
+    // chunked prefill (16 tokens a step). The short one must stop at exactly 8.
+    let engine = engine_with(FakeRunner::new(VOCAB, 4096), small_cfg());
+    let short: Vec<u32> = (10..16).collect();
+    let long: Vec<u32> = (0..243).map(|i| 20 + (i % 50)).collect();
+    let (_, rx_short) = engine
+        .submit(GenerateRequest::greedy(short.clone(), 8))
+        .unwrap();
+    let (_, rx_long) = engine
+        .submit(GenerateRequest::greedy(long.clone(), 8))
+        .unwrap();
+    let a = collect(rx_short);
+    let b = collect(rx_long);
+    assert_eq!(a.tokens, expected(&short, 8), "short request's tokens");
+    assert_eq!(a.completion_tokens, 8);
+    assert_eq!(a.finish, Some(Finish::Length));
+    assert_eq!(b.tokens, expected(&long, 8), "long request's tokens");
+    wait_until(&engine, "blocks freed", |e| e.stats().kv_blocks_used() == 0);
+}
+
+#[test]
+fn preemption_under_a_tiny_pool_still_finishes_every_sequence_exactly() {
+    let cfg = EngineConfig {
+        block_size: 4,
+        max_tokens_in_flight: Some(48),
+        max_batch_tokens: 64,
+        max_running: 8,
+        prefix_caching: false,
+        ..EngineConfig::default()
+    };
+    let engine = engine_with(FakeRunner::new(VOCAB, 4096), cfg);
+    let prompts: Vec<Vec<u32>> = (0..6u32).map(|i| vec![30 * i + 1; 6]).collect();
+    let rxs: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            engine
+                .submit(GenerateRequest::greedy(p.clone(), 12))
+                .unwrap()
+                .1
+        })
+        .collect();
+    for (p, rx) in prompts.iter().zip(rxs) {
+        let o = collect(rx);
+        assert_eq!(o.error, None);
+        assert_eq!(o.tokens, expected(p, 12));
+    }
+    assert!(
+        engine.stats().preemptions > 0,
+        "the pool was meant to run out"
+    );
+    wait_until(&engine, "blocks freed", |e| e.stats().kv_blocks_used() == 0);
+}
+
+#[test]
+fn cancel_and_dropped_receivers_free_blocks() {
+    let engine = engine_with(FakeRunner::new(VOCAB, 4096), small_cfg());
+    let mut req = GenerateRequest::greedy(vec![1; 20], 2000);
+    req.ignore_eos = true;
+    let (id, mut rx) = engine.submit(req.clone()).unwrap();
+    let (_, rx2) = engine.submit(req).unwrap();
+    // Both are generating.
+    assert!(matches!(rx.blocking_recv(), Some(TokenEvent::Token(_))));
+    engine.cancel(id);
+    drop(rx2);
+    wait_until(&engine, "idle after cancel", |e| {
+        let s = e.stats();
+        s.running == 0 && s.waiting == 0 && s.kv_blocks_used() == 0
+    });
+}
+
+#[test]
+fn stop_strings_end_generation_before_the_match() {
+    let engine = engine_with(FakeRunner::new(VOCAB, 4096), small_cfg());
+    // 'a' continues "bcdefgh...": stop at "ef" returns "bcd".
+    let mut req = GenerateRequest::greedy(vec![b'a' as u32], 20);
+    req.stop = vec!["ef".into()];
+    let o = collect(engine.submit(req).unwrap().1);
+    assert_eq!(o.text, "bcd");
+    assert_eq!(o.finish, Some(Finish::Stop));
+    // Stop token ids and the end-of-text token end it too.
+    let mut req = GenerateRequest::greedy(vec![b'a' as u32], 20);
+    req.stop_token_ids = vec![b'd' as u32];
+    let o = collect(engine.submit(req).unwrap().1);
+    assert_eq!(o.text, "bc");
+    assert_eq!(o.finish, Some(Finish::Stop));
+    let o = collect(
+        engine
+            .submit(GenerateRequest::greedy(vec![250], 20))
+            .unwrap()
+            .1,
+    );
+    assert_eq!(*o.tokens.last().unwrap(), EOS);
+    assert_eq!(o.tokens.len(), 6);
+    assert_eq!(o.finish, Some(Finish::Stop));
+}
+
+#[test]
+fn a_failing_step_errors_its_requests_and_the_engine_keeps_serving() {
+    let mut runner = FakeRunner::new(VOCAB, 4096);
+    runner.fail_at_step = Some(1);
+    runner.panic_at_step = Some(3);
+    let engine = engine_with(runner, small_cfg());
+    let o = collect(
+        engine
+            .submit(GenerateRequest::greedy(vec![5], 10))
+            .unwrap()
+            .1,
+    );
+    assert!(o.error.unwrap().contains("failure requested"));
+    let o = collect(
+        engine
+            .submit(GenerateRequest::greedy(vec![5], 10))
+            .unwrap()
+            .1,
+    );
+    assert!(o.error.unwrap().contains("internal engine error"));
+    let o = collect(
+        engine
+            .submit(GenerateRequest::greedy(vec![5], 4))
+            .unwrap()
+            .1,
+    );
+    assert_eq!(o.tokens, vec![6, 7, 8, 9]);
+    assert!(engine.is_alive());
+    wait_until(&engine, "blocks freed", |e| e.stats().kv_blocks_used() == 0);
+}
+
+#[test]
+fn one_request_cannot_take_more_than_its_share_of_running_slots() {
+    let engine = engine_with(FakeRunner::new(VOCAB, 4096), small_cfg());
+    let cap = engine.info().max_sequences_per_request;
+    assert_eq!(cap, 2, "a quarter of 8 running slots");
+    let reqs = vec![GenerateRequest::greedy(vec![1], 4); cap + 1];
+    let err = engine.submit_group(reqs).unwrap_err().to_string();
+    assert!(err.contains("at most 2"), "{err}");
+    let ok = engine
+        .submit_group(vec![GenerateRequest::greedy(vec![1], 4); cap])
+        .unwrap();
+    for (_, rx) in ok {
+        assert_eq!(collect(rx).tokens, vec![2, 3, 4, 5]);
+    }
+}
+
+#[test]
+fn fake_runner_is_a_model_runner() {
+    // The seam the CUDA backend implements: layout first, then KV, then steps.
+    let mut r = FakeRunner::new(VOCAB, 128);
+    assert_eq!(r.kv_layout().n_groups(), 1);
+    assert!(r.allocate_kv(4, &[8]).unwrap() > 0);
+    assert_eq!(r.vocab_size(), VOCAB);
+}
