@@ -1,14 +1,34 @@
-"""`hangar serve --no-model`: health, metrics and the registry API without a model."""
+"""`hangar serve --no-model`: health, metrics and the registry API without a model
+(and without the default model file: the registry holds a tiny GGUF written here)."""
 import json
+import os
+import struct
 import subprocess
 import tempfile
 
-from conftest import Server, hangar_bin, http, model_path
+from conftest import Server, hangar_bin, http
+
+
+def _gguf_string(s: str) -> bytes:
+    b = s.encode()
+    return struct.pack("<Q", len(b)) + b
+
+
+def write_tiny_gguf(path: str) -> None:
+    """A GGUF v3 file with one 32-element F32 tensor and `general.architecture`."""
+    head = b"GGUF" + struct.pack("<IQQ", 3, 1, 1)
+    head += _gguf_string("general.architecture") + struct.pack("<I", 8) + _gguf_string("test")
+    head += _gguf_string("w") + struct.pack("<IQIQ", 1, 32, 0, 0)
+    head += b"\0" * (-len(head) % 32)
+    with open(path, "wb") as f:
+        f.write(head + struct.pack("<32f", *range(32)))
 
 
 def test_no_model_server_answers_health_metrics_and_registry():
     home = tempfile.mkdtemp(prefix="hangar-no-model-")
-    subprocess.run([hangar_bin(), "--home", home, "registry", "import", model_path(), "--name", "gemma"],
+    tiny = os.path.join(home, "tiny.gguf")
+    write_tiny_gguf(tiny)
+    subprocess.run([hangar_bin(), "--home", home, "registry", "import", tiny, "--name", "gemma"],
                    check=True, capture_output=True)
     srv = Server("--no-model", "--home", home, with_model=False)
     try:

@@ -19,12 +19,13 @@ pub enum Prompt {
     Chat(Vec<ChatMessage>),
 }
 
-/// How text prompts are tokenized.
+/// How a client's text (prompts and chat message content) is tokenized.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TextEncoding {
-    /// Read special-token text in a prompt (`<start_of_turn>`, `<eos>`, ...) as the
-    /// special tokens. Off by default, so a client's text stays text and cannot forge
-    /// control tokens; on only where an operator opted in.
+    /// Read special-token text (`<start_of_turn>`, `<eos>`, ...) in a text prompt or in
+    /// chat message content as the special tokens. Off by default, so a client's text
+    /// stays text and cannot forge control tokens; on only where an operator opted in.
+    /// A chat template's own markers are special tokens either way.
     pub parse_special: bool,
 }
 
@@ -64,7 +65,7 @@ pub fn encode(engine: &Engine, prompt: Prompt, enc: TextEncoding) -> Result<Vec<
     let ids = match prompt {
         Prompt::Text(t) => engine.tokenizer().encode(&t, true, enc.parse_special),
         Prompt::Tokens(ids) => ids,
-        Prompt::Chat(m) => engine.encode_chat(&m)?,
+        Prompt::Chat(m) => engine.encode_chat_with(&m, enc.parse_special)?,
     };
     check_tokens(engine.info(), &ids)?;
     Ok(ids)
@@ -116,9 +117,9 @@ pub fn fit_max_tokens(
     }
 }
 
-/// Submits every request or none, as one group (a client request's `n` choices):
-/// refused when the engine has stopped, the queue would grow past `max_waiting`, or
-/// the group is larger than the engine's per-request share of running slots.
+/// Submits the sequences of one client request (its `n` choices, over one or more
+/// prompts) as one group, all or none: refused when the engine has stopped, when the
+/// queue would grow past `max_waiting`, or by the engine (per-request share, context).
 pub fn submit_all(
     engine: &Engine,
     reqs: Vec<GenerateRequest>,

@@ -81,8 +81,8 @@ pub struct ServeArgs {
     /// connections are closed and the process exits.
     #[arg(long, default_value = "30", value_parser = parse_secs)]
     pub shutdown_timeout: Duration,
-    /// Tokenize special-token text in prompts (`<start_of_turn>`, `<eos>`...) as the
-    /// special tokens, as before; by default prompt text is plain text.
+    /// Tokenize special-token text (`<start_of_turn>`, `<eos>`...) in prompts and chat
+    /// message content as the special tokens, as before; by default it is plain text.
     #[arg(long)]
     pub allow_special_in_prompt: bool,
     /// Serve without a model: health, metrics and the registry API only.

@@ -63,8 +63,9 @@ pub struct ServeConfig {
     /// closed anyway.
     pub shutdown_timeout: Duration,
     /// Read special-token text in text prompts (OpenAI `prompt`, KServe `text_input`)
-    /// as special tokens. Off by default, so clients cannot forge control tokens such
-    /// as chat turn markers; the old behaviour for operators who need it.
+    /// and in chat message content as special tokens. Off by default, so clients
+    /// cannot forge control tokens such as chat turn markers; the old behaviour for
+    /// operators who need it.
     pub allow_special_in_prompt: bool,
 }
 

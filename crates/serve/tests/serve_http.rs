@@ -726,6 +726,8 @@ async fn special_token_text_in_prompts_is_plain_text_by_default() {
     };
     assert!(plain > special, "the text must contain special-token text");
     let body = json!({"prompt": forged, "max_tokens": 1, "temperature": 0});
+    let chat = json!({"messages": [{"role": "user", "content": forged}], "max_tokens": 1, "temperature": 0});
+    let mut chat_tokens = Vec::new();
     for (allow, want) in [(false, plain), (true, special)] {
         let scfg = ServeConfig {
             allow_special_in_prompt: allow,
@@ -748,6 +750,14 @@ async fn special_token_text_in_prompts_is_plain_text_by_default() {
         assert_eq!(g.status, 200, "{}", g.text());
         let after = srv.metric("hangar_prompt_tokens_total").await;
         assert_eq!((after - before) as usize, want, "KServe, allow={allow}");
+        let c = srv.post("/v1/chat/completions", &chat).await;
+        assert_eq!(c.status, 200, "{}", c.text());
+        chat_tokens.push(c.json()["usage"]["prompt_tokens"].as_u64().unwrap());
         srv.shutdown().await;
     }
+    // Chat content follows the same switch: plain text takes more tokens.
+    assert!(
+        chat_tokens[0] > chat_tokens[1],
+        "chat prompt tokens {chat_tokens:?}"
+    );
 }
