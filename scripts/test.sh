@@ -38,6 +38,9 @@ export HANGAR_MOTO_PYTHON
 echo "== rust tests"
 cargo test --release --workspace -- --test-threads=2
 
+echo "== fuzzing (every target from its committed seed corpus, 8 s each; docs/RELIABILITY.md)"
+bash scripts/fuzz-smoke.sh
+
 if [ -d tests/python ] && ls tests/python/test_*.py >/dev/null 2>&1; then
   echo "== python client tests"
   HANGAR_BIN="$PWD/target/release/hangar" "$VENV/bin/python" -m pytest -q tests/python

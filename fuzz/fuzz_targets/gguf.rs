@@ -31,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(f.tensor_data(t).len() as u64, t.size);
         let _ = (t.n_elements(), t.row_len(), t.n_rows());
     }
+    let _ = hangar_plan::shape::shape_from_gguf(&f);
     let f = Arc::new(f);
     if hangar_models::ModelConfig::from_gguf(&f).is_ok() {
         let _ = hangar_models::Model::from_gguf(f.clone());

@@ -127,6 +127,9 @@ impl ChatTemplate {
         origin: String,
     ) -> Result<Self, ChatError> {
         let mut env = Environment::new();
+        // A template comes with the model file: bound its work so a hostile one
+        // cannot hang the server (output size is bounded in `render`).
+        env.set_fuel(Some(RENDER_FUEL));
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
@@ -156,13 +159,60 @@ impl ChatTemplate {
             .env
             .get_template("chat")
             .map_err(|e| ChatError::Compile(e.to_string()))?;
-        tmpl.render(context! {
-            messages => minijinja::Value::from(minijinja::value::Serde(messages)),
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos.as_str(),
-            eos_token => self.eos.as_str(),
-        })
-        .map_err(|e| ChatError::Render(e.to_string()))
+        let content: usize = messages.iter().map(|m| m.content.len()).sum();
+        let mut out = CappedOutput {
+            buf: Vec::new(),
+            cap: RENDER_BASE_BYTES + RENDER_CONTENT_FACTOR * content,
+        };
+        tmpl.render_captured_to(
+            context! {
+                messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos.as_str(),
+                eos_token => self.eos.as_str(),
+            },
+            &mut out,
+        )
+        .map(|_| ())
+        .map_err(|e| {
+            if out.buf.len() >= out.cap {
+                ChatError::Render(format!(
+                    "the chat template's output passed {} bytes; the template is not usable for these messages",
+                    out.cap
+                ))
+            } else {
+                ChatError::Render(e.to_string())
+            }
+        })?;
+        String::from_utf8(out.buf)
+            .map_err(|_| ChatError::Render("the chat template produced invalid UTF-8".into()))
+    }
+}
+
+/// Template instructions one render may execute: real chat templates use a few
+/// thousand per message; a looping template stops with an error instead of hanging.
+const RENDER_FUEL: u64 = 20_000_000;
+/// Rendered text may be this much plus a multiple of the messages' own text.
+const RENDER_BASE_BYTES: usize = 1 << 20;
+const RENDER_CONTENT_FACTOR: usize = 8;
+
+/// A render target that refuses to grow past `cap` bytes.
+struct CappedOutput {
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > self.cap {
+            self.buf.resize(self.cap, 0);
+            return Err(std::io::Error::other("chat template output too large"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -386,6 +436,25 @@ mod tests {
                 Piece::Template("b")
             ]
         );
+    }
+
+    #[test]
+    fn hostile_templates_stop_with_an_error_instead_of_hanging() {
+        let msgs = [ChatMessage::new("user", "hi")];
+        let looping =
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+        let t = ChatTemplate::from_source(looping.into(), "<bos>", "<eos>", "test".into()).unwrap();
+        let t0 = std::time::Instant::now();
+        assert!(matches!(t.render(&msgs, true), Err(ChatError::Render(_))));
+        assert!(t0.elapsed() < std::time::Duration::from_secs(30));
+        // Few instructions, huge output: repeating the content is capped by size.
+        let big = "{% for i in range(100000) %}{{ messages[0].content * 1000 }}{% endfor %}";
+        let t = ChatTemplate::from_source(big.into(), "<bos>", "<eos>", "test".into()).unwrap();
+        let msgs = [ChatMessage::new("user", "0123456789".repeat(10))];
+        match t.render(&msgs, true) {
+            Err(ChatError::Render(m)) => assert!(m.contains("passed"), "{m}"),
+            other => panic!("expected a size error, got {other:?}"),
+        }
     }
 
     #[test]

@@ -230,6 +230,40 @@ impl ModelShape {
     }
 }
 
+/// Most layers a header-only file (no tensors to count) may claim.
+const MAX_LAYERS_WITHOUT_TENSORS: usize = 4096;
+
+/// The layer count sizes per-layer vectors below: it must match the `blk.N` tensors
+/// in the file (or, in a header-only file, be sane) before anything is allocated.
+fn check_layer_count(f: &GgufFile, key: &str, n_layers: usize) -> Result<()> {
+    let mut layers = std::collections::BTreeSet::new();
+    let mut any = false;
+    for t in f.tensors() {
+        any = true;
+        if let Some(i) = t
+            .name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            layers.insert(i);
+        }
+    }
+    let ok = if any {
+        layers.len() == n_layers && layers.iter().next_back().is_none_or(|&l| l + 1 == n_layers)
+    } else {
+        n_layers <= MAX_LAYERS_WITHOUT_TENSORS
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(PlanError::Shape(format!(
+            "{key} says {n_layers} layers but the file has tensors for {}; the file is damaged or crafted",
+            layers.len()
+        )))
+    }
+}
+
 /// Reads the shape of a model from GGUF metadata.
 ///
 /// Keys: `{arch}.block_count`, `embedding_length`, `feed_forward_length`,
@@ -243,6 +277,7 @@ pub fn shape_from_gguf(f: &GgufFile) -> Result<ModelShape> {
     let req = |k: &str| f.get_usize(&key(k)).map_err(shape_err);
     let opt = |k: &str| f.get_usize(&key(k)).ok();
     let n_layers = req("block_count")?;
+    check_layer_count(f, &key("block_count"), n_layers)?;
     let d_model = req("embedding_length")?;
     let n_heads = req("attention.head_count")?;
     let d_ff = opt("feed_forward_length")
@@ -398,5 +433,46 @@ impl Model {
             }
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod layer_count_tests {
+    use super::*;
+    use hangar_formats::gguf_write::GgufHeader;
+    use hangar_formats::{GgmlType, MetaValue};
+
+    fn file(block_count: u32, with_tensors: bool) -> GgufFile {
+        let mut h = GgufHeader::new();
+        h.set("general.architecture", MetaValue::String("llama".into()));
+        h.set("llama.block_count", MetaValue::U32(block_count));
+        h.set("llama.embedding_length", MetaValue::U32(64));
+        h.set("llama.attention.head_count", MetaValue::U32(4));
+        if with_tensors {
+            for l in 0..2 {
+                h.add_tensor(
+                    &format!("blk.{l}.attn_norm.weight"),
+                    vec![64],
+                    GgmlType::F32,
+                )
+                .unwrap();
+            }
+        }
+        let mut bytes = h.to_bytes().unwrap();
+        let need = h.tensors().iter().map(|t| t.size()).sum::<u64>() as usize;
+        bytes.resize(bytes.len() + need + 64, 0);
+        GgufFile::from_bytes(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_crafted_layer_count_is_an_error_before_anything_is_sized_by_it() {
+        // 2^31 layers used to allocate per-layer vectors of that length first.
+        let err = shape_from_gguf(&file(1 << 31, true))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("2147483648 layers"), "{err}");
+        assert!(shape_from_gguf(&file(1 << 31, false)).is_err());
+        assert_eq!(shape_from_gguf(&file(2, true)).unwrap().n_layers, 2);
+        assert_eq!(shape_from_gguf(&file(32, false)).unwrap().n_layers, 32);
     }
 }
