@@ -29,7 +29,7 @@ fn decode_infer(body: &[u8], header_len: Option<&str>) {
     };
     for input in &req.inputs {
         if let Ok(t) = codec::decode_input(input, &mut binary) {
-            let _ = (t.len(), t.is_empty(), t.first());
+            let _ = (t.data.len(), t.data.is_empty(), t.data.first(), t.shape.len());
         }
     }
 }
