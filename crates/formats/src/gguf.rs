@@ -343,10 +343,13 @@ impl GgufFile {
         let mut tensors = Vec::with_capacity(raw.len());
         let mut tensor_index = HashMap::with_capacity(raw.len());
         for (name, dims, ty, rel) in raw {
+            // Zero dimensions are skipped here so that no partial product (rows,
+            // elements) can overflow later either: [0, 2^40, 2^40] is refused.
             let n = dims
                 .iter()
-                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d.max(1)))
                 .ok_or_else(|| GgufError::Invalid(format!("tensor {name:?} size overflows")))?;
+            let n = if dims.contains(&0) { 0 } else { n };
             if !dims[0].is_multiple_of(ty.block_size() as u64) {
                 return Err(GgufError::Invalid(format!(
                     "tensor {name:?} row length {} is not a multiple of the {} block size {}",
