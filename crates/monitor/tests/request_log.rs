@@ -8,7 +8,7 @@ fn rec(i: usize, prompt: &str) -> RequestRecord {
         ts_ms: hangar_monitor::now_ms(),
         request_id: format!("req-{i}"),
         route: "/v1/chat/completions".into(),
-        model: if i % 2 == 0 { "a" } else { "b" }.into(),
+        model: if i.is_multiple_of(2) { "a" } else { "b" }.into(),
         prompt: prompt.into(),
         response: format!("answer {i}"),
         prompt_tokens: 10,
