@@ -263,6 +263,7 @@ mod tests {
                 prompt_tokens: 3,
                 completion_tokens: n,
                 cached_tokens: 0,
+                queue_us: 0,
             },
             text: text.into(),
         }

@@ -48,6 +48,10 @@ pub struct SchedSeq {
     /// The client request this sequence belongs to (its `n` choices share one).
     pub group: u64,
     admitted_once: bool,
+    /// When the sequence was submitted.
+    arrived: std::time::Instant,
+    /// Time from submission to the first admission (zero until admitted).
+    pub queue_time: std::time::Duration,
 }
 
 impl SchedSeq {
@@ -62,6 +66,8 @@ impl SchedSeq {
             preempted: 0,
             group: id,
             admitted_once: false,
+            arrived: std::time::Instant::now(),
+            queue_time: std::time::Duration::ZERO,
         }
     }
     /// Marks the sequence as one of a request's several (fair admission counts by group).
@@ -279,6 +285,7 @@ impl Scheduler {
             if !seq.admitted_once {
                 seq.cached_tokens = cached;
                 seq.admitted_once = true;
+                seq.queue_time = seq.arrived.elapsed();
             }
             let slot = self.running.len();
             batch.chunks.push(ScheduledChunk {

@@ -88,6 +88,8 @@ pub struct ServeArgs {
     /// Serve without a model: health, metrics and the registry API only.
     #[arg(long, conflicts_with = "model")]
     pub no_model: bool,
+    #[command(flatten)]
+    pub monitor: crate::cmd_monitor::MonitorArgs,
     /// Hangar home, set from the global --home.
     #[arg(skip)]
     pub home: Option<PathBuf>,
@@ -201,6 +203,9 @@ pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
             Err(e) => eprintln!("hangar serve: registry API not mounted: {e}"),
         }
     }
+    if let Some(m) = args.monitor.open(args.home.as_deref())? {
+        services = services.with_monitor(m);
+    }
     if !keys.is_empty() {
         eprintln!("hangar serve: API keys required on every route but health and metrics");
     }
@@ -218,10 +223,15 @@ pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
         },
     );
     let addr = format!("{}:{}", args.host, args.port);
+    let monitor = state.monitor.clone();
     hangar_serve::serve_blocking(state, &addr, |a| {
         eprintln!("hangar serve: listening on http://{a}")
     })
     .with_context(|| format!("serving on {addr}"))?;
+    if let Some(m) = monitor {
+        // Whatever the request log still has queued goes to disk before exit.
+        m.close();
+    }
     eprintln!("hangar serve: stopped");
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod cmd_compress;
 mod cmd_model;
+mod cmd_monitor;
 mod cmd_plan;
 mod cmd_registry;
 mod cmd_serve;
@@ -61,6 +62,13 @@ enum Cmd {
     Registry(cmd_registry::RegistryCmd),
     /// Download a model into the registry (`default`, or hf://org/repo[/file]).
     Pull(cmd_registry::PullArgs),
+    // -- monitoring
+    /// The request log that `hangar serve` keeps: tail, search, export.
+    #[command(subcommand)]
+    Logs(cmd_monitor::LogsCmd),
+    /// Drift monitoring helpers (baselines).
+    #[command(subcommand)]
+    Monitor(cmd_monitor::MonitorCmd),
 }
 
 fn main() {
@@ -108,6 +116,8 @@ fn main() {
         Cmd::Eval(a) => cmd_compress::run_eval(a),
         Cmd::Registry(c) => cmd_registry::run_registry(c, cli.home),
         Cmd::Pull(a) => cmd_registry::run_pull(a, cli.home),
+        Cmd::Logs(c) => cmd_monitor::run_logs(c, cli.home.as_deref()),
+        Cmd::Monitor(c) => cmd_monitor::run_monitor(c, cli.home),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -140,6 +140,14 @@ impl DriftReport {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Baseline {
     pub observations: Vec<Observation>,
+    /// False when the baseline was built from prompts alone (no answers): response
+    /// lengths are then not compared.
+    #[serde(default = "yes")]
+    pub has_responses: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Reference and current windows of one model.
@@ -151,6 +159,8 @@ pub struct DriftMonitor {
     vocab: HashSet<u32>,
     self_unseen: f64,
     frozen: bool,
+    /// Whether the reference holds real response lengths.
+    has_responses: bool,
     current: VecDeque<Observation>,
 }
 
@@ -163,6 +173,7 @@ impl DriftMonitor {
             vocab: HashSet::new(),
             self_unseen: 0.0,
             frozen: false,
+            has_responses: true,
             current: VecDeque::new(),
         }
     }
@@ -171,6 +182,7 @@ impl DriftMonitor {
     pub fn with_baseline(cfg: DriftConfig, baseline: Baseline) -> Self {
         let mut m = DriftMonitor::new(cfg);
         m.reference = baseline.observations;
+        m.has_responses = baseline.has_responses;
         m.freeze();
         m
     }
@@ -183,6 +195,7 @@ impl DriftMonitor {
     pub fn baseline(&self) -> Baseline {
         Baseline {
             observations: self.reference.clone(),
+            has_responses: self.has_responses,
         }
     }
 
@@ -257,11 +270,11 @@ impl DriftMonitor {
                 current_mean: mean(&c),
             }
         };
-        let features = vec![
-            feature("prompt_length", &|o| o.prompt_tokens.len() as f64),
-            feature("response_length", &|o| o.response_tokens as f64),
-            feature("non_letter_share", &|o| o.non_letter_share),
-        ];
+        let mut features = vec![feature("prompt_length", &|o| o.prompt_tokens.len() as f64)];
+        if self.has_responses {
+            features.push(feature("response_length", &|o| o.response_tokens as f64));
+        }
+        features.push(feature("non_letter_share", &|o| o.non_letter_share));
         let take = |it: &mut dyn Iterator<Item = &Observation>| -> Vec<Vec<f32>> {
             it.filter_map(|o| o.embedding.clone())
                 .take(cfg.max_embeddings)

@@ -8,6 +8,7 @@
 //!   unseen-token share, KS / Wasserstein / PSI on lengths and non-letter share, and
 //!   embedding drift (centroid distance, MMD with a permutation test).
 //! - [`PriceTable`] and [`UsageLedger`]: cost per request and usage per API key.
+//! - [`Monitor`]: all of the above for one server, fed one finished request at a time.
 //! - [`stats`] and [`redact`]: the statistics and patterns, usable on their own.
 //!
 //! Knows nothing about HTTP or the engine: `hangar-serve` feeds it plain records.
@@ -24,12 +25,14 @@
 pub mod cost;
 pub mod drift;
 pub mod log;
+pub mod monitor;
 pub mod redact;
 pub mod stats;
 
 pub use cost::{Price, PriceTable, Usage, UsageLedger, UsageRow};
 pub use drift::{Baseline, DriftConfig, DriftMonitor, DriftReport, FeatureDrift, Observation};
 pub use log::{LogConfig, LogQuery, RequestLog, RequestRecord};
+pub use monitor::{Monitor, MonitorConfig};
 pub use redact::{find_pii, redact, PiiKind};
 
 use std::path::{Path, PathBuf};

@@ -82,6 +82,7 @@ pub struct LogCounters {
 
 /// A search over the log.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogQuery {
     /// Substring of the prompt or response (case-insensitive for ASCII).
     pub text: Option<String>,
@@ -92,6 +93,8 @@ pub struct LogQuery {
     pub since_ms: Option<i64>,
     /// Only rows with an id below this (paging backwards from the newest).
     pub before_id: Option<i64>,
+    /// Only rows with an id above this (paging forwards from the oldest).
+    pub after_id: Option<i64>,
     pub limit: usize,
 }
 
@@ -253,6 +256,10 @@ impl RequestLog {
 
     /// Records matching `q`, newest first.
     pub fn search(&self, q: &LogQuery) -> Result<Vec<RequestRecord>, MonitorError> {
+        self.query(q, false)
+    }
+
+    fn query(&self, q: &LogQuery, oldest_first: bool) -> Result<Vec<RequestRecord>, MonitorError> {
         let mut sql = String::from("SELECT id, ts_ms, request_id, route, model, model_version, key_id, prompt, response, prompt_tokens, completion_tokens, queue_ms, ttft_ms, decode_ms, e2e_ms, finish_reason, status, cost FROM requests WHERE 1=1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if let Some(t) = &q.text {
@@ -280,7 +287,15 @@ impl RequestLog {
             sql.push_str(" AND id < ?");
             args.push(b.into());
         }
-        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        if let Some(a) = q.after_id {
+            sql.push_str(" AND id > ?");
+            args.push(a.into());
+        }
+        sql.push_str(if oldest_first {
+            " ORDER BY id ASC LIMIT ?"
+        } else {
+            " ORDER BY id DESC LIMIT ?"
+        });
         args.push((q.limit.clamp(1, 100_000) as i64).into());
         let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         let mut stmt = conn
@@ -309,19 +324,28 @@ impl RequestLog {
             .map_err(|e| MonitorError::db(&self.path, e))
     }
 
-    /// Writes records matching `q` (oldest first) as JSON lines; returns the count.
+    /// Writes every record matching `q` (its `limit` ignored), oldest first, as JSON
+    /// lines, a page at a time; returns the count.
     pub fn export_jsonl(
         &self,
         q: &LogQuery,
         out: &mut dyn std::io::Write,
     ) -> Result<usize, MonitorError> {
-        let mut rows = self.search(q)?;
-        rows.reverse();
-        for r in &rows {
-            let line = serde_json::to_string(r).map_err(MonitorError::Json)?;
-            writeln!(out, "{line}").map_err(|e| MonitorError::io(Path::new("export"), e))?;
+        let mut page = q.clone();
+        page.limit = 10_000;
+        let mut n = 0;
+        loop {
+            let rows = self.query(&page, true)?;
+            for r in &rows {
+                let line = serde_json::to_string(r).map_err(MonitorError::Json)?;
+                writeln!(out, "{line}").map_err(|e| MonitorError::io(Path::new("export"), e))?;
+            }
+            n += rows.len();
+            match rows.last() {
+                Some(last) if rows.len() == page.limit => page.after_id = Some(last.id),
+                _ => return Ok(n),
+            }
         }
-        Ok(rows.len())
     }
 }
 

@@ -112,6 +112,10 @@ impl ApiError {
             ..Self::bad_request(message)
         }
     }
+    /// A valid caller without the rights for this route.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "permission_error", message)
+    }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }

@@ -298,6 +298,8 @@ pub struct ChoiceStream {
     start: Instant,
     last: Option<Instant>,
     done: bool,
+    /// What the monitor gets when the stream ends (None when monitoring is off).
+    trace: Option<crate::monitoring::Trace>,
 }
 
 impl ChoiceStream {
@@ -314,7 +316,14 @@ impl ChoiceStream {
             start,
             last: None,
             done: false,
+            trace: None,
         }
+    }
+
+    /// Records this choice in the request log and drift windows when it ends.
+    pub fn traced(mut self, prompt: &[u32]) -> Self {
+        self.trace = crate::monitoring::Trace::begin(&self.state, self.index, prompt, self.start);
+        self
     }
 
     /// The next event, `None` once the engine closed the stream.
@@ -339,6 +348,20 @@ impl ChoiceStream {
             }
             Some(TokenEvent::Error(_)) | None => self.done = true,
         }
+        if let (Some(trace), Some(ev)) = (self.trace.as_mut(), ev.as_ref()) {
+            trace.on_event(ev);
+        }
+        if self.done {
+            if let Some(trace) = self.trace.take() {
+                let outcome = match &ev {
+                    Some(TokenEvent::Done { finish, usage, .. }) => {
+                        crate::monitoring::Outcome::Done(*finish, *usage)
+                    }
+                    _ => crate::monitoring::Outcome::Error,
+                };
+                trace.finish(&self.state, outcome);
+            }
+        }
         ev
     }
 }
@@ -347,6 +370,9 @@ impl Drop for ChoiceStream {
     fn drop(&mut self) {
         if !self.done {
             self.state.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+            if let Some(trace) = self.trace.take() {
+                trace.finish(&self.state, crate::monitoring::Outcome::Cancelled);
+            }
         }
     }
 }
@@ -372,11 +398,22 @@ pub fn submit_all(
     reqs: Vec<GenerateRequest>,
 ) -> Result<Vec<ChoiceStream>, ApiError> {
     let start = Instant::now();
+    let prompts: Vec<Vec<u32>> = if state.app.monitor.is_some() {
+        reqs.iter().map(|r| r.prompt.clone()).collect()
+    } else {
+        Vec::new()
+    };
     let streams = prompt::submit_all(state.engine(), reqs, state.app.cfg.max_queue)?;
     Ok(streams
         .into_iter()
         .enumerate()
-        .map(|(i, rx)| ChoiceStream::new(i, rx, state.app.clone(), start))
+        .map(|(i, rx)| {
+            let c = ChoiceStream::new(i, rx, state.app.clone(), start);
+            match prompts.get(i) {
+                Some(p) => c.traced(p),
+                None => c,
+            }
+        })
         .collect())
 }
 

@@ -53,9 +53,12 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         .inference
         .as_ref()
         .map(|i| (i.model_name.as_str(), i.engine.stats()));
-    let body = state
+    let mut body = state
         .metrics
         .render(engine.as_ref().map(|(name, stats)| (*name, stats)));
+    if let Some(m) = &state.monitor {
+        crate::metrics::render_monitor(&mut body, m);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -24,6 +24,7 @@ pub mod gen;
 mod health;
 pub mod kserve;
 pub mod metrics;
+mod monitoring;
 pub mod openai;
 pub mod registry_api;
 mod sampling;
@@ -35,6 +36,7 @@ use axum::response::Response;
 use axum::Router;
 use error::{ApiError, ApiFormat};
 use hangar_engine::Engine;
+use hangar_monitor::Monitor;
 use hangar_registry::Registry;
 use metrics::Metrics;
 use std::future::Future;
@@ -100,6 +102,9 @@ pub type SharedRegistry = Arc<Mutex<Registry>>;
 pub struct Services {
     pub inference: Option<Inference>,
     pub registry: Option<Registry>,
+    pub monitor: Option<Monitor>,
+    /// The registry version of the served model (`name@3`), for the request log.
+    pub model_version: Option<String>,
 }
 
 impl Services {
@@ -117,6 +122,18 @@ impl Services {
         self.registry = Some(registry);
         self
     }
+
+    /// Adds monitoring: request log, drift, usage and cost (`/v1/monitor/*`, gauges).
+    pub fn with_monitor(mut self, monitor: Monitor) -> Self {
+        self.monitor = Some(monitor);
+        self
+    }
+
+    /// Names the registry version of the served model in request-log records.
+    pub fn with_model_version(mut self, version: impl Into<String>) -> Self {
+        self.model_version = Some(version.into());
+        self
+    }
 }
 
 /// Shared by every handler.
@@ -124,6 +141,8 @@ pub struct AppState {
     pub cfg: ServeConfig,
     pub inference: Option<Arc<Inference>>,
     pub registry: Option<SharedRegistry>,
+    pub monitor: Option<Arc<Monitor>>,
+    pub model_version: Option<String>,
     pub metrics: Metrics,
     /// False once shutdown has begun (readiness probes then fail).
     pub ready: AtomicBool,
@@ -138,6 +157,8 @@ impl AppState {
             cfg,
             inference: services.inference.map(Arc::new),
             registry: services.registry.map(|r| Arc::new(Mutex::new(r))),
+            monitor: services.monitor.map(Arc::new),
+            model_version: services.model_version,
             metrics: Metrics::default(),
             ready: AtomicBool::new(true),
             started: std::time::SystemTime::now()
@@ -191,6 +212,9 @@ fn route_label(path: &str) -> &'static str {
         "/health" => "/health",
         "/metrics" => "/metrics",
         p if p.starts_with("/v1/registry/") => "/v1/registry",
+        "/v1/monitor/drift" => "/v1/monitor/drift",
+        "/v1/monitor/usage" => "/v1/monitor/usage",
+        p if p.starts_with("/v1/monitor/requests") => "/v1/monitor/requests",
         p if p.starts_with("/v2/models/") => {
             if p.ends_with("/infer") {
                 "/v2/models/{name}/infer"
@@ -224,6 +248,8 @@ async fn not_found(State(state): State<Arc<AppState>>, req: Request) -> Response
     let path = req.uri().path();
     let message = if state.inference.is_none() && is_inference_path(path) {
         format!("{path}: this server runs without a model (--no-model), so the inference APIs are not mounted; start `hangar serve --model ...` to serve one")
+    } else if state.monitor.is_none() && path.starts_with("/v1/monitor") {
+        format!("{path}: monitoring is off on this server (--no-monitor)")
     } else if state.registry.is_none() && path.starts_with("/v1/registry") {
         format!("{path}: the registry API is not mounted on this server (--no-registry-api, or the registry could not be opened)")
     } else {
@@ -247,7 +273,14 @@ pub fn router(state: Arc<AppState>) -> Router {
     if let Some(reg) = &state.registry {
         app = app.merge(registry_api::routes(state.clone(), reg.clone()));
     }
+    if let Some(m) = &state.monitor {
+        app = app.merge(monitoring::routes(state.clone(), m.clone()));
+    }
     app.fallback_service(axum::routing::any(not_found).with_state(state.clone()))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            monitoring::with_context,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require))
         .layer(middleware::from_fn_with_state(
             state.clone(),

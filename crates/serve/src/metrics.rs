@@ -255,6 +255,138 @@ impl Metrics {
     }
 }
 
+/// Monitoring gauges and counters: drift per model, usage and cost per key and model,
+/// personal data found in answers, and the request log's own counters.
+pub fn render_monitor(out: &mut String, m: &hangar_monitor::Monitor) {
+    let reports = m.drift_reports();
+    let mut family =
+        |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, f64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in rows {
+                let _ = writeln!(out, "{name}{{{labels}}} {v}");
+            }
+        };
+    let model = |m: &str| format!("model=\"{}\"", escape(m));
+    family(
+        "hangar_drift_unseen_token_share",
+        "gauge",
+        "Share of prompt tokens in the current window whose ids never occur in the reference.",
+        &mut reports
+            .iter()
+            .map(|(k, r)| (model(k), r.unseen_token_share)),
+    );
+    family(
+        "hangar_drift_length_ks_pvalue",
+        "gauge",
+        "Kolmogorov-Smirnov p-value of prompt lengths, current window against reference.",
+        &mut reports
+            .iter()
+            .map(|(k, r)| (model(k), r.length_ks_pvalue())),
+    );
+    family(
+        "hangar_drift_feature_drifted",
+        "gauge",
+        "1 when a numeric feature drifted by its test (KS, or normalised Wasserstein on large windows).",
+        &mut reports.iter().flat_map(|(k, r)| {
+            r.features.iter().map(move |f| {
+                (format!("{},feature=\"{}\"", model(k), f.name), f.drifted as u8 as f64)
+            })
+        }),
+    );
+    family(
+        "hangar_drift_embedding_distance",
+        "gauge",
+        "Cosine distance between reference and current prompt-embedding centroids (0 without embeddings).",
+        &mut reports
+            .iter()
+            .map(|(k, r)| (model(k), r.embedding_distance.unwrap_or(0.0))),
+    );
+    family(
+        "hangar_drift_window_requests",
+        "gauge",
+        "Requests in the current drift window.",
+        &mut reports
+            .iter()
+            .map(|(k, r)| (model(k), r.current_size as f64)),
+    );
+    family(
+        "hangar_drift_alert",
+        "gauge",
+        "1 when any drift test of the model fires.",
+        &mut reports
+            .iter()
+            .map(|(k, r)| (model(k), r.alert as u8 as f64)),
+    );
+    let usage = m.usage();
+    let key_model = |u: &hangar_monitor::UsageRow| {
+        format!(
+            "key=\"{}\",model=\"{}\"",
+            escape(&u.key_id),
+            escape(&u.model)
+        )
+    };
+    family(
+        "hangar_usage_requests_total",
+        "counter",
+        "Finished requests (choices) by API key id and model.",
+        &mut usage
+            .iter()
+            .map(|u| (key_model(u), u.usage.requests as f64)),
+    );
+    family(
+        "hangar_usage_tokens_total",
+        "counter",
+        "Tokens by API key id, model and kind (prompt, completion).",
+        &mut usage.iter().flat_map(|u| {
+            [
+                (
+                    format!("{},kind=\"prompt\"", key_model(u)),
+                    u.usage.prompt_tokens as f64,
+                ),
+                (
+                    format!("{},kind=\"completion\"", key_model(u)),
+                    u.usage.completion_tokens as f64,
+                ),
+            ]
+        }),
+    );
+    family(
+        "hangar_usage_cost_total",
+        "counter",
+        &format!(
+            "Cost in {} from the price table, by API key id and model.",
+            m.prices().currency
+        ),
+        &mut usage.iter().map(|u| (key_model(u), u.usage.cost)),
+    );
+    family(
+        "hangar_quality_pii_responses_total",
+        "counter",
+        "Answers containing personal data or secrets, by model and kind.",
+        &mut m
+            .pii_counts()
+            .into_iter()
+            .map(|(mo, k, n)| (format!("{},kind=\"{k}\"", model(&mo)), n as f64)),
+    );
+    if let Some(log) = m.log() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &log.counters;
+        family(
+            "hangar_request_log_records_total",
+            "counter",
+            "Request-log records by outcome (written, sampled_out, dropped: queue full, error).",
+            &mut [
+                ("written", c.written.load(Relaxed)),
+                ("sampled_out", c.sampled_out.load(Relaxed)),
+                ("dropped", c.dropped.load(Relaxed)),
+                ("error", c.write_errors.load(Relaxed)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (format!("outcome=\"{k}\""), v as f64)),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,6 +73,8 @@ pub struct Usage {
     pub completion_tokens: usize,
     /// Prompt tokens whose KV came from the prefix cache.
     pub cached_tokens: usize,
+    /// Microseconds from submission to the first admission into the running batch.
+    pub queue_us: u64,
 }
 
 /// What a request's stream carries.

@@ -140,6 +140,7 @@ fn accept_token(
         prompt_tokens: seq.prompt_len,
         completion_tokens: generated,
         cached_tokens: seq.cached_tokens,
+        queue_us: seq.queue_time.as_micros() as u64,
     };
     (
         event,

@@ -1,0 +1,140 @@
+//! The monitoring service of one server: takes a finished request (its log record and
+//! drift observation) and updates the request log, the per-model drift windows, usage
+//! and cost, and the PII-in-responses counters. Cheap on the caller's thread: the log
+//! write happens on the log's own thread, drift statistics only when read.
+
+use crate::cost::{PriceTable, UsageLedger, UsageRow};
+use crate::drift::{Baseline, DriftConfig, DriftMonitor, DriftReport, Observation};
+use crate::log::{LogConfig, RequestLog, RequestRecord};
+use crate::redact::{find_pii, PiiKind};
+use crate::MonitorError;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// How a server monitors.
+#[derive(Debug, Clone, Default)]
+pub struct MonitorConfig {
+    /// Where the request log lives and how it keeps records; None = no log.
+    pub log: Option<(PathBuf, LogConfig)>,
+    pub drift: DriftConfig,
+    /// A fixed reference for every model's drift (else the first requests).
+    pub baseline: Option<Baseline>,
+    pub prices: PriceTable,
+}
+
+/// Monitoring state shared by request handlers.
+pub struct Monitor {
+    log: Option<RequestLog>,
+    drift_cfg: DriftConfig,
+    baseline: Option<Baseline>,
+    drift: Mutex<BTreeMap<String, DriftMonitor>>,
+    prices: PriceTable,
+    usage: UsageLedger,
+    pii: Mutex<BTreeMap<(String, &'static str), u64>>,
+}
+
+impl Monitor {
+    /// Opens the request log (if configured) and starts empty drift windows.
+    pub fn open(cfg: MonitorConfig) -> Result<Self, MonitorError> {
+        let log = match cfg.log {
+            Some((path, log_cfg)) => Some(RequestLog::open(path, log_cfg)?),
+            None => None,
+        };
+        Ok(Monitor {
+            log,
+            drift_cfg: cfg.drift,
+            baseline: cfg.baseline,
+            drift: Mutex::new(BTreeMap::new()),
+            prices: cfg.prices,
+            usage: UsageLedger::default(),
+            pii: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Records one finished request: prices it, adds it to usage and to its model's
+    /// drift window, counts personal data in the answer, and queues it for the log.
+    pub fn observe(&self, mut rec: RequestRecord, obs: Observation) {
+        rec.cost = self
+            .prices
+            .cost(&rec.model, rec.prompt_tokens, rec.completion_tokens);
+        let key = rec.key_id.clone().unwrap_or_else(|| "anonymous".into());
+        self.usage.add(
+            &key,
+            &rec.model,
+            rec.prompt_tokens,
+            rec.completion_tokens,
+            rec.cost,
+        );
+        {
+            let mut d = self.drift.lock().unwrap_or_else(|e| e.into_inner());
+            d.entry(rec.model.clone())
+                .or_insert_with(|| match &self.baseline {
+                    Some(b) => DriftMonitor::with_baseline(self.drift_cfg.clone(), b.clone()),
+                    None => DriftMonitor::new(self.drift_cfg.clone()),
+                })
+                .observe(obs);
+        }
+        let kinds = find_pii(&rec.response);
+        if !kinds.is_empty() {
+            let mut p = self.pii.lock().unwrap_or_else(|e| e.into_inner());
+            for k in kinds {
+                *p.entry((rec.model.clone(), k.as_str())).or_insert(0) += 1;
+            }
+        }
+        if let Some(log) = &self.log {
+            log.record(rec);
+        }
+    }
+
+    /// Drift of every model seen so far.
+    pub fn drift_reports(&self) -> BTreeMap<String, DriftReport> {
+        // Copy the windows out so the statistics run without holding the lock.
+        let monitors: Vec<(String, DriftMonitor)> = {
+            let d = self.drift.lock().unwrap_or_else(|e| e.into_inner());
+            d.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        monitors.into_iter().map(|(k, m)| (k, m.report())).collect()
+    }
+
+    /// The current reference of `model` (to save as a baseline).
+    pub fn baseline_of(&self, model: &str) -> Option<Baseline> {
+        let d = self.drift.lock().unwrap_or_else(|e| e.into_inner());
+        d.get(model).map(|m| m.baseline())
+    }
+
+    /// Usage per key and model.
+    pub fn usage(&self) -> Vec<UsageRow> {
+        self.usage.rows()
+    }
+
+    /// Responses containing personal data, by model and kind.
+    pub fn pii_counts(&self) -> Vec<(String, &'static str, u64)> {
+        let p = self.pii.lock().unwrap_or_else(|e| e.into_inner());
+        p.iter().map(|((m, k), n)| (m.clone(), *k, *n)).collect()
+    }
+
+    pub fn prices(&self) -> &PriceTable {
+        &self.prices
+    }
+
+    /// The request log, when one is kept.
+    pub fn log(&self) -> Option<&RequestLog> {
+        self.log.as_ref()
+    }
+
+    /// Writes everything queued for the log (call on shutdown).
+    pub fn close(&self) {
+        if let Some(l) = &self.log {
+            l.close();
+        }
+    }
+}
+
+/// The PII kinds, for callers that list them.
+pub const PII_KINDS: [PiiKind; 4] = [
+    PiiKind::Email,
+    PiiKind::Phone,
+    PiiKind::Card,
+    PiiKind::Secret,
+];

@@ -1,0 +1,145 @@
+"""Monitoring through a live `hangar serve`: drift gauges stay calm on traffic like the
+reference and rise on another language and code; the request log keeps every request
+(redacted when asked) and `hangar logs` reads it; usage and cost follow the price
+table; only operators read the log."""
+import json
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+
+from conftest import MODEL_NAME, Server, hangar_bin, http
+
+TOPICS = ["rivers", "volcanoes", "bridges", "gardens", "libraries", "trains", "bees",
+          "clouds", "castles", "forests"]
+FORMS = ["Please explain how {} work in simple terms.",
+         "Write one short sentence about {}.",
+         "What is the most interesting fact about {}?",
+         "Tell me why people like {} so much."]
+
+
+def english(i: int) -> str:
+    return FORMS[i % len(FORMS)].format(TOPICS[(i * 3) % len(TOPICS)])
+
+
+SHIFTED = ["请用简单的语言解释一下火山是如何形成的。", "给我讲一个关于长城的历史故事。",
+           "def merge(a, b):\n    return sorted(a + b, key=lambda x: (x[1], -x[0]))",
+           "SELECT id, count(*) FROM orders GROUP BY id HAVING count(*) > 3;",
+           "東京の天気は明日どうなりますか？", "for (int i = 0; i < n; ++i) { sum += v[i] * w[i]; }"]
+
+
+def complete_all(client, prompts):
+    def one(p):
+        return client.completions.create(model=MODEL_NAME, prompt=p, max_tokens=3,
+                                         temperature=0)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(one, prompts))
+
+
+def drift(srv):
+    status, _, body = http("GET", srv.base + "/v1/monitor/drift")
+    assert status == 200, body
+    return json.loads(body)["models"][MODEL_NAME]
+
+
+def gauge(srv, name):
+    _, _, body = http("GET", srv.base + "/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(name + "{") and f'model="{MODEL_NAME}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} missing from /metrics")
+
+
+def test_drift_request_log_usage_and_cost():
+    home = tempfile.mkdtemp(prefix="hangar-monitor-")
+    prices = Path(home) / "prices.json"
+    prices.write_text(json.dumps({"currency": "EUR", "models": {
+        "*": {"input_per_mtok": 1000.0, "output_per_mtok": 2000.0}}}))
+    srv = Server("--home", home, "--drift-reference", "40", "--drift-window", "30",
+                 "--drift-min", "20", "--log-redact", "--price-table", str(prices))
+    try:
+        client = openai.OpenAI(base_url=srv.base + "/v1", api_key="team-a-key")
+        complete_all(client, [english(i) for i in range(40)])
+        # Same distribution: the window fills, no test fires.
+        complete_all(client, [english(i) for i in range(40, 70)])
+        calm = drift(srv)
+        assert calm["ready"], calm
+        assert not calm["alert"], json.dumps(calm, indent=1)
+        assert gauge(srv, "hangar_drift_alert") == 0
+        calm_unseen = gauge(srv, "hangar_drift_unseen_token_share")
+        assert calm_unseen < 0.1, calm
+
+        # Another language and code: unseen tokens and the length tests fire.
+        complete_all(client, [SHIFTED[i % len(SHIFTED)] + f" ({i})" for i in range(30)])
+        shifted = drift(srv)
+        assert shifted["alert"] and shifted["unseen_drifted"], json.dumps(shifted, indent=1)
+        assert shifted["unseen_token_share"] > calm_unseen + 0.3
+        assert gauge(srv, "hangar_drift_alert") == 1
+        assert gauge(srv, "hangar_drift_unseen_token_share") == shifted["unseen_token_share"]
+        assert 0 <= gauge(srv, "hangar_drift_length_ks_pvalue") <= 1
+
+        # Redaction: the address never reaches the log.
+        client.completions.create(model=MODEL_NAME, max_tokens=2, temperature=0,
+                                  prompt="Reply to jane.roe@example.org about the invoice")
+        # Usage and cost, by key id (never the key itself).
+        status, _, body = http("GET", srv.base + "/v1/monitor/usage")
+        usage = json.loads(body)
+        assert status == 200 and usage["currency"] == "EUR", usage
+        rows = [r for r in usage["usage"] if r["model"] == MODEL_NAME]
+        assert len(rows) == 1 and rows[0]["key_id"].startswith("key-"), rows
+        assert "team-a-key" not in body.decode()
+        r = rows[0]
+        assert r["requests"] == 101
+        want = (r["prompt_tokens"] * 1000.0 + r["completion_tokens"] * 2000.0) / 1e6
+        assert abs(r["cost"] - want) < 1e-9, r
+
+        status, _, body = http("GET", srv.base + "/v1/monitor/requests?text=invoice")
+        found = json.loads(body)["requests"]
+        assert status == 200 and len(found) == 1, body
+        assert "[EMAIL]" in found[0]["prompt"] and "jane.roe" not in found[0]["prompt"]
+        assert found[0]["completion_tokens"] >= 1 and found[0]["e2e_ms"] > 0
+        assert found[0]["ttft_ms"] <= found[0]["e2e_ms"]
+        assert found[0]["finish_reason"] in ("length", "stop")
+        status, _, body = http("GET", srv.base + f"/v1/monitor/requests/{found[0]['id']}")
+        assert status == 200 and json.loads(body) == found[0]
+    finally:
+        assert srv.stop() == 0, srv.read_log()
+
+    # The log outlives the server; `hangar logs` reads it.
+    out = subprocess.run([hangar_bin(), "--home", home, "logs", "tail", "-n", "200", "--json"],
+                         check=True, capture_output=True, text=True).stdout
+    recs = [json.loads(l) for l in out.splitlines()]
+    assert len(recs) == 101
+    assert sum("火山" in r["prompt"] for r in recs) >= 1
+    assert all(r["model"] == MODEL_NAME and r["route"] == "/v1/completions" for r in recs)
+    out = subprocess.run([hangar_bin(), "--home", home, "logs", "search", "invoice"],
+                         check=True, capture_output=True, text=True).stdout
+    assert "[EMAIL]" in out and "jane.roe" not in out
+    export = Path(home) / "export.jsonl"
+    subprocess.run([hangar_bin(), "--home", home, "logs", "export", "--out", str(export)],
+                   check=True, capture_output=True)
+    assert len(export.read_text().splitlines()) == 101
+
+
+def test_only_operators_read_the_request_log():
+    home = tempfile.mkdtemp(prefix="hangar-monitor-auth-")
+    token = json.loads(subprocess.run(
+        [hangar_bin(), "--home", home, "registry", "token", "create", "--name", "ops",
+         "--role", "promoter", "--json"], check=True, capture_output=True, text=True).stdout)["token"]
+    srv = Server("--no-model", "--home", home, "--api-key", "k1", with_model=False)
+    try:
+        status, _, _ = http("GET", srv.base + "/v1/monitor/requests")
+        assert status == 401
+        status, _, body = http("GET", srv.base + "/v1/monitor/requests",
+                               headers={"authorization": "Bearer k1"})
+        assert status == 403 and b"promoter" in body, body
+        status, _, body = http("GET", srv.base + "/v1/monitor/requests",
+                               headers={"authorization": f"Bearer {token}"})
+        assert status == 200 and json.loads(body)["requests"] == [], body
+        status, _, body = http("GET", srv.base + "/v1/monitor/usage",
+                               headers={"authorization": "Bearer k1"})
+        assert status == 200 and json.loads(body)["usage"] == [], body
+    finally:
+        srv.stop()
