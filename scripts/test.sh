@@ -8,7 +8,7 @@
 # and tests/python/conftest.py read these variables).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export HANGAR_REQUIRE_MODEL=1 HANGAR_REQUIRE_LLAMA_PYTHON=1 HANGAR_REQUIRE_MOTO=1
+export HANGAR_REQUIRE_MODEL=1 HANGAR_REQUIRE_LLAMA_PYTHON=1 HANGAR_REQUIRE_MOTO=1 HANGAR_REQUIRE_PROMTOOL=1
 
 echo "== default model"
 HANGAR_MODEL=$(bash scripts/fetch-default-model.sh)
@@ -34,6 +34,12 @@ fi
 HANGAR_MOTO_PYTHON="$PWD/$VENV/bin/python"
 case "$VENV" in /*) HANGAR_MOTO_PYTHON="$VENV/bin/python" ;; esac
 export HANGAR_MOTO_PYTHON
+
+echo "== promtool (Debian's prometheus package) for the monitoring rules and /metrics"
+if ! command -v promtool >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 
 echo "== rust tests"
 cargo test --release --workspace -- --test-threads=2

@@ -157,7 +157,7 @@ impl Metrics {
         let used = e.kv_blocks_used();
         gauge(
             out,
-            "hangar_kv_blocks_total",
+            "hangar_kv_blocks_capacity",
             "KV cache blocks, all layer groups.",
             total as f64,
         );
@@ -413,6 +413,6 @@ mod tests {
         m.request("/health", 200);
         let text = m.render(None);
         assert!(text.contains("hangar_requests_total{route=\"/health\",status=\"200\"} 1"));
-        assert!(!text.contains("hangar_kv_blocks_total"));
+        assert!(!text.contains("hangar_kv_blocks_capacity"));
     }
 }

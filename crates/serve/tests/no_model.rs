@@ -72,7 +72,7 @@ async fn serves_health_metrics_and_registry_without_a_model() {
         text.contains("route=\"/v1/registry\",status=\"200\""),
         "{text}"
     );
-    assert!(!text.contains("hangar_kv_blocks_total"), "{text}");
+    assert!(!text.contains("hangar_kv_blocks_capacity"), "{text}");
     srv.shutdown().await;
 }
 
