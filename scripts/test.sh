@@ -8,7 +8,7 @@
 # and tests/python/conftest.py read these variables).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export HANGAR_REQUIRE_MODEL=1 HANGAR_REQUIRE_LLAMA_PYTHON=1 HANGAR_REQUIRE_MOTO=1 HANGAR_REQUIRE_PROMTOOL=1
+export HANGAR_REQUIRE_MODEL=1 HANGAR_REQUIRE_LLAMA_PYTHON=1 HANGAR_REQUIRE_MOTO=1 HANGAR_REQUIRE_PROMTOOL=1 HANGAR_REQUIRE_BROWSER=1
 
 echo "== default model"
 HANGAR_MODEL=$(bash scripts/fetch-default-model.sh)
@@ -40,6 +40,13 @@ if ! command -v promtool >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
+
+echo "== browser tests: Debian's chromium and npm's playwright-core (tests/browser)"
+if ! command -v chromium >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium nodejs npm >/dev/null
+fi
+npm ci --prefix tests/browser --silent --no-audit --no-fund
 
 echo "== rust tests"
 cargo test --release --workspace -- --test-threads=2

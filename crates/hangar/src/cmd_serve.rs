@@ -88,6 +88,9 @@ pub struct ServeArgs {
     /// Serve without a model: health, metrics and the registry API only.
     #[arg(long, conflicts_with = "model")]
     pub no_model: bool,
+    /// Seconds between the samples of the dashboard's history (/ui, /v1/monitor/timeseries).
+    #[arg(long, default_value = "2", value_parser = parse_secs)]
+    pub sample_interval: Duration,
     #[command(flatten)]
     pub monitor: crate::cmd_monitor::MonitorArgs,
     /// Hangar home, set from the global --home.
@@ -220,6 +223,7 @@ pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
             max_connections: args.max_connections as usize,
             shutdown_timeout: args.shutdown_timeout,
             allow_special_in_prompt: args.allow_special_in_prompt,
+            sample_interval: args.sample_interval,
         },
     );
     let addr = format!("{}:{}", args.host, args.port);

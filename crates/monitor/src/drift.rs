@@ -104,6 +104,46 @@ pub struct FeatureDrift {
     pub drifted: bool,
     pub reference_mean: f64,
     pub current_mean: f64,
+    /// Both distributions over 10 equal bins of the combined range (shares), to draw.
+    pub histogram: Histogram,
+}
+
+/// Reference and current shares per bin; `edges` has one more entry than each.
+#[derive(Debug, Clone, Serialize)]
+pub struct Histogram {
+    pub edges: Vec<f64>,
+    pub reference: Vec<f64>,
+    pub current: Vec<f64>,
+}
+
+fn histogram(r: &[f64], c: &[f64], bins: usize) -> Histogram {
+    let lo = r.iter().chain(c).copied().fold(f64::INFINITY, f64::min);
+    let hi = r.iter().chain(c).copied().fold(f64::NEG_INFINITY, f64::max);
+    if !lo.is_finite() || !hi.is_finite() {
+        return Histogram {
+            edges: vec![],
+            reference: vec![],
+            current: vec![],
+        };
+    }
+    let width = if hi > lo {
+        (hi - lo) / bins as f64
+    } else {
+        1.0
+    };
+    let shares = |v: &[f64]| {
+        let mut h = vec![0.0; bins];
+        for &x in v {
+            h[(((x - lo) / width) as usize).min(bins - 1)] += 1.0;
+        }
+        let n = v.len().max(1) as f64;
+        h.iter().map(|c| c / n).collect()
+    };
+    Histogram {
+        edges: (0..=bins).map(|i| lo + width * i as f64).collect(),
+        reference: shares(r),
+        current: shares(c),
+    }
 }
 
 /// Everything `GET /v1/monitor/drift` reports for one model.
@@ -268,6 +308,7 @@ impl DriftMonitor {
                 drifted: ready && drifted,
                 reference_mean: mean(&r),
                 current_mean: mean(&c),
+                histogram: histogram(&r, &c, 10),
             }
         };
         let mut features = vec![feature("prompt_length", &|o| o.prompt_tokens.len() as f64)];

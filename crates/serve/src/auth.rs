@@ -39,12 +39,14 @@ impl Caller {
     }
 }
 
-/// Routes that answer without a credential (probes and scrapes).
+/// Routes that answer without a credential: probes, scrapes, and the dashboard's
+/// static files (they hold no data; the page asks for a key and sends it on each call).
 pub fn is_public(path: &str) -> bool {
     matches!(
         path,
         "/v2/health/live" | "/v2/health/ready" | "/health" | "/metrics"
-    )
+    ) || path == "/ui"
+        || path.starts_with("/ui/")
 }
 
 /// Constant-time comparison, so a key cannot be guessed byte by byte from timings.

@@ -19,7 +19,50 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router {
         .route("/v2", get(server_metadata))
         .route("/v1/models", get(crate::openai::models))
         .route("/metrics", get(metrics_text))
+        .route("/v1/monitor/timeseries", get(timeseries))
         .with_state(state)
+}
+
+#[derive(serde::Deserialize)]
+struct RangeQuery {
+    /// How far back, in seconds (default 900, at most a day).
+    seconds: Option<f64>,
+}
+
+#[derive(serde::Serialize)]
+struct TimeseriesBody {
+    interval_s: f64,
+    samples: Vec<crate::timeseries::Sample>,
+}
+
+/// `GET /v1/monitor/timeseries?seconds=N`: the dashboard's history.
+async fn timeseries(
+    State(state): State<Arc<AppState>>,
+    q: Result<axum::extract::Query<RangeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let seconds = match q {
+        Ok(axum::extract::Query(RangeQuery { seconds: Some(s) })) if s.is_finite() && s > 0.0 => {
+            s.min(86_400.0)
+        }
+        Ok(axum::extract::Query(RangeQuery { seconds: None })) => 900.0,
+        Ok(_) | Err(_) => {
+            return crate::error::ApiError::param(
+                "seconds",
+                "seconds must be a positive number of seconds (at most 86400)",
+            )
+            .render(crate::error::ApiFormat::OpenAi)
+        }
+    };
+    let interval_s = if seconds > 3600.0 {
+        60.0
+    } else {
+        state.history.interval.as_secs_f64()
+    };
+    Json(TimeseriesBody {
+        interval_s,
+        samples: state.history.range(seconds),
+    })
+    .into_response()
 }
 
 /// `GET /v2`

@@ -29,6 +29,8 @@ pub mod openai;
 pub mod registry_api;
 mod sampling;
 mod server;
+pub mod timeseries;
+mod ui;
 
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
@@ -69,6 +71,8 @@ pub struct ServeConfig {
     /// cannot forge control tokens such as chat turn markers; the old behaviour for
     /// operators who need it.
     pub allow_special_in_prompt: bool,
+    /// How often the dashboard's history is sampled.
+    pub sample_interval: Duration,
 }
 
 impl Default for ServeConfig {
@@ -82,6 +86,7 @@ impl Default for ServeConfig {
             max_connections: 1024,
             shutdown_timeout: Duration::from_secs(30),
             allow_special_in_prompt: false,
+            sample_interval: Duration::from_secs(2),
         }
     }
 }
@@ -144,6 +149,8 @@ pub struct AppState {
     pub monitor: Option<Arc<Monitor>>,
     pub model_version: Option<String>,
     pub metrics: Metrics,
+    /// Sampled history of the metrics for the dashboard.
+    pub history: timeseries::History,
     /// False once shutdown has begun (readiness probes then fail).
     pub ready: AtomicBool,
     /// Unix time the server started.
@@ -154,6 +161,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(services: Services, cfg: ServeConfig) -> Arc<Self> {
         Arc::new(AppState {
+            history: timeseries::History::new(cfg.sample_interval),
             cfg,
             inference: services.inference.map(Arc::new),
             registry: services.registry.map(|r| Arc::new(Mutex::new(r))),
@@ -211,6 +219,8 @@ fn route_label(path: &str) -> &'static str {
         "/v2/health/ready" => "/v2/health/ready",
         "/health" => "/health",
         "/metrics" => "/metrics",
+        "/v1/monitor/timeseries" => "/v1/monitor/timeseries",
+        p if p == "/ui" || p.starts_with("/ui/") => "/ui",
         p if p.starts_with("/v1/registry/") => "/v1/registry",
         "/v1/monitor/drift" => "/v1/monitor/drift",
         "/v1/monitor/usage" => "/v1/monitor/usage",
@@ -260,7 +270,7 @@ async fn not_found(State(state): State<Arc<AppState>>, req: Request) -> Response
 
 /// Every route of the services present, behind one auth layer and request counting.
 pub fn router(state: Arc<AppState>) -> Router {
-    let mut app = health::routes(state.clone());
+    let mut app = health::routes(state.clone()).merge(ui::routes());
     if let Some(service) = &state.inference {
         let inf = InferenceState {
             app: state.clone(),
@@ -301,7 +311,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state.clone());
-    server::run(listener, state, app, shutdown).await
+    let sampler = tokio::spawn(timeseries::run_sampler(state.clone()));
+    let result = server::run(listener, state, app, shutdown).await;
+    sampler.abort();
+    result
 }
 
 /// Binds `addr`, serves on a small tokio runtime of its own until SIGTERM / Ctrl-C,
@@ -321,6 +334,14 @@ pub fn serve_blocking(
         on_listening(listener.local_addr()?);
         serve(listener, state, shutdown_signal()).await
     })
+}
+
+/// Unix time in seconds (fractional).
+pub(crate) fn monitoring_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

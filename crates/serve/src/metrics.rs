@@ -38,6 +38,41 @@ impl Histogram {
         }
     }
 
+    /// Cumulative bucket counts (then the +Inf count) for quantiles over an interval.
+    pub fn snapshot(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        v.push(self.count.load(Ordering::Relaxed));
+        v
+    }
+
+    /// The `q` quantile of the observations between two snapshots, interpolated within
+    /// the bucket as Prometheus' `histogram_quantile` does; None when there were none.
+    pub fn quantile_between(&self, before: &[u64], after: &[u64], q: f64) -> Option<f64> {
+        let n = self.bounds.len();
+        let total = after.get(n)?.saturating_sub(*before.get(n)?);
+        if total == 0 {
+            return None;
+        }
+        let rank = q * total as f64;
+        let mut cum = 0u64;
+        let mut lower = 0.0;
+        for i in 0..n {
+            let c = after[i].saturating_sub(before[i]);
+            if (cum + c) as f64 >= rank && c > 0 {
+                let frac = (rank - cum as f64) / c as f64;
+                return Some(lower + (self.bounds[i] - lower) * frac.clamp(0.0, 1.0));
+            }
+            cum += c;
+            lower = self.bounds[i];
+        }
+        // Above the last bound: report the bound (as Prometheus does).
+        Some(self.bounds[n - 1])
+    }
+
     pub fn observe(&self, secs: f64) {
         if let Some(i) = self.bounds.iter().position(|&b| secs <= b) {
             self.counts[i].fetch_add(1, Ordering::Relaxed);
@@ -98,6 +133,14 @@ fn escape(v: &str) -> String {
 }
 
 impl Metrics {
+    /// Requests answered so far: (all, 5xx).
+    pub fn request_totals(&self) -> (u64, u64) {
+        let m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter().fold((0, 0), |(all, err), ((_, status), n)| {
+            (all + n, err + if *status >= 500 { *n } else { 0 })
+        })
+    }
+
     /// Counts one answered request.
     pub fn request(&self, route: &str, status: u16) {
         if let Ok(mut m) = self.requests.lock() {
@@ -390,6 +433,24 @@ pub fn render_monitor(out: &mut String, m: &hangar_monitor::Monitor) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interval_quantiles_interpolate_inside_the_bucket() {
+        let h = Histogram::new(LATENCY_BOUNDS);
+        let before = h.snapshot();
+        assert_eq!(h.quantile_between(&before, &h.snapshot(), 0.5), None);
+        // Ten observations in (0.1, 0.15]: the median lies halfway through that bucket.
+        for _ in 0..10 {
+            h.observe(0.12);
+        }
+        let q = h.quantile_between(&before, &h.snapshot(), 0.5).unwrap();
+        assert!((q - 0.125).abs() < 1e-9, "{q}");
+        // Observations before the first snapshot do not count.
+        let mid = h.snapshot();
+        h.observe(40.0);
+        let q = h.quantile_between(&mid, &h.snapshot(), 0.99).unwrap();
+        assert!((q - 59.7).abs() < 1e-9, "{q}");
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {

@@ -201,6 +201,15 @@ async fn drift(State(s): State<MonitorState>) -> Response {
 struct UsageBody {
     currency: String,
     usage: Vec<hangar_monitor::UsageRow>,
+    /// Answers that contained personal data or secrets, by model and kind.
+    pii: Vec<PiiRow>,
+}
+
+#[derive(Serialize)]
+struct PiiRow {
+    model: String,
+    kind: &'static str,
+    responses: u64,
 }
 
 /// `GET /v1/monitor/usage`: requests, tokens and cost per key and model.
@@ -208,6 +217,16 @@ async fn usage(State(s): State<MonitorState>) -> Json<UsageBody> {
     Json(UsageBody {
         currency: s.monitor.prices().currency.clone(),
         usage: s.monitor.usage(),
+        pii: s
+            .monitor
+            .pii_counts()
+            .into_iter()
+            .map(|(model, kind, responses)| PiiRow {
+                model,
+                kind,
+                responses,
+            })
+            .collect(),
     })
 }
 
