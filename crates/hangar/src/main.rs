@@ -6,6 +6,7 @@ mod cmd_model;
 mod cmd_plan;
 mod cmd_registry;
 mod cmd_serve;
+mod cmd_vector;
 mod model_path;
 
 use clap::{Parser, Subcommand};
@@ -61,6 +62,10 @@ enum Cmd {
     Registry(cmd_registry::RegistryCmd),
     /// Download a model into the registry (`default`, or hf://org/repo[/file]).
     Pull(cmd_registry::PullArgs),
+    // -- vector database --
+    /// The vector database: create, list, info, upsert, query, snapshot, bench.
+    #[command(subcommand)]
+    Vector(cmd_vector::VectorCmd),
 }
 
 fn main() {
@@ -108,6 +113,7 @@ fn main() {
         Cmd::Eval(a) => cmd_compress::run_eval(a),
         Cmd::Registry(c) => cmd_registry::run_registry(c, cli.home),
         Cmd::Pull(a) => cmd_registry::run_pull(a, cli.home),
+        Cmd::Vector(c) => cmd_vector::run_vector(c, cli.home),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

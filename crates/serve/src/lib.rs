@@ -25,6 +25,7 @@ mod health;
 pub mod kserve;
 pub mod metrics;
 pub mod openai;
+pub mod qdrant_api;
 pub mod registry_api;
 mod sampling;
 mod server;
@@ -100,6 +101,8 @@ pub type SharedRegistry = Arc<Mutex<Registry>>;
 pub struct Services {
     pub inference: Option<Inference>,
     pub registry: Option<Registry>,
+    // -- vector database (Qdrant API) --
+    pub vector: Option<qdrant_api::SharedVectorDb>,
 }
 
 impl Services {
@@ -117,6 +120,12 @@ impl Services {
         self.registry = Some(registry);
         self
     }
+
+    /// Adds the vector database, served with Qdrant's REST API at `/collections`.
+    pub fn with_vector(mut self, db: std::sync::Arc<hangar_vector::VectorDb>) -> Self {
+        self.vector = Some(db);
+        self
+    }
 }
 
 /// Shared by every handler.
@@ -124,6 +133,7 @@ pub struct AppState {
     pub cfg: ServeConfig,
     pub inference: Option<Arc<Inference>>,
     pub registry: Option<SharedRegistry>,
+    pub vector: Option<qdrant_api::SharedVectorDb>,
     pub metrics: Metrics,
     /// False once shutdown has begun (readiness probes then fail).
     pub ready: AtomicBool,
@@ -138,6 +148,7 @@ impl AppState {
             cfg,
             inference: services.inference.map(Arc::new),
             registry: services.registry.map(|r| Arc::new(Mutex::new(r))),
+            vector: services.vector,
             metrics: Metrics::default(),
             ready: AtomicBool::new(true),
             started: std::time::SystemTime::now()
@@ -191,6 +202,8 @@ fn route_label(path: &str) -> &'static str {
         "/health" => "/health",
         "/metrics" => "/metrics",
         p if p.starts_with("/v1/registry/") => "/v1/registry",
+        "/collections" => "/collections",
+        p if p.starts_with("/collections/") => qdrant_label(p),
         p if p.starts_with("/v2/models/") => {
             if p.ends_with("/infer") {
                 "/v2/models/{name}/infer"
@@ -205,6 +218,25 @@ fn route_label(path: &str) -> &'static str {
             }
         }
         _ => "other",
+    }
+}
+
+/// Route labels of the Qdrant API (collection names are not echoed).
+fn qdrant_label(path: &str) -> &'static str {
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["", "collections", _] => "/collections/{c}",
+        ["", "collections", _, "exists"] => "/collections/{c}/exists",
+        ["", "collections", _, "points"] => "/collections/{c}/points",
+        ["", "collections", _, "points", "query"] => "/collections/{c}/points/query",
+        ["", "collections", _, "points", "search"] => "/collections/{c}/points/search",
+        ["", "collections", _, "points", "scroll"] => "/collections/{c}/points/scroll",
+        ["", "collections", _, "points", "count"] => "/collections/{c}/points/count",
+        ["", "collections", _, "points", "delete"] => "/collections/{c}/points/delete",
+        ["", "collections", _, "points", _] => "/collections/{c}/points/{id}",
+        ["", "collections", _, "index", ..] => "/collections/{c}/index",
+        ["", "collections", _, "snapshots", ..] => "/collections/{c}/snapshots",
+        _ => "/collections/other",
     }
 }
 
@@ -224,6 +256,10 @@ async fn not_found(State(state): State<Arc<AppState>>, req: Request) -> Response
     let path = req.uri().path();
     let message = if state.inference.is_none() && is_inference_path(path) {
         format!("{path}: this server runs without a model (--no-model), so the inference APIs are not mounted; start `hangar serve --model ...` to serve one")
+    } else if state.vector.is_none()
+        && (path == "/collections" || path.starts_with("/collections/"))
+    {
+        format!("{path}: the vector database (Qdrant API) is not mounted on this server")
     } else if state.registry.is_none() && path.starts_with("/v1/registry") {
         format!("{path}: the registry API is not mounted on this server (--no-registry-api, or the registry could not be opened)")
     } else {
@@ -246,6 +282,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     if let Some(reg) = &state.registry {
         app = app.merge(registry_api::routes(state.clone(), reg.clone()));
+    }
+    if let Some(db) = &state.vector {
+        app = app.merge(qdrant_api::routes(state.clone(), db.clone()));
     }
     app.fallback_service(axum::routing::any(not_found).with_state(state.clone()))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require))

@@ -25,6 +25,7 @@ mod error;
 mod filter;
 mod hnsw;
 mod index;
+pub mod npy;
 mod point;
 mod search;
 mod snapshots;

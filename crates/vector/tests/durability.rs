@@ -21,7 +21,9 @@ fn child_writer() {
         return;
     };
     let db = VectorDb::open(&dir).unwrap();
-    let c = db.create("k", CollectionConfig::new(8, Distance::Cosine)).unwrap();
+    let c = db
+        .create("k", CollectionConfig::new(8, Distance::Cosine))
+        .unwrap();
     let mut r = common::rng(1);
     let mut next = 0u64;
     loop {
@@ -42,7 +44,13 @@ fn child_writer() {
 fn acknowledged_upserts_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_writer", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_writer",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_DIR, dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -68,7 +76,11 @@ fn acknowledged_upserts_survive_sigkill() {
     let db = VectorDb::open(dir.path()).unwrap();
     let c = db.get("k").unwrap();
     let c = c.read().unwrap();
-    assert!(c.len() as u64 >= acked, "{} points after recovery, {acked} acknowledged", c.len());
+    assert!(
+        c.len() as u64 >= acked,
+        "{} points after recovery, {acked} acknowledged",
+        c.len()
+    );
     let ids: Vec<PointId> = (0..acked).map(PointId::Num).collect();
     let got = c.retrieve(&ids, &WithPayload::All, true);
     assert_eq!(got.len() as u64, acked);
@@ -82,24 +94,47 @@ fn acknowledged_upserts_survive_sigkill() {
 fn snapshot_round_trip_restores_the_exact_content() {
     let dir = tempfile::tempdir().unwrap();
     let db = VectorDb::open(dir.path()).unwrap();
-    let c = db.create("s", CollectionConfig::new(6, Distance::Euclid)).unwrap();
+    let c = db
+        .create("s", CollectionConfig::new(6, Distance::Euclid))
+        .unwrap();
     let pts = common::points(4, 300, 6);
     c.write().unwrap().upsert(pts.clone(), true).unwrap();
     let snap = c.write().unwrap().create_snapshot().unwrap();
     assert!(snap.size > 300 * 24);
     let all_ids: Vec<PointId> = pts.iter().map(|p| p.id).collect();
-    let before = c.read().unwrap().retrieve(&all_ids, &WithPayload::All, true);
-    let q = SearchRequest { vector: vec![0.1; 6], limit: 5, ..Default::default() };
+    let before = c
+        .read()
+        .unwrap()
+        .retrieve(&all_ids, &WithPayload::All, true);
+    let q = SearchRequest {
+        vector: vec![0.1; 6],
+        limit: 5,
+        ..Default::default()
+    };
     let hits_before = c.read().unwrap().search(&q).unwrap();
 
     // Change everything after the snapshot.
-    c.write().unwrap().delete(all_ids[..150].to_vec(), true).unwrap();
-    c.write().unwrap().upsert(common::points(9, 10, 6), true).unwrap();
-    assert_ne!(c.read().unwrap().retrieve(&all_ids, &WithPayload::All, true), before);
+    c.write()
+        .unwrap()
+        .delete(all_ids[..150].to_vec(), true)
+        .unwrap();
+    c.write()
+        .unwrap()
+        .upsert(common::points(9, 10, 6), true)
+        .unwrap();
+    assert_ne!(
+        c.read()
+            .unwrap()
+            .retrieve(&all_ids, &WithPayload::All, true),
+        before
+    );
 
     let path = c.read().unwrap().snapshot_path(&snap.name).unwrap();
     db.restore("s", &path).unwrap();
-    let after = c.read().unwrap().retrieve(&all_ids, &WithPayload::All, true);
+    let after = c
+        .read()
+        .unwrap()
+        .retrieve(&all_ids, &WithPayload::All, true);
     assert_eq!(after.len(), before.len());
     for (a, b) in after.iter().zip(&before) {
         assert_eq!(a, b);
@@ -111,17 +146,42 @@ fn snapshot_round_trip_restores_the_exact_content() {
     let db = VectorDb::open(dir.path()).unwrap();
     for name in ["s", "copy"] {
         let c = db.get(name).unwrap();
-        assert_eq!(c.read().unwrap().retrieve(&all_ids, &WithPayload::All, true), before, "{name}");
+        assert_eq!(
+            c.read()
+                .unwrap()
+                .retrieve(&all_ids, &WithPayload::All, true),
+            before,
+            "{name}"
+        );
     }
-    assert_eq!(db.get("s").unwrap().read().unwrap().list_snapshots().unwrap().len(), 1);
-    assert!(db.get("s").unwrap().read().unwrap().snapshot_path("../x.snapshot").is_err());
+    assert_eq!(
+        db.get("s")
+            .unwrap()
+            .read()
+            .unwrap()
+            .list_snapshots()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(db
+        .get("s")
+        .unwrap()
+        .read()
+        .unwrap()
+        .snapshot_path("../x.snapshot")
+        .is_err());
     // A damaged snapshot is refused and changes nothing.
     let bad = dir.path().join("bad.snapshot");
     let mut bytes = std::fs::read(&path).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xFF;
     std::fs::write(&bad, bytes).unwrap();
-    assert!(db.restore("s", &bad).unwrap_err().to_string().contains("checksum"));
+    assert!(db
+        .restore("s", &bad)
+        .unwrap_err()
+        .to_string()
+        .contains("checksum"));
     assert_eq!(db.get("s").unwrap().read().unwrap().len(), 300);
 }
 
@@ -130,18 +190,23 @@ fn reopening_replays_the_log_and_checkpoints_fold_it() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = VectorDb::open(dir.path()).unwrap();
-        let c = db.create("w", CollectionConfig::new(4, Distance::Dot)).unwrap();
+        let c = db
+            .create("w", CollectionConfig::new(4, Distance::Dot))
+            .unwrap();
         let mut c = c.write().unwrap();
         c.upsert(common::points(2, 50, 4), true).unwrap();
         c.checkpoint().unwrap();
         assert_eq!(c.info().wal_bytes, 0);
         c.delete(vec![PointId::Num(3)], true).unwrap();
-        c.create_index("city", hangar_vector::IndexKind::Keyword, true).unwrap();
+        c.create_index("city", hangar_vector::IndexKind::Keyword, true)
+            .unwrap();
     }
     let db = VectorDb::open(dir.path()).unwrap();
     let c = db.get("w").unwrap();
     let c = c.read().unwrap();
     assert_eq!(c.len(), 49);
     assert!(c.info().payload_schema.contains_key("city"));
-    assert!(c.retrieve(&[PointId::Num(3)], &WithPayload::None, false).is_empty());
+    assert!(c
+        .retrieve(&[PointId::Num(3)], &WithPayload::None, false)
+        .is_empty());
 }
