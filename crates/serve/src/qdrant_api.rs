@@ -102,6 +102,7 @@ impl ErrorBody {
 }
 
 /// An error answered in Qdrant's format.
+#[derive(Debug)]
 struct QdrantError(ApiError);
 
 impl From<ApiError> for QdrantError {
@@ -705,9 +706,11 @@ async fn query(
             id => (None, Some(id_of(id)?)),
         },
         Some(id @ (Value::Number(_) | Value::String(_))) => (None, Some(id_of(id)?)),
-        Some(other) => return Err(bad(format!(
+        Some(other) => {
+            return Err(bad(format!(
             "query {other} is not supported; use a vector, {{\"nearest\": vector}} or a point id"
-        ))),
+        )))
+        }
     };
     let points = run_search(st, c, v, by_id, vector, 10).await?;
     ok(t0, json!({"points": points}))

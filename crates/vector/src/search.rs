@@ -37,9 +37,18 @@ pub enum SearchPlan {
     GraphThenExact,
 }
 
-#[derive(PartialEq, PartialOrd)]
 struct Hit(f32, u32);
+impl PartialEq for Hit {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == std::cmp::Ordering::Equal
+    }
+}
 impl Eq for Hit {}
+impl PartialOrd for Hit {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
 impl Ord for Hit {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         self.0.total_cmp(&o.0).then(self.1.cmp(&o.1))
