@@ -218,8 +218,9 @@ impl Hnsw {
         accept: &impl Fn(u32) -> bool,
         vis: &mut Visited,
     ) -> BinaryHeap<Near> {
-        let mut cands: BinaryHeap<Reverse<Near>> = BinaryHeap::with_capacity(ef * 4);
-        let mut found: BinaryHeap<Near> = BinaryHeap::with_capacity(ef + 1);
+        let cap = ef.min(self.levels.len()) + 1;
+        let mut cands: BinaryHeap<Reverse<Near>> = BinaryHeap::with_capacity(cap * 4);
+        let mut found: BinaryHeap<Near> = BinaryHeap::with_capacity(cap);
         vis.insert(entry.1);
         cands.push(Reverse(entry));
         if accept(entry.1) {

@@ -73,8 +73,9 @@ impl Collection {
                 "query vector holds {x}; only finite numbers are allowed"
             )));
         }
-        let k = req.limit.saturating_add(req.offset);
-        if k == 0 || self.live == 0 {
+        // Never more than there are points (limits come from clients).
+        let k = req.limit.saturating_add(req.offset).min(self.live);
+        if k == 0 {
             return Ok((Vec::new(), SearchPlan::Exact));
         }
         let q = self.rows.prepare(&req.vector);
@@ -116,7 +117,11 @@ impl Collection {
                     SearchPlan::Exact,
                 )
             } else {
-                let ef = req.ef.unwrap_or(self.config.hnsw.ef_construct).max(k);
+                let ef = req
+                    .ef
+                    .unwrap_or(self.config.hnsw.ef_construct)
+                    .max(k)
+                    .min(self.ids.len());
                 let hits = self.graph_search(&q, ef, k, &pass);
                 if hits.len() < k {
                     (
