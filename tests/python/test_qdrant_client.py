@@ -10,7 +10,7 @@ import pytest
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
-from conftest import Server
+from conftest import Server, hangar_bin
 
 DIM = 16
 N = 300
@@ -163,6 +163,12 @@ def test_bad_requests_get_4xx_with_qdrant_error_bodies(server):
         hangar.create_collection(name, vectors_config=models.VectorParams(size=DIM, distance=models.Distance.DOT))
     assert e.value.status_code == 409
     assert not hangar.collection_exists("no_such_collection")
+    # A client-chosen limit far beyond the collection is served, not allocated.
+    assert len(hangar.query_points(name, query=[0.0] * DIM, limit=10**12).points) == 10
+    with pytest.raises(UnexpectedResponse) as e:
+        hangar.scroll(name, scroll_filter=models.Filter(must=[models.FieldCondition(
+            key="price", match=models.MatchValue(value="x"))]), offset="not-an-id")
+    assert e.value.status_code == 400
 
 
 def test_snapshots_create_list_recover_delete(server):
@@ -225,3 +231,29 @@ def test_graph_search_over_http_agrees_with_exact_search(server):
         exact = hangar.query_points(name, query=q, limit=10, search_params=models.SearchParams(exact=True)).points
         same_scored(exact, want, "exact")
     assert hit / total >= 0.95, hit / total
+
+
+def test_cli_create_upsert_query_snapshot(tmp_path):
+    import json
+    import subprocess
+
+    def hangar(*args, stdin=None):
+        out = subprocess.run([hangar_bin(), "--home", str(tmp_path), "vector", *args],
+                             input=stdin, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    hangar("create", "docs", "--dim", "3", "--distance", "euclid", "--json")
+    lines = "\n".join(json.dumps({"id": i, "vector": [i, 0, 0], "payload": {"even": i % 2 == 0}})
+                      for i in range(20))
+    assert json.loads(hangar("upsert", "docs", "--json", stdin=lines))["upserted"] == 20
+    assert json.loads(hangar("list", "--json")) == ["docs"]
+    assert json.loads(hangar("info", "docs", "--json"))["points_count"] == 20
+    res = json.loads(hangar("query", "docs", "--vector", "[4.2, 0, 0]", "--limit", "3", "--json",
+                            "--filter", json.dumps({"must": [{"key": "even", "match": {"value": True}}]})))
+    assert [p["id"] for p in res["points"]] == [4, 6, 2]
+    assert abs(res["points"][0]["score"] - 0.2) < 1e-5
+    snap = json.loads(hangar("snapshot", "create", "docs", "--json"))
+    assert [s["name"] for s in json.loads(hangar("snapshot", "list", "docs", "--json"))] == [snap["snapshot"]["name"]]
+    hangar("snapshot", "restore", "copy", "--file", snap["path"])
+    assert json.loads(hangar("info", "copy", "--json"))["points_count"] == 20
