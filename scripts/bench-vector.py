@@ -108,7 +108,7 @@ def main():
     for a, b in zip(out["curve"], h_curve):
         print(f"| {a['ef']} | {a['recall']:.4f} | {a['qps']:.0f} | {b['recall']:.4f} | {b['qps']:.0f} |")
     f = out["filtered"]
-    print(f"filtered (1% of points, payload match, no index): recall@10 {f['recall']:.4f}, {f['qps']:.0f} q/s")
+    print(f"filtered (1% of points, integer payload index): recall@10 {f['recall']:.4f}, {f['qps']:.0f} q/s")
 
 
 if __name__ == "__main__":

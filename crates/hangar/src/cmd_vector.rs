@@ -135,8 +135,8 @@ pub struct BenchArgs {
     k: usize,
     #[arg(long)]
     int8: bool,
-    /// Also measure a filter keeping 1% of points (payload `bucket` = row % 100 == 0),
-    /// with this .npy of the true filtered neighbours.
+    /// Also measure a filter keeping 1% of points (payload `bucket` = row % 100 == 0,
+    /// integer-indexed), with this .npy of the true filtered neighbours.
     #[arg(long)]
     filtered_truth: Option<PathBuf>,
 }
@@ -401,6 +401,8 @@ fn bench(a: BenchArgs) -> Result<()> {
     let mut filtered = serde_json::Value::Null;
     if let Some(ft) = &a.filtered_truth {
         let ft = npy::read_i64(ft)?;
+        // As a user would: an integer index on the filtered key (built after timing).
+        g.create_index("bucket", hangar_vector::IndexKind::Integer, false)?;
         let f = Filter::from_json(
             &serde_json::json!({"must": [{"key": "bucket", "match": {"value": 0}}]}),
         )?;

@@ -433,6 +433,11 @@ fn collection_config(v: &Value) -> Result<CollectionConfig, QdrantError> {
     let vectors = field(v, "vectors").ok_or_else(|| {
         bad("vectors is required: {\"vectors\": {\"size\": N, \"distance\": \"Cosine\"}}")
     })?;
+    // `{"": {...}}`: the unnamed vector spelled as a named one (LangChain does this).
+    let vectors = match field(vectors, "") {
+        Some(inner) if vectors.as_object().is_some_and(|o| o.len() == 1) => inner,
+        _ => vectors,
+    };
     let size = field(vectors, "size")
         .and_then(Value::as_u64)
         .ok_or_else(|| bad("vectors.size is required (named vectors are not supported)"))?;
@@ -980,6 +985,8 @@ mod tests {
             (4, Distance::Dot, 8, 50)
         );
         assert_eq!(c.quantization, Quantization::Int8);
+        let unnamed = collection_config(&json!({"vectors": {"": {"size": 3, "distance": "Euclid"}}})).unwrap();
+        assert_eq!((unnamed.dim, unnamed.distance), (3, Distance::Euclid));
         for bad_body in [
             json!({}),
             json!({"vectors": {"a": {"size": 4, "distance": "Dot"}}}),
