@@ -85,7 +85,10 @@ pub struct ServeArgs {
     /// message content as the special tokens, as before; by default it is plain text.
     #[arg(long)]
     pub allow_special_in_prompt: bool,
-    /// Serve without a model: health, metrics and the registry API only.
+    /// Do not mount the vector database's Qdrant API (/collections/...).
+    #[arg(long)]
+    pub no_vector_api: bool,
+    /// Serve without a model: health, metrics, the registry and vector APIs only.
     #[arg(long, conflicts_with = "model")]
     pub no_model: bool,
     /// Seconds between the samples of the dashboard's history (/ui, /v1/monitor/timeseries).
@@ -208,6 +211,25 @@ pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
     }
     if let Some(m) = args.monitor.open(args.home.as_deref())? {
         services = services.with_monitor(m);
+    }
+    // The vector database (Qdrant's REST API at /collections), under <home>/vector.
+    if !args.no_vector_api {
+        let home = args
+            .home
+            .clone()
+            .unwrap_or_else(hangar_registry::default_home);
+        match hangar_vector::VectorDb::open_in_home(&home) {
+            Ok(db) => {
+                eprintln!(
+                    "hangar serve: vector database (Qdrant API) on {}",
+                    db.root().display()
+                );
+                let db = std::sync::Arc::new(db);
+                db.start_checkpoints(Duration::from_secs(60));
+                services = services.with_vector(db);
+            }
+            Err(e) => eprintln!("hangar serve: vector database not mounted: {e}"),
+        }
     }
     if !keys.is_empty() {
         eprintln!("hangar serve: API keys required on every route but health and metrics");

@@ -7,6 +7,7 @@ mod cmd_monitor;
 mod cmd_plan;
 mod cmd_registry;
 mod cmd_serve;
+mod cmd_vector;
 mod model_path;
 
 use clap::{Parser, Subcommand};
@@ -69,6 +70,10 @@ enum Cmd {
     /// Drift monitoring helpers (baselines).
     #[command(subcommand)]
     Monitor(cmd_monitor::MonitorCmd),
+    // -- vector database --
+    /// The vector database: create, list, info, upsert, query, snapshot, bench.
+    #[command(subcommand)]
+    Vector(cmd_vector::VectorCmd),
 }
 
 fn main() {
@@ -118,6 +123,7 @@ fn main() {
         Cmd::Pull(a) => cmd_registry::run_pull(a, cli.home),
         Cmd::Logs(c) => cmd_monitor::run_logs(c, cli.home.as_deref()),
         Cmd::Monitor(c) => cmd_monitor::run_monitor(c, cli.home),
+        Cmd::Vector(c) => cmd_vector::run_vector(c, cli.home),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -427,3 +427,129 @@ mod fast_tests {
         }
     }
 }
+
+// ---- Vector search distances (used by hangar-vector's HNSW) ----
+
+/// Squared Euclidean distance of two f32 slices of equal length.
+#[inline]
+pub fn l2_sq_f32(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::cpu::simd_level() >= crate::SimdLevel::Avx2 {
+            // SAFETY: AVX2+FMA presence checked by simd_level.
+            return unsafe { l2_sq_f32_avx2(a, b) };
+        }
+    }
+    l2_sq_f32_scalar(a, b)
+}
+
+/// Scalar reference for [`l2_sq_f32`].
+pub fn l2_sq_f32_scalar(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let n8 = a.len() / 8 * 8;
+    for i in (0..n8).step_by(8) {
+        for j in 0..8 {
+            let d = a[i + j] - b[i + j];
+            acc[j] += d * d;
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in n8..a.len() {
+        let d = a[i] - b[i];
+        s += d * d;
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn l2_sq_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= n {
+        let d0 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)));
+        let d1 = _mm256_sub_ps(
+            _mm256_loadu_ps(pa.add(i + 8)),
+            _mm256_loadu_ps(pb.add(i + 8)),
+        );
+        acc0 = _mm256_fmadd_ps(d0, d0, acc0);
+        acc1 = _mm256_fmadd_ps(d1, d1, acc1);
+        i += 16;
+    }
+    while i + 8 <= n {
+        let d0 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)));
+        acc0 = _mm256_fmadd_ps(d0, d0, acc0);
+        i += 8;
+    }
+    let acc = _mm256_add_ps(acc0, acc1);
+    let hi = _mm256_extractf128_ps(acc, 1);
+    let lo = _mm256_castps256_ps128(acc);
+    let s4 = _mm_add_ps(hi, lo);
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+    let mut s = _mm_cvtss_f32(s1);
+    while i < n {
+        let d = *pa.add(i) - *pb.add(i);
+        s += d * d;
+        i += 1;
+    }
+    s
+}
+
+/// Dot product of two i8 slices of equal length (int8 scalar-quantised vectors), exact
+/// in i32. Written as a widening loop the compiler vectorises (integer sums are
+/// associative, so no scalar twin is needed: this is both).
+#[inline]
+pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0i32; 16];
+    let n16 = a.len() / 16 * 16;
+    for (ca, cb) in a[..n16].chunks_exact(16).zip(b[..n16].chunks_exact(16)) {
+        for j in 0..16 {
+            acc[j] += ca[j] as i32 * cb[j] as i32;
+        }
+    }
+    let mut s: i32 = acc.iter().sum();
+    for i in n16..a.len().min(b.len()) {
+        s += a[i] as i32 * b[i] as i32;
+    }
+    s
+}
+
+#[cfg(test)]
+mod vector_distance_tests {
+    use super::*;
+
+    #[test]
+    fn l2_simd_matches_scalar_on_odd_lengths() {
+        for n in [1usize, 7, 8, 15, 16, 17, 50, 384, 1000] {
+            let a: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            let b: Vec<f32> = (0..n)
+                .map(|i| ((i * 53 % 97) as f32 - 40.0) / 5.0)
+                .collect();
+            let naive: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| ((x - y) as f64).powi(2))
+                .sum();
+            let (s, v) = (l2_sq_f32_scalar(&a, &b), l2_sq_f32(&a, &b));
+            assert!(((s as f64) - naive).abs() <= 1e-4 * naive.max(1.0), "{n}");
+            assert!(((v as f64) - naive).abs() <= 1e-4 * naive.max(1.0), "{n}");
+        }
+    }
+
+    #[test]
+    fn i8_dot_is_exact() {
+        let a: Vec<i8> = (0..77).map(|i| (i * 31 % 255 - 127) as i8).collect();
+        let b: Vec<i8> = (0..77).map(|i| (i * 17 % 255 - 127) as i8).collect();
+        let naive: i32 = a.iter().zip(&b).map(|(x, y)| *x as i32 * *y as i32).sum();
+        assert_eq!(dot_i8(&a, &b), naive);
+    }
+}

@@ -67,6 +67,18 @@ pub fn bearer(headers: &HeaderMap) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
+/// The credential of a request: `Authorization: Bearer`, else the `api-key` header
+/// (how qdrant-client sends its key).
+pub fn credential(headers: &HeaderMap) -> Option<String> {
+    bearer(headers).or_else(|| {
+        headers
+            .get("api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+    })
+}
+
 /// Resolves a registry token on a blocking thread (the registry is SQLite).
 async fn registry_principal(state: &AppState, token: String) -> Option<Principal> {
     let reg = state.registry.clone()?;
@@ -87,7 +99,7 @@ pub async fn require(State(state): State<Arc<AppState>>, mut req: Request, next:
         return next.run(req).await;
     }
     let format = ApiFormat::of_path(path);
-    let token = bearer(req.headers());
+    let token = credential(req.headers());
     let caller = if state.cfg.api_keys.is_empty() {
         Caller::Open { bearer: token }
     } else {
@@ -125,6 +137,18 @@ mod tests {
         assert_eq!(bearer(&h).as_deref(), Some("xyz"));
         h.insert(header::AUTHORIZATION, "Basic xyz".parse().unwrap());
         assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn the_api_key_header_is_a_credential_too() {
+        let mut h = HeaderMap::new();
+        h.insert("api-key", " k1 ".parse().unwrap());
+        assert_eq!(credential(&h).as_deref(), Some("k1"));
+        h.insert(header::AUTHORIZATION, "Bearer k2".parse().unwrap());
+        assert_eq!(credential(&h).as_deref(), Some("k2"));
+        h.remove(header::AUTHORIZATION);
+        h.insert("api-key", "".parse().unwrap());
+        assert_eq!(credential(&h), None);
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub enum ApiFormat {
     KServe,
     /// `{"error": {"type", "message"}}`
     Registry,
+    /// Qdrant's `{"status": {"error": "..."}, "time": 0.0}`
+    Qdrant,
 }
 
 impl ApiFormat {
@@ -23,6 +25,8 @@ impl ApiFormat {
     pub fn of_path(path: &str) -> Self {
         if path.starts_with("/v1/registry") {
             ApiFormat::Registry
+        } else if path == "/collections" || path.starts_with("/collections/") {
+            ApiFormat::Qdrant
         } else if path == "/v2" || path.starts_with("/v2/") {
             ApiFormat::KServe
         } else {
@@ -136,6 +140,9 @@ impl ApiError {
                 error: self.message,
             }),
             ApiFormat::Registry => serde_json::to_vec(&crate::registry_api::ErrorBody::from(self)),
+            ApiFormat::Qdrant => {
+                serde_json::to_vec(&crate::qdrant_api::ErrorBody::new(self.message, 0.0))
+            }
         };
         match body {
             Ok(b) => (

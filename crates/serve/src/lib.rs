@@ -26,6 +26,7 @@ pub mod kserve;
 pub mod metrics;
 mod monitoring;
 pub mod openai;
+pub mod qdrant_api;
 pub mod registry_api;
 mod sampling;
 mod server;
@@ -110,6 +111,8 @@ pub struct Services {
     pub monitor: Option<Monitor>,
     /// The registry version of the served model (`name@3`), for the request log.
     pub model_version: Option<String>,
+    // -- vector database (Qdrant API) --
+    pub vector: Option<qdrant_api::SharedVectorDb>,
 }
 
 impl Services {
@@ -139,6 +142,12 @@ impl Services {
         self.model_version = Some(version.into());
         self
     }
+
+    /// Adds the vector database, served with Qdrant's REST API at `/collections`.
+    pub fn with_vector(mut self, db: std::sync::Arc<hangar_vector::VectorDb>) -> Self {
+        self.vector = Some(db);
+        self
+    }
 }
 
 /// Shared by every handler.
@@ -148,6 +157,7 @@ pub struct AppState {
     pub registry: Option<SharedRegistry>,
     pub monitor: Option<Arc<Monitor>>,
     pub model_version: Option<String>,
+    pub vector: Option<qdrant_api::SharedVectorDb>,
     pub metrics: Metrics,
     /// Sampled history of the metrics for the dashboard.
     pub history: timeseries::History,
@@ -167,6 +177,7 @@ impl AppState {
             registry: services.registry.map(|r| Arc::new(Mutex::new(r))),
             monitor: services.monitor.map(Arc::new),
             model_version: services.model_version,
+            vector: services.vector,
             metrics: Metrics::default(),
             ready: AtomicBool::new(true),
             started: std::time::SystemTime::now()
@@ -225,6 +236,8 @@ fn route_label(path: &str) -> &'static str {
         "/v1/monitor/drift" => "/v1/monitor/drift",
         "/v1/monitor/usage" => "/v1/monitor/usage",
         p if p.starts_with("/v1/monitor/requests") => "/v1/monitor/requests",
+        "/collections" => "/collections",
+        p if p.starts_with("/collections/") => qdrant_label(p),
         p if p.starts_with("/v2/models/") => {
             if p.ends_with("/infer") {
                 "/v2/models/{name}/infer"
@@ -239,6 +252,25 @@ fn route_label(path: &str) -> &'static str {
             }
         }
         _ => "other",
+    }
+}
+
+/// Route labels of the Qdrant API (collection names are not echoed).
+fn qdrant_label(path: &str) -> &'static str {
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["", "collections", _] => "/collections/{c}",
+        ["", "collections", _, "exists"] => "/collections/{c}/exists",
+        ["", "collections", _, "points"] => "/collections/{c}/points",
+        ["", "collections", _, "points", "query"] => "/collections/{c}/points/query",
+        ["", "collections", _, "points", "search"] => "/collections/{c}/points/search",
+        ["", "collections", _, "points", "scroll"] => "/collections/{c}/points/scroll",
+        ["", "collections", _, "points", "count"] => "/collections/{c}/points/count",
+        ["", "collections", _, "points", "delete"] => "/collections/{c}/points/delete",
+        ["", "collections", _, "points", _] => "/collections/{c}/points/{id}",
+        ["", "collections", _, "index", ..] => "/collections/{c}/index",
+        ["", "collections", _, "snapshots", ..] => "/collections/{c}/snapshots",
+        _ => "/collections/other",
     }
 }
 
@@ -260,6 +292,10 @@ async fn not_found(State(state): State<Arc<AppState>>, req: Request) -> Response
         format!("{path}: this server runs without a model (--no-model), so the inference APIs are not mounted; start `hangar serve --model ...` to serve one")
     } else if state.monitor.is_none() && path.starts_with("/v1/monitor") {
         format!("{path}: monitoring is off on this server (--no-monitor)")
+    } else if state.vector.is_none()
+        && (path == "/collections" || path.starts_with("/collections/"))
+    {
+        format!("{path}: the vector database (Qdrant API) is not mounted on this server")
     } else if state.registry.is_none() && path.starts_with("/v1/registry") {
         format!("{path}: the registry API is not mounted on this server (--no-registry-api, or the registry could not be opened)")
     } else {
@@ -285,6 +321,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     if let Some(m) = &state.monitor {
         app = app.merge(monitoring::routes(state.clone(), m.clone()));
+    }
+    if let Some(db) = &state.vector {
+        app = app.merge(qdrant_api::routes(state.clone(), db.clone()));
     }
     app.fallback_service(axum::routing::any(not_found).with_state(state.clone()))
         .layer(middleware::from_fn_with_state(
