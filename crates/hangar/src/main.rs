@@ -6,6 +6,7 @@ mod cmd_model;
 mod cmd_plan;
 mod cmd_registry;
 mod cmd_serve;
+mod cmd_track;
 mod model_path;
 
 use clap::{Parser, Subcommand};
@@ -61,6 +62,12 @@ enum Cmd {
     Registry(cmd_registry::RegistryCmd),
     /// Download a model into the registry (`default`, or hf://org/repo[/file]).
     Pull(cmd_registry::PullArgs),
+    /// Experiment tracking runs: list, show, compare, delete.
+    #[command(subcommand)]
+    Runs(cmd_track::RunsCmd),
+    /// Experiment tracking experiments: list.
+    #[command(subcommand)]
+    Experiments(cmd_track::ExperimentsCmd),
 }
 
 fn main() {
@@ -108,6 +115,8 @@ fn main() {
         Cmd::Eval(a) => cmd_compress::run_eval(a),
         Cmd::Registry(c) => cmd_registry::run_registry(c, cli.home),
         Cmd::Pull(a) => cmd_registry::run_pull(a, cli.home),
+        Cmd::Runs(c) => cmd_track::run_runs(c, cli.home),
+        Cmd::Experiments(c) => cmd_track::run_experiments(c, cli.home),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

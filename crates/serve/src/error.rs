@@ -16,12 +16,16 @@ pub enum ApiFormat {
     KServe,
     /// `{"error": {"type", "message"}}`
     Registry,
+    /// `{"error_code", "message"}`
+    Mlflow,
 }
 
 impl ApiFormat {
     /// The format of the API a path belongs to (used where no handler ran: auth, 404).
     pub fn of_path(path: &str) -> Self {
-        if path.starts_with("/v1/registry") {
+        if crate::mlflow_api::is_mlflow_path(path) {
+            ApiFormat::Mlflow
+        } else if path.starts_with("/v1/registry") {
             ApiFormat::Registry
         } else if path == "/v2" || path.starts_with("/v2/") {
             ApiFormat::KServe
@@ -132,6 +136,10 @@ impl ApiError {
                 error: self.message,
             }),
             ApiFormat::Registry => serde_json::to_vec(&crate::registry_api::ErrorBody::from(self)),
+            ApiFormat::Mlflow => serde_json::to_vec(&serde_json::json!({
+                "error_code": crate::mlflow_api::code_for_status(status),
+                "message": self.message,
+            })),
         };
         match body {
             Ok(b) => (

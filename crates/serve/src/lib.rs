@@ -24,6 +24,7 @@ pub mod gen;
 mod health;
 pub mod kserve;
 pub mod metrics;
+pub mod mlflow_api;
 pub mod openai;
 pub mod registry_api;
 mod sampling;
@@ -36,6 +37,7 @@ use axum::Router;
 use error::{ApiError, ApiFormat};
 use hangar_engine::Engine;
 use hangar_registry::Registry;
+use hangar_track::Tracker;
 use metrics::Metrics;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -100,6 +102,8 @@ pub type SharedRegistry = Arc<Mutex<Registry>>;
 pub struct Services {
     pub inference: Option<Inference>,
     pub registry: Option<Registry>,
+    /// Experiment tracking behind the MLflow-compatible API.
+    pub tracking: Option<Tracker>,
 }
 
 impl Services {
@@ -109,6 +113,12 @@ impl Services {
             engine,
             model_name: model_name.into(),
         });
+        self
+    }
+
+    /// Adds the tracking service (MLflow-compatible routes).
+    pub fn with_tracking(mut self, tracker: Tracker) -> Self {
+        self.tracking = Some(tracker);
         self
     }
 
@@ -124,6 +134,7 @@ pub struct AppState {
     pub cfg: ServeConfig,
     pub inference: Option<Arc<Inference>>,
     pub registry: Option<SharedRegistry>,
+    pub tracking: Option<mlflow_api::SharedTracker>,
     pub metrics: Metrics,
     /// False once shutdown has begun (readiness probes then fail).
     pub ready: AtomicBool,
@@ -138,6 +149,7 @@ impl AppState {
             cfg,
             inference: services.inference.map(Arc::new),
             registry: services.registry.map(|r| Arc::new(Mutex::new(r))),
+            tracking: services.tracking.map(Arc::new),
             metrics: Metrics::default(),
             ready: AtomicBool::new(true),
             started: std::time::SystemTime::now()
@@ -191,6 +203,8 @@ fn route_label(path: &str) -> &'static str {
         "/health" => "/health",
         "/metrics" => "/metrics",
         p if p.starts_with("/v1/registry/") => "/v1/registry",
+        p if p.starts_with("/api/2.0/mlflow-artifacts/") => "/api/2.0/mlflow-artifacts",
+        p if mlflow_api::is_mlflow_path(p) => "/api/2.0/mlflow",
         p if p.starts_with("/v2/models/") => {
             if p.ends_with("/infer") {
                 "/v2/models/{name}/infer"
@@ -226,6 +240,8 @@ async fn not_found(State(state): State<Arc<AppState>>, req: Request) -> Response
         format!("{path}: this server runs without a model (--no-model), so the inference APIs are not mounted; start `hangar serve --model ...` to serve one")
     } else if state.registry.is_none() && path.starts_with("/v1/registry") {
         format!("{path}: the registry API is not mounted on this server (--no-registry-api, or the registry could not be opened)")
+    } else if state.tracking.is_none() && mlflow_api::is_mlflow_path(path) {
+        format!("{path}: the tracking API is not mounted on this server (--no-tracking-api, or the tracking store could not be opened)")
     } else {
         format!("no such route: {path}; see /v1/models, /v1/completions, /v1/chat/completions, /v2, /v1/registry/models, /metrics")
     };
@@ -246,6 +262,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     if let Some(reg) = &state.registry {
         app = app.merge(registry_api::routes(state.clone(), reg.clone()));
+    }
+    if let Some(tracker) = &state.tracking {
+        app = app.merge(mlflow_api::routes(state.clone(), tracker.clone()));
     }
     app.fallback_service(axum::routing::any(not_found).with_state(state.clone()))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require))

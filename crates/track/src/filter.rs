@@ -477,8 +477,52 @@ pub fn parse_order_by(src: &str) -> Result<OrderBy> {
     })
 }
 
+/// SQL `LIKE` matching of `text` against `pattern` (`%` any run, `_` one character),
+/// case-insensitive for ILIKE; for filters evaluated outside SQL.
+pub fn like_match(pattern: &str, text: &str, case_insensitive: bool) -> bool {
+    let norm = |s: &str| {
+        if case_insensitive {
+            s.to_lowercase()
+        } else {
+            s.to_string()
+        }
+    };
+    let p: Vec<char> = norm(pattern).chars().collect();
+    let t: Vec<char> = norm(text).chars().collect();
+    // dp[j]: pattern[..i] matches text[..j]
+    let mut dp = vec![false; t.len() + 1];
+    dp[0] = true;
+    for &pc in &p {
+        let mut next = vec![false; t.len() + 1];
+        if pc == '%' {
+            let mut any = false;
+            for j in 0..=t.len() {
+                any |= dp[j];
+                next[j] = any;
+            }
+        } else {
+            for j in 1..=t.len() {
+                next[j] = dp[j - 1] && (pc == '_' || pc == t[j - 1]);
+            }
+        }
+        dp = next;
+    }
+    dp[t.len()]
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn like_matches_sql_semantics() {
+        assert!(like_match("a%", "abc", false));
+        assert!(like_match("%b%", "abc", false));
+        assert!(like_match("a_c", "abc", false));
+        assert!(!like_match("A%", "abc", false));
+        assert!(like_match("A%", "abc", true));
+        assert!(!like_match("a_", "abc", false));
+        assert!(like_match("%", "", false));
+    }
+
     use super::*;
 
     fn one(s: &str) -> Clause {

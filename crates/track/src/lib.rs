@@ -31,6 +31,7 @@ mod error;
 pub mod filter;
 pub mod history;
 mod logging;
+mod model_names;
 mod names;
 mod search;
 mod tracker;
@@ -42,6 +43,7 @@ pub use logging::{
     LogBatch, MAX_BATCH_METRICS, MAX_BATCH_PARAMS, MAX_BATCH_TAGS, MAX_BATCH_TOTAL, MAX_KEY_LENGTH,
     MAX_PARAM_VALUE_LENGTH, MAX_TAG_VALUE_LENGTH,
 };
+pub use model_names::ModelName;
 pub use search::{RunPage, SearchExperiments, SearchRuns, ViewType, MAX_SEARCH_RESULTS};
 pub use tracker::{NewRun, Tracker, DEFAULT_EXPERIMENT_ID};
 pub use types::{Experiment, KeyValue, Metric, Run, RunInfo, RunStatus};
