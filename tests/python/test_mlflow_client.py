@@ -70,7 +70,8 @@ def test_runs_log_search_history_and_lifecycle(tracking):
     eid = c.create_experiment("exp-runs")
     ids = []
     for i in range(4):
-        run = c.create_run(eid, run_name=f"trial-{i}", tags={"kind": "sweep" if i % 2 else "base"})
+        run = c.create_run(eid, run_name=f"trial-{i}", start_time=1_700_000_000_000 + i,
+                           tags={"kind": "sweep" if i % 2 else "base"})
         rid = run.info.run_id
         assert run.info.status == "RUNNING" and run.info.run_name == f"trial-{i}"
         c.log_param(rid, "lr", str(0.1 / (i + 1)))

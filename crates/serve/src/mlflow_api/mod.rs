@@ -236,3 +236,44 @@ where
 pub fn is_mlflow_path(path: &str) -> bool {
     PREFIXES.iter().any(|p| path.starts_with(p)) || path.starts_with(artifacts::ROOT)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracker_errors_become_mlflow_codes_and_statuses() {
+        let e: MlflowError = TrackError::NotFound("run x".into()).into();
+        assert_eq!(
+            (e.status.as_u16(), e.code),
+            (404, "RESOURCE_DOES_NOT_EXIST")
+        );
+        let e: MlflowError = TrackError::AlreadyExists("exp".into()).into();
+        assert_eq!(
+            (e.status.as_u16(), e.code),
+            (400, "RESOURCE_ALREADY_EXISTS")
+        );
+        let e: MlflowError = TrackError::Invalid("bad".into()).into();
+        assert_eq!(
+            (e.status.as_u16(), e.code),
+            (400, "INVALID_PARAMETER_VALUE")
+        );
+        assert_eq!(code_for_status(StatusCode::UNAUTHORIZED), "UNAUTHENTICATED");
+        assert_eq!(code_for_status(StatusCode::FORBIDDEN), "PERMISSION_DENIED");
+        assert_eq!(code_for_status(StatusCode::NOT_FOUND), "ENDPOINT_NOT_FOUND");
+    }
+
+    #[test]
+    fn mlflow_paths_are_recognised() {
+        for p in [
+            "/api/2.0/mlflow/runs/create",
+            "/ajax-api/2.0/mlflow/experiments/search",
+            "/api/2.0/mlflow-artifacts/artifacts/0/r/artifacts/x",
+        ] {
+            assert!(is_mlflow_path(p), "{p}");
+        }
+        for p in ["/v1/registry/models", "/api/2.0/other", "/v1/completions"] {
+            assert!(!is_mlflow_path(p), "{p}");
+        }
+    }
+}

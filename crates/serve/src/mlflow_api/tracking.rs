@@ -53,6 +53,10 @@ pub(super) fn routes(r: Router<MlflowState>, p: &str) -> Router<MlflowState> {
         .route(&format!("{p}/runs/log-batch"), post(log_batch))
         .route(&format!("{p}/runs/log-inputs"), post(log_inputs))
         .route(&format!("{p}/metrics/get-history"), get(get_metric_history))
+        .route(
+            &format!("{p}/logged-models/search"),
+            post(search_logged_models),
+        )
 }
 
 type Reply = MlResult<Json<Value>>;
@@ -674,6 +678,19 @@ async fn log_inputs(
             Ok(json!({}))
         },
     )
+    .await
+}
+
+/// MLflow 3's logged models are not tracked by Hangar: the search (which the client
+/// makes when listing a run's artifacts) answers an empty page.
+async fn search_logged_models(
+    State(st): State<MlflowState>,
+    Extension(c): Extension<Caller>,
+    req: Request,
+) -> Reply {
+    handle(st, c, req, Role::Reader, "reading runs", |_t, _b: Value| {
+        Ok(json!({ "models": [] }))
+    })
     .await
 }
 
