@@ -218,6 +218,39 @@ def test_artifacts_go_through_the_proxy(tracking, tmp_path):
     assert open(local).read() == "hello"
 
 
+def _cli(home, *args):
+    out = subprocess.run([hangar_bin(), "--home", home, *args], check=True, capture_output=True, timeout=60)
+    return out.stdout.decode()
+
+
+def test_cli_reads_what_the_client_logged(tracking):
+    _, home, c = tracking
+    eid = c.create_experiment("exp-cli")
+    a = c.create_run(eid, run_name="cli-a", start_time=1_700_000_000_000).info.run_id
+    b = c.create_run(eid, run_name="cli-b", start_time=1_700_000_000_001).info.run_id
+    c.log_batch(a, metrics=[Metric("acc", 0.7, 1, 0)], params=[Param("lr", "0.1")])
+    c.log_batch(b, metrics=[Metric("acc", 0.9, 1, 0)], params=[Param("lr", "0.2")])
+    exps = json.loads(_cli(home, "experiments", "list", "--json"))
+    assert {"Default", "exp-cli"} <= {e["name"] for e in exps}
+    runs = json.loads(_cli(home, "runs", "list", "--experiment", "exp-cli", "--json",
+                           "--order-by", "metrics.acc ASC"))
+    assert [r["info"]["run_name"] for r in runs] == ["cli-a", "cli-b"]
+    runs = json.loads(_cli(home, "runs", "list", "-e", eid, "--filter", "params.lr = '0.2'", "--json"))
+    assert [r["info"]["run_id"] for r in runs] == [b]
+    shown = json.loads(_cli(home, "runs", "show", a, "--json"))
+    assert shown["run"]["params"] == [{"key": "lr", "value": "0.1"}]
+    cmp = json.loads(_cli(home, "runs", "compare", a, b, "--json"))
+    rows = {r["key"]: r["values"] for r in cmp["rows"]}
+    assert rows["lr"] == ["0.1", "0.2"] and rows["acc"] == [0.7, 0.9]
+    assert "cli-a" in _cli(home, "runs", "compare", a, b)
+    _cli(home, "runs", "delete", a)
+    assert c.get_run(a).info.lifecycle_stage == "deleted"
+    _cli(home, "runs", "delete", a, "--restore")
+    assert c.get_run(a).info.lifecycle_stage == "active"
+    bad = subprocess.run([hangar_bin(), "--home", home, "runs", "show", "nope"], capture_output=True)
+    assert bad.returncode != 0 and b"not found" in bad.stderr
+
+
 def _token(home, name, role, admin=None):
     env = dict(os.environ)
     if admin:

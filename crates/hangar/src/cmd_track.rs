@@ -253,6 +253,18 @@ pub fn run_runs(cmd: RunsCmd, home: Option<PathBuf>) -> Result<()> {
                         .map(|p| p.value.clone())
                 }
             };
+            // Metrics as numbers (NaN and infinities, which JSON lacks, as strings).
+            let raw = |r: &Run, key: &str, metric: bool| -> serde_json::Value {
+                if metric {
+                    match r.metrics.iter().find(|m| m.key == key) {
+                        Some(m) if m.value.is_finite() => serde_json::json!(m.value),
+                        Some(m) => serde_json::json!(m.value.to_string()),
+                        None => serde_json::Value::Null,
+                    }
+                } else {
+                    serde_json::json!(cell(r, key, false))
+                }
+            };
             if json {
                 let rows: Vec<serde_json::Value> = keys
                     .iter()
@@ -260,7 +272,7 @@ pub fn run_runs(cmd: RunsCmd, home: Option<PathBuf>) -> Result<()> {
                         serde_json::json!({
                             "key": k,
                             "kind": if *metric { "metric" } else { "param" },
-                            "values": runs.iter().map(|r| cell(r, k, *metric)).collect::<Vec<_>>(),
+                            "values": runs.iter().map(|r| raw(r, k, *metric)).collect::<Vec<_>>(),
                         })
                     })
                     .collect();

@@ -98,6 +98,12 @@ fn insert_metric(tx: &Transaction, run_id: &str, m: &Metric) -> Result<()> {
         "INSERT INTO metrics(run_uuid, key, step, timestamp, value) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![run_id, m.key, m.step, m.timestamp, value])?;
+    Ok(())
+}
+
+/// Keeps `latest_metrics` at the point with the largest (step, timestamp).
+fn update_latest(tx: &Transaction, run_id: &str, m: &Metric) -> Result<()> {
+    let value = (!m.value.is_nan()).then_some(m.value);
     tx.prepare_cached(
         "INSERT INTO latest_metrics(run_uuid, key, step, timestamp, value) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(run_uuid, key) DO UPDATE SET
@@ -227,8 +233,19 @@ impl Tracker {
         for p in &batch.params {
             insert_param(&tx, run_id, p)?;
         }
+        // Every point goes into the history; only each key's newest point of the batch
+        // can change the latest value, so that is the one upserted.
+        let mut newest: Vec<&Metric> = Vec::new();
         for m in &batch.metrics {
             insert_metric(&tx, run_id, m)?;
+            match newest.iter_mut().find(|n| n.key == m.key) {
+                Some(n) if (m.step, m.timestamp) >= (n.step, n.timestamp) => *n = m,
+                Some(_) => {}
+                None => newest.push(m),
+            }
+        }
+        for m in newest {
+            update_latest(&tx, run_id, m)?;
         }
         for t in &batch.tags {
             insert_tag(&tx, run_id, t)?;

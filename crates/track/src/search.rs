@@ -7,7 +7,7 @@ use rusqlite::types::Value as Sql;
 use crate::error::{invalid, Result};
 use crate::filter::{parse_filter, parse_order_by, Clause, Comparator, Entity, Value};
 use crate::tracker::{
-    experiment_row, experiment_tags, load_run_data, parse_experiment_id, run_info_row, Tracker,
+    experiment_row, experiment_tags, load_runs_data, parse_experiment_id, run_info_row, Tracker,
     RUN_COLUMNS,
 };
 use crate::types::{Experiment, Run};
@@ -231,11 +231,7 @@ impl Tracker {
             .query_map(rusqlite::params_from_iter(args), run_info_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let next_page_token = next_token(offset, max, infos.len());
-        let runs = infos
-            .into_iter()
-            .take(max)
-            .map(|i| load_run_data(&conn, i))
-            .collect::<Result<Vec<_>>>()?;
+        let runs = load_runs_data(&conn, infos.into_iter().take(max).collect())?;
         Ok(RunPage {
             runs,
             next_page_token,

@@ -481,3 +481,54 @@ pub(crate) fn load_run_data(conn: &Connection, info: RunInfo) -> Result<Run> {
         tags,
     })
 }
+
+/// Adds latest metrics, params and tags to many runs at once (a few queries per 500
+/// runs instead of three per run), keeping their order.
+pub(crate) fn load_runs_data(conn: &Connection, infos: Vec<RunInfo>) -> Result<Vec<Run>> {
+    use std::collections::HashMap;
+    let mut data: HashMap<String, (Vec<crate::Metric>, Vec<KeyValue>, Vec<KeyValue>)> =
+        HashMap::with_capacity(infos.len());
+    for chunk in infos.chunks(500) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let ids: Vec<&str> = chunk.iter().map(|i| i.run_id.as_str()).collect();
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT run_uuid, key, value, timestamp, step FROM latest_metrics WHERE run_uuid IN ({marks}) ORDER BY run_uuid, key"
+        ))?;
+        let mut rows = st.query(rusqlite::params_from_iter(ids.iter()))?;
+        while let Some(r) = rows.next()? {
+            data.entry(r.get(0)?).or_default().0.push(crate::Metric {
+                key: r.get(1)?,
+                value: r.get::<_, Option<f64>>(2)?.unwrap_or(f64::NAN),
+                timestamp: r.get(3)?,
+                step: r.get(4)?,
+            });
+        }
+        for (table, slot) in [("params", 1), ("tags", 2)] {
+            let mut st = conn.prepare_cached(&format!(
+                "SELECT run_uuid, key, value FROM {table} WHERE run_uuid IN ({marks}) ORDER BY run_uuid, key"
+            ))?;
+            let mut rows = st.query(rusqlite::params_from_iter(ids.iter()))?;
+            while let Some(r) = rows.next()? {
+                let entry = data.entry(r.get(0)?).or_default();
+                let kv = KeyValue::new(r.get::<_, String>(1)?, r.get::<_, String>(2)?);
+                if slot == 1 {
+                    entry.1.push(kv);
+                } else {
+                    entry.2.push(kv);
+                }
+            }
+        }
+    }
+    Ok(infos
+        .into_iter()
+        .map(|info| {
+            let (metrics, params, tags) = data.remove(&info.run_id).unwrap_or_default();
+            Run {
+                info,
+                metrics,
+                params,
+                tags,
+            }
+        })
+        .collect())
+}
