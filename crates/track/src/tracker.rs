@@ -486,8 +486,9 @@ pub(crate) fn load_run_data(conn: &Connection, info: RunInfo) -> Result<Run> {
 /// runs instead of three per run), keeping their order.
 pub(crate) fn load_runs_data(conn: &Connection, infos: Vec<RunInfo>) -> Result<Vec<Run>> {
     use std::collections::HashMap;
-    let mut data: HashMap<String, (Vec<crate::Metric>, Vec<KeyValue>, Vec<KeyValue>)> =
-        HashMap::with_capacity(infos.len());
+    /// Latest metrics, params and tags of one run.
+    type RunData = (Vec<crate::Metric>, Vec<KeyValue>, Vec<KeyValue>);
+    let mut data: HashMap<String, RunData> = HashMap::with_capacity(infos.len());
     for chunk in infos.chunks(500) {
         let marks = vec!["?"; chunk.len()].join(", ");
         let ids: Vec<&str> = chunk.iter().map(|i| i.run_id.as_str()).collect();
