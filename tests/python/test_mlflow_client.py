@@ -354,3 +354,30 @@ def test_register_model_makes_a_hangar_registry_version(secured, monkeypatch, tm
     with pytest.raises(MlflowException) as e:
         c.get_registered_model("empty-model")
     assert error_code(e) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def test_logged_data_survives_a_killed_server_and_the_api_can_be_turned_off():
+    home = tempfile.mkdtemp(prefix="hangar-mlflow-kill-")
+    srv = Server("--no-model", "--home", home, with_model=False)
+    c = MlflowClient(tracking_uri=srv.base)
+    rid = c.create_run("0", run_name="survivor").info.run_id
+    c.log_batch(rid, metrics=[Metric("m", float(s), 1_700_000_000_000 + s, s) for s in range(500)],
+                params=[Param("p", "v")])
+    srv.proc.kill()  # SIGKILL: no drain, no clean close of the database
+    srv.proc.wait()
+    srv = Server("--no-model", "--home", home, with_model=False)
+    try:
+        c = MlflowClient(tracking_uri=srv.base)
+        run = c.get_run(rid)
+        assert run.info.run_name == "survivor" and run.data.params == {"p": "v"}
+        assert len(c.get_metric_history(rid, "m")) == 500
+    finally:
+        assert srv.stop() == 0
+    srv = Server("--no-model", "--home", home, "--no-tracking-api", with_model=False)
+    try:
+        status, _, out = http("GET", srv.base + f"/api/2.0/mlflow/runs/get?run_id={rid}")
+        err = json.loads(out)
+        assert status == 404 and err["error_code"] == "ENDPOINT_NOT_FOUND", out
+        assert "--no-tracking-api" in err["message"]
+    finally:
+        assert srv.stop() == 0
