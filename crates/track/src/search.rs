@@ -15,6 +15,19 @@ use crate::types::{Experiment, Run};
 /// The most results one search page may ask for.
 pub const MAX_SEARCH_RESULTS: usize = 50_000;
 const DEFAULT_MAX_RESULTS: usize = 1000;
+/// Values one search may bind (experiment ids, filter values): SQLite's own limit is
+/// 32 766, and a search this large is a mistake, not a query.
+const MAX_SEARCH_VALUES: usize = 10_000;
+
+fn check_size(args: &[Sql]) -> Result<()> {
+    if args.len() > MAX_SEARCH_VALUES {
+        return Err(invalid(format!(
+            "the search names {} experiment ids and filter values; the limit is {MAX_SEARCH_VALUES}: split it into several searches",
+            args.len()
+        )));
+    }
+    Ok(())
+}
 
 /// Which lifecycle stages a search includes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -225,6 +238,7 @@ impl Tracker {
         sql.push_str(&format!(" ORDER BY {} LIMIT ? OFFSET ?", order.join(", ")));
         args.push(Sql::Integer(max as i64 + 1));
         args.push(Sql::Integer(offset as i64));
+        check_size(&args)?;
         let conn = self.conn();
         let mut st = conn.prepare_cached(&sql)?;
         let infos = st
@@ -316,6 +330,7 @@ impl Tracker {
         sql.push_str(&format!(" ORDER BY {} LIMIT ? OFFSET ?", order.join(", ")));
         args.push(Sql::Integer(max as i64 + 1));
         args.push(Sql::Integer(offset as i64));
+        check_size(&args)?;
         let conn = self.conn();
         let mut st = conn.prepare_cached(&sql)?;
         let mut exps = st
