@@ -21,6 +21,9 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from conftest import Server, hangar_bin, http  # noqa: E402
 from test_no_model import write_tiny_gguf  # noqa: E402
 
+# Stages are deprecated in MLflow (aliases replace them) but still part of its API.
+pytestmark = pytest.mark.filterwarnings("ignore:.*is deprecated since 2.9.0:FutureWarning")
+
 
 def error_code(excinfo) -> str:
     return excinfo.value.error_code
@@ -334,6 +337,15 @@ def test_register_model_makes_a_hangar_registry_version(secured, monkeypatch, tm
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", admin)
     assert c.transition_model_version_stage("tiny", "1", "Production").current_stage == "Production"
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", writer)
+
+    # A run tagged with its base model gives the version registry lineage with the run.
+    ft_run = c.create_run("0", tags={"hangar.base": "tiny@1", "hangar.derivation": "quantized"}).info.run_id
+    c.log_artifacts(ft_run, str(model), artifact_path="model")
+    ft = mlflow.register_model(f"runs:/{ft_run}/model", "tiny-q")
+    status, _, out = http("GET", srv.base + f"/v1/registry/models/tiny-q/versions/{ft.version}",
+                          headers={"authorization": f"Bearer {writer}"})
+    lineage = json.loads(out)["lineage"]
+    assert lineage == {"base_model": "tiny", "base_version": 1, "derivation": "quantized", "run": ft_run}, out
 
     # A model the registry would refuse (a pickle) is a clear INVALID_PARAMETER_VALUE.
     bad_run = c.create_run("0").info.run_id

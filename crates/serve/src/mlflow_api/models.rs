@@ -3,7 +3,9 @@
 //! kept by the tracker); a model version created from `runs:/<run>/<path>` or
 //! `mlflow-artifacts:/<exp>/<run>/artifacts/<path>` is a registry import of the run's
 //! artifact files under that path (GGUF / safetensors and text companions; MLflow's
-//! packaging files are left out), with the run id and source in its metadata.
+//! packaging files are left out), with the run id and source in its metadata; when
+//! the run is tagged `hangar.base=name@N` (and optionally `hangar.derivation`), the
+//! version's registry lineage is that base, that derivation and the run.
 //! Stages map to registry stages (`Staging`/`Production`/`Archived`); aliases to
 //! registry aliases. Registry roles apply: the caller's registry principal decides.
 
@@ -13,7 +15,7 @@ use crate::SharedRegistry;
 use axum::extract::{Request, State};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use hangar_registry::{ImportRequest, Principal, Registry, VersionInfo};
+use hangar_registry::{ImportRequest, LineageSpec, Principal, Registry, VersionInfo};
 use hangar_track::filter::{like_match, parse_filter_with, Comparator, Value as FValue};
 use hangar_track::Tracker;
 use serde::de::DeserializeOwned;
@@ -64,6 +66,11 @@ pub(super) fn routes(r: Router<MlflowState>, p: &str) -> Router<MlflowState> {
 }
 
 type Reply = MlResult<Json<Value>>;
+
+/// Run tag naming the registry version a model was derived from (`name@N`).
+const BASE_TAG: &str = "hangar.base";
+/// Run tag naming how it was derived (`fine-tuned`, `quantized`, ...; default fine-tuned).
+const DERIVATION_TAG: &str = "hangar.derivation";
 
 /// Files MLflow writes next to a model that Hangar's registry does not hold.
 const MLFLOW_PACKAGING: &[&str] = &[
@@ -551,7 +558,15 @@ async fn create_version(
                 )));
             }
         }
-        t.get_run(&run)?;
+        let run_tags = t.get_run(&run)?.tags;
+        let tag = |k: &str| run_tags.iter().find(|t| t.key == k).map(|t| t.value.clone());
+        // Registry lineage needs a base version: a run tagged `hangar.base` (`name@N`)
+        // records it, with the run, as the version's lineage.
+        let lineage = tag(BASE_TAG).map(|base| LineageSpec {
+            base,
+            derivation: tag(DERIVATION_TAG).unwrap_or_else(|| "fine-tuned".into()),
+            run: Some(run.clone()),
+        });
         let files: Vec<String> = files_under(t, &run, &dir)?
             .into_iter()
             .filter(|f| {
@@ -590,6 +605,7 @@ async fn create_version(
                         path: tmp.clone(),
                         name: name.clone(),
                         metadata,
+                        lineage,
                         ..Default::default()
                     },
                 )
