@@ -68,6 +68,9 @@ pub struct ServeArgs {
     /// Do not mount the model registry's HTTP API (/v1/registry/...).
     #[arg(long)]
     pub no_registry_api: bool,
+    /// Do not mount the MLflow-compatible tracking API (/api/2.0/mlflow/...).
+    #[arg(long)]
+    pub no_tracking_api: bool,
     /// Seconds a client has to send a request head (also the keep-alive idle timeout).
     #[arg(long, default_value = "10", value_parser = parse_secs)]
     pub header_timeout: Duration,
@@ -229,6 +232,23 @@ pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
                 services = services.with_vector(db);
             }
             Err(e) => eprintln!("hangar serve: vector database not mounted: {e}"),
+        }
+    }
+    // Experiment tracking (MLflow-compatible API) in <home>/track.
+    if !args.no_tracking_api {
+        let home = args
+            .home
+            .clone()
+            .unwrap_or_else(hangar_registry::default_home);
+        match hangar_track::Tracker::open(&home) {
+            Ok(t) => {
+                eprintln!(
+                    "hangar serve: tracking API (MLflow) on {}",
+                    t.root().display()
+                );
+                services = services.with_tracking(t);
+            }
+            Err(e) => eprintln!("hangar serve: tracking API not mounted: {e}"),
         }
     }
     if !keys.is_empty() {

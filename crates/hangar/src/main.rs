@@ -8,6 +8,7 @@ mod cmd_plan;
 mod cmd_registry;
 mod cmd_serve;
 mod cmd_vector;
+mod cmd_track;
 mod model_path;
 
 use clap::{Parser, Subcommand};
@@ -74,6 +75,12 @@ enum Cmd {
     /// The vector database: create, list, info, upsert, query, snapshot, bench.
     #[command(subcommand)]
     Vector(cmd_vector::VectorCmd),
+    /// Experiment tracking runs: list, show, compare, delete.
+    #[command(subcommand)]
+    Runs(cmd_track::RunsCmd),
+    /// Experiment tracking experiments: list.
+    #[command(subcommand)]
+    Experiments(cmd_track::ExperimentsCmd),
 }
 
 fn main() {
@@ -124,6 +131,8 @@ fn main() {
         Cmd::Logs(c) => cmd_monitor::run_logs(c, cli.home.as_deref()),
         Cmd::Monitor(c) => cmd_monitor::run_monitor(c, cli.home),
         Cmd::Vector(c) => cmd_vector::run_vector(c, cli.home),
+        Cmd::Runs(c) => cmd_track::run_runs(c, cli.home),
+        Cmd::Experiments(c) => cmd_track::run_experiments(c, cli.home),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

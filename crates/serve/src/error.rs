@@ -18,12 +18,16 @@ pub enum ApiFormat {
     Registry,
     /// Qdrant's `{"status": {"error": "..."}, "time": 0.0}`
     Qdrant,
+    /// `{"error_code", "message"}`
+    Mlflow,
 }
 
 impl ApiFormat {
     /// The format of the API a path belongs to (used where no handler ran: auth, 404).
     pub fn of_path(path: &str) -> Self {
-        if path.starts_with("/v1/registry") {
+        if crate::mlflow_api::is_mlflow_path(path) {
+            ApiFormat::Mlflow
+        } else if path.starts_with("/v1/registry") {
             ApiFormat::Registry
         } else if path == "/collections" || path.starts_with("/collections/") {
             ApiFormat::Qdrant
@@ -143,6 +147,10 @@ impl ApiError {
             ApiFormat::Qdrant => {
                 serde_json::to_vec(&crate::qdrant_api::ErrorBody::new(self.message, 0.0))
             }
+            ApiFormat::Mlflow => serde_json::to_vec(&serde_json::json!({
+                "error_code": crate::mlflow_api::code_for_status(status),
+                "message": self.message,
+            })),
         };
         match body {
             Ok(b) => (

@@ -25,6 +25,7 @@ mod health;
 pub mod kserve;
 pub mod metrics;
 mod monitoring;
+pub mod mlflow_api;
 pub mod openai;
 pub mod qdrant_api;
 pub mod registry_api;
@@ -41,6 +42,7 @@ use error::{ApiError, ApiFormat};
 use hangar_engine::Engine;
 use hangar_monitor::Monitor;
 use hangar_registry::Registry;
+use hangar_track::Tracker;
 use metrics::Metrics;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -113,6 +115,8 @@ pub struct Services {
     pub model_version: Option<String>,
     // -- vector database (Qdrant API) --
     pub vector: Option<qdrant_api::SharedVectorDb>,
+    /// Experiment tracking behind the MLflow-compatible API.
+    pub tracking: Option<Tracker>,
 }
 
 impl Services {
@@ -122,6 +126,12 @@ impl Services {
             engine,
             model_name: model_name.into(),
         });
+        self
+    }
+
+    /// Adds the tracking service (MLflow-compatible routes).
+    pub fn with_tracking(mut self, tracker: Tracker) -> Self {
+        self.tracking = Some(tracker);
         self
     }
 
@@ -158,6 +168,7 @@ pub struct AppState {
     pub monitor: Option<Arc<Monitor>>,
     pub model_version: Option<String>,
     pub vector: Option<qdrant_api::SharedVectorDb>,
+    pub tracking: Option<mlflow_api::SharedTracker>,
     pub metrics: Metrics,
     /// Sampled history of the metrics for the dashboard.
     pub history: timeseries::History,
@@ -178,6 +189,7 @@ impl AppState {
             monitor: services.monitor.map(Arc::new),
             model_version: services.model_version,
             vector: services.vector,
+            tracking: services.tracking.map(Arc::new),
             metrics: Metrics::default(),
             ready: AtomicBool::new(true),
             started: std::time::SystemTime::now()
@@ -238,6 +250,8 @@ fn route_label(path: &str) -> &'static str {
         p if p.starts_with("/v1/monitor/requests") => "/v1/monitor/requests",
         "/collections" => "/collections",
         p if p.starts_with("/collections/") => qdrant_label(p),
+        p if p.starts_with("/api/2.0/mlflow-artifacts/") => "/api/2.0/mlflow-artifacts",
+        p if mlflow_api::is_mlflow_path(p) => "/api/2.0/mlflow",
         p if p.starts_with("/v2/models/") => {
             if p.ends_with("/infer") {
                 "/v2/models/{name}/infer"
@@ -298,6 +312,8 @@ async fn not_found(State(state): State<Arc<AppState>>, req: Request) -> Response
         format!("{path}: the vector database (Qdrant API) is not mounted on this server")
     } else if state.registry.is_none() && path.starts_with("/v1/registry") {
         format!("{path}: the registry API is not mounted on this server (--no-registry-api, or the registry could not be opened)")
+    } else if state.tracking.is_none() && mlflow_api::is_mlflow_path(path) {
+        format!("{path}: the tracking API is not mounted on this server (--no-tracking-api, or the tracking store could not be opened)")
     } else {
         format!("no such route: {path}; see /v1/models, /v1/completions, /v1/chat/completions, /v2, /v1/registry/models, /metrics")
     };
@@ -324,6 +340,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     if let Some(db) = &state.vector {
         app = app.merge(qdrant_api::routes(state.clone(), db.clone()));
+    }
+    if let Some(tracker) = &state.tracking {
+        app = app.merge(mlflow_api::routes(state.clone(), tracker.clone()));
     }
     app.fallback_service(axum::routing::any(not_found).with_state(state.clone()))
         .layer(middleware::from_fn_with_state(
