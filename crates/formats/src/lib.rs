@@ -12,5 +12,5 @@ pub mod safetensors;
 
 pub use dtype::GgmlType;
 pub use gguf::{GgufError, GgufFile, MetaValue, TensorInfo};
-pub use safetensors::{SafeTensorInfo, SafetensorsError, SafetensorsFile};
 pub use gguf_write::{GgufFileWriter, GgufHeader, GgufWriteError, GgufWriter, TensorSpec};
+pub use safetensors::{SafeTensorInfo, SafetensorsError, SafetensorsFile};

@@ -213,16 +213,31 @@ mod tests {
         assert_eq!(f.f32_tensor("a").unwrap().0, vec![1.5]);
         assert_eq!(f.f32_tensor("b").unwrap().0, vec![-2.0]);
         assert_eq!(f.f32_tensor("c").unwrap(), (vec![0.25], vec![1, 1]));
-        assert!(matches!(f.f32_tensor("d"), Err(SafetensorsError::Missing(_))));
+        assert!(matches!(
+            f.f32_tensor("d"),
+            Err(SafetensorsError::Missing(_))
+        ));
     }
 
     #[test]
     fn refuses_hostile_headers() {
         for (h, data) in [
-            (r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#, &[0u8; 4][..]),
-            (r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,8]}}"#, &[0u8; 4][..]),
-            (r#"{"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,0]}}"#, &[][..]),
-            (r#"{"a":{"dtype":"Q9","shape":[1],"data_offsets":[0,1]}}"#, &[0u8][..]),
+            (
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,
+                &[0u8; 4][..],
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,8]}}"#,
+                &[0u8; 4][..],
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,0]}}"#,
+                &[][..],
+            ),
+            (
+                r#"{"a":{"dtype":"Q9","shape":[1],"data_offsets":[0,1]}}"#,
+                &[0u8][..],
+            ),
             ("[1,2]", &[][..]),
         ] {
             assert!(SafetensorsFile::from_bytes(file(h, data)).is_err(), "{h}");

@@ -226,7 +226,14 @@ mod tests {
     #[test]
     fn simd_matches_scalar_and_exact_on_odd_shapes() {
         let pool = ThreadPool::new(2);
-        for (m, k, n) in [(1, 1, 1), (3, 17, 5), (5, 384, 9), (9, 33, 13), (33, 64, 7), (2, 1536, 6)] {
+        for (m, k, n) in [
+            (1, 1, 1),
+            (3, 17, 5),
+            (5, 384, 9),
+            (9, 33, 13),
+            (33, 64, 7),
+            (2, 1536, 6),
+        ] {
             let (a, w, b) = (data(m * k, 1), data(n * k, 2), data(n, 3));
             let mut fast = vec![0f32; m * n];
             let mut slow = vec![0f32; m * n];
@@ -235,7 +242,9 @@ mod tests {
             for i in 0..m {
                 for j in 0..n {
                     let exact: f64 = b[j] as f64
-                        + (0..k).map(|p| a[i * k + p] as f64 * w[j * k + p] as f64).sum::<f64>();
+                        + (0..k)
+                            .map(|p| a[i * k + p] as f64 * w[j * k + p] as f64)
+                            .sum::<f64>();
                     let tol = 1e-5 * (k as f64).sqrt() + 1e-6;
                     let (f, s) = (fast[i * n + j] as f64, slow[i * n + j] as f64);
                     assert!((f - exact).abs() <= tol, "simd ({m},{k},{n}) [{i},{j}]");
@@ -255,7 +264,16 @@ mod tests {
         gemm_f32(&pool, &batch, 7, k, &w, n, None, &mut all);
         for i in 0..7 {
             let mut one = vec![0f32; n];
-            gemm_f32(&pool, &batch[i * k..(i + 1) * k], 1, k, &w, n, None, &mut one);
+            gemm_f32(
+                &pool,
+                &batch[i * k..(i + 1) * k],
+                1,
+                k,
+                &w,
+                n,
+                None,
+                &mut one,
+            );
             assert_eq!(one, all[i * n..(i + 1) * n], "row {i}");
         }
     }

@@ -70,8 +70,8 @@ mod pool;
 pub mod quants;
 
 pub use attention::{attend, PagedKv};
-pub use gemm::{gemm_f32, gemm_f32_scalar};
 pub use cpu::{set_simd_cap, simd_level, SimdLevel};
+pub use gemm::{gemm_f32, gemm_f32_scalar};
 pub use hangar_formats::GgmlType;
 pub use matmul::{matmul, matmul_quantized, quantize_activations, QMatrix};
 pub use packed::PackedMatrix;
