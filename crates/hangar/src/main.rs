@@ -2,6 +2,7 @@
 //! no algorithms live here.
 
 mod cmd_compress;
+mod cmd_embed;
 mod cmd_model;
 mod cmd_plan;
 mod cmd_registry;
@@ -61,6 +62,9 @@ enum Cmd {
     Registry(cmd_registry::RegistryCmd),
     /// Download a model into the registry (`default`, or hf://org/repo[/file]).
     Pull(cmd_registry::PullArgs),
+    // -- embeddings --
+    /// Text to vectors with an embedding model (JSON or NPY out).
+    Embed(cmd_embed::EmbedArgs),
 }
 
 fn main() {
@@ -108,6 +112,10 @@ fn main() {
         Cmd::Eval(a) => cmd_compress::run_eval(a),
         Cmd::Registry(c) => cmd_registry::run_registry(c, cli.home),
         Cmd::Pull(a) => cmd_registry::run_pull(a, cli.home),
+        Cmd::Embed(mut a) => {
+            a.home = home;
+            cmd_embed::run_embed(a)
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -26,6 +26,8 @@ pub mod kserve;
 pub mod metrics;
 pub mod openai;
 pub mod registry_api;
+// Embeddings (OpenAI /v1/embeddings, TEI /embed), mounted when an embedding model is served.
+pub mod embeddings_api;
 mod sampling;
 mod server;
 
@@ -100,6 +102,7 @@ pub type SharedRegistry = Arc<Mutex<Registry>>;
 pub struct Services {
     pub inference: Option<Inference>,
     pub registry: Option<Registry>,
+    pub embeddings: Option<hangar_engine::Embedder>,
 }
 
 impl Services {
@@ -109,6 +112,12 @@ impl Services {
             engine,
             model_name: model_name.into(),
         });
+        self
+    }
+
+    /// Adds the embedding service (its model's name is the one clients use).
+    pub fn with_embeddings(mut self, embedder: hangar_engine::Embedder) -> Self {
+        self.embeddings = Some(embedder);
         self
     }
 
@@ -124,6 +133,7 @@ pub struct AppState {
     pub cfg: ServeConfig,
     pub inference: Option<Arc<Inference>>,
     pub registry: Option<SharedRegistry>,
+    pub embeddings: Option<hangar_engine::Embedder>,
     pub metrics: Metrics,
     /// False once shutdown has begun (readiness probes then fail).
     pub ready: AtomicBool,
@@ -138,6 +148,7 @@ impl AppState {
             cfg,
             inference: services.inference.map(Arc::new),
             registry: services.registry.map(|r| Arc::new(Mutex::new(r))),
+            embeddings: services.embeddings,
             metrics: Metrics::default(),
             ready: AtomicBool::new(true),
             started: std::time::SystemTime::now()
@@ -190,6 +201,8 @@ fn route_label(path: &str) -> &'static str {
         "/v2/health/ready" => "/v2/health/ready",
         "/health" => "/health",
         "/metrics" => "/metrics",
+        "/v1/embeddings" => "/v1/embeddings",
+        "/embed" => "/embed",
         p if p.starts_with("/v1/registry/") => "/v1/registry",
         p if p.starts_with("/v2/models/") => {
             if p.ends_with("/infer") {
@@ -222,7 +235,9 @@ fn is_inference_path(path: &str) -> bool {
 
 async fn not_found(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let path = req.uri().path();
-    let message = if state.inference.is_none() && is_inference_path(path) {
+    let message = if state.embeddings.is_none() && matches!(path, "/v1/embeddings" | "/embed") {
+        format!("{path}: this server has no embedding model; start `hangar serve --embedding-model all-minilm-l6-v2` (after `hangar pull embedder`)")
+    } else if state.inference.is_none() && is_inference_path(path) {
         format!("{path}: this server runs without a model (--no-model), so the inference APIs are not mounted; start `hangar serve --model ...` to serve one")
     } else if state.registry.is_none() && path.starts_with("/v1/registry") {
         format!("{path}: the registry API is not mounted on this server (--no-registry-api, or the registry could not be opened)")
@@ -246,6 +261,12 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     if let Some(reg) = &state.registry {
         app = app.merge(registry_api::routes(state.clone(), reg.clone()));
+    }
+    if let Some(embedder) = &state.embeddings {
+        app = app.merge(embeddings_api::routes(embeddings_api::EmbeddingState {
+            app: state.clone(),
+            embedder: embedder.clone(),
+        }));
     }
     app.fallback_service(axum::routing::any(not_found).with_state(state.clone()))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require))
