@@ -70,7 +70,7 @@ impl EncoderConfig {
             type_vocab_size: j["type_vocab_size"].as_u64().unwrap_or(2).max(1) as usize,
             layer_norm_eps: j["layer_norm_eps"].as_f64().unwrap_or(1e-12) as f32,
         };
-        if cfg.hidden_size % cfg.num_heads != 0 {
+        if !cfg.hidden_size.is_multiple_of(cfg.num_heads) {
             return Err(ModelError::Config(format!(
                 "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
                 cfg.hidden_size, cfg.num_heads

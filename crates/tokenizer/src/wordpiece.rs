@@ -128,7 +128,7 @@ impl WordPieceTokenizer {
                 }
             }
         }
-        added.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        added.sort_by_key(|a| std::cmp::Reverse(a.0.len()));
 
         let (before, after) = post_processor(&j["post_processor"], &lookup)?;
         let pad = j["padding"]["pad_id"]
