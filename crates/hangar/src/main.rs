@@ -2,6 +2,7 @@
 //! no algorithms live here.
 
 mod cmd_compress;
+mod cmd_embed;
 mod cmd_model;
 mod cmd_monitor;
 mod cmd_plan;
@@ -81,6 +82,9 @@ enum Cmd {
     /// Experiment tracking experiments: list.
     #[command(subcommand)]
     Experiments(cmd_track::ExperimentsCmd),
+    // -- embeddings --
+    /// Text to vectors with an embedding model (JSON or NPY out).
+    Embed(cmd_embed::EmbedArgs),
 }
 
 fn main() {
@@ -133,6 +137,10 @@ fn main() {
         Cmd::Vector(c) => cmd_vector::run_vector(c, cli.home),
         Cmd::Runs(c) => cmd_track::run_runs(c, cli.home),
         Cmd::Experiments(c) => cmd_track::run_experiments(c, cli.home),
+        Cmd::Embed(mut a) => {
+            a.home = home;
+            cmd_embed::run_embed(a)
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

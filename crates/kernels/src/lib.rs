@@ -21,6 +21,10 @@
 //!   a model gives llama.cpp's logits exactly. Its `*_pool` modules are AVX-512 twins
 //!   of the scalar replicas on the [`ThreadPool`], bitwise equal to them.
 //!
+//! Encoders (BERT) run on [`gemm_f32`], an f32 `a · wᵀ + bias` with an AVX-512
+//! micro-kernel and a scalar twin, plus `ops::layer_norm_inplace` and
+//! `ops::gelu_erf_inplace`.
+//!
 //! [`quants`] owns the block formats themselves (dequantize, quantize, row dots);
 //! [`cpu`] the SIMD level every dispatcher reads; [`ThreadPool`] the one pool that
 //! all parallel kernels share (it never allocates per call).
@@ -56,6 +60,7 @@
 
 mod attention;
 pub mod cpu;
+mod gemm;
 pub mod ggml;
 mod matmul;
 pub mod ops;
@@ -66,6 +71,7 @@ pub mod quants;
 
 pub use attention::{attend, PagedKv};
 pub use cpu::{set_simd_cap, simd_level, SimdLevel};
+pub use gemm::{gemm_f32, gemm_f32_scalar};
 pub use hangar_formats::GgmlType;
 pub use matmul::{matmul, matmul_quantized, quantize_activations, QMatrix};
 pub use packed::PackedMatrix;

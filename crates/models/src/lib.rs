@@ -5,6 +5,9 @@
 //! of HTTP, scheduling, sampling or the environment: it turns token ids at positions
 //! into logits, with the options its caller passes.
 //!
+//! BERT-family encoders (text vectors, not logits) live in [`bert`]: [`Encoder`] reads a
+//! Hugging Face folder and pools token vectors as [`SentenceConfig`] says.
+//!
 //! # Main types
 //!
 //! * [`Model`]: configuration ([`ModelConfig`]) plus weights borrowed from the
@@ -40,6 +43,7 @@
 //! # Ok::<(), hangar_models::ModelError>(())
 //! ```
 
+pub mod bert;
 mod config;
 mod forward;
 mod ggml_forward;
@@ -47,6 +51,7 @@ pub mod kv;
 mod options;
 mod weights;
 
+pub use bert::{Encoder, EncoderConfig, EncoderWorkspace, Pooling, SentenceConfig};
 pub use config::{Activation, Arch, ModelConfig};
 pub use forward::{LogitsWanted, Observer, SeqInput, Tap, Workspace};
 pub use kv::{KvCache, KvLayout};
@@ -61,6 +66,8 @@ use hangar_kernels::quants::KernelError;
 pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Safetensors(#[from] hangar_formats::SafetensorsError),
     #[error(
         "architecture {0:?} is not supported (supported: gemma3, llama, mistral, qwen2, qwen3)"
     )]

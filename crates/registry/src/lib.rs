@@ -27,6 +27,7 @@ pub mod error;
 pub mod hub;
 mod maintain;
 pub mod names;
+pub mod pypi;
 mod registry;
 pub mod safety;
 pub mod store;
@@ -48,3 +49,5 @@ pub use transfer::{
 
 /// The model `hangar pull default` installs and `hangar serve` serves by default.
 pub const DEFAULT_MODEL: &str = "gemma3-270m";
+/// Registry name of the default embedding model (`hangar pull embedder`).
+pub const DEFAULT_EMBEDDER: &str = "all-minilm-l6-v2";

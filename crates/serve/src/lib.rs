@@ -29,6 +29,8 @@ pub mod mlflow_api;
 pub mod openai;
 pub mod qdrant_api;
 pub mod registry_api;
+// Embeddings (OpenAI /v1/embeddings, TEI /embed), mounted when an embedding model is served.
+pub mod embeddings_api;
 mod sampling;
 mod server;
 pub mod timeseries;
@@ -117,6 +119,7 @@ pub struct Services {
     pub vector: Option<qdrant_api::SharedVectorDb>,
     /// Experiment tracking behind the MLflow-compatible API.
     pub tracking: Option<Tracker>,
+    pub embeddings: Option<hangar_engine::Embedder>,
 }
 
 impl Services {
@@ -132,6 +135,12 @@ impl Services {
     /// Adds the tracking service (MLflow-compatible routes).
     pub fn with_tracking(mut self, tracker: Tracker) -> Self {
         self.tracking = Some(tracker);
+        self
+    }
+
+    /// Adds the embedding service (its model's name is the one clients use).
+    pub fn with_embeddings(mut self, embedder: hangar_engine::Embedder) -> Self {
+        self.embeddings = Some(embedder);
         self
     }
 
@@ -169,6 +178,7 @@ pub struct AppState {
     pub model_version: Option<String>,
     pub vector: Option<qdrant_api::SharedVectorDb>,
     pub tracking: Option<mlflow_api::SharedTracker>,
+    pub embeddings: Option<hangar_engine::Embedder>,
     pub metrics: Metrics,
     /// Sampled history of the metrics for the dashboard.
     pub history: timeseries::History,
@@ -190,6 +200,7 @@ impl AppState {
             model_version: services.model_version,
             vector: services.vector,
             tracking: services.tracking.map(Arc::new),
+            embeddings: services.embeddings,
             metrics: Metrics::default(),
             ready: AtomicBool::new(true),
             started: std::time::SystemTime::now()
@@ -244,6 +255,8 @@ fn route_label(path: &str) -> &'static str {
         "/metrics" => "/metrics",
         "/v1/monitor/timeseries" => "/v1/monitor/timeseries",
         p if p == "/ui" || p.starts_with("/ui/") => "/ui",
+        "/v1/embeddings" => "/v1/embeddings",
+        "/embed" => "/embed",
         p if p.starts_with("/v1/registry/") => "/v1/registry",
         "/v1/monitor/drift" => "/v1/monitor/drift",
         "/v1/monitor/usage" => "/v1/monitor/usage",
@@ -302,7 +315,9 @@ fn is_inference_path(path: &str) -> bool {
 
 async fn not_found(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let path = req.uri().path();
-    let message = if state.inference.is_none() && is_inference_path(path) {
+    let message = if state.embeddings.is_none() && matches!(path, "/v1/embeddings" | "/embed") {
+        format!("{path}: this server has no embedding model; start `hangar serve --embedding-model all-minilm-l6-v2` (after `hangar pull embedder`)")
+    } else if state.inference.is_none() && is_inference_path(path) {
         format!("{path}: this server runs without a model (--no-model), so the inference APIs are not mounted; start `hangar serve --model ...` to serve one")
     } else if state.monitor.is_none() && path.starts_with("/v1/monitor") {
         format!("{path}: monitoring is off on this server (--no-monitor)")
@@ -343,6 +358,12 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     if let Some(tracker) = &state.tracking {
         app = app.merge(mlflow_api::routes(state.clone(), tracker.clone()));
+    }
+    if let Some(embedder) = &state.embeddings {
+        app = app.merge(embeddings_api::routes(embeddings_api::EmbeddingState {
+            app: state.clone(),
+            embedder: embedder.clone(),
+        }));
     }
     app.fallback_service(axum::routing::any(not_found).with_state(state.clone()))
         .layer(middleware::from_fn_with_state(

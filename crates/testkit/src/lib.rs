@@ -136,6 +136,43 @@ pub fn model_path() -> Option<PathBuf> {
     }
 }
 
+/// Folder name of the default embedding model (all-MiniLM-L6-v2) in the model cache,
+/// where `hangar pull embedder` unpacks it.
+pub const EMBEDDER_DIR: &str = "all-minilm-l6-v2";
+
+/// The default embedding model's Hugging Face folder: `$HANGAR_EMBEDDER`, else
+/// `all-minilm-l6-v2/` in the model cache (`HANGAR_MODEL_DIR`, `$XDG_CACHE_HOME/hangar/models`,
+/// `~/.cache/hangar/models`). Missing: skipped, or a failure under `HANGAR_REQUIRE_MODEL`.
+pub fn embedder_dir() -> Option<PathBuf> {
+    let env = process_env;
+    let candidates: Vec<PathBuf> = match env("HANGAR_EMBEDDER").filter(|p| !p.is_empty()) {
+        Some(p) => vec![PathBuf::from(p)],
+        None => [
+            env("HANGAR_MODEL_DIR").map(PathBuf::from),
+            env("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("hangar/models")),
+            env("HOME").map(|d| PathBuf::from(d).join(".cache/hangar/models")),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(EMBEDDER_DIR))
+        .collect(),
+    };
+    match candidates.iter().find(|d| d.join("config.json").is_file()) {
+        Some(d) => Some(d.clone()),
+        None => unavailable(
+            Need::Model,
+            &format!(
+                "the embedding model is not in {}: run `hangar pull embedder` (or set HANGAR_EMBEDDER)",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+    }
+}
+
 /// A python that imports `llama_cpp`, from `$HANGAR_LLAMA_PYTHON`
 /// (`scripts/install-llamacpp.sh` builds one and prints its path).
 pub fn llama_python() -> Option<PathBuf> {

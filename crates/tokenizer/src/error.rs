@@ -43,4 +43,6 @@ pub enum TokenizerError {
         flag: &'static str,
         what: &'static str,
     },
+    #[error("tokenizer.json: {0}")]
+    Json(String),
 }

@@ -31,6 +31,9 @@
 //! vocabulary builds in a few tens of milliseconds. A [`Tokenizer`] is immutable and
 //! `Send + Sync`: share it behind an `Arc`.
 //!
+//! BERT-family encoders use [`WordPieceTokenizer`] instead, read from a Hugging Face
+//! `tokenizer.json` and matching the `tokenizers` library's ids.
+//!
 //! Where things live: [`TokenizerSpec`] (`spec`) is a vocabulary as plain data; `load`
 //! turns it into a [`Tokenizer`] with llama.cpp's defaults and fix-ups; `encode` and
 //! `decode` are the two directions; `special`, `spm`, `bpe` and `pretok` are the
@@ -49,11 +52,13 @@ mod special;
 mod spm;
 mod unicode;
 mod vocab;
+mod wordpiece;
 
 pub use decoder::IncrementalDecoder;
 pub use error::TokenizerError;
 pub use load::SUPPORTED_PRE;
 pub use spec::{ModelKind, SpecialIds, TokenType, TokenizerSpec};
+pub use wordpiece::WordPieceTokenizer;
 
 use bpe::Merges;
 use pretok::Stage;

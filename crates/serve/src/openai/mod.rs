@@ -35,7 +35,7 @@ pub(crate) fn routes(state: InferenceState) -> Router {
         .with_state(state)
 }
 
-/// `GET /v1/models`: the served model, or nothing on a server without one.
+/// `GET /v1/models`: the served model and the embedding model, if any.
 pub async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
     Json(ModelList {
         object: "list",
@@ -49,6 +49,13 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
                 owned_by: "hangar",
                 max_model_len: i.engine.info().max_model_len,
             })
+            .chain(state.embeddings.iter().map(|e| ModelCard {
+                id: e.model().name().to_string(),
+                object: "model",
+                created: state.started,
+                owned_by: "hangar",
+                max_model_len: e.model().max_tokens(),
+            }))
             .collect(),
     })
 }
