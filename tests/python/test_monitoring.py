@@ -143,3 +143,36 @@ def test_only_operators_read_the_request_log():
         assert status == 200 and json.loads(body)["usage"] == [], body
     finally:
         srv.stop()
+
+
+def test_embedding_drift_and_relevance_with_an_embedding_model():
+    from test_embeddings_client import embedder_dir
+    home = tempfile.mkdtemp(prefix="hangar-monitor-emb-")
+    srv = Server("--home", home, "--embedding-model", embedder_dir(), "--drift-reference", "30",
+                 "--drift-window", "30", "--drift-min", "20", "--no-request-log")
+    try:
+        client = openai.OpenAI(base_url=srv.base + "/v1", api_key="k")
+        complete_all(client, [english(i) for i in range(30)])
+        complete_all(client, [english(i) for i in range(30, 60)])
+        import time
+        deadline = time.time() + 30
+        while time.time() < deadline:  # embeddings are computed after the answers
+            calm = drift(srv)
+            if calm["current_size"] == 30 and "embedding_mmd" in calm:
+                break
+            time.sleep(0.2)
+        assert "embedding_mmd" in calm and not calm["embedding_drifted"], json.dumps(calm, indent=1)
+        complete_all(client, [SHIFTED[i % len(SHIFTED)] + f" ({i})" for i in range(30)])
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            shifted = drift(srv)
+            if shifted["embedding_drifted"]:
+                break
+            time.sleep(0.2)
+        assert shifted["embedding_drifted"], json.dumps(shifted, indent=1)
+        assert shifted["embedding_distance"] > calm["embedding_distance"]
+        assert gauge(srv, "hangar_drift_embedding_distance") > 0
+        rel = gauge(srv, "hangar_quality_relevance_mean")
+        assert -1.0 <= rel <= 1.0
+    finally:
+        srv.stop()

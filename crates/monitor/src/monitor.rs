@@ -32,6 +32,8 @@ pub struct Monitor {
     prices: PriceTable,
     usage: UsageLedger,
     pii: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Prompt-answer embedding cosine per model: (sum, count).
+    relevance: Mutex<BTreeMap<String, (f64, u64)>>,
 }
 
 impl Monitor {
@@ -49,6 +51,7 @@ impl Monitor {
             prices: cfg.prices,
             usage: UsageLedger::default(),
             pii: Mutex::new(BTreeMap::new()),
+            relevance: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -106,6 +109,24 @@ impl Monitor {
     /// Usage per key and model.
     pub fn usage(&self) -> Vec<UsageRow> {
         self.usage.rows()
+    }
+
+    /// Records the cosine between a prompt's and its answer's embeddings (relevance).
+    pub fn record_relevance(&self, model: &str, cosine: f64) {
+        if cosine.is_finite() {
+            let mut r = self.relevance.lock().unwrap_or_else(|e| e.into_inner());
+            let e = r.entry(model.to_string()).or_insert((0.0, 0));
+            e.0 += cosine;
+            e.1 += 1;
+        }
+    }
+
+    /// Mean prompt-answer relevance and the number of answers it covers, per model.
+    pub fn relevance(&self) -> Vec<(String, f64, u64)> {
+        let r = self.relevance.lock().unwrap_or_else(|e| e.into_inner());
+        r.iter()
+            .map(|(m, (sum, n))| (m.clone(), sum / (*n).max(1) as f64, *n))
+            .collect()
     }
 
     /// Responses containing personal data, by model and kind.

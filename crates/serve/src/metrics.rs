@@ -411,6 +411,15 @@ pub fn render_monitor(out: &mut String, m: &hangar_monitor::Monitor) {
             .into_iter()
             .map(|(mo, k, n)| (format!("{},kind=\"{k}\"", model(&mo)), n as f64)),
     );
+    family(
+        "hangar_quality_relevance_mean",
+        "gauge",
+        "Mean cosine between prompt and answer embeddings (needs --embedding-model).",
+        &mut m
+            .relevance()
+            .into_iter()
+            .map(|(mo, mean, _)| (model(&mo), mean)),
+    );
     if let Some(log) = m.log() {
         use std::sync::atomic::Ordering::Relaxed;
         let c = &log.counters;

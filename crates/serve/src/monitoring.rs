@@ -159,7 +159,37 @@ impl Trace {
             status,
             cost: 0.0,
         };
-        let obs = Observation::new(&prompt, self.prompt_ids, completion_tokens);
+        let mut obs = Observation::new(&prompt, self.prompt_ids, completion_tokens);
+        // With an embedding model, the prompt's embedding feeds embedding drift and the
+        // prompt-answer cosine feeds relevance; computed on the embedding queue, after
+        // the answer went out, never on the request path.
+        if let (Some(embedder), Ok(rt)) = (
+            state.embeddings.clone(),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            let monitor = self.monitor;
+            let answer = rec.response.clone();
+            rt.spawn(async move {
+                let req = hangar_engine::EmbedRequest {
+                    inputs: vec![
+                        hangar_engine::EmbedInput::Text(prompt),
+                        hangar_engine::EmbedInput::Text(answer),
+                    ],
+                    normalize: Some(true),
+                    truncate: true,
+                    ..Default::default()
+                };
+                if let Ok(e) = embedder.embed(req).await {
+                    if let [p, a] = e.vectors.as_slice() {
+                        let cos: f32 = p.iter().zip(a).map(|(x, y)| x * y).sum();
+                        monitor.record_relevance(&rec.model, cos as f64);
+                        obs.embedding = Some(p.clone());
+                    }
+                }
+                monitor.observe(rec, obs);
+            });
+            return;
+        }
         self.monitor.observe(rec, obs);
     }
 }
