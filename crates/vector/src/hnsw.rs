@@ -209,6 +209,8 @@ impl Hnsw {
     /// Best-first search of one level from `entry`: up to `ef` accepted nodes, closest
     /// first. Nodes that are not accepted are still walked through (their links lead to
     /// accepted ones), so a filter never cuts the graph.
+    // The hot loop: its hooks are plain closures so they inline (no trait object).
+    #[allow(clippy::too_many_arguments)]
     fn search_level(
         &self,
         entry: Near,
