@@ -351,7 +351,6 @@ fn bench(a: BenchArgs) -> Result<()> {
         m: a.m,
         ef_construct: a.ef_construct,
     };
-    cfg.full_scan_threshold = 1;
     if a.int8 {
         cfg.quantization = Quantization::Int8;
     }

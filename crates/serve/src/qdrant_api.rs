@@ -985,7 +985,9 @@ mod tests {
             (4, Distance::Dot, 8, 50)
         );
         assert_eq!(c.quantization, Quantization::Int8);
-        let unnamed = collection_config(&json!({"vectors": {"": {"size": 3, "distance": "Euclid"}}})).unwrap();
+        let unnamed =
+            collection_config(&json!({"vectors": {"": {"size": 3, "distance": "Euclid"}}}))
+                .unwrap();
         assert_eq!((unnamed.dim, unnamed.distance), (3, Distance::Euclid));
         for bad_body in [
             json!({}),

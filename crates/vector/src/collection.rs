@@ -209,7 +209,8 @@ impl Collection {
                     self.remove(p.id);
                     let row = self.rows.push(&p.vector);
                     let rows = &self.rows;
-                    self.graph.insert(|a, b| rows.pair(a, b));
+                    self.graph
+                        .insert(|a, b| rows.pair(a, b), |r| rows.prefetch(r));
                     for (key, ix) in self.indexes.iter_mut() {
                         ix.add(row, key, &p.payload);
                     }

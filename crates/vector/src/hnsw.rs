@@ -209,6 +209,8 @@ impl Hnsw {
     /// Best-first search of one level from `entry`: up to `ef` accepted nodes, closest
     /// first. Nodes that are not accepted are still walked through (their links lead to
     /// accepted ones), so a filter never cuts the graph.
+    // The hot loop: its hooks are plain closures so they inline (no trait object).
+    #[allow(clippy::too_many_arguments)]
     fn search_level(
         &self,
         entry: Near,
@@ -216,6 +218,7 @@ impl Hnsw {
         level: usize,
         qd: &impl Fn(u32) -> f32,
         accept: &impl Fn(u32) -> bool,
+        prefetch: &impl Fn(u32),
         vis: &mut Visited,
     ) -> BinaryHeap<Near> {
         let cap = ef.min(self.levels.len()) + 1;
@@ -234,6 +237,12 @@ impl Hnsw {
         while let Some(Reverse(c)) = cands.pop() {
             if c.0 > bound {
                 break;
+            }
+            // Ask for the unvisited neighbours' vectors before computing any distance.
+            for &nb in self.links(c.1, level) {
+                if vis.tags[nb as usize] != vis.cur {
+                    prefetch(nb);
+                }
             }
             for &nb in self.links(c.1, level) {
                 if !vis.insert(nb) {
@@ -277,7 +286,7 @@ impl Hnsw {
 
     /// Adds node number `self.len()` and links it; `pair(a, b)` is the distance between
     /// two nodes (the new one included).
-    pub fn insert(&mut self, pair: impl Fn(u32, u32) -> f32) -> u32 {
+    pub fn insert(&mut self, pair: impl Fn(u32, u32) -> f32, prefetch: impl Fn(u32)) -> u32 {
         let node = self.levels.len() as u32;
         let level = self.random_level();
         self.levels.push(level as u8);
@@ -302,6 +311,7 @@ impl Hnsw {
                 l,
                 &qd,
                 &|x| x != node,
+                &prefetch,
                 &mut vis,
             );
             let sorted = found.into_sorted_vec();
@@ -345,6 +355,7 @@ impl Hnsw {
         qd: impl Fn(u32) -> f32,
         ef: usize,
         accept: impl Fn(u32) -> bool,
+        prefetch: impl Fn(u32),
     ) -> Vec<(f32, u32)> {
         let Some(ep) = self.entry else {
             return Vec::new();
@@ -354,7 +365,7 @@ impl Hnsw {
             cur = self.greedy(cur, l, &qd);
         }
         let mut vis = self.visited();
-        let found = self.search_level(cur, ef.max(1), 0, &qd, &accept, &mut vis);
+        let found = self.search_level(cur, ef.max(1), 0, &qd, &accept, &prefetch, &mut vis);
         self.give_back(vis);
         found
             .into_sorted_vec()

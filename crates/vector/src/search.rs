@@ -204,7 +204,12 @@ impl Collection {
         pass: &impl Fn(u32) -> bool,
     ) -> Vec<(f32, u32)> {
         if self.rows.quantized() {
-            let found = self.graph.search(|r| self.rows.dist_fast(q, r), ef, pass);
+            let found = self.graph.search(
+                |r| self.rows.dist_fast(q, r),
+                ef,
+                pass,
+                |r| self.rows.prefetch(r),
+            );
             let mut exact: Vec<(f32, u32)> = found
                 .into_iter()
                 .map(|(_, r)| (self.rows.dist(q, r), r))
@@ -213,7 +218,12 @@ impl Collection {
             exact.truncate(k);
             exact
         } else {
-            let mut found = self.graph.search(|r| self.rows.dist(q, r), ef, pass);
+            let mut found = self.graph.search(
+                |r| self.rows.dist(q, r),
+                ef,
+                pass,
+                |r| self.rows.prefetch(r),
+            );
             found.truncate(k);
             found
         }

@@ -98,6 +98,32 @@ impl VectorRows {
         row
     }
 
+    /// Hints the CPU to load a row's vector (and int8 codes) into cache.
+    #[inline]
+    pub fn prefetch(&self, row: u32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let r = row as usize;
+            if let Some(v) = self.data.get(r * self.dim..(r + 1) * self.dim) {
+                // SAFETY: prefetching never faults; the pointers are in bounds anyway.
+                unsafe {
+                    for off in (0..v.len()).step_by(16) {
+                        _mm_prefetch(v.as_ptr().add(off) as *const i8, _MM_HINT_T0);
+                    }
+                }
+            }
+            if let Some(q) = &self.int8 {
+                if let Some(c) = q.codes.get(r * self.dim..(r + 1) * self.dim) {
+                    // SAFETY: as above.
+                    unsafe { _mm_prefetch(c.as_ptr(), _MM_HINT_T0) };
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = row;
+    }
+
     /// The stored vector of a row (normalised for cosine).
     #[inline]
     pub fn get(&self, row: u32) -> &[f32] {
