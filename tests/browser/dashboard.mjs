@@ -77,7 +77,11 @@ try {
   await page.screenshot({ path: `${shots}/drift.png`, fullPage: true });
 
   await visit(page, "#runs");
-  await page.waitForSelector("main h2");
+  await page.waitForSelector("table[aria-label=Runs] tbody tr", { timeout: 10000 });
+  await page.check("input[aria-label='Compare run ui-run']");
+  await page.waitForSelector(".card.chart .uplot", { timeout: 10000 });
+  const runChart = await page.locator(".card.chart .uplot .u-title").first().innerText();
+  check(runChart.includes("loss"), `a run's metric history draws (${runChart})`);
   await page.screenshot({ path: `${shots}/runs.png`, fullPage: true });
 
   // --- a reader cannot promote

@@ -40,6 +40,18 @@ def test_dashboard_pages_charts_search_and_promotion_rights():
             status, _ = srv.post_json("/v1/completions", {"model": MODEL_NAME, "prompt": p,
                                                           "max_tokens": 4}, headers=auth)
             assert status == 200
+        # A tracking run with a metric history, logged as the admin (readers cannot log).
+        admin_h = {"authorization": f"Bearer {admin}"}
+        status, run = srv.post_json("/api/2.0/mlflow/runs/create",
+                                    {"experiment_id": "0", "run_name": "ui-run"}, headers=admin_h)
+        assert status == 200, run
+        run_id = run["run"]["info"]["run_id"]
+        for step, v in enumerate([0.9, 0.7, 0.55, 0.5]):
+            status, body = srv.post_json("/api/2.0/mlflow/runs/log-metric",
+                                         {"run_id": run_id, "key": "loss", "value": v,
+                                          "timestamp": 1_700_000_000_000 + step, "step": step},
+                                         headers=admin_h)
+            assert status == 200, body
         time.sleep(1.5)  # a few history samples after the traffic
         shots = ROOT / "target" / "ui-screenshots"
         out = subprocess.run([node, str(ROOT / "tests/browser/dashboard.mjs"), srv.base, admin,

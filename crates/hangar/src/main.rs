@@ -8,8 +8,8 @@ mod cmd_monitor;
 mod cmd_plan;
 mod cmd_registry;
 mod cmd_serve;
-mod cmd_vector;
 mod cmd_track;
+mod cmd_vector;
 mod model_path;
 
 use clap::{Parser, Subcommand};

@@ -16,7 +16,7 @@ pub struct Price {
 }
 
 /// Model name → price; `"*"` applies to models not listed.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PriceTable {
     #[serde(default = "default_currency")]
     pub currency: String,
@@ -25,6 +25,15 @@ pub struct PriceTable {
 
 fn default_currency() -> String {
     "USD".into()
+}
+
+impl Default for PriceTable {
+    fn default() -> Self {
+        PriceTable {
+            currency: default_currency(),
+            models: BTreeMap::new(),
+        }
+    }
 }
 
 impl PriceTable {

@@ -256,11 +256,12 @@ async function drift() {
           el("td", {}, `MMD p=${fmt.n(r.embedding_mmd.p_value, 3)}`), el("td", { class: r.embedding_drifted ? "bad" : "" }, r.embedding_drifted ? "yes" : "no")) : null)));
     const grid = el("div", { class: "grid" });
     card.append(grid);
-    for (const f of r.features) {
+    // Lay out every box before drawing, so each chart takes its column's final width.
+    const drawable = r.features.filter((f) => f.histogram.edges.length);
+    const boxes = drawable.map(() => grid.appendChild(el("div", { class: "chart" })));
+    for (const [i, f] of drawable.entries()) {
       const h = f.histogram;
-      if (!h.edges.length) continue;
-      const box = el("div", { class: "chart" });
-      grid.append(box);
+      const box = boxes[i];
       const mids = h.edges.slice(0, -1).map((e, i) => (e + h.edges[i + 1]) / 2);
       chart(box, f.name.replace(/_/g, " ") + ": reference vs current", [
         { label: "reference", paths: uPlot.paths.bars({ size: [0.4] }), fill: "#0b5cad55" },
