@@ -82,6 +82,7 @@ fn collect(mut rx: UnboundedReceiver<TokenEvent>) -> Outcome {
                 o.error = Some(e);
                 break;
             }
+            TokenEvent::PromptLogprobs(_) => {}
         }
     }
     o

@@ -337,6 +337,7 @@ impl ChoiceStream {
                 m.prompt_tokens
                     .fetch_add(usage.prompt_tokens as u64, Ordering::Relaxed);
             }
+            Some(TokenEvent::PromptLogprobs(_)) => {}
             Some(TokenEvent::Error(_)) | None => self.done = true,
         }
         ev
