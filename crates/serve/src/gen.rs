@@ -271,6 +271,7 @@ impl Validated {
             stop_token_ids: self.stop_token_ids.clone(),
             ignore_eos: self.ignore_eos,
             logprobs: self.logprobs,
+            prompt_logprobs: None,
             skip_special_tokens: self.skip_special_tokens,
         })
     }

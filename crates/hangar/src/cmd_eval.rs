@@ -1,0 +1,200 @@
+//! `hangar eval`: the evaluation harness (`--task FILE.jsonl` over `--model` or
+//! `--endpoint`) and, without `--task`, the compression-quality report it always was
+//! (perplexity, KL against `--baseline`, `--tasks` multiple choice, speed).
+//!
+//! Wiring only: options become library calls; the harness lives in `hangar-eval`.
+
+use crate::cmd_compress::{self, EvalArgs};
+use crate::model_path;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hangar_compress::progress;
+use hangar_engine::LoadedModel;
+use hangar_eval::{EndpointScorer, EvalResult, LocalScorer, RunOptions, Scorer, TaskSet};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const EVAL_HELP: &str = "\
+Two modes:
+  hangar eval --task FILE.jsonl (--model REF | --endpoint URL) [--limit N] [--json] [--out items.jsonl]
+      The evaluation harness. The task kind comes from the file's fields:
+        multiple choice  {\"context\": str, \"choices\": [str, ...], \"label\": int}
+                         metrics acc, acc_norm (log-likelihood per character)
+        generation       {\"prompt\": str, \"references\": [str, ...]}
+                         metrics exact_match, rouge1, rouge2, rougeL (F1)
+        rolling          {\"text\": str}
+                         metrics word_perplexity, byte_perplexity, bits_per_byte
+      --endpoint scores through any OpenAI-compatible server (hangar serve,
+      llama-server, vLLM): /v1/completions with echo + logprobs for log-likelihoods.
+  hangar eval --model FILE [--baseline FILE] [--file TEXT] [--tasks FILE.jsonl]
+      Compression quality: perplexity, KL and top-1 agreement against a baseline,
+      the older {question, choices, answer} multiple-choice format, speed.";
+
+/// `hangar eval` arguments (both modes).
+#[derive(Args, Debug)]
+#[command(after_help = EVAL_HELP)]
+pub struct EvalCli {
+    /// Task file (JSON lines): runs the evaluation harness.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub task: Option<PathBuf>,
+    /// Model: GGUF file or registry reference (name, name@3, name@production).
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Evaluate an OpenAI-compatible server instead of a local model.
+    #[arg(long, value_name = "URL", conflicts_with = "model")]
+    pub endpoint: Option<String>,
+    /// Model name to send to the endpoint (default: none; the server's own).
+    #[arg(long, requires = "endpoint")]
+    pub endpoint_model: Option<String>,
+    /// Bearer token for the endpoint.
+    #[arg(long, env = "HANGAR_EVAL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Evaluate only the first N items.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Write one JSON object per item to this file.
+    #[arg(long, value_name = "items.jsonl")]
+    pub out: Option<PathBuf>,
+    /// Items handed to the scorer at once.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Generation budget for items that set no max_tokens.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Compare against this model (compression mode).
+    #[arg(long, short = 'b')]
+    pub baseline: Option<PathBuf>,
+    /// Text for perplexity/KL/agreement (compression mode; default: built in).
+    #[arg(long, short = 'f')]
+    pub file: Option<PathBuf>,
+    /// Multiple-choice tasks in the older {question, choices, answer} format
+    /// (compression mode).
+    #[arg(long)]
+    pub tasks: Option<PathBuf>,
+    /// Perplexity window (compression mode).
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Score at most this many windows (compression mode).
+    #[arg(long)]
+    pub windows: Option<usize>,
+    /// Skip the speed measurement (compression mode).
+    #[arg(long)]
+    pub no_speed: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Kernel threads (0 = one per core).
+    #[arg(long, short = 't', default_value_t = 0)]
+    pub threads: usize,
+}
+
+pub fn run_eval(a: EvalCli, home: Option<PathBuf>) -> Result<()> {
+    let Some(task) = a.task.clone() else {
+        if a.endpoint.is_some() {
+            bail!("--endpoint needs --task FILE.jsonl");
+        }
+        let Some(model) = a.model.clone() else {
+            bail!("--model is required (or --task with --endpoint); see hangar eval --help");
+        };
+        return cmd_compress::run_eval(EvalArgs {
+            model: PathBuf::from(model),
+            baseline: a.baseline,
+            file: a.file,
+            tasks: a.tasks,
+            ctx: a.ctx,
+            windows: a.windows,
+            no_speed: a.no_speed,
+            json: a.json,
+            threads: a.threads,
+        });
+    };
+    let mut set = hangar_eval::task::load(&task)?;
+    if let Some(n) = a.limit {
+        if n == 0 {
+            bail!("--limit must be at least 1");
+        }
+        set.truncate(n);
+    }
+    let mut scorer = scorer(&a, home)?;
+    let name = task_name(&task);
+    let result = run_task(scorer.as_mut(), &set, &name, &a)?;
+    report(&result, &a)
+}
+
+/// The scorer the flags ask for.
+pub fn scorer(a: &EvalCli, home: Option<PathBuf>) -> Result<Box<dyn Scorer>> {
+    if let Some(url) = &a.endpoint {
+        return Ok(Box::new(EndpointScorer::new(
+            url,
+            a.endpoint_model.clone(),
+            a.api_key.clone(),
+        )?));
+    }
+    let path = model_path::resolve(a.model.as_deref(), home)?;
+    let lm = LoadedModel::load(&path, a.threads)
+        .with_context(|| format!("loading {}", path.display()))?;
+    let mut params = BTreeMap::new();
+    params.insert(
+        "model".into(),
+        a.model
+            .clone()
+            .unwrap_or_else(|| path.display().to_string()),
+    );
+    params.insert("model_path".into(), path.display().to_string());
+    if let Ok(m) = std::fs::metadata(&path) {
+        params.insert("model_bytes".into(), m.len().to_string());
+    }
+    if let Ok(ft) = lm.model.gguf().get_u32("general.file_type") {
+        params.insert("file_type".into(), ft.to_string());
+    }
+    Ok(Box::new(LocalScorer::new(lm, params)))
+}
+
+fn task_name(p: &Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "task".into())
+}
+
+/// Runs one task set with a progress bar.
+pub fn run_task(
+    scorer: &mut dyn Scorer,
+    set: &TaskSet,
+    name: &str,
+    a: &EvalCli,
+) -> Result<EvalResult> {
+    let pb = progress::bar(set.len() as u64, name);
+    let opts = RunOptions {
+        task: name.to_string(),
+        batch: a.batch,
+        max_gen_tokens: a.max_tokens,
+        limit: a.limit,
+    };
+    let r = hangar_eval::evaluate(scorer, set, &opts, &mut |done, _| {
+        pb.set_position(done as u64)
+    });
+    pb.finish_and_clear();
+    Ok(r?)
+}
+
+fn report(r: &EvalResult, a: &EvalCli) -> Result<()> {
+    if let Some(out) = &a.out {
+        std::fs::write(out, r.items_jsonl())
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    if a.json {
+        let v = serde_json::json!({
+            "task": r.task, "kind": r.kind, "params": r.params, "metrics": r.metrics,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("task   {} ({}, {} items)", r.task, r.kind, r.items.len());
+    for (k, v) in &r.params {
+        println!("param  {k:<16} {v}");
+    }
+    for (k, v) in &r.metrics {
+        println!("metric {k:<16} {v:.4}");
+    }
+    Ok(())
+}
