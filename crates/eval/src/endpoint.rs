@@ -58,7 +58,13 @@ impl EndpointScorer {
 
     /// Posts `/v1/completions` bodies, several at once; answers in order.
     fn complete_all(&self, bodies: Vec<Value>) -> Result<Vec<Value>> {
-        let url = format!("{}/v1/completions", self.base);
+        self.post_all("/v1/completions", bodies)
+    }
+
+    /// Posts JSON bodies to `path` (model added), several at once; answers in order.
+    pub(crate) fn post_all(&self, path: &str, bodies: Vec<Value>) -> Result<Vec<Value>> {
+        let bodies: Vec<Value> = bodies.into_iter().map(|b| self.body(b)).collect();
+        let url = format!("{}{path}", self.base);
         let client = self.client.clone();
         let key = self.api_key.clone();
         let base = self.base.clone();
@@ -166,13 +172,13 @@ impl Scorer for EndpointScorer {
                 let (ctx, cont) = split_whitespace(&q.context, c);
                 let prompt = format!("{ctx}{cont}");
                 spans.push((ctx.chars().count(), prompt.chars().count()));
-                bodies.push(self.body(json!({
+                bodies.push(json!({
                     "prompt": prompt,
                     "echo": true,
                     "logprobs": 1,
                     "max_tokens": 0,
                     "temperature": 0.0,
-                })));
+                }));
             }
         }
         let answers = self.complete_all(bodies)?;
@@ -211,11 +217,7 @@ impl Scorer for EndpointScorer {
     fn loglikelihood_rolling(&mut self, texts: &[String]) -> Result<Vec<f64>> {
         let bodies = texts
             .iter()
-            .map(|t| {
-                self.body(json!({
-                    "prompt": t, "echo": true, "logprobs": 1, "max_tokens": 0, "temperature": 0.0,
-                }))
-            })
+            .map(|t| json!({"prompt": t, "echo": true, "logprobs": 1, "max_tokens": 0, "temperature": 0.0}))
             .collect();
         let answers = self.complete_all(bodies)?;
         answers
@@ -238,7 +240,7 @@ impl Scorer for EndpointScorer {
                 if !q.stop.is_empty() {
                     b["stop"] = json!(q.stop);
                 }
-                self.body(b)
+                b
             })
             .collect();
         let answers = self.complete_all(bodies)?;

