@@ -493,125 +493,6 @@ impl JudgeModel for EndpointJudge {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ratings_and_verdicts_parse_like_mt_bench() {
-        assert_eq!(parse_rating("Good answer. Rating: [[8]]"), Some(8.0));
-        assert_eq!(parse_rating("Rating: [[ 7.5 ]]"), Some(7.5));
-        assert_eq!(parse_rating("[[11]] is not a rating"), None);
-        assert_eq!(parse_rating("no mark"), None);
-        assert_eq!(parse_verdict("A is clearer. [[A]]"), Some(Verdict::A));
-        assert_eq!(parse_verdict("[[C]]"), Some(Verdict::Tie));
-        assert_eq!(parse_verdict("[[A]] or [[B]]?"), None);
-        assert_eq!(parse_verdict("A wins"), None);
-    }
-
-    #[test]
-    fn weighted_rating_reads_the_rating_token() {
-        let r = JudgeReply {
-            text: "Rating: [[8]]".into(),
-            tokens: vec![
-                ("Rating".into(), vec![]),
-                (": [[".into(), vec![]),
-                (
-                    "8".into(),
-                    vec![
-                        ("8".into(), (0.5f64).ln()),
-                        ("6".into(), (0.25f64).ln()),
-                        ("x".into(), (0.25f64).ln()),
-                    ],
-                ),
-                ("]]".into(), vec![]),
-            ],
-        };
-        // 8 * 2/3 + 6 * 1/3 (the non-rating alternative is dropped).
-        assert!((weighted_rating(&r).unwrap() - 22.0 / 3.0).abs() < 1e-9);
-        assert_eq!(weighted_rating(&JudgeReply::default()), None);
-    }
-
-    /// A scripted judge: answers by matching the prompt, counts calls.
-    struct Scripted {
-        calls: usize,
-    }
-    impl JudgeModel for Scripted {
-        fn name(&self) -> String {
-            "scripted".into()
-        }
-        fn complete(&mut self, calls: &[JudgeCall]) -> Result<Vec<JudgeReply>> {
-            self.calls += calls.len();
-            Ok(calls
-                .iter()
-                .map(|c| {
-                    let a_pos = c.user.find("Assistant A's Answer]\n").unwrap_or(0);
-                    let shown_a = &c.user[a_pos..];
-                    let text = if c.user.contains("garbled") {
-                        "I cannot decide.".to_string()
-                    } else if c.user.contains("biased") {
-                        "[[A]]".to_string() // always the first answer: inconsistent
-                    } else if shown_a.starts_with("Assistant A's Answer]\ngood") {
-                        "[[A]]".to_string()
-                    } else {
-                        "[[B]]".to_string()
-                    };
-                    JudgeReply {
-                        text,
-                        tokens: vec![],
-                    }
-                })
-                .collect())
-        }
-    }
-
-    #[test]
-    fn pairs_are_judged_in_both_orders_and_cached() {
-        let items = vec![
-            JudgeItem::Pairwise {
-                question: "q1".into(),
-                answer_a: "good".into(),
-                answer_b: "bad".into(),
-            },
-            JudgeItem::Pairwise {
-                question: "q2".into(),
-                answer_a: "bad".into(),
-                answer_b: "good".into(),
-            },
-            JudgeItem::Pairwise {
-                question: "biased".into(),
-                answer_a: "x".into(),
-                answer_b: "y".into(),
-            },
-            JudgeItem::Pairwise {
-                question: "garbled".into(),
-                answer_a: "x".into(),
-                answer_b: "y".into(),
-            },
-        ];
-        let dir = std::env::temp_dir().join(format!("hangar-judge-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let opts = JudgeOptions {
-            cache_dir: Some(dir.clone()),
-            ..Default::default()
-        };
-        let mut j = Scripted { calls: 0 };
-        let (r, hits, misses) = judge(&mut j, &items, &opts).unwrap();
-        assert_eq!((hits, misses, j.calls), (0, 8, 8));
-        assert_eq!(r.metrics["wins_a"], 1.0);
-        assert_eq!(r.metrics["wins_b"], 1.0);
-        assert_eq!(r.metrics["ties"], 1.0);
-        assert_eq!(r.metrics["inconsistent"], 1.0);
-        assert_eq!(r.metrics["unparseable"], 1.0);
-        assert!((r.metrics["win_rate_a"] - 0.5).abs() < 1e-12);
-        // Again: every call comes from the cache.
-        let (r2, hits, misses) = judge(&mut j, &items, &opts).unwrap();
-        assert_eq!((hits, misses, j.calls), (8, 0, 8));
-        assert_eq!(r2.metrics, r.metrics);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
-
 /// A judge running in this process: the engine batches the calls (chat template of
 /// the model, greedy, logprobs when asked).
 pub struct LocalJudge {
@@ -680,5 +561,125 @@ impl JudgeModel for LocalJudge {
             out.push(r);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratings_and_verdicts_parse_like_mt_bench() {
+        assert_eq!(parse_rating("Good answer. Rating: [[8]]"), Some(8.0));
+        assert_eq!(parse_rating("Rating: [[ 7.5 ]]"), Some(7.5));
+        assert_eq!(parse_rating("[[11]] is not a rating"), None);
+        assert_eq!(parse_rating("no mark"), None);
+        assert_eq!(parse_verdict("A is clearer. [[A]]"), Some(Verdict::A));
+        assert_eq!(parse_verdict("[[C]]"), Some(Verdict::Tie));
+        assert_eq!(parse_verdict("[[A]] or [[B]]?"), None);
+        assert_eq!(parse_verdict("A wins"), None);
+    }
+
+    #[test]
+    fn weighted_rating_reads_the_rating_token() {
+        let r = JudgeReply {
+            text: "Rating: [[8]]".into(),
+            tokens: vec![
+                ("Rating".into(), vec![]),
+                (": [[".into(), vec![]),
+                (
+                    "8".into(),
+                    vec![
+                        ("8".into(), (0.5f64).ln()),
+                        ("6".into(), (0.25f64).ln()),
+                        ("x".into(), (0.25f64).ln()),
+                    ],
+                ),
+                ("]]".into(), vec![]),
+            ],
+        };
+        // 8 * 2/3 + 6 * 1/3 (the non-rating alternative is dropped).
+        assert!((weighted_rating(&r).unwrap() - 22.0 / 3.0).abs() < 1e-9);
+        assert_eq!(weighted_rating(&JudgeReply::default()), None);
+    }
+
+    /// A scripted judge: answers by matching the prompt, counts calls.
+    struct Scripted {
+        calls: usize,
+    }
+    impl JudgeModel for Scripted {
+        fn name(&self) -> String {
+            "scripted".into()
+        }
+        fn complete(&mut self, calls: &[JudgeCall]) -> Result<Vec<JudgeReply>> {
+            self.calls += calls.len();
+            Ok(calls
+                .iter()
+                .map(|c| {
+                    let a_pos = c.user.find("Assistant A's Answer]\n").unwrap_or(0);
+                    let shown_a = &c.user[a_pos..];
+                    let text = if c.user.contains("garbled") {
+                        "I cannot decide.".to_string()
+                    } else if c.user.contains("biased")
+                        || shown_a.starts_with("Assistant A's Answer]\ngood")
+                    {
+                        // "biased" always picks the first answer: inconsistent orders.
+                        "[[A]]".to_string()
+                    } else {
+                        "[[B]]".to_string()
+                    };
+                    JudgeReply {
+                        text,
+                        tokens: vec![],
+                    }
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn pairs_are_judged_in_both_orders_and_cached() {
+        let items = vec![
+            JudgeItem::Pairwise {
+                question: "q1".into(),
+                answer_a: "good".into(),
+                answer_b: "bad".into(),
+            },
+            JudgeItem::Pairwise {
+                question: "q2".into(),
+                answer_a: "bad".into(),
+                answer_b: "good".into(),
+            },
+            JudgeItem::Pairwise {
+                question: "biased".into(),
+                answer_a: "x".into(),
+                answer_b: "y".into(),
+            },
+            JudgeItem::Pairwise {
+                question: "garbled".into(),
+                answer_a: "x".into(),
+                answer_b: "y".into(),
+            },
+        ];
+        let dir = std::env::temp_dir().join(format!("hangar-judge-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let opts = JudgeOptions {
+            cache_dir: Some(dir.clone()),
+            ..Default::default()
+        };
+        let mut j = Scripted { calls: 0 };
+        let (r, hits, misses) = judge(&mut j, &items, &opts).unwrap();
+        assert_eq!((hits, misses, j.calls), (0, 8, 8));
+        assert_eq!(r.metrics["wins_a"], 1.0);
+        assert_eq!(r.metrics["wins_b"], 1.0);
+        assert_eq!(r.metrics["ties"], 1.0);
+        assert_eq!(r.metrics["inconsistent"], 1.0);
+        assert_eq!(r.metrics["unparseable"], 1.0);
+        assert!((r.metrics["win_rate_a"] - 0.5).abs() < 1e-12);
+        // Again: every call comes from the cache.
+        let (r2, hits, misses) = judge(&mut j, &items, &opts).unwrap();
+        assert_eq!((hits, misses, j.calls), (8, 0, 8));
+        assert_eq!(r2.metrics, r.metrics);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
