@@ -23,6 +23,9 @@ pub struct RunOptions {
     pub max_gen_tokens: usize,
     /// The limit the caller applied (recorded as a parameter).
     pub limit: Option<usize>,
+    /// Add each choice's (context, continuation) token ids to multiple-choice rows
+    /// (local scorers only), for comparisons with other implementations.
+    pub with_tokens: bool,
 }
 
 impl Default for RunOptions {
@@ -32,6 +35,7 @@ impl Default for RunOptions {
             batch: 16,
             max_gen_tokens: 64,
             limit: None,
+            with_tokens: false,
         }
     }
 }
@@ -145,7 +149,14 @@ pub fn evaluate(
                     acc += usize::from(ok);
                     acc_norm += usize::from(ok_n);
                     greedy += usize::from(ans[it.label].greedy);
-                    items.push(json!({
+                    let tokens: Option<Vec<(Vec<u32>, Vec<u32>)>> = if opts.with_tokens {
+                        (0..it.choices.len())
+                            .map(|c| scorer.token_ids(it.context_of(c), &it.choices[c]))
+                            .collect()
+                    } else {
+                        None
+                    };
+                    let mut row = json!({
                         "index": b * batch + i,
                         "label": it.label,
                         "pred": p,
@@ -154,7 +165,11 @@ pub fn evaluate(
                         "acc_norm": u8::from(ok_n),
                         "logliks": lls,
                         "greedy": ans.iter().map(|l| l.greedy).collect::<Vec<_>>(),
-                    }));
+                    });
+                    if let Some(t) = tokens {
+                        row["tokens"] = json!(t);
+                    }
+                    items.push(row);
                 }
                 progress(items.len(), total);
             }

@@ -59,6 +59,10 @@ impl LocalScorer {
 }
 
 impl Scorer for LocalScorer {
+    fn token_ids(&self, context: &str, continuation: &str) -> Option<(Vec<u32>, Vec<u32>)> {
+        Some(self.encode_pair(context, continuation))
+    }
+
     fn describe(&self) -> BTreeMap<String, String> {
         let mut p = self.params.clone();
         p.insert("backend".into(), "local".into());
@@ -103,7 +107,7 @@ impl Scorer for LocalScorer {
             let mut rows = 0;
             while end < reqs.len() {
                 let r = &reqs[end];
-                let tail = (r.context.len() - 1) % 16 + 1;
+                let tail = (r.context.len() - 1) % LoglikScorer::BLOCK + 1;
                 let n: usize = r.continuations.iter().map(|c| tail + c.len()).sum();
                 if end > start && rows + n > ROWS_PER_PASS {
                     break;

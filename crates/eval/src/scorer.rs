@@ -43,6 +43,11 @@ pub trait Scorer {
     fn loglikelihood_rolling(&mut self, texts: &[String]) -> Result<Vec<f64>>;
     /// The greedy completion of each query.
     fn generate(&mut self, queries: &[GenQuery]) -> Result<Vec<String>>;
+    /// The (context, continuation) token ids a local scorer would score; `None` for
+    /// scorers that tokenize elsewhere.
+    fn token_ids(&self, _context: &str, _continuation: &str) -> Option<(Vec<u32>, Vec<u32>)> {
+        None
+    }
 }
 
 /// lm-evaluation-harness's split of a request: trailing whitespace of the context

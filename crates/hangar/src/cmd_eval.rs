@@ -64,6 +64,9 @@ pub struct EvalCli {
     /// Items handed to the scorer at once.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Add each choice's token ids to the per-item rows (local models; for comparisons).
+    #[arg(long)]
+    pub with_tokens: bool,
     /// Generation budget for items that set no max_tokens.
     #[arg(long, default_value_t = 64)]
     pub max_tokens: usize,
@@ -250,6 +253,7 @@ pub fn run_task(
         batch: a.batch,
         max_gen_tokens: a.max_tokens,
         limit: a.limit,
+        with_tokens: a.with_tokens,
     };
     let r = hangar_eval::evaluate(scorer, set, &opts, &mut |done, _| {
         pb.set_position(done as u64)
