@@ -51,3 +51,17 @@ def test_absolute_counts_ratings_and_unparseable(server, tmp_path):
     if m["rated"]:
         assert 1 <= m["mean_rating"] <= 10
     assert r["cache"]["misses"] == 2
+
+
+def test_judge_as_a_generation_metric(server, tmp_path):
+    cmd = [hangar_bin(), "eval", "--task", str(DATA / "basic_gen.jsonl"), "--endpoint", server.base,
+           "--judge-endpoint", server.base, "--cache-dir", str(tmp_path), "--json",
+           "--out", str(tmp_path / "items.jsonl")]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr
+    m = json.loads(p.stdout)["metrics"]
+    assert m["items"] == 3 and 0 <= m["rougeL"] <= 1
+    assert 0 <= m["judge_unparseable"] <= 3
+    rows = [json.loads(l) for l in (tmp_path / "items.jsonl").read_text().splitlines()]
+    rated = [r["judge_rating"] for r in rows if r["judge_rating"] is not None]
+    assert len(rated) + m["judge_unparseable"] == 3

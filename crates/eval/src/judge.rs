@@ -407,6 +407,48 @@ pub fn judge(
     ))
 }
 
+/// LLM-as-judge as an eval metric: rates each generated output of `result` (a
+/// generation run over `prompts`, in order) on the absolute rubric, adding
+/// `judge_rating` to its rows and `judge_mean_rating` / `judge_unparseable` to its
+/// metrics.
+pub fn add_judge_metric(
+    result: &mut EvalResult,
+    prompts: &[String],
+    model: &mut dyn JudgeModel,
+    opts: &JudgeOptions,
+) -> Result<()> {
+    let items: Vec<JudgeItem> = result
+        .items
+        .iter()
+        .zip(prompts)
+        .map(|(row, p)| JudgeItem::Absolute {
+            question: p.clone(),
+            answer: row["output"].as_str().unwrap_or_default().to_string(),
+        })
+        .collect();
+    if items.is_empty() {
+        return Err(EvalError::Invalid(
+            "the judge metric needs generation results".into(),
+        ));
+    }
+    let (j, _, _) = judge(model, &items, opts)?;
+    for (row, jr) in result.items.iter_mut().zip(&j.items) {
+        row["judge_rating"] = jr["rating"].clone();
+    }
+    for (k, v) in [
+        ("mean_rating", "judge_mean_rating"),
+        ("unparseable", "judge_unparseable"),
+    ] {
+        if let Some(x) = j.metrics.get(k) {
+            result.metrics.insert(v.into(), *x);
+        }
+    }
+    if let Some(n) = j.params.get("judge") {
+        result.params.insert("judge".into(), n.clone());
+    }
+    Ok(())
+}
+
 /// A judge behind an OpenAI-compatible `/v1/chat/completions` (greedy, with logprobs
 /// when asked).
 pub struct EndpointJudge {

@@ -64,6 +64,9 @@ pub struct EvalCli {
     /// Items handed to the scorer at once.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Generation tasks: also rate each output with this judge (OpenAI-compatible URL).
+    #[arg(long, value_name = "URL")]
+    pub judge_endpoint: Option<String>,
     /// Add each choice's token ids to the per-item rows (local models; for comparisons).
     #[arg(long)]
     pub with_tokens: bool,
@@ -285,7 +288,17 @@ pub fn run_eval(a: EvalCli, home: Option<PathBuf>) -> Result<()> {
     }
     let mut scorer = scorer(&a, home)?;
     let name = task_name(&task);
-    let result = run_task(scorer.as_mut(), &set, &name, &a)?;
+    let mut result = run_task(scorer.as_mut(), &set, &name, &a)?;
+    if let (Some(url), TaskSet::Generation(items)) = (&a.judge_endpoint, &set) {
+        use hangar_eval::judge::{self, EndpointJudge, JudgeOptions};
+        let mut j = EndpointJudge::new(url, None, a.api_key.clone())?;
+        let prompts: Vec<String> = items.iter().map(|i| i.prompt.clone()).collect();
+        let opts = JudgeOptions {
+            cache_dir: Some(eval_cache(a.cache_dir.as_deref())?.join("judge")),
+            ..JudgeOptions::default()
+        };
+        judge::add_judge_metric(&mut result, &prompts, &mut j, &opts)?;
+    }
     report(&result, &a)
 }
 
