@@ -4,7 +4,7 @@
 //! Commands arrive over a channel; events leave over one channel per request. Never
 //! shared with callers, so nothing on the hot path takes a lock.
 
-use super::request::{GenerateRequest, TokenEvent};
+use super::request::{GenerateRequest, PromptTokenLogprob, TokenEvent};
 use super::runner::ModelRunner;
 use super::update::{update_from_output, Live};
 use crate::kv_manager::KvBlockManager;
@@ -236,26 +236,51 @@ impl EngineCore {
     ) {
         let v = self.vocab_size;
         let running = self.sched.running();
-        let (mut read, mut write) = (0usize, 0usize);
+        // Which rows to score: (sequence, position of the scored token, row, alternatives).
+        let mut jobs: Vec<(SeqId, usize, usize, u32, usize)> = Vec::new();
+        let mut read = 0usize;
         for (c, &all) in batch.chunks.iter().zip(all_rows) {
-            let rows = if all { c.len } else { usize::from(c.sample) };
             if all {
                 let seq = &running[c.slot];
-                if let Some(l) = live.get_mut(&c.id) {
+                if let Some(l) = live.get(&c.id) {
                     let top = l.prompt_logprobs.unwrap_or(0);
                     for j in 0..c.len {
                         let next = c.start + j + 1;
                         if next >= seq.prompt_len {
                             break;
                         }
-                        let row = &logits[(read + j) * v..(read + j + 1) * v];
-                        if let Some(slot) = l.prompt_lp.get_mut(next) {
-                            *slot =
-                                Some(super::prompt_lp::score_row(row, seq.tokens[next], top, tok));
-                        }
+                        jobs.push((c.id, next, read + j, seq.tokens[next], top));
                     }
                 }
+                read += c.len;
+            } else {
+                read += usize::from(c.sample);
             }
+        }
+        // Each row is a full-vocabulary softmax: spread them over the runner's threads.
+        let results: Vec<Mutex<Option<PromptTokenLogprob>>> =
+            jobs.iter().map(|_| Mutex::new(None)).collect();
+        {
+            let rows: &[f32] = logits;
+            self.runner.run_parallel(jobs.len(), &|i| {
+                let (_, _, r, target, top) = jobs[i];
+                let lp = super::prompt_lp::score_row(&rows[r * v..(r + 1) * v], target, top, tok);
+                if let Ok(mut slot) = results[i].lock() {
+                    *slot = Some(lp);
+                }
+            });
+        }
+        for ((id, pos, ..), res) in jobs.iter().zip(results) {
+            if let (Some(l), Ok(Some(lp))) = (live.get_mut(id), res.into_inner()) {
+                if let Some(slot) = l.prompt_lp.get_mut(*pos) {
+                    *slot = Some(lp);
+                }
+            }
+        }
+        // Compact to one row per sampling chunk.
+        let (mut read, mut write) = (0usize, 0usize);
+        for (c, &all) in batch.chunks.iter().zip(all_rows) {
+            let rows = if all { c.len } else { usize::from(c.sample) };
             if c.sample {
                 let last = read + rows - 1;
                 if last != write {
