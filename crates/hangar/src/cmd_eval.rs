@@ -98,6 +98,10 @@ pub struct EvalCli {
     /// Kernel threads (0 = one per core).
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
+    /// Arithmetic of a local model: `fast` (default) or `ggml` (llama.cpp's exact
+    /// float order: log-likelihoods equal to llama.cpp's).
+    #[arg(long, value_enum)]
+    pub numerics: Option<crate::cmd_model::NumericsArg>,
 }
 
 /// `hangar eval` subcommands.
@@ -220,6 +224,7 @@ pub fn run_eval(a: EvalCli, home: Option<PathBuf>) -> Result<()> {
             endpoint_model.clone(),
             a.api_key.clone(),
             *threads,
+            a.numerics,
             home,
         )?;
         let opts = hangar_eval::niah::NiahOptions {
@@ -310,6 +315,7 @@ pub fn scorer(a: &EvalCli, home: Option<PathBuf>) -> Result<Box<dyn Scorer>> {
         a.endpoint_model.clone(),
         a.api_key.clone(),
         a.threads,
+        a.numerics,
         home,
     )
 }
@@ -320,15 +326,21 @@ fn build_scorer(
     endpoint_model: Option<String>,
     api_key: Option<String>,
     threads: usize,
+    numerics: Option<crate::cmd_model::NumericsArg>,
     home: Option<PathBuf>,
 ) -> Result<Box<dyn Scorer>> {
     if let Some(url) = endpoint {
         return Ok(Box::new(EndpointScorer::new(url, endpoint_model, api_key)?));
     }
     let path = model_path::resolve(model, home)?;
-    let lm =
-        LoadedModel::load(&path, threads).with_context(|| format!("loading {}", path.display()))?;
+    let opts = crate::cmd_model::load_options(numerics, hangar_models::Numerics::Fast);
+    let lm = LoadedModel::load_with(&path, threads, opts)
+        .with_context(|| format!("loading {}", path.display()))?;
     let mut params = BTreeMap::new();
+    params.insert(
+        "numerics".into(),
+        format!("{:?}", opts.numerics).to_lowercase(),
+    );
     params.insert(
         "model".into(),
         model.map_or_else(|| path.display().to_string(), str::to_string),
