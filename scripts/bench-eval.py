@@ -4,7 +4,7 @@ multiple-choice log-likelihoods (each choice evaluated as context + continuation
 straightforward harness over llama.cpp does), side by side in one run, same threads.
 
   HANGAR_LLAMA_PYTHON=$(bash scripts/install-llamacpp.sh)
-  $HANGAR_LLAMA_PYTHON scripts/bench-eval.py [--task FILE|NAME] [--limit N] [--threads T]
+  $HANGAR_LLAMA_PYTHON scripts/bench-eval.py [--task FILE|NAME] [--limit N] [--threads T] [--numerics fast|ggml]
 
 Prints both rates, the ratio, and the largest per-choice log-likelihood difference
 (both sides score the token ids Hangar's tokenizer produced, taken from its item file).
@@ -29,6 +29,7 @@ def main():
     ap.add_argument("--task", default=str(ROOT / "crates/eval/data/basic_mc.jsonl"))
     ap.add_argument("--limit", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--numerics", choices=["fast", "ggml"], default="fast")
     ap.add_argument("--bin", default=os.environ.get("HANGAR_BIN", str(ROOT / "target/release/hangar")))
     ap.add_argument("--model", default=os.environ.get("HANGAR_MODEL") or subprocess.run(
         ["bash", str(ROOT / "scripts/fetch-default-model.sh")], capture_output=True, text=True).stdout.strip())
@@ -36,7 +37,7 @@ def main():
 
     out = Path(tempfile.mkdtemp()) / "items.jsonl"
     cmd = [a.bin, "eval", "--task", a.task, "--model", a.model, "--limit", str(a.limit),
-           "--threads", str(a.threads), "--json", "--out", str(out), "--with-tokens"]
+           "--threads", str(a.threads), "--numerics", a.numerics, "--json", "--out", str(out), "--with-tokens"]
     env = dict(os.environ, HANGAR_NO_PROGRESS="1")
     r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
     hangar_rate = r["metrics"]["items_per_s"]
@@ -60,7 +61,7 @@ def main():
         worst = max(worst, max(abs(x - y) for x, y in zip(lls, it["logliks"])))
     llama_rate = len(items) / (time.perf_counter() - t0)
     print(json.dumps({
-        "task": Path(a.task).stem, "items": len(items), "threads": a.threads,
+        "task": Path(a.task).stem, "items": len(items), "threads": a.threads, "numerics": a.numerics,
         "hangar_items_per_s": round(hangar_rate, 3), "llama_cpp_items_per_s": round(llama_rate, 3),
         "speedup": round(hangar_rate / llama_rate, 2),
         "hangar_acc": r["metrics"]["acc"], "llama_cpp_acc": correct / len(items),
