@@ -41,6 +41,7 @@
 //!         TokenEvent::Token(t) => print!("{}", t.text),
 //!         TokenEvent::Done { text, .. } => println!("{text}"),
 //!         TokenEvent::Error(e) => return Err(e.into()),
+//!         TokenEvent::PromptLogprobs(_) => {} // only when asked for
 //!     }
 //! }
 //! # Ok(()) }
