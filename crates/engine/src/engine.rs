@@ -11,11 +11,14 @@
 mod core;
 mod handle;
 mod kv_sizing;
+pub(crate) mod prompt_lp;
 mod request;
 pub mod runner;
 mod update;
 
 pub use handle::{Engine, EngineStats, ModelInfo};
 pub use kv_sizing::EngineConfig;
-pub use request::{Finish, GenerateRequest, TokenEvent, TokenOut, TopLogprob, Usage};
+pub use request::{
+    Finish, GenerateRequest, PromptTokenLogprob, TokenEvent, TokenOut, TopLogprob, Usage,
+};
 pub use runner::{CpuRunner, FakeRunner, ModelRunner, StepInput};

@@ -15,6 +15,8 @@
 //!   cancels the request. [`EngineConfig`] sizes the KV pool and the batches.
 //! - [`generate()`]: one sequence with no scheduler (`hangar generate`);
 //!   [`perplexity`] and [`bench`](mod@bench) measure a model the way llama.cpp's tools do.
+//! - [`loglik`]: [`LoglikScorer`] scores continuations given a context on a direct
+//!   forward pass, shared contexts computed once (evaluation harnesses).
 //! - [`chat`]: [`chat::ChatTemplate`] renders messages; [`chat::encode_chat`] tokenizes
 //!   them with message content kept as plain text.
 //! - [`sampler`]: [`sampler::Sampler`] picks a token from logits (llama.cpp's chain);
@@ -39,6 +41,7 @@
 //!         TokenEvent::Token(t) => print!("{}", t.text),
 //!         TokenEvent::Done { text, .. } => println!("{text}"),
 //!         TokenEvent::Error(e) => return Err(e.into()),
+//!         TokenEvent::PromptLogprobs(_) => {} // only when asked for
 //!     }
 //! }
 //! # Ok(()) }
@@ -50,6 +53,7 @@ pub mod embed;
 mod engine;
 pub mod generate;
 pub mod kv_manager;
+pub mod loglik;
 pub mod perplexity;
 pub mod prompt;
 mod runtime;
@@ -62,9 +66,10 @@ pub use embed::{
 };
 pub use engine::{
     CpuRunner, Engine, EngineConfig, EngineStats, FakeRunner, Finish, GenerateRequest, ModelInfo,
-    ModelRunner, StepInput, TokenEvent, TokenOut, TopLogprob, Usage,
+    ModelRunner, PromptTokenLogprob, StepInput, TokenEvent, TokenOut, TopLogprob, Usage,
 };
 pub use generate::{generate, FinishReason, GenerateOptions, Generation};
+pub use loglik::{ContinuationScore, LoglikRequest, LoglikScorer};
 pub use prompt::{Collector, Completion, Prompt, PromptError, TextEncoding};
 pub use runtime::LoadedModel;
 

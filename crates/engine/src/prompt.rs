@@ -5,7 +5,10 @@
 //! Protocol-neutral: no wire formats, no HTTP; adapters map [`PromptError`] to theirs.
 
 use crate::chat::{ChatError, ChatMessage};
-use crate::{Engine, EngineError, Finish, GenerateRequest, ModelInfo, TokenEvent, TokenOut, Usage};
+use crate::{
+    Engine, EngineError, Finish, GenerateRequest, ModelInfo, PromptTokenLogprob, TokenEvent,
+    TokenOut, Usage,
+};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// A prompt as a client sends it.
@@ -145,6 +148,8 @@ pub struct Completion {
     pub text: String,
     /// The generated tokens, kept only when asked for (logprob reports).
     pub tokens: Vec<TokenOut>,
+    /// Every prompt token with its log-probability, when the request asked for them.
+    pub prompt_logprobs: Vec<PromptTokenLogprob>,
     pub finish: Finish,
     pub usage: Usage,
 }
@@ -153,6 +158,7 @@ pub struct Completion {
 struct Partial {
     text: String,
     tokens: Vec<TokenOut>,
+    prompt_logprobs: Vec<PromptTokenLogprob>,
     done: Option<(Finish, Usage)>,
 }
 
@@ -181,6 +187,7 @@ impl Collector {
             )));
         };
         match ev {
+            TokenEvent::PromptLogprobs(p_lp) => p.prompt_logprobs = p_lp,
             TokenEvent::Token(t) => {
                 p.text.push_str(&t.text);
                 if self.keep_tokens {
@@ -208,6 +215,7 @@ impl Collector {
                 Some((finish, usage)) => Ok(Completion {
                     text: p.text,
                     tokens: p.tokens,
+                    prompt_logprobs: p.prompt_logprobs,
                     finish,
                     usage,
                 }),

@@ -47,6 +47,9 @@ pub struct SchedSeq {
     pub preempted: u32,
     /// The client request this sequence belongs to (its `n` choices share one).
     pub group: u64,
+    /// Most prompt tokens the prefix cache may serve (a request that reports prompt
+    /// logprobs must compute the positions it reports).
+    pub cache_limit: usize,
     admitted_once: bool,
     /// When the sequence was submitted.
     arrived: std::time::Instant,
@@ -65,6 +68,7 @@ impl SchedSeq {
             cached_tokens: 0,
             preempted: 0,
             group: id,
+            cache_limit: usize::MAX,
             admitted_once: false,
             arrived: std::time::Instant::now(),
             queue_time: std::time::Duration::ZERO,
@@ -268,7 +272,8 @@ impl Scheduler {
             let Some(mut seq) = self.waiting.remove(pick) else {
                 break;
             };
-            let (blocks, cached) = kv.start_sequence(&seq.tokens);
+            let lookup = seq.tokens.len().min(seq.cache_limit.saturating_add(1));
+            let (blocks, cached) = kv.start_sequence(&seq.tokens[..lookup]);
             seq.blocks = blocks;
             seq.computed = cached;
             let n = (seq.tokens.len() - cached).min(budget);

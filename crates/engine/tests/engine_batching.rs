@@ -52,6 +52,7 @@ fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<TokenEvent>) -> Outcome 
                 o.cached_tokens = usage.cached_tokens;
             }
             TokenEvent::Error(e) => panic!("engine error: {e}"),
+            TokenEvent::PromptLogprobs(_) => {}
         }
     }
     o

@@ -82,6 +82,7 @@ fn collect(mut rx: UnboundedReceiver<TokenEvent>) -> Outcome {
                 o.error = Some(e);
                 break;
             }
+            TokenEvent::PromptLogprobs(_) => {}
         }
     }
     o
@@ -261,4 +262,110 @@ fn fake_runner_is_a_model_runner() {
     assert_eq!(r.kv_layout().n_groups(), 1);
     assert!(r.allocate_kv(4, &[8]).unwrap() > 0);
     assert_eq!(r.vocab_size(), VOCAB);
+}
+
+/// Every event of one request, in order.
+fn events_of(rx: &mut UnboundedReceiver<TokenEvent>) -> Vec<TokenEvent> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(ev) = rx.blocking_recv() {
+        let end = matches!(ev, TokenEvent::Done { .. } | TokenEvent::Error(_));
+        out.push(ev);
+        if end || Instant::now() > deadline {
+            break;
+        }
+    }
+    out
+}
+
+fn scoring(prompt: Vec<u32>, max_tokens: usize, top: usize) -> GenerateRequest {
+    let mut r = GenerateRequest::greedy(prompt, max_tokens);
+    r.prompt_logprobs = Some(top);
+    r.ignore_eos = true;
+    r
+}
+
+/// A 20-token prompt (longer than one 16-token step) with one jump the fake
+/// model does not predict (21 -> 50).
+fn jumpy_prompt() -> Vec<u32> {
+    (10..22).chain(50..58).collect()
+}
+
+#[test]
+fn prompt_logprobs_cover_every_prompt_token_across_prefill_chunks() {
+    let engine = engine_with(FakeRunner::new(VOCAB, 4096), small_cfg());
+    let prompt = jumpy_prompt();
+    let (_, mut rx) = engine.submit(scoring(prompt.clone(), 0, 2)).unwrap();
+    let evs = events_of(&mut rx);
+    assert_eq!(evs.len(), 2, "{evs:?}");
+    let TokenEvent::PromptLogprobs(lp) = &evs[0] else {
+        panic!("expected prompt logprobs first, got {:?}", evs[0])
+    };
+    assert_eq!(lp.len(), prompt.len());
+    assert_eq!(lp[0].logprob, None);
+    for i in 1..prompt.len() {
+        assert_eq!(lp[i].id, prompt[i]);
+        let l = lp[i]
+            .logprob
+            .expect("every token after the first has a logprob");
+        if prompt[i] == prompt[i - 1] + 1 {
+            assert!(l > -1e-3, "position {i}: {l}");
+        } else {
+            assert!(l < -20.0, "position {i}: {l}");
+        }
+        assert_eq!(lp[i].top_logprobs.len(), 2);
+        assert_eq!(lp[i].top_logprobs[0].id, prompt[i - 1] + 1);
+    }
+    let TokenEvent::Done { finish, usage, .. } = &evs[1] else {
+        panic!("expected the end, got {:?}", evs[1])
+    };
+    assert_eq!(*finish, Finish::Length);
+    assert_eq!(usage.completion_tokens, 0);
+    assert_eq!(usage.prompt_tokens, prompt.len());
+}
+
+#[test]
+fn prompt_logprobs_come_before_the_generated_tokens() {
+    let engine = engine_with(FakeRunner::new(VOCAB, 4096), small_cfg());
+    let (_, mut rx) = engine.submit(scoring(jumpy_prompt(), 3, 0)).unwrap();
+    let evs = events_of(&mut rx);
+    assert!(
+        matches!(&evs[0], TokenEvent::PromptLogprobs(lp) if lp.len() == 20 && lp[5].top_logprobs.is_empty())
+    );
+    let ids: Vec<u32> = evs
+        .iter()
+        .filter_map(|e| match e {
+            TokenEvent::Token(t) => Some(t.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids, vec![58, 59, 60]);
+}
+
+#[test]
+fn prompt_logprobs_are_computed_even_when_the_prefix_is_cached() {
+    let cfg = EngineConfig {
+        prefix_caching: true,
+        ..small_cfg()
+    };
+    let engine = engine_with(FakeRunner::new(VOCAB, 4096), cfg);
+    let prompt = jumpy_prompt();
+    let plain = |engine: &Engine| {
+        let (_, mut rx) = engine
+            .submit(GenerateRequest::greedy(prompt.clone(), 1))
+            .unwrap();
+        match events_of(&mut rx).pop() {
+            Some(TokenEvent::Done { usage, .. }) => usage.cached_tokens,
+            other => panic!("{other:?}"),
+        }
+    };
+    plain(&engine);
+    assert!(plain(&engine) > 0, "the prefix cache is on");
+    let (_, mut rx) = engine.submit(scoring(prompt.clone(), 0, 1)).unwrap();
+    let evs = events_of(&mut rx);
+    let TokenEvent::PromptLogprobs(lp) = &evs[0] else {
+        panic!("{evs:?}")
+    };
+    assert!(lp[1..].iter().all(|p| p.logprob.is_some()));
+    assert!(matches!(&evs[1], TokenEvent::Done { usage, .. } if usage.cached_tokens == 0));
 }

@@ -3,6 +3,7 @@
 
 mod cmd_compress;
 mod cmd_embed;
+mod cmd_eval;
 mod cmd_model;
 mod cmd_monitor;
 mod cmd_plan;
@@ -52,8 +53,11 @@ enum Cmd {
     Prune(cmd_compress::PruneArgs),
     /// Low-rank (truncated SVD) factorisation of linear weights.
     Lowrank(cmd_compress::LowrankArgs),
-    /// Perplexity, KL and top-1 agreement against a baseline; multiple-choice tasks.
-    Eval(cmd_compress::EvalArgs),
+    /// Evaluate a model: task files (multiple choice, generation, perplexity) over a
+    /// local model or an OpenAI-compatible endpoint; or compression quality.
+    Eval(cmd_eval::EvalCli),
+    /// LLM-as-judge: rate answers 1-10 or compare pairs (both orders), cached.
+    Judge(cmd_eval::JudgeArgs),
     /// Memory, hardware fit and training needs of a model.
     Plan(cmd_plan::PlanArgs),
     /// Measure this host and print a model's roofline.
@@ -129,7 +133,8 @@ fn main() {
         Cmd::Imatrix(a) => cmd_compress::run_imatrix(a),
         Cmd::Prune(a) => cmd_compress::run_prune(a),
         Cmd::Lowrank(a) => cmd_compress::run_lowrank(a),
-        Cmd::Eval(a) => cmd_compress::run_eval(a),
+        Cmd::Eval(a) => cmd_eval::run_eval(a, cli.home),
+        Cmd::Judge(a) => cmd_eval::run_judge(a, cli.home),
         Cmd::Registry(c) => cmd_registry::run_registry(c, cli.home),
         Cmd::Pull(a) => cmd_registry::run_pull(a, cli.home),
         Cmd::Logs(c) => cmd_monitor::run_logs(c, cli.home.as_deref()),

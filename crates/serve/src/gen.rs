@@ -271,6 +271,7 @@ impl Validated {
             stop_token_ids: self.stop_token_ids.clone(),
             ignore_eos: self.ignore_eos,
             logprobs: self.logprobs,
+            prompt_logprobs: None,
             skip_special_tokens: self.skip_special_tokens,
         })
     }
@@ -346,6 +347,7 @@ impl ChoiceStream {
                 m.prompt_tokens
                     .fetch_add(usage.prompt_tokens as u64, Ordering::Relaxed);
             }
+            Some(TokenEvent::PromptLogprobs(_)) => {}
             Some(TokenEvent::Error(_)) | None => self.done = true,
         }
         if let (Some(trace), Some(ev)) = (self.trace.as_mut(), ev.as_ref()) {

@@ -110,7 +110,7 @@ impl Trace {
                 self.response.push_str(&t.text);
             }
             TokenEvent::Done { text, .. } => self.response.push_str(text),
-            TokenEvent::Error(_) => {}
+            TokenEvent::Error(_) | TokenEvent::PromptLogprobs(_) => {}
         }
     }
 

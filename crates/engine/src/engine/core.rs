@@ -4,7 +4,7 @@
 //! Commands arrive over a channel; events leave over one channel per request. Never
 //! shared with callers, so nothing on the hot path takes a lock.
 
-use super::request::{GenerateRequest, TokenEvent};
+use super::request::{GenerateRequest, PromptTokenLogprob, TokenEvent};
 use super::runner::ModelRunner;
 use super::update::{update_from_output, Live};
 use crate::kv_manager::KvBlockManager;
@@ -132,7 +132,15 @@ impl EngineCore {
         }
 
         // Execute: the model runs once over every chunk.
-        if let Err(e) = self.execute(&batch, logits) {
+        let all_rows: Vec<bool> = batch
+            .chunks
+            .iter()
+            .map(|c| {
+                live.get(&c.id).is_some_and(|l| l.prompt_logprobs.is_some())
+                    && c.start < self.sched.running()[c.slot].prompt_len
+            })
+            .collect();
+        if let Err(e) = self.execute(&batch, &all_rows, logits) {
             for c in &batch.chunks {
                 if let Some(l) = live.remove(&c.id) {
                     let _ = l.tx.send(TokenEvent::Error(format!("model error: {e}")));
@@ -143,6 +151,9 @@ impl EngineCore {
             }
             self.publish_stats();
             return;
+        }
+        if all_rows.iter().any(|&a| a) {
+            self.take_prompt_logprobs(&batch, &all_rows, tok, live, logits);
         }
         self.sched.commit(&batch, &mut self.kvm);
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
@@ -172,7 +183,13 @@ impl EngineCore {
     }
 
     /// Hands the planned batch to the runner as plain data.
-    fn execute(&mut self, batch: &Batch, logits: &mut Vec<f32>) -> Result<(), crate::EngineError> {
+    /// `all_rows[i]`: chunk `i` wants every row's logits (its prompt logprobs).
+    fn execute(
+        &mut self,
+        batch: &Batch,
+        all_rows: &[bool],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), crate::EngineError> {
         let running = self.sched.running();
         let tables: Vec<Vec<&[u32]>> = batch
             .chunks
@@ -190,11 +207,14 @@ impl EngineCore {
             .chunks
             .iter()
             .zip(&tables)
-            .map(|(c, t)| SeqInput {
+            .zip(all_rows)
+            .map(|((c, t), &all)| SeqInput {
                 tokens: &running[c.slot].tokens[c.start..c.start + c.len],
                 start_pos: c.start,
                 block_tables: t,
-                logits: if c.sample {
+                logits: if all {
+                    LogitsWanted::All
+                } else if c.sample {
                     LogitsWanted::Last
                 } else {
                     LogitsWanted::None
@@ -202,6 +222,75 @@ impl EngineCore {
             })
             .collect();
         self.runner.execute(&inputs, logits)
+    }
+
+    /// Records the prompt logprobs of the chunks that computed every row, then
+    /// compacts `logits` back to one row per sampling chunk (what sampling expects).
+    fn take_prompt_logprobs(
+        &self,
+        batch: &Batch,
+        all_rows: &[bool],
+        tok: &Tokenizer,
+        live: &mut HashMap<SeqId, Live>,
+        logits: &mut Vec<f32>,
+    ) {
+        let v = self.vocab_size;
+        let running = self.sched.running();
+        // Which rows to score: (sequence, position of the scored token, row, alternatives).
+        let mut jobs: Vec<(SeqId, usize, usize, u32, usize)> = Vec::new();
+        let mut read = 0usize;
+        for (c, &all) in batch.chunks.iter().zip(all_rows) {
+            if all {
+                let seq = &running[c.slot];
+                if let Some(l) = live.get(&c.id) {
+                    let top = l.prompt_logprobs.unwrap_or(0);
+                    for j in 0..c.len {
+                        let next = c.start + j + 1;
+                        if next >= seq.prompt_len {
+                            break;
+                        }
+                        jobs.push((c.id, next, read + j, seq.tokens[next], top));
+                    }
+                }
+                read += c.len;
+            } else {
+                read += usize::from(c.sample);
+            }
+        }
+        // Each row is a full-vocabulary softmax: spread them over the runner's threads.
+        let results: Vec<Mutex<Option<PromptTokenLogprob>>> =
+            jobs.iter().map(|_| Mutex::new(None)).collect();
+        {
+            let rows: &[f32] = logits;
+            self.runner.run_parallel(jobs.len(), &|i| {
+                let (_, _, r, target, top) = jobs[i];
+                let lp = super::prompt_lp::score_row(&rows[r * v..(r + 1) * v], target, top, tok);
+                if let Ok(mut slot) = results[i].lock() {
+                    *slot = Some(lp);
+                }
+            });
+        }
+        for ((id, pos, ..), res) in jobs.iter().zip(results) {
+            if let (Some(l), Ok(Some(lp))) = (live.get_mut(id), res.into_inner()) {
+                if let Some(slot) = l.prompt_lp.get_mut(*pos) {
+                    *slot = Some(lp);
+                }
+            }
+        }
+        // Compact to one row per sampling chunk.
+        let (mut read, mut write) = (0usize, 0usize);
+        for (c, &all) in batch.chunks.iter().zip(all_rows) {
+            let rows = if all { c.len } else { usize::from(c.sample) };
+            if c.sample {
+                let last = read + rows - 1;
+                if last != write {
+                    logits.copy_within(last * v..(last + 1) * v, write * v);
+                }
+                write += 1;
+            }
+            read += rows;
+        }
+        logits.truncate(write * v);
     }
 
     /// After a panic inside a step: every request in flight gets an error, and the
@@ -263,10 +352,18 @@ impl EngineCore {
                         max_tokens: req.max_tokens,
                         stop_ids,
                         logprobs: req.logprobs,
+                        prompt_logprobs: req.prompt_logprobs,
+                        prompt_lp: match req.prompt_logprobs {
+                            Some(_) => vec![None; req.prompt.len()],
+                            None => Vec::new(),
+                        },
                     },
                 );
-                self.sched
-                    .add(SchedSeq::new(id, req.prompt).in_group(group));
+                let mut seq = SchedSeq::new(id, req.prompt).in_group(group);
+                if req.prompt_logprobs.is_some() {
+                    seq.cache_limit = 0;
+                }
+                self.sched.add(seq);
                 true
             }
             Command::Cancel(id) => {

