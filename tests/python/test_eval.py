@@ -80,7 +80,9 @@ def test_bad_echo_requests_are_refused_with_400(client):
 
 
 def run_eval(*args, out):
-    cmd = [hangar_bin(), "eval", "--task", str(MC_TASK), "--json", "--out", str(out), *args]
+    # Each evaluation is logged as a tracking run in this home.
+    cmd = [hangar_bin(), "--home", str(Path(out).parent / "home"), "eval", "--task", str(MC_TASK),
+           "--json", "--out", str(out), *args]
     p = subprocess.run(cmd, capture_output=True, timeout=600, text=True)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout), [json.loads(l) for l in Path(out).read_text().splitlines()]
@@ -98,3 +100,23 @@ def test_eval_local_and_endpoint_agree(server, tmp_path):
         assert a["pred"] == b["pred"]
         for x, y in zip(a["logliks"], b["logliks"]):
             assert math.isclose(x, y, abs_tol=1e-3), (a, b)
+
+
+def test_an_evaluation_is_logged_as_a_tracking_run(tmp_path):
+    r, items = run_eval("--model", model_path(), "--threads", "2", "--limit", "5",
+                        out=tmp_path / "items.jsonl")
+    run_id = r["run_id"]
+    assert run_id, r
+    home = tmp_path / "home"
+    shown = json.loads(subprocess.run([hangar_bin(), "--home", str(home), "runs", "show", run_id,
+                                       "--json"], capture_output=True, text=True,
+                                      check=True).stdout)
+    assert shown["run"]["info"]["status"] == "FINISHED"
+    metrics = {m["key"]: m["value"] for m in shown["run"]["metrics"]}
+    assert metrics["acc"] == r["metrics"]["acc"]
+    params = {p["key"]: p["value"] for p in shown["run"]["params"]}
+    assert params["task"] == "basic_mc" and "model" in params, params
+    assert [a["path"] for a in shown["artifacts"]] == ["items.jsonl"]
+    listed = subprocess.run([hangar_bin(), "--home", str(home), "runs", "list", "-e", "hangar-eval"],
+                            capture_output=True, text=True, check=True).stdout
+    assert run_id in listed

@@ -95,6 +95,10 @@ pub struct EvalCli {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Do not log this evaluation as a tracking run (experiment `hangar-eval` in the
+    /// Hangar home, as the MLflow-compatible API and `hangar runs` show them).
+    #[arg(long)]
+    pub no_track: bool,
     /// Kernel threads (0 = one per core).
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
@@ -291,6 +295,7 @@ pub fn run_eval(a: EvalCli, home: Option<PathBuf>) -> Result<()> {
         }
         set.truncate(n);
     }
+    let home_for_tracking = home.clone();
     let mut scorer = scorer(&a, home)?;
     let name = task_name(&task);
     let mut result = run_task(scorer.as_mut(), &set, &name, &a)?;
@@ -304,7 +309,87 @@ pub fn run_eval(a: EvalCli, home: Option<PathBuf>) -> Result<()> {
         };
         judge::add_judge_metric(&mut result, &prompts, &mut j, &opts)?;
     }
-    report(&result, &a)
+    let run_id = if a.no_track {
+        None
+    } else {
+        Some(log_run(&result.to_tracking_run(), home_for_tracking)?)
+    };
+    report(&result, &a, run_id.as_deref())
+}
+
+/// Logs an evaluation as a tracking run in experiment `hangar-eval`: params, metrics
+/// and the per-item table as an artifact. Returns the run id.
+pub fn log_run(run: &hangar_eval::TrackingRun, home: Option<PathBuf>) -> Result<String> {
+    use hangar_track::{KeyValue, LogBatch, Metric, NewRun, RunStatus, Tracker};
+    let home = home.unwrap_or_else(hangar_registry::default_home);
+    let t = Tracker::open(&home).context("opening the tracking store")?;
+    let exp = match t.get_experiment_by_name("hangar-eval")? {
+        Some(e) => e.experiment_id,
+        None => t.create_experiment("hangar-eval", None, &[])?,
+    };
+    let r = t.create_run(&NewRun {
+        experiment_id: exp,
+        run_name: Some(run.run_name.clone()),
+        tags: vec![KeyValue {
+            key: "mlflow.source.name".into(),
+            value: "hangar eval".into(),
+        }],
+        ..NewRun::default()
+    })?;
+    let id = r.info.run_id;
+    let now = hangar_monitor::now_ms();
+    // MLflow's batch limits: 100 params and 1000 metrics a call.
+    let params: Vec<KeyValue> = run
+        .params
+        .iter()
+        .map(|(k, v)| KeyValue {
+            key: k.clone(),
+            value: v.chars().take(6000).collect(),
+        })
+        .collect();
+    for chunk in params.chunks(100) {
+        t.log_batch(
+            &id,
+            &LogBatch {
+                params: chunk.to_vec(),
+                ..LogBatch::default()
+            },
+        )?;
+    }
+    let metrics: Vec<Metric> = run
+        .metrics
+        .iter()
+        .filter(|(_, v)| v.is_finite())
+        .map(|(k, v)| Metric {
+            key: k.clone(),
+            value: *v,
+            timestamp: now,
+            step: 0,
+        })
+        .collect();
+    for chunk in metrics.chunks(1000) {
+        t.log_batch(
+            &id,
+            &LogBatch {
+                metrics: chunk.to_vec(),
+                ..LogBatch::default()
+            },
+        )?;
+    }
+    for (name, bytes) in &run.artifacts {
+        t.put_artifact(&id, name, bytes)?;
+    }
+    t.update_run(
+        &id,
+        Some(RunStatus::Finished),
+        Some(hangar_monitor::now_ms()),
+        None,
+    )?;
+    eprintln!(
+        "logged as tracking run {id} (experiment hangar-eval in {}); see `hangar runs show {id}`",
+        home.display()
+    );
+    Ok(id)
 }
 
 /// The scorer the flags ask for.
@@ -383,7 +468,7 @@ pub fn run_task(
     Ok(r?)
 }
 
-fn report(r: &EvalResult, a: &EvalCli) -> Result<()> {
+fn report(r: &EvalResult, a: &EvalCli, run_id: Option<&str>) -> Result<()> {
     if let Some(out) = &a.out {
         std::fs::write(out, r.items_jsonl())
             .with_context(|| format!("writing {}", out.display()))?;
@@ -391,6 +476,7 @@ fn report(r: &EvalResult, a: &EvalCli) -> Result<()> {
     if a.json {
         let v = serde_json::json!({
             "task": r.task, "kind": r.kind, "params": r.params, "metrics": r.metrics,
+            "run_id": run_id,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -452,12 +538,17 @@ pub struct JudgeArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Do not log this evaluation as a tracking run (experiment `hangar-eval` in the
+    /// Hangar home, as the MLflow-compatible API and `hangar runs` show them).
+    #[arg(long)]
+    pub no_track: bool,
     /// Kernel threads for a local judge (0 = one per core).
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
 }
 
 pub fn run_judge(a: JudgeArgs, home: Option<PathBuf>) -> Result<()> {
+    let home_for_tracking = home.clone();
     use hangar_eval::judge::{self, EndpointJudge, JudgeModel, JudgeOptions, LocalJudge};
     let mut items = judge::load_items(&a.input)?;
     if let Some(n) = a.limit {
@@ -470,7 +561,7 @@ pub fn run_judge(a: JudgeArgs, home: Option<PathBuf>) -> Result<()> {
             a.api_key.clone(),
         )?),
         None => {
-            let path = model_path::resolve(a.model.as_deref(), home)?;
+            let path = model_path::resolve(a.model.as_deref(), home.clone())?;
             let lm = LoadedModel::load(&path, a.threads)
                 .with_context(|| format!("loading {}", path.display()))?;
             let name = a
@@ -492,6 +583,11 @@ pub fn run_judge(a: JudgeArgs, home: Option<PathBuf>) -> Result<()> {
         ..JudgeOptions::default()
     };
     let (r, hits, misses) = judge::judge(model.as_mut(), &items, &opts)?;
+    let run_id = if a.no_track {
+        None
+    } else {
+        Some(log_run(&r.to_tracking_run(), home_for_tracking)?)
+    };
     if let Some(out) = &a.out {
         std::fs::write(out, r.items_jsonl())
             .with_context(|| format!("writing {}", out.display()))?;
@@ -499,7 +595,7 @@ pub fn run_judge(a: JudgeArgs, home: Option<PathBuf>) -> Result<()> {
     if a.json {
         let v = serde_json::json!({
             "kind": r.kind, "params": r.params, "metrics": r.metrics,
-            "cache": {"hits": hits, "misses": misses},
+            "cache": {"hits": hits, "misses": misses}, "run_id": run_id,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
