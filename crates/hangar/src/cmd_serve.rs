@@ -190,6 +190,30 @@ fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engine, String)>
     Ok((engine, name))
 }
 
+/// The monitor's refusal and jailbreak example sets, embedded by `embedder`.
+fn quality_examples(embedder: &hangar_engine::Embedder) -> Result<hangar_monitor::QualityExamples> {
+    use hangar_engine::{EmbedInput, EmbedRequest};
+    let embed = |texts: &[&str]| {
+        embedder
+            .embed_blocking(EmbedRequest {
+                inputs: texts
+                    .iter()
+                    .map(|t| EmbedInput::Text(t.to_string()))
+                    .collect(),
+                normalize: Some(true),
+                truncate: true,
+                ..Default::default()
+            })
+            .map(|e| e.vectors)
+            .context("embedding the quality monitor's examples")
+    };
+    Ok(hangar_monitor::QualityExamples {
+        refusals: embed(hangar_monitor::quality::REFUSAL_EXAMPLES)?,
+        jailbreaks: embed(hangar_monitor::quality::JAILBREAK_EXAMPLES)?,
+        threshold: 0.7,
+    })
+}
+
 /// Runs the server; `model_path` is `None` with `--no-model`.
 pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
     let keys: Vec<String> = args
@@ -227,6 +251,10 @@ pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
     }
     if let Some(m) = args.monitor.open(args.home.as_deref())? {
         services = services.with_monitor(m);
+    }
+    // Refusal and jailbreak examples for the quality monitor, embedded once.
+    if let (Some(m), Some(e)) = (&services.monitor, &services.embeddings) {
+        m.set_quality_examples(quality_examples(e)?);
     }
     // The vector database (Qdrant's REST API at /collections), under <home>/vector.
     if !args.no_vector_api {

@@ -26,6 +26,7 @@ pub mod cost;
 pub mod drift;
 pub mod log;
 pub mod monitor;
+pub mod quality;
 pub mod redact;
 pub mod stats;
 
@@ -33,6 +34,7 @@ pub use cost::{Price, PriceTable, Usage, UsageLedger, UsageRow};
 pub use drift::{Baseline, DriftConfig, DriftMonitor, DriftReport, FeatureDrift, Observation};
 pub use log::{LogConfig, LogQuery, RequestLog, RequestRecord};
 pub use monitor::{Monitor, MonitorConfig};
+pub use quality::{QualityExamples, QualityScore};
 pub use redact::{find_pii, redact, PiiKind};
 
 use std::path::{Path, PathBuf};

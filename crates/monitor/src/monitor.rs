@@ -6,6 +6,7 @@
 use crate::cost::{PriceTable, UsageLedger, UsageRow};
 use crate::drift::{Baseline, DriftConfig, DriftMonitor, DriftReport, Observation};
 use crate::log::{LogConfig, RequestLog, RequestRecord};
+use crate::quality::QualityExamples;
 use crate::redact::{find_pii, PiiKind};
 use crate::MonitorError;
 use std::collections::BTreeMap;
@@ -34,6 +35,10 @@ pub struct Monitor {
     pii: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Prompt-answer embedding cosine per model: (sum, count).
     relevance: Mutex<BTreeMap<String, (f64, u64)>>,
+    /// Embedded refusal and jailbreak examples, once an embedding model provides them.
+    examples: std::sync::OnceLock<QualityExamples>,
+    /// Refusals and jailbreak attempts per model.
+    flagged: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 impl Monitor {
@@ -52,6 +57,8 @@ impl Monitor {
             usage: UsageLedger::default(),
             pii: Mutex::new(BTreeMap::new()),
             relevance: Mutex::new(BTreeMap::new()),
+            examples: std::sync::OnceLock::new(),
+            flagged: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -109,6 +116,42 @@ impl Monitor {
     /// Usage per key and model.
     pub fn usage(&self) -> Vec<UsageRow> {
         self.usage.rows()
+    }
+
+    /// Sets the embedded example sets (once; later calls are ignored).
+    pub fn set_quality_examples(&self, examples: QualityExamples) {
+        let _ = self.examples.set(examples);
+    }
+
+    /// Whether refusal and jailbreak examples are set.
+    pub fn has_quality_examples(&self) -> bool {
+        self.examples.get().is_some()
+    }
+
+    /// Scores a prompt/answer pair by their embeddings: relevance always, refusal and
+    /// jailbreak attempt when the example sets are known.
+    pub fn record_quality(&self, model: &str, prompt: &[f32], answer: &[f32]) {
+        match self.examples.get() {
+            Some(ex) => {
+                let s = ex.score(prompt, answer);
+                self.record_relevance(model, s.relevance as f64);
+                let mut f = self.flagged.lock().unwrap_or_else(|e| e.into_inner());
+                if s.refusal {
+                    *f.entry((model.to_string(), "refusal")).or_insert(0) += 1;
+                }
+                if s.jailbreak {
+                    *f.entry((model.to_string(), "jailbreak_attempt"))
+                        .or_insert(0) += 1;
+                }
+            }
+            None => self.record_relevance(model, crate::quality::cosine(prompt, answer) as f64),
+        }
+    }
+
+    /// Refusals and jailbreak attempts seen, by model and kind.
+    pub fn flagged(&self) -> Vec<(String, &'static str, u64)> {
+        let f = self.flagged.lock().unwrap_or_else(|e| e.into_inner());
+        f.iter().map(|((m, k), n)| (m.clone(), *k, *n)).collect()
     }
 
     /// Records the cosine between a prompt's and its answer's embeddings (relevance).

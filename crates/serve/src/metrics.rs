@@ -420,6 +420,15 @@ pub fn render_monitor(out: &mut String, m: &hangar_monitor::Monitor) {
             .into_iter()
             .map(|(mo, mean, _)| (model(&mo), mean)),
     );
+    family(
+        "hangar_quality_flagged_total",
+        "counter",
+        "Answers close to example refusals and prompts close to example jailbreak attempts (needs --embedding-model).",
+        &mut m
+            .flagged()
+            .into_iter()
+            .map(|(mo, k, n)| (format!("{},kind=\"{k}\"", model(&mo)), n as f64)),
+    );
     if let Some(log) = m.log() {
         use std::sync::atomic::Ordering::Relaxed;
         let c = &log.counters;

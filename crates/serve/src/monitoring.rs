@@ -181,8 +181,7 @@ impl Trace {
                 };
                 if let Ok(e) = embedder.embed(req).await {
                     if let [p, a] = e.vectors.as_slice() {
-                        let cos: f32 = p.iter().zip(a).map(|(x, y)| x * y).sum();
-                        monitor.record_relevance(&rec.model, cos as f64);
+                        monitor.record_quality(&rec.model, p, a);
                         obs.embedding = Some(p.clone());
                     }
                 }
