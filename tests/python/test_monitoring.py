@@ -188,3 +188,30 @@ def test_embedding_drift_and_relevance_with_an_embedding_model():
         assert flagged == 1, body.decode()[-2000:]
     finally:
         srv.stop()
+
+
+def test_the_served_model_judges_sampled_answers_for_toxicity():
+    home = tempfile.mkdtemp(prefix="hangar-monitor-judge-")
+    srv = Server("--home", home, "--quality-judge-sample", "0.5", "--no-request-log")
+    try:
+        client = openai.OpenAI(base_url=srv.base + "/v1", api_key="k")
+        complete_all(client, [english(i) for i in range(6)])
+        import time
+        deadline = time.time() + 60
+        verdicts = {}
+        while time.time() < deadline:
+            _, _, body = http("GET", srv.base + "/metrics")
+            verdicts = {l.split('verdict="')[1].split('"')[0]: float(l.rsplit(" ", 1)[1])
+                        for l in body.decode().splitlines()
+                        if l.startswith("hangar_quality_judged_total{")}
+            if sum(verdicts.values()) >= 3:
+                break
+            time.sleep(0.2)
+        # Half of six answers judged; each verdict is counted, parseable or not.
+        assert sum(verdicts.values()) == 3, verdicts
+        assert set(verdicts) <= {"flagged", "clean", "unparseable"}
+        # The judge's own generations are not requests: usage counts the six only.
+        _, _, body = http("GET", srv.base + "/v1/monitor/usage")
+        assert json.loads(body)["usage"][0]["requests"] == 6
+    finally:
+        srv.stop()

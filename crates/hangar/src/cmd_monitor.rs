@@ -52,6 +52,10 @@ pub struct MonitorArgs {
     /// Requests in the sliding drift window.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(2..))]
     pub drift_window: u64,
+    /// Share of answers the served model judges for toxicity with a fixed-label prompt
+    /// (0 = off; each judgement is a short generation on the same engine).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    pub quality_judge_sample: f64,
     /// Requests the window needs before drift is judged.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(2..))]
     pub drift_min: u64,
@@ -102,6 +106,7 @@ impl MonitorArgs {
             },
             baseline,
             prices,
+            judge_sample: self.quality_judge_sample,
         })?;
         match path {
             Some(p) => eprintln!(

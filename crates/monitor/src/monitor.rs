@@ -22,6 +22,9 @@ pub struct MonitorConfig {
     /// A fixed reference for every model's drift (else the first requests).
     pub baseline: Option<Baseline>,
     pub prices: PriceTable,
+    /// Share of finished requests whose answer the served model judges for toxicity
+    /// (0 = off; each judgement is one short generation on the same engine).
+    pub judge_sample: f64,
 }
 
 /// Monitoring state shared by request handlers.
@@ -39,6 +42,11 @@ pub struct Monitor {
     examples: std::sync::OnceLock<QualityExamples>,
     /// Refusals and jailbreak attempts per model.
     flagged: Mutex<BTreeMap<(String, &'static str), u64>>,
+    judge_sample: f64,
+    /// Accumulates `judge_sample` per request; a judgement is due at each whole unit.
+    judge_credit: Mutex<f64>,
+    /// Evaluator verdicts per (model, check, verdict).
+    judged: Mutex<BTreeMap<(String, &'static str, &'static str), u64>>,
 }
 
 impl Monitor {
@@ -59,6 +67,9 @@ impl Monitor {
             relevance: Mutex::new(BTreeMap::new()),
             examples: std::sync::OnceLock::new(),
             flagged: Mutex::new(BTreeMap::new()),
+            judge_sample: cfg.judge_sample.clamp(0.0, 1.0),
+            judge_credit: Mutex::new(0.0),
+            judged: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -146,6 +157,42 @@ impl Monitor {
             }
             None => self.record_relevance(model, crate::quality::cosine(prompt, answer) as f64),
         }
+    }
+
+    /// Whether this finished request's answer should be judged (an exact share over
+    /// many requests, no randomness).
+    pub fn should_judge(&self) -> bool {
+        if self.judge_sample <= 0.0 {
+            return false;
+        }
+        let mut c = self.judge_credit.lock().unwrap_or_else(|e| e.into_inner());
+        *c += self.judge_sample;
+        if *c >= 1.0 - 1e-9 {
+            *c -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Records an evaluator's verdict on one answer for `check` (`toxicity`):
+    /// Some(true) flagged, Some(false) clean, None unparseable.
+    pub fn record_judgement(&self, model: &str, check: &'static str, verdict: Option<bool>) {
+        let v = match verdict {
+            Some(true) => "flagged",
+            Some(false) => "clean",
+            None => "unparseable",
+        };
+        let mut j = self.judged.lock().unwrap_or_else(|e| e.into_inner());
+        *j.entry((model.to_string(), check, v)).or_insert(0) += 1;
+    }
+
+    /// Evaluator verdicts by model, check and verdict.
+    pub fn judgements(&self) -> Vec<(String, &'static str, &'static str, u64)> {
+        let j = self.judged.lock().unwrap_or_else(|e| e.into_inner());
+        j.iter()
+            .map(|((m, c, v), n)| (m.clone(), *c, *v, *n))
+            .collect()
     }
 
     /// Refusals and jailbreak attempts seen, by model and kind.

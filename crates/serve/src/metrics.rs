@@ -429,6 +429,17 @@ pub fn render_monitor(out: &mut String, m: &hangar_monitor::Monitor) {
             .into_iter()
             .map(|(mo, k, n)| (format!("{},kind=\"{k}\"", model(&mo)), n as f64)),
     );
+    family(
+        "hangar_quality_judged_total",
+        "counter",
+        "Sampled answers judged by the evaluator model (--quality-judge-sample), by check and verdict.",
+        &mut m.judgements().into_iter().map(|(mo, c, v, n)| {
+            (
+                format!("{},check=\"{c}\",verdict=\"{v}\"", model(&mo)),
+                n as f64,
+            )
+        }),
+    );
     if let Some(log) = m.log() {
         use std::sync::atomic::Ordering::Relaxed;
         let c = &log.counters;

@@ -159,6 +159,14 @@ impl Trace {
             status,
             cost: 0.0,
         };
+        if status == 200 && self.monitor.should_judge() {
+            judge_toxicity(
+                state,
+                self.monitor.clone(),
+                rec.model.clone(),
+                rec.response.clone(),
+            );
+        }
         let mut obs = Observation::new(&prompt, self.prompt_ids, completion_tokens);
         // With an embedding model, the prompt's embedding feeds embedding drift and the
         // prompt-answer cosine feeds relevance; computed on the embedding queue, after
@@ -191,6 +199,51 @@ impl Trace {
         }
         self.monitor.observe(rec, obs);
     }
+}
+
+/// Asks the served model, as an evaluator with a fixed-label prompt, whether an answer
+/// is toxic; the verdict goes to the monitor. Runs as its own short generation after
+/// the user's answer went out.
+fn judge_toxicity(state: &AppState, monitor: Arc<Monitor>, model: String, answer: String) {
+    let (Some(inf), Ok(rt)) = (
+        state.inference.clone(),
+        tokio::runtime::Handle::try_current(),
+    ) else {
+        return;
+    };
+    rt.spawn(async move {
+        let msgs = [hangar_engine::chat::ChatMessage::new(
+            "user",
+            hangar_monitor::quality::toxicity_prompt(&answer),
+        )];
+        let verdict = match inf.engine.encode_chat(&msgs) {
+            Ok(ids) => {
+                match inf
+                    .engine
+                    .submit(hangar_engine::GenerateRequest::greedy(ids, 8))
+                {
+                    Ok((_, mut rx)) => {
+                        let mut text = String::new();
+                        while let Some(ev) = rx.recv().await {
+                            match ev {
+                                TokenEvent::Token(t) => text.push_str(&t.text),
+                                TokenEvent::Done { text: t, .. } => {
+                                    text.push_str(&t);
+                                    break;
+                                }
+                                TokenEvent::Error(_) => break,
+                                TokenEvent::PromptLogprobs(_) => {}
+                            }
+                        }
+                        hangar_monitor::quality::parse_toxicity(&text)
+                    }
+                    Err(_) => None,
+                }
+            }
+            Err(_) => None,
+        };
+        monitor.record_judgement(&model, "toxicity", verdict);
+    });
 }
 
 /// How a choice stream ended.
