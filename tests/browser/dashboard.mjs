@@ -74,6 +74,9 @@ try {
   await page.waitForSelector("section[aria-label^='Drift of']", { timeout: 10000 });
   const driftText = await page.locator("main").innerText();
   check(driftText.includes("unseen-token share") && driftText.includes("Usage and cost"), "drift page shows the tests and usage");
+  await page.waitForSelector("#drift-over-time .uplot", { timeout: 10000 });
+  const series = await page.locator("#drift-over-time .u-legend .u-series").count();
+  check(series === 4, `drift page draws drift and quality over time (${series - 1} series)`);
   await page.screenshot({ path: `${shots}/drift.png`, fullPage: true });
 
   await visit(page, "#runs");

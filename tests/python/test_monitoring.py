@@ -58,7 +58,8 @@ def test_drift_request_log_usage_and_cost():
     prices.write_text(json.dumps({"currency": "EUR", "models": {
         "*": {"input_per_mtok": 1000.0, "output_per_mtok": 2000.0}}}))
     srv = Server("--home", home, "--drift-reference", "40", "--drift-window", "30",
-                 "--drift-min", "20", "--log-redact", "--price-table", str(prices))
+                 "--drift-min", "20", "--log-redact", "--price-table", str(prices),
+                 "--sample-interval", "0.5")
     try:
         client = openai.OpenAI(base_url=srv.base + "/v1", api_key="team-a-key")
         complete_all(client, [english(i) for i in range(40)])
@@ -79,6 +80,19 @@ def test_drift_request_log_usage_and_cost():
         assert gauge(srv, "hangar_drift_alert") == 1
         assert gauge(srv, "hangar_drift_unseen_token_share") == shifted["unseen_token_share"]
         assert 0 <= gauge(srv, "hangar_drift_length_ks_pvalue") <= 1
+        # The dashboard's history records drift over time.
+        import time
+        deadline = time.time() + 20
+        latest = {}
+        while time.time() < deadline:
+            _, _, body = http("GET", srv.base + "/v1/monitor/timeseries?seconds=300")
+            samples = json.loads(body)["samples"]
+            latest = samples[-1] if samples else {}
+            if latest.get("drift_alert") == 1:
+                break
+            time.sleep(0.3)
+        assert latest.get("drift_alert") == 1, latest
+        assert latest["unseen_token_share"] > calm_unseen + 0.3, latest
 
         # Redaction: the address never reaches the log.
         client.completions.create(model=MODEL_NAME, max_tokens=2, temperature=0,

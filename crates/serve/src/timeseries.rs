@@ -26,6 +26,11 @@ pub struct Sample {
     pub queue: f64,
     pub running: f64,
     pub kv_usage: f64,
+    /// Drift and quality at this time (monitoring on): the largest unseen-token share
+    /// and alert over the served models, and the mean prompt-answer relevance.
+    pub unseen_token_share: Option<f64>,
+    pub drift_alert: Option<f64>,
+    pub relevance: Option<f64>,
 }
 
 /// Two rings: fine (`interval`) for the last hour, coarse (one minute) for a day.
@@ -106,7 +111,25 @@ fn average(v: &[Sample], t: f64) -> Sample {
         queue: mean(&|s| s.queue),
         running: mean(&|s| s.running),
         kv_usage: mean(&|s| s.kv_usage),
+        unseen_token_share: mean_opt(&|s| s.unseen_token_share),
+        drift_alert: v.iter().filter_map(|s| s.drift_alert).reduce(f64::max),
+        relevance: mean_opt(&|s| s.relevance),
     }
+}
+
+/// The monitor's current drift and quality, summed up over models for one sample.
+fn drift_now(state: &AppState) -> (Option<f64>, Option<f64>, Option<f64>) {
+    let Some(m) = &state.monitor else {
+        return (None, None, None);
+    };
+    let reports = m.drift_reports();
+    let ready: Vec<_> = reports.values().filter(|r| r.ready).collect();
+    let unseen = ready.iter().map(|r| r.unseen_token_share).reduce(f64::max);
+    let alert = ready.iter().map(|r| r.alert as u8 as f64).reduce(f64::max);
+    let rel = m.relevance();
+    let relevance = (!rel.is_empty())
+        .then(|| rel.iter().map(|(_, mean, _)| mean).sum::<f64>() / rel.len() as f64);
+    (unseen, alert, relevance)
 }
 
 /// Samples the server every `history.interval` until the task is aborted.
@@ -122,6 +145,9 @@ pub(crate) async fn run_sampler(state: Arc<AppState>) {
     let mut prev_ttft = m.ttft.snapshot();
     let mut prev_itl = m.itl.snapshot();
     let mut prev_t = std::time::Instant::now();
+    // Drift statistics cost more than counters: refresh them every few samples.
+    let mut drift = (None, None, None);
+    let mut n = 0u64;
     loop {
         tick.tick().await;
         let dt = prev_t.elapsed().as_secs_f64().max(1e-3);
@@ -144,6 +170,13 @@ pub(crate) async fn run_sampler(state: Arc<AppState>) {
             }
             None => (0.0, 0.0, 0.0),
         };
+        if n.is_multiple_of(5) {
+            let st = state.clone();
+            drift = tokio::task::spawn_blocking(move || drift_now(&st))
+                .await
+                .unwrap_or((None, None, None));
+        }
+        n += 1;
         history.push(Sample {
             t: crate::monitoring_now(),
             requests_per_s: req.0.saturating_sub(prev_req.0) as f64 / dt,
@@ -157,6 +190,9 @@ pub(crate) async fn run_sampler(state: Arc<AppState>) {
             queue,
             running,
             kv_usage,
+            unseen_token_share: drift.0,
+            drift_alert: drift.1,
+            relevance: drift.2,
         });
         (prev_req, prev_gen, prev_prompt, prev_ttft, prev_itl) = (req, gen, prompt, ttft, itl);
     }

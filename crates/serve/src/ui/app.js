@@ -235,6 +235,17 @@ async function drift() {
     main.append(el("p", { class: "muted" }, "Monitoring is not available: " + e.message));
     return;
   }
+  // Drift and quality over time, from the server's sampled history.
+  const overTime = el("section", { class: "card chart", "aria-label": "Drift over time", id: "drift-over-time" });
+  main.append(overTime, el("div", { style: "height:12px" }));
+  try {
+    const ts = await api("/v1/monitor/timeseries?seconds=3600");
+    const sm = ts.samples;
+    chart(overTime, "Drift and quality over time", [
+      { label: "unseen-token share" }, { label: "drift alert" }, { label: "relevance" }],
+      [sm.map((x) => x.t), sm.map((x) => x.unseen_token_share ?? null), sm.map((x) => x.drift_alert ?? null),
+        sm.map((x) => x.relevance ?? null)]);
+  } catch (e) { overTime.append(el("p", { class: "muted" }, "No history: " + e.message)); }
   const names = Object.keys(d.models);
   if (!names.length) main.append(el("p", { class: "muted" }, "No requests seen yet: drift needs a reference window first."));
   for (const name of names) {
