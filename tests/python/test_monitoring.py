@@ -229,3 +229,38 @@ def test_the_served_model_judges_sampled_answers_for_toxicity():
         assert json.loads(body)["usage"][0]["requests"] == 6
     finally:
         srv.stop()
+
+
+def test_a_stream_the_client_leaves_is_logged_as_cancelled_with_what_it_sent():
+    import http.client as httpclient
+    import time
+    home = tempfile.mkdtemp(prefix="hangar-monitor-cancel-")
+    srv = Server("--home", home)
+    try:
+        conn = httpclient.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+        conn.request("POST", "/v1/completions", json.dumps({
+            "model": MODEL_NAME, "prompt": "Tell me a very long story about a lighthouse.",
+            "max_tokens": 400, "stream": True, "temperature": 0, "ignore_eos": True}),
+            {"content-type": "application/json"})
+        resp = conn.getresponse()
+        got = 0
+        while got < 5:  # a few token events, then leave
+            line = resp.fp.readline()
+            if line.startswith(b"data: {"):
+                got += 1
+        conn.sock.close()
+        conn.close()
+        deadline = time.time() + 30
+        rows = []
+        while time.time() < deadline:
+            _, _, body = http("GET", srv.base + "/v1/monitor/requests?finish_reason=cancelled")
+            rows = json.loads(body)["requests"]
+            if rows:
+                break
+            time.sleep(0.2)
+        assert len(rows) == 1, rows
+        r = rows[0]
+        assert r["status"] == 499 and 5 <= r["completion_tokens"] < 400, r
+        assert r["response"], r
+    finally:
+        srv.stop()

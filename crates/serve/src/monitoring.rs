@@ -76,6 +76,8 @@ pub(crate) struct Trace {
     model: String,
     prompt_ids: Vec<u32>,
     response: String,
+    /// Tokens streamed so far (the count for a request that did not finish).
+    tokens: usize,
     start: Instant,
     first_token: Option<Instant>,
 }
@@ -98,6 +100,7 @@ impl Trace {
             model,
             prompt_ids: prompt_ids.to_vec(),
             response: String::new(),
+            tokens: 0,
             start,
             first_token: None,
         })
@@ -108,6 +111,7 @@ impl Trace {
             TokenEvent::Token(t) => {
                 self.first_token.get_or_insert_with(Instant::now);
                 self.response.push_str(&t.text);
+                self.tokens += 1;
             }
             TokenEvent::Done { text, .. } => self.response.push_str(text),
             TokenEvent::Error(_) | TokenEvent::PromptLogprobs(_) => {}
@@ -130,11 +134,8 @@ impl Trace {
             .as_ref()
             .map(|i| i.engine.tokenizer().decode(&self.prompt_ids, false))
             .unwrap_or_default();
-        let completion_tokens = if usage.completion_tokens > 0 {
-            usage.completion_tokens
-        } else {
-            0
-        };
+        // A stream that ended early (cancelled, error) has no usage: count what it sent.
+        let completion_tokens = usage.completion_tokens.max(self.tokens);
         let rec = RequestRecord {
             id: 0,
             ts_ms: self.ctx.arrived_ms,
