@@ -55,10 +55,12 @@ def main():
     ap.add_argument("--ef-construct", type=int, default=100)
     ap.add_argument("--ef", default="10,20,40,80,160")
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--data", help="an .npy of float32 rows to use instead of GloVe "
+                    "(e.g. the MiniLM corpus of scripts/make-minilm-corpus.py)")
     ap.add_argument("--hangar", default=os.environ.get("HANGAR_BIN", str(ROOT / "target/release/hangar")))
     args = ap.parse_args()
 
-    allv = np.load(glove_path(), mmap_mode="r")[: args.n].astype(np.float32)
+    allv = np.load(args.data or glove_path(), mmap_mode="r")[: args.n].astype(np.float32)
     base, queries = np.ascontiguousarray(allv[: -args.queries]), np.ascontiguousarray(allv[-args.queries:])
     norm = lambda a: a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     base_n, queries_n = norm(base), norm(queries)
@@ -101,6 +103,10 @@ def main():
 
     print(f"\nm={args.m} ef_construct={args.ef_construct} k={args.k}, single thread")
     print(f"build: hangar {out['build_s']:.1f}s, hnswlib {h_build:.1f}s ({out['build_s'] / h_build:.2f}x)")
+    r = out.get("reopen")
+    if r:
+        print(f"reopen after checkpoint: saved graph {r['saved_graph_s']:.2f}s (restored: {r['graph_restored']}), "
+              f"rebuilt from points {r['rebuild_s']:.2f}s")
     print(f"memory/vector: hangar {out['bytes_per_vector']:.0f} B (vectors + graph in memory), "
           f"hnswlib {h_bytes / len(base):.0f} B (saved index)")
     print("| ef | hangar recall@10 | hangar q/s | hnswlib recall@10 | hnswlib q/s |")

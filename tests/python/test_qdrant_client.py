@@ -3,6 +3,7 @@ in-process exact implementation (`QdrantClient(":memory:")`) as the oracle: the 
 calls must give the same ids, order and payloads, and scores within 1e-4."""
 
 import random
+import urllib.request
 import tempfile
 import uuid
 
@@ -26,7 +27,23 @@ def server():
 
 
 def clients(server):
-    return QdrantClient(url=server.base, timeout=60, check_compatibility=False), QdrantClient(":memory:")
+    return QdrantClient(url=server.base, timeout=60), QdrantClient(":memory:")
+
+
+def test_root_reports_a_version_the_client_accepts(server):
+    # qdrant-client reads `version` from GET / on connect and warns when it cannot
+    # parse it or the versions are too far apart; it must stay quiet with us.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        client = QdrantClient(url=server.base, timeout=30)
+    assert client.get_collections() is not None
+    info = client.info()
+    assert info.version.count(".") == 2
+    browser = urllib.request.Request(server.base + "/", headers={"Accept": "text/html"})
+    with urllib.request.urlopen(browser) as r:  # a browser is sent to the dashboard
+        assert r.geturl().endswith("/ui/")
 
 
 def make_points(seed):
@@ -197,7 +214,7 @@ def test_api_key_is_read_from_the_api_key_header():
     home = tempfile.mkdtemp(prefix="hangar-qdrant-key-")
     s = Server("--home", home, "--api-key", "sekret", with_model=False)
     try:
-        good = QdrantClient(url=s.base, api_key="sekret", timeout=30, check_compatibility=False)
+        good = QdrantClient(url=s.base, api_key="sekret", timeout=30)
         good.create_collection("k", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT))
         assert good.collection_exists("k")
         for bad in (QdrantClient(url=s.base, timeout=30, check_compatibility=False),

@@ -311,6 +311,7 @@ pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
     );
     let addr = format!("{}:{}", args.host, args.port);
     let monitor = state.monitor.clone();
+    let vector = state.vector.clone();
     hangar_serve::serve_blocking(state, &addr, |a| {
         eprintln!("hangar serve: listening on http://{a}")
     })
@@ -318,6 +319,13 @@ pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
     if let Some(m) = monitor {
         // Whatever the request log still has queued goes to disk before exit.
         m.close();
+    }
+    if let Some(db) = vector {
+        // Fold the logs and save the graphs, so the next start reads them instead
+        // of rebuilding (acknowledged writes are already safe in the logs).
+        if let Err(e) = db.checkpoint_all() {
+            eprintln!("hangar serve: vector checkpoint on shutdown failed: {e}");
+        }
     }
     eprintln!("hangar serve: stopped");
     Ok(())

@@ -419,15 +419,35 @@ fn bench(a: BenchArgs) -> Result<()> {
         let secs = t.elapsed().as_secs_f64();
         filtered = serde_json::json!({"selectivity": 0.01, "recall": found as f64 / (queries.rows * a.k) as f64, "qps": queries.rows as f64 / secs});
     }
+    // Restart cost: reopen from the checkpoint with its saved graph, then again with
+    // the graph file removed (the rebuild every open did before graphs were saved).
+    g.checkpoint()?;
+    drop(g);
+    drop(c);
+    drop(db);
+    let reopen = |label: &str| -> Result<(f64, bool)> {
+        let t = Instant::now();
+        let db = VectorDb::open(&tmp)?;
+        let c = db.get("bench")?;
+        let restored = c
+            .read()
+            .map_err(|_| anyhow::anyhow!("lock poisoned"))?
+            .info()
+            .graph_restored;
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!("reopen ({label}): {secs:.2} s, graph restored: {restored}");
+        Ok((secs, restored))
+    };
+    let (saved_s, restored) = reopen("saved graph")?;
+    let _ = std::fs::remove_file(tmp.join("bench").join("graph.bin"));
+    let (rebuild_s, _) = reopen("graph file removed")?;
     let out = serde_json::json!({
         "n": data.rows, "dim": data.cols, "m": a.m, "ef_construct": a.ef_construct, "int8": a.int8,
         "build_s": build_s, "index_bytes": info.memory_bytes,
         "bytes_per_vector": info.memory_bytes as f64 / data.rows as f64,
         "curve": curve, "filtered": filtered,
+        "reopen": {"saved_graph_s": saved_s, "graph_restored": restored, "rebuild_s": rebuild_s},
     });
-    drop(g);
-    drop(c);
-    drop(db);
     let _ = std::fs::remove_dir_all(&tmp);
     print_json(&out)
 }

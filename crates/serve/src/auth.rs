@@ -44,7 +44,13 @@ impl Caller {
 pub fn is_public(path: &str) -> bool {
     matches!(
         path,
-        "/v2/health/live" | "/v2/health/ready" | "/health" | "/metrics"
+        "/v2/health/live"
+            | "/v2/health/ready"
+            | "/health"
+            | "/healthz"
+            | "/livez"
+            | "/readyz"
+            | "/metrics"
     ) || path == "/ui"
         || path.starts_with("/ui/")
 }
@@ -153,10 +159,24 @@ mod tests {
 
     #[test]
     fn only_probes_and_metrics_are_public() {
-        for p in ["/health", "/v2/health/live", "/v2/health/ready", "/metrics"] {
+        for p in [
+            "/health",
+            "/healthz",
+            "/livez",
+            "/readyz",
+            "/v2/health/live",
+            "/v2/health/ready",
+            "/metrics",
+        ] {
             assert!(is_public(p), "{p}");
         }
-        for p in ["/v1/models", "/v1/registry/models", "/v2", "/v2/models/m"] {
+        for p in [
+            "/",
+            "/v1/models",
+            "/v1/registry/models",
+            "/v2",
+            "/v2/models/m",
+        ] {
             assert!(!is_public(p), "{p}");
         }
     }

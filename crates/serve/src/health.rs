@@ -13,7 +13,11 @@ use std::sync::Arc;
 
 pub(crate) fn routes(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/", get(root))
         .route("/health", get(ready))
+        .route("/healthz", get(ready))
+        .route("/livez", get(live))
+        .route("/readyz", get(ready))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2", get(server_metadata))
@@ -61,6 +65,58 @@ async fn timeseries(
     Json(TimeseriesBody {
         interval_s,
         samples: state.history.range(seconds),
+    })
+    .into_response()
+}
+
+/// The Qdrant REST API version whose calls `/collections/...` answers: what the
+/// official `qdrant-client` compares with its own version on connect (it warns when
+/// the minor versions are more than one apart). Raise it when the tests move to a
+/// newer client.
+pub const QDRANT_API_VERSION: &str = "1.15.0";
+
+#[derive(serde::Serialize)]
+struct RootInfo {
+    title: &'static str,
+    /// Qdrant-compatible version (see [`QDRANT_API_VERSION`]): clients parse this field.
+    version: &'static str,
+    hangar_version: &'static str,
+    /// The services this server mounts, so a script can tell what it is talking to.
+    services: Vec<&'static str>,
+}
+
+/// `GET /`: who this is, as JSON (Qdrant's root shape, which `qdrant-client` reads
+/// to check compatibility); a browser asking for HTML is sent to the dashboard.
+async fn root(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| {
+            a.split(',')
+                .next()
+                .is_some_and(|first| first.trim().starts_with("text/html"))
+        });
+    if wants_html {
+        return axum::response::Redirect::to("/ui/").into_response();
+    }
+    let mut services = vec!["health", "metrics", "dashboard"];
+    for (present, name) in [
+        (state.inference.is_some(), "inference"),
+        (state.embeddings.is_some(), "embeddings"),
+        (state.registry.is_some(), "registry"),
+        (state.tracking.is_some(), "tracking"),
+        (state.vector.is_some(), "vector"),
+        (state.monitor.is_some(), "monitor"),
+    ] {
+        if present {
+            services.push(name);
+        }
+    }
+    Json(RootInfo {
+        title: "hangar - LLMOps platform (Qdrant-compatible vector API at /collections)",
+        version: QDRANT_API_VERSION,
+        hangar_version: env!("CARGO_PKG_VERSION"),
+        services,
     })
     .into_response()
 }

@@ -5,6 +5,7 @@
 
 use crate::error::{Result, VectorError};
 use crate::filter::Filter;
+use crate::graph_file::{self, RowSource, GRAPH_FILE};
 use crate::hnsw::{Hnsw, HnswParams};
 use crate::index::{IndexKind, PayloadIndex};
 use crate::point::{Distance, Payload, Point, PointId, Record};
@@ -122,6 +123,9 @@ pub struct CollectionInfo {
     pub payload_schema: BTreeMap<String, (IndexKind, usize)>,
     pub memory_bytes: usize,
     pub wal_bytes: u64,
+    /// Whether the graph was read from the last checkpoint's graph file on open
+    /// (false: it was rebuilt from the points, or the collection is new).
+    pub graph_restored: bool,
 }
 
 pub struct Collection {
@@ -137,6 +141,7 @@ pub struct Collection {
     pub(crate) graph: Hnsw,
     pub(crate) indexes: BTreeMap<String, PayloadIndex>,
     wal: Wal,
+    graph_restored: bool,
 }
 
 impl Collection {
@@ -148,16 +153,61 @@ impl Collection {
         Collection::open(dir, name)
     }
 
-    /// Opens a collection: loads the last checkpoint, rebuilds the graph, replays the log.
+    /// Opens a collection: loads the last checkpoint and its saved graph (or rebuilds
+    /// the graph when none matches), then replays the log.
     pub fn open(dir: &Path, name: &str) -> Result<Collection> {
-        let (config, points) = read_data(&dir.join(DATA_FILE))?;
+        let (config, points, crc) = read_data(&dir.join(DATA_FILE))?;
         let (wal, ops) = Wal::open(&dir.join(WAL_FILE))?;
+        let saved = graph_file::read(
+            &dir.join(GRAPH_FILE),
+            crc,
+            points.len(),
+            config.dim,
+            config.hnsw,
+        );
         let mut c = Collection::empty(dir, name, config, wal);
-        c.apply(WalOp::Upsert(points));
+        match saved {
+            Some((rows, graph)) => c.install(points, rows, graph),
+            None => c.apply(WalOp::Upsert(points)),
+        }
         for op in ops {
             c.apply(op);
         }
         Ok(c)
+    }
+
+    /// Loads checkpointed points in the saved graph's row order, with that graph
+    /// (`graph_file::read` checked that each live point appears exactly once).
+    fn install(&mut self, points: Vec<Point>, rows: Vec<RowSource>, graph: Hnsw) {
+        let mut points: Vec<Option<Point>> = points.into_iter().map(Some).collect();
+        for (row, src) in rows.into_iter().enumerate() {
+            let row = row as u32;
+            match src {
+                RowSource::Live(i) => {
+                    let Some(p) = points.get_mut(i as usize).and_then(Option::take) else {
+                        continue;
+                    };
+                    self.rows.push(&p.vector);
+                    for (key, ix) in self.indexes.iter_mut() {
+                        ix.add(row, key, &p.payload);
+                    }
+                    self.ids.push(p.id);
+                    self.payloads.push(p.payload);
+                    self.deleted.push(false);
+                    self.by_id.insert(p.id, row);
+                    self.live += 1;
+                }
+                RowSource::Deleted(v) => {
+                    self.rows.push(&v);
+                    // A deleted row's id is never looked up (it is not in `by_id`).
+                    self.ids.push(PointId::Num(u64::MAX));
+                    self.payloads.push(Payload::new());
+                    self.deleted.push(true);
+                }
+            }
+        }
+        self.graph = graph;
+        self.graph_restored = true;
     }
 
     fn empty(dir: &Path, name: &str, config: CollectionConfig, wal: Wal) -> Collection {
@@ -178,6 +228,7 @@ impl Collection {
             by_id: BTreeMap::new(),
             indexes,
             wal,
+            graph_restored: false,
         }
     }
 
@@ -398,6 +449,7 @@ impl Collection {
                 .collect(),
             memory_bytes: self.rows.memory_bytes() + self.graph.memory_bytes(),
             wal_bytes: self.wal.len(),
+            graph_restored: self.graph_restored,
         }
     }
 
@@ -415,13 +467,39 @@ impl Collection {
         if rows > 0 && (rows - self.live) as f64 > REBUILD_DELETED_SHARE * rows as f64 {
             self.rebuild();
         }
-        write_data(
+        let crc = write_data(
             &self.dir.join(DATA_FILE),
             &self.config,
             self.live,
             self.live_points(),
         )?;
+        self.save_graph(crc);
         self.wal.truncate()
+    }
+
+    /// Saves the graph beside the data file just written (with CRC `data_crc`). A
+    /// failure here costs only a rebuild on the next open, so it is reported, not
+    /// returned.
+    fn save_graph(&self, data_crc: u32) {
+        // Live rows are numbered in the data file's order, which is id order.
+        let mut order = vec![u32::MAX; self.ids.len()];
+        for (n, &row) in self.by_id.values().enumerate() {
+            order[row as usize] = n as u32;
+        }
+        let rows: Vec<RowSource> = (0..self.ids.len())
+            .map(|r| {
+                if self.deleted[r] {
+                    RowSource::Deleted(self.rows.get(r as u32).to_vec())
+                } else {
+                    RowSource::Live(order[r])
+                }
+            })
+            .collect();
+        let path = self.dir.join(GRAPH_FILE);
+        if let Err(e) = graph_file::write(&path, data_crc, &rows, &self.graph) {
+            eprintln!("hangar vector: could not save the graph of {}: {e}; it will be rebuilt on the next open", self.name);
+            let _ = std::fs::remove_file(&path);
+        }
     }
 
     /// Rebuilds the graph, vectors and indexes from the live points, dropping tombstones.

@@ -373,4 +373,162 @@ impl Hnsw {
             .map(|n| (n.0, n.1))
             .collect()
     }
+
+    /// Appends the graph to `out` (little-endian; read back by [`Hnsw::decode`]).
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        let n = self.levels.len();
+        out.extend_from_slice(&(self.params.m as u32).to_le_bytes());
+        out.extend_from_slice(&(self.params.ef_construct as u32).to_le_bytes());
+        out.extend_from_slice(&self.entry.unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(&(self.max_level as u32).to_le_bytes());
+        out.extend_from_slice(&self.rng.to_le_bytes());
+        out.extend_from_slice(&(n as u64).to_le_bytes());
+        out.extend_from_slice(&self.levels);
+        for x in &self.links0 {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        for node in &self.upper {
+            for list in node {
+                out.extend_from_slice(&(list.len() as u32).to_le_bytes());
+                for x in list {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+        }
+    }
+
+    /// Reads a graph written by [`Hnsw::encode`] for `n` nodes built with `params`.
+    /// Returns the graph and the bytes it used, or `None` when anything is out of
+    /// place (wrong parameters or node count, a link past the end, a bad level): the
+    /// caller then rebuilds rather than trusting it.
+    pub(crate) fn decode(params: HnswParams, n: usize, bytes: &[u8]) -> Option<(Hnsw, usize)> {
+        let mut g = Hnsw::new(params, 0);
+        let mut pos = 0usize;
+        let mut take = |k: usize| -> Option<&[u8]> {
+            let end = pos.checked_add(k).filter(|&e| e <= bytes.len())?;
+            let s = &bytes[pos..end];
+            pos = end;
+            Some(s)
+        };
+        let u32_at = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let m = u32_at(take(4)?) as usize;
+        let ef = u32_at(take(4)?) as usize;
+        if m != g.params.m || ef != g.params.ef_construct {
+            return None;
+        }
+        let entry = u32_at(take(4)?);
+        let max_level = u32_at(take(4)?) as usize;
+        let rng = u64::from_le_bytes(take(8)?.try_into().ok()?);
+        let count = u64::from_le_bytes(take(8)?.try_into().ok()?);
+        if count != n as u64 || max_level > 16 {
+            return None;
+        }
+        let levels = take(n)?.to_vec();
+        if levels.iter().any(|&l| l > 16) {
+            return None;
+        }
+        let slots = n.checked_mul(g.m0 + 1)?;
+        let raw = take(slots.checked_mul(4)?)?;
+        let links0: Vec<u32> = raw.chunks_exact(4).map(u32_at).collect();
+        for node in links0.chunks_exact(g.m0 + 1) {
+            let k = node[0] as usize;
+            if k > g.m0 || node[1..=k].iter().any(|&x| x as usize >= n) {
+                return None;
+            }
+        }
+        let mut upper = Vec::with_capacity(n);
+        for &l in &levels {
+            let mut lists = Vec::with_capacity(l as usize);
+            for _ in 0..l {
+                let k = u32_at(take(4)?) as usize;
+                if k > g.m0 {
+                    return None;
+                }
+                let list: Vec<u32> = take(k * 4)?.chunks_exact(4).map(u32_at).collect();
+                if list.iter().any(|&x| x as usize >= n) {
+                    return None;
+                }
+                lists.push(list);
+            }
+            upper.push(lists);
+        }
+        let entry = if n == 0 {
+            if entry != u32::MAX {
+                return None;
+            }
+            None
+        } else {
+            if entry as usize >= n || levels[entry as usize] as usize != max_level {
+                return None;
+            }
+            Some(entry)
+        };
+        g.levels = levels;
+        g.links0 = links0;
+        g.upper = upper;
+        g.entry = entry;
+        g.max_level = max_level;
+        g.rng = rng;
+        Some((g, pos))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn built(n: usize) -> Hnsw {
+        let pts: Vec<[f32; 2]> = (0..n)
+            .map(|i| [(i as f32 * 0.37).sin(), (i as f32 * 0.91).cos()])
+            .collect();
+        let mut g = Hnsw::new(
+            HnswParams {
+                m: 4,
+                ef_construct: 16,
+            },
+            7,
+        );
+        for _ in 0..n {
+            let d = |a: u32, b: u32| {
+                let (p, q) = (pts[a as usize], pts[b as usize]);
+                (p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)
+            };
+            g.insert(d, |_| {});
+        }
+        g
+    }
+
+    #[test]
+    fn encode_decode_round_trips_and_every_truncation_is_refused() {
+        let g = built(200);
+        let mut buf = Vec::new();
+        g.encode(&mut buf);
+        let (back, used) = Hnsw::decode(g.params, 200, &buf).unwrap();
+        assert_eq!(used, buf.len());
+        assert_eq!(back.levels, g.levels);
+        assert_eq!(back.links0, g.links0);
+        assert_eq!(back.upper, g.upper);
+        assert_eq!(
+            (back.entry, back.max_level, back.rng),
+            (g.entry, g.max_level, g.rng)
+        );
+        for cut in 0..buf.len() {
+            assert!(
+                Hnsw::decode(g.params, 200, &buf[..cut]).is_none(),
+                "cut {cut}"
+            );
+        }
+        // Another node count or other parameters: not this graph.
+        assert!(Hnsw::decode(g.params, 199, &buf).is_none());
+        let other = HnswParams {
+            m: 5,
+            ef_construct: 16,
+        };
+        assert!(Hnsw::decode(other, 200, &buf).is_none());
+        // A link past the end is refused.
+        let mut bad = buf.clone();
+        let links0_at = 4 + 4 + 4 + 4 + 8 + 8 + 200;
+        bad[links0_at + 4..links0_at + 8].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(Hnsw::decode(g.params, 200, &bad).is_none());
+    }
 }

@@ -23,6 +23,7 @@
 mod collection;
 mod error;
 mod filter;
+mod graph_file;
 mod hnsw;
 mod index;
 pub mod npy;

@@ -1,7 +1,7 @@
 //! The collection data file (a checkpoint, and the snapshot format): config and every
 //! live point in one file, written to a temporary name, fsynced and renamed, with a
-//! CRC-32 over the whole. Reading checks every length. Knows no graph: the index is
-//! rebuilt from the points on load.
+//! CRC-32 over the whole. Reading checks every length. Knows no graph: the HNSW graph
+//! is saved beside it by `graph_file.rs`, tied to this file by its CRC.
 
 use crate::collection::CollectionConfig;
 use crate::error::{Result, VectorError};
@@ -14,12 +14,13 @@ use std::path::Path;
 const MAGIC: &[u8; 8] = b"HVEC0001";
 
 /// Writes `path` atomically: after a crash it is the old file or the new one.
+/// Returns the file's CRC-32 (what a saved graph refers to).
 pub fn write_data<'a>(
     path: &Path,
     config: &CollectionConfig,
     count: usize,
     points: impl Iterator<Item = (PointId, &'a Payload, &'a [f32])>,
-) -> Result<()> {
+) -> Result<u32> {
     let mut buf: Vec<u8> = Vec::new();
     buf.extend_from_slice(MAGIC);
     let cfg = serde_json::to_vec(config)
@@ -55,7 +56,8 @@ pub fn write_data<'a>(
     }
     let crc = crc32(&buf);
     buf.extend_from_slice(&crc.to_le_bytes());
-    write_atomic(path, &buf)
+    write_atomic(path, &buf)?;
+    Ok(crc)
 }
 
 /// Temp file + fsync + rename + fsync of the directory.
@@ -104,14 +106,15 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Reads a data file (or snapshot) written by [`write_data`].
-pub fn read_data(path: &Path) -> Result<(CollectionConfig, Vec<Point>)> {
+/// Reads a data file (or snapshot) written by [`write_data`], with its CRC-32.
+pub fn read_data(path: &Path) -> Result<(CollectionConfig, Vec<Point>, u32)> {
     let all = std::fs::read(path).map_err(|e| VectorError::io(path, e))?;
     if all.len() < MAGIC.len() + 4 || &all[..8] != MAGIC {
         return Err(VectorError::corrupt(path, "not a Hangar vector data file"));
     }
     let (body, tail) = all.split_at(all.len() - 4);
-    if crc32(body) != u32::from_le_bytes(tail.try_into().unwrap_or([0; 4])) {
+    let crc = crc32(body);
+    if crc != u32::from_le_bytes(tail.try_into().unwrap_or([0; 4])) {
         return Err(VectorError::corrupt(path, "checksum mismatch"));
     }
     let mut r = Reader {
@@ -158,5 +161,5 @@ pub fn read_data(path: &Path) -> Result<(CollectionConfig, Vec<Point>)> {
     if r.pos != body.len() {
         return Err(VectorError::corrupt(path, "trailing bytes"));
     }
-    Ok((config, points))
+    Ok((config, points, crc))
 }

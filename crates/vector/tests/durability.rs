@@ -210,3 +210,96 @@ fn reopening_replays_the_log_and_checkpoints_fold_it() {
         .retrieve(&[PointId::Num(3)], &WithPayload::None, false)
         .is_empty());
 }
+
+/// Top-10 ids of a few fixed queries.
+fn answers(c: &hangar_vector::Collection, dim: usize) -> Vec<Vec<PointId>> {
+    let mut r = common::rng(99);
+    (0..20)
+        .map(|_| {
+            let q = common::random_vec(&mut r, dim);
+            c.search(&hangar_vector::SearchRequest {
+                vector: q,
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|h| h.id)
+            .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_checkpointed_graph_is_read_back_not_rebuilt_and_a_bad_one_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let dim = 12;
+    let before;
+    {
+        let db = VectorDb::open(dir.path()).unwrap();
+        let c = db
+            .create("g", CollectionConfig::new(dim, Distance::Cosine))
+            .unwrap();
+        let mut c = c.write().unwrap();
+        c.upsert(common::points(5, 1500, dim), true).unwrap();
+        // A few tombstones stay in the graph (under the rebuild share).
+        c.delete((0..40).map(PointId::Num).collect(), true).unwrap();
+        c.create_index("city", hangar_vector::IndexKind::Keyword, true)
+            .unwrap();
+        c.checkpoint().unwrap();
+        before = answers(&c, dim);
+    }
+    let reopened = |expect_restored: bool| {
+        let db = VectorDb::open(dir.path()).unwrap();
+        let c = db.get("g").unwrap();
+        let c = c.read().unwrap();
+        assert_eq!(c.len(), 1460);
+        assert_eq!(c.info().graph_restored, expect_restored);
+        assert_eq!(c.info().deleted_rows, if expect_restored { 40 } else { 0 });
+        answers(&c, dim)
+    };
+    // The same graph: the same answers, tombstones never returned.
+    let after = reopened(true);
+    assert_eq!(before, after);
+    assert!(after
+        .iter()
+        .flatten()
+        .all(|id| !matches!(id, PointId::Num(n) if *n < 40)));
+
+    // Writes after the checkpoint are replayed on top of the saved graph.
+    {
+        let db = VectorDb::open(dir.path()).unwrap();
+        let c = db.get("g").unwrap();
+        let mut c = c.write().unwrap();
+        let mut p = common::points(6, 1, dim).pop().unwrap();
+        p.id = PointId::Num(7_000);
+        let q = p.vector.clone();
+        c.upsert(vec![p], true).unwrap();
+        drop(c);
+        drop(db);
+        let db = VectorDb::open(dir.path()).unwrap();
+        let c = db.get("g").unwrap();
+        let c = c.read().unwrap();
+        assert!(c.info().graph_restored);
+        let hits = c
+            .search(&hangar_vector::SearchRequest {
+                vector: q,
+                limit: 1,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(hits[0].id, PointId::Num(7_000));
+    }
+
+    // A damaged graph file is ignored: the graph is rebuilt and answers stay right.
+    let path = dir.path().join("g").join("graph.bin");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(&path, &bytes).unwrap();
+    let db = VectorDb::open(dir.path()).unwrap();
+    let c = db.get("g").unwrap();
+    let c = c.read().unwrap();
+    assert!(!c.info().graph_restored);
+    assert_eq!(c.len(), 1461);
+}
