@@ -312,7 +312,34 @@ fn search_request(
                 .ok_or_else(|| bad("score_threshold must be a number"))
         })
         .transpose()?;
+    // `query: {"nearest": [...], "mmr": {"diversity", "candidates_limit"}}`
+    let mmr = match field(v, "query").and_then(|q| field(q, "mmr")) {
+        None | Some(Value::Null) => None,
+        Some(m) => {
+            let diversity = match field(m, "diversity") {
+                None | Some(Value::Null) => 0.5,
+                Some(x) => x
+                    .as_f64()
+                    .filter(|d| (0.0..=1.0).contains(d))
+                    .ok_or_else(|| bad("mmr.diversity must be a number from 0.0 to 1.0"))?
+                    as f32,
+            };
+            let candidates_limit = match field(m, "candidates_limit") {
+                None | Some(Value::Null) => None,
+                Some(x) => Some(
+                    x.as_u64()
+                        .map(|n| n as usize)
+                        .ok_or_else(|| bad("mmr.candidates_limit must be a positive integer"))?,
+                ),
+            };
+            Some(hangar_vector::Mmr {
+                diversity,
+                candidates_limit,
+            })
+        }
+    };
     Ok(SearchRequest {
+        mmr,
         vector,
         limit: usize_of(v, "limit", limit_default)?,
         offset: usize_of(v, "offset", 0)?,
@@ -444,7 +471,12 @@ fn collection_config(v: &Value) -> Result<CollectionConfig, QdrantError> {
     let distance = field(vectors, "distance")
         .and_then(Value::as_str)
         .ok_or_else(|| bad("vectors.distance is required: Cosine, Dot or Euclid"))?;
-    if field(v, "sparse_vectors").is_some() {
+    // LangChain sends an empty map for a dense-only collection.
+    if field(v, "sparse_vectors").is_some_and(|s| match s {
+        Value::Null => false,
+        Value::Object(o) => !o.is_empty(),
+        _ => true,
+    }) {
         return Err(bad("sparse vectors are not supported"));
     }
     let mut cfg = CollectionConfig::new(size as usize, Distance::parse(distance)?);

@@ -41,7 +41,7 @@ pub use filter::{Condition, FieldCondition, FieldTest, Filter, Range};
 pub use hnsw::{Hnsw, HnswParams};
 pub use index::IndexKind;
 pub use point::{Distance, Payload, Point, PointId, Record, ScoredPoint};
-pub use search::{SearchPlan, SearchRequest};
+pub use search::{Mmr, SearchPlan, SearchRequest};
 pub use snapshots::{check_name as check_snapshot_name, SnapshotInfo};
 pub use store::{check_collection_name, SharedCollection, VectorDb};
 pub use vectors::Quantization;

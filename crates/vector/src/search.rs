@@ -27,6 +27,21 @@ pub struct SearchRequest {
     pub score_threshold: Option<f32>,
     pub with_payload: WithPayload,
     pub with_vector: bool,
+    /// Maximal marginal relevance: re-rank the nearest candidates for diversity.
+    pub mmr: Option<Mmr>,
+}
+
+/// Maximal marginal relevance (Carbonell & Goldstein), as Qdrant's `nearest.mmr`: take
+/// the `candidates_limit` nearest points, keep the nearest, then repeatedly the one
+/// maximising `(1 - diversity) * sim(query, p) - diversity * max sim(p, kept)`, with
+/// the collection's own similarity (negated squared distance for Euclid). Scores
+/// returned stay the similarity to the query.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mmr {
+    /// 0: relevance only (plain nearest), 1: diversity only.
+    pub diversity: f32,
+    /// Nearest points considered (default: the request's limit).
+    pub candidates_limit: Option<usize>,
 }
 
 /// How a query was answered (for tests and `hangar vector query --json`).
@@ -73,8 +88,23 @@ impl Collection {
                 "query vector holds {x}; only finite numbers are allowed"
             )));
         }
+        if let Some(m) = &req.mmr {
+            if !(0.0..=1.0).contains(&m.diversity) {
+                return Err(VectorError::Invalid(format!(
+                    "mmr.diversity {} is out of range; use 0.0 to 1.0",
+                    m.diversity
+                )));
+            }
+        }
+        let wanted = match req.mmr {
+            Some(Mmr {
+                candidates_limit: Some(c),
+                ..
+            }) => c.max(req.limit),
+            _ => req.limit,
+        };
         // Never more than there are points (limits come from clients).
-        let k = req.limit.saturating_add(req.offset).min(self.live);
+        let k = wanted.saturating_add(req.offset).min(self.live);
         if k == 0 {
             return Ok((Vec::new(), SearchPlan::Exact));
         }
@@ -134,14 +164,22 @@ impl Collection {
             }
         };
         let bigger = self.config.distance.bigger_is_better();
-        let out = hits
+        let kept: Vec<(f32, u32)> = hits
             .into_iter()
             .skip(req.offset)
-            .map(|(d, row)| (self.rows.score(d), row))
-            .filter(|(s, _)| {
+            .filter(|(d, _)| {
+                let s = self.rows.score(*d);
                 req.score_threshold
-                    .is_none_or(|t| if bigger { *s >= t } else { *s <= t })
+                    .is_none_or(|t| if bigger { s >= t } else { s <= t })
             })
+            .collect();
+        let kept = match &req.mmr {
+            Some(m) => self.mmr(kept, m.diversity, req.limit),
+            None => kept,
+        };
+        let out = kept
+            .into_iter()
+            .map(|(d, row)| (self.rows.score(d), row))
             .map(|(score, row)| {
                 let r = self.record(row, &req.with_payload, req.with_vector);
                 ScoredPoint {
@@ -153,6 +191,40 @@ impl Collection {
             })
             .collect();
         Ok((out, plan))
+    }
+
+    /// Greedy MMR selection of `limit` of the candidates (closest first, as internal
+    /// distances where smaller is closer, so similarity is the negated distance).
+    fn mmr(&self, cands: Vec<(f32, u32)>, diversity: f32, limit: usize) -> Vec<(f32, u32)> {
+        if cands.len() <= 1 || limit == 0 {
+            return cands.into_iter().take(limit).collect();
+        }
+        let relevance = 1.0 - diversity;
+        let mut pending = cands;
+        let mut kept = vec![pending.remove(0)];
+        // Per pending candidate: its largest similarity to any kept point so far.
+        let mut max_sim: Vec<f32> = pending
+            .iter()
+            .map(|&(_, r)| -self.rows.pair(r, kept[0].1))
+            .collect();
+        while kept.len() < limit && !pending.is_empty() {
+            let mut best = 0;
+            let mut best_score = f32::NEG_INFINITY;
+            for (i, &(d, _)) in pending.iter().enumerate() {
+                let score = relevance * -d - diversity * max_sim[i];
+                if score > best_score {
+                    best_score = score;
+                    best = i;
+                }
+            }
+            let chosen = pending.remove(best);
+            max_sim.remove(best);
+            for (i, &(_, r)) in pending.iter().enumerate() {
+                max_sim[i] = max_sim[i].max(-self.rows.pair(r, chosen.1));
+            }
+            kept.push(chosen);
+        }
+        kept
     }
 
     /// Exact search over candidate rows (or all rows), closest first.

@@ -261,3 +261,83 @@ fn scroll_pages_through_ids_in_order_and_count_is_exact() {
     assert_eq!(c.count(Some(&f)), want.len());
     assert_eq!(c.count(None), 95);
 }
+
+#[test]
+fn mmr_trades_relevance_for_diversity_as_defined() {
+    // Two tight clusters near the query direction and one far point: plain nearest
+    // returns one cluster; MMR with diversity picks from the other after the first.
+    let dir = tempfile::tempdir().unwrap();
+    let db = VectorDb::open(dir.path()).unwrap();
+    let c = db
+        .create("m", CollectionConfig::new(2, Distance::Cosine))
+        .unwrap();
+    let mut c = c.write().unwrap();
+    let pt = |id: u64, x: f32, y: f32| hangar_vector::Point {
+        id: PointId::Num(id),
+        vector: vec![x, y],
+        payload: Default::default(),
+    };
+    c.upsert(
+        vec![
+            pt(1, 1.0, 0.00),
+            pt(2, 1.0, 0.01),
+            pt(3, 1.0, 0.02),
+            pt(4, 1.0, 0.50),
+            pt(5, 1.0, 0.52),
+            pt(6, -1.0, 0.0),
+        ],
+        true,
+    )
+    .unwrap();
+    let ask = |mmr: Option<hangar_vector::Mmr>| -> Vec<u64> {
+        c.search(&SearchRequest {
+            vector: vec![1.0, 0.1],
+            limit: 2,
+            mmr,
+            ..Default::default()
+        })
+        .unwrap()
+        .iter()
+        .map(|p| match p.id {
+            PointId::Num(n) => n,
+            PointId::Uuid(_) => unreachable!(),
+        })
+        .collect()
+    };
+    let plain = ask(None);
+    assert_eq!(plain, vec![3, 2]);
+    // diversity 0: relevance only, the same as plain nearest.
+    let m = |diversity, candidates_limit| {
+        Some(hangar_vector::Mmr {
+            diversity,
+            candidates_limit,
+        })
+    };
+    assert_eq!(ask(m(0.0, Some(5))), plain);
+    // diversity 0.5 over five candidates: the nearest, then from the other cluster
+    // the point farther from it (5: 0.5 x 0.9287 - 0.5 x 0.8963 = 0.0162 beats
+    // 4: 0.5 x 0.9345 - 0.5 x 0.9032 = 0.0157).
+    assert_eq!(ask(m(0.5, Some(5))), vec![3, 5]);
+    // Candidates default to the limit: MMR can only reorder those two.
+    assert_eq!(ask(m(0.5, None)), plain);
+    // Scores stay the similarity to the query.
+    let with_scores = c
+        .search(&SearchRequest {
+            vector: vec![1.0, 0.1],
+            limit: 2,
+            mmr: m(0.5, Some(5)),
+            ..Default::default()
+        })
+        .unwrap();
+    let cos = |x: f32, y: f32| (x + 0.1 * y) / ((x * x + y * y).sqrt() * 1.01f32.sqrt());
+    assert!((with_scores[1].score - cos(1.0, 0.52)).abs() < 1e-5);
+    // Out-of-range diversity is refused.
+    assert!(c
+        .search(&SearchRequest {
+            vector: vec![1.0, 0.1],
+            limit: 2,
+            mmr: m(1.5, None),
+            ..Default::default()
+        })
+        .is_err());
+}
