@@ -45,7 +45,7 @@ pub enum RegistryError {
     Template { prompt: String, reason: String },
     /// A prompt was rendered without values for some of its variables.
     #[error(
-        "prompt {prompt} needs the variable(s) {}; it uses {}. Pass every one in `variables`",
+        "prompt {prompt} needs the variable(s) {}; it uses {}; give a value for each",
         missing.join(", "), needed.join(", ")
     )]
     MissingVariables {
