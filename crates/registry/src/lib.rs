@@ -39,7 +39,7 @@ mod transfer;
 
 pub use auth::{Principal, Role};
 pub use error::{RegistryError, Result};
-pub use maintain::{GcReport, VerifyReport};
+pub use maintain::{sha256_file, GcReport, VerifyReport};
 pub use names::ModelRef;
 pub use prompts::{NewPrompt, PromptSummary, PromptTemplate, PromptVersion, RenderedPrompt};
 pub use registry::{
