@@ -94,3 +94,60 @@ def test_judge_takes_its_grading_prompt_from_the_store(served, tmp_path):
     shown = json.loads(subprocess.run([hangar_bin(), "--home", home, "runs", "show", r["run_id"], "--json"],
                                       check=True, capture_output=True, text=True).stdout)
     assert "grader@1" in json.dumps(shown)
+
+
+def test_mlflow_prompt_registry_calls_use_the_same_store():
+    """mlflow-skinny's `register_prompt` / `load_prompt` / aliases on `hangar serve`:
+    the prompts land in the registry's prompt store (`hangar prompts` shows them)."""
+    import os
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    import mlflow
+    from mlflow import MlflowClient
+
+    home = tempfile.mkdtemp(prefix="hangar-mlflow-prompts-")
+    admin = hangar(home, "registry", "token", "create", "--name", "admin", "--role", "admin", "--json")["token"]
+    srv = Server("--no-model", "--home", home, with_model=False)
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_TOKEN", "HANGAR_TOKEN")}
+    try:
+        os.environ["MLFLOW_TRACKING_TOKEN"] = admin
+        os.environ["HANGAR_TOKEN"] = admin
+        mlflow.set_tracking_uri(srv.base)
+        v1 = mlflow.genai.register_prompt(name="summary", template="Summarise: {{ text }}",
+                                          commit_message="first")
+        assert v1.version == 1
+        chat = [{"role": "system", "content": "You write {{ style }} summaries."},
+                {"role": "user", "content": "Summarise: {{ text }}"}]
+        v2 = mlflow.genai.register_prompt(name="summary", template=chat, tags={"team": "nlp"})
+        assert v2.version == 2
+        mlflow.genai.set_prompt_alias("summary", alias="production", version=1)
+        mlflow.genai.set_prompt_alias("summary", alias="beta", version=2)
+
+        p = mlflow.genai.load_prompt("prompts:/summary/1")
+        assert p.template == "Summarise: {{ text }}"
+        assert p.format(text="a long story") == "Summarise: a long story"
+        p = mlflow.genai.load_prompt("prompts:/summary@beta")
+        assert p.version == 2 and p.template == chat
+        assert p.tags.get("team") == "nlp"
+        assert mlflow.genai.load_prompt("prompts:/summary@production").version == 1
+        assert mlflow.genai.load_prompt("prompts:/summary@latest").version == 2
+        # The client sees a prompt, not a model (it reads the registered model's tags).
+        c = MlflowClient(tracking_uri=srv.base)
+        with pytest.raises(mlflow.exceptions.MlflowException):
+            c.get_registered_model("summary")
+
+        # The same prompts through Hangar's own CLI and routes.
+        shown = hangar(home, "prompts", "show", "summary@beta", "--json")
+        assert shown["template"] == {"system": "You write {{ style }} summaries.",
+                                     "user": "Summarise: {{ text }}"}
+        assert shown["variables"] == ["style", "text"]
+        assert hangar(home, "prompts", "show", "summary", "--json")["version"] == 1
+        # And the other way round: a version made by Hangar loads in MLflow.
+        hangar(home, "prompts", "create", "summary", "--text", "TL;DR {{ text }}", "--json")
+        assert mlflow.genai.load_prompt("prompts:/summary/3").template == "TL;DR {{ text }}"
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        srv.stop()

@@ -140,7 +140,7 @@ fn parts(
 }
 
 fn version_text(p: &PromptVersion) -> String {
-    let mut s = format!("{}", p.reference);
+    let mut s = p.reference.clone();
     if let Some(st) = &p.stage {
         s.push_str(&format!("  stage {st}"));
     }
@@ -185,6 +185,7 @@ pub fn run_prompts(cmd: PromptsCmd, home: Option<PathBuf>) -> Result<()> {
                     user,
                     description,
                     tags,
+                    ..Default::default()
                 },
             )?;
             if let Some(a) = alias {

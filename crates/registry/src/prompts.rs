@@ -195,6 +195,9 @@ pub struct PromptVersion {
     pub aliases: Vec<String>,
     pub tags: Vec<String>,
     pub description: Option<String>,
+    /// Other key-values recorded with the version (e.g. MLflow's prompt tags).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
     pub variables: Vec<String>,
     pub template: PromptTemplate,
     /// sha256 of the stored `prompt.json`.
@@ -224,6 +227,8 @@ pub struct NewPrompt {
     pub user: String,
     pub description: Option<String>,
     pub tags: Vec<String>,
+    /// Other key-values to record with the version (keys of 1 to 128 bytes).
+    pub metadata: BTreeMap<String, String>,
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -267,7 +272,12 @@ impl Registry {
             size: bytes.len() as u64,
             sha256: sha.clone(),
         };
-        let mut metadata = BTreeMap::new();
+        let mut metadata = p.metadata.clone();
+        if let Some(k) = metadata.keys().find(|k| k.is_empty() || k.len() > 128) {
+            return Err(RegistryError::Invalid(format!(
+                "metadata key {k:?} must be 1 to 128 bytes"
+            )));
+        }
         if let Some(d) = p.description.as_ref().filter(|d| !d.is_empty()) {
             metadata.insert("description".to_string(), d.clone());
         }
@@ -372,6 +382,36 @@ impl Registry {
         self.prompt(who, &format!("{}@{number}", p.name))
     }
 
+    /// What a registry name holds: `Some("model")`, `Some("prompt")`, or `None` when
+    /// the name is unknown.
+    pub fn kind_of(&self, who: &Principal, name: &str) -> Result<Option<String>> {
+        who.require(Role::Reader, "reading the registry")?;
+        names::validate_model_name(name)?;
+        Ok(self.name_kind(name)?.map(|(_, k)| k))
+    }
+
+    /// Claims `name` for a prompt before its first version (MLflow registers a prompt's
+    /// name, then its versions). A name holding a model is refused; an existing prompt
+    /// is left as it is.
+    pub fn reserve_prompt(&self, who: &Principal, name: &str) -> Result<()> {
+        who.require(Role::Writer, "creating a prompt")?;
+        names::validate_model_name(name)?;
+        match self.name_kind(name)? {
+            Some((_, k)) if k != KIND_PROMPT => Err(RegistryError::Conflict(format!(
+                "{name:?} is the name of a model; give the prompt another name"
+            ))),
+            Some(_) => Ok(()),
+            None => {
+                self.db.execute(
+                    "INSERT INTO models(name, created_at, kind) VALUES(?1, ?2, ?3)",
+                    params![name, db::now(), KIND_PROMPT],
+                )?;
+                db::audit(&self.db, &who.name, "prompt.reserve", name, &json!({}))?;
+                Ok(())
+            }
+        }
+    }
+
     /// Finds a prompt version; a model's name is refused with a sentence.
     fn find_prompt(&self, reference: &str) -> Result<VersionRow> {
         let r: ModelRef = reference.parse()?;
@@ -420,6 +460,8 @@ impl Registry {
         let row = self.find_prompt(reference)?;
         let info = self.show(who, &format!("{}@{}", row.name, row.number))?;
         let (template, sha256) = self.read_template(&row)?;
+        let mut metadata = info.metadata;
+        let description = metadata.remove("description");
         Ok(PromptVersion {
             reference: format!("{}@{}", row.name, row.number),
             name: row.name,
@@ -429,7 +471,8 @@ impl Registry {
             stage: info.stage,
             aliases: info.aliases,
             tags: info.tags,
-            description: info.metadata.get("description").cloned(),
+            description,
+            metadata,
             variables: template.variables(),
             template,
             sha256,

@@ -363,6 +363,7 @@ async fn create_prompt(
                 user: b.user,
                 description: b.description,
                 tags: b.tags,
+                ..Default::default()
             },
         )?;
         if let Some(a) = b.alias {
