@@ -436,8 +436,10 @@ mod tests {
             model: "m".into(),
             choices: vec![],
             usage: None,
+            prompt: None,
         };
         assert!(!serde_json::to_string(&e).unwrap().contains("usage"));
+        assert!(!serde_json::to_string(&e).unwrap().contains("prompt"));
         e.usage = Some(None);
         assert!(serde_json::to_string(&e)
             .unwrap()
