@@ -7,6 +7,7 @@ mod cmd_eval;
 mod cmd_model;
 mod cmd_monitor;
 mod cmd_plan;
+mod cmd_prompts;
 mod cmd_registry;
 mod cmd_serve;
 mod cmd_track;
@@ -67,6 +68,9 @@ enum Cmd {
     /// The model registry: import, list, promote, export, gc, tokens...
     #[command(subcommand)]
     Registry(cmd_registry::RegistryCmd),
+    /// Versioned prompt templates in the registry: create, list, show, alias, render.
+    #[command(subcommand)]
+    Prompts(cmd_prompts::PromptsCmd),
     /// Download a model into the registry (`default`, or hf://org/repo[/file]).
     Pull(cmd_registry::PullArgs),
     // -- monitoring
@@ -136,6 +140,7 @@ fn main() {
         Cmd::Eval(a) => cmd_eval::run_eval(a, cli.home),
         Cmd::Judge(a) => cmd_eval::run_judge(a, cli.home),
         Cmd::Registry(c) => cmd_registry::run_registry(c, cli.home),
+        Cmd::Prompts(c) => cmd_prompts::run_prompts(c, cli.home),
         Cmd::Pull(a) => cmd_registry::run_pull(a, cli.home),
         Cmd::Logs(c) => cmd_monitor::run_logs(c, cli.home.as_deref()),
         Cmd::Monitor(c) => cmd_monitor::run_monitor(c, cli.home),

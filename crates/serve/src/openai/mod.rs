@@ -5,6 +5,7 @@
 //! (`hangar_engine::prompt`, through `gen`), and wraps the results; no sampling or
 //! scheduling here.
 
+mod stored_prompt;
 mod stream;
 pub mod types;
 
@@ -150,6 +151,8 @@ struct Job {
     echo: Vec<Option<String>>,
     /// Completions with `echo` and `logprobs`: the prompt's tokens lead the logprobs.
     echo_logprobs: bool,
+    /// The stored prompt the request was rendered from, reported in the response.
+    prompt: Option<stored_prompt::PromptUsed>,
 }
 
 impl Job {
@@ -180,6 +183,7 @@ impl Job {
             model: self.model.clone(),
             choices,
             usage: usage.map(|u| u.map(Into::into)),
+            prompt: self.prompt.clone(),
         }
     }
 }
@@ -221,7 +225,9 @@ pub async fn completions(
         options.max_tokens = None;
     }
     let v = options.validate(state.engine().info())?;
-    let prompts: Vec<Prompt> = match req.prompt {
+    let (input, prompt_used) =
+        completion_input(&state, req.prompt, req.prompt_template, req.variables).await?;
+    let prompts: Vec<Prompt> = match input {
         PromptInput::Text(t) => vec![Prompt::Text(t)],
         PromptInput::Texts(ts) => ts.into_iter().map(Prompt::Text).collect(),
         PromptInput::Tokens(ids) => vec![Prompt::Tokens(ids)],
@@ -269,8 +275,37 @@ pub async fn completions(
         logprobs: v.logprobs.is_some(),
         echo: echoes,
         echo_logprobs,
+        prompt: prompt_used,
     };
     run(&state, job, reqs, &req.common).await
+}
+
+/// The completions prompt: the request's text, or a stored prompt rendered to text.
+async fn completion_input(
+    state: &InferenceState,
+    prompt: Option<PromptInput>,
+    template: Option<String>,
+    variables: Option<serde_json::Map<String, serde_json::Value>>,
+) -> Result<(PromptInput, Option<stored_prompt::PromptUsed>), ApiError> {
+    match (prompt, template) {
+        (Some(p), None) if variables.is_none() => Ok((p, None)),
+        (Some(_), None) => Err(ApiError::param(
+            "variables",
+            "variables need a stored prompt: add \"prompt_template\": \"name@version\"",
+        )),
+        (None, Some(t)) => {
+            let (used, r) = stored_prompt::render(state, "prompt_template", t, variables).await?;
+            Ok((PromptInput::Text(r.to_text()), Some(used)))
+        }
+        (Some(_), Some(_)) => Err(ApiError::param(
+            "prompt_template",
+            "give either prompt (the text) or prompt_template (a stored prompt), not both",
+        )),
+        (None, None) => Err(ApiError::param(
+            "prompt",
+            "prompt is required (or prompt_template with variables)",
+        )),
+    }
 }
 
 /// Flattens OpenAI message content to text; anything but text parts is refused.
@@ -309,7 +344,7 @@ pub async fn chat(
     let req: ChatRequest = gen::parse_json(&bytes)?;
     let model = req.common.check_model(&state)?;
     let n = req.common.n()?;
-    if req.messages.is_empty() {
+    if req.messages.is_empty() && req.stored_prompt.prompt.is_none() {
         return Err(ApiError::param("messages", "messages must not be empty"));
     }
     let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
@@ -332,6 +367,8 @@ pub async fn chat(
         .enumerate()
         .map(|(i, m)| message_text(m, i))
         .collect::<Result<Vec<_>, _>>()?;
+    let (messages, prompt_used) =
+        stored_prompt::chat_messages(&state, req.stored_prompt, messages).await?;
     let prompt = gen::encode(&state, Prompt::Chat(messages))?;
     let reqs = (0..n)
         .map(|j| v.request(prompt.clone(), j, None, state.engine().info()))
@@ -345,6 +382,7 @@ pub async fn chat(
         logprobs: v.logprobs.is_some(),
         echo: vec![None; n],
         echo_logprobs: false,
+        prompt: prompt_used,
     };
     run(&state, job, reqs, &req.common).await
 }

@@ -69,7 +69,12 @@ pub enum PromptInput {
 /// `POST /v1/completions`
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
-    pub prompt: PromptInput,
+    /// The text; absent when `prompt_template` names a stored prompt.
+    #[serde(default)]
+    pub prompt: Option<PromptInput>,
+    /// A stored prompt (`name@ref`) rendered with `variables` into the text.
+    pub prompt_template: Option<String>,
+    pub variables: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(flatten)]
     pub common: Common,
     pub logprobs: Option<i64>,
@@ -101,7 +106,12 @@ pub struct Message {
 /// `POST /v1/chat/completions`
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
+    /// May be empty when a stored prompt gives the messages.
+    #[serde(default)]
     pub messages: Vec<Message>,
+    /// `prompt` and `variables`: a stored prompt rendered before `messages`.
+    #[serde(flatten)]
+    pub stored_prompt: super::stored_prompt::ChatPromptFields,
     #[serde(flatten)]
     pub common: Common,
     pub logprobs: Option<bool>,
@@ -165,6 +175,9 @@ pub struct Envelope<C> {
     /// chunk but the last.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Option<UsageBody>>,
+    /// The stored prompt the request was rendered from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<super::stored_prompt::PromptUsed>,
 }
 
 /// A completions choice (whole or streamed).
@@ -423,8 +436,10 @@ mod tests {
             model: "m".into(),
             choices: vec![],
             usage: None,
+            prompt: None,
         };
         assert!(!serde_json::to_string(&e).unwrap().contains("usage"));
+        assert!(!serde_json::to_string(&e).unwrap().contains("prompt"));
         e.usage = Some(None);
         assert!(serde_json::to_string(&e)
             .unwrap()
