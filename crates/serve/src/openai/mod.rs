@@ -33,6 +33,7 @@ pub(crate) fn routes(state: InferenceState) -> Router {
     Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/rag/chat", post(rag_chat))
         .with_state(state)
 }
 
@@ -150,6 +151,8 @@ struct Job {
     echo: Vec<Option<String>>,
     /// Completions with `echo` and `logprobs`: the prompt's tokens lead the logprobs.
     echo_logprobs: bool,
+    /// Retrieval-augmented chat: the passages the prompt cites.
+    citations: Option<Vec<crate::rag_api::Citation>>,
 }
 
 impl Job {
@@ -180,6 +183,7 @@ impl Job {
             model: self.model.clone(),
             choices,
             usage: usage.map(|u| u.map(Into::into)),
+            citations: None,
         }
     }
 }
@@ -269,6 +273,7 @@ pub async fn completions(
         logprobs: v.logprobs.is_some(),
         echo: echoes,
         echo_logprobs,
+        citations: None,
     };
     run(&state, job, reqs, &req.common).await
 }
@@ -299,14 +304,34 @@ fn message_text(m: Message, i: usize) -> Result<ChatMessage, ApiError> {
     Ok(ChatMessage::new(role, content))
 }
 
-/// `POST /v1/chat/completions`
+/// `POST /v1/chat/completions` (retrieval-augmented when the body has `retrieval`).
 pub async fn chat(
     State(state): State<InferenceState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, state.app.cfg.max_body_bytes).await?;
+    chat_request(state, gen::parse_json(&bytes)?).await
+}
+
+/// `POST /v1/rag/chat`: a chat completion whose body must have `retrieval`.
+pub async fn rag_chat(
+    State(state): State<InferenceState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, state.app.cfg.max_body_bytes).await?;
     let req: ChatRequest = gen::parse_json(&bytes)?;
+    if req.retrieval.as_ref().is_none_or(|r| r.is_null()) {
+        return Err(ApiError::param(
+            "retrieval",
+            "/v1/rag/chat needs \"retrieval\": {\"collection\": \"...\", \"top_k\": 4}",
+        ));
+    }
+    chat_request(state, req).await
+}
+
+async fn chat_request(state: InferenceState, req: ChatRequest) -> Result<Response, ApiError> {
     let model = req.common.check_model(&state)?;
     let n = req.common.n()?;
     if req.messages.is_empty() {
@@ -326,12 +351,16 @@ pub async fn chat(
         .common
         .options(logprobs)
         .validate(state.engine().info())?;
-    let messages = req
+    let mut messages = req
         .messages
         .into_iter()
         .enumerate()
         .map(|(i, m)| message_text(m, i))
         .collect::<Result<Vec<_>, _>>()?;
+    let citations = match req.retrieval {
+        Some(r) if !r.is_null() => Some(crate::rag_api::augment(&state, r, &mut messages).await?),
+        _ => None,
+    };
     let prompt = gen::encode(&state, Prompt::Chat(messages))?;
     let reqs = (0..n)
         .map(|j| v.request(prompt.clone(), j, None, state.engine().info()))
@@ -345,6 +374,7 @@ pub async fn chat(
         logprobs: v.logprobs.is_some(),
         echo: vec![None; n],
         echo_logprobs: false,
+        citations,
     };
     run(&state, job, reqs, &req.common).await
 }
@@ -406,7 +436,9 @@ fn whole_response(job: &Job, results: Vec<Completion>, tok: &Tokenizer) -> Respo
                     finish_reason: Some(gen::finish_reason(c.finish)),
                 })
                 .collect();
-            Json(job.envelope("chat.completion", choices, Some(Some(usage)))).into_response()
+            let mut env = job.envelope("chat.completion", choices, Some(Some(usage)));
+            env.citations = job.citations.clone();
+            Json(env).into_response()
         }
     }
 }

@@ -106,6 +106,10 @@ pub struct ChatRequest {
     pub common: Common,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
+    /// Hangar extension: retrieval-augmented generation (`{collection, top_k, filter,
+    /// score_threshold}`; the OpenAI client sends it through `extra_body`).
+    #[serde(default)]
+    pub retrieval: Option<serde_json::Value>,
 }
 
 // ---- responses -------------------------------------------------------------------
@@ -165,6 +169,10 @@ pub struct Envelope<C> {
     /// chunk but the last.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Option<UsageBody>>,
+    /// Retrieval-augmented answers: the passages the prompt numbered [1], [2], ... (on
+    /// the whole answer, or the first streamed chunk).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub citations: Option<Vec<crate::rag_api::Citation>>,
 }
 
 /// A completions choice (whole or streamed).
