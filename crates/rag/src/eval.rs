@@ -167,17 +167,18 @@ pub fn cites(answer: &str, sources: usize) -> bool {
 }
 
 /// Generates an answer per question with `generator` from the template and the
-/// retrieved passages, has `judge` rate its faithfulness to them, and adds
+/// retrieved passages, has `judge` (`None`: the generator itself) rate its
+/// faithfulness to them, and adds
 /// `faithfulness_mean_rating` (1–10, with a bootstrap interval), `faithful_share`
 /// (rated 7 or more), `cited_share`, `faithfulness_unparseable` and per-row `answer`,
 /// `faithfulness` to `result`.
-pub fn add_faithfulness(
+pub fn add_faithfulness<'a>(
     result: &mut EvalResult,
     questions: &[RagQuestion],
     retrieved: &[Vec<Passage>],
     template: &PromptTemplate,
-    generator: &mut dyn JudgeModel,
-    judge: &mut dyn JudgeModel,
+    generator: &'a mut dyn JudgeModel,
+    judge: Option<&'a mut dyn JudgeModel>,
     opts: &FaithfulnessOptions,
 ) -> Result<()> {
     let mut calls = Vec::with_capacity(questions.len());
@@ -207,6 +208,10 @@ pub fn add_faithfulness(
             top_logprobs: 0,
         })
         .collect();
+    let judge = match judge {
+        Some(j) => j,
+        None => generator,
+    };
     let judge_name = judge.name();
     let verdicts = CachedJudge::new(judge, opts.cache_dir.clone()).complete(&judge_calls)?;
     let mut ratings = Vec::new();
