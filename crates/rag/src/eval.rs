@@ -71,8 +71,9 @@ pub fn hit_rank(q: &RagQuestion, passages: &[Passage]) -> Option<usize> {
         .map(|i| i + 1)
 }
 
-/// Retrieval metrics: `hit_rate@k` for each k, `mrr` (over the passages given), per
-/// question rows with the rank and the retrieved sources.
+/// Retrieval metrics: `hit_rate_at_k` (a chunk overlapping the passage in the top k)
+/// and `source_hit_rate_at_k` (any chunk of the right file) for each k, `mrr` (over
+/// the passages given), per question rows with the rank and the retrieved sources.
 pub fn retrieval_result(
     questions: &[RagQuestion],
     retrieved: &[Vec<Passage>],
@@ -91,6 +92,12 @@ pub fn retrieval_result(
             .map(|r| f64::from(u8::from(r.is_some_and(|r| r <= k))))
             .collect();
         metrics.insert(format!("hit_rate_at_{k}"), mean(&hits));
+        let file_hits: Vec<f64> = questions
+            .iter()
+            .zip(retrieved)
+            .map(|(q, ps)| f64::from(u8::from(ps.iter().take(k).any(|p| p.source == q.source))))
+            .collect();
+        metrics.insert(format!("source_hit_rate_at_{k}"), mean(&file_hits));
     }
     let rr: Vec<f64> = ranks
         .iter()
@@ -295,6 +302,7 @@ mod tests {
         assert_eq!(r.metrics["hit_rate_at_1"], 0.5);
         assert_eq!(r.metrics["hit_rate_at_3"], 1.0);
         assert_eq!(r.metrics["mrr"], 0.75);
+        assert_eq!(r.metrics["source_hit_rate_at_1"], 0.5);
     }
 
     #[test]
