@@ -168,6 +168,13 @@ fn numbered(passages: &[Passage]) -> String {
         .join("\n\n")
 }
 
+/// Whether an answer starts by copying the prompt (a small model's failure mode): its
+/// first 60 characters appear verbatim in `prompt`.
+pub fn echoes(answer: &str, prompt: &str) -> bool {
+    let head: String = answer.trim().chars().take(60).collect();
+    head.chars().count() >= 20 && prompt.contains(&head)
+}
+
 /// Whether an answer cites a source as `[n]` with `1 <= n <= sources`.
 pub fn cites(answer: &str, sources: usize) -> bool {
     (1..=sources).any(|n| answer.contains(&format!("[{n}]")))
@@ -177,8 +184,9 @@ pub fn cites(answer: &str, sources: usize) -> bool {
 /// retrieved passages, has `judge` (`None`: the generator itself) rate its
 /// faithfulness to them, and adds
 /// `faithfulness_mean_rating` (1–10, with a bootstrap interval), `faithful_share`
-/// (rated 7 or more), `cited_share`, `faithfulness_unparseable` and per-row `answer`,
-/// `faithfulness` to `result`.
+/// (rated 7 or more), `echoed_share` (answers that begin by copying the prompt),
+/// `cited_share` (answers, not echoes, citing a source as `[n]`),
+/// `faithfulness_unparseable` and per-row `answer`, `faithfulness` to `result`.
 pub fn add_faithfulness<'a>(
     result: &mut EvalResult,
     questions: &[RagQuestion],
@@ -223,10 +231,19 @@ pub fn add_faithfulness<'a>(
     let verdicts = CachedJudge::new(judge, opts.cache_dir.clone()).complete(&judge_calls)?;
     let mut ratings = Vec::new();
     let mut cited = Vec::new();
-    for (i, ((a, v), ps)) in answers.iter().zip(&verdicts).zip(retrieved).enumerate() {
+    let mut echoed = Vec::new();
+    for (i, (((a, v), ps), call)) in answers
+        .iter()
+        .zip(&verdicts)
+        .zip(retrieved)
+        .zip(&calls)
+        .enumerate()
+    {
         let r = parse_rating(&v.text);
         ratings.extend(r);
-        cited.push(f64::from(u8::from(cites(&a.text, ps.len()))));
+        let echo = echoes(&a.text, &call.user) || echoes(&a.text, &call.system);
+        echoed.push(f64::from(u8::from(echo)));
+        cited.push(f64::from(u8::from(!echo && cites(&a.text, ps.len()))));
         if let Some(row) = result.items.get_mut(i) {
             row["answer"] = json!(a.text.trim());
             row["faithfulness"] = json!(r);
@@ -244,6 +261,7 @@ pub fn add_faithfulness<'a>(
         .collect();
     m.insert("faithful_share".into(), mean(&faithful));
     m.insert("cited_share".into(), mean(&cited));
+    m.insert("echoed_share".into(), mean(&echoed));
     m.insert(
         "faithfulness_unparseable".into(),
         (questions.len() - ratings.len()) as f64,
@@ -303,6 +321,17 @@ mod tests {
         assert_eq!(r.metrics["hit_rate_at_3"], 1.0);
         assert_eq!(r.metrics["mrr"], 0.75);
         assert_eq!(r.metrics["source_hit_rate_at_1"], 0.5);
+    }
+
+    #[test]
+    fn echoes_are_answers_that_copy_the_prompt() {
+        let prompt = "Answer the question using only the numbered sources below.";
+        assert!(echoes(
+            "Answer the question using only the numbered sources",
+            prompt
+        ));
+        assert!(!echoes("The roles are reader and admin [1].", prompt));
+        assert!(!echoes("Answer", prompt));
     }
 
     #[test]

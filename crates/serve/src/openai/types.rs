@@ -431,8 +431,10 @@ mod tests {
             model: "m".into(),
             choices: vec![],
             usage: None,
+            citations: None,
         };
         assert!(!serde_json::to_string(&e).unwrap().contains("usage"));
+        assert!(!serde_json::to_string(&e).unwrap().contains("citations"));
         e.usage = Some(None);
         assert!(serde_json::to_string(&e)
             .unwrap()
