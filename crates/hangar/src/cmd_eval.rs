@@ -28,7 +28,10 @@ Two modes:
       llama-server, vLLM): /v1/completions with echo + logprobs for log-likelihoods.
   hangar eval --model FILE [--baseline FILE] [--file TEXT] [--tasks FILE.jsonl]
       Compression quality: perplexity, KL and top-1 agreement against a baseline,
-      the older {question, choices, answer} multiple-choice format, speed.";
+      the older {question, choices, answer} multiple-choice format, speed.
+  hangar eval rag [--judge -m REF]
+      Retrieval-augmented generation over tests/data/rag: hit rate@k, MRR and, with
+      --judge, answer faithfulness (see hangar eval rag --help).";
 
 /// `hangar eval` arguments (both modes).
 #[derive(Args, Debug)]

@@ -276,6 +276,51 @@ mod tests {
     }
 
     #[test]
+    fn random_markup_never_panics_and_ranges_stay_in_the_source() {
+        let pieces = [
+            "<p>",
+            "</p>",
+            "<script>",
+            "</script>",
+            "<!--",
+            "-->",
+            "&amp;",
+            "&#x",
+            ";",
+            "&",
+            "<",
+            ">",
+            "é",
+            "☺",
+            " ",
+            "\n",
+            "\n\n",
+            "word",
+            ".",
+            "<br>",
+            "</",
+            "#",
+            "&#233;",
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..2000 {
+            let mut src = String::new();
+            for _ in 0..(x % 40) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                src.push_str(pieces[(x % pieces.len() as u64) as usize]);
+            }
+            for format in [DocFormat::Html, DocFormat::Markdown] {
+                for c in chunk_document(&src, format, &Words, opts(3, 1)) {
+                    assert!(c.start < c.end && c.end <= src.len(), "{src:?} {c:?}");
+                    assert!(src.is_char_boundary(c.start) && src.is_char_boundary(c.end));
+                }
+            }
+        }
+    }
+
+    #[test]
     fn options_are_checked_against_the_model() {
         assert!(opts(200, 40).validate(254).is_ok());
         assert!(opts(300, 40)
