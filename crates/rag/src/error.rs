@@ -27,21 +27,17 @@ pub enum RagError {
         version: u32,
         why: String,
     },
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {err}")]
+    Io { path: String, err: std::io::Error },
     #[error("evaluation: {0}")]
     Eval(#[from] hangar_eval::EvalError),
 }
 
 impl RagError {
-    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: &std::path::Path, err: std::io::Error) -> Self {
         RagError::Io {
             path: path.display().to_string(),
-            source,
+            err,
         }
     }
 
