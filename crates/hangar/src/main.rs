@@ -8,6 +8,7 @@ mod cmd_model;
 mod cmd_monitor;
 mod cmd_plan;
 mod cmd_prompts;
+mod cmd_rag;
 mod cmd_registry;
 mod cmd_serve;
 mod cmd_track;
@@ -93,6 +94,12 @@ enum Cmd {
     // -- embeddings --
     /// Text to vectors with an embedding model (JSON or NPY out).
     Embed(cmd_embed::EmbedArgs),
+    // -- retrieval-augmented generation --
+    /// Chunk, embed and upsert text/Markdown/HTML files into a collection (re-ingest
+    /// replaces changed documents only).
+    Ingest(cmd_rag::IngestArgs),
+    /// Answer a question from a collection, with numbered citations.
+    Rag(cmd_rag::RagArgs),
 }
 
 fn main() {
@@ -150,6 +157,14 @@ fn main() {
         Cmd::Embed(mut a) => {
             a.home = home;
             cmd_embed::run_embed(a)
+        }
+        Cmd::Ingest(mut a) => {
+            a.home = home;
+            cmd_rag::run_ingest(a)
+        }
+        Cmd::Rag(mut a) => {
+            a.home = home;
+            cmd_rag::run_rag(a)
         }
     };
     if let Err(e) = result {

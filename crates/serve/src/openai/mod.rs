@@ -34,6 +34,7 @@ pub(crate) fn routes(state: InferenceState) -> Router {
     Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/rag/chat", post(rag_chat))
         .with_state(state)
 }
 
@@ -153,6 +154,8 @@ struct Job {
     echo_logprobs: bool,
     /// The stored prompt the request was rendered from, reported in the response.
     prompt: Option<stored_prompt::PromptUsed>,
+    /// Retrieval-augmented chat: the passages the prompt cites.
+    citations: Option<Vec<crate::rag_api::Citation>>,
 }
 
 impl Job {
@@ -184,6 +187,7 @@ impl Job {
             choices,
             usage: usage.map(|u| u.map(Into::into)),
             prompt: self.prompt.clone(),
+            citations: None,
         }
     }
 }
@@ -276,6 +280,7 @@ pub async fn completions(
         echo: echoes,
         echo_logprobs,
         prompt: prompt_used,
+        citations: None,
     };
     run(&state, job, reqs, &req.common).await
 }
@@ -334,14 +339,34 @@ fn message_text(m: Message, i: usize) -> Result<ChatMessage, ApiError> {
     Ok(ChatMessage::new(role, content))
 }
 
-/// `POST /v1/chat/completions`
+/// `POST /v1/chat/completions` (retrieval-augmented when the body has `retrieval`).
 pub async fn chat(
     State(state): State<InferenceState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, state.app.cfg.max_body_bytes).await?;
+    chat_request(state, gen::parse_json(&bytes)?).await
+}
+
+/// `POST /v1/rag/chat`: a chat completion whose body must have `retrieval`.
+pub async fn rag_chat(
+    State(state): State<InferenceState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, state.app.cfg.max_body_bytes).await?;
     let req: ChatRequest = gen::parse_json(&bytes)?;
+    if req.retrieval.as_ref().is_none_or(|r| r.is_null()) {
+        return Err(ApiError::param(
+            "retrieval",
+            "/v1/rag/chat needs \"retrieval\": {\"collection\": \"...\", \"top_k\": 4}",
+        ));
+    }
+    chat_request(state, req).await
+}
+
+async fn chat_request(state: InferenceState, req: ChatRequest) -> Result<Response, ApiError> {
     let model = req.common.check_model(&state)?;
     let n = req.common.n()?;
     if req.messages.is_empty() && req.stored_prompt.prompt.is_none() {
@@ -361,14 +386,19 @@ pub async fn chat(
         .common
         .options(logprobs)
         .validate(state.engine().info())?;
-    let messages = req
+    let mut messages = req
         .messages
         .into_iter()
         .enumerate()
         .map(|(i, m)| message_text(m, i))
         .collect::<Result<Vec<_>, _>>()?;
-    let (messages, prompt_used) =
+    let (mut messages, prompt_used) =
         stored_prompt::chat_messages(&state, req.stored_prompt, messages).await?;
+    // Retrieval runs on the rendered conversation (a stored prompt may set the question).
+    let citations = match req.retrieval {
+        Some(r) if !r.is_null() => Some(crate::rag_api::augment(&state, r, &mut messages).await?),
+        _ => None,
+    };
     let prompt = gen::encode(&state, Prompt::Chat(messages))?;
     let reqs = (0..n)
         .map(|j| v.request(prompt.clone(), j, None, state.engine().info()))
@@ -383,6 +413,7 @@ pub async fn chat(
         echo: vec![None; n],
         echo_logprobs: false,
         prompt: prompt_used,
+        citations,
     };
     run(&state, job, reqs, &req.common).await
 }
@@ -444,7 +475,9 @@ fn whole_response(job: &Job, results: Vec<Completion>, tok: &Tokenizer) -> Respo
                     finish_reason: Some(gen::finish_reason(c.finish)),
                 })
                 .collect();
-            Json(job.envelope("chat.completion", choices, Some(Some(usage)))).into_response()
+            let mut env = job.envelope("chat.completion", choices, Some(Some(usage)));
+            env.citations = job.citations.clone();
+            Json(env).into_response()
         }
     }
 }

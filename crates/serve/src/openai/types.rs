@@ -116,6 +116,10 @@ pub struct ChatRequest {
     pub common: Common,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
+    /// Hangar extension: retrieval-augmented generation (`{collection, top_k, filter,
+    /// score_threshold}`; the OpenAI client sends it through `extra_body`).
+    #[serde(default)]
+    pub retrieval: Option<serde_json::Value>,
 }
 
 // ---- responses -------------------------------------------------------------------
@@ -178,6 +182,10 @@ pub struct Envelope<C> {
     /// The stored prompt the request was rendered from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<super::stored_prompt::PromptUsed>,
+    /// Retrieval-augmented answers: the passages the prompt numbered [1], [2], ... (on
+    /// the whole answer, or the first streamed chunk).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub citations: Option<Vec<crate::rag_api::Citation>>,
 }
 
 /// A completions choice (whole or streamed).
@@ -437,9 +445,11 @@ mod tests {
             choices: vec![],
             usage: None,
             prompt: None,
+            citations: None,
         };
         assert!(!serde_json::to_string(&e).unwrap().contains("usage"));
         assert!(!serde_json::to_string(&e).unwrap().contains("prompt"));
+        assert!(!serde_json::to_string(&e).unwrap().contains("citations"));
         e.usage = Some(None);
         assert!(serde_json::to_string(&e)
             .unwrap()
