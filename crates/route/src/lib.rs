@@ -160,7 +160,9 @@ impl Router {
         let client = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout)
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below `hangar serve`'s keep-alive idle timeout (10 s), so a pooled connection
+            // is not reused just as the replica closes it.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()?;
         Ok(Arc::new(Router {
             pool: Arc::new(Pool::new(&cfg.backends)),
