@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from conftest import MODEL_NAME, hangar_bin, model_path
-from routerkit import backend_counts, first_sample, healthy, replica, router
+from routerkit import backend_counts, first_sample, healthy, replica, router, samples
 
 SYSTEM = ("You are the support assistant of a small bicycle shop in Utrecht. Answer in one "
           "short sentence, politely, and never invent prices. ") * 6
@@ -67,6 +67,8 @@ def test_completions_and_chat_pass_through(cluster):
 def test_prefix_routing_keeps_a_system_prompt_on_one_replica(cluster):
     r, replicas = cluster
     c = client(r)
+    match = 'hangar_route_decisions_total{policy="prefix",reason="prefix_match"}'
+    matches_before = samples(r.metrics()).get(match, 0)
     for group in range(2):
         system = f"Shop {group}. " + SYSTEM
         before_route = backend_counts(r.metrics())
@@ -83,16 +85,26 @@ def test_prefix_routing_keeps_a_system_prompt_on_one_replica(cluster):
         hits = first_sample(owner.metrics(), "hangar_prefix_cache_hits_total") - before_hits[owner.base]
         # Requests 2 and 3 reuse the KV blocks of the shared system prompt.
         assert hits >= 2 * 64, f"prefix-cache hit tokens on {owner.base}: {hits}"
-    assert first_sample(r.metrics(), "hangar_route_prefix_affinity_hit_share") > 0.5
+    # The second and third request of each group followed the first one's prefix.
+    assert samples(r.metrics()).get(match, 0) - matches_before == 4
 
 
 def test_sigkill_under_load(cluster):
-    r, replicas = cluster
+    _, replicas = cluster
+    # Round-robin, so the victim surely holds plain and streamed requests when killed.
+    r = router(hangar_bin(), replicas, "round-robin")
+    try:
+        sigkill_under_load(r, replicas)
+    finally:
+        r.stop()
+
+
+def sigkill_under_load(r, replicas):
     c = client(r)
     victim = replicas[1]
 
     def plain(i):
-        out = c.chat.completions.create(model=MODEL_NAME, max_tokens=24, temperature=0, messages=[
+        out = c.chat.completions.create(model=MODEL_NAME, max_tokens=48, temperature=0, messages=[
             {"role": "user", "content": f"Write a line about bicycles, number {i}."}])
         return "ok", out.choices[0].message.content
 
@@ -110,14 +122,25 @@ def test_sigkill_under_load(cluster):
         return "ok", text
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=9) as pool:
-        futures = [pool.submit(plain if i % 2 else streamed, i) for i in range(12)]
-        time.sleep(1.0)
+        futures = []
+        for i in range(12):
+            # In order, so round-robin gives the victim (second replica) requests 1, 4,
+            # 7 and 10: two plain, two streamed.
+            futures.append(pool.submit(plain if i % 2 else streamed, i))
+            time.sleep(0.05)
+        time.sleep(0.5)
         victim.kill9()
         results = [f.result(timeout=300) for f in futures]
     # Every non-streamed request answered (retried elsewhere when needed); a
     # streamed one either finished or ended with the clear error.
     assert all(kind == "ok" for (kind, _), i in zip(results, range(12)) if i % 2), results
     assert all(kind in ("ok", "cut") for kind, _ in results)
+    m = samples(r.metrics())
+    # Requests in flight at the victim that had not started answering went elsewhere.
+    assert m.get("hangar_route_retries_total", 0) >= 1, {k: v for k, v in m.items() if "backend_requests" in k or "retries" in k or "local_errors" in k}
+    print(f"after SIGKILL: {sum(k == 'cut' for k, _ in results)} streams cut, "
+          f"{m.get('hangar_route_retries_total')} retries, outcomes at the victim: "
+          f"{ {k: v for k, v in m.items() if victim.base in k and 'requests_total' in k} }")
 
     deadline = time.time() + 10
     while healthy(r.metrics(), victim.base):
