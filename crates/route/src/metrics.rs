@@ -9,6 +9,9 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+/// Reads one gauge of a replica.
+type BackendGauge = fn(&crate::backend::Backend) -> f64;
+
 /// Counters that are not per replica.
 #[derive(Debug, Default)]
 pub struct RouterMetrics {
@@ -124,7 +127,7 @@ impl RouterMetrics {
                  hangar_route_backend_first_byte_seconds_count{{backend=\"{l}\"}} {count}"
             );
         }
-        let gauges: [(&str, &str, fn(&crate::backend::Backend) -> f64); 5] = [
+        let gauges: [(&str, &str, BackendGauge); 5] = [
             (
                 "hangar_route_backend_healthy",
                 "1 while the replica is admitted, 0 while ejected.",

@@ -230,7 +230,7 @@ fn hash_order(candidates: &[Arc<Backend>], key: u64) -> Vec<Arc<Backend>> {
         .iter()
         .map(|b| (weight(key, &b.url), b.clone()))
         .collect();
-    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.sort_by_key(|(w, _)| std::cmp::Reverse(*w));
     v.into_iter().map(|(_, b)| b).collect()
 }
 

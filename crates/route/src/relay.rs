@@ -9,6 +9,9 @@ use futures_util::stream::{BoxStream, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What to do once when a stream is cut: gets the replica and the message.
+pub type OnCut = Box<dyn FnOnce(&Arc<Backend>, &str) + Send>;
+
 /// What the relay needs of the stream it forwards.
 pub struct Relay {
     pub upstream: BoxStream<'static, reqwest::Result<Bytes>>,
@@ -21,7 +24,7 @@ pub struct Relay {
     /// Keeps the request counted in flight until the body ends or the client leaves.
     pub guard: InflightGuard,
     /// Called once when the stream is cut (message), e.g. to eject the replica.
-    pub on_cut: Box<dyn FnOnce(&Arc<Backend>, &str) + Send>,
+    pub on_cut: OnCut,
     pub done: bool,
 }
 

@@ -141,9 +141,6 @@ impl FakeServer {
             let _ = s.send(());
         }
     }
-    fn set_mode(&self, m: Mode) {
-        *self.fake.mode.lock().unwrap() = m;
-    }
     fn hits(&self) -> usize {
         self.fake.hits.load(Ordering::Relaxed)
     }
