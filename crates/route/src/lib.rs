@@ -210,6 +210,7 @@ pub fn app(router: Arc<Router>) -> axum::Router {
         .route("/v2/health/ready", get(ready))
         .route("/v2/health/live", get(live))
         .route("/metrics", get(metrics_text))
+        .route("/v1/models", get(proxy::models))
         .fallback(proxy::proxy)
         .with_state(router)
 }

@@ -7,10 +7,12 @@
 //! - `session`: rendezvous hashing of a session header, so one conversation stays on
 //!   one replica while the set of replicas changes as little as possible.
 //! - `prefix`: the replica last sent the longest matching prompt prefix (the
-//!   [`PrefixIndex`]); without one, rendezvous hashing of the prompt's first block.
-//!   Either way with bounded load (Mirrokni et al.'s consistent hashing with bounded
-//!   loads): a replica with more than `load_factor` × the mean requests in flight is
-//!   passed over for the next one in hash order, and least-loaded decides when all are.
+//!   [`PrefixIndex`]; the least busy of several); without one, rendezvous hashing of
+//!   the prompt's first block. Either way with bounded load (Mirrokni et al.'s
+//!   consistent hashing with bounded loads): a replica with more than `load_factor` ×
+//!   the mean requests in flight (for a prefix no replica holds: more than the mean)
+//!   is passed over for the next one in hash order, and least-loaded decides when all
+//!   are.
 
 use crate::backend::Backend;
 use crate::prefix::PrefixIndex;
@@ -201,17 +203,34 @@ impl Picker {
         };
         let bound = self.bound(candidates).max(1);
         let within = |b: &Arc<Backend>| b.inflight() < bound;
-        let mut passed_over = false;
-        for (owner, _blocks) in self.index().matches(prefix) {
-            if let Some(b) = candidates.iter().find(|b| b.url == owner) {
-                if within(b) {
-                    return (b.clone(), Reason::PrefixMatch);
-                }
-                passed_over = true;
-            }
+        // The replicas holding the longest match that are within their bound; the
+        // least busy of them.
+        let matches: Vec<(&Arc<Backend>, usize)> = self
+            .index()
+            .matches(prefix)
+            .into_iter()
+            .filter_map(|(owner, blocks)| {
+                candidates
+                    .iter()
+                    .find(|b| b.url == owner)
+                    .map(|b| (b, blocks))
+            })
+            .collect();
+        let passed_over = matches.iter().any(|(b, _)| !within(b));
+        if let Some((b, _)) = matches
+            .iter()
+            .filter(|(b, _)| within(b))
+            .max_by_key(|(b, blocks)| (*blocks, std::cmp::Reverse(b.inflight())))
+        {
+            return ((*b).clone(), Reason::PrefixMatch);
         }
+        // A prefix no replica holds yet may go only where the load is at most the
+        // mean (bound with factor 1): new prefixes spread evenly, and the load
+        // factor's slack is left for the prefixes that have a cache to follow.
+        let total: usize = candidates.iter().map(|b| b.inflight()).sum();
+        let even = (total + 1).div_ceil(candidates.len()).max(1);
         for (i, b) in hash_order(candidates, first).into_iter().enumerate() {
-            if within(&b) {
+            if b.inflight() < even {
                 let reason = if passed_over || i > 0 {
                     Reason::PrefixOverloaded
                 } else {

@@ -124,12 +124,17 @@ pub fn block_hashes(model: &str, text: &str, cfg: BlockConfig) -> Vec<u64> {
     out
 }
 
+/// Replicas remembered per block hash: the most recent ones (a prefix that spilled
+/// over to another replica under load is cached on both).
+const OWNERS_PER_BLOCK: usize = 4;
+
 struct Entry {
-    owner: Arc<str>,
+    /// Most recent first.
+    owners: Vec<Arc<str>>,
     tick: u64,
 }
 
-/// Which replica (by base URL) was last sent each prefix block hash; bounded, the
+/// Which replicas (by base URL) were last sent each prefix block hash; bounded, the
 /// least recently used entries go first.
 pub struct PrefixIndex {
     entries: HashMap<u64, Entry>,
@@ -146,14 +151,16 @@ impl PrefixIndex {
         }
     }
 
-    /// The owners of the matching prefixes of `hashes`, longest first, with the number
-    /// of blocks matched; one row per distinct owner.
+    /// The replicas holding a matching prefix of `hashes`, each with the number of
+    /// blocks of its longest match; longest first, most recent first among equals.
     pub fn matches(&self, hashes: &[u64]) -> Vec<(Arc<str>, usize)> {
         let mut out: Vec<(Arc<str>, usize)> = Vec::new();
         for (i, h) in hashes.iter().enumerate().rev() {
             if let Some(e) = self.entries.get(h) {
-                if !out.iter().any(|(o, _)| *o == e.owner) {
-                    out.push((e.owner.clone(), i + 1));
+                for owner in &e.owners {
+                    if !out.iter().any(|(o, _)| o == owner) {
+                        out.push((owner.clone(), i + 1));
+                    }
                 }
             }
         }
@@ -164,13 +171,14 @@ impl PrefixIndex {
     pub fn insert(&mut self, hashes: &[u64], owner: &Arc<str>) {
         self.tick += 1;
         for h in hashes {
-            self.entries.insert(
-                *h,
-                Entry {
-                    owner: owner.clone(),
-                    tick: self.tick,
-                },
-            );
+            let e = self.entries.entry(*h).or_insert_with(|| Entry {
+                owners: Vec::new(),
+                tick: 0,
+            });
+            e.owners.retain(|o| o != owner);
+            e.owners.insert(0, owner.clone());
+            e.owners.truncate(OWNERS_PER_BLOCK);
+            e.tick = self.tick;
         }
         if self.entries.len() > self.capacity {
             self.evict();
@@ -179,7 +187,10 @@ impl PrefixIndex {
 
     /// Forgets every prefix of `owner` (a replica that restarted lost its cache).
     pub fn forget(&mut self, owner: &str) {
-        self.entries.retain(|_, e| &*e.owner != owner);
+        for e in self.entries.values_mut() {
+            e.owners.retain(|o| &**o != owner);
+        }
+        self.entries.retain(|_, e| !e.owners.is_empty());
     }
 
     pub fn len(&self) -> usize {
@@ -268,8 +279,9 @@ mod tests {
         idx.insert(&p[..3], &b);
         let m = idx.matches(&p);
         assert_eq!(m[0], (b.clone(), 3));
+        // Block 0 went to both; forgetting b leaves a's match.
         idx.forget("http://b");
-        assert!(idx.matches(&p).is_empty());
+        assert_eq!(idx.matches(&p), vec![(a.clone(), 1)]);
         for i in 0..100u64 {
             idx.insert(&[i], &a);
         }

@@ -223,6 +223,46 @@ pub async fn proxy(State(r): State<Arc<Router>>, req: Request) -> Response {
     )
 }
 
+/// `GET /v1/models`: one replica's answer (so its authentication applies), with the
+/// models only other healthy replicas serve added, so clients see every model they
+/// can call through the router.
+pub async fn models(State(r): State<Arc<Router>>, req: Request) -> Response {
+    let resp = proxy(State(r.clone()), req).await;
+    if resp.status() != StatusCode::OK {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = match axum::body::to_bytes(body, 4 << 20).await {
+        Ok(b) => b,
+        Err(e) => {
+            return error_response(
+                "/v1/models",
+                StatusCode::BAD_GATEWAY,
+                "replica_failed",
+                format!("the replica's model list broke off: {e}"),
+            )
+        }
+    };
+    let Ok(mut list) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    if let Some(data) = list.get_mut("data").and_then(|d| d.as_array_mut()) {
+        let mut known: Vec<String> = data
+            .iter()
+            .filter_map(|m| m.get("id").and_then(|i| i.as_str()).map(str::to_string))
+            .collect();
+        for b in r.pool.all().iter().filter(|b| b.is_healthy()) {
+            for m in b.models() {
+                if !known.contains(&m) {
+                    data.push(serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "hangar"}));
+                    known.push(m);
+                }
+            }
+        }
+    }
+    (parts.status, axum::Json(list)).into_response()
+}
+
 /// Ejects `b` after a failure that shows it is down, and forgets its prefixes.
 fn eject(r: &Router, b: &Backend, why: &str) {
     if b.eject(why.to_string()) {

@@ -373,6 +373,22 @@ async fn requests_go_to_the_replicas_that_serve_their_model() {
         assert_eq!(chat_json(&base, hello("beta")).await.1["backend"], "b");
         assert_eq!(chat_json(&base, hello("alpha")).await.1["backend"], "a");
     }
+    // The model list names every model served behind the router.
+    let list = reqwest::get(format!("{base}/v1/models"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let list: Value = serde_json::from_str(&list).unwrap();
+    let mut ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["alpha", "beta"]);
     let (status, body) = chat_json(&base, hello("gamma")).await;
     assert_eq!(status, 404);
     let msg = body["error"]["message"].as_str().unwrap();
