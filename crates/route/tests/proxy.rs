@@ -492,3 +492,24 @@ async fn oversized_bodies_are_refused_with_the_limit_named() {
         .contains("--max-body-bytes"));
     assert_eq!(a.hits(), 0);
 }
+
+#[tokio::test]
+async fn replicas_are_found_through_dns() {
+    let a = fake("a", "m", Mode::Answer).await;
+    let port = a.url.rsplit(':').next().unwrap();
+    let cfg = RouterConfig {
+        backend_dns: vec![format!("localhost:{port}")],
+        dns_interval: Duration::from_millis(100),
+        ..config(&[], Policy::RoundRobin)
+    };
+    let (base, r) = start(cfg).await;
+    // localhost may also resolve to ::1, where nothing listens: never admitted.
+    assert!(r
+        .pool
+        .all()
+        .iter()
+        .any(|b| *b.url == *a.url && b.is_healthy()));
+    for _ in 0..3 {
+        assert_eq!(chat_json(&base, hello("m")).await.1["backend"], "a");
+    }
+}
