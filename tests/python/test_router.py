@@ -23,7 +23,7 @@ def cluster():
     replicas = []
     try:
         for _ in range(3):
-            replicas.append(replica(binary, model, MODEL_NAME))
+            replicas.append(replica(binary, model, MODEL_NAME, "--kv-memory", "256MiB"))
         r = router(binary, replicas, "prefix")
         yield r, replicas
         r.stop()
