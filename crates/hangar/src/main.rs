@@ -10,6 +10,7 @@ mod cmd_plan;
 mod cmd_prompts;
 mod cmd_rag;
 mod cmd_registry;
+mod cmd_route;
 mod cmd_serve;
 mod cmd_track;
 mod cmd_vector;
@@ -39,6 +40,9 @@ enum Cmd {
         #[command(flatten)]
         args: cmd_serve::ServeArgs,
     },
+    /// Route requests over several `hangar serve` replicas (prefix-cache-aware,
+    /// least-loaded, session or round-robin), streaming passed through.
+    Route(cmd_route::RouteArgs),
     /// Generate text from a prompt, streamed to stdout.
     Generate(cmd_model::GenerateArgs),
     /// Measure prefill and decode throughput (tokens/s).
@@ -121,6 +125,7 @@ fn main() {
                 })
             }
         }
+        Cmd::Route(a) => cmd_route::run_route(a),
         Cmd::Generate(mut a) => {
             a.model.home = home;
             cmd_model::generate(a)

@@ -386,7 +386,7 @@ async fn chat_request(state: InferenceState, req: ChatRequest) -> Result<Respons
         .common
         .options(logprobs)
         .validate(state.engine().info())?;
-    let mut messages = req
+    let messages = req
         .messages
         .into_iter()
         .enumerate()
