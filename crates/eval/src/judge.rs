@@ -782,4 +782,61 @@ mod tests {
         assert_eq!(r2.metrics, r.metrics);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// Answers with the rating its prompt asks for (`... say [[N]]`) and records calls.
+    struct Echo {
+        seen: Vec<JudgeCall>,
+    }
+    impl JudgeModel for Echo {
+        fn name(&self) -> String {
+            "echo".into()
+        }
+        fn complete(&mut self, calls: &[JudgeCall]) -> Result<Vec<JudgeReply>> {
+            self.seen.extend(calls.iter().cloned());
+            Ok(calls
+                .iter()
+                .map(|c| JudgeReply {
+                    text: format!("Rating: [[{}]]", c.user.len() % 10 + 1),
+                    tokens: vec![],
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn a_grading_prompt_replaces_the_built_in_one_and_is_recorded() {
+        let render = |v: &BTreeMap<&str, &str>| {
+            Ok((
+                String::new(),
+                format!("Q={} A={}", v["question"], v["answer"]),
+            ))
+        };
+        let opts = JudgeOptions {
+            prompt: Some(GradingPrompt {
+                reference: "grader@2".into(),
+                render: std::sync::Arc::new(render),
+            }),
+            ..Default::default()
+        };
+        let items = vec![JudgeItem::Absolute {
+            question: "why".into(),
+            answer: "because".into(),
+        }];
+        let mut j = Echo { seen: vec![] };
+        let (r, _, _) = judge(&mut j, &items, &opts).unwrap();
+        assert_eq!(j.seen[0].user, "Q=why A=because");
+        assert_eq!(j.seen[0].system, "");
+        assert_eq!(r.params["prompt"], "grader@2");
+        assert_eq!(r.metrics["rated"], 1.0);
+
+        let failing = JudgeOptions {
+            prompt: Some(GradingPrompt {
+                reference: "bad@1".into(),
+                render: std::sync::Arc::new(|_: &BTreeMap<&str, &str>| Err("needs x".into())),
+            }),
+            ..Default::default()
+        };
+        let e = judge(&mut j, &items, &failing).unwrap_err().to_string();
+        assert!(e.contains("bad@1") && e.contains("needs x"), "{e}");
+    }
 }
