@@ -124,7 +124,9 @@ impl From<VectorError> for QdrantError {
             VectorError::BadName(_)
             | VectorError::WrongDimension { .. }
             | VectorError::Invalid(_) => ApiError::bad_request(msg),
-            VectorError::Io { .. } | VectorError::Corrupt { .. } => ApiError::internal(msg),
+            VectorError::Io { .. } | VectorError::Corrupt { .. } | VectorError::InUse(_) => {
+                ApiError::internal(msg)
+            }
         })
     }
 }

@@ -25,6 +25,8 @@ pub enum VectorError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the vector store at {0} is open in another process (a running `hangar serve`?); stop it, use another --home, or write through that server's Qdrant API (/collections/...)")]
+    InUse(String),
     #[error("corrupt storage at {path}: {why}; restore a snapshot or delete the collection")]
     Corrupt { path: String, why: String },
 }

@@ -16,7 +16,12 @@ pub type SharedCollection = Arc<RwLock<Collection>>;
 pub struct VectorDb {
     root: PathBuf,
     collections: RwLock<BTreeMap<String, SharedCollection>>,
+    /// An exclusive lock on `<root>/.lock`, held while this is open: two processes
+    /// replaying and appending the same logs would each lose the other's writes.
+    _lock: std::fs::File,
 }
+
+const LOCK_FILE: &str = ".lock";
 
 /// Collection names: 1-255 of `[A-Za-z0-9_.-]`, not starting with a dot.
 pub fn check_collection_name(name: &str) -> Result<()> {
@@ -38,6 +43,20 @@ impl VectorDb {
     pub fn open(root: impl Into<PathBuf>) -> Result<VectorDb> {
         let root = root.into();
         std::fs::create_dir_all(&root).map_err(|e| VectorError::io(&root, e))?;
+        let lock_path = root.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| VectorError::io(&lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(VectorError::InUse(root.display().to_string()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(VectorError::io(&lock_path, e)),
+        }
         let mut map = BTreeMap::new();
         let rd = std::fs::read_dir(&root).map_err(|e| VectorError::io(&root, e))?;
         for e in rd.filter_map(|e| e.ok()) {
@@ -53,6 +72,7 @@ impl VectorDb {
         Ok(VectorDb {
             root,
             collections: RwLock::new(map),
+            _lock: lock,
         })
     }
 

@@ -303,3 +303,20 @@ fn a_checkpointed_graph_is_read_back_not_rebuilt_and_a_bad_one_is_ignored() {
     assert!(!c.info().graph_restored);
     assert_eq!(c.len(), 1461);
 }
+
+#[test]
+fn a_store_open_elsewhere_is_refused_until_it_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = VectorDb::open(dir.path()).unwrap();
+    first
+        .create("x", CollectionConfig::new(2, Distance::Dot))
+        .unwrap();
+    let err = VectorDb::open(dir.path())
+        .err()
+        .expect("second open must fail");
+    assert!(matches!(err, hangar_vector::VectorError::InUse(_)), "{err}");
+    assert!(err.to_string().contains("hangar serve"), "{err}");
+    drop(first);
+    let again = VectorDb::open(dir.path()).unwrap();
+    assert!(again.exists("x"));
+}
