@@ -9,6 +9,7 @@ use super::runner::{CpuRunner, ModelRunner};
 use crate::chat::{ChatError, ChatMessage, ChatTemplate};
 use crate::kv_manager::{BlockUsage, KvBlockManager};
 use crate::runtime::LoadedModel;
+use crate::sampler::{Constraint, ConstraintError, GrammarCompiler, GrammarSpec};
 use crate::scheduler::{Scheduler, SchedulerConfig, SeqId};
 use crate::EngineError;
 use hangar_tokenizer::Tokenizer;
@@ -88,6 +89,8 @@ pub struct Engine {
     chat: Result<ChatTemplate, String>,
     info: ModelInfo,
     thread: Option<JoinHandle<()>>,
+    /// Structured output's token trie, built on first use.
+    grammar: std::sync::OnceLock<Result<Arc<GrammarCompiler>, ConstraintError>>,
 }
 
 impl Engine {
@@ -197,6 +200,7 @@ impl Engine {
             chat,
             info,
             thread: Some(thread),
+            grammar: std::sync::OnceLock::new(),
         })
     }
 
@@ -205,6 +209,35 @@ impl Engine {
     }
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// The grammar compiler for structured output over this model's vocabulary
+    /// (built once, on first use: the token trie takes a moment for a large
+    /// vocabulary).
+    pub fn grammar_compiler(&self) -> Result<Arc<GrammarCompiler>, ConstraintError> {
+        self.grammar
+            .get_or_init(|| {
+                GrammarCompiler::new(&self.tokenizer, self.info.vocab_size).map(Arc::new)
+            })
+            .clone()
+    }
+
+    /// Starts building the grammar compiler on a background thread, so the first
+    /// structured-output request does not wait for the token trie.
+    pub fn warm_grammar(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        let _ = std::thread::Builder::new()
+            .name("hangar-grammar".into())
+            .spawn(move || {
+                if let Some(e) = me.upgrade() {
+                    let _ = e.grammar_compiler();
+                }
+            });
+    }
+
+    /// Compiles a grammar into a per-sequence constraint for [`GenerateRequest::constraint`].
+    pub fn compile_grammar(&self, spec: &GrammarSpec) -> Result<Constraint, ConstraintError> {
+        self.grammar_compiler()?.compile(spec)
     }
 
     /// Renders chat messages with the model's template and tokenizes the result.
