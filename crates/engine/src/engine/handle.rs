@@ -68,6 +68,17 @@ impl EngineStats {
     }
 }
 
+type GrammarCell = std::sync::OnceLock<Result<Arc<GrammarCompiler>, ConstraintError>>;
+
+fn build_grammar(
+    cell: &GrammarCell,
+    tok: &Tokenizer,
+    n_vocab: usize,
+) -> Result<Arc<GrammarCompiler>, ConstraintError> {
+    cell.get_or_init(|| GrammarCompiler::new(tok, n_vocab).map(Arc::new))
+        .clone()
+}
+
 /// Handle to a running engine. Cheap to share behind an `Arc`; dropping it stops the
 /// loop thread (requests still running get an error event).
 ///
@@ -90,7 +101,7 @@ pub struct Engine {
     info: ModelInfo,
     thread: Option<JoinHandle<()>>,
     /// Structured output's token trie, built on first use.
-    grammar: std::sync::OnceLock<Result<Arc<GrammarCompiler>, ConstraintError>>,
+    grammar: Arc<GrammarCell>,
 }
 
 impl Engine {
@@ -200,7 +211,7 @@ impl Engine {
             chat,
             info,
             thread: Some(thread),
-            grammar: std::sync::OnceLock::new(),
+            grammar: Arc::new(GrammarCell::new()),
         })
     }
 
@@ -215,23 +226,21 @@ impl Engine {
     /// (built once, on first use: the token trie takes a moment for a large
     /// vocabulary).
     pub fn grammar_compiler(&self) -> Result<Arc<GrammarCompiler>, ConstraintError> {
-        self.grammar
-            .get_or_init(|| {
-                GrammarCompiler::new(&self.tokenizer, self.info.vocab_size).map(Arc::new)
-            })
-            .clone()
+        build_grammar(&self.grammar, &self.tokenizer, self.info.vocab_size)
     }
 
     /// Starts building the grammar compiler on a background thread, so the first
     /// structured-output request does not wait for the token trie.
-    pub fn warm_grammar(self: &Arc<Self>) {
-        let me = Arc::downgrade(self);
+    pub fn warm_grammar(&self) {
+        let (cell, tok, n) = (
+            self.grammar.clone(),
+            self.tokenizer.clone(),
+            self.info.vocab_size,
+        );
         let _ = std::thread::Builder::new()
             .name("hangar-grammar".into())
             .spawn(move || {
-                if let Some(e) = me.upgrade() {
-                    let _ = e.grammar_compiler();
-                }
+                let _ = build_grammar(&cell, &tok, n);
             });
     }
 
