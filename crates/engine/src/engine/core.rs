@@ -140,7 +140,34 @@ impl EngineCore {
                     && c.start < self.sched.running()[c.slot].prompt_len
             })
             .collect();
-        if let Err(e) = self.execute(&batch, &all_rows, logits) {
+        // Structured output: grammar masks for this step's samples are computed on
+        // a side thread while the model runs (they depend only on earlier tokens).
+        let mut masks: Vec<&mut Constraint> = Vec::new();
+        let sampling: std::collections::HashSet<SeqId> = batch
+            .chunks
+            .iter()
+            .filter(|c| c.sample)
+            .map(|c| c.id)
+            .collect();
+        for (id, l) in live.iter_mut() {
+            if let (Some(c), true) = (l.constraint.as_mut(), sampling.contains(id)) {
+                masks.push(c);
+            }
+        }
+        let executed = if masks.is_empty() {
+            self.execute(&batch, &all_rows, logits)
+        } else {
+            std::thread::scope(|s| {
+                s.spawn(move || {
+                    for c in masks {
+                        // A failure is kept in the constraint and reported on use.
+                        let _ = c.compute_mask();
+                    }
+                });
+                self.execute(&batch, &all_rows, logits)
+            })
+        };
+        if let Err(e) = executed {
             for c in &batch.chunks {
                 if let Some(l) = live.remove(&c.id) {
                     let _ = l.tx.send(TokenEvent::Error(format!("model error: {e}")));
