@@ -40,6 +40,20 @@ HANGAR_MOTO_PYTHON="$PWD/$VENV/bin/python"
 case "$VENV" in /*) HANGAR_MOTO_PYTHON="$VENV/bin/python" ;; esac
 export HANGAR_MOTO_PYTHON
 
+echo "== deploy/ manifests against the Kubernetes and CRD schemas (offline)"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r deploy/requirements.txt
+# kubectl (Debian's package) renders the Kustomize overlays; nothing contacts a cluster.
+if ! command -v kubectl >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends kubectl >/dev/null 2>&1 \
+    || echo "   kubectl is not packaged for this Debian release: the files are validated one by one, the overlays are not rendered"
+fi
+if command -v kubectl >/dev/null 2>&1; then
+  "$VENV/bin/python" scripts/validate-deploy.py --require-kubectl
+else
+  "$VENV/bin/python" scripts/validate-deploy.py
+fi
+
 echo "== promtool (Debian's prometheus package) for the monitoring rules and /metrics"
 if ! command -v promtool >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -116,7 +116,26 @@ def test_an_evaluation_is_logged_as_a_tracking_run(tmp_path):
     assert metrics["acc"] == r["metrics"]["acc"]
     params = {p["key"]: p["value"] for p in shown["run"]["params"]}
     assert params["task"] == "basic_mc" and "model" in params, params
+    # The model is identified by its digest (hashed here: a plain file), with its
+    # quantization, and the limit is recorded.
+    import hashlib
+    digest = hashlib.sha256(Path(model_path()).read_bytes()).hexdigest()
+    assert params["model_sha256"] == digest and params["model_sha256_source"] == "file", params
+    assert params["registry_ref"] == "none" and params["quantization"] == "Q4_K_M", params
+    assert params["limit"] == "5", params
     assert [a["path"] for a in shown["artifacts"]] == ["items.jsonl"]
     listed = subprocess.run([hangar_bin(), "--home", str(home), "runs", "list", "-e", "hangar-eval"],
                             capture_output=True, text=True, check=True).stdout
     assert run_id in listed
+
+
+def test_a_registry_model_is_logged_with_the_registry_digest_and_version(tmp_path):
+    home = tmp_path / "home"
+    subprocess.run([hangar_bin(), "--home", str(home), "registry", "import", model_path(), "--name", "gemma"],
+                   check=True, capture_output=True)
+    f = json.loads(subprocess.run([hangar_bin(), "--home", str(home), "registry", "show", "gemma@1", "--json"],
+                                  check=True, capture_output=True, text=True).stdout)["files"][0]
+    r, _ = run_eval("--model", "gemma", "--threads", "2", "--limit", "2", out=tmp_path / "items.jsonl")
+    p = r["params"]
+    assert (p["registry_ref"], p["model_sha256"], p["model_sha256_source"]) == ("gemma@1", f["sha256"], "registry"), p
+    assert p["quantization"] == "Q4_K_M" and r["task"] == "basic_mc" and p["limit"] == "2", p

@@ -251,9 +251,11 @@ pub fn evaluate(
     metrics.insert("seconds".into(), secs);
     metrics.insert("items_per_s".into(), total as f64 / secs.max(1e-9));
     let mut params = scorer.describe();
-    if let Some(l) = opts.limit {
-        params.insert("limit".into(), l.to_string());
-    }
+    // Always present, so runs with and without a limit compare on one column.
+    params.insert(
+        "limit".into(),
+        opts.limit.map_or_else(|| "none".into(), |l| l.to_string()),
+    );
     Ok(EvalResult {
         task: opts.task.clone(),
         kind: set.kind().into(),

@@ -233,9 +233,34 @@ impl<'a> CachedJudge<'a> {
     }
 }
 
+/// Renders a grading prompt's (system, user) from an item's fields, or says why not.
+pub type RenderGrading =
+    dyn Fn(&BTreeMap<&str, &str>) -> std::result::Result<(String, String), String> + Send + Sync;
+
+/// A grading prompt in place of the built-in ones (e.g. a stored prompt from the
+/// registry): rendered from `question` and `answer` (absolute) or `question`,
+/// `answer_a`, `answer_b` (pairwise). It must still ask for the same verdict format
+/// ("Rating: [[x]]" or "[[A]]"/"[[B]]"/"[[C]]"). An empty system part sends none.
+#[derive(Clone)]
+pub struct GradingPrompt {
+    /// Recorded as the run's `prompt` parameter (`name@version`).
+    pub reference: String,
+    pub render: std::sync::Arc<RenderGrading>,
+}
+
+impl std::fmt::Debug for GradingPrompt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GradingPrompt")
+            .field("reference", &self.reference)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Options of a judging run.
 #[derive(Debug, Clone)]
 pub struct JudgeOptions {
+    /// The grading prompt; `None` = the built-in MT-Bench-style prompts.
+    pub prompt: Option<GradingPrompt>,
     pub max_tokens: usize,
     /// Ask for this many top logprobs per token (G-Eval weighting); 0 = off.
     pub top_logprobs: usize,
@@ -246,6 +271,7 @@ pub struct JudgeOptions {
 impl Default for JudgeOptions {
     fn default() -> Self {
         JudgeOptions {
+            prompt: None,
             max_tokens: 512,
             top_logprobs: 5,
             cache_dir: None,
@@ -254,26 +280,48 @@ impl Default for JudgeOptions {
     }
 }
 
-fn absolute_call(q: &str, a: &str, o: &JudgeOptions) -> JudgeCall {
-    JudgeCall {
+/// The call from the grading prompt, when one is set.
+fn custom_call(o: &JudgeOptions, fields: &[(&str, &str)]) -> Option<Result<JudgeCall>> {
+    let p = o.prompt.as_ref()?;
+    let vars: BTreeMap<&str, &str> = fields.iter().copied().collect();
+    Some(
+        (p.render)(&vars)
+            .map(|(system, user)| JudgeCall {
+                system,
+                user,
+                max_tokens: o.max_tokens,
+                top_logprobs: o.top_logprobs,
+            })
+            .map_err(|e| EvalError::Invalid(format!("grading prompt {}: {e}", p.reference))),
+    )
+}
+
+fn absolute_call(q: &str, a: &str, o: &JudgeOptions) -> Result<JudgeCall> {
+    if let Some(c) = custom_call(o, &[("question", q), ("answer", a)]) {
+        return c;
+    }
+    Ok(JudgeCall {
         system: ABSOLUTE_SYSTEM.into(),
         user: format!(
             "[Question]\n{q}\n\n[The Start of the Assistant's Answer]\n{a}\n[The End of the Assistant's Answer]"
         ),
         max_tokens: o.max_tokens,
         top_logprobs: o.top_logprobs,
-    }
+     })
 }
 
-fn pairwise_call(q: &str, a: &str, b: &str, o: &JudgeOptions) -> JudgeCall {
-    JudgeCall {
+fn pairwise_call(q: &str, a: &str, b: &str, o: &JudgeOptions) -> Result<JudgeCall> {
+    if let Some(c) = custom_call(o, &[("question", q), ("answer_a", a), ("answer_b", b)]) {
+        return c;
+    }
+    Ok(JudgeCall {
         system: PAIRWISE_SYSTEM.into(),
         user: format!(
             "[User Question]\n{q}\n\n[The Start of Assistant A's Answer]\n{a}\n[The End of Assistant A's Answer]\n\n[The Start of Assistant B's Answer]\n{b}\n[The End of Assistant B's Answer]"
         ),
         max_tokens: o.max_tokens,
         top_logprobs: o.top_logprobs,
-    }
+     })
 }
 
 /// Judges every item; the result has params, metrics and one row per item.
@@ -296,7 +344,7 @@ pub fn judge(
                 }
                 JudgeItem::Pairwise { .. } => None,
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let replies = cj.complete(&calls)?;
         let (mut scores, mut weighted) = (Vec::new(), Vec::new());
         for (i, r) in replies.iter().enumerate() {
@@ -324,8 +372,8 @@ pub fn judge(
                 answer_b,
             } = it
             {
-                calls.push(pairwise_call(question, answer_a, answer_b, opts));
-                calls.push(pairwise_call(question, answer_b, answer_a, opts));
+                calls.push(pairwise_call(question, answer_a, answer_b, opts)?);
+                calls.push(pairwise_call(question, answer_b, answer_a, opts)?);
             }
         }
         let replies = cj.complete(&calls)?;
@@ -389,6 +437,12 @@ pub fn judge(
         if pairwise { "pairwise" } else { "absolute" }.into(),
     );
     params.insert("max_tokens".into(), opts.max_tokens.to_string());
+    params.insert(
+        "prompt".into(),
+        opts.prompt
+            .as_ref()
+            .map_or_else(|| "built-in".into(), |p| p.reference.clone()),
+    );
     Ok((
         EvalResult {
             task: "judge".into(),
@@ -511,8 +565,12 @@ impl JudgeModel for EndpointJudge {
         let bodies = calls
             .iter()
             .map(|c| {
+                let mut messages = vec![json!({"role": "user", "content": c.user})];
+                if !c.system.is_empty() {
+                    messages.insert(0, json!({"role": "system", "content": c.system}));
+                }
                 let mut b = json!({
-                    "messages": [{"role": "system", "content": c.system}, {"role": "user", "content": c.user}],
+                    "messages": messages,
                     "max_tokens": c.max_tokens, "temperature": 0.0,
                 });
                 if c.top_logprobs > 0 {
@@ -559,10 +617,10 @@ impl JudgeModel for LocalJudge {
         let max_len = self.engine.info().max_model_len;
         let mut rxs = Vec::with_capacity(calls.len());
         for c in calls {
-            let msgs = vec![
-                ChatMessage::new("system", &c.system),
-                ChatMessage::new("user", &c.user),
-            ];
+            let mut msgs = vec![ChatMessage::new("user", &c.user)];
+            if !c.system.is_empty() {
+                msgs.insert(0, ChatMessage::new("system", &c.system));
+            }
             let prompt = self
                 .engine
                 .encode_chat(&msgs)

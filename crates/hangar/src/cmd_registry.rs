@@ -223,13 +223,25 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 }
 
 fn open(home: Option<PathBuf>, opts: &RegistryOpts) -> Result<(Registry, Principal)> {
+    open_registry(home, opts)
+}
+
+/// Opens the registry of `home` with the store and token the options name.
+pub(crate) fn open_registry(
+    home: Option<PathBuf>,
+    opts: &RegistryOpts,
+) -> Result<(Registry, Principal)> {
     let store = opts.store.as_deref().map(StoreSpec::parse).transpose()?;
     let reg = Registry::open_with(home, store).context("opening the registry")?;
     let who = reg.principal(opts.token.as_deref())?;
     Ok((reg, who))
 }
 
-fn print<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> Result<()> {
+pub(crate) fn print<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(value)?);
     } else {

@@ -7,7 +7,10 @@ mod cmd_eval;
 mod cmd_model;
 mod cmd_monitor;
 mod cmd_plan;
+mod cmd_prompts;
+mod cmd_rag;
 mod cmd_registry;
+mod cmd_route;
 mod cmd_serve;
 mod cmd_track;
 mod cmd_vector;
@@ -37,6 +40,9 @@ enum Cmd {
         #[command(flatten)]
         args: cmd_serve::ServeArgs,
     },
+    /// Route requests over several `hangar serve` replicas (prefix-cache-aware,
+    /// least-loaded, session or round-robin), streaming passed through.
+    Route(cmd_route::RouteArgs),
     /// Generate text from a prompt, streamed to stdout.
     Generate(cmd_model::GenerateArgs),
     /// Measure prefill and decode throughput (tokens/s).
@@ -67,6 +73,9 @@ enum Cmd {
     /// The model registry: import, list, promote, export, gc, tokens...
     #[command(subcommand)]
     Registry(cmd_registry::RegistryCmd),
+    /// Versioned prompt templates in the registry: create, list, show, alias, render.
+    #[command(subcommand)]
+    Prompts(cmd_prompts::PromptsCmd),
     /// Download a model into the registry (`default`, or hf://org/repo[/file]).
     Pull(cmd_registry::PullArgs),
     // -- monitoring
@@ -89,6 +98,12 @@ enum Cmd {
     // -- embeddings --
     /// Text to vectors with an embedding model (JSON or NPY out).
     Embed(cmd_embed::EmbedArgs),
+    // -- retrieval-augmented generation --
+    /// Chunk, embed and upsert text/Markdown/HTML files into a collection (re-ingest
+    /// replaces changed documents only).
+    Ingest(cmd_rag::IngestArgs),
+    /// Answer a question from a collection, with numbered citations.
+    Rag(cmd_rag::RagArgs),
 }
 
 fn main() {
@@ -110,6 +125,7 @@ fn main() {
                 })
             }
         }
+        Cmd::Route(a) => cmd_route::run_route(a),
         Cmd::Generate(mut a) => {
             a.model.home = home;
             cmd_model::generate(a)
@@ -136,6 +152,7 @@ fn main() {
         Cmd::Eval(a) => cmd_eval::run_eval(a, cli.home),
         Cmd::Judge(a) => cmd_eval::run_judge(a, cli.home),
         Cmd::Registry(c) => cmd_registry::run_registry(c, cli.home),
+        Cmd::Prompts(c) => cmd_prompts::run_prompts(c, cli.home),
         Cmd::Pull(a) => cmd_registry::run_pull(a, cli.home),
         Cmd::Logs(c) => cmd_monitor::run_logs(c, cli.home.as_deref()),
         Cmd::Monitor(c) => cmd_monitor::run_monitor(c, cli.home),
@@ -145,6 +162,14 @@ fn main() {
         Cmd::Embed(mut a) => {
             a.home = home;
             cmd_embed::run_embed(a)
+        }
+        Cmd::Ingest(mut a) => {
+            a.home = home;
+            cmd_rag::run_ingest(a)
+        }
+        Cmd::Rag(mut a) => {
+            a.home = home;
+            cmd_rag::run_rag(a)
         }
     };
     if let Err(e) = result {

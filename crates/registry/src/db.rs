@@ -13,7 +13,9 @@ CREATE TABLE IF NOT EXISTS models(
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
     created_at INTEGER NOT NULL,
-    next_version INTEGER NOT NULL DEFAULT 1
+    next_version INTEGER NOT NULL DEFAULT 1,
+    -- `model` or `prompt` (prompts.rs): one namespace, versions and aliases for both.
+    kind TEXT NOT NULL DEFAULT 'model'
 );
 CREATE TABLE IF NOT EXISTS versions(
     id INTEGER PRIMARY KEY,
@@ -107,7 +109,21 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
     db.pragma_update(None, "synchronous", "FULL")?;
     db.pragma_update(None, "foreign_keys", "ON")?;
     db.execute_batch(SCHEMA)?;
+    migrate(&db)?;
     Ok(db)
+}
+
+/// Brings a database made by an older Hangar up to the current schema.
+fn migrate(db: &Connection) -> Result<()> {
+    let has_kind: bool = db.query_row(
+        "SELECT EXISTS(SELECT 1 FROM pragma_table_info('models') WHERE name = 'kind')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_kind {
+        db.execute_batch("ALTER TABLE models ADD COLUMN kind TEXT NOT NULL DEFAULT 'model'")?;
+    }
+    Ok(())
 }
 
 pub(crate) fn setting(db: &Connection, key: &str) -> Result<Option<String>> {

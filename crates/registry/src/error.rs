@@ -40,6 +40,19 @@ pub enum RegistryError {
     /// A bad argument or configuration value.
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// A prompt template does not parse or cannot be rendered.
+    #[error("prompt template {prompt}: {reason}")]
+    Template { prompt: String, reason: String },
+    /// A prompt was rendered without values for some of its variables.
+    #[error(
+        "prompt {prompt} needs the variable(s) {}; it uses {}; give a value for each",
+        missing.join(", "), needed.join(", ")
+    )]
+    MissingVariables {
+        prompt: String,
+        missing: Vec<String>,
+        needed: Vec<String>,
+    },
     /// A filesystem operation failed.
     #[error("{context}: {source}")]
     Io {

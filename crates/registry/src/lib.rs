@@ -3,6 +3,9 @@
 //! FastCDC dedup, role-based tokens with an audit log, and downloads from Hugging
 //! Face-style hubs.
 //!
+//! Prompt templates are registry objects too ([`prompts`]): versioned, aliased and
+//! stored the same way, rendered with minijinja.
+//!
 //! Knows nothing about engines, serving or HTTP; `hangar-serve` exposes it over HTTP
 //! and `hangar serve` asks [`Registry::resolve`] for a model's files.
 //!
@@ -27,6 +30,7 @@ pub mod error;
 pub mod hub;
 mod maintain;
 pub mod names;
+pub mod prompts;
 pub mod pypi;
 mod registry;
 pub mod safety;
@@ -35,8 +39,9 @@ mod transfer;
 
 pub use auth::{Principal, Role};
 pub use error::{RegistryError, Result};
-pub use maintain::{GcReport, VerifyReport};
+pub use maintain::{sha256_file, GcReport, VerifyReport};
 pub use names::ModelRef;
+pub use prompts::{NewPrompt, PromptSummary, PromptTemplate, PromptVersion, RenderedPrompt};
 pub use registry::{
     default_home, AuditEntry, FileRecord, LineageInfo, ModelInfo, ModelSummary, Registry,
     StoreSpec, StoreStats, TokenInfo, VersionInfo,

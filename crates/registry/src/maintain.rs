@@ -372,7 +372,8 @@ impl CacheStamp {
     }
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
+/// The sha256 of a file, streamed, as lowercase hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
     let mut f = File::open(path).map_err(io_ctx(format!("open {}", path.display())))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

@@ -163,7 +163,13 @@ pub(crate) struct VersionRow {
     pub name: String,
     pub number: u32,
     pub stage: Option<String>,
+    /// `model` or `prompt`.
+    pub kind: String,
 }
+
+/// What a registry name holds: a model's files or a prompt template (`prompts.rs`).
+pub(crate) const KIND_MODEL: &str = "model";
+pub(crate) const KIND_PROMPT: &str = "prompt";
 
 impl Registry {
     /// Opens (creating if needed) the registry under `home` (default: [`default_home`])
@@ -361,10 +367,20 @@ impl Registry {
             .optional()?)
     }
 
+    /// The id and kind (`model` or `prompt`) of a registry name.
+    pub(crate) fn name_kind(&self, name: &str) -> Result<Option<(i64, String)>> {
+        Ok(self
+            .db
+            .query_row("SELECT id, kind FROM models WHERE name = ?1", [name], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?)
+    }
+
     /// Resolves a reference to one version row.
     pub(crate) fn find(&self, r: &ModelRef) -> Result<VersionRow> {
-        let model_id = self
-            .model_id(&r.name)?
+        let (model_id, kind) = self
+            .name_kind(&r.name)?
             .ok_or_else(|| RegistryError::NotFound(format!("model {:?}", r.name)))?;
         let q = "SELECT id, number, stage FROM versions WHERE model_id = ?1";
         let row =
@@ -405,7 +421,20 @@ impl Registry {
             name: r.name.clone(),
             number,
             stage,
+            kind,
         })
+    }
+
+    /// Like [`Registry::find`], refusing a prompt where a model is wanted.
+    pub(crate) fn find_model(&self, r: &ModelRef) -> Result<VersionRow> {
+        let row = self.find(r)?;
+        if row.kind != KIND_MODEL {
+            return Err(RegistryError::Invalid(format!(
+                "{:?} is a prompt, not a model; use `hangar prompts show {}` to read it",
+                r.name, r.name
+            )));
+        }
+        Ok(row)
     }
 
     pub(crate) fn files_of(&self, version_id: i64) -> Result<Vec<(i64, FileRecord)>> {
@@ -544,6 +573,7 @@ impl Registry {
                     (SELECT number FROM versions p WHERE p.model_id = m.id AND p.stage = 'production'),
                     COALESCE(SUM(v.total_size), 0)
              FROM models m LEFT JOIN versions v ON v.model_id = m.id
+             WHERE m.kind = 'model'
              GROUP BY m.id HAVING COUNT(v.id) > 0 ORDER BY m.name",
         )?;
         let rows = st.query_map([], |r| {
@@ -570,12 +600,12 @@ impl Registry {
     pub fn show_model(&self, who: &Principal, name: &str) -> Result<ModelInfo> {
         who.require(Role::Reader, "showing a model")?;
         names::validate_model_name(name)?;
-        let (model_id, created_at): (i64, i64) = self
+        let (model_id, created_at, kind): (i64, i64, String) = self
             .db
             .query_row(
-                "SELECT id, created_at FROM models WHERE name = ?1",
+                "SELECT id, created_at, kind FROM models WHERE name = ?1",
                 [name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?
             .ok_or_else(|| RegistryError::NotFound(format!("model {name:?}")))?;
@@ -590,6 +620,7 @@ impl Registry {
                     name: name.to_string(),
                     number: r.get(1)?,
                     stage: r.get(2)?,
+                    kind: kind.clone(),
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;

@@ -163,7 +163,7 @@ fn collect_files(root: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-fn content_digest(files: &[FileRecord], metadata: &BTreeMap<String, String>) -> String {
+pub(crate) fn content_digest(files: &[FileRecord], metadata: &BTreeMap<String, String>) -> String {
     let mut h = Sha256::new();
     for f in files {
         h.update(f.path.as_bytes());
@@ -285,12 +285,20 @@ impl Registry {
             .db
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let model_id: i64 = match tx
-            .query_row("SELECT id FROM models WHERE name = ?1", [&req.name], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT id, kind FROM models WHERE name = ?1",
+                [&req.name],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+            )
             .optional()?
         {
-            Some(id) => id,
+            Some((_, kind)) if kind != crate::registry::KIND_MODEL => {
+                return Err(RegistryError::Conflict(format!(
+                    "{:?} is the name of a prompt; import the model under another name",
+                    req.name
+                )));
+            }
+            Some((id, _)) => id,
             None => {
                 tx.execute(
                     "INSERT INTO models(name, created_at) VALUES(?1, ?2)",
@@ -575,7 +583,7 @@ impl Registry {
         progress: bool,
     ) -> Result<ExportOutcome> {
         who.require(Role::Reader, "exporting a model")?;
-        let row = self.find(&reference.parse()?)?;
+        let row = self.find_model(&reference.parse()?)?;
         let started = Instant::now();
         let files = self.files_of(row.id)?;
         let total: u64 = files.iter().map(|(_, f)| f.size).sum();
@@ -617,7 +625,7 @@ impl Registry {
     /// when they changed on disk since they were last known good (see `maintain.rs`).
     pub fn resolve(&self, who: &Principal, reference: &str) -> Result<ResolvedModel> {
         who.require(Role::Reader, "resolving a model")?;
-        let row = self.find(&reference.parse()?)?;
+        let row = self.find_model(&reference.parse()?)?;
         let dir = self.cache_dir(&row.name, row.number);
         let files = self.files_of(row.id)?;
         let mut paths = Vec::new();

@@ -201,7 +201,10 @@ impl From<RegistryError> for ApiError {
             RegistryError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
             RegistryError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             RegistryError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
-            RegistryError::Invalid(_) | RegistryError::InvalidName { .. } => {
+            RegistryError::Invalid(_)
+            | RegistryError::InvalidName { .. }
+            | RegistryError::Template { .. }
+            | RegistryError::MissingVariables { .. } => {
                 (StatusCode::BAD_REQUEST, "invalid_request")
             }
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

@@ -28,6 +28,8 @@ pub mod mlflow_api;
 mod monitoring;
 pub mod openai;
 pub mod qdrant_api;
+// Retrieval-augmented chat (/v1/rag/chat, `retrieval` on chat completions).
+pub mod rag_api;
 pub mod registry_api;
 // Embeddings (OpenAI /v1/embeddings, TEI /embed), mounted when an embedding model is served.
 pub mod embeddings_api;
@@ -248,6 +250,7 @@ fn route_label(path: &str) -> &'static str {
         "/v1/models" => "/v1/models",
         "/v1/completions" => "/v1/completions",
         "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/rag/chat" => "/v1/rag/chat",
         "/v2" => "/v2",
         "/v2/health/live" => "/v2/health/live",
         "/v2/health/ready" => "/v2/health/ready",
@@ -310,7 +313,10 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
 
 /// Paths of the inference APIs (answered with a clear 404 when no model is served).
 fn is_inference_path(path: &str) -> bool {
-    matches!(path, "/v1/completions" | "/v1/chat/completions") || path.starts_with("/v2/models/")
+    matches!(
+        path,
+        "/v1/completions" | "/v1/chat/completions" | "/v1/rag/chat"
+    ) || path.starts_with("/v2/models/")
 }
 
 async fn not_found(State(state): State<Arc<AppState>>, req: Request) -> Response {

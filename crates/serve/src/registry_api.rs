@@ -11,6 +11,13 @@
 //! | POST | `/v1/registry/models/{name}/versions/{selector}/demote` `{"to": "archived"}` | promoter (from production) / writer |
 //! | GET | `/v1/registry/stats` | reader |
 //! | GET | `/v1/registry/audit?limit=N` | promoter |
+//! | GET | `/v1/registry/prompts` | reader |
+//! | GET | `/v1/registry/prompts/{name}` (every version) | reader |
+//! | POST | `/v1/registry/prompts/{name}/versions` `{"user", "system"?, "description"?, "tags"?, "alias"?}` | writer (promoter for `alias: production`) |
+//! | GET | `/v1/registry/prompts/{name}/versions/{selector}` | reader |
+//! | POST | `/v1/registry/prompts/{name}/versions/{selector}/render` `{"variables": {...}}` | reader |
+//! | POST | `/v1/registry/prompts/{name}/aliases` `{"alias": "production", "version": "3"}` | writer / promoter (stages) |
+//! | DELETE | `/v1/registry/prompts/{name}/aliases/{alias}` | writer |
 
 use crate::auth::Caller;
 use crate::error::{ApiError, RegistryApiError};
@@ -23,7 +30,8 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use hangar_registry::{
-    AuditEntry, ModelInfo, ModelSummary, Principal, Registry, StoreStats, VersionInfo,
+    AuditEntry, ModelInfo, ModelSummary, NewPrompt, Principal, PromptSummary, PromptVersion,
+    Registry, StoreStats, VersionInfo,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -51,6 +59,25 @@ pub(crate) fn routes(app: Arc<AppState>, registry: SharedRegistry) -> Router {
         .route(
             "/v1/registry/models/{name}/versions/{selector}/demote",
             post(demote),
+        )
+        .route("/v1/registry/prompts", get(list_prompts))
+        .route("/v1/registry/prompts/{name}", get(show_prompt))
+        .route("/v1/registry/prompts/{name}/versions", post(create_prompt))
+        .route(
+            "/v1/registry/prompts/{name}/versions/{selector}",
+            get(show_prompt_version),
+        )
+        .route(
+            "/v1/registry/prompts/{name}/versions/{selector}/render",
+            post(render_prompt),
+        )
+        .route(
+            "/v1/registry/prompts/{name}/aliases",
+            post(set_prompt_alias),
+        )
+        .route(
+            "/v1/registry/prompts/{name}/aliases/{alias}",
+            axum::routing::delete(remove_prompt_alias),
         )
         .route("/v1/registry/stats", get(stats))
         .route("/v1/registry/audit", get(audit))
@@ -115,6 +142,27 @@ fn principal(reg: &Registry, caller: &Caller) -> hangar_registry::Result<Princip
         Caller::RegistryToken(p) => Ok(p.clone()),
         Caller::Open { bearer } => reg.principal_for_network(bearer.as_deref()),
     }
+}
+
+/// Like [`with_registry`], for calls that write the store (they take `&mut`).
+async fn with_registry_mut<T, F>(
+    st: RegistryState,
+    caller: Caller,
+    f: F,
+) -> Result<Json<T>, RegistryApiError>
+where
+    T: Serialize + Send + 'static,
+    F: FnOnce(&mut Registry, &Principal) -> hangar_registry::Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let mut reg = st.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let who = principal(&reg, &caller)?;
+        f(&mut reg, &who)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("registry task failed: {e}")))?
+    .map(Json)
+    .map_err(RegistryApiError::from)
 }
 
 /// Runs `f` with the registry and the caller's principal on a blocking thread.
@@ -212,6 +260,183 @@ async fn audit(
     with_registry(s, c, move |r, w| {
         Ok(AuditList {
             entries: r.audit_log(w, q.limit.unwrap_or(100))?,
+        })
+    })
+    .await
+}
+
+// ---- prompts ------------------------------------------------------------------------
+
+/// `GET /v1/registry/prompts`
+#[derive(Debug, Serialize)]
+pub struct PromptList {
+    pub prompts: Vec<PromptSummary>,
+}
+
+/// `GET /v1/registry/prompts/{name}`
+#[derive(Debug, Serialize)]
+pub struct PromptVersions {
+    pub name: String,
+    pub versions: Vec<PromptVersion>,
+}
+
+#[derive(Deserialize)]
+struct CreatePromptBody {
+    user: String,
+    system: Option<String>,
+    description: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    alias: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AliasBody {
+    alias: String,
+    /// A version number or any selector (`3`, `latest`, `candidate`).
+    version: serde_json::Value,
+}
+
+#[derive(Deserialize, Default)]
+struct RenderBody {
+    #[serde(default)]
+    variables: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `POST .../render`
+#[derive(Debug, Serialize)]
+pub struct RenderedBody {
+    pub prompt: String,
+    pub system: Option<String>,
+    pub user: String,
+}
+
+async fn list_prompts(
+    State(s): State<RegistryState>,
+    Extension(c): Extension<Caller>,
+) -> Result<Json<PromptList>, RegistryApiError> {
+    with_registry(s, c, |r, w| {
+        Ok(PromptList {
+            prompts: r.list_prompts(w)?,
+        })
+    })
+    .await
+}
+
+async fn show_prompt(
+    State(s): State<RegistryState>,
+    Extension(c): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<PromptVersions>, RegistryApiError> {
+    with_registry(s, c, move |r, w| {
+        Ok(PromptVersions {
+            versions: r.prompt_versions(w, &name)?,
+            name,
+        })
+    })
+    .await
+}
+
+async fn show_prompt_version(
+    State(s): State<RegistryState>,
+    Extension(c): Extension<Caller>,
+    Path((name, sel)): Path<(String, String)>,
+) -> Result<Json<PromptVersion>, RegistryApiError> {
+    with_registry(s, c, move |r, w| r.prompt(w, &format!("{name}@{sel}"))).await
+}
+
+async fn create_prompt(
+    State(s): State<RegistryState>,
+    Extension(c): Extension<Caller>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<PromptVersion>, RegistryApiError> {
+    let bytes = read_body(&headers, body, s.app.cfg.max_body_bytes).await?;
+    let b: CreatePromptBody = parse_json(&bytes)?;
+    with_registry_mut(s, c, move |r, w| {
+        let mut out = r.create_prompt(
+            w,
+            &NewPrompt {
+                name,
+                system: b.system,
+                user: b.user,
+                description: b.description,
+                tags: b.tags,
+                ..Default::default()
+            },
+        )?;
+        if let Some(a) = b.alias {
+            let present = out.already_present;
+            out = r.set_prompt_alias(w, &out.reference, &a)?;
+            out.already_present = present;
+        }
+        Ok(out)
+    })
+    .await
+}
+
+async fn render_prompt(
+    State(s): State<RegistryState>,
+    Extension(c): Extension<Caller>,
+    Path((name, sel)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<RenderedBody>, RegistryApiError> {
+    let bytes = read_body(&headers, body, s.app.cfg.max_body_bytes).await?;
+    let b: RenderBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        RenderBody::default()
+    } else {
+        parse_json(&bytes)?
+    };
+    with_registry(s, c, move |r, w| {
+        let (p, out) = r.render_prompt(w, &format!("{name}@{sel}"), &b.variables)?;
+        Ok(RenderedBody {
+            prompt: p.reference,
+            system: out.system,
+            user: out.user,
+        })
+    })
+    .await
+}
+
+async fn set_prompt_alias(
+    State(s): State<RegistryState>,
+    Extension(c): Extension<Caller>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<PromptVersion>, RegistryApiError> {
+    let bytes = read_body(&headers, body, s.app.cfg.max_body_bytes).await?;
+    let b: AliasBody = parse_json(&bytes)?;
+    let sel = match &b.version {
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(v) => v.clone(),
+        _ => {
+            return Err(ApiError::param(
+                "version",
+                "version must be a number or a selector such as \"latest\"",
+            )
+            .into())
+        }
+    };
+    with_registry(s, c, move |r, w| {
+        r.set_prompt_alias(w, &format!("{name}@{sel}"), &b.alias)
+    })
+    .await
+}
+
+async fn remove_prompt_alias(
+    State(s): State<RegistryState>,
+    Extension(c): Extension<Caller>,
+    Path((name, alias)): Path<(String, String)>,
+) -> Result<Json<PromptVersions>, RegistryApiError> {
+    with_registry(s, c, move |r, w| {
+        r.prompt(w, &format!("{name}@latest"))?;
+        r.remove_alias(w, &name, &alias)?;
+        Ok(PromptVersions {
+            versions: r.prompt_versions(w, &name)?,
+            name,
         })
     })
     .await

@@ -24,7 +24,63 @@ const TABLE: &str = "CREATE TABLE IF NOT EXISTS registered_models(
     last_updated_time INTEGER NOT NULL
 ) WITHOUT ROWID";
 
+/// Tags of registered model names (MLflow's `registered-models/set-tag`).
+const TAGS_TABLE: &str = "CREATE TABLE IF NOT EXISTS registered_model_tags(
+    name TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY(name, key)
+) WITHOUT ROWID";
+
+/// MLflow's limits on a registered model tag.
+const MAX_TAG_KEY: usize = 250;
+const MAX_TAG_VALUE: usize = 100_000;
+
 impl Tracker {
+    /// Sets a tag on a registered model name.
+    pub fn set_model_name_tag(&self, name: &str, key: &str, value: &str) -> Result<()> {
+        if key.is_empty() || key.len() > MAX_TAG_KEY {
+            return Err(invalid(format!(
+                "tag key must be 1 to {MAX_TAG_KEY} bytes, got {}",
+                key.len()
+            )));
+        }
+        if value.len() > MAX_TAG_VALUE {
+            return Err(invalid(format!(
+                "tag value must be at most {MAX_TAG_VALUE} bytes, got {}",
+                value.len()
+            )));
+        }
+        let conn = self.conn();
+        conn.execute(TAGS_TABLE, [])?;
+        conn.execute(
+            "INSERT INTO registered_model_tags(name, key, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name, key) DO UPDATE SET value = excluded.value",
+            params![name, key, value],
+        )?;
+        Ok(())
+    }
+
+    /// Removes a tag; returns whether it was set.
+    pub fn delete_model_name_tag(&self, name: &str, key: &str) -> Result<bool> {
+        let conn = self.conn();
+        conn.execute(TAGS_TABLE, [])?;
+        Ok(conn.execute(
+            "DELETE FROM registered_model_tags WHERE name = ?1 AND key = ?2",
+            params![name, key],
+        )? > 0)
+    }
+
+    /// The tags of a registered model name, sorted by key.
+    pub fn model_name_tags(&self, name: &str) -> Result<Vec<(String, String)>> {
+        let conn = self.conn();
+        conn.execute(TAGS_TABLE, [])?;
+        let mut st = conn
+            .prepare("SELECT key, value FROM registered_model_tags WHERE name = ?1 ORDER BY key")?;
+        let rows = st.query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Records a registered model name; an existing name is RESOURCE_ALREADY_EXISTS.
     pub fn create_model_name(&self, name: &str, description: &str) -> Result<ModelName> {
         if name.is_empty() {
@@ -106,6 +162,8 @@ impl Tracker {
     pub fn delete_model_name(&self, name: &str) -> Result<bool> {
         let conn = self.conn();
         conn.execute(TABLE, [])?;
+        conn.execute(TAGS_TABLE, [])?;
+        conn.execute("DELETE FROM registered_model_tags WHERE name = ?1", [name])?;
         Ok(conn.execute("DELETE FROM registered_models WHERE name = ?1", [name])? > 0)
     }
 }

@@ -11,6 +11,7 @@
 
 mod artifacts;
 mod models;
+mod prompts;
 mod tracking;
 pub mod wire;
 
@@ -140,9 +141,12 @@ impl From<hangar_registry::RegistryError> for MlflowError {
             R::NotFound(_) => (StatusCode::NOT_FOUND, "RESOURCE_DOES_NOT_EXIST"),
             R::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
             R::Forbidden { .. } => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
-            R::Invalid(_) | R::InvalidName { .. } | R::Refused { .. } | R::Conflict(_) => {
-                (StatusCode::BAD_REQUEST, "INVALID_PARAMETER_VALUE")
-            }
+            R::Invalid(_)
+            | R::InvalidName { .. }
+            | R::Refused { .. }
+            | R::Conflict(_)
+            | R::Template { .. }
+            | R::MissingVariables { .. } => (StatusCode::BAD_REQUEST, "INVALID_PARAMETER_VALUE"),
             R::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "TEMPORARILY_UNAVAILABLE"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
         };

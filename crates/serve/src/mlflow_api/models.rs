@@ -8,6 +8,8 @@
 //! version's registry lineage is that base, that derivation and the run.
 //! Stages map to registry stages (`Staging`/`Production`/`Archived`); aliases to
 //! registry aliases. Registry roles apply: the caller's registry principal decides.
+//! MLflow's prompt registry (registered models tagged `mlflow.prompt.is_prompt`) maps
+//! onto the registry's prompts: see `prompts.rs`.
 
 use super::{MlResult, MlflowError, MlflowState};
 use crate::auth::Caller;
@@ -36,6 +38,14 @@ pub(super) fn routes(r: Router<MlflowState>, p: &str) -> Router<MlflowState> {
             axum::routing::delete(delete_model),
         )
         .route(&format!("{p}/registered-models/search"), get(search_models))
+        .route(
+            &format!("{p}/registered-models/set-tag"),
+            post(set_model_tag),
+        )
+        .route(
+            &format!("{p}/registered-models/delete-tag"),
+            axum::routing::delete(delete_model_tag),
+        )
         .route(
             &format!("{p}/registered-models/get-latest-versions"),
             post(latest_versions).get(latest_versions),
@@ -137,7 +147,7 @@ fn version_ref(name: &str, version: &str) -> MlResult<String> {
 }
 
 /// MLflow's stage name for a registry stage.
-fn mlflow_stage(stage: Option<&str>) -> String {
+pub(super) fn mlflow_stage(stage: Option<&str>) -> String {
     match stage {
         None => "None".into(),
         Some("staging") => "Staging".into(),
@@ -222,15 +232,74 @@ fn model_json(reg: &Registry, t: &Tracker, who: &Principal, name: &str) -> MlRes
         "last_updated_timestamp": updated,
         "description": record.map(|r| r.description).unwrap_or_default(),
         "latest_versions": latest.values().map(|v| version_json(v)).collect::<Vec<_>>(),
-        "tags": [],
+        "tags": model_tags(reg, t, who, name)?,
         "aliases": aliases,
     }))
+}
+
+/// A registered model's tags: its own, and `mlflow.prompt.is_prompt` for a prompt.
+fn model_tags(reg: &Registry, t: &Tracker, who: &Principal, name: &str) -> MlResult<Value> {
+    let mut tags: Vec<Value> = t
+        .model_name_tags(name)?
+        .into_iter()
+        .filter(|(k, _)| k != super::prompts::IS_PROMPT)
+        .map(|(k, v)| json!({"key": k, "value": v}))
+        .collect();
+    if super::prompts::is_prompt(reg, who, name)? {
+        tags.push(json!({"key": super::prompts::IS_PROMPT, "value": "true"}));
+    }
+    Ok(Value::Array(tags))
+}
+
+#[derive(Deserialize)]
+struct TagBody {
+    name: Option<String>,
+    key: Option<String>,
+    value: Option<String>,
+}
+
+async fn set_model_tag(
+    State(st): State<MlflowState>,
+    Extension(c): Extension<Caller>,
+    req: Request,
+) -> Reply {
+    handle(st, c, req, |reg, t, who, b: TagBody| {
+        who.require(hangar_registry::Role::Writer, "tagging a registered model")?;
+        let name = need(b.name, "name")?;
+        let key = need(b.key, "key")?;
+        model_json(reg, t, who, &name)?;
+        t.set_model_name_tag(&name, &key, b.value.as_deref().unwrap_or(""))?;
+        Ok(json!({}))
+    })
+    .await
+}
+
+async fn delete_model_tag(
+    State(st): State<MlflowState>,
+    Extension(c): Extension<Caller>,
+    req: Request,
+) -> Reply {
+    handle(st, c, req, |reg, t, who, b: TagBody| {
+        who.require(hangar_registry::Role::Writer, "tagging a registered model")?;
+        let name = need(b.name, "name")?;
+        let key = need(b.key, "key")?;
+        model_json(reg, t, who, &name)?;
+        if !t.delete_model_name_tag(&name, &key)? {
+            return Err(MlflowError::not_found(format!(
+                "registered model {name} has no tag {key:?}"
+            )));
+        }
+        Ok(json!({}))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
 struct ModelBody {
     name: Option<String>,
     description: Option<String>,
+    #[serde(default)]
+    tags: Vec<super::prompts::Tag>,
 }
 
 async fn create_model(
@@ -250,7 +319,13 @@ async fn create_model(
                 message: format!("registered model (name={name}) already exists"),
             });
         }
+        if super::prompts::tagged_prompt(&b.tags) {
+            reg.reserve_prompt(who, &name)?;
+        }
         t.create_model_name(&name, b.description.as_deref().unwrap_or(""))?;
+        for tag in b.tags.iter().filter(|x| x.key != super::prompts::IS_PROMPT) {
+            t.set_model_name_tag(&name, &tag.key, &tag.value)?;
+        }
         Ok(json!({ "registered_model": model_json(reg, t, who, &name)? }))
     })
     .await
@@ -445,7 +520,11 @@ async fn set_alias(
             Some(Value::Number(n)) => n.to_string(),
             _ => return Err(MlflowError::missing("version")),
         };
-        reg.set_alias(who, &version_ref(&name, &version)?, &alias)?;
+        if super::prompts::is_prompt(reg, who, &name)? {
+            reg.set_prompt_alias(who, &version_ref(&name, &version)?, &alias)?;
+        } else {
+            reg.set_alias(who, &version_ref(&name, &version)?, &alias)?;
+        }
         Ok(json!({}))
     })
     .await
@@ -471,6 +550,10 @@ async fn get_by_alias(
     handle(st, c, req, |reg, _t, who, b: AliasBody| {
         let name = need(b.name, "name")?;
         let alias = need(b.alias, "alias")?;
+        if super::prompts::is_prompt(reg, who, &name)? {
+            let p = reg.prompt(who, &format!("{name}@{alias}"))?;
+            return Ok(json!({ "model_version": super::prompts::version_json(&p) }));
+        }
         let v = reg.show(who, &format!("{name}@{alias}"))?;
         if !v.aliases.contains(&alias) {
             return Err(MlflowError::not_found(format!(
@@ -488,6 +571,8 @@ struct CreateVersion {
     source: Option<String>,
     run_id: Option<String>,
     description: Option<String>,
+    #[serde(default)]
+    tags: Vec<super::prompts::Tag>,
 }
 
 /// `runs:/<run>/<path>` or `mlflow-artifacts:/<exp>/<run>/artifacts/<path>` → (run, path).
@@ -549,6 +634,9 @@ async fn create_version(
     handle(st, c, req, |reg, t, who, b: CreateVersion| {
         who.require(hangar_registry::Role::Writer, "creating a model version")?;
         let name = need(b.name, "name")?;
+        if super::prompts::is_prompt(reg, who, &name)? {
+            return super::prompts::create_version(reg, who, name, b.description, &b.tags);
+        }
         let source = need(b.source, "source")?;
         let (run, dir) = parse_source(&source)?;
         if let Some(r) = b.run_id.as_deref().filter(|r| !r.is_empty()) {
@@ -650,7 +738,12 @@ async fn get_version(
     req: Request,
 ) -> Reply {
     handle(st, c, req, |reg, _t, who, b: VersionBody| {
-        let v = reg.show(who, &b.reference()?)?;
+        let reference = b.reference()?;
+        if super::prompts::is_prompt(reg, who, b.name.as_deref().unwrap_or_default())? {
+            let p = reg.prompt(who, &reference)?;
+            return Ok(json!({ "model_version": super::prompts::version_json(&p) }));
+        }
+        let v = reg.show(who, &reference)?;
         Ok(json!({ "model_version": version_json(&v) }))
     })
     .await

@@ -6,6 +6,7 @@
 //! scheduling here.
 
 mod gbnf;
+mod stored_prompt;
 mod stream;
 mod structured;
 mod tools;
@@ -36,6 +37,7 @@ pub(crate) fn routes(state: InferenceState) -> Router {
     Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/rag/chat", post(rag_chat))
         .with_state(state)
 }
 
@@ -155,6 +157,10 @@ struct Job {
     echo_logprobs: bool,
     /// Chat with tools: answers are parsed for tool calls.
     tools: Option<tools::ToolSetup>,
+    /// The stored prompt the request was rendered from, reported in the response.
+    prompt: Option<stored_prompt::PromptUsed>,
+    /// Retrieval-augmented chat: the passages the prompt cites.
+    citations: Option<Vec<crate::rag_api::Citation>>,
 }
 
 impl Job {
@@ -185,6 +191,8 @@ impl Job {
             model: self.model.clone(),
             choices,
             usage: usage.map(|u| u.map(Into::into)),
+            prompt: self.prompt.clone(),
+            citations: None,
         }
     }
 }
@@ -226,7 +234,9 @@ pub async fn completions(
         options.max_tokens = None;
     }
     let v = options.validate(state.engine().info())?;
-    let prompts: Vec<Prompt> = match req.prompt {
+    let (input, prompt_used) =
+        completion_input(&state, req.prompt, req.prompt_template, req.variables).await?;
+    let prompts: Vec<Prompt> = match input {
         PromptInput::Text(t) => vec![Prompt::Text(t)],
         PromptInput::Texts(ts) => ts.into_iter().map(Prompt::Text).collect(),
         PromptInput::Tokens(ids) => vec![Prompt::Tokens(ids)],
@@ -275,10 +285,40 @@ pub async fn completions(
         echo: echoes,
         echo_logprobs,
         tools: None,
+        prompt: prompt_used,
+        citations: None,
     };
     let guided = req.common.structured.guided()?;
     structured::attach(&state, guided, &mut reqs).await?;
     run(&state, job, reqs, &req.common).await
+}
+
+/// The completions prompt: the request's text, or a stored prompt rendered to text.
+async fn completion_input(
+    state: &InferenceState,
+    prompt: Option<PromptInput>,
+    template: Option<String>,
+    variables: Option<serde_json::Map<String, serde_json::Value>>,
+) -> Result<(PromptInput, Option<stored_prompt::PromptUsed>), ApiError> {
+    match (prompt, template) {
+        (Some(p), None) if variables.is_none() => Ok((p, None)),
+        (Some(_), None) => Err(ApiError::param(
+            "variables",
+            "variables need a stored prompt: add \"prompt_template\": \"name@version\"",
+        )),
+        (None, Some(t)) => {
+            let (used, r) = stored_prompt::render(state, "prompt_template", t, variables).await?;
+            Ok((PromptInput::Text(r.to_text()), Some(used)))
+        }
+        (Some(_), Some(_)) => Err(ApiError::param(
+            "prompt_template",
+            "give either prompt (the text) or prompt_template (a stored prompt), not both",
+        )),
+        (None, None) => Err(ApiError::param(
+            "prompt",
+            "prompt is required (or prompt_template with variables)",
+        )),
+    }
 }
 
 /// Flattens OpenAI message content to text; anything but text parts is refused.
@@ -307,17 +347,37 @@ fn message_text(m: Message, i: usize) -> Result<ChatMessage, ApiError> {
     Ok(ChatMessage::new(role, content))
 }
 
-/// `POST /v1/chat/completions`
+/// `POST /v1/chat/completions` (retrieval-augmented when the body has `retrieval`).
 pub async fn chat(
     State(state): State<InferenceState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, state.app.cfg.max_body_bytes).await?;
+    chat_request(state, gen::parse_json(&bytes)?).await
+}
+
+/// `POST /v1/rag/chat`: a chat completion whose body must have `retrieval`.
+pub async fn rag_chat(
+    State(state): State<InferenceState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, state.app.cfg.max_body_bytes).await?;
     let req: ChatRequest = gen::parse_json(&bytes)?;
+    if req.retrieval.as_ref().is_none_or(|r| r.is_null()) {
+        return Err(ApiError::param(
+            "retrieval",
+            "/v1/rag/chat needs \"retrieval\": {\"collection\": \"...\", \"top_k\": 4}",
+        ));
+    }
+    chat_request(state, req).await
+}
+
+async fn chat_request(state: InferenceState, req: ChatRequest) -> Result<Response, ApiError> {
     let model = req.common.check_model(&state)?;
     let n = req.common.n()?;
-    if req.messages.is_empty() {
+    if req.messages.is_empty() && req.stored_prompt.prompt.is_none() {
         return Err(ApiError::param("messages", "messages must not be empty"));
     }
     let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
@@ -338,6 +398,13 @@ pub async fn chat(
     let tool_setup = req.tools.setup(&arch)?;
     let guided = structured::guided_with_tools(&req.common.structured, tool_setup.as_ref())?;
     let messages = tools::chat_messages(req.messages, tool_setup.as_ref(), &arch, message_text)?;
+    let (mut messages, prompt_used) =
+        stored_prompt::chat_messages(&state, req.stored_prompt, messages).await?;
+    // Retrieval runs on the rendered conversation (a stored prompt may set the question).
+    let citations = match req.retrieval {
+        Some(r) if !r.is_null() => Some(crate::rag_api::augment(&state, r, &mut messages).await?),
+        _ => None,
+    };
     let prompt = gen::encode(&state, Prompt::Chat(messages))?;
     let mut reqs = (0..n)
         .map(|j| v.request(prompt.clone(), j, None, state.engine().info()))
@@ -352,6 +419,8 @@ pub async fn chat(
         echo: vec![None; n],
         echo_logprobs: false,
         tools: tool_setup,
+        prompt: prompt_used,
+        citations,
     };
     structured::attach(&state, guided, &mut reqs).await?;
     run(&state, job, reqs, &req.common).await
@@ -419,7 +488,9 @@ fn whole_response(job: &Job, results: Vec<Completion>, tok: &Tokenizer) -> Respo
                     }
                 })
                 .collect();
-            Json(job.envelope("chat.completion", choices, Some(Some(usage)))).into_response()
+            let mut env = job.envelope("chat.completion", choices, Some(Some(usage)));
+            env.citations = job.citations.clone();
+            Json(env).into_response()
         }
     }
 }

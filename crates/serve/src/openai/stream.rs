@@ -100,23 +100,31 @@ impl Streamer {
         )
     }
 
-    /// The opening chunks: the assistant role for chat, echoed prompts for completions.
+    /// The opening chunks: the assistant role for chat (the first also carries the
+    /// citations of a retrieval-augmented answer), echoed prompts for completions.
     fn start(&mut self) {
         for i in 0..self.usage.len() {
             match (self.job.api, self.job.echo.get(i).cloned().flatten()) {
-                (Api::Chat, _) => self.push(
-                    vec![ChatChunkChoice {
-                        index: i,
-                        delta: Delta {
-                            role: Some("assistant"),
-                            content: Some(String::new()),
-                            tool_calls: None,
-                        },
-                        logprobs: None,
-                        finish_reason: None,
-                    }],
-                    None,
-                ),
+                (Api::Chat, _) => {
+                    let mut env = self.job.envelope(
+                        self.object(),
+                        vec![ChatChunkChoice {
+                            index: i,
+                            delta: Delta {
+                                role: Some("assistant"),
+                                content: Some(String::new()),
+                                tool_calls: None,
+                            },
+                            logprobs: None,
+                            finish_reason: None,
+                        }],
+                        self.include_usage.then_some(None),
+                    );
+                    if i == 0 {
+                        env.citations = self.job.citations.clone();
+                    }
+                    self.pending.push_back(data(&env));
+                }
                 (Api::Completions, Some(p)) => self.push_choice(i, &p, &[], None),
                 (Api::Completions, None) => {}
             }

@@ -72,7 +72,12 @@ pub enum PromptInput {
 /// `POST /v1/completions`
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
-    pub prompt: PromptInput,
+    /// The text; absent when `prompt_template` names a stored prompt.
+    #[serde(default)]
+    pub prompt: Option<PromptInput>,
+    /// A stored prompt (`name@ref`) rendered with `variables` into the text.
+    pub prompt_template: Option<String>,
+    pub variables: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(flatten)]
     pub common: Common,
     pub logprobs: Option<i64>,
@@ -109,7 +114,12 @@ pub struct Message {
 /// `POST /v1/chat/completions`
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
+    /// May be empty when a stored prompt gives the messages.
+    #[serde(default)]
     pub messages: Vec<Message>,
+    /// `prompt` and `variables`: a stored prompt rendered before `messages`.
+    #[serde(flatten)]
+    pub stored_prompt: super::stored_prompt::ChatPromptFields,
     #[serde(flatten)]
     pub common: Common,
     pub logprobs: Option<bool>,
@@ -117,6 +127,10 @@ pub struct ChatRequest {
     /// `tools`, `tool_choice`, `parallel_tool_calls`.
     #[serde(flatten)]
     pub tools: super::tools::ToolFields,
+    /// Hangar extension: retrieval-augmented generation (`{collection, top_k, filter,
+    /// score_threshold}`; the OpenAI client sends it through `extra_body`).
+    #[serde(default)]
+    pub retrieval: Option<serde_json::Value>,
 }
 
 // ---- responses -------------------------------------------------------------------
@@ -176,6 +190,13 @@ pub struct Envelope<C> {
     /// chunk but the last.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Option<UsageBody>>,
+    /// The stored prompt the request was rendered from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<super::stored_prompt::PromptUsed>,
+    /// Retrieval-augmented answers: the passages the prompt numbered [1], [2], ... (on
+    /// the whole answer, or the first streamed chunk).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub citations: Option<Vec<crate::rag_api::Citation>>,
 }
 
 /// A completions choice (whole or streamed).
@@ -439,8 +460,12 @@ mod tests {
             model: "m".into(),
             choices: vec![],
             usage: None,
+            prompt: None,
+            citations: None,
         };
         assert!(!serde_json::to_string(&e).unwrap().contains("usage"));
+        assert!(!serde_json::to_string(&e).unwrap().contains("prompt"));
+        assert!(!serde_json::to_string(&e).unwrap().contains("citations"));
         e.usage = Some(None);
         assert!(serde_json::to_string(&e)
             .unwrap()
