@@ -20,6 +20,9 @@ import threading
 import time
 import urllib.parse
 
+# Merged into every request body (--extra-body), e.g. a response_format.
+EXTRA = {}
+
 WORDS = ("river mountain lantern copper orchard violet harbor meadow signal pepper "
          "glacier thunder velvet compass marble falcon").split()
 
@@ -38,6 +41,7 @@ def one_request(url, model, prompt, max_tokens, ban):
     body = {
         "model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
         "stream": True, "stream_options": {"include_usage": True}, "logit_bias": {str(t): -100 for t in ban},
+        **EXTRA,
     }
     t0 = time.perf_counter()
     conn.request("POST", "/v1/completions", json.dumps(body), {"content-type": "application/json"})
@@ -122,7 +126,9 @@ def main():
     ap.add_argument("--label", default="")
     ap.add_argument("--salt", type=int, default=None, help="prompt salt (default: from the clock, so runs never share prompts)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--extra-body", default="", help="JSON merged into every request (e.g. a response_format)")
     a = ap.parse_args()
+    EXTRA.update(json.loads(a.extra_body) if a.extra_body else {})
     model = a.model
     if not model:
         u = urllib.parse.urlparse(a.url)

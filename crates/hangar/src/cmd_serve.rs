@@ -172,6 +172,8 @@ fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engine, String)>
     .with_context(|| format!("loading {}", model_path.display()))?;
     let threads = lm.pool.n_threads();
     let engine = Engine::start(lm, cfg).context("starting the engine")?;
+    // Structured output's token trie, built in the background.
+    engine.warm_grammar();
     let info = engine.info().clone();
     let name = args
         .model_name

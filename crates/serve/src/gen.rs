@@ -273,6 +273,7 @@ impl Validated {
             logprobs: self.logprobs,
             prompt_logprobs: None,
             skip_special_tokens: self.skip_special_tokens,
+            constraint: None,
         })
     }
 }

@@ -8,7 +8,7 @@ use super::request::{GenerateRequest, PromptTokenLogprob, TokenEvent};
 use super::runner::ModelRunner;
 use super::update::{update_from_output, Live};
 use crate::kv_manager::KvBlockManager;
-use crate::sampler::{SampledToken, Sampler, StopMatcher};
+use crate::sampler::{Constraint, SampledToken, Sampler, StopMatcher};
 use crate::scheduler::{Batch, SchedSeq, Scheduler, SchedulerConfig, SeqId};
 use hangar_models::{LogitsWanted, SeqInput};
 use hangar_tokenizer::Tokenizer;
@@ -140,7 +140,34 @@ impl EngineCore {
                     && c.start < self.sched.running()[c.slot].prompt_len
             })
             .collect();
-        if let Err(e) = self.execute(&batch, &all_rows, logits) {
+        // Structured output: grammar masks for this step's samples are computed on
+        // a side thread while the model runs (they depend only on earlier tokens).
+        let mut masks: Vec<&mut Constraint> = Vec::new();
+        let sampling: std::collections::HashSet<SeqId> = batch
+            .chunks
+            .iter()
+            .filter(|c| c.sample)
+            .map(|c| c.id)
+            .collect();
+        for (id, l) in live.iter_mut() {
+            if let (Some(c), true) = (l.constraint.as_mut(), sampling.contains(id)) {
+                masks.push(c);
+            }
+        }
+        let executed = if masks.is_empty() {
+            self.execute(&batch, &all_rows, logits)
+        } else {
+            std::thread::scope(|s| {
+                s.spawn(move || {
+                    for c in masks {
+                        // A failure is kept in the constraint and reported on use.
+                        let _ = c.compute_mask();
+                    }
+                });
+                self.execute(&batch, &all_rows, logits)
+            })
+        };
+        if let Err(e) = executed {
             for c in &batch.chunks {
                 if let Some(l) = live.remove(&c.id) {
                     let _ = l.tx.send(TokenEvent::Error(format!("model error: {e}")));
@@ -357,6 +384,7 @@ impl EngineCore {
                             Some(_) => vec![None; req.prompt.len()],
                             None => Vec::new(),
                         },
+                        constraint: req.constraint,
                     },
                 );
                 let mut seq = SchedSeq::new(id, req.prompt).in_group(group);
@@ -386,15 +414,16 @@ impl EngineCore {
     ) -> Vec<Option<SampledToken>> {
         struct Task<'a> {
             sampler: &'a mut Sampler,
+            constraint: Option<&'a mut Constraint>,
             logits: &'a mut [f32],
             history: &'a [u32],
             out: Option<SampledToken>,
         }
         let running = self.sched.running();
         let mut rows = logits.chunks_exact_mut(self.vocab_size);
-        let mut samplers: HashMap<SeqId, &mut Sampler> = live
+        let mut samplers: HashMap<SeqId, (&mut Sampler, Option<&mut Constraint>)> = live
             .iter_mut()
-            .map(|(id, l)| (*id, &mut l.sampler))
+            .map(|(id, l)| (*id, (&mut l.sampler, l.constraint.as_mut())))
             .collect();
         let mut tasks: Vec<(usize, Mutex<Task>)> = Vec::new();
         for (ci, c) in batch.chunks.iter().enumerate() {
@@ -402,9 +431,10 @@ impl EngineCore {
                 continue;
             }
             let Some(row) = rows.next() else { break };
-            if let Some(sampler) = samplers.remove(&c.id) {
+            if let Some((sampler, constraint)) = samplers.remove(&c.id) {
                 let task = Task {
                     sampler,
+                    constraint,
                     logits: row,
                     history: &running[c.slot].tokens,
                     out: None,
@@ -415,6 +445,11 @@ impl EngineCore {
         self.runner.run_parallel(tasks.len(), &|i| {
             if let Ok(mut t) = tasks[i].1.lock() {
                 let t = &mut *t;
+                // Structured output: the grammar's mask first, so the chain (bias,
+                // penalties, truncation) only ever sees tokens it may pick.
+                if let Some(c) = t.constraint.as_deref_mut() {
+                    c.apply(t.logits);
+                }
                 t.out = Some(t.sampler.sample(t.logits, t.history));
             }
         });

@@ -9,6 +9,7 @@ use super::runner::{CpuRunner, ModelRunner};
 use crate::chat::{ChatError, ChatMessage, ChatTemplate};
 use crate::kv_manager::{BlockUsage, KvBlockManager};
 use crate::runtime::LoadedModel;
+use crate::sampler::{Constraint, ConstraintError, GrammarCompiler, GrammarSpec};
 use crate::scheduler::{Scheduler, SchedulerConfig, SeqId};
 use crate::EngineError;
 use hangar_tokenizer::Tokenizer;
@@ -67,6 +68,17 @@ impl EngineStats {
     }
 }
 
+type GrammarCell = std::sync::OnceLock<Result<Arc<GrammarCompiler>, ConstraintError>>;
+
+fn build_grammar(
+    cell: &GrammarCell,
+    tok: &Tokenizer,
+    n_vocab: usize,
+) -> Result<Arc<GrammarCompiler>, ConstraintError> {
+    cell.get_or_init(|| GrammarCompiler::new(tok, n_vocab).map(Arc::new))
+        .clone()
+}
+
 /// Handle to a running engine. Cheap to share behind an `Arc`; dropping it stops the
 /// loop thread (requests still running get an error event).
 ///
@@ -88,6 +100,8 @@ pub struct Engine {
     chat: Result<ChatTemplate, String>,
     info: ModelInfo,
     thread: Option<JoinHandle<()>>,
+    /// Structured output's token trie, built on first use.
+    grammar: Arc<GrammarCell>,
 }
 
 impl Engine {
@@ -197,6 +211,7 @@ impl Engine {
             chat,
             info,
             thread: Some(thread),
+            grammar: Arc::new(GrammarCell::new()),
         })
     }
 
@@ -205,6 +220,33 @@ impl Engine {
     }
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// The grammar compiler for structured output over this model's vocabulary
+    /// (built once, on first use: the token trie takes a moment for a large
+    /// vocabulary).
+    pub fn grammar_compiler(&self) -> Result<Arc<GrammarCompiler>, ConstraintError> {
+        build_grammar(&self.grammar, &self.tokenizer, self.info.vocab_size)
+    }
+
+    /// Starts building the grammar compiler on a background thread, so the first
+    /// structured-output request does not wait for the token trie.
+    pub fn warm_grammar(&self) {
+        let (cell, tok, n) = (
+            self.grammar.clone(),
+            self.tokenizer.clone(),
+            self.info.vocab_size,
+        );
+        let _ = std::thread::Builder::new()
+            .name("hangar-grammar".into())
+            .spawn(move || {
+                let _ = build_grammar(&cell, &tok, n);
+            });
+    }
+
+    /// Compiles a grammar into a per-sequence constraint for [`GenerateRequest::constraint`].
+    pub fn compile_grammar(&self, spec: &GrammarSpec) -> Result<Constraint, ConstraintError> {
+        self.grammar_compiler()?.compile(spec)
     }
 
     /// Renders chat messages with the model's template and tokenizes the result.

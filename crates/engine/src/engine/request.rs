@@ -1,7 +1,7 @@
 //! The engine's request and event types: what a caller submits (already tokenized)
 //! and what comes back on its stream. Plain data; no channels, no model.
 
-use crate::sampler::SamplingParams;
+use crate::sampler::{Constraint, SamplingParams};
 
 /// One generation request, already tokenized.
 #[derive(Debug, Clone)]
@@ -23,6 +23,10 @@ pub struct GenerateRequest {
     /// serves none of the prompt: every position is computed so it can be reported.
     pub prompt_logprobs: Option<usize>,
     pub skip_special_tokens: bool,
+    /// Structured output: a grammar the generated tokens must follow (logits it
+    /// cannot accept are masked before sampling; end of generation only where the
+    /// grammar is complete).
+    pub constraint: Option<Constraint>,
 }
 
 impl GenerateRequest {
@@ -38,6 +42,7 @@ impl GenerateRequest {
             logprobs: None,
             prompt_logprobs: None,
             skip_special_tokens: true,
+            constraint: None,
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use super::request::{Finish, PromptTokenLogprob, TokenEvent, TokenOut, TopLogprob, Usage};
 use crate::kv_manager::KvBlockManager;
-use crate::sampler::{SampledToken, Sampler, StopMatcher};
+use crate::sampler::{Constraint, SampledToken, Sampler, StopMatcher};
 use crate::scheduler::{Batch, SchedSeq, Scheduler, SeqId};
 use hangar_tokenizer::{IncrementalDecoder, Tokenizer};
 use std::collections::HashMap;
@@ -26,6 +26,8 @@ pub(crate) struct Live<'t> {
     /// Prompt logprobs by position, filled as prefill chunks run; sent (and emptied)
     /// with the first sampled token.
     pub prompt_lp: Vec<Option<PromptTokenLogprob>>,
+    /// Structured output: masks the logits, advances on each token.
+    pub constraint: Option<Constraint>,
 }
 
 /// What one step produced.
@@ -144,37 +146,29 @@ fn accept_token(
     tok: &Tokenizer,
     max_model_len: usize,
 ) -> (TokenEvent, Option<TokenEvent>) {
-    let want = l.logprobs;
     seq.tokens.push(s.id);
     let generated = seq.generated();
     let is_stop_id = l.stop_ids.contains(&s.id);
-    let (text, stopped) = if is_stop_id {
+    let (text, mut stopped) = if is_stop_id {
         (String::new(), true)
     } else {
         let piece = l.decoder.push(s.id);
         l.stop.push(&piece)
     };
-    let (token, top_logprobs) = match want {
-        Some(_) => (
-            tok.decode(&[s.id], false),
-            s.top_logprobs
-                .iter()
-                .map(|&(id, logprob)| TopLogprob {
-                    id,
-                    token: tok.decode(&[id], false),
-                    logprob,
-                })
-                .collect(),
-        ),
-        None => (String::new(), Vec::new()),
-    };
-    let event = TokenEvent::Token(TokenOut {
-        id: s.id,
-        text,
-        token,
-        logprob: want.map(|_| s.logprob),
-        top_logprobs,
-    });
+    let mut grammar_done = false;
+    if let (Some(c), false) = (l.constraint.as_mut(), is_stop_id) {
+        if let Err(e) = c.advance(s.id) {
+            let ev = TokenEvent::Error(format!("structured output failed: {e}"));
+            return (TokenEvent::Token(token_out(l, &s, text, tok)), Some(ev));
+        }
+        // The grammar allows nothing more: end here rather than spend a step on
+        // the end-of-generation token it would force.
+        if c.is_stopped() && !stopped {
+            stopped = true;
+            grammar_done = true;
+        }
+    }
+    let event = TokenEvent::Token(token_out(l, &s, text, tok));
     let finish = if stopped {
         Finish::Stop
     } else if generated >= l.max_tokens || seq.tokens.len() >= max_model_len {
@@ -182,7 +176,7 @@ fn accept_token(
     } else {
         return (event, None);
     };
-    let text = if stopped {
+    let text = if stopped && !grammar_done {
         String::new()
     } else {
         l.stop.finish(&l.decoder.flush())
@@ -201,4 +195,29 @@ fn accept_token(
             text,
         }),
     )
+}
+
+/// The token event of a sampled token carrying `text`.
+fn token_out(l: &Live, s: &SampledToken, text: String, tok: &Tokenizer) -> TokenOut {
+    let (token, top_logprobs) = match l.logprobs {
+        Some(_) => (
+            tok.decode(&[s.id], false),
+            s.top_logprobs
+                .iter()
+                .map(|&(id, logprob)| TopLogprob {
+                    id,
+                    token: tok.decode(&[id], false),
+                    logprob,
+                })
+                .collect(),
+        ),
+        None => (String::new(), Vec::new()),
+    };
+    TokenOut {
+        id: s.id,
+        text,
+        token,
+        logprob: l.logprobs.map(|_| s.logprob),
+        top_logprobs,
+    }
 }

@@ -17,10 +17,14 @@
 //! as far as the cumulative probability needs (`logit_math` holds the vectorised
 //! sums and selections).
 //!
+//! [`Constraint`] (`constraint`) is structured output: a grammar masks the logits
+//! before the chain runs, so only tokens it can accept are ever drawn.
+//!
 //! [`StopMatcher`] is the streaming half of stop strings: it holds back text that
 //! could still become a stop string, so a stream never shows part of one.
 
 mod chain;
+pub mod constraint;
 mod logit_math;
 mod params;
 mod penalties;
@@ -29,5 +33,6 @@ mod stop;
 mod truncation;
 
 pub use chain::{SampledToken, Sampler};
+pub use constraint::{Constraint, ConstraintError, GrammarCompiler, GrammarSpec};
 pub use params::{SamplerError, SamplingParams, MAX_LOGPROBS};
 pub use stop::StopMatcher;

@@ -5,8 +5,11 @@
 //! (`hangar_engine::prompt`, through `gen`), and wraps the results; no sampling or
 //! scheduling here.
 
+mod gbnf;
 mod stored_prompt;
 mod stream;
+mod structured;
+mod tools;
 pub mod types;
 
 use crate::error::ApiError;
@@ -152,6 +155,8 @@ struct Job {
     echo: Vec<Option<String>>,
     /// Completions with `echo` and `logprobs`: the prompt's tokens lead the logprobs.
     echo_logprobs: bool,
+    /// Chat with tools: answers are parsed for tool calls.
+    tools: Option<tools::ToolSetup>,
     /// The stored prompt the request was rendered from, reported in the response.
     prompt: Option<stored_prompt::PromptUsed>,
     /// Retrieval-augmented chat: the passages the prompt cites.
@@ -279,9 +284,12 @@ pub async fn completions(
         logprobs: v.logprobs.is_some(),
         echo: echoes,
         echo_logprobs,
+        tools: None,
         prompt: prompt_used,
         citations: None,
     };
+    let guided = req.common.structured.guided()?;
+    structured::attach(&state, guided, &mut reqs).await?;
     run(&state, job, reqs, &req.common).await
 }
 
@@ -386,12 +394,10 @@ async fn chat_request(state: InferenceState, req: ChatRequest) -> Result<Respons
         .common
         .options(logprobs)
         .validate(state.engine().info())?;
-    let messages = req
-        .messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| message_text(m, i))
-        .collect::<Result<Vec<_>, _>>()?;
+    let arch = state.engine().info().arch.clone();
+    let tool_setup = req.tools.setup(&arch)?;
+    let guided = structured::guided_with_tools(&req.common.structured, tool_setup.as_ref())?;
+    let messages = tools::chat_messages(req.messages, tool_setup.as_ref(), &arch, message_text)?;
     let (mut messages, prompt_used) =
         stored_prompt::chat_messages(&state, req.stored_prompt, messages).await?;
     // Retrieval runs on the rendered conversation (a stored prompt may set the question).
@@ -400,7 +406,7 @@ async fn chat_request(state: InferenceState, req: ChatRequest) -> Result<Respons
         _ => None,
     };
     let prompt = gen::encode(&state, Prompt::Chat(messages))?;
-    let reqs = (0..n)
+    let mut reqs = (0..n)
         .map(|j| v.request(prompt.clone(), j, None, state.engine().info()))
         .collect::<Result<Vec<_>, _>>()?;
     let job = Job {
@@ -412,9 +418,11 @@ async fn chat_request(state: InferenceState, req: ChatRequest) -> Result<Respons
         logprobs: v.logprobs.is_some(),
         echo: vec![None; n],
         echo_logprobs: false,
+        tools: tool_setup,
         prompt: prompt_used,
         citations,
     };
+    structured::attach(&state, guided, &mut reqs).await?;
     run(&state, job, reqs, &req.common).await
 }
 
@@ -465,14 +473,19 @@ fn whole_response(job: &Job, results: Vec<Completion>, tok: &Tokenizer) -> Respo
             let choices = results
                 .into_iter()
                 .enumerate()
-                .map(|(i, c)| ChatChoice {
-                    index: i,
-                    logprobs: job.logprobs.then(|| ChatLogprobs::from_tokens(&c.tokens)),
-                    message: AssistantMessage {
-                        role: "assistant",
-                        content: c.text,
-                    },
-                    finish_reason: Some(gen::finish_reason(c.finish)),
+                .map(|(i, c)| {
+                    let (content, calls, finish) =
+                        tools::answer(job.tools.as_ref(), c.text, c.finish);
+                    ChatChoice {
+                        index: i,
+                        logprobs: job.logprobs.then(|| ChatLogprobs::from_tokens(&c.tokens)),
+                        message: AssistantMessage {
+                            role: "assistant",
+                            content,
+                            tool_calls: calls,
+                        },
+                        finish_reason: Some(finish),
+                    }
                 })
                 .collect();
             let mut env = job.envelope("chat.completion", choices, Some(Some(usage)));

@@ -24,6 +24,9 @@ struct Streamer {
     usage: Vec<Option<Usage>>,
     include_usage: bool,
     finished: bool,
+    /// Chat with tools: text held back per choice while it may still be a tool call
+    /// (`None` once it is known not to be, and streams as content).
+    held: Vec<Option<String>>,
 }
 
 fn data<T: Serialize>(v: &T) -> Event {
@@ -65,6 +68,7 @@ impl Streamer {
                     Delta {
                         role: None,
                         content: Some(text.to_string()),
+                        tool_calls: None,
                     }
                 };
                 self.push(
@@ -80,6 +84,22 @@ impl Streamer {
         }
     }
 
+    fn holding(&self, i: usize) -> bool {
+        self.held.get(i).is_some_and(Option::is_some)
+    }
+
+    fn push_delta(&mut self, i: usize, delta: Delta, finish: Option<&'static str>) {
+        self.push(
+            vec![ChatChunkChoice {
+                index: i,
+                delta,
+                logprobs: None,
+                finish_reason: finish,
+            }],
+            None,
+        )
+    }
+
     /// The opening chunks: the assistant role for chat (the first also carries the
     /// citations of a retrieval-augmented answer), echoed prompts for completions.
     fn start(&mut self) {
@@ -93,6 +113,7 @@ impl Streamer {
                             delta: Delta {
                                 role: Some("assistant"),
                                 content: Some(String::new()),
+                                tool_calls: None,
                             },
                             logprobs: None,
                             finish_reason: None,
@@ -114,6 +135,45 @@ impl Streamer {
         match ev {
             // Streaming never asks for prompt logprobs (echo is refused when streaming).
             TokenEvent::PromptLogprobs(_) => {}
+            TokenEvent::Token(t) if self.holding(i) => {
+                let setup = self.job.tools.as_ref();
+                if let (Some(h), Some(s)) = (self.held.get_mut(i).and_then(Option::as_mut), setup) {
+                    h.push_str(&t.text);
+                    if !s.may_become_call(h) {
+                        let text = std::mem::take(h);
+                        self.held[i] = None;
+                        self.push_choice(i, &text, std::slice::from_ref(&t), None);
+                    }
+                }
+            }
+            TokenEvent::Done {
+                finish,
+                usage,
+                text,
+            } if self.holding(i) => {
+                if let Some(u) = self.usage.get_mut(i) {
+                    *u = Some(usage);
+                }
+                let mut all = self.held[i].take().unwrap_or_default();
+                all.push_str(&text);
+                let (content, calls, reason) =
+                    super::tools::answer(self.job.tools.as_ref(), all, finish);
+                if let Some(c) = content.filter(|c| !c.is_empty()) {
+                    self.push_choice(i, &c, &[], None);
+                }
+                if let Some(calls) = calls {
+                    let deltas = calls.iter().enumerate().map(|(k, c)| c.delta(k)).collect();
+                    self.push_delta(
+                        i,
+                        Delta {
+                            tool_calls: Some(deltas),
+                            ..Delta::default()
+                        },
+                        None,
+                    );
+                }
+                self.push_delta(i, Delta::default(), Some(reason));
+            }
             TokenEvent::Token(t) => {
                 if !t.text.is_empty() || self.job.logprobs {
                     self.push_choice(i, &t.text, std::slice::from_ref(&t), None);
@@ -164,7 +224,11 @@ pub(super) fn response(job: Job, choices: Vec<ChoiceStream>, include_usage: bool
         usage: vec![None; n],
         include_usage,
         finished: false,
+        held: Vec::new(),
     };
+    if s.job.tools.is_some() {
+        s.held = vec![Some(String::new()); n];
+    }
     s.start();
     let events = stream::unfold(s, |mut s| async move {
         loop {

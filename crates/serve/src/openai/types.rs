@@ -54,6 +54,9 @@ pub struct Common {
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     pub skip_special_tokens: Option<bool>,
+    /// `response_format`, `guided_*`: structured output.
+    #[serde(flatten)]
+    pub structured: super::structured::StructuredFields,
 }
 
 /// `prompt`: a text, several texts, token ids, or several lists of ids.
@@ -101,6 +104,11 @@ pub struct ContentPart {
 pub struct Message {
     pub role: String,
     pub content: Option<Content>,
+    /// An assistant message's tool calls.
+    pub tool_calls: Option<Vec<super::tools::ToolCallIn>>,
+    /// A tool message: the call it answers.
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
 }
 
 /// `POST /v1/chat/completions`
@@ -116,6 +124,9 @@ pub struct ChatRequest {
     pub common: Common,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
+    /// `tools`, `tool_choice`, `parallel_tool_calls`.
+    #[serde(flatten)]
+    pub tools: super::tools::ToolFields,
     /// Hangar extension: retrieval-augmented generation (`{collection, top_k, filter,
     /// score_threshold}`; the OpenAI client sends it through `extra_body`).
     #[serde(default)]
@@ -304,7 +315,10 @@ pub struct ChatChoice {
 #[derive(Debug, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    /// Null when the answer is only tool calls.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<super::tools::ToolCallOut>>,
 }
 
 /// A chat choice of a streamed chunk.
@@ -323,6 +337,8 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<super::tools::ToolCallDelta>>,
 }
 
 #[derive(Debug, Serialize)]
