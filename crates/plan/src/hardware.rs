@@ -179,7 +179,7 @@ pub fn fit(
         .unwrap_or(1);
     let tp = [1u64, 2, 4, 8]
         .into_iter()
-        .filter(|&t| t <= max_tp && (t == 1 || heads % t == 0 || d.model.shape.is_none()))
+        .filter(|&t| t <= max_tp && (t == 1 || heads.is_multiple_of(t) || d.model.shape.is_none()))
         .find(|&t| d.per_device(t, batch, context) <= cap);
     let model_ctx = d
         .model

@@ -134,11 +134,11 @@ pub fn tensor_bytes(t: &TensorShape, fmt: WeightFormat) -> u64 {
     };
     let row = t.row_len();
     let (b, s) = fmt.geometry();
-    if row % b == 0 {
+    if row.is_multiple_of(b) {
         return n / b * s;
     }
     for ty in fallback {
-        if row % ty.block_size() as u64 == 0 {
+        if row.is_multiple_of(ty.block_size() as u64) {
             return n / ty.block_size() as u64 * ty.type_size() as u64;
         }
     }
