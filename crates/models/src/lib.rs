@@ -56,7 +56,7 @@ pub use config::{Activation, Arch, ModelConfig};
 pub use forward::{LogitsWanted, Observer, SeqInput, Tap, Workspace};
 pub use kv::{KvCache, KvLayout};
 pub use options::{LoadOptions, Numerics, Packing};
-pub use weights::Model;
+pub use weights::{LayerView, MatrixView, Model};
 
 use hangar_formats::GgufError;
 use hangar_kernels::quants::KernelError;

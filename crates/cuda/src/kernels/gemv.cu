@@ -1,0 +1,93 @@
+// Matrix-vector products for decode (and a simple batched path for prefill):
+// Y[t][r] = sum_c W[r][c] * X[t][c] for every token t, W in its GGUF block format.
+// One warp per row; each lane dequantizes 8 consecutive weights per 256-wide step and
+// multiplies them with up to NT token rows, so a weight is read once per NT tokens.
+template <int T, int NT>
+__device__ __forceinline__ void gemv_impl(const u8* __restrict__ W, u64 row_bytes, int rows, int cols,
+                                          const float* __restrict__ X, int ntok, float* __restrict__ Y) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int r = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (r >= rows) return;
+    int t0 = blockIdx.y * NT;
+    const u8* row = W + (u64)r * row_bytes;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    for (int e = lane * 8; e < cols; e += 256) {
+        float w[8];
+        deq8<T>(row, e, w);
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t0 + t < ntok) {
+                const float4* xp = (const float4*)(X + (u64)(t0 + t) * cols + e);
+                float4 a = xp[0], b = xp[1];
+                acc[t] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w +
+                          w[4] * b.x + w[5] * b.y + w[6] * b.z + w[7] * b.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float s = warp_sum(acc[t]);
+        if (lane == 0 && t0 + t < ntok) Y[(u64)(t0 + t) * rows + r] = s;
+    }
+}
+
+// Rows of an embedding matrix, dequantized and scaled: out[t] = W[tok[t]] * scale.
+template <int T>
+__device__ __forceinline__ void embed_impl(const u8* __restrict__ W, u64 row_bytes, int cols,
+                                           const u32* __restrict__ tok, float scale, float* __restrict__ out) {
+    int t = blockIdx.x;
+    const u8* row = W + (u64)tok[t] * row_bytes;
+    for (int e = threadIdx.x * 8; e < cols; e += blockDim.x * 8) {
+        float w[8];
+        deq8<T>(row, e, w);
+#pragma unroll
+        for (int i = 0; i < 8; i++) out[(u64)t * cols + e + i] = w[i] * scale;
+    }
+}
+
+#define GEMV_KERNELS(NAME, T)                                                                     \
+    extern "C" __global__ void gemv1_##NAME(const u8* W, u64 rb, int rows, int cols, const float* X, \
+                                            int ntok, float* Y) {                                 \
+        gemv_impl<T, 1>(W, rb, rows, cols, X, ntok, Y);                                           \
+    }                                                                                             \
+    extern "C" __global__ void gemv8_##NAME(const u8* W, u64 rb, int rows, int cols, const float* X, \
+                                            int ntok, float* Y) {                                 \
+        gemv_impl<T, 8>(W, rb, rows, cols, X, ntok, Y);                                           \
+    }                                                                                             \
+    extern "C" __global__ void embed_##NAME(const u8* W, u64 rb, int cols, const u32* tok, float scale, \
+                                            float* out) {                                         \
+        embed_impl<T>(W, rb, cols, tok, scale, out);                                              \
+    }
+
+GEMV_KERNELS(f32, TY_F32)
+GEMV_KERNELS(f16, TY_F16)
+GEMV_KERNELS(bf16, TY_BF16)
+GEMV_KERNELS(q8_0, TY_Q8_0)
+GEMV_KERNELS(q4_0, TY_Q4_0)
+GEMV_KERNELS(q5_0, TY_Q5_0)
+GEMV_KERNELS(q4_k, TY_Q4_K)
+GEMV_KERNELS(q5_k, TY_Q5_K)
+GEMV_KERNELS(q6_k, TY_Q6_K)
+
+// A probe for tests: dequantizes whole rows (the arithmetic every kernel above uses).
+extern "C" __global__ void dequant_rows(const u8* W, u64 rb, int ty, int cols, float* out) {
+    int r = blockIdx.x;
+    const u8* row = W + (u64)r * rb;
+    for (int e = threadIdx.x * 8; e < cols; e += blockDim.x * 8) {
+        float w[8];
+        switch (ty) {
+            case TY_F32: deq8<TY_F32>(row, e, w); break;
+            case TY_F16: deq8<TY_F16>(row, e, w); break;
+            case TY_BF16: deq8<TY_BF16>(row, e, w); break;
+            case TY_Q8_0: deq8<TY_Q8_0>(row, e, w); break;
+            case TY_Q4_0: deq8<TY_Q4_0>(row, e, w); break;
+            case TY_Q5_0: deq8<TY_Q5_0>(row, e, w); break;
+            case TY_Q4_K: deq8<TY_Q4_K>(row, e, w); break;
+            case TY_Q5_K: deq8<TY_Q5_K>(row, e, w); break;
+            default: deq8<TY_Q6_K>(row, e, w); break;
+        }
+        for (int i = 0; i < 8; i++) out[(u64)r * cols + e + i] = w[i];
+    }
+}

@@ -1,0 +1,246 @@
+//! CPU twins of the kernels' arithmetic: the same block layouts and index math as
+//! `deq8` in `kernels/common.cuh` (8 consecutive weights at a time, from the row's
+//! bytes), so the tests can check them against the CPU kernels' dequantization. A
+//! layout or index bug in a kernel shows up here, in CI, without a GPU.
+
+use hangar_formats::GgmlType;
+use half::f16;
+
+fn h2f(b: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+fn scale_min_k4(j: usize, q: &[u8]) -> (i32, i32) {
+    if j < 4 {
+        ((q[j] & 63) as i32, (q[j + 4] & 63) as i32)
+    } else {
+        (
+            ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4)) as i32,
+            ((q[j + 4] >> 4) | ((q[j] >> 6) << 4)) as i32,
+        )
+    }
+}
+
+/// The GPU kernels' `deq8`: weights `e..e + 8` (`e` a multiple of 8) of a row of type
+/// `ty`. `None` for a type the kernels do not handle.
+pub fn deq8(ty: GgmlType, row: &[u8], e: usize) -> Option<[f32; 8]> {
+    let mut w = [0f32; 8];
+    match ty {
+        GgmlType::F32 => {
+            for (i, v) in w.iter_mut().enumerate() {
+                let at = 4 * (e + i);
+                *v = f32::from_le_bytes([row[at], row[at + 1], row[at + 2], row[at + 3]]);
+            }
+        }
+        GgmlType::F16 => {
+            for (i, v) in w.iter_mut().enumerate() {
+                *v = h2f(row, 2 * (e + i));
+            }
+        }
+        GgmlType::BF16 => {
+            for (i, v) in w.iter_mut().enumerate() {
+                let at = 2 * (e + i);
+                *v = f32::from_bits((u16::from_le_bytes([row[at], row[at + 1]]) as u32) << 16);
+            }
+        }
+        GgmlType::Q8_0 => {
+            let b = &row[(e >> 5) * 34..];
+            let o = e & 31;
+            let d = h2f(b, 0);
+            for (i, v) in w.iter_mut().enumerate() {
+                *v = d * (b[2 + o + i] as i8) as f32;
+            }
+        }
+        GgmlType::Q4_0 => {
+            let b = &row[(e >> 5) * 18..];
+            let o = e & 31;
+            let d = h2f(b, 0);
+            let qs = &b[2..];
+            for (i, v) in w.iter_mut().enumerate() {
+                let q = if o < 16 {
+                    qs[o + i] & 0xF
+                } else {
+                    qs[o - 16 + i] >> 4
+                } as i32;
+                *v = d * (q - 8) as f32;
+            }
+        }
+        GgmlType::Q5_0 => {
+            let b = &row[(e >> 5) * 22..];
+            let o = e & 31;
+            let d = h2f(b, 0);
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            let qs = &b[6..];
+            for (i, v) in w.iter_mut().enumerate() {
+                let q = if o < 16 {
+                    let j = o + i;
+                    (qs[j] & 0xF) as u32 | (((qh >> j) & 1) << 4)
+                } else {
+                    let j = o - 16 + i;
+                    (qs[j] >> 4) as u32 | (((qh >> (j + 16)) & 1) << 4)
+                } as i32;
+                *v = d * (q - 16) as f32;
+            }
+        }
+        GgmlType::Q4K | GgmlType::Q5K => {
+            let q4 = ty == GgmlType::Q4K;
+            let b = &row[(e >> 8) * if q4 { 144 } else { 176 }..];
+            let (o, hi) = (e & 255, usize::from((e & 63) >= 32));
+            let (c, l0) = (o >> 6, o & 31);
+            let (d, dmin) = (h2f(b, 0), h2f(b, 2));
+            let (sc, m) = scale_min_k4(2 * c + hi, &b[4..16]);
+            let (d1, m1) = (d * sc as f32, dmin * m as f32);
+            let qs = &b[if q4 { 16 } else { 48 }..];
+            for (i, v) in w.iter_mut().enumerate() {
+                let l = l0 + i;
+                let mut q = if hi == 1 {
+                    qs[32 * c + l] >> 4
+                } else {
+                    qs[32 * c + l] & 0xF
+                } as i32;
+                if !q4 {
+                    q |= (((b[16 + l] >> (2 * c + hi)) & 1) as i32) << 4;
+                }
+                *v = d1 * q as f32 - m1;
+            }
+        }
+        GgmlType::Q6K => {
+            let b = &row[(e >> 8) * 210..];
+            let o = e & 255;
+            let (h, k, l0) = (o >> 7, (o & 127) >> 5, o & 31);
+            let d = h2f(b, 208);
+            let ds = d * (b[192 + (o >> 4)] as i8) as f32;
+            let ql = &b[64 * h + 32 * (k & 1)..];
+            let qh = &b[128 + 32 * h..];
+            for (i, v) in w.iter_mut().enumerate() {
+                let l = l0 + i;
+                let lo = if k < 2 { ql[l] & 0xF } else { ql[l] >> 4 } as i32;
+                let hb = ((qh[l] >> (2 * k)) & 3) as i32;
+                *v = ds * ((lo | (hb << 4)) - 32) as f32;
+            }
+        }
+        _ => return None,
+    }
+    Some(w)
+}
+
+/// A whole row through [`deq8`], as the GPU's GEMV and embedding kernels see it.
+pub fn dequantize_row(ty: GgmlType, row: &[u8], cols: usize) -> Option<Vec<f32>> {
+    let mut out = Vec::with_capacity(cols);
+    for e in (0..cols).step_by(8) {
+        out.extend_from_slice(&deq8(ty, row, e)?);
+    }
+    Some(out)
+}
+
+/// The GEMV kernel's arithmetic for one row and one token: each of 32 lanes sums its
+/// 8-weight groups (stride 256) in order, then the lanes are combined by the warp's
+/// butterfly (xor 16, 8, 4, 2, 1).
+pub fn gemv_row(ty: GgmlType, row: &[u8], x: &[f32]) -> Option<f32> {
+    let cols = x.len();
+    let mut lanes = [0f32; 32];
+    for (lane, acc) in lanes.iter_mut().enumerate() {
+        let mut e = lane * 8;
+        while e < cols {
+            let w = deq8(ty, row, e)?;
+            let a = &x[e..e + 8];
+            *acc += w[0] * a[0]
+                + w[1] * a[1]
+                + w[2] * a[2]
+                + w[3] * a[3]
+                + w[4] * a[4]
+                + w[5] * a[5]
+                + w[6] * a[6]
+                + w[7] * a[7];
+            e += 256;
+        }
+    }
+    let mut o = 16;
+    while o > 0 {
+        let prev = lanes;
+        for (l, v) in lanes.iter_mut().enumerate() {
+            *v = prev[l] + prev[l ^ o];
+        }
+        o >>= 1;
+    }
+    Some(lanes[0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangar_kernels::quants;
+    use rand::{Rng, SeedableRng};
+
+    const TYPES: [GgmlType; 9] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ];
+
+    fn random_row(ty: GgmlType, cols: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let src: Vec<f32> = (0..cols).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+        let mut bytes = vec![0u8; quants::row_bytes(ty, cols)];
+        quants::quantize_row(ty, &src, &mut bytes).expect("quantize");
+        let mut reference = vec![0f32; cols];
+        quants::dequantize_row(ty, &bytes, &mut reference).expect("dequantize");
+        (bytes, reference)
+    }
+
+    #[test]
+    fn deq8_matches_the_cpu_dequantization_for_every_type() {
+        for ty in TYPES {
+            // 768 = three k-quant blocks; odd block counts catch stride mistakes.
+            let cols = 768;
+            for seed in 0..4 {
+                let (bytes, reference) = random_row(ty, cols, seed);
+                let got = dequantize_row(ty, &bytes, cols).expect("supported");
+                for (i, (a, b)) in got.iter().zip(&reference).enumerate() {
+                    assert!(
+                        a.to_bits() == b.to_bits() || (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                        "{ty:?} element {i}: twin {a} cpu {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn legacy_types_work_at_widths_that_are_not_multiples_of_256() {
+        // Gemma 3 270M has width 640: its 32-wide blocks cross the 256 steps.
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::F16] {
+            let (bytes, reference) = random_row(ty, 640, 7);
+            let got = dequantize_row(ty, &bytes, 640).expect("supported");
+            assert_eq!(got, reference, "{ty:?}");
+        }
+    }
+
+    #[test]
+    fn gemv_lane_order_matches_an_exact_dot_product() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for ty in TYPES {
+            let cols = 1280;
+            let (bytes, w) = random_row(ty, cols, 3);
+            let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            let exact: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let got = gemv_row(ty, &bytes, &x).expect("supported") as f64;
+            let norm: f64 = w.iter().zip(&x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+            assert!(
+                (got - exact).abs() <= 1e-5 * norm,
+                "{ty:?}: {got} vs {exact}"
+            );
+        }
+    }
+
+    #[test]
+    fn types_without_a_kernel_are_refused() {
+        assert!(deq8(GgmlType::Q2K, &[0; 84], 0).is_none());
+    }
+}
