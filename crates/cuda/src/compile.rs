@@ -57,7 +57,8 @@ pub fn nvrtc_available() -> Result<(), CudaError> {
         Err(CudaError::MissingLibrary {
             what: "NVRTC",
             names: "libnvrtc.so.13 (or libnvrtc.so)".into(),
-            hint: "install CUDA 13's NVRTC (the toolkit, or `pip install nvidia-cuda-nvrtc` and \
+            hint:
+                "install CUDA 13's NVRTC (the toolkit, or `pip install nvidia-cuda-nvrtc` and \
                    put its nvidia/cu13/lib on LD_LIBRARY_PATH), or set HANGAR_NVRTC_LIB to the file",
         })
     }

@@ -115,7 +115,9 @@ impl DevBuf {
     /// Copies the start of the buffer into `out` (synchronous: waits for the kernels).
     pub fn read<T: Copy>(&self, out: &mut [T]) -> Result<(), CudaError> {
         if std::mem::size_of_val(out) > self.bytes {
-            return Err(CudaError::BadBatch("download larger than its buffer".into()));
+            return Err(CudaError::BadBatch(
+                "download larger than its buffer".into(),
+            ));
         }
         if out.is_empty() {
             return Ok(());
@@ -262,17 +264,8 @@ impl Gpu {
             .collect();
         // SAFETY: the kernel's parameters match the slots (each caller passes them in
         // the order and sizes of the kernel's signature); buffers are live device memory.
-        unsafe {
-            result::launch_kernel(
-                f,
-                grid,
-                block,
-                smem,
-                std::ptr::null_mut(),
-                &mut params,
-            )
-        }
-        .map_err(drv(format!("launching {name}")))
+        unsafe { result::launch_kernel(f, grid, block, smem, std::ptr::null_mut(), &mut params) }
+            .map_err(drv(format!("launching {name}")))
     }
 
     /// Waits for all launched work; reports a kernel fault.

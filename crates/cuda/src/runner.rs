@@ -440,7 +440,8 @@ impl CudaRunner {
         );
         let rope_ff = ptr(&self.rope_ff);
         for li in 0..self.layers.len() {
-            let (attn_norm, ffn_norm) = (self.layers[li].attn_norm.ptr, self.layers[li].ffn_norm.ptr);
+            let (attn_norm, ffn_norm) =
+                (self.layers[li].attn_norm.ptr, self.layers[li].ffn_norm.ptr);
             let l = &self.layers[li];
             let (bq, bk, bv) = (ptr(&l.bq), ptr(&l.bk), ptr(&l.bv));
             let (qn, kn) = (ptr(&l.q_norm), ptr(&l.k_norm));
@@ -451,7 +452,11 @@ impl CudaRunner {
             self.matmul(li * 8 + 2, hbuf, t_total, v)?;
             for (bias, dst, n) in [(bq, q, qd), (bk, k, kvd), (bv, v, kvd)] {
                 if bias != 0 {
-                    let args = Args::new().ptr(dst).ptr(bias).i32(n as i32).i32(t_total as i32);
+                    let args = Args::new()
+                        .ptr(dst)
+                        .ptr(bias)
+                        .i32(n as i32)
+                        .i32(t_total as i32);
                     self.elementwise("add_bias", n * t_total, args)?;
                 }
             }
@@ -550,7 +555,11 @@ impl CudaRunner {
         let sel = self.bufs.sel.get(gpu, m * d * F)?;
         let rows_p = self.bufs.rows.get(gpu, m * 4)?;
         let lg = self.bufs.logits.get(gpu, m * vocab * F)?;
-        self.bufs.rows.buf().map(|buf| buf.write(&rows)).transpose()?;
+        self.bufs
+            .rows
+            .buf()
+            .map(|buf| buf.write(&rows))
+            .transpose()?;
         let on = self.out_norm.ptr;
         self.rmsnorm(x, on, sel, d, m, rows_p)?;
         self.matmul(usize::MAX, sel, m, lg)?;

@@ -3,8 +3,8 @@
 //! bytes), so the tests can check them against the CPU kernels' dequantization. A
 //! layout or index bug in a kernel shows up here, in CI, without a GPU.
 
-use hangar_formats::GgmlType;
 use half::f16;
+use hangar_formats::GgmlType;
 
 fn h2f(b: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
@@ -215,7 +215,12 @@ mod tests {
     #[test]
     fn legacy_types_work_at_widths_that_are_not_multiples_of_256() {
         // Gemma 3 270M has width 640: its 32-wide blocks cross the 256 steps.
-        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::F16] {
+        for ty in [
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q5_0,
+            GgmlType::F16,
+        ] {
             let (bytes, reference) = random_row(ty, 640, 7);
             let got = dequantize_row(ty, &bytes, 640).expect("supported");
             assert_eq!(got, reference, "{ty:?}");
@@ -231,7 +236,11 @@ mod tests {
             let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
             let exact: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
             let got = gemv_row(ty, &bytes, &x).expect("supported") as f64;
-            let norm: f64 = w.iter().zip(&x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+            let norm: f64 = w
+                .iter()
+                .zip(&x)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
             assert!(
                 (got - exact).abs() <= 1e-5 * norm,
                 "{ty:?}: {got} vs {exact}"

@@ -27,9 +27,14 @@ fn every_kernel_unit_compiles_to_a_cubin_for_sm80_and_sm90a() {
     eprintln!("NVRTC {major}.{minor}");
     for arch in ["sm_80", "sm_90a"] {
         for unit in UNITS {
-            let cubin = compile::compile_cubin(unit, arch)
-                .unwrap_or_else(|e| panic!("{}: {e}", unit.name));
-            assert_eq!(&cubin[..4], b"\x7fELF", "{} for {arch} is not a CUBIN", unit.name);
+            let cubin =
+                compile::compile_cubin(unit, arch).unwrap_or_else(|e| panic!("{}: {e}", unit.name));
+            assert_eq!(
+                &cubin[..4],
+                b"\x7fELF",
+                "{} for {arch} is not a CUBIN",
+                unit.name
+            );
             eprintln!("{} {arch}: {} bytes", unit.name, cubin.len());
         }
     }
@@ -40,10 +45,14 @@ fn a_broken_kernel_names_its_unit_in_the_error() {
     if !nvrtc_or_skip() {
         return;
     }
-    let broken = compile::KernelUnit::new("broken_unit", "extern \"C\" __global__ void k() { nope; }");
+    let broken =
+        compile::KernelUnit::new("broken_unit", "extern \"C\" __global__ void k() { nope; }");
     let err = compile::compile_cubin(&broken, "sm_90a").expect_err("must fail");
     let text = err.to_string();
-    assert!(text.contains("broken_unit") && text.contains("sm_90a"), "{text}");
+    assert!(
+        text.contains("broken_unit") && text.contains("sm_90a"),
+        "{text}"
+    );
 }
 
 #[test]

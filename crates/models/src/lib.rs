@@ -49,6 +49,7 @@ mod forward;
 mod ggml_forward;
 pub mod kv;
 mod options;
+pub mod synth;
 mod weights;
 
 pub use bert::{Encoder, EncoderConfig, EncoderWorkspace, Pooling, SentenceConfig};
