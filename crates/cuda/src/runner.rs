@@ -46,7 +46,7 @@ impl DevMat {
         let kind = kind_of(m.ty).ok_or_else(|| {
             CudaError::Unsupported(format!("{name}: weight type {:?} has no GPU kernel", m.ty))
         })?;
-        if m.cols % 32 != 0 || m.rows == 0 {
+        if !m.cols.is_multiple_of(32) || m.rows == 0 {
             return Err(CudaError::Unsupported(format!(
                 "{name}: {} columns (the GPU kernels need a multiple of 32)",
                 m.cols
@@ -147,6 +147,7 @@ impl CudaRunner {
     /// model's weights.
     pub fn new(model: &Model, ordinal: usize) -> Result<Self, CudaError> {
         let gpu = Gpu::open(ordinal)?;
+        gpu.bind()?;
         let cfg = model.cfg.clone();
         let views = model.layer_views();
         let emb = model.token_embedding();

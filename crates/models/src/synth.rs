@@ -200,9 +200,7 @@ fn matrix_type(
         SynthType::Q8_0 => return GgmlType::Q8_0,
         SynthType::Q4KM => {
             let more_bits = |i: usize| {
-                i < n_layers / 8
-                    || i >= 7 * n_layers / 8
-                    || (i >= n_layers / 8 && (i - n_layers / 8) % 3 == 2)
+                i < n_layers / 8 || i >= 7 * n_layers / 8 || (i - n_layers / 8) % 3 == 2
             };
             match (name, layer) {
                 ("output", _) => GgmlType::Q6K,
@@ -211,7 +209,7 @@ fn matrix_type(
             }
         }
     };
-    if cols % 256 == 0 {
+    if cols.is_multiple_of(256) {
         want
     } else if want == GgmlType::Q6K {
         GgmlType::Q8_0

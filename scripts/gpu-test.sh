@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# GPU checks and benchmarks of the CUDA backend, run on the GPU host with a prebuilt
+# binary (nothing is built there). Usage: scripts/gpu-test.sh [HANGAR_BIN] [quick|full]
+#   quick: driver/NVRTC/device sanity and GPU-vs-CPU agreement on tiny synthetic models
+#   full:  + gemma-3-270m-shaped agreement and CPU/GPU benchmarks, and a
+#          Llama-3-8B-shaped Q4_K_M GPU benchmark (compare with the llama.cpp anchors in
+#          ../shared/reference: pp512 9185 tok/s, tg128 271 tok/s on the H200)
+# Writes logs to $OUT (when set) or ./gpu-test-out. See docs/GPU.md.
+set -uo pipefail
+BIN=${1:-target/release/hangar}
+MODE=${2:-full}
+OUTDIR=${OUT:-gpu-test-out}
+mkdir -p "$OUTDIR"
+W=${HANGAR_GPU_WORK:-/tmp/hangar-gpu}
+mkdir -p "$W"
+export HANGAR_CUDA_CACHE=$W/cuda-cache
+LOG=$OUTDIR/gpu-test.log
+say() { echo "== $*" | tee -a "$LOG"; }
+run() { echo "\$ $*" >>"$LOG"; "$@" 2>&1 | tee -a "$LOG"; return "${PIPESTATUS[0]}"; }
+
+say "host"
+run nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+run bash -c "ldconfig -p | grep -E 'libcuda.so|libnvrtc.so' | head -4"
+run bash -c "nproc; ldd --version | head -1"
+
+say "tiny synthetic models: GPU vs CPU"
+for arch in gemma3 llama qwen2; do
+  run "$BIN" synth --arch "$arch" --preset tiny --type Q4_K_M --out "$W/tiny-$arch.gguf" >/dev/null
+  say "device-check $arch tiny Q4_K_M"
+  run "$BIN" device-check -m "$W/tiny-$arch.gguf" --tokens 64 --greedy 32
+done
+for ty in Q8_0 F16; do
+  run "$BIN" synth --arch llama --preset tiny --type "$ty" --out "$W/tiny-llama-$ty.gguf" >/dev/null
+  say "device-check llama tiny $ty"
+  run "$BIN" device-check -m "$W/tiny-llama-$ty.gguf" --tokens 64 --greedy 32
+done
+say "generate on the GPU (tiny gemma3)"
+run "$BIN" generate -m "$W/tiny-gemma3.gguf" -p "The capital of France is" -n 16 --temperature 0 --device cuda --stats
+if [ "$MODE" = quick ]; then say "quick mode done"; exit 0; fi
+
+say "gemma-3-270m shape, Q4_K_M"
+run "$BIN" synth --arch gemma3 --preset gemma-3-270m --type Q4_K_M --out "$W/g270m.gguf"
+run "$BIN" device-check -m "$W/g270m.gguf" --tokens 128 --greedy 32
+say "bench gemma-3-270m shape: cpu"
+run "$BIN" bench -m "$W/g270m.gguf" --device cpu --pp 512 --tg 128 -r 3
+say "bench gemma-3-270m shape: cuda"
+run "$BIN" bench -m "$W/g270m.gguf" --device cuda --pp 512 --tg 128 -r 5
+
+say "qwen2.5-0.5b shape, Q8_0"
+run "$BIN" synth --arch qwen2 --preset qwen2.5-0.5b --type Q8_0 --out "$W/q05b.gguf"
+run "$BIN" device-check -m "$W/q05b.gguf" --tokens 64 --greedy 16
+
+say "llama-3-8b shape, Q4_K_M"
+run "$BIN" synth --arch llama --preset llama-3-8b --type Q4_K_M --out "$W/l8b.gguf"
+ls -l "$W/l8b.gguf" | tee -a "$LOG"
+run "$BIN" bench -m "$W/l8b.gguf" --device cuda --pp 512 --tg 128 -r 3
+say "done"
