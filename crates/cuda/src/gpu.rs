@@ -184,9 +184,74 @@ impl Args {
     }
 }
 
+/// A cuBLAS handle (the prefill GEMMs), when libcublas is present.
+pub(crate) struct Blas(cudarc::cublas::sys::cublasHandle_t);
+
+impl Blas {
+    fn open() -> Option<Blas> {
+        compile::preload_env_library("HANGAR_CUBLAS_LIB");
+        // SAFETY: only tries to open the library.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return None;
+        }
+        cudarc::cublas::result::create_handle().ok().map(Blas)
+    }
+
+    /// `y[t][r] = sum_c w[r][c] x[t][c]`: `w` f16 row-major rows x cols, `x` f16
+    /// ntok x cols, `y` f32 ntok x rows; f32 accumulation on the tensor cores.
+    pub fn gemm_f16(
+        &self,
+        w: u64,
+        x: u64,
+        y: u64,
+        rows: usize,
+        cols: usize,
+        ntok: usize,
+    ) -> Result<(), CudaError> {
+        use cudarc::cublas::sys::{
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+            cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T},
+            cudaDataType::{CUDA_R_16F, CUDA_R_32F},
+        };
+        let (alpha, beta) = (1f32, 0f32);
+        // Column-major view: Y'(rows x ntok) = W'(cols x rows)^T * X'(cols x ntok).
+        // SAFETY: the pointers are live device buffers of the sizes given.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                self.0,
+                CUBLAS_OP_T,
+                CUBLAS_OP_N,
+                rows as i32,
+                ntok as i32,
+                cols as i32,
+                (&alpha as *const f32).cast(),
+                w as *const c_void,
+                CUDA_R_16F,
+                cols as i32,
+                x as *const c_void,
+                CUDA_R_16F,
+                cols as i32,
+                (&beta as *const f32).cast(),
+                y as *mut c_void,
+                CUDA_R_32F,
+                rows as i32,
+                CUBLAS_COMPUTE_32F,
+                CUBLAS_GEMM_DFALT,
+            )
+        }
+        .map_err(|e| CudaError::Driver {
+            call: "cublasGemmEx".into(),
+            msg: format!("{e:?}"),
+        })
+    }
+}
+
 /// The context and the loaded kernels of one device.
 pub(crate) struct Gpu {
     pub ctx: Arc<CudaContext>,
+    /// cuBLAS for prefill; `None` when the library is absent (the GEMV path serves).
+    pub blas: Option<Blas>,
     pub info: DeviceInfo,
     pub arch: String,
     funcs: HashMap<String, sys::CUfunction>,
@@ -211,6 +276,7 @@ impl Gpu {
             arch,
             funcs: HashMap::new(),
             modules: Vec::new(),
+            blas: None,
         };
         for unit in UNITS {
             let (cubin, _cached) = compile::cubin_cached(unit, &gpu.arch)?;
@@ -219,6 +285,9 @@ impl Gpu {
             let module = unsafe { result::module::load_data(cubin.as_ptr().cast()) }
                 .map_err(drv(format!("loading the {} kernels", unit.name)))?;
             gpu.modules.push(module);
+        }
+        if std::env::var_os("HANGAR_CUDA_NO_CUBLAS").is_none() {
+            gpu.blas = Blas::open();
         }
         Ok(gpu)
     }
@@ -283,6 +352,10 @@ impl Gpu {
 impl Drop for Gpu {
     fn drop(&mut self) {
         let _ = self.ctx.bind_to_thread();
+        if let Some(b) = self.blas.take() {
+            // SAFETY: created once, destroyed once.
+            let _ = unsafe { cudarc::cublas::result::destroy_handle(b.0) };
+        }
         for &m in &self.modules {
             // SAFETY: loaded once, unloaded once.
             let _ = unsafe { result::module::unload(m) };

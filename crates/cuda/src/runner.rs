@@ -118,7 +118,14 @@ struct Buffers {
     rows: Scratch,
     tables: Vec<Scratch>,
     scores: Scratch,
+    /// Prefill through cuBLAS: one dequantized matrix and the f16 activations.
+    w16: Scratch,
+    x16: Scratch,
 }
+
+/// Token counts from which a matrix product goes through cuBLAS (dequantize to f16,
+/// tensor-core GEMM) instead of the GEMV kernels.
+const GEMM_MIN_TOKENS: usize = 32;
 
 /// Runs a model's forward pass on an NVIDIA GPU (see the module docs).
 pub struct CudaRunner {
@@ -228,6 +235,24 @@ impl CudaRunner {
     fn matmul(&mut self, m: usize, x: u64, ntok: usize, y: u64) -> Result<(), CudaError> {
         let w = self.mat(m);
         let (kind, rows, cols, rb, wp) = (w.kind, w.rows, w.cols, w.row_bytes, w.buf.ptr);
+        if ntok >= GEMM_MIN_TOKENS && self.gpu.blas.is_some() {
+            let w16 = self.bufs.w16.get(&self.gpu, rows * cols * 2)?;
+            let x16 = self.bufs.x16.get(&self.gpu, ntok * cols * 2)?;
+            let args = Args::new().ptr(wp).u64(rb as u64).i32(cols as i32).ptr(w16);
+            self.gpu.launch(
+                &format!("dequant_f16_{kind}"),
+                (rows as u32, 1, 1),
+                (128, 1, 1),
+                0,
+                args,
+            )?;
+            let n = (ntok * cols) as u64;
+            self.elementwise("to_f16", n as usize, Args::new().ptr(x).ptr(x16).u64(n))?;
+            return match &self.gpu.blas {
+                Some(b) => b.gemm_f16(w16, x16, y, rows, cols, ntok),
+                None => Err(CudaError::Unsupported("cuBLAS vanished".into())),
+            };
+        }
         let (name, nt) = if ntok == 1 {
             (format!("gemv1_{kind}"), 1)
         } else {

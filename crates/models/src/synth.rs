@@ -199,9 +199,8 @@ fn matrix_type(
         SynthType::F16 => return GgmlType::F16,
         SynthType::Q8_0 => return GgmlType::Q8_0,
         SynthType::Q4KM => {
-            let more_bits = |i: usize| {
-                i < n_layers / 8 || i >= 7 * n_layers / 8 || (i - n_layers / 8) % 3 == 2
-            };
+            let more_bits =
+                |i: usize| i < n_layers / 8 || i >= 7 * n_layers / 8 || (i - n_layers / 8) % 3 == 2;
             match (name, layer) {
                 ("output", _) => GgmlType::Q6K,
                 ("attn_v" | "ffn_down", Some(i)) if more_bits(i) => GgmlType::Q6K,

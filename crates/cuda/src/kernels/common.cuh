@@ -140,19 +140,44 @@ __device__ __forceinline__ void deq8(const u8* row, int e, float* w) {
             }
             w[i] = d * (float)(q - 16);
         }
-    } else if (T == TY_Q4_K || T == TY_Q5_K) {
-        const u8* b = row + (e >> 8) * (T == TY_Q4_K ? 144 : 176);
+    } else if (T == TY_Q4_K) {
+        // 144-byte blocks: 4-byte aligned header and scales, 8-byte aligned quants.
+        const u8* b = row + (e >> 8) * 144;
+        int o = e & 255, c = o >> 6, j = o & 63, hi = j >= 32, l0 = j & 31;
+        u32 dm = *(const u32*)b;
+        float d = h2f((u16)(dm & 0xffff)), dmin = h2f((u16)(dm >> 16));
+        u32 s0 = *(const u32*)(b + 4), s1 = *(const u32*)(b + 8), s2 = *(const u32*)(b + 12);
+        u8 sc8[12];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            sc8[i] = (u8)(s0 >> (8 * i));
+            sc8[4 + i] = (u8)(s1 >> (8 * i));
+            sc8[8 + i] = (u8)(s2 >> (8 * i));
+        }
+        int sc, m;
+        scale_min_k4(2 * c + hi, sc8, &sc, &m);
+        float d1 = d * (float)sc, m1 = dmin * (float)m;
+        uint2 q = *(const uint2*)(b + 16 + 32 * c + l0);
+        u32 qq[2] = {q.x, q.y};
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int byte = (qq[i >> 2] >> (8 * (i & 3))) & 0xff;
+            int v = hi ? (byte >> 4) : (byte & 0xF);
+            w[i] = d1 * (float)v - m1;
+        }
+    } else if (T == TY_Q5_K) {
+        const u8* b = row + (e >> 8) * 176;
         int o = e & 255, c = o >> 6, j = o & 63, hi = j >= 32, l0 = j & 31;
         float d = h2f(ld16(b)), dmin = h2f(ld16(b + 2));
         int sc, m;
         scale_min_k4(2 * c + hi, b + 4, &sc, &m);
         float d1 = d * (float)sc, m1 = dmin * (float)m;
-        const u8* qs = b + (T == TY_Q4_K ? 16 : 48);
+        const u8* qs = b + 48;
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             int l = l0 + i;
             int q = hi ? (qs[32 * c + l] >> 4) : (qs[32 * c + l] & 0xF);
-            if (T == TY_Q5_K) q |= ((b[16 + l] >> (2 * c + hi)) & 1) << 4;
+            q |= ((b[16 + l] >> (2 * c + hi)) & 1) << 4;
             w[i] = d1 * (float)q - m1;
         }
     } else if (T == TY_Q6_K) {

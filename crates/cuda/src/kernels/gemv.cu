@@ -13,6 +13,8 @@ __device__ __forceinline__ void gemv_impl(const u8* __restrict__ W, u64 row_byte
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    // Unrolled so that several blocks' loads are in flight before the first use.
+#pragma unroll 4
     for (int e = lane * 8; e < cols; e += 256) {
         float w[8];
         deq8<T>(row, e, w);
@@ -47,6 +49,24 @@ __device__ __forceinline__ void embed_impl(const u8* __restrict__ W, u64 row_byt
     }
 }
 
+// Whole rows dequantized to f16 (the prefill path feeds them to cuBLAS's tensor cores).
+template <int T>
+__device__ __forceinline__ void deq_f16_impl(const u8* __restrict__ W, u64 row_bytes, int cols,
+                                             u16* __restrict__ out) {
+    int r = blockIdx.x;
+    const u8* row = W + (u64)r * row_bytes;
+    for (int e = threadIdx.x * 8; e < cols; e += blockDim.x * 8) {
+        float w[8];
+        deq8<T>(row, e, w);
+        uint4 v;
+        v.x = (u32)f2h(w[0]) | ((u32)f2h(w[1]) << 16);
+        v.y = (u32)f2h(w[2]) | ((u32)f2h(w[3]) << 16);
+        v.z = (u32)f2h(w[4]) | ((u32)f2h(w[5]) << 16);
+        v.w = (u32)f2h(w[6]) | ((u32)f2h(w[7]) << 16);
+        *(uint4*)(out + (u64)r * cols + e) = v;
+    }
+}
+
 #define GEMV_KERNELS(NAME, T)                                                                     \
     extern "C" __global__ void gemv1_##NAME(const u8* W, u64 rb, int rows, int cols, const float* X, \
                                             int ntok, float* Y) {                                 \
@@ -59,6 +79,9 @@ __device__ __forceinline__ void embed_impl(const u8* __restrict__ W, u64 row_byt
     extern "C" __global__ void embed_##NAME(const u8* W, u64 rb, int cols, const u32* tok, float scale, \
                                             float* out) {                                         \
         embed_impl<T>(W, rb, cols, tok, scale, out);                                              \
+    }                                                                                             \
+    extern "C" __global__ void dequant_f16_##NAME(const u8* W, u64 rb, int cols, u16* out) {      \
+        deq_f16_impl<T>(W, rb, cols, out);                                                        \
     }
 
 GEMV_KERNELS(f32, TY_F32)

@@ -132,3 +132,9 @@ extern "C" __global__ void kv_store(const float* k, const float* v, int kvd, con
         vc[off + i] = f2h(v[(u64)t * kvd + i]);
     }
 }
+
+// f32 -> f16 (round to nearest even), the activations of the cuBLAS prefill path.
+extern "C" __global__ void to_f16(const float* x, u16* y, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        y[i] = f2h(x[i]);
+}
