@@ -156,6 +156,12 @@ impl CudaRunner {
         let gpu = Gpu::open(ordinal)?;
         gpu.bind()?;
         let cfg = model.cfg.clone();
+        if cfg.head_dim > 256 || !cfg.head_dim.is_multiple_of(2) || cfg.rope_dims > cfg.head_dim {
+            return Err(CudaError::Unsupported(format!(
+                "head size {} (the attention kernel takes even sizes up to 256)",
+                cfg.head_dim
+            )));
+        }
         let views = model.layer_views();
         let emb = model.token_embedding();
         let out = model.output_matrix();
@@ -553,7 +559,7 @@ impl CudaRunner {
                 "attention",
                 (nh as u32, t_total as u32, 1),
                 (128, 1, 1),
-                (hd * F) as u32,
+                (5 * hd * F) as u32,
                 args,
             )?;
             self.matmul(li * 8 + 3, attn, t_total, o)?;
