@@ -166,6 +166,69 @@ pub fn gemv_row(ty: GgmlType, row: &[u8], x: &[f32]) -> Option<f32> {
     Some(lanes[0])
 }
 
+/// The attention kernel's arithmetic for one query head of one token: the KV head it
+/// reads (`h / (heads / kv_heads)`), the window, the paged addressing
+/// (`table[p / bs]`, row `p % bs`, `kv_dim` values a row), four warps taking every
+/// fourth position, lanes summing pairs of dimensions, probabilities rounded to f16,
+/// and the four partial output sums added in order. `kc`/`vc` hold f16 values.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_head(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    table: &[u32],
+    bs: usize,
+    (heads, kv_heads, hd): (usize, usize, usize),
+    h: usize,
+    pos: usize,
+    window: usize,
+    scale: f32,
+) -> Vec<f32> {
+    const WARPS: usize = 4;
+    let kh = h / (heads / kv_heads);
+    let kvd = kv_heads * hd;
+    let lo = if window > 0 {
+        (pos + 1).saturating_sub(window)
+    } else {
+        0
+    };
+    let n = pos + 1 - lo;
+    let off = |p: usize| (table[p / bs] as usize * bs + p % bs) * kvd + kh * hd;
+    let mut sc = vec![0f32; n];
+    for (j, s) in sc.iter_mut().enumerate() {
+        let o = off(lo + j);
+        let mut lanes = [0f32; 32];
+        for (lane, acc) in lanes.iter_mut().enumerate() {
+            let mut d2 = lane;
+            while d2 < hd / 2 {
+                *acc += q[2 * d2] * kc[o + 2 * d2] + q[2 * d2 + 1] * kc[o + 2 * d2 + 1];
+                d2 += 32;
+            }
+        }
+        *s = lanes.iter().sum::<f32>() * scale;
+    }
+    let m = sc.iter().copied().fold(f32::MIN, f32::max);
+    let mut sum = 0f32;
+    for s in sc.iter_mut() {
+        *s = (*s - m).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    for s in sc.iter_mut() {
+        *s = f16::from_f32(*s * inv).to_f32();
+    }
+    let mut part = vec![vec![0f32; hd]; WARPS];
+    for (j, &p) in sc.iter().enumerate() {
+        let o = off(lo + j);
+        for (d, acc) in part[j % WARPS].iter_mut().enumerate() {
+            *acc += p * vc[o + d];
+        }
+    }
+    (0..hd)
+        .map(|d| (0..WARPS).map(|w| part[w][d]).sum())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +308,75 @@ mod tests {
                 (got - exact).abs() <= 1e-5 * norm,
                 "{ty:?}: {got} vs {exact}"
             );
+        }
+    }
+
+    #[test]
+    fn attention_twin_matches_the_cpu_attention_over_a_scattered_block_table() {
+        use hangar_kernels::{attend, PagedKv};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let (heads, kv_heads, hd, bs) = (8, 2, 64, 4);
+        let kvd = kv_heads * hd;
+        let n_blocks = 12;
+        let f16r = |v: f32| f16::from_f32(v).to_f32();
+        let kc: Vec<f32> = (0..n_blocks * bs * kvd)
+            .map(|_| f16r(rng.gen_range(-1.0..1.0)))
+            .collect();
+        let vc: Vec<f32> = (0..n_blocks * bs * kvd)
+            .map(|_| f16r(rng.gen_range(-1.0..1.0)))
+            .collect();
+        // Blocks out of order, as a block manager hands them out.
+        let table: Vec<u32> = vec![7, 2, 11, 0, 5, 9, 1, 3];
+        for (pos, window) in [(0, 0), (5, 0), (29, 0), (29, 8), (17, 3)] {
+            for h in [0, 3, 4, 7] {
+                let q: Vec<f32> = (0..hd).map(|_| f16r(rng.gen_range(-1.0..1.0))).collect();
+                let scale = 1.0 / (hd as f32).sqrt();
+                let got = attention_head(
+                    &q,
+                    &kc,
+                    &vc,
+                    &table,
+                    bs,
+                    (heads, kv_heads, hd),
+                    h,
+                    pos,
+                    window,
+                    scale,
+                );
+                let kh = h / (heads / kv_heads);
+                let paged = PagedKv {
+                    k: &kc,
+                    v: &vc,
+                    table: &table,
+                    block_size: bs,
+                    row_stride: kvd,
+                    head_offset: kh * hd,
+                };
+                let lo = if window > 0 {
+                    (pos + 1).saturating_sub(window)
+                } else {
+                    0
+                };
+                let mut scores = vec![0f32; pos + 1 - lo];
+                let mut want = vec![0f32; hd];
+                attend(
+                    &paged,
+                    &q,
+                    1,
+                    hd,
+                    lo,
+                    pos + 1,
+                    scale,
+                    &mut scores,
+                    &mut want,
+                );
+                for (a, b) in got.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() < 2e-5,
+                        "pos {pos} window {window} head {h}: {a} vs {b}"
+                    );
+                }
+            }
         }
     }
 
