@@ -36,6 +36,26 @@ for ty in Q8_0 F16; do
 done
 say "generate on the GPU (tiny gemma3)"
 run "$BIN" generate -m "$W/tiny-gemma3.gguf" -p "The capital of France is" -n 16 --temperature 0 --device cuda --stats
+say "serve on the GPU (tiny gemma3): 4 concurrent completions"
+"$BIN" serve -m "$W/tiny-gemma3.gguf" --device cuda --port 18931 --home "$W/home" >"$W/serve.log" 2>&1 &
+SERVE_PID=$!
+python3 - <<'PY' 2>&1 | tee -a "$LOG"
+import json, time, urllib.request, concurrent.futures as cf
+url = "http://127.0.0.1:18931/v1/completions"
+for _ in range(100):
+    try:
+        urllib.request.urlopen("http://127.0.0.1:18931/v1/models", timeout=1); break
+    except Exception:
+        time.sleep(0.2)
+def ask(i):
+    body = json.dumps({"prompt": f"Hello number {i}", "max_tokens": 16, "temperature": 0}).encode()
+    r = urllib.request.urlopen(urllib.request.Request(url, body, {"content-type": "application/json"}), timeout=60)
+    return json.load(r)["usage"]
+with cf.ThreadPoolExecutor(4) as ex:
+    print("serve --device cuda usage:", list(ex.map(ask, range(4))))
+PY
+kill "$SERVE_PID" 2>/dev/null; wait "$SERVE_PID" 2>/dev/null
+head -3 "$W/serve.log" | tee -a "$LOG"
 if [ "$MODE" = quick ]; then say "quick mode done"; exit 0; fi
 
 say "gemma-3-270m shape, Q4_K_M"
