@@ -140,6 +140,8 @@ pub struct CudaRunner {
     kv: Option<DevKv>,
     bufs: Buffers,
     weight_bytes: usize,
+    /// Decode Q4_K through the wide-load GEMV (`HANGAR_CUDA_GEMV=basic` turns it off).
+    wide_q4k: bool,
     gpu: Gpu,
 }
 
@@ -220,6 +222,7 @@ impl CudaRunner {
             kv: None,
             bufs: Buffers::default(),
             weight_bytes: need,
+            wide_q4k: std::env::var("HANGAR_CUDA_GEMV").as_deref() != Ok("basic"),
             gpu,
         })
     }
@@ -259,7 +262,9 @@ impl CudaRunner {
                 None => Err(CudaError::Unsupported("cuBLAS vanished".into())),
             };
         }
-        let (name, nt) = if ntok == 1 {
+        let (name, nt) = if ntok == 1 && kind == "q4_k" && self.wide_q4k {
+            ("gemv1_q4_k_wide".to_string(), 1)
+        } else if ntok == 1 {
             (format!("gemv1_{kind}"), 1)
         } else {
             (format!("gemv8_{kind}"), 8)
@@ -498,28 +503,27 @@ impl CudaRunner {
             } else {
                 cfg.rope_base
             } as f64;
-            for (dst, heads, norm) in [(q, nh, qn), (k, nkv, kn)] {
-                let args = Args::new()
-                    .ptr(dst)
-                    .i32(heads as i32)
-                    .i32(hd as i32)
-                    .ptr(norm)
-                    .f32(eps)
-                    .ptr(pos_p)
-                    .f64(base)
-                    .i32(cfg.rope_dims as i32)
-                    .ptr(rope_ff)
-                    .i32(neox);
-                self.gpu.launch(
-                    "qk_rope",
-                    (heads as u32, t_total as u32, 1),
-                    (128, 1, 1),
-                    0,
-                    args,
-                )?;
-            }
-            let n = (t_total * kvd) as u64;
-            self.elementwise("round_f16", n as usize, Args::new().ptr(v).u64(n))?;
+            let args = Args::new()
+                .ptr(q)
+                .ptr(k)
+                .i32(nh as i32)
+                .i32(nkv as i32)
+                .i32(hd as i32)
+                .ptr(qn)
+                .ptr(kn)
+                .f32(eps)
+                .ptr(pos_p)
+                .f64(base)
+                .i32(cfg.rope_dims as i32)
+                .ptr(rope_ff)
+                .i32(neox);
+            self.gpu.launch(
+                "qk_rope",
+                ((nh + nkv) as u32, t_total as u32, 1),
+                (128, 1, 1),
+                0,
+                args,
+            )?;
             let g = kv_group[li];
             let args = Args::new()
                 .ptr(k)

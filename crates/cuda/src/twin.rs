@@ -166,6 +166,54 @@ pub fn gemv_row(ty: GgmlType, row: &[u8], x: &[f32]) -> Option<f32> {
     Some(lanes[0])
 }
 
+/// The `gemv1_q4_k_wide` kernel's arithmetic for one Q4_K row: lane `l` takes the
+/// 16-byte quant slice `l % 8` of blocks `l / 8`, `l / 8 + 4`, ...; per sub-block
+/// `d sc sum(q x) - dmin m sum(x)`; lanes combined by the warp butterfly.
+pub fn gemv_q4k_wide(row: &[u8], x: &[f32]) -> f32 {
+    let nb = x.len() / 256;
+    let mut lanes = [0f32; 32];
+    for (lane, acc) in lanes.iter_mut().enumerate() {
+        let (k, mut b) = (lane & 7, lane >> 3);
+        let (c, l0) = (k >> 1, (k & 1) * 16);
+        while b < nb {
+            let blk = &row[b * 144..];
+            let (d, dmin) = (h2f(blk, 0), h2f(blk, 2));
+            let (sc1, m1) = scale_min_k4(2 * c, &blk[4..16]);
+            let (sc2, m2) = scale_min_k4(2 * c + 1, &blk[4..16]);
+            let q = &blk[16 + 32 * c + l0..16 + 32 * c + l0 + 16];
+            let xa = &x[b * 256 + 64 * c + l0..][..16];
+            let xb = &x[b * 256 + 64 * c + 32 + l0..][..16];
+            let (mut s_lo, mut s_hi, mut x_lo, mut x_hi) = (0f32, 0f32, 0f32, 0f32);
+            for i in 0..4 {
+                let (mut a, mut bb, mut sa, mut sb) = (0f32, 0f32, 0f32, 0f32);
+                for j in 0..4 {
+                    let v = q[4 * i + j];
+                    a += (v & 0xF) as f32 * xa[4 * i + j];
+                    bb += (v >> 4) as f32 * xb[4 * i + j];
+                    sa += xa[4 * i + j];
+                    sb += xb[4 * i + j];
+                }
+                s_lo += a;
+                s_hi += bb;
+                x_lo += sa;
+                x_hi += sb;
+            }
+            *acc += d * sc1 as f32 * s_lo - dmin * m1 as f32 * x_lo + d * sc2 as f32 * s_hi
+                - dmin * m2 as f32 * x_hi;
+            b += 4;
+        }
+    }
+    let mut o = 16;
+    while o > 0 {
+        let prev = lanes;
+        for (l, v) in lanes.iter_mut().enumerate() {
+            *v = prev[l] + prev[l ^ o];
+        }
+        o >>= 1;
+    }
+    lanes[0]
+}
+
 /// The attention kernel's arithmetic for one query head of one token: the KV head it
 /// reads (`h / (heads / kv_heads)`), the window, the paged addressing
 /// (`table[p / bs]`, row `p % bs`, `kv_dim` values a row), four warps taking every
@@ -377,6 +425,26 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_wide_q4_k_gemv_matches_an_exact_dot_product() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for cols in [256, 1280, 4096] {
+            let (bytes, w) = random_row(GgmlType::Q4K, cols, cols as u64);
+            let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            let exact: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let norm: f64 = w
+                .iter()
+                .zip(&x)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+            let got = gemv_q4k_wide(&bytes, &x) as f64;
+            assert!(
+                (got - exact).abs() <= 2e-5 * norm,
+                "{cols}: {got} vs {exact}"
+            );
         }
     }
 

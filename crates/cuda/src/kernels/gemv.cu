@@ -114,3 +114,48 @@ extern "C" __global__ void dequant_rows(const u8* W, u64 rb, int ty, int cols, f
         for (int i = 0; i < 8; i++) out[(u64)r * cols + e + i] = w[i];
     }
 }
+
+// Q4_K decode GEMV with wide loads: one warp per row, eight lanes per 256-weight block
+// (each lane one 16-byte slice of the block's quants: 16 low nibbles of one sub-block
+// and 16 high nibbles of the next), so each step reads four blocks with 16-byte loads.
+// sum w x = d sc sum(q x) - dmin m sum(x) per sub-block. Twin: twin::gemv_q4k_wide.
+extern "C" __global__ void __launch_bounds__(128) gemv1_q4_k_wide(
+    const u8* __restrict__ W, u64 rb, int rows, int cols, const float* __restrict__ X, int ntok,
+    float* __restrict__ Y) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int r = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (r >= rows) return;
+    const u8* row = W + (u64)r * rb;
+    int nb = cols >> 8;
+    int k = lane & 7, c = k >> 1, l0 = (k & 1) * 16;
+    float acc = 0.0f;
+#pragma unroll 2
+    for (int b = lane >> 3; b < nb; b += 4) {
+        const u8* blk = row + (u64)b * 144;
+        uint4 q = *(const uint4*)(blk + 16 + 32 * c + l0);
+        u32 dm = *(const u32*)blk;
+        int sc1, m1, sc2, m2;
+        scale_min_k4(2 * c, blk + 4, &sc1, &m1);
+        scale_min_k4(2 * c + 1, blk + 4, &sc2, &m2);
+        const float4* xa = (const float4*)(X + b * 256 + 64 * c + l0);
+        const float4* xb = (const float4*)(X + b * 256 + 64 * c + 32 + l0);
+        u32 qq[4] = {q.x, q.y, q.z, q.w};
+        float s_lo = 0.0f, s_hi = 0.0f, x_lo = 0.0f, x_hi = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float4 a = xa[i], bb = xb[i];
+            u32 v = qq[i];
+            s_lo += (float)(v & 0xF) * a.x + (float)((v >> 8) & 0xF) * a.y +
+                    (float)((v >> 16) & 0xF) * a.z + (float)((v >> 24) & 0xF) * a.w;
+            s_hi += (float)((v >> 4) & 0xF) * bb.x + (float)((v >> 12) & 0xF) * bb.y +
+                    (float)((v >> 20) & 0xF) * bb.z + (float)((v >> 28) & 0xF) * bb.w;
+            x_lo += a.x + a.y + a.z + a.w;
+            x_hi += bb.x + bb.y + bb.z + bb.w;
+        }
+        float d = h2f((u16)(dm & 0xffff)), dmin = h2f((u16)(dm >> 16));
+        acc += d * (float)sc1 * s_lo - dmin * (float)m1 * x_lo + d * (float)sc2 * s_hi -
+               dmin * (float)m2 * x_hi;
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) Y[r] = acc;
+}

@@ -50,12 +50,18 @@ extern "C" __global__ void add_bias(float* x, const float* b, int n, int ntok) {
 
 // One head of one token per block: optional per-head RMSNorm (Gemma 3, Qwen 3), then
 // RoPE at the token's position, then rounding to f16 (the KV cache's precision).
+// Blocks with blockIdx.x < nq take query head blockIdx.x of q; the others take key
+// head blockIdx.x - nq of k (one launch for both).
 // neox: rotate (i, i + n_rot/2); else (2i, 2i + 1). Angles in f64 as the CPU table.
-extern "C" __global__ void qk_rope(float* x, int nheads, int hd, const float* nw, float eps,
-                                   const int* pos, double base, int n_rot, const float* ff, int neox) {
+extern "C" __global__ void qk_rope(float* q, float* k, int nq, int nk, int hd, const float* qn,
+                                   const float* kn, float eps, const int* pos, double base,
+                                   int n_rot, const float* ff, int neox) {
     __shared__ double sh[32];
-    int h = blockIdx.x, t = blockIdx.y;
-    float* xr = x + ((u64)t * nheads + h) * hd;
+    int t = blockIdx.y;
+    bool is_q = (int)blockIdx.x < nq;
+    int h = is_q ? blockIdx.x : blockIdx.x - nq;
+    float* xr = is_q ? q + ((u64)t * nq + h) * hd : k + ((u64)t * nk + h) * hd;
+    const float* nw = is_q ? qn : kn;
     if (nw) {
         double s = 0.0;
         for (int i = threadIdx.x; i < hd; i += blockDim.x) {
@@ -119,7 +125,8 @@ extern "C" __global__ void softcap(float* x, u64 n, float cap) {
         x[i] = tanhf(x[i] / cap) * cap;
 }
 
-// Writes token t's K and V rows (f16) at its position through its sequence's block
+// Writes token t's K and V rows (f16, rounded to nearest: V needs no separate
+// rounding pass) at its position through its sequence's block
 // table: tables[seq * tstride + pos / bs] is the block.
 extern "C" __global__ void kv_store(const float* k, const float* v, int kvd, const int* tok_seq,
                                     const u32* tables, int tstride, int bs, u16* kc, u16* vc) {
