@@ -140,7 +140,8 @@ pub struct CudaRunner {
     kv: Option<DevKv>,
     bufs: Buffers,
     weight_bytes: usize,
-    /// Decode Q4_K through the wide-load GEMV (`HANGAR_CUDA_GEMV=basic` turns it off).
+    /// Decode Q4_K and Q6_K through the wide-load GEMVs (`HANGAR_CUDA_GEMV=basic`
+    /// turns them off).
     wide_q4k: bool,
     gpu: Gpu,
 }
@@ -262,8 +263,8 @@ impl CudaRunner {
                 None => Err(CudaError::Unsupported("cuBLAS vanished".into())),
             };
         }
-        let (name, nt) = if ntok == 1 && kind == "q4_k" && self.wide_q4k {
-            ("gemv1_q4_k_wide".to_string(), 1)
+        let (name, nt) = if ntok == 1 && (kind == "q4_k" || kind == "q6_k") && self.wide_q4k {
+            (format!("gemv1_{kind}_wide"), 1)
         } else if ntok == 1 {
             (format!("gemv1_{kind}"), 1)
         } else {

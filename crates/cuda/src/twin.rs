@@ -214,6 +214,47 @@ pub fn gemv_q4k_wide(row: &[u8], x: &[f32]) -> f32 {
     lanes[0]
 }
 
+/// The `gemv1_q6_k_wide` kernel's arithmetic for one Q6_K row (see the kernel).
+pub fn gemv_q6k_wide(row: &[u8], x: &[f32]) -> f32 {
+    let nb = x.len() / 256;
+    let mut lanes = [0f32; 32];
+    for (lane, acc) in lanes.iter_mut().enumerate() {
+        let (k, mut b) = (lane & 7, lane >> 3);
+        let (h, kp, ls) = (k >> 2, (k >> 1) & 1, k & 1);
+        while b < nb {
+            let blk = &row[b * 210..];
+            let ql = &blk[64 * h + 32 * kp + 16 * ls..][..16];
+            let qh = &blk[128 + 32 * h + 16 * ls..][..16];
+            let d = h2f(blk, 208);
+            let sa = (blk[192 + 8 * h + 2 * kp + ls] as i8) as f32;
+            let sb = (blk[192 + 8 * h + 2 * (kp + 2) + ls] as i8) as f32;
+            let xa = &x[b * 256 + 128 * h + 32 * kp + 16 * ls..][..16];
+            let xb = &x[b * 256 + 128 * h + 32 * (kp + 2) + 16 * ls..][..16];
+            let (mut s_a, mut s_b, mut x_a, mut x_b) = (0f32, 0f32, 0f32, 0f32);
+            for j in 0..16 {
+                let (q, hb) = (ql[j] as i32, qh[j] as i32);
+                let va = (q & 0xF) | (((hb >> (2 * kp)) & 3) << 4);
+                let vb = (q >> 4) | (((hb >> (2 * (kp + 2))) & 3) << 4);
+                s_a += va as f32 * xa[j];
+                s_b += vb as f32 * xb[j];
+                x_a += xa[j];
+                x_b += xb[j];
+            }
+            *acc += d * (sa * (s_a - 32.0 * x_a) + sb * (s_b - 32.0 * x_b));
+            b += 4;
+        }
+    }
+    let mut o = 16;
+    while o > 0 {
+        let prev = lanes;
+        for (l, v) in lanes.iter_mut().enumerate() {
+            *v = prev[l] + prev[l ^ o];
+        }
+        o >>= 1;
+    }
+    lanes[0]
+}
+
 /// The attention kernel's arithmetic for one query head of one token: the KV head it
 /// reads (`h / (heads / kv_heads)`), the window, the paged addressing
 /// (`table[p / bs]`, row `p % bs`, `kv_dim` values a row), four warps taking every
@@ -441,6 +482,26 @@ mod tests {
                 .map(|(&a, &b)| (a as f64 * b as f64).abs())
                 .sum();
             let got = gemv_q4k_wide(&bytes, &x) as f64;
+            assert!(
+                (got - exact).abs() <= 2e-5 * norm,
+                "{cols}: {got} vs {exact}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_wide_q6_k_gemv_matches_an_exact_dot_product() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        for cols in [256, 1280, 4096] {
+            let (bytes, w) = random_row(GgmlType::Q6K, cols, cols as u64 + 1);
+            let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            let exact: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let norm: f64 = w
+                .iter()
+                .zip(&x)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+            let got = gemv_q6k_wide(&bytes, &x) as f64;
             assert!(
                 (got - exact).abs() <= 2e-5 * norm,
                 "{cols}: {got} vs {exact}"

@@ -159,3 +159,56 @@ extern "C" __global__ void __launch_bounds__(128) gemv1_q4_k_wide(
     acc = warp_sum(acc);
     if (lane == 0) Y[r] = acc;
 }
+
+// Q6_K decode GEMV: one warp per row, eight lanes per 210-byte block. Lane k takes
+// half h = k / 4 of the block, quant bytes 16 (k % 2) .. +16 of row 32 ((k / 2) % 2)
+// of that half: their low nibbles are sub-row kp, their high nibbles sub-row kp + 2,
+// with the two high bits from qh. Blocks are 2-byte aligned: 16-bit loads.
+// sum w x = d sc (sum q x - 32 sum x) per 16-weight group. Twin: twin::gemv_q6k_wide.
+extern "C" __global__ void __launch_bounds__(128) gemv1_q6_k_wide(
+    const u8* __restrict__ W, u64 rb, int rows, int cols, const float* __restrict__ X, int ntok,
+    float* __restrict__ Y) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int r = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (r >= rows) return;
+    const u8* row = W + (u64)r * rb;
+    int nb = cols >> 8;
+    int k = lane & 7, h = k >> 2, kp = (k >> 1) & 1, ls = k & 1;
+    float acc = 0.0f;
+#pragma unroll 2
+    for (int b = lane >> 3; b < nb; b += 4) {
+        const u8* blk = row + (u64)b * 210;
+        const u16* qlp = (const u16*)(blk + 64 * h + 32 * kp + 16 * ls);
+        const u16* qhp = (const u16*)(blk + 128 + 32 * h + 16 * ls);
+        u32 ql[4], qh[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            ql[i] = (u32)qlp[2 * i] | ((u32)qlp[2 * i + 1] << 16);
+            qh[i] = (u32)qhp[2 * i] | ((u32)qhp[2 * i + 1] << 16);
+        }
+        float d = h2f(*(const u16*)(blk + 208));
+        float sa = (float)(i8)blk[192 + 8 * h + 2 * kp + ls];
+        float sb = (float)(i8)blk[192 + 8 * h + 2 * (kp + 2) + ls];
+        const float4* xa = (const float4*)(X + b * 256 + 128 * h + 32 * kp + 16 * ls);
+        const float4* xb = (const float4*)(X + b * 256 + 128 * h + 32 * (kp + 2) + 16 * ls);
+        float s_a = 0.0f, s_b = 0.0f, x_a = 0.0f, x_b = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float4 a = xa[i], bb = xb[i];
+            float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {bb.x, bb.y, bb.z, bb.w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                u32 q = (ql[i] >> (8 * j)) & 0xff, hb = (qh[i] >> (8 * j)) & 0xff;
+                int va = (int)((q & 0xF) | (((hb >> (2 * kp)) & 3) << 4));
+                int vb = (int)((q >> 4) | (((hb >> (2 * (kp + 2))) & 3) << 4));
+                s_a += (float)va * av[j];
+                s_b += (float)vb * bv[j];
+                x_a += av[j];
+                x_b += bv[j];
+            }
+        }
+        acc += d * (sa * (s_a - 32.0f * x_a) + sb * (s_b - 32.0f * x_b));
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) Y[r] = acc;
+}
