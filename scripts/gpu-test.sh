@@ -74,8 +74,13 @@ say "llama-3-8b shape, Q4_K_M"
 run "$BIN" synth --arch llama --preset llama-3-8b --type Q4_K_M --out "$W/l8b.gguf"
 ls -l "$W/l8b.gguf" | tee -a "$LOG"
 run "$BIN" bench -m "$W/l8b.gguf" --device cuda --pp 512 --tg 128 --batch 8 -r 3
-say "llama-3-8b shape: decode through the basic Q4_K/Q6_K GEMV (HANGAR_CUDA_GEMV=basic)"
+say "llama-3-8b shape: decode through the basic GEMV for every type (HANGAR_CUDA_GEMV=basic)"
 HANGAR_CUDA_GEMV=basic run "$BIN" bench -m "$W/l8b.gguf" --device cuda --pp 0 --tg 128 -r 3
+say "llama-3-8b shape: decode with the wide Q6_K GEMV too (HANGAR_CUDA_GEMV=wide)"
+HANGAR_CUDA_GEMV=wide run "$BIN" bench -m "$W/l8b.gguf" --device cuda --pp 0 --tg 128 -r 3
+say "device-check with HANGAR_CUDA_GEMV=wide (llama tiny Q4_K_M, gemma-3-270m shape)"
+HANGAR_CUDA_GEMV=wide run "$BIN" device-check -m "$W/tiny-llama.gguf" --tokens 64 --greedy 32
+HANGAR_CUDA_GEMV=wide run "$BIN" device-check -m "$W/g270m.gguf" --tokens 64 --greedy 16
 if [ -n "${HANGAR_GPU_TEST_GEMV_PREFILL:-}" ]; then
   say "llama-3-8b shape: prefill through the GEMV kernels instead of cuBLAS"
   HANGAR_CUDA_NO_CUBLAS=1 run "$BIN" bench -m "$W/l8b.gguf" --device cuda --pp 512 --tg 0 -r 1

@@ -123,6 +123,16 @@ struct Buffers {
     x16: Scratch,
 }
 
+/// The decode GEMV kernels in use: `HANGAR_CUDA_GEMV=basic` (the generic
+/// 8-weights-a-lane kernel for every type), unset (the wide-load Q4_K kernel, measured
+/// on the H200), `wide` (also the wide-load Q6_K kernel, not yet measured there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GemvChoice {
+    Basic,
+    Default,
+    Wide,
+}
+
 /// Token counts from which a matrix product goes through cuBLAS (dequantize to f16,
 /// tensor-core GEMM) instead of the GEMV kernels.
 const GEMM_MIN_TOKENS: usize = 32;
@@ -140,9 +150,8 @@ pub struct CudaRunner {
     kv: Option<DevKv>,
     bufs: Buffers,
     weight_bytes: usize,
-    /// Decode Q4_K and Q6_K through the wide-load GEMVs (`HANGAR_CUDA_GEMV=basic`
-    /// turns them off).
-    wide_q4k: bool,
+    /// Which decode GEMVs run (`HANGAR_CUDA_GEMV`).
+    gemv: GemvChoice,
     gpu: Gpu,
 }
 
@@ -223,7 +232,11 @@ impl CudaRunner {
             kv: None,
             bufs: Buffers::default(),
             weight_bytes: need,
-            wide_q4k: std::env::var("HANGAR_CUDA_GEMV").as_deref() != Ok("basic"),
+            gemv: match std::env::var("HANGAR_CUDA_GEMV").as_deref() {
+                Ok("basic") => GemvChoice::Basic,
+                Ok("wide") => GemvChoice::Wide,
+                _ => GemvChoice::Default,
+            },
             gpu,
         })
     }
@@ -263,7 +276,12 @@ impl CudaRunner {
                 None => Err(CudaError::Unsupported("cuBLAS vanished".into())),
             };
         }
-        let (name, nt) = if ntok == 1 && (kind == "q4_k" || kind == "q6_k") && self.wide_q4k {
+        let wide = match kind {
+            "q4_k" => self.gemv != GemvChoice::Basic,
+            "q6_k" => self.gemv == GemvChoice::Wide,
+            _ => false,
+        };
+        let (name, nt) = if ntok == 1 && wide {
             (format!("gemv1_{kind}_wide"), 1)
         } else if ntok == 1 {
             (format!("gemv1_{kind}"), 1)
