@@ -8,7 +8,7 @@
 # and tests/python/conftest.py read these variables).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export HANGAR_REQUIRE_MODEL=1 HANGAR_REQUIRE_LLAMA_PYTHON=1 HANGAR_REQUIRE_MOTO=1 HANGAR_REQUIRE_PROMTOOL=1 HANGAR_REQUIRE_BROWSER=1
+export HANGAR_REQUIRE_MODEL=1 HANGAR_REQUIRE_LLAMA_PYTHON=1 HANGAR_REQUIRE_MOTO=1 HANGAR_REQUIRE_PROMTOOL=1 HANGAR_REQUIRE_BROWSER=1 HANGAR_REQUIRE_NVRTC=1
 
 echo "== default model"
 HANGAR_MODEL=$(bash scripts/fetch-default-model.sh)
@@ -66,6 +66,16 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; th
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium nodejs npm >/dev/null
 fi
 npm ci --prefix tests/browser --silent --no-audit --no-fund
+
+echo "== NVRTC (PyPI's nvidia-cuda-nvrtc wheel) for the CUDA kernel compile test"
+# No GPU here: NVRTC alone proves that every kernel compiles for sm_80 and sm_90a
+# (crates/cuda/tests/nvrtc_compile.rs). Installed once per machine, then reused.
+NVRTC_DIR=${HANGAR_NVRTC_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/hangar/nvrtc-13}
+if [ ! -f "$NVRTC_DIR/nvidia/cu13/lib/libnvrtc.so.13" ]; then
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --target "$NVRTC_DIR" "nvidia-cuda-nvrtc>=13,<14"
+fi
+export HANGAR_NVRTC_LIB="$NVRTC_DIR/nvidia/cu13/lib/libnvrtc.so.13"
+export LD_LIBRARY_PATH="$NVRTC_DIR/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 echo "== rust tests"
 cargo test --release --workspace -- --test-threads=2

@@ -2,9 +2,10 @@
 //! llama-bench does (pp: one batch of N prompt tokens, logits for the last only;
 //! tg: N single-token decode steps after a short prompt), median of several runs.
 
+use crate::engine::{BorrowedCpuRunner, ModelRunner};
 use crate::EngineError;
 use hangar_kernels::ThreadPool;
-use hangar_models::{KvCache, LogitsWanted, Model, SeqInput, Workspace};
+use hangar_models::{LogitsWanted, Model, SeqInput};
 use std::time::Instant;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -66,15 +67,33 @@ pub fn run(
     batch: usize,
     runs: usize,
 ) -> Result<Vec<BenchFigure>, EngineError> {
+    run_on(
+        &mut BorrowedCpuRunner::new(model, pool),
+        pp,
+        tg,
+        batch,
+        runs,
+    )
+}
+
+/// As [`run`], on any backend.
+pub fn run_on(
+    runner: &mut dyn ModelRunner,
+    pp: usize,
+    tg: usize,
+    batch: usize,
+    runs: usize,
+) -> Result<Vec<BenchFigure>, EngineError> {
     let runs = runs.max(1);
     let block = 16;
     let cap = (pp + 8).max(tg + 8);
-    let mut kv = KvCache::for_single_sequence(&model.cfg, block, cap);
-    let table: Vec<u32> = (0..cap.div_ceil(block) as u32).collect();
-    let tables: Vec<&[u32]> = vec![&table; kv.n_groups()];
-    let mut ws = Workspace::default();
+    let groups = runner.kv_layout().n_groups();
+    let n_blocks = cap.div_ceil(block);
+    runner.allocate_kv(block, &vec![n_blocks; groups])?;
+    let table: Vec<u32> = (0..n_blocks as u32).collect();
+    let tables: Vec<&[u32]> = vec![&table; groups];
     let mut logits = Vec::new();
-    let vocab = model.cfg.vocab_size;
+    let vocab = runner.vocab_size();
     let mut out = Vec::new();
     if pp > 0 {
         let toks = tokens(pp, vocab, 1);
@@ -87,7 +106,7 @@ pub fn run(
                 block_tables: &tables,
                 logits: LogitsWanted::Last,
             };
-            model.forward(pool, &[seq], &mut kv, &mut ws, &mut logits)?;
+            runner.execute(&[seq], &mut logits)?;
             if r > 0 {
                 secs.push(t0.elapsed().as_secs_f64());
             }
@@ -105,7 +124,7 @@ pub fn run(
                 block_tables: &tables,
                 logits: LogitsWanted::Last,
             };
-            model.forward(pool, &[seq], &mut kv, &mut ws, &mut logits)?;
+            runner.execute(&[seq], &mut logits)?;
             let t0 = Instant::now();
             for i in 0..tg {
                 let seq = SeqInput {
@@ -114,7 +133,7 @@ pub fn run(
                     block_tables: &tables,
                     logits: LogitsWanted::Last,
                 };
-                model.forward(pool, &[seq], &mut kv, &mut ws, &mut logits)?;
+                runner.execute(&[seq], &mut logits)?;
             }
             if r > 0 {
                 secs.push(t0.elapsed().as_secs_f64());
@@ -123,15 +142,14 @@ pub fn run(
         out.push(figure(format!("tg{tg}"), tg, secs));
     }
     if tg > 0 && batch > 1 {
-        out.push(batched_decode(model, pool, tg, batch, runs)?);
+        out.push(batched_decode(runner, tg, batch, runs)?);
     }
     Ok(out)
 }
 
 /// `batch` sequences decoding together: one forward per step, one token per sequence.
 fn batched_decode(
-    model: &Model,
-    pool: &ThreadPool,
+    runner: &mut dyn ModelRunner,
     tg: usize,
     batch: usize,
     runs: usize,
@@ -139,17 +157,16 @@ fn batched_decode(
     const PROMPT: usize = 32;
     let block = 16;
     let per_seq = (PROMPT + tg + 1).div_ceil(block);
-    let groups = hangar_models::kv::KvLayout::for_model(&model.cfg).n_groups();
-    let mut kv = KvCache::new(&model.cfg, block, &vec![per_seq * batch; groups]);
+    let groups = runner.kv_layout().n_groups();
+    runner.allocate_kv(block, &vec![per_seq * batch; groups])?;
     let tables: Vec<Vec<u32>> = (0..batch)
         .map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect())
         .collect();
     let table_refs: Vec<Vec<&[u32]>> = tables.iter().map(|t| vec![t.as_slice(); groups]).collect();
-    let vocab = model.cfg.vocab_size;
+    let vocab = runner.vocab_size();
     let toks: Vec<Vec<u32>> = (0..batch)
         .map(|s| tokens(PROMPT + tg, vocab, 100 + s as u64))
         .collect();
-    let mut ws = Workspace::default();
     let mut logits = Vec::new();
     let mut secs = Vec::new();
     for r in 0..=runs {
@@ -161,7 +178,7 @@ fn batched_decode(
                 logits: LogitsWanted::Last,
             })
             .collect();
-        model.forward(pool, &prompts, &mut kv, &mut ws, &mut logits)?;
+        runner.execute(&prompts, &mut logits)?;
         let t0 = Instant::now();
         for i in 0..tg {
             let step: Vec<SeqInput> = (0..batch)
@@ -172,7 +189,7 @@ fn batched_decode(
                     logits: LogitsWanted::Last,
                 })
                 .collect();
-            model.forward(pool, &step, &mut kv, &mut ws, &mut logits)?;
+            runner.execute(&step, &mut logits)?;
         }
         if r > 0 {
             secs.push(t0.elapsed().as_secs_f64());

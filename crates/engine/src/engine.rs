@@ -21,4 +21,4 @@ pub use kv_sizing::EngineConfig;
 pub use request::{
     Finish, GenerateRequest, PromptTokenLogprob, TokenEvent, TokenOut, TopLogprob, Usage,
 };
-pub use runner::{CpuRunner, FakeRunner, ModelRunner, StepInput};
+pub use runner::{BorrowedCpuRunner, CpuRunner, FakeRunner, ModelRunner, StepInput};

@@ -2,9 +2,11 @@
 //! token, streaming text through the incremental detokenizer and the stop-string
 //! matcher. Used by `hangar generate`; the server's scheduler batches many of these.
 
+use crate::engine::{BorrowedCpuRunner, ModelRunner};
 use crate::sampler::{SampledToken, Sampler, SamplingParams, StopMatcher};
 use crate::{EngineError, LoadedModel};
-use hangar_models::{KvCache, LogitsWanted, SeqInput, Workspace};
+use hangar_models::{LogitsWanted, SeqInput};
+use hangar_tokenizer::Tokenizer;
 use std::time::{Duration, Instant};
 
 /// Options of one generation.
@@ -68,16 +70,29 @@ pub fn generate(
     lm: &LoadedModel,
     prompt: &[u32],
     opts: &GenerateOptions,
+    on_text: impl FnMut(&str) -> bool,
+) -> Result<Generation, EngineError> {
+    let mut runner = BorrowedCpuRunner::new(&lm.model, &lm.pool);
+    generate_on(&mut runner, &lm.tokenizer, prompt, opts, on_text)
+}
+
+/// As [`generate`], on any backend: `runner` (its KV storage is reallocated for this
+/// prompt) and the model's tokenizer.
+pub fn generate_on(
+    runner: &mut dyn ModelRunner,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    opts: &GenerateOptions,
     mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<Generation, EngineError> {
-    let cfg = &lm.model.cfg;
     if prompt.is_empty() {
         return Err(EngineError::Invalid("the prompt is empty".into()));
     }
+    let ctx_len = runner.ctx_len();
     let context = if opts.context == 0 {
-        cfg.ctx_len
+        ctx_len
     } else {
-        opts.context.min(cfg.ctx_len)
+        opts.context.min(ctx_len)
     };
     if prompt.len() >= context {
         return Err(EngineError::Invalid(format!(
@@ -89,10 +104,11 @@ pub fn generate(
     let mut sampler = Sampler::new(opts.sampling.clone())?;
     let block = 16;
     let cap = prompt.len() + max_tokens + 1;
-    let mut kv = KvCache::for_single_sequence(cfg, block, cap);
-    let table: Vec<u32> = (0..cap.div_ceil(block) as u32).collect();
-    let tables: Vec<&[u32]> = vec![&table; kv.n_groups()];
-    let mut ws = Workspace::default();
+    let n_blocks = cap.div_ceil(block);
+    let groups = runner.kv_layout().n_groups();
+    runner.allocate_kv(block, &vec![n_blocks; groups])?;
+    let table: Vec<u32> = (0..n_blocks as u32).collect();
+    let tables: Vec<&[u32]> = vec![&table; groups];
     let mut logits = Vec::new();
 
     let t0 = Instant::now();
@@ -111,8 +127,7 @@ pub fn generate(
             block_tables: &tables,
             logits: want,
         };
-        lm.model
-            .forward(&lm.pool, &[seq], &mut kv, &mut ws, &mut logits)?;
+        runner.execute(&[seq], &mut logits)?;
         pos = end;
     }
     let prefill_time = t0.elapsed();
@@ -122,14 +137,13 @@ pub fn generate(
     let mut tokens = Vec::new();
     let mut sampled = Vec::new();
     let mut text = String::new();
-    let mut decoder = lm.tokenizer.incremental_decoder(true);
+    let mut decoder = tokenizer.incremental_decoder(true);
     let mut stops = StopMatcher::new(opts.stop.clone());
     let mut finish = FinishReason::Length;
     while tokens.len() < max_tokens {
         let s = sampler.sample(&mut logits, &history);
         let id = s.id;
-        let is_end =
-            (!opts.ignore_eos && lm.tokenizer.is_eog(id)) || opts.stop_tokens.contains(&id);
+        let is_end = (!opts.ignore_eos && tokenizer.is_eog(id)) || opts.stop_tokens.contains(&id);
         if is_end {
             finish = FinishReason::Stop;
             break;
@@ -158,8 +172,7 @@ pub fn generate(
             block_tables: &tables,
             logits: LogitsWanted::Last,
         };
-        lm.model
-            .forward(&lm.pool, &[seq], &mut kv, &mut ws, &mut logits)?;
+        runner.execute(&[seq], &mut logits)?;
     }
     if finish != FinishReason::Stop || !stops.matched() {
         let rest = stops.finish(&decoder.flush());

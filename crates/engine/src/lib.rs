@@ -65,10 +65,11 @@ pub use embed::{
     InputKind,
 };
 pub use engine::{
-    CpuRunner, Engine, EngineConfig, EngineStats, FakeRunner, Finish, GenerateRequest, ModelInfo,
-    ModelRunner, PromptTokenLogprob, StepInput, TokenEvent, TokenOut, TopLogprob, Usage,
+    BorrowedCpuRunner, CpuRunner, Engine, EngineConfig, EngineStats, FakeRunner, Finish,
+    GenerateRequest, ModelInfo, ModelRunner, PromptTokenLogprob, StepInput, TokenEvent, TokenOut,
+    TopLogprob, Usage,
 };
-pub use generate::{generate, FinishReason, GenerateOptions, Generation};
+pub use generate::{generate, generate_on, FinishReason, GenerateOptions, Generation};
 pub use loglik::{ContinuationScore, LoglikRequest, LoglikScorer};
 pub use prompt::{Collector, Completion, Prompt, PromptError, TextEncoding};
 pub use runtime::LoadedModel;

@@ -141,6 +141,10 @@ impl ModelArgs {
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Where the model runs: cpu, cuda, cuda:N, or auto (CUDA when a driver and GPU
+    /// are found, else the CPU).
+    #[arg(long, default_value = "cpu", value_parser = crate::cmd_device::parse_device)]
+    pub device: hangar_cuda::Device,
     /// The prompt.
     #[arg(long, short = 'p', conflicts_with = "prompt_file")]
     pub prompt: Option<String>,
@@ -281,7 +285,8 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     let t0 = Instant::now();
     let mut first_token_s = None;
-    let g = hangar_engine::generate(&lm, &ids, &opts, |piece| {
+    let mut gpu = crate::cmd_device::open(&lm, a.device)?;
+    let on_text = |piece: &str| {
         first_token_s.get_or_insert(t0.elapsed().as_secs_f64());
         if stream {
             // A closed stdout (e.g. `| head`) ends generation quietly.
@@ -291,7 +296,11 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
                 .is_ok();
         }
         true
-    })?;
+    };
+    let g = match gpu.as_mut() {
+        Some(r) => hangar_engine::generate_on(r, &lm.tokenizer, &ids, &opts, on_text)?,
+        None => hangar_engine::generate(&lm, &ids, &opts, on_text)?,
+    };
     if stream {
         let _ = writeln!(stdout);
     }
@@ -341,6 +350,10 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
 pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Where the model runs: cpu, cuda, cuda:N, or auto (CUDA when a driver and GPU
+    /// are found, else the CPU).
+    #[arg(long, default_value = "cpu", value_parser = crate::cmd_device::parse_device)]
+    pub device: hangar_cuda::Device,
     /// Prompt tokens processed in one batch (0 = skip).
     #[arg(long, default_value_t = 512)]
     pub pp: usize,
@@ -360,7 +373,15 @@ pub struct BenchArgs {
 
 pub fn bench(a: BenchArgs) -> Result<()> {
     let (lm, path, load_s) = a.model.load(hangar_models::Numerics::Fast)?;
-    let figures = bench::run(&lm.model, &lm.pool, a.pp, a.tg, a.batch, a.runs)?;
+    let gpu = crate::cmd_device::open(&lm, a.device)?;
+    let device = match &gpu {
+        Some(r) => format!("cuda ({}, {})", r.device_name(), r.arch()),
+        None => "cpu".to_string(),
+    };
+    let figures = match gpu {
+        Some(mut r) => bench::run_on(&mut r, a.pp, a.tg, a.batch, a.runs)?,
+        None => bench::run(&lm.model, &lm.pool, a.pp, a.tg, a.batch, a.runs)?,
+    };
     let report = bench::BenchReport {
         model: path.display().to_string(),
         threads: lm.pool.n_threads(),
@@ -370,12 +391,13 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         v["load_s"] = serde_json::json!(load_s);
+        v["device"] = serde_json::json!(device);
         v["numerics"] = serde_json::json!(format!("{:?}", lm.model.numerics()).to_lowercase());
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!(
-        "model: {}  threads: {}  simd: {}  numerics: {}  load: {:.3}s",
+        "model: {}  device: {device}  threads: {}  simd: {}  numerics: {}  load: {:.3}s",
         report.model,
         report.threads,
         report.simd,

@@ -23,6 +23,10 @@ pub struct ServeArgs {
     /// kernels; default: $HANGAR_NUMERICS, else fast for serving).
     #[arg(long, value_enum)]
     pub numerics: Option<crate::cmd_model::NumericsArg>,
+    /// Where the model runs: cpu, cuda, cuda:N, or auto (CUDA when a driver and GPU
+    /// are found, else the CPU).
+    #[arg(long, default_value = "cpu", value_parser = crate::cmd_device::parse_device)]
+    pub device: hangar_cuda::Device,
     /// KV cache memory, e.g. 1GiB, 512MiB or bytes (default 1GiB).
     #[arg(long)]
     pub kv_memory: Option<String>,
@@ -171,7 +175,20 @@ fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engine, String)>
     )
     .with_context(|| format!("loading {}", model_path.display()))?;
     let threads = lm.pool.n_threads();
-    let engine = Engine::start(lm, cfg).context("starting the engine")?;
+    let engine = match crate::cmd_device::open(&lm, args.device)? {
+        None => Engine::start(lm, cfg).context("starting the engine")?,
+        Some(runner) => {
+            let template = lm
+                .model
+                .gguf()
+                .get_str("tokenizer.chat_template")
+                .ok()
+                .map(str::to_string);
+            let hangar_engine::LoadedModel { tokenizer, .. } = lm;
+            Engine::start_with_runner(Box::new(runner), tokenizer, template, cfg)
+                .context("starting the engine on the GPU")?
+        }
+    };
     // Structured output's token trie, built in the background.
     engine.warm_grammar();
     let info = engine.info().clone();

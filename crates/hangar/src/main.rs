@@ -2,6 +2,7 @@
 //! no algorithms live here.
 
 mod cmd_compress;
+mod cmd_device;
 mod cmd_embed;
 mod cmd_eval;
 mod cmd_model;
@@ -12,6 +13,7 @@ mod cmd_rag;
 mod cmd_registry;
 mod cmd_route;
 mod cmd_serve;
+mod cmd_synth;
 mod cmd_track;
 mod cmd_vector;
 mod model_path;
@@ -47,6 +49,11 @@ enum Cmd {
     Generate(cmd_model::GenerateArgs),
     /// Measure prefill and decode throughput (tokens/s).
     Bench(cmd_model::BenchArgs),
+    /// Write a GGUF with random weights of a real model's shape and a working tokenizer.
+    Synth(cmd_synth::SynthArgs),
+    /// Compare the GPU backend with the CPU forward pass on one model (top-1
+    /// agreement, largest logit difference, greedy tokens).
+    DeviceCheck(cmd_device::DeviceCheckArgs),
     /// Perplexity of a model on a text file (llama.cpp's method).
     Perplexity(cmd_model::PerplexityArgs),
     /// Show the token ids of a text.
@@ -134,6 +141,8 @@ fn main() {
             a.model.home = home;
             cmd_model::bench(a)
         }
+        Cmd::Synth(a) => cmd_synth::run_synth(a),
+        Cmd::DeviceCheck(a) => cmd_device::run_device_check(a),
         Cmd::Perplexity(mut a) => {
             a.model.home = home;
             cmd_model::perplexity(a)

@@ -49,6 +49,7 @@ mod forward;
 mod ggml_forward;
 pub mod kv;
 mod options;
+pub mod synth;
 mod weights;
 
 pub use bert::{Encoder, EncoderConfig, EncoderWorkspace, Pooling, SentenceConfig};
@@ -56,7 +57,7 @@ pub use config::{Activation, Arch, ModelConfig};
 pub use forward::{LogitsWanted, Observer, SeqInput, Tap, Workspace};
 pub use kv::{KvCache, KvLayout};
 pub use options::{LoadOptions, Numerics, Packing};
-pub use weights::Model;
+pub use weights::{LayerView, MatrixView, Model};
 
 use hangar_formats::GgufError;
 use hangar_kernels::quants::KernelError;

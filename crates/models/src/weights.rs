@@ -282,3 +282,86 @@ fn vector(f: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> 
     })?;
     Ok(out)
 }
+
+/// A weight matrix as stored in the file (its GGUF block format, shape and bytes), for
+/// backends that upload weights elsewhere (a GPU).
+#[derive(Debug, Clone, Copy)]
+pub struct MatrixView<'a> {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+}
+
+/// One layer's tensors, borrowed from the model.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerView<'a> {
+    pub attn_norm: &'a [f32],
+    pub wq: MatrixView<'a>,
+    pub wk: MatrixView<'a>,
+    pub wv: MatrixView<'a>,
+    pub wo: MatrixView<'a>,
+    pub bq: Option<&'a [f32]>,
+    pub bk: Option<&'a [f32]>,
+    pub bv: Option<&'a [f32]>,
+    pub q_norm: Option<&'a [f32]>,
+    pub k_norm: Option<&'a [f32]>,
+    pub post_attn_norm: Option<&'a [f32]>,
+    pub ffn_norm: &'a [f32],
+    pub gate: MatrixView<'a>,
+    pub up: MatrixView<'a>,
+    pub down: MatrixView<'a>,
+    pub post_ffn_norm: Option<&'a [f32]>,
+}
+
+impl Model {
+    fn view(&self, w: &Weight) -> MatrixView<'_> {
+        let m = self.mat(w);
+        MatrixView {
+            ty: m.ty,
+            rows: m.rows,
+            cols: m.cols,
+            data: m.data,
+        }
+    }
+    /// The token embedding matrix (`vocab_size` rows of `d_model`).
+    pub fn token_embedding(&self) -> MatrixView<'_> {
+        self.view(&self.tok_embd)
+    }
+    /// The output projection (the embedding when tied).
+    pub fn output_matrix(&self) -> MatrixView<'_> {
+        self.view(&self.output)
+    }
+    /// The final norm's weights.
+    pub fn output_norm(&self) -> &[f32] {
+        &self.output_norm
+    }
+    /// Llama 3 RoPE frequency factors, when the file has them.
+    pub fn rope_freq_factors(&self) -> Option<&[f32]> {
+        self.rope_freqs.as_deref()
+    }
+    /// Every layer's tensors, in order.
+    pub fn layer_views(&self) -> Vec<LayerView<'_>> {
+        self.layers
+            .iter()
+            .map(|l| LayerView {
+                attn_norm: &l.attn_norm,
+                wq: self.view(&l.wq),
+                wk: self.view(&l.wk),
+                wv: self.view(&l.wv),
+                wo: self.view(&l.wo),
+                bq: l.bq.as_deref(),
+                bk: l.bk.as_deref(),
+                bv: l.bv.as_deref(),
+                q_norm: l.q_norm.as_deref(),
+                k_norm: l.k_norm.as_deref(),
+                post_attn_norm: l.post_attn_norm.as_deref(),
+                ffn_norm: &l.ffn_norm,
+                gate: self.view(&l.gate),
+                up: self.view(&l.up),
+                down: self.view(&l.down),
+                post_ffn_norm: l.post_ffn_norm.as_deref(),
+            })
+            .collect()
+    }
+}

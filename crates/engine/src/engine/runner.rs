@@ -114,6 +114,61 @@ impl ModelRunner for CpuRunner {
     }
 }
 
+/// The CPU backend over a borrowed model and pool: what one-shot commands (generate,
+/// bench) use, so that they run on any [`ModelRunner`] and the CPU path is one of them.
+pub struct BorrowedCpuRunner<'a> {
+    model: &'a Model,
+    pool: &'a ThreadPool,
+    kv: Option<KvCache>,
+    ws: Workspace,
+}
+
+impl<'a> BorrowedCpuRunner<'a> {
+    pub fn new(model: &'a Model, pool: &'a ThreadPool) -> Self {
+        BorrowedCpuRunner {
+            model,
+            pool,
+            kv: None,
+            ws: Workspace::default(),
+        }
+    }
+}
+
+impl ModelRunner for BorrowedCpuRunner<'_> {
+    fn vocab_size(&self) -> usize {
+        self.model.cfg.vocab_size
+    }
+    fn ctx_len(&self) -> usize {
+        self.model.cfg.ctx_len
+    }
+    fn arch(&self) -> &str {
+        &self.model.cfg.arch_name
+    }
+    fn kv_layout(&self) -> KvLayout {
+        KvLayout::for_model(&self.model.cfg)
+    }
+    fn allocate_kv(
+        &mut self,
+        block_size: usize,
+        blocks_per_group: &[usize],
+    ) -> Result<usize, EngineError> {
+        let kv = KvCache::new(&self.model.cfg, block_size, blocks_per_group);
+        let bytes = kv.capacity_bytes();
+        self.kv = Some(kv);
+        Ok(bytes)
+    }
+    fn execute(&mut self, step: &StepInput, logits: &mut Vec<f32>) -> Result<(), EngineError> {
+        let kv = self
+            .kv
+            .as_mut()
+            .ok_or_else(|| EngineError::Invalid("KV cache not allocated".into()))?;
+        self.model
+            .forward(self.pool, step, kv, &mut self.ws, logits)
+            .map(|_| ())
+            .map_err(EngineError::from)
+    }
+}
+
 /// A deterministic model for testing the engine loop without weights: the logits
 /// put all mass on `next(last token)`, so greedy decoding from token `t` yields
 /// `next(t), next(next(t)), ...` whatever the batch. It records every step it ran.

@@ -1,0 +1,364 @@
+//! A thin layer over the CUDA driver API: the context, the loaded kernel modules,
+//! device buffers and kernel launches on the default stream.
+
+use crate::compile::{self, UNITS};
+use crate::CudaError;
+use cudarc::driver::{result, sys, CudaContext};
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::sync::Arc;
+
+fn drv(call: impl Into<String>) -> impl FnOnce(result::DriverError) -> CudaError {
+    let call = call.into();
+    move |e| CudaError::Driver {
+        call,
+        msg: format!("{e:?}"),
+    }
+}
+
+/// Checks that the driver library can be loaded (`HANGAR_CUDA_LIB` may name it).
+pub fn driver_available() -> Result<(), CudaError> {
+    compile::preload_env_library("HANGAR_CUDA_LIB");
+    // SAFETY: only tries to open the library.
+    if unsafe { sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err(CudaError::MissingLibrary {
+            what: "CUDA driver",
+            names: "libcuda.so".into(),
+            hint: "no NVIDIA driver on this machine; install one, or use --device cpu",
+        })
+    }
+}
+
+/// What `probe` finds about a device.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub total_mem: usize,
+    pub driver_version: i32,
+}
+
+/// Looks for device `ordinal`: the driver library, its initialisation and the device.
+pub fn probe(ordinal: usize) -> Result<DeviceInfo, CudaError> {
+    driver_available()?;
+    result::init().map_err(drv("cuInit"))?;
+    let count = result::device::get_count().map_err(drv("cuDeviceGetCount"))? as usize;
+    if ordinal >= count {
+        return Err(CudaError::NoDevice { ordinal, count });
+    }
+    let dev = result::device::get(ordinal as i32).map_err(drv("cuDeviceGet"))?;
+    let name = result::device::get_name(dev).map_err(drv("cuDeviceGetName"))?;
+    // SAFETY: `dev` is a valid device handle.
+    let (major, minor, total) = unsafe {
+        use sys::CUdevice_attribute::*;
+        (
+            result::device::get_attribute(dev, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+                .map_err(drv("cuDeviceGetAttribute"))?,
+            result::device::get_attribute(dev, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
+                .map_err(drv("cuDeviceGetAttribute"))?,
+            result::device::total_mem(dev).map_err(drv("cuDeviceTotalMem"))?,
+        )
+    };
+    let mut driver_version = 0;
+    // SAFETY: a valid out pointer.
+    let _ = unsafe { sys::cuDriverGetVersion(&mut driver_version) };
+    Ok(DeviceInfo {
+        ordinal,
+        name,
+        compute_capability: (major, minor),
+        total_mem: total,
+        driver_version,
+    })
+}
+
+/// A device allocation, freed on drop.
+pub(crate) struct DevBuf {
+    pub ptr: sys::CUdeviceptr,
+    pub bytes: usize,
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: a device pointer is an address in the context, usable from any thread that
+// binds the context (every entry point of the runner does).
+unsafe impl Send for DevBuf {}
+
+impl DevBuf {
+    pub fn alloc(gpu: &Gpu, bytes: usize) -> Result<Self, CudaError> {
+        // SAFETY: a plain device allocation of at least one byte.
+        let ptr = unsafe { result::malloc_sync(bytes.max(1)) }
+            .map_err(drv(format!("cuMemAlloc({bytes} bytes)")))?;
+        Ok(DevBuf {
+            ptr,
+            bytes,
+            ctx: gpu.ctx.clone(),
+        })
+    }
+    pub fn upload<T: Copy>(gpu: &Gpu, data: &[T]) -> Result<Self, CudaError> {
+        let b = Self::alloc(gpu, std::mem::size_of_val(data))?;
+        b.write(data)?;
+        Ok(b)
+    }
+    /// Copies `data` to the start of the buffer (synchronous).
+    pub fn write<T: Copy>(&self, data: &[T]) -> Result<(), CudaError> {
+        if std::mem::size_of_val(data) > self.bytes {
+            return Err(CudaError::BadBatch("upload larger than its buffer".into()));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the destination holds at least size_of_val(data) bytes.
+        unsafe { result::memcpy_htod_sync(self.ptr, data) }.map_err(drv("cuMemcpyHtoD"))
+    }
+    /// Copies the start of the buffer into `out` (synchronous: waits for the kernels).
+    pub fn read<T: Copy>(&self, out: &mut [T]) -> Result<(), CudaError> {
+        if std::mem::size_of_val(out) > self.bytes {
+            return Err(CudaError::BadBatch(
+                "download larger than its buffer".into(),
+            ));
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the source holds at least size_of_val(out) bytes.
+        unsafe { result::memcpy_dtoh_sync(out, self.ptr) }.map_err(drv("cuMemcpyDtoH"))
+    }
+}
+
+impl Drop for DevBuf {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        // SAFETY: allocated by malloc_sync, freed once.
+        let _ = unsafe { result::free_sync(self.ptr) };
+    }
+}
+
+/// A grow-only device buffer (scratch reused across steps).
+#[derive(Default)]
+pub(crate) struct Scratch(Option<DevBuf>);
+
+impl Scratch {
+    /// A buffer of at least `bytes`; reallocated (contents lost) when too small.
+    pub fn get(&mut self, gpu: &Gpu, bytes: usize) -> Result<u64, CudaError> {
+        if self.0.as_ref().is_none_or(|b| b.bytes < bytes) {
+            self.0 = None;
+            self.0 = Some(DevBuf::alloc(gpu, bytes.next_power_of_two().max(256))?);
+        }
+        Ok(self.0.as_ref().map_or(0, |b| b.ptr))
+    }
+    pub fn buf(&self) -> Option<&DevBuf> {
+        self.0.as_ref()
+    }
+}
+
+/// Kernel arguments, each in an 8-byte slot (the driver reads each parameter's own
+/// size from its slot's start; x86-64 and aarch64 are little-endian).
+#[derive(Default)]
+pub(crate) struct Args(Vec<u64>);
+
+impl Args {
+    pub fn new() -> Self {
+        Args(Vec::with_capacity(16))
+    }
+    pub fn ptr(mut self, p: u64) -> Self {
+        self.0.push(p);
+        self
+    }
+    pub fn i32(mut self, v: i32) -> Self {
+        self.0.push(v as u32 as u64);
+        self
+    }
+    pub fn u64(mut self, v: u64) -> Self {
+        self.0.push(v);
+        self
+    }
+    pub fn f32(mut self, v: f32) -> Self {
+        self.0.push(v.to_bits() as u64);
+        self
+    }
+    pub fn f64(mut self, v: f64) -> Self {
+        self.0.push(v.to_bits());
+        self
+    }
+}
+
+/// A cuBLAS handle (the prefill GEMMs), when libcublas is present.
+pub(crate) struct Blas(cudarc::cublas::sys::cublasHandle_t);
+
+impl Blas {
+    fn open() -> Option<Blas> {
+        compile::preload_env_library("HANGAR_CUBLAS_LIB");
+        // SAFETY: only tries to open the library.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return None;
+        }
+        cudarc::cublas::result::create_handle().ok().map(Blas)
+    }
+
+    /// `y[t][r] = sum_c w[r][c] x[t][c]`: `w` f16 row-major rows x cols, `x` f16
+    /// ntok x cols, `y` f32 ntok x rows; f32 accumulation on the tensor cores.
+    pub fn gemm_f16(
+        &self,
+        w: u64,
+        x: u64,
+        y: u64,
+        rows: usize,
+        cols: usize,
+        ntok: usize,
+    ) -> Result<(), CudaError> {
+        use cudarc::cublas::sys::{
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+            cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T},
+            cudaDataType::{CUDA_R_16F, CUDA_R_32F},
+        };
+        let (alpha, beta) = (1f32, 0f32);
+        // Column-major view: Y'(rows x ntok) = W'(cols x rows)^T * X'(cols x ntok).
+        // SAFETY: the pointers are live device buffers of the sizes given.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                self.0,
+                CUBLAS_OP_T,
+                CUBLAS_OP_N,
+                rows as i32,
+                ntok as i32,
+                cols as i32,
+                (&alpha as *const f32).cast(),
+                w as *const c_void,
+                CUDA_R_16F,
+                cols as i32,
+                x as *const c_void,
+                CUDA_R_16F,
+                cols as i32,
+                (&beta as *const f32).cast(),
+                y as *mut c_void,
+                CUDA_R_32F,
+                rows as i32,
+                CUBLAS_COMPUTE_32F,
+                CUBLAS_GEMM_DFALT,
+            )
+        }
+        .map_err(|e| CudaError::Driver {
+            call: "cublasGemmEx".into(),
+            msg: format!("{e:?}"),
+        })
+    }
+}
+
+/// The context and the loaded kernels of one device.
+pub(crate) struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    /// cuBLAS for prefill; `None` when the library is absent (the GEMV path serves).
+    pub blas: Option<Blas>,
+    pub info: DeviceInfo,
+    pub arch: String,
+    funcs: HashMap<String, sys::CUfunction>,
+    modules: Vec<sys::CUmodule>,
+}
+
+// SAFETY: module and function handles belong to the context, which is bound to the
+// calling thread before every use.
+unsafe impl Send for Gpu {}
+
+impl Gpu {
+    /// Opens device `ordinal` and loads every kernel unit (compiled now, or from the cache).
+    pub fn open(ordinal: usize) -> Result<Self, CudaError> {
+        let info = probe(ordinal)?;
+        compile::nvrtc_available()?;
+        let ctx = CudaContext::new(ordinal).map_err(drv("creating the context"))?;
+        let (major, minor) = info.compute_capability;
+        let arch = compile::arch_for(major, minor);
+        let mut gpu = Gpu {
+            ctx,
+            info,
+            arch,
+            funcs: HashMap::new(),
+            modules: Vec::new(),
+            blas: None,
+        };
+        for unit in UNITS {
+            let (cubin, _cached) = compile::cubin_cached(unit, &gpu.arch)?;
+            gpu.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+            // SAFETY: a complete CUBIN image produced by NVRTC.
+            let module = unsafe { result::module::load_data(cubin.as_ptr().cast()) }
+                .map_err(drv(format!("loading the {} kernels", unit.name)))?;
+            gpu.modules.push(module);
+        }
+        if std::env::var_os("HANGAR_CUDA_NO_CUBLAS").is_none() {
+            gpu.blas = Blas::open();
+        }
+        Ok(gpu)
+    }
+
+    /// Binds the context to the calling thread.
+    pub fn bind(&self) -> Result<(), CudaError> {
+        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))
+    }
+
+    /// The kernel called `name` in any loaded unit.
+    pub fn func(&mut self, name: &str) -> Result<sys::CUfunction, CudaError> {
+        if let Some(&f) = self.funcs.get(name) {
+            return Ok(f);
+        }
+        let cname = CString::new(name).map_err(|_| CudaError::Unsupported(name.into()))?;
+        for &m in &self.modules {
+            // SAFETY: `m` is a loaded module.
+            if let Ok(f) = unsafe { result::module::get_function(m, cname.clone()) } {
+                self.funcs.insert(name.to_string(), f);
+                return Ok(f);
+            }
+        }
+        Err(CudaError::Driver {
+            call: format!("cuModuleGetFunction({name})"),
+            msg: "no such kernel in the loaded units".into(),
+        })
+    }
+
+    /// Launches `name` on the default stream.
+    pub fn launch(
+        &mut self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: Args,
+    ) -> Result<(), CudaError> {
+        let f = self.func(name)?;
+        let mut slots = args.0;
+        let mut params: Vec<*mut c_void> = slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut c_void)
+            .collect();
+        // SAFETY: the kernel's parameters match the slots (each caller passes them in
+        // the order and sizes of the kernel's signature); buffers are live device memory.
+        unsafe { result::launch_kernel(f, grid, block, smem, std::ptr::null_mut(), &mut params) }
+            .map_err(drv(format!("launching {name}")))
+    }
+
+    /// Waits for all launched work; reports a kernel fault.
+    pub fn sync(&self) -> Result<(), CudaError> {
+        self.ctx.synchronize().map_err(drv("cuCtxSynchronize"))
+    }
+
+    /// Free and total device memory in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize), CudaError> {
+        self.bind()?;
+        result::mem_get_info().map_err(drv("cuMemGetInfo"))
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        if let Some(b) = self.blas.take() {
+            // SAFETY: created once, destroyed once.
+            let _ = unsafe { cudarc::cublas::result::destroy_handle(b.0) };
+        }
+        for &m in &self.modules {
+            // SAFETY: loaded once, unloaded once.
+            let _ = unsafe { result::module::unload(m) };
+        }
+    }
+}

@@ -1,0 +1,98 @@
+// Attention over the paged KV cache: one block of four warps per (query head, token).
+// The token sees positions lo..=pos of its own sequence (lo > 0 under a sliding
+// window); KV head h / group serves query head h (GQA). Each warp takes every fourth
+// position: its lanes read the position's K (then V) row together, two f16 values a
+// lane per 64-wide stride, so a row is one coalesced read. Scores go to a scratch row,
+// softmax, the probabilities are rounded to f16 (as the CPU path's f16 matmul
+// operand), then out = sum p_j V_j, each warp summing its positions and the four
+// partial sums added in shared memory.
+#define ATT_WARPS 4
+#define ATT_MAX_PAIRS 4 // head sizes up to 256
+
+extern "C" __global__ void __launch_bounds__(128) attention(
+    const float* q, const u16* kc, const u16* vc, float* out, int nheads, int nkv, int hd,
+    const int* tok_seq, const u32* tables, int tstride, int bs, int window, float scale,
+    float* scratch, int max_n) {
+    extern __shared__ float sm[];
+    float* qs = sm;               // hd
+    float* part = sm + hd;        // ATT_WARPS * hd
+    __shared__ float red[32];
+    int h = blockIdx.x, t = blockIdx.y;
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    int kh = h / (nheads / nkv);
+    int seq = tok_seq[2 * t], pos = tok_seq[2 * t + 1];
+    int lo = window > 0 ? max(0, pos + 1 - window) : 0;
+    int n = pos + 1 - lo;
+    int kvd = nkv * hd;
+    int pairs = hd >> 1;
+    const u32* table = tables + (u64)seq * tstride;
+    const float* qr = q + ((u64)t * nheads + h) * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = qr[d];
+    __syncthreads();
+    float* sc = scratch + ((u64)t * nheads + h) * max_n;
+    float m = -3.0e38f;
+#pragma unroll 2
+    for (int j = w; j < n; j += ATT_WARPS) {
+        int p = lo + j;
+        u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
+        const u32* kr = (const u32*)(kc + off);
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+            int d2 = lane + 32 * i;
+            if (d2 < pairs) {
+                u32 two = kr[d2];
+                s += qs[2 * d2] * h2f((u16)(two & 0xffff)) + qs[2 * d2 + 1] * h2f((u16)(two >> 16));
+            }
+        }
+        s = warp_sum(s) * scale;
+        if (lane == 0) sc[j] = s;
+        m = fmaxf(m, s);
+    }
+    m = block_max(m, red);
+    __syncthreads();
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        float e = expf(sc[j] - m);
+        sc[j] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, red);
+    float inv = 1.0f / sum;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) sc[j] = round_h(sc[j] * inv);
+    __syncthreads();
+    float acc[ATT_MAX_PAIRS][2];
+#pragma unroll
+    for (int i = 0; i < ATT_MAX_PAIRS; i++) acc[i][0] = acc[i][1] = 0.0f;
+#pragma unroll 2
+    for (int j = w; j < n; j += ATT_WARPS) {
+        int p = lo + j;
+        u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
+        const u32* vr = (const u32*)(vc + off);
+        float pj = sc[j];
+#pragma unroll
+        for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+            int d2 = lane + 32 * i;
+            if (d2 < pairs) {
+                u32 two = vr[d2];
+                acc[i][0] += pj * h2f((u16)(two & 0xffff));
+                acc[i][1] += pj * h2f((u16)(two >> 16));
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+        int d2 = lane + 32 * i;
+        if (d2 < pairs) {
+            part[w * hd + 2 * d2] = acc[i][0];
+            part[w * hd + 2 * d2 + 1] = acc[i][1];
+        }
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float o = 0.0f;
+#pragma unroll
+        for (int k = 0; k < ATT_WARPS; k++) o += part[k * hd + d];
+        out[((u64)t * nheads + h) * hd + d] = o;
+    }
+}

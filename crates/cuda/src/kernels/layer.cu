@@ -1,0 +1,147 @@
+// The per-token steps of a transformer layer around the matrix products: RMSNorm,
+// per-head norm + RoPE, biases, gated activations, residual adds, KV stores, soft-cap.
+
+// out[r] = x[src(r)] * rms(x[src(r)]) * w. `rows_idx` (nullable) gathers source rows.
+// The squares are summed in f64 as the CPU path does. In place (out == x) is allowed.
+extern "C" __global__ void rmsnorm(const float* x, const float* w, float* out, int n, float eps,
+                                   const int* rows_idx) {
+    __shared__ double sh[32];
+    int src = rows_idx ? rows_idx[blockIdx.x] : blockIdx.x;
+    const float* xr = x + (u64)src * n;
+    float* outr = out + (u64)blockIdx.x * n;
+    double s = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = xr[i];
+        s += (double)(v * v);
+    }
+    s = block_sum_d(s, sh);
+    float mean = (float)(s / (double)n);
+    float scale = 1.0f / sqrtf(mean + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) outr[i] = xr[i] * scale * w[i];
+}
+
+// x[r] += rmsnorm(o[r]) * w (Gemma 3's post-attention / post-FFN norm), or x[r] += o[r]
+// when w is null.
+extern "C" __global__ void norm_add(float* x, const float* o, const float* w, int n, float eps) {
+    __shared__ double sh[32];
+    float* xr = x + (u64)blockIdx.x * n;
+    const float* orow = o + (u64)blockIdx.x * n;
+    if (!w) {
+        for (int i = threadIdx.x; i < n; i += blockDim.x) xr[i] += orow[i];
+        return;
+    }
+    double s = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = orow[i];
+        s += (double)(v * v);
+    }
+    s = block_sum_d(s, sh);
+    float mean = (float)(s / (double)n);
+    float scale = 1.0f / sqrtf(mean + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) xr[i] += orow[i] * scale * w[i];
+}
+
+// x[t][i] += b[i] for t < ntok.
+extern "C" __global__ void add_bias(float* x, const float* b, int n, int ntok) {
+    u64 total = (u64)n * ntok;
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < total; i += (u64)gridDim.x * blockDim.x)
+        x[i] += b[i % n];
+}
+
+// One head of one token per block: optional per-head RMSNorm (Gemma 3, Qwen 3), then
+// RoPE at the token's position, then rounding to f16 (the KV cache's precision).
+// Blocks with blockIdx.x < nq take query head blockIdx.x of q; the others take key
+// head blockIdx.x - nq of k (one launch for both).
+// neox: rotate (i, i + n_rot/2); else (2i, 2i + 1). Angles in f64 as the CPU table.
+extern "C" __global__ void qk_rope(float* q, float* k, int nq, int nk, int hd, const float* qn,
+                                   const float* kn, float eps, const int* pos, double base,
+                                   int n_rot, const float* ff, int neox) {
+    __shared__ double sh[32];
+    int t = blockIdx.y;
+    bool is_q = (int)blockIdx.x < nq;
+    int h = is_q ? blockIdx.x : blockIdx.x - nq;
+    float* xr = is_q ? q + ((u64)t * nq + h) * hd : k + ((u64)t * nk + h) * hd;
+    const float* nw = is_q ? qn : kn;
+    if (nw) {
+        double s = 0.0;
+        for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+            float v = xr[i];
+            s += (double)(v * v);
+        }
+        s = block_sum_d(s, sh);
+        float mean = (float)(s / (double)hd);
+        float scale = 1.0f / sqrtf(mean + eps);
+        for (int i = threadIdx.x; i < hd; i += blockDim.x) xr[i] = xr[i] * scale * nw[i];
+        __syncthreads();
+    }
+    int half = n_rot / 2;
+    double p = (double)pos[t];
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        double f = pow(base, -2.0 * (double)i / (double)n_rot);
+        if (ff) f = f / (double)ff[i];
+        double th = p * f;
+        float c = (float)cos(th), s = (float)sin(th);
+        int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+        float x0 = xr[a], x1 = xr[b];
+        xr[a] = x0 * c - x1 * s;
+        xr[b] = x0 * s + x1 * c;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) xr[i] = round_h(xr[i]);
+}
+
+extern "C" __global__ void round_f16(float* x, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        x[i] = round_h(x[i]);
+}
+
+// gate[i] = gelu_tanh(gate[i]) * up[i], through f16 as ggml's GEGLU table: 0 at or
+// below -10, identity at or above 10.
+extern "C" __global__ void gelu_mul(float* g, const float* u, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        float x = g[i], r;
+        if (x <= -10.0f) {
+            r = 0.0f;
+        } else if (x >= 10.0f) {
+            r = x * u[i];
+        } else {
+            float h = round_h(x);
+            float y = 0.5f * h * (1.0f + tanhf(0.7978846f * (h + 0.044715f * h * h * h)));
+            r = round_h(y) * u[i];
+        }
+        g[i] = r;
+    }
+}
+
+extern "C" __global__ void silu_mul(float* g, const float* u, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        float x = g[i];
+        g[i] = x / (1.0f + expf(-x)) * u[i];
+    }
+}
+
+extern "C" __global__ void softcap(float* x, u64 n, float cap) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        x[i] = tanhf(x[i] / cap) * cap;
+}
+
+// Writes token t's K and V rows (f16, rounded to nearest: V needs no separate
+// rounding pass) at its position through its sequence's block
+// table: tables[seq * tstride + pos / bs] is the block.
+extern "C" __global__ void kv_store(const float* k, const float* v, int kvd, const int* tok_seq,
+                                    const u32* tables, int tstride, int bs, u16* kc, u16* vc) {
+    int t = blockIdx.x;
+    int seq = tok_seq[2 * t], p = tok_seq[2 * t + 1];
+    u64 blk = tables[(u64)seq * tstride + p / bs];
+    u64 off = (blk * bs + p % bs) * (u64)kvd;
+    for (int i = threadIdx.x; i < kvd; i += blockDim.x) {
+        kc[off + i] = f2h(k[(u64)t * kvd + i]);
+        vc[off + i] = f2h(v[(u64)t * kvd + i]);
+    }
+}
+
+// f32 -> f16 (round to nearest even), the activations of the cuBLAS prefill path.
+extern "C" __global__ void to_f16(const float* x, u16* y, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        y[i] = f2h(x[i]);
+}

@@ -1,0 +1,720 @@
+//! [`CudaRunner`]: the engine's `ModelRunner` on an NVIDIA GPU.
+//!
+//! Weights are uploaded once in their GGUF block formats (the kernels dequantize as
+//! they read); norms stay f32. The KV cache is f16, one K and one V array per layer,
+//! in the engine's paged layout: token `p` of a sequence lives in block
+//! `table[p / block_size]`, row `p % block_size`, `kv_dim` values per row. A step
+//! uploads token ids, positions and block tables, runs every layer on the GPU and
+//! downloads only the wanted logits. Numerics follow the CPU path's fast numerics
+//! (f16 K/V/Q, f16 attention probabilities, ggml's GELU table), with f32 activations
+//! into the matrix products.
+
+use crate::gpu::{Args, DevBuf, Gpu, Scratch};
+use crate::CudaError;
+use hangar_engine::{EngineError, ModelRunner, StepInput};
+use hangar_formats::GgmlType;
+use hangar_kernels::ops::RopeStyle;
+use hangar_models::kv::{KvLayout, NO_BLOCK};
+use hangar_models::{Activation, LogitsWanted, MatrixView, Model, ModelConfig};
+
+/// A matrix on the device.
+struct DevMat {
+    kind: &'static str,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    buf: DevBuf,
+}
+
+fn kind_of(ty: GgmlType) -> Option<&'static str> {
+    Some(match ty {
+        GgmlType::F32 => "f32",
+        GgmlType::F16 => "f16",
+        GgmlType::BF16 => "bf16",
+        GgmlType::Q8_0 => "q8_0",
+        GgmlType::Q4_0 => "q4_0",
+        GgmlType::Q5_0 => "q5_0",
+        GgmlType::Q4K => "q4_k",
+        GgmlType::Q5K => "q5_k",
+        GgmlType::Q6K => "q6_k",
+        _ => return None,
+    })
+}
+
+impl DevMat {
+    fn upload(gpu: &Gpu, name: &str, m: &MatrixView) -> Result<Self, CudaError> {
+        let kind = kind_of(m.ty).ok_or_else(|| {
+            CudaError::Unsupported(format!("{name}: weight type {:?} has no GPU kernel", m.ty))
+        })?;
+        if !m.cols.is_multiple_of(32) || m.rows == 0 {
+            return Err(CudaError::Unsupported(format!(
+                "{name}: {} columns (the GPU kernels need a multiple of 32)",
+                m.cols
+            )));
+        }
+        Ok(DevMat {
+            kind,
+            rows: m.rows,
+            cols: m.cols,
+            row_bytes: m.data.len() / m.rows,
+            buf: DevBuf::upload(gpu, m.data)?,
+        })
+    }
+}
+
+fn vec_opt(gpu: &Gpu, v: Option<&[f32]>) -> Result<Option<DevBuf>, CudaError> {
+    v.map(|v| DevBuf::upload(gpu, v)).transpose()
+}
+
+fn ptr(b: &Option<DevBuf>) -> u64 {
+    b.as_ref().map_or(0, |b| b.ptr)
+}
+
+struct DevLayer {
+    attn_norm: DevBuf,
+    wq: DevMat,
+    wk: DevMat,
+    wv: DevMat,
+    wo: DevMat,
+    bq: Option<DevBuf>,
+    bk: Option<DevBuf>,
+    bv: Option<DevBuf>,
+    q_norm: Option<DevBuf>,
+    k_norm: Option<DevBuf>,
+    post_attn_norm: Option<DevBuf>,
+    ffn_norm: DevBuf,
+    gate: DevMat,
+    up: DevMat,
+    down: DevMat,
+    post_ffn_norm: Option<DevBuf>,
+}
+
+/// The KV cache on the device: per layer K and V, f16.
+struct DevKv {
+    block_size: usize,
+    blocks: Vec<usize>,
+    /// layer -> group
+    group: Vec<usize>,
+    k: Vec<DevBuf>,
+    v: Vec<DevBuf>,
+}
+
+#[derive(Default)]
+struct Buffers {
+    x: Scratch,
+    h: Scratch,
+    q: Scratch,
+    k: Scratch,
+    v: Scratch,
+    attn: Scratch,
+    o: Scratch,
+    gate: Scratch,
+    up: Scratch,
+    sel: Scratch,
+    logits: Scratch,
+    tokens: Scratch,
+    pos: Scratch,
+    tok_seq: Scratch,
+    rows: Scratch,
+    tables: Vec<Scratch>,
+    scores: Scratch,
+    /// Prefill through cuBLAS: one dequantized matrix and the f16 activations.
+    w16: Scratch,
+    x16: Scratch,
+}
+
+/// The decode GEMV kernels in use: `HANGAR_CUDA_GEMV=basic` (the generic
+/// 8-weights-a-lane kernel for every type), else the wide-load Q4_K and Q6_K kernels
+/// (docs/GPU.md run 5: 95 -> 130 tok/s on the 8B shape; `wide` names them too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GemvChoice {
+    Basic,
+    Default,
+    Wide,
+}
+
+/// Token counts from which a matrix product goes through cuBLAS (dequantize to f16,
+/// tensor-core GEMM) instead of the GEMV kernels.
+const GEMM_MIN_TOKENS: usize = 32;
+
+/// Runs a model's forward pass on an NVIDIA GPU (see the module docs).
+pub struct CudaRunner {
+    cfg: ModelConfig,
+    layout: KvLayout,
+    layers: Vec<DevLayer>,
+    embd: DevMat,
+    /// `None` when the output projection is the embedding (tied).
+    output: Option<DevMat>,
+    out_norm: DevBuf,
+    rope_ff: Option<DevBuf>,
+    kv: Option<DevKv>,
+    bufs: Buffers,
+    weight_bytes: usize,
+    /// Which decode GEMVs run (`HANGAR_CUDA_GEMV`).
+    gemv: GemvChoice,
+    gpu: Gpu,
+}
+
+const F: usize = std::mem::size_of::<f32>();
+
+fn grid1(n: usize, threads: usize) -> u32 {
+    n.div_ceil(threads).clamp(1, 65_535) as u32
+}
+
+impl CudaRunner {
+    /// Opens CUDA device `ordinal`, compiles (or loads) the kernels and uploads the
+    /// model's weights.
+    pub fn new(model: &Model, ordinal: usize) -> Result<Self, CudaError> {
+        let gpu = Gpu::open(ordinal)?;
+        gpu.bind()?;
+        let cfg = model.cfg.clone();
+        if cfg.head_dim > 256 || !cfg.head_dim.is_multiple_of(2) || cfg.rope_dims > cfg.head_dim {
+            return Err(CudaError::Unsupported(format!(
+                "head size {} (the attention kernel takes even sizes up to 256)",
+                cfg.head_dim
+            )));
+        }
+        let views = model.layer_views();
+        let emb = model.token_embedding();
+        let out = model.output_matrix();
+        let tied = std::ptr::eq(out.data.as_ptr(), emb.data.as_ptr());
+        let mut need = emb.data.len() + if tied { 0 } else { out.data.len() };
+        for l in &views {
+            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down] {
+                need += m.data.len();
+            }
+        }
+        let (free, _) = gpu.mem_info()?;
+        // Weights plus a margin for scratch and a small KV cache.
+        if need + (256 << 20) > free {
+            return Err(CudaError::OutOfMemory {
+                need_mib: (need + (256 << 20)) >> 20,
+                free_mib: free >> 20,
+                device: format!("cuda:{ordinal} ({})", gpu.info.name),
+            });
+        }
+        let mut layers = Vec::with_capacity(views.len());
+        for (i, l) in views.iter().enumerate() {
+            let n = |s: &str| format!("blk.{i}.{s}");
+            layers.push(DevLayer {
+                attn_norm: DevBuf::upload(&gpu, l.attn_norm)?,
+                wq: DevMat::upload(&gpu, &n("attn_q"), &l.wq)?,
+                wk: DevMat::upload(&gpu, &n("attn_k"), &l.wk)?,
+                wv: DevMat::upload(&gpu, &n("attn_v"), &l.wv)?,
+                wo: DevMat::upload(&gpu, &n("attn_output"), &l.wo)?,
+                bq: vec_opt(&gpu, l.bq)?,
+                bk: vec_opt(&gpu, l.bk)?,
+                bv: vec_opt(&gpu, l.bv)?,
+                q_norm: vec_opt(&gpu, l.q_norm)?,
+                k_norm: vec_opt(&gpu, l.k_norm)?,
+                post_attn_norm: vec_opt(&gpu, l.post_attn_norm)?,
+                ffn_norm: DevBuf::upload(&gpu, l.ffn_norm)?,
+                gate: DevMat::upload(&gpu, &n("ffn_gate"), &l.gate)?,
+                up: DevMat::upload(&gpu, &n("ffn_up"), &l.up)?,
+                down: DevMat::upload(&gpu, &n("ffn_down"), &l.down)?,
+                post_ffn_norm: vec_opt(&gpu, l.post_ffn_norm)?,
+            });
+        }
+        let embd = DevMat::upload(&gpu, "token_embd", &emb)?;
+        let output = if tied {
+            None
+        } else {
+            Some(DevMat::upload(&gpu, "output", &out)?)
+        };
+        Ok(CudaRunner {
+            layout: KvLayout::for_model(&cfg),
+            out_norm: DevBuf::upload(&gpu, model.output_norm())?,
+            rope_ff: vec_opt(&gpu, model.rope_freq_factors())?,
+            cfg,
+            layers,
+            embd,
+            output,
+            kv: None,
+            bufs: Buffers::default(),
+            weight_bytes: need,
+            gemv: match std::env::var("HANGAR_CUDA_GEMV").as_deref() {
+                Ok("basic") => GemvChoice::Basic,
+                Ok("wide") => GemvChoice::Wide,
+                _ => GemvChoice::Default,
+            },
+            gpu,
+        })
+    }
+
+    /// The device's name, e.g. "NVIDIA H200".
+    pub fn device_name(&self) -> &str {
+        &self.gpu.info.name
+    }
+    /// The architecture the kernels were compiled for, e.g. "sm_90a".
+    pub fn arch(&self) -> &str {
+        &self.gpu.arch
+    }
+    /// Bytes of weight matrices on the device.
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+
+    /// `y[t] = W x[t]` for `ntok` rows.
+    fn matmul(&mut self, m: usize, x: u64, ntok: usize, y: u64) -> Result<(), CudaError> {
+        let w = self.mat(m);
+        let (kind, rows, cols, rb, wp) = (w.kind, w.rows, w.cols, w.row_bytes, w.buf.ptr);
+        if ntok >= GEMM_MIN_TOKENS && self.gpu.blas.is_some() {
+            let w16 = self.bufs.w16.get(&self.gpu, rows * cols * 2)?;
+            let x16 = self.bufs.x16.get(&self.gpu, ntok * cols * 2)?;
+            let args = Args::new().ptr(wp).u64(rb as u64).i32(cols as i32).ptr(w16);
+            self.gpu.launch(
+                &format!("dequant_f16_{kind}"),
+                (rows as u32, 1, 1),
+                (128, 1, 1),
+                0,
+                args,
+            )?;
+            let n = (ntok * cols) as u64;
+            self.elementwise("to_f16", n as usize, Args::new().ptr(x).ptr(x16).u64(n))?;
+            return match &self.gpu.blas {
+                Some(b) => b.gemm_f16(w16, x16, y, rows, cols, ntok),
+                None => Err(CudaError::Unsupported("cuBLAS vanished".into())),
+            };
+        }
+        let wide = match kind {
+            "q4_k" => self.gemv != GemvChoice::Basic,
+            "q6_k" => self.gemv != GemvChoice::Basic,
+            _ => false,
+        };
+        let (name, nt) = if ntok == 1 && wide {
+            (format!("gemv1_{kind}_wide"), 1)
+        } else if ntok == 1 {
+            (format!("gemv1_{kind}"), 1)
+        } else {
+            (format!("gemv8_{kind}"), 8)
+        };
+        let args = Args::new()
+            .ptr(wp)
+            .u64(rb as u64)
+            .i32(rows as i32)
+            .i32(cols as i32)
+            .ptr(x)
+            .i32(ntok as i32)
+            .ptr(y);
+        self.gpu.launch(
+            &name,
+            (rows.div_ceil(4) as u32, ntok.div_ceil(nt) as u32, 1),
+            (128, 1, 1),
+            0,
+            args,
+        )
+    }
+
+    /// Matrix ids: layer * 8 + slot, or the output / embedding.
+    fn mat(&self, id: usize) -> &DevMat {
+        const OUT: usize = usize::MAX;
+        if id == OUT {
+            return self.output.as_ref().unwrap_or(&self.embd);
+        }
+        let l = &self.layers[id / 8];
+        match id % 8 {
+            0 => &l.wq,
+            1 => &l.wk,
+            2 => &l.wv,
+            3 => &l.wo,
+            4 => &l.gate,
+            5 => &l.up,
+            _ => &l.down,
+        }
+    }
+
+    fn elementwise(&mut self, name: &str, n: usize, args: Args) -> Result<(), CudaError> {
+        self.gpu
+            .launch(name, (grid1(n, 256), 1, 1), (256, 1, 1), 0, args)
+    }
+
+    fn validate(&self, step: &StepInput) -> Result<(), CudaError> {
+        let kv = self
+            .kv
+            .as_ref()
+            .ok_or_else(|| CudaError::BadBatch("KV cache not allocated".into()))?;
+        let bs = kv.block_size;
+        let vocab = self.cfg.vocab_size;
+        for (i, s) in step.iter().enumerate() {
+            if let Some(&id) = s.tokens.iter().find(|&&id| id as usize >= vocab) {
+                return Err(CudaError::BadBatch(format!(
+                    "token id {id} is outside the vocabulary (size {vocab})"
+                )));
+            }
+            if s.block_tables.len() != self.layout.n_groups() {
+                return Err(CudaError::BadBatch(format!(
+                    "sequence {i} has {} block tables, the cache has {} groups",
+                    s.block_tables.len(),
+                    self.layout.n_groups()
+                )));
+            }
+            let end = s.start_pos + s.tokens.len();
+            for (g, table) in s.block_tables.iter().enumerate() {
+                if end > table.len() * bs {
+                    return Err(CudaError::BadBatch(format!(
+                        "position {} is beyond the KV capacity of {} tokens",
+                        end.saturating_sub(1),
+                        table.len() * bs
+                    )));
+                }
+                let first = match self.layout.group_window[g] {
+                    Some(w) => (s.start_pos + 1).saturating_sub(w),
+                    None => 0,
+                };
+                for &b in &table[first / bs..end.div_ceil(bs)] {
+                    if b == NO_BLOCK || b as usize >= kv.blocks[g] {
+                        return Err(CudaError::BadBatch(format!(
+                            "sequence {i}: block {b} in group {g} is not a valid block"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The forward pass of one step (see `ModelRunner::execute`).
+    pub fn forward(&mut self, step: &StepInput, logits: &mut Vec<f32>) -> Result<(), CudaError> {
+        self.gpu.bind()?;
+        self.validate(step)?;
+        let cfg = self.cfg.clone();
+        let t_total: usize = step.iter().map(|s| s.tokens.len()).sum();
+        logits.clear();
+        if t_total == 0 {
+            return Ok(());
+        }
+        let (d, qd, kvd, ff, hd) = (
+            cfg.d_model,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.ffn_dim,
+            cfg.head_dim,
+        );
+        let (nh, nkv) = (cfg.n_heads, cfg.n_kv_heads);
+        // Host-side step description.
+        let mut tokens = Vec::with_capacity(t_total);
+        let mut pos = Vec::with_capacity(t_total);
+        let mut tok_seq = Vec::with_capacity(2 * t_total);
+        let mut rows = Vec::new();
+        let mut max_n = 1usize;
+        let mut t = 0usize;
+        for (si, s) in step.iter().enumerate() {
+            for (i, &tok) in s.tokens.iter().enumerate() {
+                let p = s.start_pos + i;
+                tokens.push(tok);
+                pos.push(p as i32);
+                tok_seq.push(si as i32);
+                tok_seq.push(p as i32);
+                max_n = max_n.max(p + 1);
+            }
+            match s.logits {
+                LogitsWanted::None => {}
+                LogitsWanted::Last => rows.push((t + s.tokens.len() - 1) as i32),
+                LogitsWanted::All => rows.extend((t..t + s.tokens.len()).map(|r| r as i32)),
+            }
+            t += s.tokens.len();
+        }
+        let n_groups = self.layout.n_groups();
+        let mut tstride = vec![1usize; n_groups];
+        let mut flat: Vec<Vec<u32>> = Vec::with_capacity(n_groups);
+        for (g, stride) in tstride.iter_mut().enumerate() {
+            *stride = step
+                .iter()
+                .map(|s| s.block_tables[g].len())
+                .max()
+                .unwrap_or(1)
+                .max(1);
+            let mut v = vec![0u32; step.len() * *stride];
+            for (si, s) in step.iter().enumerate() {
+                for (j, &b) in s.block_tables[g].iter().enumerate() {
+                    v[si * *stride + j] = if b == NO_BLOCK { 0 } else { b };
+                }
+            }
+            flat.push(v);
+        }
+        let gpu = &self.gpu;
+        let b = &mut self.bufs;
+        let x = b.x.get(gpu, t_total * d * F)?;
+        let hbuf = b.h.get(gpu, t_total * d * F)?;
+        let q = b.q.get(gpu, t_total * qd * F)?;
+        let k = b.k.get(gpu, t_total * kvd * F)?;
+        let v = b.v.get(gpu, t_total * kvd * F)?;
+        let attn = b.attn.get(gpu, t_total * qd * F)?;
+        let o = b.o.get(gpu, t_total * d * F)?;
+        let gate = b.gate.get(gpu, t_total * ff * F)?;
+        let up = b.up.get(gpu, t_total * ff * F)?;
+        let scores = b.scores.get(gpu, t_total * nh * max_n * F)?;
+        let tok_p = b.tokens.get(gpu, t_total * 4)?;
+        let pos_p = b.pos.get(gpu, t_total * 4)?;
+        let ts_p = b.tok_seq.get(gpu, t_total * 8)?;
+        b.tokens.buf().map(|buf| buf.write(&tokens)).transpose()?;
+        b.pos.buf().map(|buf| buf.write(&pos)).transpose()?;
+        b.tok_seq.buf().map(|buf| buf.write(&tok_seq)).transpose()?;
+        if b.tables.len() < n_groups {
+            b.tables.resize_with(n_groups, Scratch::default);
+        }
+        let mut table_p = Vec::with_capacity(n_groups);
+        for (g, v) in flat.iter().enumerate() {
+            table_p.push(b.tables[g].get(gpu, v.len() * 4)?);
+            b.tables[g].buf().map(|buf| buf.write(v)).transpose()?;
+        }
+
+        // Embeddings.
+        {
+            let (kind, rb, cols, wp) = (
+                self.embd.kind,
+                self.embd.row_bytes,
+                self.embd.cols,
+                self.embd.buf.ptr,
+            );
+            let args = Args::new()
+                .ptr(wp)
+                .u64(rb as u64)
+                .i32(cols as i32)
+                .ptr(tok_p)
+                .f32(cfg.embed_scale.unwrap_or(1.0))
+                .ptr(x);
+            self.gpu.launch(
+                &format!("embed_{kind}"),
+                (t_total as u32, 1, 1),
+                (128, 1, 1),
+                0,
+                args,
+            )?;
+        }
+        let neox = i32::from(cfg.rope_style == RopeStyle::Neox);
+        let eps = cfg.rms_eps;
+        let kv = self
+            .kv
+            .as_ref()
+            .ok_or_else(|| CudaError::BadBatch("KV cache not allocated".into()))?;
+        let (bs, kv_k, kv_v, kv_group): (usize, Vec<u64>, Vec<u64>, Vec<usize>) = (
+            kv.block_size,
+            kv.k.iter().map(|b| b.ptr).collect(),
+            kv.v.iter().map(|b| b.ptr).collect(),
+            kv.group.clone(),
+        );
+        let rope_ff = ptr(&self.rope_ff);
+        for li in 0..self.layers.len() {
+            let (attn_norm, ffn_norm) =
+                (self.layers[li].attn_norm.ptr, self.layers[li].ffn_norm.ptr);
+            let l = &self.layers[li];
+            let (bq, bk, bv) = (ptr(&l.bq), ptr(&l.bk), ptr(&l.bv));
+            let (qn, kn) = (ptr(&l.q_norm), ptr(&l.k_norm));
+            let (pan, pfn) = (ptr(&l.post_attn_norm), ptr(&l.post_ffn_norm));
+            self.rmsnorm(x, attn_norm, hbuf, d, t_total, 0)?;
+            self.matmul(li * 8, hbuf, t_total, q)?;
+            self.matmul(li * 8 + 1, hbuf, t_total, k)?;
+            self.matmul(li * 8 + 2, hbuf, t_total, v)?;
+            for (bias, dst, n) in [(bq, q, qd), (bk, k, kvd), (bv, v, kvd)] {
+                if bias != 0 {
+                    let args = Args::new()
+                        .ptr(dst)
+                        .ptr(bias)
+                        .i32(n as i32)
+                        .i32(t_total as i32);
+                    self.elementwise("add_bias", n * t_total, args)?;
+                }
+            }
+            let local = cfg.local_layers[li];
+            let base = if local {
+                cfg.rope_base_local
+            } else {
+                cfg.rope_base
+            } as f64;
+            let args = Args::new()
+                .ptr(q)
+                .ptr(k)
+                .i32(nh as i32)
+                .i32(nkv as i32)
+                .i32(hd as i32)
+                .ptr(qn)
+                .ptr(kn)
+                .f32(eps)
+                .ptr(pos_p)
+                .f64(base)
+                .i32(cfg.rope_dims as i32)
+                .ptr(rope_ff)
+                .i32(neox);
+            self.gpu.launch(
+                "qk_rope",
+                ((nh + nkv) as u32, t_total as u32, 1),
+                (128, 1, 1),
+                0,
+                args,
+            )?;
+            let g = kv_group[li];
+            let args = Args::new()
+                .ptr(k)
+                .ptr(v)
+                .i32(kvd as i32)
+                .ptr(ts_p)
+                .ptr(table_p[g])
+                .i32(tstride[g] as i32)
+                .i32(bs as i32)
+                .ptr(kv_k[li])
+                .ptr(kv_v[li]);
+            self.gpu
+                .launch("kv_store", (t_total as u32, 1, 1), (256, 1, 1), 0, args)?;
+            let window = if local {
+                cfg.sliding_window.unwrap_or(0)
+            } else {
+                0
+            };
+            let max_n_l = if window > 0 { max_n.min(window) } else { max_n };
+            let args = Args::new()
+                .ptr(q)
+                .ptr(kv_k[li])
+                .ptr(kv_v[li])
+                .ptr(attn)
+                .i32(nh as i32)
+                .i32(nkv as i32)
+                .i32(hd as i32)
+                .ptr(ts_p)
+                .ptr(table_p[g])
+                .i32(tstride[g] as i32)
+                .i32(bs as i32)
+                .i32(window as i32)
+                .f32(cfg.attn_scale)
+                .ptr(scores)
+                .i32(max_n_l as i32);
+            self.gpu.launch(
+                "attention",
+                (nh as u32, t_total as u32, 1),
+                (128, 1, 1),
+                (5 * hd * F) as u32,
+                args,
+            )?;
+            self.matmul(li * 8 + 3, attn, t_total, o)?;
+            self.norm_add(x, o, pan, d, t_total)?;
+            // Feed-forward.
+            self.rmsnorm(x, ffn_norm, hbuf, d, t_total, 0)?;
+            self.matmul(li * 8 + 4, hbuf, t_total, gate)?;
+            self.matmul(li * 8 + 5, hbuf, t_total, up)?;
+            let n = (t_total * ff) as u64;
+            let act = match cfg.activation {
+                Activation::GeluTanh => "gelu_mul",
+                Activation::Silu => "silu_mul",
+            };
+            self.elementwise(act, n as usize, Args::new().ptr(gate).ptr(up).u64(n))?;
+            self.matmul(li * 8 + 6, gate, t_total, o)?;
+            self.norm_add(x, o, pfn, d, t_total)?;
+        }
+        let m = rows.len();
+        if m == 0 {
+            self.gpu.sync()?;
+            return Ok(());
+        }
+        let vocab = cfg.vocab_size;
+        let gpu = &self.gpu;
+        let sel = self.bufs.sel.get(gpu, m * d * F)?;
+        let rows_p = self.bufs.rows.get(gpu, m * 4)?;
+        let lg = self.bufs.logits.get(gpu, m * vocab * F)?;
+        self.bufs
+            .rows
+            .buf()
+            .map(|buf| buf.write(&rows))
+            .transpose()?;
+        let on = self.out_norm.ptr;
+        self.rmsnorm(x, on, sel, d, m, rows_p)?;
+        self.matmul(usize::MAX, sel, m, lg)?;
+        if let Some(cap) = cfg.final_logit_softcap {
+            let n = (m * vocab) as u64;
+            self.elementwise("softcap", n as usize, Args::new().ptr(lg).u64(n).f32(cap))?;
+        }
+        logits.resize(m * vocab, 0.0);
+        match self.bufs.logits.buf() {
+            Some(buf) => buf.read(&mut logits[..])?,
+            None => return Err(CudaError::BadBatch("no logits buffer".into())),
+        }
+        self.gpu.sync()
+    }
+
+    fn rmsnorm(
+        &mut self,
+        x: u64,
+        w: u64,
+        out: u64,
+        n: usize,
+        rows: usize,
+        rows_idx: u64,
+    ) -> Result<(), CudaError> {
+        let args = Args::new()
+            .ptr(x)
+            .ptr(w)
+            .ptr(out)
+            .i32(n as i32)
+            .f32(self.cfg.rms_eps)
+            .ptr(rows_idx);
+        self.gpu
+            .launch("rmsnorm", (rows as u32, 1, 1), (256, 1, 1), 0, args)
+    }
+
+    fn norm_add(&mut self, x: u64, o: u64, w: u64, n: usize, rows: usize) -> Result<(), CudaError> {
+        let args = Args::new()
+            .ptr(x)
+            .ptr(o)
+            .ptr(w)
+            .i32(n as i32)
+            .f32(self.cfg.rms_eps);
+        self.gpu
+            .launch("norm_add", (rows as u32, 1, 1), (256, 1, 1), 0, args)
+    }
+}
+
+impl ModelRunner for CudaRunner {
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+    fn ctx_len(&self) -> usize {
+        self.cfg.ctx_len
+    }
+    fn arch(&self) -> &str {
+        &self.cfg.arch_name
+    }
+    fn kv_layout(&self) -> KvLayout {
+        self.layout.clone()
+    }
+    fn allocate_kv(
+        &mut self,
+        block_size: usize,
+        blocks_per_group: &[usize],
+    ) -> Result<usize, EngineError> {
+        if blocks_per_group.len() != self.layout.n_groups() || block_size == 0 {
+            return Err(EngineError::Invalid(format!(
+                "{} block counts for {} KV groups",
+                blocks_per_group.len(),
+                self.layout.n_groups()
+            )));
+        }
+        self.gpu.bind()?;
+        self.kv = None;
+        let kvd = self.layout.kv_dim;
+        let mut group = vec![0usize; self.cfg.n_layers];
+        for (g, layers) in self.layout.group_layers.iter().enumerate() {
+            for &l in layers {
+                group[l] = g;
+            }
+        }
+        let mut k = Vec::with_capacity(self.cfg.n_layers);
+        let mut v = Vec::with_capacity(self.cfg.n_layers);
+        let mut total = 0;
+        for &g in &group {
+            let bytes = blocks_per_group[g] * block_size * kvd * 2;
+            k.push(DevBuf::alloc(&self.gpu, bytes)?);
+            v.push(DevBuf::alloc(&self.gpu, bytes)?);
+            total += 2 * bytes;
+        }
+        self.kv = Some(DevKv {
+            block_size,
+            blocks: blocks_per_group.to_vec(),
+            group,
+            k,
+            v,
+        });
+        Ok(total)
+    }
+    fn execute(&mut self, step: &StepInput, logits: &mut Vec<f32>) -> Result<(), EngineError> {
+        self.forward(step, logits).map_err(EngineError::from)
+    }
+}

@@ -1,0 +1,516 @@
+//! CPU twins of the kernels' arithmetic: the same block layouts and index math as
+//! `deq8` in `kernels/common.cuh` (8 consecutive weights at a time, from the row's
+//! bytes), so the tests can check them against the CPU kernels' dequantization. A
+//! layout or index bug in a kernel shows up here, in CI, without a GPU.
+
+use half::f16;
+use hangar_formats::GgmlType;
+
+fn h2f(b: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+fn scale_min_k4(j: usize, q: &[u8]) -> (i32, i32) {
+    if j < 4 {
+        ((q[j] & 63) as i32, (q[j + 4] & 63) as i32)
+    } else {
+        (
+            ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4)) as i32,
+            ((q[j + 4] >> 4) | ((q[j] >> 6) << 4)) as i32,
+        )
+    }
+}
+
+/// The GPU kernels' `deq8`: weights `e..e + 8` (`e` a multiple of 8) of a row of type
+/// `ty`. `None` for a type the kernels do not handle.
+pub fn deq8(ty: GgmlType, row: &[u8], e: usize) -> Option<[f32; 8]> {
+    let mut w = [0f32; 8];
+    match ty {
+        GgmlType::F32 => {
+            for (i, v) in w.iter_mut().enumerate() {
+                let at = 4 * (e + i);
+                *v = f32::from_le_bytes([row[at], row[at + 1], row[at + 2], row[at + 3]]);
+            }
+        }
+        GgmlType::F16 => {
+            for (i, v) in w.iter_mut().enumerate() {
+                *v = h2f(row, 2 * (e + i));
+            }
+        }
+        GgmlType::BF16 => {
+            for (i, v) in w.iter_mut().enumerate() {
+                let at = 2 * (e + i);
+                *v = f32::from_bits((u16::from_le_bytes([row[at], row[at + 1]]) as u32) << 16);
+            }
+        }
+        GgmlType::Q8_0 => {
+            let b = &row[(e >> 5) * 34..];
+            let o = e & 31;
+            let d = h2f(b, 0);
+            for (i, v) in w.iter_mut().enumerate() {
+                *v = d * (b[2 + o + i] as i8) as f32;
+            }
+        }
+        GgmlType::Q4_0 => {
+            let b = &row[(e >> 5) * 18..];
+            let o = e & 31;
+            let d = h2f(b, 0);
+            let qs = &b[2..];
+            for (i, v) in w.iter_mut().enumerate() {
+                let q = if o < 16 {
+                    qs[o + i] & 0xF
+                } else {
+                    qs[o - 16 + i] >> 4
+                } as i32;
+                *v = d * (q - 8) as f32;
+            }
+        }
+        GgmlType::Q5_0 => {
+            let b = &row[(e >> 5) * 22..];
+            let o = e & 31;
+            let d = h2f(b, 0);
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            let qs = &b[6..];
+            for (i, v) in w.iter_mut().enumerate() {
+                let q = if o < 16 {
+                    let j = o + i;
+                    (qs[j] & 0xF) as u32 | (((qh >> j) & 1) << 4)
+                } else {
+                    let j = o - 16 + i;
+                    (qs[j] >> 4) as u32 | (((qh >> (j + 16)) & 1) << 4)
+                } as i32;
+                *v = d * (q - 16) as f32;
+            }
+        }
+        GgmlType::Q4K | GgmlType::Q5K => {
+            let q4 = ty == GgmlType::Q4K;
+            let b = &row[(e >> 8) * if q4 { 144 } else { 176 }..];
+            let (o, hi) = (e & 255, usize::from((e & 63) >= 32));
+            let (c, l0) = (o >> 6, o & 31);
+            let (d, dmin) = (h2f(b, 0), h2f(b, 2));
+            let (sc, m) = scale_min_k4(2 * c + hi, &b[4..16]);
+            let (d1, m1) = (d * sc as f32, dmin * m as f32);
+            let qs = &b[if q4 { 16 } else { 48 }..];
+            for (i, v) in w.iter_mut().enumerate() {
+                let l = l0 + i;
+                let mut q = if hi == 1 {
+                    qs[32 * c + l] >> 4
+                } else {
+                    qs[32 * c + l] & 0xF
+                } as i32;
+                if !q4 {
+                    q |= (((b[16 + l] >> (2 * c + hi)) & 1) as i32) << 4;
+                }
+                *v = d1 * q as f32 - m1;
+            }
+        }
+        GgmlType::Q6K => {
+            let b = &row[(e >> 8) * 210..];
+            let o = e & 255;
+            let (h, k, l0) = (o >> 7, (o & 127) >> 5, o & 31);
+            let d = h2f(b, 208);
+            let ds = d * (b[192 + (o >> 4)] as i8) as f32;
+            let ql = &b[64 * h + 32 * (k & 1)..];
+            let qh = &b[128 + 32 * h..];
+            for (i, v) in w.iter_mut().enumerate() {
+                let l = l0 + i;
+                let lo = if k < 2 { ql[l] & 0xF } else { ql[l] >> 4 } as i32;
+                let hb = ((qh[l] >> (2 * k)) & 3) as i32;
+                *v = ds * ((lo | (hb << 4)) - 32) as f32;
+            }
+        }
+        _ => return None,
+    }
+    Some(w)
+}
+
+/// A whole row through [`deq8`], as the GPU's GEMV and embedding kernels see it.
+pub fn dequantize_row(ty: GgmlType, row: &[u8], cols: usize) -> Option<Vec<f32>> {
+    let mut out = Vec::with_capacity(cols);
+    for e in (0..cols).step_by(8) {
+        out.extend_from_slice(&deq8(ty, row, e)?);
+    }
+    Some(out)
+}
+
+/// The GEMV kernel's arithmetic for one row and one token: each of 32 lanes sums its
+/// 8-weight groups (stride 256) in order, then the lanes are combined by the warp's
+/// butterfly (xor 16, 8, 4, 2, 1).
+pub fn gemv_row(ty: GgmlType, row: &[u8], x: &[f32]) -> Option<f32> {
+    let cols = x.len();
+    let mut lanes = [0f32; 32];
+    for (lane, acc) in lanes.iter_mut().enumerate() {
+        let mut e = lane * 8;
+        while e < cols {
+            let w = deq8(ty, row, e)?;
+            let a = &x[e..e + 8];
+            *acc += w[0] * a[0]
+                + w[1] * a[1]
+                + w[2] * a[2]
+                + w[3] * a[3]
+                + w[4] * a[4]
+                + w[5] * a[5]
+                + w[6] * a[6]
+                + w[7] * a[7];
+            e += 256;
+        }
+    }
+    let mut o = 16;
+    while o > 0 {
+        let prev = lanes;
+        for (l, v) in lanes.iter_mut().enumerate() {
+            *v = prev[l] + prev[l ^ o];
+        }
+        o >>= 1;
+    }
+    Some(lanes[0])
+}
+
+/// The `gemv1_q4_k_wide` kernel's arithmetic for one Q4_K row: lane `l` takes the
+/// 16-byte quant slice `l % 8` of blocks `l / 8`, `l / 8 + 4`, ...; per sub-block
+/// `d sc sum(q x) - dmin m sum(x)`; lanes combined by the warp butterfly.
+pub fn gemv_q4k_wide(row: &[u8], x: &[f32]) -> f32 {
+    let nb = x.len() / 256;
+    let mut lanes = [0f32; 32];
+    for (lane, acc) in lanes.iter_mut().enumerate() {
+        let (k, mut b) = (lane & 7, lane >> 3);
+        let (c, l0) = (k >> 1, (k & 1) * 16);
+        while b < nb {
+            let blk = &row[b * 144..];
+            let (d, dmin) = (h2f(blk, 0), h2f(blk, 2));
+            let (sc1, m1) = scale_min_k4(2 * c, &blk[4..16]);
+            let (sc2, m2) = scale_min_k4(2 * c + 1, &blk[4..16]);
+            let q = &blk[16 + 32 * c + l0..16 + 32 * c + l0 + 16];
+            let xa = &x[b * 256 + 64 * c + l0..][..16];
+            let xb = &x[b * 256 + 64 * c + 32 + l0..][..16];
+            let (mut s_lo, mut s_hi, mut x_lo, mut x_hi) = (0f32, 0f32, 0f32, 0f32);
+            for i in 0..4 {
+                let (mut a, mut bb, mut sa, mut sb) = (0f32, 0f32, 0f32, 0f32);
+                for j in 0..4 {
+                    let v = q[4 * i + j];
+                    a += (v & 0xF) as f32 * xa[4 * i + j];
+                    bb += (v >> 4) as f32 * xb[4 * i + j];
+                    sa += xa[4 * i + j];
+                    sb += xb[4 * i + j];
+                }
+                s_lo += a;
+                s_hi += bb;
+                x_lo += sa;
+                x_hi += sb;
+            }
+            *acc += d * sc1 as f32 * s_lo - dmin * m1 as f32 * x_lo + d * sc2 as f32 * s_hi
+                - dmin * m2 as f32 * x_hi;
+            b += 4;
+        }
+    }
+    let mut o = 16;
+    while o > 0 {
+        let prev = lanes;
+        for (l, v) in lanes.iter_mut().enumerate() {
+            *v = prev[l] + prev[l ^ o];
+        }
+        o >>= 1;
+    }
+    lanes[0]
+}
+
+/// The `gemv1_q6_k_wide` kernel's arithmetic for one Q6_K row (see the kernel).
+pub fn gemv_q6k_wide(row: &[u8], x: &[f32]) -> f32 {
+    let nb = x.len() / 256;
+    let mut lanes = [0f32; 32];
+    for (lane, acc) in lanes.iter_mut().enumerate() {
+        let (k, mut b) = (lane & 7, lane >> 3);
+        let (h, kp, ls) = (k >> 2, (k >> 1) & 1, k & 1);
+        while b < nb {
+            let blk = &row[b * 210..];
+            let ql = &blk[64 * h + 32 * kp + 16 * ls..][..16];
+            let qh = &blk[128 + 32 * h + 16 * ls..][..16];
+            let d = h2f(blk, 208);
+            let sa = (blk[192 + 8 * h + 2 * kp + ls] as i8) as f32;
+            let sb = (blk[192 + 8 * h + 2 * (kp + 2) + ls] as i8) as f32;
+            let xa = &x[b * 256 + 128 * h + 32 * kp + 16 * ls..][..16];
+            let xb = &x[b * 256 + 128 * h + 32 * (kp + 2) + 16 * ls..][..16];
+            let (mut s_a, mut s_b, mut x_a, mut x_b) = (0f32, 0f32, 0f32, 0f32);
+            for j in 0..16 {
+                let (q, hb) = (ql[j] as i32, qh[j] as i32);
+                let va = (q & 0xF) | (((hb >> (2 * kp)) & 3) << 4);
+                let vb = (q >> 4) | (((hb >> (2 * (kp + 2))) & 3) << 4);
+                s_a += va as f32 * xa[j];
+                s_b += vb as f32 * xb[j];
+                x_a += xa[j];
+                x_b += xb[j];
+            }
+            *acc += d * (sa * (s_a - 32.0 * x_a) + sb * (s_b - 32.0 * x_b));
+            b += 4;
+        }
+    }
+    let mut o = 16;
+    while o > 0 {
+        let prev = lanes;
+        for (l, v) in lanes.iter_mut().enumerate() {
+            *v = prev[l] + prev[l ^ o];
+        }
+        o >>= 1;
+    }
+    lanes[0]
+}
+
+/// The attention kernel's arithmetic for one query head of one token: the KV head it
+/// reads (`h / (heads / kv_heads)`), the window, the paged addressing
+/// (`table[p / bs]`, row `p % bs`, `kv_dim` values a row), four warps taking every
+/// fourth position, lanes summing pairs of dimensions, probabilities rounded to f16,
+/// and the four partial output sums added in order. `kc`/`vc` hold f16 values.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_head(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    table: &[u32],
+    bs: usize,
+    (heads, kv_heads, hd): (usize, usize, usize),
+    h: usize,
+    pos: usize,
+    window: usize,
+    scale: f32,
+) -> Vec<f32> {
+    const WARPS: usize = 4;
+    let kh = h / (heads / kv_heads);
+    let kvd = kv_heads * hd;
+    let lo = if window > 0 {
+        (pos + 1).saturating_sub(window)
+    } else {
+        0
+    };
+    let n = pos + 1 - lo;
+    let off = |p: usize| (table[p / bs] as usize * bs + p % bs) * kvd + kh * hd;
+    let mut sc = vec![0f32; n];
+    for (j, s) in sc.iter_mut().enumerate() {
+        let o = off(lo + j);
+        let mut lanes = [0f32; 32];
+        for (lane, acc) in lanes.iter_mut().enumerate() {
+            let mut d2 = lane;
+            while d2 < hd / 2 {
+                *acc += q[2 * d2] * kc[o + 2 * d2] + q[2 * d2 + 1] * kc[o + 2 * d2 + 1];
+                d2 += 32;
+            }
+        }
+        *s = lanes.iter().sum::<f32>() * scale;
+    }
+    let m = sc.iter().copied().fold(f32::MIN, f32::max);
+    let mut sum = 0f32;
+    for s in sc.iter_mut() {
+        *s = (*s - m).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    for s in sc.iter_mut() {
+        *s = f16::from_f32(*s * inv).to_f32();
+    }
+    let mut part = vec![vec![0f32; hd]; WARPS];
+    for (j, &p) in sc.iter().enumerate() {
+        let o = off(lo + j);
+        for (d, acc) in part[j % WARPS].iter_mut().enumerate() {
+            *acc += p * vc[o + d];
+        }
+    }
+    (0..hd)
+        .map(|d| (0..WARPS).map(|w| part[w][d]).sum())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangar_kernels::quants;
+    use rand::{Rng, SeedableRng};
+
+    const TYPES: [GgmlType; 9] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ];
+
+    fn random_row(ty: GgmlType, cols: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let src: Vec<f32> = (0..cols).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+        let mut bytes = vec![0u8; quants::row_bytes(ty, cols)];
+        quants::quantize_row(ty, &src, &mut bytes).expect("quantize");
+        let mut reference = vec![0f32; cols];
+        quants::dequantize_row(ty, &bytes, &mut reference).expect("dequantize");
+        (bytes, reference)
+    }
+
+    #[test]
+    fn deq8_matches_the_cpu_dequantization_for_every_type() {
+        for ty in TYPES {
+            // 768 = three k-quant blocks; odd block counts catch stride mistakes.
+            let cols = 768;
+            for seed in 0..4 {
+                let (bytes, reference) = random_row(ty, cols, seed);
+                let got = dequantize_row(ty, &bytes, cols).expect("supported");
+                for (i, (a, b)) in got.iter().zip(&reference).enumerate() {
+                    assert!(
+                        a.to_bits() == b.to_bits() || (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                        "{ty:?} element {i}: twin {a} cpu {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn legacy_types_work_at_widths_that_are_not_multiples_of_256() {
+        // Gemma 3 270M has width 640: its 32-wide blocks cross the 256 steps.
+        for ty in [
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q5_0,
+            GgmlType::F16,
+        ] {
+            let (bytes, reference) = random_row(ty, 640, 7);
+            let got = dequantize_row(ty, &bytes, 640).expect("supported");
+            assert_eq!(got, reference, "{ty:?}");
+        }
+    }
+
+    #[test]
+    fn gemv_lane_order_matches_an_exact_dot_product() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for ty in TYPES {
+            let cols = 1280;
+            let (bytes, w) = random_row(ty, cols, 3);
+            let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            let exact: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let got = gemv_row(ty, &bytes, &x).expect("supported") as f64;
+            let norm: f64 = w
+                .iter()
+                .zip(&x)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+            assert!(
+                (got - exact).abs() <= 1e-5 * norm,
+                "{ty:?}: {got} vs {exact}"
+            );
+        }
+    }
+
+    #[test]
+    fn attention_twin_matches_the_cpu_attention_over_a_scattered_block_table() {
+        use hangar_kernels::{attend, PagedKv};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let (heads, kv_heads, hd, bs) = (8, 2, 64, 4);
+        let kvd = kv_heads * hd;
+        let n_blocks = 12;
+        let f16r = |v: f32| f16::from_f32(v).to_f32();
+        let kc: Vec<f32> = (0..n_blocks * bs * kvd)
+            .map(|_| f16r(rng.gen_range(-1.0..1.0)))
+            .collect();
+        let vc: Vec<f32> = (0..n_blocks * bs * kvd)
+            .map(|_| f16r(rng.gen_range(-1.0..1.0)))
+            .collect();
+        // Blocks out of order, as a block manager hands them out.
+        let table: Vec<u32> = vec![7, 2, 11, 0, 5, 9, 1, 3];
+        for (pos, window) in [(0, 0), (5, 0), (29, 0), (29, 8), (17, 3)] {
+            for h in [0, 3, 4, 7] {
+                let q: Vec<f32> = (0..hd).map(|_| f16r(rng.gen_range(-1.0..1.0))).collect();
+                let scale = 1.0 / (hd as f32).sqrt();
+                let got = attention_head(
+                    &q,
+                    &kc,
+                    &vc,
+                    &table,
+                    bs,
+                    (heads, kv_heads, hd),
+                    h,
+                    pos,
+                    window,
+                    scale,
+                );
+                let kh = h / (heads / kv_heads);
+                let paged = PagedKv {
+                    k: &kc,
+                    v: &vc,
+                    table: &table,
+                    block_size: bs,
+                    row_stride: kvd,
+                    head_offset: kh * hd,
+                };
+                let lo = if window > 0 {
+                    (pos + 1).saturating_sub(window)
+                } else {
+                    0
+                };
+                let mut scores = vec![0f32; pos + 1 - lo];
+                let mut want = vec![0f32; hd];
+                attend(
+                    &paged,
+                    &q,
+                    1,
+                    hd,
+                    lo,
+                    pos + 1,
+                    scale,
+                    &mut scores,
+                    &mut want,
+                );
+                for (a, b) in got.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() < 2e-5,
+                        "pos {pos} window {window} head {h}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_wide_q4_k_gemv_matches_an_exact_dot_product() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for cols in [256, 1280, 4096] {
+            let (bytes, w) = random_row(GgmlType::Q4K, cols, cols as u64);
+            let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            let exact: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let norm: f64 = w
+                .iter()
+                .zip(&x)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+            let got = gemv_q4k_wide(&bytes, &x) as f64;
+            assert!(
+                (got - exact).abs() <= 2e-5 * norm,
+                "{cols}: {got} vs {exact}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_wide_q6_k_gemv_matches_an_exact_dot_product() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        for cols in [256, 1280, 4096] {
+            let (bytes, w) = random_row(GgmlType::Q6K, cols, cols as u64 + 1);
+            let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            let exact: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let norm: f64 = w
+                .iter()
+                .zip(&x)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+            let got = gemv_q6k_wide(&bytes, &x) as f64;
+            assert!(
+                (got - exact).abs() <= 2e-5 * norm,
+                "{cols}: {got} vs {exact}"
+            );
+        }
+    }
+
+    #[test]
+    fn types_without_a_kernel_are_refused() {
+        assert!(deq8(GgmlType::Q2K, &[0; 84], 0).is_none());
+    }
+}

@@ -1,0 +1,71 @@
+//! Every kernel unit compiles through NVRTC for Ampere (sm_80) and Hopper (sm_90a),
+//! to a CUBIN: no GPU needed, only libnvrtc (PyPI's `nvidia-cuda-nvrtc` wheel in CI,
+//! see scripts/test.sh). Skips with a reason when NVRTC is absent, unless
+//! HANGAR_REQUIRE_NVRTC=1.
+
+use hangar_cuda::compile::{self, UNITS};
+
+fn nvrtc_or_skip() -> bool {
+    match compile::nvrtc_available() {
+        Ok(()) => true,
+        Err(e) => {
+            if std::env::var("HANGAR_REQUIRE_NVRTC").as_deref() == Ok("1") {
+                panic!("HANGAR_REQUIRE_NVRTC=1 but NVRTC is missing: {e}");
+            }
+            eprintln!("skipped: {e}");
+            false
+        }
+    }
+}
+
+#[test]
+fn every_kernel_unit_compiles_to_a_cubin_for_sm80_and_sm90a() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let (major, minor) = compile::nvrtc_version().expect("version");
+    eprintln!("NVRTC {major}.{minor}");
+    for arch in ["sm_80", "sm_90a"] {
+        for unit in UNITS {
+            let cubin =
+                compile::compile_cubin(unit, arch).unwrap_or_else(|e| panic!("{}: {e}", unit.name));
+            assert_eq!(
+                &cubin[..4],
+                b"\x7fELF",
+                "{} for {arch} is not a CUBIN",
+                unit.name
+            );
+            eprintln!("{} {arch}: {} bytes", unit.name, cubin.len());
+        }
+    }
+}
+
+#[test]
+fn a_broken_kernel_names_its_unit_in_the_error() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let broken =
+        compile::KernelUnit::new("broken_unit", "extern \"C\" __global__ void k() { nope; }");
+    let err = compile::compile_cubin(&broken, "sm_90a").expect_err("must fail");
+    let text = err.to_string();
+    assert!(
+        text.contains("broken_unit") && text.contains("sm_90a"),
+        "{text}"
+    );
+}
+
+#[test]
+fn compiled_kernels_are_cached_by_source_arch_and_version() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("hangar-cuda-cache-{}", std::process::id()));
+    std::env::set_var("HANGAR_CUDA_CACHE", &dir);
+    let unit = &UNITS[2];
+    let (a, cached_a) = compile::cubin_cached(unit, "sm_80").expect("compile");
+    let (b, cached_b) = compile::cubin_cached(unit, "sm_80").expect("cache");
+    assert!(!cached_a && cached_b);
+    assert_eq!(a, b);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,207 @@
+//! `--device cpu|cuda|cuda:N|auto` for the commands that run a model, and
+//! `hangar device-check`: the GPU backend against the CPU forward pass.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hangar_cuda::{CudaRunner, Device};
+use hangar_engine::{BorrowedCpuRunner, LoadedModel, ModelRunner};
+use hangar_models::{LogitsWanted, SeqInput};
+use std::path::PathBuf;
+
+/// Parses `--device`.
+pub fn parse_device(s: &str) -> Result<Device, String> {
+    s.parse()
+}
+
+/// The GPU runner when `device` resolves to CUDA, `None` for the CPU; prints the choice
+/// to stderr. A CUDA request without a driver, a device or NVRTC is an error that names
+/// what is missing.
+pub fn open(lm: &LoadedModel, device: Device) -> Result<Option<CudaRunner>> {
+    match device.resolve() {
+        Device::Cpu => {
+            eprintln!("device: cpu ({} threads)", lm.pool.n_threads());
+            Ok(None)
+        }
+        Device::Cuda(n) => {
+            let t0 = std::time::Instant::now();
+            let r = CudaRunner::new(&lm.model, n).with_context(|| format!("--device cuda:{n}"))?;
+            eprintln!(
+                "device: cuda:{n} ({}, kernels for {}, {:.0} MiB of weights uploaded in {:.2}s)",
+                r.device_name(),
+                r.arch(),
+                r.weight_bytes() as f64 / (1 << 20) as f64,
+                t0.elapsed().as_secs_f64()
+            );
+            Ok(Some(r))
+        }
+        Device::Auto => unreachable!("resolve() never returns Auto"),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct DeviceCheckArgs {
+    /// GGUF file.
+    #[arg(long, short = 'm')]
+    pub model: PathBuf,
+    /// The GPU to check.
+    #[arg(long, default_value = "cuda", value_parser = parse_device)]
+    pub device: Device,
+    /// Tokens of the teacher-forced sequence (pseudo-random ids, or --text).
+    #[arg(long, default_value_t = 64)]
+    pub tokens: usize,
+    /// Text to tokenize as the sequence instead of random ids.
+    #[arg(long)]
+    pub text: Option<String>,
+    /// Greedy tokens to generate on both devices.
+    #[arg(long, default_value_t = 32)]
+    pub greedy: usize,
+    #[arg(long, short = 't', default_value_t = 0)]
+    pub threads: usize,
+}
+
+fn argmax(x: &[f32]) -> usize {
+    x.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
+}
+
+/// Teacher-forced logits of `toks` on `r`: one prefill step with every row's logits,
+/// then the same sequence again one token at a time (the decode kernels).
+fn logits_of(r: &mut dyn ModelRunner, toks: &[u32]) -> Result<(Vec<f32>, Vec<f32>)> {
+    let block = 16;
+    let n = (toks.len() + 1).div_ceil(block);
+    let groups = r.kv_layout().n_groups();
+    r.allocate_kv(block, &vec![n; groups])?;
+    let table: Vec<u32> = (0..n as u32).collect();
+    let tables: Vec<&[u32]> = vec![&table; groups];
+    let mut prefill = Vec::new();
+    r.execute(
+        &[SeqInput {
+            tokens: toks,
+            start_pos: 0,
+            block_tables: &tables,
+            logits: LogitsWanted::All,
+        }],
+        &mut prefill,
+    )?;
+    let mut decode = Vec::new();
+    let mut row = Vec::new();
+    for (i, t) in toks.iter().enumerate() {
+        r.execute(
+            &[SeqInput {
+                tokens: std::slice::from_ref(t),
+                start_pos: i,
+                block_tables: &tables,
+                logits: LogitsWanted::Last,
+            }],
+            &mut row,
+        )?;
+        decode.extend_from_slice(&row);
+    }
+    Ok((prefill, decode))
+}
+
+/// Top-1 agreement and the largest logit difference between two sets of rows.
+fn compare(a: &[f32], b: &[f32], vocab: usize) -> (usize, usize, f32, f32) {
+    let (mut agree, mut rows, mut max_diff, mut max_abs) = (0, 0, 0f32, 0f32);
+    for (ra, rb) in a.chunks_exact(vocab).zip(b.chunks_exact(vocab)) {
+        rows += 1;
+        agree += usize::from(argmax(ra) == argmax(rb));
+        for (x, y) in ra.iter().zip(rb) {
+            max_diff = max_diff.max((x - y).abs());
+            max_abs = max_abs.max(x.abs());
+        }
+    }
+    (agree, rows, max_diff, max_abs)
+}
+
+fn greedy(r: &mut dyn ModelRunner, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
+    let block = 16;
+    let cap = (prompt.len() + n + 1).div_ceil(block);
+    let groups = r.kv_layout().n_groups();
+    r.allocate_kv(block, &vec![cap; groups])?;
+    let table: Vec<u32> = (0..cap as u32).collect();
+    let tables: Vec<&[u32]> = vec![&table; groups];
+    let mut logits = Vec::new();
+    r.execute(
+        &[SeqInput {
+            tokens: prompt,
+            start_pos: 0,
+            block_tables: &tables,
+            logits: LogitsWanted::Last,
+        }],
+        &mut logits,
+    )?;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let id = argmax(&logits) as u32;
+        out.push(id);
+        r.execute(
+            &[SeqInput {
+                tokens: &[id],
+                start_pos: prompt.len() + i,
+                block_tables: &tables,
+                logits: LogitsWanted::Last,
+            }],
+            &mut logits,
+        )?;
+    }
+    Ok(out)
+}
+
+pub fn run_device_check(a: DeviceCheckArgs) -> Result<()> {
+    let opts = hangar_models::LoadOptions {
+        numerics: hangar_models::Numerics::Fast,
+        ..Default::default()
+    };
+    let lm = LoadedModel::load_with(&a.model, a.threads, opts)
+        .with_context(|| format!("loading {}", a.model.display()))?;
+    let Some(mut gpu) = open(&lm, a.device)? else {
+        bail!("device-check needs a CUDA device (--device cuda or cuda:N)");
+    };
+    let vocab = lm.model.cfg.vocab_size;
+    let toks: Vec<u32> = match &a.text {
+        Some(t) => lm.tokenizer.encode(t, true, false),
+        None => {
+            let mut s = 0x9e37_79b9_7f4a_7c15u64;
+            (0..a.tokens.max(1))
+                .map(|_| {
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((s >> 33) as usize % vocab.clamp(1, 32_000)) as u32
+                })
+                .collect()
+        }
+    };
+    if toks.is_empty() {
+        bail!("the sequence is empty");
+    }
+    let mut cpu = BorrowedCpuRunner::new(&lm.model, &lm.pool);
+    let (cpu_pre, cpu_dec) = logits_of(&mut cpu, &toks)?;
+    let (gpu_pre, gpu_dec) = logits_of(&mut gpu, &toks)?;
+    let (ap, np, dp, mp) = compare(&cpu_pre, &gpu_pre, vocab);
+    let (ad, nd, dd, md) = compare(&cpu_dec, &gpu_dec, vocab);
+    let (ag, ng, dg, _) = compare(&gpu_pre, &gpu_dec, vocab);
+    println!(
+        "teacher-forced prefill: top-1 agreement {ap}/{np}, max |logit diff| {dp:.4} (max |logit| {mp:.2})"
+    );
+    println!(
+        "teacher-forced decode:  top-1 agreement {ad}/{nd}, max |logit diff| {dd:.4} (max |logit| {md:.2})"
+    );
+    println!("gpu prefill vs gpu decode: top-1 agreement {ag}/{ng}, max |logit diff| {dg:.4}");
+    let prompt = &toks[..toks.len().min(8)];
+    let gc = greedy(&mut cpu, prompt, a.greedy)?;
+    let gg = greedy(&mut gpu, prompt, a.greedy)?;
+    let same = gc.iter().zip(&gg).take_while(|(x, y)| x == y).count();
+    println!(
+        "greedy {} tokens from an {}-token prompt: identical prefix {same}/{} (cpu {:?}, gpu {:?})",
+        a.greedy,
+        prompt.len(),
+        a.greedy,
+        &gc[..gc.len().min(12)],
+        &gg[..gg.len().min(12)]
+    );
+    Ok(())
+}
