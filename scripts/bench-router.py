@@ -129,6 +129,8 @@ def main():
     ap.add_argument("--concurrency", type=int, default=6)
     ap.add_argument("--replicas", type=int, default=3)
     ap.add_argument("--kv-memory", default="256MiB")
+    ap.add_argument("--threads", type=int, default=1, help="kernel threads per replica")
+    ap.add_argument("--device", default="cpu", help="each replica's --device (cpu, cuda)")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
     binary = os.environ.get("HANGAR_BIN", str(ROOT / "target" / "release" / "hangar"))
@@ -136,7 +138,8 @@ def main():
     replicas, routers = [], {}
     try:
         for _ in range(args.replicas):
-            replicas.append(replica(binary, model, MODEL, "--kv-memory", args.kv_memory))
+            replicas.append(replica(binary, model, MODEL, "--kv-memory", args.kv_memory,
+                                    "--device", args.device, threads=args.threads))
         for policy in ("round-robin", "prefix"):
             routers[policy] = router(binary, replicas, policy)
         # Warm every replica once (page faults of the weights, thread start-up).

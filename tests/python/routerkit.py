@@ -95,9 +95,9 @@ class Process:
                 self.proc.wait()
 
 
-def replica(hangar_bin, model, name, *extra, port=None):
+def replica(hangar_bin, model, name, *extra, port=None, threads=1):
     port = port or free_port()
-    cmd = [hangar_bin, "serve", "--model", model, "--model-name", name, "--threads", "1",
+    cmd = [hangar_bin, "serve", "--model", model, "--model-name", name, "--threads", str(threads),
            "--host", "127.0.0.1", "--port", str(port), "--no-registry-api", "--no-tracking-api",
            "--no-vector-api", "--shutdown-timeout", "5", *extra]
     return Process(cmd, "/v2/health/ready", port, f"serve-{port}")

@@ -327,20 +327,8 @@ fn spm_tokenizer(m: SpmModel, tc: &Value, h: &mut GgufHeader, ids: [&mut Option<
     *bos = bos.or(from_spec(m.bos_id));
     *eos = eos.or(from_spec(m.eos_id));
     *pad = pad.or(from_spec(m.pad_id));
-    h.set("tokenizer.ggml.model", MetaValue::String("llama".into()));
+    h.set_spm_vocab(tokens, scores, types);
     h.set("tokenizer.ggml.pre", MetaValue::String("default".into()));
-    h.set(
-        "tokenizer.ggml.tokens",
-        MetaValue::Array(MetaArray::String(tokens)),
-    );
-    h.set(
-        "tokenizer.ggml.scores",
-        MetaValue::Array(MetaArray::F32(scores)),
-    );
-    h.set(
-        "tokenizer.ggml.token_type",
-        MetaValue::Array(MetaArray::I32(types)),
-    );
     if let Some(u) = from_spec(m.unk_id) {
         h.set("tokenizer.ggml.unknown_token_id", MetaValue::U32(u as u32));
     }

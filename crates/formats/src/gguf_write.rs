@@ -99,6 +99,25 @@ impl GgufHeader {
         }
     }
 
+    /// Writes a SentencePiece (`"llama"`) vocabulary: pieces, scores and token types
+    /// (llama.cpp's numbering: 1 normal, 2 unknown, 3 control, 4 user-defined, 6 byte).
+    /// Special-token ids and flags are the caller's, as they differ per model.
+    pub fn set_spm_vocab(&mut self, tokens: Vec<String>, scores: Vec<f32>, types: Vec<i32>) {
+        self.set("tokenizer.ggml.model", MetaValue::String("llama".into()));
+        self.set(
+            "tokenizer.ggml.tokens",
+            MetaValue::Array(MetaArray::String(tokens)),
+        );
+        self.set(
+            "tokenizer.ggml.scores",
+            MetaValue::Array(MetaArray::F32(scores)),
+        );
+        self.set(
+            "tokenizer.ggml.token_type",
+            MetaValue::Array(MetaArray::I32(types)),
+        );
+    }
+
     /// Removes `key` if present.
     pub fn remove(&mut self, key: &str) {
         self.metadata.retain(|(k, _)| k != key);

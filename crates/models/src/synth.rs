@@ -3,7 +3,6 @@
 //! They let speed and GPU-vs-CPU agreement be measured where real weights cannot be
 //! downloaded. The weights are deterministic for a given seed.
 
-use hangar_formats::gguf::MetaArray;
 use hangar_formats::{GgmlType, GgufFileWriter, GgufHeader, GgufWriteError, MetaValue};
 use hangar_kernels::quants;
 use std::path::Path;
@@ -267,19 +266,7 @@ fn tokenizer(h: &mut GgufHeader, vocab: usize) {
     tokens.truncate(vocab);
     types.truncate(vocab);
     scores.truncate(vocab);
-    h.set("tokenizer.ggml.model", MetaValue::String("llama".into()));
-    h.set(
-        "tokenizer.ggml.tokens",
-        MetaValue::Array(MetaArray::String(tokens)),
-    );
-    h.set(
-        "tokenizer.ggml.scores",
-        MetaValue::Array(MetaArray::F32(scores)),
-    );
-    h.set(
-        "tokenizer.ggml.token_type",
-        MetaValue::Array(MetaArray::I32(types)),
-    );
+    h.set_spm_vocab(tokens, scores, types);
     h.set("tokenizer.ggml.bos_token_id", MetaValue::U32(1));
     h.set("tokenizer.ggml.eos_token_id", MetaValue::U32(2));
     h.set("tokenizer.ggml.unknown_token_id", MetaValue::U32(0));

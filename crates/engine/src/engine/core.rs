@@ -150,6 +150,11 @@ impl EngineCore {
             .map(|c| c.id)
             .collect();
         for (id, l) in live.iter_mut() {
+            // Sequences that sample optimistically (see `sample_rows`) compute a
+            // mask only when their first pick is refused.
+            if l.sampler.exact_without_mask() {
+                continue;
+            }
             if let (Some(c), true) = (l.constraint.as_mut(), sampling.contains(id)) {
                 masks.push(c);
             }
@@ -445,12 +450,12 @@ impl EngineCore {
         self.runner.run_parallel(tasks.len(), &|i| {
             if let Ok(mut t) = tasks[i].1.lock() {
                 let t = &mut *t;
-                // Structured output: the grammar's mask first, so the chain (bias,
-                // penalties, truncation) only ever sees tokens it may pick.
-                if let Some(c) = t.constraint.as_deref_mut() {
-                    c.apply(t.logits);
-                }
-                t.out = Some(t.sampler.sample(t.logits, t.history));
+                t.out = Some(crate::sampler::sample_constrained(
+                    t.sampler,
+                    t.constraint.as_deref_mut(),
+                    t.logits,
+                    t.history,
+                ));
             }
         });
         let mut out: Vec<Option<SampledToken>> = vec![None; batch.chunks.len()];

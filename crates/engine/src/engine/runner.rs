@@ -10,6 +10,7 @@ use crate::EngineError;
 use hangar_kernels::ThreadPool;
 use hangar_models::kv::KvLayout;
 use hangar_models::{KvCache, LogitsWanted, Model, SeqInput, Workspace};
+use std::borrow::Borrow;
 
 /// One model step as data: for each scheduled chunk, its tokens, where they start,
 /// its block tables (one per KV group) and whether its last-token logits are wanted.
@@ -44,15 +45,23 @@ pub trait ModelRunner: Send {
 }
 
 /// The CPU backend: Hangar's forward pass over a paged KV cache in host memory.
-pub struct CpuRunner {
-    model: Model,
-    pool: ThreadPool,
+///
+/// Generic over how the model and thread pool are held: the engine owns them
+/// (`CpuRunner<Model, ThreadPool>`), one-shot commands borrow them
+/// ([`BorrowedCpuRunner`]), so that generate and bench run on any [`ModelRunner`]
+/// through the same code.
+pub struct CpuRunner<M = Model, P = ThreadPool> {
+    model: M,
+    pool: P,
     kv: Option<KvCache>,
     ws: Workspace,
 }
 
-impl CpuRunner {
-    pub fn new(model: Model, pool: ThreadPool) -> Self {
+/// The CPU backend over a borrowed model and pool.
+pub type BorrowedCpuRunner<'a> = CpuRunner<&'a Model, &'a ThreadPool>;
+
+impl<M: Borrow<Model>, P: Borrow<ThreadPool>> CpuRunner<M, P> {
+    pub fn new(model: M, pool: P) -> Self {
         CpuRunner {
             model,
             pool,
@@ -61,29 +70,29 @@ impl CpuRunner {
         }
     }
     pub fn model(&self) -> &Model {
-        &self.model
+        self.model.borrow()
     }
 }
 
-impl ModelRunner for CpuRunner {
+impl<M: Borrow<Model> + Send, P: Borrow<ThreadPool> + Send> ModelRunner for CpuRunner<M, P> {
     fn vocab_size(&self) -> usize {
-        self.model.cfg.vocab_size
+        self.model().cfg.vocab_size
     }
     fn ctx_len(&self) -> usize {
-        self.model.cfg.ctx_len
+        self.model().cfg.ctx_len
     }
     fn arch(&self) -> &str {
-        &self.model.cfg.arch_name
+        &self.model().cfg.arch_name
     }
     fn kv_layout(&self) -> KvLayout {
-        KvLayout::for_model(&self.model.cfg)
+        KvLayout::for_model(&self.model().cfg)
     }
     fn allocate_kv(
         &mut self,
         block_size: usize,
         blocks_per_group: &[usize],
     ) -> Result<usize, EngineError> {
-        let kv = KvCache::new(&self.model.cfg, block_size, blocks_per_group);
+        let kv = KvCache::new(&self.model().cfg, block_size, blocks_per_group);
         let bytes = kv.capacity_bytes();
         self.kv = Some(kv);
         Ok(bytes)
@@ -94,7 +103,8 @@ impl ModelRunner for CpuRunner {
             .as_mut()
             .ok_or_else(|| EngineError::Invalid("KV cache not allocated".into()))?;
         self.model
-            .forward(&self.pool, step, kv, &mut self.ws, logits)
+            .borrow()
+            .forward(self.pool.borrow(), step, kv, &mut self.ws, logits)
             .map(|_| ())
             .map_err(EngineError::from)
     }
@@ -104,68 +114,13 @@ impl ModelRunner for CpuRunner {
             return;
         }
         let next = std::sync::atomic::AtomicUsize::new(0);
-        self.pool.run(|_, _| loop {
+        self.pool.borrow().run(|_, _| loop {
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if i >= n {
                 break;
             }
             task(i);
         });
-    }
-}
-
-/// The CPU backend over a borrowed model and pool: what one-shot commands (generate,
-/// bench) use, so that they run on any [`ModelRunner`] and the CPU path is one of them.
-pub struct BorrowedCpuRunner<'a> {
-    model: &'a Model,
-    pool: &'a ThreadPool,
-    kv: Option<KvCache>,
-    ws: Workspace,
-}
-
-impl<'a> BorrowedCpuRunner<'a> {
-    pub fn new(model: &'a Model, pool: &'a ThreadPool) -> Self {
-        BorrowedCpuRunner {
-            model,
-            pool,
-            kv: None,
-            ws: Workspace::default(),
-        }
-    }
-}
-
-impl ModelRunner for BorrowedCpuRunner<'_> {
-    fn vocab_size(&self) -> usize {
-        self.model.cfg.vocab_size
-    }
-    fn ctx_len(&self) -> usize {
-        self.model.cfg.ctx_len
-    }
-    fn arch(&self) -> &str {
-        &self.model.cfg.arch_name
-    }
-    fn kv_layout(&self) -> KvLayout {
-        KvLayout::for_model(&self.model.cfg)
-    }
-    fn allocate_kv(
-        &mut self,
-        block_size: usize,
-        blocks_per_group: &[usize],
-    ) -> Result<usize, EngineError> {
-        let kv = KvCache::new(&self.model.cfg, block_size, blocks_per_group);
-        let bytes = kv.capacity_bytes();
-        self.kv = Some(kv);
-        Ok(bytes)
-    }
-    fn execute(&mut self, step: &StepInput, logits: &mut Vec<f32>) -> Result<(), EngineError> {
-        let kv = self
-            .kv
-            .as_mut()
-            .ok_or_else(|| EngineError::Invalid("KV cache not allocated".into()))?;
-        self.model
-            .forward(self.pool, step, kv, &mut self.ws, logits)
-            .map(|_| ())
-            .map_err(EngineError::from)
     }
 }
 

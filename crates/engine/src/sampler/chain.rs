@@ -57,6 +57,20 @@ impl Sampler {
         self.want_logprob = want;
     }
 
+    /// Whether sampling from the unmasked logits, then rejecting a token the grammar
+    /// forbids and sampling again after masking, picks tokens with exactly the
+    /// distribution of sampling after masking. True for greedy (the unmasked argmax,
+    /// when allowed, is the masked argmax: bias and penalties act per token) and for
+    /// plain temperature sampling (P(x) = p(x) + (1 − Z)·p(x)/Z = p(x)/Z, Z the
+    /// allowed mass); not with top-k/top-p/min-p, whose cut depends on which tokens
+    /// are masked, nor when log-probabilities are reported (they are over the
+    /// allowed tokens).
+    pub fn exact_without_mask(&self) -> bool {
+        let p = &self.params;
+        let untruncated = p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0;
+        !self.want_logprob && p.n_logprobs == 0 && (p.temperature == 0.0 || untruncated)
+    }
+
     pub fn params(&self) -> &SamplingParams {
         &self.params
     }

@@ -292,6 +292,27 @@ impl Constraint {
                 .is_some_and(|m| (token as usize) < m.len() && m.is_allowed(token))
     }
 
+    /// The grammar's verdict on `token` without computing the whole mask, for
+    /// sampling optimistically: `Some(true|false)` when known from a computed mask or
+    /// from walking the parser over this one token (microseconds, where a mask over a
+    /// large vocabulary takes about a millisecond); `None` when only the full mask
+    /// can answer (the grammar is stopped or has failed).
+    pub fn quick_allows(&mut self, token: u32) -> Option<bool> {
+        if self.error.is_some() {
+            return None;
+        }
+        if let Some(m) = &self.mask {
+            return Some((token as usize) < m.len() && m.is_allowed(token));
+        }
+        if self.matcher.is_stopped() {
+            return None;
+        }
+        match self.matcher.validate_tokens(&[token]) {
+            Ok(n) => Some(n == 1),
+            Err(_) => None,
+        }
+    }
+
     /// Advances past a sampled token.
     pub fn advance(&mut self, token: u32) -> Result<(), ConstraintError> {
         self.mask = None;

@@ -19,6 +19,8 @@
 //!
 //! [`Constraint`] (`constraint`) is structured output: a grammar masks the logits
 //! before the chain runs, so only tokens it can accept are ever drawn.
+//! [`sample_constrained`] first tries the token the unmasked chain picks, where that
+//! is exact, and masks only when the grammar refuses it.
 //!
 //! [`StopMatcher`] is the streaming half of stop strings: it holds back text that
 //! could still become a stop string, so a stream never shows part of one.
@@ -36,3 +38,28 @@ pub use chain::{SampledToken, Sampler};
 pub use constraint::{Constraint, ConstraintError, GrammarCompiler, GrammarSpec};
 pub use params::{SamplerError, SamplingParams, MAX_LOGPROBS};
 pub use stop::StopMatcher;
+
+/// Samples one token under an optional grammar. Where [`Sampler::exact_without_mask`]
+/// holds (greedy, or plain temperature sampling, no log-probabilities), the token is
+/// first drawn from the unmasked logits and kept if the grammar allows it: the same
+/// distribution as masking first, without the vocabulary-wide mask on most steps.
+/// Otherwise (or when that token is refused) the mask is applied and the chain runs
+/// on what it allows. `logits` may be modified.
+pub fn sample_constrained(
+    sampler: &mut Sampler,
+    constraint: Option<&mut Constraint>,
+    logits: &mut [f32],
+    history: &[u32],
+) -> SampledToken {
+    let Some(c) = constraint else {
+        return sampler.sample(logits, history);
+    };
+    if sampler.exact_without_mask() {
+        let s = sampler.sample_from(logits, history, 0);
+        if c.quick_allows(s.id) == Some(true) {
+            return s;
+        }
+    }
+    c.apply(logits);
+    sampler.sample(logits, history)
+}
