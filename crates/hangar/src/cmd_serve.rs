@@ -271,20 +271,37 @@ pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
             services = services.with_inference(engine, name);
             // From the registry: name the version everywhere and allow reloads.
             if let Some((started, origin)) = &args.registry_origin {
-                let (reg_name, version) = origin.reference.rsplit_once('@').unwrap_or((origin.reference.as_str(), "0"));
+                let (reg_name, version) = origin
+                    .reference
+                    .rsplit_once('@')
+                    .unwrap_or((origin.reference.as_str(), "0"));
                 let version = hangar_serve::ModelVersion {
                     name: reg_name.to_string(),
                     version: version.parse().unwrap_or(0),
                     sha256: origin.sha256.clone(),
                 };
                 let reloads = hangar_serve::Reloads {
-                    loader: std::sync::Arc::new(crate::serve_reload::RegistryLoader::new(args.clone(), started)),
+                    loader: std::sync::Arc::new(crate::serve_reload::RegistryLoader::new(
+                        args.clone(),
+                        started,
+                    )),
                     watch: args.reload_on_stage_change.then_some(args.reload_poll),
                 };
-                eprintln!("hangar serve: serving {}; POST /admin/models/{}/reload switches versions{}", version.reference(), args.model_name.as_deref().unwrap_or(""), if args.reload_on_stage_change { format!(", and {started} is polled every {:?}", args.reload_poll) } else { String::new() });
+                eprintln!(
+                    "hangar serve: serving {}; POST /admin/models/{}/reload switches versions{}",
+                    version.reference(),
+                    args.model_name.as_deref().unwrap_or(""),
+                    if args.reload_on_stage_change {
+                        format!(", and {started} is polled every {:?}", args.reload_poll)
+                    } else {
+                        String::new()
+                    }
+                );
                 services = services.with_registry_version(version, Some(reloads));
             } else if args.reload_on_stage_change {
-                bail!("--reload-on-stage-change needs --model to name a registry model (name@stage)");
+                bail!(
+                    "--reload-on-stage-change needs --model to name a registry model (name@stage)"
+                );
             }
         }
         None => eprintln!("hangar serve: no model (--no-model); inference APIs are off"),

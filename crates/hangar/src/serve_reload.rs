@@ -40,9 +40,8 @@ impl RegistryLoader {
     }
 
     fn registry(&self) -> Result<(Registry, hangar_registry::Principal), ReloadError> {
-        let reg = Registry::open(self.args.home.clone()).map_err(|e| {
-            ReloadError::Unloadable(format!("cannot open the model registry: {e}"))
-        })?;
+        let reg = Registry::open(self.args.home.clone())
+            .map_err(|e| ReloadError::Unloadable(format!("cannot open the model registry: {e}")))?;
         let who = reg
             .principal(std::env::var("HANGAR_TOKEN").ok().as_deref())
             .map_err(|e| registry_error("the registry refused the server's token", e))?;
@@ -81,7 +80,9 @@ impl ModelLoader for RegistryLoader {
         let reference = self.reference(target)?;
         let (reg, who) = self.registry()?;
         let ctx = format!("resolving {reference}");
-        let info = reg.show(&who, &reference).map_err(|e| registry_error(&ctx, e))?;
+        let info = reg
+            .show(&who, &reference)
+            .map_err(|e| registry_error(&ctx, e))?;
         // Both engines live at once until the old one drains: refuse early rather than
         // let the kernel kill the server that is still serving.
         let kv = self
@@ -122,9 +123,8 @@ impl ModelLoader for RegistryLoader {
             .iter()
             .find(|f| Some(&f.path) == rel.as_ref())
             .map(|f| f.sha256.clone());
-        let (engine, _) = start_engine(&self.args, &path).map_err(|e| {
-            ReloadError::Unloadable(format!("{exact} does not load: {e:#}"))
-        })?;
+        let (engine, _) = start_engine(&self.args, &path)
+            .map_err(|e| ReloadError::Unloadable(format!("{exact} does not load: {e:#}")))?;
         Ok((
             engine,
             ModelVersion {

@@ -134,7 +134,12 @@ fn failed_reloads_leave_the_old_version_serving() {
         ("gem", r#"{"version": 9}"#, 404, "not found"),
         ("gem", r#"{"stage": "staging"}"#, 404, "not found"),
         ("gem", r#"{"version": 2}"#, 422, "does not load"),
-        ("gem", r#"{"version": 1, "stage": "production"}"#, 400, "either"),
+        (
+            "gem",
+            r#"{"version": 1, "stage": "production"}"#,
+            400,
+            "either",
+        ),
         ("gem", r#"{"versoin": 2}"#, 400, "unknown field"),
         ("other", "", 404, "other"),
     ];

@@ -27,9 +27,9 @@ pub mod metrics;
 pub mod mlflow_api;
 mod monitoring;
 // Zero-downtime model swaps: the model slot, /admin/models/{name}/reload, the stage watcher.
-mod reload;
 pub mod openai;
 pub mod qdrant_api;
+mod reload;
 // Retrieval-augmented chat (/v1/rag/chat, `retrieval` on chat completions).
 pub mod rag_api;
 pub mod registry_api;
@@ -151,7 +151,11 @@ impl Services {
 
     /// Names the registry version the served model came from (metadata, headers,
     /// metrics, request log) and how to reload it.
-    pub fn with_registry_version(mut self, version: ModelVersion, reloads: Option<Reloads>) -> Self {
+    pub fn with_registry_version(
+        mut self,
+        version: ModelVersion,
+        reloads: Option<Reloads>,
+    ) -> Self {
         self.model_version = Some(version.reference());
         if let Some(i) = &mut self.inference {
             i.version = Some(version);
@@ -470,7 +474,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = router(state.clone());
     let sampler = tokio::spawn(timeseries::run_sampler(state.clone()));
-    let watcher = state.inference.clone().map(|s| tokio::spawn(reload::watch(s)));
+    let watcher = state
+        .inference
+        .clone()
+        .map(|s| tokio::spawn(reload::watch(s)));
     let result = server::run(listener, state, app, shutdown).await;
     sampler.abort();
     if let Some(w) = watcher {

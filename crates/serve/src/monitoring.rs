@@ -91,7 +91,7 @@ impl Trace {
         start: Instant,
     ) -> Option<Trace> {
         let monitor = state.monitor.clone()?;
-        let model = state.inference.as_ref()?.model_name.clone();
+        let model = state.inference.as_ref()?.current().model_name.clone();
         let ctx = CONTEXT.try_with(|c| c.clone()).unwrap_or_default();
         Some(Trace {
             monitor,
@@ -132,7 +132,12 @@ impl Trace {
         let prompt = state
             .inference
             .as_ref()
-            .map(|i| i.current().engine.tokenizer().decode(&self.prompt_ids, false))
+            .map(|i| {
+                i.current()
+                    .engine
+                    .tokenizer()
+                    .decode(&self.prompt_ids, false)
+            })
             .unwrap_or_default();
         // A stream that ended early (cancelled, error) has no usage: count what it sent.
         let completion_tokens = usage.completion_tokens.max(self.tokens);

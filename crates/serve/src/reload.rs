@@ -178,7 +178,10 @@ pub struct ReloadReport {
 
 /// Loads `target` beside the serving model, warms it up, switches new requests to it,
 /// and frees the old engine in the background once its last request has finished.
-pub async fn reload(slot: &Arc<ModelSlot>, target: ReloadTarget) -> Result<ReloadReport, ReloadError> {
+pub async fn reload(
+    slot: &Arc<ModelSlot>,
+    target: ReloadTarget,
+) -> Result<ReloadReport, ReloadError> {
     let Some(reloads) = &slot.reloads else {
         return Err(ReloadError::NotReloadable);
     };
@@ -231,7 +234,8 @@ pub async fn reload(slot: &Arc<ModelSlot>, target: ReloadTarget) -> Result<Reloa
 
 /// One greedy token through the new engine: the model runs, not just parses.
 fn warm_up(engine: &Engine) -> Result<(), ReloadError> {
-    let fail = |why: String| ReloadError::Unloadable(format!("the new model failed its warm-up: {why}"));
+    let fail =
+        |why: String| ReloadError::Unloadable(format!("the new model failed its warm-up: {why}"));
     let prompt = engine.tokenizer().encode_prompt("Hello");
     let (_, mut rx) = engine
         .submit(GenerateRequest::greedy(prompt, 1))
@@ -324,7 +328,10 @@ async fn reload_handler(
         }
     }
     let Some(slot) = &app.inference else {
-        return ApiError::not_found("this server runs without a model (--no-model); there is nothing to reload").render(fmt);
+        return ApiError::not_found(
+            "this server runs without a model (--no-model); there is nothing to reload",
+        )
+        .render(fmt);
     };
     let served = slot.current().model_name.clone();
     if name != served {
@@ -335,21 +342,17 @@ async fn reload_handler(
     } else {
         match serde_json::from_slice(&body) {
             Ok(b) => b,
-            Err(e) => {
-                return ApiError::bad_request(format!(
-                    "the body must be empty, {{\"version\": N}} or {{\"stage\": \"production\"}}: {e}"
-                ))
-                .render(fmt)
-            }
+            Err(e) => return ApiError::bad_request(format!(
+                "the body must be empty, {{\"version\": N}} or {{\"stage\": \"production\"}}: {e}"
+            ))
+            .render(fmt),
         }
     };
     let target = match body {
         ReloadBody {
             version: Some(_),
             stage: Some(_),
-        } => {
-            return ApiError::bad_request("give either version or stage, not both").render(fmt)
-        }
+        } => return ApiError::bad_request("give either version or stage, not both").render(fmt),
         ReloadBody {
             version: Some(v), ..
         } => ReloadTarget::Version(v),

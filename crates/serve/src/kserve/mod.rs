@@ -87,7 +87,11 @@ pub async fn model_metadata(
         versions: vec![model_version(&state)],
         platform: "hangar",
         registry_reference: state.service.version.as_ref().map(|v| v.reference()),
-        sha256: state.service.version.as_ref().and_then(|v| v.sha256.clone()),
+        sha256: state
+            .service
+            .version
+            .as_ref()
+            .and_then(|v| v.sha256.clone()),
         inputs: vec![
             tensor("text_input", "BYTES", false),
             tensor("max_tokens", "INT32", true),
@@ -312,32 +316,35 @@ pub async fn generate_stream(
     let req = generate_request(&state, &bytes)?;
     let merged = merge(submit_all(&state, vec![req])?);
     let version = model_version(&state);
-    let events = stream::unfold((merged, (name, version), false), |(mut m, name, ended)| async move {
-        if ended {
-            return None;
-        }
-        loop {
-            let (_, ev) = m.next().await?;
-            let piece = |text: String, finish| GenerateResponse {
-                model_name: name.0.clone(),
-                model_version: name.1.clone(),
-                text_output: text,
-                finish_reason: finish,
-            };
-            let (data, end) = match ev {
-                TokenEvent::PromptLogprobs(_) => continue,
-                TokenEvent::Token(t) if t.text.is_empty() => continue,
-                TokenEvent::Token(t) => (serde_json::to_string(&piece(t.text, None)), false),
-                TokenEvent::Done { text, finish, .. } => (
-                    serde_json::to_string(&piece(text, Some(gen::finish_reason(finish)))),
-                    true,
-                ),
-                TokenEvent::Error(e) => (serde_json::to_string(&ErrorBody { error: e }), true),
-            };
-            let ev = Event::default().data(data.unwrap_or_default());
-            return Some((Ok::<Event, Infallible>(ev), (m, name, end)));
-        }
-    });
+    let events = stream::unfold(
+        (merged, (name, version), false),
+        |(mut m, name, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                let (_, ev) = m.next().await?;
+                let piece = |text: String, finish| GenerateResponse {
+                    model_name: name.0.clone(),
+                    model_version: name.1.clone(),
+                    text_output: text,
+                    finish_reason: finish,
+                };
+                let (data, end) = match ev {
+                    TokenEvent::PromptLogprobs(_) => continue,
+                    TokenEvent::Token(t) if t.text.is_empty() => continue,
+                    TokenEvent::Token(t) => (serde_json::to_string(&piece(t.text, None)), false),
+                    TokenEvent::Done { text, finish, .. } => (
+                        serde_json::to_string(&piece(text, Some(gen::finish_reason(finish)))),
+                        true,
+                    ),
+                    TokenEvent::Error(e) => (serde_json::to_string(&ErrorBody { error: e }), true),
+                };
+                let ev = Event::default().data(data.unwrap_or_default());
+                return Some((Ok::<Event, Infallible>(ev), (m, name, end)));
+            }
+        },
+    );
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
