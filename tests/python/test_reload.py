@@ -117,6 +117,13 @@ class Load:
                 self.results.append(rec)
             i += 4
 
+    def wait_started_after(self, t, n=4, timeout=120):
+        """Waits until `n` requests that began after `t` have finished."""
+        deadline = time.time() + timeout
+        while sum(r[0] > t for r in list(self.results)) < n:
+            assert time.time() < deadline, "the load made no progress"
+            time.sleep(0.2)
+
     def finish(self):
         self.stop_flag.set()
         for f in self.futures:
@@ -148,12 +155,12 @@ def test_reload_under_load_switches_versions_without_a_failed_request(home):
         # Two reloads at once: one runs, the other is refused.
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             answers = list(pool.map(lambda _: reload(srv.base, {"version": 2}), range(2)))
-        switched = time.time()
+        switched = time.time() + 0.05
         statuses = sorted(s for s, _ in answers)
         assert statuses == [200, 409], answers
         report = next(body for s, body in answers if s == 200)
         assert report["previous"] == f"{NAME}@1" and report["current"] == f"{NAME}@2", report
-        time.sleep(3)
+        load.wait_started_after(switched)
         results = load.finish()
 
         errors = [r for r in results if r[1] == "error"]
@@ -163,7 +170,7 @@ def test_reload_under_load_switches_versions_without_a_failed_request(home):
         versions = [r[2] for r in results]
         assert f"{NAME}@1" in versions and f"{NAME}@2" in versions, versions
         # Every request that began after the switch ran on the new version.
-        late = [r for r in results if r[0] > switched + 0.05]
+        late = [r for r in results if r[0] > switched]
         assert late and all(r[2] == f"{NAME}@2" for r in late), late
 
         after = served(srv.base)
@@ -206,15 +213,15 @@ def test_rolling_update_behind_the_router(home):
                 status, body = reload(x.base)  # re-resolves gem@production
                 assert status == 200 and body["current"] == f"{NAME}@2", body
                 time.sleep(1.5)
-            done = time.time()
-            time.sleep(2)
+            done = time.time() + 0.05
+            load.wait_started_after(done)
             results = load.finish()
         finally:
             r.stop()
         errors = [x for x in results if x[1] == "error"]
         assert not errors, errors[:3]
         assert all(served(x.base)["reference"] == f"{NAME}@2" for x in replicas)
-        late = [x for x in results if x[0] > done + 0.05]
+        late = [x for x in results if x[0] > done]
         assert late and all(x[2] == f"{NAME}@2" for x in late), late
         print(f"rolling update: {len(results)} requests, none failed")
     finally:
