@@ -342,10 +342,12 @@ async fn reload_handler(
     } else {
         match serde_json::from_slice(&body) {
             Ok(b) => b,
-            Err(e) => return ApiError::bad_request(format!(
+            Err(e) => {
+                return ApiError::bad_request(format!(
                 "the body must be empty, {{\"version\": N}} or {{\"stage\": \"production\"}}: {e}"
             ))
-            .render(fmt),
+                .render(fmt)
+            }
         }
     };
     let target = match body {
