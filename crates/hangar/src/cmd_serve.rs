@@ -8,7 +8,7 @@ use hangar_serve::{AppState, ServeConfig, Services};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
@@ -107,9 +107,32 @@ pub struct ServeArgs {
     /// POST /v1/embeddings and POST /embed; alone with --no-model.
     #[arg(long)]
     pub embedding_model: Option<String>,
+    /// Poll the registry stage the model was started from (`--model name@production`)
+    /// and reload when it names another version.
+    #[arg(long)]
+    pub reload_on_stage_change: bool,
+    /// Seconds between those polls.
+    #[arg(long, default_value = "5", value_parser = parse_secs)]
+    pub reload_poll: Duration,
+    /// Seconds between SIGTERM and closing the listener, during which readiness probes
+    /// already fail but requests are still served (lets a load balancer notice).
+    #[arg(long, default_value = "0", value_parser = parse_delay)]
+    pub drain_delay: Duration,
     /// Hangar home, set from the global --home.
     #[arg(skip)]
     pub home: Option<PathBuf>,
+    /// The registry version the model was resolved to, with the reference as given
+    /// (set by main when --model names the registry).
+    #[arg(skip)]
+    pub registry_origin: Option<(String, crate::model_path::RegistryOrigin)>,
+}
+
+/// Parses a number of seconds that may be zero.
+fn parse_delay(s: &str) -> std::result::Result<Duration, String> {
+    if s.trim().parse::<f64>() == Ok(0.0) {
+        return Ok(Duration::ZERO);
+    }
+    parse_secs(s)
 }
 
 /// Parses a positive number of seconds (`10`, `0.5`).
@@ -123,7 +146,7 @@ fn parse_secs(s: &str) -> std::result::Result<Duration, String> {
 }
 
 /// Parses `1GiB`, `512MiB`, `2G`, `300000000`.
-fn parse_bytes(s: &str) -> Result<usize> {
+pub(crate) fn parse_bytes(s: &str) -> Result<usize> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -153,7 +176,7 @@ fn default_name(path: &Path) -> String {
 }
 
 /// Loads the model and starts the engine; returns the engine and its served name.
-fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engine, String)> {
+pub(crate) fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engine, String)> {
     let mut cfg = EngineConfig {
         block_size: args.block_size,
         max_tokens_in_flight: args.max_tokens_in_flight,
@@ -246,6 +269,40 @@ pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
         Some(path) => {
             let (engine, name) = start_engine(&args, path)?;
             services = services.with_inference(engine, name);
+            // From the registry: name the version everywhere and allow reloads.
+            if let Some((started, origin)) = &args.registry_origin {
+                let (reg_name, version) = origin
+                    .reference
+                    .rsplit_once('@')
+                    .unwrap_or((origin.reference.as_str(), "0"));
+                let version = hangar_serve::ModelVersion {
+                    name: reg_name.to_string(),
+                    version: version.parse().unwrap_or(0),
+                    sha256: origin.sha256.clone(),
+                };
+                let reloads = hangar_serve::Reloads {
+                    loader: std::sync::Arc::new(crate::serve_reload::RegistryLoader::new(
+                        args.clone(),
+                        started,
+                    )),
+                    watch: args.reload_on_stage_change.then_some(args.reload_poll),
+                };
+                eprintln!(
+                    "hangar serve: serving {}; POST /admin/models/{}/reload switches versions{}",
+                    version.reference(),
+                    args.model_name.as_deref().unwrap_or(""),
+                    if args.reload_on_stage_change {
+                        format!(", and {started} is polled every {:?}", args.reload_poll)
+                    } else {
+                        String::new()
+                    }
+                );
+                services = services.with_registry_version(version, Some(reloads));
+            } else if args.reload_on_stage_change {
+                bail!(
+                    "--reload-on-stage-change needs --model to name a registry model (name@stage)"
+                );
+            }
         }
         None => eprintln!("hangar serve: no model (--no-model); inference APIs are off"),
     }
@@ -326,6 +383,7 @@ pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
             shutdown_timeout: args.shutdown_timeout,
             allow_special_in_prompt: args.allow_special_in_prompt,
             sample_interval: args.sample_interval,
+            drain_delay: args.drain_delay,
         },
     );
     let addr = format!("{}:{}", args.host, args.port);

@@ -17,6 +17,7 @@ mod cmd_synth;
 mod cmd_track;
 mod cmd_vector;
 mod model_path;
+mod serve_reload;
 
 use clap::{Parser, Subcommand};
 
@@ -124,12 +125,21 @@ fn main() {
             if args.no_model {
                 cmd_serve::run_serve(args, None)
             } else {
-                model_path::resolve(model.as_deref(), home.clone()).and_then(|path| {
-                    if args.model_name.is_none() {
-                        args.model_name = Some(model_path::served_name(model.as_deref(), &path));
-                    }
-                    cmd_serve::run_serve(args, Some(path))
-                })
+                model_path::resolve_with_origin(model.as_deref(), home.clone()).and_then(
+                    |(path, origin)| {
+                        if args.model_name.is_none() {
+                            args.model_name =
+                                Some(model_path::served_name(model.as_deref(), &path));
+                        }
+                        args.registry_origin = origin.map(|o| {
+                            let started = model
+                                .clone()
+                                .unwrap_or_else(|| hangar_registry::DEFAULT_MODEL.to_string());
+                            (started, o)
+                        });
+                        cmd_serve::run_serve(args, Some(path))
+                    },
+                )
             }
         }
         Cmd::Route(a) => cmd_route::run_route(a),

@@ -302,6 +302,9 @@ pub struct ChoiceStream {
     done: bool,
     /// What the monitor gets when the stream ends (None when monitoring is off).
     trace: Option<crate::monitoring::Trace>,
+    /// The model this choice runs on: a reload frees the old engine only once every
+    /// stream on it has ended.
+    _model: Option<Arc<crate::Inference>>,
 }
 
 impl ChoiceStream {
@@ -319,6 +322,7 @@ impl ChoiceStream {
             last: None,
             done: false,
             trace: None,
+            _model: None,
         }
     }
 
@@ -411,7 +415,8 @@ pub fn submit_all(
         .into_iter()
         .enumerate()
         .map(|(i, rx)| {
-            let c = ChoiceStream::new(i, rx, state.app.clone(), start);
+            let mut c = ChoiceStream::new(i, rx, state.app.clone(), start);
+            c._model = Some(state.service.clone());
             match prompts.get(i) {
                 Some(p) => c.traced(p),
                 None => c,

@@ -148,13 +148,16 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 
 /// `GET /metrics`
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    let engine = state
-        .inference
+    let model = state.inference.as_ref().map(|s| s.current());
+    let engine = model
         .as_ref()
         .map(|i| (i.model_name.as_str(), i.engine.stats()));
     let mut body = state
         .metrics
         .render(engine.as_ref().map(|(name, stats)| (*name, stats)));
+    if let Some(slot) = &state.inference {
+        slot.render_metrics(&mut body);
+    }
     if let Some(m) = &state.monitor {
         crate::metrics::render_monitor(&mut body, m);
     }

@@ -26,8 +26,10 @@ pub mod kserve;
 pub mod metrics;
 pub mod mlflow_api;
 mod monitoring;
+// Zero-downtime model swaps: the model slot, /admin/models/{name}/reload, the stage watcher.
 pub mod openai;
 pub mod qdrant_api;
+mod reload;
 // Retrieval-augmented chat (/v1/rag/chat, `retrieval` on chat completions).
 pub mod rag_api;
 pub mod registry_api;
@@ -51,6 +53,10 @@ use metrics::Metrics;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+pub use reload::{
+    reload, ModelLoader, ModelSlot, ModelVersion, ReloadError, ReloadReport, ReloadTarget, Reloads,
+};
 use std::time::Duration;
 
 /// Server options (the services themselves are in [`Services`]).
@@ -80,6 +86,9 @@ pub struct ServeConfig {
     pub allow_special_in_prompt: bool,
     /// How often the dashboard's history is sampled.
     pub sample_interval: Duration,
+    /// On shutdown, how long readiness fails while the listener still serves, so load
+    /// balancers stop sending before connections are refused.
+    pub drain_delay: Duration,
 }
 
 impl Default for ServeConfig {
@@ -94,6 +103,7 @@ impl Default for ServeConfig {
             shutdown_timeout: Duration::from_secs(30),
             allow_special_in_prompt: false,
             sample_interval: Duration::from_secs(2),
+            drain_delay: Duration::ZERO,
         }
     }
 }
@@ -103,6 +113,8 @@ pub struct Inference {
     pub engine: Engine,
     /// The name clients use for the model (`model` field, `/v2/models/{name}`).
     pub model_name: String,
+    /// The registry version it was loaded from (absent for a plain file).
+    pub version: Option<ModelVersion>,
 }
 
 /// The registry behind `/v1/registry/...`, shared between request handlers.
@@ -122,6 +134,8 @@ pub struct Services {
     /// Experiment tracking behind the MLflow-compatible API.
     pub tracking: Option<Tracker>,
     pub embeddings: Option<hangar_engine::Embedder>,
+    /// How the served model is reloaded (`POST /admin/models/{name}/reload`).
+    pub reloads: Option<Reloads>,
 }
 
 impl Services {
@@ -130,7 +144,23 @@ impl Services {
         self.inference = Some(Inference {
             engine,
             model_name: model_name.into(),
+            version: None,
         });
+        self
+    }
+
+    /// Names the registry version the served model came from (metadata, headers,
+    /// metrics, request log) and how to reload it.
+    pub fn with_registry_version(
+        mut self,
+        version: ModelVersion,
+        reloads: Option<Reloads>,
+    ) -> Self {
+        self.model_version = Some(version.reference());
+        if let Some(i) = &mut self.inference {
+            i.version = Some(version);
+        }
+        self.reloads = reloads;
         self
     }
 
@@ -174,7 +204,8 @@ impl Services {
 /// Shared by every handler.
 pub struct AppState {
     pub cfg: ServeConfig,
-    pub inference: Option<Arc<Inference>>,
+    /// The served model, swappable by reloads.
+    pub inference: Option<Arc<ModelSlot>>,
     pub registry: Option<SharedRegistry>,
     pub monitor: Option<Arc<Monitor>>,
     pub model_version: Option<String>,
@@ -196,7 +227,12 @@ impl AppState {
         Arc::new(AppState {
             history: timeseries::History::new(cfg.sample_interval),
             cfg,
-            inference: services.inference.map(Arc::new),
+            inference: {
+                let reloads = services.reloads;
+                services
+                    .inference
+                    .map(|i| Arc::new(ModelSlot::new(i, reloads)))
+            },
             registry: services.registry.map(|r| Arc::new(Mutex::new(r))),
             monitor: services.monitor.map(Arc::new),
             model_version: services.model_version,
@@ -216,7 +252,40 @@ impl AppState {
     /// Ready for traffic: not shutting down, and the engine (if any) is running.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
-            && self.inference.as_ref().is_none_or(|i| i.engine.is_alive())
+            && self
+                .inference
+                .as_ref()
+                .is_none_or(|i| i.current().engine.is_alive())
+    }
+
+    /// The registry version serving new requests (`name@3`), else the configured one.
+    pub fn served_version(&self) -> Option<String> {
+        self.inference
+            .as_ref()
+            .and_then(|s| s.current().version.as_ref().map(ModelVersion::reference))
+            .or_else(|| self.model_version.clone())
+    }
+}
+
+/// The state the inference routes are built with; each request turns it into an
+/// [`InferenceState`] holding the model current when the request began.
+#[derive(Clone)]
+pub struct InferenceRoutes {
+    pub app: Arc<AppState>,
+    pub slot: Arc<ModelSlot>,
+}
+
+impl axum::extract::FromRef<InferenceRoutes> for InferenceState {
+    fn from_ref(r: &InferenceRoutes) -> Self {
+        // The model `reload::pin_model` took for this request, so the handler and the
+        // version header agree across a swap.
+        let service = reload::PINNED
+            .try_with(Arc::clone)
+            .unwrap_or_else(|_| r.slot.current());
+        InferenceState {
+            app: r.app.clone(),
+            service,
+        }
     }
 }
 
@@ -268,6 +337,7 @@ fn route_label(path: &str) -> &'static str {
         p if p.starts_with("/collections/") => qdrant_label(p),
         p if p.starts_with("/api/2.0/mlflow-artifacts/") => "/api/2.0/mlflow-artifacts",
         p if mlflow_api::is_mlflow_path(p) => "/api/2.0/mlflow",
+        p if p.starts_with("/admin/models/") => "/admin/models/{name}/reload",
         p if p.starts_with("/v2/models/") => {
             if p.ends_with("/infer") {
                 "/v2/models/{name}/infer"
@@ -344,14 +414,21 @@ async fn not_found(State(state): State<Arc<AppState>>, req: Request) -> Response
 /// Every route of the services present, behind one auth layer and request counting.
 pub fn router(state: Arc<AppState>) -> Router {
     let mut app = health::routes(state.clone()).merge(ui::routes());
-    if let Some(service) = &state.inference {
-        let inf = InferenceState {
+    if let Some(slot) = &state.inference {
+        let inf = InferenceRoutes {
             app: state.clone(),
-            service: service.clone(),
+            slot: slot.clone(),
         };
         app = app
-            .merge(openai::routes(inf.clone()))
-            .merge(kserve::routes(inf));
+            .merge(
+                openai::routes(inf.clone())
+                    .merge(kserve::routes(inf))
+                    .layer(middleware::from_fn_with_state(
+                        slot.clone(),
+                        reload::pin_model,
+                    )),
+            )
+            .merge(reload::routes(state.clone()));
     }
     if let Some(reg) = &state.registry {
         app = app.merge(registry_api::routes(state.clone(), reg.clone()));
@@ -397,8 +474,15 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = router(state.clone());
     let sampler = tokio::spawn(timeseries::run_sampler(state.clone()));
+    let watcher = state
+        .inference
+        .clone()
+        .map(|s| tokio::spawn(reload::watch(s)));
     let result = server::run(listener, state, app, shutdown).await;
     sampler.abort();
+    if let Some(w) = watcher {
+        w.abort();
+    }
     result
 }
 

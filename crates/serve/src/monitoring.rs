@@ -91,7 +91,7 @@ impl Trace {
         start: Instant,
     ) -> Option<Trace> {
         let monitor = state.monitor.clone()?;
-        let model = state.inference.as_ref()?.model_name.clone();
+        let model = state.inference.as_ref()?.current().model_name.clone();
         let ctx = CONTEXT.try_with(|c| c.clone()).unwrap_or_default();
         Some(Trace {
             monitor,
@@ -132,7 +132,12 @@ impl Trace {
         let prompt = state
             .inference
             .as_ref()
-            .map(|i| i.engine.tokenizer().decode(&self.prompt_ids, false))
+            .map(|i| {
+                i.current()
+                    .engine
+                    .tokenizer()
+                    .decode(&self.prompt_ids, false)
+            })
             .unwrap_or_default();
         // A stream that ended early (cancelled, error) has no usage: count what it sent.
         let completion_tokens = usage.completion_tokens.max(self.tokens);
@@ -146,7 +151,7 @@ impl Trace {
             },
             route: self.ctx.route.clone(),
             model: self.model.clone(),
-            model_version: state.model_version.clone(),
+            model_version: state.served_version(),
             key_id: self.ctx.key_id.clone(),
             prompt: prompt.clone(),
             response: self.response,
@@ -207,7 +212,7 @@ impl Trace {
 /// the user's answer went out.
 fn judge_toxicity(state: &AppState, monitor: Arc<Monitor>, model: String, answer: String) {
     let (Some(inf), Ok(rt)) = (
-        state.inference.clone(),
+        state.inference.as_ref().map(|s| s.current()),
         tokio::runtime::Handle::try_current(),
     ) else {
         return;

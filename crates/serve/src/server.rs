@@ -115,6 +115,18 @@ pub(crate) async fn run(
     let permits = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
+    // Readiness fails the moment shutdown begins; the listener stays open for
+    // `drain_delay` more, so balancers see the probe fail before connects are refused.
+    let delay = cfg.drain_delay;
+    let ready_state = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        ready_state.ready.store(false, Ordering::Relaxed);
+        if !delay.is_zero() {
+            tracing::info!("shutting down: not ready; serving {delay:?} more before draining");
+            tokio::time::sleep(delay).await;
+        }
+    };
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {

@@ -159,7 +159,7 @@ pub(crate) async fn run_sampler(state: Arc<AppState>) {
         let itl = m.itl.snapshot();
         let (queue, running, kv_usage) = match &state.inference {
             Some(i) => {
-                let e = i.engine.stats();
+                let e = i.current().engine.stats();
                 let total = e.kv_blocks_total();
                 let kv = if total == 0 {
                     0.0

@@ -31,10 +31,17 @@ use types::{
 };
 
 const BINARY_HEADER: &str = "inference-header-content-length";
-const MODEL_VERSION: &str = "1";
+/// The version KServe answers name: the registry version, "1" for a plain file.
+fn model_version(state: &InferenceState) -> String {
+    state
+        .service
+        .version
+        .as_ref()
+        .map_or_else(|| "1".to_string(), |v| v.version.to_string())
+}
 
 /// The KServe inference routes (`/v2`, health and readiness are mounted with health).
-pub(crate) fn routes(state: InferenceState) -> Router {
+pub(crate) fn routes(state: crate::InferenceRoutes) -> Router {
     Router::new()
         .route("/v2/models/{name}", get(model_metadata))
         .route(
@@ -77,8 +84,14 @@ pub async fn model_metadata(
     check_model(&state, &name)?;
     Ok(Json(ModelMetadata {
         name,
-        versions: vec![MODEL_VERSION],
+        versions: vec![model_version(&state)],
         platform: "hangar",
+        registry_reference: state.service.version.as_ref().map(|v| v.reference()),
+        sha256: state
+            .service
+            .version
+            .as_ref()
+            .and_then(|v| v.sha256.clone()),
         inputs: vec![
             tensor("text_input", "BYTES", false),
             tensor("max_tokens", "INT32", true),
@@ -194,7 +207,7 @@ pub async fn infer(
     let blob = binary_out.then(|| codec::encode_bytes(&outs));
     let resp = InferResponse {
         model_name: name,
-        model_version: MODEL_VERSION,
+        model_version: model_version(&state),
         outputs: vec![OutputTensor {
             name: "text_output",
             datatype: "BYTES",
@@ -285,7 +298,7 @@ pub async fn generate(
         .ok_or_else(|| ApiError::internal("no result"))?;
     Ok(Json(GenerateResponse {
         model_name: name,
-        model_version: MODEL_VERSION,
+        model_version: model_version(&state),
         text_output: c.text,
         finish_reason: Some(gen::finish_reason(c.finish)),
     }))
@@ -302,32 +315,36 @@ pub async fn generate_stream(
     let bytes = read_body(&headers, body, state.app.cfg.max_body_bytes).await?;
     let req = generate_request(&state, &bytes)?;
     let merged = merge(submit_all(&state, vec![req])?);
-    let events = stream::unfold((merged, name, false), |(mut m, name, ended)| async move {
-        if ended {
-            return None;
-        }
-        loop {
-            let (_, ev) = m.next().await?;
-            let piece = |text: String, finish| GenerateResponse {
-                model_name: name.clone(),
-                model_version: MODEL_VERSION,
-                text_output: text,
-                finish_reason: finish,
-            };
-            let (data, end) = match ev {
-                TokenEvent::PromptLogprobs(_) => continue,
-                TokenEvent::Token(t) if t.text.is_empty() => continue,
-                TokenEvent::Token(t) => (serde_json::to_string(&piece(t.text, None)), false),
-                TokenEvent::Done { text, finish, .. } => (
-                    serde_json::to_string(&piece(text, Some(gen::finish_reason(finish)))),
-                    true,
-                ),
-                TokenEvent::Error(e) => (serde_json::to_string(&ErrorBody { error: e }), true),
-            };
-            let ev = Event::default().data(data.unwrap_or_default());
-            return Some((Ok::<Event, Infallible>(ev), (m, name, end)));
-        }
-    });
+    let version = model_version(&state);
+    let events = stream::unfold(
+        (merged, (name, version), false),
+        |(mut m, name, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                let (_, ev) = m.next().await?;
+                let piece = |text: String, finish| GenerateResponse {
+                    model_name: name.0.clone(),
+                    model_version: name.1.clone(),
+                    text_output: text,
+                    finish_reason: finish,
+                };
+                let (data, end) = match ev {
+                    TokenEvent::PromptLogprobs(_) => continue,
+                    TokenEvent::Token(t) if t.text.is_empty() => continue,
+                    TokenEvent::Token(t) => (serde_json::to_string(&piece(t.text, None)), false),
+                    TokenEvent::Done { text, finish, .. } => (
+                        serde_json::to_string(&piece(text, Some(gen::finish_reason(finish)))),
+                        true,
+                    ),
+                    TokenEvent::Error(e) => (serde_json::to_string(&ErrorBody { error: e }), true),
+                };
+                let ev = Event::default().data(data.unwrap_or_default());
+                return Some((Ok::<Event, Infallible>(ev), (m, name, end)));
+            }
+        },
+    );
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())

@@ -80,8 +80,14 @@ pub struct ModelReady {
 #[derive(Debug, Serialize)]
 pub struct ModelMetadata {
     pub name: String,
-    pub versions: Vec<&'static str>,
+    /// The registry version of the served weights ("1" for a plain file).
+    pub versions: Vec<String>,
     pub platform: &'static str,
+    /// `name@3` and the weights' sha256, when served from the registry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry_reference: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     pub inputs: Vec<TensorMetadata>,
     pub outputs: Vec<TensorMetadata>,
 }
@@ -103,7 +109,7 @@ fn is_false(b: &bool) -> bool {
 #[derive(Debug, Serialize)]
 pub struct InferResponse {
     pub model_name: String,
-    pub model_version: &'static str,
+    pub model_version: String,
     pub outputs: Vec<OutputTensor>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -132,7 +138,7 @@ pub struct BinaryDataSize {
 #[derive(Debug, Serialize)]
 pub struct GenerateResponse {
     pub model_name: String,
-    pub model_version: &'static str,
+    pub model_version: String,
     pub text_output: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finish_reason: Option<&'static str>,

@@ -33,7 +33,7 @@ use types::{
 
 /// The inference routes of the OpenAI API (`/v1/models` is mounted with health, as it
 /// answers without a model too).
-pub(crate) fn routes(state: InferenceState) -> Router {
+pub(crate) fn routes(state: crate::InferenceRoutes) -> Router {
     Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
@@ -48,12 +48,18 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
         data: state
             .inference
             .iter()
-            .map(|i| ModelCard {
-                id: i.model_name.clone(),
-                object: "model",
-                created: state.started,
-                owned_by: "hangar",
-                max_model_len: i.engine.info().max_model_len,
+            .map(|slot| {
+                let i = slot.current();
+                ModelCard {
+                    id: i.model_name.clone(),
+                    object: "model",
+                    created: state.started,
+                    owned_by: "hangar",
+                    max_model_len: i.engine.info().max_model_len,
+                    version: i.version.as_ref().map(|v| v.version),
+                    reference: i.version.as_ref().map(|v| v.reference()),
+                    sha256: i.version.as_ref().and_then(|v| v.sha256.clone()),
+                }
             })
             .chain(state.embeddings.iter().map(|e| ModelCard {
                 id: e.model().name().to_string(),
@@ -61,6 +67,9 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
                 created: state.started,
                 owned_by: "hangar",
                 max_model_len: e.model().max_tokens(),
+                version: None,
+                reference: None,
+                sha256: None,
             }))
             .collect(),
     })
