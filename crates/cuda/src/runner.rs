@@ -121,16 +121,25 @@ struct Buffers {
     /// Prefill through cuBLAS: one dequantized matrix and the f16 activations.
     w16: Scratch,
     x16: Scratch,
+    /// The int8 activations of the decode GEMVs: values and per-32 (d, d * sum q).
+    xq: Scratch,
+    xd: Scratch,
 }
 
-/// The decode GEMV kernels in use: `HANGAR_CUDA_GEMV=basic` (the generic
-/// 8-weights-a-lane kernel for every type), else the wide-load Q4_K and Q6_K kernels
-/// (docs/GPU.md run 5: 95 -> 130 tok/s on the 8B shape; `wide` names them too).
+/// The decode GEMV kernels in use (`HANGAR_CUDA_GEMV`): `basic` (the generic
+/// 8-weights-a-lane kernel on f32 activations for every type), `wide` (the wide-load
+/// f32 Q4_K and Q6_K kernels, docs/GPU.md run 5), else the int8 dp4a kernels
+/// (kernels/mmvq.cu) for Q4_K, Q5_K, Q6_K, Q8_0 and Q4_0 and the generic one for the rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum GemvChoice {
     Basic,
-    Default,
     Wide,
+    Int8,
+}
+
+/// Weight kinds with an int8-activation (dp4a) GEMV.
+fn has_int8_gemv(kind: &str) -> bool {
+    matches!(kind, "q4_k" | "q5_k" | "q6_k" | "q8_0" | "q4_0")
 }
 
 /// Token counts from which a matrix product goes through cuBLAS (dequantize to f16,
@@ -152,6 +161,9 @@ pub struct CudaRunner {
     weight_bytes: usize,
     /// Which decode GEMVs run (`HANGAR_CUDA_GEMV`).
     gemv: GemvChoice,
+    /// The input (pointer, tokens, columns) that `bufs.xq`/`xd` hold quantized; reset
+    /// whenever a kernel rewrites a matrix input (norms, attention, activations).
+    q8_of: Option<(u64, usize, usize)>,
     gpu: Gpu,
 }
 
@@ -235,8 +247,9 @@ impl CudaRunner {
             gemv: match std::env::var("HANGAR_CUDA_GEMV").as_deref() {
                 Ok("basic") => GemvChoice::Basic,
                 Ok("wide") => GemvChoice::Wide,
-                _ => GemvChoice::Default,
+                _ => GemvChoice::Int8,
             },
+            q8_of: None,
             gpu,
         })
     }
@@ -276,11 +289,32 @@ impl CudaRunner {
                 None => Err(CudaError::Unsupported("cuBLAS vanished".into())),
             };
         }
-        let wide = match kind {
-            "q4_k" => self.gemv != GemvChoice::Basic,
-            "q6_k" => self.gemv != GemvChoice::Basic,
-            _ => false,
-        };
+        if self.gemv == GemvChoice::Int8 && has_int8_gemv(kind) {
+            let (xq, xd) = self.quantize_x(x, ntok, cols)?;
+            let nt = match ntok {
+                1 => 1,
+                2 => 2,
+                3 | 4 => 4,
+                _ => 8,
+            };
+            let args = Args::new()
+                .ptr(wp)
+                .u64(rb as u64)
+                .i32(rows as i32)
+                .i32(cols as i32)
+                .ptr(xq)
+                .ptr(xd)
+                .i32(ntok as i32)
+                .ptr(y);
+            return self.gpu.launch(
+                &format!("gemvq{nt}_{kind}"),
+                (rows.div_ceil(4) as u32, ntok.div_ceil(nt) as u32, 1),
+                (128, 1, 1),
+                0,
+                args,
+            );
+        }
+        let wide = self.gemv == GemvChoice::Wide && matches!(kind, "q4_k" | "q6_k");
         let (name, nt) = if ntok == 1 && wide {
             (format!("gemv1_{kind}_wide"), 1)
         } else if ntok == 1 {
@@ -303,6 +337,21 @@ impl CudaRunner {
             0,
             args,
         )
+    }
+
+    /// `x` (ntok rows of `cols`) as int8 blocks in `bufs.xq`/`xd`; skipped when they
+    /// already hold it (Q, K and V share one input, so do gate and up).
+    fn quantize_x(&mut self, x: u64, ntok: usize, cols: usize) -> Result<(u64, u64), CudaError> {
+        let n = ntok * cols;
+        let xq = self.bufs.xq.get(&self.gpu, n)?;
+        let xd = self.bufs.xd.get(&self.gpu, n / 32 * 8)?;
+        if self.q8_of != Some((x, ntok, cols)) {
+            let args = Args::new().ptr(x).u64(n as u64).ptr(xq).ptr(xd);
+            self.gpu
+                .launch("quantize_q8_1", (grid1(n, 256), 1, 1), (256, 1, 1), 0, args)?;
+            self.q8_of = Some((x, ntok, cols));
+        }
+        Ok((xq, xd))
     }
 
     /// Matrix ids: layer * 8 + slot, or the output / embedding.
@@ -585,6 +634,7 @@ impl CudaRunner {
                 (5 * hd * F) as u32,
                 args,
             )?;
+            self.q8_of = None;
             self.matmul(li * 8 + 3, attn, t_total, o)?;
             self.norm_add(x, o, pan, d, t_total)?;
             // Feed-forward.
@@ -597,6 +647,7 @@ impl CudaRunner {
                 Activation::Silu => "silu_mul",
             };
             self.elementwise(act, n as usize, Args::new().ptr(gate).ptr(up).u64(n))?;
+            self.q8_of = None;
             self.matmul(li * 8 + 6, gate, t_total, o)?;
             self.norm_add(x, o, pfn, d, t_total)?;
         }
@@ -639,6 +690,7 @@ impl CudaRunner {
         rows: usize,
         rows_idx: u64,
     ) -> Result<(), CudaError> {
+        self.q8_of = None;
         let args = Args::new()
             .ptr(x)
             .ptr(w)
