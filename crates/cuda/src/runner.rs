@@ -425,6 +425,7 @@ impl CudaRunner {
     /// The forward pass of one step (see `ModelRunner::execute`).
     pub fn forward(&mut self, step: &StepInput, logits: &mut Vec<f32>) -> Result<(), CudaError> {
         self.gpu.bind()?;
+        self.gpu.stop_recording();
         self.validate(step)?;
         let cfg = self.cfg.clone();
         let t_total: usize = step.iter().map(|s| s.tokens.len()).sum();
@@ -463,6 +464,14 @@ impl CudaRunner {
             }
             t += s.tokens.len();
         }
+        // Steps without cuBLAS (decode, small batches) run as a CUDA graph: the launch
+        // sequence is recorded and replayed while it stays the same, so the per-step
+        // values live in device buffers and the strides that size them (scores per
+        // head, block-table row) are rounded up to powers of two.
+        let graphed = t_total < GEMM_MIN_TOKENS || self.gpu.blas.is_none();
+        if graphed {
+            max_n = max_n.next_power_of_two();
+        }
         let n_groups = self.layout.n_groups();
         let mut tstride = vec![1usize; n_groups];
         let mut flat: Vec<Vec<u32>> = Vec::with_capacity(n_groups);
@@ -473,6 +482,9 @@ impl CudaRunner {
                 .max()
                 .unwrap_or(1)
                 .max(1);
+            if graphed {
+                *stride = stride.next_power_of_two();
+            }
             let mut v = vec![0u32; step.len() * *stride];
             for (si, s) in step.iter().enumerate() {
                 for (j, &b) in s.block_tables[g].iter().enumerate() {
@@ -493,6 +505,11 @@ impl CudaRunner {
         let gate = b.gate.get(gpu, t_total * ff * F)?;
         let up = b.up.get(gpu, t_total * ff * F)?;
         let scores = b.scores.get(gpu, t_total * nh * max_n * F)?;
+        // Sized for the widest matrix input now: a recorded launch must not see its
+        // buffer reallocated later in the step.
+        let widest = d.max(qd).max(ff);
+        b.xq.get(gpu, t_total * widest)?;
+        b.xd.get(gpu, t_total * widest / 32 * 8)?;
         let tok_p = b.tokens.get(gpu, t_total * 4)?;
         let pos_p = b.pos.get(gpu, t_total * 4)?;
         let ts_p = b.tok_seq.get(gpu, t_total * 8)?;
@@ -508,6 +525,7 @@ impl CudaRunner {
             b.tables[g].buf().map(|buf| buf.write(v)).transpose()?;
         }
 
+        let graphed = graphed && self.gpu.record();
         // Embeddings.
         {
             let (kind, rb, cols, wp) = (
@@ -653,6 +671,9 @@ impl CudaRunner {
         }
         let m = rows.len();
         if m == 0 {
+            if graphed {
+                self.gpu.replay((t_total, 0))?;
+            }
             self.gpu.sync()?;
             return Ok(());
         }
@@ -672,6 +693,9 @@ impl CudaRunner {
         if let Some(cap) = cfg.final_logit_softcap {
             let n = (m * vocab) as u64;
             self.elementwise("softcap", n as usize, Args::new().ptr(lg).u64(n).f32(cap))?;
+        }
+        if graphed {
+            self.gpu.replay((t_total, m))?;
         }
         logits.resize(m * vocab, 0.0);
         match self.bufs.logits.buf() {

@@ -314,15 +314,12 @@ pub fn gemvq_row(ty: GgmlType, row: &[u8], xq: &[i8], xd: &[[f32; 2]]) -> Option
                     let (sc1, m1) = scale_min_k4(2 * c, &blk[4..16]);
                     let (sc2, m2) = scale_min_k4(2 * c + 1, &blk[4..16]);
                     let q = &blk[qs + 32 * c + l0..][..16];
+                    let qh = &blk[16 + l0..][..16];
                     let (mut lo, mut hi) = ([0i32; 16], [0i32; 16]);
-                    for j in 0..16 {
-                        lo[j] = (q[j] & 0xF) as i32;
-                        hi[j] = (q[j] >> 4) as i32;
-                        if q5 {
-                            let h = blk[16 + l0 + j] as i32;
-                            lo[j] |= ((h >> (2 * c)) & 1) << 4;
-                            hi[j] |= ((h >> (2 * c + 1)) & 1) << 4;
-                        }
+                    for (j, (&v, &h)) in q.iter().zip(qh).enumerate() {
+                        let h = if q5 { h as i32 } else { 0 };
+                        lo[j] = (v & 0xF) as i32 | (((h >> (2 * c)) & 1) << 4);
+                        hi[j] = (v >> 4) as i32 | (((h >> (2 * c + 1)) & 1) << 4);
                     }
                     let qa = b * 8 + 2 * c;
                     let sa = dot_i8(&lo, &xq[32 * qa + l0..][..16]);
@@ -347,8 +344,8 @@ pub fn gemvq_row(ty: GgmlType, row: &[u8], xq: &[i8], xd: &[[f32; 2]]) -> Option
                     let ql = &blk[64 * h + 32 * kp + 16 * ls..][..16];
                     let qh = &blk[128 + 32 * h + 16 * ls..][..16];
                     let (mut va, mut vb) = ([0i32; 16], [0i32; 16]);
-                    for j in 0..16 {
-                        let (q, hb) = (ql[j] as i32, qh[j] as i32);
+                    for (j, (&q, &hb)) in ql.iter().zip(qh).enumerate() {
+                        let (q, hb) = (q as i32, hb as i32);
                         va[j] = ((q & 0xF) | (((hb >> (2 * kp)) & 3) << 4)) - 32;
                         vb[j] = ((q >> 4) | (((hb >> (2 * kp + 4)) & 3) << 4)) - 32;
                     }

@@ -6,7 +6,7 @@ use clap::Args;
 use hangar_cuda::{CudaRunner, Device};
 use hangar_engine::{BorrowedCpuRunner, LoadedModel, ModelRunner};
 use hangar_models::{LogitsWanted, SeqInput};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Parses `--device`.
 pub fn parse_device(s: &str) -> Result<Device, String> {
@@ -55,6 +55,12 @@ pub struct DeviceCheckArgs {
     /// Greedy tokens to generate on both devices.
     #[arg(long, default_value_t = 32)]
     pub greedy: usize,
+    /// Teacher-forced agreement over many prompts instead: a text file (one prompt a
+    /// line, each followed by the CPU's greedy continuation of --greedy tokens) or a
+    /// greedy reference JSON (`{"greedy": [{"prompt_ids", "greedy_ids"}]}`, as
+    /// tests/data/greedy40/reference.json).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
 }
@@ -179,6 +185,9 @@ pub fn run_device_check(a: DeviceCheckArgs) -> Result<()> {
         bail!("the sequence is empty");
     }
     let mut cpu = BorrowedCpuRunner::new(&lm.model, &lm.pool);
+    if let Some(path) = &a.prompts {
+        return check_prompts(&lm, &mut cpu, &mut gpu, path, a.greedy);
+    }
     let (cpu_pre, cpu_dec) = logits_of(&mut cpu, &toks)?;
     let (gpu_pre, gpu_dec) = logits_of(&mut gpu, &toks)?;
     let (ap, np, dp, mp) = compare(&cpu_pre, &gpu_pre, vocab);
@@ -202,6 +211,86 @@ pub fn run_device_check(a: DeviceCheckArgs) -> Result<()> {
         a.greedy,
         &gc[..gc.len().min(12)],
         &gg[..gg.len().min(12)]
+    );
+    Ok(())
+}
+
+/// The sequences of `--prompts`: prompt ids and, from a reference JSON, its continuation.
+fn read_prompts(lm: &LoadedModel, path: &Path) -> Result<Vec<(Vec<u32>, Option<Vec<u32>>)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "json") {
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let ids = |x: &serde_json::Value| -> Option<Vec<u32>> {
+            x.as_array()?
+                .iter()
+                .map(|i| i.as_u64().map(|i| i as u32))
+                .collect()
+        };
+        let items = v["greedy"]
+            .as_array()
+            .with_context(|| format!("{}: no \"greedy\" list", path.display()))?;
+        items
+            .iter()
+            .map(|it| {
+                let p = ids(&it["prompt_ids"]).context("an entry without prompt_ids")?;
+                Ok((p, ids(&it["greedy_ids"])))
+            })
+            .collect()
+    } else {
+        Ok(text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| (lm.tokenizer.encode(l, true, false), None))
+            .collect())
+    }
+}
+
+/// Teacher-forced top-1 agreement, GPU against CPU, over every prompt of a file (see
+/// `--prompts`), for the prefill and the decode kernels.
+fn check_prompts(
+    lm: &LoadedModel,
+    cpu: &mut dyn ModelRunner,
+    gpu: &mut dyn ModelRunner,
+    path: &Path,
+    greedy_n: usize,
+) -> Result<()> {
+    let vocab = lm.model.cfg.vocab_size;
+    let seqs = read_prompts(lm, path)?;
+    if seqs.is_empty() {
+        bail!("{} holds no prompts", path.display());
+    }
+    let (mut ap, mut ad, mut rows, mut worst) = (0usize, 0usize, 0usize, 0f32);
+    for (i, (prompt, cont)) in seqs.iter().enumerate() {
+        if prompt.is_empty() || prompt.iter().any(|&t| t as usize >= vocab) {
+            bail!("prompt {i}: empty or with ids outside the vocabulary");
+        }
+        let cont = match cont {
+            Some(c) => c.clone(),
+            None => greedy(cpu, prompt, greedy_n)?,
+        };
+        let mut toks = prompt.clone();
+        toks.extend(cont.iter().filter(|&&t| (t as usize) < vocab));
+        let (cpu_pre, cpu_dec) = logits_of(cpu, &toks)?;
+        let (gpu_pre, gpu_dec) = logits_of(gpu, &toks)?;
+        let (p, n, dp, _) = compare(&cpu_pre, &gpu_pre, vocab);
+        let (d, _, dd, _) = compare(&cpu_dec, &gpu_dec, vocab);
+        println!(
+            "prompt {i:>2}: {n:>3} tokens, prefill {p}/{n}, decode {d}/{n}, max |logit diff| {:.4}",
+            dp.max(dd)
+        );
+        ap += p;
+        ad += d;
+        rows += n;
+        worst = worst.max(dp.max(dd));
+    }
+    let pct = |a: usize| 100.0 * a as f64 / rows.max(1) as f64;
+    println!(
+        "{} prompts, {rows} positions: teacher-forced top-1 agreement prefill {ap}/{rows} ({:.2}%), decode {ad}/{rows} ({:.2}%), max |logit diff| {worst:.4}",
+        seqs.len(),
+        pct(ap),
+        pct(ad)
     );
     Ok(())
 }
