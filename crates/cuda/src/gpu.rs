@@ -284,6 +284,16 @@ pub(crate) struct Gpu {
     graphs: HashMap<(usize, usize), Graph>,
     /// Graph capture off (`HANGAR_CUDA_GRAPHS=0`, or a capture failed once).
     graphs_off: bool,
+    /// `HANGAR_CUDA_PROFILE=1`: every launch between two events, times summed per
+    /// kernel and printed when the runner is dropped (graphs off).
+    profile: Option<Profile>,
+}
+
+#[derive(Default)]
+struct Profile {
+    pending: Vec<(String, sys::CUevent, sys::CUevent)>,
+    /// kernel -> (launches, milliseconds)
+    total: HashMap<String, (usize, f64)>,
 }
 
 // SAFETY: module and function handles belong to the context, which is bound to the
@@ -312,7 +322,12 @@ impl Gpu {
             rec: None,
             graphs: HashMap::new(),
             graphs_off: std::env::var("HANGAR_CUDA_GRAPHS").as_deref() == Ok("0"),
+            profile: None,
         };
+        if std::env::var("HANGAR_CUDA_PROFILE").as_deref() == Ok("1") {
+            gpu.profile = Some(Profile::default());
+            gpu.graphs_off = true;
+        }
         for unit in UNITS {
             let (cubin, _cached) = compile::cubin_cached(unit, &gpu.arch)?;
             gpu.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
@@ -376,7 +391,44 @@ impl Gpu {
             rec.push(l);
             return Ok(());
         }
+        if self.profile.is_some() {
+            return self.issue_timed(name, &l);
+        }
         self.issue(&l).map_err(drv(format!("launching {name}")))
+    }
+
+    fn issue_timed(&mut self, name: &str, l: &Launch) -> Result<(), CudaError> {
+        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
+        let a = result::event::create(flags).map_err(drv("cuEventCreate"))?;
+        let b = result::event::create(flags).map_err(drv("cuEventCreate"))?;
+        // SAFETY: fresh events of this context, recorded on our stream.
+        unsafe { result::event::record(a, self.stream) }.map_err(drv("cuEventRecord"))?;
+        self.issue(l).map_err(drv(format!("launching {name}")))?;
+        // SAFETY: as above.
+        unsafe { result::event::record(b, self.stream) }.map_err(drv("cuEventRecord"))?;
+        if let Some(p) = &mut self.profile {
+            p.pending.push((name.to_string(), a, b));
+        }
+        Ok(())
+    }
+
+    /// Folds the finished launches' event times into the profile (after a sync).
+    fn collect_profile(&mut self) {
+        let Some(p) = &mut self.profile else {
+            return;
+        };
+        for (name, a, b) in p.pending.drain(..) {
+            // SAFETY: both events were recorded and the context synchronized; each
+            // event is destroyed once.
+            let ms = unsafe { result::event::elapsed(a, b) }.unwrap_or(0.0) as f64;
+            unsafe {
+                let _ = result::event::destroy(a);
+                let _ = result::event::destroy(b);
+            }
+            let e = p.total.entry(name).or_default();
+            e.0 += 1;
+            e.1 += ms;
+        }
     }
 
     fn issue(&self, l: &Launch) -> Result<(), result::DriverError> {
@@ -501,8 +553,10 @@ impl Gpu {
     }
 
     /// Waits for all launched work; reports a kernel fault.
-    pub fn sync(&self) -> Result<(), CudaError> {
-        self.ctx.synchronize().map_err(drv("cuCtxSynchronize"))
+    pub fn sync(&mut self) -> Result<(), CudaError> {
+        self.ctx.synchronize().map_err(drv("cuCtxSynchronize"))?;
+        self.collect_profile();
+        Ok(())
     }
 
     /// Free and total device memory in bytes.
@@ -516,6 +570,20 @@ impl Drop for Gpu {
     fn drop(&mut self) {
         let _ = self.ctx.bind_to_thread();
         let _ = self.ctx.synchronize();
+        self.collect_profile();
+        if let Some(p) = &self.profile {
+            let mut rows: Vec<_> = p.total.iter().collect();
+            rows.sort_by(|x, y| y.1 .1.total_cmp(&x.1 .1));
+            let all: f64 = rows.iter().map(|r| r.1 .1).sum();
+            eprintln!("HANGAR_CUDA_PROFILE: {all:.3} ms in kernels");
+            for (name, (n, ms)) in rows {
+                eprintln!(
+                    "{name:<24} {n:>8} launches {ms:>10.3} ms {:>5.1}% {:>8.2} us each",
+                    100.0 * ms / all.max(1e-9),
+                    1000.0 * ms / *n as f64
+                );
+            }
+        }
         self.clear_graphs();
         // SAFETY: created once, destroyed once, after the work on it finished.
         let _ = unsafe { sys::cuStreamDestroy_v2(self.stream) };

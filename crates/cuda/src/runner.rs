@@ -6,8 +6,8 @@
 //! `table[p / block_size]`, row `p % block_size`, `kv_dim` values per row. A step
 //! uploads token ids, positions and block tables, runs every layer on the GPU and
 //! downloads only the wanted logits. Numerics follow the CPU path's fast numerics
-//! (f16 K/V/Q, f16 attention probabilities, ggml's GELU table), with f32 activations
-//! into the matrix products.
+//! (f16 K/V/Q, f16 attention probabilities, ggml's GELU table); the decode GEMVs of
+//! the quantized types take int8 activations (32-wide blocks), prefill f16 (cuBLAS).
 
 use crate::gpu::{Args, DevBuf, Gpu, Scratch};
 use crate::CudaError;
@@ -168,6 +168,8 @@ pub struct CudaRunner {
 }
 
 const F: usize = std::mem::size_of::<f32>();
+/// Warps per attention block (`ATT_WARPS` in kernels/attention.cu, `twin::ATT_WARPS`).
+const ATT_WARPS: usize = crate::twin::ATT_WARPS;
 
 fn grid1(n: usize, threads: usize) -> u32 {
     n.div_ceil(threads).clamp(1, 65_535) as u32
@@ -648,8 +650,8 @@ impl CudaRunner {
             self.gpu.launch(
                 "attention",
                 (nh as u32, t_total as u32, 1),
-                (128, 1, 1),
-                (5 * hd * F) as u32,
+                (32 * ATT_WARPS as u32, 1, 1),
+                ((1 + ATT_WARPS) * hd * F) as u32,
                 args,
             )?;
             self.q8_of = None;

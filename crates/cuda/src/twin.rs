@@ -391,11 +391,14 @@ pub fn gemvq_row(ty: GgmlType, row: &[u8], xq: &[i8], xd: &[[f32; 2]]) -> Option
     Some(butterfly(lanes))
 }
 
+/// Warps per block of the attention kernel (`ATT_WARPS` in kernels/attention.cu).
+pub const ATT_WARPS: usize = 8;
+
 /// The attention kernel's arithmetic for one query head of one token: the KV head it
 /// reads (`h / (heads / kv_heads)`), the window, the paged addressing
-/// (`table[p / bs]`, row `p % bs`, `kv_dim` values a row), four warps taking every
-/// fourth position, lanes summing pairs of dimensions, probabilities rounded to f16,
-/// and the four partial output sums added in order. `kc`/`vc` hold f16 values.
+/// (`table[p / bs]`, row `p % bs`, `kv_dim` values a row), [`ATT_WARPS`] warps taking
+/// every ATT_WARPS-th position, lanes summing pairs of dimensions, probabilities
+/// rounded to f16, and the warps' partial output sums added in order. `kc`/`vc` hold f16 values.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_head(
     q: &[f32],
@@ -409,7 +412,7 @@ pub fn attention_head(
     window: usize,
     scale: f32,
 ) -> Vec<f32> {
-    const WARPS: usize = 4;
+    const WARPS: usize = ATT_WARPS;
     let kh = h / (heads / kv_heads);
     let kvd = kv_heads * hd;
     let lo = if window > 0 {
