@@ -2,6 +2,9 @@
 # GPU checks and benchmarks of the CUDA backend, run on the GPU host with a prebuilt
 # binary (nothing is built there). Usage: scripts/gpu-test.sh [HANGAR_BIN] [quick|full]
 #   quick: driver/NVRTC/device sanity and GPU-vs-CPU agreement on tiny synthetic models
+#   decode: the tiny checks, then A/B benches of the decode kernels (int8 GEMVs and CUDA
+#          graphs against HANGAR_CUDA_GEMV=wide / HANGAR_CUDA_GRAPHS=0) on the 270M, 0.5B
+#          and 8B shapes (docs/GPU.md run 6)
 #   full:  + gemma-3-270m-shaped agreement and CPU/GPU benchmarks, and a
 #          Llama-3-8B-shaped Q4_K_M GPU benchmark (compare with the llama.cpp anchors in
 #          ../shared/reference: pp512 9185 tok/s, tg128 271 tok/s on the H200)
