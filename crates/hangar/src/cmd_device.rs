@@ -216,8 +216,11 @@ pub fn run_device_check(a: DeviceCheckArgs) -> Result<()> {
     Ok(())
 }
 
-/// The sequences of `--prompts`: prompt ids and, from a reference JSON, its continuation.
-fn read_prompts(lm: &LoadedModel, path: &Path) -> Result<Vec<(Vec<u32>, Option<Vec<u32>>)>> {
+/// A prompt's ids and, from a reference JSON, its continuation.
+type PromptSeq = (Vec<u32>, Option<Vec<u32>>);
+
+/// The sequences of `--prompts`.
+fn read_prompts(lm: &LoadedModel, path: &Path) -> Result<Vec<PromptSeq>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     if path.extension().is_some_and(|e| e == "json") {
