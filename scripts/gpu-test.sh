@@ -2,6 +2,9 @@
 # GPU checks and benchmarks of the CUDA backend, run on the GPU host with a prebuilt
 # binary (nothing is built there). Usage: scripts/gpu-test.sh [HANGAR_BIN] [quick|full]
 #   quick: driver/NVRTC/device sanity and GPU-vs-CPU agreement on tiny synthetic models
+#   decode: the tiny checks, then A/B benches of the decode kernels (int8 GEMVs and CUDA
+#          graphs against HANGAR_CUDA_GEMV=wide / HANGAR_CUDA_GRAPHS=0) on the 270M, 0.5B
+#          and 8B shapes (docs/GPU.md run 6)
 #   full:  + gemma-3-270m-shaped agreement and CPU/GPU benchmarks, and a
 #          Llama-3-8B-shaped Q4_K_M GPU benchmark (compare with the llama.cpp anchors in
 #          ../shared/reference: pp512 9185 tok/s, tg128 271 tok/s on the H200)
@@ -57,6 +60,33 @@ PY
 kill "$SERVE_PID" 2>/dev/null; wait "$SERVE_PID" 2>/dev/null
 head -3 "$W/serve.log" | tee -a "$LOG"
 if [ "$MODE" = quick ]; then say "quick mode done"; exit 0; fi
+
+if [ "$MODE" = decode ]; then
+  # The decode work of run 6: int8 (dp4a) GEMVs and CUDA graphs, each A/B against the
+  # previous kernels (HANGAR_CUDA_GEMV=wide) and launches (HANGAR_CUDA_GRAPHS=0).
+  say "gemma-3-270m shape, Q4_K_M"
+  run "$BIN" synth --arch gemma3 --preset gemma-3-270m --type Q4_K_M --out "$W/g270m.gguf" >/dev/null
+  run "$BIN" device-check -m "$W/g270m.gguf" --tokens 128 --greedy 32
+  for v in "" "HANGAR_CUDA_GRAPHS=0" "HANGAR_CUDA_GEMV=wide HANGAR_CUDA_GRAPHS=0"; do
+    say "bench gemma-3-270m shape: cuda ${v:-default}"
+    run env $v "$BIN" bench -m "$W/g270m.gguf" --device cuda --pp 512 --tg 128 --batch 8 -r 5
+  done
+  say "qwen2.5-0.5b shape, Q8_0"
+  run "$BIN" synth --arch qwen2 --preset qwen2.5-0.5b --type Q8_0 --out "$W/q05b.gguf" >/dev/null
+  run "$BIN" device-check -m "$W/q05b.gguf" --tokens 64 --greedy 16
+  run "$BIN" bench -m "$W/q05b.gguf" --device cuda --pp 512 --tg 128 -r 3
+  say "llama-3-8b shape, Q4_K_M"
+  [ -f "$W/l8b.gguf" ] || run "$BIN" synth --arch llama --preset llama-3-8b --type Q4_K_M --out "$W/l8b.gguf" >/dev/null
+  ls -l "$W/l8b.gguf" | tee -a "$LOG"
+  run "$BIN" bench -m "$W/l8b.gguf" --device cuda --pp 512 --tg 128 --batch 8 -r 3
+  for v in "HANGAR_CUDA_GRAPHS=0" "HANGAR_CUDA_GEMV=wide" "HANGAR_CUDA_GEMV=wide HANGAR_CUDA_GRAPHS=0"; do
+    say "llama-3-8b shape: $v"
+    run env $v "$BIN" bench -m "$W/l8b.gguf" --device cuda --pp 0 --tg 128 --batch 8 -r 3
+  done
+  say "llama-3-8b shape: GPU vs CPU"
+  run "$BIN" device-check -m "$W/l8b.gguf" --tokens 32 --greedy 8
+  say "decode mode done"; exit 0
+fi
 
 say "gemma-3-270m shape, Q4_K_M"
 run "$BIN" synth --arch gemma3 --preset gemma-3-270m --type Q4_K_M --out "$W/g270m.gguf"

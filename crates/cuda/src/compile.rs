@@ -44,6 +44,10 @@ pub const UNITS: &[KernelUnit] = &[
         name: "attention",
         body: include_str!("kernels/attention.cu"),
     },
+    KernelUnit {
+        name: "mmvq",
+        body: include_str!("kernels/mmvq.cu"),
+    },
 ];
 
 /// Loads NVRTC: first the library `HANGAR_NVRTC_LIB` names (a path; loaded globally so

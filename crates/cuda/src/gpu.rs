@@ -1,5 +1,5 @@
 //! A thin layer over the CUDA driver API: the context, the loaded kernel modules,
-//! device buffers and kernel launches on the default stream.
+//! device buffers, kernel launches on one stream, and CUDA graphs of recorded steps.
 
 use crate::compile::{self, UNITS};
 use crate::CudaError;
@@ -247,6 +247,26 @@ impl Blas {
     }
 }
 
+/// One kernel launch as recorded for a graph: equal launches (function, shape and
+/// argument values) replay the same graph.
+#[derive(Clone, PartialEq, Eq)]
+struct Launch {
+    func: usize,
+    grid: (u32, u32, u32),
+    block: (u32, u32, u32),
+    smem: u32,
+    args: Vec<u64>,
+}
+
+/// An instantiated graph and the launches it was captured from.
+struct Graph {
+    launches: Vec<Launch>,
+    exec: sys::CUgraphExec,
+}
+
+/// Graphs kept per key (token count, logits rows) before the cache is cleared.
+const MAX_GRAPHS: usize = 64;
+
 /// The context and the loaded kernels of one device.
 pub(crate) struct Gpu {
     pub ctx: Arc<CudaContext>,
@@ -256,6 +276,24 @@ pub(crate) struct Gpu {
     pub arch: String,
     funcs: HashMap<String, sys::CUfunction>,
     modules: Vec<sys::CUmodule>,
+    /// Every launch goes to this stream (blocking: it orders with the synchronous
+    /// copies on the legacy stream).
+    stream: sys::CUstream,
+    /// While recording, launches are kept here instead of being issued.
+    rec: Option<Vec<Launch>>,
+    graphs: HashMap<(usize, usize), Graph>,
+    /// Graph capture off (`HANGAR_CUDA_GRAPHS=0`, or a capture failed once).
+    graphs_off: bool,
+    /// `HANGAR_CUDA_PROFILE=1`: every launch between two events, times summed per
+    /// kernel and printed when the runner is dropped (graphs off).
+    profile: Option<Profile>,
+}
+
+#[derive(Default)]
+struct Profile {
+    pending: Vec<(String, sys::CUevent, sys::CUevent)>,
+    /// kernel -> (launches, milliseconds)
+    total: HashMap<String, (usize, f64)>,
 }
 
 // SAFETY: module and function handles belong to the context, which is bound to the
@@ -270,6 +308,9 @@ impl Gpu {
         let ctx = CudaContext::new(ordinal).map_err(drv("creating the context"))?;
         let (major, minor) = info.compute_capability;
         let arch = compile::arch_for(major, minor);
+        ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        let stream = result::stream::create(result::stream::StreamKind::Default)
+            .map_err(drv("cuStreamCreate"))?;
         let mut gpu = Gpu {
             ctx,
             info,
@@ -277,7 +318,16 @@ impl Gpu {
             funcs: HashMap::new(),
             modules: Vec::new(),
             blas: None,
+            stream,
+            rec: None,
+            graphs: HashMap::new(),
+            graphs_off: std::env::var("HANGAR_CUDA_GRAPHS").as_deref() == Ok("0"),
+            profile: None,
         };
+        if std::env::var("HANGAR_CUDA_PROFILE").as_deref() == Ok("1") {
+            gpu.profile = Some(Profile::default());
+            gpu.graphs_off = true;
+        }
         for unit in UNITS {
             let (cubin, _cached) = compile::cubin_cached(unit, &gpu.arch)?;
             gpu.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
@@ -288,6 +338,10 @@ impl Gpu {
         }
         if std::env::var_os("HANGAR_CUDA_NO_CUBLAS").is_none() {
             gpu.blas = Blas::open();
+            if let Some(b) = &gpu.blas {
+                // SAFETY: a live handle and stream of this context.
+                let _ = unsafe { cudarc::cublas::result::set_stream(b.0, gpu.stream as _) };
+            }
         }
         Ok(gpu)
     }
@@ -316,7 +370,7 @@ impl Gpu {
         })
     }
 
-    /// Launches `name` on the default stream.
+    /// Launches `name` on the stream (or records it, see [`Gpu::record`]).
     pub fn launch(
         &mut self,
         name: &str,
@@ -326,20 +380,183 @@ impl Gpu {
         args: Args,
     ) -> Result<(), CudaError> {
         let f = self.func(name)?;
-        let mut slots = args.0;
+        let l = Launch {
+            func: f as usize,
+            grid,
+            block,
+            smem,
+            args: args.0,
+        };
+        if let Some(rec) = &mut self.rec {
+            rec.push(l);
+            return Ok(());
+        }
+        if self.profile.is_some() {
+            return self.issue_timed(name, &l);
+        }
+        self.issue(&l).map_err(drv(format!("launching {name}")))
+    }
+
+    fn issue_timed(&mut self, name: &str, l: &Launch) -> Result<(), CudaError> {
+        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
+        let a = result::event::create(flags).map_err(drv("cuEventCreate"))?;
+        let b = result::event::create(flags).map_err(drv("cuEventCreate"))?;
+        // SAFETY: fresh events of this context, recorded on our stream.
+        unsafe { result::event::record(a, self.stream) }.map_err(drv("cuEventRecord"))?;
+        self.issue(l).map_err(drv(format!("launching {name}")))?;
+        // SAFETY: as above.
+        unsafe { result::event::record(b, self.stream) }.map_err(drv("cuEventRecord"))?;
+        if let Some(p) = &mut self.profile {
+            p.pending.push((name.to_string(), a, b));
+        }
+        Ok(())
+    }
+
+    /// Folds the finished launches' event times into the profile (after a sync).
+    fn collect_profile(&mut self) {
+        let Some(p) = &mut self.profile else {
+            return;
+        };
+        for (name, a, b) in p.pending.drain(..) {
+            // SAFETY: both events were recorded and the context synchronized; each
+            // event is destroyed once.
+            let ms = unsafe { result::event::elapsed(a, b) }.unwrap_or(0.0) as f64;
+            unsafe {
+                let _ = result::event::destroy(a);
+                let _ = result::event::destroy(b);
+            }
+            let e = p.total.entry(name).or_default();
+            e.0 += 1;
+            e.1 += ms;
+        }
+    }
+
+    fn issue(&self, l: &Launch) -> Result<(), result::DriverError> {
+        let mut slots = l.args.clone();
         let mut params: Vec<*mut c_void> = slots
             .iter_mut()
             .map(|s| s as *mut u64 as *mut c_void)
             .collect();
         // SAFETY: the kernel's parameters match the slots (each caller passes them in
-        // the order and sizes of the kernel's signature); buffers are live device memory.
-        unsafe { result::launch_kernel(f, grid, block, smem, std::ptr::null_mut(), &mut params) }
-            .map_err(drv(format!("launching {name}")))
+        // the order and sizes of the kernel's signature); buffers are live device memory;
+        // `func` is a function handle of a loaded module.
+        unsafe {
+            result::launch_kernel(
+                l.func as sys::CUfunction,
+                l.grid,
+                l.block,
+                l.smem,
+                self.stream,
+                &mut params,
+            )
+        }
+    }
+
+    /// From now on launches are recorded, not issued, until [`Gpu::replay`]. The
+    /// caller makes sure no buffer a recorded launch uses is freed before then.
+    pub fn record(&mut self) -> bool {
+        if self.graphs_off {
+            return false;
+        }
+        self.rec = Some(Vec::with_capacity(512));
+        true
+    }
+
+    /// Drops a recording left by a step that failed half-way.
+    pub fn stop_recording(&mut self) {
+        self.rec = None;
+    }
+
+    /// Runs the recorded launches: as the graph captured for `key` when they equal its
+    /// launches (only buffer contents changed), else captured into a new graph first.
+    /// A failed capture turns graphs off and issues the launches one by one.
+    pub fn replay(&mut self, key: (usize, usize)) -> Result<(), CudaError> {
+        let Some(list) = self.rec.take() else {
+            return Ok(());
+        };
+        if let Some(g) = self.graphs.get(&key) {
+            if g.launches == list {
+                // SAFETY: an instantiated graph of this context, on its stream.
+                return unsafe { sys::cuGraphLaunch(g.exec, self.stream) }
+                    .result()
+                    .map_err(drv("cuGraphLaunch"));
+            }
+        }
+        match self.capture(&list) {
+            Ok(exec) => {
+                if self.graphs.len() >= MAX_GRAPHS {
+                    self.clear_graphs();
+                }
+                if let Some(old) = self.graphs.insert(
+                    key,
+                    Graph {
+                        launches: list,
+                        exec,
+                    },
+                ) {
+                    // SAFETY: instantiated once, destroyed once (no launch uses it now:
+                    // the stream is ordered).
+                    let _ = unsafe { sys::cuGraphExecDestroy(old.exec) };
+                }
+                // SAFETY: as above.
+                unsafe { sys::cuGraphLaunch(exec, self.stream) }
+                    .result()
+                    .map_err(drv("cuGraphLaunch"))
+            }
+            Err(_) => {
+                self.graphs_off = true;
+                for l in &list {
+                    self.issue(l).map_err(drv("launching a recorded kernel"))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn capture(&self, list: &[Launch]) -> Result<sys::CUgraphExec, result::DriverError> {
+        // SAFETY: capture of this thread's launches on our own stream; the capture is
+        // always ended, and the graph destroyed once instantiated.
+        unsafe {
+            sys::cuStreamBeginCapture_v2(
+                self.stream,
+                sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED,
+            )
+            .result()?;
+            let mut failed = None;
+            for l in list {
+                if let Err(e) = self.issue(l) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            let mut graph: sys::CUgraph = std::ptr::null_mut();
+            let ended = sys::cuStreamEndCapture(self.stream, &mut graph).result();
+            if let Some(e) = failed {
+                if !graph.is_null() {
+                    sys::cuGraphDestroy(graph);
+                }
+                return Err(e);
+            }
+            ended?;
+            let mut exec: sys::CUgraphExec = std::ptr::null_mut();
+            let inst = sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0).result();
+            sys::cuGraphDestroy(graph);
+            inst.map(|()| exec)
+        }
+    }
+
+    fn clear_graphs(&mut self) {
+        for (_, g) in self.graphs.drain() {
+            // SAFETY: instantiated once, destroyed once.
+            let _ = unsafe { sys::cuGraphExecDestroy(g.exec) };
+        }
     }
 
     /// Waits for all launched work; reports a kernel fault.
-    pub fn sync(&self) -> Result<(), CudaError> {
-        self.ctx.synchronize().map_err(drv("cuCtxSynchronize"))
+    pub fn sync(&mut self) -> Result<(), CudaError> {
+        self.ctx.synchronize().map_err(drv("cuCtxSynchronize"))?;
+        self.collect_profile();
+        Ok(())
     }
 
     /// Free and total device memory in bytes.
@@ -352,6 +569,24 @@ impl Gpu {
 impl Drop for Gpu {
     fn drop(&mut self) {
         let _ = self.ctx.bind_to_thread();
+        let _ = self.ctx.synchronize();
+        self.collect_profile();
+        if let Some(p) = &self.profile {
+            let mut rows: Vec<_> = p.total.iter().collect();
+            rows.sort_by(|x, y| y.1 .1.total_cmp(&x.1 .1));
+            let all: f64 = rows.iter().map(|r| r.1 .1).sum();
+            eprintln!("HANGAR_CUDA_PROFILE: {all:.3} ms in kernels");
+            for (name, (n, ms)) in rows {
+                eprintln!(
+                    "{name:<24} {n:>8} launches {ms:>10.3} ms {:>5.1}% {:>8.2} us each",
+                    100.0 * ms / all.max(1e-9),
+                    1000.0 * ms / *n as f64
+                );
+            }
+        }
+        self.clear_graphs();
+        // SAFETY: created once, destroyed once, after the work on it finished.
+        let _ = unsafe { sys::cuStreamDestroy_v2(self.stream) };
         if let Some(b) = self.blas.take() {
             // SAFETY: created once, destroyed once.
             let _ = unsafe { cudarc::cublas::result::destroy_handle(b.0) };

@@ -6,8 +6,8 @@
 //! `table[p / block_size]`, row `p % block_size`, `kv_dim` values per row. A step
 //! uploads token ids, positions and block tables, runs every layer on the GPU and
 //! downloads only the wanted logits. Numerics follow the CPU path's fast numerics
-//! (f16 K/V/Q, f16 attention probabilities, ggml's GELU table), with f32 activations
-//! into the matrix products.
+//! (f16 K/V/Q, f16 attention probabilities, ggml's GELU table); the decode GEMVs of
+//! the quantized types take int8 activations (32-wide blocks), prefill f16 (cuBLAS).
 
 use crate::gpu::{Args, DevBuf, Gpu, Scratch};
 use crate::CudaError;
@@ -121,16 +121,25 @@ struct Buffers {
     /// Prefill through cuBLAS: one dequantized matrix and the f16 activations.
     w16: Scratch,
     x16: Scratch,
+    /// The int8 activations of the decode GEMVs: values and per-32 (d, d * sum q).
+    xq: Scratch,
+    xd: Scratch,
 }
 
-/// The decode GEMV kernels in use: `HANGAR_CUDA_GEMV=basic` (the generic
-/// 8-weights-a-lane kernel for every type), else the wide-load Q4_K and Q6_K kernels
-/// (docs/GPU.md run 5: 95 -> 130 tok/s on the 8B shape; `wide` names them too).
+/// The decode GEMV kernels in use (`HANGAR_CUDA_GEMV`): `basic` (the generic
+/// 8-weights-a-lane kernel on f32 activations for every type), `wide` (the wide-load
+/// f32 Q4_K and Q6_K kernels, docs/GPU.md run 5), else the int8 dp4a kernels
+/// (kernels/mmvq.cu) for Q4_K, Q5_K, Q6_K, Q8_0 and Q4_0 and the generic one for the rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum GemvChoice {
     Basic,
-    Default,
     Wide,
+    Int8,
+}
+
+/// Weight kinds with an int8-activation (dp4a) GEMV.
+fn has_int8_gemv(kind: &str) -> bool {
+    matches!(kind, "q4_k" | "q5_k" | "q6_k" | "q8_0" | "q4_0")
 }
 
 /// Token counts from which a matrix product goes through cuBLAS (dequantize to f16,
@@ -152,10 +161,15 @@ pub struct CudaRunner {
     weight_bytes: usize,
     /// Which decode GEMVs run (`HANGAR_CUDA_GEMV`).
     gemv: GemvChoice,
+    /// The input (pointer, tokens, columns) that `bufs.xq`/`xd` hold quantized; reset
+    /// whenever a kernel rewrites a matrix input (norms, attention, activations).
+    q8_of: Option<(u64, usize, usize)>,
     gpu: Gpu,
 }
 
 const F: usize = std::mem::size_of::<f32>();
+/// Warps per attention block (`ATT_WARPS` in kernels/attention.cu, `twin::ATT_WARPS`).
+const ATT_WARPS: usize = crate::twin::ATT_WARPS;
 
 fn grid1(n: usize, threads: usize) -> u32 {
     n.div_ceil(threads).clamp(1, 65_535) as u32
@@ -235,8 +249,9 @@ impl CudaRunner {
             gemv: match std::env::var("HANGAR_CUDA_GEMV").as_deref() {
                 Ok("basic") => GemvChoice::Basic,
                 Ok("wide") => GemvChoice::Wide,
-                _ => GemvChoice::Default,
+                _ => GemvChoice::Int8,
             },
+            q8_of: None,
             gpu,
         })
     }
@@ -276,11 +291,32 @@ impl CudaRunner {
                 None => Err(CudaError::Unsupported("cuBLAS vanished".into())),
             };
         }
-        let wide = match kind {
-            "q4_k" => self.gemv != GemvChoice::Basic,
-            "q6_k" => self.gemv != GemvChoice::Basic,
-            _ => false,
-        };
+        if self.gemv == GemvChoice::Int8 && has_int8_gemv(kind) {
+            let (xq, xd) = self.quantize_x(x, ntok, cols)?;
+            let nt = match ntok {
+                1 => 1,
+                2 => 2,
+                3 | 4 => 4,
+                _ => 8,
+            };
+            let args = Args::new()
+                .ptr(wp)
+                .u64(rb as u64)
+                .i32(rows as i32)
+                .i32(cols as i32)
+                .ptr(xq)
+                .ptr(xd)
+                .i32(ntok as i32)
+                .ptr(y);
+            return self.gpu.launch(
+                &format!("gemvq{nt}_{kind}"),
+                (rows.div_ceil(4) as u32, ntok.div_ceil(nt) as u32, 1),
+                (128, 1, 1),
+                0,
+                args,
+            );
+        }
+        let wide = self.gemv == GemvChoice::Wide && matches!(kind, "q4_k" | "q6_k");
         let (name, nt) = if ntok == 1 && wide {
             (format!("gemv1_{kind}_wide"), 1)
         } else if ntok == 1 {
@@ -303,6 +339,21 @@ impl CudaRunner {
             0,
             args,
         )
+    }
+
+    /// `x` (ntok rows of `cols`) as int8 blocks in `bufs.xq`/`xd`; skipped when they
+    /// already hold it (Q, K and V share one input, so do gate and up).
+    fn quantize_x(&mut self, x: u64, ntok: usize, cols: usize) -> Result<(u64, u64), CudaError> {
+        let n = ntok * cols;
+        let xq = self.bufs.xq.get(&self.gpu, n)?;
+        let xd = self.bufs.xd.get(&self.gpu, n / 32 * 8)?;
+        if self.q8_of != Some((x, ntok, cols)) {
+            let args = Args::new().ptr(x).u64(n as u64).ptr(xq).ptr(xd);
+            self.gpu
+                .launch("quantize_q8_1", (grid1(n, 256), 1, 1), (256, 1, 1), 0, args)?;
+            self.q8_of = Some((x, ntok, cols));
+        }
+        Ok((xq, xd))
     }
 
     /// Matrix ids: layer * 8 + slot, or the output / embedding.
@@ -376,6 +427,7 @@ impl CudaRunner {
     /// The forward pass of one step (see `ModelRunner::execute`).
     pub fn forward(&mut self, step: &StepInput, logits: &mut Vec<f32>) -> Result<(), CudaError> {
         self.gpu.bind()?;
+        self.gpu.stop_recording();
         self.validate(step)?;
         let cfg = self.cfg.clone();
         let t_total: usize = step.iter().map(|s| s.tokens.len()).sum();
@@ -414,6 +466,14 @@ impl CudaRunner {
             }
             t += s.tokens.len();
         }
+        // Steps without cuBLAS (decode, small batches) run as a CUDA graph: the launch
+        // sequence is recorded and replayed while it stays the same, so the per-step
+        // values live in device buffers and the strides that size them (scores per
+        // head, block-table row) are rounded up to powers of two.
+        let graphed = t_total < GEMM_MIN_TOKENS || self.gpu.blas.is_none();
+        if graphed {
+            max_n = max_n.next_power_of_two();
+        }
         let n_groups = self.layout.n_groups();
         let mut tstride = vec![1usize; n_groups];
         let mut flat: Vec<Vec<u32>> = Vec::with_capacity(n_groups);
@@ -424,6 +484,9 @@ impl CudaRunner {
                 .max()
                 .unwrap_or(1)
                 .max(1);
+            if graphed {
+                *stride = stride.next_power_of_two();
+            }
             let mut v = vec![0u32; step.len() * *stride];
             for (si, s) in step.iter().enumerate() {
                 for (j, &b) in s.block_tables[g].iter().enumerate() {
@@ -444,6 +507,11 @@ impl CudaRunner {
         let gate = b.gate.get(gpu, t_total * ff * F)?;
         let up = b.up.get(gpu, t_total * ff * F)?;
         let scores = b.scores.get(gpu, t_total * nh * max_n * F)?;
+        // Sized for the widest matrix input now: a recorded launch must not see its
+        // buffer reallocated later in the step.
+        let widest = d.max(qd).max(ff);
+        b.xq.get(gpu, t_total * widest)?;
+        b.xd.get(gpu, t_total * widest / 32 * 8)?;
         let tok_p = b.tokens.get(gpu, t_total * 4)?;
         let pos_p = b.pos.get(gpu, t_total * 4)?;
         let ts_p = b.tok_seq.get(gpu, t_total * 8)?;
@@ -459,6 +527,7 @@ impl CudaRunner {
             b.tables[g].buf().map(|buf| buf.write(v)).transpose()?;
         }
 
+        let graphed = graphed && self.gpu.record();
         // Embeddings.
         {
             let (kind, rb, cols, wp) = (
@@ -581,10 +650,11 @@ impl CudaRunner {
             self.gpu.launch(
                 "attention",
                 (nh as u32, t_total as u32, 1),
-                (128, 1, 1),
-                (5 * hd * F) as u32,
+                (32 * ATT_WARPS as u32, 1, 1),
+                ((1 + ATT_WARPS) * hd * F) as u32,
                 args,
             )?;
+            self.q8_of = None;
             self.matmul(li * 8 + 3, attn, t_total, o)?;
             self.norm_add(x, o, pan, d, t_total)?;
             // Feed-forward.
@@ -597,11 +667,15 @@ impl CudaRunner {
                 Activation::Silu => "silu_mul",
             };
             self.elementwise(act, n as usize, Args::new().ptr(gate).ptr(up).u64(n))?;
+            self.q8_of = None;
             self.matmul(li * 8 + 6, gate, t_total, o)?;
             self.norm_add(x, o, pfn, d, t_total)?;
         }
         let m = rows.len();
         if m == 0 {
+            if graphed {
+                self.gpu.replay((t_total, 0))?;
+            }
             self.gpu.sync()?;
             return Ok(());
         }
@@ -622,6 +696,9 @@ impl CudaRunner {
             let n = (m * vocab) as u64;
             self.elementwise("softcap", n as usize, Args::new().ptr(lg).u64(n).f32(cap))?;
         }
+        if graphed {
+            self.gpu.replay((t_total, m))?;
+        }
         logits.resize(m * vocab, 0.0);
         match self.bufs.logits.buf() {
             Some(buf) => buf.read(&mut logits[..])?,
@@ -639,6 +716,7 @@ impl CudaRunner {
         rows: usize,
         rows_idx: u64,
     ) -> Result<(), CudaError> {
+        self.q8_of = None;
         let args = Args::new()
             .ptr(x)
             .ptr(w)

@@ -255,11 +255,150 @@ pub fn gemv_q6k_wide(row: &[u8], x: &[f32]) -> f32 {
     lanes[0]
 }
 
+/// The `quantize_q8_1` kernel: 32-wide blocks of `x` to int8 with `d = amax / 127`,
+/// `q = round-half-even(x / d)`, and per block `[d, d * sum q]`.
+pub fn quantize_q8_1(x: &[f32]) -> (Vec<i8>, Vec<[f32; 2]>) {
+    let mut q = Vec::with_capacity(x.len());
+    let mut ds = Vec::with_capacity(x.len() / 32);
+    for blk in x.chunks(32) {
+        let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let mut s = 0i32;
+        for &v in blk {
+            let qi = if amax == 0.0 {
+                0
+            } else {
+                (v / d).round_ties_even() as i32
+            };
+            s += qi;
+            q.push(qi as i8);
+        }
+        ds.push([d, d * s as f32]);
+    }
+    (q, ds)
+}
+
+fn dot_i8(w: &[i32], x: &[i8]) -> i32 {
+    w.iter().zip(x).map(|(&a, &b)| a * b as i32).sum()
+}
+
+fn butterfly(mut lanes: [f32; 32]) -> f32 {
+    let mut o = 16;
+    while o > 0 {
+        let prev = lanes;
+        for (l, v) in lanes.iter_mut().enumerate() {
+            *v = prev[l] + prev[l ^ o];
+        }
+        o >>= 1;
+    }
+    lanes[0]
+}
+
+/// The `gemvq*` kernels' arithmetic (kernels/mmvq.cu) for one row and one token of
+/// int8 activations from [`quantize_q8_1`]: the same lane split, integer dot products
+/// per lane slice, the per-block float combination and the warp butterfly. `None` for
+/// a type without an int8 kernel.
+pub fn gemvq_row(ty: GgmlType, row: &[u8], xq: &[i8], xd: &[[f32; 2]]) -> Option<f32> {
+    let cols = xq.len();
+    let mut lanes = [0f32; 32];
+    match ty {
+        GgmlType::Q4K | GgmlType::Q5K => {
+            let q5 = ty == GgmlType::Q5K;
+            let (bb, qs) = if q5 { (176, 48) } else { (144, 16) };
+            for (lane, acc) in lanes.iter_mut().enumerate() {
+                let (k, mut b) = (lane & 7, lane >> 3);
+                let (c, l0) = (k >> 1, (k & 1) * 16);
+                while b < cols / 256 {
+                    let blk = &row[b * bb..];
+                    let (d, dmin) = (h2f(blk, 0), h2f(blk, 2));
+                    let (sc1, m1) = scale_min_k4(2 * c, &blk[4..16]);
+                    let (sc2, m2) = scale_min_k4(2 * c + 1, &blk[4..16]);
+                    let q = &blk[qs + 32 * c + l0..][..16];
+                    let qh = &blk[16 + l0..][..16];
+                    let (mut lo, mut hi) = ([0i32; 16], [0i32; 16]);
+                    for (j, (&v, &h)) in q.iter().zip(qh).enumerate() {
+                        let h = if q5 { h as i32 } else { 0 };
+                        lo[j] = (v & 0xF) as i32 | (((h >> (2 * c)) & 1) << 4);
+                        hi[j] = (v >> 4) as i32 | (((h >> (2 * c + 1)) & 1) << 4);
+                    }
+                    let qa = b * 8 + 2 * c;
+                    let sa = dot_i8(&lo, &xq[32 * qa + l0..][..16]);
+                    let sb = dot_i8(&hi, &xq[32 * qa + 32 + l0..][..16]);
+                    let (da, db) = (xd[qa], xd[qa + 1]);
+                    let mut v =
+                        d * (sc1 as f32 * da[0] * sa as f32 + sc2 as f32 * db[0] * sb as f32);
+                    if l0 == 0 {
+                        v -= dmin * (m1 as f32 * da[1] + m2 as f32 * db[1]);
+                    }
+                    *acc += v;
+                    b += 4;
+                }
+            }
+        }
+        GgmlType::Q6K => {
+            for (lane, acc) in lanes.iter_mut().enumerate() {
+                let (k, mut b) = (lane & 7, lane >> 3);
+                let (h, kp, ls) = (k >> 2, (k >> 1) & 1, k & 1);
+                while b < cols / 256 {
+                    let blk = &row[b * 210..];
+                    let ql = &blk[64 * h + 32 * kp + 16 * ls..][..16];
+                    let qh = &blk[128 + 32 * h + 16 * ls..][..16];
+                    let (mut va, mut vb) = ([0i32; 16], [0i32; 16]);
+                    for (j, (&q, &hb)) in ql.iter().zip(qh).enumerate() {
+                        let (q, hb) = (q as i32, hb as i32);
+                        va[j] = ((q & 0xF) | (((hb >> (2 * kp)) & 3) << 4)) - 32;
+                        vb[j] = ((q >> 4) | (((hb >> (2 * kp + 4)) & 3) << 4)) - 32;
+                    }
+                    let d = h2f(blk, 208);
+                    let sa = (blk[192 + 8 * h + 2 * kp + ls] as i8) as f32;
+                    let sb = (blk[192 + 8 * h + 2 * (kp + 2) + ls] as i8) as f32;
+                    let qa = b * 8 + 4 * h + kp;
+                    let ia = dot_i8(&va, &xq[32 * qa + 16 * ls..][..16]);
+                    let ib = dot_i8(&vb, &xq[32 * (qa + 2) + 16 * ls..][..16]);
+                    *acc += d * (sa * xd[qa][0] * ia as f32 + sb * xd[qa + 2][0] * ib as f32);
+                    b += 4;
+                }
+            }
+        }
+        GgmlType::Q8_0 | GgmlType::Q4_0 => {
+            let q4 = ty == GgmlType::Q4_0;
+            let bb = if q4 { 18 } else { 34 };
+            for (lane, acc) in lanes.iter_mut().enumerate() {
+                let (p, mut b) = (lane & 3, lane >> 2);
+                while b < cols / 32 {
+                    let blk = &row[b * bb..];
+                    let d = h2f(blk, 0);
+                    let x = &xq[32 * b..][..32];
+                    let s = if q4 {
+                        let q = &blk[2 + 4 * p..][..4];
+                        let lo: Vec<i32> = q.iter().map(|&v| (v & 0xF) as i32 - 8).collect();
+                        let hi: Vec<i32> = q.iter().map(|&v| (v >> 4) as i32 - 8).collect();
+                        dot_i8(&lo, &x[4 * p..][..4]) + dot_i8(&hi, &x[16 + 4 * p..][..4])
+                    } else {
+                        let w: Vec<i32> = blk[2 + 8 * p..][..8]
+                            .iter()
+                            .map(|&v| v as i8 as i32)
+                            .collect();
+                        dot_i8(&w, &x[8 * p..][..8])
+                    };
+                    *acc += d * xd[b][0] * s as f32;
+                    b += 8;
+                }
+            }
+        }
+        _ => return None,
+    }
+    Some(butterfly(lanes))
+}
+
+/// Warps per block of the attention kernel (`ATT_WARPS` in kernels/attention.cu).
+pub const ATT_WARPS: usize = 8;
+
 /// The attention kernel's arithmetic for one query head of one token: the KV head it
 /// reads (`h / (heads / kv_heads)`), the window, the paged addressing
-/// (`table[p / bs]`, row `p % bs`, `kv_dim` values a row), four warps taking every
-/// fourth position, lanes summing pairs of dimensions, probabilities rounded to f16,
-/// and the four partial output sums added in order. `kc`/`vc` hold f16 values.
+/// (`table[p / bs]`, row `p % bs`, `kv_dim` values a row), [`ATT_WARPS`] warps taking
+/// every ATT_WARPS-th position, lanes summing pairs of dimensions, probabilities
+/// rounded to f16, and the warps' partial output sums added in order. `kc`/`vc` hold f16 values.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_head(
     q: &[f32],
@@ -273,7 +412,7 @@ pub fn attention_head(
     window: usize,
     scale: f32,
 ) -> Vec<f32> {
-    const WARPS: usize = 4;
+    const WARPS: usize = ATT_WARPS;
     let kh = h / (heads / kv_heads);
     let kvd = kv_heads * hd;
     let lo = if window > 0 {
@@ -507,6 +646,76 @@ mod tests {
                 "{cols}: {got} vs {exact}"
             );
         }
+    }
+
+    /// Dequantized int8 activations, as the exact reference sees them.
+    fn deq_q8_1(q: &[i8], ds: &[[f32; 2]]) -> Vec<f32> {
+        q.iter()
+            .enumerate()
+            .map(|(i, &v)| ds[i / 32][0] * v as f32)
+            .collect()
+    }
+
+    #[test]
+    fn q8_1_quantization_rounds_each_block_to_within_half_a_step() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let mut x: Vec<f32> = (0..640).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+        x[32..64].iter_mut().for_each(|v| *v = 0.0); // an all-zero block
+        let (q, ds) = quantize_q8_1(&x);
+        assert_eq!((q.len(), ds.len()), (640, 20));
+        assert_eq!(ds[1], [0.0, 0.0]);
+        for (b, blk) in x.chunks(32).enumerate() {
+            let d = ds[b][0];
+            let s: i32 = q[32 * b..32 * b + 32].iter().map(|&v| v as i32).sum();
+            assert_eq!(ds[b][1], d * s as f32);
+            for (i, &v) in blk.iter().enumerate() {
+                assert!((v - d * q[32 * b + i] as f32).abs() <= 0.5 * d + 1e-6);
+            }
+            if d > 0.0 {
+                assert_eq!(
+                    q[32 * b..32 * b + 32].iter().map(|v| v.abs()).max(),
+                    Some(127)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn int8_gemv_matches_the_cpu_weights_times_the_quantized_activations() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        for ty in [
+            GgmlType::Q4K,
+            GgmlType::Q5K,
+            GgmlType::Q6K,
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+        ] {
+            // 256: one block; 1280 and 4352: odd block counts for every lane split.
+            for cols in [256, 1280, 4352] {
+                let (bytes, w) = random_row(ty, cols, cols as u64 + ty as u64);
+                let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+                let (q, ds) = quantize_q8_1(&x);
+                let xdq = deq_q8_1(&q, &ds);
+                let exact: f64 = w.iter().zip(&xdq).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let norm: f64 = w
+                    .iter()
+                    .zip(&xdq)
+                    .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                    .sum();
+                let got = gemvq_row(ty, &bytes, &q, &ds).expect("int8 kernel") as f64;
+                assert!(
+                    (got - exact).abs() <= 2e-5 * norm,
+                    "{ty:?} {cols}: {got} vs {exact}"
+                );
+                // And against the f32 activations: int8 rounding only.
+                let full: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+                assert!(
+                    (got - full).abs() <= 1e-2 * norm,
+                    "{ty:?} {cols}: {got} vs f32 {full}"
+                );
+            }
+        }
+        assert!(gemvq_row(GgmlType::F16, &[0; 64], &[0; 32], &[[0.0; 2]]).is_none());
     }
 
     #[test]

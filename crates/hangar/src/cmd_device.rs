@@ -4,9 +4,10 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hangar_cuda::{CudaRunner, Device};
+use hangar_engine::perplexity::{log_prob, Perplexity};
 use hangar_engine::{BorrowedCpuRunner, LoadedModel, ModelRunner};
 use hangar_models::{LogitsWanted, SeqInput};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Parses `--device`.
 pub fn parse_device(s: &str) -> Result<Device, String> {
@@ -55,6 +56,12 @@ pub struct DeviceCheckArgs {
     /// Greedy tokens to generate on both devices.
     #[arg(long, default_value_t = 32)]
     pub greedy: usize,
+    /// Teacher-forced agreement over many prompts instead: a text file (one prompt a
+    /// line, each followed by the CPU's greedy continuation of --greedy tokens) or a
+    /// greedy reference JSON (`{"greedy": [{"prompt_ids", "greedy_ids"}]}`, as
+    /// tests/data/greedy40/reference.json).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
 }
@@ -179,6 +186,9 @@ pub fn run_device_check(a: DeviceCheckArgs) -> Result<()> {
         bail!("the sequence is empty");
     }
     let mut cpu = BorrowedCpuRunner::new(&lm.model, &lm.pool);
+    if let Some(path) = &a.prompts {
+        return check_prompts(&lm, &mut cpu, &mut gpu, path, a.greedy);
+    }
     let (cpu_pre, cpu_dec) = logits_of(&mut cpu, &toks)?;
     let (gpu_pre, gpu_dec) = logits_of(&mut gpu, &toks)?;
     let (ap, np, dp, mp) = compare(&cpu_pre, &gpu_pre, vocab);
@@ -204,4 +214,152 @@ pub fn run_device_check(a: DeviceCheckArgs) -> Result<()> {
         &gg[..gg.len().min(12)]
     );
     Ok(())
+}
+
+/// A prompt's ids and, from a reference JSON, its continuation.
+type PromptSeq = (Vec<u32>, Option<Vec<u32>>);
+
+/// The sequences of `--prompts`.
+fn read_prompts(lm: &LoadedModel, path: &Path) -> Result<Vec<PromptSeq>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "json") {
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let ids = |x: &serde_json::Value| -> Option<Vec<u32>> {
+            x.as_array()?
+                .iter()
+                .map(|i| i.as_u64().map(|i| i as u32))
+                .collect()
+        };
+        let items = v["greedy"]
+            .as_array()
+            .with_context(|| format!("{}: no \"greedy\" list", path.display()))?;
+        items
+            .iter()
+            .map(|it| {
+                let p = ids(&it["prompt_ids"]).context("an entry without prompt_ids")?;
+                Ok((p, ids(&it["greedy_ids"])))
+            })
+            .collect()
+    } else {
+        Ok(text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| (lm.tokenizer.encode(l, true, false), None))
+            .collect())
+    }
+}
+
+/// Teacher-forced top-1 agreement, GPU against CPU, over every prompt of a file (see
+/// `--prompts`), for the prefill and the decode kernels.
+fn check_prompts(
+    lm: &LoadedModel,
+    cpu: &mut dyn ModelRunner,
+    gpu: &mut dyn ModelRunner,
+    path: &Path,
+    greedy_n: usize,
+) -> Result<()> {
+    let vocab = lm.model.cfg.vocab_size;
+    let seqs = read_prompts(lm, path)?;
+    if seqs.is_empty() {
+        bail!("{} holds no prompts", path.display());
+    }
+    let (mut ap, mut ad, mut rows, mut worst) = (0usize, 0usize, 0usize, 0f32);
+    for (i, (prompt, cont)) in seqs.iter().enumerate() {
+        if prompt.is_empty() || prompt.iter().any(|&t| t as usize >= vocab) {
+            bail!("prompt {i}: empty or with ids outside the vocabulary");
+        }
+        let cont = match cont {
+            Some(c) => c.clone(),
+            None => greedy(cpu, prompt, greedy_n)?,
+        };
+        let mut toks = prompt.clone();
+        toks.extend(cont.iter().filter(|&&t| (t as usize) < vocab));
+        let (cpu_pre, cpu_dec) = logits_of(cpu, &toks)?;
+        let (gpu_pre, gpu_dec) = logits_of(gpu, &toks)?;
+        let (p, n, dp, _) = compare(&cpu_pre, &gpu_pre, vocab);
+        let (d, _, dd, _) = compare(&cpu_dec, &gpu_dec, vocab);
+        println!(
+            "prompt {i:>2}: {n:>3} tokens, prefill {p}/{n}, decode {d}/{n}, max |logit diff| {:.4}",
+            dp.max(dd)
+        );
+        ap += p;
+        ad += d;
+        rows += n;
+        worst = worst.max(dp.max(dd));
+    }
+    let pct = |a: usize| 100.0 * a as f64 / rows.max(1) as f64;
+    println!(
+        "{} prompts, {rows} positions: teacher-forced top-1 agreement prefill {ap}/{rows} ({:.2}%), decode {ad}/{rows} ({:.2}%), max |logit diff| {worst:.4}",
+        seqs.len(),
+        pct(ap),
+        pct(ad)
+    );
+    Ok(())
+}
+
+/// `hangar_engine::perplexity::perplexity` on any [`ModelRunner`] (the GPU backend,
+/// `hangar perplexity --device cuda`): the same windows, scored tokens and
+/// log-softmax, one prefill step a window.
+pub fn perplexity_on(
+    runner: &mut dyn ModelRunner,
+    bos: u32,
+    text_tokens: &[u32],
+    ctx: usize,
+    mut on_window: impl FnMut(usize, usize),
+) -> Result<Perplexity> {
+    if ctx < 4 {
+        bail!("context {ctx} is too small (at least 4)");
+    }
+    let per = ctx - 1;
+    let windows = text_tokens.len() / per;
+    if windows == 0 {
+        bail!(
+            "the text has {} tokens; a window of --ctx {ctx} needs at least {per}",
+            text_tokens.len()
+        );
+    }
+    let block = 16;
+    let n_blocks = ctx.div_ceil(block);
+    let groups = runner.kv_layout().n_groups();
+    runner.allocate_kv(block, &vec![n_blocks; groups])?;
+    let table: Vec<u32> = (0..n_blocks as u32).collect();
+    let tables: Vec<&[u32]> = vec![&table; groups];
+    let vocab = runner.vocab_size();
+    let mut logits = Vec::new();
+    let (mut nll, mut count) = (0.0f64, 0usize);
+    let first = ctx / 2;
+    let mut toks = Vec::with_capacity(ctx);
+    for w in 0..windows {
+        toks.clear();
+        toks.push(bos);
+        toks.extend_from_slice(&text_tokens[w * per..(w + 1) * per]);
+        let seq = SeqInput {
+            tokens: &toks,
+            start_pos: 0,
+            block_tables: &tables,
+            logits: LogitsWanted::All,
+        };
+        runner.execute(&[seq], &mut logits)?;
+        if logits.len() < ctx * vocab {
+            bail!(
+                "the runner returned {} logits for {ctx} rows of {vocab}",
+                logits.len()
+            );
+        }
+        for j in first..ctx - 1 {
+            nll -= log_prob(&logits[j * vocab..(j + 1) * vocab], toks[j + 1] as usize);
+            count += 1;
+        }
+        on_window(w + 1, windows);
+    }
+    let mean = nll / count as f64;
+    Ok(Perplexity {
+        ppl: mean.exp(),
+        nll: mean,
+        windows,
+        scored_tokens: count,
+        ctx,
+    })
 }

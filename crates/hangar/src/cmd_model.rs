@@ -427,6 +427,9 @@ pub struct PerplexityArgs {
     pub ctx: usize,
     #[arg(long)]
     pub json: bool,
+    /// Where the forward pass runs: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu", value_parser = crate::cmd_device::parse_device)]
+    pub device: hangar_cuda::Device,
 }
 
 pub fn perplexity(a: PerplexityArgs) -> Result<()> {
@@ -439,11 +442,15 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
         .context("the model has no BOS token")?;
     let toks = lm.tokenizer.encode(&text, false, false);
     let quiet = a.json;
-    let r = perplexity::perplexity(&lm.model, &lm.pool, bos, &toks, a.ctx, |done, total| {
+    let progress = |done: usize, total: usize| {
         if !quiet {
             eprint!("\rwindow {done}/{total}");
         }
-    })?;
+    };
+    let r = match crate::cmd_device::open(&lm, a.device)? {
+        Some(mut gpu) => crate::cmd_device::perplexity_on(&mut gpu, bos, &toks, a.ctx, progress)?,
+        None => perplexity::perplexity(&lm.model, &lm.pool, bos, &toks, a.ctx, progress)?,
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

@@ -1,15 +1,16 @@
-// Attention over the paged KV cache: one block of four warps per (query head, token).
+// Attention over the paged KV cache: one block of eight warps per (query head, token).
 // The token sees positions lo..=pos of its own sequence (lo > 0 under a sliding
-// window); KV head h / group serves query head h (GQA). Each warp takes every fourth
-// position: its lanes read the position's K (then V) row together, two f16 values a
+// window); KV head h / group serves query head h (GQA). Each warp takes every eighth
+// position (eight, not four: decode has one block per head, so the chain of
+// positions per warp is its latency): its lanes read the position's K (then V) row together, two f16 values a
 // lane per 64-wide stride, so a row is one coalesced read. Scores go to a scratch row,
 // softmax, the probabilities are rounded to f16 (as the CPU path's f16 matmul
-// operand), then out = sum p_j V_j, each warp summing its positions and the four
+// operand), then out = sum p_j V_j, each warp summing its positions and the eight
 // partial sums added in shared memory.
-#define ATT_WARPS 4
+#define ATT_WARPS 8
 #define ATT_MAX_PAIRS 4 // head sizes up to 256
 
-extern "C" __global__ void __launch_bounds__(128) attention(
+extern "C" __global__ void __launch_bounds__(256) attention(
     const float* q, const u16* kc, const u16* vc, float* out, int nheads, int nkv, int hd,
     const int* tok_seq, const u32* tables, int tstride, int bs, int window, float scale,
     float* scratch, int max_n) {

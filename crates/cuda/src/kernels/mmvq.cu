@@ -1,0 +1,256 @@
+// Decode GEMVs on int8 activations (dp4a). The activations of a step are quantized
+// once per matrix input into 32-wide blocks ("q8_1": int8 values, an f32 scale d and
+// d * sum(q)), then each weight block's integer dot products run on dp4a, four
+// multiply-adds an instruction, instead of converting every weight to float.
+// NT token rows share each weight load (batched decode of up to NT sequences).
+// Twins: twin::quantize_q8_1 and twin::gemvq_row.
+
+__device__ __forceinline__ int dp4a(int a, int b, int c) {
+    int d;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+// Per-byte v - k for bytes 0..63 and k <= 64, without borrows between bytes: every
+// byte is lifted above 128 first, so the subtraction cannot cross a byte.
+__device__ __forceinline__ int sub_bytes(u32 v, u32 k4) {
+    return (int)(((v | 0x80808080u) - k4) ^ 0x80808080u);
+}
+__device__ __forceinline__ int warp_sum_i(int v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+// Two 16-bit loads as one word (blocks of 18 and 34 bytes are only 2-byte aligned).
+__device__ __forceinline__ int ld32_2(const u8* p) {
+    const u16* h = (const u16*)p;
+    return (int)((u32)h[0] | ((u32)h[1] << 16));
+}
+
+// X (n floats, rows of a multiple of 32) -> Xq int8 and Xd (d, d * sum q) per 32-block.
+// d = amax / 127, q = round-to-nearest-even(x / d). A warp is one block.
+extern "C" __global__ void quantize_q8_1(const float* __restrict__ X, u64 n, i8* __restrict__ Xq,
+                                         float2* __restrict__ Xd) {
+    // n and the stride are multiples of 32: whole warps take the same path.
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        float x = X[i];
+        float amax = warp_max(fabsf(x));
+        float d = __fdiv_rn(amax, 127.0f);
+        int q = amax == 0.0f ? 0 : __float2int_rn(__fdiv_rn(x, d));
+        Xq[i] = (i8)q;
+        int s = warp_sum_i(q);
+        if ((threadIdx.x & 31) == 0) Xd[i >> 5] = make_float2(d, d * (float)s);
+    }
+}
+
+// One warp per row, eight lanes per 256-weight block, four blocks per warp step.
+// Lane k: quant bytes 16 (k % 2) .. +16 of chunk c = k / 2, i.e. 16 weights of
+// sub-block 2c (low nibbles) and 16 of sub-block 2c + 1 (high nibbles). Per sub-block
+// sum w x = d sc dx sum(q qx) - dmin m (dx sum qx); the even lane adds the min term
+// from the activation block's stored sum. Q5_K adds the fifth bit from qh.
+template <bool Q5, int NT>
+__device__ __forceinline__ void mmvq_k4(const u8* __restrict__ W, u64 rb, int rows, int cols,
+                                        const i8* __restrict__ Xq, const float2* __restrict__ Xd,
+                                        int ntok, float* __restrict__ Y) {
+    const int BB = Q5 ? 176 : 144, QS = Q5 ? 48 : 16;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int r = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (r >= rows) return;
+    int t0 = blockIdx.y * NT;
+    const u8* row = W + (u64)r * rb;
+    int nb = cols >> 8, nq = cols >> 5;
+    int k = lane & 7, c = k >> 1, l0 = (k & 1) * 16;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+#pragma unroll 2
+    for (int b = lane >> 3; b < nb; b += 4) {
+        const u8* blk = row + (u64)b * BB;
+        uint4 q = *(const uint4*)(blk + QS + 32 * c + l0);
+        u32 dm = *(const u32*)blk;
+        int sc1, m1, sc2, m2;
+        scale_min_k4(2 * c, blk + 4, &sc1, &m1);
+        scale_min_k4(2 * c + 1, blk + 4, &sc2, &m2);
+        u32 qq[4] = {q.x, q.y, q.z, q.w};
+        int lo[4], hi[4];
+        if (Q5) {
+            uint4 h = *(const uint4*)(blk + 16 + l0);
+            u32 hh[4] = {h.x, h.y, h.z, h.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                lo[i] = (int)((qq[i] & 0x0F0F0F0Fu) | (((hh[i] >> (2 * c)) & 0x01010101u) << 4));
+                hi[i] = (int)(((qq[i] >> 4) & 0x0F0F0F0Fu) | (((hh[i] >> (2 * c + 1)) & 0x01010101u) << 4));
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                lo[i] = (int)(qq[i] & 0x0F0F0F0Fu);
+                hi[i] = (int)((qq[i] >> 4) & 0x0F0F0F0Fu);
+            }
+        }
+        float d = h2f((u16)(dm & 0xffff)), dmin = h2f((u16)(dm >> 16));
+        int qa = b * 8 + 2 * c;
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t0 + t < ntok) {
+                const i8* xr = Xq + (u64)(t0 + t) * cols;
+                const float2* dr = Xd + (u64)(t0 + t) * nq;
+                int4 xa = *(const int4*)(xr + 32 * qa + l0);
+                int4 xb = *(const int4*)(xr + 32 * qa + 32 + l0);
+                int sa = dp4a(lo[3], xa.w, dp4a(lo[2], xa.z, dp4a(lo[1], xa.y, dp4a(lo[0], xa.x, 0))));
+                int sb = dp4a(hi[3], xb.w, dp4a(hi[2], xb.z, dp4a(hi[1], xb.y, dp4a(hi[0], xb.x, 0))));
+                float2 da = dr[qa], db = dr[qa + 1];
+                float v = d * ((float)sc1 * da.x * (float)sa + (float)sc2 * db.x * (float)sb);
+                if (l0 == 0) v -= dmin * ((float)m1 * da.y + (float)m2 * db.y);
+                acc[t] += v;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float s = warp_sum(acc[t]);
+        if (lane == 0 && t0 + t < ntok) Y[(u64)(t0 + t) * rows + r] = s;
+    }
+}
+
+// Q6_K: one warp per row, eight lanes per 210-byte block (the wide kernel's split:
+// lane k takes half h = k / 4, quant bytes 16 (k % 2) .. +16 of row 32 ((k / 2) % 2)
+// of that half; low nibbles are sub-row kp, high nibbles sub-row kp + 2). The 6-bit
+// values minus 32 fit a signed byte; one scale per 16 weights.
+template <int NT>
+__device__ __forceinline__ void mmvq_q6k(const u8* __restrict__ W, u64 rb, int rows, int cols,
+                                         const i8* __restrict__ Xq, const float2* __restrict__ Xd,
+                                         int ntok, float* __restrict__ Y) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int r = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (r >= rows) return;
+    int t0 = blockIdx.y * NT;
+    const u8* row = W + (u64)r * rb;
+    int nb = cols >> 8, nq = cols >> 5;
+    int k = lane & 7, h = k >> 2, kp = (k >> 1) & 1, ls = k & 1;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+#pragma unroll 2
+    for (int b = lane >> 3; b < nb; b += 4) {
+        const u8* blk = row + (u64)b * 210;
+        const u8* qlp = blk + 64 * h + 32 * kp + 16 * ls;
+        const u8* qhp = blk + 128 + 32 * h + 16 * ls;
+        int va[4], vb[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u32 ql = (u32)ld32_2(qlp + 4 * i), qh = (u32)ld32_2(qhp + 4 * i);
+            va[i] = sub_bytes((ql & 0x0F0F0F0Fu) | (((qh >> (2 * kp)) & 0x03030303u) << 4), 0x20202020u);
+            vb[i] = sub_bytes(((ql >> 4) & 0x0F0F0F0Fu) | (((qh >> (2 * kp + 4)) & 0x03030303u) << 4),
+                              0x20202020u);
+        }
+        float d = h2f(ld16(blk + 208));
+        float sa = (float)(i8)blk[192 + 8 * h + 2 * kp + ls];
+        float sb = (float)(i8)blk[192 + 8 * h + 2 * (kp + 2) + ls];
+        int qa = b * 8 + 4 * h + kp;
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t0 + t < ntok) {
+                const i8* xr = Xq + (u64)(t0 + t) * cols;
+                const float2* dr = Xd + (u64)(t0 + t) * nq;
+                int4 xa = *(const int4*)(xr + 32 * qa + 16 * ls);
+                int4 xb = *(const int4*)(xr + 32 * (qa + 2) + 16 * ls);
+                int ia = dp4a(va[3], xa.w, dp4a(va[2], xa.z, dp4a(va[1], xa.y, dp4a(va[0], xa.x, 0))));
+                int ib = dp4a(vb[3], xb.w, dp4a(vb[2], xb.z, dp4a(vb[1], xb.y, dp4a(vb[0], xb.x, 0))));
+                acc[t] += d * (sa * dr[qa].x * (float)ia + sb * dr[qa + 2].x * (float)ib);
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float s = warp_sum(acc[t]);
+        if (lane == 0 && t0 + t < ntok) Y[(u64)(t0 + t) * rows + r] = s;
+    }
+}
+
+// Q8_0 and Q4_0 (32-weight blocks, 2-byte aligned): four lanes per block, eight blocks
+// per warp step. Q8_0 lane p: quants 8p .. 8p + 8. Q4_0 lane p: quant bytes 4p .. +4,
+// i.e. weights 4p .. 4p + 4 (low nibbles) and 16 + 4p .. (high nibbles), minus 8.
+template <bool Q4, int NT>
+__device__ __forceinline__ void mmvq_32(const u8* __restrict__ W, u64 rb, int rows, int cols,
+                                        const i8* __restrict__ Xq, const float2* __restrict__ Xd,
+                                        int ntok, float* __restrict__ Y) {
+    const int BB = Q4 ? 18 : 34;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int r = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (r >= rows) return;
+    int t0 = blockIdx.y * NT;
+    const u8* row = W + (u64)r * rb;
+    int nb = cols >> 5;
+    int p = lane & 3;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+#pragma unroll 2
+    for (int b = lane >> 2; b < nb; b += 8) {
+        const u8* blk = row + (u64)b * BB;
+        float d = h2f(ld16(blk));
+        int w0, w1, o0, o1;
+        if (Q4) {
+            u32 q = (u32)ld32_2(blk + 2 + 4 * p);
+            w0 = sub_bytes(q & 0x0F0F0F0Fu, 0x08080808u);
+            w1 = sub_bytes((q >> 4) & 0x0F0F0F0Fu, 0x08080808u);
+            o0 = 4 * p;
+            o1 = 16 + 4 * p;
+        } else {
+            w0 = ld32_2(blk + 2 + 8 * p);
+            w1 = ld32_2(blk + 6 + 8 * p);
+            o0 = 8 * p;
+            o1 = 8 * p + 4;
+        }
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t0 + t < ntok) {
+                const i8* xr = Xq + (u64)(t0 + t) * cols + 32 * b;
+                int s = dp4a(w1, *(const int*)(xr + o1), dp4a(w0, *(const int*)(xr + o0), 0));
+                acc[t] += d * Xd[(u64)(t0 + t) * nb + b].x * (float)s;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float s = warp_sum(acc[t]);
+        if (lane == 0 && t0 + t < ntok) Y[(u64)(t0 + t) * rows + r] = s;
+    }
+}
+
+#define MMVQ(NAME, CALL, NT)                                                                       \
+    extern "C" __global__ void __launch_bounds__(128)                                              \
+        gemvq##NT##_##NAME(const u8* W, u64 rb, int rows, int cols, const i8* Xq, const float2* Xd, \
+                           int ntok, float* Y) {                                                   \
+        CALL<NT>(W, rb, rows, cols, Xq, Xd, ntok, Y);                                              \
+    }
+template <int NT>
+__device__ __forceinline__ void q4k(const u8* W, u64 rb, int rows, int cols, const i8* Xq,
+                                    const float2* Xd, int ntok, float* Y) {
+    mmvq_k4<false, NT>(W, rb, rows, cols, Xq, Xd, ntok, Y);
+}
+template <int NT>
+__device__ __forceinline__ void q5k(const u8* W, u64 rb, int rows, int cols, const i8* Xq,
+                                    const float2* Xd, int ntok, float* Y) {
+    mmvq_k4<true, NT>(W, rb, rows, cols, Xq, Xd, ntok, Y);
+}
+template <int NT>
+__device__ __forceinline__ void q80(const u8* W, u64 rb, int rows, int cols, const i8* Xq,
+                                    const float2* Xd, int ntok, float* Y) {
+    mmvq_32<false, NT>(W, rb, rows, cols, Xq, Xd, ntok, Y);
+}
+template <int NT>
+__device__ __forceinline__ void q40(const u8* W, u64 rb, int rows, int cols, const i8* Xq,
+                                    const float2* Xd, int ntok, float* Y) {
+    mmvq_32<true, NT>(W, rb, rows, cols, Xq, Xd, ntok, Y);
+}
+#define MMVQ_ALL(NT)        \
+    MMVQ(q4_k, q4k, NT)     \
+    MMVQ(q5_k, q5k, NT)     \
+    MMVQ(q6_k, mmvq_q6k, NT) \
+    MMVQ(q8_0, q80, NT)     \
+    MMVQ(q4_0, q40, NT)
+MMVQ_ALL(1)
+MMVQ_ALL(2)
+MMVQ_ALL(4)
+MMVQ_ALL(8)
