@@ -106,7 +106,7 @@ impl DraftLength {
             return self.max;
         }
         let a = self.rate.clamp(0.0, 0.95);
-        let k = (a / (1.0 - a)).ceil() as usize + 1;
+        let k = (a / (1.0 - a)).floor() as usize + 1;
         k.clamp(1, self.max)
     }
 
