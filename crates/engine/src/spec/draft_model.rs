@@ -125,8 +125,8 @@ impl<'a> DraftModel<'a> {
         while self.dists.len() < k {
             self.dists.push(Vec::new());
         }
-        for i in 0..k {
-            let s = sampler.sample_with_dist(&mut self.logits, &ext, &mut self.dists[i]);
+        for (i, dist) in self.dists.iter_mut().take(k).enumerate() {
+            let s = sampler.sample_with_dist(&mut self.logits, &ext, dist);
             out.push(s.id);
             ext.push(s.id);
             if i + 1 < k {
