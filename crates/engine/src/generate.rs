@@ -1,9 +1,11 @@
 //! Single-sequence generation: prefill the prompt in chunks, then decode token by
 //! token, streaming text through the incremental detokenizer and the stop-string
-//! matcher. Used by `hangar generate`; the server's scheduler batches many of these.
+//! matcher, optionally speculative (drafts verified K+1 positions per forward, see
+//! [`crate::spec`]). Used by `hangar generate`; the server's scheduler batches many.
 
 use crate::engine::{BorrowedCpuRunner, ModelRunner};
 use crate::sampler::{SampledToken, Sampler, SamplingParams, StopMatcher};
+use crate::spec::{ngram, DraftLength, DraftModel, SpecConfig, SpecMode, SpecStats};
 use crate::{EngineError, LoadedModel};
 use hangar_models::{LogitsWanted, SeqInput};
 use hangar_tokenizer::Tokenizer;
@@ -24,6 +26,8 @@ pub struct GenerateOptions {
     pub context: usize,
     /// Prompt tokens per forward call during prefill.
     pub prefill_chunk: usize,
+    /// Speculative decoding (off by default).
+    pub speculative: SpecConfig,
 }
 
 impl Default for GenerateOptions {
@@ -36,6 +40,7 @@ impl Default for GenerateOptions {
             ignore_eos: false,
             context: 0,
             prefill_chunk: 512,
+            speculative: SpecConfig::default(),
         }
     }
 }
@@ -61,6 +66,8 @@ pub struct Generation {
     pub sampled: Vec<SampledToken>,
     pub prefill_time: Duration,
     pub decode_time: Duration,
+    /// Decode forwards, drafts and acceptances (drafted = 0 without speculation).
+    pub spec: SpecStats,
 }
 
 /// Generates from `prompt` (token ids, BOS included if wanted), calling `on_text` with
@@ -76,6 +83,19 @@ pub fn generate(
     generate_on(&mut runner, &lm.tokenizer, prompt, opts, on_text)
 }
 
+/// As [`generate`], drafting with `draft` when `opts.speculative.mode` is
+/// [`SpecMode::Draft`].
+pub fn generate_with_draft(
+    lm: &LoadedModel,
+    draft: Option<&mut DraftModel>,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_text: impl FnMut(&str) -> bool,
+) -> Result<Generation, EngineError> {
+    let mut runner = BorrowedCpuRunner::new(&lm.model, &lm.pool);
+    generate_on_with_draft(&mut runner, draft, &lm.tokenizer, prompt, opts, on_text)
+}
+
 /// As [`generate`], on any backend: `runner` (its KV storage is reallocated for this
 /// prompt) and the model's tokenizer.
 pub fn generate_on(
@@ -83,8 +103,26 @@ pub fn generate_on(
     tokenizer: &Tokenizer,
     prompt: &[u32],
     opts: &GenerateOptions,
+    on_text: impl FnMut(&str) -> bool,
+) -> Result<Generation, EngineError> {
+    generate_on_with_draft(runner, None, tokenizer, prompt, opts, on_text)
+}
+
+/// As [`generate_on`], with an optional draft model for [`SpecMode::Draft`].
+pub fn generate_on_with_draft(
+    runner: &mut dyn ModelRunner,
+    mut draft: Option<&mut DraftModel>,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    opts: &GenerateOptions,
     mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<Generation, EngineError> {
+    let spec = opts.speculative;
+    if spec.mode == SpecMode::Draft && draft.is_none() {
+        return Err(EngineError::Invalid(
+            "speculative mode `draft` needs a draft model (--draft-model)".into(),
+        ));
+    }
     if prompt.is_empty() {
         return Err(EngineError::Invalid("the prompt is empty".into()));
     }
@@ -133,6 +171,15 @@ pub fn generate_on(
     let prefill_time = t0.elapsed();
 
     let t1 = Instant::now();
+    let v = runner.vocab_size();
+    if let (SpecMode::Draft, Some(d)) = (spec.mode, draft.as_deref_mut()) {
+        d.start(cap, &opts.sampling)?;
+    } else {
+        draft = None;
+    }
+    let speculate = spec.enabled();
+    let mut k_policy = DraftLength::new(&spec);
+    let mut stats = SpecStats::default();
     let mut history: Vec<u32> = prompt.to_vec();
     let mut tokens = Vec::new();
     let mut sampled = Vec::new();
@@ -140,39 +187,98 @@ pub fn generate_on(
     let mut decoder = tokenizer.incremental_decoder(true);
     let mut stops = StopMatcher::new(opts.stop.clone());
     let mut finish = FinishReason::Length;
+    // `logits` holds one row per position of the last forward: row i follows the
+    // history plus `proposal[..i]`.
+    let mut proposal: Vec<u32> = Vec::new();
+    let mut input: Vec<u32> = Vec::new();
     while tokens.len() < max_tokens {
-        let s = sampler.sample(&mut logits, &history);
-        let id = s.id;
-        let is_end = (!opts.ignore_eos && tokenizer.is_eog(id)) || opts.stop_tokens.contains(&id);
-        if is_end {
-            finish = FinishReason::Stop;
-            break;
-        }
-        tokens.push(id);
-        history.push(id);
-        sampled.push(s);
-        let piece = decoder.push(id);
-        let (emit, hit) = stops.push(&piece);
-        if !emit.is_empty() {
-            text.push_str(&emit);
-            if !on_text(&emit) {
+        let base = history.len();
+        let mut accepted = 0;
+        let mut done = false;
+        for i in 0..=proposal.len() {
+            let row = &mut logits[i * v..(i + 1) * v];
+            let (s, matched) = match proposal.get(i) {
+                Some(&d) => {
+                    let q = draft.as_deref().and_then(|m| m.dist(i));
+                    sampler.verify(row, &history, d, q)
+                }
+                None => (sampler.sample(row, &history), false),
+            };
+            let id = s.id;
+            let is_end =
+                (!opts.ignore_eos && tokenizer.is_eog(id)) || opts.stop_tokens.contains(&id);
+            if is_end {
+                finish = FinishReason::Stop;
+                done = true;
                 break;
             }
+            tokens.push(id);
+            history.push(id);
+            sampled.push(s);
+            // The first token comes from the prefill's logits, not a decode step.
+            stats.emitted += u64::from(tokens.len() > 1);
+            let piece = decoder.push(id);
+            let (emit, hit) = stops.push(&piece);
+            if !emit.is_empty() {
+                text.push_str(&emit);
+                if !on_text(&emit) {
+                    done = true;
+                    break;
+                }
+            }
+            if hit {
+                finish = FinishReason::Stop;
+                done = true;
+                break;
+            }
+            if tokens.len() == max_tokens {
+                done = true;
+                break;
+            }
+            if !matched {
+                break;
+            }
+            accepted += 1;
         }
-        if hit {
-            finish = FinishReason::Stop;
+        if !proposal.is_empty() {
+            stats.draft_steps += 1;
+            stats.drafted += proposal.len() as u64;
+            stats.accepted += accepted as u64;
+            k_policy.record(proposal.len(), accepted);
+            if let Some(d) = draft.as_deref_mut() {
+                d.rollback(base, accepted);
+            }
+        }
+        if done {
             break;
         }
-        if tokens.len() == max_tokens {
-            break;
+        // Draft for the next step: never more than can still be emitted (the
+        // target's own token comes on top).
+        let k = if speculate {
+            k_policy.next().min(max_tokens - tokens.len() - 1)
+        } else {
+            0
+        };
+        match (spec.mode, draft.as_deref_mut()) {
+            _ if k == 0 => proposal.clear(),
+            (SpecMode::Draft, Some(d)) => d.propose(&history, k, &mut proposal)?,
+            _ => ngram::propose(&history, k, spec.ngram_max, spec.ngram_min, &mut proposal),
         }
+        input.clear();
+        input.push(history[history.len() - 1]);
+        input.extend_from_slice(&proposal);
         let seq = SeqInput {
-            tokens: &[id],
+            tokens: &input,
             start_pos: history.len() - 1,
             block_tables: &tables,
-            logits: LogitsWanted::Last,
+            logits: if proposal.is_empty() {
+                LogitsWanted::Last
+            } else {
+                LogitsWanted::All
+            },
         };
         runner.execute(&[seq], &mut logits)?;
+        stats.steps += 1;
     }
     if finish != FinishReason::Stop || !stops.matched() {
         let rest = stops.finish(&decoder.flush());
@@ -189,5 +295,6 @@ pub fn generate_on(
         sampled,
         prefill_time,
         decode_time: t1.elapsed(),
+        spec: stats,
     })
 }

@@ -24,6 +24,8 @@
 //! - [`ModelRunner`]: the seam between the loop and a model backend — one step in as
 //!   data, logits out. [`CpuRunner`] runs the CPU forward pass; [`FakeRunner`] (next
 //!   token = last + 1) tests the loop without weights; a GPU backend is another one.
+//! - [`spec`]: speculative decoding — prompt-lookup and draft-model drafts, verified
+//!   K+1 positions per forward with the output distribution unchanged.
 //! - [`scheduler`] and [`kv_manager`]: the batching policy and the KV block
 //!   bookkeeping the loop runs on; plain data in, plain data out.
 //!
@@ -59,6 +61,7 @@ pub mod prompt;
 mod runtime;
 pub mod sampler;
 pub mod scheduler;
+pub mod spec;
 
 pub use embed::{
     EmbedError, EmbedInput, EmbedRequest, Embedder, EmbedderConfig, EmbeddingModel, Embeddings,
@@ -69,7 +72,10 @@ pub use engine::{
     GenerateRequest, ModelInfo, ModelRunner, PromptTokenLogprob, StepInput, TokenEvent, TokenOut,
     TopLogprob, Usage,
 };
-pub use generate::{generate, generate_on, FinishReason, GenerateOptions, Generation};
+pub use generate::{
+    generate, generate_on, generate_on_with_draft, generate_with_draft, FinishReason,
+    GenerateOptions, Generation,
+};
 pub use loglik::{ContinuationScore, LoglikRequest, LoglikScorer};
 pub use prompt::{Collector, Completion, Prompt, PromptError, TextEncoding};
 pub use runtime::LoadedModel;

@@ -206,6 +206,8 @@ pub struct GenerateArgs {
     /// Print timings to stderr.
     #[arg(long)]
     pub stats: bool,
+    #[command(flatten)]
+    pub spec: crate::cmd_spec::SpecArgs,
 }
 
 fn parse_bias(s: &str) -> Result<(u32, f32), String> {
@@ -223,16 +225,10 @@ fn parse_bias(s: &str) -> Result<(u32, f32), String> {
     Ok((id, b))
 }
 
-pub fn generate(a: GenerateArgs) -> Result<()> {
-    let prompt = match (&a.prompt, &a.prompt_file) {
-        (Some(p), _) => p.clone(),
-        (None, Some(f)) => {
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
-        }
-        (None, None) => bail!("give a prompt with -p TEXT or --prompt-file FILE"),
-    };
-    let (lm, _path, load_s) = a.model.load(hangar_models::Numerics::Ggml)?;
-    let ids = if a.chat {
+/// Tokenizes a prompt: as a user turn of the model's chat template with `chat`, else
+/// as plain text after BOS (`special`: parse special-token text).
+fn encode_prompt(lm: &LoadedModel, prompt: &str, chat: bool, special: bool) -> Result<Vec<u32>> {
+    Ok(if chat {
         let tk = &lm.tokenizer;
         let piece = |id: Option<u32>| id.and_then(|i| tk.id_to_token(i)).unwrap_or("").to_string();
         let tpl = hangar_engine::chat::ChatTemplate::for_model(
@@ -242,13 +238,31 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             &piece(tk.eos_id()),
         )?;
         let text = tpl.render(
-            &[hangar_engine::chat::ChatMessage::new("user", &prompt)],
+            &[hangar_engine::chat::ChatMessage::new("user", prompt)],
             true,
         )?;
         lm.tokenizer.encode(&text, false, true)
     } else {
-        lm.tokenizer.encode(&prompt, true, a.special)
+        lm.tokenizer.encode(prompt, true, special)
+    })
+}
+
+pub fn generate(a: GenerateArgs) -> Result<()> {
+    let prompt = match (&a.prompt, &a.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
+        (None, None) => bail!("give a prompt with -p TEXT or --prompt-file FILE"),
     };
+    let spec = a.spec.config()?;
+    let (lm, _path, load_s) = a.model.load(hangar_models::Numerics::Ggml)?;
+    let draft_lm = a.spec.load_draft(a.model.threads)?;
+    let mut draft = match &draft_lm {
+        Some(dm) => Some(crate::cmd_spec::bind_draft(dm, &lm)?),
+        None => None,
+    };
+    let ids = encode_prompt(&lm, &prompt, a.chat, a.special)?;
     let sampling = SamplingParams {
         temperature: a.temperature,
         top_k: a.top_k,
@@ -280,6 +294,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         ignore_eos: a.ignore_eos,
         context: a.ctx,
         prefill_chunk: 512,
+        speculative: spec,
     };
     let stream = !a.json;
     let mut stdout = std::io::stdout().lock();
@@ -298,8 +313,15 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         true
     };
     let g = match gpu.as_mut() {
-        Some(r) => hangar_engine::generate_on(r, &lm.tokenizer, &ids, &opts, on_text)?,
-        None => hangar_engine::generate(&lm, &ids, &opts, on_text)?,
+        Some(r) => hangar_engine::generate_on_with_draft(
+            r,
+            draft.as_mut(),
+            &lm.tokenizer,
+            &ids,
+            &opts,
+            on_text,
+        )?,
+        None => hangar_engine::generate_with_draft(&lm, draft.as_mut(), &ids, &opts, on_text)?,
     };
     if stream {
         let _ = writeln!(stdout);
@@ -328,6 +350,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             "finish_reason": g.finish,
             "logprobs": if a.logprobs > 0 { serde_json::Value::Array(logprobs) } else { serde_json::Value::Null },
             "timings": {"load_s": load_s, "prefill_tok_s": prefill_tps, "decode_tok_s": decode_tps},
+            "speculative": if spec.enabled() { serde_json::to_value(g.spec)? } else { serde_json::Value::Null },
         });
         writeln!(stdout, "{}", serde_json::to_string_pretty(&out)?)?;
     }
@@ -342,6 +365,9 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             load_s + first_token_s.unwrap_or(0.0),
             g.finish
         );
+        if spec.enabled() {
+            eprintln!("{}", crate::cmd_spec::stats_line(&g));
+        }
     }
     Ok(())
 }
@@ -369,10 +395,56 @@ pub struct BenchArgs {
     pub runs: usize,
     #[arg(long)]
     pub json: bool,
+    /// With --speculative: the prompt to decode (greedy, up to --tg tokens), A/B
+    /// against plain decoding in the same run.
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    /// With --speculative: wrap the prompt as a user turn of the chat template.
+    #[arg(long)]
+    pub chat: bool,
+    #[command(flatten)]
+    pub spec: crate::cmd_spec::SpecArgs,
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
+    let spec = a.spec.config()?;
     let (lm, path, load_s) = a.model.load(hangar_models::Numerics::Fast)?;
+    if spec.enabled() {
+        let file = a
+            .prompt_file
+            .as_ref()
+            .context("--speculative in bench needs --prompt-file (the task to decode)")?;
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let ids = encode_prompt(&lm, &text, a.chat, false)?;
+        let draft_lm = a.spec.load_draft(a.model.threads)?;
+        let draft = match &draft_lm {
+            Some(dm) => Some(crate::cmd_spec::bind_draft(dm, &lm)?),
+            None => None,
+        };
+        let r = crate::cmd_spec::bench_spec(&lm, draft, &ids, spec, a.tg.max(1), a.runs)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            println!(
+                "{}: {:?} K<={}{} | prompt {} tok, generated {} | plain {:.1} tok/s, speculative {:.1} tok/s ({:.2}x) | acceptance {:.1}%, {:.2} tok/step | identical: {} | runs {}",
+                file.display(),
+                r.mode,
+                spec.draft_tokens,
+                if spec.adaptive { " adaptive" } else { "" },
+                r.prompt_tokens,
+                r.generated,
+                r.plain_tok_s,
+                r.spec_tok_s,
+                r.speedup,
+                100.0 * r.acceptance,
+                r.tokens_per_step,
+                r.identical,
+                r.runs
+            );
+        }
+        return Ok(());
+    }
     let gpu = crate::cmd_device::open(&lm, a.device)?;
     let device = match &gpu {
         Some(r) => format!("cuda ({}, {})", r.device_name(), r.arch()),

@@ -13,6 +13,7 @@ mod cmd_rag;
 mod cmd_registry;
 mod cmd_route;
 mod cmd_serve;
+mod cmd_spec;
 mod cmd_synth;
 mod cmd_track;
 mod cmd_vector;

@@ -4,7 +4,7 @@
 use super::logit_math::{argmax, log_sum_exp, top_n};
 use super::penalties::{apply_bias, apply_penalties};
 use super::rng::Rng;
-use super::truncation::draw;
+use super::truncation::{distribution, draw};
 use super::{SamplerError, SamplingParams, MAX_LOGPROBS};
 
 /// The chosen token with its log-probability and the most likely alternatives.
@@ -30,6 +30,8 @@ pub struct Sampler {
     copy: Vec<f32>,
     /// Scratch: (token, count) of the penalty window.
     counts: Vec<(u32, u32)>,
+    /// Scratch: the target distribution in [`Sampler::verify`].
+    dist: Vec<(u32, f64)>,
     /// Whether the chosen token's log-probability is reported (it costs a
     /// vocabulary-wide log-sum-exp per token).
     want_logprob: bool,
@@ -46,6 +48,7 @@ impl Sampler {
             cands: Vec::new(),
             copy: Vec::new(),
             counts: Vec::new(),
+            dist: Vec::new(),
             want_logprob: true,
         })
     }
@@ -112,12 +115,112 @@ impl Sampler {
         history: &[u32],
         n_logprobs: usize,
     ) -> SampledToken {
+        let Some((max_id, max, lse)) = self.prepare(logits, history, n_logprobs) else {
+            return empty_token();
+        };
+        let id = if self.params.temperature == 0.0 || max == f32::NEG_INFINITY {
+            max_id
+        } else {
+            draw(&self.params, &mut self.rng, &mut self.cands, logits, max)
+        };
+        self.finish(logits, id, lse, n_logprobs)
+    }
+
+    /// Samples like [`sample`](Self::sample) and also fills `dist` with the
+    /// distribution the token was drawn from (normalised (id, probability) pairs; a
+    /// point mass when greedy): the draft side of speculative sampling.
+    pub fn sample_with_dist(
+        &mut self,
+        logits: &mut [f32],
+        history: &[u32],
+        dist: &mut Vec<(u32, f64)>,
+    ) -> SampledToken {
+        let n_logprobs = self.params.n_logprobs;
+        dist.clear();
+        let Some((max_id, max, lse)) = self.prepare(logits, history, n_logprobs) else {
+            dist.push((0, 1.0));
+            return empty_token();
+        };
+        if self.params.temperature == 0.0 || max == f32::NEG_INFINITY {
+            dist.push((max_id, 1.0));
+        } else {
+            distribution(&self.params, &mut self.cands, logits, max, dist);
+        }
+        let id = pick(dist, self.rng.next_f64());
+        self.finish(logits, id, lse, n_logprobs)
+    }
+
+    /// Speculative verification of one drafted token against the target's `logits`
+    /// at its position (the same chain: bias, penalties over `history`, truncation,
+    /// temperature). Returns the token to emit and whether it is the draft.
+    ///
+    /// `q` is the draft's distribution at this position. `None` (or greedy
+    /// sampling) treats the draft as a point mass: the target samples exactly as
+    /// [`sample`](Self::sample) would, one draw per emitted token, and the draft is
+    /// accepted when it matches; so a seed gives the same tokens with or without
+    /// speculation. Otherwise standard rejection sampling: accept with probability
+    /// min(1, p(x)/q(x)), else draw from normalise(max(0, p − q)); the emitted token
+    /// is distributed as p either way.
+    pub fn verify(
+        &mut self,
+        logits: &mut [f32],
+        history: &[u32],
+        draft: u32,
+        q: Option<&[(u32, f64)]>,
+    ) -> (SampledToken, bool) {
+        let q = match q {
+            Some(q) if self.params.temperature > 0.0 => q,
+            _ => {
+                let s = self.sample(logits, history);
+                let ok = s.id == draft;
+                return (s, ok);
+            }
+        };
+        let n_logprobs = self.params.n_logprobs;
+        let Some((_, max, lse)) = self.prepare(logits, history, n_logprobs) else {
+            return (empty_token(), false);
+        };
+        let mut p = std::mem::take(&mut self.dist);
+        distribution(&self.params, &mut self.cands, logits, max, &mut p);
+        let prob =
+            |d: &[(u32, f64)], id: u32| d.iter().find(|&&(t, _)| t == id).map_or(0.0, |&(_, w)| w);
+        let (px, qx) = (prob(&p, draft), prob(q, draft));
+        let u = self.rng.next_f64();
+        let (id, accepted) = if qx > 0.0 && u * qx < px {
+            (draft, true)
+        } else {
+            // The residual max(0, p − q), over p's support (outside it p − q ≤ 0).
+            let qmap: std::collections::HashMap<u32, f64> = q.iter().copied().collect();
+            let mut residual: Vec<(u32, f64)> = p
+                .iter()
+                .map(|&(t, w)| (t, (w - qmap.get(&t).copied().unwrap_or(0.0)).max(0.0)))
+                .filter(|&(_, w)| w > 0.0)
+                .collect();
+            let total: f64 = residual.iter().map(|&(_, w)| w).sum();
+            if total > 0.0 {
+                for (_, w) in residual.iter_mut() {
+                    *w /= total;
+                }
+            } else {
+                // p == q up to rounding: any draw from p is right.
+                residual = p.clone();
+            }
+            (pick(&residual, self.rng.next_f64()), false)
+        };
+        self.dist = p;
+        (self.finish(logits, id, lse, n_logprobs), accepted)
+    }
+
+    /// Bias and penalties in place, then (argmax id, max logit, log-sum-exp or NaN
+    /// when no log-probability is wanted); `None` for empty logits.
+    fn prepare(
+        &mut self,
+        logits: &mut [f32],
+        history: &[u32],
+        n_logprobs: usize,
+    ) -> Option<(u32, f32, f32)> {
         if logits.is_empty() {
-            return SampledToken {
-                id: 0,
-                logprob: f32::NEG_INFINITY,
-                top_logprobs: Vec::new(),
-            };
+            return None;
         }
         // NaN would poison every comparison: treat it as "impossible".
         for l in logits.iter_mut() {
@@ -134,11 +237,11 @@ impl Sampler {
         } else {
             f32::NAN
         };
-        let id = if self.params.temperature == 0.0 || max == f32::NEG_INFINITY {
-            max_id
-        } else {
-            draw(&self.params, &mut self.rng, &mut self.cands, logits, max)
-        };
+        Some((max_id, max, lse))
+    }
+
+    /// The [`SampledToken`] for `id` with its log-probabilities.
+    fn finish(&self, logits: &[f32], id: u32, lse: f32, n_logprobs: usize) -> SampledToken {
         let logprob_of = |l: f32| {
             if lse.is_finite() {
                 l - lse
@@ -160,6 +263,28 @@ impl Sampler {
             top_logprobs,
         }
     }
+}
+
+/// Token 0 with log-probability `-inf` (what empty logits give).
+fn empty_token() -> SampledToken {
+    SampledToken {
+        id: 0,
+        logprob: f32::NEG_INFINITY,
+        top_logprobs: Vec::new(),
+    }
+}
+
+/// The token of a normalised distribution at cumulative probability `u` in [0, 1)
+/// (the last one if rounding leaves the sum short).
+fn pick(dist: &[(u32, f64)], u: f64) -> u32 {
+    let mut acc = 0.0;
+    for &(id, w) in dist {
+        acc += w;
+        if acc > u {
+            return id;
+        }
+    }
+    dist.last().map_or(0, |&(id, _)| id)
 }
 
 #[cfg(test)]

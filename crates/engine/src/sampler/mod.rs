@@ -31,6 +31,8 @@ mod logit_math;
 mod params;
 mod penalties;
 mod rng;
+#[cfg(test)]
+mod spec_tests;
 mod stop;
 mod truncation;
 

@@ -13,6 +13,65 @@ pub(super) fn draw(
     logits: &[f32],
     max: f32,
 ) -> u32 {
+    let inv_t = 1.0 / p.temperature;
+    if !truncate(p, cands, logits, max) {
+        // No truncation at all: draw straight from the logits.
+        let total = sum_exp(logits, max, inv_t);
+        let target = rng.next_f64() * total;
+        return walk(
+            logits.iter().enumerate().map(|(i, &l)| (l, i as u32)),
+            max,
+            inv_t,
+            target,
+        )
+        .unwrap_or_else(|| argmax(logits).0);
+    }
+    if cands.is_empty() {
+        // Cannot happen (the maximum always survives), but never panic.
+        return argmax(logits).0;
+    }
+    let total: f64 = cands.iter().map(|&(l, _)| weight(l, max, inv_t)).sum();
+    let target = rng.next_f64() * total;
+    walk(cands.iter().copied(), max, inv_t, target).unwrap_or(cands[0].1)
+}
+
+/// The distribution [`draw`] draws from, as normalised (id, probability) pairs over
+/// the tokens it could pick (the whole vocabulary when nothing truncates): what
+/// speculative rejection sampling compares against a draft's distribution.
+pub(super) fn distribution(
+    p: &SamplingParams,
+    cands: &mut Vec<(f32, u32)>,
+    logits: &[f32],
+    max: f32,
+    out: &mut Vec<(u32, f64)>,
+) {
+    let inv_t = 1.0 / p.temperature;
+    out.clear();
+    if truncate(p, cands, logits, max) {
+        out.extend(cands.iter().map(|&(l, id)| (id, weight(l, max, inv_t))));
+    } else {
+        out.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, weight(l, max, inv_t)))
+                .filter(|&(_, w)| w > 0.0),
+        );
+    }
+    let total: f64 = out.iter().map(|&(_, w)| w).sum();
+    if out.is_empty() || total <= 0.0 {
+        out.clear();
+        out.push((argmax(logits).0, 1.0));
+        return;
+    }
+    for (_, w) in out.iter_mut() {
+        *w /= total;
+    }
+}
+
+/// Fills `cands` with the tokens top-k, top-p and min-p keep, most likely first;
+/// `false` when none of them is on (every token stays and `cands` is left alone).
+fn truncate(p: &SamplingParams, cands: &mut Vec<(f32, u32)>, logits: &[f32], max: f32) -> bool {
     let n = logits.len();
     // min-p keeps logits >= max + ln(min_p); min_p = 1 keeps only the maximum.
     let min_logit = if p.min_p > 0.0 {
@@ -26,7 +85,6 @@ pub(super) fn draw(
         p.top_k
     };
     let top_p = p.top_p;
-    let inv_t = 1.0 / p.temperature;
     cands.clear();
 
     if top_k < n {
@@ -58,24 +116,9 @@ pub(super) fn draw(
                 .map(|(i, &l)| (l, i as u32)),
         );
     } else {
-        // No truncation at all: draw straight from the logits.
-        let total = sum_exp(logits, max, inv_t);
-        let target = rng.next_f64() * total;
-        return walk(
-            logits.iter().enumerate().map(|(i, &l)| (l, i as u32)),
-            max,
-            inv_t,
-            target,
-        )
-        .unwrap_or_else(|| argmax(logits).0);
+        return false;
     }
-    if cands.is_empty() {
-        // Cannot happen (the maximum always survives), but never panic.
-        return argmax(logits).0;
-    }
-    let total: f64 = cands.iter().map(|&(l, _)| weight(l, max, inv_t)).sum();
-    let target = rng.next_f64() * total;
-    walk(cands.iter().copied(), max, inv_t, target).unwrap_or(cands[0].1)
+    true
 }
 
 /// The temperature-scaled, unnormalised probability of a logit (exactly 0 for -inf).
