@@ -66,8 +66,8 @@ pub use embed::{
 };
 pub use engine::{
     BorrowedCpuRunner, CpuRunner, Engine, EngineConfig, EngineStats, FakeRunner, Finish,
-    GenerateRequest, ModelInfo, ModelRunner, PromptTokenLogprob, StepInput, TokenEvent, TokenOut,
-    TopLogprob, Usage,
+    GenerateRequest, ModelInfo, ModelRunner, PromptTokenLogprob, StepInput, Tenant, TokenEvent,
+    TokenOut, TopLogprob, Usage,
 };
 pub use generate::{generate, generate_on, FinishReason, GenerateOptions, Generation};
 pub use loglik::{ContinuationScore, LoglikRequest, LoglikScorer};
