@@ -28,6 +28,7 @@ mod db;
 pub mod default_model;
 pub mod error;
 pub mod hub;
+pub mod keys;
 mod maintain;
 pub mod names;
 pub mod prompts;
@@ -38,6 +39,7 @@ pub mod store;
 mod transfer;
 
 pub use auth::{Principal, Role};
+pub use keys::{ActiveKey, ApiKeyInfo, KeyLimits, KeyRole, KeyStore, KeyUsage};
 pub use error::{RegistryError, Result};
 pub use maintain::{sha256_file, GcReport, VerifyReport};
 pub use names::ModelRef;
