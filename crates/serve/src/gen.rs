@@ -274,6 +274,7 @@ impl Validated {
             prompt_logprobs: None,
             skip_special_tokens: self.skip_special_tokens,
             constraint: None,
+            tenant: Default::default(),
         })
     }
 }
@@ -302,6 +303,11 @@ pub struct ChoiceStream {
     done: bool,
     /// What the monitor gets when the stream ends (None when monitoring is off).
     trace: Option<crate::monitoring::Trace>,
+    /// The managed key this request is charged to, with this choice's prompt length
+    /// and tokens seen (a choice that never finishes is charged what it streamed).
+    charge: Option<Arc<crate::tenants::KeyCharge>>,
+    prompt_len: usize,
+    seen: usize,
 }
 
 impl ChoiceStream {
@@ -319,6 +325,23 @@ impl ChoiceStream {
             last: None,
             done: false,
             trace: None,
+            charge: None,
+            prompt_len: 0,
+            seen: 0,
+        }
+    }
+
+    /// Charges this choice's tokens to a managed key when it ends.
+    fn charged(mut self, charge: Arc<crate::tenants::KeyCharge>, prompt_len: usize) -> Self {
+        self.charge = Some(charge);
+        self.prompt_len = prompt_len;
+        self
+    }
+
+    /// Hands this choice's tokens to its key's charge (once).
+    fn settle(&mut self, prompt: usize, completion: usize) {
+        if let Some(c) = self.charge.take() {
+            c.add(prompt as u64, completion as u64);
         }
     }
 
@@ -341,9 +364,11 @@ impl ChoiceStream {
                 }
                 self.last = Some(now);
                 m.generation_tokens.fetch_add(1, Ordering::Relaxed);
+                self.seen += 1;
             }
             Some(TokenEvent::Done { usage, .. }) => {
                 self.done = true;
+                self.settle(usage.prompt_tokens, usage.completion_tokens);
                 m.e2e.observe((now - self.start).as_secs_f64());
                 m.prompt_tokens
                     .fetch_add(usage.prompt_tokens as u64, Ordering::Relaxed);
@@ -371,6 +396,7 @@ impl ChoiceStream {
 
 impl Drop for ChoiceStream {
     fn drop(&mut self) {
+        self.settle(self.prompt_len, self.seen);
         if !self.done {
             self.state.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
             if let Some(trace) = self.trace.take() {
@@ -395,12 +421,34 @@ pub fn merge(choices: Vec<ChoiceStream>) -> Merged {
 }
 
 /// Submits every request or none (the engine's request API), each choice's stream
-/// wrapped for metrics.
+/// wrapped for metrics. The caller's tenant goes with each request (fair admission);
+/// a managed key's limits are checked first, reserving prompt + max_tokens of every
+/// choice, and the request is charged what it used once its choices end.
 pub fn submit_all(
     state: &InferenceState,
-    reqs: Vec<GenerateRequest>,
+    mut reqs: Vec<GenerateRequest>,
 ) -> Result<Vec<ChoiceStream>, ApiError> {
     let start = Instant::now();
+    let caller = crate::auth::current_caller();
+    let tenant = caller.as_ref().map(|c| c.tenant()).unwrap_or_default();
+    for r in &mut reqs {
+        r.tenant = tenant;
+    }
+    let charge = match &caller {
+        Some(crate::auth::Caller::Key(key)) => {
+            let reserve: u64 = reqs
+                .iter()
+                .map(|r| (r.prompt.len() + r.max_tokens) as u64)
+                .sum();
+            let charge = state.app.tenants.admit(key, reserve)?;
+            if let Some(m) = &state.app.monitor {
+                charge.priced(m.prices(), state.model_name());
+            }
+            Some(Arc::new(charge))
+        }
+        _ => None,
+    };
+    let prompt_lens: Vec<usize> = reqs.iter().map(|r| r.prompt.len()).collect();
     let prompts: Vec<Vec<u32>> = if state.app.monitor.is_some() {
         reqs.iter().map(|r| r.prompt.clone()).collect()
     } else {
@@ -411,7 +459,10 @@ pub fn submit_all(
         .into_iter()
         .enumerate()
         .map(|(i, rx)| {
-            let c = ChoiceStream::new(i, rx, state.app.clone(), start);
+            let mut c = ChoiceStream::new(i, rx, state.app.clone(), start);
+            if let Some(charge) = &charge {
+                c = c.charged(charge.clone(), prompt_lens.get(i).copied().unwrap_or(0));
+            }
             match prompts.get(i) {
                 Some(p) => c.traced(p),
                 None => c,
