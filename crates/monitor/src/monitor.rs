@@ -73,11 +73,6 @@ impl Monitor {
         })
     }
 
-    /// The price table requests are costed with.
-    pub fn prices(&self) -> &PriceTable {
-        &self.prices
-    }
-
     /// Records one finished request: prices it, adds it to usage and to its model's
     /// drift window, counts personal data in the answer, and queues it for the log.
     pub fn observe(&self, mut rec: RequestRecord, obs: Observation) {

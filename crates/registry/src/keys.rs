@@ -228,9 +228,7 @@ impl KeyStore {
             }
         }
         if limits.weight == 0 {
-            return Err(RegistryError::Invalid(
-                "--weight must be at least 1".into(),
-            ));
+            return Err(RegistryError::Invalid("--weight must be at least 1".into()));
         }
         let secret = format!(
             "{KEY_PREFIX}{}",
@@ -437,7 +435,9 @@ mod tests {
     #[test]
     fn secrets_are_stored_only_as_digests_and_verify() {
         let (dir, s) = store();
-        let (info, secret) = s.create(&admin(), "alice", KeyRole::User, KeyLimits::default()).unwrap();
+        let (info, secret) = s
+            .create(&admin(), "alice", KeyRole::User, KeyLimits::default())
+            .unwrap();
         assert!(secret.starts_with(KEY_PREFIX) && secret.len() == KEY_PREFIX.len() + 64);
         assert!(secret.starts_with(&info.prefix));
         assert_eq!(s.verify(&secret).unwrap().unwrap().name, "alice");
@@ -452,20 +452,28 @@ mod tests {
     #[test]
     fn revoked_keys_stop_verifying_by_name_or_id() {
         let (_d, s) = store();
-        let (a, sa) = s.create(&admin(), "a", KeyRole::User, KeyLimits::default()).unwrap();
-        let (_, sb) = s.create(&admin(), "b", KeyRole::Admin, KeyLimits::default()).unwrap();
+        let (a, sa) = s
+            .create(&admin(), "a", KeyRole::User, KeyLimits::default())
+            .unwrap();
+        let (_, sb) = s
+            .create(&admin(), "b", KeyRole::Admin, KeyLimits::default())
+            .unwrap();
         assert_eq!(s.revoke(&admin(), "a").unwrap().id, a.id);
         assert!(s.verify(&sa).unwrap().is_none());
         let b = s.list().unwrap().pop().unwrap();
         s.revoke(&admin(), &b.id.to_string()).unwrap();
         assert!(s.verify(&sb).unwrap().is_none());
-        assert!(matches!(s.revoke(&admin(), "a"), Err(RegistryError::NotFound(_))));
+        assert!(matches!(
+            s.revoke(&admin(), "a"),
+            Err(RegistryError::NotFound(_))
+        ));
     }
 
     #[test]
     fn names_are_unique_and_zero_limits_are_refused() {
         let (_d, s) = store();
-        s.create(&admin(), "a", KeyRole::User, KeyLimits::default()).unwrap();
+        s.create(&admin(), "a", KeyRole::User, KeyLimits::default())
+            .unwrap();
         assert!(matches!(
             s.create(&admin(), "a", KeyRole::User, KeyLimits::default()),
             Err(RegistryError::Conflict(_))
@@ -474,9 +482,14 @@ mod tests {
             rpm: Some(0),
             ..Default::default()
         };
-        let e = s.create(&admin(), "z", KeyRole::User, zero).unwrap_err().to_string();
+        let e = s
+            .create(&admin(), "z", KeyRole::User, zero)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--rpm 0"), "{e}");
-        assert!(s.create(&admin(), "Bad Name", KeyRole::User, KeyLimits::default()).is_err());
+        assert!(s
+            .create(&admin(), "Bad Name", KeyRole::User, KeyLimits::default())
+            .is_err());
     }
 
     #[test]
@@ -500,15 +513,20 @@ mod tests {
     fn usage_accumulates_per_day_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = KeyStore::open(Some(dir.path().to_path_buf())).unwrap();
-        let (k, _) = s.create(&admin(), "a", KeyRole::User, KeyLimits::default()).unwrap();
+        let (k, _) = s
+            .create(&admin(), "a", KeyRole::User, KeyLimits::default())
+            .unwrap();
         let u = KeyUsage {
             requests: 1,
             prompt_tokens: 10,
             completion_tokens: 5,
             cost: 0.5,
         };
-        s.add_usage(&[(k.id, "2026-12-02".into(), u), (k.id, "2026-12-03".into(), u)])
-            .unwrap();
+        s.add_usage(&[
+            (k.id, "2026-12-02".into(), u),
+            (k.id, "2026-12-03".into(), u),
+        ])
+        .unwrap();
         s.add_usage(&[(k.id, "2026-12-03".into(), u)]).unwrap();
         drop(s);
         let s = KeyStore::open(Some(dir.path().to_path_buf())).unwrap();

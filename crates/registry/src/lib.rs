@@ -39,8 +39,8 @@ pub mod store;
 mod transfer;
 
 pub use auth::{Principal, Role};
-pub use keys::{ActiveKey, ApiKeyInfo, KeyLimits, KeyRole, KeyStore, KeyUsage};
 pub use error::{RegistryError, Result};
+pub use keys::{ActiveKey, ApiKeyInfo, KeyLimits, KeyRole, KeyStore, KeyUsage};
 pub use maintain::{sha256_file, GcReport, VerifyReport};
 pub use names::ModelRef;
 pub use prompts::{NewPrompt, PromptSummary, PromptTemplate, PromptVersion, RenderedPrompt};

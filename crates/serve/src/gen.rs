@@ -368,7 +368,9 @@ impl ChoiceStream {
             }
             Some(TokenEvent::Done { usage, .. }) => {
                 self.done = true;
-                self.settle(usage.prompt_tokens, usage.completion_tokens);
+                if let Some(c) = self.charge.take() {
+                    c.add(usage.prompt_tokens as u64, usage.completion_tokens as u64);
+                }
                 m.e2e.observe((now - self.start).as_secs_f64());
                 m.prompt_tokens
                     .fetch_add(usage.prompt_tokens as u64, Ordering::Relaxed);
