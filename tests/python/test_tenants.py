@@ -94,8 +94,6 @@ def test_requests_per_minute_answer_429_with_retry_after(tenants):
         {"content-type": "application/json", "authorization": f"Bearer {secrets['limited']}"})
     assert status == 429, body
     assert int(headers["Retry-After"]) >= 1
-    m = srv.metrics()
-    assert m["hangar_key_rejections_total"] >= 0  # family present
     _, _, text = http("GET", srv.base + "/metrics")
     assert 'hangar_key_rejections_total{key="limited",reason="requests_per_minute"} 2' in text.decode()
 
