@@ -459,54 +459,6 @@ pub fn render_monitor(out: &mut String, m: &hangar_monitor::Monitor) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interval_quantiles_interpolate_inside_the_bucket() {
-        let h = Histogram::new(LATENCY_BOUNDS);
-        let before = h.snapshot();
-        assert_eq!(h.quantile_between(&before, &h.snapshot(), 0.5), None);
-        // Ten observations in (0.1, 0.15]: the median lies halfway through that bucket.
-        for _ in 0..10 {
-            h.observe(0.12);
-        }
-        let q = h.quantile_between(&before, &h.snapshot(), 0.5).unwrap();
-        assert!((q - 0.125).abs() < 1e-9, "{q}");
-        // Observations before the first snapshot do not count.
-        let mid = h.snapshot();
-        h.observe(40.0);
-        let q = h.quantile_between(&mid, &h.snapshot(), 0.99).unwrap();
-        assert!((q - 59.7).abs() < 1e-9, "{q}");
-    }
-
-    #[test]
-    fn histogram_buckets_are_cumulative() {
-        let m = Metrics::default();
-        m.ttft.observe(0.004);
-        m.ttft.observe(0.2);
-        m.ttft.observe(100.0);
-        m.request("/v1/completions", 200);
-        m.request("/v1/completions", 200);
-        let text = m.render(Some(("x", &EngineStats::default())));
-        assert!(text.contains("hangar_time_to_first_token_seconds_bucket{le=\"0.005\"} 1"));
-        assert!(text.contains("hangar_time_to_first_token_seconds_bucket{le=\"0.2\"} 2"));
-        assert!(text.contains("hangar_time_to_first_token_seconds_bucket{le=\"+Inf\"} 3"));
-        assert!(text.contains("hangar_requests_total{route=\"/v1/completions\",status=\"200\"} 2"));
-        assert!(text.contains("hangar_kv_blocks_free{model=\"x\"} 0"));
-    }
-
-    #[test]
-    fn without_a_model_only_request_counters_are_rendered() {
-        let m = Metrics::default();
-        m.request("/health", 200);
-        let text = m.render(None);
-        assert!(text.contains("hangar_requests_total{route=\"/health\",status=\"200\"} 1"));
-        assert!(!text.contains("hangar_kv_blocks_capacity"));
-    }
-}
-
 /// Counters per managed API key, labelled by the key's name (never its secret; only
 /// keys created with `hangar keys`, so the label set stays bounded). Usage counts
 /// include what earlier runs of the server recorded in the registry.
@@ -553,5 +505,53 @@ pub fn render_keys(out: &mut String, keys: &[(String, hangar_registry::KeyUsage,
                 escape(key)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_quantiles_interpolate_inside_the_bucket() {
+        let h = Histogram::new(LATENCY_BOUNDS);
+        let before = h.snapshot();
+        assert_eq!(h.quantile_between(&before, &h.snapshot(), 0.5), None);
+        // Ten observations in (0.1, 0.15]: the median lies halfway through that bucket.
+        for _ in 0..10 {
+            h.observe(0.12);
+        }
+        let q = h.quantile_between(&before, &h.snapshot(), 0.5).unwrap();
+        assert!((q - 0.125).abs() < 1e-9, "{q}");
+        // Observations before the first snapshot do not count.
+        let mid = h.snapshot();
+        h.observe(40.0);
+        let q = h.quantile_between(&mid, &h.snapshot(), 0.99).unwrap();
+        assert!((q - 59.7).abs() < 1e-9, "{q}");
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        m.ttft.observe(0.004);
+        m.ttft.observe(0.2);
+        m.ttft.observe(100.0);
+        m.request("/v1/completions", 200);
+        m.request("/v1/completions", 200);
+        let text = m.render(Some(("x", &EngineStats::default())));
+        assert!(text.contains("hangar_time_to_first_token_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("hangar_time_to_first_token_seconds_bucket{le=\"0.2\"} 2"));
+        assert!(text.contains("hangar_time_to_first_token_seconds_bucket{le=\"+Inf\"} 3"));
+        assert!(text.contains("hangar_requests_total{route=\"/v1/completions\",status=\"200\"} 2"));
+        assert!(text.contains("hangar_kv_blocks_free{model=\"x\"} 0"));
+    }
+
+    #[test]
+    fn without_a_model_only_request_counters_are_rendered() {
+        let m = Metrics::default();
+        m.request("/health", 200);
+        let text = m.render(None);
+        assert!(text.contains("hangar_requests_total{route=\"/health\",status=\"200\"} 1"));
+        assert!(!text.contains("hangar_kv_blocks_capacity"));
     }
 }
