@@ -19,6 +19,6 @@ mod update;
 pub use handle::{Engine, EngineStats, ModelInfo};
 pub use kv_sizing::EngineConfig;
 pub use request::{
-    Finish, GenerateRequest, PromptTokenLogprob, TokenEvent, TokenOut, TopLogprob, Usage,
+    Finish, GenerateRequest, PromptTokenLogprob, Tenant, TokenEvent, TokenOut, TopLogprob, Usage,
 };
 pub use runner::{BorrowedCpuRunner, CpuRunner, FakeRunner, ModelRunner, StepInput};

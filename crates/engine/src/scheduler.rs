@@ -2,14 +2,20 @@
 //! tokens each, under a per-step token budget and the KV block pool.
 //!
 //! Plain data in, plain data out: it never runs the model nor samples. Each step mixes
-//! the decode tokens of running sequences with chunked prefill of new ones; admission
-//! is fair across requests (the waiting sequence whose request runs the fewest
-//! sequences goes first, ties in arrival order); when blocks run out the newest
-//! sequence of the request holding the most is preempted (its blocks freed,
-//! recomputed later) instead of failing.
+//! the decode tokens of running sequences with chunked prefill of new ones.
+//!
+//! Admission is weighted-fair across tenants (API keys), then fair across requests:
+//! the waiting sequence whose tenant holds the smallest weighted share of the running
+//! slots goes first (ties: the tenant that was served the fewest weighted tokens, a
+//! virtual clock as in weighted fair queuing), then the request that runs the fewest
+//! sequences, then arrival order — so one tenant's requests keep their FIFO order. When
+//! the slots are full and a tenant waits while another holds more than its share, the
+//! newest sequence of the most over-share tenant is preempted to make room. When
+//! blocks run out the newest sequence of the request holding the most is preempted
+//! (its blocks freed, recomputed later) instead of failing.
 
 use crate::kv_manager::{KvBlockManager, SeqBlocks};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 /// Identifies a sequence inside the engine.
 pub type SeqId = u64;
@@ -47,6 +53,9 @@ pub struct SchedSeq {
     pub preempted: u32,
     /// The client request this sequence belongs to (its `n` choices share one).
     pub group: u64,
+    /// The tenant (API key) the sequence is charged to, and its weight (at least 1).
+    pub tenant: u64,
+    pub weight: u32,
     /// Most prompt tokens the prefix cache may serve (a request that reports prompt
     /// logprobs must compute the positions it reports).
     pub cache_limit: usize,
@@ -68,6 +77,8 @@ impl SchedSeq {
             cached_tokens: 0,
             preempted: 0,
             group: id,
+            tenant: 0,
+            weight: 1,
             cache_limit: usize::MAX,
             admitted_once: false,
             arrived: std::time::Instant::now(),
@@ -77,6 +88,12 @@ impl SchedSeq {
     /// Marks the sequence as one of a request's several (fair admission counts by group).
     pub fn in_group(mut self, group: u64) -> Self {
         self.group = group;
+        self
+    }
+    /// Charges the sequence to `tenant`, whose share of the slots is `weight`.
+    pub fn for_tenant(mut self, tenant: u64, weight: u32) -> Self {
+        self.tenant = tenant;
+        self.weight = weight.max(1);
         self
     }
     /// Generated tokens so far.
@@ -120,8 +137,25 @@ pub struct Scheduler {
     cfg: SchedulerConfig,
     waiting: VecDeque<SchedSeq>,
     running: Vec<SchedSeq>,
-    /// Preemptions since start.
+    /// Each tenant's virtual clock: tokens computed for it divided by its weight.
+    /// Dropped when the tenant has nothing queued or running.
+    served: HashMap<u64, f64>,
+    /// Preemptions since start (memory pressure and fairness).
     pub preemptions: u64,
+}
+
+/// A tenant's share of the running slots, as a fraction compared exactly.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    running: u64,
+    weight: u64,
+}
+
+impl Share {
+    /// `self < other`, by cross-multiplication (no rounding).
+    fn less(self, other: Share) -> bool {
+        self.running * other.weight < other.running * self.weight
+    }
 }
 
 impl Scheduler {
@@ -135,9 +169,20 @@ impl Scheduler {
         }
     }
 
-    /// Queues a new sequence behind every earlier one.
+    /// Queues a new sequence behind every earlier one. A tenant that was idle joins
+    /// at the current virtual time, so it cannot bank credit while away.
     pub fn add(&mut self, seq: SchedSeq) {
+        if !self.served.contains_key(&seq.tenant) {
+            let now = self.served.values().copied().fold(f64::INFINITY, f64::min);
+            self.served
+                .insert(seq.tenant, if now.is_finite() { now } else { 0.0 });
+        }
         self.waiting.push_back(seq);
+    }
+
+    /// Weighted tokens computed for `tenant` so far (its virtual clock).
+    pub fn served(&self, tenant: u64) -> f64 {
+        self.served.get(&tenant).copied().unwrap_or(0.0)
     }
 
     pub fn running(&self) -> &[SchedSeq] {
@@ -170,7 +215,73 @@ impl Scheduler {
             self.waiting.remove(i)?
         };
         kv.free(&mut seq.blocks);
+        self.forget_if_idle(seq.tenant);
         Some(seq)
+    }
+
+    fn forget_if_idle(&mut self, tenant: u64) {
+        if !self.has_work(tenant) {
+            self.served.remove(&tenant);
+        }
+    }
+
+    fn has_work(&self, tenant: u64) -> bool {
+        self.running
+            .iter()
+            .chain(self.waiting.iter())
+            .any(|s| s.tenant == tenant)
+    }
+
+    /// Running sequences per tenant, and each tenant's weight.
+    fn shares(&self) -> HashMap<u64, Share> {
+        let mut m: HashMap<u64, Share> = HashMap::new();
+        for s in self.running.iter().chain(self.waiting.iter()) {
+            let e = m.entry(s.tenant).or_insert(Share {
+                running: 0,
+                weight: u64::from(s.weight.max(1)),
+            });
+            e.weight = e.weight.max(u64::from(s.weight.max(1)));
+        }
+        for s in &self.running {
+            if let Some(e) = m.get_mut(&s.tenant) {
+                e.running += 1;
+            }
+        }
+        m
+    }
+
+    /// With every slot taken: the running sequence to give way so a waiting tenant
+    /// below its share gets one. Picks the newest sequence of the tenant furthest over
+    /// its share, and only if it stays at or above the waiting tenant's share after
+    /// the swap (so two tenants never trade a slot back and forth).
+    fn fairness_victim(&self) -> Option<usize> {
+        if self.running.len() < self.cfg.max_running || self.waiting.is_empty() {
+            return None;
+        }
+        let shares = self.shares();
+        let neediest = self
+            .waiting
+            .iter()
+            .filter_map(|s| shares.get(&s.tenant).copied())
+            .reduce(|a, b| if b.less(a) { b } else { a })?;
+        let richest_tenant = self.running.iter().map(|s| s.tenant).reduce(|a, b| {
+            if shares[&a].less(shares[&b]) {
+                b
+            } else {
+                a
+            }
+        })?;
+        let richest = shares[&richest_tenant];
+        let after = Share {
+            running: neediest.running + 1,
+            weight: neediest.weight,
+        };
+        if !after.less(richest) {
+            return None;
+        }
+        (0..self.running.len())
+            .rev()
+            .find(|&j| self.running[j].tenant == richest_tenant)
     }
 
     fn running_in_group(&self, group: u64) -> usize {
@@ -200,6 +311,40 @@ impl Scheduler {
                 c.slot -= 1;
             }
         }
+        self.requeue(j, kv, batch);
+        Some(j)
+    }
+
+    /// The waiting sequence to admit next: smallest weighted share of the running
+    /// slots for its tenant, then the tenant's virtual clock, then fewest running
+    /// sequences in its request, then earliest in the queue.
+    fn next_to_admit(&self) -> Option<usize> {
+        let shares = self.shares();
+        let mut groups: HashMap<u64, usize> = HashMap::new();
+        for s in &self.running {
+            *groups.entry(s.group).or_default() += 1;
+        }
+        let better = |i: usize, j: usize| -> bool {
+            let (a, b) = (&self.waiting[i], &self.waiting[j]);
+            if a.tenant != b.tenant {
+                let (sa, sb) = (shares[&a.tenant], shares[&b.tenant]);
+                if sa.less(sb) || sb.less(sa) {
+                    return sa.less(sb);
+                }
+                let (va, vb) = (self.served(a.tenant), self.served(b.tenant));
+                if va != vb {
+                    return va < vb;
+                }
+            }
+            let ga = groups.get(&a.group).copied().unwrap_or(0);
+            let gb = groups.get(&b.group).copied().unwrap_or(0);
+            (ga, i) < (gb, j)
+        };
+        (0..self.waiting.len()).reduce(|best, i| if better(i, best) { i } else { best })
+    }
+
+    /// Moves running sequence `j` back to the front of the queue, freeing its blocks.
+    fn requeue(&mut self, j: usize, kv: &mut KvBlockManager, batch: &mut Batch) {
         let mut seq = self.running.remove(j);
         kv.free(&mut seq.blocks);
         seq.computed = 0;
@@ -207,24 +352,19 @@ impl Scheduler {
         self.preemptions += 1;
         batch.preempted.push(seq.id);
         self.waiting.push_front(seq);
-        Some(j)
-    }
-
-    /// The waiting sequence to admit next: fewest running sequences in its group,
-    /// then earliest in the queue.
-    fn next_to_admit(&self) -> Option<usize> {
-        let mut counts: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
-        for s in &self.running {
-            *counts.entry(s.group).or_default() += 1;
-        }
-        (0..self.waiting.len())
-            .min_by_key(|&i| (counts.get(&self.waiting[i].group).copied().unwrap_or(0), i))
     }
 
     /// Plans the next model step.
     pub fn step(&mut self, kv: &mut KvBlockManager) -> Batch {
         let mut batch = Batch::default();
         let mut budget = self.cfg.max_batch_tokens;
+
+        // 0. Fairness: a tenant waiting below its share takes a slot from the tenant
+        //    furthest above its own (at most one per step; the next steps continue).
+        if let Some(j) = self.fairness_victim() {
+            self.requeue(j, kv, &mut batch);
+        }
+        let fairness_preempted = batch.preempted.len();
 
         // 1. Running sequences, oldest first: one decode token, or the next prefill chunk.
         let mut i = 0;
@@ -264,7 +404,9 @@ impl Scheduler {
 
         // 2. Admit waiting sequences, fairly across requests, while blocks and budget
         //    allow, unless this step already had to preempt.
-        while batch.preempted.is_empty() && budget > 0 && self.running.len() < self.cfg.max_running
+        while batch.preempted.len() == fairness_preempted
+            && budget > 0
+            && self.running.len() < self.cfg.max_running
         {
             let Some(pick) = self.next_to_admit() else {
                 break;
@@ -314,6 +456,8 @@ impl Scheduler {
             debug_assert_eq!(seq.id, c.id);
             seq.computed = c.start + c.len;
             kv.publish(&mut seq.blocks, &seq.tokens, seq.computed);
+            let cost = c.len as f64 / f64::from(seq.weight.max(1));
+            *self.served.entry(seq.tenant).or_default() += cost;
         }
     }
 }
@@ -526,5 +670,138 @@ mod tests {
         let b = s.step(&mut kv);
         assert_eq!(b.chunks.len(), 2);
         assert_eq!(s.n_waiting(), 3);
+    }
+
+    /// Ids in the order they were first admitted over `steps` steps of a fake model
+    /// that generates one token per step and finishes a sequence after `max_new`.
+    fn admissions(
+        s: &mut Scheduler,
+        kv: &mut KvBlockManager,
+        steps: usize,
+        max_new: usize,
+    ) -> Vec<SeqId> {
+        let mut order = Vec::new();
+        for _ in 0..steps {
+            let b = s.step(kv);
+            s.commit(&b, kv);
+            let mut done = Vec::new();
+            for c in &b.chunks {
+                let seq = &mut s.running_mut()[c.slot];
+                if c.start == 0 && seq.preempted == 0 && !order.contains(&c.id) {
+                    order.push(c.id);
+                }
+                if c.sample {
+                    seq.tokens.push(1);
+                    if seq.generated() >= max_new {
+                        done.push(seq.id);
+                    }
+                }
+            }
+            for id in done {
+                s.finish(id, kv);
+            }
+        }
+        order
+    }
+
+    #[test]
+    fn a_quiet_tenant_is_admitted_at_once_despite_a_burst() {
+        // Tenant 1 floods ten requests into two slots; tenant 2 sends one. Tenant 2
+        // takes a slot on the next step (tenant 1's newest running sequence gives way),
+        // and tenant 1's requests are admitted in their arrival order.
+        let mut kv = KvBlockManager::new(4, &[None], &[64], false);
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_batch_tokens: 64,
+            max_running: 2,
+        });
+        for id in 0..10 {
+            s.add(SchedSeq::new(id, vec![1; 3]).for_tenant(1, 1));
+        }
+        let first = admissions(&mut s, &mut kv, 2, 100);
+        assert_eq!(first, [0, 1]);
+        s.add(SchedSeq::new(100, vec![1; 3]).for_tenant(2, 1));
+        let b = s.step(&mut kv);
+        assert_eq!(b.preempted, [1], "tenant 1's newest gives way");
+        assert!(b.chunks.iter().any(|c| c.id == 100 && c.start == 0));
+        s.commit(&b, &mut kv);
+        let tenants: Vec<u64> = s.running().iter().map(|q| q.tenant).collect();
+        assert_eq!(tenants, [1, 2]);
+        // No trading back: tenant 1 holds its fair share (one slot) and stays put.
+        let b = s.step(&mut kv);
+        assert!(b.preempted.is_empty());
+    }
+
+    #[test]
+    fn one_tenant_keeps_fifo_order() {
+        let mut kv = KvBlockManager::new(4, &[None], &[64], false);
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_batch_tokens: 64,
+            max_running: 2,
+        });
+        for id in 0..6 {
+            s.add(SchedSeq::new(id, vec![1; 3]).for_tenant(7, 1));
+        }
+        assert_eq!(admissions(&mut s, &mut kv, 20, 2), [0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn admission_alternates_between_tenants_with_equal_weights() {
+        // Both tenants queue four requests, tenant 1 first; one slot. FIFO would run
+        // all of tenant 1's first; fair sharing alternates.
+        let mut kv = KvBlockManager::new(4, &[None], &[64], false);
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_batch_tokens: 64,
+            max_running: 1,
+        });
+        for id in 0..4 {
+            s.add(SchedSeq::new(id, vec![1; 3]).for_tenant(1, 1));
+        }
+        for id in 10..14 {
+            s.add(SchedSeq::new(id, vec![1; 3]).for_tenant(2, 1));
+        }
+        let order = admissions(&mut s, &mut kv, 40, 2);
+        assert_eq!(order, [0, 10, 1, 11, 2, 12, 3, 13]);
+    }
+
+    #[test]
+    fn weights_split_the_slots_in_proportion() {
+        let mut kv = KvBlockManager::new(4, &[None], &[128], false);
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_batch_tokens: 256,
+            max_running: 4,
+        });
+        for id in 0..8 {
+            s.add(SchedSeq::new(id, vec![1; 3]).for_tenant(1, 1));
+        }
+        for id in 10..18 {
+            s.add(SchedSeq::new(id, vec![1; 3]).for_tenant(2, 3));
+        }
+        let b = s.step(&mut kv);
+        s.commit(&b, &mut kv);
+        let heavy = s.running().iter().filter(|q| q.tenant == 2).count();
+        assert_eq!((heavy, s.n_running()), (3, 4));
+    }
+
+    #[test]
+    fn a_returning_tenant_starts_at_the_current_virtual_time() {
+        let mut kv = KvBlockManager::new(4, &[None], &[64], false);
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_batch_tokens: 64,
+            max_running: 1,
+        });
+        s.add(SchedSeq::new(0, vec![1; 8]).for_tenant(1, 1));
+        let b = s.step(&mut kv);
+        s.commit(&b, &mut kv);
+        assert_eq!(s.served(1), 8.0);
+        s.add(SchedSeq::new(1, vec![1; 8]).for_tenant(2, 2));
+        assert_eq!(
+            s.served(2),
+            8.0,
+            "joins at the active tenants' clock, not 0"
+        );
+        s.finish(0, &mut kv);
+        s.finish(1, &mut kv);
+        assert!(s.is_idle());
+        assert_eq!(s.served(1), 0.0, "idle tenants are forgotten");
     }
 }

@@ -325,6 +325,17 @@ pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
             Err(e) => eprintln!("hangar serve: registry API not mounted: {e}"),
         }
     }
+    // Managed API keys (`hangar keys`) live in the registry's database.
+    match hangar_registry::KeyStore::open(args.home.clone()) {
+        Ok(keys) => {
+            let n = keys.list().map(|l| l.len()).unwrap_or(0);
+            if n > 0 {
+                eprintln!("hangar serve: {n} managed API key(s); keys are required");
+            }
+            services = services.with_keys(keys);
+        }
+        Err(e) => eprintln!("hangar serve: managed API keys not available: {e}"),
+    }
     if let Some(m) = args.monitor.open(args.home.as_deref())? {
         services = services.with_monitor(m);
     }

@@ -5,6 +5,7 @@ mod cmd_compress;
 mod cmd_device;
 mod cmd_embed;
 mod cmd_eval;
+mod cmd_keys;
 mod cmd_model;
 mod cmd_monitor;
 mod cmd_plan;
@@ -85,6 +86,9 @@ enum Cmd {
     /// Versioned prompt templates in the registry: create, list, show, alias, render.
     #[command(subcommand)]
     Prompts(cmd_prompts::PromptsCmd),
+    /// Managed API keys for `hangar serve`: create (with limits), list, revoke.
+    #[command(subcommand)]
+    Keys(cmd_keys::KeysCmd),
     /// Download a model into the registry (`default`, or hf://org/repo[/file]).
     Pull(cmd_registry::PullArgs),
     // -- monitoring
@@ -173,6 +177,7 @@ fn main() {
         Cmd::Judge(a) => cmd_eval::run_judge(a, cli.home),
         Cmd::Registry(c) => cmd_registry::run_registry(c, cli.home),
         Cmd::Prompts(c) => cmd_prompts::run_prompts(c, cli.home),
+        Cmd::Keys(c) => cmd_keys::run_keys(c, cli.home),
         Cmd::Pull(a) => cmd_registry::run_pull(a, cli.home),
         Cmd::Logs(c) => cmd_monitor::run_logs(c, cli.home.as_deref()),
         Cmd::Monitor(c) => cmd_monitor::run_monitor(c, cli.home),

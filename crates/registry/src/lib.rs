@@ -28,6 +28,7 @@ mod db;
 pub mod default_model;
 pub mod error;
 pub mod hub;
+pub mod keys;
 mod maintain;
 pub mod names;
 pub mod prompts;
@@ -39,6 +40,7 @@ mod transfer;
 
 pub use auth::{Principal, Role};
 pub use error::{RegistryError, Result};
+pub use keys::{ActiveKey, ApiKeyInfo, KeyLimits, KeyRole, KeyStore, KeyUsage};
 pub use maintain::{sha256_file, GcReport, VerifyReport};
 pub use names::ModelRef;
 pub use prompts::{NewPrompt, PromptSummary, PromptTemplate, PromptVersion, RenderedPrompt};

@@ -2,10 +2,14 @@
 //! composed. Decides who the caller is and refuses unknown callers; what a caller may
 //! do (registry roles) stays the registry's decision.
 //!
-//! With API keys configured, every route but health and metrics needs a credential: an
-//! API key (inference, and the registry as a reader) or a registry token (its role on
-//! the registry; any role on inference). Without API keys, inference is open and the
-//! registry applies its own rules to the bearer token, as the command line does.
+//! With API keys configured (`--api-key`, or managed keys from `hangar keys create`),
+//! every route but health and metrics needs a credential: a static API key (inference,
+//! and the registry as a reader), a managed key (inference under its limits, and the
+//! registry with its role: user = reader, promoter, admin) or a registry token (its
+//! role on the registry; any role on inference). Without API keys, inference is open
+//! and the registry applies its own rules to the bearer token, as the command line does.
+//!
+//! [`authenticate`] is the one check of a presented key, for every protocol.
 
 use crate::error::{ApiError, ApiFormat};
 use crate::AppState;
@@ -13,7 +17,8 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::Response;
-use hangar_registry::{Principal, Role};
+use hangar_engine::Tenant;
+use hangar_registry::{ApiKeyInfo, Principal, Role};
 use std::sync::Arc;
 
 /// Who the auth layer let through; registry handlers read it from the request's
@@ -23,13 +28,69 @@ pub enum Caller {
     /// No API keys are configured: the bearer (if any) is passed on unchecked, and the
     /// registry judges it.
     Open { bearer: Option<String> },
-    /// A configured API key.
-    ApiKey,
+    /// A static API key (`--api-key`), by its position in the list.
+    ApiKey { index: usize },
+    /// A managed key (`hangar keys`), with its role and limits.
+    Key(ApiKeyInfo),
     /// A registry token, already resolved.
     RegistryToken(Principal),
 }
 
+tokio::task_local! {
+    /// The caller of the request being handled (set by [`require`] around the handler).
+    static CALLER: Caller;
+}
+
+/// The caller of the request this task is handling, if the auth layer ran.
+pub fn current_caller() -> Option<Caller> {
+    CALLER.try_with(|c| c.clone()).ok()
+}
+
+/// A stable id for fair sharing, from a kind and a name (FNV-1a: not a secret digest,
+/// only keeps callers apart).
+fn tenant_id(kind: u8, name: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(kind);
+    for b in name {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h | 1
+}
+
 impl Caller {
+    /// The tenant the engine shares slots by: one per key or token, weighted by the
+    /// managed key's weight; open callers share one tenant.
+    pub fn tenant(&self) -> Tenant {
+        match self {
+            Caller::Open { .. } => Tenant::default(),
+            Caller::ApiKey { index } => Tenant {
+                id: tenant_id(1, &index.to_le_bytes()),
+                weight: 1,
+            },
+            Caller::Key(k) => Tenant {
+                id: tenant_id(2, &k.id.to_le_bytes()),
+                weight: k.limits.weight.max(1),
+            },
+            Caller::RegistryToken(p) => Tenant {
+                id: tenant_id(3, p.name.as_bytes()),
+                weight: 1,
+            },
+        }
+    }
+
+    /// The registry principal a caller acts as, where the auth layer decided it.
+    pub fn principal(&self) -> Option<Principal> {
+        match self {
+            Caller::Open { .. } => None,
+            Caller::ApiKey { .. } => Some(Self::api_key_principal()),
+            Caller::Key(k) => Some(Principal {
+                name: format!("key:{}", k.name),
+                role: k.role.registry_role(),
+            }),
+            Caller::RegistryToken(p) => Some(p.clone()),
+        }
+    }
+
     /// The registry principal of an API key: it may read the catalog, not change it.
     pub fn api_key_principal() -> Principal {
         Principal {
@@ -97,6 +158,33 @@ async fn registry_principal(state: &AppState, token: String) -> Option<Principal
     .flatten()
 }
 
+/// Whether callers must present a key: static keys are set, or the key store holds
+/// (or held, since start) a managed key.
+pub fn keys_required(state: &AppState) -> bool {
+    !state.cfg.api_keys.is_empty() || state.tenants.enabled()
+}
+
+/// Who a presented key belongs to: a static key, a managed key, or a registry token —
+/// in that order; `None` when it is none of them. Revoked managed keys stop matching
+/// within [`crate::tenants::REFRESH`]. Every protocol (HTTP here, gRPC later) calls this.
+pub async fn authenticate(state: &AppState, key: &str) -> Option<Caller> {
+    let mut static_match = None;
+    for (index, k) in state.cfg.api_keys.iter().enumerate() {
+        if same(k.as_bytes(), key.as_bytes()) {
+            static_match = Some(index);
+        }
+    }
+    if let Some(index) = static_match {
+        return Some(Caller::ApiKey { index });
+    }
+    if let Some(k) = state.tenants.verify(key) {
+        return Some(Caller::Key(k));
+    }
+    registry_principal(state, key.to_string())
+        .await
+        .map(Caller::RegistryToken)
+}
+
 /// The middleware: lets public routes through, identifies the caller, refuses with 401
 /// (in the route's API format) when keys are configured and no credential is valid.
 pub async fn require(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
@@ -106,27 +194,19 @@ pub async fn require(State(state): State<Arc<AppState>>, mut req: Request, next:
     }
     let format = ApiFormat::of_path(path);
     let token = credential(req.headers());
-    let caller = if state.cfg.api_keys.is_empty() {
+    let caller = if !keys_required(&state) {
         Caller::Open { bearer: token }
     } else {
         let Some(token) = token else {
             return ApiError::unauthorized().render(format);
         };
-        if state
-            .cfg
-            .api_keys
-            .iter()
-            .any(|k| same(k.as_bytes(), token.as_bytes()))
-        {
-            Caller::ApiKey
-        } else if let Some(p) = registry_principal(&state, token).await {
-            Caller::RegistryToken(p)
-        } else {
-            return ApiError::unauthorized().render(format);
+        match authenticate(&state, &token).await {
+            Some(c) => c,
+            None => return ApiError::unauthorized().render(format),
         }
     };
-    req.extensions_mut().insert(caller);
-    next.run(req).await
+    req.extensions_mut().insert(caller.clone());
+    CALLER.scope(caller, next.run(req)).await
 }
 
 #[cfg(test)]

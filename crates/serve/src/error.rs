@@ -49,6 +49,8 @@ pub struct ApiError {
     pub kind: &'static str,
     pub param: Option<String>,
     pub code: Option<&'static str>,
+    /// Seconds until a retry can succeed (`Retry-After`, on 429s).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -59,6 +61,7 @@ impl ApiError {
             kind,
             param: None,
             code: None,
+            retry_after: None,
         }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -138,6 +141,7 @@ impl ApiError {
     /// This error as a response in `format`.
     pub fn render(self, format: ApiFormat) -> Response {
         let status = self.status;
+        let retry_after = self.retry_after;
         let body = match format {
             ApiFormat::OpenAi => serde_json::to_vec(&crate::openai::types::ErrorBody::from(self)),
             ApiFormat::KServe => serde_json::to_vec(&crate::kserve::types::ErrorBody {
@@ -152,7 +156,7 @@ impl ApiError {
                 "message": self.message,
             })),
         };
-        match body {
+        let mut resp = match body {
             Ok(b) => (
                 status,
                 [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -160,7 +164,12 @@ impl ApiError {
             )
                 .into_response(),
             Err(_) => status.into_response(),
+        };
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
+        resp
     }
 }
 

@@ -274,6 +274,7 @@ impl Validated {
             prompt_logprobs: None,
             skip_special_tokens: self.skip_special_tokens,
             constraint: None,
+            tenant: Default::default(),
         })
     }
 }
@@ -305,6 +306,11 @@ pub struct ChoiceStream {
     /// The model this choice runs on: a reload frees the old engine only once every
     /// stream on it has ended.
     _model: Option<Arc<crate::Inference>>,
+    /// The managed key this request is charged to, with this choice's prompt length
+    /// and tokens seen (a choice that never finishes is charged what it streamed).
+    charge: Option<Arc<crate::tenants::KeyCharge>>,
+    prompt_len: usize,
+    seen: usize,
 }
 
 impl ChoiceStream {
@@ -323,6 +329,23 @@ impl ChoiceStream {
             done: false,
             trace: None,
             _model: None,
+            charge: None,
+            prompt_len: 0,
+            seen: 0,
+        }
+    }
+
+    /// Charges this choice's tokens to a managed key when it ends.
+    fn charged(mut self, charge: Arc<crate::tenants::KeyCharge>, prompt_len: usize) -> Self {
+        self.charge = Some(charge);
+        self.prompt_len = prompt_len;
+        self
+    }
+
+    /// Hands this choice's tokens to its key's charge (once).
+    fn settle(&mut self, prompt: usize, completion: usize) {
+        if let Some(c) = self.charge.take() {
+            c.add(prompt as u64, completion as u64);
         }
     }
 
@@ -345,9 +368,13 @@ impl ChoiceStream {
                 }
                 self.last = Some(now);
                 m.generation_tokens.fetch_add(1, Ordering::Relaxed);
+                self.seen += 1;
             }
             Some(TokenEvent::Done { usage, .. }) => {
                 self.done = true;
+                if let Some(c) = self.charge.take() {
+                    c.add(usage.prompt_tokens as u64, usage.completion_tokens as u64);
+                }
                 m.e2e.observe((now - self.start).as_secs_f64());
                 m.prompt_tokens
                     .fetch_add(usage.prompt_tokens as u64, Ordering::Relaxed);
@@ -375,6 +402,7 @@ impl ChoiceStream {
 
 impl Drop for ChoiceStream {
     fn drop(&mut self) {
+        self.settle(self.prompt_len, self.seen);
         if !self.done {
             self.state.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
             if let Some(trace) = self.trace.take() {
@@ -399,12 +427,34 @@ pub fn merge(choices: Vec<ChoiceStream>) -> Merged {
 }
 
 /// Submits every request or none (the engine's request API), each choice's stream
-/// wrapped for metrics.
+/// wrapped for metrics. The caller's tenant goes with each request (fair admission);
+/// a managed key's limits are checked first, reserving prompt + max_tokens of every
+/// choice, and the request is charged what it used once its choices end.
 pub fn submit_all(
     state: &InferenceState,
-    reqs: Vec<GenerateRequest>,
+    mut reqs: Vec<GenerateRequest>,
 ) -> Result<Vec<ChoiceStream>, ApiError> {
     let start = Instant::now();
+    let caller = crate::auth::current_caller();
+    let tenant = caller.as_ref().map(|c| c.tenant()).unwrap_or_default();
+    for r in &mut reqs {
+        r.tenant = tenant;
+    }
+    let charge = match &caller {
+        Some(crate::auth::Caller::Key(key)) => {
+            let reserve: u64 = reqs
+                .iter()
+                .map(|r| (r.prompt.len() + r.max_tokens) as u64)
+                .sum();
+            let charge = state.app.tenants.admit(key, reserve)?;
+            if let Some(m) = &state.app.monitor {
+                charge.priced(m.prices(), state.model_name());
+            }
+            Some(Arc::new(charge))
+        }
+        _ => None,
+    };
+    let prompt_lens: Vec<usize> = reqs.iter().map(|r| r.prompt.len()).collect();
     let prompts: Vec<Vec<u32>> = if state.app.monitor.is_some() {
         reqs.iter().map(|r| r.prompt.clone()).collect()
     } else {
@@ -417,6 +467,9 @@ pub fn submit_all(
         .map(|(i, rx)| {
             let mut c = ChoiceStream::new(i, rx, state.app.clone(), start);
             c._model = Some(state.service.clone());
+            if let Some(charge) = &charge {
+                c = c.charged(charge.clone(), prompt_lens.get(i).copied().unwrap_or(0));
+            }
             match prompts.get(i) {
                 Some(p) => c.traced(p),
                 None => c,

@@ -161,6 +161,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     if let Some(m) = &state.monitor {
         crate::metrics::render_monitor(&mut body, m);
     }
+    crate::metrics::render_keys(&mut body, &state.tenants.counters());
     (
         [(
             header::CONTENT_TYPE,

@@ -18,7 +18,7 @@
 //! # }
 //! ```
 
-mod auth;
+pub mod auth;
 pub mod error;
 pub mod gen;
 mod health;
@@ -37,6 +37,8 @@ pub mod registry_api;
 pub mod embeddings_api;
 mod sampling;
 mod server;
+// Managed API keys: limits, usage, /v1/usage.
+pub mod tenants;
 pub mod timeseries;
 mod ui;
 
@@ -136,9 +138,17 @@ pub struct Services {
     pub embeddings: Option<hangar_engine::Embedder>,
     /// How the served model is reloaded (`POST /admin/models/{name}/reload`).
     pub reloads: Option<Reloads>,
+    /// Managed API keys (`hangar keys`): accepted with their limits and usage.
+    pub keys: Option<hangar_registry::KeyStore>,
 }
 
 impl Services {
+    /// Accepts the managed API keys of this key store.
+    pub fn with_keys(mut self, keys: hangar_registry::KeyStore) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
     /// Adds the inference service.
     pub fn with_inference(mut self, engine: Engine, model_name: impl Into<String>) -> Self {
         self.inference = Some(Inference {
@@ -213,6 +223,8 @@ pub struct AppState {
     pub tracking: Option<mlflow_api::SharedTracker>,
     pub embeddings: Option<hangar_engine::Embedder>,
     pub metrics: Metrics,
+    /// Managed API keys, their limits and usage.
+    pub tenants: Arc<tenants::Tenants>,
     /// Sampled history of the metrics for the dashboard.
     pub history: timeseries::History,
     /// False once shutdown has begun (readiness probes then fail).
@@ -240,6 +252,7 @@ impl AppState {
             tracking: services.tracking.map(Arc::new),
             embeddings: services.embeddings,
             metrics: Metrics::default(),
+            tenants: Arc::new(tenants::Tenants::new(services.keys)),
             ready: AtomicBool::new(true),
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -332,6 +345,7 @@ fn route_label(path: &str) -> &'static str {
         p if p.starts_with("/v1/registry/") => "/v1/registry",
         "/v1/monitor/drift" => "/v1/monitor/drift",
         "/v1/monitor/usage" => "/v1/monitor/usage",
+        "/v1/usage" => "/v1/usage",
         p if p.starts_with("/v1/monitor/requests") => "/v1/monitor/requests",
         "/collections" => "/collections",
         p if p.starts_with("/collections/") => qdrant_label(p),
@@ -413,7 +427,9 @@ async fn not_found(State(state): State<Arc<AppState>>, req: Request) -> Response
 
 /// Every route of the services present, behind one auth layer and request counting.
 pub fn router(state: Arc<AppState>) -> Router {
-    let mut app = health::routes(state.clone()).merge(ui::routes());
+    let mut app = health::routes(state.clone())
+        .merge(ui::routes())
+        .merge(tenants::routes(state.clone()));
     if let Some(slot) = &state.inference {
         let inf = InferenceRoutes {
             app: state.clone(),
@@ -478,11 +494,15 @@ pub async fn serve(
         .inference
         .clone()
         .map(|s| tokio::spawn(reload::watch(s)));
-    let result = server::run(listener, state, app, shutdown).await;
+    let refresher = tokio::spawn(tenants::run_refresher(state.clone()));
+    let result = server::run(listener, state.clone(), app, shutdown).await;
     sampler.abort();
+    refresher.abort();
     if let Some(w) = watcher {
         w.abort();
     }
+    // Usage of the last second is written before the process exits.
+    tenants::flush(&state).await;
     result
 }
 

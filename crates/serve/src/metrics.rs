@@ -459,6 +459,55 @@ pub fn render_monitor(out: &mut String, m: &hangar_monitor::Monitor) {
     }
 }
 
+/// Counters per managed API key, labelled by the key's name (never its secret; only
+/// keys created with `hangar keys`, so the label set stays bounded). Usage counts
+/// include what earlier runs of the server recorded in the registry.
+pub fn render_keys(out: &mut String, keys: &[(String, hangar_registry::KeyUsage, [u64; 4])]) {
+    if keys.is_empty() {
+        return;
+    }
+    let mut family = |name: &str, help: &str, value: &dyn Fn(&hangar_registry::KeyUsage) -> f64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (key, u, _) in keys {
+            let _ = writeln!(out, "{name}{{key=\"{}\"}} {}", escape(key), value(u));
+        }
+    };
+    family(
+        "hangar_key_requests_total",
+        "Generation requests admitted per API key.",
+        &|u| u.requests as f64,
+    );
+    family(
+        "hangar_key_prompt_tokens_total",
+        "Prompt tokens charged per API key.",
+        &|u| u.prompt_tokens as f64,
+    );
+    family(
+        "hangar_key_completion_tokens_total",
+        "Completion tokens charged per API key.",
+        &|u| u.completion_tokens as f64,
+    );
+    family(
+        "hangar_key_cost_total",
+        "Cost charged per API key, in the price table's currency (--prices).",
+        &|u| u.cost,
+    );
+    let name = "hangar_key_rejections_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Requests refused with 429 per API key and reason.\n# TYPE {name} counter"
+    );
+    for (key, _, rejected) in keys {
+        for (reason, n) in crate::tenants::REASONS.iter().zip(rejected) {
+            let _ = writeln!(
+                out,
+                "{name}{{key=\"{}\",reason=\"{reason}\"}} {n}",
+                escape(key)
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

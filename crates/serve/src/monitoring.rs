@@ -52,7 +52,8 @@ pub(crate) async fn with_context(
     }
     let key_id = match req.extensions().get::<Caller>() {
         Some(Caller::RegistryToken(p)) => Some(format!("token:{}", p.name)),
-        Some(Caller::ApiKey) | Some(Caller::Open { .. }) | None => {
+        Some(Caller::Key(k)) => Some(format!("key:{}", k.name)),
+        Some(Caller::ApiKey { .. }) | Some(Caller::Open { .. }) | None => {
             bearer(req.headers()).map(|b| hangar_monitor::key_id(&b))
         }
     };
@@ -323,6 +324,7 @@ fn may_read_log(caller: Option<&Caller>) -> Result<(), ApiError> {
     match caller {
         Some(Caller::Open { .. }) | None => Ok(()),
         Some(Caller::RegistryToken(p)) if p.role >= Role::Promoter => Ok(()),
+        Some(Caller::Key(k)) if k.role >= hangar_registry::KeyRole::Promoter => Ok(()),
         _ => Err(ApiError::forbidden(
             "the request log holds users' prompts: it needs a registry token of role promoter or admin (hangar registry token create --role promoter)",
         )),

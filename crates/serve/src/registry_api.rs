@@ -138,8 +138,10 @@ struct AuditQuery {
 /// The registry principal of a caller the auth layer let through.
 fn principal(reg: &Registry, caller: &Caller) -> hangar_registry::Result<Principal> {
     match caller {
-        Caller::ApiKey => Ok(Caller::api_key_principal()),
-        Caller::RegistryToken(p) => Ok(p.clone()),
+        Caller::ApiKey { .. } => Ok(Caller::api_key_principal()),
+        Caller::Key(_) | Caller::RegistryToken(_) => {
+            Ok(caller.principal().unwrap_or_else(Caller::api_key_principal))
+        }
         Caller::Open { bearer } => reg.principal_for_network(bearer.as_deref()),
     }
 }

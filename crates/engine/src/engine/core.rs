@@ -392,7 +392,9 @@ impl EngineCore {
                         constraint: req.constraint,
                     },
                 );
-                let mut seq = SchedSeq::new(id, req.prompt).in_group(group);
+                let mut seq = SchedSeq::new(id, req.prompt)
+                    .in_group(group)
+                    .for_tenant(req.tenant.id, req.tenant.weight);
                 if req.prompt_logprobs.is_some() {
                     seq.cache_limit = 0;
                 }

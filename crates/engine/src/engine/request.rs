@@ -27,6 +27,24 @@ pub struct GenerateRequest {
     /// cannot accept are masked before sampling; end of generation only where the
     /// grammar is complete).
     pub constraint: Option<Constraint>,
+    /// Whose request this is, for fair admission across API keys.
+    pub tenant: Tenant,
+}
+
+/// The API key (or other caller) a request is charged to: admission shares the
+/// running slots across tenants by weight, so one tenant's burst cannot starve another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tenant {
+    /// Stable id of the caller; requests without one share tenant 0.
+    pub id: u64,
+    /// Relative share of the running slots (at least 1).
+    pub weight: u32,
+}
+
+impl Default for Tenant {
+    fn default() -> Self {
+        Tenant { id: 0, weight: 1 }
+    }
 }
 
 impl GenerateRequest {
@@ -43,6 +61,7 @@ impl GenerateRequest {
             prompt_logprobs: None,
             skip_special_tokens: true,
             constraint: None,
+            tenant: Tenant::default(),
         }
     }
 }

@@ -172,8 +172,10 @@ pub(crate) type MlResult<T> = Result<T, MlflowError>;
 /// tokens, in which case a token is needed.
 pub(crate) async fn tracking_principal(st: &MlflowState, caller: &Caller) -> MlResult<Principal> {
     match caller {
-        Caller::ApiKey => Ok(Caller::api_key_principal()),
-        Caller::RegistryToken(p) => Ok(p.clone()),
+        Caller::ApiKey { .. } => Ok(Caller::api_key_principal()),
+        Caller::Key(_) | Caller::RegistryToken(_) => {
+            Ok(caller.principal().unwrap_or_else(Caller::api_key_principal))
+        }
         Caller::Open { bearer } => {
             let Some(reg) = st.registry.clone() else {
                 return Ok(anonymous_writer());

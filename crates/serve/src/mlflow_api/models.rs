@@ -127,8 +127,10 @@ where
 {
     let mut reg = reg.lock().unwrap_or_else(|e| e.into_inner());
     let who = match caller {
-        Caller::ApiKey => Caller::api_key_principal(),
-        Caller::RegistryToken(p) => p.clone(),
+        Caller::ApiKey { .. } => Caller::api_key_principal(),
+        Caller::Key(_) | Caller::RegistryToken(_) => {
+            caller.principal().unwrap_or_else(Caller::api_key_principal)
+        }
         Caller::Open { bearer } => reg.principal_for_network(bearer.as_deref())?,
     };
     f(&mut reg, tracker, &who, body)
