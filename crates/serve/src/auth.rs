@@ -74,15 +74,18 @@ pub fn bearer(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The credential of a request: `Authorization: Bearer`, else the `api-key` header
-/// (how qdrant-client sends its key).
+/// (how qdrant-client sends its key), else `x-api-key` (common with gRPC clients).
 pub fn credential(headers: &HeaderMap) -> Option<String> {
-    bearer(headers).or_else(|| {
+    let header = |name: &str| {
         headers
-            .get("api-key")
+            .get(name)
             .and_then(|v| v.to_str().ok())
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty())
-    })
+    };
+    bearer(headers)
+        .or_else(|| header("api-key"))
+        .or_else(|| header("x-api-key"))
 }
 
 /// Resolves a registry token on a blocking thread (the registry is SQLite).
@@ -97,6 +100,27 @@ async fn registry_principal(state: &AppState, token: String) -> Option<Principal
     .flatten()
 }
 
+/// Who presents `token` (from any transport): with API keys configured, a valid key
+/// or registry token, else 401; without them, anyone.
+pub async fn identify(state: &AppState, token: Option<String>) -> Result<Caller, ApiError> {
+    if state.cfg.api_keys.is_empty() {
+        return Ok(Caller::Open { bearer: token });
+    }
+    let token = token.ok_or_else(ApiError::unauthorized)?;
+    if state
+        .cfg
+        .api_keys
+        .iter()
+        .any(|k| same(k.as_bytes(), token.as_bytes()))
+    {
+        Ok(Caller::ApiKey)
+    } else if let Some(p) = registry_principal(state, token).await {
+        Ok(Caller::RegistryToken(p))
+    } else {
+        Err(ApiError::unauthorized())
+    }
+}
+
 /// The middleware: lets public routes through, identifies the caller, refuses with 401
 /// (in the route's API format) when keys are configured and no credential is valid.
 pub async fn require(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
@@ -106,24 +130,9 @@ pub async fn require(State(state): State<Arc<AppState>>, mut req: Request, next:
     }
     let format = ApiFormat::of_path(path);
     let token = credential(req.headers());
-    let caller = if state.cfg.api_keys.is_empty() {
-        Caller::Open { bearer: token }
-    } else {
-        let Some(token) = token else {
-            return ApiError::unauthorized().render(format);
-        };
-        if state
-            .cfg
-            .api_keys
-            .iter()
-            .any(|k| same(k.as_bytes(), token.as_bytes()))
-        {
-            Caller::ApiKey
-        } else if let Some(p) = registry_principal(&state, token).await {
-            Caller::RegistryToken(p)
-        } else {
-            return ApiError::unauthorized().render(format);
-        }
+    let caller = match identify(&state, token).await {
+        Ok(c) => c,
+        Err(e) => return e.render(format),
     };
     req.extensions_mut().insert(caller);
     next.run(req).await
