@@ -105,7 +105,11 @@ impl Server {
         };
         let code = get("grpc-status").parse().expect("a grpc-status");
         let message = get("grpc-message").replace("%20", " ");
-        let msg = if data.len() >= 5 { data[5..].to_vec() } else { Vec::new() };
+        let msg = if data.len() >= 5 {
+            data[5..].to_vec()
+        } else {
+            Vec::new()
+        };
         (code, message, msg)
     }
 }
@@ -120,7 +124,11 @@ fn param(v: i64) -> pb::InferParameter {
     }
 }
 
-fn infer_request(model: &str, datatype: &str, contents: pb::InferTensorContents) -> pb::ModelInferRequest {
+fn infer_request(
+    model: &str,
+    datatype: &str,
+    contents: pb::InferTensorContents,
+) -> pb::ModelInferRequest {
     pb::ModelInferRequest {
         model_name: model.into(),
         id: "r1".into(),
@@ -150,7 +158,11 @@ async fn bad_inputs_are_refused_with_invalid_argument_and_good_ones_answer() {
     };
     // The same request with BYTES answers, so the refusals below are about the input.
     let (code, msg, body) = s
-        .call("ModelInfer", &infer_request(MODEL, "BYTES", text("Hello")), &[])
+        .call(
+            "ModelInfer",
+            &infer_request(MODEL, "BYTES", text("Hello")),
+            &[],
+        )
         .await;
     assert_eq!(code, 0, "{msg}");
     let resp = pb::ModelInferResponse::decode(body.as_slice()).unwrap();
@@ -199,7 +211,11 @@ async fn bad_inputs_are_refused_with_invalid_argument_and_good_ones_answer() {
     assert!(msg.contains("max_tokens must be at least 1"), "{msg}");
 
     let (code, msg, _) = s
-        .call("ModelInfer", &infer_request("nope", "BYTES", text("Hello")), &[])
+        .call(
+            "ModelInfer",
+            &infer_request("nope", "BYTES", text("Hello")),
+            &[],
+        )
         .await;
     assert_eq!(code, NOT_FOUND, "{msg}");
     assert!(msg.contains(MODEL), "{msg}");
@@ -213,7 +229,11 @@ async fn api_keys_are_required_except_on_probes() {
     };
     let (code, _, body) = s.call("ServerLive", &pb::ServerLiveRequest {}, &[]).await;
     assert_eq!(code, 0);
-    assert!(pb::ServerLiveResponse::decode(body.as_slice()).unwrap().live);
+    assert!(
+        pb::ServerLiveResponse::decode(body.as_slice())
+            .unwrap()
+            .live
+    );
     let meta = pb::ModelMetadataRequest {
         name: MODEL.into(),
         version: String::new(),

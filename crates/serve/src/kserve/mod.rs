@@ -23,9 +23,9 @@ use axum::{Json, Router};
 use futures_util::stream::{self, StreamExt};
 use hangar_engine::{Prompt, TokenEvent};
 use options::{options_from, set_option};
-use text_infer::{TextInfer, MODEL_VERSION};
 use serde_json::Value;
 use std::convert::Infallible;
+use text_infer::{TextInfer, MODEL_VERSION};
 use types::{
     BinaryDataSize, ErrorBody, GenerateRequest, GenerateResponse, InferRequest, InferResponse,
     ModelMetadata, ModelReady, OutputTensor,

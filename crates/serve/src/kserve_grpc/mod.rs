@@ -287,7 +287,10 @@ impl GrpcInferenceService for KserveGrpc {
             .map_err(status)?;
         let params = done.parameters();
         Ok(Response::new(text_response(
-            &req, &done.texts, done.shape, params,
+            &req,
+            &done.texts,
+            done.shape,
+            params,
         )))
     }
 
@@ -345,8 +348,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let limit = state.cfg.max_body_bytes;
-    let svc = GrpcInferenceServiceServer::new(KserveGrpc::new(state))
-        .max_decoding_message_size(limit);
+    let svc =
+        GrpcInferenceServiceServer::new(KserveGrpc::new(state)).max_decoding_message_size(limit);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(svc)

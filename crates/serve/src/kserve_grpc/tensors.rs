@@ -65,7 +65,11 @@ pub fn flag(params: &HashMap<String, InferParameter>, name: &str) -> bool {
 pub fn decode_inputs(req: &ModelInferRequest) -> Result<Vec<(Tensor, &str)>, CodecError> {
     let raw = &req.raw_input_contents;
     if !raw.is_empty() && raw.len() != req.inputs.len() {
-        let name = req.inputs.first().map(|i| i.name.clone()).unwrap_or_default();
+        let name = req
+            .inputs
+            .first()
+            .map(|i| i.name.clone())
+            .unwrap_or_default();
         return Err(CodecError::Data {
             name,
             reason: format!(
@@ -155,9 +159,7 @@ fn decode_contents(input: &InferInputTensor) -> Result<Tensor, CodecError> {
                 .collect::<Result<_, _>>()?,
         ),
         "BOOL" => TensorData::Bool(c.bool_contents.clone()),
-        "INT8" | "INT16" | "INT32" => {
-            ints(c.int_contents.iter().map(|&x| i64::from(x)).collect())?
-        }
+        "INT8" | "INT16" | "INT32" => ints(c.int_contents.iter().map(|&x| i64::from(x)).collect())?,
         "INT64" => TensorData::Int(c.int64_contents.clone()),
         "UINT8" | "UINT16" | "UINT32" => {
             ints(c.uint_contents.iter().map(|&x| i64::from(x)).collect())?
