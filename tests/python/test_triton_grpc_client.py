@@ -1,8 +1,6 @@
 """tritonclient[grpc] against the KServe V2 gRPC API of `hangar serve --grpc-port`."""
 
 import queue
-import re
-import time
 
 import numpy as np
 import pytest
@@ -14,17 +12,6 @@ from conftest import MODEL_NAME, Server, hangar_generate
 PROMPT = "The capital of France is"
 
 
-def grpc_port(server) -> int:
-    """The port `--grpc-port 0` picked, from the server's log line."""
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        m = re.search(r"KServe V2 gRPC on 127\.0\.0\.1:(\d+)", server.read_log())
-        if m:
-            return int(m.group(1))
-        time.sleep(0.1)
-    raise AssertionError(f"no gRPC address in the log:\n{server.read_log()}")
-
-
 @pytest.fixture(scope="module")
 def grpc_server():
     s = Server("--grpc-port", "0")
@@ -34,7 +21,7 @@ def grpc_server():
 
 @pytest.fixture(scope="module")
 def client(grpc_server):
-    return triton.InferenceServerClient(url=f"127.0.0.1:{grpc_port(grpc_server)}")
+    return triton.InferenceServerClient(url=f"127.0.0.1:{grpc_server.grpc_port()}")
 
 
 def _inputs(prompt, max_tokens=8, text_datatype="BYTES"):
@@ -153,7 +140,7 @@ def test_a_wrong_datatype_is_an_invalid_argument(client):
 def test_api_keys_guard_everything_but_probes():
     s = Server("--grpc-port", "0", "--api-key", "secret")
     try:
-        c = triton.InferenceServerClient(url=f"127.0.0.1:{grpc_port(s)}")
+        c = triton.InferenceServerClient(url=f"127.0.0.1:{s.grpc_port()}")
         assert c.is_server_live()
         assert c.is_server_ready()
         for headers in (None, {"authorization": "Bearer wrong"}):
