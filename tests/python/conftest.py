@@ -8,6 +8,7 @@ Rust tests do through hangar-testkit."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -117,6 +118,16 @@ class Server:
 
     def read_log(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
+
+    def grpc_port(self) -> int:
+        """The port `--grpc-port 0` picked, from the server's log line."""
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            m = re.search(r"KServe V2 gRPC on 127\.0\.0\.1:(\d+)", self.read_log())
+            if m:
+                return int(m.group(1))
+            time.sleep(0.1)
+        raise AssertionError(f"no gRPC address in the log:\n{self.read_log()}")
 
     def metrics(self) -> dict:
         """Un-bucketed samples by metric name (labels dropped; first sample wins)."""

@@ -42,6 +42,11 @@ def test_infer_returns_text(client, binary):
     assert out.shape == (1,)
     got = out[0].decode() if isinstance(out[0], bytes) else str(out[0])
     assert got == want
+    # Usage in the response parameters, as the gRPC side reports it.
+    params = result.get_response()["parameters"]
+    assert params["finish_reason"] in ("stop", "length")
+    assert params["prompt_tokens"] > 0
+    assert 0 < params["completion_tokens"] <= 8
 
 
 def test_unknown_model_is_an_error(client):

@@ -16,6 +16,10 @@ pub struct ServeArgs {
     /// Port to listen on (0 = any free port).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// Also serve KServe V2 / Open Inference Protocol over gRPC on this port, same
+    /// host (0 = any free port, logged); off unless given.
+    #[arg(long)]
+    pub grpc_port: Option<u16>,
     /// Kernel threads (0 = one per core).
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
@@ -400,8 +404,12 @@ pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
     let addr = format!("{}:{}", args.host, args.port);
     let monitor = state.monitor.clone();
     let vector = state.vector.clone();
-    hangar_serve::serve_blocking(state, &addr, |a| {
-        eprintln!("hangar serve: listening on http://{a}")
+    let grpc_addr = args.grpc_port.map(|p| format!("{}:{p}", args.host));
+    hangar_serve::serve_blocking_with_grpc(state, &addr, grpc_addr.as_deref(), |l| {
+        eprintln!("hangar serve: listening on http://{}", l.http);
+        if let Some(g) = l.grpc {
+            eprintln!("hangar serve: KServe V2 gRPC on {g}");
+        }
     })
     .with_context(|| format!("serving on {addr}"))?;
     if let Some(m) = monitor {

@@ -135,15 +135,18 @@ pub fn bearer(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The credential of a request: `Authorization: Bearer`, else the `api-key` header
-/// (how qdrant-client sends its key).
+/// (how qdrant-client sends its key), else `x-api-key` (common with gRPC clients).
 pub fn credential(headers: &HeaderMap) -> Option<String> {
-    bearer(headers).or_else(|| {
+    let header = |name: &str| {
         headers
-            .get("api-key")
+            .get(name)
             .and_then(|v| v.to_str().ok())
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty())
-    })
+    };
+    bearer(headers)
+        .or_else(|| header("api-key"))
+        .or_else(|| header("x-api-key"))
 }
 
 /// Resolves a registry token on a blocking thread (the registry is SQLite).
@@ -185,6 +188,18 @@ pub async fn authenticate(state: &AppState, key: &str) -> Option<Caller> {
         .map(Caller::RegistryToken)
 }
 
+/// Who presents `token` (from any transport): with keys required, a valid static
+/// key, managed key or registry token, else 401; without them, anyone.
+pub async fn identify(state: &AppState, token: Option<String>) -> Result<Caller, ApiError> {
+    if !keys_required(state) {
+        return Ok(Caller::Open { bearer: token });
+    }
+    let token = token.ok_or_else(ApiError::unauthorized)?;
+    authenticate(state, &token)
+        .await
+        .ok_or_else(ApiError::unauthorized)
+}
+
 /// The middleware: lets public routes through, identifies the caller, refuses with 401
 /// (in the route's API format) when keys are configured and no credential is valid.
 pub async fn require(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
@@ -194,16 +209,9 @@ pub async fn require(State(state): State<Arc<AppState>>, mut req: Request, next:
     }
     let format = ApiFormat::of_path(path);
     let token = credential(req.headers());
-    let caller = if !keys_required(&state) {
-        Caller::Open { bearer: token }
-    } else {
-        let Some(token) = token else {
-            return ApiError::unauthorized().render(format);
-        };
-        match authenticate(&state, &token).await {
-            Some(c) => c,
-            None => return ApiError::unauthorized().render(format),
-        }
+    let caller = match identify(&state, token).await {
+        Ok(c) => c,
+        Err(e) => return e.render(format),
     };
     req.extensions_mut().insert(caller.clone());
     CALLER.scope(caller, next.run(req)).await

@@ -123,11 +123,7 @@ async fn root(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap
 
 /// `GET /v2`
 async fn server_metadata() -> Json<ServerMetadata> {
-    Json(ServerMetadata {
-        name: "hangar",
-        version: env!("CARGO_PKG_VERSION"),
-        extensions: vec!["binary_tensor_data", "generate"],
-    })
+    Json(crate::kserve::text_infer::server_metadata())
 }
 
 /// `GET /v2/health/live`

@@ -23,6 +23,8 @@ pub mod error;
 pub mod gen;
 mod health;
 pub mod kserve;
+// KServe V2 over gRPC, on its own port (--grpc-port).
+pub mod kserve_grpc;
 pub mod metrics;
 pub mod mlflow_api;
 mod monitoring;
@@ -506,12 +508,67 @@ pub async fn serve(
     result
 }
 
+/// Serves HTTP on `http` and, when given, the KServe gRPC API on `grpc`, until
+/// `shutdown` resolves; then both stop accepting and drain (gRPC calls get up to
+/// `cfg.shutdown_timeout` after HTTP has drained).
+pub async fn serve_with_grpc(
+    http: tokio::net::TcpListener,
+    grpc: Option<tokio::net::TcpListener>,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let grpc_task = grpc.map(|listener| {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(kserve_grpc::serve(listener, state.clone(), async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }))
+    });
+    let http_shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let result = serve(http, state.clone(), http_shutdown).await;
+    if let Some(task) = grpc_task {
+        let abort = task.abort_handle();
+        match tokio::time::timeout(state.cfg.shutdown_timeout, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!("gRPC server stopped with an error: {e}"),
+            Ok(Err(e)) => tracing::warn!("gRPC server task failed: {e}"),
+            Err(_) => {
+                tracing::warn!("gRPC calls still running at the shutdown deadline; closing them");
+                abort.abort();
+            }
+        }
+    }
+    result
+}
+
+/// Where a started server listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    pub http: std::net::SocketAddr,
+    /// The KServe gRPC API's address, when it was asked for.
+    pub grpc: Option<std::net::SocketAddr>,
+}
+
 /// Binds `addr`, serves on a small tokio runtime of its own until SIGTERM / Ctrl-C,
 /// drains in-flight requests, and returns. `on_listening` gets the bound address.
 pub fn serve_blocking(
     state: Arc<AppState>,
     addr: &str,
     on_listening: impl FnOnce(std::net::SocketAddr),
+) -> std::io::Result<()> {
+    serve_blocking_with_grpc(state, addr, None, |l| on_listening(l.http))
+}
+
+/// [`serve_blocking`], plus the KServe gRPC API on `grpc_addr` when given (port 0
+/// picks a free port; `on_listening` gets the one bound). SIGTERM drains both.
+pub fn serve_blocking_with_grpc(
+    state: Arc<AppState>,
+    addr: &str,
+    grpc_addr: Option<&str>,
+    on_listening: impl FnOnce(Listening),
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -520,8 +577,17 @@ pub fn serve_blocking(
         .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        on_listening(listener.local_addr()?);
-        serve(listener, state, shutdown_signal()).await
+        let grpc = match grpc_addr {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("binding the gRPC port {a}: {e}"))
+            })?),
+            None => None,
+        };
+        on_listening(Listening {
+            http: listener.local_addr()?,
+            grpc: grpc.as_ref().map(|g| g.local_addr()).transpose()?,
+        });
+        serve_with_grpc(listener, grpc, state, shutdown_signal()).await
     })
 }
 

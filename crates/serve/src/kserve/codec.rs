@@ -143,9 +143,32 @@ pub fn decode_input(input: &InferInput, binary: &mut &[u8]) -> Result<Tensor, Co
     })
 }
 
+/// Decodes one input sent in the raw form (the binary tensor extension's layout, which
+/// is also gRPC's `raw_input_contents`), then checks the shape.
+pub fn decode_raw(
+    name: &str,
+    datatype: &str,
+    shape: &[i64],
+    raw: &[u8],
+) -> Result<Tensor, CodecError> {
+    if !supported(datatype) {
+        return Err(CodecError::Datatype {
+            name: name.to_string(),
+            datatype: datatype.to_string(),
+        });
+    }
+    let data = decode_binary(name, datatype, raw)?;
+    check_shape(name, shape, data.len())?;
+    Ok(Tensor {
+        name: name.to_string(),
+        shape: shape.to_vec(),
+        data,
+    })
+}
+
 /// A shape must list non-negative sizes whose product is the element count; a missing
 /// shape (`[]` from an omitted field) is taken as "whatever was sent".
-fn check_shape(name: &str, shape: &[i64], got: usize) -> Result<(), CodecError> {
+pub fn check_shape(name: &str, shape: &[i64], got: usize) -> Result<(), CodecError> {
     if shape.is_empty() {
         return Ok(());
     }
@@ -178,7 +201,7 @@ fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>, depth: usize) -> Result<(
 }
 
 /// Integer bounds of an integer datatype.
-fn int_range(datatype: &str) -> Option<(i128, i128)> {
+pub fn int_range(datatype: &str) -> Option<(i128, i128)> {
     Some(match datatype {
         "INT8" => (i8::MIN as i128, i8::MAX as i128),
         "INT16" => (i16::MIN as i128, i16::MAX as i128),

@@ -7,10 +7,11 @@
 
 pub mod codec;
 mod options;
+pub mod text_infer;
 pub mod types;
 
 use crate::error::{ApiError, KsError};
-use crate::gen::{self, merge, read_body, submit_all, MAX_CHOICES};
+use crate::gen::{self, merge, read_body, submit_all};
 use crate::InferenceState;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -19,20 +20,20 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use codec::TensorData;
 use futures_util::stream::{self, StreamExt};
 use hangar_engine::{Prompt, TokenEvent};
 use options::{options_from, set_option};
 use serde_json::Value;
 use std::convert::Infallible;
+use text_infer::TextInfer;
 use types::{
     BinaryDataSize, ErrorBody, GenerateRequest, GenerateResponse, InferRequest, InferResponse,
-    ModelMetadata, ModelReady, OutputTensor, TensorMetadata,
+    ModelMetadata, ModelReady, OutputTensor,
 };
 
 const BINARY_HEADER: &str = "inference-header-content-length";
 /// The version KServe answers name: the registry version, "1" for a plain file.
-fn model_version(state: &InferenceState) -> String {
+pub(crate) fn model_version(state: &InferenceState) -> String {
     state
         .service
         .version
@@ -59,20 +60,11 @@ pub(crate) fn routes(state: crate::InferenceRoutes) -> Router {
         .with_state(state)
 }
 
-fn check_model(state: &InferenceState, name: &str) -> Result<(), KsError> {
+pub(crate) fn check_model(state: &InferenceState, name: &str) -> Result<(), KsError> {
     if name == state.model_name() {
         Ok(())
     } else {
         Err(KsError(ApiError::model_not_found(name, state.model_name())))
-    }
-}
-
-fn tensor(name: &'static str, datatype: &'static str, optional: bool) -> TensorMetadata {
-    TensorMetadata {
-        name,
-        datatype,
-        shape: vec![if datatype == "BYTES" { -1 } else { 1 }],
-        optional,
     }
 }
 
@@ -82,6 +74,7 @@ pub async fn model_metadata(
     Path(name): Path<String>,
 ) -> Result<Json<ModelMetadata>, KsError> {
     check_model(&state, &name)?;
+    let (inputs, outputs) = text_infer::signature();
     Ok(Json(ModelMetadata {
         name,
         versions: vec![model_version(&state)],
@@ -92,15 +85,8 @@ pub async fn model_metadata(
             .version
             .as_ref()
             .and_then(|v| v.sha256.clone()),
-        inputs: vec![
-            tensor("text_input", "BYTES", false),
-            tensor("max_tokens", "INT32", true),
-            tensor("temperature", "FP32", true),
-            tensor("top_p", "FP32", true),
-            tensor("top_k", "INT32", true),
-            tensor("seed", "INT64", true),
-        ],
-        outputs: vec![tensor("text_output", "BYTES", false)],
+        inputs,
+        outputs,
     }))
 }
 
@@ -153,73 +139,33 @@ pub async fn infer(
     let (json_part, mut binary) =
         codec::split_body(&bytes, header_len).map_err(ApiError::bad_request)?;
     let req: InferRequest = gen::parse_json(json_part)?;
-    let mut opts = options_from(&req.parameters)?;
-    let mut texts: Option<(Vec<String>, Vec<i64>)> = None;
+    let mut text = TextInfer::new(&req.parameters)?;
     for input in &req.inputs {
         let t = codec::decode_input(input, &mut binary)
             .map_err(|e| ApiError::param(&input.name, e.to_string()))?;
-        if t.name == "text_input" || t.name == "prompt" {
-            match t.data {
-                TensorData::Bytes(s) => texts = Some((s, t.shape)),
-                _ => {
-                    return Err(ApiError::param(
-                        "text_input",
-                        format!("text_input must be BYTES, got {}", input.datatype),
-                    )
-                    .into())
-                }
-            }
-        } else if let Some(v) = t.data.first() {
-            set_option(&mut opts, &t.name, &v)?;
-        }
+        text.input(t, &input.datatype)?;
     }
-    let Some((texts, shape)) = texts else {
-        return Err(ApiError::param("inputs", "a BYTES input named text_input is required").into());
-    };
-    if texts.is_empty() || texts.len() > MAX_CHOICES {
-        return Err(ApiError::param(
-            "text_input",
-            format!("text_input must hold 1 to {MAX_CHOICES} strings"),
-        )
-        .into());
-    }
-    let v = opts.validate(state.engine().info())?;
-    let reqs = texts
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let ids = gen::encode(&state, Prompt::Text(t))?;
-            v.request(ids, i, Some(64), state.engine().info())
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let k = reqs.len();
-    let outs: Vec<String> = gen::collect(submit_all(&state, reqs)?, false)
-        .await?
-        .into_iter()
-        .map(|c| c.text)
-        .collect();
-    let shape = if !shape.is_empty() && shape.iter().product::<i64>() == k as i64 {
-        shape
-    } else {
-        vec![k as i64]
-    };
+    let done = text.run(&state).await?;
     let binary_out = wants_binary(&req);
-    let blob = binary_out.then(|| codec::encode_bytes(&outs));
+    let blob = binary_out.then(|| codec::encode_bytes(&done.texts));
     let resp = InferResponse {
         model_name: name,
         model_version: model_version(&state),
         outputs: vec![OutputTensor {
             name: "text_output",
             datatype: "BYTES",
-            shape,
+            shape: done.shape.clone(),
             parameters: blob.as_ref().map(|b| BinaryDataSize {
                 binary_data_size: b.len(),
             }),
-            data: (!binary_out).then_some(outs),
+            data: None,
         }],
+        parameters: done.parameters(),
         id: req.id,
     };
     let Some(blob) = blob else {
+        let mut resp = resp;
+        resp.outputs[0].data = Some(done.texts);
         return Ok(Json(resp).into_response());
     };
     let mut body =

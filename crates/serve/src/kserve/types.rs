@@ -111,6 +111,9 @@ pub struct InferResponse {
     pub model_name: String,
     pub model_version: String,
     pub outputs: Vec<OutputTensor>,
+    /// `finish_reason`, `prompt_tokens`, `completion_tokens`.
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub parameters: Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
 }
