@@ -11,6 +11,7 @@ as written, and, when `kubectl` is installed, each Kustomize directory as render
 Needs: pip install kubernetes-validate jsonschema pyyaml (scripts/test.sh does)."""
 
 import argparse
+import re
 import json
 import shutil
 import subprocess
@@ -64,6 +65,20 @@ def check(doc, where, schemas):
     return []
 
 
+def check_dockerfile():
+    """The image's Rust toolchain must be at least the workspace's `rust-version`, or
+    the build stage fails (a drift no manifest schema catches)."""
+    want = re.search(r'^rust-version\s*=\s*"(\d+)\.(\d+)', (ROOT / "Cargo.toml").read_text(), re.M)
+    errors = []
+    for df in sorted(DEPLOY.rglob("Dockerfile*")):
+        for m in re.finditer(r"^FROM\s+rust:(\d+)\.(\d+)", df.read_text(), re.M):
+            have = (int(m.group(1)), int(m.group(2)))
+            if want and have < (int(want.group(1)), int(want.group(2))):
+                errors.append(f"{df.relative_to(ROOT)}: builds with rust:{have[0]}.{have[1]}, but the "
+                              f"workspace needs rust-version {want.group(1)}.{want.group(2)}; raise the base image")
+    return errors
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--require-kubectl", action="store_true",
@@ -78,6 +93,7 @@ def main():
                 continue
             count += 1
             errors += check(doc, str(path.relative_to(ROOT)), schemas)
+    errors += check_dockerfile()
     kustomizations = sorted(p.parent for p in DEPLOY.rglob("kustomization.yaml"))
     kubectl = shutil.which("kubectl")
     if kubectl:

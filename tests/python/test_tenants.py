@@ -123,6 +123,10 @@ def test_daily_budget_is_insufficient_quota_and_survives_restart(tenants):
                             headers={"authorization": f"Bearer {secrets['admin']}"})[2])
     assert {k["name"] for k in every["data"]} == set(secrets)
     # The budget is persisted: a restarted server on the same home still refuses.
+    # Usage is written back every second (tenants::REFRESH; a crash may lose up to
+    # that much, docs/TENANTS.md), and a server reads a key's usage when it first
+    # sees the key: start the second one after the first has written.
+    time.sleep(2.5)
     again = Server("--home", home)
     try:
         with pytest.raises(openai.RateLimitError) as e2:
