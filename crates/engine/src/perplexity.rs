@@ -2,9 +2,10 @@
 //! tool uses: non-overlapping windows of `ctx` tokens that start with BOS, scoring only
 //! the second half of each window (so every scored token has at least ctx/2 context).
 
+use crate::engine::{BorrowedCpuRunner, ModelRunner};
 use crate::EngineError;
 use hangar_kernels::ThreadPool;
-use hangar_models::{KvCache, LogitsWanted, Model, SeqInput, Workspace};
+use hangar_models::{LogitsWanted, Model, SeqInput};
 
 /// Result of a perplexity run.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -25,10 +26,23 @@ pub fn log_prob(logits: &[f32], target: usize) -> f64 {
 }
 
 /// Scores `text_tokens` (without BOS) in windows of `ctx` tokens (`bos` + ctx-1 text
-/// tokens). `on_window(done, total)` reports progress.
+/// tokens) on the CPU. `on_window(done, total)` reports progress.
 pub fn perplexity(
     model: &Model,
     pool: &ThreadPool,
+    bos: u32,
+    text_tokens: &[u32],
+    ctx: usize,
+    on_window: impl FnMut(usize, usize),
+) -> Result<Perplexity, EngineError> {
+    let mut runner = BorrowedCpuRunner::new(model, pool);
+    perplexity_on(&mut runner, bos, text_tokens, ctx, on_window)
+}
+
+/// [`perplexity`] on any [`ModelRunner`] (the CPU, or the GPU backend for
+/// `hangar perplexity --device cuda`): one prefill step a window.
+pub fn perplexity_on(
+    runner: &mut dyn ModelRunner,
     bos: u32,
     text_tokens: &[u32],
     ctx: usize,
@@ -48,12 +62,13 @@ pub fn perplexity(
         )));
     }
     let block = 16;
-    let mut kv = KvCache::for_single_sequence(&model.cfg, block, ctx);
-    let table: Vec<u32> = (0..ctx.div_ceil(block) as u32).collect();
-    let tables: Vec<&[u32]> = vec![&table; kv.n_groups()];
-    let mut ws = Workspace::default();
+    let n_blocks = ctx.div_ceil(block);
+    let groups = runner.kv_layout().n_groups();
+    runner.allocate_kv(block, &vec![n_blocks; groups])?;
+    let table: Vec<u32> = (0..n_blocks as u32).collect();
+    let tables: Vec<&[u32]> = vec![&table; groups];
+    let vocab = runner.vocab_size();
     let mut logits = Vec::new();
-    let vocab = model.cfg.vocab_size;
     let (mut nll, mut count) = (0.0f64, 0usize);
     let first = ctx / 2;
     let mut toks = Vec::with_capacity(ctx);
@@ -67,7 +82,13 @@ pub fn perplexity(
             block_tables: &tables,
             logits: LogitsWanted::All,
         };
-        model.forward(pool, &[seq], &mut kv, &mut ws, &mut logits)?;
+        runner.execute(&[seq], &mut logits)?;
+        if logits.len() < ctx * vocab {
+            return Err(EngineError::Invalid(format!(
+                "the runner returned {} logits for {ctx} rows of {vocab}",
+                logits.len()
+            )));
+        }
         for j in first..ctx - 1 {
             nll -= log_prob(&logits[j * vocab..(j + 1) * vocab], toks[j + 1] as usize);
             count += 1;

@@ -4,7 +4,6 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hangar_cuda::{CudaRunner, Device};
-use hangar_engine::perplexity::{log_prob, Perplexity};
 use hangar_engine::{BorrowedCpuRunner, LoadedModel, ModelRunner};
 use hangar_models::{LogitsWanted, SeqInput};
 use std::path::{Path, PathBuf};
@@ -297,69 +296,4 @@ fn check_prompts(
         pct(ad)
     );
     Ok(())
-}
-
-/// `hangar_engine::perplexity::perplexity` on any [`ModelRunner`] (the GPU backend,
-/// `hangar perplexity --device cuda`): the same windows, scored tokens and
-/// log-softmax, one prefill step a window.
-pub fn perplexity_on(
-    runner: &mut dyn ModelRunner,
-    bos: u32,
-    text_tokens: &[u32],
-    ctx: usize,
-    mut on_window: impl FnMut(usize, usize),
-) -> Result<Perplexity> {
-    if ctx < 4 {
-        bail!("context {ctx} is too small (at least 4)");
-    }
-    let per = ctx - 1;
-    let windows = text_tokens.len() / per;
-    if windows == 0 {
-        bail!(
-            "the text has {} tokens; a window of --ctx {ctx} needs at least {per}",
-            text_tokens.len()
-        );
-    }
-    let block = 16;
-    let n_blocks = ctx.div_ceil(block);
-    let groups = runner.kv_layout().n_groups();
-    runner.allocate_kv(block, &vec![n_blocks; groups])?;
-    let table: Vec<u32> = (0..n_blocks as u32).collect();
-    let tables: Vec<&[u32]> = vec![&table; groups];
-    let vocab = runner.vocab_size();
-    let mut logits = Vec::new();
-    let (mut nll, mut count) = (0.0f64, 0usize);
-    let first = ctx / 2;
-    let mut toks = Vec::with_capacity(ctx);
-    for w in 0..windows {
-        toks.clear();
-        toks.push(bos);
-        toks.extend_from_slice(&text_tokens[w * per..(w + 1) * per]);
-        let seq = SeqInput {
-            tokens: &toks,
-            start_pos: 0,
-            block_tables: &tables,
-            logits: LogitsWanted::All,
-        };
-        runner.execute(&[seq], &mut logits)?;
-        if logits.len() < ctx * vocab {
-            bail!(
-                "the runner returned {} logits for {ctx} rows of {vocab}",
-                logits.len()
-            );
-        }
-        for j in first..ctx - 1 {
-            nll -= log_prob(&logits[j * vocab..(j + 1) * vocab], toks[j + 1] as usize);
-            count += 1;
-        }
-        on_window(w + 1, windows);
-    }
-    let mean = nll / count as f64;
-    Ok(Perplexity {
-        ppl: mean.exp(),
-        nll: mean,
-        windows,
-        scored_tokens: count,
-        ctx,
-    })
 }

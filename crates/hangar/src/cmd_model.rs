@@ -520,7 +520,7 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
         }
     };
     let r = match crate::cmd_device::open(&lm, a.device)? {
-        Some(mut gpu) => crate::cmd_device::perplexity_on(&mut gpu, bos, &toks, a.ctx, progress)?,
+        Some(mut gpu) => perplexity::perplexity_on(&mut gpu, bos, &toks, a.ctx, progress)?,
         None => perplexity::perplexity(&lm.model, &lm.pool, bos, &toks, a.ctx, progress)?,
     };
     if a.json {
