@@ -80,15 +80,18 @@ def test_drift_request_log_usage_and_cost():
         assert gauge(srv, "hangar_drift_alert") == 1
         assert gauge(srv, "hangar_drift_unseen_token_share") == shifted["unseen_token_share"]
         assert 0 <= gauge(srv, "hangar_drift_length_ks_pvalue") <= 1
-        # The dashboard's history records drift over time.
+        # The dashboard's history records drift over time. A sample taken while the
+        # shifted requests were still arriving can already alert with a smaller share,
+        # so wait for one taken after they all finished.
         import time
-        deadline = time.time() + 20
+        shifted_done = time.time()
+        deadline = shifted_done + 20
         latest = {}
         while time.time() < deadline:
             _, _, body = http("GET", srv.base + "/v1/monitor/timeseries?seconds=300")
             samples = json.loads(body)["samples"]
             latest = samples[-1] if samples else {}
-            if latest.get("drift_alert") == 1:
+            if latest.get("drift_alert") == 1 and latest.get("t", 0) > shifted_done:
                 break
             time.sleep(0.3)
         assert latest.get("drift_alert") == 1, latest
