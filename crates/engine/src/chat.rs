@@ -8,13 +8,25 @@
 
 use hangar_tokenizer::Tokenizer;
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
+use serde_json::Value;
 use std::ops::Range;
 
-/// One chat message.
+/// One chat message. The tool fields follow Hugging Face's chat-template
+/// conventions and are only seen by templates that use them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant turn's calls: `{"id", "type": "function", "function": {"name",
+    /// "arguments": {..}}}` with the arguments as a JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<Value>>,
+    /// A `tool` turn: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A `tool` turn: the function that produced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -22,6 +34,9 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
+            name: None,
         }
     }
 }
@@ -78,6 +93,9 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos: String,
     eos: String,
+    /// The template reads `tools` (it can describe functions to the model itself).
+    supports_tools: bool,
+    source: String,
     /// Where the template came from, for logs: `model` or `builtin:<name>`.
     pub origin: String,
 }
@@ -133,14 +151,31 @@ impl ChatTemplate {
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
-        env.add_template_owned("chat", src)
+        env.add_template_owned("chat", src.clone())
             .map_err(|e| ChatError::Compile(e.to_string()))?;
+        let supports_tools = env
+            .get_template("chat")
+            .map(|t| t.undeclared_variables(false).contains("tools"))
+            .unwrap_or(false);
         Ok(ChatTemplate {
             env,
             bos: bos.to_string(),
             eos: eos.to_string(),
+            supports_tools,
+            source: src,
             origin,
         })
+    }
+
+    /// Whether the template describes tools itself (it reads a `tools` variable, as
+    /// Qwen 2.5, Llama 3.1 and Hermes templates do). The built-in templates do not.
+    pub fn supports_tools(&self) -> bool {
+        self.supports_tools
+    }
+
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Renders `messages`; with `add_generation_prompt` the text ends where the
@@ -149,6 +184,18 @@ impl ChatTemplate {
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
+        self.render_with_tools(messages, add_generation_prompt, None)
+    }
+
+    /// As [`ChatTemplate::render`], with the request's tools (OpenAI's
+    /// `{"type": "function", "function": {..}}` objects) given to the template as
+    /// `tools`.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        tools: Option<&[Value]>,
     ) -> Result<String, ChatError> {
         if messages.is_empty() {
             return Err(ChatError::Messages(
@@ -168,6 +215,7 @@ impl ChatTemplate {
             context! {
                 messages => minijinja::Value::from(minijinja::value::Serde(messages)),
                 add_generation_prompt => add_generation_prompt,
+                tools => tools.map(|t| minijinja::Value::from(minijinja::value::Serde(t))),
                 bos_token => self.bos.as_str(),
                 eos_token => self.eos.as_str(),
             },
@@ -238,11 +286,33 @@ pub fn encode_chat(
     add_generation_prompt: bool,
     special_in_content: bool,
 ) -> Result<Vec<u32>, ChatError> {
-    let text = template.render(messages, add_generation_prompt)?;
+    encode_chat_with_tools(
+        template,
+        tok,
+        messages,
+        None,
+        add_generation_prompt,
+        special_in_content,
+    )
+}
+
+/// As [`encode_chat`], with the request's tools given to the template. Tool
+/// definitions and the ids, names and arguments of calls are written by the
+/// template as its own text, so none of them may hold special-token text.
+pub fn encode_chat_with_tools(
+    template: &ChatTemplate,
+    tok: &Tokenizer,
+    messages: &[ChatMessage],
+    tools: Option<&[Value]>,
+    add_generation_prompt: bool,
+    special_in_content: bool,
+) -> Result<Vec<u32>, ChatError> {
+    let text = template.render_with_tools(messages, add_generation_prompt, tools)?;
     if special_in_content {
         return Ok(tok.encode(&text, false, true));
     }
-    if let Some(spans) = template.content_spans(messages, add_generation_prompt, &text) {
+    refuse_special_in_tool_fields(tok, messages, tools)?;
+    if let Some(spans) = template.content_spans(messages, add_generation_prompt, tools, &text) {
         return Ok(tok.encode_with_plain_ranges(&text, false, &spans));
     }
     if let Some((i, m)) = messages
@@ -258,6 +328,46 @@ pub fn encode_chat(
         )));
     }
     Ok(tok.encode(&text, false, true))
+}
+
+/// Tool definitions and call fields reach the prompt as template text; a control
+/// token written inside one (a description holding `<|im_end|>`) would forge a turn.
+fn refuse_special_in_tool_fields(
+    tok: &Tokenizer,
+    messages: &[ChatMessage],
+    tools: Option<&[Value]>,
+) -> Result<(), ChatError> {
+    fn holds_special(tok: &Tokenizer, v: &Value) -> bool {
+        match v {
+            Value::String(s) => tok.contains_special_text(s),
+            Value::Array(a) => a.iter().any(|x| holds_special(tok, x)),
+            Value::Object(o) => o
+                .iter()
+                .any(|(k, x)| tok.contains_special_text(k) || holds_special(tok, x)),
+            _ => false,
+        }
+    }
+    for (i, t) in tools.unwrap_or_default().iter().enumerate() {
+        if holds_special(tok, t) {
+            return Err(ChatError::Messages(format!(
+                "tools[{i}] contains special-token text; remove it from the function's name, description and parameters"
+            )));
+        }
+    }
+    for (i, m) in messages.iter().enumerate() {
+        let calls = m.tool_calls.iter().flatten().any(|c| holds_special(tok, c));
+        let ids = [&m.tool_call_id, &m.name]
+            .into_iter()
+            .flatten()
+            .any(|s| tok.contains_special_text(s));
+        if calls || ids {
+            return Err(ChatError::Messages(format!(
+                "message {i} ({}) has special-token text in its tool calls, tool_call_id or name; remove it",
+                m.role
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Brackets a message index in the placeholder render; private-use characters that
@@ -303,17 +413,20 @@ impl ChatTemplate {
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
+        tools: Option<&[Value]>,
         rendered: &str,
     ) -> Option<Vec<Range<usize>>> {
         let placeholders: Vec<ChatMessage> = messages
             .iter()
             .enumerate()
-            .map(|(i, m)| {
-                let content = format!("{PLACEHOLDER_OPEN}{i}{PLACEHOLDER_CLOSE}");
-                ChatMessage::new(m.role.clone(), content)
+            .map(|(i, m)| ChatMessage {
+                content: format!("{PLACEHOLDER_OPEN}{i}{PLACEHOLDER_CLOSE}"),
+                ..m.clone()
             })
             .collect();
-        let skeleton = self.render(&placeholders, add_generation_prompt).ok()?;
+        let skeleton = self
+            .render_with_tools(&placeholders, add_generation_prompt, tools)
+            .ok()?;
         let pieces = pieces(&skeleton, messages.len())?;
         let mut spans = Vec::new();
         let mut pos = 0;
@@ -413,7 +526,7 @@ mod tests {
             ChatMessage::new("assistant", ""),
         ];
         let text = gemma().render(&msgs, true).unwrap();
-        let spans = gemma().content_spans(&msgs, true, &text).unwrap();
+        let spans = gemma().content_spans(&msgs, true, None, &text).unwrap();
         let found: Vec<&str> = spans.iter().map(|r| &text[r.clone()]).collect();
         // System text untrimmed (the template adds "\n\n" after it), user text
         // trimmed, the empty reply has no span.
@@ -426,7 +539,7 @@ mod tests {
             .unwrap();
         let msgs = [ChatMessage::new("user", "hi")];
         let text = t.render(&msgs, false).unwrap();
-        assert_eq!(t.content_spans(&msgs, false, &text), None);
+        assert_eq!(t.content_spans(&msgs, false, None, &text), None);
         assert_eq!(pieces("a\u{F0000}7\u{F0001}b", 2), None);
         assert_eq!(
             pieces("a\u{F0000}1\u{F0001}b", 2).unwrap(),
@@ -455,6 +568,72 @@ mod tests {
             Err(ChatError::Render(m)) => assert!(m.contains("passed"), "{m}"),
             other => panic!("expected a size error, got {other:?}"),
         }
+    }
+
+    /// A ChatML template that describes tools itself, in the style of Qwen 2.5's.
+    pub(crate) const TOOLS_TEMPLATE: &str = r#"{%- if tools %}<|im_start|>system
+{% if messages[0].role == 'system' %}{{ messages[0].content }}
+
+{% endif %}Functions:
+{% for t in tools %}{{ t.function | tojson }}
+{% endfor %}Call one as <tool_call>{"name": .., "arguments": ..}</tool_call>.<|im_end|>
+{% elif messages[0].role == 'system' %}<|im_start|>system
+{{ messages[0].content }}<|im_end|>
+{% endif %}
+{%- for m in messages if m.role != 'system' -%}
+{%- if m.role == 'assistant' and m.tool_calls -%}
+<|im_start|>assistant
+{{ m.content }}{% for c in m.tool_calls %}<tool_call>
+{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}
+</tool_call>{% endfor %}<|im_end|>
+{% elif m.role == 'tool' -%}
+<|im_start|>user
+<tool_response>
+{{ m.content }}
+</tool_response><|im_end|>
+{% else -%}
+<|im_start|>{{ m.role }}
+{{ m.content }}<|im_end|>
+{% endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif -%}"#;
+
+    #[test]
+    fn templates_that_read_tools_get_them_and_the_calls() {
+        assert!(!gemma().supports_tools());
+        let t = ChatTemplate::from_source(TOOLS_TEMPLATE.into(), "", "", "model".into()).unwrap();
+        assert!(t.supports_tools());
+        let tools = [serde_json::json!({"type": "function", "function": {
+            "name": "get_weather", "parameters": {"type": "object"}}})];
+        let mut call = ChatMessage::new("assistant", "");
+        call.tool_calls = Some(vec![serde_json::json!({"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": {"city": "Paris"}}})]);
+        let mut result = ChatMessage::new("tool", "18 C");
+        result.tool_call_id = Some("call_1".into());
+        let msgs = [ChatMessage::new("user", "Weather in Paris?"), call, result];
+        let text = t.render_with_tools(&msgs, true, Some(&tools)).unwrap();
+        assert_eq!(
+            text,
+            "<|im_start|>system\nFunctions:\n{\"name\": \"get_weather\", \"parameters\": {\"type\": \"object\"}}\n\
+             Call one as <tool_call>{\"name\": .., \"arguments\": ..}</tool_call>.<|im_end|>\n\
+             <|im_start|>user\nWeather in Paris?<|im_end|>\n\
+             <|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>\n\
+             <|im_start|>user\n<tool_response>\n18 C\n</tool_response><|im_end|>\n\
+             <|im_start|>assistant\n"
+        );
+        // Without tools the same template renders a plain conversation.
+        let plain = t
+            .render_with_tools(&[ChatMessage::new("user", "Hi")], true, None)
+            .unwrap();
+        assert_eq!(
+            plain,
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        // Content spans still follow the messages around the template's tool text.
+        let spans = t.content_spans(&msgs, true, Some(&tools), &text).unwrap();
+        let found: Vec<&str> = spans.iter().map(|r| &text[r.clone()]).collect();
+        assert_eq!(found, ["Weather in Paris?", "18 C"]);
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub enum Prompt {
     Tokens(Vec<u32>),
     /// Chat messages, rendered with the model's template.
     Chat(Vec<ChatMessage>),
+    /// Chat messages and the request's tools (OpenAI's function objects), for a
+    /// template that renders tools itself.
+    ChatWithTools(Vec<ChatMessage>, Vec<serde_json::Value>),
 }
 
 /// How a client's text (prompts and chat message content) is tokenized.
@@ -69,6 +72,9 @@ pub fn encode(engine: &Engine, prompt: Prompt, enc: TextEncoding) -> Result<Vec<
         Prompt::Text(t) => engine.tokenizer().encode(&t, true, enc.parse_special),
         Prompt::Tokens(ids) => ids,
         Prompt::Chat(m) => engine.encode_chat_with(&m, enc.parse_special)?,
+        Prompt::ChatWithTools(m, tools) => {
+            engine.encode_chat_tools(&m, Some(&tools), enc.parse_special)?
+        }
     };
     check_tokens(engine.info(), &ids)?;
     Ok(ids)

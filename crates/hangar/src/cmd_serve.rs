@@ -73,6 +73,11 @@ pub struct ServeArgs {
     /// Name clients use for the model (default: the file name without extension).
     #[arg(long)]
     pub model_name: Option<String>,
+    /// Jinja chat template file to use instead of the model's own (Hugging Face
+    /// conventions: messages, add_generation_prompt, bos_token; a template that reads
+    /// `tools` describes a request's tools to the model itself).
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
     /// Do not mount the model registry's HTTP API (/v1/registry/...).
     #[arg(long)]
     pub no_registry_api: bool,
@@ -194,6 +199,18 @@ pub(crate) fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engin
     if let Some(m) = &args.kv_memory {
         cfg.kv_memory_bytes = parse_bytes(m)?;
     }
+    let template_file = match &args.chat_template {
+        Some(p) => Some((
+            std::fs::read_to_string(p).with_context(|| {
+                format!(
+                    "reading the chat template {} (--chat-template)",
+                    p.display()
+                )
+            })?,
+            format!("file:{}", p.display()),
+        )),
+        None => None,
+    };
     let t0 = Instant::now();
     let lm = LoadedModel::load_with(
         model_path,
@@ -202,7 +219,7 @@ pub(crate) fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engin
     )
     .with_context(|| format!("loading {}", model_path.display()))?;
     let threads = lm.pool.n_threads();
-    let engine = match crate::cmd_device::open(&lm, args.device)? {
+    let mut engine = match crate::cmd_device::open(&lm, args.device)? {
         None => Engine::start(lm, cfg).context("starting the engine")?,
         Some(runner) => {
             let template = lm
@@ -216,6 +233,11 @@ pub(crate) fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engin
                 .context("starting the engine on the GPU")?
         }
     };
+    if let Some((src, origin)) = template_file {
+        engine
+            .set_chat_template(&src, origin)
+            .context("the --chat-template file is not a usable Jinja template")?;
+    }
     // Structured output's token trie, built in the background.
     engine.warm_grammar();
     let info = engine.info().clone();
@@ -224,7 +246,7 @@ pub(crate) fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engin
         .clone()
         .unwrap_or_else(|| default_name(model_path));
     eprintln!(
-        "hangar serve: {} loaded in {:.2}s as {name:?} ({} threads); KV cache {} MiB in blocks of {} tokens {:?}, max context {} tokens",
+        "hangar serve: {} loaded in {:.2}s as {name:?} ({} threads); KV cache {} MiB in blocks of {} tokens {:?}, max context {} tokens; chat template {}{}",
         model_path.display(),
         t0.elapsed().as_secs_f64(),
         threads,
@@ -232,6 +254,8 @@ pub(crate) fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engin
         info.kv_block_size,
         info.kv_blocks,
         info.max_model_len,
+        engine.chat_template_origin().unwrap_or("unusable"),
+        if engine.chat_supports_tools() { " (renders tools)" } else { "" },
     );
     Ok((engine, name))
 }

@@ -263,11 +263,63 @@ impl Engine {
         messages: &[ChatMessage],
         special_in_content: bool,
     ) -> Result<Vec<u32>, ChatError> {
+        self.encode_chat_tools(messages, None, special_in_content)
+    }
+
+    /// As [`Engine::encode_chat_with`], with the request's tools given to a template
+    /// that describes them itself (see [`Engine::chat_supports_tools`]).
+    pub fn encode_chat_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        special_in_content: bool,
+    ) -> Result<Vec<u32>, ChatError> {
         let tmpl = self
             .chat
             .as_ref()
             .map_err(|e| ChatError::Compile(e.clone()))?;
-        crate::chat::encode_chat(tmpl, &self.tokenizer, messages, true, special_in_content)
+        crate::chat::encode_chat_with_tools(
+            tmpl,
+            &self.tokenizer,
+            messages,
+            tools,
+            true,
+            special_in_content,
+        )
+    }
+
+    /// Whether the chat template renders tools itself (else callers describe them
+    /// in a message of their own).
+    pub fn chat_supports_tools(&self) -> bool {
+        self.chat.as_ref().is_ok_and(ChatTemplate::supports_tools)
+    }
+
+    /// The chat template's Jinja source.
+    pub fn chat_template_source(&self) -> Option<&str> {
+        self.chat.as_ref().ok().map(ChatTemplate::source)
+    }
+
+    /// Where the chat template came from: `model`, `builtin:<name>` or `file:<path>`.
+    pub fn chat_template_origin(&self) -> Option<&str> {
+        self.chat.as_ref().ok().map(|t| t.origin.as_str())
+    }
+
+    /// Replaces the model's chat template (an operator's `--chat-template` file);
+    /// a template that does not compile is refused and the old one kept.
+    pub fn set_chat_template(&mut self, src: &str, origin: String) -> Result<(), ChatError> {
+        let piece = |id: Option<u32>| {
+            id.and_then(|i| self.tokenizer.id_to_token(i))
+                .unwrap_or("")
+                .to_string()
+        };
+        let t = ChatTemplate::from_source(
+            src.to_string(),
+            &piece(self.tokenizer.bos_id()),
+            &piece(self.tokenizer.eos_id()),
+            origin,
+        )?;
+        self.chat = Ok(t);
+        Ok(())
     }
 
     fn validate(&self, req: &GenerateRequest) -> Result<(), EngineError> {

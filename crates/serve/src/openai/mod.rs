@@ -12,6 +12,9 @@ mod structured;
 mod tools;
 pub mod types;
 
+pub use tokenize::{detokenize, tokenize};
+mod tokenize;
+
 use crate::error::ApiError;
 use crate::gen::{self, read_body, submit_all, SamplingOptions, Validated, MAX_CHOICES};
 use crate::{AppState, InferenceState};
@@ -38,6 +41,8 @@ pub(crate) fn routes(state: crate::InferenceRoutes) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/rag/chat", post(rag_chat))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
         .with_state(state)
 }
 
@@ -356,6 +361,39 @@ fn message_text(m: Message, i: usize) -> Result<ChatMessage, ApiError> {
     Ok(ChatMessage::new(role, content))
 }
 
+/// A chat request's tool setup and its conversation for the model's chat template
+/// (tools rendered by the template when it can, else by the built-in format).
+fn conversation(
+    state: &InferenceState,
+    messages: Vec<Message>,
+    fields: &tools::ToolFields,
+) -> Result<(Option<tools::ToolSetup>, tools::Conversation), ApiError> {
+    let engine = state.engine();
+    let template_tools = engine.chat_supports_tools();
+    let family = tools::Family::detect(
+        &engine.info().arch,
+        template_tools
+            .then(|| engine.chat_template_source())
+            .flatten(),
+    );
+    let setup = fields.setup(family)?;
+    let convo = tools::chat_messages(
+        messages,
+        setup.as_ref(),
+        family,
+        template_tools,
+        message_text,
+    )?;
+    Ok((setup, convo))
+}
+
+fn chat_prompt(messages: Vec<ChatMessage>, tools: Option<Vec<serde_json::Value>>) -> Prompt {
+    match tools {
+        Some(t) => Prompt::ChatWithTools(messages, t),
+        None => Prompt::Chat(messages),
+    }
+}
+
 /// `POST /v1/chat/completions` (retrieval-augmented when the body has `retrieval`).
 pub async fn chat(
     State(state): State<InferenceState>,
@@ -403,18 +441,16 @@ async fn chat_request(state: InferenceState, req: ChatRequest) -> Result<Respons
         .common
         .options(logprobs)
         .validate(state.engine().info())?;
-    let arch = state.engine().info().arch.clone();
-    let tool_setup = req.tools.setup(&arch)?;
+    let (tool_setup, convo) = conversation(&state, req.messages, &req.tools)?;
     let guided = structured::guided_with_tools(&req.common.structured, tool_setup.as_ref())?;
-    let messages = tools::chat_messages(req.messages, tool_setup.as_ref(), &arch, message_text)?;
     let (mut messages, prompt_used) =
-        stored_prompt::chat_messages(&state, req.stored_prompt, messages).await?;
+        stored_prompt::chat_messages(&state, req.stored_prompt, convo.messages).await?;
     // Retrieval runs on the rendered conversation (a stored prompt may set the question).
     let citations = match req.retrieval {
         Some(r) if !r.is_null() => Some(crate::rag_api::augment(&state, r, &mut messages).await?),
         _ => None,
     };
-    let prompt = gen::encode(&state, Prompt::Chat(messages))?;
+    let prompt = gen::encode(&state, chat_prompt(messages, convo.tools))?;
     let mut reqs = (0..n)
         .map(|j| v.request(prompt.clone(), j, None, state.engine().info()))
         .collect::<Result<Vec<_>, _>>()?;

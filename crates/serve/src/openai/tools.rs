@@ -3,10 +3,15 @@
 //! assistant `tool_calls` and `tool` messages in the conversation; answers with
 //! `tool_calls` and `finish_reason: "tool_calls"`, whole or streamed.
 //!
-//! Tools are described to the model in a system preamble and calls are written in a
-//! built-in format per model family (the formats the families were trained on):
-//! Qwen / Hermes (ChatML) `<tool_call>{"name", "arguments"}</tool_call>`, Llama 3.x a
-//! bare `{"name", "parameters"}` object, Gemma a fenced ```` ```tool_call ```` block.
+//! When the model's chat template reads `tools` (Qwen 2.5, Llama 3.1, Hermes…), the
+//! tools, the assistant's calls and the tool results go to the template as Hugging
+//! Face's conventions have them and the template writes them. Otherwise tools are
+//! described to the model in a system preamble and calls are written in a built-in
+//! format per model family (the formats the families were trained on): Qwen / Hermes
+//! (ChatML) `<tool_call>{"name", "arguments"}</tool_call>`, Llama 3.x a bare
+//! `{"name", "parameters"}` object, Gemma a fenced ```` ```tool_call ```` block. The
+//! answer is parsed (and, when constrained, generated) in the family's format, which
+//! for a template is read from the template itself.
 //! With `required` or a named function the output is constrained to that format
 //! and the arguments to the function's JSON schema; with `auto` the model chooses
 //! and its output is parsed.
@@ -111,6 +116,19 @@ impl Family {
             _ => Family::Hermes,
         }
     }
+
+    /// The call format a model writes: the one its tool-aware chat template
+    /// teaches when it has one, else its family's.
+    pub fn detect(arch: &str, tool_template: Option<&str>) -> Family {
+        match tool_template {
+            Some(t) if t.contains("<tool_call>") => Family::Hermes,
+            Some(t) if t.contains("```tool_call") => Family::Gemma,
+            Some(t) if t.contains("<|python_tag|>") || t.contains("\"parameters\"") => {
+                Family::Llama3
+            }
+            _ => Family::of_arch(arch),
+        }
+    }
     fn open(self) -> &'static str {
         match self {
             Family::Hermes => "<tool_call>\n",
@@ -192,7 +210,7 @@ pub struct ToolSetup {
 
 impl ToolFields {
     /// The request's tool setup; `None` without tools or with `tool_choice: none`.
-    pub fn setup(&self, arch: &str) -> Result<Option<ToolSetup>, ApiError> {
+    pub fn setup(&self, family: Family) -> Result<Option<ToolSetup>, ApiError> {
         let tools = self.tools.clone().unwrap_or_default();
         for (i, t) in tools.iter().enumerate() {
             if t.kind != "function" {
@@ -273,7 +291,7 @@ impl ToolFields {
             return Ok(None);
         }
         Ok(Some(ToolSetup {
-            family: Family::of_arch(arch),
+            family,
             tools: tools.into_iter().map(|t| t.function).collect(),
             choice,
             parallel: self.parallel_tool_calls.unwrap_or(true),
@@ -527,27 +545,41 @@ fn call_id() -> String {
     format!("call_{x:016x}")
 }
 
-/// The conversation as plain chat messages: the tool preamble joins (or becomes)
-/// the system message, assistant tool calls are written in the family's format and
-/// tool results become user turns naming the function. Consecutive turns of one
-/// role are merged (templates like Gemma's require alternation).
+/// A chat request's conversation, ready for the chat template.
+pub struct Conversation {
+    pub messages: Vec<ChatMessage>,
+    /// The tools for a template that renders them itself.
+    pub tools: Option<Vec<Value>>,
+}
+
+/// The conversation for the chat template. A template that reads `tools`
+/// (`template_tools`) gets the tools, the assistant's calls and the tool results
+/// as they are. Otherwise the tool preamble joins (or becomes) the system message,
+/// assistant tool calls are written in the family's format and tool results become
+/// user turns naming the function; consecutive turns of one role are merged
+/// (templates like Gemma's require alternation).
 pub fn chat_messages(
     messages: Vec<Message>,
     setup: Option<&ToolSetup>,
-    arch: &str,
+    family: Family,
+    template_tools: bool,
     text_of: impl Fn(Message, usize) -> Result<ChatMessage, ApiError>,
-) -> Result<Vec<ChatMessage>, ApiError> {
-    let family = setup.map_or(Family::of_arch(arch), |s| s.family);
+) -> Result<Conversation, ApiError> {
+    let family = setup.map_or(family, |s| s.family);
     let uses_tools = setup.is_some()
         || messages
             .iter()
             .any(|m| m.role == "tool" || m.tool_calls.as_ref().is_some_and(|c| !c.is_empty()));
     if !uses_tools {
-        return messages
+        let messages = messages
             .into_iter()
             .enumerate()
             .map(|(i, m)| text_of(m, i))
-            .collect();
+            .collect::<Result<_, _>>()?;
+        return Ok(Conversation {
+            messages,
+            tools: None,
+        });
     }
     // Call ids → function names, for tool results that do not name theirs.
     let mut names = std::collections::HashMap::new();
@@ -557,6 +589,9 @@ pub fn chat_messages(
                 names.insert(id.clone(), c.function.name.clone());
             }
         }
+    }
+    if template_tools {
+        return templated_conversation(messages, setup, &names, text_of);
     }
     let mut out: Vec<ChatMessage> = Vec::new();
     if let Some(s) = setup {
@@ -572,18 +607,7 @@ pub fn chat_messages(
             "assistant" if !calls.is_empty() => {
                 let mut text = cm.content.trim().to_string();
                 for c in &calls {
-                    let args = match &c.function.arguments {
-                        Value::String(s) => serde_json::from_str(s).map_err(|e| {
-                            ApiError::param(
-                                "messages",
-                                format!(
-                                    "messages[{i}].tool_calls: arguments of {} are not JSON: {e}",
-                                    c.function.name
-                                ),
-                            )
-                        })?,
-                        v => v.clone(),
-                    };
+                    let args = call_arguments(i, c)?;
                     if !text.is_empty() {
                         text.push('\n');
                     }
@@ -615,7 +639,81 @@ pub fn chat_messages(
             _ => out.push(cm),
         }
     }
-    Ok(out)
+    Ok(Conversation {
+        messages: out,
+        tools: None,
+    })
+}
+
+/// A call's arguments as a JSON value (OpenAI sends them as a JSON string).
+fn call_arguments(i: usize, c: &ToolCallIn) -> Result<Value, ApiError> {
+    match &c.function.arguments {
+        Value::String(s) => serde_json::from_str(s).map_err(|e| {
+            ApiError::param(
+                "messages",
+                format!(
+                    "messages[{i}].tool_calls: arguments of {} are not JSON: {e}",
+                    c.function.name
+                ),
+            )
+        }),
+        v => Ok(v.clone()),
+    }
+}
+
+/// The conversation for a template that renders tools itself, in Hugging Face's
+/// shapes: `tools` as OpenAI's function objects, calls with their arguments as
+/// objects, and `tool` turns with `tool_call_id` and `name`.
+fn templated_conversation(
+    messages: Vec<Message>,
+    setup: Option<&ToolSetup>,
+    names: &std::collections::HashMap<String, String>,
+    text_of: impl Fn(Message, usize) -> Result<ChatMessage, ApiError>,
+) -> Result<Conversation, ApiError> {
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, mut m) in messages.into_iter().enumerate() {
+        let calls = m.tool_calls.take().unwrap_or_default();
+        let call_id = m.tool_call_id.take();
+        let name = m.name.take();
+        let role = m.role.clone();
+        let mut cm = text_of(m, i)?;
+        if role == "assistant" && !calls.is_empty() {
+            let mut list = Vec::with_capacity(calls.len());
+            for (k, c) in calls.iter().enumerate() {
+                let id = c.id.clone().unwrap_or_else(|| format!("call_{i}_{k}"));
+                list.push(json!({
+                    "id": id,
+                    "type": "function",
+                    "function": {"name": c.function.name, "arguments": call_arguments(i, c)?},
+                }));
+            }
+            cm.tool_calls = Some(list);
+        }
+        if role == "tool" {
+            cm.name = name.or_else(|| call_id.as_ref().and_then(|id| names.get(id).cloned()));
+            cm.tool_call_id = call_id;
+        }
+        out.push(cm);
+    }
+    let tools = setup.map(|s| {
+        s.tools
+            .iter()
+            .map(|f| {
+                let mut function = json!({
+                    "name": f.name,
+                    "parameters": f.parameters.clone().unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                });
+                if let Some(d) = &f.description {
+                    function["description"] = Value::String(d.clone());
+                }
+                json!({"type": "function", "function": function})
+            })
+            .collect()
+    });
+    Ok(Conversation {
+        messages: out,
+        tools,
+    })
 }
 
 #[cfg(test)]
@@ -671,6 +769,53 @@ mod tests {
         };
         assert!(g.contains("%json") && g.contains("get_weather"), "{g}");
         assert!(g.starts_with("start: block\n"), "one tool, one call: {g}");
+    }
+
+    #[test]
+    fn the_call_format_comes_from_a_tool_template_else_the_family() {
+        assert_eq!(Family::detect("gemma3", None), Family::Gemma);
+        assert_eq!(
+            Family::detect("gemma3", Some("{{ '<tool_call>' }}")),
+            Family::Hermes
+        );
+        assert_eq!(Family::detect("qwen2", Some("```tool_call")), Family::Gemma);
+        assert_eq!(
+            Family::detect("qwen2", Some("<|python_tag|>")),
+            Family::Llama3
+        );
+        assert_eq!(Family::detect("llama", Some("{{ tools }}")), Family::Llama3);
+    }
+
+    #[test]
+    fn a_tool_template_gets_calls_and_results_as_they_are() {
+        let msgs: Vec<Message> = serde_json::from_value(json!([
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "cold"},
+            {"role": "tool", "tool_call_id": "c1", "content": "windy"},
+        ]))
+        .unwrap();
+        let s = setup(Family::Hermes, Choice::Auto);
+        let text = |m: Message, _| {
+            let c = match m.content {
+                Some(super::super::types::Content::Text(t)) => t,
+                _ => String::new(),
+            };
+            Ok(ChatMessage::new(m.role, c))
+        };
+        let c = chat_messages(msgs, Some(&s), Family::Hermes, true, text).unwrap();
+        // No preamble, no merging of the two tool turns.
+        assert_eq!(c.messages.len(), 4);
+        assert_eq!(
+            c.messages[1].tool_calls.as_ref().unwrap()[0]["function"]["arguments"],
+            json!({"city": "Oslo"})
+        );
+        assert_eq!(c.messages[2].name.as_deref(), Some("get_weather"));
+        assert_eq!(c.messages[3].tool_call_id.as_deref(), Some("c1"));
+        let tools = c.tools.unwrap();
+        assert_eq!(tools[0]["type"], "function");
+        assert_eq!(tools[0]["function"]["name"], "get_weather");
     }
 
     #[test]
