@@ -1,6 +1,6 @@
 //! Decode speed with and without a JSON schema (structured output), at 1 and 16
 //! sequences, rounds interleaved (A B A B ...) so machine load hits both alike;
-//! medians reported. A benchmark, not a test (docs/BENCHMARKS.md):
+//! medians reported, after one unmeasured warm-up round of each (printed apart). A benchmark, not a test (docs/BENCHMARKS.md):
 //!
 //! `cargo run --release -p hangar-engine --example constrained_overhead`
 //!
@@ -83,6 +83,13 @@ fn main() {
         (n - batch.min(n)) as f64 / secs.max(1e-9)
     };
     for batch in [1usize, 16] {
+        // One unmeasured round each first: the grammar's lexer builds its automaton
+        // states lazily, so the first sequences through a new schema pay for them
+        // (reported apart; a server pays it once per schema).
+        let (cold_a, cold_b) = (run(batch, false, rounds), run(batch, true, rounds));
+        eprintln!(
+            "batch {batch:2}: first (cold) round: unconstrained {cold_a:7.1} tok/s, JSON schema {cold_b:7.1} tok/s"
+        );
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             a.push(run(batch, false, round));
