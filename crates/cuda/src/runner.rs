@@ -124,6 +124,29 @@ struct Buffers {
     /// The int8 activations of the decode GEMVs: values and per-32 (d, d * sum q).
     xq: Scratch,
     xd: Scratch,
+    /// Those int8 activations back as floats, for the f32 GEMVs and cuBLAS.
+    xf: Scratch,
+}
+
+/// How matrix inputs are rounded (`HANGAR_CUDA_ACT`). `Cpu` (the default): as the CPU's
+/// fast path does, per the weight type (ggml's q8_0 for Q4_0/Q5_0/Q8_0, q8_K for
+/// K-quants), in every matrix product, so GPU and CPU multiply the same integers and
+/// agree on the top token where the CPU is the reference. `Fine` (`q8_1`): int8 per
+/// 32 values for the dp4a GEMVs only (llama.cpp's CUDA choice), f32 elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ActRounding {
+    Cpu,
+    Fine,
+}
+
+/// The activation block of the CPU's quantization for a weight kind: 32 (q8_0), 256
+/// (q8_K), or 0 for float weights (f32 activations on the CPU too).
+fn cpu_act_block(kind: &str) -> usize {
+    match kind {
+        "q4_0" | "q5_0" | "q8_0" => 32,
+        "q4_k" | "q5_k" | "q6_k" => 256,
+        _ => 0,
+    }
 }
 
 /// The decode GEMV kernels in use (`HANGAR_CUDA_GEMV`): `basic` (the generic
@@ -163,7 +186,10 @@ pub struct CudaRunner {
     gemv: GemvChoice,
     /// The input (pointer, tokens, columns) that `bufs.xq`/`xd` hold quantized; reset
     /// whenever a kernel rewrites a matrix input (norms, attention, activations).
-    q8_of: Option<(u64, usize, usize)>,
+    q8_of: Option<(u64, usize, usize, usize)>,
+    /// The input whose int8 activations `bufs.xf` holds as floats (same key).
+    xf_of: Option<(u64, usize, usize, usize)>,
+    act: ActRounding,
     gpu: Gpu,
 }
 
@@ -252,6 +278,11 @@ impl CudaRunner {
                 _ => GemvChoice::Int8,
             },
             q8_of: None,
+            xf_of: None,
+            act: match std::env::var("HANGAR_CUDA_ACT").as_deref() {
+                Ok("fine") | Ok("q8_1") => ActRounding::Fine,
+                _ => ActRounding::Cpu,
+            },
             gpu,
         })
     }
@@ -273,7 +304,21 @@ impl CudaRunner {
     fn matmul(&mut self, m: usize, x: u64, ntok: usize, y: u64) -> Result<(), CudaError> {
         let w = self.mat(m);
         let (kind, rows, cols, rb, wp) = (w.kind, w.rows, w.cols, w.row_bytes, w.buf.ptr);
-        if ntok >= GEMM_MIN_TOKENS && self.gpu.blas.is_some() {
+        let cpu_blk = match self.act {
+            ActRounding::Cpu if cols.is_multiple_of(cpu_act_block(kind).max(1)) => {
+                cpu_act_block(kind)
+            }
+            _ => 0,
+        };
+        let int8 = self.gemv == GemvChoice::Int8 && has_int8_gemv(kind);
+        let gemm = ntok >= GEMM_MIN_TOKENS && self.gpu.blas.is_some();
+        // Float paths with CPU rounding read the int8 activations back as floats.
+        let x = if cpu_blk > 0 && (gemm || !int8) {
+            self.quantized_as_float(x, ntok, cols, cpu_blk)?
+        } else {
+            x
+        };
+        if gemm {
             let w16 = self.bufs.w16.get(&self.gpu, rows * cols * 2)?;
             let x16 = self.bufs.x16.get(&self.gpu, ntok * cols * 2)?;
             let args = Args::new().ptr(wp).u64(rb as u64).i32(cols as i32).ptr(w16);
@@ -291,8 +336,8 @@ impl CudaRunner {
                 None => Err(CudaError::Unsupported("cuBLAS vanished".into())),
             };
         }
-        if self.gemv == GemvChoice::Int8 && has_int8_gemv(kind) {
-            let (xq, xd) = self.quantize_x(x, ntok, cols)?;
+        if int8 {
+            let (xq, xd) = self.quantize_x(x, ntok, cols, cpu_blk)?;
             let nt = match ntok {
                 1 => 1,
                 2 => 2,
@@ -341,19 +386,67 @@ impl CudaRunner {
         )
     }
 
-    /// `x` (ntok rows of `cols`) as int8 blocks in `bufs.xq`/`xd`; skipped when they
-    /// already hold it (Q, K and V share one input, so do gate and up).
-    fn quantize_x(&mut self, x: u64, ntok: usize, cols: usize) -> Result<(u64, u64), CudaError> {
+    /// `x` (ntok rows of `cols`) as int8 blocks in `bufs.xq`/`xd`: llama.cpp's q8_1
+    /// when `cpu_blk` is 0, else the CPU's rounding for that block size (see
+    /// [`ActRounding`]). Skipped when they already hold it (Q, K and V share one
+    /// input, so do gate and up).
+    fn quantize_x(
+        &mut self,
+        x: u64,
+        ntok: usize,
+        cols: usize,
+        cpu_blk: usize,
+    ) -> Result<(u64, u64), CudaError> {
         let n = ntok * cols;
         let xq = self.bufs.xq.get(&self.gpu, n)?;
         let xd = self.bufs.xd.get(&self.gpu, n / 32 * 8)?;
-        if self.q8_of != Some((x, ntok, cols)) {
-            let args = Args::new().ptr(x).u64(n as u64).ptr(xq).ptr(xd);
-            self.gpu
-                .launch("quantize_q8_1", (grid1(n, 256), 1, 1), (256, 1, 1), 0, args)?;
-            self.q8_of = Some((x, ntok, cols));
+        let key = (x, ntok, cols, cpu_blk);
+        if self.q8_of != Some(key) {
+            if cpu_blk == 0 {
+                let args = Args::new().ptr(x).u64(n as u64).ptr(xq).ptr(xd);
+                self.gpu
+                    .launch("quantize_q8_1", (grid1(n, 256), 1, 1), (256, 1, 1), 0, args)?;
+            } else {
+                let args = Args::new()
+                    .ptr(x)
+                    .u64(n as u64)
+                    .i32(cpu_blk as i32)
+                    .ptr(xq)
+                    .ptr(xd);
+                let blocks = n.div_ceil(256) as u32;
+                self.gpu
+                    .launch("quantize_cpu", (blocks, 1, 1), (256, 1, 1), 0, args)?;
+            }
+            self.q8_of = Some(key);
         }
         Ok((xq, xd))
+    }
+
+    /// `x` rounded as the CPU rounds it (int8 blocks of `cpu_blk`), back as floats in
+    /// `bufs.xf`.
+    fn quantized_as_float(
+        &mut self,
+        x: u64,
+        ntok: usize,
+        cols: usize,
+        cpu_blk: usize,
+    ) -> Result<u64, CudaError> {
+        let n = ntok * cols;
+        let (xq, xd) = self.quantize_x(x, ntok, cols, cpu_blk)?;
+        let xf = self.bufs.xf.get(&self.gpu, n * F)?;
+        let key = (x, ntok, cols, cpu_blk);
+        if self.xf_of != Some(key) {
+            let args = Args::new().ptr(xq).ptr(xd).u64(n as u64).ptr(xf);
+            self.elementwise("dequant_q8x", n, args)?;
+            self.xf_of = Some(key);
+        }
+        Ok(xf)
+    }
+
+    /// Matrix inputs were rewritten: the int8 copies are stale.
+    fn forget_quantized(&mut self) {
+        self.q8_of = None;
+        self.xf_of = None;
     }
 
     /// Matrix ids: layer * 8 + slot, or the output / embedding.
@@ -512,6 +605,7 @@ impl CudaRunner {
         let widest = d.max(qd).max(ff);
         b.xq.get(gpu, t_total * widest)?;
         b.xd.get(gpu, t_total * widest / 32 * 8)?;
+        b.xf.get(gpu, t_total * widest * F)?;
         let tok_p = b.tokens.get(gpu, t_total * 4)?;
         let pos_p = b.pos.get(gpu, t_total * 4)?;
         let ts_p = b.tok_seq.get(gpu, t_total * 8)?;
@@ -654,7 +748,7 @@ impl CudaRunner {
                 ((1 + ATT_WARPS) * hd * F) as u32,
                 args,
             )?;
-            self.q8_of = None;
+            self.forget_quantized();
             self.matmul(li * 8 + 3, attn, t_total, o)?;
             self.norm_add(x, o, pan, d, t_total)?;
             // Feed-forward.
@@ -667,7 +761,7 @@ impl CudaRunner {
                 Activation::Silu => "silu_mul",
             };
             self.elementwise(act, n as usize, Args::new().ptr(gate).ptr(up).u64(n))?;
-            self.q8_of = None;
+            self.forget_quantized();
             self.matmul(li * 8 + 6, gate, t_total, o)?;
             self.norm_add(x, o, pfn, d, t_total)?;
         }
@@ -716,7 +810,7 @@ impl CudaRunner {
         rows: usize,
         rows_idx: u64,
     ) -> Result<(), CudaError> {
-        self.q8_of = None;
+        self.forget_quantized();
         let args = Args::new()
             .ptr(x)
             .ptr(w)

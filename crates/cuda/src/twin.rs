@@ -278,6 +278,42 @@ pub fn quantize_q8_1(x: &[f32]) -> (Vec<i8>, Vec<[f32; 2]>) {
     (q, ds)
 }
 
+/// The `quantize_cpu` kernel: `x` rounded as the CPU's fast path rounds a matrix input
+/// (blk 32: ggml's q8_0 with its f16 scale; blk 256: ggml's q8_K), in the q8_1 layout
+/// (per 32: `[d, d * sum q]`). `x.len()` is a multiple of `blk`.
+pub fn quantize_cpu(x: &[f32], blk: usize) -> (Vec<i8>, Vec<[f32; 2]>) {
+    let mut q = Vec::with_capacity(x.len());
+    let mut ds = Vec::with_capacity(x.len() / 32);
+    for b in x.chunks(blk) {
+        let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let (d, block): (f32, Vec<i32>) = if amax == 0.0 {
+            (0.0, vec![0; b.len()])
+        } else if blk == 256 {
+            let first = b.iter().position(|v| v.abs() == amax).unwrap_or(0);
+            let iscale = -127.0 / b[first];
+            let qs = b
+                .iter()
+                .map(|&v| ((iscale * v).round_ties_even() as i32).min(127))
+                .collect();
+            (1.0 / iscale, qs)
+        } else {
+            let id = 127.0 / amax;
+            let d = f16::from_f32(amax / 127.0).to_f32();
+            let qs = b
+                .iter()
+                .map(|&v| ((v * id).round_ties_even() as i32).clamp(-128, 127))
+                .collect();
+            (d, qs)
+        };
+        for sub in block.chunks(32) {
+            let s: i32 = sub.iter().sum();
+            ds.push([d, d * s as f32]);
+            q.extend(sub.iter().map(|&v| v as i8));
+        }
+    }
+    (q, ds)
+}
+
 fn dot_i8(w: &[i32], x: &[i8]) -> i32 {
     w.iter().zip(x).map(|(&a, &b)| a * b as i32).sum()
 }
@@ -676,6 +712,50 @@ mod tests {
                     q[32 * b..32 * b + 32].iter().map(|v| v.abs()).max(),
                     Some(127)
                 );
+            }
+        }
+    }
+
+    /// The GPU rounds matrix inputs as the CPU does: the same int8 values and scales
+    /// as the CPU kernels' q8_0 and q8_K quantization, bit for bit.
+    #[test]
+    fn cpu_rounding_of_activations_equals_the_cpu_kernels() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+        for blk in [32usize, 256] {
+            let mut x: Vec<f32> = (0..1024).map(|_| rng.gen_range(-4.0f32..4.0)).collect();
+            x[256..512].iter_mut().for_each(|v| *v = 0.0); // all-zero blocks
+            x[600] = -7.5; // ties in magnitude, of both signs: the first one sets the sign
+            x[700] = 7.5;
+            x[40] = 1e-30; // tiny values next to large ones
+            let (q, ds) = quantize_cpu(&x, blk);
+            let (ty, bytes) = if blk == 32 {
+                (GgmlType::Q8_0, 34)
+            } else {
+                (GgmlType::Q8K, 292)
+            };
+            let mut cpu = vec![0u8; x.len() / blk * bytes];
+            quants::quantize_row(ty, &x, &mut cpu).unwrap();
+            for (b, blkb) in cpu.chunks(bytes).enumerate() {
+                let (d, qs) = if blk == 32 {
+                    (
+                        f16::from_bits(u16::from_le_bytes([blkb[0], blkb[1]])).to_f32(),
+                        &blkb[2..34],
+                    )
+                } else {
+                    (
+                        f32::from_le_bytes([blkb[0], blkb[1], blkb[2], blkb[3]]),
+                        &blkb[4..260],
+                    )
+                };
+                for (i, &c) in qs.iter().enumerate() {
+                    assert_eq!(q[b * blk + i], c as i8, "blk {blk}, block {b}, value {i}");
+                }
+                for sub in 0..blk / 32 {
+                    let k = b * blk / 32 + sub;
+                    assert_eq!(ds[k][0].to_bits(), d.to_bits(), "blk {blk} block {b}");
+                    let s: i32 = q[32 * k..32 * k + 32].iter().map(|&v| v as i32).sum();
+                    assert_eq!(ds[k][1], d * s as f32);
+                }
             }
         }
     }

@@ -42,6 +42,74 @@ extern "C" __global__ void quantize_q8_1(const float* __restrict__ X, u64 n, i8*
     }
 }
 
+// Activations quantized exactly as the CPU's fast path quantizes them (crates/kernels
+// quants), so that a GPU GEMV multiplies the same integers as the CPU and only the
+// float sums differ. blk 32, for Q4_0/Q5_0/Q8_0 weights, is ggml's q8_0: id = 127 /
+// amax, q = round-half-even(x * id), d = amax / 127 rounded to f16. blk 256, for
+// K-quant weights, is ggml's q8_K: max = the signed value of largest magnitude (the
+// first on ties), iscale = -127 / max, q = min(127, round-half-even(iscale * x)),
+// d = 1 / iscale. Written in the q8_1 layout above (per 32: d, d * sum q) so the
+// dp4a GEMVs read it unchanged. One 256-thread block per 256 values; n is a multiple
+// of blk. Twin: twin::quantize_cpu.
+__device__ __forceinline__ int warp_min_i(int v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+extern "C" __global__ void __launch_bounds__(256) quantize_cpu(const float* __restrict__ X, u64 n, int blk,
+                                                           i8* __restrict__ Xq,
+                                                           float2* __restrict__ Xd) {
+    __shared__ float s_max[8];
+    __shared__ int s_idx[8];
+    u64 base = (u64)blockIdx.x * 256;
+    u64 i = base + threadIdx.x;
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    float x = i < n ? X[i] : 0.0f;
+    float a = fabsf(x);
+    float d;
+    int q;
+    if (blk == 256) {
+        // n is a multiple of 256 here: every thread of the block is inside.
+        float amax = warp_max(a);
+        if (lane == 0) s_max[w] = amax;
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < 8; k++) amax = fmaxf(amax, s_max[k]);
+        int first = warp_min_i(a == amax ? (int)threadIdx.x : 256);
+        if (lane == 0) s_idx[w] = first;
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < 8; k++) first = min(first, s_idx[k]);
+        if (amax == 0.0f) {
+            d = 0.0f;
+            q = 0;
+        } else {
+            float iscale = __fdiv_rn(-127.0f, X[base + first]);
+            q = min(127, __float2int_rn(__fmul_rn(iscale, x)));
+            d = __fdiv_rn(1.0f, iscale);
+        }
+    } else {
+        // Warps are whole 32-blocks, inside or outside n together.
+        float amax = warp_max(a);
+        float id = amax != 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+        d = round_h(__fdiv_rn(amax, 127.0f));
+        q = max(-128, min(127, __float2int_rn(__fmul_rn(x, id))));
+    }
+    if (i < n) {
+        Xq[i] = (i8)q;
+        int s = warp_sum_i(q);
+        if (lane == 0) Xd[i >> 5] = make_float2(d, d * (float)s);
+    }
+}
+
+// The quantized activations back as floats (q * d), for the matrix products that
+// take f32 or f16 activations: they then see the CPU's rounding too.
+extern "C" __global__ void dequant_q8x(const i8* __restrict__ Xq, const float2* __restrict__ Xd, u64 n,
+                                       float* __restrict__ Y) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        Y[i] = (float)Xq[i] * Xd[i >> 5].x;
+}
+
 // One warp per row, eight lanes per 256-weight block, four blocks per warp step.
 // Lane k: quant bytes 16 (k % 2) .. +16 of chunk c = k / 2, i.e. 16 weights of
 // sub-block 2c (low nibbles) and 16 of sub-block 2c + 1 (high nibbles). Per sub-block
