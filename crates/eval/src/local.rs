@@ -8,7 +8,7 @@
 use crate::error::Result;
 use crate::scorer::{split_whitespace, GenQuery, Loglik, LoglikQuery, Scorer};
 use hangar_engine::sampler::SamplingParams;
-use hangar_engine::{GenerateOptions, LoadedModel, LoglikRequest, LoglikScorer};
+use hangar_engine::{GenerateOptions, LoadedModel, LoglikRequest, LoglikScorer, ModelRunner};
 use std::collections::BTreeMap;
 
 /// Logit rows per forward pass: bounds the logits buffer (rows × vocabulary floats).
@@ -17,6 +17,8 @@ const ROWS_PER_PASS: usize = 256;
 /// A loaded model as a [`Scorer`].
 pub struct LocalScorer {
     lm: LoadedModel,
+    /// Another backend for the forward passes (the GPU); `None`: the CPU on `lm`.
+    runner: Option<Box<dyn ModelRunner>>,
     scorer: LoglikScorer,
     params: BTreeMap<String, String>,
     /// Window of rolling log-likelihood, in tokens.
@@ -28,10 +30,19 @@ impl LocalScorer {
     pub fn new(lm: LoadedModel, params: BTreeMap<String, String>) -> Self {
         LocalScorer {
             lm,
+            runner: None,
             scorer: LoglikScorer::new(),
             params,
             rolling_window: 1024,
         }
+    }
+
+    /// Runs the forward passes on `runner` (`hangar eval --device cuda`) instead of
+    /// the CPU; `lm` still gives the tokenizer. `device` names it for tracking.
+    pub fn with_runner(mut self, runner: Box<dyn ModelRunner>, device: &str) -> Self {
+        self.runner = Some(runner);
+        self.params.insert("device".into(), device.to_string());
+        self
     }
 
     pub fn model(&self) -> &LoadedModel {
@@ -119,10 +130,11 @@ impl Scorer for LocalScorer {
                 rows += n;
                 end += 1;
             }
-            scores.extend(
-                self.scorer
-                    .score(&self.lm.model, &self.lm.pool, &reqs[start..end])?,
-            );
+            let batch = &reqs[start..end];
+            scores.extend(match &mut self.runner {
+                Some(r) => self.scorer.score_on(r.as_mut(), batch)?,
+                None => self.scorer.score(&self.lm.model, &self.lm.pool, batch)?,
+            });
             start = end;
         }
         Ok(index
@@ -148,13 +160,19 @@ impl Scorer for LocalScorer {
             .iter()
             .map(|t| {
                 let toks = self.lm.tokenizer.encode(t, false, false);
-                Ok(self.scorer.rolling(
-                    &self.lm.model,
-                    &self.lm.pool,
-                    bos,
-                    &toks,
-                    self.rolling_window,
-                )?)
+                Ok(match &mut self.runner {
+                    Some(r) => {
+                        self.scorer
+                            .rolling_on(r.as_mut(), bos, &toks, self.rolling_window)?
+                    }
+                    None => self.scorer.rolling(
+                        &self.lm.model,
+                        &self.lm.pool,
+                        bos,
+                        &toks,
+                        self.rolling_window,
+                    )?,
+                })
             })
             .collect()
     }
@@ -171,7 +189,22 @@ impl Scorer for LocalScorer {
                     context: prompt.len() + q.max_tokens + 1,
                     ..Default::default()
                 };
-                Ok(hangar_engine::generate(&self.lm, &prompt, &opts, |_| true)?.text)
+                let text = match &mut self.runner {
+                    Some(r) => {
+                        let g = hangar_engine::generate_on(
+                            r.as_mut(),
+                            &self.lm.tokenizer,
+                            &prompt,
+                            &opts,
+                            |_| true,
+                        );
+                        // Generation reallocated the runner's KV storage.
+                        self.scorer.runner_kv_reset();
+                        g?.text
+                    }
+                    None => hangar_engine::generate(&self.lm, &prompt, &opts, |_| true)?.text,
+                };
+                Ok(text)
             })
             .collect()
     }

@@ -115,6 +115,10 @@ pub struct EvalCli {
     /// float order: log-likelihoods equal to llama.cpp's).
     #[arg(long, value_enum)]
     pub numerics: Option<crate::cmd_model::NumericsArg>,
+    /// Where a local model's forward passes run for task evaluation: cpu, cuda,
+    /// cuda:N or auto (the tokenizer stays on the CPU).
+    #[arg(long, default_value = "cpu", value_parser = crate::cmd_device::parse_device)]
+    pub device: hangar_cuda::Device,
 }
 
 /// `hangar eval` subcommands.
@@ -244,6 +248,7 @@ pub fn run_eval(a: EvalCli, home: Option<PathBuf>) -> Result<()> {
             a.api_key.clone(),
             *threads,
             a.numerics,
+            a.device,
             home,
         )?;
         let opts = hangar_eval::niah::NiahOptions {
@@ -285,6 +290,9 @@ pub fn run_eval(a: EvalCli, home: Option<PathBuf>) -> Result<()> {
         let Some(model) = a.model.clone() else {
             bail!("--model is required (or --task with --endpoint); see hangar eval --help");
         };
+        if a.device != hangar_cuda::Device::Cpu {
+            bail!("--device applies to task evaluation (--task); the compression report (perplexity and built-in tasks against --baseline) runs on the CPU (use `hangar perplexity --device` for the GPU)");
+        }
         return cmd_compress::run_eval(EvalArgs {
             model: PathBuf::from(model),
             baseline: a.baseline,
@@ -483,6 +491,7 @@ pub fn scorer(a: &EvalCli, home: Option<PathBuf>) -> Result<Box<dyn Scorer>> {
         a.api_key.clone(),
         a.threads,
         a.numerics,
+        a.device,
         home,
     )
 }
@@ -494,6 +503,7 @@ fn build_scorer(
     api_key: Option<String>,
     threads: usize,
     numerics: Option<crate::cmd_model::NumericsArg>,
+    device: hangar_cuda::Device,
     home: Option<PathBuf>,
 ) -> Result<Box<dyn Scorer>> {
     if let Some(url) = endpoint {
@@ -508,7 +518,15 @@ fn build_scorer(
         "numerics".into(),
         format!("{:?}", opts.numerics).to_lowercase(),
     );
-    Ok(Box::new(LocalScorer::new(lm, params)))
+    let gpu = crate::cmd_device::open(&lm, device)?;
+    let scorer = LocalScorer::new(lm, params);
+    Ok(Box::new(match gpu {
+        Some(r) => {
+            let name = format!("cuda ({}, {})", r.device_name(), r.arch());
+            scorer.with_runner(Box::new(r), &name)
+        }
+        None => scorer,
+    }))
 }
 
 /// What a tracking run records about a local model: the name given, its file, the
