@@ -246,9 +246,11 @@ pub fn run_eval(a: EvalCli, home: Option<PathBuf>) -> Result<()> {
             endpoint.as_deref(),
             endpoint_model.clone(),
             a.api_key.clone(),
-            *threads,
-            a.numerics,
-            a.device,
+            LocalOpts {
+                threads: *threads,
+                numerics: a.numerics,
+                device: a.device,
+            },
             home,
         )?;
         let opts = hangar_eval::niah::NiahOptions {
@@ -489,11 +491,20 @@ pub fn scorer(a: &EvalCli, home: Option<PathBuf>) -> Result<Box<dyn Scorer>> {
         a.endpoint.as_deref(),
         a.endpoint_model.clone(),
         a.api_key.clone(),
-        a.threads,
-        a.numerics,
-        a.device,
+        LocalOpts {
+            threads: a.threads,
+            numerics: a.numerics,
+            device: a.device,
+        },
         home,
     )
+}
+
+/// How a local model runs.
+struct LocalOpts {
+    threads: usize,
+    numerics: Option<crate::cmd_model::NumericsArg>,
+    device: hangar_cuda::Device,
 }
 
 fn build_scorer(
@@ -501,11 +512,14 @@ fn build_scorer(
     endpoint: Option<&str>,
     endpoint_model: Option<String>,
     api_key: Option<String>,
-    threads: usize,
-    numerics: Option<crate::cmd_model::NumericsArg>,
-    device: hangar_cuda::Device,
+    local: LocalOpts,
     home: Option<PathBuf>,
 ) -> Result<Box<dyn Scorer>> {
+    let LocalOpts {
+        threads,
+        numerics,
+        device,
+    } = local;
     if let Some(url) = endpoint {
         return Ok(Box::new(EndpointScorer::new(url, endpoint_model, api_key)?));
     }
