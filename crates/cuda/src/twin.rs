@@ -608,9 +608,13 @@ mod tests {
                     scale,
                 );
                 let kh = h / (heads / kv_heads);
+                let bits = |x: &[f32]| -> Vec<u16> {
+                    x.iter().map(|&v| f16::from_f32(v).to_bits()).collect()
+                };
+                let (k16, v16) = (bits(&kc), bits(&vc));
                 let paged = PagedKv {
-                    k: &kc,
-                    v: &vc,
+                    k: &k16,
+                    v: &v16,
                     table: &table,
                     block_size: bs,
                     row_stride: kvd,

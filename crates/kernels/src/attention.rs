@@ -14,12 +14,13 @@ use crate::ops;
 /// One KV head of one layer, addressed through a sequence's block table.
 #[derive(Clone, Copy)]
 pub struct PagedKv<'a> {
-    /// The layer's key storage: `blocks * block_size` rows of `row_stride` floats.
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+    /// The layer's key storage: `blocks * block_size` rows of `row_stride` f16 values
+    /// (their bits).
+    pub k: &'a [u16],
+    pub v: &'a [u16],
     pub table: &'a [u32],
     pub block_size: usize,
-    /// Floats per cache row (all KV heads of a token).
+    /// Values per cache row (all KV heads of a token).
     pub row_stride: usize,
     /// Offset of this KV head inside a row.
     pub head_offset: usize,
@@ -107,11 +108,12 @@ pub fn attend_scalar(
     out: &mut [f32],
 ) {
     let n = hi - lo;
+    let mut row = vec![0f32; head_dim];
     for j in 0..n {
         let off = kv.offset(lo + j);
-        let key = &kv.k[off..off + head_dim];
+        ops::f16_bits_to_f32(&kv.k[off..off + head_dim], &mut row);
         for h in 0..group {
-            scores[h * n + j] = ops::dot_f32(&q[h * head_dim..(h + 1) * head_dim], key) * scale;
+            scores[h * n + j] = ops::dot_f32(&q[h * head_dim..(h + 1) * head_dim], &row) * scale;
         }
     }
     for h in 0..group {
@@ -122,11 +124,11 @@ pub fn attend_scalar(
     out[..group * head_dim].fill(0.0);
     for j in 0..n {
         let off = kv.offset(lo + j);
-        let val = &kv.v[off..off + head_dim];
+        ops::f16_bits_to_f32(&kv.v[off..off + head_dim], &mut row);
         for h in 0..group {
             ops::axpy_f32(
                 scores[h * n + j],
-                val,
+                &row,
                 &mut out[h * head_dim..(h + 1) * head_dim],
             );
         }
@@ -168,7 +170,7 @@ mod avx512 {
             let mut acc = [_mm512_setzero_ps(); G];
             let mut d = 0;
             while d < hd {
-                let kv16 = _mm512_loadu_ps(key.add(d));
+                let kv16 = _mm512_cvtph_ps(_mm256_loadu_si256(key.add(d) as *const __m256i));
                 for h in 0..G {
                     acc[h] = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(h * hd + d)), kv16, acc[h]);
                 }
@@ -205,7 +207,7 @@ mod avx512 {
                 let val = vp.add(off + d0);
                 let mut vv = [_mm512_setzero_ps(); C];
                 for (ci, v) in vv.iter_mut().enumerate() {
-                    *v = _mm512_loadu_ps(val.add(ci * 16));
+                    *v = _mm512_cvtph_ps(_mm256_loadu_si256(val.add(ci * 16) as *const __m256i));
                 }
                 for h in 0..G {
                     let p = _mm512_set1_ps(*sp.add(h * n + j));
@@ -238,8 +240,9 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
             ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
-        let k: Vec<f32> = (0..blocks * bs * stride).map(|_| rnd()).collect();
-        let v: Vec<f32> = (0..blocks * bs * stride).map(|_| rnd()).collect();
+        let mut f16 = || half::f16::from_f32(rnd()).to_bits();
+        let k: Vec<u16> = (0..blocks * bs * stride).map(|_| f16()).collect();
+        let v: Vec<u16> = (0..blocks * bs * stride).map(|_| f16()).collect();
         // A scrambled block table.
         let table: Vec<u32> = vec![5, 2, 9, 0, 14, 7, 3, 11, 1, 4];
         for group in [1usize, 2, 3, 4, 8] {

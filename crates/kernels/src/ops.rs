@@ -355,6 +355,47 @@ pub fn round_to_f16(x: &mut [f32]) {
     }
 }
 
+/// `dst[i]` = the f16 bits of `src[i]` (round to nearest even): an f16 KV cache's store.
+pub fn f32_to_f16_bits(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len(), "f32_to_f16_bits: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::cpu::simd_level() >= crate::SimdLevel::Avx2 {
+            // SAFETY: F16C is part of the Avx2 level (checked by simd_level); equal
+            // lengths asserted above.
+            return unsafe { f32_to_f16_bits_f16c(src, dst) };
+        }
+    }
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = half::f16::from_f32(v).to_bits();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn f32_to_f16_bits_f16c(src: &[f32], dst: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let n = src.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(i)));
+        _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, h);
+        i += 8;
+    }
+    while i < n {
+        dst[i] = half::f16::from_f32(src[i]).to_bits();
+        i += 1;
+    }
+}
+
+/// `dst[i]` = the value of the f16 bits `src[i]`.
+pub fn f16_bits_to_f32(src: &[u16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "f16_bits_to_f32: lengths differ");
+    for (d, &b) in dst.iter_mut().zip(src) {
+        *d = half::f16::from_bits(b).to_f32();
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn round_to_f16_f16c(x: &mut [f32]) {

@@ -261,8 +261,9 @@ impl Model {
                     for i in 0..s.tokens.len() {
                         let off = kv.offset(table, s.start_pos + i);
                         let (kc, vc) = kv.layer_kv_mut(li);
-                        kc[off..off + kvd].copy_from_slice(&ws.k[t * kvd..(t + 1) * kvd]);
-                        vc[off..off + kvd].copy_from_slice(&ws.v[t * kvd..(t + 1) * kvd]);
+                        // Already f16-rounded: the conversion is exact.
+                        ops::f32_to_f16_bits(&ws.k[t * kvd..(t + 1) * kvd], &mut kc[off..off + kvd]);
+                        ops::f32_to_f16_bits(&ws.v[t * kvd..(t + 1) * kvd], &mut vc[off..off + kvd]);
                         t += 1;
                     }
                 }

@@ -122,8 +122,8 @@ impl Model {
         pool: &ThreadPool,
         s: &SeqInput,
         kv: &KvCache,
-        kc: &[f32],
-        vc: &[f32],
+        kc: &[u16],
+        vc: &[u16],
         g: usize,
         window: Option<usize>,
         q: &[f32],
@@ -170,9 +170,9 @@ impl Model {
                     continue;
                 }
                 let off = kv.offset(table, c) + kh * hd;
-                kbuf[c * hd..(c + 1) * hd].copy_from_slice(&kc[off..off + hd]);
                 for j in 0..hd {
-                    vt[j * vlen + c] = vc[off + j];
+                    kbuf[c * hd + j] = ggml::f16::f16_to_f32(kc[off + j]);
+                    vt[j * vlen + c] = ggml::f16::f16_to_f32(vc[off + j]);
                 }
             }
             // Tasks (query head, token), spread over the pool; each writes its own
@@ -407,8 +407,8 @@ impl Model {
                         let off = kv.offset(table, s.start_pos + i);
                         let (kc, vc) = kv.layer_kv_mut(li);
                         for j in 0..kvd {
-                            kc[off + j] = f16r(k[t * kvd + j]);
-                            vc[off + j] = f16r(v[t * kvd + j]);
+                            kc[off + j] = ggml::f16::f32_to_f16(k[t * kvd + j]);
+                            vc[off + j] = ggml::f16::f32_to_f16(v[t * kvd + j]);
                         }
                         t += 1;
                     }

@@ -50,7 +50,7 @@ impl KvLayout {
     }
     /// Bytes one block of `block_size` tokens occupies in group `g` (K and V, all its layers).
     pub fn block_bytes(&self, g: usize, block_size: usize) -> usize {
-        2 * self.group_layers[g].len() * block_size * self.kv_dim * std::mem::size_of::<f32>()
+        2 * self.group_layers[g].len() * block_size * self.kv_dim * std::mem::size_of::<u16>()
     }
     /// Bytes per token across all groups.
     pub fn bytes_per_token(&self) -> usize {
@@ -65,9 +65,11 @@ pub struct KvCache {
     blocks: Vec<usize>,
     /// layer -> (group, index inside the group)
     slot: Vec<(usize, usize)>,
-    /// Per group, per layer in the group: K then V storage, `blocks * block_size * kv_dim` floats.
-    k: Vec<Vec<Vec<f32>>>,
-    v: Vec<Vec<Vec<f32>>>,
+    /// Per group, per layer in the group: K then V storage, `blocks * block_size * kv_dim`
+    /// f16 values (their bits: `vec![0u16; n]` is zero-filled lazily by the OS, where a
+    /// vector of `half::f16` would be written element by element).
+    k: Vec<Vec<Vec<u16>>>,
+    v: Vec<Vec<Vec<u16>>>,
 }
 
 impl KvCache {
@@ -88,8 +90,8 @@ impl KvCache {
             for (i, &l) in layers.iter().enumerate() {
                 slot[l] = (g, i);
             }
-            k.push(layers.iter().map(|_| vec![0f32; n]).collect());
-            v.push(layers.iter().map(|_| vec![0f32; n]).collect());
+            k.push(layers.iter().map(|_| vec![0u16; n]).collect());
+            v.push(layers.iter().map(|_| vec![0u16; n]).collect());
         }
         KvCache {
             layout,
@@ -137,12 +139,13 @@ impl KvCache {
         (b * self.block_size + pos % self.block_size) * self.layout.kv_dim
     }
 
-    pub(crate) fn layer_kv(&self, layer: usize) -> (&[f32], &[f32]) {
+    /// A layer's K and V storage, f16 bits.
+    pub(crate) fn layer_kv(&self, layer: usize) -> (&[u16], &[u16]) {
         let (g, i) = self.slot[layer];
         (&self.k[g][i], &self.v[g][i])
     }
 
-    pub(crate) fn layer_kv_mut(&mut self, layer: usize) -> (&mut [f32], &mut [f32]) {
+    pub(crate) fn layer_kv_mut(&mut self, layer: usize) -> (&mut [u16], &mut [u16]) {
         let (g, i) = self.slot[layer];
         (&mut self.k[g][i], &mut self.v[g][i])
     }
