@@ -4,7 +4,7 @@ and not, give the same greedy text as `hangar generate`."""
 import openai
 import pytest
 
-from conftest import MODEL_NAME, hangar_generate
+from conftest import MODEL_NAME, hangar_generate, http
 
 PROMPT = "The capital of France is"
 CHAT = "Name three colours."
@@ -15,9 +15,13 @@ def client(server):
     return openai.OpenAI(base_url=server.base + "/v1", api_key="unused", timeout=300, max_retries=0)
 
 
-def test_models_lists_the_served_model(client):
-    ids = [m.id for m in client.models.list().data]
-    assert ids == [MODEL_NAME]
+def test_models_lists_the_served_model(client, server):
+    models = client.models.list().data
+    assert [m.id for m in models] == [MODEL_NAME]
+    # Where it runs, in the model card and in /metrics.
+    assert models[0].model_extra["device"] == "cpu"
+    assert 'hangar_model_info{model="%s",device="cpu",arch="gemma3"} 1' % MODEL_NAME in \
+        http("GET", server.base + "/metrics")[2].decode()
 
 
 def test_completion_matches_hangar_generate(client):

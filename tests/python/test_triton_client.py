@@ -20,6 +20,7 @@ def test_health_and_metadata(client):
     assert client.is_model_ready(MODEL_NAME)
     meta = client.get_model_metadata(MODEL_NAME)
     assert meta["outputs"][0]["name"] == "text_output"
+    assert meta["device"] == "cpu"
     assert "generate" in client.get_server_metadata()["extensions"]
 
 

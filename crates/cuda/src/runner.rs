@@ -189,6 +189,8 @@ pub struct CudaRunner {
     /// The input (pointer, tokens, columns) that `bufs.xq`/`xd` hold quantized; reset
     /// whenever a kernel rewrites a matrix input (norms, attention, activations).
     q8_of: Option<(u64, usize, usize, usize)>,
+    /// `cuda:N (name, arch)`, for [`ModelRunner::device`].
+    device: String,
     /// The input whose int8 activations `bufs.xf` holds as floats (same key).
     xf_of: Option<(u64, usize, usize, usize)>,
     act: ActRounding,
@@ -281,6 +283,7 @@ impl CudaRunner {
             },
             q8_of: None,
             xf_of: None,
+            device: format!("cuda:{ordinal} ({}, {})", gpu.info.name, gpu.arch),
             act: match std::env::var("HANGAR_CUDA_ACT").as_deref() {
                 Ok("cpu") => ActRounding::Cpu,
                 _ => ActRounding::Fine,
@@ -845,6 +848,9 @@ impl ModelRunner for CudaRunner {
     }
     fn arch(&self) -> &str {
         &self.cfg.arch_name
+    }
+    fn device(&self) -> String {
+        self.device.clone()
     }
     fn kv_layout(&self) -> KvLayout {
         self.layout.clone()

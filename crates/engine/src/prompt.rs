@@ -249,6 +249,7 @@ mod tests {
 
     fn info(max_model_len: usize) -> ModelInfo {
         ModelInfo {
+            device: "cpu".into(),
             arch: "test".into(),
             vocab_size: 100,
             ctx_len: max_model_len,

@@ -262,8 +262,14 @@ impl Model {
                         let off = kv.offset(table, s.start_pos + i);
                         let (kc, vc) = kv.layer_kv_mut(li);
                         // Already f16-rounded: the conversion is exact.
-                        ops::f32_to_f16_bits(&ws.k[t * kvd..(t + 1) * kvd], &mut kc[off..off + kvd]);
-                        ops::f32_to_f16_bits(&ws.v[t * kvd..(t + 1) * kvd], &mut vc[off..off + kvd]);
+                        ops::f32_to_f16_bits(
+                            &ws.k[t * kvd..(t + 1) * kvd],
+                            &mut kc[off..off + kvd],
+                        );
+                        ops::f32_to_f16_bits(
+                            &ws.v[t * kvd..(t + 1) * kvd],
+                            &mut vc[off..off + kvd],
+                        );
                         t += 1;
                     }
                 }

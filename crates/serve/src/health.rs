@@ -151,6 +151,10 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     let mut body = state
         .metrics
         .render(engine.as_ref().map(|(name, stats)| (*name, stats)));
+    if let Some(i) = &model {
+        let info = i.engine.info();
+        crate::metrics::render_model_info(&mut body, &i.model_name, &info.device, &info.arch);
+    }
     if let Some(slot) = &state.inference {
         slot.render_metrics(&mut body);
     }

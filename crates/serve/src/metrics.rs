@@ -508,6 +508,17 @@ pub fn render_keys(out: &mut String, keys: &[(String, hangar_registry::KeyUsage,
     }
 }
 
+/// `hangar_model_info{model, device, arch} 1`: where the served model runs.
+pub fn render_model_info(out: &mut String, model: &str, device: &str, arch: &str) {
+    let _ = writeln!(
+        out,
+        "# HELP hangar_model_info The served model, the device it runs on and its architecture (always 1).\n# TYPE hangar_model_info gauge\nhangar_model_info{{model=\"{}\",device=\"{}\",arch=\"{}\"}} 1",
+        escape(model),
+        escape(device),
+        escape(arch)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 #[derive(Debug, Clone)]
 pub struct ModelInfo {
     pub arch: String,
+    /// Where the model runs (see [`ModelRunner::device`]).
+    pub device: String,
     pub vocab_size: usize,
     pub ctx_len: usize,
     /// Longest prompt + generation one request may have.
@@ -155,6 +157,7 @@ impl Engine {
         let kv_bytes = runner.allocate_kv(cfg.block_size, &blocks)?;
         let info = ModelInfo {
             arch: runner.arch().to_string(),
+            device: runner.device(),
             vocab_size: runner.vocab_size(),
             ctx_len: runner.ctx_len(),
             max_model_len,

@@ -24,6 +24,11 @@ pub trait ModelRunner: Send {
     fn ctx_len(&self) -> usize;
     /// Architecture name, for `ModelInfo`.
     fn arch(&self) -> &str;
+    /// Where the model runs, for `ModelInfo`, `/v1/models` and `/metrics`: `cpu`, or
+    /// e.g. `cuda:0 (NVIDIA H200, sm_90a)`.
+    fn device(&self) -> String {
+        "cpu".into()
+    }
     /// Which layers share a KV block pool and how big a block is; asked before
     /// [`ModelRunner::allocate_kv`] so the engine can size the pools.
     fn kv_layout(&self) -> KvLayout;

@@ -85,6 +85,7 @@ pub async fn model_metadata(
             .version
             .as_ref()
             .and_then(|v| v.sha256.clone()),
+        device: state.engine().info().device.clone(),
         inputs,
         outputs,
     }))

@@ -88,6 +88,8 @@ pub struct ModelMetadata {
     pub registry_reference: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Where the model runs: `cpu`, or e.g. `cuda:0 (NVIDIA H200, sm_90a)`.
+    pub device: String,
     pub inputs: Vec<TensorMetadata>,
     pub outputs: Vec<TensorMetadata>,
 }

@@ -64,6 +64,7 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
                     version: i.version.as_ref().map(|v| v.version),
                     reference: i.version.as_ref().map(|v| v.reference()),
                     sha256: i.version.as_ref().and_then(|v| v.sha256.clone()),
+                    device: i.engine.info().device.clone(),
                 }
             })
             .chain(state.embeddings.iter().map(|e| ModelCard {
@@ -75,6 +76,7 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
                 version: None,
                 reference: None,
                 sha256: None,
+                device: "cpu".into(),
             }))
             .collect(),
     })

@@ -156,6 +156,8 @@ pub struct ModelCard {
     pub reference: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Where the model runs: `cpu`, or e.g. `cuda:0 (NVIDIA H200, sm_90a)`.
+    pub device: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
