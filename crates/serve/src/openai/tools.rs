@@ -597,12 +597,14 @@ pub fn chat_messages(
     if let Some(s) = setup {
         out.push(ChatMessage::new("system", s.preamble()));
     }
-    for (i, mut m) in messages.into_iter().enumerate() {
-        let calls = m.tool_calls.take().unwrap_or_default();
-        let call_id = m.tool_call_id.take();
-        let name = m.name.take();
-        let role = m.role.clone();
-        let mut cm = text_of(m, i)?;
+    for (i, m) in messages.into_iter().enumerate() {
+        let Parts {
+            role,
+            msg: mut cm,
+            calls,
+            call_id,
+            name,
+        } = parts(m, i, &text_of)?;
         match role.as_str() {
             "assistant" if !calls.is_empty() => {
                 let mut text = cm.content.trim().to_string();
@@ -645,6 +647,33 @@ pub fn chat_messages(
     })
 }
 
+/// A message taken apart: its role, its text as a chat message, and its tool fields.
+struct Parts {
+    role: String,
+    msg: ChatMessage,
+    calls: Vec<ToolCallIn>,
+    call_id: Option<String>,
+    name: Option<String>,
+}
+
+fn parts(
+    mut m: Message,
+    i: usize,
+    text_of: &impl Fn(Message, usize) -> Result<ChatMessage, ApiError>,
+) -> Result<Parts, ApiError> {
+    let calls = m.tool_calls.take().unwrap_or_default();
+    let call_id = m.tool_call_id.take();
+    let name = m.name.take();
+    let role = m.role.clone();
+    Ok(Parts {
+        role,
+        msg: text_of(m, i)?,
+        calls,
+        call_id,
+        name,
+    })
+}
+
 /// A call's arguments as a JSON value (OpenAI sends them as a JSON string).
 fn call_arguments(i: usize, c: &ToolCallIn) -> Result<Value, ApiError> {
     match &c.function.arguments {
@@ -671,12 +700,14 @@ fn templated_conversation(
     text_of: impl Fn(Message, usize) -> Result<ChatMessage, ApiError>,
 ) -> Result<Conversation, ApiError> {
     let mut out = Vec::with_capacity(messages.len());
-    for (i, mut m) in messages.into_iter().enumerate() {
-        let calls = m.tool_calls.take().unwrap_or_default();
-        let call_id = m.tool_call_id.take();
-        let name = m.name.take();
-        let role = m.role.clone();
-        let mut cm = text_of(m, i)?;
+    for (i, m) in messages.into_iter().enumerate() {
+        let Parts {
+            role,
+            msg: mut cm,
+            calls,
+            call_id,
+            name,
+        } = parts(m, i, &text_of)?;
         if role == "assistant" && !calls.is_empty() {
             let mut list = Vec::with_capacity(calls.len());
             for (k, c) in calls.iter().enumerate() {
