@@ -249,6 +249,12 @@ fn bad_input_is_a_clear_error_not_a_panic() {
             vec!["perplexity", "--model", &m, "--file", "/nonexistent.txt"],
             "reading",
         ),
+        // The compression report runs on the CPU only: said, not ignored.
+        (
+            vec!["eval", "--model", &m, "--device", "cuda"],
+            "--device applies to task evaluation",
+        ),
+        (vec!["eval", "--model", &m, "--device", "gpu7"], "device"),
     ] {
         let out = hangar(&args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -268,4 +274,28 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         !out.status.success() && !err.contains("panicked") && err.contains("GGUF"),
         "{err}"
     );
+}
+
+#[test]
+fn eval_on_a_gpu_without_a_driver_names_the_missing_library() {
+    let Some(m) = model() else { return };
+    if hangar_cuda::driver_available().is_ok() {
+        eprintln!("skipped: this machine has a CUDA driver");
+        return;
+    }
+    let task = repo_file("crates/eval/data/basic_mc.jsonl");
+    let out = hangar(&[
+        "eval",
+        "--model",
+        &m,
+        "--task",
+        task.to_str().unwrap(),
+        "--device",
+        "cuda",
+        "--no-track",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("libcuda"), "{err}");
 }
