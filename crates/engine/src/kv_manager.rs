@@ -186,6 +186,11 @@ impl KvBlockManager {
         self.block_size
     }
 
+    /// Whether computed blocks are shared through the prefix cache.
+    pub fn prefix_caching(&self) -> bool {
+        self.prefix_caching
+    }
+
     /// A manager with the same pools, all blocks free and the prefix cache empty.
     pub fn emptied(&self) -> Self {
         let blocks: Vec<usize> = self.groups.iter().map(GroupPool::total).collect();

@@ -15,7 +15,7 @@
 //! (its blocks freed, recomputed later) instead of failing.
 
 use crate::kv_manager::{KvBlockManager, SeqBlocks};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 /// Identifies a sequence inside the engine.
 pub type SeqId = u64;
@@ -318,7 +318,7 @@ impl Scheduler {
     /// The waiting sequence to admit next: smallest weighted share of the running
     /// slots for its tenant, then the tenant's virtual clock, then fewest running
     /// sequences in its request, then earliest in the queue.
-    fn next_to_admit(&self) -> Option<usize> {
+    fn next_to_admit(&self, deferred: &HashSet<(u64, u64)>) -> Option<usize> {
         let shares = self.shares();
         let mut groups: HashMap<u64, usize> = HashMap::new();
         for s in &self.running {
@@ -340,7 +340,28 @@ impl Scheduler {
             let gb = groups.get(&b.group).copied().unwrap_or(0);
             (ga, i) < (gb, j)
         };
-        (0..self.waiting.len()).reduce(|best, i| if better(i, best) { i } else { best })
+        (0..self.waiting.len())
+            .filter(|&i| {
+                let w = &self.waiting[i];
+                deferred.is_empty() || w.cache_limit == 0 || !deferred.contains(&sibling_key(w))
+            })
+            .reduce(|best, i| if better(i, best) { i } else { best })
+    }
+
+    /// Requests whose prompt a running sibling (another of its `n` choices) is still
+    /// computing: their other sequences wait for its blocks to reach the prefix cache
+    /// instead of computing the same prompt again. Only with prefix caching, and for
+    /// prompts longer than a block.
+    fn prefilling_siblings(&self, kv: &KvBlockManager) -> HashSet<(u64, u64)> {
+        if !kv.prefix_caching() {
+            return HashSet::new();
+        }
+        let bs = kv.block_size();
+        self.running
+            .iter()
+            .filter(|s| s.computed < s.prompt_len && s.prompt_len > bs)
+            .map(sibling_key)
+            .collect()
     }
 
     /// Moves running sequence `j` back to the front of the queue, freeing its blocks.
@@ -404,11 +425,12 @@ impl Scheduler {
 
         // 2. Admit waiting sequences, fairly across requests, while blocks and budget
         //    allow, unless this step already had to preempt.
+        let mut deferred = self.prefilling_siblings(kv);
         while batch.preempted.len() == fairness_preempted
             && budget > 0
             && self.running.len() < self.cfg.max_running
         {
-            let Some(pick) = self.next_to_admit() else {
+            let Some(pick) = self.next_to_admit(&deferred) else {
                 break;
             };
             let Some(mut seq) = self.waiting.remove(pick) else {
@@ -443,6 +465,9 @@ impl Scheduler {
                 sample: cached + n == seq.tokens.len(),
             });
             budget -= n;
+            if kv.prefix_caching() && seq.prompt_len > kv.block_size() && cached < seq.prompt_len {
+                deferred.insert(sibling_key(&seq));
+            }
             self.running.push(seq);
         }
         batch
@@ -460,6 +485,15 @@ impl Scheduler {
             *self.served.entry(seq.tenant).or_default() += cost;
         }
     }
+}
+
+/// A sequence's request and a hash of its whole prompt: siblings (the `n` choices of
+/// one prompt) share it; other prompts of the same request do not.
+fn sibling_key(s: &SchedSeq) -> (u64, u64) {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.tokens[..s.prompt_len].hash(&mut h);
+    (s.group, h.finish())
 }
 
 #[cfg(test)]
@@ -567,6 +601,42 @@ mod tests {
             assert_eq!(out, (first..first + 10).collect::<Vec<_>>(), "seq {id}");
         }
         assert_eq!(kv.usage(0).used, 0, "no blocks leak");
+    }
+
+    #[test]
+    fn siblings_wait_for_the_first_prefill_and_share_its_blocks() {
+        // Two choices of one request (same group, same 10-token prompt) and another
+        // request; blocks of 4 tokens, prefix caching on.
+        let mut kv = KvBlockManager::new(4, &[None], &[32], true);
+        let mut s = Scheduler::new(SchedulerConfig::default());
+        for id in [1u64, 2] {
+            let mut q = SchedSeq::new(id, (0..10).collect());
+            q.group = 5;
+            s.add(q);
+        }
+        s.add(SchedSeq::new(3, (50..60).collect()));
+        let b = s.step(&mut kv);
+        let ids: Vec<SeqId> = b.chunks.iter().map(|c| c.id).collect();
+        assert_eq!(
+            ids,
+            [1, 3],
+            "the sibling waits while the first computes the prompt"
+        );
+        s.commit(&b, &mut kv);
+        // Next step: the sibling starts from the two full blocks now in the cache.
+        let b = s.step(&mut kv);
+        let sib = b.chunks.iter().find(|c| c.id == 2).expect("admitted now");
+        assert_eq!((sib.start, sib.len), (8, 2));
+        s.commit(&b, &mut kv);
+        // Without prefix caching there is nothing to wait for.
+        let mut kv = KvBlockManager::new(4, &[None], &[32], false);
+        let mut s = Scheduler::new(SchedulerConfig::default());
+        for id in [1u64, 2] {
+            let mut q = SchedSeq::new(id, (0..10).collect());
+            q.group = 5;
+            s.add(q);
+        }
+        assert_eq!(s.step(&mut kv).chunks.len(), 2);
     }
 
     #[test]
