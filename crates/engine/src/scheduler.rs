@@ -60,6 +60,9 @@ pub struct SchedSeq {
     /// logprobs must compute the positions it reports).
     pub cache_limit: usize,
     admitted_once: bool,
+    /// A hash of the prompt, computed once: siblings (the `n` choices of one prompt)
+    /// share it.
+    prompt_hash: u64,
     /// When the sequence was submitted.
     arrived: std::time::Instant,
     /// Time from submission to the first admission (zero until admitted).
@@ -68,7 +71,11 @@ pub struct SchedSeq {
 
 impl SchedSeq {
     pub fn new(id: SeqId, prompt: Vec<u32>) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        prompt.hash(&mut h);
         SchedSeq {
+            prompt_hash: h.finish(),
             id,
             prompt_len: prompt.len(),
             tokens: prompt,
@@ -487,13 +494,10 @@ impl Scheduler {
     }
 }
 
-/// A sequence's request and a hash of its whole prompt: siblings (the `n` choices of
-/// one prompt) share it; other prompts of the same request do not.
+/// A sequence's request and its prompt's hash: siblings (the `n` choices of one
+/// prompt) share it; other prompts of the same request do not.
 fn sibling_key(s: &SchedSeq) -> (u64, u64) {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    s.tokens[..s.prompt_len].hash(&mut h);
-    (s.group, h.finish())
+    (s.group, s.prompt_hash)
 }
 
 #[cfg(test)]

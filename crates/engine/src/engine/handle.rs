@@ -168,16 +168,11 @@ impl Engine {
                 as usize)
                 .max(1),
         };
-        let piece = |id: Option<u32>| {
-            id.and_then(|i| tokenizer.id_to_token(i))
-                .unwrap_or("")
-                .to_string()
-        };
         let chat = ChatTemplate::for_model(
             chat_template.as_deref(),
             &info.arch,
-            &piece(tokenizer.bos_id()),
-            &piece(tokenizer.eos_id()),
+            &token_text(&tokenizer, tokenizer.bos_id()),
+            &token_text(&tokenizer, tokenizer.eos_id()),
         )
         .map_err(|e| e.to_string());
         let tokenizer = Arc::new(tokenizer);
@@ -310,15 +305,11 @@ impl Engine {
     /// Replaces the model's chat template (an operator's `--chat-template` file);
     /// a template that does not compile is refused and the old one kept.
     pub fn set_chat_template(&mut self, src: &str, origin: String) -> Result<(), ChatError> {
-        let piece = |id: Option<u32>| {
-            id.and_then(|i| self.tokenizer.id_to_token(i))
-                .unwrap_or("")
-                .to_string()
-        };
+        let tok = &self.tokenizer;
         let t = ChatTemplate::from_source(
             src.to_string(),
-            &piece(self.tokenizer.bos_id()),
-            &piece(self.tokenizer.eos_id()),
+            &token_text(tok, tok.bos_id()),
+            &token_text(tok, tok.eos_id()),
             origin,
         )?;
         self.chat = Ok(t);
@@ -437,4 +428,12 @@ impl Drop for Engine {
             let _ = t.join();
         }
     }
+}
+
+/// The text of a special token (BOS, EOS) for a chat template; empty when the model
+/// has none.
+fn token_text(tok: &Tokenizer, id: Option<u32>) -> String {
+    id.and_then(|i| tok.id_to_token(i))
+        .unwrap_or("")
+        .to_string()
 }
