@@ -77,6 +77,13 @@ fi
 export HANGAR_NVRTC_LIB="$NVRTC_DIR/nvidia/cu13/lib/libnvrtc.so.13"
 export LD_LIBRARY_PATH="$NVRTC_DIR/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
+# The suite writes a few GB (builds, fuzz corpora, model copies): say so up front
+# rather than fail later with "No space left on device" in some unrelated test.
+free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+if [ "${free_kb:-0}" -lt 8000000 ]; then
+  echo "warning: only $((free_kb / 1024)) MiB free here; the suite needs about 8 GiB (free some space if tests fail with os error 28)" >&2
+fi
+
 echo "== rust tests"
 cargo test --release --workspace -- --test-threads=2
 
@@ -85,6 +92,6 @@ bash scripts/fuzz-smoke.sh
 
 if [ -d tests/python ] && ls tests/python/test_*.py >/dev/null 2>&1; then
   echo "== python client tests"
-  HANGAR_BIN="$PWD/target/release/hangar" "$VENV/bin/python" -m pytest -q tests/python
+  HANGAR_BIN="$PWD/target/release/hangar" "$VENV/bin/python" -m pytest -q -o tmp_path_retention_policy=failed tests/python
 fi
 echo "== all tests passed"

@@ -6,9 +6,11 @@ A missing model skips the tests that need it, with a note; with HANGAR_REQUIRE_M
 (or HANGAR_REQUIRE_ALL=1), as scripts/test.sh sets, it fails them instead, like the
 Rust tests do through hangar-testkit."""
 
+import atexit
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +26,13 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "gemma-3-270m"
 START_TIMEOUT_S = 180
 MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
+
+# Every temporary folder the tests make (homes with imported models, server logs) goes
+# under one per-run folder that is removed at exit: a suite that leaked ~250 MB per
+# registry test filled CI's disk once.
+_RUN_TMP = tempfile.mkdtemp(prefix="hangar-pytest-")
+tempfile.tempdir = _RUN_TMP
+atexit.register(shutil.rmtree, _RUN_TMP, True)
 
 
 def required(what: str) -> bool:
