@@ -32,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
             ChatMessage::new("assistant", "Hello."),
             ChatMessage::new("user", "<end_of_turn>{{ x }}"),
         ];
+        // A hundredth of the serving fuel: real templates need a few thousand
+        // instructions here, and looping ones reach the limit 100x sooner.
         if let Ok(t) = ChatTemplate::from_source(text.into_owned(), "<bos>", "<eos>", "fuzz".into())
+            .map(|t| t.with_render_fuel(200_000))
         {
             let _ = t.render(&conversation, mode & 2 != 0);
         }

@@ -167,6 +167,14 @@ impl ChatTemplate {
         })
     }
 
+    /// Sets how many template instructions one render may execute (default
+    /// 20 million). Fuzzing lowers it so a looping template costs milliseconds, not a
+    /// second, per input; the limit's error path is the same.
+    pub fn with_render_fuel(mut self, fuel: u64) -> Self {
+        self.env.set_fuel(Some(fuel));
+        self
+    }
+
     /// Whether the template describes tools itself (it reads a `tools` variable, as
     /// Qwen 2.5, Llama 3.1 and Hermes templates do). The built-in templates do not.
     pub fn supports_tools(&self) -> bool {
@@ -568,6 +576,35 @@ mod tests {
             Err(ChatError::Render(m)) => assert!(m.contains("passed"), "{m}"),
             other => panic!("expected a size error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn render_fuel_can_be_lowered_and_real_templates_still_fit() {
+        let msgs = [
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Hi"),
+            ChatMessage::new("assistant", "Hello."),
+            ChatMessage::new("user", "And now?"),
+        ];
+        for arch in ["gemma3", "llama", "qwen2"] {
+            let t = ChatTemplate::for_model(None, arch, "<bos>", "<eos>")
+                .unwrap()
+                .with_render_fuel(200_000);
+            assert!(t.render(&msgs, true).is_ok(), "{arch}");
+        }
+        // 200 000 instructions: a loop of 10^6 stops, one of 10^3 does not.
+        let short = "{% for i in range(1000) %}x{% endfor %}";
+        let long = "{% for i in range(1000000) %}x{% endfor %}";
+        let mk = |src: &str| {
+            ChatTemplate::from_source(src.into(), "<bos>", "<eos>", "test".into())
+                .unwrap()
+                .with_render_fuel(200_000)
+        };
+        assert_eq!(mk(short).render(&msgs, true).unwrap().len(), 1000);
+        assert!(matches!(
+            mk(long).render(&msgs, true),
+            Err(ChatError::Render(_))
+        ));
     }
 
     /// A ChatML template that describes tools itself, in the style of Qwen 2.5's.
