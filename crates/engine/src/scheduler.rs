@@ -67,6 +67,9 @@ pub struct SchedSeq {
     arrived: std::time::Instant,
     /// Time from submission to the first admission (zero until admitted).
     pub queue_time: std::time::Duration,
+    /// Speculative decoding: tokens guessed to follow `tokens`, verified by the next
+    /// decode step (their KV is computed there, but trusted only once accepted).
+    pub draft: Vec<u32>,
 }
 
 impl SchedSeq {
@@ -90,6 +93,7 @@ impl SchedSeq {
             admitted_once: false,
             arrived: std::time::Instant::now(),
             queue_time: std::time::Duration::ZERO,
+            draft: Vec::new(),
         }
     }
     /// Marks the sequence as one of a request's several (fair admission counts by group).
@@ -119,6 +123,9 @@ pub struct ScheduledChunk {
     pub len: usize,
     /// The chunk ends at the sequence's last token: sample from its logits.
     pub sample: bool,
+    /// Of `len`, how many trailing positions are the sequence's draft (speculative
+    /// decoding): they are not in `tokens`, and every row's logits verifies one.
+    pub draft: usize,
 }
 
 /// The scheduler's output for one model step.
@@ -376,6 +383,7 @@ impl Scheduler {
         let mut seq = self.running.remove(j);
         kv.free(&mut seq.blocks);
         seq.computed = 0;
+        seq.draft.clear();
         seq.preempted += 1;
         self.preemptions += 1;
         batch.preempted.push(seq.id);
@@ -405,6 +413,26 @@ impl Scheduler {
             }
             let start = seq.computed;
             kv.release_outside_window(&mut seq.blocks, start);
+            // A decode step with a draft verifies it in the same forward, if the
+            // budget and the pool allow; otherwise the draft is dropped.
+            if n == 1 && !seq.draft.is_empty() {
+                let d = seq.draft.len().min(budget - 1);
+                if d > 0 && kv.allocate(&mut seq.blocks, start, start + 1 + d) {
+                    seq.draft.truncate(d);
+                    batch.chunks.push(ScheduledChunk {
+                        slot: i,
+                        id: seq.id,
+                        start,
+                        len: 1 + d,
+                        sample: true,
+                        draft: d,
+                    });
+                    budget -= 1 + d;
+                    i += 1;
+                    continue;
+                }
+                seq.draft.clear();
+            }
             loop {
                 let seq = &mut self.running[i];
                 if kv.allocate(&mut seq.blocks, start, start + n) {
@@ -414,6 +442,7 @@ impl Scheduler {
                         start,
                         len: n,
                         sample: start + n == seq.tokens.len(),
+                        draft: 0,
                     });
                     budget -= n;
                     i += 1;
@@ -470,6 +499,7 @@ impl Scheduler {
                 start: cached,
                 len: n,
                 sample: cached + n == seq.tokens.len(),
+                draft: 0,
             });
             budget -= n;
             if kv.prefix_caching() && seq.prompt_len > kv.block_size() && cached < seq.prompt_len {
@@ -481,15 +511,32 @@ impl Scheduler {
     }
 
     /// Records that the batch ran: its tokens now have KV, and their full blocks are
-    /// published to the prefix cache.
+    /// published to the prefix cache. A draft's positions count only once accepted
+    /// (see [`Scheduler::accept_draft`]).
     pub fn commit(&mut self, batch: &Batch, kv: &mut KvBlockManager) {
         for c in &batch.chunks {
             let seq = &mut self.running[c.slot];
             debug_assert_eq!(seq.id, c.id);
-            seq.computed = c.start + c.len;
+            seq.computed = c.start + c.len - c.draft;
             kv.publish(&mut seq.blocks, &seq.tokens, seq.computed);
             let cost = c.len as f64 / f64::from(seq.weight.max(1));
             *self.served.entry(seq.tenant).or_default() += cost;
+        }
+    }
+
+    /// After a verified draft: the sequence's tokens grew by the accepted drafts and
+    /// the target's own next token, so the KV computed for the accepted positions is
+    /// now trusted (KV written for rejected ones is overwritten by later steps; a
+    /// sequence's computed length is all the cache believes). Publishes the blocks it
+    /// completed.
+    pub fn accept_draft(&mut self, slot: usize, kv: &mut KvBlockManager) {
+        let Some(seq) = self.running.get_mut(slot) else {
+            return;
+        };
+        let verified = seq.tokens.len().saturating_sub(1);
+        if verified > seq.computed {
+            seq.computed = verified;
+            kv.publish(&mut seq.blocks, &seq.tokens, seq.computed);
         }
     }
 }

@@ -10,6 +10,7 @@ use super::update::{update_from_output, Live};
 use crate::kv_manager::KvBlockManager;
 use crate::sampler::{Constraint, SampledToken, Sampler, StopMatcher};
 use crate::scheduler::{Batch, SchedSeq, Scheduler, SchedulerConfig, SeqId};
+use crate::spec::{ngram, DraftLength, SpecConfig};
 use hangar_models::{LogitsWanted, SeqInput};
 use hangar_tokenizer::Tokenizer;
 use std::collections::HashMap;
@@ -47,6 +48,10 @@ pub(crate) struct SharedStats {
     pub steps: AtomicU64,
     pub prompt_computed: AtomicU64,
     pub generated: AtomicU64,
+    pub spec_steps: AtomicU64,
+    pub spec_drafted: AtomicU64,
+    pub spec_accepted: AtomicU64,
+    pub spec_emitted: AtomicU64,
 }
 
 pub(crate) struct EngineCore {
@@ -57,6 +62,8 @@ pub(crate) struct EngineCore {
     pub stats: Arc<SharedStats>,
     pub max_model_len: usize,
     pub vocab_size: usize,
+    /// Speculative decoding (prompt lookup) for sequences in their decode phase.
+    pub spec: SpecConfig,
 }
 
 impl EngineCore {
@@ -131,6 +138,17 @@ impl EngineCore {
             return;
         }
 
+        // A chunk that verifies a draft reads it here (the scheduler keeps it until
+        // this step ran; the next draft is proposed after the update).
+        let drafts: Vec<Vec<u32>> = batch
+            .chunks
+            .iter()
+            .map(|c| match c.draft {
+                0 => Vec::new(),
+                _ => std::mem::take(&mut self.sched.running_mut()[c.slot].draft),
+            })
+            .collect();
+
         // Execute: the model runs once over every chunk.
         let all_rows: Vec<bool> = batch
             .chunks
@@ -160,7 +178,7 @@ impl EngineCore {
             }
         }
         let executed = if masks.is_empty() {
-            self.execute(&batch, &all_rows, logits)
+            self.execute(&batch, &all_rows, &drafts, logits)
         } else {
             std::thread::scope(|s| {
                 s.spawn(move || {
@@ -169,7 +187,7 @@ impl EngineCore {
                         let _ = c.compute_mask();
                     }
                 });
-                self.execute(&batch, &all_rows, logits)
+                self.execute(&batch, &all_rows, &drafts, logits)
             })
         };
         if let Err(e) = executed {
@@ -189,7 +207,7 @@ impl EngineCore {
         }
         self.sched.commit(&batch, &mut self.kvm);
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
-        let sampled = self.sample_rows(&batch, live, logits);
+        let sampled = self.sample_rows(&batch, &drafts, live, logits);
 
         // Update: stops, finishes, frees, events.
         let out = update_from_output(
@@ -207,6 +225,15 @@ impl EngineCore {
         self.stats
             .generated
             .fetch_add(out.generated_tokens, Ordering::Relaxed);
+        if out.spec_steps > 0 {
+            let s = &self.stats;
+            s.spec_steps.fetch_add(out.spec_steps, Ordering::Relaxed);
+            s.spec_drafted.fetch_add(out.spec_drafted, Ordering::Relaxed);
+            s.spec_accepted
+                .fetch_add(out.spec_accepted, Ordering::Relaxed);
+            s.spec_emitted.fetch_add(out.spec_emitted, Ordering::Relaxed);
+        }
+        self.propose_drafts(live);
         // Publish first, so a client that sees the end also sees its blocks freed.
         self.publish_stats();
         for (tx, ev) in out.events {
@@ -216,13 +243,26 @@ impl EngineCore {
 
     /// Hands the planned batch to the runner as plain data.
     /// `all_rows[i]`: chunk `i` wants every row's logits (its prompt logprobs).
+    /// `drafts[i]`: chunk `i`'s draft, fed after its one real token.
     fn execute(
         &mut self,
         batch: &Batch,
         all_rows: &[bool],
+        drafts: &[Vec<u32>],
         logits: &mut Vec<f32>,
     ) -> Result<(), crate::EngineError> {
         let running = self.sched.running();
+        let with_draft: Vec<Vec<u32>> = batch
+            .chunks
+            .iter()
+            .zip(drafts)
+            .map(|(c, d)| match c.draft {
+                0 => Vec::new(),
+                _ => std::iter::once(running[c.slot].tokens[c.start])
+                    .chain(d.iter().copied())
+                    .collect(),
+            })
+            .collect();
         let tables: Vec<Vec<&[u32]>> = batch
             .chunks
             .iter()
@@ -240,11 +280,16 @@ impl EngineCore {
             .iter()
             .zip(&tables)
             .zip(all_rows)
-            .map(|((c, t), &all)| SeqInput {
-                tokens: &running[c.slot].tokens[c.start..c.start + c.len],
+            .zip(&with_draft)
+            .map(|(((c, t), &all), d)| SeqInput {
+                tokens: if c.draft > 0 {
+                    d
+                } else {
+                    &running[c.slot].tokens[c.start..c.start + c.len]
+                },
                 start_pos: c.start,
                 block_tables: t,
-                logits: if all {
+                logits: if all || c.draft > 0 {
                     LogitsWanted::All
                 } else if c.sample {
                     LogitsWanted::Last
@@ -284,10 +329,8 @@ impl EngineCore {
                         jobs.push((c.id, next, read + j, seq.tokens[next], top));
                     }
                 }
-                read += c.len;
-            } else {
-                read += usize::from(c.sample);
             }
+            read += rows_out(c, all);
         }
         // Each row is a full-vocabulary softmax: spread them over the runner's threads.
         let results: Vec<Mutex<Option<PromptTokenLogprob>>> =
@@ -309,17 +352,21 @@ impl EngineCore {
                 }
             }
         }
-        // Compact to one row per sampling chunk.
+        // Compact to what sampling reads: one row per sampling chunk, every row of a
+        // chunk that verifies a draft.
         let (mut read, mut write) = (0usize, 0usize);
         for (c, &all) in batch.chunks.iter().zip(all_rows) {
-            let rows = if all { c.len } else { usize::from(c.sample) };
-            if c.sample {
-                let last = read + rows - 1;
-                if last != write {
-                    logits.copy_within(last * v..(last + 1) * v, write * v);
-                }
-                write += 1;
+            let rows = rows_out(c, all);
+            let keep = if c.draft > 0 {
+                rows
+            } else {
+                usize::from(c.sample)
+            };
+            let from = read + rows - keep;
+            if keep > 0 && from != write {
+                logits.copy_within(from * v..(from + keep) * v, write * v);
             }
+            write += keep;
             read += rows;
         }
         logits.truncate(write * v);
@@ -389,6 +436,8 @@ impl EngineCore {
                             Some(_) => vec![None; req.prompt.len()],
                             None => Vec::new(),
                         },
+                        spec: (self.spec.enabled() && req.constraint.is_none())
+                            .then(|| DraftLength::new(&self.spec)),
                         constraint: req.constraint,
                     },
                 );
@@ -411,23 +460,30 @@ impl EngineCore {
     }
 
     /// Samples the next token of every chunk that ends its sequence, rows spread over
-    /// the runner's threads (each row is a full-vocabulary softmax). Indexed like the
-    /// chunks.
+    /// the runner's threads (each row is a full-vocabulary softmax). A chunk that
+    /// verifies a draft walks its rows: each samples the token after the history plus
+    /// the draft so far, and the walk stops at the first that differs from the draft,
+    /// so sampled output keeps the target's distribution and greedy output is plain
+    /// greedy's. Indexed like the chunks: the tokens each emitted, in order.
     fn sample_rows(
         &self,
         batch: &Batch,
+        drafts: &[Vec<u32>],
         live: &mut HashMap<SeqId, Live>,
         logits: &mut [f32],
-    ) -> Vec<Option<SampledToken>> {
+    ) -> Vec<Vec<SampledToken>> {
         struct Task<'a> {
             sampler: &'a mut Sampler,
             constraint: Option<&'a mut Constraint>,
+            /// One row, or 1 + draft rows.
             logits: &'a mut [f32],
             history: &'a [u32],
-            out: Option<SampledToken>,
+            draft: &'a [u32],
+            out: Vec<SampledToken>,
         }
+        let v = self.vocab_size;
         let running = self.sched.running();
-        let mut rows = logits.chunks_exact_mut(self.vocab_size);
+        let mut rest: &mut [f32] = logits;
         let mut samplers: HashMap<SeqId, (&mut Sampler, Option<&mut Constraint>)> = live
             .iter_mut()
             .map(|(id, l)| (*id, (&mut l.sampler, l.constraint.as_mut())))
@@ -437,14 +493,20 @@ impl EngineCore {
             if !c.sample {
                 continue;
             }
-            let Some(row) = rows.next() else { break };
+            let rows = 1 + c.draft;
+            if rest.len() < rows * v {
+                break;
+            }
+            let (row, tail) = std::mem::take(&mut rest).split_at_mut(rows * v);
+            rest = tail;
             if let Some((sampler, constraint)) = samplers.remove(&c.id) {
                 let task = Task {
                     sampler,
                     constraint,
                     logits: row,
                     history: &running[c.slot].tokens,
-                    out: None,
+                    draft: &drafts[ci],
+                    out: Vec::new(),
                 };
                 tasks.push((ci, Mutex::new(task)));
             }
@@ -452,19 +514,65 @@ impl EngineCore {
         self.runner.run_parallel(tasks.len(), &|i| {
             if let Ok(mut t) = tasks[i].1.lock() {
                 let t = &mut *t;
-                t.out = Some(crate::sampler::sample_constrained(
-                    t.sampler,
-                    t.constraint.as_deref_mut(),
-                    t.logits,
-                    t.history,
-                ));
+                if t.draft.is_empty() {
+                    let s = crate::sampler::sample_constrained(
+                        t.sampler,
+                        t.constraint.as_deref_mut(),
+                        t.logits,
+                        t.history,
+                    );
+                    t.out.push(s);
+                    return;
+                }
+                let mut history = t.history.to_vec();
+                for (r, row) in t.logits.chunks_exact_mut(v).enumerate() {
+                    let (s, matched) = match t.draft.get(r) {
+                        Some(&d) => t.sampler.verify(row, &history, d, None),
+                        None => (t.sampler.sample(row, &history), false),
+                    };
+                    history.push(s.id);
+                    t.out.push(s);
+                    if !matched {
+                        break;
+                    }
+                }
             }
         });
-        let mut out: Vec<Option<SampledToken>> = vec![None; batch.chunks.len()];
+        let mut out: Vec<Vec<SampledToken>> = vec![Vec::new(); batch.chunks.len()];
         for (ci, t) in tasks {
-            out[ci] = t.into_inner().ok().and_then(|t| t.out);
+            if let Ok(t) = t.into_inner() {
+                out[ci] = t.out;
+            }
         }
         out
+    }
+
+    /// Speculative decoding: proposes the next draft of every sequence in its decode
+    /// phase, by prompt lookup over its own tokens, while few enough sequences run
+    /// for extra positions to be nearly free (a bigger batch is compute-bound).
+    fn propose_drafts(&mut self, live: &HashMap<SeqId, Live>) {
+        if !self.spec.enabled() {
+            return;
+        }
+        let spec = self.spec;
+        let on = self.sched.n_running() <= spec.max_batch;
+        let max_len = self.max_model_len;
+        for seq in self.sched.running_mut() {
+            seq.draft.clear();
+            let Some((l, Some(k))) = live.get(&seq.id).map(|l| (l, l.spec.as_ref())) else {
+                continue;
+            };
+            if !on || seq.generated() == 0 || seq.computed + 1 != seq.tokens.len() {
+                continue;
+            }
+            // Never more than can still be emitted: the target's own token comes on top.
+            let room = (l.max_tokens.saturating_sub(seq.generated() + 1))
+                .min(max_len.saturating_sub(seq.tokens.len() + 1));
+            let k = k.next().min(room);
+            if k > 0 {
+                ngram::propose(&seq.tokens, k, spec.ngram_max, spec.ngram_min, &mut seq.draft);
+            }
+        }
     }
 
     fn publish_stats(&self) {
@@ -482,5 +590,15 @@ impl EngineCore {
             .store(self.kvm.prefix_hit_tokens, Ordering::Relaxed);
         s.preemptions
             .store(self.sched.preemptions, Ordering::Relaxed);
+    }
+}
+
+/// Logits rows the runner returns for chunk `c`: every position when the chunk
+/// reports prompt logprobs (`all`) or verifies a draft, else one when it samples.
+fn rows_out(c: &crate::scheduler::ScheduledChunk, all: bool) -> usize {
+    if all || c.draft > 0 {
+        c.len
+    } else {
+        usize::from(c.sample)
     }
 }

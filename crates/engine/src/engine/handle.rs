@@ -51,6 +51,12 @@ pub struct EngineStats {
     pub steps: u64,
     pub prompt_tokens_computed: u64,
     pub generated_tokens: u64,
+    /// Speculative decoding: steps that verified a draft, tokens drafted, drafted
+    /// tokens accepted, and tokens emitted by those steps.
+    pub spec_steps: u64,
+    pub spec_drafted_tokens: u64,
+    pub spec_accepted_tokens: u64,
+    pub spec_emitted_tokens: u64,
 }
 
 impl EngineStats {
@@ -60,6 +66,14 @@ impl EngineStats {
     }
     pub fn kv_blocks_total(&self) -> usize {
         self.kv.iter().map(|u| u.total).sum()
+    }
+    /// Drafted tokens the model accepted, as a share (0 before any draft).
+    pub fn spec_acceptance(&self) -> f64 {
+        if self.spec_drafted_tokens == 0 {
+            0.0
+        } else {
+            self.spec_accepted_tokens as f64 / self.spec_drafted_tokens as f64
+        }
     }
     pub fn prefix_hit_rate(&self) -> f64 {
         if self.prefix_queried_tokens == 0 {
@@ -142,6 +156,11 @@ impl Engine {
                 cfg.max_request_share
             )));
         }
+        if cfg.speculative.mode == crate::spec::SpecMode::Draft {
+            return Err(EngineError::Invalid(
+                "the batching engine speculates by prompt lookup (`ngram`); a draft model runs in `hangar generate` and `hangar bench`".into(),
+            ));
+        }
         let layout = runner.kv_layout();
         let blocks = pool_sizes(&layout, &cfg)?;
         let kvm = KvBlockManager::new(
@@ -195,6 +214,7 @@ impl Engine {
             stats: stats.clone(),
             max_model_len,
             vocab_size: info.vocab_size,
+            spec: cfg.speculative,
         };
         let tok = tokenizer.clone();
         let thread = std::thread::Builder::new()
@@ -417,6 +437,10 @@ impl Engine {
             steps: s.steps.load(Ordering::Relaxed),
             prompt_tokens_computed: s.prompt_computed.load(Ordering::Relaxed),
             generated_tokens: s.generated.load(Ordering::Relaxed),
+            spec_steps: s.spec_steps.load(Ordering::Relaxed),
+            spec_drafted_tokens: s.spec_drafted.load(Ordering::Relaxed),
+            spec_accepted_tokens: s.spec_accepted.load(Ordering::Relaxed),
+            spec_emitted_tokens: s.spec_emitted.load(Ordering::Relaxed),
         }
     }
 }

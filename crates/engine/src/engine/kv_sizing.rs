@@ -23,6 +23,8 @@ pub struct EngineConfig {
     pub prefix_caching: bool,
     /// Largest share of `max_running` one request's sequences (`n`) may take.
     pub max_request_share: f64,
+    /// Speculative decoding in the batch: `Ngram` (prompt lookup) or `Off`.
+    pub speculative: crate::spec::SpecConfig,
 }
 
 impl Default for EngineConfig {
@@ -36,6 +38,7 @@ impl Default for EngineConfig {
             max_model_len: None,
             prefix_caching: true,
             max_request_share: 0.25,
+            speculative: crate::spec::SpecConfig::default(),
         }
     }
 }

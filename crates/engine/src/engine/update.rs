@@ -7,6 +7,7 @@
 use super::request::{Finish, PromptTokenLogprob, TokenEvent, TokenOut, TopLogprob, Usage};
 use crate::kv_manager::KvBlockManager;
 use crate::sampler::{Constraint, SampledToken, Sampler, StopMatcher};
+use crate::spec::DraftLength;
 use crate::scheduler::{Batch, SchedSeq, Scheduler, SeqId};
 use hangar_tokenizer::{IncrementalDecoder, Tokenizer};
 use std::collections::HashMap;
@@ -28,6 +29,9 @@ pub(crate) struct Live<'t> {
     pub prompt_lp: Vec<Option<PromptTokenLogprob>>,
     /// Structured output: masks the logits, advances on each token.
     pub constraint: Option<Constraint>,
+    /// Speculative decoding's draft length for this sequence (None: it never drafts,
+    /// as when speculation is off or a grammar constrains it).
+    pub spec: Option<DraftLength>,
 }
 
 /// What one step produced.
@@ -40,23 +44,30 @@ pub(crate) struct StepOutput {
     pub finished: Vec<SeqId>,
     pub prompt_tokens_computed: u64,
     pub generated_tokens: u64,
+    /// Speculative decoding: steps that verified a draft, tokens drafted, drafted
+    /// tokens accepted, tokens those steps emitted.
+    pub spec_steps: u64,
+    pub spec_drafted: u64,
+    pub spec_accepted: u64,
+    pub spec_emitted: u64,
 }
 
-/// Applies one step's sampled tokens. `sampled` is indexed like `batch.chunks`;
-/// a chunk that does not end its sequence, or whose request is gone, contributes
-/// nothing — and never stops the others from being processed.
+/// Applies one step's sampled tokens. `sampled` is indexed like `batch.chunks`: the
+/// tokens each chunk emitted, in order (one, or with a verified draft up to the draft
+/// plus one); a chunk that does not end its sequence, or whose request is gone,
+/// contributes nothing — and never stops the others from being processed.
 pub(crate) fn update_from_output<'t>(
     sched: &mut Scheduler,
     kvm: &mut KvBlockManager,
     live: &mut HashMap<SeqId, Live<'t>>,
     batch: &Batch,
-    sampled: Vec<Option<SampledToken>>,
+    sampled: Vec<Vec<SampledToken>>,
     tok: &Tokenizer,
     max_model_len: usize,
 ) -> StepOutput {
     let mut out = StepOutput::default();
     let mut ended: Vec<(SeqId, Option<TokenEvent>)> = Vec::new();
-    for (c, s) in batch.chunks.iter().zip(sampled) {
+    for (c, toks) in batch.chunks.iter().zip(sampled) {
         let seq = &mut sched.running_mut()[c.slot];
         if c.start < seq.prompt_len {
             let n = (c.start + c.len).min(seq.prompt_len) - c.start;
@@ -65,7 +76,7 @@ pub(crate) fn update_from_output<'t>(
         if !c.sample {
             continue;
         }
-        let (Some(l), Some(s)) = (live.get_mut(&c.id), s) else {
+        let (Some(l), false) = (live.get_mut(&c.id), toks.is_empty()) else {
             ended.push((c.id, None));
             continue;
         };
@@ -92,15 +103,37 @@ pub(crate) fn update_from_output<'t>(
             ));
             continue;
         }
-        out.generated_tokens += 1;
-        let (event, finish) = accept_token(l, seq, s, tok, max_model_len);
-        if l.tx.is_closed() {
-            ended.push((c.id, None));
-            continue;
+        let emitted = toks.len() as u64;
+        let mut over = false;
+        for s in toks {
+            out.generated_tokens += 1;
+            let (event, finish) = accept_token(l, seq, s, tok, max_model_len);
+            if l.tx.is_closed() {
+                ended.push((c.id, None));
+                over = true;
+                break;
+            }
+            out.events.push((l.tx.clone(), event));
+            if let Some(fin) = finish {
+                ended.push((c.id, Some(fin)));
+                over = true;
+                break;
+            }
         }
-        out.events.push((l.tx.clone(), event));
-        if let Some(fin) = finish {
-            ended.push((c.id, Some(fin)));
+        if c.draft > 0 {
+            // The walk stops at the first token that differs from the draft, so all
+            // but the last emitted token were drafted ones.
+            let accepted = emitted.saturating_sub(1);
+            out.spec_steps += 1;
+            out.spec_drafted += c.draft as u64;
+            out.spec_accepted += accepted;
+            out.spec_emitted += emitted;
+            if let Some(k) = l.spec.as_mut() {
+                k.record(c.draft, accepted as usize);
+            }
+            if !over {
+                sched.accept_draft(c.slot, kvm);
+            }
         }
     }
     for (id, ev) in ended {
