@@ -126,7 +126,11 @@ fn batched_prompt_lookup_matches_plain_greedy_token_for_token() {
         "each verifying step emits its accepted drafts plus one"
     );
     assert_eq!(s.generated_tokens, (n * PROMPTS.len()) as u64);
-    assert!(s.steps < (n as u64), "{} steps for {n} tokens each", s.steps);
+    assert!(
+        s.steps < (n as u64),
+        "{} steps for {n} tokens each",
+        s.steps
+    );
     assert_eq!(s.kv_blocks_used(), 0, "every block is returned");
 }
 
@@ -135,7 +139,11 @@ fn off_by_default_and_off_above_the_batch_limit() {
     let Some(path) = model_path() else { return };
     let lm = LoadedModel::load(&path, 2).unwrap();
     let p = lm.tokenizer.encode(PROMPTS[0], true, false);
-    let e = Engine::start(LoadedModel::load(&path, 2).unwrap(), EngineConfig::default()).unwrap();
+    let e = Engine::start(
+        LoadedModel::load(&path, 2).unwrap(),
+        EngineConfig::default(),
+    )
+    .unwrap();
     run_all(&e, vec![greedy(p.clone(), 16)]);
     assert_eq!(e.stats().spec_drafted_tokens, 0);
     // Five sequences with a limit of two: the batch is "compute-bound", so no drafts
@@ -173,7 +181,12 @@ fn stops_limits_and_seeded_sampling_match_plain_decoding() {
             out.push(greedy(ids.clone(), 5 + i));
             // A stop string the copied text reaches.
             let mut r = greedy(ids.clone(), 40);
-            r.stop = vec!["lazy".into(), "return a *".into(), "1891".into(), "12".into()];
+            r.stop = vec![
+                "lazy".into(),
+                "return a *".into(),
+                "1891".into(),
+                "12".into(),
+            ];
             out.push(r);
             // A stop token id.
             let mut r = greedy(ids.clone(), 40);
@@ -193,7 +206,10 @@ fn stops_limits_and_seeded_sampling_match_plain_decoding() {
         }
         out
     };
-    let plain = run_all(&engine(&path, SpecMode::Off, EngineConfig::default()), reqs());
+    let plain = run_all(
+        &engine(&path, SpecMode::Off, EngineConfig::default()),
+        reqs(),
+    );
     let e = engine(&path, SpecMode::Ngram, EngineConfig::default());
     let spec = run_all(&e, reqs());
     for (i, (a, b)) in plain.iter().zip(&spec).enumerate() {

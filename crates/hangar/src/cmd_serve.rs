@@ -112,6 +112,10 @@ pub struct ServeArgs {
     pub sample_interval: Duration,
     #[command(flatten)]
     pub monitor: crate::cmd_monitor::MonitorArgs,
+    /// Speculative decoding in the batch (`--speculative ngram`: prompt lookup, per
+    /// sequence, while at most --spec-max-batch sequences run).
+    #[command(flatten)]
+    pub spec: crate::cmd_spec::SpecArgs,
     /// Also serve this embedding model (registry name or Hugging Face folder) on
     /// POST /v1/embeddings and POST /embed; alone with --no-model.
     #[arg(long)]
@@ -194,8 +198,12 @@ pub(crate) fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engin
         max_model_len: args.max_model_len,
         prefix_caching: !args.no_prefix_cache,
         max_request_share: args.max_request_share,
+        speculative: args.spec.config()?,
         ..EngineConfig::default()
     };
+    if cfg.speculative.mode == hangar_engine::spec::SpecMode::Draft {
+        bail!("hangar serve speculates by prompt lookup (--speculative ngram); a draft model (--speculative draft) runs in `hangar generate` and `hangar bench`");
+    }
     if let Some(m) = &args.kv_memory {
         cfg.kv_memory_bytes = parse_bytes(m)?;
     }
@@ -257,6 +265,15 @@ pub(crate) fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engin
         engine.chat_template_origin().unwrap_or("unusable"),
         if engine.chat_supports_tools() { " (renders tools)" } else { "" },
     );
+    let spec = args.spec.config()?;
+    if spec.enabled() {
+        eprintln!(
+            "hangar serve: speculative decoding by prompt lookup, up to {} draft tokens{}, while at most {} sequences run",
+            spec.draft_tokens,
+            if spec.adaptive { " (adaptive)" } else { "" },
+            spec.max_batch,
+        );
+    }
     Ok((engine, name))
 }
 

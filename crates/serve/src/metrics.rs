@@ -264,6 +264,36 @@ impl Metrics {
         );
         counter(
             out,
+            "hangar_spec_decode_drafts_total",
+            "Engine steps that verified a speculative draft (prompt lookup).",
+            e.spec_steps,
+        );
+        counter(
+            out,
+            "hangar_spec_decode_draft_tokens_total",
+            "Tokens drafted for verification.",
+            e.spec_drafted_tokens,
+        );
+        counter(
+            out,
+            "hangar_spec_decode_accepted_tokens_total",
+            "Drafted tokens the model accepted.",
+            e.spec_accepted_tokens,
+        );
+        counter(
+            out,
+            "hangar_spec_decode_emitted_tokens_total",
+            "Tokens emitted by steps that verified a draft (accepted drafts plus one each).",
+            e.spec_emitted_tokens,
+        );
+        gauge(
+            out,
+            "hangar_spec_decode_acceptance_rate",
+            "Accepted / drafted tokens since start (0 before any draft).",
+            e.spec_acceptance(),
+        );
+        counter(
+            out,
             "hangar_prompt_tokens_total",
             "Prompt tokens of finished requests.",
             self.prompt_tokens.load(Ordering::Relaxed),

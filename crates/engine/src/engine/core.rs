@@ -228,10 +228,12 @@ impl EngineCore {
         if out.spec_steps > 0 {
             let s = &self.stats;
             s.spec_steps.fetch_add(out.spec_steps, Ordering::Relaxed);
-            s.spec_drafted.fetch_add(out.spec_drafted, Ordering::Relaxed);
+            s.spec_drafted
+                .fetch_add(out.spec_drafted, Ordering::Relaxed);
             s.spec_accepted
                 .fetch_add(out.spec_accepted, Ordering::Relaxed);
-            s.spec_emitted.fetch_add(out.spec_emitted, Ordering::Relaxed);
+            s.spec_emitted
+                .fetch_add(out.spec_emitted, Ordering::Relaxed);
         }
         self.propose_drafts(live);
         // Publish first, so a client that sees the end also sees its blocks freed.
@@ -570,7 +572,13 @@ impl EngineCore {
                 .min(max_len.saturating_sub(seq.tokens.len() + 1));
             let k = k.next().min(room);
             if k > 0 {
-                ngram::propose(&seq.tokens, k, spec.ngram_max, spec.ngram_min, &mut seq.draft);
+                ngram::propose(
+                    &seq.tokens,
+                    k,
+                    spec.ngram_max,
+                    spec.ngram_min,
+                    &mut seq.draft,
+                );
             }
         }
     }

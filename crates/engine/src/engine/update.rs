@@ -7,8 +7,8 @@
 use super::request::{Finish, PromptTokenLogprob, TokenEvent, TokenOut, TopLogprob, Usage};
 use crate::kv_manager::KvBlockManager;
 use crate::sampler::{Constraint, SampledToken, Sampler, StopMatcher};
-use crate::spec::DraftLength;
 use crate::scheduler::{Batch, SchedSeq, Scheduler, SeqId};
+use crate::spec::DraftLength;
 use hangar_tokenizer::{IncrementalDecoder, Tokenizer};
 use std::collections::HashMap;
 use tokio::sync::mpsc::UnboundedSender;
