@@ -619,6 +619,7 @@ mod tests {
                     block_size: bs,
                     row_stride: kvd,
                     head_offset: kh * hd,
+                    format: hangar_kernels::KvFormat::F16,
                 };
                 let lo = if window > 0 {
                     (pos + 1).saturating_sub(window)

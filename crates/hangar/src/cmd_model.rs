@@ -4,7 +4,8 @@ use crate::model_path;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hangar_engine::sampler::SamplingParams;
-use hangar_engine::{bench, perplexity, GenerateOptions, LoadedModel};
+use hangar_engine::{bench, perplexity, GenerateOptions, LoadedModel, ModelRunner};
+use hangar_models::kv::KvFormat;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -502,12 +503,33 @@ pub struct PerplexityArgs {
     /// Where the forward pass runs: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu", value_parser = crate::cmd_device::parse_device)]
     pub device: hangar_cuda::Device,
+    /// How the KV cache stores K and V: f16, q8_0 or q4_0 (the quantized types need
+    /// fast numerics, the default with them).
+    #[arg(long, default_value = "f16", value_parser = parse_kv_type)]
+    pub kv_type: KvFormat,
+    /// Also score with this KV type and compare: both perplexities, the mean / p99 /
+    /// max KL divergence of --kv-type's next-token distributions from this one's,
+    /// and how often both rank the same token first (CPU).
+    #[arg(long, value_parser = parse_kv_type)]
+    pub kl_base: Option<KvFormat>,
+}
+
+/// Parses `--kv-type` values.
+pub fn parse_kv_type(s: &str) -> Result<KvFormat, String> {
+    KvFormat::parse(s).ok_or_else(|| format!("unknown KV type {s:?} (use f16, q8_0 or q4_0)"))
 }
 
 pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
-    let (lm, _, _) = a.model.load(hangar_models::Numerics::Ggml)?;
+    // llama.cpp's arithmetic by default; the quantized KV types run on the fast path.
+    let quantized_kv = a.kv_type != KvFormat::F16 || a.kl_base.is_some_and(|b| b != KvFormat::F16);
+    let default_numerics = if quantized_kv {
+        hangar_models::Numerics::Fast
+    } else {
+        hangar_models::Numerics::Ggml
+    };
+    let (lm, _, _) = a.model.load(default_numerics)?;
     let bos = lm
         .tokenizer
         .bos_id()
@@ -519,9 +541,43 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
             eprint!("\rwindow {done}/{total}");
         }
     };
+    if let Some(base) = a.kl_base {
+        if a.device != hangar_cuda::Device::Cpu {
+            bail!("--kl-base compares KV types on the CPU; drop --device");
+        }
+        let r = perplexity::compare_kv_formats(
+            &lm.model, &lm.pool, bos, &toks, a.ctx, base, a.kv_type, progress,
+        )?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            eprintln!();
+            println!(
+                "KV {} vs {}: perplexity {:.4} vs {:.4} ({:+.3}%), KL mean {:.6} p99 {:.6} max {:.6} nats, same top token {:.2}% over {} tokens",
+                r.test,
+                r.base,
+                r.ppl_test,
+                r.ppl_base,
+                100.0 * (r.ppl_test / r.ppl_base - 1.0),
+                r.kl_mean,
+                r.kl_p99,
+                r.kl_max,
+                100.0 * r.top1_agreement,
+                r.scored_tokens
+            );
+        }
+        return Ok(());
+    }
     let r = match crate::cmd_device::open(&lm, a.device)? {
-        Some(mut gpu) => perplexity::perplexity_on(&mut gpu, bos, &toks, a.ctx, progress)?,
-        None => perplexity::perplexity(&lm.model, &lm.pool, bos, &toks, a.ctx, progress)?,
+        Some(mut gpu) => {
+            gpu.set_kv_format(a.kv_type)?;
+            perplexity::perplexity_on(&mut gpu, bos, &toks, a.ctx, progress)?
+        }
+        None => {
+            let mut cpu = hangar_engine::BorrowedCpuRunner::new(&lm.model, &lm.pool);
+            cpu.set_kv_format(a.kv_type)?;
+            perplexity::perplexity_on(&mut cpu, bos, &toks, a.ctx, progress)?
+        }
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -9,21 +9,24 @@
 //! stays in registers across all keys. Scores use f32 throughout (no quantization of
 //! Q or K), so results match the scalar reference to rounding.
 
+use crate::kv_format::{load_row, KvFormat};
 use crate::ops;
 
 /// One KV head of one layer, addressed through a sequence's block table.
 #[derive(Clone, Copy)]
 pub struct PagedKv<'a> {
-    /// The layer's key storage: `blocks * block_size` rows of `row_stride` f16 values
-    /// (their bits).
+    /// The layer's key storage: `blocks * block_size` rows of `row_stride` words
+    /// (f16 bits, or Q8_0/Q4_0 blocks: see [`KvFormat`]).
     pub k: &'a [u16],
     pub v: &'a [u16],
     pub table: &'a [u32],
     pub block_size: usize,
-    /// Values per cache row (all KV heads of a token).
+    /// Words per cache row (all KV heads of a token).
     pub row_stride: usize,
-    /// Offset of this KV head inside a row.
+    /// Offset of this KV head inside a row, in words.
     pub head_offset: usize,
+    /// How the rows are stored.
+    pub format: KvFormat,
 }
 
 impl PagedKv<'_> {
@@ -77,7 +80,10 @@ pub fn attend(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::cpu::simd_level() >= crate::SimdLevel::Avx512Vnni && head_dim.is_multiple_of(64) {
+        if crate::cpu::simd_level() >= crate::SimdLevel::Avx512Vnni
+            && head_dim.is_multiple_of(64)
+            && kv.format == KvFormat::F16
+        {
             // SAFETY: AVX-512F presence checked; all offsets are within the slices
             // (table entries were validated by the caller, asserted sizes above).
             unsafe {
@@ -94,7 +100,8 @@ pub fn attend(
     attend_scalar(kv, q, group, head_dim, lo, hi, scale, scores, out)
 }
 
-/// Reference implementation of [`attend`].
+/// Reference implementation of [`attend`], and its path for quantized rows (each key
+/// and value row is expanded to f32 once for all `group` heads).
 #[allow(clippy::too_many_arguments)]
 pub fn attend_scalar(
     kv: &PagedKv,
@@ -108,10 +115,11 @@ pub fn attend_scalar(
     out: &mut [f32],
 ) {
     let n = hi - lo;
+    let words = kv.format.words(head_dim);
     let mut row = vec![0f32; head_dim];
     for j in 0..n {
         let off = kv.offset(lo + j);
-        ops::f16_bits_to_f32(&kv.k[off..off + head_dim], &mut row);
+        load_row(kv.format, &kv.k[off..off + words], &mut row);
         for h in 0..group {
             scores[h * n + j] = ops::dot_f32(&q[h * head_dim..(h + 1) * head_dim], &row) * scale;
         }
@@ -124,7 +132,7 @@ pub fn attend_scalar(
     out[..group * head_dim].fill(0.0);
     for j in 0..n {
         let off = kv.offset(lo + j);
-        ops::f16_bits_to_f32(&kv.v[off..off + head_dim], &mut row);
+        load_row(kv.format, &kv.v[off..off + words], &mut row);
         for h in 0..group {
             ops::axpy_f32(
                 scores[h * n + j],
@@ -255,6 +263,7 @@ mod tests {
                     block_size: bs,
                     row_stride: stride,
                     head_offset: hd,
+                    format: KvFormat::F16,
                 };
                 let n = hi - lo;
                 let (mut s1, mut s2) = (vec![0.0; group * n], vec![0.0; group * n]);
@@ -265,6 +274,89 @@ mod tests {
                     assert!(
                         (a - b).abs() < 1e-5,
                         "group {group} range {lo}..{hi}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantized_rows_attend_like_their_dequantized_values() {
+        // Q8_0 / Q4_0 storage: the result is the attention over the values the blocks
+        // hold (computed here naively in f64 over the dequantized rows).
+        use crate::kv_format::{load_row, store_row};
+        let (hd, nkv, bs, blocks) = (64usize, 2usize, 4usize, 12usize);
+        let mut seed = 11u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let rows = blocks * bs;
+        let kf: Vec<f32> = (0..rows * nkv * hd).map(|_| rnd() * 3.0).collect();
+        let vf: Vec<f32> = (0..rows * nkv * hd).map(|_| rnd() * 3.0).collect();
+        let table: Vec<u32> = vec![3, 0, 7, 11, 5, 1];
+        for format in [KvFormat::Q8_0, KvFormat::Q4_0] {
+            let w = format.words(hd);
+            let stride = nkv * w;
+            let (mut k, mut v) = (vec![0u16; rows * stride], vec![0u16; rows * stride]);
+            for r in 0..rows * nkv {
+                store_row(
+                    format,
+                    &kf[r * hd..(r + 1) * hd],
+                    &mut k[r * w..(r + 1) * w],
+                );
+                store_row(
+                    format,
+                    &vf[r * hd..(r + 1) * hd],
+                    &mut v[r * w..(r + 1) * w],
+                );
+            }
+            let kv = PagedKv {
+                k: &k,
+                v: &v,
+                table: &table,
+                block_size: bs,
+                row_stride: stride,
+                head_offset: w,
+                format,
+            };
+            let group = 2;
+            let q: Vec<f32> = (0..group * hd).map(|_| rnd()).collect();
+            let (lo, hi) = (2usize, 21usize);
+            let n = hi - lo;
+            let (mut scores, mut out) = (vec![0.0; group * n], vec![0.0; group * hd]);
+            attend(&kv, &q, group, hd, lo, hi, 0.125, &mut scores, &mut out);
+            // Naive reference over the stored values of KV head 1.
+            let row = |buf: &[u16], pos: usize| {
+                let b = table[pos / bs] as usize * bs + pos % bs;
+                let mut y = vec![0f32; hd];
+                load_row(format, &buf[b * stride + w..b * stride + 2 * w], &mut y);
+                y
+            };
+            for h in 0..group {
+                let qh = &q[h * hd..(h + 1) * hd];
+                let logits: Vec<f64> = (lo..hi)
+                    .map(|p| {
+                        let kr = row(&k, p);
+                        0.125
+                            * qh.iter()
+                                .zip(&kr)
+                                .map(|(a, b)| f64::from(a * b))
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let m = logits.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = logits.iter().map(|l| (l - m).exp()).sum();
+                for d in 0..hd {
+                    let want: f64 = (lo..hi)
+                        .zip(&logits)
+                        .map(|(p, l)| (l - m).exp() / z * f64::from(row(&v, p)[d]))
+                        .sum();
+                    let got = f64::from(out[h * hd + d]);
+                    // The probabilities are rounded to f16 (2^-11 relative).
+                    assert!(
+                        (got - want).abs() < 2e-3,
+                        "{format:?} head {h} dim {d}: {got} vs {want}"
                     );
                 }
             }

@@ -11,6 +11,7 @@ use crate::ggml_forward::GgmlScratch;
 use crate::kv::{KvCache, NO_BLOCK};
 use crate::weights::{Model, Weight};
 use crate::ModelError;
+use hangar_kernels::kv_format::store_row;
 use hangar_kernels::ops::{self, RopeTable};
 use hangar_kernels::packed::{matmul_packed_many, Packed, PackedMatrix};
 use hangar_kernels::quants;
@@ -137,6 +138,12 @@ impl Model {
             return Ok(0);
         }
         if self.numerics == crate::Numerics::Ggml {
+            if kv.format() != hangar_kernels::KvFormat::F16 {
+                return Err(ModelError::BadBatch(format!(
+                    "llama.cpp's arithmetic (ggml numerics) reads an f16 KV cache; a {} cache needs fast numerics",
+                    kv.format().name()
+                )));
+            }
             return self.forward_ggml(pool, seqs, kv, ws, logits, observer);
         }
         let (d, qd, kvd, ff, hd) = (
@@ -252,23 +259,26 @@ impl Model {
             ops::round_to_f16(&mut ws.q[..t_total * qd]);
             ops::round_to_f16(&mut ws.k[..t_total * kvd]);
             ops::round_to_f16(&mut ws.v[..t_total * kvd]);
-            // Store the new keys and values.
+            // Store the new keys and values (f16: already rounded, so exact; Q8_0 and
+            // Q4_0 quantize the f16-rounded values, as llama.cpp quantizes its f32).
             let g = kv.group_of_layer(li);
             {
+                let (format, words) = (kv.format(), kv.layout().row_words());
                 let mut t = 0;
                 for s in seqs {
                     let table = s.block_tables[g];
                     for i in 0..s.tokens.len() {
                         let off = kv.offset(table, s.start_pos + i);
                         let (kc, vc) = kv.layer_kv_mut(li);
-                        // Already f16-rounded: the conversion is exact.
-                        ops::f32_to_f16_bits(
+                        store_row(
+                            format,
                             &ws.k[t * kvd..(t + 1) * kvd],
-                            &mut kc[off..off + kvd],
+                            &mut kc[off..off + words],
                         );
-                        ops::f32_to_f16_bits(
+                        store_row(
+                            format,
                             &ws.v[t * kvd..(t + 1) * kvd],
-                            &mut vc[off..off + kvd],
+                            &mut vc[off..off + words],
                         );
                         t += 1;
                     }
@@ -440,6 +450,7 @@ impl Model {
         };
         let g = kv.group_of_layer(li);
         let (kc, vc) = kv.layer_kv(li);
+        let format = kv.format();
         let scale = cfg.attn_scale;
         let bs = kv.block_size();
         let max_ctx = ws.tok_seq.iter().map(|&(_, p)| p + 1).max().unwrap_or(0);
@@ -490,8 +501,9 @@ impl Model {
                     v: vc,
                     table,
                     block_size: bs,
-                    row_stride: kvd,
-                    head_offset: kh * hd,
+                    row_stride: format.words(kvd),
+                    head_offset: kh * format.words(hd),
+                    format,
                 };
                 attend(&paged, qh, group, hd, lo, pos + 1, scale, scores, out);
             }

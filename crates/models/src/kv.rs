@@ -8,6 +8,7 @@
 //! owns which block is the engine's job.
 
 use crate::config::ModelConfig;
+pub use hangar_kernels::KvFormat;
 
 /// A block-table entry that holds no block (released, or never needed).
 pub const NO_BLOCK: u32 = u32::MAX;
@@ -19,8 +20,10 @@ pub struct KvLayout {
     pub group_layers: Vec<Vec<usize>>,
     /// Per group: the window in tokens, `None` for full attention.
     pub group_window: Vec<Option<usize>>,
-    /// Floats stored per token per layer for K (and again for V).
+    /// Values stored per token per layer for K (and again for V).
     pub kv_dim: usize,
+    /// How each value is stored (f16, or Q8_0/Q4_0 blocks of 32).
+    pub format: KvFormat,
 }
 
 impl KvLayout {
@@ -43,14 +46,34 @@ impl KvLayout {
             group_layers,
             group_window,
             kv_dim: cfg.kv_dim(),
+            format: KvFormat::F16,
         }
+    }
+
+    /// The same layout storing values as `format`; an error when a head's width is
+    /// not a whole number of the format's blocks.
+    pub fn with_format(mut self, cfg: &ModelConfig, format: KvFormat) -> Result<Self, String> {
+        if !format.fits(cfg.head_dim) {
+            return Err(format!(
+                "a {} KV cache needs heads of a multiple of 32 values; this model's are {}",
+                format.name(),
+                cfg.head_dim
+            ));
+        }
+        self.format = format;
+        Ok(self)
+    }
+
+    /// `u16` words one token's K (or V) takes in one layer.
+    pub fn row_words(&self) -> usize {
+        self.format.words(self.kv_dim)
     }
     pub fn n_groups(&self) -> usize {
         self.group_layers.len()
     }
     /// Bytes one block of `block_size` tokens occupies in group `g` (K and V, all its layers).
     pub fn block_bytes(&self, g: usize, block_size: usize) -> usize {
-        2 * self.group_layers[g].len() * block_size * self.kv_dim * std::mem::size_of::<u16>()
+        2 * self.group_layers[g].len() * block_size * self.row_words() * std::mem::size_of::<u16>()
     }
     /// Bytes per token across all groups.
     pub fn bytes_per_token(&self) -> usize {
@@ -65,9 +88,10 @@ pub struct KvCache {
     blocks: Vec<usize>,
     /// layer -> (group, index inside the group)
     slot: Vec<(usize, usize)>,
-    /// Per group, per layer in the group: K then V storage, `blocks * block_size * kv_dim`
-    /// f16 values (their bits: `vec![0u16; n]` is zero-filled lazily by the OS, where a
-    /// vector of `half::f16` would be written element by element).
+    /// Per group, per layer in the group: K then V storage, `blocks * block_size` rows
+    /// of `layout.row_words()` words (f16 bits or Q8_0/Q4_0 blocks: `vec![0u16; n]` is
+    /// zero-filled lazily by the OS, where a vector of `half::f16` would be written
+    /// element by element).
     k: Vec<Vec<Vec<u16>>>,
     v: Vec<Vec<Vec<u16>>>,
 }
@@ -76,7 +100,17 @@ impl KvCache {
     /// Allocates `blocks_per_group[g]` blocks of `block_size` tokens for each group.
     /// Memory is zero-filled lazily by the OS, so pages are committed only when used.
     pub fn new(cfg: &ModelConfig, block_size: usize, blocks_per_group: &[usize]) -> Self {
-        let layout = KvLayout::for_model(cfg);
+        Self::with_layout(KvLayout::for_model(cfg), cfg, block_size, blocks_per_group)
+    }
+
+    /// As [`KvCache::new`], for a layout of any storage format
+    /// ([`KvLayout::with_format`]).
+    pub fn with_layout(
+        layout: KvLayout,
+        cfg: &ModelConfig,
+        block_size: usize,
+        blocks_per_group: &[usize],
+    ) -> Self {
         assert_eq!(
             blocks_per_group.len(),
             layout.n_groups(),
@@ -86,7 +120,7 @@ impl KvCache {
         let mut k = Vec::new();
         let mut v = Vec::new();
         for (g, layers) in layout.group_layers.iter().enumerate() {
-            let n = blocks_per_group[g] * block_size * layout.kv_dim;
+            let n = blocks_per_group[g] * block_size * layout.row_words();
             for (i, &l) in layers.iter().enumerate() {
                 slot[l] = (g, i);
             }
@@ -132,11 +166,16 @@ impl KvCache {
             .sum()
     }
 
-    /// Float offset of `pos` through `table` (the caller validated the table).
+    /// How values are stored.
+    pub fn format(&self) -> KvFormat {
+        self.layout.format
+    }
+
+    /// Word offset of `pos` through `table` (the caller validated the table).
     #[inline]
     pub(crate) fn offset(&self, table: &[u32], pos: usize) -> usize {
         let b = table[pos / self.block_size] as usize;
-        (b * self.block_size + pos % self.block_size) * self.layout.kv_dim
+        (b * self.block_size + pos % self.block_size) * self.layout.row_words()
     }
 
     /// A layer's K and V storage, f16 bits.
@@ -153,7 +192,7 @@ impl KvCache {
     /// Copies the KV of `src` block into `dst` block in group `g` (copy-on-write of a
     /// shared prefix block).
     pub fn copy_block(&mut self, g: usize, src: u32, dst: u32) {
-        let n = self.block_size * self.layout.kv_dim;
+        let n = self.block_size * self.layout.row_words();
         let (s, d) = (src as usize * n, dst as usize * n);
         for buf in self.k[g].iter_mut().chain(self.v[g].iter_mut()) {
             buf.copy_within(s..s + n, d);

@@ -161,6 +161,7 @@ impl Engine {
                 "the batching engine speculates by prompt lookup (`ngram`); a draft model runs in `hangar generate` and `hangar bench`".into(),
             ));
         }
+        runner.set_kv_format(cfg.kv_format)?;
         let layout = runner.kv_layout();
         let blocks = pool_sizes(&layout, &cfg)?;
         let kvm = KvBlockManager::new(

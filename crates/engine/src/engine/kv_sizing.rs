@@ -25,6 +25,8 @@ pub struct EngineConfig {
     pub max_request_share: f64,
     /// Speculative decoding in the batch: `Ngram` (prompt lookup) or `Off`.
     pub speculative: crate::spec::SpecConfig,
+    /// How K and V are stored: f16, or Q8_0 / Q4_0 blocks (CPU, fast numerics).
+    pub kv_format: hangar_models::kv::KvFormat,
 }
 
 impl Default for EngineConfig {
@@ -39,6 +41,7 @@ impl Default for EngineConfig {
             prefix_caching: true,
             max_request_share: 0.25,
             speculative: crate::spec::SpecConfig::default(),
+            kv_format: hangar_models::kv::KvFormat::F16,
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use crate::EngineError;
 use hangar_kernels::ThreadPool;
-use hangar_models::kv::KvLayout;
+use hangar_models::kv::{KvFormat, KvLayout};
 use hangar_models::{KvCache, LogitsWanted, Model, SeqInput, Workspace};
 use std::borrow::Borrow;
 
@@ -32,6 +32,18 @@ pub trait ModelRunner: Send {
     /// Which layers share a KV block pool and how big a block is; asked before
     /// [`ModelRunner::allocate_kv`] so the engine can size the pools.
     fn kv_layout(&self) -> KvLayout;
+    /// Chooses how K and V are stored (before [`ModelRunner::kv_layout`]). Backends
+    /// that only keep f16 refuse the others.
+    fn set_kv_format(&mut self, format: KvFormat) -> Result<(), EngineError> {
+        match format {
+            KvFormat::F16 => Ok(()),
+            f => Err(EngineError::Invalid(format!(
+                "a {} KV cache is not supported on {}; it keeps K and V in f16 (use --kv-type f16, or run on the CPU)",
+                f.name(),
+                self.device()
+            ))),
+        }
+    }
     /// Reserves KV storage for `blocks_per_group` blocks of `block_size` tokens.
     /// Returns the bytes reserved.
     fn allocate_kv(
@@ -60,6 +72,7 @@ pub struct CpuRunner<M = Model, P = ThreadPool> {
     pool: P,
     kv: Option<KvCache>,
     ws: Workspace,
+    kv_format: KvFormat,
 }
 
 /// The CPU backend over a borrowed model and pool.
@@ -72,6 +85,7 @@ impl<M: Borrow<Model>, P: Borrow<ThreadPool>> CpuRunner<M, P> {
             pool,
             kv: None,
             ws: Workspace::default(),
+            kv_format: KvFormat::F16,
         }
     }
     pub fn model(&self) -> &Model {
@@ -90,14 +104,39 @@ impl<M: Borrow<Model> + Send, P: Borrow<ThreadPool> + Send> ModelRunner for CpuR
         &self.model().cfg.arch_name
     }
     fn kv_layout(&self) -> KvLayout {
-        KvLayout::for_model(&self.model().cfg)
+        let cfg = &self.model().cfg;
+        let layout = KvLayout::for_model(cfg);
+        // The format was checked against the model in `set_kv_format`.
+        layout
+            .clone()
+            .with_format(cfg, self.kv_format)
+            .unwrap_or(layout)
+    }
+    fn set_kv_format(&mut self, format: KvFormat) -> Result<(), EngineError> {
+        let model = self.model();
+        if format != KvFormat::F16 && model.numerics() == hangar_models::Numerics::Ggml {
+            return Err(EngineError::Invalid(format!(
+                "a {} KV cache needs fast numerics (--numerics fast); llama.cpp's arithmetic reads f16",
+                format.name()
+            )));
+        }
+        KvLayout::for_model(&model.cfg)
+            .with_format(&model.cfg, format)
+            .map_err(EngineError::Invalid)?;
+        self.kv_format = format;
+        Ok(())
     }
     fn allocate_kv(
         &mut self,
         block_size: usize,
         blocks_per_group: &[usize],
     ) -> Result<usize, EngineError> {
-        let kv = KvCache::new(&self.model().cfg, block_size, blocks_per_group);
+        let kv = KvCache::with_layout(
+            self.kv_layout(),
+            &self.model().cfg,
+            block_size,
+            blocks_per_group,
+        );
         let bytes = kv.capacity_bytes();
         self.kv = Some(kv);
         Ok(bytes)
@@ -177,6 +216,7 @@ impl ModelRunner for FakeRunner {
             group_layers: vec![vec![0]],
             group_window: vec![None],
             kv_dim: 1,
+            format: KvFormat::F16,
         }
     }
     fn allocate_kv(&mut self, block_size: usize, blocks: &[usize]) -> Result<usize, EngineError> {
