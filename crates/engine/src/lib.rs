@@ -49,6 +49,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod beam;
 pub mod bench;
 pub mod chat;
 pub mod embed;
