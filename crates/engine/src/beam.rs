@@ -145,7 +145,11 @@ pub fn beam_search(
         ended_by: None,
         cum_logprob: b.cum,
     }));
-    done.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.tokens.cmp(&b.tokens)));
+    done.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.tokens.cmp(&b.tokens))
+    });
     done.truncate(w);
     Ok(done)
 }

@@ -34,7 +34,9 @@ fn toy_logits(history: &[u32]) -> [f32; VOCAB] {
     }
     let mut out = [0f32; VOCAB];
     for (i, o) in out.iter_mut().enumerate() {
-        let x = h.wrapping_mul(0x9E3779B97F4A7C15).rotate_left(17 * i as u32 + 5);
+        let x = h
+            .wrapping_mul(0x9E3779B97F4A7C15)
+            .rotate_left(17 * i as u32 + 5);
         *o = (x >> 40) as f32 / (1u64 << 24) as f32 * 4.0;
     }
     out
@@ -191,8 +193,15 @@ fn a_wide_enough_beam_finds_the_exhaustive_best() {
         let got = beam_search(&e, &prompt, &params(16, 3, 0.0)).unwrap();
         assert_eq!(got.len(), 16);
         for (g, w) in got.iter().zip(&want) {
-            assert_eq!((&g.tokens, g.ended_by), (&w.tokens, w.ended_by), "prompt {prompt:?}");
-            assert!((g.cum_logprob - w.cum_logprob).abs() < 1e-4, "{g:?} vs {w:?}");
+            assert_eq!(
+                (&g.tokens, g.ended_by),
+                (&w.tokens, w.ended_by),
+                "prompt {prompt:?}"
+            );
+            assert!(
+                (g.cum_logprob - w.cum_logprob).abs() < 1e-4,
+                "{g:?} vs {w:?}"
+            );
         }
     }
     assert_eq!(e.stats().kv_blocks_used(), 0);
@@ -239,7 +248,10 @@ fn length_penalty_and_limits() {
         assert!((b.score - b.cum_logprob / len).abs() < 1e-9);
         assert!(b.tokens.len() <= 4);
     }
-    let mut seen = got.iter().map(|b| (&b.tokens, b.ended_by)).collect::<Vec<_>>();
+    let mut seen = got
+        .iter()
+        .map(|b| (&b.tokens, b.ended_by))
+        .collect::<Vec<_>>();
     seen.dedup();
     assert_eq!(seen.len(), got.len());
     // Width is bounded by the per-request share and by the logprob cap.
@@ -250,16 +262,24 @@ fn length_penalty_and_limits() {
 
 #[test]
 fn width_one_on_the_real_model_is_greedy_decoding() {
-    let Some(path) = hangar_testkit::model_path() else { return };
+    let Some(path) = hangar_testkit::model_path() else {
+        return;
+    };
     let lm = LoadedModel::load(&path, 2).unwrap();
-    let prompt = lm.tokenizer.encode("The three primary colors are", true, false);
+    let prompt = lm
+        .tokenizer
+        .encode("The three primary colors are", true, false);
     let opts = GenerateOptions {
         max_tokens: 12,
         sampling: hangar_engine::sampler::SamplingParams::greedy(),
         ..Default::default()
     };
     let want = generate(&lm, &prompt, &opts, |_| true).unwrap().tokens;
-    let e = Engine::start(LoadedModel::load(&path, 2).unwrap(), EngineConfig::default()).unwrap();
+    let e = Engine::start(
+        LoadedModel::load(&path, 2).unwrap(),
+        EngineConfig::default(),
+    )
+    .unwrap();
     let got = beam_search(&e, &prompt, &params(1, 12, 1.0)).unwrap();
     assert_eq!(got[0].tokens, want);
     let four = beam_search(&e, &prompt, &params(4, 12, 1.0)).unwrap();

@@ -5,6 +5,7 @@
 //! (`hangar_engine::prompt`, through `gen`), and wraps the results; no sampling or
 //! scheduling here.
 
+mod beam;
 mod gbnf;
 mod stored_prompt;
 mod stream;
@@ -226,11 +227,12 @@ pub async fn completions(
         return Err(ApiError::param("suffix", "suffix is not supported"));
     }
     let n = req.common.n()?;
-    if let Some(b) = req.best_of {
+    let beam = beam::params(&req, n)?;
+    if let (Some(b), None) = (req.best_of, beam) {
         if b != n as i64 {
             return Err(ApiError::param(
                 "best_of",
-                "best_of other than n is not supported",
+                "best_of other than n needs use_beam_search (sampled best_of is not supported)",
             ));
         }
     }
@@ -266,6 +268,30 @@ pub async fn completions(
             "n",
             format!("prompts × n must be at most {MAX_CHOICES}"),
         ));
+    }
+    if let Some((width, length_penalty)) = beam {
+        let ids = prompts
+            .into_iter()
+            .map(|p| gen::encode(&state, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let prompt_of = (0..ids.len())
+            .flat_map(|pi| std::iter::repeat_n(pi, n))
+            .collect();
+        let results = beam::run(&state, ids, &v, n, width, length_penalty).await?;
+        let job = Job {
+            api: Api::Completions,
+            id: request_id("cmpl", &state.app),
+            model,
+            created: now_secs(),
+            prompt_of,
+            logprobs: false,
+            echo: Vec::new(),
+            echo_logprobs: false,
+            tools: None,
+            prompt: prompt_used,
+            citations: None,
+        };
+        return Ok(whole_response(&job, results, state.engine().tokenizer()));
     }
     let mut reqs = Vec::new();
     let mut prompt_of = Vec::new();

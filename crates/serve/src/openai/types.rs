@@ -84,6 +84,10 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     pub best_of: Option<i64>,
     pub suffix: Option<String>,
+    /// Beam search (vLLM): `best_of` beams, the `n` best returned.
+    pub use_beam_search: Option<bool>,
+    /// Beam scores are `cumulative logprob / length^length_penalty` (default 1).
+    pub length_penalty: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
