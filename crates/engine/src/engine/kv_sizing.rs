@@ -46,15 +46,37 @@ impl Default for EngineConfig {
     }
 }
 
+/// How many sequences of the full `max_model_len` a memory budget holds, when the
+/// operator set one longer than some window: the windowed groups are then sized for
+/// that many windows rather than for `max_running` (which long sequences could never
+/// reach), so the global group gets the rest — as `hangar plan` counts.
+fn long_context_sequences(layout: &KvLayout, cfg: &EngineConfig, bytes: &[usize]) -> Option<usize> {
+    let (len, bs) = (cfg.max_model_len?, cfg.block_size);
+    if cfg.max_tokens_in_flight.is_some() || !layout.group_window.iter().flatten().any(|&w| w < len)
+    {
+        return None;
+    }
+    let per_seq: usize = (0..layout.n_groups())
+        .map(|g| {
+            let blocks = match layout.group_window[g] {
+                None => len.div_ceil(bs),
+                Some(w) => len.div_ceil(bs).min(w.div_ceil(bs) + 1),
+            };
+            blocks * bytes[g]
+        })
+        .sum();
+    Some((cfg.kv_memory_bytes / per_seq.max(1)).clamp(1, cfg.max_running))
+}
+
 /// Splits a KV budget between full-attention and sliding-window groups: windowed
 /// groups never need more than a window per running sequence plus one prefill chunk.
 #[allow(clippy::needless_range_loop)]
 pub(crate) fn pool_sizes(layout: &KvLayout, cfg: &EngineConfig) -> Result<Vec<usize>, EngineError> {
     let bs = cfg.block_size;
     let n = layout.n_groups();
-    let window_cap =
-        |w: usize| cfg.max_running * (w.div_ceil(bs) + 1) + cfg.max_batch_tokens.div_ceil(bs) + 1;
     let bytes: Vec<usize> = (0..n).map(|g| layout.block_bytes(g, bs)).collect();
+    let seqs = long_context_sequences(layout, cfg, &bytes).unwrap_or(cfg.max_running);
+    let window_cap = |w: usize| seqs * (w.div_ceil(bs) + 1) + cfg.max_batch_tokens.div_ceil(bs) + 1;
     let mut blocks = vec![0usize; n];
     if let Some(t) = cfg.max_tokens_in_flight {
         let full = t.div_ceil(bs);
