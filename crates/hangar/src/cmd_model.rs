@@ -209,6 +209,10 @@ pub struct GenerateArgs {
     pub stats: bool,
     #[command(flatten)]
     pub spec: crate::cmd_spec::SpecArgs,
+    /// How the KV cache stores K and V: f16, q8_0 or q4_0 (the quantized types need
+    /// fast numerics, the default with them).
+    #[arg(long, default_value = "f16", value_parser = parse_kv_type)]
+    pub kv_type: KvFormat,
 }
 
 fn parse_bias(s: &str) -> Result<(u32, f32), String> {
@@ -257,7 +261,12 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         (None, None) => bail!("give a prompt with -p TEXT or --prompt-file FILE"),
     };
     let spec = a.spec.config()?;
-    let (lm, _path, load_s) = a.model.load(hangar_models::Numerics::Ggml)?;
+    let default_numerics = if a.kv_type == KvFormat::F16 {
+        hangar_models::Numerics::Ggml
+    } else {
+        hangar_models::Numerics::Fast
+    };
+    let (lm, _path, load_s) = a.model.load(default_numerics)?;
     let draft_lm = a.spec.load_draft(a.model.threads)?;
     let mut draft = match &draft_lm {
         Some(dm) => Some(crate::cmd_spec::bind_draft(dm, &lm)?),
@@ -313,17 +322,20 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         }
         true
     };
-    let g = match gpu.as_mut() {
-        Some(r) => hangar_engine::generate_on_with_draft(
-            r,
-            draft.as_mut(),
-            &lm.tokenizer,
-            &ids,
-            &opts,
-            on_text,
-        )?,
-        None => hangar_engine::generate_with_draft(&lm, draft.as_mut(), &ids, &opts, on_text)?,
+    let mut cpu = hangar_engine::BorrowedCpuRunner::new(&lm.model, &lm.pool);
+    let runner: &mut dyn ModelRunner = match gpu.as_mut() {
+        Some(r) => r,
+        None => &mut cpu,
     };
+    runner.set_kv_format(a.kv_type)?;
+    let g = hangar_engine::generate_on_with_draft(
+        runner,
+        draft.as_mut(),
+        &lm.tokenizer,
+        &ids,
+        &opts,
+        on_text,
+    )?;
     if stream {
         let _ = writeln!(stdout);
     }

@@ -299,3 +299,87 @@ fn eval_on_a_gpu_without_a_driver_names_the_missing_library() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(err.contains("libcuda"), "{err}");
 }
+
+#[test]
+fn kv_types_on_generate_and_perplexity() {
+    let Some(m) = model() else { return };
+    // q8_0 keeps f16's greedy answer on this prompt.
+    let text = |kv: &str| {
+        let out = hangar(&[
+            "generate",
+            "--model",
+            &m,
+            "-p",
+            "The capital of France is",
+            "-n",
+            "8",
+            "--temperature",
+            "0",
+            "--numerics",
+            "fast",
+            "--kv-type",
+            kv,
+            "-t",
+            "2",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(text("q8_0"), text("f16"));
+    // The comparison report, as JSON.
+    let file = repo_file("tests/data/reference/ppl_text.txt");
+    let out = hangar(&[
+        "perplexity",
+        "--model",
+        &m,
+        "-f",
+        file.to_str().unwrap(),
+        "--ctx",
+        "128",
+        "--kv-type",
+        "q8_0",
+        "--kl-base",
+        "f16",
+        "--json",
+        "-t",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (r["base"].as_str(), r["test"].as_str()),
+        (Some("f16"), Some("q8_0"))
+    );
+    let (a, b) = (
+        r["ppl_base"].as_f64().unwrap(),
+        r["ppl_test"].as_f64().unwrap(),
+    );
+    assert!((b / a - 1.0).abs() < 0.02, "{r}");
+    assert!(r["kl_mean"].as_f64().unwrap() > 0.0);
+    // Under llama.cpp's arithmetic a quantized cache is refused, saying why.
+    let out = hangar(&[
+        "generate",
+        "--model",
+        &m,
+        "-p",
+        "x",
+        "-n",
+        "2",
+        "--numerics",
+        "ggml",
+        "--kv-type",
+        "q4_0",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fast numerics"));
+    let out = hangar(&["generate", "--model", &m, "-p", "x", "--kv-type", "q5"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("f16, q8_0 or q4_0"));
+}
