@@ -59,3 +59,22 @@ def test_temperature_and_streaming_are_refused(client):
         client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=4, temperature=0,
                                   stream=True, extra_body={"use_beam_search": True})
     assert "stream" in str(e.value)
+
+
+def test_chat_beam_search(client):
+    msgs = [{"role": "user", "content": "Name a primary color."}]
+    greedy = client.chat.completions.create(model=MODEL_NAME, messages=msgs, max_tokens=12,
+                                            temperature=0)
+    one = client.chat.completions.create(model=MODEL_NAME, messages=msgs, max_tokens=12,
+                                         temperature=0,
+                                         extra_body={"use_beam_search": True, "best_of": 1})
+    assert one.choices[0].message.content == greedy.choices[0].message.content
+    two = client.chat.completions.create(model=MODEL_NAME, messages=msgs, max_tokens=12, n=2,
+                                         temperature=0,
+                                         extra_body={"use_beam_search": True, "best_of": 3})
+    texts = [c.message.content for c in two.choices]
+    assert len(texts) == 2 and texts[0] != texts[1], texts
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL_NAME, messages=msgs, max_tokens=4, temperature=0,
+                                       logprobs=True, extra_body={"use_beam_search": True})
+    assert "logprobs" in str(e.value)

@@ -7,7 +7,9 @@
 //!
 //! Scores follow Hugging Face: `cumulative logprob / generated_len^length_penalty`,
 //! where `generated_len` does not count the ending token; the result is the W best
-//! finished or unfinished beams by score.
+//! finished or unfinished beams by score. The search stops at `max_tokens`, when every
+//! beam has ended, or (Hugging Face's default rule) once W beams have finished and no
+//! live beam scores better at its current length than the W-th of them.
 
 use crate::engine::{Engine, GenerateRequest, Tenant, TokenEvent};
 use crate::EngineError;
@@ -138,6 +140,20 @@ pub fn beam_search(
             next.push(Beam { tokens, cum });
         }
         live = next;
+        // Hugging Face's default stopping rule: once W beams have finished, stop when
+        // no live beam scores better at its current length than the W-th finished one.
+        if done.len() >= w {
+            let mut scores: Vec<f64> = done.iter().map(|d| d.score).collect();
+            scores.sort_by(|a, b| b.total_cmp(a));
+            let worst_kept = scores[w - 1];
+            let best_live = live
+                .iter()
+                .map(|b| score(b.cum, b.tokens.len(), p.length_penalty))
+                .fold(f64::NEG_INFINITY, f64::max);
+            if best_live <= worst_kept {
+                break;
+            }
+        }
     }
     done.extend(live.into_iter().map(|b| BeamResult {
         score: score(b.cum, b.tokens.len(), p.length_penalty),

@@ -1,19 +1,31 @@
-//! `use_beam_search` on `/v1/completions` (vLLM's parameters): `best_of` beams (default
-//! `n`), `length_penalty`, the `n` best returned. Greedy only, not streamed, no stop
-//! strings (stop token ids and end of generation end beams), no structured output.
-//! The search itself is `hangar_engine::beam`.
+//! `use_beam_search` on `/v1/completions` and `/v1/chat/completions` (vLLM's
+//! parameters): `best_of` beams (default `n`), `length_penalty`, the `n` best returned.
+//! Greedy only, not streamed, no stop strings (stop token ids and end of generation
+//! end beams), no logprobs, tools or structured output. The search itself is
+//! `hangar_engine::beam`.
 
-use super::types::CompletionRequest;
+use super::types::Common;
 use crate::error::ApiError;
 use crate::gen::Validated;
 use crate::InferenceState;
 use hangar_engine::beam::{beam_search, BeamParams};
 use hangar_engine::{Completion, Finish, Usage};
 
-/// Beam search settings of a request, checked; `None` when it does not ask for it.
-pub fn params(req: &CompletionRequest, n: usize) -> Result<Option<(usize, f64)>, ApiError> {
-    if !req.use_beam_search.unwrap_or(false) {
-        if req.length_penalty.is_some() {
+/// A request's beam search fields (both APIs).
+pub struct Ask<'a> {
+    pub common: &'a Common,
+    pub use_beam_search: Option<bool>,
+    pub best_of: Option<i64>,
+    pub length_penalty: Option<f64>,
+    /// Logprobs, echo or tools were asked for.
+    pub extras: Option<&'static str>,
+}
+
+/// Beam search settings of a request, checked: `(width, length_penalty)`, or `None`
+/// when it does not ask for beam search.
+pub fn params(ask: Ask, n: usize) -> Result<Option<(usize, f64)>, ApiError> {
+    if !ask.use_beam_search.unwrap_or(false) {
+        if ask.length_penalty.is_some() {
             return Err(ApiError::param(
                 "length_penalty",
                 "length_penalty applies to beam search: set use_beam_search",
@@ -21,7 +33,7 @@ pub fn params(req: &CompletionRequest, n: usize) -> Result<Option<(usize, f64)>,
         }
         return Ok(None);
     }
-    let c = &req.common;
+    let c = ask.common;
     let refuse =
         |p: &str, why: &str| Err(ApiError::param(p, format!("{why} with use_beam_search")));
     if c.temperature.is_some_and(|t| t != 0.0) {
@@ -39,13 +51,13 @@ pub fn params(req: &CompletionRequest, n: usize) -> Result<Option<(usize, f64)>,
             "stop strings are not supported (use stop_token_ids)",
         );
     }
-    if req.logprobs.is_some() || req.echo.unwrap_or(false) {
-        return refuse("logprobs", "logprobs and echo are not supported");
+    if let Some(what) = ask.extras {
+        return refuse(what, &format!("{what} is not supported"));
     }
     if c.structured.guided()?.is_some() {
         return refuse("response_format", "structured output is not supported");
     }
-    let width = match req.best_of {
+    let width = match ask.best_of {
         Some(b) if b < 1 => return refuse("best_of", "best_of must be at least 1"),
         Some(b) => b as usize,
         None => n,
@@ -53,7 +65,7 @@ pub fn params(req: &CompletionRequest, n: usize) -> Result<Option<(usize, f64)>,
     if width < n {
         return refuse("best_of", "best_of (the beam width) must be at least n");
     }
-    let lp = req.length_penalty.unwrap_or(1.0);
+    let lp = ask.length_penalty.unwrap_or(1.0);
     if !lp.is_finite() {
         return refuse("length_penalty", "length_penalty must be a finite number");
     }
@@ -69,6 +81,7 @@ pub async fn run(
     n: usize,
     width: usize,
     length_penalty: f64,
+    default_max: Option<usize>,
 ) -> Result<Vec<Completion>, ApiError> {
     let engine = state.engine();
     let info = engine.info().clone();
@@ -86,7 +99,7 @@ pub async fn run(
     let mut out = Vec::with_capacity(prompts.len() * n);
     for prompt in prompts {
         let max_tokens =
-            hangar_engine::prompt::fit_max_tokens(&info, prompt.len(), v.max_tokens, Some(16))?;
+            hangar_engine::prompt::fit_max_tokens(&info, prompt.len(), v.max_tokens, default_max)?;
         // A managed key is charged the prompt once and every token the beams computed.
         let charge = match &caller {
             Some(crate::auth::Caller::Key(key)) => Some(

@@ -227,7 +227,22 @@ pub async fn completions(
         return Err(ApiError::param("suffix", "suffix is not supported"));
     }
     let n = req.common.n()?;
-    let beam = beam::params(&req, n)?;
+    let beam = beam::params(
+        beam::Ask {
+            common: &req.common,
+            use_beam_search: req.use_beam_search,
+            best_of: req.best_of,
+            length_penalty: req.length_penalty,
+            extras: if req.logprobs.is_some() {
+                Some("logprobs")
+            } else if req.echo.unwrap_or(false) {
+                Some("echo")
+            } else {
+                None
+            },
+        },
+        n,
+    )?;
     if let (Some(b), None) = (req.best_of, beam) {
         if b != n as i64 {
             return Err(ApiError::param(
@@ -277,7 +292,7 @@ pub async fn completions(
         let prompt_of = (0..ids.len())
             .flat_map(|pi| std::iter::repeat_n(pi, n))
             .collect();
-        let results = beam::run(&state, ids, &v, n, width, length_penalty).await?;
+        let results = beam::run(&state, ids, &v, n, width, length_penalty, Some(16)).await?;
         let job = Job {
             api: Api::Completions,
             id: request_id("cmpl", &state.app),
@@ -469,6 +484,30 @@ async fn chat_request(state: InferenceState, req: ChatRequest) -> Result<Respons
         .common
         .options(logprobs)
         .validate(state.engine().info())?;
+    let beam = beam::params(
+        beam::Ask {
+            common: &req.common,
+            use_beam_search: req.use_beam_search,
+            best_of: req.best_of,
+            length_penalty: req.length_penalty,
+            extras: if logprobs.is_some() {
+                Some("logprobs")
+            } else if req.tools.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+                Some("tools")
+            } else {
+                None
+            },
+        },
+        n,
+    )?;
+    if let (Some(b), None) = (req.best_of, beam) {
+        if b != n as i64 {
+            return Err(ApiError::param(
+                "best_of",
+                "best_of other than n needs use_beam_search (sampled best_of is not supported)",
+            ));
+        }
+    }
     let (tool_setup, convo) = conversation(&state, req.messages, &req.tools)?;
     let guided = structured::guided_with_tools(&req.common.structured, tool_setup.as_ref())?;
     let (mut messages, prompt_used) =
@@ -479,6 +518,23 @@ async fn chat_request(state: InferenceState, req: ChatRequest) -> Result<Respons
         _ => None,
     };
     let prompt = gen::encode(&state, chat_prompt(messages, convo.tools))?;
+    if let Some((width, length_penalty)) = beam {
+        let results = beam::run(&state, vec![prompt], &v, n, width, length_penalty, None).await?;
+        let job = Job {
+            api: Api::Chat,
+            id: request_id("chatcmpl", &state.app),
+            model,
+            created: now_secs(),
+            prompt_of: vec![0; n],
+            logprobs: false,
+            echo: vec![None; n],
+            echo_logprobs: false,
+            tools: None,
+            prompt: prompt_used,
+            citations,
+        };
+        return Ok(whole_response(&job, results, state.engine().tokenizer()));
+    }
     let mut reqs = (0..n)
         .map(|j| v.request(prompt.clone(), j, None, state.engine().info()))
         .collect::<Result<Vec<_>, _>>()?;

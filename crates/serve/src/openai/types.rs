@@ -135,6 +135,11 @@ pub struct ChatRequest {
     /// score_threshold}`; the OpenAI client sends it through `extra_body`).
     #[serde(default)]
     pub retrieval: Option<serde_json::Value>,
+    /// Beam search (vLLM): `best_of` beams (default `n`), the `n` best returned.
+    pub use_beam_search: Option<bool>,
+    pub best_of: Option<i64>,
+    /// Beam scores are `cumulative logprob / length^length_penalty` (default 1).
+    pub length_penalty: Option<f64>,
 }
 
 // ---- responses -------------------------------------------------------------------
