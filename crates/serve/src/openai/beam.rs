@@ -25,6 +25,12 @@ pub struct Ask<'a> {
 /// when it does not ask for beam search.
 pub fn params(ask: Ask, n: usize) -> Result<Option<(usize, f64)>, ApiError> {
     if !ask.use_beam_search.unwrap_or(false) {
+        if ask.best_of.is_some_and(|b| b != n as i64) {
+            return Err(ApiError::param(
+                "best_of",
+                "best_of other than n needs use_beam_search (sampled best_of is not supported)",
+            ));
+        }
         if ask.length_penalty.is_some() {
             return Err(ApiError::param(
                 "length_penalty",

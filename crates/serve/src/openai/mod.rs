@@ -243,14 +243,6 @@ pub async fn completions(
         },
         n,
     )?;
-    if let (Some(b), None) = (req.best_of, beam) {
-        if b != n as i64 {
-            return Err(ApiError::param(
-                "best_of",
-                "best_of other than n needs use_beam_search (sampled best_of is not supported)",
-            ));
-        }
-    }
     let echo = req.echo.unwrap_or(false);
     let stream = req.common.stream.unwrap_or(false);
     // `max_tokens: 0` with `echo` only scores the prompt (lm-eval's log-likelihoods).
@@ -500,14 +492,6 @@ async fn chat_request(state: InferenceState, req: ChatRequest) -> Result<Respons
         },
         n,
     )?;
-    if let (Some(b), None) = (req.best_of, beam) {
-        if b != n as i64 {
-            return Err(ApiError::param(
-                "best_of",
-                "best_of other than n needs use_beam_search (sampled best_of is not supported)",
-            ));
-        }
-    }
     let (tool_setup, convo) = conversation(&state, req.messages, &req.tools)?;
     let guided = structured::guided_with_tools(&req.common.structured, tool_setup.as_ref())?;
     let (mut messages, prompt_used) =
@@ -518,26 +502,6 @@ async fn chat_request(state: InferenceState, req: ChatRequest) -> Result<Respons
         _ => None,
     };
     let prompt = gen::encode(&state, chat_prompt(messages, convo.tools))?;
-    if let Some((width, length_penalty)) = beam {
-        let results = beam::run(&state, vec![prompt], &v, n, width, length_penalty, None).await?;
-        let job = Job {
-            api: Api::Chat,
-            id: request_id("chatcmpl", &state.app),
-            model,
-            created: now_secs(),
-            prompt_of: vec![0; n],
-            logprobs: false,
-            echo: vec![None; n],
-            echo_logprobs: false,
-            tools: None,
-            prompt: prompt_used,
-            citations,
-        };
-        return Ok(whole_response(&job, results, state.engine().tokenizer()));
-    }
-    let mut reqs = (0..n)
-        .map(|j| v.request(prompt.clone(), j, None, state.engine().info()))
-        .collect::<Result<Vec<_>, _>>()?;
     let job = Job {
         api: Api::Chat,
         id: request_id("chatcmpl", &state.app),
@@ -551,6 +515,13 @@ async fn chat_request(state: InferenceState, req: ChatRequest) -> Result<Respons
         prompt: prompt_used,
         citations,
     };
+    if let Some((width, length_penalty)) = beam {
+        let results = beam::run(&state, vec![prompt], &v, n, width, length_penalty, None).await?;
+        return Ok(whole_response(&job, results, state.engine().tokenizer()));
+    }
+    let mut reqs = (0..n)
+        .map(|j| v.request(prompt.clone(), j, None, state.engine().info()))
+        .collect::<Result<Vec<_>, _>>()?;
     structured::attach(&state, guided, &mut reqs).await?;
     run(&state, job, reqs, &req.common).await
 }
