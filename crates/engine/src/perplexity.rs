@@ -62,28 +62,13 @@ pub fn perplexity_on(
             text_tokens.len()
         )));
     }
-    let block = 16;
-    let n_blocks = ctx.div_ceil(block);
-    let groups = runner.kv_layout().n_groups();
-    runner.allocate_kv(block, &vec![n_blocks; groups])?;
-    let table: Vec<u32> = (0..n_blocks as u32).collect();
-    let tables: Vec<&[u32]> = vec![&table; groups];
     let vocab = runner.vocab_size();
-    let mut logits = Vec::new();
+    let table = window_kv(runner, ctx)?;
     let (mut nll, mut count) = (0.0f64, 0usize);
     let first = ctx / 2;
-    let mut toks = Vec::with_capacity(ctx);
     for w in 0..windows {
-        toks.clear();
-        toks.push(bos);
-        toks.extend_from_slice(&text_tokens[w * per..(w + 1) * per]);
-        let seq = SeqInput {
-            tokens: &toks,
-            start_pos: 0,
-            block_tables: &tables,
-            logits: LogitsWanted::All,
-        };
-        runner.execute(&[seq], &mut logits)?;
+        let window = &text_tokens[w * per..(w + 1) * per];
+        let logits = window_logits(runner, &table, bos, window)?;
         if logits.len() < ctx * vocab {
             return Err(EngineError::Invalid(format!(
                 "the runner returned {} logits for {ctx} rows of {vocab}",
@@ -91,7 +76,7 @@ pub fn perplexity_on(
             )));
         }
         for j in first..ctx - 1 {
-            nll -= log_prob(&logits[j * vocab..(j + 1) * vocab], toks[j + 1] as usize);
+            nll -= log_prob(&logits[j * vocab..(j + 1) * vocab], window[j] as usize);
             count += 1;
         }
         on_window(w + 1, windows);
@@ -181,12 +166,12 @@ pub fn compare_kv_formats(
     let (mut nll_a, mut nll_b, mut agree) = (0.0f64, 0.0f64, 0usize);
     let mut kls: Vec<f64> = Vec::new();
     let (mut la, mut lb) = (Vec::new(), Vec::new());
+    let (ta, tb) = (window_kv(&mut a, ctx)?, window_kv(&mut b, ctx)?);
     let mut one = |w: usize| -> Result<(), EngineError> {
-        let end = ((w + 1) * per).min(text_tokens.len());
-        let window = &text_tokens[w * per..end];
+        let window = &text_tokens[w * per..(w + 1) * per];
         // One window each, through the same code `perplexity` uses.
-        let ra = window_logits(&mut a, bos, window, ctx)?;
-        let rb = window_logits(&mut b, bos, window, ctx)?;
+        let ra = window_logits(&mut a, &ta, bos, window)?;
+        let rb = window_logits(&mut b, &tb, bos, window)?;
         for j in first..ctx - 1 {
             let (xa, xb) = (
                 &ra[j * vocab..(j + 1) * vocab],
@@ -229,20 +214,25 @@ pub fn compare_kv_formats(
     })
 }
 
-/// Every row's logits for one window (`bos` + the window's tokens) on a fresh cache.
-fn window_logits(
-    runner: &mut dyn ModelRunner,
-    bos: u32,
-    window: &[u32],
-    ctx: usize,
-) -> Result<Vec<f32>, EngineError> {
+/// Reserves one window's KV (blocks of 16) on `runner`; returns the block table.
+fn window_kv(runner: &mut dyn ModelRunner, ctx: usize) -> Result<Vec<u32>, EngineError> {
     let block = 16;
     let n_blocks = ctx.div_ceil(block);
     let groups = runner.kv_layout().n_groups();
     runner.allocate_kv(block, &vec![n_blocks; groups])?;
-    let table: Vec<u32> = (0..n_blocks as u32).collect();
-    let tables: Vec<&[u32]> = vec![&table; groups];
-    let mut toks = Vec::with_capacity(ctx);
+    Ok((0..n_blocks as u32).collect())
+}
+
+/// Every row's logits for one window (`bos` + the window's tokens), over the blocks
+/// of `table` (each window overwrites the last).
+fn window_logits(
+    runner: &mut dyn ModelRunner,
+    table: &[u32],
+    bos: u32,
+    window: &[u32],
+) -> Result<Vec<f32>, EngineError> {
+    let tables: Vec<&[u32]> = vec![table; runner.kv_layout().n_groups()];
+    let mut toks = Vec::with_capacity(window.len() + 1);
     toks.push(bos);
     toks.extend_from_slice(window);
     let mut logits = Vec::new();

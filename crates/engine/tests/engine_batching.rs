@@ -8,6 +8,9 @@ use hangar_engine::{
     TokenEvent,
 };
 use hangar_testkit::model_path;
+
+mod common;
+use common::{collect, Outcome};
 use std::time::{Duration, Instant};
 
 const PROMPTS: &[&str] = &[
@@ -18,45 +21,6 @@ const PROMPTS: &[&str] = &[
     "Water boils at",
     "A haiku about the sea:",
 ];
-
-struct Outcome {
-    tokens: Vec<u32>,
-    text: String,
-    finish: Option<Finish>,
-    completion_tokens: usize,
-    cached_tokens: usize,
-}
-
-fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<TokenEvent>) -> Outcome {
-    let mut o = Outcome {
-        tokens: Vec::new(),
-        text: String::new(),
-        finish: None,
-        completion_tokens: 0,
-        cached_tokens: 0,
-    };
-    while let Some(ev) = rx.blocking_recv() {
-        match ev {
-            TokenEvent::Token(t) => {
-                o.tokens.push(t.id);
-                o.text.push_str(&t.text);
-            }
-            TokenEvent::Done {
-                finish,
-                usage,
-                text,
-            } => {
-                o.text.push_str(&text);
-                o.finish = Some(finish);
-                o.completion_tokens = usage.completion_tokens;
-                o.cached_tokens = usage.cached_tokens;
-            }
-            TokenEvent::Error(e) => panic!("engine error: {e}"),
-            TokenEvent::PromptLogprobs(_) => {}
-        }
-    }
-    o
-}
 
 fn reference(lm: &LoadedModel, prompt: &[u32], n: usize) -> Vec<u32> {
     let opts = GenerateOptions {

@@ -9,9 +9,11 @@ use hangar_engine::sampler::SamplingParams;
 use hangar_engine::spec::{SpecConfig, SpecMode};
 use hangar_engine::{
     generate, Engine, EngineConfig, Finish, GenerateOptions, GenerateRequest, LoadedModel,
-    TokenEvent,
 };
 use hangar_testkit::model_path;
+
+mod common;
+use common::{collect, Outcome};
 
 /// Prompts with text to copy (where drafts get accepted) and one without.
 const PROMPTS: &[&str] = &[
@@ -21,46 +23,6 @@ const PROMPTS: &[&str] = &[
     "1, 2, 3, 4, 5, 6, 7, 8,",
     "The capital of France is",
 ];
-
-#[derive(Debug, PartialEq)]
-struct Outcome {
-    tokens: Vec<u32>,
-    text: String,
-    finish: Option<Finish>,
-    completion_tokens: usize,
-    cached_tokens: usize,
-}
-
-fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<TokenEvent>) -> Outcome {
-    let mut o = Outcome {
-        tokens: Vec::new(),
-        text: String::new(),
-        finish: None,
-        completion_tokens: 0,
-        cached_tokens: 0,
-    };
-    while let Some(ev) = rx.blocking_recv() {
-        match ev {
-            TokenEvent::Token(t) => {
-                o.tokens.push(t.id);
-                o.text.push_str(&t.text);
-            }
-            TokenEvent::Done {
-                finish,
-                usage,
-                text,
-            } => {
-                o.text.push_str(&text);
-                o.finish = Some(finish);
-                o.completion_tokens = usage.completion_tokens;
-                o.cached_tokens = usage.cached_tokens;
-            }
-            TokenEvent::Error(e) => panic!("engine error: {e}"),
-            TokenEvent::PromptLogprobs(_) => {}
-        }
-    }
-    o
-}
 
 fn spec(mode: SpecMode) -> SpecConfig {
     SpecConfig {

@@ -1,0 +1,45 @@
+//! Helpers shared by the engine's integration tests on the real model.
+#![allow(dead_code)]
+
+use hangar_engine::{Finish, TokenEvent};
+
+#[derive(Debug, PartialEq)]
+pub struct Outcome {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub finish: Option<Finish>,
+    pub completion_tokens: usize,
+    pub cached_tokens: usize,
+}
+
+/// Reads a request's events to the end.
+pub fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<TokenEvent>) -> Outcome {
+    let mut o = Outcome {
+        tokens: Vec::new(),
+        text: String::new(),
+        finish: None,
+        completion_tokens: 0,
+        cached_tokens: 0,
+    };
+    while let Some(ev) = rx.blocking_recv() {
+        match ev {
+            TokenEvent::Token(t) => {
+                o.tokens.push(t.id);
+                o.text.push_str(&t.text);
+            }
+            TokenEvent::Done {
+                finish,
+                usage,
+                text,
+            } => {
+                o.text.push_str(&text);
+                o.finish = Some(finish);
+                o.completion_tokens = usage.completion_tokens;
+                o.cached_tokens = usage.cached_tokens;
+            }
+            TokenEvent::Error(e) => panic!("engine error: {e}"),
+            TokenEvent::PromptLogprobs(_) => {}
+        }
+    }
+    o
+}
