@@ -1,10 +1,12 @@
 """`use_beam_search` on /v1/completions through the openai client (vLLM's parameters
 via extra_body): width 1 is greedy decoding, wider beams return the n best distinct
 answers, and what beam search cannot do is refused with a 400 naming the parameter."""
+import re
+
 import openai
 import pytest
 
-from conftest import MODEL_NAME
+from conftest import MODEL_NAME, http
 
 PROMPT = "The three primary colors are"
 
@@ -78,3 +80,13 @@ def test_chat_beam_search(client):
         client.chat.completions.create(model=MODEL_NAME, messages=msgs, max_tokens=4, temperature=0,
                                        logprobs=True, extra_body={"use_beam_search": True})
     assert "logprobs" in str(e.value)
+
+
+def test_beam_answers_count_in_the_metrics(client, server):
+    def generated():
+        _, _, body = http("GET", server.base + "/metrics")
+        m = re.search(r"^hangar_generation_tokens_total(?:\{[^}]*\})? (\S+)$", body.decode(), re.M)
+        return float(m.group(1))
+    before = generated()
+    r = beam(client, max_tokens=6, n=2, best_of=2)
+    assert generated() - before == r.usage.completion_tokens

@@ -9,7 +9,7 @@ use crate::error::ApiError;
 use crate::gen::Validated;
 use crate::InferenceState;
 use hangar_engine::beam::{beam_search, BeamParams};
-use hangar_engine::{Completion, Finish, Usage};
+use hangar_engine::{Completion, Finish, TokenEvent, Usage};
 
 /// A request's beam search fields (both APIs).
 pub struct Ask<'a> {
@@ -104,6 +104,7 @@ pub async fn run(
     let tenant = caller.as_ref().map(|c| c.tenant()).unwrap_or_default();
     let mut out = Vec::with_capacity(prompts.len() * n);
     for prompt in prompts {
+        let start = std::time::Instant::now();
         let max_tokens =
             hangar_engine::prompt::fit_max_tokens(&info, prompt.len(), v.max_tokens, default_max)?;
         // A managed key is charged the prompt once and every token the beams computed.
@@ -135,7 +136,7 @@ pub async fn run(
             c.add(prompt.len() as u64, computed as u64);
         }
         for b in beams.into_iter().take(n) {
-            out.push(Completion {
+            let c = Completion {
                 text: tok.decode(&b.tokens, v.skip_special_tokens),
                 tokens: Vec::new(),
                 prompt_logprobs: Vec::new(),
@@ -150,8 +151,39 @@ pub async fn run(
                     cached_tokens: 0,
                     queue_us: 0,
                 },
-            });
+            };
+            observe(state, out.len(), &prompt, start, &c);
+            out.push(c);
         }
     }
     Ok(out)
+}
+
+/// Counts a returned beam in the metrics and the request log as a whole (unstreamed)
+/// answer, as a sampled choice would be.
+fn observe(
+    state: &InferenceState,
+    index: usize,
+    prompt: &[u32],
+    start: std::time::Instant,
+    c: &Completion,
+) {
+    use std::sync::atomic::Ordering;
+    let m = &state.app.metrics;
+    m.e2e.observe(start.elapsed().as_secs_f64());
+    m.prompt_tokens
+        .fetch_add(c.usage.prompt_tokens as u64, Ordering::Relaxed);
+    m.generation_tokens
+        .fetch_add(c.usage.completion_tokens as u64, Ordering::Relaxed);
+    if let Some(mut trace) = crate::monitoring::Trace::begin(&state.app, index, prompt, start) {
+        trace.on_event(&TokenEvent::Done {
+            finish: c.finish,
+            usage: c.usage,
+            text: c.text.clone(),
+        });
+        trace.finish(
+            &state.app,
+            crate::monitoring::Outcome::Done(c.finish, c.usage),
+        );
+    }
 }
