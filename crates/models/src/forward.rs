@@ -61,6 +61,11 @@ pub enum Tap {
 /// rows (one per token of the batch). Used for importance statistics (imatrix, Wanda).
 pub type Observer<'a> = &'a mut dyn FnMut(usize, Tap, &[f32], usize);
 
+/// Tensor parallelism: called with the output of each row-parallel projection
+/// (attention output, FFN down; `tokens x d_model`), which on a shard holds this
+/// rank's partial sum; it must leave the sum over all ranks (an all-reduce).
+pub type Reducer<'a> = &'a mut dyn FnMut(&mut [f32]) -> Result<(), String>;
+
 /// Reusable scratch buffers for [`Model::forward`], in either numerics: after the
 /// first call of a given batch shape, a forward pass allocates nothing.
 #[derive(Default)]
@@ -128,7 +133,57 @@ impl Model {
         kv: &mut KvCache,
         ws: &mut Workspace,
         logits: &mut Vec<f32>,
+        observer: Option<Observer>,
+    ) -> Result<usize, ModelError> {
+        self.forward_inner(pool, seqs, kv, ws, logits, observer, None)
+    }
+
+    /// As [`Model::forward`], for one rank of a tensor-parallel group: this model
+    /// holds the rank's shard (its heads and FFN slice, as `hangar_parallel` writes
+    /// them) and `reduce` sums the row-parallel projections over the ranks. Fast
+    /// numerics only.
+    pub fn forward_sharded(
+        &self,
+        pool: &ThreadPool,
+        seqs: &[SeqInput],
+        kv: &mut KvCache,
+        ws: &mut Workspace,
+        logits: &mut Vec<f32>,
+        reduce: Reducer,
+    ) -> Result<usize, ModelError> {
+        self.forward_sharded_observed(pool, seqs, kv, ws, logits, reduce, None)
+    }
+
+    /// As [`Model::forward_sharded`], showing this rank's activations to `observer`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_sharded_observed(
+        &self,
+        pool: &ThreadPool,
+        seqs: &[SeqInput],
+        kv: &mut KvCache,
+        ws: &mut Workspace,
+        logits: &mut Vec<f32>,
+        reduce: Reducer,
+        observer: Option<Observer>,
+    ) -> Result<usize, ModelError> {
+        if self.numerics == crate::Numerics::Ggml {
+            return Err(ModelError::BadBatch(
+                "tensor-parallel shards run with fast numerics (llama.cpp's arithmetic is not split)".into(),
+            ));
+        }
+        self.forward_inner(pool, seqs, kv, ws, logits, observer, Some(reduce))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_inner(
+        &self,
+        pool: &ThreadPool,
+        seqs: &[SeqInput],
+        kv: &mut KvCache,
+        ws: &mut Workspace,
+        logits: &mut Vec<f32>,
         mut observer: Option<Observer>,
+        mut reduce: Option<Reducer>,
     ) -> Result<usize, ModelError> {
         let cfg = &self.cfg;
         self.validate(seqs, kv)?;
@@ -289,6 +344,9 @@ impl Model {
                 obs(li, Tap::AttnOutIn, &ws.attn, qd);
             }
             self.matmul_w(pool, &layer.wo, &ws.attn, t_total, &mut ws.o, &mut ws.act);
+            if let Some(r) = reduce.as_mut() {
+                r(&mut ws.o[..t_total * d]).map_err(ModelError::Collective)?;
+            }
             for t in 0..t_total {
                 let o = &mut ws.o[t * d..(t + 1) * d];
                 if let Some(w) = &layer.post_attn_norm {
@@ -322,6 +380,9 @@ impl Model {
                 obs(li, Tap::FfnDownIn, &ws.gate, ff);
             }
             self.matmul_w(pool, &layer.down, &ws.gate, t_total, &mut ws.o, &mut ws.act);
+            if let Some(r) = reduce.as_mut() {
+                r(&mut ws.o[..t_total * d]).map_err(ModelError::Collective)?;
+            }
             for t in 0..t_total {
                 let o = &mut ws.o[t * d..(t + 1) * d];
                 if let Some(w) = &layer.post_ffn_norm {

@@ -54,7 +54,7 @@ mod weights;
 
 pub use bert::{Encoder, EncoderConfig, EncoderWorkspace, Pooling, SentenceConfig};
 pub use config::{Activation, Arch, ModelConfig};
-pub use forward::{LogitsWanted, Observer, SeqInput, Tap, Workspace};
+pub use forward::{LogitsWanted, Observer, Reducer, SeqInput, Tap, Workspace};
 pub use kv::{KvCache, KvLayout};
 pub use options::{LoadOptions, Numerics, Packing};
 pub use weights::{LayerView, MatrixView, Model};
@@ -95,4 +95,6 @@ pub enum ModelError {
     KvFull { pos: usize, cap: usize },
     #[error("invalid batch: {0}")]
     BadBatch(String),
+    #[error("tensor-parallel collective failed: {0}")]
+    Collective(String),
 }

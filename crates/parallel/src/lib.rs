@@ -13,10 +13,14 @@
 //!   split by rows, output and down projections split by columns on quantization
 //!   block boundaries, the vocabulary split for the embedding and output head.
 //!
-//! Must not know about requests, scheduling or HTTP; the forward pass that runs on
-//! shards is `hangar-models`' (next step: see crates/parallel/README.md).
+//! - [`gguf_shard`]: a rank's shard of a GGUF model as a loadable GGUF; the forward
+//!   pass over it is `hangar_models::Model::forward_sharded`.
+//!
+//! Must not know about requests, scheduling or HTTP (see crates/parallel/README.md
+//! for what issue #16 still needs).
 
 mod comm;
+pub mod gguf_shard;
 pub mod shard;
 
 pub use comm::{CommError, Communicator, LocalComm, LocalGroup};

@@ -30,6 +30,8 @@ pub enum ShardError {
     },
     #[error("the rank {rank} is outside a group of {world}")]
     BadRank { rank: usize, world: usize },
+    #[error("model: {0}")]
+    Model(String),
     #[error("matrix of {rows}x{cols} {ty:?}: {why}")]
     Matrix {
         rows: usize,
