@@ -14,6 +14,7 @@ mod kv_sizing;
 pub(crate) mod prompt_lp;
 mod request;
 pub mod runner;
+mod tp_runner;
 mod update;
 
 pub use handle::{Engine, EngineStats, ModelInfo};
@@ -22,3 +23,4 @@ pub use request::{
     Finish, GenerateRequest, PromptTokenLogprob, Tenant, TokenEvent, TokenOut, TopLogprob, Usage,
 };
 pub use runner::{BorrowedCpuRunner, CpuRunner, FakeRunner, ModelRunner, StepInput};
+pub use tp_runner::TpCpuRunner;

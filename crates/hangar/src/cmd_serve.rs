@@ -53,6 +53,11 @@ pub struct ServeArgs {
     /// Tokens per KV block.
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
+    /// Split the model over this many ranks (Megatron tensor parallelism: heads and
+    /// FFN width divided, two all-reduces a layer). CPU ranks on threads today: the
+    /// code path GPUs will use, not a speed-up on one CPU.
+    #[arg(long, visible_alias = "tp", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub tensor_parallel: u32,
     /// How the KV cache stores K and V: f16, q8_0 (1.9x the tokens per byte) or q4_0
     /// (3.6x); the quantized types run on the CPU with fast numerics.
     #[arg(long, default_value = "f16", value_parser = crate::cmd_model::parse_kv_type)]
@@ -225,6 +230,10 @@ pub(crate) fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engin
         None => None,
     };
     let t0 = Instant::now();
+    if args.tensor_parallel > 1 {
+        let (engine, threads) = start_tensor_parallel(args, model_path, cfg)?;
+        return finish_engine(args, model_path, engine, template_file, t0, threads);
+    }
     let lm = LoadedModel::load_with(
         model_path,
         args.threads,
@@ -232,7 +241,7 @@ pub(crate) fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engin
     )
     .with_context(|| format!("loading {}", model_path.display()))?;
     let threads = lm.pool.n_threads();
-    let mut engine = match crate::cmd_device::open(&lm, args.device)? {
+    let engine = match crate::cmd_device::open(&lm, args.device)? {
         None => Engine::start(lm, cfg).context("starting the engine")?,
         Some(runner) => {
             let template = lm
@@ -246,6 +255,55 @@ pub(crate) fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engin
                 .context("starting the engine on the GPU")?
         }
     };
+    finish_engine(args, model_path, engine, template_file, t0, threads)
+}
+
+/// `--tensor-parallel N`: the model split over N CPU ranks on threads (the threads
+/// of `--threads` shared out), driven by one engine loop.
+fn start_tensor_parallel(
+    args: &ServeArgs,
+    model_path: &Path,
+    cfg: EngineConfig,
+) -> Result<(Engine, usize)> {
+    let n = args.tensor_parallel as usize;
+    if args.device != hangar_cuda::Device::Cpu {
+        bail!("--tensor-parallel runs on CPU ranks today; on GPUs it needs NCCL (issue #16): drop --device or --tensor-parallel");
+    }
+    let opts = crate::cmd_model::load_options(args.numerics, hangar_models::Numerics::Fast);
+    if opts.numerics == hangar_models::Numerics::Ggml {
+        bail!("--tensor-parallel needs --numerics fast (llama.cpp's arithmetic is not split)");
+    }
+    let file = hangar_formats::GgufFile::open(model_path)
+        .with_context(|| format!("opening {}", model_path.display()))?;
+    let tokenizer = hangar_tokenizer::Tokenizer::from_gguf(&file)
+        .with_context(|| format!("reading the tokenizer of {}", model_path.display()))?;
+    let template = file
+        .get_str("tokenizer.chat_template")
+        .ok()
+        .map(str::to_string);
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let threads = if args.threads == 0 {
+        cores
+    } else {
+        args.threads
+    };
+    let per_rank = (threads / n).max(1);
+    let runner = hangar_engine::TpCpuRunner::new(&file, n, per_rank, opts)
+        .with_context(|| format!("splitting {} over {n} ranks", model_path.display()))?;
+    let engine = Engine::start_with_runner(Box::new(runner), tokenizer, template, cfg)
+        .context("starting the tensor-parallel engine")?;
+    Ok((engine, per_rank * n))
+}
+
+/// The common end of start-up: chat template override, grammar warm-up, the log line.
+fn finish_engine(
+    args: &ServeArgs,
+    model_path: &Path,
+    mut engine: Engine,
+    template_file: Option<(String, String)>,
+    t0: Instant,
+    threads: usize,
+) -> Result<(Engine, String)> {
     if let Some((src, origin)) = template_file {
         engine
             .set_chat_template(&src, origin)
@@ -259,10 +317,10 @@ pub(crate) fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engin
         .clone()
         .unwrap_or_else(|| default_name(model_path));
     eprintln!(
-        "hangar serve: {} loaded in {:.2}s as {name:?} ({} threads); KV cache {} MiB ({}) in blocks of {} tokens {:?}, max context {} tokens; chat template {}{}",
+        "hangar serve: {} loaded in {:.2}s as {name:?} on {} ({threads} threads); KV cache {} MiB ({}) in blocks of {} tokens {:?}, max context {} tokens; chat template {}{}",
         model_path.display(),
         t0.elapsed().as_secs_f64(),
-        threads,
+        info.device,
         info.kv_bytes >> 20,
         args.kv_type.name(),
         info.kv_block_size,
