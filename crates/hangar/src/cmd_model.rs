@@ -417,6 +417,10 @@ pub struct BenchArgs {
     pub chat: bool,
     #[command(flatten)]
     pub spec: crate::cmd_spec::SpecArgs,
+    /// Split the model over this many CPU ranks (threads) and report the share of the
+    /// step time spent in all-reduces (see `hangar serve --tensor-parallel`).
+    #[arg(long, visible_alias = "tp", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub tensor_parallel: u32,
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
@@ -459,12 +463,26 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     let gpu = crate::cmd_device::open(&lm, a.device)?;
-    let device = match &gpu {
+    let mut device = match &gpu {
         Some(r) => format!("cuda ({}, {})", r.device_name(), r.arch()),
         None => "cpu".to_string(),
     };
+    let mut collective_share = None;
     let figures = match gpu {
+        Some(_) if a.tensor_parallel > 1 => {
+            bail!("--tensor-parallel runs on CPU ranks today; on GPUs it needs NCCL (issue #16)")
+        }
         Some(mut r) => bench::run_on(&mut r, a.pp, a.tg, a.batch, a.runs)?,
+        None if a.tensor_parallel > 1 => {
+            let n = a.tensor_parallel as usize;
+            let opts = load_options(a.model.numerics, hangar_models::Numerics::Fast);
+            let per_rank = (lm.pool.n_threads() / n).max(1);
+            let mut tp = hangar_engine::TpCpuRunner::new(lm.model.gguf(), n, per_rank, opts)?;
+            device = tp.device();
+            let f = bench::run_on(&mut tp, a.pp, a.tg, a.batch, a.runs)?;
+            collective_share = tp.take_collective_share();
+            f
+        }
         None => bench::run(&lm.model, &lm.pool, a.pp, a.tg, a.batch, a.runs)?,
     };
     let report = bench::BenchReport {
@@ -478,6 +496,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         v["load_s"] = serde_json::json!(load_s);
         v["device"] = serde_json::json!(device);
         v["numerics"] = serde_json::json!(format!("{:?}", lm.model.numerics()).to_lowercase());
+        v["all_reduce_share"] = serde_json::json!(collective_share);
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -495,6 +514,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         println!(
             "| {:<8} | {:>14.1} | {:>7.1} | {:>7.1} | {:>4} |",
             f.test, f.median_tok_s, f.min_tok_s, f.max_tok_s, f.runs
+        );
+    }
+    if let Some(share) = collective_share {
+        println!(
+            "all-reduce share of the step time (rank 0, waiting for the other ranks included): {:.1}%",
+            100.0 * share
         );
     }
     Ok(())

@@ -383,3 +383,26 @@ fn kv_types_on_generate_and_perplexity() {
     let out = hangar(&["generate", "--model", &m, "-p", "x", "--kv-type", "q5"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("f16, q8_0 or q4_0"));
 }
+
+#[test]
+fn bench_with_tensor_parallel_reports_the_all_reduce_share() {
+    let Some(m) = model() else { return };
+    let out = hangar(&[
+        "bench", "--model", &m, "--tp", "2", "-t", "2", "--pp", "32", "--tg", "4", "-r", "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["device"], "cpu (tensor-parallel 2)");
+    let share = v["all_reduce_share"].as_f64().expect("a share");
+    assert!(share > 0.0 && share < 1.0, "{share}");
+    let out = hangar(&[
+        "bench", "--model", &m, "--tp", "3", "--pp", "8", "--tg", "2", "-r", "1",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("attention heads (4)"));
+}

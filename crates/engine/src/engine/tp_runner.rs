@@ -41,7 +41,9 @@ enum Job {
 enum Reply {
     Done,
     Bytes(usize),
-    Logits(Vec<f32>),
+    /// Rank 0's logits, with the step's forward time and the part of it spent in
+    /// all-reduces (waiting for the slowest rank included).
+    Logits(Vec<f32>, Duration, Duration),
     Failed(String),
 }
 
@@ -57,6 +59,9 @@ pub struct TpCpuRunner {
     cfg: ModelConfig,
     format: KvFormat,
     world: usize,
+    /// Rank 0's forward time and all-reduce time, summed over steps.
+    forward_time: Duration,
+    collective_time: Duration,
 }
 
 /// How long a rank waits for the others at an all-reduce before the group fails.
@@ -100,7 +105,18 @@ impl TpCpuRunner {
             cfg,
             format: KvFormat::F16,
             world,
+            forward_time: Duration::ZERO,
+            collective_time: Duration::ZERO,
         })
+    }
+
+    /// Share of rank 0's forward time spent in all-reduces (including waiting for the
+    /// other ranks) since the last call; `None` before any step.
+    pub fn take_collective_share(&mut self) -> Option<f64> {
+        let (f, c) = (self.forward_time, self.collective_time);
+        self.forward_time = Duration::ZERO;
+        self.collective_time = Duration::ZERO;
+        (!f.is_zero()).then(|| c.as_secs_f64() / f.as_secs_f64())
     }
 
     /// Sends `job` to every rank and collects the replies in rank order.
@@ -183,18 +199,28 @@ fn spawn_rank(
                                     logits: s.logits,
                                 })
                                 .collect();
+                            let mut in_collectives = Duration::ZERO;
                             let mut reduce = |buf: &mut [f32]| {
-                                comm.all_reduce_sum(buf).map_err(|e| e.to_string())
+                                let t = std::time::Instant::now();
+                                let r = comm.all_reduce_sum(buf).map_err(|e| e.to_string());
+                                in_collectives += t.elapsed();
+                                r
                             };
-                            match model.forward_sharded(
+                            let t0 = std::time::Instant::now();
+                            let done = model.forward_sharded(
                                 &pool,
                                 &seqs,
                                 kv,
                                 &mut ws,
                                 &mut logits,
                                 &mut reduce,
-                            ) {
-                                Ok(_) if rank == 0 => Reply::Logits(std::mem::take(&mut logits)),
+                            );
+                            match done {
+                                Ok(_) if rank == 0 => Reply::Logits(
+                                    std::mem::take(&mut logits),
+                                    t0.elapsed(),
+                                    in_collectives,
+                                ),
                                 Ok(_) => Reply::Done,
                                 Err(e) => {
                                     // The others may be waiting for this rank at an
@@ -280,8 +306,10 @@ impl ModelRunner for TpCpuRunner {
         );
         let replies = self.all(|| Job::Execute(owned.clone()))?;
         match replies.into_iter().next() {
-            Some(Reply::Logits(l)) => {
+            Some(Reply::Logits(l, forward, collectives)) => {
                 *logits = l;
+                self.forward_time += forward;
+                self.collective_time += collectives;
                 Ok(())
             }
             _ => Err(EngineError::Invalid(
