@@ -1,6 +1,7 @@
-"""`hangar serve --tensor-parallel 2`: the model split over two CPU ranks answers the
-openai client like the whole model (the first greedy tokens; later ones may part at a
-near-tie, crates/parallel/README.md), says where it runs, and an impossible degree
+"""`hangar serve --tensor-parallel 2` / `--pipeline-parallel 2`: the model split over
+two CPU ranks answers the openai client like the whole model (the first greedy
+tokens; later ones may part at a near-tie, crates/parallel/README.md), split into two
+pipeline stages token for token; each says where it runs, and an impossible degree
 stops the server with the reason."""
 import json
 
@@ -37,3 +38,19 @@ def test_an_impossible_degree_is_refused_with_the_reason():
     with pytest.raises(RuntimeError) as e:
         Server("--tp", "8")
     assert "attention heads (4)" in str(e.value)
+
+
+def test_pipeline_stages_answer_token_for_token_like_the_whole_model():
+    whole = Server()
+    try:
+        want = first_tokens(whole.base, 10)
+    finally:
+        whole.stop()
+    pp = Server("--pipeline-parallel", "2", "--micro-batches", "2")
+    try:
+        _, _, body = http("GET", pp.base + "/v1/models")
+        assert "pipeline-parallel 2" in json.loads(body)["data"][0]["device"]
+        got = first_tokens(pp.base, 10)
+    finally:
+        pp.stop()
+    assert got == want

@@ -11,6 +11,7 @@
 mod core;
 mod handle;
 mod kv_sizing;
+mod pp_runner;
 pub(crate) mod prompt_lp;
 mod request;
 pub mod runner;
@@ -19,6 +20,7 @@ mod update;
 
 pub use handle::{Engine, EngineStats, ModelInfo};
 pub use kv_sizing::EngineConfig;
+pub use pp_runner::PpCpuRunner;
 pub use request::{
     Finish, GenerateRequest, PromptTokenLogprob, Tenant, TokenEvent, TokenOut, TopLogprob, Usage,
 };

@@ -70,8 +70,8 @@ pub use embed::{
 };
 pub use engine::{
     BorrowedCpuRunner, CpuRunner, Engine, EngineConfig, EngineStats, FakeRunner, Finish,
-    GenerateRequest, ModelInfo, ModelRunner, PromptTokenLogprob, StepInput, Tenant, TokenEvent,
-    TokenOut, TopLogprob, TpCpuRunner, Usage,
+    GenerateRequest, ModelInfo, ModelRunner, PpCpuRunner, PromptTokenLogprob, StepInput, Tenant,
+    TokenEvent, TokenOut, TopLogprob, TpCpuRunner, Usage,
 };
 pub use generate::{
     generate, generate_on, generate_on_with_draft, generate_with_draft, FinishReason,

@@ -421,6 +421,13 @@ pub struct BenchArgs {
     /// step time spent in all-reduces (see `hangar serve --tensor-parallel`).
     #[arg(long, visible_alias = "tp", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub tensor_parallel: u32,
+    /// Split the layers into this many pipeline stages (CPU threads) and report the
+    /// stages' idle share beside the schedule's 1 - m/(m + n - 1).
+    #[arg(long, visible_alias = "pp-stages", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub pipeline_parallel: u32,
+    /// Micro-batches a step is cut into under --pipeline-parallel (at most --batch).
+    #[arg(long, default_value_t = 4)]
+    pub micro_batches: usize,
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
@@ -468,9 +475,27 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         None => "cpu".to_string(),
     };
     let mut collective_share = None;
+    let mut pipeline_idle = None;
+    if a.tensor_parallel > 1 && a.pipeline_parallel > 1 {
+        bail!(
+            "choose --tensor-parallel or --pipeline-parallel (both at once is not supported yet)"
+        );
+    }
     let figures = match gpu {
-        Some(_) if a.tensor_parallel > 1 => {
-            bail!("--tensor-parallel runs on CPU ranks today; on GPUs it needs NCCL (issue #16)")
+        Some(_) if a.tensor_parallel > 1 || a.pipeline_parallel > 1 => {
+            bail!("--tensor-parallel and --pipeline-parallel run on the CPU today; on GPUs they need NCCL (issue #16)")
+        }
+        None if a.pipeline_parallel > 1 => {
+            let n = a.pipeline_parallel as usize;
+            let opts = load_options(a.model.numerics, hangar_models::Numerics::Fast);
+            let per_stage = (lm.pool.n_threads() / n).max(1);
+            let file = std::sync::Arc::new(hangar_formats::GgufFile::open(&path)?);
+            let mut pp =
+                hangar_engine::PpCpuRunner::new(file, n, a.micro_batches, per_stage, opts)?;
+            device = pp.device();
+            let f = bench::run_on(&mut pp, a.pp, a.tg, a.batch, a.runs)?;
+            pipeline_idle = pp.take_idle_share();
+            f
         }
         Some(mut r) => bench::run_on(&mut r, a.pp, a.tg, a.batch, a.runs)?,
         None if a.tensor_parallel > 1 => {
@@ -497,6 +522,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         v["device"] = serde_json::json!(device);
         v["numerics"] = serde_json::json!(format!("{:?}", lm.model.numerics()).to_lowercase());
         v["all_reduce_share"] = serde_json::json!(collective_share);
+        v["pipeline_idle_share"] = serde_json::json!(pipeline_idle.map(|(measured, schedule)| {
+            serde_json::json!({"measured": measured, "schedule": schedule})
+        }));
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -514,6 +542,14 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         println!(
             "| {:<8} | {:>14.1} | {:>7.1} | {:>7.1} | {:>4} |",
             f.test, f.median_tok_s, f.min_tok_s, f.max_tok_s, f.runs
+        );
+    }
+    if let Some((measured, schedule)) = pipeline_idle {
+        println!(
+            "pipeline idle share: measured {:.1}%, schedule 1 - m/(m + n - 1) = {:.1}% (m micro-batches per step, n = {} stages)",
+            100.0 * measured,
+            100.0 * schedule,
+            a.pipeline_parallel
         );
     }
     if let Some(share) = collective_share {

@@ -58,6 +58,13 @@ pub struct ServeArgs {
     /// code path GPUs will use, not a speed-up on one CPU.
     #[arg(long, visible_alias = "tp", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub tensor_parallel: u32,
+    /// Split the layers into this many pipeline stages (CPU threads today), each
+    /// step cut into --micro-batches micro-batches that flow through them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64), conflicts_with = "tensor_parallel")]
+    pub pipeline_parallel: u32,
+    /// Micro-batches per step under --pipeline-parallel.
+    #[arg(long, default_value_t = 4)]
+    pub micro_batches: usize,
     /// How the KV cache stores K and V: f16, q8_0 (1.9x the tokens per byte) or q4_0
     /// (3.6x); the quantized types run on the CPU with fast numerics.
     #[arg(long, default_value = "f16", value_parser = crate::cmd_model::parse_kv_type)]
@@ -230,7 +237,7 @@ pub(crate) fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engin
         None => None,
     };
     let t0 = Instant::now();
-    if args.tensor_parallel > 1 {
+    if args.tensor_parallel > 1 || args.pipeline_parallel > 1 {
         let (engine, threads) = start_tensor_parallel(args, model_path, cfg)?;
         return finish_engine(args, model_path, engine, template_file, t0, threads);
     }
@@ -258,16 +265,17 @@ pub(crate) fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engin
     finish_engine(args, model_path, engine, template_file, t0, threads)
 }
 
-/// `--tensor-parallel N`: the model split over N CPU ranks on threads (the threads
-/// of `--threads` shared out), driven by one engine loop.
+/// `--tensor-parallel N` / `--pipeline-parallel N`: the model split over N CPU ranks
+/// or stages on threads (the threads of `--threads` shared out), driven by one
+/// engine loop.
 fn start_tensor_parallel(
     args: &ServeArgs,
     model_path: &Path,
     cfg: EngineConfig,
 ) -> Result<(Engine, usize)> {
-    let n = args.tensor_parallel as usize;
+    let n = args.tensor_parallel.max(args.pipeline_parallel) as usize;
     if args.device != hangar_cuda::Device::Cpu {
-        bail!("--tensor-parallel runs on CPU ranks today; on GPUs it needs NCCL (issue #16): drop --device or --tensor-parallel");
+        bail!("--tensor-parallel and --pipeline-parallel run on the CPU today; on GPUs they need NCCL (issue #16): drop --device or the split");
     }
     let opts = crate::cmd_model::load_options(args.numerics, hangar_models::Numerics::Fast);
     if opts.numerics == hangar_models::Numerics::Ggml {
@@ -288,10 +296,25 @@ fn start_tensor_parallel(
         args.threads
     };
     let per_rank = (threads / n).max(1);
-    let runner = hangar_engine::TpCpuRunner::new(&file, n, per_rank, opts)
-        .with_context(|| format!("splitting {} over {n} ranks", model_path.display()))?;
-    let engine = Engine::start_with_runner(Box::new(runner), tokenizer, template, cfg)
-        .context("starting the tensor-parallel engine")?;
+    let runner: Box<dyn hangar_engine::ModelRunner> = if args.pipeline_parallel > 1 {
+        Box::new(
+            hangar_engine::PpCpuRunner::new(
+                std::sync::Arc::new(file),
+                n,
+                args.micro_batches,
+                per_rank,
+                opts,
+            )
+            .with_context(|| format!("splitting {} into {n} stages", model_path.display()))?,
+        )
+    } else {
+        Box::new(
+            hangar_engine::TpCpuRunner::new(&file, n, per_rank, opts)
+                .with_context(|| format!("splitting {} over {n} ranks", model_path.display()))?,
+        )
+    };
+    let engine = Engine::start_with_runner(runner, tokenizer, template, cfg)
+        .context("starting the split engine")?;
     Ok((engine, per_rank * n))
 }
 

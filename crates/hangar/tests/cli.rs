@@ -406,3 +406,49 @@ fn bench_with_tensor_parallel_reports_the_all_reduce_share() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("attention heads (4)"));
 }
+
+#[test]
+fn bench_with_pipeline_stages_reports_the_idle_share_beside_the_schedule() {
+    let Some(m) = model() else { return };
+    let out = hangar(&[
+        "bench",
+        "--model",
+        &m,
+        "--pipeline-parallel",
+        "2",
+        "--micro-batches",
+        "2",
+        "-b",
+        "4",
+        "-t",
+        "2",
+        "--pp",
+        "0",
+        "--tg",
+        "4",
+        "-r",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["device"]
+        .as_str()
+        .unwrap()
+        .contains("pipeline-parallel 2"));
+    let idle = &v["pipeline_idle_share"];
+    let (measured, schedule) = (
+        idle["measured"].as_f64().unwrap(),
+        idle["schedule"].as_f64().unwrap(),
+    );
+    assert!((0.0..1.0).contains(&measured), "{idle}");
+    // Steps of 1 sequence (m = 1) and of 4 (m = 2) with n = 2: between 1/3 and 1/2.
+    assert!(
+        (1.0 / 3.0 - 1e-9..=0.5 + 1e-9).contains(&schedule),
+        "{idle}"
+    );
+}

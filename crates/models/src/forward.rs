@@ -66,6 +66,13 @@ pub type Observer<'a> = &'a mut dyn FnMut(usize, Tap, &[f32], usize);
 /// rank's partial sum; it must leave the sum over all ranks (an all-reduce).
 pub type Reducer<'a> = &'a mut dyn FnMut(&mut [f32]) -> Result<(), String>;
 
+/// Pipeline parallelism: the layers one stage runs, and the hidden states it starts
+/// from (a later stage) or leaves for the next (a stage that does not end the model).
+struct Stage<'a> {
+    layers: std::ops::Range<usize>,
+    hidden: &'a mut Vec<f32>,
+}
+
 /// Reusable scratch buffers for [`Model::forward`], in either numerics: after the
 /// first call of a given batch shape, a forward pass allocates nothing.
 #[derive(Default)]
@@ -174,6 +181,38 @@ impl Model {
         self.forward_inner(pool, seqs, kv, ws, logits, observer, Some(reduce))
     }
 
+    /// Pipeline parallelism: runs only `layers` of the model. The first stage
+    /// (`layers.start == 0`) embeds the tokens; a later stage starts from `hidden`, the
+    /// previous stage's output (`tokens x d_model`). A stage that does not end the
+    /// model leaves its output in `hidden` and no logits; the last one computes the
+    /// logits as [`Model::forward`] does. Fast numerics only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_stage(
+        &self,
+        pool: &ThreadPool,
+        seqs: &[SeqInput],
+        kv: &mut KvCache,
+        ws: &mut Workspace,
+        layers: std::ops::Range<usize>,
+        hidden: &mut Vec<f32>,
+        logits: &mut Vec<f32>,
+    ) -> Result<usize, ModelError> {
+        if self.numerics == crate::Numerics::Ggml {
+            return Err(ModelError::BadBatch(
+                "pipeline stages run with fast numerics (llama.cpp's arithmetic is not split)"
+                    .into(),
+            ));
+        }
+        if layers.start >= layers.end || layers.end > self.layers.len() {
+            return Err(ModelError::BadBatch(format!(
+                "stage layers {layers:?} are not a range inside the model's {} layers",
+                self.layers.len()
+            )));
+        }
+        let stage = Stage { layers, hidden };
+        self.forward_full(pool, seqs, kv, ws, logits, None, None, Some(stage))
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn forward_inner(
         &self,
@@ -182,8 +221,23 @@ impl Model {
         kv: &mut KvCache,
         ws: &mut Workspace,
         logits: &mut Vec<f32>,
+        observer: Option<Observer>,
+        reduce: Option<Reducer>,
+    ) -> Result<usize, ModelError> {
+        self.forward_full(pool, seqs, kv, ws, logits, observer, reduce, None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_full(
+        &self,
+        pool: &ThreadPool,
+        seqs: &[SeqInput],
+        kv: &mut KvCache,
+        ws: &mut Workspace,
+        logits: &mut Vec<f32>,
         mut observer: Option<Observer>,
         mut reduce: Option<Reducer>,
+        mut stage: Option<Stage>,
     ) -> Result<usize, ModelError> {
         let cfg = &self.cfg;
         self.validate(seqs, kv)?;
@@ -237,26 +291,27 @@ impl Model {
             );
         }
 
-        // Embeddings.
-        let emb = self.mat(&self.tok_embd);
-        let emb_packed = self.packed(pool, &self.tok_embd);
-        let mut t = 0;
-        for s in seqs {
-            for &tok in s.tokens {
-                let row = &mut ws.x[t * d..(t + 1) * d];
-                match emb_packed {
-                    Some(p) => p.dequantize_row(tok as usize, row),
-                    None => quants::dequantize_row(emb.ty, emb.row(tok as usize), row)
-                        .expect("shape checked at load"),
-                }
-                if let Some(sc) = cfg.embed_scale {
-                    row.iter_mut().for_each(|v| *v *= sc);
-                }
-                t += 1;
+        // A later pipeline stage starts from the previous stage's hidden states.
+        let layers = match &stage {
+            Some(st) => st.layers.clone(),
+            None => 0..self.layers.len(),
+        };
+        if let Some(st) = stage.as_ref().filter(|st| st.layers.start > 0) {
+            if st.hidden.len() != t_total * d {
+                return Err(ModelError::BadBatch(format!(
+                    "a pipeline stage got {} hidden values for {t_total} tokens of {d}",
+                    st.hidden.len()
+                )));
             }
+            ws.x[..t_total * d].copy_from_slice(st.hidden);
+        } else {
+            self.embed(pool, seqs, ws, d);
         }
 
         for (li, layer) in self.layers.iter().enumerate() {
+            if !layers.contains(&li) {
+                continue;
+            }
             // Attention block.
             for t in 0..t_total {
                 ops::rms_norm(
@@ -390,6 +445,17 @@ impl Model {
                 }
                 add(&mut ws.x[t * d..(t + 1) * d], o);
             }
+        }
+
+        // A stage that does not end the model hands its hidden states on.
+        if let Some(st) = stage
+            .as_mut()
+            .filter(|st| st.layers.end < self.layers.len())
+        {
+            st.hidden.clear();
+            st.hidden.extend_from_slice(&ws.x[..t_total * d]);
+            logits.clear();
+            return Ok(0);
         }
 
         // Logits for the requested rows.
@@ -569,6 +635,27 @@ impl Model {
                 attend(&paged, qh, group, hd, lo, pos + 1, scale, scores, out);
             }
         });
+    }
+
+    /// The token embeddings of the batch into `ws.x` (scaled where the model says).
+    fn embed(&self, pool: &ThreadPool, seqs: &[SeqInput], ws: &mut Workspace, d: usize) {
+        let emb = self.mat(&self.tok_embd);
+        let emb_packed = self.packed(pool, &self.tok_embd);
+        let mut t = 0;
+        for s in seqs {
+            for &tok in s.tokens {
+                let row = &mut ws.x[t * d..(t + 1) * d];
+                match emb_packed {
+                    Some(p) => p.dequantize_row(tok as usize, row),
+                    None => quants::dequantize_row(emb.ty, emb.row(tok as usize), row)
+                        .expect("shape checked at load"),
+                }
+                if let Some(sc) = self.cfg.embed_scale {
+                    row.iter_mut().for_each(|v| *v *= sc);
+                }
+                t += 1;
+            }
+        }
     }
 
     fn validate(&self, seqs: &[SeqInput], kv: &KvCache) -> Result<(), ModelError> {
