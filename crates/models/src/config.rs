@@ -38,6 +38,9 @@ pub struct ModelConfig {
     pub head_dim: usize,
     pub ffn_dim: usize,
     pub vocab_size: usize,
+    /// A tensor-parallel shard holds the embedding and output rows from this token id
+    /// on (0 for a whole model; `hangar.tensor_parallel.vocab_start`).
+    pub vocab_offset: usize,
     /// Context length the model was trained for.
     pub ctx_len: usize,
     pub rms_eps: f32,
@@ -252,6 +255,7 @@ impl ModelConfig {
             head_dim,
             ffn_dim,
             vocab_size,
+            vocab_offset: 0,
             ctx_len,
             rms_eps,
             rope_base,

@@ -95,6 +95,8 @@ pub struct Workspace {
     rope_local: RopeTable,
     scores: Vec<Vec<f32>>,
     sel: Vec<f32>,
+    /// A vocabulary-parallel shard's own logits, before they are placed and summed.
+    part: Vec<f32>,
     /// What only the ggml numerics use.
     pub(crate) ggml: GgmlScratch,
 }
@@ -306,6 +308,16 @@ impl Model {
             ws.x[..t_total * d].copy_from_slice(st.hidden);
         } else {
             self.embed(pool, seqs, ws, d);
+            // Vocabulary-parallel shards looked up their own rows (zeros elsewhere):
+            // the sum over ranks is every token's embedding, exactly.
+            if self.tok_embd.rows < cfg.vocab_size {
+                let r = reduce.as_mut().ok_or_else(|| {
+                    ModelError::BadBatch(
+                        "a vocabulary-parallel shard needs its ranks' all-reduce".into(),
+                    )
+                })?;
+                r(&mut ws.x[..t_total * d]).map_err(ModelError::Collective)?;
+            }
         }
 
         for (li, layer) in self.layers.iter().enumerate() {
@@ -486,8 +498,28 @@ impl Model {
         }
         let vocab = cfg.vocab_size;
         logits.resize(m * vocab, 0.0);
-        if m > 0 {
+        if m > 0 && self.output.rows < vocab {
+            // A vocabulary-parallel shard: its rows' logits in place, zeros elsewhere,
+            // summed over the ranks (each value comes from exactly one rank).
+            let local = self.output.rows;
+            resize(&mut ws.part, m * local);
+            self.matmul_w(pool, &self.output, &ws.sel, m, &mut ws.part, &mut ws.act);
+            logits.fill(0.0);
+            let off = cfg.vocab_offset;
+            for i in 0..m {
+                logits[i * vocab + off..i * vocab + off + local]
+                    .copy_from_slice(&ws.part[i * local..(i + 1) * local]);
+            }
+            let r = reduce.as_mut().ok_or_else(|| {
+                ModelError::BadBatch(
+                    "a vocabulary-parallel shard needs its ranks' all-reduce".into(),
+                )
+            })?;
+            r(&mut logits[..m * vocab]).map_err(ModelError::Collective)?;
+        } else if m > 0 {
             self.matmul_w(pool, &self.output, &ws.sel, m, logits, &mut ws.act);
+        }
+        if m > 0 {
             if let Some(cap) = cfg.final_logit_softcap {
                 logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
             }
@@ -645,9 +677,18 @@ impl Model {
         for s in seqs {
             for &tok in s.tokens {
                 let row = &mut ws.x[t * d..(t + 1) * d];
+                // A vocabulary-parallel shard holds rows vocab_offset.. only.
+                let Some(local) = (tok as usize)
+                    .checked_sub(self.cfg.vocab_offset)
+                    .filter(|&l| l < self.tok_embd.rows)
+                else {
+                    row.fill(0.0);
+                    t += 1;
+                    continue;
+                };
                 match emb_packed {
-                    Some(p) => p.dequantize_row(tok as usize, row),
-                    None => quants::dequantize_row(emb.ty, emb.row(tok as usize), row)
+                    Some(p) => p.dequantize_row(local, row),
+                    None => quants::dequantize_row(emb.ty, emb.row(local), row)
                         .expect("shape checked at load"),
                 }
                 if let Some(sc) = self.cfg.embed_scale {

@@ -80,8 +80,27 @@ impl Model {
         let (d, q, kv, ff) = (cfg.d_model, cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim);
         let tok_embd = weight(&file, "token_embd.weight", d, None)?;
         cfg.vocab_size = tok_embd.rows;
+        // A vocabulary-parallel shard: its rows are a slice of the whole vocabulary.
+        if let Some(total) = file
+            .get("hangar.tensor_parallel.vocab_size")
+            .and_then(|v| v.as_i64())
+        {
+            let start = file
+                .get("hangar.tensor_parallel.vocab_start")
+                .and_then(|v| v.as_i64())
+                .unwrap_or(0);
+            let (start, total) = (start.max(0) as usize, total.max(0) as usize);
+            if start + tok_embd.rows > total {
+                return Err(ModelError::Config(format!(
+                    "a shard's vocabulary rows {start}..{} pass the whole vocabulary of {total}",
+                    start + tok_embd.rows
+                )));
+            }
+            cfg.vocab_size = total;
+            cfg.vocab_offset = start;
+        }
         let output = match file.tensor("output.weight") {
-            Some(_) => weight(&file, "output.weight", d, Some(cfg.vocab_size))?,
+            Some(_) => weight(&file, "output.weight", d, Some(tok_embd.rows))?,
             None => tok_embd.clone(),
         };
         let output_norm = vector(&file, "output_norm.weight", d)?;

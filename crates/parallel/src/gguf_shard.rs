@@ -1,11 +1,11 @@
 //! Splits a GGUF decoder model into one GGUF per tensor-parallel rank: each holds
-//! its query heads, the KV heads they read, its slice of the FFN width, and the
-//! columns of the attention-output and down projections that meet them; norms, the
-//! embedding and the output head are replicated (a vocabulary-parallel head is the
-//! next step). A shard is a valid model of its own — head counts and the FFN width
-//! in its metadata match its tensors — so the normal loader reads it, and
-//! `Model::forward_sharded` runs it with an all-reduce after the two row-parallel
-//! projections of each layer.
+//! its query heads, the KV heads they read, its slice of the FFN width, the columns
+//! of the attention-output and down projections that meet them, and its part of the
+//! vocabulary's embedding and output rows; norms are replicated. A shard is a valid
+//! model of its own — head counts, FFN width and vocabulary part in its metadata
+//! match its tensors — so the normal loader reads it, and `Model::forward_sharded`
+//! runs it: an all-reduce assembles the embeddings, one follows each of the two
+//! row-parallel projections of a layer, and one assembles the logits.
 
 use crate::shard::{column_shard, plan, row_shard, LayerShape, RankShard, ShardError, Span};
 use hangar_formats::gguf_write::{GgufHeader, GgufWriter};
@@ -88,6 +88,19 @@ pub fn shard_gguf(
     // Pin the head size: without it a loader derives it from width / heads.
     header.set(&format!("{arch}.attention.key_length"), u32v(hd));
     header.set(&format!("{arch}.attention.value_length"), u32v(hd));
+    // The embedding and output rows are the rank's vocabulary part; the tokenizer
+    // (the whole vocabulary) stays with the original file.
+    header.set("hangar.tensor_parallel.vocab_start", u32v(s.vocab.start));
+    header.set("hangar.tensor_parallel.vocab_size", u32v(shape.vocab));
+    let tokenizer_keys: Vec<String> = header
+        .metadata()
+        .iter()
+        .map(|(k, _)| k.clone())
+        .filter(|k| k.starts_with("tokenizer."))
+        .collect();
+    for k in tokenizer_keys {
+        header.remove(&k);
+    }
     let q_rows = Span {
         start: s.heads.start * hd,
         len: s.heads.len * hd,
@@ -107,7 +120,9 @@ pub fn shard_gguf(
             .map(|(_, rest)| rest)
             .and_then(|r| r.split_once('.').map(|(_, s)| s));
         // 1-D biases are one column of `cols` rows.
+        let vocab_rows = matches!(t.name.as_str(), "token_embd.weight" | "output.weight");
         let (split_rows, split_cols) = match suffix {
+            _ if vocab_rows => (Some(s.vocab), None),
             Some("attn_q.weight") => (Some(q_rows), None),
             Some("attn_k.weight") | Some("attn_v.weight") => (Some(kv_rows), None),
             Some("attn_q.bias") => (Some(q_rows), None),

@@ -149,6 +149,16 @@ fn shards_carry_their_share_and_refuse_impossible_degrees() {
     assert_eq!(q.dims, vec![640, 512]);
     let o = shard.tensor("blk.0.attn_output.weight").unwrap();
     assert_eq!(o.dims, vec![512, 640]);
+    // Rank 1 of 2 holds the second half of the vocabulary's embedding rows.
+    assert_eq!(
+        shard.tensor("token_embd.weight").unwrap().dims,
+        vec![640, 131_072]
+    );
+    assert_eq!(
+        shard.get_u32("hangar.tensor_parallel.vocab_start").unwrap(),
+        131_072
+    );
+    assert!(shard.get("tokenizer.ggml.tokens").is_none());
     // Gemma 3 270M has 4 query heads: 8 ranks cannot split them.
     let e = shard_gguf(&file, 8, 0).unwrap_err();
     assert!(e.to_string().contains("attention heads (4)"), "{e}");
@@ -253,4 +263,42 @@ fn synthetic_llama_and_qwen_with_grouped_kv_heads_split_too() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn each_rank_holds_the_weights_hangar_plan_predicts_per_device() {
+    // `hangar plan --tensor-parallel N` budgets weights / N per device, except the K/V
+    // projections, replicated like the cache when there are fewer KV heads (Gemma 3
+    // 270M has one). The shards also replicate the norms (a few KB).
+    let Some(path) = hangar_testkit::model_path() else {
+        return;
+    };
+    let file = GgufFile::open(&path).unwrap();
+    let total: u64 = file.tensors().iter().map(|t| t.size).sum();
+    let model = hangar_plan::shape::Model::from_gguf_path(&path).unwrap();
+    let demand = hangar_plan::hardware::Demand {
+        model: &model,
+        weight_bytes: total as f64,
+        kv: hangar_plan::kv::KvDtype::F16,
+        chunk: 512,
+        naive_attention: false,
+        overhead_bytes: 0.0,
+        usable_fraction: 1.0,
+        max_tp: 8,
+        decode_bytes_per_token: 0.0,
+    };
+    for world in [2usize, 4] {
+        let planned = demand.weights_per_device(world as u64);
+        for rank in 0..world {
+            let (bytes, _) = shard_gguf(&file, world, rank).unwrap();
+            let shard = GgufFile::from_bytes(bytes).unwrap();
+            let mine: u64 = shard.tensors().iter().map(|t| t.size).sum();
+            let off = (mine as f64 / planned - 1.0).abs();
+            assert!(
+                off < 0.05,
+                "tp {world} rank {rank}: {mine} bytes, plan {planned:.0} ({:.1}% off)",
+                100.0 * off
+            );
+        }
+    }
 }

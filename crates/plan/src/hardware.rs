@@ -107,6 +107,19 @@ pub struct Demand<'a> {
 }
 
 impl Demand<'_> {
+    /// Weight bytes per device at tensor-parallel degree `tp`: split `tp` ways, except
+    /// the K and V projections, which follow their heads and are replicated (like the
+    /// cache) when the group is larger than the KV-head count.
+    pub fn weights_per_device(&self, tp: u64) -> f64 {
+        let tp = tp.max(1);
+        let Some(s) = &self.model.shape else {
+            return self.weight_bytes / tp as f64;
+        };
+        let kv_share = (s.n_kv_heads as u64).div_ceil(tp) as f64 / s.n_kv_heads.max(1) as f64;
+        let kv_proj = self.weight_bytes * kv_projection_fraction(self.model);
+        (self.weight_bytes - kv_proj) / tp as f64 + kv_proj * kv_share
+    }
+
     /// Bytes per device with tensor parallelism over `tp` devices.
     /// Weights and scratch split `tp` ways; KV heads split too, but a group larger
     /// than the KV-head count replicates them (each device keeps at least one).
@@ -117,11 +130,28 @@ impl Demand<'_> {
         let kv_share = (s.n_kv_heads as u64).div_ceil(tp) as f64 / s.n_kv_heads as f64;
         let kv = sequence_bytes(s, self.kv, context) * batch as f64 * kv_share;
         let sc = scratch(s, batch, context, self.chunk, self.naive_attention);
-        self.weight_bytes / tp as f64
+        self.weights_per_device(tp)
             + kv
             + sc.prefill_bytes.max(sc.decode_bytes) / tp as f64
             + self.overhead_bytes
     }
+}
+
+/// The share of a model's parameters in its K and V projections (`n_layers x 2 x
+/// d_model x kv_heads x head size`), which tensor parallelism replicates when there
+/// are fewer KV heads than devices.
+fn kv_projection_fraction(m: &Model) -> f64 {
+    let Some(s) = &m.shape else { return 0.0 };
+    if m.n_params == 0 {
+        return 0.0;
+    }
+    let per_layer: u64 = (0..s.n_layers)
+        .map(|l| {
+            let heads = s.kv_heads.get(l).copied().unwrap_or(s.n_kv_heads) as u64;
+            s.d_model as u64 * heads * (s.key_len + s.value_len) as u64
+        })
+        .sum();
+    (per_layer as f64 / m.n_params as f64).min(1.0)
 }
 
 /// How a model fits one kind of device.
