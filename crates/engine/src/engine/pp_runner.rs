@@ -65,8 +65,10 @@ pub struct PpCpuRunner {
     /// Per stage: nanoseconds busy, since the last `take_idle_share`.
     busy: Arc<Vec<AtomicU64>>,
     wall: Duration,
-    /// Micro-batches × steps, to report the schedule's expected idle share.
-    micro_steps: Vec<usize>,
+    /// The schedule's idle share summed over steps (each step's `m`), and the steps:
+    /// scalars, so a long-running server keeps nothing per step.
+    schedule_idle: f64,
+    steps: u64,
 }
 
 /// `n` near-equal contiguous ranges of `layers` layers.
@@ -141,7 +143,8 @@ impl PpCpuRunner {
             micro_batches: micro_batches.max(1),
             busy,
             wall: Duration::ZERO,
-            micro_steps: Vec::new(),
+            schedule_idle: 0.0,
+            steps: 0,
         })
     }
 
@@ -152,17 +155,15 @@ impl PpCpuRunner {
         let n = self.stages.len() as f64;
         let busy: u64 = self.busy.iter().map(|b| b.swap(0, Ordering::Relaxed)).sum();
         let wall = std::mem::take(&mut self.wall);
-        let steps = std::mem::take(&mut self.micro_steps);
-        if wall.is_zero() || steps.is_empty() {
+        let (idle, steps) = (
+            std::mem::take(&mut self.schedule_idle),
+            std::mem::take(&mut self.steps),
+        );
+        if wall.is_zero() || steps == 0 {
             return None;
         }
         let measured = 1.0 - busy as f64 / 1e9 / (n * wall.as_secs_f64());
-        let expected = steps
-            .iter()
-            .map(|&m| 1.0 - m as f64 / (m as f64 + n - 1.0))
-            .sum::<f64>()
-            / steps.len() as f64;
-        Some((measured, expected))
+        Some((measured, idle / steps as f64))
     }
 
     fn control(&self, job: impl Fn() -> Job) -> Result<Vec<Out>, EngineError> {
@@ -370,7 +371,9 @@ impl ModelRunner for PpCpuRunner {
             logits.extend_from_slice(&p);
         }
         self.wall += t0.elapsed();
-        self.micro_steps.push(m);
+        let n = self.stages.len() as f64;
+        self.schedule_idle += 1.0 - m as f64 / (m as f64 + n - 1.0);
+        self.steps += 1;
         Ok(())
     }
 }
