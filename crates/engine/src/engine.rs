@@ -11,6 +11,7 @@
 mod core;
 mod handle;
 mod kv_sizing;
+mod owned_step;
 mod pp_runner;
 pub(crate) mod prompt_lp;
 mod request;

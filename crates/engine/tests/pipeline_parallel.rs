@@ -3,34 +3,13 @@
 //! layer is unchanged, so concurrent requests decode token for token like the whole
 //! model; the stages' measured idle share is reported beside the schedule's.
 
-use hangar_engine::{Engine, EngineConfig, GenerateRequest, LoadedModel, PpCpuRunner, TokenEvent};
+use hangar_engine::{Engine, EngineConfig, LoadedModel, PpCpuRunner};
 use hangar_formats::GgufFile;
 use hangar_models::{LoadOptions, Numerics};
 use std::sync::Arc;
 
-fn tokens(engine: &Engine, prompts: &[Vec<u32>], n: usize) -> Vec<Vec<u32>> {
-    let rxs: Vec<_> = prompts
-        .iter()
-        .map(|p| {
-            let mut r = GenerateRequest::greedy(p.clone(), n);
-            r.ignore_eos = true;
-            engine.submit(r).unwrap().1
-        })
-        .collect();
-    rxs.into_iter()
-        .map(|mut rx| {
-            let mut out = Vec::new();
-            while let Some(ev) = rx.blocking_recv() {
-                match ev {
-                    TokenEvent::Token(t) => out.push(t.id),
-                    TokenEvent::Error(e) => panic!("{e}"),
-                    _ => {}
-                }
-            }
-            out
-        })
-        .collect()
-}
+mod common;
+use common::greedy_tokens;
 
 #[test]
 fn a_pipelined_engine_decodes_token_for_token_like_the_whole_model() {
@@ -51,7 +30,7 @@ fn a_pipelined_engine_decodes_token_for_token_like_the_whole_model() {
     .iter()
     .map(|p| whole.tokenizer().encode(p, true, false))
     .collect();
-    let want = tokens(&whole, &prompts, 12);
+    let want = greedy_tokens(&whole, &prompts, 12);
     let opts = LoadOptions {
         numerics: Numerics::Fast,
         ..LoadOptions::default()
@@ -66,7 +45,7 @@ fn a_pipelined_engine_decodes_token_for_token_like_the_whole_model() {
             .info()
             .device
             .contains(&format!("pipeline-parallel {stages}")));
-        assert_eq!(tokens(&pp, &prompts, 12), want, "{stages} stages");
+        assert_eq!(greedy_tokens(&pp, &prompts, 12), want, "{stages} stages");
         assert_eq!(pp.stats().kv_blocks_used(), 0);
     }
     // More stages than layers, and llama.cpp's arithmetic, are refused.

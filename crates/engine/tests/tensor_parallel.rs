@@ -2,33 +2,12 @@
 //! threads): batched requests decode the whole model's greedy prefix, blocks come
 //! back, the device says so, and impossible degrees are refused with the reason.
 
-use hangar_engine::{Engine, EngineConfig, GenerateRequest, LoadedModel, TokenEvent, TpCpuRunner};
+use hangar_engine::{Engine, EngineConfig, LoadedModel, TpCpuRunner};
 use hangar_formats::GgufFile;
 use hangar_models::{LoadOptions, Numerics};
 
-fn tokens(engine: &Engine, prompts: &[Vec<u32>], n: usize) -> Vec<Vec<u32>> {
-    let rxs: Vec<_> = prompts
-        .iter()
-        .map(|p| {
-            let mut r = GenerateRequest::greedy(p.clone(), n);
-            r.ignore_eos = true;
-            engine.submit(r).unwrap().1
-        })
-        .collect();
-    rxs.into_iter()
-        .map(|mut rx| {
-            let mut out = Vec::new();
-            while let Some(ev) = rx.blocking_recv() {
-                match ev {
-                    TokenEvent::Token(t) => out.push(t.id),
-                    TokenEvent::Error(e) => panic!("{e}"),
-                    _ => {}
-                }
-            }
-            out
-        })
-        .collect()
-}
+mod common;
+use common::greedy_tokens;
 
 #[test]
 fn a_tensor_parallel_engine_decodes_like_the_whole_model() {
@@ -48,7 +27,7 @@ fn a_tensor_parallel_engine_decodes_like_the_whole_model() {
     .iter()
     .map(|p| whole.tokenizer().encode(p, true, false))
     .collect();
-    let want = tokens(&whole, &prompts, 8);
+    let want = greedy_tokens(&whole, &prompts, 8);
     let file = GgufFile::open(&path).unwrap();
     let opts = LoadOptions {
         numerics: Numerics::Fast,
@@ -59,7 +38,7 @@ fn a_tensor_parallel_engine_decodes_like_the_whole_model() {
     let tp =
         Engine::start_with_runner(Box::new(runner), tok, None, EngineConfig::default()).unwrap();
     assert_eq!(tp.info().device, "cpu (tensor-parallel 2)");
-    let got = tokens(&tp, &prompts, 8);
+    let got = greedy_tokens(&tp, &prompts, 8);
     // The first tokens agree; later ones may part at a near-tie (the row-parallel
     // sums round differently: crates/parallel/tests/sharded_forward.rs).
     for (g, w) in got.iter().zip(&want) {

@@ -9,25 +9,19 @@
 //! The arithmetic of every layer is unchanged (the fast kernels are batch-invariant),
 //! so a pipelined model decodes token for token like the whole one.
 
+use super::owned_step::{own, with_inputs, OwnedSeq};
 use super::runner::{ModelRunner, StepInput};
 use crate::EngineError;
 use hangar_formats::GgufFile;
 use hangar_kernels::ThreadPool;
 use hangar_models::kv::{KvFormat, KvLayout};
-use hangar_models::{KvCache, LoadOptions, LogitsWanted, Model, ModelConfig, SeqInput, Workspace};
+use hangar_models::{KvCache, LoadOptions, Model, ModelConfig, Workspace};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-struct OwnedSeq {
-    tokens: Vec<u32>,
-    start_pos: usize,
-    tables: Vec<Vec<u32>>,
-    logits: LogitsWanted,
-}
 
 enum Job {
     Format(KvFormat),
@@ -228,30 +222,18 @@ fn stage_loop(
                     )));
                     continue;
                 };
-                let tables: Vec<Vec<&[u32]>> = seqs
-                    .iter()
-                    .map(|q| q.tables.iter().map(Vec::as_slice).collect())
-                    .collect();
-                let inputs: Vec<SeqInput> = seqs
-                    .iter()
-                    .zip(&tables)
-                    .map(|(q, t)| SeqInput {
-                        tokens: &q.tokens,
-                        start_pos: q.start_pos,
-                        block_tables: t,
-                        logits: q.logits,
-                    })
-                    .collect();
                 let t0 = Instant::now();
-                let r = model.forward_stage(
-                    &pool,
-                    &inputs,
-                    kv,
-                    &mut ws,
-                    layers.clone(),
-                    &mut hidden,
-                    &mut logits,
-                );
+                let r = with_inputs(&seqs, |inputs| {
+                    model.forward_stage(
+                        &pool,
+                        inputs,
+                        kv,
+                        &mut ws,
+                        layers.clone(),
+                        &mut hidden,
+                        &mut logits,
+                    )
+                });
                 busy[s].fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 match (r, &to_next) {
                     (Err(e), _) => {
@@ -330,15 +312,7 @@ impl ModelRunner for PpCpuRunner {
         // Contiguous groups of sequences, as even as the count allows.
         let bounds = stage_layers(step.len(), m);
         for (index, r) in bounds.iter().enumerate() {
-            let seqs: Vec<OwnedSeq> = step[r.clone()]
-                .iter()
-                .map(|s| OwnedSeq {
-                    tokens: s.tokens.to_vec(),
-                    start_pos: s.start_pos,
-                    tables: s.block_tables.iter().map(|t| t.to_vec()).collect(),
-                    logits: s.logits,
-                })
-                .collect();
+            let seqs = own(&step[r.clone()]);
             self.stages[0]
                 .jobs
                 .send(Job::Micro {

@@ -8,26 +8,19 @@
 //! On one CPU this is the code path, not a speed-up (the ranks share the memory
 //! bandwidth); on GPUs the same split runs one rank per device.
 
+use super::owned_step::{own, with_inputs, OwnedSeq};
 use super::runner::{ModelRunner, StepInput};
 use crate::EngineError;
 use hangar_formats::GgufFile;
 use hangar_kernels::ThreadPool;
 use hangar_models::kv::{KvFormat, KvLayout};
-use hangar_models::{KvCache, LoadOptions, LogitsWanted, Model, ModelConfig, SeqInput, Workspace};
+use hangar_models::{KvCache, LoadOptions, Model, ModelConfig, Workspace};
 use hangar_parallel::gguf_shard::shard_gguf;
 use hangar_parallel::{Communicator, LocalComm, LocalGroup};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-/// One chunk of a step, owned so it can cross to the rank threads.
-struct OwnedSeq {
-    tokens: Vec<u32>,
-    start_pos: usize,
-    tables: Vec<Vec<u32>>,
-    logits: LogitsWanted,
-}
 
 enum Job {
     Format(KvFormat),
@@ -185,20 +178,6 @@ fn spawn_rank(
                     Job::Execute(step) => match kv.as_mut() {
                         None => Reply::Failed("KV cache not allocated".into()),
                         Some(kv) => {
-                            let tables: Vec<Vec<&[u32]>> = step
-                                .iter()
-                                .map(|s| s.tables.iter().map(Vec::as_slice).collect())
-                                .collect();
-                            let seqs: Vec<SeqInput> = step
-                                .iter()
-                                .zip(&tables)
-                                .map(|(s, t)| SeqInput {
-                                    tokens: &s.tokens,
-                                    start_pos: s.start_pos,
-                                    block_tables: t,
-                                    logits: s.logits,
-                                })
-                                .collect();
                             let mut in_collectives = Duration::ZERO;
                             let mut reduce = |buf: &mut [f32]| {
                                 let t = std::time::Instant::now();
@@ -207,14 +186,16 @@ fn spawn_rank(
                                 r
                             };
                             let t0 = std::time::Instant::now();
-                            let done = model.forward_sharded(
-                                &pool,
-                                &seqs,
-                                kv,
-                                &mut ws,
-                                &mut logits,
-                                &mut reduce,
-                            );
+                            let done = with_inputs(&step, |seqs| {
+                                model.forward_sharded(
+                                    &pool,
+                                    seqs,
+                                    kv,
+                                    &mut ws,
+                                    &mut logits,
+                                    &mut reduce,
+                                )
+                            });
                             match done {
                                 Ok(_) if rank == 0 => Reply::Logits(
                                     std::mem::take(&mut logits),
@@ -294,16 +275,7 @@ impl ModelRunner for TpCpuRunner {
             .sum())
     }
     fn execute(&mut self, step: &StepInput, logits: &mut Vec<f32>) -> Result<(), EngineError> {
-        let owned = Arc::new(
-            step.iter()
-                .map(|s| OwnedSeq {
-                    tokens: s.tokens.to_vec(),
-                    start_pos: s.start_pos,
-                    tables: s.block_tables.iter().map(|t| t.to_vec()).collect(),
-                    logits: s.logits,
-                })
-                .collect::<Vec<_>>(),
-        );
+        let owned = Arc::new(own(step));
         let replies = self.all(|| Job::Execute(owned.clone()))?;
         match replies.into_iter().next() {
             Some(Reply::Logits(l, forward, collectives)) => {

@@ -43,3 +43,20 @@ pub fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<TokenEvent>) -> Outc
     }
     o
 }
+
+/// Greedy tokens of every prompt (ignoring end of generation), submitted at once.
+pub fn greedy_tokens(
+    engine: &hangar_engine::Engine,
+    prompts: &[Vec<u32>],
+    n: usize,
+) -> Vec<Vec<u32>> {
+    let rxs: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let mut r = hangar_engine::GenerateRequest::greedy(p.clone(), n);
+            r.ignore_eos = true;
+            engine.submit(r).unwrap().1
+        })
+        .collect();
+    rxs.into_iter().map(|rx| collect(rx).tokens).collect()
+}
