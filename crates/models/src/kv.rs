@@ -64,6 +64,12 @@ impl KvLayout {
         Ok(self)
     }
 
+    /// [`KvLayout::for_model`] storing values as `format` (see
+    /// [`KvLayout::with_format`]).
+    pub fn for_model_as(cfg: &ModelConfig, format: KvFormat) -> Result<Self, String> {
+        Self::for_model(cfg).with_format(cfg, format)
+    }
+
     /// `u16` words one token's K (or V) takes in one layer.
     pub fn row_words(&self) -> usize {
         self.format.words(self.kv_dim)

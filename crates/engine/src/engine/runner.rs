@@ -105,12 +105,8 @@ impl<M: Borrow<Model> + Send, P: Borrow<ThreadPool> + Send> ModelRunner for CpuR
     }
     fn kv_layout(&self) -> KvLayout {
         let cfg = &self.model().cfg;
-        let layout = KvLayout::for_model(cfg);
         // The format was checked against the model in `set_kv_format`.
-        layout
-            .clone()
-            .with_format(cfg, self.kv_format)
-            .unwrap_or(layout)
+        KvLayout::for_model_as(cfg, self.kv_format).unwrap_or_else(|_| KvLayout::for_model(cfg))
     }
     fn set_kv_format(&mut self, format: KvFormat) -> Result<(), EngineError> {
         let model = self.model();
@@ -120,9 +116,7 @@ impl<M: Borrow<Model> + Send, P: Borrow<ThreadPool> + Send> ModelRunner for CpuR
                 format.name()
             )));
         }
-        KvLayout::for_model(&model.cfg)
-            .with_format(&model.cfg, format)
-            .map_err(EngineError::Invalid)?;
+        KvLayout::for_model_as(&model.cfg, format).map_err(EngineError::Invalid)?;
         self.kv_format = format;
         Ok(())
     }

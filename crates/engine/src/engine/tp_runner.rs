@@ -164,7 +164,7 @@ fn spawn_rank(
                         Reply::Done
                     }
                     Job::Allocate { block_size, blocks } => {
-                        match KvLayout::for_model(&model.cfg).with_format(&model.cfg, format) {
+                        match KvLayout::for_model_as(&model.cfg, format) {
                             Ok(layout) => {
                                 let cache =
                                     KvCache::with_layout(layout, &model.cfg, block_size, &blocks);
@@ -242,16 +242,12 @@ impl ModelRunner for TpCpuRunner {
         format!("cpu (tensor-parallel {})", self.world)
     }
     fn kv_layout(&self) -> KvLayout {
-        let layout = KvLayout::for_model(&self.cfg);
-        layout
-            .clone()
-            .with_format(&self.cfg, self.format)
-            .unwrap_or(layout)
+        // The format was checked against the model in `set_kv_format`.
+        KvLayout::for_model_as(&self.cfg, self.format)
+            .unwrap_or_else(|_| KvLayout::for_model(&self.cfg))
     }
     fn set_kv_format(&mut self, format: KvFormat) -> Result<(), EngineError> {
-        KvLayout::for_model(&self.cfg)
-            .with_format(&self.cfg, format)
-            .map_err(EngineError::Invalid)?;
+        KvLayout::for_model_as(&self.cfg, format).map_err(EngineError::Invalid)?;
         self.all(|| Job::Format(format))?;
         self.format = format;
         Ok(())
