@@ -164,7 +164,40 @@ enum GemvChoice {
 
 /// Weight kinds with an int8-activation (dp4a) GEMV.
 fn has_int8_gemv(kind: &str) -> bool {
-    matches!(kind, "q4_k" | "q5_k" | "q6_k" | "q8_0" | "q4_0")
+    matches!(kind, "q4_k" | "q5_k" | "q6_k" | "q8_0" | "q4_0" | "q5_0")
+}
+
+/// How many warps share one row in the `mvs`/`mvp` kernels (kernels/mmvq.cu): as
+/// many as get at least one full lane step of the row's blocks (a K-quant warp step
+/// takes 4 blocks of 256, a 32-block type's 8 blocks of 32), at most 4.
+/// `HANGAR_CUDA_PARTS=1|2|4` forces it (A/B runs).
+fn gemv_parts(kind: &str, cols: usize) -> usize {
+    if let Some(p) = std::env::var("HANGAR_CUDA_PARTS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|p| matches!(p, 1 | 2 | 4))
+    {
+        return p;
+    }
+    let per_step = match kind {
+        "q4_k" | "q5_k" | "q6_k" => 4 * 256,
+        _ => 8 * 32,
+    };
+    match cols / per_step {
+        0 | 1 => 1,
+        2 | 3 => 2,
+        _ => 4,
+    }
+}
+
+/// Token-row tile of the int8 GEMVs for `ntok` rows.
+fn gemv_tile(ntok: usize) -> usize {
+    match ntok {
+        1 => 1,
+        2 => 2,
+        3 | 4 => 4,
+        _ => 8,
+    }
 }
 
 /// Token counts from which a matrix product goes through cuBLAS (dequantize to f16,
@@ -194,6 +227,12 @@ pub struct CudaRunner {
     /// The input whose int8 activations `bufs.xf` holds as floats (same key).
     xf_of: Option<(u64, usize, usize, usize)>,
     act: ActRounding,
+    /// Split-row GEMVs (`mvs`), on unless `HANGAR_CUDA_SPLIT=0`.
+    split: bool,
+    /// Fused decode launches (QKV in one GEMV, gate + up + activation in one, residual
+    /// add + norm + quantization in one, RoPE + KV store in one), on unless
+    /// `HANGAR_CUDA_FUSE=0`.
+    fuse: bool,
     gpu: Gpu,
 }
 
@@ -288,6 +327,8 @@ impl CudaRunner {
                 Ok("cpu") => ActRounding::Cpu,
                 _ => ActRounding::Fine,
             },
+            split: std::env::var("HANGAR_CUDA_SPLIT").as_deref() != Ok("0"),
+            fuse: std::env::var("HANGAR_CUDA_FUSE").as_deref() != Ok("0"),
             gpu,
         })
     }
@@ -343,12 +384,10 @@ impl CudaRunner {
         }
         if int8 {
             let (xq, xd) = self.quantize_x(x, ntok, cols, cpu_blk)?;
-            let nt = match ntok {
-                1 => 1,
-                2 => 2,
-                3 | 4 => 4,
-                _ => 8,
-            };
+            let nt = gemv_tile(ntok);
+            if self.split {
+                return self.launch_mvs(&[(wp, rb, rows, y)], kind, cols, xq, xd, ntok);
+            }
             let args = Args::new()
                 .ptr(wp)
                 .u64(rb as u64)
@@ -389,6 +428,141 @@ impl CudaRunner {
             0,
             args,
         )
+    }
+
+    /// One `mvs` launch over up to three matrices of type `kind` sharing the int8
+    /// input: `segs` are (weights, row bytes, rows, output).
+    fn launch_mvs(
+        &mut self,
+        segs: &[(u64, usize, usize, u64)],
+        kind: &str,
+        cols: usize,
+        xq: u64,
+        xd: u64,
+        ntok: usize,
+    ) -> Result<(), CudaError> {
+        let nt = gemv_tile(ntok);
+        let parts = gemv_parts(kind, cols);
+        let mut args = Args::new();
+        let mut total = 0;
+        for i in 0..3 {
+            let (w, rb, rows, y) = segs.get(i).copied().unwrap_or((0, 0, 0, 0));
+            args = args.ptr(w).u64(rb as u64).i32(rows as i32).ptr(y);
+            total += rows;
+        }
+        let args = args
+            .i32(cols as i32)
+            .ptr(xq)
+            .ptr(xd)
+            .i32(ntok as i32)
+            .i32(parts as i32);
+        self.gpu.launch(
+            &format!("mvs{nt}_{kind}"),
+            (
+                total.div_ceil(4 / parts) as u32,
+                ntok.div_ceil(nt) as u32,
+                1,
+            ),
+            (128, 1, 1),
+            0,
+            args,
+        )
+    }
+
+    /// Q, K and V of layer `li` in one launch when they share an int8 type; false
+    /// (nothing done) otherwise.
+    fn fused_qkv(
+        &mut self,
+        li: usize,
+        x: u64,
+        ntok: usize,
+        out: [u64; 3],
+    ) -> Result<bool, CudaError> {
+        let l = &self.layers[li];
+        let kind = l.wq.kind;
+        if l.wk.kind != kind || l.wv.kind != kind || !has_int8_gemv(kind) {
+            return Ok(false);
+        }
+        let segs = [
+            (l.wq.buf.ptr, l.wq.row_bytes, l.wq.rows, out[0]),
+            (l.wk.buf.ptr, l.wk.row_bytes, l.wk.rows, out[1]),
+            (l.wv.buf.ptr, l.wv.row_bytes, l.wv.rows, out[2]),
+        ];
+        let cols = l.wq.cols;
+        let (xq, xd) = self.quantize_x(x, ntok, cols, 0)?;
+        self.launch_mvs(&segs, kind, cols, xq, xd, ntok)?;
+        Ok(true)
+    }
+
+    /// act(gate x) * (up x) of layer `li` into `y` in one launch when gate and up
+    /// share an int8 type; false (nothing done) otherwise.
+    fn fused_gate_up(&mut self, li: usize, x: u64, ntok: usize, y: u64) -> Result<bool, CudaError> {
+        let l = &self.layers[li];
+        let (g, u) = (&l.gate, &l.up);
+        let kind = g.kind;
+        if u.kind != kind || u.row_bytes != g.row_bytes || !has_int8_gemv(kind) {
+            return Ok(false);
+        }
+        let (wg, wu, rb, rows, cols) = (g.buf.ptr, u.buf.ptr, g.row_bytes, g.rows, g.cols);
+        let act = match self.cfg.activation {
+            Activation::Silu => 1,
+            Activation::GeluTanh => 2,
+        };
+        let (xq, xd) = self.quantize_x(x, ntok, cols, 0)?;
+        let nt = gemv_tile(ntok);
+        let parts = gemv_parts(kind, cols);
+        let args = Args::new()
+            .ptr(wg)
+            .ptr(wu)
+            .u64(rb as u64)
+            .i32(rows as i32)
+            .i32(cols as i32)
+            .ptr(xq)
+            .ptr(xd)
+            .i32(ntok as i32)
+            .i32(act)
+            .i32(parts as i32)
+            .ptr(y);
+        self.gpu.launch(
+            &format!("mvp{nt}_{kind}"),
+            (rows.div_ceil(4 / parts) as u32, ntok.div_ceil(nt) as u32, 1),
+            (256, 1, 1),
+            0,
+            args,
+        )?;
+        Ok(true)
+    }
+
+    /// x += post(o) (when `o` is set), then h = rmsnorm(x) * w, and h quantized for
+    /// the next int8 GEMV, in one launch (kernels/mmvq.cu `add_norm_q8`).
+    #[allow(clippy::too_many_arguments)]
+    fn add_norm_q8(
+        &mut self,
+        x: u64,
+        o: u64,
+        post: u64,
+        w: u64,
+        h: u64,
+        rows: usize,
+    ) -> Result<(), CudaError> {
+        let n = self.cfg.d_model;
+        let xq = self.bufs.xq.get(&self.gpu, rows * n)?;
+        let xd = self.bufs.xd.get(&self.gpu, rows * n / 32 * 8)?;
+        let args = Args::new()
+            .ptr(x)
+            .ptr(o)
+            .ptr(post)
+            .ptr(w)
+            .ptr(h)
+            .i32(n as i32)
+            .f32(self.cfg.rms_eps)
+            .ptr(xq)
+            .ptr(xd);
+        self.gpu
+            .launch("add_norm_q8", (rows as u32, 1, 1), (256, 1, 1), 0, args)?;
+        self.q8_of = Some((h, rows, n, 0));
+        self.xf_of = None;
+        Ok(())
     }
 
     /// `x` (ntok rows of `cols`) as int8 blocks in `bufs.xq`/`xd`: llama.cpp's q8_1
@@ -663,17 +837,35 @@ impl CudaRunner {
             kv.group.clone(),
         );
         let rope_ff = ptr(&self.rope_ff);
-        for li in 0..self.layers.len() {
+        // Decode steps on the int8 GEMVs fuse launches (see `CudaRunner::fuse`): the
+        // residual add, the next norm and its quantization run as one kernel, so the
+        // first layer's norm is done here and each layer's last add does the next's.
+        let fused = self.fuse
+            && self.split
+            && self.gemv == GemvChoice::Int8
+            && self.act == ActRounding::Fine
+            && t_total < GEMM_MIN_TOKENS
+            && d.is_multiple_of(32);
+        let n_layers = self.layers.len();
+        if fused {
+            let w = self.layers[0].attn_norm.ptr;
+            self.add_norm_q8(x, 0, 0, w, hbuf, t_total)?;
+        }
+        for li in 0..n_layers {
             let (attn_norm, ffn_norm) =
                 (self.layers[li].attn_norm.ptr, self.layers[li].ffn_norm.ptr);
             let l = &self.layers[li];
             let (bq, bk, bv) = (ptr(&l.bq), ptr(&l.bk), ptr(&l.bv));
             let (qn, kn) = (ptr(&l.q_norm), ptr(&l.k_norm));
             let (pan, pfn) = (ptr(&l.post_attn_norm), ptr(&l.post_ffn_norm));
-            self.rmsnorm(x, attn_norm, hbuf, d, t_total, 0)?;
-            self.matmul(li * 8, hbuf, t_total, q)?;
-            self.matmul(li * 8 + 1, hbuf, t_total, k)?;
-            self.matmul(li * 8 + 2, hbuf, t_total, v)?;
+            if !fused {
+                self.rmsnorm(x, attn_norm, hbuf, d, t_total, 0)?;
+            }
+            if !(fused && self.fused_qkv(li, hbuf, t_total, [q, k, v])?) {
+                self.matmul(li * 8, hbuf, t_total, q)?;
+                self.matmul(li * 8 + 1, hbuf, t_total, k)?;
+                self.matmul(li * 8 + 2, hbuf, t_total, v)?;
+            }
             for (bias, dst, n) in [(bq, q, qd), (bk, k, kvd), (bv, v, kvd)] {
                 if bias != 0 {
                     let args = Args::new()
@@ -690,6 +882,9 @@ impl CudaRunner {
             } else {
                 cfg.rope_base
             } as f64;
+            let g = kv_group[li];
+            // Fused: the key-head blocks of qk_rope store K and V themselves.
+            let (kc, vc) = if fused { (kv_k[li], kv_v[li]) } else { (0, 0) };
             let args = Args::new()
                 .ptr(q)
                 .ptr(k)
@@ -703,7 +898,14 @@ impl CudaRunner {
                 .f64(base)
                 .i32(cfg.rope_dims as i32)
                 .ptr(rope_ff)
-                .i32(neox);
+                .i32(neox)
+                .ptr(v)
+                .ptr(ts_p)
+                .ptr(table_p[g])
+                .i32(tstride[g] as i32)
+                .i32(bs as i32)
+                .ptr(kc)
+                .ptr(vc);
             self.gpu.launch(
                 "qk_rope",
                 ((nh + nkv) as u32, t_total as u32, 1),
@@ -711,19 +913,29 @@ impl CudaRunner {
                 0,
                 args,
             )?;
-            let g = kv_group[li];
-            let args = Args::new()
-                .ptr(k)
-                .ptr(v)
-                .i32(kvd as i32)
-                .ptr(ts_p)
-                .ptr(table_p[g])
-                .i32(tstride[g] as i32)
-                .i32(bs as i32)
-                .ptr(kv_k[li])
-                .ptr(kv_v[li]);
-            self.gpu
-                .launch("kv_store", (t_total as u32, 1, 1), (256, 1, 1), 0, args)?;
+            if !fused {
+                let args = Args::new()
+                    .ptr(k)
+                    .ptr(v)
+                    .i32(kvd as i32)
+                    .ptr(ts_p)
+                    .ptr(table_p[g])
+                    .i32(tstride[g] as i32)
+                    .i32(bs as i32)
+                    .ptr(kv_k[li])
+                    .ptr(kv_v[li]);
+                self.gpu
+                    .launch("kv_store", (t_total as u32, 1, 1), (256, 1, 1), 0, args)?;
+            }
+            // Fused: the attention kernel also writes its output's q8_1 copy for the
+            // output projection (whole warps hold whole 32-blocks when hd % 32 == 0).
+            let att_q = if fused && hd.is_multiple_of(32) {
+                let xq = self.bufs.xq.get(&self.gpu, t_total * qd)?;
+                let xd = self.bufs.xd.get(&self.gpu, t_total * qd / 32 * 8)?;
+                (xq, xd)
+            } else {
+                (0, 0)
+            };
             let window = if local {
                 cfg.sliding_window.unwrap_or(0)
             } else {
@@ -745,7 +957,9 @@ impl CudaRunner {
                 .i32(window as i32)
                 .f32(cfg.attn_scale)
                 .ptr(scores)
-                .i32(max_n_l as i32);
+                .i32(max_n_l as i32)
+                .ptr(att_q.0)
+                .ptr(att_q.1);
             self.gpu.launch(
                 "attention",
                 (nh as u32, t_total as u32, 1),
@@ -754,21 +968,35 @@ impl CudaRunner {
                 args,
             )?;
             self.forget_quantized();
+            if att_q.0 != 0 {
+                self.q8_of = Some((attn, t_total, qd, 0));
+            }
             self.matmul(li * 8 + 3, attn, t_total, o)?;
-            self.norm_add(x, o, pan, d, t_total)?;
             // Feed-forward.
-            self.rmsnorm(x, ffn_norm, hbuf, d, t_total, 0)?;
-            self.matmul(li * 8 + 4, hbuf, t_total, gate)?;
-            self.matmul(li * 8 + 5, hbuf, t_total, up)?;
-            let n = (t_total * ff) as u64;
-            let act = match cfg.activation {
-                Activation::GeluTanh => "gelu_mul",
-                Activation::Silu => "silu_mul",
-            };
-            self.elementwise(act, n as usize, Args::new().ptr(gate).ptr(up).u64(n))?;
+            if fused {
+                self.add_norm_q8(x, o, pan, ffn_norm, hbuf, t_total)?;
+            } else {
+                self.norm_add(x, o, pan, d, t_total)?;
+                self.rmsnorm(x, ffn_norm, hbuf, d, t_total, 0)?;
+            }
+            if !(fused && self.fused_gate_up(li, hbuf, t_total, gate)?) {
+                self.matmul(li * 8 + 4, hbuf, t_total, gate)?;
+                self.matmul(li * 8 + 5, hbuf, t_total, up)?;
+                let n = (t_total * ff) as u64;
+                let act = match cfg.activation {
+                    Activation::GeluTanh => "gelu_mul",
+                    Activation::Silu => "silu_mul",
+                };
+                self.elementwise(act, n as usize, Args::new().ptr(gate).ptr(up).u64(n))?;
+            }
             self.forget_quantized();
             self.matmul(li * 8 + 6, gate, t_total, o)?;
-            self.norm_add(x, o, pfn, d, t_total)?;
+            if fused && li + 1 < n_layers {
+                let w = self.layers[li + 1].attn_norm.ptr;
+                self.add_norm_q8(x, o, pfn, w, hbuf, t_total)?;
+            } else {
+                self.norm_add(x, o, pfn, d, t_total)?;
+            }
         }
         let m = rows.len();
         if m == 0 {

@@ -335,6 +335,34 @@ fn butterfly(mut lanes: [f32; 32]) -> f32 {
 /// per lane slice, the per-block float combination and the warp butterfly. `None` for
 /// a type without an int8 kernel.
 pub fn gemvq_row(ty: GgmlType, row: &[u8], xq: &[i8], xd: &[[f32; 2]]) -> Option<f32> {
+    gemvq_row_split(ty, row, xq, xd, 1)
+}
+
+/// As [`gemvq_row`] with the row's weight blocks split over `parts` warps, as the
+/// `mvs`/`mvp` kernels split them over four: warp `part` starts `part` lane-steps in,
+/// each warp's lanes are summed by the butterfly, then the warps' sums in order.
+pub fn gemvq_row_split(
+    ty: GgmlType,
+    row: &[u8],
+    xq: &[i8],
+    xd: &[[f32; 2]],
+    parts: usize,
+) -> Option<f32> {
+    let mut total = 0f32;
+    for part in 0..parts {
+        total += gemvq_warp(ty, row, xq, xd, part, parts)?;
+    }
+    Some(total)
+}
+
+fn gemvq_warp(
+    ty: GgmlType,
+    row: &[u8],
+    xq: &[i8],
+    xd: &[[f32; 2]],
+    part: usize,
+    parts: usize,
+) -> Option<f32> {
     let cols = xq.len();
     let mut lanes = [0f32; 32];
     match ty {
@@ -342,7 +370,7 @@ pub fn gemvq_row(ty: GgmlType, row: &[u8], xq: &[i8], xd: &[[f32; 2]]) -> Option
             let q5 = ty == GgmlType::Q5K;
             let (bb, qs) = if q5 { (176, 48) } else { (144, 16) };
             for (lane, acc) in lanes.iter_mut().enumerate() {
-                let (k, mut b) = (lane & 7, lane >> 3);
+                let (k, mut b) = (lane & 7, (lane >> 3) + 4 * part);
                 let (c, l0) = (k >> 1, (k & 1) * 16);
                 while b < cols / 256 {
                     let blk = &row[b * bb..];
@@ -367,13 +395,13 @@ pub fn gemvq_row(ty: GgmlType, row: &[u8], xq: &[i8], xd: &[[f32; 2]]) -> Option
                         v -= dmin * (m1 as f32 * da[1] + m2 as f32 * db[1]);
                     }
                     *acc += v;
-                    b += 4;
+                    b += 4 * parts;
                 }
             }
         }
         GgmlType::Q6K => {
             for (lane, acc) in lanes.iter_mut().enumerate() {
-                let (k, mut b) = (lane & 7, lane >> 3);
+                let (k, mut b) = (lane & 7, (lane >> 3) + 4 * part);
                 let (h, kp, ls) = (k >> 2, (k >> 1) & 1, k & 1);
                 while b < cols / 256 {
                     let blk = &row[b * 210..];
@@ -392,20 +420,35 @@ pub fn gemvq_row(ty: GgmlType, row: &[u8], xq: &[i8], xd: &[[f32; 2]]) -> Option
                     let ia = dot_i8(&va, &xq[32 * qa + 16 * ls..][..16]);
                     let ib = dot_i8(&vb, &xq[32 * (qa + 2) + 16 * ls..][..16]);
                     *acc += d * (sa * xd[qa][0] * ia as f32 + sb * xd[qa + 2][0] * ib as f32);
-                    b += 4;
+                    b += 4 * parts;
                 }
             }
         }
-        GgmlType::Q8_0 | GgmlType::Q4_0 => {
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => {
             let q4 = ty == GgmlType::Q4_0;
-            let bb = if q4 { 18 } else { 34 };
+            let bb = match ty {
+                GgmlType::Q4_0 => 18,
+                GgmlType::Q5_0 => 22,
+                _ => 34,
+            };
             for (lane, acc) in lanes.iter_mut().enumerate() {
-                let (p, mut b) = (lane & 3, lane >> 2);
+                let (p, mut b) = (lane & 3, (lane >> 2) + 8 * part);
                 while b < cols / 32 {
                     let blk = &row[b * bb..];
                     let d = h2f(blk, 0);
                     let x = &xq[32 * b..][..32];
-                    let s = if q4 {
+                    let s = if ty == GgmlType::Q5_0 {
+                        let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                        let q = &blk[6 + 4 * p..][..4];
+                        let bit = |j: usize| (((qh >> j) & 1) << 4) as i32;
+                        let lo: Vec<i32> = (0..4)
+                            .map(|i| ((q[i] & 0xF) as i32 | bit(4 * p + i)) - 16)
+                            .collect();
+                        let hi: Vec<i32> = (0..4)
+                            .map(|i| ((q[i] >> 4) as i32 | bit(16 + 4 * p + i)) - 16)
+                            .collect();
+                        dot_i8(&lo, &x[4 * p..][..4]) + dot_i8(&hi, &x[16 + 4 * p..][..4])
+                    } else if q4 {
                         let q = &blk[2 + 4 * p..][..4];
                         let lo: Vec<i32> = q.iter().map(|&v| (v & 0xF) as i32 - 8).collect();
                         let hi: Vec<i32> = q.iter().map(|&v| (v >> 4) as i32 - 8).collect();
@@ -418,7 +461,7 @@ pub fn gemvq_row(ty: GgmlType, row: &[u8], xq: &[i8], xd: &[[f32; 2]]) -> Option
                         dot_i8(&w, &x[8 * p..][..8])
                     };
                     *acc += d * xd[b][0] * s as f32;
-                    b += 8;
+                    b += 8 * parts;
                 }
             }
         }
@@ -774,6 +817,7 @@ mod tests {
             GgmlType::Q6K,
             GgmlType::Q8_0,
             GgmlType::Q4_0,
+            GgmlType::Q5_0,
         ] {
             // 256: one block; 1280 and 4352: odd block counts for every lane split.
             for cols in [256, 1280, 4352] {
@@ -791,6 +835,12 @@ mod tests {
                 assert!(
                     (got - exact).abs() <= 2e-5 * norm,
                     "{ty:?} {cols}: {got} vs {exact}"
+                );
+                // The four-warp split of the mvs/mvp kernels: same sum, other order.
+                let split = gemvq_row_split(ty, &bytes, &q, &ds, 4).expect("int8 kernel") as f64;
+                assert!(
+                    (split - exact).abs() <= 2e-5 * norm,
+                    "{ty:?} {cols} split: {split} vs {exact}"
                 );
                 // And against the f32 activations: int8 rounding only.
                 let full: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();

@@ -13,7 +13,7 @@
 extern "C" __global__ void __launch_bounds__(256) attention(
     const float* q, const u16* kc, const u16* vc, float* out, int nheads, int nkv, int hd,
     const int* tok_seq, const u32* tables, int tstride, int bs, int window, float scale,
-    float* scratch, int max_n) {
+    float* scratch, int max_n, i8* Xq, float2* Xd) {
     extern __shared__ float sm[];
     float* qs = sm;               // hd
     float* part = sm + hd;        // ATT_WARPS * hd
@@ -90,10 +90,15 @@ extern "C" __global__ void __launch_bounds__(256) attention(
         }
     }
     __syncthreads();
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    // hd <= 256 = blockDim: one pass. With Xq set (hd a multiple of 32, so whole warps
+    // hold whole 32-blocks) the output is also quantized for the next int8 GEMV.
+    int d = threadIdx.x;
+    if (d < hd) {
         float o = 0.0f;
 #pragma unroll
         for (int k = 0; k < ATT_WARPS; k++) o += part[k * hd + d];
-        out[((u64)t * nheads + h) * hd + d] = o;
+        u64 at = ((u64)t * nheads + h) * hd + d;
+        out[at] = o;
+        if (Xq) q8_1_lane(o, at, Xq, Xd);
     }
 }

@@ -77,6 +77,34 @@ __device__ __forceinline__ float block_max(float v, float* sh) {
     return warp_max(v);
 }
 
+__device__ __forceinline__ int warp_sum_i(int v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+// llama.cpp's q8_1 for the value v of lane i % 32 of a 32-wide block, i the flat
+// index (a warp holds one whole block): d = amax / 127, q = round-half-even(v / d),
+// Xd[i / 32] = (d, d * sum q). Twin: twin::quantize_q8_1.
+__device__ __forceinline__ void q8_1_lane(float v, u64 i, i8* Xq, float2* Xd) {
+    float amax = warp_max(fabsf(v));
+    float d = __fdiv_rn(amax, 127.0f);
+    int q = amax == 0.0f ? 0 : __float2int_rn(__fdiv_rn(v, d));
+    Xq[i] = (i8)q;
+    int s = warp_sum_i(q);
+    if ((threadIdx.x & 31) == 0) Xd[i >> 5] = make_float2(d, d * (float)s);
+}
+
+// gelu_tanh(x) * u through f16 as ggml's GEGLU table: 0 at or below -10, identity at
+// or above 10. Shared by gelu_mul and the fused gate/up kernels.
+__device__ __forceinline__ float gelu_times(float x, float u) {
+    if (x <= -10.0f) return 0.0f;
+    if (x >= 10.0f) return x * u;
+    float h = round_h(x);
+    float y = 0.5f * h * (1.0f + tanhf(0.7978846f * (h + 0.044715f * h * h * h)));
+    return round_h(y) * u;
+}
+__device__ __forceinline__ float silu_times(float x, float u) { return x / (1.0f + expf(-x)) * u; }
+
 // The K-quant 6-bit scale and min of sub-block j (0..8) from the 12 packed bytes.
 __device__ __forceinline__ void scale_min_k4(int j, const u8* q, int* sc, int* m) {
     if (j < 4) {

@@ -53,9 +53,14 @@ extern "C" __global__ void add_bias(float* x, const float* b, int n, int ntok) {
 // Blocks with blockIdx.x < nq take query head blockIdx.x of q; the others take key
 // head blockIdx.x - nq of k (one launch for both).
 // neox: rotate (i, i + n_rot/2); else (2i, 2i + 1). Angles in f64 as the CPU table.
+// With kc set, the key-head blocks also store their rotated, rounded K row and the
+// token's V row for that head in the paged cache (kv_store's addressing), so decode
+// needs no separate store launch.
 extern "C" __global__ void qk_rope(float* q, float* k, int nq, int nk, int hd, const float* qn,
                                    const float* kn, float eps, const int* pos, double base,
-                                   int n_rot, const float* ff, int neox) {
+                                   int n_rot, const float* ff, int neox, const float* v,
+                                   const int* tok_seq, const u32* tables, int tstride, int bs,
+                                   u16* kc, u16* vc) {
     __shared__ double sh[32];
     int t = blockIdx.y;
     bool is_q = (int)blockIdx.x < nq;
@@ -88,6 +93,17 @@ extern "C" __global__ void qk_rope(float* q, float* k, int nq, int nk, int hd, c
     }
     __syncthreads();
     for (int i = threadIdx.x; i < hd; i += blockDim.x) xr[i] = round_h(xr[i]);
+    if (!is_q && kc) {
+        int kvd = nk * hd;
+        int seq = tok_seq[2 * t], p = tok_seq[2 * t + 1];
+        u64 blk = tables[(u64)seq * tstride + p / bs];
+        u64 off = (blk * bs + p % bs) * (u64)kvd + (u64)h * hd;
+        const float* vr = v + (u64)t * kvd + (u64)h * hd;
+        for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+            kc[off + i] = f2h(xr[i]);
+            vc[off + i] = f2h(vr[i]);
+        }
+    }
 }
 
 extern "C" __global__ void round_f16(float* x, u64 n) {
@@ -98,26 +114,13 @@ extern "C" __global__ void round_f16(float* x, u64 n) {
 // gate[i] = gelu_tanh(gate[i]) * up[i], through f16 as ggml's GEGLU table: 0 at or
 // below -10, identity at or above 10.
 extern "C" __global__ void gelu_mul(float* g, const float* u, u64 n) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        float x = g[i], r;
-        if (x <= -10.0f) {
-            r = 0.0f;
-        } else if (x >= 10.0f) {
-            r = x * u[i];
-        } else {
-            float h = round_h(x);
-            float y = 0.5f * h * (1.0f + tanhf(0.7978846f * (h + 0.044715f * h * h * h)));
-            r = round_h(y) * u[i];
-        }
-        g[i] = r;
-    }
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        g[i] = gelu_times(g[i], u[i]);
 }
 
 extern "C" __global__ void silu_mul(float* g, const float* u, u64 n) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        float x = g[i];
-        g[i] = x / (1.0f + expf(-x)) * u[i];
-    }
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        g[i] = silu_times(g[i], u[i]);
 }
 
 extern "C" __global__ void softcap(float* x, u64 n, float cap) {

@@ -15,11 +15,6 @@ __device__ __forceinline__ int dp4a(int a, int b, int c) {
 __device__ __forceinline__ int sub_bytes(u32 v, u32 k4) {
     return (int)(((v | 0x80808080u) - k4) ^ 0x80808080u);
 }
-__device__ __forceinline__ int warp_sum_i(int v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 // Two 16-bit loads as one word (blocks of 18 and 34 bytes are only 2-byte aligned).
 __device__ __forceinline__ int ld32_2(const u8* p) {
     const u16* h = (const u16*)p;
@@ -31,14 +26,49 @@ __device__ __forceinline__ int ld32_2(const u8* p) {
 extern "C" __global__ void quantize_q8_1(const float* __restrict__ X, u64 n, i8* __restrict__ Xq,
                                          float2* __restrict__ Xd) {
     // n and the stride are multiples of 32: whole warps take the same path.
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        float x = X[i];
-        float amax = warp_max(fabsf(x));
-        float d = __fdiv_rn(amax, 127.0f);
-        int q = amax == 0.0f ? 0 : __float2int_rn(__fdiv_rn(x, d));
-        Xq[i] = (i8)q;
-        int s = warp_sum_i(q);
-        if ((threadIdx.x & 31) == 0) Xd[i >> 5] = make_float2(d, d * (float)s);
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        q8_1_lane(X[i], i, Xq, Xd);
+}
+
+// One token row per 256-thread block: x += rmsnorm(o) * pw (Gemma 3's post-norm; x += o
+// when pw is null; nothing when o is null), then h = rmsnorm(x) * w, and h quantized
+// to q8_1 as quantize_q8_1 does (when Xq is set). The residual add, the next norm and
+// the next matrix input's quantization in one pass instead of three launches; the
+// arithmetic is norm_add's, rmsnorm's and quantize_q8_1's. n is a multiple of 32.
+extern "C" __global__ void __launch_bounds__(256) add_norm_q8(float* x, const float* o, const float* pw,
+                                                          const float* w, float* h, int n, float eps,
+                                                          i8* Xq, float2* Xd) {
+    __shared__ double sh[32];
+    u64 base = (u64)blockIdx.x * n;
+    float* xr = x + base;
+    if (o) {
+        const float* orow = o + base;
+        if (pw) {
+            double s = 0.0;
+            for (int i = threadIdx.x; i < n; i += blockDim.x) {
+                float v = orow[i];
+                s += (double)(v * v);
+            }
+            s = block_sum_d(s, sh);
+            float mean = (float)(s / (double)n);
+            float scale = 1.0f / sqrtf(mean + eps);
+            for (int i = threadIdx.x; i < n; i += blockDim.x) xr[i] += orow[i] * scale * pw[i];
+        } else {
+            for (int i = threadIdx.x; i < n; i += blockDim.x) xr[i] += orow[i];
+        }
+    }
+    double s = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = xr[i];
+        s += (double)(v * v);
+    }
+    s = block_sum_d(s, sh);
+    float mean = (float)(s / (double)n);
+    float scale = 1.0f / sqrtf(mean + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = xr[i] * scale * w[i];
+        h[base + i] = v;
+        if (Xq) q8_1_lane(v, base + i, Xq, Xd);
     }
 }
 
@@ -110,28 +140,25 @@ extern "C" __global__ void dequant_q8x(const i8* __restrict__ Xq, const float2* 
         Y[i] = (float)Xq[i] * Xd[i >> 5].x;
 }
 
-// One warp per row, eight lanes per 256-weight block, four blocks per warp step.
-// Lane k: quant bytes 16 (k % 2) .. +16 of chunk c = k / 2, i.e. 16 weights of
-// sub-block 2c (low nibbles) and 16 of sub-block 2c + 1 (high nibbles). Per sub-block
+// The per-lane share of one row's dot products with NT token rows of int8
+// activations, added into acc. The row's weight blocks are split over `parts` warps
+// (warp `part` of them): the `gemvq` kernels give a row one warp (parts = 1), the
+// `mvs`/`mvp` kernels four. Twin: twin::gemvq_row_split.
+//
+// K-quants: eight lanes per 256-weight block, four blocks per warp step. Lane k:
+// quant bytes 16 (k % 2) .. +16 of chunk c = k / 2, i.e. 16 weights of sub-block 2c
+// (low nibbles) and 16 of sub-block 2c + 1 (high nibbles). Per sub-block
 // sum w x = d sc dx sum(q qx) - dmin m (dx sum qx); the even lane adds the min term
 // from the activation block's stored sum. Q5_K adds the fifth bit from qh.
 template <bool Q5, int NT>
-__device__ __forceinline__ void mmvq_k4(const u8* __restrict__ W, u64 rb, int rows, int cols,
-                                        const i8* __restrict__ Xq, const float2* __restrict__ Xd,
-                                        int ntok, float* __restrict__ Y) {
+__device__ __forceinline__ void dot_k4(const u8* __restrict__ row, int cols, const i8* __restrict__ Xq,
+                                       const float2* __restrict__ Xd, int ntok, int t0, int lane,
+                                       int part, int parts, float* acc) {
     const int BB = Q5 ? 176 : 144, QS = Q5 ? 48 : 16;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int r = blockIdx.x * (blockDim.x >> 5) + warp;
-    if (r >= rows) return;
-    int t0 = blockIdx.y * NT;
-    const u8* row = W + (u64)r * rb;
     int nb = cols >> 8, nq = cols >> 5;
     int k = lane & 7, c = k >> 1, l0 = (k & 1) * 16;
-    float acc[NT];
-#pragma unroll
-    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
 #pragma unroll 2
-    for (int b = lane >> 3; b < nb; b += 4) {
+    for (int b = (lane >> 3) + 4 * part; b < nb; b += 4 * parts) {
         const u8* blk = row + (u64)b * BB;
         uint4 q = *(const uint4*)(blk + QS + 32 * c + l0);
         u32 dm = *(const u32*)blk;
@@ -173,33 +200,20 @@ __device__ __forceinline__ void mmvq_k4(const u8* __restrict__ W, u64 rb, int ro
             }
         }
     }
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        float s = warp_sum(acc[t]);
-        if (lane == 0 && t0 + t < ntok) Y[(u64)(t0 + t) * rows + r] = s;
-    }
 }
 
-// Q6_K: one warp per row, eight lanes per 210-byte block (the wide kernel's split:
-// lane k takes half h = k / 4, quant bytes 16 (k % 2) .. +16 of row 32 ((k / 2) % 2)
-// of that half; low nibbles are sub-row kp, high nibbles sub-row kp + 2). The 6-bit
-// values minus 32 fit a signed byte; one scale per 16 weights.
+// Q6_K: eight lanes per 210-byte block (the wide kernel's split: lane k takes half
+// h = k / 4, quant bytes 16 (k % 2) .. +16 of row 32 ((k / 2) % 2) of that half; low
+// nibbles are sub-row kp, high nibbles sub-row kp + 2). The 6-bit values minus 32 fit
+// a signed byte; one scale per 16 weights.
 template <int NT>
-__device__ __forceinline__ void mmvq_q6k(const u8* __restrict__ W, u64 rb, int rows, int cols,
-                                         const i8* __restrict__ Xq, const float2* __restrict__ Xd,
-                                         int ntok, float* __restrict__ Y) {
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int r = blockIdx.x * (blockDim.x >> 5) + warp;
-    if (r >= rows) return;
-    int t0 = blockIdx.y * NT;
-    const u8* row = W + (u64)r * rb;
+__device__ __forceinline__ void dot_q6k(const u8* __restrict__ row, int cols, const i8* __restrict__ Xq,
+                                        const float2* __restrict__ Xd, int ntok, int t0, int lane,
+                                        int part, int parts, float* acc) {
     int nb = cols >> 8, nq = cols >> 5;
     int k = lane & 7, h = k >> 2, kp = (k >> 1) & 1, ls = k & 1;
-    float acc[NT];
-#pragma unroll
-    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
 #pragma unroll 2
-    for (int b = lane >> 3; b < nb; b += 4) {
+    for (int b = (lane >> 3) + 4 * part; b < nb; b += 4 * parts) {
         const u8* blk = row + (u64)b * 210;
         const u8* qlp = blk + 64 * h + 32 * kp + 16 * ls;
         const u8* qhp = blk + 128 + 32 * h + 16 * ls;
@@ -228,40 +242,40 @@ __device__ __forceinline__ void mmvq_q6k(const u8* __restrict__ W, u64 rb, int r
             }
         }
     }
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        float s = warp_sum(acc[t]);
-        if (lane == 0 && t0 + t < ntok) Y[(u64)(t0 + t) * rows + r] = s;
-    }
 }
 
-// Q8_0 and Q4_0 (32-weight blocks, 2-byte aligned): four lanes per block, eight blocks
-// per warp step. Q8_0 lane p: quants 8p .. 8p + 8. Q4_0 lane p: quant bytes 4p .. +4,
-// i.e. weights 4p .. 4p + 4 (low nibbles) and 16 + 4p .. (high nibbles), minus 8.
-template <bool Q4, int NT>
-__device__ __forceinline__ void mmvq_32(const u8* __restrict__ W, u64 rb, int rows, int cols,
-                                        const i8* __restrict__ Xq, const float2* __restrict__ Xd,
-                                        int ntok, float* __restrict__ Y) {
-    const int BB = Q4 ? 18 : 34;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int r = blockIdx.x * (blockDim.x >> 5) + warp;
-    if (r >= rows) return;
-    int t0 = blockIdx.y * NT;
-    const u8* row = W + (u64)r * rb;
+// The five bits of Q5_0's weights 4i..4i+4 (qh bits 4i..4i+4) as bit 4 of four bytes.
+__device__ __forceinline__ u32 spread_bits4(u32 h) {
+    return ((h & 1u) | ((h & 2u) << 7) | ((h & 4u) << 14) | ((h & 8u) << 21)) << 4;
+}
+
+// Q8_0, Q4_0 and Q5_0 (32-weight blocks, 2-byte aligned): four lanes per block, eight
+// blocks per warp step. Q8_0 lane p: quants 8p .. 8p + 8. Q4_0/Q5_0 lane p: quant
+// bytes 4p .. +4, i.e. weights 4p .. 4p + 4 (low nibbles) and 16 + 4p .. (high
+// nibbles); Q5_0 takes their fifth bits from qh (bits 4p.. and 16 + 4p..), minus 16.
+template <int TY, int NT>
+__device__ __forceinline__ void dot_32(const u8* __restrict__ row, int cols, const i8* __restrict__ Xq,
+                                       const float2* __restrict__ Xd, int ntok, int t0, int lane,
+                                       int part, int parts, float* acc) {
+    const int BB = TY == TY_Q4_0 ? 18 : TY == TY_Q5_0 ? 22 : 34;
     int nb = cols >> 5;
     int p = lane & 3;
-    float acc[NT];
-#pragma unroll
-    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
 #pragma unroll 2
-    for (int b = lane >> 2; b < nb; b += 8) {
+    for (int b = (lane >> 2) + 8 * part; b < nb; b += 8 * parts) {
         const u8* blk = row + (u64)b * BB;
         float d = h2f(ld16(blk));
         int w0, w1, o0, o1;
-        if (Q4) {
+        if (TY == TY_Q4_0) {
             u32 q = (u32)ld32_2(blk + 2 + 4 * p);
             w0 = sub_bytes(q & 0x0F0F0F0Fu, 0x08080808u);
             w1 = sub_bytes((q >> 4) & 0x0F0F0F0Fu, 0x08080808u);
+            o0 = 4 * p;
+            o1 = 16 + 4 * p;
+        } else if (TY == TY_Q5_0) {
+            u32 qh = (u32)ld32_2(blk + 2), q = (u32)ld32_2(blk + 6 + 4 * p);
+            w0 = sub_bytes((q & 0x0F0F0F0Fu) | spread_bits4((qh >> (4 * p)) & 0xFu), 0x10101010u);
+            w1 = sub_bytes(((q >> 4) & 0x0F0F0F0Fu) | spread_bits4((qh >> (16 + 4 * p)) & 0xFu),
+                           0x10101010u);
             o0 = 4 * p;
             o1 = 16 + 4 * p;
         } else {
@@ -279,6 +293,30 @@ __device__ __forceinline__ void mmvq_32(const u8* __restrict__ W, u64 rb, int ro
             }
         }
     }
+}
+
+template <int TY, int NT>
+__device__ __forceinline__ void dot_row(const u8* row, int cols, const i8* Xq, const float2* Xd,
+                                        int ntok, int t0, int lane, int part, int parts, float* acc) {
+    if (TY == TY_Q4_K) dot_k4<false, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
+    else if (TY == TY_Q5_K) dot_k4<true, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
+    else if (TY == TY_Q6_K) dot_q6k<NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
+    else dot_32<TY, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
+}
+
+// One warp per row, four rows per 128-thread block.
+template <int TY, int NT>
+__device__ __forceinline__ void gemvq_warp(const u8* __restrict__ W, u64 rb, int rows, int cols,
+                                           const i8* __restrict__ Xq, const float2* __restrict__ Xd,
+                                           int ntok, float* __restrict__ Y) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int r = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (r >= rows) return;
+    int t0 = blockIdx.y * NT;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    dot_row<TY, NT>(W + (u64)r * rb, cols, Xq, Xd, ntok, t0, lane, 0, 1, acc);
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         float s = warp_sum(acc[t]);
@@ -286,38 +324,129 @@ __device__ __forceinline__ void mmvq_32(const u8* __restrict__ W, u64 rb, int ro
     }
 }
 
-#define MMVQ(NAME, CALL, NT)                                                                       \
+// The `mvs`/`mvp` kernels: four warps a block, each row's weight blocks split over
+// `parts` (1, 2 or 4) warps, so a block computes 4 / parts rows: with 4 parts a row's
+// loads are all in flight at once and a small matrix still fills the GPU. Warp w
+// takes row w / parts of the block's rows, part w % parts. After the lanes' butterfly
+// each warp's sum goes to red[w][t]; thread j * NT + t then adds row j's parts in
+// warp order (twin::gemvq_row_split).
+template <int NT>
+__device__ __forceinline__ float sum_parts(const float (*red)[8], int j, int t, int parts) {
+    float v = 0.0f;
+    for (int p = 0; p < parts; p++) v += red[j * parts + p][t];
+    return v;
+}
+
+// `mvs`: up to three matrices of one type that share the input (Q, K and V in one
+// launch): global row g < rows0 is row g of W0, then W1's rows, then W2's.
+template <int TY, int NT>
+__device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float* Y0, const u8* W1,
+                                         u64 rb1, int rows1, float* Y1, const u8* W2, u64 rb2,
+                                         int rows2, float* Y2, int cols, const i8* Xq,
+                                         const float2* Xd, int ntok, int parts) {
+    __shared__ float red[4][8];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int rpb = 4 / parts;
+    int t0 = blockIdx.y * NT;
+    // The row of this warp (warp-uniform), and of thread j * NT + t's output.
+    int seg = 0;
+    int r = blockIdx.x * rpb + warp / parts;
+    if (r >= rows0) {
+        r -= rows0;
+        seg = 1;
+        if (r >= rows1) {
+            r -= rows1;
+            seg = r < rows2 ? 2 : 3;
+        }
+    }
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    if (seg < 3) {
+        const u8* W = seg == 0 ? W0 : seg == 1 ? W1 : W2;
+        u64 rb = seg == 0 ? rb0 : seg == 1 ? rb1 : rb2;
+        dot_row<TY, NT>(W + (u64)r * rb, cols, Xq, Xd, ntok, t0, lane, warp % parts, parts, acc);
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float v = warp_sum(acc[t]);
+        if (lane == 0) red[warp][t] = v;
+    }
+    __syncthreads();
+    int j = threadIdx.x / NT, t = threadIdx.x % NT;
+    if (j >= rpb || t0 + t >= ntok) return;
+    int g = blockIdx.x * rpb + j;
+    float* Y;
+    int rows;
+    if (g < rows0) {
+        Y = Y0; rows = rows0;
+    } else if (g - rows0 < rows1) {
+        g -= rows0; Y = Y1; rows = rows1;
+    } else {
+        g -= rows0 + rows1;
+        if (g >= rows2) return;
+        Y = Y2; rows = rows2;
+    }
+    Y[(u64)(t0 + t) * rows + g] = sum_parts<NT>(red, j, t, parts);
+}
+
+// `mvp`: gate and up of the same rows (eight warps: 0-3 on gate rows, 4-7 on the up
+// rows, each half split as in `mvs`), written as act(gate) * up (act 1: SiLU,
+// 2: GELU-tanh as gelu_mul), so the activation kernel's pass disappears.
+template <int TY, int NT>
+__device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols,
+                                         const i8* Xq, const float2* Xd, int ntok, int act,
+                                         int parts, float* Y) {
+    __shared__ float red[8][8];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int half = warp >> 2, w4 = warp & 3;
+    int rpb = 4 / parts;
+    int t0 = blockIdx.y * NT;
+    int r = blockIdx.x * rpb + w4 / parts;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    if (r < rows)
+        dot_row<TY, NT>((half ? Wu : Wg) + (u64)r * rb, cols, Xq, Xd, ntok, t0, lane, w4 % parts, parts, acc);
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float v = warp_sum(acc[t]);
+        if (lane == 0) red[warp][t] = v;
+    }
+    __syncthreads();
+    int j = threadIdx.x / NT, t = threadIdx.x % NT;
+    int g = blockIdx.x * rpb + j;
+    if (j >= rpb || t0 + t >= ntok || g >= rows) return;
+    float gv = sum_parts<NT>(red, j, t, parts);
+    float uv = sum_parts<NT>(red + 4, j, t, parts);
+    Y[(u64)(t0 + t) * rows + g] = act == 2 ? gelu_times(gv, uv) : silu_times(gv, uv);
+}
+
+#define MMVQ(NAME, TY, NT)                                                                         \
     extern "C" __global__ void __launch_bounds__(128)                                              \
         gemvq##NT##_##NAME(const u8* W, u64 rb, int rows, int cols, const i8* Xq, const float2* Xd, \
                            int ntok, float* Y) {                                                   \
-        CALL<NT>(W, rb, rows, cols, Xq, Xd, ntok, Y);                                              \
+        gemvq_warp<TY, NT>(W, rb, rows, cols, Xq, Xd, ntok, Y);                                    \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128)                                              \
+        mvs##NT##_##NAME(const u8* W0, u64 rb0, int rows0, float* Y0, const u8* W1, u64 rb1,        \
+                         int rows1, float* Y1, const u8* W2, u64 rb2, int rows2, float* Y2,        \
+                         int cols, const i8* Xq, const float2* Xd, int ntok, int parts) {          \
+        mvs_body<TY, NT>(W0, rb0, rows0, Y0, W1, rb1, rows1, Y1, W2, rb2, rows2, Y2, cols, Xq, Xd, \
+                         ntok, parts);                                                             \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                              \
+        mvp##NT##_##NAME(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols, const i8* Xq,      \
+                         const float2* Xd, int ntok, int act, int parts, float* Y) {               \
+        mvp_body<TY, NT>(Wg, Wu, rb, rows, cols, Xq, Xd, ntok, act, parts, Y);                     \
     }
-template <int NT>
-__device__ __forceinline__ void q4k(const u8* W, u64 rb, int rows, int cols, const i8* Xq,
-                                    const float2* Xd, int ntok, float* Y) {
-    mmvq_k4<false, NT>(W, rb, rows, cols, Xq, Xd, ntok, Y);
-}
-template <int NT>
-__device__ __forceinline__ void q5k(const u8* W, u64 rb, int rows, int cols, const i8* Xq,
-                                    const float2* Xd, int ntok, float* Y) {
-    mmvq_k4<true, NT>(W, rb, rows, cols, Xq, Xd, ntok, Y);
-}
-template <int NT>
-__device__ __forceinline__ void q80(const u8* W, u64 rb, int rows, int cols, const i8* Xq,
-                                    const float2* Xd, int ntok, float* Y) {
-    mmvq_32<false, NT>(W, rb, rows, cols, Xq, Xd, ntok, Y);
-}
-template <int NT>
-__device__ __forceinline__ void q40(const u8* W, u64 rb, int rows, int cols, const i8* Xq,
-                                    const float2* Xd, int ntok, float* Y) {
-    mmvq_32<true, NT>(W, rb, rows, cols, Xq, Xd, ntok, Y);
-}
-#define MMVQ_ALL(NT)        \
-    MMVQ(q4_k, q4k, NT)     \
-    MMVQ(q5_k, q5k, NT)     \
-    MMVQ(q6_k, mmvq_q6k, NT) \
-    MMVQ(q8_0, q80, NT)     \
-    MMVQ(q4_0, q40, NT)
+#define MMVQ_ALL(NT)             \
+    MMVQ(q4_k, TY_Q4_K, NT)      \
+    MMVQ(q5_k, TY_Q5_K, NT)      \
+    MMVQ(q6_k, TY_Q6_K, NT)      \
+    MMVQ(q8_0, TY_Q8_0, NT)      \
+    MMVQ(q4_0, TY_Q4_0, NT)      \
+    MMVQ(q5_0, TY_Q5_0, NT)
 MMVQ_ALL(1)
 MMVQ_ALL(2)
 MMVQ_ALL(4)
