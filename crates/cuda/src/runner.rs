@@ -169,7 +169,7 @@ fn has_int8_gemv(kind: &str) -> bool {
 
 /// How many warps share one row in the `mvs`/`mvp` kernels (kernels/mmvq.cu): as
 /// many as get at least one full lane step of the row's blocks (a K-quant warp step
-/// takes 4 blocks of 256, a 32-block type's 8 blocks of 32), at most 4.
+/// takes 4 blocks of 256, a 32-block type's 8 blocks of 32), at most 2.
 /// `HANGAR_CUDA_PARTS=1|2|4` forces it (A/B runs).
 fn gemv_parts(kind: &str, cols: usize) -> usize {
     if let Some(p) = std::env::var("HANGAR_CUDA_PARTS")
@@ -183,10 +183,11 @@ fn gemv_parts(kind: &str, cols: usize) -> usize {
         "q4_k" | "q5_k" | "q6_k" => 4 * 256,
         _ => 8 * 32,
     };
+    // Four parts measured slower than two on the 8B shape (docs/GPU.md run 11: a
+    // block of one row is too little work per block), so two is the default cap.
     match cols / per_step {
         0 | 1 => 1,
-        2 | 3 => 2,
-        _ => 4,
+        _ => 2,
     }
 }
 
@@ -237,6 +238,10 @@ pub struct CudaRunner {
 }
 
 const F: usize = std::mem::size_of::<f32>();
+/// The widest row `add_norm_q8` holds in registers (1024 threads x ANQ_E values).
+const ADD_NORM_MAX: usize = 1024 * 8;
+/// Attention keeps a token's scores in shared memory up to this many positions.
+const ATT_SMEM_SCORES: usize = 4096;
 /// Warps per attention block (`ATT_WARPS` in kernels/attention.cu, `twin::ATT_WARPS`).
 const ATT_WARPS: usize = crate::twin::ATT_WARPS;
 
@@ -480,17 +485,26 @@ impl CudaRunner {
     ) -> Result<bool, CudaError> {
         let l = &self.layers[li];
         let kind = l.wq.kind;
-        if l.wk.kind != kind || l.wv.kind != kind || !has_int8_gemv(kind) {
+        if !has_int8_gemv(kind) {
             return Ok(false);
         }
-        let segs = [
-            (l.wq.buf.ptr, l.wq.row_bytes, l.wq.rows, out[0]),
-            (l.wk.buf.ptr, l.wk.row_bytes, l.wk.rows, out[1]),
-            (l.wv.buf.ptr, l.wv.row_bytes, l.wv.rows, out[2]),
-        ];
+        // The matrices of Q's type go in one launch; another type (Q4_K_M files give
+        // V a wider type in some layers) gets its own.
+        let mut segs = Vec::with_capacity(3);
+        let mut rest = Vec::new();
+        for (i, m) in [&l.wq, &l.wk, &l.wv].into_iter().enumerate() {
+            if m.kind == kind {
+                segs.push((m.buf.ptr, m.row_bytes, m.rows, out[i]));
+            } else {
+                rest.push(i);
+            }
+        }
         let cols = l.wq.cols;
         let (xq, xd) = self.quantize_x(x, ntok, cols, 0)?;
         self.launch_mvs(&segs, kind, cols, xq, xd, ntok)?;
+        for i in rest {
+            self.matmul(li * 8 + i, x, ntok, out[i])?;
+        }
         Ok(true)
     }
 
@@ -559,7 +573,7 @@ impl CudaRunner {
             .ptr(xq)
             .ptr(xd);
         self.gpu
-            .launch("add_norm_q8", (rows as u32, 1, 1), (256, 1, 1), 0, args)?;
+            .launch("add_norm_q8", (rows as u32, 1, 1), (1024, 1, 1), 0, args)?;
         self.q8_of = Some((h, rows, n, 0));
         self.xf_of = None;
         Ok(())
@@ -845,7 +859,8 @@ impl CudaRunner {
             && self.gemv == GemvChoice::Int8
             && self.act == ActRounding::Fine
             && t_total < GEMM_MIN_TOKENS
-            && d.is_multiple_of(32);
+            && d.is_multiple_of(32)
+            && d <= ADD_NORM_MAX;
         let n_layers = self.layers.len();
         if fused {
             let w = self.layers[0].attn_norm.ptr;
@@ -942,6 +957,7 @@ impl CudaRunner {
                 0
             };
             let max_n_l = if window > 0 { max_n.min(window) } else { max_n };
+            let sm_scores = max_n_l <= ATT_SMEM_SCORES;
             let args = Args::new()
                 .ptr(q)
                 .ptr(kv_k[li])
@@ -959,12 +975,14 @@ impl CudaRunner {
                 .ptr(scores)
                 .i32(max_n_l as i32)
                 .ptr(att_q.0)
-                .ptr(att_q.1);
+                .ptr(att_q.1)
+                .i32(i32::from(sm_scores));
+            let smem = (1 + ATT_WARPS) * hd * F + if sm_scores { max_n_l * F } else { 0 };
             self.gpu.launch(
                 "attention",
                 (nh as u32, t_total as u32, 1),
                 (32 * ATT_WARPS as u32, 1, 1),
-                ((1 + ATT_WARPS) * hd * F) as u32,
+                smem as u32,
                 args,
             )?;
             self.forget_quantized();

@@ -13,7 +13,7 @@
 extern "C" __global__ void __launch_bounds__(256) attention(
     const float* q, const u16* kc, const u16* vc, float* out, int nheads, int nkv, int hd,
     const int* tok_seq, const u32* tables, int tstride, int bs, int window, float scale,
-    float* scratch, int max_n, i8* Xq, float2* Xd) {
+    float* scratch, int max_n, i8* Xq, float2* Xd, int sm_scores) {
     extern __shared__ float sm[];
     float* qs = sm;               // hd
     float* part = sm + hd;        // ATT_WARPS * hd
@@ -30,7 +30,10 @@ extern "C" __global__ void __launch_bounds__(256) attention(
     const float* qr = q + ((u64)t * nheads + h) * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = qr[d];
     __syncthreads();
-    float* sc = scratch + ((u64)t * nheads + h) * max_n;
+    // Scores in shared memory when the runner sized it for them (sm_scores), else in
+    // the global scratch row: a decode step's attention is a chain of dependent
+    // passes over them, so their latency is the kernel's.
+    float* sc = sm_scores ? sm + (1 + ATT_WARPS) * hd : scratch + ((u64)t * nheads + h) * max_n;
     float m = -3.0e38f;
 #pragma unroll 2
     for (int j = w; j < n; j += ATT_WARPS) {

@@ -30,45 +30,64 @@ extern "C" __global__ void quantize_q8_1(const float* __restrict__ X, u64 n, i8*
         q8_1_lane(X[i], i, Xq, Xd);
 }
 
-// One token row per 256-thread block: x += rmsnorm(o) * pw (Gemma 3's post-norm; x += o
+// One token row per 1024-thread block: x += rmsnorm(o) * pw (Gemma 3's post-norm; x += o
 // when pw is null; nothing when o is null), then h = rmsnorm(x) * w, and h quantized
 // to q8_1 as quantize_q8_1 does (when Xq is set). The residual add, the next norm and
-// the next matrix input's quantization in one pass instead of three launches; the
-// arithmetic is norm_add's, rmsnorm's and quantize_q8_1's. n is a multiple of 32.
-extern "C" __global__ void __launch_bounds__(256) add_norm_q8(float* x, const float* o, const float* pw,
-                                                          const float* w, float* h, int n, float eps,
-                                                          i8* Xq, float2* Xd) {
+// the next matrix input's quantization in one launch instead of three, with the row
+// held in registers (ANQ_E values a thread, all loads issued up front: a decode step
+// has one block per token, so the latency of each pass is the kernel's time). The
+// arithmetic is norm_add's, rmsnorm's and quantize_q8_1's (squares summed in f64).
+// n is a multiple of 32 and at most 1024 * ANQ_E.
+#define ANQ_E 8
+extern "C" __global__ void __launch_bounds__(1024) add_norm_q8(float* x, const float* o, const float* pw,
+                                                           const float* w, float* h, int n, float eps,
+                                                           i8* Xq, float2* Xd) {
     __shared__ double sh[32];
     u64 base = (u64)blockIdx.x * n;
-    float* xr = x + base;
+    float xv[ANQ_E], ov[ANQ_E], pv[ANQ_E], wv[ANQ_E];
+#pragma unroll
+    for (int e = 0; e < ANQ_E; e++) {
+        int i = threadIdx.x + e * blockDim.x;
+        bool in = i < n;
+        xv[e] = in ? x[base + i] : 0.0f;
+        ov[e] = in && o ? o[base + i] : 0.0f;
+        pv[e] = in && pw ? pw[i] : 0.0f;
+        wv[e] = in ? w[i] : 0.0f;
+    }
     if (o) {
-        const float* orow = o + base;
         if (pw) {
             double s = 0.0;
-            for (int i = threadIdx.x; i < n; i += blockDim.x) {
-                float v = orow[i];
-                s += (double)(v * v);
-            }
+#pragma unroll
+            for (int e = 0; e < ANQ_E; e++) s += (double)(ov[e] * ov[e]);
             s = block_sum_d(s, sh);
             float mean = (float)(s / (double)n);
             float scale = 1.0f / sqrtf(mean + eps);
-            for (int i = threadIdx.x; i < n; i += blockDim.x) xr[i] += orow[i] * scale * pw[i];
+#pragma unroll
+            for (int e = 0; e < ANQ_E; e++) xv[e] += ov[e] * scale * pv[e];
         } else {
-            for (int i = threadIdx.x; i < n; i += blockDim.x) xr[i] += orow[i];
+#pragma unroll
+            for (int e = 0; e < ANQ_E; e++) xv[e] += ov[e];
+        }
+#pragma unroll
+        for (int e = 0; e < ANQ_E; e++) {
+            int i = threadIdx.x + e * blockDim.x;
+            if (i < n) x[base + i] = xv[e];
         }
     }
     double s = 0.0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = xr[i];
-        s += (double)(v * v);
-    }
+#pragma unroll
+    for (int e = 0; e < ANQ_E; e++) s += (double)(xv[e] * xv[e]);
     s = block_sum_d(s, sh);
     float mean = (float)(s / (double)n);
     float scale = 1.0f / sqrtf(mean + eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = xr[i] * scale * w[i];
-        h[base + i] = v;
-        if (Xq) q8_1_lane(v, base + i, Xq, Xd);
+#pragma unroll
+    for (int e = 0; e < ANQ_E; e++) {
+        int i = threadIdx.x + e * blockDim.x;
+        if (i < n) {
+            float v = xv[e] * scale * wv[e];
+            h[base + i] = v;
+            if (Xq) q8_1_lane(v, base + i, Xq, Xd);
+        }
     }
 }
 
@@ -157,7 +176,7 @@ __device__ __forceinline__ void dot_k4(const u8* __restrict__ row, int cols, con
     const int BB = Q5 ? 176 : 144, QS = Q5 ? 48 : 16;
     int nb = cols >> 8, nq = cols >> 5;
     int k = lane & 7, c = k >> 1, l0 = (k & 1) * 16;
-#pragma unroll 2
+#pragma unroll(NT <= 2 ? 4 : 2)
     for (int b = (lane >> 3) + 4 * part; b < nb; b += 4 * parts) {
         const u8* blk = row + (u64)b * BB;
         uint4 q = *(const uint4*)(blk + QS + 32 * c + l0);
@@ -212,7 +231,7 @@ __device__ __forceinline__ void dot_q6k(const u8* __restrict__ row, int cols, co
                                         int part, int parts, float* acc) {
     int nb = cols >> 8, nq = cols >> 5;
     int k = lane & 7, h = k >> 2, kp = (k >> 1) & 1, ls = k & 1;
-#pragma unroll 2
+#pragma unroll(NT <= 2 ? 4 : 2)
     for (int b = (lane >> 3) + 4 * part; b < nb; b += 4 * parts) {
         const u8* blk = row + (u64)b * 210;
         const u8* qlp = blk + 64 * h + 32 * kp + 16 * ls;
@@ -260,7 +279,7 @@ __device__ __forceinline__ void dot_32(const u8* __restrict__ row, int cols, con
     const int BB = TY == TY_Q4_0 ? 18 : TY == TY_Q5_0 ? 22 : 34;
     int nb = cols >> 5;
     int p = lane & 3;
-#pragma unroll 2
+#pragma unroll(NT <= 2 ? 4 : 2)
     for (int b = (lane >> 2) + 8 * part; b < nb; b += 8 * parts) {
         const u8* blk = row + (u64)b * BB;
         float d = h2f(ld16(blk));
