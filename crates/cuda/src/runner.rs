@@ -167,28 +167,17 @@ fn has_int8_gemv(kind: &str) -> bool {
     matches!(kind, "q4_k" | "q5_k" | "q6_k" | "q8_0" | "q4_0" | "q5_0")
 }
 
-/// How many warps share one row in the `mvs`/`mvp` kernels (kernels/mmvq.cu): as
-/// many as get at least one full lane step of the row's blocks (a K-quant warp step
-/// takes 4 blocks of 256, a 32-block type's 8 blocks of 32), at most 2.
-/// `HANGAR_CUDA_PARTS=1|2|4` forces it (A/B runs).
-fn gemv_parts(kind: &str, cols: usize) -> usize {
-    if let Some(p) = std::env::var("HANGAR_CUDA_PARTS")
+/// How many warps share one row in the `mvs`/`mvp` kernels (kernels/mmvq.cu). One:
+/// on the H200, one warp per row with four rows a block beat two and four warps per
+/// row on both the 8B and the 270M shapes (docs/GPU.md runs 12-13: 287.8 vs 271.1
+/// vs 246.7 tok/s at batch 1 on the 8B shape); a block of one row is too little work
+/// per block. `HANGAR_CUDA_PARTS=2|4` selects the split (A/B runs, other GPUs).
+fn gemv_parts() -> usize {
+    std::env::var("HANGAR_CUDA_PARTS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|p| matches!(p, 1 | 2 | 4))
-    {
-        return p;
-    }
-    let per_step = match kind {
-        "q4_k" | "q5_k" | "q6_k" => 4 * 256,
-        _ => 8 * 32,
-    };
-    // Four parts measured slower than two on the 8B shape (docs/GPU.md run 11: a
-    // block of one row is too little work per block), so two is the default cap.
-    match cols / per_step {
-        0 | 1 => 1,
-        _ => 2,
-    }
+        .unwrap_or(1)
 }
 
 /// Token-row tile of the int8 GEMVs for `ntok` rows.
@@ -447,7 +436,7 @@ impl CudaRunner {
         ntok: usize,
     ) -> Result<(), CudaError> {
         let nt = gemv_tile(ntok);
-        let parts = gemv_parts(kind, cols);
+        let parts = gemv_parts();
         let mut args = Args::new();
         let mut total = 0;
         for i in 0..3 {
@@ -524,7 +513,7 @@ impl CudaRunner {
         };
         let (xq, xd) = self.quantize_x(x, ntok, cols, 0)?;
         let nt = gemv_tile(ntok);
-        let parts = gemv_parts(kind, cols);
+        let parts = gemv_parts();
         let args = Args::new()
             .ptr(wg)
             .ptr(wu)

@@ -15,6 +15,31 @@ __device__ __forceinline__ int dp4a(int a, int b, int c) {
 __device__ __forceinline__ int sub_bytes(u32 v, u32 k4) {
     return (int)(((v | 0x80808080u) - k4) ^ 0x80808080u);
 }
+// scale_min_k4 on the 12 scale bytes held as three words.
+__device__ __forceinline__ u32 byte_of(uint3 w, int k) {
+    u32 v = k < 4 ? w.x : k < 8 ? w.y : w.z;
+    return (v >> (8 * (k & 3))) & 0xFFu;
+}
+__device__ __forceinline__ void scale_min_k4_w(int j, uint3 w, int* sc, int* m) {
+    if (j < 4) {
+        *sc = (int)(byte_of(w, j) & 63);
+        *m = (int)(byte_of(w, j + 4) & 63);
+    } else {
+        *sc = (int)((byte_of(w, j + 4) & 0xF) | ((byte_of(w, j - 4) >> 6) << 4));
+        *m = (int)((byte_of(w, j + 4) >> 4) | ((byte_of(w, j) >> 6) << 4));
+    }
+}
+// 16 bytes at a 2-byte aligned address as four words: five aligned loads, realigned.
+// Reads up to 4 bytes past the run (callers stay inside their block).
+__device__ __forceinline__ void ld16_2a(const u8* p, u32* out) {
+    const u32* a = (const u32*)((u64)p & ~(u64)3);
+    u32 sel = ((u64)p & 2) ? 0x5432u : 0x3210u;
+    u32 w[5];
+#pragma unroll
+    for (int i = 0; i < 5; i++) w[i] = a[i];
+#pragma unroll
+    for (int i = 0; i < 4; i++) out[i] = __byte_perm(w[i], w[i + 1], sel);
+}
 // Two 16-bit loads as one word (blocks of 18 and 34 bytes are only 2-byte aligned).
 __device__ __forceinline__ int ld32_2(const u8* p) {
     const u16* h = (const u16*)p;
@@ -181,9 +206,12 @@ __device__ __forceinline__ void dot_k4(const u8* __restrict__ row, int cols, con
         const u8* blk = row + (u64)b * BB;
         uint4 q = *(const uint4*)(blk + QS + 32 * c + l0);
         u32 dm = *(const u32*)blk;
+        // The 12 scale bytes as three aligned words (blocks are 16-byte aligned):
+        // three loads instead of up to eight single bytes.
+        uint3 sw = *(const uint3*)(blk + 4);
         int sc1, m1, sc2, m2;
-        scale_min_k4(2 * c, blk + 4, &sc1, &m1);
-        scale_min_k4(2 * c + 1, blk + 4, &sc2, &m2);
+        scale_min_k4_w(2 * c, sw, &sc1, &m1);
+        scale_min_k4_w(2 * c + 1, sw, &sc2, &m2);
         u32 qq[4] = {q.x, q.y, q.z, q.w};
         int lo[4], hi[4];
         if (Q5) {
@@ -236,10 +264,15 @@ __device__ __forceinline__ void dot_q6k(const u8* __restrict__ row, int cols, co
         const u8* blk = row + (u64)b * 210;
         const u8* qlp = blk + 64 * h + 32 * kp + 16 * ls;
         const u8* qhp = blk + 128 + 32 * h + 16 * ls;
+        // 210-byte blocks are 2-byte aligned: read each 16-byte run as five aligned
+        // words and realign them with byte permutes (ten loads instead of sixteen).
+        u32 qlw[4], qhw[4];
+        ld16_2a(qlp, qlw);
+        ld16_2a(qhp, qhw);
         int va[4], vb[4];
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            u32 ql = (u32)ld32_2(qlp + 4 * i), qh = (u32)ld32_2(qhp + 4 * i);
+            u32 ql = qlw[i], qh = qhw[i];
             va[i] = sub_bytes((ql & 0x0F0F0F0Fu) | (((qh >> (2 * kp)) & 0x03030303u) << 4), 0x20202020u);
             vb[i] = sub_bytes(((ql >> 4) & 0x0F0F0F0Fu) | (((qh >> (2 * kp + 4)) & 0x03030303u) << 4),
                               0x20202020u);
