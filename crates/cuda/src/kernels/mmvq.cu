@@ -15,15 +15,19 @@ __device__ __forceinline__ int dp4a(int a, int b, int c) {
 __device__ __forceinline__ int sub_bytes(u32 v, u32 k4) {
     return (int)(((v | 0x80808080u) - k4) ^ 0x80808080u);
 }
-// scale_min_k4 on the 12 scale bytes held as three words, without branches: for
-// j < 4 the scale is byte j and the min byte j + 4; for j >= 4 both are built from
-// byte j + 4 (low/high nibble) and the top bits of bytes j - 4 and j.
+// scale_min_k4 on the 12 scale bytes held as three words.
+__device__ __forceinline__ u32 byte_of(uint3 w, int k) {
+    u32 v = k < 4 ? w.x : k < 8 ? w.y : w.z;
+    return (v >> (8 * (k & 3))) & 0xFFu;
+}
 __device__ __forceinline__ void scale_min_k4_w(int j, uint3 w, int* sc, int* m) {
-    int s = 8 * (j & 3);
-    u32 x0 = (w.x >> s) & 0xFFu, y0 = (w.y >> s) & 0xFFu, z0 = (w.z >> s) & 0xFFu;
-    bool low = j < 4;
-    *sc = (int)(low ? (x0 & 63) : ((z0 & 0xF) | ((x0 >> 6) << 4)));
-    *m = (int)(low ? (y0 & 63) : ((z0 >> 4) | ((y0 >> 6) << 4)));
+    if (j < 4) {
+        *sc = (int)(byte_of(w, j) & 63);
+        *m = (int)(byte_of(w, j + 4) & 63);
+    } else {
+        *sc = (int)((byte_of(w, j + 4) & 0xF) | ((byte_of(w, j - 4) >> 6) << 4));
+        *m = (int)((byte_of(w, j + 4) >> 4) | ((byte_of(w, j) >> 6) << 4));
+    }
 }
 // 16 bytes at a 2-byte aligned address as four words: five aligned loads, realigned.
 // Reads up to 4 bytes past the run (callers stay inside their block).
@@ -190,76 +194,56 @@ extern "C" __global__ void dequant_q8x(const i8* __restrict__ Xq, const float2* 
 // (low nibbles) and 16 of sub-block 2c + 1 (high nibbles). Per sub-block
 // sum w x = d sc dx sum(q qx) - dmin m (dx sum qx); the even lane adds the min term
 // from the activation block's stored sum. Q5_K adds the fifth bit from qh.
-//
-// The weight loads of U steps are issued before any of them is used (the compiler
-// did not hoist them across the unrolled steps: docs/GPU.md run 14's SASS), and the
-// scale and min-term selections are branch-free.
 template <bool Q5, int NT>
 __device__ __forceinline__ void dot_k4(const u8* __restrict__ row, int cols, const i8* __restrict__ Xq,
                                        const float2* __restrict__ Xd, int ntok, int t0, int lane,
                                        int part, int parts, float* acc) {
     const int BB = Q5 ? 176 : 144, QS = Q5 ? 48 : 16;
-    const int U = NT <= 2 ? 4 : 2;
     int nb = cols >> 8, nq = cols >> 5;
     int k = lane & 7, c = k >> 1, l0 = (k & 1) * 16;
-    float use_min = l0 == 0 ? 1.0f : 0.0f;
-    int step = 4 * parts;
-    for (int b0 = (lane >> 3) + 4 * part; b0 < nb; b0 += step * U) {
-        uint4 q[U], hq[U];
-        u32 dm[U];
-        uint3 sw[U];
+#pragma unroll(NT <= 2 ? 4 : 2)
+    for (int b = (lane >> 3) + 4 * part; b < nb; b += 4 * parts) {
+        const u8* blk = row + (u64)b * BB;
+        uint4 q = *(const uint4*)(blk + QS + 32 * c + l0);
+        u32 dm = *(const u32*)blk;
+        // The 12 scale bytes as three aligned words (blocks are 16-byte aligned):
+        // three loads instead of up to eight single bytes.
+        uint3 sw = *(const uint3*)(blk + 4);
+        int sc1, m1, sc2, m2;
+        scale_min_k4_w(2 * c, sw, &sc1, &m1);
+        scale_min_k4_w(2 * c + 1, sw, &sc2, &m2);
+        u32 qq[4] = {q.x, q.y, q.z, q.w};
+        int lo[4], hi[4];
+        if (Q5) {
+            uint4 h = *(const uint4*)(blk + 16 + l0);
+            u32 hh[4] = {h.x, h.y, h.z, h.w};
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            int b = b0 + u * step;
-            if (b < nb) {
-                const u8* blk = row + (u64)b * BB;
-                q[u] = *(const uint4*)(blk + QS + 32 * c + l0);
-                dm[u] = *(const u32*)blk;
-                // The 12 scale bytes as three aligned words (blocks are 16-byte
-                // aligned): three loads instead of up to eight single bytes.
-                sw[u] = *(const uint3*)(blk + 4);
-                if (Q5) hq[u] = *(const uint4*)(blk + 16 + l0);
+            for (int i = 0; i < 4; i++) {
+                lo[i] = (int)((qq[i] & 0x0F0F0F0Fu) | (((hh[i] >> (2 * c)) & 0x01010101u) << 4));
+                hi[i] = (int)(((qq[i] >> 4) & 0x0F0F0F0Fu) | (((hh[i] >> (2 * c + 1)) & 0x01010101u) << 4));
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                lo[i] = (int)(qq[i] & 0x0F0F0F0Fu);
+                hi[i] = (int)((qq[i] >> 4) & 0x0F0F0F0Fu);
             }
         }
+        float d = h2f((u16)(dm & 0xffff)), dmin = h2f((u16)(dm >> 16));
+        int qa = b * 8 + 2 * c;
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            int b = b0 + u * step;
-            if (b >= nb) break;
-            int sc1, m1, sc2, m2;
-            scale_min_k4_w(2 * c, sw[u], &sc1, &m1);
-            scale_min_k4_w(2 * c + 1, sw[u], &sc2, &m2);
-            u32 qq[4] = {q[u].x, q[u].y, q[u].z, q[u].w};
-            int lo[4], hi[4];
-            if (Q5) {
-                u32 hh[4] = {hq[u].x, hq[u].y, hq[u].z, hq[u].w};
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    lo[i] = (int)((qq[i] & 0x0F0F0F0Fu) | (((hh[i] >> (2 * c)) & 0x01010101u) << 4));
-                    hi[i] = (int)(((qq[i] >> 4) & 0x0F0F0F0Fu) | (((hh[i] >> (2 * c + 1)) & 0x01010101u) << 4));
-                }
-            } else {
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    lo[i] = (int)(qq[i] & 0x0F0F0F0Fu);
-                    hi[i] = (int)((qq[i] >> 4) & 0x0F0F0F0Fu);
-                }
-            }
-            float d = h2f((u16)(dm[u] & 0xffff)), dmin = h2f((u16)(dm[u] >> 16));
-            int qa = b * 8 + 2 * c;
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                if (t0 + t < ntok) {
-                    const i8* xr = Xq + (u64)(t0 + t) * cols;
-                    const float2* dr = Xd + (u64)(t0 + t) * nq;
-                    int4 xa = *(const int4*)(xr + 32 * qa + l0);
-                    int4 xb = *(const int4*)(xr + 32 * qa + 32 + l0);
-                    int sa = dp4a(lo[3], xa.w, dp4a(lo[2], xa.z, dp4a(lo[1], xa.y, dp4a(lo[0], xa.x, 0))));
-                    int sb = dp4a(hi[3], xb.w, dp4a(hi[2], xb.z, dp4a(hi[1], xb.y, dp4a(hi[0], xb.x, 0))));
-                    float2 da = dr[qa], db = dr[qa + 1];
-                    float v = d * ((float)sc1 * da.x * (float)sa + (float)sc2 * db.x * (float)sb);
-                    v -= use_min * (dmin * ((float)m1 * da.y + (float)m2 * db.y));
-                    acc[t] += v;
-                }
+        for (int t = 0; t < NT; t++) {
+            if (t0 + t < ntok) {
+                const i8* xr = Xq + (u64)(t0 + t) * cols;
+                const float2* dr = Xd + (u64)(t0 + t) * nq;
+                int4 xa = *(const int4*)(xr + 32 * qa + l0);
+                int4 xb = *(const int4*)(xr + 32 * qa + 32 + l0);
+                int sa = dp4a(lo[3], xa.w, dp4a(lo[2], xa.z, dp4a(lo[1], xa.y, dp4a(lo[0], xa.x, 0))));
+                int sb = dp4a(hi[3], xb.w, dp4a(hi[2], xb.z, dp4a(hi[1], xb.y, dp4a(hi[0], xb.x, 0))));
+                float2 da = dr[qa], db = dr[qa + 1];
+                float v = d * ((float)sc1 * da.x * (float)sa + (float)sc2 * db.x * (float)sb);
+                if (l0 == 0) v -= dmin * ((float)m1 * da.y + (float)m2 * db.y);
+                acc[t] += v;
             }
         }
     }
@@ -273,56 +257,40 @@ template <int NT>
 __device__ __forceinline__ void dot_q6k(const u8* __restrict__ row, int cols, const i8* __restrict__ Xq,
                                         const float2* __restrict__ Xd, int ntok, int t0, int lane,
                                         int part, int parts, float* acc) {
-    const int U = NT <= 2 ? 2 : 1;
     int nb = cols >> 8, nq = cols >> 5;
     int k = lane & 7, h = k >> 2, kp = (k >> 1) & 1, ls = k & 1;
-    int step = 4 * parts;
-    for (int b0 = (lane >> 3) + 4 * part; b0 < nb; b0 += step * U) {
-        // All U steps' weight loads first (see dot_k4). 210-byte blocks are 2-byte
-        // aligned: each 16-byte run is read as five aligned words and realigned with
-        // byte permutes (ten loads instead of sixteen).
-        u32 qlw[U][4], qhw[U][4];
-        u16 dh[U];
-        i8 s1[U], s2[U];
+#pragma unroll(NT <= 2 ? 4 : 2)
+    for (int b = (lane >> 3) + 4 * part; b < nb; b += 4 * parts) {
+        const u8* blk = row + (u64)b * 210;
+        const u8* qlp = blk + 64 * h + 32 * kp + 16 * ls;
+        const u8* qhp = blk + 128 + 32 * h + 16 * ls;
+        // 210-byte blocks are 2-byte aligned: read each 16-byte run as five aligned
+        // words and realign them with byte permutes (ten loads instead of sixteen).
+        u32 qlw[4], qhw[4];
+        ld16_2a(qlp, qlw);
+        ld16_2a(qhp, qhw);
+        int va[4], vb[4];
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            int b = b0 + u * step;
-            if (b < nb) {
-                const u8* blk = row + (u64)b * 210;
-                ld16_2a(blk + 64 * h + 32 * kp + 16 * ls, qlw[u]);
-                ld16_2a(blk + 128 + 32 * h + 16 * ls, qhw[u]);
-                dh[u] = *(const u16*)(blk + 208);
-                s1[u] = (i8)blk[192 + 8 * h + 2 * kp + ls];
-                s2[u] = (i8)blk[192 + 8 * h + 2 * (kp + 2) + ls];
-            }
+        for (int i = 0; i < 4; i++) {
+            u32 ql = qlw[i], qh = qhw[i];
+            va[i] = sub_bytes((ql & 0x0F0F0F0Fu) | (((qh >> (2 * kp)) & 0x03030303u) << 4), 0x20202020u);
+            vb[i] = sub_bytes(((ql >> 4) & 0x0F0F0F0Fu) | (((qh >> (2 * kp + 4)) & 0x03030303u) << 4),
+                              0x20202020u);
         }
+        float d = h2f(ld16(blk + 208));
+        float sa = (float)(i8)blk[192 + 8 * h + 2 * kp + ls];
+        float sb = (float)(i8)blk[192 + 8 * h + 2 * (kp + 2) + ls];
+        int qa = b * 8 + 4 * h + kp;
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            int b = b0 + u * step;
-            if (b >= nb) break;
-            int va[4], vb[4];
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                u32 ql = qlw[u][i], qh = qhw[u][i];
-                va[i] = sub_bytes((ql & 0x0F0F0F0Fu) | (((qh >> (2 * kp)) & 0x03030303u) << 4), 0x20202020u);
-                vb[i] = sub_bytes(((ql >> 4) & 0x0F0F0F0Fu) | (((qh >> (2 * kp + 4)) & 0x03030303u) << 4),
-                                  0x20202020u);
-            }
-            float d = h2f(dh[u]);
-            float sa = (float)s1[u];
-            float sb = (float)s2[u];
-            int qa = b * 8 + 4 * h + kp;
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                if (t0 + t < ntok) {
-                    const i8* xr = Xq + (u64)(t0 + t) * cols;
-                    const float2* dr = Xd + (u64)(t0 + t) * nq;
-                    int4 xa = *(const int4*)(xr + 32 * qa + 16 * ls);
-                    int4 xb = *(const int4*)(xr + 32 * (qa + 2) + 16 * ls);
-                    int ia = dp4a(va[3], xa.w, dp4a(va[2], xa.z, dp4a(va[1], xa.y, dp4a(va[0], xa.x, 0))));
-                    int ib = dp4a(vb[3], xb.w, dp4a(vb[2], xb.z, dp4a(vb[1], xb.y, dp4a(vb[0], xb.x, 0))));
-                    acc[t] += d * (sa * dr[qa].x * (float)ia + sb * dr[qa + 2].x * (float)ib);
-                }
+        for (int t = 0; t < NT; t++) {
+            if (t0 + t < ntok) {
+                const i8* xr = Xq + (u64)(t0 + t) * cols;
+                const float2* dr = Xd + (u64)(t0 + t) * nq;
+                int4 xa = *(const int4*)(xr + 32 * qa + 16 * ls);
+                int4 xb = *(const int4*)(xr + 32 * (qa + 2) + 16 * ls);
+                int ia = dp4a(va[3], xa.w, dp4a(va[2], xa.z, dp4a(va[1], xa.y, dp4a(va[0], xa.x, 0))));
+                int ib = dp4a(vb[3], xb.w, dp4a(vb[2], xb.z, dp4a(vb[1], xb.y, dp4a(vb[0], xb.x, 0))));
+                acc[t] += d * (sa * dr[qa].x * (float)ia + sb * dr[qa + 2].x * (float)ib);
             }
         }
     }
