@@ -9,6 +9,7 @@
 use crate::config::Activation;
 use crate::ggml_forward::GgmlScratch;
 use crate::kv::{KvCache, NO_BLOCK};
+use crate::lora::{LoraAdapter, LoraShape, LoraTarget};
 use crate::weights::{Model, Weight};
 use crate::ModelError;
 use hangar_kernels::kv_format::store_row;
@@ -97,6 +98,8 @@ pub struct Workspace {
     sel: Vec<f32>,
     /// A vocabulary-parallel shard's own logits, before they are placed and summed.
     part: Vec<f32>,
+    /// LoRA: per token, the adapter's `A x` (rank values).
+    lora_xa: Vec<f32>,
     /// What only the ggml numerics use.
     pub(crate) ggml: GgmlScratch,
 }
@@ -145,6 +148,42 @@ impl Model {
         observer: Option<Observer>,
     ) -> Result<usize, ModelError> {
         self.forward_inner(pool, seqs, kv, ws, logits, observer, None)
+    }
+
+    /// As [`Model::forward`], with sequence `i` run under `adapters[i]` (`None`: the
+    /// base model). Each adapted projection adds `scale · B (A x)` to the rows of the
+    /// sequences that use an adapter; the base rows are computed exactly as by
+    /// [`Model::forward`], and a batch without adapters costs nothing extra. Fast
+    /// numerics only.
+    pub fn forward_lora(
+        &self,
+        pool: &ThreadPool,
+        seqs: &[SeqInput],
+        adapters: &[Option<&LoraAdapter>],
+        kv: &mut KvCache,
+        ws: &mut Workspace,
+        logits: &mut Vec<f32>,
+    ) -> Result<usize, ModelError> {
+        if adapters.len() != seqs.len() {
+            return Err(ModelError::BadBatch(format!(
+                "{} adapter choices for {} sequences",
+                adapters.len(),
+                seqs.len()
+            )));
+        }
+        if adapters.iter().all(Option::is_none) {
+            return self.forward(pool, seqs, kv, ws, logits);
+        }
+        if self.numerics == crate::Numerics::Ggml {
+            return Err(ModelError::BadBatch(
+                "LoRA adapters run with fast numerics (--numerics fast); llama.cpp's arithmetic has no adapter path here".into(),
+            ));
+        }
+        let shape = LoraShape::of(&self.cfg);
+        for a in adapters.iter().flatten() {
+            a.check(&shape)?;
+        }
+        self.forward_full(pool, seqs, kv, ws, logits, None, None, None, Some(adapters))
     }
 
     /// As [`Model::forward`], for one rank of a tensor-parallel group: this model
@@ -212,7 +251,7 @@ impl Model {
             )));
         }
         let stage = Stage { layers, hidden };
-        self.forward_full(pool, seqs, kv, ws, logits, None, None, Some(stage))
+        self.forward_full(pool, seqs, kv, ws, logits, None, None, Some(stage), None)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -226,7 +265,7 @@ impl Model {
         observer: Option<Observer>,
         reduce: Option<Reducer>,
     ) -> Result<usize, ModelError> {
-        self.forward_full(pool, seqs, kv, ws, logits, observer, reduce, None)
+        self.forward_full(pool, seqs, kv, ws, logits, observer, reduce, None, None)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -240,6 +279,7 @@ impl Model {
         mut observer: Option<Observer>,
         mut reduce: Option<Reducer>,
         mut stage: Option<Stage>,
+        lora: Option<&[Option<&LoraAdapter>]>,
     ) -> Result<usize, ModelError> {
         let cfg = &self.cfg;
         self.validate(seqs, kv)?;
@@ -348,6 +388,16 @@ impl Model {
                 &mut ws.act,
                 &mut ws.act2,
             );
+            if let Some(lora) = lora {
+                for (target, out) in [
+                    (LoraTarget::Q, &mut ws.q),
+                    (LoraTarget::K, &mut ws.k),
+                    (LoraTarget::V, &mut ws.v),
+                ] {
+                    let x = &ws.h;
+                    apply_lora(pool, lora, &ws.tok_seq, li, target, x, out, &mut ws.lora_xa);
+                }
+            }
             for t in 0..t_total {
                 if let Some(b) = &layer.bq {
                     add(&mut ws.q[t * qd..(t + 1) * qd], b);
@@ -411,6 +461,19 @@ impl Model {
                 obs(li, Tap::AttnOutIn, &ws.attn, qd);
             }
             self.matmul_w(pool, &layer.wo, &ws.attn, t_total, &mut ws.o, &mut ws.act);
+            if let Some(lora) = lora {
+                let (x, out) = (&ws.attn, &mut ws.o);
+                apply_lora(
+                    pool,
+                    lora,
+                    &ws.tok_seq,
+                    li,
+                    LoraTarget::O,
+                    x,
+                    out,
+                    &mut ws.lora_xa,
+                );
+            }
             if let Some(r) = reduce.as_mut() {
                 r(&mut ws.o[..t_total * d]).map_err(ModelError::Collective)?;
             }
@@ -442,11 +505,33 @@ impl Model {
                 &mut ws.act,
                 &mut ws.act2,
             );
+            if let Some(lora) = lora {
+                for (target, out) in [
+                    (LoraTarget::Gate, &mut ws.gate),
+                    (LoraTarget::Up, &mut ws.up),
+                ] {
+                    let x = &ws.h;
+                    apply_lora(pool, lora, &ws.tok_seq, li, target, x, out, &mut ws.lora_xa);
+                }
+            }
             gated_activation(pool, cfg.activation, &mut ws.gate, &ws.up);
             if let Some(obs) = observer.as_mut() {
                 obs(li, Tap::FfnDownIn, &ws.gate, ff);
             }
             self.matmul_w(pool, &layer.down, &ws.gate, t_total, &mut ws.o, &mut ws.act);
+            if let Some(lora) = lora {
+                let (x, out) = (&ws.gate, &mut ws.o);
+                apply_lora(
+                    pool,
+                    lora,
+                    &ws.tok_seq,
+                    li,
+                    LoraTarget::Down,
+                    x,
+                    out,
+                    &mut ws.lora_xa,
+                );
+            }
             if let Some(r) = reduce.as_mut() {
                 r(&mut ws.o[..t_total * d]).map_err(ModelError::Collective)?;
             }
@@ -736,6 +821,60 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// Adds each adapted row's low-rank delta of `target` in layer `li` to `out`: token `t`
+/// uses the adapter of its sequence (`tok_seq[t].0`); other rows are not touched.
+/// `x` holds one input row per token, `out` one output row.
+#[allow(clippy::too_many_arguments)]
+fn apply_lora(
+    pool: &ThreadPool,
+    lora: &[Option<&LoraAdapter>],
+    tok_seq: &[(usize, usize)],
+    li: usize,
+    target: LoraTarget,
+    x: &[f32],
+    out: &mut [f32],
+    xa: &mut Vec<f32>,
+) {
+    let Some((rows, cols)) = lora
+        .iter()
+        .flatten()
+        .find_map(|a| a.get(li, target))
+        .map(|m| (m.rows(), m.cols()))
+    else {
+        return;
+    };
+    let rank = lora
+        .iter()
+        .flatten()
+        .filter_map(|a| a.get(li, target))
+        .map(|m| m.rank())
+        .max()
+        .unwrap_or(0);
+    let t_total = tok_seq.len();
+    resize(xa, t_total * rank);
+    let (out_p, xa_p) = (Ptr(out.as_mut_ptr()), Ptr(xa.as_mut_ptr()));
+    let chunk = t_total.div_ceil(2 * pool.n_threads()).max(1);
+    pool.for_each_chunk(t_total, chunk, |s, e| {
+        for t in s..e {
+            let Some(a) = lora[tok_seq[t].0] else {
+                continue;
+            };
+            let Some(m) = a.get(li, target) else {
+                continue;
+            };
+            // SAFETY: token `t` alone writes output row `t` and its own `rank` scratch
+            // values; the checked shapes make both in bounds.
+            let (o, scratch) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(out_p.get().add(t * rows), rows),
+                    std::slice::from_raw_parts_mut(xa_p.get().add(t * rank), rank),
+                )
+            };
+            m.apply_row(&x[t * cols..(t + 1) * cols], o, scratch);
+        }
+    });
 }
 
 fn add(x: &mut [f32], y: &[f32]) {
