@@ -26,7 +26,8 @@ pub enum LoraCmd {
         targets: Vec<LoraTarget>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// RMS of each delta as a fraction of its weight's RMS.
+        /// RMS of each delta as a fraction of its weight's RMS (0: B = 0, the training
+        /// initialisation, which changes nothing).
         #[arg(long, default_value_t = 0.1)]
         strength: f32,
         /// gguf (llama.cpp adapter file) or peft (folder).

@@ -1,7 +1,8 @@
 //! Random adapters (`hangar lora init`): A and B both nonzero (unlike a training
 //! initialisation, where B starts at zero), sized so each delta's RMS is a chosen
 //! fraction of the RMS of the weight it changes. For tests and benchmarks: such an
-//! adapter changes greedy output without turning it into noise.
+//! adapter changes greedy output without turning it into noise. Strength 0 gives the
+//! training initialisation (B = 0): an adapter that changes nothing.
 
 use crate::merge::dequantize;
 use crate::{invalid, Result};
@@ -56,8 +57,11 @@ pub fn random(base_path: &Path, shape: &LoraShape, opts: &InitOptions) -> Result
     if opts.rank == 0 {
         return Err(invalid(base_path, "the rank must be at least 1"));
     }
-    if !(opts.strength.is_finite() && opts.strength > 0.0) {
-        return Err(invalid(base_path, "the strength must be a positive number"));
+    if !(opts.strength.is_finite() && opts.strength >= 0.0) {
+        return Err(invalid(
+            base_path,
+            "the strength must be a number of 0 or more",
+        ));
     }
     let base = GgufFile::open(base_path)
         .map_err(|e| invalid(base_path, format!("not a readable GGUF model: {e}")))?;
