@@ -72,6 +72,12 @@ pub fn read(path: &Path, shape: &LoraShape) -> Result<LoraAdapter> {
                 format!("general.type is {other:?}: this is a model, not a LoRA adapter (llama.cpp adapters have general.type = \"adapter\")"),
             ))
         }
+        None if f.tensor("token_embd.weight").is_some() => {
+            return Err(invalid(
+                path,
+                "this is a model (it has token_embd.weight), not a LoRA adapter (llama.cpp adapters have general.type = \"adapter\")",
+            ))
+        }
         None => {
             return Err(invalid(
                 path,

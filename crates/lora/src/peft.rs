@@ -117,6 +117,7 @@ fn read_config(dir: &Path) -> Result<Scaling> {
     })
 }
 
+#[derive(Debug)]
 /// One tensor's place: layer, target, A or B, and the module's name without the
 /// `base_model.model.` prefix (for `alpha_pattern`).
 struct Slot {
