@@ -124,8 +124,8 @@ pub fn read(path: &Path, shape: &LoraShape) -> Result<LoraAdapter> {
         },
     };
     // Pair the A and B tensors of each slot.
-    let mut pairs: BTreeMap<(usize, LoraTarget), (Option<&TensorInfo>, Option<&TensorInfo>)> =
-        BTreeMap::new();
+    type Pair<'a> = (Option<&'a TensorInfo>, Option<&'a TensorInfo>);
+    let mut pairs: BTreeMap<(usize, LoraTarget), Pair> = BTreeMap::new();
     for t in f.tensors() {
         let supported = || LoraTarget::ALL.map(|t| t.gguf_name()).join(", ");
         let Some((layer, target, is_a)) = parse_name(&t.name) else {

@@ -198,8 +198,9 @@ pub fn read(path: &Path, shape: &LoraShape) -> Result<LoraAdapter> {
     let scaling = read_config(&dir)?;
     let st = SafetensorsFile::open(&weights)
         .map_err(|e| invalid(&weights, format!("not a readable safetensors file: {e}")))?;
-    let mut pairs: BTreeMap<(usize, LoraTarget), (Option<String>, Option<String>, String)> =
-        BTreeMap::new();
+    // Per slot: the A tensor's name, the B tensor's name, the module path.
+    type Names = (Option<String>, Option<String>, String);
+    let mut pairs: BTreeMap<(usize, LoraTarget), Names> = BTreeMap::new();
     for name in st.tensors().keys() {
         let slot = parse_name(name).map_err(|m| invalid(&weights, m))?;
         let e = pairs

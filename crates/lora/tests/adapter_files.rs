@@ -8,7 +8,7 @@ use hangar_kernels::ThreadPool;
 use hangar_lora::merge::MergeType;
 use hangar_lora::{Format, LoraFileError, LoraShape, LoraTarget};
 use hangar_models::synth::{self, SynthArch, SynthType};
-use hangar_models::{KvCache, LoraAdapter, LogitsWanted, Model, SeqInput, Workspace};
+use hangar_models::{KvCache, LogitsWanted, LoraAdapter, Model, SeqInput, Workspace};
 use std::path::{Path, PathBuf};
 
 fn tmp(name: &str) -> PathBuf {
@@ -44,9 +44,17 @@ fn init(base: &Path, rank: usize, seed: u64, targets: &[LoraTarget]) -> LoraAdap
 fn assert_same(a: &LoraAdapter, b: &LoraAdapter, tol: f32) {
     assert_eq!(a.n_matrices(), b.n_matrices());
     for (l, t, m) in a.matrices() {
-        let n = b.get(l, t).unwrap_or_else(|| panic!("layer {l} {t} missing"));
-        assert_eq!((m.rank(), m.rows(), m.cols()), (n.rank(), n.rows(), n.cols()));
-        let (mut da, mut db) = (vec![0f32; m.rows() * m.cols()], vec![0f32; m.rows() * m.cols()]);
+        let n = b
+            .get(l, t)
+            .unwrap_or_else(|| panic!("layer {l} {t} missing"));
+        assert_eq!(
+            (m.rank(), m.rows(), m.cols()),
+            (n.rank(), n.rows(), n.cols())
+        );
+        let (mut da, mut db) = (
+            vec![0f32; m.rows() * m.cols()],
+            vec![0f32; m.rows() * m.cols()],
+        );
         m.add_delta_to(&mut da);
         n.add_delta_to(&mut db);
         let scale = da.iter().map(|v| v.abs()).fold(0f32, f32::max);
@@ -77,7 +85,11 @@ fn logits(model: &Model, prompt: &[u32], adapter: Option<&LoraAdapter>) -> Vec<f
 
 fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
     let scale = a.iter().map(|v| v.abs()).fold(0f32, f32::max);
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+        / scale
 }
 
 #[test]
@@ -92,7 +104,11 @@ fn gguf_round_trip_is_exact_in_f32_and_close_in_f16() {
     assert_same(&a, &back, 0.0);
     let f16_path = dir.join("a16.gguf");
     hangar_lora::gguf::write(&a, &f16_path, GgmlType::F16).unwrap();
-    assert_same(&a, &hangar_lora::load(&f16_path, &shape_of(&base)).unwrap(), 2e-3);
+    assert_same(
+        &a,
+        &hangar_lora::load(&f16_path, &shape_of(&base)).unwrap(),
+        2e-3,
+    );
 }
 
 #[test]
@@ -142,7 +158,9 @@ fn llama_q_and_k_rows_are_permuted_from_the_hugging_face_layout() {
         (LoraTarget::V, "self_attn.v_proj", 0),
     ] {
         let (hf_b, _) = st
-            .f32_tensor(&format!("base_model.model.model.layers.0.{module}.lora_B.weight"))
+            .f32_tensor(&format!(
+                "base_model.model.model.layers.0.{module}.lora_B.weight"
+            ))
             .unwrap();
         let gguf_b = a.get(0, t).unwrap().b();
         let m = a.get(0, t).unwrap();
@@ -171,8 +189,15 @@ fn forward_with_an_adapter_equals_the_merged_model() {
         let want = logits(&mm, &prompt, None);
         // F16 base weights are exact in f32, so only the summation order differs
         // (W x + s·B(A x) against (W + s·B A) x).
-        assert!(max_rel_diff(&want, &with) < 5e-4, "{arch:?}: {}", max_rel_diff(&want, &with));
-        assert!(max_rel_diff(&want, &plain) > 1e-2, "{arch:?}: the adapter must matter");
+        assert!(
+            max_rel_diff(&want, &with) < 5e-4,
+            "{arch:?}: {}",
+            max_rel_diff(&want, &with)
+        );
+        assert!(
+            max_rel_diff(&want, &plain) > 1e-2,
+            "{arch:?}: the adapter must matter"
+        );
     }
 }
 
@@ -203,7 +228,12 @@ fn extract_recovers_a_low_rank_delta() {
     let dir = tmp("extract");
     let base = synth_model(&dir, SynthArch::Llama, SynthType::F16);
     let shape = shape_of(&base);
-    let a = init(&base, 4, 6, &[LoraTarget::Q, LoraTarget::Up, LoraTarget::Down]);
+    let a = init(
+        &base,
+        4,
+        6,
+        &[LoraTarget::Q, LoraTarget::Up, LoraTarget::Down],
+    );
     let tuned = dir.join("tuned.gguf");
     hangar_lora::merge::merge(&base, &a, &tuned, MergeType::F32).unwrap();
     let (x, report) =
@@ -218,10 +248,12 @@ fn extract_recovers_a_low_rank_delta() {
     // F16 base + f32 merge: the delta read back is exact to rounding.
     assert_same(&a, &x, 1e-3);
     // A lower rank is an approximation, reported as such.
-    let (_, low) = hangar_lora::extract::extract(&base, &tuned, &shape, 2, &[LoraTarget::Q], 2).unwrap();
+    let (_, low) =
+        hangar_lora::extract::extract(&base, &tuned, &shape, 2, &[LoraTarget::Q], 2).unwrap();
     assert!(low.tensors.iter().all(|t| t.rel_err > 0.05));
     // Identical checkpoints: nothing to extract.
-    let err = hangar_lora::extract::extract(&base, &base, &shape, 4, &LoraTarget::ALL, 2).unwrap_err();
+    let err =
+        hangar_lora::extract::extract(&base, &base, &shape, 4, &LoraTarget::ALL, 2).unwrap_err();
     assert!(err.to_string().contains("nothing to extract"), "{err}");
 }
 
@@ -242,7 +274,10 @@ fn bad_adapter_files_are_refused_with_the_reason() {
 
     // Missing: a NotFound error (the server answers 404).
     let missing = hangar_lora::load(&dir.join("nope.gguf"), &shape).unwrap_err();
-    assert!(matches!(missing, LoraFileError::NotFound { .. }), "{missing}");
+    assert!(
+        matches!(missing, LoraFileError::NotFound { .. }),
+        "{missing}"
+    );
     // A model is not an adapter.
     assert!(err_of(&base, &shape).contains("not a LoRA adapter"));
     // Garbage, and a truncated adapter.
@@ -252,7 +287,11 @@ fn bad_adapter_files_are_refused_with_the_reason() {
     let bytes = std::fs::read(&good).unwrap();
     let cut = dir.join("cut.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    assert!(err_of(&cut, &shape).contains("GGUF"), "{}", err_of(&cut, &shape));
+    assert!(
+        err_of(&cut, &shape).contains("GGUF"),
+        "{}",
+        err_of(&cut, &shape)
+    );
     // Pickles are never read.
     let bin = dir.join("adapter_model.bin");
     std::fs::write(&bin, b"\x80\x02}q\x00.").unwrap();
@@ -260,24 +299,47 @@ fn bad_adapter_files_are_refused_with_the_reason() {
     // An adapter made for another model shape (and another architecture).
     let other = synth_model(&dir, SynthArch::Qwen2, SynthType::F16);
     let foreign = dir.join("foreign.gguf");
-    hangar_lora::gguf::write(&init(&other, 4, 8, &LoraTarget::ALL), &foreign, GgmlType::F32).unwrap();
+    hangar_lora::gguf::write(
+        &init(&other, 4, 8, &LoraTarget::ALL),
+        &foreign,
+        GgmlType::F32,
+    )
+    .unwrap();
     assert!(err_of(&foreign, &shape).contains("for \"qwen2\" models"));
     let bigger = {
         let s = synth::preset(SynthArch::Gemma3, "tiny").unwrap();
         let mut wide = s;
         wide.ffn *= 2;
         let p = dir.join("wide.gguf");
-        synth::write(SynthArch::Gemma3, &wide, SynthType::F16, 1, &p, 2, |_, _| {}).unwrap();
+        synth::write(
+            SynthArch::Gemma3,
+            &wide,
+            SynthType::F16,
+            1,
+            &p,
+            2,
+            |_, _| {},
+        )
+        .unwrap();
         p
     };
     let wide_adapter = dir.join("wide-adapter.gguf");
-    hangar_lora::gguf::write(&init(&bigger, 4, 9, &LoraTarget::ALL), &wide_adapter, GgmlType::F32).unwrap();
+    hangar_lora::gguf::write(
+        &init(&bigger, 4, 9, &LoraTarget::ALL),
+        &wide_adapter,
+        GgmlType::F32,
+    )
+    .unwrap();
     assert!(err_of(&wide_adapter, &shape).contains("made for another model"));
     // A PEFT folder without its config, and one that asks for DoRA.
     let peft = dir.join("peft");
     hangar_lora::peft::write(&init(&base, 4, 10, &LoraTarget::ALL), &peft, None).unwrap();
     let cfg = std::fs::read_to_string(peft.join("adapter_config.json")).unwrap();
-    std::fs::write(peft.join("adapter_config.json"), cfg.replace("\"use_dora\": false", "\"use_dora\": true")).unwrap();
+    std::fs::write(
+        peft.join("adapter_config.json"),
+        cfg.replace("\"use_dora\": false", "\"use_dora\": true"),
+    )
+    .unwrap();
     assert!(err_of(&peft, &shape).contains("DoRA"));
     std::fs::remove_file(peft.join("adapter_config.json")).unwrap();
     assert!(err_of(&peft, &shape).contains("adapter_config.json"));
@@ -316,7 +378,11 @@ fn gguf_adapters_with_unsupported_tensors_or_values_are_refused() {
     let b = |r: u64, rows: usize| vec![0.01f32; r as usize * rows];
     let ok = [
         ("blk.0.attn_q.weight.lora_a", vec![d, 2], a(2)),
-        ("blk.0.attn_q.weight.lora_b", vec![2, q_rows as u64], b(2, q_rows)),
+        (
+            "blk.0.attn_q.weight.lora_b",
+            vec![2, q_rows as u64],
+            b(2, q_rows),
+        ),
     ];
     assert!(hangar_lora::load(&write("ok.gguf", &ok, false), &shape).is_ok());
     assert!(err_of(&write("alora.gguf", &ok, true), &shape).contains("activated LoRA"));
@@ -326,7 +392,11 @@ fn gguf_adapters_with_unsupported_tensors_or_values_are_refused() {
     assert!(err_of(&write("half.gguf", &half, false), &shape).contains("only one of"));
     let ranks = [
         ("blk.0.attn_q.weight.lora_a", vec![d, 2], a(2)),
-        ("blk.0.attn_q.weight.lora_b", vec![3, q_rows as u64], b(3, q_rows)),
+        (
+            "blk.0.attn_q.weight.lora_b",
+            vec![3, q_rows as u64],
+            b(3, q_rows),
+        ),
     ];
     assert!(err_of(&write("ranks.gguf", &ranks, false), &shape).contains("rank"));
     let mut nan = ok.clone();
@@ -334,7 +404,11 @@ fn gguf_adapters_with_unsupported_tensors_or_values_are_refused() {
     assert!(err_of(&write("nan.gguf", &nan, false), &shape).contains("non-finite"));
     let deep = [
         ("blk.99.attn_q.weight.lora_a", vec![d, 2], a(2)),
-        ("blk.99.attn_q.weight.lora_b", vec![2, q_rows as u64], b(2, q_rows)),
+        (
+            "blk.99.attn_q.weight.lora_b",
+            vec![2, q_rows as u64],
+            b(2, q_rows),
+        ),
     ];
     assert!(err_of(&write("deep.gguf", &deep, false), &shape).contains("layer 99"));
     // alpha 8 over rank 2: scale 4, as llama.cpp computes it.

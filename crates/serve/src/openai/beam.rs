@@ -80,6 +80,7 @@ pub fn params(ask: Ask, n: usize) -> Result<Option<(usize, f64)>, ApiError> {
 
 /// Runs the search for each prompt (off the async runtime) and returns `n` results per
 /// prompt as completions, best first.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     state: &InferenceState,
     prompts: Vec<Vec<u32>>,
