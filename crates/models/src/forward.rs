@@ -9,7 +9,7 @@
 use crate::config::Activation;
 use crate::ggml_forward::GgmlScratch;
 use crate::kv::{KvCache, NO_BLOCK};
-use crate::lora::{LoraAdapter, LoraShape, LoraTarget};
+use crate::lora::{LoraAdapter, LoraRows, LoraShape, LoraTarget};
 use crate::weights::{Model, Weight};
 use crate::ModelError;
 use hangar_kernels::kv_format::store_row;
@@ -98,8 +98,8 @@ pub struct Workspace {
     sel: Vec<f32>,
     /// A vocabulary-parallel shard's own logits, before they are placed and summed.
     part: Vec<f32>,
-    /// LoRA: per token, the adapter's `A x` (rank values).
-    lora_xa: Vec<f32>,
+    /// LoRA: the batch's rows grouped by adapter, and their scratch.
+    lora: LoraRows,
     /// What only the ggml numerics use.
     pub(crate) ggml: GgmlScratch,
 }
@@ -321,6 +321,9 @@ impl Model {
                 ws.tok_seq.push((si, s.start_pos + i));
             }
         }
+        if let Some(lora) = lora {
+            ws.lora.group(lora, |i| seqs[i].tokens.len());
+        }
         let ff_factors = self.rope_freqs.as_deref();
         ws.rope_global
             .fill(&ws.positions, cfg.rope_base, cfg.rope_dims, ff_factors);
@@ -394,8 +397,7 @@ impl Model {
                     (LoraTarget::K, &mut ws.k),
                     (LoraTarget::V, &mut ws.v),
                 ] {
-                    let x = &ws.h;
-                    apply_lora(pool, lora, &ws.tok_seq, li, target, x, out, &mut ws.lora_xa);
+                    ws.lora.apply(pool, lora, li, target, &ws.h, out);
                 }
             }
             for t in 0..t_total {
@@ -462,17 +464,8 @@ impl Model {
             }
             self.matmul_w(pool, &layer.wo, &ws.attn, t_total, &mut ws.o, &mut ws.act);
             if let Some(lora) = lora {
-                let (x, out) = (&ws.attn, &mut ws.o);
-                apply_lora(
-                    pool,
-                    lora,
-                    &ws.tok_seq,
-                    li,
-                    LoraTarget::O,
-                    x,
-                    out,
-                    &mut ws.lora_xa,
-                );
+                ws.lora
+                    .apply(pool, lora, li, LoraTarget::O, &ws.attn, &mut ws.o);
             }
             if let Some(r) = reduce.as_mut() {
                 r(&mut ws.o[..t_total * d]).map_err(ModelError::Collective)?;
@@ -510,8 +503,7 @@ impl Model {
                     (LoraTarget::Gate, &mut ws.gate),
                     (LoraTarget::Up, &mut ws.up),
                 ] {
-                    let x = &ws.h;
-                    apply_lora(pool, lora, &ws.tok_seq, li, target, x, out, &mut ws.lora_xa);
+                    ws.lora.apply(pool, lora, li, target, &ws.h, out);
                 }
             }
             gated_activation(pool, cfg.activation, &mut ws.gate, &ws.up);
@@ -520,17 +512,8 @@ impl Model {
             }
             self.matmul_w(pool, &layer.down, &ws.gate, t_total, &mut ws.o, &mut ws.act);
             if let Some(lora) = lora {
-                let (x, out) = (&ws.gate, &mut ws.o);
-                apply_lora(
-                    pool,
-                    lora,
-                    &ws.tok_seq,
-                    li,
-                    LoraTarget::Down,
-                    x,
-                    out,
-                    &mut ws.lora_xa,
-                );
+                ws.lora
+                    .apply(pool, lora, li, LoraTarget::Down, &ws.gate, &mut ws.o);
             }
             if let Some(r) = reduce.as_mut() {
                 r(&mut ws.o[..t_total * d]).map_err(ModelError::Collective)?;
@@ -821,60 +804,6 @@ impl Model {
         }
         Ok(())
     }
-}
-
-/// Adds each adapted row's low-rank delta of `target` in layer `li` to `out`: token `t`
-/// uses the adapter of its sequence (`tok_seq[t].0`); other rows are not touched.
-/// `x` holds one input row per token, `out` one output row.
-#[allow(clippy::too_many_arguments)]
-fn apply_lora(
-    pool: &ThreadPool,
-    lora: &[Option<&LoraAdapter>],
-    tok_seq: &[(usize, usize)],
-    li: usize,
-    target: LoraTarget,
-    x: &[f32],
-    out: &mut [f32],
-    xa: &mut Vec<f32>,
-) {
-    let Some((rows, cols)) = lora
-        .iter()
-        .flatten()
-        .find_map(|a| a.get(li, target))
-        .map(|m| (m.rows(), m.cols()))
-    else {
-        return;
-    };
-    let rank = lora
-        .iter()
-        .flatten()
-        .filter_map(|a| a.get(li, target))
-        .map(|m| m.rank())
-        .max()
-        .unwrap_or(0);
-    let t_total = tok_seq.len();
-    resize(xa, t_total * rank);
-    let (out_p, xa_p) = (Ptr(out.as_mut_ptr()), Ptr(xa.as_mut_ptr()));
-    let chunk = t_total.div_ceil(2 * pool.n_threads()).max(1);
-    pool.for_each_chunk(t_total, chunk, |s, e| {
-        for t in s..e {
-            let Some(a) = lora[tok_seq[t].0] else {
-                continue;
-            };
-            let Some(m) = a.get(li, target) else {
-                continue;
-            };
-            // SAFETY: token `t` alone writes output row `t` and its own `rank` scratch
-            // values; the checked shapes make both in bounds.
-            let (o, scratch) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(out_p.get().add(t * rows), rows),
-                    std::slice::from_raw_parts_mut(xa_p.get().add(t * rank), rank),
-                )
-            };
-            m.apply_row(&x[t * cols..(t + 1) * cols], o, scratch);
-        }
-    });
 }
 
 fn add(x: &mut [f32], y: &[f32]) {

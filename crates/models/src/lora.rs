@@ -7,6 +7,7 @@
 
 use crate::config::{Arch, ModelConfig};
 use hangar_kernels::ops::{axpy_f32, dot_f32};
+use hangar_kernels::ThreadPool;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The projections an adapter can change, in a layer's order.
@@ -265,7 +266,8 @@ impl LoraMatrix {
         }
     }
 
-    /// `out += scale · B (A x)` for one row; `xa` is scratch of `rank` values.
+    /// `out += scale · B (A x)` for one row; `xa` is scratch of `rank` values. The
+    /// reference the batched kernel ([`LoraRows::apply`]) is tested against.
     #[inline]
     pub fn apply_row(&self, x: &[f32], out: &mut [f32], xa: &mut [f32]) {
         for (j, v) in xa.iter_mut().enumerate().take(self.rank) {
@@ -273,6 +275,138 @@ impl LoraMatrix {
         }
         for (j, &v) in xa.iter().enumerate().take(self.rank) {
             axpy_f32(v, &self.bt[j * self.rows..(j + 1) * self.rows], out);
+        }
+    }
+}
+
+/// A raw pointer handed to pool closures that write disjoint elements.
+#[derive(Clone, Copy)]
+struct Ptr(*mut f32);
+unsafe impl Send for Ptr {}
+unsafe impl Sync for Ptr {}
+impl Ptr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Multiply-adds below which a LoRA product runs on the calling thread (a pool
+/// dispatch costs more than it saves there). Unit tests split everything, so the
+/// chunked path is the one they check.
+#[cfg(not(test))]
+const PARALLEL_MIN: usize = 1 << 16;
+#[cfg(test)]
+const PARALLEL_MIN: usize = 0;
+
+/// A batch's token rows grouped by adapter (Punica / S-LoRA style): each group's pair
+/// is streamed from memory once per step for all of its rows, so the cost of an
+/// adapter does not grow with the number of sequences using it. Rows of sequences
+/// without an adapter are in no group and never touched. Lives in the forward pass's
+/// workspace; after the first steps it allocates nothing.
+#[derive(Default)]
+pub(crate) struct LoraRows {
+    /// Token rows, group after group.
+    rows: Vec<usize>,
+    /// Per group: (a sequence using the adapter, first and end index into `rows`).
+    groups: Vec<(usize, usize, usize)>,
+    /// `A x` of one group's rows (`rows × rank`).
+    xa: Vec<f32>,
+}
+
+impl LoraRows {
+    /// Groups the rows of a batch whose sequence `i` has `len(i)` tokens and runs
+    /// under `adapters[i]`.
+    pub(crate) fn group(
+        &mut self,
+        adapters: &[Option<&LoraAdapter>],
+        len: impl Fn(usize) -> usize,
+    ) {
+        self.rows.clear();
+        self.groups.clear();
+        for (si, a) in adapters.iter().enumerate() {
+            let Some(a) = a else { continue };
+            if self
+                .groups
+                .iter()
+                .any(|&(rep, _, _)| adapters[rep].is_some_and(|b| b.id() == a.id()))
+            {
+                continue;
+            }
+            let start = self.rows.len();
+            let mut t = 0;
+            for (sj, b) in adapters.iter().enumerate() {
+                if b.is_some_and(|b| b.id() == a.id()) {
+                    self.rows.extend(t..t + len(sj));
+                }
+                t += len(sj);
+            }
+            self.groups.push((si, start, self.rows.len()));
+        }
+    }
+
+    /// `out[t] += scale · B (A x[t])` of layer `li`'s `target` pair for every grouped
+    /// row `t` (`x`: one input row per token, `out`: one output row per token). Row
+    /// results do not depend on the batch: a row gets the same bits alone or grouped.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn apply(
+        &mut self,
+        pool: &ThreadPool,
+        adapters: &[Option<&LoraAdapter>],
+        li: usize,
+        target: LoraTarget,
+        x: &[f32],
+        out: &mut [f32],
+    ) {
+        let threads = pool.n_threads();
+        for &(rep, g0, g1) in &self.groups {
+            let Some(m) = adapters[rep].and_then(|a| a.get(li, target)) else {
+                continue;
+            };
+            let toks = &self.rows[g0..g1];
+            let (r, n_out, n_in, scale) = (m.rank, m.rows, m.cols, m.scale);
+            let n = toks.len();
+            if self.xa.len() < n * r {
+                self.xa.resize(n * r, 0.0);
+            }
+            // Down: xa[k][j] = scale · A_j · x[toks[k]]; each row of A read once.
+            let xa_p = Ptr(self.xa.as_mut_ptr());
+            let j_chunk = if n * r * n_in < PARALLEL_MIN {
+                r
+            } else {
+                r.div_ceil(2 * threads).max(1)
+            };
+            pool.for_each_chunk(r, j_chunk, |j0, j1| {
+                for j in j0..j1 {
+                    let aj = &m.a[j * n_in..(j + 1) * n_in];
+                    for (k, &t) in toks.iter().enumerate() {
+                        let v = scale * dot_f32(aj, &x[t * n_in..(t + 1) * n_in]);
+                        // SAFETY: (k, j) is written by the one chunk that owns j; in bounds
+                        // since xa holds n × r values.
+                        unsafe { *xa_p.get().add(k * r + j) = v };
+                    }
+                }
+            });
+            // Up: out[toks[k]] += Σ_j xa[k][j] · Bᵀ_j, by column chunks; Bᵀ read once.
+            // Chunks start at multiples of 16, so each element takes the same SIMD path
+            // whatever the chunking (batch-invariant bits).
+            let xa = &self.xa[..n * r];
+            let out_p = Ptr(out.as_mut_ptr());
+            let c_chunk = if n * r * n_out < PARALLEL_MIN {
+                n_out
+            } else {
+                n_out.div_ceil(2 * threads).next_multiple_of(16)
+            };
+            pool.for_each_chunk(n_out, c_chunk, |c0, c1| {
+                for (k, &t) in toks.iter().enumerate() {
+                    // SAFETY: columns c0..c1 of row t belong to this chunk alone.
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(out_p.get().add(t * n_out + c0), c1 - c0)
+                    };
+                    for j in 0..r {
+                        axpy_f32(xa[k * r + j], &m.bt[j * n_out + c0..j * n_out + c1], o);
+                    }
+                }
+            });
         }
     }
 }
@@ -463,6 +597,52 @@ mod tests {
         let b = m.b();
         let again = LoraMatrix::new(3, 5, 8, m.a().to_vec(), &b, 2.0).unwrap();
         assert_eq!(again.b(), b);
+    }
+
+    #[test]
+    fn grouped_rows_equal_row_by_row_deltas_and_skip_base_rows() {
+        let sh = shape();
+        let mut a = LoraAdapter::new(sh.clone());
+        let mut b = LoraAdapter::new(sh.clone());
+        let (rows, cols) = sh.dims(LoraTarget::Gate);
+        a.insert(1, LoraTarget::Gate, pair(3, rows, cols, 1))
+            .unwrap();
+        b.insert(1, LoraTarget::Gate, pair(2, rows, cols, 9))
+            .unwrap();
+        // Sequences of 2, 1, 3 and 2 tokens: A, base, B, A.
+        let adapters = [Some(&a), None, Some(&b), Some(&a)];
+        let lens = [2, 1, 3, 2];
+        let n: usize = lens.iter().sum();
+        let x: Vec<f32> = (0..n * cols)
+            .map(|i| ((i * 37) % 11) as f32 * 0.1 - 0.5)
+            .collect();
+        let base: Vec<f32> = (0..n * rows).map(|i| i as f32).collect();
+        let mut g = LoraRows::default();
+        g.group(&adapters, |i| lens[i]);
+        assert_eq!(g.groups.len(), 2);
+        for threads in [1, 2] {
+            let pool = ThreadPool::new(threads);
+            let mut out = base.clone();
+            g.apply(&pool, &adapters, 1, LoraTarget::Gate, &x, &mut out);
+            let owner = [0, 0, 1, 2, 2, 2, 3, 3];
+            for t in 0..n {
+                let mut want = base[t * rows..(t + 1) * rows].to_vec();
+                if let Some(ad) = adapters[owner[t]] {
+                    let m = ad.get(1, LoraTarget::Gate).unwrap();
+                    let mut xa = vec![0f32; m.rank()];
+                    m.apply_row(&x[t * cols..(t + 1) * cols], &mut want, &mut xa);
+                }
+                assert_eq!(
+                    &out[t * rows..(t + 1) * rows],
+                    &want[..],
+                    "row {t}, {threads} threads"
+                );
+            }
+            // A layer or target the adapters do not change: nothing happens.
+            let mut same = base.clone();
+            g.apply(&pool, &adapters, 0, LoraTarget::Gate, &x, &mut same);
+            assert_eq!(same, base);
+        }
     }
 
     #[test]
