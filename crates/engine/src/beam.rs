@@ -29,6 +29,8 @@ pub struct BeamParams {
     /// Do not end beams at end-of-generation tokens.
     pub ignore_eos: bool,
     pub tenant: Tenant,
+    /// Every beam runs under this LoRA adapter (`None`: the base model).
+    pub adapter: Option<std::sync::Arc<hangar_models::LoraAdapter>>,
 }
 
 /// One beam of the result.
@@ -99,6 +101,7 @@ pub fn beam_search(
             r.logprobs = Some(2 * w);
             r.sampling.n_logprobs = 2 * w;
             r.tenant = p.tenant;
+            r.adapter = p.adapter.clone();
             rxs.push(engine.submit(r)?.1);
         }
         let mut cands: Vec<(f64, usize, u32)> = Vec::new();

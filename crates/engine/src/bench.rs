@@ -5,7 +5,7 @@
 use crate::engine::{BorrowedCpuRunner, ModelRunner};
 use crate::EngineError;
 use hangar_kernels::ThreadPool;
-use hangar_models::{LogitsWanted, Model, SeqInput};
+use hangar_models::{LogitsWanted, LoraAdapter, Model, SeqInput};
 use std::time::Instant;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -84,6 +84,36 @@ pub fn run_on(
     batch: usize,
     runs: usize,
 ) -> Result<Vec<BenchFigure>, EngineError> {
+    run_with_adapters(runner, pp, tg, batch, runs, &[])
+}
+
+/// One step, through the adapter path when any sequence has an adapter.
+fn exec(
+    runner: &mut dyn ModelRunner,
+    seqs: &[SeqInput],
+    adapters: &[Option<&LoraAdapter>],
+    logits: &mut Vec<f32>,
+) -> Result<(), EngineError> {
+    if adapters.iter().all(Option::is_none) {
+        runner.execute(seqs, logits)
+    } else {
+        runner.execute_lora(seqs, adapters, logits)
+    }
+}
+
+/// As [`run_on`], with LoRA adapters: the single-sequence tests run under
+/// `choices[0]`, and sequence `s` of the batched test under `choices[s % len]`
+/// (`None`: the base model), so a list mixing `None` and adapters measures a mixed
+/// batch. An empty list is the base model throughout.
+pub fn run_with_adapters(
+    runner: &mut dyn ModelRunner,
+    pp: usize,
+    tg: usize,
+    batch: usize,
+    runs: usize,
+    choices: &[Option<&LoraAdapter>],
+) -> Result<Vec<BenchFigure>, EngineError> {
+    let first = [choices.first().copied().flatten()];
     let runs = runs.max(1);
     let block = 16;
     let cap = (pp + 8).max(tg + 8);
@@ -106,7 +136,7 @@ pub fn run_on(
                 block_tables: &tables,
                 logits: LogitsWanted::Last,
             };
-            runner.execute(&[seq], &mut logits)?;
+            exec(runner, &[seq], &first, &mut logits)?;
             if r > 0 {
                 secs.push(t0.elapsed().as_secs_f64());
             }
@@ -124,7 +154,7 @@ pub fn run_on(
                 block_tables: &tables,
                 logits: LogitsWanted::Last,
             };
-            runner.execute(&[seq], &mut logits)?;
+            exec(runner, &[seq], &first, &mut logits)?;
             let t0 = Instant::now();
             for i in 0..tg {
                 let seq = SeqInput {
@@ -133,7 +163,7 @@ pub fn run_on(
                     block_tables: &tables,
                     logits: LogitsWanted::Last,
                 };
-                runner.execute(&[seq], &mut logits)?;
+                exec(runner, &[seq], &first, &mut logits)?;
             }
             if r > 0 {
                 secs.push(t0.elapsed().as_secs_f64());
@@ -142,7 +172,13 @@ pub fn run_on(
         out.push(figure(format!("tg{tg}"), tg, secs));
     }
     if tg > 0 && batch > 1 {
-        out.push(batched_decode(runner, tg, batch, runs)?);
+        let per_seq: Vec<Option<&LoraAdapter>> = (0..batch)
+            .map(|s| match choices.len() {
+                0 => None,
+                n => choices[s % n],
+            })
+            .collect();
+        out.push(batched_decode(runner, tg, batch, runs, &per_seq)?);
     }
     Ok(out)
 }
@@ -153,6 +189,7 @@ fn batched_decode(
     tg: usize,
     batch: usize,
     runs: usize,
+    adapters: &[Option<&LoraAdapter>],
 ) -> Result<BenchFigure, EngineError> {
     const PROMPT: usize = 32;
     let block = 16;
@@ -178,7 +215,7 @@ fn batched_decode(
                 logits: LogitsWanted::Last,
             })
             .collect();
-        runner.execute(&prompts, &mut logits)?;
+        exec(runner, &prompts, adapters, &mut logits)?;
         let t0 = Instant::now();
         for i in 0..tg {
             let step: Vec<SeqInput> = (0..batch)
@@ -189,7 +226,7 @@ fn batched_decode(
                     logits: LogitsWanted::Last,
                 })
                 .collect();
-            runner.execute(&step, &mut logits)?;
+            exec(runner, &step, adapters, &mut logits)?;
         }
         if r > 0 {
             secs.push(t0.elapsed().as_secs_f64());

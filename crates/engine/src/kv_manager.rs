@@ -113,6 +113,9 @@ pub struct SeqBlocks {
     pub tables: Vec<Vec<u32>>,
     /// Chain hashes of the full blocks whose KV is computed and published.
     hashes: Vec<BlockHash>,
+    /// Where the chain starts: 0 for the base model, else what makes the KV differ
+    /// for the same tokens (a LoRA adapter's id), so such blocks are never shared.
+    salt: BlockHash,
 }
 
 impl SeqBlocks {
@@ -247,9 +250,17 @@ impl KvBlockManager {
     /// of whole blocks (leaving at least one token to compute) and returns its blocks
     /// and the number of tokens whose KV is already there.
     pub fn start_sequence(&mut self, tokens: &[u32]) -> (SeqBlocks, usize) {
+        self.start_sequence_salted(tokens, 0)
+    }
+
+    /// As [`Self::start_sequence`], for a sequence whose KV depends on more than its
+    /// tokens (a LoRA adapter): only blocks published under the same `salt` are
+    /// shared. Salt 0 is the base model.
+    pub fn start_sequence_salted(&mut self, tokens: &[u32], salt: BlockHash) -> (SeqBlocks, usize) {
         let mut seq = SeqBlocks {
             tables: vec![Vec::new(); self.groups.len()],
             hashes: Vec::new(),
+            salt,
         };
         if !self.prefix_caching || tokens.is_empty() {
             return (seq, 0);
@@ -258,7 +269,7 @@ impl KvBlockManager {
         let bs = self.block_size;
         let max_blocks = (tokens.len() - 1) / bs;
         let mut hashes = Vec::with_capacity(max_blocks);
-        let mut prev = 0;
+        let mut prev = salt;
         for i in 0..max_blocks {
             prev = chain_hash(prev, &tokens[i * bs..(i + 1) * bs]);
             hashes.push(prev);
@@ -381,7 +392,7 @@ impl KvBlockManager {
         let full = computed.min(tokens.len()) / bs;
         while seq.hashes.len() < full {
             let i = seq.hashes.len();
-            let prev = seq.hashes.last().copied().unwrap_or(0);
+            let prev = seq.hashes.last().copied().unwrap_or(seq.salt);
             let h = chain_hash(prev, &tokens[i * bs..(i + 1) * bs]);
             seq.hashes.push(h);
             for g in 0..self.groups.len() {
@@ -559,6 +570,29 @@ mod tests {
         m.free(&mut a);
         m.free(&mut b);
         assert_eq!(m.usage(0).used + m.usage(1).used, 0);
+    }
+
+    #[test]
+    fn different_salts_never_share_blocks() {
+        let mut m = KvBlockManager::new(4, &[None], &[16], true);
+        let t = toks(9, 4);
+        let (mut a, _) = m.start_sequence_salted(&t, 7);
+        assert!(m.allocate(&mut a, 0, 9));
+        m.publish(&mut a, &t, 9);
+        assert_eq!(
+            m.start_sequence(&t).1,
+            0,
+            "the base model misses an adapter's blocks"
+        );
+        assert_eq!(
+            m.start_sequence_salted(&t, 8).1,
+            0,
+            "another adapter misses them"
+        );
+        let (mut b, cached) = m.start_sequence_salted(&t, 7);
+        assert_eq!(cached, 8, "the same adapter hits");
+        m.free(&mut a);
+        m.free(&mut b);
     }
 
     #[test]

@@ -24,6 +24,9 @@
 //! - [`ModelRunner`]: the seam between the loop and a model backend — one step in as
 //!   data, logits out. [`CpuRunner`] runs the CPU forward pass; [`FakeRunner`] (next
 //!   token = last + 1) tests the loop without weights; a GPU backend is another one.
+//! - LoRA: a [`GenerateRequest::adapter`] runs one request under a [`LoraAdapter`];
+//!   requests with different adapters (or none) share batches, each row getting its
+//!   own low-rank delta, and the prefix cache keys blocks by adapter.
 //! - [`spec`]: speculative decoding — prompt-lookup and draft-model drafts, verified
 //!   K+1 positions per forward with the output distribution unchanged.
 //! - [`scheduler`] and [`kv_manager`]: the batching policy and the KV block
@@ -77,6 +80,8 @@ pub use generate::{
     generate, generate_on, generate_on_with_draft, generate_with_draft, FinishReason,
     GenerateOptions, Generation,
 };
+/// LoRA adapters as requests carry them ([`GenerateRequest::adapter`]).
+pub use hangar_models::{LoraAdapter, LoraShape, LoraTarget};
 pub use loglik::{ContinuationScore, LoglikRequest, LoglikScorer};
 pub use prompt::{Collector, Completion, Prompt, PromptError, TextEncoding};
 pub use runtime::LoadedModel;

@@ -258,6 +258,7 @@ mod tests {
             kv_blocks: vec![4],
             kv_bytes: 0,
             max_sequences_per_request: 16,
+            lora: None,
         }
     }
 

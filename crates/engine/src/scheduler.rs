@@ -59,6 +59,9 @@ pub struct SchedSeq {
     /// Most prompt tokens the prefix cache may serve (a request that reports prompt
     /// logprobs must compute the positions it reports).
     pub cache_limit: usize,
+    /// Prefix-cache key beside the tokens: 0 for the base model, a LoRA adapter's id
+    /// otherwise (blocks are shared only between sequences with the same salt).
+    pub cache_salt: u128,
     admitted_once: bool,
     /// A hash of the prompt, computed once: siblings (the `n` choices of one prompt)
     /// share it.
@@ -90,6 +93,7 @@ impl SchedSeq {
             tenant: 0,
             weight: 1,
             cache_limit: usize::MAX,
+            cache_salt: 0,
             admitted_once: false,
             arrived: std::time::Instant::now(),
             queue_time: std::time::Duration::ZERO,
@@ -473,7 +477,7 @@ impl Scheduler {
                 break;
             };
             let lookup = seq.tokens.len().min(seq.cache_limit.saturating_add(1));
-            let (blocks, cached) = kv.start_sequence(&seq.tokens[..lookup]);
+            let (blocks, cached) = kv.start_sequence_salted(&seq.tokens[..lookup], seq.cache_salt);
             seq.blocks = blocks;
             seq.computed = cached;
             let n = (seq.tokens.len() - cached).min(budget);
@@ -544,7 +548,7 @@ impl Scheduler {
 /// A sequence's request and its prompt's hash: siblings (the `n` choices of one
 /// prompt) share it; other prompts of the same request do not.
 fn sibling_key(s: &SchedSeq) -> (u64, u64) {
-    (s.group, s.prompt_hash)
+    (s.group, s.prompt_hash ^ s.cache_salt as u64)
 }
 
 #[cfg(test)]

@@ -180,6 +180,7 @@ fn params(width: usize, max_tokens: usize, length_penalty: f64) -> BeamParams {
         stop_token_ids: Vec::new(),
         ignore_eos: false,
         tenant: Tenant::default(),
+        adapter: None,
     }
 }
 

@@ -428,6 +428,11 @@ pub struct BenchArgs {
     /// Micro-batches a step is cut into under --pipeline-parallel (at most --batch).
     #[arg(long, default_value_t = 4)]
     pub micro_batches: usize,
+    /// Run under LoRA adapters (repeatable; `base` = no adapter): pp and tg use the
+    /// first, the batched test gives sequence s the (s mod n)-th, so `--lora base
+    /// --lora a.gguf --lora b.gguf -b 8` measures a mixed batch. CPU only.
+    #[arg(long = "lora", value_name = "ADAPTER|base")]
+    pub lora: Vec<String>,
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
@@ -481,6 +486,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "choose --tensor-parallel or --pipeline-parallel (both at once is not supported yet)"
         );
     }
+    if !a.lora.is_empty() && (gpu.is_some() || a.tensor_parallel > 1 || a.pipeline_parallel > 1) {
+        bail!("--lora runs on the single-process CPU runner (no --device cuda, --tensor-parallel or --pipeline-parallel)");
+    }
     let figures = match gpu {
         Some(_) if a.tensor_parallel > 1 || a.pipeline_parallel > 1 => {
             bail!("--tensor-parallel and --pipeline-parallel run on the CPU today; on GPUs they need NCCL (issue #16)")
@@ -507,6 +515,25 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             let f = bench::run_on(&mut tp, a.pp, a.tg, a.batch, a.runs)?;
             collective_share = tp.take_collective_share();
             f
+        }
+        None if !a.lora.is_empty() => {
+            let shape = hangar_models::LoraShape::of(&lm.model.cfg);
+            let mut loaded = Vec::new();
+            for src in &a.lora {
+                loaded.push(match src.as_str() {
+                    "base" => None,
+                    s => Some(
+                        crate::cmd_lora::load_adapter(s, &shape, a.model.home.clone())
+                            .map_err(|e| anyhow::anyhow!("--lora {s}: {e}"))?
+                            .0,
+                    ),
+                });
+            }
+            let choices: Vec<Option<&hangar_models::LoraAdapter>> =
+                loaded.iter().map(Option::as_ref).collect();
+            device = format!("cpu, LoRA {}", a.lora.join(" / "));
+            let mut runner = hangar_engine::BorrowedCpuRunner::new(&lm.model, &lm.pool);
+            bench::run_with_adapters(&mut runner, a.pp, a.tg, a.batch, a.runs, &choices)?
         }
         None => bench::run(&lm.model, &lm.pool, a.pp, a.tg, a.batch, a.runs)?,
     };

@@ -46,6 +46,10 @@ pub enum RegistryCmd {
         /// The run that produced it.
         #[arg(long, requires = "base")]
         run: Option<String>,
+        /// What it is: `model`, or `adapter` (a LoRA adapter; needs --base, its base
+        /// model; `hangar lora register` also checks that it fits).
+        #[arg(long, default_value = "model", value_parser = parse_kind)]
+        kind: hangar_registry::ImportKind,
         #[command(flatten)]
         opts: RegistryOpts,
     },
@@ -216,6 +220,14 @@ pub struct PullArgs {
     pub opts: RegistryOpts,
 }
 
+fn parse_kind(s: &str) -> Result<hangar_registry::ImportKind, String> {
+    match s {
+        "model" => Ok(hangar_registry::ImportKind::Model),
+        "adapter" | "lora" => Ok(hangar_registry::ImportKind::Adapter),
+        _ => Err(format!("{s:?}: expected model or adapter")),
+    }
+}
+
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -264,6 +276,9 @@ fn show_text(v: &hangar_registry::VersionInfo) -> String {
         v.created_by,
         v.created_at
     );
+    if v.kind != "model" {
+        s += &format!("kind: {}\n", v.kind);
+    }
     if !v.aliases.is_empty() {
         s += &format!("aliases: {}\n", v.aliases.join(", "));
     }
@@ -309,17 +324,23 @@ pub fn run_registry(cmd: RegistryCmd, home: Option<PathBuf>) -> Result<()> {
             base,
             derivation,
             run,
+            kind,
             opts,
         } => {
             let (mut reg, who) = open(home, &opts)?;
+            let default_derivation = match kind {
+                hangar_registry::ImportKind::Adapter => "lora",
+                hangar_registry::ImportKind::Model => "derived",
+            };
             let req = ImportRequest {
                 path,
                 name,
+                kind,
                 metadata: meta.into_iter().collect::<BTreeMap<_, _>>(),
                 tags,
                 lineage: base.map(|base| LineageSpec {
                     base,
-                    derivation: derivation.unwrap_or_else(|| "derived".into()),
+                    derivation: derivation.unwrap_or_else(|| default_derivation.into()),
                     run,
                 }),
                 progress: !opts.json,

@@ -120,6 +120,12 @@ pub struct ServeArgs {
     /// Do not mount the vector database's Qdrant API (/collections/...).
     #[arg(long)]
     pub no_vector_api: bool,
+    /// A LoRA adapter to serve beside the model, NAME=SOURCE (a GGUF adapter file, a
+    /// PEFT folder, or a registry adapter reference); repeatable. Requests pick it
+    /// with "model": "MODEL:NAME" (or "NAME"); more load at run time through POST
+    /// /v1/load_lora_adapter. CPU runner with fast numerics only.
+    #[arg(long = "lora", value_name = "NAME=SOURCE", value_parser = parse_lora)]
+    pub lora: Vec<(String, String)>,
     /// Serve without a model: health, metrics, the registry and vector APIs only.
     #[arg(long, conflicts_with = "model")]
     pub no_model: bool,
@@ -154,6 +160,67 @@ pub struct ServeArgs {
     /// (set by main when --model names the registry).
     #[arg(skip)]
     pub registry_origin: Option<(String, crate::model_path::RegistryOrigin)>,
+}
+
+/// Parses `--lora NAME=SOURCE`.
+fn parse_lora(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((n, p)) if !n.trim().is_empty() && !p.trim().is_empty() => {
+            Ok((n.trim().to_string(), p.trim().to_string()))
+        }
+        _ => Err(format!(
+            "{s:?}: expected NAME=SOURCE (e.g. --lora sql=adapters/sql.gguf)"
+        )),
+    }
+}
+
+/// Loads the `--lora` adapters for `engine` into the set requests choose from; the
+/// same loader serves POST /v1/load_lora_adapter.
+fn start_adapters(
+    args: &ServeArgs,
+    engine: &Engine,
+    served: &str,
+) -> Result<hangar_serve::lora_api::Adapters> {
+    use hangar_serve::lora_api::AdapterLoader;
+    let loader = std::sync::Arc::new(crate::cmd_lora::AdapterFiles {
+        home: args.home.clone(),
+        served: args
+            .registry_origin
+            .as_ref()
+            .map(|(_, o)| o.reference.split('@').next().unwrap_or("").to_string()),
+    });
+    let adapters = hangar_serve::lora_api::Adapters::new(loader.clone());
+    if args.lora.is_empty() {
+        return Ok(adapters);
+    }
+    let Some(shape) = engine.info().lora.clone() else {
+        bail!(
+            "--lora needs the single-process CPU runner with fast numerics (this model runs on {} without an adapter path)",
+            engine.info().device
+        );
+    };
+    for (name, source) in &args.lora {
+        if name == served {
+            bail!("--lora {name}={source}: {name:?} is the model's own name; give the adapter another");
+        }
+        let t0 = Instant::now();
+        let adapter = loader
+            .load(source, &shape)
+            .map_err(|e| anyhow::anyhow!("--lora {name}={source}: {e}"))?;
+        engine
+            .check_adapter(&adapter)
+            .with_context(|| format!("--lora {name}={source}"))?;
+        eprintln!(
+            "hangar serve: LoRA adapter {name:?} from {source} ({} matrices, rank {}) in {:.2}s; requests use it as \"{served}:{name}\"",
+            adapter.n_matrices(),
+            adapter.max_rank(),
+            t0.elapsed().as_secs_f64()
+        );
+        adapters
+            .insert(name, source, adapter)
+            .map_err(|e| anyhow::anyhow!("--lora {name}={source}: {}", e.message))?;
+    }
+    Ok(adapters)
 }
 
 /// Parses a number of seconds that may be zero.
@@ -400,7 +467,8 @@ pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
     match &model_path {
         Some(path) => {
             let (engine, name) = start_engine(&args, path)?;
-            services = services.with_inference(engine, name);
+            let adapters = start_adapters(&args, &engine, &name)?;
+            services = services.with_inference(engine, name).with_lora(adapters);
             // From the registry: name the version everywhere and allow reloads.
             if let Some((started, origin)) = &args.registry_origin {
                 let (reg_name, version) = origin
@@ -436,6 +504,7 @@ pub fn run_serve(args: ServeArgs, model_path: Option<PathBuf>) -> Result<()> {
                 );
             }
         }
+        None if !args.lora.is_empty() => bail!("--lora needs a model (not --no-model)"),
         None => eprintln!("hangar serve: no model (--no-model); inference APIs are off"),
     }
     if let Some(reference) = &args.embedding_model {

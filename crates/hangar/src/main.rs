@@ -6,6 +6,7 @@ mod cmd_device;
 mod cmd_embed;
 mod cmd_eval;
 mod cmd_keys;
+mod cmd_lora;
 mod cmd_model;
 mod cmd_monitor;
 mod cmd_plan;
@@ -69,6 +70,10 @@ enum Cmd {
     Prune(cmd_compress::PruneArgs),
     /// Low-rank (truncated SVD) factorisation of linear weights.
     Lowrank(cmd_compress::LowrankArgs),
+    /// LoRA adapters: init (random), merge, extract (SVD of two checkpoints), convert
+    /// (GGUF/PEFT), info, register in and list from the registry.
+    #[command(subcommand)]
+    Lora(cmd_lora::LoraCmd),
     /// Evaluate a model: task files (multiple choice, generation, perplexity) over a
     /// local model or an OpenAI-compatible endpoint; or compression quality.
     Eval(cmd_eval::EvalCli),
@@ -173,6 +178,7 @@ fn main() {
         Cmd::Imatrix(a) => cmd_compress::run_imatrix(a),
         Cmd::Prune(a) => cmd_compress::run_prune(a),
         Cmd::Lowrank(a) => cmd_compress::run_lowrank(a),
+        Cmd::Lora(c) => cmd_lora::run_lora(c, cli.home),
         Cmd::Eval(a) => cmd_eval::run_eval(a, cli.home),
         Cmd::Judge(a) => cmd_eval::run_judge(a, cli.home),
         Cmd::Registry(c) => cmd_registry::run_registry(c, cli.home),

@@ -9,6 +9,7 @@
 use crate::config::Activation;
 use crate::ggml_forward::GgmlScratch;
 use crate::kv::{KvCache, NO_BLOCK};
+use crate::lora::{LoraAdapter, LoraRows, LoraShape, LoraTarget};
 use crate::weights::{Model, Weight};
 use crate::ModelError;
 use hangar_kernels::kv_format::store_row;
@@ -97,6 +98,8 @@ pub struct Workspace {
     sel: Vec<f32>,
     /// A vocabulary-parallel shard's own logits, before they are placed and summed.
     part: Vec<f32>,
+    /// LoRA: the batch's rows grouped by adapter, and their scratch.
+    lora: LoraRows,
     /// What only the ggml numerics use.
     pub(crate) ggml: GgmlScratch,
 }
@@ -145,6 +148,42 @@ impl Model {
         observer: Option<Observer>,
     ) -> Result<usize, ModelError> {
         self.forward_inner(pool, seqs, kv, ws, logits, observer, None)
+    }
+
+    /// As [`Model::forward`], with sequence `i` run under `adapters[i]` (`None`: the
+    /// base model). Each adapted projection adds `scale · B (A x)` to the rows of the
+    /// sequences that use an adapter; the base rows are computed exactly as by
+    /// [`Model::forward`], and a batch without adapters costs nothing extra. Fast
+    /// numerics only.
+    pub fn forward_lora(
+        &self,
+        pool: &ThreadPool,
+        seqs: &[SeqInput],
+        adapters: &[Option<&LoraAdapter>],
+        kv: &mut KvCache,
+        ws: &mut Workspace,
+        logits: &mut Vec<f32>,
+    ) -> Result<usize, ModelError> {
+        if adapters.len() != seqs.len() {
+            return Err(ModelError::BadBatch(format!(
+                "{} adapter choices for {} sequences",
+                adapters.len(),
+                seqs.len()
+            )));
+        }
+        if adapters.iter().all(Option::is_none) {
+            return self.forward(pool, seqs, kv, ws, logits);
+        }
+        if self.numerics == crate::Numerics::Ggml {
+            return Err(ModelError::BadBatch(
+                "LoRA adapters run with fast numerics (--numerics fast); llama.cpp's arithmetic has no adapter path here".into(),
+            ));
+        }
+        let shape = LoraShape::of(&self.cfg);
+        for a in adapters.iter().flatten() {
+            a.check(&shape)?;
+        }
+        self.forward_full(pool, seqs, kv, ws, logits, None, None, None, Some(adapters))
     }
 
     /// As [`Model::forward`], for one rank of a tensor-parallel group: this model
@@ -212,7 +251,7 @@ impl Model {
             )));
         }
         let stage = Stage { layers, hidden };
-        self.forward_full(pool, seqs, kv, ws, logits, None, None, Some(stage))
+        self.forward_full(pool, seqs, kv, ws, logits, None, None, Some(stage), None)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -226,7 +265,7 @@ impl Model {
         observer: Option<Observer>,
         reduce: Option<Reducer>,
     ) -> Result<usize, ModelError> {
-        self.forward_full(pool, seqs, kv, ws, logits, observer, reduce, None)
+        self.forward_full(pool, seqs, kv, ws, logits, observer, reduce, None, None)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -240,6 +279,7 @@ impl Model {
         mut observer: Option<Observer>,
         mut reduce: Option<Reducer>,
         mut stage: Option<Stage>,
+        lora: Option<&[Option<&LoraAdapter>]>,
     ) -> Result<usize, ModelError> {
         let cfg = &self.cfg;
         self.validate(seqs, kv)?;
@@ -280,6 +320,9 @@ impl Model {
                 ws.positions.push(s.start_pos + i);
                 ws.tok_seq.push((si, s.start_pos + i));
             }
+        }
+        if let Some(lora) = lora {
+            ws.lora.group(lora, |i| seqs[i].tokens.len());
         }
         let ff_factors = self.rope_freqs.as_deref();
         ws.rope_global
@@ -348,6 +391,15 @@ impl Model {
                 &mut ws.act,
                 &mut ws.act2,
             );
+            if let Some(lora) = lora {
+                for (target, out) in [
+                    (LoraTarget::Q, &mut ws.q),
+                    (LoraTarget::K, &mut ws.k),
+                    (LoraTarget::V, &mut ws.v),
+                ] {
+                    ws.lora.apply(pool, lora, li, target, &ws.h, out);
+                }
+            }
             for t in 0..t_total {
                 if let Some(b) = &layer.bq {
                     add(&mut ws.q[t * qd..(t + 1) * qd], b);
@@ -411,6 +463,10 @@ impl Model {
                 obs(li, Tap::AttnOutIn, &ws.attn, qd);
             }
             self.matmul_w(pool, &layer.wo, &ws.attn, t_total, &mut ws.o, &mut ws.act);
+            if let Some(lora) = lora {
+                ws.lora
+                    .apply(pool, lora, li, LoraTarget::O, &ws.attn, &mut ws.o);
+            }
             if let Some(r) = reduce.as_mut() {
                 r(&mut ws.o[..t_total * d]).map_err(ModelError::Collective)?;
             }
@@ -442,11 +498,23 @@ impl Model {
                 &mut ws.act,
                 &mut ws.act2,
             );
+            if let Some(lora) = lora {
+                for (target, out) in [
+                    (LoraTarget::Gate, &mut ws.gate),
+                    (LoraTarget::Up, &mut ws.up),
+                ] {
+                    ws.lora.apply(pool, lora, li, target, &ws.h, out);
+                }
+            }
             gated_activation(pool, cfg.activation, &mut ws.gate, &ws.up);
             if let Some(obs) = observer.as_mut() {
                 obs(li, Tap::FfnDownIn, &ws.gate, ff);
             }
             self.matmul_w(pool, &layer.down, &ws.gate, t_total, &mut ws.o, &mut ws.act);
+            if let Some(lora) = lora {
+                ws.lora
+                    .apply(pool, lora, li, LoraTarget::Down, &ws.gate, &mut ws.o);
+            }
             if let Some(r) = reduce.as_mut() {
                 r(&mut ws.o[..t_total * d]).map_err(ModelError::Collective)?;
             }

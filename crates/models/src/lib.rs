@@ -19,6 +19,8 @@
 //!   Scratch lives in a reusable [`Workspace`], so steady-state decode allocates
 //!   nothing in either numerics. [`Model::forward_observed`] also shows every layer's
 //!   matrix inputs to an [`Observer`] (importance statistics for compression).
+//!   [`Model::forward_lora`] runs each sequence under its own [`LoraAdapter`] (or
+//!   none): low-rank deltas added per row, the base weights untouched ([`lora`]).
 //! * [`kv`]: the paged KV cache ([`KvCache`], its per-group [`KvLayout`]); the caller
 //!   (the engine's block manager) owns the block tables.
 //!
@@ -48,6 +50,7 @@ mod config;
 mod forward;
 mod ggml_forward;
 pub mod kv;
+pub mod lora;
 mod options;
 pub mod synth;
 mod weights;
@@ -56,6 +59,7 @@ pub use bert::{Encoder, EncoderConfig, EncoderWorkspace, Pooling, SentenceConfig
 pub use config::{Activation, Arch, ModelConfig};
 pub use forward::{LogitsWanted, Observer, Reducer, SeqInput, Tap, Workspace};
 pub use kv::{KvCache, KvLayout};
+pub use lora::{LoraAdapter, LoraError, LoraMatrix, LoraShape, LoraTarget};
 pub use options::{LoadOptions, Numerics, Packing};
 pub use weights::{LayerView, MatrixView, Model};
 
@@ -97,4 +101,6 @@ pub enum ModelError {
     BadBatch(String),
     #[error("tensor-parallel collective failed: {0}")]
     Collective(String),
+    #[error("LoRA adapter: {0}")]
+    Lora(#[from] LoraError),
 }

@@ -4,7 +4,9 @@
 //! Face-style hubs.
 //!
 //! Prompt templates are registry objects too ([`prompts`]): versioned, aliased and
-//! stored the same way, rendered with minijinja.
+//! stored the same way, rendered with minijinja. So are LoRA adapters (kind
+//! `adapter`, [`ImportKind::Adapter`]): files like a model's, with lineage to the base
+//! model version they were trained on, resolved by [`Registry::resolve_adapter`].
 //!
 //! Knows nothing about engines, serving or HTTP; `hangar-serve` exposes it over HTTP
 //! and `hangar serve` asks [`Registry::resolve`] for a model's files.
@@ -50,8 +52,8 @@ pub use registry::{
 };
 pub use store::S3Config;
 pub use transfer::{
-    ExportOutcome, ImportOutcome, ImportRequest, LineageSpec, ResolvedModel, CHUNK_AVG, CHUNK_MAX,
-    CHUNK_MIN,
+    AdapterSummary, ExportOutcome, ImportKind, ImportOutcome, ImportRequest, LineageSpec,
+    ResolvedAdapter, ResolvedModel, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN,
 };
 
 /// The model `hangar pull default` installs and `hangar serve` serves by default.

@@ -99,6 +99,8 @@ pub struct LineageInfo {
 pub struct VersionInfo {
     pub name: String,
     pub version: u32,
+    /// `model`, `adapter` (a LoRA adapter; its lineage names the base) or `prompt`.
+    pub kind: String,
     pub created_at: i64,
     pub created_by: String,
     pub stage: Option<String>,
@@ -167,8 +169,10 @@ pub(crate) struct VersionRow {
     pub kind: String,
 }
 
-/// What a registry name holds: a model's files or a prompt template (`prompts.rs`).
+/// What a registry name holds: a model's files, a LoRA adapter's files (with lineage
+/// to its base model) or a prompt template (`prompts.rs`).
 pub(crate) const KIND_MODEL: &str = "model";
+pub(crate) const KIND_ADAPTER: &str = "adapter";
 pub(crate) const KIND_PROMPT: &str = "prompt";
 
 impl Registry {
@@ -428,6 +432,12 @@ impl Registry {
     /// Like [`Registry::find`], refusing a prompt where a model is wanted.
     pub(crate) fn find_model(&self, r: &ModelRef) -> Result<VersionRow> {
         let row = self.find(r)?;
+        if row.kind == KIND_ADAPTER {
+            return Err(RegistryError::Invalid(format!(
+                "{:?} is a LoRA adapter, not a model; serve it beside its base model with `hangar serve --lora {}={}`",
+                r.name, r.name, r
+            )));
+        }
         if row.kind != KIND_MODEL {
             return Err(RegistryError::Invalid(format!(
                 "{:?} is a prompt, not a model; use `hangar prompts show {}` to read it",
@@ -548,6 +558,7 @@ impl Registry {
         Ok(VersionInfo {
             name: row.name.clone(),
             version: row.number,
+            kind: row.kind.clone(),
             created_at,
             created_by,
             stage: row.stage.clone(),

@@ -40,11 +40,21 @@ pub struct LineageSpec {
     pub run: Option<String>,
 }
 
+/// What an import creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImportKind {
+    #[default]
+    Model,
+    /// A LoRA adapter (GGUF adapter file or PEFT folder); needs lineage to its base model.
+    Adapter,
+}
+
 /// An import request. `path` is a file or a folder of files.
 #[derive(Debug, Clone, Default)]
 pub struct ImportRequest {
     pub path: PathBuf,
     pub name: String,
+    pub kind: ImportKind,
     pub metadata: BTreeMap<String, String>,
     pub tags: Vec<String>,
     pub lineage: Option<LineageSpec>,
@@ -72,6 +82,24 @@ pub struct ImportOutcome {
     pub dedup_ratio: f64,
     pub seconds: f64,
     pub mb_per_s: f64,
+}
+
+/// A resolved LoRA adapter: its files and the base it was registered against.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResolvedAdapter {
+    pub files: ResolvedModel,
+    /// `name@version` of the base model (lineage), when recorded.
+    pub base: Option<String>,
+}
+
+/// One row of `list_adapters`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub latest: u32,
+    /// The newest version's base model, `name@version`.
+    pub base: Option<String>,
+    pub total_size: u64,
 }
 
 /// What an export wrote.
@@ -217,8 +245,19 @@ impl Registry {
         }
         let base = match &req.lineage {
             Some(l) => {
-                let row = self.find(&l.base.parse::<ModelRef>()?)?;
+                let r = l.base.parse::<ModelRef>()?;
+                // An adapter's base is a model: that is what it runs on.
+                let row = match req.kind {
+                    ImportKind::Adapter => self.find_model(&r)?,
+                    ImportKind::Model => self.find(&r)?,
+                };
                 Some((row.name, row.number))
+            }
+            None if req.kind == ImportKind::Adapter => {
+                return Err(RegistryError::Invalid(format!(
+                    "a LoRA adapter needs its base model: import {:?} with a base (--base name@version)",
+                    req.name
+                )))
             }
             None => None,
         };
@@ -284,6 +323,10 @@ impl Registry {
         let tx = self
             .db
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let want_kind = match req.kind {
+            ImportKind::Model => crate::registry::KIND_MODEL,
+            ImportKind::Adapter => crate::registry::KIND_ADAPTER,
+        };
         let model_id: i64 = match tx
             .query_row(
                 "SELECT id, kind FROM models WHERE name = ?1",
@@ -292,17 +335,17 @@ impl Registry {
             )
             .optional()?
         {
-            Some((_, kind)) if kind != crate::registry::KIND_MODEL => {
+            Some((_, kind)) if kind != want_kind => {
                 return Err(RegistryError::Conflict(format!(
-                    "{:?} is the name of a prompt; import the model under another name",
+                    "{:?} is the name of a {kind}; import the {want_kind} under another name",
                     req.name
                 )));
             }
             Some((id, _)) => id,
             None => {
                 tx.execute(
-                    "INSERT INTO models(name, created_at) VALUES(?1, ?2)",
-                    params![req.name, db::now()],
+                    "INSERT INTO models(name, created_at, kind) VALUES(?1, ?2, ?3)",
+                    params![req.name, db::now(), want_kind],
                 )?;
                 tx.last_insert_rowid()
             }
@@ -583,7 +626,12 @@ impl Registry {
         progress: bool,
     ) -> Result<ExportOutcome> {
         who.require(Role::Reader, "exporting a model")?;
-        let row = self.find_model(&reference.parse()?)?;
+        let r: ModelRef = reference.parse()?;
+        let row = match self.find(&r)? {
+            // Adapters are files like models; prompts are exported by `hangar prompts`.
+            row if row.kind == crate::registry::KIND_ADAPTER => row,
+            _ => self.find_model(&r)?,
+        };
         let started = Instant::now();
         let files = self.files_of(row.id)?;
         let total: u64 = files.iter().map(|(_, f)| f.size).sum();
@@ -626,6 +674,56 @@ impl Registry {
     pub fn resolve(&self, who: &Principal, reference: &str) -> Result<ResolvedModel> {
         who.require(Role::Reader, "resolving a model")?;
         let row = self.find_model(&reference.parse()?)?;
+        self.materialise(row)
+    }
+
+    /// Resolves a LoRA adapter reference to its files (as [`Registry::resolve`]), with
+    /// the base model version it was registered against.
+    pub fn resolve_adapter(&self, who: &Principal, reference: &str) -> Result<ResolvedAdapter> {
+        who.require(Role::Reader, "resolving an adapter")?;
+        let r: ModelRef = reference.parse()?;
+        let row = self.find(&r)?;
+        if row.kind != crate::registry::KIND_ADAPTER {
+            return Err(RegistryError::Invalid(format!(
+                "{:?} is a {}, not a LoRA adapter; register adapters with `hangar lora register` (or `hangar registry import --kind adapter --base MODEL@N`)",
+                r.name, row.kind
+            )));
+        }
+        let info = self.show(who, &format!("{}@{}", row.name, row.number))?;
+        let base = info
+            .lineage
+            .map(|l| format!("{}@{}", l.base_model, l.base_version));
+        Ok(ResolvedAdapter {
+            files: self.materialise(row)?,
+            base,
+        })
+    }
+
+    /// Every LoRA adapter name with its newest version's base model.
+    pub fn list_adapters(&self, who: &Principal) -> Result<Vec<AdapterSummary>> {
+        who.require(Role::Reader, "listing adapters")?;
+        let mut st = self.db.prepare(
+            "SELECT m.name, v.number, v.base_model, v.base_version, v.total_size
+             FROM models m JOIN versions v ON v.model_id = m.id
+             WHERE m.kind = 'adapter'
+               AND v.number = (SELECT MAX(number) FROM versions WHERE model_id = m.id)
+             ORDER BY m.name",
+        )?;
+        let rows = st.query_map([], |r| {
+            let base: Option<String> = r.get(2)?;
+            let bv: Option<u32> = r.get(3)?;
+            Ok(AdapterSummary {
+                name: r.get(0)?,
+                latest: r.get(1)?,
+                base: base.zip(bv).map(|(b, v)| format!("{b}@{v}")),
+                total_size: r.get::<_, i64>(4)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The files of a version in the cache, (re)exported where needed.
+    fn materialise(&self, row: crate::registry::VersionRow) -> Result<ResolvedModel> {
         let dir = self.cache_dir(&row.name, row.number);
         let files = self.files_of(row.id)?;
         let mut paths = Vec::new();

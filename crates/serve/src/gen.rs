@@ -275,6 +275,7 @@ impl Validated {
             skip_special_tokens: self.skip_special_tokens,
             constraint: None,
             tenant: Default::default(),
+            adapter: None,
         })
     }
 }

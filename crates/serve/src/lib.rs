@@ -25,6 +25,8 @@ mod health;
 pub mod kserve;
 // KServe V2 over gRPC, on its own port (--grpc-port).
 pub mod kserve_grpc;
+// LoRA adapters: /v1/load_lora_adapter, /v1/unload_lora_adapter, `model` resolution.
+pub mod lora_api;
 pub mod metrics;
 pub mod mlflow_api;
 mod monitoring;
@@ -142,6 +144,8 @@ pub struct Services {
     pub reloads: Option<Reloads>,
     /// Managed API keys (`hangar keys`): accepted with their limits and usage.
     pub keys: Option<hangar_registry::KeyStore>,
+    /// LoRA adapters of the served model, and how more are loaded at run time.
+    pub lora: lora_api::Adapters,
 }
 
 impl Services {
@@ -173,6 +177,12 @@ impl Services {
             i.version = Some(version);
         }
         self.reloads = reloads;
+        self
+    }
+
+    /// Serves these LoRA adapters (and loads more through their loader).
+    pub fn with_lora(mut self, adapters: lora_api::Adapters) -> Self {
+        self.lora = adapters;
         self
     }
 
@@ -227,6 +237,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Managed API keys, their limits and usage.
     pub tenants: Arc<tenants::Tenants>,
+    /// The LoRA adapters requests may name.
+    pub lora: Arc<lora_api::Adapters>,
     /// Sampled history of the metrics for the dashboard.
     pub history: timeseries::History,
     /// False once shutdown has begun (readiness probes then fail).
@@ -255,6 +267,7 @@ impl AppState {
             embeddings: services.embeddings,
             metrics: Metrics::default(),
             tenants: Arc::new(tenants::Tenants::new(services.keys)),
+            lora: Arc::new(services.lora),
             ready: AtomicBool::new(true),
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -335,6 +348,8 @@ fn route_label(path: &str) -> &'static str {
         "/v1/completions" => "/v1/completions",
         "/v1/chat/completions" => "/v1/chat/completions",
         "/v1/rag/chat" => "/v1/rag/chat",
+        "/v1/load_lora_adapter" => "/v1/load_lora_adapter",
+        "/v1/unload_lora_adapter" => "/v1/unload_lora_adapter",
         "/v2" => "/v2",
         "/v2/health/live" => "/v2/health/live",
         "/v2/health/ready" => "/v2/health/ready",
@@ -401,7 +416,11 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
 fn is_inference_path(path: &str) -> bool {
     matches!(
         path,
-        "/v1/completions" | "/v1/chat/completions" | "/v1/rag/chat"
+        "/v1/completions"
+            | "/v1/chat/completions"
+            | "/v1/rag/chat"
+            | "/v1/load_lora_adapter"
+            | "/v1/unload_lora_adapter"
     ) || path.starts_with("/v2/models/")
 }
 
@@ -440,6 +459,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         app = app
             .merge(
                 openai::routes(inf.clone())
+                    .merge(lora_api::routes(inf.clone()))
                     .merge(kserve::routes(inf))
                     .layer(middleware::from_fn_with_state(
                         slot.clone(),

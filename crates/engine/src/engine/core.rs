@@ -158,6 +158,12 @@ impl EngineCore {
                     && c.start < self.sched.running()[c.slot].prompt_len
             })
             .collect();
+        // Each chunk's LoRA adapter, taken before the grammar masks borrow `live`.
+        let adapters: Vec<Option<Arc<hangar_models::LoraAdapter>>> = batch
+            .chunks
+            .iter()
+            .map(|c| live.get(&c.id).and_then(|l| l.adapter.clone()))
+            .collect();
         // Structured output: grammar masks for this step's samples are computed on
         // a side thread while the model runs (they depend only on earlier tokens).
         let mut masks: Vec<&mut Constraint> = Vec::new();
@@ -178,7 +184,7 @@ impl EngineCore {
             }
         }
         let executed = if masks.is_empty() {
-            self.execute(&batch, &all_rows, &drafts, logits)
+            self.execute(&batch, &all_rows, &drafts, &adapters, logits)
         } else {
             std::thread::scope(|s| {
                 s.spawn(move || {
@@ -187,7 +193,7 @@ impl EngineCore {
                         let _ = c.compute_mask();
                     }
                 });
-                self.execute(&batch, &all_rows, &drafts, logits)
+                self.execute(&batch, &all_rows, &drafts, &adapters, logits)
             })
         };
         if let Err(e) = executed {
@@ -251,6 +257,7 @@ impl EngineCore {
         batch: &Batch,
         all_rows: &[bool],
         drafts: &[Vec<u32>],
+        adapters: &[Option<Arc<hangar_models::LoraAdapter>>],
         logits: &mut Vec<f32>,
     ) -> Result<(), crate::EngineError> {
         let running = self.sched.running();
@@ -300,7 +307,12 @@ impl EngineCore {
                 },
             })
             .collect();
-        self.runner.execute(&inputs, logits)
+        if adapters.iter().all(Option::is_none) {
+            return self.runner.execute(&inputs, logits);
+        }
+        let adapters: Vec<Option<&hangar_models::LoraAdapter>> =
+            adapters.iter().map(Option::as_deref).collect();
+        self.runner.execute_lora(&inputs, &adapters, logits)
     }
 
     /// Records the prompt logprobs of the chunks that computed every row, then
@@ -441,11 +453,14 @@ impl EngineCore {
                         spec: (self.spec.enabled() && req.constraint.is_none())
                             .then(|| DraftLength::new(&self.spec)),
                         constraint: req.constraint,
+                        adapter: req.adapter.clone(),
                     },
                 );
                 let mut seq = SchedSeq::new(id, req.prompt)
                     .in_group(group)
                     .for_tenant(req.tenant.id, req.tenant.weight);
+                // KV computed under an adapter is only ever shared with its own kind.
+                seq.cache_salt = req.adapter.as_ref().map_or(0, |a| u128::from(a.id()));
                 if req.prompt_logprobs.is_some() {
                     seq.cache_limit = 0;
                 }

@@ -36,6 +36,9 @@ pub struct ModelInfo {
     /// Most sequences one request may run at once (`n`, `best_of`): a share of
     /// the running slots, so no single request can take them all.
     pub max_sequences_per_request: usize,
+    /// The shape LoRA adapters must have; `None` when the backend does not apply
+    /// adapters (GPU, split models, llama.cpp's exact numerics).
+    pub lora: Option<hangar_models::LoraShape>,
 }
 
 /// A snapshot of engine counters, for metrics.
@@ -187,6 +190,7 @@ impl Engine {
             max_sequences_per_request: ((cfg.max_running as f64 * cfg.max_request_share).floor()
                 as usize)
                 .max(1),
+            lora: runner.lora_shape(),
         };
         let chat = ChatTemplate::for_model(
             chat_template.as_deref(),
@@ -337,7 +341,26 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether this engine can run `adapter`: its backend applies adapters and the
+    /// adapter's matrices fit the model.
+    pub fn check_adapter(&self, adapter: &hangar_models::LoraAdapter) -> Result<(), EngineError> {
+        let Some(shape) = &self.info.lora else {
+            return Err(EngineError::Invalid(format!(
+                "this server's model runs on {} with a backend that does not apply LoRA adapters (they need the single-process CPU runner with fast numerics)",
+                self.info.device
+            )));
+        };
+        adapter.check(shape).map_err(|e| {
+            EngineError::Invalid(format!(
+                "the LoRA adapter does not fit the served model: {e}"
+            ))
+        })
+    }
+
     fn validate(&self, req: &GenerateRequest) -> Result<(), EngineError> {
+        if let Some(a) = &req.adapter {
+            self.check_adapter(a)?;
+        }
         if req.prompt.is_empty() {
             return Err(EngineError::Invalid("the prompt is empty".into()));
         }

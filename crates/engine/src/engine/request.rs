@@ -2,6 +2,8 @@
 //! and what comes back on its stream. Plain data; no channels, no model.
 
 use crate::sampler::{Constraint, SamplingParams};
+use hangar_models::LoraAdapter;
+use std::sync::Arc;
 
 /// One generation request, already tokenized.
 #[derive(Debug, Clone)]
@@ -29,6 +31,9 @@ pub struct GenerateRequest {
     pub constraint: Option<Constraint>,
     /// Whose request this is, for fair admission across API keys.
     pub tenant: Tenant,
+    /// Run under this LoRA adapter (`None`: the base model). Sequences with different
+    /// adapters share batches; the prefix cache never mixes their KV.
+    pub adapter: Option<Arc<LoraAdapter>>,
 }
 
 /// The API key (or other caller) a request is charged to: admission shares the
@@ -62,6 +67,7 @@ impl GenerateRequest {
             skip_special_tokens: true,
             constraint: None,
             tenant: Tenant::default(),
+            adapter: None,
         }
     }
 }

@@ -9,7 +9,7 @@
 use crate::EngineError;
 use hangar_kernels::ThreadPool;
 use hangar_models::kv::{KvFormat, KvLayout};
-use hangar_models::{KvCache, LogitsWanted, Model, SeqInput, Workspace};
+use hangar_models::{KvCache, LogitsWanted, LoraAdapter, LoraShape, Model, SeqInput, Workspace};
 use std::borrow::Borrow;
 
 /// One model step as data: for each scheduled chunk, its tokens, where they start,
@@ -54,6 +54,26 @@ pub trait ModelRunner: Send {
     /// Runs the model over every chunk, writing their KV, and leaves one row of
     /// `vocab_size` logits in `logits` for each chunk that asked for them, in order.
     fn execute(&mut self, step: &StepInput, logits: &mut Vec<f32>) -> Result<(), EngineError>;
+    /// The shape LoRA adapters must have on this backend; `None` when it does not
+    /// apply adapters (then requests naming one are refused before they queue).
+    fn lora_shape(&self) -> Option<LoraShape> {
+        None
+    }
+    /// As [`ModelRunner::execute`], chunk `i` running under `adapters[i]`.
+    fn execute_lora(
+        &mut self,
+        step: &StepInput,
+        adapters: &[Option<&LoraAdapter>],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), EngineError> {
+        if adapters.iter().any(Option::is_some) {
+            return Err(EngineError::Invalid(format!(
+                "the {} backend does not apply LoRA adapters",
+                self.device()
+            )));
+        }
+        self.execute(step, logits)
+    }
     /// Runs `task(i)` for every `i < n`, in parallel where the backend has threads
     /// to spare (the loop samples rows this way).
     fn run_parallel(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
@@ -143,6 +163,27 @@ impl<M: Borrow<Model> + Send, P: Borrow<ThreadPool> + Send> ModelRunner for CpuR
         self.model
             .borrow()
             .forward(self.pool.borrow(), step, kv, &mut self.ws, logits)
+            .map(|_| ())
+            .map_err(EngineError::from)
+    }
+    fn lora_shape(&self) -> Option<LoraShape> {
+        // llama.cpp's exact arithmetic has no adapter path.
+        let m = self.model();
+        (m.numerics() == hangar_models::Numerics::Fast).then(|| LoraShape::of(&m.cfg))
+    }
+    fn execute_lora(
+        &mut self,
+        step: &StepInput,
+        adapters: &[Option<&LoraAdapter>],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), EngineError> {
+        let kv = self
+            .kv
+            .as_mut()
+            .ok_or_else(|| EngineError::Invalid("KV cache not allocated".into()))?;
+        self.model
+            .borrow()
+            .forward_lora(self.pool.borrow(), step, adapters, kv, &mut self.ws, logits)
             .map(|_| ())
             .map_err(EngineError::from)
     }

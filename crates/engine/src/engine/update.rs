@@ -32,6 +32,8 @@ pub(crate) struct Live<'t> {
     /// Speculative decoding's draft length for this sequence (None: it never drafts,
     /// as when speculation is off or a grammar constrains it).
     pub spec: Option<DraftLength>,
+    /// The LoRA adapter the sequence runs under (`None`: the base model).
+    pub adapter: Option<std::sync::Arc<hangar_models::LoraAdapter>>,
 }
 
 /// What one step produced.

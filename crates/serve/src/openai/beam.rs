@@ -80,6 +80,7 @@ pub fn params(ask: Ask, n: usize) -> Result<Option<(usize, f64)>, ApiError> {
 
 /// Runs the search for each prompt (off the async runtime) and returns `n` results per
 /// prompt as completions, best first.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     state: &InferenceState,
     prompts: Vec<Vec<u32>>,
@@ -88,6 +89,7 @@ pub async fn run(
     width: usize,
     length_penalty: f64,
     default_max: Option<usize>,
+    adapter: Option<std::sync::Arc<hangar_engine::LoraAdapter>>,
 ) -> Result<Vec<Completion>, ApiError> {
     let engine = state.engine();
     let info = engine.info().clone();
@@ -124,6 +126,7 @@ pub async fn run(
             stop_token_ids: v.stop_token_ids.clone(),
             ignore_eos: v.ignore_eos,
             tenant,
+            adapter: adapter.clone(),
         };
         let (service, prompt2) = (state.service.clone(), prompt.clone());
         let beams = tokio::task::spawn_blocking(move || beam_search(&service.engine, &prompt2, &p))

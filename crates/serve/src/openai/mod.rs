@@ -66,8 +66,11 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
                     reference: i.version.as_ref().map(|v| v.reference()),
                     sha256: i.version.as_ref().and_then(|v| v.sha256.clone()),
                     device: i.engine.info().device.clone(),
+                    root: None,
+                    parent: None,
                 }
             })
+            .chain(adapter_cards(&state))
             .chain(state.embeddings.iter().map(|e| ModelCard {
                 id: e.model().name().to_string(),
                 object: "model",
@@ -78,9 +81,38 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
                 reference: None,
                 sha256: None,
                 device: "cpu".into(),
+                root: None,
+                parent: None,
             }))
             .collect(),
     })
+}
+
+/// The loaded LoRA adapters, each with the served model as its parent (as vLLM lists
+/// them).
+fn adapter_cards(state: &AppState) -> Vec<ModelCard> {
+    let Some(slot) = &state.inference else {
+        return Vec::new();
+    };
+    let base = slot.current();
+    state
+        .lora
+        .list()
+        .into_iter()
+        .map(|(name, l)| ModelCard {
+            id: name,
+            object: "model",
+            created: l.created,
+            owned_by: "hangar",
+            max_model_len: base.engine.info().max_model_len,
+            version: None,
+            reference: None,
+            sha256: None,
+            device: base.engine.info().device.clone(),
+            root: Some(l.source),
+            parent: Some(base.model_name.clone()),
+        })
+        .collect()
 }
 
 impl Common {
@@ -123,13 +155,12 @@ impl Common {
         }
     }
 
-    fn check_model(&self, state: &InferenceState) -> Result<String, ApiError> {
-        let served = state.model_name();
-        match self.model.as_deref() {
-            None | Some("") => Ok(served.to_string()),
-            Some(m) if m == served => Ok(m.to_string()),
-            Some(m) => Err(ApiError::model_not_found(m, served)),
-        }
+    /// The model name to echo and the LoRA adapter the request runs under.
+    fn check_model(
+        &self,
+        state: &InferenceState,
+    ) -> Result<(String, Option<Arc<hangar_engine::LoraAdapter>>), ApiError> {
+        crate::lora_api::resolve_model(state, self.model.as_deref())
     }
 
     fn include_usage(&self) -> bool {
@@ -222,7 +253,7 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, state.app.cfg.max_body_bytes).await?;
     let req: CompletionRequest = gen::parse_json(&bytes)?;
-    let model = req.common.check_model(&state)?;
+    let (model, adapter) = req.common.check_model(&state)?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::param("suffix", "suffix is not supported"));
     }
@@ -284,7 +315,8 @@ pub async fn completions(
         let prompt_of = (0..ids.len())
             .flat_map(|pi| std::iter::repeat_n(pi, n))
             .collect();
-        let results = beam::run(&state, ids, &v, n, width, length_penalty, Some(16)).await?;
+        let results =
+            beam::run(&state, ids, &v, n, width, length_penalty, Some(16), adapter).await?;
         let job = Job {
             api: Api::Completions,
             id: request_id("cmpl", &state.app),
@@ -319,6 +351,7 @@ pub async fn completions(
             if echo_logprobs {
                 r.prompt_logprobs = v.logprobs;
             }
+            r.adapter = adapter.clone();
             reqs.push(r);
             prompt_of.push(pi);
             echoes.push(echoed.clone());
@@ -457,7 +490,7 @@ pub async fn rag_chat(
 }
 
 async fn chat_request(state: InferenceState, req: ChatRequest) -> Result<Response, ApiError> {
-    let model = req.common.check_model(&state)?;
+    let (model, adapter) = req.common.check_model(&state)?;
     let n = req.common.n()?;
     if req.messages.is_empty() && req.stored_prompt.prompt.is_none() {
         return Err(ApiError::param("messages", "messages must not be empty"));
@@ -516,12 +549,25 @@ async fn chat_request(state: InferenceState, req: ChatRequest) -> Result<Respons
         citations,
     };
     if let Some((width, length_penalty)) = beam {
-        let results = beam::run(&state, vec![prompt], &v, n, width, length_penalty, None).await?;
+        let results = beam::run(
+            &state,
+            vec![prompt],
+            &v,
+            n,
+            width,
+            length_penalty,
+            None,
+            adapter,
+        )
+        .await?;
         return Ok(whole_response(&job, results, state.engine().tokenizer()));
     }
     let mut reqs = (0..n)
         .map(|j| v.request(prompt.clone(), j, None, state.engine().info()))
         .collect::<Result<Vec<_>, _>>()?;
+    for r in &mut reqs {
+        r.adapter = adapter.clone();
+    }
     structured::attach(&state, guided, &mut reqs).await?;
     run(&state, job, reqs, &req.common).await
 }

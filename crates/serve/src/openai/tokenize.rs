@@ -99,13 +99,9 @@ pub async fn tokenize(
     }))
 }
 
+/// The base model or one of its LoRA adapters (they share the tokenizer).
 fn check_model(state: &InferenceState, model: Option<&str>) -> Result<(), ApiError> {
-    match model {
-        Some(m) if !m.is_empty() && m != state.model_name() => {
-            Err(ApiError::model_not_found(m, state.model_name()))
-        }
-        _ => Ok(()),
-    }
+    crate::lora_api::resolve_model(state, model).map(|_| ())
 }
 
 /// `POST /detokenize`: `{"tokens": [...]}` → `{"prompt": text}`.

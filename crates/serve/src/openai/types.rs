@@ -167,6 +167,12 @@ pub struct ModelCard {
     pub sha256: Option<String>,
     /// Where the model runs: `cpu`, or e.g. `cuda:0 (NVIDIA H200, sm_90a)`.
     pub device: String,
+    /// A LoRA adapter's source (its `lora_path`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    /// A LoRA adapter's base model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
