@@ -75,9 +75,24 @@ def files():
 @pytest.fixture(scope="module")
 def lora_server(files):
     s = serve(model_path(), "--lora", f"myadapter={files / 'a1.gguf'}",
-              "--lora", f"other={files / 'a2.gguf'}")
+              "--lora", f"other={files / 'a2.gguf'}", "--allow-runtime-lora")
     yield s
     s.stop()
+
+
+def test_run_time_loading_is_off_unless_allowed(files):
+    # Without --allow-runtime-lora a client cannot make the server read files, nor
+    # unload the adapters it was started with.
+    s = serve(model_path(), "--lora", f"myadapter={files / 'a1.gguf'}")
+    try:
+        code, body = post(s, "/v1/load_lora_adapter", {"lora_name": "x", "lora_path": str(files / "a2.gguf")})
+        assert code == 403 and "--allow-runtime-lora" in error(body)["message"], body
+        code, body = post(s, "/v1/unload_lora_adapter", {"lora_name": "myadapter"})
+        assert code == 403 and "--allow-runtime-lora" in error(body)["message"], body
+        assert "myadapter" in [m.id for m in client(s).models.list().data]
+        assert greedy(client(s), f"{BASE}:myadapter", PROMPTS[0], n=4)
+    finally:
+        s.stop()
 
 
 def test_models_lists_adapters_with_their_parent(lora_server, files):
@@ -216,7 +231,7 @@ def test_bad_adapter_files_are_400s_and_the_server_keeps_serving(lora_server, fi
 
 
 def test_load_routes_need_the_api_key_when_keys_are_set(files):
-    s = serve(model_path(), "--api-key", "sekrit")
+    s = serve(model_path(), "--api-key", "sekrit", "--allow-runtime-lora")
     try:
         body = {"lora_name": "a", "lora_path": str(files / "a2.gguf")}
         code, _ = post(s, "/v1/load_lora_adapter", body)

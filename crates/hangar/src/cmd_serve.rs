@@ -122,10 +122,15 @@ pub struct ServeArgs {
     pub no_vector_api: bool,
     /// A LoRA adapter to serve beside the model, NAME=SOURCE (a GGUF adapter file, a
     /// PEFT folder, or a registry adapter reference); repeatable. Requests pick it
-    /// with "model": "MODEL:NAME" (or "NAME"); more load at run time through POST
-    /// /v1/load_lora_adapter. CPU runner with fast numerics only.
+    /// with "model": "MODEL:NAME" (or "NAME"); with --allow-runtime-lora more load at
+    /// run time through POST /v1/load_lora_adapter. CPU runner with fast numerics only.
     #[arg(long = "lora", value_name = "NAME=SOURCE", value_parser = parse_lora)]
     pub lora: Vec<(String, String)>,
+    /// Allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter (off by default,
+    /// as vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING: loading makes the server read a
+    /// file or registry object its client names; pair it with --api-key).
+    #[arg(long)]
+    pub allow_runtime_lora: bool,
     /// Serve without a model: health, metrics, the registry and vector APIs only.
     #[arg(long, conflicts_with = "model")]
     pub no_model: bool,
@@ -189,7 +194,11 @@ fn start_adapters(
             .as_ref()
             .map(|(_, o)| o.reference.split('@').next().unwrap_or("").to_string()),
     });
-    let adapters = hangar_serve::lora_api::Adapters::new(loader.clone());
+    let adapters = if args.allow_runtime_lora {
+        hangar_serve::lora_api::Adapters::new(loader.clone())
+    } else {
+        hangar_serve::lora_api::Adapters::default()
+    };
     if args.lora.is_empty() {
         return Ok(adapters);
     }

@@ -212,9 +212,11 @@ async fn load(
             format!("The lora adapter '{name}' has already been loaded. Unload it first (POST /v1/unload_lora_adapter) or choose another name."),
         ));
     }
+    // Off unless the operator opted in: the route makes the server read files its
+    // client names (vLLM gates it the same way).
     let Some(loader) = state.app.lora.loader.clone() else {
-        return Err(ApiError::bad_request(
-            "this server cannot load LoRA adapters at run time",
+        return Err(ApiError::forbidden(
+            "loading LoRA adapters at run time is off on this server; start `hangar serve` with --allow-runtime-lora to allow it (it lets API clients make the server read adapter files from its disk, so pair it with --api-key)",
         ));
     };
     let engine_shape = state.engine().info().lora.clone();
@@ -251,6 +253,11 @@ async fn unload(
     let bytes = read_body(&headers, body, state.app.cfg.max_body_bytes).await?;
     let b: UnloadBody = crate::gen::parse_json(&bytes)?;
     let name = required(b.lora_name, "lora_name")?;
+    if state.app.lora.loader.is_none() {
+        return Err(ApiError::forbidden(
+            "unloading LoRA adapters at run time is off on this server; start `hangar serve` with --allow-runtime-lora to allow it",
+        ));
+    }
     if !state.app.lora.remove(&name) {
         return Err(ApiError {
             param: Some("lora_name".into()),
