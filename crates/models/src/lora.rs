@@ -297,7 +297,7 @@ impl Ptr {
 #[cfg(not(test))]
 const PARALLEL_MIN: usize = 1 << 22;
 #[cfg(test)]
-const PARALLEL_MIN: usize = 0;
+const PARALLEL_MIN: usize = 1;
 
 /// A batch's token rows grouped by adapter (Punica / S-LoRA style): each group's pair
 /// is streamed from memory once per step for all of its rows, so the cost of an
