@@ -106,11 +106,11 @@ pub struct Workspace {
 
 /// A raw pointer handed to pool closures that write disjoint parts of a buffer.
 #[derive(Clone, Copy)]
-struct Ptr(*mut f32);
+pub(crate) struct Ptr(pub(crate) *mut f32);
 unsafe impl Send for Ptr {}
 unsafe impl Sync for Ptr {}
 impl Ptr {
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }

@@ -6,6 +6,7 @@
 //! so rows of one batch can use different adapters or none.
 
 use crate::config::{Arch, ModelConfig};
+use crate::forward::Ptr;
 use hangar_kernels::ops::{axpy_f32, dot_f32};
 use hangar_kernels::ThreadPool;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -276,17 +277,6 @@ impl LoraMatrix {
         for (j, &v) in xa.iter().enumerate().take(self.rank) {
             axpy_f32(v, &self.bt[j * self.rows..(j + 1) * self.rows], out);
         }
-    }
-}
-
-/// A raw pointer handed to pool closures that write disjoint elements.
-#[derive(Clone, Copy)]
-struct Ptr(*mut f32);
-unsafe impl Send for Ptr {}
-unsafe impl Sync for Ptr {}
-impl Ptr {
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 

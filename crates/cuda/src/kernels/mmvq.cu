@@ -64,6 +64,16 @@ extern "C" __global__ void quantize_q8_1(const float* __restrict__ X, u64 n, i8*
 // arithmetic is norm_add's, rmsnorm's and quantize_q8_1's (squares summed in f64).
 // n is a multiple of 32 and at most 1024 * ANQ_E.
 #define ANQ_E 8
+// 1 / rms of a row held ANQ_E values a thread (padding zeros), squares summed in f64 as
+// rmsnorm does.
+__device__ __forceinline__ float rms_scale_regs(const float* v, int n, float eps, double* sh) {
+    double s = 0.0;
+#pragma unroll
+    for (int e = 0; e < ANQ_E; e++) s += (double)(v[e] * v[e]);
+    s = block_sum_d(s, sh);
+    float mean = (float)(s / (double)n);
+    return 1.0f / sqrtf(mean + eps);
+}
 extern "C" __global__ void __launch_bounds__(1024) add_norm_q8(float* x, const float* o, const float* pw,
                                                            const float* w, float* h, int n, float eps,
                                                            i8* Xq, float2* Xd) {
@@ -81,12 +91,7 @@ extern "C" __global__ void __launch_bounds__(1024) add_norm_q8(float* x, const f
     }
     if (o) {
         if (pw) {
-            double s = 0.0;
-#pragma unroll
-            for (int e = 0; e < ANQ_E; e++) s += (double)(ov[e] * ov[e]);
-            s = block_sum_d(s, sh);
-            float mean = (float)(s / (double)n);
-            float scale = 1.0f / sqrtf(mean + eps);
+            float scale = rms_scale_regs(ov, n, eps, sh);
 #pragma unroll
             for (int e = 0; e < ANQ_E; e++) xv[e] += ov[e] * scale * pv[e];
         } else {
@@ -99,12 +104,7 @@ extern "C" __global__ void __launch_bounds__(1024) add_norm_q8(float* x, const f
             if (i < n) x[base + i] = xv[e];
         }
     }
-    double s = 0.0;
-#pragma unroll
-    for (int e = 0; e < ANQ_E; e++) s += (double)(xv[e] * xv[e]);
-    s = block_sum_d(s, sh);
-    float mean = (float)(s / (double)n);
-    float scale = 1.0f / sqrtf(mean + eps);
+    float scale = rms_scale_regs(xv, n, eps, sh);
 #pragma unroll
     for (int e = 0; e < ANQ_E; e++) {
         int i = threadIdx.x + e * blockDim.x;
