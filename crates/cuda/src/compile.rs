@@ -24,9 +24,20 @@ impl KernelUnit {
     pub const fn new(name: &'static str, body: &'static str) -> Self {
         KernelUnit { name, body }
     }
-    /// The full source handed to NVRTC: the shared helpers, then the unit.
+    /// The full source handed to NVRTC: the shared helpers, then the unit. With
+    /// `HANGAR_CUDA_SOURCES=DIR`, `DIR/common.cuh` and `DIR/<name>.cu` replace the
+    /// embedded files where they exist: a kernel variant can be A/B-timed on a GPU host
+    /// with the same binary (the cache key is the source's hash, so nothing goes stale).
     pub fn source(&self) -> String {
-        format!("{COMMON}\n#line 1 \"{}.cu\"\n{}", self.name, self.body)
+        let dir = std::env::var_os("HANGAR_CUDA_SOURCES").map(PathBuf::from);
+        let read = |file: &str, embedded: &str| -> String {
+            dir.as_ref()
+                .and_then(|d| std::fs::read_to_string(d.join(file)).ok())
+                .unwrap_or_else(|| embedded.to_string())
+        };
+        let common = read("common.cuh", COMMON);
+        let body = read(&format!("{}.cu", self.name), self.body);
+        format!("{common}\n#line 1 \"{}.cu\"\n{body}", self.name)
     }
 }
 

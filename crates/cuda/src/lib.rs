@@ -10,15 +10,20 @@
 //! paged block layout, and one step runs the whole forward pass there; only token ids,
 //! positions and block tables go up and the wanted logits come back.
 //!
+//! With `--gpu-layers N` ([`offload`]) only the last `N` layers and the output layer
+//! run on the GPU, the others on the CPU kernels.
+//!
 //! [`twin`] holds CPU twins of the kernels' arithmetic (same block layouts and index
 //! math), tested against the CPU kernels so a layout bug shows up without a GPU.
 
 pub mod compile;
 mod gpu;
+pub mod offload;
 mod runner;
 pub mod twin;
 
 pub use gpu::{driver_available, probe, DeviceInfo};
+pub use offload::GpuOptions;
 pub use runner::CudaRunner;
 
 /// Which device a command runs on (`--device cpu|cuda|cuda:N|auto`).
@@ -93,14 +98,16 @@ pub enum CudaError {
     #[error("NVRTC: {0}")]
     Nvrtc(String),
     #[error(
-        "the model needs {need_mib} MiB of GPU memory, {free_mib} MiB are free on {device}; \
-         use a smaller model or --device cpu (partial offload, --gpu-layers, is not implemented yet)"
+        "the model needs {need_mib} MiB of GPU memory, {free_mib} MiB are free on {device}: {hint}"
     )]
     OutOfMemory {
         need_mib: usize,
         free_mib: usize,
         device: String,
+        hint: String,
     },
+    #[error("the layers on the CPU (--gpu-layers): {0}")]
+    CpuLayers(String),
     #[error("not supported on the GPU backend: {0}")]
     Unsupported(String),
     #[error("invalid batch: {0}")]

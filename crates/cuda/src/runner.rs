@@ -10,6 +10,7 @@
 //! the quantized types take int8 activations (32-wide blocks), prefill f16 (cuBLAS).
 
 use crate::gpu::{Args, DevBuf, Gpu, Scratch};
+use crate::offload::{plan_layers, CpuLayers, GpuOptions, SCRATCH_RESERVE};
 use crate::CudaError;
 use hangar_engine::{EngineError, ModelRunner, StepInput};
 use hangar_formats::GgmlType;
@@ -24,6 +25,9 @@ struct DevMat {
     cols: usize,
     row_bytes: usize,
     buf: DevBuf,
+    /// The matrix dequantized to f16 once, for cuBLAS on batched steps, where memory
+    /// allows (see `CudaRunner::cache_f16`).
+    f16: Option<DevBuf>,
 }
 
 fn kind_of(ty: GgmlType) -> Option<&'static str> {
@@ -58,6 +62,7 @@ impl DevMat {
             cols: m.cols,
             row_bytes: m.data.len() / m.rows,
             buf: DevBuf::upload(gpu, m.data)?,
+            f16: None,
         })
     }
 }
@@ -199,7 +204,8 @@ pub struct CudaRunner {
     cfg: ModelConfig,
     layout: KvLayout,
     layers: Vec<DevLayer>,
-    embd: DevMat,
+    /// `None` when the CPU embeds (partial offload) and the output is not tied.
+    embd: Option<DevMat>,
     /// `None` when the output projection is the embedding (tied).
     output: Option<DevMat>,
     out_norm: DevBuf,
@@ -217,12 +223,17 @@ pub struct CudaRunner {
     /// The input whose int8 activations `bufs.xf` holds as floats (same key).
     xf_of: Option<(u64, usize, usize, usize)>,
     act: ActRounding,
+    /// The first layer on the GPU; the ones before it run on the CPU (`cpu`).
+    first: usize,
+    cpu: Option<CpuLayers>,
     /// Split-row GEMVs (`mvs`), on unless `HANGAR_CUDA_SPLIT=0`.
     split: bool,
     /// Fused decode launches (QKV in one GEMV, gate + up + activation in one, residual
     /// add + norm + quantization in one, RoPE + KV store in one), on unless
     /// `HANGAR_CUDA_FUSE=0`.
     fuse: bool,
+    /// Bytes of the f16 weight copies (`cache_f16`).
+    f16_bytes: usize,
     gpu: Gpu,
 }
 
@@ -240,8 +251,17 @@ fn grid1(n: usize, threads: usize) -> u32 {
 
 impl CudaRunner {
     /// Opens CUDA device `ordinal`, compiles (or loads) the kernels and uploads the
-    /// model's weights.
+    /// model's weights: every layer, or an error when they do not fit.
     pub fn new(model: &Model, ordinal: usize) -> Result<Self, CudaError> {
+        Self::with_options(model, ordinal, &GpuOptions::default())
+    }
+
+    /// As [`CudaRunner::new`], with `--gpu-layers` and the KV budget to keep free.
+    pub fn with_options(
+        model: &Model,
+        ordinal: usize,
+        opts: &GpuOptions,
+    ) -> Result<Self, CudaError> {
         let gpu = Gpu::open(ordinal)?;
         gpu.bind()?;
         let cfg = model.cfg.clone();
@@ -251,27 +271,44 @@ impl CudaRunner {
                 cfg.head_dim
             )));
         }
-        let views = model.layer_views();
+        let all_views = model.layer_views();
         let emb = model.token_embedding();
         let out = model.output_matrix();
         let tied = std::ptr::eq(out.data.as_ptr(), emb.data.as_ptr());
-        let mut need = emb.data.len() + if tied { 0 } else { out.data.len() };
-        for l in &views {
-            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down] {
-                need += m.data.len();
-            }
-        }
+        let layer_bytes: Vec<usize> = all_views
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
+                    .iter()
+                    .map(|m| m.data.len())
+                    .sum()
+            })
+            .collect();
         let (free, _) = gpu.mem_info()?;
-        // Weights plus a margin for scratch and a small KV cache.
-        if need + (256 << 20) > free {
-            return Err(CudaError::OutOfMemory {
-                need_mib: (need + (256 << 20)) >> 20,
-                free_mib: free >> 20,
-                device: format!("cuda:{ordinal} ({})", gpu.info.name),
-            });
+        let device = format!("cuda:{ordinal} ({})", gpu.info.name);
+        let plan = plan_layers(
+            &layer_bytes,
+            out.data.len(),
+            if tied { 0 } else { emb.data.len() },
+            opts.kv_bytes,
+            free,
+            opts.gpu_layers,
+            &device,
+        )?;
+        let first = plan.first_gpu_layer();
+        let cpu = if first > 0 {
+            Some(CpuLayers::new(model.gguf().clone(), opts.threads, first)?)
+        } else {
+            None
+        };
+        let views = &all_views[first..];
+        let mut need = out.data.len() + layer_bytes[first..].iter().sum::<usize>();
+        if first == 0 && !tied {
+            need += emb.data.len();
         }
         let mut layers = Vec::with_capacity(views.len());
         for (i, l) in views.iter().enumerate() {
+            let i = first + i;
             let n = |s: &str| format!("blk.{i}.{s}");
             layers.push(DevLayer {
                 attn_norm: DevBuf::upload(&gpu, l.attn_norm)?,
@@ -292,13 +329,27 @@ impl CudaRunner {
                 post_ffn_norm: vec_opt(&gpu, l.post_ffn_norm)?,
             });
         }
-        let embd = DevMat::upload(&gpu, "token_embd", &emb)?;
+        // The embedding is needed here when the GPU embeds (no CPU layers) or when it
+        // is also the output projection.
+        let embd = if first == 0 || tied {
+            Some(DevMat::upload(&gpu, "token_embd", &emb)?)
+        } else {
+            None
+        };
         let output = if tied {
             None
         } else {
             Some(DevMat::upload(&gpu, "output", &out)?)
         };
-        Ok(CudaRunner {
+        let mut device = format!("cuda:{ordinal} ({}, {})", gpu.info.name, gpu.arch);
+        if first > 0 {
+            device = format!(
+                "{device}, {} of {} layers (the first {first} on the cpu)",
+                plan.gpu_layers, plan.n_layers
+            );
+        }
+        let kv_here = opts.kv_bytes / cfg.n_layers.max(1) * plan.gpu_layers;
+        let mut r = CudaRunner {
             layout: KvLayout::for_model(&cfg),
             out_norm: DevBuf::upload(&gpu, model.output_norm())?,
             rope_ff: vec_opt(&gpu, model.rope_freq_factors())?,
@@ -316,15 +367,80 @@ impl CudaRunner {
             },
             q8_of: None,
             xf_of: None,
-            device: format!("cuda:{ordinal} ({}, {})", gpu.info.name, gpu.arch),
+            device,
+            first,
+            cpu,
             act: match std::env::var("HANGAR_CUDA_ACT").as_deref() {
                 Ok("cpu") => ActRounding::Cpu,
                 _ => ActRounding::Fine,
             },
             split: std::env::var("HANGAR_CUDA_SPLIT").as_deref() != Ok("0"),
             fuse: std::env::var("HANGAR_CUDA_FUSE").as_deref() != Ok("0"),
+            f16_bytes: 0,
             gpu,
-        })
+        };
+        r.cache_f16(kv_here)?;
+        Ok(r)
+    }
+
+    /// Batched steps (prefill, or many sequences decoding) multiply on cuBLAS in f16.
+    /// Where the device has room beside the weights, the KV budget and a margin, each
+    /// matrix is dequantized to f16 once here instead of before every such product:
+    /// a step of 64 decoding sequences then reads 2 bytes per weight instead of about
+    /// 4.6 (quantized read, f16 write, f16 read). Decode at small batches still reads
+    /// the quantized blocks. `HANGAR_CUDA_F16_WEIGHTS=0` keeps only the quantized copy.
+    fn cache_f16(&mut self, kv_bytes: usize) -> Result<(), CudaError> {
+        if std::env::var("HANGAR_CUDA_F16_WEIGHTS").as_deref() == Ok("0") || self.gpu.blas.is_none()
+        {
+            return Ok(());
+        }
+        let gpu = &mut self.gpu;
+        let mut mats: Vec<&mut DevMat> = Vec::new();
+        for l in self.layers.iter_mut() {
+            mats.extend([
+                &mut l.wq,
+                &mut l.wk,
+                &mut l.wv,
+                &mut l.wo,
+                &mut l.gate,
+                &mut l.up,
+                &mut l.down,
+            ]);
+        }
+        // Only the output projection is multiplied (the embedding is looked up).
+        match (self.output.as_mut(), self.embd.as_mut()) {
+            (Some(o), _) | (None, Some(o)) => mats.push(o),
+            (None, None) => {}
+        }
+        let total: usize = mats.iter().map(|m| m.rows * m.cols * 2).sum();
+        let (free, _) = gpu.mem_info()?;
+        if total + kv_bytes + SCRATCH_RESERVE + (1 << 30) > free {
+            return Ok(());
+        }
+        for m in mats {
+            let buf = DevBuf::alloc(gpu, m.rows * m.cols * 2)?;
+            let args = Args::new()
+                .ptr(m.buf.ptr)
+                .u64(m.row_bytes as u64)
+                .i32(m.cols as i32)
+                .ptr(buf.ptr);
+            gpu.launch(
+                &format!("dequant_f16_{}", m.kind),
+                (m.rows as u32, 1, 1),
+                (128, 1, 1),
+                0,
+                args,
+            )?;
+            m.f16 = Some(buf);
+        }
+        gpu.sync()?;
+        self.f16_bytes = total;
+        Ok(())
+    }
+
+    /// Bytes of f16 weight copies kept for batched steps (0: dequantized per step).
+    pub fn f16_bytes(&self) -> usize {
+        self.f16_bytes
     }
 
     /// The device's name, e.g. "NVIDIA H200".
@@ -339,11 +455,20 @@ impl CudaRunner {
     pub fn weight_bytes(&self) -> usize {
         self.weight_bytes
     }
+    /// Layers on the GPU (the last ones) and in the model.
+    pub fn gpu_layers(&self) -> (usize, usize) {
+        (self.cfg.n_layers - self.first, self.cfg.n_layers)
+    }
+    /// Threads of the CPU layers, when some layers run there.
+    pub fn cpu_threads(&self) -> Option<usize> {
+        self.cpu.as_ref().map(|c| c.threads())
+    }
 
     /// `y[t] = W x[t]` for `ntok` rows.
     fn matmul(&mut self, m: usize, x: u64, ntok: usize, y: u64) -> Result<(), CudaError> {
         let w = self.mat(m);
         let (kind, rows, cols, rb, wp) = (w.kind, w.rows, w.cols, w.row_bytes, w.buf.ptr);
+        let cached16 = w.f16.as_ref().map(|b| b.ptr);
         let cpu_blk = match self.act {
             ActRounding::Cpu if cols.is_multiple_of(cpu_act_block(kind).max(1)) => {
                 cpu_act_block(kind)
@@ -359,16 +484,22 @@ impl CudaRunner {
             x
         };
         if gemm {
-            let w16 = self.bufs.w16.get(&self.gpu, rows * cols * 2)?;
+            let w16 = match cached16 {
+                Some(p) => p,
+                None => {
+                    let w16 = self.bufs.w16.get(&self.gpu, rows * cols * 2)?;
+                    let args = Args::new().ptr(wp).u64(rb as u64).i32(cols as i32).ptr(w16);
+                    self.gpu.launch(
+                        &format!("dequant_f16_{kind}"),
+                        (rows as u32, 1, 1),
+                        (128, 1, 1),
+                        0,
+                        args,
+                    )?;
+                    w16
+                }
+            };
             let x16 = self.bufs.x16.get(&self.gpu, ntok * cols * 2)?;
-            let args = Args::new().ptr(wp).u64(rb as u64).i32(cols as i32).ptr(w16);
-            self.gpu.launch(
-                &format!("dequant_f16_{kind}"),
-                (rows as u32, 1, 1),
-                (128, 1, 1),
-                0,
-                args,
-            )?;
             let n = (ntok * cols) as u64;
             self.elementwise("to_f16", n as usize, Args::new().ptr(x).ptr(x16).u64(n))?;
             return match &self.gpu.blas {
@@ -635,7 +766,11 @@ impl CudaRunner {
     fn mat(&self, id: usize) -> &DevMat {
         const OUT: usize = usize::MAX;
         if id == OUT {
-            return self.output.as_ref().unwrap_or(&self.embd);
+            // `with_options` uploads the embedding whenever there is no separate output.
+            return match (&self.output, &self.embd) {
+                (Some(o), _) | (None, Some(o)) => o,
+                (None, None) => unreachable!("an output projection is always uploaded"),
+            };
         }
         let l = &self.layers[id / 8];
         match id % 8 {
@@ -803,15 +938,24 @@ impl CudaRunner {
             b.tables[g].buf().map(|buf| buf.write(v)).transpose()?;
         }
 
+        // Partial offload: the CPU layers run first and their output is the input here.
+        if let Some(cpu) = self.cpu.as_mut() {
+            let hidden = cpu.run(step)?;
+            if hidden.len() != t_total * d {
+                return Err(CudaError::CpuLayers(format!(
+                    "{} hidden values for {t_total} tokens of width {d}",
+                    hidden.len()
+                )));
+            }
+            match self.bufs.x.buf() {
+                Some(buf) => buf.write(hidden)?,
+                None => return Err(CudaError::BadBatch("no activation buffer".into())),
+            }
+        }
         let graphed = graphed && self.gpu.record();
         // Embeddings.
-        {
-            let (kind, rb, cols, wp) = (
-                self.embd.kind,
-                self.embd.row_bytes,
-                self.embd.cols,
-                self.embd.buf.ptr,
-            );
+        if let (None, Some(embd)) = (&self.cpu, &self.embd) {
+            let (kind, rb, cols, wp) = (embd.kind, embd.row_bytes, embd.cols, embd.buf.ptr);
             let args = Args::new()
                 .ptr(wp)
                 .u64(rb as u64)
@@ -851,7 +995,7 @@ impl CudaRunner {
             && d.is_multiple_of(32)
             && d <= ADD_NORM_MAX;
         let n_layers = self.layers.len();
-        if fused {
+        if fused && n_layers > 0 {
             let w = self.layers[0].attn_norm.ptr;
             self.add_norm_q8(x, 0, 0, w, hbuf, t_total)?;
         }
@@ -880,7 +1024,7 @@ impl CudaRunner {
                     self.elementwise("add_bias", n * t_total, args)?;
                 }
             }
-            let local = cfg.local_layers[li];
+            let local = cfg.local_layers[self.first + li];
             let base = if local {
                 cfg.rope_base_local
             } else {
@@ -1111,9 +1255,15 @@ impl ModelRunner for CudaRunner {
                 group[l] = g;
             }
         }
-        let mut k = Vec::with_capacity(self.cfg.n_layers);
-        let mut v = Vec::with_capacity(self.cfg.n_layers);
-        let mut total = 0;
+        // Only the GPU's layers keep K and V here; the CPU layers keep theirs in host
+        // memory, under the same block tables.
+        let group = group.split_off(self.first);
+        let mut k = Vec::with_capacity(group.len());
+        let mut v = Vec::with_capacity(group.len());
+        let mut total = match self.cpu.as_mut() {
+            Some(cpu) => cpu.allocate(self.layout.clone(), block_size, blocks_per_group),
+            None => 0,
+        };
         for &g in &group {
             let bytes = blocks_per_group[g] * block_size * kvd * 2;
             k.push(DevBuf::alloc(&self.gpu, bytes)?);

@@ -15,18 +15,63 @@ pub fn parse_device(s: &str) -> Result<Device, String> {
 
 /// The GPU runner when `device` resolves to CUDA, `None` for the CPU; prints the choice
 /// to stderr. A CUDA request without a driver, a device or NVRTC is an error that names
-/// what is missing.
-pub fn open(lm: &LoadedModel, device: Device) -> Result<Option<CudaRunner>> {
+/// what is missing. `gpu_layers`: `--gpu-layers` (the last N layers on the GPU).
+pub fn open(
+    lm: &LoadedModel,
+    device: Device,
+    gpu_layers: Option<usize>,
+) -> Result<Option<CudaRunner>> {
+    open_with(
+        lm,
+        device,
+        gpu_layers,
+        hangar_cuda::GpuOptions::default().kv_bytes,
+    )
+}
+
+/// As [`open`], keeping `kv_bytes` (the engine's KV budget) free on the GPU.
+pub fn open_with(
+    lm: &LoadedModel,
+    device: Device,
+    gpu_layers: Option<usize>,
+    kv_bytes: usize,
+) -> Result<Option<CudaRunner>> {
     match device.resolve() {
         Device::Cpu => {
+            if gpu_layers.is_some_and(|n| n > 0) {
+                bail!(
+                    "--gpu-layers needs a GPU: add --device cuda (or auto on a machine with one)"
+                );
+            }
             eprintln!("device: cpu ({} threads)", lm.pool.n_threads());
             Ok(None)
         }
         Device::Cuda(n) => {
             let t0 = std::time::Instant::now();
-            let r = CudaRunner::new(&lm.model, n).with_context(|| format!("--device cuda:{n}"))?;
+            let opts = hangar_cuda::GpuOptions {
+                gpu_layers,
+                kv_bytes,
+                threads: lm.pool.n_threads(),
+            };
+            let r = CudaRunner::with_options(&lm.model, n, &opts)
+                .with_context(|| format!("--device cuda:{n}"))?;
+            let (on_gpu, layers) = r.gpu_layers();
+            let split = match r.cpu_threads() {
+                Some(t) => format!(
+                    "; {on_gpu} of {layers} layers on the GPU, the first {} on the CPU ({t} threads)",
+                    layers - on_gpu
+                ),
+                None => String::new(),
+            };
+            let f16 = match r.f16_bytes() {
+                0 => String::new(),
+                b => format!(
+                    "; {:.0} MiB of f16 copies for batched steps (HANGAR_CUDA_F16_WEIGHTS=0 skips them)",
+                    b as f64 / (1 << 20) as f64
+                ),
+            };
             eprintln!(
-                "device: cuda:{n} ({}, kernels for {}, {:.0} MiB of weights uploaded in {:.2}s)",
+                "device: cuda:{n} ({}, kernels for {}, {:.0} MiB of weights uploaded in {:.2}s{split}{f16})",
                 r.device_name(),
                 r.arch(),
                 r.weight_bytes() as f64 / (1 << 20) as f64,
@@ -46,6 +91,9 @@ pub struct DeviceCheckArgs {
     /// The GPU to check.
     #[arg(long, default_value = "cuda", value_parser = parse_device)]
     pub device: Device,
+    /// Check a partial offload: the last N layers on the GPU, the rest on the CPU.
+    #[arg(long, value_name = "N")]
+    pub gpu_layers: Option<usize>,
     /// Tokens of the teacher-forced sequence (pseudo-random ids, or --text).
     #[arg(long, default_value_t = 64)]
     pub tokens: usize,
@@ -163,7 +211,7 @@ pub fn run_device_check(a: DeviceCheckArgs) -> Result<()> {
     };
     let lm = LoadedModel::load_with(&a.model, a.threads, opts)
         .with_context(|| format!("loading {}", a.model.display()))?;
-    let Some(mut gpu) = open(&lm, a.device)? else {
+    let Some(mut gpu) = open(&lm, a.device, a.gpu_layers)? else {
         bail!("device-check needs a CUDA device (--device cuda or cuda:N)");
     };
     let vocab = lm.model.cfg.vocab_size;

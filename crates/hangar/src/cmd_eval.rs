@@ -119,6 +119,10 @@ pub struct EvalCli {
     /// cuda:N or auto (the tokenizer stays on the CPU).
     #[arg(long, default_value = "cpu", value_parser = crate::cmd_device::parse_device)]
     pub device: hangar_cuda::Device,
+    /// With --device cuda: the last N layers (and the output layer) on the GPU, the
+    /// others on the CPU, like llama.cpp's -ngl (default: as many as fit).
+    #[arg(long, value_name = "N")]
+    pub gpu_layers: Option<usize>,
 }
 
 /// `hangar eval` subcommands.
@@ -250,6 +254,7 @@ pub fn run_eval(a: EvalCli, home: Option<PathBuf>) -> Result<()> {
                 threads: *threads,
                 numerics: a.numerics,
                 device: a.device,
+                gpu_layers: a.gpu_layers,
             },
             home,
         )?;
@@ -495,6 +500,7 @@ pub fn scorer(a: &EvalCli, home: Option<PathBuf>) -> Result<Box<dyn Scorer>> {
             threads: a.threads,
             numerics: a.numerics,
             device: a.device,
+            gpu_layers: a.gpu_layers,
         },
         home,
     )
@@ -505,6 +511,7 @@ struct LocalOpts {
     threads: usize,
     numerics: Option<crate::cmd_model::NumericsArg>,
     device: hangar_cuda::Device,
+    gpu_layers: Option<usize>,
 }
 
 fn build_scorer(
@@ -519,6 +526,7 @@ fn build_scorer(
         threads,
         numerics,
         device,
+        gpu_layers,
     } = local;
     if let Some(url) = endpoint {
         return Ok(Box::new(EndpointScorer::new(url, endpoint_model, api_key)?));
@@ -532,7 +540,7 @@ fn build_scorer(
         "numerics".into(),
         format!("{:?}", opts.numerics).to_lowercase(),
     );
-    let gpu = crate::cmd_device::open(&lm, device)?;
+    let gpu = crate::cmd_device::open(&lm, device, gpu_layers)?;
     let scorer = LocalScorer::new(lm, params);
     Ok(Box::new(match gpu {
         Some(r) => {

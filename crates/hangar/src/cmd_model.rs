@@ -146,6 +146,10 @@ pub struct GenerateArgs {
     /// are found, else the CPU).
     #[arg(long, default_value = "cpu", value_parser = crate::cmd_device::parse_device)]
     pub device: hangar_cuda::Device,
+    /// With --device cuda: the last N layers (and the output layer) on the GPU, the
+    /// others on the CPU, like llama.cpp's -ngl (default: as many as fit).
+    #[arg(long, value_name = "N")]
+    pub gpu_layers: Option<usize>,
     /// The prompt.
     #[arg(long, short = 'p', conflicts_with = "prompt_file")]
     pub prompt: Option<String>,
@@ -310,7 +314,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     let t0 = Instant::now();
     let mut first_token_s = None;
-    let mut gpu = crate::cmd_device::open(&lm, a.device)?;
+    let mut gpu = crate::cmd_device::open(&lm, a.device, a.gpu_layers)?;
     let on_text = |piece: &str| {
         first_token_s.get_or_insert(t0.elapsed().as_secs_f64());
         if stream {
@@ -393,6 +397,10 @@ pub struct BenchArgs {
     /// are found, else the CPU).
     #[arg(long, default_value = "cpu", value_parser = crate::cmd_device::parse_device)]
     pub device: hangar_cuda::Device,
+    /// With --device cuda: the last N layers (and the output layer) on the GPU, the
+    /// others on the CPU, like llama.cpp's -ngl (default: as many as fit).
+    #[arg(long, value_name = "N")]
+    pub gpu_layers: Option<usize>,
     /// Prompt tokens processed in one batch (0 = skip).
     #[arg(long, default_value_t = 512)]
     pub pp: usize,
@@ -474,7 +482,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let gpu = crate::cmd_device::open(&lm, a.device)?;
+    let gpu = crate::cmd_device::open(&lm, a.device, a.gpu_layers)?;
     let mut device = match &gpu {
         Some(r) => format!("cuda ({}, {})", r.device_name(), r.arch()),
         None => "cpu".to_string(),
@@ -603,6 +611,10 @@ pub struct PerplexityArgs {
     /// Where the forward pass runs: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu", value_parser = crate::cmd_device::parse_device)]
     pub device: hangar_cuda::Device,
+    /// With --device cuda: the last N layers (and the output layer) on the GPU, the
+    /// others on the CPU, like llama.cpp's -ngl (default: as many as fit).
+    #[arg(long, value_name = "N")]
+    pub gpu_layers: Option<usize>,
     /// How the KV cache stores K and V: f16, q8_0 or q4_0 (the quantized types need
     /// fast numerics, the default with them).
     #[arg(long, default_value = "f16", value_parser = parse_kv_type)]
@@ -668,7 +680,7 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let r = match crate::cmd_device::open(&lm, a.device)? {
+    let r = match crate::cmd_device::open(&lm, a.device, a.gpu_layers)? {
         Some(mut gpu) => {
             gpu.set_kv_format(a.kv_type)?;
             perplexity::perplexity_on(&mut gpu, bos, &toks, a.ctx, progress)?

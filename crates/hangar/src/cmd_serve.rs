@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// are found, else the CPU).
     #[arg(long, default_value = "cpu", value_parser = crate::cmd_device::parse_device)]
     pub device: hangar_cuda::Device,
+    /// With --device cuda: the last N layers (and the output layer) on the GPU, the
+    /// others on the CPU, like llama.cpp's -ngl (default: as many as fit).
+    #[arg(long, value_name = "N")]
+    pub gpu_layers: Option<usize>,
     /// KV cache memory, e.g. 1GiB, 512MiB or bytes (default 1GiB).
     #[arg(long)]
     pub kv_memory: Option<String>,
@@ -324,20 +328,22 @@ pub(crate) fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engin
     )
     .with_context(|| format!("loading {}", model_path.display()))?;
     let threads = lm.pool.n_threads();
-    let engine = match crate::cmd_device::open(&lm, args.device)? {
-        None => Engine::start(lm, cfg).context("starting the engine")?,
-        Some(runner) => {
-            let template = lm
-                .model
-                .gguf()
-                .get_str("tokenizer.chat_template")
-                .ok()
-                .map(str::to_string);
-            let hangar_engine::LoadedModel { tokenizer, .. } = lm;
-            Engine::start_with_runner(Box::new(runner), tokenizer, template, cfg)
-                .context("starting the engine on the GPU")?
-        }
-    };
+    let engine =
+        match crate::cmd_device::open_with(&lm, args.device, args.gpu_layers, cfg.kv_memory_bytes)?
+        {
+            None => Engine::start(lm, cfg).context("starting the engine")?,
+            Some(runner) => {
+                let template = lm
+                    .model
+                    .gguf()
+                    .get_str("tokenizer.chat_template")
+                    .ok()
+                    .map(str::to_string);
+                let hangar_engine::LoadedModel { tokenizer, .. } = lm;
+                Engine::start_with_runner(Box::new(runner), tokenizer, template, cfg)
+                    .context("starting the engine on the GPU")?
+            }
+        };
     finish_engine(args, model_path, engine, template_file, t0, threads)
 }
 

@@ -170,6 +170,50 @@ pub struct Fit {
     pub max_context: Option<u64>,
     /// Decode bound for one sequence on that group: bandwidth / bytes per token.
     pub decode_tokens_per_s_bound: Option<f64>,
+    /// On one device at the requested batch and context: how many layers fit beside
+    /// the embedding and output layers (`hangar serve --gpu-layers N`; the others run on
+    /// the CPU); the model's layer count when it fits whole. `None` without a shape.
+    pub gpu_layers: Option<u64>,
+}
+
+impl Demand<'_> {
+    /// The weight bytes (on one device) outside the repeated layers, and per layer,
+    /// split by the tensors' parameter counts; `None` without tensors.
+    fn layer_split(&self) -> Option<(f64, f64)> {
+        let s = self.model.shape.as_ref()?;
+        let params = |t: &crate::shape::TensorShape| t.dims.iter().product::<u64>() as f64;
+        let total: f64 = self.model.tensors.iter().map(params).sum();
+        if total <= 0.0 || s.n_layers == 0 {
+            return None;
+        }
+        let outside: f64 = self
+            .model
+            .tensors
+            .iter()
+            .filter(|t| !t.name.starts_with("blk."))
+            .map(params)
+            .sum();
+        let w = self.weights_per_device(1);
+        let fixed = w * outside / total;
+        Some((fixed, (w - fixed) / s.n_layers as f64))
+    }
+
+    /// Layers of one device at `batch` x `context`, counting each layer's share of
+    /// the KV cache and scratch (see [`Fit::gpu_layers`]).
+    pub fn layers_that_fit(&self, cap: f64, batch: u64, context: u64) -> Option<u64> {
+        let s = self.model.shape.as_ref()?;
+        let (fixed, per_layer) = self.layer_split()?;
+        let n = s.n_layers as u64;
+        let kv = sequence_bytes(s, self.kv, context) * batch as f64 / n.max(1) as f64;
+        let sc = scratch(s, batch, context, self.chunk, self.naive_attention);
+        let base = fixed + sc.prefill_bytes.max(sc.decode_bytes) + self.overhead_bytes;
+        Some(
+            (0..=n)
+                .rev()
+                .find(|&g| base + g as f64 * (per_layer + kv) <= cap)
+                .unwrap_or(0),
+        )
+    }
 }
 
 /// Largest `x` in `1..=hi` with `ok(x)`, assuming `ok` is monotone; 0 if none.
@@ -225,6 +269,7 @@ pub fn fit(
         max_batch: None,
         max_context: None,
         decode_tokens_per_s_bound: None,
+        gpu_layers: d.layers_that_fit(cap, batch, context),
     };
     if let Some(t) = tp {
         f.bytes_per_device = Some(d.per_device(t, batch, context));
@@ -285,6 +330,19 @@ mod tests {
             8192,
         );
         assert_eq!(f.devices_needed, Some(2));
+        // One H100 holds about half of the 80 layers (72 GB of 141): the rest would
+        // run on the CPU with --gpu-layers.
+        let g = f.gpu_layers.unwrap();
+        assert!((30..45).contains(&g), "{g}");
+        // The H200 (141 GB, 90% usable) still falls short of all 80.
+        let h200 = gpus()
+            .into_iter()
+            .find(|g| g.name.starts_with("H200"))
+            .unwrap();
+        let g200 = fit(&d, h200.name, h200.memory_bytes, None, 1, 8192)
+            .gpu_layers
+            .unwrap();
+        assert!(g200 > g && g200 < 80, "{g200}");
         // 141 GB of weights: two H100s hold them with room for a few sequences.
         let mb = f.max_batch.unwrap();
         assert!((1..64).contains(&mb), "{mb}");

@@ -193,14 +193,17 @@ pub fn plan(m: Model, o: PlanOptions, host: HostMemory) -> Result<PlanReport> {
             overhead_bytes: 0.0,
             ..demand.clone()
         };
-        fits.push(fit(
+        let mut host_fit = fit(
             &host_demand,
             "this host (RAM available)",
             host.available_bytes,
             None,
             o.batch,
             context,
-        ));
+        );
+        // Layer offload is a GPU question.
+        host_fit.gpu_layers = None;
+        fits.push(host_fit);
     }
     let training = training_table(&m, &o.train)?
         .into_iter()
@@ -353,7 +356,9 @@ impl PlanReport {
             "max batch",
             "max context",
             "decode bound",
+            "layers on 1",
         ]);
+        let n_layers = self.model.shape.as_ref().map(|s| s.n_layers);
         for f in &self.fits {
             t.row([
                 f.device.clone(),
@@ -364,6 +369,10 @@ impl PlanReport {
                 f.max_context.map_or("-".into(), |c| c.to_string()),
                 f.decode_tokens_per_s_bound
                     .map_or("-".into(), |r| format!("{r:.0} tok/s")),
+                match (f.gpu_layers, n_layers) {
+                    (Some(g), Some(n)) => format!("{g}/{n}"),
+                    _ => "-".into(),
+                },
             ]);
         }
         out.push_str(&t.render());
