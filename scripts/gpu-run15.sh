@@ -9,6 +9,7 @@
 # kernel variant in .gpu/variants/bl/mmvq.cu. Device calls (carry .gpu):
 #   bash scripts/gpu-run15.sh start    # starts the llama.cpp build, checks, A/B benches
 #   bash scripts/gpu-run15.sh serve    # anchor benches, serve at 1/16/64 streams
+# Run 16 (fresh machine): `build` (synthetic models, the llama.cpp build), then `serve`.
 set -u
 cd "$(dirname "$0")/.."
 H=/tmp/hangar
@@ -55,6 +56,24 @@ start)
   for g in 28 24; do
     $H bench -m $W/l8b.gguf --device cuda --gpu-layers $g -t 16 --pp 128 --tg 32 -r 1 2>&1 | grep -E "^device|^\| (pp|tg)"
   done
+  echo "== (t=$SECONDS) anchor build: $(cat /tmp/anc/done 2>/dev/null || echo running)"
+  ;;
+build)
+  xz -dc .gpu/fin/hangar.xz > $H && chmod +x $H
+  rm -rf /tmp/anc && cp -r .gpu/anchor /tmp/anc
+  setsid nohup bash -c 'mkdir -p /tmp/llsrc && tar xzf /tmp/anc/llama-src-cuda.tgz -C /tmp/llsrc &&
+    cmake -S /tmp/llsrc -B /tmp/llbuild -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
+      -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+      -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF > /tmp/anc/cmake.log 2>&1 &&
+    cmake --build /tmp/llbuild -j 14 --target llama-bench llama-server > /tmp/anc/build.log 2>&1
+    echo "rc=$?" > /tmp/anc/done' > /dev/null 2>&1 < /dev/null &
+  $H synth --arch llama --preset llama-3-8b --type Q4_K_M -t 14 --out $W/l8b.gguf 2>&1 | tail -1
+  $H synth --arch gemma3 --preset gemma-3-270m --type Q4_K_M -t 2 --out $W/g270.gguf 2>&1 | tail -1
+  echo "== (t=$SECONDS) --gpu-layers 0 and a request past the layer count"
+  $H generate -m $W/g270.gguf --device cuda --gpu-layers 0 -p hello -n 4 2>&1 | tail -2
+  $H generate -m $W/g270.gguf --device cuda --gpu-layers 99 -p hello -n 4 2>&1 | tail -1
+  echo "== (t=$SECONDS) 8B, 64 sequences (bench loop)"
+  $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 64 --batch 64 -r 2 2>&1 | grep -E "^\| tg"
   echo "== (t=$SECONDS) anchor build: $(cat /tmp/anc/done 2>/dev/null || echo running)"
   ;;
 serve)

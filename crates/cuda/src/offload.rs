@@ -86,9 +86,9 @@ pub fn plan_layers(
     let mib = |b: usize| b.div_ceil(1 << 20);
     let need_all = need(n);
     if let Some(r) = requested {
-        if r > n {
+        if r > n || r == 0 {
             return Err(CudaError::Unsupported(format!(
-                "--gpu-layers {r}: the model has {n} layers"
+                "--gpu-layers {r}: choose 1 to {n} (the model has {n} layers; --device cpu runs none on the GPU)"
             )));
         }
         if need(r) > free {
@@ -130,10 +130,9 @@ pub fn plan_layers(
 }
 
 /// The layers that stay on the CPU: their own view of the model (the file's mapping
-/// is shared), thread pool, KV storage and workspace.
+/// is shared), KV storage and workspace; the runner lends its thread pool.
 pub(crate) struct CpuLayers {
     model: Model,
-    pool: ThreadPool,
     kv: Option<KvCache>,
     ws: Workspace,
     /// Layers `0..layers` run here.
@@ -143,11 +142,7 @@ pub(crate) struct CpuLayers {
 }
 
 impl CpuLayers {
-    pub(crate) fn new(
-        file: Arc<GgufFile>,
-        threads: usize,
-        layers: usize,
-    ) -> Result<Self, CudaError> {
+    pub(crate) fn new(file: Arc<GgufFile>, layers: usize) -> Result<Self, CudaError> {
         // The GPU's arithmetic follows the CPU's fast numerics; stages need them too.
         let opts = LoadOptions {
             numerics: Numerics::Fast,
@@ -157,17 +152,12 @@ impl CpuLayers {
             .map_err(|e| CudaError::CpuLayers(format!("loading the CPU layers: {e}")))?;
         Ok(CpuLayers {
             model,
-            pool: ThreadPool::new(threads),
             kv: None,
             ws: Workspace::default(),
             layers,
             hidden: Vec::new(),
             logits: Vec::new(),
         })
-    }
-
-    pub(crate) fn threads(&self) -> usize {
-        self.pool.n_threads()
     }
 
     /// Host KV storage for the CPU layers; returns the bytes those layers use.
@@ -188,14 +178,14 @@ impl CpuLayers {
 
     /// Runs the CPU layers over every token of `step`: the hidden rows, `tokens x
     /// d_model`.
-    pub(crate) fn run(&mut self, step: &StepInput) -> Result<&[f32], CudaError> {
+    pub(crate) fn run(&mut self, pool: &ThreadPool, step: &StepInput) -> Result<&[f32], CudaError> {
         let kv = self
             .kv
             .as_mut()
             .ok_or_else(|| CudaError::BadBatch("KV cache not allocated".into()))?;
         self.model
             .forward_stage(
-                &self.pool,
+                pool,
                 step,
                 kv,
                 &mut self.ws,
@@ -278,8 +268,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--device cpu"), "{e}");
-        // Zero layers on request is allowed when the head fits (the caller runs all on the CPU).
-        let p = plan_layers(&[MIB; 2], 0, 0, 0, 1 << 30, Some(0), "d").unwrap();
-        assert_eq!(p.gpu_layers, 0);
+        // Zero layers is the CPU runner's job (the CLI picks it for --gpu-layers 0).
+        let e = plan_layers(&[MIB; 2], 0, 0, 0, 1 << 30, Some(0), "d").unwrap_err();
+        assert!(e.to_string().contains("choose 1 to 2"), "{e}");
     }
 }

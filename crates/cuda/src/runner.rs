@@ -234,6 +234,9 @@ pub struct CudaRunner {
     fuse: bool,
     /// Bytes of the f16 weight copies (`cache_f16`).
     f16_bytes: usize,
+    /// Host threads: the CPU layers of a partial offload, and the engine's sampling
+    /// of many rows at once (`run_parallel`).
+    pool: hangar_kernels::ThreadPool,
     gpu: Gpu,
 }
 
@@ -297,7 +300,7 @@ impl CudaRunner {
         )?;
         let first = plan.first_gpu_layer();
         let cpu = if first > 0 {
-            Some(CpuLayers::new(model.gguf().clone(), opts.threads, first)?)
+            Some(CpuLayers::new(model.gguf().clone(), first)?)
         } else {
             None
         };
@@ -377,6 +380,10 @@ impl CudaRunner {
             split: std::env::var("HANGAR_CUDA_SPLIT").as_deref() != Ok("0"),
             fuse: std::env::var("HANGAR_CUDA_FUSE").as_deref() != Ok("0"),
             f16_bytes: 0,
+            pool: hangar_kernels::ThreadPool::new(match opts.threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                t => t,
+            }),
             gpu,
         };
         r.cache_f16(kv_here)?;
@@ -461,7 +468,7 @@ impl CudaRunner {
     }
     /// Threads of the CPU layers, when some layers run there.
     pub fn cpu_threads(&self) -> Option<usize> {
-        self.cpu.as_ref().map(|c| c.threads())
+        self.cpu.as_ref().map(|_| self.pool.n_threads())
     }
 
     /// `y[t] = W x[t]` for `ntok` rows.
@@ -940,7 +947,7 @@ impl CudaRunner {
 
         // Partial offload: the CPU layers run first and their output is the input here.
         if let Some(cpu) = self.cpu.as_mut() {
-            let hidden = cpu.run(step)?;
+            let hidden = cpu.run(&self.pool, step)?;
             if hidden.len() != t_total * d {
                 return Err(CudaError::CpuLayers(format!(
                     "{} hidden values for {t_total} tokens of width {d}",
@@ -1281,5 +1288,8 @@ impl ModelRunner for CudaRunner {
     }
     fn execute(&mut self, step: &StepInput, logits: &mut Vec<f32>) -> Result<(), EngineError> {
         self.forward(step, logits).map_err(EngineError::from)
+    }
+    fn run_parallel(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
+        self.pool.for_each_index(n, task);
     }
 }

@@ -46,6 +46,13 @@ pub fn open_with(
             eprintln!("device: cpu ({} threads)", lm.pool.n_threads());
             Ok(None)
         }
+        Device::Cuda(_) if gpu_layers == Some(0) => {
+            eprintln!(
+                "device: cpu ({} threads; --gpu-layers 0 keeps every layer on the CPU)",
+                lm.pool.n_threads()
+            );
+            Ok(None)
+        }
         Device::Cuda(n) => {
             let t0 = std::time::Instant::now();
             let opts = hangar_cuda::GpuOptions {
@@ -212,7 +219,7 @@ pub fn run_device_check(a: DeviceCheckArgs) -> Result<()> {
     let lm = LoadedModel::load_with(&a.model, a.threads, opts)
         .with_context(|| format!("loading {}", a.model.display()))?;
     let Some(mut gpu) = open(&lm, a.device, a.gpu_layers)? else {
-        bail!("device-check needs a CUDA device (--device cuda or cuda:N)");
+        bail!("device-check compares a GPU with the CPU: pass --device cuda or cuda:N (and --gpu-layers of at least 1)");
     };
     let vocab = lm.model.cfg.vocab_size;
     let toks: Vec<u32> = match &a.text {

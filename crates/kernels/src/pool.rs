@@ -115,6 +115,23 @@ impl ThreadPool {
         self.shared.n_threads
     }
 
+    /// Runs `task(i)` for every `i < n`, the indices handed out one at a time to the
+    /// pool's threads (for uneven work such as sampling rows).
+    pub fn for_each_index(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
+        if n <= 1 || self.shared.n_threads == 1 {
+            (0..n).for_each(task);
+            return;
+        }
+        let next = AtomicUsize::new(0);
+        self.run(|_, _| loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                break;
+            }
+            task(i);
+        });
+    }
+
     /// Runs `f(thread_index, n_threads)` on every thread and waits for all of them.
     pub fn run<F: Fn(usize, usize) + Sync>(&self, f: F) {
         let n = self.shared.n_threads;

@@ -256,11 +256,14 @@ fn tokenizer(h: &mut GgufHeader, vocab: usize) {
         tokens.push(t);
         types.push(1);
     }
+    // The rest are plain pieces with visible text, so that what a random-weight model
+    // generates streams as text (control tokens render as nothing, which would hide
+    // every token from a client timing its first one).
     let mut i = 0;
     while tokens.len() < vocab {
-        tokens.push(format!("<unused{i}>"));
-        types.push(3);
-        scores.push(0.0);
+        tokens.push(format!("▁t{i}"));
+        types.push(1);
+        scores.push(-1.0 - i as f32 / vocab as f32);
         i += 1;
     }
     tokens.truncate(vocab);

@@ -188,18 +188,7 @@ impl<M: Borrow<Model> + Send, P: Borrow<ThreadPool> + Send> ModelRunner for CpuR
             .map_err(EngineError::from)
     }
     fn run_parallel(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
-        if n <= 1 {
-            (0..n).for_each(task);
-            return;
-        }
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        self.pool.borrow().run(|_, _| loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if i >= n {
-                break;
-            }
-            task(i);
-        });
+        self.pool.borrow().for_each_index(n, task);
     }
 }
 
