@@ -198,6 +198,11 @@ fn gemv_tile(ntok: usize) -> usize {
 /// Token counts from which a matrix product goes through cuBLAS (dequantize to f16,
 /// tensor-core GEMM) instead of the GEMV kernels.
 const GEMM_MIN_TOKENS: usize = 32;
+/// The same with f16 copies of the weights (`cache_f16`): cuBLAS wins as soon as the
+/// GEMVs would need a second pass over the weights (more than 8 tokens). Run 16 on the
+/// 8B shape: 12 sequences 949 -> 1369 tok/s, 16: 1035 -> 1685, 24: 1074 -> 2184; at 8
+/// the two are level (941 / 936).
+const GEMM_MIN_WITH_F16: usize = 9;
 
 /// Runs a model's forward pass on an NVIDIA GPU (see the module docs).
 pub struct CudaRunner {
@@ -234,6 +239,9 @@ pub struct CudaRunner {
     fuse: bool,
     /// Bytes of the f16 weight copies (`cache_f16`).
     f16_bytes: usize,
+    /// Steps of at least this many tokens multiply on cuBLAS (`GEMM_MIN_TOKENS`;
+    /// `HANGAR_CUDA_GEMM_MIN` overrides it for A/B runs).
+    gemm_min: usize,
     /// Host threads: the CPU layers of a partial offload, and the engine's sampling
     /// of many rows at once (`run_parallel`).
     pool: hangar_kernels::ThreadPool,
@@ -380,6 +388,11 @@ impl CudaRunner {
             split: std::env::var("HANGAR_CUDA_SPLIT").as_deref() != Ok("0"),
             fuse: std::env::var("HANGAR_CUDA_FUSE").as_deref() != Ok("0"),
             f16_bytes: 0,
+            gemm_min: std::env::var("HANGAR_CUDA_GEMM_MIN")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(GEMM_MIN_TOKENS)
+                .max(2),
             pool: hangar_kernels::ThreadPool::new(match opts.threads {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 t => t,
@@ -387,6 +400,9 @@ impl CudaRunner {
             gpu,
         };
         r.cache_f16(kv_here)?;
+        if r.f16_bytes > 0 && std::env::var_os("HANGAR_CUDA_GEMM_MIN").is_none() {
+            r.gemm_min = GEMM_MIN_WITH_F16;
+        }
         Ok(r)
     }
 
@@ -483,7 +499,7 @@ impl CudaRunner {
             _ => 0,
         };
         let int8 = self.gemv == GemvChoice::Int8 && has_int8_gemv(kind);
-        let gemm = ntok >= GEMM_MIN_TOKENS && self.gpu.blas.is_some();
+        let gemm = ntok >= self.gemm_min && self.gpu.blas.is_some();
         // Float paths with CPU rounding read the int8 activations back as floats.
         let x = if cpu_blk > 0 && (gemm || !int8) {
             self.quantized_as_float(x, ntok, cols, cpu_blk)?
@@ -887,7 +903,7 @@ impl CudaRunner {
         // sequence is recorded and replayed while it stays the same, so the per-step
         // values live in device buffers and the strides that size them (scores per
         // head, block-table row) are rounded up to powers of two.
-        let graphed = t_total < GEMM_MIN_TOKENS || self.gpu.blas.is_none();
+        let graphed = t_total < self.gemm_min || self.gpu.blas.is_none();
         if graphed {
             max_n = max_n.next_power_of_two();
         }
@@ -998,7 +1014,7 @@ impl CudaRunner {
             && self.split
             && self.gemv == GemvChoice::Int8
             && self.act == ActRounding::Fine
-            && t_total < GEMM_MIN_TOKENS
+            && t_total < self.gemm_min
             && d.is_multiple_of(32)
             && d <= ADD_NORM_MAX;
         let n_layers = self.layers.len();
