@@ -1,12 +1,13 @@
-"""`hangar serve --speculative ngram` through the openai client: concurrent streamed
-and whole chat answers equal a plain server's token for token (greedy, and sampled
-with a seed), and /metrics counts the drafts the engine verified."""
+"""`hangar serve --speculative ngram|draft` through the openai client: concurrent
+streamed and whole chat answers equal a plain server's token for token (greedy, and
+sampled with a seed for prompt lookup), and /metrics counts the drafts the engine
+verified."""
 import concurrent.futures
 import re
 
 import openai
 
-from conftest import MODEL_NAME, Server, http
+from conftest import MODEL_NAME, Server, http, model_path
 
 PROMPTS = [
     "Repeat this sentence exactly, twice: The quick brown fox jumps over the lazy dog.",
@@ -17,7 +18,7 @@ PROMPTS = [
 ]
 
 
-def answers(base: str) -> list:
+def answers(base: str, sampled: bool = True) -> list:
     client = openai.OpenAI(base_url=base + "/v1", api_key="unused")
 
     def one(i):
@@ -39,8 +40,9 @@ def answers(base: str) -> list:
         return toks, finish
 
     # Three at a time: under the default --spec-max-batch of 4, all of them draft.
+    n = 2 * len(PROMPTS) if sampled else len(PROMPTS)
     with concurrent.futures.ThreadPoolExecutor(3) as ex:
-        return list(ex.map(one, range(2 * len(PROMPTS))))
+        return list(ex.map(one, range(n)))
 
 
 def metric(base: str, name: str) -> float:
@@ -73,10 +75,34 @@ def test_speculative_server_answers_like_a_plain_one():
     assert abs(rate - accepted / drafted) < 1e-6
 
 
-def test_a_draft_model_is_refused_by_serve_with_a_clear_message():
+def test_a_draft_model_server_answers_greedy_like_a_plain_one():
+    # The draft is the model itself: it proposes what the target would say, so most
+    # drafts are accepted, and the answers must not change. (Sampled answers under a
+    # draft model follow the target's distribution by rejection sampling, not its
+    # random stream, so only greedy ones are compared token for token.)
+    plain = Server()
+    try:
+        want = answers(plain.base, sampled=False)
+    finally:
+        plain.stop()
+    spec = Server("--speculative", "draft", "--draft-model", model_path(), "--draft-tokens", "4")
+    try:
+        assert "speculative decoding by the draft model" in spec.read_log()
+        got = answers(spec.base, sampled=False)
+        drafted = metric(spec.base, "hangar_spec_decode_draft_tokens_total")
+        accepted = metric(spec.base, "hangar_spec_decode_accepted_tokens_total")
+        failures = metric(spec.base, "hangar_spec_decode_draft_failures_total")
+    finally:
+        spec.stop()
+    assert got == want
+    assert drafted > 0 and 0 < accepted <= drafted, (drafted, accepted)
+    assert failures == 0
+
+
+def test_a_missing_draft_model_is_a_clear_error():
     try:
         Server("--speculative", "draft", "--draft-model", "/nonexistent.gguf")
     except RuntimeError as e:
-        assert "prompt lookup" in str(e), str(e)
+        assert "/nonexistent.gguf" in str(e), str(e)
     else:
-        raise AssertionError("serve accepted --speculative draft")
+        raise AssertionError("serve started without its draft model")

@@ -298,9 +298,6 @@ pub(crate) fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engin
         kv_format: args.kv_type,
         ..EngineConfig::default()
     };
-    if cfg.speculative.mode == hangar_engine::spec::SpecMode::Draft {
-        bail!("hangar serve speculates by prompt lookup (--speculative ngram); a draft model (--speculative draft) runs in `hangar generate` and `hangar bench`");
-    }
     if let Some(m) = &args.kv_memory {
         cfg.kv_memory_bytes = parse_bytes(m)?;
     }
@@ -328,22 +325,38 @@ pub(crate) fn start_engine(args: &ServeArgs, model_path: &Path) -> Result<(Engin
     )
     .with_context(|| format!("loading {}", model_path.display()))?;
     let threads = lm.pool.n_threads();
-    let engine =
-        match crate::cmd_device::open_with(&lm, args.device, args.gpu_layers, cfg.kv_memory_bytes)?
-        {
-            None => Engine::start(lm, cfg).context("starting the engine")?,
-            Some(runner) => {
-                let template = lm
-                    .model
-                    .gguf()
-                    .get_str("tokenizer.chat_template")
-                    .ok()
-                    .map(str::to_string);
-                let hangar_engine::LoadedModel { tokenizer, .. } = lm;
-                Engine::start_with_runner(Box::new(runner), tokenizer, template, cfg)
-                    .context("starting the engine on the GPU")?
-            }
-        };
+    // The draft model runs on the CPU kernels beside the target (wherever that runs).
+    let draft = match args.spec.load_draft(threads)? {
+        Some(dm) => {
+            let hangar_engine::LoadedModel {
+                model,
+                tokenizer,
+                pool,
+            } = dm;
+            let runner: Box<dyn hangar_engine::ModelRunner> =
+                Box::new(hangar_engine::CpuRunner::new(model, pool));
+            Some((runner, tokenizer))
+        }
+        None => None,
+    };
+    let gpu = crate::cmd_device::open_with(&lm, args.device, args.gpu_layers, cfg.kv_memory_bytes)?;
+    let template = lm
+        .model
+        .gguf()
+        .get_str("tokenizer.chat_template")
+        .ok()
+        .map(str::to_string);
+    let hangar_engine::LoadedModel {
+        model,
+        tokenizer,
+        pool,
+    } = lm;
+    let runner: Box<dyn hangar_engine::ModelRunner> = match gpu {
+        Some(r) => Box::new(r),
+        None => Box::new(hangar_engine::CpuRunner::new(model, pool)),
+    };
+    let engine = Engine::start_with_draft(runner, tokenizer, template, cfg, draft)
+        .context("starting the engine")?;
     finish_engine(args, model_path, engine, template_file, t0, threads)
 }
 
@@ -436,8 +449,14 @@ fn finish_engine(
     );
     let spec = args.spec.config()?;
     if spec.enabled() {
+        let how = match (spec.mode, &args.spec.draft_model) {
+            (hangar_engine::spec::SpecMode::Draft, Some(p)) => {
+                format!("the draft model {}", p.display())
+            }
+            _ => "prompt lookup".to_string(),
+        };
         eprintln!(
-            "hangar serve: speculative decoding by prompt lookup, up to {} draft tokens{}, while at most {} sequences run",
+            "hangar serve: speculative decoding by {how}, up to {} draft tokens{}, while at most {} sequences run",
             spec.draft_tokens,
             if spec.adaptive { " (adaptive)" } else { "" },
             spec.max_batch,

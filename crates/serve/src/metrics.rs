@@ -265,8 +265,14 @@ impl Metrics {
         counter(
             out,
             "hangar_spec_decode_drafts_total",
-            "Engine steps that verified a speculative draft (prompt lookup).",
+            "Engine steps that verified a speculative draft (prompt lookup or a draft model).",
             e.spec_steps,
+        );
+        counter(
+            out,
+            "hangar_spec_decode_draft_failures_total",
+            "Steps whose draft model failed; they decoded without drafts.",
+            e.spec_draft_failures,
         );
         counter(
             out,

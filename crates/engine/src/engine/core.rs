@@ -10,7 +10,7 @@ use super::update::{update_from_output, Live};
 use crate::kv_manager::KvBlockManager;
 use crate::sampler::{Constraint, SampledToken, Sampler, StopMatcher};
 use crate::scheduler::{Batch, SchedSeq, Scheduler, SchedulerConfig, SeqId};
-use crate::spec::{ngram, DraftLength, SpecConfig};
+use crate::spec::{ngram, DraftLength, DraftPool, DraftRequest, SpecConfig};
 use hangar_models::{LogitsWanted, SeqInput};
 use hangar_tokenizer::Tokenizer;
 use std::collections::HashMap;
@@ -52,6 +52,7 @@ pub(crate) struct SharedStats {
     pub spec_drafted: AtomicU64,
     pub spec_accepted: AtomicU64,
     pub spec_emitted: AtomicU64,
+    pub spec_draft_failures: AtomicU64,
 }
 
 pub(crate) struct EngineCore {
@@ -62,8 +63,10 @@ pub(crate) struct EngineCore {
     pub stats: Arc<SharedStats>,
     pub max_model_len: usize,
     pub vocab_size: usize,
-    /// Speculative decoding (prompt lookup) for sequences in their decode phase.
+    /// Speculative decoding for sequences in their decode phase.
     pub spec: SpecConfig,
+    /// The draft model, with `--speculative draft`.
+    pub draft: Option<DraftPool>,
 }
 
 impl EngineCore {
@@ -496,6 +499,9 @@ impl EngineCore {
             logits: &'a mut [f32],
             history: &'a [u32],
             draft: &'a [u32],
+            /// The draft model's distributions at the drafted positions (rejection
+            /// sampling); `None` for prompt-lookup drafts.
+            q: Option<&'a [Vec<(u32, f64)>]>,
             out: Vec<SampledToken>,
         }
         let v = self.vocab_size;
@@ -523,6 +529,7 @@ impl EngineCore {
                     logits: row,
                     history: &running[c.slot].tokens,
                     draft: &drafts[ci],
+                    q: self.draft.as_ref().and_then(|d| d.dists(c.id)),
                     out: Vec::new(),
                 };
                 tasks.push((ci, Mutex::new(task)));
@@ -544,7 +551,10 @@ impl EngineCore {
                 let mut history = t.history.to_vec();
                 for (r, row) in t.logits.chunks_exact_mut(v).enumerate() {
                     let (s, matched) = match t.draft.get(r) {
-                        Some(&d) => t.sampler.verify(row, &history, d, None),
+                        Some(&d) => {
+                            let q = t.q.and_then(|q| q.get(r)).map(Vec::as_slice);
+                            t.sampler.verify(row, &history, d, q)
+                        }
                         None => (t.sampler.sample(row, &history), false),
                     };
                     history.push(s.id);
@@ -574,6 +584,44 @@ impl EngineCore {
         let spec = self.spec;
         let on = self.sched.n_running() <= spec.max_batch;
         let max_len = self.max_model_len;
+        if let Some(pool) = self.draft.as_mut() {
+            let running = self.sched.running();
+            pool.retain(|id| running.iter().any(|s| s.id == id));
+            let mut reqs = Vec::new();
+            for seq in running {
+                let Some((l, Some(k))) = live.get(&seq.id).map(|l| (l, l.spec.as_ref())) else {
+                    continue;
+                };
+                if !on || seq.generated() == 0 || seq.computed + 1 != seq.tokens.len() {
+                    continue;
+                }
+                let room = (l.max_tokens.saturating_sub(seq.generated() + 1))
+                    .min(max_len.saturating_sub(seq.tokens.len() + 1));
+                reqs.push(DraftRequest {
+                    id: seq.id,
+                    history: &seq.tokens,
+                    k: k.next().min(room),
+                    sampling: l.sampler.params(),
+                });
+            }
+            let mut out = vec![Vec::new(); reqs.len()];
+            // A failing draft model costs speculation, never the request: the step
+            // decodes without drafts (counted on /metrics).
+            if pool.propose(&reqs, &mut out).is_err() {
+                self.stats
+                    .spec_draft_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                out.iter_mut().for_each(Vec::clear);
+            }
+            let ids: Vec<SeqId> = reqs.iter().map(|r| r.id).collect();
+            for seq in self.sched.running_mut() {
+                seq.draft.clear();
+                if let Some(i) = ids.iter().position(|&id| id == seq.id) {
+                    seq.draft = std::mem::take(&mut out[i]);
+                }
+            }
+            return;
+        }
         for seq in self.sched.running_mut() {
             seq.draft.clear();
             let Some((l, Some(k))) = live.get(&seq.id).map(|l| (l, l.spec.as_ref())) else {

@@ -60,6 +60,8 @@ pub struct EngineStats {
     pub spec_drafted_tokens: u64,
     pub spec_accepted_tokens: u64,
     pub spec_emitted_tokens: u64,
+    /// Steps whose drafting failed in the draft model (they decoded without drafts).
+    pub spec_draft_failures: u64,
 }
 
 impl EngineStats {
@@ -143,10 +145,23 @@ impl Engine {
     /// Starts the loop over any [`ModelRunner`] (a GPU backend, or a fake in tests).
     /// `chat_template` is the model's Jinja template, if it ships one.
     pub fn start_with_runner(
+        runner: Box<dyn ModelRunner>,
+        tokenizer: Tokenizer,
+        chat_template: Option<String>,
+        cfg: EngineConfig,
+    ) -> Result<Engine, EngineError> {
+        Self::start_with_draft(runner, tokenizer, chat_template, cfg, None)
+    }
+
+    /// As [`Engine::start_with_runner`], with a draft model for `--speculative draft`:
+    /// its runner and tokenizer (checked against the target's). Its KV cache takes a
+    /// quarter of `cfg.kv_memory_bytes` on top of the target's.
+    pub fn start_with_draft(
         mut runner: Box<dyn ModelRunner>,
         tokenizer: Tokenizer,
         chat_template: Option<String>,
         cfg: EngineConfig,
+        draft: Option<(Box<dyn ModelRunner>, Tokenizer)>,
     ) -> Result<Engine, EngineError> {
         if cfg.block_size == 0 || cfg.max_batch_tokens == 0 || cfg.max_running == 0 {
             return Err(EngineError::Invalid(
@@ -159,11 +174,21 @@ impl Engine {
                 cfg.max_request_share
             )));
         }
-        if cfg.speculative.mode == crate::spec::SpecMode::Draft {
-            return Err(EngineError::Invalid(
-                "the batching engine speculates by prompt lookup (`ngram`); a draft model runs in `hangar generate` and `hangar bench`".into(),
-            ));
-        }
+        let draft = match (cfg.speculative.mode, draft) {
+            (crate::spec::SpecMode::Draft, Some((r, dt))) => Some(crate::spec::DraftPool::new(
+                r,
+                &dt,
+                &tokenizer,
+                runner.vocab_size(),
+                cfg.kv_memory_bytes / 4,
+            )?),
+            (crate::spec::SpecMode::Draft, None) => {
+                return Err(EngineError::Invalid(
+                    "--speculative draft needs a draft model (--draft-model)".into(),
+                ))
+            }
+            _ => None,
+        };
         runner.set_kv_format(cfg.kv_format)?;
         let layout = runner.kv_layout();
         let blocks = pool_sizes(&layout, &cfg)?;
@@ -220,6 +245,7 @@ impl Engine {
             max_model_len,
             vocab_size: info.vocab_size,
             spec: cfg.speculative,
+            draft,
         };
         let tok = tokenizer.clone();
         let thread = std::thread::Builder::new()
@@ -465,6 +491,7 @@ impl Engine {
             spec_drafted_tokens: s.spec_drafted.load(Ordering::Relaxed),
             spec_accepted_tokens: s.spec_accepted.load(Ordering::Relaxed),
             spec_emitted_tokens: s.spec_emitted.load(Ordering::Relaxed),
+            spec_draft_failures: s.spec_draft_failures.load(Ordering::Relaxed),
         }
     }
 }

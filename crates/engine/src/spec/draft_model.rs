@@ -30,6 +30,31 @@ impl<'a> DraftModel<'a> {
         target_tokenizer: &Tokenizer,
         target_vocab: usize,
     ) -> Result<Self, EngineError> {
+        Self::check_vocabulary(
+            runner.as_ref(),
+            draft_tokenizer,
+            target_tokenizer,
+            target_vocab,
+        )?;
+        Ok(DraftModel {
+            runner,
+            sampler: None,
+            cached: 0,
+            capacity: 0,
+            logits: Vec::new(),
+            scratch: Vec::new(),
+            dists: Vec::new(),
+        })
+    }
+
+    /// Checks that a draft model can draft for a target: the same vocabulary size
+    /// and the same token at every id.
+    pub fn check_vocabulary(
+        runner: &dyn ModelRunner,
+        draft_tokenizer: &Tokenizer,
+        target_tokenizer: &Tokenizer,
+        target_vocab: usize,
+    ) -> Result<(), EngineError> {
         let (dv, tv) = (draft_tokenizer.vocab_size(), target_tokenizer.vocab_size());
         if dv != tv || runner.vocab_size() != target_vocab {
             return Err(EngineError::Invalid(format!(
@@ -46,15 +71,7 @@ impl<'a> DraftModel<'a> {
                 target_tokenizer.id_to_token(id).unwrap_or("")
             )));
         }
-        Ok(DraftModel {
-            runner,
-            sampler: None,
-            cached: 0,
-            capacity: 0,
-            logits: Vec::new(),
-            scratch: Vec::new(),
-            dists: Vec::new(),
-        })
+        Ok(())
     }
 
     /// Prepares for a new sequence of at most `capacity` positions, drafting with

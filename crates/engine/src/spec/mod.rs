@@ -12,13 +12,16 @@
 //! - [`ngram`]: prompt lookup — the last n tokens (n = 3..1) matched earlier in the
 //!   same sequence, and what followed them copied.
 //! - [`DraftModel`]: a small model with the same vocabulary, decoding K tokens on its
-//!   own KV cache.
+//!   own KV cache (one sequence: `generate`, `bench`); [`DraftPool`]: the same for
+//!   every speculating sequence of the batching engine (`serve`), batched.
 //! - [`DraftLength`]: K adapted to the running acceptance rate.
 
 mod draft_model;
+mod draft_pool;
 pub mod ngram;
 
 pub use draft_model::DraftModel;
+pub use draft_pool::{DraftPool, DraftRequest};
 
 /// Where drafts come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
