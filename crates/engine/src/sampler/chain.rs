@@ -1,7 +1,7 @@
 //! The sampler chain for one sequence: bias and penalties, log-probabilities, then
 //! greedy pick or truncated draw. Owns the RNG stream; holds no model state.
 
-use super::logit_math::{argmax, log_sum_exp, top_n};
+use super::logit_math::{argmax, argmax_checked, log_sum_exp, top_n};
 use super::penalties::{apply_bias, apply_penalties};
 use super::rng::Rng;
 use super::truncation::{distribution, draw};
@@ -222,16 +222,20 @@ impl Sampler {
         if logits.is_empty() {
             return None;
         }
-        // NaN would poison every comparison: treat it as "impossible".
-        for l in logits.iter_mut() {
-            if l.is_nan() {
-                *l = f32::NEG_INFINITY;
-            }
-        }
         apply_bias(&self.params, logits);
         apply_penalties(&self.params, &mut self.counts, logits, history);
-
-        let (max_id, max) = argmax(logits);
+        // NaN would poison every comparison: treat it as "impossible". The argmax
+        // pass notices one (bias and penalties keep a NaN a NaN), so a clean row is
+        // read once.
+        let ((mut max_id, mut max), nan) = argmax_checked(logits);
+        if nan {
+            for l in logits.iter_mut() {
+                if l.is_nan() {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+            (max_id, max) = argmax(logits);
+        }
         let lse = if self.want_logprob || n_logprobs > 0 {
             log_sum_exp(logits, max)
         } else {

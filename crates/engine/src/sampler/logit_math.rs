@@ -75,47 +75,64 @@ fn sum_exp_generic(logits: &[f32], max: f32, scale: f32) -> f64 {
 /// vectorizable maximum, then the first position holding it — instead of one
 /// index-tracking loop that cannot vectorize. Logits hold no NaN here.
 pub(super) fn argmax(logits: &[f32]) -> (u32, f32) {
-    let max = max_value(logits);
-    let best = logits.iter().position(|&v| v == max).unwrap_or(0);
-    (best as u32, logits[best])
+    argmax_checked(logits).0
 }
 
-fn max_value(logits: &[f32]) -> f32 {
+/// [`argmax`], and whether the row holds a NaN (then the result means nothing): one
+/// pass over the row does both.
+pub(super) fn argmax_checked(logits: &[f32]) -> ((u32, f32), bool) {
     #[cfg(target_arch = "x86_64")]
     {
         if hangar_kernels::simd_level() >= hangar_kernels::SimdLevel::Avx2 {
             // SAFETY: AVX2 presence checked by simd_level.
-            return unsafe { max_value_avx2(logits) };
+            return unsafe { argmax_avx2(logits) };
         }
     }
-    max_value_generic(logits)
+    argmax_generic(logits)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn max_value_avx2(logits: &[f32]) -> f32 {
-    max_value_generic(logits)
+unsafe fn argmax_avx2(logits: &[f32]) -> ((u32, f32), bool) {
+    argmax_generic(logits)
 }
 
+/// One pass, 16 lanes each keeping its largest value and where it was first seen;
+/// ties resolve to the lowest id, as a left-to-right scan would. (A max pass then a
+/// search for it read a 262k-entry row twice, the second time one value at a time:
+/// at 64 sequences that was most of the engine loop's own time.)
 #[inline(always)]
-fn max_value_generic(logits: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 16];
+fn argmax_generic(logits: &[f32]) -> ((u32, f32), bool) {
+    let mut best = [f32::NEG_INFINITY; 16];
+    let mut at: [u32; 16] = std::array::from_fn(|j| j as u32);
+    let mut nan = [false; 16];
     let mut it = logits.chunks_exact(16);
+    let mut base = 0u32;
     for c in &mut it {
         for j in 0..16 {
-            acc[j] = if c[j] > acc[j] { c[j] } else { acc[j] };
+            let gt = c[j] > best[j];
+            best[j] = if gt { c[j] } else { best[j] };
+            at[j] = if gt { base + j as u32 } else { at[j] };
+            nan[j] |= c[j].is_nan();
+        }
+        base += 16;
+    }
+    let any_nan = nan.iter().any(|&n| n) || it.remainder().iter().any(|v| v.is_nan());
+    let (mut bi, mut bv) = (0u32, f32::NEG_INFINITY);
+    if base > 0 {
+        (bi, bv) = (at[0], best[0]);
+        for j in 1..16 {
+            if best[j] > bv || (best[j] == bv && at[j] < bi) {
+                (bi, bv) = (at[j], best[j]);
+            }
         }
     }
-    let mut m = acc
-        .iter()
-        .copied()
-        .fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
-    for &v in it.remainder() {
-        if v > m {
-            m = v;
+    for (k, &v) in it.remainder().iter().enumerate() {
+        if v > bv || (base == 0 && k == 0) {
+            (bi, bv) = (base + k as u32, v);
         }
     }
-    m
+    ((bi, bv), any_nan)
 }
 
 /// `ln Σ exp(l)`, computed around the maximum.
@@ -169,6 +186,50 @@ mod tests {
         }
         assert!(fast_exp(f32::NEG_INFINITY) < 1e-37);
         assert_eq!(fast_exp(0.0), 1.0);
+    }
+
+    fn late_row() -> Vec<f32> {
+        let mut late = vec![0.0f32; 40];
+        late[39] = 1.0;
+        late
+    }
+
+    #[test]
+    fn argmax_is_the_first_largest_like_a_scan() {
+        let scan = |l: &[f32]| {
+            let mut b = 0;
+            for (i, &v) in l.iter().enumerate() {
+                if v > l[b] {
+                    b = i;
+                }
+            }
+            (b as u32, l[b])
+        };
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        for len in [1usize, 2, 15, 16, 17, 31, 33, 100, 1000, 262_144] {
+            for ties in [false, true] {
+                let l: Vec<f32> = (0..len)
+                    .map(|_| {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        // With ties: few distinct values, so the maximum repeats.
+                        if ties {
+                            (rng % 5) as f32
+                        } else {
+                            (rng >> 40) as f32 / 1e3 - 8e3
+                        }
+                    })
+                    .collect();
+                assert_eq!(argmax(&l), scan(&l), "len {len}, ties {ties}");
+            }
+        }
+        let mut with_nan = vec![1.0f32; 40];
+        with_nan[21] = f32::NAN;
+        assert!(argmax_checked(&with_nan).1 && !argmax_checked(&late_row()).1);
+        let all_masked = vec![f32::NEG_INFINITY; 40];
+        assert_eq!(argmax(&all_masked), (0, f32::NEG_INFINITY));
+        assert_eq!(argmax(&late_row()), (39, 1.0));
     }
 
     #[test]
