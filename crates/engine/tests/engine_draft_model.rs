@@ -14,7 +14,7 @@ use hangar_models::kv::KvFormat;
 use hangar_testkit::model_path;
 
 mod common;
-use common::{collect, Outcome};
+use common::run_all;
 
 const PROMPTS: &[&str] = &[
     "The capital of France is",
@@ -57,11 +57,6 @@ fn engine(path: &std::path::Path, max_batch: usize) -> Engine {
         Some((Box::new(runner), tokenizer)),
     )
     .unwrap()
-}
-
-fn run_all(e: &Engine, reqs: Vec<GenerateRequest>) -> Vec<Outcome> {
-    let rxs: Vec<_> = reqs.into_iter().map(|r| e.submit(r).unwrap().1).collect();
-    rxs.into_iter().map(collect).collect()
 }
 
 #[test]

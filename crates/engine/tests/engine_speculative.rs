@@ -13,7 +13,7 @@ use hangar_engine::{
 use hangar_testkit::model_path;
 
 mod common;
-use common::{collect, Outcome};
+use common::run_all;
 
 /// Prompts with text to copy (where drafts get accepted) and one without.
 const PROMPTS: &[&str] = &[
@@ -55,12 +55,6 @@ fn reference(lm: &LoadedModel, prompt: &[u32], n: usize) -> Vec<u32> {
         ..Default::default()
     };
     generate(lm, prompt, &opts, |_| true).unwrap().tokens
-}
-
-/// Submits every request at once and waits for all.
-fn run_all(e: &Engine, reqs: Vec<GenerateRequest>) -> Vec<Outcome> {
-    let rxs: Vec<_> = reqs.into_iter().map(|r| e.submit(r).unwrap().1).collect();
-    rxs.into_iter().map(collect).collect()
 }
 
 #[test]

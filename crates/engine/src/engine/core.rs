@@ -589,20 +589,17 @@ impl EngineCore {
             pool.retain(|id| running.iter().any(|s| s.id == id));
             let mut reqs = Vec::new();
             for seq in running {
-                let Some((l, Some(k))) = live.get(&seq.id).map(|l| (l, l.spec.as_ref())) else {
-                    continue;
-                };
-                if !on || seq.generated() == 0 || seq.computed + 1 != seq.tokens.len() {
-                    continue;
+                if let Some((l, k)) = live
+                    .get(&seq.id)
+                    .and_then(|l| draft_len(seq, l, on, max_len))
+                {
+                    reqs.push(DraftRequest {
+                        id: seq.id,
+                        history: &seq.tokens,
+                        k,
+                        sampling: l.sampler.params(),
+                    });
                 }
-                let room = (l.max_tokens.saturating_sub(seq.generated() + 1))
-                    .min(max_len.saturating_sub(seq.tokens.len() + 1));
-                reqs.push(DraftRequest {
-                    id: seq.id,
-                    history: &seq.tokens,
-                    k: k.next().min(room),
-                    sampling: l.sampler.params(),
-                });
             }
             let mut out = vec![Vec::new(); reqs.len()];
             // A failing draft model costs speculation, never the request: the step
@@ -624,16 +621,12 @@ impl EngineCore {
         }
         for seq in self.sched.running_mut() {
             seq.draft.clear();
-            let Some((l, Some(k))) = live.get(&seq.id).map(|l| (l, l.spec.as_ref())) else {
+            let Some((_, k)) = live
+                .get(&seq.id)
+                .and_then(|l| draft_len(seq, l, on, max_len))
+            else {
                 continue;
             };
-            if !on || seq.generated() == 0 || seq.computed + 1 != seq.tokens.len() {
-                continue;
-            }
-            // Never more than can still be emitted: the target's own token comes on top.
-            let room = (l.max_tokens.saturating_sub(seq.generated() + 1))
-                .min(max_len.saturating_sub(seq.tokens.len() + 1));
-            let k = k.next().min(room);
             if k > 0 {
                 ngram::propose(
                     &seq.tokens,
@@ -662,6 +655,24 @@ impl EngineCore {
         s.preemptions
             .store(self.sched.preemptions, Ordering::Relaxed);
     }
+}
+
+/// How many tokens `seq` may draft now: `None` unless it speculates (`on`: the
+/// batch is small enough) and is decoding; never more than can still be emitted, the
+/// target's own token coming on top.
+fn draft_len<'l, 't>(
+    seq: &SchedSeq,
+    l: &'l Live<'t>,
+    on: bool,
+    max_len: usize,
+) -> Option<(&'l Live<'t>, usize)> {
+    let k = l.spec.as_ref()?;
+    if !on || seq.generated() == 0 || seq.computed + 1 != seq.tokens.len() {
+        return None;
+    }
+    let room = (l.max_tokens.saturating_sub(seq.generated() + 1))
+        .min(max_len.saturating_sub(seq.tokens.len() + 1));
+    Some((l, k.next().min(room)))
 }
 
 /// Logits rows the runner returns for chunk `c`: every position when the chunk

@@ -60,3 +60,15 @@ pub fn greedy_tokens(
         .collect();
     rxs.into_iter().map(|rx| collect(rx).tokens).collect()
 }
+
+/// Submits every request at once and waits for all.
+pub fn run_all(
+    engine: &hangar_engine::Engine,
+    reqs: Vec<hangar_engine::GenerateRequest>,
+) -> Vec<Outcome> {
+    let rxs: Vec<_> = reqs
+        .into_iter()
+        .map(|r| engine.submit(r).unwrap().1)
+        .collect();
+    rxs.into_iter().map(collect).collect()
+}
