@@ -285,9 +285,19 @@ impl LoraMatrix {
 /// each product cost 30% of the step, running them inline 5%); prefill chunks split.
 /// Unit tests split everything, so the chunked path is the one they check.
 #[cfg(not(test))]
-const PARALLEL_MIN: usize = 1 << 22;
+fn parallel_min() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("HANGAR_LORA_PARALLEL_MIN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1 << 22)
+    })
+}
 #[cfg(test)]
-const PARALLEL_MIN: usize = 1;
+fn parallel_min() -> usize {
+    1
+}
 
 /// A batch's token rows grouped by adapter (Punica / S-LoRA style): each group's pair
 /// is streamed from memory once per step for all of its rows, so the cost of an
@@ -362,24 +372,32 @@ impl LoraRows {
             // Down: xa[k][j] = scale · A_j · x[toks[k]], by blocks of rows: a block's
             // inputs stay in cache while every row of A passes over them.
             let xa_p = Ptr(self.xa.as_mut_ptr());
-            let k_chunk = if n * r * n_in < PARALLEL_MIN { n } else { 16 };
-            pool.for_each_chunk(n, k_chunk, |k0, k1| {
-                for j in 0..r {
+            let down = |k0: usize, k1: usize, j0: usize, j1: usize| {
+                for j in j0..j1 {
                     let aj = &m.a[j * n_in..(j + 1) * n_in];
                     for (k, &t) in toks.iter().enumerate().take(k1).skip(k0) {
                         let v = scale * dot_f32(aj, &x[t * n_in..(t + 1) * n_in]);
-                        // SAFETY: row k of xa belongs to this chunk alone; in bounds since
-                        // xa holds n × r values.
+                        // SAFETY: element (k, j) of xa belongs to this chunk alone; in
+                        // bounds since xa holds n × r values.
                         unsafe { *xa_p.get().add(k * r + j) = v };
                     }
                 }
-            });
+            };
+            if n * r * n_in < parallel_min() {
+                down(0, n, 0, r);
+            } else if n >= 16 * threads {
+                // Prefill: blocks of 16 token rows stay in cache while A passes.
+                pool.for_each_chunk(n, 16, |k0, k1| down(k0, k1, 0, r));
+            } else {
+                // A few decoding rows: split the rank instead.
+                pool.for_each_chunk(r, r.div_ceil(threads), |j0, j1| down(0, n, j0, j1));
+            }
             // Up: out[toks[k]] += Σ_j xa[k][j] · Bᵀ_j, by column chunks; Bᵀ read once.
             // Chunks start at multiples of 16, so each element takes the same SIMD path
             // whatever the chunking (batch-invariant bits).
             let xa = &self.xa[..n * r];
             let out_p = Ptr(out.as_mut_ptr());
-            let c_chunk = if n * r * n_out < PARALLEL_MIN {
+            let c_chunk = if n * r * n_out < parallel_min() {
                 n_out
             } else {
                 n_out.div_ceil(2 * threads).next_multiple_of(16)
