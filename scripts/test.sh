@@ -61,9 +61,15 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 
 echo "== browser tests: Debian's chromium and npm's playwright-core (tests/browser)"
-if ! command -v chromium >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+# Only what is missing: a machine whose node comes from elsewhere (NodeSource bundles
+# npm) cannot take Debian's npm beside it.
+missing=""
+command -v chromium >/dev/null 2>&1 || missing="chromium"
+command -v npm >/dev/null 2>&1 || missing="$missing nodejs npm"
+if [ -n "$missing" ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium nodejs npm >/dev/null
+  # shellcheck disable=SC2086
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 npm ci --prefix tests/browser --silent --no-audit --no-fund
 
