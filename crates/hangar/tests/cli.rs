@@ -255,6 +255,11 @@ fn bad_input_is_a_clear_error_not_a_panic() {
             "--device applies to task evaluation",
         ),
         (vec!["eval", "--model", &m, "--device", "gpu7"], "device"),
+        // Partial offload is a GPU option.
+        (
+            vec!["generate", "--model", &m, "-p", "x", "--gpu-layers", "3"],
+            "--gpu-layers needs a GPU",
+        ),
     ] {
         let out = hangar(&args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -451,4 +456,41 @@ fn bench_with_pipeline_stages_reports_the_idle_share_beside_the_schedule() {
         (1.0 / 3.0 - 1e-9..=0.5 + 1e-9).contains(&schedule),
         "{idle}"
     );
+}
+
+#[test]
+fn plan_says_how_many_layers_fit_on_each_gpu() {
+    let Some(m) = model() else { return };
+    let out = hangar(&["plan", "--model", &m, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fits = v["fits"].as_array().expect("fits");
+    // 270M parameters fit whole on every listed GPU: all 18 layers.
+    for f in fits
+        .iter()
+        .filter(|f| f["device"] != "this host (RAM available)")
+    {
+        assert_eq!(f["gpu_layers"], 18, "{f}");
+    }
+    // The host row is not a GPU: no layer count.
+    if let Some(h) = fits
+        .iter()
+        .find(|f| f["device"] == "this host (RAM available)")
+    {
+        assert!(h["gpu_layers"].is_null(), "{h}");
+    }
+    // A 70B model in BF16 fits only in part on one H100.
+    let out = hangar(&["plan", "--model", "llama-70b", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let h100 = v["fits"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["device"] == "H100 80GB"))
+        .cloned()
+        .expect("an H100 row");
+    let g = h100["gpu_layers"].as_u64().expect("a layer count");
+    assert!(g > 0 && g < 80, "{h100}");
 }

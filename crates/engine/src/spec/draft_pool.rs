@@ -110,9 +110,12 @@ impl DraftPool {
         // Slots, blocks and the cached prefix that still holds.
         let mut active: Vec<usize> = Vec::new();
         let mut start: Vec<usize> = vec![0; reqs.len()];
+        let ctx = self.runner.ctx_len();
         for (i, r) in reqs.iter().enumerate() {
             out[i].clear();
-            if r.k == 0 || r.history.is_empty() {
+            // Past the draft model's context a sequence goes on without drafts (the
+            // others keep theirs).
+            if r.k == 0 || r.history.is_empty() || r.history.len() + r.k > ctx {
                 continue;
             }
             let slot = match self.slots.entry(r.id) {
