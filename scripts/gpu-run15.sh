@@ -17,16 +17,21 @@ W=/tmp/hangar-gpu
 mkdir -p $W
 export HANGAR_CUDA_CACHE=$W/cuda-cache
 SECONDS=0
+# llama.cpp (llama-bench, llama-server) from /tmp/anc's sources into /tmp/llbuild, in
+# the background with JOBS compile jobs; writes /tmp/anc/done when finished.
+build_anchor() {
+  JOBS=$1 setsid nohup bash -c 'mkdir -p /tmp/llsrc && tar xzf /tmp/anc/llama-src-cuda.tgz -C /tmp/llsrc &&
+    cmake -S /tmp/llsrc -B /tmp/llbuild -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
+      -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+      -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF > /tmp/anc/cmake.log 2>&1 &&
+    cmake --build /tmp/llbuild -j "$JOBS" --target llama-bench llama-server > /tmp/anc/build.log 2>&1
+    echo "rc=$?" > /tmp/anc/done' > /dev/null 2>&1 < /dev/null &
+}
 case "${1:-start}" in
 start)
   xz -dc .gpu/fin/hangar.xz > $H && chmod +x $H
   rm -rf /tmp/anc $W/variants && cp -r .gpu/anchor /tmp/anc && cp -r .gpu/variants $W/
-  setsid nohup bash -c 'mkdir -p /tmp/llsrc && tar xzf /tmp/anc/llama-src-cuda.tgz -C /tmp/llsrc &&
-    cmake -S /tmp/llsrc -B /tmp/llbuild -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
-      -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-      -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF > /tmp/anc/cmake.log 2>&1 &&
-    cmake --build /tmp/llbuild -j 12 --target llama-bench llama-server > /tmp/anc/build.log 2>&1
-    echo "rc=$?" > /tmp/anc/done' > /dev/null 2>&1 < /dev/null &
+  build_anchor 12
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $H synth --arch gemma3 --preset gemma-3-270m --type Q4_K_M -t 16 --out $W/g270.gguf 2>&1 | tail -1
   $H synth --arch llama --preset llama-3-8b --type Q4_K_M -t 16 --out $W/l8b.gguf 2>&1 | tail -1
@@ -61,12 +66,7 @@ start)
 build)
   xz -dc .gpu/fin/hangar.xz > $H && chmod +x $H
   rm -rf /tmp/anc && cp -r .gpu/anchor /tmp/anc
-  setsid nohup bash -c 'mkdir -p /tmp/llsrc && tar xzf /tmp/anc/llama-src-cuda.tgz -C /tmp/llsrc &&
-    cmake -S /tmp/llsrc -B /tmp/llbuild -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
-      -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-      -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF > /tmp/anc/cmake.log 2>&1 &&
-    cmake --build /tmp/llbuild -j 14 --target llama-bench llama-server > /tmp/anc/build.log 2>&1
-    echo "rc=$?" > /tmp/anc/done' > /dev/null 2>&1 < /dev/null &
+  build_anchor 14
   $H synth --arch llama --preset llama-3-8b --type Q4_K_M -t 14 --out $W/l8b.gguf 2>&1 | tail -1
   $H synth --arch gemma3 --preset gemma-3-270m --type Q4_K_M -t 2 --out $W/g270.gguf 2>&1 | tail -1
   echo "== (t=$SECONDS) --gpu-layers 0 and a request past the layer count"

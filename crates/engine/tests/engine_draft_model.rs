@@ -7,14 +7,13 @@
 use hangar_engine::sampler::SamplingParams;
 use hangar_engine::spec::{SpecConfig, SpecMode};
 use hangar_engine::{
-    generate, CpuRunner, Engine, EngineConfig, Finish, GenerateOptions, GenerateRequest,
-    LoadedModel, ModelRunner,
+    CpuRunner, Engine, EngineConfig, Finish, GenerateRequest, LoadedModel, ModelRunner,
 };
 use hangar_models::kv::KvFormat;
 use hangar_testkit::model_path;
 
 mod common;
-use common::run_all;
+use common::{greedy_reference, run_all};
 
 const PROMPTS: &[&str] = &[
     "The capital of France is",
@@ -83,13 +82,7 @@ fn draft_model_in_the_batch_matches_plain_greedy_token_for_token() {
     let outs = run_all(&e, reqs);
     for (i, o) in outs.iter().enumerate() {
         let len = n - 4 * (i % 3);
-        let opts = GenerateOptions {
-            max_tokens: len,
-            sampling: SamplingParams::greedy(),
-            ignore_eos: true,
-            ..Default::default()
-        };
-        let plain = generate(&lm, &prompts[i], &opts, |_| true).unwrap().tokens;
+        let plain = greedy_reference(&lm, &prompts[i], len);
         assert_eq!(o.tokens, plain, "{:?}", PROMPTS[i]);
         assert_eq!((o.finish, o.completion_tokens), (Some(Finish::Length), len));
     }

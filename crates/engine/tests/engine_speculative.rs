@@ -7,13 +7,11 @@
 
 use hangar_engine::sampler::SamplingParams;
 use hangar_engine::spec::{SpecConfig, SpecMode};
-use hangar_engine::{
-    generate, Engine, EngineConfig, Finish, GenerateOptions, GenerateRequest, LoadedModel,
-};
+use hangar_engine::{Engine, EngineConfig, Finish, GenerateRequest, LoadedModel};
 use hangar_testkit::model_path;
 
 mod common;
-use common::run_all;
+use common::{greedy_reference as reference, run_all};
 
 /// Prompts with text to copy (where drafts get accepted) and one without.
 const PROMPTS: &[&str] = &[
@@ -45,16 +43,6 @@ fn greedy(prompt: Vec<u32>, n: usize) -> GenerateRequest {
     let mut r = GenerateRequest::greedy(prompt, n);
     r.ignore_eos = true;
     r
-}
-
-fn reference(lm: &LoadedModel, prompt: &[u32], n: usize) -> Vec<u32> {
-    let opts = GenerateOptions {
-        max_tokens: n,
-        sampling: SamplingParams::greedy(),
-        ignore_eos: true,
-        ..Default::default()
-    };
-    generate(lm, prompt, &opts, |_| true).unwrap().tokens
 }
 
 #[test]

@@ -174,13 +174,7 @@ impl DraftPool {
             if pending.is_empty() {
                 break;
             }
-            let tables: Vec<Vec<&[u32]>> = pending
-                .iter()
-                .map(|&i| {
-                    let t: &[u32] = &self.slots[&reqs[i].id].table;
-                    vec![t; self.groups]
-                })
-                .collect();
+            let tables = slot_tables(&self.slots, reqs, &pending, self.groups);
             let mut seqs = Vec::with_capacity(pending.len());
             let mut ends = Vec::with_capacity(pending.len());
             for (j, &i) in pending.iter().enumerate() {
@@ -238,13 +232,7 @@ impl DraftPool {
             if feed.is_empty() {
                 break;
             }
-            let tables: Vec<Vec<&[u32]>> = feed
-                .iter()
-                .map(|&i| {
-                    let t: &[u32] = &self.slots[&reqs[i].id].table;
-                    vec![t; self.groups]
-                })
-                .collect();
+            let tables = slot_tables(&self.slots, reqs, &feed, self.groups);
             let seqs: Vec<SeqInput> = feed
                 .iter()
                 .enumerate()
@@ -273,4 +261,17 @@ impl DraftPool {
         }
         Ok(())
     }
+}
+
+/// The block tables (one per KV group, all the slot's) of requests `which`.
+fn slot_tables<'s>(
+    slots: &'s HashMap<u64, Slot>,
+    reqs: &[DraftRequest],
+    which: &[usize],
+    groups: usize,
+) -> Vec<Vec<&'s [u32]>> {
+    which
+        .iter()
+        .map(|&i| vec![slots[&reqs[i].id].table.as_slice(); groups])
+        .collect()
 }

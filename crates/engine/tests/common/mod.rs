@@ -72,3 +72,17 @@ pub fn run_all(
         .collect();
     rxs.into_iter().map(collect).collect()
 }
+
+/// Plain greedy decoding of `n` tokens (end of text ignored): what batched and
+/// speculative decoding must reproduce token for token.
+pub fn greedy_reference(lm: &hangar_engine::LoadedModel, prompt: &[u32], n: usize) -> Vec<u32> {
+    let opts = hangar_engine::GenerateOptions {
+        max_tokens: n,
+        sampling: hangar_engine::sampler::SamplingParams::greedy(),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    hangar_engine::generate(lm, prompt, &opts, |_| true)
+        .expect("generate")
+        .tokens
+}
