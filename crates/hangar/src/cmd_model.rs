@@ -46,10 +46,13 @@ pub enum NumericsArg {
 pub struct KernelEnv {
     /// `HANGAR_NUMERICS` (`fast`, `ggml`); flags win over it.
     pub numerics: Option<hangar_models::Numerics>,
-    /// `HANGAR_PACK` (`0`, `all`; default: the legacy types).
+    /// `HANGAR_PACK` (`0`, `legacy`, `all`; default `auto`: see [`hangar_models::Packing`]).
     pub packing: hangar_models::Packing,
     /// `HANGAR_SIMD` (`scalar`, `avx2`, `avx512`): a cap on the kernels' SIMD level.
     pub simd: Option<hangar_kernels::SimdLevel>,
+    /// `HANGAR_AMX` (`0` / `1`): whether the packed kernels may use AMX tiles where the
+    /// CPU has them (default: yes; results are the same bits either way).
+    pub amx: Option<bool>,
 }
 
 impl KernelEnv {
@@ -87,7 +90,7 @@ impl KernelEnv {
                 "HANGAR_PACK",
                 var("HANGAR_PACK"),
                 hangar_models::Packing::parse,
-                "0, legacy, all",
+                "0, legacy, all, auto",
             )
             .unwrap_or_default(),
             simd: parsed(
@@ -96,14 +99,37 @@ impl KernelEnv {
                 hangar_kernels::SimdLevel::parse,
                 "scalar, avx2, avx512",
             ),
+            amx: parsed("HANGAR_AMX", var("HANGAR_AMX"), parse_switch, "0, 1"),
         }
     }
 
-    /// Applies the process-wide part (the SIMD cap); call once at startup.
+    /// Applies the process-wide part (the SIMD cap, AMX); call once at startup.
     pub fn apply_process_wide(&self) {
         if let Some(cap) = self.simd {
             hangar_kernels::set_simd_cap(cap);
         }
+        if let Some(on) = self.amx {
+            hangar_kernels::set_amx(on);
+        }
+    }
+}
+
+/// `0`/`off`/`false` or `1`/`on`/`true`.
+fn parse_switch(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "0" | "off" | "false" | "no" => Some(false),
+        "1" | "on" | "true" | "yes" => Some(true),
+        _ => None,
+    }
+}
+
+/// The kernels' instruction set as reports print it (`Avx512Vnni+AMX` with tiles).
+pub fn simd_name() -> String {
+    let level = format!("{:?}", hangar_kernels::simd_level());
+    if hangar_kernels::amx() {
+        level + "+AMX"
+    } else {
+        level
     }
 }
 
@@ -548,7 +574,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let report = bench::BenchReport {
         model: path.display().to_string(),
         threads: lm.pool.n_threads(),
-        simd: format!("{:?}", hangar_kernels::simd_level()),
+        simd: simd_name(),
         figures,
     };
     if a.json {
@@ -757,8 +783,9 @@ mod tests {
     fn unset_variables_give_the_defaults() {
         let e = env(&[]);
         assert_eq!(e.numerics, None);
-        assert_eq!(e.packing, Packing::Legacy);
+        assert_eq!(e.packing, Packing::Auto);
         assert_eq!(e.simd, None);
+        assert_eq!(e.amx, None);
     }
 
     #[test]
@@ -771,6 +798,9 @@ mod tests {
         assert_eq!(e.numerics, Some(Numerics::Ggml));
         assert_eq!(e.packing, Packing::All);
         assert_eq!(e.simd, Some(SimdLevel::Avx2));
+        assert_eq!(env(&[("HANGAR_AMX", "0")]).amx, Some(false));
+        assert_eq!(env(&[("HANGAR_AMX", "on")]).amx, Some(true));
+        assert_eq!(env(&[("HANGAR_AMX", "maybe")]).amx, None);
         assert_eq!(env(&[("HANGAR_PACK", "0")]).packing, Packing::None);
         assert_eq!(
             env(&[("HANGAR_SIMD", "scalar")]).simd,
@@ -786,7 +816,7 @@ mod tests {
             ("HANGAR_SIMD", ""),
         ]);
         assert_eq!(e.numerics, None);
-        assert_eq!(e.packing, Packing::Legacy);
+        assert_eq!(e.packing, Packing::Auto);
         assert_eq!(e.simd, None);
     }
 
@@ -798,7 +828,7 @@ mod tests {
             ("HANGAR_SIMD", "neon"),
         ]);
         assert_eq!(e.numerics, None);
-        assert_eq!(e.packing, Packing::Legacy);
+        assert_eq!(e.packing, Packing::Auto);
         assert_eq!(e.simd, None);
     }
 }

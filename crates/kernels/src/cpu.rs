@@ -69,6 +69,63 @@ pub fn set_simd_cap(cap: SimdLevel) -> SimdLevel {
     level
 }
 
+/// AMX state: `UNSET` until first asked, then 1 (in use) or 0.
+static AMX: AtomicU8 = AtomicU8::new(UNSET);
+
+/// Whether the packed kernels use AMX-INT8 tile multiplies (Intel Sapphire Rapids and
+/// later): the CPU has them, Linux granted this process the tile-data state, the SIMD
+/// level is AVX-512 (a lower [`set_simd_cap`] turns them off too) and [`set_amx`] did
+/// not turn them off. Results are bitwise those of the AVX-512 kernels.
+#[inline]
+pub fn amx() -> bool {
+    let on = match AMX.load(Ordering::Relaxed) {
+        UNSET => {
+            let v = u8::from(detect_amx());
+            match AMX.compare_exchange(UNSET, v, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => v,
+                Err(now) => now,
+            }
+        }
+        v => v,
+    };
+    on == 1 && simd_level() >= SimdLevel::Avx512Vnni
+}
+
+/// Turns the AMX kernels on (where [`amx`]'s conditions hold) or off for the rest of
+/// the process and returns whether they are in use. For A/B comparisons; call it at
+/// startup, before any kernel runs.
+pub fn set_amx(enabled: bool) -> bool {
+    AMX.store(u8::from(enabled && detect_amx()), Ordering::Relaxed);
+    amx()
+}
+
+/// AMX-TILE and AMX-INT8 in CPUID, and the kernel's permission to use the tile data
+/// (Linux 5.16+ hands it out per process through `arch_prctl`).
+fn detect_amx() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+        let (tile, int8) = (leaf7.edx >> 24 & 1 == 1, leaf7.edx >> 25 & 1 == 1);
+        if detect() < SimdLevel::Avx512Vnni || !tile || !int8 {
+            return false;
+        }
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a plain syscall with integer arguments; it only changes which
+        // register state this process may use.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            )
+        };
+        r == 0
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    false
+}
+
 /// The best level this CPU supports.
 pub fn detect() -> SimdLevel {
     #[cfg(target_arch = "x86_64")]

@@ -71,7 +71,7 @@ mod pool;
 pub mod quants;
 
 pub use attention::{attend, PagedKv};
-pub use cpu::{set_simd_cap, simd_level, SimdLevel};
+pub use cpu::{amx, set_amx, set_simd_cap, simd_level, SimdLevel};
 pub use gemm::{gemm_f32, gemm_f32_scalar};
 pub use hangar_formats::GgmlType;
 pub use kv_format::KvFormat;

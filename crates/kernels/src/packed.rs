@@ -371,6 +371,10 @@ impl SendPtr {
 struct ActPrep {
     d: Vec<f32>,
     seed: Vec<i32>,
+    /// For the AMX kernel: each (16-token tile, block)'s quantized values as one
+    /// contiguous 16 x 32-byte A operand (`((tile * nb + b) * 16 + row) * 32`); empty
+    /// when the tiles are not used.
+    tiles: Vec<u8>,
 }
 
 fn prep(ty: GgmlType, act: &[u8], t: usize, nb: usize) -> ActPrep {
@@ -382,7 +386,19 @@ fn prep(ty: GgmlType, act: &[u8], t: usize, nb: usize) -> ActPrep {
         let s: i32 = blk[2..].iter().map(|&x| x as i8 as i32).sum();
         seed.push(-o * s);
     }
-    ActPrep { d, seed }
+    let mut tiles = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::amx() && t >= amx::AMX_MIN_TOKENS {
+        tiles = vec![0u8; t.div_ceil(TOK_TILE) * nb * TOK_TILE * QK];
+        for (c, row) in act.chunks_exact(nb * 34).take(t).enumerate() {
+            let (k, r) = (c / TOK_TILE, c % TOK_TILE);
+            for (b, blk) in row.chunks_exact(34).enumerate() {
+                let at = ((k * nb + b) * TOK_TILE + r) * QK;
+                tiles[at..at + QK].copy_from_slice(&blk[2..]);
+            }
+        }
+    }
+    ActPrep { d, seed, tiles }
 }
 
 /// `out[i * p.rows + r] = dot(row r, activation row i)` for `i < t`, where `act` holds
@@ -522,6 +538,10 @@ pub fn matmul_packed_scalar(p: &PackedMatrix, act: &[u8], t: usize, out: &mut [f
 }
 
 #[cfg(target_arch = "x86_64")]
+#[path = "packed_amx.rs"]
+mod amx;
+
+#[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::*;
     use std::arch::x86_64::*;
@@ -538,25 +558,26 @@ mod x86 {
         nc: usize,
         out: *mut f32,
     ) {
+        let on_amx = crate::cpu::amx() && nc >= super::amx::AMX_MIN_TOKENS;
         macro_rules! go {
             ($t:ident) => {
                 match nc {
-                    1 => tile::<$t, 1>(p, g, act, arb, ap, c0, out),
-                    2 => tile::<$t, 2>(p, g, act, arb, ap, c0, out),
-                    3 => tile::<$t, 3>(p, g, act, arb, ap, c0, out),
-                    4 => tile::<$t, 4>(p, g, act, arb, ap, c0, out),
-                    5 => tile::<$t, 5>(p, g, act, arb, ap, c0, out),
-                    6 => tile::<$t, 6>(p, g, act, arb, ap, c0, out),
-                    7 => tile::<$t, 7>(p, g, act, arb, ap, c0, out),
-                    8 => tile::<$t, 8>(p, g, act, arb, ap, c0, out),
-                    9 => tile::<$t, 9>(p, g, act, arb, ap, c0, out),
-                    10 => tile::<$t, 10>(p, g, act, arb, ap, c0, out),
-                    11 => tile::<$t, 11>(p, g, act, arb, ap, c0, out),
-                    12 => tile::<$t, 12>(p, g, act, arb, ap, c0, out),
-                    13 => tile::<$t, 13>(p, g, act, arb, ap, c0, out),
-                    14 => tile::<$t, 14>(p, g, act, arb, ap, c0, out),
-                    15 => tile::<$t, 15>(p, g, act, arb, ap, c0, out),
-                    _ => tile::<$t, 16>(p, g, act, arb, ap, c0, out),
+                    1 => run::<$t, 1>(on_amx, p, g, act, arb, ap, c0, out),
+                    2 => run::<$t, 2>(on_amx, p, g, act, arb, ap, c0, out),
+                    3 => run::<$t, 3>(on_amx, p, g, act, arb, ap, c0, out),
+                    4 => run::<$t, 4>(on_amx, p, g, act, arb, ap, c0, out),
+                    5 => run::<$t, 5>(on_amx, p, g, act, arb, ap, c0, out),
+                    6 => run::<$t, 6>(on_amx, p, g, act, arb, ap, c0, out),
+                    7 => run::<$t, 7>(on_amx, p, g, act, arb, ap, c0, out),
+                    8 => run::<$t, 8>(on_amx, p, g, act, arb, ap, c0, out),
+                    9 => run::<$t, 9>(on_amx, p, g, act, arb, ap, c0, out),
+                    10 => run::<$t, 10>(on_amx, p, g, act, arb, ap, c0, out),
+                    11 => run::<$t, 11>(on_amx, p, g, act, arb, ap, c0, out),
+                    12 => run::<$t, 12>(on_amx, p, g, act, arb, ap, c0, out),
+                    13 => run::<$t, 13>(on_amx, p, g, act, arb, ap, c0, out),
+                    14 => run::<$t, 14>(on_amx, p, g, act, arb, ap, c0, out),
+                    15 => run::<$t, 15>(on_amx, p, g, act, arb, ap, c0, out),
+                    _ => run::<$t, 16>(on_amx, p, g, act, arb, ap, c0, out),
                 }
             };
         }
@@ -567,11 +588,32 @@ mod x86 {
         }
     }
 
-    const Q8: u8 = 0;
+    /// [`tile`], or its AMX twin (bitwise the same results) where `on_amx`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn run<const T: u8, const NC: usize>(
+        on_amx: bool,
+        p: &PackedMatrix,
+        g: usize,
+        act: &[u8],
+        arb: usize,
+        ap: &ActPrep,
+        c0: usize,
+        out: *mut f32,
+    ) {
+        if on_amx {
+            super::amx::tile::<T, NC>(p, g, ap, c0, out)
+        } else {
+            tile::<T, NC>(p, g, act, arb, ap, c0, out)
+        }
+    }
+
+    pub(super) const Q8: u8 = 0;
     const Q5: u8 = 1;
     const Q4: u8 = 2;
 
-    const fn tbytes(t: u8) -> usize {
+    pub(super) const fn tbytes(t: u8) -> usize {
         match t {
             Q8 => 8 * 64,
             Q5 => 8 * 8 + 8 * 32,
@@ -582,7 +624,7 @@ mod x86 {
     /// The 8 lane groups of one (group, block) as 64 unsigned bytes each.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn fetch8<const T: u8>(q: *const u8) -> [__m512i; 8] {
+    pub(super) unsafe fn fetch8<const T: u8>(q: *const u8) -> [__m512i; 8] {
         let mut w = [_mm512_setzero_si512(); 8];
         if T == Q8 {
             for (k, w) in w.iter_mut().enumerate() {

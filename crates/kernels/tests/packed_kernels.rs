@@ -60,7 +60,7 @@ fn packed_matmul_matches_scalar_twin_and_row_major_dot() {
             let data = random_matrix(ty, rows, cols, &mut rng);
             let m = QMatrix::new(ty, rows, cols, &data).unwrap();
             let p = PackedMatrix::pack(&pool, &m).unwrap();
-            for t in [1usize, 2, 7, 16, 17, 33] {
+            for t in [1usize, 2, 4, 7, 16, 17, 33] {
                 let x: Vec<f32> = (0..t * cols).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
                 let mut act = Vec::new();
                 quantize_activations(&pool, ty, &x, t, cols, &mut act);

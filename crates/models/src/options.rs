@@ -32,21 +32,44 @@ pub enum Packing {
     /// Nothing: every product reads the GGUF blocks in place (A/B comparisons).
     None,
     /// The 32-element types (Q4_0/Q5_0/Q8_0): faster at every batch size.
-    #[default]
     Legacy,
-    /// Also Q4_K/Q6_K: +25-30% prefill, but 4-5% slower decode (their packed layout
-    /// reads more bytes and unpacks per token), so it suits prompt-heavy work only.
+    /// Also Q4_K/Q6_K: +30% prefill and +8-10% 16-sequence decode on Gemma 3 270M, but
+    /// their packed layout is larger (Q4_K +11%, Q6_K +47%), so where K-quants hold
+    /// most of the bytes, memory-bound decode reads more per token.
     All,
+    /// `All` when the K-quant matrices are a small share of the model's matrix bytes
+    /// (at most [`Packing::AUTO_KQUANT_SHARE`]: the larger copies then cost decode
+    /// little), else `Legacy`. Decided at load ([`Packing::resolve`]).
+    #[default]
+    Auto,
 }
 
 impl Packing {
-    /// Parses `0`/`none`, `legacy`/`default` or `all`.
+    /// The largest share of matrix bytes in Q4_K/Q6_K for which `Auto` packs them.
+    pub const AUTO_KQUANT_SHARE: f64 = 0.10;
+
+    /// Parses `0`/`none`, `legacy`, `all` or `auto`/`default`.
     pub fn parse(s: &str) -> Option<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
             "0" | "none" | "off" => Some(Packing::None),
-            "" | "1" | "legacy" | "default" => Some(Packing::Legacy),
+            "1" | "legacy" => Some(Packing::Legacy),
             "all" => Some(Packing::All),
+            "" | "auto" | "default" => Some(Packing::Auto),
             _ => None,
+        }
+    }
+
+    /// `Auto` decided for a model whose matrices hold `kquant_bytes` of Q4_K/Q6_K
+    /// among `total_bytes`; other values are returned as they are.
+    pub fn resolve(self, kquant_bytes: usize, total_bytes: usize) -> Packing {
+        match self {
+            Packing::Auto
+                if (kquant_bytes as f64) <= Self::AUTO_KQUANT_SHARE * total_bytes as f64 =>
+            {
+                Packing::All
+            }
+            Packing::Auto => Packing::Legacy,
+            p => p,
         }
     }
 
@@ -57,12 +80,14 @@ impl Packing {
             Packing::None => false,
             Packing::Legacy => matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0),
             Packing::All => true,
+            // Unresolved: the part both choices share.
+            Packing::Auto => Packing::Legacy.packs(ty),
         }
     }
 }
 
 /// Options fixed when a model is loaded. The default is what `hangar serve` and
-/// `hangar bench` run: fast numerics, legacy types packed.
+/// `hangar bench` run: fast numerics, packing decided per model (`Auto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LoadOptions {
     pub numerics: Numerics,
@@ -77,12 +102,25 @@ mod tests {
     fn packing_values_keep_their_old_meaning() {
         assert_eq!(Packing::parse("0"), Some(Packing::None));
         assert_eq!(Packing::parse("all"), Some(Packing::All));
-        assert_eq!(Packing::parse(""), Some(Packing::Legacy));
+        assert_eq!(Packing::parse("legacy"), Some(Packing::Legacy));
+        assert_eq!(Packing::parse(""), Some(Packing::Auto));
         assert_eq!(Packing::parse("bogus"), None);
         assert!(Packing::Legacy.packs(GgmlType::Q8_0));
         assert!(!Packing::Legacy.packs(GgmlType::Q4K));
         assert!(Packing::All.packs(GgmlType::Q6K));
         assert!(!Packing::None.packs(GgmlType::Q4_0));
+    }
+
+    #[test]
+    fn auto_packs_k_quants_only_where_they_are_a_small_share() {
+        // Gemma 3 270M Q4_K_M: K-quants only in the FFN down projections (~7%).
+        assert_eq!(Packing::Auto.resolve(18, 253), Packing::All);
+        // An 8B Q4_K_M: nearly every byte is a K-quant.
+        assert_eq!(Packing::Auto.resolve(4_500, 4_920), Packing::Legacy);
+        assert_eq!(Packing::Auto.resolve(0, 0), Packing::All);
+        assert_eq!(Packing::Legacy.resolve(1, 100), Packing::Legacy);
+        assert_eq!(Packing::None.resolve(1, 100), Packing::None);
+        assert!(Packing::Auto.packs(GgmlType::Q8_0) && !Packing::Auto.packs(GgmlType::Q4K));
     }
 
     #[test]

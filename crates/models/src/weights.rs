@@ -147,6 +147,18 @@ impl Model {
             Some(_) => Some(vector(&file, "rope_freqs.weight", cfg.rope_dims / 2)?),
             None => None,
         };
+        let (mut kquant, mut total) = (output.len, output.len);
+        for l in &layers {
+            for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down] {
+                total += w.len;
+                if matches!(w.ty, GgmlType::Q4K | GgmlType::Q6K) {
+                    kquant += w.len;
+                }
+            }
+        }
+        if !matches!(output.ty, GgmlType::Q4K | GgmlType::Q6K) {
+            kquant -= output.len;
+        }
         Ok(Model {
             cfg,
             file,
@@ -156,7 +168,7 @@ impl Model {
             layers,
             rope_freqs,
             numerics: opts.numerics,
-            packing: opts.packing,
+            packing: opts.packing.resolve(kquant, total),
         })
     }
 
@@ -170,7 +182,7 @@ impl Model {
         self.numerics
     }
 
-    /// Which matrices the fast numerics repack.
+    /// Which matrices the fast numerics repack (`Auto` already decided).
     pub fn packing(&self) -> Packing {
         self.packing
     }

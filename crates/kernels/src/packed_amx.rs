@@ -1,0 +1,200 @@
+//! The packed legacy kernel ([`super::x86::tile`]) on AMX-INT8 tiles, for batched steps.
+//!
+//! Why: with 16 tokens the VNNI kernel is compute-bound (the 262k x 640 output matrix of
+//! Gemma 3 costs more than half of a 16-stream decode step), and one `tdpbsud` does the
+//! 16 x 16 x 32 multiply-adds of a (16-row group, 32-column block, 16 tokens) tile that
+//! take the VNNI kernel 128 `vpdpbusd`. The packed layout is already AMX's B operand:
+//! per block, 8 lane groups of 16 rows x 4 bytes are 8 rows of 64 bytes, "K/4 x N*4"
+//! (Q4_0 / Q5_0 are unpacked to that layout in a 512-byte buffer first). A is the
+//! tokens' 32 quantized values per block, read in place with the activation row stride.
+//!
+//! Results are bitwise those of the VNNI kernel: the tile yields each (token, row) block
+//! dot as an exact int32, which gets the same offset seed, conversion, scale and FMA in
+//! the same block order.
+
+use super::x86::{fetch8, tbytes, Q8};
+use super::{ActPrep, PackedMatrix, GROUP, QK, TOK_TILE};
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::cell::Cell;
+
+/// Tokens (A rows) per call at or above which the AMX kernel beats the VNNI one.
+pub(super) const AMX_MIN_TOKENS: usize = 4;
+
+/// Blocks per software-pipeline step (one C tile each).
+const QUAD: usize = 4;
+
+/// How far ahead (in quads) the Q8_0 weight stream is prefetched.
+const PREFETCH_QUADS: usize = 1;
+
+thread_local! {
+    /// The token count the tile registers of this thread are configured for (0: none).
+    static CONFIGURED: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The 64-byte tile configuration (palette 1): tmm0/tmm1 = A (`nc` rows x 32 bytes),
+/// tmm2/tmm3 = B (8 rows x 64 bytes), tmm4..tmm7 = C (`nc` rows x 16 int32).
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+impl TileConfig {
+    fn new(nc: usize) -> Self {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let mut set = |t: usize, rows: usize, colsb: u16| {
+            c[16 + 2 * t..18 + 2 * t].copy_from_slice(&colsb.to_le_bytes());
+            c[48 + t] = rows as u8;
+        };
+        set(0, nc, 32);
+        set(1, nc, 32);
+        set(2, 8, 64);
+        set(3, 8, 64);
+        for t in 4..8 {
+            set(t, nc, 64);
+        }
+        TileConfig(c)
+    }
+}
+
+/// Loads the tile configuration for `nc` tokens unless this thread already has it.
+/// Tile state stays configured between calls (Linux saves it across context switches).
+#[target_feature(enable = "avx512f")]
+unsafe fn configure(nc: usize) {
+    if CONFIGURED.with(Cell::get) == nc {
+        return;
+    }
+    let cfg = TileConfig::new(nc);
+    // SAFETY: AMX was detected and permitted (`crate::cpu::amx`); the config is valid.
+    asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+    CONFIGURED.with(|c| c.set(nc));
+}
+
+#[repr(C, align(64))]
+struct Aligned<const N: usize>([u8; N]);
+
+/// One packed (group `g`, tokens `c0 .. c0 + NC`) tile on AMX; see the module docs.
+///
+/// # Safety
+/// [`crate::cpu::amx`] is true; `1 <= NC <= 16`; the pointers and ranges are those the
+/// VNNI kernel takes.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn tile<const T: u8, const NC: usize>(
+    p: &PackedMatrix,
+    g: usize,
+    ap: &ActPrep,
+    c0: usize,
+    out: *mut f32,
+) {
+    configure(NC);
+    let nb = p.nb;
+    let tb = tbytes(T);
+    let qbase = p.quants.as_ptr().add(g * nb * tb);
+    let sbase = p.scales.as_ptr().add(g * nb * GROUP);
+    debug_assert!(c0.is_multiple_of(TOK_TILE) && !ap.tiles.is_empty());
+    let abase = ap.tiles.as_ptr().add(c0 / TOK_TILE * nb * TOK_TILE * QK);
+    let dbase = ap.d.as_ptr().add(c0 * nb);
+    let seedbase = ap.seed.as_ptr().add(c0 * nb);
+    let mut acc = [_mm512_setzero_ps(); NC];
+    // Software pipeline over quads of blocks. Tiles are not renamed, so the 4 blocks of
+    // a quad use different C tiles (A and B alternate), and a tile is only reused a
+    // quad later. Quad i's tiles are multiplied and stored while quad i - 1's stored
+    // products are scaled on the vector units, and (Q4_0 / Q5_0) quad i + 1's weights
+    // are unpacked: a load never waits on a store of the same quad (AMX stores do not
+    // forward to loads, the reader would wait for them to retire).
+    // Uninitialised: every byte is stored (tile store / unpack) before it is loaded, and
+    // zeroing 12 KiB per call would cost as much as the multiplies of a small matrix.
+    let mut cbuf = std::mem::MaybeUninit::<Aligned<{ 2 * QUAD * 1024 }>>::uninit();
+    let mut wbuf = std::mem::MaybeUninit::<Aligned<{ 2 * QUAD * 512 }>>::uninit();
+    let (cp, wp) = (cbuf.as_mut_ptr() as *mut u8, wbuf.as_mut_ptr() as *mut u8);
+    let c_slot = |b: usize| cp.add(((b / QUAD) % 2) * QUAD * 1024 + (b % QUAD) * 1024);
+    // Block b's B operand: in the packed matrix (Q8_0) or unpacked to its slot.
+    let b_ptr = |b: usize| -> *mut u8 {
+        if T == Q8 {
+            qbase.add(b * tb) as *mut u8
+        } else {
+            wp.add(((b / QUAD) % 2) * QUAD * 512 + (b % QUAD) * 512)
+        }
+    };
+    let unpack_quad = |i: usize| {
+        if T == Q8 {
+            return;
+        }
+        for b in QUAD * i..nb.min(QUAD * (i + 1)) {
+            for (k, w) in fetch8::<T>(qbase.add(b * tb)).iter().enumerate() {
+                _mm512_store_si512(b_ptr(b).add(k * 64) as *mut _, *w);
+            }
+        }
+    };
+    macro_rules! block {
+        ($b:expr, $ta:literal, $tb:literal, $tc:literal) => {
+            asm!(
+                concat!("tileloadd ", $ta, ", [{a} + {sa}*1]"),
+                concat!("tileloadd ", $tb, ", [{w} + {sw}*1]"),
+                concat!("tilezero ", $tc),
+                concat!("tdpbsud ", $tc, ", ", $ta, ", ", $tb),
+                concat!("tilestored [{c} + {sc}*1], ", $tc),
+                a = in(reg) abase.add($b * TOK_TILE * QK),
+                sa = in(reg) QK,
+                w = in(reg) b_ptr($b),
+                sw = in(reg) 64usize,
+                c = in(reg) c_slot($b),
+                sc = in(reg) 64usize,
+                options(nostack, preserves_flags)
+            )
+        };
+    }
+    let nquads = nb.div_ceil(QUAD);
+    unpack_quad(0);
+    for i in 0..=nquads {
+        if i < nquads {
+            let b = QUAD * i;
+            if T == Q8 {
+                // The weight stream of the next quad (the big output matrices come from
+                // DRAM; tile loads do not run ahead as far as vector loads).
+                let next = qbase.wrapping_add((b + PREFETCH_QUADS * QUAD) * tb);
+                for l in 0..QUAD * tb / 64 {
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(l * 64) as *const i8);
+                }
+            }
+            block!(b, "tmm0", "tmm2", "tmm4");
+            if b + 1 < nb {
+                block!(b + 1, "tmm1", "tmm3", "tmm5");
+            }
+            if b + 2 < nb {
+                block!(b + 2, "tmm0", "tmm2", "tmm6");
+            }
+            if b + 3 < nb {
+                block!(b + 3, "tmm1", "tmm3", "tmm7");
+            }
+            if i + 1 < nquads {
+                unpack_quad(i + 1);
+            }
+        }
+        if i == 0 {
+            continue;
+        }
+        for bb in QUAD * (i - 1)..nb.min(QUAD * i) {
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(sbase.add(bb * GROUP) as *const __m256i));
+            let cs = c_slot(bb) as *const __m512i;
+            for (c, acc) in acc.iter_mut().enumerate() {
+                let dot = _mm512_add_epi32(
+                    _mm512_set1_epi32(*seedbase.add(c * nb + bb)),
+                    _mm512_load_si512(cs.add(c)),
+                );
+                let s = _mm512_mul_ps(dw, _mm512_set1_ps(*dbase.add(c * nb + bb)));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, *acc);
+            }
+        }
+    }
+    let r0 = g * GROUP;
+    let valid = (p.rows - r0).min(GROUP);
+    let mask: __mmask16 = if valid == GROUP {
+        0xffff
+    } else {
+        (1u16 << valid) - 1
+    };
+    for (c, acc) in acc.iter().enumerate() {
+        _mm512_mask_storeu_ps(out.add((c0 + c) * p.rows + r0), mask, *acc);
+    }
+}
