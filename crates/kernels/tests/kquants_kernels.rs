@@ -423,6 +423,56 @@ fn q8k_quantization_and_bsums() {
 }
 
 #[test]
+fn q8k_simd_quantization_is_bitwise_the_scalar_one() {
+    let mut rng = StdRng::seed_from_u64(19);
+    let as_bytes = |b: &BlockQ8K| {
+        let mut v = b.d.to_bits().to_le_bytes().to_vec();
+        v.extend(b.qs.iter().map(|&q| q as u8));
+        v.extend(b.bsums.iter().flat_map(|s| s.to_le_bytes()));
+        v
+    };
+    let mut blocks: Vec<[f32; QK_K]> = Vec::new();
+    for case in 0..200 {
+        let mut x = [0f32; QK_K];
+        for v in x.iter_mut() {
+            *v = rng.gen_range(-3.0f32..3.0) * if case % 7 == 0 { 1e-30 } else { 1.0 };
+        }
+        match case % 5 {
+            // Ties for the largest magnitude, of both signs: the first one wins.
+            1 => {
+                x[40] = -5.0;
+                x[41] = 5.0;
+                x[200] = 5.0;
+            }
+            // Products that land on .5 exactly (round half to even).
+            2 => {
+                for (i, v) in x.iter_mut().enumerate() {
+                    *v = (i as f32 - 128.0) * 0.5;
+                }
+                x[0] = -127.0;
+            }
+            3 => x.iter_mut().step_by(3).for_each(|v| *v = 0.0),
+            _ => {}
+        }
+        blocks.push(x);
+    }
+    blocks.push([0f32; QK_K]);
+    let mut inf = [1f32; QK_K];
+    inf[9] = f32::INFINITY;
+    blocks.push(inf);
+    let mut nan = [1f32; QK_K];
+    nan[100] = f32::NAN;
+    blocks.push(nan);
+    for (i, x) in blocks.iter().enumerate() {
+        assert_eq!(
+            as_bytes(&kquants::quantize_q8k(x)),
+            as_bytes(&kquants::quantize_q8k_scalar(x)),
+            "block {i}"
+        );
+    }
+}
+
+#[test]
 fn q4k_layout_known_block() {
     // Hand-built block: d = 1, dmin = 0.5; sub-block j has scale j+1 (j < 4) or
     // 40 + j (j >= 4, exercising the high bits) and min 2j (j < 4) or 50 + j.

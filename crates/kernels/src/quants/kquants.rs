@@ -277,8 +277,21 @@ pub fn quantize_row(t: GgmlType, src: &[f32], dst: &mut [u8]) {
     }
 }
 
-/// Quantizes one block of activations to Q8_K (ggml's reference rounding).
+/// Quantizes one block of activations to Q8_K (ggml's reference rounding), with
+/// AVX-512 where available (bitwise the same block).
 pub fn quantize_q8k(x: &[f32; QK_K]) -> BlockQ8K {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::simd_level() >= SimdLevel::Avx512Vnni {
+        // SAFETY: AVX-512 checked; the block is 256 elements.
+        if let Some(b) = unsafe { x86::quantize_q8k_512(x) } {
+            return b;
+        }
+    }
+    quantize_q8k_scalar(x)
+}
+
+/// The scalar twin of [`quantize_q8k`].
+pub fn quantize_q8k_scalar(x: &[f32; QK_K]) -> BlockQ8K {
     let mut amax = 0.0f32;
     let mut max = 0.0f32;
     for &v in x {

@@ -6,7 +6,7 @@
 //! `maddubs` (u8 x i8 -> pairwise i16) then `madd`/`dpwssd` with the scales.
 //! No i16 saturation is possible: quants <= 63 and |q8| <= 127 give pairs <= 16002.
 
-use super::{GgmlType, SimdLevel, Q8K_BYTES};
+use super::{BlockQ8K, GgmlType, SimdLevel, Q8K_BYTES, QK_K};
 use std::arch::x86_64::*;
 
 /// One weight super-block in the common unpacked form.
@@ -798,4 +798,54 @@ pub(super) unsafe fn tile(
         (_, GgmlType::Q5K) => call!(tile_q5k_avx2),
         (_, _) => call!(tile_q6k_avx2),
     }
+}
+
+/// [`super::quantize_q8k_scalar`] on AVX-512, bit for bit: the first element of largest
+/// magnitude sets the scale, products round half to even (ggml's `nearest_int`), and
+/// each 16-lane vector is one of the 16 `bsums` groups. `None` (use the scalar twin)
+/// when the block holds a NaN or an infinity, whose handling the scalar loop defines.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn quantize_q8k_512(x: &[f32; QK_K]) -> Option<BlockQ8K> {
+    let p = x.as_ptr();
+    let (mut m, mut nan) = (_mm512_setzero_ps(), 0u16);
+    for g in 0..16 {
+        let v = _mm512_loadu_ps(p.add(16 * g));
+        nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        m = _mm512_max_ps(m, _mm512_abs_ps(v));
+    }
+    let amax = _mm512_reduce_max_ps(m);
+    if nan != 0 || !amax.is_finite() {
+        return None;
+    }
+    let mut b = BlockQ8K {
+        d: 0.0,
+        qs: [0; QK_K],
+        bsums: [0; 16],
+    };
+    if amax == 0.0 {
+        return Some(b);
+    }
+    let va = _mm512_set1_ps(amax);
+    let first = (0..16).find_map(|g| {
+        let v = _mm512_abs_ps(_mm512_loadu_ps(p.add(16 * g)));
+        let hit = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, va);
+        (hit != 0).then(|| 16 * g + hit.trailing_zeros() as usize)
+    })?;
+    let max = x[first];
+    let iscale = -127.0 / max;
+    let (vs, top) = (_mm512_set1_ps(iscale), _mm512_set1_epi32(127));
+    for g in 0..16 {
+        let v = _mm512_mul_ps(vs, _mm512_loadu_ps(p.add(16 * g)));
+        let q = _mm512_min_epi32(
+            _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
+            top,
+        );
+        _mm_storeu_si128(
+            b.qs.as_mut_ptr().add(16 * g) as *mut __m128i,
+            _mm512_cvtepi32_epi8(q),
+        );
+        b.bsums[g] = _mm512_reduce_add_epi32(q) as i16;
+    }
+    b.d = 1.0 / iscale;
+    Some(b)
 }
