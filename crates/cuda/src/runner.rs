@@ -123,6 +123,9 @@ struct Buffers {
     rows: Scratch,
     tables: Vec<Scratch>,
     scores: Scratch,
+    /// Split attention: per (token, head, chunk) the max and sum, and partial outputs.
+    att_ml: Scratch,
+    att_part: Scratch,
     /// Prefill through cuBLAS: one dequantized matrix and the f16 activations.
     w16: Scratch,
     x16: Scratch,
@@ -237,6 +240,9 @@ pub struct CudaRunner {
     /// add + norm + quantization in one, RoPE + KV store in one), on unless
     /// `HANGAR_CUDA_FUSE=0`.
     fuse: bool,
+    /// Split-K attention where (head, token) blocks are few (`attention_splits`), on
+    /// unless `HANGAR_CUDA_SPLITK=0`.
+    split_k: bool,
     /// Bytes of the f16 weight copies (`cache_f16`).
     f16_bytes: usize,
     /// Steps of at least this many tokens multiply on cuBLAS (`GEMM_MIN_TOKENS`;
@@ -255,6 +261,75 @@ const ADD_NORM_MAX: usize = 1024 * 8;
 const ATT_SMEM_SCORES: usize = 4096;
 /// Warps per attention block (`ATT_WARPS` in kernels/attention.cu, `twin::ATT_WARPS`).
 const ATT_WARPS: usize = crate::twin::ATT_WARPS;
+
+/// Blocks the split attention aims for: about four per SM of an H100 / H200.
+const ATT_SPLIT_TARGET_BLOCKS: usize = 512;
+/// The fewest positions a split-attention chunk covers.
+const ATT_SPLIT_MIN_CHUNK: usize = 64;
+
+/// How `attention` splits positions for `blocks` (head, token) pairs and rows of up to
+/// `max_n` positions: `(chunks, positions per chunk)`, one chunk meaning the unsplit
+/// kernel. Splits only where the blocks alone would leave most SMs idle (decode at
+/// small batches), into chunks of at least [`ATT_SPLIT_MIN_CHUNK`] positions.
+pub(crate) fn attention_splits(blocks: usize, max_n: usize, enabled: bool) -> (usize, usize) {
+    let want = ATT_SPLIT_TARGET_BLOCKS.div_ceil(blocks.max(1));
+    let most = max_n / ATT_SPLIT_MIN_CHUNK;
+    let s = want.min(most);
+    if !enabled || s <= 1 {
+        return (1, max_n);
+    }
+    let chunk = max_n.div_ceil(s).next_multiple_of(ATT_WARPS);
+    (max_n.div_ceil(chunk), chunk)
+}
+
+/// Launches the three split-attention kernels (kernels/attention.cu): buffers `[q, k
+/// cache, v cache, out, tok_seq, block table, scores, ml, part]`, shapes `(heads, kv
+/// heads, head size, tokens)`, rows `(table stride, block size, window, max positions,
+/// chunks, chunk)`, and the output's q8_1 copy (`(0, 0)`: none).
+fn split_attention(
+    gpu: &mut Gpu,
+    [q, kc, vc, out, ts, table, scores, ml, part]: [u64; 9],
+    (nh, nkv, hd, t): (usize, usize, usize, usize),
+    (tstride, bs, window, max_n, splits, chunk): (usize, usize, usize, usize, usize, usize),
+    scale: f32,
+    (xq, xd): (u64, u64),
+) -> Result<(), CudaError> {
+    let grid = (nh as u32, t as u32, splits as u32);
+    let block = (32 * ATT_WARPS as u32, 1, 1);
+    let row = |a: Args| {
+        a.i32(nh as i32)
+            .i32(nkv as i32)
+            .i32(hd as i32)
+            .ptr(ts)
+            .ptr(table)
+            .i32(tstride as i32)
+            .i32(bs as i32)
+            .i32(window as i32)
+    };
+    let args = row(Args::new().ptr(q).ptr(kc))
+        .f32(scale)
+        .ptr(scores)
+        .i32(max_n as i32)
+        .i32(chunk as i32)
+        .ptr(ml);
+    gpu.launch("att_split_scores", grid, block, 0, args)?;
+    let args = row(Args::new().ptr(vc))
+        .ptr(scores)
+        .i32(max_n as i32)
+        .i32(chunk as i32)
+        .ptr(ml)
+        .ptr(part);
+    gpu.launch("att_split_pv", grid, block, 0, args)?;
+    let args = Args::new()
+        .ptr(part)
+        .ptr(out)
+        .i32(nh as i32)
+        .i32(hd as i32)
+        .i32(splits as i32)
+        .ptr(xq)
+        .ptr(xd);
+    gpu.launch("att_split_sum", (nh as u32, t as u32, 1), block, 0, args)
+}
 
 fn grid1(n: usize, threads: usize) -> u32 {
     n.div_ceil(threads).clamp(1, 65_535) as u32
@@ -387,6 +462,7 @@ impl CudaRunner {
             },
             split: std::env::var("HANGAR_CUDA_SPLIT").as_deref() != Ok("0"),
             fuse: std::env::var("HANGAR_CUDA_FUSE").as_deref() != Ok("0"),
+            split_k: std::env::var("HANGAR_CUDA_SPLITK").as_deref() != Ok("0"),
             f16_bytes: 0,
             gemm_min: std::env::var("HANGAR_CUDA_GEMM_MIN")
                 .ok()
@@ -940,6 +1016,11 @@ impl CudaRunner {
         let gate = b.gate.get(gpu, t_total * ff * F)?;
         let up = b.up.get(gpu, t_total * ff * F)?;
         let scores = b.scores.get(gpu, t_total * nh * max_n * F)?;
+        // Split attention's buffers, sized for the longest rows (every layer's split is
+        // at most this one's), before any launch is recorded.
+        let (most_splits, _) = attention_splits(nh * t_total, max_n, self.split_k);
+        let att_ml = b.att_ml.get(gpu, t_total * nh * most_splits * 2 * F)?;
+        let att_part = b.att_part.get(gpu, t_total * nh * most_splits * hd * F)?;
         // Sized for the widest matrix input now: a recorded launch must not see its
         // buffer reallocated later in the step.
         let widest = d.max(qd).max(ff);
@@ -1113,6 +1194,19 @@ impl CudaRunner {
                 0
             };
             let max_n_l = if window > 0 { max_n.min(window) } else { max_n };
+            let (splits, chunk) = attention_splits(nh * t_total, max_n_l, self.split_k);
+            if splits > 1 {
+                split_attention(
+                    &mut self.gpu,
+                    [
+                        q, kv_k[li], kv_v[li], attn, ts_p, table_p[g], scores, att_ml, att_part,
+                    ],
+                    (nh, nkv, hd, t_total),
+                    (tstride[g], bs, window, max_n_l, splits, chunk),
+                    cfg.attn_scale,
+                    att_q,
+                )?;
+            }
             let sm_scores = max_n_l <= ATT_SMEM_SCORES;
             let args = Args::new()
                 .ptr(q)
@@ -1134,13 +1228,15 @@ impl CudaRunner {
                 .ptr(att_q.1)
                 .i32(i32::from(sm_scores));
             let smem = (1 + ATT_WARPS) * hd * F + if sm_scores { max_n_l * F } else { 0 };
-            self.gpu.launch(
-                "attention",
-                (nh as u32, t_total as u32, 1),
-                (32 * ATT_WARPS as u32, 1, 1),
-                smem as u32,
-                args,
-            )?;
+            if splits == 1 {
+                self.gpu.launch(
+                    "attention",
+                    (nh as u32, t_total as u32, 1),
+                    (32 * ATT_WARPS as u32, 1, 1),
+                    smem as u32,
+                    args,
+                )?;
+            }
             self.forget_quantized();
             if att_q.0 != 0 {
                 self.q8_of = Some((attn, t_total, qd, 0));
@@ -1307,5 +1403,26 @@ impl ModelRunner for CudaRunner {
     }
     fn run_parallel(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
         self.pool.for_each_index(n, task);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attention_splits;
+
+    #[test]
+    fn attention_splits_only_where_blocks_are_few() {
+        // An 8B model at batch 1 (32 heads), rows rounded up to 1024 positions.
+        assert_eq!(attention_splits(32, 1024, true), (16, 64));
+        // Batch 64: 2 048 blocks already fill the GPU.
+        assert_eq!(attention_splits(32 * 64, 1024, true).0, 1);
+        // Short rows are not worth a second launch; switched off is one chunk.
+        assert_eq!(attention_splits(4, 64, true).0, 1);
+        assert_eq!(attention_splits(4, 4096, false), (1, 4096));
+        for (blocks, n) in [(4, 1000), (8, 8192), (32, 640), (1, 129)] {
+            let (s, c) = attention_splits(blocks, n, true);
+            assert!(s > 1 && c % 8 == 0 && c >= 64, "{blocks} x {n}: {s} x {c}");
+            assert!(s * c >= n && (s - 1) * c < n, "{blocks} x {n}: {s} x {c}");
+        }
     }
 }

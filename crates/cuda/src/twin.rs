@@ -485,11 +485,45 @@ pub fn attention_head(
     vc: &[f32],
     table: &[u32],
     bs: usize,
+    shape: (usize, usize, usize),
+    h: usize,
+    pos: usize,
+    window: usize,
+    scale: f32,
+) -> Vec<f32> {
+    attention_head_split(
+        q,
+        kc,
+        vc,
+        table,
+        bs,
+        shape,
+        h,
+        pos,
+        window,
+        scale,
+        usize::MAX,
+    )
+}
+
+/// [`attention_head`] as the split kernels compute it (`att_split_*`): positions in
+/// chunks of `chunk`, each with its own max `m_s` and sum `l_s` of `exp(score - m_s)`;
+/// the total `sum_s l_s exp(m_s - M)` normalises the f16-rounded probabilities; each
+/// chunk's warps take every ATT_WARPS-th of its positions; chunk outputs added in order.
+/// One chunk is the unsplit kernel.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_head_split(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    table: &[u32],
+    bs: usize,
     (heads, kv_heads, hd): (usize, usize, usize),
     h: usize,
     pos: usize,
     window: usize,
     scale: f32,
+    chunk: usize,
 ) -> Vec<f32> {
     const WARPS: usize = ATT_WARPS;
     let kh = h / (heads / kv_heads);
@@ -514,26 +548,32 @@ pub fn attention_head(
         }
         *s = lanes.iter().sum::<f32>() * scale;
     }
-    let m = sc.iter().copied().fold(f32::MIN, f32::max);
-    let mut sum = 0f32;
-    for s in sc.iter_mut() {
-        *s = (*s - m).exp();
-        sum += *s;
-    }
+    let chunk = chunk.min(n).max(1);
+    let ml: Vec<(f32, f32)> = sc
+        .chunks(chunk)
+        .map(|c| {
+            let m = c.iter().copied().fold(f32::MIN, f32::max);
+            (m, c.iter().map(|&s| (s - m).exp()).sum())
+        })
+        .collect();
+    let big = ml.iter().map(|&(m, _)| m).fold(f32::MIN, f32::max);
+    let sum: f32 = ml.iter().map(|&(m, l)| l * (m - big).exp()).sum();
     let inv = 1.0 / sum;
-    for s in sc.iter_mut() {
-        *s = f16::from_f32(*s * inv).to_f32();
-    }
-    let mut part = vec![vec![0f32; hd]; WARPS];
-    for (j, &p) in sc.iter().enumerate() {
-        let o = off(lo + j);
-        for (d, acc) in part[j % WARPS].iter_mut().enumerate() {
-            *acc += p * vc[o + d];
+    let mut out = vec![0f32; hd];
+    for (c, scs) in sc.chunks(chunk).enumerate() {
+        let mut part = vec![vec![0f32; hd]; WARPS];
+        for (i, &s) in scs.iter().enumerate() {
+            let p = f16::from_f32((s - big).exp() * inv).to_f32();
+            let o = off(lo + c * chunk + i);
+            for (d, acc) in part[i % WARPS].iter_mut().enumerate() {
+                *acc += p * vc[o + d];
+            }
+        }
+        for (d, o) in out.iter_mut().enumerate() {
+            *o += (0..WARPS).map(|w| part[w][d]).sum::<f32>();
         }
     }
-    (0..hd)
-        .map(|d| (0..WARPS).map(|w| part[w][d]).sum())
-        .collect()
+    out
 }
 
 #[cfg(test)]
@@ -687,6 +727,28 @@ mod tests {
                         (a - b).abs() < 2e-5,
                         "pos {pos} window {window} head {h}: {a} vs {b}"
                     );
+                }
+                // The split kernels' arithmetic (chunks of 8 and 16 positions).
+                for chunk in [8, 16] {
+                    let split = attention_head_split(
+                        &q,
+                        &kc,
+                        &vc,
+                        &table,
+                        bs,
+                        (heads, kv_heads, hd),
+                        h,
+                        pos,
+                        window,
+                        scale,
+                        chunk,
+                    );
+                    for (a, b) in split.iter().zip(&want) {
+                        assert!(
+                            (a - b).abs() < 2e-5,
+                            "chunk {chunk} pos {pos} window {window} head {h}: {a} vs {b}"
+                        );
+                    }
                 }
             }
         }

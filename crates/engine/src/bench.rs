@@ -73,18 +73,22 @@ pub fn run(
         tg,
         batch,
         runs,
+        0,
     )
 }
 
-/// As [`run`], on any backend.
+/// As [`run`], on any backend; with `depth > 0` the single-sequence decode starts after
+/// a `depth`-token context (llama-bench's `-d`: decode speed at long contexts) and its
+/// figure is named `tg{tg}@d{depth}`.
 pub fn run_on(
     runner: &mut dyn ModelRunner,
     pp: usize,
     tg: usize,
     batch: usize,
     runs: usize,
+    depth: usize,
 ) -> Result<Vec<BenchFigure>, EngineError> {
-    run_with_adapters(runner, pp, tg, batch, runs, &[])
+    run_with_adapters(runner, pp, tg, batch, runs, depth, &[])
 }
 
 /// One step, through the adapter path when any sequence has an adapter.
@@ -111,12 +115,13 @@ pub fn run_with_adapters(
     tg: usize,
     batch: usize,
     runs: usize,
+    depth: usize,
     choices: &[Option<&LoraAdapter>],
 ) -> Result<Vec<BenchFigure>, EngineError> {
     let first = [choices.first().copied().flatten()];
     let runs = runs.max(1);
     let block = 16;
-    let cap = (pp + 8).max(tg + 8);
+    let cap = (pp + 8).max(depth + tg + 8);
     let groups = runner.kv_layout().n_groups();
     let n_blocks = cap.div_ceil(block);
     runner.allocate_kv(block, &vec![n_blocks; groups])?;
@@ -144,12 +149,12 @@ pub fn run_with_adapters(
         out.push(figure(format!("pp{pp}"), pp, secs));
     }
     if tg > 0 {
-        let toks = tokens(tg + 1, vocab, 2);
+        let toks = tokens(depth + tg + 1, vocab, 2);
         let mut secs = Vec::new();
         for r in 0..=runs {
-            // A one-token prompt, then `tg` decode steps.
+            // A (depth + 1)-token prompt, then `tg` decode steps.
             let seq = SeqInput {
-                tokens: &toks[..1],
+                tokens: &toks[..depth + 1],
                 start_pos: 0,
                 block_tables: &tables,
                 logits: LogitsWanted::Last,
@@ -158,8 +163,8 @@ pub fn run_with_adapters(
             let t0 = Instant::now();
             for i in 0..tg {
                 let seq = SeqInput {
-                    tokens: &toks[i + 1..i + 2],
-                    start_pos: i + 1,
+                    tokens: &toks[depth + i + 1..depth + i + 2],
+                    start_pos: depth + i + 1,
                     block_tables: &tables,
                     logits: LogitsWanted::Last,
                 };
@@ -169,7 +174,11 @@ pub fn run_with_adapters(
                 secs.push(t0.elapsed().as_secs_f64());
             }
         }
-        out.push(figure(format!("tg{tg}"), tg, secs));
+        let name = match depth {
+            0 => format!("tg{tg}"),
+            d => format!("tg{tg}@d{d}"),
+        };
+        out.push(figure(name, tg, secs));
     }
     if tg > 0 && batch > 1 {
         let per_seq: Vec<Option<&LoraAdapter>> = (0..batch)

@@ -433,6 +433,10 @@ pub struct BenchArgs {
     /// Tokens decoded one at a time (0 = skip).
     #[arg(long, default_value_t = 128)]
     pub tg: usize,
+    /// Decode the `tg` tokens after a context of this many tokens (llama-bench's `-d`):
+    /// decode speed at long contexts, reported as `tg{tg}@d{depth}`.
+    #[arg(long, default_value_t = 0)]
+    pub depth: usize,
     /// Also decode `tg` tokens in each of this many sequences at once (batched decode,
     /// as a server at this many concurrent streams); 1 = skip.
     #[arg(long, short = 'b', default_value_t = 1)]
@@ -535,18 +539,18 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             let mut pp =
                 hangar_engine::PpCpuRunner::new(file, n, a.micro_batches, per_stage, opts)?;
             device = pp.device();
-            let f = bench::run_on(&mut pp, a.pp, a.tg, a.batch, a.runs)?;
+            let f = bench::run_on(&mut pp, a.pp, a.tg, a.batch, a.runs, a.depth)?;
             pipeline_idle = pp.take_idle_share();
             f
         }
-        Some(mut r) => bench::run_on(&mut r, a.pp, a.tg, a.batch, a.runs)?,
+        Some(mut r) => bench::run_on(&mut r, a.pp, a.tg, a.batch, a.runs, a.depth)?,
         None if a.tensor_parallel > 1 => {
             let n = a.tensor_parallel as usize;
             let opts = load_options(a.model.numerics, hangar_models::Numerics::Fast);
             let per_rank = (lm.pool.n_threads() / n).max(1);
             let mut tp = hangar_engine::TpCpuRunner::new(lm.model.gguf(), n, per_rank, opts)?;
             device = tp.device();
-            let f = bench::run_on(&mut tp, a.pp, a.tg, a.batch, a.runs)?;
+            let f = bench::run_on(&mut tp, a.pp, a.tg, a.batch, a.runs, a.depth)?;
             collective_share = tp.take_collective_share();
             f
         }
@@ -567,9 +571,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 loaded.iter().map(Option::as_ref).collect();
             device = format!("cpu, LoRA {}", a.lora.join(" / "));
             let mut runner = hangar_engine::BorrowedCpuRunner::new(&lm.model, &lm.pool);
-            bench::run_with_adapters(&mut runner, a.pp, a.tg, a.batch, a.runs, &choices)?
+            bench::run_with_adapters(&mut runner, a.pp, a.tg, a.batch, a.runs, a.depth, &choices)?
         }
-        None => bench::run(&lm.model, &lm.pool, a.pp, a.tg, a.batch, a.runs)?,
+        None => {
+            let mut runner = hangar_engine::BorrowedCpuRunner::new(&lm.model, &lm.pool);
+            bench::run_on(&mut runner, a.pp, a.tg, a.batch, a.runs, a.depth)?
+        }
     };
     let report = bench::BenchReport {
         model: path.display().to_string(),
