@@ -240,9 +240,10 @@ pub struct CudaRunner {
     /// add + norm + quantization in one, RoPE + KV store in one), on unless
     /// `HANGAR_CUDA_FUSE=0`.
     fuse: bool,
-    /// Split-K attention where (head, token) blocks are few (`attention_splits`), on
-    /// unless `HANGAR_CUDA_SPLITK=0`.
-    split_k: bool,
+    /// Blocks split-K attention aims for where (head, token) blocks are few
+    /// (`attention_splits`): `ATT_SPLIT_TARGET_BLOCKS`, `HANGAR_CUDA_SPLITK=N` for A/B
+    /// runs (0: off).
+    split_k: usize,
     /// Bytes of the f16 weight copies (`cache_f16`).
     f16_bytes: usize,
     /// Steps of at least this many tokens multiply on cuBLAS (`GEMM_MIN_TOKENS`;
@@ -262,20 +263,21 @@ const ATT_SMEM_SCORES: usize = 4096;
 /// Warps per attention block (`ATT_WARPS` in kernels/attention.cu, `twin::ATT_WARPS`).
 const ATT_WARPS: usize = crate::twin::ATT_WARPS;
 
-/// Blocks the split attention aims for: about four per SM of an H100 / H200.
-const ATT_SPLIT_TARGET_BLOCKS: usize = 512;
+/// Blocks the split attention aims for: about sixteen per SM of an H100 / H200 (run
+/// 18: 512 left the reads latency-bound at 4k positions).
+const ATT_SPLIT_TARGET_BLOCKS: usize = 2048;
 /// The fewest positions a split-attention chunk covers.
 const ATT_SPLIT_MIN_CHUNK: usize = 64;
 
 /// How `attention` splits positions for `blocks` (head, token) pairs and rows of up to
-/// `max_n` positions: `(chunks, positions per chunk)`, one chunk meaning the unsplit
+/// `max_n` positions, aiming at `target` blocks (0: never split): `(chunks, positions per chunk)`, one chunk meaning the unsplit
 /// kernel. Splits only where the blocks alone would leave most SMs idle (decode at
 /// small batches), into chunks of at least [`ATT_SPLIT_MIN_CHUNK`] positions.
-pub(crate) fn attention_splits(blocks: usize, max_n: usize, enabled: bool) -> (usize, usize) {
-    let want = ATT_SPLIT_TARGET_BLOCKS.div_ceil(blocks.max(1));
+pub(crate) fn attention_splits(blocks: usize, max_n: usize, target: usize) -> (usize, usize) {
+    let want = target.div_ceil(blocks.max(1));
     let most = max_n / ATT_SPLIT_MIN_CHUNK;
     let s = want.min(most);
-    if !enabled || s <= 1 {
+    if s <= 1 {
         return (1, max_n);
     }
     let chunk = max_n.div_ceil(s).next_multiple_of(ATT_WARPS);
@@ -462,7 +464,10 @@ impl CudaRunner {
             },
             split: std::env::var("HANGAR_CUDA_SPLIT").as_deref() != Ok("0"),
             fuse: std::env::var("HANGAR_CUDA_FUSE").as_deref() != Ok("0"),
-            split_k: std::env::var("HANGAR_CUDA_SPLITK").as_deref() != Ok("0"),
+            split_k: match std::env::var("HANGAR_CUDA_SPLITK").map(|v| v.parse::<usize>()) {
+                Ok(Ok(n)) => n,
+                _ => ATT_SPLIT_TARGET_BLOCKS,
+            },
             f16_bytes: 0,
             gemm_min: std::env::var("HANGAR_CUDA_GEMM_MIN")
                 .ok()
@@ -1413,14 +1418,15 @@ mod tests {
     #[test]
     fn attention_splits_only_where_blocks_are_few() {
         // An 8B model at batch 1 (32 heads), rows rounded up to 1024 positions.
-        assert_eq!(attention_splits(32, 1024, true), (16, 64));
+        let target = super::ATT_SPLIT_TARGET_BLOCKS;
+        assert_eq!(attention_splits(32, 1024, target), (16, 64));
         // Batch 64: 2 048 blocks already fill the GPU.
-        assert_eq!(attention_splits(32 * 64, 1024, true).0, 1);
+        assert_eq!(attention_splits(32 * 64, 1024, target).0, 1);
         // Short rows are not worth a second launch; switched off is one chunk.
-        assert_eq!(attention_splits(4, 64, true).0, 1);
-        assert_eq!(attention_splits(4, 4096, false), (1, 4096));
+        assert_eq!(attention_splits(4, 64, target).0, 1);
+        assert_eq!(attention_splits(4, 4096, 0), (1, 4096));
         for (blocks, n) in [(4, 1000), (8, 8192), (32, 640), (1, 129)] {
-            let (s, c) = attention_splits(blocks, n, true);
+            let (s, c) = attention_splits(blocks, n, target);
             assert!(s > 1 && c % 8 == 0 && c >= 64, "{blocks} x {n}: {s} x {c}");
             assert!(s * c >= n && (s - 1) * c < n, "{blocks} x {n}: {s} x {c}");
         }
