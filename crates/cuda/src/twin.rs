@@ -557,7 +557,6 @@ pub fn attention_head_split(
         })
         .collect();
     let big = ml.iter().map(|&(m, _)| m).fold(f32::MIN, f32::max);
-    // (The kernel sums these over a warp's lanes; the order differs in the last bits.)
     let sum: f32 = ml.iter().map(|&(m, l)| l * (m - big).exp()).sum();
     let inv = 1.0 / sum;
     let mut out = vec![0f32; hd];

@@ -2,15 +2,13 @@
 // The token sees positions lo..=pos of its own sequence (lo > 0 under a sliding
 // window); KV head h / group serves query head h (GQA). Each warp takes every eighth
 // position (eight, not four: decode has one block per head, so the chain of
-// positions per warp is its latency), ATT_ILP positions at a time with their loads
-// issued together: its lanes read a position's K (then V) row together, two f16 values
-// a lane per 64-wide stride, so a row is one coalesced read. Scores go to a scratch row,
+// positions per warp is its latency): its lanes read the position's K (then V) row together, two f16 values a
+// lane per 64-wide stride, so a row is one coalesced read. Scores go to a scratch row,
 // softmax, the probabilities are rounded to f16 (as the CPU path's f16 matmul
 // operand), then out = sum p_j V_j, each warp summing its positions and the eight
 // partial sums added in shared memory.
 #define ATT_WARPS 8
 #define ATT_MAX_PAIRS 4 // head sizes up to 256
-#define ATT_ILP 4       // positions a warp reads at once
 
 extern "C" __global__ void __launch_bounds__(256) attention(
     const float* q, const u16* kc, const u16* vc, float* out, int nheads, int nkv, int hd,
@@ -37,40 +35,23 @@ extern "C" __global__ void __launch_bounds__(256) attention(
     // passes over them, so their latency is the kernel's.
     float* sc = sm_scores ? sm + (1 + ATT_WARPS) * hd : scratch + ((u64)t * nheads + h) * max_n;
     float m = -3.0e38f;
-    // ATT_ILP positions per warp at a time, their loads issued together.
-    for (int j = w; j < n; j += ATT_ILP * ATT_WARPS) {
-        u32 two[ATT_ILP][ATT_MAX_PAIRS];
+#pragma unroll 2
+    for (int j = w; j < n; j += ATT_WARPS) {
+        int p = lo + j;
+        u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
+        const u32* kr = (const u32*)(kc + off);
+        float s = 0.0f;
 #pragma unroll
-        for (int u = 0; u < ATT_ILP; u++) {
-            int ju = j + u * ATT_WARPS;
-            if (ju < n) {
-                int p = lo + ju;
-                u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
-                const u32* kr = (const u32*)(kc + off);
-#pragma unroll
-                for (int i = 0; i < ATT_MAX_PAIRS; i++) {
-                    int d2 = lane + 32 * i;
-                    two[u][i] = d2 < pairs ? kr[d2] : 0u;
-                }
+        for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+            int d2 = lane + 32 * i;
+            if (d2 < pairs) {
+                u32 two = kr[d2];
+                s += qs[2 * d2] * h2f((u16)(two & 0xffff)) + qs[2 * d2 + 1] * h2f((u16)(two >> 16));
             }
         }
-#pragma unroll
-        for (int u = 0; u < ATT_ILP; u++) {
-            int ju = j + u * ATT_WARPS;
-            if (ju < n) {
-                float s = 0.0f;
-#pragma unroll
-                for (int i = 0; i < ATT_MAX_PAIRS; i++) {
-                    int d2 = lane + 32 * i;
-                    if (d2 < pairs)
-                        s += qs[2 * d2] * h2f((u16)(two[u][i] & 0xffff)) +
-                             qs[2 * d2 + 1] * h2f((u16)(two[u][i] >> 16));
-                }
-                s = warp_sum(s) * scale;
-                if (lane == 0) sc[ju] = s;
-                m = fmaxf(m, s);
-            }
-        }
+        s = warp_sum(s) * scale;
+        if (lane == 0) sc[j] = s;
+        m = fmaxf(m, s);
     }
     m = block_max(m, red);
     __syncthreads();
@@ -87,36 +68,19 @@ extern "C" __global__ void __launch_bounds__(256) attention(
     float acc[ATT_MAX_PAIRS][2];
 #pragma unroll
     for (int i = 0; i < ATT_MAX_PAIRS; i++) acc[i][0] = acc[i][1] = 0.0f;
-    for (int j = w; j < n; j += ATT_ILP * ATT_WARPS) {
-        u32 two[ATT_ILP][ATT_MAX_PAIRS];
+#pragma unroll 2
+    for (int j = w; j < n; j += ATT_WARPS) {
+        int p = lo + j;
+        u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
+        const u32* vr = (const u32*)(vc + off);
+        float pj = sc[j];
 #pragma unroll
-        for (int u = 0; u < ATT_ILP; u++) {
-            int ju = j + u * ATT_WARPS;
-            if (ju < n) {
-                int p = lo + ju;
-                u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
-                const u32* vr = (const u32*)(vc + off);
-#pragma unroll
-                for (int i = 0; i < ATT_MAX_PAIRS; i++) {
-                    int d2 = lane + 32 * i;
-                    two[u][i] = d2 < pairs ? vr[d2] : 0u;
-                }
-            }
-        }
-        // In position order, as a one-at-a-time loop adds them.
-#pragma unroll
-        for (int u = 0; u < ATT_ILP; u++) {
-            int ju = j + u * ATT_WARPS;
-            if (ju < n) {
-                float pj = sc[ju];
-#pragma unroll
-                for (int i = 0; i < ATT_MAX_PAIRS; i++) {
-                    int d2 = lane + 32 * i;
-                    if (d2 < pairs) {
-                        acc[i][0] += pj * h2f((u16)(two[u][i] & 0xffff));
-                        acc[i][1] += pj * h2f((u16)(two[u][i] >> 16));
-                    }
-                }
+        for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+            int d2 = lane + 32 * i;
+            if (d2 < pairs) {
+                u32 two = vr[d2];
+                acc[i][0] += pj * h2f((u16)(two & 0xffff));
+                acc[i][1] += pj * h2f((u16)(two >> 16));
             }
         }
     }
@@ -175,41 +139,23 @@ extern "C" __global__ void __launch_bounds__(256) att_split_scores(
     __syncthreads();
     float* sc = scratch + ((u64)t * nheads + h) * max_n;
     float m = -3.0e38f;
-    // ATT_ILP positions per warp at a time, their loads issued together (a decode
-    // step's attention is bound by the latency of these dependent reads).
-    for (int j = j0 + w; j < j1; j += ATT_ILP * ATT_WARPS) {
-        u32 two[ATT_ILP][ATT_MAX_PAIRS];
+#pragma unroll 2
+    for (int j = j0 + w; j < j1; j += ATT_WARPS) {
+        int p = lo + j;
+        u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
+        const u32* kr = (const u32*)(kc + off);
+        float sv = 0.0f;
 #pragma unroll
-        for (int u = 0; u < ATT_ILP; u++) {
-            int ju = j + u * ATT_WARPS;
-            if (ju < j1) {
-                int p = lo + ju;
-                u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
-                const u32* kr = (const u32*)(kc + off);
-#pragma unroll
-                for (int i = 0; i < ATT_MAX_PAIRS; i++) {
-                    int d2 = lane + 32 * i;
-                    two[u][i] = d2 < pairs ? kr[d2] : 0u;
-                }
+        for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+            int d2 = lane + 32 * i;
+            if (d2 < pairs) {
+                u32 two = kr[d2];
+                sv += qs[2 * d2] * h2f((u16)(two & 0xffff)) + qs[2 * d2 + 1] * h2f((u16)(two >> 16));
             }
         }
-#pragma unroll
-        for (int u = 0; u < ATT_ILP; u++) {
-            int ju = j + u * ATT_WARPS;
-            if (ju < j1) {
-                float sv = 0.0f;
-#pragma unroll
-                for (int i = 0; i < ATT_MAX_PAIRS; i++) {
-                    int d2 = lane + 32 * i;
-                    if (d2 < pairs)
-                        sv += qs[2 * d2] * h2f((u16)(two[u][i] & 0xffff)) +
-                              qs[2 * d2 + 1] * h2f((u16)(two[u][i] >> 16));
-                }
-                sv = warp_sum(sv) * scale;
-                if (lane == 0) sc[ju] = sv;
-                m = fmaxf(m, sv);
-            }
-        }
+        sv = warp_sum(sv) * scale;
+        if (lane == 0) sc[j] = sv;
+        m = fmaxf(m, sv);
     }
     m = block_max(m, red);
     __syncthreads();
@@ -238,17 +184,13 @@ extern "C" __global__ void __launch_bounds__(256) att_split_pv(
     int j0 = s * chunk, j1 = min(n, j0 + chunk);
     int kvd = nkv * hd, pairs = hd >> 1;
     const float* mls = ml + ((u64)t * nheads + h) * S * 2;
-    if (w == 0) {
+    if (threadIdx.x == 0) {
         float M = -3.0e38f;
-        for (int i = lane; i < S; i += 32) M = fmaxf(M, mls[2 * i]);
-        M = warp_max(M);
+        for (int i = 0; i < S; i++) M = fmaxf(M, mls[2 * i]);
         float sum = 0.0f;
-        for (int i = lane; i < S; i += 32) sum += mls[2 * i + 1] * expf(mls[2 * i] - M);
-        sum = warp_sum(sum);
-        if (lane == 0) {
-            gm[0] = M;
-            gm[1] = 1.0f / sum;
-        }
+        for (int i = 0; i < S; i++) sum += mls[2 * i + 1] * expf(mls[2 * i] - M);
+        gm[0] = M;
+        gm[1] = 1.0f / sum;
     }
     __syncthreads();
     float M = gm[0], inv = gm[1];
@@ -257,37 +199,19 @@ extern "C" __global__ void __launch_bounds__(256) att_split_pv(
     float acc[ATT_MAX_PAIRS][2];
 #pragma unroll
     for (int i = 0; i < ATT_MAX_PAIRS; i++) acc[i][0] = acc[i][1] = 0.0f;
-    for (int j = j0 + w; j < j1; j += ATT_ILP * ATT_WARPS) {
-        u32 two[ATT_ILP][ATT_MAX_PAIRS];
-        float pj[ATT_ILP];
+#pragma unroll 2
+    for (int j = j0 + w; j < j1; j += ATT_WARPS) {
+        int p = lo + j;
+        u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
+        const u32* vr = (const u32*)(vc + off);
+        float pj = round_h(expf(sc[j] - M) * inv);
 #pragma unroll
-        for (int u = 0; u < ATT_ILP; u++) {
-            int ju = j + u * ATT_WARPS;
-            pj[u] = 0.0f;
-            if (ju < j1) {
-                int p = lo + ju;
-                u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
-                const u32* vr = (const u32*)(vc + off);
-                pj[u] = round_h(expf(sc[ju] - M) * inv);
-#pragma unroll
-                for (int i = 0; i < ATT_MAX_PAIRS; i++) {
-                    int d2 = lane + 32 * i;
-                    two[u][i] = d2 < pairs ? vr[d2] : 0u;
-                }
-            }
-        }
-        // In position order, as the one-at-a-time loop adds them.
-#pragma unroll
-        for (int u = 0; u < ATT_ILP; u++) {
-            if (j + u * ATT_WARPS < j1) {
-#pragma unroll
-                for (int i = 0; i < ATT_MAX_PAIRS; i++) {
-                    int d2 = lane + 32 * i;
-                    if (d2 < pairs) {
-                        acc[i][0] += pj[u] * h2f((u16)(two[u][i] & 0xffff));
-                        acc[i][1] += pj[u] * h2f((u16)(two[u][i] >> 16));
-                    }
-                }
+        for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+            int d2 = lane + 32 * i;
+            if (d2 < pairs) {
+                u32 two = vr[d2];
+                acc[i][0] += pj * h2f((u16)(two & 0xffff));
+                acc[i][1] += pj * h2f((u16)(two >> 16));
             }
         }
     }
