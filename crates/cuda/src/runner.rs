@@ -244,6 +244,9 @@ pub struct CudaRunner {
     /// (`attention_splits`): `ATT_SPLIT_TARGET_BLOCKS`, `HANGAR_CUDA_SPLITK=N` for A/B
     /// runs (0: off).
     split_k: usize,
+    /// The tiled prefill attention (`attention_tiled`) for steps with a 16+-token
+    /// prompt, on unless `HANGAR_CUDA_TILED=0`.
+    tiled: bool,
     /// Bytes of the f16 weight copies (`cache_f16`).
     f16_bytes: usize,
     /// Steps of at least this many tokens multiply on cuBLAS (`GEMM_MIN_TOKENS`;
@@ -263,6 +266,8 @@ const ATT_SMEM_SCORES: usize = 4096;
 /// Warps per attention block (`ATT_WARPS` in kernels/attention.cu, `twin::ATT_WARPS`).
 const ATT_WARPS: usize = crate::twin::ATT_WARPS;
 
+/// The widest head the tiled prefill attention takes (`FA_HD` in kernels/attention.cu).
+const ATT_TILED_MAX_HEAD: usize = 128;
 /// Blocks the split attention aims for: about sixteen per SM of an H100 / H200 (run
 /// 19, 8B at 4k positions: 2048 decodes 205 tok/s, 512 171: the reads are
 /// latency-bound, more blocks keep more of them in flight).
@@ -469,6 +474,7 @@ impl CudaRunner {
                 Ok(Ok(n)) => n,
                 _ => ATT_SPLIT_TARGET_BLOCKS,
             },
+            tiled: std::env::var("HANGAR_CUDA_TILED").as_deref() != Ok("0"),
             f16_bytes: 0,
             gemm_min: std::env::var("HANGAR_CUDA_GEMM_MIN")
                 .ok()
@@ -964,6 +970,7 @@ impl CudaRunner {
         let mut tok_seq = Vec::with_capacity(2 * t_total);
         let mut rows = Vec::new();
         let mut max_n = 1usize;
+        let longest = step.iter().map(|s| s.tokens.len()).max().unwrap_or(0);
         let mut t = 0usize;
         for (si, s) in step.iter().enumerate() {
             for (i, &tok) in s.tokens.iter().enumerate() {
@@ -1185,15 +1192,6 @@ impl CudaRunner {
                 self.gpu
                     .launch("kv_store", (t_total as u32, 1, 1), (256, 1, 1), 0, args)?;
             }
-            // Fused: the attention kernel also writes its output's q8_1 copy for the
-            // output projection (whole warps hold whole 32-blocks when hd % 32 == 0).
-            let att_q = if fused && hd.is_multiple_of(32) {
-                let xq = self.bufs.xq.get(&self.gpu, t_total * qd)?;
-                let xd = self.bufs.xd.get(&self.gpu, t_total * qd / 32 * 8)?;
-                (xq, xd)
-            } else {
-                (0, 0)
-            };
             let window = if local {
                 cfg.sliding_window.unwrap_or(0)
             } else {
@@ -1201,6 +1199,18 @@ impl CudaRunner {
             };
             let max_n_l = if window > 0 { max_n.min(window) } else { max_n };
             let (splits, chunk) = attention_splits(nh * t_total, max_n_l, self.split_k);
+            // Prompts of 16+ tokens: the tiled kernel reads each K/V row once per 16
+            // tokens (heads up to 128 wide).
+            let tiled = self.tiled && splits == 1 && hd <= ATT_TILED_MAX_HEAD && longest >= 16;
+            // Fused: the attention kernel also writes its output's q8_1 copy for the
+            // output projection (whole warps hold whole 32-blocks when hd % 32 == 0).
+            let att_q = if fused && hd.is_multiple_of(32) && !tiled {
+                let xq = self.bufs.xq.get(&self.gpu, t_total * qd)?;
+                let xd = self.bufs.xd.get(&self.gpu, t_total * qd / 32 * 8)?;
+                (xq, xd)
+            } else {
+                (0, 0)
+            };
             if splits > 1 {
                 split_attention(
                     &mut self.gpu,
@@ -1211,6 +1221,29 @@ impl CudaRunner {
                     (tstride[g], bs, window, max_n_l, splits, chunk),
                     cfg.attn_scale,
                     att_q,
+                )?;
+            } else if tiled {
+                let args = Args::new()
+                    .ptr(q)
+                    .ptr(kv_k[li])
+                    .ptr(kv_v[li])
+                    .ptr(attn)
+                    .i32(nh as i32)
+                    .i32(nkv as i32)
+                    .i32(hd as i32)
+                    .i32(t_total as i32)
+                    .ptr(ts_p)
+                    .ptr(table_p[g])
+                    .i32(tstride[g] as i32)
+                    .i32(bs as i32)
+                    .i32(window as i32)
+                    .f32(cfg.attn_scale);
+                self.gpu.launch(
+                    "attention_tiled",
+                    (nh as u32, t_total.div_ceil(16) as u32, 1),
+                    (256, 1, 1),
+                    0,
+                    args,
                 )?;
             }
             let sm_scores = max_n_l <= ATT_SMEM_SCORES;
@@ -1234,7 +1267,7 @@ impl CudaRunner {
                 .ptr(att_q.1)
                 .i32(i32::from(sm_scores));
             let smem = (1 + ATT_WARPS) * hd * F + if sm_scores { max_n_l * F } else { 0 };
-            if splits == 1 {
+            if splits == 1 && !tiled {
                 self.gpu.launch(
                     "attention",
                     (nh as u32, t_total as u32, 1),

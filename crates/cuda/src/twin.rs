@@ -576,6 +576,61 @@ pub fn attention_head_split(
     out
 }
 
+/// The tiled prefill kernel's arithmetic (`attention_tiled`) for one query head of one
+/// token: scores as dot products in dimension order, the max and sum folded online in
+/// position order (the sum rescaled when the max grows), probabilities
+/// `f16(exp(s - max) * (1 / sum))`, and the output adding positions in order.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_head_tiled(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    table: &[u32],
+    bs: usize,
+    (heads, kv_heads, hd): (usize, usize, usize),
+    h: usize,
+    pos: usize,
+    window: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let kh = h / (heads / kv_heads);
+    let kvd = kv_heads * hd;
+    let lo = if window > 0 {
+        (pos + 1).saturating_sub(window)
+    } else {
+        0
+    };
+    let off = |p: usize| (table[p / bs] as usize * bs + p % bs) * kvd + kh * hd;
+    let scores: Vec<f32> = (lo..=pos)
+        .map(|p| {
+            let o = off(p);
+            let mut a = 0f32;
+            for d in 0..hd {
+                a += q[d] * kc[o + d];
+            }
+            a * scale
+        })
+        .collect();
+    let (mut m, mut l) = (-3.0e38f32, 0f32);
+    for &s in &scores {
+        if s > m {
+            l *= (m - s).exp();
+            m = s;
+        }
+        l += (s - m).exp();
+    }
+    let inv = 1.0 / l;
+    let mut out = vec![0f32; hd];
+    for (j, &s) in scores.iter().enumerate() {
+        let p = f16::from_f32((s - m).exp() * inv).to_f32();
+        let o = off(lo + j);
+        for (d, acc) in out.iter_mut().enumerate() {
+            *acc += p * vc[o + d];
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -726,6 +781,24 @@ mod tests {
                     assert!(
                         (a - b).abs() < 2e-5,
                         "pos {pos} window {window} head {h}: {a} vs {b}"
+                    );
+                }
+                let tiled = attention_head_tiled(
+                    &q,
+                    &kc,
+                    &vc,
+                    &table,
+                    bs,
+                    (heads, kv_heads, hd),
+                    h,
+                    pos,
+                    window,
+                    scale,
+                );
+                for (a, b) in tiled.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() < 2e-5,
+                        "tiled: pos {pos} window {window} head {h}: {a} vs {b}"
                     );
                 }
                 // The split kernels' arithmetic (chunks of 8 and 16 positions).

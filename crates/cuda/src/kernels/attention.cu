@@ -245,3 +245,148 @@ extern "C" __global__ void __launch_bounds__(256) att_split_sum(
         if (Xq) q8_1_lane(o, at, Xq, Xd);
     }
 }
+
+// Prefill attention in tiles (flash-attention style): one block per (query head, 16
+// consecutive tokens of the step). The tokens of a tile that belong to one sequence
+// (a "segment"; a tile usually holds one) read that sequence's K and V rows once per
+// 64-position tile into shared memory, instead of once per token. Two passes over the
+// positions keep the one-token kernel's probabilities: the first finds each token's
+// max and sum (online, rescaling the sum when the max grows), the second forms
+// p = round_f16(exp(s - max) / sum) and out = sum p V. Scores are dot products in
+// dimension order from shared memory; outputs add positions in order.
+#define FA_Q 16
+#define FA_K 64
+#define FA_HD 128 // head sizes up to 128 (larger heads use `attention`)
+extern "C" __global__ void __launch_bounds__(256) attention_tiled(
+    const float* q, const u16* kc, const u16* vc, float* out, int nheads, int nkv, int hd,
+    int ntok, const int* tok_seq, const u32* tables, int tstride, int bs, int window,
+    float scale) {
+    __shared__ float qs[FA_Q][FA_HD];
+    __shared__ float kv[FA_K][FA_HD + 1];
+    __shared__ float st[FA_Q][FA_K];
+    __shared__ float mrow[FA_Q], lrow[FA_Q];
+    __shared__ int tseq[FA_Q], tpos[FA_Q], tlo[FA_Q], done[FA_Q];
+    int h = blockIdx.x, t0 = blockIdx.y * FA_Q, tid = threadIdx.x;
+    int kh = h / (nheads / nkv), kvd = nkv * hd;
+    int nq = min(FA_Q, ntok - t0);
+    if (tid < FA_Q) {
+        int t = t0 + tid;
+        bool ok = tid < nq;
+        tseq[tid] = ok ? tok_seq[2 * t] : -1;
+        tpos[tid] = ok ? tok_seq[2 * t + 1] : -1;
+        tlo[tid] = ok && window > 0 ? max(0, tok_seq[2 * t + 1] + 1 - window) : 0;
+        done[tid] = ok ? 0 : 1;
+    }
+    for (int i = tid; i < FA_Q * hd; i += blockDim.x) {
+        int qi = i / hd, d = i % hd;
+        qs[qi][d] = qi < nq ? q[((u64)(t0 + qi) * nheads + h) * hd + d] : 0.0f;
+    }
+    __syncthreads();
+    // Score and output mapping: thread -> token qi = tid / 16; scores of positions
+    // kj = tid % 16 + 16 c (c < 4); outputs d = tid % 16 + 16 c (c < FA_HD / 16).
+    int qi = tid >> 4, sub = tid & 15;
+    while (true) {
+        // The next segment: the tile's first unfinished token's sequence.
+        __shared__ int seg, seg_lo, seg_hi;
+        if (tid == 0) {
+            int sq = -1;
+            for (int i = 0; i < FA_Q; i++)
+                if (!done[i]) { sq = tseq[i]; break; }
+            int a = 1 << 30, b = -1;
+            for (int i = 0; i < FA_Q; i++)
+                if (!done[i] && tseq[i] == sq) { a = min(a, tlo[i]); b = max(b, tpos[i]); }
+            seg = sq; seg_lo = a; seg_hi = b;
+        }
+        __syncthreads();
+        if (seg < 0) break;
+        bool active = !done[qi] && tseq[qi] == seg;
+        int my_lo = tlo[qi], my_pos = tpos[qi];
+        const u32* table = tables + (u64)seg * tstride;
+        float m = -3.0e38f, l = 0.0f;
+        float acc[FA_HD / 16];
+#pragma unroll
+        for (int c = 0; c < FA_HD / 16; c++) acc[c] = 0.0f;
+        for (int pass = 0; pass < 2; pass++) {
+            if (pass == 1) {
+                if (sub == 0) { mrow[qi] = m; lrow[qi] = l; }
+                __syncthreads();
+                m = mrow[qi];
+                l = lrow[qi];
+            }
+            float inv = 1.0f / l;
+            for (int k0 = seg_lo; k0 <= seg_hi; k0 += FA_K) {
+                int nk = min(FA_K, seg_hi + 1 - k0);
+                __syncthreads();
+                for (int i = tid; i < FA_K * hd; i += blockDim.x) {
+                    int r = i / hd, d = i % hd;
+                    float v = 0.0f;
+                    if (r < nk) {
+                        int p = k0 + r;
+                        u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
+                        v = h2f(kc[off + d]);
+                    }
+                    kv[r][d] = v;
+                }
+                __syncthreads();
+#pragma unroll
+                for (int c = 0; c < FA_K / 16; c++) {
+                    int kj = sub + 16 * c, p = k0 + kj;
+                    float s = -3.0e38f;
+                    if (active && kj < nk && p >= my_lo && p <= my_pos) {
+                        float a = 0.0f;
+                        for (int d = 0; d < hd; d++) a += qs[qi][d] * kv[kj][d];
+                        s = a * scale;
+                    }
+                    st[qi][kj] = s;
+                }
+                __syncthreads();
+                if (pass == 0) {
+                    // Each of the token's 16 threads folds the tile into (m, l) the same
+                    // way, in position order.
+                    for (int kj = 0; kj < nk; kj++) {
+                        float s = st[qi][kj];
+                        if (s > -3.0e38f) {
+                            if (s > m) { l = l * expf(m - s); m = s; }
+                            l += expf(s - m);
+                        }
+                    }
+                    continue;
+                }
+                // Pass 2: V rows replace K rows.
+                __syncthreads();
+                for (int i = tid; i < FA_K * hd; i += blockDim.x) {
+                    int r = i / hd, d = i % hd;
+                    float v = 0.0f;
+                    if (r < nk) {
+                        int p = k0 + r;
+                        u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
+                        v = h2f(vc[off + d]);
+                    }
+                    kv[r][d] = v;
+                }
+                __syncthreads();
+                for (int kj = 0; kj < nk; kj++) {
+                    float s = st[qi][kj];
+                    if (s <= -3.0e38f) continue;
+                    float pj = round_h(expf(s - m) * inv);
+#pragma unroll
+                    for (int c = 0; c < FA_HD / 16; c++) {
+                        int d = sub + 16 * c;
+                        if (d < hd) acc[c] += pj * kv[kj][d];
+                    }
+                }
+            }
+        }
+        if (active) {
+            u64 at = ((u64)(t0 + qi) * nheads + h) * hd;
+#pragma unroll
+            for (int c = 0; c < FA_HD / 16; c++) {
+                int d = sub + 16 * c;
+                if (d < hd) out[at + d] = acc[c];
+            }
+        }
+        __syncthreads();
+        if (tid < FA_Q && !done[tid] && tseq[tid] == seg) done[tid] = 1;
+        __syncthreads();
+    }
+}
