@@ -245,7 +245,7 @@ pub struct CudaRunner {
     /// runs (0: off).
     split_k: usize,
     /// The tiled prefill attention (`attention_tiled`) for steps with a 16+-token
-    /// prompt, on unless `HANGAR_CUDA_TILED=0`.
+    /// prompt and rows of `ATT_TILED_MIN_POSITIONS`+, on unless `HANGAR_CUDA_TILED=0`.
     tiled: bool,
     /// Bytes of the f16 weight copies (`cache_f16`).
     f16_bytes: usize,
@@ -268,6 +268,10 @@ const ATT_WARPS: usize = crate::twin::ATT_WARPS;
 
 /// The widest head the tiled prefill attention takes (`FA_HD` in kernels/attention.cu).
 const ATT_TILED_MAX_HEAD: usize = 128;
+/// Rows at least this long take the tiled prefill attention (run 20, 8B shape: pp4096
+/// 2 345 -> 2 776 tok/s, but pp512 11 341 -> 10 928: its scores are dot products out of
+/// shared memory on CUDA cores, so it wins only where re-reading K/V dominated).
+const ATT_TILED_MIN_POSITIONS: usize = 2048;
 /// Blocks the split attention aims for: about sixteen per SM of an H100 / H200 (run
 /// 19, 8B at 4k positions: 2048 decodes 205 tok/s, 512 171: the reads are
 /// latency-bound, more blocks keep more of them in flight).
@@ -1199,9 +1203,13 @@ impl CudaRunner {
             };
             let max_n_l = if window > 0 { max_n.min(window) } else { max_n };
             let (splits, chunk) = attention_splits(nh * t_total, max_n_l, self.split_k);
-            // Prompts of 16+ tokens: the tiled kernel reads each K/V row once per 16
-            // tokens (heads up to 128 wide).
-            let tiled = self.tiled && splits == 1 && hd <= ATT_TILED_MAX_HEAD && longest >= 16;
+            // Long prompts: the tiled kernel reads each K/V row once per 16 tokens
+            // (heads up to 128 wide).
+            let tiled = self.tiled
+                && splits == 1
+                && hd <= ATT_TILED_MAX_HEAD
+                && longest >= 16
+                && max_n_l >= ATT_TILED_MIN_POSITIONS;
             // Fused: the attention kernel also writes its output's q8_1 copy for the
             // output projection (whole warps hold whole 32-blocks when hd % 32 == 0).
             let att_q = if fused && hd.is_multiple_of(32) && !tiled {
