@@ -777,49 +777,25 @@ mod tests {
                     &mut scores,
                     &mut want,
                 );
-                for (a, b) in got.iter().zip(&want) {
-                    assert!(
-                        (a - b).abs() < 2e-5,
-                        "pos {pos} window {window} head {h}: {a} vs {b}"
-                    );
-                }
-                let tiled = attention_head_tiled(
-                    &q,
-                    &kc,
-                    &vc,
-                    &table,
-                    bs,
-                    (heads, kv_heads, hd),
-                    h,
-                    pos,
-                    window,
-                    scale,
-                );
-                for (a, b) in tiled.iter().zip(&want) {
-                    assert!(
-                        (a - b).abs() < 2e-5,
-                        "tiled: pos {pos} window {window} head {h}: {a} vs {b}"
-                    );
-                }
-                // The split kernels' arithmetic (chunks of 8 and 16 positions).
-                for chunk in [8, 16] {
-                    let split = attention_head_split(
-                        &q,
-                        &kc,
-                        &vc,
-                        &table,
-                        bs,
-                        (heads, kv_heads, hd),
-                        h,
-                        pos,
-                        window,
-                        scale,
-                        chunk,
-                    );
-                    for (a, b) in split.iter().zip(&want) {
+                let shape = (heads, kv_heads, hd);
+                let tiled =
+                    attention_head_tiled(&q, &kc, &vc, &table, bs, shape, h, pos, window, scale);
+                // The split kernels' arithmetic, chunks of 8 and 16 positions.
+                let split = |chunk| {
+                    attention_head_split(
+                        &q, &kc, &vc, &table, bs, shape, h, pos, window, scale, chunk,
+                    )
+                };
+                for (kernel, got) in [
+                    ("one-launch", got),
+                    ("tiled", tiled),
+                    ("split 8", split(8)),
+                    ("split 16", split(16)),
+                ] {
+                    for (a, b) in got.iter().zip(&want) {
                         assert!(
                             (a - b).abs() < 2e-5,
-                            "chunk {chunk} pos {pos} window {window} head {h}: {a} vs {b}"
+                            "{kernel}: pos {pos} window {window} head {h}: {a} vs {b}"
                         );
                     }
                 }

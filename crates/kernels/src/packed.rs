@@ -542,7 +542,7 @@ pub fn matmul_packed_scalar(p: &PackedMatrix, act: &[u8], t: usize, out: &mut [f
 mod amx;
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use super::*;
     use std::arch::x86_64::*;
 
@@ -691,15 +691,29 @@ mod x86 {
                 *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, *acc);
             }
         }
+        store_group(p.rows, g, c0, out, &acc);
+    }
+
+    /// Stores a 16-row group's outputs for tokens `c0..c0 + acc.len()` (`acc[c]` holds
+    /// rows `16g..16g + 16` of token `c0 + c`), leaving out rows past `rows`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn store_group(
+        rows: usize,
+        g: usize,
+        c0: usize,
+        out: *mut f32,
+        acc: &[__m512],
+    ) {
         let r0 = g * GROUP;
-        let valid = (p.rows - r0).min(GROUP);
+        let valid = (rows - r0).min(GROUP);
         let mask: __mmask16 = if valid == GROUP {
             0xffff
         } else {
             (1u16 << valid) - 1
         };
         for (c, acc) in acc.iter().enumerate() {
-            _mm512_mask_storeu_ps(out.add((c0 + c) * p.rows + r0), mask, *acc);
+            _mm512_mask_storeu_ps(out.add((c0 + c) * rows + r0), mask, *acc);
         }
     }
 }

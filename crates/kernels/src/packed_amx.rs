@@ -187,14 +187,5 @@ pub(super) unsafe fn tile<const T: u8, const NC: usize>(
             }
         }
     }
-    let r0 = g * GROUP;
-    let valid = (p.rows - r0).min(GROUP);
-    let mask: __mmask16 = if valid == GROUP {
-        0xffff
-    } else {
-        (1u16 << valid) - 1
-    };
-    for (c, acc) in acc.iter().enumerate() {
-        _mm512_mask_storeu_ps(out.add((c0 + c) * p.rows + r0), mask, *acc);
-    }
+    super::x86::store_group(p.rows, g, c0, out, &acc);
 }

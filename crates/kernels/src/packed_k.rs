@@ -372,16 +372,7 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn store(p: &PackedK, g: usize, c0: usize, out: *mut f32, acc: &[__m512]) {
-        let r0 = g * GROUP;
-        let valid = (p.rows - r0).min(GROUP);
-        let mask: __mmask16 = if valid == GROUP {
-            0xffff
-        } else {
-            (1u16 << valid) - 1
-        };
-        for (c, acc) in acc.iter().enumerate() {
-            _mm512_mask_storeu_ps(out.add((c0 + c) * p.rows + r0), mask, *acc);
-        }
+        crate::packed::x86::store_group(p.rows, g, c0, out, acc)
     }
 
     #[inline]
