@@ -1230,10 +1230,8 @@ impl CudaRunner {
                     cfg.attn_scale,
                     att_q,
                 )?;
-            }
-            // The arguments `attention` and `attention_tiled` begin with.
-            let common = || {
-                Args::new()
+            } else if tiled {
+                let args = Args::new()
                     .ptr(q)
                     .ptr(kv_k[li])
                     .ptr(kv_v[li])
@@ -1241,24 +1239,36 @@ impl CudaRunner {
                     .i32(nh as i32)
                     .i32(nkv as i32)
                     .i32(hd as i32)
+                    .i32(t_total as i32)
                     .ptr(ts_p)
                     .ptr(table_p[g])
                     .i32(tstride[g] as i32)
                     .i32(bs as i32)
                     .i32(window as i32)
-                    .f32(cfg.attn_scale)
-            };
-            if tiled {
+                    .f32(cfg.attn_scale);
                 self.gpu.launch(
                     "attention_tiled",
                     (nh as u32, t_total.div_ceil(16) as u32, 1),
                     (256, 1, 1),
                     0,
-                    common().i32(t_total as i32),
+                    args,
                 )?;
             }
             let sm_scores = max_n_l <= ATT_SMEM_SCORES;
-            let args = common()
+            let args = Args::new()
+                .ptr(q)
+                .ptr(kv_k[li])
+                .ptr(kv_v[li])
+                .ptr(attn)
+                .i32(nh as i32)
+                .i32(nkv as i32)
+                .i32(hd as i32)
+                .ptr(ts_p)
+                .ptr(table_p[g])
+                .i32(tstride[g] as i32)
+                .i32(bs as i32)
+                .i32(window as i32)
+                .f32(cfg.attn_scale)
                 .ptr(scores)
                 .i32(max_n_l as i32)
                 .ptr(att_q.0)

@@ -10,46 +10,6 @@
 #define ATT_WARPS 8
 #define ATT_MAX_PAIRS 4 // head sizes up to 256
 
-// Where position p's row of KV head kh starts in the paged cache.
-__device__ __forceinline__ u64 att_row(const u32* table, int p, int bs, int kvd, int kh, int hd) {
-    return ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
-}
-// A warp's score of one position: lane partial sums over pairs of dimensions (two f16
-// values a lane per 64-wide stride, one coalesced read), then the warp sum, scaled.
-__device__ __forceinline__ float att_score(const float* qs, const u16* kc, u64 off, int lane,
-                                           int pairs, float scale) {
-    const u32* kr = (const u32*)(kc + off);
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < ATT_MAX_PAIRS; i++) {
-        int d2 = lane + 32 * i;
-        if (d2 < pairs) {
-            u32 two = kr[d2];
-            s += qs[2 * d2] * h2f((u16)(two & 0xffff)) + qs[2 * d2 + 1] * h2f((u16)(two >> 16));
-        }
-    }
-    return warp_sum(s) * scale;
-}
-// acc += pj * V row (the lane's pairs of dimensions).
-__device__ __forceinline__ void att_add_v(float (&acc)[ATT_MAX_PAIRS][2], const u16* vc, u64 off,
-                                          float pj, int lane, int pairs) {
-    const u32* vr = (const u32*)(vc + off);
-#pragma unroll
-    for (int i = 0; i < ATT_MAX_PAIRS; i++) {
-        int d2 = lane + 32 * i;
-        if (d2 < pairs) {
-            u32 two = vr[d2];
-            acc[i][0] += pj * h2f((u16)(two & 0xffff));
-            acc[i][1] += pj * h2f((u16)(two >> 16));
-        }
-    }
-}
-// The warps' partial outputs into shared memory (`part`, ATT_WARPS rows of hd).
-__device__ __forceinline__ void att_store_part(float* part, const float (&acc)[ATT_MAX_PAIRS][2],
-                                               int w, int lane, int hd, int pairs) {
-    att_store_part(part, acc, w, lane, hd, pairs);
-}
-
 extern "C" __global__ void __launch_bounds__(256) attention(
     const float* q, const u16* kc, const u16* vc, float* out, int nheads, int nkv, int hd,
     const int* tok_seq, const u32* tables, int tstride, int bs, int window, float scale,
@@ -77,7 +37,19 @@ extern "C" __global__ void __launch_bounds__(256) attention(
     float m = -3.0e38f;
 #pragma unroll 2
     for (int j = w; j < n; j += ATT_WARPS) {
-        float s = att_score(qs, kc, att_row(table, lo + j, bs, kvd, kh, hd), lane, pairs, scale);
+        int p = lo + j;
+        u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
+        const u32* kr = (const u32*)(kc + off);
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+            int d2 = lane + 32 * i;
+            if (d2 < pairs) {
+                u32 two = kr[d2];
+                s += qs[2 * d2] * h2f((u16)(two & 0xffff)) + qs[2 * d2 + 1] * h2f((u16)(two >> 16));
+            }
+        }
+        s = warp_sum(s) * scale;
         if (lane == 0) sc[j] = s;
         m = fmaxf(m, s);
     }
@@ -98,9 +70,28 @@ extern "C" __global__ void __launch_bounds__(256) attention(
     for (int i = 0; i < ATT_MAX_PAIRS; i++) acc[i][0] = acc[i][1] = 0.0f;
 #pragma unroll 2
     for (int j = w; j < n; j += ATT_WARPS) {
-        att_add_v(acc, vc, att_row(table, lo + j, bs, kvd, kh, hd), sc[j], lane, pairs);
+        int p = lo + j;
+        u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
+        const u32* vr = (const u32*)(vc + off);
+        float pj = sc[j];
+#pragma unroll
+        for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+            int d2 = lane + 32 * i;
+            if (d2 < pairs) {
+                u32 two = vr[d2];
+                acc[i][0] += pj * h2f((u16)(two & 0xffff));
+                acc[i][1] += pj * h2f((u16)(two >> 16));
+            }
+        }
     }
-    att_store_part(part, acc, w, lane, hd, pairs);
+#pragma unroll
+    for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+        int d2 = lane + 32 * i;
+        if (d2 < pairs) {
+            part[w * hd + 2 * d2] = acc[i][0];
+            part[w * hd + 2 * d2 + 1] = acc[i][1];
+        }
+    }
     __syncthreads();
     // hd <= 256 = blockDim: one pass. With Xq set (hd a multiple of 32, so whole warps
     // hold whole 32-blocks) the output is also quantized for the next int8 GEMV.
@@ -150,7 +141,19 @@ extern "C" __global__ void __launch_bounds__(256) att_split_scores(
     float m = -3.0e38f;
 #pragma unroll 2
     for (int j = j0 + w; j < j1; j += ATT_WARPS) {
-        float sv = att_score(qs, kc, att_row(table, lo + j, bs, kvd, kh, hd), lane, pairs, scale);
+        int p = lo + j;
+        u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
+        const u32* kr = (const u32*)(kc + off);
+        float sv = 0.0f;
+#pragma unroll
+        for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+            int d2 = lane + 32 * i;
+            if (d2 < pairs) {
+                u32 two = kr[d2];
+                sv += qs[2 * d2] * h2f((u16)(two & 0xffff)) + qs[2 * d2 + 1] * h2f((u16)(two >> 16));
+            }
+        }
+        sv = warp_sum(sv) * scale;
         if (lane == 0) sc[j] = sv;
         m = fmaxf(m, sv);
     }
@@ -198,10 +201,28 @@ extern "C" __global__ void __launch_bounds__(256) att_split_pv(
     for (int i = 0; i < ATT_MAX_PAIRS; i++) acc[i][0] = acc[i][1] = 0.0f;
 #pragma unroll 2
     for (int j = j0 + w; j < j1; j += ATT_WARPS) {
+        int p = lo + j;
+        u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
+        const u32* vr = (const u32*)(vc + off);
         float pj = round_h(expf(sc[j] - M) * inv);
-        att_add_v(acc, vc, att_row(table, lo + j, bs, kvd, kh, hd), pj, lane, pairs);
+#pragma unroll
+        for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+            int d2 = lane + 32 * i;
+            if (d2 < pairs) {
+                u32 two = vr[d2];
+                acc[i][0] += pj * h2f((u16)(two & 0xffff));
+                acc[i][1] += pj * h2f((u16)(two >> 16));
+            }
+        }
     }
-    att_store_part(pw, acc, w, lane, hd, pairs);
+#pragma unroll
+    for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+        int d2 = lane + 32 * i;
+        if (d2 < pairs) {
+            pw[w * hd + 2 * d2] = acc[i][0];
+            pw[w * hd + 2 * d2 + 1] = acc[i][1];
+        }
+    }
     __syncthreads();
     int d = threadIdx.x;
     if (d < hd) {
@@ -236,20 +257,10 @@ extern "C" __global__ void __launch_bounds__(256) att_split_sum(
 #define FA_Q 16
 #define FA_K 64
 #define FA_HD 128 // head sizes up to 128 (larger heads use `attention`)
-// Positions k0 .. k0 + nk of one KV head's K or V rows into the shared tile (zeros past nk).
-__device__ __forceinline__ void fa_load_tile(float (*kv)[FA_HD + 1], const u16* src,
-                                             const u32* table, int k0, int nk, int bs, int kvd,
-                                             int kh, int hd) {
-    for (int i = threadIdx.x; i < FA_K * hd; i += blockDim.x) {
-        int r = i / hd, d = i % hd;
-        kv[r][d] = r < nk ? h2f(src[att_row(table, k0 + r, bs, kvd, kh, hd) + d]) : 0.0f;
-    }
-}
-
 extern "C" __global__ void __launch_bounds__(256) attention_tiled(
     const float* q, const u16* kc, const u16* vc, float* out, int nheads, int nkv, int hd,
-    const int* tok_seq, const u32* tables, int tstride, int bs, int window, float scale,
-    int ntok) {
+    int ntok, const int* tok_seq, const u32* tables, int tstride, int bs, int window,
+    float scale) {
     __shared__ float qs[FA_Q][FA_HD];
     __shared__ float kv[FA_K][FA_HD + 1];
     __shared__ float st[FA_Q][FA_K];
@@ -306,7 +317,16 @@ extern "C" __global__ void __launch_bounds__(256) attention_tiled(
             for (int k0 = seg_lo; k0 <= seg_hi; k0 += FA_K) {
                 int nk = min(FA_K, seg_hi + 1 - k0);
                 __syncthreads();
-                fa_load_tile(kv, kc, table, k0, nk, bs, kvd, kh, hd);
+                for (int i = tid; i < FA_K * hd; i += blockDim.x) {
+                    int r = i / hd, d = i % hd;
+                    float v = 0.0f;
+                    if (r < nk) {
+                        int p = k0 + r;
+                        u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
+                        v = h2f(kc[off + d]);
+                    }
+                    kv[r][d] = v;
+                }
                 __syncthreads();
 #pragma unroll
                 for (int c = 0; c < FA_K / 16; c++) {
@@ -334,7 +354,16 @@ extern "C" __global__ void __launch_bounds__(256) attention_tiled(
                 }
                 // Pass 2: V rows replace K rows.
                 __syncthreads();
-                fa_load_tile(kv, vc, table, k0, nk, bs, kvd, kh, hd);
+                for (int i = tid; i < FA_K * hd; i += blockDim.x) {
+                    int r = i / hd, d = i % hd;
+                    float v = 0.0f;
+                    if (r < nk) {
+                        int p = k0 + r;
+                        u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
+                        v = h2f(vc[off + d]);
+                    }
+                    kv[r][d] = v;
+                }
                 __syncthreads();
                 for (int kj = 0; kj < nk; kj++) {
                     float s = st[qi][kj];
