@@ -6,7 +6,8 @@
 //! take the VNNI kernel 128 `vpdpbusd`. The packed layout is already AMX's B operand:
 //! per block, 8 lane groups of 16 rows x 4 bytes are 8 rows of 64 bytes, "K/4 x N*4"
 //! (Q4_0 / Q5_0 are unpacked to that layout in a 512-byte buffer first). A is the
-//! tokens' 32 quantized values per block, read in place with the activation row stride.
+//! tokens' 32 quantized values per block, copied once per product into contiguous
+//! 16 x 32-byte tiles (`ActPrep::tiles`: strided 34-byte rows load three times slower).
 //!
 //! Results are bitwise those of the VNNI kernel: the tile yields each (token, row) block
 //! dot as an exact int32, which gets the same offset seed, conversion, scale and FMA in
@@ -77,7 +78,6 @@ struct Aligned<const N: usize>([u8; N]);
 /// # Safety
 /// [`crate::cpu::amx`] is true; `1 <= NC <= 16`; the pointers and ranges are those the
 /// VNNI kernel takes.
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) unsafe fn tile<const T: u8, const NC: usize>(
     p: &PackedMatrix,
