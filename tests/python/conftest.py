@@ -184,8 +184,12 @@ def server():
 
 
 def hangar_generate(prompt, max_tokens, chat=False):
-    """Greedy text from `hangar generate` (the single-sequence CLI path)."""
+    """Greedy text from `hangar generate` (the single-sequence CLI path), in the fast
+    numerics that `hangar serve` runs by default: the servers' answers must equal it
+    token for token. (`generate` defaults to llama.cpp's arithmetic, whose greedy tail
+    on this base model can differ from the fast kernels' in a low-confidence token.)"""
     cmd = [hangar_bin(), "generate", "--model", model_path(), "--threads", "2",
+           "--numerics", "fast",
            "-p", prompt, "-n", str(max_tokens), "--temperature", "0", "--json"]
     if chat:
         cmd.append("--chat")
