@@ -506,6 +506,29 @@ pub fn attention_head(
     )
 }
 
+/// The first position query head `h` at `pos` sees (`lo`, past a window) and where a
+/// position's row of its KV head starts in the paged cache (`table[p / bs]`, row
+/// `p % bs`, `kv_heads * hd` values a row), as every attention kernel addresses them.
+fn head_rows(
+    table: &[u32],
+    bs: usize,
+    (heads, kv_heads, hd): (usize, usize, usize),
+    h: usize,
+    pos: usize,
+    window: usize,
+) -> (usize, impl Fn(usize) -> usize + '_) {
+    let kh = h / (heads / kv_heads);
+    let kvd = kv_heads * hd;
+    let lo = if window > 0 {
+        (pos + 1).saturating_sub(window)
+    } else {
+        0
+    };
+    (lo, move |p: usize| {
+        (table[p / bs] as usize * bs + p % bs) * kvd + kh * hd
+    })
+}
+
 /// [`attention_head`] as the split kernels compute it (`att_split_*`): positions in
 /// chunks of `chunk`, each with its own max `m_s` and sum `l_s` of `exp(score - m_s)`;
 /// the total `sum_s l_s exp(m_s - M)` normalises the f16-rounded probabilities; each
@@ -526,15 +549,8 @@ pub fn attention_head_split(
     chunk: usize,
 ) -> Vec<f32> {
     const WARPS: usize = ATT_WARPS;
-    let kh = h / (heads / kv_heads);
-    let kvd = kv_heads * hd;
-    let lo = if window > 0 {
-        (pos + 1).saturating_sub(window)
-    } else {
-        0
-    };
+    let (lo, off) = head_rows(table, bs, (heads, kv_heads, hd), h, pos, window);
     let n = pos + 1 - lo;
-    let off = |p: usize| (table[p / bs] as usize * bs + p % bs) * kvd + kh * hd;
     let mut sc = vec![0f32; n];
     for (j, s) in sc.iter_mut().enumerate() {
         let o = off(lo + j);
@@ -593,14 +609,7 @@ pub fn attention_head_tiled(
     window: usize,
     scale: f32,
 ) -> Vec<f32> {
-    let kh = h / (heads / kv_heads);
-    let kvd = kv_heads * hd;
-    let lo = if window > 0 {
-        (pos + 1).saturating_sub(window)
-    } else {
-        0
-    };
-    let off = |p: usize| (table[p / bs] as usize * bs + p % bs) * kvd + kh * hd;
+    let (lo, off) = head_rows(table, bs, (heads, kv_heads, hd), h, pos, window);
     let scores: Vec<f32> = (lo..=pos)
         .map(|p| {
             let o = off(p);

@@ -454,7 +454,19 @@ pub fn matmul_packed_many(
         assert_eq!(out.len(), t * p.rows, "matmul_packed_many: output shape");
         starts.push(starts.last().copied().unwrap_or(0) + p.rows.div_ceil(GROUP));
     }
-    let preps: Vec<ActPrep> = mats.iter().map(|p| prep(p.ty, act, t, p.nb)).collect();
+    // One preparation per weight type (Q, K and V usually share one): the scales and
+    // AMX tiles depend on the activations alone, the offset seed on the type.
+    let mut types: Vec<GgmlType> = Vec::new();
+    let which: Vec<usize> = mats
+        .iter()
+        .map(|p| {
+            types.iter().position(|&ty| ty == p.ty).unwrap_or_else(|| {
+                types.push(p.ty);
+                types.len() - 1
+            })
+        })
+        .collect();
+    let preps: Vec<ActPrep> = types.iter().map(|&ty| prep(ty, act, t, first.nb)).collect();
     let ptrs: Vec<SendPtr> = outs
         .iter_mut()
         .map(|o| SendPtr(o.as_mut_ptr() as *mut u8))
@@ -477,7 +489,7 @@ pub fn matmul_packed_many(
                         g,
                         act,
                         arb,
-                        &preps[i],
+                        &preps[which[i]],
                         c0,
                         nc,
                         ptrs[i].get() as *mut f32,
