@@ -2,10 +2,11 @@
 //!
 //! `cargo run -p hangar-kernels --release --example packed_bench [threads]`
 //!
-//! Shapes of Gemma 3 270M: the 262144 x 640 Q8_0 output matrix and a 2048 x 640 Q5_0
-//! projection, at 1..16 tokens; GMAC/s and ms per call, best of several runs.
+//! Shapes of Gemma 3 270M: the 262144 x 640 Q8_0 output matrix, a 2048 x 640 Q5_0
+//! projection and the 640 x 2048 Q4_K / Q6_K FFN down projections, at 1..16 tokens;
+//! GMAC/s and ms per call, best of several runs.
 
-use hangar_kernels::packed::{matmul_packed, PackedMatrix};
+use hangar_kernels::packed::Packed;
 use hangar_kernels::{amx, quantize_activations, quants, set_amx, GgmlType, QMatrix, ThreadPool};
 use std::time::Instant;
 
@@ -15,7 +16,6 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
     let pool = ThreadPool::new(threads);
-    let cols = 640;
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
         seed ^= seed << 13;
@@ -25,10 +25,12 @@ fn main() {
     };
     let tiles = set_amx(true);
     println!("threads {threads}, AMX available: {tiles}");
-    for (ty, rows) in [
-        (GgmlType::Q8_0, 262_144usize),
-        (GgmlType::Q5_0, 2048),
-        (GgmlType::Q4_0, 2048),
+    for (ty, rows, cols) in [
+        (GgmlType::Q8_0, 262_144usize, 640usize),
+        (GgmlType::Q5_0, 2048, 640),
+        (GgmlType::Q4_0, 2048, 640),
+        (GgmlType::Q4K, 640, 2048),
+        (GgmlType::Q6K, 640, 2048),
     ] {
         let rb = quants::row_bytes(ty, cols);
         let mut data = vec![0u8; rows * rb];
@@ -38,7 +40,7 @@ fn main() {
             quants::quantize_row(ty, &xr, dst).expect("row quantizes");
         }
         let m = QMatrix::new(ty, rows, cols, &data).expect("matrix shape");
-        let p = PackedMatrix::pack(&pool, &m).expect("packable");
+        let p = Packed::pack_with(&pool, &m, |_, _| {}).expect("packable");
         let reps = if rows > 100_000 { 5 } else { 400 };
         for t in [1usize, 2, 4, 8, 16] {
             let xa: Vec<f32> = (0..t * cols).map(|_| next()).collect();
@@ -52,11 +54,11 @@ fn main() {
                 }
                 set_amx(on);
                 assert_eq!(amx(), on);
-                matmul_packed(&pool, &p, &act, t, &mut out);
+                p.matmul(&pool, &act, t, &mut out);
                 let mut best = f64::INFINITY;
                 for _ in 0..reps {
                     let s = Instant::now();
-                    matmul_packed(&pool, &p, &act, t, &mut out);
+                    p.matmul(&pool, &act, t, &mut out);
                     best = best.min(s.elapsed().as_secs_f64());
                 }
                 let gmac = (rows * cols * t) as f64 / best / 1e9;

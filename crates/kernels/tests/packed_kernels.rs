@@ -171,7 +171,7 @@ mod kquants {
                 let data = random_matrix(ty, rows, cols, &mut rng);
                 let m = QMatrix::new(ty, rows, cols, &data).unwrap();
                 let p = packed_k(&pool, &m);
-                for t in [1usize, 3, 8, 9, 17] {
+                for t in [1usize, 3, 4, 8, 9, 16, 17, 21, 32] {
                     let x: Vec<f32> = (0..t * cols).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
                     let mut act = Vec::new();
                     quantize_activations(&pool, ty, &x, t, cols, &mut act);
