@@ -576,7 +576,7 @@ pub fn matmul_packed_scalar(p: &PackedMatrix, act: &[u8], t: usize, out: &mut [f
 
 #[cfg(target_arch = "x86_64")]
 #[path = "packed_amx.rs"]
-pub(crate) mod amx;
+mod amx;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {

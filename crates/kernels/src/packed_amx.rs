@@ -20,47 +20,36 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 
 /// Tokens (A rows) per call at or above which the AMX kernel beats the VNNI one.
-pub(crate) const AMX_MIN_TOKENS: usize = 4;
+pub(super) const AMX_MIN_TOKENS: usize = 4;
 
 /// Blocks per software-pipeline step (one C tile each).
-pub(crate) const QUAD: usize = 4;
-
-/// The stored C tiles of two quads, interleaved: row `c` of slot `k` of half `h` at
-/// `h * C_HALF + k * C_SLOT + c * C_ROW`. The scaling loop loads one half while the
-/// tile unit stores the other; with the halves 64 bytes apart within each 128-byte row
-/// pair, no load shares its address bits 11:0 with a store in flight (4K aliasing
-/// would hold every load until that store retires: no overlap at all).
-pub(crate) const C_ROW: usize = 128;
-pub(crate) const C_SLOT: usize = 16 * C_ROW;
-pub(crate) const C_HALF: usize = 64;
-pub(crate) const C_BYTES: usize = QUAD * C_SLOT;
+const QUAD: usize = 4;
 
 /// How far ahead (in quads) the Q8_0 weight stream is prefetched.
 const PREFETCH_QUADS: usize = 1;
 
 thread_local! {
-    /// The (tokens, K bytes) the tile registers of this thread are configured for,
-    /// as `tokens | kbytes << 8` (0: none).
+    /// The token count the tile registers of this thread are configured for (0: none).
     static CONFIGURED: Cell<usize> = const { Cell::new(0) };
 }
 
-/// The 64-byte tile configuration (palette 1): tmm0/tmm1 = A (`nc` rows x `kb` bytes),
-/// tmm2/tmm3 = B (`kb / 4` rows x 64 bytes), tmm4..tmm7 = C (`nc` rows x 16 int32).
+/// The 64-byte tile configuration (palette 1): tmm0/tmm1 = A (`nc` rows x 32 bytes),
+/// tmm2/tmm3 = B (8 rows x 64 bytes), tmm4..tmm7 = C (`nc` rows x 16 int32).
 #[repr(C, align(64))]
 struct TileConfig([u8; 64]);
 
 impl TileConfig {
-    fn new(nc: usize, kb: usize) -> Self {
+    fn new(nc: usize) -> Self {
         let mut c = [0u8; 64];
         c[0] = 1;
         let mut set = |t: usize, rows: usize, colsb: u16| {
             c[16 + 2 * t..18 + 2 * t].copy_from_slice(&colsb.to_le_bytes());
             c[48 + t] = rows as u8;
         };
-        set(0, nc, kb as u16);
-        set(1, nc, kb as u16);
-        set(2, kb / 4, 64);
-        set(3, kb / 4, 64);
+        set(0, nc, 32);
+        set(1, nc, 32);
+        set(2, 8, 64);
+        set(3, 8, 64);
         for t in 4..8 {
             set(t, nc, 64);
         }
@@ -68,26 +57,21 @@ impl TileConfig {
     }
 }
 
-/// Loads the tile configuration for `nc` tokens (A rows) and `kb` bytes of K per
-/// product (32: a Q8_0 block) unless this thread already has it. Tile state stays configured between calls (Linux saves it
-/// across context switches).
-///
-/// # Safety
-/// [`crate::cpu::amx`] is true; `1 <= nc <= 16`; `kb` is 16 or 32.
+/// Loads the tile configuration for `nc` tokens unless this thread already has it.
+/// Tile state stays configured between calls (Linux saves it across context switches).
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn configure(nc: usize, kb: usize) {
-    let key = nc | kb << 8;
-    if CONFIGURED.with(Cell::get) == key {
+unsafe fn configure(nc: usize) {
+    if CONFIGURED.with(Cell::get) == nc {
         return;
     }
-    let cfg = TileConfig::new(nc, kb);
+    let cfg = TileConfig::new(nc);
     // SAFETY: AMX was detected and permitted (`crate::cpu::amx`); the config is valid.
     asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
-    CONFIGURED.with(|c| c.set(key));
+    CONFIGURED.with(|c| c.set(nc));
 }
 
 #[repr(C, align(64))]
-pub(crate) struct Aligned<const N: usize>([u8; N]);
+struct Aligned<const N: usize>([u8; N]);
 
 /// One packed (group `g`, tokens `c0 .. c0 + NC`) tile on AMX; see the module docs.
 ///
@@ -102,7 +86,7 @@ pub(super) unsafe fn tile<const T: u8, const NC: usize>(
     c0: usize,
     out: *mut f32,
 ) {
-    configure(NC, QK);
+    configure(NC);
     let nb = p.nb;
     let tb = tbytes(T);
     let qbase = p.quants.as_ptr().add(g * nb * tb);
@@ -119,10 +103,10 @@ pub(super) unsafe fn tile<const T: u8, const NC: usize>(
     // forward to loads, the reader would wait for them to retire).
     // Uninitialised: every byte is stored (tile store / unpack) before it is loaded, and
     // zeroing 12 KiB per call would cost as much as the multiplies of a small matrix.
-    let mut cbuf = std::mem::MaybeUninit::<Aligned<C_BYTES>>::uninit();
+    let mut cbuf = std::mem::MaybeUninit::<Aligned<{ 2 * QUAD * 1024 }>>::uninit();
     let mut wbuf = std::mem::MaybeUninit::<Aligned<{ 2 * QUAD * 512 }>>::uninit();
     let (cp, wp) = (cbuf.as_mut_ptr() as *mut u8, wbuf.as_mut_ptr() as *mut u8);
-    let c_slot = |b: usize| cp.add(((b / QUAD) % 2) * C_HALF + (b % QUAD) * C_SLOT);
+    let c_slot = |b: usize| cp.add(((b / QUAD) % 2) * QUAD * 1024 + (b % QUAD) * 1024);
     // Block b's B operand: in the packed matrix (Q8_0) or unpacked to its slot.
     let b_ptr = |b: usize| -> *mut u8 {
         if T == Q8 {
@@ -148,7 +132,7 @@ pub(super) unsafe fn tile<const T: u8, const NC: usize>(
         for (c, acc) in acc.iter_mut().enumerate() {
             let dot = _mm512_add_epi32(
                 _mm512_set1_epi32(*seedbase.add(c * nb + bb)),
-                _mm512_load_si512(cs.add(c * C_ROW / 64)),
+                _mm512_load_si512(cs.add(c)),
             );
             let s = _mm512_mul_ps(dw, _mm512_set1_ps(*dbase.add(c * nb + bb)));
             *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, *acc);
@@ -182,7 +166,7 @@ pub(super) unsafe fn tile<const T: u8, const NC: usize>(
                     w = in(reg) b_ptr(b),
                     sw = in(reg) 64usize,
                     c = in(reg) c_slot(b),
-                    sc = in(reg) C_ROW,
+                    sc = in(reg) 64usize,
                     options(nostack, preserves_flags)
                 );
             }
