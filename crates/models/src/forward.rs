@@ -115,6 +115,46 @@ impl Ptr {
     }
 }
 
+/// Rows of a row-major buffer handed to pool closures, each row written by one call.
+#[derive(Clone, Copy)]
+struct Rows {
+    ptr: Ptr,
+    width: usize,
+}
+
+impl Rows {
+    fn of(buf: &mut [f32], width: usize) -> Self {
+        Rows {
+            ptr: Ptr(buf.as_mut_ptr()),
+            width,
+        }
+    }
+
+    /// Row `t`.
+    ///
+    /// # Safety
+    /// `t` is inside the buffer and no other live reference covers row `t`.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, t: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.ptr.get().add(t * self.width), self.width)
+    }
+}
+
+/// Token rows at or above which the per-row steps (norms, RoPE, residual adds) go over
+/// the pool: below it the hand-out costs more than the work (a 16-row decode step).
+const PARALLEL_ROWS: usize = 32;
+
+/// Calls `f(t)` for every row `t < n`, over the pool for large batches (prefill). Rows
+/// are independent, so the results are the same bits either way.
+fn each_row(pool: &ThreadPool, n: usize, f: impl Fn(usize) + Sync) {
+    if n < PARALLEL_ROWS {
+        (0..n).for_each(f);
+    } else {
+        let chunk = n.div_ceil(pool.n_threads() * 4).max(1);
+        pool.for_each_chunk(n, chunk, |a, b| (a..b).for_each(&f));
+    }
+}
+
 pub(crate) fn resize(v: &mut Vec<f32>, n: usize) {
     if v.len() != n {
         v.resize(n, 0.0);
@@ -368,13 +408,13 @@ impl Model {
                 continue;
             }
             // Attention block.
-            for t in 0..t_total {
-                ops::rms_norm(
-                    &ws.x[t * d..(t + 1) * d],
-                    &layer.attn_norm,
-                    cfg.rms_eps,
-                    &mut ws.h[t * d..(t + 1) * d],
-                );
+            {
+                let (x, h) = (&ws.x, Rows::of(&mut ws.h, d));
+                each_row(pool, t_total, |t| {
+                    // SAFETY: each row t is written by one call.
+                    let h = unsafe { h.row(t) };
+                    ops::rms_norm(&x[t * d..(t + 1) * d], &layer.attn_norm, cfg.rms_eps, h);
+                });
             }
             if let Some(obs) = observer.as_mut() {
                 obs(li, Tap::AttnIn, &ws.h, d);
@@ -400,33 +440,42 @@ impl Model {
                     ws.lora.apply(pool, lora, li, target, &ws.h, out);
                 }
             }
-            for t in 0..t_total {
-                if let Some(b) = &layer.bq {
-                    add(&mut ws.q[t * qd..(t + 1) * qd], b);
-                }
-                if let Some(b) = &layer.bk {
-                    add(&mut ws.k[t * kvd..(t + 1) * kvd], b);
-                }
-                if let Some(b) = &layer.bv {
-                    add(&mut ws.v[t * kvd..(t + 1) * kvd], b);
-                }
+            {
                 let rope = if cfg.local_layers[li] {
                     &ws.rope_local
                 } else {
                     &ws.rope_global
                 };
-                for head in ws.q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
-                    if let Some(w) = &layer.q_norm {
-                        ops::rms_norm_inplace(head, w, cfg.rms_eps);
+                let (q, k, v) = (
+                    Rows::of(&mut ws.q, qd),
+                    Rows::of(&mut ws.k, kvd),
+                    Rows::of(&mut ws.v, kvd),
+                );
+                each_row(pool, t_total, |t| {
+                    // SAFETY: each row t is written by one call.
+                    let (q, k, v) = unsafe { (q.row(t), k.row(t), v.row(t)) };
+                    if let Some(b) = &layer.bq {
+                        add(q, b);
                     }
-                    rope.apply(head, t, cfg.rope_style);
-                }
-                for head in ws.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd) {
-                    if let Some(w) = &layer.k_norm {
-                        ops::rms_norm_inplace(head, w, cfg.rms_eps);
+                    if let Some(b) = &layer.bk {
+                        add(k, b);
                     }
-                    rope.apply(head, t, cfg.rope_style);
-                }
+                    if let Some(b) = &layer.bv {
+                        add(v, b);
+                    }
+                    for head in q.chunks_exact_mut(hd) {
+                        if let Some(w) = &layer.q_norm {
+                            ops::rms_norm_inplace(head, w, cfg.rms_eps);
+                        }
+                        rope.apply(head, t, cfg.rope_style);
+                    }
+                    for head in k.chunks_exact_mut(hd) {
+                        if let Some(w) = &layer.k_norm {
+                            ops::rms_norm_inplace(head, w, cfg.rms_eps);
+                        }
+                        rope.apply(head, t, cfg.rope_style);
+                    }
+                });
             }
             // K and V are kept at f16 precision, Q rounded to match (an f16 KV cache's
             // numerics, as llama.cpp's default).
@@ -470,22 +519,22 @@ impl Model {
             if let Some(r) = reduce.as_mut() {
                 r(&mut ws.o[..t_total * d]).map_err(ModelError::Collective)?;
             }
-            for t in 0..t_total {
-                let o = &mut ws.o[t * d..(t + 1) * d];
-                if let Some(w) = &layer.post_attn_norm {
-                    ops::rms_norm_inplace(o, w, cfg.rms_eps);
-                }
-                add(&mut ws.x[t * d..(t + 1) * d], o);
-            }
-
-            // Feed-forward block.
-            for t in 0..t_total {
-                ops::rms_norm(
-                    &ws.x[t * d..(t + 1) * d],
-                    &layer.ffn_norm,
-                    cfg.rms_eps,
-                    &mut ws.h[t * d..(t + 1) * d],
+            // The residual add, then the feed-forward block's input norm.
+            {
+                let (o, x, h) = (
+                    Rows::of(&mut ws.o, d),
+                    Rows::of(&mut ws.x, d),
+                    Rows::of(&mut ws.h, d),
                 );
+                each_row(pool, t_total, |t| {
+                    // SAFETY: each row t is written by one call.
+                    let (o, x, h) = unsafe { (o.row(t), x.row(t), h.row(t)) };
+                    if let Some(w) = &layer.post_attn_norm {
+                        ops::rms_norm_inplace(o, w, cfg.rms_eps);
+                    }
+                    add(x, o);
+                    ops::rms_norm(x, &layer.ffn_norm, cfg.rms_eps, h);
+                });
             }
             if let Some(obs) = observer.as_mut() {
                 obs(li, Tap::FfnIn, &ws.h, d);
@@ -518,12 +567,16 @@ impl Model {
             if let Some(r) = reduce.as_mut() {
                 r(&mut ws.o[..t_total * d]).map_err(ModelError::Collective)?;
             }
-            for t in 0..t_total {
-                let o = &mut ws.o[t * d..(t + 1) * d];
-                if let Some(w) = &layer.post_ffn_norm {
-                    ops::rms_norm_inplace(o, w, cfg.rms_eps);
-                }
-                add(&mut ws.x[t * d..(t + 1) * d], o);
+            {
+                let (o, x) = (Rows::of(&mut ws.o, d), Rows::of(&mut ws.x, d));
+                each_row(pool, t_total, |t| {
+                    // SAFETY: each row t is written by one call.
+                    let (o, x) = unsafe { (o.row(t), x.row(t)) };
+                    if let Some(w) = &layer.post_ffn_norm {
+                        ops::rms_norm_inplace(o, w, cfg.rms_eps);
+                    }
+                    add(x, o);
+                });
             }
         }
 
