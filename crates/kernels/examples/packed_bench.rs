@@ -6,7 +6,7 @@
 //! projection and the 640 x 2048 Q4_K / Q6_K FFN down projections, at 1..16 tokens;
 //! GMAC/s and ms per call, best of several runs.
 
-use hangar_kernels::packed::Packed;
+use hangar_kernels::packed::{matmul_packed_greedy, Packed};
 use hangar_kernels::{amx, quantize_activations, quants, set_amx, GgmlType, QMatrix, ThreadPool};
 use std::time::Instant;
 
@@ -68,6 +68,17 @@ fn main() {
                     best * 1e3,
                     gmac
                 );
+            }
+            if let (Packed::Legacy(pm), true) = (&p, rows > 100_000) {
+                // Greedy decoding's head: the argmax without writing the outputs.
+                let skip: Vec<&[u32]> = vec![&[1u32, 106][..]; t];
+                let mut best = f64::INFINITY;
+                for _ in 0..reps {
+                    let s = Instant::now();
+                    std::hint::black_box(matmul_packed_greedy(&pool, pm, &act, t, &skip));
+                    best = best.min(s.elapsed().as_secs_f64());
+                }
+                line += &format!("  greedy: {:8.3} ms", best * 1e3);
             }
             println!("{line}");
         }

@@ -367,6 +367,16 @@ impl SendPtr {
     }
 }
 
+/// Where a group tile's outputs go.
+#[derive(Clone, Copy)]
+pub(crate) enum Out {
+    /// The whole product: `out[token * rows + row]`.
+    Matrix(*mut f32),
+    /// One group's block: `buf[(token - c0) * 16 + lane]`, all 16 lanes (rows past the
+    /// matrix included: the reader masks them).
+    Group(*mut f32),
+}
+
 /// Per (token, block) of Q8_0 activations: the f32 scale and the offset seed.
 struct ActPrep {
     d: Vec<f32>,
@@ -436,7 +446,16 @@ pub fn matmul_packed(pool: &ThreadPool, p: &PackedMatrix, act: &[u8], t: usize, 
         // alone; every pointer stays inside the checked buffers.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            x86::group_tile(p, g, act, arb, &ap, c0, nc, op.get() as *mut f32)
+            x86::group_tile(
+                p,
+                g,
+                act,
+                arb,
+                &ap,
+                c0,
+                nc,
+                Out::Matrix(op.get() as *mut f32),
+            )
         };
     });
 }
@@ -517,13 +536,81 @@ pub fn matmul_packed_many(
                         &preps[which[i]],
                         c0,
                         nc,
-                        ptrs[i].get() as *mut f32,
+                        Out::Matrix(ptrs[i].get() as *mut f32),
                     )
                 };
                 c0 += nc;
             }
         }
     });
+}
+
+/// One token's greedy pick over a packed output matrix (see [`matmul_packed_greedy`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GreedyPick {
+    /// The row with the largest output among those not skipped (ties: the lowest row;
+    /// NaN counts as -inf; row 0 with -inf when every output is -inf or NaN).
+    pub id: u32,
+    pub value: f32,
+    /// The outputs of the skipped rows, in skip-list order (NaN for an id past the
+    /// matrix).
+    pub skipped: Vec<f32>,
+}
+
+/// The most tokens one [`matmul_packed_greedy`] call takes (a bit per token marks the
+/// row groups holding a skipped row).
+pub const GREEDY_MAX_TOKENS: usize = 64;
+
+/// For each of `t` tokens, the largest output of `p` over the rows not in `skip[c]`
+/// and the outputs of the rows in it, without writing the `t x rows` outputs: greedy
+/// decoding's output head (the logits of a 262k vocabulary are 16 MB at 16 tokens,
+/// written and read back for one argmax each). The values are bitwise those of
+/// [`matmul_packed`]; the pick is its argmax (lowest row on ties, NaN as -inf).
+///
+/// # Panics
+/// If `t > GREEDY_MAX_TOKENS`, `skip.len() != t` or the activations do not fit.
+pub fn matmul_packed_greedy(
+    pool: &ThreadPool,
+    p: &PackedMatrix,
+    act: &[u8],
+    t: usize,
+    skip: &[&[u32]],
+) -> Vec<GreedyPick> {
+    assert!(
+        t <= GREEDY_MAX_TOKENS,
+        "matmul_packed_greedy: at most {GREEDY_MAX_TOKENS} tokens"
+    );
+    assert_eq!(
+        skip.len(),
+        t,
+        "matmul_packed_greedy: one skip list per token"
+    );
+    let arb = quants::row_bytes(GgmlType::Q8_0, p.cols);
+    assert_eq!(act.len(), t * arb, "matmul_packed_greedy: activation shape");
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd_level() >= crate::SimdLevel::Avx512Vnni {
+        // SAFETY: AVX-512 VNNI checked.
+        return unsafe { x86::greedy(pool, p, act, arb, t, skip) };
+    }
+    let mut out = vec![0f32; t * p.rows];
+    matmul_packed(pool, p, act, t, &mut out);
+    (0..t)
+        .map(|c| {
+            let row = &out[c * p.rows..(c + 1) * p.rows];
+            let (mut id, mut value) = (0u32, f32::NEG_INFINITY);
+            for (r, &v) in row.iter().enumerate() {
+                // NaN compares false: it never wins, as -inf would not.
+                if v > value && !skip[c].contains(&(r as u32)) {
+                    (id, value) = (r as u32, v);
+                }
+            }
+            let skipped = skip[c]
+                .iter()
+                .map(|&id| row.get(id as usize).copied().unwrap_or(f32::NAN))
+                .collect();
+            GreedyPick { id, value, skipped }
+        })
+        .collect()
 }
 
 /// Calls `f(group, first_token, tokens)` for every 16-row group of a `rows`-row matrix
@@ -593,7 +680,7 @@ pub(crate) mod x86 {
         ap: &ActPrep,
         c0: usize,
         nc: usize,
-        out: *mut f32,
+        out: Out,
     ) {
         let on_amx = !ap.tiles.is_empty() && nc >= super::amx::AMX_MIN_TOKENS;
         macro_rules! go {
@@ -625,6 +712,97 @@ pub(crate) mod x86 {
         }
     }
 
+    /// [`super::matmul_packed_greedy`] on AVX-512: each thread keeps, per token, the
+    /// lane-wise largest output and its group over its groups (strictly greater, so
+    /// the lowest row wins ties), then reduces the 16 lanes and merges.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn greedy(
+        pool: &ThreadPool,
+        p: &PackedMatrix,
+        act: &[u8],
+        arb: usize,
+        t: usize,
+        skip: &[&[u32]],
+    ) -> Vec<GreedyPick> {
+        let ap = prep(p.ty, act, t, p.nb, use_amx(p.bytes(), t));
+        let groups = p.rows.div_ceil(GROUP);
+        // Bit c of marks[g]: token c skips a row of group g.
+        let mut marks = vec![0u64; groups];
+        for (c, ids) in skip.iter().enumerate() {
+            for &id in ids.iter() {
+                if let Some(m) = marks.get_mut(id as usize / GROUP) {
+                    *m |= 1 << c;
+                }
+            }
+        }
+        let init = |c: usize| GreedyPick {
+            id: 0,
+            value: f32::NEG_INFINITY,
+            skipped: vec![f32::NAN; skip[c].len()],
+        };
+        let picks = std::sync::Mutex::new((0..t).map(init).collect::<Vec<_>>());
+        let chunk = groups.div_ceil(pool.n_threads() * 8).max(1);
+        pool.for_each_chunk(groups, chunk, |g0, g1| {
+            let neg = _mm512_set1_ps(f32::NEG_INFINITY);
+            let mut best_v = vec![neg; t];
+            let mut best_g = vec![_mm512_setzero_si512(); t];
+            let mut found: Vec<(usize, usize, f32)> = Vec::new();
+            let mut buf = [0f32; GROUP * TOK_TILE];
+            for g in g0..g1 {
+                let valid = (p.rows - g * GROUP).min(GROUP);
+                let lanes: __mmask16 = if valid == GROUP {
+                    0xffff
+                } else {
+                    (1 << valid) - 1
+                };
+                let gv = _mm512_set1_epi32(g as i32);
+                let mut c0 = 0;
+                while c0 < t {
+                    let nc = (t - c0).min(TOK_TILE);
+                    group_tile(p, g, act, arb, &ap, c0, nc, Out::Group(buf.as_mut_ptr()));
+                    for c in 0..nc {
+                        let tok = c0 + c;
+                        let v = _mm512_loadu_ps(buf.as_ptr().add(c * GROUP));
+                        // NaN and rows past the matrix never win.
+                        let ok = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v) & lanes;
+                        let mut v = _mm512_mask_mov_ps(neg, ok, v);
+                        if marks[g] >> tok & 1 != 0 {
+                            let mut drop: __mmask16 = 0;
+                            for (k, &id) in skip[tok].iter().enumerate() {
+                                let id = id as usize;
+                                if id / GROUP == g && id < p.rows {
+                                    found.push((tok, k, buf[c * GROUP + id % GROUP]));
+                                    drop |= 1 << (id % GROUP);
+                                }
+                            }
+                            v = _mm512_mask_mov_ps(v, drop, neg);
+                        }
+                        let gt = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best_v[tok]);
+                        best_v[tok] = _mm512_mask_mov_ps(best_v[tok], gt, v);
+                        best_g[tok] = _mm512_mask_mov_epi32(best_g[tok], gt, gv);
+                    }
+                    c0 += nc;
+                }
+            }
+            let Ok(mut picks) = picks.lock() else { return };
+            for (tok, pick) in picks.iter_mut().enumerate() {
+                let (mut vs, mut gs) = ([0f32; GROUP], [0i32; GROUP]);
+                _mm512_storeu_ps(vs.as_mut_ptr(), best_v[tok]);
+                _mm512_storeu_si512(gs.as_mut_ptr() as *mut _, best_g[tok]);
+                for l in 0..GROUP {
+                    let id = (gs[l] as usize * GROUP + l) as u32;
+                    if vs[l] > pick.value || (vs[l] == pick.value && id < pick.id) {
+                        (pick.id, pick.value) = (id, vs[l]);
+                    }
+                }
+            }
+            for &(tok, k, v) in &found {
+                picks[tok].skipped[k] = v;
+            }
+        });
+        picks.into_inner().unwrap_or_default()
+    }
+
     /// [`tile`], or its AMX twin (bitwise the same results) where `on_amx`.
     #[allow(clippy::too_many_arguments)]
     #[inline]
@@ -637,7 +815,7 @@ pub(crate) mod x86 {
         arb: usize,
         ap: &ActPrep,
         c0: usize,
-        out: *mut f32,
+        out: Out,
     ) {
         if on_amx {
             super::amx::tile::<T, NC>(p, g, ap, c0, out)
@@ -695,7 +873,7 @@ pub(crate) mod x86 {
         arb: usize,
         ap: &ActPrep,
         c0: usize,
-        out: *mut f32,
+        out: Out,
     ) {
         let nb = p.nb;
         let tb = tbytes(T);
@@ -735,13 +913,16 @@ pub(crate) mod x86 {
     /// rows `16g..16g + 16` of token `c0 + c`), leaving out rows past `rows`.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    pub(crate) unsafe fn store_group(
-        rows: usize,
-        g: usize,
-        c0: usize,
-        out: *mut f32,
-        acc: &[__m512],
-    ) {
+    pub(crate) unsafe fn store_group(rows: usize, g: usize, c0: usize, out: Out, acc: &[__m512]) {
+        let out = match out {
+            Out::Matrix(out) => out,
+            Out::Group(buf) => {
+                for (c, acc) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(buf.add(c * GROUP), *acc);
+                }
+                return;
+            }
+        };
         let r0 = g * GROUP;
         let valid = (rows - r0).min(GROUP);
         let mask: __mmask16 = if valid == GROUP {

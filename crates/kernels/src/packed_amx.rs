@@ -14,7 +14,7 @@
 //! the same block order.
 
 use super::x86::{fetch8, tbytes, Q8};
-use super::{ActPrep, PackedMatrix, GROUP, QK, TOK_TILE};
+use super::{ActPrep, Out, PackedMatrix, GROUP, QK, TOK_TILE};
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::Cell;
@@ -84,7 +84,7 @@ pub(super) unsafe fn tile<const T: u8, const NC: usize>(
     g: usize,
     ap: &ActPrep,
     c0: usize,
-    out: *mut f32,
+    out: Out,
 ) {
     configure(NC);
     let nb = p.nb;

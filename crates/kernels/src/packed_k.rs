@@ -372,7 +372,7 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn store(p: &PackedK, g: usize, c0: usize, out: *mut f32, acc: &[__m512]) {
-        crate::packed::x86::store_group(p.rows, g, c0, out, acc)
+        crate::packed::x86::store_group(p.rows, g, c0, crate::packed::Out::Matrix(out), acc)
     }
 
     #[inline]

@@ -252,3 +252,83 @@ fn one_dispatch_for_several_matrices_equals_separate_calls() {
         }
     }
 }
+
+/// The reference for the greedy head: the full product, then a left-to-right scan
+/// over the rows not skipped (NaN never wins, ties keep the first).
+fn greedy_reference(out: &[f32], rows: usize, skip: &[u32]) -> (u32, f32, Vec<f32>) {
+    let (mut id, mut value) = (0u32, f32::NEG_INFINITY);
+    for (r, &v) in out.iter().enumerate() {
+        if v > value && !skip.contains(&(r as u32)) {
+            (id, value) = (r as u32, v);
+        }
+    }
+    let skipped = skip
+        .iter()
+        .map(|&s| {
+            if (s as usize) < rows {
+                out[s as usize]
+            } else {
+                f32::NAN
+            }
+        })
+        .collect();
+    (id, value, skipped)
+}
+
+#[test]
+fn greedy_head_picks_the_argmax_of_the_full_product_without_writing_it() {
+    use hangar_kernels::packed::matmul_packed_greedy;
+    let pool = ThreadPool::new(2);
+    let mut rng = StdRng::seed_from_u64(29);
+    let cols = 128;
+    for ty in TYPES {
+        for rows in [1000usize, 16, 7] {
+            // Rows repeat every 37: equal outputs everywhere, so ties must go to the
+            // lowest row as in a scan.
+            let base = random_matrix(ty, 37.min(rows), cols, &mut rng);
+            let rb = quants::row_bytes(ty, cols);
+            let data: Vec<u8> = (0..rows)
+                .flat_map(|r| base[(r % 37) * rb..(r % 37 + 1) * rb].to_vec())
+                .collect();
+            let m = QMatrix::new(ty, rows, cols, &data).unwrap();
+            let p = PackedMatrix::pack(&pool, &m).unwrap();
+            for t in [1usize, 3, 16, 21] {
+                let x: Vec<f32> = (0..t * cols).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+                let mut act = Vec::new();
+                quantize_activations(&pool, ty, &x, t, cols, &mut act);
+                let mut full = vec![f32::NAN; t * rows];
+                matmul_packed(&pool, &p, &act, t, &mut full);
+                // Skip lists: none, the argmax itself (the pick moves to the next
+                // best), duplicates, ids past the matrix, several rows of one group.
+                let skips: Vec<Vec<u32>> = (0..t)
+                    .map(|c| {
+                        let row = &full[c * rows..(c + 1) * rows];
+                        let (top, _, _) = greedy_reference(row, rows, &[]);
+                        match c % 4 {
+                            0 => Vec::new(),
+                            1 => vec![top],
+                            2 => vec![top, top, rows as u32 + 5, 1],
+                            _ => (0..20).map(|i| (i * 3) as u32 % rows as u32).collect(),
+                        }
+                    })
+                    .collect();
+                let refs: Vec<&[u32]> = skips.iter().map(Vec::as_slice).collect();
+                let picks = matmul_packed_greedy(&pool, &p, &act, t, &refs);
+                assert_eq!(picks.len(), t);
+                for (c, pick) in picks.iter().enumerate() {
+                    let row = &full[c * rows..(c + 1) * rows];
+                    let (id, value, skipped) = greedy_reference(row, rows, &skips[c]);
+                    assert_eq!(
+                        (pick.id, pick.value.to_bits()),
+                        (id, value.to_bits()),
+                        "{ty} rows {rows} t {t} token {c}"
+                    );
+                    assert_eq!(pick.skipped.len(), skipped.len());
+                    for (a, b) in pick.skipped.iter().zip(&skipped) {
+                        assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+                    }
+                }
+            }
+        }
+    }
+}
