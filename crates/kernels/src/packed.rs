@@ -748,7 +748,7 @@ pub(crate) mod x86 {
             let mut best_g = vec![_mm512_setzero_si512(); t];
             let mut found: Vec<(usize, usize, f32)> = Vec::new();
             let mut buf = [0f32; GROUP * TOK_TILE];
-            for g in g0..g1 {
+            for (g, &mark) in marks.iter().enumerate().take(g1).skip(g0) {
                 let valid = (p.rows - g * GROUP).min(GROUP);
                 let lanes: __mmask16 = if valid == GROUP {
                     0xffff
@@ -766,7 +766,7 @@ pub(crate) mod x86 {
                         // NaN and rows past the matrix never win.
                         let ok = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v) & lanes;
                         let mut v = _mm512_mask_mov_ps(neg, ok, v);
-                        if marks[g] >> tok & 1 != 0 {
+                        if mark >> tok & 1 != 0 {
                             let mut drop: __mmask16 = 0;
                             for (k, &id) in skip[tok].iter().enumerate() {
                                 let id = id as usize;
