@@ -912,6 +912,11 @@ impl CudaRunner {
         let bs = kv.block_size;
         let vocab = self.cfg.vocab_size;
         for (i, s) in step.iter().enumerate() {
+            if s.logits == LogitsWanted::Greedy {
+                return Err(CudaError::BadBatch(
+                    "the CUDA runner has no greedy head: ask for the last logits".into(),
+                ));
+            }
             if let Some(&id) = s.tokens.iter().find(|&&id| id as usize >= vocab) {
                 return Err(CudaError::BadBatch(format!(
                     "token id {id} is outside the vocabulary (size {vocab})"
@@ -989,6 +994,8 @@ impl CudaRunner {
                 LogitsWanted::None => {}
                 LogitsWanted::Last => rows.push((t + s.tokens.len() - 1) as i32),
                 LogitsWanted::All => rows.extend((t..t + s.tokens.len()).map(|r| r as i32)),
+                // Refused by `validate`.
+                LogitsWanted::Greedy => {}
             }
             t += s.tokens.len();
         }

@@ -105,6 +105,7 @@ impl ModelRunner for ToyRunner {
                 LogitsWanted::None => vec![],
                 LogitsWanted::Last => vec![end],
                 LogitsWanted::All => (s.start_pos + 1..=end).collect(),
+                LogitsWanted::Greedy => panic!("this runner has no greedy head"),
             };
             for r in rows {
                 logits.extend_from_slice(&toy_logits(&history(r)));

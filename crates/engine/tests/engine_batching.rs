@@ -279,3 +279,76 @@ fn long_prompts_past_the_sliding_window_match_generate_and_share_prefixes() {
     // held more than a window plus a chunk per sequence.
     assert!(stats.kv.len() == 2);
 }
+
+/// The engine's greedy rows go through the runner's greedy head (the argmax without
+/// writing logits, the request's biased tokens reported apart); `generate` samples
+/// from full logits rows. With logit biases that ban the natural choice, favour
+/// others and force one token, both give the same tokens.
+#[test]
+fn greedy_head_with_logit_bias_matches_full_logits_sampling() {
+    let Some(path) = model_path() else { return };
+    let lm = LoadedModel::load(&path, 2).unwrap();
+    let prompts: Vec<Vec<u32>> = PROMPTS
+        .iter()
+        .map(|p| lm.tokenizer.encode(p, true, false))
+        .collect();
+    let n = 12;
+    let unbiased: Vec<Vec<u32>> = prompts.iter().map(|p| reference(&lm, p, n)).collect();
+    // Per prompt: ban its first two greedy tokens, nudge a few others (duplicates and
+    // an id past the vocabulary included); the last prompt forces one token.
+    let biases: Vec<Vec<(u32, f32)>> = unbiased
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            if i + 1 == unbiased.len() {
+                vec![(4_000, 60.0)]
+            } else {
+                vec![
+                    (u[0], -100.0),
+                    (u[1], -100.0),
+                    (u[2], 0.5),
+                    (u[2], 0.25),
+                    (10, 1.0),
+                    (u32::MAX - 1, 5.0),
+                ]
+            }
+        })
+        .collect();
+    let want: Vec<Vec<u32>> = prompts
+        .iter()
+        .zip(&biases)
+        .map(|(p, b)| {
+            let mut sampling = SamplingParams::greedy();
+            sampling.logit_bias = b.clone();
+            let opts = GenerateOptions {
+                max_tokens: n,
+                sampling,
+                ignore_eos: true,
+                ..Default::default()
+            };
+            generate(&lm, p, &opts, |_| true).expect("generate").tokens
+        })
+        .collect();
+    assert_ne!(want[0], unbiased[0], "the ban changes the output");
+    assert!(
+        want.last().unwrap().iter().all(|&t| t == 4_000),
+        "the forced token wins"
+    );
+    let engine = Engine::start(
+        LoadedModel::load(&path, 2).unwrap(),
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let rxs: Vec<_> = prompts
+        .iter()
+        .zip(&biases)
+        .map(|(p, b)| {
+            let mut r = ignore_eos(p.clone(), n);
+            r.sampling.logit_bias = b.clone();
+            engine.submit(r).unwrap().1
+        })
+        .collect();
+    for (i, rx) in rxs.into_iter().enumerate() {
+        assert_eq!(collect(rx).tokens, want[i], "prompt {:?}", PROMPTS[i]);
+    }
+}

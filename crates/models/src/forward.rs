@@ -14,7 +14,9 @@ use crate::weights::{Model, Weight};
 use crate::ModelError;
 use hangar_kernels::kv_format::store_row;
 use hangar_kernels::ops::{self, RopeTable};
-use hangar_kernels::packed::{matmul_packed_many, Packed, PackedMatrix};
+use hangar_kernels::packed::{
+    matmul_packed_greedy, matmul_packed_many, GreedyPick, Packed, PackedMatrix, GREEDY_MAX_TOKENS,
+};
 use hangar_kernels::quants;
 use hangar_kernels::{attend, matmul, matmul_quantized, quantize_activations, PagedKv, ThreadPool};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,6 +30,13 @@ pub enum LogitsWanted {
     Last,
     /// Every token's (perplexity, prompt logprobs).
     All,
+    /// The last token's greedy pick instead of its logits: the argmax over the tokens
+    /// not in its skip list ([`Workspace::set_greedy_skips`]) and the logits of those
+    /// in it, in [`Workspace::greedy_picks`] (one per such sequence, in batch order; no
+    /// logits row). On the packed output head of the fast numerics the logits are never
+    /// written ([`hangar_kernels::packed::matmul_packed_greedy`]): a 262k-token
+    /// vocabulary is 1 MB of logits per sequence and step, read back for one argmax.
+    Greedy,
 }
 
 /// One sequence's share of a batch.
@@ -102,6 +111,39 @@ pub struct Workspace {
     lora: LoraRows,
     /// What only the ggml numerics use.
     pub(crate) ggml: GgmlScratch,
+    /// Per [`LogitsWanted::Greedy`] sequence, in batch order: the tokens whose logits
+    /// are reported instead of competing (the ones a request adjusts).
+    greedy_skips: Vec<Vec<u32>>,
+    greedy_picks: Vec<GreedyPick>,
+}
+
+impl Workspace {
+    /// The skip lists of the next forward's [`LogitsWanted::Greedy`] sequences, in
+    /// batch order (a sequence past the end skips nothing).
+    pub fn set_greedy_skips(&mut self, skips: Vec<Vec<u32>>) {
+        self.greedy_skips = skips;
+    }
+
+    /// The last forward's greedy picks, one per [`LogitsWanted::Greedy`] sequence.
+    pub fn greedy_picks(&self) -> &[GreedyPick] {
+        &self.greedy_picks
+    }
+}
+
+/// The greedy pick of one full logits row: what [`matmul_packed_greedy`] gives on the
+/// packed head (the first largest logit outside `skip`, NaN never winning).
+fn pick_from_row(row: &[f32], skip: &[u32]) -> GreedyPick {
+    let (mut id, mut value) = (0u32, f32::NEG_INFINITY);
+    for (r, &v) in row.iter().enumerate() {
+        if v > value && !skip.contains(&(r as u32)) {
+            (id, value) = (r as u32, v);
+        }
+    }
+    let skipped = skip
+        .iter()
+        .map(|&s| row.get(s as usize).copied().unwrap_or(f32::NAN))
+        .collect();
+    GreedyPick { id, value, skipped }
 }
 
 /// A raw pointer handed to pool closures that write disjoint parts of a buffer.
@@ -591,16 +633,22 @@ impl Model {
             return Ok(0);
         }
 
-        // Logits for the requested rows.
+        // Logits for the requested rows; greedy picks for the greedy ones.
         let mut rows = Vec::new();
+        let mut greedy_rows = Vec::new();
         let mut t = 0;
         for s in seqs {
             match s.logits {
                 LogitsWanted::None => {}
                 LogitsWanted::Last => rows.push(t + s.tokens.len() - 1),
                 LogitsWanted::All => rows.extend(t..t + s.tokens.len()),
+                LogitsWanted::Greedy => greedy_rows.push(t + s.tokens.len() - 1),
             }
             t += s.tokens.len();
+        }
+        ws.greedy_picks.clear();
+        if !greedy_rows.is_empty() {
+            self.greedy_head(pool, &greedy_rows, ws)?;
         }
         let m = rows.len();
         resize(&mut ws.sel, m * d);
@@ -646,6 +694,61 @@ impl Model {
             }
         }
         Ok(m)
+    }
+
+    /// The greedy picks of the hidden-state rows `rows` into `ws.greedy_picks`: on the
+    /// packed output head without writing logits, else from full logits rows.
+    fn greedy_head(
+        &self,
+        pool: &ThreadPool,
+        rows: &[usize],
+        ws: &mut Workspace,
+    ) -> Result<(), ModelError> {
+        let cfg = &self.cfg;
+        let (d, vocab, m) = (cfg.d_model, cfg.vocab_size, rows.len());
+        if self.output.rows < vocab {
+            return Err(ModelError::BadBatch(
+                "greedy picks need the whole output head (not a vocabulary shard)".into(),
+            ));
+        }
+        resize(&mut ws.sel, m * d);
+        for (i, &r) in rows.iter().enumerate() {
+            ops::rms_norm(
+                &ws.x[r * d..(r + 1) * d],
+                &self.output_norm,
+                cfg.rms_eps,
+                &mut ws.sel[i * d..(i + 1) * d],
+            );
+        }
+        let skips = std::mem::take(&mut ws.greedy_skips);
+        let skip = |i: usize| skips.get(i).map_or(&[][..], Vec::as_slice);
+        let fused = match self.packed(pool, &self.output) {
+            Some(Packed::Legacy(p)) if cfg.final_logit_softcap.is_none() => Some(p),
+            _ => None,
+        };
+        if let Some(p) = fused {
+            for first in (0..m).step_by(GREEDY_MAX_TOKENS) {
+                let n = (m - first).min(GREEDY_MAX_TOKENS);
+                let x = &ws.sel[first * d..(first + n) * d];
+                quantize_activations(pool, self.output.ty, x, n, d, &mut ws.act);
+                let lists: Vec<&[u32]> = (first..first + n).map(skip).collect();
+                let picks = matmul_packed_greedy(pool, p, &ws.act, n, &lists);
+                ws.greedy_picks.extend(picks);
+            }
+        } else {
+            resize(&mut ws.part, m * vocab);
+            let (sel, part) = (&ws.sel, &mut ws.part);
+            self.matmul_w(pool, &self.output, sel, m, part, &mut ws.act);
+            if let Some(cap) = cfg.final_logit_softcap {
+                part.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+            }
+            for i in 0..m {
+                let row = &ws.part[i * vocab..(i + 1) * vocab];
+                ws.greedy_picks.push(pick_from_row(row, skip(i)));
+            }
+        }
+        ws.greedy_skips = skips;
+        Ok(())
     }
 
     /// Several matrices applied to the same input: the activations are quantized once

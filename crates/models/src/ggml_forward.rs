@@ -322,6 +322,11 @@ impl Model {
                     LogitsWanted::None => {}
                     LogitsWanted::Last => rows.push(t + s.tokens.len() - 1),
                     LogitsWanted::All => rows.extend(t..t + s.tokens.len()),
+                    LogitsWanted::Greedy => {
+                        return Err(ModelError::BadBatch(
+                            "greedy picks need the fast numerics (--numerics fast)".into(),
+                        ))
+                    }
                 }
                 positions.extend(s.start_pos..s.start_pos + s.tokens.len());
                 t += s.tokens.len();

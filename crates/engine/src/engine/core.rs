@@ -161,6 +161,24 @@ impl EngineCore {
                     && c.start < self.sched.running()[c.slot].prompt_len
             })
             .collect();
+        // Greedy chunks whose pick is the plain argmax after their logit bias (no
+        // grammar, penalties or logprobs): the runner's greedy head picks for them
+        // without writing their logits (not in a step that reports prompt logprobs,
+        // whose rows are compacted by chunk).
+        let greedy: Vec<Option<Vec<u32>>> =
+            if self.runner.greedy_head() && !all_rows.iter().any(|&a| a) {
+                batch
+                    .chunks
+                    .iter()
+                    .map(|c| {
+                        let l = live.get(&c.id)?;
+                        let eligible = c.sample && c.draft == 0 && l.constraint.is_none();
+                        eligible.then(|| l.sampler.greedy_skips()).flatten()
+                    })
+                    .collect()
+            } else {
+                vec![None; batch.chunks.len()]
+            };
         // Each chunk's LoRA adapter, taken before the grammar masks borrow `live`.
         let adapters: Vec<Option<Arc<hangar_models::LoraAdapter>>> = batch
             .chunks
@@ -187,7 +205,7 @@ impl EngineCore {
             }
         }
         let executed = if masks.is_empty() {
-            self.execute(&batch, &all_rows, &drafts, &adapters, logits)
+            self.execute(&batch, &all_rows, &drafts, &greedy, &adapters, logits)
         } else {
             std::thread::scope(|s| {
                 s.spawn(move || {
@@ -196,7 +214,7 @@ impl EngineCore {
                         let _ = c.compute_mask();
                     }
                 });
-                self.execute(&batch, &all_rows, &drafts, &adapters, logits)
+                self.execute(&batch, &all_rows, &drafts, &greedy, &adapters, logits)
             })
         };
         if let Err(e) = executed {
@@ -216,7 +234,7 @@ impl EngineCore {
         }
         self.sched.commit(&batch, &mut self.kvm);
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
-        let sampled = self.sample_rows(&batch, &drafts, live, logits);
+        let sampled = self.sample_rows(&batch, &drafts, &greedy, live, logits);
 
         // Update: stops, finishes, frees, events.
         let out = update_from_output(
@@ -255,11 +273,13 @@ impl EngineCore {
     /// Hands the planned batch to the runner as plain data.
     /// `all_rows[i]`: chunk `i` wants every row's logits (its prompt logprobs).
     /// `drafts[i]`: chunk `i`'s draft, fed after its one real token.
+    /// `greedy[i]`: chunk `i`'s skip list when the runner's greedy head picks for it.
     fn execute(
         &mut self,
         batch: &Batch,
         all_rows: &[bool],
         drafts: &[Vec<u32>],
+        greedy: &[Option<Vec<u32>>],
         adapters: &[Option<Arc<hangar_models::LoraAdapter>>],
         logits: &mut Vec<f32>,
     ) -> Result<(), crate::EngineError> {
@@ -293,7 +313,8 @@ impl EngineCore {
             .zip(&tables)
             .zip(all_rows)
             .zip(&with_draft)
-            .map(|(((c, t), &all), d)| SeqInput {
+            .zip(greedy)
+            .map(|((((c, t), &all), d), g)| SeqInput {
                 tokens: if c.draft > 0 {
                     d
                 } else {
@@ -303,6 +324,8 @@ impl EngineCore {
                 block_tables: t,
                 logits: if all || c.draft > 0 {
                     LogitsWanted::All
+                } else if c.sample && g.is_some() {
+                    LogitsWanted::Greedy
                 } else if c.sample {
                     LogitsWanted::Last
                 } else {
@@ -310,6 +333,10 @@ impl EngineCore {
                 },
             })
             .collect();
+        if greedy.iter().any(Option::is_some) {
+            self.runner
+                .set_greedy_skips(greedy.iter().flatten().cloned().collect());
+        }
         if adapters.iter().all(Option::is_none) {
             return self.runner.execute(&inputs, logits);
         }
@@ -485,10 +512,13 @@ impl EngineCore {
     /// the draft so far, and the walk stops at the first that differs from the draft,
     /// so sampled output keeps the target's distribution and greedy output is plain
     /// greedy's. Indexed like the chunks: the tokens each emitted, in order.
+    /// Greedy chunks (`greedy[i]` set) have no logits row: their tokens come from the
+    /// runner's picks.
     fn sample_rows(
         &self,
         batch: &Batch,
         drafts: &[Vec<u32>],
+        greedy: &[Option<Vec<u32>>],
         live: &mut HashMap<SeqId, Live>,
         logits: &mut [f32],
     ) -> Vec<Vec<SampledToken>> {
@@ -512,8 +542,17 @@ impl EngineCore {
             .map(|(id, l)| (*id, (&mut l.sampler, l.constraint.as_mut())))
             .collect();
         let mut tasks: Vec<(usize, Mutex<Task>)> = Vec::new();
+        let mut out: Vec<Vec<SampledToken>> = vec![Vec::new(); batch.chunks.len()];
+        let mut picks = self.runner.greedy_picks().iter();
         for (ci, c) in batch.chunks.iter().enumerate() {
             if !c.sample {
+                continue;
+            }
+            if let Some(skips) = &greedy[ci] {
+                let pick = picks.next();
+                if let (Some(pick), Some((sampler, _))) = (pick, samplers.get(&c.id)) {
+                    out[ci].push(sampler.take_greedy(pick, skips));
+                }
                 continue;
             }
             let rows = 1 + c.draft;
@@ -565,7 +604,6 @@ impl EngineCore {
                 }
             }
         });
-        let mut out: Vec<Vec<SampledToken>> = vec![Vec::new(); batch.chunks.len()];
         for (ci, t) in tasks {
             if let Ok(t) = t.into_inner() {
                 out[ci] = t.out;

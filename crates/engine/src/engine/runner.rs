@@ -7,6 +7,7 @@
 //! tested without weights. A CUDA runner implements the same trait.
 
 use crate::EngineError;
+use hangar_kernels::packed::GreedyPick;
 use hangar_kernels::ThreadPool;
 use hangar_models::kv::{KvFormat, KvLayout};
 use hangar_models::{KvCache, LogitsWanted, LoraAdapter, LoraShape, Model, SeqInput, Workspace};
@@ -73,6 +74,17 @@ pub trait ModelRunner: Send {
             )));
         }
         self.execute(step, logits)
+    }
+    /// Whether [`ModelRunner::execute`] takes [`LogitsWanted::Greedy`] chunks: no
+    /// logits row for them, their picks in [`ModelRunner::greedy_picks`].
+    fn greedy_head(&self) -> bool {
+        false
+    }
+    /// The skip lists of the next step's greedy chunks, in batch order.
+    fn set_greedy_skips(&mut self, _skips: Vec<Vec<u32>>) {}
+    /// The last step's greedy picks, one per greedy chunk in batch order.
+    fn greedy_picks(&self) -> &[GreedyPick] {
+        &[]
     }
     /// Runs `task(i)` for every `i < n`, in parallel where the backend has threads
     /// to spare (the loop samples rows this way).
@@ -190,6 +202,16 @@ impl<M: Borrow<Model> + Send, P: Borrow<ThreadPool> + Send> ModelRunner for CpuR
     fn run_parallel(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
         self.pool.borrow().for_each_index(n, task);
     }
+    fn greedy_head(&self) -> bool {
+        // llama.cpp's exact arithmetic writes every logit.
+        self.model().numerics() == hangar_models::Numerics::Fast
+    }
+    fn set_greedy_skips(&mut self, skips: Vec<Vec<u32>>) {
+        self.ws.set_greedy_skips(skips);
+    }
+    fn greedy_picks(&self) -> &[GreedyPick] {
+        self.ws.greedy_picks()
+    }
 }
 
 /// A deterministic model for testing the engine loop without weights: the logits
@@ -270,6 +292,11 @@ impl ModelRunner for FakeRunner {
                 LogitsWanted::None => &[],
                 LogitsWanted::Last => &s.tokens[s.tokens.len().saturating_sub(1)..],
                 LogitsWanted::All => s.tokens,
+                LogitsWanted::Greedy => {
+                    return Err(EngineError::Invalid(
+                        "FakeRunner has no greedy head (greedy_head() is false)".into(),
+                    ))
+                }
             };
             for &t in rows {
                 let start = logits.len();

@@ -6,6 +6,7 @@ use super::penalties::{apply_bias, apply_penalties};
 use super::rng::Rng;
 use super::truncation::{distribution, draw};
 use super::{SamplerError, SamplingParams, MAX_LOGPROBS};
+use hangar_kernels::packed::GreedyPick;
 
 /// The chosen token with its log-probability and the most likely alternatives.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +73,45 @@ impl Sampler {
         let p = &self.params;
         let untruncated = p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0;
         !self.want_logprob && p.n_logprobs == 0 && (p.temperature == 0.0 || untruncated)
+    }
+
+    /// The tokens this sampler adjusts (its `logit_bias` ids, sorted), when its pick is
+    /// the plain argmax after those adjustments: greedy, no penalties, no
+    /// log-probabilities. A backend's greedy head can then pick without writing the
+    /// logits ([`Sampler::take_greedy`]). `None` otherwise.
+    pub fn greedy_skips(&self) -> Option<Vec<u32>> {
+        let p = &self.params;
+        if p.temperature != 0.0 || self.want_logprob || p.n_logprobs > 0 || p.penalties_active() {
+            return None;
+        }
+        let mut ids: Vec<u32> = p.logit_bias.iter().map(|&(id, _)| id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Some(ids)
+    }
+
+    /// The token [`Sampler::sample`] picks from logits whose argmax outside `skips`
+    /// (this sampler's [`Sampler::greedy_skips`]) and skipped raw values are `pick`:
+    /// the skipped tokens get their bias, then compete (ties: lowest id; NaN, and ids
+    /// past the vocabulary, never win).
+    pub fn take_greedy(&self, pick: &GreedyPick, skips: &[u32]) -> SampledToken {
+        let (mut id, mut best) = (pick.id, pick.value);
+        for (&t, &raw) in skips.iter().zip(&pick.skipped) {
+            let mut v = raw;
+            for &(b_id, b) in &self.params.logit_bias {
+                if b_id == t {
+                    v += b;
+                }
+            }
+            if v > best || (v == best && t < id) {
+                (id, best) = (t, v);
+            }
+        }
+        SampledToken {
+            id,
+            logprob: f32::NEG_INFINITY,
+            top_logprobs: Vec::new(),
+        }
     }
 
     pub fn params(&self) -> &SamplingParams {
