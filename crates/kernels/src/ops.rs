@@ -368,8 +368,16 @@ unsafe fn gelu_tanh_mul_avx512(gate: &mut [f32], up: &[f32], table: &[u16]) -> u
         let e = _mm512_i32gather_epi32::<2>(idx, table.as_ptr() as *const _);
         let g = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(e));
         let mut r = _mm512_mul_ps(g, u);
-        r = _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask::<_CMP_LE_OQ>(x, lo), _mm512_setzero_ps());
-        r = _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, hi), _mm512_mul_ps(x, u));
+        r = _mm512_mask_mov_ps(
+            r,
+            _mm512_cmp_ps_mask::<_CMP_LE_OQ>(x, lo),
+            _mm512_setzero_ps(),
+        );
+        r = _mm512_mask_mov_ps(
+            r,
+            _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, hi),
+            _mm512_mul_ps(x, u),
+        );
         _mm512_storeu_ps(gate.as_mut_ptr().add(i), r);
     }
     n
@@ -497,8 +505,24 @@ mod fast_tests {
             .map(|b| half::f16::from_bits(b).to_f32())
             .collect();
         xs.extend((0..20_000).map(|i| (i as f32 - 10_000.0) * 1.2345e-3));
-        xs.extend([-10.0, 10.0, -10.000001, 9.999999, 1e30, -1e30, f32::INFINITY]);
-        xs.extend([f32::NEG_INFINITY, 6e-8, -6e-8, 1e-10, 70000.0, -70000.0, 65519.0]);
+        xs.extend([
+            -10.0,
+            10.0,
+            -10.000001,
+            9.999999,
+            1e30,
+            -1e30,
+            f32::INFINITY,
+        ]);
+        xs.extend([
+            f32::NEG_INFINITY,
+            6e-8,
+            -6e-8,
+            1e-10,
+            70000.0,
+            -70000.0,
+            65519.0,
+        ]);
         xs.extend([0.0, -0.0, 3.0]);
         let up: Vec<f32> = (0..xs.len()).map(|i| 0.5 + (i % 7) as f32 * 0.37).collect();
         let mut got = xs.clone();

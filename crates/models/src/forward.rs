@@ -696,6 +696,17 @@ impl Model {
         Ok(m)
     }
 
+    /// Whether [`LogitsWanted::Greedy`] skips writing logits on this model: fast
+    /// numerics, a packed Q4_0/Q5_0/Q8_0 output head covering the whole vocabulary, no
+    /// logit soft-capping. Elsewhere a greedy row costs a full logits row and a scalar
+    /// pick, more than asking for [`LogitsWanted::Last`]; callers should ask for that.
+    pub fn greedy_head_fused(&self, pool: &ThreadPool) -> bool {
+        self.numerics() == crate::Numerics::Fast
+            && self.cfg.final_logit_softcap.is_none()
+            && self.output.rows == self.cfg.vocab_size
+            && matches!(self.packed(pool, &self.output), Some(Packed::Legacy(_)))
+    }
+
     /// The greedy picks of the hidden-state rows `rows` into `ws.greedy_picks`: on the
     /// packed output head without writing logits, else from full logits rows.
     fn greedy_head(

@@ -429,3 +429,93 @@ fn chunked_prefill_equals_one_shot_past_the_window() {
     );
     assert_eq!(a[0], b[0]);
 }
+
+/// `LogitsWanted::Greedy` rows give the argmax of the `Last` logits of the same batch
+/// outside their skip lists, and those skipped tokens' logits: on the packed output
+/// head (fast numerics, default packing; no logits written) and on an unpacked one
+/// (packing off: full logits, then the pick). The ggml numerics refuse it.
+#[test]
+fn greedy_rows_pick_the_argmax_of_the_last_logits() {
+    use hangar_models::{LoadOptions, Numerics, Packing};
+    let Some(path) = model_path() else { return };
+    let pool = ThreadPool::new(2);
+    let prompts: [&[u32]; 3] = [
+        &[2, 818, 5279, 529, 7001, 563],
+        &[2, 818, 3823, 8864, 37423],
+        &[2, 9259, 236764],
+    ];
+    for (packing, fused) in [(Packing::Auto, true), (Packing::None, false)] {
+        let opts = LoadOptions {
+            numerics: Numerics::Fast,
+            packing,
+        };
+        let model = Model::load_with(&path, opts).unwrap();
+        assert_eq!(model.greedy_head_fused(&pool), fused, "{packing:?}");
+        let vocab = model.cfg.vocab_size;
+        let groups = hangar_models::kv::KvLayout::for_model(&model.cfg).n_groups();
+        let run = |want: LogitsWanted, skips: Vec<Vec<u32>>| {
+            let mut kv = KvCache::new(&model.cfg, 16, &vec![3; groups]);
+            let tables: Vec<Vec<u32>> = (0..3).map(|i| vec![i as u32]).collect();
+            let refs: Vec<Vec<&[u32]>> =
+                tables.iter().map(|t| vec![t.as_slice(); groups]).collect();
+            let seqs: Vec<SeqInput> = prompts
+                .iter()
+                .zip(&refs)
+                .map(|(p, r)| SeqInput {
+                    tokens: p,
+                    start_pos: 0,
+                    block_tables: r,
+                    logits: want,
+                })
+                .collect();
+            let mut ws = Workspace::default();
+            ws.set_greedy_skips(skips);
+            let mut logits = Vec::new();
+            model
+                .forward(&pool, &seqs, &mut kv, &mut ws, &mut logits)
+                .unwrap();
+            (logits, ws.greedy_picks().to_vec())
+        };
+        let (logits, none) = run(LogitsWanted::Last, Vec::new());
+        assert!(none.is_empty());
+        // Skip lists: nothing; the top token (the pick moves to the runner-up) and an
+        // id past the vocabulary; two ordinary tokens.
+        let tops: Vec<u32> = (0..3)
+            .map(|i| argmax(&logits[i * vocab..(i + 1) * vocab]))
+            .collect();
+        let skips = vec![Vec::new(), vec![tops[1], u32::MAX], vec![5, 7]];
+        let (rows, picks) = run(LogitsWanted::Greedy, skips.clone());
+        assert!(rows.is_empty(), "greedy rows return no logits");
+        assert_eq!(picks.len(), 3);
+        for (i, pick) in picks.iter().enumerate() {
+            let row = &logits[i * vocab..(i + 1) * vocab];
+            let mut masked = row.to_vec();
+            for &s in &skips[i] {
+                if let Some(v) = masked.get_mut(s as usize) {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+            let want = argmax(&masked);
+            assert_eq!(
+                (pick.id, pick.value),
+                (want, row[want as usize]),
+                "{packing:?} seq {i}"
+            );
+            for (k, &s) in skips[i].iter().enumerate() {
+                match row.get(s as usize) {
+                    Some(&v) => assert_eq!(pick.skipped[k], v),
+                    None => assert!(pick.skipped[k].is_nan()),
+                }
+            }
+        }
+    }
+    let ggml = Model::load_with(
+        &path,
+        LoadOptions {
+            numerics: Numerics::Ggml,
+            packing: Packing::Auto,
+        },
+    )
+    .unwrap();
+    assert!(!ggml.greedy_head_fused(&pool));
+}

@@ -203,8 +203,9 @@ impl<M: Borrow<Model> + Send, P: Borrow<ThreadPool> + Send> ModelRunner for CpuR
         self.pool.borrow().for_each_index(n, task);
     }
     fn greedy_head(&self) -> bool {
-        // llama.cpp's exact arithmetic writes every logit.
-        self.model().numerics() == hangar_models::Numerics::Fast
+        // Only where the picks come without writing logits (not in llama.cpp's exact
+        // arithmetic, not on a K-quant or unpacked head).
+        self.model().greedy_head_fused(self.pool.borrow())
     }
     fn set_greedy_skips(&mut self, skips: Vec<Vec<u32>>) {
         self.ws.set_greedy_skips(skips);
