@@ -594,23 +594,28 @@ pub fn matmul_packed_greedy(
     }
     let mut out = vec![0f32; t * p.rows];
     matmul_packed(pool, p, act, t, &mut out);
-    (0..t)
-        .map(|c| {
-            let row = &out[c * p.rows..(c + 1) * p.rows];
-            let (mut id, mut value) = (0u32, f32::NEG_INFINITY);
-            for (r, &v) in row.iter().enumerate() {
-                // NaN compares false: it never wins, as -inf would not.
-                if v > value && !skip[c].contains(&(r as u32)) {
-                    (id, value) = (r as u32, v);
-                }
-            }
-            let skipped = skip[c]
-                .iter()
-                .map(|&id| row.get(id as usize).copied().unwrap_or(f32::NAN))
-                .collect();
-            GreedyPick { id, value, skipped }
-        })
+    out.chunks_exact(p.rows.max(1))
+        .zip(skip)
+        .map(|(row, skip)| greedy_pick_row(row, skip))
         .collect()
+}
+
+/// The greedy pick of one full row of outputs: what [`matmul_packed_greedy`] gives
+/// without writing them (the first largest value outside `skip`, NaN never winning;
+/// NaN reported for a skipped id past the row).
+pub fn greedy_pick_row(row: &[f32], skip: &[u32]) -> GreedyPick {
+    let (mut id, mut value) = (0u32, f32::NEG_INFINITY);
+    for (r, &v) in row.iter().enumerate() {
+        // NaN compares false: it never wins, as -inf would not.
+        if v > value && !skip.contains(&(r as u32)) {
+            (id, value) = (r as u32, v);
+        }
+    }
+    let skipped = skip
+        .iter()
+        .map(|&s| row.get(s as usize).copied().unwrap_or(f32::NAN))
+        .collect();
+    GreedyPick { id, value, skipped }
 }
 
 /// Calls `f(group, first_token, tokens)` for every 16-row group of a `rows`-row matrix

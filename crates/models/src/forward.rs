@@ -15,7 +15,8 @@ use crate::ModelError;
 use hangar_kernels::kv_format::store_row;
 use hangar_kernels::ops::{self, RopeTable};
 use hangar_kernels::packed::{
-    matmul_packed_greedy, matmul_packed_many, GreedyPick, Packed, PackedMatrix, GREEDY_MAX_TOKENS,
+    greedy_pick_row, matmul_packed_greedy, matmul_packed_many, GreedyPick, Packed, PackedMatrix,
+    GREEDY_MAX_TOKENS,
 };
 use hangar_kernels::quants;
 use hangar_kernels::{attend, matmul, matmul_quantized, quantize_activations, PagedKv, ThreadPool};
@@ -128,22 +129,6 @@ impl Workspace {
     pub fn greedy_picks(&self) -> &[GreedyPick] {
         &self.greedy_picks
     }
-}
-
-/// The greedy pick of one full logits row: what [`matmul_packed_greedy`] gives on the
-/// packed head (the first largest logit outside `skip`, NaN never winning).
-fn pick_from_row(row: &[f32], skip: &[u32]) -> GreedyPick {
-    let (mut id, mut value) = (0u32, f32::NEG_INFINITY);
-    for (r, &v) in row.iter().enumerate() {
-        if v > value && !skip.contains(&(r as u32)) {
-            (id, value) = (r as u32, v);
-        }
-    }
-    let skipped = skip
-        .iter()
-        .map(|&s| row.get(s as usize).copied().unwrap_or(f32::NAN))
-        .collect();
-    GreedyPick { id, value, skipped }
 }
 
 /// A raw pointer handed to pool closures that write disjoint parts of a buffer.
@@ -755,7 +740,7 @@ impl Model {
             }
             for i in 0..m {
                 let row = &ws.part[i * vocab..(i + 1) * vocab];
-                ws.greedy_picks.push(pick_from_row(row, skip(i)));
+                ws.greedy_picks.push(greedy_pick_row(row, skip(i)));
             }
         }
         ws.greedy_skips = skips;
