@@ -34,6 +34,13 @@ fn reference(lm: &LoadedModel, prompt: &[u32], n: usize) -> Vec<u32> {
         .tokens
 }
 
+fn encode_prompts(lm: &LoadedModel) -> Vec<Vec<u32>> {
+    PROMPTS
+        .iter()
+        .map(|p| lm.tokenizer.encode(p, true, false))
+        .collect()
+}
+
 fn ignore_eos(prompt: Vec<u32>, n: usize) -> GenerateRequest {
     let mut r = GenerateRequest::greedy(prompt, n);
     r.ignore_eos = true;
@@ -44,10 +51,7 @@ fn ignore_eos(prompt: Vec<u32>, n: usize) -> GenerateRequest {
 fn batched_greedy_matches_single_sequence_generate() {
     let Some(path) = model_path() else { return };
     let lm = LoadedModel::load(&path, 2).unwrap();
-    let prompts: Vec<Vec<u32>> = PROMPTS
-        .iter()
-        .map(|p| lm.tokenizer.encode(p, true, false))
-        .collect();
+    let prompts = encode_prompts(&lm);
     let want: Vec<Vec<u32>> = prompts.iter().map(|p| reference(&lm, p, 24)).collect();
     let engine = Engine::start(
         LoadedModel::load(&path, 2).unwrap(),
@@ -288,10 +292,7 @@ fn long_prompts_past_the_sliding_window_match_generate_and_share_prefixes() {
 fn greedy_head_with_logit_bias_matches_full_logits_sampling() {
     let Some(path) = model_path() else { return };
     let lm = LoadedModel::load(&path, 2).unwrap();
-    let prompts: Vec<Vec<u32>> = PROMPTS
-        .iter()
-        .map(|p| lm.tokenizer.encode(p, true, false))
-        .collect();
+    let prompts = encode_prompts(&lm);
     let n = 12;
     let unbiased: Vec<Vec<u32>> = prompts.iter().map(|p| reference(&lm, p, n)).collect();
     // Per prompt: ban its first two greedy tokens, nudge a few others (duplicates and
