@@ -168,8 +168,10 @@ impl Rows {
 }
 
 /// Token rows at or above which the per-row steps (norms, RoPE, residual adds) go over
-/// the pool: below it the hand-out costs more than the work (a 16-row decode step).
-const PARALLEL_ROWS: usize = 32;
+/// the pool. From 8: at 16 rows the engine thread's serial share was ~3% of a decode
+/// step (`hangar bench --tg 64 -b 16`: 775-808 -> 801-858 tok/s, six alternations);
+/// below, one sequence or a few, the hand-out costs more than it saves.
+const PARALLEL_ROWS: usize = 8;
 
 /// Calls `f(t)` for every row `t < n`, over the pool for large batches (prefill). Rows
 /// are independent, so the results are the same bits either way.
