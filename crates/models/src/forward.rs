@@ -142,6 +142,17 @@ impl Ptr {
     }
 }
 
+/// A KV cache buffer handed to pool closures that write disjoint rows of it.
+#[derive(Clone, Copy)]
+struct KvRows(*mut u16);
+unsafe impl Send for KvRows {}
+unsafe impl Sync for KvRows {}
+impl KvRows {
+    fn get(self) -> *mut u16 {
+        self.0
+    }
+}
+
 /// Rows of a row-major buffer handed to pool closures, each row written by one call.
 #[derive(Clone, Copy)]
 struct Rows {
@@ -504,38 +515,16 @@ impl Model {
                         }
                         rope.apply(head, t, cfg.rope_style);
                     }
+                    ops::round_to_f16(q);
+                    ops::round_to_f16(k);
+                    ops::round_to_f16(v);
                 });
             }
             // K and V are kept at f16 precision, Q rounded to match (an f16 KV cache's
-            // numerics, as llama.cpp's default).
-            ops::round_to_f16(&mut ws.q[..t_total * qd]);
-            ops::round_to_f16(&mut ws.k[..t_total * kvd]);
-            ops::round_to_f16(&mut ws.v[..t_total * kvd]);
+            // numerics, as llama.cpp's default): done per row with RoPE above.
             // Store the new keys and values (f16: already rounded, so exact; Q8_0 and
             // Q4_0 quantize the f16-rounded values, as llama.cpp quantizes its f32).
-            let g = kv.group_of_layer(li);
-            {
-                let (format, words) = (kv.format(), kv.layout().row_words());
-                let mut t = 0;
-                for s in seqs {
-                    let table = s.block_tables[g];
-                    for i in 0..s.tokens.len() {
-                        let off = kv.offset(table, s.start_pos + i);
-                        let (kc, vc) = kv.layer_kv_mut(li);
-                        store_row(
-                            format,
-                            &ws.k[t * kvd..(t + 1) * kvd],
-                            &mut kc[off..off + words],
-                        );
-                        store_row(
-                            format,
-                            &ws.v[t * kvd..(t + 1) * kvd],
-                            &mut vc[off..off + words],
-                        );
-                        t += 1;
-                    }
-                }
-            }
+            self.store_kv(pool, li, seqs, kv, ws, t_total);
             self.attention(pool, li, seqs, kv, ws, t_total);
             if let Some(obs) = observer.as_mut() {
                 obs(li, Tap::AttnOutIn, &ws.attn, qd);
@@ -809,6 +798,63 @@ impl Model {
             }
             None => matmul(pool, &self.mat(w), x, t, out, act),
         }
+    }
+
+    /// Writes the batch's new K and V rows of layer `li` into their cache blocks, rows
+    /// over the pool (each token its own position; a batch that names one cache row
+    /// twice is written in order on one thread).
+    fn store_kv(
+        &self,
+        pool: &ThreadPool,
+        li: usize,
+        seqs: &[SeqInput],
+        kv: &mut KvCache,
+        ws: &Workspace,
+        t_total: usize,
+    ) {
+        let kvd = self.cfg.kv_dim();
+        let g = kv.group_of_layer(li);
+        let (format, words) = (kv.format(), kv.layout().row_words());
+        let offs: Vec<usize> = ws.tok_seq[..t_total]
+            .iter()
+            .map(|&(si, pos)| kv.offset(seqs[si].block_tables[g], pos))
+            .collect();
+        let (kc, vc) = kv.layer_kv_mut(li);
+        let mut sorted = offs.clone();
+        sorted.sort_unstable();
+        let distinct = sorted.windows(2).all(|w| w[0] != w[1]);
+        let in_range = sorted
+            .last()
+            .is_none_or(|&o| o + words <= kc.len().min(vc.len()));
+        let (k, v) = (&ws.k, &ws.v);
+        if !(distinct && in_range) {
+            for (t, &off) in offs.iter().enumerate() {
+                store_row(
+                    format,
+                    &k[t * kvd..(t + 1) * kvd],
+                    &mut kc[off..off + words],
+                );
+                store_row(
+                    format,
+                    &v[t * kvd..(t + 1) * kvd],
+                    &mut vc[off..off + words],
+                );
+            }
+            return;
+        }
+        let (kp, vp) = (KvRows(kc.as_mut_ptr()), KvRows(vc.as_mut_ptr()));
+        each_row(pool, t_total, |t| {
+            // SAFETY: every offset is in range and distinct (checked above): each call
+            // writes its own `words`-long row of each buffer.
+            let (kd, vd) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(kp.get().add(offs[t]), words),
+                    std::slice::from_raw_parts_mut(vp.get().add(offs[t]), words),
+                )
+            };
+            store_row(format, &k[t * kvd..(t + 1) * kvd], kd);
+            store_row(format, &v[t * kvd..(t + 1) * kvd], vd);
+        });
     }
 
     fn attention(
