@@ -131,24 +131,14 @@ impl Workspace {
     }
 }
 
-/// A raw pointer handed to pool closures that write disjoint parts of a buffer.
+/// A raw pointer handed to pool closures that write disjoint parts of a buffer (f32
+/// activations, or u16 KV cache rows).
 #[derive(Clone, Copy)]
-pub(crate) struct Ptr(pub(crate) *mut f32);
-unsafe impl Send for Ptr {}
-unsafe impl Sync for Ptr {}
-impl Ptr {
-    pub(crate) fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-/// A KV cache buffer handed to pool closures that write disjoint rows of it.
-#[derive(Clone, Copy)]
-struct KvRows(*mut u16);
-unsafe impl Send for KvRows {}
-unsafe impl Sync for KvRows {}
-impl KvRows {
-    fn get(self) -> *mut u16 {
+pub(crate) struct Ptr<T = f32>(pub(crate) *mut T);
+unsafe impl<T> Send for Ptr<T> {}
+unsafe impl<T> Sync for Ptr<T> {}
+impl<T> Ptr<T> {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }
@@ -842,7 +832,7 @@ impl Model {
             }
             return;
         }
-        let (kp, vp) = (KvRows(kc.as_mut_ptr()), KvRows(vc.as_mut_ptr()));
+        let (kp, vp) = (Ptr(kc.as_mut_ptr()), Ptr(vc.as_mut_ptr()));
         each_row(pool, t_total, |t| {
             // SAFETY: every offset is in range and distinct (checked above): each call
             // writes its own `words`-long row of each buffer.
