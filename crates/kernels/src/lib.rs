@@ -62,6 +62,7 @@ mod attention;
 pub mod cpu;
 mod gemm;
 pub mod ggml;
+mod huge;
 pub mod kv_format;
 mod matmul;
 pub mod ops;

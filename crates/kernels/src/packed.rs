@@ -28,6 +28,7 @@
 //! scalar twin [`matmul_packed_scalar`] follows the same order and must agree bit for
 //! bit.
 
+pub(crate) use crate::huge::HugeBuf;
 use crate::matmul::QMatrix;
 pub use crate::packed_k::{matmul_packed_k, matmul_packed_k_scalar, PackedK};
 use crate::pool::ThreadPool;
@@ -39,53 +40,6 @@ use hangar_formats::GgmlType;
 pub const GROUP: usize = 16;
 /// Tokens per kernel call (accumulators held in registers).
 const TOK_TILE: usize = 16;
-
-/// Heap bytes aligned to 2 MiB and advised as transparent huge pages: packing a
-/// 180 MB output matrix then takes ~90 page faults instead of ~45 000, and streaming
-/// it needs far fewer TLB entries. Every byte is written by [`PackedMatrix::pack`]
-/// before it is read.
-pub(crate) struct HugeBuf {
-    ptr: std::ptr::NonNull<u8>,
-    layout: std::alloc::Layout,
-}
-
-// SAFETY: plain bytes, written only during packing (through disjoint ranges).
-unsafe impl Send for HugeBuf {}
-unsafe impl Sync for HugeBuf {}
-
-impl HugeBuf {
-    pub(crate) fn new(len: usize) -> Self {
-        let layout = std::alloc::Layout::from_size_align(len.max(64), 2 << 20)
-            .expect("packed matrix size fits the address space");
-        // SAFETY: non-zero size.
-        let p = unsafe { std::alloc::alloc(layout) };
-        let Some(ptr) = std::ptr::NonNull::new(p) else {
-            std::alloc::handle_alloc_error(layout)
-        };
-        #[cfg(target_os = "linux")]
-        // SAFETY: the range is our own allocation; the advice is only a hint.
-        unsafe {
-            libc::madvise(p as *mut libc::c_void, layout.size(), libc::MADV_HUGEPAGE);
-        }
-        // The padding up to 64 bytes (tiny matrices only) is zeroed here.
-        // SAFETY: inside the allocation.
-        unsafe { std::ptr::write_bytes(p.add(len), 0, layout.size() - len) };
-        HugeBuf { ptr, layout }
-    }
-    pub(crate) fn as_ptr(&self) -> *const u8 {
-        self.ptr.as_ptr()
-    }
-    pub(crate) fn len(&self) -> usize {
-        self.layout.size()
-    }
-}
-
-impl Drop for HugeBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
-    }
-}
 
 /// A Q4_0 / Q5_0 / Q8_0 matrix in the row-interleaved layout (see module docs).
 pub struct PackedMatrix {
