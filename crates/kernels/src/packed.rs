@@ -333,6 +333,8 @@ pub(crate) enum Out {
 
 /// Per (token, block) of Q8_0 activations: the f32 scale and the offset seed.
 struct ActPrep {
+    /// Unique per preparation (never 0): caches keyed by it cannot outlive a product.
+    id: u64,
     d: Vec<f32>,
     seed: Vec<i32>,
     /// For the AMX kernel: each (16-token tile, block)'s quantized values as one
@@ -381,7 +383,9 @@ fn prep(ty: GgmlType, act: &[u8], t: usize, nb: usize, tiles_wanted: bool) -> Ac
             }
         }
     }
-    ActPrep { d, seed, tiles }
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ActPrep { id, d, seed, tiles }
 }
 
 /// `out[i * p.rows + r] = dot(row r, activation row i)` for `i < t`, where `act` holds

@@ -31,6 +31,11 @@ const PREFETCH_QUADS: usize = 1;
 thread_local! {
     /// The token count the tile registers of this thread are configured for (0: none).
     static CONFIGURED: Cell<usize> = const { Cell::new(0) };
+    /// A Q4_0 / Q5_0 row group unpacked to B operands for all its blocks, keyed by the
+    /// product ([`ActPrep::id`]) and the group's packed bytes, so products of more than
+    /// one token tile (prefill) unpack each group once instead of once per tile.
+    static UNPACKED: std::cell::RefCell<((u64, usize), Vec<Aligned<512>>)> =
+        const { std::cell::RefCell::new(((0, 0), Vec::new())) };
 }
 
 /// The 64-byte tile configuration (palette 1): tmm0/tmm1 = A (`nc` rows x 32 bytes),
@@ -70,6 +75,7 @@ unsafe fn configure(nc: usize) {
     CONFIGURED.with(|c| c.set(nc));
 }
 
+#[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Aligned<const N: usize>([u8; N]);
 
@@ -87,11 +93,47 @@ pub(super) unsafe fn tile<const T: u8, const NC: usize>(
     out: Out,
 ) {
     configure(NC);
+    debug_assert!(c0.is_multiple_of(TOK_TILE) && !ap.tiles.is_empty());
+    let (nb, tb) = (p.nb, tbytes(T));
+    let qbase = p.quants.as_ptr().add(g * nb * tb);
+    if T != Q8 && ap.d.len() > TOK_TILE * nb {
+        // More than one token tile: the group's B operands, unpacked once.
+        return UNPACKED.with(|u| {
+            let Ok(mut u) = u.try_borrow_mut() else {
+                return tile_from::<T, NC>(p, g, ap, c0, out, None);
+            };
+            let (key, buf) = &mut *u;
+            if *key != (ap.id, qbase as usize) {
+                buf.resize(nb, Aligned([0; 512]));
+                for (b, dst) in buf.iter_mut().enumerate() {
+                    for (k, w) in fetch8::<T>(qbase.add(b * tb)).iter().enumerate() {
+                        _mm512_store_si512(dst.0.as_mut_ptr().add(k * 64) as *mut _, *w);
+                    }
+                }
+                *key = (ap.id, qbase as usize);
+            }
+            tile_from::<T, NC>(p, g, ap, c0, out, Some(buf.as_ptr() as *const u8))
+        });
+    }
+    tile_from::<T, NC>(p, g, ap, c0, out, None)
+}
+
+/// [`tile`] with the B operands of Q4_0 / Q5_0 blocks unpacked here per block, or
+/// read from `unpacked` (512 bytes per block, the whole group).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_from<const T: u8, const NC: usize>(
+    p: &PackedMatrix,
+    g: usize,
+    ap: &ActPrep,
+    c0: usize,
+    out: Out,
+    unpacked: Option<*const u8>,
+) {
     let nb = p.nb;
     let tb = tbytes(T);
     let qbase = p.quants.as_ptr().add(g * nb * tb);
     let sbase = p.scales.as_ptr().add(g * nb * GROUP);
-    debug_assert!(c0.is_multiple_of(TOK_TILE) && !ap.tiles.is_empty());
     let abase = ap.tiles.as_ptr().add(c0 / TOK_TILE * nb * TOK_TILE * QK);
     let dbase = ap.d.as_ptr().add(c0 * nb);
     let seedbase = ap.seed.as_ptr().add(c0 * nb);
@@ -111,12 +153,14 @@ pub(super) unsafe fn tile<const T: u8, const NC: usize>(
     let b_ptr = |b: usize| -> *mut u8 {
         if T == Q8 {
             qbase.add(b * tb) as *mut u8
+        } else if let Some(u) = unpacked {
+            u.add(b * 512) as *mut u8
         } else {
             wp.add(((b / QUAD) % 2) * QUAD * 512 + (b % QUAD) * 512)
         }
     };
     let unpack = |b: usize| {
-        if T != Q8 && b < nb {
+        if T != Q8 && unpacked.is_none() && b < nb {
             for (k, w) in fetch8::<T>(qbase.add(b * tb)).iter().enumerate() {
                 _mm512_store_si512(b_ptr(b).add(k * 64) as *mut _, *w);
             }
