@@ -150,6 +150,11 @@ mod avx512 {
     use crate::ops::exp_fast;
     use std::arch::x86_64::*;
 
+    /// Keys between a key's prefetch and its use.
+    const AHEAD: usize = 4;
+    /// Keys whose value rows are accumulated together (16 f16 rows of 256: 8 KiB).
+    const KEY_RUN: usize = 16;
+
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx2,fma")]
     /// `G` query heads per KV head; `C` value columns of 16 floats accumulated in
@@ -173,7 +178,25 @@ mod avx512 {
         );
         // Scores: each key row loaded once for the G heads.
         let mut max = [f32::NEG_INFINITY; G];
+        let fetch = |pos: usize| {
+            let at = kv.offset(pos);
+            let mut b = 0;
+            while b < hd * 2 {
+                _mm_prefetch::<_MM_HINT_T0>((kp.add(at) as *const i8).wrapping_add(b));
+                _mm_prefetch::<_MM_HINT_T1>((vp.add(at) as *const i8).wrapping_add(b));
+                b += 64;
+            }
+        };
+        for j in 0..AHEAD.min(n) {
+            fetch(lo + j);
+        }
         kv.for_each_row(lo, n, |j, off| {
+            // The cache rows of a serving step's many sequences come from L3: ask for
+            // key j + AHEAD (into L1) and its value row (into L2, read after the
+            // softmax) while key j is scored (`attn_bench` cold: ~2x hot without).
+            if j + AHEAD < n {
+                fetch(lo + j + AHEAD);
+            }
             let key = kp.add(off);
             let mut acc = [_mm512_setzero_ps(); G];
             let mut d = 0;
@@ -207,29 +230,46 @@ mod avx512 {
             }
             crate::ops::round_to_f16(row);
         }
-        // Values: register-resident accumulators over all keys, C columns at a time.
-        let mut d0 = 0;
-        while d0 < hd {
-            let mut acc = [[_mm512_setzero_ps(); C]; G];
-            kv.for_each_row(lo, n, |j, off| {
-                let val = vp.add(off + d0);
-                let mut vv = [_mm512_setzero_ps(); C];
-                for (ci, v) in vv.iter_mut().enumerate() {
-                    *v = _mm512_cvtph_ps(_mm256_loadu_si256(val.add(ci * 16) as *const __m256i));
-                }
-                for h in 0..G {
-                    let p = _mm512_set1_ps(*sp.add(h * n + j));
-                    for ci in 0..C {
-                        acc[h][ci] = _mm512_fmadd_ps(p, vv[ci], acc[h][ci]);
+        // Values: register-resident accumulators, C columns at a time, over runs of
+        // KEY_RUN keys (the partial sums kept in `out` between runs), so a run's value
+        // rows stay in L1 for all hd / (16 C) column passes instead of coming from L2
+        // once per pass. Each output still sums its keys in order.
+        let op = out.as_mut_ptr();
+        let mut k0 = 0;
+        while k0 < n {
+            let run = KEY_RUN.min(n - k0);
+            let mut d0 = 0;
+            while d0 < hd {
+                let mut acc = [[_mm512_setzero_ps(); C]; G];
+                if k0 > 0 {
+                    for h in 0..G {
+                        for (ci, a) in acc[h].iter_mut().enumerate() {
+                            *a = _mm512_loadu_ps(op.add(h * hd + d0 + ci * 16));
+                        }
                     }
                 }
-            });
-            for h in 0..G {
-                for (ci, a) in acc[h].iter().enumerate() {
-                    _mm512_storeu_ps(out.as_mut_ptr().add(h * hd + d0 + ci * 16), *a);
+                kv.for_each_row(lo + k0, run, |j, off| {
+                    let val = vp.add(off + d0);
+                    let mut vv = [_mm512_setzero_ps(); C];
+                    for (ci, v) in vv.iter_mut().enumerate() {
+                        *v =
+                            _mm512_cvtph_ps(_mm256_loadu_si256(val.add(ci * 16) as *const __m256i));
+                    }
+                    for h in 0..G {
+                        let p = _mm512_set1_ps(*sp.add(h * n + k0 + j));
+                        for ci in 0..C {
+                            acc[h][ci] = _mm512_fmadd_ps(p, vv[ci], acc[h][ci]);
+                        }
+                    }
+                });
+                for h in 0..G {
+                    for (ci, a) in acc[h].iter().enumerate() {
+                        _mm512_storeu_ps(op.add(h * hd + d0 + ci * 16), *a);
+                    }
                 }
+                d0 += C * 16;
             }
-            d0 += C * 16;
+            k0 += run;
         }
     }
 }
