@@ -33,6 +33,10 @@ pub enum LoraCmd {
         /// gguf (llama.cpp adapter file) or peft (folder).
         #[arg(long, default_value = "gguf")]
         format: Format,
+        /// Values of a GGUF adapter: f32, or f16 (llama.cpp's converter writes f16;
+        /// half the bytes to load and to stream at every step). PEFT folders: f32.
+        #[arg(long, default_value = "f32")]
+        dtype: AdapterDtype,
         #[arg(long)]
         out: PathBuf,
     },
@@ -63,6 +67,10 @@ pub enum LoraCmd {
         targets: Vec<LoraTarget>,
         #[arg(long, default_value = "gguf")]
         format: Format,
+        /// Values of a GGUF adapter: f32, or f16 (llama.cpp's converter writes f16;
+        /// half the bytes to load and to stream at every step). PEFT folders: f32.
+        #[arg(long, default_value = "f32")]
+        dtype: AdapterDtype,
         /// Threads for the factorisations (0 = one per core).
         #[arg(long, short = 't', default_value_t = 0)]
         threads: usize,
@@ -80,6 +88,10 @@ pub enum LoraCmd {
         lora: String,
         #[arg(long)]
         to: Format,
+        /// Values of a GGUF adapter: f32, or f16 (llama.cpp's converter writes f16;
+        /// half the bytes to load and to stream at every step). PEFT folders: f32.
+        #[arg(long, default_value = "f32")]
+        dtype: AdapterDtype,
         #[arg(long)]
         out: PathBuf,
     },
@@ -234,9 +246,31 @@ fn load_cli(source: &str, shape: &LoraShape, home: Option<PathBuf>) -> Result<Lo
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn save(adapter: &LoraAdapter, format: Format, out: &Path, base: &Path) -> Result<()> {
+/// The value type of a written GGUF adapter.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum AdapterDtype {
+    F32,
+    F16,
+}
+
+fn save(
+    adapter: &LoraAdapter,
+    format: Format,
+    dtype: AdapterDtype,
+    out: &Path,
+    base: &Path,
+) -> Result<()> {
+    let ty = match dtype {
+        AdapterDtype::F32 => hangar_formats::GgmlType::F32,
+        AdapterDtype::F16 => hangar_formats::GgmlType::F16,
+    };
+    if matches!((format, dtype), (Format::Peft, AdapterDtype::F16)) {
+        bail!(
+            "PEFT folders are written in f32; use --dtype f32, or --format gguf for an f16 adapter"
+        );
+    }
     match format {
-        Format::Gguf => hangar_lora::gguf::write(adapter, out, hangar_formats::GgmlType::F32)?,
+        Format::Gguf => hangar_lora::gguf::write(adapter, out, ty)?,
         Format::Peft => hangar_lora::peft::write(adapter, out, base.to_str())?,
     }
     Ok(())
@@ -271,6 +305,7 @@ pub fn run_lora(cmd: LoraCmd, home: Option<PathBuf>) -> Result<()> {
             seed,
             strength,
             format,
+            dtype,
             out,
         } => {
             let base = crate::model_path::resolve(model.as_deref(), home)?;
@@ -283,7 +318,7 @@ pub fn run_lora(cmd: LoraCmd, home: Option<PathBuf>) -> Result<()> {
                 strength,
             };
             let a = hangar_lora::init::random(&base, &shape, &opts)?;
-            save(&a, format, &out, &base)?;
+            save(&a, format, dtype, &out, &base)?;
             eprintln!(
                 "hangar lora init: wrote {} ({})",
                 out.display(),
@@ -313,6 +348,7 @@ pub fn run_lora(cmd: LoraCmd, home: Option<PathBuf>) -> Result<()> {
             rank,
             targets,
             format,
+            dtype,
             threads,
             out,
             json,
@@ -334,7 +370,7 @@ pub fn run_lora(cmd: LoraCmd, home: Option<PathBuf>) -> Result<()> {
             };
             let (a, report) =
                 hangar_lora::extract::extract(&base, &tuned, &shape, rank, &targets, threads)?;
-            save(&a, format, &out, &base)?;
+            save(&a, format, dtype, &out, &base)?;
             if json {
                 let rows: Vec<_> = report
                     .tensors
@@ -366,11 +402,12 @@ pub fn run_lora(cmd: LoraCmd, home: Option<PathBuf>) -> Result<()> {
             model,
             lora,
             to,
+            dtype,
             out,
         } => {
             let base = crate::model_path::resolve(model.as_deref(), home.clone())?;
             let a = load_cli(&lora, &shape_of(&base)?, home)?;
-            save(&a, to, &out, &base)?;
+            save(&a, to, dtype, &out, &base)?;
             eprintln!("hangar lora convert: wrote {} ({:?})", out.display(), to);
         }
         LoraCmd::Info { model, lora, json } => {

@@ -84,15 +84,26 @@ fn main() {
         .map(|&r| vec![0f32; t * r])
         .collect();
     let mut o_out = vec![0f32; t * 640];
+    // ONLY=legacy or ONLY=k: just the Q4_0/Q5_0/Q8_0 or just the K-quant products.
+    let only = std::env::var("ONLY").unwrap_or_default();
+    let (legacy_on, k_on) = (only != "k", only != "legacy");
     let mut run_layer = |l: &Layer| {
         let mut outs: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
         let (qkv_out, gu_out) = outs.split_at_mut(3);
-        let m: Vec<_> = l.qkv.iter().map(legacy).collect();
-        matmul_packed_many(&pool, &m, &a640, t, qkv_out);
-        l.o.matmul(&pool, &a1024, t, &mut o_out);
-        let m: Vec<_> = l.gate_up.iter().map(legacy).collect();
-        matmul_packed_many(&pool, &m, &a640, t, gu_out);
-        l.down.matmul(&pool, &a2048, t, &mut o_out);
+        if legacy_on {
+            let m: Vec<_> = l.qkv.iter().map(legacy).collect();
+            matmul_packed_many(&pool, &m, &a640, t, qkv_out);
+        }
+        if k_on {
+            l.o.matmul(&pool, &a1024, t, &mut o_out);
+        }
+        if legacy_on {
+            let m: Vec<_> = l.gate_up.iter().map(legacy).collect();
+            matmul_packed_many(&pool, &m, &a640, t, gu_out);
+        }
+        if k_on {
+            l.down.matmul(&pool, &a2048, t, &mut o_out);
+        }
     };
     // A 256 MB sweep between steps, as the output head's stream does in decoding.
     let flush = vec![1u8; 256 << 20];

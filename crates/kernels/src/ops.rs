@@ -2,6 +2,9 @@
 //! rotary embeddings, activations, softmax and the f32 dot/axpy used by attention.
 //! Allocation-free; SIMD where it pays (dot and axpy dominate attention).
 
+mod halves;
+pub use halves::{axpy_half, dot_half, Half};
+
 /// `out = x / rms(x) * w` (RMSNorm; `w` already holds any `1 +` offset, as GGUF stores it).
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     debug_assert_eq!(x.len(), w.len());

@@ -7,7 +7,7 @@
 
 use crate::config::{Arch, ModelConfig};
 use crate::forward::Ptr;
-use hangar_kernels::ops::{axpy_f32, dot_f32};
+use hangar_kernels::ops::{axpy_f32, axpy_half, dot_f32, dot_half, Half};
 use hangar_kernels::ThreadPool;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -152,6 +152,62 @@ impl LoraShape {
     }
 }
 
+/// A pair's values as stored: in half precision (f16, else bf16) when every value is
+/// exactly one (adapters are usually trained and saved in half precision), so a step
+/// streams half the bytes with the same results; in f32 otherwise.
+#[derive(Clone)]
+enum Values {
+    F32(Vec<f32>),
+    Half(Half, Vec<u16>),
+}
+
+impl Values {
+    fn new(v: Vec<f32>) -> Self {
+        for kind in [Half::F16, Half::Bf16] {
+            let bits: Option<Vec<u16>> = v.iter().map(|&x| kind.exact(x)).collect();
+            if let Some(bits) = bits {
+                return Values::Half(kind, bits);
+            }
+        }
+        Values::F32(v)
+    }
+    fn to_vec(&self) -> Vec<f32> {
+        match self {
+            Values::F32(v) => v.clone(),
+            Values::Half(k, h) => h.iter().map(|&x| k.to_f32(x)).collect(),
+        }
+    }
+    #[inline]
+    fn get(&self, i: usize) -> f32 {
+        match self {
+            Values::F32(v) => v[i],
+            Values::Half(k, h) => k.to_f32(h[i]),
+        }
+    }
+    /// `Σ values[off + i] · x[i]`.
+    #[inline]
+    fn dot(&self, off: usize, x: &[f32]) -> f32 {
+        match self {
+            Values::F32(v) => dot_f32(&v[off..off + x.len()], x),
+            Values::Half(k, h) => dot_half(*k, &h[off..off + x.len()], x),
+        }
+    }
+    /// `y[i] += alpha · values[off + i]`.
+    #[inline]
+    fn axpy(&self, alpha: f32, off: usize, y: &mut [f32]) {
+        match self {
+            Values::F32(v) => axpy_f32(alpha, &v[off..off + y.len()], y),
+            Values::Half(k, h) => axpy_half(*k, alpha, &h[off..off + y.len()], y),
+        }
+    }
+    fn bytes(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len() * 4,
+            Values::Half(_, h) => h.len() * 2,
+        }
+    }
+}
+
 /// One low-rank pair and its scale: ΔW = scale · B·A with A `rank × cols` and B
 /// `rows × rank` (row-major, as PyTorch holds them). B is kept transposed, so the
 /// delta of one row is `rank` contiguous AXPYs.
@@ -162,9 +218,9 @@ pub struct LoraMatrix {
     cols: usize,
     /// `alpha / rank` for adapters trained that way.
     scale: f32,
-    a: Vec<f32>,
+    a: Values,
     /// Bᵀ: `rank × rows`.
-    bt: Vec<f32>,
+    bt: Values,
 }
 
 impl std::fmt::Debug for LoraMatrix {
@@ -222,8 +278,8 @@ impl LoraMatrix {
             rows,
             cols,
             scale,
-            a,
-            bt,
+            a: Values::new(a),
+            bt: Values::new(bt),
         })
     }
 
@@ -242,15 +298,15 @@ impl LoraMatrix {
         self.cols
     }
     /// A, `rank × cols`.
-    pub fn a(&self) -> &[f32] {
-        &self.a
+    pub fn a(&self) -> Vec<f32> {
+        self.a.to_vec()
     }
     /// B, `rows × rank` (row-major).
     pub fn b(&self) -> Vec<f32> {
         let mut b = vec![0f32; self.rows * self.rank];
         for j in 0..self.rank {
             for i in 0..self.rows {
-                b[i * self.rank + j] = self.bt[j * self.rows + i];
+                b[i * self.rank + j] = self.bt.get(j * self.rows + i);
             }
         }
         b
@@ -261,8 +317,8 @@ impl LoraMatrix {
         for i in 0..self.rows {
             let row = &mut w[i * self.cols..(i + 1) * self.cols];
             for j in 0..self.rank {
-                let bij = self.bt[j * self.rows + i] * self.scale;
-                axpy_f32(bij, &self.a[j * self.cols..(j + 1) * self.cols], row);
+                let bij = self.bt.get(j * self.rows + i) * self.scale;
+                self.a.axpy(bij, j * self.cols, row);
             }
         }
     }
@@ -272,10 +328,10 @@ impl LoraMatrix {
     #[inline]
     pub fn apply_row(&self, x: &[f32], out: &mut [f32], xa: &mut [f32]) {
         for (j, v) in xa.iter_mut().enumerate().take(self.rank) {
-            *v = self.scale * dot_f32(&self.a[j * self.cols..(j + 1) * self.cols], x);
+            *v = self.scale * self.a.dot(j * self.cols, x);
         }
         for (j, &v) in xa.iter().enumerate().take(self.rank) {
-            axpy_f32(v, &self.bt[j * self.rows..(j + 1) * self.rows], out);
+            self.bt.axpy(v, j * self.rows, out);
         }
     }
 }
@@ -374,9 +430,8 @@ impl LoraRows {
             let xa_p = Ptr(self.xa.as_mut_ptr());
             let down = |k0: usize, k1: usize, j0: usize, j1: usize| {
                 for j in j0..j1 {
-                    let aj = &m.a[j * n_in..(j + 1) * n_in];
                     for (k, &t) in toks.iter().enumerate().take(k1).skip(k0) {
-                        let v = scale * dot_f32(aj, &x[t * n_in..(t + 1) * n_in]);
+                        let v = scale * m.a.dot(j * n_in, &x[t * n_in..(t + 1) * n_in]);
                         // SAFETY: element (k, j) of xa belongs to this chunk alone; in
                         // bounds since xa holds n × r values.
                         unsafe { *xa_p.get().add(k * r + j) = v };
@@ -409,7 +464,7 @@ impl LoraRows {
                         std::slice::from_raw_parts_mut(out_p.get().add(t * n_out + c0), c1 - c0)
                     };
                     for j in 0..r {
-                        axpy_f32(xa[k * r + j], &m.bt[j * n_out + c0..j * n_out + c1], o);
+                        m.bt.axpy(xa[k * r + j], j * n_out + c0, o);
                     }
                 }
             });
@@ -520,7 +575,7 @@ impl LoraAdapter {
     /// Bytes its pairs hold.
     pub fn bytes(&self) -> usize {
         self.matrices()
-            .map(|(_, _, m)| (m.a.len() + m.bt.len()) * 4)
+            .map(|(_, _, m)| m.a.bytes() + m.bt.bytes())
             .sum()
     }
 
@@ -603,6 +658,52 @@ mod tests {
         let b = m.b();
         let again = LoraMatrix::new(3, 5, 8, m.a().to_vec(), &b, 2.0).unwrap();
         assert_eq!(again.b(), b);
+    }
+
+    #[test]
+    fn half_precision_pairs_are_stored_in_half_and_give_the_f32_results() {
+        let (rank, rows, cols) = (4, 40, 24);
+        // f16-exact (multiples of 1/256), bf16-exact but beyond f16's range, and
+        // neither (f32 kept).
+        let f16_vals = |n: usize, s: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * 37 + s) % 256) as f32 / 256.0 - 0.5)
+                .collect()
+        };
+        let bf16_vals = |n: usize, s: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| f32::from_bits((((i * 7 + s) % 97) as u32 + 0x4780) << 16))
+                .collect()
+        };
+        let x: Vec<f32> = (0..cols).map(|i| i as f32 * 0.03 - 0.4).collect();
+        for (vals, bytes) in [
+            (f16_vals(rank * (cols + rows), 3), 2),
+            (bf16_vals(rank * (cols + rows), 5), 2),
+            (
+                pair(rank, rows, cols, 1)
+                    .a()
+                    .into_iter()
+                    .chain(pair(rank, rows, cols, 1).b())
+                    .collect(),
+                4,
+            ),
+        ] {
+            let (a, b) = vals.split_at(rank * cols);
+            let m = LoraMatrix::new(rank, rows, cols, a.to_vec(), b, 0.5).unwrap();
+            assert_eq!(m.a.bytes() + m.bt.bytes(), bytes * rank * (rows + cols));
+            assert_eq!(m.a(), a);
+            assert_eq!(m.b(), b);
+            // The f32 path's arithmetic on the same values: bit for bit.
+            let bt = |j: usize| -> Vec<f32> { (0..rows).map(|i| b[i * rank + j]).collect() };
+            let mut want = vec![0.25f32; rows];
+            for j in 0..rank {
+                let v = 0.5 * dot_f32(&a[j * cols..(j + 1) * cols], &x);
+                axpy_f32(v, &bt(j), &mut want);
+            }
+            let mut got = vec![0.25f32; rows];
+            m.apply_row(&x, &mut got, &mut vec![0f32; rank]);
+            assert_eq!(got, want);
+        }
     }
 
     #[test]
