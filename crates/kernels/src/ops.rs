@@ -3,7 +3,9 @@
 //! Allocation-free; SIMD where it pays (dot and axpy dominate attention).
 
 mod halves;
+mod lowrank;
 pub use halves::{axpy_half, dot_half, Half};
+pub use lowrank::{axpy_rows, dot_rows, Factor};
 
 /// `out = x / rms(x) * w` (RMSNorm; `w` already holds any `1 +` offset, as GGUF stores it).
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {

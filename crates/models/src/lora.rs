@@ -7,7 +7,9 @@
 
 use crate::config::{Arch, ModelConfig};
 use crate::forward::Ptr;
-use hangar_kernels::ops::{axpy_f32, axpy_half, dot_f32, dot_half, Half};
+use hangar_kernels::ops::{
+    axpy_f32, axpy_half, axpy_rows, dot_f32, dot_half, dot_rows, Factor, Half,
+};
 use hangar_kernels::ThreadPool;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -204,6 +206,12 @@ impl Values {
         match self {
             Values::F32(v) => v.len() * 4,
             Values::Half(_, h) => h.len() * 2,
+        }
+    }
+    fn factor(&self) -> Factor<'_> {
+        match self {
+            Values::F32(v) => Factor::F32(v),
+            Values::Half(k, h) => Factor::Half(*k, h),
         }
     }
 }
@@ -428,13 +436,22 @@ impl LoraRows {
             // Down: xa[k][j] = scale · A_j · x[toks[k]], by blocks of rows: a block's
             // inputs stay in cache while every row of A passes over them.
             let xa_p = Ptr(self.xa.as_mut_ptr());
+            // Four token rows per pass over A_j (each dot as `apply_row`'s).
             let down = |k0: usize, k1: usize, j0: usize, j1: usize| {
                 for j in j0..j1 {
-                    for (k, &t) in toks.iter().enumerate().take(k1).skip(k0) {
-                        let v = scale * m.a.dot(j * n_in, &x[t * n_in..(t + 1) * n_in]);
-                        // SAFETY: element (k, j) of xa belongs to this chunk alone; in
-                        // bounds since xa holds n × r values.
-                        unsafe { *xa_p.get().add(k * r + j) = v };
+                    for k in (k0..k1).step_by(4) {
+                        let rows = (k1 - k).min(4);
+                        let xs: [&[f32]; 4] = std::array::from_fn(|i| {
+                            let t = toks[k + i.min(rows - 1)];
+                            &x[t * n_in..(t + 1) * n_in]
+                        });
+                        let mut d = [0f32; 4];
+                        dot_rows(m.a.factor(), j * n_in, n_in, &xs[..rows], &mut d);
+                        for (i, &v) in d.iter().enumerate().take(rows) {
+                            // SAFETY: element (k + i, j) of xa belongs to this chunk
+                            // alone; in bounds since xa holds n × r values.
+                            unsafe { *xa_p.get().add((k + i) * r + j) = scale * v };
+                        }
                     }
                 }
             };
@@ -463,9 +480,7 @@ impl LoraRows {
                     let o = unsafe {
                         std::slice::from_raw_parts_mut(out_p.get().add(t * n_out + c0), c1 - c0)
                     };
-                    for j in 0..r {
-                        m.bt.axpy(xa[k * r + j], j * n_out + c0, o);
-                    }
+                    axpy_rows(m.bt.factor(), n_out, c0, &xa[k * r..(k + 1) * r], o);
                 }
             });
         }
