@@ -120,6 +120,30 @@ def test_openai_client_picks_the_adapter_by_model(lora_server):
     assert a.choices[0].message.content != b.choices[0].message.content
 
 
+def test_generate_cli_runs_under_the_adapter_as_the_server_does(lora_server, files):
+    # `hangar generate --lora` (the single-sequence loop) and the server's batched
+    # engine apply the same adapter: the same greedy text; a B = 0 adapter changes
+    # nothing against the base model under the same (fast) numerics.
+    c = client(lora_server)
+    zero = files / "zero.gguf"
+    run("lora", "init", "--model", model_path(), "--rank", "4", "--strength", "0",
+        "--dtype", "f16", "--out", str(zero))
+
+    def cli(prompt, *extra):
+        out = subprocess.run([hangar_bin(), "generate", "-m", model_path(), "-p", prompt,
+                              "-n", "24", "--temperature", "0", "--json", *extra],
+                             check=True, capture_output=True, timeout=600, text=True)
+        return json.loads(out.stdout)["text"]
+
+    for p in PROMPTS[:2]:
+        assert cli(p, "--lora", str(files / "a1.gguf")) == greedy(c, f"{BASE}:myadapter", p, n=24), p
+        assert cli(p, "--lora", str(zero)) == cli(p, "--numerics", "fast"), p
+    bad = subprocess.run([hangar_bin(), "generate", "-m", model_path(), "-p", "x", "-n", "2",
+                          "--lora", str(files / "a1.gguf"), "--numerics", "ggml"],
+                         capture_output=True, timeout=600, text=True)
+    assert bad.returncode == 1 and "--numerics fast" in bad.stderr, bad.stderr
+
+
 def test_mixed_concurrent_requests_equal_each_alone(lora_server):
     c = client(lora_server)
     jobs = [(m, p) for p in PROMPTS for m in (BASE, "myadapter", "other")]

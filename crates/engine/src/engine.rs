@@ -25,5 +25,5 @@ pub use pp_runner::PpCpuRunner;
 pub use request::{
     Finish, GenerateRequest, PromptTokenLogprob, Tenant, TokenEvent, TokenOut, TopLogprob, Usage,
 };
-pub use runner::{BorrowedCpuRunner, CpuRunner, FakeRunner, ModelRunner, StepInput};
+pub use runner::{AdapterRunner, BorrowedCpuRunner, CpuRunner, FakeRunner, ModelRunner, StepInput};
 pub use tp_runner::TpCpuRunner;

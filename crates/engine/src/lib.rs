@@ -72,9 +72,9 @@ pub use embed::{
     InputKind,
 };
 pub use engine::{
-    BorrowedCpuRunner, CpuRunner, Engine, EngineConfig, EngineStats, FakeRunner, Finish,
-    GenerateRequest, ModelInfo, ModelRunner, PpCpuRunner, PromptTokenLogprob, StepInput, Tenant,
-    TokenEvent, TokenOut, TopLogprob, TpCpuRunner, Usage,
+    AdapterRunner, BorrowedCpuRunner, CpuRunner, Engine, EngineConfig, EngineStats, FakeRunner,
+    Finish, GenerateRequest, ModelInfo, ModelRunner, PpCpuRunner, PromptTokenLogprob, StepInput,
+    Tenant, TokenEvent, TokenOut, TopLogprob, TpCpuRunner, Usage,
 };
 pub use generate::{
     generate, generate_on, generate_on_with_draft, generate_with_draft, FinishReason,

@@ -243,6 +243,10 @@ pub struct GenerateArgs {
     /// fast numerics, the default with them).
     #[arg(long, default_value = "f16", value_parser = parse_kv_type)]
     pub kv_type: KvFormat,
+    /// Generate under a LoRA adapter (GGUF file, PEFT folder or registry reference);
+    /// needs fast numerics, the default with it. CPU only.
+    #[arg(long, value_name = "ADAPTER")]
+    pub lora: Option<String>,
 }
 
 fn parse_bias(s: &str) -> Result<(u32, f32), String> {
@@ -291,12 +295,23 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         (None, None) => bail!("give a prompt with -p TEXT or --prompt-file FILE"),
     };
     let spec = a.spec.config()?;
-    let default_numerics = if a.kv_type == KvFormat::F16 {
+    let default_numerics = if a.kv_type == KvFormat::F16 && a.lora.is_none() {
         hangar_models::Numerics::Ggml
     } else {
         hangar_models::Numerics::Fast
     };
     let (lm, _path, load_s) = a.model.load(default_numerics)?;
+    let adapter = match &a.lora {
+        Some(src) => {
+            let shape = hangar_models::LoraShape::of(&lm.model.cfg);
+            Some(
+                crate::cmd_lora::load_adapter(src, &shape, a.model.home.clone())
+                    .map_err(|e| anyhow::anyhow!("--lora {src}: {e}"))?
+                    .0,
+            )
+        }
+        None => None,
+    };
     let draft_lm = a.spec.load_draft(a.model.threads)?;
     let mut draft = match &draft_lm {
         Some(dm) => Some(crate::cmd_spec::bind_draft(dm, &lm)?),
@@ -353,9 +368,18 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         true
     };
     let mut cpu = hangar_engine::BorrowedCpuRunner::new(&lm.model, &lm.pool);
-    let runner: &mut dyn ModelRunner = match gpu.as_mut() {
+    let base: &mut dyn ModelRunner = match gpu.as_mut() {
         Some(r) => r,
         None => &mut cpu,
+    };
+    let mut with_adapter;
+    let runner: &mut dyn ModelRunner = match &adapter {
+        Some(ad) => {
+            with_adapter = hangar_engine::AdapterRunner::new(base, ad)
+                .map_err(|e| anyhow::anyhow!("--lora: {e}"))?;
+            &mut with_adapter
+        }
+        None => base,
     };
     runner.set_kv_format(a.kv_type)?;
     let g = hangar_engine::generate_on_with_draft(

@@ -308,3 +308,70 @@ impl ModelRunner for FakeRunner {
         Ok(())
     }
 }
+
+/// A runner whose every chunk runs under one LoRA adapter: what `hangar generate
+/// --lora` hands the single-sequence generation loop. Everything else is the inner
+/// runner's; the inner runner must apply adapters ([`ModelRunner::lora_shape`]).
+pub struct AdapterRunner<'a> {
+    inner: &'a mut dyn ModelRunner,
+    adapter: &'a LoraAdapter,
+}
+
+impl<'a> AdapterRunner<'a> {
+    /// Checks that `inner` applies adapters and that `adapter` fits its model.
+    pub fn new(
+        inner: &'a mut dyn ModelRunner,
+        adapter: &'a LoraAdapter,
+    ) -> Result<Self, EngineError> {
+        let Some(shape) = inner.lora_shape() else {
+            return Err(EngineError::Invalid(format!(
+                "the {} backend with these numerics does not apply LoRA adapters (use the CPU with --numerics fast)",
+                inner.device()
+            )));
+        };
+        if adapter.shape() != &shape {
+            return Err(EngineError::Invalid(
+                "the adapter was made for another model shape".into(),
+            ));
+        }
+        Ok(AdapterRunner { inner, adapter })
+    }
+}
+
+impl ModelRunner for AdapterRunner<'_> {
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn ctx_len(&self) -> usize {
+        self.inner.ctx_len()
+    }
+    fn arch(&self) -> &str {
+        self.inner.arch()
+    }
+    fn device(&self) -> String {
+        self.inner.device()
+    }
+    fn kv_layout(&self) -> KvLayout {
+        self.inner.kv_layout()
+    }
+    fn set_kv_format(&mut self, format: KvFormat) -> Result<(), EngineError> {
+        self.inner.set_kv_format(format)
+    }
+    fn allocate_kv(
+        &mut self,
+        block_size: usize,
+        blocks_per_group: &[usize],
+    ) -> Result<usize, EngineError> {
+        self.inner.allocate_kv(block_size, blocks_per_group)
+    }
+    fn execute(&mut self, step: &StepInput, logits: &mut Vec<f32>) -> Result<(), EngineError> {
+        let adapters = vec![Some(self.adapter); step.len()];
+        self.inner.execute_lora(step, &adapters, logits)
+    }
+    fn lora_shape(&self) -> Option<LoraShape> {
+        self.inner.lora_shape()
+    }
+    fn run_parallel(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
+        self.inner.run_parallel(n, task)
+    }
+}
