@@ -223,6 +223,27 @@ fn engine_generates_schema_valid_json_greedy() {
     let Some(path) = model_path() else { return };
     let lm = LoadedModel::load(&path, 2).unwrap();
     let engine = Engine::start(lm, EngineConfig::default()).unwrap();
+    // The background warm-up: not warm while the token trie is built (a server is not
+    // ready then), warm once it is, and the compiler is then already there.
+    assert!(engine.is_warm(), "no warm-up started yet");
+    engine.warm_grammar();
+    assert!(!engine.is_warm(), "warm before the trie was built");
+    let t0 = std::time::Instant::now();
+    while !engine.is_warm() {
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "the grammar warm-up never ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (a, b) = (
+        engine.grammar_compiler().unwrap(),
+        engine.grammar_compiler().unwrap(),
+    );
+    assert!(
+        std::sync::Arc::ptr_eq(&a, &b),
+        "the warmed compiler is not the one kept"
+    );
     let schema = json!({
         "type": "object",
         "properties": {

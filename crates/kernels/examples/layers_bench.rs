@@ -24,6 +24,10 @@ fn main() {
     let threads: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(2);
     let t: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(16);
     let pool = ThreadPool::new(threads);
+    // AMX=0: the VNNI kernels only.
+    if std::env::var("AMX").is_ok_and(|v| v == "0") {
+        hangar_kernels::set_amx(false);
+    }
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
         seed ^= seed << 13;

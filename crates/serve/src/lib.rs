@@ -277,13 +277,14 @@ impl AppState {
         })
     }
 
-    /// Ready for traffic: not shutting down, and the engine (if any) is running.
+    /// Ready for traffic: not shutting down, and the engine (if any) is running and
+    /// done warming up.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
-            && self
-                .inference
-                .as_ref()
-                .is_none_or(|i| i.current().engine.is_alive())
+            && self.inference.as_ref().is_none_or(|i| {
+                let engine = &i.current().engine;
+                engine.is_alive() && engine.is_warm()
+            })
     }
 
     /// The registry version serving new requests (`name@3`), else the configured one.

@@ -123,6 +123,8 @@ pub struct Engine {
     thread: Option<JoinHandle<()>>,
     /// Structured output's token trie, built on first use.
     grammar: Arc<GrammarCell>,
+    /// A background warm-up ([`Engine::warm_grammar`]) is still running.
+    warming: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Engine {
@@ -261,6 +263,7 @@ impl Engine {
             info,
             thread: Some(thread),
             grammar: Arc::new(GrammarCell::new()),
+            warming: Arc::default(),
         })
     }
 
@@ -280,17 +283,32 @@ impl Engine {
 
     /// Starts building the grammar compiler on a background thread, so the first
     /// structured-output request does not wait for the token trie.
+    /// Until it ends, [`Engine::is_warm`] is false.
     pub fn warm_grammar(&self) {
-        let (cell, tok, n) = (
+        let (cell, tok, n, warming) = (
             self.grammar.clone(),
             self.tokenizer.clone(),
             self.info.vocab_size,
+            self.warming.clone(),
         );
-        let _ = std::thread::Builder::new()
+        warming.store(true, Ordering::Release);
+        let done = warming.clone();
+        let spawned = std::thread::Builder::new()
             .name("hangar-grammar".into())
             .spawn(move || {
                 let _ = build_grammar(&cell, &tok, n);
+                done.store(false, Ordering::Release);
             });
+        if spawned.is_err() {
+            warming.store(false, Ordering::Release);
+        }
+    }
+
+    /// No warm-up is running: a server reports ready only then, so its first
+    /// requests do not share the cores with the token trie's construction (~0.7 s of
+    /// CPU for a 262k vocabulary).
+    pub fn is_warm(&self) -> bool {
+        !self.warming.load(Ordering::Acquire)
     }
 
     /// Compiles a grammar into a per-sequence constraint for [`GenerateRequest::constraint`].
