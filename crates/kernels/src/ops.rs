@@ -4,6 +4,8 @@
 
 mod halves;
 mod lowrank;
+#[cfg(target_arch = "x86_64")]
+mod wide;
 pub use halves::{axpy_half, dot_half, Half};
 pub use lowrank::{axpy_rows, dot_rows, Factor};
 
@@ -160,8 +162,11 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         if crate::cpu::simd_level() >= crate::SimdLevel::Avx2 {
-            // SAFETY: AVX2+FMA presence checked by simd_level.
-            return unsafe { dot_f32_avx2(a, b) };
+            let n = a.len().min(b.len());
+            // SAFETY: AVX2, FMA and F16C are part of the Avx2 level; both hold n values.
+            return unsafe {
+                wide::dot::<{ wide::F32 }, 1>(a.as_ptr() as *const u8, n, [b.as_ptr()])[0]
+            };
         }
     }
     dot_f32_scalar(a, b)
@@ -183,42 +188,6 @@ pub fn dot_f32_scalar(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc0 = _mm256_setzero_ps();
-    let mut acc1 = _mm256_setzero_ps();
-    let mut i = 0;
-    while i + 16 <= n {
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-        acc1 = _mm256_fmadd_ps(
-            _mm256_loadu_ps(pa.add(i + 8)),
-            _mm256_loadu_ps(pb.add(i + 8)),
-            acc1,
-        );
-        i += 16;
-    }
-    while i + 8 <= n {
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-        i += 8;
-    }
-    let acc = _mm256_add_ps(acc0, acc1);
-    let hi = _mm256_extractf128_ps(acc, 1);
-    let lo = _mm256_castps256_ps128(acc);
-    let s4 = _mm_add_ps(hi, lo);
-    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-    let mut s = _mm_cvtss_f32(s1);
-    while i < n {
-        s += *pa.add(i) * *pb.add(i);
-        i += 1;
-    }
-    s
-}
-
 /// `y += a * x`.
 #[inline]
 pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
@@ -226,31 +195,15 @@ pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if crate::cpu::simd_level() >= crate::SimdLevel::Avx2 {
-            // SAFETY: AVX2+FMA presence checked by simd_level.
-            return unsafe { axpy_f32_avx2(a, x, y) };
+            let n = x.len().min(y.len());
+            // SAFETY: AVX2, FMA and F16C are part of the Avx2 level; both hold n values.
+            return unsafe {
+                wide::axpy_rows::<{ wide::F32 }>(x.as_ptr() as *const u8, 0, 0, &[a], &mut y[..n])
+            };
         }
     }
     for (yv, &xv) in y.iter_mut().zip(x) {
         *yv += a * xv;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn axpy_f32_avx2(a: f32, x: &[f32], y: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let n = x.len().min(y.len());
-    let av = _mm256_set1_ps(a);
-    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
-    let mut i = 0;
-    while i + 8 <= n {
-        let r = _mm256_fmadd_ps(av, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)));
-        _mm256_storeu_ps(py.add(i), r);
-        i += 8;
-    }
-    while i < n {
-        *py.add(i) += a * *px.add(i);
-        i += 1;
     }
 }
 

@@ -5,6 +5,9 @@
 //! [`super::axpy_f32`], so results are bitwise those of the f32 kernels on the
 //! converted values, with half the bytes read.
 
+#[cfg(target_arch = "x86_64")]
+use super::wide;
+
 /// How 16-bit values are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Half {
@@ -44,10 +47,11 @@ pub fn dot_half(kind: Half, a: &[u16], b: &[f32]) -> f32 {
     {
         if crate::cpu::simd_level() >= crate::SimdLevel::Avx2 {
             // SAFETY: AVX2, FMA and F16C are part of the Avx2 level.
+            let (n, pa, pb) = (a.len().min(b.len()), a.as_ptr() as *const u8, b.as_ptr());
             return unsafe {
                 match kind {
-                    Half::F16 => x86::dot::<false>(a, b),
-                    Half::Bf16 => x86::dot::<true>(a, b),
+                    Half::F16 => wide::dot::<{ wide::F16 }, 1>(pa, n, [pb])[0],
+                    Half::Bf16 => wide::dot::<{ wide::BF16 }, 1>(pa, n, [pb])[0],
                 }
             };
         }
@@ -73,95 +77,18 @@ pub fn axpy_half(kind: Half, alpha: f32, x: &[u16], y: &mut [f32]) {
     {
         if crate::cpu::simd_level() >= crate::SimdLevel::Avx2 {
             // SAFETY: AVX2, FMA and F16C are part of the Avx2 level.
+            let n = x.len().min(y.len());
+            let (px, y) = (x.as_ptr() as *const u8, &mut y[..n]);
             return unsafe {
                 match kind {
-                    Half::F16 => x86::axpy::<false>(alpha, x, y),
-                    Half::Bf16 => x86::axpy::<true>(alpha, x, y),
+                    Half::F16 => wide::axpy_rows::<{ wide::F16 }>(px, 0, 0, &[alpha], y),
+                    Half::Bf16 => wide::axpy_rows::<{ wide::BF16 }>(px, 0, 0, &[alpha], y),
                 }
             };
         }
     }
     for (yv, &xv) in y.iter_mut().zip(x) {
         *yv += alpha * kind.to_f32(xv);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    /// Eight values at `p` as f32.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load8<const BF16: bool>(p: *const u16) -> __m256 {
-        let h = _mm_loadu_si128(p as *const __m128i);
-        if BF16 {
-            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
-        } else {
-            _mm256_cvtph_ps(h)
-        }
-    }
-
-    #[inline]
-    fn one<const BF16: bool>(h: u16) -> f32 {
-        if BF16 {
-            f32::from_bits((h as u32) << 16)
-        } else {
-            half::f16::from_bits(h).to_f32()
-        }
-    }
-
-    /// The same order as `dot_f32_avx2`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot<const BF16: bool>(a: &[u16], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 16 <= n {
-            acc0 = _mm256_fmadd_ps(load8::<BF16>(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-            acc1 = _mm256_fmadd_ps(
-                load8::<BF16>(pa.add(i + 8)),
-                _mm256_loadu_ps(pb.add(i + 8)),
-                acc1,
-            );
-            i += 16;
-        }
-        while i + 8 <= n {
-            acc0 = _mm256_fmadd_ps(load8::<BF16>(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-            i += 8;
-        }
-        let acc = _mm256_add_ps(acc0, acc1);
-        let hi = _mm256_extractf128_ps(acc, 1);
-        let lo = _mm256_castps256_ps128(acc);
-        let s4 = _mm_add_ps(hi, lo);
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-        let mut s = _mm_cvtss_f32(s1);
-        while i < n {
-            s += one::<BF16>(*pa.add(i)) * *pb.add(i);
-            i += 1;
-        }
-        s
-    }
-
-    /// The same order as `axpy_f32_avx2`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn axpy<const BF16: bool>(alpha: f32, x: &[u16], y: &mut [f32]) {
-        let n = x.len().min(y.len());
-        let av = _mm256_set1_ps(alpha);
-        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
-        let mut i = 0;
-        while i + 8 <= n {
-            let r = _mm256_fmadd_ps(av, load8::<BF16>(px.add(i)), _mm256_loadu_ps(py.add(i)));
-            _mm256_storeu_ps(py.add(i), r);
-            i += 8;
-        }
-        while i < n {
-            *py.add(i) += alpha * one::<BF16>(*px.add(i));
-            i += 1;
-        }
     }
 }
 

@@ -6,6 +6,8 @@
 //! row, so results are bitwise those of the one-at-a-time code and independent of how
 //! many rows a batch has.
 
+#[cfg(target_arch = "x86_64")]
+use super::wide;
 use super::{axpy_f32, axpy_half, dot_f32, dot_half, Half};
 
 /// A factor's values: f32, or half precision (see [`Half`]).
@@ -40,12 +42,12 @@ pub fn dot_rows(w: Factor, off: usize, n: usize, xs: &[&[f32]], out: &mut [f32])
             // values and the factor off + n (asserted).
             let s = unsafe {
                 match w {
-                    Factor::F32(v) => x86::dot4::<F32>(v.as_ptr().add(off) as *const u8, n, p),
+                    Factor::F32(v) => wide::dot::<{ wide::F32 }, 4>(v.as_ptr().add(off) as _, n, p),
                     Factor::Half(Half::F16, v) => {
-                        x86::dot4::<F16>(v.as_ptr().add(off) as *const u8, n, p)
+                        wide::dot::<{ wide::F16 }, 4>(v.as_ptr().add(off) as _, n, p)
                     }
                     Factor::Half(Half::Bf16, v) => {
-                        x86::dot4::<BF16>(v.as_ptr().add(off) as *const u8, n, p)
+                        wide::dot::<{ wide::BF16 }, 4>(v.as_ptr().add(off) as _, n, p)
                     }
                 }
             };
@@ -73,13 +75,13 @@ pub fn axpy_rows(w: Factor, stride: usize, off: usize, coef: &[f32], y: &mut [f3
             unsafe {
                 match w {
                     Factor::F32(v) => {
-                        x86::axpy_rows::<F32>(v.as_ptr() as *const u8, stride, off, coef, y)
+                        wide::axpy_rows::<{ wide::F32 }>(v.as_ptr() as _, stride, off, coef, y)
                     }
                     Factor::Half(Half::F16, v) => {
-                        x86::axpy_rows::<F16>(v.as_ptr() as *const u8, stride, off, coef, y)
+                        wide::axpy_rows::<{ wide::F16 }>(v.as_ptr() as _, stride, off, coef, y)
                     }
                     Factor::Half(Half::Bf16, v) => {
-                        x86::axpy_rows::<BF16>(v.as_ptr() as *const u8, stride, off, coef, y)
+                        wide::axpy_rows::<{ wide::BF16 }>(v.as_ptr() as _, stride, off, coef, y)
                     }
                 }
             }
@@ -91,105 +93,6 @@ pub fn axpy_rows(w: Factor, stride: usize, off: usize, coef: &[f32], y: &mut [f3
         match w {
             Factor::F32(v) => axpy_f32(c, &v[at..at + n], y),
             Factor::Half(k, v) => axpy_half(k, c, &v[at..at + n], y),
-        }
-    }
-}
-
-const F32: u8 = 0;
-const F16: u8 = 1;
-const BF16: u8 = 2;
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{F16, F32};
-    use std::arch::x86_64::*;
-
-    /// Eight values from element `i` of a factor stored as `T`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load8<const T: u8>(p: *const u8, i: usize) -> __m256 {
-        match T {
-            F32 => _mm256_loadu_ps((p as *const f32).add(i)),
-            F16 => _mm256_cvtph_ps(_mm_loadu_si128((p as *const u16).add(i) as *const __m128i)),
-            _ => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
-                _mm_loadu_si128((p as *const u16).add(i) as *const __m128i),
-            ))),
-        }
-    }
-
-    #[inline]
-    unsafe fn one<const T: u8>(p: *const u8, i: usize) -> f32 {
-        match T {
-            F32 => *(p as *const f32).add(i),
-            F16 => half::f16::from_bits(*(p as *const u16).add(i)).to_f32(),
-            _ => f32::from_bits((*(p as *const u16).add(i) as u32) << 16),
-        }
-    }
-
-    /// Four `dot_f32_avx2`s sharing the weight loads (same chunks, same reduction).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot4<const T: u8>(w: *const u8, n: usize, x: [*const f32; 4]) -> [f32; 4] {
-        let mut acc0 = [_mm256_setzero_ps(); 4];
-        let mut acc1 = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 16 <= n {
-            let (w0, w1) = (load8::<T>(w, i), load8::<T>(w, i + 8));
-            for k in 0..4 {
-                acc0[k] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[k].add(i)), acc0[k]);
-                acc1[k] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x[k].add(i + 8)), acc1[k]);
-            }
-            i += 16;
-        }
-        if i + 8 <= n {
-            let w0 = load8::<T>(w, i);
-            for k in 0..4 {
-                acc0[k] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[k].add(i)), acc0[k]);
-            }
-            i += 8;
-        }
-        let mut out = [0f32; 4];
-        for k in 0..4 {
-            let acc = _mm256_add_ps(acc0[k], acc1[k]);
-            let hi = _mm256_extractf128_ps(acc, 1);
-            let lo = _mm256_castps256_ps128(acc);
-            let s4 = _mm_add_ps(hi, lo);
-            let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-            let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-            let mut s = _mm_cvtss_f32(s1);
-            for t in i..n {
-                s += one::<T>(w, t) * *x[k].add(t);
-            }
-            out[k] = s;
-        }
-        out
-    }
-
-    /// `axpy_f32_avx2` once per coefficient, each 8-value chunk of `y` kept in a
-    /// register across them (the tail in scalar, as that kernel's).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn axpy_rows<const T: u8>(
-        w: *const u8,
-        stride: usize,
-        off: usize,
-        coef: &[f32],
-        y: &mut [f32],
-    ) {
-        let n = y.len();
-        let py = y.as_mut_ptr();
-        let mut i = 0;
-        while i + 8 <= n {
-            let mut acc = _mm256_loadu_ps(py.add(i));
-            for (j, &c) in coef.iter().enumerate() {
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(c), load8::<T>(w, j * stride + off + i), acc);
-            }
-            _mm256_storeu_ps(py.add(i), acc);
-            i += 8;
-        }
-        while i < n {
-            for (j, &c) in coef.iter().enumerate() {
-                *py.add(i) += c * one::<T>(w, j * stride + off + i);
-            }
-            i += 1;
         }
     }
 }
