@@ -42,7 +42,7 @@ fn main() {
         let m = QMatrix::new(ty, rows, cols, &data).expect("matrix shape");
         let p = Packed::pack_with(&pool, &m, |_, _| {}).expect("packable");
         let reps = if rows > 100_000 { 5 } else { 400 };
-        for t in [1usize, 2, 4, 8, 16] {
+        for t in [1usize, 2, 3, 4, 8, 16] {
             let xa: Vec<f32> = (0..t * cols).map(|_| next()).collect();
             let mut act = Vec::new();
             quantize_activations(&pool, ty, &xa, t, cols, &mut act);

@@ -344,8 +344,10 @@ struct ActPrep {
 }
 
 /// Whether a product of `t` tokens with a matrix of `bytes` runs on AMX tiles. Tiles
-/// win from 4 tokens on a matrix streamed from DRAM (the output head: fewer
-/// instructions per byte keep more loads in flight), but on a matrix that stays in
+/// win from 2 tokens on a matrix streamed from DRAM (the output head: fewer
+/// instructions per byte keep more loads in flight; `packed_bench`, 262144 x 640 Q8_0
+/// at 2 and 3 tokens 7.0-7.1 -> 5.3 ms and 8.0 -> 5.3-5.4 ms, what a speculative
+/// verification of one or two drafts costs), but on a matrix that stays in
 /// cache the VNNI kernel is faster below 16 tokens (`packed_bench`: 2048 x 640 Q4_0 at 8
 /// tokens 0.024 vs 0.034 ms) and even at 16.
 pub(crate) fn use_amx(bytes: usize, t: usize) -> bool {

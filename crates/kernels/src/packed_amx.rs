@@ -19,8 +19,9 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-/// Tokens (A rows) per call at or above which the AMX kernel beats the VNNI one.
-pub(super) const AMX_MIN_TOKENS: usize = 4;
+/// Tokens (A rows) per call from which the AMX kernel beats the VNNI one on a matrix
+/// streamed from DRAM ([`super::use_amx`]).
+pub(super) const AMX_MIN_TOKENS: usize = 2;
 
 /// Blocks per software-pipeline step (one C tile each).
 const QUAD: usize = 4;

@@ -14,6 +14,8 @@ fn tiles_and_vnni_agree_bit_for_bit_and_the_switch_turns_tiles_off() {
     let cols = 640;
     let mats: Vec<(GgmlType, usize, Vec<u8>)> = [
         (GgmlType::Q8_0, 1000),
+        // Over 8 MiB packed: tiles from 2 tokens, as for an output head.
+        (GgmlType::Q8_0, 14_000),
         (GgmlType::Q5_0, 77),
         (GgmlType::Q4_0, 64),
     ]
@@ -54,7 +56,7 @@ fn tiles_and_vnni_agree_bit_for_bit_and_the_switch_turns_tiles_off() {
         single
     };
     let mut cases = Vec::new();
-    for t in [3usize, 4, 5, 9, 16, 21, 32, 48] {
+    for t in [2usize, 3, 4, 5, 9, 16, 18, 21, 32, 48] {
         let x: Vec<f32> = (0..t * cols).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
         let mut act = Vec::new();
         quantize_activations(&pool, GgmlType::Q8_0, &x, t, cols, &mut act);
