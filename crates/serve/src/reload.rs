@@ -232,7 +232,9 @@ pub async fn reload(
     Ok(ReloadReport { previous, ..report })
 }
 
-/// One greedy token through the new engine: the model runs, not just parses.
+/// One greedy token through the new engine (the model runs, not just parses), then
+/// the end of its background warm-up: the server's readiness follows the serving
+/// engine's, so a new engine taking traffic still warm would turn it unready.
 fn warm_up(engine: &Engine) -> Result<(), ReloadError> {
     let fail =
         |why: String| ReloadError::Unloadable(format!("the new model failed its warm-up: {why}"));
@@ -240,14 +242,18 @@ fn warm_up(engine: &Engine) -> Result<(), ReloadError> {
     let (_, mut rx) = engine
         .submit(GenerateRequest::greedy(prompt, 1))
         .map_err(|e| fail(e.to_string()))?;
-    while let Some(ev) = rx.blocking_recv() {
-        match ev {
-            TokenEvent::Done { .. } => return Ok(()),
-            TokenEvent::Error(e) => return Err(fail(e.to_string())),
-            _ => {}
+    loop {
+        match rx.blocking_recv() {
+            Some(TokenEvent::Done { .. }) => break,
+            Some(TokenEvent::Error(e)) => return Err(fail(e.to_string())),
+            Some(_) => {}
+            None => return Err(fail("the engine stopped".into())),
         }
     }
-    Err(fail("the engine stopped".into()))
+    while !engine.is_warm() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 /// Waits until no request holds the old model, then frees it off the async threads

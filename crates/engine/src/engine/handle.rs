@@ -291,17 +291,22 @@ impl Engine {
             self.info.vocab_size,
             self.warming.clone(),
         );
+        /// Ends the warm-up when the thread ends, however it ends (a panic included).
+        struct Done(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
         warming.store(true, Ordering::Release);
-        let done = warming.clone();
-        let spawned = std::thread::Builder::new()
+        let done = Done(warming.clone());
+        // A thread that cannot start drops `done` with its closure: not warming.
+        let _ = std::thread::Builder::new()
             .name("hangar-grammar".into())
             .spawn(move || {
+                let _done = done;
                 let _ = build_grammar(&cell, &tok, n);
-                done.store(false, Ordering::Release);
             });
-        if spawned.is_err() {
-            warming.store(false, Ordering::Release);
-        }
     }
 
     /// No warm-up is running: a server reports ready only then, so its first
