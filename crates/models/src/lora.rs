@@ -7,9 +7,7 @@
 
 use crate::config::{Arch, ModelConfig};
 use crate::forward::Ptr;
-use hangar_kernels::ops::{
-    axpy_f32, axpy_half, axpy_rows, dot_f32, dot_half, dot_rows, Factor, Half,
-};
+use hangar_kernels::ops::{axpy_rows, dot_rows, Factor, Half};
 use hangar_kernels::ThreadPool;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -189,18 +187,14 @@ impl Values {
     /// `Σ values[off + i] · x[i]`.
     #[inline]
     fn dot(&self, off: usize, x: &[f32]) -> f32 {
-        match self {
-            Values::F32(v) => dot_f32(&v[off..off + x.len()], x),
-            Values::Half(k, h) => dot_half(*k, &h[off..off + x.len()], x),
-        }
+        let mut out = [0f32];
+        dot_rows(self.factor(), off, x.len(), &[x], &mut out);
+        out[0]
     }
     /// `y[i] += alpha · values[off + i]`.
     #[inline]
     fn axpy(&self, alpha: f32, off: usize, y: &mut [f32]) {
-        match self {
-            Values::F32(v) => axpy_f32(alpha, &v[off..off + y.len()], y),
-            Values::Half(k, h) => axpy_half(*k, alpha, &h[off..off + y.len()], y),
-        }
+        axpy_rows(self.factor(), 0, off, &[alpha], y);
     }
     fn bytes(&self) -> usize {
         match self {
@@ -624,6 +618,7 @@ impl LoraAdapter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hangar_kernels::ops::{axpy_f32, dot_f32};
 
     fn shape() -> LoraShape {
         LoraShape {
