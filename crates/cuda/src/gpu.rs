@@ -284,6 +284,9 @@ pub(crate) struct Gpu {
     graphs: HashMap<(usize, usize), Graph>,
     /// Graph capture off (`HANGAR_CUDA_GRAPHS=0`, or a capture failed once).
     graphs_off: bool,
+    /// Programmatic dependent launch (sm_90+, unless `HANGAR_CUDA_PDL=0`): each kernel
+    /// may be scheduled while the previous one drains (kernels/common.cuh `pdl_entry`).
+    pdl: bool,
     /// `HANGAR_CUDA_PROFILE=1`: every launch between two events, times summed per
     /// kernel and printed when the runner is dropped (graphs off).
     profile: Option<Profile>,
@@ -322,6 +325,7 @@ impl Gpu {
             rec: None,
             graphs: HashMap::new(),
             graphs_off: std::env::var("HANGAR_CUDA_GRAPHS").as_deref() == Ok("0"),
+            pdl: major >= 9 && std::env::var("HANGAR_CUDA_PDL").as_deref() != Ok("0"),
             profile: None,
         };
         if std::env::var("HANGAR_CUDA_PROFILE").as_deref() == Ok("1") {
@@ -440,16 +444,52 @@ impl Gpu {
         // SAFETY: the kernel's parameters match the slots (each caller passes them in
         // the order and sizes of the kernel's signature); buffers are live device memory;
         // `func` is a function handle of a loaded module.
+        if !self.pdl {
+            return unsafe {
+                result::launch_kernel(
+                    l.func as sys::CUfunction,
+                    l.grid,
+                    l.block,
+                    l.smem,
+                    self.stream,
+                    &mut params,
+                )
+            };
+        }
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            // SAFETY: an all-zero union is a valid value of each of its plain fields.
+            value: unsafe { std::mem::zeroed() },
+        };
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let cfg = sys::CUlaunchConfig {
+            gridDimX: l.grid.0,
+            gridDimY: l.grid.1,
+            gridDimZ: l.grid.2,
+            blockDimX: l.block.0,
+            blockDimY: l.block.1,
+            blockDimZ: l.block.2,
+            sharedMemBytes: l.smem,
+            hStream: self.stream,
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: as above; `cfg` and `attr` outlive the call.
         unsafe {
-            result::launch_kernel(
+            sys::cuLaunchKernelEx(
+                &cfg,
                 l.func as sys::CUfunction,
-                l.grid,
-                l.block,
-                l.smem,
-                self.stream,
-                &mut params,
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
             )
         }
+        .result()
+    }
+
+    /// Whether launches use programmatic dependent launch.
+    pub fn pdl(&self) -> bool {
+        self.pdl
     }
 
     /// From now on launches are recorded, not issued, until [`Gpu::replay`]. The
@@ -503,7 +543,8 @@ impl Gpu {
                     .result()
                     .map_err(drv("cuGraphLaunch"))
             }
-            Err(_) => {
+            Err(e) => {
+                eprintln!("warning: CUDA graph capture failed ({e}); launching kernels one by one from now on");
                 self.graphs_off = true;
                 for l in &list {
                     self.issue(l).map_err(drv("launching a recorded kernel"))?;

@@ -15,6 +15,7 @@ use crate::CudaError;
 use hangar_engine::{EngineError, ModelRunner, StepInput};
 use hangar_formats::GgmlType;
 use hangar_kernels::ops::RopeStyle;
+use hangar_kernels::packed::GreedyPick;
 use hangar_models::kv::{KvLayout, NO_BLOCK};
 use hangar_models::{Activation, LogitsWanted, MatrixView, Model, ModelConfig};
 
@@ -134,6 +135,12 @@ struct Buffers {
     xd: Scratch,
     /// Those int8 activations back as floats, for the f32 GEMVs and cuBLAS.
     xf: Scratch,
+    /// The device greedy head: picks (id, value bits), skip-list offsets, ids and the
+    /// skipped ids' logits.
+    pick: Scratch,
+    skip_off: Scratch,
+    skip_ids: Scratch,
+    skipped: Scratch,
 }
 
 /// How matrix inputs are rounded (`HANGAR_CUDA_ACT`). `Fine` (the default, `fine` or
@@ -255,6 +262,11 @@ pub struct CudaRunner {
     /// Host threads: the CPU layers of a partial offload, and the engine's sampling
     /// of many rows at once (`run_parallel`).
     pool: hangar_kernels::ThreadPool,
+    /// Greedy rows picked on the device (`greedy_pick`), on unless
+    /// `HANGAR_CUDA_GREEDY=0` or the vocabulary's skip bitmap outgrows shared memory.
+    greedy_on: bool,
+    greedy_skips: Vec<Vec<u32>>,
+    greedy_picks: Vec<GreedyPick>,
     gpu: Gpu,
 }
 
@@ -489,6 +501,11 @@ impl CudaRunner {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 t => t,
             }),
+            // The skip bitmap lives in shared memory (48 KiB without opting in).
+            greedy_on: std::env::var("HANGAR_CUDA_GREEDY").as_deref() != Ok("0")
+                && model.cfg.vocab_size.div_ceil(32) * 4 <= 48 << 10,
+            greedy_skips: Vec::new(),
+            greedy_picks: Vec::new(),
             gpu,
         };
         r.cache_f16(kv_here)?;
@@ -563,6 +580,11 @@ impl CudaRunner {
         &self.gpu.info.name
     }
     /// The architecture the kernels were compiled for, e.g. "sm_90a".
+    /// Whether kernels launch with programmatic dependent launch (`HANGAR_CUDA_PDL`).
+    pub fn pdl(&self) -> bool {
+        self.gpu.pdl()
+    }
+
     pub fn arch(&self) -> &str {
         &self.gpu.arch
     }
@@ -912,9 +934,9 @@ impl CudaRunner {
         let bs = kv.block_size;
         let vocab = self.cfg.vocab_size;
         for (i, s) in step.iter().enumerate() {
-            if s.logits == LogitsWanted::Greedy {
+            if s.logits == LogitsWanted::Greedy && !self.greedy_on {
                 return Err(CudaError::BadBatch(
-                    "the CUDA runner has no greedy head: ask for the last logits".into(),
+                    "the greedy head is off (HANGAR_CUDA_GREEDY=0): ask for the last logits".into(),
                 ));
             }
             if let Some(&id) = s.tokens.iter().find(|&&id| id as usize >= vocab) {
@@ -978,6 +1000,8 @@ impl CudaRunner {
         let mut pos = Vec::with_capacity(t_total);
         let mut tok_seq = Vec::with_capacity(2 * t_total);
         let mut rows = Vec::new();
+        // Greedy rows go after the others: their logits stay on the device.
+        let mut greedy_rows = Vec::new();
         let mut max_n = 1usize;
         let longest = step.iter().map(|s| s.tokens.len()).max().unwrap_or(0);
         let mut t = 0usize;
@@ -994,8 +1018,7 @@ impl CudaRunner {
                 LogitsWanted::None => {}
                 LogitsWanted::Last => rows.push((t + s.tokens.len() - 1) as i32),
                 LogitsWanted::All => rows.extend((t..t + s.tokens.len()).map(|r| r as i32)),
-                // Refused by `validate`.
-                LogitsWanted::Greedy => {}
+                LogitsWanted::Greedy => greedy_rows.push((t + s.tokens.len() - 1) as i32),
             }
             t += s.tokens.len();
         }
@@ -1322,6 +1345,10 @@ impl CudaRunner {
                 self.norm_add(x, o, pfn, d, t_total)?;
             }
         }
+        let m_logits = rows.len();
+        let m_greedy = greedy_rows.len();
+        rows.extend_from_slice(&greedy_rows);
+        self.greedy_picks.clear();
         let m = rows.len();
         if m == 0 {
             if graphed {
@@ -1350,12 +1377,79 @@ impl CudaRunner {
         if graphed {
             self.gpu.replay((t_total, m))?;
         }
-        logits.resize(m * vocab, 0.0);
-        match self.bufs.logits.buf() {
-            Some(buf) => buf.read(&mut logits[..])?,
-            None => return Err(CudaError::BadBatch("no logits buffer".into())),
+        if m_greedy > 0 {
+            self.pick_greedy(lg, m_logits, m_greedy)?;
+        }
+        logits.resize(m_logits * vocab, 0.0);
+        if m_logits > 0 {
+            match self.bufs.logits.buf() {
+                Some(buf) => buf.read(&mut logits[..])?,
+                None => return Err(CudaError::BadBatch("no logits buffer".into())),
+            }
         }
         self.gpu.sync()
+    }
+
+    /// The greedy picks of logits rows `first..first + n` of `lg` (see `greedy_pick`
+    /// in kernels/layer.cu), under the skip lists of [`ModelRunner::set_greedy_skips`].
+    fn pick_greedy(&mut self, lg: u64, first: usize, n: usize) -> Result<(), CudaError> {
+        let vocab = self.cfg.vocab_size;
+        let mut off = Vec::with_capacity(n + 1);
+        let mut ids: Vec<u32> = Vec::new();
+        off.push(0i32);
+        for i in 0..n {
+            ids.extend(self.greedy_skips.get(i).map_or(&[][..], |v| &v[..]));
+            off.push(ids.len() as i32);
+        }
+        let gpu = &self.gpu;
+        let b = &mut self.bufs;
+        let pick = b.pick.get(gpu, n * 8)?;
+        let off_p = b.skip_off.get(gpu, (n + 1) * 4)?;
+        let ids_p = b.skip_ids.get(gpu, ids.len().max(1) * 4)?;
+        let skipped_p = b.skipped.get(gpu, ids.len().max(1) * F)?;
+        b.skip_off.buf().map(|buf| buf.write(&off)).transpose()?;
+        if !ids.is_empty() {
+            b.skip_ids.buf().map(|buf| buf.write(&ids)).transpose()?;
+        }
+        let smem = if ids.is_empty() {
+            0
+        } else {
+            vocab.div_ceil(32) * 4
+        };
+        let args = Args::new()
+            .ptr(lg)
+            .i32(vocab as i32)
+            .i32(first as i32)
+            .ptr(off_p)
+            .ptr(ids_p)
+            .ptr(pick)
+            .ptr(skipped_p);
+        self.gpu.launch(
+            "greedy_pick",
+            (n as u32, 1, 1),
+            (1024, 1, 1),
+            smem as u32,
+            args,
+        )?;
+        let mut raw = vec![0u32; 2 * n];
+        let mut skipped = vec![0f32; ids.len()];
+        if let Some(buf) = self.bufs.pick.buf() {
+            buf.read(&mut raw[..])?;
+        }
+        if !ids.is_empty() {
+            if let Some(buf) = self.bufs.skipped.buf() {
+                buf.read(&mut skipped[..])?;
+            }
+        }
+        for i in 0..n {
+            let (a, z) = (off[i] as usize, off[i + 1] as usize);
+            self.greedy_picks.push(GreedyPick {
+                id: raw[2 * i],
+                value: f32::from_bits(raw[2 * i + 1]),
+                skipped: skipped[a..z].to_vec(),
+            });
+        }
+        Ok(())
     }
 
     fn rmsnorm(
@@ -1457,6 +1551,15 @@ impl ModelRunner for CudaRunner {
     }
     fn run_parallel(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
         self.pool.for_each_index(n, task);
+    }
+    fn greedy_head(&self) -> bool {
+        self.greedy_on
+    }
+    fn set_greedy_skips(&mut self, skips: Vec<Vec<u32>>) {
+        self.greedy_skips = skips;
+    }
+    fn greedy_picks(&self) -> &[GreedyPick] {
+        &self.greedy_picks
     }
 }
 

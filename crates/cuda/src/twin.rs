@@ -640,6 +640,29 @@ pub fn attention_head_tiled(
     out
 }
 
+/// `greedy_pick` (kernels/layer.cu) for one row with `threads` threads: each thread's
+/// strided scan (strict `>`, skipped ids out), then the reduction's order (larger
+/// value, on a tie the lower index). Returns (id, value, the skipped ids' values).
+pub fn greedy_pick(row: &[f32], skip: &[u32], threads: usize) -> (u32, f32, Vec<f32>) {
+    let skipped = skip
+        .iter()
+        .map(|&s| row.get(s as usize).copied().unwrap_or(f32::NAN))
+        .collect();
+    let mut best = (f32::NEG_INFINITY, 0u32);
+    for t in 0..threads.max(1) {
+        let mut mine = (f32::NEG_INFINITY, 0u32);
+        for i in (t..row.len()).step_by(threads.max(1)) {
+            if row[i] > mine.0 && !skip.contains(&(i as u32)) {
+                mine = (row[i], i as u32);
+            }
+        }
+        if mine.0 > best.0 || (mine.0 == best.0 && mine.1 < best.1) {
+            best = mine;
+        }
+    }
+    (best.1, best.0, skipped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -976,5 +999,37 @@ mod tests {
     #[test]
     fn types_without_a_kernel_are_refused() {
         assert!(deq8(GgmlType::Q2K, &[0; 84], 0).is_none());
+    }
+
+    #[test]
+    fn greedy_pick_twin_is_the_serial_greedy_pick() {
+        use hangar_kernels::packed::greedy_pick_row;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for case in 0..300 {
+            let n = rng.gen_range(1..5000);
+            // Few distinct values: ties everywhere; some NaN and infinities.
+            let mut row: Vec<f32> = (0..n).map(|_| rng.gen_range(-4..4) as f32).collect();
+            for _ in 0..rng.gen_range(0..5) {
+                let i = rng.gen_range(0..n);
+                row[i] = [f32::NAN, f32::NEG_INFINITY, f32::INFINITY][rng.gen_range(0..3)];
+            }
+            if case % 50 == 0 {
+                row.iter_mut().for_each(|v| *v = f32::NAN);
+            }
+            if case % 50 == 1 {
+                row.iter_mut().for_each(|v| *v = f32::NEG_INFINITY);
+            }
+            let skip: Vec<u32> = (0..rng.gen_range(0..6))
+                .map(|_| rng.gen_range(0..n as u32 + 3))
+                .collect();
+            let want = greedy_pick_row(&row, &skip);
+            for threads in [1, 32, 1024] {
+                let (id, value, skipped) = greedy_pick(&row, &skip, threads);
+                assert_eq!(id, want.id, "case {case}, {threads} threads");
+                assert_eq!(value.to_bits(), want.value.to_bits(), "case {case}");
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&skipped), bits(&want.skipped), "case {case}");
+            }
+        }
     }
 }

@@ -78,9 +78,10 @@ pub fn open_with(
                 ),
             };
             eprintln!(
-                "device: cuda:{n} ({}, kernels for {}, {:.0} MiB of weights uploaded in {:.2}s{split}{f16})",
+                "device: cuda:{n} ({}, kernels for {}{}, {:.0} MiB of weights uploaded in {:.2}s{split}{f16})",
                 r.device_name(),
                 r.arch(),
+                if r.pdl() { " with PDL" } else { "" },
                 r.weight_bytes() as f64 / (1 << 20) as f64,
                 t0.elapsed().as_secs_f64()
             );
@@ -218,8 +219,32 @@ pub fn run_device_check(a: DeviceCheckArgs) -> Result<()> {
     };
     let lm = LoadedModel::load_with(&a.model, a.threads, opts)
         .with_context(|| format!("loading {}", a.model.display()))?;
-    let Some(mut gpu) = open(&lm, a.device, a.gpu_layers)? else {
-        bail!("device-check compares a GPU with the CPU: pass --device cuda or cuda:N (and --gpu-layers of at least 1)");
+    // `--device cpu`: the baseline, the CPU's two numerics (fast against ggml), which
+    // says how far two correct int8-activation paths drift apart on this model.
+    let ggml_lm;
+    let mut ggml_cpu;
+    let mut cuda;
+    let gpu: &mut dyn ModelRunner = match a.device.resolve() {
+        Device::Cpu if a.gpu_layers.is_none() => {
+            let opts = hangar_models::LoadOptions {
+                numerics: hangar_models::Numerics::Ggml,
+                ..Default::default()
+            };
+            ggml_lm = LoadedModel::load_with(&a.model, a.threads, opts)
+                .with_context(|| format!("loading {}", a.model.display()))?;
+            eprintln!(
+                "device: cpu, comparing fast numerics (\"cpu\") with ggml numerics (\"gpu\")"
+            );
+            ggml_cpu = BorrowedCpuRunner::new(&ggml_lm.model, &ggml_lm.pool);
+            &mut ggml_cpu
+        }
+        _ => {
+            let Some(r) = open(&lm, a.device, a.gpu_layers)? else {
+                bail!("device-check compares a GPU with the CPU: pass --device cuda or cuda:N (and --gpu-layers of at least 1)");
+            };
+            cuda = r;
+            &mut cuda
+        }
     };
     let vocab = lm.model.cfg.vocab_size;
     let toks: Vec<u32> = match &a.text {
@@ -241,10 +266,10 @@ pub fn run_device_check(a: DeviceCheckArgs) -> Result<()> {
     }
     let mut cpu = BorrowedCpuRunner::new(&lm.model, &lm.pool);
     if let Some(path) = &a.prompts {
-        return check_prompts(&lm, &mut cpu, &mut gpu, path, a.greedy);
+        return check_prompts(&lm, &mut cpu, gpu, path, a.greedy);
     }
     let (cpu_pre, cpu_dec) = logits_of(&mut cpu, &toks)?;
-    let (gpu_pre, gpu_dec) = logits_of(&mut gpu, &toks)?;
+    let (gpu_pre, gpu_dec) = logits_of(gpu, &toks)?;
     let (ap, np, dp, mp) = compare(&cpu_pre, &gpu_pre, vocab);
     let (ad, nd, dd, md) = compare(&cpu_dec, &gpu_dec, vocab);
     let (ag, ng, dg, _) = compare(&gpu_pre, &gpu_dec, vocab);
@@ -255,9 +280,13 @@ pub fn run_device_check(a: DeviceCheckArgs) -> Result<()> {
         "teacher-forced decode:  top-1 agreement {ad}/{nd}, max |logit diff| {dd:.4} (max |logit| {md:.2})"
     );
     println!("gpu prefill vs gpu decode: top-1 agreement {ag}/{ng}, max |logit diff| {dg:.4}");
+    if gpu.greedy_head() {
+        let (same, n) = check_greedy_head(gpu, &toks)?;
+        println!("device greedy head vs the host's pick over the same logits: {same}/{n} identical (id, value, skipped logits)");
+    }
     let prompt = &toks[..toks.len().min(8)];
     let gc = greedy(&mut cpu, prompt, a.greedy)?;
-    let gg = greedy(&mut gpu, prompt, a.greedy)?;
+    let gg = greedy(gpu, prompt, a.greedy)?;
     let same = gc.iter().zip(&gg).take_while(|(x, y)| x == y).count();
     println!(
         "greedy {} tokens from an {}-token prompt: identical prefix {same}/{} (cpu {:?}, gpu {:?})",
@@ -268,6 +297,44 @@ pub fn run_device_check(a: DeviceCheckArgs) -> Result<()> {
         &gg[..gg.len().min(12)]
     );
     Ok(())
+}
+
+/// The runner's greedy head ([`LogitsWanted::Greedy`]) against the host's pick over
+/// the logits row of the same step, position by position, with a skip list holding the
+/// row's argmax (the runner-up must win), a low id and an id past the vocabulary.
+/// Re-running a position rewrites its KV rows with the same values.
+fn check_greedy_head(r: &mut dyn ModelRunner, toks: &[u32]) -> Result<(usize, usize)> {
+    let block = 16;
+    let n = (toks.len() + 1).div_ceil(block);
+    let groups = r.kv_layout().n_groups();
+    r.allocate_kv(block, &vec![n; groups])?;
+    let table: Vec<u32> = (0..n as u32).collect();
+    let tables: Vec<&[u32]> = vec![&table; groups];
+    let vocab = r.vocab_size() as u32;
+    let mut row = Vec::new();
+    let mut same = 0;
+    for (i, t) in toks.iter().enumerate() {
+        let seq = |logits| {
+            [SeqInput {
+                tokens: std::slice::from_ref(t),
+                start_pos: i,
+                block_tables: &tables,
+                logits,
+            }]
+        };
+        r.execute(&seq(LogitsWanted::Last), &mut row)?;
+        let skip = vec![argmax(&row) as u32, i as u32 % 7, vocab + 5];
+        let want = hangar_kernels::packed::greedy_pick_row(&row, &skip);
+        r.set_greedy_skips(vec![skip]);
+        r.execute(&seq(LogitsWanted::Greedy), &mut row)?;
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        same += usize::from(r.greedy_picks().first().is_some_and(|p| {
+            p.id == want.id
+                && p.value.to_bits() == want.value.to_bits()
+                && bits(&p.skipped) == bits(&want.skipped)
+        }));
+    }
+    Ok((same, toks.len()))
 }
 
 /// A prompt's ids and, from a reference JSON, its continuation.

@@ -14,6 +14,7 @@ extern "C" __global__ void __launch_bounds__(256) attention(
     const float* q, const u16* kc, const u16* vc, float* out, int nheads, int nkv, int hd,
     const int* tok_seq, const u32* tables, int tstride, int bs, int window, float scale,
     float* scratch, int max_n, i8* Xq, float2* Xd, int sm_scores) {
+    pdl_entry();
     extern __shared__ float sm[];
     float* qs = sm;               // hd
     float* part = sm + hd;        // ATT_WARPS * hd
@@ -123,6 +124,7 @@ extern "C" __global__ void __launch_bounds__(256) att_split_scores(
     const float* q, const u16* kc, int nheads, int nkv, int hd, const int* tok_seq,
     const u32* tables, int tstride, int bs, int window, float scale, float* scratch,
     int max_n, int chunk, float* ml) {
+    pdl_entry();
     __shared__ float qs[256];
     __shared__ float red[32];
     int h = blockIdx.x, t = blockIdx.y, s = blockIdx.z, S = gridDim.z;
@@ -173,6 +175,7 @@ extern "C" __global__ void __launch_bounds__(256) att_split_pv(
     const u16* vc, int nheads, int nkv, int hd, const int* tok_seq, const u32* tables,
     int tstride, int bs, int window, const float* scratch, int max_n, int chunk,
     const float* ml, float* part) {
+    pdl_entry();
     __shared__ float pw[ATT_WARPS * 256];
     __shared__ float gm[2];
     int h = blockIdx.x, t = blockIdx.y, s = blockIdx.z, S = gridDim.z;
@@ -235,6 +238,7 @@ extern "C" __global__ void __launch_bounds__(256) att_split_pv(
 
 extern "C" __global__ void __launch_bounds__(256) att_split_sum(
     const float* part, float* out, int nheads, int hd, int S, i8* Xq, float2* Xd) {
+    pdl_entry();
     int h = blockIdx.x, t = blockIdx.y, d = threadIdx.x;
     if (d < hd) {
         const float* pr = part + ((u64)t * nheads + h) * S * hd + d;
@@ -261,6 +265,7 @@ extern "C" __global__ void __launch_bounds__(256) attention_tiled(
     const float* q, const u16* kc, const u16* vc, float* out, int nheads, int nkv, int hd,
     int ntok, const int* tok_seq, const u32* tables, int tstride, int bs, int window,
     float scale) {
+    pdl_entry();
     __shared__ float qs[FA_Q][FA_HD];
     __shared__ float kv[FA_K][FA_HD + 1];
     __shared__ float st[FA_Q][FA_K];

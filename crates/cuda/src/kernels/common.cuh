@@ -33,6 +33,26 @@ __device__ __forceinline__ float bf2f(u16 b) { return __uint_as_float(((u32)b) <
 // Blocks of 18/22/34/210 bytes are only 2-byte aligned: read 16-bit fields as bytes.
 __device__ __forceinline__ u16 ld16(const u8* p) { return (u16)p[0] | ((u16)p[1] << 8); }
 
+// Programmatic dependent launch (Hopper and later; no-ops below sm_90 and when the
+// launch did not ask for it, see Gpu::issue): a kernel may be scheduled while the one
+// before it on the stream drains, so every kernel calls pdl_entry() before it touches
+// memory another kernel writes. pdl_wait() returns once the previous kernel has
+// finished and its writes are visible; pdl_launch() then lets the next kernel's blocks
+// be scheduled (after the wait, so at most two kernels overlap).
+__device__ __forceinline__ void pdl_entry() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+// Asks L2 for a warp's share of a weight row (128-byte lines, lane-strided; `part` of
+// `parts` warps on one row): weights are never written, so the GEMVs issue this before
+// pdl_entry() and the row streams in while the previous kernel finishes.
+__device__ __forceinline__ void prefetch_row_l2(const u8* row, u64 rb, int lane, int part, int parts) {
+    for (u64 off = (u64)(part * 32 + lane) * 128; off < rb; off += (u64)parts * 32 * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(row + off));
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -69,18 +69,18 @@ __device__ __forceinline__ void deq_f16_impl(const u8* __restrict__ W, u64 row_b
 
 #define GEMV_KERNELS(NAME, T)                                                                     \
     extern "C" __global__ void gemv1_##NAME(const u8* W, u64 rb, int rows, int cols, const float* X, \
-                                            int ntok, float* Y) {                                 \
+                                            int ntok, float* Y) { pdl_entry();                    \
         gemv_impl<T, 1>(W, rb, rows, cols, X, ntok, Y);                                           \
     }                                                                                             \
     extern "C" __global__ void gemv8_##NAME(const u8* W, u64 rb, int rows, int cols, const float* X, \
-                                            int ntok, float* Y) {                                 \
+                                            int ntok, float* Y) { pdl_entry();                    \
         gemv_impl<T, 8>(W, rb, rows, cols, X, ntok, Y);                                           \
     }                                                                                             \
     extern "C" __global__ void embed_##NAME(const u8* W, u64 rb, int cols, const u32* tok, float scale, \
-                                            float* out) {                                         \
+                                            float* out) { pdl_entry();                            \
         embed_impl<T>(W, rb, cols, tok, scale, out);                                              \
     }                                                                                             \
-    extern "C" __global__ void dequant_f16_##NAME(const u8* W, u64 rb, int cols, u16* out) {      \
+    extern "C" __global__ void dequant_f16_##NAME(const u8* W, u64 rb, int cols, u16* out) { pdl_entry(); \
         deq_f16_impl<T>(W, rb, cols, out);                                                        \
     }
 
@@ -96,6 +96,7 @@ GEMV_KERNELS(q6_k, TY_Q6_K)
 
 // A probe for tests: dequantizes whole rows (the arithmetic every kernel above uses).
 extern "C" __global__ void dequant_rows(const u8* W, u64 rb, int ty, int cols, float* out) {
+    pdl_entry();
     int r = blockIdx.x;
     const u8* row = W + (u64)r * rb;
     for (int e = threadIdx.x * 8; e < cols; e += blockDim.x * 8) {
@@ -122,6 +123,7 @@ extern "C" __global__ void dequant_rows(const u8* W, u64 rb, int ty, int cols, f
 extern "C" __global__ void __launch_bounds__(128) gemv1_q4_k_wide(
     const u8* __restrict__ W, u64 rb, int rows, int cols, const float* __restrict__ X, int ntok,
     float* __restrict__ Y) {
+    pdl_entry();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int r = blockIdx.x * (blockDim.x >> 5) + warp;
     if (r >= rows) return;
@@ -168,6 +170,7 @@ extern "C" __global__ void __launch_bounds__(128) gemv1_q4_k_wide(
 extern "C" __global__ void __launch_bounds__(128) gemv1_q6_k_wide(
     const u8* __restrict__ W, u64 rb, int rows, int cols, const float* __restrict__ X, int ntok,
     float* __restrict__ Y) {
+    pdl_entry();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int r = blockIdx.x * (blockDim.x >> 5) + warp;
     if (r >= rows) return;

@@ -5,6 +5,7 @@
 // The squares are summed in f64 as the CPU path does. In place (out == x) is allowed.
 extern "C" __global__ void rmsnorm(const float* x, const float* w, float* out, int n, float eps,
                                    const int* rows_idx) {
+    pdl_entry();
     __shared__ double sh[32];
     int src = rows_idx ? rows_idx[blockIdx.x] : blockIdx.x;
     const float* xr = x + (u64)src * n;
@@ -23,6 +24,7 @@ extern "C" __global__ void rmsnorm(const float* x, const float* w, float* out, i
 // x[r] += rmsnorm(o[r]) * w (Gemma 3's post-attention / post-FFN norm), or x[r] += o[r]
 // when w is null.
 extern "C" __global__ void norm_add(float* x, const float* o, const float* w, int n, float eps) {
+    pdl_entry();
     __shared__ double sh[32];
     float* xr = x + (u64)blockIdx.x * n;
     const float* orow = o + (u64)blockIdx.x * n;
@@ -43,6 +45,7 @@ extern "C" __global__ void norm_add(float* x, const float* o, const float* w, in
 
 // x[t][i] += b[i] for t < ntok.
 extern "C" __global__ void add_bias(float* x, const float* b, int n, int ntok) {
+    pdl_entry();
     u64 total = (u64)n * ntok;
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < total; i += (u64)gridDim.x * blockDim.x)
         x[i] += b[i % n];
@@ -61,6 +64,7 @@ extern "C" __global__ void qk_rope(float* q, float* k, int nq, int nk, int hd, c
                                    int n_rot, const float* ff, int neox, const float* v,
                                    const int* tok_seq, const u32* tables, int tstride, int bs,
                                    u16* kc, u16* vc) {
+    pdl_entry();
     __shared__ double sh[32];
     int t = blockIdx.y;
     bool is_q = (int)blockIdx.x < nq;
@@ -107,6 +111,7 @@ extern "C" __global__ void qk_rope(float* q, float* k, int nq, int nk, int hd, c
 }
 
 extern "C" __global__ void round_f16(float* x, u64 n) {
+    pdl_entry();
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         x[i] = round_h(x[i]);
 }
@@ -114,16 +119,19 @@ extern "C" __global__ void round_f16(float* x, u64 n) {
 // gate[i] = gelu_tanh(gate[i]) * up[i], through f16 as ggml's GEGLU table: 0 at or
 // below -10, identity at or above 10.
 extern "C" __global__ void gelu_mul(float* g, const float* u, u64 n) {
+    pdl_entry();
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         g[i] = gelu_times(g[i], u[i]);
 }
 
 extern "C" __global__ void silu_mul(float* g, const float* u, u64 n) {
+    pdl_entry();
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         g[i] = silu_times(g[i], u[i]);
 }
 
 extern "C" __global__ void softcap(float* x, u64 n, float cap) {
+    pdl_entry();
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         x[i] = tanhf(x[i] / cap) * cap;
 }
@@ -133,6 +141,7 @@ extern "C" __global__ void softcap(float* x, u64 n, float cap) {
 // table: tables[seq * tstride + pos / bs] is the block.
 extern "C" __global__ void kv_store(const float* k, const float* v, int kvd, const int* tok_seq,
                                     const u32* tables, int tstride, int bs, u16* kc, u16* vc) {
+    pdl_entry();
     int t = blockIdx.x;
     int seq = tok_seq[2 * t], p = tok_seq[2 * t + 1];
     u64 blk = tables[(u64)seq * tstride + p / bs];
@@ -145,6 +154,80 @@ extern "C" __global__ void kv_store(const float* k, const float* v, int kvd, con
 
 // f32 -> f16 (round to nearest even), the activations of the cuBLAS prefill path.
 extern "C" __global__ void to_f16(const float* x, u16* y, u64 n) {
+    pdl_entry();
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         y[i] = f2h(x[i]);
+}
+
+// Greedy decoding's pick on the device, so a greedy row's logits never cross PCIe:
+// block b takes logits row first_row + b, skip list ids[off[b] .. off[b + 1]] (the
+// tokens a request's penalties or biases adjust: their raw logits go to `skipped`, NaN
+// for an id past the vocabulary, and they do not compete). pick[2b] = the first index
+// of the largest value among the rest (NaN never wins; 0 when none beats -inf),
+// pick[2b + 1] = that value's bits. Each thread scans its strided share in order
+// (strict >: its lowest index among equals), then larger value or, on a tie, lower
+// index wins the reduction: the serial scan's answer (twin: twin::greedy_pick).
+// Dynamic shared memory: a bit per vocabulary id when any row of the launch skips.
+extern "C" __global__ void __launch_bounds__(1024) greedy_pick(const float* lg, int vocab, int first_row,
+                                                            const int* off, const u32* ids, u32* pick,
+                                                            float* skipped) {
+    pdl_entry();
+    extern __shared__ u32 skip_bits[];
+    __shared__ float sv[32];
+    __shared__ u32 si[32];
+    int b = blockIdx.x;
+    const float* row = lg + (u64)(first_row + b) * vocab;
+    int s0 = off[b], s1 = off[b + 1];
+    bool any = s1 > s0;
+    if (any) {
+        for (int i = threadIdx.x; i < (vocab + 31) >> 5; i += blockDim.x) skip_bits[i] = 0;
+        __syncthreads();
+        for (int i = s0 + threadIdx.x; i < s1; i += blockDim.x) {
+            u32 id = ids[i];
+            skipped[i] = id < (u32)vocab ? row[id] : __int_as_float(0x7fc00000);
+            if (id < (u32)vocab) atomicOr(&skip_bits[id >> 5], 1u << (id & 31));
+        }
+        __syncthreads();
+    }
+    float best = -__int_as_float(0x7f800000);
+    u32 bi = 0;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float v = row[i];
+        if (v > best && !(any && ((skip_bits[i >> 5] >> (i & 31)) & 1u))) {
+            best = v;
+            bi = (u32)i;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        u32 oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > best || (ov == best && oi < bi)) {
+            best = ov;
+            bi = oi;
+        }
+    }
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    if (lane == 0) {
+        sv[w] = best;
+        si[w] = bi;
+    }
+    __syncthreads();
+    if (w == 0) {
+        best = lane < nw ? sv[lane] : -__int_as_float(0x7f800000);
+        bi = lane < nw ? si[lane] : 0u;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, best, o);
+            u32 oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (ov > best || (ov == best && oi < bi)) {
+                best = ov;
+                bi = oi;
+            }
+        }
+        if (lane == 0) {
+            pick[2 * b] = bi;
+            pick[2 * b + 1] = __float_as_uint(best);
+        }
+    }
 }

@@ -50,6 +50,7 @@ __device__ __forceinline__ int ld32_2(const u8* p) {
 // d = amax / 127, q = round-to-nearest-even(x / d). A warp is one block.
 extern "C" __global__ void quantize_q8_1(const float* __restrict__ X, u64 n, i8* __restrict__ Xq,
                                          float2* __restrict__ Xd) {
+    pdl_entry();
     // n and the stride are multiples of 32: whole warps take the same path.
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         q8_1_lane(X[i], i, Xq, Xd);
@@ -77,6 +78,7 @@ __device__ __forceinline__ float rms_scale_regs(const float* v, int n, float eps
 extern "C" __global__ void __launch_bounds__(1024) add_norm_q8(float* x, const float* o, const float* pw,
                                                            const float* w, float* h, int n, float eps,
                                                            i8* Xq, float2* Xd) {
+    pdl_entry();
     __shared__ double sh[32];
     u64 base = (u64)blockIdx.x * n;
     float xv[ANQ_E], ov[ANQ_E], pv[ANQ_E], wv[ANQ_E];
@@ -133,6 +135,7 @@ __device__ __forceinline__ int warp_min_i(int v) {
 extern "C" __global__ void __launch_bounds__(256) quantize_cpu(const float* __restrict__ X, u64 n, int blk,
                                                            i8* __restrict__ Xq,
                                                            float2* __restrict__ Xd) {
+    pdl_entry();
     __shared__ float s_max[8];
     __shared__ int s_idx[8];
     u64 base = (u64)blockIdx.x * 256;
@@ -180,6 +183,7 @@ extern "C" __global__ void __launch_bounds__(256) quantize_cpu(const float* __re
 // take f32 or f16 activations: they then see the CPU's rounding too.
 extern "C" __global__ void dequant_q8x(const i8* __restrict__ Xq, const float2* __restrict__ Xd, u64 n,
                                        float* __restrict__ Y) {
+    pdl_entry();
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         Y[i] = (float)Xq[i] * Xd[i >> 5].x;
 }
@@ -364,6 +368,8 @@ __device__ __forceinline__ void gemvq_warp(const u8* __restrict__ W, u64 rb, int
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int r = blockIdx.x * (blockDim.x >> 5) + warp;
     if (r >= rows) return;
+    if (blockIdx.y == 0) prefetch_row_l2(W + (u64)r * rb, rb, lane, 0, 1);
+    pdl_entry();
     int t0 = blockIdx.y * NT;
     float acc[NT];
 #pragma unroll
@@ -411,14 +417,15 @@ __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float
             seg = r < rows2 ? 2 : 3;
         }
     }
+    const u8* W = seg == 0 ? W0 : seg == 1 ? W1 : W2;
+    u64 rb = seg == 0 ? rb0 : seg == 1 ? rb1 : rb2;
+    if (seg < 3 && blockIdx.y == 0) prefetch_row_l2(W + (u64)r * rb, rb, lane, warp % parts, parts);
+    pdl_entry();
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-    if (seg < 3) {
-        const u8* W = seg == 0 ? W0 : seg == 1 ? W1 : W2;
-        u64 rb = seg == 0 ? rb0 : seg == 1 ? rb1 : rb2;
+    if (seg < 3)
         dot_row<TY, NT>(W + (u64)r * rb, cols, Xq, Xd, ntok, t0, lane, warp % parts, parts, acc);
-    }
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         float v = warp_sum(acc[t]);
@@ -455,6 +462,9 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
     int rpb = 4 / parts;
     int t0 = blockIdx.y * NT;
     int r = blockIdx.x * rpb + w4 / parts;
+    if (r < rows && blockIdx.y == 0)
+        prefetch_row_l2((half ? Wu : Wg) + (u64)r * rb, rb, lane, w4 % parts, parts);
+    pdl_entry();
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
