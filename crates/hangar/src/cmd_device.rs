@@ -164,6 +164,30 @@ fn logits_of(r: &mut dyn ModelRunner, toks: &[u32]) -> Result<(Vec<f32>, Vec<f32
     Ok((prefill, decode))
 }
 
+/// The gap between the largest and the second largest logit of a row.
+fn top2_margin(x: &[f32]) -> f32 {
+    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &v in x {
+        if v > a {
+            (a, b) = (v, a);
+        } else if v > b {
+            b = v;
+        }
+    }
+    a - b
+}
+
+/// The reference rows' top-2 margins at the positions where the two sets disagree on
+/// the top-1 token: small margins mean near-ties that any rounding change can flip.
+fn disagreement_margins(reference: &[f32], other: &[f32], vocab: usize) -> Vec<f32> {
+    reference
+        .chunks_exact(vocab)
+        .zip(other.chunks_exact(vocab))
+        .filter(|(a, b)| argmax(a) != argmax(b))
+        .map(|(a, _)| top2_margin(a))
+        .collect()
+}
+
 /// Top-1 agreement and the largest logit difference between two sets of rows.
 fn compare(a: &[f32], b: &[f32], vocab: usize) -> (usize, usize, f32, f32) {
     let (mut agree, mut rows, mut max_diff, mut max_abs) = (0, 0, 0f32, 0f32);
@@ -387,6 +411,7 @@ fn check_prompts(
         bail!("{} holds no prompts", path.display());
     }
     let (mut ap, mut ad, mut rows, mut worst) = (0usize, 0usize, 0usize, 0f32);
+    let mut margins = Vec::new();
     for (i, (prompt, cont)) in seqs.iter().enumerate() {
         if prompt.is_empty() || prompt.iter().any(|&t| t as usize >= vocab) {
             bail!("prompt {i}: empty or with ids outside the vocabulary");
@@ -401,6 +426,7 @@ fn check_prompts(
         let (gpu_pre, gpu_dec) = logits_of(gpu, &toks)?;
         let (p, n, dp, _) = compare(&cpu_pre, &gpu_pre, vocab);
         let (d, _, dd, _) = compare(&cpu_dec, &gpu_dec, vocab);
+        margins.extend(disagreement_margins(&cpu_dec, &gpu_dec, vocab));
         println!(
             "prompt {i:>2}: {n:>3} tokens, prefill {p}/{n}, decode {d}/{n}, max |logit diff| {:.4}",
             dp.max(dd)
@@ -417,5 +443,18 @@ fn check_prompts(
         pct(ap),
         pct(ad)
     );
+    if !margins.is_empty() {
+        margins.sort_by(f32::total_cmp);
+        let under = |m: f32| margins.iter().filter(|&&x| x < m).count();
+        println!(
+            "decode disagreements: the CPU's top-2 margin there is under 0.1 at {}, under 0.25 at {}, under 0.5 at {}, of {} (median {:.3}, largest {:.3})",
+            under(0.1),
+            under(0.25),
+            under(0.5),
+            margins.len(),
+            margins[margins.len() / 2],
+            margins[margins.len() - 1]
+        );
+    }
     Ok(())
 }
