@@ -39,10 +39,13 @@ done
 echo "== done at $SECONDS s"
 ;;
 bench)
+# nopf: PDL without the GEMVs' L2 prefetch (.gpu/fin/nopf/common.cuh, a copy of the
+# shared helpers with prefetch_row_l2 emptied, through HANGAR_CUDA_SOURCES).
 for m in l8b g270; do
-  for v in 1 0 1 0; do
+  for v in 1 0 nopf 1 0 nopf; do
     echo "-- (t=$SECONDS) $m HANGAR_CUDA_PDL=$v"
-    HANGAR_CUDA_PDL=$v timeout 90 $H bench -m $W/$m.gguf --device cuda --pp 512 --tg 128 --batch 8 -r 3 2>&1 | grep -E "^\| (pp|tg)"
+    case $v in nopf) e=HANGAR_CUDA_SOURCES=.gpu/fin/nopf ;; *) e=HANGAR_CUDA_PDL=$v ;; esac
+    env $e timeout 90 $H bench -m $W/$m.gguf --device cuda --pp 512 --tg 128 --batch 8 -r 3 2>&1 | grep -E "^\| (pp|tg)"
   done
 done
 for _ in $(seq 1 60); do [ -f /tmp/anc/done ] && break; sleep 5; done

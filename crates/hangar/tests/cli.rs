@@ -494,3 +494,45 @@ fn plan_says_how_many_layers_fit_on_each_gpu() {
     let g = h100["gpu_layers"].as_u64().expect("a layer count");
     assert!(g > 0 && g < 80, "{h100}");
 }
+
+/// `device-check --device cpu` is the baseline a GPU's agreement is read against: the
+/// CPU's fast numerics against llama.cpp's exact ones, on a short prompt file.
+#[test]
+fn device_check_on_the_cpu_compares_fast_and_ggml_numerics() {
+    let Some(m) = model() else { return };
+    let prompts = std::env::temp_dir().join(format!("hangar-dc-{}.txt", std::process::id()));
+    std::fs::write(&prompts, "The capital of France is\nOnce upon a time\n").unwrap();
+    let out = hangar(&[
+        "device-check",
+        "--model",
+        &m,
+        "--device",
+        "cpu",
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--greedy",
+        "6",
+    ]);
+    let _ = std::fs::remove_file(&prompts);
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{se}");
+    assert!(se.contains("comparing fast numerics"), "{se}");
+    // "2 prompts, N positions: ... prefill A/N (..%), decode B/N (..%)": the two
+    // numerics differ only in rounding, so most positions agree but the counts are real.
+    let line = so
+        .lines()
+        .find(|l| l.starts_with("2 prompts,"))
+        .unwrap_or_else(|| panic!("no summary in {so}"));
+    let n: usize = line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!((12..=40).contains(&n), "{line}");
+    let decode = line.split("decode ").nth(1).unwrap();
+    let agree: usize = decode.split('/').next().unwrap().parse().unwrap();
+    assert!(agree * 10 >= n * 8 && agree <= n, "{line}");
+}
