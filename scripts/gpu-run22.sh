@@ -31,20 +31,22 @@ setsid nohup bash -c 'mkdir -p /tmp/llsrc && tar xzf /tmp/anc/llama-src-cuda.tgz
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $H synth --arch gemma3 --preset gemma-3-270m --type Q4_K_M -t 4 --out $W/g270.gguf 2>&1 | tail -1
 $H synth --arch llama --preset llama-3-8b --type Q4_K_M -t 6 --out $W/l8b.gguf 2>&1 | tail -1
-for v in 1 0; do
+for v in 1 0 nc; do
   echo "== (t=$SECONDS) device-check, HANGAR_CUDA_PDL=$v"
-  HANGAR_CUDA_PDL=$v timeout 150 $H device-check -m $W/g270.gguf --tokens 512 --greedy 16 -t 6 2>&1 | grep -vE "^\s*$|compil" | tail -5
-  HANGAR_CUDA_PDL=$v timeout 150 $H device-check -m $W/l8b.gguf --tokens 128 --greedy 8 -t 6 2>&1 | grep -vE "^\s*$|compil" | tail -5
+  case $v in nc) e=HANGAR_CUDA_SOURCES=.gpu/fin/nc ;; *) e=HANGAR_CUDA_PDL=$v ;; esac
+  env $e timeout 150 $H device-check -m $W/g270.gguf --tokens 512 --greedy 16 -t 6 2>&1 | grep -vE "^\s*$|compil" | tail -5
+  env $e timeout 150 $H device-check -m $W/l8b.gguf --tokens 128 --greedy 8 -t 6 2>&1 | grep -vE "^\s*$|compil" | tail -5
 done
 echo "== done at $SECONDS s"
 ;;
 bench)
 # nopf: PDL without the GEMVs' L2 prefetch (.gpu/fin/nopf/common.cuh, a copy of the
-# shared helpers with prefetch_row_l2 emptied, through HANGAR_CUDA_SOURCES).
+# shared helpers with prefetch_row_l2 emptied, through HANGAR_CUDA_SOURCES); nc: PDL
+# with the K-quant weight loads past L1 (.gpu/fin/nc/mmvq.cu, ld.global.nc.L1::no_allocate).
 for m in l8b g270; do
-  for v in 1 0 nopf 1 0 nopf; do
+  for v in 1 0 nopf nc 1 0 nopf nc; do
     echo "-- (t=$SECONDS) $m HANGAR_CUDA_PDL=$v"
-    case $v in nopf) e=HANGAR_CUDA_SOURCES=.gpu/fin/nopf ;; *) e=HANGAR_CUDA_PDL=$v ;; esac
+    case $v in nopf|nc) e=HANGAR_CUDA_SOURCES=.gpu/fin/$v ;; *) e=HANGAR_CUDA_PDL=$v ;; esac
     env $e timeout 90 $H bench -m $W/$m.gguf --device cuda --pp 512 --tg 128 --batch 8 -r 3 2>&1 | grep -E "^\| (pp|tg)"
   done
 done
