@@ -117,6 +117,11 @@ pub struct DeviceCheckArgs {
     /// tests/data/greedy40/reference.json).
     #[arg(long)]
     pub prompts: Option<PathBuf>,
+    /// Batch invariance: the greedy tokens of the first 8 tokens of the sequence,
+    /// alone and decoded beside N - 1 other sequences, for each N of this list (e.g.
+    /// `2,4,8,16`); each sequence's prompt is prefilled in its own step.
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub batch_invariance: Vec<usize>,
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
 }
@@ -309,6 +314,19 @@ pub fn run_device_check(a: DeviceCheckArgs) -> Result<()> {
         println!("device greedy head vs the host's pick over the same logits: {same}/{n} identical (id, value, skipped logits)");
     }
     let prompt = &toks[..toks.len().min(8)];
+    for &n in &a.batch_invariance {
+        let (same, first_diff) = check_batch_invariance(gpu, prompt, n, a.greedy, vocab)?;
+        match first_diff {
+            None => println!(
+                "batch invariance: greedy {} tokens alone and in a batch of {n}: identical ({same}/{})",
+                a.greedy, a.greedy
+            ),
+            Some(i) => println!(
+                "batch invariance: greedy {} tokens alone and in a batch of {n}: first difference at token {i} ({same}/{} identical)",
+                a.greedy, a.greedy
+            ),
+        }
+    }
     let gc = greedy(&mut cpu, prompt, a.greedy)?;
     let gg = greedy(gpu, prompt, a.greedy)?;
     let same = gc.iter().zip(&gg).take_while(|(x, y)| x == y).count();
@@ -359,6 +377,78 @@ fn check_greedy_head(r: &mut dyn ModelRunner, toks: &[u32]) -> Result<(usize, us
         }));
     }
     Ok((same, toks.len()))
+}
+
+/// Greedy tokens of `prompt` decoded alone, then beside `n - 1` other sequences
+/// (pseudo-random prompts of other lengths), each prompt prefilled in its own step and
+/// then every decode step batched: how many of the first sequence's tokens agree, and
+/// the first index where they differ.
+fn check_batch_invariance(
+    r: &mut dyn ModelRunner,
+    prompt: &[u32],
+    n: usize,
+    steps: usize,
+    vocab: usize,
+) -> Result<(usize, Option<usize>)> {
+    let alone = greedy(r, prompt, steps)?;
+    let n = n.max(1);
+    let mut s = 0x2545_f491_4f6c_dd1du64;
+    let mut prompts = vec![prompt.to_vec()];
+    for i in 1..n {
+        let len = 3 + (i * 5) % 13;
+        prompts.push(
+            (0..len)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    (s % vocab.clamp(1, 32_000) as u64) as u32
+                })
+                .collect(),
+        );
+    }
+    let block = 16;
+    let per = (prompts.iter().map(Vec::len).max().unwrap_or(1) + steps + 1).div_ceil(block);
+    let groups = r.kv_layout().n_groups();
+    r.allocate_kv(block, &vec![per * n; groups])?;
+    let tables: Vec<Vec<u32>> = (0..n)
+        .map(|i| ((i * per) as u32..((i + 1) * per) as u32).collect())
+        .collect();
+    let views: Vec<Vec<&[u32]>> = tables.iter().map(|t| vec![&t[..]; groups]).collect();
+    let mut logits = Vec::new();
+    let mut last = Vec::with_capacity(n);
+    for (i, p) in prompts.iter().enumerate() {
+        r.execute(
+            &[SeqInput {
+                tokens: p,
+                start_pos: 0,
+                block_tables: &views[i],
+                logits: LogitsWanted::Last,
+            }],
+            &mut logits,
+        )?;
+        last.push(argmax(&logits) as u32);
+    }
+    let mut batched = vec![last[0]];
+    for step in 0..steps.saturating_sub(1) {
+        let seqs: Vec<SeqInput> = (0..n)
+            .map(|i| SeqInput {
+                tokens: std::slice::from_ref(&last[i]),
+                start_pos: prompts[i].len() + step,
+                block_tables: &views[i],
+                logits: LogitsWanted::Last,
+            })
+            .collect();
+        r.execute(&seqs, &mut logits)?;
+        let v = r.vocab_size();
+        for (i, row) in logits.chunks_exact(v).enumerate().take(n) {
+            last[i] = argmax(row) as u32;
+        }
+        batched.push(last[0]);
+    }
+    let same = alone.iter().zip(&batched).filter(|(a, b)| a == b).count();
+    let first = alone.iter().zip(&batched).position(|(a, b)| a != b);
+    Ok((same, first))
 }
 
 /// A prompt's ids and, from a reference JSON, its continuation.
