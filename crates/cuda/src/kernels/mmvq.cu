@@ -484,6 +484,110 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
     Y[(u64)(t0 + t) * rows + g] = act == 2 ? gelu_times(gv, uv) : silu_times(gv, uv);
 }
 
+// `mva` (Q4_K, one token; opt-in with HANGAR_CUDA_MVA=1 while it is measured): lane l
+// owns columns 128 l .. 128 l + 127 (half a super-block) and keeps their int8
+// activations in registers for all MVA_R rows of its warp, so the activations cross
+// L1 once per warp instead of once per row (the one-warp-per-row kernels move 1.8
+// activation bytes through L1 per weight byte). Up to three matrices sharing the input
+// (as `mvs`), or with act != 0 gate (W0) and up (W1) of the same rows written as
+// act(gate) * up (as `mvp`). cols % 128 == 0 and cols <= 4096 (one half-block a lane).
+// Twin: twin::mva_q4k_row.
+#define MVA_R 4
+__device__ __forceinline__ float mva_q4k_lane(const u8* __restrict__ row, int h, const int* a,
+                                              const float2* xd) {
+    const u8* blk = row + (u64)(h >> 1) * 144;
+    int half = h & 1;
+    u32 dm = *(const u32*)blk;
+    uint3 sw = *(const uint3*)(blk + 4);
+    const uint4* qp = (const uint4*)(blk + 16 + 64 * half);
+    uint4 qv[4] = {qp[0], qp[1], qp[2], qp[3]};
+    float s = 0.0f, mn = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        u32 w[8] = {qv[2 * j].x, qv[2 * j].y, qv[2 * j].z, qv[2 * j].w,
+                    qv[2 * j + 1].x, qv[2 * j + 1].y, qv[2 * j + 1].z, qv[2 * j + 1].w};
+        int il = 0, ih = 0;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            il = dp4a((int)(w[i] & 0x0F0F0F0Fu), a[16 * j + i], il);
+            ih = dp4a((int)((w[i] >> 4) & 0x0F0F0F0Fu), a[16 * j + 8 + i], ih);
+        }
+        int sc1, m1, sc2, m2;
+        scale_min_k4_w(4 * half + 2 * j, sw, &sc1, &m1);
+        scale_min_k4_w(4 * half + 2 * j + 1, sw, &sc2, &m2);
+        float2 da = xd[2 * j], db = xd[2 * j + 1];
+        s += (float)sc1 * da.x * (float)il + (float)sc2 * db.x * (float)ih;
+        mn += (float)m1 * da.y + (float)m2 * db.y;
+    }
+    return h2f((u16)(dm & 0xffff)) * s - h2f((u16)(dm >> 16)) * mn;
+}
+
+extern "C" __global__ void __launch_bounds__(128) mva_q4_k(const u8* W0, u64 rb0, int rows0, float* Y0,
+                                                        const u8* W1, u64 rb1, int rows1, float* Y1,
+                                                        const u8* W2, u64 rb2, int rows2, float* Y2,
+                                                        int cols, const i8* Xq, const float2* Xd,
+                                                        int act) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    bool on = lane < (cols >> 7);
+    int first = (blockIdx.x * 4 + warp) * MVA_R;
+    int total = act ? rows0 : rows0 + rows1 + rows2;
+    const u8* rowp[MVA_R][2];
+    float* yp[MVA_R];
+#pragma unroll
+    for (int r = 0; r < MVA_R; r++) {
+        int g = first + r;
+        rowp[r][0] = rowp[r][1] = 0;
+        yp[r] = 0;
+        if (g >= total) continue;
+        if (act) {
+            rowp[r][0] = W0 + (u64)g * rb0;
+            rowp[r][1] = W1 + (u64)g * rb1;
+            yp[r] = Y0 + g;
+        } else if (g < rows0) {
+            rowp[r][0] = W0 + (u64)g * rb0;
+            yp[r] = Y0 + g;
+        } else if (g - rows0 < rows1) {
+            rowp[r][0] = W1 + (u64)(g - rows0) * rb1;
+            yp[r] = Y1 + (g - rows0);
+        } else {
+            rowp[r][0] = W2 + (u64)(g - rows0 - rows1) * rb2;
+            yp[r] = Y2 + (g - rows0 - rows1);
+        }
+        u64 rb = act || g < rows0 ? rb0 : g - rows0 < rows1 ? rb1 : rb2;
+        prefetch_row_l2(rowp[r][0], rb, lane, 0, 1);
+        if (act) prefetch_row_l2(rowp[r][1], rb1, lane, 0, 1);
+    }
+    pdl_entry();
+    int a[32];
+    float2 xd[4];
+    if (on) {
+        const int4* xp = (const int4*)(Xq + 128 * lane);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int4 v = xp[i];
+            a[4 * i] = v.x;
+            a[4 * i + 1] = v.y;
+            a[4 * i + 2] = v.z;
+            a[4 * i + 3] = v.w;
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) xd[i] = Xd[4 * lane + i];
+    }
+#pragma unroll
+    for (int r = 0; r < MVA_R; r++) {
+        if (!yp[r]) continue;
+        float v = on ? mva_q4k_lane(rowp[r][0], lane, a, xd) : 0.0f;
+        v = warp_sum(v);
+        if (act) {
+            float u = on ? mva_q4k_lane(rowp[r][1], lane, a, xd) : 0.0f;
+            u = warp_sum(u);
+            if (lane == 0) *yp[r] = act == 2 ? gelu_times(v, u) : silu_times(v, u);
+        } else if (lane == 0) {
+            *yp[r] = v;
+        }
+    }
+}
+
 #define MMVQ(NAME, TY, NT)                                                                         \
     extern "C" __global__ void __launch_bounds__(128)                                              \
         gemvq##NT##_##NAME(const u8* W, u64 rb, int rows, int cols, const i8* Xq, const float2* Xd, \
