@@ -265,6 +265,8 @@ pub struct CudaRunner {
     /// The activation-stationary Q4_K GEMV (`mva_q4_k`) for one-token steps, opt-in
     /// with `HANGAR_CUDA_MVA=1` while it is measured.
     mva: bool,
+    /// The row split of `mvs` launches under `SMALL_GEMV_BYTES`.
+    parts_small: usize,
     /// Greedy rows picked on the device (`greedy_pick`), on unless
     /// `HANGAR_CUDA_GREEDY=0` or the vocabulary's skip bitmap outgrows shared memory.
     greedy_on: bool,
@@ -274,6 +276,10 @@ pub struct CudaRunner {
 }
 
 const F: usize = std::mem::size_of::<f32>();
+/// `mvs` launches over fewer weight bytes than this fit in one wave of warps, so a
+/// warp's chain of block steps is the kernel's time: `HANGAR_CUDA_PARTS_SMALL` gives
+/// them their own row split (measured in docs/GPU.md run 24).
+const SMALL_GEMV_BYTES: usize = 16 << 20;
 /// Rows per warp of `mva_q4_k` (`MVA_R` in kernels/mmvq.cu).
 const MVA_ROWS: usize = 4;
 /// The widest row `add_norm_q8` holds in registers (1024 threads x ANQ_E values).
@@ -507,6 +513,11 @@ impl CudaRunner {
                 t => t,
             }),
             mva: std::env::var("HANGAR_CUDA_MVA").as_deref() == Ok("1"),
+            parts_small: std::env::var("HANGAR_CUDA_PARTS_SMALL")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|p| matches!(p, 1 | 2 | 4))
+                .unwrap_or_else(gemv_parts),
             // The skip bitmap lives in shared memory (48 KiB without opting in).
             greedy_on: std::env::var("HANGAR_CUDA_GREEDY").as_deref() != Ok("0")
                 && model.cfg.vocab_size.div_ceil(32) * 4 <= 48 << 10,
@@ -713,7 +724,12 @@ impl CudaRunner {
             return self.launch_mva(segs, cols, xq, xd, 0);
         }
         let nt = gemv_tile(ntok);
-        let parts = gemv_parts();
+        let bytes: usize = segs.iter().map(|s| s.1 * s.2).sum();
+        let parts = if bytes < SMALL_GEMV_BYTES {
+            self.parts_small
+        } else {
+            gemv_parts()
+        };
         let mut args = Args::new();
         let mut total = 0;
         for i in 0..3 {

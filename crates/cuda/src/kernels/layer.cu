@@ -64,9 +64,22 @@ extern "C" __global__ void qk_rope(float* q, float* k, int nq, int nk, int hd, c
                                    int n_rot, const float* ff, int neox, const float* v,
                                    const int* tok_seq, const u32* tables, int tstride, int bs,
                                    u16* kc, u16* vc) {
-    pdl_entry();
     __shared__ double sh[32];
     int t = blockIdx.y;
+    int half = n_rot / 2;
+    // The angles depend on the position only (written by the host before the step),
+    // so the f64 pow/cos/sin chain of the thread's first pair runs before the wait,
+    // while the previous kernel drains.
+    float c0 = 0.0f, s0 = 0.0f;
+    if ((int)threadIdx.x < half) {
+        int i = threadIdx.x;
+        double f = pow(base, -2.0 * (double)i / (double)n_rot);
+        if (ff) f = f / (double)ff[i];
+        double th = (double)pos[t] * f;
+        c0 = (float)cos(th);
+        s0 = (float)sin(th);
+    }
+    pdl_entry();
     bool is_q = (int)blockIdx.x < nq;
     int h = is_q ? blockIdx.x : blockIdx.x - nq;
     float* xr = is_q ? q + ((u64)t * nq + h) * hd : k + ((u64)t * nk + h) * hd;
@@ -83,13 +96,16 @@ extern "C" __global__ void qk_rope(float* q, float* k, int nq, int nk, int hd, c
         for (int i = threadIdx.x; i < hd; i += blockDim.x) xr[i] = xr[i] * scale * nw[i];
         __syncthreads();
     }
-    int half = n_rot / 2;
     double p = (double)pos[t];
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        double f = pow(base, -2.0 * (double)i / (double)n_rot);
-        if (ff) f = f / (double)ff[i];
-        double th = p * f;
-        float c = (float)cos(th), s = (float)sin(th);
+        float c = c0, s = s0;
+        if (i != (int)threadIdx.x) {
+            double f = pow(base, -2.0 * (double)i / (double)n_rot);
+            if (ff) f = f / (double)ff[i];
+            double th = p * f;
+            c = (float)cos(th);
+            s = (float)sin(th);
+        }
         int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
         float x0 = xr[a], x1 = xr[b];
         xr[a] = x0 * c - x1 * s;

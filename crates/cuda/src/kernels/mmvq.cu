@@ -78,18 +78,25 @@ __device__ __forceinline__ float rms_scale_regs(const float* v, int n, float eps
 extern "C" __global__ void __launch_bounds__(1024) add_norm_q8(float* x, const float* o, const float* pw,
                                                            const float* w, float* h, int n, float eps,
                                                            i8* Xq, float2* Xd) {
-    pdl_entry();
     __shared__ double sh[32];
     u64 base = (u64)blockIdx.x * n;
     float xv[ANQ_E], ov[ANQ_E], pv[ANQ_E], wv[ANQ_E];
+    // The norm weights are never written: loaded before the wait, while the previous
+    // kernel drains (a decode step's add_norm is one block, a chain of latencies).
+#pragma unroll
+    for (int e = 0; e < ANQ_E; e++) {
+        int i = threadIdx.x + e * blockDim.x;
+        bool in = i < n;
+        pv[e] = in && pw ? pw[i] : 0.0f;
+        wv[e] = in ? w[i] : 0.0f;
+    }
+    pdl_entry();
 #pragma unroll
     for (int e = 0; e < ANQ_E; e++) {
         int i = threadIdx.x + e * blockDim.x;
         bool in = i < n;
         xv[e] = in ? x[base + i] : 0.0f;
         ov[e] = in && o ? o[base + i] : 0.0f;
-        pv[e] = in && pw ? pw[i] : 0.0f;
-        wv[e] = in ? w[i] : 0.0f;
     }
     if (o) {
         if (pw) {
