@@ -262,9 +262,6 @@ pub struct CudaRunner {
     /// Host threads: the CPU layers of a partial offload, and the engine's sampling
     /// of many rows at once (`run_parallel`).
     pool: hangar_kernels::ThreadPool,
-    /// The activation-stationary Q4_K GEMV (`mva_q4_k`) for one-token steps, opt-in
-    /// with `HANGAR_CUDA_MVA=1` while it is measured.
-    mva: bool,
     /// The row split of `mvs` launches under `SMALL_GEMV_BYTES`.
     parts_small: usize,
     /// Greedy rows picked on the device (`greedy_pick`), on unless
@@ -280,8 +277,6 @@ const F: usize = std::mem::size_of::<f32>();
 /// warp's chain of block steps is the kernel's time: `HANGAR_CUDA_PARTS_SMALL` gives
 /// them their own row split (measured in docs/GPU.md run 24).
 const SMALL_GEMV_BYTES: usize = 16 << 20;
-/// Rows per warp of `mva_q4_k` (`MVA_R` in kernels/mmvq.cu).
-const MVA_ROWS: usize = 4;
 /// The widest row `add_norm_q8` holds in registers (1024 threads x ANQ_E values).
 const ADD_NORM_MAX: usize = 1024 * 8;
 /// Attention keeps a token's scores in shared memory up to this many positions.
@@ -512,7 +507,6 @@ impl CudaRunner {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 t => t,
             }),
-            mva: std::env::var("HANGAR_CUDA_MVA").as_deref() == Ok("1"),
             parts_small: std::env::var("HANGAR_CUDA_PARTS_SMALL")
                 .ok()
                 .and_then(|v| v.parse::<usize>().ok())
@@ -720,9 +714,6 @@ impl CudaRunner {
         xd: u64,
         ntok: usize,
     ) -> Result<(), CudaError> {
-        if self.mva_fits(kind, cols, ntok) {
-            return self.launch_mva(segs, cols, xq, xd, 0);
-        }
         let nt = gemv_tile(ntok);
         let bytes: usize = segs.iter().map(|s| s.1 * s.2).sum();
         let parts = if bytes < SMALL_GEMV_BYTES {
@@ -750,42 +741,6 @@ impl CudaRunner {
                 ntok.div_ceil(nt) as u32,
                 1,
             ),
-            (128, 1, 1),
-            0,
-            args,
-        )
-    }
-
-    /// Whether `mva_q4_k` takes this product (see `CudaRunner::mva`).
-    fn mva_fits(&self, kind: &str, cols: usize, ntok: usize) -> bool {
-        self.mva && kind == "q4_k" && ntok == 1 && cols.is_multiple_of(128) && cols <= 4096
-    }
-
-    /// One `mva_q4_k` launch (kernels/mmvq.cu): up to three matrices sharing the input,
-    /// or with `act` set gate and up (`segs[0]`, `segs[1]`) into act(gate) * up.
-    fn launch_mva(
-        &mut self,
-        segs: &[(u64, usize, usize, u64)],
-        cols: usize,
-        xq: u64,
-        xd: u64,
-        act: i32,
-    ) -> Result<(), CudaError> {
-        let mut args = Args::new();
-        let mut total = 0;
-        for i in 0..3 {
-            let (w, rb, rows, y) = segs.get(i).copied().unwrap_or((0, 0, 0, 0));
-            args = args.ptr(w).u64(rb as u64).i32(rows as i32).ptr(y);
-            total += rows;
-        }
-        if act != 0 {
-            total = segs.first().map_or(0, |s| s.2);
-        }
-        let args = args.i32(cols as i32).ptr(xq).ptr(xd).i32(act);
-        // Four warps a block, MVA_R rows a warp.
-        self.gpu.launch(
-            "mva_q4_k",
-            (total.div_ceil(4 * MVA_ROWS) as u32, 1, 1),
             (128, 1, 1),
             0,
             args,
@@ -841,10 +796,6 @@ impl CudaRunner {
             Activation::GeluTanh => 2,
         };
         let (xq, xd) = self.quantize_x(x, ntok, cols, 0)?;
-        if self.mva_fits(kind, cols, ntok) {
-            self.launch_mva(&[(wg, rb, rows, y), (wu, rb, rows, 0)], cols, xq, xd, act)?;
-            return Ok(true);
-        }
         let nt = gemv_tile(ntok);
         let parts = gemv_parts();
         let args = Args::new()

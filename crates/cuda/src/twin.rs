@@ -470,36 +470,6 @@ fn gemvq_warp(
     Some(butterfly(lanes))
 }
 
-/// The `mva_q4_k` kernel's arithmetic (kernels/mmvq.cu) for one Q4_K row and one
-/// token: lane `h` takes the half super-block of columns `128 h ..`, its integer dots
-/// per 32-weight sub-block, `d * Σ sc dx isum - dmin * Σ m (dx Σq)` over its four
-/// sub-blocks in pairs, then the warp butterfly. `cols % 128 == 0`, `cols <= 4096`.
-pub fn mva_q4k_row(row: &[u8], xq: &[i8], xd: &[[f32; 2]]) -> f32 {
-    let mut lanes = [0f32; 32];
-    for (h, lane) in lanes.iter_mut().enumerate().take(xq.len() / 128) {
-        let blk = &row[(h >> 1) * 144..];
-        let half = h & 1;
-        let q = &blk[16 + 64 * half..][..64];
-        let (mut s, mut mn) = (0f32, 0f32);
-        for j in 0..2 {
-            let pair = &q[32 * j..][..32];
-            let lo: Vec<i32> = pair.iter().map(|&v| (v & 0xF) as i32).collect();
-            let hi: Vec<i32> = pair.iter().map(|&v| (v >> 4) as i32).collect();
-            let sub = 4 * half + 2 * j;
-            let base = 8 * (h >> 1) + sub;
-            let il = dot_i8(&lo, &xq[32 * base..][..32]);
-            let ih = dot_i8(&hi, &xq[32 * (base + 1)..][..32]);
-            let (sc1, m1) = scale_min_k4(sub, &blk[4..16]);
-            let (sc2, m2) = scale_min_k4(sub + 1, &blk[4..16]);
-            let (da, db) = (xd[base], xd[base + 1]);
-            s += sc1 as f32 * da[0] * il as f32 + sc2 as f32 * db[0] * ih as f32;
-            mn += m1 as f32 * da[1] + m2 as f32 * db[1];
-        }
-        *lane = h2f(blk, 0) * s - h2f(blk, 2) * mn;
-    }
-    butterfly(lanes)
-}
-
 /// Warps per block of the attention kernel (`ATT_WARPS` in kernels/attention.cu).
 pub const ATT_WARPS: usize = 8;
 
@@ -1024,29 +994,6 @@ mod tests {
             }
         }
         assert!(gemvq_row(GgmlType::F16, &[0; 64], &[0; 32], &[[0.0; 2]]).is_none());
-    }
-
-    #[test]
-    fn the_activation_stationary_q4_k_gemv_matches_an_exact_dot_product() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
-        // 4096: every lane a half-block; 1280 and 256: idle lanes.
-        for cols in [256, 1280, 4096] {
-            let (bytes, w) = random_row(GgmlType::Q4K, cols, cols as u64 + 99);
-            let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-            let (q, ds) = quantize_q8_1(&x);
-            let xdq = deq_q8_1(&q, &ds);
-            let exact: f64 = w.iter().zip(&xdq).map(|(&a, &b)| a as f64 * b as f64).sum();
-            let norm: f64 = w
-                .iter()
-                .zip(&xdq)
-                .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                .sum();
-            let got = mva_q4k_row(&bytes, &q, &ds) as f64;
-            assert!(
-                (got - exact).abs() <= 2e-5 * norm,
-                "{cols}: {got} vs {exact}"
-            );
-        }
     }
 
     #[test]
