@@ -133,15 +133,19 @@ fn argmax(x: &[f32]) -> usize {
         .map_or(0, |(i, _)| i)
 }
 
+/// A fresh KV cache on `r` for one sequence of up to `tokens` positions (blocks of
+/// 16), and that sequence's block table.
+fn one_sequence_kv(r: &mut dyn ModelRunner, tokens: usize) -> Result<Vec<u32>> {
+    let n = tokens.div_ceil(16);
+    r.allocate_kv(16, &vec![n; r.kv_layout().n_groups()])?;
+    Ok((0..n as u32).collect())
+}
+
 /// Teacher-forced logits of `toks` on `r`: one prefill step with every row's logits,
 /// then the same sequence again one token at a time (the decode kernels).
 fn logits_of(r: &mut dyn ModelRunner, toks: &[u32]) -> Result<(Vec<f32>, Vec<f32>)> {
-    let block = 16;
-    let n = (toks.len() + 1).div_ceil(block);
-    let groups = r.kv_layout().n_groups();
-    r.allocate_kv(block, &vec![n; groups])?;
-    let table: Vec<u32> = (0..n as u32).collect();
-    let tables: Vec<&[u32]> = vec![&table; groups];
+    let table = one_sequence_kv(r, toks.len() + 1)?;
+    let tables: Vec<&[u32]> = vec![&table; r.kv_layout().n_groups()];
     let mut prefill = Vec::new();
     r.execute(
         &[SeqInput {
@@ -208,12 +212,8 @@ fn compare(a: &[f32], b: &[f32], vocab: usize) -> (usize, usize, f32, f32) {
 }
 
 fn greedy(r: &mut dyn ModelRunner, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
-    let block = 16;
-    let cap = (prompt.len() + n + 1).div_ceil(block);
-    let groups = r.kv_layout().n_groups();
-    r.allocate_kv(block, &vec![cap; groups])?;
-    let table: Vec<u32> = (0..cap as u32).collect();
-    let tables: Vec<&[u32]> = vec![&table; groups];
+    let table = one_sequence_kv(r, prompt.len() + n + 1)?;
+    let tables: Vec<&[u32]> = vec![&table; r.kv_layout().n_groups()];
     let mut logits = Vec::new();
     r.execute(
         &[SeqInput {
@@ -346,12 +346,8 @@ pub fn run_device_check(a: DeviceCheckArgs) -> Result<()> {
 /// row's argmax (the runner-up must win), a low id and an id past the vocabulary.
 /// Re-running a position rewrites its KV rows with the same values.
 fn check_greedy_head(r: &mut dyn ModelRunner, toks: &[u32]) -> Result<(usize, usize)> {
-    let block = 16;
-    let n = (toks.len() + 1).div_ceil(block);
-    let groups = r.kv_layout().n_groups();
-    r.allocate_kv(block, &vec![n; groups])?;
-    let table: Vec<u32> = (0..n as u32).collect();
-    let tables: Vec<&[u32]> = vec![&table; groups];
+    let table = one_sequence_kv(r, toks.len() + 1)?;
+    let tables: Vec<&[u32]> = vec![&table; r.kv_layout().n_groups()];
     let vocab = r.vocab_size() as u32;
     let mut row = Vec::new();
     let mut same = 0;

@@ -184,6 +184,18 @@ extern "C" __global__ void to_f16(const float* x, u16* y, u64 n) {
 // (strict >: its lowest index among equals), then larger value or, on a tie, lower
 // index wins the reduction: the serial scan's answer (twin: twin::greedy_pick).
 // Dynamic shared memory: a bit per vocabulary id when any row of the launch skips.
+// The warp's (largest value, lowest index among equals), in every lane.
+__device__ __forceinline__ void warp_argmax(float* best, u32* bi) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, *best, o);
+        u32 oi = __shfl_xor_sync(0xffffffffu, *bi, o);
+        if (ov > *best || (ov == *best && oi < *bi)) {
+            *best = ov;
+            *bi = oi;
+        }
+    }
+}
 extern "C" __global__ void __launch_bounds__(1024) greedy_pick(const float* lg, int vocab, int first_row,
                                                             const int* off, const u32* ids, u32* pick,
                                                             float* skipped) {
@@ -214,15 +226,7 @@ extern "C" __global__ void __launch_bounds__(1024) greedy_pick(const float* lg, 
             bi = (u32)i;
         }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, best, o);
-        u32 oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > best || (ov == best && oi < bi)) {
-            best = ov;
-            bi = oi;
-        }
-    }
+    warp_argmax(&best, &bi);
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
     if (lane == 0) {
         sv[w] = best;
@@ -232,15 +236,7 @@ extern "C" __global__ void __launch_bounds__(1024) greedy_pick(const float* lg, 
     if (w == 0) {
         best = lane < nw ? sv[lane] : -__int_as_float(0x7f800000);
         bi = lane < nw ? si[lane] : 0u;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            float ov = __shfl_xor_sync(0xffffffffu, best, o);
-            u32 oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (ov > best || (ov == best && oi < bi)) {
-                best = ov;
-                bi = oi;
-            }
-        }
+        warp_argmax(&best, &bi);
         if (lane == 0) {
             pick[2 * b] = bi;
             pick[2 * b + 1] = __float_as_uint(best);
