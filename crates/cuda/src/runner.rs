@@ -590,12 +590,12 @@ impl CudaRunner {
     pub fn device_name(&self) -> &str {
         &self.gpu.info.name
     }
-    /// The architecture the kernels were compiled for, e.g. "sm_90a".
     /// Whether kernels launch with programmatic dependent launch (`HANGAR_CUDA_PDL`).
     pub fn pdl(&self) -> bool {
         self.gpu.pdl()
     }
 
+    /// The architecture the kernels were compiled for, e.g. "sm_90a".
     pub fn arch(&self) -> &str {
         &self.gpu.arch
     }

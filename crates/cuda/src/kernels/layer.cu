@@ -175,15 +175,6 @@ extern "C" __global__ void to_f16(const float* x, u16* y, u64 n) {
         y[i] = f2h(x[i]);
 }
 
-// Greedy decoding's pick on the device, so a greedy row's logits never cross PCIe:
-// block b takes logits row first_row + b, skip list ids[off[b] .. off[b + 1]] (the
-// tokens a request's penalties or biases adjust: their raw logits go to `skipped`, NaN
-// for an id past the vocabulary, and they do not compete). pick[2b] = the first index
-// of the largest value among the rest (NaN never wins; 0 when none beats -inf),
-// pick[2b + 1] = that value's bits. Each thread scans its strided share in order
-// (strict >: its lowest index among equals), then larger value or, on a tie, lower
-// index wins the reduction: the serial scan's answer (twin: twin::greedy_pick).
-// Dynamic shared memory: a bit per vocabulary id when any row of the launch skips.
 // The warp's (largest value, lowest index among equals), in every lane.
 __device__ __forceinline__ void warp_argmax(float* best, u32* bi) {
 #pragma unroll
@@ -196,6 +187,16 @@ __device__ __forceinline__ void warp_argmax(float* best, u32* bi) {
         }
     }
 }
+
+// Greedy decoding's pick on the device, so a greedy row's logits never cross PCIe:
+// block b takes logits row first_row + b, skip list ids[off[b] .. off[b + 1]] (the
+// tokens a request's penalties or biases adjust: their raw logits go to `skipped`, NaN
+// for an id past the vocabulary, and they do not compete). pick[2b] = the first index
+// of the largest value among the rest (NaN never wins; 0 when none beats -inf),
+// pick[2b + 1] = that value's bits. Each thread scans its strided share in order
+// (strict >: its lowest index among equals), then larger value or, on a tie, lower
+// index wins the reduction: the serial scan's answer (twin: twin::greedy_pick).
+// Dynamic shared memory: a bit per vocabulary id when any row of the launch skips.
 extern "C" __global__ void __launch_bounds__(1024) greedy_pick(const float* lg, int vocab, int first_row,
                                                             const int* off, const u32* ids, u32* pick,
                                                             float* skipped) {
