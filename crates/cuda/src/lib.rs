@@ -114,6 +114,30 @@ pub enum CudaError {
     BadBatch(String),
 }
 
+impl CudaError {
+    /// Whether this is a driver error that leaves the context unusable: after an
+    /// illegal address, a trap or a launch failure every later call in the process
+    /// fails the same way (CUDA's "sticky" errors), so the runner stops taking work.
+    pub fn is_sticky(&self) -> bool {
+        const STICKY: [&str; 10] = [
+            "ILLEGAL_ADDRESS",
+            "LAUNCH_FAILED",
+            "MISALIGNED_ADDRESS",
+            "ILLEGAL_INSTRUCTION",
+            "HARDWARE_STACK_ERROR",
+            "INVALID_ADDRESS_SPACE",
+            "INVALID_PC",
+            "ASSERT",
+            "ECC_UNCORRECTABLE",
+            "LAUNCH_TIMEOUT",
+        ];
+        match self {
+            CudaError::Driver { msg, .. } => STICKY.iter().any(|k| msg.contains(k)),
+            _ => false,
+        }
+    }
+}
+
 impl From<CudaError> for hangar_engine::EngineError {
     fn from(e: CudaError) -> Self {
         hangar_engine::EngineError::Invalid(e.to_string())
@@ -133,5 +157,20 @@ mod tests {
         assert!("cuda:x".parse::<Device>().is_err());
         assert!("tpu".parse::<Device>().is_err());
         assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
+    }
+
+    #[test]
+    fn only_context_breaking_driver_errors_are_sticky() {
+        use cudarc::driver::sys::CUresult;
+        let driver = |r: CUresult| CudaError::Driver {
+            call: "cuCtxSynchronize".into(),
+            msg: format!("DriverError({r:?})"),
+        };
+        assert!(driver(CUresult::CUDA_ERROR_ILLEGAL_ADDRESS).is_sticky());
+        assert!(driver(CUresult::CUDA_ERROR_LAUNCH_FAILED).is_sticky());
+        assert!(driver(CUresult::CUDA_ERROR_ASSERT).is_sticky());
+        assert!(!driver(CUresult::CUDA_ERROR_OUT_OF_MEMORY).is_sticky());
+        assert!(!driver(CUresult::CUDA_ERROR_INVALID_VALUE).is_sticky());
+        assert!(!CudaError::BadBatch("ILLEGAL_ADDRESS in a message".into()).is_sticky());
     }
 }

@@ -269,6 +269,9 @@ pub struct CudaRunner {
     greedy_on: bool,
     greedy_skips: Vec<Vec<u32>>,
     greedy_picks: Vec<GreedyPick>,
+    /// A sticky driver error a step hit ([`CudaError::is_sticky`]): the context is
+    /// unusable, so every later step is refused with it.
+    fault: Option<String>,
     gpu: Gpu,
 }
 
@@ -517,6 +520,7 @@ impl CudaRunner {
                 && model.cfg.vocab_size.div_ceil(32) * 4 <= 48 << 10,
             greedy_skips: Vec::new(),
             greedy_picks: Vec::new(),
+            fault: None,
             gpu,
         };
         r.cache_f16(kv_here)?;
@@ -1563,7 +1567,20 @@ impl ModelRunner for CudaRunner {
         Ok(total)
     }
     fn execute(&mut self, step: &StepInput, logits: &mut Vec<f32>) -> Result<(), EngineError> {
-        self.forward(step, logits).map_err(EngineError::from)
+        if let Some(f) = &self.fault {
+            return Err(EngineError::Invalid(format!(
+                "the GPU context is unusable after an earlier fault: {f}"
+            )));
+        }
+        self.forward(step, logits).map_err(|e| {
+            if e.is_sticky() {
+                self.fault = Some(e.to_string());
+            }
+            EngineError::from(e)
+        })
+    }
+    fn fault(&self) -> Option<String> {
+        self.fault.clone()
     }
     fn run_parallel(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
         self.pool.for_each_index(n, task);

@@ -240,6 +240,46 @@ fn a_failing_step_errors_its_requests_and_the_engine_keeps_serving() {
 }
 
 #[test]
+fn a_backend_fault_stops_the_engine_taking_work_and_says_so() {
+    // A GPU context after an illegal memory access: every later step would fail too.
+    let mut runner = FakeRunner::new(VOCAB, 4096);
+    runner.fault_at_step = Some(2);
+    let engine = engine_with(runner, small_cfg());
+    let o = collect(
+        engine
+            .submit(GenerateRequest::greedy(vec![5], 1))
+            .unwrap()
+            .1,
+    );
+    assert_eq!(o.tokens, vec![6], "the first steps still work");
+    assert!(engine.is_alive() && engine.fault().is_none());
+    let o = collect(
+        engine
+            .submit(GenerateRequest::greedy(vec![5], 10))
+            .unwrap()
+            .1,
+    );
+    let err = o.error.expect("the faulted step errors its request");
+    assert!(err.contains("device fault requested"), "{err}");
+    wait_until(&engine, "the fault is published", |e| e.fault().is_some());
+    assert!(!engine.is_alive(), "readiness must go down");
+    // New work is refused at once, with the reason and what to do.
+    let o = collect(
+        engine
+            .submit(GenerateRequest::greedy(vec![5], 4))
+            .unwrap()
+            .1,
+    );
+    let err = o.error.expect("refused");
+    assert!(
+        err.contains("takes no more work") && err.contains("restart"),
+        "{err}"
+    );
+    assert!(o.tokens.is_empty());
+    wait_until(&engine, "blocks freed", |e| e.stats().kv_blocks_used() == 0);
+}
+
+#[test]
 fn one_request_cannot_take_more_than_its_share_of_running_slots() {
     let engine = engine_with(FakeRunner::new(VOCAB, 4096), small_cfg());
     let cap = engine.info().max_sequences_per_request;

@@ -53,6 +53,9 @@ pub(crate) struct SharedStats {
     pub spec_accepted: AtomicU64,
     pub spec_emitted: AtomicU64,
     pub spec_draft_failures: AtomicU64,
+    /// The backend's fault ([`crate::ModelRunner::fault`]) once a step hit one: the
+    /// engine takes no more work.
+    pub fault: std::sync::OnceLock<String>,
 }
 
 pub(crate) struct EngineCore {
@@ -225,6 +228,14 @@ impl EngineCore {
             }
             for c in &batch.chunks {
                 self.sched.finish(c.id, &mut self.kvm);
+            }
+            if let Some(fault) = self.runner.fault() {
+                // The backend is unusable: fail everything queued and take no more.
+                let _ = self.stats.fault.set(fault);
+                for (id, l) in live.drain() {
+                    let _ = l.tx.send(TokenEvent::Error(self.fault_message()));
+                    self.sched.finish(id, &mut self.kvm);
+                }
             }
             self.publish_stats();
             return;
@@ -434,6 +445,17 @@ impl EngineCore {
         self.publish_stats();
     }
 
+    /// What a request hears once the backend has faulted.
+    fn fault_message(&self) -> String {
+        format!(
+            "the model backend failed and takes no more work ({}); restart the server",
+            self.stats
+                .fault
+                .get()
+                .map_or("unknown fault", String::as_str)
+        )
+    }
+
     /// Applies one command; `false` means shut down.
     fn handle<'t>(
         &mut self,
@@ -448,6 +470,10 @@ impl EngineCore {
                 req,
                 events: tx,
             } => {
+                if self.stats.fault.get().is_some() {
+                    let _ = tx.send(TokenEvent::Error(self.fault_message()));
+                    return true;
+                }
                 let req = *req;
                 let sampler = match Sampler::new(req.sampling.clone()) {
                     Ok(mut s) => {

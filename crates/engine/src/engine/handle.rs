@@ -481,9 +481,16 @@ impl Engine {
         Ok(out)
     }
 
-    /// Whether the loop thread is still running.
+    /// Whether the loop thread is still running and its backend has not faulted
+    /// (see [`Engine::fault`]).
     pub fn is_alive(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+        self.thread.as_ref().is_some_and(|t| !t.is_finished()) && self.fault().is_none()
+    }
+
+    /// The backend fault that stopped the engine taking work (a GPU context after an
+    /// illegal memory access, say), if one happened.
+    pub fn fault(&self) -> Option<String> {
+        self.stats.fault.get().cloned()
     }
 
     /// Cancels a request; its KV blocks are freed before the next step.

@@ -91,6 +91,13 @@ pub trait ModelRunner: Send {
     fn run_parallel(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
         (0..n).for_each(task);
     }
+    /// A fault that leaves the backend unusable (a GPU context after an illegal
+    /// memory access): once a step fails with one, the engine stops taking work and
+    /// reports it (the server's readiness goes to 503) instead of failing every
+    /// request that follows.
+    fn fault(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The CPU backend: Hangar's forward pass over a paged KV cache in host memory.
@@ -228,6 +235,9 @@ pub struct FakeRunner {
     pub fail_at_step: Option<usize>,
     /// Panic in the step with this index, to test recovery.
     pub panic_at_step: Option<usize>,
+    /// Fail the step with this index with a fault that leaves the backend unusable.
+    pub fault_at_step: Option<usize>,
+    fault: Option<String>,
 }
 
 impl FakeRunner {
@@ -240,6 +250,8 @@ impl FakeRunner {
             steps: Vec::new(),
             fail_at_step: None,
             panic_at_step: None,
+            fault_at_step: None,
+            fault: None,
         }
     }
     pub fn with_next(mut self, next: fn(u32, usize) -> u32) -> Self {
@@ -266,6 +278,9 @@ impl ModelRunner for FakeRunner {
             format: KvFormat::F16,
         }
     }
+    fn fault(&self) -> Option<String> {
+        self.fault.clone()
+    }
     fn allocate_kv(&mut self, block_size: usize, blocks: &[usize]) -> Result<usize, EngineError> {
         Ok(blocks.iter().sum::<usize>() * block_size * 8)
     }
@@ -281,6 +296,11 @@ impl ModelRunner for FakeRunner {
         );
         if self.panic_at_step == Some(index) {
             panic!("FakeRunner: panic requested at step {index}");
+        }
+        if self.fault.is_some() || self.fault_at_step == Some(index) {
+            let f = "FakeRunner: device fault requested".to_string();
+            self.fault = Some(f.clone());
+            return Err(EngineError::Invalid(f));
         }
         if self.fail_at_step == Some(index) {
             return Err(EngineError::Invalid(format!(
