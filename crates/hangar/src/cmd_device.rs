@@ -117,8 +117,8 @@ pub struct DeviceCheckArgs {
     /// tests/data/greedy40/reference.json).
     #[arg(long)]
     pub prompts: Option<PathBuf>,
-    /// Batch invariance: the greedy tokens of the first 8 tokens of the sequence,
-    /// alone and decoded beside N - 1 other sequences, for each N of this list (e.g.
+    /// Batch invariance: the greedy continuation of the sequence's first 8 tokens,
+    /// decoded alone and beside N - 1 other sequences, for each N of this list (e.g.
     /// `2,4,8,16`); each sequence's prompt is prefilled in its own step.
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     pub batch_invariance: Vec<usize>,
@@ -316,16 +316,17 @@ pub fn run_device_check(a: DeviceCheckArgs) -> Result<()> {
     let prompt = &toks[..toks.len().min(8)];
     for &n in &a.batch_invariance {
         let (same, first_diff) = check_batch_invariance(gpu, prompt, n, a.greedy, vocab)?;
-        match first_diff {
-            None => println!(
-                "batch invariance: greedy {} tokens alone and in a batch of {n}: identical ({same}/{})",
-                a.greedy, a.greedy
+        let verdict = match first_diff {
+            None => format!("identical ({same}/{})", a.greedy),
+            Some(i) => format!(
+                "first difference at token {i} ({same}/{} identical)",
+                a.greedy
             ),
-            Some(i) => println!(
-                "batch invariance: greedy {} tokens alone and in a batch of {n}: first difference at token {i} ({same}/{} identical)",
-                a.greedy, a.greedy
-            ),
-        }
+        };
+        println!(
+            "batch invariance: greedy {} tokens alone and in a batch of {n}: {verdict}",
+            a.greedy
+        );
     }
     let gc = greedy(&mut cpu, prompt, a.greedy)?;
     let gg = greedy(gpu, prompt, a.greedy)?;
