@@ -1,10 +1,11 @@
 //! The sampler chain for one sequence: bias and penalties, log-probabilities, then
 //! greedy pick or truncated draw. Owns the RNG stream; holds no model state.
 
+use super::head::{HeadRequest, HeadResult, HeadSkip, HEAD_MAX_SKIPS};
 use super::logit_math::{argmax, argmax_checked, log_sum_exp, top_n};
 use super::penalties::{apply_bias, apply_penalties};
 use super::rng::Rng;
-use super::truncation::{distribution, draw};
+use super::truncation::{distribution, draw, draw_from, truncate_top};
 use super::{SamplerError, SamplingParams, MAX_LOGPROBS};
 use hangar_kernels::packed::GreedyPick;
 
@@ -112,6 +113,111 @@ impl Sampler {
             logprob: f32::NEG_INFINITY,
             top_logprobs: Vec::new(),
         }
+    }
+
+    /// This sampler's question to a backend's sampling head for its next token
+    /// ([`super::head`]): its adjusted ids with their transforms, its inverse
+    /// temperature and the uniform number its next draw takes (peeked: the stream
+    /// moves only when [`Sampler::take_head`] or [`Sampler::sample`] uses it). `None`
+    /// when the token needs the whole row: log-probabilities are reported, an id has
+    /// two biases, or more ids are adjusted than a head takes.
+    pub fn head_request(&self, history: &[u32]) -> Option<HeadRequest> {
+        let p = &self.params;
+        if self.want_logprob || p.n_logprobs > 0 {
+            return None;
+        }
+        let mut skips: Vec<HeadSkip> = p
+            .logit_bias
+            .iter()
+            .map(|&(id, bias)| HeadSkip {
+                id,
+                bias,
+                rep: 1.0,
+                pen: 0.0,
+            })
+            .collect();
+        skips.sort_unstable_by_key(|s| s.id);
+        if skips.windows(2).any(|w| w[0].id == w[1].id) {
+            // Two biases add one after the other on the host: one transform cannot.
+            return None;
+        }
+        if p.penalties_active() && !history.is_empty() {
+            let window = &history[history.len().saturating_sub(p.penalty_last_n)..];
+            let mut counts: Vec<(u32, u32)> = window.iter().map(|&t| (t, 1)).collect();
+            counts.sort_unstable_by_key(|&(t, _)| t);
+            counts.dedup_by(|b, a| {
+                let same = a.0 == b.0;
+                a.1 += u32::from(same);
+                same
+            });
+            for (t, c) in counts {
+                // The same expression as `apply_penalties`, so the same rounding.
+                let pen = c as f32 * p.frequency_penalty + p.presence_penalty;
+                match skips.binary_search_by_key(&t, |s| s.id) {
+                    Ok(k) => (skips[k].rep, skips[k].pen) = (p.repetition_penalty, pen),
+                    Err(k) => skips.insert(
+                        k,
+                        HeadSkip {
+                            id: t,
+                            bias: 0.0,
+                            rep: p.repetition_penalty,
+                            pen,
+                        },
+                    ),
+                }
+            }
+        }
+        if skips.len() > HEAD_MAX_SKIPS {
+            return None;
+        }
+        let sampled = p.temperature > 0.0;
+        Some(HeadRequest {
+            inv_t: if sampled { 1.0 / p.temperature } else { 0.0 },
+            u: if sampled {
+                self.rng.clone().next_f64()
+            } else {
+                0.0
+            },
+            candidates: sampled && (p.top_k > 0 || p.top_p < 1.0 || p.min_p > 0.0),
+            skips,
+        })
+    }
+
+    /// The token [`Sampler::sample`] picks from a row whose head answered `res` to
+    /// `req` (this sampler's [`Sampler::head_request`] for this step) over a
+    /// vocabulary of `n`; the stream moves as `sample` moves it. `None` when the
+    /// answer needs tokens past the head's candidates (a wide nucleus) or the row
+    /// overflowed: then `sample` on the full row gives the token, with the same draw.
+    pub fn take_head(
+        &mut self,
+        req: &HeadRequest,
+        res: &HeadResult,
+        n: usize,
+    ) -> Option<SampledToken> {
+        let p = &self.params;
+        if res.max == f32::INFINITY || n == 0 {
+            return None;
+        }
+        let id = if p.temperature == 0.0 || res.max == f32::NEG_INFINITY {
+            res.max_id
+        } else if !req.candidates {
+            self.rng.next_f64();
+            res.pick
+        } else {
+            let mut cands = std::mem::take(&mut self.cands);
+            let kept = truncate_top(p, &res.cands, n, res.max, res.z1, &mut cands);
+            let id = kept.then(|| {
+                let u = self.rng.next_f64();
+                draw_from(&cands, res.max, req.inv_t, u).unwrap_or(res.max_id)
+            });
+            self.cands = cands;
+            id?
+        };
+        Some(SampledToken {
+            id,
+            logprob: f32::NEG_INFINITY,
+            top_logprobs: Vec::new(),
+        })
     }
 
     pub fn params(&self) -> &SamplingParams {

@@ -27,6 +27,7 @@
 
 mod chain;
 pub mod constraint;
+pub mod head;
 mod logit_math;
 mod params;
 mod penalties;
@@ -38,6 +39,7 @@ mod truncation;
 
 pub use chain::{SampledToken, Sampler};
 pub use constraint::{Constraint, ConstraintError, GrammarCompiler, GrammarSpec};
+pub use head::{HeadRequest, HeadResult, HeadSkip};
 pub use params::{SamplerError, SamplingParams, MAX_LOGPROBS};
 pub use stop::StopMatcher;
 

@@ -26,13 +26,77 @@ pub(super) fn draw(
         )
         .unwrap_or_else(|| argmax(logits).0);
     }
-    if cands.is_empty() {
-        // Cannot happen (the maximum always survives), but never panic.
-        return argmax(logits).0;
-    }
+    // Empty cannot happen (the maximum always survives), but never panic.
+    draw_from(cands, max, inv_t, rng.next_f64()).unwrap_or_else(|| argmax(logits).0)
+}
+
+/// The weighted pick among truncated candidates at uniform `u`; `None` when there
+/// are none.
+pub(super) fn draw_from(cands: &[(f32, u32)], max: f32, inv_t: f32, u: f64) -> Option<u32> {
+    let first = cands.first()?.1;
     let total: f64 = cands.iter().map(|&(l, _)| weight(l, max, inv_t)).sum();
-    let target = rng.next_f64() * total;
-    walk(cands.iter().copied(), max, inv_t, target).unwrap_or(cands[0].1)
+    let target = u * total;
+    Some(walk(cands.iter().copied(), max, inv_t, target).unwrap_or(first))
+}
+
+/// What [`truncate`] keeps, from the row's most likely tokens only: `top` is the
+/// start of the row in `by_logit_desc` order (all of it when `top.len() >= n`), `z1`
+/// the row's `Σ e^(l - max)`. `false` when the answer depends on tokens past `top`
+/// (or nothing truncates): then the whole row is needed.
+pub(super) fn truncate_top(
+    p: &SamplingParams,
+    top: &[(f32, u32)],
+    n: usize,
+    max: f32,
+    z1: f64,
+    cands: &mut Vec<(f32, u32)>,
+) -> bool {
+    let complete = top.len() >= n;
+    let min_logit = if p.min_p > 0.0 {
+        max + p.min_p.ln()
+    } else {
+        f32::NEG_INFINITY
+    };
+    let top_k = if p.top_k == 0 || p.top_k >= n {
+        n
+    } else {
+        p.top_k
+    };
+    let top_p = p.top_p;
+    // The kept prefix above min-p's bar (top is sorted, so the bar cuts a prefix).
+    let above = top.iter().take_while(|&&(l, _)| l >= min_logit).count();
+    cands.clear();
+    if top_k < n {
+        if top.len() < top_k {
+            return false;
+        }
+        cands.extend_from_slice(&top[..top_k]);
+        if top_p < 1.0 {
+            // As `truncate`: probabilities over the top-k set.
+            let z: f64 = cands.iter().map(|&(l, _)| fast_exp(l - max) as f64).sum();
+            let keep = top_p_prefix(cands, max, z, top_p).unwrap_or(cands.len());
+            cands.truncate(keep);
+        }
+        cands.retain(|&(l, _)| l >= min_logit);
+    } else if top_p < 1.0 {
+        // As `lazy_top_p`: the prefix of the tokens above the bar whose mass reaches
+        // top-p, else all of them.
+        match top_p_prefix(&top[..above], max, z1, top_p) {
+            Some(k) => cands.extend_from_slice(&top[..k]),
+            None if above < top.len() || complete => cands.extend_from_slice(&top[..above]),
+            None => return false,
+        }
+    } else if min_logit > f32::NEG_INFINITY {
+        if above == top.len() && !complete {
+            return false;
+        }
+        // min-p alone keeps the row's order.
+        cands.extend_from_slice(&top[..above]);
+        cands.sort_unstable_by_key(|&(_, id)| id);
+    } else {
+        return false;
+    }
+    true
 }
 
 /// The distribution [`draw`] draws from, as normalised (id, probability) pairs over
