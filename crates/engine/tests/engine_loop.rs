@@ -409,3 +409,91 @@ fn prompt_logprobs_are_computed_even_when_the_prefix_is_cached() {
     assert!(lp[1..].iter().all(|p| p.logprob.is_some()));
     assert!(matches!(&evs[1], TokenEvent::Done { usage, .. } if usage.cached_tokens == 0));
 }
+
+/// A spread distribution that depends on the last token and the position: a few
+/// likely tokens and a long tail, so sampling draws differ from seed to seed.
+fn spread_row(t: u32, pos: usize, row: &mut [f32]) {
+    let mut h = (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ pos as u64;
+    for (i, l) in row.iter_mut().enumerate() {
+        h ^= h << 13;
+        h ^= h >> 7;
+        h ^= h << 17;
+        *l = (h >> 40) as f32 / (1u64 << 24) as f32 * 6.0 - 3.0;
+        if i as u32 == (t * 7 + 3) % VOCAB as u32 {
+            *l += 4.0;
+        }
+    }
+}
+
+#[test]
+fn the_sampling_head_gives_the_tokens_the_host_sampler_gives() {
+    use hangar_engine::sampler::SamplingParams;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let base = SamplingParams {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        ..SamplingParams::default()
+    };
+    let mut variants = vec![base.clone(), SamplingParams::default()];
+    variants.push(SamplingParams {
+        top_p: 0.9,
+        temperature: 0.7,
+        ..base.clone()
+    });
+    variants.push(SamplingParams {
+        // A nucleus wider than the head's 256 candidates: sampled from the fetched row.
+        top_p: 0.9999,
+        ..base.clone()
+    });
+    variants.push(SamplingParams {
+        min_p: 0.1,
+        repetition_penalty: 1.5,
+        frequency_penalty: 0.4,
+        logit_bias: vec![(10, 3.0), (11, f32::NEG_INFINITY)],
+        ..base.clone()
+    });
+    variants.push(SamplingParams {
+        temperature: 0.0,
+        presence_penalty: 1.0,
+        ..base.clone()
+    });
+    let run = |head: Option<Arc<AtomicUsize>>| -> Vec<Vec<u32>> {
+        let mut runner = FakeRunner::new(VOCAB, 4096).with_rows(spread_row);
+        if let Some(answered) = head {
+            runner = runner.with_head(answered);
+        }
+        let engine = engine_with(runner, small_cfg());
+        // Every variant with three seeds, all in flight at once (batched steps).
+        let rxs: Vec<_> = variants
+            .iter()
+            .flat_map(|p| (0..3u64).map(move |seed| (p.clone(), seed)))
+            .map(|(p, seed)| {
+                let mut req = GenerateRequest::greedy(vec![40, 41, 42], 24);
+                req.sampling = SamplingParams {
+                    seed: Some(seed),
+                    ..p
+                };
+                req.ignore_eos = true;
+                engine.submit(req).expect("submit").1
+            })
+            .collect();
+        rxs.into_iter()
+            .map(|rx| {
+                let o = collect(rx);
+                assert!(o.error.is_none(), "{:?}", o.error);
+                o.tokens
+            })
+            .collect()
+    };
+    let answered = Arc::new(AtomicUsize::new(0));
+    let with_head = run(Some(answered.clone()));
+    let on_host = run(None);
+    assert_eq!(with_head, on_host);
+    // Every token went through the head: 6 variants x 3 seeds x 24 tokens.
+    assert_eq!(answered.load(Ordering::Relaxed), 6 * 3 * 24);
+    // The draws really are draws: seeds differ.
+    assert_ne!(on_host[0], on_host[1]);
+}

@@ -38,6 +38,10 @@ pub enum LogitsWanted {
     /// written ([`hangar_kernels::packed::matmul_packed_greedy`]): a 262k-token
     /// vocabulary is 1 MB of logits per sequence and step, read back for one argmax.
     Greedy,
+    /// The last token's answer from a backend's sampling head (a GPU runner's
+    /// `ModelRunner::head_results` in the engine): the row stays on the device. The
+    /// CPU forward refuses it.
+    Head,
 }
 
 /// One sequence's share of a batch.
@@ -609,6 +613,11 @@ impl Model {
                 LogitsWanted::Last => rows.push(t + s.tokens.len() - 1),
                 LogitsWanted::All => rows.extend(t..t + s.tokens.len()),
                 LogitsWanted::Greedy => greedy_rows.push(t + s.tokens.len() - 1),
+                LogitsWanted::Head => {
+                    return Err(ModelError::BadBatch(
+                        "the sampling head runs on a GPU backend: ask for the last logits".into(),
+                    ))
+                }
             }
             t += s.tokens.len();
         }

@@ -327,6 +327,12 @@ impl Model {
                             "greedy picks need the fast numerics (--numerics fast)".into(),
                         ))
                     }
+                    LogitsWanted::Head => {
+                        return Err(ModelError::BadBatch(
+                            "the sampling head runs on a GPU backend: ask for the last logits"
+                                .into(),
+                        ))
+                    }
                 }
                 positions.extend(s.start_pos..s.start_pos + s.tokens.len());
                 t += s.tokens.len();

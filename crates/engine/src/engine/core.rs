@@ -8,7 +8,7 @@ use super::request::{GenerateRequest, PromptTokenLogprob, TokenEvent};
 use super::runner::ModelRunner;
 use super::update::{update_from_output, Live};
 use crate::kv_manager::KvBlockManager;
-use crate::sampler::{Constraint, SampledToken, Sampler, StopMatcher};
+use crate::sampler::{Constraint, HeadRequest, SampledToken, Sampler, StopMatcher};
 use crate::scheduler::{Batch, SchedSeq, Scheduler, SchedulerConfig, SeqId};
 use crate::spec::{ngram, DraftLength, DraftPool, DraftRequest, SpecConfig};
 use hangar_models::{LogitsWanted, SeqInput};
@@ -182,6 +182,27 @@ impl EngineCore {
             } else {
                 vec![None; batch.chunks.len()]
             };
+        // Sampled chunks the runner's sampling head can answer (no grammar, no
+        // log-probabilities, no draft): their rows stay on the device.
+        let heads: Vec<Option<HeadRequest>> =
+            if self.runner.sample_head() && !all_rows.iter().any(|&a| a) {
+                let running = self.sched.running();
+                batch
+                    .chunks
+                    .iter()
+                    .zip(&greedy)
+                    .map(|(c, g)| {
+                        let l = live.get(&c.id)?;
+                        let eligible =
+                            c.sample && c.draft == 0 && g.is_none() && l.constraint.is_none();
+                        eligible
+                            .then(|| l.sampler.head_request(&running[c.slot].tokens))
+                            .flatten()
+                    })
+                    .collect()
+            } else {
+                vec![None; batch.chunks.len()]
+            };
         // Each chunk's LoRA adapter, taken before the grammar masks borrow `live`.
         let adapters: Vec<Option<Arc<hangar_models::LoraAdapter>>> = batch
             .chunks
@@ -208,7 +229,14 @@ impl EngineCore {
             }
         }
         let executed = if masks.is_empty() {
-            self.execute(&batch, &all_rows, &drafts, &greedy, &adapters, logits)
+            self.execute(
+                &batch,
+                &all_rows,
+                &drafts,
+                (&greedy, &heads),
+                &adapters,
+                logits,
+            )
         } else {
             std::thread::scope(|s| {
                 s.spawn(move || {
@@ -217,7 +245,14 @@ impl EngineCore {
                         let _ = c.compute_mask();
                     }
                 });
-                self.execute(&batch, &all_rows, &drafts, &greedy, &adapters, logits)
+                self.execute(
+                    &batch,
+                    &all_rows,
+                    &drafts,
+                    (&greedy, &heads),
+                    &adapters,
+                    logits,
+                )
             })
         };
         if let Err(e) = executed {
@@ -245,7 +280,8 @@ impl EngineCore {
         }
         self.sched.commit(&batch, &mut self.kvm);
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
-        let sampled = self.sample_rows(&batch, &drafts, &greedy, live, logits);
+        let from_head = self.resolve_heads(&batch, &heads, live);
+        let sampled = self.sample_rows(&batch, &drafts, &greedy, from_head, live, logits);
 
         // Update: stops, finishes, frees, events.
         let out = update_from_output(
@@ -284,13 +320,14 @@ impl EngineCore {
     /// Hands the planned batch to the runner as plain data.
     /// `all_rows[i]`: chunk `i` wants every row's logits (its prompt logprobs).
     /// `drafts[i]`: chunk `i`'s draft, fed after its one real token.
-    /// `greedy[i]`: chunk `i`'s skip list when the runner's greedy head picks for it.
+    /// `greedy[i]`: chunk `i`'s skip list when the runner's greedy head picks for it;
+    /// `heads[i]`: its request when the runner's sampling head answers for it.
     fn execute(
         &mut self,
         batch: &Batch,
         all_rows: &[bool],
         drafts: &[Vec<u32>],
-        greedy: &[Option<Vec<u32>>],
+        (greedy, heads): (&[Option<Vec<u32>>], &[Option<HeadRequest>]),
         adapters: &[Option<Arc<hangar_models::LoraAdapter>>],
         logits: &mut Vec<f32>,
     ) -> Result<(), crate::EngineError> {
@@ -324,8 +361,8 @@ impl EngineCore {
             .zip(&tables)
             .zip(all_rows)
             .zip(&with_draft)
-            .zip(greedy)
-            .map(|((((c, t), &all), d), g)| SeqInput {
+            .zip(greedy.iter().zip(heads))
+            .map(|((((c, t), &all), d), (g, h))| SeqInput {
                 tokens: if c.draft > 0 {
                     d
                 } else {
@@ -337,6 +374,8 @@ impl EngineCore {
                     LogitsWanted::All
                 } else if c.sample && g.is_some() {
                     LogitsWanted::Greedy
+                } else if c.sample && h.is_some() {
+                    LogitsWanted::Head
                 } else if c.sample {
                     LogitsWanted::Last
                 } else {
@@ -348,12 +387,78 @@ impl EngineCore {
             self.runner
                 .set_greedy_skips(greedy.iter().flatten().cloned().collect());
         }
+        if heads.iter().any(Option::is_some) {
+            self.runner
+                .set_head_requests(heads.iter().flatten().cloned().collect());
+        }
         if adapters.iter().all(Option::is_none) {
             return self.runner.execute(&inputs, logits);
         }
         let adapters: Vec<Option<&hangar_models::LoraAdapter>> =
             adapters.iter().map(Option::as_deref).collect();
         self.runner.execute_lora(&inputs, &adapters, logits)
+    }
+
+    /// The tokens of the chunks the sampling head answered for, indexed like the
+    /// chunks: `Some` for each head chunk (`heads[i]` set), holding its token unless
+    /// its request failed. A token whose answer needs more than the head's
+    /// candidates (a wide nucleus) is sampled here from its row, fetched from the
+    /// runner, with the same draw; a request whose row cannot be fetched fails.
+    fn resolve_heads(
+        &mut self,
+        batch: &Batch,
+        heads: &[Option<HeadRequest>],
+        live: &mut HashMap<SeqId, Live>,
+    ) -> Vec<Option<Option<SampledToken>>> {
+        let mut out: Vec<Option<Option<SampledToken>>> =
+            heads.iter().map(|h| h.as_ref().map(|_| None)).collect();
+        if heads.iter().all(Option::is_none) {
+            return out;
+        }
+        let v = self.vocab_size;
+        let results = self.runner.head_results();
+        // (chunk, index among the head chunks) of the tokens that need their row.
+        let mut need: Vec<(usize, usize)> = Vec::new();
+        let mut j = 0;
+        for (ci, (c, req)) in batch.chunks.iter().zip(heads).enumerate() {
+            let Some(req) = req else { continue };
+            let (res, at) = (results.get(j), j);
+            j += 1;
+            let Some(l) = live.get_mut(&c.id) else {
+                continue;
+            };
+            match res.and_then(|r| l.sampler.take_head(req, r, v)) {
+                Some(t) => out[ci] = Some(Some(t)),
+                None => need.push((ci, at)),
+            }
+        }
+        if need.is_empty() {
+            return out;
+        }
+        let which: Vec<usize> = need.iter().map(|&(_, at)| at).collect();
+        let mut rows = Vec::with_capacity(which.len() * v);
+        let fetched = self.runner.head_rows(&which, &mut rows);
+        let running = self.sched.running();
+        for (k, &(ci, _)) in need.iter().enumerate() {
+            let c = &batch.chunks[ci];
+            match (&fetched, rows.get_mut(k * v..(k + 1) * v)) {
+                (Ok(()), Some(row)) => {
+                    if let Some(l) = live.get_mut(&c.id) {
+                        out[ci] = Some(Some(l.sampler.sample(row, &running[c.slot].tokens)));
+                    }
+                }
+                (fetched, _) => {
+                    if let Some(l) = live.remove(&c.id) {
+                        let why = match fetched {
+                            Err(e) => e.to_string(),
+                            Ok(()) => "the runner returned too few rows".into(),
+                        };
+                        let _ = l.tx.send(TokenEvent::Error(format!("model error: {why}")));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Records the prompt logprobs of the chunks that computed every row, then
@@ -545,6 +650,7 @@ impl EngineCore {
         batch: &Batch,
         drafts: &[Vec<u32>],
         greedy: &[Option<Vec<u32>>],
+        from_head: Vec<Option<Option<SampledToken>>>,
         live: &mut HashMap<SeqId, Live>,
         logits: &mut [f32],
     ) -> Vec<Vec<SampledToken>> {
@@ -572,6 +678,11 @@ impl EngineCore {
         let mut picks = self.runner.greedy_picks().iter();
         for (ci, c) in batch.chunks.iter().enumerate() {
             if !c.sample {
+                continue;
+            }
+            if from_head[ci].is_some() {
+                // The sampling head's chunk: no logits row (a failed one stays empty).
+                out[ci].extend(from_head[ci].clone().flatten());
                 continue;
             }
             if let Some(skips) = &greedy[ci] {

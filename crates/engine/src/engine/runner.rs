@@ -6,6 +6,7 @@
 //! deterministic stand-in (next token = a function of the last) so the loop can be
 //! tested without weights. A CUDA runner implements the same trait.
 
+use crate::sampler::head::{reference, HeadRequest, HeadResult};
 use crate::EngineError;
 use hangar_kernels::packed::GreedyPick;
 use hangar_kernels::ThreadPool;
@@ -85,6 +86,27 @@ pub trait ModelRunner: Send {
     /// The last step's greedy picks, one per greedy chunk in batch order.
     fn greedy_picks(&self) -> &[GreedyPick] {
         &[]
+    }
+    /// Whether [`ModelRunner::execute`] takes [`LogitsWanted::Head`] chunks: no logits
+    /// row for them, their sampling heads' answers in [`ModelRunner::head_results`]
+    /// (see [`crate::sampler::head`]).
+    fn sample_head(&self) -> bool {
+        false
+    }
+    /// The requests of the next step's head chunks, in batch order.
+    fn set_head_requests(&mut self, _reqs: Vec<HeadRequest>) {}
+    /// The last step's head answers, one per head chunk in batch order.
+    fn head_results(&self) -> &[HeadResult] {
+        &[]
+    }
+    /// Appends the raw logits rows of the last step's head chunks `which` (indices in
+    /// head order) to `out`: for the few tokens whose nucleus is wider than the
+    /// head's candidates. Valid until the next step.
+    fn head_rows(&mut self, _which: &[usize], _out: &mut Vec<f32>) -> Result<(), EngineError> {
+        Err(EngineError::Invalid(format!(
+            "the {} backend has no sampling head",
+            self.device()
+        )))
     }
     /// Runs `task(i)` for every `i < n`, in parallel where the backend has threads
     /// to spare (the loop samples rows this way).
@@ -238,6 +260,14 @@ pub struct FakeRunner {
     /// Fail the step with this index with a fault that leaves the backend unusable.
     pub fault_at_step: Option<usize>,
     fault: Option<String>,
+    /// Fills a logits row from (last token, position) instead of the one-hot row.
+    row: Option<fn(u32, usize, &mut [f32])>,
+    /// A sampling head over its rows ([`reference`]), as a GPU backend has one; it
+    /// counts the rows it answered.
+    head: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    head_reqs: Vec<HeadRequest>,
+    head_results: Vec<HeadResult>,
+    head_rows: Vec<Vec<f32>>,
 }
 
 impl FakeRunner {
@@ -252,11 +282,35 @@ impl FakeRunner {
             panic_at_step: None,
             fault_at_step: None,
             fault: None,
+            row: None,
+            head: None,
+            head_reqs: Vec::new(),
+            head_results: Vec::new(),
+            head_rows: Vec::new(),
         }
     }
     pub fn with_next(mut self, next: fn(u32, usize) -> u32) -> Self {
         self.next = next;
         self
+    }
+    /// Rows from `row(last token, position, row)` instead of one-hot ones (for
+    /// sampling tests, which need a spread distribution).
+    pub fn with_rows(mut self, row: fn(u32, usize, &mut [f32])) -> Self {
+        self.row = Some(row);
+        self
+    }
+    /// With a sampling head ([`ModelRunner::sample_head`]) computed by
+    /// [`reference`], the arithmetic a GPU head reproduces; `answered` counts the
+    /// rows it answered.
+    pub fn with_head(mut self, answered: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        self.head = Some(answered);
+        self
+    }
+    fn fill(&self, t: u32, pos: usize, out: &mut [f32]) {
+        match self.row {
+            Some(f) => f(t, pos, out),
+            None => out[(self.next)(t, self.vocab) as usize % self.vocab] = 30.0,
+        }
     }
 }
 
@@ -280,6 +334,24 @@ impl ModelRunner for FakeRunner {
     }
     fn fault(&self) -> Option<String> {
         self.fault.clone()
+    }
+    fn sample_head(&self) -> bool {
+        self.head.is_some()
+    }
+    fn set_head_requests(&mut self, reqs: Vec<HeadRequest>) {
+        self.head_reqs = reqs;
+    }
+    fn head_results(&self) -> &[HeadResult] {
+        &self.head_results
+    }
+    fn head_rows(&mut self, which: &[usize], out: &mut Vec<f32>) -> Result<(), EngineError> {
+        for &i in which {
+            let row = self.head_rows.get(i).ok_or_else(|| {
+                EngineError::Invalid(format!("FakeRunner: no head row {i} in the last step"))
+            })?;
+            out.extend_from_slice(row);
+        }
+        Ok(())
     }
     fn allocate_kv(&mut self, block_size: usize, blocks: &[usize]) -> Result<usize, EngineError> {
         Ok(blocks.iter().sum::<usize>() * block_size * 8)
@@ -308,21 +380,47 @@ impl ModelRunner for FakeRunner {
             )));
         }
         logits.clear();
+        self.head_results.clear();
+        self.head_rows.clear();
+        let mut heads = 0;
         for s in step {
+            let first = s.tokens.len().saturating_sub(1);
             let rows: &[u32] = match s.logits {
                 LogitsWanted::None => &[],
-                LogitsWanted::Last => &s.tokens[s.tokens.len().saturating_sub(1)..],
+                LogitsWanted::Last => &s.tokens[first..],
                 LogitsWanted::All => s.tokens,
                 LogitsWanted::Greedy => {
                     return Err(EngineError::Invalid(
                         "FakeRunner has no greedy head (greedy_head() is false)".into(),
                     ))
                 }
+                LogitsWanted::Head => {
+                    let (Some(&t), Some(req), Some(answered)) =
+                        (s.tokens.last(), self.head_reqs.get(heads), &self.head)
+                    else {
+                        return Err(EngineError::Invalid(
+                            "FakeRunner: a head chunk without a head or a request".into(),
+                        ));
+                    };
+                    let mut row = vec![0f32; self.vocab];
+                    self.fill(t, s.start_pos + first, &mut row);
+                    self.head_results.push(reference(&row, req));
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.head_rows.push(row);
+                    heads += 1;
+                    &[]
+                }
             };
-            for &t in rows {
+            let skip = if s.logits == LogitsWanted::Last {
+                first
+            } else {
+                0
+            };
+            for (j, &t) in rows.iter().enumerate() {
                 let start = logits.len();
                 logits.resize(start + self.vocab, 0.0);
-                logits[start + (self.next)(t, self.vocab) as usize % self.vocab] = 30.0;
+                let pos = s.start_pos + skip + j;
+                self.fill(t, pos, &mut logits[start..]);
             }
         }
         Ok(())
