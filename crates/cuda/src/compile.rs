@@ -59,6 +59,10 @@ pub const UNITS: &[KernelUnit] = &[
         name: "mmvq",
         body: include_str!("kernels/mmvq.cu"),
     },
+    KernelUnit {
+        name: "sample",
+        body: include_str!("kernels/sample.cu"),
+    },
 ];
 
 /// Loads NVRTC: first the library `HANGAR_NVRTC_LIB` names (a path; loaded globally so

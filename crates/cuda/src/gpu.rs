@@ -125,6 +125,20 @@ impl DevBuf {
         // SAFETY: the source holds at least size_of_val(out) bytes.
         unsafe { result::memcpy_dtoh_sync(out, self.ptr) }.map_err(drv("cuMemcpyDtoH"))
     }
+    /// Copies the bytes from `offset` on into `out` (synchronous).
+    pub fn read_at<T: Copy>(&self, offset: usize, out: &mut [T]) -> Result<(), CudaError> {
+        if offset + std::mem::size_of_val(out) > self.bytes {
+            return Err(CudaError::BadBatch(
+                "download past the end of its buffer".into(),
+            ));
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the source holds offset + size_of_val(out) bytes.
+        unsafe { result::memcpy_dtoh_sync(out, self.ptr + offset as u64) }
+            .map_err(drv("cuMemcpyDtoH"))
+    }
 }
 
 impl Drop for DevBuf {

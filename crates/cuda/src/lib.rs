@@ -18,6 +18,7 @@
 
 pub mod compile;
 mod gpu;
+pub mod head;
 pub mod offload;
 mod runner;
 pub mod twin;

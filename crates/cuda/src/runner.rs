@@ -10,8 +10,11 @@
 //! the quantized types take int8 activations (32-wide blocks), prefill f16 (cuBLAS).
 
 use crate::gpu::{Args, DevBuf, Gpu, Scratch};
+use crate::head::{head_out_bytes, pack_head_requests, unpack_head_results, HEAD_MAX_VOCAB};
 use crate::offload::{plan_layers, CpuLayers, GpuOptions, SCRATCH_RESERVE};
 use crate::CudaError;
+use hangar_engine::sampler::head::{reference, HEAD_CANDIDATES};
+use hangar_engine::sampler::{HeadRequest, HeadResult, HeadSkip};
 use hangar_engine::{EngineError, ModelRunner, StepInput};
 use hangar_formats::GgmlType;
 use hangar_kernels::ops::RopeStyle;
@@ -141,6 +144,9 @@ struct Buffers {
     skip_off: Scratch,
     skip_ids: Scratch,
     skipped: Scratch,
+    /// The sampling head: its packed requests and its answers.
+    head_in: Scratch,
+    head_out: Scratch,
 }
 
 /// How matrix inputs are rounded (`HANGAR_CUDA_ACT`). `Fine` (the default, `fine` or
@@ -269,6 +275,13 @@ pub struct CudaRunner {
     greedy_on: bool,
     greedy_skips: Vec<Vec<u32>>,
     greedy_picks: Vec<GreedyPick>,
+    /// Sampled rows answered on the device (`sample_head`, kernels/sample.cu), on
+    /// unless `HANGAR_CUDA_SAMPLE=0` or the skip bitmap outgrows shared memory.
+    head_on: bool,
+    head_reqs: Vec<HeadRequest>,
+    head_results: Vec<HeadResult>,
+    /// The logits row of the last step's first head row (for `head_rows`).
+    head_first: usize,
     /// A sticky driver error a step hit ([`CudaError::is_sticky`]): the context is
     /// unusable, so every later step is refused with it.
     fault: Option<String>,
@@ -520,6 +533,11 @@ impl CudaRunner {
                 && model.cfg.vocab_size.div_ceil(32) * 4 <= 48 << 10,
             greedy_skips: Vec::new(),
             greedy_picks: Vec::new(),
+            head_on: std::env::var("HANGAR_CUDA_SAMPLE").as_deref() != Ok("0")
+                && model.cfg.vocab_size <= HEAD_MAX_VOCAB,
+            head_reqs: Vec::new(),
+            head_results: Vec::new(),
+            head_first: 0,
             fault: None,
             gpu,
         };
@@ -527,7 +545,91 @@ impl CudaRunner {
         if r.f16_bytes > 0 && std::env::var_os("HANGAR_CUDA_GEMM_MIN").is_none() {
             r.gemm_min = GEMM_MIN_WITH_F16;
         }
+        if r.head_on {
+            if let Err(why) = r.check_sample_head() {
+                eprintln!("warning: the device sampling head is off ({why}); sampled rows are copied to the host");
+                r.head_on = false;
+            }
+        }
         Ok(r)
+    }
+
+    /// Runs the sampling head once on rows of this vocabulary's size (spread and
+    /// tied logits, NaN, a banned id, penalties, candidates) and compares every answer
+    /// with the host's [`hangar_engine::sampler::head::reference`], bit for bit. A
+    /// device that disagrees keeps its rows on the host path instead of sampling wrong.
+    pub fn check_sample_head(&mut self) -> Result<(), String> {
+        let vocab = self.cfg.vocab_size;
+        let mut h = 0x2545_F491_4F6C_DD1Du64;
+        let mut rows = Vec::with_capacity(3 * vocab);
+        for r in 0..3 {
+            for i in 0..vocab {
+                h ^= h << 13;
+                h ^= h >> 7;
+                h ^= h << 17;
+                rows.push(match (r, h % 97) {
+                    (_, 0) => f32::NAN,
+                    (1, _) => (h % 5) as f32 - 2.0,
+                    _ => ((h >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 12.0 + (i % 3) as f32,
+                });
+            }
+        }
+        let skip = |id: usize, bias: f32, rep: f32, pen: f32| HeadSkip {
+            id: (id % vocab) as u32,
+            bias,
+            rep,
+            pen,
+        };
+        let mut skips = vec![
+            skip(1, f32::NEG_INFINITY, 1.0, 0.0),
+            skip(vocab / 2, 0.0, 1.3, 0.75),
+            skip(vocab - 1, 2.0, 0.8, -0.5),
+        ];
+        skips.sort_unstable_by_key(|s| s.id);
+        skips.dedup_by_key(|s| s.id);
+        let reqs = vec![
+            HeadRequest {
+                inv_t: 1.0,
+                u: 0.6180339887,
+                candidates: false,
+                skips: Vec::new(),
+            },
+            HeadRequest {
+                inv_t: 1.0 / 0.7,
+                u: 0.25,
+                candidates: true,
+                skips: skips.clone(),
+            },
+            HeadRequest {
+                inv_t: 2.0,
+                u: 0.999,
+                candidates: true,
+                skips,
+            },
+        ];
+        let buf = DevBuf::upload(&self.gpu, &rows).map_err(|e| e.to_string())?;
+        self.head_reqs = reqs;
+        let ran = self.sample_heads(buf.ptr, 0).and_then(|()| self.gpu.sync());
+        let reqs = std::mem::take(&mut self.head_reqs);
+        let got = std::mem::take(&mut self.head_results);
+        ran.map_err(|e| format!("its self-check failed to run: {e}"))?;
+        for (i, (req, got)) in reqs.iter().zip(&got).enumerate() {
+            let want = reference(&rows[i * vocab..(i + 1) * vocab], req);
+            if *got != want {
+                return Err(format!(
+                    "its self-check disagreed with the host on row {i}: argmax {}/{}, pick {}/{}, z1 {}/{}, {} of {} candidates equal",
+                    got.max_id,
+                    want.max_id,
+                    got.pick,
+                    want.pick,
+                    got.z1,
+                    want.z1,
+                    got.cands.iter().zip(&want.cands).filter(|(a, b)| a == b).count(),
+                    want.cands.len()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Batched steps (prefill, or many sequences decoding) multiply on cuBLAS in f16.
@@ -959,6 +1061,12 @@ impl CudaRunner {
                     "the greedy head is off (HANGAR_CUDA_GREEDY=0): ask for the last logits".into(),
                 ));
             }
+            if s.logits == LogitsWanted::Head && !self.head_on {
+                return Err(CudaError::BadBatch(
+                    "the sampling head is off (HANGAR_CUDA_SAMPLE=0): ask for the last logits"
+                        .into(),
+                ));
+            }
             if let Some(&id) = s.tokens.iter().find(|&&id| id as usize >= vocab) {
                 return Err(CudaError::BadBatch(format!(
                     "token id {id} is outside the vocabulary (size {vocab})"
@@ -1020,8 +1128,9 @@ impl CudaRunner {
         let mut pos = Vec::with_capacity(t_total);
         let mut tok_seq = Vec::with_capacity(2 * t_total);
         let mut rows = Vec::new();
-        // Greedy rows go after the others: their logits stay on the device.
+        // Greedy and head rows go after the others: their logits stay on the device.
         let mut greedy_rows = Vec::new();
+        let mut head_rows = Vec::new();
         let mut max_n = 1usize;
         let longest = step.iter().map(|s| s.tokens.len()).max().unwrap_or(0);
         let mut t = 0usize;
@@ -1039,6 +1148,7 @@ impl CudaRunner {
                 LogitsWanted::Last => rows.push((t + s.tokens.len() - 1) as i32),
                 LogitsWanted::All => rows.extend((t..t + s.tokens.len()).map(|r| r as i32)),
                 LogitsWanted::Greedy => greedy_rows.push((t + s.tokens.len() - 1) as i32),
+                LogitsWanted::Head => head_rows.push((t + s.tokens.len() - 1) as i32),
             }
             t += s.tokens.len();
         }
@@ -1367,8 +1477,18 @@ impl CudaRunner {
         }
         let m_logits = rows.len();
         let m_greedy = greedy_rows.len();
+        let m_head = head_rows.len();
+        if m_head != self.head_reqs.len() {
+            return Err(CudaError::BadBatch(format!(
+                "{m_head} sampling-head rows but {} head requests",
+                self.head_reqs.len()
+            )));
+        }
         rows.extend_from_slice(&greedy_rows);
+        rows.extend_from_slice(&head_rows);
         self.greedy_picks.clear();
+        self.head_results.clear();
+        self.head_first = m_logits + m_greedy;
         let m = rows.len();
         if m == 0 {
             if graphed {
@@ -1399,6 +1519,9 @@ impl CudaRunner {
         }
         if m_greedy > 0 {
             self.pick_greedy(lg, m_logits, m_greedy)?;
+        }
+        if m_head > 0 {
+            self.sample_heads(lg, m_logits + m_greedy)?;
         }
         logits.resize(m_logits * vocab, 0.0);
         if m_logits > 0 {
@@ -1469,6 +1592,59 @@ impl CudaRunner {
                 skipped: skipped[a..z].to_vec(),
             });
         }
+        Ok(())
+    }
+
+    /// The sampling head over logits rows `first..` of `lg`, one per request of
+    /// [`ModelRunner::set_head_requests`] (`sample_head` in kernels/sample.cu; its
+    /// arithmetic is `hangar_engine::sampler::head::reference`).
+    fn sample_heads(&mut self, lg: u64, first: usize) -> Result<(), CudaError> {
+        let vocab = self.cfg.vocab_size;
+        let n = self.head_reqs.len();
+        let packed = pack_head_requests(&self.head_reqs);
+        let want_cands = self.head_reqs.iter().any(|r| r.candidates);
+        let any_skips = self.head_reqs.iter().any(|r| !r.skips.is_empty());
+        let gpu = &self.gpu;
+        let b = &mut self.bufs;
+        let inp = b.head_in.get(gpu, packed.bytes.len())?;
+        let out_bytes = head_out_bytes(n, want_cands);
+        let out = b.head_out.get(gpu, head_out_bytes(n, true))?;
+        b.head_in
+            .buf()
+            .map(|buf| buf.write(&packed.bytes))
+            .transpose()?;
+        let at = |off: usize| inp + off as u64;
+        let (res, sums) = (out, out + (16 * n) as u64);
+        let (cval, cid) = (
+            sums + (16 * n) as u64,
+            sums + (16 * n + 4 * HEAD_CANDIDATES * n) as u64,
+        );
+        let args = Args::new()
+            .ptr(lg)
+            .i32(vocab as i32)
+            .i32(first as i32)
+            .ptr(at(packed.inv_t))
+            .ptr(at(packed.u))
+            .ptr(at(packed.want))
+            .ptr(at(packed.off))
+            .ptr(at(packed.skips))
+            .ptr(res)
+            .ptr(sums)
+            .ptr(cval)
+            .ptr(cid);
+        let smem = if any_skips { vocab.div_ceil(32) * 4 } else { 0 };
+        self.gpu.launch(
+            "sample_head",
+            (n as u32, 1, 1),
+            (1024, 1, 1),
+            smem as u32,
+            args,
+        )?;
+        let mut raw = vec![0u8; out_bytes];
+        if let Some(buf) = self.bufs.head_out.buf() {
+            buf.read(&mut raw[..])?;
+        }
+        self.head_results = unpack_head_results(&raw, &self.head_reqs, vocab);
         Ok(())
     }
 
@@ -1593,6 +1769,33 @@ impl ModelRunner for CudaRunner {
     }
     fn greedy_picks(&self) -> &[GreedyPick] {
         &self.greedy_picks
+    }
+    fn sample_head(&self) -> bool {
+        self.head_on
+    }
+    fn set_head_requests(&mut self, reqs: Vec<HeadRequest>) {
+        self.head_reqs = reqs;
+    }
+    fn head_results(&self) -> &[HeadResult] {
+        &self.head_results
+    }
+    fn head_rows(&mut self, which: &[usize], out: &mut Vec<f32>) -> Result<(), EngineError> {
+        let vocab = self.cfg.vocab_size;
+        let Some(buf) = self.bufs.logits.buf() else {
+            return Err(EngineError::Invalid("no logits on the device".into()));
+        };
+        for &j in which {
+            if j >= self.head_results.len() {
+                return Err(EngineError::Invalid(format!(
+                    "no sampling-head row {j} in the last step"
+                )));
+            }
+            let start = out.len();
+            out.resize(start + vocab, 0.0);
+            buf.read_at((self.head_first + j) * vocab * F, &mut out[start..])
+                .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        }
+        Ok(())
     }
 }
 

@@ -105,7 +105,9 @@ impl ModelRunner for ToyRunner {
                 LogitsWanted::None => vec![],
                 LogitsWanted::Last => vec![end],
                 LogitsWanted::All => (s.start_pos + 1..=end).collect(),
-                LogitsWanted::Greedy => panic!("this runner has no greedy head"),
+                LogitsWanted::Greedy | LogitsWanted::Head => {
+                    panic!("this runner has no greedy or sampling head")
+                }
             };
             for r in rows {
                 logits.extend_from_slice(&toy_logits(&history(r)));

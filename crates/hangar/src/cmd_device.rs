@@ -313,6 +313,10 @@ pub fn run_device_check(a: DeviceCheckArgs) -> Result<()> {
         let (same, n) = check_greedy_head(gpu, &toks)?;
         println!("device greedy head vs the host's pick over the same logits: {same}/{n} identical (id, value, skipped logits)");
     }
+    if gpu.sample_head() {
+        let (same, n) = check_sample_head(gpu, &toks)?;
+        println!("device sampling head vs the host's reference over the same logits: {same}/{n} identical (argmax, draw, top-p sum, candidates, fetched row)");
+    }
     let prompt = &toks[..toks.len().min(8)];
     for &n in &a.batch_invariance {
         let (same, first_diff) = check_batch_invariance(gpu, prompt, n, a.greedy, vocab)?;
@@ -372,6 +376,64 @@ fn check_greedy_head(r: &mut dyn ModelRunner, toks: &[u32]) -> Result<(usize, us
                 && p.value.to_bits() == want.value.to_bits()
                 && bits(&p.skipped) == bits(&want.skipped)
         }));
+    }
+    Ok((same, toks.len()))
+}
+
+/// The runner's sampling head ([`LogitsWanted::Head`]) against
+/// [`hangar_engine::sampler::head::reference`] over the logits row of the same step,
+/// position by position: requests alternate between an untruncated draw and a
+/// truncating one whose penalties adjust the row's argmax and a low id. The row the
+/// runner hands back for a wide nucleus must be the row itself.
+fn check_sample_head(r: &mut dyn ModelRunner, toks: &[u32]) -> Result<(usize, usize)> {
+    use hangar_engine::sampler::head::reference;
+    use hangar_engine::sampler::{HeadRequest, HeadSkip};
+    let table = one_sequence_kv(r, toks.len() + 1)?;
+    let tables: Vec<&[u32]> = vec![&table; r.kv_layout().n_groups()];
+    let mut row = Vec::new();
+    let mut back = Vec::new();
+    let mut same = 0;
+    for (i, t) in toks.iter().enumerate() {
+        let seq = |logits| {
+            [SeqInput {
+                tokens: std::slice::from_ref(t),
+                start_pos: i,
+                block_tables: &tables,
+                logits,
+            }]
+        };
+        r.execute(&seq(LogitsWanted::Last), &mut row)?;
+        let top = argmax(&row) as u32;
+        let low = i as u32 % 7;
+        let mut skips = vec![
+            HeadSkip {
+                id: top,
+                bias: 0.0,
+                rep: 1.3,
+                pen: 0.5,
+            },
+            HeadSkip {
+                id: low,
+                bias: 1.5,
+                rep: 1.0,
+                pen: 0.0,
+            },
+        ];
+        skips.sort_unstable_by_key(|s| s.id);
+        skips.dedup_by_key(|s| s.id);
+        let req = HeadRequest {
+            inv_t: if i % 2 == 0 { 1.0 } else { 1.0 / 0.8 },
+            u: ((i as f64 + 0.5) * 0.618_033_988_75).fract(),
+            candidates: i % 2 == 1,
+            skips: if i % 2 == 1 { skips } else { Vec::new() },
+        };
+        let want = reference(&row, &req);
+        r.set_head_requests(vec![req]);
+        r.execute(&seq(LogitsWanted::Head), &mut back)?;
+        back.clear();
+        r.head_rows(&[0], &mut back)?;
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        same += usize::from(r.head_results().first() == Some(&want) && bits(&back) == bits(&row));
     }
     Ok((same, toks.len()))
 }

@@ -244,3 +244,17 @@ __device__ __forceinline__ void deq8(const u8* row, int e, float* w) {
         }
     }
 }
+
+// Larger value wins across the warp; on a tie, the lower index (the serial scan's
+// answer). Every lane ends with the winner.
+__device__ __forceinline__ void warp_argmax(float* best, u32* bi) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, *best, o);
+        u32 oi = __shfl_xor_sync(0xffffffffu, *bi, o);
+        if (ov > *best || (ov == *best && oi < *bi)) {
+            *best = ov;
+            *bi = oi;
+        }
+    }
+}

@@ -175,19 +175,6 @@ extern "C" __global__ void to_f16(const float* x, u16* y, u64 n) {
         y[i] = f2h(x[i]);
 }
 
-// The warp's (largest value, lowest index among equals), in every lane.
-__device__ __forceinline__ void warp_argmax(float* best, u32* bi) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, *best, o);
-        u32 oi = __shfl_xor_sync(0xffffffffu, *bi, o);
-        if (ov > *best || (ov == *best && oi < *bi)) {
-            *best = ov;
-            *bi = oi;
-        }
-    }
-}
-
 // Greedy decoding's pick on the device, so a greedy row's logits never cross PCIe:
 // block b takes logits row first_row + b, skip list ids[off[b] .. off[b + 1]] (the
 // tokens a request's penalties or biases adjust: their raw logits go to `skipped`, NaN
