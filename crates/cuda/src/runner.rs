@@ -1478,7 +1478,8 @@ impl CudaRunner {
         let m_logits = rows.len();
         let m_greedy = greedy_rows.len();
         let m_head = head_rows.len();
-        if m_head != self.head_reqs.len() {
+        // (Requests of an earlier step may linger when this one has no head rows.)
+        if m_head > 0 && m_head != self.head_reqs.len() {
             return Err(CudaError::BadBatch(format!(
                 "{m_head} sampling-head rows but {} head requests",
                 self.head_reqs.len()

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# GPU run 26 (docs/GPU.md, not yet run: the eighth session had no device machine).
+# The sampling head (kernels/sample.cu): its load-time self-check, device-check's
+# comparison with the host reference on the 270M and 8B shapes, and serving sampled
+# requests (temperature 1, and llama.cpp's defaults) at 64 streams with the head
+# on and with HANGAR_CUDA_SAMPLE=0 (rows copied to the host), greedy as the anchor.
+# Carry .gpu/fin (hangar.xz, the stripped release binary).
+set -u
+cd "$(dirname "$0")/.."
+H=/tmp/hangar
+W=/tmp/hangar-gpu
+mkdir -p $W
+export HANGAR_CUDA_CACHE=$W/cuda-cache
+SECONDS=0
+[ -x $H ] || { xz -dc .gpu/fin/hangar.xz > $H && chmod +x $H; }
+[ -f $W/g270.gguf ] || $H synth --arch gemma3 --preset gemma-3-270m --type Q4_K_M -t 16 --out $W/g270.gguf 2>&1 | tail -1
+[ -f $W/l8b.gguf ] || $H synth --arch llama --preset llama-3-8b --type Q4_K_M -t 16 --out $W/l8b.gguf 2>&1 | tail -1
+echo "== (t=$SECONDS) device-check (a 'sampling head is off' warning means the self-check failed)"
+timeout 150 $H device-check -m $W/g270.gguf --tokens 256 --greedy 8 -t 6 2>&1 | grep -vE "^\s*$|compil" | tail -6
+timeout 150 $H device-check -m $W/l8b.gguf --tokens 64 --greedy 8 -t 6 2>&1 | grep -vE "^\s*$|compil" | tail -6
+serve_hangar() {
+  local label=$1 body=$2; shift 2
+  env "$@" $H serve -m $W/l8b.gguf --device cuda --port 18080 --kv-memory 16GiB --max-running 64 \
+    --no-request-log --no-monitor > $W/hangar-serve.log 2>&1 &
+  local pid=$!
+  for _ in $(seq 120); do curl -sf http://127.0.0.1:18080/health > /dev/null && break; sleep 1; done
+  grep -iE "^device|warning" $W/hangar-serve.log
+  timeout 100 python3 scripts/bench_serve.py --url http://127.0.0.1:18080 --streams 64 --requests-per-stream 2 \
+    --max-tokens 128 --ban 2 --extra-body "$body" --label "$label" 2>&1 | tail -2
+  kill $pid; wait $pid 2> /dev/null
+}
+echo "== (t=$SECONDS) serve, 8B shape, 64 streams"
+serve_hangar "greedy (device greedy head)" '{"temperature": 0}'
+serve_hangar "temperature 1, head" '{"temperature": 1}' HANGAR_CUDA_SAMPLE=1
+serve_hangar "temperature 1, host" '{"temperature": 1}' HANGAR_CUDA_SAMPLE=0
+serve_hangar "t 0.8 top-k 40 top-p 0.95 min-p 0.05, head" '{"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}' HANGAR_CUDA_SAMPLE=1
+serve_hangar "t 0.8 top-k 40 top-p 0.95 min-p 0.05, host" '{"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}' HANGAR_CUDA_SAMPLE=0
+echo "== done at $SECONDS s"
