@@ -640,6 +640,71 @@ pub fn attention_head_tiled(
     out
 }
 
+/// `sample_head`'s candidates (kernels/sample.cu) over an adjusted row: the k-th
+/// largest order-preserving key found 8 bits a pass from the top (a histogram of the
+/// keys that share the digits so far), then every key above it in any order (the
+/// kernel's atomic slots) and the lowest ids of the keys equal to it (ranked in id
+/// order over the threads' contiguous slices). Returns them unordered, as the kernel
+/// writes them; `hangar_engine::sampler::head::reference` sorts the same set.
+pub fn head_candidates(row: &[f32], threads: usize) -> Vec<(f32, u32)> {
+    use hangar_engine::sampler::head::HEAD_CANDIDATES;
+    let n = row.len();
+    let k = HEAD_CANDIDATES.min(n);
+    let val = |i: usize| {
+        let l = row[i];
+        if l.is_nan() {
+            f32::NEG_INFINITY
+        } else if l == 0.0 {
+            0.0
+        } else {
+            l
+        }
+    };
+    let key = |v: f32| {
+        let b = v.to_bits();
+        if b & 0x8000_0000 != 0 {
+            !b
+        } else {
+            b | 0x8000_0000
+        }
+    };
+    let (mut prefix, mut mask, mut remaining) = (0u32, 0u32, k);
+    for shift in [24u32, 16, 8, 0] {
+        let mut hist = [0usize; 256];
+        for i in 0..n {
+            let kk = key(val(i));
+            if kk & mask == prefix {
+                hist[((kk >> shift) & 255) as usize] += 1;
+            }
+        }
+        let (mut cum, mut d) = (0usize, 255usize);
+        while d > 0 && cum + hist[d] < remaining {
+            cum += hist[d];
+            d -= 1;
+        }
+        remaining -= cum;
+        prefix |= (d as u32) << shift;
+        mask |= 255 << shift;
+    }
+    let per = n.div_ceil(threads);
+    let mut above = Vec::new();
+    let mut equal = Vec::new();
+    for t in 0..threads {
+        for i in (t * per).min(n)..((t + 1) * per).min(n) {
+            let v = val(i);
+            match key(v).cmp(&prefix) {
+                std::cmp::Ordering::Greater => above.push((v, i as u32)),
+                std::cmp::Ordering::Equal => equal.push((v, i as u32)),
+                std::cmp::Ordering::Less => {}
+            }
+        }
+    }
+    assert_eq!(above.len() + remaining, k, "the k-th key splits the row");
+    above.reverse(); // any order: the kernel's slots are atomic
+    above.extend(equal.into_iter().take(remaining));
+    above
+}
+
 /// `greedy_pick` (kernels/layer.cu) for one row with `threads` threads: each thread's
 /// strided scan (strict `>`, skipped ids out), then the reduction's order (larger
 /// value, on a tie the lower index). Returns (id, value, the skipped ids' values).
@@ -999,6 +1064,46 @@ mod tests {
     #[test]
     fn types_without_a_kernel_are_refused() {
         assert!(deq8(GgmlType::Q2K, &[0; 84], 0).is_none());
+    }
+
+    #[test]
+    fn head_candidates_twin_is_the_references_top_256() {
+        use hangar_engine::sampler::head::reference;
+        use hangar_engine::sampler::HeadRequest;
+        let req = HeadRequest {
+            inv_t: 1.0,
+            u: 0.5,
+            candidates: true,
+            skips: Vec::new(),
+        };
+        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for n in [1usize, 100, 255, 256, 257, 1000, 5000, 40_000] {
+            for kind in 0..5 {
+                let row: Vec<f32> = (0..n)
+                    .map(|i| match kind {
+                        0 => (next() >> 40) as f32 / 1e6 - 8.0,
+                        1 => (next() % 3) as f32 - 1.0,
+                        2 => 1.5,
+                        3 => match next() % 4 {
+                            0 => f32::NEG_INFINITY,
+                            1 => f32::NAN,
+                            2 => -0.0,
+                            _ => (next() % 9) as f32 * -0.25,
+                        },
+                        _ => -((i % 300) as f32),
+                    })
+                    .collect();
+                let mut got = head_candidates(&row, 1024);
+                got.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                assert_eq!(got, reference(&row, &req).cands, "n {n}, kind {kind}");
+            }
+        }
     }
 
     #[test]

@@ -284,9 +284,13 @@ extern "C" __global__ void __launch_bounds__(HEAD_THREADS)
         float v = head_adj(row, i, bits, sk, ns);
         u32 key = head_key(v);
         if (key > kth) {
+            // Fewer than k keys are above the k-th; the bound only keeps a wrong
+            // count inside this row's slots (the load-time check would then fail).
             int slot = atomicAdd(&s_count, 1);
-            ov[slot] = v;
-            oi[slot] = (u32)i;
+            if (slot < k) {
+                ov[slot] = v;
+                oi[slot] = (u32)i;
+            }
         } else if (key == kth) {
             eq++;
         }
