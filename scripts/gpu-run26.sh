@@ -4,6 +4,10 @@
 # comparison with the host reference on the 270M and 8B shapes, and serving sampled
 # requests (temperature 1, and llama.cpp's defaults) at 64 streams with the head
 # on and with HANGAR_CUDA_SAMPLE=0 (rows copied to the host), greedy as the anchor.
+# Then the opt-in tensor-core prefill attention (HANGAR_CUDA_ATT_MMA=1): heads of 64
+# against the CPU at 2 100 tokens (1B shape), heads of 128 against the CUDA-core
+# tiled kernel (8B perplexity at a 4 096 context, same numbers expected to ~1e-4),
+# and pp4096 alternated.
 # Carry .gpu/fin (hangar.xz, the stripped release binary).
 set -u
 cd "$(dirname "$0")/.."
@@ -14,6 +18,7 @@ export HANGAR_CUDA_CACHE=$W/cuda-cache
 SECONDS=0
 [ -x $H ] || { xz -dc .gpu/fin/hangar.xz > $H && chmod +x $H; }
 [ -f $W/g270.gguf ] || $H synth --arch gemma3 --preset gemma-3-270m --type Q4_K_M -t 16 --out $W/g270.gguf 2>&1 | tail -1
+[ -f $W/l1b.gguf ] || $H synth --arch llama --preset llama-3.2-1b --type Q4_K_M -t 16 --out $W/l1b.gguf 2>&1 | tail -1
 [ -f $W/l8b.gguf ] || $H synth --arch llama --preset llama-3-8b --type Q4_K_M -t 16 --out $W/l8b.gguf 2>&1 | tail -1
 echo "== (t=$SECONDS) device-check (a 'sampling head is off' warning means the self-check failed)"
 timeout 150 $H device-check -m $W/g270.gguf --tokens 256 --greedy 8 -t 6 2>&1 | grep -vE "^\s*$|compil" | tail -6
@@ -35,4 +40,13 @@ serve_hangar "temperature 1, head" '{"temperature": 1}' HANGAR_CUDA_SAMPLE=1
 serve_hangar "temperature 1, host" '{"temperature": 1}' HANGAR_CUDA_SAMPLE=0
 serve_hangar "t 0.8 top-k 40 top-p 0.95 min-p 0.05, head" '{"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}' HANGAR_CUDA_SAMPLE=1
 serve_hangar "t 0.8 top-k 40 top-p 0.95 min-p 0.05, host" '{"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}' HANGAR_CUDA_SAMPLE=0
+echo "== (t=$SECONDS) attention_mma: 1B shape, 2 100 tokens, against the CPU"
+HANGAR_CUDA_ATT_MMA=1 timeout 150 $H device-check -m $W/l1b.gguf --tokens 2100 --greedy 4 -t 16 2>&1 | grep -vE "^\s*$|compil" | tail -4
+echo "== (t=$SECONDS) 8B perplexity at ctx 4096: CUDA-core tiled (0) vs tensor cores (1)"
+for v in 0 1; do
+  HANGAR_CUDA_ATT_MMA=$v timeout 90 $H perplexity -m $W/l8b.gguf -f tests/data/ppl/long_text.txt --ctx 4096 --device cuda 2>&1 | tail -1 | sed "s/^/ATT_MMA=$v /"
+done
+for v in 0 1 0 1; do
+  HANGAR_CUDA_ATT_MMA=$v timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 4096 --tg 0 -r 2 2>&1 | grep -E "^\| pp" | sed "s/^/ATT_MMA=$v /"
+done
 echo "== done at $SECONDS s"

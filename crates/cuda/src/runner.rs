@@ -260,6 +260,9 @@ pub struct CudaRunner {
     /// The tiled prefill attention (`attention_tiled`) for steps with a 16+-token
     /// prompt and rows of `ATT_TILED_MIN_POSITIONS`+, on unless `HANGAR_CUDA_TILED=0`.
     tiled: bool,
+    /// The tiled prefill attention on tensor cores (`attention_mma64/128`) for heads
+    /// of 64 or 128, opt-in (`HANGAR_CUDA_ATT_MMA=1`) until a GPU run has checked it.
+    att_mma: bool,
     /// Bytes of the f16 weight copies (`cache_f16`).
     f16_bytes: usize,
     /// Steps of at least this many tokens multiply on cuBLAS (`GEMM_MIN_TOKENS`;
@@ -513,6 +516,7 @@ impl CudaRunner {
                 _ => ATT_SPLIT_TARGET_BLOCKS,
             },
             tiled: std::env::var("HANGAR_CUDA_TILED").as_deref() != Ok("0"),
+            att_mma: std::env::var("HANGAR_CUDA_ATT_MMA").as_deref() == Ok("1"),
             f16_bytes: 0,
             gemm_min: std::env::var("HANGAR_CUDA_GEMM_MIN")
                 .ok()
@@ -1389,6 +1393,28 @@ impl CudaRunner {
                     (tstride[g], bs, window, max_n_l, splits, chunk),
                     cfg.attn_scale,
                     att_q,
+                )?;
+            } else if tiled && self.att_mma && matches!(hd, 64 | 128) {
+                let args = Args::new()
+                    .ptr(q)
+                    .ptr(kv_k[li])
+                    .ptr(kv_v[li])
+                    .ptr(attn)
+                    .i32(nh as i32)
+                    .i32(nkv as i32)
+                    .i32(t_total as i32)
+                    .ptr(ts_p)
+                    .ptr(table_p[g])
+                    .i32(tstride[g] as i32)
+                    .i32(bs as i32)
+                    .i32(window as i32)
+                    .f32(cfg.attn_scale);
+                self.gpu.launch(
+                    &format!("attention_mma{hd}"),
+                    (nh as u32, t_total.div_ceil(64) as u32, 1),
+                    (128, 1, 1),
+                    0,
+                    args,
                 )?;
             } else if tiled {
                 let args = Args::new()

@@ -395,3 +395,223 @@ extern "C" __global__ void __launch_bounds__(256) attention_tiled(
         __syncthreads();
     }
 }
+
+// The tiled prefill attention on tensor cores (`mma.sync` m16n8k16, f16 operands, f32
+// accumulation): attention_tiled's two passes and probabilities, with the dot
+// products on the tensor cores. A block of four warps takes one query head and 64
+// tokens (16 a warp); per segment (the tokens of one sequence, as attention_tiled)
+// the sequence's K rows, 64 at a time, go to shared memory. Pass 1: S = Q K^T, each
+// row's max and sum (online, per tile). Pass 2: S again, p = round_f16(exp(s - max) /
+// sum) (the one-token kernel's probabilities, which are f16 operands anyway), and
+// O += P V with V's tile beside K's. Q, K and V are f16 values already (qk_rope rounds
+// Q), so only the f32 accumulation order differs from attention_tiled.
+//
+// Fragments (PTX ISA, mma.m16n8k16 .f16): lane = 4 g + c. A (16 x 16, row-major):
+// regs {row g, cols 2c..2c+1}, {row g+8, same}, {row g, cols 2c+8..}, {row g+8, cols
+// 2c+8..}. B (16 x 8): {k 2c..2c+1, n g}, {k 2c+8.., n g}. C (16 x 8): c0, c1 = row g,
+// cols 2c, 2c+1; c2, c3 = row g+8. S's C tiles of keys 16 kk .. 16 kk + 15 are then
+// exactly P's A fragment for k-step kk.
+#define FM_Q 64
+#define FM_K 64
+#define FM_PAD 8 // halves of padding a shared row: rows 4 words apart in the banks
+
+__device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ u32 pack_h2(float lo, float hi) {
+    return (u32)f2h(lo) | ((u32)f2h(hi) << 16);
+}
+
+template <int HD>
+__device__ __forceinline__ void attention_mma_body(const float* q, const u16* kc, const u16* vc, float* out,
+                                                   int nheads, int nkv, int ntok, const int* tok_seq,
+                                                   const u32* tables, int tstride, int bs, int window,
+                                                   float scale) {
+    constexpr int KS = HD / 16;  // k-steps over the head for S
+    constexpr int NO = HD / 8;   // n-tiles of the output
+    constexpr int RS = HD + FM_PAD;
+    __shared__ __align__(16) u16 ks[FM_K * RS];
+    __shared__ __align__(16) u16 vs[FM_K * RS];
+    __shared__ int tseq[FM_Q], tpos[FM_Q], tlo[FM_Q], done[FM_Q];
+    __shared__ int seg, seg_lo, seg_hi;
+    const int h = blockIdx.x, t0 = blockIdx.y * FM_Q, tid = threadIdx.x;
+    const int lane = tid & 31, w = tid >> 5, g = lane >> 2, c = lane & 3;
+    const int kh = h / (nheads / nkv), kvd = nkv * HD;
+    const int nq = min(FM_Q, ntok - t0);
+    if (tid < FM_Q) {
+        int t = t0 + tid;
+        bool ok = tid < nq;
+        tseq[tid] = ok ? tok_seq[2 * t] : -1;
+        tpos[tid] = ok ? tok_seq[2 * t + 1] : -1;
+        tlo[tid] = ok && window > 0 ? max(0, tok_seq[2 * t + 1] + 1 - window) : 0;
+        done[tid] = ok ? 0 : 1;
+    }
+    // This thread's two rows of the warp's 16, and their Q fragments (f16 values).
+    const int r0 = 16 * w + g, r1 = r0 + 8;
+    u32 qa[KS][4];
+    {
+        const float* q0 = q + ((u64)(t0 + min(r0, nq - 1)) * nheads + h) * HD;
+        const float* q1 = q + ((u64)(t0 + min(r1, nq - 1)) * nheads + h) * HD;
+#pragma unroll
+        for (int kk = 0; kk < KS; kk++) {
+            int d = 16 * kk + 2 * c;
+            qa[kk][0] = pack_h2(q0[d], q0[d + 1]);
+            qa[kk][1] = pack_h2(q1[d], q1[d + 1]);
+            qa[kk][2] = pack_h2(q0[d + 8], q0[d + 9]);
+            qa[kk][3] = pack_h2(q1[d + 8], q1[d + 9]);
+        }
+    }
+    __syncthreads();
+    while (true) {
+        if (tid == 0) {
+            int sq = -1;
+            for (int i = 0; i < FM_Q; i++)
+                if (!done[i]) { sq = tseq[i]; break; }
+            int a = 1 << 30, b = -1;
+            for (int i = 0; i < FM_Q; i++)
+                if (!done[i] && tseq[i] == sq) { a = min(a, tlo[i]); b = max(b, tpos[i]); }
+            seg = sq; seg_lo = a; seg_hi = b;
+        }
+        __syncthreads();
+        if (seg < 0) break;
+        const bool act0 = !done[r0] && tseq[r0] == seg, act1 = !done[r1] && tseq[r1] == seg;
+        const int lo0 = tlo[r0], pos0 = tpos[r0], lo1 = tlo[r1], pos1 = tpos[r1];
+        const u32* table = tables + (u64)seg * tstride;
+        float m0 = -3.0e38f, m1 = -3.0e38f, l0 = 0.0f, l1 = 0.0f, inv0 = 0.0f, inv1 = 0.0f;
+        float o[NO][4];
+#pragma unroll
+        for (int j = 0; j < NO; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+        for (int pass = 0; pass < 2; pass++) {
+            if (pass == 1) {
+                // Each row's sum over its four threads (they share its max).
+                l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+                l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+                l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+                l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+                inv0 = 1.0f / l0;
+                inv1 = 1.0f / l1;
+            }
+            for (int k0 = seg_lo; k0 <= seg_hi; k0 += FM_K) {
+                const int nk = min(FM_K, seg_hi + 1 - k0);
+                __syncthreads();
+                // The tile's K (and in pass 2 V) rows: 16-byte pieces, zeros past nk.
+                for (int i = tid; i < FM_K * (HD / 8); i += blockDim.x) {
+                    int r = i / (HD / 8), piece = i % (HD / 8);
+                    uint4 kv4 = make_uint4(0, 0, 0, 0), vv4 = make_uint4(0, 0, 0, 0);
+                    if (r < nk) {
+                        int p = k0 + r;
+                        u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * HD + 8 * piece;
+                        kv4 = *(const uint4*)(kc + off);
+                        if (pass == 1) vv4 = *(const uint4*)(vc + off);
+                    }
+                    *(uint4*)(ks + r * RS + 8 * piece) = kv4;
+                    if (pass == 1) *(uint4*)(vs + r * RS + 8 * piece) = vv4;
+                }
+                __syncthreads();
+                // S for the warp's 16 rows and the tile's 64 keys: eight n-tiles of 8.
+                float s[FM_K / 8][4];
+#pragma unroll
+                for (int j = 0; j < FM_K / 8; j++) {
+                    s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+                    const u16* kr = ks + (8 * j + g) * RS + 2 * c;
+#pragma unroll
+                    for (int kk = 0; kk < KS; kk++) {
+                        u32 b0 = *(const u32*)(kr + 16 * kk), b1 = *(const u32*)(kr + 16 * kk + 8);
+                        mma16816(s[j], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], b0, b1);
+                    }
+                }
+                // Scale and mask: keys outside a row's own span (or past nk) drop out.
+#pragma unroll
+                for (int j = 0; j < FM_K / 8; j++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int p = k0 + 8 * j + 2 * c + (e & 1);
+                        bool row1 = e >= 2;
+                        bool ok = (row1 ? act1 : act0) && p < k0 + nk && p >= (row1 ? lo1 : lo0) &&
+                                  p <= (row1 ? pos1 : pos0);
+                        s[j][e] = ok ? s[j][e] * scale : -3.0e38f;
+                    }
+                }
+                if (pass == 0) {
+                    float t0m = -3.0e38f, t1m = -3.0e38f;
+#pragma unroll
+                    for (int j = 0; j < FM_K / 8; j++) {
+                        t0m = fmaxf(t0m, fmaxf(s[j][0], s[j][1]));
+                        t1m = fmaxf(t1m, fmaxf(s[j][2], s[j][3]));
+                    }
+                    t0m = fmaxf(t0m, __shfl_xor_sync(0xffffffffu, t0m, 1));
+                    t0m = fmaxf(t0m, __shfl_xor_sync(0xffffffffu, t0m, 2));
+                    t1m = fmaxf(t1m, __shfl_xor_sync(0xffffffffu, t1m, 1));
+                    t1m = fmaxf(t1m, __shfl_xor_sync(0xffffffffu, t1m, 2));
+                    float n0 = fmaxf(m0, t0m), n1 = fmaxf(m1, t1m);
+                    l0 *= expf(m0 - n0);
+                    l1 *= expf(m1 - n1);
+                    m0 = n0;
+                    m1 = n1;
+#pragma unroll
+                    for (int j = 0; j < FM_K / 8; j++) {
+                        if (s[j][0] > -3.0e38f) l0 += expf(s[j][0] - m0);
+                        if (s[j][1] > -3.0e38f) l0 += expf(s[j][1] - m0);
+                        if (s[j][2] > -3.0e38f) l1 += expf(s[j][2] - m1);
+                        if (s[j][3] > -3.0e38f) l1 += expf(s[j][3] - m1);
+                    }
+                    continue;
+                }
+                // Pass 2: P (f16, normalized) times the V tile.
+#pragma unroll
+                for (int kk = 0; kk < FM_K / 16; kk++) {
+                    float p[2][4];
+#pragma unroll
+                    for (int hh = 0; hh < 2; hh++) {
+                        const float* sj = s[2 * kk + hh];
+                        p[hh][0] = sj[0] > -3.0e38f ? expf(sj[0] - m0) * inv0 : 0.0f;
+                        p[hh][1] = sj[1] > -3.0e38f ? expf(sj[1] - m0) * inv0 : 0.0f;
+                        p[hh][2] = sj[2] > -3.0e38f ? expf(sj[2] - m1) * inv1 : 0.0f;
+                        p[hh][3] = sj[3] > -3.0e38f ? expf(sj[3] - m1) * inv1 : 0.0f;
+                    }
+                    u32 a0 = pack_h2(p[0][0], p[0][1]), a1 = pack_h2(p[0][2], p[0][3]);
+                    u32 a2 = pack_h2(p[1][0], p[1][1]), a3 = pack_h2(p[1][2], p[1][3]);
+                    // B = V[keys 16 kk + 2c (+1, +8, +9)][dims 8 n + g].
+                    const u16* v0 = vs + (16 * kk + 2 * c) * RS + g;
+#pragma unroll
+                    for (int n = 0; n < NO; n++) {
+                        const u16* vp = v0 + 8 * n;
+                        u32 b0 = (u32)vp[0] | ((u32)vp[RS] << 16);
+                        u32 b1 = (u32)vp[8 * RS] | ((u32)vp[9 * RS] << 16);
+                        mma16816(o[n], a0, a1, a2, a3, b0, b1);
+                    }
+                }
+            }
+        }
+        // Rows of this segment: c0, c1 of output n-tile j are row r0's dims 8j + 2c,
+        // +1; c2, c3 row r1's.
+        if (act0) {
+            float* o0 = out + ((u64)(t0 + r0) * nheads + h) * HD + 2 * c;
+#pragma unroll
+            for (int n = 0; n < NO; n++) *(float2*)(o0 + 8 * n) = make_float2(o[n][0], o[n][1]);
+        }
+        if (act1) {
+            float* o1 = out + ((u64)(t0 + r1) * nheads + h) * HD + 2 * c;
+#pragma unroll
+            for (int n = 0; n < NO; n++) *(float2*)(o1 + 8 * n) = make_float2(o[n][2], o[n][3]);
+        }
+        __syncthreads();
+        if (tid < FM_Q && !done[tid] && tseq[tid] == seg) done[tid] = 1;
+        __syncthreads();
+    }
+}
+
+#define ATTENTION_MMA(HD)                                                                            \
+    extern "C" __global__ void __launch_bounds__(128) attention_mma##HD(                             \
+        const float* q, const u16* kc, const u16* vc, float* out, int nheads, int nkv, int ntok,     \
+        const int* tok_seq, const u32* tables, int tstride, int bs, int window, float scale) {      \
+        pdl_entry();                                                                                 \
+        attention_mma_body<HD>(q, kc, vc, out, nheads, nkv, ntok, tok_seq, tables, tstride, bs,     \
+                               window, scale);                                                       \
+    }
+ATTENTION_MMA(64)
+ATTENTION_MMA(128)
