@@ -444,8 +444,9 @@ fn the_sampling_head_gives_the_tokens_the_host_sampler_gives() {
         ..base.clone()
     });
     variants.push(SamplingParams {
-        // A nucleus wider than the head's 256 candidates: sampled from the fetched row.
-        top_p: 0.9999,
+        // A nucleus wider than the head's 256 candidates (every token of these rows
+        // holds more than 1e-5 of the mass): sampled from the fetched row.
+        top_p: 0.99999,
         ..base.clone()
     });
     variants.push(SamplingParams {
@@ -460,7 +461,7 @@ fn the_sampling_head_gives_the_tokens_the_host_sampler_gives() {
         presence_penalty: 1.0,
         ..base.clone()
     });
-    let run = |head: Option<Arc<AtomicUsize>>| -> Vec<Vec<u32>> {
+    let run = |head: Option<Arc<AtomicUsize>>| -> (Vec<Vec<u32>>, (u64, u64)) {
         let mut runner = FakeRunner::new(VOCAB, 4096).with_rows(spread_row);
         if let Some(answered) = head {
             runner = runner.with_head(answered);
@@ -480,20 +481,28 @@ fn the_sampling_head_gives_the_tokens_the_host_sampler_gives() {
                 engine.submit(req).expect("submit").1
             })
             .collect();
-        rxs.into_iter()
+        let tokens = rxs
+            .into_iter()
             .map(|rx| {
                 let o = collect(rx);
                 assert!(o.error.is_none(), "{:?}", o.error);
                 o.tokens
             })
-            .collect()
+            .collect();
+        let s = engine.stats();
+        (tokens, (s.head_tokens, s.head_rows_fetched))
     };
     let answered = Arc::new(AtomicUsize::new(0));
-    let with_head = run(Some(answered.clone()));
-    let on_host = run(None);
+    let (with_head, (from_head, fetched)) = run(Some(answered.clone()));
+    let (on_host, unused) = run(None);
     assert_eq!(with_head, on_host);
-    // Every token went through the head: 6 variants x 3 seeds x 24 tokens.
+    assert_eq!(unused, (0, 0));
+    // Every token went through the head: 6 variants x 3 seeds x 24 tokens. Top-p
+    // 0.99999 needs all 257 tokens, more than the 256 candidates: those rows were
+    // fetched (and sampled on the host with the same draw).
     assert_eq!(answered.load(Ordering::Relaxed), 6 * 3 * 24);
+    assert_eq!(from_head + fetched, 6 * 3 * 24);
+    assert!(fetched >= 3 * 24, "{fetched} rows fetched");
     // The draws really are draws: seeds differ.
     assert_ne!(on_host[0], on_host[1]);
 }

@@ -264,6 +264,18 @@ impl Metrics {
         );
         counter(
             out,
+            "hangar_sampling_head_tokens_total",
+            "Sampled tokens the device's sampling head picked without copying their logits.",
+            e.head_tokens,
+        );
+        counter(
+            out,
+            "hangar_sampling_head_rows_fetched_total",
+            "Sampled rows copied to the host because their nucleus was wider than the head's candidates.",
+            e.head_rows_fetched,
+        );
+        counter(
+            out,
             "hangar_spec_decode_drafts_total",
             "Engine steps that verified a speculative draft (prompt lookup or a draft model).",
             e.spec_steps,

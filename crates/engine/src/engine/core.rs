@@ -53,6 +53,8 @@ pub(crate) struct SharedStats {
     pub spec_accepted: AtomicU64,
     pub spec_emitted: AtomicU64,
     pub spec_draft_failures: AtomicU64,
+    pub head_tokens: AtomicU64,
+    pub head_rows_fetched: AtomicU64,
     /// The backend's fault ([`crate::ModelRunner::fault`]) once a step hit one: the
     /// engine takes no more work.
     pub fault: std::sync::OnceLock<String>,
@@ -419,7 +421,7 @@ impl EngineCore {
         let results = self.runner.head_results();
         // (chunk, index among the head chunks) of the tokens that need their row.
         let mut need: Vec<(usize, usize)> = Vec::new();
-        let mut j = 0;
+        let (mut j, mut answered) = (0, 0u64);
         for (ci, (c, req)) in batch.chunks.iter().zip(heads).enumerate() {
             let Some(req) = req else { continue };
             let (res, at) = (results.get(j), j);
@@ -428,13 +430,22 @@ impl EngineCore {
                 continue;
             };
             match res.and_then(|r| l.sampler.take_head(req, r, v)) {
-                Some(t) => out[ci] = Some(Some(t)),
+                Some(t) => {
+                    out[ci] = Some(Some(t));
+                    answered += 1;
+                }
                 None => need.push((ci, at)),
             }
         }
+        self.stats
+            .head_tokens
+            .fetch_add(answered, Ordering::Relaxed);
         if need.is_empty() {
             return out;
         }
+        self.stats
+            .head_rows_fetched
+            .fetch_add(need.len() as u64, Ordering::Relaxed);
         let which: Vec<usize> = need.iter().map(|&(_, at)| at).collect();
         let mut rows = Vec::with_capacity(which.len() * v);
         let fetched = self.runner.head_rows(&which, &mut rows);

@@ -62,6 +62,10 @@ pub struct EngineStats {
     pub spec_emitted_tokens: u64,
     /// Steps whose drafting failed in the draft model (they decoded without drafts).
     pub spec_draft_failures: u64,
+    /// Sampled tokens the backend's sampling head answered without a logits copy,
+    /// and rows it copied instead (nuclei wider than its candidates).
+    pub head_tokens: u64,
+    pub head_rows_fetched: u64,
 }
 
 impl EngineStats {
@@ -522,6 +526,8 @@ impl Engine {
             spec_accepted_tokens: s.spec_accepted.load(Ordering::Relaxed),
             spec_emitted_tokens: s.spec_emitted.load(Ordering::Relaxed),
             spec_draft_failures: s.spec_draft_failures.load(Ordering::Relaxed),
+            head_tokens: s.head_tokens.load(Ordering::Relaxed),
+            head_rows_fetched: s.head_rows_fetched.load(Ordering::Relaxed),
         }
     }
 }
