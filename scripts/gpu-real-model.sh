@@ -31,6 +31,10 @@ for act in fine cpu; do
   r $H device-check -m $M --prompts .gpu/fin/prompts.txt --greedy 16 | tail -2
   r $H device-check -m $M --prompts tests/data/greedy40/reference.json | tail -2
   r $H device-check -m $M --text "$(head -c 2000 tests/data/ppl/long_text.txt)" --greedy 32 | tail -4
+  # Where GPU and CPU drift apart, layer by layer (docs/GPU.md has the CPU's own
+  # fast-vs-ggml table for the same text).
+  r $H device-check -m $M --text "$(head -c 2000 tests/data/ppl/long_text.txt)" --layers | tail -20
+  r $H device-check -m $M --device cpu --text "$(head -c 2000 tests/data/ppl/long_text.txt)" --layers | tail -20
   r $H perplexity -m $M -f tests/data/ppl/long_text.txt --ctx 512 --device cuda | tail -1
   r $H bench -m $M --device cuda --pp 512 --tg 128 --batch 8 -r 5 | grep -E "pp512|tg128"
 done

@@ -22,6 +22,7 @@ SECONDS=0
 [ -f $W/l8b.gguf ] || $H synth --arch llama --preset llama-3-8b --type Q4_K_M -t 16 --out $W/l8b.gguf 2>&1 | tail -1
 echo "== (t=$SECONDS) device-check (a 'sampling head is off' warning means the self-check failed)"
 timeout 150 $H device-check -m $W/g270.gguf --tokens 256 --greedy 8 -t 6 2>&1 | grep -vE "^\s*$|compil" | tail -6
+timeout 60 $H device-check -m $W/g270.gguf --tokens 256 --layers -t 6 2>&1 | tail -20
 timeout 150 $H device-check -m $W/l8b.gguf --tokens 64 --greedy 8 -t 6 2>&1 | grep -vE "^\s*$|compil" | tail -6
 serve_hangar() {
   local label=$1 body=$2; shift 2
@@ -32,6 +33,7 @@ serve_hangar() {
   grep -iE "^device|warning" $W/hangar-serve.log
   timeout 100 python3 scripts/bench_serve.py --url http://127.0.0.1:18080 --streams 64 --requests-per-stream 2 \
     --max-tokens 128 --ban 2 --extra-body "$body" --label "$label" 2>&1 | tail -2
+  curl -s http://127.0.0.1:18080/metrics | grep -E "^hangar_sampling_head"
   kill $pid; wait $pid 2> /dev/null
 }
 echo "== (t=$SECONDS) serve, 8B shape, 64 streams"

@@ -607,6 +607,20 @@ impl Gpu {
         }
     }
 
+    /// Copies `out.len()` floats from device address `ptr` (after the work launched
+    /// so far): the layer taps of `CudaRunner::execute_observed`.
+    ///
+    /// # Safety
+    /// `ptr` must address at least `out.len()` floats of a live allocation.
+    pub unsafe fn read_floats(&mut self, ptr: u64, out: &mut [f32]) -> Result<(), CudaError> {
+        self.sync()?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the caller guarantees the source's size.
+        unsafe { result::memcpy_dtoh_sync(out, ptr) }.map_err(drv("cuMemcpyDtoH"))
+    }
+
     /// Waits for all launched work; reports a kernel fault.
     pub fn sync(&mut self) -> Result<(), CudaError> {
         self.ctx.synchronize().map_err(drv("cuCtxSynchronize"))?;

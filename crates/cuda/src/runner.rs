@@ -20,7 +20,7 @@ use hangar_formats::GgmlType;
 use hangar_kernels::ops::RopeStyle;
 use hangar_kernels::packed::GreedyPick;
 use hangar_models::kv::{KvLayout, NO_BLOCK};
-use hangar_models::{Activation, LogitsWanted, MatrixView, Model, ModelConfig};
+use hangar_models::{Activation, LogitsWanted, MatrixView, Model, ModelConfig, Observer, Tap};
 
 /// A matrix on the device.
 struct DevMat {
@@ -285,6 +285,8 @@ pub struct CudaRunner {
     head_results: Vec<HeadResult>,
     /// The logits row of the last step's first head row (for `head_rows`).
     head_first: usize,
+    /// While `execute_observed` runs: each layer's matrix inputs, copied back.
+    taps: Option<Vec<(usize, Tap, Vec<f32>)>>,
     /// A sticky driver error a step hit ([`CudaError::is_sticky`]): the context is
     /// unusable, so every later step is refused with it.
     fault: Option<String>,
@@ -542,6 +544,7 @@ impl CudaRunner {
             head_reqs: Vec::new(),
             head_results: Vec::new(),
             head_first: 0,
+            taps: None,
             fault: None,
             gpu,
         };
@@ -1160,7 +1163,8 @@ impl CudaRunner {
         // sequence is recorded and replayed while it stays the same, so the per-step
         // values live in device buffers and the strides that size them (scores per
         // head, block-table row) are rounded up to powers of two.
-        let graphed = t_total < self.gemm_min || self.gpu.blas.is_none();
+        // (Not while layer taps copy activations back mid-step.)
+        let graphed = (t_total < self.gemm_min || self.gpu.blas.is_none()) && self.taps.is_none();
         if graphed {
             max_n = max_n.next_power_of_two();
         }
@@ -1294,6 +1298,7 @@ impl CudaRunner {
             if !fused {
                 self.rmsnorm(x, attn_norm, hbuf, d, t_total, 0)?;
             }
+            self.tap(li, Tap::AttnIn, hbuf, t_total * d)?;
             if !(fused && self.fused_qkv(li, hbuf, t_total, [q, k, v])?) {
                 self.matmul(li * 8, hbuf, t_total, q)?;
                 self.matmul(li * 8 + 1, hbuf, t_total, k)?;
@@ -1474,6 +1479,7 @@ impl CudaRunner {
             if att_q.0 != 0 {
                 self.q8_of = Some((attn, t_total, qd, 0));
             }
+            self.tap(li, Tap::AttnOutIn, attn, t_total * qd)?;
             self.matmul(li * 8 + 3, attn, t_total, o)?;
             // Feed-forward.
             if fused {
@@ -1482,6 +1488,7 @@ impl CudaRunner {
                 self.norm_add(x, o, pan, d, t_total)?;
                 self.rmsnorm(x, ffn_norm, hbuf, d, t_total, 0)?;
             }
+            self.tap(li, Tap::FfnIn, hbuf, t_total * d)?;
             if !(fused && self.fused_gate_up(li, hbuf, t_total, gate)?) {
                 self.matmul(li * 8 + 4, hbuf, t_total, gate)?;
                 self.matmul(li * 8 + 5, hbuf, t_total, up)?;
@@ -1493,6 +1500,7 @@ impl CudaRunner {
                 self.elementwise(act, n as usize, Args::new().ptr(gate).ptr(up).u64(n))?;
             }
             self.forget_quantized();
+            self.tap(li, Tap::FfnDownIn, gate, t_total * ff)?;
             self.matmul(li * 8 + 6, gate, t_total, o)?;
             if fused && li + 1 < n_layers {
                 let w = self.layers[li + 1].attn_norm.ptr;
@@ -1618,6 +1626,22 @@ impl CudaRunner {
                 value: f32::from_bits(raw[2 * i + 1]),
                 skipped: skipped[a..z].to_vec(),
             });
+        }
+        Ok(())
+    }
+
+    /// Under `execute_observed`: copies `n` floats at `buf` (a matrix input of GPU
+    /// layer `li`) back, after the work launched so far.
+    fn tap(&mut self, li: usize, tap: Tap, buf: u64, n: usize) -> Result<(), CudaError> {
+        if self.taps.is_none() {
+            return Ok(());
+        }
+        let mut rows = vec![0f32; n];
+        // SAFETY: every tapped buffer was sized for at least `n` floats this step.
+        unsafe { self.gpu.read_floats(buf, &mut rows) }?;
+        let layer = self.cfg.n_layers - self.layers.len() + li;
+        if let Some(t) = &mut self.taps {
+            t.push((layer, tap, rows));
         }
         Ok(())
     }
@@ -1784,6 +1808,22 @@ impl ModelRunner for CudaRunner {
     }
     fn fault(&self) -> Option<String> {
         self.fault.clone()
+    }
+    fn execute_observed(
+        &mut self,
+        step: &StepInput,
+        logits: &mut Vec<f32>,
+        observer: Observer,
+    ) -> Result<(), EngineError> {
+        self.taps = Some(Vec::new());
+        let ran = self.execute(step, logits);
+        let taps = self.taps.take().unwrap_or_default();
+        ran?;
+        let t_total: usize = step.iter().map(|s| s.tokens.len()).sum();
+        for (layer, tap, rows) in taps {
+            observer(layer, tap, &rows, rows.len() / t_total.max(1));
+        }
+        Ok(())
     }
     fn run_parallel(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
         self.pool.for_each_index(n, task);

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use hangar_cuda::{CudaRunner, Device};
 use hangar_engine::{BorrowedCpuRunner, LoadedModel, ModelRunner};
-use hangar_models::{LogitsWanted, SeqInput};
+use hangar_models::{LogitsWanted, SeqInput, Tap};
 use std::path::{Path, PathBuf};
 
 /// Parses `--device`.
@@ -122,6 +122,12 @@ pub struct DeviceCheckArgs {
     /// `2,4,8,16`); each sequence's prompt is prefilled in its own step.
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     pub batch_invariance: Vec<usize>,
+    /// Instead of the logits checks: prefill the sequence on both sides and print, per
+    /// layer, how far each matrix input (attention input, attention output, FFN input,
+    /// FFN down input) differs (RMS of the difference over RMS of the CPU's), to see
+    /// where the two drift apart.
+    #[arg(long)]
+    pub layers: bool,
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
 }
@@ -294,6 +300,9 @@ pub fn run_device_check(a: DeviceCheckArgs) -> Result<()> {
         bail!("the sequence is empty");
     }
     let mut cpu = BorrowedCpuRunner::new(&lm.model, &lm.pool);
+    if a.layers {
+        return print_layer_drift(&mut cpu, gpu, &toks);
+    }
     if let Some(path) = &a.prompts {
         return check_prompts(&lm, &mut cpu, gpu, path, a.greedy);
     }
@@ -378,6 +387,88 @@ fn check_greedy_head(r: &mut dyn ModelRunner, toks: &[u32]) -> Result<(usize, us
         }));
     }
     Ok((same, toks.len()))
+}
+
+/// Each layer's matrix inputs after a prefill of `toks`, `(layer, tap, rows)`.
+fn layer_inputs(r: &mut dyn ModelRunner, toks: &[u32]) -> Result<Vec<(usize, Tap, Vec<f32>)>> {
+    let table = one_sequence_kv(r, toks.len() + 1)?;
+    let tables: Vec<&[u32]> = vec![&table; r.kv_layout().n_groups()];
+    let mut seen = Vec::new();
+    let mut logits = Vec::new();
+    r.execute_observed(
+        &[SeqInput {
+            tokens: toks,
+            start_pos: 0,
+            block_tables: &tables,
+            logits: LogitsWanted::Last,
+        }],
+        &mut logits,
+        &mut |layer, tap, rows, _| {
+            if tap != Tap::OutputIn {
+                seen.push((layer, tap, rows.to_vec()));
+            }
+        },
+    )?;
+    Ok(seen)
+}
+
+/// `--layers`: per layer and matrix input, RMS(gpu - cpu) / RMS(cpu) after one
+/// prefill of `toks` on each side.
+fn print_layer_drift(
+    cpu: &mut dyn ModelRunner,
+    gpu: &mut dyn ModelRunner,
+    toks: &[u32],
+) -> Result<()> {
+    let a = layer_inputs(cpu, toks)?;
+    let b = layer_inputs(gpu, toks)?;
+    const TAPS: [(Tap, &str); 4] = [
+        (Tap::AttnIn, "attn_in"),
+        (Tap::AttnOutIn, "attn_out_in"),
+        (Tap::FfnIn, "ffn_in"),
+        (Tap::FfnDownIn, "ffn_down_in"),
+    ];
+    println!(
+        "layer drift after a {}-token prefill: RMS(gpu - cpu) / RMS(cpu) of each matrix input",
+        toks.len()
+    );
+    print!("layer");
+    for (_, name) in TAPS {
+        print!(" {name:>12}");
+    }
+    println!();
+    let layers = a.iter().map(|t| t.0 + 1).max().unwrap_or(0);
+    for layer in 0..layers {
+        print!("{layer:>5}");
+        for (tap, _) in TAPS {
+            let find = |v: &[(usize, Tap, Vec<f32>)]| {
+                v.iter()
+                    .find(|t| t.0 == layer && t.1 == tap)
+                    .map(|t| t.2.clone())
+            };
+            match (find(&a), find(&b)) {
+                (Some(x), Some(y)) if !x.is_empty() && !y.is_empty() => {
+                    // A side that skips rows no logit needs (the last layer's FFN of
+                    // a prefill) shows fewer: compare the last rows both have.
+                    let n = x.len().min(y.len());
+                    let (x, y) = (&x[x.len() - n..], &y[y.len() - n..]);
+                    let (mut num, mut den) = (0f64, 0f64);
+                    for (p, q) in x.iter().zip(y) {
+                        num += ((q - p) as f64).powi(2);
+                        den += (*p as f64).powi(2);
+                    }
+                    let rel = if den > 0.0 {
+                        (num / den).sqrt()
+                    } else {
+                        num.sqrt()
+                    };
+                    print!(" {:>11.4}%", 100.0 * rel);
+                }
+                _ => print!(" {:>12}", "-"),
+            }
+        }
+        println!();
+    }
+    Ok(())
 }
 
 /// The runner's sampling head ([`LogitsWanted::Head`]) against

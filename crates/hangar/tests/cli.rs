@@ -498,6 +498,56 @@ fn plan_says_how_many_layers_fit_on_each_gpu() {
 /// `device-check --device cpu` is the baseline a GPU's agreement is read against: the
 /// CPU's fast numerics against llama.cpp's exact ones, on a short prompt file.
 #[test]
+fn device_check_layers_shows_where_two_numerics_drift_apart() {
+    let Some(m) = model() else { return };
+    let out = hangar(&[
+        "device-check",
+        "--model",
+        &m,
+        "--device",
+        "cpu",
+        "--text",
+        "The capital of France is Paris. It is known for the Eiffel Tower and",
+        "--layers",
+    ]);
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{se}");
+    assert!(so.contains("layer drift after a"), "{so}");
+    // One row per layer of the model (Gemma 3 270M: 18), four percentages each.
+    let rows: Vec<Vec<f64>> = so
+        .lines()
+        .filter(|l| {
+            l.trim_start()
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit())
+        })
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .map(|v| v.trim_end_matches('%').parse().unwrap_or(f64::NAN))
+                .collect()
+        })
+        .collect();
+    assert_eq!(rows.len(), 18, "{so}");
+    assert!(
+        rows.iter()
+            .all(|r| r.len() == 4 && r.iter().all(|v| v.is_finite())),
+        "{so}"
+    );
+    // The same embedding and norm feed layer 0; the int8 roundings part the two
+    // numerics afterwards, by a few percent but not more.
+    assert!(rows[0][0] < 0.01, "{so}");
+    assert!(
+        rows[17][0] > 0.01 && rows.iter().flatten().all(|&v| v < 50.0),
+        "{so}"
+    );
+}
+
+#[test]
 fn device_check_on_the_cpu_compares_fast_and_ggml_numerics() {
     let Some(m) = model() else { return };
     let prompts = std::env::temp_dir().join(format!("hangar-dc-{}.txt", std::process::id()));

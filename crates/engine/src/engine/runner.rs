@@ -11,7 +11,9 @@ use crate::EngineError;
 use hangar_kernels::packed::GreedyPick;
 use hangar_kernels::ThreadPool;
 use hangar_models::kv::{KvFormat, KvLayout};
-use hangar_models::{KvCache, LogitsWanted, LoraAdapter, LoraShape, Model, SeqInput, Workspace};
+use hangar_models::{
+    KvCache, LogitsWanted, LoraAdapter, LoraShape, Model, Observer, SeqInput, Workspace,
+};
 use std::borrow::Borrow;
 
 /// One model step as data: for each scheduled chunk, its tokens, where they start,
@@ -75,6 +77,21 @@ pub trait ModelRunner: Send {
             )));
         }
         self.execute(step, logits)
+    }
+    /// As [`ModelRunner::execute`], showing `observer` the input rows of each
+    /// layer's matrices ([`Tap`]: `(layer, tap, rows, width)`), for comparing two
+    /// backends layer by layer (`hangar device-check --layers`). A debugging path:
+    /// it may be slower than `execute`.
+    fn execute_observed(
+        &mut self,
+        _step: &StepInput,
+        _logits: &mut Vec<f32>,
+        _observer: Observer,
+    ) -> Result<(), EngineError> {
+        Err(EngineError::Invalid(format!(
+            "the {} backend does not show its layers' activations",
+            self.device()
+        )))
     }
     /// Whether [`ModelRunner::execute`] takes [`LogitsWanted::Greedy`] chunks: no
     /// logits row for them, their picks in [`ModelRunner::greedy_picks`].
@@ -204,6 +221,29 @@ impl<M: Borrow<Model> + Send, P: Borrow<ThreadPool> + Send> ModelRunner for CpuR
         self.model
             .borrow()
             .forward(self.pool.borrow(), step, kv, &mut self.ws, logits)
+            .map(|_| ())
+            .map_err(EngineError::from)
+    }
+    fn execute_observed(
+        &mut self,
+        step: &StepInput,
+        logits: &mut Vec<f32>,
+        observer: Observer,
+    ) -> Result<(), EngineError> {
+        let kv = self
+            .kv
+            .as_mut()
+            .ok_or_else(|| EngineError::Invalid("KV cache not allocated".into()))?;
+        self.model
+            .borrow()
+            .forward_observed(
+                self.pool.borrow(),
+                step,
+                kv,
+                &mut self.ws,
+                logits,
+                Some(observer),
+            )
             .map(|_| ())
             .map_err(EngineError::from)
     }
