@@ -128,6 +128,12 @@ pub struct DeviceCheckArgs {
     /// where the two drift apart.
     #[arg(long)]
     pub layers: bool,
+    /// With `--device cpu`: compare the fast numerics with themselves after moving
+    /// every embedding value by one float step (the embedding scale's next f32)
+    /// instead of with the ggml numerics: how far a difference in the last bit
+    /// carries through this model.
+    #[arg(long)]
+    pub one_ulp: bool,
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
 }
@@ -261,18 +267,34 @@ pub fn run_device_check(a: DeviceCheckArgs) -> Result<()> {
     let mut cuda;
     let gpu: &mut dyn ModelRunner = match a.device.resolve() {
         Device::Cpu if a.gpu_layers.is_none() => {
+            let numerics = if a.one_ulp {
+                hangar_models::Numerics::Fast
+            } else {
+                hangar_models::Numerics::Ggml
+            };
             let opts = hangar_models::LoadOptions {
-                numerics: hangar_models::Numerics::Ggml,
+                numerics,
                 ..Default::default()
             };
-            ggml_lm = LoadedModel::load_with(&a.model, a.threads, opts)
+            let mut other = LoadedModel::load_with(&a.model, a.threads, opts)
                 .with_context(|| format!("loading {}", a.model.display()))?;
-            eprintln!(
-                "device: cpu, comparing fast numerics (\"cpu\") with ggml numerics (\"gpu\")"
-            );
+            if a.one_ulp {
+                let cfg = &mut other.model.cfg;
+                let scale = cfg.embed_scale.unwrap_or(1.0);
+                cfg.embed_scale = Some(f32::from_bits(scale.to_bits() + 1));
+                eprintln!(
+                    "device: cpu, comparing fast numerics (\"cpu\") with themselves, every embedding value one float step larger (\"gpu\")"
+                );
+            } else {
+                eprintln!(
+                    "device: cpu, comparing fast numerics (\"cpu\") with ggml numerics (\"gpu\")"
+                );
+            }
+            ggml_lm = other;
             ggml_cpu = BorrowedCpuRunner::new(&ggml_lm.model, &ggml_lm.pool);
             &mut ggml_cpu
         }
+        _ if a.one_ulp => bail!("--one-ulp compares the CPU with itself: pass --device cpu"),
         _ => {
             let Some(r) = open(&lm, a.device, a.gpu_layers)? else {
                 bail!("device-check compares a GPU with the CPU: pass --device cuda or cuda:N (and --gpu-layers of at least 1)");

@@ -548,6 +548,52 @@ fn device_check_layers_shows_where_two_numerics_drift_apart() {
 }
 
 #[test]
+fn device_check_one_ulp_compares_the_fast_numerics_with_a_nudged_copy() {
+    let Some(m) = model() else { return };
+    let out = hangar(&[
+        "device-check",
+        "--model",
+        &m,
+        "--device",
+        "cpu",
+        "--one-ulp",
+        "--text",
+        "The capital of France is Paris. It is known for the Eiffel Tower and",
+        "--layers",
+    ]);
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{se}");
+    assert!(se.contains("one float step larger"), "{se}");
+    // The nudge is real: the last layer's inputs differ (a bit-for-bit copy would
+    // print 0.0000% everywhere).
+    let last = so
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with("17"))
+        .unwrap_or("");
+    let first: f64 = last
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.trim_end_matches('%').parse().ok())
+        .unwrap_or_else(|| panic!("{so}"));
+    assert!(first > 0.0, "{so}");
+    // And refused where it means nothing.
+    let out = hangar(&[
+        "device-check",
+        "--model",
+        &m,
+        "--device",
+        "cuda",
+        "--one-ulp",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--device cpu"));
+}
+
+#[test]
 fn device_check_on_the_cpu_compares_fast_and_ggml_numerics() {
     let Some(m) = model() else { return };
     let prompts = std::env::temp_dir().join(format!("hangar-dc-{}.txt", std::process::id()));
