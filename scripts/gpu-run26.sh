@@ -7,7 +7,9 @@
 # Then the opt-in tensor-core prefill attention (HANGAR_CUDA_ATT_MMA=1): heads of 64
 # against the CPU at 2 100 tokens (1B shape), heads of 128 against the CUDA-core
 # tiled kernel (8B perplexity at a 4 096 context, same numbers expected to ~1e-4),
-# and pp4096 alternated.
+# and pp4096 alternated. And the opt-in batched K-quant GEMV loads
+# (HANGAR_CUDA_DEFINES=GEMV_BATCH): device-check figures must repeat the default's
+# exactly (same arithmetic, same order), then batch-1 decode alternated.
 # Carry .gpu/fin (hangar.xz, the stripped release binary).
 set -u
 cd "$(dirname "$0")/.."
@@ -42,6 +44,15 @@ serve_hangar "temperature 1, head" '{"temperature": 1}' HANGAR_CUDA_SAMPLE=1
 serve_hangar "temperature 1, host" '{"temperature": 1}' HANGAR_CUDA_SAMPLE=0
 serve_hangar "t 0.8 top-k 40 top-p 0.95 min-p 0.05, head" '{"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}' HANGAR_CUDA_SAMPLE=1
 serve_hangar "t 0.8 top-k 40 top-p 0.95 min-p 0.05, host" '{"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}' HANGAR_CUDA_SAMPLE=0
+echo "== (t=$SECONDS) GEMV_BATCH (HANGAR_CUDA_DEFINES=GEMV_BATCH): same bits expected, then tg128 alternated"
+for v in "" GEMV_BATCH; do
+  HANGAR_CUDA_DEFINES=$v timeout 120 $H device-check -m $W/l8b.gguf --tokens 64 --greedy 8 -t 6 2>&1 | grep -E "^teacher|^gpu prefill" | sed "s/^/[$v] /"
+done
+for v in "" GEMV_BATCH "" GEMV_BATCH "" GEMV_BATCH; do
+  for m in l8b g270; do
+    HANGAR_CUDA_DEFINES=$v timeout 40 $H bench -m $W/$m.gguf --device cuda --pp 0 --tg 128 -r 3 2>&1 | grep -E "^\| tg" | sed "s/^/$m [$v] /"
+  done
+done
 echo "== (t=$SECONDS) attention_mma: 1B shape, 2 100 tokens, against the CPU"
 HANGAR_CUDA_ATT_MMA=1 timeout 150 $H device-check -m $W/l1b.gguf --tokens 2100 --greedy 4 -t 16 2>&1 | grep -vE "^\s*$|compil" | tail -4
 echo "== (t=$SECONDS) 8B perplexity at ctx 4096: CUDA-core tiled (0) vs tensor cores (1)"

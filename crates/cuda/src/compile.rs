@@ -28,7 +28,14 @@ impl KernelUnit {
     /// `HANGAR_CUDA_SOURCES=DIR`, `DIR/common.cuh` and `DIR/<name>.cu` replace the
     /// embedded files where they exist: a kernel variant can be A/B-timed on a GPU host
     /// with the same binary (the cache key is the source's hash, so nothing goes stale).
+    /// `HANGAR_CUDA_DEFINES=A,B` puts `#define A 1` and `#define B 1` first: the
+    /// opt-in kernel variants (e.g. `GEMV_BATCH`) are chosen that way.
     pub fn source(&self) -> String {
+        self.source_with(&defines_from_env())
+    }
+
+    /// [`KernelUnit::source`] with these `#define NAME 1` lines first.
+    pub fn source_with(&self, defines: &[String]) -> String {
         let dir = std::env::var_os("HANGAR_CUDA_SOURCES").map(PathBuf::from);
         let read = |file: &str, embedded: &str| -> String {
             dir.as_ref()
@@ -37,8 +44,30 @@ impl KernelUnit {
         };
         let common = read("common.cuh", COMMON);
         let body = read(&format!("{}.cu", self.name), self.body);
-        format!("{common}\n#line 1 \"{}.cu\"\n{body}", self.name)
+        let defs: String = defines.iter().map(|d| format!("#define {d} 1\n")).collect();
+        format!("{defs}{common}\n#line 1 \"{}.cu\"\n{body}", self.name)
     }
+}
+
+/// The macro names of `HANGAR_CUDA_DEFINES` (comma-separated; names that are not
+/// C identifiers are ignored with a warning).
+pub fn defines_from_env() -> Vec<String> {
+    let Ok(v) = std::env::var("HANGAR_CUDA_DEFINES") else {
+        return Vec::new();
+    };
+    v.split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .filter(|d| {
+            let ok = d.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !d.starts_with(|c: char| c.is_ascii_digit());
+            if !ok {
+                eprintln!("warning: HANGAR_CUDA_DEFINES: {d:?} is not a macro name, ignored");
+            }
+            ok
+        })
+        .map(String::from)
+        .collect()
 }
 
 /// Every kernel unit of the backend.
@@ -162,8 +191,17 @@ pub fn cache_path(dir: &Path, unit: &KernelUnit, arch: &str, nvrtc: (i32, i32)) 
 
 /// Compiles `unit` for `arch` to a CUBIN with NVRTC (no cache).
 pub fn compile_cubin(unit: &KernelUnit, arch: &str) -> Result<Vec<u8>, CudaError> {
+    compile_cubin_with(unit, arch, &defines_from_env())
+}
+
+/// [`compile_cubin`] with these macros defined (the opt-in variants, in CI).
+pub fn compile_cubin_with(
+    unit: &KernelUnit,
+    arch: &str,
+    defines: &[String],
+) -> Result<Vec<u8>, CudaError> {
     nvrtc_available()?;
-    let src = CString::new(unit.source()).map_err(|_| CudaError::Compile {
+    let src = CString::new(unit.source_with(defines)).map_err(|_| CudaError::Compile {
         kernel: unit.name,
         arch: arch.into(),
         log: "source holds a NUL byte".into(),
@@ -248,6 +286,16 @@ pub fn cubin_cached(unit: &KernelUnit, arch: &str) -> Result<(Vec<u8>, bool), Cu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defines_come_first_and_change_the_source() {
+        let u = UNITS[0];
+        let plain = u.source_with(&[]);
+        let with = u.source_with(&["GEMV_BATCH".to_string()]);
+        assert!(with.starts_with("#define GEMV_BATCH 1\n"));
+        assert!(with.ends_with(&plain[plain.len() - 200..]));
+        assert_ne!(fnv1a(&plain), fnv1a(&with));
+    }
 
     #[test]
     fn cache_keys_change_with_source_arch_and_version() {

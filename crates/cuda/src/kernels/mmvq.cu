@@ -307,6 +307,181 @@ __device__ __forceinline__ void dot_q6k(const u8* __restrict__ row, int cols, co
     }
 }
 
+#ifdef GEMV_BATCH
+// Opt-in (HANGAR_CUDA_DEFINES=GEMV_BATCH): the K-quant dot products above with every
+// weight load of U block steps issued before any is used. In the loops above each step
+// loads its weights, decodes the scales at once (a stall on the load) and only then
+// loads its activations, so a warp has one step's memory round trips in flight at a
+// time: SASS of mvs1_q4_k shows four such serialised steps for a 4096-wide row. Here a
+// batch's weights (and the activations, which do not depend on them) are in flight
+// together, and the scale decode selects instead of branching on the lane. The
+// arithmetic and the order of the additions are the loops' above: same bits.
+
+// scale_min_k4 without a lane-dependent branch (both forms computed, one selected).
+__device__ __forceinline__ void scale_min_k4_sel(int j, uint3 w, int* sc, int* m) {
+    u32 bj = byte_of(w, j), bj4 = byte_of(w, j + 4), bjm4 = byte_of(w, j >= 4 ? j - 4 : j);
+    int lo_sc = (int)(bj & 63), lo_m = (int)(bj4 & 63);
+    int hi_sc = (int)((bj4 & 0xF) | ((bjm4 >> 6) << 4)), hi_m = (int)((bj4 >> 4) | ((bj >> 6) << 4));
+    *sc = j < 4 ? lo_sc : hi_sc;
+    *m = j < 4 ? lo_m : hi_m;
+}
+
+// One Q4_K/Q5_K block step's weight bytes for this lane.
+struct K4Step {
+    uint4 q, h;
+    u32 dm;
+    uint3 sw;
+};
+template <bool Q5>
+__device__ __forceinline__ void k4_load(const u8* __restrict__ row, int b, int c, int l0, K4Step& s) {
+    const int BB = Q5 ? 176 : 144, QS = Q5 ? 48 : 16;
+    const u8* blk = row + (u64)b * BB;
+    s.q = *(const uint4*)(blk + QS + 32 * c + l0);
+    s.dm = *(const u32*)blk;
+    s.sw = *(const uint3*)(blk + 4);
+    if (Q5) s.h = *(const uint4*)(blk + 16 + l0);
+}
+template <bool Q5, int NT>
+__device__ __forceinline__ void k4_use(const K4Step& s, int b, int c, int l0, int cols, const i8* __restrict__ Xq,
+                                       const float2* __restrict__ Xd, int ntok, int t0, float* acc) {
+    int nq = cols >> 5;
+    int sc1, m1, sc2, m2;
+    scale_min_k4_sel(2 * c, s.sw, &sc1, &m1);
+    scale_min_k4_sel(2 * c + 1, s.sw, &sc2, &m2);
+    u32 qq[4] = {s.q.x, s.q.y, s.q.z, s.q.w};
+    int lo[4], hi[4];
+    if (Q5) {
+        u32 hh[4] = {s.h.x, s.h.y, s.h.z, s.h.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            lo[i] = (int)((qq[i] & 0x0F0F0F0Fu) | (((hh[i] >> (2 * c)) & 0x01010101u) << 4));
+            hi[i] = (int)(((qq[i] >> 4) & 0x0F0F0F0Fu) | (((hh[i] >> (2 * c + 1)) & 0x01010101u) << 4));
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            lo[i] = (int)(qq[i] & 0x0F0F0F0Fu);
+            hi[i] = (int)((qq[i] >> 4) & 0x0F0F0F0Fu);
+        }
+    }
+    float d = h2f((u16)(s.dm & 0xffff)), dmin = h2f((u16)(s.dm >> 16));
+    int qa = b * 8 + 2 * c;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        // (Row t0 always exists: no branch for the first token.)
+        if (t == 0 || t0 + t < ntok) {
+            const i8* xr = Xq + (u64)(t0 + t) * cols;
+            const float2* dr = Xd + (u64)(t0 + t) * nq;
+            int4 xa = *(const int4*)(xr + 32 * qa + l0);
+            int4 xb = *(const int4*)(xr + 32 * qa + 32 + l0);
+            int sa = dp4a(lo[3], xa.w, dp4a(lo[2], xa.z, dp4a(lo[1], xa.y, dp4a(lo[0], xa.x, 0))));
+            int sb = dp4a(hi[3], xb.w, dp4a(hi[2], xb.z, dp4a(hi[1], xb.y, dp4a(hi[0], xb.x, 0))));
+            float2 da = dr[qa], db = dr[qa + 1];
+            float v = d * ((float)sc1 * da.x * (float)sa + (float)sc2 * db.x * (float)sb);
+            if (l0 == 0) v -= dmin * ((float)m1 * da.y + (float)m2 * db.y);
+            acc[t] += v;
+        }
+    }
+}
+template <bool Q5, int NT>
+__device__ __forceinline__ void dot_k4_batched(const u8* __restrict__ row, int cols, const i8* __restrict__ Xq,
+                                               const float2* __restrict__ Xd, int ntok, int t0, int lane,
+                                               int part, int parts, float* acc) {
+    constexpr int U = NT <= 2 ? 4 : 2;
+    const int nb = cols >> 8, step = 4 * parts;
+    const int k = lane & 7, c = k >> 1, l0 = (k & 1) * 16;
+    int b = (lane >> 3) + 4 * part;
+    for (; b + (U - 1) * step < nb; b += U * step) {
+        K4Step s[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) k4_load<Q5>(row, b + u * step, c, l0, s[u]);
+#pragma unroll
+        for (int u = 0; u < U; u++) k4_use<Q5, NT>(s[u], b + u * step, c, l0, cols, Xq, Xd, ntok, t0, acc);
+    }
+    for (; b < nb; b += step) {
+        K4Step s;
+        k4_load<Q5>(row, b, c, l0, s);
+        k4_use<Q5, NT>(s, b, c, l0, cols, Xq, Xd, ntok, t0, acc);
+    }
+}
+
+// One Q6_K block step's bytes for this lane: the two 16-byte runs as the five aligned
+// words each that ld16_2a reads, the scale d and the two sub-block scales.
+struct Q6Step {
+    u32 ql[5], qh[5];
+    u32 sel_l, sel_h;
+    u16 d;
+    i8 sa, sb;
+};
+__device__ __forceinline__ void q6_load(const u8* __restrict__ row, int b, int h, int kp, int ls, Q6Step& s) {
+    const u8* blk = row + (u64)b * 210;
+    const u8* qlp = blk + 64 * h + 32 * kp + 16 * ls;
+    const u8* qhp = blk + 128 + 32 * h + 16 * ls;
+    const u32* al = (const u32*)((u64)qlp & ~(u64)3);
+    const u32* ah = (const u32*)((u64)qhp & ~(u64)3);
+    s.sel_l = ((u64)qlp & 2) ? 0x5432u : 0x3210u;
+    s.sel_h = ((u64)qhp & 2) ? 0x5432u : 0x3210u;
+#pragma unroll
+    for (int i = 0; i < 5; i++) {
+        s.ql[i] = al[i];
+        s.qh[i] = ah[i];
+    }
+    s.d = ld16(blk + 208);
+    s.sa = (i8)blk[192 + 8 * h + 2 * kp + ls];
+    s.sb = (i8)blk[192 + 8 * h + 2 * (kp + 2) + ls];
+}
+template <int NT>
+__device__ __forceinline__ void q6_use(const Q6Step& s, int b, int h, int kp, int ls, int cols,
+                                       const i8* __restrict__ Xq, const float2* __restrict__ Xd, int ntok, int t0,
+                                       float* acc) {
+    int nq = cols >> 5;
+    int va[4], vb[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        u32 ql = __byte_perm(s.ql[i], s.ql[i + 1], s.sel_l), qh = __byte_perm(s.qh[i], s.qh[i + 1], s.sel_h);
+        va[i] = sub_bytes((ql & 0x0F0F0F0Fu) | (((qh >> (2 * kp)) & 0x03030303u) << 4), 0x20202020u);
+        vb[i] = sub_bytes(((ql >> 4) & 0x0F0F0F0Fu) | (((qh >> (2 * kp + 4)) & 0x03030303u) << 4), 0x20202020u);
+    }
+    float d = h2f(s.d);
+    float sa = (float)s.sa, sb = (float)s.sb;
+    int qa = b * 8 + 4 * h + kp;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        // (Row t0 always exists: no branch for the first token.)
+        if (t == 0 || t0 + t < ntok) {
+            const i8* xr = Xq + (u64)(t0 + t) * cols;
+            const float2* dr = Xd + (u64)(t0 + t) * nq;
+            int4 xa = *(const int4*)(xr + 32 * qa + 16 * ls);
+            int4 xb = *(const int4*)(xr + 32 * (qa + 2) + 16 * ls);
+            int ia = dp4a(va[3], xa.w, dp4a(va[2], xa.z, dp4a(va[1], xa.y, dp4a(va[0], xa.x, 0))));
+            int ib = dp4a(vb[3], xb.w, dp4a(vb[2], xb.z, dp4a(vb[1], xb.y, dp4a(vb[0], xb.x, 0))));
+            acc[t] += d * (sa * dr[qa].x * (float)ia + sb * dr[qa + 2].x * (float)ib);
+        }
+    }
+}
+template <int NT>
+__device__ __forceinline__ void dot_q6k_batched(const u8* __restrict__ row, int cols, const i8* __restrict__ Xq,
+                                                const float2* __restrict__ Xd, int ntok, int t0, int lane, int part,
+                                                int parts, float* acc) {
+    constexpr int U = NT <= 2 ? 2 : 1;
+    const int nb = cols >> 8, step = 4 * parts;
+    const int k = lane & 7, h = k >> 2, kp = (k >> 1) & 1, ls = k & 1;
+    int b = (lane >> 3) + 4 * part;
+    for (; b + (U - 1) * step < nb; b += U * step) {
+        Q6Step s[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) q6_load(row, b + u * step, h, kp, ls, s[u]);
+#pragma unroll
+        for (int u = 0; u < U; u++) q6_use<NT>(s[u], b + u * step, h, kp, ls, cols, Xq, Xd, ntok, t0, acc);
+    }
+    for (; b < nb; b += step) {
+        Q6Step s;
+        q6_load(row, b, h, kp, ls, s);
+        q6_use<NT>(s, b, h, kp, ls, cols, Xq, Xd, ntok, t0, acc);
+    }
+}
+#endif
+
 // The five bits of Q5_0's weights 4i..4i+4 (qh bits 4i..4i+4) as bit 4 of four bytes.
 __device__ __forceinline__ u32 spread_bits4(u32 h) {
     return ((h & 1u) | ((h & 2u) << 7) | ((h & 4u) << 14) | ((h & 8u) << 21)) << 4;
@@ -361,9 +536,15 @@ __device__ __forceinline__ void dot_32(const u8* __restrict__ row, int cols, con
 template <int TY, int NT>
 __device__ __forceinline__ void dot_row(const u8* row, int cols, const i8* Xq, const float2* Xd,
                                         int ntok, int t0, int lane, int part, int parts, float* acc) {
+#ifdef GEMV_BATCH
+    if (TY == TY_Q4_K) dot_k4_batched<false, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
+    else if (TY == TY_Q5_K) dot_k4_batched<true, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
+    else if (TY == TY_Q6_K) dot_q6k_batched<NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
+#else
     if (TY == TY_Q4_K) dot_k4<false, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
     else if (TY == TY_Q5_K) dot_k4<true, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
     else if (TY == TY_Q6_K) dot_q6k<NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
+#endif
     else dot_32<TY, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
 }
 
