@@ -390,18 +390,16 @@ __device__ __forceinline__ void dot_k4_batched(const u8* __restrict__ row, int c
     constexpr int U = NT <= 2 ? 4 : 2;
     const int nb = cols >> 8, step = 4 * parts;
     const int k = lane & 7, c = k >> 1, l0 = (k & 1) * 16;
-    int b = (lane >> 3) + 4 * part;
-    for (; b + (U - 1) * step < nb; b += U * step) {
+    // Batches of U steps; a short last batch loads and adds only the steps inside
+    // the row (predicated, so the order of the additions is the plain loop's).
+    for (int b = (lane >> 3) + 4 * part; b < nb; b += U * step) {
         K4Step s[U];
 #pragma unroll
-        for (int u = 0; u < U; u++) k4_load<Q5>(row, b + u * step, c, l0, s[u]);
+        for (int u = 0; u < U; u++)
+            if (b + u * step < nb) k4_load<Q5>(row, b + u * step, c, l0, s[u]);
 #pragma unroll
-        for (int u = 0; u < U; u++) k4_use<Q5, NT>(s[u], b + u * step, c, l0, cols, Xq, Xd, ntok, t0, acc);
-    }
-    for (; b < nb; b += step) {
-        K4Step s;
-        k4_load<Q5>(row, b, c, l0, s);
-        k4_use<Q5, NT>(s, b, c, l0, cols, Xq, Xd, ntok, t0, acc);
+        for (int u = 0; u < U; u++)
+            if (b + u * step < nb) k4_use<Q5, NT>(s[u], b + u * step, c, l0, cols, Xq, Xd, ntok, t0, acc);
     }
 }
 
@@ -466,18 +464,14 @@ __device__ __forceinline__ void dot_q6k_batched(const u8* __restrict__ row, int 
     constexpr int U = NT <= 2 ? 2 : 1;
     const int nb = cols >> 8, step = 4 * parts;
     const int k = lane & 7, h = k >> 2, kp = (k >> 1) & 1, ls = k & 1;
-    int b = (lane >> 3) + 4 * part;
-    for (; b + (U - 1) * step < nb; b += U * step) {
+    for (int b = (lane >> 3) + 4 * part; b < nb; b += U * step) {
         Q6Step s[U];
 #pragma unroll
-        for (int u = 0; u < U; u++) q6_load(row, b + u * step, h, kp, ls, s[u]);
+        for (int u = 0; u < U; u++)
+            if (b + u * step < nb) q6_load(row, b + u * step, h, kp, ls, s[u]);
 #pragma unroll
-        for (int u = 0; u < U; u++) q6_use<NT>(s[u], b + u * step, h, kp, ls, cols, Xq, Xd, ntok, t0, acc);
-    }
-    for (; b < nb; b += step) {
-        Q6Step s;
-        q6_load(row, b, h, kp, ls, s);
-        q6_use<NT>(s, b, h, kp, ls, cols, Xq, Xd, ntok, t0, acc);
+        for (int u = 0; u < U; u++)
+            if (b + u * step < nb) q6_use<NT>(s[u], b + u * step, h, kp, ls, cols, Xq, Xd, ntok, t0, acc);
     }
 }
 #endif
@@ -533,6 +527,77 @@ __device__ __forceinline__ void dot_32(const u8* __restrict__ row, int cols, con
     }
 }
 
+#ifdef GEMV_BATCH
+// dot_32 with U block steps' weight bytes loaded before any is used (see GEMV_BATCH
+// above); same arithmetic and order.
+struct B32Step {
+    u16 d;
+    u32 q0, q1, qh;
+};
+template <int TY>
+__device__ __forceinline__ void b32_load(const u8* __restrict__ row, int b, int p, B32Step& s) {
+    const int BB = TY == TY_Q4_0 ? 18 : TY == TY_Q5_0 ? 22 : 34;
+    const u8* blk = row + (u64)b * BB;
+    s.d = ld16(blk);
+    if (TY == TY_Q4_0) {
+        s.q0 = (u32)ld32_2(blk + 2 + 4 * p);
+    } else if (TY == TY_Q5_0) {
+        s.qh = (u32)ld32_2(blk + 2);
+        s.q0 = (u32)ld32_2(blk + 6 + 4 * p);
+    } else {
+        s.q0 = (u32)ld32_2(blk + 2 + 8 * p);
+        s.q1 = (u32)ld32_2(blk + 6 + 8 * p);
+    }
+}
+template <int TY, int NT>
+__device__ __forceinline__ void b32_use(const B32Step& s, int b, int p, int cols, const i8* __restrict__ Xq,
+                                        const float2* __restrict__ Xd, int ntok, int t0, float* acc) {
+    int nb = cols >> 5;
+    float d = h2f(s.d);
+    int w0, w1, o0, o1;
+    if (TY == TY_Q4_0) {
+        w0 = sub_bytes(s.q0 & 0x0F0F0F0Fu, 0x08080808u);
+        w1 = sub_bytes((s.q0 >> 4) & 0x0F0F0F0Fu, 0x08080808u);
+        o0 = 4 * p;
+        o1 = 16 + 4 * p;
+    } else if (TY == TY_Q5_0) {
+        w0 = sub_bytes((s.q0 & 0x0F0F0F0Fu) | spread_bits4((s.qh >> (4 * p)) & 0xFu), 0x10101010u);
+        w1 = sub_bytes(((s.q0 >> 4) & 0x0F0F0F0Fu) | spread_bits4((s.qh >> (16 + 4 * p)) & 0xFu), 0x10101010u);
+        o0 = 4 * p;
+        o1 = 16 + 4 * p;
+    } else {
+        w0 = (int)s.q0;
+        w1 = (int)s.q1;
+        o0 = 8 * p;
+        o1 = 8 * p + 4;
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        if (t == 0 || t0 + t < ntok) {
+            const i8* xr = Xq + (u64)(t0 + t) * cols + 32 * b;
+            int sum = dp4a(w1, *(const int*)(xr + o1), dp4a(w0, *(const int*)(xr + o0), 0));
+            acc[t] += d * Xd[(u64)(t0 + t) * nb + b].x * (float)sum;
+        }
+    }
+}
+template <int TY, int NT>
+__device__ __forceinline__ void dot_32_batched(const u8* __restrict__ row, int cols, const i8* __restrict__ Xq,
+                                               const float2* __restrict__ Xd, int ntok, int t0, int lane, int part,
+                                               int parts, float* acc) {
+    constexpr int U = NT <= 2 ? 4 : 2;
+    const int nb = cols >> 5, step = 8 * parts, p = lane & 3;
+    for (int b = (lane >> 2) + 8 * part; b < nb; b += U * step) {
+        B32Step s[U];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            if (b + u * step < nb) b32_load<TY>(row, b + u * step, p, s[u]);
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            if (b + u * step < nb) b32_use<TY, NT>(s[u], b + u * step, p, cols, Xq, Xd, ntok, t0, acc);
+    }
+}
+#endif
+
 template <int TY, int NT>
 __device__ __forceinline__ void dot_row(const u8* row, int cols, const i8* Xq, const float2* Xd,
                                         int ntok, int t0, int lane, int part, int parts, float* acc) {
@@ -540,12 +605,13 @@ __device__ __forceinline__ void dot_row(const u8* row, int cols, const i8* Xq, c
     if (TY == TY_Q4_K) dot_k4_batched<false, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
     else if (TY == TY_Q5_K) dot_k4_batched<true, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
     else if (TY == TY_Q6_K) dot_q6k_batched<NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
+    else dot_32_batched<TY, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
 #else
     if (TY == TY_Q4_K) dot_k4<false, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
     else if (TY == TY_Q5_K) dot_k4<true, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
     else if (TY == TY_Q6_K) dot_q6k<NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
-#endif
     else dot_32<TY, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
+#endif
 }
 
 // One warp per row, four rows per 128-thread block.
