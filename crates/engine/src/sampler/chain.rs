@@ -198,9 +198,11 @@ impl Sampler {
         if res.max == f32::INFINITY || n == 0 {
             return None;
         }
+        // (top-k at or past the vocabulary truncates nothing, as in `truncate`.)
+        let truncates = (p.top_k > 0 && p.top_k < n) || p.top_p < 1.0 || p.min_p > 0.0;
         let id = if p.temperature == 0.0 || res.max == f32::NEG_INFINITY {
             res.max_id
-        } else if !req.candidates {
+        } else if !req.candidates || !truncates {
             self.rng.next_f64();
             res.pick
         } else {

@@ -273,6 +273,8 @@ mod tests {
             with(&|p| p.temperature = 0.6),
             with(&|p| p.top_k = 40),
             with(&|p| p.top_k = 400),
+            // Top-k at or past the vocabulary: no truncation, the head's own draw.
+            with(&|p| p.top_k = 1_000_000),
             with(&|p| p.top_p = 0.9),
             with(&|p| p.top_p = 0.9999),
             with(&|p| p.min_p = 0.05),
