@@ -1322,28 +1322,6 @@ impl CudaRunner {
                     cfg.attn_scale,
                     att_q,
                 )?;
-            } else if tiled && self.att_mma && matches!(hd, 64 | 128) {
-                let args = Args::new()
-                    .ptr(q)
-                    .ptr(kv_k[li])
-                    .ptr(kv_v[li])
-                    .ptr(attn)
-                    .i32(nh as i32)
-                    .i32(nkv as i32)
-                    .i32(t_total as i32)
-                    .ptr(ts_p)
-                    .ptr(table_p[g])
-                    .i32(tstride[g] as i32)
-                    .i32(bs as i32)
-                    .i32(window as i32)
-                    .f32(cfg.attn_scale);
-                self.gpu.launch(
-                    &format!("attention_mma{hd}"),
-                    (nh as u32, t_total.div_ceil(64) as u32, 1),
-                    (128, 1, 1),
-                    0,
-                    args,
-                )?;
             } else if tiled {
                 let args = Args::new()
                     .ptr(q)
@@ -1360,10 +1338,17 @@ impl CudaRunner {
                     .i32(bs as i32)
                     .i32(window as i32)
                     .f32(cfg.attn_scale);
+                // The tensor-core kernel (opt-in) takes the same arguments: 64 tokens
+                // and four warps a block instead of 16 tokens and eight.
+                let (name, tokens, threads) = if self.att_mma && matches!(hd, 64 | 128) {
+                    (format!("attention_mma{hd}"), 64, 128)
+                } else {
+                    ("attention_tiled".to_string(), 16, 256)
+                };
                 self.gpu.launch(
-                    "attention_tiled",
-                    (nh as u32, t_total.div_ceil(16) as u32, 1),
-                    (256, 1, 1),
+                    &name,
+                    (nh as u32, t_total.div_ceil(tokens) as u32, 1),
+                    (threads, 1, 1),
                     0,
                     args,
                 )?;

@@ -607,8 +607,9 @@ __device__ __forceinline__ void attention_mma_body(const float* q, const u16* kc
 
 #define ATTENTION_MMA(HD)                                                                            \
     extern "C" __global__ void __launch_bounds__(128) attention_mma##HD(                             \
-        const float* q, const u16* kc, const u16* vc, float* out, int nheads, int nkv, int ntok,     \
-        const int* tok_seq, const u32* tables, int tstride, int bs, int window, float scale) {      \
+        const float* q, const u16* kc, const u16* vc, float* out, int nheads, int nkv, int hd,       \
+        int ntok, const int* tok_seq, const u32* tables, int tstride, int bs, int window,            \
+        float scale) { /* hd == HD: attention_tiled's arguments */                                   \
         pdl_entry();                                                                                 \
         attention_mma_body<HD>(q, kc, vc, out, nheads, nkv, ntok, tok_seq, tables, tstride, bs,     \
                                window, scale);                                                       \

@@ -153,6 +153,12 @@ pub struct CpuRunner<M = Model, P = ThreadPool> {
     kv_format: KvFormat,
 }
 
+/// The KV cache once `allocate_kv` made it.
+fn allocated(kv: &mut Option<KvCache>) -> Result<&mut KvCache, EngineError> {
+    kv.as_mut()
+        .ok_or_else(|| EngineError::Invalid("KV cache not allocated".into()))
+}
+
 /// The CPU backend over a borrowed model and pool.
 pub type BorrowedCpuRunner<'a> = CpuRunner<&'a Model, &'a ThreadPool>;
 
@@ -214,10 +220,7 @@ impl<M: Borrow<Model> + Send, P: Borrow<ThreadPool> + Send> ModelRunner for CpuR
         Ok(bytes)
     }
     fn execute(&mut self, step: &StepInput, logits: &mut Vec<f32>) -> Result<(), EngineError> {
-        let kv = self
-            .kv
-            .as_mut()
-            .ok_or_else(|| EngineError::Invalid("KV cache not allocated".into()))?;
+        let kv = allocated(&mut self.kv)?;
         self.model
             .borrow()
             .forward(self.pool.borrow(), step, kv, &mut self.ws, logits)
@@ -230,10 +233,7 @@ impl<M: Borrow<Model> + Send, P: Borrow<ThreadPool> + Send> ModelRunner for CpuR
         logits: &mut Vec<f32>,
         observer: Observer,
     ) -> Result<(), EngineError> {
-        let kv = self
-            .kv
-            .as_mut()
-            .ok_or_else(|| EngineError::Invalid("KV cache not allocated".into()))?;
+        let kv = allocated(&mut self.kv)?;
         self.model
             .borrow()
             .forward_observed(
@@ -258,10 +258,7 @@ impl<M: Borrow<Model> + Send, P: Borrow<ThreadPool> + Send> ModelRunner for CpuR
         adapters: &[Option<&LoraAdapter>],
         logits: &mut Vec<f32>,
     ) -> Result<(), EngineError> {
-        let kv = self
-            .kv
-            .as_mut()
-            .ok_or_else(|| EngineError::Invalid("KV cache not allocated".into()))?;
+        let kv = allocated(&mut self.kv)?;
         self.model
             .borrow()
             .forward_lora(self.pool.borrow(), step, adapters, kv, &mut self.ws, logits)

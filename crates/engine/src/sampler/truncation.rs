@@ -52,16 +52,7 @@ pub(super) fn truncate_top(
     cands: &mut Vec<(f32, u32)>,
 ) -> bool {
     let complete = top.len() >= n;
-    let min_logit = if p.min_p > 0.0 {
-        max + p.min_p.ln()
-    } else {
-        f32::NEG_INFINITY
-    };
-    let top_k = if p.top_k == 0 || p.top_k >= n {
-        n
-    } else {
-        p.top_k
-    };
+    let (min_logit, top_k) = cuts(p, n, max);
     let top_p = p.top_p;
     // The kept prefix above min-p's bar (top is sorted, so the bar cuts a prefix).
     let above = top.iter().take_while(|&&(l, _)| l >= min_logit).count();
@@ -137,17 +128,7 @@ pub(super) fn distribution(
 /// `false` when none of them is on (every token stays and `cands` is left alone).
 fn truncate(p: &SamplingParams, cands: &mut Vec<(f32, u32)>, logits: &[f32], max: f32) -> bool {
     let n = logits.len();
-    // min-p keeps logits >= max + ln(min_p); min_p = 1 keeps only the maximum.
-    let min_logit = if p.min_p > 0.0 {
-        max + p.min_p.ln()
-    } else {
-        f32::NEG_INFINITY
-    };
-    let top_k = if p.top_k == 0 || p.top_k >= n {
-        n
-    } else {
-        p.top_k
-    };
+    let (min_logit, top_k) = cuts(p, n, max);
     let top_p = p.top_p;
     cands.clear();
 
@@ -183,6 +164,22 @@ fn truncate(p: &SamplingParams, cands: &mut Vec<(f32, u32)>, logits: &[f32], max
         return false;
     }
     true
+}
+
+/// min-p's bar (logits >= max + ln(min_p) stay; min_p = 1 keeps only the maximum) and
+/// top-k's count (`n` when off) over a vocabulary of `n`.
+fn cuts(p: &SamplingParams, n: usize, max: f32) -> (f32, usize) {
+    let min_logit = if p.min_p > 0.0 {
+        max + p.min_p.ln()
+    } else {
+        f32::NEG_INFINITY
+    };
+    let top_k = if p.top_k == 0 || p.top_k >= n {
+        n
+    } else {
+        p.top_k
+    };
+    (min_logit, top_k)
 }
 
 /// The temperature-scaled, unnormalised probability of a logit (exactly 0 for -inf).
