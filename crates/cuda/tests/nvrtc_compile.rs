@@ -46,11 +46,11 @@ fn opt_in_kernel_variants_compile_for_sm80_and_sm90a() {
     if !nvrtc_or_skip() {
         return;
     }
-    let defines = vec!["GEMV_BATCH".to_string()];
+    let defines = vec!["GEMV_BATCH".to_string(), "UNIFORM_SHFL".to_string()];
     for arch in ["sm_80", "sm_90a"] {
-        for unit in UNITS.iter().filter(|u| u.name == "mmvq") {
+        for unit in UNITS {
             let cubin = compile::compile_cubin_with(unit, arch, &defines)
-                .unwrap_or_else(|e| panic!("{} with GEMV_BATCH: {e}", unit.name));
+                .unwrap_or_else(|e| panic!("{} with {defines:?}: {e}", unit.name));
             assert_eq!(&cubin[..4], b"\x7fELF");
         }
     }

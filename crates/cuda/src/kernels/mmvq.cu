@@ -51,9 +51,19 @@ __device__ __forceinline__ int ld32_2(const u8* p) {
 extern "C" __global__ void quantize_q8_1(const float* __restrict__ X, u64 n, i8* __restrict__ Xq,
                                          float2* __restrict__ Xd) {
     pdl_entry();
+#ifdef UNIFORM_SHFL
+    // The loop runs on the block's base index (shared by the block), lanes past n
+    // quantize a zero and store nothing: the shuffles run converged.
+    for (u64 b0 = (u64)blockIdx.x * blockDim.x; b0 < n; b0 += (u64)gridDim.x * blockDim.x) {
+        u64 i = b0 + threadIdx.x;
+        bool in = i < n;
+        q8_1_lane_if(in ? X[i] : 0.0f, i, in, Xq, Xd);
+    }
+#else
     // n and the stride are multiples of 32: whole warps take the same path.
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         q8_1_lane(X[i], i, Xq, Xd);
+#endif
 }
 
 // One token row per 1024-thread block: x += rmsnorm(o) * pw (Gemma 3's post-norm; x += o
@@ -114,6 +124,23 @@ extern "C" __global__ void __launch_bounds__(1024) add_norm_q8(float* x, const f
         }
     }
     float scale = rms_scale_regs(xv, n, eps, sh);
+#ifdef UNIFORM_SHFL
+    // Opt-in (HANGAR_CUDA_DEFINES=UNIFORM_SHFL): the same values, the quantization's
+    // shuffles under a bound the whole block shares instead of `i < n` (whole warps are
+    // inside or outside n, n % 32 == 0, which the compiler cannot know: the SASS had 80
+    // WARPSYNC.COLLECTIVE pairs here). Padding lanes quantize zeros, store nothing.
+    const int ne = (n + (int)blockDim.x - 1) / (int)blockDim.x;
+#pragma unroll
+    for (int e = 0; e < ANQ_E; e++) {
+        if (e < ne) {
+            int i = threadIdx.x + e * blockDim.x;
+            bool in = i < n;
+            float v = xv[e] * scale * wv[e];
+            if (in) h[base + i] = v;
+            if (Xq) q8_1_lane_if(v, base + i, in, Xq, Xd);
+        }
+    }
+#else
 #pragma unroll
     for (int e = 0; e < ANQ_E; e++) {
         int i = threadIdx.x + e * blockDim.x;
@@ -123,6 +150,7 @@ extern "C" __global__ void __launch_bounds__(1024) add_norm_q8(float* x, const f
             if (Xq) q8_1_lane(v, base + i, Xq, Xd);
         }
     }
+#endif
 }
 
 // Activations quantized exactly as the CPU's fast path quantizes them (crates/kernels
