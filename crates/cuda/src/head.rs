@@ -62,16 +62,22 @@ pub fn pack_head_requests(reqs: &[HeadRequest]) -> PackedHead {
     }
 }
 
-/// Bytes of the answers of `n` rows: four u32 and two f64 per row, then (when any
-/// row wants them) `HEAD_CANDIDATES` values and ids per row. Read back only as far
-/// as needed.
+/// Bytes of the answers of `n` rows: eight u32 per row (argmax id, its value, the
+/// draw, the candidates written, the draw's logit, three unused), two f64 per row,
+/// then (when any row wants them) `HEAD_CANDIDATES` values and ids per row. Read back
+/// only as far as needed.
 pub fn head_out_bytes(n: usize, with_candidates: bool) -> usize {
-    32 * n
-        + if with_candidates {
-            8 * HEAD_CANDIDATES * n
-        } else {
-            0
-        }
+    let cands = if with_candidates {
+        8 * HEAD_CANDIDATES * n
+    } else {
+        0
+    };
+    48 * n + cands
+}
+
+/// Where the f64 sums and the candidates' values and ids start in the answers.
+pub fn head_out_offsets(n: usize) -> (usize, usize, usize) {
+    (32 * n, 48 * n, 48 * n + 4 * HEAD_CANDIDATES * n)
 }
 
 fn word(raw: &[u8], at: usize) -> u32 {
@@ -84,7 +90,7 @@ fn word(raw: &[u8], at: usize) -> u32 {
 /// most likely first (ties: lower id first).
 pub fn unpack_head_results(raw: &[u8], reqs: &[HeadRequest], vocab: usize) -> Vec<HeadResult> {
     let n = reqs.len();
-    let (sums, cval, cid) = (16 * n, 32 * n, 32 * n + 4 * HEAD_CANDIDATES * n);
+    let (sums, cval, cid) = head_out_offsets(n);
     reqs.iter()
         .enumerate()
         .map(|(i, r)| {
@@ -94,7 +100,7 @@ pub fn unpack_head_results(raw: &[u8], reqs: &[HeadRequest], vocab: usize) -> Ve
                 .and_then(|b| b.try_into().ok())
                 .map_or(0.0, f64::from_le_bytes);
             let mut cands: Vec<(f32, u32)> = if r.candidates {
-                let k = (word(raw, 16 * i + 12) as usize).min(HEAD_CANDIDATES.min(vocab));
+                let k = (word(raw, 32 * i + 12) as usize).min(HEAD_CANDIDATES.min(vocab));
                 (0..k)
                     .map(|j| {
                         let at = 4 * (i * HEAD_CANDIDATES + j);
@@ -110,9 +116,10 @@ pub fn unpack_head_results(raw: &[u8], reqs: &[HeadRequest], vocab: usize) -> Ve
                     .then(a.1.cmp(&b.1))
             });
             HeadResult {
-                max_id: word(raw, 16 * i),
-                max: f32::from_bits(word(raw, 16 * i + 4)),
-                pick: word(raw, 16 * i + 8),
+                max_id: word(raw, 32 * i),
+                max: f32::from_bits(word(raw, 32 * i + 4)),
+                pick: word(raw, 32 * i + 8),
+                pick_logit: f32::from_bits(word(raw, 32 * i + 16)),
                 z1,
                 cands,
             }
@@ -161,22 +168,20 @@ mod tests {
             .map(|(i, r)| reference(&row(i as u32), r))
             .collect();
         let n = reqs.len();
+        let (sums, cval, cid) = head_out_offsets(n);
         let mut raw = vec![0u8; head_out_bytes(n, true)];
         let put = |raw: &mut Vec<u8>, at: usize, b: &[u8]| raw[at..at + b.len()].copy_from_slice(b);
         for (i, w) in want.iter().enumerate() {
-            put(&mut raw, 16 * i, &w.max_id.to_le_bytes());
-            put(&mut raw, 16 * i + 4, &w.max.to_bits().to_le_bytes());
-            put(&mut raw, 16 * i + 8, &w.pick.to_le_bytes());
-            put(&mut raw, 16 * i + 12, &(w.cands.len() as u32).to_le_bytes());
-            put(&mut raw, 16 * n + 16 * i + 8, &w.z1.to_le_bytes());
+            put(&mut raw, 32 * i, &w.max_id.to_le_bytes());
+            put(&mut raw, 32 * i + 4, &w.max.to_bits().to_le_bytes());
+            put(&mut raw, 32 * i + 8, &w.pick.to_le_bytes());
+            put(&mut raw, 32 * i + 12, &(w.cands.len() as u32).to_le_bytes());
+            put(&mut raw, 32 * i + 16, &w.pick_logit.to_bits().to_le_bytes());
+            put(&mut raw, sums + 16 * i + 8, &w.z1.to_le_bytes());
             for (j, c) in w.cands.iter().rev().enumerate() {
                 let at = 4 * (i * HEAD_CANDIDATES + j);
-                put(&mut raw, 32 * n + at, &c.0.to_bits().to_le_bytes());
-                put(
-                    &mut raw,
-                    32 * n + 4 * HEAD_CANDIDATES * n + at,
-                    &c.1.to_le_bytes(),
-                );
+                put(&mut raw, cval + at, &c.0.to_bits().to_le_bytes());
+                put(&mut raw, cid + at, &c.1.to_le_bytes());
             }
         }
         assert_eq!(unpack_head_results(&raw, &reqs, vocab), want);

@@ -461,6 +461,12 @@ fn the_sampling_head_gives_the_tokens_the_host_sampler_gives() {
         presence_penalty: 1.0,
         ..base.clone()
     });
+    variants.push(SamplingParams {
+        // Log-probabilities of the token and 3 alternatives, from the head's answer.
+        n_logprobs: 3,
+        top_k: 20,
+        ..base.clone()
+    });
     let run = |head: Option<Arc<AtomicUsize>>| -> (Vec<Vec<u32>>, (u64, u64)) {
         let mut runner = FakeRunner::new(VOCAB, 4096).with_rows(spread_row);
         if let Some(answered) = head {
@@ -473,6 +479,7 @@ fn the_sampling_head_gives_the_tokens_the_host_sampler_gives() {
             .flat_map(|p| (0..3u64).map(move |seed| (p.clone(), seed)))
             .map(|(p, seed)| {
                 let mut req = GenerateRequest::greedy(vec![40, 41, 42], 24);
+                req.logprobs = (p.n_logprobs > 0).then_some(p.n_logprobs);
                 req.sampling = SamplingParams {
                     seed: Some(seed),
                     ..p
@@ -497,11 +504,11 @@ fn the_sampling_head_gives_the_tokens_the_host_sampler_gives() {
     let (on_host, unused) = run(None);
     assert_eq!(with_head, on_host);
     assert_eq!(unused, (0, 0));
-    // Every token went through the head: 6 variants x 3 seeds x 24 tokens. Top-p
+    // Every token went through the head: 7 variants x 3 seeds x 24 tokens. Top-p
     // 0.99999 needs all 257 tokens, more than the 256 candidates: those rows were
     // fetched (and sampled on the host with the same draw).
-    assert_eq!(answered.load(Ordering::Relaxed), 6 * 3 * 24);
-    assert_eq!(from_head + fetched, 6 * 3 * 24);
+    assert_eq!(answered.load(Ordering::Relaxed), 7 * 3 * 24);
+    assert_eq!(from_head + fetched, 7 * 3 * 24);
     assert!(fetched >= 3 * 24, "{fetched} rows fetched");
     // The draws really are draws: seeds differ.
     assert_ne!(on_host[0], on_host[1]);

@@ -99,8 +99,9 @@ __device__ __forceinline__ int head_scan_int(int v, int* ws, int* total) {
 }
 
 // Block b answers logits row first_row + b with request b: inv_t[b], u[b], want[b]
-// (candidates wanted), skips sk[off[b] .. off[b + 1]]. Out per row: res[4b..4b+4] =
-// (argmax id, its value's bits, the untruncated draw's id, candidates written),
+// (candidates wanted), skips sk[off[b] .. off[b + 1]]. Out per row: res[8b..8b+5] =
+// (argmax id, its value's bits, the untruncated draw's id, candidates written, the
+// drawn id's adjusted logit's bits),
 // sums[2b..2b+2] = (Σ weights at 1/T, Σ e^(l - max)), and with want[b] the
 // min(HEAD_K, vocab) most likely (value, id) in cval/cid[b * HEAD_K ..] (unordered).
 // Dynamic shared memory: a bit per vocabulary id when any row of the launch has skips.
@@ -220,28 +221,34 @@ extern "C" __global__ void __launch_bounds__(HEAD_THREADS)
     const bool inside = s_first < HEAD_THREADS;
     const int chosen = inside ? s_first : s_last;
     if (t == 0) {
-        res[4 * b] = max_id;
-        res[4 * b + 1] = __float_as_uint(max);
-        if (chosen < 0) res[4 * b + 2] = max_id;
+        res[8 * b] = max_id;
+        res[8 * b + 1] = __float_as_uint(max);
+        if (chosen < 0) {
+            res[8 * b + 2] = max_id;
+            res[8 * b + 4] = __float_as_uint(max);
+        }
     }
     if (t == chosen) {
         double local = target - e, acc = 0.0;
-        u32 last = max_id, hit = 0xffffffffu;
+        // The token where the running sum passes the target, else the slice's last
+        // with any weight: the last one the walk reached either way.
+        u32 last = max_id;
+        float lastv = max;
         for (int i = lo; i < hi; i++) {
-            double wt = head_weight(head_adj(row, i, bits, sk, ns), max, it);
+            float v = head_adj(row, i, bits, sk, ns);
+            double wt = head_weight(v, max, it);
             if (wt > 0.0) {
                 acc += wt;
                 last = (u32)i;
-                if (inside && acc > local) {
-                    hit = (u32)i;
-                    break;
-                }
+                lastv = v;
+                if (inside && acc > local) break;
             }
         }
-        res[4 * b + 2] = hit != 0xffffffffu ? hit : last;
+        res[8 * b + 2] = last;
+        res[8 * b + 4] = __float_as_uint(lastv);
     }
     if (!want[b]) {
-        if (t == 0) res[4 * b + 3] = 0;
+        if (t == 0) res[8 * b + 3] = 0;
         return;
     }
 
@@ -308,5 +315,5 @@ extern "C" __global__ void __launch_bounds__(HEAD_THREADS)
             }
         }
     }
-    if (t == 0) res[4 * b + 3] = (u32)k;
+    if (t == 0) res[8 * b + 3] = (u32)k;
 }

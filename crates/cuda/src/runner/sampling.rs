@@ -4,9 +4,9 @@
 
 use super::CudaRunner;
 use crate::gpu::{Args, DevBuf};
-use crate::head::{head_out_bytes, pack_head_requests, unpack_head_results};
+use crate::head::{head_out_bytes, head_out_offsets, pack_head_requests, unpack_head_results};
 use crate::CudaError;
-use hangar_engine::sampler::head::{reference, HEAD_CANDIDATES};
+use hangar_engine::sampler::head::reference;
 use hangar_engine::sampler::{HeadRequest, HeadSkip};
 
 impl CudaRunner {
@@ -29,11 +29,9 @@ impl CudaRunner {
             .map(|buf| buf.write(&packed.bytes))
             .transpose()?;
         let at = |off: usize| inp + off as u64;
-        let (res, sums) = (out, out + (16 * n) as u64);
-        let (cval, cid) = (
-            sums + (16 * n) as u64,
-            sums + (16 * n + 4 * HEAD_CANDIDATES * n) as u64,
-        );
+        let (sums_at, cval_at, cid_at) = head_out_offsets(n);
+        let (res, sums) = (out, out + sums_at as u64);
+        let (cval, cid) = (out + cval_at as u64, out + cid_at as u64);
         let args = Args::new()
             .ptr(lg)
             .i32(vocab as i32)

@@ -1,7 +1,7 @@
 //! The sampler chain for one sequence: bias and penalties, log-probabilities, then
 //! greedy pick or truncated draw. Owns the RNG stream; holds no model state.
 
-use super::head::{HeadRequest, HeadResult, HeadSkip, HEAD_MAX_SKIPS};
+use super::head::{HeadRequest, HeadResult, HeadSkip, HEAD_CANDIDATES, HEAD_MAX_SKIPS};
 use super::logit_math::{argmax, argmax_checked, log_sum_exp, top_n};
 use super::penalties::{apply_bias, apply_penalties};
 use super::rng::Rng;
@@ -119,11 +119,12 @@ impl Sampler {
     /// ([`super::head`]): its adjusted ids with their transforms, its inverse
     /// temperature and the uniform number its next draw takes (peeked: the stream
     /// moves only when [`Sampler::take_head`] or [`Sampler::sample`] uses it). `None`
-    /// when the token needs the whole row: log-probabilities are reported, an id has
-    /// two biases, or more ids are adjusted than a head takes.
+    /// when the token needs the whole row: an id has two biases, more ids are
+    /// adjusted than a head takes, or more alternatives' log-probabilities are asked
+    /// for than it returns candidates.
     pub fn head_request(&self, history: &[u32]) -> Option<HeadRequest> {
         let p = &self.params;
-        if self.want_logprob || p.n_logprobs > 0 {
+        if p.n_logprobs > HEAD_CANDIDATES {
             return None;
         }
         let mut skips: Vec<HeadSkip> = p
@@ -178,7 +179,9 @@ impl Sampler {
             } else {
                 0.0
             },
-            candidates: sampled && (p.top_k > 0 || p.top_p < 1.0 || p.min_p > 0.0),
+            // The alternatives' log-probabilities are the top candidates'.
+            candidates: (sampled && (p.top_k > 0 || p.top_p < 1.0 || p.min_p > 0.0))
+                || p.n_logprobs > 0,
             skips,
         })
     }
@@ -198,27 +201,71 @@ impl Sampler {
         if res.max == f32::INFINITY || n == 0 {
             return None;
         }
+        // The draw's number is peeked, and the stream moves only once the token is
+        // certain: a `None` leaves it for `sample`'s draw over the fetched row.
+        let u = self.rng.clone().next_f64();
         // (top-k at or past the vocabulary truncates nothing, as in `truncate`.)
         let truncates = (p.top_k > 0 && p.top_k < n) || p.top_p < 1.0 || p.min_p > 0.0;
-        let id = if p.temperature == 0.0 || res.max == f32::NEG_INFINITY {
-            res.max_id
+        let (id, drew) = if p.temperature == 0.0 || res.max == f32::NEG_INFINITY {
+            (res.max_id, false)
         } else if !req.candidates || !truncates {
-            self.rng.next_f64();
-            res.pick
+            (res.pick, true)
         } else {
             let mut cands = std::mem::take(&mut self.cands);
             let kept = truncate_top(p, &res.cands, n, res.max, res.z1, &mut cands);
-            let id = kept.then(|| {
-                let u = self.rng.next_f64();
-                draw_from(&cands, res.max, req.inv_t, u).unwrap_or(res.max_id)
-            });
+            let id = kept.then(|| draw_from(&cands, res.max, req.inv_t, u).unwrap_or(res.max_id));
             self.cands = cands;
-            id?
+            (id?, true)
         };
+        let token = self.head_token(id, res, n)?;
+        if drew {
+            self.rng.next_f64();
+        }
+        Some(token)
+    }
+
+    /// `id` as `finish` reports it, from the head's answer: its log-probability and
+    /// the top alternatives' when wanted (`None` if they are not all among the
+    /// candidates). Log-probabilities are `sample`'s to rounding: the log-sum-exp
+    /// comes from the head's f64 sum, the host's from f32 lanes.
+    fn head_token(&self, id: u32, res: &HeadResult, n: usize) -> Option<SampledToken> {
+        let n_logprobs = self.params.n_logprobs;
+        if !self.want_logprob && n_logprobs == 0 {
+            return Some(SampledToken {
+                id,
+                logprob: f32::NEG_INFINITY,
+                top_logprobs: Vec::new(),
+            });
+        }
+        // As `prepare` and `finish`: log-softmax after bias and penalties.
+        let lse = if res.max.is_finite() {
+            res.max + res.z1.ln() as f32
+        } else {
+            res.max
+        };
+        let logprob_of = |l: f32| {
+            if lse.is_finite() {
+                l - lse
+            } else {
+                f32::NEG_INFINITY
+            }
+        };
+        let logit = if id == res.pick {
+            res.pick_logit
+        } else if id == res.max_id {
+            res.max
+        } else {
+            res.cands.iter().find(|c| c.1 == id)?.0
+        };
+        let top = n_logprobs.min(n);
+        let alternatives = res.cands.get(..top)?;
         Some(SampledToken {
             id,
-            logprob: f32::NEG_INFINITY,
-            top_logprobs: Vec::new(),
+            logprob: logprob_of(logit),
+            top_logprobs: alternatives
+                .iter()
+                .map(|&(l, i)| (i, logprob_of(l)))
+                .collect(),
         })
     }
 

@@ -74,7 +74,9 @@ pub struct HeadResult {
     /// Where an untruncated draw with `u` lands (the running sum of
     /// `e^((l - max) / T)` in id order passes `u` times the total).
     pub pick: u32,
-    /// `Σ e^(l - max)`: the top-p normaliser.
+    /// `pick`'s adjusted logit (its log-probability's numerator).
+    pub pick_logit: f32,
+    /// `Σ e^(l - max)`: the top-p normaliser (and the log-sum-exp's).
     pub z1: f64,
     /// The `min(HEAD_CANDIDATES, vocab)` most likely (adjusted logit, id), most likely
     /// first (ties: lower id first); empty unless the request asked.
@@ -172,24 +174,25 @@ pub fn reference(raw: &[f32], req: &HeadRequest) -> HeadResult {
                 .find(|&t| part_t[t] > 0.0)
                 .map(|t| (t, false))
         });
-    let pick = match chosen {
-        None => max_id,
+    let (pick, pick_logit) = match chosen {
+        None => (max_id, max),
         Some((t, inside)) => {
+            // The token where the running sum passes the target, else the slice's
+            // last with any weight.
             let local = target - bound[t];
-            let (mut acc, mut last) = (0f64, max_id);
-            let mut hit = None;
+            let (mut acc, mut last) = (0f64, (max_id, max));
             for i in slice(t, n) {
-                let w = weight(adj(i), max, req.inv_t);
+                let v = adj(i);
+                let w = weight(v, max, req.inv_t);
                 if w > 0.0 {
                     acc += w;
-                    last = i as u32;
+                    last = (i as u32, v);
                     if inside && acc > local {
-                        hit = Some(last);
                         break;
                     }
                 }
             }
-            hit.unwrap_or(last)
+            last
         }
     };
     let cands = if req.candidates {
@@ -208,6 +211,7 @@ pub fn reference(raw: &[f32], req: &HeadRequest) -> HeadResult {
         max_id,
         max,
         pick,
+        pick_logit,
         z1,
         cands,
     }
@@ -300,7 +304,28 @@ mod tests {
                 p.repetition_penalty = 0.7;
                 p.logit_bias = vec![(2, -1.0)];
             }),
+            // Log-probabilities of the alternatives (the chosen token's are asked for
+            // in every set on the second pass).
+            with(&|p| p.n_logprobs = 3),
+            with(&|p| {
+                *p = SamplingParams {
+                    seed: Some(7),
+                    n_logprobs: 5,
+                    ..SamplingParams::default()
+                }
+            }),
+            with(&|p| {
+                p.temperature = 0.0;
+                p.n_logprobs = 2;
+                p.presence_penalty = 0.5;
+            }),
         ]
+    }
+
+    /// Log-probabilities equal to rounding (the head's log-sum-exp sums in f64, the
+    /// host's in f32 lanes).
+    fn close(a: f32, b: f32) -> bool {
+        a == b || (a - b).abs() <= 1e-4
     }
 
     /// How far (as a fraction of the total) an untruncated draw's target is from the
@@ -325,13 +350,17 @@ mod tests {
     fn the_head_path_picks_what_the_host_sampler_picks() {
         let mut g = Gen(0x9E37_79B9_7F4A_7C15);
         let (mut via_head, mut via_row, mut on_boundary) = (0usize, 0usize, 0usize);
-        for (pi, p) in params().into_iter().enumerate() {
+        let runs = params()
+            .into_iter()
+            .enumerate()
+            .flat_map(|(pi, p)| [(pi, p.clone(), false), (pi, p, true)]);
+        for (pi, p, logprob) in runs {
             for n in [1usize, 7, 300, 3000, 40_000] {
                 for kind in 0..4 {
                     let mut host = Sampler::new(p.clone()).unwrap();
                     let mut dev = Sampler::new(p.clone()).unwrap();
-                    host.set_logprob_wanted(false);
-                    dev.set_logprob_wanted(false);
+                    host.set_logprob_wanted(logprob);
+                    dev.set_logprob_wanted(logprob);
                     let mut history: Vec<u32> = Vec::new();
                     for step in 0..12 {
                         let r = row(&mut g, n, kind);
@@ -360,6 +389,17 @@ mod tests {
                                 want.id
                             );
                             on_boundary += 1;
+                        } else {
+                            let what =
+                                format!("params #{pi}, vocabulary {n}, kind {kind}, step {step}");
+                            assert!(
+                                close(got.logprob, want.logprob),
+                                "{what}: {got:?} vs {want:?}"
+                            );
+                            assert_eq!(got.top_logprobs.len(), want.top_logprobs.len(), "{what}");
+                            for (g, w) in got.top_logprobs.iter().zip(&want.top_logprobs) {
+                                assert!(g.0 == w.0 && close(g.1, w.1), "{what}: {g:?} vs {w:?}");
+                            }
                         }
                         history.push(want.id);
                     }
