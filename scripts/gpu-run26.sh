@@ -24,7 +24,6 @@ export HANGAR_CUDA_CACHE=$W/cuda-cache
 SECONDS=0
 [ -x $H ] || { xz -dc .gpu/fin/hangar.xz > $H && chmod +x $H; }
 [ -f $W/g270.gguf ] || $H synth --arch gemma3 --preset gemma-3-270m --type Q4_K_M -t 16 --out $W/g270.gguf 2>&1 | tail -1
-[ -f $W/l1b.gguf ] || $H synth --arch llama --preset llama-3.2-1b --type Q4_K_M -t 16 --out $W/l1b.gguf 2>&1 | tail -1
 [ -f $W/l8b.gguf ] || $H synth --arch llama --preset llama-3-8b --type Q4_K_M -t 16 --out $W/l8b.gguf 2>&1 | tail -1
 if [ "$STAGE" = head ]; then
 echo "== (t=$SECONDS) device-check (a 'sampling head is off' warning means the self-check failed)"
@@ -63,6 +62,7 @@ for v in "" GEMV_BATCH GEMV_BATCH,UNIFORM_SHFL "" GEMV_BATCH GEMV_BATCH,UNIFORM_
 done
 fi
 if [ "$STAGE" = attn ]; then
+[ -f $W/l1b.gguf ] || $H synth --arch llama --preset llama-3.2-1b --type Q4_K_M -t 16 --out $W/l1b.gguf 2>&1 | tail -1
 echo "== (t=$SECONDS) attention_mma: 1B shape, 2 100 tokens, against the CPU"
 HANGAR_CUDA_ATT_MMA=1 timeout 150 $H device-check -m $W/l1b.gguf --tokens 2100 --greedy 4 -t 16 2>&1 | grep -vE "^\s*$|compil" | tail -4
 echo "== (t=$SECONDS) 8B perplexity at ctx 4096: CUDA-core tiled (0) vs tensor cores (1)"
