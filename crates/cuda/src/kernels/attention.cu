@@ -36,35 +36,6 @@ extern "C" __global__ void __launch_bounds__(256) attention(
     // passes over them, so their latency is the kernel's.
     float* sc = sm_scores ? sm + (1 + ATT_WARPS) * hd : scratch + ((u64)t * nheads + h) * max_n;
     float m = -3.0e38f;
-#ifdef UNIFORM_SHFL
-    // (UNIFORM_SHFL: every warp runs the same number of rounds, a round past the end
-    // scores nothing, so warp_sum's shuffles run under block-uniform control flow
-    // instead of each becoming a WARPSYNC.COLLECTIVE sequence. Same scores.)
-#pragma unroll 2
-    for (int j0 = 0; j0 < n; j0 += ATT_WARPS) {
-        int j = j0 + w;
-        bool ok = j < n;
-        float s = 0.0f;
-        if (ok) {
-            int p = lo + j;
-            u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
-            const u32* kr = (const u32*)(kc + off);
-#pragma unroll
-            for (int i = 0; i < ATT_MAX_PAIRS; i++) {
-                int d2 = lane + 32 * i;
-                if (d2 < pairs) {
-                    u32 two = kr[d2];
-                    s += qs[2 * d2] * h2f((u16)(two & 0xffff)) + qs[2 * d2 + 1] * h2f((u16)(two >> 16));
-                }
-            }
-        }
-        s = warp_sum(s) * scale;
-        if (ok) {
-            if (lane == 0) sc[j] = s;
-            m = fmaxf(m, s);
-        }
-    }
-#else
 #pragma unroll 2
     for (int j = w; j < n; j += ATT_WARPS) {
         int p = lo + j;
@@ -83,7 +54,6 @@ extern "C" __global__ void __launch_bounds__(256) attention(
         if (lane == 0) sc[j] = s;
         m = fmaxf(m, s);
     }
-#endif
     m = block_max(m, red);
     __syncthreads();
     float sum = 0.0f;
@@ -127,17 +97,6 @@ extern "C" __global__ void __launch_bounds__(256) attention(
     // hd <= 256 = blockDim: one pass. With Xq set (hd a multiple of 32, so whole warps
     // hold whole 32-blocks) the output is also quantized for the next int8 GEMV.
     int d = threadIdx.x;
-#ifdef UNIFORM_SHFL
-    // (See UNIFORM_SHFL in mmvq.cu: the quantization's shuffles outside `d < hd`.)
-    float o = 0.0f;
-    u64 at = ((u64)t * nheads + h) * hd + d;
-    if (d < hd) {
-#pragma unroll
-        for (int k = 0; k < ATT_WARPS; k++) o += part[k * hd + d];
-        out[at] = o;
-    }
-    if (Xq) q8_1_lane_if(o, at, d < hd, Xq, Xd);
-#else
     if (d < hd) {
         float o = 0.0f;
 #pragma unroll
@@ -146,7 +105,6 @@ extern "C" __global__ void __launch_bounds__(256) attention(
         out[at] = o;
         if (Xq) q8_1_lane(o, at, Xq, Xd);
     }
-#endif
 }
 
 // Split-K attention (flash-decoding) for steps whose (head, token) blocks alone would
@@ -183,35 +141,6 @@ extern "C" __global__ void __launch_bounds__(256) att_split_scores(
     __syncthreads();
     float* sc = scratch + ((u64)t * nheads + h) * max_n;
     float m = -3.0e38f;
-#ifdef UNIFORM_SHFL
-    // (UNIFORM_SHFL: every warp runs the same number of rounds, a round past the end
-    // scores nothing, so warp_sum's shuffles run under block-uniform control flow
-    // instead of each becoming a WARPSYNC.COLLECTIVE sequence. Same scores.)
-#pragma unroll 2
-    for (int r0 = j0; r0 < j1; r0 += ATT_WARPS) {
-        int j = r0 + w;
-        bool ok = j < j1;
-        float sv = 0.0f;
-        if (ok) {
-            int p = lo + j;
-            u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
-            const u32* kr = (const u32*)(kc + off);
-#pragma unroll
-            for (int i = 0; i < ATT_MAX_PAIRS; i++) {
-                int d2 = lane + 32 * i;
-                if (d2 < pairs) {
-                    u32 two = kr[d2];
-                    sv += qs[2 * d2] * h2f((u16)(two & 0xffff)) + qs[2 * d2 + 1] * h2f((u16)(two >> 16));
-                }
-            }
-        }
-        sv = warp_sum(sv) * scale;
-        if (ok) {
-            if (lane == 0) sc[j] = sv;
-            m = fmaxf(m, sv);
-        }
-    }
-#else
 #pragma unroll 2
     for (int j = j0 + w; j < j1; j += ATT_WARPS) {
         int p = lo + j;
@@ -230,7 +159,6 @@ extern "C" __global__ void __launch_bounds__(256) att_split_scores(
         if (lane == 0) sc[j] = sv;
         m = fmaxf(m, sv);
     }
-#endif
     m = block_max(m, red);
     __syncthreads();
     float l = 0.0f;
@@ -312,16 +240,6 @@ extern "C" __global__ void __launch_bounds__(256) att_split_sum(
     const float* part, float* out, int nheads, int hd, int S, i8* Xq, float2* Xd) {
     pdl_entry();
     int h = blockIdx.x, t = blockIdx.y, d = threadIdx.x;
-#ifdef UNIFORM_SHFL
-    float o = 0.0f;
-    u64 at = ((u64)t * nheads + h) * hd + d;
-    if (d < hd) {
-        const float* pr = part + ((u64)t * nheads + h) * S * hd + d;
-        for (int s = 0; s < S; s++) o += pr[(u64)s * hd];
-        out[at] = o;
-    }
-    if (Xq) q8_1_lane_if(o, at, d < hd, Xq, Xd);
-#else
     if (d < hd) {
         const float* pr = part + ((u64)t * nheads + h) * S * hd + d;
         float o = 0.0f;
@@ -330,7 +248,6 @@ extern "C" __global__ void __launch_bounds__(256) att_split_sum(
         out[at] = o;
         if (Xq) q8_1_lane(o, at, Xq, Xd);
     }
-#endif
 }
 
 // Prefill attention in tiles (flash-attention style): one block per (query head, 16

@@ -105,21 +105,6 @@ __device__ __forceinline__ int warp_sum_i(int v) {
 // llama.cpp's q8_1 for the value v of lane i % 32 of a 32-wide block, i the flat
 // index (a warp holds one whole block): d = amax / 127, q = round-half-even(v / d),
 // Xd[i / 32] = (d, d * sum q). Twin: twin::quantize_q8_1.
-// q8_1_lane for a lane that may be outside the row (`in` false: it quantizes its v,
-// normally 0, and stores nothing). Callers run it under a condition every thread of
-// the warp shares, so the shuffles run converged: under a per-thread test the
-// compiler wraps each shuffle in a WARPSYNC.COLLECTIVE sequence. Same values as
-// q8_1_lane where `in`.
-__device__ __forceinline__ void q8_1_lane_if(float v, u64 i, bool in, i8* Xq, float2* Xd) {
-    float amax = warp_max(fabsf(v));
-    float d = __fdiv_rn(amax, 127.0f);
-    int q = amax == 0.0f ? 0 : __float2int_rn(__fdiv_rn(v, d));
-    int s = warp_sum_i(q);
-    if (in) {
-        Xq[i] = (i8)q;
-        if ((threadIdx.x & 31) == 0) Xd[i >> 5] = make_float2(d, d * (float)s);
-    }
-}
 __device__ __forceinline__ void q8_1_lane(float v, u64 i, i8* Xq, float2* Xd) {
     float amax = warp_max(fabsf(v));
     float d = __fdiv_rn(amax, 127.0f);

@@ -51,19 +51,9 @@ __device__ __forceinline__ int ld32_2(const u8* p) {
 extern "C" __global__ void quantize_q8_1(const float* __restrict__ X, u64 n, i8* __restrict__ Xq,
                                          float2* __restrict__ Xd) {
     pdl_entry();
-#ifdef UNIFORM_SHFL
-    // The loop runs on the block's base index (shared by the block), lanes past n
-    // quantize a zero and store nothing: the shuffles run converged.
-    for (u64 b0 = (u64)blockIdx.x * blockDim.x; b0 < n; b0 += (u64)gridDim.x * blockDim.x) {
-        u64 i = b0 + threadIdx.x;
-        bool in = i < n;
-        q8_1_lane_if(in ? X[i] : 0.0f, i, in, Xq, Xd);
-    }
-#else
     // n and the stride are multiples of 32: whole warps take the same path.
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         q8_1_lane(X[i], i, Xq, Xd);
-#endif
 }
 
 // One token row per 1024-thread block: x += rmsnorm(o) * pw (Gemma 3's post-norm; x += o
@@ -124,23 +114,6 @@ extern "C" __global__ void __launch_bounds__(1024) add_norm_q8(float* x, const f
         }
     }
     float scale = rms_scale_regs(xv, n, eps, sh);
-#ifdef UNIFORM_SHFL
-    // Opt-in (HANGAR_CUDA_DEFINES=UNIFORM_SHFL): the same values, the quantization's
-    // shuffles under a bound the whole block shares instead of `i < n` (whole warps are
-    // inside or outside n, n % 32 == 0, which the compiler cannot know: the SASS had 80
-    // WARPSYNC.COLLECTIVE pairs here). Padding lanes quantize zeros, store nothing.
-    const int ne = (n + (int)blockDim.x - 1) / (int)blockDim.x;
-#pragma unroll
-    for (int e = 0; e < ANQ_E; e++) {
-        if (e < ne) {
-            int i = threadIdx.x + e * blockDim.x;
-            bool in = i < n;
-            float v = xv[e] * scale * wv[e];
-            if (in) h[base + i] = v;
-            if (Xq) q8_1_lane_if(v, base + i, in, Xq, Xd);
-        }
-    }
-#else
 #pragma unroll
     for (int e = 0; e < ANQ_E; e++) {
         int i = threadIdx.x + e * blockDim.x;
@@ -150,7 +123,6 @@ extern "C" __global__ void __launch_bounds__(1024) add_norm_q8(float* x, const f
             if (Xq) q8_1_lane(v, base + i, Xq, Xd);
         }
     }
-#endif
 }
 
 // Activations quantized exactly as the CPU's fast path quantizes them (crates/kernels
@@ -228,13 +200,107 @@ extern "C" __global__ void dequant_q8x(const i8* __restrict__ Xq, const float2* 
 // (warp `part` of them): the `gemvq` kernels give a row one warp (parts = 1), the
 // `mvs`/`mvp` kernels four. Twin: twin::gemvq_row_split.
 //
-// K-quants: eight lanes per 256-weight block, four blocks per warp step. Lane k:
+// K-quants: four lanes per 256-weight block, eight blocks per warp step. Lane c holds
+// chunk c of the quants (32 bytes: sub-block 2c in the low nibbles, 2c + 1 in the high
+// ones), so each lane decodes its two scale/min pairs once per 64 weights, and every
+// weight byte arrives in 16-byte loads: the block's head (d, dmin, the 12 scale bytes)
+// in one, the quants in two (Q5_K: the 32 qh bytes in two more). Per sub-block
+// sum w x = d sc dx sum(q qx) - dmin m (dx sum qx), the min term from the activation
+// block's stored sum. The next step's weight bytes are loaded before this step's
+// arithmetic (one step ahead in registers), so a warp has two steps in flight.
+struct K4W {
+    uint4 hd, q0, q1, h0, h1;
+};
+template <bool Q5>
+__device__ __forceinline__ void k4w_load(const u8* __restrict__ row, int b, int c, K4W& w) {
+    const int BB = Q5 ? 176 : 144, QS = Q5 ? 48 : 16;
+    const u8* blk = row + (u64)b * BB;
+    w.hd = *(const uint4*)blk;
+    w.q0 = *(const uint4*)(blk + QS + 32 * c);
+    w.q1 = *(const uint4*)(blk + QS + 32 * c + 16);
+    if (Q5) {
+        w.h0 = *(const uint4*)(blk + 16);
+        w.h1 = *(const uint4*)(blk + 32);
+    }
+}
+// Sub-blocks 2c and 2c + 1's 6-bit scales and mins (scale_min_k4) as byte pairs,
+// without a branch on the lane: both encodings computed on the pair, one selected.
+__device__ __forceinline__ void k4w_scales(uint4 hd, int c, u32* sc, u32* m) {
+    int sh = 16 * (c & 1);
+    u32 a = hd.y >> sh, b = hd.z >> sh, cc = hd.w >> sh;
+    u32 lo_s = a & 0x3f3fu, lo_m = b & 0x3f3fu;
+    u32 hi_s = (cc & 0x0f0fu) | ((a >> 2) & 0x3030u), hi_m = ((cc >> 4) & 0x0f0fu) | ((b >> 2) & 0x3030u);
+    *sc = c < 2 ? lo_s : hi_s;
+    *m = c < 2 ? lo_m : hi_m;
+}
+template <bool Q5, int NT>
+__device__ __forceinline__ void k4w_use(const K4W& w, int b, int c, int cols, const i8* __restrict__ Xq,
+                                        const float2* __restrict__ Xd, int ntok, int t0, float* acc) {
+    int nq = cols >> 5;
+    u32 scp, mp;
+    k4w_scales(w.hd, c, &scp, &mp);
+    float sc1 = (float)(scp & 0xff), sc2 = (float)(scp >> 8), m1 = (float)(mp & 0xff), m2 = (float)(mp >> 8);
+    u32 qq[8] = {w.q0.x, w.q0.y, w.q0.z, w.q0.w, w.q1.x, w.q1.y, w.q1.z, w.q1.w};
+    int lo[8], hi[8];
+    if (Q5) {
+        u32 hh[8] = {w.h0.x, w.h0.y, w.h0.z, w.h0.w, w.h1.x, w.h1.y, w.h1.z, w.h1.w};
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            lo[i] = (int)((qq[i] & 0x0F0F0F0Fu) | (((hh[i] >> (2 * c)) & 0x01010101u) << 4));
+            hi[i] = (int)(((qq[i] >> 4) & 0x0F0F0F0Fu) | (((hh[i] >> (2 * c + 1)) & 0x01010101u) << 4));
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            lo[i] = (int)(qq[i] & 0x0F0F0F0Fu);
+            hi[i] = (int)((qq[i] >> 4) & 0x0F0F0F0Fu);
+        }
+    }
+    float d = h2f((u16)(w.hd.x & 0xffff)), dmin = h2f((u16)(w.hd.x >> 16));
+    int qa = b * 8 + 2 * c;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        // (Row t0 always exists: no branch for the first token.)
+        if (t == 0 || t0 + t < ntok) {
+            const int4* xr = (const int4*)(Xq + (u64)(t0 + t) * cols + 32 * qa);
+            int4 x0 = xr[0], x1 = xr[1], x2 = xr[2], x3 = xr[3];
+            // Xd[qa], Xd[qa + 1] in one load: qa is even and rows hold nq % 8 == 0 pairs.
+            float4 dd = *(const float4*)(Xd + (u64)(t0 + t) * nq + qa);
+            int sa = dp4a(lo[3], x0.w, dp4a(lo[2], x0.z, dp4a(lo[1], x0.y, dp4a(lo[0], x0.x, 0))));
+            sa = dp4a(lo[7], x1.w, dp4a(lo[6], x1.z, dp4a(lo[5], x1.y, dp4a(lo[4], x1.x, sa))));
+            int sb = dp4a(hi[3], x2.w, dp4a(hi[2], x2.z, dp4a(hi[1], x2.y, dp4a(hi[0], x2.x, 0))));
+            sb = dp4a(hi[7], x3.w, dp4a(hi[6], x3.z, dp4a(hi[5], x3.y, dp4a(hi[4], x3.x, sb))));
+            float v = d * (sc1 * dd.x * (float)sa + sc2 * dd.z * (float)sb);
+            v -= dmin * (m1 * dd.y + m2 * dd.w);
+            acc[t] += v;
+        }
+    }
+}
+template <bool Q5, int NT>
+__device__ __forceinline__ void dot_k4(const u8* __restrict__ row, int cols, const i8* __restrict__ Xq,
+                                       const float2* __restrict__ Xd, int ntok, int t0, int lane,
+                                       int part, int parts, float* acc) {
+    const int nb = cols >> 8, step = 8 * parts, c = lane & 3;
+    int b = (lane >> 2) + 8 * part;
+    if (b >= nb) return;
+    K4W cur, nxt;
+    k4w_load<Q5>(row, b, c, cur);
+    for (; b + step < nb; b += step) {
+        k4w_load<Q5>(row, b + step, c, nxt);
+        k4w_use<Q5, NT>(cur, b, c, cols, Xq, Xd, ntok, t0, acc);
+        cur = nxt;
+    }
+    k4w_use<Q5, NT>(cur, b, c, cols, Xq, Xd, ntok, t0, acc);
+}
+
+// K-quants, opt-in narrow form (HANGAR_CUDA_DEFINES=K4_LANE8; the default before
+// run 27, kept for its A/B): eight lanes per 256-weight block, four blocks per warp step. Lane k:
 // quant bytes 16 (k % 2) .. +16 of chunk c = k / 2, i.e. 16 weights of sub-block 2c
 // (low nibbles) and 16 of sub-block 2c + 1 (high nibbles). Per sub-block
 // sum w x = d sc dx sum(q qx) - dmin m (dx sum qx); the even lane adds the min term
 // from the activation block's stored sum. Q5_K adds the fifth bit from qh.
 template <bool Q5, int NT>
-__device__ __forceinline__ void dot_k4(const u8* __restrict__ row, int cols, const i8* __restrict__ Xq,
+__device__ __forceinline__ void dot_k4_lane8(const u8* __restrict__ row, int cols, const i8* __restrict__ Xq,
                                        const float2* __restrict__ Xd, int ntok, int t0, int lane,
                                        int part, int parts, float* acc) {
     const int BB = Q5 ? 176 : 144, QS = Q5 ? 48 : 16;
@@ -335,174 +401,6 @@ __device__ __forceinline__ void dot_q6k(const u8* __restrict__ row, int cols, co
     }
 }
 
-#ifdef GEMV_BATCH
-// Opt-in (HANGAR_CUDA_DEFINES=GEMV_BATCH): the K-quant dot products above with every
-// weight load of U block steps issued before any is used. In the loops above each step
-// loads its weights, decodes the scales at once (a stall on the load) and only then
-// loads its activations, so a warp has one step's memory round trips in flight at a
-// time: SASS of mvs1_q4_k shows four such serialised steps for a 4096-wide row. Here a
-// batch's weights (and the activations, which do not depend on them) are in flight
-// together, and the scale decode selects instead of branching on the lane. The
-// arithmetic and the order of the additions are the loops' above: same bits.
-
-// scale_min_k4 without a lane-dependent branch (both forms computed, one selected).
-__device__ __forceinline__ void scale_min_k4_sel(int j, uint3 w, int* sc, int* m) {
-    u32 bj = byte_of(w, j), bj4 = byte_of(w, j + 4), bjm4 = byte_of(w, j >= 4 ? j - 4 : j);
-    int lo_sc = (int)(bj & 63), lo_m = (int)(bj4 & 63);
-    int hi_sc = (int)((bj4 & 0xF) | ((bjm4 >> 6) << 4)), hi_m = (int)((bj4 >> 4) | ((bj >> 6) << 4));
-    *sc = j < 4 ? lo_sc : hi_sc;
-    *m = j < 4 ? lo_m : hi_m;
-}
-
-// One Q4_K/Q5_K block step's weight bytes for this lane.
-struct K4Step {
-    uint4 q, h;
-    u32 dm;
-    uint3 sw;
-};
-template <bool Q5>
-__device__ __forceinline__ void k4_load(const u8* __restrict__ row, int b, int c, int l0, K4Step& s) {
-    const int BB = Q5 ? 176 : 144, QS = Q5 ? 48 : 16;
-    const u8* blk = row + (u64)b * BB;
-    s.q = *(const uint4*)(blk + QS + 32 * c + l0);
-    s.dm = *(const u32*)blk;
-    s.sw = *(const uint3*)(blk + 4);
-    if (Q5) s.h = *(const uint4*)(blk + 16 + l0);
-}
-template <bool Q5, int NT>
-__device__ __forceinline__ void k4_use(const K4Step& s, int b, int c, int l0, int cols, const i8* __restrict__ Xq,
-                                       const float2* __restrict__ Xd, int ntok, int t0, float* acc) {
-    int nq = cols >> 5;
-    int sc1, m1, sc2, m2;
-    scale_min_k4_sel(2 * c, s.sw, &sc1, &m1);
-    scale_min_k4_sel(2 * c + 1, s.sw, &sc2, &m2);
-    u32 qq[4] = {s.q.x, s.q.y, s.q.z, s.q.w};
-    int lo[4], hi[4];
-    if (Q5) {
-        u32 hh[4] = {s.h.x, s.h.y, s.h.z, s.h.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            lo[i] = (int)((qq[i] & 0x0F0F0F0Fu) | (((hh[i] >> (2 * c)) & 0x01010101u) << 4));
-            hi[i] = (int)(((qq[i] >> 4) & 0x0F0F0F0Fu) | (((hh[i] >> (2 * c + 1)) & 0x01010101u) << 4));
-        }
-    } else {
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            lo[i] = (int)(qq[i] & 0x0F0F0F0Fu);
-            hi[i] = (int)((qq[i] >> 4) & 0x0F0F0F0Fu);
-        }
-    }
-    float d = h2f((u16)(s.dm & 0xffff)), dmin = h2f((u16)(s.dm >> 16));
-    int qa = b * 8 + 2 * c;
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        // (Row t0 always exists: no branch for the first token.)
-        if (t == 0 || t0 + t < ntok) {
-            const i8* xr = Xq + (u64)(t0 + t) * cols;
-            const float2* dr = Xd + (u64)(t0 + t) * nq;
-            int4 xa = *(const int4*)(xr + 32 * qa + l0);
-            int4 xb = *(const int4*)(xr + 32 * qa + 32 + l0);
-            int sa = dp4a(lo[3], xa.w, dp4a(lo[2], xa.z, dp4a(lo[1], xa.y, dp4a(lo[0], xa.x, 0))));
-            int sb = dp4a(hi[3], xb.w, dp4a(hi[2], xb.z, dp4a(hi[1], xb.y, dp4a(hi[0], xb.x, 0))));
-            float2 da = dr[qa], db = dr[qa + 1];
-            float v = d * ((float)sc1 * da.x * (float)sa + (float)sc2 * db.x * (float)sb);
-            if (l0 == 0) v -= dmin * ((float)m1 * da.y + (float)m2 * db.y);
-            acc[t] += v;
-        }
-    }
-}
-template <bool Q5, int NT>
-__device__ __forceinline__ void dot_k4_batched(const u8* __restrict__ row, int cols, const i8* __restrict__ Xq,
-                                               const float2* __restrict__ Xd, int ntok, int t0, int lane,
-                                               int part, int parts, float* acc) {
-    constexpr int U = NT <= 2 ? 4 : 2;
-    const int nb = cols >> 8, step = 4 * parts;
-    const int k = lane & 7, c = k >> 1, l0 = (k & 1) * 16;
-    // Batches of U steps; a short last batch loads and adds only the steps inside
-    // the row (predicated, so the order of the additions is the plain loop's).
-    for (int b = (lane >> 3) + 4 * part; b < nb; b += U * step) {
-        K4Step s[U];
-#pragma unroll
-        for (int u = 0; u < U; u++)
-            if (b + u * step < nb) k4_load<Q5>(row, b + u * step, c, l0, s[u]);
-#pragma unroll
-        for (int u = 0; u < U; u++)
-            if (b + u * step < nb) k4_use<Q5, NT>(s[u], b + u * step, c, l0, cols, Xq, Xd, ntok, t0, acc);
-    }
-}
-
-// One Q6_K block step's bytes for this lane: the two 16-byte runs as the five aligned
-// words each that ld16_2a reads, the scale d and the two sub-block scales.
-struct Q6Step {
-    u32 ql[5], qh[5];
-    u32 sel_l, sel_h;
-    u16 d;
-    i8 sa, sb;
-};
-__device__ __forceinline__ void q6_load(const u8* __restrict__ row, int b, int h, int kp, int ls, Q6Step& s) {
-    const u8* blk = row + (u64)b * 210;
-    const u8* qlp = blk + 64 * h + 32 * kp + 16 * ls;
-    const u8* qhp = blk + 128 + 32 * h + 16 * ls;
-    const u32* al = (const u32*)((u64)qlp & ~(u64)3);
-    const u32* ah = (const u32*)((u64)qhp & ~(u64)3);
-    s.sel_l = ((u64)qlp & 2) ? 0x5432u : 0x3210u;
-    s.sel_h = ((u64)qhp & 2) ? 0x5432u : 0x3210u;
-#pragma unroll
-    for (int i = 0; i < 5; i++) {
-        s.ql[i] = al[i];
-        s.qh[i] = ah[i];
-    }
-    s.d = ld16(blk + 208);
-    s.sa = (i8)blk[192 + 8 * h + 2 * kp + ls];
-    s.sb = (i8)blk[192 + 8 * h + 2 * (kp + 2) + ls];
-}
-template <int NT>
-__device__ __forceinline__ void q6_use(const Q6Step& s, int b, int h, int kp, int ls, int cols,
-                                       const i8* __restrict__ Xq, const float2* __restrict__ Xd, int ntok, int t0,
-                                       float* acc) {
-    int nq = cols >> 5;
-    int va[4], vb[4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        u32 ql = __byte_perm(s.ql[i], s.ql[i + 1], s.sel_l), qh = __byte_perm(s.qh[i], s.qh[i + 1], s.sel_h);
-        va[i] = sub_bytes((ql & 0x0F0F0F0Fu) | (((qh >> (2 * kp)) & 0x03030303u) << 4), 0x20202020u);
-        vb[i] = sub_bytes(((ql >> 4) & 0x0F0F0F0Fu) | (((qh >> (2 * kp + 4)) & 0x03030303u) << 4), 0x20202020u);
-    }
-    float d = h2f(s.d);
-    float sa = (float)s.sa, sb = (float)s.sb;
-    int qa = b * 8 + 4 * h + kp;
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        // (Row t0 always exists: no branch for the first token.)
-        if (t == 0 || t0 + t < ntok) {
-            const i8* xr = Xq + (u64)(t0 + t) * cols;
-            const float2* dr = Xd + (u64)(t0 + t) * nq;
-            int4 xa = *(const int4*)(xr + 32 * qa + 16 * ls);
-            int4 xb = *(const int4*)(xr + 32 * (qa + 2) + 16 * ls);
-            int ia = dp4a(va[3], xa.w, dp4a(va[2], xa.z, dp4a(va[1], xa.y, dp4a(va[0], xa.x, 0))));
-            int ib = dp4a(vb[3], xb.w, dp4a(vb[2], xb.z, dp4a(vb[1], xb.y, dp4a(vb[0], xb.x, 0))));
-            acc[t] += d * (sa * dr[qa].x * (float)ia + sb * dr[qa + 2].x * (float)ib);
-        }
-    }
-}
-template <int NT>
-__device__ __forceinline__ void dot_q6k_batched(const u8* __restrict__ row, int cols, const i8* __restrict__ Xq,
-                                                const float2* __restrict__ Xd, int ntok, int t0, int lane, int part,
-                                                int parts, float* acc) {
-    constexpr int U = NT <= 2 ? 2 : 1;
-    const int nb = cols >> 8, step = 4 * parts;
-    const int k = lane & 7, h = k >> 2, kp = (k >> 1) & 1, ls = k & 1;
-    for (int b = (lane >> 3) + 4 * part; b < nb; b += U * step) {
-        Q6Step s[U];
-#pragma unroll
-        for (int u = 0; u < U; u++)
-            if (b + u * step < nb) q6_load(row, b + u * step, h, kp, ls, s[u]);
-#pragma unroll
-        for (int u = 0; u < U; u++)
-            if (b + u * step < nb) q6_use<NT>(s[u], b + u * step, h, kp, ls, cols, Xq, Xd, ntok, t0, acc);
-    }
-}
-#endif
 
 // The five bits of Q5_0's weights 4i..4i+4 (qh bits 4i..4i+4) as bit 4 of four bytes.
 __device__ __forceinline__ u32 spread_bits4(u32 h) {
@@ -555,91 +453,19 @@ __device__ __forceinline__ void dot_32(const u8* __restrict__ row, int cols, con
     }
 }
 
-#ifdef GEMV_BATCH
-// dot_32 with U block steps' weight bytes loaded before any is used (see GEMV_BATCH
-// above); same arithmetic and order.
-struct B32Step {
-    u16 d;
-    u32 q0, q1, qh;
-};
-template <int TY>
-__device__ __forceinline__ void b32_load(const u8* __restrict__ row, int b, int p, B32Step& s) {
-    const int BB = TY == TY_Q4_0 ? 18 : TY == TY_Q5_0 ? 22 : 34;
-    const u8* blk = row + (u64)b * BB;
-    s.d = ld16(blk);
-    if (TY == TY_Q4_0) {
-        s.q0 = (u32)ld32_2(blk + 2 + 4 * p);
-    } else if (TY == TY_Q5_0) {
-        s.qh = (u32)ld32_2(blk + 2);
-        s.q0 = (u32)ld32_2(blk + 6 + 4 * p);
-    } else {
-        s.q0 = (u32)ld32_2(blk + 2 + 8 * p);
-        s.q1 = (u32)ld32_2(blk + 6 + 8 * p);
-    }
-}
-template <int TY, int NT>
-__device__ __forceinline__ void b32_use(const B32Step& s, int b, int p, int cols, const i8* __restrict__ Xq,
-                                        const float2* __restrict__ Xd, int ntok, int t0, float* acc) {
-    int nb = cols >> 5;
-    float d = h2f(s.d);
-    int w0, w1, o0, o1;
-    if (TY == TY_Q4_0) {
-        w0 = sub_bytes(s.q0 & 0x0F0F0F0Fu, 0x08080808u);
-        w1 = sub_bytes((s.q0 >> 4) & 0x0F0F0F0Fu, 0x08080808u);
-        o0 = 4 * p;
-        o1 = 16 + 4 * p;
-    } else if (TY == TY_Q5_0) {
-        w0 = sub_bytes((s.q0 & 0x0F0F0F0Fu) | spread_bits4((s.qh >> (4 * p)) & 0xFu), 0x10101010u);
-        w1 = sub_bytes(((s.q0 >> 4) & 0x0F0F0F0Fu) | spread_bits4((s.qh >> (16 + 4 * p)) & 0xFu), 0x10101010u);
-        o0 = 4 * p;
-        o1 = 16 + 4 * p;
-    } else {
-        w0 = (int)s.q0;
-        w1 = (int)s.q1;
-        o0 = 8 * p;
-        o1 = 8 * p + 4;
-    }
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        if (t == 0 || t0 + t < ntok) {
-            const i8* xr = Xq + (u64)(t0 + t) * cols + 32 * b;
-            int sum = dp4a(w1, *(const int*)(xr + o1), dp4a(w0, *(const int*)(xr + o0), 0));
-            acc[t] += d * Xd[(u64)(t0 + t) * nb + b].x * (float)sum;
-        }
-    }
-}
-template <int TY, int NT>
-__device__ __forceinline__ void dot_32_batched(const u8* __restrict__ row, int cols, const i8* __restrict__ Xq,
-                                               const float2* __restrict__ Xd, int ntok, int t0, int lane, int part,
-                                               int parts, float* acc) {
-    constexpr int U = NT <= 2 ? 4 : 2;
-    const int nb = cols >> 5, step = 8 * parts, p = lane & 3;
-    for (int b = (lane >> 2) + 8 * part; b < nb; b += U * step) {
-        B32Step s[U];
-#pragma unroll
-        for (int u = 0; u < U; u++)
-            if (b + u * step < nb) b32_load<TY>(row, b + u * step, p, s[u]);
-#pragma unroll
-        for (int u = 0; u < U; u++)
-            if (b + u * step < nb) b32_use<TY, NT>(s[u], b + u * step, p, cols, Xq, Xd, ntok, t0, acc);
-    }
-}
-#endif
 
 template <int TY, int NT>
 __device__ __forceinline__ void dot_row(const u8* row, int cols, const i8* Xq, const float2* Xd,
                                         int ntok, int t0, int lane, int part, int parts, float* acc) {
-#ifdef GEMV_BATCH
-    if (TY == TY_Q4_K) dot_k4_batched<false, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
-    else if (TY == TY_Q5_K) dot_k4_batched<true, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
-    else if (TY == TY_Q6_K) dot_q6k_batched<NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
-    else dot_32_batched<TY, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
+#ifdef K4_LANE8
+    if (TY == TY_Q4_K) dot_k4_lane8<false, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
+    else if (TY == TY_Q5_K) dot_k4_lane8<true, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
 #else
     if (TY == TY_Q4_K) dot_k4<false, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
     else if (TY == TY_Q5_K) dot_k4<true, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
+#endif
     else if (TY == TY_Q6_K) dot_q6k<NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
     else dot_32<TY, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
-#endif
 }
 
 // One warp per row, four rows per 128-thread block.
