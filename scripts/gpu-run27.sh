@@ -4,7 +4,7 @@
 # (HANGAR_CUDA_DEFINES=K4_LANE8), and a same-run llama.cpp anchor for #17's speed goals.
 #   profile: starts the llama.cpp build (background), writes the synthetic models,
 #            device-check and tg128 for both GEMVs, Nsight Compute's full set on the
-#            8B shape's batch-1 GEMVs for both.
+#            8B shape's batch-1 GEMVs for both; the opt-in four-lane Q6_K GEMV (Q6_WIDE) too.
 #   anchor:  (same warm machine) hangar bench against llama-bench on the same files
 #            (pp512, pp4096, tg128), serving at 64 streams (greedy and temperature 1)
 #            against llama-server -np 64.
@@ -31,23 +31,23 @@ if [ ! -d /tmp/anc ]; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader
 [ -f $W/g270.gguf ] || $H synth --arch gemma3 --preset gemma-3-270m --type Q4_K_M -t 4 --out $W/g270.gguf 2>&1 | tail -1
-[ -f $W/l8b.gguf ] || $H synth --arch llama --preset llama-3-8b --type Q4_K_M -t 4 --out $W/l8b.gguf 2>&1 | tail -1
+[ -f $W/l8b.gguf ] || $H synth --arch llama --preset llama-3-8b --type Q4_K_M -t 8 --out $W/l8b.gguf 2>&1 | tail -1
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2> /dev/null | head -1)
 case "$STAGE" in
 profile)
 echo "== (t=$SECONDS) device-check: the wide K-quant GEMV (default) and the narrow one (K4_LANE8)"
-for v in "" K4_LANE8; do
+for v in "" K4_LANE8 Q6_WIDE; do
   HANGAR_CUDA_DEFINES=$v timeout 120 $H device-check -m $W/l8b.gguf --tokens 128 --greedy 8 -t 8 2>&1 | grep -E "^teacher|^gpu prefill|greedy head|warning" | sed "s/^/8B [$v] /"
   HANGAR_CUDA_DEFINES=$v timeout 120 $H device-check -m $W/g270.gguf --tokens 256 --greedy 8 -t 8 2>&1 | grep -E "^teacher|^gpu prefill|warning" | sed "s/^/270M [$v] /"
 done
 echo "== (t=$SECONDS) tg128 and tg128 x8 alternated (tok/s)"
-for v in "" K4_LANE8 "" K4_LANE8 "" K4_LANE8; do
+for v in "" K4_LANE8 Q6_WIDE "" K4_LANE8 Q6_WIDE "" K4_LANE8 Q6_WIDE; do
   HANGAR_CUDA_DEFINES=$v timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 128 --batch 8 -r 3 2>&1 | grep -E "^\| tg" | sed "s/^/8B [$v] /"
 done
 echo "== (t=$SECONDS) ncu full set, 8B batch-1 GEMVs (graphs off); ncu: $NCU"
 for v in wide K4_LANE8; do
   d=""; [ $v = wide ] || d=$v
-  HANGAR_CUDA_DEFINES=$d HANGAR_CUDA_GRAPHS=0 timeout 150 $NCU --clock-control none --set full \
+  HANGAR_CUDA_DEFINES=$d HANGAR_CUDA_GRAPHS=0 timeout 120 $NCU --clock-control none --set full \
     --import-source no -k regex:'^(mvp1_q4_k|mvs1_q4_k|mvs1_q6_k)$' --launch-skip 30 --launch-count 4 \
     -o $W/r27-$v -f $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 4 -r 1 > $W/ncu-$v.log 2>&1
   echo "ncu $v rc=$? (t=$SECONDS)"; tail -2 $W/ncu-$v.log

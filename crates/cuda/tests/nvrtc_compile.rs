@@ -46,7 +46,7 @@ fn opt_in_kernel_variants_compile_for_sm80_and_sm90a() {
     if !nvrtc_or_skip() {
         return;
     }
-    let defines = vec!["K4_LANE8".to_string()];
+    let defines = vec!["K4_LANE8".to_string(), "Q6_WIDE".to_string()];
     for arch in ["sm_80", "sm_90a"] {
         for unit in UNITS {
             let cubin = compile::compile_cubin_with(unit, arch, &defines)

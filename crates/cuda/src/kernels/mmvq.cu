@@ -402,6 +402,63 @@ __device__ __forceinline__ void dot_q6k(const u8* __restrict__ row, int cols, co
 }
 
 
+#ifdef Q6_WIDE
+// Opt-in (HANGAR_CUDA_DEFINES=Q6_WIDE, run 27's A/B): Q6_K with four lanes a block.
+// Lane k: half h = k / 2, sub-row kp = k % 2: the 32 ql bytes 64h + 32kp.. (low
+// nibbles: weights 128h + 32kp + i, high: + 64) and the half's 32 qh bytes, so the
+// scales and the block's d are read once per 64 weights. Blocks are 2-byte aligned:
+// each 32-byte run is nine aligned words, realigned. The two 16-weight groups of a
+// run are summed in integers (scale x dot, exact), then scaled once.
+__device__ __forceinline__ void ld32_2a(const u8* p, u32* out) {
+    const u32* a = (const u32*)((u64)p & ~(u64)3);
+    u32 sel = ((u64)p & 2) ? 0x5432u : 0x3210u;
+    u32 w[9];
+#pragma unroll
+    for (int i = 0; i < 9; i++) w[i] = a[i];
+#pragma unroll
+    for (int i = 0; i < 8; i++) out[i] = __byte_perm(w[i], w[i + 1], sel);
+}
+template <int NT>
+__device__ __forceinline__ void dot_q6k_wide(const u8* __restrict__ row, int cols, const i8* __restrict__ Xq,
+                                             const float2* __restrict__ Xd, int ntok, int t0, int lane,
+                                             int part, int parts, float* acc) {
+    int nb = cols >> 8, nq = cols >> 5;
+    int k = lane & 3, h = k >> 1, kp = k & 1;
+    for (int b = (lane >> 2) + 8 * part; b < nb; b += 8 * parts) {
+        const u8* blk = row + (u64)b * 210;
+        u32 ql[8], qh[8];
+        ld32_2a(blk + 64 * h + 32 * kp, ql);
+        ld32_2a(blk + 128 + 32 * h, qh);
+        u32 sa2 = ld16(blk + 192 + 8 * h + 2 * kp), sb2 = ld16(blk + 192 + 8 * h + 2 * kp + 4);
+        float d = h2f(ld16(blk + 208));
+        int va[8], vb[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            va[i] = sub_bytes((ql[i] & 0x0F0F0F0Fu) | (((qh[i] >> (2 * kp)) & 0x03030303u) << 4), 0x20202020u);
+            vb[i] = sub_bytes(((ql[i] >> 4) & 0x0F0F0F0Fu) | (((qh[i] >> (2 * kp + 4)) & 0x03030303u) << 4),
+                              0x20202020u);
+        }
+        int sa0 = (int)(i8)(sa2 & 0xff), sa1 = (int)(i8)(sa2 >> 8);
+        int sb0 = (int)(i8)(sb2 & 0xff), sb1 = (int)(i8)(sb2 >> 8);
+        int qa = b * 8 + 4 * h + kp;
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t == 0 || t0 + t < ntok) {
+                const int4* xa = (const int4*)(Xq + (u64)(t0 + t) * cols + 32 * qa);
+                const int4* xb = (const int4*)(Xq + (u64)(t0 + t) * cols + 32 * (qa + 2));
+                int4 a0 = xa[0], a1 = xa[1], b0 = xb[0], b1 = xb[1];
+                const float2* dr = Xd + (u64)(t0 + t) * nq;
+                int ia0 = dp4a(va[3], a0.w, dp4a(va[2], a0.z, dp4a(va[1], a0.y, dp4a(va[0], a0.x, 0))));
+                int ia1 = dp4a(va[7], a1.w, dp4a(va[6], a1.z, dp4a(va[5], a1.y, dp4a(va[4], a1.x, 0))));
+                int ib0 = dp4a(vb[3], b0.w, dp4a(vb[2], b0.z, dp4a(vb[1], b0.y, dp4a(vb[0], b0.x, 0))));
+                int ib1 = dp4a(vb[7], b1.w, dp4a(vb[6], b1.z, dp4a(vb[5], b1.y, dp4a(vb[4], b1.x, 0))));
+                acc[t] += d * (dr[qa].x * (float)(sa0 * ia0 + sa1 * ia1) + dr[qa + 2].x * (float)(sb0 * ib0 + sb1 * ib1));
+            }
+        }
+    }
+}
+#endif
+
 // The five bits of Q5_0's weights 4i..4i+4 (qh bits 4i..4i+4) as bit 4 of four bytes.
 __device__ __forceinline__ u32 spread_bits4(u32 h) {
     return ((h & 1u) | ((h & 2u) << 7) | ((h & 4u) << 14) | ((h & 8u) << 21)) << 4;
@@ -464,7 +521,11 @@ __device__ __forceinline__ void dot_row(const u8* row, int cols, const i8* Xq, c
     if (TY == TY_Q4_K) dot_k4<false, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
     else if (TY == TY_Q5_K) dot_k4<true, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
 #endif
+#ifdef Q6_WIDE
+    else if (TY == TY_Q6_K) dot_q6k_wide<NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
+#else
     else if (TY == TY_Q6_K) dot_q6k<NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
+#endif
     else dot_32<TY, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
 }
 
