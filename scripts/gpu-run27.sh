@@ -2,6 +2,7 @@
 # GPU run 27 (docs/GPU.md): the wide K-quant decode GEMV (four lanes a block, 16-byte
 # loads, the next step's weights in flight) against the narrow one it replaces
 # (HANGAR_CUDA_DEFINES=K4_LANE8), and a same-run llama.cpp anchor for #17's speed goals.
+#   one:     (what ran) device-check, the A/B, llama-bench and hangar bench, ncu.
 #   profile: starts the llama.cpp build (background), writes the synthetic models,
 #            device-check and tg128 for both GEMVs, Nsight Compute's full set on the
 #            8B shape's batch-1 GEMVs for both; the opt-in four-lane Q6_K GEMV (Q6_WIDE) too.
@@ -10,7 +11,7 @@
 #            against llama-server -np 64.
 # Carry .gpu/fin (hangar.xz) and .gpu/anchor (llama.cpp sources); $OUT keeps the reports.
 set -u
-STAGE=${1:-profile}
+STAGE=${1:-one}
 cd "$(dirname "$0")/.."
 H=/tmp/hangar
 W=/tmp/hangar-gpu
@@ -26,14 +27,42 @@ if [ ! -d /tmp/anc ]; then
     cmake -S /tmp/llsrc -B /tmp/llbuild -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
       -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
       -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF > /tmp/anc/cmake.log 2>&1 &&
-    cmake --build /tmp/llbuild -j 12 --target llama-bench llama-server > /tmp/anc/build.log 2>&1
+    cmake --build /tmp/llbuild -j 10 --target llama-bench llama-server > /tmp/anc/build.log 2>&1
     echo "rc=$?" > /tmp/anc/done' > /dev/null 2>&1 < /dev/null &
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader
 [ -f $W/g270.gguf ] || $H synth --arch gemma3 --preset gemma-3-270m --type Q4_K_M -t 4 --out $W/g270.gguf 2>&1 | tail -1
-[ -f $W/l8b.gguf ] || $H synth --arch llama --preset llama-3-8b --type Q4_K_M -t 8 --out $W/l8b.gguf 2>&1 | tail -1
+[ -f $W/l8b.gguf ] || $H synth --arch llama --preset llama-3-8b --type Q4_K_M -t 6 --out $W/l8b.gguf 2>&1 | tail -1
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2> /dev/null | head -1)
 case "$STAGE" in
+one)
+# Everything in one call (device starts were scarce): checks and the A/B first, the
+# llama.cpp anchor once its build is done, then Nsight Compute on the default.
+echo "== (t=$SECONDS) device-check, 8B shape: wide K-quant GEMV (default), K4_LANE8, Q6_WIDE"
+for v in "" K4_LANE8 Q6_WIDE; do
+  HANGAR_CUDA_DEFINES=$v timeout 90 $H device-check -m $W/l8b.gguf --tokens 128 --greedy 8 -t 8 2>&1 | grep -E "^teacher|^gpu prefill|greedy head|warning" | sed "s/^/8B [$v] /"
+done
+HANGAR_CUDA_DEFINES= timeout 60 $H device-check -m $W/g270.gguf --tokens 256 --greedy 8 -t 8 2>&1 | grep -E "^teacher|warning" | sed "s/^/270M /"
+echo "== (t=$SECONDS) tg128 and tg128 x8 alternated (tok/s)"
+for v in "" K4_LANE8 Q6_WIDE "" K4_LANE8 Q6_WIDE "" K4_LANE8 Q6_WIDE; do
+  HANGAR_CUDA_DEFINES=$v timeout 40 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 128 --batch 8 -r 3 2>&1 | grep -E "^\| tg" | sed "s/^/8B [$v] /"
+done
+for _ in $(seq 1 60); do [ -f /tmp/anc/done ] && break; sleep 3; done
+echo "== (t=$SECONDS) anchor build: $(cat /tmp/anc/done 2>/dev/null || echo 'not done')"
+timeout 90 $L/llama-bench -m $W/l8b.gguf -ngl 99 -p 512 -n 128 -r 3 -fa 1 -o md 2>&1 | grep -E "pp512|tg128"
+for r in 1 2; do
+  timeout 40 $H bench -m $W/l8b.gguf --device cuda --pp 512 --tg 128 -r 3 2>&1 | grep -E "^\| (pp|tg)" | sed "s/^/hangar 8B /"
+done
+echo "== (t=$SECONDS) ncu full set, default GEMVs (graphs off)"
+HANGAR_CUDA_GRAPHS=0 timeout 100 $NCU --clock-control none --set full \
+  --import-source no -k regex:'^(mvp1_q4_k|mvs1_q4_k|mvs1_q6_k)$' --launch-skip 30 --launch-count 3 \
+  -o $W/r27-wide -f $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 4 -r 1 > $W/ncu-wide.log 2>&1
+echo "ncu rc=$? (t=$SECONDS)"
+$NCU --import $W/r27-wide.ncu-rep --page details > $OUTD/run27-ncu-wide.txt 2>&1
+$NCU --import $W/r27-wide.ncu-rep --page source --csv --print-source sass -k mvp1_q4_k --launch-count 1 \
+  > $OUTD/run27-sass-mvp1-wide.csv 2>&1
+grep -E "^  [a-z_0-9]+ \(|Duration|DRAM Throughput|Compute \(SM\) Throughput|Warp Cycles Per Issued|Achieved Occupancy|Registers Per" $OUTD/run27-ncu-wide.txt | head -40
+;;
 profile)
 echo "== (t=$SECONDS) device-check: the wide K-quant GEMV (default) and the narrow one (K4_LANE8)"
 for v in "" K4_LANE8 Q6_WIDE; do
