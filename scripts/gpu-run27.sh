@@ -53,6 +53,7 @@ timeout 90 $L/llama-bench -m $W/l8b.gguf -ngl 99 -p 512 -n 128 -r 3 -fa 1 -o md 
 for r in 1 2; do
   timeout 40 $H bench -m $W/l8b.gguf --device cuda --pp 512 --tg 128 -r 3 2>&1 | grep -E "^\| (pp|tg)" | sed "s/^/hangar 8B /"
 done
+[ $SECONDS -lt 420 ] || { echo "== no time left for ncu (t=$SECONDS)"; exit 0; }
 echo "== (t=$SECONDS) ncu full set, default GEMVs (graphs off)"
 HANGAR_CUDA_GRAPHS=0 timeout 100 $NCU --clock-control none --set full \
   --import-source no -k regex:'^(mvp1_q4_k|mvs1_q4_k|mvs1_q6_k)$' --launch-skip 30 --launch-count 3 \
