@@ -38,14 +38,28 @@ case "$STAGE" in
 one)
 # Everything in one call (device starts were scarce): checks and the A/B first, the
 # llama.cpp anchor once its build is done, then Nsight Compute on the default.
-echo "== (t=$SECONDS) device-check, 8B shape: wide K-quant GEMV (default), K4_LANE8, Q6_WIDE"
-for v in "" K4_LANE8 Q6_WIDE; do
-  HANGAR_CUDA_DEFINES=$v timeout 90 $H device-check -m $W/l8b.gguf --tokens 128 --greedy 8 -t 8 2>&1 | grep -E "^teacher|^gpu prefill|greedy head|warning" | sed "s/^/8B [$v] /"
+# Variants: the new default (wide K-quant GEMV, cluster norm), each change undone
+# alone, both undone (run 26's kernels), and the opt-in four-lane Q6_K GEMV.
+variant() {
+  case $1 in
+    default) echo "" ;;
+    k4lane8) echo "HANGAR_CUDA_DEFINES=K4_LANE8" ;;
+    nc0) echo "HANGAR_CUDA_NORM_CLUSTER=0" ;;
+    run26) echo "HANGAR_CUDA_DEFINES=K4_LANE8 HANGAR_CUDA_NORM_CLUSTER=0" ;;
+    q6wide) echo "HANGAR_CUDA_DEFINES=Q6_WIDE" ;;
+  esac
+}
+echo "== (t=$SECONDS) device-check, 8B shape (a 'cluster norm kernel is off' warning means its load check failed)"
+for v in default run26 q6wide; do
+  env RUN=27 $(variant $v) timeout 90 $H device-check -m $W/l8b.gguf --tokens 128 --greedy 8 -t 8 2>&1 | grep -E "^teacher|^gpu prefill|greedy head|warning" | sed "s/^/8B [$v] /"
 done
-HANGAR_CUDA_DEFINES= timeout 60 $H device-check -m $W/g270.gguf --tokens 256 --greedy 8 -t 8 2>&1 | grep -E "^teacher|warning" | sed "s/^/270M /"
+timeout 60 $H device-check -m $W/g270.gguf --tokens 256 --greedy 8 -t 8 2>&1 | grep -E "^teacher|warning" | sed "s/^/270M /"
 echo "== (t=$SECONDS) tg128 and tg128 x8 alternated (tok/s)"
-for v in "" K4_LANE8 Q6_WIDE "" K4_LANE8 Q6_WIDE "" K4_LANE8 Q6_WIDE; do
-  HANGAR_CUDA_DEFINES=$v timeout 40 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 128 --batch 8 -r 3 2>&1 | grep -E "^\| tg" | sed "s/^/8B [$v] /"
+for v in default k4lane8 nc0 run26 q6wide default k4lane8 nc0 run26 q6wide; do
+  env RUN=27 $(variant $v) timeout 40 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 128 --batch 8 -r 3 2>&1 | grep -E "^\| tg|warning" | sed "s/^/8B [$v] /"
+done
+for v in default run26; do
+  env RUN=27 $(variant $v) timeout 40 $H bench -m $W/g270.gguf --device cuda --pp 0 --tg 128 -r 3 2>&1 | grep -E "^\| tg|warning" | sed "s/^/270M [$v] /"
 done
 for _ in $(seq 1 60); do [ -f /tmp/anc/done ] && break; sleep 3; done
 echo "== (t=$SECONDS) anchor build: $(cat /tmp/anc/done 2>/dev/null || echo 'not done')"
@@ -56,7 +70,7 @@ done
 [ $SECONDS -lt 420 ] || { echo "== no time left for ncu (t=$SECONDS)"; exit 0; }
 echo "== (t=$SECONDS) ncu full set, default GEMVs (graphs off)"
 HANGAR_CUDA_GRAPHS=0 timeout 100 $NCU --clock-control none --set full \
-  --import-source no -k regex:'^(mvp1_q4_k|mvs1_q4_k|mvs1_q6_k)$' --launch-skip 30 --launch-count 3 \
+  --import-source no -k regex:'^(mvp1_q4_k|mvs1_q4_k|mvs1_q6_k|add_norm_q8c)$' --launch-skip 30 --launch-count 3 \
   -o $W/r27-wide -f $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 4 -r 1 > $W/ncu-wide.log 2>&1
 echo "ncu rc=$? (t=$SECONDS)"
 $NCU --import $W/r27-wide.ncu-rep --page details > $OUTD/run27-ncu-wide.txt 2>&1
@@ -78,7 +92,7 @@ echo "== (t=$SECONDS) ncu full set, 8B batch-1 GEMVs (graphs off); ncu: $NCU"
 for v in wide K4_LANE8; do
   d=""; [ $v = wide ] || d=$v
   HANGAR_CUDA_DEFINES=$d HANGAR_CUDA_GRAPHS=0 timeout 120 $NCU --clock-control none --set full \
-    --import-source no -k regex:'^(mvp1_q4_k|mvs1_q4_k|mvs1_q6_k)$' --launch-skip 30 --launch-count 4 \
+    --import-source no -k regex:'^(mvp1_q4_k|mvs1_q4_k|mvs1_q6_k|add_norm_q8c)$' --launch-skip 30 --launch-count 4 \
     -o $W/r27-$v -f $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 4 -r 1 > $W/ncu-$v.log 2>&1
   echo "ncu $v rc=$? (t=$SECONDS)"; tail -2 $W/ncu-$v.log
   $NCU --import $W/r27-$v.ncu-rep --page details > $OUTD/run27-ncu-$v.txt 2>&1

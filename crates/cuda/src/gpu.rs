@@ -269,6 +269,8 @@ struct Launch {
     grid: (u32, u32, u32),
     block: (u32, u32, u32),
     smem: u32,
+    /// CTAs per thread-block cluster along x (0: no cluster).
+    cluster: u32,
     args: Vec<u64>,
 }
 
@@ -397,12 +399,27 @@ impl Gpu {
         smem: u32,
         args: Args,
     ) -> Result<(), CudaError> {
+        self.launch_cluster(name, grid, block, smem, 0, args)
+    }
+
+    /// As [`Gpu::launch`], with the grid's x dimension in thread-block clusters of
+    /// `cluster` CTAs (sm_90+; 0 launches without clusters).
+    pub fn launch_cluster(
+        &mut self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        cluster: u32,
+        args: Args,
+    ) -> Result<(), CudaError> {
         let f = self.func(name)?;
         let l = Launch {
             func: f as usize,
             grid,
             block,
             smem,
+            cluster,
             args: args.0,
         };
         if let Some(rec) = &mut self.rec {
@@ -458,7 +475,7 @@ impl Gpu {
         // SAFETY: the kernel's parameters match the slots (each caller passes them in
         // the order and sizes of the kernel's signature); buffers are live device memory;
         // `func` is a function handle of a loaded module.
-        if !self.pdl {
+        if !self.pdl && l.cluster == 0 {
             return unsafe {
                 result::launch_kernel(
                     l.func as sys::CUfunction,
@@ -470,13 +487,29 @@ impl Gpu {
                 )
             };
         }
-        let mut attr = sys::CUlaunchAttribute {
-            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-            pad: [0; 4],
-            // SAFETY: an all-zero union is a valid value of each of its plain fields.
-            value: unsafe { std::mem::zeroed() },
-        };
-        attr.value.programmaticStreamSerializationAllowed = 1;
+        let mut attrs = Vec::with_capacity(2);
+        if self.pdl {
+            let mut a = sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                // SAFETY: an all-zero union is a valid value of each of its plain fields.
+                value: unsafe { std::mem::zeroed() },
+            };
+            a.value.programmaticStreamSerializationAllowed = 1;
+            attrs.push(a);
+        }
+        if l.cluster > 0 {
+            let mut a = sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+                pad: [0; 4],
+                // SAFETY: as above.
+                value: unsafe { std::mem::zeroed() },
+            };
+            a.value.clusterDim.x = l.cluster;
+            a.value.clusterDim.y = 1;
+            a.value.clusterDim.z = 1;
+            attrs.push(a);
+        }
         let cfg = sys::CUlaunchConfig {
             gridDimX: l.grid.0,
             gridDimY: l.grid.1,
@@ -486,10 +519,10 @@ impl Gpu {
             blockDimZ: l.block.2,
             sharedMemBytes: l.smem,
             hStream: self.stream,
-            attrs: &mut attr,
-            numAttrs: 1,
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: attrs.len() as u32,
         };
-        // SAFETY: as above; `cfg` and `attr` outlive the call.
+        // SAFETY: as above; `cfg` and `attrs` outlive the call.
         unsafe {
             sys::cuLaunchKernelEx(
                 &cfg,

@@ -9,6 +9,7 @@
 //! (f16 K/V/Q, f16 attention probabilities, ggml's GELU table); the decode GEMVs of
 //! the quantized types take int8 activations (32-wide blocks), prefill f16 (cuBLAS).
 
+mod norm;
 mod sampling;
 
 use crate::gpu::{Args, DevBuf, Gpu, Scratch};
@@ -283,6 +284,8 @@ pub struct CudaRunner {
     /// Sampled rows answered on the device (`sample_head`, kernels/sample.cu), on
     /// unless `HANGAR_CUDA_SAMPLE=0` or the skip bitmap outgrows shared memory.
     head_on: bool,
+    /// `add_norm_q8` as a thread-block cluster (sm_90+, checked at load).
+    norm_cluster: bool,
     head_reqs: Vec<HeadRequest>,
     head_results: Vec<HeadResult>,
     /// The logits row of the last step's first head row (for `head_rows`).
@@ -543,6 +546,7 @@ impl CudaRunner {
             greedy_picks: Vec::new(),
             head_on: std::env::var("HANGAR_CUDA_SAMPLE").as_deref() != Ok("0")
                 && model.cfg.vocab_size <= HEAD_MAX_VOCAB,
+            norm_cluster: false,
             head_reqs: Vec::new(),
             head_results: Vec::new(),
             head_first: 0,
@@ -553,6 +557,16 @@ impl CudaRunner {
         r.cache_f16(kv_here)?;
         if r.f16_bytes > 0 && std::env::var_os("HANGAR_CUDA_GEMM_MIN").is_none() {
             r.gemm_min = GEMM_MIN_WITH_F16;
+        }
+        if r.gpu.info.compute_capability.0 >= 9
+            && std::env::var("HANGAR_CUDA_NORM_CLUSTER").as_deref() != Ok("0")
+        {
+            match r.check_norm_cluster() {
+                Ok(()) => r.norm_cluster = true,
+                Err(why) => eprintln!(
+                    "warning: the cluster norm kernel is off ({why}); add_norm_q8 runs on one block"
+                ),
+            }
         }
         if r.head_on {
             if let Err(why) = r.check_sample_head() {
@@ -855,38 +869,6 @@ impl CudaRunner {
             args,
         )?;
         Ok(true)
-    }
-
-    /// x += post(o) (when `o` is set), then h = rmsnorm(x) * w, and h quantized for
-    /// the next int8 GEMV, in one launch (kernels/mmvq.cu `add_norm_q8`).
-    #[allow(clippy::too_many_arguments)]
-    fn add_norm_q8(
-        &mut self,
-        x: u64,
-        o: u64,
-        post: u64,
-        w: u64,
-        h: u64,
-        rows: usize,
-    ) -> Result<(), CudaError> {
-        let n = self.cfg.d_model;
-        let xq = self.bufs.xq.get(&self.gpu, rows * n)?;
-        let xd = self.bufs.xd.get(&self.gpu, rows * n / 32 * 8)?;
-        let args = Args::new()
-            .ptr(x)
-            .ptr(o)
-            .ptr(post)
-            .ptr(w)
-            .ptr(h)
-            .i32(n as i32)
-            .f32(self.cfg.rms_eps)
-            .ptr(xq)
-            .ptr(xd);
-        self.gpu
-            .launch("add_norm_q8", (rows as u32, 1, 1), (1024, 1, 1), 0, args)?;
-        self.q8_of = Some((h, rows, n, 0));
-        self.xf_of = None;
-        Ok(())
     }
 
     /// `x` (ntok rows of `cols`) as int8 blocks in `bufs.xq`/`xd`: llama.cpp's q8_1

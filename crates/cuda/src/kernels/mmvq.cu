@@ -125,6 +125,111 @@ extern "C" __global__ void __launch_bounds__(1024) add_norm_q8(float* x, const f
     }
 }
 
+// add_norm_q8 over a thread-block cluster (sm_90+): the row is split over the
+// cluster's gridDim.x CTAs (2, 4 or 8; n / gridDim.x a multiple of 32 and at most
+// ANC_T * ANC_E), each holding its slice in registers, and the two sums of squares
+// are added across the cluster through distributed shared memory (every CTA adds the
+// CTAs' partial sums in rank order, so all see the same total). The single-block
+// kernel is issue-bound on its one SM at decode (run 23: 6.2-6.7 us, 62% of that SM's
+// issue slots for a 4096-wide row); here each SM does an eighth of the work. Same
+// formulas as add_norm_q8 (squares summed in f64, then the f32 scale); only the order
+// of the f64 additions differs. The runner checks it against add_norm_q8 at load.
+#define ANC_T 256
+#define ANC_E 4
+__device__ __forceinline__ void cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+// The f64 at `p` (this CTA's shared memory) in the shared memory of cluster CTA `rank`.
+__device__ __forceinline__ double ld_cluster_f64(const double* p, u32 rank) {
+    double v = 0.0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    u32 a, ra;
+    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(a), "r"(rank));
+    asm volatile("ld.shared::cluster.f64 %0, [%1];" : "=d"(v) : "r"(ra) : "memory");
+#endif
+    return v;
+}
+// The cluster-wide sum of each thread's v: the CTA's sum lands in *slot, then every
+// thread adds the cluster's slots in rank order.
+__device__ __forceinline__ double cluster_sum_d(double v, double* sh, double* slot) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    v = warp_sum_d(v);
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double s = 0.0;
+#pragma unroll
+        for (int k = 0; k < ANC_T / 32; k++) s += sh[k];
+        *slot = s;
+    }
+    cluster_sync();
+    double s = 0.0;
+    for (u32 r = 0; r < gridDim.x; r++) s += ld_cluster_f64(slot, r);
+    return s;
+}
+extern "C" __global__ void __launch_bounds__(ANC_T) add_norm_q8c(float* x, const float* o, const float* pw,
+                                                             const float* w, float* h, int n, float eps,
+                                                             i8* Xq, float2* Xd) {
+    __shared__ double sh[ANC_T / 32];
+    __shared__ double slot[2];
+    const int m = n / (int)gridDim.x, first = (int)blockIdx.x * m;
+    const u64 base = (u64)blockIdx.y * n + first;
+    float xv[ANC_E], ov[ANC_E], pv[ANC_E], wv[ANC_E];
+#pragma unroll
+    for (int e = 0; e < ANC_E; e++) {
+        int i = threadIdx.x + e * ANC_T;
+        bool in = i < m;
+        pv[e] = in && pw ? pw[first + i] : 0.0f;
+        wv[e] = in ? w[first + i] : 0.0f;
+    }
+    pdl_entry();
+#pragma unroll
+    for (int e = 0; e < ANC_E; e++) {
+        int i = threadIdx.x + e * ANC_T;
+        bool in = i < m;
+        xv[e] = in ? x[base + i] : 0.0f;
+        ov[e] = in && o ? o[base + i] : 0.0f;
+    }
+    if (o) {
+        if (pw) {
+            double s = 0.0;
+#pragma unroll
+            for (int e = 0; e < ANC_E; e++) s += (double)(ov[e] * ov[e]);
+            s = cluster_sum_d(s, sh, &slot[0]);
+            float scale = 1.0f / sqrtf((float)(s / (double)n) + eps);
+#pragma unroll
+            for (int e = 0; e < ANC_E; e++) xv[e] += ov[e] * scale * pv[e];
+        } else {
+#pragma unroll
+            for (int e = 0; e < ANC_E; e++) xv[e] += ov[e];
+        }
+#pragma unroll
+        for (int e = 0; e < ANC_E; e++) {
+            int i = threadIdx.x + e * ANC_T;
+            if (i < m) x[base + i] = xv[e];
+        }
+    }
+    double s = 0.0;
+#pragma unroll
+    for (int e = 0; e < ANC_E; e++) s += (double)(xv[e] * xv[e]);
+    s = cluster_sum_d(s, sh, &slot[1]);
+    float scale = 1.0f / sqrtf((float)(s / (double)n) + eps);
+#pragma unroll
+    for (int e = 0; e < ANC_E; e++) {
+        int i = threadIdx.x + e * ANC_T;
+        if (i < m) {
+            float v = xv[e] * scale * wv[e];
+            h[base + i] = v;
+            if (Xq) q8_1_lane(v, base + i, Xq, Xd);
+        }
+    }
+    // No CTA leaves while another may still read its slots.
+    cluster_sync();
+}
+
 // Activations quantized exactly as the CPU's fast path quantizes them (crates/kernels
 // quants), so that a GPU GEMV multiplies the same integers as the CPU and only the
 // float sums differ. blk 32, for Q4_0/Q5_0/Q8_0 weights, is ggml's q8_0: id = 127 /
