@@ -10,6 +10,9 @@
 #            (pp512, pp4096, tg128), serving at 64 streams (greedy and temperature 1)
 #            against llama-server -np 64.
 # Carry .gpu/fin (hangar.xz) and .gpu/anchor (llama.cpp sources); $OUT keeps the reports.
+# Ran 2026-12-05 11:35 with the binary of commit 223095c (stage one, then anchor);
+# the K4_LANE8 and Q6_WIDE defines existed in that commit's kernels only: the wide
+# GEMVs lost and were removed after the run (docs/GPU.md, run 27).
 set -u
 STAGE=${1:-one}
 cd "$(dirname "$0")/.."

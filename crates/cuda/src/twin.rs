@@ -369,32 +369,33 @@ fn gemvq_warp(
         GgmlType::Q4K | GgmlType::Q5K => {
             let q5 = ty == GgmlType::Q5K;
             let (bb, qs) = if q5 { (176, 48) } else { (144, 16) };
-            // Four lanes a block (lane % 4 = chunk c: sub-blocks 2c and 2c + 1 whole),
-            // eight blocks a warp step.
             for (lane, acc) in lanes.iter_mut().enumerate() {
-                let (c, mut b) = (lane & 3, (lane >> 2) + 8 * part);
+                let (k, mut b) = (lane & 7, (lane >> 3) + 4 * part);
+                let (c, l0) = (k >> 1, (k & 1) * 16);
                 while b < cols / 256 {
                     let blk = &row[b * bb..];
                     let (d, dmin) = (h2f(blk, 0), h2f(blk, 2));
                     let (sc1, m1) = scale_min_k4(2 * c, &blk[4..16]);
                     let (sc2, m2) = scale_min_k4(2 * c + 1, &blk[4..16]);
-                    let q = &blk[qs + 32 * c..][..32];
-                    let qh = &blk[16..][..32];
-                    let (mut lo, mut hi) = ([0i32; 32], [0i32; 32]);
+                    let q = &blk[qs + 32 * c + l0..][..16];
+                    let qh = &blk[16 + l0..][..16];
+                    let (mut lo, mut hi) = ([0i32; 16], [0i32; 16]);
                     for (j, (&v, &h)) in q.iter().zip(qh).enumerate() {
                         let h = if q5 { h as i32 } else { 0 };
                         lo[j] = (v & 0xF) as i32 | (((h >> (2 * c)) & 1) << 4);
                         hi[j] = (v >> 4) as i32 | (((h >> (2 * c + 1)) & 1) << 4);
                     }
                     let qa = b * 8 + 2 * c;
-                    let sa = dot_i8(&lo, &xq[32 * qa..][..32]);
-                    let sb = dot_i8(&hi, &xq[32 * qa + 32..][..32]);
+                    let sa = dot_i8(&lo, &xq[32 * qa + l0..][..16]);
+                    let sb = dot_i8(&hi, &xq[32 * qa + 32 + l0..][..16]);
                     let (da, db) = (xd[qa], xd[qa + 1]);
                     let mut v =
                         d * (sc1 as f32 * da[0] * sa as f32 + sc2 as f32 * db[0] * sb as f32);
-                    v -= dmin * (m1 as f32 * da[1] + m2 as f32 * db[1]);
+                    if l0 == 0 {
+                        v -= dmin * (m1 as f32 * da[1] + m2 as f32 * db[1]);
+                    }
                     *acc += v;
-                    b += 8 * parts;
+                    b += 4 * parts;
                 }
             }
         }

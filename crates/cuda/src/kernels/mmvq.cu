@@ -305,107 +305,13 @@ extern "C" __global__ void dequant_q8x(const i8* __restrict__ Xq, const float2* 
 // (warp `part` of them): the `gemvq` kernels give a row one warp (parts = 1), the
 // `mvs`/`mvp` kernels four. Twin: twin::gemvq_row_split.
 //
-// K-quants: four lanes per 256-weight block, eight blocks per warp step. Lane c holds
-// chunk c of the quants (32 bytes: sub-block 2c in the low nibbles, 2c + 1 in the high
-// ones), so each lane decodes its two scale/min pairs once per 64 weights, and every
-// weight byte arrives in 16-byte loads: the block's head (d, dmin, the 12 scale bytes)
-// in one, the quants in two (Q5_K: the 32 qh bytes in two more). Per sub-block
-// sum w x = d sc dx sum(q qx) - dmin m (dx sum qx), the min term from the activation
-// block's stored sum. The next step's weight bytes are loaded before this step's
-// arithmetic (one step ahead in registers), so a warp has two steps in flight.
-struct K4W {
-    uint4 hd, q0, q1, h0, h1;
-};
-template <bool Q5>
-__device__ __forceinline__ void k4w_load(const u8* __restrict__ row, int b, int c, K4W& w) {
-    const int BB = Q5 ? 176 : 144, QS = Q5 ? 48 : 16;
-    const u8* blk = row + (u64)b * BB;
-    w.hd = *(const uint4*)blk;
-    w.q0 = *(const uint4*)(blk + QS + 32 * c);
-    w.q1 = *(const uint4*)(blk + QS + 32 * c + 16);
-    if (Q5) {
-        w.h0 = *(const uint4*)(blk + 16);
-        w.h1 = *(const uint4*)(blk + 32);
-    }
-}
-// Sub-blocks 2c and 2c + 1's 6-bit scales and mins (scale_min_k4) as byte pairs,
-// without a branch on the lane: both encodings computed on the pair, one selected.
-__device__ __forceinline__ void k4w_scales(uint4 hd, int c, u32* sc, u32* m) {
-    int sh = 16 * (c & 1);
-    u32 a = hd.y >> sh, b = hd.z >> sh, cc = hd.w >> sh;
-    u32 lo_s = a & 0x3f3fu, lo_m = b & 0x3f3fu;
-    u32 hi_s = (cc & 0x0f0fu) | ((a >> 2) & 0x3030u), hi_m = ((cc >> 4) & 0x0f0fu) | ((b >> 2) & 0x3030u);
-    *sc = c < 2 ? lo_s : hi_s;
-    *m = c < 2 ? lo_m : hi_m;
-}
-template <bool Q5, int NT>
-__device__ __forceinline__ void k4w_use(const K4W& w, int b, int c, int cols, const i8* __restrict__ Xq,
-                                        const float2* __restrict__ Xd, int ntok, int t0, float* acc) {
-    int nq = cols >> 5;
-    u32 scp, mp;
-    k4w_scales(w.hd, c, &scp, &mp);
-    float sc1 = (float)(scp & 0xff), sc2 = (float)(scp >> 8), m1 = (float)(mp & 0xff), m2 = (float)(mp >> 8);
-    u32 qq[8] = {w.q0.x, w.q0.y, w.q0.z, w.q0.w, w.q1.x, w.q1.y, w.q1.z, w.q1.w};
-    int lo[8], hi[8];
-    if (Q5) {
-        u32 hh[8] = {w.h0.x, w.h0.y, w.h0.z, w.h0.w, w.h1.x, w.h1.y, w.h1.z, w.h1.w};
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            lo[i] = (int)((qq[i] & 0x0F0F0F0Fu) | (((hh[i] >> (2 * c)) & 0x01010101u) << 4));
-            hi[i] = (int)(((qq[i] >> 4) & 0x0F0F0F0Fu) | (((hh[i] >> (2 * c + 1)) & 0x01010101u) << 4));
-        }
-    } else {
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            lo[i] = (int)(qq[i] & 0x0F0F0F0Fu);
-            hi[i] = (int)((qq[i] >> 4) & 0x0F0F0F0Fu);
-        }
-    }
-    float d = h2f((u16)(w.hd.x & 0xffff)), dmin = h2f((u16)(w.hd.x >> 16));
-    int qa = b * 8 + 2 * c;
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        // (Row t0 always exists: no branch for the first token.)
-        if (t == 0 || t0 + t < ntok) {
-            const int4* xr = (const int4*)(Xq + (u64)(t0 + t) * cols + 32 * qa);
-            int4 x0 = xr[0], x1 = xr[1], x2 = xr[2], x3 = xr[3];
-            // Xd[qa], Xd[qa + 1] in one load: qa is even and rows hold nq % 8 == 0 pairs.
-            float4 dd = *(const float4*)(Xd + (u64)(t0 + t) * nq + qa);
-            int sa = dp4a(lo[3], x0.w, dp4a(lo[2], x0.z, dp4a(lo[1], x0.y, dp4a(lo[0], x0.x, 0))));
-            sa = dp4a(lo[7], x1.w, dp4a(lo[6], x1.z, dp4a(lo[5], x1.y, dp4a(lo[4], x1.x, sa))));
-            int sb = dp4a(hi[3], x2.w, dp4a(hi[2], x2.z, dp4a(hi[1], x2.y, dp4a(hi[0], x2.x, 0))));
-            sb = dp4a(hi[7], x3.w, dp4a(hi[6], x3.z, dp4a(hi[5], x3.y, dp4a(hi[4], x3.x, sb))));
-            float v = d * (sc1 * dd.x * (float)sa + sc2 * dd.z * (float)sb);
-            v -= dmin * (m1 * dd.y + m2 * dd.w);
-            acc[t] += v;
-        }
-    }
-}
-template <bool Q5, int NT>
-__device__ __forceinline__ void dot_k4(const u8* __restrict__ row, int cols, const i8* __restrict__ Xq,
-                                       const float2* __restrict__ Xd, int ntok, int t0, int lane,
-                                       int part, int parts, float* acc) {
-    const int nb = cols >> 8, step = 8 * parts, c = lane & 3;
-    int b = (lane >> 2) + 8 * part;
-    if (b >= nb) return;
-    K4W cur, nxt;
-    k4w_load<Q5>(row, b, c, cur);
-    for (; b + step < nb; b += step) {
-        k4w_load<Q5>(row, b + step, c, nxt);
-        k4w_use<Q5, NT>(cur, b, c, cols, Xq, Xd, ntok, t0, acc);
-        cur = nxt;
-    }
-    k4w_use<Q5, NT>(cur, b, c, cols, Xq, Xd, ntok, t0, acc);
-}
-
-// K-quants, opt-in narrow form (HANGAR_CUDA_DEFINES=K4_LANE8; the default before
-// run 27, kept for its A/B): eight lanes per 256-weight block, four blocks per warp step. Lane k:
+// K-quants: eight lanes per 256-weight block, four blocks per warp step. Lane k:
 // quant bytes 16 (k % 2) .. +16 of chunk c = k / 2, i.e. 16 weights of sub-block 2c
 // (low nibbles) and 16 of sub-block 2c + 1 (high nibbles). Per sub-block
 // sum w x = d sc dx sum(q qx) - dmin m (dx sum qx); the even lane adds the min term
 // from the activation block's stored sum. Q5_K adds the fifth bit from qh.
 template <bool Q5, int NT>
-__device__ __forceinline__ void dot_k4_lane8(const u8* __restrict__ row, int cols, const i8* __restrict__ Xq,
+__device__ __forceinline__ void dot_k4(const u8* __restrict__ row, int cols, const i8* __restrict__ Xq,
                                        const float2* __restrict__ Xd, int ntok, int t0, int lane,
                                        int part, int parts, float* acc) {
     const int BB = Q5 ? 176 : 144, QS = Q5 ? 48 : 16;
@@ -507,63 +413,6 @@ __device__ __forceinline__ void dot_q6k(const u8* __restrict__ row, int cols, co
 }
 
 
-#ifdef Q6_WIDE
-// Opt-in (HANGAR_CUDA_DEFINES=Q6_WIDE, run 27's A/B): Q6_K with four lanes a block.
-// Lane k: half h = k / 2, sub-row kp = k % 2: the 32 ql bytes 64h + 32kp.. (low
-// nibbles: weights 128h + 32kp + i, high: + 64) and the half's 32 qh bytes, so the
-// scales and the block's d are read once per 64 weights. Blocks are 2-byte aligned:
-// each 32-byte run is nine aligned words, realigned. The two 16-weight groups of a
-// run are summed in integers (scale x dot, exact), then scaled once.
-__device__ __forceinline__ void ld32_2a(const u8* p, u32* out) {
-    const u32* a = (const u32*)((u64)p & ~(u64)3);
-    u32 sel = ((u64)p & 2) ? 0x5432u : 0x3210u;
-    u32 w[9];
-#pragma unroll
-    for (int i = 0; i < 9; i++) w[i] = a[i];
-#pragma unroll
-    for (int i = 0; i < 8; i++) out[i] = __byte_perm(w[i], w[i + 1], sel);
-}
-template <int NT>
-__device__ __forceinline__ void dot_q6k_wide(const u8* __restrict__ row, int cols, const i8* __restrict__ Xq,
-                                             const float2* __restrict__ Xd, int ntok, int t0, int lane,
-                                             int part, int parts, float* acc) {
-    int nb = cols >> 8, nq = cols >> 5;
-    int k = lane & 3, h = k >> 1, kp = k & 1;
-    for (int b = (lane >> 2) + 8 * part; b < nb; b += 8 * parts) {
-        const u8* blk = row + (u64)b * 210;
-        u32 ql[8], qh[8];
-        ld32_2a(blk + 64 * h + 32 * kp, ql);
-        ld32_2a(blk + 128 + 32 * h, qh);
-        u32 sa2 = ld16(blk + 192 + 8 * h + 2 * kp), sb2 = ld16(blk + 192 + 8 * h + 2 * kp + 4);
-        float d = h2f(ld16(blk + 208));
-        int va[8], vb[8];
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            va[i] = sub_bytes((ql[i] & 0x0F0F0F0Fu) | (((qh[i] >> (2 * kp)) & 0x03030303u) << 4), 0x20202020u);
-            vb[i] = sub_bytes(((ql[i] >> 4) & 0x0F0F0F0Fu) | (((qh[i] >> (2 * kp + 4)) & 0x03030303u) << 4),
-                              0x20202020u);
-        }
-        int sa0 = (int)(i8)(sa2 & 0xff), sa1 = (int)(i8)(sa2 >> 8);
-        int sb0 = (int)(i8)(sb2 & 0xff), sb1 = (int)(i8)(sb2 >> 8);
-        int qa = b * 8 + 4 * h + kp;
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            if (t == 0 || t0 + t < ntok) {
-                const int4* xa = (const int4*)(Xq + (u64)(t0 + t) * cols + 32 * qa);
-                const int4* xb = (const int4*)(Xq + (u64)(t0 + t) * cols + 32 * (qa + 2));
-                int4 a0 = xa[0], a1 = xa[1], b0 = xb[0], b1 = xb[1];
-                const float2* dr = Xd + (u64)(t0 + t) * nq;
-                int ia0 = dp4a(va[3], a0.w, dp4a(va[2], a0.z, dp4a(va[1], a0.y, dp4a(va[0], a0.x, 0))));
-                int ia1 = dp4a(va[7], a1.w, dp4a(va[6], a1.z, dp4a(va[5], a1.y, dp4a(va[4], a1.x, 0))));
-                int ib0 = dp4a(vb[3], b0.w, dp4a(vb[2], b0.z, dp4a(vb[1], b0.y, dp4a(vb[0], b0.x, 0))));
-                int ib1 = dp4a(vb[7], b1.w, dp4a(vb[6], b1.z, dp4a(vb[5], b1.y, dp4a(vb[4], b1.x, 0))));
-                acc[t] += d * (dr[qa].x * (float)(sa0 * ia0 + sa1 * ia1) + dr[qa + 2].x * (float)(sb0 * ib0 + sb1 * ib1));
-            }
-        }
-    }
-}
-#endif
-
 // The five bits of Q5_0's weights 4i..4i+4 (qh bits 4i..4i+4) as bit 4 of four bytes.
 __device__ __forceinline__ u32 spread_bits4(u32 h) {
     return ((h & 1u) | ((h & 2u) << 7) | ((h & 4u) << 14) | ((h & 8u) << 21)) << 4;
@@ -619,18 +468,9 @@ __device__ __forceinline__ void dot_32(const u8* __restrict__ row, int cols, con
 template <int TY, int NT>
 __device__ __forceinline__ void dot_row(const u8* row, int cols, const i8* Xq, const float2* Xd,
                                         int ntok, int t0, int lane, int part, int parts, float* acc) {
-#ifdef K4_LANE8
-    if (TY == TY_Q4_K) dot_k4_lane8<false, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
-    else if (TY == TY_Q5_K) dot_k4_lane8<true, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
-#else
     if (TY == TY_Q4_K) dot_k4<false, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
     else if (TY == TY_Q5_K) dot_k4<true, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
-#endif
-#ifdef Q6_WIDE
-    else if (TY == TY_Q6_K) dot_q6k_wide<NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
-#else
     else if (TY == TY_Q6_K) dot_q6k<NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
-#endif
     else dot_32<TY, NT>(row, cols, Xq, Xd, ntok, t0, lane, part, parts, acc);
 }
 
