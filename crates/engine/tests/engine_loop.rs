@@ -412,6 +412,86 @@ fn prompt_logprobs_are_computed_even_when_the_prefix_is_cached() {
 
 /// A spread distribution that depends on the last token and the position: a few
 /// likely tokens and a long tail, so sampling draws differ from seed to seed.
+/// Grammar sequences whose first draw may ignore the mask (greedy, or untruncated
+/// sampling without log-probabilities) go through the sampling head too: the head's
+/// token stands when the grammar takes it, else the row is fetched, masked and drawn
+/// again. The tokens must be exactly the host's `sample_constrained` tokens.
+#[test]
+fn the_sampling_head_keeps_grammar_sequences_exact() {
+    use hangar_engine::sampler::{GrammarSpec, SamplingParams};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let sampled = SamplingParams {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        ..SamplingParams::default()
+    };
+    let variants = [
+        sampled.clone(),
+        SamplingParams::greedy(),
+        // Truncated: the mask comes first (not a head request).
+        SamplingParams {
+            top_k: 40,
+            ..sampled.clone()
+        },
+    ];
+    let run = |head: Option<Arc<AtomicUsize>>| -> (Vec<Vec<u32>>, (u64, u64)) {
+        let mut runner = FakeRunner::new(VOCAB, 4096).with_rows(spread_row);
+        if let Some(answered) = head {
+            runner = runner.with_head(answered);
+        }
+        let engine = engine_with(runner, small_cfg());
+        let rxs: Vec<_> = variants
+            .iter()
+            .flat_map(|p| (0..3u64).map(move |seed| (p.clone(), seed)))
+            .map(|(p, seed)| {
+                let mut req = GenerateRequest::greedy(vec![40, 41, 42], 16);
+                req.sampling = SamplingParams {
+                    seed: Some(seed),
+                    ..p
+                };
+                // 27 of the 257 byte tokens are allowed: most unmasked draws are
+                // refused, some are taken.
+                let spec = GrammarSpec::Regex("[a-z ]{16,40}".into());
+                req.constraint = Some(engine.compile_grammar(&spec).expect("grammar"));
+                engine.submit(req).expect("submit").1
+            })
+            .collect();
+        let tokens = rxs
+            .into_iter()
+            .map(|rx| {
+                let o = collect(rx);
+                assert!(o.error.is_none(), "{:?}", o.error);
+                assert_eq!(o.tokens.len(), 16);
+                assert!(
+                    o.tokens.iter().all(|&t| t == 32 || (97..=122).contains(&t)),
+                    "{:?}",
+                    o.tokens
+                );
+                o.tokens
+            })
+            .collect();
+        let s = engine.stats();
+        (tokens, (s.head_tokens, s.head_rows_fetched))
+    };
+    let answered = Arc::new(AtomicUsize::new(0));
+    let (with_head, (from_head, fetched)) = run(Some(answered.clone()));
+    let (on_host, unused) = run(None);
+    assert_eq!(with_head, on_host);
+    assert_eq!(unused, (0, 0));
+    // The greedy and untruncated sequences (2 x 3 x 16 tokens) asked the head; the
+    // top-k ones masked first on the host.
+    assert_eq!(answered.load(Ordering::Relaxed), 2 * 3 * 16);
+    assert_eq!(from_head + fetched, 2 * 3 * 16);
+    assert!(
+        from_head > 0 && fetched > 0,
+        "{from_head} taken, {fetched} fetched"
+    );
+    assert_ne!(on_host[0], on_host[1]);
+}
+
 fn spread_row(t: u32, pos: usize, row: &mut [f32]) {
     let mut h = (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ pos as u64;
     for (i, l) in row.iter_mut().enumerate() {

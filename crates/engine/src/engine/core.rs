@@ -184,8 +184,8 @@ impl EngineCore {
             } else {
                 vec![None; batch.chunks.len()]
             };
-        // Sampled chunks the runner's sampling head can answer (no grammar, no
-        // log-probabilities, no draft): their rows stay on the device.
+        // Sampled chunks the runner's sampling head can answer (no draft; a grammar
+        // only where the first draw may ignore its mask): their rows stay on the device.
         let heads: Vec<Option<HeadRequest>> =
             if self.runner.sample_head() && !all_rows.iter().any(|&a| a) {
                 let running = self.sched.running();
@@ -195,8 +195,11 @@ impl EngineCore {
                     .zip(&greedy)
                     .map(|(c, g)| {
                         let l = live.get(&c.id)?;
-                        let eligible =
-                            c.sample && c.draft == 0 && g.is_none() && l.constraint.is_none();
+                        // A grammar's sequence when its pick may be drawn before the
+                        // mask (`sample_constrained`'s optimistic draw): the head's
+                        // token stands if the grammar takes it, else the row is fetched.
+                        let free = l.constraint.is_none() || l.sampler.exact_without_mask();
+                        let eligible = c.sample && c.draft == 0 && g.is_none() && free;
                         eligible
                             .then(|| l.sampler.head_request(&running[c.slot].tokens))
                             .flatten()
@@ -406,6 +409,9 @@ impl EngineCore {
     /// its request failed. A token whose answer needs more than the head's
     /// candidates (a wide nucleus) is sampled here from its row, fetched from the
     /// runner, with the same draw; a request whose row cannot be fetched fails.
+    /// Under a grammar the head's token is `sample_constrained`'s optimistic draw: it
+    /// stands when the grammar takes it; otherwise the row is fetched, masked and
+    /// drawn again, as `sample_constrained` does on the host.
     fn resolve_heads(
         &mut self,
         batch: &Batch,
@@ -419,8 +425,9 @@ impl EngineCore {
         }
         let v = self.vocab_size;
         let results = self.runner.head_results();
-        // (chunk, index among the head chunks) of the tokens that need their row.
-        let mut need: Vec<(usize, usize)> = Vec::new();
+        // (chunk, index among the head chunks, the grammar refused the head's token)
+        // of the tokens that need their row.
+        let mut need: Vec<(usize, usize, bool)> = Vec::new();
         let (mut j, mut answered) = (0, 0u64);
         for (ci, (c, req)) in batch.chunks.iter().zip(heads).enumerate() {
             let Some(req) = req else { continue };
@@ -430,11 +437,16 @@ impl EngineCore {
                 continue;
             };
             match res.and_then(|r| l.sampler.take_head(req, r, v)) {
-                Some(t) => {
-                    out[ci] = Some(Some(t));
-                    answered += 1;
-                }
-                None => need.push((ci, at)),
+                Some(t) => match l.constraint.as_mut().map(|c| c.quick_allows(t.id)) {
+                    None | Some(Some(true)) => {
+                        out[ci] = Some(Some(t));
+                        answered += 1;
+                    }
+                    // Refused (or only the full mask can tell): drawn again from
+                    // the masked row (the head's draw is spent, as on the host).
+                    Some(_) => need.push((ci, at, true)),
+                },
+                None => need.push((ci, at, false)),
             }
         }
         self.stats
@@ -446,16 +458,26 @@ impl EngineCore {
         self.stats
             .head_rows_fetched
             .fetch_add(need.len() as u64, Ordering::Relaxed);
-        let which: Vec<usize> = need.iter().map(|&(_, at)| at).collect();
+        let which: Vec<usize> = need.iter().map(|&(_, at, _)| at).collect();
         let mut rows = Vec::with_capacity(which.len() * v);
         let fetched = self.runner.head_rows(&which, &mut rows);
         let running = self.sched.running();
-        for (k, &(ci, _)) in need.iter().enumerate() {
+        for (k, &(ci, _, refused)) in need.iter().enumerate() {
             let c = &batch.chunks[ci];
             match (&fetched, rows.get_mut(k * v..(k + 1) * v)) {
                 (Ok(()), Some(row)) => {
                     if let Some(l) = live.get_mut(&c.id) {
-                        out[ci] = Some(Some(l.sampler.sample(row, &running[c.slot].tokens)));
+                        let history = &running[c.slot].tokens;
+                        let t = match (refused, l.constraint.as_mut()) {
+                            (true, Some(g)) => {
+                                g.apply(row);
+                                l.sampler.sample(row, history)
+                            }
+                            (_, g) => {
+                                crate::sampler::sample_constrained(&mut l.sampler, g, row, history)
+                            }
+                        };
+                        out[ci] = Some(Some(t));
                     }
                 }
                 (fetched, _) => {
