@@ -16,6 +16,11 @@ export HANGAR_CUDA_CACHE=$W/cuda-cache
 SECONDS=0
 [ -x $H ] || { xz -dc .gpu/fin/hangar.xz > $H && chmod +x $H; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+# The no-prefetch variant: the shared helpers with prefetch_row_l2's loop removed.
+if [ ! -f .gpu/fin/nopf28/common.cuh ]; then
+  mkdir -p .gpu/fin/nopf28
+  sed '/for (u64 off = (u64)(part \* 32 + lane) \* 128/d; /prefetch.global.L2/d' crates/cuda/src/kernels/common.cuh > .gpu/fin/nopf28/common.cuh
+fi
 [ -f $W/l8b.gguf ] || $H synth --arch llama --preset llama-3-8b --type Q4_K_M -t 16 --out $W/l8b.gguf 2>&1 | tail -1
 echo "== (t=$SECONDS) tg128, L2 prefetch on (default) and off, alternated"
 for v in default nopf default nopf; do
