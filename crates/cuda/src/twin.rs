@@ -255,6 +255,69 @@ pub fn gemv_q6k_wide(row: &[u8], x: &[f32]) -> f32 {
     lanes[0]
 }
 
+/// The `add_norm_q8c` kernel on one row split over a cluster of `cl` CTAs of `threads`
+/// (kernels/mmvq.cu): `x += rmsnorm(o) * pw` (Gemma's post-norm; `x += o` without
+/// `pw`), then `h = rmsnorm(x) * w`. Each CTA holds `n / cl` values, its thread `i`
+/// values `i, i + threads, ..`; a sum of squares is each thread's f64 sum, the warps'
+/// butterflies, the CTA's warps in order, then the CTAs in rank order. Returns the new
+/// `x` and `h` (the kernel then quantizes `h` as `quantize_q8_1`).
+pub fn add_norm_cluster(
+    x: &[f32],
+    o: Option<&[f32]>,
+    pw: Option<&[f32]>,
+    w: &[f32],
+    eps: f32,
+    cl: usize,
+    threads: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let n = x.len();
+    let m = n / cl;
+    let sum_sq = |v: &[f32]| -> f64 {
+        let mut total = 0f64;
+        for cta in v.chunks(m) {
+            let mut block = 0f64;
+            for warp in 0..threads / 32 {
+                let mut lanes = [0f64; 32];
+                for (l, lane) in lanes.iter_mut().enumerate() {
+                    let mut i = warp * 32 + l;
+                    while i < m {
+                        *lane += (cta[i] * cta[i]) as f64;
+                        i += threads;
+                    }
+                }
+                // The butterfly of warp_sum_d: lane 0's sum.
+                let mut off = 16;
+                while off > 0 {
+                    let prev = lanes;
+                    for (l, lane) in lanes.iter_mut().enumerate() {
+                        *lane = prev[l] + prev[l ^ off];
+                    }
+                    off >>= 1;
+                }
+                block += lanes[0];
+            }
+            total += block;
+        }
+        total
+    };
+    let scale = |s: f64| 1.0 / ((s / n as f64) as f32 + eps).sqrt();
+    let mut xs = x.to_vec();
+    if let Some(o) = o {
+        match pw {
+            Some(pw) => {
+                let sc = scale(sum_sq(o));
+                for ((xv, &ov), &p) in xs.iter_mut().zip(o).zip(pw) {
+                    *xv += ov * sc * p;
+                }
+            }
+            None => xs.iter_mut().zip(o).for_each(|(xv, &ov)| *xv += ov),
+        }
+    }
+    let sc = scale(sum_sq(&xs));
+    let h = xs.iter().zip(w).map(|(&xv, &wv)| xv * sc * wv).collect();
+    (xs, h)
+}
+
 /// The `quantize_q8_1` kernel: 32-wide blocks of `x` to int8 with `d = amax / 127`,
 /// `q = round-half-even(x / d)`, and per block `[d, d * sum q]`.
 pub fn quantize_q8_1(x: &[f32]) -> (Vec<i8>, Vec<[f32; 2]>) {
@@ -946,6 +1009,51 @@ mod tests {
             .enumerate()
             .map(|(i, &v)| ds[i / 32][0] * v as f32)
             .collect()
+    }
+
+    #[test]
+    fn the_cluster_norm_twin_matches_the_cpu_norm() {
+        use hangar_kernels::ops::rms_norm;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        // Widths and cluster sizes the runner picks (runner/norm.rs cluster_for).
+        for (n, cl) in [
+            (640, 4),
+            (1152, 4),
+            (2048, 8),
+            (4096, 8),
+            (5376, 8),
+            (8192, 8),
+        ] {
+            let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-4.0..4.0)).collect();
+            let o: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect();
+            let pw: Vec<f32> = (0..n).map(|_| rng.gen_range(0.5..1.5)).collect();
+            let w: Vec<f32> = (0..n).map(|_| rng.gen_range(0.5..1.5)).collect();
+            let eps = 1e-6;
+            // The CPU: x += rms_norm(o) * pw, then h = rms_norm(x) * w.
+            let mut post = vec![0f32; n];
+            rms_norm(&o, &pw, eps, &mut post);
+            let xs: Vec<f32> = x.iter().zip(&post).map(|(a, b)| a + b).collect();
+            let mut h = vec![0f32; n];
+            rms_norm(&xs, &w, eps, &mut h);
+            let (tx, th) = add_norm_cluster(&x, Some(&o), Some(&pw), &w, eps, cl, 256);
+            let close = |a: &[f32], b: &[f32]| {
+                a.iter()
+                    .zip(b)
+                    .all(|(&a, &b)| (a - b).abs() <= 1e-6 * a.abs().max(b.abs()) + 1e-7)
+            };
+            assert!(close(&tx, &xs) && close(&th, &h), "n {n}, cluster {cl}");
+            // The one-block split (one CTA of 1024 threads) agrees as closely.
+            let (bx, bh) = add_norm_cluster(&x, Some(&o), Some(&pw), &w, eps, 1, 1024);
+            assert!(close(&bx, &tx) && close(&bh, &th), "n {n}: one block");
+            // A plain residual add and a norm alone.
+            let plus: Vec<f32> = x.iter().zip(&o).map(|(a, b)| a + b).collect();
+            rms_norm(&plus, &w, eps, &mut h);
+            let (px, ph) = add_norm_cluster(&x, Some(&o), None, &w, eps, cl, 256);
+            assert!(px == plus && close(&ph, &h), "n {n}: residual");
+            rms_norm(&x, &w, eps, &mut h);
+            let (nx, nh) = add_norm_cluster(&x, None, None, &w, eps, cl, 256);
+            assert!(nx == x && close(&nh, &h), "n {n}: norm alone");
+        }
     }
 
     #[test]

@@ -134,6 +134,7 @@ extern "C" __global__ void __launch_bounds__(1024) add_norm_q8(float* x, const f
 // issue slots for a 4096-wide row); here each SM does an eighth of the work. Same
 // formulas as add_norm_q8 (squares summed in f64, then the f32 scale); only the order
 // of the f64 additions differs. The runner checks it against add_norm_q8 at load.
+// Twin: twin::add_norm_cluster.
 #define ANC_T 256
 #define ANC_E 4
 __device__ __forceinline__ void cluster_sync() {
