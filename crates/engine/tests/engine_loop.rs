@@ -438,31 +438,16 @@ fn the_sampling_head_keeps_grammar_sequences_exact() {
         },
     ];
     let run = |head: Option<Arc<AtomicUsize>>| -> (Vec<Vec<u32>>, (u64, u64)) {
-        let mut runner = FakeRunner::new(VOCAB, 4096).with_rows(spread_row);
-        if let Some(answered) = head {
-            runner = runner.with_head(answered);
-        }
-        let engine = engine_with(runner, small_cfg());
-        let rxs: Vec<_> = variants
-            .iter()
-            .flat_map(|p| (0..3u64).map(move |seed| (p.clone(), seed)))
-            .map(|(p, seed)| {
-                let mut req = GenerateRequest::greedy(vec![40, 41, 42], 16);
-                req.sampling = SamplingParams {
-                    seed: Some(seed),
-                    ..p
-                };
-                // 27 of the 257 byte tokens are allowed: most unmasked draws are
-                // refused, some are taken.
-                let spec = GrammarSpec::Regex("[a-z ]{16,40}".into());
-                req.constraint = Some(engine.compile_grammar(&spec).expect("grammar"));
-                engine.submit(req).expect("submit").1
-            })
-            .collect();
-        let tokens = rxs
+        let (outcomes, stats) = run_sampling_variants(&variants, 16, head, &|engine, mut req| {
+            // 27 of the 257 byte tokens are allowed: most unmasked draws are
+            // refused, some are taken.
+            let spec = GrammarSpec::Regex("[a-z ]{16,40}".into());
+            req.constraint = Some(engine.compile_grammar(&spec).expect("grammar"));
+            req
+        });
+        let tokens = outcomes
             .into_iter()
-            .map(|rx| {
-                let o = collect(rx);
+            .map(|o| {
                 assert!(o.error.is_none(), "{:?}", o.error);
                 assert_eq!(o.tokens.len(), 16);
                 assert!(
@@ -473,8 +458,7 @@ fn the_sampling_head_keeps_grammar_sequences_exact() {
                 o.tokens
             })
             .collect();
-        let s = engine.stats();
-        (tokens, (s.head_tokens, s.head_rows_fetched))
+        (tokens, stats)
     };
     let answered = Arc::new(AtomicUsize::new(0));
     let (with_head, (from_head, fetched)) = run(Some(answered.clone()));
@@ -490,6 +474,39 @@ fn the_sampling_head_keeps_grammar_sequences_exact() {
         "{from_head} taken, {fetched} fetched"
     );
     assert_ne!(on_host[0], on_host[1]);
+}
+
+/// Every variant with seeds 0..3, all in flight at once (batched steps), each a
+/// request of `max_tokens` from prompt [40, 41, 42] that `request` may adjust, on a
+/// fake runner with `spread_row` logits and, when `head` is set, a sampling head that
+/// counts its answers there. The outcomes in order, and the engine's (tokens the head
+/// answered, rows it fetched).
+fn run_sampling_variants(
+    variants: &[hangar_engine::sampler::SamplingParams],
+    max_tokens: usize,
+    head: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    request: &dyn Fn(&Engine, GenerateRequest) -> GenerateRequest,
+) -> (Vec<Outcome>, (u64, u64)) {
+    let mut runner = FakeRunner::new(VOCAB, 4096).with_rows(spread_row);
+    if let Some(answered) = head {
+        runner = runner.with_head(answered);
+    }
+    let engine = engine_with(runner, small_cfg());
+    let rxs: Vec<_> = variants
+        .iter()
+        .flat_map(|p| (0..3u64).map(move |seed| (p.clone(), seed)))
+        .map(|(p, seed)| {
+            let mut req = GenerateRequest::greedy(vec![40, 41, 42], max_tokens);
+            req.sampling = hangar_engine::sampler::SamplingParams {
+                seed: Some(seed),
+                ..p
+            };
+            engine.submit(request(&engine, req)).expect("submit").1
+        })
+        .collect();
+    let outcomes = rxs.into_iter().map(collect).collect();
+    let s = engine.stats();
+    (outcomes, (s.head_tokens, s.head_rows_fetched))
 }
 
 fn spread_row(t: u32, pos: usize, row: &mut [f32]) {
@@ -548,36 +565,19 @@ fn the_sampling_head_gives_the_tokens_the_host_sampler_gives() {
         ..base.clone()
     });
     let run = |head: Option<Arc<AtomicUsize>>| -> (Vec<Vec<u32>>, (u64, u64)) {
-        let mut runner = FakeRunner::new(VOCAB, 4096).with_rows(spread_row);
-        if let Some(answered) = head {
-            runner = runner.with_head(answered);
-        }
-        let engine = engine_with(runner, small_cfg());
-        // Every variant with three seeds, all in flight at once (batched steps).
-        let rxs: Vec<_> = variants
-            .iter()
-            .flat_map(|p| (0..3u64).map(move |seed| (p.clone(), seed)))
-            .map(|(p, seed)| {
-                let mut req = GenerateRequest::greedy(vec![40, 41, 42], 24);
-                req.logprobs = (p.n_logprobs > 0).then_some(p.n_logprobs);
-                req.sampling = SamplingParams {
-                    seed: Some(seed),
-                    ..p
-                };
-                req.ignore_eos = true;
-                engine.submit(req).expect("submit").1
-            })
-            .collect();
-        let tokens = rxs
+        let (outcomes, stats) = run_sampling_variants(&variants, 24, head, &|_, mut req| {
+            req.logprobs = (req.sampling.n_logprobs > 0).then_some(req.sampling.n_logprobs);
+            req.ignore_eos = true;
+            req
+        });
+        let tokens = outcomes
             .into_iter()
-            .map(|rx| {
-                let o = collect(rx);
+            .map(|o| {
                 assert!(o.error.is_none(), "{:?}", o.error);
                 o.tokens
             })
             .collect();
-        let s = engine.stats();
-        (tokens, (s.head_tokens, s.head_rows_fetched))
+        (tokens, stats)
     };
     let answered = Arc::new(AtomicUsize::new(0));
     let (with_head, (from_head, fetched)) = run(Some(answered.clone()));
