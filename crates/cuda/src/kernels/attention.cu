@@ -10,18 +10,76 @@
 #define ATT_WARPS 8
 #define ATT_MAX_PAIRS 4 // head sizes up to 256
 
-extern "C" __global__ void __launch_bounds__(256) attention(
-    const float* q, const u16* kc, const u16* vc, float* out, int nheads, int nkv, int hd,
+// Decode steps where every sequence has one token fold qk_rope into attention
+// (`attention_rope`): the block normalizes and rotates its query head and its key
+// head's new K row itself (qk_rope's arithmetic and sum order, so the same bits), the
+// first query block of each key head stores K and V in the cache, and the token's own
+// position reads K from shared memory and V from the raw row instead of the cache
+// (no block reads what another writes in this launch). One launch a layer fewer.
+struct RopeIn {
+    const float* k; // the token rows of K and V before RoPE, as the QKV GEMV wrote them
+    const float* v;
+    const float* qn; // per-head q / k RMSNorm weights (Gemma 3, Qwen 3), or null
+    const float* kn;
+    float eps;
+    double base;
+    int n_rot;
+    const float* ff; // rope frequency factors, or null
+    int neox;
+};
+// qk_rope's steps on one row in shared memory: RMSNorm with nw (squares summed by 128
+// threads as qk_rope's blocks do; the other threads add zeros), the rotation with the
+// thread's angle (c, s), the f16 rounding. Every thread of the block calls it.
+__device__ __forceinline__ void rope_row(float* xr, int hd, const float* nw, float eps, int half, int neox,
+                                         float c, float s, double* shd) {
+    if (nw) {
+        double sq = 0.0;
+        if (threadIdx.x < 128)
+            for (int i = threadIdx.x; i < hd; i += 128) {
+                float v = xr[i];
+                sq += (double)(v * v);
+            }
+        sq = block_sum_d(sq, shd);
+        float mean = (float)(sq / (double)hd);
+        float scale = 1.0f / sqrtf(mean + eps);
+        for (int i = threadIdx.x; i < hd; i += blockDim.x) xr[i] = xr[i] * scale * nw[i];
+        __syncthreads();
+    }
+    int i = threadIdx.x;
+    if (i < half) {
+        int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+        float x0 = xr[a], x1 = xr[b];
+        xr[a] = x0 * c - x1 * s;
+        xr[b] = x0 * s + x1 * c;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) xr[d] = round_h(xr[d]);
+    __syncthreads();
+}
+template <bool ROPE>
+__device__ __forceinline__ void attention_body(
+    const float* q, u16* kc, u16* vc, float* out, int nheads, int nkv, int hd,
     const int* tok_seq, const u32* tables, int tstride, int bs, int window, float scale,
-    float* scratch, int max_n, i8* Xq, float2* Xd, int sm_scores) {
-    pdl_entry();
+    float* scratch, int max_n, i8* Xq, float2* Xd, int sm_scores, const RopeIn& ri) {
     extern __shared__ float sm[];
     float* qs = sm;               // hd
-    float* part = sm + hd;        // ATT_WARPS * hd
+    float* part = sm + hd;        // ATT_WARPS * hd (ROPE: first the new K row, ks)
     __shared__ float red[32];
     int h = blockIdx.x, t = blockIdx.y;
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     int kh = h / (nheads / nkv);
+    float c = 0.0f, sn = 0.0f;
+    if (ROPE && (int)threadIdx.x < ri.n_rot / 2) {
+        // The angle of the thread's pair, from the host-written position, before the
+        // wait (qk_rope's formula).
+        int i = threadIdx.x;
+        double f = pow(ri.base, -2.0 * (double)i / (double)ri.n_rot);
+        if (ri.ff) f = f / (double)ri.ff[i];
+        double th = (double)tok_seq[2 * t + 1] * f;
+        c = (float)cos(th);
+        sn = (float)sin(th);
+    }
+    pdl_entry();
     int seq = tok_seq[2 * t], pos = tok_seq[2 * t + 1];
     int lo = window > 0 ? max(0, pos + 1 - window) : 0;
     int n = pos + 1 - lo;
@@ -29,7 +87,24 @@ extern "C" __global__ void __launch_bounds__(256) attention(
     int pairs = hd >> 1;
     const u32* table = tables + (u64)seq * tstride;
     const float* qr = q + ((u64)t * nheads + h) * hd;
+    float* ks = part;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = qr[d];
+    if (ROPE) {
+        __shared__ double shd[32];
+        const float* kr = ri.k + ((u64)t * nkv + kh) * hd;
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) ks[d] = kr[d];
+        __syncthreads();
+        rope_row(qs, hd, ri.qn, ri.eps, ri.n_rot / 2, ri.neox, c, sn, shd);
+        rope_row(ks, hd, ri.kn, ri.eps, ri.n_rot / 2, ri.neox, c, sn, shd);
+        if (h % (nheads / nkv) == 0) {
+            u64 off = ((u64)table[pos / bs] * bs + pos % bs) * kvd + (u64)kh * hd;
+            const float* vr = ri.v + (u64)t * kvd + (u64)kh * hd;
+            for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+                kc[off + d] = f2h(ks[d]);
+                vc[off + d] = f2h(vr[d]);
+            }
+        }
+    }
     __syncthreads();
     // Scores in shared memory when the runner sized it for them (sm_scores), else in
     // the global scratch row: a decode step's attention is a chain of dependent
@@ -42,12 +117,21 @@ extern "C" __global__ void __launch_bounds__(256) attention(
         u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
         const u32* kr = (const u32*)(kc + off);
         float s = 0.0f;
+        if (ROPE && p == pos) {
+            // The token's own K, from shared memory (its f16 values as floats).
 #pragma unroll
-        for (int i = 0; i < ATT_MAX_PAIRS; i++) {
-            int d2 = lane + 32 * i;
-            if (d2 < pairs) {
-                u32 two = kr[d2];
-                s += qs[2 * d2] * h2f((u16)(two & 0xffff)) + qs[2 * d2 + 1] * h2f((u16)(two >> 16));
+            for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+                int d2 = lane + 32 * i;
+                if (d2 < pairs) s += qs[2 * d2] * ks[2 * d2] + qs[2 * d2 + 1] * ks[2 * d2 + 1];
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+                int d2 = lane + 32 * i;
+                if (d2 < pairs) {
+                    u32 two = kr[d2];
+                    s += qs[2 * d2] * h2f((u16)(two & 0xffff)) + qs[2 * d2 + 1] * h2f((u16)(two >> 16));
+                }
             }
         }
         s = warp_sum(s) * scale;
@@ -75,16 +159,31 @@ extern "C" __global__ void __launch_bounds__(256) attention(
         u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
         const u32* vr = (const u32*)(vc + off);
         float pj = sc[j];
+        if (ROPE && p == pos) {
+            // The token's own V, rounded to f16 as the cache holds it.
+            const float* vn = ri.v + (u64)t * kvd + (u64)kh * hd;
 #pragma unroll
-        for (int i = 0; i < ATT_MAX_PAIRS; i++) {
-            int d2 = lane + 32 * i;
-            if (d2 < pairs) {
-                u32 two = vr[d2];
-                acc[i][0] += pj * h2f((u16)(two & 0xffff));
-                acc[i][1] += pj * h2f((u16)(two >> 16));
+            for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+                int d2 = lane + 32 * i;
+                if (d2 < pairs) {
+                    acc[i][0] += pj * round_h(vn[2 * d2]);
+                    acc[i][1] += pj * round_h(vn[2 * d2 + 1]);
+                }
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+                int d2 = lane + 32 * i;
+                if (d2 < pairs) {
+                    u32 two = vr[d2];
+                    acc[i][0] += pj * h2f((u16)(two & 0xffff));
+                    acc[i][1] += pj * h2f((u16)(two >> 16));
+                }
             }
         }
     }
+    // ks (the start of part) was read above for the last time.
+    if (ROPE) __syncthreads();
 #pragma unroll
     for (int i = 0; i < ATT_MAX_PAIRS; i++) {
         int d2 = lane + 32 * i;
@@ -105,6 +204,24 @@ extern "C" __global__ void __launch_bounds__(256) attention(
         out[at] = o;
         if (Xq) q8_1_lane(o, at, Xq, Xd);
     }
+}
+extern "C" __global__ void __launch_bounds__(256) attention(
+    const float* q, u16* kc, u16* vc, float* out, int nheads, int nkv, int hd,
+    const int* tok_seq, const u32* tables, int tstride, int bs, int window, float scale,
+    float* scratch, int max_n, i8* Xq, float2* Xd, int sm_scores) {
+    RopeIn none = {};
+    attention_body<false>(q, kc, vc, out, nheads, nkv, hd, tok_seq, tables, tstride, bs, window, scale,
+                          scratch, max_n, Xq, Xd, sm_scores, none);
+}
+// `attention` with qk_rope folded in (see RopeIn): q, k and v are the GEMV's raw rows.
+extern "C" __global__ void __launch_bounds__(256) attention_rope(
+    const float* q, u16* kc, u16* vc, float* out, int nheads, int nkv, int hd, const int* tok_seq,
+    const u32* tables, int tstride, int bs, int window, float scale, float* scratch, int max_n, i8* Xq,
+    float2* Xd, int sm_scores, const float* k, const float* v, const float* qn, const float* kn, float eps,
+    double base, int n_rot, const float* ff, int neox) {
+    RopeIn ri = {k, v, qn, kn, eps, base, n_rot, ff, neox};
+    attention_body<true>(q, kc, vc, out, nheads, nkv, hd, tok_seq, tables, tstride, bs, window, scale,
+                         scratch, max_n, Xq, Xd, sm_scores, ri);
 }
 
 // Split-K attention (flash-decoding) for steps whose (head, token) blocks alone would

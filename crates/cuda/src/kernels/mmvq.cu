@@ -466,6 +466,161 @@ __device__ __forceinline__ void dot_32(const u8* __restrict__ row, int cols, con
 }
 
 
+// Batch-1 rows with every load issued before its use (Q4_K and Q6_K, the types of
+// Q4_K_M files). In dot_k4 / dot_q6k each step's weight loads wait behind the
+// previous step's exit test, so a warp has one step (576 bytes) in flight and a row is
+// a chain of weight and activation round trips (run 23/28: 13 of every 20 cycles
+// stalled on L1TEX, a 4096-wide Q+K at 0.9-1.3 TB/s). Here a warp holds HK steps of
+// weights in registers, loaded at clamped block indices so no load waits on a test;
+// the first chunk is loaded before pdl_entry() (weights are never written), so it
+// arrives while the previous kernel drains. Lane mapping, per-lane arithmetic and the
+// order of the additions are dot_k4's and dot_q6k's: the sums are the same bits.
+// Steps a warp holds in flight (HANGAR_CUDA_DEFINES=HOIST2: two, fewer registers).
+#ifdef HOIST2
+#define HK 2
+#else
+#define HK 4
+#endif
+struct StepQ4K {
+    uint4 q;
+    uint4 hd; // d and dmin, then the 12 scale bytes (blocks are 16-byte aligned)
+    __device__ __forceinline__ void load(const u8* __restrict__ row, int b, int lane) {
+        int k = lane & 7;
+        const u8* blk = row + (u64)b * 144;
+        q = *(const uint4*)(blk + 16 + 32 * (k >> 1) + (k & 1) * 16);
+        hd = *(const uint4*)blk;
+    }
+    struct Act {
+        int4 xa, xb;
+        float4 dd; // Xd[qa] and Xd[qa + 1] (qa is even)
+    };
+    __device__ __forceinline__ static void act(Act& a, const i8* __restrict__ xr, const float2* __restrict__ dr,
+                                               int b, int lane) {
+        int k = lane & 7, qa = b * 8 + 2 * (k >> 1), l0 = (k & 1) * 16;
+        a.xa = *(const int4*)(xr + 32 * qa + l0);
+        a.xb = *(const int4*)(xr + 32 * qa + 32 + l0);
+        a.dd = *(const float4*)(dr + qa);
+    }
+    __device__ __forceinline__ float use(const Act& a, int lane) const {
+        int k = lane & 7, c = k >> 1;
+        // scale_min_k4 of sub-blocks 2c and 2c + 1 as byte pairs, without a branch on
+        // the lane: both encodings computed, one selected (same values).
+        int sh = 16 * (c & 1);
+        u32 x = hd.y >> sh, y = hd.z >> sh, z = hd.w >> sh;
+        u32 sp = c < 2 ? (x & 0x3f3fu) : ((z & 0x0f0fu) | ((x >> 2) & 0x3030u));
+        u32 mp = c < 2 ? (y & 0x3f3fu) : (((z >> 4) & 0x0f0fu) | ((y >> 2) & 0x3030u));
+        int sc1 = (int)(sp & 0xff), sc2 = (int)((sp >> 8) & 0xff);
+        int m1 = (int)(mp & 0xff), m2 = (int)((mp >> 8) & 0xff);
+        u32 qq[4] = {q.x, q.y, q.z, q.w};
+        int lo[4], hi[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            lo[i] = (int)(qq[i] & 0x0F0F0F0Fu);
+            hi[i] = (int)((qq[i] >> 4) & 0x0F0F0F0Fu);
+        }
+        float d = h2f((u16)(hd.x & 0xffff)), dmin = h2f((u16)(hd.x >> 16));
+        int sa = dp4a(lo[3], a.xa.w, dp4a(lo[2], a.xa.z, dp4a(lo[1], a.xa.y, dp4a(lo[0], a.xa.x, 0))));
+        int sb = dp4a(hi[3], a.xb.w, dp4a(hi[2], a.xb.z, dp4a(hi[1], a.xb.y, dp4a(hi[0], a.xb.x, 0))));
+        float v = d * ((float)sc1 * a.dd.x * (float)sa + (float)sc2 * a.dd.z * (float)sb);
+        if ((k & 1) == 0) v -= dmin * ((float)m1 * a.dd.y + (float)m2 * a.dd.w);
+        return v;
+    }
+};
+struct StepQ6K {
+    u32 ql[5], qh[5];
+    u16 sab, d;
+    u32 al; // bit 0: the ql run starts 2 bytes past a word, bit 1: the qh run
+
+    __device__ __forceinline__ void load(const u8* __restrict__ row, int b, int lane) {
+        int k = lane & 7, h = k >> 2, kp = (k >> 1) & 1, ls = k & 1;
+        const u8* blk = row + (u64)b * 210;
+        u64 pa = (u64)(blk + 64 * h + 32 * kp + 16 * ls), pc = (u64)(blk + 128 + 32 * h + 16 * ls);
+        al = (u32)((pa >> 1) & 1) | (u32)(pc & 2);
+        const u32* a = (const u32*)(pa & ~(u64)3);
+        const u32* c = (const u32*)(pc & ~(u64)3);
+#pragma unroll
+        for (int i = 0; i < 5; i++) {
+            ql[i] = a[i];
+            qh[i] = c[i];
+        }
+        // The two scale bytes (sub-rows kp and kp + 2, column half ls), 4 bytes apart.
+        sab = (u16)blk[192 + 8 * h + 2 * kp + ls] | ((u16)blk[192 + 8 * h + 2 * (kp + 2) + ls] << 8);
+        d = ld16(blk + 208);
+    }
+    struct Act {
+        int4 xa, xb;
+        float da, db;
+    };
+    __device__ __forceinline__ static void act(Act& a, const i8* __restrict__ xr, const float2* __restrict__ dr,
+                                               int b, int lane) {
+        int k = lane & 7, h = k >> 2, kp = (k >> 1) & 1, ls = k & 1, qa = b * 8 + 4 * h + kp;
+        a.xa = *(const int4*)(xr + 32 * qa + 16 * ls);
+        a.xb = *(const int4*)(xr + 32 * (qa + 2) + 16 * ls);
+        a.da = dr[qa].x;
+        a.db = dr[qa + 2].x;
+    }
+    __device__ __forceinline__ float use(const Act& a, int lane) const {
+        int kp = ((lane & 7) >> 1) & 1;
+        // The realignment of ld16_2a, on the words loaded ahead.
+        u32 sel1 = (al & 1) ? 0x5432u : 0x3210u, sel2 = (al & 2) ? 0x5432u : 0x3210u;
+        int va[4], vb[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u32 l = __byte_perm(ql[i], ql[i + 1], sel1), hh = __byte_perm(qh[i], qh[i + 1], sel2);
+            va[i] = sub_bytes((l & 0x0F0F0F0Fu) | (((hh >> (2 * kp)) & 0x03030303u) << 4), 0x20202020u);
+            vb[i] = sub_bytes(((l >> 4) & 0x0F0F0F0Fu) | (((hh >> (2 * kp + 4)) & 0x03030303u) << 4),
+                              0x20202020u);
+        }
+        float dd = h2f(d);
+        float sa = (float)(i8)(sab & 0xff), sb = (float)(i8)(sab >> 8);
+        int ia = dp4a(va[3], a.xa.w, dp4a(va[2], a.xa.z, dp4a(va[1], a.xa.y, dp4a(va[0], a.xa.x, 0))));
+        int ib = dp4a(vb[3], a.xb.w, dp4a(vb[2], a.xb.z, dp4a(vb[1], a.xb.y, dp4a(vb[0], a.xb.x, 0))));
+        return dd * (sa * a.da * (float)ia + sb * a.db * (float)ib);
+    }
+};
+// A lane's blocks are b0, b0 + stride, ... (b0 = lane / 8 + 4 part, stride 4 parts, as
+// dot_k4). `pre` loads the first chunk; `run` (after pdl_entry) adds every step in
+// order, loading each later chunk before it is used.
+template <class S>
+__device__ __forceinline__ void hoist_pre(S (&w)[HK], const u8* __restrict__ row, int nb, int b0, int stride,
+                                          int lane) {
+#pragma unroll
+    for (int u = 0; u < HK; u++) w[u].load(row, min(b0 + u * stride, nb - 1), lane);
+}
+template <class S>
+__device__ __forceinline__ float hoist_run(S (&w)[HK], const u8* __restrict__ row, int nb, int b0, int stride,
+                                           int lane, const i8* __restrict__ xr, const float2* __restrict__ dr) {
+    float acc = 0.0f;
+    int first = b0 - (lane >> 3); // the warp's first block (warp-uniform)
+    for (int i = 0;; i += HK) {
+        typename S::Act a[HK];
+#pragma unroll
+        for (int u = 0; u < HK; u++) S::act(a[u], xr, dr, min(b0 + (i + u) * stride, nb - 1), lane);
+#pragma unroll
+        for (int u = 0; u < HK; u++)
+            if (b0 + (i + u) * stride < nb) acc += w[u].use(a[u], lane);
+        if (first + (i + HK) * stride >= nb) break;
+#pragma unroll
+        for (int u = 0; u < HK; u++) w[u].load(row, min(b0 + (i + HK + u) * stride, nb - 1), lane);
+    }
+    return acc;
+}
+// Whether a row of type TY at batch NT takes the hoisted path (HANGAR_CUDA_DEFINES=
+// NO_HOIST keeps the loop of dot_k4 / dot_q6k everywhere, for an A/B).
+#ifdef NO_HOIST
+#define HOISTED(TY, NT) false
+#else
+#define HOISTED(TY, NT) ((NT) == 1 && ((TY) == TY_Q4_K || (TY) == TY_Q6_K))
+#endif
+template <int TY>
+struct HoistStep {
+    typedef StepQ4K T;
+};
+template <>
+struct HoistStep<TY_Q6_K> {
+    typedef StepQ6K T;
+};
+
 template <int TY, int NT>
 __device__ __forceinline__ void dot_row(const u8* row, int cols, const i8* Xq, const float2* Xd,
                                         int ntok, int t0, int lane, int part, int parts, float* acc) {
@@ -534,13 +689,26 @@ __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float
     }
     const u8* W = seg == 0 ? W0 : seg == 1 ? W1 : W2;
     u64 rb = seg == 0 ? rb0 : seg == 1 ? rb1 : rb2;
-    if (seg < 3 && blockIdx.y == 0) prefetch_row_l2(W + (u64)r * rb, rb, lane, warp % parts, parts);
-    pdl_entry();
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-    if (seg < 3)
-        dot_row<TY, NT>(W + (u64)r * rb, cols, Xq, Xd, ntok, t0, lane, warp % parts, parts, acc);
+    if constexpr (HOISTED(TY, NT)) {
+        typedef typename HoistStep<TY>::T S;
+        S w[HK];
+        const u8* row = W + (u64)r * rb;
+        int nb = cols >> 8, b0 = (lane >> 3) + 4 * (warp % parts);
+        if (seg < 3) {
+            hoist_pre(w, row, nb, b0, 4 * parts, lane);
+            prefetch_row_l2(row, rb, lane, warp % parts, parts);
+        }
+        pdl_entry();
+        if (seg < 3) acc[0] = hoist_run(w, row, nb, b0, 4 * parts, lane, Xq, Xd);
+    } else {
+        if (seg < 3 && blockIdx.y == 0) prefetch_row_l2(W + (u64)r * rb, rb, lane, warp % parts, parts);
+        pdl_entry();
+        if (seg < 3)
+            dot_row<TY, NT>(W + (u64)r * rb, cols, Xq, Xd, ntok, t0, lane, warp % parts, parts, acc);
+    }
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         float v = warp_sum(acc[t]);
@@ -567,24 +735,61 @@ __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float
 // `mvp`: gate and up of the same rows (eight warps: 0-3 on gate rows, 4-7 on the up
 // rows, each half split as in `mvs`), written as act(gate) * up (act 1: SiLU,
 // 2: GELU-tanh as gelu_mul), so the activation kernel's pass disappears.
+// With Oq set (rows a multiple of 32) the output is also quantized to q8_1 for the
+// down projection, so its quantize_q8_1 launch disappears too: the blocks of a 32-row
+// group count themselves in cnt[tile][group] (zero before the launch), and the last to
+// finish, after a fence, reads the group's 32 values back from L2 and quantizes them
+// as quantize_q8_1 does (same bits), then zeroes the counter for the next launch.
+template <int NT>
+__device__ __forceinline__ void q8_1_tail(const float* Y, int rows, int ntok, int t0, int rpb, u32* cnt,
+                                          i8* Oq, float2* Od) {
+    __shared__ int last;
+    int grp = (blockIdx.x * rpb) >> 5;
+    if (threadIdx.x == 0) {
+        u32* c = cnt + (u64)blockIdx.y * (rows >> 5) + grp;
+        last = atomicAdd(c, 1u) == (u32)(32 / rpb - 1);
+        if (last) *c = 0u;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (warp < NT && t0 + warp < ntok) {
+        u64 i = (u64)(t0 + warp) * rows + grp * 32 + lane;
+        q8_1_lane(__ldcg(Y + i), i, Oq, Od);
+    }
+}
 template <int TY, int NT>
 __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols,
                                          const i8* Xq, const float2* Xd, int ntok, int act,
-                                         int parts, float* Y) {
+                                         int parts, float* Y, u32* cnt, i8* Oq, float2* Od) {
     __shared__ float red[8][8];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int half = warp >> 2, w4 = warp & 3;
     int rpb = 4 / parts;
     int t0 = blockIdx.y * NT;
     int r = blockIdx.x * rpb + w4 / parts;
-    if (r < rows && blockIdx.y == 0)
-        prefetch_row_l2((half ? Wu : Wg) + (u64)r * rb, rb, lane, w4 % parts, parts);
-    pdl_entry();
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-    if (r < rows)
-        dot_row<TY, NT>((half ? Wu : Wg) + (u64)r * rb, cols, Xq, Xd, ntok, t0, lane, w4 % parts, parts, acc);
+    if constexpr (HOISTED(TY, NT)) {
+        typedef typename HoistStep<TY>::T S;
+        S w[HK];
+        const u8* row = (half ? Wu : Wg) + (u64)r * rb;
+        int nb = cols >> 8, b0 = (lane >> 3) + 4 * (w4 % parts);
+        if (r < rows) {
+            hoist_pre(w, row, nb, b0, 4 * parts, lane);
+            prefetch_row_l2(row, rb, lane, w4 % parts, parts);
+        }
+        pdl_entry();
+        if (r < rows) acc[0] = hoist_run(w, row, nb, b0, 4 * parts, lane, Xq, Xd);
+    } else {
+        if (r < rows && blockIdx.y == 0)
+            prefetch_row_l2((half ? Wu : Wg) + (u64)r * rb, rb, lane, w4 % parts, parts);
+        pdl_entry();
+        if (r < rows)
+            dot_row<TY, NT>((half ? Wu : Wg) + (u64)r * rb, cols, Xq, Xd, ntok, t0, lane, w4 % parts, parts, acc);
+    }
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         float v = warp_sum(acc[t]);
@@ -593,10 +798,16 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
     __syncthreads();
     int j = threadIdx.x / NT, t = threadIdx.x % NT;
     int g = blockIdx.x * rpb + j;
-    if (j >= rpb || t0 + t >= ntok || g >= rows) return;
-    float gv = sum_parts<NT>(red, j, t, parts);
-    float uv = sum_parts<NT>(red + 4, j, t, parts);
-    Y[(u64)(t0 + t) * rows + g] = act == 2 ? gelu_times(gv, uv) : silu_times(gv, uv);
+    if (j < rpb && t0 + t < ntok && g < rows) {
+        float gv = sum_parts<NT>(red, j, t, parts);
+        float uv = sum_parts<NT>(red + 4, j, t, parts);
+        Y[(u64)(t0 + t) * rows + g] = act == 2 ? gelu_times(gv, uv) : silu_times(gv, uv);
+        if (Oq) __threadfence();
+    }
+    if (Oq) {
+        __syncthreads();
+        q8_1_tail<NT>(Y, rows, ntok, t0, rpb, cnt, Oq, Od);
+    }
 }
 
 #define MMVQ(NAME, TY, NT)                                                                         \
@@ -614,8 +825,9 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(256)                                              \
         mvp##NT##_##NAME(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols, const i8* Xq,      \
-                         const float2* Xd, int ntok, int act, int parts, float* Y) {               \
-        mvp_body<TY, NT>(Wg, Wu, rb, rows, cols, Xq, Xd, ntok, act, parts, Y);                     \
+                         const float2* Xd, int ntok, int act, int parts, float* Y, u32* cnt,       \
+                         i8* Oq, float2* Od) {                                                     \
+        mvp_body<TY, NT>(Wg, Wu, rb, rows, cols, Xq, Xd, ntok, act, parts, Y, cnt, Oq, Od);        \
     }
 #define MMVQ_ALL(NT)             \
     MMVQ(q4_k, TY_Q4_K, NT)      \
