@@ -702,7 +702,8 @@ __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float
             prefetch_row_l2(row, rb, lane, warp % parts, parts);
         }
         pdl_entry();
-        if (seg < 3) acc[0] = hoist_run(w, row, nb, b0, 4 * parts, lane, Xq, Xd);
+        if (seg < 3 && t0 < ntok)
+            acc[0] = hoist_run(w, row, nb, b0, 4 * parts, lane, Xq + (u64)t0 * cols, Xd + (u64)t0 * (cols >> 5));
     } else {
         if (seg < 3 && blockIdx.y == 0) prefetch_row_l2(W + (u64)r * rb, rb, lane, warp % parts, parts);
         pdl_entry();
@@ -746,6 +747,7 @@ __device__ __forceinline__ void q8_1_tail(const float* Y, int rows, int ntok, in
     __shared__ int last;
     int grp = (blockIdx.x * rpb) >> 5;
     if (threadIdx.x == 0) {
+        __threadfence();
         u32* c = cnt + (u64)blockIdx.y * (rows >> 5) + grp;
         last = atomicAdd(c, 1u) == (u32)(32 / rpb - 1);
         if (last) *c = 0u;
@@ -782,7 +784,8 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
             prefetch_row_l2(row, rb, lane, w4 % parts, parts);
         }
         pdl_entry();
-        if (r < rows) acc[0] = hoist_run(w, row, nb, b0, 4 * parts, lane, Xq, Xd);
+        if (r < rows && t0 < ntok)
+            acc[0] = hoist_run(w, row, nb, b0, 4 * parts, lane, Xq + (u64)t0 * cols, Xd + (u64)t0 * (cols >> 5));
     } else {
         if (r < rows && blockIdx.y == 0)
             prefetch_row_l2((half ? Wu : Wg) + (u64)r * rb, rb, lane, w4 % parts, parts);
