@@ -138,12 +138,6 @@ struct Buffers {
     /// The int8 activations of the decode GEMVs: values and per-32 (d, d * sum q).
     xq: Scratch,
     xd: Scratch,
-    /// The gate/up kernel's quantized output (`mvp` with its q8_1 tail): its input is
-    /// still being read from `xq`/`xd` while the output is written.
-    xq2: Scratch,
-    xd2: Scratch,
-    /// The q8_1 tail's per-32-row-group counters (zero between launches).
-    q8_counts: Option<DevBuf>,
     /// Those int8 activations back as floats, for the f32 GEMVs and cuBLAS.
     xf: Scratch,
     /// The device greedy head: picks (id, value bits), skip-list offsets, ids and the
@@ -247,9 +241,6 @@ pub struct CudaRunner {
     /// The input (pointer, tokens, columns) that `bufs.xq`/`xd` hold quantized; reset
     /// whenever a kernel rewrites a matrix input (norms, attention, activations).
     q8_of: Option<Q8Key>,
-    /// An input (same key) whose int8 activations a kernel wrote elsewhere, and where
-    /// (values, scales): the gate/up kernel's tail writes the down projection's.
-    q8_alt: Option<(Q8Key, u64, u64)>,
     /// `cuda:N (name, arch)`, for [`ModelRunner::device`].
     device: String,
     /// The input whose int8 activations `bufs.xf` holds as floats (same key).
@@ -264,9 +255,6 @@ pub struct CudaRunner {
     /// add + norm + quantization in one, RoPE + KV store in one), on unless
     /// `HANGAR_CUDA_FUSE=0`.
     fuse: bool,
-    /// Decode's gate/up kernel quantizes its own output for the down projection (the
-    /// q8_1 tail of `mvp`), on unless `HANGAR_CUDA_MVP_Q8=0`.
-    mvp_q8: bool,
     /// Decode steps of one token a sequence fold RoPE and the K/V store into the
     /// attention kernel (`attention_rope`), on unless `HANGAR_CUDA_ATT_ROPE=0`.
     att_rope: bool,
@@ -526,7 +514,6 @@ impl CudaRunner {
                 _ => GemvChoice::Int8,
             },
             q8_of: None,
-            q8_alt: None,
             xf_of: None,
             device,
             first,
@@ -537,7 +524,6 @@ impl CudaRunner {
             },
             split: std::env::var("HANGAR_CUDA_SPLIT").as_deref() != Ok("0"),
             fuse: std::env::var("HANGAR_CUDA_FUSE").as_deref() != Ok("0"),
-            mvp_q8: std::env::var("HANGAR_CUDA_MVP_Q8").as_deref() != Ok("0"),
             att_rope: std::env::var("HANGAR_CUDA_ATT_ROPE").as_deref() != Ok("0"),
             split_k: match std::env::var("HANGAR_CUDA_SPLITK").map(|v| v.parse::<usize>()) {
                 Ok(Ok(n)) => n,
@@ -854,17 +840,8 @@ impl CudaRunner {
     }
 
     /// act(gate x) * (up x) of layer `li` into `y` in one launch when gate and up
-    /// share an int8 type; false (nothing done) otherwise. With `q8_tail` (and rows a
-    /// multiple of 32) the kernel also writes y's q8_1 copy into `bufs.xq2`/`xd2`, and
-    /// the down projection reads it from there (`q8_alt`).
-    fn fused_gate_up(
-        &mut self,
-        li: usize,
-        x: u64,
-        ntok: usize,
-        y: u64,
-        q8_tail: bool,
-    ) -> Result<bool, CudaError> {
+    /// share an int8 type; false (nothing done) otherwise.
+    fn fused_gate_up(&mut self, li: usize, x: u64, ntok: usize, y: u64) -> Result<bool, CudaError> {
         let l = &self.layers[li];
         let (g, u) = (&l.gate, &l.up);
         let kind = g.kind;
@@ -879,25 +856,6 @@ impl CudaRunner {
         let (xq, xd) = self.quantize_x(x, ntok, cols, 0)?;
         let nt = gemv_tile(ntok);
         let parts = gemv_parts();
-        let tail = q8_tail && rows.is_multiple_of(32);
-        let (cnt, oq, od) = if tail {
-            let groups = rows / 32 * ntok.div_ceil(nt);
-            let cnt = match &self.bufs.q8_counts {
-                Some(b) if b.bytes >= groups * 4 => b.ptr,
-                _ => {
-                    self.bufs.q8_counts = None;
-                    let b = DevBuf::upload(&self.gpu, &vec![0u32; groups.next_power_of_two()])?;
-                    let p = b.ptr;
-                    self.bufs.q8_counts = Some(b);
-                    p
-                }
-            };
-            let oq = self.bufs.xq2.get(&self.gpu, ntok * rows)?;
-            let od = self.bufs.xd2.get(&self.gpu, ntok * rows / 32 * 8)?;
-            (cnt, oq, od)
-        } else {
-            (0, 0, 0)
-        };
         let args = Args::new()
             .ptr(wg)
             .ptr(wu)
@@ -909,10 +867,7 @@ impl CudaRunner {
             .i32(ntok as i32)
             .i32(act)
             .i32(parts as i32)
-            .ptr(y)
-            .ptr(cnt)
-            .ptr(oq)
-            .ptr(od);
+            .ptr(y);
         self.gpu.launch(
             &format!("mvp{nt}_{kind}"),
             (rows.div_ceil(4 / parts) as u32, ntok.div_ceil(nt) as u32, 1),
@@ -920,10 +875,6 @@ impl CudaRunner {
             0,
             args,
         )?;
-        if tail {
-            self.forget_quantized();
-            self.q8_alt = Some(((y, ntok, rows, 0), oq, od));
-        }
         Ok(true)
     }
 
@@ -939,14 +890,9 @@ impl CudaRunner {
         cpu_blk: usize,
     ) -> Result<(u64, u64), CudaError> {
         let n = ntok * cols;
-        let key = (x, ntok, cols, cpu_blk);
-        if let Some((k, xq, xd)) = self.q8_alt {
-            if k == key {
-                return Ok((xq, xd));
-            }
-        }
         let xq = self.bufs.xq.get(&self.gpu, n)?;
         let xd = self.bufs.xd.get(&self.gpu, n / 32 * 8)?;
+        let key = (x, ntok, cols, cpu_blk);
         if self.q8_of != Some(key) {
             if cpu_blk == 0 {
                 let args = Args::new().ptr(x).u64(n as u64).ptr(xq).ptr(xd);
@@ -992,7 +938,6 @@ impl CudaRunner {
     /// Matrix inputs were rewritten: the int8 copies are stale.
     fn forget_quantized(&mut self) {
         self.q8_of = None;
-        self.q8_alt = None;
         self.xf_of = None;
     }
 
@@ -1179,8 +1124,6 @@ impl CudaRunner {
         let widest = d.max(qd).max(ff);
         b.xq.get(gpu, t_total * widest)?;
         b.xd.get(gpu, t_total * widest / 32 * 8)?;
-        b.xq2.get(gpu, t_total * ff)?;
-        b.xd2.get(gpu, t_total * ff / 32 * 8)?;
         b.xf.get(gpu, t_total * widest * F)?;
         let tok_p = b.tokens.get(gpu, t_total * 4)?;
         let pos_p = b.pos.get(gpu, t_total * 4)?;
@@ -1465,8 +1408,7 @@ impl CudaRunner {
                 self.rmsnorm(x, ffn_norm, hbuf, d, t_total, 0)?;
             }
             self.tap(li, Tap::FfnIn, hbuf, t_total * d)?;
-            let q8_tail = fused && self.mvp_q8;
-            if !(fused && self.fused_gate_up(li, hbuf, t_total, gate, q8_tail)?) {
+            if !(fused && self.fused_gate_up(li, hbuf, t_total, gate)?) {
                 self.matmul(li * 8 + 4, hbuf, t_total, gate)?;
                 self.matmul(li * 8 + 5, hbuf, t_total, up)?;
                 let n = (t_total * ff) as u64;
@@ -1475,12 +1417,8 @@ impl CudaRunner {
                     Activation::Silu => "silu_mul",
                 };
                 self.elementwise(act, n as usize, Args::new().ptr(gate).ptr(up).u64(n))?;
-                self.forget_quantized();
-            } else if self.q8_alt.is_none() {
-                // (With the q8_1 tail, `fused_gate_up` already forgot the stale copies
-                // and recorded where the output's are.)
-                self.forget_quantized();
             }
+            self.forget_quantized();
             self.tap(li, Tap::FfnDownIn, gate, t_total * ff)?;
             self.matmul(li * 8 + 6, gate, t_total, o)?;
             if fused && li + 1 < n_layers {

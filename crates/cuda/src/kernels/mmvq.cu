@@ -699,7 +699,8 @@ __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float
         int nb = cols >> 8, b0 = (lane >> 3) + 4 * (warp % parts);
         if (seg < 3) {
             hoist_pre(w, row, nb, b0, 4 * parts, lane);
-            prefetch_row_l2(row, rb, lane, warp % parts, parts);
+            // (Rows whose blocks all come in the first chunk need no prefetch.)
+            if (nb > HK * 4 * parts) prefetch_row_l2(row, rb, lane, warp % parts, parts);
         }
         pdl_entry();
         if (seg < 3 && t0 < ntok)
@@ -736,35 +737,10 @@ __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float
 // `mvp`: gate and up of the same rows (eight warps: 0-3 on gate rows, 4-7 on the up
 // rows, each half split as in `mvs`), written as act(gate) * up (act 1: SiLU,
 // 2: GELU-tanh as gelu_mul), so the activation kernel's pass disappears.
-// With Oq set (rows a multiple of 32) the output is also quantized to q8_1 for the
-// down projection, so its quantize_q8_1 launch disappears too: the blocks of a 32-row
-// group count themselves in cnt[tile][group] (zero before the launch), and the last to
-// finish, after a fence, reads the group's 32 values back from L2 and quantizes them
-// as quantize_q8_1 does (same bits), then zeroes the counter for the next launch.
-template <int NT>
-__device__ __forceinline__ void q8_1_tail(const float* Y, int rows, int ntok, int t0, int rpb, u32* cnt,
-                                          i8* Oq, float2* Od) {
-    __shared__ int last;
-    int grp = (blockIdx.x * rpb) >> 5;
-    if (threadIdx.x == 0) {
-        __threadfence();
-        u32* c = cnt + (u64)blockIdx.y * (rows >> 5) + grp;
-        last = atomicAdd(c, 1u) == (u32)(32 / rpb - 1);
-        if (last) *c = 0u;
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    if (warp < NT && t0 + warp < ntok) {
-        u64 i = (u64)(t0 + warp) * rows + grp * 32 + lane;
-        q8_1_lane(__ldcg(Y + i), i, Oq, Od);
-    }
-}
 template <int TY, int NT>
 __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols,
                                          const i8* Xq, const float2* Xd, int ntok, int act,
-                                         int parts, float* Y, u32* cnt, i8* Oq, float2* Od) {
+                                         int parts, float* Y) {
     __shared__ float red[8][8];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int half = warp >> 2, w4 = warp & 3;
@@ -781,7 +757,8 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
         int nb = cols >> 8, b0 = (lane >> 3) + 4 * (w4 % parts);
         if (r < rows) {
             hoist_pre(w, row, nb, b0, 4 * parts, lane);
-            prefetch_row_l2(row, rb, lane, w4 % parts, parts);
+            // (Rows whose blocks all come in the first chunk need no prefetch.)
+            if (nb > HK * 4 * parts) prefetch_row_l2(row, rb, lane, w4 % parts, parts);
         }
         pdl_entry();
         if (r < rows && t0 < ntok)
@@ -801,16 +778,10 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
     __syncthreads();
     int j = threadIdx.x / NT, t = threadIdx.x % NT;
     int g = blockIdx.x * rpb + j;
-    if (j < rpb && t0 + t < ntok && g < rows) {
-        float gv = sum_parts<NT>(red, j, t, parts);
-        float uv = sum_parts<NT>(red + 4, j, t, parts);
-        Y[(u64)(t0 + t) * rows + g] = act == 2 ? gelu_times(gv, uv) : silu_times(gv, uv);
-        if (Oq) __threadfence();
-    }
-    if (Oq) {
-        __syncthreads();
-        q8_1_tail<NT>(Y, rows, ntok, t0, rpb, cnt, Oq, Od);
-    }
+    if (j >= rpb || t0 + t >= ntok || g >= rows) return;
+    float gv = sum_parts<NT>(red, j, t, parts);
+    float uv = sum_parts<NT>(red + 4, j, t, parts);
+    Y[(u64)(t0 + t) * rows + g] = act == 2 ? gelu_times(gv, uv) : silu_times(gv, uv);
 }
 
 #define MMVQ(NAME, TY, NT)                                                                         \
@@ -828,9 +799,8 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(256)                                              \
         mvp##NT##_##NAME(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols, const i8* Xq,      \
-                         const float2* Xd, int ntok, int act, int parts, float* Y, u32* cnt,       \
-                         i8* Oq, float2* Od) {                                                     \
-        mvp_body<TY, NT>(Wg, Wu, rb, rows, cols, Xq, Xd, ntok, act, parts, Y, cnt, Oq, Od);        \
+                         const float2* Xd, int ntok, int act, int parts, float* Y) {               \
+        mvp_body<TY, NT>(Wg, Wu, rb, rows, cols, Xq, Xd, ntok, act, parts, Y);                     \
     }
 #define MMVQ_ALL(NT)             \
     MMVQ(q4_k, TY_Q4_K, NT)      \

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# GPU run 30 (docs/GPU.md): run 29's verdicts applied (the gate/up kernel's q8_1 tail
+# removed: +20 us a launch), the decode attention with RoPE folded in kept, and the
+# hoisted batch-1 GEMVs (default: four steps in flight, HOIST2: two, NO_HOIST: the old
+# loop) timed again without the tail, beside a same-run llama.cpp anchor. One call on a
+# fresh machine, carrying .gpu/fin (hangar.xz) and .gpu/anchor (llama.cpp sources).
+set -u
+cd "$(dirname "$0")/.."
+H=/tmp/hangar
+W=/tmp/hangar-gpu
+L=/tmp/llbuild/bin
+mkdir -p $W
+export HANGAR_CUDA_CACHE=$W/cuda-cache
+SECONDS=0
+[ -x $H ] || { xz -dc .gpu/fin/hangar.xz > $H && chmod +x $H; }
+if [ ! -d /tmp/anc ] && [ -f .gpu/anchor/llama-src-cuda.tgz ]; then
+  cp -r .gpu/anchor /tmp/anc
+  setsid nohup bash -c 'mkdir -p /tmp/llsrc && tar xzf /tmp/anc/llama-src-cuda.tgz -C /tmp/llsrc &&
+    cmake -S /tmp/llsrc -B /tmp/llbuild -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
+      -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+      -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF > /tmp/anc/cmake.log 2>&1 &&
+    cmake --build /tmp/llbuild -j 10 --target llama-bench > /tmp/anc/build.log 2>&1
+    echo "rc=$?" > /tmp/anc/done' > /dev/null 2>&1 < /dev/null &
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader
+[ -f $W/g270.gguf ] || $H synth --arch gemma3 --preset gemma-3-270m --type Q4_K_M -t 4 --out $W/g270.gguf 2>&1 | tail -1
+[ -f $W/l8b.gguf ] || $H synth --arch llama --preset llama-3-8b --type Q4_K_M -t 6 --out $W/l8b.gguf 2>&1 | tail -1
+v() {
+  case $1 in
+    A) echo "RUN=30" ;;
+    B) echo "HANGAR_CUDA_DEFINES=HOIST2" ;;
+    C) echo "HANGAR_CUDA_DEFINES=NO_HOIST" ;;
+    D) echo "HANGAR_CUDA_DEFINES=NO_HOIST HANGAR_CUDA_ATT_ROPE=0" ;;
+  esac
+}
+echo "== (t=$SECONDS) device-check: A (default) and D (run 28's kernels) must print the same figures"
+for x in A D; do
+  env $(v $x) timeout 90 $H device-check -m $W/l8b.gguf --tokens 128 --greedy 8 -t 8 2>&1 | grep -E "^teacher|^gpu prefill|greedy head|warning" | sed "s/^/8B [$x] /"
+  env $(v $x) timeout 60 $H device-check -m $W/g270.gguf --tokens 256 --greedy 8 -t 8 2>&1 | grep -E "^teacher|warning" | sed "s/^/270M [$x] /"
+done
+echo "== (t=$SECONDS) tg128 alternated, 8B (tok/s)"
+for r in 1 2 3; do
+  for x in A B C D; do
+    env $(v $x) timeout 40 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 128 -r 3 2>&1 | grep -E "^\| tg|warning" | sed "s/^/8B [$x] /"
+  done
+done
+for x in A D; do
+  env $(v $x) timeout 40 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 128 --batch 8 -r 3 2>&1 | grep -E "^\| tg128x8|warning" | sed "s/^/8B [$x] /"
+done
+for x in A D A D; do
+  env $(v $x) timeout 40 $H bench -m $W/g270.gguf --device cuda --pp 0 --tg 128 -r 3 2>&1 | grep -E "^\| tg|warning" | sed "s/^/270M [$x] /"
+done
+echo "== (t=$SECONDS) kernel profile, 8B batch 1 (events around every launch, graphs off)"
+for x in A B D; do
+  env $(v $x) HANGAR_CUDA_PROFILE=1 timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 64 -r 1 2>&1 \
+    | grep -E "PROFILE|mvp1|mvs1|attention|qk_rope|quantize|add_norm" | head -8 | sed "s/^/[$x] /"
+done
+for _ in $(seq 1 60); do [ -f /tmp/anc/done ] && break; sleep 3; done
+echo "== (t=$SECONDS) anchor build: $(cat /tmp/anc/done 2>/dev/null || echo 'not done')"
+timeout 100 $L/llama-bench -m $W/l8b.gguf -ngl 99 -p 512 -n 128 -r 3 -fa 1 -o md 2>&1 | grep -E "pp512|tg128"
+for x in A D A; do
+  env $(v $x) timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 512 --tg 128 -r 3 2>&1 | grep -E "^\| (pp|tg)" | sed "s/^/hangar 8B [$x] /"
+done
+timeout 60 $L/llama-bench -m $W/g270.gguf -ngl 99 -p 512 -n 128 -r 3 -fa 1 -o md 2>&1 | grep -E "pp512|tg128"
+timeout 60 $H bench -m $W/g270.gguf --device cuda --pp 512 --tg 128 -r 3 2>&1 | grep -E "^\| (pp|tg)" | sed "s/^/hangar 270M [A] /"
+echo "== done at $SECONDS s"
