@@ -2,7 +2,8 @@
 # GPU run 30 (docs/GPU.md): run 29's verdicts applied (the gate/up kernel's q8_1 tail
 # removed: +20 us a launch), the decode attention with RoPE folded in kept, and the
 # hoisted batch-1 GEMVs (default: four steps in flight, HOIST2: two, NO_HOIST: the old
-# loop) timed again without the tail, beside a same-run llama.cpp anchor. One call on a
+# loop; E: the default with two warps a row for the small matrices) timed again
+# without the tail, beside a same-run llama.cpp anchor. One call on a
 # fresh machine, carrying .gpu/fin (hangar.xz) and .gpu/anchor (llama.cpp sources).
 set -u
 cd "$(dirname "$0")/.."
@@ -31,6 +32,7 @@ v() {
     B) echo "HANGAR_CUDA_DEFINES=HOIST2" ;;
     C) echo "HANGAR_CUDA_DEFINES=NO_HOIST" ;;
     D) echo "HANGAR_CUDA_DEFINES=NO_HOIST HANGAR_CUDA_ATT_ROPE=0" ;;
+    E) echo "HANGAR_CUDA_PARTS_SMALL=2" ;;
   esac
 }
 echo "== (t=$SECONDS) device-check: A (default) and D (run 28's kernels) must print the same figures"
@@ -40,7 +42,7 @@ for x in A D; do
 done
 echo "== (t=$SECONDS) tg128 alternated, 8B (tok/s)"
 for r in 1 2 3; do
-  for x in A B C D; do
+  for x in A B C D E; do
     env $(v $x) timeout 40 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 128 -r 3 2>&1 | grep -E "^\| tg|warning" | sed "s/^/8B [$x] /"
   done
 done
