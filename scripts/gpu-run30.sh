@@ -25,7 +25,7 @@ if [ ! -d /tmp/anc ] && [ -f .gpu/anchor/llama-src-cuda.tgz ]; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader
 [ -f $W/g270.gguf ] || $H synth --arch gemma3 --preset gemma-3-270m --type Q4_K_M -t 4 --out $W/g270.gguf 2>&1 | tail -1
-[ -f $W/l8b.gguf ] || $H synth --arch llama --preset llama-3-8b --type Q4_K_M -t 6 --out $W/l8b.gguf 2>&1 | tail -1
+[ -f $W/l8b.gguf ] || $H synth --arch llama --preset llama-3-8b --type Q4_K_M -t 10 --out $W/l8b.gguf 2>&1 | tail -1
 v() {
   case $1 in
     A) echo "RUN=30" ;;
@@ -41,7 +41,7 @@ for x in A D; do
   env $(v $x) timeout 60 $H device-check -m $W/g270.gguf --tokens 256 --greedy 8 -t 8 2>&1 | grep -E "^teacher|warning" | sed "s/^/270M [$x] /"
 done
 echo "== (t=$SECONDS) tg128 alternated, 8B (tok/s)"
-for r in 1 2 3; do
+for r in 1 2; do
   for x in A B C D E; do
     env $(v $x) timeout 40 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 128 -r 3 2>&1 | grep -E "^\| tg|warning" | sed "s/^/8B [$x] /"
   done
@@ -53,16 +53,14 @@ for x in A D A D; do
   env $(v $x) timeout 40 $H bench -m $W/g270.gguf --device cuda --pp 0 --tg 128 -r 3 2>&1 | grep -E "^\| tg|warning" | sed "s/^/270M [$x] /"
 done
 echo "== (t=$SECONDS) kernel profile, 8B batch 1 (events around every launch, graphs off)"
-for x in A B D; do
+for x in A D; do
   env $(v $x) HANGAR_CUDA_PROFILE=1 timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 64 -r 1 2>&1 \
     | grep -E "PROFILE|mvp1|mvs1|attention|qk_rope|quantize|add_norm" | head -8 | sed "s/^/[$x] /"
 done
 for _ in $(seq 1 60); do [ -f /tmp/anc/done ] && break; sleep 3; done
 echo "== (t=$SECONDS) anchor build: $(cat /tmp/anc/done 2>/dev/null || echo 'not done')"
 timeout 100 $L/llama-bench -m $W/l8b.gguf -ngl 99 -p 512 -n 128 -r 3 -fa 1 -o md 2>&1 | grep -E "pp512|tg128"
-for x in A D A; do
+for x in A D; do
   env $(v $x) timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 512 --tg 128 -r 3 2>&1 | grep -E "^\| (pp|tg)" | sed "s/^/hangar 8B [$x] /"
 done
-timeout 60 $L/llama-bench -m $W/g270.gguf -ngl 99 -p 512 -n 128 -r 3 -fa 1 -o md 2>&1 | grep -E "pp512|tg128"
-timeout 60 $H bench -m $W/g270.gguf --device cuda --pp 512 --tg 128 -r 3 2>&1 | grep -E "^\| (pp|tg)" | sed "s/^/hangar 270M [A] /"
 echo "== done at $SECONDS s"
