@@ -534,10 +534,13 @@ struct StepQ6K {
     __device__ __forceinline__ void load(const u8* __restrict__ row, int b, int lane) {
         int k = lane & 7, h = k >> 2, kp = (k >> 1) & 1, ls = k & 1;
         const u8* blk = row + (u64)b * 210;
-        u64 pa = (u64)(blk + 64 * h + 32 * kp + 16 * ls), pc = (u64)(blk + 128 + 32 * h + 16 * ls);
-        al = (u32)((pa >> 1) & 1) | (u32)(pc & 2);
-        const u32* a = (const u32*)(pa & ~(u64)3);
-        const u32* c = (const u32*)(pc & ~(u64)3);
+        const u8* pa = blk + 64 * h + 32 * kp + 16 * ls;
+        const u8* pc = blk + 128 + 32 * h + 16 * ls;
+        al = (u32)(((u64)pa >> 1) & 1) | (u32)((u64)pc & 2);
+        // Word-aligned by pointer arithmetic (not through an integer), so the compiler
+        // keeps these global loads (LDG) rather than generic ones.
+        const u32* a = (const u32*)(pa - ((u64)pa & 3));
+        const u32* c = (const u32*)(pc - ((u64)pc & 3));
 #pragma unroll
         for (int i = 0; i < 5; i++) {
             ql[i] = a[i];
