@@ -5,7 +5,10 @@
 # loop; E: the default with two warps a row for the small matrices) timed again
 # without the tail, beside a same-run llama.cpp anchor. One call on a
 # fresh machine, carrying .gpu/fin (hangar.xz) and .gpu/anchor (llama.cpp sources).
+#   bash scripts/gpu-run30.sh [full|short]   (short: no llama.cpp, the 8B checks and
+#                                             the A/B only, for a nearly spent budget)
 set -u
+STAGE=${1:-full}
 cd "$(dirname "$0")/.."
 H=/tmp/hangar
 W=/tmp/hangar-gpu
@@ -14,7 +17,7 @@ mkdir -p $W
 export HANGAR_CUDA_CACHE=$W/cuda-cache
 SECONDS=0
 [ -x $H ] || { xz -dc .gpu/fin/hangar.xz > $H && chmod +x $H; }
-if [ ! -d /tmp/anc ] && [ -f .gpu/anchor/llama-src-cuda.tgz ]; then
+if [ "$STAGE" = full ] && [ ! -d /tmp/anc ] && [ -f .gpu/anchor/llama-src-cuda.tgz ]; then
   cp -r .gpu/anchor /tmp/anc
   setsid nohup bash -c 'mkdir -p /tmp/llsrc && tar xzf /tmp/anc/llama-src-cuda.tgz -C /tmp/llsrc &&
     cmake -S /tmp/llsrc -B /tmp/llbuild -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
@@ -25,7 +28,8 @@ if [ ! -d /tmp/anc ] && [ -f .gpu/anchor/llama-src-cuda.tgz ]; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader
 [ -f $W/g270.gguf ] || $H synth --arch gemma3 --preset gemma-3-270m --type Q4_K_M -t 4 --out $W/g270.gguf 2>&1 | tail -1
-[ -f $W/l8b.gguf ] || $H synth --arch llama --preset llama-3-8b --type Q4_K_M -t 10 --out $W/l8b.gguf 2>&1 | tail -1
+T=10; [ "$STAGE" = full ] || T=16
+[ -f $W/l8b.gguf ] || $H synth --arch llama --preset llama-3-8b --type Q4_K_M -t $T --out $W/l8b.gguf 2>&1 | tail -1
 v() {
   case $1 in
     A) echo "RUN=30" ;;
@@ -35,6 +39,23 @@ v() {
     E) echo "HANGAR_CUDA_PARTS_SMALL=2" ;;
   esac
 }
+if [ "$STAGE" = short ]; then
+  for x in A D; do
+    env $(v $x) timeout 60 $H device-check -m $W/l8b.gguf --tokens 64 --greedy 8 -t 16 2>&1 | grep -E "^teacher|^gpu prefill|greedy head|warning" | sed "s/^/8B [$x] /"
+  done
+  echo "== (t=$SECONDS) tg128 alternated, 8B (tok/s)"
+  for r in 1 2; do
+    for x in A C D; do
+      env $(v $x) timeout 30 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 128 -r 3 2>&1 | grep -E "^\| tg|warning" | sed "s/^/8B [$x] /"
+    done
+  done
+  for x in A D; do
+    env $(v $x) HANGAR_CUDA_PROFILE=1 timeout 40 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 64 -r 1 2>&1 \
+      | grep -E "PROFILE|mvp1|mvs1|attention|qk_rope|quantize|add_norm" | head -8 | sed "s/^/[$x] /"
+  done
+  echo "== short done at $SECONDS s"
+  exit 0
+fi
 echo "== (t=$SECONDS) device-check: A (default) and D (run 28's kernels) must print the same figures"
 for x in A D; do
   env $(v $x) timeout 90 $H device-check -m $W/l8b.gguf --tokens 128 --greedy 8 -t 8 2>&1 | grep -E "^teacher|^gpu prefill|greedy head|warning" | sed "s/^/8B [$x] /"
