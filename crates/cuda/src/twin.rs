@@ -533,6 +533,79 @@ fn gemvq_warp(
     Some(butterfly(lanes))
 }
 
+fn butterfly_d(mut lanes: [f64; 32]) -> f64 {
+    let mut o = 16;
+    while o > 0 {
+        let prev = lanes;
+        for (l, v) in lanes.iter_mut().enumerate() {
+            *v = prev[l] + prev[l ^ o];
+        }
+        o >>= 1;
+    }
+    lanes[0]
+}
+
+/// One head through `qk_rope`'s steps as `qk_rope` and `attention_rope`
+/// (kernels/layer.cu, kernels/attention.cu) compute them: RMSNorm with `nw` when given
+/// (squares summed in f64 by 128 threads, thread i taking i, i + 128, ..., then the
+/// warp and block butterflies of `block_sum_d`), the rotation of pair i by the f64
+/// angle `pos * base^(-2i / n_rot) / ff[i]` (NEOX pairs (i, i + n_rot / 2), else
+/// (2i, 2i + 1)), every value rounded to f16. `x` is the head as the QKV GEMV wrote it.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_head(
+    x: &[f32],
+    nw: Option<&[f32]>,
+    eps: f32,
+    pos: usize,
+    base: f64,
+    n_rot: usize,
+    ff: Option<&[f32]>,
+    neox: bool,
+) -> Vec<f32> {
+    let hd = x.len();
+    let mut xr = x.to_vec();
+    if let Some(w) = nw {
+        let mut warps = [0f64; 32];
+        for (wi, warp) in warps.iter_mut().take(4).enumerate() {
+            let mut lanes = [0f64; 32];
+            for (l, lane) in lanes.iter_mut().enumerate() {
+                let mut i = wi * 32 + l;
+                while i < hd {
+                    *lane += (xr[i] * xr[i]) as f64;
+                    i += 128;
+                }
+            }
+            *warp = butterfly_d(lanes);
+        }
+        let sq = butterfly_d(warps);
+        let mean = (sq / hd as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for (v, &g) in xr.iter_mut().zip(w) {
+            *v = *v * scale * g;
+        }
+    }
+    let half = n_rot / 2;
+    for i in 0..half {
+        let mut f = base.powf(-2.0 * i as f64 / n_rot as f64);
+        if let Some(ff) = ff {
+            f /= ff[i] as f64;
+        }
+        let th = pos as f64 * f;
+        let (c, s) = (th.cos() as f32, th.sin() as f32);
+        let (a, b) = if neox {
+            (i, i + half)
+        } else {
+            (2 * i, 2 * i + 1)
+        };
+        let (x0, x1) = (xr[a], xr[b]);
+        xr[a] = x0 * c - x1 * s;
+        xr[b] = x0 * s + x1 * c;
+    }
+    xr.iter()
+        .map(|&v| half::f16::from_f32(v).to_f32())
+        .collect()
+}
+
 /// Warps per block of the attention kernel (`ATT_WARPS` in kernels/attention.cu).
 pub const ATT_WARPS: usize = 8;
 
@@ -1009,6 +1082,51 @@ mod tests {
             .enumerate()
             .map(|(i, &v)| ds[i / 32][0] * v as f32)
             .collect()
+    }
+
+    #[test]
+    fn the_rope_twin_matches_the_cpu_forward_for_every_layout() {
+        use hangar_kernels::ops::{rms_norm_inplace, RopeStyle, RopeTable};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(29);
+        // (head size, rotated dims, NEOX, head norm, frequency factors): Llama 3
+        // (adjacent pairs, factors), Qwen 2 (NEOX), Gemma 3 (NEOX, 256-wide heads with
+        // q/k norms), a partial rotary head.
+        for (hd, n_rot, neox, norm, ff) in [
+            (128, 128, false, false, true),
+            (128, 128, true, false, false),
+            (256, 256, true, true, false),
+            (64, 32, true, true, false),
+        ] {
+            let ffv: Vec<f32> = (0..n_rot / 2).map(|_| rng.gen_range(1.0..8.0)).collect();
+            let ffo = ff.then_some(ffv.as_slice());
+            let w: Vec<f32> = (0..hd).map(|_| rng.gen_range(0.5..1.5)).collect();
+            let nw = norm.then_some(w.as_slice());
+            for pos in [0usize, 1, 37, 4095] {
+                let x: Vec<f32> = (0..hd).map(|_| rng.gen_range(-3.0..3.0)).collect();
+                let got = rope_head(&x, nw, 1e-6, pos, 10000.0, n_rot, ffo, neox);
+                let mut cpu = x.clone();
+                if let Some(w) = nw {
+                    rms_norm_inplace(&mut cpu, w, 1e-6);
+                }
+                let mut table = RopeTable::default();
+                table.fill(&[pos], 10000.0, n_rot, ffo);
+                let style = if neox {
+                    RopeStyle::Neox
+                } else {
+                    RopeStyle::Norm
+                };
+                table.apply(&mut cpu, 0, style);
+                for (i, (&g, &c)) in got.iter().zip(&cpu).enumerate() {
+                    // The twin rounds to f16; the CPU value before its own rounding may
+                    // sit on the other side of a tie: at most one f16 step apart.
+                    let step = half::f16::from_f32(c).to_f32().abs().max(6.1e-5) / 1024.0;
+                    assert!(
+                        (g - c).abs() <= step * 1.01,
+                        "hd {hd} n_rot {n_rot} neox {neox} pos {pos} dim {i}: twin {g} cpu {c}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

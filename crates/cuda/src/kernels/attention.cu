@@ -30,6 +30,7 @@ struct RopeIn {
 // qk_rope's steps on one row in shared memory: RMSNorm with nw (squares summed by 128
 // threads as qk_rope's blocks do; the other threads add zeros), the rotation with the
 // thread's angle (c, s), the f16 rounding. Every thread of the block calls it.
+// Twin: twin::rope_head.
 __device__ __forceinline__ void rope_row(float* xr, int hd, const float* nw, float eps, int half, int neox,
                                          float c, float s, double* shd) {
     if (nw) {

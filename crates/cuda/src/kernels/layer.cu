@@ -58,7 +58,7 @@ extern "C" __global__ void add_bias(float* x, const float* b, int n, int ntok) {
 // neox: rotate (i, i + n_rot/2); else (2i, 2i + 1). Angles in f64 as the CPU table.
 // With kc set, the key-head blocks also store their rotated, rounded K row and the
 // token's V row for that head in the paged cache (kv_store's addressing), so decode
-// needs no separate store launch.
+// needs no separate store launch. Twin: twin::rope_head.
 extern "C" __global__ void qk_rope(float* q, float* k, int nq, int nk, int hd, const float* qn,
                                    const float* kn, float eps, const int* pos, double base,
                                    int n_rot, const float* ff, int neox, const float* v,
