@@ -7,6 +7,9 @@
 #  - the gate/up kernel quantizing its own output (HANGAR_CUDA_MVP_Q8=0: off);
 #  - RoPE and the K/V store folded into decode attention (HANGAR_CUDA_ATT_ROPE=0: off).
 # Every variant computes the same sums, so device-check must print the same figures.
+# Ran 2026-12-05 21:56 (stage ab, an H100) with the binary of commit d896099; the q8_1
+# tail and its HANGAR_CUDA_MVP_Q8 switch existed in that commit only (removed after the
+# run: docs/GPU.md run 29).
 #   ab:     starts the llama.cpp build (background), writes the synthetic models,
 #           device-check for the three variants, tg128 alternated, Nsight Compute on
 #           the 8B shape's batch-1 GEMVs for the default and NO_HOIST.
