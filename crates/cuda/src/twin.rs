@@ -381,7 +381,8 @@ fn dot_i8(w: &[i32], x: &[i8]) -> i32 {
     w.iter().zip(x).map(|(&a, &b)| a * b as i32).sum()
 }
 
-fn butterfly(mut lanes: [f32; 32]) -> f32 {
+/// A warp's xor butterfly (`warp_sum`, `warp_sum_d`): lane 0's total.
+fn butterfly<T: Copy + std::ops::Add<Output = T>>(mut lanes: [T; 32]) -> T {
     let mut o = 16;
     while o > 0 {
         let prev = lanes;
@@ -533,18 +534,6 @@ fn gemvq_warp(
     Some(butterfly(lanes))
 }
 
-fn butterfly_d(mut lanes: [f64; 32]) -> f64 {
-    let mut o = 16;
-    while o > 0 {
-        let prev = lanes;
-        for (l, v) in lanes.iter_mut().enumerate() {
-            *v = prev[l] + prev[l ^ o];
-        }
-        o >>= 1;
-    }
-    lanes[0]
-}
-
 /// One head through `qk_rope`'s steps as `qk_rope` and `attention_rope`
 /// (kernels/layer.cu, kernels/attention.cu) compute them: RMSNorm with `nw` when given
 /// (squares summed in f64 by 128 threads, thread i taking i, i + 128, ..., then the
@@ -575,9 +564,9 @@ pub fn rope_head(
                     i += 128;
                 }
             }
-            *warp = butterfly_d(lanes);
+            *warp = butterfly(lanes);
         }
-        let sq = butterfly_d(warps);
+        let sq = butterfly(warps);
         let mean = (sq / hd as f64) as f32;
         let scale = 1.0 / (mean + eps).sqrt();
         for (v, &g) in xr.iter_mut().zip(w) {

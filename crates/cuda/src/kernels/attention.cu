@@ -10,6 +10,20 @@
 #define ATT_WARPS 8
 #define ATT_MAX_PAIRS 4 // head sizes up to 256
 
+// acc += pj * the f16 V row vr, two values a lane per 64-wide stride (the score
+// loops' reading of K): a position's share of one warp's partial output.
+__device__ __forceinline__ void acc_v_f16(float (*acc)[2], const u32* vr, float pj, int lane, int pairs) {
+#pragma unroll
+    for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+        int d2 = lane + 32 * i;
+        if (d2 < pairs) {
+            u32 two = vr[d2];
+            acc[i][0] += pj * h2f((u16)(two & 0xffff));
+            acc[i][1] += pj * h2f((u16)(two >> 16));
+        }
+    }
+}
+
 // Decode steps where every sequence has one token fold qk_rope into attention
 // (`attention_rope`): the block normalizes and rotates its query head and its key
 // head's new K row itself (qk_rope's arithmetic and sum order, so the same bits), the
@@ -172,15 +186,7 @@ __device__ __forceinline__ void attention_body(
                 }
             }
         } else {
-#pragma unroll
-            for (int i = 0; i < ATT_MAX_PAIRS; i++) {
-                int d2 = lane + 32 * i;
-                if (d2 < pairs) {
-                    u32 two = vr[d2];
-                    acc[i][0] += pj * h2f((u16)(two & 0xffff));
-                    acc[i][1] += pj * h2f((u16)(two >> 16));
-                }
-            }
+            acc_v_f16(acc, vr, pj, lane, pairs);
         }
     }
     // ks (the start of part) was read above for the last time.
@@ -326,15 +332,7 @@ extern "C" __global__ void __launch_bounds__(256) att_split_pv(
         u64 off = ((u64)table[p / bs] * bs + p % bs) * kvd + (u64)kh * hd;
         const u32* vr = (const u32*)(vc + off);
         float pj = round_h(expf(sc[j] - M) * inv);
-#pragma unroll
-        for (int i = 0; i < ATT_MAX_PAIRS; i++) {
-            int d2 = lane + 32 * i;
-            if (d2 < pairs) {
-                u32 two = vr[d2];
-                acc[i][0] += pj * h2f((u16)(two & 0xffff));
-                acc[i][1] += pj * h2f((u16)(two >> 16));
-            }
-        }
+        acc_v_f16(acc, vr, pj, lane, pairs);
     }
 #pragma unroll
     for (int i = 0; i < ATT_MAX_PAIRS; i++) {
