@@ -244,7 +244,7 @@ pub struct CudaRunner {
     /// `cuda:N (name, arch)`, for [`ModelRunner::device`].
     device: String,
     /// The input whose int8 activations `bufs.xf` holds as floats (same key).
-    xf_of: Option<(u64, usize, usize, usize)>,
+    xf_of: Option<Q8Key>,
     act: ActRounding,
     /// The first layer on the GPU; the ones before it run on the CPU (`cpu`).
     first: usize,
@@ -1251,30 +1251,30 @@ impl CudaRunner {
             // Decode with one token a sequence: the attention kernel does qk_rope's
             // work itself (`attention_rope`), one launch fewer.
             let att_rope = fused && self.att_rope && longest == 1 && splits == 1 && !tiled;
-            // Fused: the key-head blocks of qk_rope store K and V themselves.
-            let (kc, vc) = if fused { (kv_k[li], kv_v[li]) } else { (0, 0) };
-            let args = Args::new()
-                .ptr(q)
-                .ptr(k)
-                .i32(nh as i32)
-                .i32(nkv as i32)
-                .i32(hd as i32)
-                .ptr(qn)
-                .ptr(kn)
-                .f32(eps)
-                .ptr(pos_p)
-                .f64(base)
-                .i32(cfg.rope_dims as i32)
-                .ptr(rope_ff)
-                .i32(neox)
-                .ptr(v)
-                .ptr(ts_p)
-                .ptr(table_p[g])
-                .i32(tstride[g] as i32)
-                .i32(bs as i32)
-                .ptr(kc)
-                .ptr(vc);
             if !att_rope {
+                // Fused: the key-head blocks of qk_rope store K and V themselves.
+                let (kc, vc) = if fused { (kv_k[li], kv_v[li]) } else { (0, 0) };
+                let args = Args::new()
+                    .ptr(q)
+                    .ptr(k)
+                    .i32(nh as i32)
+                    .i32(nkv as i32)
+                    .i32(hd as i32)
+                    .ptr(qn)
+                    .ptr(kn)
+                    .f32(eps)
+                    .ptr(pos_p)
+                    .f64(base)
+                    .i32(cfg.rope_dims as i32)
+                    .ptr(rope_ff)
+                    .i32(neox)
+                    .ptr(v)
+                    .ptr(ts_p)
+                    .ptr(table_p[g])
+                    .i32(tstride[g] as i32)
+                    .i32(bs as i32)
+                    .ptr(kc)
+                    .ptr(vc);
                 self.gpu.launch(
                     "qk_rope",
                     ((nh + nkv) as u32, t_total as u32, 1),

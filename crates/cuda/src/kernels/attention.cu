@@ -41,36 +41,6 @@ struct RopeIn {
     const float* ff; // rope frequency factors, or null
     int neox;
 };
-// qk_rope's steps on one row in shared memory: RMSNorm with nw (squares summed by 128
-// threads as qk_rope's blocks do; the other threads add zeros), the rotation with the
-// thread's angle (c, s), the f16 rounding. Every thread of the block calls it.
-// Twin: twin::rope_head.
-__device__ __forceinline__ void rope_row(float* xr, int hd, const float* nw, float eps, int half, int neox,
-                                         float c, float s, double* shd) {
-    if (nw) {
-        double sq = 0.0;
-        if (threadIdx.x < 128)
-            for (int i = threadIdx.x; i < hd; i += 128) {
-                float v = xr[i];
-                sq += (double)(v * v);
-            }
-        sq = block_sum_d(sq, shd);
-        float mean = (float)(sq / (double)hd);
-        float scale = 1.0f / sqrtf(mean + eps);
-        for (int i = threadIdx.x; i < hd; i += blockDim.x) xr[i] = xr[i] * scale * nw[i];
-        __syncthreads();
-    }
-    int i = threadIdx.x;
-    if (i < half) {
-        int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
-        float x0 = xr[a], x1 = xr[b];
-        xr[a] = x0 * c - x1 * s;
-        xr[b] = x0 * s + x1 * c;
-    }
-    __syncthreads();
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) xr[d] = round_h(xr[d]);
-    __syncthreads();
-}
 template <bool ROPE>
 __device__ __forceinline__ void attention_body(
     const float* q, u16* kc, u16* vc, float* out, int nheads, int nkv, int hd,
@@ -84,16 +54,9 @@ __device__ __forceinline__ void attention_body(
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     int kh = h / (nheads / nkv);
     float c = 0.0f, sn = 0.0f;
-    if (ROPE && (int)threadIdx.x < ri.n_rot / 2) {
-        // The angle of the thread's pair, from the host-written position, before the
-        // wait (qk_rope's formula).
-        int i = threadIdx.x;
-        double f = pow(ri.base, -2.0 * (double)i / (double)ri.n_rot);
-        if (ri.ff) f = f / (double)ri.ff[i];
-        double th = (double)tok_seq[2 * t + 1] * f;
-        c = (float)cos(th);
-        sn = (float)sin(th);
-    }
+    // The angle of the thread's pair, from the host-written position, before the wait.
+    if (ROPE && (int)threadIdx.x < ri.n_rot / 2)
+        rope_angle(threadIdx.x, (double)tok_seq[2 * t + 1], ri.base, ri.n_rot, ri.ff, &c, &sn);
     pdl_entry();
     int seq = tok_seq[2 * t], pos = tok_seq[2 * t + 1];
     int lo = window > 0 ? max(0, pos + 1 - window) : 0;
@@ -109,8 +72,9 @@ __device__ __forceinline__ void attention_body(
         const float* kr = ri.k + ((u64)t * nkv + kh) * hd;
         for (int d = threadIdx.x; d < hd; d += blockDim.x) ks[d] = kr[d];
         __syncthreads();
-        rope_row(qs, hd, ri.qn, ri.eps, ri.n_rot / 2, ri.neox, c, sn, shd);
-        rope_row(ks, hd, ri.kn, ri.eps, ri.n_rot / 2, ri.neox, c, sn, shd);
+        double p = (double)tok_seq[2 * t + 1];
+        rope_row(qs, hd, ri.qn, ri.eps, p, ri.base, ri.n_rot, ri.ff, ri.neox, c, sn, shd);
+        rope_row(ks, hd, ri.kn, ri.eps, p, ri.base, ri.n_rot, ri.ff, ri.neox, c, sn, shd);
         if (h % (nheads / nkv) == 0) {
             u64 off = ((u64)table[pos / bs] * bs + pos % bs) * kvd + (u64)kh * hd;
             const float* vr = ri.v + (u64)t * kvd + (u64)kh * hd;

@@ -258,3 +258,49 @@ __device__ __forceinline__ void warp_argmax(float* best, u32* bi) {
         }
     }
 }
+
+// RoPE's angle for pair i at position pos, in f64 as the CPU's table: pos * base^(-2i /
+// n_rot), divided by the pair's frequency factor when given.
+__device__ __forceinline__ void rope_angle(int i, double pos, double base, int n_rot, const float* ff, float* c,
+                                           float* s) {
+    double f = pow(base, -2.0 * (double)i / (double)n_rot);
+    if (ff) f = f / (double)ff[i];
+    double th = pos * f;
+    *c = (float)cos(th);
+    *s = (float)sin(th);
+}
+// One head through RoPE as the KV cache holds it (qk_rope and attention_rope): RMSNorm
+// with nw when given (squares summed in f64 by the block's first 128 threads, thread i
+// taking i, i + 128, ...), the rotation (neox: pairs (i, i + n_rot / 2), else (2i, 2i +
+// 1)), every value rounded to f16. xr is the row in shared or global memory; (c0, s0)
+// is the angle of the thread's own pair (computed before the PDL wait), pairs past the
+// block's width compute theirs here. Every thread of the block calls it.
+// Twin: twin::rope_head.
+__device__ __forceinline__ void rope_row(float* xr, int hd, const float* nw, float eps, double pos, double base,
+                                         int n_rot, const float* ff, int neox, float c0, float s0, double* shd) {
+    if (nw) {
+        double sq = 0.0;
+        if (threadIdx.x < 128)
+            for (int i = threadIdx.x; i < hd; i += 128) {
+                float v = xr[i];
+                sq += (double)(v * v);
+            }
+        sq = block_sum_d(sq, shd);
+        float mean = (float)(sq / (double)hd);
+        float scale = 1.0f / sqrtf(mean + eps);
+        for (int i = threadIdx.x; i < hd; i += blockDim.x) xr[i] = xr[i] * scale * nw[i];
+        __syncthreads();
+    }
+    int half = n_rot / 2;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float c = c0, s = s0;
+        if (i != (int)threadIdx.x) rope_angle(i, pos, base, n_rot, ff, &c, &s);
+        int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+        float x0 = xr[a], x1 = xr[b];
+        xr[a] = x0 * c - x1 * s;
+        xr[b] = x0 * s + x1 * c;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) xr[d] = round_h(xr[d]);
+    __syncthreads();
+}

@@ -71,48 +71,12 @@ extern "C" __global__ void qk_rope(float* q, float* k, int nq, int nk, int hd, c
     // so the f64 pow/cos/sin chain of the thread's first pair runs before the wait,
     // while the previous kernel drains.
     float c0 = 0.0f, s0 = 0.0f;
-    if ((int)threadIdx.x < half) {
-        int i = threadIdx.x;
-        double f = pow(base, -2.0 * (double)i / (double)n_rot);
-        if (ff) f = f / (double)ff[i];
-        double th = (double)pos[t] * f;
-        c0 = (float)cos(th);
-        s0 = (float)sin(th);
-    }
+    if ((int)threadIdx.x < half) rope_angle(threadIdx.x, (double)pos[t], base, n_rot, ff, &c0, &s0);
     pdl_entry();
     bool is_q = (int)blockIdx.x < nq;
     int h = is_q ? blockIdx.x : blockIdx.x - nq;
     float* xr = is_q ? q + ((u64)t * nq + h) * hd : k + ((u64)t * nk + h) * hd;
-    const float* nw = is_q ? qn : kn;
-    if (nw) {
-        double s = 0.0;
-        for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-            float v = xr[i];
-            s += (double)(v * v);
-        }
-        s = block_sum_d(s, sh);
-        float mean = (float)(s / (double)hd);
-        float scale = 1.0f / sqrtf(mean + eps);
-        for (int i = threadIdx.x; i < hd; i += blockDim.x) xr[i] = xr[i] * scale * nw[i];
-        __syncthreads();
-    }
-    double p = (double)pos[t];
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        float c = c0, s = s0;
-        if (i != (int)threadIdx.x) {
-            double f = pow(base, -2.0 * (double)i / (double)n_rot);
-            if (ff) f = f / (double)ff[i];
-            double th = p * f;
-            c = (float)cos(th);
-            s = (float)sin(th);
-        }
-        int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
-        float x0 = xr[a], x1 = xr[b];
-        xr[a] = x0 * c - x1 * s;
-        xr[b] = x0 * s + x1 * c;
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) xr[i] = round_h(xr[i]);
+    rope_row(xr, hd, is_q ? qn : kn, eps, (double)pos[t], base, n_rot, ff, neox, c0, s0, sh);
     if (!is_q && kc) {
         int kvd = nk * hd;
         int seq = tok_seq[2 * t], p = tok_seq[2 * t + 1];
