@@ -39,6 +39,8 @@ pub struct DeviceInfo {
     pub compute_capability: (i32, i32),
     pub total_mem: usize,
     pub driver_version: i32,
+    /// Streaming multiprocessors (the one-wave GEMVs size their grid by it).
+    pub sm_count: usize,
 }
 
 /// Looks for device `ordinal`: the driver library, its initialisation and the device.
@@ -52,7 +54,7 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo, CudaError> {
     let dev = result::device::get(ordinal as i32).map_err(drv("cuDeviceGet"))?;
     let name = result::device::get_name(dev).map_err(drv("cuDeviceGetName"))?;
     // SAFETY: `dev` is a valid device handle.
-    let (major, minor, total) = unsafe {
+    let (major, minor, total, sms) = unsafe {
         use sys::CUdevice_attribute::*;
         (
             result::device::get_attribute(dev, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
@@ -60,6 +62,8 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo, CudaError> {
             result::device::get_attribute(dev, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
                 .map_err(drv("cuDeviceGetAttribute"))?,
             result::device::total_mem(dev).map_err(drv("cuDeviceTotalMem"))?,
+            result::device::get_attribute(dev, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .map_err(drv("cuDeviceGetAttribute"))?,
         )
     };
     let mut driver_version = 0;
@@ -71,6 +75,7 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo, CudaError> {
         compute_capability: (major, minor),
         total_mem: total,
         driver_version,
+        sm_count: sms.max(1) as usize,
     })
 }
 

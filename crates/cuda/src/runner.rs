@@ -279,6 +279,9 @@ pub struct CudaRunner {
     pool: hangar_kernels::ThreadPool,
     /// The row split of `mvs` launches under `SMALL_GEMV_BYTES`.
     parts_small: usize,
+    /// Blocks an SM of the one-wave batch-1 GEMVs (`mvs1w`/`mvp1w`, kernels/mmvq.cu):
+    /// 2 unless `HANGAR_CUDA_WAVE` says 1 or 0 (0: the four-rows-a-block kernels).
+    wave_blocks: usize,
     /// Greedy rows picked on the device (`greedy_pick`), on unless
     /// `HANGAR_CUDA_GREEDY=0` or the vocabulary's skip bitmap outgrows shared memory.
     greedy_on: bool,
@@ -546,6 +549,11 @@ impl CudaRunner {
                 .and_then(|v| v.parse::<usize>().ok())
                 .filter(|p| matches!(p, 1 | 2 | 4))
                 .unwrap_or_else(gemv_parts),
+            wave_blocks: std::env::var("HANGAR_CUDA_WAVE")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|b| *b <= 2)
+                .unwrap_or(2),
             // The skip bitmap lives in shared memory (48 KiB without opting in).
             greedy_on: std::env::var("HANGAR_CUDA_GREEDY").as_deref() != Ok("0")
                 && model.cfg.vocab_size.div_ceil(32) * 4 <= 48 << 10,
@@ -761,6 +769,14 @@ impl CudaRunner {
         )
     }
 
+    /// The grid of the one-wave batch-1 GEMV (`mvs1w`/`mvp1w`) for a step of `ntok`
+    /// tokens, when it applies: Q4_K and Q6_K rows (the hoisted steps it streams), one
+    /// warp a row (its sums are then `mvs1`'s bits) and `wave_blocks` not 0.
+    fn wave_grid(&self, kind: &str, ntok: usize, parts: usize) -> Option<u32> {
+        (ntok == 1 && parts == 1 && self.wave_blocks > 0 && matches!(kind, "q4_k" | "q6_k"))
+            .then(|| (self.gpu.info.sm_count * self.wave_blocks) as u32)
+    }
+
     /// One `mvs` launch over up to three matrices of type `kind` sharing the int8
     /// input: `segs` are (weights, row bytes, rows, output).
     fn launch_mvs(
@@ -785,6 +801,12 @@ impl CudaRunner {
             let (w, rb, rows, y) = segs.get(i).copied().unwrap_or((0, 0, 0, 0));
             args = args.ptr(w).u64(rb as u64).i32(rows as i32).ptr(y);
             total += rows;
+        }
+        if let Some(grid) = self.wave_grid(kind, ntok, parts) {
+            let args = args.i32(cols as i32).ptr(xq).ptr(xd);
+            return self
+                .gpu
+                .launch(&format!("mvs1w_{kind}"), (grid, 1, 1), (256, 1, 1), 0, args);
         }
         let args = args
             .i32(cols as i32)
@@ -856,6 +878,21 @@ impl CudaRunner {
         let (xq, xd) = self.quantize_x(x, ntok, cols, 0)?;
         let nt = gemv_tile(ntok);
         let parts = gemv_parts();
+        if let Some(grid) = self.wave_grid(kind, ntok, parts) {
+            let args = Args::new()
+                .ptr(wg)
+                .ptr(wu)
+                .u64(rb as u64)
+                .i32(rows as i32)
+                .i32(cols as i32)
+                .ptr(xq)
+                .ptr(xd)
+                .i32(act)
+                .ptr(y);
+            self.gpu
+                .launch(&format!("mvp1w_{kind}"), (grid, 1, 1), (256, 1, 1), 0, args)?;
+            return Ok(true);
+        }
         let args = Args::new()
             .ptr(wg)
             .ptr(wu)

@@ -795,6 +795,129 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
     Y[(u64)(t0 + t) * rows + g] = act == 2 ? gelu_times(gv, uv) : silu_times(gv, uv);
 }
 
+// One-wave batch-1 GEMVs (`mvs1w`/`mvp1w`, Q4_K and Q6_K): a grid of as many blocks as
+// the SMs hold at once, each warp streaming a contiguous run of rows. The `mvs`/`mvp`
+// kernels give a block four rows; every block then pays its start, a DRAM round trip,
+// the reduction and its exit, once per wave (14 waves for an 8B gate+up), and its
+// loads stop while it does. Here no warp ever waits empty-handed: it keeps WK steps
+// of weights in flight in a ring of registers and asks for step i + WK as soon as
+// step i is used, across row ends, so the next row's first weights arrive during this
+// row's last steps and its reduction. The first WK steps are asked for before
+// pdl_entry(). Rows are split evenly over the warps (at most one row's difference).
+// A row's lanes, steps, per-lane additions and butterfly are the hoisted path's, and
+// its sum is added to 0 as sum_parts does: the outputs are the same bits as
+// `mvs1`/`mvp1` with one warp a row (the default split).
+// Steps a warp keeps in flight (HANGAR_CUDA_DEFINES=WAVE2: two, for an A/B run).
+#ifdef WAVE2
+#define WK 2
+#else
+#define WK 4
+#endif
+// Steps of a row (gate then up for `mvp`, PAIR) and the matrix row of each.
+struct WaveRows {
+    const u8 *W0, *W1, *W2;
+    u64 rb0, rb1, rb2;
+    int rows0, rows1;
+    // Matrix row g of the concatenation W0 | W1 | W2 (mvs), or gate row g (mvp).
+    __device__ __forceinline__ const u8* row(int g, bool pair) const {
+        if (pair || g < rows0) return W0 + (u64)g * rb0;
+        g -= rows0;
+        if (g < rows1) return W1 + (u64)g * rb1;
+        return W2 + (u64)(g - rows1) * rb2;
+    }
+};
+// A position in a warp's run of steps: global row g, step c of the row (c < spr: the
+// gate or only matrix, else the up matrix), and the row's weight pointers.
+struct WaveCursor {
+    int g, c;
+    const u8 *p, *q;
+};
+template <class S, bool PAIR>
+__device__ __forceinline__ void wave_load(S& w, WaveCursor& at, const WaveRows& m, int spr, int nb,
+                                          int lane) {
+    int k = PAIR && at.c >= spr ? at.c - spr : at.c;
+    w.load(PAIR && at.c >= spr ? at.q : at.p, min((lane >> 3) + 4 * k, nb - 1), lane);
+    if (++at.c == (PAIR ? 2 * spr : spr)) {
+        at.c = 0;
+        at.g++;
+        at.p = m.row(at.g, PAIR);
+        if (PAIR) at.q = m.W1 + (u64)at.g * m.rb0;
+    }
+}
+template <int TY, bool PAIR>
+__device__ __forceinline__ void wave_body(const WaveRows m, int total, float* Y0, float* Y1, float* Y2,
+                                          int cols, const i8* __restrict__ Xq, const float2* __restrict__ Xd,
+                                          int act) {
+    typedef typename HoistStep<TY>::T S;
+    const int lane = threadIdx.x & 31, wpb = blockDim.x >> 5;
+    const int nw = gridDim.x * wpb, wid = blockIdx.x * wpb + (threadIdx.x >> 5);
+    const int g0 = (int)((long long)total * wid / nw), g1 = (int)((long long)total * (wid + 1) / nw);
+    const int nb = cols >> 8, spr = (nb + 3) >> 2, cpr = PAIR ? 2 * spr : spr;
+    const int n = (g1 - g0) * cpr; // this warp's steps (warp-uniform)
+    WaveCursor ld = {g0, 0, m.row(g0, PAIR), m.W1 + (u64)g0 * m.rb0};
+    S w[WK];
+#pragma unroll
+    for (int u = 0; u < WK; u++)
+        if (u < n) wave_load<S, PAIR>(w[u], ld, m, spr, nb, lane);
+    pdl_entry();
+    int g = g0, c = 0;
+    float acc = 0.0f, gate = 0.0f;
+    for (int i = 0; i < n; i += WK) {
+        // This group's activations first (they are the same for every row: L1 hits).
+        typename S::Act a[WK];
+#pragma unroll
+        for (int u = 0; u < WK; u++) {
+            int k = (c + u) % cpr;
+            if (PAIR && k >= spr) k -= spr;
+            S::act(a[u], Xq, Xd, min((lane >> 3) + 4 * k, nb - 1), lane);
+        }
+#pragma unroll
+        for (int u = 0; u < WK; u++) {
+            if (i + u >= n) break;
+            int k = PAIR && c >= spr ? c - spr : c;
+            if ((lane >> 3) + 4 * k < nb) acc += w[u].use(a[u], lane);
+            if (i + u + WK < n) wave_load<S, PAIR>(w[u], ld, m, spr, nb, lane);
+            if (PAIR && c == spr - 1) {
+                gate = 0.0f + warp_sum(acc);
+                acc = 0.0f;
+            }
+            if (++c == cpr) {
+                float v = 0.0f + warp_sum(acc);
+                if (lane == 0) {
+                    if (PAIR) {
+                        Y0[g] = act == 2 ? gelu_times(gate, v) : silu_times(gate, v);
+                    } else if (g < m.rows0) {
+                        Y0[g] = v;
+                    } else if (g - m.rows0 < m.rows1) {
+                        Y1[g - m.rows0] = v;
+                    } else {
+                        Y2[g - m.rows0 - m.rows1] = v;
+                    }
+                }
+                acc = 0.0f;
+                c = 0;
+                g++;
+            }
+        }
+    }
+}
+#define MV_WAVE(NAME, TY)                                                                            \
+    extern "C" __global__ void __launch_bounds__(256, 2)                                             \
+        mvs1w_##NAME(const u8* W0, u64 rb0, int rows0, float* Y0, const u8* W1, u64 rb1, int rows1,   \
+                     float* Y1, const u8* W2, u64 rb2, int rows2, float* Y2, int cols, const i8* Xq,  \
+                     const float2* Xd) {                                                             \
+        WaveRows m = {W0, W1, W2, rb0, rb1, rb2, rows0, rows1};                                      \
+        wave_body<TY, false>(m, rows0 + rows1 + rows2, Y0, Y1, Y2, cols, Xq, Xd, 0);                 \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(256, 2)                                             \
+        mvp1w_##NAME(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols, const i8* Xq,            \
+                     const float2* Xd, int act, float* Y) {                                          \
+        WaveRows m = {Wg, Wu, Wu, rb, rb, rb, rows, 0};                                              \
+        wave_body<TY, true>(m, rows, Y, Y, Y, cols, Xq, Xd, act);                                    \
+    }
+MV_WAVE(q4_k, TY_Q4_K)
+MV_WAVE(q6_k, TY_Q6_K)
+
 #define MMVQ(NAME, TY, NT)                                                                         \
     extern "C" __global__ void __launch_bounds__(128)                                              \
         gemvq##NT##_##NAME(const u8* W, u64 rb, int rows, int cols, const i8* Xq, const float2* Xd, \
