@@ -69,3 +69,29 @@ fn compiled_kernels_are_cached_by_source_arch_and_version() {
     assert_eq!(a, b);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The opt-in variants of the decode GEMVs (`HANGAR_CUDA_DEFINES`, chosen for A/B runs
+/// on the GPU host) must compile too, or an A/B run there fails instead of measuring.
+#[test]
+fn opt_in_gemv_variants_compile_for_sm80_and_sm90a() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let unit = UNITS
+        .iter()
+        .find(|u| u.name == "mmvq")
+        .expect("the mmvq unit");
+    for defines in [
+        &["NO_HOIST"][..],
+        &["HOIST2"],
+        &["HOIST_MVS_ONLY"],
+        &["WAVE2"],
+    ] {
+        let defines: Vec<String> = defines.iter().map(|d| d.to_string()).collect();
+        for arch in ["sm_80", "sm_90a"] {
+            let cubin = compile::compile_cubin_with(unit, arch, &defines)
+                .unwrap_or_else(|e| panic!("mmvq with {defines:?} for {arch}: {e}"));
+            assert_eq!(&cubin[..4], b"\x7fELF", "{defines:?} {arch}");
+        }
+    }
+}

@@ -806,7 +806,8 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
 // pdl_entry(). Rows are split evenly over the warps (at most one row's difference).
 // A row's lanes, steps, per-lane additions and butterfly are the hoisted path's, and
 // its sum is added to 0 as sum_parts does: the outputs are the same bits as
-// `mvs1`/`mvp1` with one warp a row (the default split).
+// `mvs1`/`mvp1` with one warp a row (the default split). Twin: twin::wave_schedule
+// (the ring and cursors replayed), with twin::gemvq_row for the arithmetic.
 // Steps a warp keeps in flight (HANGAR_CUDA_DEFINES=WAVE2: two, for an A/B run).
 #ifdef WAVE2
 #define WK 2
