@@ -412,25 +412,24 @@ pub fn wave_rows(total: usize, nw: usize, wid: usize) -> (usize, usize) {
 /// the half).
 pub type WaveStep = (usize, usize, usize);
 
+/// What [`wave_schedule`] returns: each used step as (weights held, position, activation
+/// step k), then each row end as (row, gate sum taken).
+pub type WaveReplay = (Vec<(WaveStep, WaveStep, usize)>, Vec<(usize, bool)>);
+
 /// `wave_body`'s control flow for one warp, replayed: the ring of `wk` weight slots
 /// (loaded `wk` steps ahead through the load cursor), each group's activation steps
 /// computed from the consume cursor, and the row ends. Returns, in order, every used
 /// step as (weights held, activation step k) and every row end as (row, gate sum
 /// taken). The kernel is right when the weights held are the consumed position's and
 /// the activations its k.
-pub fn wave_schedule(
-    rows: (usize, usize),
-    nb: usize,
-    pair: bool,
-    wk: usize,
-) -> (Vec<(WaveStep, WaveStep, usize)>, Vec<(usize, bool)>) {
+pub fn wave_schedule(rows: (usize, usize), nb: usize, pair: bool, wk: usize) -> WaveReplay {
     let (g0, g1) = rows;
     let spr = nb.div_ceil(4);
     let cpr = if pair { 2 * spr } else { spr };
     let n = (g1 - g0) * cpr;
     // The load cursor: (row, step of the row).
     let mut ld = (g0, 0usize);
-    let mut load = |ld: &mut (usize, usize)| -> WaveStep {
+    let load = |ld: &mut (usize, usize)| -> WaveStep {
         let (half, k) = if pair && ld.1 >= spr {
             (1, ld.1 - spr)
         } else {
@@ -1473,9 +1472,7 @@ mod tests {
                             let rows: Vec<usize> = ends.iter().map(|e| e.0).collect();
                             assert_eq!(rows, (g0..g1).collect::<Vec<_>>());
                             assert!(ends.iter().all(|e| e.1 == pair), "gate sum before up");
-                            for r in g0..g1 {
-                                seen[r] += 1;
-                            }
+                            seen[g0..g1].iter_mut().for_each(|s| *s += 1);
                         }
                         assert!(seen.iter().all(|&s| s == 1), "every row once");
                         assert!(most - least <= 1, "an even split: {least}..{most}");
