@@ -4,8 +4,9 @@
 # flight) against run 30's four-rows-a-block kernels, beside a same-run llama.cpp
 # anchor. Variants: A default (two 256-thread blocks an SM), B one block an SM
 # (HANGAR_CUDA_WAVE=1), C two steps in flight (WAVE2), D run 30's kernels
-# (HANGAR_CUDA_WAVE=0). A and D must print the same device-check figures: the wave
-# kernels add the same numbers in the same order. One call on a fresh machine,
+# (HANGAR_CUDA_WAVE=0), E decode attention reading one position a warp at a time
+# (ATT_AU1; default: eight, their loads issued together). A, D and E must print the
+# same device-check figures: the new kernels add the same numbers in the same order. One call on a fresh machine,
 # carrying .gpu/fin (hangar.xz) and .gpu/anchor (llama.cpp sources).
 #   bash scripts/gpu-run31.sh [full|short]   (short: no llama.cpp, the 8B checks and
 #                                             the A/B only, for a nearly spent budget)
@@ -38,51 +39,53 @@ v() {
     B) echo "HANGAR_CUDA_WAVE=1" ;;
     C) echo "HANGAR_CUDA_DEFINES=WAVE2" ;;
     D) echo "HANGAR_CUDA_WAVE=0" ;;
+    E) echo "HANGAR_CUDA_DEFINES=ATT_AU1" ;;
+    F) echo "HANGAR_CUDA_WAVE=0 HANGAR_CUDA_DEFINES=ATT_AU1" ;;
   esac
 }
 if [ "$STAGE" = short ]; then
-  for x in A D; do
+  for x in A D E; do
     env $(v $x) timeout 60 $H device-check -m $W/l8b.gguf --tokens 64 --greedy 8 -t 16 2>&1 | grep -E "^teacher|^gpu prefill|greedy head|warning" | sed "s/^/8B [$x] /"
   done
   echo "== (t=$SECONDS) tg128 alternated, 8B (tok/s)"
   for r in 1 2; do
-    for x in A C D; do
+    for x in A D E F; do
       env $(v $x) timeout 30 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 128 -r 3 2>&1 | grep -E "^\| tg|warning" | sed "s/^/8B [$x] /"
     done
   done
-  for x in A D; do
+  for x in A F; do
     env $(v $x) HANGAR_CUDA_PROFILE=1 timeout 40 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 64 -r 1 2>&1 \
       | grep -E "PROFILE|mvp1|mvs1|attention|qk_rope|quantize|add_norm" | head -9 | sed "s/^/[$x] /"
   done
   echo "== short done at $SECONDS s"
   exit 0
 fi
-echo "== (t=$SECONDS) device-check: A (default), C and D (run 30's kernels) must print the same figures"
-for x in A C D; do
-  env $(v $x) timeout 90 $H device-check -m $W/l8b.gguf --tokens 128 --greedy 8 -t 8 2>&1 | grep -E "^teacher|^gpu prefill|greedy head|warning" | sed "s/^/8B [$x] /"
+echo "== (t=$SECONDS) device-check: A (default), D (run 30's GEMVs) and E must print the same figures"
+for x in A D E; do
+  env $(v $x) timeout 90 $H device-check -m $W/l8b.gguf --tokens 64 --greedy 8 -t 8 2>&1 | grep -E "^teacher|^gpu prefill|greedy head|warning" | sed "s/^/8B [$x] /"
   env $(v $x) timeout 60 $H device-check -m $W/g270.gguf --tokens 256 --greedy 8 -t 8 2>&1 | grep -E "^teacher|warning" | sed "s/^/270M [$x] /"
 done
 echo "== (t=$SECONDS) tg128 alternated, 8B (tok/s)"
 for r in 1 2; do
-  for x in A B C D; do
+  for x in A B C D E F; do
     env $(v $x) timeout 40 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 128 -r 3 2>&1 | grep -E "^\| tg|warning" | sed "s/^/8B [$x] /"
   done
 done
-for x in A D; do
+for x in A F; do
   env $(v $x) timeout 40 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 128 --batch 8 -r 3 2>&1 | grep -E "^\| tg128x8|warning" | sed "s/^/8B [$x] /"
 done
-for x in A D A D; do
+for x in A F A F; do
   env $(v $x) timeout 40 $H bench -m $W/g270.gguf --device cuda --pp 0 --tg 128 -r 3 2>&1 | grep -E "^\| tg|warning" | sed "s/^/270M [$x] /"
 done
 echo "== (t=$SECONDS) kernel profile, 8B batch 1 (events around every launch, graphs off)"
-for x in A D; do
+for x in A F; do
   env $(v $x) HANGAR_CUDA_PROFILE=1 timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 64 -r 1 2>&1 \
     | grep -E "PROFILE|mvp1|mvs1|attention|qk_rope|quantize|add_norm" | head -9 | sed "s/^/[$x] /"
 done
 for _ in $(seq 1 60); do [ -f /tmp/anc/done ] && break; sleep 3; done
 echo "== (t=$SECONDS) anchor build: $(cat /tmp/anc/done 2>/dev/null || echo 'not done')"
 timeout 100 $L/llama-bench -m $W/l8b.gguf -ngl 99 -p 512 -n 128 -r 3 -fa 1 -o md 2>&1 | grep -E "pp512|tg128"
-for x in A D; do
+for x in A F; do
   env $(v $x) timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 512 --tg 128 -r 3 2>&1 | grep -E "^\| (pp|tg)" | sed "s/^/hangar 8B [$x] /"
 done
 echo "== done at $SECONDS s"

@@ -70,28 +70,31 @@ fn compiled_kernels_are_cached_by_source_arch_and_version() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The opt-in variants of the decode GEMVs (`HANGAR_CUDA_DEFINES`, chosen for A/B runs
-/// on the GPU host) must compile too, or an A/B run there fails instead of measuring.
+/// The opt-in variants of the decode kernels (`HANGAR_CUDA_DEFINES`, chosen for A/B
+/// runs on the GPU host) must compile too, or an A/B run there fails instead of
+/// measuring.
 #[test]
-fn opt_in_gemv_variants_compile_for_sm80_and_sm90a() {
+fn opt_in_kernel_variants_compile_for_sm80_and_sm90a() {
     if !nvrtc_or_skip() {
         return;
     }
-    let unit = UNITS
-        .iter()
-        .find(|u| u.name == "mmvq")
-        .expect("the mmvq unit");
-    for defines in [
-        &["NO_HOIST"][..],
-        &["HOIST2"],
-        &["HOIST_MVS_ONLY"],
-        &["WAVE2"],
-    ] {
-        let defines: Vec<String> = defines.iter().map(|d| d.to_string()).collect();
+    let variants: [(&str, &str); 6] = [
+        ("mmvq", "NO_HOIST"),
+        ("mmvq", "HOIST2"),
+        ("mmvq", "HOIST_MVS_ONLY"),
+        ("mmvq", "WAVE2"),
+        ("attention", "ATT_AU1"),
+        ("attention", "ATT_AU4"),
+    ];
+    for (name, define) in variants {
+        let unit = UNITS
+            .iter()
+            .find(|u| u.name == name)
+            .unwrap_or_else(|| panic!("no kernel unit {name}"));
         for arch in ["sm_80", "sm_90a"] {
-            let cubin = compile::compile_cubin_with(unit, arch, &defines)
-                .unwrap_or_else(|e| panic!("mmvq with {defines:?} for {arch}: {e}"));
-            assert_eq!(&cubin[..4], b"\x7fELF", "{defines:?} {arch}");
+            let cubin = compile::compile_cubin_with(unit, arch, &[define.to_string()])
+                .unwrap_or_else(|e| panic!("{name} with {define} for {arch}: {e}"));
+            assert_eq!(&cubin[..4], b"\x7fELF", "{name} {define} {arch}");
         }
     }
 }
