@@ -6,7 +6,8 @@
 # (HANGAR_CUDA_WAVE=1), C two steps in flight (WAVE2), D run 30's kernels
 # (HANGAR_CUDA_WAVE=0), E decode attention reading one position a warp at a time
 # (ATT_AU1; default: eight, their loads issued together). A, D and E must print the
-# same device-check figures: the new kernels add the same numbers in the same order. One call on a fresh machine,
+# same device-check figures: the new kernels add the same numbers in the same order.
+# F is run 30's decode (both off); G the down GEMV quantizing its own input (WAVE_Q8). One call on a fresh machine,
 # carrying .gpu/fin (hangar.xz) and .gpu/anchor (llama.cpp sources).
 #   bash scripts/gpu-run31.sh [full|short]   (short: no llama.cpp, the 8B checks and
 #                                             the A/B only, for a nearly spent budget)
@@ -41,19 +42,20 @@ v() {
     D) echo "HANGAR_CUDA_WAVE=0" ;;
     E) echo "HANGAR_CUDA_DEFINES=ATT_AU1" ;;
     F) echo "HANGAR_CUDA_WAVE=0 HANGAR_CUDA_DEFINES=ATT_AU1" ;;
+    G) echo "HANGAR_CUDA_WAVE_Q8=1" ;;
   esac
 }
 if [ "$STAGE" = short ]; then
-  for x in A D E; do
+  for x in A D E G; do
     env $(v $x) timeout 60 $H device-check -m $W/l8b.gguf --tokens 64 --greedy 8 -t 16 2>&1 | grep -E "^teacher|^gpu prefill|greedy head|warning" | sed "s/^/8B [$x] /"
   done
   echo "== (t=$SECONDS) tg128 alternated, 8B (tok/s)"
   for r in 1 2; do
-    for x in A D E F; do
+    for x in A D E F G; do
       env $(v $x) timeout 30 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 128 -r 3 2>&1 | grep -E "^\| tg|warning" | sed "s/^/8B [$x] /"
     done
   done
-  for x in A F; do
+  for x in A F G; do
     env $(v $x) HANGAR_CUDA_PROFILE=1 timeout 40 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 64 -r 1 2>&1 \
       | grep -E "PROFILE|mvp1|mvs1|attention|qk_rope|quantize|add_norm" | head -9 | sed "s/^/[$x] /"
   done
@@ -61,13 +63,13 @@ if [ "$STAGE" = short ]; then
   exit 0
 fi
 echo "== (t=$SECONDS) device-check: A (default), D (run 30's GEMVs) and E must print the same figures"
-for x in A D E; do
+for x in A D E G; do
   env $(v $x) timeout 90 $H device-check -m $W/l8b.gguf --tokens 64 --greedy 8 -t 8 2>&1 | grep -E "^teacher|^gpu prefill|greedy head|warning" | sed "s/^/8B [$x] /"
   env $(v $x) timeout 60 $H device-check -m $W/g270.gguf --tokens 256 --greedy 8 -t 8 2>&1 | grep -E "^teacher|warning" | sed "s/^/270M [$x] /"
 done
 echo "== (t=$SECONDS) tg128 alternated, 8B (tok/s)"
 for r in 1 2; do
-  for x in A B C D E F; do
+  for x in A B C D E F G; do
     env $(v $x) timeout 40 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 128 -r 3 2>&1 | grep -E "^\| tg|warning" | sed "s/^/8B [$x] /"
   done
 done
@@ -78,7 +80,7 @@ for x in A F A F; do
   env $(v $x) timeout 40 $H bench -m $W/g270.gguf --device cuda --pp 0 --tg 128 -r 3 2>&1 | grep -E "^\| tg|warning" | sed "s/^/270M [$x] /"
 done
 echo "== (t=$SECONDS) kernel profile, 8B batch 1 (events around every launch, graphs off)"
-for x in A F; do
+for x in A F G; do
   env $(v $x) HANGAR_CUDA_PROFILE=1 timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 64 -r 1 2>&1 \
     | grep -E "PROFILE|mvp1|mvs1|attention|qk_rope|quantize|add_norm" | head -9 | sed "s/^/[$x] /"
 done
