@@ -279,12 +279,10 @@ pub struct CudaRunner {
     pool: hangar_kernels::ThreadPool,
     /// The row split of `mvs` launches under `SMALL_GEMV_BYTES`.
     parts_small: usize,
-    /// Blocks an SM of the one-wave batch-1 GEMVs (`mvs1w`/`mvp1w`, kernels/mmvq.cu):
-    /// 2 unless `HANGAR_CUDA_WAVE` says 1 or 0 (0: the four-rows-a-block kernels).
+    /// Blocks an SM of the one-wave batch-1 GEMVs (`mvs1w`/`mvp1w`, kernels/mmvq.cu);
+    /// 0, the four-rows-a-block kernels, unless `HANGAR_CUDA_WAVE=1|2` (opt-in: run 31
+    /// measured them 5% slower with contiguous row runs; docs/GPU.md).
     wave_blocks: usize,
-    /// The down projection's one-wave GEMV quantizes its float input itself
-    /// (`mvs1wx`, no quantize_q8_1 launch); opt-in `HANGAR_CUDA_WAVE_Q8=1` until timed.
-    wave_q8: bool,
     /// Greedy rows picked on the device (`greedy_pick`), on unless
     /// `HANGAR_CUDA_GREEDY=0` or the vocabulary's skip bitmap outgrows shared memory.
     greedy_on: bool,
@@ -556,8 +554,7 @@ impl CudaRunner {
                 .ok()
                 .and_then(|v| v.parse::<usize>().ok())
                 .filter(|b| *b <= 2)
-                .unwrap_or(2),
-            wave_q8: std::env::var("HANGAR_CUDA_WAVE_Q8").as_deref() == Ok("1"),
+                .unwrap_or(0),
             // The skip bitmap lives in shared memory (48 KiB without opting in).
             greedy_on: std::env::var("HANGAR_CUDA_GREEDY").as_deref() != Ok("0")
                 && model.cfg.vocab_size.div_ceil(32) * 4 <= 48 << 10,
@@ -726,29 +723,6 @@ impl CudaRunner {
             };
         }
         if int8 {
-            // One token on the one-wave kernel: it quantizes the float row itself
-            // unless Xq already holds it.
-            let fold = self.wave_q8
-                && self.split
-                && cpu_blk == 0
-                && self.q8_of != Some((x, ntok, cols, 0))
-                && cols * 5 / 4 <= 48 << 10;
-            if let Some(grid) = self.wave_grid(kind, ntok, gemv_parts()).filter(|_| fold) {
-                let args = Args::new()
-                    .ptr(wp)
-                    .u64(rb as u64)
-                    .i32(rows as i32)
-                    .ptr(y)
-                    .i32(cols as i32)
-                    .ptr(x);
-                return self.gpu.launch(
-                    &format!("mvs1wx_{kind}"),
-                    (grid, 1, 1),
-                    (256, 1, 1),
-                    (cols * 5 / 4) as u32,
-                    args,
-                );
-            }
             let (xq, xd) = self.quantize_x(x, ntok, cols, cpu_blk)?;
             let nt = gemv_tile(ntok);
             if self.split {

@@ -796,18 +796,20 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
 }
 
 // One-wave batch-1 GEMVs (`mvs1w`/`mvp1w`, Q4_K and Q6_K): a grid of as many blocks as
-// the SMs hold at once, each warp streaming a contiguous run of rows. The `mvs`/`mvp`
-// kernels give a block four rows; every block then pays its start, a DRAM round trip,
-// the reduction and its exit, once per wave (14 waves for an 8B gate+up), and its
-// loads stop while it does. Here no warp ever waits empty-handed: it keeps WK steps
-// of weights in flight in a ring of registers and asks for step i + WK as soon as
-// step i is used, across row ends, so the next row's first weights arrive during this
-// row's last steps and its reduction. The first WK steps are asked for before
-// pdl_entry(). Rows are split evenly over the warps (at most one row's difference).
-// A row's lanes, steps, per-lane additions and butterfly are the hoisted path's, and
-// its sum is added to 0 as sum_parts does: the outputs are the same bits as
-// `mvs1`/`mvp1` with one warp a row (the default split). Twin: twin::wave_schedule
-// (the ring and cursors replayed), with twin::gemvq_row for the arithmetic.
+// the SMs hold at once, each warp streaming rows. The `mvs`/`mvp` kernels give a block
+// four rows; every block then pays its start, a DRAM round trip, the reduction and
+// its exit, once per wave (14 waves for an 8B gate+up), and its loads stop while it
+// does. Here a warp keeps WK steps of weights in flight in a ring of registers and
+// asks for step i + WK as soon as step i is used, across row ends, so the next row's
+// first weights arrive during this row's last steps and its reduction. The first WK
+// steps are asked for before pdl_entry(). Warp w of nw takes rows w, w + nw, ...
+// (all warps then read one window of the matrix, as the four-row blocks do; run 31
+// gave each warp a contiguous run instead, HANGAR_CUDA_DEFINES=WAVE_RUNS, and lost
+// 5% to run 30's kernels). A row's lanes, steps, per-lane additions and butterfly
+// are the hoisted path's, and its sum is added to 0 as sum_parts does: the outputs
+// are the same bits as `mvs1`/`mvp1` with one warp a row (the default split). Twin:
+// twin::wave_schedule (the ring and cursors replayed), with twin::gemvq_row for the
+// arithmetic.
 // Steps a warp keeps in flight (HANGAR_CUDA_DEFINES=WAVE2: two, for an A/B run).
 #ifdef WAVE2
 #define WK 2
@@ -833,79 +835,44 @@ struct WaveCursor {
     int g, c;
     const u8 *p, *q;
 };
+// The next row of a warp after row g: g + nw (interleaved), or g + 1 (WAVE_RUNS).
+#ifdef WAVE_RUNS
+#define WAVE_NEXT(g, nw) ((g) + 1)
+#else
+#define WAVE_NEXT(g, nw) ((g) + (nw))
+#endif
 template <class S, bool PAIR>
-__device__ __forceinline__ void wave_load(S& w, WaveCursor& at, const WaveRows& m, int spr, int nb,
+__device__ __forceinline__ void wave_load(S& w, WaveCursor& at, const WaveRows& m, int spr, int nb, int nw,
                                           int lane) {
     int k = PAIR && at.c >= spr ? at.c - spr : at.c;
     w.load(PAIR && at.c >= spr ? at.q : at.p, min((lane >> 3) + 4 * k, nb - 1), lane);
     if (++at.c == (PAIR ? 2 * spr : spr)) {
         at.c = 0;
-        at.g++;
+        at.g = WAVE_NEXT(at.g, nw);
         at.p = m.row(at.g, PAIR);
         if (PAIR) at.q = m.W1 + (u64)at.g * m.rb0;
     }
 }
-// `mvs1wx`: the one-wave kernel on float input, which each block quantizes to q8_1 in
-// its shared memory after pdl_entry() (the down projection's input: this replaces the
-// quantize_q8_1 launch between gate/up and down). A one-wave block pays this once, not
-// once a row. Eight lanes a 32-block, four values a lane, a thread's loads issued
-// together (WQ float4s); the values, d and d * sum q are q8_1_lane's (a max, an exact
-// integer sum and the same divisions), so the GEMV reads the same bytes.
-#define WQ 8
-__device__ __forceinline__ void q8_1_to_smem(const float* __restrict__ X, int cols, i8* sq, float2* sd) {
-    const int n4 = cols >> 2, lane = threadIdx.x & 31;
-    // Block-uniform trip count: every lane reaches the shuffles.
-    for (int base = 0; base < n4; base += WQ * (int)blockDim.x) {
-        float4 v[WQ];
-#pragma unroll
-        for (int k = 0; k < WQ; k++) {
-            int i = base + k * blockDim.x + threadIdx.x;
-            v[k] = i < n4 ? ((const float4*)X)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        }
-#pragma unroll
-        for (int k = 0; k < WQ; k++) {
-            int i = base + k * blockDim.x + threadIdx.x;
-            float a = fmaxf(fmaxf(fabsf(v[k].x), fabsf(v[k].y)), fmaxf(fabsf(v[k].z), fabsf(v[k].w)));
-#pragma unroll
-            for (int o = 4; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
-            float d = __fdiv_rn(a, 127.0f);
-            int q0 = a == 0.0f ? 0 : __float2int_rn(__fdiv_rn(v[k].x, d));
-            int q1 = a == 0.0f ? 0 : __float2int_rn(__fdiv_rn(v[k].y, d));
-            int q2 = a == 0.0f ? 0 : __float2int_rn(__fdiv_rn(v[k].z, d));
-            int q3 = a == 0.0f ? 0 : __float2int_rn(__fdiv_rn(v[k].w, d));
-            int sq4 = q0 + q1 + q2 + q3;
-#pragma unroll
-            for (int o = 4; o > 0; o >>= 1) sq4 += __shfl_xor_sync(0xffffffffu, sq4, o);
-            if (i < n4) {
-                ((char4*)sq)[i] = make_char4((signed char)q0, (signed char)q1, (signed char)q2, (signed char)q3);
-                if ((lane & 7) == 0) sd[i >> 3] = make_float2(d, d * (float)sq4);
-            }
-        }
-    }
-    __syncthreads();
-}
 template <int TY, bool PAIR>
 __device__ __forceinline__ void wave_body(const WaveRows m, int total, float* Y0, float* Y1, float* Y2,
-                                          int cols, const i8* Xq, const float2* Xd, int act,
-                                          const float* X = nullptr) {
+                                          int cols, const i8* __restrict__ Xq,
+                                          const float2* __restrict__ Xd, int act) {
     typedef typename HoistStep<TY>::T S;
     const int lane = threadIdx.x & 31, wpb = blockDim.x >> 5;
     const int nw = gridDim.x * wpb, wid = blockIdx.x * wpb + (threadIdx.x >> 5);
-    const int g0 = (int)((long long)total * wid / nw), g1 = (int)((long long)total * (wid + 1) / nw);
+#ifdef WAVE_RUNS
+    const int g0 = (int)((long long)total * wid / nw), nr = (int)((long long)total * (wid + 1) / nw) - g0;
+#else
+    const int g0 = wid, nr = wid < total ? (total - wid + nw - 1) / nw : 0;
+#endif
     const int nb = cols >> 8, spr = (nb + 3) >> 2, cpr = PAIR ? 2 * spr : spr;
-    const int n = (g1 - g0) * cpr; // this warp's steps (warp-uniform)
+    const int n = nr * cpr; // this warp's steps (warp-uniform)
     WaveCursor ld = {g0, 0, m.row(g0, PAIR), m.W1 + (u64)g0 * m.rb0};
     S w[WK];
 #pragma unroll
     for (int u = 0; u < WK; u++)
-        if (u < n) wave_load<S, PAIR>(w[u], ld, m, spr, nb, lane);
+        if (u < n) wave_load<S, PAIR>(w[u], ld, m, spr, nb, nw, lane);
     pdl_entry();
-    if (X) {
-        extern __shared__ __align__(16) u8 wave_sm[];
-        q8_1_to_smem(X, cols, (i8*)wave_sm, (float2*)(wave_sm + cols));
-        Xq = (const i8*)wave_sm;
-        Xd = (const float2*)(wave_sm + cols);
-    }
     int g = g0, c = 0;
     float acc = 0.0f, gate = 0.0f;
     for (int i = 0; i < n; i += WK) {
@@ -922,7 +889,7 @@ __device__ __forceinline__ void wave_body(const WaveRows m, int total, float* Y0
             if (i + u >= n) break;
             int k = PAIR && c >= spr ? c - spr : c;
             if ((lane >> 3) + 4 * k < nb) acc += w[u].use(a[u], lane);
-            if (i + u + WK < n) wave_load<S, PAIR>(w[u], ld, m, spr, nb, lane);
+            if (i + u + WK < n) wave_load<S, PAIR>(w[u], ld, m, spr, nb, nw, lane);
             if (PAIR && c == spr - 1) {
                 gate = 0.0f + warp_sum(acc);
                 acc = 0.0f;
@@ -942,7 +909,7 @@ __device__ __forceinline__ void wave_body(const WaveRows m, int total, float* Y0
                 }
                 acc = 0.0f;
                 c = 0;
-                g++;
+                g = WAVE_NEXT(g, nw);
             }
         }
     }
@@ -954,11 +921,6 @@ __device__ __forceinline__ void wave_body(const WaveRows m, int total, float* Y0
                      const float2* Xd) {                                                             \
         WaveRows m = {W0, W1, W2, rb0, rb1, rb2, rows0, rows1};                                      \
         wave_body<TY, false>(m, rows0 + rows1 + rows2, Y0, Y1, Y2, cols, Xq, Xd, 0);                 \
-    }                                                                                                \
-    extern "C" __global__ void __launch_bounds__(256, 2)                                             \
-        mvs1wx_##NAME(const u8* W0, u64 rb0, int rows0, float* Y0, int cols, const float* X) {       \
-        WaveRows m = {W0, W0, W0, rb0, rb0, rb0, rows0, 0};                                          \
-        wave_body<TY, false>(m, rows0, Y0, Y0, Y0, cols, nullptr, nullptr, 0, X);                     \
     }                                                                                                \
     extern "C" __global__ void __launch_bounds__(256, 2)                                             \
         mvp1w_##NAME(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols, const i8* Xq,            \
