@@ -879,21 +879,6 @@ impl CudaRunner {
         let (xq, xd) = self.quantize_x(x, ntok, cols, 0)?;
         let nt = gemv_tile(ntok);
         let parts = gemv_parts();
-        if let Some(grid) = self.wave_grid(kind, ntok, parts) {
-            let args = Args::new()
-                .ptr(wg)
-                .ptr(wu)
-                .u64(rb as u64)
-                .i32(rows as i32)
-                .i32(cols as i32)
-                .ptr(xq)
-                .ptr(xd)
-                .i32(act)
-                .ptr(y);
-            self.gpu
-                .launch(&format!("mvp1w_{kind}"), (grid, 1, 1), (256, 1, 1), 0, args)?;
-            return Ok(true);
-        }
         let args = Args::new()
             .ptr(wg)
             .ptr(wu)
@@ -906,13 +891,14 @@ impl CudaRunner {
             .i32(act)
             .i32(parts as i32)
             .ptr(y);
-        self.gpu.launch(
-            &format!("mvp{nt}_{kind}"),
-            (rows.div_ceil(4 / parts) as u32, ntok.div_ceil(nt) as u32, 1),
-            (256, 1, 1),
-            0,
-            args,
-        )?;
+        let (name, grid) = match self.wave_grid(kind, ntok, parts) {
+            Some(grid) => (format!("mvp1w_{kind}"), (grid, 1, 1)),
+            None => (
+                format!("mvp{nt}_{kind}"),
+                (rows.div_ceil(4 / parts) as u32, ntok.div_ceil(nt) as u32, 1),
+            ),
+        };
+        self.gpu.launch(&name, grid, (256, 1, 1), 0, args)?;
         Ok(true)
     }
 

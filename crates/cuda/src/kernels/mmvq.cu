@@ -914,17 +914,19 @@ __device__ __forceinline__ void wave_body(const WaveRows m, int total, float* Y0
         }
     }
 }
+// The arguments of `mvs`/`mvp` (ntok is 1 and parts 1 here), so the runner builds one
+// list for either kernel.
 #define MV_WAVE(NAME, TY)                                                                            \
     extern "C" __global__ void __launch_bounds__(256, 2)                                             \
         mvs1w_##NAME(const u8* W0, u64 rb0, int rows0, float* Y0, const u8* W1, u64 rb1, int rows1,   \
                      float* Y1, const u8* W2, u64 rb2, int rows2, float* Y2, int cols, const i8* Xq,  \
-                     const float2* Xd) {                                                             \
+                     const float2* Xd, int, int) {                                                   \
         WaveRows m = {W0, W1, W2, rb0, rb1, rb2, rows0, rows1};                                      \
         wave_body<TY, false>(m, rows0 + rows1 + rows2, Y0, Y1, Y2, cols, Xq, Xd, 0);                 \
     }                                                                                                \
     extern "C" __global__ void __launch_bounds__(256, 2)                                             \
         mvp1w_##NAME(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols, const i8* Xq,            \
-                     const float2* Xd, int act, float* Y) {                                          \
+                     const float2* Xd, int, int act, int, float* Y) {                                \
         WaveRows m = {Wg, Wu, Wu, rb, rb, rb, rows, 0};                                              \
         wave_body<TY, true>(m, rows, Y, Y, Y, cols, Xq, Xd, act);                                    \
     }
