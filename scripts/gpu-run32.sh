@@ -28,6 +28,10 @@ v() {
     U) echo "HANGAR_CUDA_DEFINES=ATT_AU4" ;;
   esac
 }
+echo "== (t=$SECONDS) tg128, 8B (tok/s), first pass"
+for x in A R S; do
+  env $(v $x) timeout 30 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 128 -r 3 2>&1 | grep -E "^\| tg|warning" | sed "s/^/8B [$x] /"
+done
 echo "== (t=$SECONDS) device-check, 8B, 64 tokens: every variant must print A's figures"
 for x in A R; do
   env $(v $x) timeout 60 $H device-check -m $W/l8b.gguf --tokens 64 --greedy 8 -t 16 2>&1 | grep -E "^teacher|^gpu prefill|greedy head|warning" | sed "s/^/8B [$x] /"
