@@ -803,18 +803,16 @@ impl CudaRunner {
             args = args.ptr(w).u64(rb as u64).i32(rows as i32).ptr(y);
             total += rows;
         }
-        if let Some(grid) = self.wave_grid(kind, ntok, parts) {
-            let args = args.i32(cols as i32).ptr(xq).ptr(xd);
-            return self
-                .gpu
-                .launch(&format!("mvs1w_{kind}"), (grid, 1, 1), (256, 1, 1), 0, args);
-        }
         let args = args
             .i32(cols as i32)
             .ptr(xq)
             .ptr(xd)
             .i32(ntok as i32)
             .i32(parts as i32);
+        if let Some(grid) = self.wave_grid(kind, ntok, parts) {
+            let name = format!("mvs1w_{kind}");
+            return self.gpu.launch(&name, (grid, 1, 1), (256, 1, 1), 0, args);
+        }
         self.gpu.launch(
             &format!("mvs{nt}_{kind}"),
             (
