@@ -425,8 +425,8 @@ pub type WaveReplay = (Vec<(WaveStep, WaveStep, usize)>, Vec<(usize, bool)>);
 /// successor `next` rows on, replayed: the ring of `wk` weight slots
 /// (loaded `wk` steps ahead through the load cursor), each group's activation steps
 /// computed from the consume cursor, and the row ends. Returns, in order, every used
-/// step as (weights held, activation step k) and every row end as (row, gate sum
-/// taken). The kernel is right when the weights held are the consumed position's and
+/// step as (weights held, position, activation step k) and every row end as (row,
+/// gate sum taken). The kernel is right when the weights held are the consumed position's and
 /// the activations its k.
 pub fn wave_schedule(
     first: usize,
@@ -1450,6 +1450,7 @@ mod tests {
             }
         }
     }
+
     #[test]
     fn the_wave_gemv_schedule_uses_each_step_once_with_its_own_weights() {
         // Row widths of 1 024 to 14 336 (4 to 56 blocks, including rows whose last

@@ -22,21 +22,31 @@
 #else
 #define ATT_AU 8
 #endif
-// The words (two f16 a lane per 64-wide stride, so a row is one coalesced read) of
-// the head at `hoff` of the cache c, for positions j0, j0 + ATT_WARPS, ... of the
-// group (clamped to j1 - 1; the caller skips those past it). Position `own` is not
-// read (attention_rope: another block writes it in the same launch).
-__device__ __forceinline__ void kv_group(u32 (&wv)[ATT_AU][ATT_MAX_PAIRS], const u16* c, const u32* table,
-                                         int bs, int kvd, u64 hoff, int lo, int j0, int j1, int own,
-                                         int lane, int pairs) {
+// f(j, words) for a warp's positions j = j0, j0 + ATT_WARPS, ... below j1, in order,
+// with the words (two f16 a lane per 64-wide stride, so a row is one coalesced read)
+// of the head at `hoff` of the cache c fetched a group at a time: the group's
+// positions are clamped to j1 - 1 for the loads and skipped past it. Position `own`
+// is not read (attention_rope: another block writes it in the same launch).
+template <class F>
+__device__ __forceinline__ void each_kv(const u16* c, const u32* table, int bs, int kvd, u64 hoff, int lo,
+                                        int j0, int j1, int own, int lane, int pairs, F f) {
+    for (int g = j0; g < j1; g += ATT_WARPS * ATT_AU) {
+        u32 wv[ATT_AU][ATT_MAX_PAIRS];
 #pragma unroll
-    for (int u = 0; u < ATT_AU; u++) {
-        int p = lo + min(j0 + u * ATT_WARPS, j1 - 1);
-        const u32* r = (const u32*)(c + ((u64)table[p / bs] * bs + p % bs) * kvd + hoff);
+        for (int u = 0; u < ATT_AU; u++) {
+            int p = lo + min(g + u * ATT_WARPS, j1 - 1);
+            const u32* r = (const u32*)(c + ((u64)table[p / bs] * bs + p % bs) * kvd + hoff);
 #pragma unroll
-        for (int i = 0; i < ATT_MAX_PAIRS; i++) {
-            int d2 = lane + 32 * i;
-            wv[u][i] = d2 < pairs && p != own ? r[d2] : 0u;
+            for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+                int d2 = lane + 32 * i;
+                wv[u][i] = d2 < pairs && p != own ? r[d2] : 0u;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < ATT_AU; u++) {
+            int j = g + u * ATT_WARPS;
+            if (j >= j1) break;
+            f(j, wv[u]);
         }
     }
 }
@@ -132,29 +142,23 @@ __device__ __forceinline__ void attention_body(
     float* sc = sm_scores ? sm + (1 + ATT_WARPS) * hd : scratch + ((u64)t * nheads + h) * max_n;
     float m = -3.0e38f;
     const u64 hoff = (u64)kh * hd;
-    for (int j0 = w; j0 < n; j0 += ATT_WARPS * ATT_AU) {
-        u32 kw[ATT_AU][ATT_MAX_PAIRS];
-        kv_group(kw, kc, table, bs, kvd, hoff, lo, j0, n, ROPE ? pos : -1, lane, pairs);
+    each_kv(kc, table, bs, kvd, hoff, lo, w, n, ROPE ? pos : -1, lane, pairs,
+            [&](int j, const u32(&kw)[ATT_MAX_PAIRS]) {
+                float s = 0.0f;
+                if (ROPE && lo + j == pos) {
+                    // The token's own K, from shared memory (its f16 values as floats).
 #pragma unroll
-        for (int u = 0; u < ATT_AU; u++) {
-            int j = j0 + u * ATT_WARPS;
-            if (j >= n) break;
-            float s = 0.0f;
-            if (ROPE && lo + j == pos) {
-                // The token's own K, from shared memory (its f16 values as floats).
-#pragma unroll
-                for (int i = 0; i < ATT_MAX_PAIRS; i++) {
-                    int d2 = lane + 32 * i;
-                    if (d2 < pairs) s += qs[2 * d2] * ks[2 * d2] + qs[2 * d2 + 1] * ks[2 * d2 + 1];
+                    for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+                        int d2 = lane + 32 * i;
+                        if (d2 < pairs) s += qs[2 * d2] * ks[2 * d2] + qs[2 * d2 + 1] * ks[2 * d2 + 1];
+                    }
+                } else {
+                    s = dot_k_words(qs, kw, lane, pairs);
                 }
-            } else {
-                s = dot_k_words(qs, kw[u], lane, pairs);
-            }
-            s = warp_sum(s) * scale;
-            if (lane == 0) sc[j] = s;
-            m = fmaxf(m, s);
-        }
-    }
+                s = warp_sum(s) * scale;
+                if (lane == 0) sc[j] = s;
+                m = fmaxf(m, s);
+            });
     m = block_max(m, red);
     __syncthreads();
     float sum = 0.0f;
@@ -170,30 +174,24 @@ __device__ __forceinline__ void attention_body(
     float acc[ATT_MAX_PAIRS][2];
 #pragma unroll
     for (int i = 0; i < ATT_MAX_PAIRS; i++) acc[i][0] = acc[i][1] = 0.0f;
-    for (int j0 = w; j0 < n; j0 += ATT_WARPS * ATT_AU) {
-        u32 vw[ATT_AU][ATT_MAX_PAIRS];
-        kv_group(vw, vc, table, bs, kvd, hoff, lo, j0, n, ROPE ? pos : -1, lane, pairs);
+    each_kv(vc, table, bs, kvd, hoff, lo, w, n, ROPE ? pos : -1, lane, pairs,
+            [&](int j, const u32(&vw)[ATT_MAX_PAIRS]) {
+                float pj = sc[j];
+                if (ROPE && lo + j == pos) {
+                    // The token's own V, rounded to f16 as the cache holds it.
+                    const float* vn = ri.v + (u64)t * kvd + hoff;
 #pragma unroll
-        for (int u = 0; u < ATT_AU; u++) {
-            int j = j0 + u * ATT_WARPS;
-            if (j >= n) break;
-            float pj = sc[j];
-            if (ROPE && lo + j == pos) {
-                // The token's own V, rounded to f16 as the cache holds it.
-                const float* vn = ri.v + (u64)t * kvd + hoff;
-#pragma unroll
-                for (int i = 0; i < ATT_MAX_PAIRS; i++) {
-                    int d2 = lane + 32 * i;
-                    if (d2 < pairs) {
-                        acc[i][0] += pj * round_h(vn[2 * d2]);
-                        acc[i][1] += pj * round_h(vn[2 * d2 + 1]);
+                    for (int i = 0; i < ATT_MAX_PAIRS; i++) {
+                        int d2 = lane + 32 * i;
+                        if (d2 < pairs) {
+                            acc[i][0] += pj * round_h(vn[2 * d2]);
+                            acc[i][1] += pj * round_h(vn[2 * d2 + 1]);
+                        }
                     }
+                } else {
+                    acc_v_words(acc, vw, pj, lane, pairs);
                 }
-            } else {
-                acc_v_words(acc, vw[u], pj, lane, pairs);
-            }
-        }
-    }
+            });
     // ks (the start of part) was read above for the last time.
     if (ROPE) __syncthreads();
 #pragma unroll
@@ -270,18 +268,12 @@ extern "C" __global__ void __launch_bounds__(256) att_split_scores(
     __syncthreads();
     float* sc = scratch + ((u64)t * nheads + h) * max_n;
     float m = -3.0e38f;
-    for (int g = j0 + w; g < j1; g += ATT_WARPS * ATT_AU) {
-        u32 kw[ATT_AU][ATT_MAX_PAIRS];
-        kv_group(kw, kc, table, bs, kvd, (u64)kh * hd, lo, g, j1, -1, lane, pairs);
-#pragma unroll
-        for (int u = 0; u < ATT_AU; u++) {
-            int j = g + u * ATT_WARPS;
-            if (j >= j1) break;
-            float sv = warp_sum(dot_k_words(qs, kw[u], lane, pairs)) * scale;
-            if (lane == 0) sc[j] = sv;
-            m = fmaxf(m, sv);
-        }
-    }
+    each_kv(kc, table, bs, kvd, (u64)kh * hd, lo, j0 + w, j1, -1, lane, pairs,
+            [&](int j, const u32(&kw)[ATT_MAX_PAIRS]) {
+                float sv = warp_sum(dot_k_words(qs, kw, lane, pairs)) * scale;
+                if (lane == 0) sc[j] = sv;
+                m = fmaxf(m, sv);
+            });
     m = block_max(m, red);
     __syncthreads();
     float l = 0.0f;
@@ -325,16 +317,10 @@ extern "C" __global__ void __launch_bounds__(256) att_split_pv(
     float acc[ATT_MAX_PAIRS][2];
 #pragma unroll
     for (int i = 0; i < ATT_MAX_PAIRS; i++) acc[i][0] = acc[i][1] = 0.0f;
-    for (int g = j0 + w; g < j1; g += ATT_WARPS * ATT_AU) {
-        u32 vw[ATT_AU][ATT_MAX_PAIRS];
-        kv_group(vw, vc, table, bs, kvd, (u64)kh * hd, lo, g, j1, -1, lane, pairs);
-#pragma unroll
-        for (int u = 0; u < ATT_AU; u++) {
-            int j = g + u * ATT_WARPS;
-            if (j >= j1) break;
-            acc_v_words(acc, vw[u], round_h(expf(sc[j] - M) * inv), lane, pairs);
-        }
-    }
+    each_kv(vc, table, bs, kvd, (u64)kh * hd, lo, j0 + w, j1, -1, lane, pairs,
+            [&](int j, const u32(&vw)[ATT_MAX_PAIRS]) {
+                acc_v_words(acc, vw, round_h(expf(sc[j] - M) * inv), lane, pairs);
+            });
 #pragma unroll
     for (int i = 0; i < ATT_MAX_PAIRS; i++) {
         int d2 = lane + 32 * i;

@@ -828,6 +828,8 @@ struct WaveRows {
         if (g < rows1) return W1 + (u64)g * rb1;
         return W2 + (u64)(g - rows1) * rb2;
     }
+    // Up row g (mvp).
+    __device__ __forceinline__ const u8* up(int g) const { return W1 + (u64)g * rb0; }
 };
 // A position in a warp's run of steps: global row g, step c of the row (c < spr: the
 // gate or only matrix, else the up matrix), and the row's weight pointers.
@@ -850,7 +852,7 @@ __device__ __forceinline__ void wave_load(S& w, WaveCursor& at, const WaveRows& 
         at.c = 0;
         at.g = WAVE_NEXT(at.g, nw);
         at.p = m.row(at.g, PAIR);
-        if (PAIR) at.q = m.W1 + (u64)at.g * m.rb0;
+        if (PAIR) at.q = m.up(at.g);
     }
 }
 template <int TY, bool PAIR>
@@ -867,7 +869,7 @@ __device__ __forceinline__ void wave_body(const WaveRows m, int total, float* Y0
 #endif
     const int nb = cols >> 8, spr = (nb + 3) >> 2, cpr = PAIR ? 2 * spr : spr;
     const int n = nr * cpr; // this warp's steps (warp-uniform)
-    WaveCursor ld = {g0, 0, m.row(g0, PAIR), m.W1 + (u64)g0 * m.rb0};
+    WaveCursor ld = {g0, 0, m.row(g0, PAIR), m.up(g0)};
     S w[WK];
 #pragma unroll
     for (int u = 0; u < WK; u++)
