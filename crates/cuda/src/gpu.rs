@@ -296,6 +296,9 @@ pub(crate) struct Gpu {
     pub info: DeviceInfo,
     pub arch: String,
     funcs: HashMap<String, sys::CUfunction>,
+    /// Each loaded kernel's parameter count (where the driver reports it, 12.4+): a
+    /// launch with another count is refused instead of reading garbage arguments.
+    params: HashMap<usize, usize>,
     modules: Vec<sys::CUmodule>,
     /// Every launch goes to this stream (blocking: it orders with the synchronous
     /// copies on the legacy stream).
@@ -340,6 +343,7 @@ impl Gpu {
             info,
             arch,
             funcs: HashMap::new(),
+            params: HashMap::new(),
             modules: Vec::new(),
             blas: None,
             stream,
@@ -386,6 +390,9 @@ impl Gpu {
             // SAFETY: `m` is a loaded module.
             if let Ok(f) = unsafe { result::module::get_function(m, cname.clone()) } {
                 self.funcs.insert(name.to_string(), f);
+                if let Some(n) = self.param_count(f) {
+                    self.params.insert(f as usize, n);
+                }
                 return Ok(f);
             }
         }
@@ -393,6 +400,29 @@ impl Gpu {
             call: format!("cuModuleGetFunction({name})"),
             msg: "no such kernel in the loaded units".into(),
         })
+    }
+
+    /// How many parameters kernel `f` takes, from cuFuncGetParamInfo (drivers of CUDA
+    /// 12.4 and later); `None` where the driver cannot say or a parameter is wider
+    /// than the 8-byte slots of [`Args`].
+    fn param_count(&self, f: sys::CUfunction) -> Option<usize> {
+        if self.info.driver_version < 12040 {
+            return None;
+        }
+        let mut n = 0;
+        while n < 256 {
+            let (mut offset, mut size) = (0usize, 0usize);
+            // SAFETY: `f` is a function handle of a loaded module; the outputs are locals.
+            let r = unsafe { sys::cuFuncGetParamInfo(f, n, &mut offset, &mut size) };
+            if r != sys::CUresult::CUDA_SUCCESS {
+                break;
+            }
+            if size > 8 {
+                return None;
+            }
+            n += 1;
+        }
+        Some(n)
     }
 
     /// Launches `name` on the stream (or records it, see [`Gpu::record`]).
@@ -419,6 +449,14 @@ impl Gpu {
         args: Args,
     ) -> Result<(), CudaError> {
         let f = self.func(name)?;
+        if let Some(&n) = self.params.get(&(f as usize)) {
+            if n != args.0.len() {
+                return Err(CudaError::BadLaunch(format!(
+                    "kernel {name} takes {n} arguments but the launch passes {}",
+                    args.0.len()
+                )));
+            }
+        }
         let l = Launch {
             func: f as usize,
             grid,

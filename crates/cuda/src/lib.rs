@@ -113,6 +113,9 @@ pub enum CudaError {
     Unsupported(String),
     #[error("invalid batch: {0}")]
     BadBatch(String),
+    /// A launch whose argument list does not match the kernel (a bug in Hangar).
+    #[error("launch refused: {0}; this is a bug in Hangar, please report it")]
+    BadLaunch(String),
 }
 
 impl CudaError {

@@ -377,6 +377,49 @@ pub fn quantize_cpu(x: &[f32], blk: usize) -> (Vec<i8>, Vec<[f32; 2]>) {
     (q, ds)
 }
 
+/// Partial sums of squares a lane preloads (`SSK` in kernels/mmvq.cu).
+pub const SSK: usize = 4;
+
+/// The deferred-norm epilogue of the output / down GEMVs (kernels/mmvq.cu
+/// `group_epilogue`) on one row `x` of the residual stream: `x * w` quantized as
+/// [`quantize_q8_1`] does, and each 32-block's sum of squares of `x` (the warp's
+/// butterfly).
+pub fn deferred_norm_q8(x: &[f32], w: &[f32]) -> (Vec<i8>, Vec<[f32; 2]>, Vec<f32>) {
+    let xw: Vec<f32> = x.iter().zip(w).map(|(&a, &b)| a * b).collect();
+    let (q, ds) = quantize_q8_1(&xw);
+    let ss = x
+        .chunks(32)
+        .map(|blk| {
+            let mut lanes = [0f32; 32];
+            for (l, &v) in lanes.iter_mut().zip(blk) {
+                *l = v * v;
+            }
+            butterfly(lanes)
+        })
+        .collect();
+    (q, ds, ss)
+}
+
+/// The scale a GEMV reading a deferred-norm input applies to its sums (`ss_scale`):
+/// `1 / sqrt(sum(ss) / n + eps)`, lane `l` adding `ss[l]`, `ss[l + 32]`, ... in order
+/// (its first [`SSK`] preloaded, zeros past the end), then the warp's butterfly.
+pub fn deferred_scale(ss: &[f32], n: usize, eps: f32) -> f32 {
+    let mut lanes = [0f32; 32];
+    for (l, lane) in lanes.iter_mut().enumerate() {
+        let mut s = 0f32;
+        for k in 0..SSK {
+            s += ss.get(l + 32 * k).copied().unwrap_or(0.0);
+        }
+        let mut i = l + 32 * SSK;
+        while i < ss.len() {
+            s += ss[i];
+            i += 32;
+        }
+        *lane = s;
+    }
+    1.0 / (butterfly(lanes) / n as f32 + eps).sqrt()
+}
+
 fn dot_i8(w: &[i32], x: &[i8]) -> i32 {
     w.iter().zip(x).map(|(&a, &b)| a * b as i32).sum()
 }
@@ -1372,6 +1415,50 @@ mod tests {
             }
         }
         assert!(gemvq_row(GgmlType::F16, &[0; 64], &[0; 32], &[[0.0; 2]]).is_none());
+    }
+
+    /// The deferred norm (the residual GEMV quantizes x * w, the next GEMV scales its
+    /// sums by 1 / rms(x)) against the CPU's rms_norm, then quantization, then the
+    /// GEMV: the same outputs within the int8 rounding, for widths whose sums of
+    /// squares fit the preloaded lanes and for wider ones.
+    #[test]
+    fn deferred_norm_matches_the_norm_then_the_gemv() {
+        use hangar_kernels::ops::rms_norm;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(29);
+        for cols in [640, 1152, 4096, 8192] {
+            let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-6.0f32..6.0)).collect();
+            let w: Vec<f32> = (0..cols).map(|_| rng.gen_range(0.2f32..1.8)).collect();
+            let eps = 1e-5;
+            let mut h = vec![0f32; cols];
+            rms_norm(&x, &w, eps, &mut h);
+            let (hq, hd) = quantize_q8_1(&h);
+            let (q, ds, ss) = deferred_norm_q8(&x, &w);
+            assert_eq!(ss.len(), cols / 32);
+            // The scale: the row's rms, however the lanes split the groups.
+            let sum_sq: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
+            let want = 1.0 / ((sum_sq / cols as f64) as f32 + eps).sqrt();
+            let sc = deferred_scale(&ss, cols, eps);
+            assert!((sc - want).abs() <= 1e-5 * want, "{cols}: {sc} vs {want}");
+            // The int8 values are those of the normed row but for ties at rounding.
+            let off = q.iter().zip(&hq).filter(|(a, b)| a != b).count();
+            assert!(q.iter().zip(&hq).all(|(&a, &b)| (a as i32 - b as i32).abs() <= 1));
+            assert!(off * 100 <= cols, "{cols}: {off} int8 values moved");
+            // (K-quant rows are whole 256-blocks.)
+            for ty in [GgmlType::Q4K, GgmlType::Q6K].into_iter().filter(|_| cols % 256 == 0) {
+                let (bytes, wr) = random_row(ty, cols, cols as u64);
+                let classic = gemvq_row(ty, &bytes, &hq, &hd).expect("int8 kernel");
+                let deferred = gemvq_row(ty, &bytes, &q, &ds).expect("int8 kernel") * sc;
+                let norm: f32 = wr.iter().zip(&h).map(|(a, b)| (a * b).abs()).sum();
+                assert!(
+                    (classic - deferred).abs() <= 1e-2 * norm,
+                    "{ty:?} {cols}: {deferred} vs {classic}"
+                );
+            }
+        }
+        // A row of zeros: scale 1 / sqrt(eps), every value 0.
+        let (q, ds, ss) = deferred_norm_q8(&[0.0; 64], &[1.0; 64]);
+        assert!(q.iter().all(|&v| v == 0) && ds.iter().all(|d| d[0] == 0.0));
+        assert_eq!(deferred_scale(&ss, 64, 1e-6), 1.0 / 1e-6f32.sqrt());
     }
 
     #[test]

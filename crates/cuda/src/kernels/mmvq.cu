@@ -466,6 +466,100 @@ __device__ __forceinline__ void dot_32(const u8* __restrict__ row, int cols, con
 }
 
 
+// Deferred RMSNorm and fused quantization (decode steps of models without
+// post-norms). rmsnorm(x) * w = (x * w) / rms(x), and a row's int8 blocks do not
+// depend on its scale: so the GEMV that writes the residual stream x (output or
+// down projection) quantizes x * w itself, in its epilogue, with each 32-block's
+// sum of squares of x beside it, and the next GEMV (Q, K, V or gate and up)
+// multiplies its sums by 1 / rms(x), which it adds up from those 128 (d / 32) sums
+// while its weights stream in. The add_norm launch between them, a grid-wide
+// dependency of its own, disappears. The gate/up GEMV quantizes its output for the
+// down projection the same way (no norm), so quantize_q8_1's launch goes too.
+//
+// A 32-row group's values come from 32 / rows-a-block blocks: each block writes its
+// rows, fences, and counts itself in on the group's counter; the last one in reads
+// the group back from L2 and quantizes it (q8_1_lane, as quantize_q8_1 and
+// add_norm_q8 do), then resets the counter for the next launch. The sum of a row's
+// squares is added in one fixed order whatever the batch (each lane's SSK partial
+// sums in order, then the warp's butterfly), so a token's scale, and so its
+// outputs, do not change with the batch it runs in. Twin: twin::deferred_norm_q8.
+#define SSK 4
+// A lane's share of the per-32 sums of squares of one token row (ng of them).
+__device__ __forceinline__ void ss_load(float (&v)[SSK], const float* Xs, int ng, int lane) {
+#pragma unroll
+    for (int k = 0; k < SSK; k++) {
+        int i = lane + 32 * k;
+        v[k] = i < ng ? Xs[i] : 0.0f;
+    }
+}
+// 1 / rms of the row of n values whose sums of squares are Xs[0..ng] (v: ss_load's).
+__device__ __forceinline__ float ss_scale(const float (&v)[SSK], const float* Xs, int ng, int n, float eps,
+                                          int lane) {
+    float s = 0.0f;
+#pragma unroll
+    for (int k = 0; k < SSK; k++) s += v[k];
+    for (int i = lane + 32 * SSK; i < ng; i += 32) s += Xs[i];
+    s = warp_sum(s);
+    return 1.0f / sqrtf(s / (float)n + eps);
+}
+// The output scale of lane (j * NT + t) of warp 0, token t0 + t: 1 / rms of that
+// token's input row (v preloaded for NT == 1), or 1 without Xs.
+template <int NT>
+__device__ __forceinline__ float out_scale(const float (&v)[SSK], const float* Xs, int cols, float eps, int t0,
+                                           int ntok, int lane) {
+    if (!Xs) return 1.0f;
+    const int ng = cols >> 5;
+    if (NT == 1) return ss_scale(v, Xs + (u64)t0 * ng, ng, cols, eps, lane);
+    float sc = 1.0f;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        if (t0 + t < ntok) {
+            float u[SSK];
+            ss_load(u, Xs + (u64)(t0 + t) * ng, ng, lane);
+            float s = ss_scale(u, Xs + (u64)(t0 + t) * ng, ng, cols, eps, lane);
+            if (lane % NT == t) sc = s;
+        }
+    }
+    return sc;
+}
+// The epilogue's buffers: src (rows values a token, written by this launch), the
+// norm weights nw (null: none), the group counters (one per token tile and group,
+// zero between launches), and the outputs: int8 values Oq and (d, d sum q) Od in the
+// q8_1 layout, and per group the sum of squares of src, Os (null: not wanted).
+// Every thread of the block calls it, after its own writes of src.
+template <int NT>
+__device__ __forceinline__ void group_epilogue(const float* src, int rows, const float* nw, int* cnt, i8* Oq,
+                                               float2* Od, float* Os, int t0, int ntok, int rpb) {
+    __shared__ int last;
+    const int grp = (int)(blockIdx.x * rpb) >> 5, ng = rows >> 5;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int* c = cnt + (u64)blockIdx.y * ng + grp;
+        last = atomicAdd(c, 1) == 32 / rpb - 1;
+        if (last) *c = 0; // every block of the group is in: ready for the next launch
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const int lane = threadIdx.x & 31, r = grp * 32 + lane;
+    const float w = nw ? nw[r] : 1.0f;
+    for (int t = threadIdx.x >> 5; t < NT && t0 + t < ntok; t += blockDim.x >> 5) {
+        const u64 i = (u64)(t0 + t) * rows + r;
+        const float x = __ldcg(src + i); // written by other blocks: from L2, not L1
+        q8_1_lane(x * w, i, Oq, Od);
+        if (Os) {
+            float s = warp_sum(x * x);
+            if (lane == 0) Os[(u64)(t0 + t) * ng + grp] = s;
+        }
+    }
+}
+// The extra parameters of every `mvs`/`mvp` kernel: the input's sums of squares Xs
+// (null: the input is already normed) and eps, then the epilogue: the residual R
+// (R += y instead of Y = y), nw, cnt, Oq, Od, Os as group_epilogue (Oq null: none).
+#define EPI_PARAMS const float *Xs, float eps, float *R, const float *nw, int *cnt, i8 *Oq, float2 *Od, float *Os
+#define EPI_ARGS Xs, eps, R, nw, cnt, Oq, Od, Os
+
 // Batch-1 rows with every load issued before its use (Q4_K and Q6_K, the types of
 // Q4_K_M files). In dot_k4 / dot_q6k each step's weight loads wait behind the
 // previous step's exit test, so a warp has one step (576 bytes) in flight and a row is
@@ -639,7 +733,8 @@ struct HoistStep<TY_Q6_K> {
 template <int TY>
 __device__ __forceinline__ float hoisted_row(const u8* __restrict__ row, u64 rb, bool valid, int cols,
                                              const i8* __restrict__ Xq, const float2* __restrict__ Xd,
-                                             int t0, int ntok, int lane, int part, int parts) {
+                                             int t0, int ntok, int lane, int part, int parts,
+                                             const float* Xs, float (&ssv)[SSK]) {
     typedef typename HoistStep<TY>::T S;
     S w[HK];
     int nb = cols >> 8, b0 = (lane >> 3) + 4 * part;
@@ -649,6 +744,7 @@ __device__ __forceinline__ float hoisted_row(const u8* __restrict__ row, u64 rb,
         if (nb > HK * 4 * parts) prefetch_row_l2(row, rb, lane, part, parts);
     }
     pdl_entry();
+    if (Xs) ss_load(ssv, Xs + (u64)t0 * (cols >> 5), cols >> 5, lane);
     if (!valid || t0 >= ntok) return 0.0f;
     return hoist_run(w, row, nb, b0, 4 * parts, lane, Xq + (u64)t0 * cols, Xd + (u64)t0 * (cols >> 5));
 }
@@ -703,7 +799,7 @@ template <int TY, int NT>
 __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float* Y0, const u8* W1,
                                          u64 rb1, int rows1, float* Y1, const u8* W2, u64 rb2,
                                          int rows2, float* Y2, int cols, const i8* Xq,
-                                         const float2* Xd, int ntok, int parts) {
+                                         const float2* Xd, int ntok, int parts, EPI_PARAMS) {
     __shared__ float red[4][8];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int rpb = 4 / parts;
@@ -724,11 +820,16 @@ __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    // Warp 0 writes the outputs: it preloads the input's sums of squares (batch 1).
+    float ssv[SSK];
+    const float* xs1 = NT == 1 && warp == 0 ? Xs : nullptr;
     if constexpr (HOISTED(TY, NT)) {
-        acc[0] = hoisted_row<TY>(W + (u64)r * rb, rb, seg < 3, cols, Xq, Xd, t0, ntok, lane, warp % parts, parts);
+        acc[0] = hoisted_row<TY>(W + (u64)r * rb, rb, seg < 3, cols, Xq, Xd, t0, ntok, lane, warp % parts, parts,
+                                 xs1, ssv);
     } else {
         if (seg < 3 && blockIdx.y == 0) prefetch_row_l2(W + (u64)r * rb, rb, lane, warp % parts, parts);
         pdl_entry();
+        if (xs1) ss_load(ssv, xs1 + (u64)t0 * (cols >> 5), cols >> 5, lane);
         if (seg < 3)
             dot_row<TY, NT>(W + (u64)r * rb, cols, Xq, Xd, ntok, t0, lane, warp % parts, parts, acc);
     }
@@ -738,21 +839,29 @@ __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float
         if (lane == 0) red[warp][t] = v;
     }
     __syncthreads();
+    const float sc = warp == 0 ? out_scale<NT>(ssv, Xs, cols, eps, t0, ntok, lane) : 1.0f;
     int j = threadIdx.x / NT, t = threadIdx.x % NT;
-    if (j >= rpb || t0 + t >= ntok) return;
-    int g = blockIdx.x * rpb + j;
-    float* Y;
-    int rows;
-    if (g < rows0) {
-        Y = Y0; rows = rows0;
-    } else if (g - rows0 < rows1) {
-        g -= rows0; Y = Y1; rows = rows1;
-    } else {
-        g -= rows0 + rows1;
-        if (g >= rows2) return;
-        Y = Y2; rows = rows2;
+    if (j < rpb && t0 + t < ntok) {
+        int g = blockIdx.x * rpb + j;
+        float* Y = nullptr;
+        int rows = 0;
+        if (g < rows0) {
+            Y = Y0; rows = rows0;
+        } else if (g - rows0 < rows1) {
+            g -= rows0; Y = Y1; rows = rows1;
+        } else if (g - rows0 - rows1 < rows2) {
+            g -= rows0 + rows1; Y = Y2; rows = rows2;
+        }
+        if (Y) {
+            // (Times 1 without Xs: the same bits as before.)
+            float v = sum_parts<NT>(red, j, t, parts) * sc;
+            u64 o = (u64)(t0 + t) * rows + g;
+            if (R) R[o] += v;
+            else Y[o] = v;
+        }
     }
-    Y[(u64)(t0 + t) * rows + g] = sum_parts<NT>(red, j, t, parts);
+    // (An epilogue launch has one matrix: rows0 rows.)
+    if (Oq) group_epilogue<NT>(R ? R : Y0, rows0, nw, cnt, Oq, Od, Os, t0, ntok, rpb);
 }
 
 // `mvp`: gate and up of the same rows (eight warps: 0-3 on gate rows, 4-7 on the up
@@ -761,7 +870,7 @@ __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float
 template <int TY, int NT>
 __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols,
                                          const i8* Xq, const float2* Xd, int ntok, int act,
-                                         int parts, float* Y) {
+                                         int parts, float* Y, EPI_PARAMS) {
     __shared__ float red[8][8];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int half = warp >> 2, w4 = warp & 3;
@@ -771,13 +880,16 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    float ssv[SSK];
+    const float* xs1 = NT == 1 && warp == 0 ? Xs : nullptr;
     if constexpr (MVP_HOISTED(TY, NT)) {
         acc[0] = hoisted_row<TY>((half ? Wu : Wg) + (u64)r * rb, rb, r < rows, cols, Xq, Xd, t0, ntok, lane,
-                                 w4 % parts, parts);
+                                 w4 % parts, parts, xs1, ssv);
     } else {
         if (r < rows && blockIdx.y == 0)
             prefetch_row_l2((half ? Wu : Wg) + (u64)r * rb, rb, lane, w4 % parts, parts);
         pdl_entry();
+        if (xs1) ss_load(ssv, xs1 + (u64)t0 * (cols >> 5), cols >> 5, lane);
         if (r < rows)
             dot_row<TY, NT>((half ? Wu : Wg) + (u64)r * rb, cols, Xq, Xd, ntok, t0, lane, w4 % parts, parts, acc);
     }
@@ -787,12 +899,15 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
         if (lane == 0) red[warp][t] = v;
     }
     __syncthreads();
+    const float sc = warp == 0 ? out_scale<NT>(ssv, Xs, cols, eps, t0, ntok, lane) : 1.0f;
     int j = threadIdx.x / NT, t = threadIdx.x % NT;
     int g = blockIdx.x * rpb + j;
-    if (j >= rpb || t0 + t >= ntok || g >= rows) return;
-    float gv = sum_parts<NT>(red, j, t, parts);
-    float uv = sum_parts<NT>(red + 4, j, t, parts);
-    Y[(u64)(t0 + t) * rows + g] = act == 2 ? gelu_times(gv, uv) : silu_times(gv, uv);
+    if (j < rpb && t0 + t < ntok && g < rows) {
+        float gv = sum_parts<NT>(red, j, t, parts) * sc;
+        float uv = sum_parts<NT>(red + 4, j, t, parts) * sc;
+        Y[(u64)(t0 + t) * rows + g] = act == 2 ? gelu_times(gv, uv) : silu_times(gv, uv);
+    }
+    if (Oq) group_epilogue<NT>(Y, rows, nullptr, cnt, Oq, Od, Os, t0, ntok, rpb);
 }
 
 // One-wave batch-1 GEMVs (`mvs1w`/`mvp1w`, Q4_K and Q6_K): a grid of as many blocks as
@@ -916,19 +1031,19 @@ __device__ __forceinline__ void wave_body(const WaveRows m, int total, float* Y0
         }
     }
 }
-// The arguments of `mvs`/`mvp` (ntok is 1 and parts 1 here), so the runner builds one
-// list for either kernel.
+// The arguments of `mvs`/`mvp` (ntok is 1 and parts 1 here; the runner sends them no
+// epilogue and no input sums of squares), so the runner builds one list for either kernel.
 #define MV_WAVE(NAME, TY)                                                                            \
     extern "C" __global__ void __launch_bounds__(256, 2)                                             \
         mvs1w_##NAME(const u8* W0, u64 rb0, int rows0, float* Y0, const u8* W1, u64 rb1, int rows1,   \
                      float* Y1, const u8* W2, u64 rb2, int rows2, float* Y2, int cols, const i8* Xq,  \
-                     const float2* Xd, int, int) {                                                   \
+                     const float2* Xd, int, int, EPI_PARAMS) {                                       \
         WaveRows m = {W0, W1, W2, rb0, rb1, rb2, rows0, rows1};                                      \
         wave_body<TY, false>(m, rows0 + rows1 + rows2, Y0, Y1, Y2, cols, Xq, Xd, 0);                 \
     }                                                                                                \
     extern "C" __global__ void __launch_bounds__(256, 2)                                             \
         mvp1w_##NAME(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols, const i8* Xq,            \
-                     const float2* Xd, int, int act, int, float* Y) {                                \
+                     const float2* Xd, int, int act, int, float* Y, EPI_PARAMS) {                    \
         WaveRows m = {Wg, Wu, Wu, rb, rb, rb, rows, 0};                                              \
         wave_body<TY, true>(m, rows, Y, Y, Y, cols, Xq, Xd, act);                                    \
     }
@@ -944,14 +1059,15 @@ MV_WAVE(q6_k, TY_Q6_K)
     extern "C" __global__ void __launch_bounds__(128)                                              \
         mvs##NT##_##NAME(const u8* W0, u64 rb0, int rows0, float* Y0, const u8* W1, u64 rb1,        \
                          int rows1, float* Y1, const u8* W2, u64 rb2, int rows2, float* Y2,        \
-                         int cols, const i8* Xq, const float2* Xd, int ntok, int parts) {          \
+                         int cols, const i8* Xq, const float2* Xd, int ntok, int parts,            \
+                         EPI_PARAMS) {                                                             \
         mvs_body<TY, NT>(W0, rb0, rows0, Y0, W1, rb1, rows1, Y1, W2, rb2, rows2, Y2, cols, Xq, Xd, \
-                         ntok, parts);                                                             \
+                         ntok, parts, EPI_ARGS);                                                   \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(256)                                              \
         mvp##NT##_##NAME(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols, const i8* Xq,      \
-                         const float2* Xd, int ntok, int act, int parts, float* Y) {               \
-        mvp_body<TY, NT>(Wg, Wu, rb, rows, cols, Xq, Xd, ntok, act, parts, Y);                     \
+                         const float2* Xd, int ntok, int act, int parts, float* Y, EPI_PARAMS) {   \
+        mvp_body<TY, NT>(Wg, Wu, rb, rows, cols, Xq, Xd, ntok, act, parts, Y, EPI_ARGS);           \
     }
 #define MMVQ_ALL(NT)             \
     MMVQ(q4_k, TY_Q4_K, NT)      \

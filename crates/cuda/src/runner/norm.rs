@@ -40,7 +40,12 @@ impl CudaRunner {
         let xd = self.bufs.xd.get(&self.gpu, rows * n / 32 * 8)?;
         let cl = if self.norm_cluster { cluster_for(n) } else { 0 };
         self.launch_add_norm(cl, (x, o, post, w, h), rows, xq, xd)?;
-        self.q8_of = Some((h, rows, n, 0));
+        self.q8_of = Some(super::Q8Of {
+            key: (h, rows, n, 0),
+            q: xq,
+            d: xd,
+            ss: 0,
+        });
         self.xf_of = None;
         Ok(())
     }
