@@ -9,11 +9,11 @@
 //! (f16 K/V/Q, f16 attention probabilities, ggml's GELU table); the decode GEMVs of
 //! the quantized types take int8 activations (32-wide blocks), prefill f16 (cuBLAS).
 
-mod epilogue;
+mod deferred;
 mod norm;
 mod sampling;
 
-use epilogue::{Epi, Q8Of};
+use deferred::Q8Of;
 use crate::gpu::{Args, DevBuf, Gpu, Scratch};
 use crate::head::HEAD_MAX_VOCAB;
 use crate::offload::{plan_layers, CpuLayers, GpuOptions, SCRATCH_RESERVE};
@@ -140,14 +140,9 @@ struct Buffers {
     /// The int8 activations of the decode GEMVs: values and per-32 (d, d * sum q).
     xq: Scratch,
     xd: Scratch,
-    /// The second pair, for GEMV epilogues that quantize the next input while their
-    /// own is read (runner/epilogue.rs), and each pair's per-32 sums of squares.
-    yq: Scratch,
-    yd: Scratch,
-    ss_a: Scratch,
-    ss_b: Scratch,
-    /// The epilogues' group counters (zero between launches).
-    cnt: Option<DevBuf>,
+    /// Per 32 values of `xq`, the sum of squares of the un-normed row when its norm
+    /// is deferred (runner/deferred.rs).
+    ss: Scratch,
     /// Those int8 activations back as floats, for the f32 GEMVs and cuBLAS.
     xf: Scratch,
     /// The device greedy head: picks (id, value bits), skip-list offsets, ids and the
@@ -256,8 +251,6 @@ pub struct CudaRunner {
     device: String,
     /// The input whose int8 activations `bufs.xf` holds as floats (same key).
     xf_of: Option<Q8Key>,
-    /// The int8 copy a gate/up launch wrote of its output (`fused_gate_up`).
-    y_q8: Option<Q8Of>,
     act: ActRounding,
     /// The first layer on the GPU; the ones before it run on the CPU (`cpu`).
     first: usize,
@@ -268,13 +261,9 @@ pub struct CudaRunner {
     /// add + norm + quantization in one, RoPE + KV store in one), on unless
     /// `HANGAR_CUDA_FUSE=0`.
     fuse: bool,
-    /// Decode steps of models without post-norms: the output and down projections
-    /// quantize the next norm's input themselves and the next GEMVs apply the norm
-    /// (runner/epilogue.rs), unless `HANGAR_CUDA_DEFER_NORM=0`.
+    /// Decode steps of models without post-norms defer each norm to the GEMVs that
+    /// read it (runner/deferred.rs), unless `HANGAR_CUDA_DEFER_NORM=0`.
     defer_norm: bool,
-    /// The gate/up GEMV quantizes its output for the down projection, unless
-    /// `HANGAR_CUDA_ACT_Q8=0`.
-    act_q8: bool,
     /// Decode steps of one token a sequence fold RoPE and the K/V store into the
     /// attention kernel (`attention_rope`), on unless `HANGAR_CUDA_ATT_ROPE=0`.
     att_rope: bool,
@@ -538,7 +527,6 @@ impl CudaRunner {
                 _ => GemvChoice::Int8,
             },
             q8_of: None,
-            y_q8: None,
             xf_of: None,
             device,
             first,
@@ -550,7 +538,6 @@ impl CudaRunner {
             split: std::env::var("HANGAR_CUDA_SPLIT").as_deref() != Ok("0"),
             fuse: std::env::var("HANGAR_CUDA_FUSE").as_deref() != Ok("0"),
             defer_norm: std::env::var("HANGAR_CUDA_DEFER_NORM").as_deref() != Ok("0"),
-            act_q8: std::env::var("HANGAR_CUDA_ACT_Q8").as_deref() != Ok("0"),
             att_rope: std::env::var("HANGAR_CUDA_ATT_ROPE").as_deref() != Ok("0"),
             split_k: match std::env::var("HANGAR_CUDA_SPLITK").map(|v| v.parse::<usize>()) {
                 Ok(Ok(n)) => n,
@@ -756,8 +743,7 @@ impl CudaRunner {
             let (xq, xd) = self.quantize_x(x, ntok, cols, cpu_blk)?;
             let nt = gemv_tile(ntok);
             if self.split {
-                let epi = Epi::default();
-                return self.launch_mvs(&[(wp, rb, rows, y)], kind, cols, (xq, xd, xs), ntok, &epi);
+                return self.launch_mvs(&[(wp, rb, rows, y)], kind, cols, (xq, xd, xs), ntok);
             }
             let args = Args::new()
                 .ptr(wp)
@@ -811,8 +797,8 @@ impl CudaRunner {
 
     /// One `mvs` launch over up to three matrices of type `kind` sharing the int8
     /// input: `segs` are (weights, row bytes, rows, output).
-    /// `x` is the int8 input (values, scales, and its sums of squares when its norm
-    /// is deferred: 0 otherwise); `epi` the epilogue (none by default).
+    /// `x` is the int8 input: values, scales, and its sums of squares when its norm
+    /// is deferred (0 otherwise).
     fn launch_mvs(
         &mut self,
         segs: &[(u64, usize, usize, u64)],
@@ -820,7 +806,6 @@ impl CudaRunner {
         cols: usize,
         (xq, xd, xs): (u64, u64, u64),
         ntok: usize,
-        epi: &Epi,
     ) -> Result<(), CudaError> {
         let nt = gemv_tile(ntok);
         let bytes: usize = segs.iter().map(|s| s.1 * s.2).sum();
@@ -842,9 +827,8 @@ impl CudaRunner {
             .ptr(xd)
             .i32(ntok as i32)
             .i32(parts as i32);
-        let args = epi.push(args, xs, self.cfg.rms_eps);
-        let plain = xs == 0 && epi.q == 0;
-        if let Some(grid) = self.wave_grid(kind, ntok, parts).filter(|_| plain) {
+        let args = args.ptr(xs).f32(self.cfg.rms_eps);
+        if let Some(grid) = self.wave_grid(kind, ntok, parts).filter(|_| xs == 0) {
             let name = format!("mvs1w_{kind}");
             return self.gpu.launch(&name, (grid, 1, 1), (256, 1, 1), 0, args);
         }
@@ -889,7 +873,7 @@ impl CudaRunner {
         let cols = l.wq.cols;
         let (xq, xd) = self.quantize_x(x, ntok, cols, 0)?;
         let xs = self.q8_ss((x, ntok, cols, 0));
-        self.launch_mvs(&segs, kind, cols, (xq, xd, xs), ntok, &Epi::default())?;
+        self.launch_mvs(&segs, kind, cols, (xq, xd, xs), ntok)?;
         for i in rest {
             self.matmul(li * 8 + i, x, ntok, out[i])?;
         }
@@ -897,9 +881,7 @@ impl CudaRunner {
     }
 
     /// act(gate x) * (up x) of layer `li` into `y` in one launch when gate and up
-    /// share an int8 type; false (nothing done) otherwise. With `act_q8` and an int8
-    /// down projection after it, the launch also writes `y`'s int8 copy, recorded
-    /// afterwards by [`CudaRunner::forget_quantized_but_y`].
+    /// share an int8 type; false (nothing done) otherwise.
     fn fused_gate_up(&mut self, li: usize, x: u64, ntok: usize, y: u64) -> Result<bool, CudaError> {
         let l = &self.layers[li];
         let (g, u) = (&l.gate, &l.up);
@@ -916,17 +898,6 @@ impl CudaRunner {
         let xs = self.q8_ss((x, ntok, cols, 0));
         let nt = gemv_tile(ntok);
         let parts = gemv_parts();
-        let epi = if self.act_q8
-            && rows.is_multiple_of(32)
-            && self.act == ActRounding::Fine
-            && self.wave_blocks == 0
-            && self.all_int8(&[li * 8 + 6], ntok)
-        {
-            self.epilogue(y, xq, ntok, rows, false)?
-        } else {
-            Epi::default()
-        };
-        self.y_q8 = self.q8_of.filter(|_| epi.q != 0);
         let args = Args::new()
             .ptr(wg)
             .ptr(wu)
@@ -939,9 +910,8 @@ impl CudaRunner {
             .i32(act)
             .i32(parts as i32)
             .ptr(y);
-        let args = epi.push(args, xs, self.cfg.rms_eps);
-        let plain = xs == 0 && epi.q == 0;
-        let (name, grid) = match self.wave_grid(kind, ntok, parts).filter(|_| plain) {
+        let args = args.ptr(xs).f32(self.cfg.rms_eps);
+        let (name, grid) = match self.wave_grid(kind, ntok, parts).filter(|_| xs == 0) {
             Some(grid) => (format!("mvp1w_{kind}"), (grid, 1, 1)),
             None => (
                 format!("mvp{nt}_{kind}"),
@@ -1022,15 +992,6 @@ impl CudaRunner {
     fn forget_quantized(&mut self) {
         self.q8_of = None;
         self.xf_of = None;
-        self.y_q8 = None;
-    }
-
-    /// As [`CudaRunner::forget_quantized`], keeping the int8 copy the last gate/up
-    /// launch wrote of its own output (it was written after its input was read).
-    fn forget_quantized_but_y(&mut self) {
-        let y = self.y_q8.take();
-        self.forget_quantized();
-        self.q8_of = y;
     }
 
     /// Matrix ids: layer * 8 + slot, or the output / embedding.
@@ -1288,14 +1249,17 @@ impl CudaRunner {
             && t_total < self.gemm_min
             && d.is_multiple_of(32)
             && d <= ADD_NORM_MAX;
-        // Fused, without post-norms and taps: the norms after the output and down
-        // projections are deferred to the GEMVs that read them (runner/epilogue.rs)
-        // where those are all int8 `mvs`/`mvp` launches.
+        // Fused, without taps: a norm not after a post-norm is deferred to the GEMVs
+        // that read it (runner/deferred.rs) where those are all int8 `mvs`/`mvp`.
         let defer = fused && self.defer_norm && self.taps.is_none();
         let n_layers = self.layers.len();
         if fused && n_layers > 0 {
             let w = self.layers[0].attn_norm.ptr;
-            self.add_norm_q8(x, 0, 0, w, hbuf, t_total)?;
+            if defer && self.all_int8(&[0, 1, 2], t_total) {
+                self.add_q8s(x, 0, w, hbuf, t_total)?;
+            } else {
+                self.add_norm_q8(x, 0, 0, w, hbuf, t_total)?;
+            }
         }
         for li in 0..n_layers {
             let (attn_norm, ffn_norm) =
@@ -1500,19 +1464,15 @@ impl CudaRunner {
                 });
             }
             self.tap(li, Tap::AttnOutIn, attn, t_total * qd)?;
-            let deferred = defer
-                && pan == 0
-                && self.all_int8(&[li * 8 + 4, li * 8 + 5], t_total)
-                && self.matmul_resid_norm(li * 8 + 3, attn, t_total, x, ffn_norm, hbuf)?;
-            // Feed-forward. (Deferred: x and hbuf's int8 copy are written.)
-            if !deferred {
-                self.matmul(li * 8 + 3, attn, t_total, o)?;
-                if fused {
-                    self.add_norm_q8(x, o, pan, ffn_norm, hbuf, t_total)?;
-                } else {
-                    self.norm_add(x, o, pan, d, t_total)?;
-                    self.rmsnorm(x, ffn_norm, hbuf, d, t_total, 0)?;
-                }
+            self.matmul(li * 8 + 3, attn, t_total, o)?;
+            // Feed-forward.
+            if defer && pan == 0 && self.all_int8(&[li * 8 + 4, li * 8 + 5], t_total) {
+                self.add_q8s(x, o, ffn_norm, hbuf, t_total)?;
+            } else if fused {
+                self.add_norm_q8(x, o, pan, ffn_norm, hbuf, t_total)?;
+            } else {
+                self.norm_add(x, o, pan, d, t_total)?;
+                self.rmsnorm(x, ffn_norm, hbuf, d, t_total, 0)?;
             }
             self.tap(li, Tap::FfnIn, hbuf, t_total * d)?;
             if !(fused && self.fused_gate_up(li, hbuf, t_total, gate)?) {
@@ -1525,25 +1485,20 @@ impl CudaRunner {
                 };
                 self.elementwise(act, n as usize, Args::new().ptr(gate).ptr(up).u64(n))?;
             }
-            self.forget_quantized_but_y();
+            self.forget_quantized();
             self.tap(li, Tap::FfnDownIn, gate, t_total * ff)?;
-            let deferred = defer
-                && pfn == 0
-                && li + 1 < n_layers
-                && self.all_int8(&[(li + 1) * 8, (li + 1) * 8 + 1, (li + 1) * 8 + 2], t_total)
-                && {
-                    let w = self.layers[li + 1].attn_norm.ptr;
-                    self.matmul_resid_norm(li * 8 + 6, gate, t_total, x, w, hbuf)?
-                };
-            // (Deferred: x and the next layer's input copy are written.)
-            if !deferred {
-                self.matmul(li * 8 + 6, gate, t_total, o)?;
-                if fused && li + 1 < n_layers {
-                    let w = self.layers[li + 1].attn_norm.ptr;
-                    self.add_norm_q8(x, o, pfn, w, hbuf, t_total)?;
+            self.matmul(li * 8 + 6, gate, t_total, o)?;
+            let next = li + 1;
+            if fused && next < n_layers {
+                let w = self.layers[next].attn_norm.ptr;
+                let readers = [next * 8, next * 8 + 1, next * 8 + 2];
+                if defer && pfn == 0 && self.all_int8(&readers, t_total) {
+                    self.add_q8s(x, o, w, hbuf, t_total)?;
                 } else {
-                    self.norm_add(x, o, pfn, d, t_total)?;
+                    self.add_norm_q8(x, o, pfn, w, hbuf, t_total)?;
                 }
+            } else {
+                self.norm_add(x, o, pfn, d, t_total)?;
             }
         }
         let m_logits = rows.len();

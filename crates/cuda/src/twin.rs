@@ -380,10 +380,9 @@ pub fn quantize_cpu(x: &[f32], blk: usize) -> (Vec<i8>, Vec<[f32; 2]>) {
 /// Partial sums of squares a lane preloads (`SSK` in kernels/mmvq.cu).
 pub const SSK: usize = 4;
 
-/// The deferred-norm epilogue of the output / down GEMVs (kernels/mmvq.cu
-/// `group_epilogue`) on one row `x` of the residual stream: `x * w` quantized as
-/// [`quantize_q8_1`] does, and each 32-block's sum of squares of `x` (the warp's
-/// butterfly).
+/// The `add_q8s` kernel (kernels/mmvq.cu, the deferred norm) on one row `x` of the
+/// residual stream (after its add): `x * w` quantized as [`quantize_q8_1`] does, and
+/// each 32-block's sum of squares of `x` (the warp's butterfly).
 pub fn deferred_norm_q8(x: &[f32], w: &[f32]) -> (Vec<i8>, Vec<[f32; 2]>, Vec<f32>) {
     let xw: Vec<f32> = x.iter().zip(w).map(|(&a, &b)| a * b).collect();
     let (q, ds) = quantize_q8_1(&xw);

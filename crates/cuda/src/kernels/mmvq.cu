@@ -466,23 +466,19 @@ __device__ __forceinline__ void dot_32(const u8* __restrict__ row, int cols, con
 }
 
 
-// Deferred RMSNorm and fused quantization (decode steps of models without
-// post-norms). rmsnorm(x) * w = (x * w) / rms(x), and a row's int8 blocks do not
-// depend on its scale: so the GEMV that writes the residual stream x (output or
-// down projection) quantizes x * w itself, in its epilogue, with each 32-block's
-// sum of squares of x beside it, and the next GEMV (Q, K, V or gate and up)
-// multiplies its sums by 1 / rms(x), which it adds up from those 128 (d / 32) sums
-// while its weights stream in. The add_norm launch between them, a grid-wide
-// dependency of its own, disappears. The gate/up GEMV quantizes its output for the
-// down projection the same way (no norm), so quantize_q8_1's launch goes too.
-//
-// A 32-row group's values come from 32 / rows-a-block blocks: each block writes its
-// rows, fences, and counts itself in on the group's counter; the last one in reads
-// the group back from L2 and quantizes it (q8_1_lane, as quantize_q8_1 and
-// add_norm_q8 do), then resets the counter for the next launch. The sum of a row's
-// squares is added in one fixed order whatever the batch (each lane's SSK partial
-// sums in order, then the warp's butterfly), so a token's scale, and so its
-// outputs, do not change with the batch it runs in. Twin: twin::deferred_norm_q8.
+// Deferred RMSNorm (decode steps of models without post-norms). rmsnorm(x) * w =
+// (x * w) / rms(x), and a row's int8 blocks do not depend on its scale. So the
+// residual add quantizes x * w, with each 32-block's sum of squares of x beside it
+// (`add_q8s`: every warp a 32-block of its own, no reduction across the row, where
+// add_norm_q8c needs two cluster-wide sums in a chain), and the GEMVs reading it
+// (Q, K, V; gate and up) multiply their sums by 1 / rms(x), which they add up from
+// those d / 32 sums while their weights stream in. The row's sum of squares is added
+// in one fixed order whatever the batch (each lane's SSK partial sums in order, then
+// the warp's butterfly), so a token's scale, and its outputs, do not change with the
+// batch it runs in. (Quantizing a GEMV's own outputs in its epilogue instead, the
+// last block of each 32-row group doing it, cost a fence and an atomic round trip a
+// block: runs 29 and 33 measured gate/up 50% slower.) Twins: twin::deferred_norm_q8
+// and twin::deferred_scale.
 #define SSK 4
 // A lane's share of the per-32 sums of squares of one token row (ng of them).
 __device__ __forceinline__ void ss_load(float (&v)[SSK], const float* Xs, int ng, int lane) {
@@ -522,43 +518,28 @@ __device__ __forceinline__ float out_scale(const float (&v)[SSK], const float* X
     }
     return sc;
 }
-// The epilogue's buffers: src (rows values a token, written by this launch), the
-// norm weights nw (null: none), the group counters (one per token tile and group,
-// zero between launches), and the outputs: int8 values Oq and (d, d sum q) Od in the
-// q8_1 layout, and per group the sum of squares of src, Os (null: not wanted).
-// Every thread of the block calls it, after its own writes of src.
-template <int NT>
-__device__ __forceinline__ void group_epilogue(const float* src, int rows, const float* nw, int* cnt, i8* Oq,
-                                               float2* Od, float* Os, int t0, int ntok, int rpb) {
-    __shared__ int last;
-    const int grp = (int)(blockIdx.x * rpb) >> 5, ng = rows >> 5;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int* c = cnt + (u64)blockIdx.y * ng + grp;
-        last = atomicAdd(c, 1) == 32 / rpb - 1;
-        if (last) *c = 0; // every block of the group is in: ready for the next launch
+// x += o (o null: x as it is), then x * w quantized as quantize_q8_1 does, and per
+// 32-block the sum of squares of x into Xs. A warp a 32-block; grid (n / 256, tokens).
+extern "C" __global__ void __launch_bounds__(256) add_q8s(float* x, const float* o, const float* w, int n,
+                                                       i8* Xq, float2* Xd, float* Xs) {
+    const int c = blockIdx.x * 256 + threadIdx.x;
+    const bool in = c < n; // whole warps (n % 32 == 0)
+    const float wv = in ? w[c] : 0.0f; // never written: loaded before the wait
+    pdl_entry();
+    if (!in) return;
+    const u64 i = (u64)blockIdx.y * n + c;
+    float xv = x[i];
+    if (o) {
+        xv += o[i];
+        x[i] = xv;
     }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    const int lane = threadIdx.x & 31, r = grp * 32 + lane;
-    const float w = nw ? nw[r] : 1.0f;
-    for (int t = threadIdx.x >> 5; t < NT && t0 + t < ntok; t += blockDim.x >> 5) {
-        const u64 i = (u64)(t0 + t) * rows + r;
-        const float x = __ldcg(src + i); // written by other blocks: from L2, not L1
-        q8_1_lane(x * w, i, Oq, Od);
-        if (Os) {
-            float s = warp_sum(x * x);
-            if (lane == 0) Os[(u64)(t0 + t) * ng + grp] = s;
-        }
-    }
+    q8_1_lane(xv * wv, i, Xq, Xd);
+    float s = warp_sum(xv * xv);
+    if ((threadIdx.x & 31) == 0) Xs[i >> 5] = s;
 }
-// The extra parameters of every `mvs`/`mvp` kernel: the input's sums of squares Xs
-// (null: the input is already normed) and eps, then the epilogue: the residual R
-// (R += y instead of Y = y), nw, cnt, Oq, Od, Os as group_epilogue (Oq null: none).
-#define EPI_PARAMS const float *Xs, float eps, float *R, const float *nw, int *cnt, i8 *Oq, float2 *Od, float *Os
-#define EPI_ARGS Xs, eps, R, nw, cnt, Oq, Od, Os
+// The two parameters every `mvs`/`mvp` kernel ends with: the input's per-32 sums of
+// squares Xs (null: the input is normed already) and the norm's eps.
+#define XS_PARAMS const float *Xs, float eps
 
 // Batch-1 rows with every load issued before its use (Q4_K and Q6_K, the types of
 // Q4_K_M files). In dot_k4 / dot_q6k each step's weight loads wait behind the
@@ -799,7 +780,7 @@ template <int TY, int NT>
 __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float* Y0, const u8* W1,
                                          u64 rb1, int rows1, float* Y1, const u8* W2, u64 rb2,
                                          int rows2, float* Y2, int cols, const i8* Xq,
-                                         const float2* Xd, int ntok, int parts, EPI_PARAMS) {
+                                         const float2* Xd, int ntok, int parts, XS_PARAMS) {
     __shared__ float red[4][8];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int rpb = 4 / parts;
@@ -852,16 +833,9 @@ __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float
         } else if (g - rows0 - rows1 < rows2) {
             g -= rows0 + rows1; Y = Y2; rows = rows2;
         }
-        if (Y) {
-            // (Times 1 without Xs: the same bits as before.)
-            float v = sum_parts<NT>(red, j, t, parts) * sc;
-            u64 o = (u64)(t0 + t) * rows + g;
-            if (R) R[o] += v;
-            else Y[o] = v;
-        }
+        // (Times 1 without Xs: the same bits as before.)
+        if (Y) Y[(u64)(t0 + t) * rows + g] = sum_parts<NT>(red, j, t, parts) * sc;
     }
-    // (An epilogue launch has one matrix: rows0 rows.)
-    if (Oq) group_epilogue<NT>(R ? R : Y0, rows0, nw, cnt, Oq, Od, Os, t0, ntok, rpb);
 }
 
 // `mvp`: gate and up of the same rows (eight warps: 0-3 on gate rows, 4-7 on the up
@@ -870,7 +844,7 @@ __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float
 template <int TY, int NT>
 __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols,
                                          const i8* Xq, const float2* Xd, int ntok, int act,
-                                         int parts, float* Y, EPI_PARAMS) {
+                                         int parts, float* Y, XS_PARAMS) {
     __shared__ float red[8][8];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int half = warp >> 2, w4 = warp & 3;
@@ -907,7 +881,6 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
         float uv = sum_parts<NT>(red + 4, j, t, parts) * sc;
         Y[(u64)(t0 + t) * rows + g] = act == 2 ? gelu_times(gv, uv) : silu_times(gv, uv);
     }
-    if (Oq) group_epilogue<NT>(Y, rows, nullptr, cnt, Oq, Od, Os, t0, ntok, rpb);
 }
 
 // One-wave batch-1 GEMVs (`mvs1w`/`mvp1w`, Q4_K and Q6_K): a grid of as many blocks as
@@ -1032,18 +1005,18 @@ __device__ __forceinline__ void wave_body(const WaveRows m, int total, float* Y0
     }
 }
 // The arguments of `mvs`/`mvp` (ntok is 1 and parts 1 here; the runner sends them no
-// epilogue and no input sums of squares), so the runner builds one list for either kernel.
+// deferred-norm input), so the runner builds one list for either kernel.
 #define MV_WAVE(NAME, TY)                                                                            \
     extern "C" __global__ void __launch_bounds__(256, 2)                                             \
         mvs1w_##NAME(const u8* W0, u64 rb0, int rows0, float* Y0, const u8* W1, u64 rb1, int rows1,   \
                      float* Y1, const u8* W2, u64 rb2, int rows2, float* Y2, int cols, const i8* Xq,  \
-                     const float2* Xd, int, int, EPI_PARAMS) {                                       \
+                     const float2* Xd, int, int, XS_PARAMS) {                                       \
         WaveRows m = {W0, W1, W2, rb0, rb1, rb2, rows0, rows1};                                      \
         wave_body<TY, false>(m, rows0 + rows1 + rows2, Y0, Y1, Y2, cols, Xq, Xd, 0);                 \
     }                                                                                                \
     extern "C" __global__ void __launch_bounds__(256, 2)                                             \
         mvp1w_##NAME(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols, const i8* Xq,            \
-                     const float2* Xd, int, int act, int, float* Y, EPI_PARAMS) {                    \
+                     const float2* Xd, int, int act, int, float* Y, XS_PARAMS) {                    \
         WaveRows m = {Wg, Wu, Wu, rb, rb, rb, rows, 0};                                              \
         wave_body<TY, true>(m, rows, Y, Y, Y, cols, Xq, Xd, act);                                    \
     }
@@ -1060,14 +1033,14 @@ MV_WAVE(q6_k, TY_Q6_K)
         mvs##NT##_##NAME(const u8* W0, u64 rb0, int rows0, float* Y0, const u8* W1, u64 rb1,        \
                          int rows1, float* Y1, const u8* W2, u64 rb2, int rows2, float* Y2,        \
                          int cols, const i8* Xq, const float2* Xd, int ntok, int parts,            \
-                         EPI_PARAMS) {                                                             \
+                         XS_PARAMS) {                                                             \
         mvs_body<TY, NT>(W0, rb0, rows0, Y0, W1, rb1, rows1, Y1, W2, rb2, rows2, Y2, cols, Xq, Xd, \
-                         ntok, parts, EPI_ARGS);                                                   \
+                         ntok, parts, Xs, eps);                                                   \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(256)                                              \
         mvp##NT##_##NAME(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols, const i8* Xq,      \
-                         const float2* Xd, int ntok, int act, int parts, float* Y, EPI_PARAMS) {   \
-        mvp_body<TY, NT>(Wg, Wu, rb, rows, cols, Xq, Xd, ntok, act, parts, Y, EPI_ARGS);           \
+                         const float2* Xd, int ntok, int act, int parts, float* Y, XS_PARAMS) {   \
+        mvp_body<TY, NT>(Wg, Wu, rb, rows, cols, Xq, Xd, ntok, act, parts, Y, Xs, eps);           \
     }
 #define MMVQ_ALL(NT)             \
     MMVQ(q4_k, TY_Q4_K, NT)      \
