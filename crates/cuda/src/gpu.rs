@@ -402,6 +402,17 @@ impl Gpu {
         })
     }
 
+    /// Asks for the largest shared-memory carveout for kernel `name` (a hint: the
+    /// bulk-copy GEMVs hold their rows there, and more of it is more blocks an SM).
+    pub fn prefer_shared(&mut self, name: &str) -> Result<(), CudaError> {
+        let f = self.func(name)?;
+        let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT;
+        // SAFETY: a function handle of a loaded module; 100 is a valid percentage.
+        unsafe { sys::cuFuncSetAttribute(f, attr, 100) }
+            .result()
+            .map_err(drv(format!("cuFuncSetAttribute({name})")))
+    }
+
     /// How many parameters kernel `f` takes, from cuFuncGetParamInfo (drivers of CUDA
     /// 12.4 and later); `None` where the driver cannot say or a parameter is wider
     /// than the 8-byte slots of [`Args`].

@@ -292,6 +292,9 @@ pub struct CudaRunner {
     /// 0, the four-rows-a-block kernels, unless `HANGAR_CUDA_WAVE=1|2` (opt-in: run 31
     /// measured them 5% slower with contiguous row runs; docs/GPU.md).
     wave_blocks: usize,
+    /// The bulk-copy batch-1 GEMVs (`mvsb1`/`mvpb1`, kernels/mmvq.cu), sm_90+ with
+    /// `HANGAR_CUDA_BULK=1` (opt-in until a run measures them).
+    bulk: bool,
     /// Greedy rows picked on the device (`greedy_pick`), on unless
     /// `HANGAR_CUDA_GREEDY=0` or the vocabulary's skip bitmap outgrows shared memory.
     greedy_on: bool,
@@ -565,6 +568,8 @@ impl CudaRunner {
                 .and_then(|v| v.parse::<usize>().ok())
                 .filter(|b| *b <= 2)
                 .unwrap_or(0),
+            bulk: gpu.info.compute_capability.0 >= 9
+                && std::env::var("HANGAR_CUDA_BULK").as_deref() == Ok("1"),
             // The skip bitmap lives in shared memory (48 KiB without opting in).
             greedy_on: std::env::var("HANGAR_CUDA_GREEDY").as_deref() != Ok("0")
                 && model.cfg.vocab_size.div_ceil(32) * 4 <= 48 << 10,
@@ -592,6 +597,13 @@ impl CudaRunner {
                 Err(why) => eprintln!(
                     "warning: the cluster norm kernel is off ({why}); add_norm_q8 runs on one block"
                 ),
+            }
+        }
+        if r.bulk {
+            for name in ["mvsb1_q4_k", "mvsb1_q6_k", "mvpb1_q4_k", "mvpb1_q6_k"] {
+                if let Err(e) = r.gpu.prefer_shared(name) {
+                    eprintln!("warning: {e}; the bulk-copy GEMVs keep the default carveout");
+                }
             }
         }
         if r.head_on {
@@ -795,6 +807,19 @@ impl CudaRunner {
             .then(|| (self.gpu.info.sm_count * self.wave_blocks) as u32)
     }
 
+    /// The name and dynamic shared memory of the bulk-copy GEMV for `slots` rows of
+    /// `rb` bytes, when it applies: batch 1, one warp a row, Q4_K or Q6_K, and the rows
+    /// within the 48 KiB a block gets without opting in.
+    fn bulk_kernel(&self, prefix: &str, kind: &str, ntok: usize, parts: usize, rb: usize, slots: usize) -> Option<(String, u32)> {
+        (self.bulk
+            && ntok == 1
+            && parts == 1
+            && matches!(kind, "q4_k" | "q6_k")
+            && rb.is_multiple_of(16)
+            && slots * rb <= 48 << 10)
+            .then(|| (format!("{prefix}_{kind}"), (slots * rb) as u32))
+    }
+
     /// One `mvs` launch over up to three matrices of type `kind` sharing the int8
     /// input: `segs` are (weights, row bytes, rows, output).
     /// `x` is the int8 input: values, scales, and its sums of squares when its norm
@@ -831,6 +856,13 @@ impl CudaRunner {
         if let Some(grid) = self.wave_grid(kind, ntok, parts).filter(|_| xs == 0) {
             let name = format!("mvs1w_{kind}");
             return self.gpu.launch(&name, (grid, 1, 1), (256, 1, 1), 0, args);
+        }
+        let rb = segs.first().map_or(0, |s| s.1);
+        if segs.iter().all(|s| s.1 == rb) {
+            if let Some((name, smem)) = self.bulk_kernel("mvsb1", kind, ntok, parts, rb, 4) {
+                let grid = (total.div_ceil(4) as u32, 1, 1);
+                return self.gpu.launch(&name, grid, (128, 1, 1), smem, args);
+            }
         }
         self.gpu.launch(
             &format!("mvs{nt}_{kind}"),
@@ -911,14 +943,17 @@ impl CudaRunner {
             .i32(parts as i32)
             .ptr(y);
         let args = args.ptr(xs).f32(self.cfg.rms_eps);
-        let (name, grid) = match self.wave_grid(kind, ntok, parts).filter(|_| xs == 0) {
-            Some(grid) => (format!("mvp1w_{kind}"), (grid, 1, 1)),
-            None => (
+        let bulk = self.bulk_kernel("mvpb1", kind, ntok, parts, rb, 8);
+        let (name, grid, smem) = match (self.wave_grid(kind, ntok, parts).filter(|_| xs == 0), bulk) {
+            (Some(grid), _) => (format!("mvp1w_{kind}"), (grid, 1, 1), 0),
+            (None, Some((name, smem))) => (name, (rows.div_ceil(4) as u32, 1, 1), smem),
+            (None, None) => (
                 format!("mvp{nt}_{kind}"),
                 (rows.div_ceil(4 / parts) as u32, ntok.div_ceil(nt) as u32, 1),
+                0,
             ),
         };
-        self.gpu.launch(&name, grid, (256, 1, 1), 0, args)?;
+        self.gpu.launch(&name, grid, (256, 1, 1), smem, args)?;
         Ok(true)
     }
 

@@ -774,9 +774,57 @@ __device__ __forceinline__ float sum_parts(const float (*red)[8], int j, int t, 
     return v;
 }
 
+// Bulk-copy batch-1 GEMVs (`mvsb1`/`mvpb1`, Q4_K and Q6_K, sm_90+): thread 0 asks the
+// copy engine (cp.async.bulk, Hopper's TMA) for each of the block's weight rows into
+// shared memory, before the PDL wait, and the warps then run dot_row's loop on the
+// copy. A block's bytes in flight then cost no registers: the hoisted kernels hold
+// four steps of a row in 111-128 registers, which caps an SM at 16 warps and about
+// 37 KB in flight (ncu, run 28: half the cycles with no eligible warp, DRAM at 54%);
+// here a 4096-wide Q4_K block is 9 KB of shared memory and ~50 registers a thread, so
+// an SM holds about nine blocks and 80 KB in flight. The lanes, sums and their order
+// are dot_row's: the outputs are mvs1's and mvp1's bits. Opt-in (HANGAR_CUDA_BULK=1)
+// until a run measures it.
+__device__ __forceinline__ u32 smem_u32(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void mbar_init(u64* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar)) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+// Arms the barrier for `bytes` and asks for each row's copy (thread 0).
+__device__ __forceinline__ void bulk_rows(u64* bar, u8* dst, u32 slot, const u8* const* src, u32 rb, int n) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    u32 bytes = 0;
+    for (int i = 0; i < n; i++) bytes += src[i] ? rb : 0u;
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes)
+                 : "memory");
+    for (int i = 0; i < n; i++)
+        if (src[i])
+            asm volatile(
+                "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                    smem_u32(dst + (u64)i * slot)),
+                "l"(src[i]), "r"(rb), "r"(smem_u32(bar))
+                : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_wait0(u64* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "WAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], 0;\n"
+        "@!p bra WAIT;\n"
+        "}\n" ::"r"(smem_u32(bar))
+        : "memory");
+#endif
+}
+
 // `mvs`: up to three matrices of one type that share the input (Q, K and V in one
-// launch): global row g < rows0 is row g of W0, then W1's rows, then W2's.
-template <int TY, int NT>
+// launch): global row g < rows0 is row g of W0, then W1's rows, then W2's. BULK: the
+// bulk-copy form (NT 1, parts 1; rows of one width, rb0 bytes).
+template <int TY, int NT, bool BULK = false>
 __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float* Y0, const u8* W1,
                                          u64 rb1, int rows1, float* Y1, const u8* W2, u64 rb2,
                                          int rows2, float* Y2, int cols, const i8* Xq,
@@ -804,7 +852,28 @@ __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float
     // Warp 0 writes the outputs: it preloads the input's sums of squares (batch 1).
     float ssv[SSK];
     const float* xs1 = NT == 1 && warp == 0 ? Xs : nullptr;
-    if constexpr (HOISTED(TY, NT)) {
+    if constexpr (BULK) {
+        extern __shared__ __align__(16) u8 wsm[];
+        __shared__ __align__(8) u64 bar;
+        if (threadIdx.x == 0) mbar_init(&bar);
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            const u8* src[4];
+#pragma unroll
+            for (int w = 0; w < 4; w++) {
+                int g = blockIdx.x * 4 + w;
+                src[w] = g < rows0                   ? W0 + (u64)g * rb0
+                         : g - rows0 < rows1         ? W1 + (u64)(g - rows0) * rb0
+                         : g - rows0 - rows1 < rows2 ? W2 + (u64)(g - rows0 - rows1) * rb0
+                                                     : nullptr;
+            }
+            bulk_rows(&bar, wsm, (u32)rb0, src, (u32)rb0, 4);
+        }
+        pdl_entry();
+        if (xs1) ss_load(ssv, xs1 + (u64)t0 * (cols >> 5), cols >> 5, lane);
+        mbar_wait0(&bar);
+        if (seg < 3) dot_row<TY, NT>(wsm + (u64)warp * rb0, cols, Xq, Xd, ntok, t0, lane, 0, 1, acc);
+    } else if constexpr (HOISTED(TY, NT)) {
         acc[0] = hoisted_row<TY>(W + (u64)r * rb, rb, seg < 3, cols, Xq, Xd, t0, ntok, lane, warp % parts, parts,
                                  xs1, ssv);
     } else {
@@ -841,7 +910,7 @@ __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float
 // `mvp`: gate and up of the same rows (eight warps: 0-3 on gate rows, 4-7 on the up
 // rows, each half split as in `mvs`), written as act(gate) * up (act 1: SiLU,
 // 2: GELU-tanh as gelu_mul), so the activation kernel's pass disappears.
-template <int TY, int NT>
+template <int TY, int NT, bool BULK = false>
 __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols,
                                          const i8* Xq, const float2* Xd, int ntok, int act,
                                          int parts, float* Y, XS_PARAMS) {
@@ -856,7 +925,26 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
     float ssv[SSK];
     const float* xs1 = NT == 1 && warp == 0 ? Xs : nullptr;
-    if constexpr (MVP_HOISTED(TY, NT)) {
+    if constexpr (BULK) {
+        // Slots 0-3: the gate rows, 4-7: the up rows (warp w's row is slot w).
+        extern __shared__ __align__(16) u8 wsm[];
+        __shared__ __align__(8) u64 bar;
+        if (threadIdx.x == 0) mbar_init(&bar);
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            const u8* src[8];
+#pragma unroll
+            for (int w = 0; w < 8; w++) {
+                int g = blockIdx.x * 4 + (w & 3);
+                src[w] = g < rows ? (w < 4 ? Wg : Wu) + (u64)g * rb : nullptr;
+            }
+            bulk_rows(&bar, wsm, (u32)rb, src, (u32)rb, 8);
+        }
+        pdl_entry();
+        if (xs1) ss_load(ssv, xs1 + (u64)t0 * (cols >> 5), cols >> 5, lane);
+        mbar_wait0(&bar);
+        if (r < rows) dot_row<TY, NT>(wsm + (u64)warp * rb, cols, Xq, Xd, ntok, t0, lane, 0, 1, acc);
+    } else if constexpr (MVP_HOISTED(TY, NT)) {
         acc[0] = hoisted_row<TY>((half ? Wu : Wg) + (u64)r * rb, rb, r < rows, cols, Xq, Xd, t0, ntok, lane,
                                  w4 % parts, parts, xs1, ssv);
     } else {
@@ -1022,6 +1110,24 @@ __device__ __forceinline__ void wave_body(const WaveRows m, int total, float* Y0
     }
 MV_WAVE(q4_k, TY_Q4_K)
 MV_WAVE(q6_k, TY_Q6_K)
+
+// The bulk-copy kernels take `mvs1`/`mvp1`'s arguments (ntok 1, parts 1) and 4 (mvs)
+// or 8 (mvp) row slots of dynamic shared memory.
+#define MV_BULK(NAME, TY)                                                                          \
+    extern "C" __global__ void __launch_bounds__(128)                                              \
+        mvsb1_##NAME(const u8* W0, u64 rb0, int rows0, float* Y0, const u8* W1, u64 rb1, int rows1, \
+                     float* Y1, const u8* W2, u64 rb2, int rows2, float* Y2, int cols, const i8* Xq, \
+                     const float2* Xd, int ntok, int parts, XS_PARAMS) {                           \
+        mvs_body<TY, 1, true>(W0, rb0, rows0, Y0, W1, rb1, rows1, Y1, W2, rb2, rows2, Y2, cols, Xq, \
+                              Xd, ntok, parts, Xs, eps);                                           \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                              \
+        mvpb1_##NAME(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols, const i8* Xq,          \
+                     const float2* Xd, int ntok, int act, int parts, float* Y, XS_PARAMS) {        \
+        mvp_body<TY, 1, true>(Wg, Wu, rb, rows, cols, Xq, Xd, ntok, act, parts, Y, Xs, eps);       \
+    }
+MV_BULK(q4_k, TY_Q4_K)
+MV_BULK(q6_k, TY_Q6_K)
 
 #define MMVQ(NAME, TY, NT)                                                                         \
     extern "C" __global__ void __launch_bounds__(128)                                              \
