@@ -498,26 +498,68 @@ __device__ __forceinline__ float ss_scale(const float (&v)[SSK], const float* Xs
     s = warp_sum(s);
     return 1.0f / sqrtf(s / (float)n + eps);
 }
-// The output scale of lane (j * NT + t) of warp 0, token t0 + t: 1 / rms of that
-// token's input row (v preloaded for NT == 1), or 1 without Xs.
-template <int NT>
-__device__ __forceinline__ float out_scale(const float (&v)[SSK], const float* Xs, int cols, float eps, int t0,
-                                           int ntok, int lane) {
-    if (!Xs) return 1.0f;
-    const int ng = cols >> 5;
-    if (NT == 1) return ss_scale(v, Xs + (u64)t0 * ng, ng, cols, eps, lane);
-    float sc = 1.0f;
+// The output scales of a block's tokens for a deferred-norm input (Xs): warp w adds
+// up the sums of squares of tokens t0 + w, t0 + w + NW, ... into scl[t], 1 / rms of
+// token t0 + t's row. They are asked for right after the PDL wait and added after the
+// row loop: at batch 1 in registers (v, loaded by hoisted_row), at larger batches
+// copied to shared memory by cp.async (buf), so they cost the row loop no registers.
+// A shared-memory pointer as the 32-bit address PTX's shared-memory operands take.
+__device__ __forceinline__ u32 smem_u32(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void cp_async4(float* dst, const float* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(smem_u32(dst)), "l"(src) : "memory");
+#else
+    *dst = *src;
+#endif
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+template <int NT, int NW>
+struct RowScales {
+    static constexpr int NU = (NT + NW - 1) / NW;
+    float v[SSK];                 // NT == 1
+    float (*buf)[32 * SSK];       // NT > 1: [token][k * 32 + lane]
+    __device__ __forceinline__ void load(const float* Xs, int cols, int t0, int ntok, int warp, int lane) {
+        if (!Xs) return;
+        const int ng = cols >> 5;
 #pragma unroll
-    for (int t = 0; t < NT; t++) {
-        if (t0 + t < ntok) {
-            float u[SSK];
-            ss_load(u, Xs + (u64)(t0 + t) * ng, ng, lane);
-            float s = ss_scale(u, Xs + (u64)(t0 + t) * ng, ng, cols, eps, lane);
-            if (lane % NT == t) sc = s;
+        for (int u = 0; u < NU; u++) {
+            int t = warp + u * NW;
+            if (t >= NT || t0 + t >= ntok) continue;
+            const float* x = Xs + (u64)(t0 + t) * ng;
+            if (NT == 1) {
+                ss_load(v, x, ng, lane);
+            } else {
+#pragma unroll
+                for (int k = 0; k < SSK; k++) {
+                    int i = lane + 32 * k;
+                    if (i < ng) cp_async4(&buf[t][k * 32 + lane], x + i);
+                    else buf[t][k * 32 + lane] = 0.0f;
+                }
+            }
         }
     }
-    return sc;
-}
+    __device__ __forceinline__ void store(float* scl, const float* Xs, int cols, float eps, int t0, int ntok,
+                                          int warp, int lane) {
+        if (!Xs) return;
+        const int ng = cols >> 5;
+        if (NT > 1) cp_async_wait_all(); // each lane reads back only its own copies
+#pragma unroll
+        for (int u = 0; u < NU; u++) {
+            int t = warp + u * NW;
+            if (t >= NT || t0 + t >= ntok) continue;
+            if (NT > 1) {
+#pragma unroll
+                for (int k = 0; k < SSK; k++) v[k] = buf[t][k * 32 + lane];
+            }
+            float sc = ss_scale(v, Xs + (u64)(t0 + t) * ng, ng, cols, eps, lane);
+            if (lane == 0) scl[t] = sc;
+        }
+    }
+};
 // x += o (o null: x as it is), then x * w quantized as quantize_q8_1 does, and per
 // 32-block the sum of squares of x into Xs. A warp a 32-block; grid (n / 256, tokens).
 extern "C" __global__ void __launch_bounds__(256) add_q8s(float* x, const float* o, const float* w, int n,
@@ -784,7 +826,6 @@ __device__ __forceinline__ float sum_parts(const float (*red)[8], int j, int t, 
 // an SM holds about nine blocks and 80 KB in flight. The lanes, sums and their order
 // are dot_row's: the outputs are mvs1's and mvp1's bits. Opt-in (HANGAR_CUDA_BULK=1)
 // until a run measures it.
-__device__ __forceinline__ u32 smem_u32(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 __device__ __forceinline__ void mbar_init(u64* bar) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar)) : "memory");
@@ -849,9 +890,10 @@ __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-    // Warp 0 writes the outputs: it preloads the input's sums of squares (batch 1).
-    float ssv[SSK];
-    const float* xs1 = NT == 1 && warp == 0 ? Xs : nullptr;
+    __shared__ float scl[8];
+    __shared__ float ssb[NT > 1 ? NT : 1][32 * SSK];
+    RowScales<NT, 4> rs;
+    rs.buf = ssb;
     if constexpr (BULK) {
         extern __shared__ __align__(16) u8 wsm[];
         __shared__ __align__(8) u64 bar;
@@ -870,16 +912,17 @@ __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float
             bulk_rows(&bar, wsm, (u32)rb0, src, (u32)rb0, 4);
         }
         pdl_entry();
-        if (xs1) ss_load(ssv, xs1 + (u64)t0 * (cols >> 5), cols >> 5, lane);
+        rs.load(Xs, cols, t0, ntok, warp, lane);
         mbar_wait0(&bar);
         if (seg < 3) dot_row<TY, NT>(wsm + (u64)warp * rb0, cols, Xq, Xd, ntok, t0, lane, 0, 1, acc);
     } else if constexpr (HOISTED(TY, NT)) {
+        // (Batch 1: only warp 0 has a token to load.)
         acc[0] = hoisted_row<TY>(W + (u64)r * rb, rb, seg < 3, cols, Xq, Xd, t0, ntok, lane, warp % parts, parts,
-                                 xs1, ssv);
+                                 warp == 0 ? Xs : nullptr, rs.v);
     } else {
         if (seg < 3 && blockIdx.y == 0) prefetch_row_l2(W + (u64)r * rb, rb, lane, warp % parts, parts);
         pdl_entry();
-        if (xs1) ss_load(ssv, xs1 + (u64)t0 * (cols >> 5), cols >> 5, lane);
+        rs.load(Xs, cols, t0, ntok, warp, lane);
         if (seg < 3)
             dot_row<TY, NT>(W + (u64)r * rb, cols, Xq, Xd, ntok, t0, lane, warp % parts, parts, acc);
     }
@@ -888,9 +931,10 @@ __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float
         float v = warp_sum(acc[t]);
         if (lane == 0) red[warp][t] = v;
     }
+    rs.store(scl, Xs, cols, eps, t0, ntok, warp, lane);
     __syncthreads();
-    const float sc = warp == 0 ? out_scale<NT>(ssv, Xs, cols, eps, t0, ntok, lane) : 1.0f;
     int j = threadIdx.x / NT, t = threadIdx.x % NT;
+    const float sc = Xs && t0 + t < ntok ? scl[t] : 1.0f;
     if (j < rpb && t0 + t < ntok) {
         int g = blockIdx.x * rpb + j;
         float* Y = nullptr;
@@ -923,8 +967,10 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-    float ssv[SSK];
-    const float* xs1 = NT == 1 && warp == 0 ? Xs : nullptr;
+    __shared__ float scl[8];
+    __shared__ float ssb[NT > 1 ? NT : 1][32 * SSK];
+    RowScales<NT, 8> rs;
+    rs.buf = ssb;
     if constexpr (BULK) {
         // Slots 0-3: the gate rows, 4-7: the up rows (warp w's row is slot w).
         extern __shared__ __align__(16) u8 wsm[];
@@ -941,17 +987,17 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
             bulk_rows(&bar, wsm, (u32)rb, src, (u32)rb, 8);
         }
         pdl_entry();
-        if (xs1) ss_load(ssv, xs1 + (u64)t0 * (cols >> 5), cols >> 5, lane);
+        rs.load(Xs, cols, t0, ntok, warp, lane);
         mbar_wait0(&bar);
         if (r < rows) dot_row<TY, NT>(wsm + (u64)warp * rb, cols, Xq, Xd, ntok, t0, lane, 0, 1, acc);
     } else if constexpr (MVP_HOISTED(TY, NT)) {
         acc[0] = hoisted_row<TY>((half ? Wu : Wg) + (u64)r * rb, rb, r < rows, cols, Xq, Xd, t0, ntok, lane,
-                                 w4 % parts, parts, xs1, ssv);
+                                 w4 % parts, parts, warp == 0 ? Xs : nullptr, rs.v);
     } else {
         if (r < rows && blockIdx.y == 0)
             prefetch_row_l2((half ? Wu : Wg) + (u64)r * rb, rb, lane, w4 % parts, parts);
         pdl_entry();
-        if (xs1) ss_load(ssv, xs1 + (u64)t0 * (cols >> 5), cols >> 5, lane);
+        rs.load(Xs, cols, t0, ntok, warp, lane);
         if (r < rows)
             dot_row<TY, NT>((half ? Wu : Wg) + (u64)r * rb, cols, Xq, Xd, ntok, t0, lane, w4 % parts, parts, acc);
     }
@@ -960,10 +1006,11 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
         float v = warp_sum(acc[t]);
         if (lane == 0) red[warp][t] = v;
     }
+    rs.store(scl, Xs, cols, eps, t0, ntok, warp, lane);
     __syncthreads();
-    const float sc = warp == 0 ? out_scale<NT>(ssv, Xs, cols, eps, t0, ntok, lane) : 1.0f;
     int j = threadIdx.x / NT, t = threadIdx.x % NT;
     int g = blockIdx.x * rpb + j;
+    const float sc = Xs && t0 + t < ntok ? scl[t] : 1.0f;
     if (j < rpb && t0 + t < ntok && g < rows) {
         float gv = sum_parts<NT>(red, j, t, parts) * sc;
         float uv = sum_parts<NT>(red + 4, j, t, parts) * sc;
@@ -1129,13 +1176,17 @@ MV_WAVE(q6_k, TY_Q6_K)
 MV_BULK(q4_k, TY_Q4_K)
 MV_BULK(q6_k, TY_Q6_K)
 
+// Blocks of 128 threads an SM the batched `mvs` kernels keep room for (at most 64
+// registers a thread: the deferred norm's scales otherwise push them from 48 to 72).
+// Batch 1 takes the hoisted loads' 111-128 registers (HOISTED).
+#define MV_MIN_BLOCKS(NT) ((NT) == 1 ? 1 : 8)
 #define MMVQ(NAME, TY, NT)                                                                         \
     extern "C" __global__ void __launch_bounds__(128)                                              \
         gemvq##NT##_##NAME(const u8* W, u64 rb, int rows, int cols, const i8* Xq, const float2* Xd, \
                            int ntok, float* Y) {                                                   \
         gemvq_warp<TY, NT>(W, rb, rows, cols, Xq, Xd, ntok, Y);                                    \
     }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(128)                                              \
+    extern "C" __global__ void __launch_bounds__(128, MV_MIN_BLOCKS(NT))                           \
         mvs##NT##_##NAME(const u8* W0, u64 rb0, int rows0, float* Y0, const u8* W1, u64 rb1,        \
                          int rows1, float* Y1, const u8* W2, u64 rb2, int rows2, float* Y2,        \
                          int cols, const i8* Xq, const float2* Xd, int ntok, int parts,            \
@@ -1143,7 +1194,7 @@ MV_BULK(q6_k, TY_Q6_K)
         mvs_body<TY, NT>(W0, rb0, rows0, Y0, W1, rb1, rows1, Y1, W2, rb2, rows2, Y2, cols, Xq, Xd, \
                          ntok, parts, Xs, eps);                                                   \
     }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(256)                                              \
+    extern "C" __global__ void __launch_bounds__(256, MV_MIN_BLOCKS(NT) / 2)                       \
         mvp##NT##_##NAME(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols, const i8* Xq,      \
                          const float2* Xd, int ntok, int act, int parts, float* Y, XS_PARAMS) {   \
         mvp_body<TY, NT>(Wg, Wu, rb, rows, cols, Xq, Xd, ntok, act, parts, Y, Xs, eps);           \
