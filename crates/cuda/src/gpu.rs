@@ -39,7 +39,7 @@ pub struct DeviceInfo {
     pub compute_capability: (i32, i32),
     pub total_mem: usize,
     pub driver_version: i32,
-    /// Streaming multiprocessors (the one-wave GEMVs size their grid by it).
+    /// Streaming multiprocessors.
     pub sm_count: usize,
 }
 

@@ -13,11 +13,11 @@ mod deferred;
 mod norm;
 mod sampling;
 
-use deferred::Q8Of;
 use crate::gpu::{Args, DevBuf, Gpu, Scratch};
 use crate::head::HEAD_MAX_VOCAB;
 use crate::offload::{plan_layers, CpuLayers, GpuOptions, SCRATCH_RESERVE};
 use crate::CudaError;
+use deferred::Q8Of;
 use hangar_engine::sampler::{HeadRequest, HeadResult};
 use hangar_engine::{EngineError, ModelRunner, StepInput};
 use hangar_formats::GgmlType;
@@ -288,10 +288,6 @@ pub struct CudaRunner {
     pool: hangar_kernels::ThreadPool,
     /// The row split of `mvs` launches under `SMALL_GEMV_BYTES`.
     parts_small: usize,
-    /// Blocks an SM of the one-wave batch-1 GEMVs (`mvs1w`/`mvp1w`, kernels/mmvq.cu);
-    /// 0, the four-rows-a-block kernels, unless `HANGAR_CUDA_WAVE=1|2` (opt-in: run 31
-    /// measured them 5% slower with contiguous row runs; docs/GPU.md).
-    wave_blocks: usize,
     /// The bulk-copy batch-1 GEMVs (`mvsb1`/`mvpb1`, kernels/mmvq.cu), sm_90+ with
     /// `HANGAR_CUDA_BULK=1` (opt-in until a run measures them).
     bulk: bool,
@@ -563,11 +559,6 @@ impl CudaRunner {
                 .and_then(|v| v.parse::<usize>().ok())
                 .filter(|p| matches!(p, 1 | 2 | 4))
                 .unwrap_or_else(gemv_parts),
-            wave_blocks: std::env::var("HANGAR_CUDA_WAVE")
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .filter(|b| *b <= 2)
-                .unwrap_or(0),
             bulk: gpu.info.compute_capability.0 >= 9
                 && std::env::var("HANGAR_CUDA_BULK").as_deref() == Ok("1"),
             // The skip bitmap lives in shared memory (48 KiB without opting in).
@@ -799,18 +790,18 @@ impl CudaRunner {
         )
     }
 
-    /// The grid of the one-wave batch-1 GEMV (`mvs1w`/`mvp1w`) for a step of `ntok`
-    /// tokens, when it applies: Q4_K and Q6_K rows (the hoisted steps it streams), one
-    /// warp a row (its sums are then `mvs1`'s bits) and `wave_blocks` not 0.
-    fn wave_grid(&self, kind: &str, ntok: usize, parts: usize) -> Option<u32> {
-        (ntok == 1 && parts == 1 && self.wave_blocks > 0 && matches!(kind, "q4_k" | "q6_k"))
-            .then(|| (self.gpu.info.sm_count * self.wave_blocks) as u32)
-    }
-
     /// The name and dynamic shared memory of the bulk-copy GEMV for `slots` rows of
     /// `rb` bytes, when it applies: batch 1, one warp a row, Q4_K or Q6_K, and the rows
     /// within the 48 KiB a block gets without opting in.
-    fn bulk_kernel(&self, prefix: &str, kind: &str, ntok: usize, parts: usize, rb: usize, slots: usize) -> Option<(String, u32)> {
+    fn bulk_kernel(
+        &self,
+        prefix: &str,
+        kind: &str,
+        ntok: usize,
+        parts: usize,
+        rb: usize,
+        slots: usize,
+    ) -> Option<(String, u32)> {
         (self.bulk
             && ntok == 1
             && parts == 1
@@ -853,10 +844,6 @@ impl CudaRunner {
             .i32(ntok as i32)
             .i32(parts as i32);
         let args = args.ptr(xs).f32(self.cfg.rms_eps);
-        if let Some(grid) = self.wave_grid(kind, ntok, parts).filter(|_| xs == 0) {
-            let name = format!("mvs1w_{kind}");
-            return self.gpu.launch(&name, (grid, 1, 1), (256, 1, 1), 0, args);
-        }
         let rb = segs.first().map_or(0, |s| s.1);
         if segs.iter().all(|s| s.1 == rb) {
             if let Some((name, smem)) = self.bulk_kernel("mvsb1", kind, ntok, parts, rb, 4) {
@@ -944,10 +931,9 @@ impl CudaRunner {
             .ptr(y);
         let args = args.ptr(xs).f32(self.cfg.rms_eps);
         let bulk = self.bulk_kernel("mvpb1", kind, ntok, parts, rb, 8);
-        let (name, grid, smem) = match (self.wave_grid(kind, ntok, parts).filter(|_| xs == 0), bulk) {
-            (Some(grid), _) => (format!("mvp1w_{kind}"), (grid, 1, 1), 0),
-            (None, Some((name, smem))) => (name, (rows.div_ceil(4) as u32, 1, 1), smem),
-            (None, None) => (
+        let (name, grid, smem) = match bulk {
+            Some((name, smem)) => (name, (rows.div_ceil(4) as u32, 1, 1), smem),
+            None => (
                 format!("mvp{nt}_{kind}"),
                 (rows.div_ceil(4 / parts) as u32, ntok.div_ceil(nt) as u32, 1),
                 0,

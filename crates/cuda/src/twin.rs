@@ -444,104 +444,6 @@ pub fn gemvq_row(ty: GgmlType, row: &[u8], xq: &[i8], xd: &[[f32; 2]]) -> Option
     gemvq_row_split(ty, row, xq, xd, 1)
 }
 
-/// The rows, in order, that warp `wid` of `nw` takes in the one-wave GEMVs
-/// (`mvs1w`/`mvp1w`, kernels/mmvq.cu `wave_body`): `wid`, `wid + nw`, ... (or, with
-/// `runs`, the `WAVE_RUNS` variant, an even contiguous split).
-pub fn wave_rows(total: usize, nw: usize, wid: usize, runs: bool) -> Vec<usize> {
-    if runs {
-        (total * wid / nw..total * (wid + 1) / nw).collect()
-    } else {
-        (wid..total).step_by(nw).collect()
-    }
-}
-
-/// One weight step of a wave warp: (row, matrix half: 0 gate or only, 1 up, step k of
-/// the half).
-pub type WaveStep = (usize, usize, usize);
-
-/// What [`wave_schedule`] returns: each used step as (weights held, position, activation
-/// step k), then each row end as (row, gate sum taken).
-pub type WaveReplay = (Vec<(WaveStep, WaveStep, usize)>, Vec<(usize, bool)>);
-
-/// `wave_body`'s control flow for one warp of `count` rows from `first`, each row's
-/// successor `next` rows on, replayed: the ring of `wk` weight slots
-/// (loaded `wk` steps ahead through the load cursor), each group's activation steps
-/// computed from the consume cursor, and the row ends. Returns, in order, every used
-/// step as (weights held, position, activation step k) and every row end as (row,
-/// gate sum taken). The kernel is right when the weights held are the consumed position's and
-/// the activations its k.
-pub fn wave_schedule(
-    first: usize,
-    count: usize,
-    next: usize,
-    nb: usize,
-    pair: bool,
-    wk: usize,
-) -> WaveReplay {
-    let spr = nb.div_ceil(4);
-    let cpr = if pair { 2 * spr } else { spr };
-    let n = count * cpr;
-    // The load cursor: (row, step of the row); a row's successor is row + next.
-    let mut ld = (first, 0usize);
-    let load = |ld: &mut (usize, usize)| -> WaveStep {
-        let (half, k) = if pair && ld.1 >= spr {
-            (1, ld.1 - spr)
-        } else {
-            (0, ld.1)
-        };
-        let held = (ld.0, half, k);
-        ld.1 += 1;
-        if ld.1 == cpr {
-            ld.1 = 0;
-            ld.0 += next;
-        }
-        held
-    };
-    let mut ring: Vec<Option<WaveStep>> = (0..wk).map(|u| (u < n).then(|| load(&mut ld))).collect();
-    let (mut g, mut c, mut gate) = (first, 0usize, false);
-    let (mut used, mut ends) = (Vec::new(), Vec::new());
-    let mut i = 0;
-    while i < n {
-        let acts: Vec<usize> = (0..wk)
-            .map(|u| {
-                let k = (c + u) % cpr;
-                if pair && k >= spr {
-                    k - spr
-                } else {
-                    k
-                }
-            })
-            .collect();
-        for u in 0..wk {
-            if i + u >= n {
-                break;
-            }
-            let pos = if pair && c >= spr {
-                (g, 1, c - spr)
-            } else {
-                (g, 0, c)
-            };
-            let held = ring[u].unwrap_or((usize::MAX, 0, 0));
-            used.push((held, pos, acts[u]));
-            if i + u + wk < n {
-                ring[u] = Some(load(&mut ld));
-            }
-            if pair && c == spr - 1 {
-                gate = true;
-            }
-            c += 1;
-            if c == cpr {
-                ends.push((g, gate));
-                gate = false;
-                c = 0;
-                g += next;
-            }
-        }
-        i += wk;
-    }
-    (used, ends)
-}
-
 /// As [`gemvq_row`] with the row's weight blocks split over `parts` warps, as the
 /// `mvs`/`mvp` kernels split them over four: warp `part` starts `part` lane-steps in,
 /// each warp's lanes are summed by the butterfly, then the warps' sums in order.
@@ -1440,10 +1342,16 @@ mod tests {
             assert!((sc - want).abs() <= 1e-5 * want, "{cols}: {sc} vs {want}");
             // The int8 values are those of the normed row but for ties at rounding.
             let off = q.iter().zip(&hq).filter(|(a, b)| a != b).count();
-            assert!(q.iter().zip(&hq).all(|(&a, &b)| (a as i32 - b as i32).abs() <= 1));
+            assert!(q
+                .iter()
+                .zip(&hq)
+                .all(|(&a, &b)| (a as i32 - b as i32).abs() <= 1));
             assert!(off * 100 <= cols, "{cols}: {off} int8 values moved");
             // (K-quant rows are whole 256-blocks.)
-            for ty in [GgmlType::Q4K, GgmlType::Q6K].into_iter().filter(|_| cols % 256 == 0) {
+            for ty in [GgmlType::Q4K, GgmlType::Q6K]
+                .into_iter()
+                .filter(|_| cols % 256 == 0)
+            {
                 let (bytes, wr) = random_row(ty, cols, cols as u64);
                 let classic = gemvq_row(ty, &bytes, &hq, &hd).expect("int8 kernel");
                 let deferred = gemvq_row(ty, &bytes, &q, &ds).expect("int8 kernel") * sc;
@@ -1533,50 +1441,6 @@ mod tests {
                 assert_eq!(value.to_bits(), want.value.to_bits(), "case {case}");
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&skipped), bits(&want.skipped), "case {case}");
-            }
-        }
-    }
-
-    #[test]
-    fn the_wave_gemv_schedule_uses_each_step_once_with_its_own_weights() {
-        // Row widths of 1 024 to 14 336 (4 to 56 blocks, including rows whose last
-        // step is partial), both kernels, both ring depths, both row layouts, and warp
-        // counts with fewer, as many and more rows than warps.
-        for nb in [4, 5, 16, 18, 56] {
-            for (pair, wk, runs) in (0..8).map(|b| (b & 1 == 1, 2 + 2 * ((b >> 1) & 1), b >= 4)) {
-                for (total, nw) in [(6, 16), (4096, 2112), (14_336, 1056), (7, 7)] {
-                    let mut seen = vec![0usize; total];
-                    let (mut most, mut least) = (0, usize::MAX);
-                    for wid in 0..nw {
-                        let rows = wave_rows(total, nw, wid, runs);
-                        most = most.max(rows.len());
-                        least = least.min(rows.len());
-                        // The kernel's cursor: the first row, the count, the step.
-                        let first = rows.first().copied().unwrap_or(wid);
-                        let next = if runs { 1 } else { nw };
-                        let (used, ends) = wave_schedule(first, rows.len(), next, nb, pair, wk);
-                        let spr = nb.div_ceil(4);
-                        let per_row = if pair { 2 * spr } else { spr };
-                        assert_eq!(used.len(), rows.len() * per_row);
-                        for (j, &(held, pos, act)) in used.iter().enumerate() {
-                            assert_eq!(held, pos, "nb {nb} pair {pair} wk {wk} step {j}");
-                            assert_eq!(act, pos.2, "activations of step {j}");
-                            let row = rows[j / per_row];
-                            let want = if pair && j % per_row >= spr {
-                                (row, 1, j % per_row - spr)
-                            } else {
-                                (row, 0, j % per_row)
-                            };
-                            assert_eq!(pos, want, "steps in the hoisted loop's order");
-                        }
-                        let ended: Vec<usize> = ends.iter().map(|e| e.0).collect();
-                        assert_eq!(ended, rows);
-                        assert!(ends.iter().all(|e| e.1 == pair), "gate sum before up");
-                        rows.iter().for_each(|&r| seen[r] += 1);
-                    }
-                    assert!(seen.iter().all(|&s| s == 1), "every row once");
-                    assert!(most - least <= 1, "an even split: {least}..{most}");
-                }
             }
         }
     }

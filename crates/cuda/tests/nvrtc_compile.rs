@@ -78,12 +78,10 @@ fn opt_in_kernel_variants_compile_for_sm80_and_sm90a() {
     if !nvrtc_or_skip() {
         return;
     }
-    let variants: [(&str, &str); 7] = [
+    let variants: [(&str, &str); 5] = [
         ("mmvq", "NO_HOIST"),
         ("mmvq", "HOIST2"),
         ("mmvq", "HOIST_MVS_ONLY"),
-        ("mmvq", "WAVE2"),
-        ("mmvq", "WAVE_RUNS"),
         ("attention", "ATT_AU1"),
         ("attention", "ATT_AU4"),
     ];
