@@ -78,10 +78,11 @@ fn opt_in_kernel_variants_compile_for_sm80_and_sm90a() {
     if !nvrtc_or_skip() {
         return;
     }
-    let variants: [(&str, &str); 5] = [
+    let variants: [(&str, &str); 6] = [
         ("mmvq", "NO_HOIST"),
         ("mmvq", "HOIST2"),
         ("mmvq", "HOIST_MVS_ONLY"),
+        ("mmvq", "MV_REGS_FREE"),
         ("attention", "ATT_AU1"),
         ("attention", "ATT_AU4"),
     ];

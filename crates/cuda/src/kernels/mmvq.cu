@@ -1040,7 +1040,12 @@ MV_BULK(q6_k, TY_Q6_K)
 // Blocks of 128 threads an SM the batched `mvs` kernels keep room for (at most 64
 // registers a thread: the deferred norm's scales otherwise push them from 48 to 72).
 // Batch 1 takes the hoisted loads' 111-128 registers (HOISTED).
+// (HANGAR_CUDA_DEFINES=MV_REGS_FREE lifts the cap, for an A/B run.)
+#ifdef MV_REGS_FREE
+#define MV_MIN_BLOCKS(NT) 2
+#else
 #define MV_MIN_BLOCKS(NT) ((NT) == 1 ? 1 : 8)
+#endif
 #define MMVQ(NAME, TY, NT)                                                                         \
     extern "C" __global__ void __launch_bounds__(128)                                              \
         gemvq##NT##_##NAME(const u8* W, u64 rb, int rows, int cols, const i8* Xq, const float2* Xd, \
