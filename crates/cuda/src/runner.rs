@@ -289,7 +289,7 @@ pub struct CudaRunner {
     /// The row split of `mvs` launches under `SMALL_GEMV_BYTES`.
     parts_small: usize,
     /// The bulk-copy batch-1 GEMVs (`mvsb1`/`mvpb1`, kernels/mmvq.cu), sm_90+ with
-    /// `HANGAR_CUDA_BULK=1` (opt-in until a run measures them).
+    /// `HANGAR_CUDA_BULK=1` (opt-in: runs 34-35 measured them 5% slower; docs/GPU.md).
     bulk: bool,
     /// Greedy rows picked on the device (`greedy_pick`), on unless
     /// `HANGAR_CUDA_GREEDY=0` or the vocabulary's skip bitmap outgrows shared memory.
@@ -812,9 +812,8 @@ impl CudaRunner {
     }
 
     /// One `mvs` launch over up to three matrices of type `kind` sharing the int8
-    /// input: `segs` are (weights, row bytes, rows, output).
-    /// `x` is the int8 input: values, scales, and its sums of squares when its norm
-    /// is deferred (0 otherwise).
+    /// input: `segs` are (weights, row bytes, rows, output); the input is its values,
+    /// scales, and its sums of squares when its norm is deferred (0 otherwise).
     fn launch_mvs(
         &mut self,
         segs: &[(u64, usize, usize, u64)],
@@ -961,30 +960,28 @@ impl CudaRunner {
         }
         let xq = self.bufs.xq.get(&self.gpu, n)?;
         let xd = self.bufs.xd.get(&self.gpu, n / 32 * 8)?;
-        {
-            if cpu_blk == 0 {
-                let args = Args::new().ptr(x).u64(n as u64).ptr(xq).ptr(xd);
-                self.gpu
-                    .launch("quantize_q8_1", (grid1(n, 256), 1, 1), (256, 1, 1), 0, args)?;
-            } else {
-                let args = Args::new()
-                    .ptr(x)
-                    .u64(n as u64)
-                    .i32(cpu_blk as i32)
-                    .ptr(xq)
-                    .ptr(xd);
-                let blocks = n.div_ceil(256) as u32;
-                self.gpu
-                    .launch("quantize_cpu", (blocks, 1, 1), (256, 1, 1), 0, args)?;
-            }
-            self.q8_of = Some(Q8Of {
-                key,
-                q: xq,
-                d: xd,
-                ss: 0,
-            });
-            self.xf_of = None;
+        if cpu_blk == 0 {
+            let args = Args::new().ptr(x).u64(n as u64).ptr(xq).ptr(xd);
+            self.gpu
+                .launch("quantize_q8_1", (grid1(n, 256), 1, 1), (256, 1, 1), 0, args)?;
+        } else {
+            let args = Args::new()
+                .ptr(x)
+                .u64(n as u64)
+                .i32(cpu_blk as i32)
+                .ptr(xq)
+                .ptr(xd);
+            let blocks = n.div_ceil(256) as u32;
+            self.gpu
+                .launch("quantize_cpu", (blocks, 1, 1), (256, 1, 1), 0, args)?;
         }
+        self.q8_of = Some(Q8Of {
+            key,
+            q: xq,
+            d: xd,
+            ss: 0,
+        });
+        self.xf_of = None;
         Ok((xq, xd))
     }
 

@@ -824,8 +824,10 @@ __device__ __forceinline__ float sum_parts(const float (*red)[8], int j, int t, 
 // 37 KB in flight (ncu, run 28: half the cycles with no eligible warp, DRAM at 54%);
 // here a 4096-wide Q4_K block is 9 KB of shared memory and ~50 registers a thread, so
 // an SM holds about nine blocks and 80 KB in flight. The lanes, sums and their order
-// are dot_row's: the outputs are mvs1's and mvp1's bits. Opt-in (HANGAR_CUDA_BULK=1)
-// until a run measures it.
+// are dot_row's: the outputs are mvs1's and mvp1's bits. Opt-in (HANGAR_CUDA_BULK=1):
+// run 34 measured batch-1 decode 5% slower, and ncu (run 35) twice the warps an SM
+// holds, each stalled twice as long: a block computes only after its whole copy, and
+// dot_row's loop waits on L1 for the activations at every step.
 __device__ __forceinline__ void mbar_init(u64* bar) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar)) : "memory");
