@@ -851,6 +851,19 @@ __device__ __forceinline__ void bulk_rows(u64* bar, u8* dst, u32 slot, const u8*
                 : "memory");
 #endif
 }
+// Every thread of the block calls it: thread 0 arms `bar` and asks for the block's N
+// row copies into slots of rb bytes (src(i): slot i's row, null: none).
+template <int N, class Src>
+__device__ __forceinline__ void bulk_start(u64* bar, u8* wsm, u32 rb, Src src) {
+    if (threadIdx.x == 0) mbar_init(bar);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const u8* p[N];
+#pragma unroll
+        for (int i = 0; i < N; i++) p[i] = src(i);
+        bulk_rows(bar, wsm, rb, p, rb, N);
+    }
+}
 __device__ __forceinline__ void mbar_wait0(u64* bar) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile(
@@ -899,20 +912,13 @@ __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float
     if constexpr (BULK) {
         extern __shared__ __align__(16) u8 wsm[];
         __shared__ __align__(8) u64 bar;
-        if (threadIdx.x == 0) mbar_init(&bar);
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            const u8* src[4];
-#pragma unroll
-            for (int w = 0; w < 4; w++) {
-                int g = blockIdx.x * 4 + w;
-                src[w] = g < rows0                   ? W0 + (u64)g * rb0
-                         : g - rows0 < rows1         ? W1 + (u64)(g - rows0) * rb0
-                         : g - rows0 - rows1 < rows2 ? W2 + (u64)(g - rows0 - rows1) * rb0
-                                                     : nullptr;
-            }
-            bulk_rows(&bar, wsm, (u32)rb0, src, (u32)rb0, 4);
-        }
+        bulk_start<4>(&bar, wsm, (u32)rb0, [&](int w) -> const u8* {
+            int g = blockIdx.x * 4 + w;
+            return g < rows0                   ? W0 + (u64)g * rb0
+                   : g - rows0 < rows1         ? W1 + (u64)(g - rows0) * rb0
+                   : g - rows0 - rows1 < rows2 ? W2 + (u64)(g - rows0 - rows1) * rb0
+                                               : nullptr;
+        });
         pdl_entry();
         rs.load(Xs, cols, t0, ntok, warp, lane);
         mbar_wait0(&bar);
@@ -977,17 +983,10 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
         // Slots 0-3: the gate rows, 4-7: the up rows (warp w's row is slot w).
         extern __shared__ __align__(16) u8 wsm[];
         __shared__ __align__(8) u64 bar;
-        if (threadIdx.x == 0) mbar_init(&bar);
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            const u8* src[8];
-#pragma unroll
-            for (int w = 0; w < 8; w++) {
-                int g = blockIdx.x * 4 + (w & 3);
-                src[w] = g < rows ? (w < 4 ? Wg : Wu) + (u64)g * rb : nullptr;
-            }
-            bulk_rows(&bar, wsm, (u32)rb, src, (u32)rb, 8);
-        }
+        bulk_start<8>(&bar, wsm, (u32)rb, [&](int w) -> const u8* {
+            int g = blockIdx.x * 4 + (w & 3);
+            return g < rows ? (w < 4 ? Wg : Wu) + (u64)g * rb : nullptr;
+        });
         pdl_entry();
         rs.load(Xs, cols, t0, ntok, warp, lane);
         mbar_wait0(&bar);
