@@ -295,10 +295,9 @@ pub(crate) struct Gpu {
     pub blas: Option<Blas>,
     pub info: DeviceInfo,
     pub arch: String,
-    funcs: HashMap<String, sys::CUfunction>,
-    /// Each loaded kernel's parameter count (where the driver reports it, 12.4+): a
-    /// launch with another count is refused instead of reading garbage arguments.
-    params: HashMap<usize, usize>,
+    /// Each loaded kernel and its parameter count (where the driver reports it,
+    /// 12.4+): a launch with another count is refused instead of reading garbage.
+    funcs: HashMap<String, (sys::CUfunction, Option<usize>)>,
     modules: Vec<sys::CUmodule>,
     /// Every launch goes to this stream (blocking: it orders with the synchronous
     /// copies on the legacy stream).
@@ -343,7 +342,6 @@ impl Gpu {
             info,
             arch,
             funcs: HashMap::new(),
-            params: HashMap::new(),
             modules: Vec::new(),
             blas: None,
             stream,
@@ -382,18 +380,21 @@ impl Gpu {
 
     /// The kernel called `name` in any loaded unit.
     pub fn func(&mut self, name: &str) -> Result<sys::CUfunction, CudaError> {
-        if let Some(&f) = self.funcs.get(name) {
-            return Ok(f);
+        self.func_params(name).map(|(f, _)| f)
+    }
+
+    /// The kernel called `name` and its parameter count, if the driver reports it.
+    fn func_params(&mut self, name: &str) -> Result<(sys::CUfunction, Option<usize>), CudaError> {
+        if let Some(&fp) = self.funcs.get(name) {
+            return Ok(fp);
         }
         let cname = CString::new(name).map_err(|_| CudaError::Unsupported(name.into()))?;
         for &m in &self.modules {
             // SAFETY: `m` is a loaded module.
             if let Ok(f) = unsafe { result::module::get_function(m, cname.clone()) } {
-                self.funcs.insert(name.to_string(), f);
-                if let Some(n) = self.param_count(f) {
-                    self.params.insert(f as usize, n);
-                }
-                return Ok(f);
+                let fp = (f, self.param_count(f));
+                self.funcs.insert(name.to_string(), fp);
+                return Ok(fp);
             }
         }
         Err(CudaError::Driver {
@@ -459,8 +460,8 @@ impl Gpu {
         cluster: u32,
         args: Args,
     ) -> Result<(), CudaError> {
-        let f = self.func(name)?;
-        if let Some(&n) = self.params.get(&(f as usize)) {
+        let (f, params) = self.func_params(name)?;
+        if let Some(n) = params {
             if n != args.0.len() {
                 return Err(CudaError::BadLaunch(format!(
                     "kernel {name} takes {n} arguments but the launch passes {}",

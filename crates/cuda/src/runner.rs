@@ -958,8 +958,7 @@ impl CudaRunner {
         if let Some(r) = self.q8_of.filter(|r| r.key == key) {
             return Ok((r.q, r.d));
         }
-        let xq = self.bufs.xq.get(&self.gpu, n)?;
-        let xd = self.bufs.xd.get(&self.gpu, n / 32 * 8)?;
+        let (xq, xd) = self.q8_buffers(n)?;
         if cpu_blk == 0 {
             let args = Args::new().ptr(x).u64(n as u64).ptr(xq).ptr(xd);
             self.gpu
@@ -975,13 +974,7 @@ impl CudaRunner {
             self.gpu
                 .launch("quantize_cpu", (blocks, 1, 1), (256, 1, 1), 0, args)?;
         }
-        self.q8_of = Some(Q8Of {
-            key,
-            q: xq,
-            d: xd,
-            ss: 0,
-        });
-        self.xf_of = None;
+        self.set_q8(key, xq, xd, 0);
         Ok((xq, xd))
     }
 
@@ -1273,7 +1266,7 @@ impl CudaRunner {
         let n_layers = self.layers.len();
         if fused && n_layers > 0 {
             let w = self.layers[0].attn_norm.ptr;
-            if defer && self.all_int8(&[0, 1, 2], t_total) {
+            if defer && self.all_int8(&[0, 1, 2]) {
                 self.add_q8s(x, 0, w, hbuf, t_total)?;
             } else {
                 self.add_norm_q8(x, 0, 0, w, hbuf, t_total)?;
@@ -1474,17 +1467,12 @@ impl CudaRunner {
             }
             self.forget_quantized();
             if att_q.0 != 0 {
-                self.q8_of = Some(Q8Of {
-                    key: (attn, t_total, qd, 0),
-                    q: att_q.0,
-                    d: att_q.1,
-                    ss: 0,
-                });
+                self.set_q8((attn, t_total, qd, 0), att_q.0, att_q.1, 0);
             }
             self.tap(li, Tap::AttnOutIn, attn, t_total * qd)?;
             self.matmul(li * 8 + 3, attn, t_total, o)?;
             // Feed-forward.
-            if defer && pan == 0 && self.all_int8(&[li * 8 + 4, li * 8 + 5], t_total) {
+            if defer && pan == 0 && self.all_int8(&[li * 8 + 4, li * 8 + 5]) {
                 self.add_q8s(x, o, ffn_norm, hbuf, t_total)?;
             } else if fused {
                 self.add_norm_q8(x, o, pan, ffn_norm, hbuf, t_total)?;
@@ -1510,7 +1498,7 @@ impl CudaRunner {
             if fused && next < n_layers {
                 let w = self.layers[next].attn_norm.ptr;
                 let readers = [next * 8, next * 8 + 1, next * 8 + 2];
-                if defer && pfn == 0 && self.all_int8(&readers, t_total) {
+                if defer && pfn == 0 && self.all_int8(&readers) {
                     self.add_q8s(x, o, w, hbuf, t_total)?;
                 } else {
                     self.add_norm_q8(x, o, pfn, w, hbuf, t_total)?;

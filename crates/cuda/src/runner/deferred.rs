@@ -5,7 +5,7 @@
 //! `add_norm_q8c`, whose two cluster-wide sums are a chain of latencies.
 //! `HANGAR_CUDA_DEFER_NORM=0` turns it off.
 
-use super::{has_int8_gemv, CudaRunner, GemvChoice, Q8Key};
+use super::{has_int8_gemv, CudaRunner, Q8Key};
 use crate::gpu::Args;
 use crate::CudaError;
 
@@ -27,15 +27,25 @@ impl CudaRunner {
         self.q8_of.filter(|r| r.key == key).map_or(0, |r| r.ss)
     }
 
-    /// Whether every matrix in `ms` takes the int8 `mvs`/`mvp` path on a step of
-    /// `ntok` rows: the readers of a deferred norm must all scale their sums.
-    pub(super) fn all_int8(&self, ms: &[usize], ntok: usize) -> bool {
-        ms.iter().all(|&m| {
-            self.split
-                && self.gemv == GemvChoice::Int8
-                && has_int8_gemv(self.mat(m).kind)
-                && ntok < self.gemm_min
-        })
+    /// Whether every matrix in `ms` has an int8 GEMV: on a fused decode step (split
+    /// int8 GEMVs, below `gemm_min`) each then reads its input through `mvs`/`mvp`,
+    /// which apply a deferred norm (`matmul` refuses any other reader).
+    pub(super) fn all_int8(&self, ms: &[usize]) -> bool {
+        ms.iter().all(|&m| has_int8_gemv(self.mat(m).kind))
+    }
+
+    /// The buffers of an int8 copy of `n` values: the values and per-32 (d, d sum q).
+    pub(super) fn q8_buffers(&mut self, n: usize) -> Result<(u64, u64), CudaError> {
+        let xq = self.bufs.xq.get(&self.gpu, n)?;
+        let xd = self.bufs.xd.get(&self.gpu, n / 32 * 8)?;
+        Ok((xq, xd))
+    }
+
+    /// Records the int8 copy now current: of input `key`, in `q`/`d`, with the
+    /// sums of squares `ss` of a deferred norm (0: none).
+    pub(super) fn set_q8(&mut self, key: Q8Key, q: u64, d: u64, ss: u64) {
+        self.q8_of = Some(Q8Of { key, q, d, ss });
+        self.xf_of = None;
     }
 
     /// `x += o` (`o` 0: none) for `rows` token rows, then `x * w` quantized and
@@ -50,8 +60,7 @@ impl CudaRunner {
         rows: usize,
     ) -> Result<(), CudaError> {
         let n = self.cfg.d_model;
-        let xq = self.bufs.xq.get(&self.gpu, rows * n)?;
-        let xd = self.bufs.xd.get(&self.gpu, rows * n / 32 * 8)?;
+        let (xq, xd) = self.q8_buffers(rows * n)?;
         let xs = self.bufs.ss.get(&self.gpu, rows * n / 32 * 4)?;
         let args = Args::new()
             .ptr(x)
@@ -68,13 +77,7 @@ impl CudaRunner {
             0,
             args,
         )?;
-        self.q8_of = Some(Q8Of {
-            key: (h, rows, n, 0),
-            q: xq,
-            d: xd,
-            ss: xs,
-        });
-        self.xf_of = None;
+        self.set_q8((h, rows, n, 0), xq, xd, xs);
         Ok(())
     }
 }

@@ -36,17 +36,10 @@ impl CudaRunner {
         rows: usize,
     ) -> Result<(), CudaError> {
         let n = self.cfg.d_model;
-        let xq = self.bufs.xq.get(&self.gpu, rows * n)?;
-        let xd = self.bufs.xd.get(&self.gpu, rows * n / 32 * 8)?;
+        let (xq, xd) = self.q8_buffers(rows * n)?;
         let cl = if self.norm_cluster { cluster_for(n) } else { 0 };
         self.launch_add_norm(cl, (x, o, post, w, h), rows, xq, xd)?;
-        self.q8_of = Some(super::Q8Of {
-            key: (h, rows, n, 0),
-            q: xq,
-            d: xd,
-            ss: 0,
-        });
-        self.xf_of = None;
+        self.set_q8((h, rows, n, 0), xq, xd, 0);
         Ok(())
     }
 
