@@ -41,6 +41,8 @@ pub struct DeviceInfo {
     pub driver_version: i32,
     /// Streaming multiprocessors.
     pub sm_count: usize,
+    /// Shared memory a block may have when its kernel opts in (bytes).
+    pub smem_optin: usize,
 }
 
 /// Looks for device `ordinal`: the driver library, its initialisation and the device.
@@ -54,7 +56,7 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo, CudaError> {
     let dev = result::device::get(ordinal as i32).map_err(drv("cuDeviceGet"))?;
     let name = result::device::get_name(dev).map_err(drv("cuDeviceGetName"))?;
     // SAFETY: `dev` is a valid device handle.
-    let (major, minor, total, sms) = unsafe {
+    let (major, minor, total, sms, optin) = unsafe {
         use sys::CUdevice_attribute::*;
         (
             result::device::get_attribute(dev, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
@@ -64,6 +66,11 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo, CudaError> {
             result::device::total_mem(dev).map_err(drv("cuDeviceTotalMem"))?,
             result::device::get_attribute(dev, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
                 .map_err(drv("cuDeviceGetAttribute"))?,
+            result::device::get_attribute(
+                dev,
+                CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .unwrap_or(48 << 10),
         )
     };
     let mut driver_version = 0;
@@ -76,6 +83,7 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo, CudaError> {
         total_mem: total,
         driver_version,
         sm_count: sms.max(1) as usize,
+        smem_optin: optin.max(0) as usize,
     })
 }
 
@@ -403,15 +411,25 @@ impl Gpu {
         })
     }
 
-    /// Asks for the largest shared-memory carveout for kernel `name` (a hint: the
-    /// bulk-copy GEMVs hold their rows there, and more of it is more blocks an SM).
-    pub fn prefer_shared(&mut self, name: &str) -> Result<(), CudaError> {
+    /// Lets kernel `name` take up to `bytes` of dynamic shared memory (beyond the 48 KiB
+    /// a launch gets without opting in) and asks for the largest shared-memory carveout.
+    pub fn allow_shared(&mut self, name: &str, bytes: usize) -> Result<(), CudaError> {
         let f = self.func(name)?;
-        let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT;
-        // SAFETY: a function handle of a loaded module; 100 is a valid percentage.
-        unsafe { sys::cuFuncSetAttribute(f, attr, 100) }
-            .result()
-            .map_err(drv(format!("cuFuncSetAttribute({name})")))
+        use sys::CUfunction_attribute::*;
+        for (attr, v) in [
+            (
+                CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            ),
+            (CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100),
+        ] {
+            // SAFETY: a function handle of a loaded module; the values are in range
+            // (bytes at most the device's opt-in limit, a percentage).
+            unsafe { sys::cuFuncSetAttribute(f, attr, v) }
+                .result()
+                .map_err(drv(format!("cuFuncSetAttribute({name})")))?;
+        }
+        Ok(())
     }
 
     /// How many parameters kernel `f` takes, from cuFuncGetParamInfo (drivers of CUDA

@@ -12,6 +12,7 @@
 mod deferred;
 mod norm;
 mod sampling;
+mod stream;
 
 use crate::gpu::{Args, DevBuf, Gpu, Scratch};
 use crate::head::HEAD_MAX_VOCAB;
@@ -25,6 +26,7 @@ use hangar_kernels::ops::RopeStyle;
 use hangar_kernels::packed::GreedyPick;
 use hangar_models::kv::{KvLayout, NO_BLOCK};
 use hangar_models::{Activation, LogitsWanted, MatrixView, Model, ModelConfig, Observer, Tap};
+use stream::{StreamCfg, STREAM_KERNELS};
 
 /// A matrix on the device.
 struct DevMat {
@@ -288,9 +290,8 @@ pub struct CudaRunner {
     pool: hangar_kernels::ThreadPool,
     /// The row split of `mvs` launches under `SMALL_GEMV_BYTES`.
     parts_small: usize,
-    /// The bulk-copy batch-1 GEMVs (`mvsb1`/`mvpb1`, kernels/mmvq.cu), sm_90+ with
-    /// `HANGAR_CUDA_BULK=1` (opt-in: runs 34-35 measured them 5% slower; docs/GPU.md).
-    bulk: bool,
+    /// The streamed batch-1 GEMVs (`mvst`/`mvpt`, kernels/mmvq.cu; runner/stream.rs).
+    stream: Option<StreamCfg>,
     /// Greedy rows picked on the device (`greedy_pick`), on unless
     /// `HANGAR_CUDA_GREEDY=0` or the vocabulary's skip bitmap outgrows shared memory.
     greedy_on: bool,
@@ -559,8 +560,7 @@ impl CudaRunner {
                 .and_then(|v| v.parse::<usize>().ok())
                 .filter(|p| matches!(p, 1 | 2 | 4))
                 .unwrap_or_else(gemv_parts),
-            bulk: gpu.info.compute_capability.0 >= 9
-                && std::env::var("HANGAR_CUDA_BULK").as_deref() == Ok("1"),
+            stream: StreamCfg::from_env(&gpu.info),
             // The skip bitmap lives in shared memory (48 KiB without opting in).
             greedy_on: std::env::var("HANGAR_CUDA_GREEDY").as_deref() != Ok("0")
                 && model.cfg.vocab_size.div_ceil(32) * 4 <= 48 << 10,
@@ -590,10 +590,13 @@ impl CudaRunner {
                 ),
             }
         }
-        if r.bulk {
-            for name in ["mvsb1_q4_k", "mvsb1_q6_k", "mvpb1_q4_k", "mvpb1_q6_k"] {
-                if let Err(e) = r.gpu.prefer_shared(name) {
-                    eprintln!("warning: {e}; the bulk-copy GEMVs keep the default carveout");
+        if let Some(st) = &r.stream {
+            let max = st.smem_max;
+            for name in STREAM_KERNELS {
+                if let Err(e) = r.gpu.allow_shared(name, max) {
+                    eprintln!("warning: {e}; the streamed GEMVs are off");
+                    r.stream = None;
+                    break;
                 }
             }
         }
@@ -790,25 +793,21 @@ impl CudaRunner {
         )
     }
 
-    /// The name and dynamic shared memory of the bulk-copy GEMV for `slots` rows of
-    /// `rb` bytes, when it applies: batch 1, one warp a row, Q4_K or Q6_K, and the rows
-    /// within the 48 KiB a block gets without opting in.
-    fn bulk_kernel(
+    /// The grid and dynamic shared memory of a streamed batch-1 GEMV (see
+    /// runner/stream.rs), when it applies.
+    #[allow(clippy::too_many_arguments)]
+    fn stream_shape(
         &self,
-        prefix: &str,
         kind: &str,
         ntok: usize,
-        parts: usize,
+        rows: usize,
+        cols: usize,
         rb: usize,
-        slots: usize,
-    ) -> Option<(String, u32)> {
-        (self.bulk
-            && ntok == 1
-            && parts == 1
-            && matches!(kind, "q4_k" | "q6_k")
-            && rb.is_multiple_of(16)
-            && slots * rb <= 48 << 10)
-            .then(|| (format!("{prefix}_{kind}"), (slots * rb) as u32))
+        nmat: usize,
+        ptrs: &[u64],
+    ) -> Option<(u32, u32)> {
+        let st = self.stream.as_ref().filter(|_| ntok == 1)?;
+        st.shape(kind, rows, cols, rb, nmat, ptrs)
     }
 
     /// One `mvs` launch over up to three matrices of type `kind` sharing the int8
@@ -845,9 +844,12 @@ impl CudaRunner {
         let args = args.ptr(xs).f32(self.cfg.rms_eps);
         let rb = segs.first().map_or(0, |s| s.1);
         if segs.iter().all(|s| s.1 == rb) {
-            if let Some((name, smem)) = self.bulk_kernel("mvsb1", kind, ntok, parts, rb, 4) {
-                let grid = (total.div_ceil(4) as u32, 1, 1);
-                return self.gpu.launch(&name, grid, (128, 1, 1), smem, args);
+            let ptrs: Vec<u64> = segs.iter().map(|s| s.0).chain([xq]).collect();
+            if let Some((grid, smem)) = self.stream_shape(kind, ntok, total, cols, rb, 1, &ptrs) {
+                let name = format!("mvst_{kind}");
+                return self
+                    .gpu
+                    .launch(&name, (grid, 1, 1), (288, 1, 1), smem, args);
             }
         }
         self.gpu.launch(
@@ -929,16 +931,17 @@ impl CudaRunner {
             .i32(parts as i32)
             .ptr(y);
         let args = args.ptr(xs).f32(self.cfg.rms_eps);
-        let bulk = self.bulk_kernel("mvpb1", kind, ntok, parts, rb, 8);
-        let (name, grid, smem) = match bulk {
-            Some((name, smem)) => (name, (rows.div_ceil(4) as u32, 1, 1), smem),
-            None => (
-                format!("mvp{nt}_{kind}"),
-                (rows.div_ceil(4 / parts) as u32, ntok.div_ceil(nt) as u32, 1),
-                0,
-            ),
-        };
-        self.gpu.launch(&name, grid, (256, 1, 1), smem, args)?;
+        let (name, grid, block, smem) =
+            match self.stream_shape(kind, ntok, rows, cols, rb, 2, &[wg, wu, xq]) {
+                Some((grid, smem)) => (format!("mvpt_{kind}"), (grid, 1, 1), 288, smem),
+                None => (
+                    format!("mvp{nt}_{kind}"),
+                    (rows.div_ceil(4 / parts) as u32, ntok.div_ceil(nt) as u32, 1),
+                    256,
+                    0,
+                ),
+            };
+        self.gpu.launch(&name, grid, (block, 1, 1), smem, args)?;
         Ok(true)
     }
 

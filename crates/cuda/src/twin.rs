@@ -6,6 +6,8 @@
 use half::f16;
 use hangar_formats::GgmlType;
 
+pub mod stream;
+
 fn h2f(b: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
@@ -424,7 +426,7 @@ fn dot_i8(w: &[i32], x: &[i8]) -> i32 {
 }
 
 /// A warp's xor butterfly (`warp_sum`, `warp_sum_d`): lane 0's total.
-fn butterfly<T: Copy + std::ops::Add<Output = T>>(mut lanes: [T; 32]) -> T {
+pub(crate) fn butterfly<T: Copy + std::ops::Add<Output = T>>(mut lanes: [T; 32]) -> T {
     let mut o = 16;
     while o > 0 {
         let prev = lanes;
@@ -461,6 +463,61 @@ pub fn gemvq_row_split(
     Some(total)
 }
 
+/// Lane `lane`'s share of K-quant block `b` of a row (`blk`: the block's bytes) in the
+/// int8 GEMVs (`dot_k4`, `dot_q6k`, `StepQ4K::use`, `StepQ6K::use`): eight lanes a
+/// block, each 32 of its weights.
+pub(crate) fn kquant_lane(
+    ty: GgmlType,
+    blk: &[u8],
+    b: usize,
+    lane: usize,
+    xq: &[i8],
+    xd: &[[f32; 2]],
+) -> f32 {
+    let k = lane & 7;
+    if ty == GgmlType::Q6K {
+        let (h, kp, ls) = (k >> 2, (k >> 1) & 1, k & 1);
+        let ql = &blk[64 * h + 32 * kp + 16 * ls..][..16];
+        let qh = &blk[128 + 32 * h + 16 * ls..][..16];
+        let (mut va, mut vb) = ([0i32; 16], [0i32; 16]);
+        for (j, (&q, &hb)) in ql.iter().zip(qh).enumerate() {
+            let (q, hb) = (q as i32, hb as i32);
+            va[j] = ((q & 0xF) | (((hb >> (2 * kp)) & 3) << 4)) - 32;
+            vb[j] = ((q >> 4) | (((hb >> (2 * kp + 4)) & 3) << 4)) - 32;
+        }
+        let d = h2f(blk, 208);
+        let sa = (blk[192 + 8 * h + 2 * kp + ls] as i8) as f32;
+        let sb = (blk[192 + 8 * h + 2 * (kp + 2) + ls] as i8) as f32;
+        let qa = b * 8 + 4 * h + kp;
+        let ia = dot_i8(&va, &xq[32 * qa + 16 * ls..][..16]);
+        let ib = dot_i8(&vb, &xq[32 * (qa + 2) + 16 * ls..][..16]);
+        return d * (sa * xd[qa][0] * ia as f32 + sb * xd[qa + 2][0] * ib as f32);
+    }
+    let q5 = ty == GgmlType::Q5K;
+    let qs = if q5 { 48 } else { 16 };
+    let (c, l0) = (k >> 1, (k & 1) * 16);
+    let (d, dmin) = (h2f(blk, 0), h2f(blk, 2));
+    let (sc1, m1) = scale_min_k4(2 * c, &blk[4..16]);
+    let (sc2, m2) = scale_min_k4(2 * c + 1, &blk[4..16]);
+    let q = &blk[qs + 32 * c + l0..][..16];
+    let qh = &blk[16 + l0..][..16];
+    let (mut lo, mut hi) = ([0i32; 16], [0i32; 16]);
+    for (j, (&v, &h)) in q.iter().zip(qh).enumerate() {
+        let h = if q5 { h as i32 } else { 0 };
+        lo[j] = (v & 0xF) as i32 | (((h >> (2 * c)) & 1) << 4);
+        hi[j] = (v >> 4) as i32 | (((h >> (2 * c + 1)) & 1) << 4);
+    }
+    let qa = b * 8 + 2 * c;
+    let sa = dot_i8(&lo, &xq[32 * qa + l0..][..16]);
+    let sb = dot_i8(&hi, &xq[32 * qa + 32 + l0..][..16]);
+    let (da, db) = (xd[qa], xd[qa + 1]);
+    let mut v = d * (sc1 as f32 * da[0] * sa as f32 + sc2 as f32 * db[0] * sb as f32);
+    if l0 == 0 {
+        v -= dmin * (m1 as f32 * da[1] + m2 as f32 * db[1]);
+    }
+    v
+}
+
 fn gemvq_warp(
     ty: GgmlType,
     row: &[u8],
@@ -473,59 +530,20 @@ fn gemvq_warp(
     let mut lanes = [0f32; 32];
     match ty {
         GgmlType::Q4K | GgmlType::Q5K => {
-            let q5 = ty == GgmlType::Q5K;
-            let (bb, qs) = if q5 { (176, 48) } else { (144, 16) };
+            let bb = if ty == GgmlType::Q5K { 176 } else { 144 };
             for (lane, acc) in lanes.iter_mut().enumerate() {
-                let (k, mut b) = (lane & 7, (lane >> 3) + 4 * part);
-                let (c, l0) = (k >> 1, (k & 1) * 16);
+                let mut b = (lane >> 3) + 4 * part;
                 while b < cols / 256 {
-                    let blk = &row[b * bb..];
-                    let (d, dmin) = (h2f(blk, 0), h2f(blk, 2));
-                    let (sc1, m1) = scale_min_k4(2 * c, &blk[4..16]);
-                    let (sc2, m2) = scale_min_k4(2 * c + 1, &blk[4..16]);
-                    let q = &blk[qs + 32 * c + l0..][..16];
-                    let qh = &blk[16 + l0..][..16];
-                    let (mut lo, mut hi) = ([0i32; 16], [0i32; 16]);
-                    for (j, (&v, &h)) in q.iter().zip(qh).enumerate() {
-                        let h = if q5 { h as i32 } else { 0 };
-                        lo[j] = (v & 0xF) as i32 | (((h >> (2 * c)) & 1) << 4);
-                        hi[j] = (v >> 4) as i32 | (((h >> (2 * c + 1)) & 1) << 4);
-                    }
-                    let qa = b * 8 + 2 * c;
-                    let sa = dot_i8(&lo, &xq[32 * qa + l0..][..16]);
-                    let sb = dot_i8(&hi, &xq[32 * qa + 32 + l0..][..16]);
-                    let (da, db) = (xd[qa], xd[qa + 1]);
-                    let mut v =
-                        d * (sc1 as f32 * da[0] * sa as f32 + sc2 as f32 * db[0] * sb as f32);
-                    if l0 == 0 {
-                        v -= dmin * (m1 as f32 * da[1] + m2 as f32 * db[1]);
-                    }
-                    *acc += v;
+                    *acc += kquant_lane(ty, &row[b * bb..], b, lane, xq, xd);
                     b += 4 * parts;
                 }
             }
         }
         GgmlType::Q6K => {
             for (lane, acc) in lanes.iter_mut().enumerate() {
-                let (k, mut b) = (lane & 7, (lane >> 3) + 4 * part);
-                let (h, kp, ls) = (k >> 2, (k >> 1) & 1, k & 1);
+                let mut b = (lane >> 3) + 4 * part;
                 while b < cols / 256 {
-                    let blk = &row[b * 210..];
-                    let ql = &blk[64 * h + 32 * kp + 16 * ls..][..16];
-                    let qh = &blk[128 + 32 * h + 16 * ls..][..16];
-                    let (mut va, mut vb) = ([0i32; 16], [0i32; 16]);
-                    for (j, (&q, &hb)) in ql.iter().zip(qh).enumerate() {
-                        let (q, hb) = (q as i32, hb as i32);
-                        va[j] = ((q & 0xF) | (((hb >> (2 * kp)) & 3) << 4)) - 32;
-                        vb[j] = ((q >> 4) | (((hb >> (2 * kp + 4)) & 3) << 4)) - 32;
-                    }
-                    let d = h2f(blk, 208);
-                    let sa = (blk[192 + 8 * h + 2 * kp + ls] as i8) as f32;
-                    let sb = (blk[192 + 8 * h + 2 * (kp + 2) + ls] as i8) as f32;
-                    let qa = b * 8 + 4 * h + kp;
-                    let ia = dot_i8(&va, &xq[32 * qa + 16 * ls..][..16]);
-                    let ib = dot_i8(&vb, &xq[32 * (qa + 2) + 16 * ls..][..16]);
-                    *acc += d * (sa * xd[qa][0] * ia as f32 + sb * xd[qa + 2][0] * ib as f32);
+                    *acc += kquant_lane(ty, &row[b * 210..], b, lane, xq, xd);
                     b += 4 * parts;
                 }
             }

@@ -816,81 +816,9 @@ __device__ __forceinline__ float sum_parts(const float (*red)[8], int j, int t, 
     return v;
 }
 
-// Bulk-copy batch-1 GEMVs (`mvsb1`/`mvpb1`, Q4_K and Q6_K, sm_90+): thread 0 asks the
-// copy engine (cp.async.bulk, Hopper's TMA) for each of the block's weight rows into
-// shared memory, before the PDL wait, and the warps then run dot_row's loop on the
-// copy. A block's bytes in flight then cost no registers: the hoisted kernels hold
-// four steps of a row in 111-128 registers, which caps an SM at 16 warps and about
-// 37 KB in flight (ncu, run 28: half the cycles with no eligible warp, DRAM at 54%);
-// here a 4096-wide Q4_K block is 9 KB of shared memory and ~50 registers a thread, so
-// an SM holds about nine blocks and 80 KB in flight. The lanes, sums and their order
-// are dot_row's: the outputs are mvs1's and mvp1's bits. Opt-in (HANGAR_CUDA_BULK=1):
-// run 34 measured batch-1 decode 5% slower, and ncu (run 35) twice the warps an SM
-// holds, each stalled twice as long: a block computes only after its whole copy, and
-// dot_row's loop waits on L1 for the activations at every step.
-__device__ __forceinline__ void mbar_init(u64* bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar)) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-#endif
-}
-// Arms the barrier for the rows' bytes and asks for their copies into slots of rb
-// bytes (thread 0; src[i] null: slot i stays empty).
-__device__ __forceinline__ void bulk_rows(u64* bar, u8* dst, const u8* const* src, u32 rb, int n) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    u32 bytes = 0;
-    for (int i = 0; i < n; i++) bytes += src[i] ? rb : 0u;
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes)
-                 : "memory");
-    // Slots whose rows follow each other in memory (a block's rows of one matrix) go
-    // in one copy: fewer, larger requests for the copy engine (after run 35; untimed).
-    for (int i = 0; i < n;) {
-        if (!src[i]) {
-            i++;
-            continue;
-        }
-        int j = i + 1;
-        while (j < n && src[j] == src[j - 1] + rb) j++;
-        asm volatile(
-            "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                smem_u32(dst + (u64)i * rb)),
-            "l"(src[i]), "r"((u32)(j - i) * rb), "r"(smem_u32(bar))
-            : "memory");
-        i = j;
-    }
-#endif
-}
-// Every thread of the block calls it: thread 0 arms `bar` and asks for the block's N
-// row copies into slots of rb bytes (src(i): slot i's row, null: none).
-template <int N, class Src>
-__device__ __forceinline__ void bulk_start(u64* bar, u8* wsm, u32 rb, Src src) {
-    if (threadIdx.x == 0) mbar_init(bar);
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        const u8* p[N];
-#pragma unroll
-        for (int i = 0; i < N; i++) p[i] = src(i);
-        bulk_rows(bar, wsm, p, rb, N);
-    }
-}
-__device__ __forceinline__ void mbar_wait0(u64* bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "WAIT:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], 0;\n"
-        "@!p bra WAIT;\n"
-        "}\n" ::"r"(smem_u32(bar))
-        : "memory");
-#endif
-}
-
 // `mvs`: up to three matrices of one type that share the input (Q, K and V in one
-// launch): global row g < rows0 is row g of W0, then W1's rows, then W2's. BULK: the
-// bulk-copy form (NT 1, parts 1; rows of one width, rb0 bytes).
-template <int TY, int NT, bool BULK = false>
+// launch): global row g < rows0 is row g of W0, then W1's rows, then W2's.
+template <int TY, int NT>
 __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float* Y0, const u8* W1,
                                          u64 rb1, int rows1, float* Y1, const u8* W2, u64 rb2,
                                          int rows2, float* Y2, int cols, const i8* Xq,
@@ -919,21 +847,7 @@ __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float
     __shared__ float ssb[NT > 1 ? NT : 1][32 * SSK];
     RowScales<NT, 4> rs;
     rs.buf = ssb;
-    if constexpr (BULK) {
-        extern __shared__ __align__(16) u8 wsm[];
-        __shared__ __align__(8) u64 bar;
-        bulk_start<4>(&bar, wsm, (u32)rb0, [&](int w) -> const u8* {
-            int g = blockIdx.x * 4 + w;
-            return g < rows0                   ? W0 + (u64)g * rb0
-                   : g - rows0 < rows1         ? W1 + (u64)(g - rows0) * rb0
-                   : g - rows0 - rows1 < rows2 ? W2 + (u64)(g - rows0 - rows1) * rb0
-                                               : nullptr;
-        });
-        pdl_entry();
-        rs.load(Xs, cols, t0, ntok, warp, lane);
-        mbar_wait0(&bar);
-        if (seg < 3) dot_row<TY, NT>(wsm + (u64)warp * rb0, cols, Xq, Xd, ntok, t0, lane, 0, 1, acc);
-    } else if constexpr (HOISTED(TY, NT)) {
+    if constexpr (HOISTED(TY, NT)) {
         // (Batch 1: only warp 0 has a token to load.)
         acc[0] = hoisted_row<TY>(W + (u64)r * rb, rb, seg < 3, cols, Xq, Xd, t0, ntok, lane, warp % parts, parts,
                                  warp == 0 ? Xs : nullptr, rs.v);
@@ -972,7 +886,7 @@ __device__ __forceinline__ void mvs_body(const u8* W0, u64 rb0, int rows0, float
 // `mvp`: gate and up of the same rows (eight warps: 0-3 on gate rows, 4-7 on the up
 // rows, each half split as in `mvs`), written as act(gate) * up (act 1: SiLU,
 // 2: GELU-tanh as gelu_mul), so the activation kernel's pass disappears.
-template <int TY, int NT, bool BULK = false>
+template <int TY, int NT>
 __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols,
                                          const i8* Xq, const float2* Xd, int ntok, int act,
                                          int parts, float* Y, XS_PARAMS) {
@@ -989,19 +903,7 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
     __shared__ float ssb[NT > 1 ? NT : 1][32 * SSK];
     RowScales<NT, 8> rs;
     rs.buf = ssb;
-    if constexpr (BULK) {
-        // Slots 0-3: the gate rows, 4-7: the up rows (warp w's row is slot w).
-        extern __shared__ __align__(16) u8 wsm[];
-        __shared__ __align__(8) u64 bar;
-        bulk_start<8>(&bar, wsm, (u32)rb, [&](int w) -> const u8* {
-            int g = blockIdx.x * 4 + (w & 3);
-            return g < rows ? (w < 4 ? Wg : Wu) + (u64)g * rb : nullptr;
-        });
-        pdl_entry();
-        rs.load(Xs, cols, t0, ntok, warp, lane);
-        mbar_wait0(&bar);
-        if (r < rows) dot_row<TY, NT>(wsm + (u64)warp * rb, cols, Xq, Xd, ntok, t0, lane, 0, 1, acc);
-    } else if constexpr (MVP_HOISTED(TY, NT)) {
+    if constexpr (MVP_HOISTED(TY, NT)) {
         acc[0] = hoisted_row<TY>((half ? Wu : Wg) + (u64)r * rb, rb, r < rows, cols, Xq, Xd, t0, ntok, lane,
                                  w4 % parts, parts, warp == 0 ? Xs : nullptr, rs.v);
     } else {
@@ -1030,23 +932,260 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
 }
 
 
-// The bulk-copy kernels take `mvs1`/`mvp1`'s arguments (ntok 1, parts 1) and 4 (mvs)
-// or 8 (mvp) row slots of dynamic shared memory.
-#define MV_BULK(NAME, TY)                                                                          \
-    extern "C" __global__ void __launch_bounds__(128)                                              \
-        mvsb1_##NAME(const u8* W0, u64 rb0, int rows0, float* Y0, const u8* W1, u64 rb1, int rows1, \
-                     float* Y1, const u8* W2, u64 rb2, int rows2, float* Y2, int cols, const i8* Xq, \
-                     const float2* Xd, int ntok, int parts, XS_PARAMS) {                           \
-        mvs_body<TY, 1, true>(W0, rb0, rows0, Y0, W1, rb1, rows1, Y1, W2, rb2, rows2, Y2, cols, Xq, \
-                              Xd, ntok, parts, Xs, eps);                                           \
-    }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(256)                                              \
-        mvpb1_##NAME(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols, const i8* Xq,          \
-                     const float2* Xd, int ntok, int act, int parts, float* Y, XS_PARAMS) {        \
-        mvp_body<TY, 1, true>(Wg, Wu, rb, rows, cols, Xq, Xd, ntok, act, parts, Y, Xs, eps);       \
+// Streamed batch-1 GEMVs (`mvst`/`mvpt`, Q4_K and Q6_K, sm_90+). The hoisted kernels
+// keep a block's bytes in flight in registers (111-128 a thread): an SM holds 16 warps
+// and about 37 KB of loads, and the DRAM sits at 46-54% of its bandwidth (ncu, runs 28
+// and 35), with every block a latency chain of issue, wait, compute and exit. Here a
+// persistent grid (a CTA or two an SM) takes a contiguous run of rows each, and one
+// producer thread keeps a ring of stages full with the copy engine (cp.async.bulk,
+// each stage's mbarrier counting its bytes), so an SM has 50-100 KB of weights in
+// flight at every moment whatever the registers. Eight consumer warps take a row each
+// of a stage (eight rows, up to STK weight blocks of each; wider rows take several
+// stages) and hand the stage back through its `empty` barrier. The activations are
+// copied into shared memory once a CTA. A lane's blocks, its arithmetic and the order
+// of its sums are dot_k4's / dot_q6k's (lane / 8 + 4 i, in order, across stages), then
+// the same butterfly and scale: the outputs are mvs1's and mvp1's bits, so a token's
+// results do not change with the batch it runs in. (Run 34's one-shot copy, a block
+// waiting for all of its rows before computing, lost 5%.) Twin: twin::stream_schedule.
+#define STW 8        // consumer warps, one row of a stage each
+#define STK 16       // weight blocks of a row a stage holds (a multiple of 4)
+#define ST_MAXS 8    // stages in the ring at most
+__device__ __forceinline__ void mbar_init(u64* bar, u32 count) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+#endif
+}
+// Makes the barriers' initialisation visible to the copy engine.
+__device__ __forceinline__ void mbar_init_fence() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "WAIT_%=:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+        "@!p bra WAIT_%=;\n"
+        "}\n" ::"r"(smem_u32(bar)),
+        "r"(parity)
+        : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(u64* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(bar)) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_expect(u64* bar, u32 bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes)
+                 : "memory");
+#endif
+}
+__device__ __forceinline__ void bulk_copy(u8* dst, const u8* src, u32 bytes, u64* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     smem_u32(dst)),
+                 "l"(src), "r"(bytes), "r"(smem_u32(bar))
+                 : "memory");
+#endif
+}
+// The consumer warps' barrier (named barrier 1; the producer warp is not in it).
+__device__ __forceinline__ void consumers_sync() {
+    asm volatile("bar.sync 1, %0;" ::"n"(STW * 32) : "memory");
+}
+__device__ __forceinline__ u32 dynamic_smem_bytes() {
+    u32 v;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(v));
+    return v;
+}
+// Where a global row of an `mvs` launch lives: matrix m's row r (m 3: past the end).
+struct StreamRows {
+    const u8* W[3];
+    float* Y[3];
+    int rows[3];
+    u64 rb;
+    __device__ __forceinline__ int find(int g, int* r) const {
+        int m = 0;
+        while (m < 3 && g >= rows[m]) g -= rows[m++];
+        *r = g;
+        return m;
     }
-MV_BULK(q4_k, TY_Q4_K)
-MV_BULK(q6_k, TY_Q6_K)
+};
+// The ring's bookkeeping, the same sequence in the producer and the consumers: stage
+// `it` is row group it / nks (eight rows from the CTA's first), column chunk it % nks.
+struct StreamPlan {
+    int r0, r1;       // the CTA's rows
+    int nb, nks, S;   // blocks a row, stages a row group, stages in the ring
+    u32 slot;         // bytes of one row's slot in a stage (STK blocks)
+    int total;        // stages of this CTA
+    __device__ __forceinline__ StreamPlan(int rows, int cols, int bb, int nmat, int act_bytes) {
+        r0 = (int)((u64)blockIdx.x * rows / gridDim.x);
+        r1 = (int)((u64)(blockIdx.x + 1) * rows / gridDim.x);
+        nb = cols >> 8;
+        nks = (nb + STK - 1) / STK;
+        slot = (u32)(STK * bb);
+        S = min(ST_MAXS, (int)((dynamic_smem_bytes() - (u32)act_bytes) / (slot * STW * nmat)));
+        total = ((r1 - r0 + STW - 1) / STW) * nks;
+    }
+};
+// The producer (one thread): stage `it`'s copies into ring slot it % S, after the
+// consumers hand that slot back. `row(m, j)`: the start of row j's m-th matrix (null:
+// none). Rows whose slices follow each other go in one copy.
+template <int NM, class Row>
+__device__ __forceinline__ void stream_produce(const StreamPlan& p, u8* ring, u64* full, u64* empty, int bb,
+                                               Row row, int first, int last) {
+    for (int it = first; it < last; it++) {
+        int s = it % p.S, g = it / p.nks, kc = it % p.nks;
+        if (it >= p.S) mbar_wait(&empty[s], (u32)((it / p.S - 1) & 1));
+        int kb0 = kc * STK, kn = min(STK, p.nb - kb0);
+        u32 bytes = (u32)(kn * bb);
+        const u8* src[NM * STW];
+        u32 total = 0;
+#pragma unroll
+        for (int m = 0; m < NM; m++)
+#pragma unroll
+            for (int j = 0; j < STW; j++) {
+                int r = p.r0 + g * STW + j;
+                const u8* w = r < p.r1 ? row(m, r) : nullptr;
+                src[m * STW + j] = w ? w + (u64)kb0 * bb : nullptr;
+                total += w ? bytes : 0u;
+            }
+        mbar_expect(&full[s], total);
+        u8* base = ring + (u64)s * NM * STW * p.slot;
+        for (int i = 0; i < NM * STW;) {
+            if (!src[i]) {
+                i++;
+                continue;
+            }
+            int j = i + 1;
+            while (j < NM * STW && bytes == p.slot && src[j] == src[j - 1] + bytes) j++;
+            bulk_copy(base + (u64)i * p.slot, src[i], (u32)(j - i) * bytes, &full[s]);
+            i = j;
+        }
+    }
+}
+// A consumer lane's share of stage `it`'s slice of its row (slot `w`: STK blocks at
+// most, the lane's blocks lane / 8 + 4 i), added into acc in order.
+template <int TY>
+__device__ __forceinline__ void stream_use(const u8* w, int kb0, int kn, const i8* xq, const float2* xd, int lane,
+                                           float& acc) {
+    typedef typename HoistStep<TY>::T St;
+    St st[STK / 4];
+    typename St::Act a[STK / 4];
+#pragma unroll
+    for (int i = 0; i < STK / 4; i++) {
+        if (4 * i < kn) {
+            int bl = (lane >> 3) + 4 * i;
+            st[i].load(w, bl, lane);
+            St::act(a[i], xq, xd, kb0 + bl, lane);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < STK / 4; i++)
+        if (4 * i < kn) acc += st[i].use(a[i], lane);
+}
+// The kernel's frame: barriers, the activations in shared memory, the deferred norm's
+// scale, then the producer's loop and the consumers' rows. NM 1: `mvs` (rows of up to
+// three matrices), 2: `mvp` (gate and up of each row, act(gate) * up out).
+template <int TY, int NM, class Row, class Out>
+__device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, const float2* Xd, XS_PARAMS, Row row,
+                                            Out out) {
+    constexpr int BB = TY == TY_Q4_K ? 144 : 210;
+    extern __shared__ __align__(128) u8 smem[];
+    __shared__ __align__(8) u64 full[ST_MAXS], empty[ST_MAXS];
+    __shared__ float scl;
+    const int act_bytes = cols + (cols >> 5) * 8;
+    StreamPlan p(rows, cols, BB, NM, act_bytes);
+    u8* ring = smem;
+    i8* xq = (i8*)(smem + (u64)p.S * NM * STW * p.slot);
+    float2* xd = (float2*)(xq + cols);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < p.S; s++) {
+            mbar_init(&full[s], 1);
+            mbar_init(&empty[s], STW);
+        }
+        mbar_init_fence();
+    }
+    __syncthreads();
+    if (warp == STW) {
+        // The weights are never written: the first stages are asked for before the
+        // PDL wait, while the previous kernel drains.
+        if (lane == 0) stream_produce<NM>(p, ring, full, empty, BB, row, 0, min(p.S, p.total));
+        pdl_entry();
+        if (lane == 0) stream_produce<NM>(p, ring, full, empty, BB, row, min(p.S, p.total), p.total);
+        return;
+    }
+    pdl_entry();
+    for (int i = threadIdx.x * 16; i < cols; i += STW * 32 * 16) *(int4*)(xq + i) = *(const int4*)(Xq + i);
+    for (int i = threadIdx.x; i < (cols >> 5); i += STW * 32) xd[i] = Xd[i];
+    if (warp == 0 && Xs) {
+        float v[SSK];
+        ss_load(v, Xs, cols >> 5, lane);
+        float sc = ss_scale(v, Xs, cols >> 5, cols, eps, lane);
+        if (lane == 0) scl = sc;
+    }
+    consumers_sync();
+    const float sc = Xs ? scl : 1.0f;
+    float acc[NM];
+    for (int it = 0; it < p.total; it++) {
+        int s = it % p.S, g = it / p.nks, kc = it % p.nks;
+        if (kc == 0) {
+#pragma unroll
+            for (int m = 0; m < NM; m++) acc[m] = 0.0f;
+        }
+        int kb0 = kc * STK, kn = min(STK, p.nb - kb0);
+        int r = p.r0 + g * STW + warp;
+        mbar_wait(&full[s], (u32)((it / p.S) & 1));
+        if (r < p.r1) {
+            const u8* base = ring + (u64)s * NM * STW * p.slot;
+#pragma unroll
+            for (int m = 0; m < NM; m++)
+                stream_use<TY>(base + (u64)(m * STW + warp) * p.slot, kb0, kn, xq, xd, lane, acc[m]);
+        }
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&empty[s]);
+        if (kc == p.nks - 1 && r < p.r1) {
+            float v[NM];
+#pragma unroll
+            for (int m = 0; m < NM; m++) v[m] = (0.0f + warp_sum(acc[m])) * sc; // sum_parts' 0 + v
+            if (lane == 0) out(r, v);
+        }
+    }
+}
+// Each takes `mvs1`/`mvp1`'s arguments (ntok 1; parts unused) and the ring and the
+// activations as dynamic shared memory (the runner sizes it; see stream_kernel).
+#define MV_STREAM(NAME, TY)                                                                        \
+    extern "C" __global__ void __launch_bounds__((STW + 1) * 32, 2)                               \
+        mvst_##NAME(const u8* W0, u64 rb0, int rows0, float* Y0, const u8* W1, u64 rb1, int rows1,  \
+                    float* Y1, const u8* W2, u64 rb2, int rows2, float* Y2, int cols, const i8* Xq,  \
+                    const float2* Xd, int ntok, int parts, XS_PARAMS) {                            \
+        StreamRows m{{W0, W1, W2}, {Y0, Y1, Y2}, {rows0, rows1, rows2}, rb0};                     \
+        stream_body<TY, 1>(                                                                        \
+            rows0 + rows1 + rows2, cols, Xq, Xd, Xs, eps,                                          \
+            [&](int, int g) -> const u8* {                                                         \
+                int r, k = m.find(g, &r);                                                          \
+                return k < 3 ? m.W[k] + (u64)r * m.rb : nullptr;                                   \
+            },                                                                                     \
+            [&](int g, const float* v) {                                                           \
+                int r, k = m.find(g, &r);                                                          \
+                if (k < 3) m.Y[k][r] = v[0];                                                       \
+            });                                                                                    \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__((STW + 1) * 32, 2)                               \
+        mvpt_##NAME(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols, const i8* Xq,           \
+                    const float2* Xd, int ntok, int act, int parts, float* Y, XS_PARAMS) {         \
+        stream_body<TY, 2>(                                                                        \
+            rows, cols, Xq, Xd, Xs, eps,                                                           \
+            [&](int k, int g) -> const u8* { return (k ? Wu : Wg) + (u64)g * rb; },                \
+            [&](int g, const float* v) { Y[g] = act == 2 ? gelu_times(v[0], v[1]) : silu_times(v[0], v[1]); }); \
+    }
+MV_STREAM(q4_k, TY_Q4_K)
+MV_STREAM(q6_k, TY_Q6_K)
 
 // Blocks of 128 threads an SM the batched `mvs` kernels keep room for (at most 64
 // registers a thread: the deferred norm's scales otherwise push them from 48 to 72).

@@ -1,0 +1,132 @@
+//! Launch shapes of the streamed batch-1 GEMVs (`mvst_*` / `mvpt_*`, kernels/mmvq.cu,
+//! "Streamed batch-1 GEMVs"): a persistent grid, each CTA a contiguous run of rows,
+//! one producer thread keeping a ring of stages of weights in flight with the copy
+//! engine. The ring lives in dynamic shared memory, sized here.
+
+use crate::gpu::DeviceInfo;
+
+/// Rows a stage holds (the kernel's `STW`), weight blocks of each row a stage holds
+/// (`STK`) and the ring's largest size (`ST_MAXS`).
+const STW: usize = 8;
+const STK: usize = 16;
+const MAX_STAGES: usize = 8;
+/// Shared memory an SM has for blocks (H100/H200: 228 KiB), less 1 KiB the system
+/// keeps a block and our static barriers.
+const SM_SHARED: usize = 228 << 10;
+const PER_BLOCK_RESERVE: usize = 3 << 10;
+
+/// The kernels, for their shared-memory opt-in at load.
+pub(super) const STREAM_KERNELS: [&str; 4] = ["mvst_q4_k", "mvst_q6_k", "mvpt_q4_k", "mvpt_q6_k"];
+
+/// Whether and how the streamed GEMVs run: sm_90+ (the copy engine's bulk copies and
+/// mbarrier transaction counts), `HANGAR_CUDA_STREAM=1`; `HANGAR_CUDA_STREAM_CTAS`
+/// (1 or 2 an SM) and `HANGAR_CUDA_STREAM_STAGES` (2..8) for A/B runs.
+#[derive(Debug, Clone)]
+pub(super) struct StreamCfg {
+    sms: usize,
+    ctas_per_sm: usize,
+    stages: Option<usize>,
+    /// Dynamic shared memory a block may take (the device's opt-in limit less the
+    /// kernels' static barriers).
+    pub smem_max: usize,
+}
+
+impl StreamCfg {
+    pub fn from_env(info: &DeviceInfo) -> Option<Self> {
+        let on = std::env::var("HANGAR_CUDA_STREAM").as_deref() == Ok("1");
+        let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+        (on && info.compute_capability.0 >= 9 && info.smem_optin > 64 << 10).then(|| StreamCfg {
+            sms: info.sm_count,
+            ctas_per_sm: num("HANGAR_CUDA_STREAM_CTAS")
+                .filter(|c| matches!(c, 1 | 2))
+                .unwrap_or(1),
+            stages: num("HANGAR_CUDA_STREAM_STAGES").filter(|s| (2..=MAX_STAGES).contains(s)),
+            smem_max: info.smem_optin - 1024,
+        })
+    }
+
+    /// The grid and dynamic shared memory of a launch over `rows` rows of `kind`, `cols`
+    /// wide, `nmat` matrices a row (1: `mvst`, 2: `mvpt`), or None where the kernels do
+    /// not apply: another type, a row that is not whole 4-block steps, or a copy that
+    /// would not be 16-byte aligned (`ptrs`: the weights and the int8 input).
+    pub fn shape(
+        &self,
+        kind: &str,
+        rows: usize,
+        cols: usize,
+        rb: usize,
+        nmat: usize,
+        ptrs: &[u64],
+    ) -> Option<(u32, u32)> {
+        let bb = match kind {
+            "q4_k" => 144,
+            "q6_k" => 210,
+            _ => return None,
+        };
+        let nb = cols / 256;
+        let aligned = rb.is_multiple_of(16)
+            && ((nb % STK) * bb).is_multiple_of(16)
+            && ptrs.iter().all(|p| p.is_multiple_of(16));
+        if rows == 0
+            || !cols.is_multiple_of(256)
+            || !nb.is_multiple_of(4)
+            || rb != nb * bb
+            || !aligned
+        {
+            return None;
+        }
+        let stage = nmat * STW * STK * bb;
+        let act = cols + cols / 32 * 8;
+        let budget = (SM_SHARED / self.ctas_per_sm - PER_BLOCK_RESERVE).min(self.smem_max);
+        let fit = budget.checked_sub(act)? / stage;
+        let stages = self.stages.unwrap_or(MAX_STAGES).min(fit);
+        if stages < 2 {
+            return None;
+        }
+        let grid = (self.sms * self.ctas_per_sm).min(rows);
+        Some((grid as u32, (stages * stage + act) as u32))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(ctas: usize) -> StreamCfg {
+        StreamCfg {
+            sms: 132,
+            ctas_per_sm: ctas,
+            stages: None,
+            smem_max: 227 << 10,
+        }
+    }
+
+    #[test]
+    fn shapes_of_the_8b_matrices() {
+        let c = cfg(1);
+        // gate/up, 4096 wide Q4_K: 36 KiB stages, six of them and the input.
+        let (g, smem) = c.shape("q4_k", 14336, 4096, 2304, 2, &[0, 256]).unwrap();
+        assert_eq!(g, 132);
+        assert_eq!(smem as usize, 6 * 2 * 8 * 16 * 144 + 4096 + 1024);
+        // down, 14336 wide Q6_K: 56 blocks a row, four stages a row group.
+        let (_, smem) = c.shape("q6_k", 4096, 14336, 56 * 210, 1, &[0]).unwrap();
+        assert!(smem as usize <= c.smem_max);
+        // two CTAs an SM halve the ring.
+        let (g2, smem2) = cfg(2).shape("q4_k", 14336, 4096, 2304, 2, &[0]).unwrap();
+        assert_eq!(g2, 264);
+        assert!(2 * (smem2 as usize + PER_BLOCK_RESERVE) <= SM_SHARED);
+    }
+
+    #[test]
+    fn refuses_what_the_kernels_cannot_take() {
+        let c = cfg(1);
+        assert!(c.shape("q8_0", 4096, 4096, 4352, 1, &[0]).is_none());
+        // 2 560 wide: 10 blocks, not whole steps of four.
+        assert!(c.shape("q4_k", 1024, 2560, 1440, 1, &[0]).is_none());
+        // Q6_K rows of 12 blocks: 2 520 bytes, not a multiple of 16.
+        assert!(c.shape("q6_k", 1024, 3072, 2520, 1, &[0]).is_none());
+        // a misaligned input
+        assert!(c.shape("q4_k", 4096, 4096, 2304, 1, &[0, 8]).is_none());
+        assert!(c.shape("q4_k", 0, 4096, 2304, 1, &[0]).is_none());
+    }
+}
