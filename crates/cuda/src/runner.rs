@@ -810,6 +810,13 @@ impl CudaRunner {
         st.shape(kind, rows, cols, rb, nmat, ptrs)
     }
 
+    /// Threads of a streamed GEMV's block: its consumer warps and the producer's.
+    fn stream_block(&self) -> u32 {
+        self.stream
+            .as_ref()
+            .map_or(0, |st| (st.warps as u32 + 1) * 32)
+    }
+
     /// One `mvs` launch over up to three matrices of type `kind` sharing the int8
     /// input: `segs` are (weights, row bytes, rows, output); the input is its values,
     /// scales, and its sums of squares when its norm is deferred (0 otherwise).
@@ -847,9 +854,13 @@ impl CudaRunner {
             let ptrs: Vec<u64> = segs.iter().map(|s| s.0).chain([xq]).collect();
             if let Some((grid, smem)) = self.stream_shape(kind, ntok, total, cols, rb, 1, &ptrs) {
                 let name = format!("mvst_{kind}");
-                return self
-                    .gpu
-                    .launch(&name, (grid, 1, 1), (288, 1, 1), smem, args);
+                return self.gpu.launch(
+                    &name,
+                    (grid, 1, 1),
+                    (self.stream_block(), 1, 1),
+                    smem,
+                    args,
+                );
             }
         }
         self.gpu.launch(
@@ -933,7 +944,12 @@ impl CudaRunner {
         let args = args.ptr(xs).f32(self.cfg.rms_eps);
         let (name, grid, block, smem) =
             match self.stream_shape(kind, ntok, rows, cols, rb, 2, &[wg, wu, xq]) {
-                Some((grid, smem)) => (format!("mvpt_{kind}"), (grid, 1, 1), 288, smem),
+                Some((grid, smem)) => (
+                    format!("mvpt_{kind}"),
+                    (grid, 1, 1),
+                    self.stream_block(),
+                    smem,
+                ),
                 None => (
                     format!("mvp{nt}_{kind}"),
                     (rows.div_ceil(4 / parts) as u32, ntok.div_ceil(nt) as u32, 1),

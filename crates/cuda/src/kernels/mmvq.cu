@@ -947,7 +947,7 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
 // the same butterfly and scale: the outputs are mvs1's and mvp1's bits, so a token's
 // results do not change with the batch it runs in. (Run 34's one-shot copy, a block
 // waiting for all of its rows before computing, lost 5%.) Twin: twin::stream_schedule.
-#define STW 8        // consumer warps, one row of a stage each
+#define ST_MAXW 16   // consumer warps at most (the block is nw + 1 warps: nw consumers, a producer)
 #define STK 16       // weight blocks of a row a stage holds (a multiple of 4)
 #define ST_MAXS 8    // stages in the ring at most
 __device__ __forceinline__ void mbar_init(u64* bar, u32 count) {
@@ -994,103 +994,101 @@ __device__ __forceinline__ void bulk_copy(u8* dst, const u8* src, u32 bytes, u64
 #endif
 }
 // The consumer warps' barrier (named barrier 1; the producer warp is not in it).
-__device__ __forceinline__ void consumers_sync() {
-    asm volatile("bar.sync 1, %0;" ::"n"(STW * 32) : "memory");
+__device__ __forceinline__ void consumers_sync(int nw) {
+    asm volatile("bar.sync 1, %0;" ::"r"(nw * 32) : "memory");
 }
 __device__ __forceinline__ u32 dynamic_smem_bytes() {
     u32 v;
     asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(v));
     return v;
 }
-// Where a global row of an `mvs` launch lives: matrix m's row r (m 3: past the end).
-struct StreamRows {
-    const u8* W[3];
-    float* Y[3];
-    int rows[3];
-    u64 rb;
-    __device__ __forceinline__ int find(int g, int* r) const {
-        int m = 0;
-        while (m < 3 && g >= rows[m]) g -= rows[m++];
-        *r = g;
-        return m;
-    }
-};
 // The ring's bookkeeping, the same sequence in the producer and the consumers: stage
-// `it` is row group it / nks (eight rows from the CTA's first), column chunk it % nks.
+// `it` is row group it / nks (nw rows from the CTA's first), column chunk it % nks.
 struct StreamPlan {
+    int nw;           // consumer warps: rows of a stage
     int r0, r1;       // the CTA's rows
     int nb, nks, S;   // blocks a row, stages a row group, stages in the ring
     u32 slot;         // bytes of one row's slot in a stage (STK blocks)
     int total;        // stages of this CTA
     __device__ __forceinline__ StreamPlan(int rows, int cols, int bb, int nmat, int act_bytes) {
+        nw = (int)(blockDim.x >> 5) - 1;
         r0 = (int)((u64)blockIdx.x * rows / gridDim.x);
         r1 = (int)((u64)(blockIdx.x + 1) * rows / gridDim.x);
         nb = cols >> 8;
         nks = (nb + STK - 1) / STK;
         slot = (u32)(STK * bb);
-        S = min(ST_MAXS, (int)((dynamic_smem_bytes() - (u32)act_bytes) / (slot * STW * nmat)));
-        total = ((r1 - r0 + STW - 1) / STW) * nks;
+        S = min(ST_MAXS, (int)((dynamic_smem_bytes() - (u32)act_bytes) / (slot * nw * nmat)));
+        total = ((r1 - r0 + nw - 1) / nw) * nks;
     }
 };
 // The producer (one thread): stage `it`'s copies into ring slot it % S, after the
-// consumers hand that slot back. `row(m, j)`: the start of row j's m-th matrix (null:
-// none). Rows whose slices follow each other go in one copy.
+// consumers hand that slot back. `row(m, r)`: the start of row r's m-th matrix. A run
+// of rows whose slices follow each other in memory and in the slot goes in one copy
+// (whole rows of one matrix: a stage is one or two copies); all in registers.
 template <int NM, class Row>
 __device__ __forceinline__ void stream_produce(const StreamPlan& p, u8* ring, u64* full, u64* empty, int bb,
                                                Row row, int first, int last) {
     for (int it = first; it < last; it++) {
         int s = it % p.S, g = it / p.nks, kc = it % p.nks;
         if (it >= p.S) mbar_wait(&empty[s], (u32)((it / p.S - 1) & 1));
-        int kb0 = kc * STK, kn = min(STK, p.nb - kb0);
-        u32 bytes = (u32)(kn * bb);
-        const u8* src[NM * STW];
-        u32 total = 0;
+        int kb0 = kc * STK;
+        u32 bytes = (u32)(min(STK, p.nb - kb0) * bb);
+        int ra = p.r0 + g * p.nw, n = min(p.nw, p.r1 - ra);
+#ifdef STREAM_NO_COPY
+        // (Diagnosis: the consumers run on whatever the ring holds.)
+        mbar_expect(&full[s], 0u);
+        continue;
+#endif
+        mbar_expect(&full[s], (u32)(NM * n) * bytes);
+        u8* base = ring + (u64)s * NM * p.nw * p.slot;
 #pragma unroll
-        for (int m = 0; m < NM; m++)
-#pragma unroll
-            for (int j = 0; j < STW; j++) {
-                int r = p.r0 + g * STW + j;
-                const u8* w = r < p.r1 ? row(m, r) : nullptr;
-                src[m * STW + j] = w ? w + (u64)kb0 * bb : nullptr;
-                total += w ? bytes : 0u;
+        for (int m = 0; m < NM; m++) {
+            const u8* run = nullptr;
+            int run_j = 0, run_n = 0;
+            for (int j = 0; j < n; j++) {
+                const u8* w = row(m, ra + j) + (u64)kb0 * bb;
+                if (run && bytes == p.slot && w == run + (u64)run_n * bytes) {
+                    run_n++;
+                    continue;
+                }
+                if (run) bulk_copy(base + (u64)(m * p.nw + run_j) * p.slot, run, (u32)run_n * bytes, &full[s]);
+                run = w;
+                run_j = j;
+                run_n = 1;
             }
-        mbar_expect(&full[s], total);
-        u8* base = ring + (u64)s * NM * STW * p.slot;
-        for (int i = 0; i < NM * STW;) {
-            if (!src[i]) {
-                i++;
-                continue;
-            }
-            int j = i + 1;
-            while (j < NM * STW && bytes == p.slot && src[j] == src[j - 1] + bytes) j++;
-            bulk_copy(base + (u64)i * p.slot, src[i], (u32)(j - i) * bytes, &full[s]);
-            i = j;
+            if (run) bulk_copy(base + (u64)(m * p.nw + run_j) * p.slot, run, (u32)run_n * bytes, &full[s]);
         }
     }
 }
 // A consumer lane's share of stage `it`'s slice of its row (slot `w`: STK blocks at
-// most, the lane's blocks lane / 8 + 4 i), added into acc in order.
+// most, the lane's blocks lane / 8 + 4 i), added into acc in order; shared-memory
+// loads two steps at a time (their latency is short; four spilled at 16 warps).
+#define ST_AHEAD 2
 template <int TY>
 __device__ __forceinline__ void stream_use(const u8* w, int kb0, int kn, const i8* xq, const float2* xd, int lane,
                                            float& acc) {
     typedef typename HoistStep<TY>::T St;
-    St st[STK / 4];
-    typename St::Act a[STK / 4];
 #pragma unroll
-    for (int i = 0; i < STK / 4; i++) {
-        if (4 * i < kn) {
-            int bl = (lane >> 3) + 4 * i;
-            st[i].load(w, bl, lane);
-            St::act(a[i], xq, xd, kb0 + bl, lane);
+    for (int i0 = 0; i0 < STK / 4; i0 += ST_AHEAD) {
+        St st[ST_AHEAD];
+        typename St::Act a[ST_AHEAD];
+#pragma unroll
+        for (int u = 0; u < ST_AHEAD; u++) {
+            if (4 * (i0 + u) < kn) {
+                int bl = (lane >> 3) + 4 * (i0 + u);
+                st[u].load(w, bl, lane);
+                St::act(a[u], xq, xd, kb0 + bl, lane);
+            }
         }
-    }
 #pragma unroll
-    for (int i = 0; i < STK / 4; i++)
-        if (4 * i < kn) acc += st[i].use(a[i], lane);
+        for (int u = 0; u < ST_AHEAD; u++)
+            if (4 * (i0 + u) < kn) acc += st[u].use(a[u], lane);
+    }
 }
 // The kernel's frame: barriers, the activations in shared memory, the deferred norm's
 // scale, then the producer's loop and the consumers' rows. NM 1: `mvs` (rows of up to
-// three matrices), 2: `mvp` (gate and up of each row, act(gate) * up out).
+// three matrices), 2: `mvp` (gate and up of each row, act(gate) * up out). The block
+// is nw + 1 warps (the runner's choice, 8 or 16 consumers).
 template <int TY, int NM, class Row, class Out>
 __device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, const float2* Xd, XS_PARAMS, Row row,
                                             Out out) {
@@ -1100,19 +1098,20 @@ __device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, co
     __shared__ float scl;
     const int act_bytes = cols + (cols >> 5) * 8;
     StreamPlan p(rows, cols, BB, NM, act_bytes);
+    const int nw = p.nw;
     u8* ring = smem;
-    i8* xq = (i8*)(smem + (u64)p.S * NM * STW * p.slot);
+    i8* xq = (i8*)(smem + (u64)p.S * NM * nw * p.slot);
     float2* xd = (float2*)(xq + cols);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     if (threadIdx.x == 0) {
         for (int s = 0; s < p.S; s++) {
             mbar_init(&full[s], 1);
-            mbar_init(&empty[s], STW);
+            mbar_init(&empty[s], (u32)nw);
         }
         mbar_init_fence();
     }
     __syncthreads();
-    if (warp == STW) {
+    if (warp == nw) {
         // The weights are never written: the first stages are asked for before the
         // PDL wait, while the previous kernel drains.
         if (lane == 0) stream_produce<NM>(p, ring, full, empty, BB, row, 0, min(p.S, p.total));
@@ -1121,15 +1120,15 @@ __device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, co
         return;
     }
     pdl_entry();
-    for (int i = threadIdx.x * 16; i < cols; i += STW * 32 * 16) *(int4*)(xq + i) = *(const int4*)(Xq + i);
-    for (int i = threadIdx.x; i < (cols >> 5); i += STW * 32) xd[i] = Xd[i];
+    for (int i = threadIdx.x * 16; i < cols; i += nw * 32 * 16) *(int4*)(xq + i) = *(const int4*)(Xq + i);
+    for (int i = threadIdx.x; i < (cols >> 5); i += nw * 32) xd[i] = Xd[i];
     if (warp == 0 && Xs) {
         float v[SSK];
         ss_load(v, Xs, cols >> 5, lane);
         float sc = ss_scale(v, Xs, cols >> 5, cols, eps, lane);
         if (lane == 0) scl = sc;
     }
-    consumers_sync();
+    consumers_sync(nw);
     const float sc = Xs ? scl : 1.0f;
     float acc[NM];
     for (int it = 0; it < p.total; it++) {
@@ -1139,50 +1138,65 @@ __device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, co
             for (int m = 0; m < NM; m++) acc[m] = 0.0f;
         }
         int kb0 = kc * STK, kn = min(STK, p.nb - kb0);
-        int r = p.r0 + g * STW + warp;
+        int r = p.r0 + g * nw + warp;
         mbar_wait(&full[s], (u32)((it / p.S) & 1));
+#ifndef STREAM_NO_COMPUTE
         if (r < p.r1) {
-            const u8* base = ring + (u64)s * NM * STW * p.slot;
+            const u8* base = ring + (u64)s * NM * nw * p.slot;
 #pragma unroll
             for (int m = 0; m < NM; m++)
-                stream_use<TY>(base + (u64)(m * STW + warp) * p.slot, kb0, kn, xq, xd, lane, acc[m]);
+                stream_use<TY>(base + (u64)(m * nw + warp) * p.slot, kb0, kn, xq, xd, lane, acc[m]);
         }
+#endif
         __syncwarp();
         if (lane == 0) mbar_arrive(&empty[s]);
         if (kc == p.nks - 1 && r < p.r1) {
-            float v[NM];
-#pragma unroll
-            for (int m = 0; m < NM; m++) v[m] = (0.0f + warp_sum(acc[m])) * sc; // sum_parts' 0 + v
-            if (lane == 0) out(r, v);
+            // (0 + the butterfly: sum_parts' order.) Gate, then up, for `mvp`.
+            float v0 = (0.0f + warp_sum(acc[0])) * sc;
+            float v1 = NM > 1 ? (0.0f + warp_sum(acc[NM - 1])) * sc : 0.0f;
+            if (lane == 0) out(r, v0, v1);
         }
     }
 }
 // Each takes `mvs1`/`mvp1`'s arguments (ntok 1; parts unused) and the ring and the
-// activations as dynamic shared memory (the runner sizes it; see stream_kernel).
+// activations as dynamic shared memory (the runner sizes it: runner/stream.rs).
+// mvst's global row g is W0's row g, then W1's, then W2's.
+__device__ __forceinline__ int seg_of(int g, int rows0, int rows1, int rows2, int* r) {
+    if (g < rows0) {
+        *r = g;
+        return 0;
+    }
+    g -= rows0;
+    if (g < rows1) {
+        *r = g;
+        return 1;
+    }
+    *r = g - rows1;
+    return g - rows1 < rows2 ? 2 : 3;
+}
 #define MV_STREAM(NAME, TY)                                                                        \
-    extern "C" __global__ void __launch_bounds__((STW + 1) * 32, 2)                               \
+    extern "C" __global__ void __launch_bounds__((ST_MAXW + 1) * 32, 1)                           \
         mvst_##NAME(const u8* W0, u64 rb0, int rows0, float* Y0, const u8* W1, u64 rb1, int rows1,  \
                     float* Y1, const u8* W2, u64 rb2, int rows2, float* Y2, int cols, const i8* Xq,  \
                     const float2* Xd, int ntok, int parts, XS_PARAMS) {                            \
-        StreamRows m{{W0, W1, W2}, {Y0, Y1, Y2}, {rows0, rows1, rows2}, rb0};                     \
         stream_body<TY, 1>(                                                                        \
             rows0 + rows1 + rows2, cols, Xq, Xd, Xs, eps,                                          \
             [&](int, int g) -> const u8* {                                                         \
-                int r, k = m.find(g, &r);                                                          \
-                return k < 3 ? m.W[k] + (u64)r * m.rb : nullptr;                                   \
+                int r, k = seg_of(g, rows0, rows1, rows2, &r);                                     \
+                return (k == 0 ? W0 : k == 1 ? W1 : W2) + (u64)r * rb0;                            \
             },                                                                                     \
-            [&](int g, const float* v) {                                                           \
-                int r, k = m.find(g, &r);                                                          \
-                if (k < 3) m.Y[k][r] = v[0];                                                       \
+            [&](int g, float v, float) {                                                           \
+                int r, k = seg_of(g, rows0, rows1, rows2, &r);                                     \
+                (k == 0 ? Y0 : k == 1 ? Y1 : Y2)[r] = v;                                           \
             });                                                                                    \
     }                                                                                              \
-    extern "C" __global__ void __launch_bounds__((STW + 1) * 32, 2)                               \
+    extern "C" __global__ void __launch_bounds__((ST_MAXW + 1) * 32, 1)                           \
         mvpt_##NAME(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols, const i8* Xq,           \
                     const float2* Xd, int ntok, int act, int parts, float* Y, XS_PARAMS) {         \
         stream_body<TY, 2>(                                                                        \
             rows, cols, Xq, Xd, Xs, eps,                                                           \
             [&](int k, int g) -> const u8* { return (k ? Wu : Wg) + (u64)g * rb; },                \
-            [&](int g, const float* v) { Y[g] = act == 2 ? gelu_times(v[0], v[1]) : silu_times(v[0], v[1]); }); \
+            [&](int g, float gv, float uv) { Y[g] = act == 2 ? gelu_times(gv, uv) : silu_times(gv, uv); }); \
     }
 MV_STREAM(q4_k, TY_Q4_K)
 MV_STREAM(q6_k, TY_Q6_K)

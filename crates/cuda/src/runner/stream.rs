@@ -5,9 +5,8 @@
 
 use crate::gpu::DeviceInfo;
 
-/// Rows a stage holds (the kernel's `STW`), weight blocks of each row a stage holds
-/// (`STK`) and the ring's largest size (`ST_MAXS`).
-const STW: usize = 8;
+/// Weight blocks of each row a stage holds (the kernel's `STK`) and the ring's
+/// largest size (`ST_MAXS`).
 const STK: usize = 16;
 const MAX_STAGES: usize = 8;
 /// Shared memory an SM has for blocks (H100/H200: 228 KiB), less 1 KiB the system
@@ -20,11 +19,14 @@ pub(super) const STREAM_KERNELS: [&str; 4] = ["mvst_q4_k", "mvst_q6_k", "mvpt_q4
 
 /// Whether and how the streamed GEMVs run: sm_90+ (the copy engine's bulk copies and
 /// mbarrier transaction counts), `HANGAR_CUDA_STREAM=1`; `HANGAR_CUDA_STREAM_CTAS`
-/// (1 or 2 an SM) and `HANGAR_CUDA_STREAM_STAGES` (2..8) for A/B runs.
+/// (1 or 2 an SM), `HANGAR_CUDA_STREAM_WARPS` (8 or 16 consumer warps, rows of a
+/// stage) and `HANGAR_CUDA_STREAM_STAGES` (2..8) for A/B runs.
 #[derive(Debug, Clone)]
 pub(super) struct StreamCfg {
     sms: usize,
     ctas_per_sm: usize,
+    /// Consumer warps a block (the block is one more: the producer's).
+    pub warps: usize,
     stages: Option<usize>,
     /// Dynamic shared memory a block may take (the device's opt-in limit less the
     /// kernels' static barriers).
@@ -40,6 +42,9 @@ impl StreamCfg {
             ctas_per_sm: num("HANGAR_CUDA_STREAM_CTAS")
                 .filter(|c| matches!(c, 1 | 2))
                 .unwrap_or(1),
+            warps: num("HANGAR_CUDA_STREAM_WARPS")
+                .filter(|w| matches!(w, 8 | 16))
+                .unwrap_or(8),
             stages: num("HANGAR_CUDA_STREAM_STAGES").filter(|s| (2..=MAX_STAGES).contains(s)),
             smem_max: info.smem_optin - 1024,
         })
@@ -75,7 +80,7 @@ impl StreamCfg {
         {
             return None;
         }
-        let stage = nmat * STW * STK * bb;
+        let stage = nmat * self.warps * STK * bb;
         let act = cols + cols / 32 * 8;
         let budget = (SM_SHARED / self.ctas_per_sm - PER_BLOCK_RESERVE).min(self.smem_max);
         let fit = budget.checked_sub(act)? / stage;
@@ -96,6 +101,7 @@ mod tests {
         StreamCfg {
             sms: 132,
             ctas_per_sm: ctas,
+            warps: 8,
             stages: None,
             smem_max: 227 << 10,
         }

@@ -9,8 +9,7 @@
 use super::{butterfly, kquant_lane};
 use hangar_formats::GgmlType;
 
-/// Rows a stage holds (`STW`) and weight blocks of each (`STK`).
-pub const STW: usize = 8;
+/// Weight blocks of a row a stage holds (`STK`).
 pub const STK: usize = 16;
 
 /// One launch: matrices at byte offsets of `mem` (for `mvst`, up to three matrices
@@ -25,6 +24,8 @@ pub struct StreamLaunch<'a> {
     pub cols: usize,
     pub grid: usize,
     pub stages: usize,
+    /// Consumer warps: rows of a stage.
+    pub warps: usize,
 }
 
 impl StreamLaunch<'_> {
@@ -67,15 +68,16 @@ impl StreamLaunch<'_> {
         let (nb, s_count) = (self.cols / 256, self.stages);
         let nks = nb.div_ceil(STK);
         let slot = STK * bb;
-        let stage = self.nmat * STW * slot;
+        let nw = self.warps;
+        let stage = self.nmat * nw * slot;
         let mut out = vec![vec![f32::NAN; rows]; self.nmat];
         for c in 0..self.grid {
             let r0 = c * rows / self.grid;
             let r1 = (c + 1) * rows / self.grid;
-            let total = (r1 - r0).div_ceil(STW) * nks;
+            let total = (r1 - r0).div_ceil(nw) * nks;
             let mut ring = vec![0u8; s_count * stage];
             let (mut fills, mut releases) = (vec![0usize; s_count], vec![0usize; s_count]);
-            let mut acc = vec![[0f32; 32]; self.nmat * STW];
+            let mut acc = vec![[0f32; 32]; self.nmat * nw];
             for it in 0..total {
                 let (s, g, kc) = (it % s_count, it / nks, it % nks);
                 // The producer: it waits for the slot's previous use to be handed back
@@ -89,42 +91,47 @@ impl StreamLaunch<'_> {
                 }
                 let (kb0, kn) = (kc * STK, STK.min(nb - kc * STK));
                 let bytes = kn * bb;
-                let src: Vec<Option<usize>> = (0..self.nmat * STW)
-                    .map(|i| {
-                        let r = r0 + g * STW + i % STW;
-                        (r < r1).then(|| self.row_at(i / STW, r) + kb0 * bb)
-                    })
-                    .collect();
+                // Per matrix, runs of rows whose slices follow each other in memory
+                // (whole rows only) go in one copy to consecutive slots.
+                let (ra, n) = (r0 + g * nw, nw.min(r1 - (r0 + g * nw)));
                 let base = s * stage;
-                let mut i = 0;
-                while i < src.len() {
-                    let Some(from) = src[i] else {
-                        i += 1;
-                        continue;
+                for m in 0..self.nmat {
+                    let mut run: Option<(usize, usize, usize)> = None; // (src, slot, rows)
+                    let flush = |run: Option<(usize, usize, usize)>, ring: &mut [u8]| {
+                        if let Some((from, j, k)) = run {
+                            let len = k * bytes;
+                            ring[base + (m * nw + j) * slot..][..len]
+                                .copy_from_slice(&self.mem[from..][..len]);
+                        }
                     };
-                    let mut j = i + 1;
-                    while j < src.len() && bytes == slot && src[j] == src[j - 1].map(|p| p + bytes)
-                    {
-                        j += 1;
+                    for j in 0..n {
+                        let w = self.row_at(m, ra + j) + kb0 * bb;
+                        match run {
+                            Some((from, rj, k)) if bytes == slot && w == from + k * bytes => {
+                                run = Some((from, rj, k + 1))
+                            }
+                            _ => {
+                                flush(run, &mut ring);
+                                run = Some((w, j, 1));
+                            }
+                        }
                     }
-                    let n = (j - i) * bytes;
-                    ring[base + i * slot..][..n].copy_from_slice(&self.mem[from..][..n]);
-                    i = j;
+                    flush(run, &mut ring);
                 }
                 fills[s] += 1;
                 // The consumers wait for the `full` phase it / S.
                 assert_eq!(fills[s], it / s_count + 1);
-                for w in 0..STW {
-                    let r = r0 + g * STW + w;
+                for w in 0..nw {
+                    let r = r0 + g * nw + w;
                     if r >= r1 {
                         continue;
                     }
                     for m in 0..self.nmat {
-                        let lanes = &mut acc[m * STW + w];
+                        let lanes = &mut acc[m * nw + w];
                         if kc == 0 {
                             *lanes = [0.0; 32];
                         }
-                        let row = &ring[base + (m * STW + w) * slot..][..slot];
+                        let row = &ring[base + (m * nw + w) * slot..][..slot];
                         for (lane, a) in lanes.iter_mut().enumerate() {
                             for i in (0..STK / 4).filter(|i| 4 * i < kn) {
                                 let bl = (lane >> 3) + 4 * i;
@@ -193,7 +200,7 @@ mod tests {
             let want = |off: usize, r: usize| {
                 0.0 + gemvq_row(ty, &mem[off + r * rb..][..rb], &xq, &xd).expect("int8 kernel")
             };
-            for (grid, stages) in [(3, 2), (7, 3), (1, 2)] {
+            for (grid, stages, warps) in [(3, 2, 8), (7, 3, 8), (1, 2, 8), (2, 3, 16), (5, 2, 16)] {
                 let mvs = StreamLaunch {
                     ty,
                     mem: &mem,
@@ -202,6 +209,7 @@ mod tests {
                     cols,
                     grid,
                     stages,
+                    warps,
                 };
                 let got = mvs.run(&xq, &xd);
                 let mut g = 0;
