@@ -948,7 +948,8 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
 // results do not change with the batch it runs in. (Run 34's one-shot copy, a block
 // waiting for all of its rows before computing, lost 5%.) Twin: twin::stream_schedule.
 #define ST_MAXW 16   // consumer warps at most (the block is nw + 1 warps: nw consumers, a producer)
-#define STK 16       // weight blocks of a row a stage holds (a multiple of 4)
+#define STK 16       // weight blocks of a row a stage holds (a multiple of 4; `mvp`: half,
+                     // for each of gate and up, so a stage is the same bytes)
 #define ST_MAXS 8    // stages in the ring at most
 __device__ __forceinline__ void mbar_init(u64* bar, u32 count) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -1008,15 +1009,21 @@ struct StreamPlan {
     int nw;           // consumer warps: rows of a stage
     int r0, r1;       // the CTA's rows
     int nb, nks, S;   // blocks a row, stages a row group, stages in the ring
-    u32 slot;         // bytes of one row's slot in a stage (STK blocks)
+    int sk;           // blocks of a row a stage holds
+    u32 slot;         // bytes of one row's slot in a stage (sk blocks)
     int total;        // stages of this CTA
     __device__ __forceinline__ StreamPlan(int rows, int cols, int bb, int nmat, int act_bytes) {
         nw = (int)(blockDim.x >> 5) - 1;
         r0 = (int)((u64)blockIdx.x * rows / gridDim.x);
         r1 = (int)((u64)(blockIdx.x + 1) * rows / gridDim.x);
         nb = cols >> 8;
-        nks = (nb + STK - 1) / STK;
-        slot = (u32)(STK * bb);
+#ifdef STREAM_MVP_K16
+        sk = STK;
+#else
+        sk = STK / nmat;
+#endif
+        nks = (nb + sk - 1) / sk;
+        slot = (u32)(sk * bb);
         S = min(ST_MAXS, (int)((dynamic_smem_bytes() - (u32)act_bytes) / (slot * nw * nmat)));
         total = ((r1 - r0 + nw - 1) / nw) * nks;
     }
@@ -1031,8 +1038,8 @@ __device__ __forceinline__ void stream_produce(const StreamPlan& p, u8* ring, u6
     for (int it = first; it < last; it++) {
         int s = it % p.S, g = it / p.nks, kc = it % p.nks;
         if (it >= p.S) mbar_wait(&empty[s], (u32)((it / p.S - 1) & 1));
-        int kb0 = kc * STK;
-        u32 bytes = (u32)(min(STK, p.nb - kb0) * bb);
+        int kb0 = kc * p.sk;
+        u32 bytes = (u32)(min(p.sk, p.nb - kb0) * bb);
         int ra = p.r0 + g * p.nw, n = min(p.nw, p.r1 - ra);
 #ifdef STREAM_NO_COPY
         // (Diagnosis: the consumers run on whatever the ring holds.)
@@ -1060,8 +1067,7 @@ __device__ __forceinline__ void stream_produce(const StreamPlan& p, u8* ring, u6
         }
     }
 }
-// A consumer lane's share of stage `it`'s slice of its row (slot `w`: STK blocks at
-// most, the lane's blocks lane / 8 + 4 i), added into acc in order; shared-memory
+// A consumer lane's share of stage `it`'s slice of its row (slot `w`: kn <= STK blocks, the lane's blocks lane / 8 + 4 i), added into acc in order; shared-memory
 // loads two steps at a time (their latency is short; four spilled at 16 warps).
 #define ST_AHEAD 2
 template <int TY>
@@ -1137,7 +1143,7 @@ __device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, co
 #pragma unroll
             for (int m = 0; m < NM; m++) acc[m] = 0.0f;
         }
-        int kb0 = kc * STK, kn = min(STK, p.nb - kb0);
+        int kb0 = kc * p.sk, kn = min(p.sk, p.nb - kb0);
         int r = p.r0 + g * nw + warp;
         mbar_wait(&full[s], (u32)((it / p.S) & 1));
 #ifndef STREAM_NO_COMPUTE

@@ -17,10 +17,13 @@ const PER_BLOCK_RESERVE: usize = 3 << 10;
 /// The kernels, for their shared-memory opt-in at load.
 pub(super) const STREAM_KERNELS: [&str; 4] = ["mvst_q4_k", "mvst_q6_k", "mvpt_q4_k", "mvpt_q6_k"];
 
-/// Whether and how the streamed GEMVs run: sm_90+ (the copy engine's bulk copies and
-/// mbarrier transaction counts), `HANGAR_CUDA_STREAM=1`; `HANGAR_CUDA_STREAM_CTAS`
-/// (1 or 2 an SM), `HANGAR_CUDA_STREAM_WARPS` (8 or 16 consumer warps, rows of a
-/// stage) and `HANGAR_CUDA_STREAM_STAGES` (2..8) for A/B runs.
+/// Whether and how the streamed GEMVs run: on sm_90+ (the copy engine's bulk copies
+/// and mbarrier transaction counts) unless `HANGAR_CUDA_STREAM=0`. Two CTAs an SM of
+/// eight consumer warps each (docs/GPU.md run 39: +6-9% at batch 1 on the 8B shape
+/// over the hoisted kernels; one CTA of 8 or 16 warps was level or slower: the
+/// consumers' dp4a work, not the copies, bounded it). `HANGAR_CUDA_STREAM_CTAS` (1 or
+/// 2 an SM), `HANGAR_CUDA_STREAM_WARPS` (4..16 consumer warps, rows of a stage) and
+/// `HANGAR_CUDA_STREAM_STAGES` (2..8) for A/B runs.
 #[derive(Debug, Clone)]
 pub(super) struct StreamCfg {
     sms: usize,
@@ -35,15 +38,15 @@ pub(super) struct StreamCfg {
 
 impl StreamCfg {
     pub fn from_env(info: &DeviceInfo) -> Option<Self> {
-        let on = std::env::var("HANGAR_CUDA_STREAM").as_deref() == Ok("1");
+        let on = std::env::var("HANGAR_CUDA_STREAM").as_deref() != Ok("0");
         let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
         (on && info.compute_capability.0 >= 9 && info.smem_optin > 64 << 10).then(|| StreamCfg {
             sms: info.sm_count,
             ctas_per_sm: num("HANGAR_CUDA_STREAM_CTAS")
                 .filter(|c| matches!(c, 1 | 2))
-                .unwrap_or(1),
+                .unwrap_or(2),
             warps: num("HANGAR_CUDA_STREAM_WARPS")
-                .filter(|w| matches!(w, 8 | 16))
+                .filter(|w| (4..=16).contains(w))
                 .unwrap_or(8),
             stages: num("HANGAR_CUDA_STREAM_STAGES").filter(|s| (2..=MAX_STAGES).contains(s)),
             smem_max: info.smem_optin - 1024,
@@ -68,8 +71,10 @@ impl StreamCfg {
             "q6_k" => 210,
             _ => return None,
         };
-        let nb = cols / 256;
+        // (`mvpt` stages hold half the blocks of each of gate's and up's rows.)
+        let (nb, sk) = (cols / 256, STK / nmat);
         let aligned = rb.is_multiple_of(16)
+            && ((nb % sk) * bb).is_multiple_of(16)
             && ((nb % STK) * bb).is_multiple_of(16)
             && ptrs.iter().all(|p| p.is_multiple_of(16));
         if rows == 0

@@ -9,7 +9,7 @@
 use super::{butterfly, kquant_lane};
 use hangar_formats::GgmlType;
 
-/// Weight blocks of a row a stage holds (`STK`).
+/// Weight blocks of a row a stage holds (`STK`; `mvpt`: half, for each of gate and up).
 pub const STK: usize = 16;
 
 /// One launch: matrices at byte offsets of `mem` (for `mvst`, up to three matrices
@@ -66,8 +66,9 @@ impl StreamLaunch<'_> {
     pub fn run(&self, xq: &[i8], xd: &[[f32; 2]]) -> Vec<Vec<f32>> {
         let (bb, rows) = (self.bb(), self.rows());
         let (nb, s_count) = (self.cols / 256, self.stages);
-        let nks = nb.div_ceil(STK);
-        let slot = STK * bb;
+        let sk = STK / self.nmat;
+        let nks = nb.div_ceil(sk);
+        let slot = sk * bb;
         let nw = self.warps;
         let stage = self.nmat * nw * slot;
         let mut out = vec![vec![f32::NAN; rows]; self.nmat];
@@ -89,7 +90,7 @@ impl StreamLaunch<'_> {
                         "slot {s} reused before its release"
                     );
                 }
-                let (kb0, kn) = (kc * STK, STK.min(nb - kc * STK));
+                let (kb0, kn) = (kc * sk, sk.min(nb - kc * sk));
                 let bytes = kn * bb;
                 // Per matrix, runs of rows whose slices follow each other in memory
                 // (whole rows only) go in one copy to consecutive slots.
