@@ -621,6 +621,22 @@ struct StepQ4K {
         a.xb = *(const int4*)(xr + 32 * qa + 32 + l0);
         a.dd = *(const float4*)(dr + qa);
     }
+    // As act, from the activations staged in lane order (stream_body): lane k's two
+    // 16-byte runs of block b at 16 k and 128 + 16 k, so a quarter-warp reads 128
+    // contiguous bytes (act's offsets put lanes k and k + 4 on the same banks).
+    __device__ __forceinline__ static void act_lanes(Act& a, const i8* __restrict__ xs,
+                                                     const float2* __restrict__ dr, int b, int lane) {
+        int k = lane & 7, qa = b * 8 + 2 * (k >> 1);
+        a.xa = *(const int4*)(xs + 256 * b + 16 * k);
+        a.xb = *(const int4*)(xs + 256 * b + 128 + 16 * k);
+        a.dd = *(const float4*)(dr + qa);
+    }
+    // Where destination run d (0..15) of a block staged in lane order comes from: d < 8
+    // is lane d's first run (act's xa), d >= 8 lane d - 8's second (xb).
+    __device__ __forceinline__ static int lane_run_src(int d) {
+        int k = d & 7;
+        return 64 * (k >> 1) + 32 * (d >> 3) + 16 * (k & 1);
+    }
     __device__ __forceinline__ float use(const Act& a, int lane) const {
         int k = lane & 7, c = k >> 1;
         // scale_min_k4 of sub-blocks 2c and 2c + 1 as byte pairs, without a branch on
@@ -681,6 +697,19 @@ struct StepQ6K {
         a.xb = *(const int4*)(xr + 32 * (qa + 2) + 16 * ls);
         a.da = dr[qa].x;
         a.db = dr[qa + 2].x;
+    }
+    // As StepQ4K::act_lanes: lane k's runs at 16 k and 128 + 16 k of block b.
+    __device__ __forceinline__ static void act_lanes(Act& a, const i8* __restrict__ xs,
+                                                     const float2* __restrict__ dr, int b, int lane) {
+        int k = lane & 7, h = k >> 2, kp = (k >> 1) & 1, qa = b * 8 + 4 * h + kp;
+        a.xa = *(const int4*)(xs + 256 * b + 16 * k);
+        a.xb = *(const int4*)(xs + 256 * b + 128 + 16 * k);
+        a.da = dr[qa].x;
+        a.db = dr[qa + 2].x;
+    }
+    __device__ __forceinline__ static int lane_run_src(int d) {
+        int k = d & 7;
+        return 128 * (k >> 2) + 64 * (d >> 3) + 32 * ((k >> 1) & 1) + 16 * (k & 1);
     }
     __device__ __forceinline__ float use(const Act& a, int lane) const {
         int kp = ((lane & 7) >> 1) & 1;
@@ -750,6 +779,10 @@ template <>
 struct HoistStep<TY_Q6_K> {
     typedef StepQ6K T;
 };
+template <int TY>
+__device__ __forceinline__ int St_src(int d) {
+    return HoistStep<TY>::T::lane_run_src(d);
+}
 // One warp's share (part of parts) of a hoisted row's dot product with token row t0,
 // pdl_entry() included: the first chunk (and, for longer rows, an L2 prefetch of the
 // rest) is asked for before the wait. Rows with `valid` false only wait.
@@ -948,8 +981,7 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
 // results do not change with the batch it runs in. (Run 34's one-shot copy, a block
 // waiting for all of its rows before computing, lost 5%.) Twin: twin::stream_schedule.
 #define ST_MAXW 16   // consumer warps at most (the block is nw + 1 warps: nw consumers, a producer)
-#define STK 16       // weight blocks of a row a stage holds (a multiple of 4; `mvp`: half,
-                     // for each of gate and up, so a stage is the same bytes)
+#define STK 16       // weight blocks of a row a stage holds (a multiple of 4)
 #define ST_MAXS 8    // stages in the ring at most
 __device__ __forceinline__ void mbar_init(u64* bar, u32 count) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -1017,11 +1049,9 @@ struct StreamPlan {
         r0 = (int)((u64)blockIdx.x * rows / gridDim.x);
         r1 = (int)((u64)(blockIdx.x + 1) * rows / gridDim.x);
         nb = cols >> 8;
-#ifdef STREAM_MVP_K16
+        // (`mvp` stages of half rows, the same bytes as `mvs`'s, were 30% slower in
+        // run 40: sixteen copies of 1 KB a stage instead of two of 18 KB.)
         sk = STK;
-#else
-        sk = STK / nmat;
-#endif
         nks = (nb + sk - 1) / sk;
         slot = (u32)(sk * bb);
         S = min(ST_MAXS, (int)((dynamic_smem_bytes() - (u32)act_bytes) / (slot * nw * nmat)));
@@ -1083,7 +1113,11 @@ __device__ __forceinline__ void stream_use(const u8* w, int kb0, int kn, const i
             if (4 * (i0 + u) < kn) {
                 int bl = (lane >> 3) + 4 * (i0 + u);
                 st[u].load(w, bl, lane);
+#ifdef STREAM_ACT_LINEAR
                 St::act(a[u], xq, xd, kb0 + bl, lane);
+#else
+                St::act_lanes(a[u], xq, xd, kb0 + bl, lane);
+#endif
             }
         }
 #pragma unroll
@@ -1126,7 +1160,13 @@ __device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, co
         return;
     }
     pdl_entry();
-    for (int i = threadIdx.x * 16; i < cols; i += nw * 32 * 16) *(int4*)(xq + i) = *(const int4*)(Xq + i);
+    for (int i = threadIdx.x * 16; i < cols; i += nw * 32 * 16) {
+#ifdef STREAM_ACT_LINEAR
+        *(int4*)(xq + i) = *(const int4*)(Xq + i);
+#else
+        *(int4*)(xq + i) = *(const int4*)(Xq + (i & ~255) + St_src<TY>((i >> 4) & 15));
+#endif
+    }
     for (int i = threadIdx.x; i < (cols >> 5); i += nw * 32) xd[i] = Xd[i];
     if (warp == 0 && Xs) {
         float v[SSK];

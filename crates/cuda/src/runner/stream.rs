@@ -19,9 +19,9 @@ pub(super) const STREAM_KERNELS: [&str; 4] = ["mvst_q4_k", "mvst_q6_k", "mvpt_q4
 
 /// Whether and how the streamed GEMVs run: on sm_90+ (the copy engine's bulk copies
 /// and mbarrier transaction counts) unless `HANGAR_CUDA_STREAM=0`. Two CTAs an SM of
-/// eight consumer warps each (docs/GPU.md run 39: +6-9% at batch 1 on the 8B shape
-/// over the hoisted kernels; one CTA of 8 or 16 warps was level or slower: the
-/// consumers' dp4a work, not the copies, bounded it). `HANGAR_CUDA_STREAM_CTAS` (1 or
+/// eight consumer warps each (docs/GPU.md runs 39-40: +2-9% at batch 1 on the 8B
+/// shape over the hoisted kernels; one CTA of 8 or 16 warps was level or slower, and
+/// two of ten slower: the consumers' dp4a work, not the copies, bounded it). `HANGAR_CUDA_STREAM_CTAS` (1 or
 /// 2 an SM), `HANGAR_CUDA_STREAM_WARPS` (4..16 consumer warps, rows of a stage) and
 /// `HANGAR_CUDA_STREAM_STAGES` (2..8) for A/B runs.
 #[derive(Debug, Clone)]
@@ -71,10 +71,8 @@ impl StreamCfg {
             "q6_k" => 210,
             _ => return None,
         };
-        // (`mvpt` stages hold half the blocks of each of gate's and up's rows.)
-        let (nb, sk) = (cols / 256, STK / nmat);
+        let nb = cols / 256;
         let aligned = rb.is_multiple_of(16)
-            && ((nb % sk) * bb).is_multiple_of(16)
             && ((nb % STK) * bb).is_multiple_of(16)
             && ptrs.iter().all(|p| p.is_multiple_of(16));
         if rows == 0

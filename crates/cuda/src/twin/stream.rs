@@ -9,7 +9,7 @@
 use super::{butterfly, kquant_lane};
 use hangar_formats::GgmlType;
 
-/// Weight blocks of a row a stage holds (`STK`; `mvpt`: half, for each of gate and up).
+/// Weight blocks of a row a stage holds (`STK`).
 pub const STK: usize = 16;
 
 /// One launch: matrices at byte offsets of `mem` (for `mvst`, up to three matrices
@@ -66,7 +66,7 @@ impl StreamLaunch<'_> {
     pub fn run(&self, xq: &[i8], xd: &[[f32; 2]]) -> Vec<Vec<f32>> {
         let (bb, rows) = (self.bb(), self.rows());
         let (nb, s_count) = (self.cols / 256, self.stages);
-        let sk = STK / self.nmat;
+        let sk = STK;
         let nks = nb.div_ceil(sk);
         let slot = sk * bb;
         let nw = self.warps;
