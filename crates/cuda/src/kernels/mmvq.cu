@@ -1097,8 +1097,11 @@ __device__ __forceinline__ void stream_produce(const StreamPlan& p, u8* ring, u6
         }
     }
 }
-// A consumer lane's share of stage `it`'s slice of its row (slot `w`: kn <= STK blocks, the lane's blocks lane / 8 + 4 i), added into acc in order; shared-memory
-// loads two steps at a time (their latency is short; four spilled at 16 warps).
+// A consumer lane's share of stage `it`'s slice of its row (slot `w`: kn <= STK blocks,
+// the lane's blocks lane / 8 + 4 i below kn), added into acc in order; shared-memory
+// loads two steps at a time (their latency is short; four spilled at 16 warps). A
+// lane past the slice's end loads its last block (in bounds) and adds nothing, as
+// hoist_run does.
 #define ST_AHEAD 2
 template <int TY>
 __device__ __forceinline__ void stream_use(const u8* w, int kb0, int kn, const i8* xq, const float2* xd, int lane,
@@ -1106,23 +1109,22 @@ __device__ __forceinline__ void stream_use(const u8* w, int kb0, int kn, const i
     typedef typename HoistStep<TY>::T St;
 #pragma unroll
     for (int i0 = 0; i0 < STK / 4; i0 += ST_AHEAD) {
+        if (4 * i0 >= kn) break;
         St st[ST_AHEAD];
         typename St::Act a[ST_AHEAD];
 #pragma unroll
         for (int u = 0; u < ST_AHEAD; u++) {
-            if (4 * (i0 + u) < kn) {
-                int bl = (lane >> 3) + 4 * (i0 + u);
-                st[u].load(w, bl, lane);
+            int bl = min((lane >> 3) + 4 * (i0 + u), kn - 1);
+            st[u].load(w, bl, lane);
 #ifdef STREAM_ACT_LINEAR
-                St::act(a[u], xq, xd, kb0 + bl, lane);
+            St::act(a[u], xq, xd, kb0 + bl, lane);
 #else
-                St::act_lanes(a[u], xq, xd, kb0 + bl, lane);
+            St::act_lanes(a[u], xq, xd, kb0 + bl, lane);
 #endif
-            }
         }
 #pragma unroll
         for (int u = 0; u < ST_AHEAD; u++)
-            if (4 * (i0 + u) < kn) acc += st[u].use(a[u], lane);
+            if ((lane >> 3) + 4 * (i0 + u) < kn) acc += st[u].use(a[u], lane);
     }
 }
 // The kernel's frame: barriers, the activations in shared memory, the deferred norm's

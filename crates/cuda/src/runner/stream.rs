@@ -55,8 +55,8 @@ impl StreamCfg {
 
     /// The grid and dynamic shared memory of a launch over `rows` rows of `kind`, `cols`
     /// wide, `nmat` matrices a row (1: `mvst`, 2: `mvpt`), or None where the kernels do
-    /// not apply: another type, a row that is not whole 4-block steps, or a copy that
-    /// would not be 16-byte aligned (`ptrs`: the weights and the int8 input).
+    /// not apply: another type, or a copy that would not be 16-byte aligned (Q6_K rows
+    /// of an odd number of 4-block steps; `ptrs`: the weights and the int8 input).
     pub fn shape(
         &self,
         kind: &str,
@@ -75,12 +75,7 @@ impl StreamCfg {
         let aligned = rb.is_multiple_of(16)
             && ((nb % STK) * bb).is_multiple_of(16)
             && ptrs.iter().all(|p| p.is_multiple_of(16));
-        if rows == 0
-            || !cols.is_multiple_of(256)
-            || !nb.is_multiple_of(4)
-            || rb != nb * bb
-            || !aligned
-        {
+        if rows == 0 || !cols.is_multiple_of(256) || rb != nb * bb || !aligned {
             return None;
         }
         let stage = nmat * self.warps * STK * bb;
@@ -130,10 +125,12 @@ mod tests {
     fn refuses_what_the_kernels_cannot_take() {
         let c = cfg(1);
         assert!(c.shape("q8_0", 4096, 4096, 4352, 1, &[0]).is_none());
-        // 2 560 wide: 10 blocks, not whole steps of four.
-        assert!(c.shape("q4_k", 1024, 2560, 1440, 1, &[0]).is_none());
-        // Q6_K rows of 12 blocks: 2 520 bytes, not a multiple of 16.
+        // Qwen2.5-7B's 3 584-wide rows: 14 blocks, a partial last step, take it in
+        // Q4_K; in Q6_K (2 940 bytes, not a multiple of 16) they cannot be copied.
+        assert!(c.shape("q4_k", 1024, 3584, 14 * 144, 1, &[0]).is_some());
+        assert!(c.shape("q6_k", 1024, 3584, 14 * 210, 1, &[0]).is_none());
         assert!(c.shape("q6_k", 1024, 3072, 2520, 1, &[0]).is_none());
+        assert!(c.shape("q4_k", 1024, 1000, 0, 1, &[0]).is_none());
         // a misaligned input
         assert!(c.shape("q4_k", 4096, 4096, 2304, 1, &[0, 8]).is_none());
         assert!(c.shape("q4_k", 0, 4096, 2304, 1, &[0]).is_none());

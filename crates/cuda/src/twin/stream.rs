@@ -134,7 +134,8 @@ impl StreamLaunch<'_> {
                         }
                         let row = &ring[base + (m * nw + w) * slot..][..slot];
                         for (lane, a) in lanes.iter_mut().enumerate() {
-                            for i in (0..STK / 4).filter(|i| 4 * i < kn) {
+                            // (A lane past the slice's end adds nothing.)
+                            for i in (0..STK / 4).filter(|i| (lane >> 3) + 4 * i < kn) {
                                 let bl = (lane >> 3) + 4 * i;
                                 *a += kquant_lane(self.ty, &row[bl * bb..], kb0 + bl, lane, xq, xd);
                             }
@@ -175,7 +176,8 @@ mod tests {
 
     /// Every row through the ring equals the `mvs1`/`mvp1` arithmetic bit for bit:
     /// rows that are one stage (4 096 wide), several with a short last chunk (5 120:
-    /// 16 + 4 blocks; 14 336: 3 x 16 + 8), fewer blocks than a chunk (2 048), three
+    /// 16 + 4 blocks; 14 336: 3 x 16 + 8), fewer blocks than a chunk (2 048), partial
+    /// last steps (3 584: 14 blocks; 18 944: 4 x 16 + 10; 2 560: 10), three
     /// matrices back to back (copies merge across them), CTAs whose runs are not whole
     /// row groups, and rings of two and three stages.
     #[test]
@@ -185,6 +187,9 @@ mod tests {
             (GgmlType::Q4K, 4096),
             (GgmlType::Q4K, 5120),
             (GgmlType::Q4K, 2048),
+            (GgmlType::Q4K, 3584),
+            (GgmlType::Q4K, 18944),
+            (GgmlType::Q6K, 2560),
             (GgmlType::Q6K, 4096),
             (GgmlType::Q6K, 14336),
         ] {
