@@ -43,6 +43,8 @@ pub struct DeviceInfo {
     pub sm_count: usize,
     /// Shared memory a block may have when its kernel opts in (bytes).
     pub smem_optin: usize,
+    /// Shared memory of one SM, for all its resident blocks (bytes).
+    pub smem_per_sm: usize,
 }
 
 /// Looks for device `ordinal`: the driver library, its initialisation and the device.
@@ -56,7 +58,7 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo, CudaError> {
     let dev = result::device::get(ordinal as i32).map_err(drv("cuDeviceGet"))?;
     let name = result::device::get_name(dev).map_err(drv("cuDeviceGetName"))?;
     // SAFETY: `dev` is a valid device handle.
-    let (major, minor, total, sms, optin) = unsafe {
+    let (major, minor, total, sms, optin, per_sm) = unsafe {
         use sys::CUdevice_attribute::*;
         (
             result::device::get_attribute(dev, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
@@ -69,6 +71,11 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo, CudaError> {
             result::device::get_attribute(
                 dev,
                 CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .unwrap_or(48 << 10),
+            result::device::get_attribute(
+                dev,
+                CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
             )
             .unwrap_or(48 << 10),
         )
@@ -84,6 +91,7 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo, CudaError> {
         driver_version,
         sm_count: sms.max(1) as usize,
         smem_optin: optin.max(0) as usize,
+        smem_per_sm: per_sm.max(0) as usize,
     })
 }
 

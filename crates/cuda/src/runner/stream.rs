@@ -9,9 +9,8 @@ use crate::gpu::DeviceInfo;
 /// largest size (`ST_MAXS`).
 const STK: usize = 16;
 const MAX_STAGES: usize = 8;
-/// Shared memory an SM has for blocks (H100/H200: 228 KiB), less 1 KiB the system
-/// keeps a block and our static barriers.
-const SM_SHARED: usize = 228 << 10;
+/// Shared memory a block takes beside its ring: the 1 KiB the system keeps a block,
+/// the static barriers, and slack.
 const PER_BLOCK_RESERVE: usize = 3 << 10;
 
 /// The kernels, for their shared-memory opt-in at load.
@@ -27,6 +26,8 @@ pub(super) const STREAM_KERNELS: [&str; 4] = ["mvst_q4_k", "mvst_q6_k", "mvpt_q4
 #[derive(Debug, Clone)]
 pub(super) struct StreamCfg {
     sms: usize,
+    /// Shared memory of an SM (H100/H200: 228 KiB), shared by its CTAs.
+    smem_per_sm: usize,
     ctas_per_sm: usize,
     /// Consumer warps a block (the block is one more: the producer's).
     pub warps: usize,
@@ -42,6 +43,7 @@ impl StreamCfg {
         let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
         (on && info.compute_capability.0 >= 9 && info.smem_optin > 64 << 10).then(|| StreamCfg {
             sms: info.sm_count,
+            smem_per_sm: info.smem_per_sm,
             ctas_per_sm: num("HANGAR_CUDA_STREAM_CTAS")
                 .filter(|c| matches!(c, 1 | 2))
                 .unwrap_or(2),
@@ -80,7 +82,9 @@ impl StreamCfg {
         }
         let stage = nmat * self.warps * STK * bb;
         let act = cols + cols / 32 * 8;
-        let budget = (SM_SHARED / self.ctas_per_sm - PER_BLOCK_RESERVE).min(self.smem_max);
+        let budget = (self.smem_per_sm / self.ctas_per_sm)
+            .checked_sub(PER_BLOCK_RESERVE)?
+            .min(self.smem_max);
         let fit = budget.checked_sub(act)? / stage;
         let stages = self.stages.unwrap_or(MAX_STAGES).min(fit);
         if stages < 2 {
@@ -98,6 +102,7 @@ mod tests {
     fn cfg(ctas: usize) -> StreamCfg {
         StreamCfg {
             sms: 132,
+            smem_per_sm: 228 << 10,
             ctas_per_sm: ctas,
             warps: 8,
             stages: None,
@@ -118,7 +123,16 @@ mod tests {
         // two CTAs an SM halve the ring.
         let (g2, smem2) = cfg(2).shape("q4_k", 14336, 4096, 2304, 2, &[0]).unwrap();
         assert_eq!(g2, 264);
-        assert!(2 * (smem2 as usize + PER_BLOCK_RESERVE) <= SM_SHARED);
+        assert!(2 * (smem2 as usize + PER_BLOCK_RESERVE) <= 228 << 10);
+        // An SM of 100 KiB (sm_120) holds two CTAs of two 18 KiB stages, not of 36.
+        let small = StreamCfg {
+            smem_per_sm: 100 << 10,
+            smem_max: 99 << 10,
+            ..cfg(2)
+        };
+        let (_, s) = small.shape("q4_k", 4096, 4096, 2304, 1, &[0]).unwrap();
+        assert!(2 * (s as usize + PER_BLOCK_RESERVE) <= 100 << 10);
+        assert!(small.shape("q4_k", 14336, 4096, 2304, 2, &[0]).is_none());
     }
 
     #[test]
