@@ -793,21 +793,10 @@ impl CudaRunner {
         )
     }
 
-    /// The grid and dynamic shared memory of a streamed batch-1 GEMV (see
-    /// runner/stream.rs), when it applies.
-    #[allow(clippy::too_many_arguments)]
-    fn stream_shape(
-        &self,
-        kind: &str,
-        ntok: usize,
-        rows: usize,
-        cols: usize,
-        rb: usize,
-        nmat: usize,
-        ptrs: &[u64],
-    ) -> Option<(u32, u32)> {
-        let st = self.stream.as_ref().filter(|_| ntok == 1)?;
-        st.shape(kind, rows, cols, rb, nmat, ptrs)
+    /// The streamed GEMVs' settings when they may take a launch of `ntok` tokens
+    /// (batch 1; runner/stream.rs says which matrices they take).
+    fn stream_for(&self, ntok: usize) -> Option<&StreamCfg> {
+        self.stream.as_ref().filter(|_| ntok == 1)
     }
 
     /// Threads of a streamed GEMV's block: its consumer warps and the producer's.
@@ -852,7 +841,10 @@ impl CudaRunner {
         let rb = segs.first().map_or(0, |s| s.1);
         if segs.iter().all(|s| s.1 == rb) {
             let ptrs: Vec<u64> = segs.iter().map(|s| s.0).chain([xq]).collect();
-            if let Some((grid, smem)) = self.stream_shape(kind, ntok, total, cols, rb, 1, &ptrs) {
+            let shape = self.stream_for(ntok);
+            if let Some((grid, smem)) =
+                shape.and_then(|st| st.shape(kind, total, cols, rb, 1, &ptrs))
+            {
                 let name = format!("mvst_{kind}");
                 return self.gpu.launch(
                     &name,
@@ -942,21 +934,23 @@ impl CudaRunner {
             .i32(parts as i32)
             .ptr(y);
         let args = args.ptr(xs).f32(self.cfg.rms_eps);
-        let (name, grid, block, smem) =
-            match self.stream_shape(kind, ntok, rows, cols, rb, 2, &[wg, wu, xq]) {
-                Some((grid, smem)) => (
-                    format!("mvpt_{kind}"),
-                    (grid, 1, 1),
-                    self.stream_block(),
-                    smem,
-                ),
-                None => (
-                    format!("mvp{nt}_{kind}"),
-                    (rows.div_ceil(4 / parts) as u32, ntok.div_ceil(nt) as u32, 1),
-                    256,
-                    0,
-                ),
-            };
+        let (name, grid, block, smem) = match self
+            .stream_for(ntok)
+            .and_then(|st| st.shape(kind, rows, cols, rb, 2, &[wg, wu, xq]))
+        {
+            Some((grid, smem)) => (
+                format!("mvpt_{kind}"),
+                (grid, 1, 1),
+                self.stream_block(),
+                smem,
+            ),
+            None => (
+                format!("mvp{nt}_{kind}"),
+                (rows.div_ceil(4 / parts) as u32, ntok.div_ceil(nt) as u32, 1),
+                256,
+                0,
+            ),
+        };
         self.gpu.launch(&name, grid, (block, 1, 1), smem, args)?;
         Ok(true)
     }

@@ -969,19 +969,24 @@ __device__ __forceinline__ void mvp_body(const u8* Wg, const u8* Wu, u64 rb, int
 // keep a block's bytes in flight in registers (111-128 a thread): an SM holds 16 warps
 // and about 37 KB of loads, and the DRAM sits at 46-54% of its bandwidth (ncu, runs 28
 // and 35), with every block a latency chain of issue, wait, compute and exit. Here a
-// persistent grid (a CTA or two an SM) takes a contiguous run of rows each, and one
-// producer thread keeps a ring of stages full with the copy engine (cp.async.bulk,
-// each stage's mbarrier counting its bytes), so an SM has 50-100 KB of weights in
-// flight at every moment whatever the registers. Eight consumer warps take a row each
-// of a stage (eight rows, up to STK weight blocks of each; wider rows take several
-// stages) and hand the stage back through its `empty` barrier. The activations are
-// copied into shared memory once a CTA. A lane's blocks, its arithmetic and the order
-// of its sums are dot_k4's / dot_q6k's (lane / 8 + 4 i, in order, across stages), then
-// the same butterfly and scale: the outputs are mvs1's and mvp1's bits, so a token's
-// results do not change with the batch it runs in. (Run 34's one-shot copy, a block
-// waiting for all of its rows before computing, lost 5%.) Twin: twin::stream_schedule.
+// persistent grid (two CTAs an SM by default) takes a contiguous run of rows each, and
+// one producer thread keeps a ring of stages full with the copy engine (cp.async.bulk,
+// each stage's mbarrier counting its bytes), so an SM has 100-200 KB of weights in
+// flight whatever the registers. The consumer warps (eight by default) take a row each
+// of a stage (one row per warp, up to STK weight blocks of each; wider rows take
+// several stages) and hand the stage back through its `empty` barrier. The activations
+// are staged in shared memory once a CTA, in lane order (no bank conflicts). A lane's
+// blocks, its arithmetic and the order of its sums are dot_k4's / dot_q6k's (lane / 8
+// + 4 i, in order, across stages), then the same butterfly and scale: the outputs are
+// mvs1's and mvp1's bits, so a token's results do not change with the batch it runs
+// in. Runs 39-41 (H100): 8B batch-1 decode +7-9% over the hoisted kernels; gate/up
+// 30.8 against 38.3 us, bound by the consumers' dp4a work (copies alone: 28.3 us).
+// (Run 34's one-shot copy, a block waiting for all of its rows before computing, lost
+// 5%.) Twin: twin::stream::StreamLaunch.
 #define ST_MAXW 16   // consumer warps at most (the block is nw + 1 warps: nw consumers, a producer)
-#define STK 16       // weight blocks of a row a stage holds (a multiple of 4)
+#define STK 16       // weight blocks of a row a stage holds (a multiple of 4; for `mvp` each
+                     // of gate's and up's: stages of half rows, sixteen 1 KB copies instead
+                     // of two of 18 KB, made gate/up 30% slower in run 40)
 #define ST_MAXS 8    // stages in the ring at most
 __device__ __forceinline__ void mbar_init(u64* bar, u32 count) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -1041,19 +1046,15 @@ struct StreamPlan {
     int nw;           // consumer warps: rows of a stage
     int r0, r1;       // the CTA's rows
     int nb, nks, S;   // blocks a row, stages a row group, stages in the ring
-    int sk;           // blocks of a row a stage holds
-    u32 slot;         // bytes of one row's slot in a stage (sk blocks)
+    u32 slot;         // bytes of one row's slot in a stage (STK blocks)
     int total;        // stages of this CTA
     __device__ __forceinline__ StreamPlan(int rows, int cols, int bb, int nmat, int act_bytes) {
         nw = (int)(blockDim.x >> 5) - 1;
         r0 = (int)((u64)blockIdx.x * rows / gridDim.x);
         r1 = (int)((u64)(blockIdx.x + 1) * rows / gridDim.x);
         nb = cols >> 8;
-        // (`mvp` stages of half rows, the same bytes as `mvs`'s, were 30% slower in
-        // run 40: sixteen copies of 1 KB a stage instead of two of 18 KB.)
-        sk = STK;
-        nks = (nb + sk - 1) / sk;
-        slot = (u32)(sk * bb);
+        nks = (nb + STK - 1) / STK;
+        slot = (u32)(STK * bb);
         S = min(ST_MAXS, (int)((dynamic_smem_bytes() - (u32)act_bytes) / (slot * nw * nmat)));
         total = ((r1 - r0 + nw - 1) / nw) * nks;
     }
@@ -1068,8 +1069,8 @@ __device__ __forceinline__ void stream_produce(const StreamPlan& p, u8* ring, u6
     for (int it = first; it < last; it++) {
         int s = it % p.S, g = it / p.nks, kc = it % p.nks;
         if (it >= p.S) mbar_wait(&empty[s], (u32)((it / p.S - 1) & 1));
-        int kb0 = kc * p.sk;
-        u32 bytes = (u32)(min(p.sk, p.nb - kb0) * bb);
+        int kb0 = kc * STK;
+        u32 bytes = (u32)(min(STK, p.nb - kb0) * bb);
         int ra = p.r0 + g * p.nw, n = min(p.nw, p.r1 - ra);
 #ifdef STREAM_NO_COPY
         // (Diagnosis: the consumers run on whatever the ring holds.)
@@ -1130,7 +1131,7 @@ __device__ __forceinline__ void stream_use(const u8* w, int kb0, int kn, const i
 // The kernel's frame: barriers, the activations in shared memory, the deferred norm's
 // scale, then the producer's loop and the consumers' rows. NM 1: `mvs` (rows of up to
 // three matrices), 2: `mvp` (gate and up of each row, act(gate) * up out). The block
-// is nw + 1 warps (the runner's choice, 8 or 16 consumers).
+// is nw + 1 warps (the runner's choice of consumers, 4 to 16).
 template <int TY, int NM, class Row, class Out>
 __device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, const float2* Xd, XS_PARAMS, Row row,
                                             Out out) {
@@ -1185,7 +1186,7 @@ __device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, co
 #pragma unroll
             for (int m = 0; m < NM; m++) acc[m] = 0.0f;
         }
-        int kb0 = kc * p.sk, kn = min(p.sk, p.nb - kb0);
+        int kb0 = kc * STK, kn = min(STK, p.nb - kb0);
         int r = p.r0 + g * nw + warp;
         mbar_wait(&full[s], (u32)((it / p.S) & 1));
 #ifndef STREAM_NO_COMPUTE

@@ -51,7 +51,7 @@ impl StreamCfg {
                 .filter(|w| (4..=16).contains(w))
                 .unwrap_or(8),
             stages: num("HANGAR_CUDA_STREAM_STAGES").filter(|s| (2..=MAX_STAGES).contains(s)),
-            smem_max: info.smem_optin - 1024,
+            smem_max: info.smem_optin - 2048,
         })
     }
 
