@@ -18,11 +18,11 @@ pub(super) const STREAM_KERNELS: [&str; 4] = ["mvst_q4_k", "mvst_q6_k", "mvpt_q4
 
 /// Whether and how the streamed GEMVs run: on sm_90+ (the copy engine's bulk copies
 /// and mbarrier transaction counts) unless `HANGAR_CUDA_STREAM=0`. Two CTAs an SM of
-/// eight consumer warps each (docs/GPU.md runs 39-40: +2-9% at batch 1 on the 8B
+/// eight consumer warps each (docs/GPU.md runs 39-41: +7-9% at batch 1 on the 8B
 /// shape over the hoisted kernels; one CTA of 8 or 16 warps was level or slower, and
-/// two of ten slower: the consumers' dp4a work, not the copies, bounded it). `HANGAR_CUDA_STREAM_CTAS` (1 or
-/// 2 an SM), `HANGAR_CUDA_STREAM_WARPS` (4..16 consumer warps, rows of a stage) and
-/// `HANGAR_CUDA_STREAM_STAGES` (2..8) for A/B runs.
+/// two of ten slower: the consumers' dp4a work, not the copies, bounded it).
+/// `HANGAR_CUDA_STREAM_CTAS` (1 or 2 an SM), `HANGAR_CUDA_STREAM_WARPS` (4..16
+/// consumer warps, rows of a stage) and `HANGAR_CUDA_STREAM_STAGES` (2..8) for A/B runs.
 #[derive(Debug, Clone)]
 pub(super) struct StreamCfg {
     sms: usize,
@@ -58,7 +58,8 @@ impl StreamCfg {
     /// The grid and dynamic shared memory of a launch over `rows` rows of `kind`, `cols`
     /// wide, `nmat` matrices a row (1: `mvst`, 2: `mvpt`), or None where the kernels do
     /// not apply: another type, or a copy that would not be 16-byte aligned (Q6_K rows
-    /// of an odd number of 4-block steps; `ptrs`: the weights and the int8 input).
+    /// of a number of blocks not a multiple of 8; `ptrs`: the weights and the int8
+    /// input).
     pub fn shape(
         &self,
         kind: &str,

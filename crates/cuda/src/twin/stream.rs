@@ -66,9 +66,8 @@ impl StreamLaunch<'_> {
     pub fn run(&self, xq: &[i8], xd: &[[f32; 2]]) -> Vec<Vec<f32>> {
         let (bb, rows) = (self.bb(), self.rows());
         let (nb, s_count) = (self.cols / 256, self.stages);
-        let sk = STK;
-        let nks = nb.div_ceil(sk);
-        let slot = sk * bb;
+        let nks = nb.div_ceil(STK);
+        let slot = STK * bb;
         let nw = self.warps;
         let stage = self.nmat * nw * slot;
         let mut out = vec![vec![f32::NAN; rows]; self.nmat];
@@ -90,7 +89,7 @@ impl StreamLaunch<'_> {
                         "slot {s} reused before its release"
                     );
                 }
-                let (kb0, kn) = (kc * sk, sk.min(nb - kc * sk));
+                let (kb0, kn) = (kc * STK, STK.min(nb - kc * STK));
                 let bytes = kn * bb;
                 // Per matrix, runs of rows whose slices follow each other in memory
                 // (whole rows only) go in one copy to consecutive slots.
