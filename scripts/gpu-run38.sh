@@ -9,14 +9,10 @@
 #   bash scripts/gpu-run38.sh
 set -u
 cd "$(dirname "$0")/.."
-H=/tmp/hangar
-W=/tmp/hangar-gpu
-mkdir -p $W
-export HANGAR_CUDA_CACHE=$W/cuda-cache
-SECONDS=0
-rm -f $H; xz -dc .gpu/fin/hangar.xz > $H && chmod +x $H
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader
-[ -f $W/l8b.gguf ] || $H synth --arch llama --preset llama-3-8b --type Q4_K_M -t 16 --out $W/l8b.gguf 2>&1 | tail -1
+. scripts/gpu-lib.sh
+gpu_setup
+gpu_info
+synth_once l8b --arch llama --preset llama-3-8b --type Q4_K_M -t 16
 v() {
   case $1 in
     A) echo "RUN=38" ;;

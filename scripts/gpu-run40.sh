@@ -10,24 +10,11 @@
 #   bash scripts/gpu-run40.sh
 set -u
 cd "$(dirname "$0")/.."
-H=/tmp/hangar
-W=/tmp/hangar-gpu
-L=/tmp/llbuild/bin
-mkdir -p $W
-export HANGAR_CUDA_CACHE=$W/cuda-cache
-SECONDS=0
-rm -f $H; xz -dc .gpu/fin/hangar.xz > $H && chmod +x $H
-if [ ! -x $L/llama-bench ] && [ -f .gpu/anchor/llama-src-cuda.tgz ]; then
-  rm -rf /tmp/anc; cp -r .gpu/anchor /tmp/anc
-  setsid nohup bash -c 'mkdir -p /tmp/llsrc && tar xzf /tmp/anc/llama-src-cuda.tgz -C /tmp/llsrc &&
-    cmake -S /tmp/llsrc -B /tmp/llbuild -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
-      -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-      -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF > /tmp/anc/cmake.log 2>&1 &&
-    cmake --build /tmp/llbuild -j 10 --target llama-bench > /tmp/anc/build.log 2>&1
-    echo "rc=$?" > /tmp/anc/done' > /dev/null 2>&1 < /dev/null &
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader
-[ -f $W/l8b.gguf ] || $H synth --arch llama --preset llama-3-8b --type Q4_K_M -t 8 --out $W/l8b.gguf 2>&1 | tail -1
+. scripts/gpu-lib.sh
+gpu_setup
+anchor_build_bg
+gpu_info
+synth_once l8b --arch llama --preset llama-3-8b --type Q4_K_M -t 8
 v() {
   case $1 in
     T) echo "RUN=40" ;;
@@ -52,8 +39,7 @@ for x in T K X; do
   env $(v $x) HANGAR_CUDA_PROFILE=1 timeout 40 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 64 -r 1 2>&1 \
     | grep -E "PROFILE|mvp|mvs|attention|add_|quantize|panic|rror" | head -8 | sed "s/^/[$x] /"
 done
-for _ in $(seq 1 100); do [ -f /tmp/anc/done ] && break; sleep 3; done
-echo "== (t=$SECONDS) anchor build: $(cat /tmp/anc/done 2>/dev/null || echo 'not done')"
+echo "== (t=$SECONDS) $(anchor_wait)"
 timeout 120 $L/llama-bench -m $W/l8b.gguf -ngl 99 -p 512 -n 128 -r 3 -fa 1 -o md 2>&1 | grep -E "pp512|tg128"
 for x in T A; do
   env $(v $x) timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 512 --tg 128 -r 3 2>&1 | grep -E "^\| (pp|tg)" | sed "s/^/hangar 8B [$x] /"

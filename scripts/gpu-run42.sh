@@ -7,15 +7,11 @@
 #   bash scripts/gpu-run42.sh
 set -u
 cd "$(dirname "$0")/.."
-H=/tmp/hangar
-W=/tmp/hangar-gpu
-mkdir -p $W
-export HANGAR_CUDA_CACHE=$W/cuda-cache
-SECONDS=0
-rm -f $H; xz -dc .gpu/fin/hangar.xz > $H && chmod +x $H
-nvidia-smi --query-gpu=name --format=csv,noheader
-[ -f $W/l1b.gguf ] || $H synth --arch llama --preset llama-3.2-1b --type Q4_K_M -t 16 --out $W/l1b.gguf 2>&1 | tail -1
-[ -f $W/q7b.gguf ] || $H synth --arch qwen2 --preset qwen2.5-7b --type Q4_K_M -t 16 --out $W/q7b.gguf 2>&1 | tail -1
+. scripts/gpu-lib.sh
+gpu_setup
+gpu_info name
+synth_once l1b --arch llama --preset llama-3.2-1b --type Q4_K_M -t 16
+synth_once q7b --arch qwen2 --preset qwen2.5-7b --type Q4_K_M -t 16
 v() {
   case $1 in
     P) echo "RUN=42" ;;

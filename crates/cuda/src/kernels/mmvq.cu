@@ -779,10 +779,6 @@ template <>
 struct HoistStep<TY_Q6_K> {
     typedef StepQ6K T;
 };
-template <int TY>
-__device__ __forceinline__ int St_src(int d) {
-    return HoistStep<TY>::T::lane_run_src(d);
-}
 // One warp's share (part of parts) of a hoisted row's dot product with token row t0,
 // pdl_entry() included: the first chunk (and, for longer rows, an L2 prefetch of the
 // rest) is asked for before the wait. Rows with `valid` false only wait.
@@ -1167,7 +1163,7 @@ __device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, co
 #ifdef STREAM_ACT_LINEAR
         *(int4*)(xq + i) = *(const int4*)(Xq + i);
 #else
-        *(int4*)(xq + i) = *(const int4*)(Xq + (i & ~255) + St_src<TY>((i >> 4) & 15));
+        *(int4*)(xq + i) = *(const int4*)(Xq + (i & ~255) + HoistStep<TY>::T::lane_run_src((i >> 4) & 15));
 #endif
     }
     for (int i = threadIdx.x; i < (cols >> 5); i += nw * 32) xd[i] = Xd[i];

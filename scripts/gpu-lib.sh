@@ -1,0 +1,44 @@
+# Shared steps of the GPU run scripts (scripts/gpu-run38.sh onwards), sourced from
+# the checkout's root on the GPU host: the carried binary, the kernel cache, the GPU's
+# name, the synthetic models, and llama.cpp built in the background as the anchor.
+
+# H: the binary (unpacked from .gpu/fin/hangar.xz), W: models and cache, L: llama.cpp.
+gpu_setup() {
+  H=/tmp/hangar
+  W=/tmp/hangar-gpu
+  L=/tmp/llbuild/bin
+  mkdir -p $W
+  export HANGAR_CUDA_CACHE=$W/cuda-cache
+  SECONDS=0
+  rm -f $H; xz -dc .gpu/fin/hangar.xz > $H && chmod +x $H
+}
+
+# The GPU's name and clocks (or the fields asked for).
+gpu_info() {
+  nvidia-smi --query-gpu=${1:-name,memory.total,driver_version,clocks.max.sm,clocks.max.mem} --format=csv,noheader
+}
+
+# `hangar synth ARGS --out $W/NAME.gguf` unless the file is there (a warm machine).
+synth_once() {
+  local name=$1; shift
+  [ -f $W/$name.gguf ] || $H synth "$@" --out $W/$name.gguf 2>&1 | tail -1
+}
+
+# llama.cpp's llama-bench (sources vendored in llama-cpp-python 0.3.36, carried in
+# .gpu/anchor), built for sm_90 in the background; /tmp/anc/done holds its exit code.
+anchor_build_bg() {
+  [ ! -x $L/llama-bench ] && [ -f .gpu/anchor/llama-src-cuda.tgz ] || return 0
+  rm -rf /tmp/anc; cp -r .gpu/anchor /tmp/anc
+  setsid nohup bash -c 'mkdir -p /tmp/llsrc && tar xzf /tmp/anc/llama-src-cuda.tgz -C /tmp/llsrc &&
+    cmake -S /tmp/llsrc -B /tmp/llbuild -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
+      -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+      -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF > /tmp/anc/cmake.log 2>&1 &&
+    cmake --build /tmp/llbuild -j 10 --target llama-bench > /tmp/anc/build.log 2>&1
+    echo "rc=$?" > /tmp/anc/done' > /dev/null 2>&1 < /dev/null &
+}
+
+# Waits up to 300 s for the background build; prints its state.
+anchor_wait() {
+  for _ in $(seq 1 100); do [ -f /tmp/anc/done ] && break; sleep 3; done
+  echo "anchor build: $(cat /tmp/anc/done 2>/dev/null || echo 'not done')"
+}
