@@ -177,7 +177,7 @@ pub fn lane_run_dst(ty: GgmlType, c: usize) -> usize {
 pub fn stage_lanes(ty: GgmlType, xq: &[i8]) -> Vec<i8> {
     let mut out = vec![0i8; xq.len()];
     for (i, run) in out.chunks_mut(16).enumerate() {
-        let at = ((16 * i) & !255) + lane_run_src(ty, i & 15);
+        let at = (16 * i & !255) + lane_run_src(ty, i & 15);
         run.copy_from_slice(&xq[at..at + 16]);
     }
     out
