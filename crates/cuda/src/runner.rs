@@ -18,7 +18,7 @@ use crate::gpu::{Args, DevBuf, Gpu, Scratch};
 use crate::head::HEAD_MAX_VOCAB;
 use crate::offload::{plan_layers, CpuLayers, GpuOptions, SCRATCH_RESERVE};
 use crate::CudaError;
-use deferred::{PendingAdd, Q8Of};
+use deferred::Q8Of;
 use hangar_engine::sampler::{HeadRequest, HeadResult};
 use hangar_engine::{EngineError, ModelRunner, StepInput};
 use hangar_formats::GgmlType;
@@ -117,10 +117,6 @@ struct DevKv {
 #[derive(Default)]
 struct Buffers {
     x: Scratch,
-    /// The residual stream's second buffer: a deferred-norm add writes x + o into the
-    /// buffer it does not read (a streamed GEMV's CTAs each write part of it while
-    /// every CTA reads all of x).
-    x2: Scratch,
     h: Scratch,
     q: Scratch,
     k: Scratch,
@@ -253,12 +249,6 @@ pub struct CudaRunner {
     /// is; reset whenever a kernel rewrites a matrix input (norms, attention,
     /// activations).
     q8_of: Option<Q8Of>,
-    /// A residual add whose int8 copy (`q8_of`) is not written yet: the streamed
-    /// GEMVs reading it do the add themselves (runner/deferred.rs).
-    pending_add: Option<PendingAdd>,
-    /// Whether the streamed GEMVs take the residual adds before them
-    /// (`PendingAdd`), on unless `HANGAR_CUDA_FUSE_ADD=0`.
-    fuse_add: bool,
     /// `cuda:N (name, arch)`, for [`ModelRunner::device`].
     device: String,
     /// The input whose int8 activations `bufs.xf` holds as floats (same key).
@@ -279,10 +269,6 @@ pub struct CudaRunner {
     /// Decode steps of one token a sequence fold RoPE and the K/V store into the
     /// attention kernel (`attention_rope`), on unless `HANGAR_CUDA_ATT_ROPE=0`.
     att_rope: bool,
-    /// `attention_rope` asks L2 for the K and V rows of earlier positions before its
-    /// PDL wait, where a step's rows are at most `ATT_PREFETCH_BYTES`; on unless
-    /// `HANGAR_CUDA_ATT_PREFETCH=0`.
-    att_prefetch: bool,
     /// Blocks split-K attention aims for where (head, token) blocks are few
     /// (`attention_splits`): `ATT_SPLIT_TARGET_BLOCKS`, `HANGAR_CUDA_SPLITK=N` for A/B
     /// runs (0: off).
@@ -340,10 +326,6 @@ const SMALL_GEMV_BYTES: usize = 16 << 20;
 const ADD_NORM_MAX: usize = 1024 * 8;
 /// Attention keeps a token's scores in shared memory up to this many positions.
 const ATT_SMEM_SCORES: usize = 4096;
-/// The most K and V bytes a decode step's attention asks of L2 before its PDL wait
-/// (a fifth of an H100's L2: the weights of the GEMV running meanwhile stream through
-/// the rest).
-const ATT_PREFETCH_BYTES: usize = 8 << 20;
 /// Warps per attention block (`ATT_WARPS` in kernels/attention.cu, `twin::ATT_WARPS`).
 const ATT_WARPS: usize = crate::twin::ATT_WARPS;
 
@@ -545,8 +527,6 @@ impl CudaRunner {
                 _ => GemvChoice::Int8,
             },
             q8_of: None,
-            pending_add: None,
-            fuse_add: std::env::var("HANGAR_CUDA_FUSE_ADD").as_deref() != Ok("0"),
             xf_of: None,
             device,
             first,
@@ -559,7 +539,6 @@ impl CudaRunner {
             fuse: std::env::var("HANGAR_CUDA_FUSE").as_deref() != Ok("0"),
             defer_norm: std::env::var("HANGAR_CUDA_DEFER_NORM").as_deref() != Ok("0"),
             att_rope: std::env::var("HANGAR_CUDA_ATT_ROPE").as_deref() != Ok("0"),
-            att_prefetch: std::env::var("HANGAR_CUDA_ATT_PREFETCH").as_deref() != Ok("0"),
             split_k: match std::env::var("HANGAR_CUDA_SPLITK").map(|v| v.parse::<usize>()) {
                 Ok(Ok(n)) => n,
                 _ => ATT_SPLIT_TARGET_BLOCKS,
@@ -772,7 +751,6 @@ impl CudaRunner {
             if self.split {
                 return self.launch_mvs(&[(wp, rb, rows, y)], kind, cols, (xq, xd, xs), ntok);
             }
-            self.materialize_add(xq)?;
             let args = Args::new()
                 .ptr(wp)
                 .u64(rb as u64)
@@ -867,7 +845,6 @@ impl CudaRunner {
             if let Some((grid, smem)) =
                 shape.and_then(|st| st.shape(kind, total, cols, rb, 1, &ptrs))
             {
-                let args = self.fused_add_args(args, xq);
                 let name = format!("mvst_{kind}");
                 return self.gpu.launch(
                     &name,
@@ -878,7 +855,6 @@ impl CudaRunner {
                 );
             }
         }
-        self.materialize_add(xq)?;
         self.gpu.launch(
             &format!("mvs{nt}_{kind}"),
             (
@@ -958,27 +934,22 @@ impl CudaRunner {
             .i32(parts as i32)
             .ptr(y);
         let args = args.ptr(xs).f32(self.cfg.rms_eps);
-        let shape = self
+        let (name, grid, block, smem) = match self
             .stream_for(ntok)
-            .and_then(|st| st.shape(kind, rows, cols, rb, 2, &[wg, wu, xq]));
-        let (name, grid, block, smem, args) = match shape {
+            .and_then(|st| st.shape(kind, rows, cols, rb, 2, &[wg, wu, xq]))
+        {
             Some((grid, smem)) => (
                 format!("mvpt_{kind}"),
                 (grid, 1, 1),
                 self.stream_block(),
                 smem,
-                self.fused_add_args(args, xq),
             ),
-            None => {
-                self.materialize_add(xq)?;
-                (
-                    format!("mvp{nt}_{kind}"),
-                    (rows.div_ceil(4 / parts) as u32, ntok.div_ceil(nt) as u32, 1),
-                    256,
-                    0,
-                    args,
-                )
-            }
+            None => (
+                format!("mvp{nt}_{kind}"),
+                (rows.div_ceil(4 / parts) as u32, ntok.div_ceil(nt) as u32, 1),
+                256,
+                0,
+            ),
         };
         self.gpu.launch(&name, grid, (block, 1, 1), smem, args)?;
         Ok(true)
@@ -1000,7 +971,6 @@ impl CudaRunner {
         if let Some(r) = self.q8_of.filter(|r| r.key == key) {
             return Ok((r.q, r.d));
         }
-        self.settle_add()?;
         let (xq, xd) = self.q8_buffers(n)?;
         if cpu_blk == 0 {
             let args = Args::new().ptr(x).u64(n as u64).ptr(xq).ptr(xd);
@@ -1043,11 +1013,9 @@ impl CudaRunner {
     }
 
     /// Matrix inputs were rewritten: the int8 copies are stale.
-    fn forget_quantized(&mut self) -> Result<(), CudaError> {
-        self.settle_add()?;
+    fn forget_quantized(&mut self) {
         self.q8_of = None;
         self.xf_of = None;
-        Ok(())
     }
 
     /// Matrix ids: layer * 8 + slot, or the output / embedding.
@@ -1214,7 +1182,6 @@ impl CudaRunner {
         let gpu = &self.gpu;
         let b = &mut self.bufs;
         let x = b.x.get(gpu, t_total * d * F)?;
-        let x_other = b.x2.get(gpu, t_total * d * F)?;
         let hbuf = b.h.get(gpu, t_total * d * F)?;
         let q = b.q.get(gpu, t_total * qd * F)?;
         let k = b.k.get(gpu, t_total * kvd * F)?;
@@ -1310,13 +1277,10 @@ impl CudaRunner {
         // that read it (runner/deferred.rs) where those are all int8 `mvs`/`mvp`.
         let defer = fused && self.defer_norm && self.taps.is_none();
         let n_layers = self.layers.len();
-        // The residual stream moves between its two buffers at each deferred add.
-        let (x_first, mut x) = (x, x);
-        let flip = |x: u64| if x == x_first { x_other } else { x_first };
         if fused && n_layers > 0 {
             let w = self.layers[0].attn_norm.ptr;
             if defer && self.all_int8(&[0, 1, 2]) {
-                self.add_q8s([x, 0, w, 0], hbuf, t_total)?;
+                self.add_q8s(x, 0, w, hbuf, t_total)?;
             } else {
                 self.add_norm_q8(x, 0, 0, w, hbuf, t_total)?;
             }
@@ -1500,13 +1464,7 @@ impl CudaRunner {
                     .i32(cfg.rope_dims as i32)
                     .ptr(rope_ff)
                     .i32(neox);
-                let kv_bytes = t_total * nkv * max_n_l * hd * 2 * 2;
-                let prefetch = if self.att_prefetch && kv_bytes <= ATT_PREFETCH_BYTES {
-                    max_n_l
-                } else {
-                    0
-                };
-                ("attention_rope", args.i32(prefetch as i32))
+                ("attention_rope", args)
             } else {
                 ("attention", args)
             };
@@ -1520,7 +1478,7 @@ impl CudaRunner {
                     args,
                 )?;
             }
-            self.forget_quantized()?;
+            self.forget_quantized();
             if att_q.0 != 0 {
                 self.set_q8((attn, t_total, qd, 0), att_q.0, att_q.1, 0);
             }
@@ -1528,7 +1486,7 @@ impl CudaRunner {
             self.matmul(li * 8 + 3, attn, t_total, o)?;
             // Feed-forward.
             if defer && pan == 0 && self.all_int8(&[li * 8 + 4, li * 8 + 5]) {
-                x = self.add_q8s([x, o, ffn_norm, flip(x)], hbuf, t_total)?;
+                self.add_q8s(x, o, ffn_norm, hbuf, t_total)?;
             } else if fused {
                 self.add_norm_q8(x, o, pan, ffn_norm, hbuf, t_total)?;
             } else {
@@ -1546,7 +1504,7 @@ impl CudaRunner {
                 };
                 self.elementwise(act, n as usize, Args::new().ptr(gate).ptr(up).u64(n))?;
             }
-            self.forget_quantized()?;
+            self.forget_quantized();
             self.tap(li, Tap::FfnDownIn, gate, t_total * ff)?;
             self.matmul(li * 8 + 6, gate, t_total, o)?;
             let next = li + 1;
@@ -1554,7 +1512,7 @@ impl CudaRunner {
                 let w = self.layers[next].attn_norm.ptr;
                 let readers = [next * 8, next * 8 + 1, next * 8 + 2];
                 if defer && pfn == 0 && self.all_int8(&readers) {
-                    x = self.add_q8s([x, o, w, flip(x)], hbuf, t_total)?;
+                    self.add_q8s(x, o, w, hbuf, t_total)?;
                 } else {
                     self.add_norm_q8(x, o, pfn, w, hbuf, t_total)?;
                 }
@@ -1708,7 +1666,7 @@ impl CudaRunner {
         rows: usize,
         rows_idx: u64,
     ) -> Result<(), CudaError> {
-        self.forget_quantized()?;
+        self.forget_quantized();
         let args = Args::new()
             .ptr(x)
             .ptr(w)

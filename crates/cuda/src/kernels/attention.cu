@@ -91,7 +91,6 @@ struct RopeIn {
     int n_rot;
     const float* ff; // rope frequency factors, or null
     int neox;
-    int prefetch;    // positions whose K and V rows are asked of L2 before the wait (0: none)
 };
 template <bool ROPE>
 __device__ __forceinline__ void attention_body(
@@ -109,22 +108,6 @@ __device__ __forceinline__ void attention_body(
     // The angle of the thread's pair, from the host-written position, before the wait.
     if (ROPE && (int)threadIdx.x < ri.n_rot / 2)
         rope_angle(threadIdx.x, (double)tok_seq[2 * t + 1], ri.base, ri.n_rot, ri.ff, &c, &sn);
-    // Every position but the token's own was written by an earlier step, and the block
-    // table is host-written: the K and V rows the block will read are asked of L2
-    // before the wait, while the QKV GEMV runs (the runner sets `prefetch` where they
-    // fit in L2 beside the weights streaming through it).
-    if (ROPE && ri.prefetch > 0) {
-        int ps = tok_seq[2 * t], pp = tok_seq[2 * t + 1];
-        int p0 = max(window > 0 ? max(0, pp + 1 - window) : 0, pp - ri.prefetch);
-        const u32* tb = tables + (u64)ps * tstride;
-        const int lines = (hd * 2 + 127) / 128, kvd = nkv * hd;
-        for (int i = threadIdx.x; i < (pp - p0) * lines; i += blockDim.x) {
-            int p = p0 + i / lines;
-            u64 off = ((u64)tb[p / bs] * bs + p % bs) * kvd + (u64)kh * hd + (u64)(i % lines) * 64;
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(kc + off));
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(vc + off));
-        }
-    }
     pdl_entry();
     int seq = tok_seq[2 * t], pos = tok_seq[2 * t + 1];
     int lo = window > 0 ? max(0, pos + 1 - window) : 0;
@@ -245,8 +228,8 @@ extern "C" __global__ void __launch_bounds__(256) attention_rope(
     const float* q, u16* kc, u16* vc, float* out, int nheads, int nkv, int hd, const int* tok_seq,
     const u32* tables, int tstride, int bs, int window, float scale, float* scratch, int max_n, i8* Xq,
     float2* Xd, int sm_scores, const float* k, const float* v, const float* qn, const float* kn, float eps,
-    double base, int n_rot, const float* ff, int neox, int prefetch) {
-    RopeIn ri = {k, v, qn, kn, eps, base, n_rot, ff, neox, prefetch};
+    double base, int n_rot, const float* ff, int neox) {
+    RopeIn ri = {k, v, qn, kn, eps, base, n_rot, ff, neox};
     attention_body<true>(q, kc, vc, out, nheads, nkv, hd, tok_seq, tables, tstride, bs, window, scale,
                          scratch, max_n, Xq, Xd, sm_scores, ri);
 }

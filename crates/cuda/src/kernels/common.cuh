@@ -105,19 +105,13 @@ __device__ __forceinline__ int warp_sum_i(int v) {
 // llama.cpp's q8_1 for the value v of lane i % 32 of a 32-wide block, i the flat
 // index (a warp holds one whole block): d = amax / 127, q = round-half-even(v / d),
 // Xd[i / 32] = (d, d * sum q). Twin: twin::quantize_q8_1.
-// (q8_1_vals: the lane's value and its block's pair, for callers placing them.)
-__device__ __forceinline__ int q8_1_vals(float v, float2* dd) {
+__device__ __forceinline__ void q8_1_lane(float v, u64 i, i8* Xq, float2* Xd) {
     float amax = warp_max(fabsf(v));
     float d = __fdiv_rn(amax, 127.0f);
     int q = amax == 0.0f ? 0 : __float2int_rn(__fdiv_rn(v, d));
+    Xq[i] = (i8)q;
     int s = warp_sum_i(q);
-    *dd = make_float2(d, d * (float)s);
-    return q;
-}
-__device__ __forceinline__ void q8_1_lane(float v, u64 i, i8* Xq, float2* Xd) {
-    float2 dd;
-    Xq[i] = (i8)q8_1_vals(v, &dd);
-    if ((threadIdx.x & 31) == 0) Xd[i >> 5] = dd;
+    if ((threadIdx.x & 31) == 0) Xd[i >> 5] = make_float2(d, d * (float)s);
 }
 
 // gelu_tanh(x) * u through f16 as ggml's GEGLU table: 0 at or below -10, identity at

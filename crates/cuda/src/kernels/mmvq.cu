@@ -560,20 +560,10 @@ struct RowScales {
         }
     }
 };
-// add_q8s's arithmetic for a lane's value x (after the add) and norm weight w: the
-// int8 value of x * w, its 32-block's (d, d * sum q) and sum of squares of x
-// (__fmul_rn: the square is never contracted into the butterfly's first add, so the
-// streamed GEMVs' own copy of this, stream_stage_add, has the same bits).
-__device__ __forceinline__ int add_q8s_vals(float x, float w, float2* dd, float* ss) {
-    int q = q8_1_vals(x * w, dd);
-    *ss = warp_sum(__fmul_rn(x, x));
-    return q;
-}
-// xo = x + o (o null: x as it is, xo not written; xo may be x), then that times w
-// quantized as quantize_q8_1 does, and per 32-block its sum of squares into Xs. A warp
-// a 32-block; grid (n / 256, tokens).
-extern "C" __global__ void __launch_bounds__(256) add_q8s(const float* x, const float* o, const float* w, int n,
-                                                       i8* Xq, float2* Xd, float* Xs, float* xo) {
+// x += o (o null: x as it is), then x * w quantized as quantize_q8_1 does, and per
+// 32-block the sum of squares of x into Xs. A warp a 32-block; grid (n / 256, tokens).
+extern "C" __global__ void __launch_bounds__(256) add_q8s(float* x, const float* o, const float* w, int n,
+                                                       i8* Xq, float2* Xd, float* Xs) {
     const int c = blockIdx.x * 256 + threadIdx.x;
     const bool in = c < n; // whole warps (n % 32 == 0)
     const float wv = in ? w[c] : 0.0f; // never written: loaded before the wait
@@ -583,15 +573,11 @@ extern "C" __global__ void __launch_bounds__(256) add_q8s(const float* x, const 
     float xv = x[i];
     if (o) {
         xv += o[i];
-        xo[i] = xv;
+        x[i] = xv;
     }
-    float2 dd;
-    float ss;
-    Xq[i] = (i8)add_q8s_vals(xv, wv, &dd, &ss);
-    if ((threadIdx.x & 31) == 0) {
-        Xd[i >> 5] = dd;
-        Xs[i >> 5] = ss;
-    }
+    q8_1_lane(xv * wv, i, Xq, Xd);
+    float s = warp_sum(xv * xv);
+    if ((threadIdx.x & 31) == 0) Xs[i >> 5] = s;
 }
 // The two parameters every `mvs`/`mvp` kernel ends with: the input's per-32 sums of
 // squares Xs (null: the input is normed already) and the norm's eps.
@@ -650,10 +636,6 @@ struct StepQ4K {
     __device__ __forceinline__ static int lane_run_src(int d) {
         int k = d & 7;
         return 64 * (k >> 1) + 32 * (d >> 3) + 16 * (k & 1);
-    }
-    // Its inverse: the destination run of source run c (bytes 16 c..16 c + 15).
-    __device__ __forceinline__ static int lane_run_dst(int c) {
-        return 2 * (c >> 2) + (c & 1) + 8 * ((c >> 1) & 1);
     }
     __device__ __forceinline__ float use(const Act& a, int lane) const {
         int k = lane & 7, c = k >> 1;
@@ -728,9 +710,6 @@ struct StepQ6K {
     __device__ __forceinline__ static int lane_run_src(int d) {
         int k = d & 7;
         return 128 * (k >> 2) + 64 * (d >> 3) + 32 * ((k >> 1) & 1) + 16 * (k & 1);
-    }
-    __device__ __forceinline__ static int lane_run_dst(int c) {
-        return 4 * (c >> 3) + 2 * ((c >> 1) & 1) + (c & 1) + 8 * ((c >> 2) & 1);
     }
     __device__ __forceinline__ float use(const Act& a, int lane) const {
         int kp = ((lane & 7) >> 1) & 1;
@@ -1145,80 +1124,23 @@ __device__ __forceinline__ void stream_use(const u8* w, int kb0, int kn, const i
             if ((lane >> 3) + 4 * (i0 + u) < kn) acc += st[u].use(a[u], lane);
     }
 }
-// The residual add a streamed launch does itself (runner/deferred.rs, `PendingAdd`):
-// its input is (x + o) * w, quantized and with each 32-block's sum of squares of x + o,
-// as add_q8s writes them, but computed by every CTA into its own shared memory, and
-// x + o written to xo by the CTAs owning its 32-blocks (block b: CTA b % grid). The
-// norm is then always deferred. x null: the input is Xq/Xd/Xs. One kernel boundary a
-// residual add fewer. (o null: x as it is, xo not written.)
-struct FusedAdd {
-    const float* x;
-    const float* o;
-    const float* w;
-    float* xo;
-};
-// Blocks a consumer warp adds at a time (their loads all in flight together).
-#define SA_U 8
-// The consumers' staging for a FusedAdd: warp w takes 32-blocks w, w + nw, ...; each
-// lane's int8 value goes where the lane-order staging puts its byte (lane_run_dst).
-// The loop's trip count and every shuffle are the same for all warps (blocks past the
-// end are computed on the last block and not stored), so the shuffles need no
-// convergence sequence.
-template <int TY>
-__device__ __forceinline__ void stream_stage_add(const FusedAdd& fa, int cols, i8* xq, float2* xd, float* ss,
-                                                 int nw, int warp, int lane) {
-    const int ng = cols >> 5;
-    for (int b0 = 0; b0 < ng; b0 += nw * SA_U) {
-        float xv[SA_U], ov[SA_U], wv[SA_U];
-#pragma unroll
-        for (int u = 0; u < SA_U; u++) {
-            int c = 32 * min(b0 + warp + u * nw, ng - 1) + lane;
-            xv[u] = fa.x[c];
-            ov[u] = fa.o ? fa.o[c] : 0.0f;
-            wv[u] = fa.w[c];
-        }
-#pragma unroll
-        for (int u = 0; u < SA_U; u++) {
-            int b = b0 + warp + u * nw;
-            bool mine = b < ng;
-            int c = 32 * min(b, ng - 1) + lane;
-            float v = fa.o ? xv[u] + ov[u] : xv[u];
-            if (mine && fa.o && fa.xo && b % (int)gridDim.x == (int)blockIdx.x) fa.xo[c] = v;
-            float2 dd;
-            float s2;
-            int q = add_q8s_vals(v, wv[u], &dd, &s2);
-            if (!mine) continue;
-#ifdef STREAM_ACT_LINEAR
-            xq[c] = (i8)q;
-#else
-            xq[(c & ~255) + 16 * HoistStep<TY>::T::lane_run_dst((c & 255) >> 4) + (c & 15)] = (i8)q;
-#endif
-            if (lane == 0) {
-                xd[b] = dd;
-                ss[b] = s2;
-            }
-        }
-    }
-}
 // The kernel's frame: barriers, the activations in shared memory, the deferred norm's
 // scale, then the producer's loop and the consumers' rows. NM 1: `mvs` (rows of up to
 // three matrices), 2: `mvp` (gate and up of each row, act(gate) * up out). The block
 // is nw + 1 warps (the runner's choice of consumers, 4 to 16).
 template <int TY, int NM, class Row, class Out>
-__device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, const float2* Xd, XS_PARAMS,
-                                            const FusedAdd& fa, Row row, Out out) {
+__device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, const float2* Xd, XS_PARAMS, Row row,
+                                            Out out) {
     constexpr int BB = TY == TY_Q4_K ? 144 : 210;
     extern __shared__ __align__(128) u8 smem[];
     __shared__ __align__(8) u64 full[ST_MAXS], empty[ST_MAXS];
     __shared__ float scl;
-    // The input (lane order), its per-32 scales and, for a FusedAdd, sums of squares.
-    const int act_bytes = cols + (cols >> 5) * 12;
+    const int act_bytes = cols + (cols >> 5) * 8;
     StreamPlan p(rows, cols, BB, NM, act_bytes);
     const int nw = p.nw;
     u8* ring = smem;
     i8* xq = (i8*)(smem + (u64)p.S * NM * nw * p.slot);
     float2* xd = (float2*)(xq + cols);
-    float* xss = (float*)(xd + (cols >> 5));
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     if (threadIdx.x == 0) {
         for (int s = 0; s < p.S; s++) {
@@ -1228,46 +1150,31 @@ __device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, co
         mbar_init_fence();
     }
     __syncthreads();
-    // The weights are never written: the first stages are asked for before the PDL
-    // wait, while the previous kernel drains.
-    if (warp == nw && lane == 0) stream_produce<NM>(p, ring, full, empty, BB, row, 0, min(p.S, p.total));
-    pdl_entry();
-    // Every warp stages the input, the producer's too (its next copies wait for slots
-    // the consumers free only after this), in code all warps run alike: the fused
-    // add's shuffles then need no convergence sequences (255 of them otherwise).
-    if (fa.x) {
-        stream_stage_add<TY>(fa, cols, xq, xd, xss, nw + 1, warp, lane);
-    } else {
-        for (int i = threadIdx.x * 16; i < cols; i += blockDim.x * 16) {
-#ifdef STREAM_ACT_LINEAR
-            *(int4*)(xq + i) = *(const int4*)(Xq + i);
-#else
-            *(int4*)(xq + i) = *(const int4*)(Xq + (i & ~255) + HoistStep<TY>::T::lane_run_src((i >> 4) & 15));
-#endif
-        }
-        for (int i = threadIdx.x; i < (cols >> 5); i += blockDim.x) xd[i] = Xd[i];
-        if (warp == 0 && Xs) {
-            float v[SSK];
-            ss_load(v, Xs, cols >> 5, lane);
-            float sc = ss_scale(v, Xs, cols >> 5, cols, eps, lane);
-            if (lane == 0) scl = sc;
-        }
-    }
-    __syncthreads();
     if (warp == nw) {
+        // The weights are never written: the first stages are asked for before the
+        // PDL wait, while the previous kernel drains.
+        if (lane == 0) stream_produce<NM>(p, ring, full, empty, BB, row, 0, min(p.S, p.total));
+        pdl_entry();
         if (lane == 0) stream_produce<NM>(p, ring, full, empty, BB, row, min(p.S, p.total), p.total);
         return;
     }
-    float sc = 1.0f;
-    if (!fa.x && Xs) {
-        sc = scl;
-    } else if (fa.x) {
-        // Every warp adds up the staged sums itself (ss_scale's order: the same bits
-        // as from add_q8s's), instead of a second barrier.
-        float v[SSK];
-        ss_load(v, xss, cols >> 5, lane);
-        sc = ss_scale(v, xss, cols >> 5, cols, eps, lane);
+    pdl_entry();
+    for (int i = threadIdx.x * 16; i < cols; i += nw * 32 * 16) {
+#ifdef STREAM_ACT_LINEAR
+        *(int4*)(xq + i) = *(const int4*)(Xq + i);
+#else
+        *(int4*)(xq + i) = *(const int4*)(Xq + (i & ~255) + HoistStep<TY>::T::lane_run_src((i >> 4) & 15));
+#endif
     }
+    for (int i = threadIdx.x; i < (cols >> 5); i += nw * 32) xd[i] = Xd[i];
+    if (warp == 0 && Xs) {
+        float v[SSK];
+        ss_load(v, Xs, cols >> 5, lane);
+        float sc = ss_scale(v, Xs, cols >> 5, cols, eps, lane);
+        if (lane == 0) scl = sc;
+    }
+    consumers_sync(nw);
+    const float sc = Xs ? scl : 1.0f;
     float acc[NM];
     for (int it = 0; it < p.total; it++) {
         int s = it % p.S, g = it / p.nks, kc = it % p.nks;
@@ -1296,10 +1203,8 @@ __device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, co
         }
     }
 }
-// Each takes `mvs1`/`mvp1`'s arguments (ntok 1; parts unused), then a FusedAdd's
-// (ax null: none), and the ring and the activations as dynamic shared memory (the
-// runner sizes it: runner/stream.rs).
-#define FUSED_ADD_PARAMS const float *ax, const float *ao, const float *aw, float *axo
+// Each takes `mvs1`/`mvp1`'s arguments (ntok 1; parts unused) and the ring and the
+// activations as dynamic shared memory (the runner sizes it: runner/stream.rs).
 // mvst's global row g is W0's row g, then W1's, then W2's.
 __device__ __forceinline__ int seg_of(int g, int rows0, int rows1, int rows2, int* r) {
     if (g < rows0) {
@@ -1318,9 +1223,9 @@ __device__ __forceinline__ int seg_of(int g, int rows0, int rows1, int rows2, in
     extern "C" __global__ void __launch_bounds__((ST_MAXW + 1) * 32, 1)                           \
         mvst_##NAME(const u8* W0, u64 rb0, int rows0, float* Y0, const u8* W1, u64 rb1, int rows1,  \
                     float* Y1, const u8* W2, u64 rb2, int rows2, float* Y2, int cols, const i8* Xq,  \
-                    const float2* Xd, int ntok, int parts, XS_PARAMS, FUSED_ADD_PARAMS) {          \
+                    const float2* Xd, int ntok, int parts, XS_PARAMS) {                            \
         stream_body<TY, 1>(                                                                        \
-            rows0 + rows1 + rows2, cols, Xq, Xd, Xs, eps, FusedAdd{ax, ao, aw, axo},               \
+            rows0 + rows1 + rows2, cols, Xq, Xd, Xs, eps,                                          \
             [&](int, int g) -> const u8* {                                                         \
                 int r, k = seg_of(g, rows0, rows1, rows2, &r);                                     \
                 return (k == 0 ? W0 : k == 1 ? W1 : W2) + (u64)r * rb0;                            \
@@ -1332,10 +1237,9 @@ __device__ __forceinline__ int seg_of(int g, int rows0, int rows1, int rows2, in
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__((ST_MAXW + 1) * 32, 1)                           \
         mvpt_##NAME(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols, const i8* Xq,           \
-                    const float2* Xd, int ntok, int act, int parts, float* Y, XS_PARAMS,          \
-                    FUSED_ADD_PARAMS) {                                                            \
+                    const float2* Xd, int ntok, int act, int parts, float* Y, XS_PARAMS) {         \
         stream_body<TY, 2>(                                                                        \
-            rows, cols, Xq, Xd, Xs, eps, FusedAdd{ax, ao, aw, axo},                                \
+            rows, cols, Xq, Xd, Xs, eps,                                                           \
             [&](int k, int g) -> const u8* { return (k ? Wu : Wg) + (u64)g * rb; },                \
             [&](int g, float gv, float uv) { Y[g] = act == 2 ? gelu_times(gv, uv) : silu_times(gv, uv); }); \
     }

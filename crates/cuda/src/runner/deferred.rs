@@ -3,8 +3,7 @@
 //! weights) with each 32-block's sum of squares of `x` (`add_q8s`, no reduction
 //! across the row), and the next GEMVs scale their sums by `1 / rms(x)`. It replaces
 //! `add_norm_q8c`, whose two cluster-wide sums are a chain of latencies.
-//! `HANGAR_CUDA_DEFER_NORM=0` turns it off. At batch 1 the streamed GEMVs do the add
-//! themselves (`PendingAdd`; `HANGAR_CUDA_FUSE_ADD=0` keeps the `add_q8s` launch).
+//! `HANGAR_CUDA_DEFER_NORM=0` turns it off.
 
 use super::{has_int8_gemv, CudaRunner, Q8Key};
 use crate::gpu::Args;
@@ -49,114 +48,36 @@ impl CudaRunner {
         self.xf_of = None;
     }
 
-    /// `x + o` (`o` 0: none) into `xo` for `rows` token rows (`[x, o, w, xo]`), then
-    /// that times `w` quantized and recorded as the int8 copy of `h` (the normed row
-    /// the next GEMVs ask for), its norm deferred to them. Returns where the residual
-    /// stream now is (`xo`, or `x` when there was nothing to add). At batch 1 with the
-    /// streamed GEMVs the add is left to them (`PendingAdd`); any other reader of the
-    /// copy launches `add_q8s` first.
+    /// `x += o` (`o` 0: none) for `rows` token rows, then `x * w` quantized and
+    /// recorded as the int8 copy of `h` (the normed row the next GEMVs ask for), its
+    /// norm deferred to them.
     pub(super) fn add_q8s(
         &mut self,
-        [x, o, w, xo]: [u64; 4],
+        x: u64,
+        o: u64,
+        w: u64,
         h: u64,
         rows: usize,
-    ) -> Result<u64, CudaError> {
-        self.settle_add()?;
+    ) -> Result<(), CudaError> {
         let n = self.cfg.d_model;
-        let (q, d) = self.q8_buffers(rows * n)?;
-        let ss = self.bufs.ss.get(&self.gpu, rows * n / 32 * 4)?;
-        let xo = if o == 0 { 0 } else { xo };
-        let add = PendingAdd {
-            rows,
-            x,
-            o,
-            w,
-            xo,
-            q,
-            d,
-            ss,
-            written: xo == 0,
-        };
-        self.set_q8((h, rows, n, 0), q, d, ss);
-        if self.fuse_add && self.stream_for(rows).is_some() {
-            self.pending_add = Some(add);
-        } else {
-            self.launch_add(&add)?;
-        }
-        Ok(if o == 0 { x } else { xo })
-    }
-
-    fn launch_add(&mut self, a: &PendingAdd) -> Result<(), CudaError> {
-        let n = self.cfg.d_model;
+        let (xq, xd) = self.q8_buffers(rows * n)?;
+        let xs = self.bufs.ss.get(&self.gpu, rows * n / 32 * 4)?;
         let args = Args::new()
-            .ptr(a.x)
-            .ptr(a.o)
-            .ptr(a.w)
+            .ptr(x)
+            .ptr(o)
+            .ptr(w)
             .i32(n as i32)
-            .ptr(a.q)
-            .ptr(a.d)
-            .ptr(a.ss)
-            .ptr(a.xo);
+            .ptr(xq)
+            .ptr(xd)
+            .ptr(xs);
         self.gpu.launch(
             "add_q8s",
-            (n.div_ceil(256) as u32, a.rows as u32, 1),
+            (n.div_ceil(256) as u32, rows as u32, 1),
             (256, 1, 1),
             0,
             args,
-        )
+        )?;
+        self.set_q8((h, rows, n, 0), xq, xd, xs);
+        Ok(())
     }
-
-    /// A streamed GEMV's last four arguments (kernels/mmvq.cu, `FusedAdd`) for an
-    /// input whose int8 copy is at `xq`: the pending add's `x`, `o`, `w` and, for
-    /// the first such launch, `xo`; zeros when the copy is written.
-    pub(super) fn fused_add_args(&mut self, args: Args, xq: u64) -> Args {
-        match self.pending_add.as_mut().filter(|a| a.q == xq) {
-            Some(a) => {
-                let xo = if a.written { 0 } else { a.xo };
-                a.written = true;
-                args.ptr(a.x).ptr(a.o).ptr(a.w).ptr(xo)
-            }
-            None => args.ptr(0).ptr(0).ptr(0).ptr(0),
-        }
-    }
-
-    /// Launches the pending add before a kernel that reads its int8 copy at `xq`
-    /// from memory.
-    pub(super) fn materialize_add(&mut self, xq: u64) -> Result<(), CudaError> {
-        match self.pending_add.filter(|a| a.q == xq) {
-            Some(a) => {
-                self.pending_add = None;
-                self.launch_add(&a)
-            }
-            None => Ok(()),
-        }
-    }
-
-    /// Ends the pending add's life (its int8 copy is about to be overwritten or
-    /// forgotten): launched now if no streamed GEMV wrote its `x + o`.
-    pub(super) fn settle_add(&mut self) -> Result<(), CudaError> {
-        match self.pending_add.take() {
-            Some(a) if !a.written => self.launch_add(&a),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// A residual add (`add_q8s`) not launched: the streamed GEMVs reading its int8 copy
-/// do it in their prologue, each CTA for itself, the first launch also writing
-/// `x + o` to `xo`. One kernel boundary fewer a deferred norm.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct PendingAdd {
-    rows: usize,
-    x: u64,
-    o: u64,
-    w: u64,
-    /// Where `x + o` goes (0: nothing added).
-    xo: u64,
-    /// The int8 copy's buffers: values, scales, sums of squares.
-    q: u64,
-    d: u64,
-    ss: u64,
-    /// Whether `x + o` is in `xo` (a streamed launch wrote it, or there is none).
-    written: bool,
 }

@@ -151,59 +151,6 @@ impl StreamLaunch<'_> {
     }
 }
 
-/// Where 16-byte run `d` (0..16) of a 256-value block of the input staged in lane
-/// order comes from, in bytes (the kernels' `lane_run_src`): `d < 8` is lane `d`'s
-/// first run of its block, `d >= 8` lane `d - 8`'s second.
-pub fn lane_run_src(ty: GgmlType, d: usize) -> usize {
-    let k = d & 7;
-    if ty == GgmlType::Q6K {
-        128 * (k >> 2) + 64 * (d >> 3) + 32 * ((k >> 1) & 1) + 16 * (k & 1)
-    } else {
-        64 * (k >> 1) + 32 * (d >> 3) + 16 * (k & 1)
-    }
-}
-
-/// Its inverse (`lane_run_dst`): the run that source run `c` (bytes `16 c..16 c + 16`)
-/// is staged to.
-pub fn lane_run_dst(ty: GgmlType, c: usize) -> usize {
-    if ty == GgmlType::Q6K {
-        4 * (c >> 3) + 2 * ((c >> 1) & 1) + (c & 1) + 8 * ((c >> 2) & 1)
-    } else {
-        2 * (c >> 2) + (c & 1) + 8 * ((c >> 1) & 1)
-    }
-}
-
-/// The input as the streamed GEMVs stage it from an int8 copy (`stream_body`).
-pub fn stage_lanes(ty: GgmlType, xq: &[i8]) -> Vec<i8> {
-    let mut out = vec![0i8; xq.len()];
-    for (i, run) in out.chunks_mut(16).enumerate() {
-        let at = (16 * i & !255) + lane_run_src(ty, i & 15);
-        run.copy_from_slice(&xq[at..at + 16]);
-    }
-    out
-}
-
-/// A streamed GEMV's own residual add (`stream_stage_add`): the staged int8 input of
-/// `(x + o) * w`, its per-32 scales and sums of squares of `x + o`, each lane's value
-/// placed by [`lane_run_dst`], and `x + o`.
-pub fn stage_add(
-    ty: GgmlType,
-    x: &[f32],
-    o: Option<&[f32]>,
-    w: &[f32],
-) -> (Vec<i8>, Vec<[f32; 2]>, Vec<f32>, Vec<f32>) {
-    let sum: Vec<f32> = match o {
-        Some(o) => x.iter().zip(o).map(|(a, b)| a + b).collect(),
-        None => x.to_vec(),
-    };
-    let (q, ds, ss) = super::deferred_norm_q8(&sum, w);
-    let mut staged = vec![0i8; q.len()];
-    for (c, &v) in q.iter().enumerate() {
-        staged[(c & !255) + 16 * lane_run_dst(ty, (c & 255) >> 4) + (c & 15)] = v;
-    }
-    (staged, ds, ss, sum)
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::{gemvq_row, quantize_q8_1};
@@ -293,41 +240,6 @@ mod tests {
                     assert_eq!(g.to_bits(), want(mats[0].0, r).to_bits(), "{ty:?} gate {r}");
                     assert_eq!(u.to_bits(), want(mats[2].0, r).to_bits(), "{ty:?} up {r}");
                 }
-            }
-        }
-    }
-
-    /// The fused add's staging puts every value where the staging of `add_q8s`'s copy
-    /// puts it (so the consumers' `act_lanes` reads the same bytes), with the same
-    /// scales and sums, for both step types' lane orders.
-    #[test]
-    fn fused_add_staging_matches_add_q8s_then_staging() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for ty in [GgmlType::Q4K, GgmlType::Q6K] {
-            let mut seen = [false; 16];
-            for d in 0..16 {
-                let c = lane_run_src(ty, d) / 16;
-                assert!(!seen[c], "{ty:?}: run {c} staged twice");
-                seen[c] = true;
-                assert_eq!(lane_run_dst(ty, c), d, "{ty:?} run {d}");
-            }
-            for cols in [256, 4096, 3584] {
-                let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
-                let o: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-                let w: Vec<f32> = (0..cols).map(|_| rng.gen_range(0.5f32..1.5)).collect();
-                let sum: Vec<f32> = x.iter().zip(&o).map(|(a, b)| a + b).collect();
-                let (q, ds, ss) = super::super::deferred_norm_q8(&sum, &w);
-                let (staged, ds2, ss2, xo) = stage_add(ty, &x, Some(&o), &w);
-                assert_eq!(staged, stage_lanes(ty, &q), "{ty:?} {cols}");
-                assert_eq!(ds, ds2);
-                assert_eq!(ss, ss2);
-                assert_eq!(xo, sum);
-                let (plain, _, _, same) = stage_add(ty, &x, None, &w);
-                assert_eq!(
-                    plain,
-                    stage_lanes(ty, &super::super::deferred_norm_q8(&x, &w).0)
-                );
-                assert_eq!(same, x);
             }
         }
     }
