@@ -78,7 +78,7 @@ fn opt_in_kernel_variants_compile_for_sm80_and_sm90a() {
     if !nvrtc_or_skip() {
         return;
     }
-    let variants: [(&str, &str); 8] = [
+    let variants: [(&str, &str); 11] = [
         ("mmvq", "NO_HOIST"),
         ("mmvq", "STREAM_ACT_LINEAR"),
         ("mmvq", "STREAM_NO_COPY"),
@@ -87,6 +87,9 @@ fn opt_in_kernel_variants_compile_for_sm80_and_sm90a() {
         ("mmvq", "MV_REGS_FREE"),
         ("attention", "ATT_AU1"),
         ("attention", "ATT_AU4"),
+        ("attention", "ATT_AU16"),
+        ("mmvq", "PDL_EARLY"),
+        ("layer", "PDL_EARLY"),
     ];
     for (name, define) in variants {
         let unit = UNITS

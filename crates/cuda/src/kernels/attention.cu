@@ -14,11 +14,13 @@
 // entries, then its K (or V) words, are all asked for before the first is used, so a
 // warp's chain is n / (8 ATT_AU) cache round trips instead of n / 8 (run 30: decode
 // attention 13.75 us at 64-128 positions). The per-position arithmetic and the order
-// of the additions are unchanged. HANGAR_CUDA_DEFINES=ATT_AU1 / ATT_AU4 for A/B runs.
+// of the additions are unchanged. HANGAR_CUDA_DEFINES=ATT_AU1 / ATT_AU4 / ATT_AU16 for A/B runs.
 #if defined(ATT_AU1)
 #define ATT_AU 1
 #elif defined(ATT_AU4)
 #define ATT_AU 4
+#elif defined(ATT_AU16)
+#define ATT_AU 16
 #else
 #define ATT_AU 8
 #endif

@@ -36,13 +36,23 @@ __device__ __forceinline__ u16 ld16(const u8* p) { return (u16)p[0] | ((u16)p[1]
 // Programmatic dependent launch (Hopper and later; no-ops below sm_90 and when the
 // launch did not ask for it, see Gpu::issue): a kernel may be scheduled while the one
 // before it on the stream drains, so every kernel calls pdl_entry() before it touches
-// memory another kernel writes. pdl_wait() returns once the previous kernel has
-// finished and its writes are visible; pdl_launch() then lets the next kernel's blocks
-// be scheduled (after the wait, so at most two kernels overlap).
+// memory another kernel writes. griddepcontrol.wait returns once the previous kernel
+// has finished and its writes are visible; launch_dependents then lets the next
+// kernel's blocks be scheduled (after the wait, so at most two kernels overlap).
+// PDL_EARLY (HANGAR_CUDA_DEFINES, for an A/B run) lets them be scheduled before the
+// wait: the next kernel's blocks take an SM as soon as one frees up and issue their
+// weight copies there while two kernels back still drain. Its wait still waits for
+// this kernel, and this one's for the one before, so the order of the writes holds;
+// only code before a wait (weights, host-written rows) may run earlier.
 __device__ __forceinline__ void pdl_entry() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#ifdef PDL_EARLY
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#else
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
 #endif
 }
 // Asks L2 for a warp's share of a weight row (128-byte lines, lane-strided; `part` of
