@@ -28,7 +28,8 @@ synth_once() {
 # .gpu/anchor), built for sm_90 in the background; /tmp/anc/done holds its exit code.
 anchor_build_bg() {
   [ ! -x $L/llama-bench ] && [ -f .gpu/anchor/llama-src-cuda.tgz ] || return 0
-  rm -rf /tmp/anc; cp -r .gpu/anchor /tmp/anc
+  [ -e /tmp/anc/started ] && return 0 # a second call while the first call's build runs
+  rm -rf /tmp/anc; cp -r .gpu/anchor /tmp/anc; touch /tmp/anc/started
   setsid nohup bash -c 'mkdir -p /tmp/llsrc && tar xzf /tmp/anc/llama-src-cuda.tgz -C /tmp/llsrc &&
     cmake -S /tmp/llsrc -B /tmp/llbuild -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
       -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \

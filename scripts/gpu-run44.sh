@@ -5,12 +5,14 @@
 # start their weight copies while two kernels back still drain); U ATT_AU16 (decode
 # attention's warps fetch sixteen positions a group: one K and one V round trip up to
 # 128 positions); EU both. None changes the arithmetic: all must print P's
-# device-check figures. One call on a fresh machine, carrying .gpu/fin (hangar.xz)
-# and .gpu/anchor (llama.cpp sources).
-#   bash scripts/gpu-run44.sh
+# device-check figures. Two calls, the second while the machine is warm, each
+# carrying .gpu/fin (hangar.xz) and .gpu/anchor (llama.cpp sources):
+#   bash scripts/gpu-run44.sh a      # set-up, checks and the A/B runs
+#   bash scripts/gpu-run44.sh b      # the anchor and Hangar on a quiet machine
 set -u
 cd "$(dirname "$0")/.."
 . scripts/gpu-lib.sh
+PHASE=${1:-a}
 gpu_setup
 anchor_build_bg
 gpu_info
@@ -24,6 +26,7 @@ v() {
     EU) echo "HANGAR_CUDA_DEFINES=PDL_EARLY,ATT_AU16" ;;
   esac
 }
+if [ "$PHASE" = a ]; then
 echo "== (t=$SECONDS) device-check (run 43: 8B 62/64 61/64 0.8456)"
 for x in P E EU; do
   env $(v $x) timeout 90 $H device-check -m $W/l8b.gguf --tokens 64 --greedy 8 -t 16 2>&1 | grep -E "^teacher|warning|rror|panic" | sed "s/^/8B [$x] /"
@@ -49,6 +52,8 @@ for r in 1 2; do
     env $(v $x) timeout 30 $H bench -m $W/l1b.gguf --device cuda --pp 0 --tg 128 -r 3 2>&1 | grep -E "^\| tg|warning|rror|panic" | sed "s/^/1B [$x] /"
   done
 done
+fi
+[ "$PHASE" = b ] || exit 0
 echo "== (t=$SECONDS) $(anchor_wait); quiet machine from here"
 timeout 120 $L/llama-bench -m $W/l8b.gguf -ngl 99 -p 512 -n 128 -r 3 -fa 1 -o md 2>&1 | grep -E "pp512|tg128"
 for x in P EU; do
