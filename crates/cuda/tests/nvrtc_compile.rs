@@ -78,11 +78,10 @@ fn opt_in_kernel_variants_compile_for_sm80_and_sm90a() {
     if !nvrtc_or_skip() {
         return;
     }
-    let variants: [(&str, &str); 12] = [
+    let variants: [(&str, &str); 11] = [
         ("mmvq", "NO_HOIST"),
         ("mmvq", "STREAM_ACT_LINEAR"),
         ("mmvq", "STREAM_NO_COPY"),
-        ("mmvq", "STREAM_ACT_SMEM"),
         ("mmvq", "HOIST2"),
         ("mmvq", "HOIST_MVS_ONLY"),
         ("mmvq", "MV_REGS_FREE"),

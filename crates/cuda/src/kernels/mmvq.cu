@@ -1124,58 +1124,6 @@ __device__ __forceinline__ void stream_use(const u8* w, int kb0, int kn, const i
             if ((lane >> 3) + 4 * (i0 + u) < kn) acc += st[u].use(a[u], lane);
     }
 }
-// stream_use for rows of one stage with the lane's activation blocks held in `ar`
-// (loaded at the same clamped blocks): the same values, sums and order.
-template <int TY>
-__device__ __forceinline__ void stream_use_held(const u8* w, int kn,
-                                                const typename HoistStep<TY>::T::Act (&ar)[STK / 4], int lane,
-                                                float& acc) {
-    typedef typename HoistStep<TY>::T St;
-#pragma unroll
-    for (int i0 = 0; i0 < STK / 4; i0 += ST_AHEAD) {
-        if (4 * i0 >= kn) break;
-        St st[ST_AHEAD];
-#pragma unroll
-        for (int u = 0; u < ST_AHEAD; u++) st[u].load(w, min((lane >> 3) + 4 * (i0 + u), kn - 1), lane);
-#pragma unroll
-        for (int u = 0; u < ST_AHEAD; u++)
-            if ((lane >> 3) + 4 * (i0 + u) < kn) acc += st[u].use(ar[i0 + u], lane);
-    }
-}
-// The consumers' loop over the CTA's stages: wait for the stage, add the warp's row
-// slice of each matrix into acc (use(slice, first block, blocks, acc)), hand the stage
-// back, and write the row once its last stage is in.
-template <int NM, class Out, class Use>
-__device__ __forceinline__ void stream_rows(const StreamPlan& p, const u8* ring, u64* full, u64* empty, int warp,
-                                            int lane, float sc, Out out, Use use) {
-    const int nw = p.nw;
-    float acc[NM];
-    for (int it = 0; it < p.total; it++) {
-        int s = it % p.S, g = it / p.nks, kc = it % p.nks;
-        if (kc == 0) {
-#pragma unroll
-            for (int m = 0; m < NM; m++) acc[m] = 0.0f;
-        }
-        int kb0 = kc * STK, kn = min(STK, p.nb - kb0);
-        int r = p.r0 + g * nw + warp;
-        mbar_wait(&full[s], (u32)((it / p.S) & 1));
-#ifndef STREAM_NO_COMPUTE
-        if (r < p.r1) {
-            const u8* base = ring + (u64)s * NM * nw * p.slot;
-#pragma unroll
-            for (int m = 0; m < NM; m++) use(base + (u64)(m * nw + warp) * p.slot, kb0, kn, acc[m]);
-        }
-#endif
-        __syncwarp();
-        if (lane == 0) mbar_arrive(&empty[s]);
-        if (kc == p.nks - 1 && r < p.r1) {
-            // (0 + the butterfly: sum_parts' order.) Gate, then up, for `mvp`.
-            float v0 = (0.0f + warp_sum(acc[0])) * sc;
-            float v1 = NM > 1 ? (0.0f + warp_sum(acc[NM - 1])) * sc : 0.0f;
-            if (lane == 0) out(r, v0, v1);
-        }
-    }
-}
 // The kernel's frame: barriers, the activations in shared memory, the deferred norm's
 // scale, then the producer's loop and the consumers' rows. NM 1: `mvs` (rows of up to
 // three matrices), 2: `mvp` (gate and up of each row, act(gate) * up out). The block
@@ -1227,32 +1175,33 @@ __device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, co
     }
     consumers_sync(nw);
     const float sc = Xs ? scl : 1.0f;
-    // Rows of one stage (up to STK blocks: 4 096 wide and narrower): every row reads the
-    // same activation blocks at each lane (lane / 8 + 4 i), so the lane holds them in
-    // registers for the whole launch instead of reading them from shared memory for
-    // every row and matrix (STREAM_ACT_SMEM: as wider rows do).
-#ifndef STREAM_ACT_SMEM
-    if (p.nks == 1) {
-        typedef typename HoistStep<TY>::T St;
-        typename St::Act ar[STK / 4];
+    float acc[NM];
+    for (int it = 0; it < p.total; it++) {
+        int s = it % p.S, g = it / p.nks, kc = it % p.nks;
+        if (kc == 0) {
 #pragma unroll
-        for (int i = 0; i < STK / 4; i++) {
-            int bl = min((lane >> 3) + 4 * i, p.nb - 1);
-#ifdef STREAM_ACT_LINEAR
-            St::act(ar[i], xq, xd, bl, lane);
-#else
-            St::act_lanes(ar[i], xq, xd, bl, lane);
-#endif
+            for (int m = 0; m < NM; m++) acc[m] = 0.0f;
         }
-        stream_rows<NM>(p, ring, full, empty, warp, lane, sc, out, [&](const u8* w, int, int kn, float& acc) {
-            stream_use_held<TY>(w, kn, ar, lane, acc);
-        });
-        return;
-    }
+        int kb0 = kc * STK, kn = min(STK, p.nb - kb0);
+        int r = p.r0 + g * nw + warp;
+        mbar_wait(&full[s], (u32)((it / p.S) & 1));
+#ifndef STREAM_NO_COMPUTE
+        if (r < p.r1) {
+            const u8* base = ring + (u64)s * NM * nw * p.slot;
+#pragma unroll
+            for (int m = 0; m < NM; m++)
+                stream_use<TY>(base + (u64)(m * nw + warp) * p.slot, kb0, kn, xq, xd, lane, acc[m]);
+        }
 #endif
-    stream_rows<NM>(p, ring, full, empty, warp, lane, sc, out, [&](const u8* w, int kb0, int kn, float& acc) {
-        stream_use<TY>(w, kb0, kn, xq, xd, lane, acc);
-    });
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&empty[s]);
+        if (kc == p.nks - 1 && r < p.r1) {
+            // (0 + the butterfly: sum_parts' order.) Gate, then up, for `mvp`.
+            float v0 = (0.0f + warp_sum(acc[0])) * sc;
+            float v1 = NM > 1 ? (0.0f + warp_sum(acc[NM - 1])) * sc : 0.0f;
+            if (lane == 0) out(r, v0, v1);
+        }
+    }
 }
 // Each takes `mvs1`/`mvp1`'s arguments (ntok 1; parts unused) and the ring and the
 // activations as dynamic shared memory (the runner sizes it: runner/stream.rs).
