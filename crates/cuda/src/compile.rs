@@ -92,6 +92,10 @@ pub const UNITS: &[KernelUnit] = &[
         name: "sample",
         body: include_str!("kernels/sample.cu"),
     },
+    KernelUnit {
+        name: "mmq",
+        body: include_str!("kernels/mmq.cu"),
+    },
 ];
 
 /// Loads NVRTC: first the library `HANGAR_NVRTC_LIB` names (a path; loaded globally so

@@ -269,6 +269,10 @@ pub struct CudaRunner {
     /// Decode steps of one token a sequence fold RoPE and the K/V store into the
     /// attention kernel (`attention_rope`), on unless `HANGAR_CUDA_ATT_ROPE=0`.
     att_rope: bool,
+    /// Prefill products of Q4_K matrices on int8 tensor cores from the quantized
+    /// blocks (`mmq_q4_k`, kernels/mmq.cu) instead of cuBLAS on f16 copies; opt-in
+    /// (`HANGAR_CUDA_MMQ=1`) until it is measured on a GPU.
+    mmq: bool,
     /// Blocks split-K attention aims for where (head, token) blocks are few
     /// (`attention_splits`): `ATT_SPLIT_TARGET_BLOCKS`, `HANGAR_CUDA_SPLITK=N` for A/B
     /// runs (0: off).
@@ -326,6 +330,9 @@ const SMALL_GEMV_BYTES: usize = 16 << 20;
 const ADD_NORM_MAX: usize = 1024 * 8;
 /// Attention keeps a token's scores in shared memory up to this many positions.
 const ATT_SMEM_SCORES: usize = 4096;
+/// Rows and tokens a block of `mmq_q4_k` takes (`MMQ_ROWS`, `MMQ_TOKS`).
+const MMQ_ROWS: usize = 64;
+const MMQ_TOKS: usize = 32;
 /// Warps per attention block (`ATT_WARPS` in kernels/attention.cu, `twin::ATT_WARPS`).
 const ATT_WARPS: usize = crate::twin::ATT_WARPS;
 
@@ -539,6 +546,7 @@ impl CudaRunner {
             fuse: std::env::var("HANGAR_CUDA_FUSE").as_deref() != Ok("0"),
             defer_norm: std::env::var("HANGAR_CUDA_DEFER_NORM").as_deref() != Ok("0"),
             att_rope: std::env::var("HANGAR_CUDA_ATT_ROPE").as_deref() != Ok("0"),
+            mmq: std::env::var("HANGAR_CUDA_MMQ").as_deref() == Ok("1"),
             split_k: match std::env::var("HANGAR_CUDA_SPLITK").map(|v| v.parse::<usize>()) {
                 Ok(Ok(n)) => n,
                 _ => ATT_SPLIT_TARGET_BLOCKS,
@@ -714,6 +722,30 @@ impl CudaRunner {
             return Err(CudaError::BadLaunch(format!(
                 "matrix {m} would read an input whose norm is deferred"
             )));
+        }
+        if self.mmq
+            && ntok >= self.gemm_min
+            && kind == "q4_k"
+            && cpu_blk == 0
+            && xs == 0
+            && cols.is_multiple_of(256)
+        {
+            let (xq, xd) = self.quantize_x(x, ntok, cols, 0)?;
+            let args = Args::new()
+                .ptr(wp)
+                .u64(rb as u64)
+                .i32(rows as i32)
+                .i32(cols as i32)
+                .ptr(xq)
+                .ptr(xd)
+                .i32(ntok as i32)
+                .ptr(y);
+            let grid = (
+                rows.div_ceil(MMQ_ROWS) as u32,
+                ntok.div_ceil(MMQ_TOKS) as u32,
+                1,
+            );
+            return self.gpu.launch("mmq_q4_k", grid, (128, 1, 1), 0, args);
         }
         // Float paths with CPU rounding read the int8 activations back as floats.
         let x = if cpu_blk > 0 && (gemm || !int8) {

@@ -913,6 +913,33 @@ pub fn greedy_pick(row: &[f32], skip: &[u32], threads: usize) -> (u32, f32, Vec<
     (best.1, best.0, skipped)
 }
 
+/// The `mmq_q4_k` kernel (kernels/mmq.cu) for one Q4_K row and one token of int8
+/// activations from [`quantize_q8_1`]: per 32-wide sub-block, the exact integer dot of
+/// the 4-bit values with the int8 values (the tensor cores' s32 result), then
+/// `acc = (acc + (d sc * dx) * dot) - (dmin m) * sx`, every step rounded, blocks and
+/// sub-blocks in order.
+pub fn mmq_q4k(row: &[u8], xq: &[i8], xd: &[[f32; 2]]) -> f32 {
+    let mut acc = 0f32;
+    for (b, blk) in row.chunks_exact(144).enumerate() {
+        let (d, dmin) = (h2f(blk, 0), h2f(blk, 2));
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, &blk[4..16]);
+            let (f, g) = (d * sc as f32, dmin * m as f32);
+            let q = &blk[16 + 32 * (j / 2)..][..32];
+            let xb = b * 8 + j;
+            let x = &xq[32 * xb..][..32];
+            let dot: i32 = q
+                .iter()
+                .zip(x)
+                .map(|(&w, &v)| ((w >> (4 * (j & 1))) & 15) as i32 * v as i32)
+                .sum();
+            let [dx, sx] = xd[xb];
+            acc = (acc + (f * dx) * dot as f32) - g * sx;
+        }
+    }
+    acc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1459,6 +1486,41 @@ mod tests {
                 assert_eq!(value.to_bits(), want.value.to_bits(), "case {case}");
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&skipped), bits(&want.skipped), "case {case}");
+            }
+        }
+    }
+
+    /// The tensor-core prefill's arithmetic gives the product of the row with the
+    /// quantized activations: within float rounding of an exact (f64) sum over the
+    /// dequantized weights and activations, and close to the int8 GEMV's.
+    #[test]
+    fn mmq_q4k_matches_the_exact_product_and_the_gemv() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(45);
+        for cols in [256usize, 4096, 3584] {
+            let rb = quants::row_bytes(GgmlType::Q4K, cols);
+            for _ in 0..8 {
+                let w: Vec<f32> = (0..cols).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+                let mut row = vec![0u8; rb];
+                quants::quantize_row(GgmlType::Q4K, &w, &mut row).expect("quantize");
+                let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+                let (xq, xd) = quantize_q8_1(&x);
+                let got = mmq_q4k(&row, &xq, &xd);
+                let wd = dequantize_row(GgmlType::Q4K, &row, cols).expect("dequantize");
+                let exact: f64 = wd
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &wv)| wv as f64 * xq[i] as f64 * xd[i / 32][0] as f64)
+                    .sum();
+                let scale: f64 = wd.iter().map(|v| v.abs() as f64).sum::<f64>() / 64.0;
+                assert!(
+                    (got as f64 - exact).abs() <= 1e-4 * scale.max(1.0),
+                    "{cols}: {got} against {exact}"
+                );
+                let gemv = gemvq_row(GgmlType::Q4K, &row, &xq, &xd).expect("gemv");
+                assert!(
+                    (got - gemv).abs() <= 1e-4 * scale.max(1.0) as f32,
+                    "{cols}: {got} against the GEMV's {gemv}"
+                );
             }
         }
     }
