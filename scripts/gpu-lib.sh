@@ -43,3 +43,18 @@ anchor_wait() {
   for _ in $(seq 1 100); do [ -f /tmp/anc/done ] && break; sleep 3; done
   echo "anchor build: $(cat /tmp/anc/done 2>/dev/null || echo 'not done')"
 }
+
+# The opening of a two-phase run (a: checks and A/B, b: anchor on a quiet machine):
+# the binary, the background llama.cpp build, the GPU, and the 8B and 1B shapes.
+gpu_begin() {
+  gpu_setup
+  anchor_build_bg
+  gpu_info
+  synth_once l8b --arch llama --preset llama-3-8b --type Q4_K_M -t 8
+  synth_once l1b --arch llama --preset llama-3.2-1b --type Q4_K_M -t 8
+}
+
+# llama.cpp's llama-bench on FILE (flash attention on, three runs): pp512 and tg128.
+anchor_bench() {
+  timeout 120 $L/llama-bench -m "$1" -ngl 99 -p 512 -n 128 -r 3 -fa 1 -o md 2>&1 | grep -E "pp512|tg128"
+}

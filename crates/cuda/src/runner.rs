@@ -353,6 +353,26 @@ const ATT_SPLIT_MIN_CHUNK: usize = 64;
 /// `max_n` positions, aiming at `target` blocks (0: never split): `(chunks, positions per chunk)`, one chunk meaning the unsplit
 /// kernel. Splits only where the blocks alone would leave most SMs idle (decode at
 /// small batches), into chunks of at least [`ATT_SPLIT_MIN_CHUNK`] positions.
+/// The arguments of the kernels that multiply an int8 input in one launch (`gemvq*`,
+/// `mmq_q4_k`): the weights (pointer, row bytes, rows, columns), the input's values
+/// and scales, the tokens and the output.
+fn int8_product_args(
+    (w, rb, rows, cols): (u64, usize, usize, usize),
+    (xq, xd): (u64, u64),
+    ntok: usize,
+    y: u64,
+) -> Args {
+    Args::new()
+        .ptr(w)
+        .u64(rb as u64)
+        .i32(rows as i32)
+        .i32(cols as i32)
+        .ptr(xq)
+        .ptr(xd)
+        .i32(ntok as i32)
+        .ptr(y)
+}
+
 pub(crate) fn attention_splits(blocks: usize, max_n: usize, target: usize) -> (usize, usize) {
     let want = target.div_ceil(blocks.max(1));
     let most = max_n / ATT_SPLIT_MIN_CHUNK;
@@ -730,16 +750,8 @@ impl CudaRunner {
             && xs == 0
             && cols.is_multiple_of(256)
         {
-            let (xq, xd) = self.quantize_x(x, ntok, cols, 0)?;
-            let args = Args::new()
-                .ptr(wp)
-                .u64(rb as u64)
-                .i32(rows as i32)
-                .i32(cols as i32)
-                .ptr(xq)
-                .ptr(xd)
-                .i32(ntok as i32)
-                .ptr(y);
+            let xq = self.quantize_x(x, ntok, cols, 0)?;
+            let args = int8_product_args((wp, rb, rows, cols), xq, ntok, y);
             let grid = (
                 rows.div_ceil(MMQ_ROWS) as u32,
                 ntok.div_ceil(MMQ_TOKS) as u32,
@@ -783,15 +795,7 @@ impl CudaRunner {
             if self.split {
                 return self.launch_mvs(&[(wp, rb, rows, y)], kind, cols, (xq, xd, xs), ntok);
             }
-            let args = Args::new()
-                .ptr(wp)
-                .u64(rb as u64)
-                .i32(rows as i32)
-                .i32(cols as i32)
-                .ptr(xq)
-                .ptr(xd)
-                .i32(ntok as i32)
-                .ptr(y);
+            let args = int8_product_args((wp, rb, rows, cols), (xq, xd), ntok, y);
             return self.gpu.launch(
                 &format!("gemvq{nt}_{kind}"),
                 (rows.div_ceil(4) as u32, ntok.div_ceil(nt) as u32, 1),
