@@ -14,8 +14,8 @@
 // entries, then its K (or V) words, are all asked for before the first is used, so a
 // warp's chain is n / (8 ATT_AU) cache round trips instead of n / 8 (run 30: decode
 // attention 13.75 us at 64-128 positions). The per-position arithmetic and the order
-// of the additions are unchanged. HANGAR_CUDA_DEFINES=ATT_AU1 / ATT_AU4 / ATT_AU16 for A/B runs
-// (run 44: sixteen, 117 registers instead of 66, 2% slower at batch 1).
+// of the additions are unchanged. HANGAR_CUDA_DEFINES=ATT_AU1 / ATT_AU4 / ATT_AU16
+// for A/B runs (run 44: sixteen, 117 registers instead of 66, 2% slower at batch 1).
 #if defined(ATT_AU1)
 #define ATT_AU 1
 #elif defined(ATT_AU4)
