@@ -10,6 +10,9 @@
 # (hangar.xz) and .gpu/anchor:
 #   bash scripts/gpu-run46.sh a      # set-up, checks and the A/B runs
 #   bash scripts/gpu-run46.sh b      # the anchor and Hangar on a quiet machine
+#   bash scripts/gpu-run46.sh t      # a timeline of 8B decode steps in their CUDA graph
+#                                     (Nsight Systems, if the host has it): where a
+#                                     layer's time goes between and inside kernels
 set -u
 cd "$(dirname "$0")/.."
 . scripts/gpu-lib.sh
@@ -41,6 +44,19 @@ for x in P M; do
   env $(v $x) HANGAR_CUDA_PROFILE=1 timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 512 --tg 0 -r 1 2>&1 \
     | grep -E "PROFILE|mmq|gemm|Kernel|dequant|quantize|to_f16|panic|rror" | head -8 | sed "s/^/[$x] /"
 done
+fi
+if [ "$PHASE" = t ]; then
+  NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems*/bin/nsys 2>/dev/null | head -1)
+  if [ -z "$NSYS" ]; then echo "no nsys on this host"; exit 0; fi
+  echo "== (t=$SECONDS) $NSYS: 8B decode, graph nodes traced"
+  timeout 200 $NSYS profile --cuda-graph-trace=node --trace=cuda --force-overwrite=true -o /tmp/tl \
+    $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 64 -r 1 2>&1 | grep -E "^\| tg|rror" | head -3
+  timeout 120 $NSYS stats --report cuda_gpu_kern_sum --format csv /tmp/tl.nsys-rep 2>/dev/null | head -24
+  # Gaps between consecutive kernels of one decode step: the kernels in start order.
+  timeout 120 $NSYS stats --report cuda_gpu_trace --format csv /tmp/tl.nsys-rep 2>/dev/null \
+    | grep -E "mvst|mvpt|attention|add_q8s|quantize|att_split|qk_rope" | tail -40 | cut -c1-160
+  cp /tmp/tl.nsys-rep "$OUT/" 2>/dev/null || true
+  exit 0
 fi
 [ "$PHASE" = b ] || exit 0
 echo "== (t=$SECONDS) $(anchor_wait); quiet machine from here"
