@@ -3,7 +3,8 @@
 # time ran out): the int8 tensor-core prefill (`mmq_q4_k`, kernels/mmq.cu, opt-in with
 # HANGAR_CUDA_MMQ=1) against the default cuBLAS f16 prefill, beside a same-run
 # llama.cpp anchor. Variants: P default (cuBLAS on the f16 weight copies), M
-# HANGAR_CUDA_MMQ=1, D HANGAR_CUDA_F16_WEIGHTS=0 (cuBLAS, dequantized per step: the
+# HANGAR_CUDA_MMQ=1, M64 M with 64 tokens a block (MMQ_T64), D
+# HANGAR_CUDA_F16_WEIGHTS=0 (cuBLAS, dequantized per step: the
 # case MMQ is for, where f16 copies do not fit). M must agree with P's device-check
 # within the int8 activations' rounding (decode figures identical: decode does not
 # use it). Two calls, the second while the machine is warm, each carrying .gpu/fin
@@ -22,19 +23,20 @@ v() {
   case $1 in
     P) echo "RUN=46" ;;
     M) echo "HANGAR_CUDA_MMQ=1" ;;
+    M64) echo "HANGAR_CUDA_MMQ=1 HANGAR_CUDA_DEFINES=MMQ_T64" ;;
     D) echo "HANGAR_CUDA_F16_WEIGHTS=0" ;;
   esac
 }
 if [ "$PHASE" = a ]; then
 echo "== (t=$SECONDS) device-check (run 45: 8B 62/64 61/64 0.8456; 1B 60/64 59/64)"
 for m in l8b l1b; do
-  for x in P M; do
+  for x in P M M64; do
     env $(v $x) timeout 90 $H device-check -m $W/$m.gguf --tokens 64 --greedy 8 -t 16 2>&1 | grep -E "^teacher|^gpu prefill|warning|rror|panic" | sed "s/^/$m [$x] /"
   done
 done
 echo "== (t=$SECONDS) pp512 / pp2048 alternated, 8B"
 for r in 1 2; do
-  for x in P M D; do
+  for x in P M M64 D; do
     env $(v $x) timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 512 --tg 0 -r 3 2>&1 | grep -E "^\| pp|warning|rror|panic" | sed "s/^/8B [$x] /"
     env $(v $x) timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 2048 --tg 0 -r 3 2>&1 | grep -E "^\| pp|warning|rror|panic" | sed "s/^/8B [$x] /"
   done

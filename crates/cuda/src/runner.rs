@@ -330,7 +330,8 @@ const SMALL_GEMV_BYTES: usize = 16 << 20;
 const ADD_NORM_MAX: usize = 1024 * 8;
 /// Attention keeps a token's scores in shared memory up to this many positions.
 const ATT_SMEM_SCORES: usize = 4096;
-/// Rows and tokens a block of `mmq_q4_k` takes (`MMQ_ROWS`, `MMQ_TOKS`).
+/// Rows and tokens a block of `mmq_q4_k` takes (`MMQ_ROWS`, `MMQ_TOKS`; a kernel built
+/// with `MMQ_T64` takes 64 tokens, and the blocks past them find none).
 const MMQ_ROWS: usize = 64;
 const MMQ_TOKS: usize = 32;
 /// Warps per attention block (`ATT_WARPS` in kernels/attention.cu, `twin::ATT_WARPS`).

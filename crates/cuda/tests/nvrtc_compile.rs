@@ -78,7 +78,7 @@ fn opt_in_kernel_variants_compile_for_sm80_and_sm90a() {
     if !nvrtc_or_skip() {
         return;
     }
-    let variants: [(&str, &str); 11] = [
+    let variants: [(&str, &str); 12] = [
         ("mmvq", "NO_HOIST"),
         ("mmvq", "STREAM_ACT_LINEAR"),
         ("mmvq", "STREAM_NO_COPY"),
@@ -90,6 +90,7 @@ fn opt_in_kernel_variants_compile_for_sm80_and_sm90a() {
         ("attention", "ATT_AU16"),
         ("mmvq", "PDL_EARLY"),
         ("layer", "PDL_EARLY"),
+        ("mmq", "MMQ_T64"),
     ];
     for (name, define) in variants {
         let unit = UNITS

@@ -18,7 +18,14 @@
 // warps). Opt-in (HANGAR_CUDA_MMQ=1) until it is measured on a GPU against the cuBLAS
 // f16 path; it needs no f16 copy of the weights.
 #define MMQ_ROWS 64
+// Tokens a block (HANGAR_CUDA_DEFINES=MMQ_T64: 64, eight tiles a warp, half the weight
+// reads, more registers; the runner's grid stays sized for 32 and the extra blocks
+// find no tokens of their own, so either build is correct).
+#ifdef MMQ_T64
+#define MMQ_TOKS 64
+#else
 #define MMQ_TOKS 32
+#endif
 #define MMQ_TILES (MMQ_TOKS / 8)
 
 __device__ __forceinline__ u32 ld_u32(const void* p) { return *(const u32*)p; }
