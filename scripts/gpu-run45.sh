@@ -11,11 +11,7 @@ set -u
 cd "$(dirname "$0")/.."
 . scripts/gpu-lib.sh
 PHASE=${1:-a}
-gpu_setup
-anchor_build_bg
-gpu_info
-synth_once l8b --arch llama --preset llama-3-8b --type Q4_K_M -t 8
-synth_once l1b --arch llama --preset llama-3.2-1b --type Q4_K_M -t 8
+gpu_begin
 v() {
   case $1 in
     P) echo "RUN=45" ;;
@@ -50,7 +46,7 @@ done
 fi
 [ "$PHASE" = b ] || exit 0
 echo "== (t=$SECONDS) $(anchor_wait); quiet machine from here"
-timeout 120 $L/llama-bench -m $W/l8b.gguf -ngl 99 -p 512 -n 128 -r 3 -fa 1 -o md 2>&1 | grep -E "pp512|tg128"
+anchor_bench $W/l8b.gguf
 for x in P S; do
   env $(v $x) timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 512 --tg 128 -r 3 2>&1 | grep -E "^\| (pp|tg)" | sed "s/^/hangar 8B [$x] /"
 done

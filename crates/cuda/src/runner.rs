@@ -350,10 +350,6 @@ const ATT_SPLIT_TARGET_BLOCKS: usize = 2048;
 /// The fewest positions a split-attention chunk covers.
 const ATT_SPLIT_MIN_CHUNK: usize = 64;
 
-/// How `attention` splits positions for `blocks` (head, token) pairs and rows of up to
-/// `max_n` positions, aiming at `target` blocks (0: never split): `(chunks, positions per chunk)`, one chunk meaning the unsplit
-/// kernel. Splits only where the blocks alone would leave most SMs idle (decode at
-/// small batches), into chunks of at least [`ATT_SPLIT_MIN_CHUNK`] positions.
 /// The arguments of the kernels that multiply an int8 input in one launch (`gemvq*`,
 /// `mmq_q4_k`): the weights (pointer, row bytes, rows, columns), the input's values
 /// and scales, the tokens and the output.
@@ -374,6 +370,10 @@ fn int8_product_args(
         .ptr(y)
 }
 
+/// How `attention` splits positions for `blocks` (head, token) pairs and rows of up to
+/// `max_n` positions, aiming at `target` blocks (0: never split): `(chunks, positions per chunk)`, one chunk meaning the unsplit
+/// kernel. Splits only where the blocks alone would leave most SMs idle (decode at
+/// small batches), into chunks of at least [`ATT_SPLIT_MIN_CHUNK`] positions.
 pub(crate) fn attention_splits(blocks: usize, max_n: usize, target: usize) -> (usize, usize) {
     let want = target.div_ceil(blocks.max(1));
     let most = max_n / ATT_SPLIT_MIN_CHUNK;
@@ -751,8 +751,8 @@ impl CudaRunner {
             && xs == 0
             && cols.is_multiple_of(256)
         {
-            let xq = self.quantize_x(x, ntok, cols, 0)?;
-            let args = int8_product_args((wp, rb, rows, cols), xq, ntok, y);
+            let x8 = self.quantize_x(x, ntok, cols, 0)?;
+            let args = int8_product_args((wp, rb, rows, cols), x8, ntok, y);
             let grid = (
                 rows.div_ceil(MMQ_ROWS) as u32,
                 ntok.div_ceil(MMQ_TOKS) as u32,
