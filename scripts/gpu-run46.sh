@@ -30,12 +30,12 @@ v() {
 if [ "$PHASE" = a ]; then
 echo "== (t=$SECONDS) device-check (run 45: 8B 62/64 61/64 0.8456; 1B 60/64 59/64)"
 for m in l8b l1b; do
-  for x in P M M64; do
+  for x in P M $([ $m = l8b ] && echo M64); do
     env $(v $x) timeout 90 $H device-check -m $W/$m.gguf --tokens 64 --greedy 8 -t 16 2>&1 | grep -E "^teacher|^gpu prefill|warning|rror|panic" | sed "s/^/$m [$x] /"
   done
 done
 echo "== (t=$SECONDS) pp512 / pp2048 alternated, 8B"
-for r in 1 2; do
+for r in 1; do
   for x in P M M64 D; do
     env $(v $x) timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 512 --tg 0 -r 3 2>&1 | grep -E "^\| pp|warning|rror|panic" | sed "s/^/8B [$x] /"
     env $(v $x) timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 2048 --tg 0 -r 3 2>&1 | grep -E "^\| pp|warning|rror|panic" | sed "s/^/8B [$x] /"
@@ -63,7 +63,12 @@ fi
 [ "$PHASE" = b ] || exit 0
 echo "== (t=$SECONDS) $(anchor_wait); quiet machine from here"
 anchor_bench $W/l8b.gguf
-for x in P M D; do
+for x in P M D M64; do
   env $(v $x) timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 512 --tg 128 -r 3 2>&1 | grep -E "^\| (pp|tg)" | sed "s/^/hangar 8B [$x] /"
+  env $(v $x) timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 2048 --tg 0 -r 3 2>&1 | grep -E "^\| pp" | sed "s/^/hangar 8B [$x] /"
+done
+echo "== (t=$SECONDS) 1B pp512"
+for x in P M D; do
+  env $(v $x) timeout 60 $H bench -m $W/l1b.gguf --device cuda --pp 512 --tg 0 -r 3 2>&1 | grep -E "^\| pp" | sed "s/^/hangar 1B [$x] /"
 done
 echo "== done at $SECONDS s"
