@@ -329,6 +329,9 @@ pub(crate) struct Gpu {
     /// `HANGAR_CUDA_PROFILE=1`: every launch between two events, times summed per
     /// kernel and printed when the runner is dropped (graphs off).
     profile: Option<Profile>,
+    /// `HANGAR_CUDA_SKIP=a,b`: launches of these kernels are dropped. A diagnostic for
+    /// timing runs only (what a step costs without them): the outputs are wrong.
+    skip: Vec<String>,
 }
 
 #[derive(Default)]
@@ -366,7 +369,21 @@ impl Gpu {
             graphs_off: std::env::var("HANGAR_CUDA_GRAPHS").as_deref() == Ok("0"),
             pdl: major >= 9 && std::env::var("HANGAR_CUDA_PDL").as_deref() != Ok("0"),
             profile: None,
+            skip: std::env::var("HANGAR_CUDA_SKIP")
+                .map(|v| {
+                    v.split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
+        if !gpu.skip.is_empty() {
+            eprintln!(
+                "warning: HANGAR_CUDA_SKIP: launches of {:?} are dropped, outputs are wrong",
+                gpu.skip
+            );
+        }
         if std::env::var("HANGAR_CUDA_PROFILE").as_deref() == Ok("1") {
             gpu.profile = Some(Profile::default());
             gpu.graphs_off = true;
@@ -494,6 +511,9 @@ impl Gpu {
                     args.0.len()
                 )));
             }
+        }
+        if self.skip.iter().any(|k| k == name) {
+            return Ok(());
         }
         let l = Launch {
             func: f as usize,

@@ -142,6 +142,12 @@ struct Buffers {
     /// The int8 activations of the decode GEMVs: values and per-32 (d, d * sum q).
     xq: Scratch,
     xd: Scratch,
+    /// `mvpt`'s q8_1 tail: the gate/up output's int8 copy (the GEMV reads `xq`/`xd`
+    /// while it writes these) and the straddled row groups' counts, kept at zero
+    /// between launches (allocated zeroed, put back to zero by the kernel).
+    tail_q: Scratch,
+    tail_d: Scratch,
+    tail_cnt: Option<DevBuf>,
     /// Per 32 values of `xq`, the sum of squares of the un-normed row when its norm
     /// is deferred (runner/deferred.rs).
     ss: Scratch,
@@ -273,6 +279,13 @@ pub struct CudaRunner {
     /// blocks (`mmq_q4_k`, kernels/mmq.cu) instead of cuBLAS on f16 copies; opt-in
     /// (`HANGAR_CUDA_MMQ=1`) until it is measured on a GPU.
     mmq: bool,
+    /// Batch-1 `mvpt` quantizes its own output for the down projection (kernels/mmvq.cu
+    /// `stream_tail`) instead of a `quantize_q8_1` launch; opt-in
+    /// (`HANGAR_CUDA_MVP_TAIL=1`) until it is measured on a GPU.
+    mvp_tail: bool,
+    /// Set by `fused_gate_up` when its tail made the output's int8 copy: the one record
+    /// of `q8_of` that is fresh after gate/up.
+    tail_made: bool,
     /// Blocks split-K attention aims for where (head, token) blocks are few
     /// (`attention_splits`): `ATT_SPLIT_TARGET_BLOCKS`, `HANGAR_CUDA_SPLITK=N` for A/B
     /// runs (0: off).
@@ -568,6 +581,8 @@ impl CudaRunner {
             defer_norm: std::env::var("HANGAR_CUDA_DEFER_NORM").as_deref() != Ok("0"),
             att_rope: std::env::var("HANGAR_CUDA_ATT_ROPE").as_deref() != Ok("0"),
             mmq: std::env::var("HANGAR_CUDA_MMQ").as_deref() == Ok("1"),
+            mvp_tail: std::env::var("HANGAR_CUDA_MVP_TAIL").as_deref() == Ok("1"),
+            tail_made: false,
             split_k: match std::env::var("HANGAR_CUDA_SPLITK").map(|v| v.parse::<usize>()) {
                 Ok(Ok(n)) => n,
                 _ => ATT_SPLIT_TARGET_BLOCKS,
@@ -970,11 +985,11 @@ impl CudaRunner {
             .i32(act)
             .i32(parts as i32)
             .ptr(y);
-        let args = args.ptr(xs).f32(self.cfg.rms_eps);
-        let (name, grid, block, smem) = match self
+        let mut args = args.ptr(xs).f32(self.cfg.rms_eps);
+        let shape = self
             .stream_for(ntok)
-            .and_then(|st| st.shape(kind, rows, cols, rb, 2, &[wg, wu, xq]))
-        {
+            .and_then(|st| st.shape(kind, rows, cols, rb, 2, &[wg, wu, xq]));
+        let (name, grid, block, smem) = match shape {
             Some((grid, smem)) => (
                 format!("mvpt_{kind}"),
                 (grid, 1, 1),
@@ -988,8 +1003,44 @@ impl CudaRunner {
                 0,
             ),
         };
+        let mut tail = None;
+        if shape.is_some() {
+            let (tq, td, tc) =
+                match self.mvp_tail && self.act == ActRounding::Fine && rows.is_multiple_of(32) {
+                    true => {
+                        let (tq, td, tc) = self.tail_buffers(rows)?;
+                        tail = Some((tq, td));
+                        (tq, td, tc)
+                    }
+                    false => (0, 0, 0),
+                };
+            args = args.ptr(tq).ptr(td).ptr(tc);
+        }
         self.gpu.launch(&name, grid, (block, 1, 1), smem, args)?;
+        if let Some((tq, td)) = tail {
+            // The down projection finds its input's int8 copy made.
+            self.set_q8((y, ntok, rows, 0), tq, td, 0);
+            self.tail_made = true;
+        }
         Ok(true)
+    }
+
+    /// The buffers of `mvpt`'s q8_1 tail for a `rows`-wide output: values, scales and
+    /// the group counts (zeroed when first made).
+    fn tail_buffers(&mut self, rows: usize) -> Result<(u64, u64, u64), CudaError> {
+        let tq = self.bufs.tail_q.get(&self.gpu, rows)?;
+        let td = self.bufs.tail_d.get(&self.gpu, rows / 32 * 8)?;
+        let groups = rows / 32;
+        if self
+            .bufs
+            .tail_cnt
+            .as_ref()
+            .is_none_or(|b| b.bytes < groups * 4)
+        {
+            self.bufs.tail_cnt = Some(DevBuf::upload(&self.gpu, &vec![0u32; groups])?);
+        }
+        let tc = self.bufs.tail_cnt.as_ref().map_or(0, |b| b.ptr);
+        Ok((tq, td, tc))
     }
 
     /// `x` (ntok rows of `cols`) as int8 blocks in `bufs.xq`/`xd`: llama.cpp's q8_1
@@ -1531,6 +1582,7 @@ impl CudaRunner {
                 self.rmsnorm(x, ffn_norm, hbuf, d, t_total, 0)?;
             }
             self.tap(li, Tap::FfnIn, hbuf, t_total * d)?;
+            self.tail_made = false;
             if !(fused && self.fused_gate_up(li, hbuf, t_total, gate)?) {
                 self.matmul(li * 8 + 4, hbuf, t_total, gate)?;
                 self.matmul(li * 8 + 5, hbuf, t_total, up)?;
@@ -1541,7 +1593,9 @@ impl CudaRunner {
                 };
                 self.elementwise(act, n as usize, Args::new().ptr(gate).ptr(up).u64(n))?;
             }
-            self.forget_quantized();
+            if !self.tail_made {
+                self.forget_quantized();
+            }
             self.tap(li, Tap::FfnDownIn, gate, t_total * ff)?;
             self.matmul(li * 8 + 6, gate, t_total, o)?;
             let next = li + 1;
