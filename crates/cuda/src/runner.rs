@@ -142,11 +142,12 @@ struct Buffers {
     /// The int8 activations of the decode GEMVs: values and per-32 (d, d * sum q).
     xq: Scratch,
     xd: Scratch,
-    /// `mvpt`'s q8_1 tail: the gate/up output's int8 copy (the GEMV reads `xq`/`xd`
-    /// while it writes these) and the straddled row groups' counts, kept at zero
-    /// between launches (allocated zeroed, put back to zero by the kernel).
-    tail_q: Scratch,
-    tail_d: Scratch,
+    /// The streamed GEMVs' tails (`mvpt`'s q8_1, `mvst`'s add): int8 copies of their
+    /// outputs, two pairs used in turn (a GEMV with a tail reads the pair the previous
+    /// tail wrote), and the straddled row groups' counts, kept at zero between
+    /// launches (allocated zeroed, put back to zero by the kernel).
+    tail_q: [Scratch; 2],
+    tail_d: [Scratch; 2],
     tail_cnt: Option<DevBuf>,
     /// Per 32 values of `xq`, the sum of squares of the un-normed row when its norm
     /// is deferred (runner/deferred.rs).
@@ -286,6 +287,16 @@ pub struct CudaRunner {
     /// Set by `fused_gate_up` when its tail made the output's int8 copy: the one record
     /// of `q8_of` that is fresh after gate/up.
     tail_made: bool,
+    /// Batch-1 `mvst` of the output and down projections does the residual add and
+    /// the next input's int8 copy (`add_q8s`) in its tail; opt-in
+    /// (`HANGAR_CUDA_ADD_TAIL=1`) until it is measured on a GPU.
+    add_tail: bool,
+    /// The add the next single-matrix `mvst` should do in its tail (residual, norm
+    /// weights), and what it made (int8 values, scales, sums of squares).
+    add_pending: Option<(u64, u64)>,
+    add_made: Option<(u64, u64, u64)>,
+    /// Which of the two tail pairs the next tail writes.
+    tail_turn: usize,
     /// Blocks split-K attention aims for where (head, token) blocks are few
     /// (`attention_splits`): `ATT_SPLIT_TARGET_BLOCKS`, `HANGAR_CUDA_SPLITK=N` for A/B
     /// runs (0: off).
@@ -583,6 +594,10 @@ impl CudaRunner {
             mmq: std::env::var("HANGAR_CUDA_MMQ").as_deref() == Ok("1"),
             mvp_tail: std::env::var("HANGAR_CUDA_MVP_TAIL").as_deref() == Ok("1"),
             tail_made: false,
+            add_tail: std::env::var("HANGAR_CUDA_ADD_TAIL").as_deref() == Ok("1"),
+            add_pending: None,
+            add_made: None,
+            tail_turn: 0,
             split_k: match std::env::var("HANGAR_CUDA_SPLITK").map(|v| v.parse::<usize>()) {
                 Ok(Ok(n)) => n,
                 _ => ATT_SPLIT_TARGET_BLOCKS,
@@ -898,6 +913,16 @@ impl CudaRunner {
                 shape.and_then(|st| st.shape(kind, total, cols, rb, 1, &ptrs))
             {
                 let name = format!("mvst_{kind}");
+                let pending = self.add_pending.take();
+                let args = match pending {
+                    Some((x, w)) if segs.len() == 1 && ntok == 1 && total.is_multiple_of(32) => {
+                        let (tq, td, tc) = self.tail_buffers(total)?;
+                        let ss = self.bufs.ss.get(&self.gpu, total / 32 * 4)?;
+                        self.add_made = Some((tq, td, ss));
+                        args.ptr(x).ptr(w).ptr(tq).ptr(td).ptr(ss).ptr(tc)
+                    }
+                    _ => args.ptr(0).ptr(0).ptr(0).ptr(0).ptr(0).ptr(0),
+                };
                 return self.gpu.launch(
                     &name,
                     (grid, 1, 1),
@@ -1028,8 +1053,10 @@ impl CudaRunner {
     /// The buffers of `mvpt`'s q8_1 tail for a `rows`-wide output: values, scales and
     /// the group counts (zeroed when first made).
     fn tail_buffers(&mut self, rows: usize) -> Result<(u64, u64, u64), CudaError> {
-        let tq = self.bufs.tail_q.get(&self.gpu, rows)?;
-        let td = self.bufs.tail_d.get(&self.gpu, rows / 32 * 8)?;
+        let turn = self.tail_turn;
+        self.tail_turn ^= 1;
+        let tq = self.bufs.tail_q[turn].get(&self.gpu, rows)?;
+        let td = self.bufs.tail_d[turn].get(&self.gpu, rows / 32 * 8)?;
         let groups = rows / 32;
         if self
             .bufs
@@ -1373,6 +1400,9 @@ impl CudaRunner {
                 self.add_norm_q8(x, 0, 0, w, hbuf, t_total)?;
             }
         }
+        // Every step uses the tail pairs in the same turns, so its launches (and the
+        // CUDA graph recorded from them) are the same from step to step.
+        self.tail_turn = 0;
         for li in 0..n_layers {
             let (attn_norm, ffn_norm) =
                 (self.layers[li].attn_norm.ptr, self.layers[li].ffn_norm.ptr);
@@ -1571,10 +1601,14 @@ impl CudaRunner {
                 self.set_q8((attn, t_total, qd, 0), att_q.0, att_q.1, 0);
             }
             self.tap(li, Tap::AttnOutIn, attn, t_total * qd)?;
+            let ffn_defer = defer && pan == 0 && self.all_int8(&[li * 8 + 4, li * 8 + 5]);
+            self.add_pending = (ffn_defer && self.add_tail).then_some((x, ffn_norm));
+            self.add_made = None;
             self.matmul(li * 8 + 3, attn, t_total, o)?;
+            self.add_pending = None;
             // Feed-forward.
-            if defer && pan == 0 && self.all_int8(&[li * 8 + 4, li * 8 + 5]) {
-                self.add_q8s(x, o, ffn_norm, hbuf, t_total)?;
+            if ffn_defer {
+                self.residual_add_q8s(x, o, ffn_norm, hbuf, t_total)?;
             } else if fused {
                 self.add_norm_q8(x, o, pan, ffn_norm, hbuf, t_total)?;
             } else {
@@ -1597,13 +1631,21 @@ impl CudaRunner {
                 self.forget_quantized();
             }
             self.tap(li, Tap::FfnDownIn, gate, t_total * ff)?;
-            self.matmul(li * 8 + 6, gate, t_total, o)?;
             let next = li + 1;
+            let next_defer = fused
+                && next < n_layers
+                && defer
+                && pfn == 0
+                && self.all_int8(&[next * 8, next * 8 + 1, next * 8 + 2]);
+            let next_norm = self.layers.get(next).map_or(0, |l| l.attn_norm.ptr);
+            self.add_pending = (next_defer && self.add_tail).then_some((x, next_norm));
+            self.add_made = None;
+            self.matmul(li * 8 + 6, gate, t_total, o)?;
+            self.add_pending = None;
             if fused && next < n_layers {
-                let w = self.layers[next].attn_norm.ptr;
-                let readers = [next * 8, next * 8 + 1, next * 8 + 2];
-                if defer && pfn == 0 && self.all_int8(&readers) {
-                    self.add_q8s(x, o, w, hbuf, t_total)?;
+                let w = next_norm;
+                if next_defer {
+                    self.residual_add_q8s(x, o, w, hbuf, t_total)?;
                 } else {
                     self.add_norm_q8(x, o, pfn, w, hbuf, t_total)?;
                 }

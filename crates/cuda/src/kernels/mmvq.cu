@@ -1130,12 +1130,18 @@ __device__ __forceinline__ void stream_use(const u8* w, int kb0, int kn, const i
 // a group that straddles CTAs is counted in `cnt` (rows done, atomically), and the CTA
 // whose rows complete it quantizes it and puts the count back to 0. One count a CTA
 // end, not one a block of every wave as run 29's `mvp` tail paid (twin:
-// twin::stream::tail_owners). The values are quantize_q8_1's (q8_1_lane).
+// twin::stream::tail_owners). The values are quantize_q8_1's (q8_1_lane). With `x` set
+// (`mvst`'s add tail, HANGAR_CUDA_ADD_TAIL=1: the output projection and the down
+// projection at batch 1) the group does `add_q8s` instead: x += y, then x * w quantized
+// and the sums of squares of x in `ss` for the next GEMVs' deferred norm.
 struct StreamTail {
     const float* y;
     i8* q;
     float2* d;
     u32* cnt;
+    float* x;
+    const float* w;
+    float* ss;
 };
 __device__ __forceinline__ void stream_tail(int r0, int r1, int nw, const StreamTail& t, int warp, int lane) {
     // Every row this CTA wrote is visible before any count says it is done.
@@ -1153,7 +1159,16 @@ __device__ __forceinline__ void stream_tail(int r0, int r1, int nw, const Stream
             __threadfence();
         }
         const u64 i = ((u64)gi << 5) + (u64)lane;
-        q8_1_lane(__ldcg(&t.y[i]), i, t.q, t.d);
+        float v = __ldcg(&t.y[i]);
+        if (t.x) {
+            v = t.x[i] + v;
+            t.x[i] = v;
+            q8_1_lane(v * t.w[i], i, t.q, t.d);
+            const float s = warp_sum(v * v);
+            if (lane == 0) t.ss[i >> 5] = s;
+        } else {
+            q8_1_lane(v, i, t.q, t.d);
+        }
     }
 }
 // The kernel's frame: barriers, the activations in shared memory, the deferred norm's
@@ -1256,7 +1271,8 @@ __device__ __forceinline__ int seg_of(int g, int rows0, int rows1, int rows2, in
     extern "C" __global__ void __launch_bounds__((ST_MAXW + 1) * 32, 1)                           \
         mvst_##NAME(const u8* W0, u64 rb0, int rows0, float* Y0, const u8* W1, u64 rb1, int rows1,  \
                     float* Y1, const u8* W2, u64 rb2, int rows2, float* Y2, int cols, const i8* Xq,  \
-                    const float2* Xd, int ntok, int parts, XS_PARAMS) {                            \
+                    const float2* Xd, int ntok, int parts, XS_PARAMS, float* Tx, const float* Tw,  \
+                    i8* Tq, float2* Td, float* Ts, u32* Tc) {                                      \
         stream_body<TY, 1>(                                                                        \
             rows0 + rows1 + rows2, cols, Xq, Xd, Xs, eps,                                          \
             [&](int, int g) -> const u8* {                                                         \
@@ -1267,7 +1283,7 @@ __device__ __forceinline__ int seg_of(int g, int rows0, int rows1, int rows2, in
                 int r, k = seg_of(g, rows0, rows1, rows2, &r);                                     \
                 (k == 0 ? Y0 : k == 1 ? Y1 : Y2)[r] = v;                                           \
             },                                                                                     \
-            StreamTail{});                                                                         \
+            StreamTail{Y0, Tq, Td, Tc, Tx, Tw, Ts});                                               \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__((ST_MAXW + 1) * 32, 1)                           \
         mvpt_##NAME(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols, const i8* Xq,           \
@@ -1277,7 +1293,7 @@ __device__ __forceinline__ int seg_of(int g, int rows0, int rows1, int rows2, in
             rows, cols, Xq, Xd, Xs, eps,                                                           \
             [&](int k, int g) -> const u8* { return (k ? Wu : Wg) + (u64)g * rb; },                \
             [&](int g, float gv, float uv) { Y[g] = act == 2 ? gelu_times(gv, uv) : silu_times(gv, uv); }, \
-            StreamTail{Y, Tq, Td, Tc});                                                            \
+            StreamTail{Y, Tq, Td, Tc, nullptr, nullptr, nullptr});                                \
     }
 MV_STREAM(q4_k, TY_Q4_K)
 MV_STREAM(q6_k, TY_Q6_K)
