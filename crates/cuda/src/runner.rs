@@ -142,13 +142,6 @@ struct Buffers {
     /// The int8 activations of the decode GEMVs: values and per-32 (d, d * sum q).
     xq: Scratch,
     xd: Scratch,
-    /// The streamed GEMVs' tails (`mvpt`'s q8_1, `mvst`'s add): int8 copies of their
-    /// outputs, two pairs used in turn (a GEMV with a tail reads the pair the previous
-    /// tail wrote), and the straddled row groups' counts, kept at zero between
-    /// launches (allocated zeroed, put back to zero by the kernel).
-    tail_q: [Scratch; 2],
-    tail_d: [Scratch; 2],
-    tail_cnt: Option<DevBuf>,
     /// Per 32 values of `xq`, the sum of squares of the un-normed row when its norm
     /// is deferred (runner/deferred.rs).
     ss: Scratch,
@@ -280,23 +273,6 @@ pub struct CudaRunner {
     /// blocks (`mmq_q4_k`, kernels/mmq.cu) instead of cuBLAS on f16 copies; opt-in
     /// (`HANGAR_CUDA_MMQ=1`) until it is measured on a GPU.
     mmq: bool,
-    /// Batch-1 `mvpt` quantizes its own output for the down projection (kernels/mmvq.cu
-    /// `stream_tail`) instead of a `quantize_q8_1` launch; opt-in
-    /// (`HANGAR_CUDA_MVP_TAIL=1`) until it is measured on a GPU.
-    mvp_tail: bool,
-    /// Set by `fused_gate_up` when its tail made the output's int8 copy: the one record
-    /// of `q8_of` that is fresh after gate/up.
-    tail_made: bool,
-    /// Batch-1 `mvst` of the output and down projections does the residual add and
-    /// the next input's int8 copy (`add_q8s`) in its tail; opt-in
-    /// (`HANGAR_CUDA_ADD_TAIL=1`) until it is measured on a GPU.
-    add_tail: bool,
-    /// The add the next single-matrix `mvst` should do in its tail (residual, norm
-    /// weights), and what it made (int8 values, scales, sums of squares).
-    add_pending: Option<(u64, u64)>,
-    add_made: Option<(u64, u64, u64)>,
-    /// Which of the two tail pairs the next tail writes.
-    tail_turn: usize,
     /// Blocks split-K attention aims for where (head, token) blocks are few
     /// (`attention_splits`): `ATT_SPLIT_TARGET_BLOCKS`, `HANGAR_CUDA_SPLITK=N` for A/B
     /// runs (0: off).
@@ -592,12 +568,6 @@ impl CudaRunner {
             defer_norm: std::env::var("HANGAR_CUDA_DEFER_NORM").as_deref() != Ok("0"),
             att_rope: std::env::var("HANGAR_CUDA_ATT_ROPE").as_deref() != Ok("0"),
             mmq: std::env::var("HANGAR_CUDA_MMQ").as_deref() == Ok("1"),
-            mvp_tail: std::env::var("HANGAR_CUDA_MVP_TAIL").as_deref() == Ok("1"),
-            tail_made: false,
-            add_tail: std::env::var("HANGAR_CUDA_ADD_TAIL").as_deref() == Ok("1"),
-            add_pending: None,
-            add_made: None,
-            tail_turn: 0,
             split_k: match std::env::var("HANGAR_CUDA_SPLITK").map(|v| v.parse::<usize>()) {
                 Ok(Ok(n)) => n,
                 _ => ATT_SPLIT_TARGET_BLOCKS,
@@ -913,16 +883,6 @@ impl CudaRunner {
                 shape.and_then(|st| st.shape(kind, total, cols, rb, 1, &ptrs))
             {
                 let name = format!("mvst_{kind}");
-                let pending = self.add_pending.take();
-                let args = match pending {
-                    Some((x, w)) if segs.len() == 1 && ntok == 1 && total.is_multiple_of(32) => {
-                        let (tq, td, tc) = self.tail_buffers(total)?;
-                        let ss = self.bufs.ss.get(&self.gpu, total / 32 * 4)?;
-                        self.add_made = Some((tq, td, ss));
-                        args.ptr(x).ptr(w).ptr(tq).ptr(td).ptr(ss).ptr(tc)
-                    }
-                    _ => args.ptr(0).ptr(0).ptr(0).ptr(0).ptr(0).ptr(0),
-                };
                 return self.gpu.launch(
                     &name,
                     (grid, 1, 1),
@@ -1010,11 +970,11 @@ impl CudaRunner {
             .i32(act)
             .i32(parts as i32)
             .ptr(y);
-        let mut args = args.ptr(xs).f32(self.cfg.rms_eps);
-        let shape = self
+        let args = args.ptr(xs).f32(self.cfg.rms_eps);
+        let (name, grid, block, smem) = match self
             .stream_for(ntok)
-            .and_then(|st| st.shape(kind, rows, cols, rb, 2, &[wg, wu, xq]));
-        let (name, grid, block, smem) = match shape {
+            .and_then(|st| st.shape(kind, rows, cols, rb, 2, &[wg, wu, xq]))
+        {
             Some((grid, smem)) => (
                 format!("mvpt_{kind}"),
                 (grid, 1, 1),
@@ -1028,46 +988,8 @@ impl CudaRunner {
                 0,
             ),
         };
-        let mut tail = None;
-        if shape.is_some() {
-            let (tq, td, tc) =
-                match self.mvp_tail && self.act == ActRounding::Fine && rows.is_multiple_of(32) {
-                    true => {
-                        let (tq, td, tc) = self.tail_buffers(rows)?;
-                        tail = Some((tq, td));
-                        (tq, td, tc)
-                    }
-                    false => (0, 0, 0),
-                };
-            args = args.ptr(tq).ptr(td).ptr(tc);
-        }
         self.gpu.launch(&name, grid, (block, 1, 1), smem, args)?;
-        if let Some((tq, td)) = tail {
-            // The down projection finds its input's int8 copy made.
-            self.set_q8((y, ntok, rows, 0), tq, td, 0);
-            self.tail_made = true;
-        }
         Ok(true)
-    }
-
-    /// The buffers of `mvpt`'s q8_1 tail for a `rows`-wide output: values, scales and
-    /// the group counts (zeroed when first made).
-    fn tail_buffers(&mut self, rows: usize) -> Result<(u64, u64, u64), CudaError> {
-        let turn = self.tail_turn;
-        self.tail_turn ^= 1;
-        let tq = self.bufs.tail_q[turn].get(&self.gpu, rows)?;
-        let td = self.bufs.tail_d[turn].get(&self.gpu, rows / 32 * 8)?;
-        let groups = rows / 32;
-        if self
-            .bufs
-            .tail_cnt
-            .as_ref()
-            .is_none_or(|b| b.bytes < groups * 4)
-        {
-            self.bufs.tail_cnt = Some(DevBuf::upload(&self.gpu, &vec![0u32; groups])?);
-        }
-        let tc = self.bufs.tail_cnt.as_ref().map_or(0, |b| b.ptr);
-        Ok((tq, td, tc))
     }
 
     /// `x` (ntok rows of `cols`) as int8 blocks in `bufs.xq`/`xd`: llama.cpp's q8_1
@@ -1400,9 +1322,6 @@ impl CudaRunner {
                 self.add_norm_q8(x, 0, 0, w, hbuf, t_total)?;
             }
         }
-        // Every step uses the tail pairs in the same turns, so its launches (and the
-        // CUDA graph recorded from them) are the same from step to step.
-        self.tail_turn = 0;
         for li in 0..n_layers {
             let (attn_norm, ffn_norm) =
                 (self.layers[li].attn_norm.ptr, self.layers[li].ffn_norm.ptr);
@@ -1601,14 +1520,10 @@ impl CudaRunner {
                 self.set_q8((attn, t_total, qd, 0), att_q.0, att_q.1, 0);
             }
             self.tap(li, Tap::AttnOutIn, attn, t_total * qd)?;
-            let ffn_defer = defer && pan == 0 && self.all_int8(&[li * 8 + 4, li * 8 + 5]);
-            self.add_pending = (ffn_defer && self.add_tail).then_some((x, ffn_norm));
-            self.add_made = None;
             self.matmul(li * 8 + 3, attn, t_total, o)?;
-            self.add_pending = None;
             // Feed-forward.
-            if ffn_defer {
-                self.residual_add_q8s(x, o, ffn_norm, hbuf, t_total)?;
+            if defer && pan == 0 && self.all_int8(&[li * 8 + 4, li * 8 + 5]) {
+                self.add_q8s(x, o, ffn_norm, hbuf, t_total)?;
             } else if fused {
                 self.add_norm_q8(x, o, pan, ffn_norm, hbuf, t_total)?;
             } else {
@@ -1616,7 +1531,6 @@ impl CudaRunner {
                 self.rmsnorm(x, ffn_norm, hbuf, d, t_total, 0)?;
             }
             self.tap(li, Tap::FfnIn, hbuf, t_total * d)?;
-            self.tail_made = false;
             if !(fused && self.fused_gate_up(li, hbuf, t_total, gate)?) {
                 self.matmul(li * 8 + 4, hbuf, t_total, gate)?;
                 self.matmul(li * 8 + 5, hbuf, t_total, up)?;
@@ -1627,25 +1541,15 @@ impl CudaRunner {
                 };
                 self.elementwise(act, n as usize, Args::new().ptr(gate).ptr(up).u64(n))?;
             }
-            if !self.tail_made {
-                self.forget_quantized();
-            }
+            self.forget_quantized();
             self.tap(li, Tap::FfnDownIn, gate, t_total * ff)?;
-            let next = li + 1;
-            let next_defer = fused
-                && next < n_layers
-                && defer
-                && pfn == 0
-                && self.all_int8(&[next * 8, next * 8 + 1, next * 8 + 2]);
-            let next_norm = self.layers.get(next).map_or(0, |l| l.attn_norm.ptr);
-            self.add_pending = (next_defer && self.add_tail).then_some((x, next_norm));
-            self.add_made = None;
             self.matmul(li * 8 + 6, gate, t_total, o)?;
-            self.add_pending = None;
+            let next = li + 1;
             if fused && next < n_layers {
-                let w = next_norm;
-                if next_defer {
-                    self.residual_add_q8s(x, o, w, hbuf, t_total)?;
+                let w = self.layers[next].attn_norm.ptr;
+                let readers = [next * 8, next * 8 + 1, next * 8 + 2];
+                if defer && pfn == 0 && self.all_int8(&readers) {
+                    self.add_q8s(x, o, w, hbuf, t_total)?;
                 } else {
                     self.add_norm_q8(x, o, pfn, w, hbuf, t_total)?;
                 }

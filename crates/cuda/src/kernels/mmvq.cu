@@ -1124,60 +1124,13 @@ __device__ __forceinline__ void stream_use(const u8* w, int kb0, int kn, const i
             if ((lane >> 3) + 4 * (i0 + u) < kn) acc += st[u].use(a[u], lane);
     }
 }
-// `mvpt`'s q8_1 tail (HANGAR_CUDA_MVP_TAIL=1; null `q`: none): the output's int8 copy
-// for the down projection, written by the kernel instead of a `quantize_q8_1` launch.
-// A 32-row group inside one CTA's run is quantized by that CTA once its rows are out;
-// a group that straddles CTAs is counted in `cnt` (rows done, atomically), and the CTA
-// whose rows complete it quantizes it and puts the count back to 0. One count a CTA
-// end, not one a block of every wave as run 29's `mvp` tail paid (twin:
-// twin::stream::tail_owners). The values are quantize_q8_1's (q8_1_lane). With `x` set
-// (`mvst`'s add tail, HANGAR_CUDA_ADD_TAIL=1: the output projection and the down
-// projection at batch 1) the group does `add_q8s` instead: x += y, then x * w quantized
-// and the sums of squares of x in `ss` for the next GEMVs' deferred norm.
-struct StreamTail {
-    const float* y;
-    i8* q;
-    float2* d;
-    u32* cnt;
-    float* x;
-    const float* w;
-    float* ss;
-};
-__device__ __forceinline__ void stream_tail(int r0, int r1, int nw, const StreamTail& t, int warp, int lane) {
-    // Every row this CTA wrote is visible before any count says it is done.
-    __threadfence();
-    consumers_sync(nw);
-    if (r1 <= r0) return;
-    for (int gi = (r0 >> 5) + warp; gi <= ((r1 - 1) >> 5); gi += nw) {
-        const int mine = min((gi << 5) + 32, r1) - max(gi << 5, r0);
-        if (mine < 32) {
-            u32 old = 0;
-            if (lane == 0) old = atomicAdd(&t.cnt[gi], (u32)mine);
-            old = __shfl_sync(0xffffffffu, old, 0);
-            if (old + (u32)mine < 32u) continue;
-            if (lane == 0) t.cnt[gi] = 0u;
-            __threadfence();
-        }
-        const u64 i = ((u64)gi << 5) + (u64)lane;
-        float v = __ldcg(&t.y[i]);
-        if (t.x) {
-            v = t.x[i] + v;
-            t.x[i] = v;
-            q8_1_lane(v * t.w[i], i, t.q, t.d);
-            const float s = warp_sum(v * v);
-            if (lane == 0) t.ss[i >> 5] = s;
-        } else {
-            q8_1_lane(v, i, t.q, t.d);
-        }
-    }
-}
 // The kernel's frame: barriers, the activations in shared memory, the deferred norm's
 // scale, then the producer's loop and the consumers' rows. NM 1: `mvs` (rows of up to
 // three matrices), 2: `mvp` (gate and up of each row, act(gate) * up out). The block
 // is nw + 1 warps (the runner's choice of consumers, 4 to 16).
 template <int TY, int NM, class Row, class Out>
 __device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, const float2* Xd, XS_PARAMS, Row row,
-                                            Out out, StreamTail tail) {
+                                            Out out) {
     constexpr int BB = TY == TY_Q4_K ? 144 : 210;
     extern __shared__ __align__(128) u8 smem[];
     __shared__ __align__(8) u64 full[ST_MAXS], empty[ST_MAXS];
@@ -1249,7 +1202,6 @@ __device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, co
             if (lane == 0) out(r, v0, v1);
         }
     }
-    if (tail.q) stream_tail(p.r0, p.r1, nw, tail, warp, lane);
 }
 // Each takes `mvs1`/`mvp1`'s arguments (ntok 1; parts unused) and the ring and the
 // activations as dynamic shared memory (the runner sizes it: runner/stream.rs).
@@ -1271,8 +1223,7 @@ __device__ __forceinline__ int seg_of(int g, int rows0, int rows1, int rows2, in
     extern "C" __global__ void __launch_bounds__((ST_MAXW + 1) * 32, 1)                           \
         mvst_##NAME(const u8* W0, u64 rb0, int rows0, float* Y0, const u8* W1, u64 rb1, int rows1,  \
                     float* Y1, const u8* W2, u64 rb2, int rows2, float* Y2, int cols, const i8* Xq,  \
-                    const float2* Xd, int ntok, int parts, XS_PARAMS, float* Tx, const float* Tw,  \
-                    i8* Tq, float2* Td, float* Ts, u32* Tc) {                                      \
+                    const float2* Xd, int ntok, int parts, XS_PARAMS) {                            \
         stream_body<TY, 1>(                                                                        \
             rows0 + rows1 + rows2, cols, Xq, Xd, Xs, eps,                                          \
             [&](int, int g) -> const u8* {                                                         \
@@ -1282,18 +1233,15 @@ __device__ __forceinline__ int seg_of(int g, int rows0, int rows1, int rows2, in
             [&](int g, float v, float) {                                                           \
                 int r, k = seg_of(g, rows0, rows1, rows2, &r);                                     \
                 (k == 0 ? Y0 : k == 1 ? Y1 : Y2)[r] = v;                                           \
-            },                                                                                     \
-            StreamTail{Y0, Tq, Td, Tc, Tx, Tw, Ts});                                               \
+            });                                                                                    \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__((ST_MAXW + 1) * 32, 1)                           \
         mvpt_##NAME(const u8* Wg, const u8* Wu, u64 rb, int rows, int cols, const i8* Xq,           \
-                    const float2* Xd, int ntok, int act, int parts, float* Y, XS_PARAMS, i8* Tq,   \
-                    float2* Td, u32* Tc) {                                                         \
+                    const float2* Xd, int ntok, int act, int parts, float* Y, XS_PARAMS) {         \
         stream_body<TY, 2>(                                                                        \
             rows, cols, Xq, Xd, Xs, eps,                                                           \
             [&](int k, int g) -> const u8* { return (k ? Wu : Wg) + (u64)g * rb; },                \
-            [&](int g, float gv, float uv) { Y[g] = act == 2 ? gelu_times(gv, uv) : silu_times(gv, uv); }, \
-            StreamTail{Y, Tq, Td, Tc, nullptr, nullptr, nullptr});                                \
+            [&](int g, float gv, float uv) { Y[g] = act == 2 ? gelu_times(gv, uv) : silu_times(gv, uv); }); \
     }
 MV_STREAM(q4_k, TY_Q4_K)
 MV_STREAM(q6_k, TY_Q6_K)

@@ -48,25 +48,6 @@ impl CudaRunner {
         self.xf_of = None;
     }
 
-    /// [`Self::add_q8s`], unless the GEMV that wrote `o` did it in its tail
-    /// (`add_made`): then only its int8 copy is recorded.
-    pub(super) fn residual_add_q8s(
-        &mut self,
-        x: u64,
-        o: u64,
-        w: u64,
-        h: u64,
-        rows: usize,
-    ) -> Result<(), CudaError> {
-        match self.add_made.take() {
-            Some((q, d, ss)) => {
-                self.set_q8((h, rows, self.cfg.d_model, 0), q, d, ss);
-                Ok(())
-            }
-            None => self.add_q8s(x, o, w, h, rows),
-        }
-    }
-
     /// `x += o` (`o` 0: none) for `rows` token rows, then `x * w` quantized and
     /// recorded as the int8 copy of `h` (the normed row the next GEMVs ask for), its
     /// norm deferred to them.

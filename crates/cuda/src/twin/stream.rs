@@ -151,36 +151,6 @@ impl StreamLaunch<'_> {
     }
 }
 
-/// `stream_tail`'s counting (kernels/mmvq.cu, `mvpt`'s q8_1 tail) for a launch of
-/// `grid` CTAs over `rows` rows (a multiple of 32), the CTAs reaching their tails in
-/// `order`: the CTA that quantizes each 32-row group (None: nobody, a lost group; a
-/// second claim panics) and the counts left behind, which the next launch needs at 0.
-pub fn tail_owners(rows: usize, grid: usize, order: &[usize]) -> (Vec<Option<usize>>, Vec<u32>) {
-    let groups = rows / 32;
-    let (mut owner, mut cnt) = (vec![None; groups], vec![0u32; groups]);
-    for &cta in order {
-        // StreamPlan's run of rows.
-        let (r0, r1) = (cta * rows / grid, (cta + 1) * rows / grid);
-        if r1 <= r0 {
-            continue;
-        }
-        for gi in r0 / 32..=(r1 - 1) / 32 {
-            let mine = ((gi + 1) * 32).min(r1) - (gi * 32).max(r0);
-            if mine < 32 {
-                let old = cnt[gi];
-                cnt[gi] += mine as u32;
-                if old + (mine as u32) < 32 {
-                    continue;
-                }
-                cnt[gi] = 0;
-            }
-            assert!(owner[gi].is_none(), "group {gi} quantized twice");
-            owner[gi] = Some(cta);
-        }
-    }
-    (owner, cnt)
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::{gemvq_row, quantize_q8_1};
@@ -269,39 +239,6 @@ mod tests {
                 for (r, (g, u)) in got[0].iter().zip(&got[1]).enumerate() {
                     assert_eq!(g.to_bits(), want(mats[0].0, r).to_bits(), "{ty:?} gate {r}");
                     assert_eq!(u.to_bits(), want(mats[2].0, r).to_bits(), "{ty:?} up {r}");
-                }
-            }
-        }
-    }
-
-    /// Every 32-row group is quantized exactly once, by a CTA holding some of its rows,
-    /// and the counts are back at zero, whatever order the CTAs end in: runs longer
-    /// than a group, shorter (a group over three CTAs: 4 096 rows on 264), one CTA,
-    /// and more CTAs than groups.
-    #[test]
-    fn tail_quantizes_each_group_once_and_leaves_the_counts_at_zero() {
-        use rand::seq::SliceRandom;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(47);
-        for (rows, grid) in [
-            (14336, 264),
-            (4096, 264),
-            (4096, 1),
-            (96, 7),
-            (64, 3),
-            (11008, 132),
-        ] {
-            let mut order: Vec<usize> = (0..grid).collect();
-            for _ in 0..20 {
-                order.shuffle(&mut rng);
-                let (owner, cnt) = tail_owners(rows, grid, &order);
-                assert!(cnt.iter().all(|&c| c == 0), "{rows}/{grid}: counts left");
-                for (gi, o) in owner.iter().enumerate() {
-                    let cta = o.unwrap_or_else(|| panic!("{rows}/{grid}: group {gi} lost"));
-                    let (r0, r1) = (cta * rows / grid, (cta + 1) * rows / grid);
-                    assert!(
-                        r0 < (gi + 1) * 32 && gi * 32 < r1,
-                        "group {gi} by a stranger"
-                    );
                 }
             }
         }
