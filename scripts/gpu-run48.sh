@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # GPU run 48 (docs/GPU.md, fifteenth session): the streamed GEMVs' ring size and CTAs
 # an SM, whether a smaller ring lets the next kernel's blocks sit beside a GEMV's (its
-# weight copies start before the PDL wait), beside a same-call llama.cpp anchor. No new
-# code: HANGAR_CUDA_STREAM_STAGES / HANGAR_CUDA_STREAM_CTAS (runner/stream.rs). One
-# call carrying .gpu/fin (hangar.xz) and .gpu/anchor:
+# weight copies start before the PDL wait: HANGAR_CUDA_STREAM_STAGES / _CTAS,
+# runner/stream.rs); B: the GEMVs stage their input with every load issued first
+# (HANGAR_CUDA_DEFINES=STREAM_ACT_BATCH); and what each GEMV kind costs inside the
+# graph (HANGAR_CUDA_SKIP, timing only), beside a same-call llama.cpp anchor. One call
+# carrying .gpu/fin (hangar.xz) and .gpu/anchor:
 #   bash scripts/gpu-run48.sh
 set -u
 cd "$(dirname "$0")/.."
@@ -21,7 +23,12 @@ for r in 1 2; do
   tg S3 HANGAR_CUDA_STREAM_STAGES=3
   tg C1 HANGAR_CUDA_STREAM_CTAS=1
   tg C1S3 HANGAR_CUDA_STREAM_CTAS=1 HANGAR_CUDA_STREAM_STAGES=3
+  tg B HANGAR_CUDA_DEFINES=STREAM_ACT_BATCH
 done
+echo "== (t=$SECONDS) ablations (timing only): each GEMV kind dropped"
+for k in mvpt_q4_k mvst_q4_k mvst_q6_k mvpt_q4_k,mvst_q4_k,mvst_q6_k; do tg "X:$k" HANGAR_CUDA_SKIP=$k; done
+tg B HANGAR_CUDA_DEFINES=STREAM_ACT_BATCH
+tg P RUN=48
 echo "== (t=$SECONDS) $(anchor_wait); quiet machine from here"
 anchor_bench $W/l8b.gguf
 tg P RUN=48

@@ -1159,6 +1159,44 @@ __device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, co
         return;
     }
     pdl_entry();
+#ifdef STREAM_ACT_BATCH
+    // (Diagnosis, run 48: the staging's three loops wait on L2 one after another.)
+    // Every load of the input first, then the stores: one round trip, not three.
+    // Rows wider than 4 x 16 bytes a consumer thread take the loop for the rest.
+    constexpr int AQ = 4, AD = 2;
+    const int nt = nw * 32;
+    int4 aq[AQ];
+    float2 ad[AD];
+    float av[SSK];
+#pragma unroll
+    for (int u = 0; u < AQ; u++) {
+        const int i = (threadIdx.x + u * nt) * 16;
+        if (i < cols) aq[u] = *(const int4*)(Xq + (i & ~255) + HoistStep<TY>::T::lane_run_src((i >> 4) & 15));
+    }
+#pragma unroll
+    for (int u = 0; u < AD; u++) {
+        const int i = threadIdx.x + u * nt;
+        if (i < (cols >> 5)) ad[u] = Xd[i];
+    }
+    if (warp == 0 && Xs) ss_load(av, Xs, cols >> 5, lane);
+#pragma unroll
+    for (int u = 0; u < AQ; u++) {
+        const int i = (threadIdx.x + u * nt) * 16;
+        if (i < cols) *(int4*)(xq + i) = aq[u];
+    }
+#pragma unroll
+    for (int u = 0; u < AD; u++) {
+        const int i = threadIdx.x + u * nt;
+        if (i < (cols >> 5)) xd[i] = ad[u];
+    }
+    for (int i = (threadIdx.x + AQ * nt) * 16; i < cols; i += nt * 16)
+        *(int4*)(xq + i) = *(const int4*)(Xq + (i & ~255) + HoistStep<TY>::T::lane_run_src((i >> 4) & 15));
+    for (int i = threadIdx.x + AD * nt; i < (cols >> 5); i += nt) xd[i] = Xd[i];
+    if (warp == 0 && Xs) {
+        float sc = ss_scale(av, Xs, cols >> 5, cols, eps, lane);
+        if (lane == 0) scl = sc;
+    }
+#else
     for (int i = threadIdx.x * 16; i < cols; i += nw * 32 * 16) {
 #ifdef STREAM_ACT_LINEAR
         *(int4*)(xq + i) = *(const int4*)(Xq + i);
@@ -1173,6 +1211,7 @@ __device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, co
         float sc = ss_scale(v, Xs, cols >> 5, cols, eps, lane);
         if (lane == 0) scl = sc;
     }
+#endif
     consumers_sync(nw);
     const float sc = Xs ? scl : 1.0f;
     float acc[NM];
