@@ -635,6 +635,27 @@ impl Gpu {
         .result()
     }
 
+    /// An event recorded on the stream now, for [`Gpu::event_ms`].
+    pub fn event_now(&self) -> Result<sys::CUevent, CudaError> {
+        let e = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
+            .map_err(drv("cuEventCreate"))?;
+        // SAFETY: a fresh event of this context, recorded on our stream.
+        unsafe { result::event::record(e, self.stream) }.map_err(drv("cuEventRecord"))?;
+        Ok(e)
+    }
+
+    /// Milliseconds from event `a` to `b` (both from [`Gpu::event_now`], the stream
+    /// synchronized since); destroys both.
+    pub fn event_ms(&self, a: sys::CUevent, b: sys::CUevent) -> f64 {
+        // SAFETY: both events were recorded and have completed; each is destroyed once.
+        unsafe {
+            let ms = result::event::elapsed(a, b).unwrap_or(0.0) as f64;
+            let _ = result::event::destroy(a);
+            let _ = result::event::destroy(b);
+            ms
+        }
+    }
+
     /// Whether launches use programmatic dependent launch.
     pub fn pdl(&self) -> bool {
         self.pdl

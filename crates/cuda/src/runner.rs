@@ -12,6 +12,7 @@
 mod deferred;
 mod norm;
 mod sampling;
+mod step_times;
 mod stream;
 
 use crate::gpu::{Args, DevBuf, Gpu, Scratch};
@@ -273,6 +274,8 @@ pub struct CudaRunner {
     /// blocks (`mmq_q4_k`, kernels/mmq.cu) instead of cuBLAS on f16 copies; opt-in
     /// (`HANGAR_CUDA_MMQ=1`) until it is measured on a GPU.
     mmq: bool,
+    /// `HANGAR_CUDA_STEP_TIMES=1`: where graphed steps' wall time goes (runner/step_times.rs).
+    step_times: Option<step_times::StepTimes>,
     /// Blocks split-K attention aims for where (head, token) blocks are few
     /// (`attention_splits`): `ATT_SPLIT_TARGET_BLOCKS`, `HANGAR_CUDA_SPLITK=N` for A/B
     /// runs (0: off).
@@ -568,6 +571,7 @@ impl CudaRunner {
             defer_norm: std::env::var("HANGAR_CUDA_DEFER_NORM").as_deref() != Ok("0"),
             att_rope: std::env::var("HANGAR_CUDA_ATT_ROPE").as_deref() != Ok("0"),
             mmq: std::env::var("HANGAR_CUDA_MMQ").as_deref() == Ok("1"),
+            step_times: step_times::StepTimes::from_env(),
             split_k: match std::env::var("HANGAR_CUDA_SPLITK").map(|v| v.parse::<usize>()) {
                 Ok(Ok(n)) => n,
                 _ => ATT_SPLIT_TARGET_BLOCKS,
@@ -1149,6 +1153,7 @@ impl CudaRunner {
         if t_total == 0 {
             return Ok(());
         }
+        let entry = std::time::Instant::now();
         let (d, qd, kvd, ff, hd) = (
             cfg.d_model,
             cfg.q_dim(),
@@ -1268,6 +1273,7 @@ impl CudaRunner {
                 None => return Err(CudaError::BadBatch("no activation buffer".into())),
             }
         }
+        let prepared = std::time::Instant::now();
         let graphed = graphed && self.gpu.record();
         // Embeddings.
         if let (None, Some(embd)) = (&self.cpu, &self.embd) {
@@ -1597,8 +1603,17 @@ impl CudaRunner {
             let n = (m * vocab) as u64;
             self.elementwise("softcap", n as usize, Args::new().ptr(lg).u64(n).f32(cap))?;
         }
+        let recorded = std::time::Instant::now();
+        let mut timed = None;
         if graphed {
+            let a = match self.step_times {
+                Some(_) => Some(self.gpu.event_now()?),
+                None => None,
+            };
             self.gpu.replay((t_total, m))?;
+            if let Some(a) = a {
+                timed = Some((a, self.gpu.event_now()?, std::time::Instant::now()));
+            }
         }
         if m_greedy > 0 {
             self.pick_greedy(lg, m_logits, m_greedy)?;
@@ -1613,7 +1628,21 @@ impl CudaRunner {
                 None => return Err(CudaError::BadBatch("no logits buffer".into())),
             }
         }
-        self.gpu.sync()
+        self.gpu.sync()?;
+        if let (Some((a, b, launched)), Some(_)) = (timed, &self.step_times) {
+            let gpu_ms = self.gpu.event_ms(a, b);
+            let marks = step_times::StepMarks {
+                entry,
+                prepared,
+                recorded,
+                launched,
+                end: std::time::Instant::now(),
+            };
+            if let Some(t) = &mut self.step_times {
+                t.add(&marks, gpu_ms);
+            }
+        }
+        Ok(())
     }
 
     /// The greedy picks of logits rows `first..first + n` of `lg` (see `greedy_pick`
