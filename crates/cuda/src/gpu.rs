@@ -635,6 +635,28 @@ impl Gpu {
         .result()
     }
 
+    /// Queues a copy of `src` to device address `dst` on the stream.
+    ///
+    /// # Safety
+    /// `dst` holds `src.len()` bytes, and `src` is page-locked memory that stays
+    /// unchanged until the stream has passed the copy.
+    pub unsafe fn htod_async(&self, dst: u64, src: &[u8]) -> Result<(), CudaError> {
+        // SAFETY: as the caller guarantees.
+        unsafe { result::memcpy_htod_async(dst, src, self.stream) }
+            .map_err(drv("cuMemcpyHtoDAsync"))
+    }
+
+    /// Queues a copy from device address `src` into `dst` on the stream.
+    ///
+    /// # Safety
+    /// `src` holds `dst.len()` bytes, and `dst` is page-locked memory not read until
+    /// the stream has passed the copy.
+    pub unsafe fn dtoh_async(&self, dst: &mut [u8], src: u64) -> Result<(), CudaError> {
+        // SAFETY: as the caller guarantees.
+        unsafe { result::memcpy_dtoh_async(dst, src, self.stream) }
+            .map_err(drv("cuMemcpyDtoHAsync"))
+    }
+
     /// An event recorded on the stream now, for [`Gpu::event_ms`].
     pub fn event_now(&self) -> Result<sys::CUevent, CudaError> {
         let e = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)

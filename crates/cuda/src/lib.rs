@@ -20,6 +20,7 @@ pub mod compile;
 mod gpu;
 pub mod head;
 pub mod offload;
+mod pinned;
 mod runner;
 pub mod twin;
 

@@ -18,6 +18,7 @@ mod stream;
 use crate::gpu::{Args, DevBuf, Gpu, Scratch};
 use crate::head::HEAD_MAX_VOCAB;
 use crate::offload::{plan_layers, CpuLayers, GpuOptions, SCRATCH_RESERVE};
+use crate::pinned::Pinned;
 use crate::CudaError;
 use deferred::Q8Of;
 use hangar_engine::sampler::{HeadRequest, HeadResult};
@@ -276,6 +277,9 @@ pub struct CudaRunner {
     mmq: bool,
     /// `HANGAR_CUDA_STEP_TIMES=1`: where graphed steps' wall time goes (runner/step_times.rs).
     step_times: Option<step_times::StepTimes>,
+    /// `HANGAR_CUDA_PINNED=1`: a step's uploads and its logits go through page-locked
+    /// staging, queued on the stream (src/pinned.rs).
+    pinned: Option<Pinned>,
     /// Blocks split-K attention aims for where (head, token) blocks are few
     /// (`attention_splits`): `ATT_SPLIT_TARGET_BLOCKS`, `HANGAR_CUDA_SPLITK=N` for A/B
     /// runs (0: off).
@@ -572,6 +576,7 @@ impl CudaRunner {
             att_rope: std::env::var("HANGAR_CUDA_ATT_ROPE").as_deref() != Ok("0"),
             mmq: std::env::var("HANGAR_CUDA_MMQ").as_deref() == Ok("1"),
             step_times: step_times::StepTimes::from_env(),
+            pinned: Pinned::from_env(),
             split_k: match std::env::var("HANGAR_CUDA_SPLITK").map(|v| v.parse::<usize>()) {
                 Ok(Ok(n)) => n,
                 _ => ATT_SPLIT_TARGET_BLOCKS,
@@ -1221,6 +1226,17 @@ impl CudaRunner {
             }
             flat.push(v);
         }
+        if let Some(p) = self.pinned.as_mut() {
+            let n_rows = rows.len() + greedy_rows.len() + head_rows.len();
+            let mut sizes = vec![
+                4 * tokens.len(),
+                4 * pos.len(),
+                4 * tok_seq.len(),
+                4 * n_rows,
+            ];
+            sizes.extend(flat.iter().map(|v| 4 * v.len()));
+            p.begin(&mut self.gpu, Pinned::room(&sizes))?;
+        }
         let gpu = &self.gpu;
         let b = &mut self.bufs;
         let x = b.x.get(gpu, t_total * d * F)?;
@@ -1247,16 +1263,17 @@ impl CudaRunner {
         let tok_p = b.tokens.get(gpu, t_total * 4)?;
         let pos_p = b.pos.get(gpu, t_total * 4)?;
         let ts_p = b.tok_seq.get(gpu, t_total * 8)?;
-        b.tokens.buf().map(|buf| buf.write(&tokens)).transpose()?;
-        b.pos.buf().map(|buf| buf.write(&pos)).transpose()?;
-        b.tok_seq.buf().map(|buf| buf.write(&tok_seq)).transpose()?;
+        let pinned = &mut self.pinned;
+        put(gpu, pinned, &b.tokens, &tokens)?;
+        put(gpu, pinned, &b.pos, &pos)?;
+        put(gpu, pinned, &b.tok_seq, &tok_seq)?;
         if b.tables.len() < n_groups {
             b.tables.resize_with(n_groups, Scratch::default);
         }
         let mut table_p = Vec::with_capacity(n_groups);
         for (g, v) in flat.iter().enumerate() {
             table_p.push(b.tables[g].get(gpu, v.len() * 4)?);
-            b.tables[g].buf().map(|buf| buf.write(v)).transpose()?;
+            put(gpu, pinned, &b.tables[g], v)?;
         }
 
         // Partial offload: the CPU layers run first and their output is the input here.
@@ -1591,11 +1608,7 @@ impl CudaRunner {
         let sel = self.bufs.sel.get(gpu, m * d * F)?;
         let rows_p = self.bufs.rows.get(gpu, m * 4)?;
         let lg = self.bufs.logits.get(gpu, m * vocab * F)?;
-        self.bufs
-            .rows
-            .buf()
-            .map(|buf| buf.write(&rows))
-            .transpose()?;
+        put(&self.gpu, &mut self.pinned, &self.bufs.rows, &rows)?;
         let on = self.out_norm.ptr;
         self.rmsnorm(x, on, sel, d, m, rows_p)?;
         self.matmul(usize::MAX, sel, m, lg)?;
@@ -1623,12 +1636,18 @@ impl CudaRunner {
         }
         logits.resize(m_logits * vocab, 0.0);
         if m_logits > 0 {
-            match self.bufs.logits.buf() {
-                Some(buf) => buf.read(&mut logits[..])?,
-                None => return Err(CudaError::BadBatch("no logits buffer".into())),
+            match (self.bufs.logits.buf(), self.pinned.as_mut()) {
+                (Some(buf), Some(p)) if buf.bytes >= logits.len() * F => {
+                    p.download(&mut self.gpu, buf.ptr, &mut logits[..])?
+                }
+                (Some(buf), _) => buf.read(&mut logits[..])?,
+                (None, _) => return Err(CudaError::BadBatch("no logits buffer".into())),
             }
         }
         self.gpu.sync()?;
+        if let Some(p) = self.pinned.as_mut() {
+            p.done();
+        }
         if let (Some((a, b, launched)), Some(_)) = (timed, &self.step_times) {
             let gpu_ms = self.gpu.event_ms(a, b);
             let marks = step_times::StepMarks {
@@ -1753,6 +1772,32 @@ impl CudaRunner {
             .f32(self.cfg.rms_eps);
         self.gpu
             .launch("norm_add", (rows as u32, 1, 1), (256, 1, 1), 0, args)
+    }
+}
+
+/// Copies `data` to the start of `buf`: through the page-locked staging, queued on the
+/// stream, when `pinned` is on, else synchronously.
+fn put<T: Copy>(
+    gpu: &Gpu,
+    pinned: &mut Option<Pinned>,
+    buf: &Scratch,
+    data: &[T],
+) -> Result<(), CudaError> {
+    let Some(dst) = buf.buf() else {
+        return Ok(());
+    };
+    match pinned {
+        Some(p) if std::mem::size_of_val(data) <= dst.bytes => p.upload(gpu, dst.ptr, data),
+        _ => dst.write(data),
+    }
+}
+
+impl Drop for CudaRunner {
+    fn drop(&mut self) {
+        if let Some(p) = self.pinned.as_mut() {
+            let _ = self.gpu.sync();
+            p.release(&self.gpu);
+        }
     }
 }
 
