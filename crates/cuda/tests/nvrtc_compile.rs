@@ -78,8 +78,9 @@ fn opt_in_kernel_variants_compile_for_sm80_and_sm90a() {
     if !nvrtc_or_skip() {
         return;
     }
-    let variants: [(&str, &str); 12] = [
+    let variants: [(&str, &str); 13] = [
         ("mmvq", "NO_HOIST"),
+        ("mmvq", "STREAM_ACT_BATCH"),
         ("mmvq", "STREAM_ACT_LINEAR"),
         ("mmvq", "STREAM_NO_COPY"),
         ("mmvq", "HOIST2"),
