@@ -45,13 +45,16 @@ anchor_wait() {
 }
 
 # The opening of a two-phase run (a: checks and A/B, b: anchor on a quiet machine):
-# the binary, the background llama.cpp build, the GPU, and the 8B and 1B shapes.
+# the binary, the background llama.cpp build, the GPU, and the 8B and 1B shapes. The
+# synth quantizes on 14 of the host's 16 cores beside the build's 10 jobs (runs 46-48
+# gave it 8: 137-142 s for the 8B, about 8% of a session's device time a machine; the
+# build has slack, phase b waits for it). SYNTH_THREADS overrides.
 gpu_begin() {
   gpu_setup
   anchor_build_bg
   gpu_info
-  synth_once l8b --arch llama --preset llama-3-8b --type Q4_K_M -t 8
-  synth_once l1b --arch llama --preset llama-3.2-1b --type Q4_K_M -t 8
+  synth_once l8b --arch llama --preset llama-3-8b --type Q4_K_M -t ${SYNTH_THREADS:-14}
+  synth_once l1b --arch llama --preset llama-3.2-1b --type Q4_K_M -t ${SYNTH_THREADS:-14}
 }
 
 # llama.cpp's llama-bench on FILE (flash attention on, three runs): pp512 and tg128.
