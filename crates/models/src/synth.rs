@@ -523,6 +523,27 @@ mod tests {
         );
     }
 
+    /// Rows are seeded by their index, so the file is the same bytes on any number of
+    /// threads (the GPU runs compare device-check figures across sessions and hosts).
+    #[test]
+    fn the_weights_do_not_depend_on_the_thread_count() {
+        let s = Spec {
+            name: "blk.0.ffn_up.weight".into(),
+            cols: 512,
+            rows: 37,
+            ty: GgmlType::Q4K,
+            scale: 0.05,
+        };
+        let one = tensor_bytes(&s, 7, 1).unwrap();
+        for threads in [2, 3, 14, 64] {
+            assert!(
+                tensor_bytes(&s, 7, threads).unwrap() == one,
+                "{threads} threads"
+            );
+        }
+        assert!(tensor_bytes(&s, 8, 3).unwrap() != one, "the seed matters");
+    }
+
     #[test]
     fn unknown_presets_list_the_known_ones() {
         let e = preset(SynthArch::Llama, "llama-9").unwrap_err().to_string();
