@@ -304,6 +304,18 @@ struct Graph {
 /// Graphs kept per key (token count, logits rows) before the cache is cleared.
 const MAX_GRAPHS: usize = 64;
 
+/// Milliseconds from event `a` to `b` (both from [`Gpu::event_now`], the stream
+/// synchronized since); destroys both.
+pub(crate) fn event_ms(a: sys::CUevent, b: sys::CUevent) -> f64 {
+    // SAFETY: both events were recorded and have completed; each is destroyed once.
+    unsafe {
+        let ms = result::event::elapsed(a, b).unwrap_or(0.0) as f64;
+        let _ = result::event::destroy(a);
+        let _ = result::event::destroy(b);
+        ms
+    }
+}
+
 /// The context and the loaded kernels of one device.
 pub(crate) struct Gpu {
     pub ctx: Arc<CudaContext>,
@@ -534,14 +546,9 @@ impl Gpu {
     }
 
     fn issue_timed(&mut self, name: &str, l: &Launch) -> Result<(), CudaError> {
-        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
-        let a = result::event::create(flags).map_err(drv("cuEventCreate"))?;
-        let b = result::event::create(flags).map_err(drv("cuEventCreate"))?;
-        // SAFETY: fresh events of this context, recorded on our stream.
-        unsafe { result::event::record(a, self.stream) }.map_err(drv("cuEventRecord"))?;
+        let a = self.event_now()?;
         self.issue(l).map_err(drv(format!("launching {name}")))?;
-        // SAFETY: as above.
-        unsafe { result::event::record(b, self.stream) }.map_err(drv("cuEventRecord"))?;
+        let b = self.event_now()?;
         if let Some(p) = &mut self.profile {
             p.pending.push((name.to_string(), a, b));
         }
@@ -554,13 +561,8 @@ impl Gpu {
             return;
         };
         for (name, a, b) in p.pending.drain(..) {
-            // SAFETY: both events were recorded and the context synchronized; each
-            // event is destroyed once.
-            let ms = unsafe { result::event::elapsed(a, b) }.unwrap_or(0.0) as f64;
-            unsafe {
-                let _ = result::event::destroy(a);
-                let _ = result::event::destroy(b);
-            }
+            // (The context was synchronized: both events have completed.)
+            let ms = event_ms(a, b);
             let e = p.total.entry(name).or_default();
             e.0 += 1;
             e.1 += ms;
@@ -657,25 +659,13 @@ impl Gpu {
             .map_err(drv("cuMemcpyDtoHAsync"))
     }
 
-    /// An event recorded on the stream now, for [`Gpu::event_ms`].
+    /// An event recorded on the stream now, for [`event_ms`].
     pub fn event_now(&self) -> Result<sys::CUevent, CudaError> {
         let e = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
             .map_err(drv("cuEventCreate"))?;
         // SAFETY: a fresh event of this context, recorded on our stream.
         unsafe { result::event::record(e, self.stream) }.map_err(drv("cuEventRecord"))?;
         Ok(e)
-    }
-
-    /// Milliseconds from event `a` to `b` (both from [`Gpu::event_now`], the stream
-    /// synchronized since); destroys both.
-    pub fn event_ms(&self, a: sys::CUevent, b: sys::CUevent) -> f64 {
-        // SAFETY: both events were recorded and have completed; each is destroyed once.
-        unsafe {
-            let ms = result::event::elapsed(a, b).unwrap_or(0.0) as f64;
-            let _ = result::event::destroy(a);
-            let _ = result::event::destroy(b);
-            ms
-        }
     }
 
     /// Whether launches use programmatic dependent launch.

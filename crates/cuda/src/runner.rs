@@ -15,7 +15,7 @@ mod sampling;
 mod step_times;
 mod stream;
 
-use crate::gpu::{Args, DevBuf, Gpu, Scratch};
+use crate::gpu::{event_ms, Args, DevBuf, Gpu, Scratch};
 use crate::head::HEAD_MAX_VOCAB;
 use crate::offload::{plan_layers, CpuLayers, GpuOptions, SCRATCH_RESERVE};
 use crate::pinned::Pinned;
@@ -1648,8 +1648,8 @@ impl CudaRunner {
         if let Some(p) = self.pinned.as_mut() {
             p.done();
         }
-        if let (Some((a, b, launched)), Some(_)) = (timed, &self.step_times) {
-            let gpu_ms = self.gpu.event_ms(a, b);
+        // (`timed` is set only when step times are kept.)
+        if let (Some((a, b, launched)), Some(t)) = (timed, self.step_times.as_mut()) {
             let marks = step_times::StepMarks {
                 entry,
                 prepared,
@@ -1657,9 +1657,7 @@ impl CudaRunner {
                 launched,
                 end: std::time::Instant::now(),
             };
-            if let Some(t) = &mut self.step_times {
-                t.add(&marks, gpu_ms);
-            }
+            t.add(&marks, event_ms(a, b));
         }
         Ok(())
     }

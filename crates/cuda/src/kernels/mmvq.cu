@@ -1166,13 +1166,17 @@ __device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, co
     // Rows wider than 4 x 16 bytes a consumer thread take the loop for the rest.
     constexpr int AQ = 4, AD = 2;
     const int nt = nw * 32;
+    // Where staged byte i comes from (lane order, as the loop below).
+    auto src = [&](int i) {
+        return (const int4*)(Xq + (i & ~255) + HoistStep<TY>::T::lane_run_src((i >> 4) & 15));
+    };
     int4 aq[AQ];
     float2 ad[AD];
     float av[SSK];
 #pragma unroll
     for (int u = 0; u < AQ; u++) {
         const int i = (threadIdx.x + u * nt) * 16;
-        if (i < cols) aq[u] = *(const int4*)(Xq + (i & ~255) + HoistStep<TY>::T::lane_run_src((i >> 4) & 15));
+        if (i < cols) aq[u] = *src(i);
     }
 #pragma unroll
     for (int u = 0; u < AD; u++) {
@@ -1190,8 +1194,7 @@ __device__ __forceinline__ void stream_body(int rows, int cols, const i8* Xq, co
         const int i = threadIdx.x + u * nt;
         if (i < (cols >> 5)) xd[i] = ad[u];
     }
-    for (int i = (threadIdx.x + AQ * nt) * 16; i < cols; i += nt * 16)
-        *(int4*)(xq + i) = *(const int4*)(Xq + (i & ~255) + HoistStep<TY>::T::lane_run_src((i >> 4) & 15));
+    for (int i = (threadIdx.x + AQ * nt) * 16; i < cols; i += nt * 16) *(int4*)(xq + i) = *src(i);
     for (int i = threadIdx.x + AD * nt; i < (cols >> 5); i += nt) xd[i] = Xd[i];
     if (warp == 0 && Xs) {
         float sc = ss_scale(av, Xs, cols >> 5, cols, eps, lane);
