@@ -6,6 +6,7 @@ use crate::CudaError;
 use cudarc::driver::{result, sys, CudaContext};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 fn drv(call: impl Into<String>) -> impl FnOnce(result::DriverError) -> CudaError {
@@ -106,11 +107,20 @@ pub(crate) struct DevBuf {
 // binds the context (every entry point of the runner does).
 unsafe impl Send for DevBuf {}
 
+/// Bumped at every device allocation and free: a graph recorded at another epoch may
+/// name memory that has moved since (see [`Gpu::has_current_graph`]).
+static MEMORY_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+fn memory_epoch() -> u64 {
+    MEMORY_EPOCH.load(Ordering::Acquire)
+}
+
 impl DevBuf {
     pub fn alloc(gpu: &Gpu, bytes: usize) -> Result<Self, CudaError> {
         // SAFETY: a plain device allocation of at least one byte.
         let ptr = unsafe { result::malloc_sync(bytes.max(1)) }
             .map_err(drv(format!("cuMemAlloc({bytes} bytes)")))?;
+        MEMORY_EPOCH.fetch_add(1, Ordering::AcqRel);
         Ok(DevBuf {
             ptr,
             bytes,
@@ -167,6 +177,7 @@ impl Drop for DevBuf {
         let _ = self.ctx.bind_to_thread();
         // SAFETY: allocated by malloc_sync, freed once.
         let _ = unsafe { result::free_sync(self.ptr) };
+        MEMORY_EPOCH.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -299,6 +310,27 @@ struct Launch {
 struct Graph {
     launches: Vec<Launch>,
     exec: sys::CUgraphExec,
+    /// [`memory_epoch`] when its launches were last recorded (or found equal).
+    epoch: u64,
+}
+
+/// Whether a step whose graph is known skips building its launch list
+/// (`HANGAR_CUDA_REUSE`: on; `0` off; `check` builds it anyway and counts the steps
+/// where the known graph's launches differ, which would be a bug in the step's key).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Reuse {
+    On,
+    Off,
+    Check,
+}
+
+/// `HANGAR_CUDA_REUSE=check`'s counts: steps that would have reused a graph, and those
+/// whose rebuilt launches differed from it.
+#[derive(Default)]
+struct ReuseCheck {
+    pending: Option<bool>,
+    checked: usize,
+    differed: usize,
 }
 
 /// Graphs kept per key (token count, logits rows) before the cache is cleared.
@@ -332,7 +364,10 @@ pub(crate) struct Gpu {
     stream: sys::CUstream,
     /// While recording, launches are kept here instead of being issued.
     rec: Option<Vec<Launch>>,
-    graphs: HashMap<(usize, usize), Graph>,
+    /// Graphs by the step's key (its shape: see `CudaRunner::forward`).
+    graphs: HashMap<Vec<u64>, Graph>,
+    reuse: Reuse,
+    reuse_check: ReuseCheck,
     /// Graph capture off (`HANGAR_CUDA_GRAPHS=0`, or a capture failed once).
     graphs_off: bool,
     /// Programmatic dependent launch (sm_90+, unless `HANGAR_CUDA_PDL=0`): each kernel
@@ -378,6 +413,12 @@ impl Gpu {
             stream,
             rec: None,
             graphs: HashMap::new(),
+            reuse: match std::env::var("HANGAR_CUDA_REUSE").as_deref() {
+                Ok("0") => Reuse::Off,
+                Ok("check") => Reuse::Check,
+                _ => Reuse::On,
+            },
+            reuse_check: ReuseCheck::default(),
             graphs_off: std::env::var("HANGAR_CUDA_GRAPHS").as_deref() == Ok("0"),
             pdl: major >= 9 && std::env::var("HANGAR_CUDA_PDL").as_deref() != Ok("0"),
             profile: None,
@@ -686,17 +727,68 @@ impl Gpu {
     /// Drops a recording left by a step that failed half-way.
     pub fn stop_recording(&mut self) {
         self.rec = None;
+        self.reuse_check.pending = None;
+    }
+
+    /// Whether the graph recorded for `key` can run again without its launches being
+    /// built: no device memory was allocated or freed since they were recorded, so
+    /// every address in them is still the one the step would pass. The key must hold
+    /// everything else the launches depend on. (`Reuse::Check` answers no and checks
+    /// the rebuilt launches in [`Gpu::replay`].)
+    pub fn has_current_graph(&mut self, key: &[u64]) -> bool {
+        if self.graphs_off || self.reuse == Reuse::Off {
+            return false;
+        }
+        let current = self
+            .graphs
+            .get(key)
+            .is_some_and(|g| g.epoch == memory_epoch());
+        if self.reuse == Reuse::Check {
+            self.reuse_check.pending = Some(current);
+            return false;
+        }
+        current
+    }
+
+    /// Launches the graph of `key` (see [`Gpu::has_current_graph`]).
+    pub fn launch_graph(&mut self, key: &[u64]) -> Result<(), CudaError> {
+        let g = self
+            .graphs
+            .get(key)
+            .ok_or_else(|| CudaError::BadLaunch("no graph recorded for this step".into()))?;
+        // SAFETY: an instantiated graph of this context, on its stream.
+        unsafe { sys::cuGraphLaunch(g.exec, self.stream) }
+            .result()
+            .map_err(drv("cuGraphLaunch"))
     }
 
     /// Runs the recorded launches: as the graph captured for `key` when they equal its
     /// launches (only buffer contents changed), else captured into a new graph first.
     /// A failed capture turns graphs off and issues the launches one by one.
-    pub fn replay(&mut self, key: (usize, usize)) -> Result<(), CudaError> {
+    pub fn replay(&mut self, key: Vec<u64>) -> Result<(), CudaError> {
         let Some(list) = self.rec.take() else {
             return Ok(());
         };
-        if let Some(g) = self.graphs.get(&key) {
+        let epoch = memory_epoch();
+        if let Some(would_reuse) = self.reuse_check.pending.take() {
+            if would_reuse {
+                let c = &mut self.reuse_check;
+                c.checked += 1;
+                let same = self
+                    .graphs
+                    .get(&key)
+                    .is_some_and(|g| g.launches == list && g.epoch == epoch);
+                if !same {
+                    if c.differed == 0 {
+                        eprintln!("warning: HANGAR_CUDA_REUSE=check: a step's rebuilt launches differ from the graph its key names");
+                    }
+                    c.differed += 1;
+                }
+            }
+        }
+        if let Some(g) = self.graphs.get_mut(&key) {
             if g.launches == list {
+                g.epoch = epoch;
                 // SAFETY: an instantiated graph of this context, on its stream.
                 return unsafe { sys::cuGraphLaunch(g.exec, self.stream) }
                     .result()
@@ -713,6 +805,7 @@ impl Gpu {
                     Graph {
                         launches: list,
                         exec,
+                        epoch: memory_epoch(),
                     },
                 ) {
                     // SAFETY: instantiated once, destroyed once (no launch uses it now:
@@ -807,6 +900,13 @@ impl Drop for Gpu {
         let _ = self.ctx.bind_to_thread();
         let _ = self.ctx.synchronize();
         self.collect_profile();
+        if self.reuse == Reuse::Check {
+            let c = &self.reuse_check;
+            eprintln!(
+                "HANGAR_CUDA_REUSE=check: {} steps would have reused a graph; {} of them rebuilt other launches",
+                c.checked, c.differed
+            );
+        }
         if let Some(p) = &self.profile {
             let mut rows: Vec<_> = p.total.iter().collect();
             rows.sort_by(|x, y| y.1 .1.total_cmp(&x.1 .1));

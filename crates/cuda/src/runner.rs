@@ -277,8 +277,8 @@ pub struct CudaRunner {
     mmq: bool,
     /// `HANGAR_CUDA_STEP_TIMES=1`: where graphed steps' wall time goes (runner/step_times.rs).
     step_times: Option<step_times::StepTimes>,
-    /// `HANGAR_CUDA_PINNED=1`: a step's uploads and its logits go through page-locked
-    /// staging, queued on the stream (src/pinned.rs).
+    /// A step's uploads and its logits go through page-locked staging, queued on the
+    /// stream (src/pinned.rs; off with `HANGAR_CUDA_PINNED=0`).
     pinned: Option<Pinned>,
     /// Blocks split-K attention aims for where (head, token) blocks are few
     /// (`attention_splits`): `ATT_SPLIT_TARGET_BLOCKS`, `HANGAR_CUDA_SPLITK=N` for A/B
@@ -1290,296 +1290,6 @@ impl CudaRunner {
                 None => return Err(CudaError::BadBatch("no activation buffer".into())),
             }
         }
-        let prepared = std::time::Instant::now();
-        let graphed = graphed && self.gpu.record();
-        // Embeddings.
-        if let (None, Some(embd)) = (&self.cpu, &self.embd) {
-            let (kind, rb, cols, wp) = (embd.kind, embd.row_bytes, embd.cols, embd.buf.ptr);
-            let args = Args::new()
-                .ptr(wp)
-                .u64(rb as u64)
-                .i32(cols as i32)
-                .ptr(tok_p)
-                .f32(cfg.embed_scale.unwrap_or(1.0))
-                .ptr(x);
-            self.gpu.launch(
-                &format!("embed_{kind}"),
-                (t_total as u32, 1, 1),
-                (128, 1, 1),
-                0,
-                args,
-            )?;
-        }
-        let neox = i32::from(cfg.rope_style == RopeStyle::Neox);
-        let eps = cfg.rms_eps;
-        let kv = self
-            .kv
-            .as_ref()
-            .ok_or_else(|| CudaError::BadBatch("KV cache not allocated".into()))?;
-        let (bs, kv_k, kv_v, kv_group): (usize, Vec<u64>, Vec<u64>, Vec<usize>) = (
-            kv.block_size,
-            kv.k.iter().map(|b| b.ptr).collect(),
-            kv.v.iter().map(|b| b.ptr).collect(),
-            kv.group.clone(),
-        );
-        let rope_ff = ptr(&self.rope_ff);
-        // Decode steps on the int8 GEMVs fuse launches (see `CudaRunner::fuse`): the
-        // residual add, the next norm and its quantization run as one kernel, so the
-        // first layer's norm is done here and each layer's last add does the next's.
-        let fused = self.fuse
-            && self.split
-            && self.gemv == GemvChoice::Int8
-            && self.act == ActRounding::Fine
-            && t_total < self.gemm_min
-            && d.is_multiple_of(32)
-            && d <= ADD_NORM_MAX;
-        // Fused, without taps: a norm not after a post-norm is deferred to the GEMVs
-        // that read it (runner/deferred.rs) where those are all int8 `mvs`/`mvp`.
-        let defer = fused && self.defer_norm && self.taps.is_none();
-        let n_layers = self.layers.len();
-        if fused && n_layers > 0 {
-            let w = self.layers[0].attn_norm.ptr;
-            if defer && self.all_int8(&[0, 1, 2]) {
-                self.add_q8s(x, 0, w, hbuf, t_total)?;
-            } else {
-                self.add_norm_q8(x, 0, 0, w, hbuf, t_total)?;
-            }
-        }
-        for li in 0..n_layers {
-            let (attn_norm, ffn_norm) =
-                (self.layers[li].attn_norm.ptr, self.layers[li].ffn_norm.ptr);
-            let l = &self.layers[li];
-            let (bq, bk, bv) = (ptr(&l.bq), ptr(&l.bk), ptr(&l.bv));
-            let (qn, kn) = (ptr(&l.q_norm), ptr(&l.k_norm));
-            let (pan, pfn) = (ptr(&l.post_attn_norm), ptr(&l.post_ffn_norm));
-            if !fused {
-                self.rmsnorm(x, attn_norm, hbuf, d, t_total, 0)?;
-            }
-            self.tap(li, Tap::AttnIn, hbuf, t_total * d)?;
-            if !(fused && self.fused_qkv(li, hbuf, t_total, [q, k, v])?) {
-                self.matmul(li * 8, hbuf, t_total, q)?;
-                self.matmul(li * 8 + 1, hbuf, t_total, k)?;
-                self.matmul(li * 8 + 2, hbuf, t_total, v)?;
-            }
-            for (bias, dst, n) in [(bq, q, qd), (bk, k, kvd), (bv, v, kvd)] {
-                if bias != 0 {
-                    let args = Args::new()
-                        .ptr(dst)
-                        .ptr(bias)
-                        .i32(n as i32)
-                        .i32(t_total as i32);
-                    self.elementwise("add_bias", n * t_total, args)?;
-                }
-            }
-            let local = cfg.local_layers[self.first + li];
-            let base = if local {
-                cfg.rope_base_local
-            } else {
-                cfg.rope_base
-            } as f64;
-            let g = kv_group[li];
-            let window = if local {
-                cfg.sliding_window.unwrap_or(0)
-            } else {
-                0
-            };
-            let max_n_l = if window > 0 { max_n.min(window) } else { max_n };
-            let (splits, chunk) = attention_splits(nh * t_total, max_n_l, self.split_k);
-            // Long prompts: the tiled kernel reads each K/V row once per 16 tokens
-            // (heads up to 128 wide).
-            let tiled = self.tiled
-                && splits == 1
-                && hd <= ATT_TILED_MAX_HEAD
-                && longest >= 16
-                && max_n_l >= ATT_TILED_MIN_POSITIONS;
-            // Decode with one token a sequence: the attention kernel does qk_rope's
-            // work itself (`attention_rope`), one launch fewer.
-            let att_rope = fused && self.att_rope && longest == 1 && splits == 1 && !tiled;
-            if !att_rope {
-                // Fused: the key-head blocks of qk_rope store K and V themselves.
-                let (kc, vc) = if fused { (kv_k[li], kv_v[li]) } else { (0, 0) };
-                let args = Args::new()
-                    .ptr(q)
-                    .ptr(k)
-                    .i32(nh as i32)
-                    .i32(nkv as i32)
-                    .i32(hd as i32)
-                    .ptr(qn)
-                    .ptr(kn)
-                    .f32(eps)
-                    .ptr(pos_p)
-                    .f64(base)
-                    .i32(cfg.rope_dims as i32)
-                    .ptr(rope_ff)
-                    .i32(neox)
-                    .ptr(v)
-                    .ptr(ts_p)
-                    .ptr(table_p[g])
-                    .i32(tstride[g] as i32)
-                    .i32(bs as i32)
-                    .ptr(kc)
-                    .ptr(vc);
-                self.gpu.launch(
-                    "qk_rope",
-                    ((nh + nkv) as u32, t_total as u32, 1),
-                    (128, 1, 1),
-                    0,
-                    args,
-                )?;
-            }
-            if !fused {
-                let args = Args::new()
-                    .ptr(k)
-                    .ptr(v)
-                    .i32(kvd as i32)
-                    .ptr(ts_p)
-                    .ptr(table_p[g])
-                    .i32(tstride[g] as i32)
-                    .i32(bs as i32)
-                    .ptr(kv_k[li])
-                    .ptr(kv_v[li]);
-                self.gpu
-                    .launch("kv_store", (t_total as u32, 1, 1), (256, 1, 1), 0, args)?;
-            }
-            // Fused: the attention kernel also writes its output's q8_1 copy for the
-            // output projection (whole warps hold whole 32-blocks when hd % 32 == 0).
-            let att_q = if fused && hd.is_multiple_of(32) && !tiled {
-                let xq = self.bufs.xq.get(&self.gpu, t_total * qd)?;
-                let xd = self.bufs.xd.get(&self.gpu, t_total * qd / 32 * 8)?;
-                (xq, xd)
-            } else {
-                (0, 0)
-            };
-            if splits > 1 {
-                split_attention(
-                    &mut self.gpu,
-                    [
-                        q, kv_k[li], kv_v[li], attn, ts_p, table_p[g], scores, att_ml, att_part,
-                    ],
-                    (nh, nkv, hd, t_total),
-                    (tstride[g], bs, window, max_n_l, splits, chunk),
-                    cfg.attn_scale,
-                    att_q,
-                )?;
-            } else if tiled {
-                let args = Args::new()
-                    .ptr(q)
-                    .ptr(kv_k[li])
-                    .ptr(kv_v[li])
-                    .ptr(attn)
-                    .i32(nh as i32)
-                    .i32(nkv as i32)
-                    .i32(hd as i32)
-                    .i32(t_total as i32)
-                    .ptr(ts_p)
-                    .ptr(table_p[g])
-                    .i32(tstride[g] as i32)
-                    .i32(bs as i32)
-                    .i32(window as i32)
-                    .f32(cfg.attn_scale);
-                // The tensor-core kernel (the default for heads of 64 and 128) takes
-                // the same arguments: 64 tokens and four warps a block instead of 16
-                // tokens and eight.
-                let (name, tokens, threads) = if self.att_mma && matches!(hd, 64 | 128) {
-                    (format!("attention_mma{hd}"), 64, 128)
-                } else {
-                    ("attention_tiled".to_string(), 16, 256)
-                };
-                self.gpu.launch(
-                    &name,
-                    (nh as u32, t_total.div_ceil(tokens) as u32, 1),
-                    (threads, 1, 1),
-                    0,
-                    args,
-                )?;
-            }
-            let sm_scores = max_n_l <= ATT_SMEM_SCORES;
-            let args = Args::new()
-                .ptr(q)
-                .ptr(kv_k[li])
-                .ptr(kv_v[li])
-                .ptr(attn)
-                .i32(nh as i32)
-                .i32(nkv as i32)
-                .i32(hd as i32)
-                .ptr(ts_p)
-                .ptr(table_p[g])
-                .i32(tstride[g] as i32)
-                .i32(bs as i32)
-                .i32(window as i32)
-                .f32(cfg.attn_scale)
-                .ptr(scores)
-                .i32(max_n_l as i32)
-                .ptr(att_q.0)
-                .ptr(att_q.1)
-                .i32(i32::from(sm_scores));
-            let (name, args) = if att_rope {
-                let args = args
-                    .ptr(k)
-                    .ptr(v)
-                    .ptr(qn)
-                    .ptr(kn)
-                    .f32(eps)
-                    .f64(base)
-                    .i32(cfg.rope_dims as i32)
-                    .ptr(rope_ff)
-                    .i32(neox);
-                ("attention_rope", args)
-            } else {
-                ("attention", args)
-            };
-            let smem = (1 + ATT_WARPS) * hd * F + if sm_scores { max_n_l * F } else { 0 };
-            if splits == 1 && !tiled {
-                self.gpu.launch(
-                    name,
-                    (nh as u32, t_total as u32, 1),
-                    (32 * ATT_WARPS as u32, 1, 1),
-                    smem as u32,
-                    args,
-                )?;
-            }
-            self.forget_quantized();
-            if att_q.0 != 0 {
-                self.set_q8((attn, t_total, qd, 0), att_q.0, att_q.1, 0);
-            }
-            self.tap(li, Tap::AttnOutIn, attn, t_total * qd)?;
-            self.matmul(li * 8 + 3, attn, t_total, o)?;
-            // Feed-forward.
-            if defer && pan == 0 && self.all_int8(&[li * 8 + 4, li * 8 + 5]) {
-                self.add_q8s(x, o, ffn_norm, hbuf, t_total)?;
-            } else if fused {
-                self.add_norm_q8(x, o, pan, ffn_norm, hbuf, t_total)?;
-            } else {
-                self.norm_add(x, o, pan, d, t_total)?;
-                self.rmsnorm(x, ffn_norm, hbuf, d, t_total, 0)?;
-            }
-            self.tap(li, Tap::FfnIn, hbuf, t_total * d)?;
-            if !(fused && self.fused_gate_up(li, hbuf, t_total, gate)?) {
-                self.matmul(li * 8 + 4, hbuf, t_total, gate)?;
-                self.matmul(li * 8 + 5, hbuf, t_total, up)?;
-                let n = (t_total * ff) as u64;
-                let act = match cfg.activation {
-                    Activation::GeluTanh => "gelu_mul",
-                    Activation::Silu => "silu_mul",
-                };
-                self.elementwise(act, n as usize, Args::new().ptr(gate).ptr(up).u64(n))?;
-            }
-            self.forget_quantized();
-            self.tap(li, Tap::FfnDownIn, gate, t_total * ff)?;
-            self.matmul(li * 8 + 6, gate, t_total, o)?;
-            let next = li + 1;
-            if fused && next < n_layers {
-                let w = self.layers[next].attn_norm.ptr;
-                let readers = [next * 8, next * 8 + 1, next * 8 + 2];
-                if defer && pfn == 0 && self.all_int8(&readers) {
-                    self.add_q8s(x, o, w, hbuf, t_total)?;
-                } else {
-                    self.add_norm_q8(x, o, pfn, w, hbuf, t_total)?;
-                }
-            } else {
-                self.norm_add(x, o, pfn, d, t_total)?;
-            }
-        }
         let m_logits = rows.len();
         let m_greedy = greedy_rows.len();
         let m_head = head_rows.len();
@@ -1596,25 +1306,338 @@ impl CudaRunner {
         self.head_results.clear();
         self.head_first = m_logits + m_greedy;
         let m = rows.len();
-        if m == 0 {
-            if graphed {
-                self.gpu.replay((t_total, 0))?;
-            }
-            self.gpu.sync()?;
-            return Ok(());
-        }
         let vocab = cfg.vocab_size;
-        let gpu = &self.gpu;
-        let sel = self.bufs.sel.get(gpu, m * d * F)?;
-        let rows_p = self.bufs.rows.get(gpu, m * 4)?;
-        let lg = self.bufs.logits.get(gpu, m * vocab * F)?;
-        put(&self.gpu, &mut self.pinned, &self.bufs.rows, &rows)?;
-        let on = self.out_norm.ptr;
-        self.rmsnorm(x, on, sel, d, m, rows_p)?;
-        self.matmul(usize::MAX, sel, m, lg)?;
-        if let Some(cap) = cfg.final_logit_softcap {
-            let n = (m * vocab) as u64;
-            self.elementwise("softcap", n as usize, Args::new().ptr(lg).u64(n).f32(cap))?;
+        let (sel, rows_p, lg) = if m > 0 {
+            let gpu = &self.gpu;
+            let sel = self.bufs.sel.get(gpu, m * d * F)?;
+            let rows_p = self.bufs.rows.get(gpu, m * 4)?;
+            let lg = self.bufs.logits.get(gpu, m * vocab * F)?;
+            put(&self.gpu, &mut self.pinned, &self.bufs.rows, &rows)?;
+            (sel, rows_p, lg)
+        } else {
+            (0, 0, 0)
+        };
+        // A graphed step's key: what its launches depend on besides the model, the
+        // runner's settings and the buffers' addresses (`has_current_graph` checks
+        // that no buffer moved). With a known key the launch list is not built again:
+        // building it took 106-159 us of host time an 8B token (run 49).
+        let mut key: Vec<u64> = [
+            t_total,
+            longest,
+            step.len(),
+            max_n,
+            m_logits,
+            m_greedy,
+            m_head,
+        ]
+        .iter()
+        .chain(&tstride)
+        .map(|&v| v as u64)
+        .collect();
+        key.push(u64::from(self.cpu.is_some()));
+        // (No int8 copy of an earlier step's activations is current.)
+        self.forget_quantized();
+        let prepared = std::time::Instant::now();
+        let reuse = graphed && self.gpu.has_current_graph(&key);
+        let graphed = graphed && (reuse || self.gpu.record());
+        if !reuse {
+            // Embeddings.
+            if let (None, Some(embd)) = (&self.cpu, &self.embd) {
+                let (kind, rb, cols, wp) = (embd.kind, embd.row_bytes, embd.cols, embd.buf.ptr);
+                let args = Args::new()
+                    .ptr(wp)
+                    .u64(rb as u64)
+                    .i32(cols as i32)
+                    .ptr(tok_p)
+                    .f32(cfg.embed_scale.unwrap_or(1.0))
+                    .ptr(x);
+                self.gpu.launch(
+                    &format!("embed_{kind}"),
+                    (t_total as u32, 1, 1),
+                    (128, 1, 1),
+                    0,
+                    args,
+                )?;
+            }
+            let neox = i32::from(cfg.rope_style == RopeStyle::Neox);
+            let eps = cfg.rms_eps;
+            let kv = self
+                .kv
+                .as_ref()
+                .ok_or_else(|| CudaError::BadBatch("KV cache not allocated".into()))?;
+            let (bs, kv_k, kv_v, kv_group): (usize, Vec<u64>, Vec<u64>, Vec<usize>) = (
+                kv.block_size,
+                kv.k.iter().map(|b| b.ptr).collect(),
+                kv.v.iter().map(|b| b.ptr).collect(),
+                kv.group.clone(),
+            );
+            let rope_ff = ptr(&self.rope_ff);
+            // Decode steps on the int8 GEMVs fuse launches (see `CudaRunner::fuse`): the
+            // residual add, the next norm and its quantization run as one kernel, so the
+            // first layer's norm is done here and each layer's last add does the next's.
+            let fused = self.fuse
+                && self.split
+                && self.gemv == GemvChoice::Int8
+                && self.act == ActRounding::Fine
+                && t_total < self.gemm_min
+                && d.is_multiple_of(32)
+                && d <= ADD_NORM_MAX;
+            // Fused, without taps: a norm not after a post-norm is deferred to the GEMVs
+            // that read it (runner/deferred.rs) where those are all int8 `mvs`/`mvp`.
+            let defer = fused && self.defer_norm && self.taps.is_none();
+            let n_layers = self.layers.len();
+            if fused && n_layers > 0 {
+                let w = self.layers[0].attn_norm.ptr;
+                if defer && self.all_int8(&[0, 1, 2]) {
+                    self.add_q8s(x, 0, w, hbuf, t_total)?;
+                } else {
+                    self.add_norm_q8(x, 0, 0, w, hbuf, t_total)?;
+                }
+            }
+            for li in 0..n_layers {
+                let (attn_norm, ffn_norm) =
+                    (self.layers[li].attn_norm.ptr, self.layers[li].ffn_norm.ptr);
+                let l = &self.layers[li];
+                let (bq, bk, bv) = (ptr(&l.bq), ptr(&l.bk), ptr(&l.bv));
+                let (qn, kn) = (ptr(&l.q_norm), ptr(&l.k_norm));
+                let (pan, pfn) = (ptr(&l.post_attn_norm), ptr(&l.post_ffn_norm));
+                if !fused {
+                    self.rmsnorm(x, attn_norm, hbuf, d, t_total, 0)?;
+                }
+                self.tap(li, Tap::AttnIn, hbuf, t_total * d)?;
+                if !(fused && self.fused_qkv(li, hbuf, t_total, [q, k, v])?) {
+                    self.matmul(li * 8, hbuf, t_total, q)?;
+                    self.matmul(li * 8 + 1, hbuf, t_total, k)?;
+                    self.matmul(li * 8 + 2, hbuf, t_total, v)?;
+                }
+                for (bias, dst, n) in [(bq, q, qd), (bk, k, kvd), (bv, v, kvd)] {
+                    if bias != 0 {
+                        let args = Args::new()
+                            .ptr(dst)
+                            .ptr(bias)
+                            .i32(n as i32)
+                            .i32(t_total as i32);
+                        self.elementwise("add_bias", n * t_total, args)?;
+                    }
+                }
+                let local = cfg.local_layers[self.first + li];
+                let base = if local {
+                    cfg.rope_base_local
+                } else {
+                    cfg.rope_base
+                } as f64;
+                let g = kv_group[li];
+                let window = if local {
+                    cfg.sliding_window.unwrap_or(0)
+                } else {
+                    0
+                };
+                let max_n_l = if window > 0 { max_n.min(window) } else { max_n };
+                let (splits, chunk) = attention_splits(nh * t_total, max_n_l, self.split_k);
+                // Long prompts: the tiled kernel reads each K/V row once per 16 tokens
+                // (heads up to 128 wide).
+                let tiled = self.tiled
+                    && splits == 1
+                    && hd <= ATT_TILED_MAX_HEAD
+                    && longest >= 16
+                    && max_n_l >= ATT_TILED_MIN_POSITIONS;
+                // Decode with one token a sequence: the attention kernel does qk_rope's
+                // work itself (`attention_rope`), one launch fewer.
+                let att_rope = fused && self.att_rope && longest == 1 && splits == 1 && !tiled;
+                if !att_rope {
+                    // Fused: the key-head blocks of qk_rope store K and V themselves.
+                    let (kc, vc) = if fused { (kv_k[li], kv_v[li]) } else { (0, 0) };
+                    let args = Args::new()
+                        .ptr(q)
+                        .ptr(k)
+                        .i32(nh as i32)
+                        .i32(nkv as i32)
+                        .i32(hd as i32)
+                        .ptr(qn)
+                        .ptr(kn)
+                        .f32(eps)
+                        .ptr(pos_p)
+                        .f64(base)
+                        .i32(cfg.rope_dims as i32)
+                        .ptr(rope_ff)
+                        .i32(neox)
+                        .ptr(v)
+                        .ptr(ts_p)
+                        .ptr(table_p[g])
+                        .i32(tstride[g] as i32)
+                        .i32(bs as i32)
+                        .ptr(kc)
+                        .ptr(vc);
+                    self.gpu.launch(
+                        "qk_rope",
+                        ((nh + nkv) as u32, t_total as u32, 1),
+                        (128, 1, 1),
+                        0,
+                        args,
+                    )?;
+                }
+                if !fused {
+                    let args = Args::new()
+                        .ptr(k)
+                        .ptr(v)
+                        .i32(kvd as i32)
+                        .ptr(ts_p)
+                        .ptr(table_p[g])
+                        .i32(tstride[g] as i32)
+                        .i32(bs as i32)
+                        .ptr(kv_k[li])
+                        .ptr(kv_v[li]);
+                    self.gpu
+                        .launch("kv_store", (t_total as u32, 1, 1), (256, 1, 1), 0, args)?;
+                }
+                // Fused: the attention kernel also writes its output's q8_1 copy for the
+                // output projection (whole warps hold whole 32-blocks when hd % 32 == 0).
+                let att_q = if fused && hd.is_multiple_of(32) && !tiled {
+                    let xq = self.bufs.xq.get(&self.gpu, t_total * qd)?;
+                    let xd = self.bufs.xd.get(&self.gpu, t_total * qd / 32 * 8)?;
+                    (xq, xd)
+                } else {
+                    (0, 0)
+                };
+                if splits > 1 {
+                    split_attention(
+                        &mut self.gpu,
+                        [
+                            q, kv_k[li], kv_v[li], attn, ts_p, table_p[g], scores, att_ml, att_part,
+                        ],
+                        (nh, nkv, hd, t_total),
+                        (tstride[g], bs, window, max_n_l, splits, chunk),
+                        cfg.attn_scale,
+                        att_q,
+                    )?;
+                } else if tiled {
+                    let args = Args::new()
+                        .ptr(q)
+                        .ptr(kv_k[li])
+                        .ptr(kv_v[li])
+                        .ptr(attn)
+                        .i32(nh as i32)
+                        .i32(nkv as i32)
+                        .i32(hd as i32)
+                        .i32(t_total as i32)
+                        .ptr(ts_p)
+                        .ptr(table_p[g])
+                        .i32(tstride[g] as i32)
+                        .i32(bs as i32)
+                        .i32(window as i32)
+                        .f32(cfg.attn_scale);
+                    // The tensor-core kernel (the default for heads of 64 and 128) takes
+                    // the same arguments: 64 tokens and four warps a block instead of 16
+                    // tokens and eight.
+                    let (name, tokens, threads) = if self.att_mma && matches!(hd, 64 | 128) {
+                        (format!("attention_mma{hd}"), 64, 128)
+                    } else {
+                        ("attention_tiled".to_string(), 16, 256)
+                    };
+                    self.gpu.launch(
+                        &name,
+                        (nh as u32, t_total.div_ceil(tokens) as u32, 1),
+                        (threads, 1, 1),
+                        0,
+                        args,
+                    )?;
+                }
+                let sm_scores = max_n_l <= ATT_SMEM_SCORES;
+                let args = Args::new()
+                    .ptr(q)
+                    .ptr(kv_k[li])
+                    .ptr(kv_v[li])
+                    .ptr(attn)
+                    .i32(nh as i32)
+                    .i32(nkv as i32)
+                    .i32(hd as i32)
+                    .ptr(ts_p)
+                    .ptr(table_p[g])
+                    .i32(tstride[g] as i32)
+                    .i32(bs as i32)
+                    .i32(window as i32)
+                    .f32(cfg.attn_scale)
+                    .ptr(scores)
+                    .i32(max_n_l as i32)
+                    .ptr(att_q.0)
+                    .ptr(att_q.1)
+                    .i32(i32::from(sm_scores));
+                let (name, args) = if att_rope {
+                    let args = args
+                        .ptr(k)
+                        .ptr(v)
+                        .ptr(qn)
+                        .ptr(kn)
+                        .f32(eps)
+                        .f64(base)
+                        .i32(cfg.rope_dims as i32)
+                        .ptr(rope_ff)
+                        .i32(neox);
+                    ("attention_rope", args)
+                } else {
+                    ("attention", args)
+                };
+                let smem = (1 + ATT_WARPS) * hd * F + if sm_scores { max_n_l * F } else { 0 };
+                if splits == 1 && !tiled {
+                    self.gpu.launch(
+                        name,
+                        (nh as u32, t_total as u32, 1),
+                        (32 * ATT_WARPS as u32, 1, 1),
+                        smem as u32,
+                        args,
+                    )?;
+                }
+                self.forget_quantized();
+                if att_q.0 != 0 {
+                    self.set_q8((attn, t_total, qd, 0), att_q.0, att_q.1, 0);
+                }
+                self.tap(li, Tap::AttnOutIn, attn, t_total * qd)?;
+                self.matmul(li * 8 + 3, attn, t_total, o)?;
+                // Feed-forward.
+                if defer && pan == 0 && self.all_int8(&[li * 8 + 4, li * 8 + 5]) {
+                    self.add_q8s(x, o, ffn_norm, hbuf, t_total)?;
+                } else if fused {
+                    self.add_norm_q8(x, o, pan, ffn_norm, hbuf, t_total)?;
+                } else {
+                    self.norm_add(x, o, pan, d, t_total)?;
+                    self.rmsnorm(x, ffn_norm, hbuf, d, t_total, 0)?;
+                }
+                self.tap(li, Tap::FfnIn, hbuf, t_total * d)?;
+                if !(fused && self.fused_gate_up(li, hbuf, t_total, gate)?) {
+                    self.matmul(li * 8 + 4, hbuf, t_total, gate)?;
+                    self.matmul(li * 8 + 5, hbuf, t_total, up)?;
+                    let n = (t_total * ff) as u64;
+                    let act = match cfg.activation {
+                        Activation::GeluTanh => "gelu_mul",
+                        Activation::Silu => "silu_mul",
+                    };
+                    self.elementwise(act, n as usize, Args::new().ptr(gate).ptr(up).u64(n))?;
+                }
+                self.forget_quantized();
+                self.tap(li, Tap::FfnDownIn, gate, t_total * ff)?;
+                self.matmul(li * 8 + 6, gate, t_total, o)?;
+                let next = li + 1;
+                if fused && next < n_layers {
+                    let w = self.layers[next].attn_norm.ptr;
+                    let readers = [next * 8, next * 8 + 1, next * 8 + 2];
+                    if defer && pfn == 0 && self.all_int8(&readers) {
+                        self.add_q8s(x, o, w, hbuf, t_total)?;
+                    } else {
+                        self.add_norm_q8(x, o, pfn, w, hbuf, t_total)?;
+                    }
+                } else {
+                    self.norm_add(x, o, pfn, d, t_total)?;
+                }
+            }
+            if m > 0 {
+                let on = self.out_norm.ptr;
+                self.rmsnorm(x, on, sel, d, m, rows_p)?;
+                self.matmul(usize::MAX, sel, m, lg)?;
+                if let Some(cap) = cfg.final_logit_softcap {
+                    let n = (m * vocab) as u64;
+                    self.elementwise("softcap", n as usize, Args::new().ptr(lg).u64(n).f32(cap))?;
+                }
+            }
         }
         let recorded = std::time::Instant::now();
         let mut timed = None;
@@ -1623,10 +1646,21 @@ impl CudaRunner {
                 Some(_) => Some(self.gpu.event_now()?),
                 None => None,
             };
-            self.gpu.replay((t_total, m))?;
+            if reuse {
+                self.gpu.launch_graph(&key)?;
+            } else {
+                self.gpu.replay(key)?;
+            }
             if let Some(a) = a {
                 timed = Some((a, self.gpu.event_now()?, std::time::Instant::now()));
             }
+        }
+        if m == 0 {
+            self.gpu.sync()?;
+            if let Some(p) = self.pinned.as_mut() {
+                p.done();
+            }
+            return Ok(());
         }
         if m_greedy > 0 {
             self.pick_greedy(lg, m_logits, m_greedy)?;
