@@ -57,10 +57,10 @@ echo "== (t=$SECONDS) device-check 8B (must equal run 49: 62/64, 61/64, 0.8456)"
 for x in RUN=50 HANGAR_CUDA_REUSE=0; do
   env $x timeout 90 $H device-check -m $W/l8b.gguf --tokens 64 --greedy 8 -t 16 2>&1 | grep -E "^teacher|^gpu prefill|warning|rror|panic" | sed "s/^/[$x] /"
 done
-echo "== (t=$SECONDS) step times, 8B x1 and x8, 1B x1"
+echo "== (t=$SECONDS) step times (=2: each graph also runs again queued behind itself; tg figures here are not speeds), 8B x1 and x8, 1B x1"
 for m in l8b:1 l8b:8 l1b:1; do
   for x in RUN=50 HANGAR_CUDA_REUSE=0 HANGAR_CUDA_PDL=0; do
-    env $x HANGAR_CUDA_STEP_TIMES=1 timeout 60 $H bench -m $W/${m%:*}.gguf --device cuda --pp 0 --tg 128 --batch ${m#*:} -r 3 2>&1 \
+    env $x HANGAR_CUDA_STEP_TIMES=2 timeout 60 $H bench -m $W/${m%:*}.gguf --device cuda --pp 0 --tg 128 --batch ${m#*:} -r 3 2>&1 \
       | grep -E "^\| tg|STEP_TIMES|rror|panic" | sed "s/^/$m [$x] /"
   done
 done

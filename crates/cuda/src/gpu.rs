@@ -765,7 +765,7 @@ impl Gpu {
     /// Runs the recorded launches: as the graph captured for `key` when they equal its
     /// launches (only buffer contents changed), else captured into a new graph first.
     /// A failed capture turns graphs off and issues the launches one by one.
-    pub fn replay(&mut self, key: Vec<u64>) -> Result<(), CudaError> {
+    pub fn replay(&mut self, key: &[u64]) -> Result<(), CudaError> {
         let Some(list) = self.rec.take() else {
             return Ok(());
         };
@@ -776,7 +776,7 @@ impl Gpu {
                 c.checked += 1;
                 let same = self
                     .graphs
-                    .get(&key)
+                    .get(key)
                     .is_some_and(|g| g.launches == list && g.epoch == epoch);
                 if !same {
                     if c.differed == 0 {
@@ -786,7 +786,7 @@ impl Gpu {
                 }
             }
         }
-        if let Some(g) = self.graphs.get_mut(&key) {
+        if let Some(g) = self.graphs.get_mut(key) {
             if g.launches == list {
                 g.epoch = epoch;
                 // SAFETY: an instantiated graph of this context, on its stream.
@@ -801,7 +801,7 @@ impl Gpu {
                     self.clear_graphs();
                 }
                 if let Some(old) = self.graphs.insert(
-                    key,
+                    key.to_vec(),
                     Graph {
                         launches: list,
                         exec,

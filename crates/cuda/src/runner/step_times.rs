@@ -3,7 +3,9 @@
 //! 8B token when every GEMV was dropped. This splits a step's wall time into the
 //! engine's time between steps, the host's preparation and uploads, recording the
 //! launches, the graph launch call, the graph on the GPU (events around it) and the
-//! work after it (the greedy pick, the copies back).
+//! work after it (the greedy pick, the copies back). `=2` also runs each graph a
+//! second time, queued behind the first: its GPU time has no wait for the host's
+//! launch call in it, so the difference is what the launch call costs the GPU.
 
 use std::time::Instant;
 
@@ -14,6 +16,10 @@ pub(super) struct StepTimes {
     host: [f64; 5],
     /// Milliseconds of the graph on the GPU, summed.
     gpu_ms: f64,
+    /// `HANGAR_CUDA_STEP_TIMES=2`: each graph runs again, queued behind itself.
+    pub twice: bool,
+    /// Milliseconds of those second runs, summed.
+    queued_ms: f64,
     last_end: Option<Instant>,
 }
 
@@ -28,10 +34,17 @@ pub(super) struct StepMarks {
 
 impl StepTimes {
     pub fn from_env() -> Option<Self> {
-        (std::env::var("HANGAR_CUDA_STEP_TIMES").as_deref() == Ok("1")).then(Self::default)
+        match std::env::var("HANGAR_CUDA_STEP_TIMES").as_deref() {
+            Ok("1") => Some(Self::default()),
+            Ok("2") => Some(Self {
+                twice: true,
+                ..Self::default()
+            }),
+            _ => None,
+        }
     }
 
-    pub fn add(&mut self, m: &StepMarks, gpu_ms: f64) {
+    pub fn add(&mut self, m: &StepMarks, gpu_ms: f64, queued_ms: Option<f64>) {
         let us = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e6;
         // The first step has no step before it: its gap is not counted.
         let between = self.last_end.map_or(0.0, |e| us(e, m.entry));
@@ -46,6 +59,7 @@ impl StepTimes {
             *h += p;
         }
         self.gpu_ms += gpu_ms;
+        self.queued_ms += queued_ms.unwrap_or(0.0);
         self.steps += 1;
         self.last_end = Some(m.end);
     }
@@ -67,7 +81,14 @@ impl StepTimes {
                 h[3] / n,
                 h[4] / n,
                 1000.0 * self.gpu_ms / n
-            )
+            ) + &if self.twice {
+                format!(
+                    " | the graph again, queued behind itself {:.1}",
+                    1000.0 * self.queued_ms / n
+                )
+            } else {
+                String::new()
+            }
         })
     }
 }
@@ -97,8 +118,8 @@ mod tests {
             launched: at(b, s + 45),
             end: at(b, s + 3045),
         };
-        t.add(&marks(0), 2.9);
-        t.add(&marks(3145), 2.9);
+        t.add(&marks(0), 2.9, None);
+        t.add(&marks(3145), 2.9, None);
         let r = t.report().expect("two steps");
         assert!(r.contains("2 graphed steps"), "{r}");
         assert!(r.contains("between steps 100.0"), "{r}");
@@ -107,6 +128,11 @@ mod tests {
         assert!(r.contains("graph launch call 5.0"), "{r}");
         assert!(r.contains("until the sync) 3000.0"), "{r}");
         assert!(r.contains("graph on the GPU 2900.0"), "{r}");
+        assert!(!r.contains("queued"), "{r}");
+        t.twice = true;
+        t.add(&marks(6290), 2.9, Some(2.6));
+        let r = t.report().expect("three steps");
+        assert!(r.contains("queued behind itself 866.7"), "{r}");
         t.steps = 0;
         assert!(t.report().is_none());
     }
