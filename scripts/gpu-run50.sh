@@ -8,7 +8,8 @@
 #   1. REUSE=check over the tiny models, the 270M shape, batch invariance, a server
 #      and the 8B/1B benches: every reusable step must rebuild the same launches.
 #   2. device-check of the 8B: must equal run 49's 62/64, 61/64, 0.8456.
-#   3. step times (default, REUSE=0, PDL=0), tg128 alternated, and the anchor.
+#   3. step times (default, REUSE=0, PDL=0, GRAPH_PARTS=4: the step in four graphs),
+#      tg128 alternated, and the anchor.
 # One call carrying .gpu/fin (hangar.xz) and .gpu/anchor:
 #   bash scripts/gpu-run50.sh
 set -u
@@ -54,19 +55,21 @@ for m in l8b l1b; do
   done
 done
 echo "== (t=$SECONDS) device-check 8B (must equal run 49: 62/64, 61/64, 0.8456)"
-for x in RUN=50 HANGAR_CUDA_REUSE=0; do
+for x in RUN=50; do
   env $x timeout 90 $H device-check -m $W/l8b.gguf --tokens 64 --greedy 8 -t 16 2>&1 | grep -E "^teacher|^gpu prefill|warning|rror|panic" | sed "s/^/[$x] /"
 done
 echo "== (t=$SECONDS) step times (=2: each graph also runs again queued behind itself; tg figures here are not speeds), 8B x1 and x8, 1B x1"
-for m in l8b:1 l8b:8 l1b:1; do
-  for x in RUN=50 HANGAR_CUDA_REUSE=0 HANGAR_CUDA_PDL=0; do
+for mx in l8b:1:RUN=50 l8b:1:HANGAR_CUDA_REUSE=0 l8b:1:HANGAR_CUDA_PDL=0 l8b:1:HANGAR_CUDA_GRAPH_PARTS=4 \
+  l8b:8:RUN=50 l8b:8:HANGAR_CUDA_GRAPH_PARTS=4 l1b:1:RUN=50 l1b:1:HANGAR_CUDA_GRAPH_PARTS=4; do
+  m=${mx%:*}; x=${mx##*:}
+  for _ in 1; do
     env $x HANGAR_CUDA_STEP_TIMES=2 timeout 60 $H bench -m $W/${m%:*}.gguf --device cuda --pp 0 --tg 128 --batch ${m#*:} -r 3 2>&1 \
       | grep -E "^\| tg|STEP_TIMES|rror|panic" | sed "s/^/$m [$x] /"
   done
 done
 echo "== (t=$SECONDS) tg128 alternated (OLD: run 49's default)"
-for r in 1 2 3; do
-  for x in RUN=50 HANGAR_CUDA_REUSE=0 OLD; do
+for r in 1 2; do
+  for x in RUN=50 HANGAR_CUDA_REUSE=0 OLD HANGAR_CUDA_GRAPH_PARTS=4; do
     v=$x; [ $x = OLD ] && v="HANGAR_CUDA_REUSE=0 HANGAR_CUDA_PINNED=0"
     env $v timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 128 -r 3 2>&1 | grep -E "^\| tg|rror" | sed "s/^/8B [$x] /"
   done
