@@ -127,26 +127,27 @@ impl Pinned {
         unsafe { gpu.htod_async(dst, staged) }
     }
 
-    /// Copies `out.len()` values from device address `src` back (after the work
-    /// queued so far), through the page-locked `down` buffer.
-    pub fn download<T: Copy>(
+    /// Appends `n` floats from device address `src` to `out` (after the work queued
+    /// so far), through the page-locked `down` buffer.
+    pub fn download_append(
         &mut self,
         gpu: &mut Gpu,
         src: u64,
-        out: &mut [T],
+        n: usize,
+        out: &mut Vec<f32>,
     ) -> Result<(), CudaError> {
-        let n = std::mem::size_of_val(out);
         if n == 0 {
             return Ok(());
         }
-        self.down.reserve(gpu, n)?;
-        // SAFETY: `down` holds at least `n` bytes; the copy lands before the sync
-        // returns, and only then are the bytes read.
+        let bytes = n * std::mem::size_of::<f32>();
+        self.down.reserve(gpu, bytes)?;
+        // SAFETY: `down` holds at least `bytes` bytes, page-aligned (so aligned for
+        // f32); the copy lands before the sync returns, and only then are they read.
         unsafe {
-            let staged = std::slice::from_raw_parts_mut(self.down.ptr, n);
+            let staged = std::slice::from_raw_parts_mut(self.down.ptr, bytes);
             gpu.dtoh_async(staged, src)?;
             gpu.sync()?;
-            std::ptr::copy_nonoverlapping(self.down.ptr, out.as_mut_ptr().cast::<u8>(), n);
+            out.extend_from_slice(std::slice::from_raw_parts(self.down.ptr.cast::<f32>(), n));
         }
         Ok(())
     }

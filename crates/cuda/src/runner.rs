@@ -1682,13 +1682,17 @@ impl CudaRunner {
         if m_head > 0 {
             self.sample_heads(lg, m_logits + m_greedy)?;
         }
-        logits.resize(m_logits * vocab, 0.0);
+        let n_logits = m_logits * vocab;
         if m_logits > 0 {
             match (self.bufs.logits.buf(), self.pinned.as_mut()) {
-                (Some(buf), Some(p)) if buf.bytes >= logits.len() * F => {
-                    p.download(&mut self.gpu, buf.ptr, &mut logits[..])?
+                // (Appended from the staging: no pass that zeroes the rows first.)
+                (Some(buf), Some(p)) if buf.bytes >= n_logits * F => {
+                    p.download_append(&mut self.gpu, buf.ptr, n_logits, logits)?
                 }
-                (Some(buf), _) => buf.read(&mut logits[..])?,
+                (Some(buf), _) => {
+                    logits.resize(n_logits, 0.0);
+                    buf.read(&mut logits[..])?
+                }
                 (None, _) => return Err(CudaError::BadBatch("no logits buffer".into())),
             }
         }
