@@ -309,8 +309,7 @@ struct Launch {
 /// An instantiated graph and the launches it was captured from.
 struct Graph {
     launches: Vec<Launch>,
-    /// The launches in `graph_parts` consecutive graphs (one unless set).
-    execs: Vec<sys::CUgraphExec>,
+    exec: sys::CUgraphExec,
     /// [`memory_epoch`] when its launches were last recorded (or found equal).
     epoch: u64,
 }
@@ -334,26 +333,8 @@ struct ReuseCheck {
     differed: usize,
 }
 
-/// Graphs kept per key (token count, logits rows) before the cache is cleared.
+/// Graphs kept (one a step key) before the cache is cleared.
 const MAX_GRAPHS: usize = 64;
-
-/// Launches a step's graphs in order on `stream`.
-fn launch_execs(execs: &[sys::CUgraphExec], stream: sys::CUstream) -> Result<(), CudaError> {
-    for &e in execs {
-        // SAFETY: an instantiated graph of this context, on its stream.
-        unsafe { sys::cuGraphLaunch(e, stream) }
-            .result()
-            .map_err(drv("cuGraphLaunch"))?;
-    }
-    Ok(())
-}
-
-fn destroy_execs(execs: &[sys::CUgraphExec]) {
-    for &e in execs {
-        // SAFETY: instantiated once, destroyed once (its `Graph` is gone).
-        let _ = unsafe { sys::cuGraphExecDestroy(e) };
-    }
-}
 
 /// Milliseconds from event `a` to `b` (both from [`Gpu::event_now`], the stream
 /// synchronized since); destroys both.
@@ -387,9 +368,6 @@ pub(crate) struct Gpu {
     graphs: HashMap<Vec<u64>, Graph>,
     reuse: Reuse,
     reuse_check: ReuseCheck,
-    /// `HANGAR_CUDA_GRAPH_PARTS=N` (1-16, default 1): a step's launches in N graphs,
-    /// so the GPU starts on the first while the host launches the rest.
-    graph_parts: usize,
     /// Graph capture off (`HANGAR_CUDA_GRAPHS=0`, or a capture failed once).
     graphs_off: bool,
     /// Programmatic dependent launch (sm_90+, unless `HANGAR_CUDA_PDL=0`): each kernel
@@ -441,10 +419,6 @@ impl Gpu {
                 _ => Reuse::On,
             },
             reuse_check: ReuseCheck::default(),
-            graph_parts: std::env::var("HANGAR_CUDA_GRAPH_PARTS")
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .map_or(1, |n| n.clamp(1, 16)),
             graphs_off: std::env::var("HANGAR_CUDA_GRAPHS").as_deref() == Ok("0"),
             pdl: major >= 9 && std::env::var("HANGAR_CUDA_PDL").as_deref() != Ok("0"),
             profile: None,
@@ -782,7 +756,10 @@ impl Gpu {
             .graphs
             .get(key)
             .ok_or_else(|| CudaError::BadLaunch("no graph recorded for this step".into()))?;
-        launch_execs(&g.execs, self.stream)
+        // SAFETY: an instantiated graph of this context, on its stream.
+        unsafe { sys::cuGraphLaunch(g.exec, self.stream) }
+            .result()
+            .map_err(drv("cuGraphLaunch"))
     }
 
     /// Runs the recorded launches: as the graph captured for `key` when they equal its
@@ -812,24 +789,14 @@ impl Gpu {
         if let Some(g) = self.graphs.get_mut(key) {
             if g.launches == list {
                 g.epoch = epoch;
-                return launch_execs(&g.execs, self.stream);
+                // SAFETY: an instantiated graph of this context, on its stream.
+                return unsafe { sys::cuGraphLaunch(g.exec, self.stream) }
+                    .result()
+                    .map_err(drv("cuGraphLaunch"));
             }
         }
-        let part = list.len().div_ceil(self.graph_parts).max(1);
-        let mut execs = Vec::new();
-        let mut captured = Ok(());
-        for c in list.chunks(part) {
-            match self.capture(c) {
-                Ok(e) => execs.push(e),
-                Err(e) => {
-                    destroy_execs(&execs);
-                    captured = Err(e);
-                    break;
-                }
-            }
-        }
-        match captured.map(|()| execs) {
-            Ok(execs) => {
+        match self.capture(&list) {
+            Ok(exec) => {
                 if self.graphs.len() >= MAX_GRAPHS {
                     self.clear_graphs();
                 }
@@ -837,14 +804,18 @@ impl Gpu {
                     key.to_vec(),
                     Graph {
                         launches: list,
-                        execs,
+                        exec,
                         epoch: memory_epoch(),
                     },
                 ) {
-                    // (No launch uses it now: the stream is ordered.)
-                    destroy_execs(&old.execs);
+                    // SAFETY: instantiated once, destroyed once (no launch uses it now:
+                    // the stream is ordered).
+                    let _ = unsafe { sys::cuGraphExecDestroy(old.exec) };
                 }
-                launch_execs(&self.graphs[key].execs, self.stream)
+                // SAFETY: as above.
+                unsafe { sys::cuGraphLaunch(exec, self.stream) }
+                    .result()
+                    .map_err(drv("cuGraphLaunch"))
             }
             Err(e) => {
                 eprintln!("warning: CUDA graph capture failed ({e}); launching kernels one by one from now on");
@@ -891,7 +862,8 @@ impl Gpu {
 
     fn clear_graphs(&mut self) {
         for (_, g) in self.graphs.drain() {
-            destroy_execs(&g.execs);
+            // SAFETY: instantiated once, destroyed once.
+            let _ = unsafe { sys::cuGraphExecDestroy(g.exec) };
         }
     }
 
