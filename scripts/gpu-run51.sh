@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU run 51 (sixteenth session): run 50's decode (1.37x llama.cpp in the same call)
-# on another machine, with the same-call anchor. While llama.cpp builds: a device-check
-# of the 8B and tg128 alternated against run 49's default (OLD). Then, on a quiet
-# machine, llama-bench and Hangar on the same file. One call carrying .gpu/fin and
+# on another machine, with the same-call anchor. While llama.cpp builds: tg128
+# alternated against run 49's default (OLD). Then, on a quiet machine, llama-bench and
+# Hangar on the same file. (Sized for the ~360 s of device time the session had left.) One call carrying .gpu/fin and
 # .gpu/anchor:
 #   bash scripts/gpu-run51.sh
 set -u
@@ -12,17 +12,12 @@ gpu_setup
 anchor_build_bg
 gpu_info
 synth_once l8b --arch llama --preset llama-3-8b --type Q4_K_M -t ${SYNTH_THREADS:-14}
-echo "== (t=$SECONDS) device-check 8B (run 50: 62/64, 61/64, 0.8456)"
-timeout 90 $H device-check -m $W/l8b.gguf --tokens 64 --greedy 8 -t 16 2>&1 | grep -E "^teacher|^gpu prefill|warning|rror|panic"
-echo "== (t=$SECONDS) tg128 alternated (OLD: run 49's default) while llama.cpp builds"
-for r in 1 2; do
-  for x in RUN=51 OLD; do
-    v=$x; [ $x = OLD ] && v="HANGAR_CUDA_REUSE=0 HANGAR_CUDA_PINNED=0"
-    env $v timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 128 -r 3 2>&1 | grep -E "^\| tg|rror" | sed "s/^/8B [$x] /"
-  done
+echo "== (t=$SECONDS) while llama.cpp builds: tg128 alternated (OLD: run 49's default), then pp512"
+for x in RUN=51 OLD RUN=51 OLD; do
+  v=$x; [ $x = OLD ] && v="HANGAR_CUDA_REUSE=0 HANGAR_CUDA_PINNED=0"
+  env $v timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 0 --tg 128 -r 3 2>&1 | grep -E "^\| tg|rror" | sed "s/^/8B [$x] /"
 done
 echo "== (t=$SECONDS) $(anchor_wait); quiet machine from here"
 anchor_bench $W/l8b.gguf
 timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 512 --tg 128 -r 3 2>&1 | grep -E "^\| (pp|tg)" | sed "s/^/hangar 8B /"
-anchor_bench $W/l8b.gguf | grep tg128
 echo "== done at $SECONDS s"
