@@ -1235,6 +1235,10 @@ impl CudaRunner {
                 4 * n_rows,
             ];
             sizes.extend(flat.iter().map(|v| 4 * v.len()));
+            // The greedy pick's skip lists (`pick_greedy`).
+            let n_greedy = greedy_rows.len();
+            let skip_ids: usize = self.greedy_skips.iter().take(n_greedy).map(Vec::len).sum();
+            sizes.extend([4 * (n_greedy + 1), 4 * skip_ids]);
             p.begin(&mut self.gpu, Pinned::room(&sizes))?;
         }
         let gpu = &self.gpu;
@@ -1731,10 +1735,10 @@ impl CudaRunner {
         let off_p = b.skip_off.get(gpu, (n + 1) * 4)?;
         let ids_p = b.skip_ids.get(gpu, ids.len().max(1) * 4)?;
         let skipped_p = b.skipped.get(gpu, ids.len().max(1) * F)?;
-        b.skip_off.buf().map(|buf| buf.write(&off)).transpose()?;
-        if !ids.is_empty() {
-            b.skip_ids.buf().map(|buf| buf.write(&ids)).transpose()?;
-        }
+        // Queued behind the step's graph through the staging: the host does not wait
+        // for the graph before the pick is launched.
+        put(&self.gpu, &mut self.pinned, &b.skip_off, &off)?;
+        put(&self.gpu, &mut self.pinned, &b.skip_ids, &ids)?;
         let smem = if ids.is_empty() {
             0
         } else {
