@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # GPU run 51 (sixteenth session): run 50's decode (1.37x llama.cpp in the same call)
-# on another machine, with the same-call anchor. While llama.cpp builds: tg128
-# alternated against run 49's default (OLD), after a device-check of the greedy pick
-# (its skip lists now go through the page-locked staging). Then, on a quiet machine, llama-bench and
-# Hangar on the same file. (Sized for the ~360 s of device time the session had left.) One call carrying .gpu/fin and
-# .gpu/anchor:
+# on another machine, with the same-call anchor. First a device-check of the greedy
+# pick (its skip lists now go through the page-locked staging); while llama.cpp
+# builds, tg128 alternated against run 49's default (OLD); then, on a quiet machine,
+# llama-bench and Hangar on the same file. Sized for the ~360 s of device time the
+# session had left. One call carrying .gpu/fin and .gpu/anchor:
 #   bash scripts/gpu-run51.sh
 set -u
 cd "$(dirname "$0")/.."
