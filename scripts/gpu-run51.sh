@@ -9,10 +9,7 @@
 set -u
 cd "$(dirname "$0")/.."
 . scripts/gpu-lib.sh
-gpu_setup
-anchor_build_bg
-gpu_info
-synth_once l8b --arch llama --preset llama-3-8b --type Q4_K_M -t ${SYNTH_THREADS:-14}
+gpu_begin l8b
 echo "== (t=$SECONDS) the greedy pick's skip lists now go through the staging: device-check (tiny llama)"
 $H synth --arch llama --preset tiny --type Q4_K_M --out $W/tiny-llama.gguf > /dev/null 2>&1
 timeout 90 $H device-check -m $W/tiny-llama.gguf --tokens 64 --greedy 32 --batch-invariance 3 2>&1 | grep -E "^teacher|^device greedy|^batch inv|^greedy|warning|rror|panic"
