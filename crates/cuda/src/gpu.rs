@@ -333,8 +333,9 @@ struct ReuseCheck {
     differed: usize,
 }
 
-/// Graphs kept (one a step key) before the cache is cleared.
-const MAX_GRAPHS: usize = 64;
+/// Graphs kept (one a step key) before the cache is cleared: a server's decode
+/// steps see each batch size under 32 with a few context lengths.
+const MAX_GRAPHS: usize = 128;
 
 /// Milliseconds from event `a` to `b` (both from [`Gpu::event_now`], the stream
 /// synchronized since); destroys both.

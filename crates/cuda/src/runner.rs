@@ -1324,20 +1324,20 @@ impl CudaRunner {
         // A graphed step's key: what its launches depend on besides the model, the
         // runner's settings and the buffers' addresses (`has_current_graph` checks
         // that no buffer moved). With a known key the launch list is not built again:
-        // building it took 106-159 us of host time an 8B token (run 49).
-        let mut key: Vec<u64> = [
-            t_total,
-            longest,
-            step.len(),
-            max_n,
-            m_logits,
-            m_greedy,
-            m_head,
-        ]
-        .iter()
-        .chain(&tstride)
-        .map(|&v| v as u64)
-        .collect();
+        // building it took 106-159 us of host time an 8B token (run 49). No coarser
+        // than the launches need, so that steps which launch the same list share one
+        // graph: the longest row counts only as one token, 2-15 or 16+ (the attention
+        // kernel's choice below), and the logits rows only by their number.
+        let longest_class = match longest {
+            1 => 0,
+            2..=15 => 1,
+            _ => 2,
+        };
+        let mut key: Vec<u64> = [t_total, longest_class, max_n, m]
+            .iter()
+            .chain(&tstride)
+            .map(|&v| v as u64)
+            .collect();
         key.push(u64::from(self.cpu.is_some()));
         // (No int8 copy of an earlier step's activations is current.)
         self.forget_quantized();
