@@ -350,6 +350,10 @@ const ATT_TILED_MAX_HEAD: usize = 128;
 /// 2 345 -> 2 776 tok/s, but pp512 11 341 -> 10 928: its scores are dot products out of
 /// shared memory on CUDA cores, so it wins only where re-reading K/V dominated).
 const ATT_TILED_MIN_POSITIONS: usize = 2048;
+
+/// ... and a prompt of at least this many tokens in the step (the tiled kernels take 16
+/// or 64 tokens a block).
+const ATT_TILED_MIN_TOKENS: usize = 16;
 /// Blocks the split attention aims for: about sixteen per SM of an H100 / H200 (run
 /// 19, 8B at 4k positions: 2048 decodes 205 tok/s, 512 171: the reads are
 /// latency-bound, more blocks keep more of them in flight).
@@ -1321,24 +1325,9 @@ impl CudaRunner {
         } else {
             (0, 0, 0)
         };
-        // A graphed step's key: what its launches depend on besides the model, the
-        // runner's settings and the buffers' addresses (`has_current_graph` checks
-        // that no buffer moved). With a known key the launch list is not built again:
-        // building it took 106-159 us of host time an 8B token (run 49). No coarser
-        // than the launches need, so that steps which launch the same list share one
-        // graph: the longest row counts only as one token, 2-15 or 16+ (the attention
-        // kernel's choice below), and the logits rows only by their number.
-        let longest_class = match longest {
-            1 => 0,
-            2..=15 => 1,
-            _ => 2,
-        };
-        let mut key: Vec<u64> = [t_total, longest_class, max_n, m]
-            .iter()
-            .chain(&tstride)
-            .map(|&v| v as u64)
-            .collect();
-        key.push(u64::from(self.cpu.is_some()));
+        // With a known key the launch list is not built again: building it took
+        // 106-159 us of host time an 8B token (run 49).
+        let key = graph_key(t_total, longest, max_n, m, &tstride, self.cpu.is_some());
         // (No int8 copy of an earlier step's activations is current.)
         self.forget_quantized();
         let prepared = std::time::Instant::now();
@@ -1443,7 +1432,7 @@ impl CudaRunner {
                 let tiled = self.tiled
                     && splits == 1
                     && hd <= ATT_TILED_MAX_HEAD
-                    && longest >= 16
+                    && longest >= ATT_TILED_MIN_TOKENS
                     && max_n_l >= ATT_TILED_MIN_POSITIONS;
                 // Decode with one token a sequence: the attention kernel does qk_rope's
                 // work itself (`attention_rope`), one launch fewer.
@@ -1829,6 +1818,32 @@ impl CudaRunner {
     }
 }
 
+/// A graphed step's key: what its launches depend on besides the model, the runner's
+/// settings and the buffers' addresses (`Gpu::has_current_graph` checks that no
+/// buffer moved). No finer than the launches need, so that steps which launch the
+/// same list share one graph: the longest row counts only as one token, 2-15 or 16+
+/// (the attention kernels' choice in `forward`), the logits rows only by their number.
+fn graph_key(
+    t_total: usize,
+    longest: usize,
+    max_n: usize,
+    m: usize,
+    tstride: &[usize],
+    cpu_layers: bool,
+) -> Vec<u64> {
+    let longest_class = match longest {
+        0 | 1 => 0,
+        2..ATT_TILED_MIN_TOKENS => 1,
+        _ => 2,
+    };
+    [t_total, longest_class, max_n, m]
+        .iter()
+        .chain(tstride)
+        .map(|&v| v as u64)
+        .chain([u64::from(cpu_layers)])
+        .collect()
+}
+
 /// Copies `data` to the start of `buf`: through the page-locked staging, queued on the
 /// stream, when `pinned` is on, else synchronously.
 fn put<T: Copy>(
@@ -1991,7 +2006,26 @@ impl ModelRunner for CudaRunner {
 
 #[cfg(test)]
 mod tests {
-    use super::attention_splits;
+    use super::{attention_splits, graph_key};
+
+    #[test]
+    fn graph_keys_tell_apart_only_what_changes_the_launches() {
+        let key =
+            |longest, max_n, m, strides: &[usize]| graph_key(8, longest, max_n, m, strides, false);
+        let base = key(1, 512, 8, &[32]);
+        // Decode rows, prompt rows under 16 and from 16 each launch their own attention.
+        assert_ne!(base, key(2, 512, 8, &[32]));
+        assert_eq!(key(2, 512, 8, &[32]), key(15, 512, 8, &[32]));
+        assert_ne!(key(15, 512, 8, &[32]), key(16, 512, 8, &[32]));
+        assert_eq!(key(16, 512, 8, &[32]), key(400, 512, 8, &[32]));
+        // Positions, logits rows, table strides and the CPU layers are arguments.
+        assert_ne!(base, key(1, 1024, 8, &[32]));
+        assert_ne!(base, key(1, 512, 7, &[32]));
+        assert_ne!(base, key(1, 512, 8, &[64]));
+        assert_ne!(base, key(1, 512, 8, &[32, 32]));
+        assert_ne!(base, graph_key(8, 1, 512, 8, &[32], true));
+        assert_ne!(base, graph_key(9, 1, 512, 8, &[32], false));
+    }
 
     #[test]
     fn attention_splits_only_where_blocks_are_few() {
