@@ -317,8 +317,8 @@ struct Graph {
 /// Whether a step whose graph is known skips building its launch list
 /// (`HANGAR_CUDA_REUSE`: on; `0` off; `check` builds it anyway and counts the steps
 /// where the known graph's launches differ, which would be a bug in the step's key).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Reuse {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reuse {
     On,
     Off,
     Check,
@@ -806,7 +806,7 @@ impl Gpu {
                     Graph {
                         launches: list,
                         exec,
-                        epoch: memory_epoch(),
+                        epoch,
                     },
                 ) {
                     // SAFETY: instantiated once, destroyed once (no launch uses it now:
