@@ -12,7 +12,12 @@
 set -u
 cd "$(dirname "$0")/.."
 . scripts/gpu-lib.sh
-gpu_begin l8b
+# The checks first, the 8B written beside them: a call cut short still has them.
+gpu_setup
+anchor_build_bg
+gpu_info
+(synth_once l8b --arch llama --preset llama-3-8b --type Q4_K_M -t 12 > $W/synth.log 2>&1) &
+SYN=$!
 echo "== (t=$SECONDS) REUSE=check: tiny models, 270M shape"
 for a in gemma3 llama qwen2; do
   $H synth --arch $a --preset tiny --type Q4_K_M --out $W/tiny-$a.gguf > /dev/null 2>&1
@@ -43,6 +48,7 @@ for rnd in range(2):
 PY
 kill -INT $SP; sleep 3; kill $SP 2>/dev/null; wait $SP 2>/dev/null
 grep -E "REUSE|warning|panic" $W/serve.log | head -5 | sed "s/^/serve log: /"
+wait $SYN; tail -1 $W/synth.log
 echo "== (t=$SECONDS) REUSE=check: 8B at batch 1 and 8; device-check (run 50: 62/64, 61/64, 0.8456)"
 for b in 1 8; do
   HANGAR_CUDA_REUSE=check timeout 60 $H bench -m $W/l8b.gguf --device cuda --pp 64 --tg 64 --batch $b -r 1 2>&1 | grep -E "REUSE|warning|rror|panic" | sed "s/^/l8b x$b: /"
