@@ -291,6 +291,9 @@ pub struct CudaRunner {
     /// of 64 or 128, on unless `HANGAR_CUDA_ATT_MMA=0` (run 26: pp4096 on the 8B
     /// shape 2 768 -> 20 372 tok/s, perplexity at a 4 096 context equal to 1.3e-5).
     att_mma: bool,
+    /// Rows at least this long take the tensor-core attention in steps that are mostly
+    /// prompt (`ATT_MMA_MIN_POSITIONS`, `HANGAR_CUDA_MMA_MIN=N` for A/B runs).
+    mma_min: usize,
     /// Bytes of the f16 weight copies (`cache_f16`).
     f16_bytes: usize,
     /// Steps of at least this many tokens multiply on cuBLAS (`GEMM_MIN_TOKENS`;
@@ -350,6 +353,15 @@ const ATT_TILED_MAX_HEAD: usize = 128;
 /// 2 345 -> 2 776 tok/s, but pp512 11 341 -> 10 928: its scores are dot products out of
 /// shared memory on CUDA cores, so it wins only where re-reading K/V dominated).
 const ATT_TILED_MIN_POSITIONS: usize = 2048;
+
+/// The tensor-core kernel (`attention_mma64/128`) wins from far shorter rows: run 55
+/// (H100), pp2040 on the plain kernel against pp2048 on it: 8B shape 4 167 against
+/// 23 151 tok/s, 1B shape 9 124 against 96 940. It takes 64 tokens a block and goes
+/// through a block's sequences one after another, so it is kept to steps of at least
+/// `ATT_MMA_TOKENS` tokens a sequence on average: a step of many one-token decode rows
+/// beside a prompt stays on the plain kernel, one block per row and head.
+const ATT_MMA_MIN_POSITIONS: usize = 64;
+const ATT_MMA_TOKENS: usize = 64;
 
 /// ... and a prompt of at least this many tokens in the step (the tiled kernels take 16
 /// or 64 tokens a block).
@@ -587,6 +599,10 @@ impl CudaRunner {
             },
             tiled: std::env::var("HANGAR_CUDA_TILED").as_deref() != Ok("0"),
             att_mma: std::env::var("HANGAR_CUDA_ATT_MMA").as_deref() != Ok("0"),
+            mma_min: std::env::var("HANGAR_CUDA_MMA_MIN")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(ATT_MMA_MIN_POSITIONS),
             f16_bytes: 0,
             gemm_min: std::env::var("HANGAR_CUDA_GEMM_MIN")
                 .ok()
@@ -1181,6 +1197,7 @@ impl CudaRunner {
         let mut head_rows = Vec::new();
         let mut max_n = 1usize;
         let longest = step.iter().map(|s| s.tokens.len()).max().unwrap_or(0);
+        let mostly_prompt = step.len() * ATT_MMA_TOKENS <= t_total;
         let mut t = 0usize;
         for (si, s) in step.iter().enumerate() {
             for (i, &tok) in s.tokens.iter().enumerate() {
@@ -1327,7 +1344,8 @@ impl CudaRunner {
         };
         // With a known key the launch list is not built again: building it took
         // 106-159 us of host time an 8B token (run 49).
-        let key = graph_key(t_total, longest, max_n, m, &tstride, self.cpu.is_some());
+        let flags = [self.cpu.is_some(), mostly_prompt];
+        let key = graph_key(t_total, longest, max_n, m, &tstride, flags);
         // (No int8 copy of an earlier step's activations is current.)
         self.forget_quantized();
         let prepared = std::time::Instant::now();
@@ -1429,11 +1447,17 @@ impl CudaRunner {
                 let (splits, chunk) = attention_splits(nh * t_total, max_n_l, self.split_k);
                 // Long prompts: the tiled kernel reads each K/V row once per 16 tokens
                 // (heads up to 128 wide).
+                let mma = self.att_mma && matches!(hd, 64 | 128);
+                let min_positions = if mma && mostly_prompt {
+                    self.mma_min
+                } else {
+                    ATT_TILED_MIN_POSITIONS
+                };
                 let tiled = self.tiled
                     && splits == 1
                     && hd <= ATT_TILED_MAX_HEAD
                     && longest >= ATT_TILED_MIN_TOKENS
-                    && max_n_l >= ATT_TILED_MIN_POSITIONS;
+                    && max_n_l >= min_positions;
                 // Decode with one token a sequence: the attention kernel does qk_rope's
                 // work itself (`attention_rope`), one launch fewer.
                 let att_rope = fused && self.att_rope && longest == 1 && splits == 1 && !tiled;
@@ -1522,7 +1546,7 @@ impl CudaRunner {
                     // The tensor-core kernel (the default for heads of 64 and 128) takes
                     // the same arguments: 64 tokens and four warps a block instead of 16
                     // tokens and eight.
-                    let (name, tokens, threads) = if self.att_mma && matches!(hd, 64 | 128) {
+                    let (name, tokens, threads) = if mma {
                         (format!("attention_mma{hd}"), 64, 128)
                     } else {
                         ("attention_tiled".to_string(), 16, 256)
@@ -1823,13 +1847,14 @@ impl CudaRunner {
 /// buffer moved). No finer than the launches need, so that steps which launch the
 /// same list share one graph: the longest row counts only as one token, 2-15 or 16+
 /// (the attention kernels' choice in `forward`), the logits rows only by their number.
+/// `flags`: layers left on the CPU; a step mostly of prompt (`ATT_MMA_TOKENS`).
 fn graph_key(
     t_total: usize,
     longest: usize,
     max_n: usize,
     m: usize,
     tstride: &[usize],
-    cpu_layers: bool,
+    flags: [bool; 2],
 ) -> Vec<u64> {
     let longest_class = match longest {
         0 | 1 => 0,
@@ -1840,7 +1865,7 @@ fn graph_key(
         .iter()
         .chain(tstride)
         .map(|&v| v as u64)
-        .chain([u64::from(cpu_layers)])
+        .chain(flags.map(u64::from))
         .collect()
 }
 
@@ -2010,8 +2035,9 @@ mod tests {
 
     #[test]
     fn graph_keys_tell_apart_only_what_changes_the_launches() {
+        let no = [false, false];
         let key =
-            |longest, max_n, m, strides: &[usize]| graph_key(8, longest, max_n, m, strides, false);
+            |longest, max_n, m, strides: &[usize]| graph_key(8, longest, max_n, m, strides, no);
         let base = key(1, 512, 8, &[32]);
         // Decode rows, prompt rows under 16 and from 16 each launch their own attention.
         assert_ne!(base, key(2, 512, 8, &[32]));
@@ -2023,8 +2049,9 @@ mod tests {
         assert_ne!(base, key(1, 512, 7, &[32]));
         assert_ne!(base, key(1, 512, 8, &[64]));
         assert_ne!(base, key(1, 512, 8, &[32, 32]));
-        assert_ne!(base, graph_key(8, 1, 512, 8, &[32], true));
-        assert_ne!(base, graph_key(9, 1, 512, 8, &[32], false));
+        assert_ne!(base, graph_key(8, 1, 512, 8, &[32], [true, false]));
+        assert_ne!(base, graph_key(8, 1, 512, 8, &[32], [false, true]));
+        assert_ne!(base, graph_key(9, 1, 512, 8, &[32], no));
     }
 
     #[test]
