@@ -359,8 +359,11 @@ const ATT_TILED_MIN_POSITIONS: usize = 2048;
 /// 23 151 tok/s, 1B shape 9 124 against 96 940. It takes 64 tokens a block and goes
 /// through a block's sequences one after another, so it is kept to steps of at least
 /// `ATT_MMA_TOKENS` tokens a sequence on average: a step of many one-token decode rows
-/// beside a prompt stays on the plain kernel, one block per row and head.
-const ATT_MMA_MIN_POSITIONS: usize = 64;
+/// beside a prompt stays on the plain kernel, one block per row and head. From 128
+/// positions: below that the plain kernel's re-reads of K/V are small, and its one
+/// block per row and head fills the GPU where the tensor-core kernel's few blocks do
+/// not (not yet timed below 2 048 on a GPU: `scripts/gpu-run56.sh`).
+const ATT_MMA_MIN_POSITIONS: usize = 128;
 const ATT_MMA_TOKENS: usize = 64;
 
 /// ... and a prompt of at least this many tokens in the step (the tiled kernels take 16
