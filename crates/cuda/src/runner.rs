@@ -366,6 +366,44 @@ const ATT_TILED_MIN_POSITIONS: usize = 2048;
 const ATT_MMA_MIN_POSITIONS: usize = 128;
 const ATT_MMA_TOKENS: usize = 64;
 
+/// Whether a layer's attention takes a tiled prefill kernel, from the runner's settings
+/// (`HANGAR_CUDA_TILED`, `HANGAR_CUDA_ATT_MMA`, `HANGAR_CUDA_MMA_MIN`).
+struct TiledRule {
+    on: bool,
+    mma: bool,
+    mma_min: usize,
+}
+
+impl TiledRule {
+    /// The tensor-core kernel takes heads of 64 and 128.
+    fn mma(&self, hd: usize) -> bool {
+        self.mma && matches!(hd, 64 | 128)
+    }
+
+    /// `splits`: the split-K chunks of decode rows (`attention_splits`); `longest`: the
+    /// step's longest row in tokens; `max_n`: its positions; `mostly_prompt`: at least
+    /// `ATT_MMA_TOKENS` tokens a sequence.
+    fn takes(
+        &self,
+        hd: usize,
+        splits: usize,
+        longest: usize,
+        max_n: usize,
+        mostly_prompt: bool,
+    ) -> bool {
+        let min_positions = if self.mma(hd) && mostly_prompt {
+            self.mma_min
+        } else {
+            ATT_TILED_MIN_POSITIONS
+        };
+        self.on
+            && splits == 1
+            && hd <= ATT_TILED_MAX_HEAD
+            && longest >= ATT_TILED_MIN_TOKENS
+            && max_n >= min_positions
+    }
+}
+
 /// ... and a prompt of at least this many tokens in the step (the tiled kernels take 16
 /// or 64 tokens a block).
 const ATT_TILED_MIN_TOKENS: usize = 16;
@@ -1450,17 +1488,13 @@ impl CudaRunner {
                 let (splits, chunk) = attention_splits(nh * t_total, max_n_l, self.split_k);
                 // Long prompts: the tiled kernel reads each K/V row once per 16 tokens
                 // (heads up to 128 wide).
-                let mma = self.att_mma && matches!(hd, 64 | 128);
-                let min_positions = if mma && mostly_prompt {
-                    self.mma_min
-                } else {
-                    ATT_TILED_MIN_POSITIONS
+                let rule = TiledRule {
+                    on: self.tiled,
+                    mma: self.att_mma,
+                    mma_min: self.mma_min,
                 };
-                let tiled = self.tiled
-                    && splits == 1
-                    && hd <= ATT_TILED_MAX_HEAD
-                    && longest >= ATT_TILED_MIN_TOKENS
-                    && max_n_l >= min_positions;
+                let mma = rule.mma(hd);
+                let tiled = rule.takes(hd, splits, longest, max_n_l, mostly_prompt);
                 // Decode with one token a sequence: the attention kernel does qk_rope's
                 // work itself (`attention_rope`), one launch fewer.
                 let att_rope = fused && self.att_rope && longest == 1 && splits == 1 && !tiled;
@@ -2034,7 +2068,41 @@ impl ModelRunner for CudaRunner {
 
 #[cfg(test)]
 mod tests {
-    use super::{attention_splits, graph_key};
+    use super::{attention_splits, graph_key, TiledRule, ATT_MMA_TOKENS};
+
+    #[test]
+    fn tensor_core_attention_takes_prompts_from_128_positions_but_not_decode_crowds() {
+        let rule = TiledRule {
+            on: true,
+            mma: true,
+            mma_min: super::ATT_MMA_MIN_POSITIONS,
+        };
+        let mostly_prompt = |rows: usize, tokens: usize| rows * ATT_MMA_TOKENS <= tokens;
+        // One 512-token prompt, heads of 128 or 64: the tensor cores.
+        assert!(rule.takes(128, 1, 512, 512, mostly_prompt(1, 512)));
+        assert!(rule.takes(64, 1, 512, 512, mostly_prompt(1, 512)));
+        // The rest of a prompt after a cached prefix (112 new tokens at 400-511).
+        assert!(rule.takes(128, 1, 112, 512, mostly_prompt(1, 112)));
+        // Eight 200-token prompts at once.
+        assert!(rule.takes(128, 1, 200, 200, mostly_prompt(8, 1600)));
+        // Short rows stay on the plain kernel.
+        assert!(!rule.takes(128, 1, 100, 100, mostly_prompt(1, 100)));
+        // 63 decode rows beside a 100-token prompt: the plain kernel's block for each
+        // row and head, unless the rows are 2 048+ long (the old rule).
+        assert!(!rule.takes(128, 1, 100, 1024, mostly_prompt(64, 163)));
+        assert!(rule.takes(128, 1, 100, 2048, mostly_prompt(64, 163)));
+        // Heads of 256 (Gemma 3) have no tensor-core kernel: 2 048 as before, and none
+        // past 128 wide at all.
+        assert!(!rule.takes(256, 1, 512, 1024, true));
+        // The CUDA-core tiled kernel keeps 2 048; off is off; split decode never tiles.
+        let cuda_cores = TiledRule { mma: false, ..rule };
+        assert!(!cuda_cores.takes(128, 1, 512, 1024, true));
+        assert!(cuda_cores.takes(128, 1, 512, 2048, true));
+        assert!(!TiledRule { on: false, ..rule }.takes(128, 1, 512, 4096, true));
+        assert!(!rule.takes(128, 4, 512, 4096, true));
+        // Fewer than 16 tokens in the longest row: decode kernels.
+        assert!(!rule.takes(128, 1, 8, 4096, true));
+    }
 
     #[test]
     fn graph_keys_tell_apart_only_what_changes_the_launches() {
