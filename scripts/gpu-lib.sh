@@ -13,6 +13,17 @@ gpu_setup() {
   rm -f $H; xz -dc .gpu/fin/hangar.xz > $H && chmod +x $H
 }
 
+# The same names on a machine an earlier call left warm (binary, models and llama.cpp's
+# build there); stops the script when they are not.
+gpu_warm() {
+  H=/tmp/hangar
+  W=/tmp/hangar-gpu
+  L=/tmp/llbuild/bin
+  export HANGAR_CUDA_CACHE=$W/cuda-cache
+  SECONDS=0
+  [ -x $H ] && [ -f $W/$1 ] || { echo "no warm machine with $W/$1: run the earlier script first"; exit 1; }
+}
+
 # The GPU's name and clocks (or the fields asked for).
 gpu_info() {
   nvidia-smi --query-gpu=${1:-name,memory.total,driver_version,clocks.max.sm,clocks.max.mem} --format=csv,noheader

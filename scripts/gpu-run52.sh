@@ -28,24 +28,7 @@ $H synth --arch gemma3 --preset gemma-3-270m --type Q4_K_M --out $W/g270m.gguf >
 echo "== (t=$SECONDS) REUSE=check: a server, 16 greedy and sampled requests at once, twice"
 HANGAR_CUDA_REUSE=check $H serve -m $W/g270m.gguf --device cuda --port 18931 --home $W/home > $W/serve.log 2>&1 &
 SP=$!
-python3 - <<'PY'
-import json, time, urllib.request, concurrent.futures as cf
-base = "http://127.0.0.1:18931"
-for _ in range(300):
-    try:
-        urllib.request.urlopen(base + "/v1/models", timeout=1); break
-    except Exception:
-        time.sleep(0.2)
-def ask(i):
-    body = {"prompt": "Question %d: " % i + "word " * (i * 5), "max_tokens": 16 + 3 * i,
-            "temperature": 0 if i % 2 else 0.8, "seed": i}
-    req = urllib.request.Request(base + "/v1/completions", json.dumps(body).encode(), {"content-type": "application/json"})
-    return json.load(urllib.request.urlopen(req, timeout=120))["choices"][0]["text"]
-for rnd in range(2):
-    with cf.ThreadPoolExecutor(16) as ex:
-        out = list(ex.map(ask, range(16)))
-    print("serve round %d: %d completions" % (rnd, sum(1 for o in out if o)))
-PY
+python3 scripts/gpu-mixed-requests.py 18931
 kill -INT $SP; sleep 3; kill $SP 2>/dev/null; wait $SP 2>/dev/null
 grep -E "REUSE|warning|panic" $W/serve.log | head -5 | sed "s/^/serve log: /"
 wait $SYN; tail -1 $W/synth.log

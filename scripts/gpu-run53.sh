@@ -9,12 +9,7 @@
 set -u
 cd "$(dirname "$0")/.."
 . scripts/gpu-lib.sh
-H=/tmp/hangar
-W=/tmp/hangar-gpu
-L=/tmp/llbuild/bin
-export HANGAR_CUDA_CACHE=$W/cuda-cache
-SECONDS=0
-[ -f $W/l8b.gguf ] && [ -x $H ] || { echo "no warm machine from run 52: run it first"; exit 1; }
+gpu_warm l8b.gguf
 gpu_info
 echo "== (t=$SECONDS) building llama-server"
 cmake --build /tmp/llbuild -j 14 --target llama-server > /tmp/anc/server-build.log 2>&1

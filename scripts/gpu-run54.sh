@@ -7,12 +7,7 @@
 set -u
 cd "$(dirname "$0")/.."
 . scripts/gpu-lib.sh
-H=/tmp/hangar
-W=/tmp/hangar-gpu
-L=/tmp/llbuild/bin
-export HANGAR_CUDA_CACHE=$W/cuda-cache
-SECONDS=0
-[ -f $W/g270m.gguf ] && [ -x $L/llama-bench ] || { echo "no warm machine from run 52: run it first"; exit 1; }
+gpu_warm g270m.gguf
 gpu_info
 synth_once l1b --arch llama --preset llama-3.2-1b --type Q4_K_M -t 14
 for m in g270m l1b; do
