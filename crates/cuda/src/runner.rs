@@ -354,6 +354,10 @@ const ATT_TILED_MAX_HEAD: usize = 128;
 /// shared memory on CUDA cores, so it wins only where re-reading K/V dominated).
 const ATT_TILED_MIN_POSITIONS: usize = 2048;
 
+/// ... and a prompt of at least this many tokens in the step (the tiled kernels take 16
+/// or 64 tokens a block).
+const ATT_TILED_MIN_TOKENS: usize = 16;
+
 /// The tensor-core kernel (`attention_mma64/128`) wins from far shorter rows: run 55
 /// (H100), pp2040 on the plain kernel against pp2048 on it: 8B shape 4 167 against
 /// 23 151 tok/s, 1B shape 9 124 against 96 940. It takes 64 tokens a block and goes
@@ -404,9 +408,6 @@ impl TiledRule {
     }
 }
 
-/// ... and a prompt of at least this many tokens in the step (the tiled kernels take 16
-/// or 64 tokens a block).
-const ATT_TILED_MIN_TOKENS: usize = 16;
 /// Blocks the split attention aims for: about sixteen per SM of an H100 / H200 (run
 /// 19, 8B at 4k positions: 2048 decodes 205 tok/s, 512 171: the reads are
 /// latency-bound, more blocks keep more of them in flight).
