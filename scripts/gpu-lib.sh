@@ -60,11 +60,17 @@ anchor_wait() {
 # synth quantizes on 14 of the host's 16 cores beside the build's 10 jobs (runs 46-48
 # gave it 8: 137-142 s for the 8B, about 8% of a session's device time a machine; the
 # build has slack, phase b waits for it). SYNTH_THREADS overrides.
-# `gpu_begin l8b` writes only the 8B.
+# `gpu_begin l8b` writes only the 8B; `gpu_begin l8b-bg` writes it in the background
+# (12 threads, its pid in SYN: `wait $SYN` before using it) so checks can run beside it.
 gpu_begin() {
   gpu_setup
   anchor_build_bg
   gpu_info
+  if [ "${1:-}" = l8b-bg ]; then
+    (synth_once l8b --arch llama --preset llama-3-8b --type Q4_K_M -t 12 > $W/synth.log 2>&1) &
+    SYN=$!
+    return 0
+  fi
   synth_once l8b --arch llama --preset llama-3-8b --type Q4_K_M -t ${SYNTH_THREADS:-14}
   [ "${1:-}" = l8b ] && return 0
   synth_once l1b --arch llama --preset llama-3.2-1b --type Q4_K_M -t ${SYNTH_THREADS:-14}

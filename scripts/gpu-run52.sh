@@ -13,11 +13,7 @@ set -u
 cd "$(dirname "$0")/.."
 . scripts/gpu-lib.sh
 # The checks first, the 8B written beside them: a call cut short still has them.
-gpu_setup
-anchor_build_bg
-gpu_info
-(synth_once l8b --arch llama --preset llama-3-8b --type Q4_K_M -t 12 > $W/synth.log 2>&1) &
-SYN=$!
+gpu_begin l8b-bg
 echo "== (t=$SECONDS) REUSE=check: tiny models, 270M shape"
 for a in gemma3 llama qwen2; do
   $H synth --arch $a --preset tiny --type Q4_K_M --out $W/tiny-$a.gguf > /dev/null 2>&1

@@ -284,16 +284,8 @@ pub struct CudaRunner {
     /// (`attention_splits`): `ATT_SPLIT_TARGET_BLOCKS`, `HANGAR_CUDA_SPLITK=N` for A/B
     /// runs (0: off).
     split_k: usize,
-    /// The tiled prefill attention (`attention_tiled`) for steps with a 16+-token
-    /// prompt and rows of `ATT_TILED_MIN_POSITIONS`+, on unless `HANGAR_CUDA_TILED=0`.
-    tiled: bool,
-    /// The tiled prefill attention on tensor cores (`attention_mma64/128`) for heads
-    /// of 64 or 128, on unless `HANGAR_CUDA_ATT_MMA=0` (run 26: pp4096 on the 8B
-    /// shape 2 768 -> 20 372 tok/s, perplexity at a 4 096 context equal to 1.3e-5).
-    att_mma: bool,
-    /// Rows at least this long take the tensor-core attention in steps that are mostly
-    /// prompt (`ATT_MMA_MIN_POSITIONS`, `HANGAR_CUDA_MMA_MIN=N` for A/B runs).
-    mma_min: usize,
+    /// Which steps take a tiled prefill attention kernel.
+    tiled: TiledRule,
     /// Bytes of the f16 weight copies (`cache_f16`).
     f16_bytes: usize,
     /// Steps of at least this many tokens multiply on cuBLAS (`GEMM_MIN_TOKENS`;
@@ -370,11 +362,17 @@ const ATT_TILED_MIN_TOKENS: usize = 16;
 const ATT_MMA_MIN_POSITIONS: usize = 128;
 const ATT_MMA_TOKENS: usize = 64;
 
-/// Whether a layer's attention takes a tiled prefill kernel, from the runner's settings
-/// (`HANGAR_CUDA_TILED`, `HANGAR_CUDA_ATT_MMA`, `HANGAR_CUDA_MMA_MIN`).
+/// Whether a layer's attention takes a tiled prefill kernel.
 struct TiledRule {
+    /// The tiled prefill attention (`attention_tiled`) for steps with a 16+-token
+    /// prompt and rows of `ATT_TILED_MIN_POSITIONS`+, on unless `HANGAR_CUDA_TILED=0`.
     on: bool,
+    /// The tiled prefill attention on tensor cores (`attention_mma64/128`) for heads
+    /// of 64 or 128, on unless `HANGAR_CUDA_ATT_MMA=0` (run 26: pp4096 on the 8B
+    /// shape 2 768 -> 20 372 tok/s, perplexity at a 4 096 context equal to 1.3e-5).
     mma: bool,
+    /// Rows at least this long take the tensor-core attention in steps that are mostly
+    /// prompt (`ATT_MMA_MIN_POSITIONS`, `HANGAR_CUDA_MMA_MIN=N` for A/B runs).
     mma_min: usize,
 }
 
@@ -639,12 +637,14 @@ impl CudaRunner {
                 Ok(Ok(n)) => n,
                 _ => ATT_SPLIT_TARGET_BLOCKS,
             },
-            tiled: std::env::var("HANGAR_CUDA_TILED").as_deref() != Ok("0"),
-            att_mma: std::env::var("HANGAR_CUDA_ATT_MMA").as_deref() != Ok("0"),
-            mma_min: std::env::var("HANGAR_CUDA_MMA_MIN")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(ATT_MMA_MIN_POSITIONS),
+            tiled: TiledRule {
+                on: std::env::var("HANGAR_CUDA_TILED").as_deref() != Ok("0"),
+                mma: std::env::var("HANGAR_CUDA_ATT_MMA").as_deref() != Ok("0"),
+                mma_min: std::env::var("HANGAR_CUDA_MMA_MIN")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(ATT_MMA_MIN_POSITIONS),
+            },
             f16_bytes: 0,
             gemm_min: std::env::var("HANGAR_CUDA_GEMM_MIN")
                 .ok()
@@ -1489,13 +1489,10 @@ impl CudaRunner {
                 let (splits, chunk) = attention_splits(nh * t_total, max_n_l, self.split_k);
                 // Long prompts: the tiled kernel reads each K/V row once per 16 tokens
                 // (heads up to 128 wide).
-                let rule = TiledRule {
-                    on: self.tiled,
-                    mma: self.att_mma,
-                    mma_min: self.mma_min,
-                };
-                let mma = rule.mma(hd);
-                let tiled = rule.takes(hd, splits, longest, max_n_l, mostly_prompt);
+                let mma = self.tiled.mma(hd);
+                let tiled = self
+                    .tiled
+                    .takes(hd, splits, longest, max_n_l, mostly_prompt);
                 // Decode with one token a sequence: the attention kernel does qk_rope's
                 // work itself (`attention_rope`), one launch fewer.
                 let att_rope = fused && self.att_rope && longest == 1 && splits == 1 && !tiled;
