@@ -80,9 +80,10 @@ def test_drift_request_log_usage_and_cost():
         assert gauge(srv, "hangar_drift_alert") == 1
         assert gauge(srv, "hangar_drift_unseen_token_share") == shifted["unseen_token_share"]
         assert 0 <= gauge(srv, "hangar_drift_length_ks_pvalue") <= 1
-        # The dashboard's history records drift over time. A sample taken while the
-        # shifted requests were still arriving can already alert with a smaller share,
-        # so wait for one taken after they all finished.
+        # The dashboard's history records drift over time. The sampler refreshes the
+        # drift statistics only every fifth sample, so a sample stamped after the
+        # shifted requests finished can still carry a share computed while they were
+        # arriving (alerting, but smaller): wait for a refresh that saw them all.
         import time
         shifted_done = time.time()
         deadline = shifted_done + 20
@@ -91,7 +92,8 @@ def test_drift_request_log_usage_and_cost():
             _, _, body = http("GET", srv.base + "/v1/monitor/timeseries?seconds=300")
             samples = json.loads(body)["samples"]
             latest = samples[-1] if samples else {}
-            if latest.get("drift_alert") == 1 and latest.get("t", 0) > shifted_done:
+            if (latest.get("drift_alert") == 1 and latest.get("t", 0) > shifted_done
+                    and (latest.get("unseen_token_share") or 0) > calm_unseen + 0.3):
                 break
             time.sleep(0.3)
         assert latest.get("drift_alert") == 1, latest
