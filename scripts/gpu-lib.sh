@@ -80,3 +80,26 @@ gpu_begin() {
 anchor_bench() {
   timeout 120 $L/llama-bench -m "$1" -ngl 99 -p 512 -n 128 -r 3 -fa 1 -o md 2>&1 | grep -E "pp512|tg128"
 }
+
+# Serving at 64 streams (2 greedy requests of 128 tokens each, scripts/bench_serve.py):
+# `serve_bench_hangar MODEL [VAR=VALUE ...]` serves MODEL under those variables,
+# `serve_bench_llama MODEL` the same with llama-server -np 64 (when it is built).
+serve_bench_hangar() {
+  local model=$1; shift
+  env "$@" $H serve -m $model --device cuda --port 18080 --kv-memory 16GiB --max-running 64 \
+    --no-request-log --no-monitor > $W/hangar-serve.log 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 120); do curl -sf http://127.0.0.1:18080/health > /dev/null 2>&1 && break; sleep 0.5; done
+  timeout 100 python3 scripts/bench_serve.py --url http://127.0.0.1:18080 --streams 64 --requests-per-stream 2 \
+    --max-tokens 128 --ban 2 --label "hangar $*" 2>&1 | tail -2
+  kill $pid; wait $pid 2> /dev/null
+}
+serve_bench_llama() {
+  [ -x $L/llama-server ] || return 0
+  $L/llama-server -m $1 -ngl 99 -np 64 -c 65536 --port 18081 > $W/llama-server.log 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 240); do curl -sf http://127.0.0.1:18081/health > /dev/null 2>&1 && break; sleep 0.5; done
+  timeout 150 python3 scripts/bench_serve.py --url http://127.0.0.1:18081 --streams 64 --requests-per-stream 2 \
+    --max-tokens 128 --ban 2 --label "llama-server -np 64" 2>&1 | tail -2
+  kill $pid; wait $pid 2> /dev/null
+}

@@ -14,26 +14,10 @@ gpu_info
 echo "== (t=$SECONDS) building llama-server"
 cmake --build /tmp/llbuild -j 14 --target llama-server > /tmp/anc/server-build.log 2>&1
 echo "llama-server build rc=$? (t=$SECONDS)"
-serve_hangar() {
-  env "$@" $H serve -m $W/l8b.gguf --device cuda --port 18080 --kv-memory 16GiB --max-running 64 \
-    --no-request-log --no-monitor > $W/hangar-serve.log 2>&1 &
-  HP=$!
-  for _ in $(seq 1 120); do curl -sf http://127.0.0.1:18080/health > /dev/null 2>&1 && break; sleep 0.5; done
-  timeout 100 python3 scripts/bench_serve.py --url http://127.0.0.1:18080 --streams 64 --requests-per-stream 2 \
-    --max-tokens 128 --ban 2 --label "hangar $*" 2>&1 | tail -2
-  kill $HP; wait $HP 2> /dev/null
-}
 echo "== (t=$SECONDS) serve, 8B shape, 64 streams x 2 requests x 128 tokens, greedy"
-serve_hangar RUN=53
-serve_hangar HANGAR_CUDA_REUSE=0
-serve_hangar RUN=53
-if [ -x $L/llama-server ]; then
-  $L/llama-server -m $W/l8b.gguf -ngl 99 -np 64 -c 65536 --port 18081 > $W/llama-server.log 2>&1 &
-  LP=$!
-  for _ in $(seq 1 240); do curl -sf http://127.0.0.1:18081/health > /dev/null 2>&1 && break; sleep 0.5; done
-  timeout 150 python3 scripts/bench_serve.py --url http://127.0.0.1:18081 --streams 64 --requests-per-stream 2 \
-    --max-tokens 128 --ban 2 --label "llama-server -np 64" 2>&1 | tail -2
-  kill $LP; wait $LP 2> /dev/null
-fi
-serve_hangar RUN=53
+serve_bench_hangar $W/l8b.gguf RUN=53
+serve_bench_hangar $W/l8b.gguf HANGAR_CUDA_REUSE=0
+serve_bench_hangar $W/l8b.gguf RUN=53
+serve_bench_llama $W/l8b.gguf
+serve_bench_hangar $W/l8b.gguf RUN=53
 echo "== done at $SECONDS s"
